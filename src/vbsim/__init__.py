@@ -1,0 +1,3 @@
+"""vbsim: an executable model of Windows Virtualization-Based Security."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Guest code as bytes in RAM.
+
+Until a native x86-64 CPU exists, guest routines are Python callables.  What makes them *guest*
+code is that they live at guest addresses: a routine is reachable only through a 32-byte
+*thunk* stored in guest RAM at the routine's address.  The thunk starts with ``0F 3F``, a
+two-byte opcode that is undefined on x86-64 (it raises #UD on real hardware, in the spirit of
+the ``0F 0B`` UD2 escape emulators use), followed by a magic tag and a digest of the routine's
+registered name.  Executing an address means: fetch through the processor's translation
+(paging then SLAT, with the execute checks: NX, SMEP, KX/UX), read the thunk bytes from RAM,
+and run the routine registered under that digest.
+
+Consequences that the model relies on:
+- code identity is in RAM bytes, so image signatures and page hashes cover it;
+- writing a thunk into a data page gives nothing unless that page may be executed (HVCI);
+- an attacker can only run routines that exist in the registry (its own payloads included),
+  exactly as real shellcode can only do what its bytes encode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+THUNK_SIZE = 32
+#: ``0F 3F`` is an undefined opcode on x86-64 (Intel SDM Vol. 2, opcode map table A-3: row 0F,
+#: column 3F is blank), followed by the ASCII tag "VBSM" and a format version byte.
+THUNK_MAGIC = b"\x0f\x3fVBSM\x01"
+_DIGEST_SIZE = THUNK_SIZE - len(THUNK_MAGIC) - 1
+
+GuestRoutine = Callable[..., Any]
+
+_registry: dict[bytes, tuple[str, GuestRoutine]] = {}
+
+
+def encode_thunk(name: str) -> bytes:
+    """The 32 bytes that stand for routine ``name`` in guest memory."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()[:_DIGEST_SIZE]
+    return THUNK_MAGIC + digest + b"\xc3"  # trailing RET, as a real thunk would end
+
+
+def register(name: str, routine: GuestRoutine) -> bytes:
+    """Register ``routine`` as the code for ``name``; returns its thunk bytes."""
+    thunk = encode_thunk(name)
+    existing = _registry.get(thunk)
+    if existing is not None and existing[1] is not routine and existing[0] != name:
+        raise ValueError(f"thunk collision between {existing[0]!r} and {name!r}")
+    _registry[thunk] = (name, routine)
+    return thunk
+
+
+def guest_code(name: str) -> Callable[[GuestRoutine], GuestRoutine]:
+    """Decorator form of :func:`register`."""
+
+    def wrap(routine: GuestRoutine) -> GuestRoutine:
+        register(name, routine)
+        return routine
+
+    return wrap
+
+
+def decode_thunk(raw: bytes) -> tuple[str, GuestRoutine] | None:
+    """The routine whose thunk is ``raw`` (exactly THUNK_SIZE bytes), or None (#UD)."""
+    return _registry.get(bytes(raw))
+
+
+def name_of(raw: bytes) -> str | None:
+    entry = _registry.get(bytes(raw))
+    return entry[0] if entry else None

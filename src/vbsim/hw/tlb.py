@@ -1,0 +1,50 @@
+"""A translation lookaside buffer per (virtual processor, VTL).
+
+The TLB caches completed walks (:class:`~vbsim.hw.paging.Leaf`) by 4 KiB virtual page, as a real
+one caches translations — including *stale* ones: editing a PTE does not change a cached
+translation until CR3 is reloaded or INVLPG runs (SDM Vol. 3A §4.10.4), which attacks rely on.
+
+On top of that it keeps six "fast" maps (read / write / execute × supervisor / user) from virtual
+page to GPA page, filled only after every paging and SLAT check has passed for that kind of
+access in that mode, so a hit needs no checks at all.  Supervisor accesses to user pages are never
+put in the fast maps while SMAP is on, because their outcome depends on RFLAGS.AC.
+"""
+
+from __future__ import annotations
+
+from vbsim.hw.paging import Leaf
+from vbsim.hw.x86 import Access
+
+
+class Tlb:
+    __slots__ = ("entries", "fast", "flushes")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, Leaf] = {}
+        #: fast[cpl_is_user * 3 + access] : virtual page number -> GPA page base
+        self.fast: tuple[dict[int, int], ...] = tuple({} for _ in range(6))
+        self.flushes = 0
+
+    def maps_for(self, cpl: int) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """(read, write, execute) fast maps for a privilege level."""
+        base = 3 if cpl == 3 else 0
+        return self.fast[base], self.fast[base + 1], self.fast[base + 2]
+
+    def fill(self, vpn: int, leaf: Leaf, access: Access, cpl: int, cacheable: bool) -> None:
+        self.entries[vpn] = leaf
+        if cacheable:
+            self.fast[(3 if cpl == 3 else 0) + int(access)][vpn] = leaf.gpa_page
+
+    def flush_all(self, keep_global: bool = False) -> None:
+        self.flushes += 1
+        for fast in self.fast:
+            fast.clear()
+        if keep_global:
+            self.entries = {vpn: e for vpn, e in self.entries.items() if e.glob}
+        else:
+            self.entries.clear()
+
+    def flush_page(self, vpn: int) -> None:
+        self.entries.pop(vpn, None)
+        for fast in self.fast:
+            fast.pop(vpn, None)

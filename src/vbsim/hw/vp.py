@@ -1,0 +1,606 @@
+"""The virtual processor: the only way guest code touches memory, devices and other privilege levels.
+
+Guest software is Python that runs *on* a VP (DESIGN.md, "the one rule of execution").  The
+methods here are its instructions: loads and stores through the current view (paging over SLAT
+over RAM), instruction fetch (a thunk in RAM, see :mod:`vbsim.hw.code`), ``syscall``/``sysret``,
+``vmcall``, ``wrmsr``/``rdmsr``, ``mov cr``, ``lidt``/``lgdt``, ``invlpg``, port I/O.  The VP — not
+the caller — holds the current VTL and CPL.
+
+What happens when an access is refused is architectural:
+- a paging refusal is a #PF with CR2 and the error code, delivered through the current VTL's IDT;
+- a non-canonical address is a #GP(0);
+- a SLAT refusal is not a fault in this VTL at all: the hypervisor (``exits``) turns it into a
+  secure intercept for the higher VTL, whose handler decides (vsm-spec §6);
+- when the delivered handler returns (IRET), the faulting instruction runs again, as on hardware;
+  a handler that cannot fix the cause ends the flow by raising a
+  :class:`~vbsim.hw.faults.GuestTermination` (thread exit, bugcheck).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from vbsim.hw import code
+from vbsim.hw.bus import Bus
+from vbsim.hw.faults import GuestHang, TripleFault
+from vbsim.hw.paging import PagingLayer, check_rights, error_code
+from vbsim.hw.ram import GuestRam
+from vbsim.hw.regs import SHARED_GPRS, PrivateState
+from vbsim.hw.slat import Slat
+from vbsim.hw.tlb import Tlb
+from vbsim.hw.translation import Verdict
+from vbsim.hw.x86 import (
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    Access,
+    Cr4,
+    Efer,
+    Msr,
+    Rflags,
+    Vector,
+)
+from vbsim.trace import Trace
+
+#: How often one instruction may fault and be retried before the model calls it a livelock.
+MAX_RETRIES = 8
+#: Exception-delivery nesting that becomes a triple fault (fault, #DF, then shutdown).
+MAX_DELIVERY_DEPTH = 3
+#: Synthetic (hypervisor) MSR range (vsm-spec §4: 0x40000000 ...).
+HV_MSR_BASE = 0x4000_0000
+HV_MSR_LIMIT = 0x4000_1000
+
+_ARCH_MSR_FIELDS: dict[int, str] = {
+    Msr.APIC_BASE: "apic_base",
+    Msr.SYSENTER_CS: "sysenter_cs",
+    Msr.SYSENTER_ESP: "sysenter_esp",
+    Msr.SYSENTER_EIP: "sysenter_eip",
+    Msr.MISC_ENABLE: "misc_enable",
+    Msr.PAT: "pat",
+    Msr.EFER: "efer",
+    Msr.STAR: "star",
+    Msr.LSTAR: "lstar",
+    Msr.CSTAR: "cstar",
+    Msr.SFMASK: "sfmask",
+    Msr.FS_BASE: "fs_base",
+    Msr.GS_BASE: "gs_base",
+    Msr.KERNEL_GS_BASE: "kernel_gs_base",
+    Msr.TSC_AUX: "tsc_aux",
+}
+#: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
+_SMAP = int(Cr4.SMAP)
+_EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
+_CR4_RESERVED = ~((1 << 25) - 1) | (1 << 15) | (1 << 19)
+_CR0_RESERVED = ~0xE005_003F & 0xFFFF_FFFF
+
+
+class Exits(Protocol):
+    """What the processor asks of whatever runs beneath the guest (a hypervisor, or nothing)."""
+
+    def vmcall(self, vp: VirtualProcessor) -> None: ...
+
+    def memory_violation(self, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> bool:
+        """A SLAT refusal.  Returns True if a higher VTL completed the instruction for the guest
+        (emulated or skipped it); False if it should run again."""
+        ...
+
+    def intercept_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> bool:
+        """A higher VTL may intercept an architectural MSR access (``value`` None: a read).
+        Returns True if it was intercepted (and resolved by the higher VTL)."""
+        ...
+
+    def intercept_register(self, vp: VirtualProcessor, name: str, value: int) -> bool:
+        """Writes to CR0/CR4/XCR0/IDTR/GDTR/LDTR/TR that a higher VTL may intercept."""
+        ...
+
+    def intercept_io(self, vp: VirtualProcessor, port: int, size: int, value: int | None) -> bool:
+        ...
+
+    def synthetic_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
+        """Hypervisor MSRs.  Returns the value read (or 0 for a write); None means #GP."""
+        ...
+
+
+class NoHypervisor:
+    """Bare metal: no hypercalls (#UD), no SLAT, no secure intercepts, no synthetic MSRs."""
+
+    def vmcall(self, vp: VirtualProcessor) -> None:
+        vp.fault(Vector.UD)
+
+    def memory_violation(self, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> bool:
+        raise AssertionError("SLAT refusal on a machine without SLAT")  # pragma: no cover
+
+    def intercept_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> bool:
+        return False
+
+    def intercept_register(self, vp: VirtualProcessor, name: str, value: int) -> bool:
+        return False
+
+    def intercept_io(self, vp: VirtualProcessor, port: int, size: int, value: int | None) -> bool:
+        return False
+
+    def synthetic_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
+        return None
+
+
+class VirtualProcessor:
+    """One VP with a private register bank per enabled VTL and one shared bank."""
+
+    def __init__(
+        self,
+        index: int,
+        ram: GuestRam,
+        slat: Slat | None,
+        trace: Trace,
+        bus: Bus | None = None,
+        vtls: int = 2,
+    ) -> None:
+        self.index = index
+        self.ram = ram
+        self.mm = ram.mm
+        self.slat = slat
+        self.trace = trace
+        self.bus = bus if bus is not None else Bus()
+        self.exits: Exits = NoHypervisor()
+        self.actor = ""
+        # Shared state (vsm-spec §5.5, right column).
+        self.rax = self.rcx = self.rdx = self.rbx = self.rbp = self.rsi = self.rdi = 0
+        self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = self.r14 = self.r15 = 0
+        self.cr2 = self.dr0 = self.dr1 = self.dr2 = self.dr3 = 0
+        self.dr6 = 0xFFFF_0FF0
+        self.xcr0 = 1
+        self.xmm: list[int] = [0] * 16
+        # Private state: one bank per enabled VTL; VTL0 always exists.
+        self.banks: list[PrivateState | None] = [None] * vtls
+        self.layers: list[PagingLayer | None] = [None] * vtls
+        self.tlbs: list[Tlb] = [Tlb() for _ in range(vtls)]
+        self.mbec: list[bool] = [False] * vtls
+        self.vtl = 0
+        self.started = index == 0  # the BSP runs from reset; APs wait for a start request
+        self.enable_vtl(0, PrivateState())
+        self.p: PrivateState = self._bank(0)
+        self.layer: PagingLayer = self._layer(0)
+        self._delivering = 0
+        self._reselect()
+
+    # -- banks and modes ----------------------------------------------------------------------
+    def _bank(self, vtl: int) -> PrivateState:
+        bank = self.banks[vtl]
+        if bank is None:
+            raise AssertionError(f"VTL{vtl} is not enabled on VP{self.index}")
+        return bank
+
+    def _layer(self, vtl: int) -> PagingLayer:
+        layer = self.layers[vtl]
+        if layer is None:
+            raise AssertionError(f"VTL{vtl} is not enabled on VP{self.index}")
+        return layer
+
+    def enable_vtl(self, vtl: int, state: PrivateState) -> None:
+        self.banks[vtl] = state
+        self.layers[vtl] = PagingLayer(self.ram, self.slat, vtl, state, self.mbec[vtl])
+
+    def vtl_enabled(self, vtl: int) -> bool:
+        return 0 <= vtl < len(self.banks) and self.banks[vtl] is not None
+
+    def switch_vtl(self, vtl: int) -> None:
+        """Make ``vtl``'s private bank live (the hypervisor's half of a VTL switch)."""
+        self.vtl = vtl
+        self.p = self._bank(vtl)
+        self.layer = self._layer(vtl)
+        self._reselect()
+
+    def set_cpl(self, cpl: int) -> None:
+        self.p.cpl = cpl
+        self._reselect()
+
+    @property
+    def cpl(self) -> int:
+        return self.p.cpl
+
+    def set_mbec(self, vtl: int, enabled: bool) -> None:
+        self.mbec[vtl] = enabled
+        layer = self.layers[vtl]
+        if layer is not None:
+            layer.mbec = enabled
+        self.tlbs[vtl].flush_all()
+
+    def _reselect(self) -> None:
+        tlb = self.tlbs[self.vtl]
+        self._tlb = tlb
+        self._r, self._w, self._x = tlb.maps_for(self.p.cpl)
+
+    def flush_tlb(self, vtl: int | None = None, keep_global: bool = False) -> None:
+        for index, tlb in enumerate(self.tlbs):
+            if vtl is None or index == vtl:
+                tlb.flush_all(keep_global)
+
+    def emit(self, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
+        """Trace an event attributed to this VP's current mode (callers check ``trace.on``)."""
+        self.trace.emit(
+            kind, mechanism, outcome, vp=self.index, vtl=self.vtl, cpl=self.p.cpl,
+            actor=self.actor, **detail,
+        )  # fmt: skip
+
+    # -- translation ----------------------------------------------------------------------------
+    def translate(self, va: int, access: Access) -> int | None:
+        """GPA for ``va``, delivering whatever the refusal calls for; None if a higher VTL
+        completed the instruction in the guest's place (nothing to read or write)."""
+        vpn = va >> PAGE_SHIFT
+        verdict = self._check(va, vpn, access)
+        if verdict.ok and not self.trace.on:
+            return verdict.address
+        for _ in range(MAX_RETRIES):
+            if verdict.ok:
+                if self.trace.on:
+                    self.emit("access", verdict.mechanism, "allowed",
+                              va=va, gpa=verdict.address, access=access.name.lower())  # fmt: skip
+                return verdict.address
+            if self._refused(verdict, va):
+                return None
+            verdict = self._check(va, vpn, access)
+        raise GuestHang(f"{access.name.lower()} of 0x{va:x} refused {MAX_RETRIES} times")
+
+    def _check(self, va: int, vpn: int, access: Access) -> Verdict:
+        layer = self.layer
+        state = self.p
+        tlb = self._tlb
+        leaf = tlb.entries.get(vpn)
+        if leaf is None or (access is Access.WRITE and not leaf.dirty):
+            verdict, leaf = layer.walk(va, access)
+            if leaf is None:
+                return verdict
+        else:
+            mechanism = check_rights(leaf, access, state)
+            if mechanism:
+                user_mode = state.cpl == 3
+                code_ = error_code(True, access, user_mode, state)
+                return Verdict(False, va, mechanism, access, fault=code_)
+            gpa = leaf.gpa_page | (va & PAGE_MASK)
+            refusal = layer.slat_check(gpa, access, leaf.user)
+            if refusal is not None:
+                return refusal
+            verdict = Verdict(True, gpa, "tlb", access)
+        cacheable = not (leaf.user and state.cpl != 3 and state.cr4 & _SMAP) and (
+            verdict.address < self.ram.size
+        )
+        tlb.fill(vpn, leaf, access, state.cpl, cacheable)
+        return verdict
+
+    def _refused(self, verdict: Verdict, va: int) -> bool:
+        """Deliver the consequence of a refusal; True if the instruction was completed."""
+        mechanism = verdict.mechanism
+        if self.trace.on:
+            self.emit("access", mechanism, "denied", va=va, gpa=verdict.gpa,
+                      access=verdict.access.name.lower(), error_code=verdict.fault)  # fmt: skip
+        if mechanism in ("slat", "slat.walk"):
+            return self.exits.memory_violation(self, verdict, va)
+        if mechanism == "canonical":
+            self.fault(Vector.GP, 0)
+            return False
+        self.cr2 = va
+        self.fault(Vector.PF, verdict.fault)
+        return False
+
+    # -- loads and stores -----------------------------------------------------------------------
+    def read(self, va: int, length: int) -> bytes:
+        out = bytearray()
+        while length > 0:
+            chunk = min(length, PAGE_SIZE - (va & PAGE_MASK))
+            gpa = self.translate(va, Access.READ)
+            if gpa is None:
+                out += bytes(chunk)  # completed by a higher VTL: no data reaches the guest
+            elif gpa + chunk <= self.ram.size:
+                out += self.mm[gpa : gpa + chunk]
+            else:
+                out += self._mmio_read(gpa, chunk)
+            va = (va + chunk) & 0xFFFF_FFFF_FFFF_FFFF
+            length -= chunk
+        return bytes(out)
+
+    def write(self, va: int, data: bytes | bytearray) -> None:
+        view = bytes(data)
+        while view:
+            chunk = min(len(view), PAGE_SIZE - (va & PAGE_MASK))
+            gpa = self.translate(va, Access.WRITE)
+            if gpa is not None:
+                if gpa + chunk <= self.ram.size:
+                    self.mm[gpa : gpa + chunk] = view[:chunk]
+                else:
+                    self._mmio_write(gpa, view[:chunk])
+            va = (va + chunk) & 0xFFFF_FFFF_FFFF_FFFF
+            view = view[chunk:]
+
+    def read_u64(self, va: int) -> int:
+        base = self._r.get(va >> PAGE_SHIFT)
+        if va & PAGE_MASK <= PAGE_SIZE - 8:
+            if base is None:
+                gpa = self.translate(va, Access.READ)
+                if gpa is None:
+                    return 0
+                if gpa + 8 > self.ram.size:
+                    return int.from_bytes(self._mmio_read(gpa, 8), "little")
+                return int.from_bytes(self.mm[gpa : gpa + 8], "little")
+            off = base | (va & PAGE_MASK)
+            return int.from_bytes(self.mm[off : off + 8], "little")
+        return int.from_bytes(self.read(va, 8), "little")
+
+    def write_u64(self, va: int, value: int) -> None:
+        base = self._w.get(va >> PAGE_SHIFT)
+        if base is not None and va & PAGE_MASK <= PAGE_SIZE - 8:
+            off = base | (va & PAGE_MASK)
+            self.mm[off : off + 8] = (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+            return
+        self.write(va, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+    def read_u32(self, va: int) -> int:
+        return int.from_bytes(self.read(va, 4), "little")
+
+    def write_u32(self, va: int, value: int) -> None:
+        self.write(va, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+
+    def _mmio_read(self, gpa: int, length: int) -> bytes:
+        data = self.bus.mmio_read(gpa, length)
+        if data is None:
+            if self.trace.on:
+                self.emit("mmio", "bus.unclaimed", "floating", gpa=gpa, length=length)
+            return b"\xff" * length
+        return data
+
+    def _mmio_write(self, gpa: int, data: bytes) -> None:
+        if not self.bus.mmio_write(gpa, data) and self.trace.on:
+            self.emit("mmio", "bus.unclaimed", "dropped", gpa=gpa, length=len(data))
+
+    # -- instruction fetch and control transfer ---------------------------------------------
+    def fetch(self, va: int) -> code.GuestRoutine | None:
+        """Fetch the thunk at ``va`` (execute checks) and decode it; None after a refusal that
+        a higher VTL completed.  Undecodable bytes raise #UD."""
+        for _ in range(MAX_RETRIES):
+            base = self._x.get(va >> PAGE_SHIFT)
+            if base is not None:
+                gpa: int | None = base | (va & PAGE_MASK)
+            else:
+                gpa = self.translate(va, Access.EXECUTE)
+                if gpa is None:
+                    return None
+            if gpa + code.THUNK_SIZE <= self.ram.size:
+                entry = code.decode_thunk(self.mm[gpa : gpa + code.THUNK_SIZE])
+                if entry is not None:
+                    return entry[1]
+            if self.trace.on:
+                self.emit("fetch", "decode", "invalid-opcode", va=va, gpa=gpa)
+            self.fault(Vector.UD)
+        raise GuestHang(f"fetch at 0x{va:x} faulted {MAX_RETRIES} times")
+
+    def call(self, va: int, *args: Any) -> Any:
+        """``call va``: fetch and run the routine at ``va``; ``ret`` restores RIP."""
+        bank = self.p
+        return_rip = bank.rip
+        routine = self.fetch(va)
+        if routine is None:
+            return None
+        bank.rip = va
+        result = routine(self, *args)
+        bank.rip = return_rip
+        return result
+
+    # -- exceptions -----------------------------------------------------------------------------
+    def fault(self, vector: int, error_code_: int | None = None) -> None:
+        """Deliver an exception through the current VTL's IDT and run its handler at CPL0.
+
+        Returning from here is the handler's IRET: the caller re-executes the instruction."""
+        if self.trace.on:
+            self.emit("exception", "idt", "delivered", vector=int(vector), error_code=error_code_,
+                      cr2=self.cr2 if vector == Vector.PF else None)  # fmt: skip
+        if self._delivering >= MAX_DELIVERY_DEPTH:
+            raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
+        handler = self._idt_handler(vector)
+        if handler is None:
+            if vector == Vector.DF:
+                raise TripleFault(self.vtl, "no usable #DF handler")
+            self.fault(Vector.DF, 0)
+            return
+        bank = self.p
+        saved_cpl, saved_rip, saved_flags = bank.cpl, bank.rip, bank.rflags
+        self._delivering += 1
+        try:
+            if bank.cpl != 0:
+                self.set_cpl(0)
+            bank.rflags &= ~int(Rflags.IF | Rflags.TF)
+            self.call(handler, int(vector), error_code_ or 0)
+        finally:
+            self._delivering -= 1
+        if self.p is bank:  # IRET
+            bank.rip, bank.rflags = saved_rip, saved_flags
+            if bank.cpl != saved_cpl:
+                self.set_cpl(saved_cpl)
+
+    def _idt_handler(self, vector: int) -> int | None:
+        """Read the 16-byte interrupt gate (SDM Vol. 3A §6.14.1) with a supervisor implicit
+        access; None if the IDT limit, the gate or its translation is unusable."""
+        bank = self.p
+        offset = int(vector) * 16
+        if offset + 15 > bank.idtr_limit:
+            return None
+        gate_va = (bank.idtr_base + offset) & 0xFFFF_FFFF_FFFF_FFFF
+        verdict, _ = self.layer.walk(gate_va, Access.READ, implicit=True)
+        if not verdict.ok or verdict.address + 16 > self.ram.size:
+            return None
+        gate = self.mm[verdict.address : verdict.address + 16]
+        if not gate[5] & 0x80:  # P bit of the type/attributes byte
+            return None
+        low = int.from_bytes(gate[0:2], "little")
+        mid = int.from_bytes(gate[6:8], "little")
+        high = int.from_bytes(gate[8:12], "little")
+        return low | (mid << 16) | (high << 32)
+
+    # -- privileged instructions -------------------------------------------------------------
+    def _require_cpl0(self) -> bool:
+        if self.p.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return False
+        return True
+
+    def vmcall(self) -> None:
+        """``vmcall``: hypercall with RCX = input value, RDX/R8 = parameters, result in RAX."""
+        if self.p.cpl != 0:
+            # vsm-spec §1.1: a hypercall from CPL>0 raises #UD.
+            if self.trace.on:
+                self.emit("hypercall", "cpl", "invalid-opcode", code=self.rcx & 0xFFFF)
+            self.fault(Vector.UD)
+            return
+        self.exits.vmcall(self)
+
+    def wrmsr(self, msr: int, value: int) -> None:
+        if not self._require_cpl0():
+            return
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        if HV_MSR_BASE <= msr < HV_MSR_LIMIT:
+            if self.exits.synthetic_msr(self, msr, value) is None:
+                self.fault(Vector.GP, 0)
+            return
+        name = _ARCH_MSR_FIELDS.get(msr)
+        if name is None or (msr == Msr.EFER and value & ~_EFER_WRITABLE):
+            self.fault(Vector.GP, 0)
+            return
+        if self.exits.intercept_msr(self, msr, value):
+            return
+        self.apply_msr(msr, value)
+
+    def apply_msr(self, msr: int, value: int) -> None:
+        """Architectural effect of a permitted MSR write (also used by a higher VTL's emulation)."""
+        name = _ARCH_MSR_FIELDS[msr]
+        setattr(self.p, name, value)
+        if msr == Msr.EFER:
+            self._tlb.flush_all()
+            self._reselect()
+        if self.trace.on:
+            self.emit("msr", "wrmsr", "written", msr=msr, value=value)
+
+    def rdmsr(self, msr: int) -> int:
+        if not self._require_cpl0():
+            return 0
+        if HV_MSR_BASE <= msr < HV_MSR_LIMIT:
+            value = self.exits.synthetic_msr(self, msr, None)
+            if value is None:
+                self.fault(Vector.GP, 0)
+                return 0
+            return value
+        name = _ARCH_MSR_FIELDS.get(msr)
+        if name is None:
+            self.fault(Vector.GP, 0)
+            return 0
+        if self.exits.intercept_msr(self, msr, None):
+            return self.rax & 0xFFFF_FFFF | (self.rdx & 0xFFFF_FFFF) << 32
+        return int(getattr(self.p, name))
+
+    def mov_to_cr(self, cr: int, value: int) -> None:
+        """``mov crN, r64`` for CR0, CR3, CR4 and CR8 (SDM Vol. 3A §2.5, §4.10.4.1)."""
+        if not self._require_cpl0():
+            return
+        value &= 0xFFFF_FFFF_FFFF_FFFF
+        bank = self.p
+        if cr == 3:
+            bank.cr3 = value & ~(1 << 63)
+            self._tlb.flush_all(keep_global=bool(bank.cr4 & Cr4.PGE))
+            self._reselect()
+            if self.trace.on:
+                self.emit("cr", "mov-cr3", "written", value=value)
+            return
+        if cr == 8:
+            bank.cr8 = value & 0xF
+            return
+        if cr not in (0, 4) or (cr == 0 and value & _CR0_RESERVED) or (cr == 4 and value & _CR4_RESERVED):
+            self.fault(Vector.GP, 0)
+            return
+        if self.exits.intercept_register(self, f"cr{cr}", value):
+            return
+        self.apply_cr(cr, value)
+
+    def apply_cr(self, cr: int, value: int) -> None:
+        setattr(self.p, f"cr{cr}", value)
+        self._tlb.flush_all()
+        self._reselect()
+        if self.trace.on:
+            self.emit("cr", f"mov-cr{cr}", "written", value=value)
+
+    def lidt(self, base: int, limit: int) -> None:
+        self._load_table("idtr", base, limit)
+
+    def lgdt(self, base: int, limit: int) -> None:
+        self._load_table("gdtr", base, limit)
+
+    def _load_table(self, name: str, base: int, limit: int) -> None:
+        if not self._require_cpl0():
+            return
+        base &= 0xFFFF_FFFF_FFFF_FFFF
+        limit &= 0xFFFF
+        if self.exits.intercept_register(self, name, base):
+            return
+        setattr(self.p, f"{name}_base", base)
+        setattr(self.p, f"{name}_limit", limit)
+        if self.trace.on:
+            self.emit("table", f"l{name[:3]}", "loaded", base=base, limit=limit)
+
+    def invlpg(self, va: int) -> None:
+        if not self._require_cpl0():
+            return
+        self._tlb.flush_page(va >> PAGE_SHIFT)
+
+    def out(self, port: int, size: int, value: int) -> None:
+        if not self._require_cpl0():  # IOPL 0 and no I/O bitmap: ring 0 only
+            return
+        port &= 0xFFFF
+        value &= (1 << (8 * size)) - 1
+        if self.exits.intercept_io(self, port, size, value):
+            return
+        if not self.bus.port_write(port, size, value) and self.trace.on:
+            self.emit("io", "bus.unclaimed", "dropped", port=port, value=value)
+
+    def inp(self, port: int, size: int) -> int:
+        if not self._require_cpl0():
+            return 0
+        port &= 0xFFFF
+        if self.exits.intercept_io(self, port, size, None):
+            return self.rax & ((1 << (8 * size)) - 1)
+        value = self.bus.port_read(port, size)
+        return ((1 << (8 * size)) - 1) if value is None else value
+
+    # -- system calls ------------------------------------------------------------------------
+    def syscall(self) -> None:
+        """``syscall`` (SDM Vol. 2B): RCX ← RIP, R11 ← RFLAGS, RFLAGS &= ~SFMASK, CPL 0, RIP ←
+        LSTAR; then the kernel's entry runs and ends with ``sysret``."""
+        bank = self.p
+        if not bank.efer & Efer.SCE or bank.cpl != 3:
+            # SCE clear: #UD.  From CPL0 the model refuses too (Windows never does it).
+            self.fault(Vector.UD)
+            return
+        self.rcx = bank.rip
+        self.r11 = bank.rflags
+        bank.rflags &= ~bank.sfmask
+        self.set_cpl(0)
+        if self.trace.on:
+            self.emit("syscall", "lstar", "entered", number=self.rax, lstar=bank.lstar)
+        self.call(bank.lstar)
+        if self.p is bank and bank.cpl != 3:
+            # The kernel entry returned without sysret: its thread cannot go back to user mode.
+            raise GuestHang("kernel system-call entry returned without sysret")
+
+    def sysret(self) -> None:
+        bank = self.p
+        if bank.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return
+        bank.rip = self.rcx
+        bank.rflags = (self.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
+        self.set_cpl(3)
+        if self.trace.on:
+            self.emit("syscall", "sysret", "returned", status=self.rax)
+
+    # -- helpers for register access by name (hypervisor register interface) ------------------
+    def shared_gprs(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in SHARED_GPRS}
+
+
+RoutineFactory = Callable[["VirtualProcessor"], None]
