@@ -188,7 +188,9 @@ class PagingLayer:
             return R | W | KX | UX
         return slat.rights(self.vtl, gpn)
 
-    def walk(self, va: int, access: Access, implicit: bool = False) -> tuple[Verdict, Leaf | None]:
+    def walk(
+        self, va: int, access: Access, implicit: bool = False, update_ad: bool = True
+    ) -> tuple[Verdict, Leaf | None]:
         """Translate ``va``; on success set A (and D for writes) and return the leaf.
 
         This is the TLB-miss path, so it is written for speed: plain ints, locals, one loop over
@@ -250,7 +252,7 @@ class PagingLayer:
                 return refusal, None
         elif not eff[gpa >> 12] & 1:
             return Verdict(False, gpa, "slat", access, gpa=gpa), None
-        if not need_ad:
+        if not need_ad or not update_ad:
             return Verdict(True, gpa, "paging", access), leaf
         # Accessed / dirty bits: writing paging structures needs SLAT write rights (EPT A/D).
         last = len(entries) - 1

@@ -86,6 +86,10 @@ class PrivateState:
     )
     ldtr: Segment = field(default_factory=Segment)
     tr: Segment = field(default_factory=Segment)
+    #: The per-processor kernel block that GS base designates in this VTL (NT's KPCR, the
+    #: Secure Kernel's processor block): how a kernel's routines find their own state.  Private
+    #: per VTL, like GS base itself.
+    gs_object: object | None = None
 
     def copy(self) -> PrivateState:
         clone = PrivateState(**{n: getattr(self, n) for n in PRIVATE_REGS}, cpl=self.cpl)
@@ -93,4 +97,5 @@ class PrivateState:
                           for k, s in self.segments.items()}  # fmt: skip
         clone.ldtr = Segment(self.ldtr.base, self.ldtr.limit, self.ldtr.selector, self.ldtr.attributes)
         clone.tr = Segment(self.tr.base, self.tr.limit, self.tr.selector, self.tr.attributes)
+        clone.gs_object = self.gs_object
         return clone

@@ -186,10 +186,19 @@ class VirtualProcessor:
 
     def switch_vtl(self, vtl: int) -> None:
         """Make ``vtl``'s private bank live (the hypervisor's half of a VTL switch)."""
+        bank = self.banks[vtl]
+        layer = self.layers[vtl]
+        if bank is None or layer is None:
+            raise AssertionError(f"VTL{vtl} is not enabled on VP{self.index}")
         self.vtl = vtl
-        self.p = self._bank(vtl)
-        self.layer = self._layer(vtl)
-        self._reselect()
+        self.p = bank
+        self.layer = layer
+        tlb = self._tlb = self.tlbs[vtl]
+        fast = tlb.fast
+        if bank.cpl == 3:
+            self._r, self._w, self._x = fast[3], fast[4], fast[5]
+        else:
+            self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     def set_cpl(self, cpl: int) -> None:
         self.p.cpl = cpl
@@ -335,9 +344,18 @@ class VirtualProcessor:
         self.write(va, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
 
     def read_u32(self, va: int) -> int:
+        base = self._r.get(va >> PAGE_SHIFT)
+        if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
+            off = base | (va & PAGE_MASK)
+            return int.from_bytes(self.mm[off : off + 4], "little")
         return int.from_bytes(self.read(va, 4), "little")
 
     def write_u32(self, va: int, value: int) -> None:
+        base = self._w.get(va >> PAGE_SHIFT)
+        if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
+            off = base | (va & PAGE_MASK)
+            self.mm[off : off + 4] = (value & 0xFFFF_FFFF).to_bytes(4, "little")
+            return
         self.write(va, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
 
     def _mmio_read(self, gpa: int, length: int) -> bytes:

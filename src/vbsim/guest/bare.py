@@ -1,0 +1,275 @@
+"""A bare partition: a minimal VTL0 kernel and a minimal VTL1 monitor, for ``vbsim machine`` and
+for exercising the hypervisor without the full NT / Secure Kernel stack.
+
+The VTL0 kernel enables VTL1 the way LVBS's ``hv_vsm_boot.c`` does (vsm-spec §5.1): guest OS ID,
+hypercall page, EnablePartitionVtl, EnableVpVtl with the monitor's initial context, first VtlCall.
+The monitor then does what LVBS's ``mshv_vsm_vtl1.c`` does: VP assist page, hypercall page,
+SynIC SINT0 for intercepts, VsmPartitionConfig (EnableVtlProtection, default mask 0xF), and it
+takes its own frames away from VTL0.  After that VTL0 calls it with a function ID in RDI and
+arguments in RSI/RDX (LVBS's VTL-call ABI, status back in R8):
+
+- ``MON_NULL`` (0): nothing (the round-trip benchmark);
+- ``MON_PROTECT`` (1): ModifyVtlProtectionMask(page of RSI, flags RDX) for VTL0;
+- ``MON_LOCK_CRS`` (2): intercept VTL0 writes to CR0/CR4 (mask in RSI) and LSTAR.
+
+Its SINT0 handler records each intercept message in its log page and, as LVBS does for GPA
+intercepts, injects #GP into VTL0 through PendingEvent0.  The VTL0 kernel's exception handlers
+record the exception and end the faulting flow.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from vbsim.guest import hvcall
+from vbsim.guest.address_space import KernelSpace
+from vbsim.hv import defs
+from vbsim.hv.calls.context import encode_context
+from vbsim.hv.defs import HvMapGpaFlags, HvMsr, HvRegisterName, HvStatus, HvVtlEntryReason
+from vbsim.hw.code import guest_code
+from vbsim.hw.faults import ThreadTerminated
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, Msr, Vector
+from vbsim.machine import Machine
+
+MON_NULL, MON_PROTECT, MON_LOCK_CRS = 0, 1, 2
+#: Status codes the monitor returns in R8 (NTSTATUS-like: 0 success).
+MON_OK, MON_FAILED, MON_UNKNOWN = 0, 0xC000_0001, 0xC000_0002
+SINT0_VECTOR = 0x30
+GUEST_OS_ID = 0x8100_0A00_0000_4A61  # "open source" bit 63 plus an arbitrary version
+#: A log record: message type u32, access u8, vtl u8, pad u16, GPA u64, GVA u64, value u64.
+LOG_RECORD = struct.Struct("<IBBHQQQ")
+LOG_CAPACITY = (4096 - 8) // LOG_RECORD.size
+
+
+@dataclass
+class ExceptionRecord:
+    vtl: int
+    cpl: int
+    vector: int
+    error_code: int
+    cr2: int
+
+
+@dataclass
+class BareKernel:
+    """The VTL0 side."""
+
+    machine: Machine
+    space: KernelSpace
+    params: hvcall.ParamPages
+    exceptions: list[ExceptionRecord] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, machine: Machine) -> BareKernel:
+        space = KernelSpace(machine.ram, "bare-vtl0")
+        in_va, in_gpa = space.alloc_data()
+        out_va, out_gpa = space.alloc_data()
+        kernel = cls(machine, space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa))
+        idt = space.build_idt({}, default="bare0.exception")
+        for vp in machine.vps:
+            bank = vp.banks[0]
+            assert bank is not None
+            state = space.initial_state(0, idt=idt)
+            state.gs_object = kernel
+            vp.banks[0] = None
+            vp.enable_vtl(0, state)
+            vp.switch_vtl(0)
+        return kernel
+
+
+@dataclass
+class Monitor:
+    """The VTL1 side."""
+
+    space: KernelSpace
+    params: hvcall.ParamPages
+    assist_gpa: int
+    sim_gpa: int
+    hypercall_gpa: int
+    log_va: int
+    log_gpa: int
+    entry_va: int
+    idt: tuple[int, int]
+    initialized: bool = False
+
+    @classmethod
+    def load(cls, machine: Machine) -> Monitor:
+        space = KernelSpace(machine.ram, "bare-vtl1")
+        in_va, in_gpa = space.alloc_data()
+        out_va, out_gpa = space.alloc_data()
+        _, assist_gpa = space.alloc_data()
+        _, sim_gpa = space.alloc_data()
+        _, hypercall_gpa = space.alloc_data()
+        log_va, log_gpa = space.alloc_data()
+        idt = space.build_idt({SINT0_VECTOR: "bare1.sint0"}, default="bare1.exception")
+        entry = space.install("bare1.entry")
+        return cls(space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa), assist_gpa, sim_gpa,
+                   hypercall_gpa, log_va, log_gpa, entry, idt)  # fmt: skip
+
+    def context(self) -> bytes:
+        state = self.space.initial_state(self.entry_va, idt=self.idt)
+        return encode_context(state)
+
+    def log(self, vp: VirtualProcessor) -> list[tuple[int, int, int, int, int, int]]:
+        """Host-side reading of the monitor's log page (for reports and tests)."""
+        count = int.from_bytes(vp.ram.read(self.log_gpa, 8), "little")
+        raw = vp.ram.read(self.log_gpa + 8, LOG_RECORD.size * min(count, LOG_CAPACITY))
+        return [LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[:1] + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[1:3]
+                + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[4:] for i in range(min(count, LOG_CAPACITY))]  # fmt: skip
+
+
+# -- VTL0 routines ------------------------------------------------------------------------------
+def _kernel(vp: VirtualProcessor) -> BareKernel:
+    kernel = vp.p.gs_object
+    assert isinstance(kernel, BareKernel)
+    return kernel
+
+
+def _monitor(vp: VirtualProcessor) -> Monitor:
+    monitor = vp.p.gs_object
+    assert isinstance(monitor, Monitor)
+    return monitor
+
+
+@guest_code("bare0.exception")
+def _vtl0_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    kernel = _kernel(vp)
+    kernel.exceptions.append(ExceptionRecord(vp.vtl, vp.cpl, vector, error_code, vp.cr2))
+    raise ThreadTerminated(f"VTL0 exception {Vector(vector).name if vector in Vector._value2member_map_ else vector}",
+                           vector, error_code)  # fmt: skip
+
+
+def enable_hypercalls(vp: VirtualProcessor, hypercall_gpa: int) -> None:
+    """Guest OS ID first, then the hypercall page (vsm-spec §1.1)."""
+    vp.wrmsr(HvMsr.GUEST_OS_ID, GUEST_OS_ID)
+    vp.wrmsr(HvMsr.HYPERCALL, hypercall_gpa | 1)
+
+
+def boot_vtl1(vp: VirtualProcessor, kernel: BareKernel, monitor: Monitor) -> list[str]:
+    """VTL0's half of VSM enablement (vsm-spec §5.1 steps 1-5); returns what failed, if anything."""
+    failures: list[str] = []
+    _, hypercall_gpa = kernel.space.alloc_data()
+    enable_hypercalls(vp, hypercall_gpa)
+    result, values = hvcall.get_vp_registers(vp, kernel.params, [HvRegisterName.VSM_PARTITION_STATUS])
+    if not result.ok or defs.PSTATUS_MAXIMUM_VTL.extract(values[0]) < 1:
+        return [f"VsmPartitionStatus: {result.status_name}"]
+    result = hvcall.enable_partition_vtl(vp, kernel.params, 1, int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC))
+    if not result.ok:
+        failures.append(f"EnablePartitionVtl: {result.status_name}")
+    result = hvcall.enable_vp_vtl(vp, kernel.params, 1, monitor.context())
+    if not result.ok:
+        failures.append(f"EnableVpVtl: {result.status_name}")
+        return failures
+    bank1 = vp.banks[1]
+    assert bank1 is not None
+    bank1.gs_object = monitor  # the monitor's GS base: set by its own loader in its context
+    hvcall.vtl_call(vp)
+    return failures
+
+
+def monitor_call(vp: VirtualProcessor, function: int, arg1: int = 0, arg2: int = 0) -> int:
+    """VTL0 → VTL1 call with LVBS's register ABI; returns the status in R8."""
+    vp.rdi, vp.rsi, vp.rdx, vp.r8 = function, arg1, arg2, MON_UNKNOWN
+    hvcall.vtl_call(vp)
+    return vp.r8
+
+
+# -- VTL1 routines ------------------------------------------------------------------------------
+@guest_code("bare1.entry")
+def _vtl1_entry(vp: VirtualProcessor) -> None:
+    monitor = _monitor(vp)
+    if not monitor.initialized:
+        _monitor_init(vp, monitor)
+        monitor.initialized = True
+        hvcall.vtl_return(vp)
+        return
+    reason = vp.read_u32(monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET)
+    if reason == HvVtlEntryReason.VTL_CALL:
+        function, arg1, arg2 = vp.rdi, vp.rsi, vp.rdx
+        status = MON_UNKNOWN
+        if function == MON_NULL:
+            status = MON_OK
+        elif function == MON_PROTECT:
+            result = hvcall.modify_vtl_protection_mask(vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2)
+            status = MON_OK if result.ok else MON_FAILED
+        elif function == MON_LOCK_CRS:
+            control = int(defs.HvCrInterceptControl.CR0_WRITE | defs.HvCrInterceptControl.CR4_WRITE
+                          | defs.HvCrInterceptControl.MSR_LSTAR_WRITE | defs.HvCrInterceptControl.IDTR_WRITE)  # fmt: skip
+            result = hvcall.set_vp_registers(vp, monitor.params, [
+                (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
+                (HvRegisterName.CR_INTERCEPT_CR4_MASK, arg1),
+                (HvRegisterName.CR_INTERCEPT_CONTROL, control),
+            ])  # fmt: skip
+            status = MON_OK if result.ok else MON_FAILED
+        # Clear the shared registers we do not return (vbs-internals §2.2 step 5).
+        vp.rdi = vp.rsi = vp.rdx = 0
+        vp.r8 = status
+    hvcall.vtl_return(vp)
+
+
+def _monitor_init(vp: VirtualProcessor, monitor: Monitor) -> None:
+    enable_hypercalls(vp, monitor.hypercall_gpa)
+    vp.wrmsr(HvMsr.VP_ASSIST_PAGE, monitor.assist_gpa | 1)
+    vp.wrmsr(HvMsr.SIMP, monitor.sim_gpa | 1)
+    vp.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
+    vp.wrmsr(HvMsr.SCONTROL, 1)
+    config = defs.PCONFIG_ENABLE_VTL_PROTECTION.mask | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, 0xF)
+    config |= defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
+    result = hvcall.set_vp_registers(vp, monitor.params, [(HvRegisterName.VSM_PARTITION_CONFIG, config)])
+    if not result.ok:
+        raise AssertionError(f"monitor could not configure VSM: {result.status_name}")
+    # Take every frame of the monitor away from VTL0 (LVBS: ModifyVtlProtectionMask(flags=0)).
+    hvcall.modify_vtl_protection_mask(vp, monitor.params, sorted(set(monitor.space.frames)),
+                                      int(HvMapGpaFlags(0)))  # fmt: skip
+
+
+@guest_code("bare1.sint0")
+def _vtl1_sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    monitor = _monitor(vp)
+    slot = monitor.space.phys_va(monitor.sim_gpa)  # SINT0's slot is the first of the SIM page
+    message_type = vp.read_u32(slot)
+    payload = vp.read(slot + 16, defs.HV_MESSAGE_PAYLOAD_SIZE)
+    header = defs.INTERCEPT_HEADER.unpack_from(payload)
+    access, state = header[2], header[3]
+    gpa = gva = value = 0
+    if message_type == defs.HvMessageType.GPA_INTERCEPT:
+        fields = defs.MEMORY_INTERCEPT_MESSAGE.unpack_from(payload)
+        gva, gpa = fields[-3], fields[-2]
+    elif message_type == defs.HvMessageType.REGISTER_INTERCEPT:
+        value = defs.REGISTER_INTERCEPT_MESSAGE.unpack_from(payload)[-2]
+    elif message_type == defs.HvMessageType.MSR_INTERCEPT:
+        fields = defs.MSR_INTERCEPT_MESSAGE.unpack_from(payload)
+        value = (fields[-2] << 32) | (fields[-1] & 0xFFFF_FFFF)
+    count = vp.read_u64(monitor.log_va)
+    if count < LOG_CAPACITY:
+        record = LOG_RECORD.pack(message_type, access, defs.EXEC_STATE_VTL.extract(state), 0, gpa, gva, value)
+        vp.write(monitor.log_va + 8 + count * LOG_RECORD.size, record)
+    vp.write_u64(monitor.log_va, count + 1)
+    # Resolve: #GP into VTL0, as LVBS does for GPA intercepts and refused register writes.
+    event = defs.PEV_EVENT_PENDING.mask | defs.PEV_DELIVER_ERROR_CODE.mask
+    event = defs.PEV_VECTOR.insert(event, int(Vector.GP))
+    hvcall.set_vp_registers(vp, monitor.params, [(HvRegisterName.PENDING_EVENT0, event)], target_vtl=0)
+    # Free the slot, then EOM if another message is pending (vsm-spec §6.2).
+    flags = vp.read(slot + 5, 1)[0]
+    vp.write_u32(slot, 0)
+    if flags & defs.HV_MESSAGE_FLAG_PENDING:
+        vp.wrmsr(HvMsr.EOM, 0)
+
+
+@guest_code("bare1.exception")
+def _vtl1_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    raise ThreadTerminated(f"VTL1 monitor exception {vector}", vector, error_code)
+
+
+def boot_bare(machine: Machine) -> tuple[BareKernel, Monitor, list[str]]:
+    """Load both sides and enable VTL1 from VTL0 on the boot processor."""
+    kernel = BareKernel.load(machine)
+    monitor = Monitor.load(machine)
+    failures = boot_vtl1(machine.bsp, kernel, monitor)
+    return kernel, monitor, failures
+
+
+__all__ = ["MON_LOCK_CRS", "MON_NULL", "MON_PROTECT", "BareKernel", "Monitor", "boot_bare",
+           "monitor_call", "HvStatus", "Msr"]  # fmt: skip

@@ -1,0 +1,235 @@
+"""The hypervisor: what a VP exits to (``vmcall``, SLAT refusals, secure intercepts, synthetic MSRs).
+
+It holds the partition's VSM state and the per-(VP, VTL) synthetic state, dispatches hypercalls
+from a table, switches VTLs (vsm-spec §5.3, §5.4), delivers secure intercepts to the higher VTL
+through its SynIC (vsm-spec §6.2), and injects pending events into lower VTLs.
+
+Control transfer onto Python: entering a VTL runs the routine at that VTL's RIP (its resume
+point); a VTL's routine leaves by issuing VtlReturn, after which the routine returns and the
+lower VTL continues where it made the VTL call.  Instruction-level RIP inside a Python routine is
+not modelled: RIP names the routine that is running, and a higher VTL that wants an intercepted
+instruction to be skipped moves RIP forward, as it would on hardware (vsm-spec §6.1).
+"""
+
+from __future__ import annotations
+
+from vbsim.hv import defs, msrs, synic
+from vbsim.hv.calls import register_all
+from vbsim.hv.defs import HvVtlEntryReason
+from vbsim.hv.dispatch import Dispatcher
+from vbsim.hv.intercepts import InterceptOutcome, raise_intercept
+from vbsim.hv.state import PartitionVsm, VpVtlState
+from vbsim.hw.faults import GuestHang
+from vbsim.hw.ram import GuestRam
+from vbsim.hw.slat import Slat
+from vbsim.hw.translation import Verdict
+from vbsim.hw.vp import MAX_RETRIES, VirtualProcessor
+from vbsim.hw.x86 import INSN_LEN_VMCALL, Vector
+from vbsim.trace import Trace
+
+#: VtlCall / VtlReturn are recognised only with these exact input values (vsm-spec §1.3 [hv1]).
+_VTL_CALL = int(defs.HvCallCode.VTL_CALL)
+_VTL_RETURN = int(defs.HvCallCode.VTL_RETURN)
+_HYPERCALL_ENABLE = defs.HYPERCALL_MSR_ENABLE.mask
+_TLB_LOCKED = defs.SECCFG_TLB_LOCKED.mask
+_VINA_AUTO_RESET = defs.VINA_AUTO_RESET.mask
+_EVENT_PENDING = defs.PEV_EVENT_PENDING.mask
+
+
+class Hypervisor:
+    """A Hyper-V-like hypervisor for one partition with VTL0 and VTL1."""
+
+    def __init__(self, ram: GuestRam, slat: Slat, trace: Trace, max_vtl: int = 1) -> None:
+        self.ram = ram
+        self.slat = slat
+        self.trace = trace
+        self.vps: list[VirtualProcessor] = []
+        self.states: list[list[VpVtlState]] = []
+        self.partition = PartitionVsm(max_vtl=max_vtl)
+        self.dispatcher = Dispatcher(self)
+        register_all(self.dispatcher)
+        #: Whether the processor model offers MBEC (policy "MBEC present").
+        self.mbec_available = True
+        #: Set when a pending event was injected into a VP's lower VTL on return (per VP index).
+        self.last_injected: dict[int, bool] = {}
+        #: Capability bits reported in HvRegisterVsmCapabilities (vsm-spec §4.1).
+        self.capabilities = (
+            defs.CAP_DR6_SHARED.mask
+            | defs.CAP_MBEC_VTL_MASK.insert(0, 0b10)
+            | defs.CAP_DENY_LOWER_VTL_STARTUP.mask
+        )
+
+    # -- wiring ------------------------------------------------------------------------------
+    def attach(self, vp: VirtualProcessor) -> None:
+        vp.exits = self
+        self.vps.append(vp)
+        self.states.append([VpVtlState() for _ in range(len(vp.banks))])
+
+    def state(self, vp: VirtualProcessor, vtl: int | None = None) -> VpVtlState:
+        return self.states[vp.index][vp.vtl if vtl is None else vtl]
+
+    # -- Exits: vmcall -------------------------------------------------------------------------
+    def vmcall(self, vp: VirtualProcessor) -> None:
+        st = self.states[vp.index][vp.vtl]
+        if not st.hypercall_msr & _HYPERCALL_ENABLE:
+            # No hypercall page for this VTL: the guest has no sanctioned vmcall (model: #UD).
+            if self.trace.on:
+                vp.emit("hypercall", "hypercall-page", "invalid-opcode", code=vp.rcx & 0xFFFF)
+            vp.fault(Vector.UD)
+            return
+        if vp.rcx == _VTL_CALL:
+            self.vtl_call(vp)
+        elif vp.rcx == _VTL_RETURN:
+            self.vtl_return(vp)
+        else:
+            self.dispatcher.dispatch(vp)
+
+    # -- VTL switching (vsm-spec §5.3, §5.4) ---------------------------------------------------
+    def next_higher_vtl(self, vp: VirtualProcessor) -> int | None:
+        banks = vp.banks
+        for vtl in range(vp.vtl + 1, len(banks)):
+            if banks[vtl] is not None:
+                return vtl
+        return None
+
+    def next_lower_vtl(self, vp: VirtualProcessor) -> int | None:
+        banks = vp.banks
+        for vtl in range(vp.vtl - 1, -1, -1):
+            if banks[vtl] is not None:
+                return vtl
+        return None
+
+    def vtl_call(self, vp: VirtualProcessor) -> None:
+        """HvCallVtlCall: control input in RAX must be 0; target the next higher enabled VTL."""
+        target = self.next_higher_vtl(vp)
+        if vp.rax != 0 or target is None:
+            if self.trace.on:
+                vp.emit("vtl", "vtl-call", "invalid-opcode", control=vp.rax)
+            vp.fault(Vector.UD)
+            return
+        vp.p.rip += INSN_LEN_VMCALL
+        self.enter_vtl(vp, target, HvVtlEntryReason.VTL_CALL)
+
+    def vtl_return(self, vp: VirtualProcessor) -> None:
+        """HvCallVtlReturn: bit 0 of RAX is Fast; no return from the lowest VTL (#UD)."""
+        control = vp.rax
+        lower = self.next_lower_vtl(vp)
+        if control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
+            if self.trace.on:
+                vp.emit("vtl", "vtl-return", "invalid-opcode", control=control)
+            vp.fault(Vector.UD)
+            return
+        fast = bool(control & 1)
+        returning = vp.vtl
+        st = self.states[vp.index][returning]
+        # Release TLB locks held by the returning VTL and run the flushes they deferred (§5.7).
+        for low, config in list(st.secure_config.items()):
+            if config & _TLB_LOCKED:
+                st.secure_config[low] = config & ~_TLB_LOCKED
+                low_state = self.states[vp.index][low]
+                if low_state.deferred_flush:
+                    low_state.deferred_flush = False
+                    vp.flush_tlb(low)
+        # VINA AutoReset clears VinaAsserted (vsm-spec §5.4 step 4).
+        if st.vina & _VINA_AUTO_RESET:
+            synic.set_vina_asserted(self, vp, returning, False)
+        rax = rcx = 0
+        if not fast:
+            rax, rcx = synic.vtl_return_registers(self, vp, returning)
+        vp.switch_vtl(lower)
+        if not fast:
+            vp.rax, vp.rcx = rax, rcx
+        if self.trace.on:
+            vp.emit("vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=fast)
+
+    def enter_vtl(self, vp: VirtualProcessor, target: int, reason: HvVtlEntryReason) -> None:
+        """Switch ``vp`` up to ``target`` and run it until it returns below ``target``."""
+        origin = vp.vtl
+        vp.switch_vtl(target)
+        synic.set_entry_reason(self, vp, target, int(reason))
+        if self.trace.on:
+            vp.emit("vtl", "vtl-call" if reason is HvVtlEntryReason.VTL_CALL else "vtl-entry",
+                    "switched", from_vtl=origin, to_vtl=target, reason=reason.name.lower())  # fmt: skip
+        if reason is HvVtlEntryReason.INTERRUPT:
+            self._deliver_interrupts(vp, target)
+        if vp.vtl == target:
+            vp.call(vp.p.rip)  # the VTL resumes at its RIP
+        if vp.vtl >= target:
+            raise GuestHang(f"VTL{target} on VP{vp.index} did not return to a lower VTL")
+        self.after_return(vp)
+
+    def after_return(self, vp: VirtualProcessor) -> None:
+        """Back in a lower VTL: deliver what the higher VTL queued for it (§5.4 step 8, §6.1)."""
+        st = self.states[vp.index][vp.vtl]
+        event = st.pending_event[0]
+        if event & _EVENT_PENDING:
+            st.pending_event[0] = 0
+            vector = defs.PEV_VECTOR.extract(event)
+            code = defs.PEV_ERROR_CODE.extract(event) if defs.PEV_DELIVER_ERROR_CODE.extract(event) else None
+            if self.trace.on:
+                vp.emit("event", "pending-event", "injected", vector=vector, error_code=code)
+            self.last_injected[vp.index] = True
+            vp.fault(vector, code)
+        if st.pending_interrupts:
+            self._deliver_interrupts(vp, vp.vtl)
+
+    # -- interrupts (vsm-spec §5.6) ------------------------------------------------------------
+    def assert_interrupt(self, vp: VirtualProcessor, vtl: int, vector: int) -> None:
+        """An interrupt for ``vtl`` on ``vp``: a higher VTL preempts at once, a lower one waits."""
+        if not vp.vtl_enabled(vtl):
+            return
+        st = self.states[vp.index][vtl]
+        st.pending_interrupts.append(vector & 0xFF)
+        if vtl > vp.vtl:
+            self.enter_vtl(vp, vtl, HvVtlEntryReason.INTERRUPT)
+        elif vtl == vp.vtl:
+            self._deliver_interrupts(vp, vtl)
+        else:
+            if self.trace.on:
+                vp.emit("interrupt", "vtl-priority", "pending", target_vtl=vtl, vector=vector)
+            active = self.states[vp.index][vp.vtl]
+            if defs.VINA_ENABLED.extract(active.vina):
+                synic.assert_vina(self, vp, vp.vtl)
+
+    def _deliver_interrupts(self, vp: VirtualProcessor, vtl: int) -> None:
+        st = self.states[vp.index][vtl]
+        while st.pending_interrupts and vp.vtl == vtl:
+            vector = st.pending_interrupts.popleft()
+            if self.trace.on:
+                vp.emit("interrupt", "idt", "delivered", vector=vector)
+            vp.fault(vector)
+
+    # -- Exits: SLAT refusals and secure intercepts --------------------------------------------
+    def memory_violation(self, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> bool:
+        outcome = raise_intercept(self, vp, synic.memory_intercept_message(self, vp, verdict, gva))
+        return outcome is InterceptOutcome.COMPLETED
+
+    def intercept_register(self, vp: VirtualProcessor, name: str, value: int) -> bool:
+        message = synic.register_intercept_message(self, vp, name, value)
+        if message is None:
+            return False
+        return self._resolve(vp, message)
+
+    def intercept_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> bool:
+        message = synic.msr_intercept_message(self, vp, msr, value)
+        if message is None:
+            return False
+        return self._resolve(vp, message)
+
+    def intercept_io(self, vp: VirtualProcessor, port: int, size: int, value: int | None) -> bool:
+        message = synic.io_intercept_message(self, vp, port, size, value)
+        if message is None:
+            return False
+        return self._resolve(vp, message)
+
+    def _resolve(self, vp: VirtualProcessor, message: synic.Intercept) -> bool:
+        """Raise the intercept until the higher VTL completes it or injects an exception."""
+        for _ in range(MAX_RETRIES):
+            outcome = raise_intercept(self, vp, message)
+            if outcome is not InterceptOutcome.RETRY:
+                return True
+        raise GuestHang(f"intercepted {message.what} re-executed {MAX_RETRIES} times")
+
+    # -- Exits: synthetic MSRs -----------------------------------------------------------------
+    def synthetic_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
+        return msrs.access(self, vp, msr, value)

@@ -1,0 +1,43 @@
+"""A machine: guest RAM, the I/O bus, virtual processors and (with VBS) the hypervisor.
+
+With ``hypervisor=False`` the VPs run on bare metal: no SLAT, no VTLs, ``vmcall`` is #UD — what
+NT sees when VBS is off.
+"""
+
+from __future__ import annotations
+
+from vbsim.hv.hypervisor import Hypervisor
+from vbsim.hw.bus import Bus
+from vbsim.hw.ram import DEFAULT_RAM_SIZE, GuestRam
+from vbsim.hw.slat import Slat
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.trace import Trace
+
+
+class Machine:
+    def __init__(
+        self,
+        ram_size: int = DEFAULT_RAM_SIZE,
+        vps: int = 1,
+        hypervisor: bool = True,
+        trace: Trace | None = None,
+    ) -> None:
+        if vps < 1 or vps > 64:
+            raise ValueError(f"a machine has 1 to 64 virtual processors, not {vps}")
+        self.trace = trace if trace is not None else Trace()
+        self.ram = GuestRam(ram_size)
+        self.bus = Bus()
+        self.slat: Slat | None = Slat(self.ram.pages) if hypervisor else None
+        self.vps = [VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)]
+        self.hv: Hypervisor | None = None
+        if self.slat is not None:
+            self.hv = Hypervisor(self.ram, self.slat, self.trace)
+            for vp in self.vps:
+                self.hv.attach(vp)
+
+    @property
+    def bsp(self) -> VirtualProcessor:
+        return self.vps[0]
+
+    def close(self) -> None:
+        self.ram.close()
