@@ -28,7 +28,9 @@ class Machine:
         self.ram = GuestRam(ram_size)
         self.bus = Bus()
         self.slat: Slat | None = Slat(self.ram.pages) if hypervisor else None
-        self.vps = [VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)]
+        self.vps = [
+            VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)
+        ]
         self.hv: Hypervisor | None = None
         if self.slat is not None:
             self.hv = Hypervisor(self.ram, self.slat, self.trace)

@@ -129,8 +129,16 @@ class KernelSpace:
 
     def initial_state(self, rip: int, rsp: int = 0, idt: tuple[int, int] = (0, 0)) -> PrivateState:
         cr4 = LONG_MODE_CR4 | (int(Cr4.SMEP | Cr4.SMAP) if self.smep_smap else 0)
-        state = PrivateState(rip=rip, rsp=rsp, cr0=LONG_MODE_CR0, cr3=self.pt.root, cr4=cr4,
-                             efer=LONG_MODE_EFER, idtr_base=idt[0], idtr_limit=idt[1])  # fmt: skip
+        state = PrivateState(
+            rip=rip,
+            rsp=rsp,
+            cr0=LONG_MODE_CR0,
+            cr3=self.pt.root,
+            cr4=cr4,
+            efer=LONG_MODE_EFER,
+            idtr_base=idt[0],
+            idtr_limit=idt[1],
+        )
         state.segments["cs"].attributes = CS_KERNEL_ATTRIBUTES
         state.segments["cs"].selector = 0x10
         return state

@@ -105,8 +105,17 @@ class Monitor:
         log_va, log_gpa = space.alloc_data()
         idt = space.build_idt({SINT0_VECTOR: "bare1.sint0"}, default="bare1.exception")
         entry = space.install("bare1.entry")
-        return cls(space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa), assist_gpa, sim_gpa,
-                   hypercall_gpa, log_va, log_gpa, entry, idt)  # fmt: skip
+        return cls(
+            space,
+            hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa),
+            assist_gpa,
+            sim_gpa,
+            hypercall_gpa,
+            log_va,
+            log_gpa,
+            entry,
+            idt,
+        )
 
     def context(self) -> bytes:
         state = self.space.initial_state(self.entry_va, idt=self.idt)
@@ -116,8 +125,12 @@ class Monitor:
         """Host-side reading of the monitor's log page (for reports and tests)."""
         count = int.from_bytes(vp.ram.read(self.log_gpa, 8), "little")
         raw = vp.ram.read(self.log_gpa + 8, LOG_RECORD.size * min(count, LOG_CAPACITY))
-        return [LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[:1] + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[1:3]
-                + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[4:] for i in range(min(count, LOG_CAPACITY))]  # fmt: skip
+        return [
+            LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[:1]
+            + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[1:3]
+            + LOG_RECORD.unpack_from(raw, i * LOG_RECORD.size)[4:]
+            for i in range(min(count, LOG_CAPACITY))
+        ]
 
 
 # -- VTL0 routines ------------------------------------------------------------------------------
@@ -137,8 +150,11 @@ def _monitor(vp: VirtualProcessor) -> Monitor:
 def _vtl0_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     kernel = _kernel(vp)
     kernel.exceptions.append(ExceptionRecord(vp.vtl, vp.cpl, vector, error_code, vp.cr2))
-    raise ThreadTerminated(f"VTL0 exception {Vector(vector).name if vector in Vector._value2member_map_ else vector}",
-                           vector, error_code)  # fmt: skip
+    raise ThreadTerminated(
+        f"VTL0 exception {Vector(vector).name if vector in Vector._value2member_map_ else vector}",
+        vector,
+        error_code,
+    )
 
 
 def enable_hypercalls(vp: VirtualProcessor, hypercall_gpa: int) -> None:
@@ -152,10 +168,14 @@ def boot_vtl1(vp: VirtualProcessor, kernel: BareKernel, monitor: Monitor) -> lis
     failures: list[str] = []
     _, hypercall_gpa = kernel.space.alloc_data()
     enable_hypercalls(vp, hypercall_gpa)
-    result, values = hvcall.get_vp_registers(vp, kernel.params, [HvRegisterName.VSM_PARTITION_STATUS])
+    result, values = hvcall.get_vp_registers(
+        vp, kernel.params, [HvRegisterName.VSM_PARTITION_STATUS]
+    )
     if not result.ok or defs.PSTATUS_MAXIMUM_VTL.extract(values[0]) < 1:
         return [f"VsmPartitionStatus: {result.status_name}"]
-    result = hvcall.enable_partition_vtl(vp, kernel.params, 1, int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC))
+    result = hvcall.enable_partition_vtl(
+        vp, kernel.params, 1, int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC)
+    )
     if not result.ok:
         failures.append(f"EnablePartitionVtl: {result.status_name}")
     result = hvcall.enable_vp_vtl(vp, kernel.params, 1, monitor.context())
@@ -185,23 +205,35 @@ def _vtl1_entry(vp: VirtualProcessor) -> None:
         monitor.initialized = True
         hvcall.vtl_return(vp)
         return
-    reason = vp.read_u32(monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET)
+    reason = vp.read_u32(
+        monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
+    )
     if reason == HvVtlEntryReason.VTL_CALL:
         function, arg1, arg2 = vp.rdi, vp.rsi, vp.rdx
         status = MON_UNKNOWN
         if function == MON_NULL:
             status = MON_OK
         elif function == MON_PROTECT:
-            result = hvcall.modify_vtl_protection_mask(vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2)
+            result = hvcall.modify_vtl_protection_mask(
+                vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2
+            )
             status = MON_OK if result.ok else MON_FAILED
         elif function == MON_LOCK_CRS:
-            control = int(defs.HvCrInterceptControl.CR0_WRITE | defs.HvCrInterceptControl.CR4_WRITE
-                          | defs.HvCrInterceptControl.MSR_LSTAR_WRITE | defs.HvCrInterceptControl.IDTR_WRITE)  # fmt: skip
-            result = hvcall.set_vp_registers(vp, monitor.params, [
-                (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
-                (HvRegisterName.CR_INTERCEPT_CR4_MASK, arg1),
-                (HvRegisterName.CR_INTERCEPT_CONTROL, control),
-            ])  # fmt: skip
+            control = int(
+                defs.HvCrInterceptControl.CR0_WRITE
+                | defs.HvCrInterceptControl.CR4_WRITE
+                | defs.HvCrInterceptControl.MSR_LSTAR_WRITE
+                | defs.HvCrInterceptControl.IDTR_WRITE
+            )
+            result = hvcall.set_vp_registers(
+                vp,
+                monitor.params,
+                [
+                    (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
+                    (HvRegisterName.CR_INTERCEPT_CR4_MASK, arg1),
+                    (HvRegisterName.CR_INTERCEPT_CONTROL, control),
+                ],
+            )
             status = MON_OK if result.ok else MON_FAILED
         # Clear the shared registers we do not return (vbs-internals §2.2 step 5).
         vp.rdi = vp.rsi = vp.rdx = 0
@@ -215,14 +247,20 @@ def _monitor_init(vp: VirtualProcessor, monitor: Monitor) -> None:
     vp.wrmsr(HvMsr.SIMP, monitor.sim_gpa | 1)
     vp.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
     vp.wrmsr(HvMsr.SCONTROL, 1)
-    config = defs.PCONFIG_ENABLE_VTL_PROTECTION.mask | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, 0xF)
+    config = (
+        defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
+        | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, 0xF)
+    )
     config |= defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
-    result = hvcall.set_vp_registers(vp, monitor.params, [(HvRegisterName.VSM_PARTITION_CONFIG, config)])
+    result = hvcall.set_vp_registers(
+        vp, monitor.params, [(HvRegisterName.VSM_PARTITION_CONFIG, config)]
+    )
     if not result.ok:
         raise AssertionError(f"monitor could not configure VSM: {result.status_name}")
     # Take every frame of the monitor away from VTL0 (LVBS: ModifyVtlProtectionMask(flags=0)).
-    hvcall.modify_vtl_protection_mask(vp, monitor.params, sorted(set(monitor.space.frames)),
-                                      int(HvMapGpaFlags(0)))  # fmt: skip
+    hvcall.modify_vtl_protection_mask(
+        vp, monitor.params, sorted(set(monitor.space.frames)), int(HvMapGpaFlags(0))
+    )
 
 
 @guest_code("bare1.sint0")
@@ -244,13 +282,17 @@ def _vtl1_sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
         value = (fields[-2] << 32) | (fields[-1] & 0xFFFF_FFFF)
     count = vp.read_u64(monitor.log_va)
     if count < LOG_CAPACITY:
-        record = LOG_RECORD.pack(message_type, access, defs.EXEC_STATE_VTL.extract(state), 0, gpa, gva, value)
+        record = LOG_RECORD.pack(
+            message_type, access, defs.EXEC_STATE_VTL.extract(state), 0, gpa, gva, value
+        )
         vp.write(monitor.log_va + 8 + count * LOG_RECORD.size, record)
     vp.write_u64(monitor.log_va, count + 1)
     # Resolve: #GP into VTL0, as LVBS does for GPA intercepts and refused register writes.
     event = defs.PEV_EVENT_PENDING.mask | defs.PEV_DELIVER_ERROR_CODE.mask
     event = defs.PEV_VECTOR.insert(event, int(Vector.GP))
-    hvcall.set_vp_registers(vp, monitor.params, [(HvRegisterName.PENDING_EVENT0, event)], target_vtl=0)
+    hvcall.set_vp_registers(
+        vp, monitor.params, [(HvRegisterName.PENDING_EVENT0, event)], target_vtl=0
+    )
     # Free the slot, then EOM if another message is pending (vsm-spec §6.2).
     flags = vp.read(slot + 5, 1)[0]
     vp.write_u32(slot, 0)
@@ -271,5 +313,14 @@ def boot_bare(machine: Machine) -> tuple[BareKernel, Monitor, list[str]]:
     return kernel, monitor, failures
 
 
-__all__ = ["MON_LOCK_CRS", "MON_NULL", "MON_PROTECT", "BareKernel", "Monitor", "boot_bare",
-           "monitor_call", "HvStatus", "Msr"]  # fmt: skip
+__all__ = [
+    "MON_LOCK_CRS",
+    "MON_NULL",
+    "MON_PROTECT",
+    "BareKernel",
+    "HvStatus",
+    "Monitor",
+    "Msr",
+    "boot_bare",
+    "monitor_call",
+]

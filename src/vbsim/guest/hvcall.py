@@ -41,8 +41,9 @@ class HypercallResult:
             return f"0x{self.status:04x}"
 
 
-def input_value(code: int, *, rep_count: int = 0, rep_start: int = 0, fast: bool = False,
-                varhead: int = 0) -> int:  # fmt: skip
+def input_value(
+    code: int, *, rep_count: int = 0, rep_start: int = 0, fast: bool = False, varhead: int = 0
+) -> int:
     value = defs.INPUT_CALL_CODE.insert(0, code & 0xFFFF)
     value = defs.INPUT_FAST.insert(value, int(fast))
     value = defs.INPUT_VARHEAD_SIZE.insert(value, varhead & 0x3FF)
@@ -87,7 +88,9 @@ def fast_hypercall(vp: VirtualProcessor, code: int, rdx: int, r8: int) -> Hyperc
 
 def _result(vp: VirtualProcessor, output: bytes) -> HypercallResult:
     rax = vp.rax
-    return HypercallResult(defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output)
+    return HypercallResult(
+        defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output
+    )
 
 
 def vtl_call(vp: VirtualProcessor, control: int = 0) -> None:
@@ -107,63 +110,112 @@ def vtl_return(vp: VirtualProcessor, fast: bool = True) -> None:
 
 
 # -- typed wrappers for the VSM calls -------------------------------------------------------------
-def get_vp_registers(vp: VirtualProcessor, pages: ParamPages, names: list[int],
-                     target_vtl: int | None = None, vp_index: int = defs.HV_VP_INDEX_SELF,
-                     ) -> tuple[HypercallResult, list[int]]:  # fmt: skip
-    header = defs.GET_SET_VP_REGISTERS_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, abi.input_vtl(target_vtl))
+def get_vp_registers(
+    vp: VirtualProcessor,
+    pages: ParamPages,
+    names: list[int],
+    target_vtl: int | None = None,
+    vp_index: int = defs.HV_VP_INDEX_SELF,
+) -> tuple[HypercallResult, list[int]]:
+    header = defs.GET_SET_VP_REGISTERS_HEADER.pack(
+        defs.HV_PARTITION_ID_SELF, vp_index, abi.input_vtl(target_vtl)
+    )
     body = b"".join(n.to_bytes(4, "little") for n in names)
-    result = hypercall(vp, pages, HvCallCode.GET_VP_REGISTERS, header + body,
-                       rep_count=len(names), out_size=16 * len(names))  # fmt: skip
-    values = [int.from_bytes(result.output[i * 16 : i * 16 + 16], "little") for i in range(result.reps)]
+    result = hypercall(
+        vp,
+        pages,
+        HvCallCode.GET_VP_REGISTERS,
+        header + body,
+        rep_count=len(names),
+        out_size=16 * len(names),
+    )
+    values = [
+        int.from_bytes(result.output[i * 16 : i * 16 + 16], "little") for i in range(result.reps)
+    ]
     return result, values
 
 
-def set_vp_registers(vp: VirtualProcessor, pages: ParamPages, values: list[tuple[int, int]],
-                     target_vtl: int | None = None, vp_index: int = defs.HV_VP_INDEX_SELF,
-                     ) -> HypercallResult:  # fmt: skip
-    header = defs.GET_SET_VP_REGISTERS_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, abi.input_vtl(target_vtl))
-    body = b"".join(defs.SET_VP_REGISTERS_ELEMENT.pack(n, v.to_bytes(16, "little")) for n, v in values)
+def set_vp_registers(
+    vp: VirtualProcessor,
+    pages: ParamPages,
+    values: list[tuple[int, int]],
+    target_vtl: int | None = None,
+    vp_index: int = defs.HV_VP_INDEX_SELF,
+) -> HypercallResult:
+    header = defs.GET_SET_VP_REGISTERS_HEADER.pack(
+        defs.HV_PARTITION_ID_SELF, vp_index, abi.input_vtl(target_vtl)
+    )
+    body = b"".join(
+        defs.SET_VP_REGISTERS_ELEMENT.pack(n, v.to_bytes(16, "little")) for n, v in values
+    )
     return hypercall(vp, pages, HvCallCode.SET_VP_REGISTERS, header + body, rep_count=len(values))
 
 
-def modify_vtl_protection_mask(vp: VirtualProcessor, pages: ParamPages, gpns: list[int], flags: int,
-                               target_vtl: int | None = None) -> HypercallResult:  # fmt: skip
-    header = defs.MODIFY_VTL_PROTECTION_MASK_HEADER.pack(defs.HV_PARTITION_ID_SELF, flags, abi.input_vtl(target_vtl))
+def modify_vtl_protection_mask(
+    vp: VirtualProcessor,
+    pages: ParamPages,
+    gpns: list[int],
+    flags: int,
+    target_vtl: int | None = None,
+) -> HypercallResult:
+    header = defs.MODIFY_VTL_PROTECTION_MASK_HEADER.pack(
+        defs.HV_PARTITION_ID_SELF, flags, abi.input_vtl(target_vtl)
+    )
     results = HypercallResult(HvStatus.SUCCESS, 0, b"")
     per_call = (4096 - 16) // 8
     for start in range(0, len(gpns), per_call):
         chunk = gpns[start : start + per_call]
         body = b"".join(g.to_bytes(8, "little") for g in chunk)
-        result = hypercall(vp, pages, HvCallCode.MODIFY_VTL_PROTECTION_MASK, header + body,
-                           rep_count=len(chunk))  # fmt: skip
+        result = hypercall(
+            vp, pages, HvCallCode.MODIFY_VTL_PROTECTION_MASK, header + body, rep_count=len(chunk)
+        )
         results = HypercallResult(result.status, results.reps + result.reps, b"")
         if not result.ok:
             break
     return results
 
 
-def enable_partition_vtl(vp: VirtualProcessor, pages: ParamPages, vtl: int, flags: int = 0) -> HypercallResult:
-    return hypercall(vp, pages, HvCallCode.ENABLE_PARTITION_VTL,
-                     defs.ENABLE_PARTITION_VTL_INPUT.pack(defs.HV_PARTITION_ID_SELF, vtl, flags))  # fmt: skip
+def enable_partition_vtl(
+    vp: VirtualProcessor, pages: ParamPages, vtl: int, flags: int = 0
+) -> HypercallResult:
+    return hypercall(
+        vp,
+        pages,
+        HvCallCode.ENABLE_PARTITION_VTL,
+        defs.ENABLE_PARTITION_VTL_INPUT.pack(defs.HV_PARTITION_ID_SELF, vtl, flags),
+    )
 
 
-def enable_vp_vtl(vp: VirtualProcessor, pages: ParamPages, vtl: int, context: bytes,
-                  vp_index: int = defs.HV_VP_INDEX_SELF) -> HypercallResult:  # fmt: skip
+def enable_vp_vtl(
+    vp: VirtualProcessor,
+    pages: ParamPages,
+    vtl: int,
+    context: bytes,
+    vp_index: int = defs.HV_VP_INDEX_SELF,
+) -> HypercallResult:
     header = defs.ENABLE_VP_VTL_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, vtl)
     return hypercall(vp, pages, HvCallCode.ENABLE_VP_VTL, header + context)
 
 
-def start_virtual_processor(vp: VirtualProcessor, pages: ParamPages, vp_index: int, vtl: int,
-                            context: bytes) -> HypercallResult:  # fmt: skip
+def start_virtual_processor(
+    vp: VirtualProcessor, pages: ParamPages, vp_index: int, vtl: int, context: bytes
+) -> HypercallResult:
     header = defs.START_VIRTUAL_PROCESSOR_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, vtl)
     return hypercall(vp, pages, HvCallCode.START_VIRTUAL_PROCESSOR, header + context)
 
 
-def translate_virtual_address(vp: VirtualProcessor, pages: ParamPages, gva: int, flags: int,
-                              target_vtl: int | None = None, vp_index: int = defs.HV_VP_INDEX_SELF,
-                              ) -> tuple[HypercallResult, int, int]:  # fmt: skip
+def translate_virtual_address(
+    vp: VirtualProcessor,
+    pages: ParamPages,
+    gva: int,
+    flags: int,
+    target_vtl: int | None = None,
+    vp_index: int = defs.HV_VP_INDEX_SELF,
+) -> tuple[HypercallResult, int, int]:
     control = defs.TRANSLATE_INPUT_VTL.insert(flags, abi.input_vtl(target_vtl))
-    data = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.pack(defs.HV_PARTITION_ID_SELF, vp_index, control, gva >> 12)
+    data = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.pack(
+        defs.HV_PARTITION_ID_SELF, vp_index, control, gva >> 12
+    )
     result = hypercall(vp, pages, HvCallCode.TRANSLATE_VIRTUAL_ADDRESS, data, out_size=16)
     code, gpa_page = defs.TRANSLATE_VIRTUAL_ADDRESS_OUTPUT.unpack(result.output)
     return result, code & 0xFFFF_FFFF, gpa_page

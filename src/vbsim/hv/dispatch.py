@@ -89,7 +89,9 @@ class Dispatcher:
                 status = failed
         self._finish(vp, call, status, done)
 
-    def _finish(self, vp: VirtualProcessor, call: abi.HypercallInput, status: int, reps: int) -> None:
+    def _finish(
+        self, vp: VirtualProcessor, call: abi.HypercallInput, status: int, reps: int
+    ) -> None:
         vp.rax = abi.result_value(status, reps)
         trace = self.hv.trace
         if trace.on:
@@ -98,9 +100,17 @@ class Dispatcher:
             except ValueError:
                 name = f"0x{call.code:04x}"
             vp.emit(
-                "hypercall", "hypercall", HvStatus(status).name.lower() if status in HvStatus._value2member_map_ else hex(status),
-                call=name, code=call.code, status=int(status), reps=reps, fast=call.fast,
-            )  # fmt: skip
+                "hypercall",
+                "hypercall",
+                HvStatus(status).name.lower()
+                if status in HvStatus._value2member_map_
+                else hex(status),
+                call=name,
+                code=call.code,
+                status=int(status),
+                reps=reps,
+                fast=call.fast,
+            )
 
     def _guest_block(self, vp: VirtualProcessor, gpa: int, size: int, need: int) -> HvStatus | None:
         if gpa & 7 or (gpa & PAGE_MASK) + size > PAGE_SIZE:
@@ -114,16 +124,25 @@ class Dispatcher:
             return HvStatus.ACCESS_DENIED
         return None
 
-    def _gather(self, vp: VirtualProcessor, call: abi.HypercallInput, spec: CallSpec) -> CallContext | HvStatus:
-        header_size = spec.header_size + call.varhead_qwords * 8
+    def _gather(
+        self, vp: VirtualProcessor, call: abi.HypercallInput, spec: CallSpec
+    ) -> CallContext | HvStatus:
+        if call.varhead_qwords:
+            # None of the modelled calls has a variable header (the *Ex variants are not
+            # modelled); a non-zero size is malformed input.
+            return HvStatus.INVALID_HYPERCALL_INPUT
+        header_size = spec.header_size
         reps = call.rep_count if spec.is_rep else 0
         in_size = header_size + reps * spec.rep_in
         if call.fast:
             if spec.out_size or spec.rep_out or in_size > FAST_INPUT_MAX:
                 # The model has no XMM fast *output*; calls with output must be memory-based.
                 return HvStatus.INVALID_HYPERCALL_INPUT
-            raw = (vp.rdx.to_bytes(8, "little") + vp.r8.to_bytes(8, "little")
-                   + b"".join(x.to_bytes(16, "little") for x in vp.xmm[:6]))  # fmt: skip
+            raw = (
+                vp.rdx.to_bytes(8, "little")
+                + vp.r8.to_bytes(8, "little")
+                + b"".join(x.to_bytes(16, "little") for x in vp.xmm[:6])
+            )
             raw = raw[:in_size]
         else:
             status = self._guest_block(vp, vp.rdx, in_size, R)
@@ -142,7 +161,9 @@ class Dispatcher:
         ]
         return CallContext(vp, vp.vtl, call, header, elements)
 
-    def _store_output(self, vp: VirtualProcessor, spec: CallSpec, ctx: CallContext) -> HvStatus | None:
+    def _store_output(
+        self, vp: VirtualProcessor, spec: CallSpec, ctx: CallContext
+    ) -> HvStatus | None:
         data = bytes(ctx.output)
         if spec.rep_out:
             offset = ctx.call.rep_start * spec.rep_out

@@ -1,4 +1,4 @@
-"""The hypervisor: what a VP exits to (``vmcall``, SLAT refusals, secure intercepts, synthetic MSRs).
+"""The hypervisor: what a VP exits to (vmcall, SLAT refusals, secure intercepts, synthetic MSRs).
 
 It holds the partition's VSM state and the per-(VP, VTL) synthetic state, dispatches hypercalls
 from a table, switches VTLs (vsm-spec §5.3, §5.4), delivers secure intercepts to the higher VTL
@@ -148,8 +148,14 @@ class Hypervisor:
         vp.switch_vtl(target)
         synic.set_entry_reason(self, vp, target, int(reason))
         if self.trace.on:
-            vp.emit("vtl", "vtl-call" if reason is HvVtlEntryReason.VTL_CALL else "vtl-entry",
-                    "switched", from_vtl=origin, to_vtl=target, reason=reason.name.lower())  # fmt: skip
+            vp.emit(
+                "vtl",
+                "vtl-call" if reason is HvVtlEntryReason.VTL_CALL else "vtl-entry",
+                "switched",
+                from_vtl=origin,
+                to_vtl=target,
+                reason=reason.name.lower(),
+            )
         if reason is HvVtlEntryReason.INTERRUPT:
             self._deliver_interrupts(vp, target)
         if vp.vtl == target:
@@ -165,7 +171,11 @@ class Hypervisor:
         if event & _EVENT_PENDING:
             st.pending_event[0] = 0
             vector = defs.PEV_VECTOR.extract(event)
-            code = defs.PEV_ERROR_CODE.extract(event) if defs.PEV_DELIVER_ERROR_CODE.extract(event) else None
+            code = (
+                defs.PEV_ERROR_CODE.extract(event)
+                if defs.PEV_DELIVER_ERROR_CODE.extract(event)
+                else None
+            )
             if self.trace.on:
                 vp.emit("event", "pending-event", "injected", vector=vector, error_code=code)
             self.last_injected[vp.index] = True
@@ -194,10 +204,7 @@ class Hypervisor:
     def _deliver_interrupts(self, vp: VirtualProcessor, vtl: int) -> None:
         st = self.states[vp.index][vtl]
         while st.pending_interrupts and vp.vtl == vtl:
-            vector = st.pending_interrupts.popleft()
-            if self.trace.on:
-                vp.emit("interrupt", "idt", "delivered", vector=vector)
-            vp.fault(vector)
+            vp.fault(st.pending_interrupts.popleft())
 
     # -- Exits: SLAT refusals and secure intercepts --------------------------------------------
     def memory_violation(self, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> bool:

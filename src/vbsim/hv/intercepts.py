@@ -26,26 +26,44 @@ class InterceptOutcome(Enum):
     UNDELIVERABLE = "undeliverable"  # no higher VTL could take the message
 
 
-def raise_intercept(hv: Hypervisor, vp: VirtualProcessor, intercept: synic.Intercept) -> InterceptOutcome:
+def raise_intercept(
+    hv: Hypervisor, vp: VirtualProcessor, intercept: synic.Intercept
+) -> InterceptOutcome:
     origin = vp.vtl
     bank = vp.p
     rip_before = bank.rip
     target = intercept.vtl
-    if target <= origin or not synic.post(hv, vp, target, defs.HV_SYNIC_INTERCEPTION_SINT_INDEX,
-                                          intercept.message_type, intercept.payload):  # fmt: skip
+    if target <= origin or not synic.post(
+        hv,
+        vp,
+        target,
+        defs.HV_SYNIC_INTERCEPTION_SINT_INDEX,
+        intercept.message_type,
+        intercept.payload,
+    ):
         if hv.trace.on:
             vp.emit("intercept", "synic", "undeliverable", what=intercept.what, gpa=intercept.gpa)
         return InterceptOutcome.UNDELIVERABLE
     if hv.trace.on:
-        vp.emit("intercept", "secure-intercept", "posted", what=intercept.what, to_vtl=target,
-                message_type=intercept.message_type, gpa=intercept.gpa)  # fmt: skip
+        vp.emit(
+            "intercept",
+            "secure-intercept",
+            "posted",
+            what=intercept.what,
+            to_vtl=target,
+            message_type=intercept.message_type,
+            gpa=intercept.gpa,
+        )
     pending_before = hv.states[vp.index][origin].pending_event[0]
     vector = synic.sint_vector(hv, vp, target, defs.HV_SYNIC_INTERCEPTION_SINT_INDEX)
     hv.states[vp.index][target].pending_interrupts.append(vector)
     hv.enter_vtl(vp, target, HvVtlEntryReason.INTERRUPT)  # delivers pending events on return
     if vp.vtl != origin:  # pragma: no cover - enter_vtl guarantees the return
         return InterceptOutcome.RETRY
-    if defs.PEV_EVENT_PENDING.extract(pending_before) or hv.states[vp.index][origin].pending_event[0]:
+    if (
+        defs.PEV_EVENT_PENDING.extract(pending_before)
+        or hv.states[vp.index][origin].pending_event[0]
+    ):
         return InterceptOutcome.EXCEPTION
     if hv.last_injected.get(vp.index):
         hv.last_injected[vp.index] = False

@@ -47,8 +47,12 @@ def access(hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None) ->
                 for offset, stub in defs.HYPERCALL_PAGE_STUBS:
                     hv.ram.write(page + offset, stub)
         if hv.trace.on:
-            vp.emit("msr", "hypercall-page", "enabled" if defs.HYPERCALL_MSR_ENABLE.extract(value)
-                    else "disabled", value=value)  # fmt: skip
+            vp.emit(
+                "msr",
+                "hypercall-page",
+                "enabled" if defs.HYPERCALL_MSR_ENABLE.extract(value) else "disabled",
+                value=value,
+            )
         return 0
     if msr == HvMsr.VP_INDEX:
         return vp.index if value is None else None

@@ -14,7 +14,16 @@ from vbsim.hv import defs
 from vbsim.hv.defs import HvCrInterceptControl as Cic
 from vbsim.hv.defs import HvMessageType, HvRegisterName
 from vbsim.hw.translation import Verdict
-from vbsim.hw.x86 import INSN_LEN_LIDT, INSN_LEN_MOV, INSN_LEN_MOV_CR, INSN_LEN_WRMSR, Access, Cr0, Efer, Msr
+from vbsim.hw.x86 import (
+    INSN_LEN_LIDT,
+    INSN_LEN_MOV,
+    INSN_LEN_MOV_CR,
+    INSN_LEN_WRMSR,
+    Access,
+    Cr0,
+    Efer,
+    Msr,
+)
 
 if TYPE_CHECKING:
     from vbsim.hv.hypervisor import Hypervisor
@@ -78,11 +87,15 @@ def assert_vina(hv: Hypervisor, vp: VirtualProcessor, vtl: int) -> None:
     if page is not None and hv.ram.read(page + defs.VP_ASSIST_VINA_STATUS_OFFSET, 1)[0] & 1:
         return
     set_vina_asserted(hv, vp, vtl, True)
-    hv.states[vp.index][vtl].pending_interrupts.append(defs.VINA_VECTOR.extract(hv.states[vp.index][vtl].vina))
+    hv.states[vp.index][vtl].pending_interrupts.append(
+        defs.VINA_VECTOR.extract(hv.states[vp.index][vtl].vina)
+    )
 
 
 # -- SIM posting ---------------------------------------------------------------------------------
-def post(hv: Hypervisor, vp: VirtualProcessor, vtl: int, sint: int, message_type: int, payload: bytes) -> bool:
+def post(
+    hv: Hypervisor, vp: VirtualProcessor, vtl: int, sint: int, message_type: int, payload: bytes
+) -> bool:
     """Post a message to ``vtl``'s SINT slot on ``vp``; False if its SynIC cannot take it."""
     syn = hv.states[vp.index][vtl].synic
     if not syn.ready(sint):
@@ -106,12 +119,14 @@ def end_of_message(hv: Hypervisor, vp: VirtualProcessor, vtl: int) -> None:
     base = defs.SIMP_GPFN.extract(syn.simp) << 12
     for sint, queue in enumerate(syn.queued):
         slot = base + sint * defs.HV_MESSAGE_SIZE
-        if queue and hv.ram.backed(slot, defs.HV_MESSAGE_SIZE):
-            if int.from_bytes(hv.ram.read(slot, 4), "little") == HvMessageType.NONE:
-                message = queue.popleft()
-                if queue:
-                    message = message[:5] + bytes([defs.HV_MESSAGE_FLAG_PENDING]) + message[6:]
-                hv.ram.write(slot, message)
+        free = hv.ram.backed(slot, defs.HV_MESSAGE_SIZE) and (
+            int.from_bytes(hv.ram.read(slot, 4), "little") == HvMessageType.NONE
+        )
+        if queue and free:
+            message = queue.popleft()
+            if queue:
+                message = message[:5] + bytes([defs.HV_MESSAGE_FLAG_PENDING]) + message[6:]
+            hv.ram.write(slot, message)
 
 
 def sint_vector(hv: Hypervisor, vp: VirtualProcessor, vtl: int, sint: int) -> int:
@@ -136,11 +151,23 @@ def _header(vp: VirtualProcessor, length: int, access: int) -> tuple[int, ...]:
     state = defs.EXEC_STATE_VTL.insert(state, vp.vtl)
     cs = bank.segments["cs"]
     length_byte = defs.INTERCEPT_INSTRUCTION_LENGTH.insert(0, length) | ((bank.cr8 & 0xF) << 4)
-    return (vp.index, length_byte, access, state, cs.base, cs.limit & 0xFFFF_FFFF, cs.selector,
-            cs.attributes, bank.rip, bank.rflags)  # fmt: skip
+    return (
+        vp.index,
+        length_byte,
+        access,
+        state,
+        cs.base,
+        cs.limit & 0xFFFF_FFFF,
+        cs.selector,
+        cs.attributes,
+        bank.rip,
+        bank.rflags,
+    )
 
 
-def memory_intercept_message(hv: Hypervisor, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> Intercept:
+def memory_intercept_message(
+    hv: Hypervisor, vp: VirtualProcessor, verdict: Verdict, gva: int | None
+) -> Intercept:
     """HV_X64_MEMORY_INTERCEPT_MESSAGE for a SLAT refusal (the 0x50-byte core, vsm-spec §6.3)."""
     gpa = verdict.gpa if verdict.gpa is not None else verdict.address
     access = int(verdict.access)
@@ -154,8 +181,14 @@ def memory_intercept_message(hv: Hypervisor, vp: VirtualProcessor, verdict: Verd
     )
     target = interceptor(hv, vp)
     what = f"{Access(access).name.lower()} of GPA 0x{gpa:x}"
-    return Intercept(target if target is not None else vp.vtl, HvMessageType.GPA_INTERCEPT, payload,
-                     what, vp.p.rip, gpa)  # fmt: skip
+    return Intercept(
+        target if target is not None else vp.vtl,
+        HvMessageType.GPA_INTERCEPT,
+        payload,
+        what,
+        vp.p.rip,
+        gpa,
+    )
 
 
 #: register name → (control bit, mask attribute or None, HV register name, instruction length)
@@ -185,7 +218,9 @@ _MSR_INTERCEPTS: dict[int, tuple[Cic | None, Cic, str | None]] = {
 }
 
 
-def register_intercept_message(hv: Hypervisor, vp: VirtualProcessor, name: str, value: int) -> Intercept | None:
+def register_intercept_message(
+    hv: Hypervisor, vp: VirtualProcessor, name: str, value: int
+) -> Intercept | None:
     target = interceptor(hv, vp)
     entry = _REGISTER_INTERCEPTS.get(name)
     if target is None or entry is None:
@@ -201,10 +236,14 @@ def register_intercept_message(hv: Hypervisor, vp: VirtualProcessor, name: str, 
     payload = defs.REGISTER_INTERCEPT_MESSAGE.pack(
         *_header(vp, length, 1), 0, int(hv_name), value & 0xFFFF_FFFF_FFFF_FFFF, value >> 64
     )
-    return Intercept(target, HvMessageType.REGISTER_INTERCEPT, payload, f"write of {name}", vp.p.rip)
+    return Intercept(
+        target, HvMessageType.REGISTER_INTERCEPT, payload, f"write of {name}", vp.p.rip
+    )
 
 
-def msr_intercept_message(hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None) -> Intercept | None:
+def msr_intercept_message(
+    hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None
+) -> Intercept | None:
     target = interceptor(hv, vp)
     entry = _MSR_INTERCEPTS.get(msr)
     if target is None or entry is None:
@@ -220,14 +259,20 @@ def msr_intercept_message(hv: Hypervisor, vp: VirtualProcessor, msr: int, value:
             return None
     written = value if value is not None else 0
     payload = defs.MSR_INTERCEPT_MESSAGE.pack(
-        *_header(vp, INSN_LEN_WRMSR, 1 if value is not None else 0), msr,
-        written >> 32, written & 0xFFFF_FFFF,
-    )  # fmt: skip
+        *_header(vp, INSN_LEN_WRMSR, 1 if value is not None else 0),
+        msr,
+        written >> 32,
+        written & 0xFFFF_FFFF,
+    )
     verb = "write" if value is not None else "read"
-    return Intercept(target, HvMessageType.MSR_INTERCEPT, payload, f"{verb} of MSR 0x{msr:x}", vp.p.rip)
+    return Intercept(
+        target, HvMessageType.MSR_INTERCEPT, payload, f"{verb} of MSR 0x{msr:x}", vp.p.rip
+    )
 
 
-def io_intercept_message(hv: Hypervisor, vp: VirtualProcessor, port: int, size: int, value: int | None) -> Intercept | None:
+def io_intercept_message(
+    hv: Hypervisor, vp: VirtualProcessor, port: int, size: int, value: int | None
+) -> Intercept | None:
     target = interceptor(hv, vp)
     if target is None:
         return None
@@ -239,9 +284,24 @@ def io_intercept_message(hv: Hypervisor, vp: VirtualProcessor, port: int, size: 
     cs = vp.p.segments["ds"]
     es = vp.p.segments["es"]
     payload = defs.IO_PORT_INTERCEPT_MESSAGE.pack(
-        *_header(vp, 1, 1 if value is not None else 0), port, info, 0,
-        value if value is not None else vp.rax, bytes(16),
-        cs.base, cs.limit, cs.selector, cs.attributes, es.base, es.limit, es.selector, es.attributes,
-        vp.rcx, vp.rsi, vp.rdi,
-    )  # fmt: skip
-    return Intercept(target, HvMessageType.X64_IO_PORT_INTERCEPT, payload, f"I/O port 0x{port:x}", vp.p.rip)
+        *_header(vp, 1, 1 if value is not None else 0),
+        port,
+        info,
+        0,
+        value if value is not None else vp.rax,
+        bytes(16),
+        cs.base,
+        cs.limit,
+        cs.selector,
+        cs.attributes,
+        es.base,
+        es.limit,
+        es.selector,
+        es.attributes,
+        vp.rcx,
+        vp.rsi,
+        vp.rdi,
+    )
+    return Intercept(
+        target, HvMessageType.X64_IO_PORT_INTERCEPT, payload, f"I/O port 0x{port:x}", vp.p.rip
+    )

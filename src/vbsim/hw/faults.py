@@ -10,7 +10,7 @@ They are *not* errors of the model; any other exception escaping a run is a bug 
 from __future__ import annotations
 
 
-class GuestTermination(Exception):  # noqa: N818 - a control-flow signal, not an error
+class GuestTermination(Exception):
     """A flow of guest execution ended (caught by the run loop that started it)."""
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vbsim.hw.ram import GuestRam
-from vbsim.hw.slat import KX, R, UX, W, Slat, exec_right
+from vbsim.hw.slat import KX, UX, R, Slat, W, exec_right
 from vbsim.hw.translation import Verdict
 from vbsim.hw.x86 import (
     LINEAR_ADDRESS_BITS,
@@ -234,9 +234,15 @@ class PagingLayer:
                 mask = (1 << shift) - 1
                 gpa_page = ((value & _ADDR & ~mask) | (va & mask)) & ~PAGE_MASK
                 leaf = Leaf(
-                    gpa_page, bool(flags_and & _RW), bool(flags_and & _US), bool(nx),
-                    bool(value & _D), bool(value & _G), shift, name,
-                )  # fmt: skip
+                    gpa_page,
+                    bool(flags_and & _RW),
+                    bool(flags_and & _US),
+                    bool(nx),
+                    bool(value & _D),
+                    bool(value & _G),
+                    shift,
+                    name,
+                )
                 break
             table = value & _ADDR
         else:  # pragma: no cover - the PTE level is always a leaf
@@ -266,9 +272,15 @@ class PagingLayer:
                 mm[entry_gpa : entry_gpa + 8] = new.to_bytes(8, "little")
         if access is Access.WRITE and not leaf.dirty:
             leaf = Leaf(
-                leaf.gpa_page, leaf.writable, leaf.user, leaf.nx, True, leaf.glob,
-                leaf.size_shift, leaf.level,
-            )  # fmt: skip
+                leaf.gpa_page,
+                leaf.writable,
+                leaf.user,
+                leaf.nx,
+                True,
+                leaf.glob,
+                leaf.size_shift,
+                leaf.level,
+            )
         return Verdict(True, gpa, "paging", access), leaf
 
     def slat_check(self, gpa: int, access: Access, user_address: bool) -> Verdict | None:

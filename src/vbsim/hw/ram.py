@@ -95,11 +95,11 @@ class GuestRam:
         return Verdict(False, gpa, "ram.unbacked", access)
 
     def backed(self, gpa: int, length: int = 1) -> bool:
-        return 0 <= gpa and gpa + length <= self.size and length >= 0
+        return gpa >= 0 and gpa + length <= self.size and length >= 0
 
     def read(self, gpa: int, length: int) -> bytes:
         """Bytes at ``gpa``; unbacked bytes read as 0xFF (floating bus)."""
-        if 0 <= gpa and gpa + length <= self.size:
+        if gpa >= 0 and gpa + length <= self.size:
             return self.mm[gpa : gpa + length]
         return bytes(self._read_partial(gpa, length))
 
@@ -113,7 +113,7 @@ class GuestRam:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
         """Write ``data``; returns False (and drops the unbacked part) outside RAM."""
         end = gpa + len(data)
-        if 0 <= gpa and end <= self.size:
+        if gpa >= 0 and end <= self.size:
             self.mm[gpa:end] = data
             return True
         lo, hi = max(gpa, 0), min(end, self.size)

@@ -17,20 +17,57 @@ from vbsim.hw.x86 import Cr0, Cr4, Efer, Rflags
 
 #: Names of the shared general-purpose registers (everything but RSP), in hvdef order.
 SHARED_GPRS: tuple[str, ...] = (
-    "rax", "rcx", "rdx", "rbx", "rbp", "rsi", "rdi",
-    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-)  # fmt: skip
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)
 
 #: Shared registers other than GPRs and XMM.
 SHARED_OTHER: tuple[str, ...] = ("cr2", "dr0", "dr1", "dr2", "dr3", "dr6", "xcr0")
 
 #: Private registers (one copy per VTL).  Order: vsm-spec §5.5 table, left column.
 PRIVATE_REGS: tuple[str, ...] = (
-    "rip", "rsp", "rflags", "cr0", "cr3", "cr4", "cr8", "dr7", "efer",
-    "star", "lstar", "cstar", "sfmask", "sysenter_cs", "sysenter_esp", "sysenter_eip",
-    "pat", "kernel_gs_base", "fs_base", "gs_base", "tsc_aux", "misc_enable", "apic_base",
-    "idtr_base", "idtr_limit", "gdtr_base", "gdtr_limit", "tsc",
-)  # fmt: skip
+    "rip",
+    "rsp",
+    "rflags",
+    "cr0",
+    "cr3",
+    "cr4",
+    "cr8",
+    "dr7",
+    "efer",
+    "star",
+    "lstar",
+    "cstar",
+    "sfmask",
+    "sysenter_cs",
+    "sysenter_esp",
+    "sysenter_eip",
+    "pat",
+    "kernel_gs_base",
+    "fs_base",
+    "gs_base",
+    "tsc_aux",
+    "misc_enable",
+    "apic_base",
+    "idtr_base",
+    "idtr_limit",
+    "gdtr_base",
+    "gdtr_limit",
+    "tsc",
+)
 
 LONG_MODE_CR0 = int(Cr0.PE | Cr0.PG | Cr0.WP | Cr0.NE | Cr0.ET)
 LONG_MODE_CR4 = int(Cr4.PAE | Cr4.PGE | Cr4.OSFXSR | Cr4.OSXMMEXCPT)
@@ -90,12 +127,18 @@ class PrivateState:
     #: Secure Kernel's processor block): how a kernel's routines find their own state.  Private
     #: per VTL, like GS base itself.
     gs_object: object | None = None
+    #: Who is running in this VTL (a label for traces: "nt", "securekernel", "lsass" ...).
+    actor: str = ""
 
     def copy(self) -> PrivateState:
         clone = PrivateState(**{n: getattr(self, n) for n in PRIVATE_REGS}, cpl=self.cpl)
-        clone.segments = {k: Segment(s.base, s.limit, s.selector, s.attributes)
-                          for k, s in self.segments.items()}  # fmt: skip
-        clone.ldtr = Segment(self.ldtr.base, self.ldtr.limit, self.ldtr.selector, self.ldtr.attributes)
+        clone.segments = {
+            k: Segment(s.base, s.limit, s.selector, s.attributes) for k, s in self.segments.items()
+        }
+        clone.ldtr = Segment(
+            self.ldtr.base, self.ldtr.limit, self.ldtr.selector, self.ldtr.attributes
+        )
         clone.tr = Segment(self.tr.base, self.tr.limit, self.tr.selector, self.tr.attributes)
         clone.gs_object = self.gs_object
+        clone.actor = self.actor
         return clone

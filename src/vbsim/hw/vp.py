@@ -1,4 +1,4 @@
-"""The virtual processor: the only way guest code touches memory, devices and other privilege levels.
+"""The virtual processor: guest code's only way to memory, devices and other privilege levels.
 
 Guest software is Python that runs *on* a VP (DESIGN.md, "the one rule of execution").  The
 methods here are its instructions: loads and stores through the current view (paging over SLAT
@@ -94,8 +94,9 @@ class Exits(Protocol):
         """Writes to CR0/CR4/XCR0/IDTR/GDTR/LDTR/TR that a higher VTL may intercept."""
         ...
 
-    def intercept_io(self, vp: VirtualProcessor, port: int, size: int, value: int | None) -> bool:
-        ...
+    def intercept_io(
+        self, vp: VirtualProcessor, port: int, size: int, value: int | None
+    ) -> bool: ...
 
     def synthetic_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
         """Hypervisor MSRs.  Returns the value read (or 0 for a write); None means #GP."""
@@ -143,7 +144,6 @@ class VirtualProcessor:
         self.trace = trace
         self.bus = bus if bus is not None else Bus()
         self.exits: Exits = NoHypervisor()
-        self.actor = ""
         # Shared state (vsm-spec §5.5, right column).
         self.rax = self.rcx = self.rdx = self.rbx = self.rbp = self.rsi = self.rdi = 0
         self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = self.r14 = self.r15 = 0
@@ -208,6 +208,15 @@ class VirtualProcessor:
     def cpl(self) -> int:
         return self.p.cpl
 
+    @property
+    def actor(self) -> str:
+        """The label of the software running in the current VTL (private, like CS)."""
+        return self.p.actor
+
+    @actor.setter
+    def actor(self, label: str) -> None:
+        self.p.actor = label
+
     def set_mbec(self, vtl: int, enabled: bool) -> None:
         self.mbec[vtl] = enabled
         layer = self.layers[vtl]
@@ -228,9 +237,15 @@ class VirtualProcessor:
     def emit(self, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
         """Trace an event attributed to this VP's current mode (callers check ``trace.on``)."""
         self.trace.emit(
-            kind, mechanism, outcome, vp=self.index, vtl=self.vtl, cpl=self.p.cpl,
-            actor=self.actor, **detail,
-        )  # fmt: skip
+            kind,
+            mechanism,
+            outcome,
+            vp=self.index,
+            vtl=self.vtl,
+            cpl=self.p.cpl,
+            actor=self.actor,
+            **detail,
+        )
 
     # -- translation ----------------------------------------------------------------------------
     def translate(self, va: int, access: Access) -> int | None:
@@ -243,8 +258,14 @@ class VirtualProcessor:
         for _ in range(MAX_RETRIES):
             if verdict.ok:
                 if self.trace.on:
-                    self.emit("access", verdict.mechanism, "allowed",
-                              va=va, gpa=verdict.address, access=access.name.lower())  # fmt: skip
+                    self.emit(
+                        "access",
+                        verdict.mechanism,
+                        "allowed",
+                        va=va,
+                        gpa=verdict.address,
+                        access=access.name.lower(),
+                    )
                 return verdict.address
             if self._refused(verdict, va):
                 return None
@@ -281,8 +302,15 @@ class VirtualProcessor:
         """Deliver the consequence of a refusal; True if the instruction was completed."""
         mechanism = verdict.mechanism
         if self.trace.on:
-            self.emit("access", mechanism, "denied", va=va, gpa=verdict.gpa,
-                      access=verdict.access.name.lower(), error_code=verdict.fault)  # fmt: skip
+            self.emit(
+                "access",
+                mechanism,
+                "denied",
+                va=va,
+                gpa=verdict.gpa,
+                access=verdict.access.name.lower(),
+                error_code=verdict.fault,
+            )
         if mechanism in ("slat", "slat.walk"):
             return self.exits.memory_violation(self, verdict, va)
         if mechanism == "canonical":
@@ -377,11 +405,12 @@ class VirtualProcessor:
         for _ in range(MAX_RETRIES):
             base = self._x.get(va >> PAGE_SHIFT)
             if base is not None:
-                gpa: int | None = base | (va & PAGE_MASK)
+                gpa = base | (va & PAGE_MASK)
             else:
-                gpa = self.translate(va, Access.EXECUTE)
-                if gpa is None:
+                translated = self.translate(va, Access.EXECUTE)
+                if translated is None:
                     return None
+                gpa = translated
             if gpa + code.THUNK_SIZE <= self.ram.size:
                 entry = code.decode_thunk(self.mm[gpa : gpa + code.THUNK_SIZE])
                 if entry is not None:
@@ -409,8 +438,14 @@ class VirtualProcessor:
 
         Returning from here is the handler's IRET: the caller re-executes the instruction."""
         if self.trace.on:
-            self.emit("exception", "idt", "delivered", vector=int(vector), error_code=error_code_,
-                      cr2=self.cr2 if vector == Vector.PF else None)  # fmt: skip
+            self.emit(
+                "exception" if vector < 32 else "interrupt",
+                "idt",
+                "delivered",
+                vector=int(vector),
+                error_code=error_code_,
+                cr2=self.cr2 if vector == Vector.PF else None,
+            )
         if self._delivering >= MAX_DELIVERY_DEPTH:
             raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
         handler = self._idt_handler(vector)
@@ -529,7 +564,11 @@ class VirtualProcessor:
         if cr == 8:
             bank.cr8 = value & 0xF
             return
-        if cr not in (0, 4) or (cr == 0 and value & _CR0_RESERVED) or (cr == 4 and value & _CR4_RESERVED):
+        if (
+            cr not in (0, 4)
+            or (cr == 0 and value & _CR0_RESERVED)
+            or (cr == 4 and value & _CR4_RESERVED)
+        ):
             self.fault(Vector.GP, 0)
             return
         if self.exits.intercept_register(self, f"cr{cr}", value):

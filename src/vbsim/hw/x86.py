@@ -149,7 +149,7 @@ class Msr(IntEnum):
 
 
 class Access(IntEnum):
-    """Kinds of memory access (values match HV_INTERCEPT_ACCESS_TYPE: 0 read, 1 write, 2 execute)."""
+    """Kinds of memory access (the values of HV_INTERCEPT_ACCESS_TYPE: read, write, execute)."""
 
     READ = 0
     WRITE = 1

@@ -12,16 +12,30 @@ _SEGMENT_KEYS = [seg.name.lower() for seg in defs.INITIAL_VP_CONTEXT_SEGMENTS]
 def decode_context(raw: bytes) -> PrivateState | None:
     """A private register bank from an initial context; None if it is not a 64-bit context
     (vsm-spec §5.5: real mode is not supported for any VTL > 0)."""
-    values = dict(zip(defs.INITIAL_VP_CONTEXT_FIELDS, defs.INITIAL_VP_CONTEXT.unpack(raw), strict=True))
+    values = dict(
+        zip(defs.INITIAL_VP_CONTEXT_FIELDS, defs.INITIAL_VP_CONTEXT.unpack(raw), strict=True)
+    )
     state = PrivateState(
-        rip=values["rip"], rsp=values["rsp"], rflags=values["rflags"] | 2,
-        cr0=values["cr0"], cr3=values["cr3"], cr4=values["cr4"], efer=values["efer"],
-        pat=values["msr_cr_pat"], idtr_base=values["idtr.base"], idtr_limit=values["idtr.limit"],
-        gdtr_base=values["gdtr.base"], gdtr_limit=values["gdtr.limit"],
-    )  # fmt: skip
+        rip=values["rip"],
+        rsp=values["rsp"],
+        rflags=values["rflags"] | 2,
+        cr0=values["cr0"],
+        cr3=values["cr3"],
+        cr4=values["cr4"],
+        efer=values["efer"],
+        pat=values["msr_cr_pat"],
+        idtr_base=values["idtr.base"],
+        idtr_limit=values["idtr.limit"],
+        gdtr_base=values["gdtr.base"],
+        gdtr_limit=values["gdtr.limit"],
+    )
     for key in _SEGMENT_KEYS:
-        segment = Segment(values[f"{key}.base"], values[f"{key}.limit"], values[f"{key}.selector"],
-                          values[f"{key}.attributes"])  # fmt: skip
+        segment = Segment(
+            values[f"{key}.base"],
+            values[f"{key}.limit"],
+            values[f"{key}.selector"],
+            values[f"{key}.attributes"],
+        )
         if key == "tr":
             state.tr = segment
         elif key == "ldtr":
@@ -36,11 +50,19 @@ def decode_context(raw: bytes) -> PrivateState | None:
 
 def encode_context(state: PrivateState) -> bytes:
     values: dict[str, int] = {
-        "rip": state.rip, "rsp": state.rsp, "rflags": state.rflags, "cr0": state.cr0,
-        "cr3": state.cr3, "cr4": state.cr4, "efer": state.efer, "msr_cr_pat": state.pat,
-        "idtr.base": state.idtr_base, "idtr.limit": state.idtr_limit,
-        "gdtr.base": state.gdtr_base, "gdtr.limit": state.gdtr_limit,
-    }  # fmt: skip
+        "rip": state.rip,
+        "rsp": state.rsp,
+        "rflags": state.rflags,
+        "cr0": state.cr0,
+        "cr3": state.cr3,
+        "cr4": state.cr4,
+        "efer": state.efer,
+        "msr_cr_pat": state.pat,
+        "idtr.base": state.idtr_base,
+        "idtr.limit": state.idtr_limit,
+        "gdtr.base": state.gdtr_base,
+        "gdtr.limit": state.gdtr_limit,
+    }
     for key in _SEGMENT_KEYS:
         segment = state.tr if key == "tr" else state.ldtr if key == "ldtr" else state.segments[key]
         values[f"{key}.base"] = segment.base

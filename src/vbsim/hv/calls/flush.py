@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from vbsim.hv.hypervisor import Hypervisor
     from vbsim.hw.vp import VirtualProcessor
 
-_KNOWN = int(Flags.ALL_PROCESSORS | Flags.ALL_VIRTUAL_ADDRESS_SPACES | Flags.NON_GLOBAL_MAPPINGS_ONLY)
+_KNOWN = int(
+    Flags.ALL_PROCESSORS | Flags.ALL_VIRTUAL_ADDRESS_SPACES | Flags.NON_GLOBAL_MAPPINGS_ONLY
+)
 
 
 def _targets(hv: Hypervisor, flags: int, mask: int) -> list[VirtualProcessor]:
@@ -36,8 +38,9 @@ def _locked(hv: Hypervisor, vp: VirtualProcessor, vtl: int) -> bool:
     )
 
 
-def _apply(hv: Hypervisor, ctx: CallContext, space: int, flags: int, mask: int,
-           pages: list[int] | None) -> None:  # fmt: skip
+def _apply(
+    hv: Hypervisor, ctx: CallContext, space: int, flags: int, mask: int, pages: list[int] | None
+) -> None:
     vtl = ctx.caller_vtl
     for vp in _targets(hv, flags, mask):
         bank = vp.banks[vtl]

@@ -26,9 +26,14 @@ _R = int(HvMapGpaFlags.READABLE)
 _W = int(HvMapGpaFlags.WRITABLE)
 _KX = int(HvMapGpaFlags.KERNEL_EXECUTABLE)
 _UX = int(HvMapGpaFlags.USER_EXECUTABLE)
-_NEEDS_R = _W | _KX | _UX | int(HvMapGpaFlags.SUPERVISOR_SHADOW_STACK) | int(
-    HvMapGpaFlags.PAGING_WRITABILITY
-) | int(HvMapGpaFlags.VERIFY_PAGING_WRITABILITY)
+_NEEDS_R = (
+    _W
+    | _KX
+    | _UX
+    | int(HvMapGpaFlags.SUPERVISOR_SHADOW_STACK)
+    | int(HvMapGpaFlags.PAGING_WRITABILITY)
+    | int(HvMapGpaFlags.VERIFY_PAGING_WRITABILITY)
+)
 #: Bits a VTL protection may carry (vsm-spec §3.1 bits 0..6).
 _ALLOWED = _R | _NEEDS_R
 
@@ -44,9 +49,7 @@ def valid_flags(flags: int, mbec: bool) -> bool:
         return False  # KX && !UX is undefined even with MBEC
     if flags & _NEEDS_R and not flags & _R:
         return False
-    if flags & HvMapGpaFlags.SUPERVISOR_SHADOW_STACK and not (kx or ux):
-        return False
-    return True
+    return not (flags & HvMapGpaFlags.SUPERVISOR_SHADOW_STACK and not (kx or ux))
 
 
 def modify_vtl_protection_mask(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
@@ -91,14 +94,20 @@ def _flush_lower(hv: Hypervisor, protecting: int) -> None:
             vp.flush_tlb(vtl)
 
 
-def _trace(hv: Hypervisor, ctx: CallContext, protecting: int, mask: int, gpns: list[int],
-           status: HvStatus) -> None:  # fmt: skip
+def _trace(
+    hv: Hypervisor, ctx: CallContext, protecting: int, mask: int, gpns: list[int], status: HvStatus
+) -> None:
     if hv.trace.on:
         ctx.vp.emit(
-            "slat", "modify-vtl-protection-mask", "changed" if gpns else "unchanged",
-            protecting_vtl=protecting, rights=describe(mask), pages=len(gpns),
-            first_gpa=(gpns[0] << 12) if gpns else None, status=status.name,
-        )  # fmt: skip
+            "slat",
+            "modify-vtl-protection-mask",
+            "changed" if gpns else "unchanged",
+            protecting_vtl=protecting,
+            rights=describe(mask),
+            pages=len(gpns),
+            first_gpa=(gpns[0] << 12) if gpns else None,
+            status=status.name,
+        )
 
 
 SPECS = (CallSpec(HvCallCode.MODIFY_VTL_PROTECTION_MASK, modify_vtl_protection_mask, 16, rep_in=8),)

@@ -105,7 +105,9 @@ def _table(name: str) -> tuple[Getter, Setter]:
         bank = a.vp.banks[a.vtl]
         if bank is None:
             return 0
-        return (int(getattr(bank, f"{name}_limit")) << 48) | (int(getattr(bank, f"{name}_base")) << 64)
+        return (int(getattr(bank, f"{name}_limit")) << 48) | (
+            int(getattr(bank, f"{name}_base")) << 64
+        )
 
     def put(a: Access, value: int) -> HvStatus:
         bank = a.vp.banks[a.vtl]
@@ -156,20 +158,48 @@ _CR4_RESERVED = (~((1 << 25) - 1) & U64) | (1 << 15) | (1 << 19)
 _EFER_RESERVED = ~0xD01 & U64
 
 REGISTERS: dict[int, tuple[Getter, Setter]] = {}
-for _name in ("rax", "rcx", "rdx", "rbx", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
-              "r13", "r14", "r15"):  # fmt: skip
-    REGISTERS[int(N[_name.upper()])] = _shared(_name)
+for _name in (
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+):
+    REGISTERS[int(HvRegisterName[_name.upper()])] = _shared(_name)
 for _name in ("cr2", "dr0", "dr1", "dr2", "dr3", "dr6"):
-    REGISTERS[int(N[_name.upper()])] = _shared(_name)
+    REGISTERS[int(HvRegisterName[_name.upper()])] = _shared(_name)
 REGISTERS[int(N.XFEM)] = _shared("xcr0")
 for _i in range(16):
-    REGISTERS[int(N[f"XMM{_i}"])] = _xmm(_i)
-for _reg, _attr in ((N.RSP, "rsp"), (N.RIP, "rip"), (N.RFLAGS, "rflags"), (N.CR3, "cr3"),
-                    (N.CR8, "cr8"), (N.DR7, "dr7"), (N.STAR, "star"), (N.LSTAR, "lstar"),
-                    (N.CSTAR, "cstar"), (N.SFMASK, "sfmask"), (N.SYSENTER_CS, "sysenter_cs"),
-                    (N.SYSENTER_EIP, "sysenter_eip"), (N.SYSENTER_ESP, "sysenter_esp"),
-                    (N.PAT, "pat"), (N.KERNEL_GS_BASE, "kernel_gs_base"), (N.TSC_AUX, "tsc_aux"),
-                    (N.APIC_BASE, "apic_base")):  # fmt: skip
+    REGISTERS[int(HvRegisterName[f"XMM{_i}"])] = _xmm(_i)
+for _reg, _attr in (
+    (N.RSP, "rsp"),
+    (N.RIP, "rip"),
+    (N.RFLAGS, "rflags"),
+    (N.CR3, "cr3"),
+    (N.CR8, "cr8"),
+    (N.DR7, "dr7"),
+    (N.STAR, "star"),
+    (N.LSTAR, "lstar"),
+    (N.CSTAR, "cstar"),
+    (N.SFMASK, "sfmask"),
+    (N.SYSENTER_CS, "sysenter_cs"),
+    (N.SYSENTER_EIP, "sysenter_eip"),
+    (N.SYSENTER_ESP, "sysenter_esp"),
+    (N.PAT, "pat"),
+    (N.KERNEL_GS_BASE, "kernel_gs_base"),
+    (N.TSC_AUX, "tsc_aux"),
+    (N.APIC_BASE, "apic_base"),
+):
     REGISTERS[int(_reg)] = _private(_attr)
 REGISTERS[int(N.CR0)] = _private("cr0", _CR0_RESERVED, decisions=True)
 REGISTERS[int(N.CR4)] = _private("cr4", _CR4_RESERVED, decisions=True)
@@ -177,7 +207,7 @@ REGISTERS[int(N.EFER)] = _private("efer", _EFER_RESERVED, decisions=True)
 REGISTERS[int(N.IDTR)] = _table("idtr")
 REGISTERS[int(N.GDTR)] = _table("gdtr")
 for _seg in ("cs", "ds", "es", "fs", "gs", "ss", "ldtr", "tr"):
-    REGISTERS[int(N[_seg.upper()])] = _segment(_seg)
+    REGISTERS[int(HvRegisterName[_seg.upper()])] = _segment(_seg)
 
 
 # -- VSM registers --------------------------------------------------------------------------
@@ -204,8 +234,12 @@ def _capabilities(a: Access) -> int:
     return a.hv.capabilities
 
 
-_WRITE_ONCE = (defs.PCONFIG_ENABLE_VTL_PROTECTION.mask | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
-               | defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask | defs.PCONFIG_INTERCEPT_VP_STARTUP.mask)  # fmt: skip
+_WRITE_ONCE = (
+    defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
+    | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
+    | defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask
+    | defs.PCONFIG_INTERCEPT_VP_STARTUP.mask
+)
 
 
 def _get_partition_config(a: Access) -> int | HvStatus:
@@ -288,7 +322,9 @@ def _intercept_reg(attr: str, reserved: int = 0) -> tuple[Getter, Setter]:
     return get, put
 
 
-def _vtl_state_attr(attr: str, writable: bool = True, not_vtl0: bool = False) -> tuple[Getter, Setter]:
+def _vtl_state_attr(
+    attr: str, writable: bool = True, not_vtl0: bool = False
+) -> tuple[Getter, Setter]:
     def get(a: Access) -> int | HvStatus:
         if not_vtl0 and a.vtl == 0:
             return HvStatus.INVALID_PARAMETER
@@ -348,7 +384,9 @@ VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
     int(N.VSM_CAPABILITIES): (_capabilities, _ro),
     int(N.VSM_PARTITION_CONFIG): (_get_partition_config, _set_partition_config),
     int(N.VSM_VINA): _vtl_state_attr("vina", not_vtl0=True),
-    int(N.CR_INTERCEPT_CONTROL): _intercept_reg("cr_intercept_control", defs.CR_INTERCEPT_RSVD_MASK),
+    int(N.CR_INTERCEPT_CONTROL): _intercept_reg(
+        "cr_intercept_control", defs.CR_INTERCEPT_RSVD_MASK
+    ),
     int(N.CR_INTERCEPT_CR0_MASK): _intercept_reg("cr0_mask"),
     int(N.CR_INTERCEPT_CR4_MASK): _intercept_reg("cr4_mask"),
     int(N.CR_INTERCEPT_IA32_MISC_ENABLE_MASK): _intercept_reg("misc_enable_mask"),
@@ -428,8 +466,15 @@ def set_vp_registers(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
             return entry, done
         status = entry[1](access, value)
         if hv.trace.on:
-            ctx.vp.emit("register", "set-vp-registers", status.name.lower(), target_vp=access.vp.index,
-                        target_vtl=access.vtl, register=_register_name(name), value=value)  # fmt: skip
+            ctx.vp.emit(
+                "register",
+                "set-vp-registers",
+                status.name.lower(),
+                target_vp=access.vp.index,
+                target_vtl=access.vtl,
+                register=_register_name(name),
+                value=value,
+            )
         if status is not HvStatus.SUCCESS:
             return status, done
         done += 1

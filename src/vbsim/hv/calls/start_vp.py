@@ -46,8 +46,14 @@ def start_virtual_processor(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus,
     vp.enable_vtl(target_vtl, state)
     vp.started = True
     if hv.trace.on:
-        ctx.vp.emit("vsm", "start-virtual-processor", "started", target_vp=vp_index,
-                    target_vtl=target_vtl, rip=state.rip)  # fmt: skip
+        ctx.vp.emit(
+            "vsm",
+            "start-virtual-processor",
+            "started",
+            target_vp=vp_index,
+            target_vtl=target_vtl,
+            rip=state.rip,
+        )
     run_started(hv, vp_index, target_vtl)
     return HvStatus.SUCCESS, 0
 

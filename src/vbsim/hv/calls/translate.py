@@ -35,7 +35,9 @@ _RESULTS = {
 
 
 def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
-    partition_id, vp_index, flags, gva_page = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.unpack(ctx.header)
+    partition_id, vp_index, flags, gva_page = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.unpack(
+        ctx.header
+    )
     status = check_partition(partition_id)
     if status is not None:
         return status, 0
@@ -56,13 +58,21 @@ def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatu
     state = SimplePagingState(bank.cr3, bank.cr0, bank.cr4, bank.efer, cpl, bank.rflags)
     layer = PagingLayer(hv.ram, hv.slat, vtl, state, vp.mbec[vtl])
     va = (gva_page << 12) & 0xFFFF_FFFF_FFFF_FFFF
-    wanted = [a for flag, a in ((F.VALIDATE_READ, Access.READ), (F.VALIDATE_WRITE, Access.WRITE),
-                                (F.VALIDATE_EXECUTE, Access.EXECUTE)) if flags & flag]  # fmt: skip
+    wanted = [
+        a
+        for flag, a in (
+            (F.VALIDATE_READ, Access.READ),
+            (F.VALIDATE_WRITE, Access.WRITE),
+            (F.VALIDATE_EXECUTE, Access.EXECUTE),
+        )
+        if flags & flag
+    ]
     implicit = bool(flags & F.PRIVILEGE_EXEMPT)
     result, gpa_page = Result.SUCCESS, 0
     for access in wanted or [Access.READ]:
-        verdict, leaf = layer.walk(va, access, implicit=implicit,
-                                   update_ad=bool(flags & F.SET_PAGE_TABLE_BITS))  # fmt: skip
+        verdict, leaf = layer.walk(
+            va, access, implicit=implicit, update_ad=bool(flags & F.SET_PAGE_TABLE_BITS)
+        )
         if leaf is None:
             result = _RESULTS.get(verdict.mechanism, Result.PRIVILEGE_VIOLATION)
             gpa_page = 0
@@ -70,9 +80,17 @@ def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatu
         gpa_page = verdict.address >> 12
     ctx.output += defs.TRANSLATE_VIRTUAL_ADDRESS_OUTPUT.pack(int(result), gpa_page)
     if hv.trace.on:
-        ctx.vp.emit("translate", "translate-virtual-address", result.name.lower(), target_vtl=vtl,
-                    gva=va, gpa_page=gpa_page)  # fmt: skip
+        ctx.vp.emit(
+            "translate",
+            "translate-virtual-address",
+            result.name.lower(),
+            target_vtl=vtl,
+            gva=va,
+            gpa_page=gpa_page,
+        )
     return HvStatus.SUCCESS, 0
 
 
-SPECS = (CallSpec(HvCallCode.TRANSLATE_VIRTUAL_ADDRESS, translate_virtual_address, 32, out_size=16),)
+SPECS = (
+    CallSpec(HvCallCode.TRANSLATE_VIRTUAL_ADDRESS, translate_virtual_address, 32, out_size=16),
+)

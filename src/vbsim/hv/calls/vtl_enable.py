@@ -76,8 +76,9 @@ def enable_vp_vtl(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
     vp.enable_vtl(target, state)
     hv.states[vp.index][target] = VpVtlState()
     if hv.trace.on:
-        ctx.vp.emit("vsm", "enable-vp-vtl", "enabled", target_vp=vp.index, target_vtl=target,
-                    rip=state.rip)  # fmt: skip
+        ctx.vp.emit(
+            "vsm", "enable-vp-vtl", "enabled", target_vp=vp.index, target_vtl=target, rip=state.rip
+        )
     return HvStatus.SUCCESS, 0
 
 

@@ -1,0 +1,179 @@
+"""``vbsim bench`` / ``python -m vbsim.bench``: medians over repeated runs, never timed assertions.
+
+Each metric is a function that performs one measurement and returns one number; ``run`` repeats
+it and reports the median next to the issue's target.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vbsim.guest.bare import MON_NULL, boot_bare, monitor_call
+from vbsim.hw.pagetable import PageTables, PhysAccess
+from vbsim.hw.x86 import PAGE_SIZE, Pte
+from vbsim.machine import Machine
+
+
+@dataclass(frozen=True)
+class Metric:
+    measure: Callable[[], float]
+    target: float
+    higher_is_better: bool
+    unit: str
+
+    def meets(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+    @property
+    def target_text(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.target:g} {self.unit}"
+
+
+def _timed_rate(step: Callable[[], object], seconds: float = 0.25) -> float:
+    """Operations per second of ``step`` over about ``seconds``."""
+    count = 0
+    batch = 1000
+    start = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            step()
+        count += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return count / elapsed
+
+
+def vtl_roundtrip_us() -> float:
+    """VTL0 → VTL1 → VTL0: a null VTL call and return on one VP (bare monitor)."""
+    machine = Machine(ram_size=64 << 20)
+    _, _, failures = boot_bare(machine)
+    assert not failures, failures
+    vp = machine.bsp
+    rate = _timed_rate(lambda: monitor_call(vp, MON_NULL))
+    machine.close()
+    return 1e6 / rate
+
+
+def _read_setup(pages: int) -> tuple[Machine, list[int]]:
+    machine = Machine(ram_size=64 << 20)
+    vp = machine.bsp
+    tables = PageTables(PhysAccess.direct(machine.ram, "bench"))
+    vas = []
+    for i in range(pages):
+        frame = machine.ram.frames.alloc("bench")
+        va = 0x40_0000 + i * PAGE_SIZE
+        tables.map(va, frame * PAGE_SIZE, int(Pte.RW | Pte.NX))
+        vas.append(va + 8)
+    vp.p.cr3 = tables.root
+    return machine, vas
+
+
+def read8_tlb_hit_per_s() -> float:
+    machine, vas = _read_setup(1)
+    vp, va = machine.bsp, vas[0]
+    vp.read_u64(va)
+    rate = _timed_rate(lambda: vp.read_u64(va))
+    machine.close()
+    return rate
+
+
+def read8_tlb_miss_per_s() -> float:
+    """Each read misses the TLB (INVLPG first, counted in the cost) and walks 4 levels, every
+    paging-structure read checked against SLAT, then SLAT on the final GPA."""
+    machine, vas = _read_setup(256)
+    vp = machine.bsp
+    index = [0]
+
+    def step() -> None:
+        va = vas[index[0] & 255]
+        index[0] += 1
+        vp.invlpg(va)
+        vp.read_u64(va)
+
+    rate = _timed_rate(step)
+    machine.close()
+    return rate
+
+
+def _rss_probe() -> float:
+    """Run in a child: a 4 GiB machine with VTL1 enabled, 1,000 pages touched by VTL0."""
+    machine = Machine(ram_size=4 << 30)
+    kernel, _, failures = boot_bare(machine)
+    assert not failures, failures
+    vp = machine.bsp
+    va, _ = kernel.space.alloc_data(1000)
+    for i in range(1000):
+        vp.write_u64(va + i * PAGE_SIZE, i + 1)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ram_rss_mib() -> float:
+    out = subprocess.run(
+        [sys.executable, "-m", "vbsim.bench", "--rss-probe"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip())
+
+
+METRICS: dict[str, Metric] = {
+    "vtl_roundtrip_us": Metric(vtl_roundtrip_us, 5.0, False, "µs"),
+    "read8_tlb_hit_per_s": Metric(read8_tlb_hit_per_s, 2_000_000, True, "/s"),
+    "read8_tlb_miss_per_s": Metric(read8_tlb_miss_per_s, 200_000, True, "/s"),
+    "ram_rss_mib": Metric(ram_rss_mib, 80, False, "MiB"),
+}
+
+
+def register(name: str, metric: Metric) -> None:
+    """Later subsystems add their metrics here."""
+    METRICS[name] = metric
+
+
+def run(repeat: int = 7, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for name, metric in METRICS.items():
+        if only and name not in only:
+            continue
+        samples = [metric.measure() for _ in range(repeat)]
+        median = statistics.median(samples)
+        results[name] = {
+            "median": median,
+            "samples": samples,
+            "target": metric.target,
+            "target_text": metric.target_text,
+            "meets": metric.meets(median),
+            "unit": metric.unit,
+        }
+    return results
+
+
+def main(argv: list[str]) -> None:
+    if "--rss-probe" in argv:
+        print(f"{_rss_probe():.2f}")
+        return
+    repeat = 7
+    if "--repeat" in argv:
+        repeat = int(argv[argv.index("--repeat") + 1])
+    results = run(repeat=repeat)
+    if "--json" in argv:
+        print(json.dumps(results))
+    else:
+        for name, row in results.items():
+            print(f"{name:28s} {row['median']:>14.6g}  target {row['target_text']:>18s}  "
+                  f"{'ok' if row['meets'] else 'MISSED'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

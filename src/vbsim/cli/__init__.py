@@ -1,0 +1,1 @@
+"""The ``vbsim`` command line."""

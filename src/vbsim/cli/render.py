@@ -1,0 +1,63 @@
+"""Rendering traces for people (rich tables) and programs (JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from vbsim.trace import Event
+
+_OUTCOME_STYLE = {
+    "denied": "bold red",
+    "blocked": "bold red",
+    "invalid-opcode": "red",
+    "delivered": "yellow",
+    "posted": "magenta",
+    "injected": "yellow",
+    "switched": "cyan",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 9:
+        return f"0x{value:x}"
+    return str(value)
+
+
+def describe_detail(detail: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in detail.items() if v is not None)
+
+
+def who(event: Event) -> str:
+    if event.vtl is None:
+        return event.actor or "-"
+    ring = {0: "kernel", 3: "user"}.get(event.cpl or 0, f"ring {event.cpl}")
+    label = f"VP{event.vp} VTL{event.vtl} {ring}"
+    return f"{label} ({event.actor})" if event.actor else label
+
+
+def trace_table(events: list[Event], title: str) -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("who (VP, VTL, ring)")
+    table.add_column("what")
+    table.add_column("check", style="bold")
+    table.add_column("outcome")
+    table.add_column("details", overflow="fold")
+    for event in events:
+        style = _OUTCOME_STYLE.get(event.outcome, "")
+        table.add_row(
+            str(event.seq),
+            who(event),
+            event.kind,
+            event.mechanism,
+            f"[{style}]{event.outcome}[/]" if style else event.outcome,
+            describe_detail(event.detail),
+        )
+    return table
+
+
+def console() -> Console:
+    return Console(highlight=False)

@@ -1,0 +1,53 @@
+"""Shared fixtures: a bare partition with VTL1 enabled, and a way to act as a given VTL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from vbsim.guest.bare import BareKernel, Monitor, boot_bare
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.machine import Machine
+from vbsim.trace import Trace
+
+
+@dataclass
+class Bare:
+    machine: Machine
+    kernel: BareKernel
+    monitor: Monitor
+    trace: Trace
+
+    @property
+    def vp(self) -> VirtualProcessor:
+        return self.machine.bsp
+
+
+def make_bare(vps: int = 1, ram: int = 64 << 20) -> Bare:
+    trace = Trace(record=True)
+    machine = Machine(ram_size=ram, vps=vps, trace=trace)
+    kernel, monitor, failures = boot_bare(machine)
+    assert failures == []
+    return Bare(machine, kernel, monitor, trace)
+
+
+@pytest.fixture
+def bare() -> Iterator[Bare]:
+    env = make_bare()
+    yield env
+    env.machine.close()
+
+
+@contextmanager
+def as_vtl(vp: VirtualProcessor, vtl: int) -> Iterator[VirtualProcessor]:
+    """Run test code as if it were the software of ``vtl`` on ``vp`` (a debugger's view: the
+    harness stands in for code that VTL would run)."""
+    previous = vp.vtl
+    vp.switch_vtl(vtl)
+    try:
+        yield vp
+    finally:
+        vp.switch_vtl(previous)
