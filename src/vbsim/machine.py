@@ -7,6 +7,7 @@ NT sees when VBS is off.
 from __future__ import annotations
 
 from vbsim.hv.hypervisor import Hypervisor
+from vbsim.hv.iommu_faults import platform_iommu
 from vbsim.hw.bus import Bus
 from vbsim.hw.ram import DEFAULT_RAM_SIZE, GuestRam
 from vbsim.hw.slat import Slat
@@ -21,6 +22,7 @@ class Machine:
         vps: int = 1,
         hypervisor: bool = True,
         trace: Trace | None = None,
+        kernel_dma_protection: bool = False,
     ) -> None:
         if vps < 1 or vps > 64:
             raise ValueError(f"a machine has 1 to 64 virtual processors, not {vps}")
@@ -36,6 +38,10 @@ class Machine:
             self.hv = Hypervisor(self.ram, self.slat, self.trace)
             for vp in self.vps:
                 self.hv.attach(vp)
+        # Device DMA goes through the IOMMU, then VTL0's SLAT when VBS runs (vsm-spec §3.5).
+        self.iommu = platform_iommu(
+            self.ram, self.slat, self.trace, self.hv, kernel_dma_protection=kernel_dma_protection
+        )
 
     @property
     def bsp(self) -> VirtualProcessor:

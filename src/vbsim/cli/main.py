@@ -41,11 +41,19 @@ def machine(
         e for e in demo.events if all_events or not (e.kind == "access" and e.outcome == "allowed")
     ]
     if as_json:
-        print(json.dumps({
-            "vps": vps, "ram": demo.machine.ram.size, "page_gpa": demo.page_gpa,
-            "boot_failures": demo.boot_failures, "leaked": demo.leaked,
-            "vtl0_outcome": demo.termination, "events": [e.to_json() for e in events],
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "vps": vps,
+                    "ram": demo.machine.ram.size,
+                    "page_gpa": demo.page_gpa,
+                    "boot_failures": demo.boot_failures,
+                    "leaked": demo.leaked,
+                    "vtl0_outcome": demo.termination,
+                    "events": [e.to_json() for e in events],
+                }
+            )
+        )
         return
     out = console()
     out.print(
@@ -55,8 +63,10 @@ def machine(
     if demo.leaked:
         out.print("[bold red]VTL0 read the protected bytes: isolation FAILED[/]")
     else:
-        out.print(f"VTL0's read of the page ended with: [bold]{demo.termination}[/]; "
-                  f"{len(SECRET)} secret bytes never reached VTL0.")  # fmt: skip
+        out.print(
+            f"VTL0's read of the page ended with: [bold]{demo.termination}[/]; "
+            f"{len(SECRET)} secret bytes never reached VTL0."
+        )
 
 
 @app.command()

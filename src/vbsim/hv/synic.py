@@ -234,7 +234,11 @@ def register_intercept_message(
         if not (old ^ value) & getattr(config, mask_attr):
             return None  # vsm-spec §4.1: intercept only if (old XOR new) & mask
     payload = defs.REGISTER_INTERCEPT_MESSAGE.pack(
-        *_header(vp, length, 1), 0, int(hv_name), value & 0xFFFF_FFFF_FFFF_FFFF, value >> 64
+        *_header(vp, length, 1),
+        0,
+        int(hv_name),
+        value & 0xFFFF_FFFF_FFFF_FFFF,
+        (value >> 64) & 0xFFFF_FFFF_FFFF_FFFF,
     )
     return Intercept(
         target, HvMessageType.REGISTER_INTERCEPT, payload, f"write of {name}", vp.p.rip

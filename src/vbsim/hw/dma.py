@@ -152,14 +152,14 @@ class DmaDevice:
         return self.register(REG_STATUS)
 
     def port_read(self, port: int, size: int) -> int:
-        offset = port - (self.base if self.base is not None else port)
+        offset = port - self.base if self.base is not None else -1
         size = max(0, min(size, 8))
         raw = bytes(self.regs[offset : offset + size]) if 0 <= offset < PORT_COUNT else b""
         raw += b"\xff" * (size - len(raw))  # beyond the register file: floating bus
         return int.from_bytes(raw, "little")
 
     def port_write(self, port: int, size: int, value: int) -> None:
-        offset = port - (self.base if self.base is not None else port)
+        offset = port - self.base if self.base is not None else -1
         size = max(0, min(size, 8))
         if not 0 <= offset < PORT_COUNT or size == 0:
             return
@@ -248,9 +248,7 @@ class DmaDevice:
         return bytes(self.buffer[:length])
 
 
-def driver_transfer(
-    vp: VirtualProcessor, base: int, iova: int, length: int, direction: int
-) -> int:
+def driver_transfer(vp: VirtualProcessor, base: int, iova: int, length: int, direction: int) -> int:
     """What a VTL0 driver does to start a transfer: program the registers with ``out`` at CPL0,
     write GO, and read STATUS back with ``in``."""
     vp.out(base + REG_ADDR_LO, 4, iova & 0xFFFF_FFFF)

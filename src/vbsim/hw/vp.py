@@ -162,6 +162,8 @@ class VirtualProcessor:
         self.p: PrivateState = self._bank(0)
         self.layer: PagingLayer = self._layer(0)
         self._delivering = 0
+        #: The CPL at which the exception being delivered interrupted (from the stack frame).
+        self.interrupted_cpl = 0
         self._reselect()
 
     # -- banks and modes ----------------------------------------------------------------------
@@ -456,6 +458,9 @@ class VirtualProcessor:
             return
         bank = self.p
         saved_cpl, saved_rip, saved_flags = bank.cpl, bank.rip, bank.rflags
+        # What the interrupt stack frame tells a handler: the interrupted privilege level (CS).
+        saved_interrupted = self.interrupted_cpl
+        self.interrupted_cpl = saved_cpl
         self._delivering += 1
         try:
             if bank.cpl != 0:
@@ -464,6 +469,7 @@ class VirtualProcessor:
             self.call(handler, int(vector), error_code_ or 0)
         finally:
             self._delivering -= 1
+            self.interrupted_cpl = saved_interrupted
         if self.p is bank:  # IRET
             bank.rip, bank.rflags = saved_rip, saved_flags
             if bank.cpl != saved_cpl:
@@ -593,12 +599,23 @@ class VirtualProcessor:
             return
         base &= 0xFFFF_FFFF_FFFF_FFFF
         limit &= 0xFFFF
-        if self.exits.intercept_register(self, name, base):
+        # The value a higher VTL sees is HV_X64_TABLE_REGISTER as a register value: limit in
+        # bits 63:48, base in 127:64 (the layout Get/SetVpRegisters use).
+        if self.exits.intercept_register(self, name, (limit << 48) | (base << 64)):
             return
         setattr(self.p, f"{name}_base", base)
         setattr(self.p, f"{name}_limit", limit)
         if self.trace.on:
             self.emit("table", f"l{name[:3]}", "loaded", base=base, limit=limit)
+
+    def stac(self) -> None:
+        """Set RFLAGS.AC: supervisor accesses to user pages allowed under SMAP (SDM §4.6)."""
+        if self._require_cpl0():
+            self.p.rflags |= int(Rflags.AC)
+
+    def clac(self) -> None:
+        if self._require_cpl0():
+            self.p.rflags &= ~int(Rflags.AC)
 
     def invlpg(self, va: int) -> None:
         if not self._require_cpl0():

@@ -1,0 +1,178 @@
+"""Boot: every step of vbs-internals §1.1, in order, each one a trace event.
+
+1. Firmware Secure Boot verifies the boot components' signatures and (SkuSiPolicy) versions.
+2. winload reads the VBS policy: the UEFI variable when UEFI-locked, else the registry.
+3. The hypervisor is launched (a machine *with* SLAT and VTLs) — or not, with VBS off.
+4. The Secure Kernel image is loaded into reserved memory; its entry, still in VTL0, enables VTL1
+   for the partition and the boot VP and VTL-calls into VTL1.
+5. Phase 1 in VTL1: the SK protects its pages, registers HyperGuard intercepts, initialises code
+   integrity; VTL return.
+6. NT phase 0; PHASE3_INIT (SK pages become inaccessible).
+7. NT phase 1: PHASE4_INIT (the SK stops trusting VTL0); application processors start through
+   START_PROCESSOR and HvCallStartVirtualProcessor.
+With ``Mandatory``, a Secure Kernel that fails verification stops the boot; without it, the boot
+continues without VBS (the Downdate lesson, vbs-internals §1.4, §6 A16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vbsim.boot.disk import COMPONENT_KINDS, VBS_EFI_VARIABLE, VBS_REGISTRY_KEY, Disk
+from vbsim.guest import hvcall
+from vbsim.hv import defs
+from vbsim.hw.faults import GuestTermination
+from vbsim.image import ComponentFloor, RevocationPolicy, model_pki, requirement_for, verify_image
+from vbsim.machine import Machine
+from vbsim.nt.kernel import NtKernel
+from vbsim.policy import Policy
+from vbsim.sk.kernel import SecureKernel
+from vbsim.trace import Trace
+
+
+@dataclass
+class System:
+    """A booted (or halted) machine."""
+
+    policy: Policy
+    disk: Disk
+    trace: Trace
+    machine: Machine | None = None
+    nt: NtKernel | None = None
+    sk: SecureKernel | None = None
+    vbs_running: bool = False
+    halted: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def booted(self) -> bool:
+        return self.halted is None and self.nt is not None
+
+
+def revocation_of(policy: Policy) -> RevocationPolicy | None:
+    if not policy.revocation:
+        return None
+    floors = {}
+    for name, floor in policy.revocation.items():
+        version = None
+        if floor.min_version is not None:
+            parts = [int(p) for p in floor.min_version.split(".")] + [0, 0, 0]
+            version = (parts[0], parts[1], parts[2], parts[3])
+        floors[name] = ComponentFloor(min_version=version, min_svn=floor.min_svn)
+    return RevocationPolicy(components=floors)
+
+
+def _step(system: System, mechanism: str, outcome: str, **detail: Any) -> None:
+    system.steps.append({"step": mechanism, "outcome": outcome, **detail})
+    system.trace.emit(
+        "boot", mechanism, outcome, actor="firmware" if system.machine is None else "boot", **detail
+    )
+
+
+def verify_component(system: System, name: str) -> bool:
+    """Secure Boot / winload image check: signature, chain, signing level, revocation."""
+    data = system.disk.image(name)
+    kind, _ = COMPONENT_KINDS[name]
+    result = verify_image(
+        data,
+        model_pki().trust_store(),
+        requirement=requirement_for(kind),
+        revocation=revocation_of(system.policy),
+    )
+    version = str(result.image.version) if result.image and result.image.version else None
+    if result.ok:
+        _step(system, "secureboot", "verified", component=name, version=version)
+        return True
+    mechanism = (
+        "revocation"
+        if result.revocation is not None and result.revocation.revoked
+        else "secureboot"
+    )
+    _step(
+        system,
+        mechanism,
+        "rejected",
+        component=name,
+        version=version,
+        failure=str(result.failure),
+        detail=result.detail,
+    )
+    return False
+
+
+def vbs_requested(system: System) -> bool:
+    """OslSetVsmPolicy: a UEFI-locked setting wins over the registry (vbs-internals §1.1 row 3)."""
+    disk = system.disk
+    if VBS_EFI_VARIABLE in disk.efi_variables:
+        value, source = disk.efi_variables[VBS_EFI_VARIABLE], "uefi-variable"
+    else:
+        value, source = disk.registry.get(VBS_REGISTRY_KEY, int(system.policy.vbs)), "registry"
+    _step(system, "vsm-policy", "vbs-on" if value else "vbs-off", source=source)
+    return bool(value)
+
+
+def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -> System:
+    system = System(policy, disk or Disk.install(policy), trace or Trace(record=True))
+    _step(system, "firmware", "secure-boot-on" if policy.secure_boot else "secure-boot-off")
+    if not verify_component(system, "ntoskrnl.exe"):
+        system.halted = "ntoskrnl.exe failed verification"
+        _step(system, "boot", "halted", reason=system.halted)
+        return system
+    want_vbs = vbs_requested(system)
+    vbs = False
+    if want_vbs:
+        vbs = verify_component(system, "hvix64.exe") and verify_component(
+            system, "securekernel.exe"
+        )
+        if not vbs:
+            if policy.mandatory:
+                system.halted = "VBS is mandatory and a VBS component failed verification"
+                _step(system, "mandatory", "halted", reason=system.halted)
+                return system
+            _step(system, "mandatory", "continue-without-vbs")
+    machine = Machine(
+        ram_size=policy.ram_mib << 20,
+        vps=policy.vps,
+        hypervisor=vbs,
+        trace=system.trace,
+        kernel_dma_protection=policy.kernel_dma_protection,
+    )
+    system.machine = machine
+    _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
+    nt = NtKernel(machine, policy, vbs)
+    system.nt = nt
+    bsp = machine.bsp
+    nt.prepare_boot_processor(bsp)
+    try:
+        if vbs:
+            sk = SecureKernel(machine, policy)
+            system.sk = sk
+            _step(system, "sk-load", "loaded", frames=len(set(sk.space.frames)))
+            _enter_secure_kernel(system, sk, nt)
+        nt.phase0(bsp)
+        nt.phase1(bsp)
+    except GuestTermination as stop:
+        system.halted = f"boot stopped: {stop}"
+        _step(system, "boot", "halted", reason=system.halted)
+        return system
+    system.vbs_running = vbs
+    _step(system, "boot", "complete", vbs=vbs, processors=sum(1 for v in machine.vps if v.started))
+    return system
+
+
+def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None:
+    """OslVsmSetup(2): the SK entry, still in VTL0, enables VTL1 and VTL-calls into it
+    (vbs-internals §1.1 row 11; vsm-spec §5.1 steps 1-5)."""
+    vp = system.machine.bsp if system.machine else None
+    assert vp is not None and nt.vsl is not None
+    nt.vsl.enable_hypercalls(vp)
+    params = hvcall.ParamPages(*nt.space.alloc_data(), *nt.space.alloc_data())
+    flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC) if system.policy.mbec else 0
+    result = hvcall.enable_partition_vtl(vp, params, 1, flags)
+    _step(system, "enable-partition-vtl", result.status_name.lower())
+    result = hvcall.enable_vp_vtl(vp, params, 1, sk.context())
+    _step(system, "enable-vp-vtl", result.status_name.lower())
+    sk.attach(vp)
+    hvcall.vtl_call(vp)  # phase 1 runs in VTL1 and returns
+    _step(system, "sk-phase1", sk.phase.value)

@@ -1,0 +1,68 @@
+"""The system disk: signed component images and the persistent configuration.
+
+Component images are real PE32+ files built by :mod:`vbsim.image` and Authenticode-signed by the
+model PKI with the Windows-component profile; their version resource carries the version and SVN
+the policy installs.  The disk also holds what persists across reboots: the registry values that
+winload reads (``DeviceGuard\\EnableVirtualizationBasedSecurity``) and the UEFI variables that the
+UEFI lock writes (vbs-internals §1.1 row 3, §1.4).  Attacks change the disk, then reboot.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from vbsim.image import ComponentVersion, ImageKind, build_image, model_pki, sign_image
+from vbsim.policy import Component, Policy
+
+#: Component file → (image kind, the entry routine its code section names).
+COMPONENT_KINDS: dict[str, tuple[ImageKind, str]] = {
+    "hvix64.exe": (ImageKind.HYPERVISOR, "hv.launch"),
+    "securekernel.exe": (ImageKind.SECURE_KERNEL, "sk.entry"),
+    "ntoskrnl.exe": (ImageKind.NT_KERNEL, "nt.KiSystemCall64"),
+}
+VBS_REGISTRY_KEY = (
+    r"HKLM\SYSTEM\CurrentControlSet\Control\DeviceGuard\EnableVirtualizationBasedSecurity"
+)
+VBS_EFI_VARIABLE = "VbsPolicy"
+
+
+@functools.lru_cache(maxsize=64)
+def component_image(name: str, version: str, svn: int, tampered: bool) -> bytes:
+    """The signed image of a component as installed (cached: signing is the slow part)."""
+    kind, entry = COMPONENT_KINDS[name]
+    numbers = ComponentVersion.parse(_four(version), svn=svn)
+    image = build_image(kind, name, entry, [entry], version=numbers)
+    signed = sign_image(image, model_pki().signer("windows"))
+    if tampered:
+        # Change one byte of the code section after signing: the Authenticode digest no longer
+        # matches (Downdate's "invalidated securekernel.exe", vbs-internals §6 A16).
+        data = bytearray(signed)
+        data[0x400 + 40] ^= 0xFF
+        return bytes(data)
+    return signed
+
+
+def _four(version: str) -> str:
+    parts = version.split(".")
+    return ".".join(parts + ["0"] * (4 - len(parts)))
+
+
+@dataclass
+class Disk:
+    components: dict[str, Component] = field(default_factory=dict)
+    registry: dict[str, int] = field(default_factory=dict)
+    efi_variables: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def install(cls, policy: Policy) -> Disk:
+        disk = cls({name: policy.component(name) for name in COMPONENT_KINDS})
+        disk.registry[VBS_REGISTRY_KEY] = int(policy.vbs)
+        if policy.uefi_lock:
+            # With UEFI lock the setting lives in a boot-services-only EFI variable (§1.1 row 3).
+            disk.efi_variables[VBS_EFI_VARIABLE] = int(policy.vbs)
+        return disk
+
+    def image(self, name: str) -> bytes:
+        component = self.components[name]
+        return component_image(name, component.version, component.svn, component.tampered)

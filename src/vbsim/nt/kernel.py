@@ -1,0 +1,407 @@
+"""The NT kernel (VTL0 ring 0): boot phases, traps, the system-call path, processes.
+
+NT here is guest code like any other: it reaches memory through its VP (paging over VTL0's SLAT),
+enters the Secure Kernel only through ``Vsl*`` secure calls, and its handlers decide what a fault
+means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the machine.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vbsim.guest.address_space import CS_USER_ATTRIBUTES, DIRECT_MAP, KernelSpace
+from vbsim.hv.calls.context import encode_context
+from vbsim.hw import code
+from vbsim.hw.code import guest_code
+from vbsim.hw.faults import Bugcheck, GuestTermination, ThreadTerminated
+from vbsim.hw.pagetable import PhysAccess
+from vbsim.hw.ram import GuestRam
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
+from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
+from vbsim.ntstatus import BugCheck, NtStatus
+
+if TYPE_CHECKING:
+    from vbsim.machine import Machine
+    from vbsim.nt.vsl import Vsl
+    from vbsim.policy import Policy
+
+#: Windows x64 STAR: kernel CS 0x10, user CS base 0x20 (user CS 0x33, SS 0x2B).
+STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
+#: SFMASK clears TF, IF, DF and AC on entry (as Windows does).
+SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
+
+SyscallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
+
+#: The kernel loaded in each machine's RAM (what NT's own global variables would tell it).
+_KERNELS: weakref.WeakKeyDictionary[GuestRam, NtKernel] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class KernelVariable:
+    """A named kernel global: a VA in NT's data pages (its bytes live in guest RAM)."""
+
+    name: str
+    va: int
+    gpa: int
+
+
+@dataclass
+class UserRun:
+    """How a user-mode run ended."""
+
+    returned: Any = None
+    terminated: ThreadTerminated | None = None
+
+
+@dataclass
+class NtKernel:
+    machine: Machine
+    policy: Policy
+    vbs: bool
+    space: KernelSpace = field(init=False)
+    processes: dict[int, Process] = field(default_factory=dict)
+    current: dict[int, Process | None] = field(default_factory=dict)
+    syscalls: dict[int, SyscallHandler] = field(default_factory=dict)
+    syscall_names: dict[int, str] = field(default_factory=dict)
+    variables: dict[str, KernelVariable] = field(default_factory=dict)
+    #: Configuration store (the registry's HKLM\SYSTEM values the model needs).
+    registry: dict[str, Any] = field(default_factory=dict)
+    drivers: dict[str, Any] = field(default_factory=dict)
+    #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
+    ext: dict[str, Any] = field(default_factory=dict)
+    vsl: Vsl | None = None
+    phase: int = -1
+    _next_pid: int = 4
+    idt: tuple[int, int] = (0, 0)
+    syscall_entry: int = 0
+    ap_entry: int = 0
+
+    def __post_init__(self) -> None:
+        _KERNELS[self.machine.ram] = self
+        self.space = KernelSpace(self.machine.ram, "ntoskrnl")
+        self.idt = self.space.build_idt(
+            {
+                int(Vector.PF): "nt.KiPageFault",
+                int(Vector.GP): "nt.KiGeneralProtection",
+                int(Vector.UD): "nt.KiInvalidOpcode",
+            },
+            default="nt.KiUnexpectedTrap",
+        )
+        self.syscall_entry = self.space.install("nt.KiSystemCall64")
+        self.ap_entry = self.space.install("nt.KiSystemStartupAp")
+        for name in ("nt.KiPageFault", "nt.KiGeneralProtection", "nt.KiInvalidOpcode"):
+            self.space.install(name)
+        self.data_va, self.data_gpa = self.space.alloc_data(4)
+        self._data_next = self.data_va
+        from vbsim.nt import syscalls
+
+        syscalls.register_all(self)
+        if self.vbs:
+            from vbsim.nt.vsl import Vsl
+
+            self.vsl = Vsl(self)
+
+    # -- loader side ---------------------------------------------------------------------------
+    def prepare_boot_processor(self, vp: VirtualProcessor) -> None:
+        """winload hands the BSP to NT: CR3 = the kernel's tables, GS base = NT's block."""
+        bank = self.space.initial_state(0)
+        bank.gs_object = self
+        bank.actor = "nt"
+        vp.banks[0] = None
+        vp.enable_vtl(0, bank)
+        vp.switch_vtl(0)
+
+    def variable(self, name: str, size: int = 8) -> KernelVariable:
+        """Allocate a kernel global in NT's data pages (loader-time)."""
+        if name in self.variables:
+            return self.variables[name]
+        va = self._data_next
+        self._data_next += max(8, -(-size // 8) * 8)
+        variable = KernelVariable(name, va, self.data_gpa + (va - self.data_va))
+        self.variables[name] = variable
+        return variable
+
+    def ap_context(self) -> bytes:
+        state = self.space.initial_state(self.ap_entry)
+        return encode_context(state)
+
+    # -- phases (vbs-internals §1.1 rows 13-15) ------------------------------------------------
+    def phase0(self, vp: VirtualProcessor) -> None:
+        vp.lidt(*self.idt)
+        vp.wrmsr(Msr.STAR, STAR_VALUE)
+        vp.wrmsr(Msr.LSTAR, self.syscall_entry)
+        vp.wrmsr(Msr.SFMASK, SFMASK_VALUE)
+        vp.wrmsr(Msr.EFER, vp.rdmsr(Msr.EFER) | int(Efer.SCE))
+        self.phase = 0
+        self._event(vp, "nt-phase0", "done")
+        if self.vsl is not None:
+            self.vsl.phase3_init(vp)
+
+    def phase1(self, vp: VirtualProcessor) -> None:
+        if self.vsl is not None:
+            self.vsl.phase4_init(vp)
+        self.phase = 1
+        for ap in self.machine.vps[1:]:
+            self.start_processor(vp, ap)
+        self.create_system_process()
+        self._event(
+            vp, "nt-phase1", "done", processors=sum(1 for v in self.machine.vps if v.started)
+        )
+
+    def start_processor(self, vp: VirtualProcessor, ap: VirtualProcessor) -> None:
+        """With VBS only the SK can start a VP (START_PROCESSOR + HvCallStartVirtualProcessor);
+        without it NT sends INIT-SIPI and the AP starts at its entry."""
+        if self.vsl is not None:
+            page_va, page_gpa = self.alloc_kernel_page(vp)
+            vp.write(page_va, self.ap_context())
+            status = self.vsl.start_processor(vp, ap.index, page_gpa >> PAGE_SHIFT)
+            self._event(vp, "start-processor", NtStatus.name_of(status), ap=ap.index)
+            return
+        state = self.space.initial_state(self.ap_entry)
+        state.gs_object = self
+        state.actor = "nt"
+        ap.banks[0] = None
+        ap.enable_vtl(0, state)
+        ap.switch_vtl(0)
+        ap.started = True
+        self._event(vp, "init-sipi", "started", ap=ap.index)
+        ap.call(self.ap_entry)
+
+    def ap_init(self, vp: VirtualProcessor) -> None:
+        bank = vp.p
+        bank.gs_object = self
+        bank.actor = "nt"
+        vp.lidt(*self.idt)
+        vp.wrmsr(Msr.STAR, STAR_VALUE)
+        vp.wrmsr(Msr.LSTAR, self.syscall_entry)
+        vp.wrmsr(Msr.SFMASK, SFMASK_VALUE)
+        vp.wrmsr(Msr.EFER, vp.rdmsr(Msr.EFER) | int(Efer.SCE))
+
+    def _event(self, vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
+        if self.machine.trace.on:
+            vp.emit(
+                "boot" if mechanism.startswith("nt-phase") else "nt", mechanism, outcome, **detail
+            )
+
+    # -- memory ----------------------------------------------------------------------------------
+    def phys(self, vp: VirtualProcessor) -> PhysAccess:
+        return self.space.runtime_phys(vp)
+
+    def alloc_kernel_page(self, vp: VirtualProcessor) -> tuple[int, int]:
+        """A zeroed page reached through the direct map (VA, GPA)."""
+        pfn = self.machine.ram.frames.alloc("nt.pool")
+        va = DIRECT_MAP + (pfn << PAGE_SHIFT)
+        vp.write(va, bytes(PAGE_SIZE))
+        return va, pfn << PAGE_SHIFT
+
+    def copy_from_user(self, vp: VirtualProcessor, va: int, length: int) -> bytes | None:
+        """Probe and copy user memory (STAC/CLAC around the access, as SMAP requires)."""
+        if length < 0 or length > 1 << 20 or va >= 1 << 47 or va + length > 1 << 47:
+            return None
+        vp.stac()
+        try:
+            return vp.read(va, length)
+        finally:
+            vp.clac()
+
+    def copy_to_user(self, vp: VirtualProcessor, va: int, data: bytes) -> bool:
+        if va >= 1 << 47 or va + len(data) > 1 << 47:
+            return False
+        vp.stac()
+        try:
+            vp.write(va, data)
+        finally:
+            vp.clac()
+        return True
+
+    # -- processes -------------------------------------------------------------------------------
+    def create_process(
+        self,
+        vp: VirtualProcessor,
+        name: str,
+        token: Token,
+        protection: Protection = Protection.NONE,
+    ) -> Process:
+        tables = new_address_space(self.phys(vp), self.space.pt.root)
+        process = Process(self._next_pid, name, tables, token, protection)
+        self._next_pid += 4
+        self.processes[process.pid] = process
+        self._event(vp, "create-process", "created", pid=process.pid, name=name)
+        return process
+
+    def create_system_process(self) -> None:
+        vp = self.machine.bsp
+        system = self.create_process(
+            vp, "System", Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True)
+        )
+        system.tables.root = self.space.pt.root
+
+    def allocate(
+        self,
+        vp: VirtualProcessor,
+        process: Process,
+        size: int,
+        writable: bool = True,
+        executable: bool = False,
+        base: int | None = None,
+    ) -> Region:
+        """Commit user pages in ``process`` (mapped at once: the model has no demand paging)."""
+        pages = max(1, -(-size // PAGE_SIZE))
+        start = base if base is not None else process.reserve(pages * PAGE_SIZE)
+        region = Region(start, pages * PAGE_SIZE, writable, executable)
+        flags = int(Pte.US) | (int(Pte.RW) if writable else 0) | (0 if executable else int(Pte.NX))
+        phys = self.phys(vp)
+        tables = process.tables
+        tables.phys = phys
+        for i in range(pages):
+            pfn = self.machine.ram.frames.alloc(f"process:{process.pid}")
+            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            tables.map(start + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+            region.frames.append(pfn)
+        process.regions.append(region)
+        return region
+
+    def map_code(
+        self, vp: VirtualProcessor, process: Process, routines: list[str]
+    ) -> dict[str, int]:
+        """Map user code: thunks for ``routines`` in read-only, executable user pages."""
+        slots = PAGE_SIZE // code.THUNK_SIZE
+        placed: dict[str, int] = {}
+        for first in range(0, len(routines), slots):
+            chunk = routines[first : first + slots]
+            region = self.allocate(vp, process, PAGE_SIZE, writable=True, executable=False)
+            page_va = DIRECT_MAP + (region.frames[0] << PAGE_SHIFT)
+            for slot, name in enumerate(chunk):
+                vp.write(page_va + slot * code.THUNK_SIZE, code.encode_thunk(name))
+                placed[name] = region.base + slot * code.THUNK_SIZE
+            # Now make the page read-only and executable (W^X for user code as well).
+            pte = process.tables.pte_gpa(region.base)
+            assert pte is not None
+            phys = self.phys(vp)
+            phys.write_u64(pte, (region.frames[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
+            vp.invlpg(region.base)
+            region.writable, region.executable = False, True
+        return placed
+
+    def run_user(self, vp: VirtualProcessor, process: Process, entry: int, *args: Any) -> UserRun:
+        """Schedule ``process``'s thread on ``vp``: CR3 switch, drop to CPL3, run ``entry``."""
+        saved_cr3 = vp.p.cr3
+        saved_current = self.current.get(vp.index)
+        vp.mov_to_cr(3, process.tables.root)
+        self.current[vp.index] = process
+        cs = vp.p.segments["cs"]
+        saved_cs = (cs.selector, cs.attributes)
+        cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
+        vp.set_cpl(3)
+        outcome = UserRun()
+        try:
+            outcome.returned = vp.call(entry, *args)
+        except ThreadTerminated as stop:
+            outcome.terminated = stop
+        finally:
+            if vp.vtl == 0:
+                cs.selector, cs.attributes = saved_cs
+                vp.set_cpl(0)
+                vp.mov_to_cr(3, saved_cr3)
+                self.current[vp.index] = saved_current
+        return outcome
+
+    def process_of(self, vp: VirtualProcessor) -> Process | None:
+        return self.current.get(vp.index)
+
+
+def _nt(vp: VirtualProcessor) -> NtKernel:
+    nt = vp.p.gs_object
+    assert isinstance(nt, NtKernel)
+    return nt
+
+
+def _bugcheck(vp: VirtualProcessor, code_: BugCheck, *params: int) -> None:
+    if vp.trace.on:
+        vp.emit("bugcheck", "nt", code_.name, code=int(code_), params=list(params))
+    raise Bugcheck(int(code_), code_.name, 0, *params)
+
+
+def _user_fault(vp: VirtualProcessor, vector: int, error_code: int, reason: str) -> None:
+    nt = _nt(vp)
+    process = nt.process_of(vp)
+    if process is not None:
+        process.exit_status = int(NtStatus.ACCESS_VIOLATION)
+    if vp.trace.on:
+        vp.emit(
+            "nt",
+            "exception-dispatch",
+            "thread-terminated",
+            vector=vector,
+            error_code=error_code,
+            pid=process.pid if process else None,
+            reason=reason,
+        )
+    raise ThreadTerminated(reason, vector, error_code)
+
+
+@guest_code("nt.KiPageFault")
+def _page_fault(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    if vp.interrupted_cpl == 3:
+        _user_fault(vp, vector, error_code, f"access violation at 0x{vp.cr2:x}")
+    _bugcheck(vp, BugCheck.PAGE_FAULT_IN_NONPAGED_AREA, vp.cr2, error_code)
+
+
+@guest_code("nt.KiGeneralProtection")
+def _general_protection(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    if vp.interrupted_cpl == 3:
+        _user_fault(vp, vector, error_code, "general protection fault")
+    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_0096, vp.p.rip)
+
+
+@guest_code("nt.KiInvalidOpcode")
+def _invalid_opcode(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    if vp.interrupted_cpl == 3:
+        _user_fault(vp, vector, error_code, "illegal instruction")
+    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.p.rip)
+
+
+@guest_code("nt.KiUnexpectedTrap")
+def _unexpected(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+    if vp.interrupted_cpl == 3 and vector < 32:
+        _user_fault(vp, vector, error_code, f"exception {vector}")
+    if vector >= 32:
+        return  # a spurious interrupt: dismiss it
+    _bugcheck(vp, BugCheck.UNEXPECTED_KERNEL_MODE_TRAP, vector)
+
+
+@guest_code("nt.KiSystemCall64")
+def _system_call(vp: VirtualProcessor) -> None:
+    """The LSTAR entry: dispatch on RAX, arguments in R10, RDX, R8, R9 (x64 syscall ABI)."""
+    nt = _nt(vp)
+    number = vp.rax
+    handler = nt.syscalls.get(number)
+    if handler is None:
+        status = int(NtStatus.INVALID_SYSTEM_SERVICE)
+    else:
+        try:
+            status = handler(nt, vp, [vp.r10, vp.rdx, vp.r8, vp.r9])
+        except GuestTermination:
+            raise
+    if vp.trace.on:
+        vp.emit(
+            "syscall",
+            "nt-dispatch",
+            NtStatus.name_of(status),
+            number=number,
+            service=nt.syscall_names.get(number, "?"),
+        )
+    vp.rax = status
+    vp.sysret()
+
+
+@guest_code("nt.KiSystemStartupAp")
+def _ap_startup(vp: VirtualProcessor) -> None:
+    """An AP's first VTL0 instruction.  Its context (built by NT, relayed by the SK) cannot carry
+    a Python object, so the routine finds its kernel as NT code finds its globals: by the image
+    loaded in this machine's RAM."""
+    _KERNELS[vp.ram].ap_init(vp)

@@ -1,0 +1,231 @@
+"""NT system services reachable through ``syscall`` (numbers are the model build's table).
+
+x64 convention: RAX = number, arguments in R10, RDX, R8, R9; NTSTATUS back in RAX.  Pointers are
+user addresses; the kernel copies through them with SMAP's STAC/CLAC.  The numbers here are the
+model's own table (real numbers change with every build, vbs-internals "Numbers are build-
+specific"); like the secure-call numbers they are configuration, selected by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.nt.process import Protection
+from vbsim.ntstatus import NtStatus
+
+if TYPE_CHECKING:
+    from vbsim.nt.kernel import NtKernel
+
+Handler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
+
+#: The model build's system-service numbers.
+NUMBERS: dict[str, int] = {
+    "NtTestAlert": 0x0001,
+    "NtAllocateVirtualMemory": 0x0018,
+    "NtFreeVirtualMemory": 0x001E,
+    "NtProtectVirtualMemory": 0x0050,
+    "NtReadVirtualMemory": 0x003F,
+    "NtWriteVirtualMemory": 0x003A,
+    "NtTerminateProcess": 0x002C,
+    "NtQueryValueKey": 0x0017,
+    "NtSetValueKey": 0x0060,
+    "NtLoadDriver": 0x0106,
+    "NtDeviceIoControlFile": 0x0007,
+    "NtQueryInformationProcess": 0x0019,
+}
+
+PAGE_READONLY = 0x02
+PAGE_READWRITE = 0x04
+PAGE_EXECUTE_READ = 0x20
+PAGE_EXECUTE_READWRITE = 0x40
+_PROTECTIONS = {
+    PAGE_READONLY: (False, False),
+    PAGE_READWRITE: (True, False),
+    PAGE_EXECUTE_READ: (False, True),
+    PAGE_EXECUTE_READWRITE: (True, True),
+}
+MAX_ALLOCATION = 16 << 20
+
+
+def nt_test_alert(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    return int(NtStatus.SUCCESS)
+
+
+def nt_allocate_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(PVOID *BaseAddress, SIZE_T size, ULONG protect) — model's reduced argument list."""
+    out_ptr, size, protect = args[0], args[1], args[2]
+    process = nt.process_of(vp)
+    if process is None or protect not in _PROTECTIONS:
+        return int(NtStatus.INVALID_PAGE_PROTECTION if process else NtStatus.INVALID_PARAMETER)
+    if not 0 < size <= MAX_ALLOCATION:
+        return int(NtStatus.INVALID_PARAMETER)
+    writable, executable = _PROTECTIONS[protect]
+    region = nt.allocate(vp, process, size, writable, executable)
+    if not nt.copy_to_user(vp, out_ptr, region.base.to_bytes(8, "little")):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
+def _lookup_process(
+    nt: NtKernel, vp: VirtualProcessor, pid: int, write: bool
+) -> tuple[int, object]:
+    caller = nt.process_of(vp)
+    target = nt.processes.get(pid)
+    if caller is None or target is None or target.terminated:
+        return int(NtStatus.INVALID_HANDLE), None
+    if caller is not target:
+        if not (caller.token.admin and caller.token.debug_privilege):
+            return int(NtStatus.ACCESS_DENIED), None
+        if target.protection is Protection.PPL and caller.protection is not Protection.PPL:
+            return int(NtStatus.ACCESS_DENIED), None
+    return int(NtStatus.SUCCESS), target
+
+
+def _translate_user(nt: NtKernel, vp: VirtualProcessor, process: object, va: int) -> int | None:
+    """Software walk of another process's tables (MmProbeAndLock-like): GPA or None."""
+    from vbsim.nt.process import Process
+
+    assert isinstance(process, Process)
+    value = process.tables.lookup(va)
+    if value is None or not value & 0x4:  # not present / not a user page
+        return None
+    size_mask = (1 << 12) - 1
+    return (value & 0x000F_FFFF_FFFF_F000) | (va & size_mask)
+
+
+def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) -> int:
+    """NtRead/WriteVirtualMemory(pid, address, buffer, size)."""
+    pid, address, buffer, size = args
+    if not 0 < size <= 1 << 20:
+        return int(NtStatus.INVALID_PARAMETER)
+    status, target = _lookup_process(nt, vp, pid, write)
+    if status != NtStatus.SUCCESS:
+        return status
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    done = 0
+    while done < size:
+        va = address + done
+        chunk = min(size - done, 4096 - (va & 0xFFF))
+        gpa = _translate_user(nt, vp, target, va)
+        if gpa is None:
+            return int(NtStatus.ACCESS_VIOLATION) if done == 0 else 0x8000_000D  # PARTIAL_COPY
+        if write:
+            data = nt.copy_from_user(vp, buffer + done, chunk)
+            if data is None:
+                return int(NtStatus.ACCESS_VIOLATION)
+            vp.write(DIRECT_MAP + gpa, data)
+        else:
+            data = vp.read(DIRECT_MAP + gpa, chunk)
+            if not nt.copy_to_user(vp, buffer + done, data):
+                return int(NtStatus.ACCESS_VIOLATION)
+        done += chunk
+    return int(NtStatus.SUCCESS)
+
+
+def nt_read_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    return _transfer(nt, vp, args, write=False)
+
+
+def nt_write_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    return _transfer(nt, vp, args, write=True)
+
+
+def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    status, target = _lookup_process(nt, vp, args[0], write=True)
+    if status != NtStatus.SUCCESS:
+        return status
+    from vbsim.nt.process import Process
+
+    assert isinstance(target, Process)
+    target.terminated = True
+    target.exit_status = args[1] & 0xFFFF_FFFF
+    return int(NtStatus.SUCCESS)
+
+
+def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | None:
+    if not 0 < length <= 256:
+        return None
+    raw = nt.copy_from_user(vp, ptr, length)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(PCSTR key, ULONG key length, ULONG64 value): HKLM needs an administrator."""
+    process = nt.process_of(vp)
+    key = _key(nt, vp, args[0], args[1])
+    if key is None:
+        return int(NtStatus.INVALID_PARAMETER)
+    if process is None or not process.token.admin:
+        return int(NtStatus.ACCESS_DENIED)
+    nt.registry[key] = args[2]
+    if vp.trace.on:
+        vp.emit("registry", "nt-registry", "written", key=key, value=args[2])
+    return int(NtStatus.SUCCESS)
+
+
+def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(PCSTR key, ULONG key length, PULONG64 value)."""
+    key = _key(nt, vp, args[0], args[1])
+    if key is None:
+        return int(NtStatus.INVALID_PARAMETER)
+    if key not in nt.registry:
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    value = nt.registry[key]
+    if not isinstance(value, int):
+        return int(NtStatus.OBJECT_TYPE_MISMATCH)
+    if not nt.copy_to_user(vp, args[2], (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
+def nt_query_information_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(pid, class 0x3F = IsSecureProcess in PROCESS_EXTENDED_BASIC_INFORMATION, PULONG64 out)."""
+    target = nt.processes.get(args[0])
+    if target is None:
+        return int(NtStatus.INVALID_HANDLE)
+    if args[1] != 0x3F:
+        return int(NtStatus.INVALID_INFO_CLASS)
+    value = (target.trustlet_id << 1 | 1) if target.trustlet_id is not None else 0
+    if not nt.copy_to_user(vp, args[2], value.to_bytes(8, "little")):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
+HANDLERS: dict[str, Handler] = {
+    "NtTestAlert": nt_test_alert,
+    "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
+    "NtReadVirtualMemory": nt_read_virtual_memory,
+    "NtWriteVirtualMemory": nt_write_virtual_memory,
+    "NtTerminateProcess": nt_terminate_process,
+    "NtSetValueKey": nt_set_value_key,
+    "NtQueryValueKey": nt_query_value_key,
+    "NtQueryInformationProcess": nt_query_information_process,
+}
+
+
+def register(nt: NtKernel, name: str, handler: Handler) -> None:
+    number = NUMBERS[name]
+    nt.syscalls[number] = handler
+    nt.syscall_names[number] = name
+
+
+def register_all(nt: NtKernel) -> None:
+    for name, handler in HANDLERS.items():
+        register(nt, name, handler)
+
+
+def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+    """User-mode stub (ntdll): load RAX and R10/RDX/R8/R9, ``syscall``, return RAX."""
+    vp.rax = NUMBERS[name]
+    regs = [*args, 0, 0, 0, 0][:4]
+    vp.r10, vp.rdx, vp.r8, vp.r9 = regs
+    vp.syscall()
+    return vp.rax

@@ -1,0 +1,279 @@
+"""The machine's policy: the real VBS switches, as data (DESIGN.md "Policy is configuration").
+
+Each field mirrors a real switch (vbs-internals §1.4): ``EnableVirtualizationBasedSecurity``,
+HVCI (``HypervisorEnforcedCodeIntegrity``), Credential Guard, KDP, HVPT, Kernel DMA Protection,
+MBEC present on the processor, UEFI lock (``Locked``), ``Mandatory``, the SkuSiPolicy revocation
+floors, the component versions installed on disk, the Windows build whose secure-call numbers are
+used (vbs-internals §2.4 tables A and B), and legacy switches that bring back historical bugs.
+
+A policy loads from TOML; a bad file gets a :class:`PolicyError` naming the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+BUILDS = ("A", "B")
+COMPONENTS = ("hvix64.exe", "securekernel.exe", "ntoskrnl.exe", "LsaIso.exe")
+
+
+class PolicyError(ValueError):
+    """A policy file or preset name that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """A boot component as installed on disk."""
+
+    version: str = "10.0.26100.2314"
+    svn: int = 7
+    #: A byte of the installed image was changed after signing (invalidated, e.g. Downdate's
+    #: "invalidated securekernel.exe").
+    tampered: bool = False
+
+    def version_tuple(self) -> tuple[int, int, int, int]:
+        parts = [int(p) for p in self.version.split(".")]
+        while len(parts) < 4:
+            parts.append(0)
+        return (parts[0], parts[1], parts[2], parts[3])
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A SkuSiPolicy-style revocation floor for one component."""
+
+    min_version: str | None = None
+    min_svn: int | None = None
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """Switches that reproduce historical bugs (vbs-internals §6)."""
+
+    #: The Secure Kernel trusts secure-call parameters (MDL byte counts, PFNs, handles), as before
+    #: the CVE-2020-0917/0918 fixes (Amar & King, Black Hat 2020).
+    unchecked_securecall_params: bool = False
+    #: The Secure Kernel reads a VTL0 buffer twice (check, then use) instead of capturing it.
+    securecall_double_fetch: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str = "custom"
+    description: str = ""
+    vbs: bool = True
+    hvci: bool = False
+    credential_guard: bool = True
+    kdp: bool = False
+    hvpt: bool = False
+    kernel_dma_protection: bool = False
+    mbec: bool = True
+    uefi_lock: bool = False
+    mandatory: bool = False
+    secure_boot: bool = True
+    build: str = "B"
+    ram_mib: int = 256
+    vps: int = 2
+    components: Mapping[str, Component] = field(
+        default_factory=lambda: {name: Component() for name in COMPONENTS}
+    )
+    revocation: Mapping[str, Floor] = field(default_factory=dict)
+    legacy: Legacy = field(default_factory=Legacy)
+
+    def component(self, name: str) -> Component:
+        return self.components.get(name, Component())
+
+    def with_changes(self, **changes: Any) -> Policy:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "components":
+                value = {k: vars(c).copy() for k, c in value.items()}
+            elif f.name == "revocation":
+                value = {
+                    k: {a: b for a, b in vars(v).items() if b is not None} for k, v in value.items()
+                }
+            elif f.name == "legacy":
+                value = vars(value).copy()
+            out[f.name] = value
+        return out
+
+
+_BOOL_FIELDS = (
+    "vbs",
+    "hvci",
+    "credential_guard",
+    "kdp",
+    "hvpt",
+    "kernel_dma_protection",
+    "mbec",
+    "uefi_lock",
+    "mandatory",
+    "secure_boot",
+)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if isinstance(value, bool) and kind is int:
+        raise PolicyError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise PolicyError(f"{where}: expected {names}, got {value!r}")
+    return value
+
+
+def _version(text: Any, where: str) -> str:
+    _expect(text, str, where)
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(p.isdigit() and len(p) <= 5 for p in parts):
+        raise PolicyError(f"{where}: expected a version like 10.0.26100.2314, got {text!r}")
+    return str(text)
+
+
+def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
+    """Build a policy from parsed TOML, starting from ``base`` (or the defaults)."""
+    policy = base or Policy()
+    changes: dict[str, Any] = {}
+    known = {f.name for f in fields(Policy)} | {"preset"}
+    for key in data:
+        if key not in known:
+            raise PolicyError(f"unknown field {key!r} (known: {', '.join(sorted(known))})")
+    for key in _BOOL_FIELDS:
+        if key in data:
+            changes[key] = _expect(data[key], bool, key)
+    for key in ("name", "description"):
+        if key in data:
+            changes[key] = _expect(data[key], str, key)
+    if "build" in data:
+        build = _expect(data["build"], str, "build")
+        if build not in BUILDS:
+            raise PolicyError(f"build: expected one of {', '.join(BUILDS)}, got {build!r}")
+        changes["build"] = build
+    if "ram_mib" in data:
+        ram = _expect(data["ram_mib"], int, "ram_mib")
+        if not 16 <= ram <= 65536:
+            raise PolicyError(f"ram_mib: expected 16..65536, got {ram}")
+        changes["ram_mib"] = ram
+    if "vps" in data:
+        vps = _expect(data["vps"], int, "vps")
+        if not 1 <= vps <= 64:
+            raise PolicyError(f"vps: expected 1..64, got {vps}")
+        changes["vps"] = vps
+    if "components" in data:
+        table = _expect(data["components"], dict, "components")
+        components = dict(policy.components)
+        for name, spec in table.items():
+            where = f"components.{name}"
+            spec = _expect(spec, dict, where)
+            unknown = set(spec) - {"version", "svn", "tampered"}
+            if unknown:
+                raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+            current = components.get(name, Component())
+            components[name] = Component(
+                version=_version(spec["version"], f"{where}.version")
+                if "version" in spec
+                else current.version,
+                svn=_expect(spec.get("svn", current.svn), int, f"{where}.svn"),
+                tampered=_expect(spec.get("tampered", current.tampered), bool, f"{where}.tampered"),
+            )
+        changes["components"] = components
+    if "revocation" in data:
+        table = _expect(data["revocation"], dict, "revocation")
+        floors = {}
+        for name, spec in table.items():
+            where = f"revocation.{name}"
+            spec = _expect(spec, dict, where)
+            unknown = set(spec) - {"min_version", "min_svn"}
+            if unknown:
+                raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+            floors[name] = Floor(
+                min_version=_version(spec["min_version"], f"{where}.min_version")
+                if "min_version" in spec
+                else None,
+                min_svn=_expect(spec["min_svn"], int, f"{where}.min_svn")
+                if "min_svn" in spec
+                else None,
+            )
+        changes["revocation"] = floors
+    if "legacy" in data:
+        table = _expect(data["legacy"], dict, "legacy")
+        known_legacy = {f.name for f in fields(Legacy)}
+        for key in table:
+            if key not in known_legacy:
+                raise PolicyError(
+                    f"legacy: unknown switch {key!r} (known: {', '.join(sorted(known_legacy))})"
+                )
+        changes["legacy"] = Legacy(**{k: _expect(v, bool, f"legacy.{k}") for k, v in table.items()})
+    return replace(policy, **changes)
+
+
+def load(path: str | Path) -> Policy:
+    """Load a TOML policy file.  ``preset = "NAME"`` starts from a preset."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError(f"cannot read policy file {str(path)!r}: {error.strerror}") from error
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(f"{path}: not valid TOML: {error}") from error
+    base = None
+    if "preset" in data:
+        base = preset(_expect(data["preset"], str, "preset"))
+    return from_dict(data, base)
+
+
+# -- presets (issue 5's list; hardened per MS-MemInt and vbs-internals §1.4, §6 A15-A17) --------
+_CURRENT = {name: Component() for name in COMPONENTS}
+_FLOORS = {
+    "securekernel.exe": Floor(min_version="10.0.26100.2314", min_svn=7),
+    "hvix64.exe": Floor(min_version="10.0.26100.2314", min_svn=7),
+    "ntoskrnl.exe": Floor(min_version="10.0.26100.2314"),
+    "LsaIso.exe": Floor(min_version="10.0.26100.2314", min_svn=7),
+}
+
+PRESETS: dict[str, Policy] = {
+    "vbs-off": Policy(
+        name="vbs-off",
+        description="No hypervisor, no VTL1: NT alone.",
+        vbs=False,
+        credential_guard=False,
+    ),
+    "vbs": Policy(name="vbs", description="VBS with Credential Guard."),
+    "vbs-hvci": Policy(
+        name="vbs-hvci", description="VBS, Credential Guard, HVCI and KDP.", hvci=True, kdp=True
+    ),
+    "hardened": Policy(
+        name="hardened",
+        description="VBS, Credential Guard, HVCI, KDP, HVPT, Kernel DMA Protection, UEFI lock, "
+        "Mandatory and a SkuSiPolicy revocation policy.",
+        hvci=True,
+        kdp=True,
+        hvpt=True,
+        kernel_dma_protection=True,
+        uefi_lock=True,
+        mandatory=True,
+        components=_CURRENT,
+        revocation=_FLOORS,
+    ),
+    "legacy-2019": Policy(
+        name="legacy-2019",
+        description="VBS as shipped before the 2019-2020 Secure Kernel fixes (CVE-2020-0917/0918).",
+        build="A",
+        legacy=Legacy(unchecked_securecall_params=True, securecall_double_fetch=True),
+    ),
+}
+
+
+def preset(name: str) -> Policy:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise PolicyError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None

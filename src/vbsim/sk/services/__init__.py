@@ -1,0 +1,15 @@
+"""Secure services, one module per family; each registers its handlers with the SK."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vbsim.sk.kernel import SecureKernel
+
+
+def register_all(sk: SecureKernel) -> None:
+    from vbsim.sk.services import boot
+
+    for module in (boot,):
+        module.register(sk)
