@@ -1,0 +1,90 @@
+"""PE32+ images for vbsim: build, parse, ``.tPolicy``, Authenticode, the model PKI, revocation.
+
+See vbs-internals §3 (trustlets, ``.tPolicy``, signing requirements) and §1/§6 (component
+versions, SVNs, ``SkuSiPolicy`` revocation).
+"""
+
+from vbsim.image.authenticode import (
+    attach_signature,
+    authenticode_digest,
+    sign_image,
+    strip_signature,
+)
+from vbsim.image.builder import SectionSpec, build_image
+from vbsim.image.chain import CertificateInfo
+from vbsim.image.errors import ImageFormatError
+from vbsim.image.kinds import ImageKind
+from vbsim.image.parse import ExportInfo, ParsedImage, SectionInfo, parse_image
+from vbsim.image.pki import Pki, PkiError, data_dir, model_pki, other_pki
+from vbsim.image.policy import (
+    PolicyEntry,
+    PolicyEntryType,
+    PolicyId,
+    TrustletId,
+    TrustletPolicy,
+)
+from vbsim.image.revocation import (
+    ComponentFloor,
+    RevocationPolicy,
+    RevocationReason,
+    RevocationVerdict,
+    check_revocation,
+)
+from vbsim.image.signing_level import (
+    EKU_CODE_SIGNING,
+    EKU_ENCLAVE,
+    EKU_IUM,
+    EKU_WINDOWS_SYSTEM_COMPONENT,
+    SigningLevel,
+    SigningRequirement,
+    level_for,
+    requirement_for,
+)
+from vbsim.image.trust import Signer, TrustStore
+from vbsim.image.verify import Failure, VerificationResult, verify_image
+from vbsim.image.version import ComponentVersion
+
+__all__ = [
+    "EKU_CODE_SIGNING",
+    "EKU_ENCLAVE",
+    "EKU_IUM",
+    "EKU_WINDOWS_SYSTEM_COMPONENT",
+    "CertificateInfo",
+    "ComponentFloor",
+    "ComponentVersion",
+    "ExportInfo",
+    "Failure",
+    "ImageFormatError",
+    "ImageKind",
+    "ParsedImage",
+    "Pki",
+    "PkiError",
+    "PolicyEntry",
+    "PolicyEntryType",
+    "PolicyId",
+    "RevocationPolicy",
+    "RevocationReason",
+    "RevocationVerdict",
+    "SectionInfo",
+    "SectionSpec",
+    "Signer",
+    "SigningLevel",
+    "SigningRequirement",
+    "TrustStore",
+    "TrustletId",
+    "TrustletPolicy",
+    "VerificationResult",
+    "attach_signature",
+    "authenticode_digest",
+    "build_image",
+    "check_revocation",
+    "data_dir",
+    "level_for",
+    "model_pki",
+    "other_pki",
+    "parse_image",
+    "requirement_for",
+    "sign_image",
+    "strip_signature",
+    "verify_image",
+]

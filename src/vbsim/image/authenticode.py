@@ -1,0 +1,165 @@
+"""Authenticode for PE images: the image digest, the certificate table, and signing.
+
+Per Microsoft's "Windows Authenticode Portable Executable Signature Format", the digest covers
+the whole file except the ``CheckSum`` field, the Certificate Table data-directory entry, and the
+certificate table itself.  vbsim hashes the file in order with those three ranges left out; for
+the usual layout (sections contiguous, certificate table last) this is exactly the spec's
+header + sorted-sections + trailing-data procedure, and it also covers any gap bytes.
+
+The signature is one ``WIN_CERTIFICATE`` {dwLength, wRevision = 0x0200 (WIN_CERT_REVISION_2_0),
+wCertificateType = 0x0002 (WIN_CERT_TYPE_PKCS_SIGNED_DATA)} holding the DER PKCS#7, zero-padded
+to 8 bytes, at the end of the file; ``dwLength`` and the directory size both include the padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from asn1crypto import parser
+
+from vbsim.image.checksum import pe_checksum
+from vbsim.image.parse import ParsedImage, parse_image
+from vbsim.image.pkcs7 import build_signed_data
+from vbsim.image.trust import Signer
+
+WIN_CERT_REVISION_2_0 = 0x0200
+WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
+_WIN_CERTIFICATE = struct.Struct("<IHH")  # dwLength, wRevision, wCertificateType
+_DIRECTORY_ENTRY = struct.Struct("<II")  # VirtualAddress (a file offset here), Size
+
+
+class CertificateTableError(Exception):
+    """The certificate table or its WIN_CERTIFICATE framing is malformed."""
+
+
+@dataclass(frozen=True)
+class WinCertificate:
+    offset: int
+    length: int
+    revision: int
+    certificate_type: int
+    #: The PKCS#7 DER (exactly one TLV) and the zero padding after it.
+    pkcs7: bytes
+    padding: bytes
+
+
+def authenticode_digest(
+    data: bytes, parsed: ParsedImage | None = None, digest_name: str = "sha256"
+) -> bytes:
+    """The Authenticode hash of ``data`` (parsed with :func:`parse_image` if not given)."""
+    parsed = parsed if parsed is not None else parse_image(data)
+    digest = hashlib.new(digest_name)
+    view = memoryview(data)
+    skip = [(parsed.checksum_offset, 4)]
+    if parsed.security_entry_offset is not None:
+        skip.append((parsed.security_entry_offset, _DIRECTORY_ENTRY.size))
+    if parsed.certificate_table is not None:
+        skip.append(parsed.certificate_table)
+    position = 0
+    for start, size in sorted(skip):
+        start = max(start, position)
+        digest.update(view[position : min(start, len(data))])
+        position = max(position, start + size)
+    digest.update(view[min(position, len(data)) :])
+    return digest.digest()
+
+
+def _split_der(body: bytes) -> tuple[bytes, bytes]:
+    try:
+        _, _, _, header, contents, trailer = parser.parse(body, strict=False)
+    except (ValueError, TypeError):
+        return body, b""  # let the PKCS#7 decoder report it
+    end = len(header) + len(contents) + len(trailer)
+    return body[:end], body[end:]
+
+
+def read_certificate_table(data: bytes, parsed: ParsedImage) -> WinCertificate | None:
+    """The image's single WIN_CERTIFICATE, None if unsigned; strict about its framing."""
+    if parsed.certificate_table is None:
+        return None
+    offset, size = parsed.certificate_table
+    if parsed.security_entry_offset is None:
+        raise CertificateTableError("no certificate-table directory entry")
+    if offset % 8 or offset < max(parsed.size_of_headers, parsed.security_entry_offset + 8):
+        raise CertificateTableError(f"certificate table offset {offset:#x} is invalid")
+    if size < _WIN_CERTIFICATE.size or offset + size != len(data):
+        raise CertificateTableError("certificate table must end exactly at the end of the file")
+    length, revision, cert_type = _WIN_CERTIFICATE.unpack_from(data, offset)
+    if length != size or length % 8:
+        raise CertificateTableError(f"WIN_CERTIFICATE dwLength {length} != table size {size}")
+    if revision != WIN_CERT_REVISION_2_0 or cert_type != WIN_CERT_TYPE_PKCS_SIGNED_DATA:
+        raise CertificateTableError(
+            f"WIN_CERTIFICATE revision {revision:#x} type {cert_type:#x} is not PKCS signed data"
+        )
+    der, padding = _split_der(data[offset + _WIN_CERTIFICATE.size : offset + size])
+    if len(padding) >= 8 or padding.strip(b"\0"):
+        raise CertificateTableError("bytes after the PKCS#7 are not 0-7 zero padding bytes")
+    return WinCertificate(offset, length, revision, cert_type, der, padding)
+
+
+def strip_signature(data: bytes) -> bytes:
+    """``data`` without its certificate table (directory entry zeroed, checksum updated)."""
+    parsed = parse_image(data)
+    buf = bytearray(data)
+    if parsed.certificate_table is not None and parsed.security_entry_offset is not None:
+        offset, size = parsed.certificate_table
+        if offset + size != len(data) or offset < parsed.size_of_headers:
+            raise ValueError("existing certificate table is not at the end of the file")
+        del buf[offset:]
+        _DIRECTORY_ENTRY.pack_into(buf, parsed.security_entry_offset, 0, 0)
+    struct.pack_into("<I", buf, parsed.checksum_offset, pe_checksum(buf, parsed.checksum_offset))
+    return bytes(buf)
+
+
+def _prepare(data: bytes) -> tuple[bytearray, ParsedImage]:
+    """Unsigned, 8-byte-aligned copy of ``data`` (the table must start 8-byte aligned)."""
+    buf = bytearray(strip_signature(data))
+    buf += b"\0" * (-len(buf) % 8)
+    parsed = parse_image(bytes(buf))
+    if parsed.security_entry_offset is None:
+        raise ValueError("image has no certificate-table directory entry")
+    return buf, parsed
+
+
+def attach_signature(data: bytes, pkcs7_der: bytes) -> bytes:
+    """Embed an existing PKCS#7 DER as the image's WIN_CERTIFICATE (replacing any signature).
+
+    Updates the Certificate Table directory entry and the PE checksum.  Useful to attach a
+    signature made elsewhere; :func:`sign_image` signs and attaches in one go.
+    """
+    buf, parsed = _prepare(data)
+    assert parsed.security_entry_offset is not None
+    padding = b"\0" * (-len(pkcs7_der) % 8)
+    length = _WIN_CERTIFICATE.size + len(pkcs7_der) + len(padding)
+    header = _WIN_CERTIFICATE.pack(length, WIN_CERT_REVISION_2_0, WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+    _DIRECTORY_ENTRY.pack_into(buf, parsed.security_entry_offset, len(buf), length)
+    buf += header + pkcs7_der + padding
+    struct.pack_into("<I", buf, parsed.checksum_offset, pe_checksum(buf, parsed.checksum_offset))
+    return bytes(buf)
+
+
+def sign_image(
+    data: bytes,
+    signer: Signer,
+    *,
+    digest_name: str = "sha256",
+    program_name: str | None = None,
+    more_info_url: str | None = None,
+) -> bytes:
+    """Authenticode-sign ``data`` (replacing any existing signature).
+
+    Raises :class:`ImageFormatError` if ``data`` is not a PE, ``ValueError`` if it cannot
+    carry a signature.
+    """
+    buf, parsed = _prepare(data)
+    digest = authenticode_digest(bytes(buf), parsed, digest_name)
+    der = build_signed_data(
+        digest,
+        signer,
+        digest_name=digest_name,
+        program_name=program_name,
+        more_info_url=more_info_url,
+    )
+    return attach_signature(bytes(buf), der)

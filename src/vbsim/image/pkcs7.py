@@ -1,0 +1,273 @@
+"""Authenticode PKCS#7 SignedData: build (sign) and strictly decode.
+
+The SignedData is PKCS#7 v1.5 (version 1) whose contentInfo is ``SpcIndirectDataContent``
+(OID 1.3.6.1.4.1.311.2.1.4) holding ``SpcPeImageData`` and the image's DigestInfo; the signer
+signs the DER of its signed attributes: contentType (= SpcIndirectDataContent), messageDigest
+(hash of the SpcIndirectDataContent value octets, without tag and length), SpcSpOpusInfo and
+SpcStatementType.  ASN.1 with asn1crypto, keys and signatures with cryptography.
+
+Decoding is deliberately strict, so that no byte of the signature can change without the
+verification failing: fields outside the signed data (algorithm identifiers, the signer id,
+versions) must have their canonical encodings; see :func:`decode_signed_data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from vbsim.image.spc import (
+    OBSOLETE_FILE_LINK,
+    SPC_INDIRECT_DATA_OID,
+    SPC_INDIVIDUAL_SP_KEY_PURPOSE_OID,
+    SPC_PE_IMAGE_DATA_OID,
+    SPC_SP_OPUS_INFO_OID,
+    SPC_STATEMENT_TYPE_OID,
+    SpcContentInfo,
+    SpcIndirectDataContent,
+    SpcLink,
+    SpcPeImageData,
+    SpcSpOpusInfo,
+    SpcStatementType,
+    SpcString,
+)
+from vbsim.image.trust import Signer
+
+#: Digest algorithms vbsim accepts (hashlib name -> cryptography hash factory).
+DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+_RSA_SIGNATURES = {"rsassa_pkcs1v15", "sha256_rsa", "sha384_rsa", "sha512_rsa"}
+_ECDSA_SIGNATURES = {"sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa"}
+_NULL_OR_ABSENT = (b"", b"\x05\x00")
+
+
+class MalformedSignature(Exception):
+    """The certificate table's PKCS#7 is not a well-formed Authenticode signature."""
+
+
+class UnsupportedAlgorithm(MalformedSignature):
+    """Well formed, but uses an algorithm vbsim does not verify."""
+
+
+@dataclass(frozen=True)
+class DecodedSignature:
+    """The parts of an Authenticode SignedData that verification needs."""
+
+    digest_algorithm: str
+    image_digest: bytes
+    #: Value octets of SpcIndirectDataContent: what the messageDigest attribute hashes.
+    indirect_data: bytes
+    content_type_attr: str
+    message_digest_attr: bytes
+    #: DER of the signed attributes re-tagged as SET OF: what the signature covers.
+    signed_attrs: bytes
+    signature_algorithm: str
+    signature: bytes
+    signer_issuer: bytes
+    signer_serial: int
+    certificates: tuple[bytes, ...]
+    program_name: str | None
+
+
+def _digest_algorithm(name: str) -> algos.DigestAlgorithm:
+    return algos.DigestAlgorithm({"algorithm": name, "parameters": core.Null()})
+
+
+def build_signed_data(
+    image_digest: bytes,
+    signer: Signer,
+    *,
+    digest_name: str = "sha256",
+    program_name: str | None = None,
+    more_info_url: str | None = None,
+) -> bytes:
+    """DER of a ContentInfo(SignedData) signing ``image_digest`` (the Authenticode hash)."""
+    if digest_name not in DIGESTS:
+        raise ValueError(f"unsupported digest {digest_name}")
+    indirect = SpcIndirectDataContent(
+        {
+            "data": {
+                "type": SPC_PE_IMAGE_DATA_OID,
+                "value": SpcPeImageData(
+                    {
+                        "flags": set(),
+                        "file": SpcLink({"file": SpcString({"unicode": OBSOLETE_FILE_LINK})}),
+                    }
+                ),
+            },
+            "message_digest": {
+                "digest_algorithm": _digest_algorithm(digest_name),
+                "digest": image_digest,
+            },
+        }
+    )
+    indirect.dump()
+    message_digest = hashlib.new(digest_name, indirect.contents).digest()
+    opus: dict[str, object] = {}
+    if program_name is not None:
+        opus["program_name"] = SpcString({"unicode": program_name})
+    if more_info_url is not None:
+        opus["more_info"] = SpcLink({"url": more_info_url})
+    # asn1crypto cannot encode an empty Sequence built from {}; load the empty DER instead.
+    opus_info = SpcSpOpusInfo(opus) if opus else SpcSpOpusInfo.load(b"\x30\x00")
+    signed_attrs = cms.CMSAttributes(
+        [
+            {"type": "content_type", "values": [SPC_INDIRECT_DATA_OID]},
+            {"type": "message_digest", "values": [message_digest]},
+            {"type": SPC_SP_OPUS_INFO_OID, "values": [opus_info]},
+            {
+                "type": SPC_STATEMENT_TYPE_OID,
+                "values": [SpcStatementType([SPC_INDIVIDUAL_SP_KEY_PURPOSE_OID])],
+            },
+        ]
+    )
+    to_sign = signed_attrs.dump()
+    hash_algorithm = DIGESTS[digest_name]()
+    if isinstance(signer.key, rsa.RSAPrivateKey):
+        signature = signer.key.sign(to_sign, padding.PKCS1v15(), hash_algorithm)
+        signature_algorithm = {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
+    else:
+        signature = signer.key.sign(to_sign, ec.ECDSA(hash_algorithm))
+        signature_algorithm = {"algorithm": f"{digest_name}_ecdsa"}
+    certificates = [
+        asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+        for c in (signer.certificate, *signer.chain)
+    ]
+    leaf = certificates[0]
+    signer_info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": {
+                        "issuer": leaf.issuer,
+                        "serial_number": leaf.serial_number,
+                    }
+                }
+            ),
+            "digest_algorithm": _digest_algorithm(digest_name),
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": signature_algorithm,
+            "signature": signature,
+        }
+    )
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [_digest_algorithm(digest_name)],
+            "encap_content_info": SpcContentInfo(
+                {"content_type": SPC_INDIRECT_DATA_OID, "content": indirect}
+            ),
+            "certificates": certificates,
+            "signer_infos": [signer_info],
+        }
+    )
+    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    return der
+
+
+def _check_algorithm(value: core.Asn1Value, allowed: Collection[str]) -> str:
+    name = value["algorithm"].native
+    if name not in allowed:
+        raise UnsupportedAlgorithm(f"algorithm {value['algorithm'].dotted} not supported")
+    if value["parameters"].dump() not in _NULL_OR_ABSENT:
+        raise MalformedSignature(f"unexpected parameters for {name}")
+    return str(name)
+
+
+def _single(attrs: core.Asn1Value, name: str) -> core.Asn1Value:
+    found = [a for a in attrs if a["type"].native == name]
+    if len(found) != 1 or len(found[0]["values"]) != 1:
+        raise MalformedSignature(f"signed attributes need exactly one {name}")
+    return found[0]["values"][0]
+
+
+def _program_name(attrs: core.Asn1Value) -> str | None:
+    for attr in attrs:
+        if attr["type"].dotted == SPC_SP_OPUS_INFO_OID and len(attr["values"]) == 1:
+            opus = attr["values"][0].parse(SpcSpOpusInfo)
+            if opus["program_name"].native is not None:
+                return str(opus["program_name"].native)
+    return None
+
+
+def _decode(der: bytes) -> DecodedSignature:
+    info = cms.ContentInfo.load(der, strict=True)
+    if info["content_type"].native != "signed_data":
+        raise MalformedSignature("ContentInfo is not signedData")
+    signed = info["content"]
+    if signed["version"].native != "v1":
+        raise MalformedSignature("SignedData version is not 1 (PKCS#7 v1.5)")
+    content = signed["encap_content_info"]
+    if content["content_type"].dotted != SPC_INDIRECT_DATA_OID:
+        raise MalformedSignature("contentInfo is not SpcIndirectDataContent")
+    indirect = content["content"].parse(SpcIndirectDataContent)
+    if indirect["data"]["type"].dotted != SPC_PE_IMAGE_DATA_OID:
+        raise MalformedSignature("SpcIndirectDataContent does not describe a PE image")
+    digest_info = indirect["message_digest"]
+    digest_name = _check_algorithm(digest_info["digest_algorithm"], DIGESTS)
+    if len(signed["signer_infos"]) != 1:
+        raise MalformedSignature("Authenticode needs exactly one SignerInfo")
+    signer = signed["signer_infos"][0]
+    if signer["version"].native != "v1" or signer["sid"].name != "issuer_and_serial_number":
+        raise MalformedSignature("SignerInfo must be v1 with issuerAndSerialNumber")
+    if _check_algorithm(signer["digest_algorithm"], DIGESTS) != digest_name:
+        raise MalformedSignature("signer digest differs from the image digest algorithm")
+    listed = [a.dump() for a in signed["digest_algorithms"]]
+    if listed != [signer["digest_algorithm"].dump()]:
+        raise MalformedSignature("SignedData digestAlgorithms must list the signer's digest")
+    signature_algorithm = _check_algorithm(
+        signer["signature_algorithm"], _RSA_SIGNATURES | _ECDSA_SIGNATURES
+    )
+    if (
+        signature_algorithm != "rsassa_pkcs1v15"
+        and signature_algorithm.split("_")[0] != digest_name
+    ):
+        raise MalformedSignature("signature algorithm hash differs from the signer digest")
+    attrs = signer["signed_attrs"]
+    if not isinstance(attrs, cms.CMSAttributes) or len(attrs) == 0:
+        raise MalformedSignature("SignerInfo has no signed attributes")
+    message_digest = _single(attrs, "message_digest").native
+    content_type = _single(attrs, "content_type").dotted
+    certificates = []
+    for choice in signed["certificates"] or []:
+        if choice.name != "certificate":
+            raise MalformedSignature("only X.509 certificates are supported")
+        certificates.append(choice.chosen.dump())
+    sid = signer["sid"].chosen
+    serial = sid["serial_number"]
+    if core.Integer(serial.native).dump() != serial.dump():
+        raise MalformedSignature("signer serial number is not canonical DER")
+    return DecodedSignature(
+        digest_algorithm=digest_name,
+        image_digest=bytes(digest_info["digest"].native),
+        indirect_data=bytes(indirect.contents),
+        content_type_attr=str(content_type),
+        message_digest_attr=bytes(message_digest),
+        signed_attrs=b"\x31" + attrs.dump()[1:],
+        signature_algorithm=signature_algorithm,
+        signature=bytes(signer["signature"].native),
+        signer_issuer=sid["issuer"].dump(),
+        signer_serial=int(serial.native),
+        certificates=tuple(certificates),
+        program_name=_program_name(attrs),
+    )
+
+
+def decode_signed_data(der: bytes) -> DecodedSignature:
+    """Decode and sanity-check; raises only :class:`MalformedSignature` (or its subclass)."""
+    try:
+        return _decode(der)
+    except MalformedSignature:
+        raise
+    except Exception as exc:  # asn1crypto raises ValueError/TypeError/KeyError/... lazily
+        raise MalformedSignature(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,46 @@
+"""Who signs (a :class:`Signer`) and whom a verifier trusts (a :class:`TrustStore`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A signing key, its certificate, and the intermediates up to (not including) the root."""
+
+    key: PrivateKey
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...] = ()
+
+    def chain_pem(self) -> bytes:
+        """Leaf then intermediates, PEM (what ``osslsigncode sign -certs`` takes)."""
+        certs = (self.certificate, *self.chain)
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """The roots a verifier accepts (the model's analogue of the Microsoft root list)."""
+
+    roots: tuple[x509.Certificate, ...]
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> TrustStore:
+        return cls(tuple(x509.load_pem_x509_certificates(pem)))
+
+    def __add__(self, other: TrustStore) -> TrustStore:
+        return TrustStore(self.roots + other.roots)
