@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vbsim.guest.bare import MON_NULL, boot_bare, monitor_call
+from vbsim.hw.code import guest_code
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SIZE, Pte
 from vbsim.machine import Machine
@@ -128,11 +129,73 @@ def ram_rss_mib() -> float:
     return float(out.stdout.strip())
 
 
+def boot_ms() -> float:
+    """Boot the ``vbs`` preset end to end (images are cached after the first boot, as a real
+    machine's disk is read once; the PKI is generated once per user)."""
+    from vbsim.boot.chain import boot
+    from vbsim.policy import preset
+
+    policy = preset("vbs")
+    boot(policy)  # warm the image cache
+    start = time.perf_counter()
+    system = boot(policy)
+    elapsed = (time.perf_counter() - start) * 1000
+    assert system.booted and system.vbs_running, system.halted
+    return elapsed
+
+
+def _booted(name: str = "vbs") -> Any:
+    from vbsim.boot.chain import boot
+    from vbsim.policy import preset
+
+    system = boot(preset(name))
+    system.trace.record(False)
+    return system
+
+
+def securecall_null_us() -> float:
+    """A null secure call: NT's Vsl stub → VTL call → SK dispatch → VTL return → NT."""
+    from vbsim.sk.sscn import Service
+
+    system = _booted()
+    vp, vsl = system.machine.bsp, system.nt.vsl
+    rate = _timed_rate(lambda: vsl.call(vp, Service.NULL))
+    system.machine.close()
+    return 1e6 / rate
+
+
+@guest_code("bench.syscall_loop")
+def _syscall_loop(vp: Any, count: int) -> float:
+    from vbsim.nt.syscalls import syscall
+
+    start = time.perf_counter()
+    for _ in range(count):
+        syscall(vp, "NtTestAlert")
+    return time.perf_counter() - start
+
+
+def syscall_null_us() -> float:
+    """A null system call from a VTL0 user process: syscall → LSTAR dispatcher → sysret."""
+    from vbsim.nt.process import Token
+
+    system = _booted()
+    nt, vp = system.nt, system.machine.bsp
+    process = nt.create_process(vp, "bench.exe", Token("user"))
+    entry = nt.map_code(vp, process, ["bench.syscall_loop"])["bench.syscall_loop"]
+    count = 20000
+    run = nt.run_user(vp, process, entry, count)
+    system.machine.close()
+    return float(run.returned) / count * 1e6
+
+
 METRICS: dict[str, Metric] = {
     "vtl_roundtrip_us": Metric(vtl_roundtrip_us, 5.0, False, "µs"),
     "read8_tlb_hit_per_s": Metric(read8_tlb_hit_per_s, 2_000_000, True, "/s"),
     "read8_tlb_miss_per_s": Metric(read8_tlb_miss_per_s, 200_000, True, "/s"),
     "ram_rss_mib": Metric(ram_rss_mib, 80, False, "MiB"),
+    "boot_ms": Metric(boot_ms, 150, False, "ms"),
+    "securecall_null_us": Metric(securecall_null_us, 15, False, "µs"),
+    "syscall_null_us": Metric(syscall_null_us, 3, False, "µs"),
 }
 
 

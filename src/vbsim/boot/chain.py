@@ -175,4 +175,4 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     _step(system, "enable-vp-vtl", result.status_name.lower())
     sk.attach(vp)
     hvcall.vtl_call(vp)  # phase 1 runs in VTL1 and returns
-    _step(system, "sk-phase1", sk.phase.value)
+    _step(system, "sk-returned", sk.phase.value)

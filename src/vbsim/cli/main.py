@@ -102,5 +102,34 @@ def bench(
     console().print(table)
 
 
+@app.command("boot")
+def boot_command(
+    policy_file: Annotated[
+        str | None, typer.Option("--policy", help="A TOML policy file (see README).")
+    ] = None,
+    preset_name: Annotated[
+        str | None, typer.Option("--preset", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Boot a machine from a policy and show the boot chain, the memory map and the processes."""
+    from vbsim.boot.report import boot_report, print_boot_report
+    from vbsim.policy import PolicyError, load, preset
+
+    if policy_file and preset_name:
+        raise typer.BadParameter("give --policy or --preset, not both")
+    try:
+        policy = load(policy_file) if policy_file else preset(preset_name or "vbs")
+    except PolicyError as error:
+        raise typer.BadParameter(str(error)) from error
+    report = boot_report(policy)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_boot_report(report, console())
+    if report["halted"]:
+        raise typer.Exit(2)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

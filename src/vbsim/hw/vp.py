@@ -70,6 +70,7 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 }
 #: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
 _SMAP = int(Cr4.SMAP)
+_SCE = int(Efer.SCE)
 _EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
 _CR4_RESERVED = ~((1 << 25) - 1) | (1 << 15) | (1 << 19)
 _CR0_RESERVED = ~0xE005_003F & 0xFFFF_FFFF
@@ -204,7 +205,11 @@ class VirtualProcessor:
 
     def set_cpl(self, cpl: int) -> None:
         self.p.cpl = cpl
-        self._reselect()
+        fast = self._tlb.fast
+        if cpl == 3:
+            self._r, self._w, self._x = fast[3], fast[4], fast[5]
+        else:
+            self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     @property
     def cpl(self) -> int:
@@ -646,7 +651,7 @@ class VirtualProcessor:
         """``syscall`` (SDM Vol. 2B): RCX ← RIP, R11 ← RFLAGS, RFLAGS &= ~SFMASK, CPL 0, RIP ←
         LSTAR; then the kernel's entry runs and ends with ``sysret``."""
         bank = self.p
-        if not bank.efer & Efer.SCE or bank.cpl != 3:
+        if not bank.efer & _SCE or bank.cpl != 3:
             # SCE clear: #UD.  From CPL0 the model refuses too (Windows never does it).
             self.fault(Vector.UD)
             return

@@ -37,8 +37,11 @@ class SecureCallArgs:
     fields: list[int] = field(default_factory=lambda: [0] * FIELDS)
 
     def pack(self) -> bytes:
-        values = [(v & 0xFFFF_FFFF_FFFF_FFFF) for v in (self.fields + [0] * FIELDS)[:FIELDS]]
-        return ARGS.pack(self.op & 0xFF, self.code & 0xFFFF, self.cookie & 0xFFFF_FFFF, *values)
+        values = self.fields
+        if len(values) != FIELDS:
+            values = (values + [0] * FIELDS)[:FIELDS]
+        return ARGS.pack(self.op & 0xFF, self.code & 0xFFFF, self.cookie & 0xFFFF_FFFF,
+                         *[v & 0xFFFF_FFFF_FFFF_FFFF for v in values])  # fmt: skip
 
     @classmethod
     def unpack(cls, raw: bytes) -> SecureCallArgs:
@@ -46,39 +49,33 @@ class SecureCallArgs:
         return cls(op, code, cookie, list(values))
 
 
+#: RBX then XMM10..XMM15 as low/high qwords: the 0x68 bytes as thirteen little-endian u64s.
+_QWORDS = struct.Struct("<13Q")
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+_ZERO_XMM = [0] * 16
+
+
 def to_registers(vp: VirtualProcessor, raw: bytes) -> None:
     """Load a 0x68-byte block into RBX and XMM10..XMM15 (shared registers)."""
-    vp.rbx = int.from_bytes(raw[:8], "little")
-    for i in range(6):
-        vp.xmm[10 + i] = int.from_bytes(raw[8 + 16 * i : 24 + 16 * i], "little")
+    q = _QWORDS.unpack(raw)
+    vp.rbx = q[0]
+    xmm = vp.xmm
+    xmm[10], xmm[11], xmm[12] = q[1] | q[2] << 64, q[3] | q[4] << 64, q[5] | q[6] << 64
+    xmm[13], xmm[14], xmm[15] = q[7] | q[8] << 64, q[9] | q[10] << 64, q[11] | q[12] << 64
 
 
 def from_registers(vp: VirtualProcessor) -> bytes:
-    return vp.rbx.to_bytes(8, "little") + b"".join(
-        vp.xmm[10 + i].to_bytes(16, "little") for i in range(6)
-    )
+    x = vp.xmm
+    return _QWORDS.pack(
+        vp.rbx, x[10] & _MASK64, x[10] >> 64, x[11] & _MASK64, x[11] >> 64, x[12] & _MASK64,
+        x[12] >> 64, x[13] & _MASK64, x[13] >> 64, x[14] & _MASK64, x[14] >> 64,
+        x[15] & _MASK64, x[15] >> 64,
+    )  # fmt: skip
 
 
 def clear_registers(vp: VirtualProcessor) -> None:
     """What the Secure Kernel does before returning: no VTL1 data in shared registers
     (vbs-internals §2.2 step 5, §2.5).  The argument registers are then reloaded with the reply."""
-    for name in (
-        "rax",
-        "rcx",
-        "rdx",
-        "rbx",
-        "rbp",
-        "rsi",
-        "rdi",
-        "r8",
-        "r9",
-        "r10",
-        "r11",
-        "r12",
-        "r13",
-        "r14",
-        "r15",
-    ):
-        setattr(vp, name, 0)
-    for i in range(16):
-        vp.xmm[i] = 0
+    vp.rax = vp.rcx = vp.rdx = vp.rbx = vp.rbp = vp.rsi = vp.rdi = 0
+    vp.r8 = vp.r9 = vp.r10 = vp.r11 = vp.r12 = vp.r13 = vp.r14 = vp.r15 = 0
+    vp.xmm[:] = _ZERO_XMM

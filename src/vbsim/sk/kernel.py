@@ -225,15 +225,16 @@ class SecureKernel:
                 self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x10, args.code)
                 return
             handler = self.handlers.get(service)
-            self.emit(
-                vp,
-                "securecall",
-                "dispatch",
-                "entered",
-                service=service.value,
-                code=args.code,
-                phase=self.phase.value,
-            )
+            if self.trace.on:
+                self.emit(
+                    vp,
+                    "securecall",
+                    "dispatch",
+                    "entered",
+                    service=service.value,
+                    code=args.code,
+                    phase=self.phase.value,
+                )
             if handler is None:
                 result = Reply(NtStatus.NOT_IMPLEMENTED)
             else:
@@ -252,7 +253,9 @@ class SecureKernel:
             reply = SecureCallArgs(
                 callargs.OP_INVOKE_SERVICE, args.code, args.cookie, [result.status, *result.outputs]
             )
-            self.emit(vp, "securecall", "dispatch", NtStatus.name_of(result.status), code=args.code)
+            if self.trace.on:
+                status_name = NtStatus.name_of(result.status)
+                self.emit(vp, "securecall", "dispatch", status_name, code=args.code)
         callargs.clear_registers(vp)
         callargs.to_registers(vp, reply.pack())
 
