@@ -234,8 +234,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps(results))
     else:
         for name, row in results.items():
-            print(f"{name:28s} {row['median']:>14.6g}  target {row['target_text']:>18s}  "
-                  f"{'ok' if row['meets'] else 'MISSED'}")  # fmt: skip
+            print(
+                f"{name:28s} {row['median']:>14.6g}  target {row['target_text']:>18s}  "
+                f"{'ok' if row['meets'] else 'MISSED'}"
+            )
 
 
 if __name__ == "__main__":

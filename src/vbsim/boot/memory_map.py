@@ -20,14 +20,18 @@ class MemoryRun:
         return describe(self.rights)
 
     def to_json(self) -> dict[str, object]:
-        return {"gpa": self.first_gpa, "pages": self.pages, "rights": self.rights_text,
-                "owner": self.owner}  # fmt: skip
+        return {
+            "gpa": self.first_gpa,
+            "pages": self.pages,
+            "rights": self.rights_text,
+            "owner": self.owner,
+        }
 
 
 def owner_label(machine: Machine, pfn: int) -> str:
     owner = machine.ram.frames.owner(pfn)
     if owner is None:
-        return "free" if pfn >= machine.ram.frames._next else "unused"  # noqa: SLF001
+        return "free" if pfn >= machine.ram.frames._next else "unused"
     return owner
 
 
@@ -37,7 +41,7 @@ def vtl0_memory_map(machine: Machine, include_free: bool = False) -> list[Memory
     runs: list[MemoryRun] = []
     start = 0
     current: tuple[int, str] | None = None
-    limit = machine.ram.frames._next  # noqa: SLF001 - everything above is untouched RAM
+    limit = machine.ram.frames._next
     for pfn in range(limit):
         key = (slat.rights(0, pfn) if slat is not None else ALL, owner_label(machine, pfn))
         if key != current:

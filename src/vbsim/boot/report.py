@@ -1,4 +1,4 @@
-"""What ``vbsim boot`` shows: the chain as it happened, VTL0's view of memory, processes, drivers."""
+"""What ``vbsim boot`` shows: the chain as it happened, VTL0 memory, processes, drivers."""
 
 from __future__ import annotations
 
@@ -17,11 +17,17 @@ _BOOT_KINDS = ("boot", "securecall")
 def boot_report(policy: Policy) -> dict[str, Any]:
     system = boot(policy)
     chain = [
-        {"seq": e.seq, "vp": e.vp, "vtl": e.vtl, "step": e.mechanism, "outcome": e.outcome,
-         "detail": e.to_json()["detail"]}
+        {
+            "seq": e.seq,
+            "vp": e.vp,
+            "vtl": e.vtl,
+            "step": e.mechanism,
+            "outcome": e.outcome,
+            "detail": e.to_json()["detail"],
+        }
         for e in system.trace.events
         if e.kind == "boot" or (e.kind == "securecall" and e.outcome == "entered")
-    ]  # fmt: skip
+    ]
     report: dict[str, Any] = {
         "policy": policy.to_dict(),
         "halted": system.halted,
@@ -37,10 +43,15 @@ def boot_report(policy: Policy) -> dict[str, Any]:
         ]
     if system.nt is not None:
         report["processes"] = [
-            {"pid": p.pid, "name": p.name, "user": p.token.user, "secure": p.trustlet_id is not None,
-             "protection": p.protection.value}
+            {
+                "pid": p.pid,
+                "name": p.name,
+                "user": p.token.user,
+                "secure": p.trustlet_id is not None,
+                "protection": p.protection.value,
+            }
             for p in system.nt.processes.values()
-        ]  # fmt: skip
+        ]
         report["drivers"] = sorted(system.nt.drivers)
     return report
 
@@ -55,8 +66,13 @@ def print_boot_report(report: dict[str, Any], out: Console) -> None:
         where = "firmware/loader" if step["vtl"] is None else f"VP{step['vp']} VTL{step['vtl']}"
         detail = " ".join(f"{k}={v}" for k, v in step["detail"].items() if v is not None)
         style = "red" if step["outcome"] in ("rejected", "halted") else ""
-        chain.add_row(str(step["seq"]), where, step["step"],
-                      f"[{style}]{step['outcome']}[/]" if style else step["outcome"], detail)  # fmt: skip
+        chain.add_row(
+            str(step["seq"]),
+            where,
+            step["step"],
+            f"[{style}]{step['outcome']}[/]" if style else step["outcome"],
+            detail,
+        )
     out.print(chain)
     if report["halted"]:
         out.print(f"[bold red]boot halted:[/] {report['halted']}")
@@ -74,8 +90,13 @@ def print_boot_report(report: dict[str, Any], out: Console) -> None:
     for column in ("pid", "name", "user", "secure", "protection"):
         processes.add_column(column)
     for proc in report["processes"]:
-        processes.add_row(str(proc["pid"]), proc["name"], proc["user"], "yes" if proc["secure"] else "",
-                          proc["protection"])  # fmt: skip
+        processes.add_row(
+            str(proc["pid"]),
+            proc["name"],
+            proc["user"],
+            "yes" if proc["secure"] else "",
+            proc["protection"],
+        )
     out.print(processes)
     out.print(
         f"drivers: {', '.join(report['drivers']) or 'none'}; VBS running: {report['vbs_running']}"

@@ -40,8 +40,12 @@ class SecureCallArgs:
         values = self.fields
         if len(values) != FIELDS:
             values = (values + [0] * FIELDS)[:FIELDS]
-        return ARGS.pack(self.op & 0xFF, self.code & 0xFFFF, self.cookie & 0xFFFF_FFFF,
-                         *[v & 0xFFFF_FFFF_FFFF_FFFF for v in values])  # fmt: skip
+        return ARGS.pack(
+            self.op & 0xFF,
+            self.code & 0xFFFF,
+            self.cookie & 0xFFFF_FFFF,
+            *[v & 0xFFFF_FFFF_FFFF_FFFF for v in values],
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> SecureCallArgs:
@@ -67,10 +71,20 @@ def to_registers(vp: VirtualProcessor, raw: bytes) -> None:
 def from_registers(vp: VirtualProcessor) -> bytes:
     x = vp.xmm
     return _QWORDS.pack(
-        vp.rbx, x[10] & _MASK64, x[10] >> 64, x[11] & _MASK64, x[11] >> 64, x[12] & _MASK64,
-        x[12] >> 64, x[13] & _MASK64, x[13] >> 64, x[14] & _MASK64, x[14] >> 64,
-        x[15] & _MASK64, x[15] >> 64,
-    )  # fmt: skip
+        vp.rbx,
+        x[10] & _MASK64,
+        x[10] >> 64,
+        x[11] & _MASK64,
+        x[11] >> 64,
+        x[12] & _MASK64,
+        x[12] >> 64,
+        x[13] & _MASK64,
+        x[13] >> 64,
+        x[14] & _MASK64,
+        x[14] >> 64,
+        x[15] & _MASK64,
+        x[15] >> 64,
+    )
 
 
 def clear_registers(vp: VirtualProcessor) -> None:
