@@ -199,46 +199,45 @@ def monitor_call(vp: VirtualProcessor, function: int, arg1: int = 0, arg2: int =
 # -- VTL1 routines ------------------------------------------------------------------------------
 @guest_code("bare1.entry")
 def _vtl1_entry(vp: VirtualProcessor) -> None:
+    """The monitor's loop: initialise on the first VTL call, then serve every entry."""
     monitor = _monitor(vp)
-    if not monitor.initialized:
-        _monitor_init(vp, monitor)
-        monitor.initialized = True
+    _monitor_init(vp, monitor)
+    monitor.initialized = True
+    reason_va = monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
+    while True:
         hvcall.vtl_return(vp)
-        return
-    reason = vp.read_u32(
-        monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
-    )
-    if reason == HvVtlEntryReason.VTL_CALL:
-        function, arg1, arg2 = vp.rdi, vp.rsi, vp.rdx
-        status = MON_UNKNOWN
-        if function == MON_NULL:
-            status = MON_OK
-        elif function == MON_PROTECT:
-            result = hvcall.modify_vtl_protection_mask(
-                vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2
-            )
-            status = MON_OK if result.ok else MON_FAILED
-        elif function == MON_LOCK_CRS:
-            control = int(
-                defs.HvCrInterceptControl.CR0_WRITE
-                | defs.HvCrInterceptControl.CR4_WRITE
-                | defs.HvCrInterceptControl.MSR_LSTAR_WRITE
-                | defs.HvCrInterceptControl.IDTR_WRITE
-            )
-            result = hvcall.set_vp_registers(
-                vp,
-                monitor.params,
-                [
-                    (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
-                    (HvRegisterName.CR_INTERCEPT_CR4_MASK, arg1),
-                    (HvRegisterName.CR_INTERCEPT_CONTROL, control),
-                ],
-            )
-            status = MON_OK if result.ok else MON_FAILED
-        # Clear the shared registers we do not return (vbs-internals §2.2 step 5).
-        vp.rdi = vp.rsi = vp.rdx = 0
-        vp.r8 = status
-    hvcall.vtl_return(vp)
+        if vp.read_u32(reason_va) == HvVtlEntryReason.VTL_CALL:
+            _serve_call(vp, monitor)
+
+
+def _serve_call(vp: VirtualProcessor, monitor: Monitor) -> None:
+    function, arg1, arg2 = vp.rdi, vp.rsi, vp.rdx
+    status = MON_UNKNOWN
+    if function == MON_NULL:
+        status = MON_OK
+    elif function == MON_PROTECT:
+        result = hvcall.modify_vtl_protection_mask(vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2)
+        status = MON_OK if result.ok else MON_FAILED
+    elif function == MON_LOCK_CRS:
+        control = int(
+            defs.HvCrInterceptControl.CR0_WRITE
+            | defs.HvCrInterceptControl.CR4_WRITE
+            | defs.HvCrInterceptControl.MSR_LSTAR_WRITE
+            | defs.HvCrInterceptControl.IDTR_WRITE
+        )
+        result = hvcall.set_vp_registers(
+            vp,
+            monitor.params,
+            [
+                (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
+                (HvRegisterName.CR_INTERCEPT_CR4_MASK, arg1),
+                (HvRegisterName.CR_INTERCEPT_CONTROL, control),
+            ],
+        )
+        status = MON_OK if result.ok else MON_FAILED
+    # Clear the shared registers we do not return (vbs-internals §2.2 step 5).
+    vp.rdi = vp.rsi = vp.rdx = 0
+    vp.r8 = status
 
 
 def _monitor_init(vp: VirtualProcessor, monitor: Monitor) -> None:

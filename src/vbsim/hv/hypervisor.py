@@ -13,6 +13,10 @@ instruction to be skipped moves RIP forward, as it would on hardware (vsm-spec �
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import greenlet
+
 from vbsim.hv import defs, msrs, synic
 from vbsim.hv.calls import register_all
 from vbsim.hv.defs import HvVtlEntryReason
@@ -44,6 +48,11 @@ class Hypervisor:
         self.slat = slat
         self.trace = trace
         self.vps: list[VirtualProcessor] = []
+        #: Per VP and VTL, the execution context (a greenlet: that VTL's own stack) suspended in
+        #: its last VTL call or return.  Switching VTLs switches stacks, so a VTL resumes exactly
+        #: where it left, as on hardware, and a VTL1 routine can VTL-return to VTL0 mid-way
+        #: (normal calls) and continue when VTL0 calls back.
+        self.contexts: list[list[greenlet.greenlet | None]] = []
         self.states: list[list[VpVtlState]] = []
         self.partition = PartitionVsm(max_vtl=max_vtl)
         self.dispatcher = Dispatcher(self)
@@ -64,6 +73,7 @@ class Hypervisor:
         vp.exits = self
         self.vps.append(vp)
         self.states.append([VpVtlState() for _ in range(len(vp.banks))])
+        self.contexts.append([None] * len(vp.banks))
 
     def state(self, vp: VirtualProcessor, vtl: int | None = None) -> VpVtlState:
         return self.states[vp.index][vp.vtl if vtl is None else vtl]
@@ -141,9 +151,20 @@ class Hypervisor:
             vp.rax, vp.rcx = rax, rcx
         if self.trace.on:
             vp.emit("vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=fast)
+        contexts = self.contexts[vp.index]
+        here = greenlet.getcurrent()
+        contexts[returning] = here
+        waiting = contexts[lower]
+        if waiting is None or waiting is here or waiting.dead:
+            return  # nobody is suspended in the lower VTL: it continues on this stack
+        waiting.switch()
+        # Entered again: this VTL resumes right after its VtlReturn, interrupts first (§5.6).
+        if vp.vtl == returning:
+            self._deliver_interrupts(vp, returning)
 
     def enter_vtl(self, vp: VirtualProcessor, target: int, reason: HvVtlEntryReason) -> None:
-        """Switch ``vp`` up to ``target`` and run it until it returns below ``target``."""
+        """Switch ``vp`` up to ``target``; the target VTL resumes where it last issued VtlReturn
+        (vsm-spec §5.3 step 6) and runs until a VtlReturn comes back down to this VTL."""
         origin = vp.vtl
         vp.switch_vtl(target)
         synic.set_entry_reason(self, vp, target, int(reason))
@@ -156,13 +177,25 @@ class Hypervisor:
                 to_vtl=target,
                 reason=reason.name.lower(),
             )
-        if reason is HvVtlEntryReason.INTERRUPT:
-            self._deliver_interrupts(vp, target)
-        if vp.vtl == target:
-            vp.call(vp.p.rip)  # the VTL resumes at its RIP
+        contexts = self.contexts[vp.index]
+        here = greenlet.getcurrent()
+        contexts[origin] = here
+        context = contexts[target]
+        if context is None or context.dead:
+            context = greenlet.greenlet(self._first_entry(vp, target))
+            contexts[target] = context
+        context.parent = here  # a bugcheck in the higher VTL unwinds the VTL that entered it
+        context.switch()
         if vp.vtl >= target:
-            raise GuestHang(f"VTL{target} on VP{vp.index} did not return to a lower VTL")
+            raise GuestHang(f"VTL{target} on VP{vp.index} stopped without returning")
         self.after_return(vp)
+
+    def _first_entry(self, vp: VirtualProcessor, vtl: int) -> Callable[[], None]:
+        def run() -> None:
+            self._deliver_interrupts(vp, vtl)
+            vp.call(vp.p.rip)  # the initial context's RIP (EnableVpVtl / StartVirtualProcessor)
+
+        return run
 
     def after_return(self, vp: VirtualProcessor) -> None:
         """Back in a lower VTL: deliver what the higher VTL queued for it (§5.4 step 8, §6.1)."""

@@ -282,18 +282,19 @@ def _sk(vp: VirtualProcessor) -> SecureKernel:
 
 @guest_code("sk.entry")
 def _entry(vp: VirtualProcessor) -> None:
-    """VTL1's resume point: every VTL entry lands here (vsm-spec §5.3 step 6)."""
+    """VTL1's dispatcher loop on one VP: initialise, then return to VTL0 and serve each entry.
+
+    Every VTL entry resumes right after the ``vtl_return`` below (vsm-spec §5.3 step 6); pending
+    interrupts (secure intercepts on SINT0) have been delivered through the IDT by then."""
     sk = _sk(vp)
-    if not sk.ready[vp.index]:
-        sk.init_processor(vp)
-    else:
-        pages = sk.processors[vp.index]
-        reason = vp.read_u32(
-            sk.space.phys_va(pages.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
-        )
-        if reason == HvVtlEntryReason.VTL_CALL:
+    sk.init_processor(vp)
+    assist = (
+        sk.space.phys_va(sk.processors[vp.index].assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
+    )
+    while True:
+        hvcall.vtl_return(vp)
+        if vp.read_u32(assist) == HvVtlEntryReason.VTL_CALL:
             sk.secure_call(vp)
-    hvcall.vtl_return(vp)
 
 
 @guest_code("sk.sint0")
