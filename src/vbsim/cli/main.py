@@ -102,6 +102,14 @@ def bench(
     console().print(table)
 
 
+@app.command()
+def demo() -> None:
+    """The tour: boot VBS, watch the chain, watch VTL0 ring 0 fail against VTL1."""
+    from vbsim.demo import run
+
+    raise typer.Exit(run(console()))
+
+
 @app.command("boot")
 def boot_command(
     policy_file: Annotated[
