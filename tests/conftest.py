@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,19 @@ from vbsim.guest.bare import BareKernel, Monitor, boot_bare
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.machine import Machine
 from vbsim.trace import Trace
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The model PKI is created on first use under the user's data directory; tests use their
+    own, so a test run never touches (or depends on) the user's."""
+    previous = os.environ.get("VBSIM_DATA_DIR")
+    os.environ["VBSIM_DATA_DIR"] = str(tmp_path_factory.mktemp("vbsim-data"))
+    yield
+    if previous is None:
+        os.environ.pop("VBSIM_DATA_DIR", None)
+    else:
+        os.environ["VBSIM_DATA_DIR"] = previous
 
 
 @dataclass

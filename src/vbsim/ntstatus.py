@@ -35,6 +35,7 @@ class NtStatus(IntEnum):
     IMAGE_CERT_REVOKED = 0xC000_0603
     PROCESS_IS_PROTECTED = 0xC000_0712
     INVALID_SIGNATURE = 0xC000_A000
+    AUTH_TAG_MISMATCH = 0xC000_A002
 
     @classmethod
     def name_of(cls, value: int) -> str:

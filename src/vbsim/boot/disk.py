@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from vbsim.image import ComponentVersion, ImageKind, build_image, model_pki, sign_image
+from vbsim.image import ComponentVersion, ImageKind, build_image, data_dir, model_pki, sign_image
 from vbsim.policy import Component, Policy
 
 #: Component file → (image kind, the entry routine its code section names).
@@ -27,9 +27,13 @@ VBS_REGISTRY_KEY = (
 VBS_EFI_VARIABLE = "VbsPolicy"
 
 
-@functools.lru_cache(maxsize=64)
 def component_image(name: str, version: str, svn: int, tampered: bool) -> bytes:
-    """The signed image of a component as installed (cached: signing is the slow part)."""
+    """The signed image of a component as installed (cached per PKI: signing is the slow part)."""
+    return _component_image(name, version, svn, tampered, str(data_dir()))
+
+
+@functools.lru_cache(maxsize=64)
+def _component_image(name: str, version: str, svn: int, tampered: bool, pki_dir: str) -> bytes:
     kind, entry = COMPONENT_KINDS[name]
     numbers = ComponentVersion.parse(_four(version), svn=svn)
     image = build_image(kind, name, entry, [entry], version=numbers)

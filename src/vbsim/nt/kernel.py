@@ -97,13 +97,17 @@ class NtKernel:
             self.space.install(name)
         self.data_va, self.data_gpa = self.space.alloc_data(4)
         self._data_next = self.data_va
-        from vbsim.nt import syscalls
+        from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)
+        drivers.register_nt(self)
         if self.vbs:
             from vbsim.nt.vsl import Vsl
 
             self.vsl = Vsl(self)
+            from vbsim.nt import secure_process
+
+            secure_process.register(self)
 
     # -- loader side ---------------------------------------------------------------------------
     def prepare_boot_processor(self, vp: VirtualProcessor) -> None:
@@ -239,6 +243,9 @@ class NtKernel:
             vp, "System", Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True)
         )
         system.tables.root = self.space.pt.root
+        from vbsim.nt import lsass
+
+        lsass.start(self, vp)
 
     def allocate(
         self,

@@ -24,6 +24,8 @@ FIELDS = 12
 
 OP_INVOKE_SERVICE = 2  # vbs-internals §2.2 "Operation types" [V]
 OP_FLUSH_TB = 3  # [V]
+#: Resume a secure thread: the value is not public ([U], vbs-internals §2.2); the model uses 4.
+OP_RESUME_THREAD = 4
 #: The model's values for the normal-call exchange (the real encoding is not public).
 OP_NORMAL_CALL = 0x80
 OP_NORMAL_REPLY = 0x81

@@ -26,6 +26,7 @@ from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
 from vbsim.hw.code import guest_code
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
@@ -114,6 +115,12 @@ class SecureKernel:
         self.vtl1_pages: set[int] = set(self.space.frames)
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
         self.phase1_hooks: list[Callable[[SecureKernel, VirtualProcessor], None]] = []
+        #: The resume-thread operation (IUM); set by the IUM service module.
+        self.resume_thread: Handler | None = None
+        from vbsim.sk.ium import keys
+
+        keys.provision(self)
+        self.syscall_entry = self.space.install("sk.KiSystemServiceStart")
         from vbsim.sk.services import register_all
 
         register_all(self)
@@ -177,6 +184,11 @@ class SecureKernel:
         from vbsim.sk import hyperguard
 
         hyperguard.register_intercepts(self, vp)
+        # VTL1's own system-call entry: IUM code enters the SK with ``syscall`` (no hypervisor
+        # involved, vbs-internals §2.6).  These MSRs are VTL1's private copies.
+        vp.wrmsr(Msr.LSTAR, self.syscall_entry)
+        vp.wrmsr(Msr.STAR, (0x0023 << 48) | (0x0010 << 32))
+        vp.wrmsr(Msr.SFMASK, int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC))
         if vp.index == 0:
             self.phase1(vp)
         self.ready[vp.index] = True
@@ -240,6 +252,9 @@ class SecureKernel:
             else:
                 outcome = handler(self, vp, args)
                 result = outcome if isinstance(outcome, Reply) else self._advance(vp, outcome, None)
+        elif args.op == callargs.OP_RESUME_THREAD and self.resume_thread is not None:
+            outcome = self.resume_thread(self, vp, args)
+            result = outcome if isinstance(outcome, Reply) else self._advance(vp, outcome, None)
         else:
             self.emit(vp, "securecall", "operation-type", "unknown", op=args.op)
             self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x11, args.op)
@@ -258,6 +273,24 @@ class SecureKernel:
                 self.emit(vp, "securecall", "dispatch", status_name, code=args.code)
         callargs.clear_registers(vp)
         callargs.to_registers(vp, reply.pack())
+
+    def normal_call(self, vp: VirtualProcessor, number: int, *args: int) -> list[int] | None:
+        """Ask NT for a service and wait for the answer (vbs-internals §2.5).
+
+        The request leaves in the shared argument registers (everything else cleared), VTL1
+        VTL-returns, and this VTL resumes right here when NT VTL-calls back with the reply.  The
+        reply is untrusted input: callers validate every value.  None if NT answered with
+        something that is not a normal-call reply."""
+        request = SecureCallArgs(callargs.OP_NORMAL_CALL, 0, 0, [number, *args])
+        callargs.clear_registers(vp)
+        callargs.to_registers(vp, request.pack())
+        self.emit(vp, "normalcall", "request", "sent", number=number)
+        hvcall.vtl_return(vp)
+        reply = SecureCallArgs.unpack(callargs.from_registers(vp))
+        if reply.op != callargs.OP_NORMAL_REPLY:
+            self.emit(vp, "normalcall", "reply", "malformed", op=reply.op)
+            return None
+        return reply.fields
 
     def _advance(
         self,

@@ -377,6 +377,10 @@ def _pending_event(index: int) -> tuple[Getter, Setter]:
     return get, put
 
 
+def _vp_index(a: Access) -> int:
+    return int(a.vp.index)
+
+
 VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
     int(N.VSM_CODE_PAGE_OFFSETS): (_code_page_offsets, _ro),
     int(N.VSM_VP_STATUS): (_vp_status, _ro),
@@ -392,7 +396,7 @@ VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
     int(N.CR_INTERCEPT_IA32_MISC_ENABLE_MASK): _intercept_reg("misc_enable_mask"),
     int(N.VP_ASSIST_PAGE): _vtl_state_attr("vp_assist_msr"),
     int(N.GUEST_OS_ID): _vtl_state_attr("guest_os_id"),
-    int(N.VP_INDEX): (lambda a: a.vp.index, _ro),
+    int(N.VP_INDEX): (_vp_index, _ro),
     int(N.SCONTROL): _synic_attr("scontrol"),
     int(N.SIMP): _synic_attr("simp"),
     int(N.SIEFP): _synic_attr("siefp"),

@@ -9,7 +9,9 @@ if TYPE_CHECKING:
 
 
 def register_all(sk: SecureKernel) -> None:
-    from vbsim.sk.services import boot
+    from vbsim.sk.ium import syscalls
+    from vbsim.sk.services import allocation, boot, hvci, ium, kdp
 
-    for module in (boot,):
+    for module in (boot, hvci, ium, allocation, kdp):
         module.register(sk)
+    syscalls.register(sk)

@@ -1,0 +1,1 @@
+"""What trustlets see: the Iumbase API over secure system calls, and the trustlets themselves."""

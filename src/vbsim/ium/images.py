@@ -1,0 +1,80 @@
+"""Trustlet images: real PE32+ files with ``.tPolicy``, Authenticode-signed with the IUM profile.
+
+Built once per PKI and cached.  ``LsaIso.exe`` (ID 1, Credential Guard) and ``vmsp.exe`` (ID 2, a
+vTPM-like trustlet with the secure-storage capability) follow vbs-internals §3.2's policies: LsaIso
+ETW on, debug off, crash dump off; vmsp with a parent security descriptor ``S-1-5-83-0``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from vbsim.image import (
+    ComponentVersion,
+    ImageKind,
+    TrustletPolicy,
+    build_image,
+    data_dir,
+    model_pki,
+    sign_image,
+)
+from vbsim.image.trust import Signer
+from vbsim.policy import Component
+
+LSAISO = "LsaIso.exe"
+VMSP = "vmsp.exe"
+#: Image → (trustlet ID, entry routine, other exported routines, capabilities, parent SD).
+TRUSTLETS: dict[str, tuple[int, str, tuple[str, ...], int | None, str | None]] = {
+    LSAISO: (1, "lsaiso.main", (), None, None),
+    VMSP: (2, "vmsp.main", (), 2, "S-1-5-83-0"),
+}
+
+
+def trustlet_image(
+    name: str,
+    *,
+    trustlet_id: int | None = None,
+    entry: str | None = None,
+    debug: bool = False,
+    component: Component | None = None,
+    signer: Signer | None = None,
+    size: int | None = None,
+) -> bytes:
+    """A signed trustlet image; keyword overrides make home-made or mismatched variants."""
+    known_id, known_entry, extra, capabilities, parent_sd = TRUSTLETS.get(
+        name, (0, "", (), None, None)
+    )
+    comp = component or Component()
+    policy = TrustletPolicy.standard(
+        known_id if trustlet_id is None else trustlet_id,
+        svn=comp.svn,
+        debug=debug,
+        capabilities=capabilities,
+        parent_sd=parent_sd,
+    )
+    version = ComponentVersion.parse(_four(comp.version), svn=comp.svn)
+    routine = entry or known_entry
+    image = build_image(
+        ImageKind.TRUSTLET, name, routine, [routine, *extra], policy, version, size=size
+    )
+    return sign_image(image, signer or model_pki().signer("ium"))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(name: str, version: str, svn: int, tampered: bool, pki_dir: str) -> bytes:
+    data = trustlet_image(name, component=Component(version, svn))
+    if tampered:
+        raw = bytearray(data)
+        raw[0x400 + 40] ^= 0xFF
+        return bytes(raw)
+    return data
+
+
+def installed(name: str, component: Component) -> bytes:
+    """The image on disk for an installed trustlet (cached per PKI)."""
+    return _cached(name, component.version, component.svn, component.tampered, str(data_dir()))
+
+
+def _four(version: str) -> str:
+    parts = version.split(".")
+    return ".".join(parts + ["0"] * (4 - len(parts)))

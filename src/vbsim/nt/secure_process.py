@@ -1,0 +1,149 @@
+"""NT's side of Isolated User Mode (vbs-internals §3.5, §2.5, §7).
+
+NT starts a trustlet: it reads the image from the trustlet store into section pages (VTL0 RAM),
+asks the SK through CREATE_PROCESS (the SK captures, admits, protects and builds the secure address
+space), creates the shadow EPROCESS that VTL0 sees (with ``SecurePid`` and the trustlet ID), maps
+the image section into the shadow process read-only (§7: image pages are visible to VTL0, private
+memory is not: the shadow process has no mapping for it at all), and creates a secure thread.
+
+NT schedules trustlet threads: running one is a resume-thread secure call carrying a message page
+(the model's stand-in for ALPC's wait-receive, which is how lsass and LsaIso talk).  NT serves the
+SK's normal calls: physical pages on request, and IUM system calls forwarded to NT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt.process import Process, Token
+from vbsim.ntstatus import NtStatus
+from vbsim.sk import callargs
+from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.ium.process import IMAGE_BASE, NORMAL_ALLOCATE_PAGES
+from vbsim.sk.ium.syscalls import NORMAL_IUM_SYSCALL
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.nt.kernel import NtKernel
+
+MAX_MESSAGE = PAGE_SIZE
+
+
+@dataclass
+class TrustletRun:
+    status: int
+    reply: bytes
+
+
+def trustlet_store(nt: NtKernel) -> dict[str, bytes]:
+    """Trustlet images on disk (name → signed PE bytes)."""
+    store: dict[str, bytes] = nt.ext.setdefault("trustlets", {})
+    return store
+
+
+def create_secure_process(
+    nt: NtKernel,
+    vp: VirtualProcessor,
+    name: str,
+    trustlet_id: int,
+    mailbox_key: int = 0,
+    token: Token | None = None,
+    image: bytes | None = None,
+) -> tuple[int, Process | None]:
+    """CreateProcess with PS_CP_SECURE_PROCESS (trustlet ID); (NTSTATUS, shadow process)."""
+    if nt.vsl is None:
+        return int(NtStatus.NOT_SUPPORTED), None  # no VBS, no IUM
+    data = image if image is not None else trustlet_store(nt).get(name)
+    if data is None:
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND), None
+    if not 0 < len(data) <= 1 << 20:
+        return int(NtStatus.INVALID_IMAGE_FORMAT), None
+    pfns = []
+    for offset in range(0, len(data), PAGE_SIZE):
+        va, gpa = nt.alloc_kernel_page(vp)
+        vp.write(va, data[offset : offset + PAGE_SIZE])
+        pfns.append(gpa >> PAGE_SHIFT)
+    list_va, list_gpa = nt.alloc_kernel_page(vp)
+    vp.write(list_va, b"".join(p.to_bytes(8, "little") for p in pfns))
+    status, outputs = nt.vsl.call(
+        vp, Service.CREATE_PROCESS, list_gpa >> PAGE_SHIFT, len(data), trustlet_id, mailbox_key
+    )
+    if status != NtStatus.SUCCESS:
+        if vp.trace.on:
+            vp.emit(
+                "nt",
+                "create-secure-process",
+                NtStatus.name_of(status),
+                image=name,
+                trustlet_id=trustlet_id,
+            )
+        return status, None
+    handle = outputs[0]
+    process = nt.create_process(vp, name, token or Token("SYSTEM", admin=True))
+    process.secure_pid = handle
+    process.trustlet_id = trustlet_id
+    phys = nt.phys(vp)
+    process.tables.phys = phys
+    for i, pfn in enumerate(pfns):  # the image section, read-only in the shadow process
+        process.tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
+    status, outputs = nt.vsl.call(vp, Service.CREATE_THREAD, handle)
+    if status == NtStatus.SUCCESS:
+        nt.ext.setdefault("secure_threads", {})[process.pid] = outputs[0]
+    return status, process
+
+
+def run_trustlet(
+    nt: NtKernel, vp: VirtualProcessor, process: Process, message: bytes = b"", selector: int = 0
+) -> TrustletRun:
+    """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
+    cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    if nt.vsl is None or cookie is None or len(message) > MAX_MESSAGE:
+        return TrustletRun(int(NtStatus.INVALID_PARAMETER), b"")
+    message_va, message_gpa = nt.alloc_kernel_page(vp)
+    vp.write(message_va, message)
+    reply_va, reply_gpa = nt.alloc_kernel_page(vp)
+    args = SecureCallArgs(
+        callargs.OP_RESUME_THREAD,
+        0,
+        cookie,
+        [selector, message_gpa >> PAGE_SHIFT, len(message), reply_gpa >> PAGE_SHIFT],
+    )
+    reply = nt.vsl.call_raw(vp, args)
+    status = reply.fields[0]
+    length = min(reply.fields[1], PAGE_SIZE) if status == NtStatus.SUCCESS else 0
+    data = vp.read(reply_va, length)
+    for gpa in (message_gpa, reply_gpa):
+        nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
+    return TrustletRun(status, data)
+
+
+# -- normal calls NT serves for the Secure Kernel (vbs-internals §2.5) -------------------------
+def allocate_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+    count = args[0]
+    if not 0 < count <= 10:
+        return [int(NtStatus.INVALID_PARAMETER)]
+    pfns = []
+    for _ in range(count):
+        pfn = nt.machine.ram.frames.alloc("nt.ium")
+        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        pfns.append(pfn)
+    return [int(NtStatus.SUCCESS), *pfns]
+
+
+def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+    """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
+    number, call_args = args[0], args[1:5]
+    handler = nt.syscalls.get(number)
+    if handler is None:
+        return [int(NtStatus.INVALID_SYSTEM_SERVICE)]
+    return [handler(nt, vp, call_args)]
+
+
+def register(nt: NtKernel) -> None:
+    if nt.vsl is not None:
+        nt.vsl.normal_calls[NORMAL_ALLOCATE_PAGES] = allocate_pages
+        nt.vsl.normal_calls[NORMAL_IUM_SYSCALL] = ium_generic_syscall

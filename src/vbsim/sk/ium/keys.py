@@ -1,0 +1,46 @@
+"""VSM keys (vbs-internals §1.1 row 7, §4.4): the identity key (IDK) and the local key (LKey)
+that winload provisions, and a per-boot session key the SK draws at start.
+
+They live in a Secure Kernel data page — guest RAM, VTL1-only after phase 1 — and the SK reads
+them through its own VP whenever it derives a trustlet key.  Derivation binds the trustlet's
+identity (ID and SVN, vbs-internals §3.3): HMAC-SHA256(master, label | ID | SVN).  The real key
+hierarchy is [U]; this one has the properties the model needs (per-trustlet, per-boot or stable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.sk.kernel import SecureKernel
+
+IDK, LOCAL, PER_BOOT = 0, 1, 2
+_NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
+
+
+def provision(sk: SecureKernel) -> None:
+    """Loader time: write the three 32-byte master keys into an SK data page."""
+    va, gpa = sk.space.alloc_data()
+    sk.machine.ram.write(gpa, os.urandom(96))
+    sk.ext["keys.va"] = va
+
+
+def master(sk: SecureKernel, vp: VirtualProcessor, which: int) -> bytes:
+    return vp.read(int(sk.ext["keys.va"]) + 32 * which, 32)
+
+
+def derive(
+    sk: SecureKernel, vp: VirtualProcessor, which: int, trustlet_id: int, svn: int, label: bytes
+) -> bytes:
+    message = (
+        label
+        + b"|"
+        + _NAMES[which].encode()
+        + trustlet_id.to_bytes(8, "little")
+        + svn.to_bytes(4, "little")
+    )
+    return hmac.new(master(sk, vp, which), message, hashlib.sha256).digest()

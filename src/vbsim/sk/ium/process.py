@@ -1,0 +1,236 @@
+"""Secure processes (SKPROCESS): a trustlet's address space, owned by the Secure Kernel.
+
+vbs-internals §3.5 and §7: the SK builds the trustlet's page tables in VTL1 memory; its private
+pages (stack, heap, data) are taken away from VTL0 in SLAT (no access); its unmodified image pages
+are the same physical pages as NT's section and stay readable by VTL0 (R, never W once validated).
+Physical pages come from NT through a normal call (the SK owns no memory manager of its own) and
+are checked before use: RAM, VTL0-owned, not already VTL1's, not repeated.
+
+A trustlet thread runs when NT's shadow thread enters the SK (``SECURE_CALL_ARGS.OperationType``
+resume-thread): the SK switches CR3 to the trustlet's tables and drops to CPL3 in VTL1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vbsim.guest.address_space import CS_USER_ATTRIBUTES
+from vbsim.hw.faults import ThreadTerminated
+from vbsim.hw.pagetable import PageTables, PhysAccess
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.image import ParsedImage, TrustletPolicy
+from vbsim.image.policy import PolicyId
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.sk.kernel import SecureKernel
+
+#: The model's VTL1 user layout for a trustlet.
+IMAGE_BASE = 0x0000_7FF6_0000_0000
+PRIVATE_BASE = 0x0000_0001_0000_0000
+PRIVATE_PAGES = 8  # heap, stack and message buffers (model)
+MESSAGE_VA = PRIVATE_BASE  # where incoming messages are captured (first private page)
+REPLY_VA = PRIVATE_BASE + PAGE_SIZE  # where the trustlet leaves its reply
+HEAP_VA = PRIVATE_BASE + 2 * PAGE_SIZE
+NORMAL_ALLOCATE_PAGES = 1  # the model's normal-call number for "give me physical pages"
+
+
+@dataclass
+class SecureThread:
+    cookie: int
+    process: SecureProcess
+    running: bool = False
+
+
+@dataclass
+class SecureProcess:
+    handle: int
+    trustlet_id: int
+    policy: TrustletPolicy
+    image: ParsedImage
+    instance: bytes
+    tables: PageTables
+    image_pfns: list[int]
+    private_pfns: list[int]
+    routines: dict[str, int]
+    mailbox_key: int = 0
+    mailboxes: dict[int, bytes] = field(default_factory=dict)
+    threads: dict[int, SecureThread] = field(default_factory=dict)
+    terminated: bool = False
+
+    def policy_value(self, policy_id: int, default: int = 0) -> int:
+        entry = self.policy.find(policy_id)
+        if entry is None or isinstance(entry.value, str):
+            return default
+        return int(entry.value)
+
+    @property
+    def debuggable(self) -> bool:
+        """The signed Debug policy allows debugging (vbs-internals §3.1 policy ID 2)."""
+        return self.policy_value(PolicyId.DEBUG) != 0
+
+    @property
+    def capabilities(self) -> int:
+        return self.policy_value(PolicyId.CAPABILITY)
+
+
+def _sk_phys(sk: SecureKernel, vp: VirtualProcessor) -> PhysAccess:
+    """Physical access from the SK: its direct map, through its own VP (VTL1, no SLAT limit)."""
+
+    def alloc() -> int:
+        pfn = sk.machine.ram.frames.alloc("securekernel.ium")
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        sk.space.frames.append(pfn)
+        sk.vtl1_pages.add(pfn)
+        return pfn
+
+    return PhysAccess(
+        lambda gpa: vp.read_u64(sk.space.phys_va(gpa)),
+        lambda gpa, value: vp.write_u64(sk.space.phys_va(gpa), value),
+        alloc,
+    )
+
+
+def request_pages(sk: SecureKernel, vp: VirtualProcessor, count: int) -> list[int] | None:
+    """Physical pages from NT (normal call), validated as hostile input."""
+    pfns: list[int] = []
+    while len(pfns) < count:
+        want = min(count - len(pfns), 10)
+        reply = sk.normal_call(vp, NORMAL_ALLOCATE_PAGES, want)
+        if reply is None or reply[0] != 0:
+            return None
+        offered = reply[1 : 1 + want]
+        for pfn in offered:
+            if not sk.vtl0_page(pfn) or pfn in pfns:
+                sk.emit(vp, "ium", "normalcall.pfn", "refused", pfn=pfn)
+                return None
+        pfns.extend(offered)
+    return pfns
+
+
+def build(
+    sk: SecureKernel,
+    vp: VirtualProcessor,
+    handle: int,
+    image: ParsedImage,
+    image_pfns: list[int],
+    trustlet_id: int,
+    mailbox_key: int,
+) -> SecureProcess | None:
+    """Create the trustlet's address space; None if NT did not supply usable pages."""
+    assert image.policy is not None
+    private = request_pages(sk, vp, PRIVATE_PAGES)
+    if private is None:
+        return None
+    # Private pages leave VTL0 first, then are cleared: NT can neither read nor keep a handle on
+    # what the trustlet will store there (vbs-internals §7 "Private memory ... not accessible").
+    if not sk.set_vtl0_rights(vp, private, 0):
+        return None
+    sk.vtl1_pages.update(private)
+    for pfn in private:
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+    phys = _sk_phys(sk, vp)
+    tables = PageTables(phys)
+    sk.space.frames.extend(tables.frames or [])
+    sk.vtl1_pages.update(tables.frames or [])
+    for index in range(256, 512):  # the kernel half: the Secure Kernel itself
+        entry = phys.read_u64(sk.space.pt.root + index * 8)
+        if entry:
+            phys.write_u64(tables.root + index * 8, entry)
+    user_rx = int(Pte.US)  # present, user, read-only, executable
+    for i, pfn in enumerate(image_pfns):
+        tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rx)
+    user_rw = int(Pte.US | Pte.RW | Pte.NX)
+    for i, pfn in enumerate(private):
+        tables.map(PRIVATE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rw)
+    sk.space.frames.extend(f for f in tables.frames or [] if f not in sk.space.frames)
+    sk.vtl1_pages.update(tables.frames or [])
+    # New table frames are SK memory: VTL0 may not touch them either.
+    sk.set_vtl0_rights(vp, sorted(set(tables.frames or [])), 0)
+    routines = _routines(image)
+    instance = os.urandom(16)  # "a 16-byte random number generated by SK at creation" (§3.3)
+    return SecureProcess(
+        handle,
+        trustlet_id,
+        image.policy,
+        image,
+        instance,
+        tables,
+        image_pfns,
+        private,
+        routines,
+        mailbox_key,
+    )
+
+
+def _routines(image: ParsedImage) -> dict[str, int]:
+    """Routine name → VA in the trustlet, from the image's exports and entry point."""
+    out: dict[str, int] = {}
+    text = image.section(".text")
+    for export in image.exports:
+        if export.name is not None and export.thunk is not None:
+            out[export.name] = IMAGE_BASE + _file_offset(image, export.rva)
+    if image.entry_name is not None and text is not None:
+        out.setdefault(image.entry_name, IMAGE_BASE + _file_offset(image, image.entry_rva))
+    return out
+
+
+def _file_offset(image: ParsedImage, rva: int) -> int:
+    """The image is mapped as its raw file bytes (the section object's pages): RVA → offset."""
+    for section in image.sections:
+        if section.contains_rva(rva):
+            return section.raw_offset + (rva - section.virtual_address)
+    return rva
+
+
+def image_digest(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length: int) -> bytes:
+    """SHA-256 of the image bytes as the SK sees them in physical memory now."""
+    h = hashlib.sha256()
+    remaining = length
+    for pfn in pfns:
+        chunk = min(PAGE_SIZE, remaining)
+        h.update(vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), chunk))
+        remaining -= chunk
+    return h.digest()
+
+
+def run_thread(
+    sk: SecureKernel, vp: VirtualProcessor, thread: SecureThread, routine: str, *args: int
+) -> tuple[int, Any]:
+    """Run ``routine`` of the trustlet at VTL1 CPL3 on ``vp``; (status, return value)."""
+    process = thread.process
+    va = process.routines.get(routine)
+    if va is None or process.terminated:
+        return 0xC000_0008, None  # STATUS_INVALID_HANDLE: no such entry in this image
+    bank = vp.p
+    saved_cr3 = bank.cr3
+    cs = bank.segments["cs"]
+    saved_cs = (cs.selector, cs.attributes)
+    current_before = sk.ext.get("ium.current", {}).get(vp.index)
+    sk.ext.setdefault("ium.current", {})[vp.index] = process
+    thread.running = True
+    vp.mov_to_cr(3, process.tables.root)
+    cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
+    vp.set_cpl(3)
+    status, value = 0, None
+    try:
+        value = vp.call(va, *args)
+    except ThreadTerminated as stop:
+        status = 0xC000_0005 if stop.vector is not None else 0xC000_0001
+        sk.emit(vp, "ium", "trustlet-fault", "thread-terminated", reason=stop.reason)
+    finally:
+        thread.running = False
+        if vp.vtl == 1:
+            cs.selector, cs.attributes = saved_cs
+            vp.set_cpl(0)
+            vp.mov_to_cr(3, saved_cr3)
+        sk.ext["ium.current"][vp.index] = current_before
+    return status, value
+
+
+def current(sk: SecureKernel, vp: VirtualProcessor) -> SecureProcess | None:
+    process = sk.ext.get("ium.current", {}).get(vp.index)
+    return process if isinstance(process, SecureProcess) else None

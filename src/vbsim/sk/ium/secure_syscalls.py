@@ -1,0 +1,274 @@
+"""The secure services behind ``iumbase``/``iumdll`` (vbs-internals §4.2-§4.4) and the NT services
+the SK implements itself for IUM ("special", §2.5).
+
+Arguments come in R10, RDX, R8, R9 as user pointers into the trustlet's own memory; the SK reads and
+writes them with SMAP's STAC/CLAC.  Keys are derived from the VSM master keys in SK memory and the
+caller's identity (``sk.ium.keys``).
+
+Capabilities (vbs-internals §3.1 policy 10, Appendix A item 8): the real bit assignment is not
+public; the model uses bit 0 = secure sections, bit 1 = secure storage, bit 2 = secure devices/DMA,
+and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-list does [S].
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.ium import keys
+from vbsim.sk.ium import process as ium
+
+if TYPE_CHECKING:
+    from vbsim.sk.kernel import SecureKernel
+
+CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
+STORAGE_BY_ID = frozenset({2})
+USER_LIMIT = 1 << 47
+CRYPTO_REQUEST = 48  # u32 op, u32 key, u64 in, u64 in_len, u64 out, u64 out_cap, u64 out_len
+OP_ENCRYPT, OP_DECRYPT = 1, 2
+MAX_MAILBOX = 4096
+MAILBOX_SLOTS = 8
+
+
+def _user_ok(va: int, length: int) -> bool:
+    return 0 <= length <= 1 << 20 and va > 0 and va + length <= USER_LIMIT
+
+
+def read_user(vp: VirtualProcessor, va: int, length: int) -> bytes | None:
+    if not _user_ok(va, length):
+        return None
+    vp.stac()
+    try:
+        return vp.read(va, length)
+    finally:
+        vp.clac()
+
+
+def write_user(vp: VirtualProcessor, va: int, data: bytes) -> bool:
+    if not _user_ok(va, len(data)):
+        return False
+    vp.stac()
+    try:
+        vp.write(va, data)
+    finally:
+        vp.clac()
+    return True
+
+
+def _svn(process: ium.SecureProcess) -> int:
+    return process.policy.svn or 0
+
+
+def ium_get_idk(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """IumGetIdk(type, out, out_len): 0 = encryption IDK, 1 = signing IDK (§4.2)."""
+    kind, out, out_len = args[0], args[1], args[2]
+    if kind not in (0, 1) or out_len < 32:
+        return int(NtStatus.INVALID_PARAMETER)
+    label = b"idk-signing" if kind else b"idk-encryption"
+    key = keys.derive(sk, vp, keys.IDK, process.trustlet_id, _svn(process), label)
+    return int(NtStatus.SUCCESS if write_user(vp, out, key) else NtStatus.ACCESS_VIOLATION)
+
+
+def ium_crypto(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """IumCrypto(request*): EncryptData/DecryptData with the local or per-boot key (§4.3)."""
+    raw = read_user(vp, args[0], CRYPTO_REQUEST)
+    if raw is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    op = int.from_bytes(raw[0:4], "little")
+    which = int.from_bytes(raw[4:8], "little")
+    src, src_len, dst, dst_cap = (
+        int.from_bytes(raw[8 + 8 * i : 16 + 8 * i], "little") for i in range(4)
+    )
+    if op not in (OP_ENCRYPT, OP_DECRYPT) or which not in (keys.LOCAL, keys.PER_BOOT):
+        return int(NtStatus.INVALID_PARAMETER)
+    data = read_user(vp, src, src_len)
+    if data is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    key = keys.derive(sk, vp, which, process.trustlet_id, _svn(process), b"iumcrypto")
+    aead = AESGCM(key)
+    context = process.trustlet_id.to_bytes(8, "little")
+    if op == OP_ENCRYPT:
+        nonce = os.urandom(12)
+        result = nonce + aead.encrypt(nonce, data, context)
+    else:
+        if len(data) < 28:
+            return int(NtStatus.INVALID_PARAMETER)
+        try:
+            result = aead.decrypt(data[:12], data[12:], context)
+        except InvalidTag:
+            return int(NtStatus.AUTH_TAG_MISMATCH)
+    if len(result) > dst_cap:
+        return int(NtStatus.BUFFER_TOO_SMALL)
+    if not write_user(vp, dst, result) or not write_user(
+        vp, args[0] + 40, len(result).to_bytes(8, "little")
+    ):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
+def ium_post_mailbox(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """IumPostMailbox(slot, data, length): ≤ ~4 KB readable from VTL0 with the key (§4.4)."""
+    slot, data_va, length = args[0], args[1], args[2]
+    if not 0 <= slot < MAILBOX_SLOTS or not 0 < length <= MAX_MAILBOX:
+        return int(NtStatus.INVALID_PARAMETER)
+    data = read_user(vp, data_va, length)
+    if data is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    process.mailboxes[slot] = data
+    return int(NtStatus.SUCCESS)
+
+
+def _may_store(process: ium.SecureProcess) -> bool:
+    return bool(process.capabilities & CAP_SECURE_STORAGE) or process.trustlet_id in STORAGE_BY_ID
+
+
+def _storage_page(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, key: int
+) -> int | None:
+    """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
+    store: dict[tuple[int, int], int] = sk.ext.setdefault("ium.storage", {})
+    gpa = store.get((process.trustlet_id, key))
+    if gpa is None:
+        pages = ium.request_pages(sk, vp, 1)
+        if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
+            return None
+        sk.vtl1_pages.update(pages)
+        gpa = pages[0] << PAGE_SHIFT
+        vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
+        store[(process.trustlet_id, key)] = gpa
+    return gpa
+
+
+def ium_secure_storage_put(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    key, data_va, length = args[0], args[1], args[2]
+    if not _may_store(process):
+        sk.emit(
+            vp,
+            "ium",
+            "policy.capability",
+            "refused",
+            capability="secure-storage",
+            trustlet_id=process.trustlet_id,
+        )
+        return int(NtStatus.ACCESS_DENIED)
+    if not 0 < length <= PAGE_SIZE - 8:
+        return int(NtStatus.INVALID_PARAMETER)
+    data = read_user(vp, data_va, length)
+    if data is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    gpa = _storage_page(sk, vp, process, key)
+    if gpa is None:
+        return int(NtStatus.NO_MEMORY)
+    vp.write(sk.space.phys_va(gpa), length.to_bytes(8, "little") + data)
+    return int(NtStatus.SUCCESS)
+
+
+def ium_secure_storage_get(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    key, out, capacity = args[0], args[1], args[2]
+    if not _may_store(process):
+        sk.emit(
+            vp,
+            "ium",
+            "policy.capability",
+            "refused",
+            capability="secure-storage",
+            trustlet_id=process.trustlet_id,
+        )
+        return int(NtStatus.ACCESS_DENIED)
+    gpa = sk.ext.get("ium.storage", {}).get((process.trustlet_id, key))
+    if gpa is None:
+        return int(NtStatus.NOT_FOUND)
+    length = vp.read_u64(sk.space.phys_va(gpa))
+    if length > capacity:
+        return int(NtStatus.BUFFER_TOO_SMALL)
+    data = vp.read(sk.space.phys_va(gpa) + 8, length)
+    return int(NtStatus.SUCCESS if write_user(vp, out, data) else NtStatus.ACCESS_VIOLATION)
+
+
+HANDLERS = {
+    "IumGetIdk": ium_get_idk,
+    "IumCrypto": ium_crypto,
+    "IumPostMailbox": ium_post_mailbox,
+    "IumSecureStorageGet": ium_secure_storage_get,
+    "IumSecureStoragePut": ium_secure_storage_put,
+}
+
+
+# -- NT services the SK handles itself for IUM ("special") --------------------------------------
+PROCESS_IS_SECURE_CLASS = 0x3F
+
+
+def nt_query_information_process(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """Only the restricted classes (§2.5 "special"): here, IsSecureProcess for itself."""
+    if args[1] != PROCESS_IS_SECURE_CLASS:
+        return int(NtStatus.INVALID_INFO_CLASS)
+    value = (process.trustlet_id << 1) | 1
+    return int(
+        NtStatus.SUCCESS
+        if write_user(vp, args[2], value.to_bytes(8, "little"))
+        else NtStatus.ACCESS_VIOLATION
+    )
+
+
+def nt_allocate_virtual_memory(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """Trustlet memory is the SK's to map: pages from NT, taken from VTL0, mapped RW/NX.  No
+    executable allocations: IUM has no dynamic code."""
+    out, size, protect = args[0], args[1], args[2]
+    if protect not in (0x02, 0x04):  # PAGE_READONLY, PAGE_READWRITE
+        return int(NtStatus.INVALID_PAGE_PROTECTION)
+    pages = -(-size // PAGE_SIZE)
+    if not 0 < pages <= 16:
+        return int(NtStatus.INVALID_PARAMETER)
+    pfns = ium.request_pages(sk, vp, pages)
+    if pfns is None or not sk.set_vtl0_rights(vp, pfns, 0):
+        return int(NtStatus.NO_MEMORY)
+    sk.vtl1_pages.update(pfns)
+    base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
+    flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
+    for i, pfn in enumerate(pfns):
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+    process.private_pfns.extend(pfns)
+    for frame in process.tables.frames or []:
+        if frame not in sk.vtl1_pages:
+            sk.vtl1_pages.add(frame)
+            sk.set_vtl0_rights(vp, [frame], 0)
+    return int(
+        NtStatus.SUCCESS
+        if write_user(vp, out, base.to_bytes(8, "little"))
+        else NtStatus.ACCESS_VIOLATION
+    )
+
+
+def nt_terminate_process(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    process.terminated = True
+    return int(NtStatus.SUCCESS)
+
+
+SPECIAL = {
+    "NtQueryInformationProcess": nt_query_information_process,
+    "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
+    "NtTerminateProcess": nt_terminate_process,
+}

@@ -1,0 +1,154 @@
+"""System calls from IUM: the Secure Kernel's VTL1 ``LSTAR`` entry (vbs-internals §2.5, §2.6, §4).
+
+``KiSystemServiceStart`` in the SK sends numbers with bit 27 set (0x0800_0000) to the secure
+service table (``Ium*``, §4.2) and every other number through the IUM NT-syscall filter, where
+each NT service is exactly one of:
+- *disabled*: STATUS_INVALID_SYSTEM_SERVICE (no file, registry or device I/O, no process
+  creation, no debugging of other processes — §4.1 "Not available");
+- *forwarded*: NT implements it; the SK sends it as an ``IumGenericSyscall`` normal call;
+- *special*: implemented (or restricted) in the SK itself.
+The table is per build (configuration, Appendix A item 7); the model build's table is below, over
+the model's NT service numbers.  No hypervisor transition happens for a secure system call: the
+trustlet and the SK are both in VTL1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from vbsim.hw.code import guest_code
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.ium import process as ium
+
+if TYPE_CHECKING:
+    from vbsim.sk.kernel import SecureKernel
+
+SECURE_SYSCALL_BIT = 0x0800_0000  # x64 (vbs-internals §2.6)
+#: The model's normal-call number for IumGenericSyscall (the real one is not public).
+NORMAL_IUM_SYSCALL = 2
+
+
+class Kind(Enum):
+    DISABLED = "disabled"
+    FORWARDED = "forwarded"
+    SPECIAL = "special"
+
+
+#: The model build's IUM syscall classification (by NT service name).  Anything not listed is
+#: disabled.
+IUM_FILTER: dict[str, Kind] = {
+    "NtTestAlert": Kind.FORWARDED,
+    "NtQueryInformationProcess": Kind.SPECIAL,
+    "NtAllocateVirtualMemory": Kind.SPECIAL,
+    "NtTerminateProcess": Kind.SPECIAL,
+    "NtReadVirtualMemory": Kind.DISABLED,
+    "NtWriteVirtualMemory": Kind.DISABLED,
+    "NtSetValueKey": Kind.DISABLED,
+    "NtQueryValueKey": Kind.DISABLED,
+    "NtLoadDriver": Kind.DISABLED,
+    "NtDeviceIoControlFile": Kind.DISABLED,
+}
+
+#: Secure system calls: index (number - 0x0800_0000) → name, as the IumFuzzer stub table lists
+#: them (vbs-internals §4.2; [V] for that build, [U] in general).
+SECURE_SYSCALLS: dict[int, str] = {
+    0x00: "IumAssignMemoryToSocDomain",
+    0x01: "IumAwaitSmc",
+    0x02: "IumCreateSecureDevice",
+    0x03: "IumCreateSecureSection",
+    0x04: "IumCreateSecureSectionSpecifyPages",
+    0x05: "IumCrypto",
+    0x06: "IumDmaMapMemory",
+    0x07: "IumEmitSmc",
+    0x08: "IumFlushSecureSectionBuffers",
+    0x09: "IumGetDmaEnabler",
+    0x0A: "IumGetExposedSecureSection",
+    0x0B: "IumGetIdk",
+    0x0C: "IumMapSecureIo",
+    0x0D: "IumOpenCurrentExtension",
+    0x0E: "IumOpenSecureSection",
+    0x0F: "IumPostMailbox",
+    0x10: "IumProtectSecureIo",
+    0x11: "IumQuerySecureDeviceInformation",
+    0x12: "IumSecureStorageGet",
+    0x13: "IumSecureStoragePut",
+    0x14: "IumSetDmaTargetProperties",
+    0x15: "IumSetPolicyExtension",
+    0x16: "IumUnmapSecureIo",
+    0x17: "IumUpdateSecureDeviceState",
+}
+SECURE_NUMBERS = {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
+
+SecureHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
+SpecialHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
+
+_NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
+
+
+def register(sk: SecureKernel) -> None:
+    from vbsim.sk.ium import secure_syscalls
+
+    sk.ext["ium.secure_syscalls"] = dict(secure_syscalls.HANDLERS)
+    sk.ext["ium.special"] = dict(secure_syscalls.SPECIAL)
+
+
+def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
+    number = vp.rax
+    args = [vp.r10, vp.rdx, vp.r8, vp.r9]
+    caller = ium.current(sk, vp)
+    if caller is None:
+        return int(NtStatus.INVALID_SYSTEM_SERVICE)  # only IUM callers reach this entry
+    if number & SECURE_SYSCALL_BIT:
+        name = SECURE_SYSCALLS.get(number & ~SECURE_SYSCALL_BIT & 0xFFFF_FFFF)
+        handler: SecureHandler | None = sk.ext["ium.secure_syscalls"].get(name) if name else None
+        if name is None or number >> 32:
+            status = int(NtStatus.INVALID_SYSTEM_SERVICE)
+        elif handler is None:
+            status = int(NtStatus.NOT_IMPLEMENTED)
+        else:
+            status = handler(sk, vp, caller, args)
+        sk.emit(
+            vp,
+            "ium-syscall",
+            "secure-service-table",
+            NtStatus.name_of(status),
+            number=number,
+            service=name or "?",
+            trustlet_id=caller.trustlet_id,
+        )
+        return status
+    name = _NT_NAMES.get(number)
+    kind = IUM_FILTER.get(name, Kind.DISABLED) if name is not None else Kind.DISABLED
+    if kind is Kind.DISABLED:
+        status = int(NtStatus.INVALID_SYSTEM_SERVICE)
+    elif kind is Kind.SPECIAL:
+        special: SpecialHandler | None = sk.ext["ium.special"].get(name)
+        status = int(NtStatus.NOT_IMPLEMENTED) if special is None else special(sk, vp, caller, args)
+    else:
+        reply = sk.normal_call(vp, NORMAL_IUM_SYSCALL, number, *args)
+        status = int(NtStatus.UNSUCCESSFUL) if reply is None else reply[0] & 0xFFFF_FFFF
+    sk.emit(
+        vp,
+        "ium-syscall",
+        "ium.syscall-filter",
+        kind.value,
+        number=number,
+        service=name or "?",
+        status=NtStatus.name_of(status),
+        trustlet_id=caller.trustlet_id,
+    )
+    return status
+
+
+@guest_code("sk.KiSystemServiceStart")
+def _system_service(vp: VirtualProcessor) -> None:
+    from vbsim.sk.kernel import SecureKernel
+
+    sk = vp.p.gs_object
+    assert isinstance(sk, SecureKernel)
+    vp.rax = dispatch(sk, vp)
+    vp.sysret()

@@ -1,0 +1,280 @@
+"""Secure services for Isolated User Mode (vbs-internals §2.4, §3.5, §4.4, §7).
+
+- CREATE_PROCESS: Field1 = PFN of a VTL0 page listing the image's PFNs, Field2 = image length,
+  Field3 = requested trustlet ID, Field4 = mailbox key.  The SK captures the image bytes, runs
+  SKCI admission (``sk.ium.skci``), takes the image pages read-only from VTL0, re-hashes them,
+  builds the address space and returns the secure process handle (EPROCESS.Pcb.SecurePid).  The
+  model folds what Windows splits across CREATE_SECURE_IMAGE, CREATE_PROCESS and
+  INITIALIZE_PROCESS into this one call for trustlets (the checks and their order are the same).
+- CREATE_THREAD: Field1 = process handle → the secure thread cookie.
+- Resume thread (operation type 4, cookie = the thread): Field1 = routine selector (0: the image
+  entry), Field2 = PFN of a VTL0 message page, Field3 = message length, Field4 = PFN of a VTL0
+  reply page.  The message is captured into the trustlet's message page; the trustlet runs at
+  VTL1 CPL3; only the reply it chose to write leaves VTL1.
+- DEBUG_PROCESS, GET_CONTEXT, DEBUG_READ_WRITE_MEMORY: refused unless the signed Debug policy
+  allows it (vbs-internals §3.1 policy 2, §7 "Debugging / injection: No").
+- RETRIEVE_MAILBOX: only with the mailbox key given at creation.
+- IS_TRUSTLET_RUNNING, RUNDOWN_PROCESS.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.ium import process as ium
+from vbsim.sk.ium.skci import admit
+from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+
+MAX_IMAGE = 1 << 20
+#: Secure thread cookies (KTHREAD.SecureThreadCookie) start here (model choice).
+FIRST_COOKIE = 0x10
+
+
+def _pfn_list(
+    sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
+) -> list[int] | None:
+    """Capture a PFN list from a VTL0 page; every entry must be a distinct VTL0 page."""
+    if not sk.vtl0_page(list_pfn) or not 0 < count <= PAGE_SIZE // 8:
+        return None
+    raw = vp.read(sk.space.phys_va(list_pfn << PAGE_SHIFT), count * 8)
+    pfns = [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(count)]
+    if len(set(pfns)) != len(pfns) or not all(sk.vtl0_page(p) for p in pfns):
+        return None
+    return pfns
+
+
+def _capture(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length: int) -> bytes:
+    out = bytearray()
+    for pfn in pfns:
+        take = min(PAGE_SIZE, length - len(out))
+        out += vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), take)
+    return bytes(out)
+
+
+def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    list_pfn, length, requested_id, mailbox_key = args.fields[:4]
+    if not 0 < length <= MAX_IMAGE:
+        return Reply(NtStatus.INVALID_PARAMETER)
+    pfns = _pfn_list(sk, vp, list_pfn, -(-length // PAGE_SIZE))
+    if pfns is None:
+        sk.emit(vp, "ium", "securecall.pfn", "refused", pfn=list_pfn)
+        return Reply(NtStatus.INVALID_PARAMETER)
+    data = _capture(sk, vp, pfns, length)
+    admission = admit(data, requested_id, sk.policy)
+    sk.emit(
+        vp,
+        "ium",
+        f"skci.{admission.check}",
+        "admitted" if admission.ok else "refused",
+        trustlet_id=requested_id,
+        status=NtStatus.name_of(admission.status),
+        detail=admission.detail,
+    )
+    if not admission.ok or admission.image is None:
+        return Reply(admission.status)
+    # The image pages stay NT's section, but VTL0 may only read them from now on; then hash what
+    # is physically there, so nothing NT changed between capture and protection runs.
+    if not sk.set_vtl0_rights(vp, pfns, 1):
+        return Reply(NtStatus.UNSUCCESSFUL)
+    sk.vtl1_pages.update(pfns)
+    import hashlib
+
+    if ium.image_digest(sk, vp, pfns, length) != hashlib.sha256(data).digest():
+        sk.emit(vp, "ium", "skci.page-hash", "refused", trustlet_id=requested_id)
+        sk.set_vtl0_rights(vp, pfns, 0xF)
+        sk.vtl1_pages.difference_update(pfns)
+        return Reply(NtStatus.INVALID_IMAGE_HASH)
+    handle = sk.alloc_handle(SkObject("skprocess"))
+    process = ium.build(sk, vp, handle, admission.image, pfns, requested_id, mailbox_key)
+    if process is None:
+        sk.handles.pop(handle, None)
+        return Reply(NtStatus.NO_MEMORY)
+    obj = sk.handles[handle]
+    obj.data["process"] = process
+    sk.ext.setdefault("ium.processes", {})[handle] = process
+    sk.emit(
+        vp,
+        "ium",
+        "create-process",
+        "created",
+        handle=handle,
+        trustlet_id=requested_id,
+        private_pages=len(process.private_pfns),
+    )
+    return Reply(NtStatus.SUCCESS, [handle])
+
+
+def _process(sk: SecureKernel, handle: int) -> ium.SecureProcess | None:
+    obj = sk.lookup(handle, "skprocess")
+    process = obj.data.get("process") if obj is not None else None
+    return process if isinstance(process, ium.SecureProcess) and not process.terminated else None
+
+
+def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    process = _process(sk, args.fields[0])
+    if process is None:
+        return Reply(NtStatus.INVALID_HANDLE)
+    threads: dict[int, ium.SecureThread] = sk.ext.setdefault("ium.threads", {})
+    cookie = FIRST_COOKIE + len(threads)
+    thread = ium.SecureThread(cookie, process)
+    threads[cookie] = thread
+    process.threads[cookie] = thread
+    return Reply(NtStatus.SUCCESS, [cookie])
+
+
+def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    thread = sk.ext.get("ium.threads", {}).get(args.cookie)
+    if not isinstance(thread, ium.SecureThread) or thread.process.terminated or thread.running:
+        return Reply(NtStatus.INVALID_HANDLE)
+    selector, message_pfn, message_length, reply_pfn = args.fields[:4]
+    process = thread.process
+    if (
+        message_length > PAGE_SIZE
+        or not sk.vtl0_page(reply_pfn)
+        or (message_length and not sk.vtl0_page(message_pfn))
+    ):
+        sk.emit(
+            vp, "ium", "securecall.pfn", "refused", message_pfn=message_pfn, reply_pfn=reply_pfn
+        )
+        return Reply(NtStatus.INVALID_PARAMETER)
+    message = (
+        vp.read(sk.space.phys_va(message_pfn << PAGE_SHIFT), message_length)
+        if message_length
+        else b""
+    )
+    message_gpa = process.private_pfns[0] << PAGE_SHIFT
+    vp.write(sk.space.phys_va(message_gpa), message + bytes(PAGE_SIZE - len(message)))
+    reply_gpa = process.private_pfns[1] << PAGE_SHIFT
+    vp.write(sk.space.phys_va(reply_gpa), bytes(PAGE_SIZE))
+    names = list(process.routines)
+    routine = (
+        process.image.entry_name
+        if selector == 0
+        else (names[selector - 1] if selector <= len(names) else None)
+    )
+    if routine is None:
+        return Reply(NtStatus.INVALID_PARAMETER)
+    status, value = ium.run_thread(
+        sk, vp, thread, routine, ium.MESSAGE_VA, message_length, ium.REPLY_VA
+    )
+    reply_length = value if isinstance(value, int) and 0 <= value <= PAGE_SIZE else 0
+    reply = vp.read(sk.space.phys_va(reply_gpa), reply_length)
+    vp.write(sk.space.phys_va(reply_pfn << PAGE_SHIFT), reply)
+    sk.emit(
+        vp,
+        "ium",
+        "resume-thread",
+        NtStatus.name_of(status),
+        trustlet_id=process.trustlet_id,
+        routine=routine,
+        reply_length=reply_length,
+    )
+    return Reply(status, [reply_length])
+
+
+def _debug_gate(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess | None, what: str
+) -> Reply | None:
+    if process is None:
+        return Reply(NtStatus.INVALID_HANDLE)
+    if not process.debuggable:
+        sk.emit(vp, "ium", "policy.debug", "refused", what=what, trustlet_id=process.trustlet_id)
+        return Reply(NtStatus.ACCESS_DENIED)
+    return None
+
+
+def debug_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    process = _process(sk, args.fields[0])
+    refusal = _debug_gate(sk, vp, process, "debug-process")
+    return refusal or Reply(NtStatus.SUCCESS)
+
+
+def get_context(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    thread = sk.ext.get("ium.threads", {}).get(args.fields[0])
+    process = thread.process if isinstance(thread, ium.SecureThread) else None
+    refusal = _debug_gate(sk, vp, process, "get-context")
+    return refusal or Reply(NtStatus.SUCCESS, [ium.IMAGE_BASE])
+
+
+def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    """Field1 = process, Field2 = trustlet VA, Field3 = VTL0 buffer PFN, Field4 = length,
+    Field5 = 1 for a write."""
+    handle, va, buffer_pfn, length, write = args.fields[:5]
+    process = _process(sk, handle)
+    refusal = _debug_gate(sk, vp, process, "read-write-memory")
+    if refusal is not None or process is None:
+        return refusal or Reply(NtStatus.INVALID_HANDLE)
+    if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(buffer_pfn):
+        return Reply(NtStatus.INVALID_PARAMETER)
+    gpa = _trustlet_gpa(process, va)
+    if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
+        return Reply(NtStatus.ACCESS_VIOLATION)
+    buffer = sk.space.phys_va(buffer_pfn << PAGE_SHIFT)
+    if write:
+        vp.write(sk.space.phys_va(gpa), vp.read(buffer, length))
+    else:
+        vp.write(buffer, vp.read(sk.space.phys_va(gpa), length))
+    return Reply(NtStatus.SUCCESS)
+
+
+def _trustlet_gpa(process: ium.SecureProcess, va: int) -> int | None:
+    entry = process.tables.lookup(va)
+    if entry is None:
+        return None
+    return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
+
+
+def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    """Field1 = process, Field2 = slot, Field3 = mailbox key, Field4 = VTL0 PFN for the data."""
+    handle, slot, key, out_pfn = args.fields[:4]
+    process = _process(sk, handle)
+    if process is None:
+        return Reply(NtStatus.INVALID_HANDLE)
+    if key != process.mailbox_key or process.mailbox_key == 0:
+        sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
+        return Reply(NtStatus.ACCESS_DENIED)
+    if not sk.vtl0_page(out_pfn):
+        return Reply(NtStatus.INVALID_PARAMETER)
+    data = process.mailboxes.get(slot)
+    if data is None:
+        return Reply(NtStatus.NOT_FOUND)
+    vp.write(sk.space.phys_va(out_pfn << PAGE_SHIFT), data)
+    return Reply(NtStatus.SUCCESS, [len(data)])
+
+
+def is_trustlet_running(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    processes = sk.ext.get("ium.processes", {}).values()
+    running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
+    return Reply(NtStatus.SUCCESS, [int(running)])
+
+
+def rundown_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    """Terminate: the trustlet's private pages are cleared before anything else can happen to
+    them; they stay VTL1's (termination is VTL0's right — denial of service by design, §7)."""
+    process = _process(sk, args.fields[0])
+    if process is None:
+        return Reply(NtStatus.INVALID_HANDLE)
+    for pfn in process.private_pfns:
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+    process.terminated = True
+    sk.emit(vp, "ium", "rundown", "terminated", trustlet_id=process.trustlet_id)
+    return Reply(NtStatus.SUCCESS)
+
+
+def register(sk: SecureKernel) -> None:
+    sk.handlers[Service.CREATE_PROCESS] = create_process
+    sk.handlers[Service.CREATE_THREAD] = create_thread
+    sk.handlers[Service.DEBUG_PROCESS] = debug_process
+    sk.handlers[Service.GET_CONTEXT] = get_context
+    sk.handlers[Service.DEBUG_READ_WRITE_MEMORY] = debug_read_write_memory
+    sk.handlers[Service.RETRIEVE_MAILBOX] = retrieve_mailbox
+    sk.handlers[Service.IS_TRUSTLET_RUNNING] = is_trustlet_running
+    sk.handlers[Service.RUNDOWN_PROCESS] = rundown_process
+    sk.resume_thread = resume_thread
