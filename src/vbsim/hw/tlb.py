@@ -4,10 +4,11 @@ The TLB caches completed walks (:class:`~vbsim.hw.paging.Leaf`) by 4 KiB virtual
 one caches translations — including *stale* ones: editing a PTE does not change a cached
 translation until CR3 is reloaded or INVLPG runs (SDM Vol. 3A §4.10.4), which attacks rely on.
 
-On top of that it keeps six "fast" maps (read / write / execute × supervisor / user) from virtual
-page to GPA page, filled only after every paging and SLAT check has passed for that kind of
-access in that mode, so a hit needs no checks at all.  Supervisor accesses to user pages are never
-put in the fast maps while SMAP is on, because their outcome depends on RFLAGS.AC.
+On top of that it keeps nine "fast" maps (read / write / execute × supervisor / user / supervisor
+with RFLAGS.AC set) from virtual page to GPA page, filled only after every paging and SLAT check
+has passed for that kind of access in that mode, so a hit needs no checks at all.  Supervisor
+accesses to user pages succeed under SMAP only with AC=1, so they are cached only in the AC maps,
+which the processor uses while AC is set.
 """
 
 from __future__ import annotations
@@ -21,19 +22,26 @@ class Tlb:
 
     def __init__(self) -> None:
         self.entries: dict[int, Leaf] = {}
-        #: fast[cpl_is_user * 3 + access] : virtual page number -> GPA page base
-        self.fast: tuple[dict[int, int], ...] = tuple({} for _ in range(6))
+        #: fast[mode * 3 + access]: virtual page number -> GPA page base, where mode is 0 for
+        #: supervisor, 1 for user, 2 for supervisor with RFLAGS.AC=1 (SMAP's override).
+        self.fast: tuple[dict[int, int], ...] = tuple({} for _ in range(9))
         self.flushes = 0
 
-    def maps_for(self, cpl: int) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
-        """(read, write, execute) fast maps for a privilege level."""
-        base = 3 if cpl == 3 else 0
+    @staticmethod
+    def mode(cpl: int, ac: bool) -> int:
+        return 3 if cpl == 3 else (6 if ac else 0)
+
+    def maps_for(
+        self, cpl: int, ac: bool = False
+    ) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        """(read, write, execute) fast maps for a privilege level (and RFLAGS.AC at CPL0)."""
+        base = self.mode(cpl, ac)
         return self.fast[base], self.fast[base + 1], self.fast[base + 2]
 
-    def fill(self, vpn: int, leaf: Leaf, access: Access, cpl: int, cacheable: bool) -> None:
+    def fill(self, vpn: int, leaf: Leaf, access: Access, mode: int, cacheable: bool) -> None:
         self.entries[vpn] = leaf
         if cacheable:
-            self.fast[(3 if cpl == 3 else 0) + int(access)][vpn] = leaf.gpa_page
+            self.fast[mode + int(access)][vpn] = leaf.gpa_page
 
     def flush_all(self, keep_global: bool = False) -> None:
         self.flushes += 1

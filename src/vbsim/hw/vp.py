@@ -71,6 +71,7 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 #: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
 _SMAP = int(Cr4.SMAP)
 _SCE = int(Efer.SCE)
+_AC = int(Rflags.AC)
 _EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
 _CR4_RESERVED = ~((1 << 25) - 1) | (1 << 15) | (1 << 19)
 _CR0_RESERVED = ~0xE005_003F & 0xFFFF_FFFF
@@ -181,8 +182,12 @@ class VirtualProcessor:
         return layer
 
     def enable_vtl(self, vtl: int, state: PrivateState) -> None:
+        old = self.layers[vtl]
         self.banks[vtl] = state
-        self.layers[vtl] = PagingLayer(self.ram, self.slat, vtl, state, self.mbec[vtl])
+        layer = self.layers[vtl] = PagingLayer(self.ram, self.slat, vtl, state, self.mbec[vtl])
+        # HVPT: HLAT is VMCS state (vbsim.hw.hlat), not part of the register bank being loaded.
+        if old is not None:
+            layer.hlat = old.hlat
 
     def vtl_enabled(self, vtl: int) -> bool:
         return 0 <= vtl < len(self.banks) and self.banks[vtl] is not None
@@ -200,6 +205,8 @@ class VirtualProcessor:
         fast = tlb.fast
         if bank.cpl == 3:
             self._r, self._w, self._x = fast[3], fast[4], fast[5]
+        elif bank.rflags & _AC:
+            self._r, self._w, self._x = fast[6], fast[7], fast[8]
         else:
             self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
@@ -208,6 +215,8 @@ class VirtualProcessor:
         fast = self._tlb.fast
         if cpl == 3:
             self._r, self._w, self._x = fast[3], fast[4], fast[5]
+        elif self.p.rflags & _AC:
+            self._r, self._w, self._x = fast[6], fast[7], fast[8]
         else:
             self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
@@ -234,7 +243,7 @@ class VirtualProcessor:
     def _reselect(self) -> None:
         tlb = self.tlbs[self.vtl]
         self._tlb = tlb
-        self._r, self._w, self._x = tlb.maps_for(self.p.cpl)
+        self._r, self._w, self._x = tlb.maps_for(self.p.cpl, bool(self.p.rflags & _AC))
 
     def flush_tlb(self, vtl: int | None = None, keep_global: bool = False) -> None:
         for index, tlb in enumerate(self.tlbs):
@@ -299,10 +308,11 @@ class VirtualProcessor:
             if refusal is not None:
                 return refusal
             verdict = Verdict(True, gpa, "tlb", access)
-        cacheable = not (leaf.user and state.cpl != 3 and state.cr4 & _SMAP) and (
-            verdict.address < self.ram.size
+        mode = tlb.mode(state.cpl, bool(state.rflags & _AC))
+        cacheable = verdict.address < self.ram.size and (
+            mode != 0 or not (leaf.user and state.cr4 & _SMAP)
         )
-        tlb.fill(vpn, leaf, access, state.cpl, cacheable)
+        tlb.fill(vpn, leaf, access, mode, cacheable)
         return verdict
 
     def _refused(self, verdict: Verdict, va: int) -> bool:
@@ -329,6 +339,11 @@ class VirtualProcessor:
 
     # -- loads and stores -----------------------------------------------------------------------
     def read(self, va: int, length: int) -> bytes:
+        offset = va & PAGE_MASK
+        if offset + length <= PAGE_SIZE:  # one page: try the TLB's fast map first
+            base = self._r.get(va >> PAGE_SHIFT)
+            if base is not None:
+                return self.mm[base | offset : (base | offset) + length]
         out = bytearray()
         while length > 0:
             chunk = min(length, PAGE_SIZE - (va & PAGE_MASK))
@@ -344,6 +359,12 @@ class VirtualProcessor:
         return bytes(out)
 
     def write(self, va: int, data: bytes | bytearray) -> None:
+        offset = va & PAGE_MASK
+        if offset + len(data) <= PAGE_SIZE:  # one page: try the TLB's fast map first
+            base = self._w.get(va >> PAGE_SHIFT)
+            if base is not None:
+                self.mm[base | offset : (base | offset) + len(data)] = data
+                return
         view = bytes(data)
         while view:
             chunk = min(len(view), PAGE_SIZE - (va & PAGE_MASK))
@@ -477,8 +498,7 @@ class VirtualProcessor:
             self.interrupted_cpl = saved_interrupted
         if self.p is bank:  # IRET
             bank.rip, bank.rflags = saved_rip, saved_flags
-            if bank.cpl != saved_cpl:
-                self.set_cpl(saved_cpl)
+            self.set_cpl(saved_cpl)
 
     def _idt_handler(self, vector: int) -> int | None:
         """Read the 16-byte interrupt gate (SDM Vol. 3A §6.14.1) with a supervisor implicit
@@ -616,11 +636,15 @@ class VirtualProcessor:
     def stac(self) -> None:
         """Set RFLAGS.AC: supervisor accesses to user pages allowed under SMAP (SDM §4.6)."""
         if self._require_cpl0():
-            self.p.rflags |= int(Rflags.AC)
+            self.p.rflags |= _AC
+            fast = self._tlb.fast
+            self._r, self._w, self._x = fast[6], fast[7], fast[8]
 
     def clac(self) -> None:
         if self._require_cpl0():
-            self.p.rflags &= ~int(Rflags.AC)
+            self.p.rflags &= ~_AC
+            fast = self._tlb.fast
+            self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     def invlpg(self, va: int) -> None:
         if not self._require_cpl0():

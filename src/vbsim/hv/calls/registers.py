@@ -184,7 +184,6 @@ for _i in range(16):
 for _reg, _attr in (
     (N.RSP, "rsp"),
     (N.RIP, "rip"),
-    (N.RFLAGS, "rflags"),
     (N.CR3, "cr3"),
     (N.CR8, "cr8"),
     (N.DR7, "dr7"),
@@ -202,6 +201,7 @@ for _reg, _attr in (
 ):
     REGISTERS[int(_reg)] = _private(_attr)
 REGISTERS[int(N.CR0)] = _private("cr0", _CR0_RESERVED, decisions=True)
+REGISTERS[int(N.RFLAGS)] = _private("rflags", decisions=True)  # AC shapes SMAP decisions
 REGISTERS[int(N.CR4)] = _private("cr4", _CR4_RESERVED, decisions=True)
 REGISTERS[int(N.EFER)] = _private("efer", _EFER_RESERVED, decisions=True)
 REGISTERS[int(N.IDTR)] = _table("idtr")

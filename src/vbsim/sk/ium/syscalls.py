@@ -111,15 +111,16 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
             status = int(NtStatus.NOT_IMPLEMENTED)
         else:
             status = handler(sk, vp, caller, args)
-        sk.emit(
-            vp,
-            "ium-syscall",
-            "secure-service-table",
-            NtStatus.name_of(status),
-            number=number,
-            service=name or "?",
-            trustlet_id=caller.trustlet_id,
-        )
+        if sk.trace.on:
+            sk.emit(
+                vp,
+                "ium-syscall",
+                "secure-service-table",
+                NtStatus.name_of(status),
+                number=number,
+                service=name or "?",
+                trustlet_id=caller.trustlet_id,
+            )
         return status
     name = _NT_NAMES.get(number)
     kind = IUM_FILTER.get(name, Kind.DISABLED) if name is not None else Kind.DISABLED
@@ -131,16 +132,17 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
     else:
         reply = sk.normal_call(vp, NORMAL_IUM_SYSCALL, number, *args)
         status = int(NtStatus.UNSUCCESSFUL) if reply is None else reply[0] & 0xFFFF_FFFF
-    sk.emit(
-        vp,
-        "ium-syscall",
-        "ium.syscall-filter",
-        kind.value,
-        number=number,
-        service=name or "?",
-        status=NtStatus.name_of(status),
-        trustlet_id=caller.trustlet_id,
-    )
+    if sk.trace.on:
+        sk.emit(
+            vp,
+            "ium-syscall",
+            "ium.syscall-filter",
+            kind.value,
+            number=number,
+            service=name or "?",
+            status=NtStatus.name_of(status),
+            trustlet_id=caller.trustlet_id,
+        )
     return status
 
 
