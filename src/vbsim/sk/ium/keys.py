@@ -43,4 +43,4 @@ def derive(
         + trustlet_id.to_bytes(8, "little")
         + svn.to_bytes(4, "little")
     )
-    return hmac.new(master(sk, vp, which), message, hashlib.sha256).digest()
+    return hmac.digest(master(sk, vp, which), message, hashlib.sha256)

@@ -60,6 +60,10 @@ class SecureProcess:
     mailboxes: dict[int, bytes] = field(default_factory=dict)
     threads: dict[int, SecureThread] = field(default_factory=dict)
     terminated: bool = False
+    svn: int = 0
+
+    def __post_init__(self) -> None:
+        self.svn = self.policy.svn or 0
 
     def policy_value(self, policy_id: int, default: int = 0) -> int:
         entry = self.policy.find(policy_id)

@@ -62,7 +62,7 @@ def write_user(vp: VirtualProcessor, va: int, data: bytes) -> bool:
 
 
 def _svn(process: ium.SecureProcess) -> int:
-    return process.policy.svn or 0
+    return process.svn
 
 
 def ium_get_idk(
