@@ -150,8 +150,20 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
             system.sk = sk
             _step(system, "sk-load", "loaded", frames=len(set(sk.space.frames)))
             _enter_secure_kernel(system, sk, nt)
+        if vbs and policy.credential_guard:
+            # Credential Guard: wininit will start LsaIso (vbs-internals §1.1 row 16, §5.3).
+            from vbsim.boot.disk import TRUSTLET_IMAGES
+
+            nt.boot_trustlets = {
+                name: (tid, system.disk.trustlet(name)) for name, tid in TRUSTLET_IMAGES.items()
+            }
         nt.phase0(bsp)
         nt.phase1(bsp)
+        if vbs and policy.credential_guard:
+            started = nt.ext.get("boot_trustlets", {})
+            _step(
+                system, "credential-guard", "running" if "LsaIso.exe" in started else "not-running"
+            )
     except GuestTermination as stop:
         system.halted = f"boot stopped: {stop}"
         _step(system, "boot", "halted", reason=system.halted)

@@ -21,6 +21,8 @@ COMPONENT_KINDS: dict[str, tuple[ImageKind, str]] = {
     "securekernel.exe": (ImageKind.SECURE_KERNEL, "sk.entry"),
     "ntoskrnl.exe": (ImageKind.NT_KERNEL, "nt.KiSystemCall64"),
 }
+#: Trustlets installed on disk, with the trustlet ID they are started as.
+TRUSTLET_IMAGES: dict[str, int] = {"LsaIso.exe": 1}
 VBS_REGISTRY_KEY = (
     r"HKLM\SYSTEM\CurrentControlSet\Control\DeviceGuard\EnableVirtualizationBasedSecurity"
 )
@@ -55,17 +57,27 @@ def _four(version: str) -> str:
 @dataclass
 class Disk:
     components: dict[str, Component] = field(default_factory=dict)
+    trustlets: dict[str, Component] = field(default_factory=dict)
     registry: dict[str, int] = field(default_factory=dict)
     efi_variables: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def install(cls, policy: Policy) -> Disk:
-        disk = cls({name: policy.component(name) for name in COMPONENT_KINDS})
+        disk = cls(
+            {name: policy.component(name) for name in COMPONENT_KINDS},
+            {name: policy.component(name) for name in TRUSTLET_IMAGES},
+        )
         disk.registry[VBS_REGISTRY_KEY] = int(policy.vbs)
         if policy.uefi_lock:
             # With UEFI lock the setting lives in a boot-services-only EFI variable (§1.1 row 3).
             disk.efi_variables[VBS_EFI_VARIABLE] = int(policy.vbs)
         return disk
+
+    def trustlet(self, name: str) -> bytes:
+        """An installed trustlet image (LsaIso.exe ...), as its component entry says."""
+        from vbsim.ium.images import installed
+
+        return installed(name, self.trustlets.get(name, Component()))
 
     def image(self, name: str) -> bytes:
         component = self.components[name]

@@ -74,6 +74,8 @@ class NtKernel:
     #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
     ext: dict[str, Any] = field(default_factory=dict)
     vsl: Vsl | None = None
+    #: Trustlets to start at boot: image name → (trustlet ID, image bytes) (set by the loader).
+    boot_trustlets: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
@@ -105,9 +107,9 @@ class NtKernel:
             from vbsim.nt.vsl import Vsl
 
             self.vsl = Vsl(self)
-            from vbsim.nt import secure_process
+        from vbsim.nt import secure_process
 
-            secure_process.register(self)
+        secure_process.register(self)
 
     # -- loader side ---------------------------------------------------------------------------
     def prepare_boot_processor(self, vp: VirtualProcessor) -> None:
@@ -243,6 +245,11 @@ class NtKernel:
             vp, "System", Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True)
         )
         system.tables.root = self.space.pt.root
+        if self.boot_trustlets and self.vsl is not None:
+            # wininit starts the enabled trustlets before lsass needs them (§1.1 row 16).
+            from vbsim.nt.secure_process import start_boot_trustlets
+
+            start_boot_trustlets(self, vp, self.boot_trustlets)
         from vbsim.nt import lsass
 
         lsass.start(self, vp)

@@ -143,7 +143,59 @@ def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> 
     return [handler(nt, vp, call_args)]
 
 
+def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """The model's ALPC to a trustlet: (port = the trustlet's PID, request, request length,
+    reply buffer of one page: u64 length then data).  Only SYSTEM/administrators may connect
+    (LSA_ISO_RPC_SERVER is lsass's); the message reaches the trustlet when NT resumes its thread."""
+    from vbsim.syscall_args import fits_user
+
+    port, request, length, reply = args
+    caller = nt.process_of(vp)
+    target = nt.processes.get(port)
+    if caller is None or not caller.token.admin:
+        return int(NtStatus.ACCESS_DENIED)
+    if target is None or target.trustlet_id is None or target.terminated:
+        return int(NtStatus.INVALID_HANDLE)
+    if not 0 <= length <= MAX_MESSAGE or not fits_user(reply, PAGE_SIZE):
+        return int(NtStatus.INVALID_PARAMETER)
+    message = nt.copy_from_user(vp, request, length) if length else b""
+    if message is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    run = run_trustlet(nt, vp, target, message)
+    if run.status != NtStatus.SUCCESS:
+        return run.status
+    payload = len(run.reply).to_bytes(8, "little") + run.reply
+    if not nt.copy_to_user(vp, reply, payload[:PAGE_SIZE]):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
+def start_boot_trustlets(
+    nt: NtKernel, vp: VirtualProcessor, images: dict[str, tuple[int, bytes]]
+) -> dict[str, int]:
+    """smss/wininit start the trustlets whose feature is enabled (vbs-internals §1.1 row 16)."""
+    started: dict[str, int] = {}
+    for name, (trustlet_id, image) in images.items():
+        trustlet_store(nt)[name] = image
+        status, process = create_secure_process(nt, vp, name, trustlet_id)
+        if vp.trace.on:
+            vp.emit(
+                "boot",
+                "start-trustlet",
+                NtStatus.name_of(status),
+                image=name,
+                trustlet_id=trustlet_id,
+            )
+        if process is not None:
+            started[name] = process.pid
+    nt.ext["boot_trustlets"] = started
+    return started
+
+
 def register(nt: NtKernel) -> None:
+    from vbsim.nt import syscalls
+
+    syscalls.register(nt, "NtAlpcSendWaitReceivePort", nt_alpc_send_wait_receive_port)
     if nt.vsl is not None:
         nt.vsl.normal_calls[NORMAL_ALLOCATE_PAGES] = allocate_pages
         nt.vsl.normal_calls[NORMAL_IUM_SYSCALL] = ium_generic_syscall

@@ -34,6 +34,7 @@ NUMBERS: dict[str, int] = {
     "NtLoadDriver": 0x0106,
     "NtDeviceIoControlFile": 0x0007,
     "NtQueryInformationProcess": 0x0019,
+    "NtAlpcSendWaitReceivePort": 0x0085,
 }
 
 PAGE_READONLY = 0x02
