@@ -283,10 +283,6 @@ def test_mov_to_undefined_cr_faults(cr: int) -> None:
     assert rig.expect_fault(lambda: rig.vp.mov_to_cr(cr, 0)).vector in (UD, GP)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VirtualProcessor.mov_to_cr misses 64-bit-mode #GP checks (SDM Vol. 2B MOV CR)",
-)
 @pytest.mark.parametrize(
     ("cr", "value"),
     [
@@ -309,11 +305,6 @@ def test_mov_to_cr_invalid_values_are_gp(cr: int, value: int) -> None:
     assert (p.cr0, p.cr3, p.cr4, p.cr8) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: MOV to CR2 is a legal CPL0 instruction (SDM Vol. 2B MOV CR); the model "
-    "raises #GP for every CR other than 0/3/4/8",
-)
 def test_mov_to_cr2_sets_the_shared_cr2() -> None:
     rig = Rig()
     rig.vp.mov_to_cr(2, 0xFFFF_F880_1234_5678)
@@ -321,11 +312,6 @@ def test_mov_to_cr2_sets_the_shared_cr2() -> None:
     assert rig.vp.cr2 == 0xFFFF_F880_1234_5678
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WRMSR of a non-canonical address to LSTAR (and the other address MSRs) must "
-    "be #GP(0) (SDM Vol. 2B WRMSR); the model stores it",
-)
 @pytest.mark.parametrize(
     "msr",
     [Msr.LSTAR, Msr.KERNEL_GS_BASE, Msr.FS_BASE, Msr.GS_BASE, Msr.SYSENTER_EIP],
@@ -338,11 +324,6 @@ def test_wrmsr_non_canonical_address_is_gp(msr: Msr) -> None:
     assert rig.vp.rdmsr(msr) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SYSRET with a non-canonical RCX must be #GP(0) at CPL0 (SDM Vol. 2B SYSRET); "
-    "the model returns to CPL3 with a non-canonical RIP",
-)
 def test_sysret_to_non_canonical_rcx_is_gp_at_cpl0() -> None:
     rig = Rig()
     rig.vp.rcx = 0x0000_8000_0000_0000
@@ -454,12 +435,6 @@ def test_user_code_runs_at_cpl3() -> None:
     assert rig.notes == [("ran", TEST_VA, 3, ())]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VirtualProcessor.fetch translates only the first page of a thunk that "
-    "straddles a page boundary and reads the rest from the physically next frame, skipping "
-    "the execute checks on the second page",
-)
 def test_thunk_straddling_into_an_nx_page_faults_on_the_second_page() -> None:
     rig = Rig()
     base = rig.ram.frames.alloc_contiguous(2, "straddle") << PAGE_SHIFT
@@ -471,11 +446,6 @@ def test_thunk_straddling_into_an_nx_page_faults_on_the_second_page() -> None:
     assert rig.notes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VirtualProcessor.fetch reads a straddling thunk from the physically next "
-    "frame instead of the frame the next virtual page maps",
-)
 def test_thunk_straddling_two_mapped_pages_uses_both_translations() -> None:
     rig = Rig()
     first = rig.page(TEST_VA, 0)
@@ -487,12 +457,6 @@ def test_thunk_straddling_two_mapped_pages_uses_both_translations() -> None:
     assert rig.vp.call(TEST_VA + PAGE_SIZE - 16, 5) == (5,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_u64/write_u32 straddling a page boundary store the first part before "
-    "the second page faults; a faulting instruction must leave memory unchanged (SDM Vol. 3A "
-    "§6.5, faults are precise)",
-)
 def test_faulting_straddling_u64_store_writes_nothing() -> None:
     rig = Rig()
     first = rig.page(TEST_VA, RW)
@@ -526,13 +490,6 @@ def _enter_plain_routine_by_idt(rig: Rig) -> None:
     rig.vp.read(TEST_VA, 1)  # #PF delivered to a routine that takes no (vector, error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: VirtualProcessor.call invokes the routine with Python *args, so guest code "
-    "reaching a routine of another signature (CALL to an IDT handler, LSTAR or an IDT gate "
-    "pointing at any routine) raises TypeError out of the model instead of a guest event",
-)
 @pytest.mark.parametrize(
     "enter",
     [_enter_handler_by_call, _enter_handler_by_syscall, _enter_plain_routine_by_idt],

@@ -370,11 +370,6 @@ def test_clean_cached_leaf_walks_again_to_set_dirty() -> None:
     assert rig.entry(TEST_VA, 3) & int(Pte.D)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Tlb.flush_page drops only the 4 KiB VPN; INVLPG must drop every TLB entry "
-    "of the large page containing the address (SDM Vol. 3A §4.10.4.1)",
-)
 def test_invlpg_drops_the_whole_large_page() -> None:
     rig = Rig()
     base = rig.ram.frames.alloc_contiguous(1024, "large", align=512) << PAGE_SHIFT

@@ -19,6 +19,7 @@ Consequences that the model relies on:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ _DIGEST_SIZE = THUNK_SIZE - len(THUNK_MAGIC) - 1
 GuestRoutine = Callable[..., Any]
 
 _registry: dict[bytes, tuple[str, GuestRoutine]] = {}
+#: Positional arguments each routine takes after the VP (None: any number).
+_arity: dict[GuestRoutine, int | None] = {}
 
 
 def encode_thunk(name: str) -> bytes:
@@ -46,7 +49,32 @@ def register(name: str, routine: GuestRoutine) -> bytes:
     if existing is not None and existing[1] is not routine and existing[0] != name:
         raise ValueError(f"thunk collision between {existing[0]!r} and {name!r}")
     _registry[thunk] = (name, routine)
+    _arity[routine] = _positional_arity(routine)
     return thunk
+
+
+def _positional_arity(routine: GuestRoutine) -> int | None:
+    try:
+        parameters = list(inspect.signature(routine).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return max(0, len(positional) - 1)  # minus the VP
+
+
+def fit_arguments(routine: GuestRoutine, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a routine finds in its argument registers: the values the transfer supplied, zeros
+    where it supplied none, and nothing of what it does not read.  A control transfer to code that
+    expects another calling convention runs it with whatever the registers hold — it never fails
+    in the transfer itself."""
+    arity = _arity.get(routine)
+    if arity is None or arity == len(args):
+        return args
+    if arity < len(args):
+        return args[:arity]
+    return args + (0,) * (arity - len(args))
 
 
 def guest_code(name: str) -> Callable[[GuestRoutine], GuestRoutine]:

@@ -16,7 +16,7 @@ bits P, W, U, RSVD and I (SDM figure 4-12).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vbsim.hw.ram import GuestRam
 from vbsim.hw.slat import KX, UX, R, Slat, W, exec_right
@@ -35,6 +35,9 @@ from vbsim.hw.x86 import (
     Pte,
     Rflags,
 )
+
+if TYPE_CHECKING:
+    from vbsim.hw.hlat import Hlat
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,7 @@ def check_rights(leaf: Leaf, access: Access, state: PagingState, implicit: bool 
 class PagingLayer:
     """Paging(cr3, cpl) over SLAT(vtl) over RAM."""
 
-    __slots__ = ("mbec", "ram", "slat", "state", "vtl")
+    __slots__ = ("hlat", "mbec", "ram", "slat", "state", "vtl")
 
     def __init__(
         self, ram: GuestRam, slat: Slat | None, vtl: int, state: PagingState, mbec: bool = False
@@ -181,6 +184,9 @@ class PagingLayer:
         self.vtl = vtl
         self.state = state
         self.mbec = mbec
+        #: HVPT hook: HLAT (Intel VT-rp) state of this (VP, VTL), set by the hypervisor on the
+        #: higher VTL's request; None = HLAT off (see vbsim.hw.hlat).
+        self.hlat: Hlat | None = None
 
     def _slat_rights(self, gpn: int) -> int:
         slat = self.slat
@@ -189,21 +195,36 @@ class PagingLayer:
         return slat.rights(self.vtl, gpn)
 
     def walk(
-        self, va: int, access: Access, implicit: bool = False, update_ad: bool = True
+        self,
+        va: int,
+        access: Access,
+        implicit: bool = False,
+        update_ad: bool = True,
+        root: int | None = None,
     ) -> tuple[Verdict, Leaf | None]:
         """Translate ``va``; on success set A (and D for writes) and return the leaf.
+
+        ``root`` is the PML4 to start from; None means "as the processor chooses": CR3, or
+        HLATP for an address in HLAT's protected range (the HLAT walker passes it explicitly).
 
         This is the TLB-miss path, so it is written for speed: plain ints, locals, one loop over
         the level table."""
         state = self.state
         if not (va < _CANON_LO_END or _CANON_HI <= va < _U64_END):
             return Verdict(False, va, "canonical", access), None
+        if root is None:
+            # HVPT hook (vbsim.hw.hlat): with HLAT on, a protected-range address is translated
+            # from HLATP (or restarted from CR3) by the HLAT walker, which calls back with root.
+            hlat = self.hlat
+            if hlat is not None and hlat.covers(va):
+                return hlat.walk(self, va, access, implicit, update_ad)
+            root = state.cr3
         slat = self.slat
         eff = None if slat is None else slat.effective[self.vtl]
         mm = self.ram.mm
         size = self.ram.size
         nxe = state.efer & _NXE
-        table = state.cr3 & _ADDR
+        table = root & _ADDR
         entries: list[tuple[int, int]] = []  # (gpa, value) of each entry used
         flags_and = _RW | _US
         nx = 0

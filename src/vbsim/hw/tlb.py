@@ -53,6 +53,18 @@ class Tlb:
             self.entries.clear()
 
     def flush_page(self, vpn: int) -> None:
+        """INVLPG: drop the translation of this page — and, when a large page maps it, every
+        piece of that large page the model cached (it is one TLB entry, SDM §4.10.4.1)."""
         self.entries.pop(vpn, None)
         for fast in self.fast:
             fast.pop(vpn, None)
+        large = [
+            other
+            for other, leaf in self.entries.items()
+            if leaf.size_shift > 12
+            and other >> (leaf.size_shift - 12) == vpn >> (leaf.size_shift - 12)
+        ]
+        for other in large:
+            del self.entries[other]
+            for fast in self.fast:
+                fast.pop(other, None)

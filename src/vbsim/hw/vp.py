@@ -24,13 +24,14 @@ from typing import Any, Protocol
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
 from vbsim.hw.faults import GuestHang, TripleFault
-from vbsim.hw.paging import PagingLayer, check_rights, error_code
+from vbsim.hw.paging import PagingLayer, canonical, check_rights, error_code
 from vbsim.hw.ram import GuestRam
 from vbsim.hw.regs import SHARED_GPRS, PrivateState
 from vbsim.hw.slat import Slat
 from vbsim.hw.tlb import Tlb
 from vbsim.hw.translation import Verdict
 from vbsim.hw.x86 import (
+    MAXPHYADDR,
     PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -75,6 +76,21 @@ _AC = int(Rflags.AC)
 _EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
 _CR4_RESERVED = ~((1 << 25) - 1) | (1 << 15) | (1 << 19)
 _CR0_RESERVED = ~0xE005_003F & 0xFFFF_FFFF
+_CR0_NW, _CR0_CD, _CR0_PG = 1 << 29, 1 << 30, 1 << 31
+#: CR3 bits at or above MAXPHYADDR (bit 63 is the PCID no-flush hint, unused without PCIDE).
+_CR3_RESERVED = ((1 << 63) - 1) & ~((1 << MAXPHYADDR) - 1)
+#: MSRs that hold linear addresses: a non-canonical value is #GP(0) (SDM Vol. 2B WRMSR).
+_ADDRESS_MSRS = frozenset(
+    {
+        Msr.LSTAR,
+        Msr.CSTAR,
+        Msr.KERNEL_GS_BASE,
+        Msr.FS_BASE,
+        Msr.GS_BASE,
+        Msr.SYSENTER_EIP,
+        Msr.SYSENTER_ESP,
+    }
+)
 
 
 class Exits(Protocol):
@@ -366,16 +382,22 @@ class VirtualProcessor:
                 self.mm[base | offset : (base | offset) + len(data)] = data
                 return
         view = bytes(data)
-        while view:
-            chunk = min(len(view), PAGE_SIZE - (va & PAGE_MASK))
-            gpa = self.translate(va, Access.WRITE)
-            if gpa is not None:
-                if gpa + chunk <= self.ram.size:
-                    self.mm[gpa : gpa + chunk] = view[:chunk]
-                else:
-                    self._mmio_write(gpa, view[:chunk])
+        # Translate every page first: a store that faults on its second page leaves the first
+        # one unchanged, as a faulting instruction must.
+        pieces: list[tuple[int | None, int, int]] = []
+        done = 0
+        while done < len(view):
+            chunk = min(len(view) - done, PAGE_SIZE - (va & PAGE_MASK))
+            pieces.append((self.translate(va, Access.WRITE), done, chunk))
             va = (va + chunk) & 0xFFFF_FFFF_FFFF_FFFF
-            view = view[chunk:]
+            done += chunk
+        for gpa, start, chunk in pieces:
+            if gpa is None:
+                continue
+            if gpa + chunk <= self.ram.size:
+                self.mm[gpa : gpa + chunk] = view[start : start + chunk]
+            else:
+                self._mmio_write(gpa, view[start : start + chunk])
 
     def read_u64(self, va: int) -> int:
         base = self._r.get(va >> PAGE_SHIFT)
@@ -428,25 +450,45 @@ class VirtualProcessor:
 
     # -- instruction fetch and control transfer ---------------------------------------------
     def fetch(self, va: int) -> code.GuestRoutine | None:
-        """Fetch the thunk at ``va`` (execute checks) and decode it; None after a refusal that
-        a higher VTL completed.  Undecodable bytes raise #UD."""
+        """Fetch the thunk at ``va`` (execute checks on every page it spans) and decode it; None
+        after a refusal that a higher VTL completed.  Undecodable bytes raise #UD."""
         for _ in range(MAX_RETRIES):
+            raw = self._fetch_bytes(va)
+            if raw is None:
+                return None
+            entry = code.decode_thunk(raw)
+            if entry is not None:
+                return entry[1]
+            if self.trace.on:
+                self.emit("fetch", "decode", "invalid-opcode", va=va)
+            self.fault(Vector.UD)
+        raise GuestHang(f"fetch at 0x{va:x} faulted {MAX_RETRIES} times")
+
+    def _fetch_bytes(self, va: int) -> bytes | None:
+        offset = va & PAGE_MASK
+        size = code.THUNK_SIZE
+        if offset <= PAGE_SIZE - size:
             base = self._x.get(va >> PAGE_SHIFT)
-            if base is not None:
-                gpa = base | (va & PAGE_MASK)
-            else:
+            if base is None:
                 translated = self.translate(va, Access.EXECUTE)
                 if translated is None:
                     return None
-                gpa = translated
-            if gpa + code.THUNK_SIZE <= self.ram.size:
-                entry = code.decode_thunk(self.mm[gpa : gpa + code.THUNK_SIZE])
-                if entry is not None:
-                    return entry[1]
-            if self.trace.on:
-                self.emit("fetch", "decode", "invalid-opcode", va=va, gpa=gpa)
-            self.fault(Vector.UD)
-        raise GuestHang(f"fetch at 0x{va:x} faulted {MAX_RETRIES} times")
+                base = translated & ~PAGE_MASK
+            if base + offset + size > self.ram.size:
+                return b""
+            return self.mm[base + offset : base + offset + size]
+        # The thunk straddles two pages: both must be executable (SDM: each byte is fetched).
+        first = self.translate(va, Access.EXECUTE)
+        if first is None:
+            return None
+        second_va = (va + PAGE_SIZE - offset) & 0xFFFF_FFFF_FFFF_FFFF
+        second = self.translate(second_va, Access.EXECUTE)
+        if second is None:
+            return None
+        head = PAGE_SIZE - offset
+        if first + head > self.ram.size or second + size - head > self.ram.size:
+            return b""
+        return self.mm[first : first + head] + self.mm[second : second + size - head]
 
     def call(self, va: int, *args: Any) -> Any:
         """``call va``: fetch and run the routine at ``va``; ``ret`` restores RIP."""
@@ -456,7 +498,7 @@ class VirtualProcessor:
         if routine is None:
             return None
         bank.rip = va
-        result = routine(self, *args)
+        result = routine(self, *code.fit_arguments(routine, args))
         bank.rip = return_rip
         return result
 
@@ -545,7 +587,11 @@ class VirtualProcessor:
                 self.fault(Vector.GP, 0)
             return
         name = _ARCH_MSR_FIELDS.get(msr)
-        if name is None or (msr == Msr.EFER and value & ~_EFER_WRITABLE):
+        if (
+            name is None
+            or (msr == Msr.EFER and value & ~_EFER_WRITABLE)
+            or (msr in _ADDRESS_MSRS and not canonical(value))
+        ):
             self.fault(Vector.GP, 0)
             return
         if self.exits.intercept_msr(self, msr, value):
@@ -580,26 +626,45 @@ class VirtualProcessor:
         return int(getattr(self.p, name))
 
     def mov_to_cr(self, cr: int, value: int) -> None:
-        """``mov crN, r64`` for CR0, CR3, CR4 and CR8 (SDM Vol. 3A §2.5, §4.10.4.1)."""
+        """``mov crN, r64`` (SDM Vol. 2B "MOV—Move to/from Control Registers", Vol. 3A §2.5,
+        §4.10.4.1): the 64-bit-mode checks, then a higher VTL's intercept, then the effect."""
+        if cr not in (0, 2, 3, 4, 8):
+            self.fault(Vector.UD)
+            return
         if not self._require_cpl0():
             return
         value &= 0xFFFF_FFFF_FFFF_FFFF
         bank = self.p
+        if cr == 2:
+            self.cr2 = value
+            return
         if cr == 3:
-            bank.cr3 = value & ~(1 << 63)
+            if value & _CR3_RESERVED:
+                self.fault(Vector.GP, 0)
+                return
+            bank.cr3 = value & ~(1 << 63)  # bit 63 is an instruction hint, not part of CR3
             self._tlb.flush_all(keep_global=bool(bank.cr4 & Cr4.PGE))
             self._reselect()
             if self.trace.on:
                 self.emit("cr", "mov-cr3", "written", value=value)
             return
         if cr == 8:
-            bank.cr8 = value & 0xF
+            if value & ~0xF:
+                self.fault(Vector.GP, 0)
+                return
+            bank.cr8 = value
             return
-        if (
-            cr not in (0, 4)
-            or (cr == 0 and value & _CR0_RESERVED)
-            or (cr == 4 and value & _CR4_RESERVED)
-        ):
+        if cr == 0:
+            long_mode = bool(bank.efer & Efer.LMA)
+            if (
+                value >> 32
+                or (value & _CR0_NW and not value & _CR0_CD)
+                or (long_mode and not value & _CR0_PG)
+            ):
+                self.fault(Vector.GP, 0)
+                return
+            value &= ~_CR0_RESERVED  # reserved bits of CR0[31:0] are ignored, not faulted
+        elif value & _CR4_RESERVED or (bank.efer & Efer.LMA and not value & Cr4.PAE):
             self.fault(Vector.GP, 0)
             return
         if self.exits.intercept_register(self, f"cr{cr}", value):
@@ -692,7 +757,8 @@ class VirtualProcessor:
 
     def sysret(self) -> None:
         bank = self.p
-        if bank.cpl != 0:
+        if bank.cpl != 0 or not canonical(self.rcx):
+            # A non-canonical return address faults at CPL0 (Intel; the CVE-2012-0217 setting).
             self.fault(Vector.GP, 0)
             return
         bank.rip = self.rcx
