@@ -113,7 +113,11 @@ def vbs_requested(system: System) -> bool:
 
 
 def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -> System:
-    system = System(policy, disk or Disk.install(policy), trace or Trace(record=True))
+    system = System(
+        policy,
+        disk if disk is not None else Disk.install(policy),
+        trace if trace is not None else Trace(record=True),
+    )
     _step(system, "firmware", "secure-boot-on" if policy.secure_boot else "secure-boot-off")
     if not verify_component(system, "ntoskrnl.exe"):
         system.halted = "ntoskrnl.exe failed verification"

@@ -1,0 +1,176 @@
+"""The attacker's handle on a machine: only the architectural interface of its capability.
+
+- U0 / A0: a VTL0 user process (standard user or administrator with SeDebugPrivilege and
+  SeLoadDriverPrivilege) whose code runs at CPL3 and reaches the kernel through ``syscall``.
+- K0: code running in VTL0 ring 0.  On an HVCI machine an attacker cannot bring new kernel code, so
+  a K0 payload stands for what a kernel read/write primitive plus code reuse (ROP/JOP over signed
+  code, which HVCI does not stop — vbs-internals §5.1, §6 A7) can do: touch any VTL0 virtual or
+  physical address through NT's own page tables, edit PTEs, execute ``vmcall``, ``wrmsr``,
+  ``mov cr``, call NT's ``Vsl*`` stubs with any arguments, program devices.  The vulnerable signed
+  driver gives the same read/write primitive through ``NtDeviceIoControlFile`` (``rw_driver``).
+- PHYS: a malicious DMA device on the bus (no driver needed).
+- K1: code in VTL1 ring 0 — the Secure Kernel itself compromised.
+Payload routines are Python callables run on the VP in that mode; they never receive a Python
+object of another component, only the VP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vbsim.boot.chain import System, boot
+from vbsim.boot.disk import Disk
+from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw import code
+from vbsim.hw.faults import GuestTermination
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.nt.process import Process, Token
+from vbsim.policy import Policy
+from vbsim.trace import Trace
+
+Payload = Callable[..., Any]
+
+_PAYLOADS: dict[Payload, str] = {}
+
+
+def payload_routine(function: Payload) -> str:
+    """Register an attacker payload as guest code (once) and return its routine name."""
+    name = _PAYLOADS.get(function)
+    if name is None:
+        name = f"attack.{function.__module__}.{function.__qualname__}"
+        code.register(name, function)
+        _PAYLOADS[function] = name
+    return name
+
+
+@dataclass
+class AttackContext:
+    policy: Policy
+    preset: str
+    disk: Disk
+    trace: Trace = field(default_factory=lambda: Trace(record=True))
+    system: System | None = None
+    #: Flows of attacker execution that ended (faults, bugchecks), in order.
+    stops: list[GuestTermination] = field(default_factory=list)
+    #: Scenario scratch space (what the scenario planted, where the loot went ...).
+    notes: dict[str, Any] = field(default_factory=dict)
+    attack_start: int = 0
+
+    # -- machine -----------------------------------------------------------------------------
+    def boot(self) -> System:
+        self.system = boot(self.policy, self.disk, self.trace)
+        return self.system
+
+    def reboot(self) -> System:
+        """Shut down (the disk persists) and boot again."""
+        if self.system is not None and self.system.nt is not None:
+            from vbsim.boot.disk import VBS_REGISTRY_KEY
+
+            value = self.system.nt.registry.get(VBS_REGISTRY_KEY)
+            if isinstance(value, int):
+                self.disk.registry[VBS_REGISTRY_KEY] = value
+        return self.boot()
+
+    @property
+    def booted(self) -> System:
+        if self.system is None or not self.system.booted:
+            raise AttackAborted("the machine is not running")
+        return self.system
+
+    @property
+    def vp(self) -> VirtualProcessor:
+        machine = self.booted.machine
+        assert machine is not None
+        return machine.bsp
+
+    @property
+    def bugchecked(self) -> bool:
+        from vbsim.hw.faults import Bugcheck
+
+        return any(isinstance(stop, Bugcheck) for stop in self.stops)
+
+    @contextlib.contextmanager
+    def flow(self) -> Iterator[None]:
+        """One flow of attacker execution; its end (a fault, a bugcheck) is recorded, not raised."""
+        try:
+            yield
+        except GuestTermination as stop:
+            self.stops.append(stop)
+
+    # -- K0 ----------------------------------------------------------------------------------
+    def kernel(self, payload: Payload, *args: Any) -> Any:
+        """Run ``payload(vp, *args)`` in VTL0 ring 0, in NT's address space.  No new code page is
+        fetched: the payload stands for a chain over signed code (see the module docstring)."""
+        vp = self.vp
+        result = None
+        vp.actor = "attacker (K0)"
+        with self.flow():
+            result = payload(vp, *args)
+        if vp.vtl == 0:
+            vp.actor = "nt"
+        return result
+
+    def kernel_page(self) -> tuple[int, int]:
+        """A VTL0 page the attacker controls (its loot buffer): (VA through the direct map, GPA)."""
+        machine = self.booted.machine
+        assert machine is not None
+        pfn = machine.ram.frames.alloc("attacker")
+        machine.ram.zero_page(pfn)
+        return DIRECT_MAP + (pfn << PAGE_SHIFT), pfn << PAGE_SHIFT
+
+    # -- U0 / A0 -----------------------------------------------------------------------------
+    def process(self, admin: bool, name: str = "attacker.exe") -> Process:
+        nt = self.booted.nt
+        assert nt is not None
+        token = Token(
+            "administrator" if admin else "user",
+            admin=admin,
+            debug_privilege=admin,
+            load_driver=admin,
+        )
+        return nt.create_process(self.vp, name, token)
+
+    def user(
+        self, payload: Payload, *args: Any, admin: bool = False, process: Process | None = None
+    ) -> Any:
+        """Run ``payload(vp, *args)`` at CPL3 in a VTL0 process (admin or standard user)."""
+        nt = self.booted.nt
+        assert nt is not None
+        target = process or self.process(admin)
+        name = payload_routine(payload)
+        entry = nt.map_code(self.vp, target, [name])[name]
+        self.vp.actor = "attacker (A0)" if target.token.admin else "attacker (U0)"
+        run = nt.run_user(self.vp, target, entry, *args)
+        self.vp.actor = "nt"
+        if run.terminated is not None:
+            self.stops.append(run.terminated)
+        return run.returned
+
+    def user_buffer(self, process: Process, size: int = PAGE_SIZE) -> int:
+        nt = self.booted.nt
+        assert nt is not None
+        return nt.allocate(self.vp, process, size).base
+
+    # -- K1 -----------------------------------------------------------------------------------
+    def secure_kernel(self, payload: Payload, *args: Any) -> Any:
+        """Run ``payload(vp, *args)`` as VTL1 ring-0 code (the SK compromised)."""
+        vp = self.vp
+        previous = vp.vtl
+        result = None
+        vp.switch_vtl(1)
+        vp.actor = "attacker (K1)"
+        try:
+            with self.flow():
+                result = payload(vp, *args)
+        finally:
+            vp.actor = "securekernel"
+            vp.switch_vtl(previous)
+        return result
+
+
+class AttackAborted(Exception):
+    """The scenario cannot go on (the machine did not boot, ...): judged by its goal anyway."""

@@ -1,0 +1,52 @@
+"""Which check decided: read from the trace of the attack, never declared by the scenario."""
+
+from __future__ import annotations
+
+from vbsim.trace import Event
+
+#: Outcomes that mean "something refused".
+_REFUSED = {
+    "denied",
+    "refused",
+    "rejected",
+    "blocked",
+    "violation",
+    "halted",
+    "undeliverable",
+    "not-running",
+    "continue-without-vbs",
+}
+
+
+def deciding_mechanism(events: list[Event]) -> str:
+    """The first refusal in ``events`` (an access denied by paging or SLAT, a hypercall or
+    secure call refused, an admission check failed, a HyperGuard violation, a boot check), or
+    the bugcheck that ended the flow; '-' if nothing refused anything."""
+    for event in events:
+        if event.kind == "access" and event.outcome == "denied":
+            return event.mechanism
+        if event.kind == "hypercall" and event.outcome not in ("success", "invalid-opcode"):
+            return f"hypercall:{event.detail.get('call', '?')}={event.outcome}"
+        if event.kind == "hypercall" and event.outcome == "invalid-opcode":
+            return f"{event.mechanism}:#UD"
+        if event.kind in ("vtl", "fetch") and event.outcome == "invalid-opcode":
+            return f"{event.mechanism}:#UD"
+        if event.outcome in _REFUSED:
+            return event.mechanism
+        if (
+            event.kind == "securecall"
+            and event.outcome.startswith("STATUS_")
+            and event.outcome != "STATUS_SUCCESS"
+        ):
+            return f"securecall:{event.outcome}"
+        if (
+            event.kind == "syscall"
+            and event.outcome.startswith("STATUS_")
+            and event.outcome not in ("STATUS_SUCCESS",)
+        ):
+            service = event.detail.get("service", "?")
+            return f"{service}={event.outcome}"
+    for event in events:
+        if event.kind == "bugcheck":
+            return f"bugcheck:{event.outcome}"
+    return "-"
