@@ -103,6 +103,77 @@ def bench(
 
 
 @app.command()
+def attacks(
+    preset_names: Annotated[
+        list[str] | None, typer.Option("--preset", help="Presets to run (default: all five).")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Scenario IDs, e.g. A1.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Run the attack catalogue under each preset; exit 1 if any outcome differs from the record."""
+    from vbsim.attacks.catalogue import SCENARIOS, by_id
+    from vbsim.attacks.model import PRESET_ORDER
+    from vbsim.attacks.report import catalogue_json, catalogue_table
+    from vbsim.attacks.runner import run_catalogue
+    from vbsim.policy import PRESETS
+
+    presets = list(preset_names or PRESET_ORDER)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}"
+        )
+    scenarios = SCENARIOS
+    if only:
+        missing = [s for s in only if by_id(s) is None]
+        if missing:
+            raise typer.BadParameter(f"unknown scenario(s) {', '.join(missing)}")
+        scenarios = [s for s in SCENARIOS if s.id.lower() in {o.lower() for o in only}]
+    results = run_catalogue(scenarios, presets)
+    if as_json:
+        print(json.dumps(catalogue_json(results)))
+    else:
+        console().print(catalogue_table(results, presets))
+    if any(not r.matches for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def attack(
+    scenario_id: Annotated[str, typer.Argument(help="Scenario ID, e.g. A1.")],
+    preset_name: Annotated[str, typer.Option("--preset", help="The preset to run under.")] = "vbs",
+    show_trace: Annotated[bool, typer.Option("--trace", help="Show the attack's trace.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result (and trace) as JSON.")
+    ] = False,
+) -> None:
+    """Run one scenario and show, step by step, who did what and which check decided."""
+    from vbsim.attacks.catalogue import SCENARIOS, by_id
+    from vbsim.attacks.report import print_run
+    from vbsim.attacks.runner import run
+    from vbsim.policy import PRESETS
+
+    scenario = by_id(scenario_id)
+    if scenario is None:
+        raise typer.BadParameter(
+            f"unknown scenario {scenario_id!r}; known: {', '.join(s.id for s in SCENARIOS)}"
+        )
+    if preset_name not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
+    result, ctx = run(scenario, preset_name)
+    events = ctx.trace.events[ctx.attack_start :]
+    if as_json:
+        payload = result.to_json()
+        if show_trace:
+            payload["trace"] = [e.to_json() for e in events]
+        print(json.dumps(payload))
+    else:
+        print_run(result, events, console(), show_trace)
+    if not result.matches:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo() -> None:
     """The tour: boot VBS, watch the chain, watch VTL0 ring 0 fail against VTL1."""
     from vbsim.demo import run
