@@ -37,16 +37,16 @@ def catalogue_table(results: list[RunResult], presets: list[str]) -> Table:
         first = next(iter(by_preset.values()))
         cells = []
         for name in presets:
-            result = by_preset.get(name)
-            if result is None:
+            cell = by_preset.get(name)
+            if cell is None:
                 cells.append("")
                 continue
-            style = _STYLE[result.outcome]
-            text = f"[{style}]{result.outcome}[/]"
-            if result.outcome is Outcome.BLOCKED and result.mechanism != "-":
-                text += f"\n[dim]{result.mechanism}[/]"
-            if not result.matches:
-                text = f"[reverse]{text}\n(expected {result.expected})[/]"
+            style = _STYLE[cell.outcome]
+            text = f"[{style}]{cell.outcome}[/]"
+            if cell.outcome is Outcome.BLOCKED and cell.mechanism != "-":
+                text += f"\n[dim]{cell.mechanism}[/]"
+            if not cell.matches:
+                text = f"[reverse]{text}\n(expected {cell.expected})[/]"
             cells.append(text)
         table.add_row(scenario_id, first.title, first.capability, *cells)
     return table
