@@ -188,3 +188,13 @@ def test_policy_and_version_round_trip(
     image = parse_image(data)
     assert image.policy == policy
     assert image.version == version
+
+
+def test_entry_routine_resolves_through_the_thunk_registry() -> None:
+    from vbsim.hw.code import register
+
+    register("tests.image.entry-probe", lambda: None)
+    data = build_image("application", "p.exe", "go", {"go": "tests.image.entry-probe"})
+    image = parse_image(bytearray(data))
+    assert image.entry_name == "go"
+    assert image.entry_routine == "tests.image.entry-probe"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,3 +71,19 @@ def test_vbsim_verifies_an_osslsigncode_signature(
     assert result.ok, result.detail
     assert result.program_name == "LsaIso"
     assert len(result.chain) == 3
+
+
+def test_osslsigncode_verifies_vbsim_signed_real_binary(pki: Pki, tmp_path: Path) -> None:
+    spec = importlib.util.find_spec("pip")
+    launcher = (
+        None
+        if spec is None or spec.origin is None
+        else (Path(spec.origin).parent / "_vendor" / "distlib" / "t64.exe")
+    )
+    if launcher is None or not launcher.is_file():
+        pytest.skip("no real Windows binary (pip's distlib launcher) available")
+    signed = tmp_path / "t64.exe"
+    signed.write_bytes(sign_image(launcher.read_bytes(), pki.signer("codesign")))
+    done = _run("verify", "-CAfile", str(pki.path("root.pem")), "-in", str(signed))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify_image(signed.read_bytes(), pki.trust_store()).ok

@@ -356,3 +356,8 @@ def test_revoked_certificate_and_hash(signed_trustlet: bytes, trust: TrustStore)
 def test_build_signed_data_rejects_unknown_digest(pki: Pki) -> None:
     with pytest.raises(ValueError):
         build_signed_data(b"\0" * 20, pki.signer(), digest_name="sha1")
+
+
+def test_accepts_bytes_like_input(signed_trustlet: bytes, trust: TrustStore) -> None:
+    assert verify_image(bytearray(signed_trustlet), trust).ok  # type: ignore[arg-type]
+    assert verify_image(memoryview(signed_trustlet), trust).ok  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pefile
 
-from vbsim.hw.code import THUNK_SIZE
+from vbsim.hw.code import THUNK_SIZE, name_of
 from vbsim.image.errors import ImageFormatError
 from vbsim.image.kinds import ImageKind
 from vbsim.image.policy import (
@@ -100,13 +100,18 @@ class ParsedImage:
     policy: TrustletPolicy | None
     policy_export: str | None
     version: ComponentVersion | None
-    version_strings: Mapping[str, str] = field(default_factory=dict)
+    version_strings: Mapping[str, str] = field(default_factory=dict, hash=False)
     warnings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str | None:
         """``OriginalFilename`` from the version resource, else the export DLL name."""
         return self.version_strings.get("OriginalFilename") or self.export_dll_name
+
+    @property
+    def entry_routine(self) -> str | None:
+        """The registered guest routine (``vbsim.hw.code``) the entry thunk stands for."""
+        return None if self.entry_thunk is None else name_of(self.entry_thunk)
 
     @property
     def kind(self) -> ImageKind | None:

@@ -35,7 +35,7 @@ class ComponentFloor:
 @dataclass(frozen=True)
 class RevocationPolicy:
     #: Component file name (e.g. ``securekernel.exe``) -> floor; names compare case-insensitively.
-    components: Mapping[str, ComponentFloor] = field(default_factory=dict)
+    components: Mapping[str, ComponentFloor] = field(default_factory=dict, hash=False)
     #: SHA-256 fingerprints (lower-case hex of the DER) of revoked certificates.
     revoked_certificates: frozenset[str] = frozenset()
     #: Authenticode SHA-256 digests (lower-case hex) of revoked images.

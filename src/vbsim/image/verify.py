@@ -7,10 +7,11 @@ certificate is present -> its signature over the signed attributes verifies -> t
 a trusted root and is valid -> the PE checksum (excluded from the digest) matches -> the
 effective EKUs and signing level meet the requirement -> the revocation policy does not revoke.
 
-Model choices beyond Authenticode: the PE checksum must be correct (Windows enforces it for
-kernel-mode images), the certificate table must be the last thing in the file, and padding after
-the PKCS#7 must be zero (what Windows' opt-in ``EnableCertPaddingCheck`` enforces) so that no
-byte of a signed image can change without failing verification.
+Model choices beyond Authenticode (not from vbs-internals): the PE checksum must be correct
+(Windows checks it for boot and kernel-mode images [U]); the certificate table must be the last
+thing in the file; and the padding after the PKCS#7 must be at most 7 zero bytes (in the spirit
+of Windows' opt-in ``EnableCertPaddingCheck`` [U]).  Together with the strict PKCS#7 decoding,
+this makes every byte of a signed image matter: no change to it verifies.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _check_signature(
     data: bytes,
     parsed: ParsedImage,
     signature: DecodedSignature,
-    trust: TrustStore,
+    roots: list[LoadedCertificate],
     at: dt.datetime,
     result: VerificationResult,
 ) -> VerificationResult:
@@ -146,7 +147,6 @@ def _check_signature(
         )
     try:
         certs = [load_certificate(der) for der in signature.certificates]
-        roots = [load_certificate(root) for root in trust.roots]
     except ValueError as exc:
         return replace(result, failure=Failure.MALFORMED_PKCS7, detail=str(exc))
     signer = _find_signer(certs, signature)
@@ -176,10 +176,14 @@ def verify_image(
     """Verify ``data``; never raises on bad input (a malformed image is a failed result).
 
     ``requirement`` defaults to the Authenticode baseline (code-signing EKU); pass
-    ``requirement_for(kind)`` for per-kind rules.  ``at`` defaults to now (UTC).
+    ``requirement_for(kind)`` for per-kind rules.  ``at`` defaults to now (UTC).  ``parsed``,
+    if given, must be ``parse_image(data)`` (saves parsing twice).  Raises ``ValueError`` only
+    if a root of ``trust`` itself cannot be decoded (a configuration error, not bad input).
     """
     requirement = requirement if requirement is not None else SigningRequirement()
     at = at if at is not None else dt.datetime.now(dt.UTC)
+    roots = [load_certificate(root) for root in trust.roots]
+    data = data if isinstance(data, bytes) else bytes(data)
     if parsed is None:
         try:
             parsed = parse_image(data)
@@ -199,7 +203,7 @@ def verify_image(
     except MalformedSignature as exc:
         return replace(result, failure=Failure.MALFORMED_PKCS7, detail=str(exc))
     result = replace(result, digest_algorithm=signature.digest_algorithm)
-    result = _check_signature(data, parsed, signature, trust, at, result)
+    result = _check_signature(data, parsed, signature, roots, at, result)
     if result.failure is not None:
         return result
     if pe_checksum(data, parsed.checksum_offset) != parsed.checksum:
