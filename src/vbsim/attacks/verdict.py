@@ -45,7 +45,10 @@ def deciding_mechanism(events: list[Event]) -> str:
             and event.outcome not in ("STATUS_SUCCESS",)
         ):
             service = event.detail.get("service", "?")
-            return f"{service}={event.outcome}"
+            return (
+                f"{event.mechanism}:{service if service != '?' else event.detail.get('number')}="
+                f"{event.outcome}"
+            )
     for event in events:
         if event.kind == "bugcheck":
             return f"bugcheck:{event.outcome}"

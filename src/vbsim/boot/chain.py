@@ -184,7 +184,12 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     assert vp is not None and nt.vsl is not None
     nt.vsl.enable_hypercalls(vp)
     params = hvcall.ParamPages(*nt.space.alloc_data(), *nt.space.alloc_data())
-    flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC) if system.policy.mbec else 0
+    # Without hardware MBEC, HVCI has the hypervisor emulate it ("Restricted User Mode", two
+    # SLATs, vbs-internals §0): functionally the same separation of user and kernel execute.
+    emulated = system.policy.hvci and not system.policy.mbec
+    flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC) if system.policy.mbec or emulated else 0
+    if emulated:
+        _step(system, "restricted-user-mode", "emulating-mbec")
     result = hvcall.enable_partition_vtl(vp, params, 1, flags)
     _step(system, "enable-partition-vtl", result.status_name.lower())
     result = hvcall.enable_vp_vtl(vp, params, 1, sk.context())

@@ -174,6 +174,25 @@ def attack(
 
 
 @app.command()
+def matrix(
+    preset_name: Annotated[str, typer.Option("--preset", help="The preset to probe.")] = "vbs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the matrix as JSON.")] = False,
+) -> None:
+    """Probe the four areas (VTL0/VTL1 x user/kernel) against each other, live."""
+    from vbsim.attacks.matrix import access_matrix, matrix_json
+    from vbsim.attacks.matrix_view import matrix_table
+    from vbsim.policy import PRESETS
+
+    if preset_name not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
+    cells = access_matrix(preset_name)
+    if as_json:
+        print(json.dumps(matrix_json(cells)))
+    else:
+        console().print(matrix_table(cells, preset_name))
+
+
+@app.command()
 def demo() -> None:
     """The tour: boot VBS, watch the chain, watch VTL0 ring 0 fail against VTL1."""
     from vbsim.demo import run

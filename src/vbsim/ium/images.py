@@ -39,6 +39,7 @@ def trustlet_image(
     component: Component | None = None,
     signer: Signer | None = None,
     size: int | None = None,
+    routines: tuple[str, ...] = (),
 ) -> bytes:
     """A signed trustlet image; keyword overrides make home-made or mismatched variants."""
     known_id, known_entry, extra, capabilities, parent_sd = TRUSTLETS.get(
@@ -54,9 +55,8 @@ def trustlet_image(
     )
     version = ComponentVersion.parse(_four(comp.version), svn=comp.svn)
     routine = entry or known_entry
-    image = build_image(
-        ImageKind.TRUSTLET, name, routine, [routine, *extra], policy, version, size=size
-    )
+    exported = [routine, *extra, *(r for r in routines if r != routine)]
+    image = build_image(ImageKind.TRUSTLET, name, routine, exported, policy, version, size=size)
     return sign_image(image, signer or model_pki().signer("ium"))
 
 

@@ -127,7 +127,9 @@ class NtKernel:
             return self.variables[name]
         va = self._data_next
         self._data_next += max(8, -(-size // 8) * 8)
-        variable = KernelVariable(name, va, self.data_gpa + (va - self.data_va))
+        leaf = self.space.pt.lookup(va)  # the data pages need not be physically contiguous
+        assert leaf is not None
+        variable = KernelVariable(name, va, (leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
         self.variables[name] = variable
         return variable
 

@@ -24,7 +24,7 @@ from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
 from vbsim.hw.code import guest_code
-from vbsim.hw.faults import Bugcheck
+from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
@@ -168,7 +168,8 @@ class SecureKernel:
         vp.wrmsr(HvMsr.SIMP, pages.sim_gpa | 1)
         vp.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
         vp.wrmsr(HvMsr.SCONTROL, 1)
-        secure_config = defs.SECCFG_MBEC_ENABLED.mask if self.policy.mbec else 0
+        mbec = self.policy.mbec or self.policy.hvci  # HVCI without MBEC: emulated (RUM)
+        secure_config = defs.SECCFG_MBEC_ENABLED.mask if mbec else 0
         registers = [(int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0), secure_config)]
         if vp.index == 0:
             config = (
@@ -217,6 +218,11 @@ class SecureKernel:
         """The only way any VTL0 SLAT right changes: a hypercall issued here, in VTL1."""
         if not gpns:
             return True
+        if self.policy.hvci and flags & 0x2 and flags & 0x4:
+            # HVCI's invariant, enforced at the one place every SLAT change passes: a VTL0 page is
+            # never writable and kernel-executable at once (vbs-internals §5.1).
+            flags &= ~0x4
+            self.emit(vp, "hvci", "hvci.w^x", "kx-stripped", pages=len(gpns))
         return hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags).ok
 
     # -- secure calls --------------------------------------------------------------------------
@@ -339,5 +345,10 @@ def _sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
 
 @guest_code("sk.exception")
 def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
-    """An exception inside the Secure Kernel itself is fatal."""
-    _sk(vp).bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x20, vector, error_code, vp.cr2)
+    """A fault in IUM user mode ends the trustlet's thread; one in the Secure Kernel is fatal."""
+    sk = _sk(vp)
+    if vp.interrupted_cpl == 3:
+        sk.emit(vp, "ium", "exception-dispatch", "thread-terminated", vector=vector,
+                error_code=error_code, cr2=vp.cr2)  # fmt: skip
+        raise ThreadTerminated(f"IUM exception {vector} at 0x{vp.cr2:x}", vector, error_code)
+    sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x20, vector, error_code, vp.cr2)

@@ -88,7 +88,9 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
 
     if ium.image_digest(sk, vp, pfns, length) != hashlib.sha256(data).digest():
         sk.emit(vp, "ium", "skci.page-hash", "refused", trustlet_id=requested_id)
-        sk.set_vtl0_rights(vp, pfns, 0xF)
+        from vbsim.sk.services.hvci import vtl0_default_rights
+
+        sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
         sk.vtl1_pages.difference_update(pfns)
         return Reply(NtStatus.INVALID_IMAGE_HASH)
     handle = sk.alloc_handle(SkObject("skprocess"))

@@ -1,0 +1,556 @@
+"""NT's driver loader, its code integrity (DSE and ``g_CiOptions``), executable pool, and the
+drivers in the model's driver store.
+
+**Loading** (``NtLoadDriver`` → IopLoadDriver → MmLoadSystemImage).  The caller needs
+SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.ext["driver_store"]``, file
+name → signed PE bytes).  Then:
+
+- *Without HVCI* NT's own code integrity decides (DSE, ``ci.dll`` in VTL0): the Authenticode
+  signature must chain to the model root with the driver requirement (``requirement_for("driver")``)
+  — unless the kernel global ``g_CiOptions`` (guest RAM, 6 = enforcing) is 0: then the check is
+  skipped.  Zeroing it with a kernel write primitive is the classic DSE-disable data attack
+  (vbs-internals §6 A3/A6: a K0 attacker, typically through a vulnerable signed driver).
+- *With HVCI* validation belongs to SKCI in VTL1 (vbs-internals §3.6: "SKCI does the cryptographic
+  hash and signature check for all HVCI-validated images"), so ``g_CiOptions`` gates nothing that
+  matters: NT copies the file into pages and issues ``CREATE_SECURE_IMAGE`` with their PFN list,
+  maps the image, hands the SK the PFNs of the mapped pages (``FINISH_SECURE_IMAGE_VALIDATION``),
+  then ``LOAD_DRIVER`` — only after that are the code pages kernel-executable in SLAT
+  (vbs-internals §5.1 steps; ``vbsim.sk.services.hvci``).
+
+NT maps an image at ``DRIVER_BASE`` and up (the half of CODE_BASE's PML4 slot above the boot
+image, so every process sees it): code pages supervisor read-only executable, everything else
+RW/NX.  Then it calls ``DriverEntry(DriverObject)`` through its VP, at CPL0 — a real instruction
+fetch, which SLAT refuses for code the SK never validated (secure intercept → #GP → bugcheck).
+
+**The store** holds four drivers built with :mod:`vbsim.image`: a sample driver signed by the model
+PKI's ``codesign`` profile, an unsigned one, one signed under ``other_pki()`` (an untrusted root),
+and a *vulnerable signed driver* whose IoControl gives any caller 8-byte reads and writes at any
+kernel address, performed at CPL0 through the VP (the K0 primitive of A3/A6, in the style of the
+publicly documented RTCore64 read/write IOCTLs; the codes are the model's).
+
+**Executable pool** (``nt_allocate_executable``, ExAllocatePool(NonPagedPoolExecute)): without
+HVCI NT maps RWX kernel memory itself and nothing else is asked; with HVCI it must ask the SK
+(``MAKE_PROTECTED_PAGE_EXECUTABLE``), which refuses W+KX (and KX for unsigned contents).
+
+Every decision is a trace event of kind ``driver`` (mechanisms ``dse``, ``skci``,
+``mm.map-image``, ``driver-entry``, ``ioctl``, ``pool-execute``, ``privilege``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
+from vbsim.hw import code
+from vbsim.hw.pagetable import PageTables
+from vbsim.hw.ram import OutOfFrames
+from vbsim.hw.slat import KX, UX, R, W
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.image import (
+    ImageFormatError,
+    ImageKind,
+    ParsedImage,
+    build_image,
+    model_pki,
+    other_pki,
+    parse_image,
+    requirement_for,
+    sign_image,
+    verify_image,
+)
+from vbsim.nt import syscalls
+from vbsim.ntstatus import NtStatus, ok
+from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.nt.kernel import NtKernel
+
+#: Where NT maps driver images: above the loader's boot-image range, same PML4 slot.
+DRIVER_BASE = CODE_BASE + BOOT_IMAGE_SPAN
+#: NonPagedPoolExecute allocations (model layout), also in that slot.
+POOL_EXECUTE_BASE = DRIVER_BASE + (128 << 30)
+MAX_POOL_PAGES = 64
+
+CI_OPTIONS = "g_CiOptions"
+#: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
+CI_OPTIONS_ENFORCING = 6
+STORE = "driver_store"
+LOADER = "drivers"
+#: ntstatus.h STATUS_IMAGE_ALREADY_LOADED.
+STATUS_IMAGE_ALREADY_LOADED = 0xC000_010E
+#: ntstatus.h STATUS_INVALID_DEVICE_REQUEST.
+STATUS_INVALID_DEVICE_REQUEST = 0xC000_0010
+
+SAMPLE_DRIVER = "vbsim_sample.sys"
+UNSIGNED_DRIVER = "vbsim_unsigned.sys"
+OTHER_ROOT_DRIVER = "vbsim_otherroot.sys"
+VULNERABLE_DRIVER = "vbsim_vuln.sys"
+
+#: The vulnerable driver's IOCTLs (model values): a 16-byte METHOD_BUFFERED buffer
+#: ``{u64 address; u64 value}``; READ8 fills ``value`` from ``address``, WRITE8 stores it there.
+IOCTL_READ8 = 0x8000_2048
+IOCTL_WRITE8 = 0x8000_204C
+IOCTL_BUFFER = 16
+
+#: DRIVER_OBJECT (model layout): DriverStart, DriverSize, DriverInit, the value DriverEntry
+#: stores to show it ran, and the IoControl dispatch routine.
+DO_START, DO_SIZE, DO_INIT, DO_ENTRY_MARK, DO_IOCONTROL = 0x00, 0x08, 0x10, 0x18, 0x20
+ENTRY_MARK = int.from_bytes(b"DRVENTRY", "little")
+
+#: A debugger's hit counters on the drivers' routine bodies (host-side observation only: no
+#: guest code reads them).  Tests use them to show a body never ran.
+RUNS: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    name: str
+    tag: str
+    signer: str  # "model" (codesign profile), "other" (other_pki codesign) or "none"
+    vulnerable: bool = False
+
+    def routine(self, export: str) -> str:
+        return f"drv.{self.tag}.{export}"
+
+
+DRIVERS: tuple[DriverSpec, ...] = (
+    DriverSpec(SAMPLE_DRIVER, "sample", "model"),
+    DriverSpec(UNSIGNED_DRIVER, "unsigned", "none"),
+    DriverSpec(OTHER_ROOT_DRIVER, "otherroot", "other"),
+    DriverSpec(VULNERABLE_DRIVER, "vuln", "model", vulnerable=True),
+)
+
+
+@dataclass
+class LoadedDriver:
+    name: str
+    base: int
+    pfns: list[int]
+    code_pages: frozenset[int]
+    entry: int
+    io_control: int | None
+    object_va: int
+    secure_handle: int = 0
+    entry_status: int | None = None
+
+    @property
+    def code_pfns(self) -> list[int]:
+        return [pfn for i, pfn in enumerate(self.pfns) if i in self.code_pages]
+
+    @property
+    def data_pfns(self) -> list[int]:
+        return [pfn for i, pfn in enumerate(self.pfns) if i not in self.code_pages]
+
+
+@dataclass
+class DriverLoader:
+    """NT's loader state (``nt.ext["drivers"]``): where the next image and pool block go."""
+
+    next_image: int = DRIVER_BASE
+    next_pool: int = POOL_EXECUTE_BASE
+    pool: dict[int, list[int]] = field(default_factory=dict)
+
+
+# -- the drivers' code ----------------------------------------------------------------------------
+def _entry_routine(routine: str) -> Callable[..., int]:
+    def driver_entry(vp: VirtualProcessor, driver_object: int) -> int:
+        RUNS[routine] += 1
+        vp.write_u64(driver_object + DO_ENTRY_MARK, ENTRY_MARK)
+        return int(NtStatus.SUCCESS)
+
+    return driver_entry
+
+
+def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
+    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+        RUNS[routine] += 1
+        return int(NtStatus.SUCCESS), bytes(buffer)
+
+    return io_control
+
+
+def _vulnerable_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
+    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+        """The bug: no check of ``address`` at all.  The access runs at CPL0 in VTL0."""
+        RUNS[routine] += 1
+        address = int.from_bytes(buffer[0:8], "little")
+        value = int.from_bytes(buffer[8:16], "little")
+        if ioctl == IOCTL_READ8:
+            value = vp.read_u64(address)
+        elif ioctl == IOCTL_WRITE8:
+            vp.write_u64(address, value)
+        else:
+            return STATUS_INVALID_DEVICE_REQUEST, b""
+        return int(NtStatus.SUCCESS), address.to_bytes(8, "little") + value.to_bytes(8, "little")
+
+    return io_control
+
+
+for _spec in DRIVERS:
+    code.register(_spec.routine("DriverEntry"), _entry_routine(_spec.routine("DriverEntry")))
+    _make = _vulnerable_routine if _spec.vulnerable else _echo_routine
+    code.register(_spec.routine("IoControl"), _make(_spec.routine("IoControl")))
+
+
+@functools.lru_cache(maxsize=1)
+def _store_images() -> tuple[tuple[str, bytes], ...]:
+    """Build and sign the store's images once per process (signing is the slow part)."""
+    images: list[tuple[str, bytes]] = []
+    for spec in DRIVERS:
+        routines = {name: spec.routine(name) for name in ("DriverEntry", "IoControl")}
+        image = build_image(ImageKind.DRIVER, spec.name, "DriverEntry", routines)
+        if spec.signer == "model":
+            image = sign_image(image, model_pki().signer("codesign"))
+        elif spec.signer == "other":
+            image = sign_image(image, other_pki().signer("codesign"))
+        images.append((spec.name, image))
+    return tuple(images)
+
+
+def default_store() -> dict[str, bytes]:
+    return dict(_store_images())
+
+
+# -- wiring ---------------------------------------------------------------------------------------
+def register_nt(nt: NtKernel) -> None:
+    """Loader time (called from ``NtKernel.__post_init__``): ``g_CiOptions`` in NT's data, the
+    driver store, the loader state, and the two system services."""
+    variable = nt.variable(CI_OPTIONS)
+    leaf = nt.space.pt.lookup(variable.va)
+    assert leaf is not None
+    # winload initialises the image's .data: a direct RAM write, before any protection exists.
+    gpa = (leaf & PTE_ADDR_MASK) | (variable.va & PAGE_MASK)
+    nt.machine.ram.write(gpa, CI_OPTIONS_ENFORCING.to_bytes(8, "little"))
+    nt.ext[STORE] = default_store()
+    nt.ext[LOADER] = DriverLoader()
+    syscalls.register(nt, "NtLoadDriver", nt_load_driver)
+    syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
+
+
+def _loader(nt: NtKernel) -> DriverLoader:
+    loader = nt.ext.get(LOADER)
+    if not isinstance(loader, DriverLoader):
+        loader = nt.ext[LOADER] = DriverLoader()
+    return loader
+
+
+def _store(nt: NtKernel) -> dict[str, bytes]:
+    store = nt.ext.get(STORE)
+    if not isinstance(store, dict):
+        store = nt.ext[STORE] = default_store()
+    return store
+
+
+def hvci_enabled(nt: NtKernel) -> bool:
+    """HVCI is configured (registry/UEFI) and VBS actually runs (there is a Secure Kernel)."""
+    return nt.vsl is not None and nt.policy.hvci
+
+
+def _event(vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
+    if vp.trace.on:
+        vp.emit("driver", mechanism, outcome, **detail)
+
+
+def _kernel_tables(nt: NtKernel, vp: VirtualProcessor) -> PageTables:
+    """NT's kernel page tables as the running kernel edits them: through its VP."""
+    return PageTables(nt.phys(vp), nt.space.pt.root)
+
+
+def _string(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | None:
+    if not 0 < length <= 256:
+        return None
+    raw = nt.copy_from_user(vp, ptr, length)
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# -- code integrity in VTL0 (DSE) -----------------------------------------------------------------
+def ci_options_va(nt: NtKernel) -> int:
+    return nt.variable(CI_OPTIONS).va
+
+
+def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: bytes) -> int:
+    """CiValidateImageHeader, as NT does it without HVCI; reads ``g_CiOptions`` from RAM."""
+    options = vp.read_u64(ci_options_va(nt))
+    if not options & CI_OPTIONS_ENFORCING:
+        _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)
+        return int(NtStatus.SUCCESS)
+    result = verify_image(
+        image, model_pki().trust_store(), requirement=requirement_for(ImageKind.DRIVER)
+    )
+    if not result.ok:
+        _event(
+            vp,
+            "dse",
+            "refused",
+            driver=name,
+            failure=str(result.failure),
+            detail=result.detail,
+            status=NtStatus.name_of(NtStatus.INVALID_IMAGE_HASH),
+        )
+        return int(NtStatus.INVALID_IMAGE_HASH)
+    _event(vp, "dse", "verified", driver=name, g_CiOptions=options)
+    return int(NtStatus.SUCCESS)
+
+
+# -- mapping --------------------------------------------------------------------------------------
+def map_image(
+    nt: NtKernel, vp: VirtualProcessor, name: str, parsed: ParsedImage, layout: ImageLayout
+) -> LoadedDriver:
+    """MiMapSystemImage: fresh frames, contents written through the direct map, PTEs for code
+    (read-only, executable) and data (RW/NX), a DRIVER_OBJECT.  No validation of any kind: the
+    kernel-internal step, which a compromised kernel (or a manual-mapping attacker) can call."""
+    loader = _loader(nt)
+    base = loader.next_image
+    loader.next_image += (len(layout.pages) + 16) * PAGE_SIZE  # a guard gap between images
+    tables = _kernel_tables(nt, vp)
+    pfns: list[int] = []
+    for index, content in enumerate(layout.pages):
+        pfn = nt.machine.ram.frames.alloc(f"driver:{name}")
+        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), content)
+        executable = index in layout.code
+        flags = int(Pte.G) if executable else int(Pte.RW | Pte.NX | Pte.G)
+        tables.map(base + index * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+        pfns.append(pfn)
+    object_va, _ = nt.alloc_kernel_page(vp)
+    export = parsed.export("IoControl")
+    driver = LoadedDriver(
+        name,
+        base,
+        pfns,
+        layout.code,
+        base + parsed.entry_rva,
+        None if export is None else base + export.rva,
+        object_va,
+    )
+    vp.write_u64(object_va + DO_START, base)
+    vp.write_u64(object_va + DO_SIZE, len(pfns) * PAGE_SIZE)
+    vp.write_u64(object_va + DO_INIT, driver.entry)
+    vp.write_u64(object_va + DO_IOCONTROL, driver.io_control or 0)
+    _event(
+        vp, "mm.map-image", "mapped", driver=name, base=base, pages=len(pfns), code=len(layout.code)
+    )
+    return driver
+
+
+def unmap_image(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+    tables = _kernel_tables(nt, vp)
+    for index, pfn in enumerate(driver.pfns):
+        va = driver.base + index * PAGE_SIZE
+        tables.unmap(va)
+        vp.invlpg(va)
+        nt.machine.ram.frames.free(pfn)
+    nt.machine.ram.frames.free((driver.object_va - DIRECT_MAP) >> PAGE_SHIFT)
+    _event(vp, "mm.map-image", "unmapped", driver=driver.name, base=driver.base)
+
+
+def _pfn_list_page(nt: NtKernel, vp: VirtualProcessor, pfns: list[int]) -> int:
+    """A kernel page holding ``pfns`` as u64s (an MDL's PFN array); returns its PFN."""
+    va, gpa = nt.alloc_kernel_page(vp)
+    vp.write(va, b"".join(pfn.to_bytes(8, "little") for pfn in pfns[: PAGE_SIZE // 8]))
+    return gpa >> PAGE_SHIFT
+
+
+def _create_secure_image(nt: NtKernel, vp: VirtualProcessor, image: bytes) -> tuple[int, int]:
+    """VslpCreateSecureImage: the file's bytes in kernel pages, described by a PFN list."""
+    assert nt.vsl is not None
+    file_pfns: list[int] = []
+    for offset in range(0, len(image), PAGE_SIZE):
+        va, gpa = nt.alloc_kernel_page(vp)
+        vp.write(va, image[offset : offset + PAGE_SIZE])
+        file_pfns.append(gpa >> PAGE_SHIFT)
+    list_pfn = _pfn_list_page(nt, vp, file_pfns)
+    status, outputs = nt.vsl.call(
+        vp, Service.CREATE_SECURE_IMAGE, len(image), list_pfn, len(file_pfns)
+    )
+    for pfn in [*file_pfns, list_pfn]:
+        nt.machine.ram.frames.free(pfn)
+    return status, outputs[0] if outputs else 0
+
+
+def _validate_mapped(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver, handle: int) -> int:
+    """FINISH_SECURE_IMAGE_VALIDATION with the mapped pages, then LOAD_DRIVER."""
+    assert nt.vsl is not None
+    list_pfn = _pfn_list_page(nt, vp, driver.pfns)
+    status, _ = nt.vsl.call(
+        vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
+    )
+    nt.machine.ram.frames.free(list_pfn)
+    if ok(status):
+        status, _ = nt.vsl.call(vp, Service.LOAD_DRIVER, handle)
+    if not ok(status):
+        nt.vsl.call(vp, Service.UNLOAD_DRIVER, handle)  # drop the secure image (if still there)
+    return status
+
+
+# -- the loader -----------------------------------------------------------------------------------
+def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+    """IopLoadDriver / MmLoadSystemImage for a driver of the store; returns an NTSTATUS."""
+    if name in nt.drivers:
+        return STATUS_IMAGE_ALREADY_LOADED
+    image = _store(nt).get(name)
+    if image is None:
+        _event(vp, "driver-store", "not-found", driver=name)
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    hvci = hvci_enabled(nt)
+    if hvci:
+        _event(vp, "dse", "delegated", driver=name, to="skci")
+    else:
+        status = code_integrity_check(nt, vp, name, image)
+        if not ok(status):
+            return status
+    try:
+        parsed = parse_image(image)
+    except ImageFormatError:
+        return int(NtStatus.INVALID_IMAGE_FORMAT)
+    layout = image_layout(image, parsed)
+    if layout is None:
+        _event(vp, "mm.map-image", "refused", driver=name, reason="layout")
+        return int(NtStatus.INVALID_IMAGE_FORMAT)
+    try:
+        handle = 0
+        if hvci:
+            status, handle = _create_secure_image(nt, vp, image)
+            if not ok(status):
+                _event(vp, "skci", "refused", driver=name, status=NtStatus.name_of(status))
+                return status
+        driver = map_image(nt, vp, name, parsed, layout)
+        if hvci:
+            status = _validate_mapped(nt, vp, driver, handle)
+            if not ok(status):
+                _event(vp, "skci", "refused", driver=name, status=NtStatus.name_of(status))
+                unmap_image(nt, vp, driver)
+                return status
+            driver.secure_handle = handle
+    except OutOfFrames:
+        return int(NtStatus.NO_MEMORY)
+    nt.drivers[name] = driver
+    return start_driver(nt, vp, driver)
+
+
+def start_driver(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> int:
+    """Call ``DriverEntry(DriverObject)`` at CPL0: an instruction fetch like any other."""
+    result = vp.call(driver.entry, driver.object_va)
+    status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
+    driver.entry_status = status
+    _event(vp, "driver-entry", NtStatus.name_of(status), driver=driver.name, entry=driver.entry)
+    if not ok(status):
+        unload_driver(nt, vp, driver.name)
+    return status
+
+
+def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+    driver = nt.drivers.pop(name, None)
+    if not isinstance(driver, LoadedDriver):
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    if driver.secure_handle and nt.vsl is not None:
+        status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
+        if not ok(status):
+            # The SK still protects the pages: NT must not reuse them.  Leak them instead.
+            _event(vp, "driver-unload", "pages-leaked", driver=name)
+            return status
+    unmap_image(nt, vp, driver)
+    return int(NtStatus.SUCCESS)
+
+
+# -- system services ------------------------------------------------------------------------------
+def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """NtLoadDriver(PCSTR name, ULONG length) — the model's reduced form of the registry path."""
+    process = nt.process_of(vp)
+    if process is None or not process.token.load_driver:
+        _event(vp, "privilege", "refused", privilege="SeLoadDriverPrivilege")
+        return int(NtStatus.PRIVILEGE_NOT_HELD)
+    name = _string(nt, vp, args[0], args[1])
+    if name is None:
+        return int(NtStatus.INVALID_PARAMETER)
+    return load_driver(nt, vp, name)
+
+
+def nt_device_io_control_file(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """NtDeviceIoControlFile(PCSTR device, ULONG length, ULONG code, PVOID buffer[16]) — reduced;
+    METHOD_BUFFERED: NT copies the buffer in, calls the driver at CPL0, copies it back.  Device
+    objects carry no ACL in the model (RTCore64-style devices were open to their callers)."""
+    name = _string(nt, vp, args[0], args[1])
+    driver = nt.drivers.get(name) if name is not None else None
+    if not isinstance(driver, LoadedDriver):
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    if driver.io_control is None:
+        return STATUS_INVALID_DEVICE_REQUEST
+    ioctl = args[2] & 0xFFFF_FFFF
+    buffer = nt.copy_from_user(vp, args[3], IOCTL_BUFFER)
+    if buffer is None:
+        return int(NtStatus.ACCESS_VIOLATION)
+    _event(vp, "ioctl", "dispatched", driver=driver.name, code=ioctl)
+    result = vp.call(driver.io_control, ioctl, buffer)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)):
+        return int(NtStatus.UNSUCCESSFUL)
+    status, out = int(result[0]), result[1]
+    if isinstance(out, bytes) and out and not nt.copy_to_user(vp, args[3], out[:IOCTL_BUFFER]):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return status
+
+
+# -- executable pool ------------------------------------------------------------------------------
+def nt_allocate_executable(
+    nt: NtKernel, vp: VirtualProcessor, size: int, writable: bool
+) -> tuple[int, int]:
+    """ExAllocatePool(NonPagedPoolExecute): (NTSTATUS, VA).  Without HVCI NT maps the pages
+    executable (and writable if asked: RWX) on its own authority.  With HVCI it must ask the SK
+    to make each page kernel-executable, and the SK refuses W+KX (``hvci.w^x``)."""
+    pages = max(1, -(-size // PAGE_SIZE))
+    if pages > MAX_POOL_PAGES:
+        return int(NtStatus.INVALID_PARAMETER), 0
+    loader = _loader(nt)
+    base = loader.next_pool
+    loader.next_pool += (pages + 1) * PAGE_SIZE
+    tables = _kernel_tables(nt, vp)
+    flags = int(Pte.G) | (int(Pte.RW) if writable else 0)  # no NX: executable
+    pfns: list[int] = []
+    try:
+        for index in range(pages):
+            pfn = nt.machine.ram.frames.alloc("nt.pool-execute")
+            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            tables.map(base + index * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+            pfns.append(pfn)
+    except OutOfFrames:
+        return int(NtStatus.NO_MEMORY), 0
+    if hvci_enabled(nt):
+        assert nt.vsl is not None
+        requested = (R | W | KX | UX) if writable else (R | KX | UX)
+        for pfn in pfns:
+            status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, requested)
+            if not ok(status):
+                _event(
+                    vp,
+                    "pool-execute",
+                    "refused",
+                    writable=writable,
+                    status=NtStatus.name_of(status),
+                    by="securekernel",
+                )
+                for index, frame in enumerate(pfns):
+                    tables.unmap(base + index * PAGE_SIZE)
+                    vp.invlpg(base + index * PAGE_SIZE)
+                    nt.machine.ram.frames.free(frame)
+                return status, 0
+    loader.pool[base] = pfns
+    _event(
+        vp,
+        "pool-execute",
+        "allocated",
+        writable=writable,
+        va=base,
+        pages=pages,
+        hvci=hvci_enabled(nt),
+    )
+    return int(NtStatus.SUCCESS), base

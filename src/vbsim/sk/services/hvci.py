@@ -1,0 +1,640 @@
+"""HVCI and SKCI in the Secure Kernel: the VTL0 page state machine and driver validation.
+
+vbs-internals §5.1, §3.6, §1.3 and Appendix A item 5.  Only when the policy enables HVCI.
+
+**The invariant.**  No VTL0 page is ever SLAT-writable and SLAT-kernel-executable at once.  Every
+SLAT change this module makes goes through :func:`apply`, which refuses (raises: it would be a bug
+in vbsim) a mask with both W and KX.  Rights are the HV_MAP_GPA bits R=1 W=2 KX=4 UX=8 (vsm-spec
+§3.1); with MBEC off UX is ignored by the hardware and KX≠UX is invalid (vsm-spec §3.2), so
+masks are normalised for that case.
+
+**Page states** (one byte per GPA page, the SK's page-identity knowledge; App. A item 5):
+
+=========== ============================== =====================================================
+state        VTL0 SLAT rights               meaning
+=========== ============================== =====================================================
+UNVALIDATED  R|W|UX (R|W without MBEC)      ordinary VTL0 memory: never KX
+LOCKED       R                              an image page NT handed over, hashed, awaiting KX
+VALIDATED    R|KX|UX                        contents match a signed image (or the boot image)
+IMAGE_DATA   R|W                            a loaded driver's data page (RW, NX)
+WRITABLE     R|W|UX                         validated code made writable by the sanctioned
+                                            MAKE_PROTECTED_PAGE_WRITABLE: KX lost, hash kept
+=========== ============================== =====================================================
+
+**How the SK learns NT's boot code pages (design choice).**  At phase 1 the SK still fully trusts
+VTL0 and the loader (vbs-internals §1.1 rows 11-12: ``OslVsmSetup(2)`` enters the SK with the
+``OslVsmLoaderBlock``, and phase 1 "creates NARs/NTEs for boot-loaded images").  In the model the
+loader block's list of boot-loaded images is one virtual range, ``[CODE_BASE, CODE_BASE +
+BOOT_IMAGE_SPAN)`` — where winload (``KernelSpace``) places ntoskrnl's code — and the address
+space it lives in is the loader's CR3, which the SK reads from the boot VP's VTL0 state with
+HvCallGetVpRegisters.  The SK walks those page tables itself (through its own direct map, in
+VTL1) and takes every present, supervisor, read-only, executable 4 KiB leaf in the range as a
+boot-image code page: it checks that the page holds only guest-code thunks (or zeros), records
+its hash and makes it R|KX|UX.  Nothing NT does later can add to that set: the walk happens once,
+inside phase 1, before VTL0 runs again.  Drivers are loaded outside that range (``nt.drivers``).
+
+**Driver load** (§5.1 steps; secure-call fields are the model's, as the real layouts are [U]):
+
+- ``CREATE_SECURE_IMAGE`` (Field1 image size in bytes, Field2 PFN of a VTL0 page holding the PFN
+  list of the file pages, Field3 number of PFNs).  The SK *captures* the bytes into VTL1 before
+  any check (vbs-internals §6 A9), verifies the Authenticode signature against the model root
+  with ``requirement_for("driver")`` (``skci.signature``), checks the image is a driver and that
+  its layout is HVCI-compatible (page-aligned sections, no page both code and data, no W+X
+  section).  Output: a secure-image handle.  Failure: STATUS_INVALID_IMAGE_HASH (McGarr-SI).
+- ``FINISH_SECURE_IMAGE_VALIDATION`` (Field1 handle, Field2 PFN of the list of the mapped image
+  pages in RVA order, Field3 count).  The SK first takes W away from the code pages (so nothing
+  can change between the hash and KX), then hashes the physical pages it sees against the
+  captured image (``skci.page-hash``).  A mismatch gives the pages back unvalidated.
+- ``LOAD_DRIVER`` (Field1 handle): code pages become R|KX|UX, data pages R|W.
+- ``UNLOAD_DRIVER`` (Field1 handle): every page of the image goes back to UNVALIDATED.
+
+**Sanctioned transitions.**  ``MAKE_PROTECTED_PAGE_WRITABLE`` (Field1 PFN): a VALIDATED page
+becomes R|W|UX and loses KX.  ``MAKE_PROTECTED_PAGE_EXECUTABLE`` (Field1 PFN, Field2 requested
+HV_MAP_GPA rights, 0 = R|KX|UX): a request for W together with KX is refused with
+STATUS_INVALID_PAGE_PROTECTION (``hvci.w^x``, the model's choice of status); otherwise W is taken
+away, the page is re-hashed, and KX comes back only if the contents equal the validated hash —
+an unvalidated page (no signed hash covers it) gets STATUS_INVALID_IMAGE_HASH.
+
+Without HVCI the services answer STATUS_NOT_SUPPORTED: there is no SK enforcement, NT's own
+code integrity (DSE, ``vbsim.nt.drivers``) decides alone.
+
+**Other owners of VTL0 pages.**  Pages the SK took for itself or for trustlets are not VTL0's
+(``sk.vtl0_page``) and every service refuses them.  Pages KDP made read-only keep that: HVCI never
+raises their rights (:func:`apply` leaves them alone, ``hvci.kdp``) and refuses them as image
+pages.  Other modules that hand a page back to VTL0 should use :func:`vtl0_default_rights`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from vbsim.guest import hvcall
+from vbsim.guest.address_space import CODE_BASE
+from vbsim.hv.defs import HvRegisterName
+from vbsim.hw import code
+from vbsim.hw.slat import KX, UX, R, W, describe
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.image import ImageKind, ParsedImage, model_pki, requirement_for, verify_image
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+
+#: The loader block's boot-image range: ``[CODE_BASE, CODE_BASE + BOOT_IMAGE_SPAN)`` (the first
+#: half of the 512 GiB PML4 slot of CODE_BASE; NT loads drivers in the second half).
+BOOT_IMAGE_SPAN = 256 << 30
+#: Largest image the SK captures (vbsim.image's parser has its own larger cap).
+MAX_IMAGE_PAGES = 256
+MAX_IMAGE_SIZE = MAX_IMAGE_PAGES * PAGE_SIZE
+#: A PFN list must fit in the one VTL0 page that carries it.
+MAX_LIST = PAGE_SIZE // 8
+#: Secure images alive at once (the SK's pool is finite; a VTL0 flood gets STATUS_NO_MEMORY).
+MAX_SECURE_IMAGES = 256
+SECURE_IMAGE = "secure_image"
+EXT_KEY = "hvci"
+
+_SCN_MEM_WRITE = 0x8000_0000  # IMAGE_SCN_MEM_WRITE (PE/COFF spec)
+_P, _RW, _US, _PS, _NX = int(Pte.P), int(Pte.RW), int(Pte.US), int(Pte.PS), int(Pte.NX)
+_HIGH_HALF = 0xFFFF << 48
+
+
+class PageState(IntEnum):
+    UNVALIDATED = 0
+    LOCKED = 1
+    VALIDATED = 2
+    IMAGE_DATA = 3
+    WRITABLE = 4
+
+
+@dataclass
+class Hvci:
+    """The SK's HVCI bookkeeping (in ``sk.ext["hvci"]``)."""
+
+    mbec: bool
+    states: bytearray
+    #: The VTL0 rights this module last set per page (0xF: never set, the hypervisor default).
+    rights: bytearray
+    #: Validated contents: page → SHA-256 of the bytes that earned KX.
+    hashes: dict[int, bytes] = field(default_factory=dict)
+    #: Image pages → the secure image handle they belong to.
+    owner: dict[int, int] = field(default_factory=dict)
+    boot_pages: list[int] = field(default_factory=list)
+
+    @property
+    def unvalidated(self) -> int:
+        return R | W | UX if self.mbec else R | W
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """An image as the loader lays it out in memory: one bytes object per page, and which
+    page indices hold code."""
+
+    pages: tuple[bytes, ...]
+    code: frozenset[int]
+
+
+def image_layout(data: bytes, parsed: ParsedImage) -> ImageLayout | None:
+    """Headers at RVA 0, each section's raw data at its RVA (``min(raw, virtual)`` bytes, the rest
+    zero).  None when the image is not HVCI-compatible: a section not page-aligned, a writable
+    executable section, a page holding both code and data, or too large."""
+    header_pages = max(1, -(-parsed.size_of_headers // PAGE_SIZE))
+    end = header_pages * PAGE_SIZE
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        end = max(end, section.virtual_address + span)
+    count = -(-end // PAGE_SIZE)
+    if not 0 < count <= MAX_IMAGE_PAGES:
+        return None
+    memory = bytearray(count * PAGE_SIZE)
+    headers = data[: parsed.size_of_headers]
+    memory[: len(headers)] = headers
+    code_pages: set[int] = set()
+    data_pages: set[int] = set(range(header_pages))
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        if section.virtual_address % PAGE_SIZE or section.virtual_address < PAGE_SIZE:
+            return None
+        if section.executable and section.characteristics & _SCN_MEM_WRITE:
+            return None
+        length = min(section.raw_size, span)
+        raw = data[section.raw_offset : section.raw_offset + length]
+        memory[section.virtual_address : section.virtual_address + len(raw)] = raw
+        if span:
+            first = section.virtual_address // PAGE_SIZE
+            last = (section.virtual_address + span - 1) // PAGE_SIZE
+            (code_pages if section.executable else data_pages).update(range(first, last + 1))
+    if code_pages & data_pages or not code_pages:
+        return None
+    pages = tuple(bytes(memory[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]) for i in range(count))
+    return ImageLayout(pages, frozenset(code_pages))
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# -- the one place VTL0 SLAT rights change --------------------------------------------------------
+def _normalise(state: Hvci, flags: int) -> int:
+    """With MBEC off KX alone governs execution and KX≠UX is invalid (vsm-spec §3.2)."""
+    if state.mbec:
+        return flags
+    return flags | UX if flags & KX else flags & ~UX
+
+
+def apply(sk: SecureKernel, vp: VirtualProcessor, gpns: list[int], flags: int, why: str) -> bool:
+    """Set VTL0's rights on ``gpns`` (ModifyVtlProtectionMask from VTL1), enforcing W^KX."""
+    state = _state(sk)
+    assert state is not None
+    flags = _normalise(state, flags)
+    if flags & W and flags & KX:
+        sk.emit(vp, "hvci", "hvci.w^x", "violation", rights=describe(flags), why=why)
+        raise AssertionError(f"HVCI would grant W+KX to {len(gpns)} VTL0 page(s) ({why})")
+    if flags & ~R:
+        # A page KDP owns stays as KDP made it (read-only): HVCI never raises its rights.
+        kept = [gpn for gpn in gpns if _kdp_protected(sk, gpn)]
+        if kept:
+            sk.emit(vp, "hvci", "hvci.kdp", "kept-read-only", pages=len(kept), why=why)
+            gpns = [gpn for gpn in gpns if not _kdp_protected(sk, gpn)]
+    if not gpns:
+        return True
+    ok = sk.set_vtl0_rights(vp, gpns, flags)
+    if ok:
+        for gpn in gpns:
+            state.rights[gpn] = flags
+    sk.emit(
+        vp,
+        "hvci",
+        "hvci.slat",
+        "set" if ok else "failed",
+        rights=describe(flags),
+        pages=len(gpns),
+        first_gpa=gpns[0] << PAGE_SHIFT,
+        why=why,
+    )
+    return ok
+
+
+def vtl0_default_rights(sk: SecureKernel) -> int:
+    """The rights an ordinary VTL0 page has: R|W|UX under HVCI (R|W without MBEC), else all."""
+    state = _state(sk)
+    return R | W | KX | UX if state is None else state.unvalidated
+
+
+def _kdp_protected(sk: SecureKernel, gpn: int) -> bool:
+    """KDP's page ownership (static KDP and the secure pool): its pages are VTL0 read-only for
+    good, and no other service may give them more rights (``vbsim.sk.services.kdp``)."""
+    from vbsim.sk.services import kdp
+
+    return kdp.is_protected(sk, gpn)
+
+
+def _state(sk: SecureKernel) -> Hvci | None:
+    state = sk.ext.get(EXT_KEY)
+    return state if isinstance(state, Hvci) else None
+
+
+def _enabled(sk: SecureKernel, vp: VirtualProcessor, service: Service) -> Hvci | None:
+    state = _state(sk)
+    if state is None:
+        sk.emit(vp, "hvci", "hvci.off", "not-supported", service=service.value)
+    return state
+
+
+def _refuse(
+    sk: SecureKernel,
+    vp: VirtualProcessor,
+    kind: str,
+    mechanism: str,
+    status: NtStatus,
+    **detail: Any,
+) -> Reply:
+    sk.emit(vp, kind, mechanism, "refused", status=NtStatus.name_of(status), **detail)
+    return Reply(status)
+
+
+def _read_page(sk: SecureKernel, vp: VirtualProcessor, pfn: int) -> bytes:
+    return vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), PAGE_SIZE)
+
+
+def _capture_pfn_list(
+    sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
+) -> list[int] | None:
+    """Copy a PFN list out of VTL0 (one page), then check every entry is VTL0 RAM."""
+    if not 0 < count <= MAX_LIST or not sk.vtl0_page(list_pfn):
+        return None
+    raw = vp.read(sk.space.phys_va(list_pfn << PAGE_SHIFT), count * 8)
+    pfns = [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(count)]
+    if not all(sk.vtl0_page(pfn) for pfn in pfns):
+        return None
+    return pfns
+
+
+# -- phase 1: the initial SLAT --------------------------------------------------------------------
+def _boot_image_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[tuple[int, int]]:
+    """(VA, PFN) of every present supervisor read-only executable 4 KiB page mapped in the
+    loader block's boot-image range of VTL0's (the loader's) address space."""
+    result, values = hvcall.get_vp_registers(vp, sk.params, [int(HvRegisterName.CR3)], target_vtl=0)
+    if not result.ok or not values:
+        return []
+    lo, hi = CODE_BASE, CODE_BASE + BOOT_IMAGE_SPAN
+    found: list[tuple[int, int]] = []
+    ram_size = sk.machine.ram.size
+
+    def walk(table: int, shift: int, base: int, writable: bool, user: bool, nx: bool) -> None:
+        if table + PAGE_SIZE > ram_size:
+            return
+        span = 1 << shift
+        for index in range(512):
+            va = base + index * span
+            if shift == 39 and index >= 256:
+                va |= _HIGH_HALF
+            if va + span <= lo or va >= hi:
+                continue
+            entry = vp.read_u64(sk.space.phys_va(table + index * 8))
+            if not entry & _P:
+                continue
+            w, u, x = (
+                writable and bool(entry & _RW),
+                user and bool(entry & _US),
+                nx or bool(entry & _NX),
+            )
+            if shift == 12:
+                if not (w or u or x):
+                    found.append((va, (entry & PTE_ADDR_MASK) >> PAGE_SHIFT))
+            elif not entry & _PS:
+                walk(entry & PTE_ADDR_MASK, shift - 9, va, w, u, x)
+
+    walk(values[0] & PTE_ADDR_MASK, 39, 0, True, True, False)
+    return found
+
+
+def _looks_like_code(page: bytes) -> bool:
+    """Every 32-byte slot is a guest-code thunk or empty (the format check of a code page)."""
+    empty = bytes(code.THUNK_SIZE)
+    for offset in range(0, PAGE_SIZE, code.THUNK_SIZE):
+        slot = page[offset : offset + code.THUNK_SIZE]
+        if slot != empty and not slot.startswith(code.THUNK_MAGIC):
+            return False
+    return True
+
+
+def phase1(sk: SecureKernel, vp: VirtualProcessor) -> None:
+    """Every VTL0 page R|W|UX (never KX); the boot image's code pages R|KX|UX, validated."""
+    if not sk.policy.hvci:
+        return
+    pages = sk.machine.ram.pages
+    state = Hvci(sk.policy.mbec, bytearray(pages), bytearray([0xF]) * pages)
+    sk.ext[EXT_KEY] = state
+    validated: list[int] = []
+    for va, pfn in _boot_image_pages(sk, vp):
+        if not sk.vtl0_page(pfn) or pfn in state.hashes:
+            continue
+        content = _read_page(sk, vp, pfn)
+        if not _looks_like_code(content):
+            sk.emit(vp, "skci", "skci.boot-image", "refused", va=va, gpa=pfn << PAGE_SHIFT)
+            continue
+        state.hashes[pfn] = _digest(content)
+        validated.append(pfn)
+    code_set = set(validated)
+    # Page 0 (firmware's, never handed out) is VTL0 RAM too, though no secure call may name it.
+    ordinary = [
+        pfn for pfn in range(pages) if pfn not in code_set and (pfn == 0 or sk.vtl0_page(pfn))
+    ]
+    apply(sk, vp, ordinary, state.unvalidated, "boot")
+    if apply(sk, vp, validated, R | KX | UX, "boot-image"):
+        for pfn in validated:
+            state.states[pfn] = PageState.VALIDATED
+    state.boot_pages = validated
+    sk.emit(
+        vp,
+        "hvci",
+        "hvci.boot",
+        "enabled",
+        mbec=state.mbec,
+        code_pages=len(validated),
+        vtl0_pages=len(ordinary) + len(validated),
+    )
+
+
+# -- driver load ----------------------------------------------------------------------------------
+def create_secure_image(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    service = Service.CREATE_SECURE_IMAGE
+    if _enabled(sk, vp, service) is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    size, list_pfn, count = args.fields[0], args.fields[1], args.fields[2]
+    if not 0 < size <= MAX_IMAGE_SIZE or count != -(-size // PAGE_SIZE):
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, size=size)
+    live = sum(1 for obj in sk.handles.values() if obj.kind == SECURE_IMAGE)
+    if live >= MAX_SECURE_IMAGES:
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.NO_MEMORY, live=live)
+    pfns = _capture_pfn_list(sk, vp, list_pfn, count)
+    if pfns is None:
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
+    # The capture: from here on the SK works on its own copy; VTL0 may change its pages freely.
+    captured = b"".join(_read_page(sk, vp, pfn) for pfn in pfns)[:size]
+    result = verify_image(
+        captured, model_pki().trust_store(), requirement=requirement_for(ImageKind.DRIVER)
+    )
+    parsed = result.image
+    if not result.ok or parsed is None:
+        return _refuse(
+            sk,
+            vp,
+            "skci",
+            "skci.signature",
+            NtStatus.INVALID_IMAGE_HASH,
+            failure=str(result.failure),
+            detail=result.detail,
+        )
+    if parsed.kind is not ImageKind.DRIVER:
+        return _refuse(
+            sk, vp, "skci", "skci.kind", NtStatus.INVALID_IMAGE_HASH, image_kind=str(parsed.kind)
+        )
+    layout = image_layout(captured, parsed)
+    if layout is None:
+        return _refuse(sk, vp, "skci", "skci.hvci-compatible", NtStatus.INVALID_IMAGE_HASH)
+    data: dict[str, Any] = {"stage": "created", "name": parsed.name, "layout": layout, "pfns": []}
+    handle = sk.alloc_handle(SkObject(SECURE_IMAGE, data))
+    sk.emit(
+        vp,
+        "skci",
+        "skci.signature",
+        "verified",
+        image=parsed.name,
+        signer=result.chain[0].subject if result.chain else None,
+        handle=handle,
+    )
+    return Reply(NtStatus.SUCCESS, [handle])
+
+
+def _image(sk: SecureKernel, handle: int, stages: tuple[str, ...]) -> SkObject | None:
+    obj = sk.lookup(handle, SECURE_IMAGE)
+    if obj is None or obj.data.get("stage") not in stages:
+        return None
+    return obj
+
+
+def finish_secure_image_validation(
+    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
+) -> Reply:
+    state = _enabled(sk, vp, Service.FINISH_SECURE_IMAGE_VALIDATION)
+    if state is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    handle, list_pfn, count = args.fields[0], args.fields[1], args.fields[2]
+    obj = _image(sk, handle, ("created",))
+    if obj is None:
+        return _refuse(sk, vp, "skci", "skci.handle", NtStatus.INVALID_HANDLE, handle=handle)
+    layout: ImageLayout = obj.data["layout"]
+    if count != len(layout.pages):
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, count=count)
+    pfns = _capture_pfn_list(sk, vp, list_pfn, count)
+    if pfns is None:
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
+    if len(set(pfns)) != len(pfns) or any(
+        state.states[pfn] != PageState.UNVALIDATED or _kdp_protected(sk, pfn) for pfn in pfns
+    ):
+        return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER)
+    code_index = sorted(layout.code)
+    code_pfns = [pfns[i] for i in code_index]
+    # Lock before hashing: without W, VTL0 cannot change a page between its hash and its KX.
+    if not apply(sk, vp, code_pfns, R, "lock"):
+        apply(sk, vp, code_pfns, state.unvalidated, "unlock")
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL)
+    for pfn in code_pfns:
+        state.states[pfn] = PageState.LOCKED
+    bad = [
+        pfns[i]
+        for i in code_index
+        if _digest(_read_page(sk, vp, pfns[i])) != _digest(layout.pages[i])
+    ]
+    if bad:
+        apply(sk, vp, code_pfns, state.unvalidated, "unlock")
+        for pfn in code_pfns:
+            state.states[pfn] = PageState.UNVALIDATED
+        sk.handles.pop(handle, None)
+        return _refuse(
+            sk,
+            vp,
+            "skci",
+            "skci.page-hash",
+            NtStatus.INVALID_IMAGE_HASH,
+            image=obj.data.get("name"),
+            mismatched=len(bad),
+            first_gpa=bad[0] << PAGE_SHIFT,
+        )
+    for i in code_index:
+        state.hashes[pfns[i]] = _digest(layout.pages[i])
+    for pfn in pfns:
+        state.owner[pfn] = handle
+    obj.data.update(stage="hashed", pfns=pfns)
+    sk.emit(
+        vp,
+        "skci",
+        "skci.page-hash",
+        "verified",
+        image=obj.data.get("name"),
+        code_pages=len(code_pfns),
+        handle=handle,
+    )
+    return Reply()
+
+
+def load_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    state = _enabled(sk, vp, Service.LOAD_DRIVER)
+    if state is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    handle = args.fields[0]
+    obj = _image(sk, handle, ("hashed",))
+    if obj is None:
+        return _refuse(sk, vp, "hvci", "hvci.load-driver", NtStatus.INVALID_HANDLE, handle=handle)
+    layout: ImageLayout = obj.data["layout"]
+    pfns: list[int] = obj.data["pfns"]
+    code_pfns = [pfns[i] for i in sorted(layout.code)]
+    data_pfns = [pfn for i, pfn in enumerate(pfns) if i not in layout.code]
+    if not apply(sk, vp, data_pfns, R | W, "load-driver:data") or not apply(
+        sk, vp, code_pfns, R | KX | UX, "load-driver:code"
+    ):
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
+    for pfn in data_pfns:
+        state.states[pfn] = PageState.IMAGE_DATA
+    for pfn in code_pfns:
+        state.states[pfn] = PageState.VALIDATED
+    obj.data["stage"] = "loaded"
+    sk.emit(
+        vp,
+        "hvci",
+        "hvci.load-driver",
+        "code-executable",
+        image=obj.data.get("name"),
+        code_pages=len(code_pfns),
+        data_pages=len(data_pfns),
+        handle=handle,
+    )
+    return Reply()
+
+
+def unload_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    state = _enabled(sk, vp, Service.UNLOAD_DRIVER)
+    if state is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    handle = args.fields[0]
+    obj = _image(sk, handle, ("created", "hashed", "loaded"))
+    if obj is None:
+        return _refuse(sk, vp, "hvci", "hvci.unload", NtStatus.INVALID_HANDLE, handle=handle)
+    pfns: list[int] = obj.data["pfns"]
+    if not apply(sk, vp, pfns, state.unvalidated, "unload-driver"):
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
+    for pfn in pfns:
+        state.states[pfn] = PageState.UNVALIDATED
+        state.hashes.pop(pfn, None)
+        state.owner.pop(pfn, None)
+    sk.handles.pop(handle, None)
+    sk.emit(vp, "hvci", "hvci.unload", "unvalidated", image=obj.data.get("name"), pages=len(pfns))
+    return Reply()
+
+
+# -- sanctioned transitions -----------------------------------------------------------------------
+def make_protected_page_writable(
+    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
+) -> Reply:
+    state = _enabled(sk, vp, Service.MAKE_PROTECTED_PAGE_WRITABLE)
+    if state is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    pfn = args.fields[0]
+    if not sk.vtl0_page(pfn):
+        return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER, pfn=pfn)
+    current = state.states[pfn]
+    if current == PageState.WRITABLE:
+        return Reply()
+    if current != PageState.VALIDATED:
+        return _refuse(
+            sk,
+            vp,
+            "hvci",
+            "hvci.page-state",
+            NtStatus.INVALID_PARAMETER,
+            gpa=pfn << PAGE_SHIFT,
+            state=PageState(current).name,
+        )
+    if not apply(sk, vp, [pfn], state.unvalidated, "make-writable"):
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
+    state.states[pfn] = PageState.WRITABLE
+    sk.emit(vp, "hvci", "hvci.transition", "writable", gpa=pfn << PAGE_SHIFT, kx=False)
+    return Reply()
+
+
+def make_protected_page_executable(
+    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
+) -> Reply:
+    state = _enabled(sk, vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE)
+    if state is None:
+        return Reply(NtStatus.NOT_SUPPORTED)
+    pfn, requested = args.fields[0], args.fields[1] or (R | KX | UX)
+    if requested & ~(R | W | KX | UX) or not requested & KX:
+        return _refuse(
+            sk, vp, "hvci", "hvci.request", NtStatus.INVALID_PARAMETER, requested=requested
+        )
+    if requested & W:
+        return _refuse(
+            sk,
+            vp,
+            "hvci",
+            "hvci.w^x",
+            NtStatus.INVALID_PAGE_PROTECTION,
+            gpa=pfn << PAGE_SHIFT,
+            requested=describe(requested),
+        )
+    if not sk.vtl0_page(pfn):
+        return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER, pfn=pfn)
+    current = state.states[pfn]
+    if current == PageState.VALIDATED:
+        return Reply()
+    if current != PageState.WRITABLE:
+        return _refuse(
+            sk,
+            vp,
+            "skci",
+            "skci.page-hash",
+            NtStatus.INVALID_IMAGE_HASH,
+            gpa=pfn << PAGE_SHIFT,
+            state=PageState(current).name,
+            reason="no signed hash covers this page",
+        )
+    if not apply(sk, vp, [pfn], R, "lock"):
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
+    if _digest(_read_page(sk, vp, pfn)) != state.hashes.get(pfn):
+        apply(sk, vp, [pfn], state.unvalidated, "unlock")
+        return _refuse(
+            sk,
+            vp,
+            "skci",
+            "skci.page-hash",
+            NtStatus.INVALID_IMAGE_HASH,
+            gpa=pfn << PAGE_SHIFT,
+            reason="contents differ from the validated hash",
+        )
+    if not apply(sk, vp, [pfn], R | KX | UX, "make-executable"):
+        apply(sk, vp, [pfn], state.unvalidated, "unlock")
+        return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
+    state.states[pfn] = PageState.VALIDATED
+    sk.emit(vp, "hvci", "hvci.transition", "executable", gpa=pfn << PAGE_SHIFT, kx=True)
+    return Reply()
+
+
+def register(sk: SecureKernel) -> None:
+    sk.handlers[Service.CREATE_SECURE_IMAGE] = create_secure_image
+    sk.handlers[Service.FINISH_SECURE_IMAGE_VALIDATION] = finish_secure_image_validation
+    sk.handlers[Service.LOAD_DRIVER] = load_driver
+    sk.handlers[Service.UNLOAD_DRIVER] = unload_driver
+    sk.handlers[Service.MAKE_PROTECTED_PAGE_WRITABLE] = make_protected_page_writable
+    sk.handlers[Service.MAKE_PROTECTED_PAGE_EXECUTABLE] = make_protected_page_executable
+    # HVCI's initial SLAT is the baseline: it runs first, so that later modules' phase-1 hooks
+    # (KDP read-only pages, ...) refine it instead of being overwritten by it.
+    sk.phase1_hooks.insert(0, phase1)

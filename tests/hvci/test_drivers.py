@@ -1,0 +1,262 @@
+"""Driver loading: SKCI under HVCI, DSE without it, and the DSE-disable attack."""
+
+from __future__ import annotations
+
+import pytest
+
+from vbsim.hw.faults import Bugcheck
+from vbsim.hw.slat import KX, UX, R, W
+from vbsim.image import parse_image
+from vbsim.nt import drivers
+from vbsim.nt.drivers import (
+    DO_ENTRY_MARK,
+    ENTRY_MARK,
+    IOCTL_READ8,
+    OTHER_ROOT_DRIVER,
+    RUNS,
+    SAMPLE_DRIVER,
+    STATUS_IMAGE_ALREADY_LOADED,
+    UNSIGNED_DRIVER,
+    VULNERABLE_DRIVER,
+)
+from vbsim.ntstatus import BugCheck, NtStatus
+from vbsim.policy import preset
+from vbsim.sk.services.hvci import EXT_KEY, Hvci, PageState, image_layout
+from vbsim.sk.sscn import Service
+
+from .kit import USER, Env, direct_va, make_env, wkx_pages
+
+PRESETS = ["vbs-hvci", "vbs", "vbs-off"]
+
+
+def entry_runs(name: str) -> int:
+    tag = next(spec.tag for spec in drivers.DRIVERS if spec.name == name)
+    return RUNS[f"drv.{tag}.DriverEntry"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_signed_driver_loads_and_driver_entry_runs(name: str) -> None:
+    env = make_env(name)
+    before = entry_runs(SAMPLE_DRIVER)
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert entry_runs(SAMPLE_DRIVER) == before + 1
+    driver = env.nt.drivers[SAMPLE_DRIVER]
+    assert isinstance(driver, drivers.LoadedDriver)
+    # DriverEntry's store reached guest RAM (read as the kernel would, through the VP).
+    assert env.vp.read_u64(driver.object_va + DO_ENTRY_MARK) == ENTRY_MARK
+    # Its IoControl runs too (echo).
+    assert env.ioctl(SAMPLE_DRIVER, 0x1234, 0, 77) == (NtStatus.SUCCESS, 77)
+    if env.hvci:
+        assert all(env.rights(pfn) == R | KX | UX for pfn in driver.code_pfns)
+        assert all(env.rights(pfn) == R | W for pfn in driver.data_pfns)
+        verified = [e for e in env.events("skci", "skci.signature") if e.outcome == "verified"]
+        assert verified and verified[-1].detail["image"] == SAMPLE_DRIVER
+        assert env.events("hvci", "hvci.load-driver")
+        assert wkx_pages(env.system) == []
+    else:
+        assert [e.outcome for e in env.events("driver", "dse")][-1] == "verified"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize(
+    ("driver", "failure"),
+    [(UNSIGNED_DRIVER, "no-signature"), (OTHER_ROOT_DRIVER, "untrusted-root")],
+)
+def test_unsigned_and_untrusted_root_drivers_are_refused(
+    name: str, driver: str, failure: str
+) -> None:
+    env = make_env(name)
+    before = entry_runs(driver)
+    assert env.load(driver) == NtStatus.INVALID_IMAGE_HASH
+    assert entry_runs(driver) == before
+    assert driver not in env.nt.drivers
+    if env.hvci:
+        [refusal] = [e for e in env.events("skci", "skci.signature") if e.outcome == "refused"]
+        assert refusal.vtl == 1 and refusal.detail["failure"] == failure
+        assert not env.events("driver", "mm.map-image")  # never even mapped
+    else:
+        [refusal] = [e for e in env.events("driver", "dse") if e.outcome == "refused"]
+        assert refusal.vtl == 0 and refusal.detail["failure"] == failure
+
+
+def test_loading_needs_the_load_driver_privilege() -> None:
+    env = make_env("vbs-off")
+    user = env.nt.create_process(env.vp, "user.exe", USER)
+    buffer = env.nt.allocate(env.vp, user, 4096).base
+    entries = env.nt.map_code(env.vp, user, ["test.hvci.load_driver"])
+    run = env.nt.run_user(env.vp, user, entries["test.hvci.load_driver"], buffer, SAMPLE_DRIVER)
+    assert run.returned == NtStatus.PRIVILEGE_NOT_HELD
+    assert env.events("driver", "privilege")
+
+
+def test_unknown_and_already_loaded_drivers() -> None:
+    env = make_env("vbs-hvci")
+    assert env.load("nope.sys") == NtStatus.OBJECT_NAME_NOT_FOUND
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert env.load(SAMPLE_DRIVER) == STATUS_IMAGE_ALREADY_LOADED
+
+
+def test_the_vulnerable_driver_reads_kernel_memory_for_anyone_who_asks() -> None:
+    env = make_env("vbs-hvci")
+    assert env.load(VULNERABLE_DRIVER) == NtStatus.SUCCESS
+    status, value = env.ioctl(VULNERABLE_DRIVER, IOCTL_READ8, drivers.ci_options_va(env.nt))
+    assert (status, value) == (NtStatus.SUCCESS, drivers.CI_OPTIONS_ENFORCING)
+
+
+@pytest.mark.parametrize("name", ["vbs", "vbs-off"])
+def test_zeroing_g_ci_options_lets_an_unsigned_driver_load_and_run(name: str) -> None:
+    env = make_env(name)
+    ci = drivers.ci_options_va(env.nt)
+    assert env.load(UNSIGNED_DRIVER) == NtStatus.INVALID_IMAGE_HASH
+    assert env.k0_write(ci, 0) == NtStatus.SUCCESS  # the K0 data attack
+    assert env.k0_read(ci) == 0
+    before = entry_runs(UNSIGNED_DRIVER)
+    assert env.load(UNSIGNED_DRIVER) == NtStatus.SUCCESS
+    assert entry_runs(UNSIGNED_DRIVER) == before + 1
+    assert [e.outcome for e in env.events("driver", "dse")][-1] == "skipped"
+
+
+def test_zeroing_g_ci_options_is_moot_under_hvci() -> None:
+    # KDP off: isolate HVCI (a KDP-protected g_CiOptions would stop the write itself).
+    env = make_env(preset("vbs-hvci").with_changes(kdp=False))
+    ci = drivers.ci_options_va(env.nt)
+    assert env.k0_write(ci, 0) == NtStatus.SUCCESS
+    assert env.k0_read(ci) == 0
+    before = entry_runs(UNSIGNED_DRIVER)
+    assert env.load(UNSIGNED_DRIVER) == NtStatus.INVALID_IMAGE_HASH
+    assert entry_runs(UNSIGNED_DRIVER) == before
+    assert [e.outcome for e in env.events("skci", "skci.signature")][-1] == "refused"
+    assert wkx_pages(env.system) == []
+
+
+def test_dse_disable_attack_never_runs_unsigned_code_under_the_vbs_hvci_preset() -> None:
+    env = make_env("vbs-hvci")
+    before = entry_runs(UNSIGNED_DRIVER)
+    try:
+        env.k0_write(drivers.ci_options_va(env.nt), 0)
+        assert env.load(UNSIGNED_DRIVER) == NtStatus.INVALID_IMAGE_HASH
+    except Bugcheck:
+        pass  # KDP may protect g_CiOptions: the write itself is then the end
+    assert entry_runs(UNSIGNED_DRIVER) == before
+
+
+def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
+    env = make_env("vbs-hvci")
+    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    parsed = parse_image(image)
+    layout = image_layout(image, parsed)
+    assert layout is not None
+    driver = drivers.map_image(env.nt, env.vp, UNSIGNED_DRIVER, parsed, layout)
+    assert not any(env.rights(pfn) & KX for pfn in driver.pfns)
+    before = entry_runs(UNSIGNED_DRIVER)
+    with pytest.raises(Bugcheck) as stop:
+        drivers.start_driver(env.nt, env.vp, driver)
+    assert entry_runs(UNSIGNED_DRIVER) == before  # the body never ran
+    assert stop.value.code == BugCheck.KMODE_EXCEPTION_NOT_HANDLED and stop.value.vtl == 0
+    denied = [e for e in env.events("access", "slat") if e.outcome == "denied"]
+    assert denied[-1].detail["access"] == "execute"
+    assert denied[-1].detail["gpa"] >> 12 in driver.code_pfns
+    assert [e.outcome for e in env.events("intercept", "slat")][-1] == "refused"
+
+
+@pytest.mark.parametrize("name", ["vbs", "vbs-off"])
+def test_unsigned_code_that_nt_maps_itself_executes_without_hvci(name: str) -> None:
+    env = make_env(name)
+    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    parsed = parse_image(image)
+    layout = image_layout(image, parsed)
+    assert layout is not None
+    driver = drivers.map_image(env.nt, env.vp, UNSIGNED_DRIVER, parsed, layout)
+    before = entry_runs(UNSIGNED_DRIVER)
+    assert drivers.start_driver(env.nt, env.vp, driver) == NtStatus.SUCCESS
+    assert entry_runs(UNSIGNED_DRIVER) == before + 1
+
+
+def _create_and_map() -> tuple[Env, drivers.LoadedDriver, int]:
+    """NT's first two steps by hand: CREATE_SECURE_IMAGE, then the mapping."""
+    env = make_env("vbs-hvci")
+    image = env.nt.ext[drivers.STORE][SAMPLE_DRIVER]
+    status, handle = drivers._create_secure_image(env.nt, env.vp, image)
+    assert status == NtStatus.SUCCESS and handle
+    parsed = parse_image(image)
+    layout = image_layout(image, parsed)
+    assert layout is not None
+    driver = drivers.map_image(env.nt, env.vp, SAMPLE_DRIVER, parsed, layout)
+    return env, driver, handle
+
+
+def test_a_code_page_that_differs_from_the_signed_image_never_gets_kx() -> None:
+    e, driver, handle = _create_and_map()
+    code_pfn = driver.code_pfns[0]
+    e.vp.write(direct_va(code_pfn) + 64, b"\x0f\x3fVBSM\x01" + bytes(25))  # NT tampers
+    status = drivers._validate_mapped(e.nt, e.vp, driver, handle)
+    assert status == NtStatus.INVALID_IMAGE_HASH
+    [refusal] = [x for x in e.events("skci", "skci.page-hash") if x.outcome == "refused"]
+    assert refusal.detail["first_gpa"] >> 12 == code_pfn
+    assert e.rights(code_pfn) == R | W | UX  # back to unvalidated: writable, never KX
+    assert e.system.sk is not None and handle not in e.system.sk.handles
+    assert wkx_pages(e.system) == []
+
+
+def test_hashed_pages_are_locked_until_load_driver() -> None:
+    env, driver, handle = _create_and_map()
+    assert env.nt.vsl is not None
+    list_pfn = drivers._pfn_list_page(env.nt, env.vp, driver.pfns)
+    status, _ = env.nt.vsl.call(
+        env.vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
+    )
+    assert status == NtStatus.SUCCESS
+    code_pfn = driver.code_pfns[0]
+    assert env.rights(code_pfn) == R  # neither W nor KX between the hash and LOAD_DRIVER
+    sk = env.system.sk
+    assert sk is not None
+    state = sk.ext[EXT_KEY]
+    assert isinstance(state, Hvci) and state.states[code_pfn] == PageState.LOCKED
+    with pytest.raises(Bugcheck):
+        env.vp.write(direct_va(code_pfn), b"\xcc")  # TOCTOU attempt: SLAT refuses the write
+
+
+def test_unload_gives_the_pages_back_unvalidated() -> None:
+    env = make_env("vbs-hvci")
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    driver = env.nt.drivers[SAMPLE_DRIVER]
+    assert isinstance(driver, drivers.LoadedDriver)
+    pfns = list(driver.pfns)
+    assert drivers.unload_driver(env.nt, env.vp, SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert all(env.rights(pfn) == R | W | UX for pfn in pfns)
+    assert env.events("hvci", "hvci.unload")
+    # And it loads again, validated afresh.
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert wkx_pages(env.system) == []
+
+
+def test_hvci_never_gives_back_rights_kdp_took() -> None:
+    from vbsim.nt import kdp
+
+    env = make_env("vbs-hvci")
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    driver = env.nt.drivers[SAMPLE_DRIVER]
+    assert isinstance(driver, drivers.LoadedDriver)
+    index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
+    pfn = driver.pfns[index]
+    assert env.rights(pfn) == R | W
+    status = kdp.mm_protect_driver_section(env.nt, env.vp, driver.base + index * 4096, 4096)
+    assert status == NtStatus.SUCCESS and env.rights(pfn) == R
+    assert drivers.unload_driver(env.nt, env.vp, SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert env.rights(pfn) == R  # still KDP's
+    assert env.events("hvci", "hvci.kdp")[-1].outcome == "kept-read-only"
+    assert wkx_pages(env.system) == []
+
+
+def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
+    from vbsim.nt import kdp
+
+    env, driver, handle = _create_and_map()
+    assert env.nt.vsl is not None
+    index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
+    status = kdp.mm_protect_driver_section(env.nt, env.vp, driver.base + index * 4096, 4096)
+    assert status == NtStatus.SUCCESS
+    assert drivers._validate_mapped(env.nt, env.vp, driver, handle) == NtStatus.INVALID_PARAMETER
+    assert env.events("hvci", "hvci.page-state")[-1].outcome == "refused"
+    assert env.rights(driver.pfns[index]) == R
+    assert all(env.rights(pfn) == R | W | UX for pfn in driver.code_pfns)
