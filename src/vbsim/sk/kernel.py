@@ -172,9 +172,13 @@ class SecureKernel:
         secure_config = defs.SECCFG_MBEC_ENABLED.mask if mbec else 0
         registers = [(int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0), secure_config)]
         if vp.index == 0:
+            # With HVCI no VTL0 page is kernel-executable unless validated: the default mask every
+            # page starts with is R|W|UX (vsm-spec §3.4 DefaultVtlProtectionMask, HV_MAP_GPA order).
+            default = 0xB if self.policy.hvci else 0xF
+            self.ext["vtl0_default_mask"] = default
             config = (
                 defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
-                | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, 0xF)
+                | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, default)
                 | defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask
                 | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
             )

@@ -347,7 +347,13 @@ def phase1(sk: SecureKernel, vp: VirtualProcessor) -> None:
     ordinary = [
         pfn for pfn in range(pages) if pfn not in code_set and (pfn == 0 or sk.vtl0_page(pfn))
     ]
-    apply(sk, vp, ordinary, state.unvalidated, "boot")
+    if sk.ext.get("vtl0_default_mask") == state.unvalidated:
+        # The SK enabled VTL protection with HVCI's default already (DefaultVtlProtectionMask,
+        # vsm-spec §3.4): every page got R|W|UX then; only the bookkeeping is left to do.
+        for pfn in ordinary:
+            state.rights[pfn] = state.unvalidated
+    else:
+        apply(sk, vp, ordinary, state.unvalidated, "boot")
     if apply(sk, vp, validated, R | KX | UX, "boot-image"):
         for pfn in validated:
             state.states[pfn] = PageState.VALIDATED
