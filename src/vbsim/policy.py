@@ -129,12 +129,33 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
+_ASCII_DIGITS = frozenset("0123456789")
+
+
 def _version(text: Any, where: str) -> str:
+    """Up to four dot-separated 16-bit parts (VS_FIXEDFILEINFO), ASCII digits only."""
     _expect(text, str, where)
     parts = text.split(".")
-    if not 1 <= len(parts) <= 4 or not all(p.isdigit() and len(p) <= 5 for p in parts):
-        raise PolicyError(f"{where}: expected a version like 10.0.26100.2314, got {text!r}")
+    if not 1 <= len(parts) <= 4 or not all(
+        p and len(p) <= 5 and set(p) <= _ASCII_DIGITS and int(p) <= 0xFFFF for p in parts
+    ):
+        raise PolicyError(
+            f"{where}: expected a version like 10.0.26100.2314 (parts 0..65535), got {text!r}"
+        )
     return str(text)
+
+
+def _svn(value: Any, where: str) -> int:
+    _expect(value, int, where)
+    if not 0 <= value <= 0xFFFF_FFFF:
+        raise PolicyError(f"{where}: an SVN is 0..4294967295, got {value}")
+    return int(value)
+
+
+def _component_name(name: str, where: str) -> str:
+    if name not in COMPONENTS:
+        raise PolicyError(f"{where}: unknown component {name!r} (known: {', '.join(COMPONENTS)})")
+    return name
 
 
 def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
@@ -145,6 +166,8 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
     for key in data:
         if key not in known:
             raise PolicyError(f"unknown field {key!r} (known: {', '.join(sorted(known))})")
+    if "preset" in data and base is None:
+        policy = preset(_expect(data["preset"], str, "preset"))
     for key in _BOOL_FIELDS:
         if key in data:
             changes[key] = _expect(data[key], bool, key)
@@ -171,6 +194,7 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
         components = dict(policy.components)
         for name, spec in table.items():
             where = f"components.{name}"
+            _component_name(name, where)
             spec = _expect(spec, dict, where)
             unknown = set(spec) - {"version", "svn", "tampered"}
             if unknown:
@@ -180,15 +204,16 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
                 version=_version(spec["version"], f"{where}.version")
                 if "version" in spec
                 else current.version,
-                svn=_expect(spec.get("svn", current.svn), int, f"{where}.svn"),
+                svn=_svn(spec.get("svn", current.svn), f"{where}.svn"),
                 tampered=_expect(spec.get("tampered", current.tampered), bool, f"{where}.tampered"),
             )
         changes["components"] = components
     if "revocation" in data:
         table = _expect(data["revocation"], dict, "revocation")
-        floors = {}
+        floors = dict(policy.revocation)  # merged over the preset's floors, like [components]
         for name, spec in table.items():
             where = f"revocation.{name}"
+            _component_name(name, where)
             spec = _expect(spec, dict, where)
             unknown = set(spec) - {"min_version", "min_svn"}
             if unknown:
@@ -210,7 +235,8 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
                 raise PolicyError(
                     f"legacy: unknown switch {key!r} (known: {', '.join(sorted(known_legacy))})"
                 )
-        changes["legacy"] = Legacy(**{k: _expect(v, bool, f"legacy.{k}") for k, v in table.items()})
+        switches = {k: _expect(v, bool, f"legacy.{k}") for k, v in table.items()}
+        changes["legacy"] = replace(policy.legacy, **switches)
     return replace(policy, **changes)
 
 
@@ -220,10 +246,14 @@ def load(path: str | Path) -> Policy:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise PolicyError(f"cannot read policy file {str(path)!r}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {error.start})") from error
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise PolicyError(f"{path}: not valid TOML: {error}") from error
+    except RecursionError as error:
+        raise PolicyError(f"{path}: nested too deeply to be a policy") from error
     base = None
     if "preset" in data:
         base = preset(_expect(data["preset"], str, "preset"))

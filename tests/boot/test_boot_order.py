@@ -37,9 +37,9 @@ def test_vbs_boot_order_matches_vbs_internals_1_1() -> None:
     assert system.booted and system.vbs_running
     assert milestones(system.trace.events) == [
         "firmware",  # row 1: UEFI Secure Boot on
-        "secureboot:ntoskrnl.exe",  # row 6: kernel image verified
         "vsm-policy",  # row 3: OslSetVsmPolicy
         "secureboot:hvix64.exe",  # row 5: hypervisor image verified (loaded, not launched)
+        "secureboot:ntoskrnl.exe",  # row 6: kernel image verified
         "secureboot:securekernel.exe",  # row 8: SK image verified
         "hypervisor-launch",  # row 10
         "sk-load",  # row 8: SK placed in reserved memory
@@ -114,8 +114,8 @@ def test_vbs_off_boots_nt_alone() -> None:
     assert system.sk is None and system.nt.vsl is None
     assert milestones(system.trace.events) == [
         "firmware",
-        "secureboot:ntoskrnl.exe",
         "vsm-policy",
+        "secureboot:ntoskrnl.exe",
         "hypervisor-launch",
         "nt-phase0",
         "init-sipi:1",  # without VBS NT starts the AP itself

@@ -196,11 +196,6 @@ def test_unknown_preset_name() -> None:
 
 
 # -- bugs in vbsim.policy (not owned by this suite) ----------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load() catches only OSError around read_text; a file that is not UTF-8 raises "
-    "UnicodeDecodeError instead of PolicyError",
-)
 def test_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'name = "caf\xe9"\n')
@@ -208,52 +203,27 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
         load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: load() lets tomllib's RecursionError (deeply nested arrays/tables) escape "
-    "instead of PolicyError",
-)
 def test_deeply_nested_toml(tmp_path: Path) -> None:
     with pytest.raises(PolicyError):
         load(write(tmp_path, "name = " + "[" * 5000 + "]" * 5000 + "\n"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _version accepts parts up to 99999 but VS_FIXEDFILEINFO parts are 16-bit: the "
-    "policy loads and boot() then raises ValueError while building the image",
-)
 def test_version_part_beyond_16_bits_is_rejected() -> None:
     with pytest.raises(PolicyError, match=r"components\.securekernel\.exe\.version"):
         from_dict({"components": {"securekernel.exe": {"version": "10.0.70000.1"}}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _version uses str.isdigit, which accepts non-ASCII digits such as '²'; "
-    "Component.version_tuple() and boot() then raise ValueError",
-)
 def test_non_ascii_digits_in_version_are_rejected() -> None:
     with pytest.raises(PolicyError, match=r"components\.securekernel\.exe\.version"):
         from_dict({"components": {"securekernel.exe": {"version": "10.0.²"}}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: component svn is not range-checked; a negative or >= 2**32 SVN loads and boot() "
-    "then raises ValueError ('SVN must fit 32 bits')",
-)
 @pytest.mark.parametrize("svn", [-1, 1 << 32])
 def test_svn_out_of_range_is_rejected(svn: int) -> None:
     with pytest.raises(PolicyError, match=r"components\.securekernel\.exe\.svn"):
         from_dict({"components": {"securekernel.exe": {"svn": svn}}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: unknown component names are accepted silently (a typo such as "
-    "'securekernl.exe' with tampered = true has no effect)",
-)
 @pytest.mark.parametrize("table", ["components", "revocation"])
 def test_unknown_component_name_is_rejected(table: str) -> None:
     spec = {"svn": 1} if table == "components" else {"min_svn": 1}
@@ -261,12 +231,6 @@ def test_unknown_component_name_is_rejected(table: str) -> None:
         from_dict({table: {"securekernl.exe": spec}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a [revocation] table replaces the preset's floors instead of merging like "
-    "[components]: adding an LsaIso floor to 'hardened' silently drops the securekernel.exe "
-    "floor (and with it the downgrade protection)",
-)
 def test_revocation_override_keeps_the_presets_other_floors(tmp_path: Path) -> None:
     policy = load(write(tmp_path, HARDENED_WITH_OVERRIDES))
     floor = preset("hardened").revocation["securekernel.exe"]

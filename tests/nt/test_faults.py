@@ -96,12 +96,6 @@ def test_lsass_process_is_a_vtl0_user_process(system: System) -> None:
 
 
 # -- bugs found in files this suite does not own ------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NtKernel.copy_to_user/copy_from_user do not catch the #PF of a bad user pointer; "
-    "a CPL3 caller crashes the machine (PAGE_FAULT_IN_NONPAGED_AREA) instead of getting "
-    "STATUS_ACCESS_VIOLATION",
-)
 @pytest.mark.parametrize(
     ("name", "args"),
     [
@@ -119,11 +113,6 @@ def test_bad_user_pointer_fails_the_call_not_the_machine(
     assert outcome.returned == [NtStatus.ACCESS_VIOLATION]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: copy_to_user into a read-only user page (CR0.WP) bugchecks instead of returning "
-    "STATUS_ACCESS_VIOLATION",
-)
 def test_out_pointer_to_read_only_user_page_fails_the_call(system: System) -> None:
     user = spawn(system, "app.exe", USER)
     code_page = user.entries["tests.nt.syscalls"] & ~0xFFF
@@ -134,11 +123,6 @@ def test_out_pointer_to_read_only_user_page_fails_the_call(system: System) -> No
     assert outcome.returned == [NtStatus.ACCESS_VIOLATION]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NtKernel.allocate lets vbsim.hw.ram.OutOfFrames escape as a Python exception "
-    "instead of NtAllocateVirtualMemory returning STATUS_NO_MEMORY",
-)
 def test_allocation_beyond_physical_memory_is_no_memory(
     make_system: Callable[..., System],
 ) -> None:
@@ -151,11 +135,6 @@ def test_allocation_beyond_physical_memory_is_no_memory(
     assert outcome.returned[-1] == NtStatus.NO_MEMORY
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NtWriteVirtualMemory ignores page protection (_translate_user checks P and U/S "
-    "only), so it writes into read-only/executable user pages",
-)
 def test_write_virtual_memory_respects_read_only_pages(system: System) -> None:
     user = spawn(system, "app.exe", USER)
     code_va = user.entries["tests.nt.read"]

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vbsim.boot.chain import System, boot
 from vbsim.boot.disk import VBS_REGISTRY_KEY
-from vbsim.hw.faults import Bugcheck
 from vbsim.nt import lsass
 from vbsim.nt.syscalls import MAX_ALLOCATION, NUMBERS
 from vbsim.policy import preset
@@ -169,12 +167,6 @@ any_call = st.tuples(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Bugcheck,
-    reason="BUG: a bad user pointer in a syscall argument bugchecks NT (copy_to_user/"
-    "copy_from_user have no exception handling); see test_faults.py",
-)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["vbs", "vbs-off"]), tokens, st.lists(any_call, min_size=1, max_size=6))
 @example("vbs", USER, [(NUMBERS["NtAllocateVirtualMemory"], [0, 4096, 0x04])])

@@ -288,12 +288,6 @@ def vtl0_readable_ram(system: System) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: secure_process.run_trustlet frees its message/reply pages without zeroing them; "
-    "lsass's PROTECT request (with the NT OWF and Kerberos key) stays in a free VTL0 frame that a "
-    "K0 attacker can read through the direct map",
-)
 def test_credential_guard_secrets_are_nowhere_vtl0_can_read(
     make_system: Callable[..., System],
 ) -> None:
@@ -337,10 +331,11 @@ def test_non_admin_cannot_dump_lsass(system: System) -> None:
 # -- NtSetValueKey ---------------------------------------------------------------------------------
 def test_set_value_key_needs_admin(system: System) -> None:
     assert system.nt is not None
+    before = system.nt.registry.get(VBS_REGISTRY_KEY)  # the hive loaded from disk at boot
     user = spawn(system, "app.exe", USER)
-    status = user.returned("tests.nt.set_value", VBS_REGISTRY_KEY, 0, user.scratch.base)
+    status = user.returned("tests.nt.set_value", VBS_REGISTRY_KEY, 0x55, user.scratch.base)
     assert status == NtStatus.ACCESS_DENIED
-    assert VBS_REGISTRY_KEY not in system.nt.registry
+    assert system.nt.registry.get(VBS_REGISTRY_KEY) == before
     admin = spawn(system, "admin.exe", ADMIN)
     status = admin.returned("tests.nt.set_value", VBS_REGISTRY_KEY, 0, admin.scratch.base)
     assert status == NtStatus.SUCCESS

@@ -119,16 +119,16 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
         trace if trace is not None else Trace(record=True),
     )
     _step(system, "firmware", "secure-boot-on" if policy.secure_boot else "secure-boot-off")
+    # §1.1 order: VBS policy (row 3), hypervisor loader (row 5), kernel images (row 6), SK (row 8).
+    want_vbs = vbs_requested(system)
+    hypervisor_ok = verify_component(system, "hvix64.exe") if want_vbs else False
     if not verify_component(system, "ntoskrnl.exe"):
         system.halted = "ntoskrnl.exe failed verification"
         _step(system, "boot", "halted", reason=system.halted)
         return system
-    want_vbs = vbs_requested(system)
     vbs = False
     if want_vbs:
-        vbs = verify_component(system, "hvix64.exe") and verify_component(
-            system, "securekernel.exe"
-        )
+        vbs = hypervisor_ok and verify_component(system, "securekernel.exe")
         if not vbs:
             if policy.mandatory:
                 system.halted = "VBS is mandatory and a VBS component failed verification"
@@ -145,6 +145,7 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
     nt = NtKernel(machine, policy, vbs)
+    nt.registry.update(system.disk.registry)  # the SYSTEM hive, loaded from disk
     system.nt = nt
     bsp = machine.bsp
     nt.prepare_boot_processor(bsp)

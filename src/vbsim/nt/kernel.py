@@ -18,7 +18,7 @@ from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.faults import Bugcheck, GuestTermination, ThreadTerminated
 from vbsim.hw.pagetable import PhysAccess
-from vbsim.hw.ram import GuestRam
+from vbsim.hw.ram import GuestRam, OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
@@ -206,9 +206,28 @@ class NtKernel:
         vp.write(va, bytes(PAGE_SIZE))
         return va, pfn << PAGE_SHIFT
 
+    def probe_user(self, vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
+        """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
+        of the current address space (writable, for a write).  A bad pointer is the caller's
+        error (STATUS_ACCESS_VIOLATION), never a kernel-mode fault."""
+        if length < 0 or length > 1 << 20 or va <= 0 or va + length > 1 << 47:
+            return False
+        process = self.process_of(vp)
+        if process is None:
+            return False
+        tables = process.tables
+        tables.phys = self.phys(vp)
+        page = va & ~0xFFF
+        while page < va + max(length, 1):
+            leaf = tables.lookup(page)
+            if leaf is None or not leaf & Pte.US or (write and not leaf & Pte.RW):
+                return False
+            page += PAGE_SIZE
+        return True
+
     def copy_from_user(self, vp: VirtualProcessor, va: int, length: int) -> bytes | None:
-        """Probe and copy user memory (STAC/CLAC around the access, as SMAP requires)."""
-        if length < 0 or length > 1 << 20 or va >= 1 << 47 or va + length > 1 << 47:
+        """Probe, then copy user memory (STAC/CLAC around the access, as SMAP requires)."""
+        if not self.probe_user(vp, va, length, write=False):
             return None
         vp.stac()
         try:
@@ -217,7 +236,7 @@ class NtKernel:
             vp.clac()
 
     def copy_to_user(self, vp: VirtualProcessor, va: int, data: bytes) -> bool:
-        if va >= 1 << 47 or va + len(data) > 1 << 47:
+        if not self.probe_user(vp, va, len(data), write=True):
             return False
         vp.stac()
         try:
@@ -274,7 +293,13 @@ class NtKernel:
         tables = process.tables
         tables.phys = phys
         for i in range(pages):
-            pfn = self.machine.ram.frames.alloc(f"process:{process.pid}")
+            try:
+                pfn = self.machine.ram.frames.alloc(f"process:{process.pid}")
+            except OutOfFrames:
+                for taken in region.frames:  # give back what this call took
+                    tables.unmap(start + region.frames.index(taken) * PAGE_SIZE)
+                    self.machine.ram.frames.free(taken)
+                raise
             vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
             tables.map(start + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
             region.frames.append(pfn)

@@ -116,6 +116,10 @@ def run_trustlet(
     status = reply.fields[0]
     length = min(reply.fields[1], PAGE_SIZE) if status == NtStatus.SUCCESS else 0
     data = vp.read(reply_va, length)
+    # Clear before freeing: the message may carry secrets on their way into VTL1 (lsass's
+    # PROTECT request carries the OWF), and a freed VTL0 frame is readable by any K0 attacker.
+    vp.write(message_va, bytes(PAGE_SIZE))
+    vp.write(reply_va, bytes(PAGE_SIZE))
     for gpa in (message_gpa, reply_gpa):
         nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
     return TrustletRun(status, data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt.process import Protection
 from vbsim.ntstatus import NtStatus
@@ -63,7 +64,12 @@ def nt_allocate_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[in
     if not 0 < size <= MAX_ALLOCATION:
         return int(NtStatus.INVALID_PARAMETER)
     writable, executable = _PROTECTIONS[protect]
-    region = nt.allocate(vp, process, size, writable, executable)
+    if not nt.probe_user(vp, out_ptr, 8, write=True):
+        return int(NtStatus.ACCESS_VIOLATION)
+    try:
+        region = nt.allocate(vp, process, size, writable, executable)
+    except OutOfFrames:
+        return int(NtStatus.NO_MEMORY)
     if not nt.copy_to_user(vp, out_ptr, region.base.to_bytes(8, "little")):
         return int(NtStatus.ACCESS_VIOLATION)
     return int(NtStatus.SUCCESS)
@@ -84,13 +90,15 @@ def _lookup_process(
     return int(NtStatus.SUCCESS), target
 
 
-def _translate_user(nt: NtKernel, vp: VirtualProcessor, process: object, va: int) -> int | None:
-    """Software walk of another process's tables (MmProbeAndLock-like): GPA or None."""
+def _translate_user(nt: NtKernel, vp: VirtualProcessor, process: object, va: int,
+                    write: bool = False) -> int | None:  # fmt: skip
+    """Software walk of another process's tables (MmProbeAndLock-like): GPA or None.  A write
+    needs a writable page, as it would for the process itself."""
     from vbsim.nt.process import Process
 
     assert isinstance(process, Process)
     value = process.tables.lookup(va)
-    if value is None or not value & 0x4:  # not present / not a user page
+    if value is None or not value & 0x4 or (write and not value & 0x2):
         return None
     size_mask = (1 << 12) - 1
     return (value & 0x000F_FFFF_FFFF_F000) | (va & size_mask)
@@ -110,7 +118,7 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
     while done < size:
         va = address + done
         chunk = min(size - done, 4096 - (va & 0xFFF))
-        gpa = _translate_user(nt, vp, target, va)
+        gpa = _translate_user(nt, vp, target, va, write)
         if gpa is None:
             return int(NtStatus.ACCESS_VIOLATION) if done == 0 else 0x8000_000D  # PARTIAL_COPY
         if write:
@@ -146,24 +154,25 @@ def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) ->
     return int(NtStatus.SUCCESS)
 
 
-def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | None:
+def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | int:
+    """The key name at ``ptr``, or the NTSTATUS explaining why it could not be read."""
     if not 0 < length <= 256:
-        return None
+        return int(NtStatus.INVALID_PARAMETER)
     raw = nt.copy_from_user(vp, ptr, length)
     if raw is None:
-        return None
+        return int(NtStatus.ACCESS_VIOLATION)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return int(NtStatus.INVALID_PARAMETER)
 
 
 def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """(PCSTR key, ULONG key length, ULONG64 value): HKLM needs an administrator."""
     process = nt.process_of(vp)
     key = _key(nt, vp, args[0], args[1])
-    if key is None:
-        return int(NtStatus.INVALID_PARAMETER)
+    if isinstance(key, int):
+        return key
     if process is None or not process.token.admin:
         return int(NtStatus.ACCESS_DENIED)
     nt.registry[key] = args[2]
@@ -175,8 +184,8 @@ def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int
 def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """(PCSTR key, ULONG key length, PULONG64 value)."""
     key = _key(nt, vp, args[0], args[1])
-    if key is None:
-        return int(NtStatus.INVALID_PARAMETER)
+    if isinstance(key, int):
+        return key
     if key not in nt.registry:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
     value = nt.registry[key]

@@ -1,0 +1,323 @@
+"""NT's side of Kernel Data Protection and of secure allocations (vbs-internals §5.2, §2.3).
+
+- ``MmProtectDriverSection(AddressWithinSection, Size, Flags)`` — static KDP: Size 0 means the
+  whole section containing the address.  Without VBS it fails with STATUS_INVALID_DEVICE_STATE, as
+  on Windows; otherwise NT issues PROTECT_KERNEL_DATA_PAGE (build B) or REGISTER_PROTECTED_PAGE
+  (build A: no PROTECT_KERNEL_DATA_PAGE number exists there) and returns the SK's answer.
+- The secure pool — dynamic KDP: ``ExCreatePool(POOL_CREATE_FLG_SECURE_POOL)`` gives NT physically
+  contiguous pages it reaches through its direct map and hands to the SK
+  (INITIALIZE_SECURE_POOL); ``ExAllocatePool3`` with secure-pool parameters and
+  ``ExSecurePoolUpdate`` go through COPY_PROTECTED_PAGE (see :mod:`vbsim.sk.services.kdp`).
+  ``ExSecurePoolUpdate`` bugchecks with BAD_POOL_CALLER when the SK refuses; the ``*_raw``
+  variants return the status, which is what a K0 attacker calling the SK directly gets.
+- ``VslCreateSecureAllocation`` / ``VslFillSecureAllocation`` (CREATE_/FILL_SECURE_ALLOCATION):
+  NT describes the VTL0 source with a real MDL in one of its pages.
+- The normal call the SK makes before copying from VTL0 ("get physical pages", vbs-internals
+  §2.5); the model's pages are always resident, so NT just answers success.
+
+Driver data sections (what ``MmProtectDriverSection`` protects) are mapped by
+:func:`load_data_section`, the part of MmLoadSystemImage that maps a driver's ``.data``: fresh
+frames, supervisor RW/NX 4 KiB PTEs written through NT's own VP, in a VA range of their own.
+
+Every decision is a trace event of kind ``kdp`` (NT side: mechanism ``nt.kdp``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
+from vbsim.hw.faults import Bugcheck
+from vbsim.hw.pagetable import PageTables
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.ntstatus import BugCheck, NtStatus
+from vbsim.sk.services.allocation import NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
+from vbsim.sk.services.kdp import COPY_ALLOCATE
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.nt.kernel import NtKernel
+
+EXT = "kdp"
+#: Where driver data sections are mapped (the model's layout: 256 GiB above NT's own data, in the
+#: same PML4 slot, so every process shares them).
+SECTION_BASE = DATA_BASE + (256 << 30)
+
+
+@dataclass
+class Section:
+    """A driver data section: its VA and the frames behind it."""
+
+    name: str
+    va: int
+    pfns: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.pfns) * PAGE_SIZE
+
+    @property
+    def gpa(self) -> int:
+        return self.pfns[0] << PAGE_SHIFT
+
+    def contains(self, va: int) -> bool:
+        return self.va <= va < self.va + self.size
+
+
+@dataclass
+class SecurePool:
+    handle: int
+    va: int
+    base_pfn: int
+    pages: int
+
+
+@dataclass
+class NtKdp:
+    next_section: int = SECTION_BASE
+    sections: dict[str, Section] = field(default_factory=dict)
+
+
+def install(nt: NtKernel) -> NtKdp:
+    """NT's KDP client state and its normal-call handler (idempotent)."""
+    existing = nt.ext.get(EXT)
+    if isinstance(existing, NtKdp):
+        return existing
+    state = NtKdp()
+    nt.ext[EXT] = state
+    if nt.vsl is not None:
+        nt.vsl.normal_calls.setdefault(NORMAL_GET_PHYSICAL_PAGES, get_physical_pages)
+    return state
+
+
+def get_physical_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+    """Normal call from the SK: make these PFNs resident and locked (always true in the model)."""
+    _event(vp, "get-physical-pages", "resident", pfns=args[:9])
+    return [int(NtStatus.SUCCESS)]
+
+
+def _event(vp: VirtualProcessor, what: str, outcome: str, **detail: Any) -> None:
+    if vp.trace.on:
+        vp.emit("kdp", "nt.kdp", outcome, call=what, **detail)
+
+
+def _call(
+    nt: NtKernel, vp: VirtualProcessor, service: Service, *fields: int
+) -> tuple[int, list[int]]:
+    if nt.vsl is None:
+        return int(NtStatus.INVALID_DEVICE_STATE), []
+    install(nt)
+    return nt.vsl.call(vp, service, *fields)
+
+
+# -- driver data sections and static KDP ---------------------------------------------------------
+def load_data_section(
+    nt: NtKernel, vp: VirtualProcessor, name: str, pages: int = 1, contents: bytes = b""
+) -> Section:
+    """Map a driver's data section (supervisor, RW, NX) and fill it with ``contents``."""
+    state = install(nt)
+    if name in state.sections:
+        return state.sections[name]
+    tables = PageTables(nt.phys(vp), nt.space.pt.root)
+    va = state.next_section
+    state.next_section += (pages + 1) * PAGE_SIZE  # a guard page between sections
+    pfns: list[int] = []
+    for i in range(pages):
+        pfn = nt.machine.ram.frames.alloc(f"section:{name}")
+        chunk = contents[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), chunk.ljust(PAGE_SIZE, b"\0"))
+        tables.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.RW | Pte.NX | Pte.G))
+        pfns.append(pfn)
+    section = Section(name, va, pfns)
+    state.sections[name] = section
+    _event(vp, "load-data-section", "mapped", section=name, va=va, pages=pages)
+    return section
+
+
+def mm_protect_driver_section(
+    nt: NtKernel, vp: VirtualProcessor, address: int, size: int = 0, flags: int = 0
+) -> int:
+    """MmProtectDriverSection: make the section (or ``[address, address+size)``) read-only for
+    the whole of VTL0, through the Secure Kernel."""
+    if nt.vsl is None:
+        _event(vp, "MmProtectDriverSection", "refused", reason="no-vbs")
+        return int(NtStatus.INVALID_DEVICE_STATE)
+    state = install(nt)
+    if size == 0:
+        section = next((s for s in state.sections.values() if s.contains(address)), None)
+        if section is None:
+            return int(NtStatus.INVALID_PARAMETER)
+        start, end = section.va, section.va + section.size
+    else:
+        start = address & ~PAGE_MASK
+        end = (address + size + PAGE_MASK) & ~PAGE_MASK
+    service = (
+        Service.PROTECT_KERNEL_DATA_PAGE
+        if Service.PROTECT_KERNEL_DATA_PAGE in nt.vsl.table
+        else Service.REGISTER_PROTECTED_PAGE
+    )
+    status, _ = nt.vsl.call(vp, service, start, (end - start) >> PAGE_SHIFT, flags)
+    _event(
+        vp,
+        "MmProtectDriverSection",
+        NtStatus.name_of(status),
+        service=service.value,
+        va=start,
+        pages=(end - start) >> PAGE_SHIFT,
+    )
+    return status
+
+
+# -- the secure pool -----------------------------------------------------------------------------
+def ex_create_secure_pool(
+    nt: NtKernel, vp: VirtualProcessor, pages: int = 1
+) -> tuple[int, SecurePool | None]:
+    if nt.vsl is None:
+        return int(NtStatus.INVALID_DEVICE_STATE), None
+    frames = nt.machine.ram.frames
+    base = frames.alloc_contiguous(pages, "nt.securepool")
+    va = DIRECT_MAP + (base << PAGE_SHIFT)
+    vp.write(va, bytes(pages * PAGE_SIZE))
+    status, out = _call(nt, vp, Service.INITIALIZE_SECURE_POOL, base, pages, va)
+    _event(vp, "ExCreatePool", NtStatus.name_of(status), va=va, pages=pages)
+    if status != NtStatus.SUCCESS or not out:
+        for pfn in range(base, base + pages):
+            frames.free(pfn)
+        return status, None
+    return status, SecurePool(out[0], va, base, pages)
+
+
+def _staged(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> tuple[int, int]:
+    """A VTL0 kernel page holding ``data`` (≤ one page): (VA, PFN)."""
+    va, gpa = nt.alloc_kernel_page(vp)
+    vp.write(va, data[:PAGE_SIZE])
+    return va, gpa >> PAGE_SHIFT
+
+
+def secure_pool_call(
+    nt: NtKernel,
+    vp: VirtualProcessor,
+    pool_handle: int,
+    tag: int,
+    allocation: int,
+    cookie: int,
+    offset: int,
+    data: bytes,
+    flags: int = 0,
+) -> tuple[int, list[int]]:
+    """COPY_PROTECTED_PAGE with ``data`` staged in a VTL0 page (the raw secure call)."""
+    _, pfn = _staged(nt, vp, data)
+    try:
+        return _call(
+            nt,
+            vp,
+            Service.COPY_PROTECTED_PAGE,
+            pool_handle,
+            tag,
+            allocation,
+            cookie,
+            offset,
+            len(data),
+            pfn,
+            0,
+            flags,
+        )
+    finally:
+        nt.machine.ram.frames.free(pfn)
+
+
+def ex_allocate_pool3_secure(
+    nt: NtKernel, vp: VirtualProcessor, pool: SecurePool, tag: int, contents: bytes, cookie: int
+) -> tuple[int, int]:
+    """ExAllocatePool3 with POOL_EXTENDED_PARAMS_SECURE_POOL {handle, buffer, cookie}: (status,
+    allocation VA)."""
+    status, out = secure_pool_call(
+        nt, vp, pool.handle, tag, 0, cookie, 0, contents, flags=COPY_ALLOCATE
+    )
+    _event(vp, "ExAllocatePool3", NtStatus.name_of(status), tag=tag, size=len(contents))
+    return status, (out[0] if status == NtStatus.SUCCESS and out else 0)
+
+
+def secure_pool_update_raw(
+    nt: NtKernel,
+    vp: VirtualProcessor,
+    pool: SecurePool,
+    tag: int,
+    allocation: int,
+    cookie: int,
+    offset: int,
+    data: bytes,
+) -> int:
+    return secure_pool_call(nt, vp, pool.handle, tag, allocation, cookie, offset, data)[0]
+
+
+def ex_secure_pool_update(
+    nt: NtKernel,
+    vp: VirtualProcessor,
+    pool: SecurePool,
+    tag: int,
+    allocation: int,
+    cookie: int,
+    offset: int,
+    data: bytes,
+) -> int:
+    """ExSecurePoolUpdate: BAD_POOL_CALLER when the SK refuses (vbs-internals §5.2)."""
+    status = secure_pool_update_raw(nt, vp, pool, tag, allocation, cookie, offset, data)
+    _event(vp, "ExSecurePoolUpdate", NtStatus.name_of(status), allocation=allocation)
+    if status != NtStatus.SUCCESS:
+        code = BugCheck.BAD_POOL_CALLER
+        if vp.trace.on:
+            vp.emit("bugcheck", "nt", code.name, code=int(code), params=[status, allocation])
+        raise Bugcheck(int(code), code.name, 0, status, allocation)
+    return status
+
+
+# -- secure allocations (CREATE_/FILL_SECURE_ALLOCATION) -----------------------------------------
+def create_secure_allocation(nt: NtKernel, vp: VirtualProcessor, size: int) -> tuple[int, int]:
+    status, out = _call(nt, vp, Service.CREATE_SECURE_ALLOCATION, size)
+    return status, (out[0] if status == NtStatus.SUCCESS and out else 0)
+
+
+def stage_buffer(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> list[int]:
+    """VTL0 kernel pages holding ``data``; their PFNs (what an MDL's PFN array lists)."""
+    pfns = []
+    for start in range(0, max(len(data), 1), PAGE_SIZE):
+        _, pfn = _staged(nt, vp, data[start : start + PAGE_SIZE])
+        pfns.append(pfn)
+    return pfns
+
+
+def build_mdl(
+    nt: NtKernel,
+    vp: VirtualProcessor,
+    pfns: list[int],
+    byte_count: int,
+    byte_offset: int = 0,
+    size: int = -1,
+) -> tuple[int, int]:
+    """An MDL in its own VTL0 kernel page: (MDL VA, MDL PFN)."""
+    start_va = DIRECT_MAP + (pfns[0] << PAGE_SHIFT) if pfns else 0
+    va, pfn = _staged(nt, vp, mdl_bytes(pfns, byte_count, byte_offset, start_va, size))
+    return va, pfn
+
+
+def fill_secure_allocation_raw(
+    nt: NtKernel, vp: VirtualProcessor, handle: int, offset: int, mdl_va: int, mdl_pfn: int
+) -> int:
+    return _call(nt, vp, Service.FILL_SECURE_ALLOCATION, handle, offset, mdl_va, mdl_pfn)[0]
+
+
+def fill_secure_allocation(
+    nt: NtKernel, vp: VirtualProcessor, handle: int, offset: int, data: bytes
+) -> int:
+    """VslFillSecureAllocation: copy ``data`` (staged in VTL0 pages, described by an MDL) into
+    the secure allocation at ``offset``."""
+    pfns = stage_buffer(nt, vp, data)
+    mdl_va, mdl_pfn = build_mdl(nt, vp, pfns, len(data))
+    try:
+        return fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn)
+    finally:
+        for pfn in [*pfns, mdl_pfn]:
+            nt.machine.ram.frames.free(pfn)
