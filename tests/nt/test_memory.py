@@ -24,7 +24,7 @@ from vbsim.nt.syscalls import (
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 
-from .userland import ADMIN, ADMIN_DEBUG, NUMBERS, USER, User, spawn
+from .userland import ADMIN, ADMIN_DEBUG, NUMBERS, USER, User, inject, spawn
 
 SECRET = b"the other process's data"
 
@@ -237,9 +237,12 @@ def test_dump_lsass_with_credential_guard_finds_only_the_isolated_blob(
     assert system.nt is not None
     port = lsass.lsaiso_port(system.nt)
     admin = spawn(system, "pass-the-challenge.exe", ADMIN)
-    status, response = admin.returned(
-        "tests.nt.alpc", port, lsass.respond_message(blob, b"CHALLNGE"), admin.scratch.base
-    )
+    message = lsass.respond_message(blob, b"CHALLNGE")
+    status, _ = admin.returned("tests.nt.alpc", port, message, admin.scratch.base)
+    assert status == NtStatus.ACCESS_DENIED  # LsaIso's port is lsass's ...
+    pid, _, _ = lsass.credential_region(system.nt)
+    injected = inject(system, pid)  # ... so the attacker runs its code inside lsass
+    status, response = injected.returned("tests.nt.alpc", port, message, injected.scratch.base)
     assert status == NtStatus.SUCCESS
     assert response == lsaiso.ntlm_response(owf, b"CHALLNGE")
 

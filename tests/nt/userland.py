@@ -152,8 +152,20 @@ def spawn(system: System, name: str, token: Token) -> User:
     return User(system, process, entries, scratch)
 
 
+def inject(system: System, pid: int) -> User:
+    """Code running inside an existing process (an injected DLL or SSP, as Pass-the-Challenge
+    puts one into lsass)."""
+    nt, machine = system.nt, system.machine
+    assert nt is not None and machine is not None and system.booted
+    vp = machine.bsp
+    process = nt.processes[pid]
+    entries = nt.map_code(vp, process, ROUTINES)
+    scratch = nt.allocate(vp, process, SCRATCH_SIZE)
+    return User(system, process, entries, scratch)
+
+
 USER = Token("bob")
 ADMIN = Token("Administrator", admin=True)
 ADMIN_DEBUG = Token("Administrator", admin=True, debug_privilege=True)
 
-__all__ = ["ADMIN", "ADMIN_DEBUG", "NUMBERS", "USER", "User", "raw_syscall", "spawn"]
+__all__ = ["ADMIN", "ADMIN_DEBUG", "NUMBERS", "USER", "User", "inject", "raw_syscall", "spawn"]

@@ -7,14 +7,18 @@ from typing import Annotated
 
 import typer
 
+from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
 from vbsim.cli.sizes import parse_size
+from vbsim.cli.trustlet_cmd import trustlet_app
 
 app = typer.Typer(
     help="vbsim: an executable model of Windows Virtualization-Based Security.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(image_app, name="image")
+app.add_typer(trustlet_app, name="trustlet")
 
 
 def _size(text: str) -> int:

@@ -319,6 +319,7 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
         Token("SYSTEM", admin=True, debug_privilege=True),
         Protection.NONE,
     )
+    nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
     port = lsaiso_port(nt) if credential_guard_active(nt) else 0

@@ -160,8 +160,7 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: lis
         return int(NtStatus.ACCESS_DENIED)
     if target is None or target.trustlet_id is None or target.terminated:
         return int(NtStatus.INVALID_HANDLE)
-    lsass = nt.ext.get("lsass")
-    if target.trustlet_id == 1 and getattr(lsass, "pid", None) != caller.pid:
+    if target.trustlet_id == 1 and nt.ext.get("lsass_pid") != caller.pid:
         # LSA_ISO_RPC_SERVER is lsass's port (vbs-internals §4.1 [S]): an administrator reaches
         # LsaIso only by running code inside lsass (SSP injection, as Pass-the-Challenge does).
         return int(NtStatus.ACCESS_DENIED)
