@@ -191,13 +191,6 @@ def test_verify_rejects_an_unknown_kind(cli: Run, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verify_image returns an empty chain for an untrusted root: "
-    "image/verify._check_signature calls build_chain, which raises ChainError(UNTRUSTED_ROOT) "
-    "before `result = replace(result, chain=...)`, so the signer -> intermediate part it did "
-    "build is lost (the CLI decodes the signature's certificates itself instead)",
-)
 def test_verify_image_reports_the_chain_even_for_an_untrusted_root() -> None:
     data = trustlet_image(LSAISO, signer=other_pki().signer("ium"))
     result = verify_image(data, model_pki().trust_store())

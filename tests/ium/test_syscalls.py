@@ -248,14 +248,6 @@ def test_random_syscalls_with_valid_pointers_never_raise(
             assert status == INVALID_SERVICE, hex(number)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a trustlet passing an unmapped user pointer to a secure system call bugchecks "
-    "the Secure Kernel (0x18B SECURE_KERNEL_ERROR) instead of getting STATUS_ACCESS_VIOLATION: "
-    "sk/ium/secure_syscalls.read_user/write_user only range-check the VA, then the SK's own "
-    "CPL0 access takes #PF and sk.kernel._exception bugchecks every fault whose interrupted "
-    "CPL is 0 (no probe / exception fixup for user copies)",
-)
 def test_an_unmapped_pointer_to_a_secure_syscall_is_an_access_violation(fresh: Machine) -> None:
     process = fresh.started(kit.test_image(4), 4)
     unmapped = PRIVATE_BASE + PRIVATE_PAGES * PAGE_SIZE + 0x10_0000 * 64
@@ -273,12 +265,6 @@ def fuzz_machines() -> Iterator[list[Machine]]:
         m.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: random secure/NT syscall arguments from a trustlet end in a Secure Kernel "
-    "bugcheck (a guest termination escaping run_trustlet) whenever a pointer argument is an "
-    "unmapped user VA; see test_an_unmapped_pointer_to_a_secure_syscall_is_an_access_violation",
-)
 @settings(
     max_examples=60,
     deadline=None,

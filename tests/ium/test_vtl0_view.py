@@ -313,13 +313,6 @@ def test_rundown_terminates_the_trustlet_and_clears_its_memory(fresh: Machine) -
     assert status == NtStatus.INVALID_HANDLE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NtTerminateProcess on a trustlet's shadow process only marks the EPROCESS "
-    "terminated (nt/syscalls.nt_terminate_process); NT never sends RUNDOWN_PROCESS, so the "
-    "secure process keeps running (IS_TRUSTLET_RUNNING stays 1) and run_trustlet still "
-    "resumes its thread",
-)
 def test_nt_terminate_process_runs_the_trustlet_down(fresh: Machine) -> None:
     process = fresh.started(kit.test_image(4), 4)
     admin = kit.spawn(fresh)

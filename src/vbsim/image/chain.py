@@ -34,6 +34,8 @@ class ChainError(Exception):
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
+        #: The links built before the failure (shown to people, never trusted).
+        self.partial: tuple[LoadedCertificate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,11 +148,13 @@ def build_chain(
             return tuple(chain)
         issuer = next((c for c in bag if c not in chain and issued_by(current, c)), None)
         if issuer is None:
-            raise ChainError(
+            error = ChainError(
                 ChainFailure.UNTRUSTED_ROOT,
                 f"{current.info.subject} is issued by {current.info.issuer}, "
                 "which is neither trusted nor in the signature",
             )
+            error.partial = tuple(chain)  # what was built: worth showing, never trusted
+            raise error
         chain.append(issuer)
         current = issuer
     raise ChainError(ChainFailure.INVALID_CHAIN, "certificate chain too long")

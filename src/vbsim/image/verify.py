@@ -159,6 +159,8 @@ def _check_signature(
         result = replace(result, chain=tuple(link.info for link in chain))
         check_chain(chain, at)
     except ChainError as exc:
+        if exc.partial and not result.chain:
+            result = replace(result, chain=tuple(link.info for link in exc.partial))
         return replace(result, failure=Failure(exc.failure.value), detail=exc.detail)
     ekus = effective_ekus(chain)
     return replace(result, ekus=ekus, signing_level=level_for(ekus))

@@ -19,6 +19,10 @@ from vbsim.image import (
     sign_image,
 )
 from vbsim.image.trust import Signer
+
+# The trustlets' code must be registered wherever their images can run.
+from vbsim.ium import lsaiso as _lsaiso  # noqa: F401
+from vbsim.ium import vmsp as _vmsp  # noqa: F401
 from vbsim.policy import Component
 
 LSAISO = "LsaIso.exe"

@@ -73,6 +73,9 @@ def create_secure_process(
         vp, Service.CREATE_PROCESS, list_gpa >> PAGE_SHIFT, len(data), trustlet_id, mailbox_key
     )
     if status != NtStatus.SUCCESS:
+        for pfn in [*pfns, list_gpa >> PAGE_SHIFT]:  # the section is not needed any more
+            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            nt.machine.ram.frames.free(pfn)
         if vp.trace.on:
             vp.emit(
                 "nt",
@@ -101,6 +104,8 @@ def run_trustlet(
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
     cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    if process.terminated:
+        return TrustletRun(int(NtStatus.PROCESS_IS_TERMINATING), b"")
     if nt.vsl is None or cookie is None or len(message) > MAX_MESSAGE:
         return TrustletRun(int(NtStatus.INVALID_PARAMETER), b"")
     message_va, message_gpa = nt.alloc_kernel_page(vp)

@@ -149,6 +149,12 @@ def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) ->
     from vbsim.nt.process import Process
 
     assert isinstance(target, Process)
+    if target.secure_pid and nt.vsl is not None:
+        # A trustlet's VTL1 half is the Secure Kernel's to run down (vbs-internals §7: VTL0 may
+        # terminate a trustlet — denial of service by design — but only through the SK).
+        from vbsim.sk.sscn import Service
+
+        nt.vsl.call(vp, Service.RUNDOWN_PROCESS, target.secure_pid)
     target.terminated = True
     target.exit_status = args[1] & 0xFFFF_FFFF
     return int(NtStatus.SUCCESS)

@@ -36,12 +36,30 @@ TPOLICY_CHARACTERISTICS = 0x0000_0040 | 0x4000_0000
 ALLOWED_IDS = frozenset({1, 2, 3, 4, 5})
 
 
+CHECKS = (
+    "format",
+    "tpolicy",
+    "policy-export",
+    "trustlet-id",
+    "signature",
+    "revocation",
+    "allow-list",
+)
+
+
 @dataclass(frozen=True)
 class Admission:
     status: int
     check: str
     detail: str
     image: ParsedImage | None = None
+
+    @property
+    def passed(self) -> tuple[str, ...]:
+        """The checks that passed before the deciding one (all of them when admitted)."""
+        if self.ok:
+            return CHECKS
+        return CHECKS[: CHECKS.index(self.check)] if self.check in CHECKS else ()
 
     @property
     def ok(self) -> bool:

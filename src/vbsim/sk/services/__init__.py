@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 
 def register_all(sk: SecureKernel) -> None:
     from vbsim.sk.ium import syscalls
-    from vbsim.sk.services import allocation, boot, hvci, ium, kdp
+    from vbsim.sk.services import allocation, boot, dump, hvci, ium, kdp
 
-    for module in (boot, hvci, ium, allocation, kdp):
+    for module in (boot, hvci, ium, allocation, kdp, dump):
         module.register(sk)
     syscalls.register(sk)

@@ -68,6 +68,9 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
     admission = admit(data, requested_id, sk.policy)
+    if sk.trace.on:
+        for check in admission.passed:  # every check SKCI made, in order, in the trace
+            sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
     sk.emit(
         vp,
         "ium",

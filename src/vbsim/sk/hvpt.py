@@ -1,0 +1,242 @@
+"""HVPT: the Secure Kernel's side of hypervisor-enforced paging translation (vbs-internals §5.6).
+
+HVCI and KDP protect guest-*physical* pages; NT's page tables, which map virtual addresses to
+them, stay writable by VTL0 ring 0.  A K0 attacker can therefore remap a KDP-protected virtual
+address to a writable page it controls (vbs-internals §6 A5).  With ``policy.hvpt`` the Secure
+Kernel builds HLAT paging structures (Intel VT-rp, modelled in :mod:`vbsim.hw.hlat`) in frames
+that VTL0 may read (the processor's walk needs that) but never write, and programs every VP's VTL0
+HLAT root.  Addresses it registers — NT's code range at phase 1, every KDP-protected page when it
+is protected — are translated by those tables; everything else restarts with NT's own tables.
+
+The SK reads NT's page tables itself (VTL0 CR3 obtained with HvCallGetVpRegisters, entries read
+through the SK's direct map), as it reads any VTL0 memory; translations it registers are the ones
+NT had when it asked for protection.
+
+Every decision is a trace event of kind ``hvpt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vbsim.guest import hvcall
+from vbsim.guest.address_space import CODE_BASE
+from vbsim.hv.defs import HvRegisterName
+from vbsim.hw import hlat
+from vbsim.hw.slat import R
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.ntstatus import BugCheck
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.sk.kernel import SecureKernel
+
+EXT = "hvpt"
+#: Prefix size 1: HLAT covers the kernel half (bit 63 set), as the SDM's enumerated maximum.
+PREFIX_SIZE = 1
+#: At most this many NT code pages are registered at phase 1 (a bound on the loop, not a limit
+#: any model kernel reaches).
+MAX_CODE_PAGES = 4096
+
+_P, _RW, _US, _A, _D, _PS, _G = (
+    int(Pte.P),
+    int(Pte.RW),
+    int(Pte.US),
+    int(Pte.A),
+    int(Pte.D),
+    int(Pte.PS),
+    int(Pte.G),
+)
+_NX = int(Pte.NX)
+_RESTART_ENTRY = _P | hlat.RESTART
+#: Non-leaf HLAT entries are permissive (the leaf decides), with A preset (see vbsim.hw.hlat).
+_TABLE_ENTRY = _P | _RW | _US | _A
+_LEVEL_SHIFTS = (39, 30, 21, 12)
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """A VTL0 translation as the SK reads it: the 4 KiB GPA page of the address and its rights."""
+
+    gpa: int
+    writable: bool
+    user: bool
+    nx: bool
+    leaf: int  # the leaf entry's value
+    pinned: bool  # translated by the SK's HLAT tables
+
+
+@dataclass
+class HvptState:
+    root: int  # GPA of the HLAT PML4
+    frames: list[int] = field(default_factory=list)
+    #: virtual page → GPA page pinned in the tables (a mirror of what the tables say, for reports)
+    pinned: dict[int, int] = field(default_factory=dict)
+    ranges: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def state(sk: SecureKernel) -> HvptState | None:
+    value = sk.ext.get(EXT)
+    return value if isinstance(value, HvptState) else None
+
+
+def _phys(sk: SecureKernel, gpa: int) -> int:
+    return sk.space.phys_va(gpa)
+
+
+def _new_table(sk: SecureKernel, vp: VirtualProcessor, st: HvptState | None) -> int:
+    """A frame for HLAT structures: SK-owned, every entry "restart", VTL0 read-only in SLAT."""
+    pfn = sk.machine.ram.frames.alloc("securekernel.hlat")
+    sk.vtl1_pages.add(pfn)
+    vp.write(_phys(sk, pfn << PAGE_SHIFT), _RESTART_ENTRY.to_bytes(8, "little") * 512)
+    if not sk.set_vtl0_rights(vp, [pfn], R):
+        sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x40, pfn)
+    if st is not None:
+        st.frames.append(pfn)
+    return pfn
+
+
+def vtl0_cr3(sk: SecureKernel, vp: VirtualProcessor) -> int:
+    result, values = hvcall.get_vp_registers(vp, sk.params, [int(HvRegisterName.CR3)], 0)
+    return values[0] & PTE_ADDR_MASK if result.ok and values else 0
+
+
+def _walk(
+    sk: SecureKernel, vp: VirtualProcessor, root: int, va: int, restartable: bool
+) -> Mapping | bool | None:
+    """Read a 4-level walk for ``va`` from ``root``; True means "an entry said restart"."""
+    table = root
+    rw_us = _RW | _US
+    nx = 0
+    for shift in _LEVEL_SHIFTS:
+        entry_gpa = table + (((va >> shift) & 0x1FF) << 3)
+        if entry_gpa + 8 > sk.machine.ram.size:
+            return None
+        value = vp.read_u64(_phys(sk, entry_gpa))
+        if not value & _P:
+            return None
+        if restartable and value & hlat.RESTART:
+            return True
+        rw_us &= value
+        nx |= value & _NX
+        if shift == 12 or (shift in (30, 21) and value & _PS):
+            mask = (1 << shift) - 1
+            gpa = ((value & PTE_ADDR_MASK & ~mask) | (va & mask)) & ~PAGE_MASK
+            return Mapping(gpa, bool(rw_us & _RW), bool(rw_us & _US), bool(nx), value, restartable)
+        table = value & PTE_ADDR_MASK
+    return None  # pragma: no cover - the PTE level always ends the loop
+
+
+def translate(
+    sk: SecureKernel, vp: VirtualProcessor, va: int, cr3: int | None = None
+) -> Mapping | None:
+    """VTL0's effective translation of ``va`` (HLAT first when it covers ``va``, as the CPU);
+    ``cr3`` is VTL0's, when the caller already read it."""
+    va &= 0xFFFF_FFFF_FFFF_FFFF
+    if not (va < 1 << 47 or va >= 0xFFFF_8000_0000_0000):
+        return None
+    st = state(sk)
+    if st is not None and va >> 63:
+        found = _walk(sk, vp, st.root, va, restartable=True)
+        if found is not True:
+            return found if isinstance(found, Mapping) else None
+    found = _walk(sk, vp, vtl0_cr3(sk, vp) if cr3 is None else cr3, va, restartable=False)
+    return found if isinstance(found, Mapping) else None
+
+
+def _reload(sk: SecureKernel, vp: VirtualProcessor, st: HvptState) -> bool:
+    """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs."""
+    control = hlat.Hlat(st.root, PREFIX_SIZE).control()
+    ok = True
+    for target in sk.machine.vps:
+        result = hvcall.set_vp_registers(
+            vp,
+            sk.params,
+            [(hlat.HV_REGISTER_MODEL_HLAT_CONTROL, control)],
+            target_vtl=0,
+            vp_index=target.index,
+        )
+        ok = ok and result.ok
+    return ok
+
+
+def _pin_one(sk: SecureKernel, vp: VirtualProcessor, st: HvptState, va: int, m: Mapping) -> None:
+    table = st.root
+    for shift in _LEVEL_SHIFTS[:3]:
+        entry = _phys(sk, table + (((va >> shift) & 0x1FF) << 3))
+        value = vp.read_u64(entry)
+        if value & _P and not value & hlat.RESTART:
+            table = value & PTE_ADDR_MASK
+            continue
+        child = _new_table(sk, vp, st) << PAGE_SHIFT
+        vp.write_u64(entry, child | _TABLE_ENTRY)
+        table = child
+    # The leaf carries NT's *effective* rights (combined over its levels); A and D are preset.
+    leaf = m.gpa | (m.leaf & _G) | _P | _A | _D
+    if m.user:
+        leaf |= _US
+    if m.writable:
+        leaf |= _RW
+    if m.nx:
+        leaf |= _NX
+    vp.write_u64(_phys(sk, table + (((va >> 12) & 0x1FF) << 3)), leaf)
+    st.pinned[va >> PAGE_SHIFT] = m.gpa >> PAGE_SHIFT
+
+
+def pin(
+    sk: SecureKernel,
+    vp: VirtualProcessor,
+    pages: list[tuple[int, Mapping]],
+    label: str,
+) -> bool:
+    """Fix ``va → mapping`` for each (page VA, mapping) in the HLAT tables.  False when HVPT is
+    not running (nothing is pinned)."""
+    st = state(sk)
+    if st is None or not pages:
+        return False
+    for va, mapping in pages:
+        _pin_one(sk, vp, st, va & ~PAGE_MASK, mapping)
+    first = pages[0][0] & ~PAGE_MASK
+    last = (pages[-1][0] & ~PAGE_MASK) + PAGE_SIZE
+    st.ranges.append((first, last, label))
+    ok = _reload(sk, vp, st)
+    sk.emit(
+        vp,
+        "hvpt",
+        "hvpt",
+        "pinned" if ok else "reload-failed",
+        label=label,
+        va=first,
+        pages=len(pages),
+        gpas=[m.gpa for _, m in pages],
+    )
+    return ok
+
+
+def setup(sk: SecureKernel, vp: VirtualProcessor) -> None:
+    """Phase-1 hook: build the HLAT root, pin NT's code range, enable HLAT on every VP."""
+    if not sk.policy.hvpt:
+        return
+    root = _new_table(sk, vp, None) << PAGE_SHIFT
+    st = HvptState(root, [root >> PAGE_SHIFT])
+    sk.ext[EXT] = st
+    code: list[tuple[int, Mapping]] = []
+    cr3 = vtl0_cr3(sk, vp)
+    for i in range(MAX_CODE_PAGES):
+        va = CODE_BASE + i * PAGE_SIZE
+        found = _walk(sk, vp, cr3, va, restartable=False) if cr3 else None
+        if not isinstance(found, Mapping):
+            break
+        code.append((va, found))
+    if code:
+        pin(sk, vp, code, "nt.code")
+    else:
+        _reload(sk, vp, st)
+    sk.emit(vp, "hvpt", "hvpt", "enabled", root=root, code_pages=len(code))
+
+
+def protected_va(sk: SecureKernel, va: int) -> bool:
+    """Whether the SK's HLAT tables pin the page of ``va``."""
+    st = state(sk)
+    return st is not None and (va >> PAGE_SHIFT) in st.pinned

@@ -1,0 +1,380 @@
+"""Secure allocations: CREATE_SECURE_ALLOCATION / FILL_SECURE_ALLOCATION — and how the Secure
+Kernel treats secure-call parameters (vbs-internals §2.3, §6 A8, A9).
+
+Arguments (vbs-internals §2.3, McGarr's SkBridge examples):
+
+- CREATE_SECURE_ALLOCATION: Field1 = size in bytes.  Returns a secure handle to an SK-owned
+  buffer in VTL1 memory, sized in whole pages.
+- FILL_SECURE_ALLOCATION: Field1 = handle, Field2 = offset into the allocation, Field3 = the MDL
+  describing the VTL0 source buffer (NT's pointer; the SK uses only its offset within its page),
+  Field4 = the PFN of the page holding that MDL.  The MDL has the real x64 layout
+  (:data:`MDL_HEADER`, 0x30 bytes) followed by its PFN array.
+
+The buffers are carved top-down from an *arena* of SK data pages, right below the SK's
+``SKPG_CONTEXT``-like policy page (the SK's copy of the HVCI enforcement flag and the periodic
+verification callback pointer: what Amar & King overwrote, vbs-internals §6 A8).  The first
+allocation therefore ends exactly where that page starts.
+
+Everything VTL0 passes is hostile (the SK is in PHASE4 after boot): the handle is looked up and
+type-checked; the MDL page and every data page must be VTL0 memory (never SK or trustlet pages:
+the SK's page-identity knowledge, ``sk.vtl1_pages``); the MDL is *captured* — copied once into a
+VTL1 capture page — before any field is checked, and only the captured copy is used; ByteOffset,
+ByteCount, the PFN count and offset + ByteCount are bounded by the MDL's own size and the
+allocation.  Before copying, the SK asks NT to make the source pages resident (a normal call,
+vbs-internals §2.5: the SK owns no paging), so VTL0 code runs between the checks and the copy.
+
+Legacy switches (``policy.legacy``) bring back the historical bugs:
+
+- ``unchecked_securecall_params``: no ownership check of the MDL and data PFNs (the SK reads from
+  SK or trustlet memory the attacker names) and no bound on ByteCount or the offset: the copy runs
+  past the allocation into the SK data after it (CVE-2020-0917 class, unchecked
+  ``TransferMdl->ByteCount``);
+- ``securecall_double_fetch``: the SK checks the MDL *in VTL0 memory* and reads it again from
+  VTL0 memory for the copy, after the normal call.  During that normal call NT's code runs (on a
+  compromised NT: the attacker's), so it can enlarge ByteCount or swap a PFN between the check
+  and the use — a real time-of-check/time-of-use window.
+
+Decisions are trace events of kind ``securecall`` with mechanisms ``securecall.handle``,
+``securecall.pfn``, ``securecall.mdl``, ``securecall.capture`` and ``securecall.legacy``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.kernel import NormalCall, Reply, SkObject
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.sk.kernel import SecureKernel
+
+EXT = "allocation"
+KIND = "secure_allocation"
+
+#: x64 MDL header (wdm.h): Next, Size, MdlFlags, AllocationProcessorNumber, Reserved, Process,
+#: MappedSystemVa, StartVa, ByteCount, ByteOffset — 0x30 bytes; the PFN array follows.
+MDL_HEADER = struct.Struct("<QHHHHQQQII")
+assert MDL_HEADER.size == 0x30
+MDL_BYTECOUNT_OFFSET = 0x28
+MDL_BYTEOFFSET_OFFSET = 0x2C
+#: The most PFNs an MDL in one page can carry.
+MDL_MAX_PFNS = (PAGE_SIZE - MDL_HEADER.size) // 8
+
+#: Pages of SK memory the secure-allocation arena holds (the model's choice).
+ARENA_PAGES = 8
+#: Capture pages (VTL1) a secure call may hold at once; a nested call beyond them gets
+#: STATUS_NO_MEMORY rather than sharing a buffer.
+CAPTURE_SLOTS = 4
+#: The model's number for the normal call "get physical pages" (vbs-internals §2.5 names the
+#: call — resolving through MmAccessFault — but the enum is not public: the number is [U]).
+NORMAL_GET_PHYSICAL_PAGES = 0x0102
+#: Policy page layout (SKPG_CONTEXT-like, the model's): +0 HVCI enforcement copy, +8 callback.
+POLICY_HVCI_OFFSET = 0
+POLICY_CALLBACK_OFFSET = 8
+SKPG_ROUTINE = "sk.SkpgVerify"
+
+
+@dataclass
+class AllocationState:
+    arena_va: int
+    arena_pages: int
+    policy_va: int
+    policy_gpa: int
+    top: int  # allocations are carved downward from here (initially policy_va)
+    capture: list[int] = field(default_factory=list)  # capture page VAs
+    busy: set[int] = field(default_factory=set)
+    buffers: dict[int, tuple[int, int]] = field(default_factory=dict)  # handle → (va, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Mdl:
+    """An MDL as the SK parsed it (from its captured copy, or — legacy — from VTL0)."""
+
+    size: int
+    byte_count: int
+    byte_offset: int
+    start_va: int
+    pfns: tuple[int, ...]
+
+
+def mdl_bytes(
+    pfns: list[int], byte_count: int, byte_offset: int = 0, start_va: int = 0, size: int = -1
+) -> bytes:
+    """An MDL as NT builds one (``size`` defaults to the header plus the PFN array)."""
+    if size < 0:
+        size = MDL_HEADER.size + 8 * len(pfns)
+    header = MDL_HEADER.pack(0, size & 0xFFFF, 0, 0, 0, 0, 0, start_va, byte_count, byte_offset)
+    return header + b"".join((p & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") for p in pfns)
+
+
+def span_pages(byte_offset: int, byte_count: int) -> int:
+    """ADDRESS_AND_SIZE_TO_SPAN_PAGES."""
+    return ((byte_offset & PAGE_MASK) + byte_count + PAGE_MASK) >> PAGE_SHIFT
+
+
+def state(sk: SecureKernel) -> AllocationState:
+    value = sk.ext[EXT]
+    assert isinstance(value, AllocationState)
+    return value
+
+
+# -- helpers shared with the KDP services --------------------------------------------------------
+def lookup_typed(
+    sk: SecureKernel, vp: VirtualProcessor, handle: int, kind: str
+) -> SkObject | NtStatus:
+    """SkobReferenceObjectByHandle: the object, or the status a wrong handle gets."""
+    obj = sk.handles.get(handle)
+    if obj is None:
+        sk.emit(vp, "securecall", "securecall.handle", "invalid", handle=handle, want=kind)
+        return NtStatus.INVALID_HANDLE
+    if obj.kind != kind:
+        sk.emit(
+            vp,
+            "securecall",
+            "securecall.handle",
+            "type-mismatch",
+            handle=handle,
+            want=kind,
+            found=obj.kind,
+        )
+        return NtStatus.OBJECT_TYPE_MISMATCH
+    return obj
+
+
+def refuse(
+    sk: SecureKernel, vp: VirtualProcessor, mechanism: str, reason: str, status: NtStatus, **d: int
+) -> Reply:
+    sk.emit(vp, "securecall", mechanism, "refused", reason=reason, **d)
+    return Reply(status)
+
+
+def acquire_capture(sk: SecureKernel) -> int | None:
+    st = state(sk)
+    for va in st.capture:
+        if va not in st.busy:
+            st.busy.add(va)
+            return va
+    return None
+
+
+def release_capture(sk: SecureKernel, va: int) -> None:
+    state(sk).busy.discard(va)
+
+
+def capture(sk: SecureKernel, vp: VirtualProcessor, slot: int, gpa: int, length: int) -> bytes:
+    """Copy ``length`` bytes of VTL0 memory at ``gpa`` into the VTL1 capture page ``slot`` and
+    return what the SK now holds (it never reads the VTL0 copy again)."""
+    vp.write(slot, vp.read(sk.space.phys_va(gpa), length))
+    data = vp.read(slot, length)
+    sk.emit(vp, "securecall", "securecall.capture", "captured", gpa=gpa, length=length)
+    return data
+
+
+# -- CREATE_SECURE_ALLOCATION --------------------------------------------------------------------
+def create_secure_allocation(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    size = args.fields[0]
+    st = state(sk)
+    if not 0 < size <= st.arena_pages * PAGE_SIZE:
+        return refuse(sk, vp, "securecall.size", "size", NtStatus.INVALID_PARAMETER, size=size)
+    pages = -(-size // PAGE_SIZE)
+    if st.top - pages * PAGE_SIZE < st.arena_va:
+        return refuse(sk, vp, "securecall.size", "arena-full", NtStatus.NO_MEMORY, size=size)
+    st.top -= pages * PAGE_SIZE
+    va = st.top
+    vp.write(va, bytes(pages * PAGE_SIZE))
+    handle = sk.alloc_handle(SkObject(KIND, {"va": va, "size": size, "pages": pages}))
+    st.buffers[handle] = (va, pages * PAGE_SIZE)
+    sk.emit(vp, "securecall", "securecall.allocation", "created", handle=handle, size=size, va=va)
+    return Reply(NtStatus.SUCCESS, [handle])
+
+
+# -- FILL_SECURE_ALLOCATION ----------------------------------------------------------------------
+def _parse(raw: bytes) -> tuple[int, int, int, int]:
+    """(Size, StartVa, ByteCount, ByteOffset) of an MDL header."""
+    fields = MDL_HEADER.unpack_from(raw)
+    return fields[1], fields[7], fields[8], fields[9]
+
+
+def _read_vtl0_mdl(sk: SecureKernel, vp: VirtualProcessor, mdl_gpa: int, count: int) -> Mdl:
+    """Legacy: read the MDL straight from VTL0 memory, each time it is needed (no capture)."""
+    header = vp.read(sk.space.phys_va(mdl_gpa), MDL_HEADER.size)
+    size, start_va, byte_count, byte_offset = _parse(header)
+    raw = vp.read(sk.space.phys_va(mdl_gpa + MDL_HEADER.size), 8 * count) if count else b""
+    pfns = tuple(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+    return Mdl(size, byte_count, byte_offset, start_va, pfns)
+
+
+def fill_secure_allocation(
+    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
+) -> Generator[NormalCall, SecureCallArgs, Reply]:
+    handle, offset, mdl_pointer, mdl_pfn = args.fields[0:4]
+    legacy = sk.policy.legacy
+    unchecked = legacy.unchecked_securecall_params
+    double_fetch = legacy.securecall_double_fetch and not unchecked
+    obj = lookup_typed(sk, vp, handle, KIND)
+    if isinstance(obj, NtStatus):
+        return Reply(obj)
+    alloc_va, alloc_size = int(obj.data["va"]), int(obj.data["size"])
+    if not unchecked and not sk.vtl0_page(mdl_pfn):
+        return refuse(sk, vp, "securecall.pfn", "mdl-pfn", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
+    if not 0 <= mdl_pfn < sk.machine.ram.pages:
+        # Even the legacy SK maps only RAM it knows (a PFN beyond RAM has no mapping).
+        return refuse(sk, vp, "securecall.pfn", "no-ram", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
+    mdl_offset = mdl_pointer & PAGE_MASK
+    if mdl_offset + MDL_HEADER.size > PAGE_SIZE:
+        return refuse(sk, vp, "securecall.mdl", "header", NtStatus.INVALID_PARAMETER)
+    mdl_gpa = (mdl_pfn << PAGE_SHIFT) + mdl_offset
+    slot = acquire_capture(sk)
+    if slot is None:
+        return refuse(sk, vp, "securecall.capture", "no-slot", NtStatus.NO_MEMORY)
+    try:
+        if unchecked or double_fetch:
+            sk.emit(
+                vp,
+                "securecall",
+                "securecall.legacy",
+                "unchecked" if unchecked else "double-fetch",
+                mdl_gpa=mdl_gpa,
+            )
+            mdl = _read_vtl0_mdl(sk, vp, mdl_gpa, 0)
+            mdl = _read_vtl0_mdl(sk, vp, mdl_gpa, _pfn_count(mdl, mdl_offset, clamp=True))
+        else:
+            raw = capture(sk, vp, slot, mdl_gpa, PAGE_SIZE - mdl_offset)
+            size, start_va, byte_count, byte_offset = _parse(raw)
+            if not MDL_HEADER.size <= size <= len(raw):
+                return refuse(
+                    sk, vp, "securecall.mdl", "size", NtStatus.INVALID_PARAMETER, size=size
+                )
+            count = (size - MDL_HEADER.size) // 8
+            pfns = struct.unpack_from(f"<{count}Q", raw, MDL_HEADER.size)
+            mdl = Mdl(size, byte_count, byte_offset, start_va, pfns)
+        if not unchecked:
+            reply = _check(sk, vp, mdl, offset, alloc_size)
+            if reply is not None:
+                return reply
+        # Make the source resident: NT runs here (vbs-internals §2.5).
+        answer = yield NormalCall(NORMAL_GET_PHYSICAL_PAGES, [mdl_pfn, *mdl.pfns[:8]])
+        status = answer.fields[0] if answer.fields else int(NtStatus.UNSUCCESSFUL)
+        if status != NtStatus.SUCCESS:
+            return Reply(status)
+        if double_fetch:
+            # The historical bug: the fields are fetched from VTL0 memory a second time.
+            again = _read_vtl0_mdl(sk, vp, mdl_gpa, 0)
+            mdl = _read_vtl0_mdl(sk, vp, mdl_gpa, _pfn_count(again, mdl_offset, clamp=True))
+            sk.emit(
+                vp,
+                "securecall",
+                "securecall.legacy",
+                "refetched",
+                byte_count=mdl.byte_count,
+                pfns=list(mdl.pfns),
+            )
+        copied = _copy(sk, vp, mdl, alloc_va + offset)
+    finally:
+        release_capture(sk, slot)
+    sk.emit(
+        vp,
+        "securecall",
+        "securecall.mdl",
+        "filled",
+        handle=handle,
+        offset=offset,
+        byte_count=copied,
+    )
+    return Reply(NtStatus.SUCCESS, [copied])
+
+
+def _pfn_count(mdl: Mdl, mdl_offset: int, clamp: bool) -> int:
+    count = span_pages(mdl.byte_offset, mdl.byte_count)
+    if clamp:
+        # Even the legacy SK reads its PFN array from the MDL's page only.
+        count = min(count, (PAGE_SIZE - mdl_offset - MDL_HEADER.size) // 8)
+    return count
+
+
+def _check(
+    sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, offset: int, alloc_size: int
+) -> Reply | None:
+    """Every check on the captured MDL; None when it may be used."""
+    bad = NtStatus.INVALID_PARAMETER
+    if mdl.byte_offset >= PAGE_SIZE:
+        return refuse(sk, vp, "securecall.mdl", "byte-offset", bad, byte_offset=mdl.byte_offset)
+    if mdl.byte_count == 0 or mdl.byte_count > alloc_size:
+        return refuse(sk, vp, "securecall.mdl", "byte-count", bad, byte_count=mdl.byte_count)
+    if offset > alloc_size - mdl.byte_count:
+        return refuse(
+            sk, vp, "securecall.mdl", "offset", bad, offset=offset, byte_count=mdl.byte_count
+        )
+    count = span_pages(mdl.byte_offset, mdl.byte_count)
+    if count > len(mdl.pfns):
+        return refuse(sk, vp, "securecall.mdl", "pfn-array", bad, needed=count)
+    for pfn in mdl.pfns[:count]:
+        if not sk.vtl0_page(pfn):
+            return refuse(sk, vp, "securecall.pfn", "data-pfn", bad, pfn=pfn)
+    sk.emit(
+        vp,
+        "securecall",
+        "securecall.mdl",
+        "validated",
+        byte_count=mdl.byte_count,
+        byte_offset=mdl.byte_offset,
+        pages=count,
+    )
+    return None
+
+
+def _copy(sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, dest: int) -> int:
+    """Copy ``ByteCount`` bytes described by ``mdl`` to SK address ``dest`` — exactly what the
+    (possibly unchecked) fields say: a bad ByteCount writes past the allocation."""
+    remaining = mdl.byte_count
+    page_offset = mdl.byte_offset & PAGE_MASK
+    copied = 0
+    ram_pages = sk.machine.ram.pages
+    for pfn in mdl.pfns:
+        if remaining <= 0:
+            break
+        chunk = min(remaining, PAGE_SIZE - page_offset)
+        if not 0 <= pfn < ram_pages:
+            break  # nothing maps it: the copy stops (no VTL1 mapping exists)
+        data = vp.read(sk.space.phys_va((pfn << PAGE_SHIFT) + page_offset), chunk)
+        vp.write((dest + copied) & 0xFFFF_FFFF_FFFF_FFFF, data)
+        copied += chunk
+        remaining -= chunk
+        page_offset = 0
+    return copied
+
+
+# -- registration --------------------------------------------------------------------------------
+def policy_word(sk: SecureKernel, offset: int = POLICY_HVCI_OFFSET) -> int:
+    """A qword of the SK policy page (host-side inspection for tests and reports)."""
+    return sk.machine.ram.read_u64(state(sk).policy_gpa + offset)
+
+
+def register(sk: SecureKernel) -> None:
+    from vbsim.hw.code import register as register_code
+
+    register_code(SKPG_ROUTINE, _skpg_verify)
+    arena_va, _ = sk.space.alloc_data(ARENA_PAGES)
+    policy_va, policy_gpa = sk.space.alloc_data(1)  # VA-adjacent to the arena's end
+    callback = sk.space.install(SKPG_ROUTINE)
+    ram = sk.machine.ram
+    ram.write_u64(policy_gpa + POLICY_HVCI_OFFSET, int(sk.policy.hvci))
+    ram.write_u64(policy_gpa + POLICY_CALLBACK_OFFSET, callback)
+    st = AllocationState(arena_va, ARENA_PAGES, policy_va, policy_gpa, policy_va)
+    for _ in range(CAPTURE_SLOTS):
+        va, _ = sk.space.alloc_data(1)
+        st.capture.append(va)
+    sk.ext[EXT] = st
+    sk.handlers[Service.CREATE_SECURE_ALLOCATION] = create_secure_allocation
+    sk.handlers[Service.FILL_SECURE_ALLOCATION] = fill_secure_allocation
+
+
+def _skpg_verify(vp: VirtualProcessor) -> None:
+    """The periodic verification routine the policy page points to (its body is not modelled)."""

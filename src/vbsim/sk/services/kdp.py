@@ -1,0 +1,282 @@
+"""Kernel Data Protection in the Secure Kernel (vbs-internals §5.2, §6 A6, A28).
+
+**Static KDP** (``MmProtectDriverSection``): PROTECT_KERNEL_DATA_PAGE on build B, and on build A
+(which has no such number) REGISTER_PROTECTED_PAGE — the mapping is [U] in vbs-internals §5.2.
+Field1 = first page's VA, Field2 = page count, Field3 = flags (bit 0: the model's
+MM_PROTECT_DRIVER_SECTION_ALLOW_UNLOAD; unload is not modelled, so no path ever reverses a
+protection).  The SK translates each VA itself (NT's tables, or its HLAT tables if the page is
+already pinned), and refuses unless every page is VTL0 memory (STATUS_INVALID_PARAMETER),
+supervisor and not executable (STATUS_INVALID_PAGE_PROTECTION, as Windows does for an executable
+section), and KDP is enabled by policy (STATUS_INVALID_DEVICE_STATE, what Windows returns without
+VBS).  Then VTL0's SLAT rights on those pages become R — no W, no KX, no UX — for the whole OS,
+owner included, irreversibly; with HVPT the VA → GPA translation is pinned too
+(:mod:`vbsim.sk.hvpt`).  A VTL0 write afterwards is a SLAT refusal → secure intercept → #GP →
+NT bugcheck.
+
+**Dynamic KDP** (secure pool; build B only, INITIALIZE_SECURE_POOL exists there alone):
+
+- INITIALIZE_SECURE_POOL: Field1 = first PFN, Field2 = page count, Field3 = the pool's VA in NT
+  (each page must translate to its PFN).  The pages become VTL0 read-only; returns a handle.
+- COPY_PROTECTED_PAGE (the model's use of that name, [U]: the services behind ExAllocatePool3's
+  secure-pool parameters and ExSecurePoolUpdate are not in vbs-internals §2.4): Field1 = pool
+  handle, Field2 = tag, Field3 = allocation VA, Field4 = cookie, Field5 = offset, Field6 = size,
+  Field7 = PFN of the VTL0 source, Field8 = byte offset of the source in that page, Field9 = flags
+  (bit 0: allocate — Field3 ignored, Field5 must be 0, the SK picks the block and records its tag
+  and cookie; returns the allocation's VA).  An update must name the exact start of a live block
+  of that pool, with its tag and cookie, and stay inside it.  Tags and cookies live in an SK data
+  page (VTL1 RAM), never in the VTL0-readable pool.  NT's ExSecurePoolUpdate bugchecks with
+  BAD_POOL_CALLER when the SK refuses (vbs-internals §5.2).
+
+Decisions are trace events of kind ``kdp`` (mechanisms ``kdp.static``, ``kdp.policy``,
+``securepool.init``, ``securepool.block``, ``securepool.tag``, ``securepool.cookie``,
+``securepool.bounds``) and ``securecall`` for argument checks.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vbsim.hw.slat import R
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from vbsim.ntstatus import NtStatus
+from vbsim.sk import hvpt
+from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.kernel import Reply, SkObject
+from vbsim.sk.services import allocation
+from vbsim.sk.sscn import Service
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.sk.kernel import SecureKernel
+
+EXT = "kdp"
+POOL_KIND = "secure_pool"
+#: MM_PROTECT_DRIVER_SECTION_ALLOW_UNLOAD (the model's value for the documented flag).
+ALLOW_UNLOAD = 0x1
+MAX_STATIC_PAGES = 256
+MAX_POOL_PAGES = 64
+COPY_ALLOCATE = 0x1
+POOL_ALIGN = 16
+#: A block record in the SK's pool table: pool handle, offset, size, tag, flags, cookie.
+POOL_RECORD = struct.Struct("<QIIIIQ")
+RECORD_LIVE = 1
+RECORDS = PAGE_SIZE // POOL_RECORD.size
+
+
+@dataclass
+class KdpState:
+    table_va: int  # SK data page holding secure-pool block records (tags, cookies)
+    static: dict[int, int] = field(default_factory=dict)  # protected GPA page → its VA page
+    pool_pages: set[int] = field(default_factory=set)
+
+
+def state(sk: SecureKernel) -> KdpState:
+    value = sk.ext[EXT]
+    assert isinstance(value, KdpState)
+    return value
+
+
+def is_protected(sk: SecureKernel, gpn: int) -> bool:
+    """Whether KDP (static or secure pool) owns this VTL0 page: no other service may make it
+    writable for VTL0 again."""
+    st = sk.ext.get(EXT)
+    return isinstance(st, KdpState) and (gpn in st.static or gpn in st.pool_pages)
+
+
+def _kdp(sk: SecureKernel, vp: VirtualProcessor, mechanism: str, outcome: str, **d: object) -> None:
+    sk.emit(vp, "kdp", mechanism, outcome, **d)
+
+
+def _refuse(
+    sk: SecureKernel, vp: VirtualProcessor, mechanism: str, reason: str, status: NtStatus, **d: int
+) -> Reply:
+    _kdp(sk, vp, mechanism, "refused", reason=reason, status=int(status), **d)
+    return Reply(status)
+
+
+def _enabled(sk: SecureKernel, vp: VirtualProcessor) -> bool:
+    if sk.policy.kdp:
+        return True
+    _kdp(sk, vp, "kdp.policy", "disabled")
+    return False
+
+
+def _kernel_range(va: int, pages: int) -> bool:
+    return not va & PAGE_MASK and va >> 63 == 1 and va + pages * PAGE_SIZE <= 1 << 64
+
+
+def _data_pages(
+    sk: SecureKernel, vp: VirtualProcessor, va: int, pages: int, mechanism: str
+) -> list[tuple[int, hvpt.Mapping]] | Reply:
+    """Translate and vet each page: mapped, VTL0, supervisor, not executable, not KDP's yet."""
+    st = state(sk)
+    found: list[tuple[int, hvpt.Mapping]] = []
+    cr3 = hvpt.vtl0_cr3(sk, vp)
+    for i in range(pages):
+        page_va = va + i * PAGE_SIZE
+        m = hvpt.translate(sk, vp, page_va, cr3)
+        if m is None:
+            return _refuse(sk, vp, mechanism, "unmapped", NtStatus.INVALID_PARAMETER, va=page_va)
+        gpn = m.gpa >> PAGE_SHIFT
+        if not sk.vtl0_page(gpn):
+            sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=gpn, va=page_va)
+            return _refuse(sk, vp, mechanism, "not-vtl0", NtStatus.INVALID_PARAMETER, pfn=gpn)
+        if m.user:
+            return _refuse(sk, vp, mechanism, "user-page", NtStatus.INVALID_PARAMETER, va=page_va)
+        if not m.nx:
+            return _refuse(
+                sk, vp, mechanism, "executable", NtStatus.INVALID_PAGE_PROTECTION, va=page_va
+            )
+        if gpn in st.pool_pages:
+            return _refuse(sk, vp, mechanism, "secure-pool", NtStatus.INVALID_PARAMETER, pfn=gpn)
+        found.append((page_va, m))
+    return found
+
+
+# -- static KDP ----------------------------------------------------------------------------------
+def protect_kernel_data(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    va, pages, flags = args.fields[0], args.fields[1], args.fields[2]
+    if not _enabled(sk, vp):
+        return Reply(NtStatus.INVALID_DEVICE_STATE)
+    bad = NtStatus.INVALID_PARAMETER
+    if flags & ~ALLOW_UNLOAD:
+        return _refuse(sk, vp, "kdp.static", "flags", bad, flags=flags)
+    if not 0 < pages <= MAX_STATIC_PAGES or not _kernel_range(va, pages):
+        return _refuse(sk, vp, "kdp.static", "range", bad, va=va, pages=pages)
+    found = _data_pages(sk, vp, va, pages, "kdp.static")
+    if isinstance(found, Reply):
+        return found
+    st = state(sk)
+    new = [(page_va, m) for page_va, m in found if m.gpa >> PAGE_SHIFT not in st.static]
+    gpns = [m.gpa >> PAGE_SHIFT for _, m in new]
+    if new and not sk.set_vtl0_rights(vp, gpns, R):
+        return _refuse(sk, vp, "kdp.static", "slat", NtStatus.UNSUCCESSFUL)
+    for page_va, m in new:
+        st.static[m.gpa >> PAGE_SHIFT] = page_va
+    pinned = hvpt.pin(sk, vp, new, "kdp.static") if new else False
+    _kdp(
+        sk,
+        vp,
+        "kdp.static",
+        "protected",
+        va=va,
+        pages=pages,
+        gpns=gpns,
+        already=pages - len(new),
+        slat="R",
+        hvpt=pinned,
+    )
+    return Reply(NtStatus.SUCCESS, [pages])
+
+
+# -- dynamic KDP: the secure pool ----------------------------------------------------------------
+def initialize_secure_pool(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    base, pages, va = args.fields[0], args.fields[1], args.fields[2]
+    if not _enabled(sk, vp):
+        return Reply(NtStatus.INVALID_DEVICE_STATE)
+    bad = NtStatus.INVALID_PARAMETER
+    if not 0 < pages <= MAX_POOL_PAGES or not _kernel_range(va, pages):
+        return _refuse(sk, vp, "securepool.init", "range", bad, va=va, pages=pages)
+    found = _data_pages(sk, vp, va, pages, "securepool.init")
+    if isinstance(found, Reply):
+        return found
+    st = state(sk)
+    for i, (page_va, m) in enumerate(found):
+        gpn = m.gpa >> PAGE_SHIFT
+        if gpn != base + i:
+            return _refuse(sk, vp, "securepool.init", "mapping", bad, va=page_va, pfn=gpn)
+        if gpn in st.static:
+            return _refuse(sk, vp, "securepool.init", "kdp-static", bad, pfn=gpn)
+    gpns = [base + i for i in range(pages)]
+    if not sk.set_vtl0_rights(vp, gpns, R):
+        return _refuse(sk, vp, "securepool.init", "slat", NtStatus.UNSUCCESSFUL)
+    for gpn in gpns:  # VTL0 can no longer write them: now the SK clears them
+        vp.write(sk.space.phys_va(gpn << PAGE_SHIFT), bytes(PAGE_SIZE))
+    st.pool_pages.update(gpns)
+    handle = sk.alloc_handle(
+        SkObject(POOL_KIND, {"base_pfn": base, "pages": pages, "va": va, "next": 0})
+    )
+    pinned = hvpt.pin(sk, vp, found, "kdp.securepool")
+    _kdp(sk, vp, "securepool.init", "created", handle=handle, va=va, pages=pages, hvpt=pinned)
+    return Reply(NtStatus.SUCCESS, [handle])
+
+
+def _records(sk: SecureKernel, vp: VirtualProcessor) -> list[tuple[int, int, int, int, int, int]]:
+    raw = vp.read(state(sk).table_va, PAGE_SIZE)
+    return [POOL_RECORD.unpack_from(raw, i * POOL_RECORD.size) for i in range(RECORDS)]
+
+
+def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    handle, tag, alloc_va, cookie, offset, size, src_pfn, src_offset, flags = args.fields[0:9]
+    if not _enabled(sk, vp):
+        return Reply(NtStatus.INVALID_DEVICE_STATE)
+    pool = allocation.lookup_typed(sk, vp, handle, POOL_KIND)
+    if isinstance(pool, NtStatus):
+        return Reply(pool)
+    bad = NtStatus.INVALID_PARAMETER
+    if flags & ~COPY_ALLOCATE or tag >> 32:
+        return _refuse(sk, vp, "securepool.block", "flags", bad, flags=flags)
+    if not 0 < size <= PAGE_SIZE or src_offset >= PAGE_SIZE or src_offset + size > PAGE_SIZE:
+        return _refuse(sk, vp, "securepool.bounds", "source", bad, size=size)
+    if not sk.vtl0_page(src_pfn):
+        sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=src_pfn)
+        return _refuse(sk, vp, "securepool.bounds", "source-pfn", bad, pfn=src_pfn)
+    pool_va, base_pfn = int(pool.data["va"]), int(pool.data["base_pfn"])
+    pool_size = int(pool.data["pages"]) * PAGE_SIZE
+    st = state(sk)
+    records = _records(sk, vp)
+    if flags & COPY_ALLOCATE:
+        if offset:
+            return _refuse(sk, vp, "securepool.block", "offset", bad, offset=offset)
+        start = int(pool.data["next"])
+        block = -(-size // POOL_ALIGN) * POOL_ALIGN
+        free = next((i for i, r in enumerate(records) if not r[4] & RECORD_LIVE), None)
+        if start + block > pool_size or free is None:
+            return _refuse(sk, vp, "securepool.block", "pool-full", NtStatus.NO_MEMORY)
+        pool.data["next"] = start + block
+        record = (handle, start, size, tag, RECORD_LIVE, cookie)
+        vp.write(st.table_va + free * POOL_RECORD.size, POOL_RECORD.pack(*record))
+        outcome, dest, result = "allocated", start, pool_va + start
+    else:
+        relative = (alloc_va - pool_va) & 0xFFFF_FFFF_FFFF_FFFF
+        match = next(
+            (r for r in records if r[4] & RECORD_LIVE and r[0] == handle and r[1] == relative),
+            None,
+        )
+        if relative >= pool_size or match is None:
+            return _refuse(sk, vp, "securepool.block", "not-a-block", bad, allocation=alloc_va)
+        if match[3] != tag:
+            return _refuse(sk, vp, "securepool.tag", "tag", NtStatus.ACCESS_DENIED, tag=tag)
+        if not hmac.compare_digest(match[5].to_bytes(8, "little"), cookie.to_bytes(8, "little")):
+            return _refuse(sk, vp, "securepool.cookie", "cookie", NtStatus.ACCESS_DENIED)
+        if offset > match[2] or size > match[2] - offset:
+            return _refuse(
+                sk, vp, "securepool.bounds", "outside-block", bad, offset=offset, size=size
+            )
+        _kdp(sk, vp, "securepool.cookie", "accepted", allocation=alloc_va)
+        outcome, dest, result = "updated", relative + offset, alloc_va
+    slot = allocation.acquire_capture(sk)
+    if slot is None:
+        return _refuse(sk, vp, "securepool.block", "no-capture-slot", NtStatus.NO_MEMORY)
+    try:
+        data = allocation.capture(sk, vp, slot, (src_pfn << PAGE_SHIFT) + src_offset, size)
+    finally:
+        allocation.release_capture(sk, slot)
+    vp.write(sk.space.phys_va((base_pfn << PAGE_SHIFT) + dest), data)
+    _kdp(sk, vp, "securepool.block", outcome, handle=handle, allocation=result, size=size)
+    return Reply(NtStatus.SUCCESS, [result])
+
+
+def register(sk: SecureKernel) -> None:
+    table_va, _ = sk.space.alloc_data(1)
+    sk.ext[EXT] = KdpState(table_va)
+    sk.handlers[Service.PROTECT_KERNEL_DATA_PAGE] = protect_kernel_data
+    if Service.PROTECT_KERNEL_DATA_PAGE not in sk.table:
+        # Build A has no PROTECT_KERNEL_DATA_PAGE; static KDP uses REGISTER_PROTECTED_PAGE there.
+        sk.handlers[Service.REGISTER_PROTECTED_PAGE] = protect_kernel_data
+    sk.handlers[Service.INITIALIZE_SECURE_POOL] = initialize_secure_pool
+    sk.handlers[Service.COPY_PROTECTED_PAGE] = copy_protected_page
+    sk.phase1_hooks.append(hvpt.setup)
