@@ -205,11 +205,8 @@ def _message(text: str | None) -> bytes:
 
 
 def admission_checks(events: list[Event]) -> list[dict[str, Any]]:
-    """Every SKCI check with its result, from the ``skci.*`` events of one admission.
-
-    SKCI reports only the check that decided (``skci.<check>`` refused, or ``skci.admitted``),
-    then the page re-hash if that refuses; the checks before a refusal in :data:`SKCI_CHECKS`
-    ran and passed, those after it were not reached.
+    """Every SKCI check with its result, read from the ``skci.*`` events of one admission: SKCI
+    traces each check it passed and the one that refused; checks after a refusal were not reached.
     """
     by_check = {e.mechanism.removeprefix("skci."): e for e in events}
     rows: list[dict[str, Any]] = []
@@ -217,7 +214,16 @@ def admission_checks(events: list[Event]) -> list[dict[str, Any]]:
     for check in SKCI_CHECKS:
         event = by_check.get(check)
         if event is None:
-            rows.append({"check": check, "result": state, "from_trace": False})
+            rows.append(
+                {
+                    "check": check,
+                    "result": state if state != "passed" else "not reached",
+                    "from_trace": False,
+                }
+            )
+            continue
+        if event.outcome == "passed":
+            rows.append({"check": check, "result": "passed", "from_trace": True})
             continue
         rows.append(
             {

@@ -96,6 +96,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
         sk.vtl1_pages.difference_update(pfns)
         return Reply(NtStatus.INVALID_IMAGE_HASH)
+    sk.emit(vp, "ium", "skci.page-hash", "passed", trustlet_id=requested_id)
     handle = sk.alloc_handle(SkObject("skprocess"))
     process = ium.build(sk, vp, handle, admission.image, pfns, requested_id, mailbox_key)
     if process is None:
