@@ -155,7 +155,20 @@ class Machine:
         return [e for e in self.system.trace.events[mark:] if kind is None or e.kind == kind]
 
     def skci_events(self, mark: int) -> list[Event]:
-        return [e for e in self.events_since(mark, "ium") if e.mechanism.startswith("skci.")]
+        """The deciding SKCI events (refusals and the admission); checks passed on the way are
+        traced too (``passed``), see :meth:`skci_passed`."""
+        return [
+            e
+            for e in self.events_since(mark, "ium")
+            if e.mechanism.startswith("skci.") and e.outcome != "passed"
+        ]
+
+    def skci_passed(self, mark: int) -> list[str]:
+        return [
+            e.mechanism.removeprefix("skci.")
+            for e in self.events_since(mark, "ium")
+            if e.mechanism.startswith("skci.") and e.outcome == "passed"
+        ]
 
     def start(
         self, image: bytes, trustlet_id: int, name: str = "Test.exe", mailbox_key: int = 0

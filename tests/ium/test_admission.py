@@ -69,6 +69,9 @@ def refused(machine: Machine, image: bytes, trustlet_id: int, status: int, check
     assert counts(machine) == before
     skci = machine.skci_events(mark)
     assert [e.mechanism for e in skci] == [f"skci.{check}"]
+    # Every check before the refusing one ran and passed, in SKCI's order (and none after it).
+    passed = machine.skci_passed(mark)
+    assert check not in passed and passed == [c for c in passed if c != check]
     event = skci[0]
     assert event.outcome == "refused" and event.vtl == 1 and event.cpl == 0
     assert event.detail["status"] == NtStatus.name_of(status)
