@@ -71,16 +71,16 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
     if sk.trace.on:
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
-    sk.emit(
-        vp,
-        "ium",
-        f"skci.{admission.check}",
-        "admitted" if admission.ok else "refused",
-        trustlet_id=requested_id,
-        status=NtStatus.name_of(admission.status),
-        detail=admission.detail,
-    )
     if not admission.ok or admission.image is None:
+        sk.emit(
+            vp,
+            "ium",
+            f"skci.{admission.check}",
+            "refused",
+            trustlet_id=requested_id,
+            status=NtStatus.name_of(admission.status),
+            detail=admission.detail,
+        )
         return Reply(admission.status)
     # The image pages stay NT's section, but VTL0 may only read them from now on; then hash what
     # is physically there, so nothing NT changed between capture and protection runs.
@@ -97,6 +97,15 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         sk.vtl1_pages.difference_update(pfns)
         return Reply(NtStatus.INVALID_IMAGE_HASH)
     sk.emit(vp, "ium", "skci.page-hash", "passed", trustlet_id=requested_id)
+    sk.emit(
+        vp,
+        "ium",
+        "skci.admitted",
+        "admitted",
+        trustlet_id=requested_id,
+        status=NtStatus.name_of(admission.status),
+        detail=admission.detail,
+    )
     handle = sk.alloc_handle(SkObject("skprocess"))
     process = ium.build(sk, vp, handle, admission.image, pfns, requested_id, mailbox_key)
     if process is None:

@@ -1,0 +1,431 @@
+"""A15-A20: the boot chain and the trustlets themselves (vbs-internals §1, §3, §6, §7).
+
+A15-A17 change what the next boot loads or reads — components on disk, the registry — and reboot;
+the goal is read from the machine that comes up (which Secure Kernel or LsaIso runs, whether VBS
+runs).  A18-A20 go after trustlets on a running machine: start a tampered or home-made one, start
+a genuine one under another identity, read or debug LsaIso from VTL0.
+
+A note on capabilities.  The model has no file-system calls, so A15/A16's file replacement (an
+administrator's right: Windows Downdate takes over Windows Update's ``Pending.xml``/``poqexec``)
+is a direct change of the system disk.  Starting a secure process has no NT system service in the
+model either, so A18/A19 start trustlets from VTL0 ring 0 with NT's own ``create_secure_process``:
+K0 can do everything A0 can, so a K0 attempt that fails fails for A0 too.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import replace
+
+from vbsim.attacks.context import AttackContext
+from vbsim.attacks.goals import loot_contains
+from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.boot.disk import VBS_REGISTRY_KEY
+from vbsim.hw.code import encode_thunk, guest_code
+from vbsim.hw.ram import GuestRam
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.image import ComponentVersion, other_pki
+from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
+from vbsim.ium import vmsp
+from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.ium.lsaiso import TABLE_VA
+from vbsim.nt.kernel import NtKernel
+from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.process import Process
+from vbsim.nt.secure_process import create_secure_process, run_trustlet
+from vbsim.nt.syscalls import syscall
+from vbsim.ntstatus import NtStatus
+from vbsim.policy import Component, Policy
+from vbsim.sk.ium.process import SecureProcess
+from vbsim.sk.sscn import Service
+
+B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
+#: Blocked wherever VBS runs; meaningless without it.
+VBS_BLOCKS = {"vbs-off": N, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": B}
+#: Succeeds wherever VBS runs without the hardened preset's revocation / UEFI lock / Mandatory.
+ONLY_HARDENED_BLOCKS = {"vbs-off": N, "vbs": S, "vbs-hvci": S, "hardened": B, "legacy-2019": S}
+
+#: The Windows 10 2004 (19041) generation Downdate rolled back to, with a lower SVN.
+OLD = Component("10.0.19041.1", 3)
+OLD_VERSION = str(ComponentVersion.parse(OLD.version, svn=OLD.svn))
+LSAISO_ID = 1
+
+
+def needs_vbs(policy: Policy) -> bool:
+    return policy.vbs
+
+
+def needs_credential_guard(policy: Policy) -> bool:
+    return policy.vbs and policy.credential_guard
+
+
+# -- host-side views (what a hardware debugger would read) ---------------------------------------
+def nt_of(vp: VirtualProcessor) -> NtKernel:
+    """The kernel the VP runs in VTL0 (its GS base: NT's processor block)."""
+    nt = vp.p.gs_object
+    assert isinstance(nt, NtKernel)
+    return nt
+
+
+def secure_processes(ctx: AttackContext) -> list[SecureProcess]:
+    """The Secure Kernel's table of secure processes, as a VTL1 debugger would list it."""
+    system = ctx.system
+    if system is None or system.sk is None:
+        return []
+    table = system.sk.ext.get("ium.processes", {})
+    return [p for p in table.values() if isinstance(p, SecureProcess)]
+
+
+def lsaiso_shadow(ctx: AttackContext) -> Process | None:
+    """LsaIso's VTL0 shadow process (Task Manager lists it: vbs-internals §7)."""
+    nt = ctx.booted.nt
+    assert nt is not None
+    for process in nt.processes.values():
+        if process.trustlet_id == LSAISO_ID and not process.terminated:
+            return process
+    return None
+
+
+def process_gpa(process: Process, va: int) -> int | None:
+    entry = process.tables.lookup(va)
+    if entry is None:
+        return None
+    return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
+
+
+def process_memory(ctx: AttackContext, process: Process) -> bytes:
+    """Every committed page of a VTL0 process, read from RAM (host side)."""
+    machine = ctx.system.machine if ctx.system else None
+    if machine is None:
+        return b""
+    return b"".join(
+        machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
+        for region in process.regions
+        for pfn in region.frames
+    )
+
+
+def booted_version(ctx: AttackContext, component: str) -> str | None:
+    """The version of ``component`` the last boot verified and loaded (its boot record)."""
+    system = ctx.system
+    if system is None:
+        return None
+    for step in reversed(system.steps):
+        if (
+            step.get("step") == "secureboot"
+            and step.get("outcome") == "verified"
+            and step.get("component") == component
+        ):
+            version = step.get("version")
+            return str(version) if version is not None else None
+    return None
+
+
+# -- code that runs in IUM: a fact about the CPU, recorded per machine ---------------------------
+_IUM_RUNS: weakref.WeakKeyDictionary[GuestRam, list[tuple[str, int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+ATTACKER_ENTRY = "attack.a18.payload"
+
+
+def record_run(vp: VirtualProcessor, tag: str) -> None:
+    """What a hardware debugger sees when the attacker's code executes: this VP's VTL and CPL."""
+    _IUM_RUNS.setdefault(vp.ram, []).append((tag, vp.vtl, vp.p.cpl))
+
+
+def runs(ctx: AttackContext, tag: str) -> list[tuple[int, int]]:
+    machine = ctx.system.machine if ctx.system else None
+    if machine is None:
+        return []
+    return [(vtl, cpl) for t, vtl, cpl in _IUM_RUNS.get(machine.ram, []) if t == tag]
+
+
+@guest_code(ATTACKER_ENTRY)
+def _attacker_trustlet(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
+    """The attacker's trustlet code: if it ever runs, it runs here."""
+    record_run(vp, "a18")
+    return 0
+
+
+def _start_and_run(
+    vp: VirtualProcessor, name: str, trustlet_id: int, image: bytes, message: bytes
+) -> int:
+    """K0: CreateProcess with PS_CP_SECURE_PROCESS(trustlet_id) on ``image``, then let its thread
+    run once with ``message`` (NT schedules trustlet threads)."""
+    nt = nt_of(vp)
+    status, process = create_secure_process(nt, vp, name, trustlet_id, image=image)
+    if process is not None:
+        run_trustlet(nt, vp, process, message)
+    return status
+
+
+# -- A15 -------------------------------------------------------------------------------------------
+def a15_sk_steps(ctx: AttackContext) -> None:
+    # Downdate: the old, still validly signed securekernel.exe replaces the current one on disk.
+    ctx.disk.components["securekernel.exe"] = OLD
+    ctx.reboot()
+
+
+def a15_sk_goal(ctx: AttackContext) -> bool:
+    system = ctx.system
+    return bool(
+        system is not None
+        and system.booted
+        and system.vbs_running
+        and booted_version(ctx, "securekernel.exe") == OLD_VERSION
+    )
+
+
+A15 = Scenario(
+    id="A15",
+    title="Downgrade securekernel.exe to an older signed build (Windows Downdate)",
+    source="Leviev (SafeBreach), 'Windows Downdate', BH USA 2024; CVE-2024-21302; KB5042562",
+    capability=Capability.A0,
+    goal="after the reboot the old Secure Kernel (10.0.19041.1, SVN 3) runs",
+    expected=ONLY_HARDENED_BLOCKS,
+    expected_why="Secure Boot accepts an older image with a valid signature; only the opt-in "
+    "SkuSiPolicy revocation (UEFI-locked) refuses it, and Mandatory then halts the boot "
+    "(vbs-internals §1.2, §6 A15)",
+    steps=a15_sk_steps,
+    goal_met=a15_sk_goal,
+    applicable=needs_vbs,
+)
+
+
+def a15_lsaiso_steps(ctx: AttackContext) -> None:
+    # Downdate again: LsaIso.exe from before the CVE-2022-34709 fix, still validly signed.
+    ctx.disk.trustlets[LSAISO] = OLD
+    ctx.reboot()
+
+
+def a15_lsaiso_goal(ctx: AttackContext) -> bool:
+    old = ComponentVersion.parse(OLD.version, svn=OLD.svn).numbers
+    return any(
+        p.trustlet_id == LSAISO_ID
+        and not p.terminated
+        and p.image.version is not None
+        and p.image.version.numbers == old
+        for p in secure_processes(ctx)
+    )
+
+
+A15_LSAISO = Scenario(
+    id="A15-LsaIso",
+    title="Downgrade LsaIso.exe to a build with CVE-2022-34709 (Windows Downdate)",
+    source="Leviev, 'Windows Downdate' (2024): CVE-2022-34709 on a downgraded LsaIso; A23",
+    capability=Capability.A0,
+    goal="after the reboot the old LsaIso (10.0.19041.1, SVN 3) runs as trustlet 1",
+    expected=ONLY_HARDENED_BLOCKS,
+    expected_why="SKCI admits an old trustlet whose signature is valid unless a revocation "
+    "policy sets a floor (vbs-internals §3.6 last bullet, §6 A15/A23)",
+    steps=a15_lsaiso_steps,
+    goal_met=a15_lsaiso_goal,
+    applicable=needs_credential_guard,
+)
+
+
+# -- A16 -------------------------------------------------------------------------------------------
+def a16_steps(ctx: AttackContext) -> None:
+    # "Invalidated securekernel.exe": one byte changed after signing.
+    current = ctx.disk.components["securekernel.exe"]
+    ctx.disk.components["securekernel.exe"] = replace(current, tampered=True)
+    ctx.reboot()
+
+
+def runs_without_vbs(ctx: AttackContext) -> bool:
+    system = ctx.system
+    return bool(system is not None and system.booted and not system.vbs_running)
+
+
+A16 = Scenario(
+    id="A16",
+    title="Invalidate securekernel.exe so Windows boots without VBS (UEFI-lock bypass)",
+    source="Leviev, 'Windows Downdate' (2024); Microsoft 'Mandatory' flag (Oct 2024, MS-MemInt)",
+    capability=Capability.A0,
+    goal="after the reboot Windows runs, and VBS does not",
+    expected=ONLY_HARDENED_BLOCKS,
+    expected_why="winload falls back to booting without VBS when the Secure Kernel fails "
+    "verification, even when UEFI-locked; DeviceGuard\\Mandatory=1 makes it halt instead "
+    "(vbs-internals §1.4, §6 A16)",
+    steps=a16_steps,
+    goal_met=runs_without_vbs,
+    applicable=needs_vbs,
+)
+
+
+# -- A17 -------------------------------------------------------------------------------------------
+def _set_value(vp: VirtualProcessor, buffer: int, key: bytes, value: int) -> int:
+    """A0 at CPL3: RegSetValueEx → NtSetValueKey, with the key's name in its own memory."""
+    vp.write(buffer, key)
+    return syscall(vp, "NtSetValueKey", buffer, len(key), value)
+
+
+def a17_steps(ctx: AttackContext) -> None:
+    process = ctx.process(admin=True, name="reg.exe")
+    buffer = ctx.user_buffer(process)
+    ctx.notes["status"] = ctx.user(
+        _set_value, buffer, VBS_REGISTRY_KEY.encode(), 0, process=process
+    )
+    ctx.reboot()
+
+
+A17 = Scenario(
+    id="A17",
+    title="Turn VBS off in the registry and reboot",
+    source="Microsoft, 'Enable memory integrity' (MS-MemInt): Locked / UEFI lock; Amossys part 1",
+    capability=Capability.A0,
+    goal="after the reboot Windows runs, and VBS does not",
+    expected=ONLY_HARDENED_BLOCKS,
+    expected_why="winload reads EnableVirtualizationBasedSecurity from the registry, unless UEFI "
+    "lock put the setting in a boot-services-only EFI variable (vbs-internals §1.1 row 3, §6 A17)",
+    steps=a17_steps,
+    goal_met=runs_without_vbs,
+    applicable=needs_vbs,
+)
+
+
+# -- A18 -------------------------------------------------------------------------------------------
+def patched_lsaiso(ctx: AttackContext) -> bytes:
+    """LsaIso.exe from the disk with its entry point patched to jump to the attacker's code: the
+    32 bytes of the entry thunk in .text change after signing."""
+    original = ctx.disk.trustlet(LSAISO)
+    thunk = encode_thunk("lsaiso.main")
+    assert original.count(thunk) == 1
+    return original.replace(thunk, encode_thunk(ATTACKER_ENTRY))
+
+
+@functools.lru_cache(maxsize=4)
+def home_made_trustlet(trustlet_id: int = 3) -> bytes:
+    """A trustlet of the attacker's own: valid PE, valid .tPolicy, signed with the IUM EKU by a
+    certificate chaining to a root that is not Microsoft's."""
+    return trustlet_image(
+        "IumBackdoor.exe",
+        trustlet_id=trustlet_id,
+        entry=ATTACKER_ENTRY,
+        signer=other_pki().signer("ium"),
+    )
+
+
+def a18_steps(ctx: AttackContext) -> None:
+    statuses = []
+    statuses.append(ctx.kernel(_start_and_run, LSAISO, LSAISO_ID, patched_lsaiso(ctx), b"run"))
+    statuses.append(ctx.kernel(_start_and_run, "IumBackdoor.exe", 3, home_made_trustlet(), b"run"))
+    ctx.notes["statuses"] = [NtStatus.name_of(s) if isinstance(s, int) else s for s in statuses]
+
+
+def a18_goal(ctx: AttackContext) -> bool:
+    return (1, 3) in runs(ctx, "a18")
+
+
+A18 = Scenario(
+    id="A18",
+    title="Run a patched LsaIso.exe or a home-made trustlet in IUM",
+    source="Microsoft, 'Isolated User Mode' (MS-IUM); WI7 part 1 ch. 3; Ionescu, BH 2015",
+    capability=Capability.K0,
+    goal="attacker-controlled code executes at VTL1 ring 3",
+    expected=VBS_BLOCKS,
+    expected_why="SKCI admits only images whose Authenticode digest matches and that chain to "
+    "Microsoft with the IUM EKU; a patched image or another root is refused (vbs-internals §3.4, "
+    "§3.6; no public bypass on production signing)",
+    steps=a18_steps,
+    goal_met=a18_goal,
+    applicable=needs_vbs,
+)
+
+
+# -- A19 -------------------------------------------------------------------------------------------
+def a19_steps(ctx: AttackContext) -> None:
+    # vmsp.exe, genuinely signed with ApplicationId 2, asked to start as trustlet 1 (LsaIso), then
+    # asked to seal data into what would be LsaIso's identity-bound secure storage.
+    seal = (vmsp.OP_SEAL).to_bytes(4, "little") + (0).to_bytes(4, "little") + b"whose storage?"
+    status = ctx.kernel(_start_and_run, VMSP, LSAISO_ID, trustlet_image(VMSP), seal)
+    ctx.notes["status"] = NtStatus.name_of(status) if isinstance(status, int) else status
+
+
+def a19_goal(ctx: AttackContext) -> bool:
+    """A secure process holds trustlet ID 1 (LsaIso's keys, storage, mailboxes) although its
+    signed policy names another ApplicationId."""
+    return any(
+        p.trustlet_id == LSAISO_ID and p.policy.application_id != LSAISO_ID and not p.terminated
+        for p in secure_processes(ctx)
+    )
+
+
+A19 = Scenario(
+    id="A19",
+    title="Start a genuine trustlet (vmsp, ID 2) as trustlet 1",
+    source="WI7 part 1 ch. 3 (trustlet identity; the ID must equal the signed ApplicationId)",
+    capability=Capability.K0,
+    goal="code signed as another trustlet runs with LsaIso's identity (trustlet ID 1)",
+    expected=VBS_BLOCKS,
+    expected_why="the Secure Kernel compares the requested trustlet ID with the policy's signed "
+    "ApplicationId and refuses a mismatch (vbs-internals §3.5 step 4, §3.6; none known)",
+    steps=a19_steps,
+    goal_met=a19_goal,
+    applicable=needs_vbs,
+)
+
+
+# -- A20 -------------------------------------------------------------------------------------------
+#: How much of LsaIso's credential table the attacker asks for (its records start at +16).
+A20_LENGTH = 0x100
+
+
+def _read_remote(vp: VirtualProcessor, pid: int, va: int, buffer: int, length: int) -> int:
+    """A0 at CPL3 with SeDebugPrivilege: ReadProcessMemory → NtReadVirtualMemory."""
+    return syscall(vp, "NtReadVirtualMemory", pid, va, buffer, length)
+
+
+def _debug_trustlet(vp: VirtualProcessor, pid: int, va: int, buffer_pfn: int) -> list[int]:
+    """K0: the debugger's secure calls, with the secure handles NT keeps for the trustlet."""
+    nt = nt_of(vp)
+    assert nt.vsl is not None
+    handle = nt.processes[pid].secure_pid
+    cookie = int(nt.ext.get("secure_threads", {}).get(pid, 0))
+    statuses = [
+        nt.vsl.call(vp, Service.DEBUG_PROCESS, handle)[0],
+        nt.vsl.call(vp, Service.GET_CONTEXT, cookie)[0],
+        nt.vsl.call(vp, Service.DEBUG_READ_WRITE_MEMORY, handle, va, buffer_pfn, A20_LENGTH, 0)[0],
+    ]
+    return statuses
+
+
+def a20_steps(ctx: AttackContext) -> None:
+    target = lsaiso_shadow(ctx)
+    if target is None:
+        return
+    ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
+    debugger = ctx.process(admin=True, name="windbg.exe")
+    buffer = ctx.user_buffer(debugger)
+    ctx.notes["a0_loot_gpa"] = process_gpa(debugger, buffer)
+    ctx.notes["a0_status"] = ctx.user(
+        _read_remote, target.pid, TABLE_VA, buffer, A20_LENGTH, process=debugger
+    )
+    _, loot_gpa = ctx.kernel_page()
+    ctx.notes["loot_gpa"] = loot_gpa
+    ctx.notes["k0_statuses"] = ctx.kernel(_debug_trustlet, target.pid, TABLE_VA, loot_gpa >> 12)
+
+
+def a20_goal(ctx: AttackContext) -> bool:
+    secret = ctx.notes.get("secret", b"")
+    return loot_contains(ctx, secret) or loot_contains(ctx, secret, "a0_loot_gpa")
+
+
+A20 = Scenario(
+    id="A20",
+    title="Read or debug LsaIso from VTL0 (ReadProcessMemory, DEBUG_* secure calls)",
+    source="Microsoft, 'Isolated User Mode' (MS-IUM); WI7 part 1 ch. 3; Quarkslab",
+    capability=Capability.K0,
+    goal="bytes of LsaIso's private memory (a logon's NT OWF) reach the attacker",
+    expected=VBS_BLOCKS,
+    expected_why="the shadow process maps no private page of the trustlet, VTL0's SLAT has no "
+    "access to them, and DEBUG_PROCESS / DEBUG_READ_WRITE_MEMORY are refused unless the signed "
+    "Debug policy allows it — LsaIso's does not (vbs-internals §3.2, §6 A20, §7)",
+    steps=a20_steps,
+    goal_met=a20_goal,
+    applicable=needs_credential_guard,
+)
+
+SCENARIOS = [A15, A15_LSAISO, A16, A17, A18, A19, A20]

@@ -1,0 +1,129 @@
+"""Shared helpers for the KDP / HVPT / secure-call parameter tests."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from vbsim.boot.chain import System, boot
+from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.pagetable import PageTables
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.machine import Machine
+from vbsim.nt import kdp as ntkdp
+from vbsim.nt.kernel import NtKernel
+from vbsim.policy import Legacy, preset
+from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.services import allocation
+from vbsim.sk.services import kdp as skkdp
+
+VALUE = 0x1122_3344_5566_7788
+ATTACK = 0x4141_4141_4141_4141
+
+
+def booted(name: str, **changes: Any) -> System:
+    policy = preset(name)
+    if changes:
+        policy = policy.with_changes(**changes)
+    system = boot(policy)
+    assert system.booted, system.halted
+    if system.nt is not None:
+        ntkdp.install(system.nt)
+    return system
+
+
+def legacy(name: str, **switches: bool) -> System:
+    return booted(name, legacy=Legacy(**switches))
+
+
+def parts(system: System) -> tuple[Machine, NtKernel, VirtualProcessor]:
+    assert system.machine is not None and system.nt is not None
+    return system.machine, system.nt, system.machine.bsp
+
+
+def sk_of(system: System) -> SecureKernel:
+    assert system.sk is not None
+    return system.sk
+
+
+def events(system: System, kind: str, mechanism: str | None = None) -> list[Any]:
+    return [
+        e
+        for e in system.trace.events
+        if e.kind == kind and (mechanism is None or e.mechanism == mechanism)
+    ]
+
+
+def remap(nt: NtKernel, vp: VirtualProcessor, va: int, gpa: int, flags: int) -> int:
+    """A K0 attacker edits NT's PTE for ``va`` (through the direct map, as any kernel write) and
+    flushes it; returns the old PTE value."""
+    tables = PageTables(nt.phys(vp), vp.p.cr3)
+    pte = tables.pte_gpa(va)
+    assert pte is not None
+    old = vp.read_u64(DIRECT_MAP + pte)
+    vp.write_u64(DIRECT_MAP + pte, (gpa & PTE_ADDR_MASK) | flags | int(Pte.P))
+    vp.invlpg(va)
+    return old
+
+
+def kernel_page(nt: NtKernel, vp: VirtualProcessor, data: bytes = b"") -> tuple[int, int]:
+    """A fresh VTL0 kernel page holding ``data``: (direct-map VA, PFN)."""
+    va, gpa = nt.alloc_kernel_page(vp)
+    if data:
+        vp.write(va, data)
+    return va, gpa >> PAGE_SHIFT
+
+
+def sk_gpa(sk: SecureKernel, va: int) -> int:
+    leaf = sk.space.pt.lookup(va)
+    assert leaf is not None
+    return (leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1))
+
+
+def allocation_bytes(sk: SecureKernel, handle: int, length: int) -> bytes:
+    obj = sk.handles[handle]
+    return sk.machine.ram.read(sk_gpa(sk, int(obj.data["va"])), length)
+
+
+def trustlet_pfn(sk: SecureKernel) -> int | None:
+    """A VTL1 page that is not the SK's own image/data (a trustlet's, or HLAT's)."""
+    own = set(sk.space.frames)
+    others = sorted(p for p in sk.vtl1_pages if p not in own)
+    return others[0] if others else None
+
+
+def scratch_pages(sk: SecureKernel) -> set[int]:
+    """SK pages written in the normal course of a secure call: hypercall parameter pages, the
+    per-VP assist and SynIC message pages (written by the hypervisor), the capture pages, the
+    secure-pool block table and the secure allocations' buffers."""
+    pages = {sk.params.in_gpa >> PAGE_SHIFT, sk.params.out_gpa >> PAGE_SHIFT}
+    for proc in sk.processors:
+        pages |= {proc.assist_gpa >> PAGE_SHIFT, proc.sim_gpa >> PAGE_SHIFT}
+    st = allocation.state(sk)
+    pages |= {sk_gpa(sk, va) >> PAGE_SHIFT for va in st.capture}
+    pages.add(sk_gpa(sk, skkdp.state(sk).table_va) >> PAGE_SHIFT)
+    for va, size in st.buffers.values():
+        pages |= {sk_gpa(sk, va + off) >> PAGE_SHIFT for off in range(0, size, PAGE_SIZE)}
+    return pages
+
+
+_AD = int(Pte.A | Pte.D)
+
+
+def fingerprint(sk: SecureKernel) -> dict[int, str]:
+    """A digest of every SK page that a secure call must not change (page-table A/D bits masked:
+    the processor sets them on first use)."""
+    ram = sk.machine.ram
+    skip = scratch_pages(sk)
+    tables = set(sk.space.pt.frames or [])
+    out: dict[int, str] = {}
+    for pfn in sorted(set(sk.space.frames) - skip):
+        raw = ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
+        if pfn in tables:
+            raw = b"".join(
+                (int.from_bytes(raw[i : i + 8], "little") & ~_AD).to_bytes(8, "little")
+                for i in range(0, PAGE_SIZE, 8)
+            )
+        out[pfn] = hashlib.sha256(raw).hexdigest()
+    return out
