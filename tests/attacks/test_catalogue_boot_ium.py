@@ -64,11 +64,7 @@ def preset_variant(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., st
 
 # -- the record, per preset --------------------------------------------------------------------
 #: Known model gaps that give a wrong outcome (reported, pinned with strict xfails).
-MODEL_GAPS = {
-    ("A22", preset): "NtProtectVirtualMemory is not implemented: an administrator cannot make "
-    "lsass's code page writable (VirtualProtectEx), so WriteProcessMemory's patch fails"
-    for preset in VBS_PRESETS
-}
+MODEL_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list[Any]:
@@ -91,7 +87,7 @@ def test_outcome_matches_public_record(scenario: Scenario, preset: str) -> None:
 DECIDING = {
     ("A15", "hardened"): "revocation",
     ("A15-LsaIso", "hardened"): "skci.revocation",
-    ("A16", "hardened"): "secureboot",
+    ("A16", "hardened"): "mandatory",
     ("A18", None): "skci.signature",
     ("A19", None): "skci.trustlet-id",
     ("A20", None): "NtReadVirtualMemory=STATUS_ACCESS_VIOLATION",

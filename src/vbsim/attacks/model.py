@@ -51,6 +51,8 @@ class Scenario:
     before_boot: Callable[[AttackContext], None] | None = None
     #: A scenario can be meaningless under a policy (no trustlets without VBS ...).
     applicable: Callable[[Policy], bool] = field(default=lambda policy: True)
+    #: Mechanisms that decide this goal when they refuse, before the first refusal in the trace.
+    decisive: tuple[str, ...] = ()
 
 
 @dataclass

@@ -45,7 +45,7 @@ def run(scenario: Scenario, preset_name: str) -> tuple[RunResult, AttackContext]
         ctx.stops.append(stop)
     succeeded = scenario.goal_met(ctx)
     events = ctx.trace.events[ctx.attack_start :]
-    mechanism = "-" if succeeded else deciding_mechanism(events)
+    mechanism = "-" if succeeded else deciding_mechanism(events, scenario.decisive)
     if not detail and ctx.stops:
         detail = str(ctx.stops[-1])
     if ctx.system is not None and ctx.system.halted:

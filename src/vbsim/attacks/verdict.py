@@ -18,10 +18,16 @@ _REFUSED = {
 }
 
 
-def deciding_mechanism(events: list[Event]) -> str:
+def deciding_mechanism(events: list[Event], decisive: tuple[str, ...] = ()) -> str:
     """The first refusal in ``events`` (an access denied by paging or SLAT, a hypercall or
     secure call refused, an admission check failed, a HyperGuard violation, a boot check), or
-    the bugcheck that ended the flow; '-' if nothing refused anything."""
+    the bugcheck that ended the flow; '-' if nothing refused anything.  A scenario whose goal is
+    stopped by a later check than the first refusal names it in ``decisive`` (A16: the invalid
+    Secure Kernel is rejected first, but what keeps the machine from running without VBS is
+    Mandatory)."""
+    for event in events:
+        if event.mechanism in decisive and event.outcome in _REFUSED:
+            return event.mechanism
     for event in events:
         if event.kind == "access" and event.outcome == "denied":
             return event.mechanism

@@ -106,6 +106,9 @@ def vbs_requested(system: System) -> bool:
     disk = system.disk
     if VBS_EFI_VARIABLE in disk.efi_variables:
         value, source = disk.efi_variables[VBS_EFI_VARIABLE], "uefi-variable"
+        registry = disk.registry.get(VBS_REGISTRY_KEY)
+        if registry is not None and bool(registry) != bool(value):
+            _step(system, "uefi-lock", "overridden", registry=registry, uefi_variable=value)
     else:
         value, source = disk.registry.get(VBS_REGISTRY_KEY, int(system.policy.vbs)), "registry"
     _step(system, "vsm-policy", "vbs-on" if value else "vbs-off", source=source)

@@ -161,14 +161,3 @@ def set_control(a: RegisterAccess, value: int) -> HvStatus:
             prefix_size=0 if hlat is None else hlat.prefix_size,
         )
     return HvStatus.SUCCESS
-
-
-def _install() -> None:
-    """Make the register known to the hypervisor's register table (until
-    ``vbsim.hv.calls.registers`` lists it itself; see the report of the HVPT work)."""
-    from vbsim.hv.calls import registers
-
-    registers.VSM_REGISTERS.setdefault(HV_REGISTER_MODEL_HLAT_CONTROL, (get_control, set_control))
-
-
-_install()

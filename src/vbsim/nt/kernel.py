@@ -107,9 +107,14 @@ class NtKernel:
             from vbsim.nt.vsl import Vsl
 
             self.vsl = Vsl(self)
-        from vbsim.nt import secure_process
+        from vbsim.nt import dump, secure_process
 
         secure_process.register(self)
+        dump.register(self)
+        if self.vbs:
+            from vbsim.nt import kdp
+
+            kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
 
     # -- loader side ---------------------------------------------------------------------------
     def prepare_boot_processor(self, vp: VirtualProcessor) -> None:

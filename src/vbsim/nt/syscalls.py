@@ -90,8 +90,9 @@ def _lookup_process(
     return int(NtStatus.SUCCESS), target
 
 
-def _translate_user(nt: NtKernel, vp: VirtualProcessor, process: object, va: int,
-                    write: bool = False) -> int | None:  # fmt: skip
+def _translate_user(
+    nt: NtKernel, vp: VirtualProcessor, process: object, va: int, write: bool = False
+) -> int | None:
     """Software walk of another process's tables (MmProbeAndLock-like): GPA or None.  A write
     needs a writable page, as it would for the process itself."""
     from vbsim.nt.process import Process
@@ -160,6 +161,54 @@ def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) ->
     return int(NtStatus.SUCCESS)
 
 
+def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(pid, address, size, new protection): VirtualProtectEx — another process needs the same
+    access as for writing its memory (admin with SeDebugPrivilege, not a protected process)."""
+    pid, address, size, protect = args
+    if protect not in _PROTECTIONS or not 0 < size <= MAX_ALLOCATION:
+        return int(
+            NtStatus.INVALID_PARAMETER
+            if protect in _PROTECTIONS
+            else NtStatus.INVALID_PAGE_PROTECTION
+        )
+    status, target = _lookup_process(nt, vp, pid, write=True)
+    if status != NtStatus.SUCCESS:
+        return status
+    from vbsim.nt.process import Process
+
+    assert isinstance(target, Process)
+    writable, executable = _PROTECTIONS[protect]
+    tables = target.tables
+    tables.phys = nt.phys(vp)
+    first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
+    entries: list[tuple[int, int, int]] = []
+    for page in range(first, last + 0x1000, 0x1000):
+        entry = tables.pte_gpa(page)
+        leaf = tables.lookup(page)
+        if entry is None or leaf is None or not leaf & 0x4:
+            return int(NtStatus.CONFLICTING_ADDRESSES if entries else NtStatus.ACCESS_VIOLATION)
+        entries.append((page, entry, leaf))
+    phys = nt.phys(vp)
+    for page, entry, leaf in entries:
+        value = leaf & ~(0x2 | (1 << 63))
+        value |= (0x2 if writable else 0) | (0 if executable else 1 << 63)
+        phys.write_u64(entry, value)
+        vp.invlpg(page)
+    for other in nt.machine.vps:  # the process may be loaded on another processor: shoot down
+        other.flush_tlb(0)
+    if vp.trace.on:
+        vp.emit(
+            "nt",
+            "protect-virtual-memory",
+            "changed",
+            pid=pid,
+            address=address,
+            size=size,
+            protect=protect,
+        )
+    return int(NtStatus.SUCCESS)
+
+
 def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | int:
     """The key name at ``ptr``, or the NTSTATUS explaining why it could not be read."""
     if not 0 < length <= 256:
@@ -224,6 +273,7 @@ HANDLERS: dict[str, Handler] = {
     "NtSetValueKey": nt_set_value_key,
     "NtQueryValueKey": nt_query_value_key,
     "NtQueryInformationProcess": nt_query_information_process,
+    "NtProtectVirtualMemory": nt_protect_virtual_memory,
 }
 
 

@@ -106,7 +106,9 @@ class SecureKernel:
         self._next_handle = FIRST_HANDLE + 4  # +0 is "Secure System" (vbs-internals §2.3)
         #: VTL0 register values the SK trusts after PHASE3 (HyperGuard, vbs-internals §5.7).
         self.trusted: dict[int, int] = {}
-        self.pending: dict[int, Generator[NormalCall, SecureCallArgs, Reply]] = {}
+        #: Per VP, the services suspended in a normal call, innermost last (a secure call NT makes
+        #: while serving a normal call nests inside the outer one).
+        self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
         #: Extensions (HVCI, KDP, HVPT, IUM) keep their state here, keyed by name.
         self.ext: dict[str, Any] = {}
         self.intercepts: list[dict[str, int]] = []
@@ -235,11 +237,11 @@ class SecureKernel:
         args = SecureCallArgs.unpack(raw)
         result: Reply | NormalCall
         if args.op == callargs.OP_NORMAL_REPLY:
-            pending = self.pending.pop(vp.index, None)
-            if pending is None:
+            stack = self.pending.get(vp.index)
+            if not stack:
                 result = Reply(NtStatus.INVALID_PARAMETER)
             else:
-                result = self._advance(vp, pending, args)
+                result = self._advance(vp, stack.pop(), args)
         elif args.op == callargs.OP_INVOKE_SERVICE:
             service = self.table.service.get(args.code)
             if service is None:
@@ -313,7 +315,7 @@ class SecureKernel:
         except StopIteration as done:
             value = done.value
             return value if isinstance(value, Reply) else Reply(NtStatus.UNSUCCESSFUL)
-        self.pending[vp.index] = generator
+        self.pending.setdefault(vp.index, []).append(generator)
         return request
 
 

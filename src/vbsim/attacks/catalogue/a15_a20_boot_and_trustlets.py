@@ -252,6 +252,7 @@ A16 = Scenario(
     steps=a16_steps,
     goal_met=runs_without_vbs,
     applicable=needs_vbs,
+    decisive=("mandatory",),
 )
 
 

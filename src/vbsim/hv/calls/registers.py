@@ -26,6 +26,7 @@ from vbsim.hv import abi, defs
 from vbsim.hv.calls.common import check_partition, target_vp
 from vbsim.hv.defs import HvCallCode, HvRegisterName, HvStatus
 from vbsim.hv.dispatch import CallContext, CallSpec
+from vbsim.hw import hlat
 from vbsim.hw.regs import Segment
 
 if TYPE_CHECKING:
@@ -405,6 +406,8 @@ VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
 }
 for _i in range(15):
     VSM_REGISTERS[int(N.VSM_VP_SECURE_CONFIG_VTL0) + _i] = _secure_config(_i)
+# The model's stand-in for VMCS HLATP (Intel VT-rp, vbs-internals §5.6; not a TLFS register).
+VSM_REGISTERS[hlat.HV_REGISTER_MODEL_HLAT_CONTROL] = (hlat.get_control, hlat.set_control)
 for _i in range(16):
     VSM_REGISTERS[int(N.SINT0) + _i] = _sint(_i)
 

@@ -57,6 +57,9 @@ def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatu
     cpl = 3 if flags & F.USER_ACCESS else 0 if flags & F.SUPERVISOR_ACCESS else bank.cpl
     state = SimplePagingState(bank.cr3, bank.cr0, bank.cr4, bank.efer, cpl, bank.rflags)
     layer = PagingLayer(hv.ram, hv.slat, vtl, state, vp.mbec[vtl])
+    live = vp.layers[vtl]
+    if live is not None:
+        layer.hlat = live.hlat  # translate as the processor would, HLAT included
     va = (gva_page << 12) & 0xFFFF_FFFF_FFFF_FFFF
     wanted = [
         a
