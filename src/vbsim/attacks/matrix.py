@@ -224,8 +224,12 @@ def _window(
     return KERNEL_WINDOW + (gpa & 0xFFF)
 
 
-def _kernel_op(vp: VirtualProcessor, root: int, gpa: int, op: str) -> Any:
-    va = _window(vp, root, gpa, executable=op == "execute")
+def _kernel_op(
+    vp: VirtualProcessor, root: int, gpa: int, op: str, direct_map: int = DIRECT_MAP
+) -> Any:
+    """A kernel (VTL0's or VTL1's: each has its own tables and direct map) maps ``gpa`` in its
+    window and reads, writes or executes there."""
+    va = _window(vp, root, gpa, executable=op == "execute", direct_map=direct_map)
     if op == "read":
         return vp.read(va, len(MARKER))
     if op == "write":
@@ -345,17 +349,7 @@ def _from_vtl1_kernel(prober: Prober, target: str, op: str) -> Any:
             return ctx.secure_kernel(lambda vp: _normal_call_probe(sk, vp))
         return "-"
     gpa = t.code_gpa if op == "execute" else t.data_gpa
-    return ctx.secure_kernel(_kernel_op_vtl1, sk.space.pt.root, gpa, op, sk.space.phys_va(0))
-
-
-def _kernel_op_vtl1(vp: VirtualProcessor, root: int, gpa: int, op: str, direct_map: int) -> Any:
-    va = _window(vp, root, gpa, executable=op == "execute", direct_map=direct_map)
-    if op == "read":
-        return vp.read(va, len(MARKER))
-    if op == "write":
-        vp.write(va, b"X" * len(MARKER))
-        return None
-    return vp.call(va)
+    return ctx.secure_kernel(_kernel_op, sk.space.pt.root, gpa, op, sk.space.phys_va(0))
 
 
 def _normal_call_probe(sk: Any, vp: VirtualProcessor) -> bool:

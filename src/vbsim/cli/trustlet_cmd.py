@@ -39,6 +39,7 @@ from vbsim.cli.render import console, describe_detail
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.ntstatus import NtStatus
+from vbsim.sk.ium.checks import CHECKS
 
 if TYPE_CHECKING:
     from vbsim.boot.chain import System
@@ -55,16 +56,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 
 #: SKCI's checks in the order ``vbsim.sk.ium.skci.admit`` runs them (its module docstring;
 #: vbs-internals Appendix A item 6), then the page re-hash the IUM service does after admission.
-SKCI_CHECKS = (
-    "format",
-    "tpolicy",
-    "policy-export",
-    "trustlet-id",
-    "signature",
-    "revocation",
-    "allow-list",
-    "page-hash",
-)
+SKCI_CHECKS = (*CHECKS, "page-hash")
 #: NtQueryInformationProcess class the model answers with IsSecureProcess and the trustlet ID.
 PROCESS_IS_SECURE_CLASS = 0x3F
 MAX_MESSAGE = 4096

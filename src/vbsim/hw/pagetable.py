@@ -108,6 +108,20 @@ class PageTables:
         if entry is not None:
             self.phys.write_u64(entry, 0)
 
+    def user_range_ok(self, va: int, length: int, write: bool) -> bool:
+        """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
+        here (writable, for a write) — what a kernel checks before copying through a user
+        pointer, so that a bad pointer is the caller's error and never a kernel-mode fault."""
+        if length < 0 or length > 1 << 20 or va <= 0 or va + length > 1 << 47:
+            return False
+        page = va & ~0xFFF
+        while page < va + max(length, 1):
+            leaf = self.lookup(page)
+            if leaf is None or not leaf & Pte.US or (write and not leaf & Pte.RW):
+                return False
+            page += PAGE_SIZE
+        return True
+
     def lookup(self, va: int) -> int | None:
         """The leaf entry value for ``va`` (host-side inspection)."""
         table = self.root

@@ -215,20 +215,11 @@ class NtKernel:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
         of the current address space (writable, for a write).  A bad pointer is the caller's
         error (STATUS_ACCESS_VIOLATION), never a kernel-mode fault."""
-        if length < 0 or length > 1 << 20 or va <= 0 or va + length > 1 << 47:
-            return False
         process = self.process_of(vp)
         if process is None:
             return False
-        tables = process.tables
-        tables.phys = self.phys(vp)
-        page = va & ~0xFFF
-        while page < va + max(length, 1):
-            leaf = tables.lookup(page)
-            if leaf is None or not leaf & Pte.US or (write and not leaf & Pte.RW):
-                return False
-            page += PAGE_SIZE
-        return True
+        process.tables.phys = self.phys(vp)
+        return process.tables.user_range_ok(va, length, write)
 
     def copy_from_user(self, vp: VirtualProcessor, va: int, length: int) -> bytes | None:
         """Probe, then copy user memory (STAC/CLAC around the access, as SMAP requires)."""

@@ -27,7 +27,7 @@ from vbsim.hv.calls.common import check_partition, target_vp
 from vbsim.hv.defs import HvCallCode, HvRegisterName, HvStatus
 from vbsim.hv.dispatch import CallContext, CallSpec
 from vbsim.hw import hlat
-from vbsim.hw.regs import Segment
+from vbsim.hw.regs import SHARED_GPRS, Segment
 
 if TYPE_CHECKING:
     from vbsim.hv.hypervisor import Hypervisor
@@ -159,23 +159,7 @@ _CR4_RESERVED = (~((1 << 25) - 1) & U64) | (1 << 15) | (1 << 19)
 _EFER_RESERVED = ~0xD01 & U64
 
 REGISTERS: dict[int, tuple[Getter, Setter]] = {}
-for _name in (
-    "rax",
-    "rcx",
-    "rdx",
-    "rbx",
-    "rbp",
-    "rsi",
-    "rdi",
-    "r8",
-    "r9",
-    "r10",
-    "r11",
-    "r12",
-    "r13",
-    "r14",
-    "r15",
-):
+for _name in SHARED_GPRS:
     REGISTERS[int(HvRegisterName[_name.upper()])] = _shared(_name)
 for _name in ("cr2", "dr0", "dr1", "dr2", "dr3", "dr6"):
     REGISTERS[int(HvRegisterName[_name.upper()])] = _shared(_name)

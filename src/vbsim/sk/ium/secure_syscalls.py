@@ -43,21 +43,11 @@ def _user_ok(va: int, length: int) -> bool:
 def _probe(vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
     """Every page of ``[va, va+length)`` is a present user page of the calling trustlet (writable
     for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel."""
-    if not _user_ok(va, length):
-        return False
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.p.gs_object
     process = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
-    if process is None:
-        return False
-    page = va & ~0xFFF
-    while page < va + max(length, 1):
-        leaf = process.tables.lookup(page)
-        if leaf is None or not leaf & Pte.US or (write and not leaf & Pte.RW):
-            return False
-        page += PAGE_SIZE
-    return True
+    return process is not None and process.tables.user_range_ok(va, length, write)
 
 
 def read_user(vp: VirtualProcessor, va: int, length: int) -> bytes | None:

@@ -29,22 +29,12 @@ from vbsim.image import (
 from vbsim.image.policy import POLICY_EXPORT_NAME
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy
+from vbsim.sk.ium.checks import CHECKS
 
 #: IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ (vbs-internals §3.1).
 TPOLICY_CHARACTERISTICS = 0x0000_0040 | 0x4000_0000
 #: Trustlet IDs the Secure Kernel knows (vbs-internals §3.2 rows with a confirmed ID).
 ALLOWED_IDS = frozenset({1, 2, 3, 4, 5})
-
-
-CHECKS = (
-    "format",
-    "tpolicy",
-    "policy-export",
-    "trustlet-id",
-    "signature",
-    "revocation",
-    "allow-list",
-)
 
 
 @dataclass(frozen=True)
