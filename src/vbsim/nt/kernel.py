@@ -111,6 +111,9 @@ class NtKernel:
 
         secure_process.register(self)
         dump.register(self)
+        from vbsim.nt import apps
+
+        apps.install(self)
         if self.vbs:
             from vbsim.nt import kdp
 

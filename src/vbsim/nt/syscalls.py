@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt.process import Protection
 from vbsim.ntstatus import NtStatus
 
@@ -36,6 +38,7 @@ NUMBERS: dict[str, int] = {
     "NtDeviceIoControlFile": 0x0007,
     "NtQueryInformationProcess": 0x0019,
     "NtAlpcSendWaitReceivePort": 0x0085,
+    "NtCreateUserProcess": 0x00C8,
 }
 
 PAGE_READONLY = 0x02
@@ -113,7 +116,6 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
     status, target = _lookup_process(nt, vp, pid, write)
     if status != NtStatus.SUCCESS:
         return status
-    from vbsim.guest.address_space import DIRECT_MAP
 
     done = 0
     while done < size:
@@ -209,6 +211,55 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
     return int(NtStatus.SUCCESS)
 
 
+def nt_free_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(base): release a region the caller committed; its pages are cleared before they go back
+    to the free list (what one process freed must not reach the next)."""
+    process = nt.process_of(vp)
+    base = args[0]
+    region = process.region_at(base) if process is not None else None
+    if process is None or region is None or region.base != base:
+        return int(NtStatus.INVALID_PARAMETER)
+    tables = process.tables
+    tables.phys = nt.phys(vp)
+    for index, pfn in enumerate(region.frames):
+        tables.unmap(region.base + index * PAGE_SIZE)
+        vp.invlpg(region.base + index * PAGE_SIZE)
+        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        nt.machine.ram.frames.free(pfn)
+    process.regions.remove(region)
+    return int(NtStatus.SUCCESS)
+
+
+def nt_create_user_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+    """(image name, name length, PULONG64 pid): a new process from the application store, with
+    the caller's token (a child inherits its parent's), its image's routines mapped as code."""
+    name = _key(nt, vp, args[0], args[1])
+    if isinstance(name, int):
+        return name
+    caller = nt.process_of(vp)
+    image = nt.ext.get("app_store", {}).get(name)
+    if caller is None or image is None:
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    if not nt.probe_user(vp, args[2], 8, write=True):
+        return int(NtStatus.ACCESS_VIOLATION)
+    from vbsim.image import ImageFormatError, parse_image
+
+    try:
+        parsed = parse_image(image)
+    except ImageFormatError:
+        return int(NtStatus.INVALID_IMAGE_FORMAT)
+    routines = [r for r in (parsed.entry_routine,) if r is not None]
+    if not routines:
+        return int(NtStatus.INVALID_IMAGE_FORMAT)
+    try:
+        child = nt.create_process(vp, name, caller.token)
+        nt.map_code(vp, child, routines)
+    except OutOfFrames:
+        return int(NtStatus.NO_MEMORY)
+    nt.copy_to_user(vp, args[2], child.pid.to_bytes(8, "little"))
+    return int(NtStatus.SUCCESS)
+
+
 def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | int:
     """The key name at ``ptr``, or the NTSTATUS explaining why it could not be read."""
     if not 0 < length <= 256:
@@ -274,6 +325,8 @@ HANDLERS: dict[str, Handler] = {
     "NtQueryValueKey": nt_query_value_key,
     "NtQueryInformationProcess": nt_query_information_process,
     "NtProtectVirtualMemory": nt_protect_virtual_memory,
+    "NtFreeVirtualMemory": nt_free_virtual_memory,
+    "NtCreateUserProcess": nt_create_user_process,
 }
 
 
