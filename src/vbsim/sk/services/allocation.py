@@ -217,7 +217,7 @@ def fill_secure_allocation(
     handle, offset, mdl_pointer, mdl_pfn = args.fields[0:4]
     legacy = sk.policy.legacy
     unchecked = legacy.unchecked_securecall_params
-    double_fetch = legacy.securecall_double_fetch and not unchecked
+    double_fetch = legacy.securecall_double_fetch  # independent of the unchecked switch
     obj = lookup_typed(sk, vp, handle, KIND)
     if isinstance(obj, NtStatus):
         return Reply(obj)

@@ -1,0 +1,657 @@
+"""A3, A5, A6, A8, A9, A13, A14: kernel code, kernel data, secure-call parameters, VTL1 ring 0 and
+DMA (vbs-internals §5.1, §5.2, §5.5, §5.6, §6).
+
+Every goal is read from the machine after the attack, never from what the attacker reports:
+
+- *code ran*: the attacker's routine, when a processor executes it, is seen by a debugger's
+  breakpoint on it (:func:`~vbsim.attacks.catalogue.a15_a20_boot_and_trustlets.record_run`), which
+  notes the VTL and CPL of the VP that runs it;
+- *data changed*: what a VTL0 reader of a kernel variable gets is the processor's own translation
+  of its address — through NT's page tables, or HLAT's when HVPT pins it (:func:`reads_as`) —
+  applied to RAM;
+- *Secure Kernel / VTL1 memory changed or read*: RAM at the GPA (host side), and the attacker's
+  loot page or its device's buffer.
+
+Capabilities.  K0 acts either through the vulnerable signed driver's READ8/WRITE8 IOCTLs from an
+administrator's process (A3, A6: what a real attacker with admin rights does), or as VTL0 ring-0
+code (``ctx.kernel``) that edits NT's page tables, calls NT's ``Vsl*`` stubs with crafted arguments,
+hooks NT's normal-call dispatch, or programs a device (A5, A8, A9, A14).  PHYS is a hot-plugged
+bus master with no driver.  K1 is code in VTL1 ring 0 (the Secure Kernel compromised).
+
+Stand-ins (the model has no file system and no symbol server): the attacker's unsigned
+``rootkit.sys`` is put in NT's driver store as an administrator copies a file to disk; kernel
+addresses (``g_CiOptions``, a driver's data section, the SK's key page, LsaIso's table) come from a
+host-side lookup, as symbols or a memory scan give them to a real attacker.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
+    needs_credential_guard,
+    needs_vbs,
+    nt_of,
+    record_run,
+    runs,
+    secure_processes,
+)
+from vbsim.attacks.context import AttackContext, payload_routine
+from vbsim.attacks.goals import loot_contains, vtl0_rights
+from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.guest import hvcall
+from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.code import encode_thunk
+from vbsim.hw.dma import (
+    DEFAULT_BASE,
+    DIR_FROM_MEMORY,
+    DIR_TO_MEMORY,
+    STATUS_NAMES,
+    DmaDevice,
+    driver_transfer,
+)
+from vbsim.hw.pagetable import PageTables, PhysAccess
+from vbsim.hw.slat import R, W
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Access, Pte
+from vbsim.image import ImageKind, build_image
+from vbsim.ium.lsaiso import TABLE_VA
+from vbsim.nt import drivers
+from vbsim.nt import kdp as ntkdp
+from vbsim.nt.drivers import IOCTL_WRITE8, VULNERABLE_DRIVER, nt_allocate_executable
+from vbsim.nt.kernel import NtKernel
+from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.syscalls import syscall
+from vbsim.ntstatus import NtStatus
+from vbsim.policy import Policy
+from vbsim.sk.services import allocation
+from vbsim.sk.services.allocation import MDL_BYTECOUNT_OFFSET, NORMAL_GET_PHYSICAL_PAGES
+
+B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
+#: Blocked wherever VBS runs; meaningless without it.
+VBS_BLOCKS = {"vbs-off": N, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": B}
+#: Only the legacy preset's Secure Kernel (before the 2019-2020 fixes) has the bug.
+ONLY_LEGACY = {"vbs-off": N, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": S}
+#: Stopped by HVCI: succeeds on every preset without it (legacy-2019 has no HVCI either).
+HVCI_BLOCKS = {"vbs-off": S, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": S}
+
+#: Unused kernel VA where a K0 attacker maps pages of its own.
+WINDOW_VA = 0xFFFF_F8A1_0000_0000
+#: Offsets in the attacker's user buffer: a driver name, then the 16-byte IOCTL buffer.
+NAME_AT, IOCTL_AT = 0, 512
+
+
+def _nt(ctx: AttackContext) -> NtKernel:
+    nt = ctx.booted.nt
+    assert nt is not None
+    return nt
+
+
+def needs_kdp(policy: Policy) -> bool:
+    """KDP runs (a protected variable exists to be bypassed)."""
+    return policy.vbs and policy.kdp
+
+
+# -- host-side views ---------------------------------------------------------------------------
+def reads_as(ctx: AttackContext, va: int, length: int = 8) -> bytes | None:
+    """What any VTL0 ring-0 reader of ``va`` gets now: the processor's own VTL0 translation
+    (NT's tables, or HLAT's for an HVPT-pinned page — nothing cached, no A/D update) applied
+    to RAM.  None if the address does not translate."""
+    machine = ctx.system.machine if ctx.system else None
+    if machine is None:
+        return None
+    layer = machine.bsp.layers[0]
+    assert layer is not None
+    cpl = layer.state.cpl
+    layer.state.cpl = 0  # a kernel reader, whatever mode the VP was left in
+    try:
+        verdict, _ = layer.walk(va, Access.READ, update_ad=False)
+    finally:
+        layer.state.cpl = cpl
+    if not verdict.ok:
+        return None
+    return machine.ram.read(verdict.address, length)
+
+
+def host_lookup(ctx: AttackContext, root: int, va: int) -> int | None:
+    """The leaf entry for ``va`` in the page tables at ``root``, walked in RAM (host side: a walk
+    through the VP would be an access by the VP's current VTL)."""
+    machine = ctx.booted.machine
+    assert machine is not None
+    ram = machine.ram
+    return PageTables(PhysAccess(ram.read_u64, lambda gpa, value: None, lambda: 0), root).lookup(va)
+
+
+def sk_data_gpa(ctx: AttackContext, va: int) -> int:
+    """The GPA behind a Secure Kernel VA (what the SK's own page tables say)."""
+    sk = ctx.booted.sk
+    assert sk is not None
+    leaf = host_lookup(ctx, sk.space.pt.root, va)
+    assert leaf is not None
+    return (leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1))
+
+
+def sk_key_page(ctx: AttackContext) -> tuple[int, bytes]:
+    """The GPA of the Secure Kernel's VSM master keys and their bytes (host view)."""
+    sk = ctx.booted.sk
+    machine = ctx.booted.machine
+    assert sk is not None and machine is not None
+    gpa = sk_data_gpa(ctx, int(sk.ext["keys.va"]))
+    return gpa, machine.ram.read(gpa, 96)
+
+
+def _ram(ctx: AttackContext, gpa: int, length: int) -> bytes:
+    machine = ctx.system.machine if ctx.system else None
+    return b"" if machine is None else machine.ram.read(gpa, length)
+
+
+# -- an administrator's K0 primitive: the vulnerable signed driver -------------------------------
+def _load(vp: VirtualProcessor, buffer: int, name: str) -> int:
+    raw = name.encode()
+    vp.write(buffer + NAME_AT, raw)
+    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+
+
+def _write8(vp: VirtualProcessor, buffer: int, address: int, value: int) -> int:
+    """DeviceIoControl(vulnerable driver, WRITE8, {address, value}): an 8-byte store at CPL0."""
+    raw = VULNERABLE_DRIVER.encode()
+    vp.write(buffer + NAME_AT, raw)
+    vp.write(buffer + IOCTL_AT, address.to_bytes(8, "little") + value.to_bytes(8, "little"))
+    return syscall(
+        vp, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), IOCTL_WRITE8, buffer + IOCTL_AT
+    )
+
+
+def _admin_write(vp: VirtualProcessor, buffer: int, address: int, value: int) -> list[int]:
+    """A0 at CPL3: load the vulnerable signed driver (SeLoadDriverPrivilege), then WRITE8."""
+    return [_load(vp, buffer, VULNERABLE_DRIVER), _write8(vp, buffer, address, value)]
+
+
+def _as_admin(ctx: AttackContext, payload: Any, *args: Any) -> Any:
+    process = ctx.process(admin=True, name="exploit.exe")
+    buffer = ctx.user_buffer(process)
+    return ctx.user(payload, buffer, *args, process=process)
+
+
+def _statuses(values: Any) -> list[str]:
+    if not isinstance(values, list):
+        return [str(values)]
+    return [NtStatus.name_of(v) if isinstance(v, int) else str(v) for v in values]
+
+
+# -- A3: unsigned kernel code (DSE disabled) -----------------------------------------------------
+ROOTKIT = "rootkit.sys"
+
+
+def _rootkit_entry(vp: VirtualProcessor, driver_object: int) -> int:
+    """The unsigned driver's DriverEntry: if any processor ever executes it, this records it."""
+    record_run(vp, "a3")
+    return int(NtStatus.SUCCESS)
+
+
+@functools.lru_cache(maxsize=1)
+def rootkit_image() -> bytes:
+    """A well-formed driver image with no signature at all."""
+    return build_image(
+        ImageKind.DRIVER, ROOTKIT, "DriverEntry", {"DriverEntry": payload_routine(_rootkit_entry)}
+    )
+
+
+def _disable_dse_and_load(vp: VirtualProcessor, buffer: int, ci_options: int) -> list[int]:
+    """A0 at CPL3: the DSE-disable recipe (vulnerable signed driver, g_CiOptions := 0), then
+    NtLoadDriver on the unsigned rootkit."""
+    statuses = _admin_write(vp, buffer, ci_options, 0)
+    statuses.append(_load(vp, buffer, ROOTKIT))
+    return statuses
+
+
+def a3_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    # The administrator copies rootkit.sys to disk (the model's driver store is NT's file view).
+    nt.ext[drivers.STORE][ROOTKIT] = rootkit_image()
+    ci_options = drivers.ci_options_va(nt)  # symbols: ci!g_CiOptions
+    ctx.notes["statuses"] = _statuses(_as_admin(ctx, _disable_dse_and_load, ci_options))
+
+
+A3 = Scenario(
+    id="A3",
+    title="Disable DSE through a vulnerable signed driver and load an unsigned driver",
+    source="vbs-internals §5.1, §6 A3 (CVE-2016-0181, CVE-2017-0193); DSE-disable tools "
+    "(g_CiOptions := 0 through an RTCore64-style read/write driver)",
+    capability=Capability.A0,
+    goal="attacker code runs at VTL0 CPL0 (the unsigned driver's DriverEntry executes)",
+    expected=HVCI_BLOCKS,
+    expected_why="without HVCI, NT's own code integrity reads g_CiOptions from writable kernel "
+    "memory, so zeroing it skips the signature check and the driver runs; with HVCI the check "
+    "belongs to SKCI in VTL1 and no page becomes kernel-executable unless a signed hash covers "
+    "it (vbs-internals §5.1 'Driver load under HVCI'). legacy-2019 has no HVCI: the attack works "
+    "there as on any 2019 machine without Memory Integrity.",
+    steps=a3_steps,
+    goal_met=lambda ctx: (0, 0) in runs(ctx, "a3"),
+)
+
+
+# -- A3-RWX: executable kernel pool / a hand-made RWX page ----------------------------------------
+def _shellcode(vp: VirtualProcessor) -> int:
+    record_run(vp, "a3-rwx")
+    return 0
+
+
+def _rwx_and_jump(vp: VirtualProcessor, window: int) -> str:
+    """K0: ExAllocatePool(NonPagedPoolExecute) for RWX memory, copy the shellcode, call it.  If NT
+    refuses, make RWX memory by hand: an own frame mapped with a PTE that has RW and no NX."""
+    nt = nt_of(vp)
+    thunk = encode_thunk(payload_routine(_shellcode))
+    status, va = nt_allocate_executable(nt, vp, PAGE_SIZE, writable=True)
+    if status == NtStatus.SUCCESS and va:
+        vp.write(va, thunk)
+        vp.call(va)
+        return "pool"
+    _, gpa = nt.alloc_kernel_page(vp)
+    tables = PageTables(nt.phys(vp), nt.space.pt.root)
+    tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
+    vp.invlpg(window)
+    vp.write(window, thunk)
+    vp.call(window)
+    return "pte"
+
+
+A3_RWX = Scenario(
+    id="A3-RWX",
+    title="Allocate RWX kernel memory (executable pool or a crafted PTE) and run shellcode",
+    source="vbs-internals §5.1 (W^X in SLAT), §6 A3",
+    capability=Capability.K0,
+    goal="attacker code runs at VTL0 CPL0 from memory the attacker wrote",
+    expected=HVCI_BLOCKS,
+    expected_why="without HVCI NT maps NonPagedPoolExecute RWX on its own authority and any "
+    "VTL0 page is executable once its PTE says so; with HVCI the Secure Kernel refuses W+KX "
+    "(MAKE_PROTECTED_PAGE_EXECUTABLE) and SLAT never lets VTL0 execute a page SKCI did not "
+    "validate, whatever NT's PTE says (vbs-internals §5.1). legacy-2019 has no HVCI.",
+    steps=lambda ctx: ctx.notes.update(path=ctx.kernel(_rwx_and_jump, WINDOW_VA)),
+    goal_met=lambda ctx: (0, 0) in runs(ctx, "a3-rwx"),
+)
+
+
+# -- the victim of A5 / A6: a driver's configuration variable -------------------------------------
+VICTIM_SECTION = "edr.sys!.data"
+#: The driver's policy word (its "monitoring enforced" configuration) and the attacker's value.
+VICTIM_VALUE = int.from_bytes(b"ENFORCE!", "little")
+FORGED = int.from_bytes(b"DISABLED", "little")
+
+
+def _victim(ctx: AttackContext, protect: bool) -> ntkdp.Section:
+    """A security driver loads and keeps its configuration in its .data section; with
+    ``protect`` it calls MmProtectDriverSection on it, as KDP's documentation suggests — which
+    fails with STATUS_INVALID_DEVICE_STATE where KDP does not run (the driver carries on)."""
+    nt = _nt(ctx)
+    vp = ctx.vp
+    vp.actor = "edr.sys"
+    section = ntkdp.load_data_section(nt, vp, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little"))
+    if protect:
+        status = ntkdp.mm_protect_driver_section(nt, vp, section.va)
+        ctx.notes["protect_status"] = NtStatus.name_of(status)
+    vp.actor = "nt"
+    ctx.notes["variable_va"] = section.va
+    ctx.notes["variable_gpa"] = section.gpa
+    return section
+
+
+def readers_see_forged(ctx: AttackContext) -> bool:
+    va = ctx.notes.get("variable_va")
+    return va is not None and reads_as(ctx, int(va)) == FORGED.to_bytes(8, "little")
+
+
+# -- A5: PTE remapping -----------------------------------------------------------------------------
+def _remap_and_set(vp: VirtualProcessor, va: int, own_gpa: int, value: int) -> int:
+    """K0: point the variable's PTE at a page of the attacker's (NT's tables are VTL0-writable),
+    flush it, then store the value through the variable's own address."""
+    tables = PageTables(nt_of(vp).phys(vp), vp.p.cr3)
+    pte = tables.pte_gpa(va)
+    if pte is None:
+        return 0
+    old: int = vp.read_u64(DIRECT_MAP + pte)
+    flags = int(Pte.P | Pte.RW | Pte.NX | Pte.G)
+    vp.write_u64(DIRECT_MAP + pte, (own_gpa & PTE_ADDR_MASK) | flags)
+    vp.invlpg(va)
+    vp.write_u64(va, value)
+    return old
+
+
+def a5_steps(ctx: AttackContext) -> None:
+    section = _victim(ctx, protect=True)
+    _, own_gpa = ctx.kernel_page()
+    ctx.notes["own_gpa"] = own_gpa
+    ctx.notes["old_pte"] = ctx.kernel(_remap_and_set, section.va, own_gpa, FORGED)
+
+
+A5 = Scenario(
+    id="A5",
+    title="Remap a KDP-protected variable's VA to an attacker-writable page",
+    source="vbs-internals §5.2 'Limits', §5.6, §6 A5 (MS-HVPT 2025; Tanda, CVE-2024-21305)",
+    capability=Capability.K0,
+    goal="readers of the KDP-protected variable see the attacker's value",
+    expected={"vbs-off": N, "vbs": N, "vbs-hvci": S, "hardened": B, "legacy-2019": N},
+    expected_why="KDP and HVCI protect guest-physical pages; NT's page tables stay VTL0-writable, "
+    "so the protected VA can be pointed at any writable GPA — only HVPT/HLAT, which translates "
+    "the pinned range from tables VTL0 cannot write, keeps the VA on the protected GPA "
+    "(vbs-internals §5.6). Without KDP (vbs, legacy-2019, vbs-off) nothing is protected, so "
+    "there is no protection to bypass: A6-KDP shows the plain write succeeding there.",
+    steps=a5_steps,
+    goal_met=readers_see_forged,
+    applicable=needs_kdp,
+)
+
+
+# -- A6 / A6-KDP: data-only attacks through the vulnerable driver ----------------------------------
+def _a6_steps(protect: bool) -> Any:
+    def steps(ctx: AttackContext) -> None:
+        section = _victim(ctx, protect)
+        ctx.notes["statuses"] = _statuses(_as_admin(ctx, _admin_write, section.va, FORGED))
+
+    return steps
+
+
+A6 = Scenario(
+    id="A6",
+    title="Data-only attack: overwrite an unprotected kernel variable with a vulnerable driver",
+    source="vbs-internals §5.1 'What HVCI does not stop', §6 A6 (McGarr-HVCI, MS-KDP)",
+    capability=Capability.A0,
+    goal="readers of the driver's configuration variable see the attacker's value",
+    expected={"vbs-off": S, "vbs": S, "vbs-hvci": S, "hardened": S, "legacy-2019": S},
+    expected_why="HVCI protects code, not data: a kernel write primitive changes any variable "
+    "nobody registered with KDP, whatever the preset (vbs-internals §6 A6: 'the model should let "
+    "it succeed unless the target is KDP-protected')",
+    steps=_a6_steps(protect=False),
+    goal_met=readers_see_forged,
+)
+
+A6_KDP = Scenario(
+    id="A6-KDP",
+    title="Data-only attack on a KDP-protected variable (MmProtectDriverSection)",
+    source="vbs-internals §5.2 (MS-KDP blog 2020-07-08), §6 A6",
+    capability=Capability.A0,
+    goal="readers of the driver's configuration variable see the attacker's value",
+    expected={"vbs-off": S, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
+    expected_why="static KDP makes the section SLAT read-only for all of VTL0: the vulnerable "
+    "driver's store is an EPT violation → secure intercept → bugcheck. Where KDP does not run "
+    "(vbs, legacy-2019; vbs-off has no VBS) MmProtectDriverSection fails with "
+    "STATUS_INVALID_DEVICE_STATE and the variable is simply unprotected.",
+    steps=_a6_steps(protect=True),
+    goal_met=readers_see_forged,
+)
+
+
+# -- A8: secure-call parameter abuse (CVE-2020-0917 class) -----------------------------------------
+MARKER = b"A8-OWNED"
+
+
+def _crafted_fills(vp: VirtualProcessor, marker: bytes) -> list[int]:
+    """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
+    ByteCount runs 16 bytes past it (unchecked TransferMdl->ByteCount), and one whose offset
+    starts right after it."""
+    nt = nt_of(vp)
+    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
+    if status != NtStatus.SUCCESS:
+        return [status]
+    source = ntkdp.stage_buffer(nt, vp, marker * (2 * PAGE_SIZE // len(marker)))
+    statuses = [status]
+    for offset, count in ((0, PAGE_SIZE + 16), (PAGE_SIZE, 16)):
+        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, count)
+        statuses.append(ntkdp.fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn))
+    return statuses
+
+
+def policy_page_gpa(ctx: AttackContext) -> int | None:
+    sk = ctx.system.sk if ctx.system else None
+    if sk is None:
+        return None
+    return allocation.state(sk).policy_gpa
+
+
+def sk_policy_owned(ctx: AttackContext) -> bool:
+    """The Secure Kernel's policy page (SKPG_CONTEXT-like, right after the allocation arena)
+    holds the attacker's bytes."""
+    gpa = policy_page_gpa(ctx)
+    return gpa is not None and MARKER in _ram(ctx, gpa, 64)
+
+
+A8 = Scenario(
+    id="A8",
+    title="FILL_SECURE_ALLOCATION with an oversized MDL ByteCount / offset",
+    source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020 "
+    "(CVE-2020-0917, CVE-2020-0918); vbs-internals §6 A8",
+    capability=Capability.K0,
+    goal="SK memory changes: the policy page next to the allocation holds attacker bytes",
+    expected=ONLY_LEGACY,
+    expected_why="the fixed Secure Kernel captures the MDL and bounds ByteCount and the offset "
+    "by the allocation (and checks every PFN is VTL0's) before copying; the Secure Kernel of "
+    "2019 trusted them, so the copy ran into the SK data behind the buffer (fixed in build "
+    "18841, vbs-internals §6 A8).",
+    steps=lambda ctx: ctx.notes.update(statuses=_statuses(ctx.kernel(_crafted_fills, MARKER))),
+    goal_met=sk_policy_owned,
+    applicable=needs_vbs,
+)
+
+
+# -- A9: double fetch through the normal-call window ----------------------------------------------
+def _toctou_fill(vp: VirtualProcessor, marker: bytes) -> list[int]:
+    """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch.  The Secure
+    Kernel makes its "get physical pages" normal call after validating the MDL and before
+    copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory."""
+    nt = nt_of(vp)
+    assert nt.vsl is not None
+    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
+    if status != NtStatus.SUCCESS:
+        return [status]
+    source = ntkdp.stage_buffer(nt, vp, marker * (2 * PAGE_SIZE // len(marker)))
+    mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, 64)
+    original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
+    swapped: list[int] = []
+
+    def hooked(nt_: NtKernel, vp_: VirtualProcessor, args: list[int]) -> list[int]:
+        vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + 16)
+        swapped.append(1)
+        return original(nt_, vp_, args)
+
+    nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = hooked
+    try:
+        fill = ntkdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
+    finally:
+        nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = original
+    return [status, fill, len(swapped)]
+
+
+A9 = Scenario(
+    id="A9",
+    title="Double fetch: enlarge a validated MDL during the Secure Kernel's normal call",
+    source="Amar & King, Black Hat USA 2020; vbs-internals §2.5 (normal calls), §6 A9",
+    capability=Capability.K0,
+    goal="SK memory changes: the policy page next to the allocation holds attacker bytes",
+    expected=ONLY_LEGACY,
+    expected_why="the Secure Kernel copies VTL0-resident inputs into VTL1 before checking them "
+    "and uses only its copy, so changing VTL0 memory after the check changes nothing; an SK that "
+    "fetches the MDL again after the normal call (the legacy switch) copies the enlarged length "
+    "(vbs-internals §6 A9: no specific double-fetch CVE is public, the class is).",
+    steps=lambda ctx: ctx.notes.update(result=ctx.kernel(_toctou_fill, MARKER)),
+    goal_met=sk_policy_owned,
+    applicable=needs_vbs,
+)
+
+
+# -- A13: VTL1 ring 0 ------------------------------------------------------------------------------
+def lsaiso_table_gpa(ctx: AttackContext) -> int | None:
+    """Where LsaIso's credential table lives: the SK's process table and LsaIso's page tables."""
+    for process in secure_processes(ctx):
+        if process.trustlet_id == 1 and not process.terminated:
+            leaf = host_lookup(ctx, process.tables.root, TABLE_VA)
+            if leaf is not None:
+                return (leaf & PTE_ADDR_MASK) | (TABLE_VA & (PAGE_SIZE - 1))
+    return None
+
+
+def own_vtl0_and_lsaiso(
+    vp: VirtualProcessor, table_gpa: int, loot_gpa: int, params: tuple[int, int, int, int]
+) -> int:
+    """K1: read LsaIso's credential table through the SK's direct map, hand it to VTL0, then open
+    that page to VTL0 in SLAT with a hypercall only VTL1 may make."""
+    vp.write(DIRECT_MAP + loot_gpa, vp.read(DIRECT_MAP + table_gpa, 0x100))
+    pages = hvcall.ParamPages(*params)
+    result = hvcall.modify_vtl_protection_mask(vp, pages, [table_gpa >> PAGE_SHIFT], R | W)
+    return result.status
+
+
+def a13_steps(ctx: AttackContext) -> None:
+    sk = ctx.booted.sk
+    assert sk is not None
+    table_gpa = lsaiso_table_gpa(ctx)
+    if table_gpa is None:
+        return
+    ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
+    ctx.notes["table_pfn"] = table_gpa >> PAGE_SHIFT
+    ctx.notes["rights_before"] = vtl0_rights(ctx, [table_gpa >> PAGE_SHIFT])
+    _, loot_gpa = ctx.kernel_page()
+    ctx.notes["loot_gpa"] = loot_gpa
+    p = sk.params
+    ctx.notes["status"] = ctx.secure_kernel(
+        own_vtl0_and_lsaiso, table_gpa, loot_gpa, (p.in_va, p.in_gpa, p.out_va, p.out_gpa)
+    )
+
+
+def a13_goal(ctx: AttackContext) -> bool:
+    if "table_pfn" not in ctx.notes:
+        return False
+    stolen = loot_contains(ctx, ctx.notes["secret"])
+    changed = vtl0_rights(ctx, [ctx.notes["table_pfn"]]) != ctx.notes["rights_before"]
+    return stolen and changed
+
+
+A13 = Scenario(
+    id="A13",
+    title="VTL1 ring 0: read LsaIso's secrets and change VTL0's SLAT",
+    source="Amar & King, Black Hat USA 2020 (the chain ended in SK code execution); "
+    "vbs-internals §6 A13",
+    capability=Capability.K1,
+    goal="LsaIso's NT OWF reaches VTL0 and a VTL0 SLAT right changes",
+    expected={"vbs-off": N, "vbs": S, "vbs-hvci": S, "hardened": S, "legacy-2019": S},
+    expected_why="nothing is above VTL1 ring 0 but the hypervisor, which takes the Secure "
+    "Kernel's hypercalls as the configuration: it reads every trustlet page and sets VTL0's "
+    "SLAT at will (vbs-internals §6 A13: 'none: the SK controls VTL0 SLAT'). Without VBS there "
+    "is no VTL1.",
+    steps=a13_steps,
+    goal_met=a13_goal,
+    applicable=needs_credential_guard,
+)
+
+
+# -- A14: DMA -------------------------------------------------------------------------------------
+def _plug(ctx: AttackContext, device: DmaDevice) -> DmaDevice:
+    ctx.notes["device"] = device
+    return device
+
+
+def _driver_dma(vp: VirtualProcessor, base: int, target: int, loot: int, staging: int) -> list[int]:
+    """K0 driving its NIC: DMA the target page into the device and back out into the loot page,
+    then DMA 0xCC bytes from a staging page onto the target."""
+    statuses = [
+        driver_transfer(vp, base, target, 96, DIR_FROM_MEMORY),
+        driver_transfer(vp, base, loot, 96, DIR_TO_MEMORY),
+    ]
+    vp.write(DIRECT_MAP + staging, b"\xcc" * 16)
+    statuses.append(driver_transfer(vp, base, staging, 16, DIR_FROM_MEMORY))
+    statuses.append(driver_transfer(vp, base, target, 16, DIR_TO_MEMORY))
+    return statuses
+
+
+def a14_steps(ctx: AttackContext) -> None:
+    machine = ctx.booted.machine
+    assert machine is not None
+    # The platform's NIC (an internal PCIe function); its VTL0 driver is the attacker's tool.
+    device = _plug(ctx, DmaDevice("nic0", machine.iommu))
+    device.claim(machine.bus, DEFAULT_BASE)
+    target, secret = sk_key_page(ctx)
+    ctx.notes.update(secret=secret, target_gpa=target)
+    _, loot = ctx.kernel_page()
+    _, staging = ctx.kernel_page()
+    ctx.notes["loot_gpa"] = loot
+    statuses = ctx.kernel(_driver_dma, DEFAULT_BASE, target, loot, staging)
+    ctx.notes["statuses"] = [STATUS_NAMES.get(s, s) for s in statuses or []]
+
+
+def sk_page_read_or_changed(ctx: AttackContext) -> bool:
+    target = ctx.notes.get("target_gpa")
+    if target is None:
+        return False
+    secret = ctx.notes.get("secret", b"")
+    device = ctx.notes.get("device")
+    in_device = isinstance(device, DmaDevice) and device.attacker and secret in device.buffer
+    return loot_contains(ctx, secret) or in_device or _ram(ctx, target, 16) == b"\xcc" * 16
+
+
+A14 = Scenario(
+    id="A14",
+    title="A VTL0 driver programs its device to DMA into Secure Kernel memory",
+    source="vbs-internals §5.5 (WI7 part 1 ch. 2, part 2); TLFS 'DMA and Devices'",
+    capability=Capability.K0,
+    goal="the Secure Kernel's key page reaches VTL0 memory, or changes",
+    expected=VBS_BLOCKS,
+    expected_why="the hypervisor programs the IOMMU so that DMA has exactly VTL0's SLAT rights; "
+    "VTL1 pages have none, so the transfer is refused whole (vbs-internals §5.5 'Model "
+    "consequence'; no VBS DMA bypass recorded). Without VBS there is no VTL1 memory.",
+    steps=a14_steps,
+    goal_met=sk_page_read_or_changed,
+    applicable=needs_vbs,
+)
+
+
+def a14_phys_steps(ctx: AttackContext) -> None:
+    machine = ctx.booted.machine
+    assert machine is not None
+    section = _victim(ctx, protect=False)  # PCILeech-style: the variable is found by scanning
+    device = _plug(ctx, DmaDevice.malicious(machine.iommu))  # hot-plugged: no driver, no domain
+    ctx.notes["status"] = STATUS_NAMES[device.dma_write(section.gpa, FORGED.to_bytes(8, "little"))]
+
+
+A14_PHYS = Scenario(
+    id="A14-PHYS",
+    title="A malicious Thunderbolt device DMAs into VTL0 kernel memory",
+    source="vbs-internals §5.5 (Kernel DMA Protection, Windows 10 1803+), §6 A14",
+    capability=Capability.PHYS,
+    goal="readers of a driver's (unprotected) configuration variable see the attacker's value",
+    expected={"vbs-off": S, "vbs": S, "vbs-hvci": S, "hardened": B, "legacy-2019": S},
+    expected_why="a device with no remapping domain passes through the IOMMU with VTL0's rights, "
+    "and the variable is VTL0-writable; only Kernel DMA Protection blocks an external device "
+    "that has no domain (vbs-internals §5.5; §6 A14: systems without it 'were open to "
+    "Thunderbolt DMA against VTL0 (not VTL1)').",
+    steps=a14_phys_steps,
+    goal_met=readers_see_forged,
+)
+
+
+def a14_phys_vtl1_steps(ctx: AttackContext) -> None:
+    machine = ctx.booted.machine
+    assert machine is not None
+    device = _plug(ctx, DmaDevice.malicious(machine.iommu))
+    target, secret = sk_key_page(ctx)
+    ctx.notes.update(secret=secret, target_gpa=target)
+    read = device.dma_read(target, 96)
+    ctx.notes["read"] = read is not None
+    ctx.notes["status"] = STATUS_NAMES[device.dma_write(target, b"\xcc" * 16)]
+
+
+A14_PHYS_VTL1 = Scenario(
+    id="A14-PHYS-VTL1",
+    title="A malicious Thunderbolt device DMAs into Secure Kernel memory",
+    source="vbs-internals §5.5, §6 A14; TLFS 'DMA and Devices'",
+    capability=Capability.PHYS,
+    goal="the Secure Kernel's key page reaches the device, or changes",
+    expected=VBS_BLOCKS,
+    expected_why="DMA never has more than VTL0's SLAT rights, which exclude VTL1 pages; "
+    "hardened also keeps the unassigned external device off the bus entirely (Kernel DMA "
+    "Protection). Without VBS there is no VTL1.",
+    steps=a14_phys_vtl1_steps,
+    goal_met=sk_page_read_or_changed,
+    applicable=needs_vbs,
+)
+
+SCENARIOS = [A3, A3_RWX, A5, A6, A6_KDP, A8, A9, A13, A14, A14_PHYS, A14_PHYS_VTL1]
