@@ -15,6 +15,8 @@ _REFUSED = {
     "undeliverable",
     "not-running",
     "continue-without-vbs",
+    "disabled",  # the IUM system-call filter
+    "overridden",  # the UEFI lock over the registry
 }
 
 
