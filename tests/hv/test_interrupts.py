@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from tests.conftest import Bare, as_vtl
+
 from vbsim.guest.bare import MON_NULL, SINT0_VECTOR, monitor_call
 from vbsim.hw.faults import ThreadTerminated
 
