@@ -44,11 +44,13 @@ def trustlet_image(
     signer: Signer | None = None,
     size: int | None = None,
     routines: tuple[str, ...] = (),
+    capabilities: int | None = None,
 ) -> bytes:
     """A signed trustlet image; keyword overrides make home-made or mismatched variants."""
-    known_id, known_entry, extra, capabilities, parent_sd = TRUSTLETS.get(
+    known_id, known_entry, extra, known_caps, parent_sd = TRUSTLETS.get(
         name, (0, "", (), None, None)
     )
+    capabilities = known_caps if capabilities is None else capabilities
     comp = component or Component()
     policy = TrustletPolicy.standard(
         known_id if trustlet_id is None else trustlet_id,

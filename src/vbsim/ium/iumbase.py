@@ -91,6 +91,15 @@ def post_mailbox(vp: VirtualProcessor, slot: int, data: bytes) -> None:
     _check("IumPostMailbox", secure_syscall(vp, "IumPostMailbox", slot, _INPUT, len(data)))
 
 
+def create_secure_section(vp: VirtualProcessor, size: int) -> tuple[int, int]:
+    """CreateSecureSection: (VA in this trustlet, section index VTL0 uses to find it)."""
+    _check(
+        "IumCreateSecureSection",
+        secure_syscall(vp, "IumCreateSecureSection", size, _OUTPUT, _OUTPUT + 8),
+    )
+    return vp.read_u64(_OUTPUT), vp.read_u64(_OUTPUT + 8)
+
+
 def secure_storage_put(vp: VirtualProcessor, key: int, data: bytes) -> None:
     vp.write(_INPUT, data)
     _check("IumSecureStoragePut", secure_syscall(vp, "IumSecureStoragePut", key, _INPUT, len(data)))

@@ -35,6 +35,8 @@ PRIVATE_PAGES = 8  # heap, stack and message buffers (model)
 MESSAGE_VA = PRIVATE_BASE  # where incoming messages are captured (first private page)
 REPLY_VA = PRIVATE_BASE + PAGE_SIZE  # where the trustlet leaves its reply
 HEAP_VA = PRIVATE_BASE + 2 * PAGE_SIZE
+#: Where a trustlet's secure sections (shared with VTL0) are mapped, one 64 KiB slot each.
+SECTION_BASE = 0x0000_0002_0000_0000
 NORMAL_ALLOCATE_PAGES = 1  # the model's normal-call number for "give me physical pages"
 
 
@@ -58,6 +60,8 @@ class SecureProcess:
     routines: dict[str, int]
     mailbox_key: int = 0
     mailboxes: dict[int, bytes] = field(default_factory=dict)
+    #: Secure sections this trustlet shares with VTL0: index → (trustlet VA, PFNs).
+    sections: list[tuple[int, list[int]]] = field(default_factory=list)
     threads: dict[int, SecureThread] = field(default_factory=dict)
     terminated: bool = False
     svn: int = 0

@@ -211,10 +211,64 @@ def ium_secure_storage_get(
     return int(NtStatus.SUCCESS if write_user(vp, out, data) else NtStatus.ACCESS_VIOLATION)
 
 
+MAX_SECTION_PAGES = 16
+
+
+def ium_create_secure_section(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+) -> int:
+    """IumCreateSecureSection(size, PULONG64 va, PULONG64 index): pages shared between the
+    trustlet and VTL0 (vbs-internals §4.4: a TOCTOU surface by design).  Needs the secure-section
+    capability.  The pages stay readable and writable for VTL0; a VTL0 driver reaches them through
+    the CREATE_SECURE_SECTION secure call with the trustlet's handle and the section index."""
+    size, out_va, out_index = args[0], args[1], args[2]
+    if not process.capabilities & CAP_SECURE_SECTION:
+        sk.emit(
+            vp,
+            "ium",
+            "policy.capability",
+            "refused",
+            capability="secure-section",
+            trustlet_id=process.trustlet_id,
+        )
+        return int(NtStatus.ACCESS_DENIED)
+    pages = -(-size // PAGE_SIZE)
+    if not 0 < pages <= MAX_SECTION_PAGES or len(process.sections) >= 8:
+        return int(NtStatus.INVALID_PARAMETER)
+    if not (_probe(vp, out_va, 8, write=True) and _probe(vp, out_index, 8, write=True)):
+        return int(NtStatus.ACCESS_VIOLATION)
+    pfns = ium.request_pages(sk, vp, pages)
+    if pfns is None:
+        return int(NtStatus.NO_MEMORY)
+    base = ium.SECTION_BASE + len(process.sections) * 16 * PAGE_SIZE
+    for i, pfn in enumerate(pfns):
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
+    for frame in process.tables.frames or []:  # new table pages are SK memory
+        if frame not in sk.vtl1_pages:
+            sk.vtl1_pages.add(frame)
+            sk.set_vtl0_rights(vp, [frame], 0)
+    process.sections.append((base, pfns))
+    index = len(process.sections) - 1
+    sk.emit(
+        vp,
+        "ium",
+        "secure-section",
+        "created",
+        trustlet_id=process.trustlet_id,
+        pages=pages,
+        shared_with="vtl0",
+    )
+    write_user(vp, out_va, base.to_bytes(8, "little"))
+    write_user(vp, out_index, index.to_bytes(8, "little"))
+    return int(NtStatus.SUCCESS)
+
+
 HANDLERS = {
     "IumGetIdk": ium_get_idk,
     "IumCrypto": ium_crypto,
     "IumPostMailbox": ium_post_mailbox,
+    "IumCreateSecureSection": ium_create_secure_section,
     "IumSecureStorageGet": ium_secure_storage_get,
     "IumSecureStoragePut": ium_secure_storage_put,
 }

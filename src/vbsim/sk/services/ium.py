@@ -264,6 +264,20 @@ def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArg
     return Reply(NtStatus.SUCCESS, [len(data)])
 
 
+def create_secure_section(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    """VslCreateSecureSection's counterpart (vbs-internals §4.4): Field1 = the trustlet's handle,
+    Field2 = the section index it published → the PFNs of the shared pages (VTL0 maps them).
+    Only sections the trustlet created itself can be named; its private memory never."""
+    process = _process(sk, args.fields[0])
+    if process is None:
+        return Reply(NtStatus.INVALID_HANDLE)
+    index = args.fields[1]
+    if not 0 <= index < len(process.sections):
+        return Reply(NtStatus.INVALID_PARAMETER)
+    _, pfns = process.sections[index]
+    return Reply(NtStatus.SUCCESS, [len(pfns), *pfns[:10]])
+
+
 def is_trustlet_running(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
     processes = sk.ext.get("ium.processes", {}).values()
     running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
@@ -291,5 +305,6 @@ def register(sk: SecureKernel) -> None:
     sk.handlers[Service.DEBUG_READ_WRITE_MEMORY] = debug_read_write_memory
     sk.handlers[Service.RETRIEVE_MAILBOX] = retrieve_mailbox
     sk.handlers[Service.IS_TRUSTLET_RUNNING] = is_trustlet_running
+    sk.handlers[Service.CREATE_SECURE_SECTION] = create_secure_section
     sk.handlers[Service.RUNDOWN_PROCESS] = rundown_process
     sk.resume_thread = resume_thread
