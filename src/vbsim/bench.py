@@ -270,7 +270,14 @@ METRICS: dict[str, Metric] = {
     "ium_secure_syscall_us": Metric(ium_secure_syscall_us, 10, False, "µs"),
     "catalogue_s": Metric(catalogue_s, 5, False, "s"),
     "matrix_ms": Metric(matrix_ms, 200, False, "ms"),
+    "report_s": Metric(lambda: _report_s(), 10, False, "s"),
 }
+
+
+def _report_s() -> float:
+    from vbsim.report import report_s
+
+    return report_s()
 
 
 def register(name: str, metric: Metric) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
+from vbsim.cli.report_cmd import report
 from vbsim.cli.sizes import parse_size
 from vbsim.cli.trustlet_cmd import trustlet_app
 
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(image_app, name="image")
 app.add_typer(trustlet_app, name="trustlet")
+app.command("report")(report)
 
 
 def _size(text: str) -> int:

@@ -1,0 +1,105 @@
+"""The report in a real browser: headless Chromium through chromedriver (Selenium).
+
+Skipped only where no browser can be installed (no ``chromium`` or no ``chromedriver`` on PATH);
+on Debian/Ubuntu: ``apt-get install -y chromium chromium-driver``.  Set
+``VBSIM_UPDATE_SCREENSHOT=1`` to also refresh ``docs/report.png`` (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+DOCS_PNG = Path(__file__).resolve().parents[2] / "docs" / "report.png"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="headless Chromium is not installed (need `chromium` and `chromedriver` on PATH: "
+    "apt-get install chromium chromium-driver)",
+)
+
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download anything
+    options = webdriver.ChromeOptions()
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_report_in_chromium(browser: Any, full_report_file: Path, tmp_path: Path) -> None:
+    browser.get(full_report_file.as_uri())
+    assert browser.execute_script("return document.readyState") == "complete"
+    assert browser.title.startswith("vbsim report")
+    errors = [e for e in browser.get_log("browser") if e.get("level") in ("SEVERE", "ERROR")]
+    assert errors == [], errors
+    # Nothing was fetched: the page is one file.
+    resources = browser.execute_script("return performance.getEntriesByType('resource').length")
+    assert resources == 0
+    # Each matrix is a 4x4 grid.
+    counts = browser.execute_script(
+        "return [...document.querySelectorAll('.matrix')].map("
+        "m => [m.dataset.preset, m.querySelectorAll('.mcell').length])"
+    )
+    assert counts and all(n == 16 for _, n in counts), counts
+    # Every catalogue cell links to a diagram that exists.
+    missing = browser.execute_script(
+        "return [...document.querySelectorAll('#catalogue a.runlink')]"
+        ".map(a => a.getAttribute('href'))"
+        ".filter(h => !h.startsWith('#') || !document.getElementById(h.slice(1)))"
+    )
+    links = browser.execute_script(
+        "return document.querySelectorAll('#catalogue a.runlink').length"
+    )
+    assert links > 0 and missing == []
+    # The SVGs were laid out (a broken SVG renders with no size).
+    sizes = browser.execute_script(
+        "return [...document.querySelectorAll('svg.machine, svg.memory, svg.seq, svg.boot')]"
+        ".map(s => s.getBoundingClientRect().width)"
+    )
+    assert sizes and min(sizes) > 100
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    # Following a catalogue link lands on its diagram.
+    browser.find_element("css selector", "#catalogue a.runlink[href='#run-A1--vbs']").click()
+    assert browser.execute_script("return location.hash") == "#run-A1--vbs"
+    top = browser.execute_script(
+        "return document.getElementById('run-A1--vbs').getBoundingClientRect().top"
+    )
+    assert abs(top) < 5
+    if os.environ.get("VBSIM_UPDATE_SCREENSHOT"):
+        browser.get(full_report_file.as_uri())
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(DOCS_PNG))
