@@ -48,4 +48,8 @@ class Machine:
         return self.vps[0]
 
     def close(self) -> None:
+        """Stop the machine: unwind suspended VTL contexts, drop the loaded kernel, unmap RAM."""
+        if self.hv is not None:
+            self.hv.close()
+        self.ram.loaded_kernel = None
         self.ram.close()

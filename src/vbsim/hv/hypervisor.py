@@ -13,6 +13,7 @@ instruction to be skipped moves RIP forward, as it would on hardware (vsm-spec ย
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import greenlet
@@ -23,7 +24,7 @@ from vbsim.hv.defs import HvVtlEntryReason
 from vbsim.hv.dispatch import Dispatcher
 from vbsim.hv.intercepts import InterceptOutcome, raise_intercept
 from vbsim.hv.state import PartitionVsm, VpVtlState
-from vbsim.hw.faults import GuestHang
+from vbsim.hw.faults import GuestHang, GuestTermination
 from vbsim.hw.ram import GuestRam
 from vbsim.hw.slat import Slat
 from vbsim.hw.translation import Verdict
@@ -161,6 +162,20 @@ class Hypervisor:
         # Entered again: this VTL resumes right after its VtlReturn, interrupts first (ยง5.6).
         if vp.vtl == returning:
             self._deliver_interrupts(vp, returning)
+
+    def close(self) -> None:
+        """Unwind every VTL context still suspended in a VTL call or return.  A suspended
+        greenlet whose frames refer to the machine is never garbage-collected, so without this a
+        closed machine (and its Python state) would live as long as the process."""
+        here = greenlet.getcurrent()
+        for contexts in self.contexts:
+            for index, context in enumerate(contexts):
+                contexts[index] = None
+                if context is None or context is here or context.dead:
+                    continue
+                context.parent = here
+                with contextlib.suppress(GuestTermination):  # a flow may end as it unwinds
+                    context.throw(greenlet.GreenletExit)
 
     def enter_vtl(self, vp: VirtualProcessor, target: int, reason: HvVtlEntryReason) -> None:
         """Switch ``vp`` up to ``target``; the target VTL resumes where it last issued VtlReturn

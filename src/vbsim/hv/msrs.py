@@ -3,7 +3,8 @@
 HV_X64_MSR_HYPERCALL: the hypercall page can be enabled only once the guest OS ID is non-zero
 (vsm-spec §1.1); enabling it makes the hypervisor place its stubs (vsm-spec §1.3) in that page.
 The real page is an overlay; the model writes the stub bytes into RAM at that GPA (a documented
-simplification: other VTLs could see them, which no scenario depends on).
+simplification: other VTLs could see them, which no scenario depends on; the stubs are written
+only where the VTL's SLAT grants it write access).
 """
 
 from __future__ import annotations
@@ -42,10 +43,19 @@ def access(hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None) ->
             value &= ~defs.HYPERCALL_MSR_ENABLE.mask
         st.hypercall_msr = value
         if defs.HYPERCALL_MSR_ENABLE.extract(value):
-            page = defs.HYPERCALL_MSR_GPFN.extract(value) << 12
-            if hv.ram.backed(page, 4096):
+            gpn = defs.HYPERCALL_MSR_GPFN.extract(value)
+            page = gpn << 12
+            # The real page is an overlay seen only by this VTL; the model writes RAM, so it does
+            # so only where this VTL's own SLAT lets it write.  Otherwise a VTL0 kernel could
+            # make the hypervisor overwrite Secure Kernel pages (found by the invariant monitor).
+            writable = hv.ram.backed(page, 4096) and bool(
+                hv.slat.rights(vp.vtl, gpn) & defs.HvMapGpaFlags.WRITABLE
+            )
+            if writable:
                 for offset, stub in defs.HYPERCALL_PAGE_STUBS:
                     hv.ram.write(page + offset, stub)
+            elif hv.trace.on:
+                vp.emit("msr", "hypercall-page", "overlay-refused", gpa=page)
         if hv.trace.on:
             vp.emit(
                 "msr",

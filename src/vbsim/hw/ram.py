@@ -87,6 +87,10 @@ class GuestRam:
         self.view = memoryview(self.mm)
         # Frame 0 is kept back (real-mode IVT / never handed out), as firmware does.
         self.frames = FrameAllocator(first=1, limit=self.pages)
+        #: The OS kernel loaded in this RAM, as its own global variables would name it (set by
+        #: the kernel, found by its routines through the VP's RAM; a plain reference, so a
+        #: dropped machine is one garbage cycle and is freed).
+        self.loaded_kernel: object | None = None
 
     # -- the layer interface ------------------------------------------------------------------
     def translate(self, gpa: int, access: Access = Access.READ) -> Verdict:

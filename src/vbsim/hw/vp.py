@@ -19,7 +19,7 @@ What happens when an access is refused is architectural:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
@@ -766,6 +766,14 @@ class VirtualProcessor:
         self.set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
+
+    def wrong_context(self, why: str) -> NoReturn:
+        """Kernel code run outside its kernel (another kernel's GS base, or CPL3): its first
+        GS-relative load or privileged instruction raises #GP (SDM Vol. 3 §6.15), delivered to
+        the current VTL's kernel.  Should that handler return, the instruction would fault again
+        forever, so this flow ends."""
+        self.fault(Vector.GP, 0)
+        raise GuestHang(f"{why}: the #GP handler returned into the faulting instruction")
 
     # -- helpers for register access by name (hypervisor register interface) ------------------
     def shared_gprs(self) -> dict[str, int]:

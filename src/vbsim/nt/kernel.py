@@ -7,7 +7,6 @@ means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the mach
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.faults import Bugcheck, GuestTermination, ThreadTerminated
 from vbsim.hw.pagetable import PhysAccess
-from vbsim.hw.ram import GuestRam, OutOfFrames
+from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
@@ -35,9 +34,6 @@ STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
 SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
 
 SyscallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
-
-#: The kernel loaded in each machine's RAM (what NT's own global variables would tell it).
-_KERNELS: weakref.WeakKeyDictionary[GuestRam, NtKernel] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -83,7 +79,7 @@ class NtKernel:
     ap_entry: int = 0
 
     def __post_init__(self) -> None:
-        _KERNELS[self.machine.ram] = self
+        self.machine.ram.loaded_kernel = self
         self.space = KernelSpace(self.machine.ram, "ntoskrnl")
         self.idt = self.space.build_idt(
             {
@@ -356,11 +352,14 @@ class NtKernel:
 
 def _nt(vp: VirtualProcessor) -> NtKernel:
     nt = vp.p.gs_object
-    assert isinstance(nt, NtKernel)
+    if not isinstance(nt, NtKernel):
+        vp.wrong_context("NT code without NT's GS")
     return nt
 
 
 def _bugcheck(vp: VirtualProcessor, code_: BugCheck, *params: int) -> None:
+    if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
+        vp.wrong_context("KeBugCheckEx at CPL3")
     if vp.trace.on:
         vp.emit("bugcheck", "nt", code_.name, code=int(code_), params=list(params))
     raise Bugcheck(int(code_), code_.name, 0, *params)
@@ -444,4 +443,7 @@ def _ap_startup(vp: VirtualProcessor) -> None:
     """An AP's first VTL0 instruction.  Its context (built by NT, relayed by the SK) cannot carry
     a Python object, so the routine finds its kernel as NT code finds its globals: by the image
     loaded in this machine's RAM."""
-    _KERNELS[vp.ram].ap_init(vp)
+    nt = vp.ram.loaded_kernel
+    if not isinstance(nt, NtKernel):
+        vp.wrong_context("NT's AP start-up without NT loaded")
+    nt.ap_init(vp)

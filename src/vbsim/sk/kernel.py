@@ -157,6 +157,8 @@ class SecureKernel:
             vp.emit(kind, mechanism, outcome, **detail)
 
     def bugcheck(self, vp: VirtualProcessor, code: BugCheck, *params: int) -> None:
+        if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
+            vp.wrong_context("KeBugCheckEx at CPL3")
         self.emit(vp, "bugcheck", "securekernel", code.name, code=int(code), params=list(params))
         raise Bugcheck(int(code), code.name, 1, *params)
 
@@ -321,7 +323,8 @@ class SecureKernel:
 
 def _sk(vp: VirtualProcessor) -> SecureKernel:
     sk = vp.p.gs_object
-    assert isinstance(sk, SecureKernel)
+    if not isinstance(sk, SecureKernel):
+        vp.wrong_context("Secure Kernel code without the Secure Kernel's GS")
     return sk
 
 

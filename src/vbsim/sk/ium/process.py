@@ -23,6 +23,7 @@ from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
+from vbsim.sk.services import hvci
 
 if TYPE_CHECKING:
     from vbsim.hw.vp import VirtualProcessor
@@ -112,7 +113,9 @@ def request_pages(sk: SecureKernel, vp: VirtualProcessor, count: int) -> list[in
             return None
         offered = reply[1 : 1 + want]
         for pfn in offered:
-            if not sk.vtl0_page(pfn) or pfn in pfns:
+            # Hostile input: a PFN that is the SK's, a trustlet's, KDP's or HVCI-owned code is
+            # refused, never cleared (found by the invariant monitor: KDP page theft).
+            if not sk.vtl0_page(pfn) or pfn in pfns or not hvci.ordinary_page(sk, pfn):
                 sk.emit(vp, "ium", "normalcall.pfn", "refused", pfn=pfn)
                 return None
         pfns.extend(offered)

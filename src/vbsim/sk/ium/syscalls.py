@@ -151,6 +151,7 @@ def _system_service(vp: VirtualProcessor) -> None:
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.p.gs_object
-    assert isinstance(sk, SecureKernel)
+    if not isinstance(sk, SecureKernel):
+        vp.wrong_context("the IUM system-service entry without the Secure Kernel's GS")
     vp.rax = dispatch(sk, vp)
     vp.sysret()

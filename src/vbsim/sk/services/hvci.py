@@ -227,6 +227,16 @@ def vtl0_default_rights(sk: SecureKernel) -> int:
     return R | W | KX | UX if state is None else state.unvalidated
 
 
+def ordinary_page(sk: SecureKernel, gpn: int) -> bool:
+    """Whether ``gpn`` is a plain VTL0 page NT may give away: not owned by KDP and not carrying
+    rights HVCI set for code (validated, locked or image pages).  Pages NT offers the SK as free
+    memory must pass this, or a compromised NT could make the SK clear protected memory."""
+    if _kdp_protected(sk, gpn):
+        return False
+    state = _state(sk)
+    return state is None or gpn >= len(state.states) or state.states[gpn] == PageState.UNVALIDATED
+
+
 def _kdp_protected(sk: SecureKernel, gpn: int) -> bool:
     """KDP's page ownership (static KDP and the secure pool): its pages are VTL0 read-only for
     good, and no other service may give them more rights (``vbsim.sk.services.kdp``)."""

@@ -91,10 +91,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
 
     if ium.image_digest(sk, vp, pfns, length) != hashlib.sha256(data).digest():
         sk.emit(vp, "ium", "skci.page-hash", "refused", trustlet_id=requested_id)
-        from vbsim.sk.services.hvci import vtl0_default_rights
-
-        sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
-        sk.vtl1_pages.difference_update(pfns)
+        _give_back(sk, vp, pfns)
         return Reply(NtStatus.INVALID_IMAGE_HASH)
     sk.emit(vp, "ium", "skci.page-hash", "passed", trustlet_id=requested_id)
     sk.emit(
@@ -109,7 +106,9 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
     handle = sk.alloc_handle(SkObject("skprocess"))
     process = ium.build(sk, vp, handle, admission.image, pfns, requested_id, mailbox_key)
     if process is None:
+        # NT did not supply usable pages: the image section is NT's again, as before the call.
         sk.handles.pop(handle, None)
+        _give_back(sk, vp, pfns)
         return Reply(NtStatus.NO_MEMORY)
     obj = sk.handles[handle]
     obj.data["process"] = process
@@ -308,3 +307,11 @@ def register(sk: SecureKernel) -> None:
     sk.handlers[Service.CREATE_SECURE_SECTION] = create_secure_section
     sk.handlers[Service.RUNDOWN_PROCESS] = rundown_process
     sk.resume_thread = resume_thread
+
+
+def _give_back(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int]) -> None:
+    """Return an image section the SK protected to VTL0 with an ordinary page's rights."""
+    from vbsim.sk.services.hvci import vtl0_default_rights
+
+    sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
+    sk.vtl1_pages.difference_update(pfns)
