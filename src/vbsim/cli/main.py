@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
+from vbsim.cli.fuzz_cmd import fuzz
 from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
 from vbsim.cli.report_cmd import report
 from vbsim.cli.sizes import parse_size
+from vbsim.cli.soak_cmd import soak
 from vbsim.cli.trustlet_cmd import trustlet_app
 
 app = typer.Typer(
@@ -21,6 +23,8 @@ app = typer.Typer(
 app.add_typer(image_app, name="image")
 app.add_typer(trustlet_app, name="trustlet")
 app.command("report")(report)
+app.command("fuzz")(fuzz)
+app.command("soak")(soak)
 
 
 def _size(text: str) -> int:
