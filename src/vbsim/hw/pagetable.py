@@ -18,6 +18,8 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 
 #: Intermediate entries are permissive; the leaf decides (what Windows and Linux both do).
 TABLE_FLAGS = int(Pte.P | Pte.RW | Pte.US)
+# Plain ints for the per-call probes: an IntFlag operand sends every ``&`` through enum.py.
+_P, _RW, _US, _PS = int(Pte.P), int(Pte.RW), int(Pte.US), int(Pte.PS)
 _SIZE_LEVEL = {12: 3, 21: 2, 30: 1}
 
 
@@ -117,7 +119,7 @@ class PageTables:
         page = va & ~0xFFF
         while page < va + max(length, 1):
             leaf = self.lookup(page)
-            if leaf is None or not leaf & Pte.US or (write and not leaf & Pte.RW):
+            if leaf is None or not leaf & _US or (write and not leaf & _RW):
                 return False
             page += PAGE_SIZE
         return True
@@ -127,9 +129,9 @@ class PageTables:
         table = self.root
         for level in LEVELS:
             value = self.phys.read_u64(table + (((va >> level.shift) & 0x1FF) << 3))
-            if not value & Pte.P:
+            if not value & _P:
                 return None
-            if level.leaf or (level.large_ok and value & Pte.PS):
+            if level.leaf or (level.large_ok and value & _PS):
                 return value
             table = value & PTE_ADDR_MASK
         return None

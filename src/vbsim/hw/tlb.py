@@ -18,7 +18,7 @@ from vbsim.hw.x86 import Access
 
 
 class Tlb:
-    __slots__ = ("entries", "fast", "flushes")
+    __slots__ = ("entries", "fast", "flushes", "large")
 
     def __init__(self) -> None:
         self.entries: dict[int, Leaf] = {}
@@ -26,6 +26,8 @@ class Tlb:
         #: supervisor, 1 for user, 2 for supervisor with RFLAGS.AC=1 (SMAP's override).
         self.fast: tuple[dict[int, int], ...] = tuple({} for _ in range(9))
         self.flushes = 0
+        #: The cached pieces of large pages (vpn -> size shift): INVLPG scans only these.
+        self.large: dict[int, int] = {}
 
     @staticmethod
     def mode(cpl: int, ac: bool) -> int:
@@ -40,6 +42,8 @@ class Tlb:
 
     def fill(self, vpn: int, leaf: Leaf, access: Access, mode: int, cacheable: bool) -> None:
         self.entries[vpn] = leaf
+        if leaf.size_shift > 12:
+            self.large[vpn] = leaf.size_shift
         if cacheable:
             self.fast[mode + int(access)][vpn] = leaf.gpa_page
 
@@ -49,22 +53,27 @@ class Tlb:
             fast.clear()
         if keep_global:
             self.entries = {vpn: e for vpn, e in self.entries.items() if e.glob}
+            self.large = {vpn: shift for vpn, shift in self.large.items() if vpn in self.entries}
         else:
             self.entries.clear()
+            self.large.clear()
 
     def flush_page(self, vpn: int) -> None:
         """INVLPG: drop the translation of this page — and, when a large page maps it, every
         piece of that large page the model cached (it is one TLB entry, SDM §4.10.4.1)."""
         self.entries.pop(vpn, None)
+        self.large.pop(vpn, None)
         for fast in self.fast:
             fast.pop(vpn, None)
-        large = [
+        if not self.large:
+            return
+        pieces = [
             other
-            for other, leaf in self.entries.items()
-            if leaf.size_shift > 12
-            and other >> (leaf.size_shift - 12) == vpn >> (leaf.size_shift - 12)
+            for other, shift in self.large.items()
+            if other >> (shift - 12) == vpn >> (shift - 12)
         ]
-        for other in large:
+        for other in pieces:
             del self.entries[other]
+            del self.large[other]
             for fast in self.fast:
                 fast.pop(other, None)

@@ -47,7 +47,22 @@ def _probe(vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
 
     sk = vp.p.gs_object
     process = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
-    return process is not None and process.tables.user_range_ok(va, length, write)
+    if process is None:
+        return False
+    # A user page the SK reached last time with RFLAGS.AC set (SMAP's override) is in this VP's
+    # TLB with the rights it was used with (US=1, and RW for a write): the next access hits that
+    # entry without a walk, as the hardware's would.  CR3 writes and INVLPG flush it.
+    read_map, write_map, _ = vp.tlbs[vp.vtl].maps_for(0, True)
+    cached = write_map if write else read_map
+    first, last = va >> PAGE_SHIFT, (va + max(length, 1) - 1) >> PAGE_SHIFT
+    # (That map also holds supervisor pages touched with AC set: only user addresses qualify.)
+    if (
+        last - first < 16
+        and _user_ok(va, length)
+        and all(vpn in cached for vpn in range(first, last + 1))
+    ):
+        return True
+    return process.tables.user_range_ok(va, length, write)
 
 
 def read_user(vp: VirtualProcessor, va: int, length: int) -> bytes | None:
