@@ -56,12 +56,12 @@ def _probe(vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
     cached = write_map if write else read_map
     first, last = va >> PAGE_SHIFT, (va + max(length, 1) - 1) >> PAGE_SHIFT
     # (That map also holds supervisor pages touched with AC set: only user addresses qualify.)
-    if (
-        last - first < 16
-        and _user_ok(va, length)
-        and all(vpn in cached for vpn in range(first, last + 1))
-    ):
-        return True
+    if last - first < 16 and _user_ok(va, length):
+        vpn = first
+        while vpn <= last and vpn in cached:
+            vpn += 1
+        if vpn > last:
+            return True
     return process.tables.user_range_ok(va, length, write)
 
 
