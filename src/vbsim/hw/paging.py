@@ -15,6 +15,7 @@ bits P, W, U, RSVD and I (SDM figure 4-12).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,6 +36,9 @@ from vbsim.hw.x86 import (
     Pte,
     Rflags,
 )
+
+#: One little-endian 64-bit entry straight out of the RAM mapping (no slice copy).
+_read_entry = struct.Struct("<Q").unpack_from
 
 if TYPE_CHECKING:
     from vbsim.hw.hlat import Hlat
@@ -234,7 +238,7 @@ class PagingLayer:
             if entry_gpa + 8 <= size:
                 if eff is not None and not eff[entry_gpa >> 12] & 1:
                     return Verdict(False, va, "slat.walk", Access.READ, gpa=entry_gpa), None
-                value = int.from_bytes(mm[entry_gpa : entry_gpa + 8], "little")
+                value = _read_entry(mm, entry_gpa)[0]
             else:
                 value = 0xFFFF_FFFF_FFFF_FFFF  # unbacked: the bus floats high
             if not value & _P:
