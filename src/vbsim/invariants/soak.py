@@ -216,7 +216,10 @@ def soak(
         for job in jobs:
             total.merge(_worker(*job))
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # forkserver, not fork: a forked worker inherits every guest-RAM mapping of the caller
+        # (a test run holds many), and fork then fails with ENOMEM under overcommit accounting.
+        methods = multiprocessing.get_all_start_methods()
+        method = "forkserver" if "forkserver" in methods else "spawn"
         context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
             futures = [pool.submit(_worker, *job) for job in jobs]
