@@ -229,7 +229,9 @@ class PagingLayer:
         size = self.ram.size
         nxe = state.efer & _NXE
         table = root & _ADDR
-        entries: list[tuple[int, int]] = []  # (gpa, value) of each entry used
+        # (gpa, value) of each entry used whose Accessed bit is still clear: the only ones the
+        # A/D update below may have to write (besides the leaf's D bit on a write).
+        pending: list[tuple[int, int]] = []
         flags_and = _RW | _US
         nx = 0
         need_ad = access is Access.WRITE
@@ -250,8 +252,8 @@ class PagingLayer:
             ):
                 code = error_code(True, access, state.cpl == 3 and not implicit, state)
                 return Verdict(False, va, "paging.rsvd", access, fault=code | _RSVD), None
-            entries.append((entry_gpa, value))
             if not value & _A:
+                pending.append((entry_gpa, value))
                 need_ad = True
             flags_and &= value
             nx |= value & _NX
@@ -286,10 +288,13 @@ class PagingLayer:
         if not need_ad or not update_ad:
             return Verdict(True, gpa, "paging", access), leaf
         # Accessed / dirty bits: writing paging structures needs SLAT write rights (EPT A/D).
-        last = len(entries) - 1
-        for i, (entry_gpa, value) in enumerate(entries):
+        write = access is Access.WRITE
+        leaf_gpa, leaf_value = entry_gpa, value
+        if write and not leaf_value & _D and (not pending or pending[-1][0] != leaf_gpa):
+            pending.append((leaf_gpa, leaf_value))
+        for index, (entry_gpa, value) in enumerate(pending):
             new = value | _A
-            if i == last and access is Access.WRITE:
+            if write and index == len(pending) - 1 and entry_gpa == leaf_gpa:
                 new |= _D
             if new != value:
                 if eff is not None and not eff[entry_gpa >> 12] & 2:
