@@ -93,11 +93,15 @@ def _result(vp: VirtualProcessor, output: bytes) -> HypercallResult:
     )
 
 
+_VTL_CALL_CODE = int(HvCallCode.VTL_CALL)
+_VTL_RETURN_CODE = int(HvCallCode.VTL_RETURN)
+
+
 def vtl_call(vp: VirtualProcessor, control: int = 0) -> None:
     """The 64-bit VTL-call stub: ``mov rax, rcx; mov ecx, 0x11; vmcall``."""
     vp.rcx = control
     vp.rax = vp.rcx
-    vp.rcx = int(HvCallCode.VTL_CALL)
+    vp.rcx = _VTL_CALL_CODE
     vp.vmcall()
 
 
@@ -105,7 +109,7 @@ def vtl_return(vp: VirtualProcessor, fast: bool = True) -> None:
     """The 64-bit VTL-return stub: ``mov rax, rcx; mov ecx, 0x12; vmcall``."""
     vp.rcx = int(fast)
     vp.rax = vp.rcx
-    vp.rcx = int(HvCallCode.VTL_RETURN)
+    vp.rcx = _VTL_RETURN_CODE
     vp.vmcall()
 
 

@@ -182,7 +182,7 @@ class Hypervisor:
         (vsm-spec §5.3 step 6) and runs until a VtlReturn comes back down to this VTL."""
         origin = vp.vtl
         vp.switch_vtl(target)
-        synic.set_entry_reason(self, vp, target, int(reason))
+        synic.set_entry_reason(self, vp, target, reason)
         if self.trace.on:
             vp.emit(
                 "vtl",
