@@ -159,6 +159,21 @@ def _may_store(process: ium.SecureProcess) -> bool:
     return bool(process.capabilities & CAP_SECURE_STORAGE) or process.trustlet_id in STORAGE_BY_ID
 
 
+def _capability_refused(
+    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, capability: str
+) -> int:
+    """The trustlet's signed policy lacks ``capability``: traced, STATUS_ACCESS_DENIED."""
+    sk.emit(
+        vp,
+        "ium",
+        "policy.capability",
+        "refused",
+        capability=capability,
+        trustlet_id=process.trustlet_id,
+    )
+    return int(NtStatus.ACCESS_DENIED)
+
+
 def _storage_page(
     sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, key: int
 ) -> int | None:
@@ -181,15 +196,7 @@ def ium_secure_storage_put(
 ) -> int:
     key, data_va, length = args[0], args[1], args[2]
     if not _may_store(process):
-        sk.emit(
-            vp,
-            "ium",
-            "policy.capability",
-            "refused",
-            capability="secure-storage",
-            trustlet_id=process.trustlet_id,
-        )
-        return int(NtStatus.ACCESS_DENIED)
+        return _capability_refused(sk, vp, process, "secure-storage")
     if not 0 < length <= PAGE_SIZE - 8:
         return int(NtStatus.INVALID_PARAMETER)
     data = read_user(vp, data_va, length)
@@ -207,15 +214,7 @@ def ium_secure_storage_get(
 ) -> int:
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(process):
-        sk.emit(
-            vp,
-            "ium",
-            "policy.capability",
-            "refused",
-            capability="secure-storage",
-            trustlet_id=process.trustlet_id,
-        )
-        return int(NtStatus.ACCESS_DENIED)
+        return _capability_refused(sk, vp, process, "secure-storage")
     gpa = sk.ext.get("ium.storage", {}).get((process.trustlet_id, key))
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
@@ -238,15 +237,7 @@ def ium_create_secure_section(
     the CREATE_SECURE_SECTION secure call with the trustlet's handle and the section index."""
     size, out_va, out_index = args[0], args[1], args[2]
     if not process.capabilities & CAP_SECURE_SECTION:
-        sk.emit(
-            vp,
-            "ium",
-            "policy.capability",
-            "refused",
-            capability="secure-section",
-            trustlet_id=process.trustlet_id,
-        )
-        return int(NtStatus.ACCESS_DENIED)
+        return _capability_refused(sk, vp, process, "secure-section")
     pages = -(-size // PAGE_SIZE)
     if not 0 < pages <= MAX_SECTION_PAGES or len(process.sections) >= 8:
         return int(NtStatus.INVALID_PARAMETER)
