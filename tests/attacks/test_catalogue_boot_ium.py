@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +26,6 @@ from vbsim.ium.images import trustlet_image
 from vbsim.nt import dump as nt_dump
 from vbsim.nt import lsass, syscalls
 from vbsim.nt.process import Process, Protection
-from vbsim.policy import PRESETS
 from vbsim.sk.ium import skci
 from vbsim.sk.ium.process import MESSAGE_VA, SecureProcess
 from vbsim.sk.services import dump as sk_dump
@@ -48,18 +47,6 @@ def _events(ctx: AttackContext, mechanism: str, outcome: str | None = None) -> l
         for e in ctx.trace.events[ctx.attack_start :]
         if e.mechanism == mechanism and (outcome is None or e.outcome == outcome)
     ]
-
-
-@pytest.fixture
-def preset_variant(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
-    """Register a preset derived from another one (the runner boots presets by name)."""
-
-    def make(base: str, **changes: Any) -> str:
-        name = f"{base}+test"
-        monkeypatch.setitem(PRESETS, name, replace(PRESETS[base], name=name, **changes))
-        return name
-
-    yield make
 
 
 # -- the record, per preset --------------------------------------------------------------------

@@ -6,7 +6,7 @@ it work — and the same steps give the other outcome."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -57,18 +57,6 @@ def _events(
 def _ram(ctx: AttackContext, gpa: int, length: int = 8) -> bytes:
     assert ctx.system is not None and ctx.system.machine is not None
     return ctx.system.machine.ram.read(gpa, length)
-
-
-@pytest.fixture
-def preset_variant(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
-    """Register a preset derived from another one (the runner boots presets by name)."""
-
-    def make(base: str, **changes: Any) -> str:
-        name = f"{base}+test"
-        monkeypatch.setitem(PRESETS, name, replace(PRESETS[base], name=name, **changes))
-        return name
-
-    yield make
 
 
 # -- the record, per preset ----------------------------------------------------------------------
