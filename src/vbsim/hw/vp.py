@@ -23,6 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import GuestHang, TripleFault
 from vbsim.hw.paging import PagingLayer, canonical, check_rights, error_code
 from vbsim.hw.ram import GuestRam
@@ -73,6 +74,8 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 _SMAP = int(Cr4.SMAP)
 _SCE = int(Efer.SCE)
 _AC = int(Rflags.AC)
+#: Long-mode code segment attributes, DPL 3: type 0xB, S, P, L (vsm-spec §1.3 bit layout).
+_CS_USER_ATTRIBUTES = 0xB | (1 << 4) | (3 << 5) | (1 << 7) | (1 << 13)
 _EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
 _CR4_RESERVED = ~((1 << 25) - 1) | (1 << 15) | (1 << 19)
 _CR0_RESERVED = ~0xE005_003F & 0xFFFF_FFFF
@@ -180,6 +183,8 @@ class VirtualProcessor:
         self.p: PrivateState = self._bank(0)
         self.layer: PagingLayer = self._layer(0)
         self._delivering = 0
+        #: What guest code running on this VP holds (vbsim.hw.cpu): the architectural surface.
+        self.cpu = Cpu(self)
         #: The CPL at which the exception being delivered interrupted (from the stack frame).
         self.interrupted_cpl = 0
         self._reselect()
@@ -498,7 +503,7 @@ class VirtualProcessor:
         if routine is None:
             return None
         bank.rip = va
-        result = routine(self, *code.fit_arguments(routine, args))
+        result = routine(self.cpu, *code.fit_arguments(routine, args))
         bank.rip = return_rip
         return result
 
@@ -766,6 +771,41 @@ class VirtualProcessor:
         self.set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
+
+    def user_call(self, entry: int, *args: Any) -> Any:
+        """Run user code at ``entry`` and come back: KeUserModeCallback's two gates.
+
+        The way in is ``sysret`` (CPL0 → 3, RIP ← ``entry``, CS ← the user selector); the way
+        back, when the user routine returns into its ``ret`` stub, is ``syscall`` (CPL3 → 0 with
+        RFLAGS masked by SFMASK), which the kernel's callback-return service completes by
+        resuming here (the NtCallbackReturn pattern).  A user thread that a fault handler ended
+        comes back already at CPL0, through the exception gate.  Both gates are traced."""
+        bank = self.p
+        if bank.cpl != 0 or not canonical(entry):
+            self.fault(Vector.GP, 0)
+            return None
+        saved_rip, saved_flags = bank.rip, bank.rflags
+        cs = bank.segments["cs"]
+        saved_cs = (cs.selector, cs.attributes)
+        # STAR[63:48] + 16 with RPL 3 is the 64-bit user CS (SDM Vol. 2B SYSRET); DPL 3 code.
+        cs.selector = (((bank.star >> 48) + 16) | 3) & 0xFFFF
+        cs.attributes = _CS_USER_ATTRIBUTES
+        bank.rip = entry
+        bank.rflags = (saved_flags | int(Rflags.IF)) & ~_AC
+        self.set_cpl(3)
+        if self.trace.on:
+            self.emit("syscall", "sysret", "user-callback", entry=entry)
+        try:
+            return self.call(entry, *args)
+        finally:
+            if self.p is bank and bank.cpl == 3:
+                bank.rflags = saved_flags & ~bank.sfmask
+                self.set_cpl(0)
+                if self.trace.on:
+                    self.emit("syscall", "lstar", "callback-return")
+            if self.p is bank:
+                cs.selector, cs.attributes = saved_cs
+                bank.rip, bank.rflags = saved_rip, saved_flags
 
     def wrong_context(self, why: str) -> NoReturn:
         """Kernel code run outside its kernel (another kernel's GS base, or CPL3): its first
