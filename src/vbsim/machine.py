@@ -51,5 +51,5 @@ class Machine:
         """Stop the machine: unwind suspended VTL contexts, drop the loaded kernel, unmap RAM."""
         if self.hv is not None:
             self.hv.close()
-        self.ram.loaded_kernel = None
+        self.ram.images.clear()
         self.ram.close()

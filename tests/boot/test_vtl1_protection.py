@@ -25,6 +25,7 @@ from vbsim.ntstatus import BugCheck
 from vbsim.policy import preset
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.kernel import SecureKernel
 from vbsim.trace import Event, Trace
 
 
@@ -90,9 +91,9 @@ def test_secure_kernel_pages_are_read_only_before_phase3(monkeypatch: pytest.Mon
         if event.kind != "boot" or event.mechanism != "nt-phase0":
             return
         machine: Machine = captured["machine"]
-        sk = machine.bsp.banks[1]
-        assert sk is not None and machine.slat is not None
-        frames = sorted(set(sk.gs_object.space.frames))
+        sk = next(i for i in machine.ram.images.values() if isinstance(i, SecureKernel))
+        assert machine.slat is not None
+        frames = sorted(set(sk.space.frames))
         captured["frames"] = frames
         captured["rights"] = {pfn: machine.slat.rights(0, pfn) for pfn in frames}
         # NT (VTL0 ring 0, phase 0) reads one of them through its direct map.
@@ -121,7 +122,7 @@ def test_vtl0_cannot_start_a_processor_itself() -> None:
     out_va, out_gpa = nt.alloc_kernel_page(vp)
     pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
     for index in range(len(system.machine.vps)):
-        result = hvcall.start_virtual_processor(vp, pages, index, 0, nt.ap_context())
+        result = hvcall.start_virtual_processor(vp, pages, index, 0, nt.ap_context(index))
         assert result.status_name == "ACCESS_DENIED"
     denials = system.trace.find("vsm", "deny-lower-vtl-startup")
     assert len(denials) == len(system.machine.vps) and all(e.vtl == 0 for e in denials)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -46,7 +46,7 @@ class FaultRecord:
 
 @code.guest_code(FAULT_HANDLER)
 def _record_fault(vp: VirtualProcessor, vector: int, error_code: int) -> None:
-    rig = vp.p.gs_object
+    rig = vp.kernel()
     assert isinstance(rig, Rig)
     rig.faults.append(FaultRecord(vector, error_code, vp.cr2, vp.cpl, vp.vtl))
     raise ThreadTerminated("test fault", vector, error_code)
@@ -66,6 +66,9 @@ class SlatExits(NoHypervisor):
 class Rig:
     """One VP (VTL0) on a small RAM, with 4-level page tables, a code page and an IDT."""
 
+    #: The rig most recently built (what test routines running at CPL3 record into).
+    current: ClassVar[Rig | None] = None
+
     def __init__(
         self,
         ram_size: int = 16 << 20,
@@ -74,6 +77,7 @@ class Rig:
         cr4_extra: int = SMEP_SMAP,
         efer: int = LONG_MODE_EFER,
     ) -> None:
+        Rig.current = self
         self.ram = GuestRam(ram_size)
         self.trace = Trace()
         self.slat = slat
@@ -101,7 +105,10 @@ class Rig:
         p.efer = efer
         p.idtr_base = IDT_VA
         p.idtr_limit = 256 * 16 - 1
-        p.gs_object = self
+        # GS base designates the rig as the code image of whichever VTL runs it (Cpu.kernel()).
+        p.gs_base = IDT_VA
+        for vtl in (0, 1):
+            self.ram.place_image(vtl, IDT_VA, self)
         self.vp.flush_tlb()
 
     # -- building ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ DEMAND = "test.hw.demand_pager"
 
 @code.guest_code(DEMAND)
 def _demand_pager(vp: VirtualProcessor, vector: int, error_code: int) -> None:
-    rig = vp.p.gs_object
+    rig = vp.kernel()
     assert isinstance(rig, Rig)
     rig.faults.append(FaultRecord(vector, error_code, vp.cr2, vp.cpl, vp.vtl))
     if rig.demand_fix:  # type: ignore[attr-defined]

@@ -198,6 +198,5 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     _step(system, "enable-partition-vtl", result.status_name.lower())
     result = hvcall.enable_vp_vtl(vp, params, 1, sk.context())
     _step(system, "enable-vp-vtl", result.status_name.lower())
-    sk.attach(vp)
     hvcall.vtl_call(vp)  # phase 1 runs in VTL1 and returns
     _step(system, "sk-returned", sk.phase.value)

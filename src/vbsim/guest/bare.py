@@ -68,11 +68,13 @@ class BareKernel:
         out_va, out_gpa = space.alloc_data()
         kernel = cls(machine, space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa))
         idt = space.build_idt({}, default="bare0.exception")
+        block_va, _ = space.alloc_data()  # its processor block: what GS base designates
+        machine.ram.place_image(0, block_va, kernel)
         for vp in machine.vps:
             bank = vp.banks[0]
             assert bank is not None
             state = space.initial_state(0, idt=idt)
-            state.gs_object = kernel
+            state.gs_base = block_va
             vp.banks[0] = None
             vp.enable_vtl(0, state)
             vp.switch_vtl(0)
@@ -92,6 +94,7 @@ class Monitor:
     log_gpa: int
     entry_va: int
     idt: tuple[int, int]
+    block_va: int
     initialized: bool = False
 
     @classmethod
@@ -105,7 +108,8 @@ class Monitor:
         log_va, log_gpa = space.alloc_data()
         idt = space.build_idt({SINT0_VECTOR: "bare1.sint0"}, default="bare1.exception")
         entry = space.install("bare1.entry")
-        return cls(
+        block_va, _ = space.alloc_data()
+        monitor = cls(
             space,
             hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa),
             assist_gpa,
@@ -115,10 +119,15 @@ class Monitor:
             log_gpa,
             entry,
             idt,
+            block_va,
         )
+        machine.ram.place_image(1, block_va, monitor)
+        return monitor
 
     def context(self) -> bytes:
+        """VTL1's initial context: the entry, its IDT, and GS base on its processor block."""
         state = self.space.initial_state(self.entry_va, idt=self.idt)
+        state.gs_base = self.block_va
         return encode_context(state)
 
     def log(self, vp: VirtualProcessor) -> list[tuple[int, int, int, int, int, int]]:
@@ -135,13 +144,13 @@ class Monitor:
 
 # -- VTL0 routines ------------------------------------------------------------------------------
 def _kernel(vp: VirtualProcessor) -> BareKernel:
-    kernel = vp.p.gs_object
+    kernel = vp.kernel()
     assert isinstance(kernel, BareKernel)
     return kernel
 
 
 def _monitor(vp: VirtualProcessor) -> Monitor:
-    monitor = vp.p.gs_object
+    monitor = vp.kernel()
     assert isinstance(monitor, Monitor)
     return monitor
 
@@ -182,9 +191,6 @@ def boot_vtl1(vp: VirtualProcessor, kernel: BareKernel, monitor: Monitor) -> lis
     if not result.ok:
         failures.append(f"EnableVpVtl: {result.status_name}")
         return failures
-    bank1 = vp.banks[1]
-    assert bank1 is not None
-    bank1.gs_object = monitor  # the monitor's GS base: set by its own loader in its context
     hvcall.vtl_call(vp)
     return failures
 

@@ -18,7 +18,8 @@ instruction stream can do.  A :class:`Cpu` is that surface over one
 
 It holds no RAM, no SLAT, no hypervisor, no other VTL's bank and no other processor.  The one
 non-architectural thing it offers is :meth:`kernel`: the code image whose per-processor block the
-current VTL's GS base designates (what a real kernel finds by linkage: its symbol table).  That
+current VTL's GS base designates (what a real kernel finds by linkage: its symbol table; the
+loader registers it with :meth:`vbsim.hw.ram.GuestRam.place_image`).  That
 object may hold addresses, offsets and layouts, never the values a kernel decides from
 (``tests/architecture`` checks both).
 
@@ -286,7 +287,7 @@ class Cpu:
         A GS-relative load at CPL3 reaches the user TEB, not the kernel: there the model raises
         #GP as kernel code run in the wrong context does (SDM Vol. 3A §6.15)."""
         vp = self._vp
-        image = vp.p.gs_object
+        image = vp.ram.images.get((vp.vtl, vp.p.gs_base))
         if image is None or vp.p.cpl != 0:
             vp.wrong_context("kernel code without its kernel's GS")
         return image

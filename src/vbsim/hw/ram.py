@@ -87,10 +87,15 @@ class GuestRam:
         self.view = memoryview(self.mm)
         # Frame 0 is kept back (real-mode IVT / never handed out), as firmware does.
         self.frames = FrameAllocator(first=1, limit=self.pages)
-        #: The OS kernel loaded in this RAM, as its own global variables would name it (set by
-        #: the kernel, found by its routines through the VP's RAM; a plain reference, so a
-        #: dropped machine is one garbage cycle and is freed).
-        self.loaded_kernel: object | None = None
+        #: The code images loaders placed in this RAM, keyed by (VTL, the VA of a per-processor
+        #: block of theirs): what a kernel's routines find through GS base, as real code finds
+        #: its own globals by linkage (see :meth:`vbsim.hw.cpu.Cpu.kernel`).  Plain references,
+        #: so a dropped machine is one garbage cycle and is freed.
+        self.images: dict[tuple[int, int], object] = {}
+
+    def place_image(self, vtl: int, block_va: int, image: object) -> None:
+        """Loader side: ``image``'s code runs in ``vtl`` with GS base ``block_va``."""
+        self.images[(vtl, block_va)] = image
 
     # -- the layer interface ------------------------------------------------------------------
     def translate(self, gpa: int, access: Access = Access.READ) -> Verdict:

@@ -123,10 +123,6 @@ class PrivateState:
     )
     ldtr: Segment = field(default_factory=Segment)
     tr: Segment = field(default_factory=Segment)
-    #: The per-processor kernel block that GS base designates in this VTL (NT's KPCR, the
-    #: Secure Kernel's processor block): how a kernel's routines find their own state.  Private
-    #: per VTL, like GS base itself.
-    gs_object: object | None = None
     #: Who is running in this VTL (a label for traces: "nt", "securekernel", "lsass" ...).
     actor: str = ""
 
@@ -139,6 +135,5 @@ class PrivateState:
             self.ldtr.base, self.ldtr.limit, self.ldtr.selector, self.ldtr.attributes
         )
         clone.tr = Segment(self.tr.base, self.tr.limit, self.tr.selector, self.tr.attributes)
-        clone.gs_object = self.gs_object
         clone.actor = self.actor
         return clone

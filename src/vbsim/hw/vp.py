@@ -807,6 +807,11 @@ class VirtualProcessor:
                 cs.selector, cs.attributes = saved_cs
                 bank.rip, bank.rflags = saved_rip, saved_flags
 
+    def kernel(self) -> object:
+        """Transitional twin of :meth:`vbsim.hw.cpu.Cpu.kernel` for code still typed with the
+        processor (issue 10); goes away with the fallback in ``Cpu``."""
+        return self.cpu.kernel()
+
     def wrong_context(self, why: str) -> NoReturn:
         """Kernel code run outside its kernel (another kernel's GS base, or CPL3): its first
         GS-relative load or privileged instruction raises #GP (SDM Vol. 3 §6.15), delivered to

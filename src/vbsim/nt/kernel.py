@@ -33,6 +33,9 @@ STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
 #: SFMASK clears TF, IF, DF and AC on entry (as Windows does).
 SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
 
+#: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
+PRCB_SIZE = 0x40
+
 SyscallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
 
 
@@ -79,8 +82,12 @@ class NtKernel:
     ap_entry: int = 0
 
     def __post_init__(self) -> None:
-        self.machine.ram.loaded_kernel = self
         self.space = KernelSpace(self.machine.ram, "ntoskrnl")
+        # One processor block (KPCR) per VP; GS base designates it (the loader places the image
+        # behind each, see Cpu.kernel()).
+        self.prcb_va, _ = self.space.alloc_data(1)
+        for index in range(len(self.machine.vps)):
+            self.machine.ram.place_image(0, self.processor_block(index), self)
         self.idt = self.space.build_idt(
             {
                 int(Vector.PF): "nt.KiPageFault",
@@ -116,10 +123,14 @@ class NtKernel:
             kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
 
     # -- loader side ---------------------------------------------------------------------------
+    def processor_block(self, index: int) -> int:
+        """The VA of VP ``index``'s processor block (the model's KPCR: 64 bytes each)."""
+        return self.prcb_va + index * PRCB_SIZE
+
     def prepare_boot_processor(self, vp: VirtualProcessor) -> None:
         """winload hands the BSP to NT: CR3 = the kernel's tables, GS base = NT's block."""
         bank = self.space.initial_state(0)
-        bank.gs_object = self
+        bank.gs_base = self.processor_block(vp.index)
         bank.actor = "nt"
         vp.banks[0] = None
         vp.enable_vtl(0, bank)
@@ -137,8 +148,9 @@ class NtKernel:
         self.variables[name] = variable
         return variable
 
-    def ap_context(self) -> bytes:
+    def ap_context(self, index: int) -> bytes:
         state = self.space.initial_state(self.ap_entry)
+        state.gs_base = self.processor_block(index)
         return encode_context(state)
 
     # -- phases (vbs-internals §1.1 rows 13-15) ------------------------------------------------
@@ -169,12 +181,12 @@ class NtKernel:
         without it NT sends INIT-SIPI and the AP starts at its entry."""
         if self.vsl is not None:
             page_va, page_gpa = self.alloc_kernel_page(vp)
-            vp.write(page_va, self.ap_context())
+            vp.write(page_va, self.ap_context(ap.index))
             status = self.vsl.start_processor(vp, ap.index, page_gpa >> PAGE_SHIFT)
             self._event(vp, "start-processor", NtStatus.name_of(status), ap=ap.index)
             return
         state = self.space.initial_state(self.ap_entry)
-        state.gs_object = self
+        state.gs_base = self.processor_block(ap.index)
         state.actor = "nt"
         ap.banks[0] = None
         ap.enable_vtl(0, state)
@@ -185,7 +197,6 @@ class NtKernel:
 
     def ap_init(self, vp: VirtualProcessor) -> None:
         bank = vp.p
-        bank.gs_object = self
         bank.actor = "nt"
         vp.lidt(*self.idt)
         vp.wrmsr(Msr.STAR, STAR_VALUE)
@@ -351,7 +362,7 @@ class NtKernel:
 
 
 def _nt(vp: VirtualProcessor) -> NtKernel:
-    nt = vp.p.gs_object
+    nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT code without NT's GS")
     return nt
@@ -440,10 +451,9 @@ def _system_call(vp: VirtualProcessor) -> None:
 
 @guest_code("nt.KiSystemStartupAp")
 def _ap_startup(vp: VirtualProcessor) -> None:
-    """An AP's first VTL0 instruction.  Its context (built by NT, relayed by the SK) cannot carry
-    a Python object, so the routine finds its kernel as NT code finds its globals: by the image
-    loaded in this machine's RAM."""
-    nt = vp.ram.loaded_kernel
+    """An AP's first VTL0 instruction.  Its context (built by NT, relayed by the SK) set GS base
+    to the AP's processor block, through which NT's code finds its kernel."""
+    nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT's AP start-up without NT loaded")
     nt.ap_init(vp)

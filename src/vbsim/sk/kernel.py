@@ -96,6 +96,9 @@ class SecureKernel:
             _, assist = self.space.alloc_data()
             _, sim = self.space.alloc_data()
             self.processors.append(ProcessorPages(assist, sim))
+        self.prcb_va, _ = self.space.alloc_data(1)
+        for index in range(len(machine.vps)):
+            machine.ram.place_image(1, self.processor_block(index), self)
         self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
         self.entry_va = self.space.install("sk.entry")
         self.table = ServiceTable(policy.build)
@@ -128,16 +131,16 @@ class SecureKernel:
         register_all(self)
 
     # -- loader side ---------------------------------------------------------------------------
-    def context(self) -> bytes:
-        """HV_INITIAL_VP_CONTEXT for EnableVpVtl: VTL1 starts at the SK entry."""
-        return encode_context(self.space.initial_state(self.entry_va, idt=self.idt))
+    def processor_block(self, index: int) -> int:
+        """The VA of VP ``index``'s SK processor block (64 bytes each)."""
+        return self.prcb_va + index * 0x40
 
-    def attach(self, vp: VirtualProcessor) -> None:
-        """After EnableVpVtl: VTL1's GS base designates the SK (its processor block)."""
-        bank = vp.banks[1]
-        if bank is not None:
-            bank.gs_object = self
-            bank.actor = "securekernel"
+    def context(self, index: int = 0) -> bytes:
+        """HV_INITIAL_VP_CONTEXT for EnableVpVtl: VTL1 starts at the SK entry, GS base on the
+        VP's processor block."""
+        state = self.space.initial_state(self.entry_va, idt=self.idt)
+        state.gs_base = self.processor_block(index)
+        return encode_context(state)
 
     def alloc_handle(self, obj: SkObject) -> int:
         handle = self._next_handle
@@ -322,7 +325,7 @@ class SecureKernel:
 
 
 def _sk(vp: VirtualProcessor) -> SecureKernel:
-    sk = vp.p.gs_object
+    sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         vp.wrong_context("Secure Kernel code without the Secure Kernel's GS")
     return sk
@@ -335,6 +338,7 @@ def _entry(vp: VirtualProcessor) -> None:
     Every VTL entry resumes right after the ``vtl_return`` below (vsm-spec §5.3 step 6); pending
     interrupts (secure intercepts on SINT0) have been delivered through the IDT by then."""
     sk = _sk(vp)
+    vp.actor = "securekernel"
     sk.init_processor(vp)
     assist = (
         sk.space.phys_va(sk.processors[vp.index].assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET

@@ -188,7 +188,7 @@ A4 = Scenario(
 def _unknown_sscn(vp: VirtualProcessor) -> None:
     from vbsim.nt.kernel import NtKernel
 
-    nt = vp.p.gs_object
+    nt = vp.kernel()
     assert isinstance(nt, NtKernel) and nt.vsl is not None
     nt.vsl.call_raw(vp, SecureCallArgs(callargs.OP_INVOKE_SERVICE, 0x7777, 0, []))
 

@@ -64,7 +64,7 @@ def needs_credential_guard(policy: Policy) -> bool:
 # -- host-side views (what a hardware debugger would read) ---------------------------------------
 def nt_of(vp: VirtualProcessor) -> NtKernel:
     """The kernel the VP runs in VTL0 (its GS base: NT's processor block)."""
-    nt = vp.p.gs_object
+    nt = vp.kernel()
     assert isinstance(nt, NtKernel)
     return nt
 

@@ -42,6 +42,10 @@ def decode_context(raw: bytes) -> PrivateState | None:
             state.ldtr = segment
         else:
             state.segments[key] = segment
+    # In 64-bit mode the FS and GS bases are the IA32_FS_BASE/IA32_GS_BASE MSRs (SDM Vol. 3A
+    # §3.4.4.1): the context's segment bases load them.
+    state.fs_base = state.segments["fs"].base
+    state.gs_base = state.segments["gs"].base
     state.cpl = defs.SEG_ATTR_DPL.extract(state.segments["cs"].attributes)
     if not state.cr0 & Cr0.PE or not state.cr0 & Cr0.PG or not state.efer & Efer.LMA:
         return None
@@ -65,7 +69,9 @@ def encode_context(state: PrivateState) -> bytes:
     }
     for key in _SEGMENT_KEYS:
         segment = state.tr if key == "tr" else state.ldtr if key == "ldtr" else state.segments[key]
-        values[f"{key}.base"] = segment.base
+        values[f"{key}.base"] = (
+            state.gs_base if key == "gs" else state.fs_base if key == "fs" else segment.base
+        )
         values[f"{key}.limit"] = segment.limit
         values[f"{key}.selector"] = segment.selector
         values[f"{key}.attributes"] = segment.attributes

@@ -45,7 +45,7 @@ def _probe(vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
     for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel."""
     from vbsim.sk.kernel import SecureKernel
 
-    sk = vp.p.gs_object
+    sk = vp.kernel()
     process = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
     if process is None:
         return False

@@ -150,7 +150,7 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
 def _system_service(vp: VirtualProcessor) -> None:
     from vbsim.sk.kernel import SecureKernel
 
-    sk = vp.p.gs_object
+    sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         vp.wrong_context("the IUM system-service entry without the Secure Kernel's GS")
     vp.rax = dispatch(sk, vp)

@@ -55,10 +55,9 @@ def start_processor(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
         sk.emit(vp, "securecall", "pfn-check", "refused", pfn=pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     context = vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), defs.INITIAL_VP_CONTEXT.size)
-    result = hvcall.enable_vp_vtl(vp, sk.params, 1, sk.context(), vp_index=index)
+    result = hvcall.enable_vp_vtl(vp, sk.params, 1, sk.context(index), vp_index=index)
     if not result.ok:
         return Reply(NtStatus.UNSUCCESSFUL, [result.status])
-    sk.attach(machine.vps[index])
     result = hvcall.start_virtual_processor(vp, sk.params, index, 0, context)
     if not result.ok:
         return Reply(NtStatus.UNSUCCESSFUL, [result.status])
