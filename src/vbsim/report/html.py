@@ -85,8 +85,24 @@ class CellView:
         return list(groups.values())
 
 
+def _shown(op: str, result: str, mechanism: str) -> str:
+    """Refusals name what refused and an allowed call its gate; an allowed access is just ✓
+    (the JSON keeps the translation that served it)."""
+    return "-" if result == "allowed" and op != "call" else mechanism
+
+
 def cell_view(cell: Cell) -> CellView:
-    ops = [OpView(op, cell.results.get(op, "-"), cell.mechanisms.get(op, "-")) for op in OPS]
+    ops = [
+        OpView(op, r, _shown(op, r, cell.mechanisms.get(op, "-")))
+        for op in OPS
+        for r in [cell.results.get(op, "-")]
+    ]
+    # Through a PTE the prober's own kernel granted (user rows, the other VTL's pages): shown
+    # after the prober's own attempts; the cell's colour and summary stay those of the latter.
+    granted = [
+        OpView(f"+PTE {op}", r, _shown(op, r, cell.granted_mechanisms.get(op, "-")))
+        for op, r in cell.granted.items()
+    ]
     results = {o.result for o in ops if o.result != "-"}
     if not results:
         css = "na"
@@ -105,7 +121,7 @@ def cell_view(cell: Cell) -> CellView:
     if css == "na":
         reasons = {o.mechanism for o in ops}
         summary = reasons.pop() if len(reasons) == 1 else "n/a"
-    return CellView(cell.source, cell.target, css, summary, ops)
+    return CellView(cell.source, cell.target, css, summary, ops + granted)
 
 
 @dataclass
