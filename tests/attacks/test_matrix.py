@@ -131,8 +131,8 @@ def expected(preset: str) -> dict[tuple[str, str], dict[str, Any]]:
         # a supervisor mapping of its own [VBSI §5.1].  NT's own (validated) code still runs.
         table[("VTL0 kernel", "VTL0 user")]["ops"]["execute"] = no("slat")
     # legacy-2019 (build A's secure-call numbers, unchecked secure-call parameters) changes none
-    # of these boundaries: its bugs are in what the SK accepts as parameters (A1/A2), not in SLAT,
-    # paging or the gates.
+    # of these boundaries: its bugs are in what the SK accepts as secure-call parameters (A8,
+    # vbs-internals §6), not in SLAT, paging or the gates.
     return table
 
 
