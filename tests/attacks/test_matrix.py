@@ -247,6 +247,26 @@ def test_an_sk_entry_at_cpl0_is_no_user_call(monkeypatch: pytest.MonkeyPatch) ->
     assert (sk.results["call"], sk.mechanisms["call"]) == ("blocked", "smep")
 
 
+def test_a_probe_run_in_another_mode_gives_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NT's probes run as Secure Kernel code instead: they would reach VTL1, but a cell counts
+    only from a probe that began in the prober's own mode (VTL0 CPL0), so the row has none."""
+    real_k0 = matrix.Prober._as_k0
+
+    def k0_as_k1(self: matrix.Prober, routine: Callable[..., Any], *args: Any) -> None:
+        if routine is probes.kernel_op:
+            self._as_k1(routine, *args[:4], self.sk.space.phys_va(0) if self.sk else 0, *args[5:])
+            return
+        real_k0(self, routine, *args)
+
+    cells = _run_planted(
+        monkeypatch, lambda: monkeypatch.setattr(matrix.Prober, "_as_k0", k0_as_k1)
+    )
+    for target in AREAS:
+        got = cells[("VTL0 kernel", target)]
+        for op in ACCESS_OPS:
+            assert (got.results[op], got.mechanisms[op]) == ("-", "prober not run in its mode")
+
+
 # -- what is shown ------------------------------------------------------------------------------
 @pytest.mark.parametrize("width", [80, 100, 160])
 def test_the_table_never_cuts_a_mechanism(width: int) -> None:
