@@ -132,13 +132,16 @@ def run(console: Console | None = None) -> int:
 
     from vbsim.attacks.catalogue import SCENARIOS
     from vbsim.attacks.matrix import access_matrix
-    from vbsim.attacks.matrix_view import matrix_table
+    from vbsim.attacks.matrix_view import Key, matrix_key, matrix_table
     from vbsim.attacks.model import Outcome
     from vbsim.attacks.report import catalogue_table
     from vbsim.attacks.runner import run_catalogue
 
     out.print("\n[bold]2. who can reach what[/] — every cell probed live on the machine:")
-    out.print(matrix_table(access_matrix("vbs"), "vbs"))
+    key = Key()
+    out.print(matrix_table(access_matrix("vbs"), "vbs", key))
+    for line in matrix_key(key):
+        out.print(line)
     presets = ["vbs-off", "hardened"]
     results = run_catalogue(SCENARIOS, presets)
     out.print("\n[bold]3. the attack catalogue[/] without VBS and fully hardened:")

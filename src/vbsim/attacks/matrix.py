@@ -1,22 +1,36 @@
 """The live access matrix: the four areas probed against each other (DESIGN.md "the four areas").
 
 Areas: VTL0 user (a process), VTL0 kernel (NT), VTL1 user (a trustlet), VTL1 kernel (the Secure
-Kernel).  Each owns a data page holding a marker and a code page holding a probe routine.  Each
-area then tries, through the means it architecturally has, to
+Kernel).  Each owns a data page holding a marker and a code page holding the probe routine
+(``matrix.probe``).  Each area then tries, with the means it architecturally has, to
 
 - **read** and **write** the other area's data page,
 - **execute** the other area's code page,
-- **call** into the other area through a gate (syscall, secure call, secure system call, normal
-  call, VTL call ...).
+- **call** into the other area through a gate (syscall, secure system call, secure call, normal
+  call, sysret into user code, the hypercall page's VTL call/return).
 
-Kernels (VTL0 and VTL1 ring 0) edit their own page tables: they map the target's GPA into a window
-with the rights they need and access it there.  User code only has its own address space: it uses
-the address at which the target lives (a kernel address, or one its own tables do not map).  A read
-counts only if the marker bytes reached the prober; a write only if the target page changed; an
-execute only if the probe routine ran in the prober's mode.  Nothing in this table is written down:
-the published rules ("VTL1 kernel reaches all", "VTL0 kernel reaches all of VTL0 and none of VTL1",
-"IUM reaches only itself and calls the Secure Kernel", "VTL0 user is the least powerful") come out
-of the machine.
+The probes are guest code (:mod:`vbsim.attacks.probes`) and run in the prober's own mode: the
+process at VTL0 CPL3 (scheduled by NT), the trustlet at VTL1 CPL3 (its thread resumed through the
+SK), NT's ring 0, and the SK's ring 0 (entered through a real secure call: K1 code in the SK's
+dispatcher, so that VTL0 waits in its secure-call loop and a normal call has someone to answer it).
+Kernels map the target's GPA at a window in their own page tables and access it there; user code
+uses the address at which the target lives (a kernel address, or one its own tables do not map)
+and, for the other VTL's pages, also a mapping its own kernel built on purpose (*granted*: NT
+writes a PTE for a VTL1 GPA into the process, the SK one for a VTL0 GPA into the trustlet), so a
+cell shows what stops a user even when its kernel cooperates.
+
+Each outcome is read from the machine, never declared:
+
+- a probe counts only if it began in the prober's mode (its ``matrix/probe/begin`` event);
+- a read only if the marker bytes reached the prober's own memory (its loot page, or the reply the
+  trustlet wrote); a write only if the target page changed in RAM;
+- an execute only if ``matrix.probe`` itself reported running in the prober's mode;
+- a call only if the callee's dispatcher accepted it in the target's mode (its trace event) and
+  the callee's answer came back to the prober;
+- the mechanism is the deciding trace event: the first refusal of a blocked probe (``slat``,
+  ``paging.us``, ``paging.p``, ``cpl:#UD``, an NTSTATUS from a dispatcher ...), or, for an
+  allowed one, the translation that served the access (``paging``) or the gate that carried the
+  call (``syscall``, ``secure-call``, ``normal-call``, ``sysret`` ...).
 
 A refused probe ends the prober's flow (a fault, or NT's bugcheck for a kernel-mode #GP); the matrix
 continues on the same machine, since a refusal changed nothing.
@@ -25,42 +39,90 @@ continues on the same machine, since a refusal changed nothing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vbsim.attacks import probes
 from vbsim.attacks.context import AttackContext
+from vbsim.attacks.probes import MARKER, POISON, PROBE_ANSWER
 from vbsim.attacks.verdict import deciding_mechanism
 from vbsim.boot.disk import Disk
-from vbsim.guest import hvcall
-from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw import code
-from vbsim.hw.code import guest_code
+from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.image import data_dir
 from vbsim.ium.images import trustlet_image
-from vbsim.ium.iumbase import secure_syscall
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
-from vbsim.nt.syscalls import syscall
+from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
-from vbsim.sk.ium.process import HEAP_VA, IMAGE_BASE
+from vbsim.sk.ium.process import HEAP_VA, SECTION_BASE
 from vbsim.sk.sscn import Service
+from vbsim.trace import Event
+
+if TYPE_CHECKING:
+    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.machine import Machine
+    from vbsim.nt.kernel import NtKernel
+    from vbsim.nt.process import Process
+    from vbsim.sk.callargs import SecureCallArgs
+    from vbsim.sk.kernel import Reply, SecureKernel
 
 AREAS = ("VTL0 user", "VTL0 kernel", "VTL1 user", "VTL1 kernel")
 OPS = ("read", "write", "execute", "call")
-MARKER = b"MATRIX-MARKER-0123456789"
-PROBE_TRUSTLET_ID = 5  # an allow-listed ID (FsIso's), used by the model's probe trustlet
-KERNEL_WINDOW = 0xFFFF_F8B0_0000_0000
-RAN: list[tuple[int, int]] = []  # (vtl, cpl) each time the probe routine runs (a debugger's view)
+ACCESS_OPS = ("read", "write", "execute")
+#: Each area's mode (VTL, CPL): DESIGN.md's table of the four areas.
+MODES: dict[str, tuple[int, int]] = {
+    "VTL0 user": (0, 3),
+    "VTL0 kernel": (0, 0),
+    "VTL1 user": (1, 3),
+    "VTL1 kernel": (1, 0),
+}
+_OP = {"read": probes.OP_READ, "write": probes.OP_WRITE, "execute": probes.OP_EXECUTE}
+PROBE_TRUSTLET_ID = 5  # an allow-listed ID (FsIso's, vbs-internals §3.2) for the probe trustlet
+#: Where each kernel maps the page it probes (a free slot of its own kernel half; model choice).
+KERNEL_WINDOW = DATA_BASE + (0x30 << 30)
+#: Where the SK maps the VTL0 pages it grants the probe trustlet: the trustlet's secure-section
+#: area (vbs-internals §4.4: pages a trustlet shares with VTL0 are mapped there), a slot far above
+#: the sections a trustlet creates itself.
+TRUSTLET_GRANT_VA = SECTION_BASE + 0x80_0000
 
-
-@guest_code("matrix.probe")
-def _probe_routine(vp: VirtualProcessor) -> int:
-    RAN.append((vp.vtl, vp.cpl))
-    return 0x600D
+#: The gate each prober tries towards each target (DESIGN.md: rings by syscall/sysret, VTLs by
+#: VTL call/return; vbs-internals §2.1 the three cross-VTL paths).  Pairs not listed have no gate
+#: between them (the same area, or two areas no instruction connects).
+GATES: dict[tuple[str, str], int] = {
+    ("VTL0 user", "VTL0 kernel"): probes.GATE_SYSCALL,
+    ("VTL0 user", "VTL1 user"): probes.GATE_VTL_CALL,
+    ("VTL0 user", "VTL1 kernel"): probes.GATE_SECURE_SYSCALL,
+    ("VTL0 kernel", "VTL0 user"): probes.GATE_SYSRET,
+    ("VTL0 kernel", "VTL1 kernel"): probes.GATE_SECURE_CALL,
+    ("VTL1 user", "VTL0 kernel"): probes.GATE_VTL_RETURN,
+    ("VTL1 user", "VTL1 kernel"): probes.GATE_SECURE_SYSCALL,
+    ("VTL1 kernel", "VTL0 kernel"): probes.GATE_NORMAL_CALL,
+    ("VTL1 kernel", "VTL1 user"): probes.GATE_SYSRET,
+}
+#: The callee's answer that tells the call went through: STATUS_SUCCESS from a dispatcher (and,
+#: for IS_TRUSTLET_RUNNING, that the probe trustlet runs); the probe routine's own answer for an
+#: entry into user code; HV_STATUS_SUCCESS in RAX for a VTL call/return.
+_ANSWER: dict[int, int] = {
+    probes.GATE_SYSCALL: int(NtStatus.SUCCESS),
+    probes.GATE_SECURE_SYSCALL: int(NtStatus.SUCCESS),
+    probes.GATE_VTL_CALL: 0,
+    probes.GATE_VTL_RETURN: 0,
+    probes.GATE_SYSRET: PROBE_ANSWER,
+    probes.GATE_SECURE_CALL: int(NtStatus.SUCCESS),
+    probes.GATE_NORMAL_CALL: int(NtStatus.SUCCESS),
+}
+#: Trace events by which a callee's dispatcher accepts a call, and the gate's name in the matrix.
+_GATE_EVENTS: dict[tuple[str, str], str] = {
+    ("syscall", "nt-dispatch"): "syscall",
+    ("ium-syscall", "secure-service-table"): "secure-syscall",
+    ("securecall", "dispatch"): "secure-call",
+    ("normalcall", "nt-dispatch"): "normal-call",
+    ("syscall", "sysret"): "sysret",
+}
+_ACCEPTED = {"STATUS_SUCCESS", "entered", "serviced", "user-callback"}
 
 
 @dataclass
@@ -69,128 +131,438 @@ class Cell:
     target: str
     results: dict[str, str] = field(default_factory=dict)  # op -> "allowed" | "blocked" | "-"
     mechanisms: dict[str, str] = field(default_factory=dict)
+    #: User rows, the other VTL's pages: through a mapping the prober's own kernel granted.
+    granted: dict[str, str] = field(default_factory=dict)
+    granted_mechanisms: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"from": self.source, "to": self.target}
         out.update(self.results)
-        out["mechanism"] = {op: m for op, m in self.mechanisms.items()}
+        out["mechanism"] = dict(self.mechanisms)
+        if self.granted:
+            out["granted"] = dict(self.granted)
+            out["granted_mechanism"] = dict(self.granted_mechanisms)
         return out
 
 
 @dataclass
 class Target:
-    data_gpa: int
-    code_gpa: int
-    data_va: int  # where the owner itself sees its data page
+    data_gpa: int  # the marker's GPA
+    code_gpa: int  # the probe routine's GPA
+    data_va: int  # where the owner itself sees its data
     code_va: int
 
 
+@dataclass
+class Loot:
+    """A page of the prober's own memory where its probe leaves what it obtained."""
+
+    va: int  # as the prober sees it
+    gpa: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str
+    mechanism: str
+
+
 class Prober:
-    """A booted machine with the four areas' pages in place."""
+    """A booted machine with the four areas' pages, probe code and granted mappings in place."""
 
     def __init__(self, preset_name: str) -> None:
         policy = preset(preset_name)
         self.ctx = AttackContext(policy, preset_name, Disk.install(policy))
         self.ctx.boot()
-        self.vbs = self.ctx.booted.vbs_running
+        system = self.ctx.booted
+        assert system.nt is not None and system.machine is not None
+        self.nt: NtKernel = system.nt
+        self.machine: Machine = system.machine
+        self.sk: SecureKernel | None = system.sk if system.vbs_running else None
+        self.vbs = self.sk is not None
         self.targets: dict[str, Target] = {}
-        self._setup()
+        #: (target, "data" | "code") → VA of the granted mapping in the user prober's tables.
+        self.user_grants: dict[tuple[str, str], int] = {}
+        self.trustlet_grants: dict[tuple[str, str], int] = {}
+        self._setup_vtl0()
+        if self.sk is not None:
+            self._setup_vtl1(self.sk)
 
-    # -- setup (host side: planting markers and probe code, as a debugger would) ---------------
-    def _setup(self) -> None:
-        ctx = self.ctx
-        system = ctx.booted
-        nt, machine = system.nt, system.machine
-        assert nt is not None and machine is not None
-        vp = machine.bsp
-        ram = machine.ram
-        thunk = code.encode_thunk("matrix.probe")
-        # VTL0 user: a standard-user process with its own data page and code.
-        self.process = ctx.process(admin=False, name="prober.exe")
-        region = nt.allocate(vp, self.process, PAGE_SIZE)
-        ram.write(region.frames[0] << PAGE_SHIFT, MARKER)
-        code_va = nt.map_code(vp, self.process, ["matrix.probe", "matrix.user_op"])["matrix.probe"]
-        code_gpa = self.process.tables.lookup(code_va)
-        assert code_gpa is not None
+    @property
+    def vp(self) -> VirtualProcessor:
+        return self.machine.bsp
+
+    # -- setup: the kernels allocate, a debugger plants markers and probe thunks ---------------
+    def _setup_vtl0(self) -> None:
+        nt, vp, ram = self.nt, self.vp, self.machine.ram
+        # VTL0 user: a standard-user process with a data page, a loot page and its code.
+        self.process: Process = self.ctx.process(admin=False, name="prober.exe")
+        data = nt.allocate(vp, self.process, PAGE_SIZE)
+        ram.write(data.frames[0] << PAGE_SHIFT, MARKER)
+        loot = nt.allocate(vp, self.process, PAGE_SIZE)
+        self.user_loot = Loot(loot.base, loot.frames[0] << PAGE_SHIFT)
+        code = nt.map_code(vp, self.process, ["matrix.probe", "matrix.user_op", "matrix.user_call"])
+        self.user_op_va, self.user_call_va = code["matrix.user_op"], code["matrix.user_call"]
+        probe_va = code["matrix.probe"]
         self.targets["VTL0 user"] = Target(
-            region.frames[0] << PAGE_SHIFT, code_gpa & 0xF_FFFF_FFFF_F000, region.base, code_va
+            data.frames[0] << PAGE_SHIFT,
+            _gpa(ram, self.process.tables.root, probe_va),
+            data.base,
+            probe_va,
         )
-        # VTL0 kernel: an NT page with the marker, and an NT page with the probe routine.
+        # VTL0 kernel: a pool page with the marker; the probe routine in NT's boot-image code (a
+        # page the loader placed, which HVCI validated: R|KX), as any NT routine is.
         data_va, data_gpa = nt.alloc_kernel_page(vp)
         ram.write(data_gpa, MARKER)
-        _, kcode_gpa = nt.alloc_kernel_page(vp)
-        ram.write(kcode_gpa, thunk)
-        self.targets["VTL0 kernel"] = Target(data_gpa, kcode_gpa, data_va, DIRECT_MAP + kcode_gpa)
-        if not self.vbs:
-            return
-        sk = system.sk
-        assert sk is not None
+        code_va = nt.space.install("matrix.probe")
+        self.targets["VTL0 kernel"] = Target(
+            data_gpa, _gpa(ram, nt.space.pt.root, code_va), data_va, code_va
+        )
+        # K0's loot page and window (the window's tables from NT's own allocator).
+        loot_va, loot_gpa = nt.alloc_kernel_page(vp)
+        self.k0_loot = Loot(loot_va, loot_gpa)
+        spares = tuple(nt.alloc_kernel_page(vp)[1] for _ in range(3))
+        self._as_k0(probes.map_window, KERNEL_WINDOW, loot_gpa, DIRECT_MAP, spares)
+
+    def _setup_vtl1(self, sk: SecureKernel) -> None:
+        nt, vp, ram = self.nt, self.vp, self.machine.ram
         # VTL1 user: the probe trustlet (its image has the probe routine; its heap, the marker).
-        image = _prober_image(str(data_dir()))
         status, trustlet = create_secure_process(
-            nt, vp, "Prober.exe", PROBE_TRUSTLET_ID, image=image
+            nt, vp, "Prober.exe", PROBE_TRUSTLET_ID, image=_prober_image(str(data_dir()))
         )
         assert trustlet is not None, hex(status)
         self.trustlet = trustlet
-        secure = sk.ext["ium.processes"][trustlet.secure_pid]
-        heap_gpa = secure.private_pfns[2] << PAGE_SHIFT
+        self.trustlet_root, probe_va = _trustlet_symbols(sk, trustlet.secure_pid)
+        heap_gpa = _gpa(ram, self.trustlet_root, HEAP_VA)
         ram.write(heap_gpa + 0x800, MARKER)
-        probe_va = secure.routines.get("matrix.probe", IMAGE_BASE)
-        host_view = PageTables(PhysAccess.direct(ram, "host"), root=secure.tables.root)
-        probe_gpa = host_view.lookup(probe_va)
-        assert probe_gpa is not None
         self.targets["VTL1 user"] = Target(
-            heap_gpa,
-            (probe_gpa & 0xF_FFFF_FFFF_F000) | (probe_va & 0xFFF),
-            HEAP_VA + 0x800,
-            probe_va,
+            heap_gpa + 0x800, _gpa(ram, self.trustlet_root, probe_va), HEAP_VA + 0x800, probe_va
         )
-        self.targets["VTL1 user"].data_gpa = heap_gpa + 0x800
-        # VTL1 kernel: an SK data page with the marker; the SK's code page with the probe thunk.
+        # VTL1 kernel: an SK data page with the marker; the probe routine in the SK's code.
         sk_data_va, sk_data_gpa = sk.space.alloc_data()
         ram.write(sk_data_gpa, MARKER)
         sk_code_va = sk.space.install("matrix.probe")
-        leaf = PageTables(PhysAccess.direct(ram, "host"), root=sk.space.pt.root).lookup(sk_code_va)
-        assert leaf is not None
-        sk_code_gpa = (leaf & 0xF_FFFF_FFFF_F000) | (sk_code_va & 0xFFF)
-        ctx.secure_kernel(lambda kvp: sk.protect_own_pages(kvp, 0))  # new pages are SK memory too
-        for v in machine.vps:
-            v.flush_tlb()
-        self.targets["VTL1 kernel"] = Target(sk_data_gpa, sk_code_gpa, sk_data_va, sk_code_va)
+        self.targets["VTL1 kernel"] = Target(
+            sk_data_gpa, _gpa(ram, sk.space.pt.root, sk_code_va), sk_data_va, sk_code_va
+        )
+        loot_va, loot_gpa = sk.space.alloc_data()
+        self.k1_loot = Loot(loot_va, loot_gpa)
+        sk_spares = tuple(sk.space.alloc_data()[1] for _ in range(6))
+        direct = sk.space.phys_va(0)
+        # In the SK's own mode: its new pages leave VTL0, its window is built, and it grants the
+        # trustlet mappings of VTL0's two pages.
+        self._as_k1(probes.sk_protect_own_pages)
+        self._as_k1(probes.map_window, KERNEL_WINDOW, loot_gpa, direct, sk_spares[:3])
+        grants = self.trustlet_grants
+        for index, (key, gpa) in enumerate(self._pages("VTL0 user", "VTL0 kernel")):
+            grants[key] = TRUSTLET_GRANT_VA + index * PAGE_SIZE + (gpa & PAGE_MASK)
+        self._as_k1(
+            probes.grant, self.trustlet_root, self._grant_list(grants), direct, sk_spares[3:]
+        )
+        # In NT's mode: NT writes PTEs for the two VTL1 pages into the process, on purpose.
+        region = nt.allocate(vp, self.process, 4 * PAGE_SIZE)
+        for index, (key, gpa) in enumerate(self._pages("VTL1 user", "VTL1 kernel")):
+            self.user_grants[key] = region.base + index * PAGE_SIZE + (gpa & PAGE_MASK)
+        spares = tuple(nt.alloc_kernel_page(vp)[1] for _ in range(3))
+        self._as_k0(
+            probes.grant,
+            self.process.tables.root,
+            self._grant_list(self.user_grants),
+            DIRECT_MAP,
+            spares,
+        )
 
-    # -- running one probe ------------------------------------------------------------------------
-    def probe(self, source: str, target: str, op: str) -> tuple[str, str]:
-        if target not in self.targets or (source.startswith("VTL1") and not self.vbs):
-            return "-", "no VTL1 (VBS off)"
+    def _pages(self, *areas: str) -> Iterator[tuple[tuple[str, str], int]]:
+        for area in areas:
+            target = self.targets[area]
+            yield (area, "data"), target.data_gpa
+            yield (area, "code"), target.code_gpa
+
+    def _grant_list(self, grants: dict[tuple[str, str], int]) -> tuple[tuple[int, int], ...]:
+        """(VA, GPA) pairs: what a kernel is asked to map."""
+        out = []
+        for (area, kind), va in grants.items():
+            target = self.targets[area]
+            out.append((va, target.data_gpa if kind == "data" else target.code_gpa))
+        return tuple(out)
+
+    # -- the modes a probe runs in -----------------------------------------------------------------
+    def _as_k0(self, routine: Callable[..., Any], *args: Any) -> None:
+        """Run ``routine`` as VTL0 ring-0 code on the boot processor (a K0 payload)."""
+        vp = self.vp
+        vp.actor = "prober (K0)"
+        try:
+            routine(vp.cpu, *args)
+        finally:
+            vp.actor = "nt"
+
+    def _as_k1(self, routine: Callable[..., Any], *args: Any) -> None:
+        """Run ``routine`` as VTL1 ring-0 code: K1 code hooks the SK's dispatch of the model's
+        NULL service and NT makes that secure call, so the routine runs in the SK's own context
+        (its stack, its CR3) while VTL0 waits in its secure-call loop — which is what lets a
+        normal call from the routine reach NT and NT's answer come back."""
+        sk, nt = self.sk, self.nt
+        assert sk is not None and nt.vsl is not None
+        from vbsim.sk.kernel import Reply
+
+        def hooked(kernel: SecureKernel, cpu: Any, args_: SecureCallArgs) -> Reply:
+            saved = cpu.actor
+            cpu.actor = "prober (K1)"
+            try:
+                routine(cpu, *args)
+            finally:
+                cpu.actor = saved
+            return Reply()
+
+        original = sk.handlers.get(Service.NULL)
+        sk.handlers[Service.NULL] = hooked
+        try:
+            nt.vsl.call(self.vp, Service.NULL)
+        finally:
+            if original is None:
+                sk.handlers.pop(Service.NULL, None)
+            else:
+                sk.handlers[Service.NULL] = original
+
+    # -- one probe ------------------------------------------------------------------------------
+    def probe(self, source: str, target: str, op: str, granted: bool = False) -> Outcome:
+        if target not in self.targets or source not in self.targets:
+            return Outcome("-", "no VTL1")
+        gate = GATES.get((source, target)) if op == "call" else None
+        if op == "call" and gate is None:
+            return Outcome("-", "no gate")
         ctx = self.ctx
         start = len(ctx.trace.events)
-        ran_before = len(RAN)
-        before = self._data(target)
-        value: Any = None
+        before = self._ram(self.targets[target].data_gpa)
+        self._clear_loot(source)
+        reply = b""
         try:
-            value = PROBES[source](self, target, op)
+            reply = self._run(source, target, op, gate, granted)
         except GuestTermination as stop:
             ctx.stops.append(stop)
-        vp = ctx.vp
-        if vp.vtl != 0:
+        vp = self.vp
+        if vp.vtl != 0:  # a flow that ended in VTL1 (the hypervisor resumes VTL0)
             vp.switch_vtl(0)
-        if op == "call" and value == "-":
-            return "-", "no gate"
-        allowed = {
-            "read": isinstance(value, bytes | bytearray) and MARKER in bytes(value),
-            "write": self._data(target) != before,
-            "execute": len(RAN) > ran_before,
-            "call": value is True,
-        }[op]
-        if op == "write" and allowed:
-            self.ctx.booted.machine.ram.write(self.targets[target].data_gpa, MARKER)  # type: ignore[union-attr]
-        mechanism = "-" if allowed else deciding_mechanism(ctx.trace.events[start:])
-        return ("allowed" if allowed else "blocked"), mechanism
+        events = ctx.trace.events[start:]
+        outcome = self._judge(source, target, op, gate, events, before, reply)
+        if op == "write" and self._ram(self.targets[target].data_gpa) != before:
+            self.machine.ram.write(self.targets[target].data_gpa, before)  # the debugger again
+        return outcome
 
-    def _data(self, target: str) -> bytes:
-        machine = self.ctx.booted.machine
-        assert machine is not None
-        return machine.ram.read(self.targets[target].data_gpa, len(MARKER))
+    def _run(self, source: str, target: str, op: str, gate: int | None, granted: bool) -> bytes:
+        """Run the probe in the prober's mode; the bytes a trustlet replied (its loot)."""
+        t = self.targets[target]
+        index = AREAS.index(target)
+        gpa = t.code_gpa if op == "execute" else t.data_gpa
+        kind = "code" if op == "execute" else "data"
+        if source == "VTL0 user":
+            loot = self.user_loot.va
+            if gate is not None:
+                self._run_user(self.user_call_va, gate, index, loot)
+            else:
+                va = self._user_address(target, kind, granted)
+                self._run_user(self.user_op_va, _OP[op], index, va, loot)
+            return b""
+        if source == "VTL1 user":
+            if gate is not None:
+                message = probes.trustlet_message(probes.OP_CALL, index, gate)
+            else:
+                va = self._trustlet_address(target, kind, granted)
+                message = probes.trustlet_message(_OP[op], index, va=va)
+            return run_trustlet(self.nt, self.vp, self.trustlet, message).reply
+        if source == "VTL0 kernel":
+            loot = self.k0_loot.va
+            if gate == probes.GATE_SYSRET:
+                code_va = self.targets["VTL0 user"].code_va
+                root = self.process.tables.root
+                self._as_k0(probes.enter_user, index, root, code_va, loot)
+            elif gate == probes.GATE_SECURE_CALL:
+                self._as_k0(probes.secure_call, index, PROBE_TRUSTLET_ID, loot)
+            else:
+                self._as_k0(probes.kernel_op, _OP[op], index, gpa, KERNEL_WINDOW, DIRECT_MAP, loot)
+            return b""
+        assert self.sk is not None
+        loot = self.k1_loot.va
+        if gate == probes.GATE_SYSRET:
+            code_va = self.targets["VTL1 user"].code_va
+            self._as_k1(probes.enter_user, index, self.trustlet_root, code_va, loot)
+        elif gate == probes.GATE_NORMAL_CALL:
+            self._as_k1(probes.normal_call, index, loot)
+        else:
+            direct = self.sk.space.phys_va(0)
+            self._as_k1(probes.kernel_op, _OP[op], index, gpa, KERNEL_WINDOW, direct, loot)
+        return b""
+
+    def _user_address(self, target: str, kind: str, granted: bool) -> int:
+        """Where the process reaches the target: its own pages where they are, another area's at
+        the address that area uses (a kernel VA: the direct map), or NT's granted mapping."""
+        t = self.targets[target]
+        if granted:
+            return self.user_grants[(target, kind)]
+        if target == "VTL0 user":
+            return t.code_va if kind == "code" else t.data_va
+        return DIRECT_MAP + (t.code_gpa if kind == "code" else t.data_gpa)
+
+    def _trustlet_address(self, target: str, kind: str, granted: bool) -> int:
+        t = self.targets[target]
+        if granted:
+            return self.trustlet_grants[(target, kind)]
+        if target in ("VTL1 user", "VTL0 user"):  # its own VAs; the process's, not mapped here
+            return t.code_va if kind == "code" else t.data_va
+        return DIRECT_MAP + (t.code_gpa if kind == "code" else t.data_gpa)
+
+    def _run_user(self, entry: int, *args: int) -> None:
+        """NT schedules the prober process's thread at ``entry`` (CPL3)."""
+        vp = self.vp
+        vp.actor = "prober (U0)"
+        run = self.nt.run_user(vp, self.process, entry, *args)
+        vp.actor = "nt"
+        if run.terminated is not None:
+            self.ctx.stops.append(run.terminated)
+
+    # -- reading the outcome ----------------------------------------------------------------------
+    def _loot(self, source: str) -> Loot | None:
+        """The prober's loot page (a trustlet's loot is the reply it writes)."""
+        if source == "VTL0 user":
+            return self.user_loot
+        if source == "VTL0 kernel":
+            return self.k0_loot
+        return self.k1_loot if source == "VTL1 kernel" else None
+
+    def _clear_loot(self, source: str) -> None:
+        loot = self._loot(source)
+        if loot is not None:
+            self.machine.ram.write(loot.gpa, POISON.to_bytes(8, "little") * 4)
+
+    def _obtained(self, source: str, reply: bytes) -> bytes:
+        """What the prober's own memory holds after the probe."""
+        loot = self._loot(source)
+        if loot is None:
+            return reply
+        return self._ram(loot.gpa, 32)
+
+    def _ram(self, gpa: int, length: int = len(MARKER)) -> bytes:
+        return self.machine.ram.read(gpa, length)
+
+    def _judge(
+        self,
+        source: str,
+        target: str,
+        op: str,
+        gate: int | None,
+        events: list[Event],
+        before: bytes,
+        reply: bytes,
+    ) -> Outcome:
+        began = _first(events, lambda e: e.kind == "matrix" and e.mechanism == "probe")
+        if began is None or (events[began].vtl, events[began].cpl) != MODES[source]:
+            # Never expected: the prober's code did not run, or not in its own mode.
+            return Outcome("-", "prober not run in its mode")
+        events = events[began:]
+        obtained = self._obtained(source, reply)
+        mode = MODES[source]
+        allowed = False
+        if op == "read":
+            allowed = MARKER in obtained
+        elif op == "write":
+            allowed = self._ram(self.targets[target].data_gpa) != before
+        elif op == "execute":
+            allowed = _ran_in(events, mode)
+        else:
+            assert gate is not None
+            allowed = self._answered(gate, obtained) and _gate_in(events, MODES[target]) is not None
+            if allowed and target.endswith("user"):
+                allowed = _ran_in(events, MODES[target])
+        if not allowed:
+            return Outcome("blocked", refusal(events))
+        if op == "call":
+            label = _gate_in(events, MODES[target])
+            return Outcome("allowed", label or "-")
+        t = self.targets[target]
+        page = (t.code_gpa if op == "execute" else t.data_gpa) >> PAGE_SHIFT
+        served = _first(
+            events,
+            lambda e: (
+                e.kind == "access"
+                and e.outcome == "allowed"
+                and int(e.detail.get("gpa") or 0) >> PAGE_SHIFT == page
+            ),
+        )
+        # The processor's cached-translation path emits nothing (``VirtualProcessor.read``'s
+        # fast map, for speed): an allowed access with no translation event for the page was
+        # served by a translation the TLB already held.
+        return Outcome("allowed", events[served].mechanism if served is not None else "tlb")
+
+    @staticmethod
+    def _answered(gate: int, obtained: bytes) -> bool:
+        answer = int.from_bytes(obtained[:8], "little")
+        second = int.from_bytes(obtained[8:16], "little")
+        if answer != _ANSWER[gate]:
+            return False
+        if gate == probes.GATE_SECURE_CALL:
+            return second == 1  # the SK says the probe trustlet runs
+        if gate == probes.GATE_NORMAL_CALL:
+            return second not in (0, POISON)  # NT offered a page
+        return True
+
+
+def _first(events: list[Event], test: Callable[[Event], bool]) -> int | None:
+    for index, event in enumerate(events):
+        if test(event):
+            return index
+    return None
+
+
+def _ran_in(events: list[Event], mode: tuple[int, int]) -> bool:
+    """``matrix.probe`` reported running, in ``mode`` (its own VTL and CPL)."""
+    return any(
+        e.kind == "matrix" and e.mechanism == "probe-routine" and (e.vtl, e.cpl) == mode
+        for e in events
+    )
+
+
+def _gate_in(events: list[Event], mode: tuple[int, int]) -> str | None:
+    """The gate by which a dispatcher in ``mode`` accepted the call, or None."""
+    for event in events:
+        label = _GATE_EVENTS.get((event.kind, event.mechanism))
+        if label is not None and (event.vtl, event.cpl) == mode and event.outcome in _ACCEPTED:
+            return label
+    return None
+
+
+def refusal(events: list[Event]) -> str:
+    """The first refusal in ``events`` (``attacks.verdict``'s rules), numbers in hex; a bugcheck
+    only if nothing refused before it."""
+    for event in events:
+        if event.kind == "bugcheck":
+            continue
+        if (
+            event.kind in ("syscall", "ium-syscall")
+            and event.outcome.startswith("STATUS_")
+            and event.outcome != "STATUS_SUCCESS"
+        ):
+            service = event.detail.get("service", "?")
+            if service == "?":
+                service = f"0x{int(event.detail.get('number', 0)):08X}"
+            return f"{event.mechanism}:{service}={event.outcome}"
+        mechanism = deciding_mechanism([event])
+        if mechanism != "-":
+            return mechanism
+    return deciding_mechanism([e for e in events if e.kind == "bugcheck"])
+
+
+# -- host-side lookups (a debugger's view of page tables and the SK's process object) ---------
+def _gpa(ram: Any, root: int, va: int) -> int:
+    leaf = PageTables(PhysAccess.direct(ram, "host"), root=root).lookup(va)
+    assert leaf is not None, hex(va)
+    return (leaf & PTE_ADDR_MASK) | (va & PAGE_MASK)
+
+
+def _trustlet_symbols(sk: SecureKernel, secure_pid: int) -> tuple[int, int]:
+    """The trustlet's page-table root and its probe routine's VA, from the SK's process object
+    (what K1 code knows; read here host-side, as a debugger would)."""
+    secure = sk.ext["ium.processes"][secure_pid]
+    return secure.tables.root, secure.routines["matrix.probe"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -204,167 +576,6 @@ def _prober_image(pki_dir: str) -> bytes:
     )
 
 
-def _window(
-    vp: VirtualProcessor, root: int, gpa: int, executable: bool, direct_map: int = DIRECT_MAP
-) -> int:
-    """A kernel maps ``gpa`` at its window VA in its own tables (through its direct map)."""
-
-    def alloc() -> int:
-        pfn = vp.ram.frames.alloc("prober")
-        vp.write(direct_map + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        return pfn
-
-    phys = PhysAccess(
-        lambda a: vp.read_u64(direct_map + a), lambda a, v: vp.write_u64(direct_map + a, v), alloc
-    )
-    tables = PageTables(phys, root=root)
-    flags = int(Pte.RW) | (0 if executable else int(Pte.NX))
-    tables.map(KERNEL_WINDOW, gpa & ~0xFFF, flags)
-    vp.invlpg(KERNEL_WINDOW)
-    return KERNEL_WINDOW + (gpa & 0xFFF)
-
-
-def _kernel_op(
-    vp: VirtualProcessor, root: int, gpa: int, op: str, direct_map: int = DIRECT_MAP
-) -> Any:
-    """A kernel (VTL0's or VTL1's: each has its own tables and direct map) maps ``gpa`` in its
-    window and reads, writes or executes there."""
-    va = _window(vp, root, gpa, executable=op == "execute", direct_map=direct_map)
-    if op == "read":
-        return vp.read(va, len(MARKER))
-    if op == "write":
-        vp.write(va, b"X" * len(MARKER))
-        return None
-    return vp.call(va)
-
-
-# -- the four probers ------------------------------------------------------------------------------
-def _from_vtl0_user(prober: Prober, target: str, op: str) -> Any:
-    ctx, t = prober.ctx, prober.targets[target]
-    if op == "call":
-        gate = {"VTL0 kernel": "syscall", "VTL1 kernel": "secure-syscall", "VTL1 user": "vtl-call"}
-        if target not in gate:
-            return "-"
-        return ctx.user(_user_call, gate[target], process=prober.process)
-    va = t.data_va if target == "VTL0 user" else DIRECT_MAP + t.data_gpa
-    if op == "execute":
-        va = t.code_va if target == "VTL0 user" else DIRECT_MAP + t.code_gpa
-    return ctx.user(_user_op, op, va, process=prober.process)
-
-
-@guest_code("matrix.user_op")
-def _user_op(vp: VirtualProcessor, op: str, va: int) -> Any:
-    if op == "read":
-        return vp.read(va, len(MARKER))
-    if op == "write":
-        vp.write(va, b"X" * len(MARKER))
-        return None
-    return vp.call(va)
-
-
-def _user_call(vp: VirtualProcessor, gate: str) -> bool:
-    if gate == "syscall":
-        return syscall(vp, "NtTestAlert") == 0
-    if gate == "secure-syscall":
-        vp.rax = 0x0800_000B  # IumGetIdk's number, from VTL0 user mode
-        vp.syscall()
-        return vp.rax == 0
-    hvcall.vtl_call(vp)  # a VTL call from CPL3: #UD
-    return True
-
-
-def _from_vtl0_kernel(prober: Prober, target: str, op: str) -> Any:
-    ctx, t = prober.ctx, prober.targets[target]
-    nt = ctx.booted.nt
-    assert nt is not None
-    if op == "call":
-        if target == "VTL1 kernel":
-            return ctx.kernel(
-                lambda vp: nt.vsl is not None and nt.vsl.call(vp, Service.NULL)[0] == 0
-            )
-        if target == "VTL0 user":
-            run = nt.run_user(ctx.vp, prober.process, t.code_va)  # sysret into user code
-            return run.terminated is None
-        return "-"
-    gpa = t.code_gpa if op == "execute" else t.data_gpa
-    return ctx.kernel(_kernel_op, nt.space.pt.root, gpa, op)
-
-
-def _from_vtl1_user(prober: Prober, target: str, op: str) -> Any:
-    ctx, t = prober.ctx, prober.targets[target]
-    nt = ctx.booted.nt
-    assert nt is not None
-    if op == "call":
-        gate = {"VTL1 kernel": 1, "VTL0 kernel": 2}
-        if target not in gate:
-            return "-"
-        run = run_trustlet(nt, ctx.vp, prober.trustlet, bytes([4, gate[target]]))
-        return run.status == 0 and run.reply[:1] == b"\x01"
-    if target == "VTL1 user":
-        va = t.code_va if op == "execute" else t.data_va
-    elif target == "VTL0 user":
-        va = t.code_va if op == "execute" else t.data_va  # the process's address: not mapped here
-    else:
-        va = DIRECT_MAP + (t.code_gpa if op == "execute" else t.data_gpa)
-    code_op = {"read": 1, "write": 2, "execute": 3}[op]
-    run = run_trustlet(nt, ctx.vp, prober.trustlet, bytes([code_op]) + va.to_bytes(8, "little"))
-    return run.reply if op == "read" else None
-
-
-@guest_code("matrix.trustlet_op")
-def _trustlet_op(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
-    op = vp.read(message, 1)[0]
-    if op == 0:  # just run (what the Secure Kernel resuming the thread gets)
-        return 0
-    if op == 4:  # call a gate: 1 = secure system call, 2 = a direct VTL call
-        gate = vp.read(message + 1, 1)[0]
-        if gate == 1:
-            ok = secure_syscall(vp, "IumGetIdk", 0, reply + 64, 32) == 0
-        else:
-            hvcall.vtl_call(vp)  # CPL3: #UD
-            ok = True
-        vp.write(reply, b"\x01" if ok else b"\x00")
-        return 1
-    va = int.from_bytes(vp.read(message + 1, 8), "little")
-    if op == 1:
-        data = vp.read(va, len(MARKER))
-        vp.write(reply, data)
-        return len(data)
-    if op == 2:
-        vp.write(va, b"X" * len(MARKER))
-        return 0
-    vp.call(va)
-    return 0
-
-
-def _from_vtl1_kernel(prober: Prober, target: str, op: str) -> Any:
-    ctx, t = prober.ctx, prober.targets[target]
-    sk = ctx.booted.sk
-    nt = ctx.booted.nt
-    assert sk is not None and nt is not None
-    if op == "call":
-        if target == "VTL1 user":
-            return run_trustlet(nt, ctx.vp, prober.trustlet, bytes([0])).status == 0
-        if target == "VTL0 kernel":
-            return ctx.secure_kernel(lambda vp: _normal_call_probe(sk, vp))
-        return "-"
-    gpa = t.code_gpa if op == "execute" else t.data_gpa
-    return ctx.secure_kernel(_kernel_op, sk.space.pt.root, gpa, op, sk.space.phys_va(0))
-
-
-def _normal_call_probe(sk: Any, vp: VirtualProcessor) -> bool:
-    """A normal call needs VTL0 waiting in its secure-call loop; the probe asks NT for one page."""
-    return bool(sk is not None and vp.vtl == 1)
-
-
-PROBES: dict[str, Callable[[Prober, str, str], Any]] = {
-    "VTL0 user": _from_vtl0_user,
-    "VTL0 kernel": _from_vtl0_kernel,
-    "VTL1 user": _from_vtl1_user,
-    "VTL1 kernel": _from_vtl1_kernel,
-}
-
-
 def matrix_json(cells: list[Cell]) -> dict[str, Any]:
     return {"areas": list(AREAS), "cells": [cell.to_json() for cell in cells]}
 
@@ -372,15 +583,31 @@ def matrix_json(cells: list[Cell]) -> dict[str, Any]:
 def access_matrix(preset_name: str = "vbs") -> list[Cell]:
     prober = Prober(preset_name)
     cells = []
-    for source in AREAS:
-        for target in AREAS:
-            cell = Cell(source, target)
-            for op in OPS:
-                result, mechanism = prober.probe(source, target, op)
-                cell.results[op] = result
-                cell.mechanisms[op] = mechanism
-            cells.append(cell)
-    machine = prober.ctx.booted.machine
-    if machine is not None:
-        machine.close()
+    try:
+        for source in AREAS:
+            for target in AREAS:
+                cell = Cell(source, target)
+                for op in OPS:
+                    outcome = prober.probe(source, target, op)
+                    cell.results[op] = outcome.result
+                    cell.mechanisms[op] = outcome.mechanism
+                if _grants_apply(prober, source, target):
+                    for op in ACCESS_OPS:
+                        outcome = prober.probe(source, target, op, granted=True)
+                        cell.granted[op] = outcome.result
+                        cell.granted_mechanisms[op] = outcome.mechanism
+                cells.append(cell)
+    finally:
+        prober.machine.close()
     return cells
+
+
+def _grants_apply(prober: Prober, source: str, target: str) -> bool:
+    """User rows probe the other VTL's pages through a mapping their kernel granted."""
+    return (
+        prober.vbs
+        and source.endswith("user")
+        and source in prober.targets
+        and target in prober.targets
+        and MODES[source][0] != MODES[target][0]
+    )

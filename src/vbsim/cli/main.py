@@ -190,7 +190,7 @@ def matrix(
 ) -> None:
     """Probe the four areas (VTL0/VTL1 x user/kernel) against each other, live."""
     from vbsim.attacks.matrix import access_matrix, matrix_json
-    from vbsim.attacks.matrix_view import matrix_table
+    from vbsim.attacks.matrix_view import Key, matrix_key, matrix_table
     from vbsim.policy import PRESETS
 
     if preset_name not in PRESETS:
@@ -199,7 +199,11 @@ def matrix(
     if as_json:
         print(json.dumps(matrix_json(cells)))
     else:
-        console().print(matrix_table(cells, preset_name))
+        key = Key()
+        out = console()
+        out.print(matrix_table(cells, preset_name, key))
+        for line in matrix_key(key):
+            out.print(line)
 
 
 @app.command()

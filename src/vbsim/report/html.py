@@ -75,9 +75,9 @@ class CellView:
 
     @property
     def groups(self) -> list[OpGroup]:
-        groups: dict[tuple[str, str], OpGroup] = {}
+        groups: dict[tuple[bool, str, str], OpGroup] = {}
         for op in self.ops:
-            key = (op.result, op.mechanism)
+            key = (op.op.startswith(GRANTED), op.result, op.mechanism)
             if key in groups:
                 groups[key].ops.append(op.op)
             else:
@@ -85,8 +85,28 @@ class CellView:
         return list(groups.values())
 
 
+#: The label of what a user prober did through a PTE its own kernel granted (see the matrix).
+GRANTED = "via its kernel's PTE:"
+
+
+def _shown(op: str, result: str, mechanism: str) -> str:
+    """Refusals name what refused and an allowed call its gate; an allowed access is just ✓
+    (the JSON keeps the translation that served it)."""
+    return "-" if result == "allowed" and op != "call" else mechanism
+
+
 def cell_view(cell: Cell) -> CellView:
-    ops = [OpView(op, cell.results.get(op, "-"), cell.mechanisms.get(op, "-")) for op in OPS]
+    ops = [
+        OpView(op, r, _shown(op, r, cell.mechanisms.get(op, "-")))
+        for op in OPS
+        for r in [cell.results.get(op, "-")]
+    ]
+    # Through a PTE the prober's own kernel granted (user rows, the other VTL's pages): shown
+    # after the prober's own attempts; the cell's colour and summary stay those of the latter.
+    granted: dict[tuple[str, str], list[str]] = {}
+    for op, r in cell.granted.items():
+        granted.setdefault((r, _shown(op, r, cell.granted_mechanisms.get(op, "-"))), []).append(op)
+    extra = [OpView(f"{GRANTED} {', '.join(names)}", r, m) for (r, m), names in granted.items()]
     results = {o.result for o in ops if o.result != "-"}
     if not results:
         css = "na"
@@ -105,7 +125,7 @@ def cell_view(cell: Cell) -> CellView:
     if css == "na":
         reasons = {o.mechanism for o in ops}
         summary = reasons.pop() if len(reasons) == 1 else "n/a"
-    return CellView(cell.source, cell.target, css, summary, ops)
+    return CellView(cell.source, cell.target, css, summary, ops + extra)
 
 
 @dataclass
