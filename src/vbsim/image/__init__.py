@@ -41,7 +41,14 @@ from vbsim.image.signing_level import (
     requirement_for,
 )
 from vbsim.image.trust import Signer, TrustStore
-from vbsim.image.verify import Failure, VerificationResult, verify_image
+from vbsim.image.verify import (
+    Failure,
+    Finding,
+    FindingKind,
+    SignatureResult,
+    VerificationResult,
+    verify_image,
+)
 from vbsim.image.version import ComponentVersion
 
 __all__ = [
@@ -54,6 +61,8 @@ __all__ = [
     "ComponentVersion",
     "ExportInfo",
     "Failure",
+    "Finding",
+    "FindingKind",
     "ImageFormatError",
     "ImageKind",
     "ParsedImage",
@@ -67,6 +76,7 @@ __all__ = [
     "RevocationVerdict",
     "SectionInfo",
     "SectionSpec",
+    "SignatureResult",
     "Signer",
     "SigningLevel",
     "SigningRequirement",
