@@ -237,8 +237,11 @@ def _certificate_json(info: CertificateInfo, position: str) -> dict[str, Any]:
     }
 
 
-def _positions(chain: tuple[CertificateInfo, ...], trusted: bool) -> list[str]:
+def _positions(sig: SignatureResult | None) -> list[str]:
     """What each certificate is: signer, intermediate, trusted root (only when it is one)."""
+    if sig is None or not sig.chain:
+        return []
+    chain, trusted = sig.chain, sig.chain_trusted
     positions = []
     for index, info in enumerate(chain):
         if index == 0:
@@ -247,13 +250,14 @@ def _positions(chain: tuple[CertificateInfo, ...], trusted: bool) -> list[str]:
             positions.append("trusted root" if info.issuer == info.subject else "trust anchor")
         else:
             positions.append("intermediate")
-    if chain and not trusted:
+    if not trusted:
         last = chain[-1]
-        positions[-1] += (
-            " (self-signed, not trusted)"
-            if last.issuer == last.subject
-            else " (issued by an untrusted or missing issuer)"
-        )
+        if last.issuer == last.subject:
+            positions[-1] += " (self-signed, not trusted)"
+        elif sig.failure is not None and sig.failure.value == "untrusted-root":
+            positions[-1] += " (issued by an untrusted root)"
+        else:
+            positions[-1] += " (its issuer does not verify it or is missing)"
     return positions
 
 
@@ -274,7 +278,7 @@ _CHAIN_FAILURES = frozenset({"certificate-not-time-valid", "invalid-chain"})
 
 
 def _signature_entry_json(sig: SignatureResult) -> dict[str, Any]:
-    positions = _positions(sig.chain, sig.chain_trusted)
+    positions = _positions(sig)
     return {
         "label": sig.label,
         "valid": sig.ok,
@@ -323,7 +327,7 @@ def signature_json(
     sig = result.signature
     chain = () if sig is None else sig.chain
     trusted = sig is not None and sig.chain_trusted
-    positions = _positions(chain, trusted)
+    positions = _positions(sig)
     return {
         "valid": result.ok,
         "failure": None if result.failure is None else result.failure.value,
