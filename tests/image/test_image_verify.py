@@ -210,18 +210,28 @@ def test_padding_is_a_finding_apart_from_the_verdict(
 
 
 def test_dwlength_without_the_padding_is_a_padding_finding(
-    signed_trustlet: bytes, trust: TrustStore
+    pki: Pki, unsigned_trustlet: bytes, trust: TrustStore
 ) -> None:
-    der = _pkcs7(signed_trustlet) + b"\0"  # one byte of padding at least
-    image = attach_signature(strip_signature(signed_trustlet), der[:-1])
+    # A program name of the right length makes the PKCS#7 need padding (its length mod 8 != 0).
+    image = next(
+        signed
+        for size in range(1, 9)
+        if len(
+            _pkcs7(
+                signed := sign_image(
+                    unsigned_trustlet, pki.signer("codesign"), program_name="p" * size
+                )
+            )
+        )
+        % 8
+    )
+    der = _pkcs7(image)
     parsed = parse_image(image)
     assert parsed.certificate_table is not None
     offset = parsed.certificate_table[0]
     (length,) = struct.unpack_from("<I", image, offset)
-    unpadded = length - (length - 8 - len(der) + 1)
-    if unpadded == length:
-        pytest.skip("the PKCS#7 happens to be a multiple of 8 bytes long")
-    tampered = kit.fix_checksum(kit.patch(image, offset, struct.pack("<I", unpadded)))
+    assert length == 8 + len(der) + (-len(der) % 8) and length > 8 + len(der)
+    tampered = kit.fix_checksum(kit.patch(image, offset, struct.pack("<I", 8 + len(der))))
     assert verify_image(tampered, trust).failure is Failure.PADDING
     lenient = verify_image(tampered, trust, strict=False)
     assert lenient.ok and "does not include the padding" in lenient.findings[0].detail
