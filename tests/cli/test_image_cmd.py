@@ -432,3 +432,38 @@ def test_inspect_and_verify_do_not_import_lief() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_verify_shows_each_signature_of_a_dual_signed_file(cli: Run, tmp_path: Path) -> None:
+    """osslsigncode's SHA-1 primary with a nested SHA-256 signature: both shown, SHA-1 weak."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("osslsigncode")
+    if tool is None:
+        pytest.skip("osslsigncode is not installed (apt-get install osslsigncode)")
+    pki = model_pki()
+    files = [write(tmp_path, "in.exe", unsigned_trustlet()), tmp_path / "a.exe", tmp_path / "b.exe"]
+    steps = [(files[0], files[1], ["-h", "sha1"]), (files[1], files[2], ["-h", "sha256", "-nest"])]
+    for source, target, extra in steps:
+        done = subprocess.run(
+            [
+                *(tool, "sign", "-certs", str(pki.path("chain-codesign.pem"))),
+                *("-key", str(pki.path("leaf.key")), *extra),
+                *("-in", str(source), "-out", str(target)),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    outcome = cli("image", "verify", files[2], "--kind", "authenticode")
+    assert outcome.exit_code == 0, outcome.stdout
+    text = " ".join(outcome.stdout.split())
+    assert "signature primary: valid (weak: SHA-1)" in text
+    assert "signature nested 1: valid" in text
+    report = cli("image", "verify", files[2], "--kind", "authenticode", "--json").json()
+    assert [(s["label"], s["digest_algorithm"], s["weak"]) for s in report["signatures"]] == [
+        ("primary", "sha1", True),
+        ("nested 1", "sha256", False),
+    ]

