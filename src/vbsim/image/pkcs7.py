@@ -6,9 +6,13 @@ signs the DER of its signed attributes: contentType (= SpcIndirectDataContent), 
 (hash of the SpcIndirectDataContent value octets, without tag and length), SpcSpOpusInfo and
 SpcStatementType.  ASN.1 with asn1crypto, keys and signatures with cryptography.
 
-Decoding is deliberately strict, so that no byte of the signature can change without the
-verification failing: fields outside the signed data (algorithm identifiers, the signer id,
-versions) must have their canonical encodings; see :func:`decode_signed_data`.
+Decoding is strict about what the signature's meaning depends on (versions, the signer id,
+one SignerInfo, DER without trailing bytes) and follows the RFCs where they allow choices: an
+algorithm identifier is compared by OID, with NULL or absent parameters both accepted (RFC 5754
+§2 for SHA-2; RFC 3370 §2.1 for SHA-1).  The *unauthenticated* attributes (nested signatures,
+countersignatures, timestamps) are outside what the signer signed: they can be added, removed
+or changed without breaking this signature (each one is verified on its own).  See
+:func:`decode_signed_data`.
 """
 
 from __future__ import annotations
@@ -39,15 +43,27 @@ from vbsim.image.spc import (
 )
 from vbsim.image.trust import Signer
 
-#: Digest algorithms vbsim accepts (hashlib name -> cryptography hash factory).
+#: Digest algorithms vbsim accepts (hashlib name -> cryptography hash factory).  SHA-1 is
+#: verified because dual-signed real files carry a SHA-1 primary signature, but it is reported
+#: as weak (:data:`WEAK_DIGESTS`): SHA-1 collisions are practical (SHAttered, 2017).
 DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
-_RSA_SIGNATURES = {"rsassa_pkcs1v15", "sha256_rsa", "sha384_rsa", "sha512_rsa"}
-_ECDSA_SIGNATURES = {"sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa"}
+WEAK_DIGESTS = frozenset({"sha1"})
+#: What vbsim signs with: never a weak digest.
+SIGNING_DIGESTS = frozenset(DIGESTS) - WEAK_DIGESTS
+RSA_SIGNATURES = frozenset(
+    {"rsassa_pkcs1v15", "sha1_rsa", "sha256_rsa", "sha384_rsa", "sha512_rsa"}
+)
+ECDSA_SIGNATURES = frozenset({"sha1_ecdsa", "sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa"})
 _NULL_OR_ABSENT = (b"", b"\x05\x00")
+#: Unauthenticated attributes vbsim reads (wincrypt.h ``szOID_*``; RFC 2985 §5.3.6).
+NESTED_SIGNATURE_OID = "1.3.6.1.4.1.311.2.4.1"  # szOID_NESTED_SIGNATURE
+RFC3161_TIMESTAMP_OID = "1.3.6.1.4.1.311.3.3.1"  # szOID_RFC3161_counterSign
+COUNTERSIGNATURE_OID = "1.2.840.113549.1.9.6"  # PKCS #9 countersignature
 
 
 class MalformedSignature(Exception):
@@ -76,6 +92,18 @@ class DecodedSignature:
     signer_serial: int
     certificates: tuple[bytes, ...]
     program_name: str | None
+    #: CertificateChoices that are not X.509 certificates (attribute certificates...): skipped.
+    other_certificates: int = 0
+    #: DER of each nested signature (a whole ContentInfo(SignedData)).
+    nested: tuple[bytes, ...] = ()
+    #: DER of each RFC 3161 timestamp token (a ContentInfo(SignedData) over a TSTInfo).
+    timestamps: tuple[bytes, ...] = ()
+    #: DER of each legacy PKCS #9 countersignature (a SignerInfo).
+    countersignatures: tuple[bytes, ...] = ()
+
+    @property
+    def weak(self) -> bool:
+        return self.digest_algorithm in WEAK_DIGESTS
 
 
 def _digest_algorithm(name: str) -> algos.DigestAlgorithm:
@@ -91,8 +119,8 @@ def build_signed_data(
     more_info_url: str | None = None,
 ) -> bytes:
     """DER of a ContentInfo(SignedData) signing ``image_digest`` (the Authenticode hash)."""
-    if digest_name not in DIGESTS:
-        raise ValueError(f"unsupported digest {digest_name}")
+    if digest_name not in SIGNING_DIGESTS:
+        raise ValueError(f"unsupported digest {digest_name} (signing: {sorted(SIGNING_DIGESTS)})")
     indirect = SpcIndirectDataContent(
         {
             "data": {
@@ -175,13 +203,45 @@ def build_signed_data(
     return der
 
 
-def _check_algorithm(value: core.Asn1Value, allowed: Collection[str]) -> str:
+def check_algorithm(value: core.Asn1Value, allowed: Collection[str]) -> str:
+    """The algorithm's name, if it is one of ``allowed`` with NULL or absent parameters.
+
+    RFC 5754 §2: implementations MUST accept SHA-2 AlgorithmIdentifiers with absent parameters
+    and with NULL parameters; RFC 3370 §2.1 says the same of SHA-1.  So the OID decides, never
+    the bytes of the encoding.
+    """
     name = value["algorithm"].native
     if name not in allowed:
         raise UnsupportedAlgorithm(f"algorithm {value['algorithm'].dotted} not supported")
     if value["parameters"].dump() not in _NULL_OR_ABSENT:
         raise MalformedSignature(f"unexpected parameters for {name}")
     return str(name)
+
+
+def check_signature_pair(signature_algorithm: str, digest_name: str) -> None:
+    """A signature algorithm naming a hash (``sha256_rsa``) must name the signer's digest."""
+    if (
+        signature_algorithm != "rsassa_pkcs1v15"
+        and signature_algorithm.split("_")[0] != digest_name
+    ):
+        raise MalformedSignature("signature algorithm hash differs from the signer digest")
+
+
+def _unsigned(signer: core.Asn1Value) -> dict[str, list[bytes]]:
+    """DER of every value of the unauthenticated attributes vbsim reads, by OID."""
+    found: dict[str, list[bytes]] = {
+        NESTED_SIGNATURE_OID: [],
+        RFC3161_TIMESTAMP_OID: [],
+        COUNTERSIGNATURE_OID: [],
+    }
+    attrs = signer["unsigned_attrs"]
+    if not isinstance(attrs, cms.CMSAttributes):
+        return found
+    for attr in attrs:
+        oid = attr["type"].dotted
+        if oid in found:
+            found[oid].extend(value.dump() for value in attr["values"])
+    return found
 
 
 def _single(attrs: core.Asn1Value, name: str) -> core.Asn1Value:
@@ -214,39 +274,39 @@ def _decode(der: bytes) -> DecodedSignature:
     if indirect["data"]["type"].dotted != SPC_PE_IMAGE_DATA_OID:
         raise MalformedSignature("SpcIndirectDataContent does not describe a PE image")
     digest_info = indirect["message_digest"]
-    digest_name = _check_algorithm(digest_info["digest_algorithm"], DIGESTS)
+    digest_name = check_algorithm(digest_info["digest_algorithm"], DIGESTS)
     if len(signed["signer_infos"]) != 1:
         raise MalformedSignature("Authenticode needs exactly one SignerInfo")
     signer = signed["signer_infos"][0]
     if signer["version"].native != "v1" or signer["sid"].name != "issuer_and_serial_number":
         raise MalformedSignature("SignerInfo must be v1 with issuerAndSerialNumber")
-    if _check_algorithm(signer["digest_algorithm"], DIGESTS) != digest_name:
+    if check_algorithm(signer["digest_algorithm"], DIGESTS) != digest_name:
         raise MalformedSignature("signer digest differs from the image digest algorithm")
-    listed = [a.dump() for a in signed["digest_algorithms"]]
-    if listed != [signer["digest_algorithm"].dump()]:
+    # The Authenticode spec: digestAlgorithms "MUST contain only one" (the signer's); compared
+    # by OID, whatever the parameters' encoding.
+    listed = [check_algorithm(a, DIGESTS) for a in signed["digest_algorithms"]]
+    if listed != [digest_name]:
         raise MalformedSignature("SignedData digestAlgorithms must list the signer's digest")
-    signature_algorithm = _check_algorithm(
-        signer["signature_algorithm"], _RSA_SIGNATURES | _ECDSA_SIGNATURES
+    signature_algorithm = check_algorithm(
+        signer["signature_algorithm"], RSA_SIGNATURES | ECDSA_SIGNATURES
     )
-    if (
-        signature_algorithm != "rsassa_pkcs1v15"
-        and signature_algorithm.split("_")[0] != digest_name
-    ):
-        raise MalformedSignature("signature algorithm hash differs from the signer digest")
+    check_signature_pair(signature_algorithm, digest_name)
     attrs = signer["signed_attrs"]
     if not isinstance(attrs, cms.CMSAttributes) or len(attrs) == 0:
         raise MalformedSignature("SignerInfo has no signed attributes")
     message_digest = _single(attrs, "message_digest").native
     content_type = _single(attrs, "content_type").dotted
-    certificates = []
+    certificates, others = [], 0
     for choice in signed["certificates"] or []:
-        if choice.name != "certificate":
-            raise MalformedSignature("only X.509 certificates are supported")
-        certificates.append(choice.chosen.dump())
+        if choice.name == "certificate":
+            certificates.append(choice.chosen.dump())
+        else:
+            others += 1  # attribute certificates etc.: not part of any chain vbsim builds
     sid = signer["sid"].chosen
     serial = sid["serial_number"]
     if core.Integer(serial.native).dump() != serial.dump():
         raise MalformedSignature("signer serial number is not canonical DER")
+    unsigned = _unsigned(signer)
     return DecodedSignature(
         digest_algorithm=digest_name,
         image_digest=bytes(digest_info["digest"].native),
@@ -260,6 +320,10 @@ def _decode(der: bytes) -> DecodedSignature:
         signer_serial=int(serial.native),
         certificates=tuple(certificates),
         program_name=_program_name(attrs),
+        other_certificates=others,
+        nested=tuple(unsigned[NESTED_SIGNATURE_OID]),
+        timestamps=tuple(unsigned[RFC3161_TIMESTAMP_OID]),
+        countersignatures=tuple(unsigned[COUNTERSIGNATURE_OID]),
     )
 
 
