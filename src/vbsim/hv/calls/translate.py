@@ -38,7 +38,7 @@ def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatu
     partition_id, vp_index, flags, gva_page = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.unpack(
         ctx.header
     )
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status, 0
     vp = target_vp(hv, ctx.vp, vp_index)
