@@ -107,7 +107,10 @@ class Hypervisor:
         "Hypervisor Feature Identification": EAX/EBX are bits 31:0 / 63:32 of the partition
         privilege mask (TLFS feature-discovery.md).  Other leaves read as zero."""
         if leaf == CPUID_FEATURES:
-            return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, 0
+            # EDX bit 4: XMM fast hypercall input; bit 15: XMM fast hypercall output (TLFS
+            # feature-discovery.md, hypercall-interface.md).
+            edx = 1 << 4 | 1 << 15
+            return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
         return 0, 0, 0, 0
 
     def has_privilege(self, privilege: int) -> bool:
