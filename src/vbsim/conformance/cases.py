@@ -11,6 +11,7 @@ A case raises :class:`CaseFailure` with what it saw when the model disagrees.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,7 +295,7 @@ def xmm_overflow() -> None:
 def rep_rcx_update() -> None:
     env = partition()
     try:
-        names = [HvRegisterName.VSM_VP_STATUS, HvRegisterName.VSM_CAPABILITIES]
+        names = [int(HvRegisterName.VSM_VP_STATUS), int(HvRegisterName.VSM_CAPABILITIES)]
         result, _ = hvcall.get_vp_registers(env.vp, env.kernel.params, names)
         expect(result.ok and result.reps == 2, f"two reps: {status(result)} {result.reps}")
         expect(defs.INPUT_REP_START.extract(result.control) == 2, "RCX: rep start index 2")
@@ -311,10 +312,8 @@ def vtl_call_bad_control() -> None:
         for control in (HvCallCode.VTL_CALL | 0x10000, HvCallCode.VTL_RETURN | 1 << 32):
             before = len(env.kernel.exceptions)
             vp.rcx, vp.rax = int(control), 0
-            try:
+            with contextlib.suppress(GuestTermination):
                 vp.vmcall()
-            except GuestTermination:
-                pass
             got = env.kernel.exceptions[before:]
             expect(
                 bool(got) and got[-1].vector == Vector.UD,
@@ -346,10 +345,8 @@ def param_page_intercept() -> None:
     try:
         control = hvcall.input_value(HvCallCode.GET_VP_REGISTERS, rep_count=1)
         gpa = env.monitor.params.in_gpa
-        try:
+        with contextlib.suppress(GuestTermination):
             hvcall.raw_hypercall(env.vp, control, gpa, env.kernel.params.out_gpa)
-        except GuestTermination:
-            pass
         log = env.monitor.log(env.vp)
         expect(bool(log) and log[-1][0] == defs.HvMessageType.GPA_INTERCEPT, "GPA intercept")
         expect(log[-1][3] == gpa, f"intercept GPA 0x{log[-1][3]:x}, expected 0x{gpa:x}")
@@ -423,10 +420,8 @@ def vtl0_irq_waits() -> None:
         with as_vtl(vp, 1):
             env.hv.assert_interrupt(vp, 0, 0x40)
             expect(env.kernel.exceptions == [], "VTL0 interrupt did not preempt VTL1")
-        try:
+        with contextlib.suppress(GuestTermination):
             monitor_call(vp, MON_NULL)
-        except GuestTermination:
-            pass
         expect(
             bool(env.kernel.exceptions) and env.kernel.exceptions[-1].vector == 0x40,
             "delivered on return to VTL0",
@@ -441,10 +436,8 @@ def vtl1_irq_preempts() -> None:
     try:
         vp = env.vp
         start = len(env.trace.events)
-        try:
+        with contextlib.suppress(GuestTermination):  # the monitor's SINT0 handler injects #GP
             env.hv.assert_interrupt(vp, 1, SINT0_VECTOR)
-        except GuestTermination:
-            pass  # the monitor's SINT0 handler answers with #GP into VTL0
         entered = [e for e in env.trace.events[start:] if e.mechanism == "vtl-entry"]
         expect(bool(entered) and entered[0].detail["to_vtl"] == 1, "immediate switch to VTL1")
     finally:
@@ -662,10 +655,8 @@ def register_intercept() -> None:
             )
             expect(result.ok and back == control, f"control reads back 0x{back:x}")
         cr4 = vp.cpu.read_cr(4)
-        try:
+        with contextlib.suppress(GuestTermination):
             vp.mov_to_cr(4, cr4 ^ 1 << 20)  # flip SMEP
-        except GuestTermination:
-            pass
         log = env.monitor.log(vp)
         expect(
             bool(log) and log[-1][0] == defs.HvMessageType.REGISTER_INTERCEPT,
