@@ -202,7 +202,7 @@ class Hypervisor:
             # boundary, as an entry for an interrupt, then completes the return.
             synic.set_entry_reason(self, vp, returning, HvVtlEntryReason.INTERRUPT)
             if self.trace.on:
-                vp.emit("interrupt", "vtl-return", "call-back", vtl=returning)
+                vp.emit("interrupt", "vtl-return", "call-back", target_vtl=returning)
             self._deliver_interrupts(vp, returning)
             if vp.vtl != returning:  # pragma: no cover - a handler cannot leave its VTL
                 return
