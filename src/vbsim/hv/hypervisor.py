@@ -113,9 +113,6 @@ class Hypervisor:
             return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
         return 0, 0, 0, 0
 
-    def has_privilege(self, privilege: int) -> bool:
-        return bool(self.privileges & privilege)
-
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, vp: VirtualProcessor) -> None:
         vp.exits = self
