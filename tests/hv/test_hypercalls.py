@@ -9,6 +9,7 @@ from vbsim.guest import hvcall
 from vbsim.guest.bare import GUEST_OS_ID, MON_PROTECT, monitor_call
 from vbsim.hv import defs
 from vbsim.hv.defs import HvCallCode, HvMapGpaFlags, HvRegisterName, HvStatus
+from vbsim.hv.profile import OPENHCL
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.x86 import Vector
 from vbsim.machine import Machine
@@ -58,23 +59,38 @@ def test_misaligned_and_page_crossing_blocks(bare: Bare) -> None:
     assert status_of(crossing) is HvStatus.INVALID_ALIGNMENT
 
 
-def test_parameter_block_in_vtl1_memory_is_refused(bare: Bare) -> None:
-    """VTL0 cannot make the hypervisor read or write VTL1's pages on its behalf."""
+def test_parameter_block_in_vtl1_memory_raises_a_memory_intercept(bare: Bare) -> None:
+    """TLFS hypercall-interface.md "Alignment Requirements": a parameter GPA the caller may not
+    read (or, for output, write) makes the hypervisor generate a memory intercept; it never reads
+    or writes that page on the caller's behalf.  The bare monitor answers with #GP."""
     vtl1_gpa = bare.monitor.params.in_gpa
     before = bare.machine.ram.read(bare.monitor.params.out_gpa, 64)
     control = hvcall.input_value(HvCallCode.GET_VP_REGISTERS, rep_count=1)
-    result = hvcall.raw_hypercall(bare.vp, control, vtl1_gpa, bare.kernel.params.out_gpa)
-    assert status_of(result) is HvStatus.ACCESS_DENIED
+    with pytest.raises(ThreadTerminated):
+        hvcall.raw_hypercall(bare.vp, control, vtl1_gpa, bare.kernel.params.out_gpa)
+    kind, access, vtl, gpa, gva, _ = bare.monitor.log(bare.vp)[-1]
+    assert (kind, access, vtl, gpa, gva) == (defs.HvMessageType.GPA_INTERCEPT, 0, 0, vtl1_gpa, 0)
     bare.vp.write(
         bare.kernel.params.in_va,
         defs.GET_SET_VP_REGISTERS_HEADER.pack(SELF, defs.HV_VP_INDEX_SELF, 0)
         + int(HvRegisterName.VSM_VP_STATUS).to_bytes(4, "little"),
     )
-    result = hvcall.raw_hypercall(
-        bare.vp, control, bare.kernel.params.in_gpa, bare.monitor.params.out_gpa
-    )
-    assert status_of(result) is HvStatus.ACCESS_DENIED
+    with pytest.raises(ThreadTerminated):
+        hvcall.raw_hypercall(
+            bare.vp, control, bare.kernel.params.in_gpa, bare.monitor.params.out_gpa
+        )
+    kind, access, _, gpa, _, _ = bare.monitor.log(bare.vp)[-1]
+    assert (kind, access, gpa) == (defs.HvMessageType.GPA_INTERCEPT, 1, bare.monitor.params.out_gpa)
     assert bare.machine.ram.read(bare.monitor.params.out_gpa, 64) == before
+
+
+def test_parameter_block_outside_the_gpa_space_is_invalid_alignment(bare: Bare) -> None:
+    """TLFS common status table: "The input or output GPA pointer is not within the bounds of
+    the GPA space" → HV_STATUS_INVALID_ALIGNMENT."""
+    control = hvcall.input_value(HvCallCode.GET_VP_REGISTERS, rep_count=1)
+    beyond = bare.machine.ram.size + 4096
+    result = hvcall.raw_hypercall(bare.vp, control, beyond, bare.kernel.params.out_gpa)
+    assert status_of(result) is HvStatus.INVALID_ALIGNMENT
 
 
 def test_hypercall_from_cpl3_raises_ud(bare: Bare) -> None:
@@ -149,6 +165,11 @@ def test_enable_twice(bare: Bare) -> None:
     vp_again = hvcall.enable_vp_vtl(bare.vp, bare.kernel.params, 1, bare.monitor.context())
     assert status_of(vp_again) is HvStatus.VTL_ALREADY_ENABLED
     bad_vtl = hvcall.enable_partition_vtl(bare.vp, bare.kernel.params, 5)
+    assert status_of(bad_vtl) is HvStatus.INVALID_PARAMETER  # kvm-unit-tests' expectation
+    hv = bare.machine.hv
+    assert hv is not None
+    hv.profile = OPENHCL  # OpenHCL maps an invalid target VTL to AccessDenied
+    bad_vtl = hvcall.enable_partition_vtl(bare.vp, bare.kernel.params, 5)
     assert status_of(bad_vtl) is HvStatus.ACCESS_DENIED
 
 
@@ -204,6 +225,11 @@ def test_vtl0_register_access_rules(bare: Bare) -> None:
     )
     assert status_of(config) is HvStatus.ACCESS_DENIED
     unknown, _ = hvcall.get_vp_registers(vp, bare.kernel.params, [0x0BAD_0BAD])
+    assert status_of(unknown) is HvStatus.INVALID_PARAMETER  # kvm-unit-tests' expectation
+    hv = bare.machine.hv
+    assert hv is not None
+    hv.profile = OPENHCL  # hvdef's UnknownRegisterName
+    unknown, _ = hvcall.get_vp_registers(vp, bare.kernel.params, [0x0BAD_0BAD])
     assert status_of(unknown) is HvStatus.UNKNOWN_REGISTER_NAME
     bank1 = vp.banks[1]
     assert bank1 is not None
@@ -232,13 +258,20 @@ def test_partition_config_write_once(bare: Bare) -> None:
             )
             is HvStatus.INVALID_REGISTER_VALUE
         )
-        no_deny = config & ~defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
-        assert (
-            status_of(
-                hvcall.set_vp_registers(vp, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, no_deny)])
+        # Only EnableVtlProtection is write-once (TLFS vsm.md): VTL1 may clear
+        # ZeroMemoryOnReset and DenyLowerVtlStartup again, and set them back.
+        for bit in (defs.PCONFIG_DENY_LOWER_VTL_STARTUP, defs.PCONFIG_ZERO_MEMORY_ON_RESET):
+            assert (
+                status_of(
+                    hvcall.set_vp_registers(
+                        vp, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, config & ~bit.mask)]
+                    )
+                )
+                is HvStatus.SUCCESS
             )
-            is HvStatus.INVALID_REGISTER_VALUE
-        )
+            assert hvcall.set_vp_registers(
+                vp, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, config)]
+            ).ok
         other_mask = defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(config, 0x3)
         assert (
             status_of(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from vbsim.cli.conformance_cmd import conformance
 from vbsim.cli.fuzz_cmd import fuzz
 from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
@@ -25,6 +26,7 @@ app.add_typer(trustlet_app, name="trustlet")
 app.command("report")(report)
 app.command("fuzz")(fuzz)
 app.command("soak")(soak)
+app.command("conformance")(conformance)
 
 
 def _size(text: str) -> int:

@@ -28,6 +28,9 @@ class HypercallResult:
     status: int
     reps: int
     output: bytes
+    #: The input value as the hypervisor left it in RCX: for a rep call, with the new rep start
+    #: index (TLFS hypercall-interface.md "Volatile Registers").
+    control: int = 0
 
     @property
     def ok(self) -> bool:
@@ -62,14 +65,22 @@ def hypercall(
     varhead: int = 0,
     out_size: int = 0,
 ) -> HypercallResult:
-    """A memory-based hypercall."""
+    """A memory-based hypercall.
+
+    RCX is volatile across the call (MS x64 ABI; a rep call rewrites it with the new rep start
+    index), so a real wrapper's caller keeps anything it needs elsewhere: the model's kernels keep
+    a system call's user return RIP in the live RCX (standing for the trap frame), so this
+    wrapper hands the updated control back in the result and restores the caller's RCX."""
     if data:
         vp.write(pages.in_va, data)
+    saved = vp.rcx
     vp.rcx = input_value(code, rep_count=rep_count, rep_start=rep_start, varhead=varhead)
     vp.rdx = pages.in_gpa
     vp.r8 = pages.out_gpa
     vp.vmcall()
-    return _result(vp, vp.read(pages.out_va, out_size) if out_size else b"")
+    result = _result(vp, vp.read(pages.out_va, out_size) if out_size else b"")
+    vp.rcx = saved
+    return result
 
 
 def raw_hypercall(vp: VirtualProcessor, control: int, rdx: int, r8: int) -> HypercallResult:
@@ -89,7 +100,7 @@ def fast_hypercall(vp: VirtualProcessor, code: int, rdx: int, r8: int) -> Hyperc
 def _result(vp: VirtualProcessor, output: bytes) -> HypercallResult:
     rax = vp.rax
     return HypercallResult(
-        defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output
+        defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output, vp.rcx
     )
 
 

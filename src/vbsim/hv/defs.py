@@ -178,6 +178,8 @@ REP_HYPERCALLS: Final = frozenset(
 # vsm-spec §1.2 [TLFS datatypes/hv_partition_privilege_mask; hvdef `HvPartitionPrivilege`]
 class HvPartitionPrivilege(IntFlag):
     ACCESS_SYNIC_REGS = 1 << 2
+    ACCESS_HYPERCALL_MSRS = 1 << 5  # TLFS hv_partition_privilege_mask: GUEST_OS_ID, HYPERCALL
+    ACCESS_VP_INDEX = 1 << 6  # TLFS hv_partition_privilege_mask: HV_X64_MSR_VP_INDEX
     ACCESS_VSM = 1 << 48
     ACCESS_VP_REGISTERS = 1 << 49
     ENABLE_EXTENDED_HYPERCALLS = 1 << 52
@@ -554,11 +556,14 @@ VPSTATUS_RSVD_MASK: Final = _bits(15, 5) | _bits(63, 32)
 # HvRegisterVsmPartitionConfig (0x000D0007).  vsm-spec §4.1 [TLFS, hvdef, Linux]
 # Bits 7, 8, 10, 11, 12 are RsvdZ in the TLFS but defined by hvdef and Linux; 13-15 are hvdef
 # only.  All are defined here (hvdef superset); policy code decides which it honours.
-# CONFLICT (D2): the TLFS lists DefaultVtlProtectionMask bit0 R, bit1 W, bit2 UMX, bit3 KMX;
-# OpenVMM converts the 4-bit field directly into HvMapGpaFlags (bit2 KX, bit3 UX).  Chosen: the
-# HV_MAP_GPA order, i.e. the field value *is* an HvMapGpaFlags permission nibble (reference
-# recommendation; every real user writes 0xF so the difference is never exercised).
-PCONFIG_ENABLE_VTL_PROTECTION: Final = BitField(0, 1)  # write-once
+# DefaultVtlProtectionMask: the current TLFS markdown (vsm.md "Default Protection Mask") lists
+# bit0 Read, bit1 Write, bit2 KMX, bit3 UMX, which is HV_MAP_GPA's order (KX bit 2, UX bit 3) and
+# what OpenVMM does (it converts the nibble straight into HvMapGpaFlags).  The old D2 conflict
+# (UMX at bit 2) came from an earlier TLFS revision and is resolved: the field value *is* an
+# HvMapGpaFlags permission nibble.
+PCONFIG_ENABLE_VTL_PROTECTION: Final = BitField(
+    0, 1
+)  # write-once (TLFS vsm.md: the only write-once bit)
 PCONFIG_DEFAULT_VTL_PROTECTION_MASK: Final = BitField(1, 4)
 PCONFIG_ZERO_MEMORY_ON_RESET: Final = BitField(5, 1)
 PCONFIG_DENY_LOWER_VTL_STARTUP: Final = BitField(6, 1)
@@ -860,6 +865,14 @@ INITIAL_VP_CONTEXT_FIELDS: Final = (
 # (240 bytes in all):  TargetPartitionId u64 @0, VpIndex u32 @8, TargetVtl u8 @12, RsvdZ[3] @13.
 ENABLE_VP_VTL_HEADER: Final = struct.Struct("<QIB3x")
 
+# HvCallDisablePartitionVtl (0x0E) / HvCallDisableVpVtl (0x10), simple calls.  Neither the TLFS
+# markdown nor OpenVMM's hvdef publishes their input layout (only the call codes, vbs-internals
+# §0); the model uses the layout of the matching Enable call without its flags/context:
+#   DisablePartitionVtl: TargetPartitionId u64 @0, TargetVtl u8 @8, RsvdZ[7] @9 (16 bytes);
+#   DisableVpVtl: TargetPartitionId u64 @0, VpIndex u32 @8, TargetVtl u8 @12, RsvdZ[3] (16).
+DISABLE_PARTITION_VTL_INPUT: Final = struct.Struct("<QB7x")
+DISABLE_VP_VTL_INPUT: Final = struct.Struct("<QIB3x")
+
 # HvCallModifyVtlProtectionMask (0x000C) header, 16 bytes:
 #   TargetPartitionId u64 @0, MapFlags u32 @8, TargetVtl HV_INPUT_VTL u8 @12, RsvdZ[3] @13.
 # Each rep element is a u64 GPA page number.  The TargetVtl meaning is a CONFLICT (D3); the
@@ -879,8 +892,8 @@ REGISTER_VALUE: Final = struct.Struct("<QQ")
 
 # HvCallTranslateVirtualAddress(Ex) (0x0052 / 0x00AC) input, 32 bytes:
 #   PartitionId u64 @0, VpIndex u32 @8, Reserved u32 @12, ControlFlags u64 @16, GvaPage u64 @24.
-# The reserved word is absent from the TLFS table for the non-Ex call; hvdef has it ("confirmed
-# via debugger").  Chosen: hvdef, so both calls share one layout.
+# The current TLFS markdown (HvCallTranslateVirtualAddress.md) puts ControlFlags @16 and GvaPage
+# @24, as hvdef does ("confirmed via debugger"): the old conflict (ControlFlags @12) is resolved.
 TRANSLATE_VIRTUAL_ADDRESS_INPUT: Final = struct.Struct("<QI4xQQ")
 # Non-Ex output, 16 bytes: HV_TRANSLATE_GVA_RESULT u64 @0, GpaPage u64 @8.
 TRANSLATE_VIRTUAL_ADDRESS_OUTPUT: Final = struct.Struct("<QQ")
@@ -998,8 +1011,9 @@ VTL_RETURN_ACTION_SIGNAL_EVENT_TYPE: Final = 1
 VTL_RETURN_ACTION_SIGNAL_EVENT: Final = struct.Struct("<QIBBH")
 
 
-# HV_VTL_ENTRY_REASON (u32).  vsm-spec §5.2.  INTERCEPT (3) is hvdef and mainline Linux
-# `mshv_vtl_main.c` only, not TLFS (D5); defined because the intercept page needs it.
+# HV_VTL_ENTRY_REASON (u32).  vsm-spec §5.2.  INTERCEPT (3), "an entry due to an intercept
+# delivered via the intercept page", is in the current TLFS (datatypes/hv_vp_vtl_control.md,
+# HvVtlEntryIntercept = 3) as in hvdef and Linux `mshv_vtl_main.c` (the old D5 note is resolved).
 @unique
 class HvVtlEntryReason(IntEnum):
     RESERVED = 0

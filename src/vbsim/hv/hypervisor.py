@@ -23,6 +23,7 @@ from vbsim.hv.calls import register_all
 from vbsim.hv.defs import HvVtlEntryReason
 from vbsim.hv.dispatch import Dispatcher
 from vbsim.hv.intercepts import InterceptOutcome, raise_intercept
+from vbsim.hv.profile import HYPERV, StatusProfile
 from vbsim.hv.state import PartitionVsm, VpVtlState
 from vbsim.hw.faults import GuestHang, GuestTermination
 from vbsim.hw.ram import GuestRam
@@ -32,13 +33,21 @@ from vbsim.hw.vp import MAX_RETRIES, VirtualProcessor
 from vbsim.hw.x86 import INSN_LEN_VMCALL, Vector
 from vbsim.trace import Trace
 
-#: VtlCall / VtlReturn are recognised only with these exact input values (vsm-spec §1.3 [hv1]).
+#: VtlCall / VtlReturn call codes; the whole input value must equal them (vsm-spec §1.3 [hv1]).
 _VTL_CALL = int(defs.HvCallCode.VTL_CALL)
 _VTL_RETURN = int(defs.HvCallCode.VTL_RETURN)
 _HYPERCALL_ENABLE = defs.HYPERCALL_MSR_ENABLE.mask
 _TLB_LOCKED = defs.SECCFG_TLB_LOCKED.mask
 _VINA_AUTO_RESET = defs.VINA_AUTO_RESET.mask
 _EVENT_PENDING = defs.PEV_EVENT_PENDING.mask
+_CALL_CODE_MASK = defs.INPUT_CALL_CODE.mask
+_ACCESS_VSM = int(defs.HvPartitionPrivilege.ACCESS_VSM)
+#: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
+CPUID_FEATURES = 0x4000_0003
+#: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers the canonical lower
+#: half of a 48-bit address space (bits 46:0 → 47 bits of VA protected by HVPT).  A model choice:
+#: no public source gives the value real hardware reports.
+HVPT_RANGE_BITS = 47
 
 
 class Hypervisor:
@@ -60,14 +69,49 @@ class Hypervisor:
         register_all(self.dispatcher)
         #: Whether the processor model offers MBEC (policy "MBEC present").
         self.mbec_available = True
+        #: Whether hardware HVPT (Intel HLAT) is offered through the hvdef control surface:
+        #: HvRegisterVsmCapabilities.hardware_hvpt_available, EnablePartitionVtlFlags
+        #: .enable_hardware_hvpt, HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled.
+        self.hvpt_available = True
+        #: Which source's statuses the hypervisor returns where the sources differ (item 11).
+        self.profile: StatusProfile = HYPERV
+        #: HV_PARTITION_PRIVILEGE_MASK of the partition (CPUID 0x40000003 EAX:EBX, TLFS
+        #: feature-discovery.md): what a guest partition that may use VSM holds.
+        self.privileges = int(
+            defs.HvPartitionPrivilege.ACCESS_SYNIC_REGS
+            | defs.HvPartitionPrivilege.ACCESS_HYPERCALL_MSRS
+            | defs.HvPartitionPrivilege.ACCESS_VP_INDEX
+            | defs.HvPartitionPrivilege.ACCESS_VSM
+            | defs.HvPartitionPrivilege.ACCESS_VP_REGISTERS
+            | defs.HvPartitionPrivilege.START_VIRTUAL_PROCESSOR
+        )
         #: Set when a pending event was injected into a VP's lower VTL on return (per VP index).
         self.last_injected: dict[int, bool] = {}
-        #: Capability bits reported in HvRegisterVsmCapabilities (vsm-spec §4.1).
-        self.capabilities = (
-            defs.CAP_DR6_SHARED.mask
-            | defs.CAP_MBEC_VTL_MASK.insert(0, 0b10)
-            | defs.CAP_DENY_LOWER_VTL_STARTUP.mask
-        )
+
+    @property
+    def capabilities(self) -> int:
+        """HvRegisterVsmCapabilities (vsm-spec §4.1).  MbecVtlMask carries the VTL0 bit: the set
+        of VTLs whose memory MBEC can split into KX/UX, as OpenHCL reports it
+        (``with_mbec_vtl_mask(VtlSet::new().with_vtl(Vtl::Vtl0))``, hardware_cvm/mod.rs) and the
+        QEMU VSM PoC does; hardware HVPT with the HLAT range width the model's HLAT covers."""
+        value = defs.CAP_DR6_SHARED.mask | defs.CAP_DENY_LOWER_VTL_STARTUP.mask
+        if self.mbec_available:
+            value = defs.CAP_MBEC_VTL_MASK.insert(value, 0b1)
+        if self.hvpt_available:
+            value |= defs.CAP_HW_HVPT_AVAILABLE.mask
+            value = defs.CAP_HW_HVPT_RANGE_BITS.insert(value, HVPT_RANGE_BITS)
+        return value
+
+    def cpuid(self, leaf: int) -> tuple[int, int, int, int]:
+        """The hypervisor CPUID leaves the model defines (EAX, EBX, ECX, EDX).  0x40000003
+        "Hypervisor Feature Identification": EAX/EBX are bits 31:0 / 63:32 of the partition
+        privilege mask (TLFS feature-discovery.md).  Other leaves read as zero."""
+        if leaf == CPUID_FEATURES:
+            # EDX bit 4: XMM fast hypercall input; bit 15: XMM fast hypercall output (TLFS
+            # feature-discovery.md, hypercall-interface.md).
+            edx = 1 << 4 | 1 << 15
+            return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
+        return 0, 0, 0, 0
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, vp: VirtualProcessor) -> None:
@@ -88,9 +132,14 @@ class Hypervisor:
                 vp.emit("hypercall", "hypercall-page", "invalid-opcode", code=vp.rcx & 0xFFFF)
             vp.fault(Vector.UD)
             return
-        if vp.rcx == _VTL_CALL:
+        # VtlCall and VtlReturn are recognised by their call code alone; any other control bit
+        # makes the call invalid and the hypervisor injects #UD (TLFS vsm.md "A VTL call with an
+        # invalid control input value", "VTL return with an invalid control input value";
+        # OpenVMM hv1_hypercall imp.rs: "Control must be 0 except for the opcode").
+        code = vp.rcx & _CALL_CODE_MASK
+        if code == _VTL_CALL:
             self.vtl_call(vp)
-        elif vp.rcx == _VTL_RETURN:
+        elif code == _VTL_RETURN:
             self.vtl_return(vp)
         else:
             self.dispatcher.dispatch(vp)
@@ -113,7 +162,8 @@ class Hypervisor:
     def vtl_call(self, vp: VirtualProcessor) -> None:
         """HvCallVtlCall: control input in RAX must be 0; target the next higher enabled VTL."""
         target = self.next_higher_vtl(vp)
-        if vp.rax != 0 or target is None:
+        allowed = self.privileges & _ACCESS_VSM
+        if vp.rcx != _VTL_CALL or vp.rax != 0 or target is None or not allowed:
             if self.trace.on:
                 vp.emit("vtl", "vtl-call", "invalid-opcode", control=vp.rax)
             vp.fault(Vector.UD)
@@ -125,7 +175,7 @@ class Hypervisor:
         """HvCallVtlReturn: bit 0 of RAX is Fast; no return from the lowest VTL (#UD)."""
         control = vp.rax
         lower = self.next_lower_vtl(vp)
-        if control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
+        if vp.rcx != _VTL_RETURN or control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
             if self.trace.on:
                 vp.emit("vtl", "vtl-return", "invalid-opcode", control=control)
             vp.fault(Vector.UD)
@@ -141,9 +191,18 @@ class Hypervisor:
                 if low_state.deferred_flush:
                     low_state.deferred_flush = False
                     vp.flush_tlb(low)
-        # VINA AutoReset clears VinaAsserted (vsm-spec §5.4 step 4).
-        if st.vina & _VINA_AUTO_RESET:
-            synic.set_vina_asserted(self, vp, returning, False)
+        if st.pending_interrupts and self._accepts(vp, returning):
+            # "If the RFLAGS.IF bit is cleared to mask interrupts in a given VTL, and the VTL
+            # returns (to a lower VTL), the hypervisor will reevaluate any pending interrupts.
+            # This will cause an immediate call back to the higher VTL" (TLFS vsm.md "Interrupt
+            # Masking and VTL Switches").  The model takes the interrupt at the VtlReturn
+            # boundary, as an entry for an interrupt, then completes the return.
+            synic.set_entry_reason(self, vp, returning, HvVtlEntryReason.INTERRUPT)
+            if self.trace.on:
+                vp.emit("interrupt", "vtl-return", "call-back", target_vtl=returning)
+            self._deliver_interrupts(vp, returning)
+            if vp.vtl != returning:  # pragma: no cover - a handler cannot leave its VTL
+                return
         rax = rcx = 0
         if not fast:
             rax, rcx = synic.vtl_return_registers(self, vp, returning)
@@ -183,6 +242,12 @@ class Hypervisor:
         origin = vp.vtl
         vp.switch_vtl(target)
         synic.set_entry_reason(self, vp, target, reason)
+        st = self.states[vp.index][target]
+        if st.vina & _VINA_AUTO_RESET:
+            # "The state is automatically cleared on the next entry to the VTL if the auto-reset
+            # on VTL entry option is enabled" (TLFS vsm.md "Virtual Interrupt Notification
+            # Assist"): on entry, not on the VTL's return.
+            synic.set_vina_asserted(self, vp, target, False)
         if self.trace.on:
             vp.emit(
                 "vtl",
@@ -239,6 +304,13 @@ class Hypervisor:
         st = self.states[vp.index][vtl]
         st.pending_interrupts.append(vector & 0xFF)
         if vtl > vp.vtl:
+            if not self._accepts(vp, vtl):
+                # "If the higher VTL is unable to receive the interrupt because of its priority
+                # mask (TPR/CR8 on x64 ...), the interrupt is held as pending and the VTL does not
+                # switch" (TLFS vsm.md "Interrupts").  RFLAGS.IF does not matter for the switch.
+                if self.trace.on:
+                    vp.emit("interrupt", "tpr", "pending", target_vtl=vtl, vector=vector)
+                return
             self.enter_vtl(vp, vtl, HvVtlEntryReason.INTERRUPT)
         elif vtl == vp.vtl:
             self._deliver_interrupts(vp, vtl)
@@ -249,10 +321,32 @@ class Hypervisor:
             if defs.VINA_ENABLED.extract(active.vina):
                 synic.assert_vina(self, vp, vp.vtl)
 
+    def _accepts(self, vp: VirtualProcessor, vtl: int) -> bool:
+        """Whether ``vtl``'s priority mask lets one of its pending interrupts through: the
+        vector's priority class (bits 7:4) must exceed TPR, which CR8 holds in bits 3:0 (SDM Vol.
+        3A §10.8.3.1, §10.8.6).  Only TPR/CR8 decides, never RFLAGS.IF (TLFS vsm.md)."""
+        bank = vp.banks[vtl]
+        pending = self.states[vp.index][vtl].pending_interrupts
+        if bank is None or not pending:
+            return False
+        tpr = bank.cr8 & 0xF
+        return tpr == 0 or max(pending) >> 4 > tpr
+
     def _deliver_interrupts(self, vp: VirtualProcessor, vtl: int) -> None:
-        st = self.states[vp.index][vtl]
-        while st.pending_interrupts and vp.vtl == vtl:
-            vp.fault(st.pending_interrupts.popleft())
+        """Deliver, oldest first, the pending interrupts ``vtl``'s TPR lets through; the others
+        stay pending (TLFS vsm.md "held as pending")."""
+        pending = self.states[vp.index][vtl].pending_interrupts
+        while pending and vp.vtl == vtl:
+            bank = vp.banks[vtl]
+            tpr = 0 if bank is None else bank.cr8 & 0xF
+            if tpr == 0:
+                vector = pending.popleft()
+            else:
+                vector = next((v for v in pending if v >> 4 > tpr), -1)
+                if vector < 0:
+                    return
+                pending.remove(vector)
+            vp.fault(vector)
 
     # -- Exits: SLAT refusals and secure intercepts --------------------------------------------
     def memory_violation(self, vp: VirtualProcessor, verdict: Verdict, gva: int | None) -> bool:

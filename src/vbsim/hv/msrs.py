@@ -22,9 +22,27 @@ _SINT_FIRST = int(HvMsr.SINT0)
 _SINT_LAST = _SINT_FIRST + defs.HV_SYNIC_SINT_COUNT - 1
 _SYNIC_VERSION = 1
 
+#: Which partition privilege grants each synthetic MSR (TLFS hv_partition_privilege_mask.md):
+#: AccessSynicRegs "HV_X64_MSR_SCONTROL through HV_X64_MSR_EOM and HV_X64_MSR_SINT0 through
+#: HV_X64_MSR_SINT15"; AccessHypercallMsrs "HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL";
+#: AccessVpIndex HV_X64_MSR_VP_INDEX.  Without it the MSR does not exist for the partition: #GP.
+_SYNIC_MSRS = frozenset(
+    {int(HvMsr.SCONTROL), int(HvMsr.SVERSION), int(HvMsr.SIEFP), int(HvMsr.SIMP), int(HvMsr.EOM)}
+    | set(range(_SINT_FIRST, _SINT_LAST + 1))
+)
+_PRIVILEGE: dict[int, int] = {
+    int(m): int(defs.HvPartitionPrivilege.ACCESS_SYNIC_REGS) for m in _SYNIC_MSRS
+}
+_PRIVILEGE[int(HvMsr.GUEST_OS_ID)] = int(defs.HvPartitionPrivilege.ACCESS_HYPERCALL_MSRS)
+_PRIVILEGE[int(HvMsr.HYPERCALL)] = int(defs.HvPartitionPrivilege.ACCESS_HYPERCALL_MSRS)
+_PRIVILEGE[int(HvMsr.VP_INDEX)] = int(defs.HvPartitionPrivilege.ACCESS_VP_INDEX)
+
 
 def access(hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
     """Read (``value`` None) or write a synthetic MSR; None means #GP."""
+    needed = _PRIVILEGE.get(msr, 0)
+    if needed and not hv.privileges & needed:
+        return None
     st = hv.states[vp.index][vp.vtl]
     syn = st.synic
     if msr == HvMsr.GUEST_OS_ID:

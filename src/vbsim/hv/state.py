@@ -73,6 +73,8 @@ class PartitionVsm:
     max_vtl: int = 1
     enabled_vtls: int = 0b1  # VTL0 always runs (vsm-spec §3.4)
     mbec_vtls: int = 0
+    #: VTLs enabled with EnablePartitionVtlFlags.enable_hardware_hvpt (hvdef).
+    hvpt_vtls: int = 0
     #: HvRegisterVsmPartitionConfig, one instance per VTL > 0.
     config: dict[int, int] = field(default_factory=dict)
 

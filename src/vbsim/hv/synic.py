@@ -16,7 +16,6 @@ from vbsim.hv.defs import HvMessageType, HvRegisterName
 from vbsim.hw.translation import Verdict
 from vbsim.hw.x86 import (
     INSN_LEN_LIDT,
-    INSN_LEN_MOV,
     INSN_LEN_MOV_CR,
     INSN_LEN_WRMSR,
     Access,
@@ -33,6 +32,18 @@ SINT0 = defs.HV_SYNIC_INTERCEPTION_SINT_INDEX
 _GPFN_MASK = defs.VP_ASSIST_GPFN.mask
 _REASONS = {int(r): int(r).to_bytes(4, "little") for r in defs.HvVtlEntryReason}
 _WB = 6  # HvCacheType WriteBack (vsm-spec §6.3)
+
+#: The instruction the model stands behind each kind of guest memory access, as the memory
+#: intercept message reports it (InstructionLength in the header, InstructionByteCount and
+#: InstructionBytes in the message).  Encodings: SDM Vol. 2 (MOV 8B /r, MOV 89 /r with REX.W and
+#: ModRM 00 = [rax]; CALL FF /2 with ModRM D0 = call rax; VMCALL 0F 01 C1).  kvm-unit-tests
+#: ``test_gpa_protection_mask`` expects exactly these for its read, write and execute probes:
+#: 3 bytes for the loads and stores, and for an execute fault the length of the CALL with no
+#: instruction bytes ("No instruction decoding for exec accesses").
+INSN_READ = bytes((0x48, 0x8B, 0x00))  # mov rax, [rax]
+INSN_WRITE = bytes((0x48, 0x89, 0x00))  # mov [rax], rax
+INSN_CALL_LENGTH = 2  # call rax (FF D0)
+INSN_VMCALL = bytes((0x0F, 0x01, 0xC1))  # a hypercall's parameter-block access
 
 
 @dataclass(slots=True)
@@ -166,9 +177,14 @@ def _header(vp: VirtualProcessor, length: int, access: int) -> tuple[int, ...]:
 
 
 def memory_intercept_message(
-    hv: Hypervisor, vp: VirtualProcessor, verdict: Verdict, gva: int | None
+    hv: Hypervisor,
+    vp: VirtualProcessor,
+    verdict: Verdict,
+    gva: int | None,
+    instruction: bytes | None = None,
 ) -> Intercept:
-    """HV_X64_MEMORY_INTERCEPT_MESSAGE for a SLAT refusal (the 0x50-byte core, vsm-spec §6.3)."""
+    """HV_X64_MEMORY_INTERCEPT_MESSAGE for a SLAT refusal (the 0x50-byte core, vsm-spec §6.3),
+    with the length and bytes of the instruction that made the access (see ``INSN_READ``)."""
     gpa = verdict.gpa if verdict.gpa is not None else verdict.address
     access = int(verdict.access)
     info = 0
@@ -176,8 +192,22 @@ def memory_intercept_message(
         info |= defs.MEM_ACCESS_GVA_VALID.mask
         if verdict.mechanism == "slat":
             info |= defs.MEM_ACCESS_GVA_GPA_VALID.mask  # the GVA translates to this GPA
+    if instruction is not None:
+        length, raw = len(instruction), instruction
+    elif access == Access.EXECUTE:
+        length, raw = INSN_CALL_LENGTH, b""
+    else:
+        raw = INSN_WRITE if access == Access.WRITE else INSN_READ
+        length = len(raw)
     payload = defs.MEMORY_INTERCEPT_MESSAGE.pack(
-        *_header(vp, INSN_LEN_MOV, access), _WB, 0, info, 0, gva or 0, gpa, bytes(16)
+        *_header(vp, length, access),
+        _WB,
+        len(raw),
+        info,
+        0,
+        gva or 0,
+        gpa,
+        raw.ljust(16, b"\0"),
     )
     target = interceptor(hv, vp)
     what = f"{Access(access).name.lower()} of GPA 0x{gpa:x}"
@@ -258,7 +288,7 @@ def msr_intercept_message(
     if bit is None or not config.cr_intercept_control & bit:
         return None
     if value is not None and mask_attr is not None:
-        old = vp.p.misc_enable
+        old = vp.misc_enable
         if not (old ^ value) & getattr(config, mask_attr):
             return None
     written = value if value is not None else 0

@@ -35,7 +35,10 @@ SHARED_GPRS: tuple[str, ...] = (
 )
 
 #: Shared registers other than GPRs and XMM.
-SHARED_OTHER: tuple[str, ...] = ("cr2", "dr0", "dr1", "dr2", "dr3", "dr6", "xcr0")
+#: IA32_MISC_ENABLE is shared: the TLFS lists the private MSRs (vsm.md "Private State", x64:
+#: SYSENTER_*, STAR, LSTAR, CSTAR, SFMASK, EFER, PAT, KERNEL_GSBASE, FS.BASE, GS.BASE, TSC_AUX and
+#: the local APIC) and IA32_MISC_ENABLE is not among them.
+SHARED_OTHER: tuple[str, ...] = ("cr2", "dr0", "dr1", "dr2", "dr3", "dr6", "xcr0", "misc_enable")
 
 #: Private registers (one copy per VTL).  Order: vsm-spec §5.5 table, left column.
 PRIVATE_REGS: tuple[str, ...] = (
@@ -60,7 +63,6 @@ PRIVATE_REGS: tuple[str, ...] = (
     "fs_base",
     "gs_base",
     "tsc_aux",
-    "misc_enable",
     "apic_base",
     "idtr_base",
     "idtr_limit",
@@ -109,7 +111,6 @@ class PrivateState:
     fs_base: int = 0
     gs_base: int = 0
     tsc_aux: int = 0
-    misc_enable: int = 1  # fast-strings enabled
     apic_base: int = 0xFEE0_0900  # xAPIC enabled, BSP
     idtr_base: int = 0
     idtr_limit: int = 0

@@ -171,6 +171,7 @@ class VirtualProcessor:
         self.cr2 = self.dr0 = self.dr1 = self.dr2 = self.dr3 = 0
         self.dr6 = 0xFFFF_0FF0
         self.xcr0 = 1
+        self.misc_enable = 1  # fast-strings enabled; shared, not private (hw.regs.SHARED_OTHER)
         self.xmm: list[int] = [0] * 16
         # Private state: one bank per enabled VTL; VTL0 always exists.
         self.banks: list[PrivateState | None] = [None] * vtls
@@ -606,7 +607,7 @@ class VirtualProcessor:
     def apply_msr(self, msr: int, value: int) -> None:
         """Architectural effect of a permitted MSR write (also used by a higher VTL's emulation)."""
         name = _ARCH_MSR_FIELDS[msr]
-        setattr(self.p, name, value)
+        setattr(self if msr == Msr.MISC_ENABLE else self.p, name, value)
         if msr == Msr.EFER:
             self._tlb.flush_all()
             self._reselect()
@@ -628,7 +629,7 @@ class VirtualProcessor:
             return 0
         if self.exits.intercept_msr(self, msr, None):
             return self.rax & 0xFFFF_FFFF | (self.rdx & 0xFFFF_FFFF) << 32
-        return int(getattr(self.p, name))
+        return int(getattr(self if msr == Msr.MISC_ENABLE else self.p, name))
 
     def mov_to_cr(self, cr: int, value: int) -> None:
         """``mov crN, r64`` (SDM Vol. 2B "MOV—Move to/from Control Registers", Vol. 3A §2.5,

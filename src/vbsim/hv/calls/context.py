@@ -10,8 +10,13 @@ _SEGMENT_KEYS = [seg.name.lower() for seg in defs.INITIAL_VP_CONTEXT_SEGMENTS]
 
 
 def decode_context(raw: bytes) -> PrivateState | None:
-    """A private register bank from an initial context; None if it is not a 64-bit context
-    (vsm-spec §5.5: real mode is not supported for any VTL > 0)."""
+    """A private register bank from an initial context; None for a real-mode context.
+
+    TLFS vsm.md "Real Mode (x64 Only)": "Real mode is not supported for any VTL greater than 0 on
+    x64 platforms.  VTLs greater than 0 can run in 32-bit or 64-bit mode on x64."  So CR0.PE is
+    required and EFER.LMA is not: a 32-bit protected-mode context (paged or not) is accepted.
+    Long mode needs paging (SDM Vol. 3A §9.8.5: LMA is set only with CR0.PG), so LMA without PG
+    is an impossible context and refused as well."""
     values = dict(
         zip(defs.INITIAL_VP_CONTEXT_FIELDS, defs.INITIAL_VP_CONTEXT.unpack(raw), strict=True)
     )
@@ -47,7 +52,9 @@ def decode_context(raw: bytes) -> PrivateState | None:
     state.fs_base = state.segments["fs"].base
     state.gs_base = state.segments["gs"].base
     state.cpl = defs.SEG_ATTR_DPL.extract(state.segments["cs"].attributes)
-    if not state.cr0 & Cr0.PE or not state.cr0 & Cr0.PG or not state.efer & Efer.LMA:
+    if not state.cr0 & Cr0.PE:
+        return None
+    if state.efer & Efer.LMA and not state.cr0 & Cr0.PG:
         return None
     return state
 

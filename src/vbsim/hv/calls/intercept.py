@@ -21,7 +21,7 @@ INSTALL_INTERCEPT_INPUT = struct.Struct("<QIIQ")
 
 def install_intercept(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
     partition_id, access_mask, kind, parameter = INSTALL_INTERCEPT_INPUT.unpack(ctx.header)
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status, 0
     if ctx.caller_vtl == 0:

@@ -55,7 +55,7 @@ def valid_flags(flags: int, mbec: bool) -> bool:
 def modify_vtl_protection_mask(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
     partition_id, flags, input_vtl = defs.MODIFY_VTL_PROTECTION_MASK_HEADER.unpack(ctx.header[:16])
     start = ctx.call.rep_start
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status, start
     protecting = abi.decode_input_vtl(input_vtl, ctx.caller_vtl)

@@ -5,13 +5,17 @@ Who may touch what:
 - architectural registers (GPRs, RIP, CRs, segments, EFER, syscall MSRs, PAT...) of the caller's
   *own* VTL → ACCESS_DENIED: only a higher VTL may reach them this way (OpenHCL);
 - HvRegisterVsmPartitionConfig: a VTL edits its own instance and lower ones, never higher ones;
-  EnableVtlProtection and DenyLowerVtlStartup are write-once; the default protection mask must
-  include R and W and cannot change once protection is on (TLFS, OpenHCL);
+  only EnableVtlProtection is write-once ("This flag is write-once", TLFS vsm.md), and the default
+  protection mask with it ("It cannot be changed once it is set"); ZeroMemoryOnReset,
+  DenyLowerVtlStartup and InterceptVpStartup stay writable (OpenHCL stores them on every write).
+  The mask is validated as OpenHCL's ``validate_vtl_gpa_flags`` does (KX without UX never, UX
+  alone only with MBEC, nothing without R) and must include R and W (OpenHCL);
 - HvRegisterVsmVpSecureConfigVtlN: only a VTL above N (OpenHCL);
 - secure-register-intercept control and masks: registers of VTL1, accepted only with VTL1 as
   target (OpenHCL);
-- read-only registers cannot be written (INVALID_PARAMETER); unknown names →
-  UNKNOWN_REGISTER_NAME (hvdef/Linux).
+- read-only registers cannot be written (INVALID_PARAMETER); unknown names → the status profile's
+  choice (:mod:`vbsim.hv.profile`: kvm-unit-tests' INVALID_PARAMETER, or hvdef's
+  UNKNOWN_REGISTER_NAME).
 Set has no side effects beyond the register itself (TLFS); the model only drops its own cached
 access decisions for a VTL whose CR0/CR4/EFER changed, since a real CPU evaluates those live.
 """
@@ -202,29 +206,43 @@ def _code_page_offsets(a: Access) -> int:
 
 
 def _vp_status(a: Access) -> int:
+    """ActiveMbecEnabled as OpenHCL reports it: whether MBEC is on for this VP, i.e. whether the
+    higher VTL turned it on in HvRegisterVsmVpSecureConfigVtl0 ("Setting this on any VTL will
+    enable it for all VTLs", hardware_cvm/mod.rs), whichever VTL reads the register."""
     enabled = sum(1 << v for v in range(len(a.vp.banks)) if a.vp.vtl_enabled(v))
     value = defs.VPSTATUS_ACTIVE_VTL.insert(0, a.vp.vtl)
-    value = defs.VPSTATUS_ACTIVE_MBEC_ENABLED.insert(value, int(a.vp.mbec[a.vp.vtl]))
+    value = defs.VPSTATUS_ACTIVE_MBEC_ENABLED.insert(value, int(any(a.vp.mbec)))
     return defs.VPSTATUS_ENABLED_VTL_SET.insert(value, enabled)
 
 
 def _partition_status(a: Access) -> int:
+    """MbecEnabledVtlSet as OpenHCL reports it: once VTL1 was enabled with EnableMbec, every
+    enabled VTL (``mbec_enabled_vtls = enabled_vtls``, hardware_cvm/mod.rs), since MBEC is
+    partition-wide."""
     vsm = a.hv.partition
     value = defs.PSTATUS_ENABLED_VTL_SET.insert(0, vsm.enabled_vtls)
     value = defs.PSTATUS_MAXIMUM_VTL.insert(value, vsm.max_vtl)
-    return defs.PSTATUS_MBEC_ENABLED_VTL_SET.insert(value, vsm.mbec_vtls)
+    mbec = vsm.enabled_vtls if vsm.mbec_vtls else 0
+    return defs.PSTATUS_MBEC_ENABLED_VTL_SET.insert(value, mbec)
 
 
 def _capabilities(a: Access) -> int:
     return a.hv.capabilities
 
 
-_WRITE_ONCE = (
-    defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
-    | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
-    | defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask
-    | defs.PCONFIG_INTERCEPT_VP_STARTUP.mask
-)
+#: TLFS vsm.md "Enable VTL Protections": "This flag is write-once".  No other bit is.
+_WRITE_ONCE = defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
+_R, _W, _KX, _UX = 1, 2, 4, 8  # HvMapGpaFlags permission bits (the mask's nibble, vsm.md)
+
+
+def valid_protection_mask(mask: int, mbec: bool) -> bool:
+    """OpenHCL ``validate_vtl_gpa_flags`` (openhcl/virt_mshv_vtl/src/lib.rs) for the 4-bit mask:
+    KX must equal UX unless MBEC is enabled, and KX without UX is never valid; Read must be
+    present if anything else is."""
+    kx, ux = bool(mask & _KX), bool(mask & _UX)
+    if kx != ux and (kx or not mbec):
+        return False
+    return not (mask & (_W | _KX | _UX) and not mask & _R)
 
 
 def _get_partition_config(a: Access) -> int | HvStatus:
@@ -240,15 +258,16 @@ def _set_partition_config(a: Access, value: int) -> HvStatus:
         return HvStatus.INVALID_REGISTER_VALUE
     old = a.hv.partition.config.get(a.vtl, 0)
     if old & _WRITE_ONCE & ~value:
-        return HvStatus.INVALID_REGISTER_VALUE  # write-once bits cannot be cleared
+        return HvStatus.INVALID_REGISTER_VALUE  # EnableVtlProtection cannot be cleared
     mask = defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.extract(value)
     was_on = defs.PCONFIG_ENABLE_VTL_PROTECTION.extract(old)
     now_on = defs.PCONFIG_ENABLE_VTL_PROTECTION.extract(value)
     if now_on:
-        if mask & 0b11 != 0b11:
-            return HvStatus.INVALID_REGISTER_VALUE  # default must include R and W (OpenHCL)
+        mbec = bool(a.hv.partition.mbec_vtls >> a.vtl & 1)
+        if mask & (_R | _W) != _R | _W or not valid_protection_mask(mask, mbec):
+            return HvStatus.INVALID_REGISTER_VALUE  # must include R and W (OpenHCL)
         if was_on and mask != defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.extract(old):
-            return HvStatus.INVALID_REGISTER_VALUE
+            return HvStatus.INVALID_REGISTER_VALUE  # "cannot be changed once it is set"
     a.hv.partition.config[a.vtl] = value
     if now_on and not was_on:
         # The default mask applies to every page from now on (D2: HV_MAP_GPA bit order).
@@ -275,6 +294,15 @@ def _secure_config(lower: int) -> tuple[Getter, Setter]:
         mbec = bool(defs.SECCFG_MBEC_ENABLED.extract(value))
         if mbec and not a.hv.partition.mbec_vtls >> a.caller_vtl & 1:
             return HvStatus.INVALID_REGISTER_VALUE  # MBEC must be enabled twice (vsm-spec §3.4)
+        if defs.SECCFG_SUPERVISOR_SHADOW_STACK_ENABLED.extract(value):
+            return HvStatus.INVALID_REGISTER_VALUE  # not offered (OpenHCL refuses it too)
+        if defs.SECCFG_HW_HVPT_ENABLED.extract(value) and not (
+            a.hv.partition.hvpt_vtls >> a.caller_vtl & 1
+        ):
+            # hvdef HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled: only for a VTL enabled
+            # with EnablePartitionVtlFlags.enable_hardware_hvpt (OpenHCL, which never enables
+            # it, refuses the bit with InvalidRegisterValue).
+            return HvStatus.INVALID_REGISTER_VALUE
         if not a.vp.vtl_enabled(lower):
             return HvStatus.INVALID_VTL_STATE
         a.hv.states[a.vp.index][a.caller_vtl].secure_config[lower] = value
@@ -406,13 +434,13 @@ def _lookup(name: int, a: Access) -> tuple[Getter, Setter] | HvStatus:
             return HvStatus.INVALID_VTL_STATE
     entry = REGISTERS.get(name) or VSM_REGISTERS.get(name)
     if entry is None:
-        return HvStatus.UNKNOWN_REGISTER_NAME
+        return a.hv.profile.unknown_register
     return entry
 
 
 def _header(hv: Hypervisor, ctx: CallContext) -> Access | HvStatus:
     partition_id, vp_index, input_vtl = defs.GET_SET_VP_REGISTERS_HEADER.unpack(ctx.header[:16])
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status
     vp = target_vp(hv, ctx.vp, vp_index)

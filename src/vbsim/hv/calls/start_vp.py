@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def start_virtual_processor(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
     partition_id, vp_index, target_vtl = defs.START_VIRTUAL_PROCESSOR_HEADER.unpack(ctx.header[:16])
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status, 0
     if not 0 <= vp_index < len(hv.vps):

@@ -34,11 +34,23 @@ _RESULTS = {
 }
 
 
+def _overlay_pages(hv: Hypervisor, vp_index: int, vtl: int) -> set[int]:
+    st = hv.states[vp_index][vtl]
+    pages = set()
+    if st.hypercall_msr & defs.HYPERCALL_MSR_ENABLE.mask:
+        pages.add(defs.HYPERCALL_MSR_GPFN.extract(st.hypercall_msr))
+    if defs.SIMP_ENABLE.extract(st.synic.simp):
+        pages.add(defs.SIMP_GPFN.extract(st.synic.simp))
+    if st.synic.siefp & 1:
+        pages.add(st.synic.siefp >> 12)
+    return pages
+
+
 def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatus, int]:
     partition_id, vp_index, flags, gva_page = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.unpack(
         ctx.header
     )
-    status = check_partition(partition_id)
+    status = check_partition(partition_id, hv)
     if status is not None:
         return status, 0
     vp = target_vp(hv, ctx.vp, vp_index)
@@ -81,7 +93,16 @@ def translate_virtual_address(hv: Hypervisor, ctx: CallContext) -> tuple[HvStatu
             gpa_page = 0
             break
         gpa_page = verdict.address >> 12
-    ctx.output += defs.TRANSLATE_VIRTUAL_ADDRESS_OUTPUT.pack(int(result), gpa_page)
+    value = int(result)
+    if result is Result.SUCCESS:
+        # HV_TRANSLATE_GVA_RESULT CacheType (bits 39:32) and OverlayPage (bit 40): RAM is
+        # write-back in the model; the overlay pages are the target VTL's hypercall page, SIMP
+        # and SIEFP (TLFS: synthetic MSRs are private per VTL, so are their overlays).
+        # kvm-unit-tests test_vtl_translate_va expects WB and OverlayPage=1 for a hypercall page.
+        value = defs.TRANSLATE_RESULT_CACHE_TYPE.insert(value, int(defs.HvCacheType.WRITE_BACK))
+        if gpa_page in _overlay_pages(hv, vp.index, vtl):
+            value |= defs.TRANSLATE_RESULT_OVERLAY_PAGE.mask
+    ctx.output += defs.TRANSLATE_VIRTUAL_ADDRESS_OUTPUT.pack(value, gpa_page)
     if hv.trace.on:
         ctx.vp.emit(
             "translate",
