@@ -324,9 +324,11 @@ def test_7_a_cpl_raise_without_a_gate() -> None:
     try:
         vp = rig.vp
         with rig.monitor.step("raise"):
-            vp.set_cpl(3)
+            # The processor's own CPL register, changed with no gate and no trace of it
+            # (VirtualProcessor.set_cpl announces itself as transitional; see monitor._gate).
+            vp._set_cpl(3)
             vp.emit("test", "user", "ran")
-            vp.set_cpl(0)
+            vp._set_cpl(0)
             vp.emit("test", "kernel", "ran")
         assert "without a gate" in _caught(rig, 7)
     finally:
@@ -337,7 +339,7 @@ def test_7_a_mode_change_no_event_shows() -> None:
     rig = attached("vbs", stop=False)
     try:
         with rig.monitor.step("silent"):
-            rig.vp.set_cpl(3)
+            rig.vp._set_cpl(3)
         assert "after the step" in _caught(rig, 7)
     finally:
         rig.vp.set_cpl(0)

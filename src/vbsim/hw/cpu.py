@@ -105,10 +105,10 @@ _GPRS += tuple(f"r{n}" for n in range(8, 16))
 
 def _gpr(name: str) -> property:
     def get(self: Cpu) -> int:
-        return int(getattr(self._vp, name))
+        return int(getattr(self.__vp__, name))
 
     def put(self: Cpu, value: int) -> None:
-        setattr(self._vp, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+        setattr(self.__vp__, name, value & 0xFFFF_FFFF_FFFF_FFFF)
 
     return property(get, put, doc=f"{name.upper()} (shared across VTLs, vsm-spec §5.5)")
 
@@ -116,8 +116,10 @@ def _gpr(name: str) -> property:
 class Cpu:
     """Guest code's processor (see the module docstring for what it is and is not)."""
 
+    # The processor sits in a dunder slot: ``dir(cpu)`` minus Python's own machinery is exactly
+    # SURFACE (tests/architecture), and guest code may not touch dunders (its AST check).
     __slots__ = (
-        "_vp",
+        "__vp__",
         "call",
         "clac",
         "emit",
@@ -146,6 +148,7 @@ class Cpu:
     )
 
     if TYPE_CHECKING:
+        __vp__: VirtualProcessor
         read: Callable[[int, int], bytes]
         write: Callable[[int, bytes | bytearray], None]
         read_u32: Callable[[int], int]
@@ -173,7 +176,7 @@ class Cpu:
         index: int
 
     def __init__(self, vp: VirtualProcessor) -> None:
-        self._vp = vp
+        object.__setattr__(self, "__vp__", vp)
         self.index = vp.index
         for name in (
             "read",
@@ -222,48 +225,48 @@ class Cpu:
     @property
     def xmm(self) -> list[int]:
         """XMM0-15 as 128-bit integers (shared, vsm-spec §5.5)."""
-        return self._vp.xmm
+        return self.__vp__.xmm
 
     # -- the current mode ---------------------------------------------------------------------
     @property
     def rip(self) -> int:
-        return self._vp.p.rip
+        return self.__vp__.p.rip
 
     @property
     def rflags(self) -> int:
-        return self._vp.p.rflags
+        return self.__vp__.p.rflags
 
     @property
     def cpl(self) -> int:
-        return self._vp.p.cpl
+        return self.__vp__.p.cpl
 
     @property
     def vtl(self) -> int:
         """The active VTL (HvRegisterVsmVpStatus.ActiveVtl, vsm-spec §4.4)."""
-        return self._vp.vtl
+        return self.__vp__.vtl
 
     @property
     def interrupted_cpl(self) -> int:
         """The privilege level an exception interrupted (CS in its stack frame)."""
-        return self._vp.interrupted_cpl
+        return self.__vp__.interrupted_cpl
 
     @property
     def tracing(self) -> bool:
         """Whether the model records trace events (instrumentation, not architecture)."""
-        return self._vp.trace.on
+        return self.__vp__.trace.on
 
     @property
     def actor(self) -> str:
         """Who runs in the current VTL, for traces."""
-        return self._vp.p.actor
+        return self.__vp__.p.actor
 
     @actor.setter
     def actor(self, label: str) -> None:
-        self._vp.p.actor = label
+        self.__vp__.p.actor = label
 
     def read_cr(self, cr: int) -> int:
         """``mov r64, crN``: CR0, CR2, CR3, CR4 or CR8; #UD for others, #GP(0) at CPL>0."""
-        vp = self._vp
+        vp = self.__vp__
         if cr not in (0, 2, 3, 4, 8):
             vp.fault(Vector.UD)
             return 0
@@ -275,7 +278,7 @@ class Cpu:
     def software_interrupt(self, vector: int) -> None:
         """``int n``: through the IDT like any interrupt (the gate's DPL is 0 in the model, so
         at CPL3 it is #GP, SDM Vol. 3A §6.12.1.1)."""
-        vp = self._vp
+        vp = self.__vp__
         if vp.p.cpl != 0:
             vp.fault(Vector.GP, (vector << 3) | 2)
             return
@@ -286,7 +289,7 @@ class Cpu:
 
         A GS-relative load at CPL3 reaches the user TEB, not the kernel: there the model raises
         #GP as kernel code run in the wrong context does (SDM Vol. 3A §6.15)."""
-        vp = self._vp
+        vp = self.__vp__
         image = vp.ram.images.get((vp.vtl, vp.p.gs_base))
         if image is None or vp.p.cpl != 0:
             vp.wrong_context("kernel code without its kernel's GS")
@@ -302,14 +305,14 @@ class Cpu:
             # still reaches the processor.  Every such use is recorded; tests/architecture
             # fails while any remains.
             LEAKS.add(name)
-            return getattr(self._vp, name)
+            return getattr(self.__vp__, name)
 
         def __setattr__(self, name: str, value: Any) -> None:
             if name in Cpu.__slots__ or name in _SETTABLE:
                 object.__setattr__(self, name, value)
                 return
             LEAKS.add(name)
-            setattr(self._vp, name, value)
+            setattr(self.__vp__, name, value)
 
 
 _SETTABLE = frozenset(_GPRS) | {"actor"}

@@ -231,7 +231,28 @@ class VirtualProcessor:
         else:
             self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
+    def host_entry(self, vtl: int) -> int:
+        """Host side only (attack contexts, the fuzzer's harness): make ``vtl`` live, as a
+        hardware debugger switches a processor's context, and trace it as a ``host-entry`` VTL
+        switch so that invariant 7 can tell it from a gate.  Guest code has no way to reach it
+        (it is not on the :class:`~vbsim.hw.cpu.Cpu`).  Returns the VTL that was live."""
+        previous = self.vtl
+        self.switch_vtl(vtl)
+        if self.trace.on:
+            self.emit("vtl", "host-entry", "switched", from_vtl=previous, to_vtl=vtl)
+        return previous
+
     def set_cpl(self, cpl: int) -> None:
+        """Set CPL by fiat: the hypervisor's register interface (SetVpRegisters) and, until issue
+        10's kernel rewrites land, kernel code that enters user mode without a gate (NT's
+        ``run_user``, the SK's trustlet entry).  A change is traced as ``transitional/set-cpl``
+        so that invariant 7 names it; the processor's own gates use :meth:`_set_cpl`."""
+        before = self.p.cpl
+        self._set_cpl(cpl)
+        if before != cpl and self.trace.on:
+            self.emit("transitional", "set-cpl", "changed", from_cpl=before)
+
+    def _set_cpl(self, cpl: int) -> None:
         self.p.cpl = cpl
         fast = self._tlb.fast
         if cpl == 3:
@@ -520,6 +541,7 @@ class VirtualProcessor:
                 vector=int(vector),
                 error_code=error_code_,
                 cr2=self.cr2 if vector == Vector.PF else None,
+                depth=self._delivering,
             )
         if self._delivering >= MAX_DELIVERY_DEPTH:
             raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
@@ -537,7 +559,7 @@ class VirtualProcessor:
         self._delivering += 1
         try:
             if bank.cpl != 0:
-                self.set_cpl(0)
+                self._set_cpl(0)
             bank.rflags &= ~int(Rflags.IF | Rflags.TF)
             self.call(handler, int(vector), error_code_ or 0)
         finally:
@@ -545,7 +567,11 @@ class VirtualProcessor:
             self.interrupted_cpl = saved_interrupted
         if self.p is bank:  # IRET
             bank.rip, bank.rflags = saved_rip, saved_flags
-            self.set_cpl(saved_cpl)
+            self._set_cpl(saved_cpl)
+            if self.trace.on:
+                # The return gate, traced like the entry so that invariant 7 can pair them: the
+                # nesting depth names which delivery this IRET ends.
+                self.emit("iret", "iret", "returned", vector=int(vector), depth=self._delivering)
 
     def _idt_handler(self, vector: int) -> int | None:
         """Read the 16-byte interrupt gate (SDM Vol. 3A §6.14.1) with a supervisor implicit
@@ -752,7 +778,7 @@ class VirtualProcessor:
         self.rcx = bank.rip
         self.r11 = bank.rflags
         bank.rflags &= ~bank.sfmask
-        self.set_cpl(0)
+        self._set_cpl(0)
         if self.trace.on:
             self.emit("syscall", "lstar", "entered", number=self.rax, lstar=bank.lstar)
         self.call(bank.lstar)
@@ -768,7 +794,7 @@ class VirtualProcessor:
             return
         bank.rip = self.rcx
         bank.rflags = (self.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
-        self.set_cpl(3)
+        self._set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
 
@@ -792,7 +818,7 @@ class VirtualProcessor:
         cs.attributes = _CS_USER_ATTRIBUTES
         bank.rip = entry
         bank.rflags = (saved_flags | int(Rflags.IF)) & ~_AC
-        self.set_cpl(3)
+        self._set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "user-callback", entry=entry)
         try:
@@ -800,17 +826,12 @@ class VirtualProcessor:
         finally:
             if self.p is bank and bank.cpl == 3:
                 bank.rflags = saved_flags & ~bank.sfmask
-                self.set_cpl(0)
+                self._set_cpl(0)
                 if self.trace.on:
                     self.emit("syscall", "lstar", "callback-return")
             if self.p is bank:
                 cs.selector, cs.attributes = saved_cs
                 bank.rip, bank.rflags = saved_rip, saved_flags
-
-    def kernel(self) -> object:
-        """Transitional twin of :meth:`vbsim.hw.cpu.Cpu.kernel` for code still typed with the
-        processor (issue 10); goes away with the fallback in ``Cpu``."""
-        return self.cpu.kernel()
 
     def wrong_context(self, why: str) -> NoReturn:
         """Kernel code run outside its kernel (another kernel's GS base, or CPL3): its first
