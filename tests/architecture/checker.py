@@ -37,7 +37,8 @@ What guest code may not do (each a :class:`Violation` with its file, line and fu
   ``.banks``, ``.p``, ``.hv``, ``.machine``, ``.vps``, ``.frames``, ``switch_vtl`` ...), on any
   object — no guest object legitimately has them, and a Python kernel object that had one would
   be the leak the runtime check looks for;
-- use a ``_``-prefixed attribute of a parameter typed ``Cpu`` (``cpu._vp``);
+- use a ``_``-prefixed attribute (dunders included) of a parameter typed ``Cpu``: the processor
+  sits in its ``__vp__`` slot;
 - introspect: :data:`FORBIDDEN_DUNDERS` (``__self__`` of a bound method is the VP), frame
   objects, ``vars()``/``globals()``, and ``getattr``/``setattr`` with a forbidden constant name;
 - name ``VirtualProcessor`` (a guest routine's processor is a ``Cpu``);
@@ -159,6 +160,8 @@ FORBIDDEN_ATTRIBUTES = frozenset(
         "images",
         "loaded_kernel",
         "set_cpl",
+        "_set_cpl",
+        "host_entry",
         "switch_vtl",
         "enable_vtl",
         "set_mbec",
@@ -194,6 +197,7 @@ FORBIDDEN_DUNDERS = frozenset(
         "__reduce_ex__",
         "__builtins__",
         "__slots__",
+        "__vp__",
     }
 )
 FORBIDDEN_CALLS = frozenset({"vars", "globals", "locals"})
@@ -447,12 +451,7 @@ class _StepVisitor(ast.NodeVisitor):
             self.report(node, "attribute", f".{name} reaches the platform")
         elif name in FORBIDDEN_DUNDERS:
             self.report(node, "introspection", f".{name}")
-        elif (
-            name.startswith("_")
-            and not name.startswith("__")
-            and isinstance(owner, ast.Name)
-            and owner.id in self.cpu_names
-        ):
+        elif name.startswith("_") and isinstance(owner, ast.Name) and owner.id in self.cpu_names:
             self.report(node, "cpu-private", f"{owner.id}.{name} is not on the Cpu surface")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:

@@ -101,6 +101,8 @@ def test_planted_ram_read_in_a_catalogue_step_is_caught() -> None:
     [
         ("cpu.ram.read(0, 8)", "attribute"),
         ("cpu._vp.ram.frames.alloc('x')", "cpu-private"),
+        ("cpu.__vp__.switch_vtl(1)", "introspection"),
+        ("cpu.__eq__(cpu)", "cpu-private"),
         ("cpu.read.__self__.switch_vtl(1)", "introspection"),
         ("import vbsim.machine", "import"),
         ("from vbsim.hw.ram import GuestRam", "import"),

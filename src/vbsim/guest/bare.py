@@ -322,7 +322,7 @@ def boot_bare(machine: Machine) -> tuple[BareKernel, Monitor, list[str]]:
     """Load both sides and enable VTL1 from VTL0 on the boot processor."""
     kernel = BareKernel.load(machine)
     monitor = Monitor.load(machine)
-    failures = boot_vtl1(machine.bsp, kernel, monitor)
+    failures = boot_vtl1(machine.bsp.cpu, kernel, monitor)
     return kernel, monitor, failures
 
 

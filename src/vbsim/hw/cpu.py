@@ -30,7 +30,7 @@ the processor itself (the VTL round trip and TLB-hit budgets in ``vbsim bench`` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from vbsim.hw.x86 import Vector
 
@@ -103,14 +103,26 @@ _GPRS: tuple[str, ...] = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
 _GPRS += tuple(f"r{n}" for n in range(8, 16))
 
 
-def _gpr(name: str) -> property:
-    def get(self: Cpu) -> int:
-        return int(getattr(self.__vp__, name))
+class _Gpr:
+    """A shared general register (vsm-spec §5.5) read and written on the processor itself."""
 
-    def put(self: Cpu, value: int) -> None:
-        setattr(self.__vp__, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+    __slots__ = ("name",)
 
-    return property(get, put, doc=f"{name.upper()} (shared across VTLs, vsm-spec §5.5)")
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, cpu: None, owner: type[Cpu]) -> _Gpr: ...
+    @overload
+    def __get__(self, cpu: Cpu, owner: type[Cpu]) -> int: ...
+    def __get__(self, cpu: Cpu | None, owner: type[Cpu]) -> int | _Gpr:
+        if cpu is None:
+            return self
+        value: int = getattr(cpu.__vp__, self.name)
+        return value
+
+    def __set__(self, cpu: Cpu, value: int) -> None:
+        setattr(cpu.__vp__, self.name, value & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 class Cpu:
@@ -206,21 +218,21 @@ class Cpu:
         ):
             setattr(self, name, getattr(vp, name))
 
-    rax = _gpr("rax")
-    rbx = _gpr("rbx")
-    rcx = _gpr("rcx")
-    rdx = _gpr("rdx")
-    rsi = _gpr("rsi")
-    rdi = _gpr("rdi")
-    rbp = _gpr("rbp")
-    r8 = _gpr("r8")
-    r9 = _gpr("r9")
-    r10 = _gpr("r10")
-    r11 = _gpr("r11")
-    r12 = _gpr("r12")
-    r13 = _gpr("r13")
-    r14 = _gpr("r14")
-    r15 = _gpr("r15")
+    rax = _Gpr("rax")
+    rbx = _Gpr("rbx")
+    rcx = _Gpr("rcx")
+    rdx = _Gpr("rdx")
+    rsi = _Gpr("rsi")
+    rdi = _Gpr("rdi")
+    rbp = _Gpr("rbp")
+    r8 = _Gpr("r8")
+    r9 = _Gpr("r9")
+    r10 = _Gpr("r10")
+    r11 = _Gpr("r11")
+    r12 = _Gpr("r12")
+    r13 = _Gpr("r13")
+    r14 = _Gpr("r14")
+    r15 = _Gpr("r15")
 
     @property
     def xmm(self) -> list[int]:
@@ -304,6 +316,10 @@ class Cpu:
             # Transitional (issue 10): guest code not yet moved onto the architectural surface
             # still reaches the processor.  Every such use is recorded; tests/architecture
             # fails while any remains.
+            if name.startswith("__"):
+                # Python's own protocol (``__dict__`` for dir(), pickling, copy ...): never the
+                # processor's.
+                raise AttributeError(name)
             LEAKS.add(name)
             return getattr(self.__vp__, name)
 

@@ -87,11 +87,10 @@ def probe_image() -> bytes:
     return trustlet_image("IumProbe.exe", trustlet_id=PROBE_ID, entry=PROBE_ENTRY)
 
 
-def _run_probe(cpu: Cpu, image: bytes, message: bytes, loot_va: int) -> int:
-    """K0: start the probe trustlet (``image``, as the attacker brought it to disk), run it once
-    with ``message``, keep its reply in loot."""
+def _run_probe(cpu: Cpu, message: bytes, loot_va: int) -> int:
+    """K0: start the probe trustlet, run it once with ``message``, keep its reply in loot."""
     nt = nt_of(cpu)
-    status, process = create_secure_process(nt, cpu, "IumProbe.exe", PROBE_ID, image=image)
+    status, process = create_secure_process(nt, cpu, "IumProbe.exe", PROBE_ID, image=probe_image())
     if process is None:
         return status
     run = run_trustlet(nt, cpu, process, message)
@@ -159,7 +158,7 @@ def ium_reads_kernel_steps(ctx: AttackContext) -> None:
     ctx.kernel(lambda vp: vp.write(target_va, marker))
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
     message = struct.pack("<IIQQ", PROBE_READ, 0, target_va, len(marker))
-    ctx.notes["status"] = ctx.kernel(_run_probe, probe_image(), message, loot_va)
+    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va)
 
 
 def ium_reads_kernel_goal(ctx: AttackContext) -> bool:
@@ -188,7 +187,7 @@ def ium_disabled_syscall_steps(ctx: AttackContext) -> None:
     key = IUM_REGISTRY_KEY.encode()
     message = struct.pack("<IIQ", PROBE_SET_VALUE, 0, IUM_REGISTRY_VALUE) + key
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
-    ctx.notes["status"] = ctx.kernel(_run_probe, probe_image(), message, loot_va)
+    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va)
 
 
 def ium_disabled_syscall_goal(ctx: AttackContext) -> bool:
