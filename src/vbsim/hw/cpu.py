@@ -23,8 +23,11 @@ loader registers it with :meth:`vbsim.hw.ram.GuestRam.place_image`).  That
 object may hold addresses, offsets and layouts, never the values a kernel decides from
 (``tests/architecture`` checks both).
 
-Attributes are bound methods of the processor, set once, so an instruction costs what it costs on
-the processor itself (the VTL round trip and TLB-hit budgets in ``vbsim bench`` depend on it).
+Instructions are bound methods of the processor, set once, so an instruction costs what it costs
+on the processor itself; the shared general registers are stored in the Cpu's own slots (the
+processor's ``rax`` ... are views of them), so a register access is an attribute access (the VTL
+round trip and TLB-hit budgets in ``vbsim bench`` depend on both).  The processor itself sits in
+the ``__vp__`` slot: Python machinery, not surface; guest code may not name it (tests/architecture).
 """
 
 from __future__ import annotations
@@ -98,7 +101,6 @@ SURFACE: frozenset[str] = frozenset(
         "tracing",
     }
 )
-
 
 
 class Cpu:
