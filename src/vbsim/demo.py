@@ -106,7 +106,7 @@ def _grant_self(system: System) -> None:
     vp = system.machine.bsp
     params = hvcall.ParamPages(*system.nt.space.alloc_data(), *system.nt.space.alloc_data())
     pfn = sorted(set(system.sk.space.frames))[0]
-    result = hvcall.modify_vtl_protection_mask(vp, params, [pfn], 0xF, target_vtl=1)
+    result = hvcall.modify_vtl_protection_mask(vp.cpu, params, [pfn], 0xF, target_vtl=1)
     if not result.ok:
         raise GuestTermination(f"HvCallModifyVtlProtectionMask returned {result.status_name}")
 

@@ -39,7 +39,7 @@ def protect_demo(ram_size: int = 1 << 30, vps: int = 1) -> ProtectDemo:
     vp.actor = "bare-kernel"
     va, gpa = kernel.space.alloc_data()
     vp.write(va, SECRET)  # VTL0 owns the page and writes something into it
-    status = monitor_call(vp, MON_PROTECT, gpa, 0)  # VTL1: no access for VTL0
+    status = monitor_call(vp.cpu, MON_PROTECT, gpa, 0)  # VTL1: no access for VTL0
     read: bytes | None = None
     termination: str | None = None
     try:

@@ -324,9 +324,11 @@ def test_7_a_cpl_raise_without_a_gate() -> None:
     try:
         vp = rig.vp
         with rig.monitor.step("raise"):
-            vp.set_cpl(3)
+            # The processor's own CPL register, changed with no gate and no trace of it
+            # (VirtualProcessor.set_cpl announces itself as transitional; see monitor._gate).
+            vp._set_cpl(3)
             vp.emit("test", "user", "ran")
-            vp.set_cpl(0)
+            vp._set_cpl(0)
             vp.emit("test", "kernel", "ran")
         assert "without a gate" in _caught(rig, 7)
     finally:
@@ -337,7 +339,7 @@ def test_7_a_mode_change_no_event_shows() -> None:
     rig = attached("vbs", stop=False)
     try:
         with rig.monitor.step("silent"):
-            rig.vp.set_cpl(3)
+            rig.vp._set_cpl(3)
         assert "after the step" in _caught(rig, 7)
     finally:
         rig.vp.set_cpl(0)
@@ -364,6 +366,69 @@ def test_7_user_mode_and_its_gates_are_fine() -> None:
         assert session.monitor is not None and session.monitor.violations == []
     finally:
         session.close()
+
+
+def test_7_a_gate_in_the_wrong_direction() -> None:
+    """A ``sysret`` event while the VP is already at CPL3 is no gate: SYSRET goes CPL0 → 3."""
+    rig = attached("vbs", stop=False)
+    try:
+        vp = rig.vp
+        with rig.monitor.step("forged sysret"):
+            vp._set_cpl(3)
+            vp.emit("syscall", "sysret", "returned", status=0)
+            vp.emit("syscall", "sysret", "returned", status=0)
+            vp._set_cpl(0)
+            vp.emit("syscall", "lstar", "entered", number=0)
+        assert "the gate goes from CPL0 to 3" in _caught(rig, 7)
+    finally:
+        rig.vp._set_cpl(0)
+        rig.close()
+
+
+def test_7_an_iret_must_return_where_the_delivery_interrupted() -> None:
+    rig = attached("vbs", stop=False)
+    try:
+        vp = rig.vp
+        with rig.monitor.step("forged iret"):
+            vp.emit("exception", "idt", "delivered", vector=13, error_code=0, depth=0)
+            vp._set_cpl(3)
+            vp.emit("iret", "iret", "returned", vector=13, depth=0)  # delivered at CPL0
+            vp._set_cpl(0)
+            vp.emit("syscall", "lstar", "entered", number=0)
+        assert "but the delivery interrupted VTL0 CPL0" in _caught(rig, 7)
+    finally:
+        rig.vp._set_cpl(0)
+        rig.close()
+
+
+def test_7_user_callbacks_and_exceptions_from_user_mode_are_gates() -> None:
+    """``user_call`` (sysret in, syscall back) and a #GP taken at CPL3 whose handler returns
+    (IRET back to CPL3) leave nothing to report."""
+    from vbsim.hw import code
+
+    rig = attached("vbs", stop=False)
+    try:
+        vp = rig.vp
+        nt = rig.system.nt
+        assert nt is not None
+        process = nt.create_process(vp.cpu, "gates.exe", nt.processes[4].token)
+        name = "test.invariants.gates.user"
+
+        def user(cpu: object) -> int:
+            return 7
+
+        code.register(name, user)
+        entry = nt.map_code(vp.cpu, process, [name])[name]
+        saved = vp.p.cr3
+        with rig.monitor.step("user callback"):
+            vp.mov_to_cr(3, process.tables.root)
+            assert vp.user_call(entry) == 7
+            vp.mov_to_cr(3, saved)
+        assert 7 not in rig.invariants(), [v.report() for v in rig.monitor.violations]
+        kinds = [(e.kind, e.outcome) for e in rig.system.trace.events[-8:]]
+        assert ("syscall", "user-callback") in kinds and ("syscall", "callback-return") in kinds
+    finally:
+        rig.close()
 
 
 def test_a_violation_stops_the_run_with_a_report() -> None:

@@ -10,8 +10,24 @@
   driver gives the same read/write primitive through ``NtDeviceIoControlFile`` (``rw_driver``).
 - PHYS: a malicious DMA device on the bus (no driver needed).
 - K1: code in VTL1 ring 0 — the Secure Kernel itself compromised.
-Payload routines are Python callables run on the VP in that mode; they never receive a Python
-object of another component, only the VP.
+
+Payload routines are guest code (the *steps* of a scenario, ``tests/architecture``): Python
+callables that receive the processor's :class:`~vbsim.hw.cpu.Cpu` and nothing else of the
+machine.  How each capability's code comes to run:
+
+- K0 and K1 are **host-side entries**: the scenario *postulates* that the attacker already has
+  code execution in that mode (a ROP chain in NT, a compromised Secure Kernel), as a debugger
+  would resume a thread at a chosen address.  K0 runs where NT runs after boot (VTL0 CPL0) and
+  changes no mode.  K1 makes VTL1 live with
+  :meth:`~vbsim.hw.vp.VirtualProcessor.host_entry` — host-side, like a hardware debugger
+  switching the processor's context, and traced as a ``vtl``/``host-entry`` switch so that
+  invariant 7 (and any reader of the trace) sees where the postulate begins and ends.  Guest
+  code itself changes mode only through gates.
+- U0 and A0 run at CPL3 in a process NT created, entered the way NT enters user code
+  (``nt.run_user``: ``sysret``-style entry, back by ``syscall`` or the exception gate).
+
+Attackers allocate memory through NT like any driver (``NtKernel.alloc_kernel_page``), never
+from the host's frame allocator.
 """
 
 from __future__ import annotations
@@ -23,11 +39,10 @@ from typing import Any
 
 from vbsim.boot.chain import System, boot
 from vbsim.boot.disk import Disk
-from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw import code
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt.process import Process, Token
 from vbsim.policy import Policy
 from vbsim.trace import Trace
@@ -103,24 +118,33 @@ class AttackContext:
 
     # -- K0 ----------------------------------------------------------------------------------
     def kernel(self, payload: Payload, *args: Any) -> Any:
-        """Run ``payload(vp, *args)`` in VTL0 ring 0, in NT's address space.  No new code page is
-        fetched: the payload stands for a chain over signed code (see the module docstring)."""
+        """Run ``payload(cpu, *args)`` in VTL0 ring 0, in NT's address space (host-side entry:
+        the attacker has code execution there).  No new code page is fetched: the payload stands
+        for a chain over signed code (see the module docstring)."""
         vp = self.vp
+        if (vp.vtl, vp.cpl) != (0, 0):
+            raise AttackAborted(f"VP{vp.index} is not running NT (VTL{vp.vtl} CPL{vp.cpl})")
         result = None
         vp.actor = "attacker (K0)"
+        if vp.trace.on:
+            vp.emit("attacker", "code-execution", "entered", capability="K0")
+        # No mode change: the attacker runs where NT runs.
         with self.flow():
-            result = payload(vp, *args)
+            result = payload(vp.cpu, *args)
         if vp.vtl == 0:
             vp.actor = "nt"
         return result
 
     def kernel_page(self) -> tuple[int, int]:
-        """A VTL0 page the attacker controls (its loot buffer): (VA through the direct map, GPA)."""
-        machine = self.booted.machine
-        assert machine is not None
-        pfn = machine.ram.frames.alloc("attacker")
-        machine.ram.zero_page(pfn)
-        return DIRECT_MAP + (pfn << PAGE_SHIFT), pfn << PAGE_SHIFT
+        """A VTL0 page the attacker controls (its loot buffer): (VA through the direct map, GPA),
+        allocated as any driver allocates, from NT's pool."""
+        nt = self.booted.nt
+        assert nt is not None
+        pages: list[tuple[int, int]] = []
+        self.kernel(lambda cpu: pages.append(nt.alloc_kernel_page(cpu)))
+        if not pages:
+            raise AttackAborted("NT could not allocate a page for the attacker")
+        return pages[0]
 
     # -- U0 / A0 -----------------------------------------------------------------------------
     def process(self, admin: bool, name: str = "attacker.exe") -> Process:
@@ -132,7 +156,7 @@ class AttackContext:
             debug_privilege=admin,
             load_driver=admin,
         )
-        return nt.create_process(self.vp, name, token)
+        return nt.create_process(self.vp.cpu, name, token)
 
     def user(
         self, payload: Payload, *args: Any, admin: bool = False, process: Process | None = None
@@ -142,9 +166,9 @@ class AttackContext:
         assert nt is not None
         target = process or self.process(admin)
         name = payload_routine(payload)
-        entry = nt.map_code(self.vp, target, [name])[name]
+        entry = nt.map_code(self.vp.cpu, target, [name])[name]
         self.vp.actor = "attacker (A0)" if target.token.admin else "attacker (U0)"
-        run = nt.run_user(self.vp, target, entry, *args)
+        run = nt.run_user(self.vp.cpu, target, entry, *args)
         self.vp.actor = "nt"
         if run.terminated is not None:
             self.stops.append(run.terminated)
@@ -153,22 +177,26 @@ class AttackContext:
     def user_buffer(self, process: Process, size: int = PAGE_SIZE) -> int:
         nt = self.booted.nt
         assert nt is not None
-        return nt.allocate(self.vp, process, size).base
+        return nt.allocate(self.vp.cpu, process, size).base
 
     # -- K1 -----------------------------------------------------------------------------------
     def secure_kernel(self, payload: Payload, *args: Any) -> Any:
-        """Run ``payload(vp, *args)`` as VTL1 ring-0 code (the SK compromised)."""
+        """Run ``payload(cpu, *args)`` as VTL1 ring-0 code (the SK compromised): a host-side
+        entry into VTL1 at the CPL its bank holds (0 between secure calls), and back."""
         vp = self.vp
-        previous = vp.vtl
+        if not vp.vtl_enabled(1):
+            raise AttackAborted("VTL1 is not enabled: there is no Secure Kernel to compromise")
         result = None
-        vp.switch_vtl(1)
+        previous = vp.host_entry(1)
         vp.actor = "attacker (K1)"
+        if vp.trace.on:
+            vp.emit("attacker", "code-execution", "entered", capability="K1")
         try:
             with self.flow():
-                result = payload(vp, *args)
+                result = payload(vp.cpu, *args)
         finally:
             vp.actor = "securekernel"
-            vp.switch_vtl(previous)
+            vp.host_entry(previous)
         return result
 
 

@@ -194,9 +194,9 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC) if system.policy.mbec or emulated else 0
     if emulated:
         _step(system, "restricted-user-mode", "emulating-mbec")
-    result = hvcall.enable_partition_vtl(vp, params, 1, flags)
+    result = hvcall.enable_partition_vtl(vp.cpu, params, 1, flags)
     _step(system, "enable-partition-vtl", result.status_name.lower())
-    result = hvcall.enable_vp_vtl(vp, params, 1, sk.context())
+    result = hvcall.enable_vp_vtl(vp.cpu, params, 1, sk.context())
     _step(system, "enable-vp-vtl", result.status_name.lower())
-    hvcall.vtl_call(vp)  # phase 1 runs in VTL1 and returns
+    hvcall.vtl_call(vp.cpu)  # phase 1 runs in VTL1 and returns
     _step(system, "sk-returned", sk.phase.value)

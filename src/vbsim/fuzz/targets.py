@@ -221,7 +221,7 @@ def _hypercall_one(data: bytes) -> None:
     xmm = r.take(96)
     previous = vp.vtl
     try:
-        vp.switch_vtl(vtl)  # the harness acts as that VTL's kernel
+        vp.host_entry(vtl)  # the harness acts as that VTL's kernel (host side, traced)
         if block and vp.ram.backed(rdx, len(block)) and rdx in (pages.in_gpa,):
             vp.ram.write(rdx, block)
         for i in range(6):
@@ -232,7 +232,7 @@ def _hypercall_one(data: bytes) -> None:
         rig.runs = _BARE_RUNS  # rebuild before the next input
     finally:
         if vp.vtl_enabled(previous):
-            vp.switch_vtl(previous)
+            vp.host_entry(previous)
 
 
 def _hypercall_seeds() -> list[bytes]:

@@ -23,11 +23,12 @@ import struct
 from dataclasses import dataclass, field
 
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMapGpaFlags, HvMsr, HvRegisterName, HvStatus, HvVtlEntryReason
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, Msr, Vector
@@ -56,9 +57,10 @@ class ExceptionRecord:
 class BareKernel:
     """The VTL0 side."""
 
-    machine: Machine
     space: KernelSpace
     params: hvcall.ParamPages
+    #: The page the kernel asks the hypervisor to put its hypercall code in (vsm-spec §1.1).
+    hypercall_gpa: int
     exceptions: list[ExceptionRecord] = field(default_factory=list)
 
     @classmethod
@@ -66,7 +68,8 @@ class BareKernel:
         space = KernelSpace(machine.ram, "bare-vtl0")
         in_va, in_gpa = space.alloc_data()
         out_va, out_gpa = space.alloc_data()
-        kernel = cls(machine, space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa))
+        _, hypercall_gpa = space.alloc_data()
+        kernel = cls(space, hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa), hypercall_gpa)
         idt = space.build_idt({}, default="bare0.exception")
         block_va, _ = space.alloc_data()  # its processor block: what GS base designates
         machine.ram.place_image(0, block_va, kernel)
@@ -96,6 +99,10 @@ class Monitor:
     idt: tuple[int, int]
     block_va: int
     initialized: bool = False
+    #: The frames the loader gave the monitor (it protects them from VTL0 at initialisation).
+    own_pfns: tuple[int, ...] = ()
+    #: HV_INITIAL_VP_CONTEXT for EnableVpVtl, as the loader built it.
+    initial_context: bytes = b""
 
     @classmethod
     def load(cls, machine: Machine) -> Monitor:
@@ -121,6 +128,8 @@ class Monitor:
             idt,
             block_va,
         )
+        monitor.own_pfns = tuple(sorted(set(space.frames)))
+        monitor.initial_context = monitor.context()
         machine.ram.place_image(1, block_va, monitor)
         return monitor
 
@@ -143,22 +152,22 @@ class Monitor:
 
 
 # -- VTL0 routines ------------------------------------------------------------------------------
-def _kernel(vp: VirtualProcessor) -> BareKernel:
-    kernel = vp.kernel()
+def _kernel(cpu: Cpu) -> BareKernel:
+    kernel = cpu.kernel()
     assert isinstance(kernel, BareKernel)
     return kernel
 
 
-def _monitor(vp: VirtualProcessor) -> Monitor:
-    monitor = vp.kernel()
+def _monitor(cpu: Cpu) -> Monitor:
+    monitor = cpu.kernel()
     assert isinstance(monitor, Monitor)
     return monitor
 
 
 @guest_code("bare0.exception")
-def _vtl0_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
-    kernel = _kernel(vp)
-    kernel.exceptions.append(ExceptionRecord(vp.vtl, vp.cpl, vector, error_code, vp.cr2))
+def _vtl0_exception(cpu: Cpu, vector: int, error_code: int) -> None:
+    kernel = _kernel(cpu)
+    kernel.exceptions.append(ExceptionRecord(cpu.vtl, cpu.cpl, vector, error_code, cpu.read_cr(2)))
     raise ThreadTerminated(
         f"VTL0 exception {Vector(vector).name if vector in Vector._value2member_map_ else vector}",
         vector,
@@ -166,63 +175,62 @@ def _vtl0_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     )
 
 
-def enable_hypercalls(vp: VirtualProcessor, hypercall_gpa: int) -> None:
+def enable_hypercalls(cpu: Cpu, hypercall_gpa: int) -> None:
     """Guest OS ID first, then the hypercall page (vsm-spec §1.1)."""
-    vp.wrmsr(HvMsr.GUEST_OS_ID, GUEST_OS_ID)
-    vp.wrmsr(HvMsr.HYPERCALL, hypercall_gpa | 1)
+    cpu.wrmsr(HvMsr.GUEST_OS_ID, GUEST_OS_ID)
+    cpu.wrmsr(HvMsr.HYPERCALL, hypercall_gpa | 1)
 
 
-def boot_vtl1(vp: VirtualProcessor, kernel: BareKernel, monitor: Monitor) -> list[str]:
+def boot_vtl1(cpu: Cpu, kernel: BareKernel, monitor: Monitor) -> list[str]:
     """VTL0's half of VSM enablement (vsm-spec §5.1 steps 1-5); returns what failed, if anything."""
     failures: list[str] = []
-    _, hypercall_gpa = kernel.space.alloc_data()
-    enable_hypercalls(vp, hypercall_gpa)
+    enable_hypercalls(cpu, kernel.hypercall_gpa)
     result, values = hvcall.get_vp_registers(
-        vp, kernel.params, [HvRegisterName.VSM_PARTITION_STATUS]
+        cpu, kernel.params, [HvRegisterName.VSM_PARTITION_STATUS]
     )
     if not result.ok or defs.PSTATUS_MAXIMUM_VTL.extract(values[0]) < 1:
         return [f"VsmPartitionStatus: {result.status_name}"]
     result = hvcall.enable_partition_vtl(
-        vp, kernel.params, 1, int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC)
+        cpu, kernel.params, 1, int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC)
     )
     if not result.ok:
         failures.append(f"EnablePartitionVtl: {result.status_name}")
-    result = hvcall.enable_vp_vtl(vp, kernel.params, 1, monitor.context())
+    result = hvcall.enable_vp_vtl(cpu, kernel.params, 1, monitor.initial_context)
     if not result.ok:
         failures.append(f"EnableVpVtl: {result.status_name}")
         return failures
-    hvcall.vtl_call(vp)
+    hvcall.vtl_call(cpu)
     return failures
 
 
-def monitor_call(vp: VirtualProcessor, function: int, arg1: int = 0, arg2: int = 0) -> int:
+def monitor_call(cpu: Cpu, function: int, arg1: int = 0, arg2: int = 0) -> int:
     """VTL0 → VTL1 call with LVBS's register ABI; returns the status in R8."""
-    vp.rdi, vp.rsi, vp.rdx, vp.r8 = function, arg1, arg2, MON_UNKNOWN
-    hvcall.vtl_call(vp)
-    return vp.r8
+    cpu.rdi, cpu.rsi, cpu.rdx, cpu.r8 = function, arg1, arg2, MON_UNKNOWN
+    hvcall.vtl_call(cpu)
+    return cpu.r8
 
 
 # -- VTL1 routines ------------------------------------------------------------------------------
 @guest_code("bare1.entry")
-def _vtl1_entry(vp: VirtualProcessor) -> None:
+def _vtl1_entry(cpu: Cpu) -> None:
     """The monitor's loop: initialise on the first VTL call, then serve every entry."""
-    monitor = _monitor(vp)
-    _monitor_init(vp, monitor)
+    monitor = _monitor(cpu)
+    _monitor_init(cpu, monitor)
     monitor.initialized = True
-    reason_va = monitor.space.phys_va(monitor.assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
+    reason_va = DIRECT_MAP + monitor.assist_gpa + defs.VP_ASSIST_ENTRY_REASON_OFFSET
     while True:
-        hvcall.vtl_return(vp)
-        if vp.read_u32(reason_va) == HvVtlEntryReason.VTL_CALL:
-            _serve_call(vp, monitor)
+        hvcall.vtl_return(cpu)
+        if cpu.read_u32(reason_va) == HvVtlEntryReason.VTL_CALL:
+            _serve_call(cpu, monitor)
 
 
-def _serve_call(vp: VirtualProcessor, monitor: Monitor) -> None:
-    function, arg1, arg2 = vp.rdi, vp.rsi, vp.rdx
+def _serve_call(cpu: Cpu, monitor: Monitor) -> None:
+    function, arg1, arg2 = cpu.rdi, cpu.rsi, cpu.rdx
     status = MON_UNKNOWN
     if function == MON_NULL:
         status = MON_OK
     elif function == MON_PROTECT:
-        result = hvcall.modify_vtl_protection_mask(vp, monitor.params, [arg1 >> PAGE_SHIFT], arg2)
+        result = hvcall.modify_vtl_protection_mask(cpu, monitor.params, [arg1 >> PAGE_SHIFT], arg2)
         status = MON_OK if result.ok else MON_FAILED
     elif function == MON_LOCK_CRS:
         control = int(
@@ -232,7 +240,7 @@ def _serve_call(vp: VirtualProcessor, monitor: Monitor) -> None:
             | defs.HvCrInterceptControl.IDTR_WRITE
         )
         result = hvcall.set_vp_registers(
-            vp,
+            cpu,
             monitor.params,
             [
                 (HvRegisterName.CR_INTERCEPT_CR0_MASK, arg1),
@@ -242,38 +250,38 @@ def _serve_call(vp: VirtualProcessor, monitor: Monitor) -> None:
         )
         status = MON_OK if result.ok else MON_FAILED
     # Clear the shared registers we do not return (vbs-internals §2.2 step 5).
-    vp.rdi = vp.rsi = vp.rdx = 0
-    vp.r8 = status
+    cpu.rdi = cpu.rsi = cpu.rdx = 0
+    cpu.r8 = status
 
 
-def _monitor_init(vp: VirtualProcessor, monitor: Monitor) -> None:
-    enable_hypercalls(vp, monitor.hypercall_gpa)
-    vp.wrmsr(HvMsr.VP_ASSIST_PAGE, monitor.assist_gpa | 1)
-    vp.wrmsr(HvMsr.SIMP, monitor.sim_gpa | 1)
-    vp.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
-    vp.wrmsr(HvMsr.SCONTROL, 1)
+def _monitor_init(cpu: Cpu, monitor: Monitor) -> None:
+    enable_hypercalls(cpu, monitor.hypercall_gpa)
+    cpu.wrmsr(HvMsr.VP_ASSIST_PAGE, monitor.assist_gpa | 1)
+    cpu.wrmsr(HvMsr.SIMP, monitor.sim_gpa | 1)
+    cpu.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
+    cpu.wrmsr(HvMsr.SCONTROL, 1)
     config = (
         defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
         | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, 0xF)
     )
     config |= defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask | defs.PCONFIG_DENY_LOWER_VTL_STARTUP.mask
     result = hvcall.set_vp_registers(
-        vp, monitor.params, [(HvRegisterName.VSM_PARTITION_CONFIG, config)]
+        cpu, monitor.params, [(HvRegisterName.VSM_PARTITION_CONFIG, config)]
     )
     if not result.ok:
         raise AssertionError(f"monitor could not configure VSM: {result.status_name}")
     # Take every frame of the monitor away from VTL0 (LVBS: ModifyVtlProtectionMask(flags=0)).
     hvcall.modify_vtl_protection_mask(
-        vp, monitor.params, sorted(set(monitor.space.frames)), int(HvMapGpaFlags(0))
+        cpu, monitor.params, list(monitor.own_pfns), int(HvMapGpaFlags(0))
     )
 
 
 @guest_code("bare1.sint0")
-def _vtl1_sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
-    monitor = _monitor(vp)
-    slot = monitor.space.phys_va(monitor.sim_gpa)  # SINT0's slot is the first of the SIM page
-    message_type = vp.read_u32(slot)
-    payload = vp.read(slot + 16, defs.HV_MESSAGE_PAYLOAD_SIZE)
+def _vtl1_sint0(cpu: Cpu, vector: int, error_code: int) -> None:
+    monitor = _monitor(cpu)
+    slot = DIRECT_MAP + monitor.sim_gpa  # SINT0's slot is the first of the SIM page
+    message_type = cpu.read_u32(slot)
+    payload = cpu.read(slot + 16, defs.HV_MESSAGE_PAYLOAD_SIZE)
     header = defs.INTERCEPT_HEADER.unpack_from(payload)
     access, state = header[2], header[3]
     gpa = gva = value = 0
@@ -285,28 +293,28 @@ def _vtl1_sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     elif message_type == defs.HvMessageType.MSR_INTERCEPT:
         fields = defs.MSR_INTERCEPT_MESSAGE.unpack_from(payload)
         value = (fields[-2] << 32) | (fields[-1] & 0xFFFF_FFFF)
-    count = vp.read_u64(monitor.log_va)
+    count = cpu.read_u64(monitor.log_va)
     if count < LOG_CAPACITY:
         record = LOG_RECORD.pack(
             message_type, access, defs.EXEC_STATE_VTL.extract(state), 0, gpa, gva, value
         )
-        vp.write(monitor.log_va + 8 + count * LOG_RECORD.size, record)
-    vp.write_u64(monitor.log_va, count + 1)
+        cpu.write(monitor.log_va + 8 + count * LOG_RECORD.size, record)
+    cpu.write_u64(monitor.log_va, count + 1)
     # Resolve: #GP into VTL0, as LVBS does for GPA intercepts and refused register writes.
     event = defs.PEV_EVENT_PENDING.mask | defs.PEV_DELIVER_ERROR_CODE.mask
     event = defs.PEV_VECTOR.insert(event, int(Vector.GP))
     hvcall.set_vp_registers(
-        vp, monitor.params, [(HvRegisterName.PENDING_EVENT0, event)], target_vtl=0
+        cpu, monitor.params, [(HvRegisterName.PENDING_EVENT0, event)], target_vtl=0
     )
     # Free the slot, then EOM if another message is pending (vsm-spec §6.2).
-    flags = vp.read(slot + 5, 1)[0]
-    vp.write_u32(slot, 0)
+    flags = cpu.read(slot + 5, 1)[0]
+    cpu.write_u32(slot, 0)
     if flags & defs.HV_MESSAGE_FLAG_PENDING:
-        vp.wrmsr(HvMsr.EOM, 0)
+        cpu.wrmsr(HvMsr.EOM, 0)
 
 
 @guest_code("bare1.exception")
-def _vtl1_exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _vtl1_exception(cpu: Cpu, vector: int, error_code: int) -> None:
     raise ThreadTerminated(f"VTL1 monitor exception {vector}", vector, error_code)
 
 
@@ -314,7 +322,7 @@ def boot_bare(machine: Machine) -> tuple[BareKernel, Monitor, list[str]]:
     """Load both sides and enable VTL1 from VTL0 on the boot processor."""
     kernel = BareKernel.load(machine)
     monitor = Monitor.load(machine)
-    failures = boot_vtl1(machine.bsp, kernel, monitor)
+    failures = boot_vtl1(machine.bsp.cpu, kernel, monitor)
     return kernel, monitor, failures
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vbsim.hv import abi, defs
 from vbsim.hv.defs import HvCallCode, HvStatus
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ def input_value(
 
 
 def hypercall(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     code: int,
     data: bytes = b"",
@@ -72,35 +72,35 @@ def hypercall(
     a system call's user return RIP in the live RCX (standing for the trap frame), so this
     wrapper hands the updated control back in the result and restores the caller's RCX."""
     if data:
-        vp.write(pages.in_va, data)
-    saved = vp.rcx
-    vp.rcx = input_value(code, rep_count=rep_count, rep_start=rep_start, varhead=varhead)
-    vp.rdx = pages.in_gpa
-    vp.r8 = pages.out_gpa
-    vp.vmcall()
-    result = _result(vp, vp.read(pages.out_va, out_size) if out_size else b"")
-    vp.rcx = saved
+        cpu.write(pages.in_va, data)
+    saved = cpu.rcx
+    cpu.rcx = input_value(code, rep_count=rep_count, rep_start=rep_start, varhead=varhead)
+    cpu.rdx = pages.in_gpa
+    cpu.r8 = pages.out_gpa
+    cpu.vmcall()
+    result = _result(cpu, cpu.read(pages.out_va, out_size) if out_size else b"")
+    cpu.rcx = saved
     return result
 
 
-def raw_hypercall(vp: VirtualProcessor, control: int, rdx: int, r8: int) -> HypercallResult:
+def raw_hypercall(cpu: Cpu, control: int, rdx: int, r8: int) -> HypercallResult:
     """Any input value with any parameter registers (what an attacker or a fuzzer issues)."""
-    vp.rcx, vp.rdx, vp.r8 = control, rdx, r8
-    vp.vmcall()
-    return _result(vp, b"")
+    cpu.rcx, cpu.rdx, cpu.r8 = control, rdx, r8
+    cpu.vmcall()
+    return _result(cpu, b"")
 
 
-def fast_hypercall(vp: VirtualProcessor, code: int, rdx: int, r8: int) -> HypercallResult:
-    vp.rcx = input_value(code, fast=True)
-    vp.rdx, vp.r8 = rdx, r8
-    vp.vmcall()
-    return _result(vp, b"")
+def fast_hypercall(cpu: Cpu, code: int, rdx: int, r8: int) -> HypercallResult:
+    cpu.rcx = input_value(code, fast=True)
+    cpu.rdx, cpu.r8 = rdx, r8
+    cpu.vmcall()
+    return _result(cpu, b"")
 
 
-def _result(vp: VirtualProcessor, output: bytes) -> HypercallResult:
-    rax = vp.rax
+def _result(cpu: Cpu, output: bytes) -> HypercallResult:
+    rax = cpu.rax
     return HypercallResult(
-        defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output, vp.rcx
+        defs.RESULT_STATUS.extract(rax), defs.RESULT_REPS_COMPLETE.extract(rax), output, cpu.rcx
     )
 
 
@@ -108,25 +108,25 @@ _VTL_CALL_CODE = int(HvCallCode.VTL_CALL)
 _VTL_RETURN_CODE = int(HvCallCode.VTL_RETURN)
 
 
-def vtl_call(vp: VirtualProcessor, control: int = 0) -> None:
+def vtl_call(cpu: Cpu, control: int = 0) -> None:
     """The 64-bit VTL-call stub: ``mov rax, rcx; mov ecx, 0x11; vmcall``."""
-    vp.rcx = control
-    vp.rax = vp.rcx
-    vp.rcx = _VTL_CALL_CODE
-    vp.vmcall()
+    cpu.rcx = control
+    cpu.rax = cpu.rcx
+    cpu.rcx = _VTL_CALL_CODE
+    cpu.vmcall()
 
 
-def vtl_return(vp: VirtualProcessor, fast: bool = True) -> None:
+def vtl_return(cpu: Cpu, fast: bool = True) -> None:
     """The 64-bit VTL-return stub: ``mov rax, rcx; mov ecx, 0x12; vmcall``."""
-    vp.rcx = int(fast)
-    vp.rax = vp.rcx
-    vp.rcx = _VTL_RETURN_CODE
-    vp.vmcall()
+    cpu.rcx = int(fast)
+    cpu.rax = cpu.rcx
+    cpu.rcx = _VTL_RETURN_CODE
+    cpu.vmcall()
 
 
 # -- typed wrappers for the VSM calls -------------------------------------------------------------
 def get_vp_registers(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     names: list[int],
     target_vtl: int | None = None,
@@ -137,7 +137,7 @@ def get_vp_registers(
     )
     body = b"".join(n.to_bytes(4, "little") for n in names)
     result = hypercall(
-        vp,
+        cpu,
         pages,
         HvCallCode.GET_VP_REGISTERS,
         header + body,
@@ -151,7 +151,7 @@ def get_vp_registers(
 
 
 def set_vp_registers(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     values: list[tuple[int, int]],
     target_vtl: int | None = None,
@@ -163,11 +163,11 @@ def set_vp_registers(
     body = b"".join(
         defs.SET_VP_REGISTERS_ELEMENT.pack(n, v.to_bytes(16, "little")) for n, v in values
     )
-    return hypercall(vp, pages, HvCallCode.SET_VP_REGISTERS, header + body, rep_count=len(values))
+    return hypercall(cpu, pages, HvCallCode.SET_VP_REGISTERS, header + body, rep_count=len(values))
 
 
 def modify_vtl_protection_mask(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     gpns: list[int],
     flags: int,
@@ -182,7 +182,7 @@ def modify_vtl_protection_mask(
         chunk = gpns[start : start + per_call]
         body = b"".join(g.to_bytes(8, "little") for g in chunk)
         result = hypercall(
-            vp, pages, HvCallCode.MODIFY_VTL_PROTECTION_MASK, header + body, rep_count=len(chunk)
+            cpu, pages, HvCallCode.MODIFY_VTL_PROTECTION_MASK, header + body, rep_count=len(chunk)
         )
         results = HypercallResult(result.status, results.reps + result.reps, b"")
         if not result.ok:
@@ -190,11 +190,9 @@ def modify_vtl_protection_mask(
     return results
 
 
-def enable_partition_vtl(
-    vp: VirtualProcessor, pages: ParamPages, vtl: int, flags: int = 0
-) -> HypercallResult:
+def enable_partition_vtl(cpu: Cpu, pages: ParamPages, vtl: int, flags: int = 0) -> HypercallResult:
     return hypercall(
-        vp,
+        cpu,
         pages,
         HvCallCode.ENABLE_PARTITION_VTL,
         defs.ENABLE_PARTITION_VTL_INPUT.pack(defs.HV_PARTITION_ID_SELF, vtl, flags),
@@ -202,25 +200,25 @@ def enable_partition_vtl(
 
 
 def enable_vp_vtl(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     vtl: int,
     context: bytes,
     vp_index: int = defs.HV_VP_INDEX_SELF,
 ) -> HypercallResult:
     header = defs.ENABLE_VP_VTL_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, vtl)
-    return hypercall(vp, pages, HvCallCode.ENABLE_VP_VTL, header + context)
+    return hypercall(cpu, pages, HvCallCode.ENABLE_VP_VTL, header + context)
 
 
 def start_virtual_processor(
-    vp: VirtualProcessor, pages: ParamPages, vp_index: int, vtl: int, context: bytes
+    cpu: Cpu, pages: ParamPages, vp_index: int, vtl: int, context: bytes
 ) -> HypercallResult:
     header = defs.START_VIRTUAL_PROCESSOR_HEADER.pack(defs.HV_PARTITION_ID_SELF, vp_index, vtl)
-    return hypercall(vp, pages, HvCallCode.START_VIRTUAL_PROCESSOR, header + context)
+    return hypercall(cpu, pages, HvCallCode.START_VIRTUAL_PROCESSOR, header + context)
 
 
 def translate_virtual_address(
-    vp: VirtualProcessor,
+    cpu: Cpu,
     pages: ParamPages,
     gva: int,
     flags: int,
@@ -231,6 +229,6 @@ def translate_virtual_address(
     data = defs.TRANSLATE_VIRTUAL_ADDRESS_INPUT.pack(
         defs.HV_PARTITION_ID_SELF, vp_index, control, gva >> 12
     )
-    result = hypercall(vp, pages, HvCallCode.TRANSLATE_VIRTUAL_ADDRESS, data, out_size=16)
+    result = hypercall(cpu, pages, HvCallCode.TRANSLATE_VIRTUAL_ADDRESS, data, out_size=16)
     code, gpa_page = defs.TRANSLATE_VIRTUAL_ADDRESS_OUTPUT.unpack(result.output)
     return result, code & 0xFFFF_FFFF, gpa_page

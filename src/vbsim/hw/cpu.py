@@ -23,8 +23,11 @@ loader registers it with :meth:`vbsim.hw.ram.GuestRam.place_image`).  That
 object may hold addresses, offsets and layouts, never the values a kernel decides from
 (``tests/architecture`` checks both).
 
-Attributes are bound methods of the processor, set once, so an instruction costs what it costs on
-the processor itself (the VTL round trip and TLB-hit budgets in ``vbsim bench`` depend on it).
+Instructions are bound methods of the processor, set once, so an instruction costs what it costs
+on the processor itself; the shared general registers are stored in the Cpu's own slots (the
+processor's ``rax`` ... are views of them), so a register access is an attribute access (the VTL
+round trip and TLB-hit budgets in ``vbsim bench`` depend on both).  The processor itself sits in
+the ``__vp__`` slot: Python machinery, not surface; guest code may not name it (tests/architecture).
 """
 
 from __future__ import annotations
@@ -99,25 +102,16 @@ SURFACE: frozenset[str] = frozenset(
     }
 )
 
-_GPRS: tuple[str, ...] = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
-_GPRS += tuple(f"r{n}" for n in range(8, 16))
-
-
-def _gpr(name: str) -> property:
-    def get(self: Cpu) -> int:
-        return int(getattr(self._vp, name))
-
-    def put(self: Cpu, value: int) -> None:
-        setattr(self._vp, name, value & 0xFFFF_FFFF_FFFF_FFFF)
-
-    return property(get, put, doc=f"{name.upper()} (shared across VTLs, vsm-spec §5.5)")
-
 
 class Cpu:
     """Guest code's processor (see the module docstring for what it is and is not)."""
 
+    # The processor sits in a dunder slot: ``dir(cpu)`` minus Python's own machinery is exactly
+    # SURFACE (tests/architecture), and guest code may not touch dunders (its AST check).  The
+    # shared general registers themselves (vsm-spec §5.5) live here, in slots, so that guest code
+    # reads and writes them at the speed of an attribute; the processor's ``rax`` ... are views.
     __slots__ = (
-        "_vp",
+        "__vp__",
         "call",
         "clac",
         "emit",
@@ -129,10 +123,25 @@ class Cpu:
         "lidt",
         "mov_to_cr",
         "out",
+        "r8",
+        "r9",
+        "r10",
+        "r11",
+        "r12",
+        "r13",
+        "r14",
+        "r15",
+        "rax",
+        "rbp",
+        "rbx",
+        "rcx",
+        "rdi",
         "rdmsr",
+        "rdx",
         "read",
         "read_u32",
         "read_u64",
+        "rsi",
         "stac",
         "syscall",
         "sysret",
@@ -146,6 +155,23 @@ class Cpu:
     )
 
     if TYPE_CHECKING:
+        __vp__: VirtualProcessor
+        rax: int
+        rbx: int
+        rcx: int
+        rdx: int
+        rsi: int
+        rdi: int
+        rbp: int
+        r8: int
+        r9: int
+        r10: int
+        r11: int
+        r12: int
+        r13: int
+        r14: int
+        r15: int
+
         read: Callable[[int, int], bytes]
         write: Callable[[int, bytes | bytearray], None]
         read_u32: Callable[[int], int]
@@ -173,7 +199,9 @@ class Cpu:
         index: int
 
     def __init__(self, vp: VirtualProcessor) -> None:
-        self._vp = vp
+        self.__vp__ = vp
+        self.rax = self.rbx = self.rcx = self.rdx = self.rsi = self.rdi = self.rbp = 0
+        self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = self.r14 = self.r15 = 0
         self.index = vp.index
         for name in (
             "read",
@@ -203,67 +231,51 @@ class Cpu:
         ):
             setattr(self, name, getattr(vp, name))
 
-    rax = _gpr("rax")
-    rbx = _gpr("rbx")
-    rcx = _gpr("rcx")
-    rdx = _gpr("rdx")
-    rsi = _gpr("rsi")
-    rdi = _gpr("rdi")
-    rbp = _gpr("rbp")
-    r8 = _gpr("r8")
-    r9 = _gpr("r9")
-    r10 = _gpr("r10")
-    r11 = _gpr("r11")
-    r12 = _gpr("r12")
-    r13 = _gpr("r13")
-    r14 = _gpr("r14")
-    r15 = _gpr("r15")
-
     @property
     def xmm(self) -> list[int]:
         """XMM0-15 as 128-bit integers (shared, vsm-spec §5.5)."""
-        return self._vp.xmm
+        return self.__vp__.xmm
 
     # -- the current mode ---------------------------------------------------------------------
     @property
     def rip(self) -> int:
-        return self._vp.p.rip
+        return self.__vp__.p.rip
 
     @property
     def rflags(self) -> int:
-        return self._vp.p.rflags
+        return self.__vp__.p.rflags
 
     @property
     def cpl(self) -> int:
-        return self._vp.p.cpl
+        return self.__vp__.p.cpl
 
     @property
     def vtl(self) -> int:
         """The active VTL (HvRegisterVsmVpStatus.ActiveVtl, vsm-spec §4.4)."""
-        return self._vp.vtl
+        return self.__vp__.vtl
 
     @property
     def interrupted_cpl(self) -> int:
         """The privilege level an exception interrupted (CS in its stack frame)."""
-        return self._vp.interrupted_cpl
+        return self.__vp__.interrupted_cpl
 
     @property
     def tracing(self) -> bool:
         """Whether the model records trace events (instrumentation, not architecture)."""
-        return self._vp.trace.on
+        return self.__vp__.trace.on
 
     @property
     def actor(self) -> str:
         """Who runs in the current VTL, for traces."""
-        return self._vp.p.actor
+        return self.__vp__.p.actor
 
     @actor.setter
     def actor(self, label: str) -> None:
-        self._vp.p.actor = label
+        self.__vp__.p.actor = label
 
     def read_cr(self, cr: int) -> int:
         """``mov r64, crN``: CR0, CR2, CR3, CR4 or CR8; #UD for others, #GP(0) at CPL>0."""
-        vp = self._vp
+        vp = self.__vp__
         if cr not in (0, 2, 3, 4, 8):
             vp.fault(Vector.UD)
             return 0
@@ -275,7 +287,7 @@ class Cpu:
     def software_interrupt(self, vector: int) -> None:
         """``int n``: through the IDT like any interrupt (the gate's DPL is 0 in the model, so
         at CPL3 it is #GP, SDM Vol. 3A §6.12.1.1)."""
-        vp = self._vp
+        vp = self.__vp__
         if vp.p.cpl != 0:
             vp.fault(Vector.GP, (vector << 3) | 2)
             return
@@ -286,7 +298,7 @@ class Cpu:
 
         A GS-relative load at CPL3 reaches the user TEB, not the kernel: there the model raises
         #GP as kernel code run in the wrong context does (SDM Vol. 3A §6.15)."""
-        vp = self._vp
+        vp = self.__vp__
         image = vp.ram.images.get((vp.vtl, vp.p.gs_base))
         if image is None or vp.p.cpl != 0:
             vp.wrong_context("kernel code without its kernel's GS")
@@ -301,18 +313,16 @@ class Cpu:
             # Transitional (issue 10): guest code not yet moved onto the architectural surface
             # still reaches the processor.  Every such use is recorded; tests/architecture
             # fails while any remains.
+            if name.startswith("__"):
+                # Python's own protocol (``__dict__`` for dir(), pickling, copy ...): never the
+                # processor's.
+                raise AttributeError(name)
             LEAKS.add(name)
-            return getattr(self._vp, name)
+            return getattr(self.__vp__, name)
 
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name in Cpu.__slots__ or name in _SETTABLE:
-                object.__setattr__(self, name, value)
-                return
-            LEAKS.add(name)
-            setattr(self._vp, name, value)
+        # No __setattr__: a store to a name beyond the surface is an AttributeError (the Cpu has
+        # slots and no __dict__), and a register store is a plain slot store.
 
-
-_SETTABLE = frozenset(_GPRS) | {"actor"}
 
 #: Names guest code reached beyond the surface (transitional; must end up empty).
 LEAKS: set[str] = set()

@@ -19,7 +19,8 @@ What happens when an access is refused is architectural:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn, Protocol
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
@@ -146,8 +147,51 @@ class NoHypervisor:
         return None
 
 
+def _shared(name: str) -> property:
+    """A shared general register, stored in the VP's :class:`Cpu` (where guest code reaches it
+    at slot speed); reading it here is a C-level attribute chain."""
+
+    def put(vp: VirtualProcessor, value: int) -> None:
+        setattr(vp.cpu, name, value)
+
+    return property(attrgetter(f"cpu.{name}"), put, doc=f"{name.upper()} (shared, vsm-spec §5.5)")
+
+
 class VirtualProcessor:
     """One VP with a private register bank per enabled VTL and one shared bank."""
+
+    if TYPE_CHECKING:
+        rax: int
+        rbx: int
+        rcx: int
+        rdx: int
+        rsi: int
+        rdi: int
+        rbp: int
+        r8: int
+        r9: int
+        r10: int
+        r11: int
+        r12: int
+        r13: int
+        r14: int
+        r15: int
+    else:
+        rax = _shared("rax")
+        rbx = _shared("rbx")
+        rcx = _shared("rcx")
+        rdx = _shared("rdx")
+        rsi = _shared("rsi")
+        rdi = _shared("rdi")
+        rbp = _shared("rbp")
+        r8 = _shared("r8")
+        r9 = _shared("r9")
+        r10 = _shared("r10")
+        r11 = _shared("r11")
+        r12 = _shared("r12")
+        r13 = _shared("r13")
+        r14 = _shared("r14")
+        r15 = _shared("r15")
 
     def __init__(
         self,
@@ -165,9 +209,10 @@ class VirtualProcessor:
         self.trace = trace
         self.bus = bus if bus is not None else Bus()
         self.exits: Exits = NoHypervisor()
+        #: What guest code running on this VP holds (vbsim.hw.cpu): the architectural surface.
+        #: It also stores the shared general registers (vsm-spec §5.5), zeroed at reset.
+        self.cpu = Cpu(self)
         # Shared state (vsm-spec §5.5, right column).
-        self.rax = self.rcx = self.rdx = self.rbx = self.rbp = self.rsi = self.rdi = 0
-        self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = self.r14 = self.r15 = 0
         self.cr2 = self.dr0 = self.dr1 = self.dr2 = self.dr3 = 0
         self.dr6 = 0xFFFF_0FF0
         self.xcr0 = 1
@@ -184,8 +229,6 @@ class VirtualProcessor:
         self.p: PrivateState = self._bank(0)
         self.layer: PagingLayer = self._layer(0)
         self._delivering = 0
-        #: What guest code running on this VP holds (vbsim.hw.cpu): the architectural surface.
-        self.cpu = Cpu(self)
         #: The CPL at which the exception being delivered interrupted (from the stack frame).
         self.interrupted_cpl = 0
         self._reselect()
@@ -232,7 +275,28 @@ class VirtualProcessor:
         else:
             self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
+    def host_entry(self, vtl: int) -> int:
+        """Host side only (attack contexts, the fuzzer's harness): make ``vtl`` live, as a
+        hardware debugger switches a processor's context, and trace it as a ``host-entry`` VTL
+        switch so that invariant 7 can tell it from a gate.  Guest code has no way to reach it
+        (it is not on the :class:`~vbsim.hw.cpu.Cpu`).  Returns the VTL that was live."""
+        previous = self.vtl
+        self.switch_vtl(vtl)
+        if self.trace.on:
+            self.emit("vtl", "host-entry", "switched", from_vtl=previous, to_vtl=vtl)
+        return previous
+
     def set_cpl(self, cpl: int) -> None:
+        """Set CPL by fiat: the hypervisor's register interface (SetVpRegisters) and, until issue
+        10's kernel rewrites land, kernel code that enters user mode without a gate (NT's
+        ``run_user``, the SK's trustlet entry).  A change is traced as ``transitional/set-cpl``
+        so that invariant 7 names it; the processor's own gates use :meth:`_set_cpl`."""
+        before = self.p.cpl
+        self._set_cpl(cpl)
+        if before != cpl and self.trace.on:
+            self.emit("transitional", "set-cpl", "changed", from_cpl=before)
+
+    def _set_cpl(self, cpl: int) -> None:
         self.p.cpl = cpl
         fast = self._tlb.fast
         if cpl == 3:
@@ -521,6 +585,7 @@ class VirtualProcessor:
                 vector=int(vector),
                 error_code=error_code_,
                 cr2=self.cr2 if vector == Vector.PF else None,
+                depth=self._delivering,
             )
         if self._delivering >= MAX_DELIVERY_DEPTH:
             raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
@@ -538,7 +603,7 @@ class VirtualProcessor:
         self._delivering += 1
         try:
             if bank.cpl != 0:
-                self.set_cpl(0)
+                self._set_cpl(0)
             bank.rflags &= ~int(Rflags.IF | Rflags.TF)
             self.call(handler, int(vector), error_code_ or 0)
         finally:
@@ -546,7 +611,11 @@ class VirtualProcessor:
             self.interrupted_cpl = saved_interrupted
         if self.p is bank:  # IRET
             bank.rip, bank.rflags = saved_rip, saved_flags
-            self.set_cpl(saved_cpl)
+            self._set_cpl(saved_cpl)
+            if self.trace.on:
+                # The return gate, traced like the entry so that invariant 7 can pair them: the
+                # nesting depth names which delivery this IRET ends.
+                self.emit("iret", "iret", "returned", vector=int(vector), depth=self._delivering)
 
     def _idt_handler(self, vector: int) -> int | None:
         """Read the 16-byte interrupt gate (SDM Vol. 3A §6.14.1) with a supervisor implicit
@@ -750,12 +819,13 @@ class VirtualProcessor:
             # SCE clear: #UD.  From CPL0 the model refuses too (Windows never does it).
             self.fault(Vector.UD)
             return
-        self.rcx = bank.rip
-        self.r11 = bank.rflags
+        cpu = self.cpu
+        cpu.rcx = bank.rip
+        cpu.r11 = bank.rflags
         bank.rflags &= ~bank.sfmask
-        self.set_cpl(0)
+        self._set_cpl(0)
         if self.trace.on:
-            self.emit("syscall", "lstar", "entered", number=self.rax, lstar=bank.lstar)
+            self.emit("syscall", "lstar", "entered", number=cpu.rax, lstar=bank.lstar)
         self.call(bank.lstar)
         if self.p is bank and bank.cpl != 3:
             # The kernel entry returned without sysret: its thread cannot go back to user mode.
@@ -763,13 +833,14 @@ class VirtualProcessor:
 
     def sysret(self) -> None:
         bank = self.p
-        if bank.cpl != 0 or not canonical(self.rcx):
+        cpu = self.cpu
+        if bank.cpl != 0 or not canonical(cpu.rcx):
             # A non-canonical return address faults at CPL0 (Intel; the CVE-2012-0217 setting).
             self.fault(Vector.GP, 0)
             return
-        bank.rip = self.rcx
-        bank.rflags = (self.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
-        self.set_cpl(3)
+        bank.rip = cpu.rcx
+        bank.rflags = (cpu.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
+        self._set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
 
@@ -793,7 +864,7 @@ class VirtualProcessor:
         cs.attributes = _CS_USER_ATTRIBUTES
         bank.rip = entry
         bank.rflags = (saved_flags | int(Rflags.IF)) & ~_AC
-        self.set_cpl(3)
+        self._set_cpl(3)
         if self.trace.on:
             self.emit("syscall", "sysret", "user-callback", entry=entry)
         try:
@@ -801,17 +872,12 @@ class VirtualProcessor:
         finally:
             if self.p is bank and bank.cpl == 3:
                 bank.rflags = saved_flags & ~bank.sfmask
-                self.set_cpl(0)
+                self._set_cpl(0)
                 if self.trace.on:
                     self.emit("syscall", "lstar", "callback-return")
             if self.p is bank:
                 cs.selector, cs.attributes = saved_cs
                 bank.rip, bank.rflags = saved_rip, saved_flags
-
-    def kernel(self) -> object:
-        """Transitional twin of :meth:`vbsim.hw.cpu.Cpu.kernel` for code still typed with the
-        processor (issue 10); goes away with the fallback in ``Cpu``."""
-        return self.cpu.kernel()
 
     def wrong_context(self, why: str) -> NoReturn:
         """Kernel code run outside its kernel (another kernel's GS base, or CPL3): its first

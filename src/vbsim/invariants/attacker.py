@@ -974,7 +974,7 @@ class Session:
             raw = xmm.ljust(96, b"\0")
             for i in range(6):
                 vp.xmm[i] = int.from_bytes(raw[16 * i : 16 * i + 16], "little")
-            result = hvcall.raw_hypercall(vp, r(control), r(rdx), r(r8))
+            result = hvcall.raw_hypercall(vp.cpu, r(control), r(rdx), r(r8))
             return f"hypercall {result.status_name}"
         if op == "securecall":
             return self._securecall(*args)
@@ -1071,7 +1071,7 @@ class Session:
         reply = args
         for _ in range(16):
             callargs.to_registers(vp, request.pack())
-            hvcall.vtl_call(vp)
+            hvcall.vtl_call(vp.cpu)
             reply = SecureCallArgs.unpack(callargs.from_registers(vp))
             if reply.op != callargs.OP_NORMAL_CALL:
                 break

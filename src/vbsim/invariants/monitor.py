@@ -163,8 +163,8 @@ class _VpState:
     cpl: int
     #: CPL last seen in each VTL (a VTL's CPL cannot rise while it is not running).
     cpl_in: dict[int, int] = field(default_factory=dict)
-    #: an exception or interrupt was delivered from CPL3: the next CPL0 is its handler
-    gate_open: bool = False
+    #: the (VTL, CPL) each exception delivery interrupted, by nesting depth: its IRET returns there
+    frames: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: the mode the last ``syscall`` entry came from
     syscall_from: tuple[int, int] = (0, 0)
     #: SKCI admitted a trustlet ID in the secure call running now
@@ -388,27 +388,78 @@ class Monitor:
                 7, f"VP{event.vp} is in VTL{vtl} without a VTL switch (was VTL{state.vtl})"
             )
             state.vtl = vtl
-        if kind == "syscall" and event.mechanism == "lstar":
-            state.syscall_from = (state.vtl, state.cpl)
-        if cpl < state.cpl:
-            gated = (
-                state.gate_open
-                or (kind == "syscall" and event.mechanism == "lstar")
-                or kind in ("exception", "interrupt")
-                or (kind == "cr" and event.mechanism == "mov-cr3")
-            )
+        gate = self._gate(event, state)
+        if gate is None and cpl != state.cpl:
+            # No gate explains it: a privilege level changed by fiat (DESIGN.md, the one rule).
             self.stats.checks += 1
-            if not gated:
-                self._violate(
-                    7,
-                    f"VP{event.vp} VTL{vtl} rose from CPL{state.cpl} to CPL{cpl} without a gate "
-                    f"(first act at CPL{cpl}: {kind}/{event.mechanism})",
-                )
-        state.gate_open = kind in ("exception", "interrupt") and cpl == 3
-        state.cpl = cpl
-        state.cpl_in[vtl] = cpl
+            self._violate(
+                7,
+                f"VP{event.vp} VTL{vtl} went from CPL{state.cpl} to CPL{cpl} without a gate "
+                f"(first act at CPL{cpl}: {kind}/{event.mechanism})",
+            )
+        state.cpl = cpl if gate is None else gate
+        state.cpl_in[vtl] = state.cpl
         if vtl == 1 and cpl == 3:
             self._check_ium_runner(event.vp, f"{kind}/{event.mechanism}")
+
+    def _gate(self, event: Event, state: _VpState) -> int | None:
+        """The CPL a gate event leaves the VP at, having checked the gate's own rule; None if
+        ``event`` is no gate.  The gates (SDM Vol. 2B SYSCALL/SYSRET, Vol. 3A §6.12 and IRET):
+
+        - ``syscall``/``lstar`` (a system call, or the return of a user-mode callback):
+          CPL3 → CPL0, emitted after the change;
+        - ``syscall``/``sysret`` (a system-call return, or the entry of a user-mode callback):
+          CPL0 → CPL3, emitted after the change;
+        - ``exception``/``interrupt`` delivered through the IDT: emitted in the interrupted mode,
+          the handler runs at CPL0; ``iret`` returns to the mode that delivery interrupted.
+        VTL switches are gates of their own (the ``vtl`` branch of :meth:`_gates`): VTL call,
+        return and entry by the hypervisor, and the explicitly host-side ``host-entry`` (an
+        attack context or the fuzzer's harness postulating code execution in a VTL)."""
+        kind, mechanism = event.kind, event.mechanism
+        assert event.cpl is not None and event.vtl is not None
+        if kind == "syscall" and mechanism in ("lstar", "sysret"):
+            before, after = (3, 0) if mechanism == "lstar" else (0, 3)
+            if mechanism == "lstar":
+                state.syscall_from = (event.vtl, state.cpl)
+            self.stats.checks += 1
+            if state.cpl != before or event.cpl != after:
+                self._violate(
+                    7,
+                    f"VP{event.vp} VTL{event.vtl} {mechanism} ({event.outcome}) from CPL"
+                    f"{state.cpl} to CPL{event.cpl}: the gate goes from CPL{before} to {after}",
+                )
+            return event.cpl
+        depth = event.detail.get("depth")
+        if kind in ("exception", "interrupt") and mechanism == "idt":
+            self.stats.checks += 1
+            if event.cpl != state.cpl:
+                self._violate(
+                    7,
+                    f"VP{event.vp} VTL{event.vtl} took vector {event.detail.get('vector')} at "
+                    f"CPL{event.cpl}, but the last gate left it at CPL{state.cpl}",
+                )
+            if isinstance(depth, int):
+                for deeper in [d for d in state.frames if d >= depth]:
+                    del state.frames[deeper]
+                state.frames[depth] = (event.vtl, event.cpl)
+            return 0
+        if kind == "transitional" and mechanism == "set-cpl":
+            # Not a gate: kernel code that still sets its CPL by fiat (VirtualProcessor.set_cpl;
+            # issue 10: NT's run_user and the SK's trustlet entry, being moved onto
+            # sysret/syscall).  Named in the trace; delete this branch when they are gone.
+            self.stats.checks += 1
+            return event.cpl
+        if kind == "iret":
+            self.stats.checks += 1
+            frame = state.frames.pop(depth, None) if isinstance(depth, int) else None
+            if frame is not None and frame != (event.vtl, event.cpl):
+                self._violate(
+                    7,
+                    f"VP{event.vp} IRET to VTL{event.vtl} CPL{event.cpl}, but the delivery "
+                    f"interrupted VTL{frame[0]} CPL{frame[1]}",
+                )
+            return event.cpl
+        return None
 
     def _check_ium_runner(self, vp_index: int, what: str) -> None:
         from vbsim.sk.ium import process as ium

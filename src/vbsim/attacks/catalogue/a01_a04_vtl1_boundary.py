@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains, vtl0_rights
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hv.defs import HvRegisterName
-from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
-from vbsim.hw.x86 import PAGE_SHIFT, Cr4, Msr, Pte
+from vbsim.hw.cpu import Cpu
+from vbsim.hw.pagetable import PageTables
+from vbsim.hw.x86 import Cr4, Msr, Pte
 from vbsim.policy import Policy
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
@@ -37,29 +37,15 @@ def _sk_key_page(ctx: AttackContext) -> tuple[int, bytes]:
 
 
 # -- A1 --------------------------------------------------------------------------------------------
-def _map_and_copy(vp: VirtualProcessor, root: int, target_gpa: int, loot_va: int) -> None:
+def _map_and_copy(cpu: Cpu, root: int, target_gpa: int, loot_va: int) -> None:
     """K0: write a PTE in NT's own tables that maps the target GPA, then copy through it."""
-    tables = PageTables(_runtime_phys(vp), root=root)
+    nt = nt_of(cpu)
+    tables = PageTables(nt.phys(cpu), root=root)
     tables.map(WINDOW_VA, target_gpa, int(Pte.RW | Pte.NX))
-    vp.invlpg(WINDOW_VA)
-    data = vp.read(WINDOW_VA, 96)
-    vp.write(loot_va, data)
-    vp.write(WINDOW_VA, b"\xcc" * 16)
-
-
-def _runtime_phys(vp: VirtualProcessor) -> PhysAccess:
-    frames = vp.ram.frames
-
-    def alloc() -> int:
-        pfn = frames.alloc("attacker")
-        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(4096))
-        return pfn
-
-    return PhysAccess(
-        lambda gpa: vp.read_u64(DIRECT_MAP + gpa),
-        lambda gpa, value: vp.write_u64(DIRECT_MAP + gpa, value),
-        alloc,
-    )
+    cpu.invlpg(WINDOW_VA)
+    data = cpu.read(WINDOW_VA, 96)
+    cpu.write(loot_va, data)
+    cpu.write(WINDOW_VA, b"\xcc" * 16)
 
 
 def a1_steps(ctx: AttackContext) -> None:
@@ -99,14 +85,14 @@ A1 = Scenario(
 
 # -- A2 --------------------------------------------------------------------------------------------
 def _reconfigure(
-    vp: VirtualProcessor, in_va: int, in_gpa: int, out_va: int, out_gpa: int, target_pfn: int
+    cpu: Cpu, in_va: int, in_gpa: int, out_va: int, out_gpa: int, target_pfn: int
 ) -> None:
     pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
-    hvcall.modify_vtl_protection_mask(vp, pages, [target_pfn], 0xF, target_vtl=1)
-    hvcall.modify_vtl_protection_mask(vp, pages, [target_pfn], 0xF)
-    hvcall.set_vp_registers(vp, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, 0)], target_vtl=1)
-    hvcall.set_vp_registers(vp, pages, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, 0)])
-    hvcall.hypercall(vp, pages, 0x000E, bytes(16))  # HvCallDisablePartitionVtl
+    hvcall.modify_vtl_protection_mask(cpu, pages, [target_pfn], 0xF, target_vtl=1)
+    hvcall.modify_vtl_protection_mask(cpu, pages, [target_pfn], 0xF)
+    hvcall.set_vp_registers(cpu, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, 0)], target_vtl=1)
+    hvcall.set_vp_registers(cpu, pages, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, 0)])
+    hvcall.hypercall(cpu, pages, 0x000E, bytes(16))  # HvCallDisablePartitionVtl
 
 
 def a2_steps(ctx: AttackContext) -> None:
@@ -149,14 +135,14 @@ A2 = Scenario(
 HOOK = 0xFFFF_F800_DEAD_0000
 
 
-def _tamper(vp: VirtualProcessor) -> None:
-    vp.mov_to_cr(4, vp.p.cr4 & ~int(Cr4.SMEP))
-    vp.wrmsr(Msr.LSTAR, HOOK)
-    vp.lidt(HOOK, 0xFFF)
+def _tamper(cpu: Cpu) -> None:
+    cpu.mov_to_cr(4, cpu.read_cr(4) & ~int(Cr4.SMEP))
+    cpu.wrmsr(Msr.LSTAR, HOOK)
+    cpu.lidt(HOOK, 0xFFF)
 
 
 def a4_steps(ctx: AttackContext) -> None:
-    bank = ctx.vp.banks[0]
+    bank = ctx.vp.banks[0]  # host side: the debugger's view of VTL0's registers
     assert bank is not None
     ctx.notes["before"] = (bank.cr4, bank.lstar, bank.idtr_base)
     ctx.kernel(_tamper)
@@ -185,12 +171,10 @@ A4 = Scenario(
 
 
 # -- A10 -------------------------------------------------------------------------------------------
-def _unknown_sscn(vp: VirtualProcessor) -> None:
-    from vbsim.nt.kernel import NtKernel
-
-    nt = vp.kernel()
-    assert isinstance(nt, NtKernel) and nt.vsl is not None
-    nt.vsl.call_raw(vp, SecureCallArgs(callargs.OP_INVOKE_SERVICE, 0x7777, 0, []))
+def _unknown_sscn(cpu: Cpu) -> None:
+    nt = nt_of(cpu)
+    assert nt.vsl is not None
+    nt.vsl.call_raw(cpu, SecureCallArgs(callargs.OP_INVOKE_SERVICE, 0x7777, 0, []))
 
 
 def a10_goal(ctx: AttackContext) -> bool:

@@ -42,17 +42,12 @@ from vbsim.attacks.goals import loot_contains, vtl0_rights
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.guest.nic import driver_transfer
+from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw.code import encode_thunk
-from vbsim.hw.dma import (
-    DEFAULT_BASE,
-    DIR_FROM_MEMORY,
-    DIR_TO_MEMORY,
-    STATUS_NAMES,
-    DmaDevice,
-    driver_transfer,
-)
+from vbsim.hw.cpu import Cpu
+from vbsim.hw.dma import DEFAULT_BASE, DIR_FROM_MEMORY, DIR_TO_MEMORY, STATUS_NAMES, DmaDevice
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.slat import R, W
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Access, Pte
 from vbsim.image import ImageKind, build_image
@@ -147,25 +142,25 @@ def _ram(ctx: AttackContext, gpa: int, length: int) -> bytes:
 
 
 # -- an administrator's K0 primitive: the vulnerable signed driver -------------------------------
-def _load(vp: VirtualProcessor, buffer: int, name: str) -> int:
+def _load(cpu: Cpu, buffer: int, name: str) -> int:
     raw = name.encode()
-    vp.write(buffer + NAME_AT, raw)
-    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+    cpu.write(buffer + NAME_AT, raw)
+    return syscall(cpu, "NtLoadDriver", buffer + NAME_AT, len(raw))
 
 
-def _write8(vp: VirtualProcessor, buffer: int, address: int, value: int) -> int:
+def _write8(cpu: Cpu, buffer: int, address: int, value: int) -> int:
     """DeviceIoControl(vulnerable driver, WRITE8, {address, value}): an 8-byte store at CPL0."""
     raw = VULNERABLE_DRIVER.encode()
-    vp.write(buffer + NAME_AT, raw)
-    vp.write(buffer + IOCTL_AT, address.to_bytes(8, "little") + value.to_bytes(8, "little"))
+    cpu.write(buffer + NAME_AT, raw)
+    cpu.write(buffer + IOCTL_AT, address.to_bytes(8, "little") + value.to_bytes(8, "little"))
     return syscall(
-        vp, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), IOCTL_WRITE8, buffer + IOCTL_AT
+        cpu, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), IOCTL_WRITE8, buffer + IOCTL_AT
     )
 
 
-def _admin_write(vp: VirtualProcessor, buffer: int, address: int, value: int) -> list[int]:
+def _admin_write(cpu: Cpu, buffer: int, address: int, value: int) -> list[int]:
     """A0 at CPL3: load the vulnerable signed driver (SeLoadDriverPrivilege), then WRITE8."""
-    return [_load(vp, buffer, VULNERABLE_DRIVER), _write8(vp, buffer, address, value)]
+    return [_load(cpu, buffer, VULNERABLE_DRIVER), _write8(cpu, buffer, address, value)]
 
 
 def _as_admin(ctx: AttackContext, payload: Any, *args: Any) -> Any:
@@ -184,9 +179,9 @@ def _statuses(values: Any) -> list[str]:
 ROOTKIT = "rootkit.sys"
 
 
-def _rootkit_entry(vp: VirtualProcessor, driver_object: int) -> int:
+def _rootkit_entry(cpu: Cpu, driver_object: int) -> int:
     """The unsigned driver's DriverEntry: if any processor ever executes it, this records it."""
-    record_run(vp, "a3")
+    record_run(cpu, "a3")
     return int(NtStatus.SUCCESS)
 
 
@@ -198,11 +193,11 @@ def rootkit_image() -> bytes:
     )
 
 
-def _disable_dse_and_load(vp: VirtualProcessor, buffer: int, ci_options: int) -> list[int]:
+def _disable_dse_and_load(cpu: Cpu, buffer: int, ci_options: int) -> list[int]:
     """A0 at CPL3: the DSE-disable recipe (vulnerable signed driver, g_CiOptions := 0), then
     NtLoadDriver on the unsigned rootkit."""
-    statuses = _admin_write(vp, buffer, ci_options, 0)
-    statuses.append(_load(vp, buffer, ROOTKIT))
+    statuses = _admin_write(cpu, buffer, ci_options, 0)
+    statuses.append(_load(cpu, buffer, ROOTKIT))
     return statuses
 
 
@@ -233,27 +228,31 @@ A3 = Scenario(
 
 
 # -- A3-RWX: executable kernel pool / a hand-made RWX page ----------------------------------------
-def _shellcode(vp: VirtualProcessor) -> int:
-    record_run(vp, "a3-rwx")
+def _shellcode(cpu: Cpu) -> int:
+    record_run(cpu, "a3-rwx")
     return 0
 
 
-def _rwx_and_jump(vp: VirtualProcessor, window: int) -> str:
+#: The shellcode's routine name (what its bytes encode), registered once on import.
+SHELLCODE = payload_routine(_shellcode)
+
+
+def _rwx_and_jump(cpu: Cpu, window: int) -> str:
     """K0: ExAllocatePool(NonPagedPoolExecute) for RWX memory, copy the shellcode, call it.  If NT
     refuses, make RWX memory by hand: an own frame mapped with a PTE that has RW and no NX."""
-    nt = nt_of(vp)
-    thunk = encode_thunk(payload_routine(_shellcode))
-    status, va = nt_allocate_executable(nt, vp, PAGE_SIZE, writable=True)
+    nt = nt_of(cpu)
+    thunk = encode_thunk(SHELLCODE)
+    status, va = nt_allocate_executable(nt, cpu, PAGE_SIZE, writable=True)
     if status == NtStatus.SUCCESS and va:
-        vp.write(va, thunk)
-        vp.call(va)
+        cpu.write(va, thunk)
+        cpu.call(va)
         return "pool"
-    _, gpa = nt.alloc_kernel_page(vp)
-    tables = PageTables(nt.phys(vp), nt.space.pt.root)
+    _, gpa = nt.alloc_kernel_page(cpu)
+    tables = PageTables(nt.phys(cpu), nt.space.pt.root)
     tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
-    vp.invlpg(window)
-    vp.write(window, thunk)
-    vp.call(window)
+    cpu.invlpg(window)
+    cpu.write(window, thunk)
+    cpu.call(window)
     return "pte"
 
 
@@ -303,18 +302,18 @@ def readers_see_forged(ctx: AttackContext) -> bool:
 
 
 # -- A5: PTE remapping -----------------------------------------------------------------------------
-def _remap_and_set(vp: VirtualProcessor, va: int, own_gpa: int, value: int) -> int:
+def _remap_and_set(cpu: Cpu, va: int, own_gpa: int, value: int) -> int:
     """K0: point the variable's PTE at a page of the attacker's (NT's tables are VTL0-writable),
     flush it, then store the value through the variable's own address."""
-    tables = PageTables(nt_of(vp).phys(vp), vp.p.cr3)
+    tables = PageTables(nt_of(cpu).phys(cpu), cpu.read_cr(3))
     pte = tables.pte_gpa(va)
     if pte is None:
         return 0
-    old: int = vp.read_u64(DIRECT_MAP + pte)
+    old: int = cpu.read_u64(DIRECT_MAP + pte)
     flags = int(Pte.P | Pte.RW | Pte.NX | Pte.G)
-    vp.write_u64(DIRECT_MAP + pte, (own_gpa & PTE_ADDR_MASK) | flags)
-    vp.invlpg(va)
-    vp.write_u64(va, value)
+    cpu.write_u64(DIRECT_MAP + pte, (own_gpa & PTE_ADDR_MASK) | flags)
+    cpu.invlpg(va)
+    cpu.write_u64(va, value)
     return old
 
 
@@ -491,13 +490,15 @@ def lsaiso_table_gpa(ctx: AttackContext) -> int | None:
 
 
 def own_vtl0_and_lsaiso(
-    vp: VirtualProcessor, table_gpa: int, loot_gpa: int, params: tuple[int, int, int, int]
+    cpu: Cpu, table_gpa: int, loot_gpa: int, params: tuple[int, int, int, int]
 ) -> int:
     """K1: read LsaIso's credential table through the SK's direct map, hand it to VTL0, then open
     that page to VTL0 in SLAT with a hypercall only VTL1 may make."""
-    vp.write(DIRECT_MAP + loot_gpa, vp.read(DIRECT_MAP + table_gpa, 0x100))
+    cpu.write(DIRECT_MAP + loot_gpa, cpu.read(DIRECT_MAP + table_gpa, 0x100))
     pages = hvcall.ParamPages(*params)
-    result = hvcall.modify_vtl_protection_mask(vp, pages, [table_gpa >> PAGE_SHIFT], R | W)
+    result = hvcall.modify_vtl_protection_mask(
+        cpu, pages, [table_gpa >> PAGE_SHIFT], HvMapGpaFlags.READABLE | HvMapGpaFlags.WRITABLE
+    )
     return result.status
 
 
@@ -550,16 +551,16 @@ def _plug(ctx: AttackContext, device: DmaDevice) -> DmaDevice:
     return device
 
 
-def _driver_dma(vp: VirtualProcessor, base: int, target: int, loot: int, staging: int) -> list[int]:
+def _driver_dma(cpu: Cpu, base: int, target: int, loot: int, staging: int) -> list[int]:
     """K0 driving its NIC: DMA the target page into the device and back out into the loot page,
     then DMA 0xCC bytes from a staging page onto the target."""
     statuses = [
-        driver_transfer(vp, base, target, 96, DIR_FROM_MEMORY),
-        driver_transfer(vp, base, loot, 96, DIR_TO_MEMORY),
+        driver_transfer(cpu, base, target, 96, DIR_FROM_MEMORY),
+        driver_transfer(cpu, base, loot, 96, DIR_TO_MEMORY),
     ]
-    vp.write(DIRECT_MAP + staging, b"\xcc" * 16)
-    statuses.append(driver_transfer(vp, base, staging, 16, DIR_FROM_MEMORY))
-    statuses.append(driver_transfer(vp, base, target, 16, DIR_TO_MEMORY))
+    cpu.write(DIRECT_MAP + staging, b"\xcc" * 16)
+    statuses.append(driver_transfer(cpu, base, staging, 16, DIR_FROM_MEMORY))
+    statuses.append(driver_transfer(cpu, base, target, 16, DIR_TO_MEMORY))
     return statuses
 
 

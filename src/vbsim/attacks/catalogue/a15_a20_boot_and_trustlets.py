@@ -15,7 +15,6 @@ K0 can do everything A0 can, so a K0 attempt that fails fails for A0 too.
 from __future__ import annotations
 
 import functools
-import weakref
 from dataclasses import replace
 
 from vbsim.attacks.context import AttackContext
@@ -23,8 +22,7 @@ from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.boot.disk import VBS_REGISTRY_KEY
 from vbsim.hw.code import encode_thunk, guest_code
-from vbsim.hw.ram import GuestRam
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.image import ComponentVersion, other_pki
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
@@ -62,9 +60,9 @@ def needs_credential_guard(policy: Policy) -> bool:
 
 
 # -- host-side views (what a hardware debugger would read) ---------------------------------------
-def nt_of(vp: VirtualProcessor) -> NtKernel:
+def nt_of(cpu: Cpu) -> NtKernel:
     """The kernel the VP runs in VTL0 (its GS base: NT's processor block)."""
-    nt = vp.kernel()
+    nt = cpu.kernel()
     assert isinstance(nt, NtKernel)
     return nt
 
@@ -123,41 +121,43 @@ def booted_version(ctx: AttackContext, component: str) -> str | None:
     return None
 
 
-# -- code that runs in IUM: a fact about the CPU, recorded per machine ---------------------------
-_IUM_RUNS: weakref.WeakKeyDictionary[GuestRam, list[tuple[str, int, int]]] = (
-    weakref.WeakKeyDictionary()
-)
+# -- code that runs: a fact about the CPU, seen by a debugger's breakpoint ----------------------
 ATTACKER_ENTRY = "attack.a18.payload"
 
 
-def record_run(vp: VirtualProcessor, tag: str) -> None:
-    """What a hardware debugger sees when the attacker's code executes: this VP's VTL and CPL."""
-    _IUM_RUNS.setdefault(vp.ram, []).append((tag, vp.vtl, vp.p.cpl))
+def record_run(cpu: Cpu, tag: str) -> None:
+    """The breakpoint on the attacker's code: when a processor executes it, the trace records
+    a ``breakpoint`` event, which carries that processor's VTL and CPL (the trace stamps every
+    event with the mode it was emitted in; the attacker's code chooses neither)."""
+    cpu.emit("breakpoint", "debugger", "hit", tag=tag)
 
 
 def runs(ctx: AttackContext, tag: str) -> list[tuple[int, int]]:
-    machine = ctx.system.machine if ctx.system else None
-    if machine is None:
-        return []
-    return [(vtl, cpl) for t, vtl, cpl in _IUM_RUNS.get(machine.ram, []) if t == tag]
+    """(VTL, CPL) of every execution of the code tagged ``tag`` since the machine booted."""
+    return [
+        (int(event.vtl), int(event.cpl))
+        for event in ctx.trace.events
+        if event.kind == "breakpoint"
+        and event.detail.get("tag") == tag
+        and event.vtl is not None
+        and event.cpl is not None
+    ]
 
 
 @guest_code(ATTACKER_ENTRY)
-def _attacker_trustlet(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
+def _attacker_trustlet(cpu: Cpu, message: int, length: int, reply: int) -> int:
     """The attacker's trustlet code: if it ever runs, it runs here."""
-    record_run(vp, "a18")
+    record_run(cpu, "a18")
     return 0
 
 
-def _start_and_run(
-    vp: VirtualProcessor, name: str, trustlet_id: int, image: bytes, message: bytes
-) -> int:
+def _start_and_run(cpu: Cpu, name: str, trustlet_id: int, image: bytes, message: bytes) -> int:
     """K0: CreateProcess with PS_CP_SECURE_PROCESS(trustlet_id) on ``image``, then let its thread
     run once with ``message`` (NT schedules trustlet threads)."""
-    nt = nt_of(vp)
-    status, process = create_secure_process(nt, vp, name, trustlet_id, image=image)
+    nt = nt_of(cpu)
+    status, process = create_secure_process(nt, cpu, name, trustlet_id, image=image)
     if process is not None:
-        run_trustlet(nt, vp, process, message)
+        run_trustlet(nt, cpu, process, message)
     return status
 
 
@@ -257,10 +257,10 @@ A16 = Scenario(
 
 
 # -- A17 -------------------------------------------------------------------------------------------
-def _set_value(vp: VirtualProcessor, buffer: int, key: bytes, value: int) -> int:
+def _set_value(cpu: Cpu, buffer: int, key: bytes, value: int) -> int:
     """A0 at CPL3: RegSetValueEx → NtSetValueKey, with the key's name in its own memory."""
-    vp.write(buffer, key)
-    return syscall(vp, "NtSetValueKey", buffer, len(key), value)
+    cpu.write(buffer, key)
+    return syscall(cpu, "NtSetValueKey", buffer, len(key), value)
 
 
 def a17_steps(ctx: AttackContext) -> None:
@@ -374,21 +374,21 @@ A19 = Scenario(
 A20_LENGTH = 0x100
 
 
-def _read_remote(vp: VirtualProcessor, pid: int, va: int, buffer: int, length: int) -> int:
+def _read_remote(cpu: Cpu, pid: int, va: int, buffer: int, length: int) -> int:
     """A0 at CPL3 with SeDebugPrivilege: ReadProcessMemory → NtReadVirtualMemory."""
-    return syscall(vp, "NtReadVirtualMemory", pid, va, buffer, length)
+    return syscall(cpu, "NtReadVirtualMemory", pid, va, buffer, length)
 
 
-def _debug_trustlet(vp: VirtualProcessor, pid: int, va: int, buffer_pfn: int) -> list[int]:
+def _debug_trustlet(cpu: Cpu, pid: int, va: int, buffer_pfn: int) -> list[int]:
     """K0: the debugger's secure calls, with the secure handles NT keeps for the trustlet."""
-    nt = nt_of(vp)
+    nt = nt_of(cpu)
     assert nt.vsl is not None
     handle = nt.processes[pid].secure_pid
     cookie = int(nt.ext.get("secure_threads", {}).get(pid, 0))
     statuses = [
-        nt.vsl.call(vp, Service.DEBUG_PROCESS, handle)[0],
-        nt.vsl.call(vp, Service.GET_CONTEXT, cookie)[0],
-        nt.vsl.call(vp, Service.DEBUG_READ_WRITE_MEMORY, handle, va, buffer_pfn, A20_LENGTH, 0)[0],
+        nt.vsl.call(cpu, Service.DEBUG_PROCESS, handle)[0],
+        nt.vsl.call(cpu, Service.GET_CONTEXT, cookie)[0],
+        nt.vsl.call(cpu, Service.DEBUG_READ_WRITE_MEMORY, handle, va, buffer_pfn, A20_LENGTH, 0)[0],
     ]
     return statuses
 

@@ -19,7 +19,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.hw.code import encode_thunk
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium.lsaiso import ntlm_response
 from vbsim.nt import dump as nt_dump
@@ -51,18 +51,18 @@ def lsass_process(ctx: AttackContext) -> Process:
 CHALLENGE = bytes.fromhex("1122334455667788")
 
 
-def _pass_the_challenge(vp: VirtualProcessor, record_va: int, port: int, buffer: int) -> int:
+def _pass_the_challenge(cpu: Cpu, record_va: int, port: int, buffer: int) -> int:
     """The attacker's SSP, running inside lsass at CPL3: take lsass's "[LSA Isolated Data]" blob,
     hand it to LsaIso with a chosen challenge over LsaIso's port, keep the answer.  ``buffer``:
     three pages in lsass (scratch, request, reply)."""
-    parsed = lsass.parse_record(vp.read(record_va, lsass.RECORD_SIZE))
+    parsed = lsass.parse_record(cpu.read(record_va, lsass.RECORD_SIZE))
     blob = lsass.isolated_blob(parsed.blob) if parsed is not None and parsed.blob else None
     if not blob:
         return int(NtStatus.NOT_FOUND)
     request = lsass.respond_message(blob, CHALLENGE)
-    vp.write(buffer + PAGE_SIZE, request)
+    cpu.write(buffer + PAGE_SIZE, request)
     return syscall(
-        vp,
+        cpu,
         "NtAlpcSendWaitReceivePort",
         port,
         buffer + PAGE_SIZE,
@@ -71,9 +71,9 @@ def _pass_the_challenge(vp: VirtualProcessor, record_va: int, port: int, buffer:
     )
 
 
-def _read_remote(vp: VirtualProcessor, pid: int, va: int, buffer: int, length: int) -> int:
+def _read_remote(cpu: Cpu, pid: int, va: int, buffer: int, length: int) -> int:
     """A0 with SeDebugPrivilege at CPL3: ReadProcessMemory → NtReadVirtualMemory."""
-    return syscall(vp, "NtReadVirtualMemory", pid, va, buffer, length)
+    return syscall(cpu, "NtReadVirtualMemory", pid, va, buffer, length)
 
 
 def a21_steps(ctx: AttackContext) -> None:
@@ -140,29 +140,29 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     return None
 
 
-def _logon_hook(vp: VirtualProcessor, scratch: int, logon: Logon, port: int) -> int:
+def _logon_hook(cpu: Cpu, scratch: int, logon: Logon, port: int) -> int:
     """The attacker's detour, running inside lsass in place of its logon routine: the original
     code, copied to a trampoline, is called as if Credential Guard were not running (the
     ``g_IsCredGuardEnabled = 0`` patch, ipurple-CG)."""
     out = scratch + 0x800
-    if syscall(vp, "NtAllocateVirtualMemory", out, PAGE_SIZE, PAGE_EXECUTE_READWRITE):
+    if syscall(cpu, "NtAllocateVirtualMemory", out, PAGE_SIZE, PAGE_EXECUTE_READWRITE):
         return 0
-    trampoline = vp.read_u64(out)
-    vp.write(trampoline, encode_thunk(LSASS_MAIN))  # the bytes the detour overwrote
-    result: int = vp.call(trampoline, scratch, logon, 0)
+    trampoline = cpu.read_u64(out)
+    cpu.write(trampoline, encode_thunk(LSASS_MAIN))  # the bytes the detour overwrote
+    result: int = cpu.call(trampoline, scratch, logon, 0)
     return result
 
 
-def _patch_process(vp: VirtualProcessor, pid: int, va: int, buffer: int, data: bytes) -> list[int]:
+def _patch_process(cpu: Cpu, pid: int, va: int, buffer: int, data: bytes) -> list[int]:
     """A0 with SeDebugPrivilege at CPL3: what kernel32's WriteProcessMemory does on a code page —
     NtProtectVirtualMemory(lsass, page, PAGE_EXECUTE_READWRITE), then NtWriteVirtualMemory.
     The model's reduced argument lists: (pid, address, size, new protection) and (pid, address,
     buffer, size)."""
-    vp.write(buffer, data)
+    cpu.write(buffer, data)
     page = va & ~(PAGE_SIZE - 1)
     return [
-        syscall(vp, "NtProtectVirtualMemory", pid, page, PAGE_SIZE, PAGE_EXECUTE_READWRITE),
-        syscall(vp, "NtWriteVirtualMemory", pid, va, buffer, len(data)),
+        syscall(cpu, "NtProtectVirtualMemory", pid, page, PAGE_SIZE, PAGE_EXECUTE_READWRITE),
+        syscall(cpu, "NtWriteVirtualMemory", pid, va, buffer, len(data)),
     ]
 
 
@@ -222,11 +222,11 @@ A22 = Scenario(
 
 
 # -- A27 -------------------------------------------------------------------------------------------
-def _dump_and_hibernate(vp: VirtualProcessor) -> list[int]:
+def _dump_and_hibernate(cpu: Cpu) -> list[int]:
     """A0 at CPL3: a live kernel dump with user pages, then ``shutdown /h``."""
     return [
-        nt_dump.syscall(vp, "NtSystemDebugControl", nt_dump.SYSDBG_GET_LIVE_KERNEL_DUMP),
-        nt_dump.syscall(vp, "NtInitiatePowerAction", nt_dump.POWER_ACTION_HIBERNATE),
+        nt_dump.syscall(cpu, "NtSystemDebugControl", nt_dump.SYSDBG_GET_LIVE_KERNEL_DUMP),
+        nt_dump.syscall(cpu, "NtInitiatePowerAction", nt_dump.POWER_ACTION_HIBERNATE),
     ]
 
 
@@ -267,15 +267,15 @@ A27 = Scenario(
 
 
 # -- A29 -------------------------------------------------------------------------------------------
-def _rundown(vp: VirtualProcessor, pid: int) -> int:
+def _rundown(cpu: Cpu, pid: int) -> int:
     """K0: SECURESERVICE_RUNDOWN_PROCESS on LsaIso's secure handle (from its EPROCESS)."""
-    nt = nt_of(vp)
+    nt = nt_of(cpu)
     assert nt.vsl is not None
-    return nt.vsl.call(vp, Service.RUNDOWN_PROCESS, nt.processes[pid].secure_pid)[0]
+    return nt.vsl.call(cpu, Service.RUNDOWN_PROCESS, nt.processes[pid].secure_pid)[0]
 
 
-def _terminate(vp: VirtualProcessor, pid: int) -> int:
-    return syscall(vp, "NtTerminateProcess", pid, 0xC000_0001)
+def _terminate(cpu: Cpu, pid: int) -> int:
+    return syscall(cpu, "NtTerminateProcess", pid, 0xC000_0001)
 
 
 def a29_steps(ctx: AttackContext) -> None:

@@ -28,10 +28,9 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
-from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.code import guest_code
-from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
+from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.ium import iumbase
 from vbsim.ium.images import trustlet_image
@@ -61,24 +60,24 @@ IUM_REGISTRY_VALUE = 0x1F
 
 # -- the probe trustlet --------------------------------------------------------------------------
 @guest_code(PROBE_ENTRY)
-def _probe(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
+def _probe(cpu: Cpu, message: int, length: int, reply: int) -> int:
     """Trustlet code at VTL1 CPL3: READ (u64 VA, u64 length) copies what it reads into its heap
     and its reply; SET_VALUE (u64 value, key bytes) calls NtSetValueKey with the key in its heap."""
     if length < 8:
         return 0
-    op = vp.read_u32(message)
+    op = cpu.read_u32(message)
     if op == PROBE_READ and length >= 24:
-        va, size = struct.unpack("<QQ", vp.read(message + 8, 16))
-        data = vp.read(va, min(size, 0x200))
-        vp.write(PROBE_OUT, data)
-        vp.write(reply, data)
+        va, size = struct.unpack("<QQ", cpu.read(message + 8, 16))
+        data = cpu.read(va, min(size, 0x200))
+        cpu.write(PROBE_OUT, data)
+        cpu.write(reply, data)
         return len(data)
     if op == PROBE_SET_VALUE and length > 16:
-        value = vp.read_u64(message + 8)
-        key = vp.read(message + 16, min(length - 16, 0x200))
-        vp.write(PROBE_OUT, key)
-        status = iumbase.nt_syscall(vp, "NtSetValueKey", PROBE_OUT, len(key), value)
-        vp.write(reply, status.to_bytes(8, "little"))
+        value = cpu.read_u64(message + 8)
+        key = cpu.read(message + 16, min(length - 16, 0x200))
+        cpu.write(PROBE_OUT, key)
+        status = iumbase.nt_syscall(cpu, "NtSetValueKey", PROBE_OUT, len(key), value)
+        cpu.write(reply, status.to_bytes(8, "little"))
         return 8
     return 0
 
@@ -88,14 +87,14 @@ def probe_image() -> bytes:
     return trustlet_image("IumProbe.exe", trustlet_id=PROBE_ID, entry=PROBE_ENTRY)
 
 
-def _run_probe(vp: VirtualProcessor, message: bytes, loot_va: int) -> int:
+def _run_probe(cpu: Cpu, message: bytes, loot_va: int) -> int:
     """K0: start the probe trustlet, run it once with ``message``, keep its reply in loot."""
-    nt = nt_of(vp)
-    status, process = create_secure_process(nt, vp, "IumProbe.exe", PROBE_ID, image=probe_image())
+    nt = nt_of(cpu)
+    status, process = create_secure_process(nt, cpu, "IumProbe.exe", PROBE_ID, image=probe_image())
     if process is None:
         return status
-    run = run_trustlet(nt, vp, process, message)
-    vp.write(loot_va, run.reply[:PAGE_SIZE])
+    run = run_trustlet(nt, cpu, process, message)
+    cpu.write(loot_va, run.reply[:PAGE_SIZE])
     return run.status
 
 
@@ -113,27 +112,12 @@ def _probe_memory(ctx: AttackContext) -> bytes:
 
 
 # -- VTL0 kernel reads IUM user memory -------------------------------------------------------
-def _kernel_phys(vp: VirtualProcessor) -> PhysAccess:
-    frames = vp.ram.frames
-
-    def alloc() -> int:
-        pfn = frames.alloc("attacker")
-        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        return pfn
-
-    return PhysAccess(
-        lambda gpa: vp.read_u64(DIRECT_MAP + gpa),
-        lambda gpa, value: vp.write_u64(DIRECT_MAP + gpa, value),
-        alloc,
-    )
-
-
-def _map_and_read(vp: VirtualProcessor, root: int, target_gpa: int, loot_va: int) -> None:
+def _map_and_read(cpu: Cpu, root: int, target_gpa: int, loot_va: int) -> None:
     """K0: a PTE in NT's own tables for the target GPA, then a read through it."""
-    tables = PageTables(_kernel_phys(vp), root=root)
+    tables = PageTables(nt_of(cpu).phys(cpu), root=root)
     tables.map(WINDOW_VA, target_gpa & ~0xFFF, int(Pte.NX))
-    vp.invlpg(WINDOW_VA)
-    vp.write(loot_va, vp.read(WINDOW_VA + (target_gpa & 0xFFF), 0x100))
+    cpu.invlpg(WINDOW_VA)
+    cpu.write(loot_va, cpu.read(WINDOW_VA + (target_gpa & 0xFFF), 0x100))
 
 
 def kernel_reads_ium_steps(ctx: AttackContext) -> None:
@@ -230,13 +214,13 @@ IUM_DISABLED_SYSCALL = Scenario(
 FILL = b"\xaa" * 64
 
 
-def _secure_syscall_from_vtl0(vp: VirtualProcessor, buffer: int) -> int:
+def _secure_syscall_from_vtl0(cpu: Cpu, buffer: int) -> int:
     """A standard user at VTL0 CPL3: IumGetIdk's number (bit 27 set), as iumdll would issue it."""
-    vp.write(buffer, FILL)
-    vp.rax = SECURE_NUMBERS["IumGetIdk"]
-    vp.r10, vp.rdx, vp.r8, vp.r9 = 0, buffer, 32, 0
-    vp.syscall()
-    return vp.rax
+    cpu.write(buffer, FILL)
+    cpu.rax = SECURE_NUMBERS["IumGetIdk"]
+    cpu.r10, cpu.rdx, cpu.r8, cpu.r9 = 0, buffer, 32, 0
+    cpu.syscall()
+    return cpu.rax
 
 
 def vtl0_secure_syscall_steps(ctx: AttackContext) -> None:
@@ -278,17 +262,17 @@ VTL0_SECURE_SYSCALL = Scenario(
 
 
 # -- K0 dumps lsass credentials -------------------------------------------------------------------
-def _attach_and_copy(vp: VirtualProcessor, cr3: int, va: int, length: int, loot_va: int) -> None:
+def _attach_and_copy(cpu: Cpu, cr3: int, va: int, length: int, loot_va: int) -> None:
     """K0: KeStackAttachProcess(lsass) — CR3 switch — then copy the record with SMAP lifted."""
-    saved = vp.p.cr3
-    vp.mov_to_cr(3, cr3)
+    saved = cpu.read_cr(3)
+    cpu.mov_to_cr(3, cr3)
     try:
-        vp.stac()
-        data = vp.read(va, length)
-        vp.clac()
+        cpu.stac()
+        data = cpu.read(va, length)
+        cpu.clac()
     finally:
-        vp.mov_to_cr(3, saved)
-    vp.write(loot_va, data)
+        cpu.mov_to_cr(3, saved)
+    cpu.write(loot_va, data)
 
 
 def k0_dumps_lsass_steps(ctx: AttackContext) -> None:

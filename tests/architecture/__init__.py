@@ -1,0 +1,1 @@
+"""DESIGN.md's one rule, enforced (issue 10 part 2)."""

@@ -1,0 +1,576 @@
+"""DESIGN.md's one rule, checked statically: guest code holds only an architectural CPU.
+
+Guest code is software that runs *on* the machine (DESIGN.md "Three kinds of code"):
+
+- every module under ``vbsim.nt``, ``vbsim.sk`` and ``vbsim.ium``, as a whole;
+- the **steps** of the attack catalogue (``vbsim.attacks.catalogue``) and the guest routines of
+  ``vbsim.guest`` (``bare``, ``hvcall``).  Those packages mix guest code with host-side code (the
+  scenario's orchestration, ``before_boot`` changes to the disk, goal checks, loaders), so a
+  *step* is defined by what runs on a processor:
+
+  1. a function whose first parameter is annotated ``Cpu`` (the processor the routine runs on:
+     ``vp.call`` / ``VirtualProcessor.user_call`` hand every routine its ``Cpu`` first);
+  2. a function decorated with ``@guest_code(...)`` (registered as code in RAM);
+  3. a function or lambda handed to a mode entry as the code to run there —
+     ``ctx.kernel(f, ...)``, ``ctx.user(f, ...)``, ``ctx.secure_kernel(f, ...)``,
+     ``payload_routine(f)``, ``code.register(name, f)``;
+  4. a function nested in a step (it is part of the step's code).
+
+  Everything else in those modules is host-side: it receives the ``AttackContext`` or the
+  ``Machine`` and may read RAM (a goal check is a hardware debugger's view).  A step that calls a
+  host-side function (one taking the ``AttackContext``, the ``Machine`` ...: :data:`HOST_TYPES`)
+  is itself a violation (it would reach the host through it); pure helpers (encoders, image
+  builders) are neither.
+
+What guest code may not do (each a :class:`Violation` with its file, line and function):
+
+- import the platform or the host: ``vbsim.machine``, ``vbsim.hv`` (but ``hv.defs`` and
+  ``hv.abi``, the TLFS numbers and the hypercall input encoding, and ``hv.calls.context``, the
+  HV_INITIAL_VP_CONTEXT layout), ``vbsim.hw`` but the pure modules in :data:`PURE_HW`,
+  ``vbsim.boot``, ``vbsim.invariants``, ``vbsim.attacks`` (in a step: anything but the
+  catalogue's own steps), ``vbsim.policy``, ``vbsim.trace``, the tools (``report``, ``cli``,
+  ``bench``, ``fuzz``, ``demo``, ``scenarios``), and the introspection modules ``gc``,
+  ``inspect``, ``ctypes``.  In a mixed module the check applies to the *names* a step uses:
+  a module-level ``from vbsim.hw.ram import GuestRam`` used only by a goal is fine, ``GuestRam``
+  named inside a step is not.
+- touch the platform's objects by attribute: :data:`FORBIDDEN_ATTRIBUTES` (``.ram``, ``.slat``,
+  ``.banks``, ``.p``, ``.hv``, ``.machine``, ``.vps``, ``.frames``, ``switch_vtl`` ...), on any
+  object — no guest object legitimately has them, and a Python kernel object that had one would
+  be the leak the runtime check looks for;
+- use a ``_``-prefixed attribute (dunders included) of a parameter typed ``Cpu``: the processor
+  sits in its ``__vp__`` slot;
+- introspect: :data:`FORBIDDEN_DUNDERS` (``__self__`` of a bound method is the VP), frame
+  objects, ``vars()``/``globals()``, and ``getattr``/``setattr`` with a forbidden constant name;
+- name ``VirtualProcessor`` (a guest routine's processor is a ``Cpu``);
+- reach another kernel's internals: NT code may not import ``vbsim.sk`` nor the SK ``vbsim.nt``,
+  and ``vbsim.ium`` neither, except the ABI modules in :data:`ABI_MODULES` (numbers and layouts
+  both sides apply).
+
+Run it: ``PYTHONPATH=src python tests/architecture/checker.py`` prints every violation, per file.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+#: Packages whose modules are guest code as a whole.
+GUEST_PACKAGES = ("vbsim.nt", "vbsim.sk", "vbsim.ium")
+#: Packages that mix guest steps with host-side code: only steps are checked.
+MIXED_PACKAGES = ("vbsim.attacks.catalogue", "vbsim.guest")
+
+#: Platform modules guest code may import: numbers, encodings and pure data structures that hold
+#: no machine state.  ``cpu`` (the architectural CPU itself), ``x86`` (architectural constants:
+#: PTE bits, MSR numbers, vectors), ``code`` (the thunk encoding of code in RAM and the routine
+#: registry, i.e. the instruction set), ``faults`` (how a flow ends: bugcheck, thread exit),
+#: ``pagetable`` (the 4-level entry format and a table editor over a ``PhysAccess`` the caller
+#: builds from its own loads and stores).
+PURE_HW = frozenset(
+    {"vbsim.hw.cpu", "vbsim.hw.x86", "vbsim.hw.code", "vbsim.hw.faults", "vbsim.hw.pagetable"}
+)
+#: Hypervisor modules that are ABI: numbers (TLFS), the hypercall input encoding, the initial
+#: VP context layout.
+ABI_HV = frozenset({"vbsim.hv.defs", "vbsim.hv.abi", "vbsim.hv.calls.context"})
+#: Device programming interfaces (a datasheet's register offsets and command values) a driver
+#: may name, from modules that otherwise model the device itself.
+DEVICE_INTERFACES = {
+    "vbsim.hw.dma": frozenset(
+        {
+            "DEFAULT_BASE",
+            "REG_ADDR_LO",
+            "REG_ADDR_HI",
+            "REG_LENGTH",
+            "REG_DIRECTION",
+            "REG_COMMAND",
+            "REG_STATUS",
+            "REG_DEVICE_ID",
+            "REG_XFERRED",
+            "DIR_TO_MEMORY",
+            "DIR_FROM_MEMORY",
+            "CMD_GO",
+            "CMD_RESET",
+            "STATUS_IDLE",
+            "STATUS_DONE",
+            "STATUS_BLOCKED",
+            "STATUS_ERROR",
+        }
+    )
+}
+#: Annotations that make a function host-side: a step calling it would reach the host.
+HOST_TYPES = frozenset(
+    {"AttackContext", "Machine", "System", "VirtualProcessor", "GuestRam", "Hypervisor", "Policy"}
+)
+#: Host-side packages and modules (prefixes) no guest code imports.
+FORBIDDEN_MODULES = (
+    "vbsim.machine",
+    "vbsim.hv",
+    "vbsim.hw",
+    "vbsim.boot",
+    "vbsim.invariants",
+    "vbsim.attacks",
+    "vbsim.policy",
+    "vbsim.trace",
+    "vbsim.report",
+    "vbsim.cli",
+    "vbsim.bench",
+    "vbsim.fuzz",
+    "vbsim.demo",
+    "vbsim.scenarios",
+    "gc",
+    "inspect",
+    "ctypes",
+)
+#: The VTL0/VTL1 ABI both kernels may import from the other side (numbers and layouts only):
+#: secure-call numbers per build, SECURE_CALL_ARGS, and what lives at the package level.
+ABI_MODULES = frozenset(
+    {"vbsim.sk.sscn", "vbsim.sk.callargs", "vbsim.sk.layouts", "vbsim.nt.layouts"}
+)
+#: Which kernel may not import which (DESIGN.md: "neither kernel imports the other").
+CROSS_KERNEL = {
+    "vbsim.nt": ("vbsim.sk", "vbsim.ium"),
+    "vbsim.sk": ("vbsim.nt", "vbsim.ium"),
+    "vbsim.ium": ("vbsim.nt", "vbsim.sk"),
+}
+
+#: Attributes of the platform (VirtualProcessor, Machine, Hypervisor, GuestRam ...).
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        "ram",
+        "mm",
+        "slat",
+        "banks",
+        "layers",
+        "layer",
+        "tlbs",
+        "exits",
+        "hv",
+        "machine",
+        "vps",
+        "bsp",
+        "frames",
+        "p",
+        "trace",
+        "cr2",
+        "iommu",
+        "images",
+        "loaded_kernel",
+        "set_cpl",
+        "_set_cpl",
+        "host_entry",
+        "switch_vtl",
+        "enable_vtl",
+        "set_mbec",
+        "flush_tlb",
+        "apply_msr",
+        "apply_cr",
+        "cpu_of",
+        "_getframe",
+        "f_back",
+        "f_locals",
+        "f_globals",
+        "gi_frame",
+        "cr_frame",
+        "tb_frame",
+    }
+)
+FORBIDDEN_DUNDERS = frozenset(
+    {
+        "__self__",
+        "__closure__",
+        "__dict__",
+        "__globals__",
+        "__code__",
+        "__func__",
+        "__wrapped__",
+        "__getattribute__",
+        "__getattr__",
+        "__class__",
+        "__subclasses__",
+        "__mro__",
+        "__bases__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__builtins__",
+        "__slots__",
+        "__vp__",
+    }
+)
+FORBIDDEN_CALLS = frozenset({"vars", "globals", "locals"})
+ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
+#: Mode entries whose first argument is code to run on the machine (rule 3 of a step).
+PAYLOAD_CALLS = frozenset({"kernel", "user", "secure_kernel", "payload_routine", "register"})
+
+
+@dataclass(frozen=True, order=True)
+class Violation:
+    path: str
+    line: int
+    function: str
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        where = f" in {self.function}" if self.function else ""
+        return f"{self.path}:{self.line}{where}: {self.rule}: {self.detail}"
+
+
+def module_name(path: Path) -> str:
+    relative = path.resolve().relative_to(SRC).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def forbidden_import(target: str, importer: str, step: bool) -> str | None:
+    """Why ``importer`` (guest code) may not import ``target`` (a module, or a module's name);
+    None if it may."""
+    parent, _, name = target.rpartition(".")
+    allowed = PURE_HW | ABI_HV | ABI_MODULES
+    if target in allowed or parent in allowed or name in DEVICE_INTERFACES.get(parent, ()):
+        return None
+    if step and _within(target, "vbsim.attacks.catalogue"):
+        return None  # other steps (their host-side functions are checked where called)
+    for prefix in FORBIDDEN_MODULES:
+        if _within(target, prefix):
+            return f"imports {target} (host side or platform)"
+    for kernel, others in CROSS_KERNEL.items():
+        if _within(importer, kernel):
+            for other in others:
+                if _within(target, other) and target not in ABI_MODULES:
+                    return f"imports {target} (another kernel's internals)"
+    return None
+
+
+def _resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = importer.split(".")
+    base = parts if is_package else parts[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(node: ast.AST, importer: str, is_package: bool) -> Iterator[tuple[str, str, int]]:
+    """(bound name, origin module or module.name, line) for each import below ``node``."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            for alias in sub.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                yield bound, alias.name, sub.lineno
+        elif isinstance(sub, ast.ImportFrom):
+            origin = _resolve(sub, importer, is_package)
+            for alias in sub.names:
+                yield alias.asname or alias.name, f"{origin}.{alias.name}", sub.lineno
+
+
+def _annotation_name(annotation: ast.expr | None) -> str | None:
+    if annotation is None:
+        return None
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        return annotation.value.split(".")[-1]
+    if isinstance(annotation, ast.Name):
+        return annotation.id
+    if isinstance(annotation, ast.Attribute):
+        return annotation.attr
+    return None
+
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+
+def _cpu_params(function: Function) -> set[str]:
+    if isinstance(function, ast.Lambda):
+        return set()
+    args = function.args
+    return {
+        a.arg
+        for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)
+        if _annotation_name(a.annotation) == "Cpu"
+    }
+
+
+def _first_param_is_cpu(function: Function) -> bool:
+    if isinstance(function, ast.Lambda):
+        return False
+    params = (*function.args.posonlyargs, *function.args.args)
+    return bool(params) and _annotation_name(params[0].annotation) == "Cpu"
+
+
+def _decorated_as_code(function: Function) -> bool:
+    if isinstance(function, ast.Lambda):
+        return False
+    for decorator in function.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if _annotation_name(target) == "guest_code":
+            return True
+    return False
+
+
+def _callee(call: ast.Call) -> str | None:
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+@dataclass
+class _Module:
+    path: str
+    name: str
+    tree: ast.Module
+    is_package: bool
+    #: module-level imported names → origin
+    imported: dict[str, str] = field(default_factory=dict)
+    #: module-level function definitions by name
+    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
+    steps: list[tuple[str, Function]] = field(default_factory=list)
+
+
+def _parse(path: Path, source: str | None = None, name: str | None = None) -> _Module:
+    text = path.read_text() if source is None else source
+    tree = ast.parse(text, filename=str(path))
+    module = _Module(str(path), name or module_name(path), tree, path.name == "__init__.py")
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for bound, origin, _ in _imports(node, module.name, module.is_package):
+                module.imported[bound] = origin
+        elif isinstance(node, ast.If):  # if TYPE_CHECKING: imports
+            for bound, origin, _ in _imports(node, module.name, module.is_package):
+                module.imported.setdefault(bound, origin)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in tree.body:
+            module.functions[node.name] = node
+    return module
+
+
+def _find_steps(module: _Module) -> list[tuple[str, Function]]:
+    """Rules 1-3 of a step (rule 4, nesting, is the walk of each step's body)."""
+    found: dict[int, tuple[str, Function]] = {}
+
+    def add(label: str, function: Function) -> None:
+        found.setdefault(id(function), (label, function))
+
+    def visit(node: ast.AST, scope: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                label = f"{scope}{child.name}"
+                if _first_param_is_cpu(child) or _decorated_as_code(child):
+                    add(label, child)
+                    continue  # nested functions are part of the step
+                visit(child, label + ".")
+                continue
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{scope}{child.name}.")
+                continue
+            if isinstance(child, ast.Call) and _callee(child) in PAYLOAD_CALLS:
+                callee = _callee(child)
+                index = 1 if callee == "register" else 0
+                if len(child.args) > index:
+                    payload = child.args[index]
+                    if isinstance(payload, ast.Lambda):
+                        add(f"{scope}<lambda line {payload.lineno}>", payload)
+                    elif isinstance(payload, ast.Name) and payload.id in module.functions:
+                        add(payload.id, module.functions[payload.id])
+            visit(child, scope)
+
+    visit(module.tree, "")
+    return list(found.values())
+
+
+class _StepVisitor(ast.NodeVisitor):
+    def __init__(
+        self,
+        module: _Module,
+        label: str,
+        whole_module: bool,
+        host_functions: dict[str, str],
+        out: list[Violation],
+    ) -> None:
+        self.module = module
+        self.label = label
+        self.whole = whole_module
+        self.host = host_functions
+        self.out = out
+        self.cpu_names: set[str] = set()
+
+    def report(self, node: ast.AST, rule: str, detail: str) -> None:
+        line = getattr(node, "lineno", 0)
+        self.out.append(Violation(self.module.path, line, self.label, rule, detail))
+
+    # imports inside guest code
+    def _check_import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for _, origin, line in _imports(node, self.module.name, self.module.is_package):
+            why = forbidden_import(origin, self.module.name, step=not self.whole)
+            if why is not None:
+                self.out.append(Violation(self.module.path, line, self.label, "import", why))
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self._check_import(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        self._check_import(node)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
+        saved, label = set(self.cpu_names), self.label
+        self.cpu_names |= _cpu_params(node)
+        if self.whole and not isinstance(node, ast.Lambda):
+            self.label = f"{label}.{node.name}" if label else node.name
+        self.generic_visit(node)
+        self.cpu_names, self.label = saved, label
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        label = self.label
+        if self.whole:
+            self.label = f"{label}.{node.name}" if label else node.name
+        self.generic_visit(node)
+        self.label = label
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._function(node)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        self._function(node)
+
+    def _attribute_name(self, node: ast.AST, name: str, owner: ast.expr | None) -> None:
+        if name in FORBIDDEN_ATTRIBUTES:
+            self.report(node, "attribute", f".{name} reaches the platform")
+        elif name in FORBIDDEN_DUNDERS:
+            self.report(node, "introspection", f".{name}")
+        elif name.startswith("_") and isinstance(owner, ast.Name) and owner.id in self.cpu_names:
+            self.report(node, "cpu-private", f"{owner.id}.{name} is not on the Cpu surface")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self._attribute_name(node, node.attr, node.value)
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id == "VirtualProcessor":
+            self.report(node, "processor", "names VirtualProcessor")
+        elif not self.whole and node.id in self.module.imported:
+            why = forbidden_import(self.module.imported[node.id], self.module.name, step=True)
+            if why is not None:
+                self.report(node, "import", f"uses {node.id}: {why}")
+        if not self.whole and node.id in self.host:
+            self.report(node, "host-call", f"uses host-side {self.host[node.id]}")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        callee = node.func.id if isinstance(node.func, ast.Name) else None
+        if callee in FORBIDDEN_CALLS:
+            self.report(node, "introspection", f"{callee}()")
+        if callee in ATTRIBUTE_FUNCTIONS and len(node.args) >= 2:
+            name = node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                owner = node.args[0]
+                self._attribute_name(node, name.value, owner)
+        self.generic_visit(node)
+
+
+def _host_side(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A function that takes a host object (the attack context, the machine ...).  Pure helpers
+    — encoders, image builders, numbers in and out — are neither guest nor host."""
+    args = function.args
+    return any(
+        _annotation_name(a.annotation) in HOST_TYPES
+        for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)
+    )
+
+
+def _host_functions(modules: Iterable[_Module]) -> dict[str, dict[str, str]]:
+    """Per module: the names a step there would reach host-side code through."""
+    steps_by_module = {m.name: {label for label, _ in m.steps} for m in modules}
+    result: dict[str, dict[str, str]] = {}
+    for module in modules:
+        local = {
+            name: f"{module.name}.{name}"
+            for name, function in module.functions.items()
+            if name not in steps_by_module[module.name] and _host_side(function)
+        }
+        for bound, origin in module.imported.items():
+            owner, _, attr = origin.rpartition(".")
+            if owner in steps_by_module and owner != module.name:
+                peer = next(m for m in modules if m.name == owner)
+                function = peer.functions.get(attr)
+                if function and attr not in steps_by_module[owner] and _host_side(function):
+                    local[bound] = origin
+        result[module.name] = local
+    return result
+
+
+def check_modules(modules: list[_Module]) -> list[Violation]:
+    out: list[Violation] = []
+    mixed = [m for m in modules if any(_within(m.name, p) for p in MIXED_PACKAGES)]
+    for module in mixed:
+        module.steps = _find_steps(module)
+    hosts = _host_functions(mixed)
+    for module in modules:
+        if module in mixed:
+            for label, function in module.steps:
+                visitor = _StepVisitor(module, label, False, hosts[module.name], out)
+                # The step's own name is not a host call; its body is what is checked.
+                visitor.visit(function)
+        else:
+            _StepVisitor(module, "", True, {}, out).visit(module.tree)
+    return sorted(set(out))
+
+
+def guest_files(src: Path = SRC) -> list[Path]:
+    roots = [*GUEST_PACKAGES, *MIXED_PACKAGES]
+    files: list[Path] = []
+    for root in roots:
+        files.extend(sorted((src / root.replace(".", "/")).rglob("*.py")))
+    return files
+
+
+def check_files(paths: Iterable[Path]) -> list[Violation]:
+    return check_modules([_parse(path) for path in paths])
+
+
+def check_source(source: str, module: str, path: str = "<planted>") -> list[Violation]:
+    """Check one module's source as if it were ``module`` (for planted-violation tests)."""
+    fake = Path(path)
+    return check_modules([_parse(fake, source, module)])
+
+
+def steps_of(path: Path) -> list[str]:
+    """The step labels the checker finds in a mixed module (for tests and for the curious)."""
+    module = _parse(path)
+    return [label for label, _ in _find_steps(module)]
+
+
+def by_file(violations: Iterable[Violation]) -> dict[str, list[Violation]]:
+    grouped: dict[str, list[Violation]] = {}
+    for violation in violations:
+        grouped.setdefault(violation.path, []).append(violation)
+    return grouped
+
+
+def main() -> int:
+    violations = check_files(guest_files())
+    for path, found in by_file(violations).items():
+        print(f"{Path(path).relative_to(SRC.parent)}: {len(found)}")
+        for violation in found:
+            print(
+                f"  {violation.line}: {violation.function or '<module>'}: "
+                f"{violation.rule}: {violation.detail}"
+            )
+    print(f"{len(violations)} violation(s)")
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
