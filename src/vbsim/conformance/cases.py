@@ -72,7 +72,9 @@ def case(
 
 
 def _get(env: Partition, name: int, vp_index: int = VP_SELF) -> int:
-    result, values = hvcall.get_vp_registers(env.vp, env.kernel.params, [name], vp_index=vp_index)
+    result, values = hvcall.get_vp_registers(
+        env.vp.cpu, env.kernel.params, [name], vp_index=vp_index
+    )
     expect(result.ok, f"GetVpRegisters(0x{name:x}): {status(result)}")
     return values[0]
 
@@ -90,7 +92,7 @@ def initial_status() -> None:
         expect(mbec_set & ~defs.CAP_MBEC_VTL_MASK.extract(caps) == 0, "MBEC set within mask")
         for vp in env.machine.vps:
             result, (vpstatus,) = hvcall.get_vp_registers(
-                vp, env.kernel.params, [HvRegisterName.VSM_VP_STATUS]
+                vp.cpu, env.kernel.params, [HvRegisterName.VSM_VP_STATUS]
             )
             expect(result.ok, f"VP{vp.index} VsmVpStatus: {status(result)}")
             expect(defs.VPSTATUS_ACTIVE_VTL.extract(vpstatus) == 0, f"VP{vp.index} in VTL0")
@@ -130,10 +132,12 @@ def mbec_status() -> None:
             pages = env.monitor.params
             config = defs.SECCFG_MBEC_ENABLED.mask
             result = hvcall.set_vp_registers(
-                vp, pages, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, config)]
+                vp.cpu, pages, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, config)]
             )
             expect(result.ok, f"SecureConfigVtl0.MbecEnabled: {status(result)}")
-            result, (vpstatus,) = hvcall.get_vp_registers(vp, pages, [HvRegisterName.VSM_VP_STATUS])
+            result, (vpstatus,) = hvcall.get_vp_registers(
+                vp.cpu, pages, [HvRegisterName.VSM_VP_STATUS]
+            )
             expect(bool(defs.VPSTATUS_ACTIVE_MBEC_ENABLED.extract(vpstatus)), "ActiveMbec (VTL1)")
     finally:
         env.close()
@@ -149,7 +153,7 @@ def enable_partition_vtl_negative() -> None:
 
         def call(partition_id: int, vtl: int, flags: int = 0) -> hvcall.HypercallResult:
             data = defs.ENABLE_PARTITION_VTL_INPUT.pack(partition_id, vtl, flags)
-            return hvcall.hypercall(env.vp, pages, HvCallCode.ENABLE_PARTITION_VTL, data)
+            return hvcall.hypercall(env.vp.cpu, pages, HvCallCode.ENABLE_PARTITION_VTL, data)
 
         expect_status(call(42, 1), HvStatus.INVALID_PARTITION_ID, "bad partition ID")
         expect_status(call(SELF, 0), HvStatus.INVALID_PARAMETER, "VTL0 already enabled")
@@ -170,7 +174,7 @@ def enable_vp_vtl_negative() -> None:
 
         def call(partition_id: int, vp_index: int, vtl: int) -> hvcall.HypercallResult:
             data = defs.ENABLE_VP_VTL_HEADER.pack(partition_id, vp_index, vtl) + context
-            return hvcall.hypercall(env.vp, pages, HvCallCode.ENABLE_VP_VTL, data)
+            return hvcall.hypercall(env.vp.cpu, pages, HvCallCode.ENABLE_VP_VTL, data)
 
         expect_status(call(42, VP_SELF, 1), HvStatus.INVALID_PARTITION_ID, "bad partition ID")
         expect_status(call(SELF, 0xFFFF_FFFF, 1), HvStatus.INVALID_VP_INDEX, "bad VP index")
@@ -185,12 +189,12 @@ def enable_vp_vtl_other_vp() -> None:
     try:
         ap = env.machine.vps[1]
         _, gpa = env.kernel.space.alloc_data()
-        enable_hypercalls(ap, gpa)
-        result = hvcall.enable_vp_vtl(ap, env.kernel.params, 1, env.monitor.context())
+        enable_hypercalls(ap.cpu, gpa)
+        result = hvcall.enable_vp_vtl(ap.cpu, env.kernel.params, 1, env.monitor.context())
         expect(not result.ok, f"VP1's VTL0 enabled VTL1 on itself: {status(result)}")
         with as_vtl(env.vp, 1) as vp:  # VTL1 orchestrates its own enablement
             result = hvcall.enable_vp_vtl(
-                vp, env.monitor.params, 1, env.monitor.context(), vp_index=1
+                vp.cpu, env.monitor.params, 1, env.monitor.context(), vp_index=1
             )
         expect(result.ok, f"VTL1 enabling VTL1 on VP1: {status(result)}")
         vpstatus = _get(env, HvRegisterName.VSM_VP_STATUS, vp_index=1)
@@ -205,10 +209,10 @@ def disable_vtl_from_vtl0() -> None:
     try:
         pages = env.kernel.params
         data = defs.DISABLE_PARTITION_VTL_INPUT.pack(SELF, 1)
-        result = hvcall.hypercall(env.vp, pages, HvCallCode.DISABLE_PARTITION_VTL, data)
+        result = hvcall.hypercall(env.vp.cpu, pages, HvCallCode.DISABLE_PARTITION_VTL, data)
         expect_status(result, HvStatus.ACCESS_DENIED, "DisablePartitionVtl(1) from VTL0")
         data = defs.DISABLE_VP_VTL_INPUT.pack(SELF, VP_SELF, 1)
-        result = hvcall.hypercall(env.vp, pages, HvCallCode.DISABLE_VP_VTL, data)
+        result = hvcall.hypercall(env.vp.cpu, pages, HvCallCode.DISABLE_VP_VTL, data)
         expect_status(result, HvStatus.ACCESS_DENIED, "DisableVpVtl(1) from VTL0")
     finally:
         env.close()
@@ -263,7 +267,7 @@ def _registers_call(env: Partition, code_: int, header: bytes, names: list[int],
         data = header + b"".join(defs.SET_VP_REGISTERS_ELEMENT.pack(n, bytes(16)) for n in names)
     else:
         data = header + b"".join(n.to_bytes(4, "little") for n in names)
-    result = hvcall.hypercall(vp, env.kernel.params, code_, data, rep_count=count)
+    result = hvcall.hypercall(vp.cpu, env.kernel.params, code_, data, rep_count=count)
     return result.status
 
 
@@ -296,7 +300,7 @@ def rep_rcx_update() -> None:
     env = partition()
     try:
         names = [int(HvRegisterName.VSM_VP_STATUS), int(HvRegisterName.VSM_CAPABILITIES)]
-        result, _ = hvcall.get_vp_registers(env.vp, env.kernel.params, names)
+        result, _ = hvcall.get_vp_registers(env.vp.cpu, env.kernel.params, names)
         expect(result.ok and result.reps == 2, f"two reps: {status(result)} {result.reps}")
         expect(defs.INPUT_REP_START.extract(result.control) == 2, "RCX: rep start index 2")
         expect(defs.INPUT_REP_COUNT.extract(result.control) == 2, "RCX keeps the rep count")
@@ -329,11 +333,11 @@ def privileges() -> None:
     try:
         env.hv.privileges &= ~int(defs.HvPartitionPrivilege.ACCESS_VP_REGISTERS)
         result, _ = hvcall.get_vp_registers(
-            env.vp, env.kernel.params, [HvRegisterName.VSM_VP_STATUS]
+            env.vp.cpu, env.kernel.params, [HvRegisterName.VSM_VP_STATUS]
         )
         expect_status(result, HvStatus.ACCESS_DENIED, "GetVpRegisters without AccessVpRegisters")
         env.hv.privileges &= ~int(defs.HvPartitionPrivilege.ACCESS_VSM)
-        result = hvcall.enable_partition_vtl(env.vp, env.kernel.params, 1)
+        result = hvcall.enable_partition_vtl(env.vp.cpu, env.kernel.params, 1)
         expect_status(result, HvStatus.ACCESS_DENIED, "EnablePartitionVtl without AccessVSM")
     finally:
         env.close()
@@ -346,12 +350,12 @@ def param_page_intercept() -> None:
         control = hvcall.input_value(HvCallCode.GET_VP_REGISTERS, rep_count=1)
         gpa = env.monitor.params.in_gpa
         with contextlib.suppress(GuestTermination):
-            hvcall.raw_hypercall(env.vp, control, gpa, env.kernel.params.out_gpa)
+            hvcall.raw_hypercall(env.vp.cpu, control, gpa, env.kernel.params.out_gpa)
         log = env.monitor.log(env.vp)
         expect(bool(log) and log[-1][0] == defs.HvMessageType.GPA_INTERCEPT, "GPA intercept")
         expect(log[-1][3] == gpa, f"intercept GPA 0x{log[-1][3]:x}, expected 0x{gpa:x}")
         beyond = env.machine.ram.size + (1 << PAGE_SHIFT)
-        result = hvcall.raw_hypercall(env.vp, control, beyond, env.kernel.params.out_gpa)
+        result = hvcall.raw_hypercall(env.vp.cpu, control, beyond, env.kernel.params.out_gpa)
         expect_status(result, HvStatus.INVALID_ALIGNMENT, "GPA outside the GPA space")
     finally:
         env.close()
@@ -393,18 +397,18 @@ def tlb_locking() -> None:
         with as_vtl(vp, 1) as v1:
             locked = defs.SECCFG_TLB_LOCKED.mask | defs.SECCFG_MBEC_ENABLED.mask
             result = hvcall.set_vp_registers(
-                v1, env.monitor.params, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, locked)]
+                v1.cpu, env.monitor.params, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, locked)]
             )
             expect(result.ok, f"lock VTL0's TLB: {status(result)}")
         space = vp.p.cr3
         data = defs.FLUSH_VIRTUAL_ADDRESS_SPACE_INPUT.pack(space, 0, 1)
         result = hvcall.hypercall(
-            vp, env.kernel.params, HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data
+            vp.cpu, env.kernel.params, HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data
         )
         expect(result.ok, f"flush while locked: {status(result)}")
         state = env.hv.states[vp.index][0]
         expect(state.deferred_flush, "the flush waits for the lock")
-        monitor_call(vp, MON_NULL)  # VTL1's VtlReturn releases the lock
+        monitor_call(vp.cpu, MON_NULL)  # VTL1's VtlReturn releases the lock
         expect(not state.deferred_flush, "the deferred flush ran at the VTL return")
         del gpa
     finally:
@@ -421,7 +425,7 @@ def vtl0_irq_waits() -> None:
             env.hv.assert_interrupt(vp, 0, 0x40)
             expect(env.kernel.exceptions == [], "VTL0 interrupt did not preempt VTL1")
         with contextlib.suppress(GuestTermination):
-            monitor_call(vp, MON_NULL)
+            monitor_call(vp.cpu, MON_NULL)
         expect(
             bool(env.kernel.exceptions) and env.kernel.exceptions[-1].vector == 0x40,
             "delivered on return to VTL0",
@@ -470,19 +474,21 @@ def translate_va() -> None:
         vp = env.vp
         va, gpa = env.kernel.space.alloc_data()
         flags = int(Xlate.VALIDATE_READ | Xlate.VALIDATE_WRITE | Xlate.PRIVILEGE_EXEMPT)
-        result, code_, page = hvcall.translate_virtual_address(vp, env.kernel.params, va, flags, 0)
+        result, code_, page = hvcall.translate_virtual_address(
+            vp.cpu, env.kernel.params, va, flags, 0
+        )
         expect(result.ok and code_ == 0, f"VTL0->VTL0: {status(result)} code {code_}")
         expect(page == gpa >> PAGE_SHIFT, "VTL0->VTL0 GPA page")
         raw = int.from_bytes(vp.read(env.kernel.params.out_va, 8), "little")
         expect(defs.TRANSLATE_RESULT_CACHE_TYPE.extract(raw) == 6, "cache type write-back")
         expect(not defs.TRANSLATE_RESULT_OVERLAY_PAGE.extract(raw), "not an overlay page")
         result, code_, _ = hvcall.translate_virtual_address(
-            vp, env.kernel.params, 0x80_0000_0000, flags, 0
+            vp.cpu, env.kernel.params, 0x80_0000_0000, flags, 0
         )
         expect(result.ok and code_ == defs.HvTranslateGvaResultCode.PAGE_NOT_PRESENT, "unmapped")
         with as_vtl(vp, 1) as v1:
             result, code_, page = hvcall.translate_virtual_address(
-                v1, env.monitor.params, va, flags, 0
+                v1.cpu, env.monitor.params, va, flags, 0
             )
             expect(result.ok and code_ == 0 and page == gpa >> PAGE_SHIFT, "VTL1->VTL0")
     finally:
@@ -500,7 +506,7 @@ def translate_va_overlay() -> None:
         flags = int(Xlate.VALIDATE_READ | Xlate.PRIVILEGE_EXEMPT)
         with as_vtl(vp, 1) as v1:
             result, code_, page = hvcall.translate_virtual_address(
-                v1, env.monitor.params, va, flags, 0
+                v1.cpu, env.monitor.params, va, flags, 0
             )
             raw = int.from_bytes(v1.read(env.monitor.params.out_va, 8), "little")
         expect(result.ok and code_ == 0 and page == hypercall_page, f"translate: {code_}")
@@ -554,7 +560,7 @@ def _protection_probe(access: int) -> None:
             env.machine.ram.write(gpa, code.encode_thunk("conformance.ret"))
             vp.flush_tlb()
         flags = {0: 0, 1: 1, 2: 3}[access]  # remove R / W / X for VTL0
-        expect(monitor_call(vp, MON_PROTECT, gpa, flags) == 0, "monitor protected the page")
+        expect(monitor_call(vp.cpu, MON_PROTECT, gpa, flags) == 0, "monitor protected the page")
         rip = vp.p.rip
         try:
             if access == 0:
@@ -611,20 +617,22 @@ def default_protection_mask() -> None:
         with as_vtl(env.vp, 1) as v1:
             pages = env.monitor.params
             result, (config,) = hvcall.get_vp_registers(
-                v1, pages, [HvRegisterName.VSM_PARTITION_CONFIG]
+                v1.cpu, pages, [HvRegisterName.VSM_PARTITION_CONFIG]
             )
             mask = defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.extract(config)
             expect(result.ok and mask == 0xF, f"default mask 0x{mask:x}")
             changed = defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(config, 0)
             result = hvcall.set_vp_registers(
-                v1, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, changed)]
+                v1.cpu, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, changed)]
             )
             expect(not result.ok, "the default mask cannot change once set")
-            _, (after,) = hvcall.get_vp_registers(v1, pages, [HvRegisterName.VSM_PARTITION_CONFIG])
+            _, (after,) = hvcall.get_vp_registers(
+                v1.cpu, pages, [HvRegisterName.VSM_PARTITION_CONFIG]
+            )
             expect(defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.extract(after) == 0xF, "unchanged")
             cleared = config & ~defs.PCONFIG_ZERO_MEMORY_ON_RESET.mask
             result = hvcall.set_vp_registers(
-                v1, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, cleared)]
+                v1.cpu, pages, [(HvRegisterName.VSM_PARTITION_CONFIG, cleared)]
             )
             expect(result.ok, f"ZeroMemoryOnReset is not write-once: {status(result)}")
         va, _ = env.kernel.space.alloc_data()
@@ -642,7 +650,7 @@ def register_intercept() -> None:
         with as_vtl(vp, 1) as v1:
             pages = env.monitor.params
             result = hvcall.set_vp_registers(
-                v1,
+                v1.cpu,
                 pages,
                 [
                     (HvRegisterName.CR_INTERCEPT_CR4_MASK, 1 << 20),
@@ -651,7 +659,7 @@ def register_intercept() -> None:
             )
             expect(result.ok, f"install CR4 intercept: {status(result)}")
             result, (back,) = hvcall.get_vp_registers(
-                v1, pages, [HvRegisterName.CR_INTERCEPT_CONTROL]
+                v1.cpu, pages, [HvRegisterName.CR_INTERCEPT_CONTROL]
             )
             expect(result.ok and back == control, f"control reads back 0x{back:x}")
         cr4 = vp.cpu.read_cr(4)

@@ -59,7 +59,7 @@ class Partition:
 
     def enable_vsm(self) -> None:
         """VTL0 enables VTL1 on the BSP and the monitor configures VSM (LVBS's order)."""
-        failures = boot_vtl1(self.vp, self.kernel, self.monitor)
+        failures = boot_vtl1(self.vp.cpu, self.kernel, self.monitor)
         if failures:
             raise AssertionError(f"VSM enablement failed: {failures}")
 
@@ -84,7 +84,7 @@ def partition(vps: int = 2, vsm: bool = True, profile: StatusProfile | None = No
     else:
         _, hypercall_gpa = kernel.space.alloc_data()
         for vp in machine.vps:
-            enable_hypercalls(vp, hypercall_gpa)
+            enable_hypercalls(vp.cpu, hypercall_gpa)
     return env
 
 
