@@ -47,7 +47,7 @@ def test_allocate_read_only_page_cannot_be_written(system: System) -> None:
     assert status == NtStatus.SUCCESS
     outcome = user.run("tests.nt.write", base, b"x")
     assert outcome.terminated is not None and outcome.terminated.vector == 14
-    assert user.process.exit_status == NtStatus.ACCESS_VIOLATION
+    assert user.view.exit_status == NtStatus.ACCESS_VIOLATION
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from vbsim.hw import code
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
-from vbsim.nt.process import Process, Token
+from vbsim.nt.process import Process, ProcessView, Token, host_view
 from vbsim.policy import Policy
 from vbsim.trace import Trace
 
@@ -143,12 +143,21 @@ class AttackContext:
         target = process or self.process(admin)
         name = payload_routine(payload)
         entry = nt.map_code(self.vp, target, [name])[name]
-        self.vp.actor = "attacker (A0)" if target.token.admin else "attacker (U0)"
+        self.vp.actor = "attacker (A0)" if self.is_admin(target) else "attacker (U0)"
         run = nt.run_user(self.vp, target, entry, *args)
         self.vp.actor = "nt"
         if run.terminated is not None:
             self.stops.append(run.terminated)
         return run.returned
+
+    def view(self, process: Process) -> ProcessView:
+        """Host view (goal checks, labels): ``process``'s EPROCESS and token as RAM holds them."""
+        machine = self.booted.machine
+        assert machine is not None
+        return host_view(machine.ram, process.eprocess)
+
+    def is_admin(self, process: Process) -> bool:
+        return self.view(process).admin
 
     def user_buffer(self, process: Process, size: int = PAGE_SIZE) -> int:
         nt = self.booted.nt

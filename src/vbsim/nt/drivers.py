@@ -466,8 +466,9 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
 # -- system services ------------------------------------------------------------------------------
 def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """NtLoadDriver(PCSTR name, ULONG length) — the model's reduced form of the registry path."""
-    process = nt.process_of(vp)
-    if process is None or not process.token.load_driver:
+    from vbsim.nt.layouts import Privilege
+
+    if not syscalls.caller_holds(nt, vp, Privilege.SE_LOAD_DRIVER):
         _event(vp, "privilege", "refused", privilege="SeLoadDriverPrivilege")
         return int(NtStatus.PRIVILEGE_NOT_HELD)
     name = _string(nt, vp, args[0], args[1])

@@ -20,6 +20,8 @@ from vbsim.hw.pagetable import PhysAccess
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
+from vbsim.nt import process as ps
+from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, Cpu, read_field
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
 from vbsim.ntstatus import BugCheck, NtStatus
 
@@ -102,6 +104,13 @@ class NtKernel:
             self.space.install(name)
         self.data_va, self.data_gpa = self.space.alloc_data(4)
         self._data_next = self.data_va
+        # PsActiveProcessHead: an empty LIST_ENTRY points at itself (winload zeroes .data;
+        # NT's phase 0 initialises the head before the first process exists).
+        head = self.variable("PsActiveProcessHead", LIST_ENTRY.SIZE)
+        self.machine.ram.write_u64(head.gpa, head.va)
+        self.machine.ram.write_u64(head.gpa + 8, head.va)
+        self.process_head = head.va
+        self._next_token_id = 0x1000
         from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)
@@ -256,20 +265,50 @@ class NtKernel:
         self,
         vp: VirtualProcessor,
         name: str,
-        token: Token,
-        protection: Protection = Protection.NONE,
+        token: Token | None = None,
+        protection: Protection | int = Protection.NONE,
+        parent: Process | None = None,
     ) -> Process:
+        """NtCreateUserProcess's kernel half: an EPROCESS and a primary TOKEN in pool pages,
+        linked into PsActiveProcessHead's list.  The token is built from ``token`` or, for a
+        child, copied from ``parent``'s (SeSubProcessToken)."""
         tables = new_address_space(self.phys(vp), self.space.pt.root)
-        process = Process(self._next_pid, name, tables, token, protection)
+        eprocess, _ = self.alloc_kernel_page(vp)
+        token_va, _ = self.alloc_kernel_page(vp)
+        self._next_token_id += 1
+        if parent is not None:
+            ps.copy_token(vp, ps.token_of(vp, parent.eprocess), token_va, self._next_token_id)
+        else:
+            ps.build_token(vp, token_va, self._next_token_id, token or Token("user"))
+        pid = self._next_pid
+        ps.build_eprocess(vp, eprocess, pid, name, token_va, int(protection), tables.root)
+        ps.insert_tail(vp, self.process_head, eprocess + EPROCESS.ActiveProcessLinks.offset)
+        process = Process(pid, name, tables, eprocess)
         self._next_pid += 4
         self.processes[process.pid] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
         return process
 
+    def lookup_process(self, vp: Cpu, pid: int) -> Process | None:
+        """PsLookupProcessByProcessId: the live process with ``pid``, found by walking
+        PsActiveProcessHead's list in RAM (Windows uses the PspCidTable handle table; the model
+        compacts that to the list walk) and read at its EPROCESS.UniqueProcessId."""
+        for eprocess in ps.walk_processes(vp, self.process_head):
+            if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
+                continue
+            handle = self.processes.get(pid)
+            if handle is None or handle.eprocess != eprocess or ps.is_exiting(vp, eprocess):
+                return None
+            return handle
+        return None
+
     def create_system_process(self) -> None:
         vp = self.machine.bsp
         system = self.create_process(
-            vp, "System", Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True)
+            vp,
+            "System",
+            Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True, tcb=True),
+            Protection.SYSTEM,
         )
         system.tables.root = self.space.pt.root
         if self.boot_trustlets and self.vsl is not None:
@@ -380,7 +419,7 @@ def _user_fault(vp: VirtualProcessor, vector: int, error_code: int, reason: str)
     nt = _nt(vp)
     process = nt.process_of(vp)
     if process is not None:
-        process.exit_status = int(NtStatus.ACCESS_VIOLATION)
+        ps.mark_exited(vp, process.eprocess, int(NtStatus.ACCESS_VIOLATION))
     if vp.trace.on:
         vp.emit(
             "nt",

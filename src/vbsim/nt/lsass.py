@@ -312,11 +312,12 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
     """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3.
 
     A failure to bring lsass up is fatal, as on Windows (CRITICAL_PROCESS_DIED)."""
-    # RunAsPPL would give Protection.PPL; the policy has no such switch yet.
+    # RunAsPPL would give Protection.PPL (PsProtectedSignerLsa-Light); the policy has no such
+    # switch yet, so D2 and the tests set the byte as RunAsPPL's boot would.
     process = nt.create_process(
         vp,
         PROCESS_NAME,
-        Token("SYSTEM", admin=True, debug_privilege=True),
+        Token("SYSTEM", admin=True, debug_privilege=True, tcb=True),
         Protection.NONE,
     )
     nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
