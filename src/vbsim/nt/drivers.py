@@ -46,10 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hw import code
+from vbsim.hw.code import guest_code
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.slat import KX, UX, R, W
-from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
     ImageKind,
@@ -63,6 +64,7 @@ from vbsim.image import (
     verify_image,
 )
 from vbsim.nt import syscalls
+from vbsim.nt.layouts import SE_CI_CALLBACKS
 from vbsim.ntstatus import NtStatus, ok
 from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
@@ -78,6 +80,10 @@ POOL_EXECUTE_BASE = DRIVER_BASE + (128 << 30)
 MAX_POOL_PAGES = 64
 
 CI_OPTIONS = "g_CiOptions"
+#: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
+CI_POLICY_SECTION = "ci.dll!CiPolicy"
+SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
+CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
 STORE = "driver_store"
@@ -214,23 +220,49 @@ def _store_images() -> tuple[tuple[str, bytes], ...]:
 
 
 def default_store() -> dict[str, bytes]:
-    return dict(_store_images())
+    from vbsim.nt.notify import EDR_DRIVER, edr_image
+
+    return {**dict(_store_images()), EDR_DRIVER: edr_image()}
 
 
 # -- wiring ---------------------------------------------------------------------------------------
 def register_nt(nt: NtKernel) -> None:
-    """Loader time (called from ``NtKernel.__post_init__``): ``g_CiOptions`` in NT's data, the
-    driver store, the loader state, and the two system services."""
-    variable = nt.variable(CI_OPTIONS)
-    leaf = nt.space.pt.lookup(variable.va)
-    assert leaf is not None
-    # winload initialises the image's .data: a direct RAM write, before any protection exists.
-    gpa = (leaf & PTE_ADDR_MASK) | (variable.va & PAGE_MASK)
-    nt.machine.ram.write(gpa, CI_OPTIONS_ENFORCING.to_bytes(8, "little"))
+    """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
+    .data, the driver store, the loader state, and the two system services."""
+    nt.variable(SE_CI_CALLBACKS_NAME, SE_CI_CALLBACKS.SIZE)
+    nt.ci_validate_image_header = nt.space.install(CI_VALIDATE_IMAGE_HEADER)
     nt.ext[STORE] = default_store()
     nt.ext[LOADER] = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
+
+
+def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
+    """CiInitialize (NT phase 1): ci.dll's ``CiPolicy`` section holds ``g_CiOptions`` (DSE
+    enforcing); CI fills ``nt!SeCiCallbacks``; then it asks KDP to make CiPolicy read-only
+    (MmProtectDriverSection), which holds wherever KDP runs (on 20H1+ "whenever VBS runs":
+    helz.dev, "ci.dll unsigned driver loading", 2025; Fortinet 2022) and fails with
+    STATUS_INVALID_DEVICE_STATE without VBS.  SeCiCallbacks stays in ntoskrnl's ordinary .data:
+    nothing protects it (Fortinet 2022).  Returns MmProtectDriverSection's status."""
+    from vbsim.nt import kdp
+
+    section = kdp.load_data_section(
+        nt, vp, CI_POLICY_SECTION, 1, CI_OPTIONS_ENFORCING.to_bytes(8, "little")
+    )
+    nt.ci_options_va = section.va
+    callbacks = nt.variable(SE_CI_CALLBACKS_NAME).va
+    vp.write_u64(
+        callbacks + SE_CI_CALLBACKS.CiValidateImageHeader.offset, nt.ci_validate_image_header
+    )
+    return kdp.mm_protect_driver_section(nt, vp, section.va)
+
+
+def load_boot_drivers(nt: NtKernel, vp: VirtualProcessor) -> None:
+    """The boot-start drivers: the EDR (it must see every process NT creates after it)."""
+    from vbsim.nt.notify import EDR_DRIVER
+
+    status = load_driver(nt, vp, EDR_DRIVER)
+    _event(vp, "boot-driver", NtStatus.name_of(status), driver=EDR_DRIVER)
 
 
 def _loader(nt: NtKernel) -> DriverLoader:
@@ -276,11 +308,32 @@ def _string(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | 
 
 # -- code integrity in VTL0 (DSE) -----------------------------------------------------------------
 def ci_options_va(nt: NtKernel) -> int:
-    return nt.variable(CI_OPTIONS).va
+    """``ci!g_CiOptions`` (in the CiPolicy section CiInitialize mapped)."""
+    return nt.ci_options_va
+
+
+def se_ci_callbacks_va(nt: NtKernel) -> int:
+    """``nt!SeCiCallbacks``."""
+    return nt.variable(SE_CI_CALLBACKS_NAME).va
 
 
 def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: bytes) -> int:
-    """CiValidateImageHeader, as NT does it without HVCI; reads ``g_CiOptions`` from RAM."""
+    """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
+    ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
+    routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
+    result = vp.call(routine, name, image)
+    return result if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
+
+
+@guest_code(CI_VALIDATE_IMAGE_HEADER)
+def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> int:
+    """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
+    Authenticode signature must chain to the model root with the driver requirement."""
+    from vbsim.nt.kernel import NtKernel
+
+    nt = vp.kernel()
+    if not isinstance(nt, NtKernel):
+        vp.wrong_context("ci.dll without NT")
     options = vp.read_u64(ci_options_va(nt))
     if not options & CI_OPTIONS_ENFORCING:
         _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)

@@ -20,6 +20,7 @@ from vbsim.hw.pagetable import PhysAccess
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
+from vbsim.nt import notify
 from vbsim.nt import process as ps
 from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, Cpu, read_field
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
@@ -80,6 +81,9 @@ class NtKernel:
     phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
+    #: Symbols CI and the loader resolve at boot (addresses, as in a symbol table).
+    ci_options_va: int = 0
+    ci_validate_image_header: int = 0
     syscall_entry: int = 0
     ap_entry: int = 0
 
@@ -111,6 +115,7 @@ class NtKernel:
         self.machine.ram.write_u64(head.gpa + 8, head.va)
         self.process_head = head.va
         self._next_token_id = 0x1000
+        notify.install(self)
         from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)
@@ -178,6 +183,11 @@ class NtKernel:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
         self.phase = 1
+        notify.initialize(self, vp.cpu)
+        from vbsim.nt import drivers
+
+        drivers.initialize_ci(self, vp)  # CiInitialize: SeCiCallbacks, CiPolicy under KDP
+        drivers.load_boot_drivers(self, vp)  # the EDR registers its callback before lsass
         for ap in self.machine.vps[1:]:
             self.start_processor(vp, ap)
         self.create_system_process()
@@ -223,7 +233,7 @@ class NtKernel:
     def phys(self, vp: VirtualProcessor) -> PhysAccess:
         return self.space.runtime_phys(vp)
 
-    def alloc_kernel_page(self, vp: VirtualProcessor) -> tuple[int, int]:
+    def alloc_kernel_page(self, vp: Cpu) -> tuple[int, int]:
         """A zeroed page reached through the direct map (VA, GPA)."""
         pfn = self.machine.ram.frames.alloc("nt.pool")
         va = DIRECT_MAP + (pfn << PAGE_SHIFT)
@@ -287,6 +297,8 @@ class NtKernel:
         self._next_pid += 4
         self.processes[process.pid] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
+        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
         return process
 
     def lookup_process(self, vp: Cpu, pid: int) -> Process | None:

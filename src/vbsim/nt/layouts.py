@@ -317,3 +317,64 @@ class HostReader:
     def set_field(self, base: int, field: Field, value: int) -> None:
         """A debugger's (or the boot configuration's) edit of one field; not guest code."""
         self.ram.write(base + field.offset - self.direct_map, value.to_bytes(field.size, "little"))
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+#: PspCreateProcessNotifyRoutine: 64 EX_CALLBACK slots (PSP_MAX_CREATE_PROCESS_NOTIFY, WRK
+#: ``ps/psp.h``; Windows Internals 7th ed. part 1 ch. 3; the array EDRSandblast enumerates).
+PSP_MAX_CREATE_PROCESS_NOTIFY: Final = 64
+#: Each slot is an EX_CALLBACK: an EX_FAST_REF to an EX_CALLBACK_ROUTINE_BLOCK.
+EX_CALLBACK_SIZE: Final = 8
+
+
+class EX_CALLBACK_ROUTINE_BLOCK:
+    """_EX_CALLBACK_ROUTINE_BLOCK (WRK ``ex/callback.c``): rundown, function, context."""
+
+    RundownProtect: Final = Field("RundownProtect", 0x00, 8, "WRK ex/callback.c")
+    Function: Final = Field("Function", 0x08, 8, "WRK ex/callback.c")
+    Context: Final = Field("Context", 0x10, 8, "WRK ex/callback.c")
+    SIZE: Final = 0x18
+
+
+# -- ETW ----------------------------------------------------------------------------------------
+class ETW_REG_ENTRY:
+    """_ETW_REG_ENTRY: what ``nt!EtwThreatIntProvRegHandle`` points to [Vergilius 19041]."""
+
+    GuidEntry: Final = Field("GuidEntry", 0x20, 8)
+
+
+class ETW_GUID_ENTRY:
+    """_ETW_GUID_ENTRY [Vergilius 19041]: the provider GUID and its enable information."""
+
+    Guid: Final = Field("Guid", 0x28, 16)
+    #: _TRACE_ENABLE_INFO ProviderEnableInfo; its first ULONG is IsEnabled.  The field
+    #: EDRSandblast / "ETW Threat-Intelligence blinding" tools clear.
+    ProviderEnableInfo: Final = Field("ProviderEnableInfo.IsEnabled", 0x60, 4)
+
+
+#: Microsoft-Windows-Threat-Intelligence {F4E1897C-BB5D-5668-F1D8-040F4D8DD344} (the provider's
+#: published GUID, ``logman query providers``), in GUID byte order.
+THREAT_INT_GUID: Final = bytes.fromhex("7c89e1f45dbb6856f1d8040f4d8dd344")
+
+
+class ETW_BUFFER:
+    """[model] The logger's buffer: u64 event count, then 16-byte events (id, two operands)."""
+
+    Count: Final = Field("Count", 0x0, 8, "model")
+    FIRST_EVENT: Final = 0x10
+    EVENT_SIZE: Final = 0x10
+
+
+#: [model] The event id the model logs for a cross-process NtReadVirtualMemory
+#: (THREATINT_READVM_REMOTE is event 13 in the Threat-Intelligence manifest).
+EVENT_READVM_REMOTE: Final = 13
+
+
+# -- code integrity -------------------------------------------------------------------------------
+class SE_CI_CALLBACKS:
+    """``nt!SeCiCallbacks``: the table CiInitialize fills with ci.dll's routines; it lives in
+    ntoskrnl's .data, which KDP does not protect (Fortinet, "The Swan Song for Driver Signature
+    Enforcement Tampering", 2022).  [model] Only the member the model calls is laid out."""
+
+    CiValidateImageHeader: Final = Field("CiValidateImageHeader", 0x20, 8, "Fortinet 2022")
+    SIZE: Final = 0x100

@@ -162,6 +162,15 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
     status, target = _lookup_process(nt, vp, pid, write)
     if status != NtStatus.SUCCESS:
         return status
+    caller = nt.process_of(vp)
+    if not write and caller is not target and caller is not None:
+        # EtwTiLogReadWriteVm: a cross-process read is a Threat-Intelligence event, logged if
+        # the provider's IsEnabled (in RAM) says so.
+        from vbsim.nt import notify
+        from vbsim.nt.layouts import EVENT_READVM_REMOTE
+
+        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        notify.etw_ti_log(nt, cpu, EVENT_READVM_REMOTE, caller.pid, pid)
 
     done = 0
     while done < size:
