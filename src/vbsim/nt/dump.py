@@ -186,13 +186,11 @@ def register(nt: NtKernel) -> None:
         ("NtSystemDebugControl", nt_system_debug_control),
         ("NtInitiatePowerAction", nt_initiate_power_action),
     ):
-        number = NUMBERS[name]
-        nt.syscalls[number] = handler
-        nt.syscall_names[number] = name
+        nt.register_service(name, NUMBERS[name], handler)
 
 
 def registered(nt: NtKernel) -> bool:
-    return all(nt.syscalls.get(number) is not None for number in NUMBERS.values())
+    return all(nt.syscall_names.get(number) == name for name, number in NUMBERS.items())
 
 
 def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:

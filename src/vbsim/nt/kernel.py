@@ -15,7 +15,8 @@ from vbsim.guest.address_space import CS_USER_ATTRIBUTES, DIRECT_MAP, KernelSpac
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
-from vbsim.hw.faults import Bugcheck, GuestTermination, ThreadTerminated
+from vbsim.hw.cpu import Cpu as ArchCpu
+from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.pagetable import PhysAccess
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
 #: SFMASK clears TF, IF, DF and AC on entry (as Windows does).
 SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
+
+#: Entries in KiServiceTable (KiServiceLimit): the model build's numbers stay below it.
+SERVICE_LIMIT = 0x200
 
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
 PRCB_SIZE = 0x40
@@ -67,7 +71,6 @@ class NtKernel:
     space: KernelSpace = field(init=False)
     processes: dict[int, Process] = field(default_factory=dict)
     current: dict[int, Process | None] = field(default_factory=dict)
-    syscalls: dict[int, SyscallHandler] = field(default_factory=dict)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
     #: Configuration store (the registry's HKLM\SYSTEM values the model needs).
@@ -115,6 +118,10 @@ class NtKernel:
         self.machine.ram.write_u64(head.gpa + 8, head.va)
         self.process_head = head.va
         self._next_token_id = 0x1000
+        # KiServiceTable: one routine VA per system-service number, in NT's .data; the
+        # dispatcher indexes it with RAX at every system call (Windows x64 packs 32-bit offsets;
+        # the model stores whole VAs: a compaction, same decision).
+        self.service_table = self.variable("KiServiceTable", SERVICE_LIMIT * 8).va
         notify.install(self)
         from vbsim.nt import drivers, syscalls
 
@@ -161,6 +168,28 @@ class NtKernel:
         variable = KernelVariable(name, va, (leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
         self.variables[name] = variable
         return variable
+
+    def loader_write_u64(self, va: int, value: int) -> None:
+        """winload initialising NT's image data (before any processor runs NT)."""
+        leaf = self.space.pt.lookup(va)
+        assert leaf is not None
+        self.machine.ram.write_u64((leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF), value)
+
+    def register_service(self, name: str, number: int, handler: SyscallHandler) -> None:
+        """Link a system service into KiServiceTable (loader time): its code thunk in NT's
+        code pages, its VA in the table's slot ``number``."""
+        if not 0 <= number < SERVICE_LIMIT:
+            raise ValueError(f"service number {number:#x} beyond KiServiceLimit")
+        routine = f"nt.{name}"
+        code.register(routine, _service_routine(handler))
+        self.loader_write_u64(self.service_table + number * 8, self.space.install(routine))
+        self.syscall_names[number] = name
+
+    def service_routine(self, vp: Cpu, number: int) -> int:
+        """KiServiceTable[number] as RAM holds it now (0: no such service)."""
+        if not 0 <= number < SERVICE_LIMIT:
+            return 0
+        return vp.read_u64(self.service_table + number * 8)
 
     def ap_context(self, index: int) -> bytes:
         state = self.space.initial_state(self.ap_entry)
@@ -412,7 +441,7 @@ class NtKernel:
         return self.current.get(vp.index)
 
 
-def _nt(vp: VirtualProcessor) -> NtKernel:
+def _nt(vp: VirtualProcessor | ArchCpu) -> NtKernel:
     nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT code without NT's GS")
@@ -475,20 +504,31 @@ def _unexpected(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     _bugcheck(vp, BugCheck.UNEXPECTED_KERNEL_MODE_TRAP, vector)
 
 
+_SERVICE_ROUTINES: dict[SyscallHandler, Callable[..., int]] = {}
+
+
+def _service_routine(handler: SyscallHandler) -> Callable[..., int]:
+    """The code of one system service: the handler, given NT's symbols and the four arguments."""
+    routine = _SERVICE_ROUTINES.get(handler)
+    if routine is None:
+
+        def routine(vp: VirtualProcessor, a0: int, a1: int, a2: int, a3: int) -> int:
+            return handler(_nt(vp), vp, [a0, a1, a2, a3])
+
+        _SERVICE_ROUTINES[handler] = routine
+    return routine
+
+
 @guest_code("nt.KiSystemCall64")
-def _system_call(vp: VirtualProcessor) -> None:
-    """The LSTAR entry: dispatch on RAX, arguments in R10, RDX, R8, R9 (x64 syscall ABI)."""
+def _system_call(vp: ArchCpu) -> None:
+    """The LSTAR entry: KiServiceTable[RAX] read from RAM and called with R10, RDX, R8, R9
+    (x64 syscall ABI)."""
     nt = _nt(vp)
     number = vp.rax
-    handler = nt.syscalls.get(number)
-    if handler is None:
-        status = int(NtStatus.INVALID_SYSTEM_SERVICE)
-    else:
-        try:
-            status = handler(nt, vp, [vp.r10, vp.rdx, vp.r8, vp.r9])
-        except GuestTermination:
-            raise
-    if vp.trace.on:
+    routine = vp.read_u64(nt.service_table + number * 8) if number < SERVICE_LIMIT else 0
+    result = vp.call(routine, vp.r10, vp.rdx, vp.r8, vp.r9) if routine else None
+    status = result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)
+    if vp.tracing:
         vp.emit(
             "syscall",
             "nt-dispatch",

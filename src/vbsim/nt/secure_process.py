@@ -152,10 +152,9 @@ def allocate_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[
 def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
     """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
     number, call_args = args[0], args[1:5]
-    handler = nt.syscalls.get(number)
-    if handler is None:
-        return [int(NtStatus.INVALID_SYSTEM_SERVICE)]
-    return [handler(nt, vp, call_args)]
+    routine = nt.service_routine(vp, number)  # KiServiceTable, as RAM holds it now
+    result = vp.call(routine, *call_args) if routine else None
+    return [result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)]
 
 
 def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:

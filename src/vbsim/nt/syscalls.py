@@ -391,9 +391,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 def register(nt: NtKernel, name: str, handler: Handler) -> None:
-    number = NUMBERS[name]
-    nt.syscalls[number] = handler
-    nt.syscall_names[number] = name
+    nt.register_service(name, NUMBERS[name], handler)
 
 
 def register_all(nt: NtKernel) -> None:
