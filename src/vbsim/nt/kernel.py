@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest.address_space import CS_USER_ATTRIBUTES, DIRECT_MAP, KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
@@ -415,24 +415,20 @@ class NtKernel:
         return placed
 
     def run_user(self, vp: VirtualProcessor, process: Process, entry: int, *args: Any) -> UserRun:
-        """Schedule ``process``'s thread on ``vp``: CR3 switch, drop to CPL3, run ``entry``."""
-        saved_cr3 = vp.p.cr3
+        """Schedule ``process``'s thread on ``vp``: CR3 switch, then into user mode and back
+        through the gates (``sysret`` in, ``syscall`` or an exception gate back: Cpu.user_call),
+        never by setting CPL."""
+        saved_cr3 = vp.cpu.read_cr(3) if isinstance(vp, VirtualProcessor) else vp.read_cr(3)
         saved_current = self.current.get(vp.index)
         vp.mov_to_cr(3, process.tables.root)
         self.current[vp.index] = process
-        cs = vp.p.segments["cs"]
-        saved_cs = (cs.selector, cs.attributes)
-        cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
-        vp.set_cpl(3)
         outcome = UserRun()
         try:
-            outcome.returned = vp.call(entry, *args)
+            outcome.returned = vp.user_call(entry, *args)
         except ThreadTerminated as stop:
             outcome.terminated = stop
         finally:
             if vp.vtl == 0:
-                cs.selector, cs.attributes = saved_cs
-                vp.set_cpl(0)
                 vp.mov_to_cr(3, saved_cr3)
                 self.current[vp.index] = saved_current
         return outcome
