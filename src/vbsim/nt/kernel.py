@@ -37,6 +37,15 @@ STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
 #: SFMASK clears TF, IF, DF and AC on entry (as Windows does).
 SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
 
+#: The IPI vector Windows x64 uses (IPI_LEVEL's vector 0xE1; KiIpiInterrupt, Windows
+#: Internals 7th ed. part 2 ch. 8 "Interrupt dispatching").
+IPI_VECTOR = 0xE1
+
+#: IA32_X2APIC_ICR and the ICR's destination shorthand "all excluding self" (bits 19:18 = 11,
+#: SDM Vol. 3A §10.6.1, §10.12.9).
+X2APIC_ICR = 0x830
+ICR_ALL_EXCLUDING_SELF = 0b11 << 18
+
 #: Entries in KiServiceTable (KiServiceLimit): the model build's numbers stay below it.
 SERVICE_LIMIT = 0x200
 
@@ -84,6 +93,9 @@ class NtKernel:
     phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
+    processor_count: int = 1
+    #: HvlpHypercallPages: NT's hypercall input/output pages (VA, GPA each), set in phase 1.
+    hypercall_pages: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Symbols CI and the loader resolve at boot (addresses, as in a symbol table).
     ci_options_va: int = 0
     ci_validate_image_header: int = 0
@@ -102,12 +114,19 @@ class NtKernel:
                 int(Vector.PF): "nt.KiPageFault",
                 int(Vector.GP): "nt.KiGeneralProtection",
                 int(Vector.UD): "nt.KiInvalidOpcode",
+                IPI_VECTOR: "nt.KiIpiInterrupt",
             },
             default="nt.KiUnexpectedTrap",
         )
         self.syscall_entry = self.space.install("nt.KiSystemCall64")
         self.ap_entry = self.space.install("nt.KiSystemStartupAp")
-        for name in ("nt.KiPageFault", "nt.KiGeneralProtection", "nt.KiInvalidOpcode"):
+        self.processor_count = len(self.machine.vps)  # KeNumberProcessors (from the loader)
+        for name in (
+            "nt.KiPageFault",
+            "nt.KiGeneralProtection",
+            "nt.KiInvalidOpcode",
+            "nt.KiIpiInterrupt",
+        ):
             self.space.install(name)
         self.data_va, self.data_gpa = self.space.alloc_data(4)
         self._data_next = self.data_va
@@ -212,6 +231,10 @@ class NtKernel:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
         self.phase = 1
+        if self.vbs:  # the hypervisor is present: hypercall parameter pages for NT
+            in_va, in_gpa = self.alloc_kernel_page(vp)
+            out_va, out_gpa = self.alloc_kernel_page(vp)
+            self.hypercall_pages = (in_va, in_gpa, out_va, out_gpa)
         notify.initialize(self, vp.cpu)
         from vbsim.nt import drivers
 
@@ -268,6 +291,25 @@ class NtKernel:
         va = DIRECT_MAP + (pfn << PAGE_SHIFT)
         vp.write(va, bytes(PAGE_SIZE))
         return va, pfn << PAGE_SHIFT
+
+    def flush_all_processors(self, vp: ArchCpu) -> None:
+        """KeFlushTb(all processors): with a hypervisor, HvCallFlushVirtualAddressSpace with
+        HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS; what Windows' Hvl
+        enlightenment does); without one, a CR3 reload here and an IPI to every other processor
+        through the x2APIC ICR (shorthand "all excluding self"), whose handler reloads CR3."""
+        from vbsim.guest import hvcall
+        from vbsim.hv import defs
+
+        if self.vbs:
+            in_va, in_gpa, out_va, out_gpa = self.hypercall_pages
+            flags = defs.HvFlushFlags.ALL_PROCESSORS | defs.HvFlushFlags.ALL_VIRTUAL_ADDRESS_SPACES
+            data = defs.FLUSH_VIRTUAL_ADDRESS_SPACE_INPUT.pack(0, int(flags), 0)
+            pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
+            hvcall.hypercall(vp, pages, defs.HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data)  # type: ignore[arg-type]
+            return
+        vp.mov_to_cr(3, vp.read_cr(3))
+        if self.processor_count > 1:
+            vp.wrmsr(X2APIC_ICR, ICR_ALL_EXCLUDING_SELF | IPI_VECTOR)
 
     def probe_user(self, vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
@@ -489,6 +531,12 @@ def _invalid_opcode(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, "illegal instruction")
     _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.p.rip)
+
+
+@guest_code("nt.KiIpiInterrupt")
+def _ipi_interrupt(vp: ArchCpu, vector: int, error_code: int) -> None:
+    """The TLB-flush IPI: reload CR3 (drops this processor's non-global translations)."""
+    vp.mov_to_cr(3, vp.read_cr(3))
 
 
 @guest_code("nt.KiUnexpectedTrap")

@@ -253,8 +253,8 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
         value |= (0x2 if writable else 0) | (0 if executable else 1 << 63)
         phys.write_u64(entry, value)
         vp.invlpg(page)
-    for other in nt.machine.vps:  # the process may be loaded on another processor: shoot down
-        other.flush_tlb(0)
+    # The process may be loaded on another processor: shoot down every TLB (hypercall or IPI).
+    nt.flush_all_processors(vp.cpu if isinstance(vp, VirtualProcessor) else vp)
     if vp.trace.on:
         vp.emit(
             "nt",
