@@ -219,3 +219,22 @@ def test_credential_guard_follows_policy_and_vbs(
     assert system.nt is not None
     assert lsass.credential_guard_active(system.nt) is isolated
     assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
+
+
+def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
+    from vbsim.boot.chain import boot
+    from vbsim.policy import preset
+
+    system = boot(preset("vbs-off"))
+    assert system.nt is not None and system.machine is not None
+    pid, _, _ = lsass.credential_region(system.nt)
+    process = system.nt.processes[pid]
+    va = process.regions[0].base + lsass.LOGON_MESSAGE_OFFSET
+    leaf = process.tables.lookup(va)
+    assert leaf is not None
+    page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)
+    password = lsass.DEFAULT_LOGON.password.encode("utf-16-le")
+    assert password not in page  # lsass wiped the message after deriving its keys
+    assert page[lsass.LOGON_MESSAGE_OFFSET : lsass.LOGON_MESSAGE_OFFSET + 64] == bytes(64)
+    encoded = lsass.encode_logon(lsass.DEFAULT_LOGON)
+    assert password in encoded and encoded[:8] == (0x3E7_0001).to_bytes(8, "little")

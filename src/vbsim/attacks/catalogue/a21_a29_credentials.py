@@ -140,7 +140,7 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     return None
 
 
-def _logon_hook(vp: VirtualProcessor, scratch: int, logon: Logon, port: int) -> int:
+def _logon_hook(vp: VirtualProcessor, scratch: int, message: int, port: int) -> int:
     """The attacker's detour, running inside lsass in place of its logon routine: the original
     code, copied to a trampoline, is called as if Credential Guard were not running (the
     ``g_IsCredGuardEnabled = 0`` patch, ipurple-CG)."""
@@ -149,7 +149,7 @@ def _logon_hook(vp: VirtualProcessor, scratch: int, logon: Logon, port: int) -> 
         return 0
     trampoline = vp.read_u64(out)
     vp.write(trampoline, encode_thunk(LSASS_MAIN))  # the bytes the detour overwrote
-    result: int = vp.call(trampoline, scratch, logon, 0)
+    result: int = vp.call(trampoline, scratch, message, 0)
     return result
 
 
@@ -179,7 +179,8 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt) else 0
     vp = ctx.vp
     vp.actor = "lsass"
-    run = nt.run_user(vp, process, entry, process.regions[0].base, logon, port)
+    message = lsass.deliver_logon(nt, vp, process, logon)
+    run = nt.run_user(vp, process, entry, process.regions[0].base, message, port)
     vp.actor = "nt"
     if run.terminated is not None:
         ctx.stops.append(run.terminated)
