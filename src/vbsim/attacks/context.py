@@ -70,10 +70,16 @@ class AttackContext:
         if self.system is not None and self.system.nt is not None:
             from vbsim.boot.disk import VBS_REGISTRY_KEY
 
-            value = self.system.nt.registry.get(VBS_REGISTRY_KEY)
+            value = self.hive().get(VBS_REGISTRY_KEY)
             if isinstance(value, int):
                 self.disk.registry[VBS_REGISTRY_KEY] = value
         return self.boot()
+
+    def hive(self) -> dict[str, int]:
+        """The running system's SYSTEM hive as RAM holds it (host side)."""
+        from vbsim.nt.registry import system_values
+
+        return system_values(self.system)
 
     @property
     def booted(self) -> System:

@@ -148,7 +148,9 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
     nt = NtKernel(machine, policy, vbs)
-    nt.registry.update(system.disk.registry)  # the SYSTEM hive, loaded from disk
+    from vbsim.nt.registry import load_hive
+
+    load_hive(machine.ram, nt.hive_gpa, system.disk.registry)  # the SYSTEM hive, from disk
     system.nt = nt
     bsp = machine.bsp
     nt.prepare_boot_processor(bsp)

@@ -82,8 +82,6 @@ class NtKernel:
     current: dict[int, Process | None] = field(default_factory=dict)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
-    #: Configuration store (the registry's HKLM\SYSTEM values the model needs).
-    registry: dict[str, Any] = field(default_factory=dict)
     drivers: dict[str, Any] = field(default_factory=dict)
     #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
     ext: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +140,8 @@ class NtKernel:
         # the model stores whole VAs: a compaction, same decision).
         self.service_table = self.variable("KiServiceTable", SERVICE_LIMIT * 8).va
         notify.install(self)
+        # The SYSTEM hive's page (winload fills it from disk: vbsim.nt.registry.load_hive).
+        self.hive_va, self.hive_gpa = self.space.alloc_data(1)
         from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.cpu import Cpu as ArchCpu
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
@@ -53,6 +54,11 @@ _PROTECTIONS = {
     PAGE_EXECUTE_READWRITE: (True, True),
 }
 MAX_ALLOCATION = 16 << 20
+
+
+def _cpu(vp: VirtualProcessor) -> ArchCpu:
+    """The processor as guest code holds it (host-side callers pass the VP)."""
+    return vp.cpu if isinstance(vp, VirtualProcessor) else vp
 
 
 def nt_test_alert(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
@@ -338,7 +344,10 @@ def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int
         return key
     if process is None or not caller_is_admin(nt, vp):
         return int(NtStatus.ACCESS_DENIED)
-    nt.registry[key] = args[2]
+    from vbsim.nt import registry
+
+    if not registry.set_value(nt, _cpu(vp), key, args[2]):
+        return int(NtStatus.NO_MEMORY)  # the hive page is full (or the name too long)
     if vp.trace.on:
         vp.emit("registry", "nt-registry", "written", key=key, value=args[2])
     return int(NtStatus.SUCCESS)
@@ -349,11 +358,11 @@ def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> i
     key = _key(nt, vp, args[0], args[1])
     if isinstance(key, int):
         return key
-    if key not in nt.registry:
+    from vbsim.nt import registry
+
+    value = registry.query(nt, _cpu(vp), key)
+    if value is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    value = nt.registry[key]
-    if not isinstance(value, int):
-        return int(NtStatus.OBJECT_TYPE_MISMATCH)
     if not nt.copy_to_user(vp, args[2], (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")):
         return int(NtStatus.ACCESS_VIOLATION)
     return int(NtStatus.SUCCESS)
