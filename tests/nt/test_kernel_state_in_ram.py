@@ -164,3 +164,23 @@ def test_nt_kernel_holds_no_ext_free_state_for_processes(system: System) -> None
     for name in ("token", "protection", "terminated", "exit_status"):
         assert not hasattr(process, name)
     assert host_view(_reader(system).ram, process.eprocess).user == "SYSTEM"
+
+
+def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> None:
+    from vbsim.nt import drivers
+    from vbsim.nt.layouts import KLDR_DATA_TABLE_ENTRY as KLDR
+
+    nt = _nt(system)
+    assert system.machine is not None
+    vp = system.machine.bsp
+    entry = drivers.find_module(nt, vp, notify.EDR_DRIVER)
+    assert entry
+    edr = nt.drivers[notify.EDR_DRIVER]
+    reader = _reader(system)
+    assert reader.field(entry, KLDR.DllBase) == edr.base
+    assert drivers.load_driver(nt, vp, notify.EDR_DRIVER) == drivers.STATUS_IMAGE_ALREADY_LOADED
+    # Unlink the entry (a rootkit hiding itself): NT no longer finds it on the list.
+    from vbsim.nt.process import remove_entry
+
+    remove_entry(vp.cpu, entry)
+    assert not drivers.find_module(nt, vp, notify.EDR_DRIVER)

@@ -64,7 +64,13 @@ from vbsim.image import (
     verify_image,
 )
 from vbsim.nt import syscalls
-from vbsim.nt.layouts import SE_CI_CALLBACKS
+from vbsim.nt.layouts import (
+    KLDR_DATA_TABLE_ENTRY,
+    LIST_ENTRY,
+    SE_CI_CALLBACKS,
+    read_field,
+    write_field,
+)
 from vbsim.ntstatus import NtStatus, ok
 from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
@@ -83,6 +89,7 @@ CI_OPTIONS = "g_CiOptions"
 #: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
 CI_POLICY_SECTION = "ci.dll!CiPolicy"
 SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
+MODULE_LIST = "PsLoadedModuleList"
 CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
@@ -230,6 +237,9 @@ def register_nt(nt: NtKernel) -> None:
     """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
     .data, the driver store, the loader state, and the two system services."""
     nt.variable(SE_CI_CALLBACKS_NAME, SE_CI_CALLBACKS.SIZE)
+    head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
+    nt.loader_write_u64(head, head)
+    nt.loader_write_u64(head + 8, head)
     nt.ci_validate_image_header = nt.space.install(CI_VALIDATE_IMAGE_HEADER)
     nt.ext[STORE] = default_store()
     nt.ext[LOADER] = DriverLoader()
@@ -447,9 +457,58 @@ def _validate_mapped(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver, h
 
 
 # -- the loader -----------------------------------------------------------------------------------
+def module_list_head(nt: NtKernel) -> int:
+    return nt.variable(MODULE_LIST, LIST_ENTRY.SIZE).va
+
+
+def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+    """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
+    head = module_list_head(nt)
+    wanted = name.lower().encode("utf-16-le")
+    link = vp.read_u64(head)
+    for _ in range(1024):
+        if link == head or not link:
+            return 0
+        length = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength)
+        buffer = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
+        if length == len(wanted) and vp.read(buffer, length).lower() == wanted:
+            return link
+        link = vp.read_u64(link)
+    return 0
+
+
+def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+    """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY at the tail of the list."""
+    from vbsim.nt.process import insert_tail
+
+    entry, _ = nt.alloc_kernel_page(vp)
+    raw = driver.name.encode("utf-16-le")[:512]
+    vp.write(entry + KLDR_DATA_TABLE_ENTRY.NAME_AT, raw)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase, driver.base)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint, driver.entry)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage, len(driver.pfns) * PAGE_SIZE)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength, len(raw))
+    write_field(
+        vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer, entry + KLDR_DATA_TABLE_ENTRY.NAME_AT
+    )
+    head = module_list_head(nt)
+    if not vp.read_u64(head):  # first use: an empty list head points at itself
+        vp.write_u64(head, head)
+        vp.write_u64(head + 8, head)
+    insert_tail(vp, head, entry)
+
+
+def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
+    from vbsim.nt.process import remove_entry
+
+    entry = find_module(nt, vp, name)
+    if entry:
+        remove_entry(vp, entry)
+
+
 def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     """IopLoadDriver / MmLoadSystemImage for a driver of the store; returns an NTSTATUS."""
-    if name in nt.drivers:
+    if find_module(nt, vp, name):  # already on PsLoadedModuleList (in RAM)
         return STATUS_IMAGE_ALREADY_LOADED
     image = _store(nt).get(name)
     if image is None:
@@ -488,6 +547,7 @@ def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     except OutOfFrames:
         return int(NtStatus.NO_MEMORY)
     nt.drivers[name] = driver
+    _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
 
 
@@ -506,6 +566,7 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     driver = nt.drivers.pop(name, None)
     if not isinstance(driver, LoadedDriver):
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    _remove_module(nt, vp, name)
     if driver.secure_handle and nt.vsl is not None:
         status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
         if not ok(status):

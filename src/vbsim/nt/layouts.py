@@ -378,3 +378,19 @@ class SE_CI_CALLBACKS:
 
     CiValidateImageHeader: Final = Field("CiValidateImageHeader", 0x20, 8, "Fortinet 2022")
     SIZE: Final = 0x100
+
+
+# -- loaded modules -------------------------------------------------------------------------------
+class KLDR_DATA_TABLE_ENTRY:
+    """_KLDR_DATA_TABLE_ENTRY, the nodes of ``nt!PsLoadedModuleList`` [Vergilius 19041]."""
+
+    InLoadOrderLinks: Final = Field("InLoadOrderLinks", 0x00, 16)
+    DllBase: Final = Field("DllBase", 0x30, 8)
+    EntryPoint: Final = Field("EntryPoint", 0x38, 8)
+    SizeOfImage: Final = Field("SizeOfImage", 0x40, 4)
+    #: _UNICODE_STRING BaseDllName: Length (u16), MaximumLength (u16), Buffer (pointer at +8).
+    BaseDllNameLength: Final = Field("BaseDllName.Length", 0x58, 2)
+    BaseDllNameBuffer: Final = Field("BaseDllName.Buffer", 0x60, 8)
+    #: [model] The name's UTF-16 characters follow the entry in the same pool block.
+    NAME_AT: Final = 0x100
+    SIZE: Final = 0xA0

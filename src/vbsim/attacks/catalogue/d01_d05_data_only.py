@@ -55,6 +55,9 @@ from vbsim.nt.layouts import (
     Protection,
     fast_ref_object,
 )
+from vbsim.nt.layouts import (
+    KLDR_DATA_TABLE_ENTRY as KLDR,
+)
 from vbsim.nt.process import Process
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
@@ -252,14 +255,34 @@ def edr_log(ctx: AttackContext) -> list[int]:
     return [int.from_bytes(page[8 + 8 * i : 16 + 8 * i], "little") for i in range(count)]
 
 
+def _find_module(vp: VirtualProcessor, head: int, name: str) -> tuple[int, int]:
+    """K0: walk PsLoadedModuleList for ``name`` (what NtQuerySystemInformation's
+    SystemModuleInformation reports to EDRSandblast): (DllBase, SizeOfImage)."""
+    wanted = name.encode("utf-16-le")
+    link: int = vp.read_u64(head)
+    for _ in range(1024):
+        if link == head:
+            break
+        length = int.from_bytes(vp.read(link + KLDR.BaseDllNameLength.offset, 2), "little")
+        buffer: int = vp.read_u64(link + KLDR.BaseDllNameBuffer.offset)
+        if vp.read(buffer, length) == wanted:
+            base: int = vp.read_u64(link + KLDR.DllBase.offset)
+            return base, vp.read_u32(link + KLDR.SizeOfImage.offset)
+        link = vp.read_u64(link)
+    return 0, 0
+
+
+def _blind_edr(vp: VirtualProcessor, modules: int, array: int, name: str) -> int:
+    base, size = _find_module(vp, modules, name)
+    return _remove_callbacks(vp, array, base, base + size) if base else 0
+
+
 def d3_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
-    driver = nt.drivers.get(notify.EDR_DRIVER)
-    assert isinstance(driver, drivers.LoadedDriver)
     ctx.notes["seen_before"] = len(edr_log(ctx))
     array = nt.variable(notify.NOTIFY_ARRAY).va
-    end = driver.base + len(driver.pfns) * PAGE_SIZE
-    ctx.notes["removed"] = ctx.kernel(_remove_callbacks, array, driver.base, end)
+    modules = drivers.module_list_head(nt)
+    ctx.notes["removed"] = ctx.kernel(_blind_edr, modules, array, notify.EDR_DRIVER)
     ctx.notes["victim"] = ctx.process(admin=False, name="payload.exe").pid
 
 
