@@ -184,3 +184,17 @@ def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> 
 
     remove_entry(vp.cpu, entry)
     assert not drivers.find_module(nt, vp, notify.EDR_DRIVER)
+
+
+def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
+    from vbsim.nt import drivers, registry
+
+    system = boot(preset("vbs-hvci"))
+    nt = _nt(system)
+    assert system.machine is not None
+    vp = system.machine.bsp
+    assert not hasattr(nt, "policy") and not hasattr(nt, "registry")
+    assert registry.system_values(system)[registry.HVCI_KEY] == 1
+    assert drivers.hvci_enabled(nt, vp)
+    assert registry.set_value(nt, vp.cpu, registry.HVCI_KEY, 0)
+    assert not drivers.hvci_enabled(nt, vp)  # the next decision reads the hive again

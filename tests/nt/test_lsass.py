@@ -153,7 +153,8 @@ def test_lsaiso_not_running_means_credentials_in_vtl0(monkeypatch: pytest.Monkey
     )
     system = boot(preset("vbs"))
     assert system.booted and system.vbs_running and system.nt is not None
-    assert not lsass.credential_guard_active(system.nt)
+    assert system.machine is not None
+    assert not lsass.credential_guard_active(system.nt, system.machine.bsp)
     assert system.trace.find("boot", "credential-guard")[-1].outcome == "not-running"
     assert system.trace.find("nt", "lsass")[-1].outcome == "credentials-in-vtl0"
 
@@ -183,7 +184,7 @@ def test_credential_region_before_lsass_runs() -> None:
     from vbsim.nt.kernel import NtKernel
 
     machine = Machine(ram_size=32 << 20, vps=1, hypervisor=False)
-    nt = NtKernel(machine, preset("vbs-off"), False)
+    nt = NtKernel(machine, preset("vbs-off").build, False)
     with pytest.raises(LookupError):
         lsass.credential_region(nt)
     machine.close()
@@ -217,7 +218,8 @@ def test_credential_guard_follows_policy_and_vbs(
 ) -> None:
     system = make_system(name)
     assert system.nt is not None
-    assert lsass.credential_guard_active(system.nt) is isolated
+    assert system.machine is not None
+    assert lsass.credential_guard_active(system.nt, system.machine.bsp) is isolated
     assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
 
 

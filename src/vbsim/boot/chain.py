@@ -147,10 +147,12 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     )
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
-    nt = NtKernel(machine, policy, vbs)
-    from vbsim.nt.registry import load_hive
+    nt = NtKernel(machine, policy.build, vbs)
+    from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
 
-    load_hive(machine.ram, nt.hive_gpa, system.disk.registry)  # the SYSTEM hive, from disk
+    # The SYSTEM hive from disk, with the feature configuration the policy installed.
+    configured = {HVCI_KEY: int(policy.hvci), LSA_CFG_FLAGS_KEY: int(policy.credential_guard)}
+    load_hive(machine.ram, nt.hive_gpa, {**configured, **system.disk.registry})
     system.nt = nt
     bsp = machine.bsp
     nt.prepare_boot_processor(bsp)

@@ -50,6 +50,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.slat import KX, UX, R, W
+from vbsim.hw.vp import VirtualProcessor as VirtualProcessorType
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
@@ -289,9 +290,15 @@ def _store(nt: NtKernel) -> dict[str, bytes]:
     return store
 
 
-def hvci_enabled(nt: NtKernel) -> bool:
-    """HVCI is configured (registry/UEFI) and VBS actually runs (there is a Secure Kernel)."""
-    return nt.vsl is not None and nt.policy.hvci
+def hvci_enabled(nt: NtKernel, vp: VirtualProcessor) -> bool:
+    """HVCI is configured (the DeviceGuard HVCI value in the hive in RAM) and VBS actually runs
+    (there is a Secure Kernel)."""
+    from vbsim.nt import registry
+
+    if nt.vsl is None:
+        return False
+    cpu = vp.cpu if isinstance(vp, VirtualProcessorType) else vp
+    return bool(registry.query(nt, cpu, registry.HVCI_KEY))
 
 
 def _event(vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
@@ -514,7 +521,7 @@ def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     if image is None:
         _event(vp, "driver-store", "not-found", driver=name)
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    hvci = hvci_enabled(nt)
+    hvci = hvci_enabled(nt, vp)
     if hvci:
         _event(vp, "dse", "delegated", driver=name, to="skci")
     else:
@@ -639,7 +646,7 @@ def nt_allocate_executable(
             pfns.append(pfn)
     except OutOfFrames:
         return int(NtStatus.NO_MEMORY), 0
-    if hvci_enabled(nt):
+    if hvci_enabled(nt, vp):
         assert nt.vsl is not None
         requested = (R | W | KX | UX) if writable else (R | KX | UX)
         for pfn in pfns:
@@ -666,6 +673,6 @@ def nt_allocate_executable(
         writable=writable,
         va=base,
         pages=pages,
-        hvci=hvci_enabled(nt),
+        hvci=hvci_enabled(nt, vp),
     )
     return int(NtStatus.SUCCESS), base

@@ -30,7 +30,6 @@ from vbsim.ntstatus import BugCheck, NtStatus
 if TYPE_CHECKING:
     from vbsim.machine import Machine
     from vbsim.nt.vsl import Vsl
-    from vbsim.policy import Policy
 
 #: Windows x64 STAR: kernel CS 0x10, user CS base 0x20 (user CS 0x33, SS 0x2B).
 STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
@@ -75,7 +74,9 @@ class UserRun:
 @dataclass
 class NtKernel:
     machine: Machine
-    policy: Policy
+    #: The build NT was compiled for (NtBuildNumber: which secure-call numbers its Vsl stubs
+    #: use, vbs-internals "Numbers are build-specific"); a constant of the image.
+    build: str
     vbs: bool
     space: KernelSpace = field(init=False)
     processes: dict[int, Process] = field(default_factory=dict)

@@ -353,9 +353,15 @@ def lsaiso_port(nt: NtKernel) -> int:
     return pid if isinstance(pid, int) else 0
 
 
-def credential_guard_active(nt: NtKernel) -> bool:
+def credential_guard_active(nt: NtKernel, vp: VirtualProcessor) -> bool:
     """Credential Guard runs when the policy asks for it, VBS is running and LsaIso started."""
-    return bool(nt.policy.credential_guard and nt.vbs and lsaiso_port(nt))
+    from vbsim.hw.vp import VirtualProcessor as Vp
+    from vbsim.nt import registry
+
+    if not (nt.vbs and lsaiso_port(nt)):
+        return False
+    cpu = vp.cpu if isinstance(vp, Vp) else vp
+    return bool(registry.query(nt, cpu, registry.LSA_CFG_FLAGS_KEY))
 
 
 def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
@@ -373,7 +379,7 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
     nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
-    port = lsaiso_port(nt) if credential_guard_active(nt) else 0
+    port = lsaiso_port(nt) if credential_guard_active(nt, vp) else 0
     message = deliver_logon(nt, vp, process, logon)
     run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
     from vbsim.nt.kernel import NtKernel
 
+#: The configuration the boot chain records in the hive (the keys Windows uses):
+#: Memory integrity (HVCI), Microsoft Learn "Enable virtualization-based protection of code
+#: integrity"; Credential Guard, Microsoft Learn "Configure Credential Guard" (LsaCfgFlags).
+HVCI_KEY = (
+    r"HKLM\SYSTEM\CurrentControlSet\Control\DeviceGuard\Scenarios"
+    r"\HypervisorEnforcedCodeIntegrity\Enabled"
+)
+LSA_CFG_FLAGS_KEY = r"HKLM\SYSTEM\CurrentControlSet\Control\Lsa\LsaCfgFlags"
+
 CELL_SIZE = 0x80
 CELLS = PAGE_SIZE // CELL_SIZE
 NAME_MAX = 0x6E

@@ -176,7 +176,7 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     entry = ctx.notes.get("lsass_entry") or _lsass_entry(ctx, process)
     if entry is None:
         return
-    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt) else 0
+    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp) else 0
     vp = ctx.vp
     vp.actor = "lsass"
     message = lsass.deliver_logon(nt, vp, process, logon)
