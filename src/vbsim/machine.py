@@ -33,6 +33,8 @@ class Machine:
         self.vps = [
             VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)
         ]
+        for vp in self.vps:
+            vp.interrupt_fabric = self._deliver_ipi
         self.hv: Hypervisor | None = None
         if self.slat is not None:
             self.hv = Hypervisor(self.ram, self.slat, self.trace)
@@ -42,6 +44,21 @@ class Machine:
         self.iommu = platform_iommu(
             self.ram, self.slat, self.trace, self.hv, kernel_dma_protection=kernel_dma_protection
         )
+
+    def _deliver_ipi(self, source: int, vector: int, shorthand: int, destination: int) -> None:
+        """The APIC bus: an ICR write's fixed interrupt reaches its targets (shorthand 00: the
+        destination ID, 01 self, 10 all including self, 11 all excluding self; SDM §10.6.1).
+        A processor that has not started (no VTL0 state yet) does not take it."""
+        for vp in self.vps:
+            wanted = (
+                vp.index == destination
+                if shorthand == 0
+                else vp.index == source
+                if shorthand == 1
+                else shorthand == 2 or vp.index != source
+            )
+            if wanted and vp.started and vp.banks[0] is not None:
+                vp.deliver_interrupt(vector)
 
     @property
     def bsp(self) -> VirtualProcessor:

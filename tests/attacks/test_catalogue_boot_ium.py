@@ -20,11 +20,13 @@ from vbsim.attacks.catalogue import seed_statements as seeds
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import PRESET_ORDER, Outcome, RunResult, Scenario
 from vbsim.attacks.runner import run
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw import code
 from vbsim.image import parse_image
 from vbsim.ium.images import trustlet_image
 from vbsim.nt import dump as nt_dump
 from vbsim.nt import lsass, syscalls
+from vbsim.nt.layouts import EPROCESS, HostReader
 from vbsim.nt.process import Process, Protection
 from vbsim.sk.ium import skci
 from vbsim.sk.ium.process import MESSAGE_VA, SecureProcess
@@ -289,12 +291,15 @@ def test_a22_needs_the_patch_and_is_stopped_by_run_as_ppl(remote_protect: None) 
     assert run(logon_only, "vbs-off")[0].outcome == Outcome.SUCCEEDED
 
     def as_ppl(ctx: AttackContext) -> None:
-        creds.lsass_process(ctx).protection = Protection.PPL  # RunAsPPL
+        machine = ctx.booted.machine
+        assert machine is not None
+        reader = HostReader(machine.ram, DIRECT_MAP)  # RunAsPPL: lsass starts as PPL (0x41)
+        reader.set_field(creds.lsass_process(ctx).eprocess, EPROCESS.Protection, Protection.PPL)
         creds.a22_steps(ctx)
 
     result, _ = run(replace(creds.A22, steps=as_ppl), "vbs")
     assert result.outcome == Outcome.BLOCKED
-    assert "STATUS_ACCESS_DENIED" in result.mechanism
+    assert result.mechanism == "ps-protection"  # the PS_PROTECTION byte decided
 
 
 def test_a27_succeeds_if_the_sk_gave_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,7 +105,8 @@ def test_scenarios_are_in_the_catalogue_with_an_expectation_for_every_preset() -
 
 #: (scenario, presets) → what the verdict names as the stopper.
 DECIDING: dict[tuple[str, tuple[str, ...]], str] = {
-    ("A3", tuple(HVCI)): "skci.signature",
+    # The g_CiOptions write itself fails first: CI's CiPolicy section is KDP-protected there.
+    ("A3", tuple(HVCI)): "slat",
     ("A3-RWX", tuple(HVCI)): "hvci.w^x",
     ("A5", ("hardened",)): "slat",
     ("A6-KDP", tuple(HVCI)): "slat",
@@ -137,16 +138,18 @@ def test_a3_dse_reads_the_zeroed_g_ci_options_and_the_rootkit_runs_in_ring_0(pre
 
 
 @pytest.mark.parametrize("preset", HVCI)
-def test_a3_zeroing_g_ci_options_works_but_skci_decides(preset: str) -> None:
+def test_a3_g_ci_options_is_kdp_protected_so_the_write_bugchecks(preset: str) -> None:
+    """Under HVCI (with KDP) CI's CiPolicy section is SLAT read-only: the vulnerable driver's
+    store to g_CiOptions is an EPT violation, NT bugchecks, g_CiOptions still reads enforcing,
+    and the rootkit never runs (SKCI would have refused it anyway)."""
     _, ctx = _run("A3", preset)
-    nt = ctx.booted.nt
+    nt = ctx.system.nt if ctx.system else None
     assert nt is not None
-    assert _ram(ctx, nt.variable(drivers.CI_OPTIONS).gpa) == bytes(8)  # the data attack landed
-    [refusal] = _events(ctx, "skci", "skci.signature", "refused")
-    assert refusal.vtl == 1 and refusal.detail["failure"] == "no-signature"
-    assert not [
-        e for e in _events(ctx, "driver", "mm.map-image") if e.detail["driver"] == mcd.ROOTKIT
-    ]
+    assert mcd.reads_as(ctx, drivers.ci_options_va(nt)) == (
+        drivers.CI_OPTIONS_ENFORCING.to_bytes(8, "little")
+    )
+    assert [e for e in _events(ctx, "access", "slat", "denied")]
+    assert ctx.bugchecked
     assert runs(ctx, "a3") == []
 
 
@@ -301,7 +304,11 @@ def test_a14_phys_external_device_reaches_vtl0_but_not_vtl1(preset: str) -> None
 
 # -- the verdict is the goal's: flip the mechanism, the outcome follows ------------------------
 def test_a3_flip_hvci(preset_variant: Callable[..., str]) -> None:
+    # HVCI off alone is not enough: KDP still protects CI's CiPolicy (g_CiOptions) ...
     result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False))
+    assert result.outcome == Outcome.BLOCKED and result.mechanism == "slat"
+    # ... without KDP as well, the DSE disable works.
+    result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False, kdp=False))
     assert result.outcome == Outcome.SUCCEEDED and runs(ctx, "a3") == [(0, 0)]
     result, _ = run(mcd.A3_RWX, preset_variant("legacy-2019", hvci=True))
     assert result.outcome == Outcome.BLOCKED and result.mechanism == "hvci.w^x"

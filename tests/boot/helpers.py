@@ -1,7 +1,7 @@
 """Helpers for the boot tests: run an administrator's program in VTL0, persist the registry.
 
 How a registry change survives a reboot in the model: NT keeps its live configuration in
-``NtKernel.registry`` (the loaded SYSTEM hive); the disk keeps the persistent copy in
+the SYSTEM hive in VTL0 RAM (``vbsim.nt.registry``); the disk keeps the persistent copy in
 ``Disk.registry``, which winload's ``OslSetVsmPolicy`` reads at the next boot (vbs-internals §1.1
 row 3).  Windows flushes the hive to disk lazily and at shutdown; :func:`shut_down` plays that
 part, copying the values the boot path reads from the running kernel to the disk.
@@ -16,6 +16,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt import lsass
 from vbsim.nt.kernel import UserRun
 from vbsim.nt.process import Token
+from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 
@@ -65,8 +66,9 @@ def shut_down(system: System) -> Disk:
     shutdown), and return the disk for the next boot."""
     assert system.nt is not None
     for key in PERSISTED_KEYS:
-        if key in system.nt.registry:
-            system.disk.registry[key] = int(system.nt.registry[key])
+        values = hive(system)
+        if key in values:
+            system.disk.registry[key] = int(values[key])
     if system.machine is not None:
         system.machine.close()
     return system.disk

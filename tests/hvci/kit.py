@@ -57,7 +57,7 @@ class Env:
 
     @property
     def hvci(self) -> bool:
-        return drivers.hvci_enabled(self.nt)
+        return drivers.hvci_enabled(self.nt, self.vp)
 
     def user(self, routine: str, *args: Any, process: Process | None = None) -> Any:
         target = process or self.process

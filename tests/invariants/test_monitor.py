@@ -15,6 +15,7 @@ from vbsim.hw.slat import KX, UX, R, W
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Msr
 from vbsim.invariants import INVARIANTS, InvariantViolation, Monitor
 from vbsim.nt import drivers, kdp, secure_process
+from vbsim.nt.process import Token
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 from vbsim.sk.kernel import Reply
@@ -411,7 +412,7 @@ def test_7_user_callbacks_and_exceptions_from_user_mode_are_gates() -> None:
         vp = rig.vp
         nt = rig.system.nt
         assert nt is not None
-        process = nt.create_process(vp.cpu, "gates.exe", nt.processes[4].token)
+        process = nt.create_process(vp.cpu, "gates.exe", Token("gates"))
         name = "test.invariants.gates.user"
 
         def user(cpu: object) -> int:

@@ -21,6 +21,7 @@ from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import iumbase, vmsp
 from vbsim.ium.images import VMSP, trustlet_image
 from vbsim.nt.process import Process, Token
+from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.process import HEAP_VA, PRIVATE_BASE, PRIVATE_PAGES
@@ -64,13 +65,13 @@ def test_a_disabled_nt_service_is_invalid_system_service(
     machine: Machine, trustlet: Process
 ) -> None:
     assert IUM_FILTER["NtSetValueKey"] is Kind.DISABLED
-    registry = dict(machine.nt.registry)
+    registry = hive(machine.system)
     mark = machine.mark()
     name = b"HKLM\\SYSTEM\\written-from-ium"
     key_va = PRIVATE_BASE + 8 + kit.RECORD.size + 64  # inside the message page (trustlet memory)
     statuses, _ = run_calls(machine, trustlet, (NUMBERS["NtSetValueKey"], key_va, len(name), 1))
     assert statuses == [INVALID_SERVICE]
-    assert machine.nt.registry == registry
+    assert hive(machine.system) == registry
     events = filter_events(machine, mark)
     assert [(e.mechanism, e.outcome) for e in events] == [("ium.syscall-filter", "disabled")]
     assert events[0].detail["service"] == "NtSetValueKey" and events[0].vtl == 1

@@ -16,7 +16,7 @@ from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.ium import lsaiso, vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
-from vbsim.nt.process import Process, Token
+from vbsim.nt.process import Process, Token, host_view
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk.ium.process import IMAGE_BASE, PRIVATE_BASE, PRIVATE_PAGES, SecureThread
@@ -318,7 +318,8 @@ def test_nt_terminate_process_runs_the_trustlet_down(fresh: Machine) -> None:
     admin = kit.spawn(fresh)
     number = NUMBERS["NtTerminateProcess"]
     assert admin.returned("tests.ium.vtl0.syscall", number, (process.pid, 0)) == 0
-    assert process.terminated
+    assert fresh.system.machine is not None
+    assert host_view(fresh.system.machine.ram, process.eprocess).exiting
     assert fresh.secure_process(process).terminated
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status != NtStatus.SUCCESS

@@ -11,6 +11,7 @@ from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import Vector
 from vbsim.nt import lsass
+from vbsim.nt.process import Protection, host_view
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.policy import preset
 
@@ -28,7 +29,7 @@ def test_user_access_to_a_kernel_address_ends_the_thread(system: System, va: int
     assert outcome.terminated is not None
     assert outcome.terminated.vector == Vector.PF
     assert outcome.terminated.error_code & 0x4  # U/S: the access came from user mode
-    assert user.process.exit_status == NtStatus.ACCESS_VIOLATION
+    assert user.view.exit_status == NtStatus.ACCESS_VIOLATION
     assert not system.trace.find("bugcheck")
     denied = [e for e in system.trace.find("access") if e.outcome == "denied"][-1]
     assert denied.mechanism.startswith("paging") and denied.cpl == 3
@@ -83,8 +84,11 @@ def test_lsass_process_is_a_vtl0_user_process(system: System) -> None:
     pid, va, length = lsass.credential_region(system.nt)
     process = system.nt.processes[pid]
     assert process.name == "lsass.exe"
-    assert process.token.user == "SYSTEM" and process.token.admin
-    assert process.protection.value == "none"  # RunAsPPL has no policy switch yet
+    assert system.machine is not None
+    view = host_view(system.machine.ram, process.eprocess)
+    assert view.name == "lsass.exe" and view.pid == pid
+    assert view.user == "SYSTEM" and view.admin
+    assert view.protection == Protection.NONE  # RunAsPPL has no policy switch yet
     assert process.secure_pid == 0 and process.trustlet_id is None
     region = process.region_at(va)
     assert region is not None and region.writable and va + length <= region.base + region.size

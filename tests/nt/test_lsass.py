@@ -153,7 +153,8 @@ def test_lsaiso_not_running_means_credentials_in_vtl0(monkeypatch: pytest.Monkey
     )
     system = boot(preset("vbs"))
     assert system.booted and system.vbs_running and system.nt is not None
-    assert not lsass.credential_guard_active(system.nt)
+    assert system.machine is not None
+    assert not lsass.credential_guard_active(system.nt, system.machine.bsp)
     assert system.trace.find("boot", "credential-guard")[-1].outcome == "not-running"
     assert system.trace.find("nt", "lsass")[-1].outcome == "credentials-in-vtl0"
 
@@ -183,7 +184,7 @@ def test_credential_region_before_lsass_runs() -> None:
     from vbsim.nt.kernel import NtKernel
 
     machine = Machine(ram_size=32 << 20, vps=1, hypervisor=False)
-    nt = NtKernel(machine, preset("vbs-off"), False)
+    nt = NtKernel(machine, preset("vbs-off").build, False)
     with pytest.raises(LookupError):
         lsass.credential_region(nt)
     machine.close()
@@ -217,5 +218,25 @@ def test_credential_guard_follows_policy_and_vbs(
 ) -> None:
     system = make_system(name)
     assert system.nt is not None
-    assert lsass.credential_guard_active(system.nt) is isolated
+    assert system.machine is not None
+    assert lsass.credential_guard_active(system.nt, system.machine.bsp) is isolated
     assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
+
+
+def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
+    from vbsim.boot.chain import boot
+    from vbsim.policy import preset
+
+    system = boot(preset("vbs-off"))
+    assert system.nt is not None and system.machine is not None
+    pid, _, _ = lsass.credential_region(system.nt)
+    process = system.nt.processes[pid]
+    va = process.regions[0].base + lsass.LOGON_MESSAGE_OFFSET
+    leaf = process.tables.lookup(va)
+    assert leaf is not None
+    page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)
+    password = lsass.DEFAULT_LOGON.password.encode("utf-16-le")
+    assert password not in page  # lsass wiped the message after deriving its keys
+    assert page[lsass.LOGON_MESSAGE_OFFSET : lsass.LOGON_MESSAGE_OFFSET + 64] == bytes(64)
+    encoded = lsass.encode_logon(lsass.DEFAULT_LOGON)
+    assert password in encoded and encoded[:8] == (0x3E7_0001).to_bytes(8, "little")

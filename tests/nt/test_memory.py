@@ -15,6 +15,7 @@ from vbsim.boot.chain import System
 from vbsim.boot.disk import VBS_REGISTRY_KEY
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass
+from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import (
     MAX_ALLOCATION,
     PAGE_EXECUTE_READ,
@@ -47,7 +48,7 @@ def test_allocate_read_only_page_cannot_be_written(system: System) -> None:
     assert status == NtStatus.SUCCESS
     outcome = user.run("tests.nt.write", base, b"x")
     assert outcome.terminated is not None and outcome.terminated.vector == 14
-    assert user.process.exit_status == NtStatus.ACCESS_VIOLATION
+    assert user.view.exit_status == NtStatus.ACCESS_VIOLATION
 
 
 @pytest.mark.parametrize(
@@ -334,15 +335,15 @@ def test_non_admin_cannot_dump_lsass(system: System) -> None:
 # -- NtSetValueKey ---------------------------------------------------------------------------------
 def test_set_value_key_needs_admin(system: System) -> None:
     assert system.nt is not None
-    before = system.nt.registry.get(VBS_REGISTRY_KEY)  # the hive loaded from disk at boot
+    before = hive(system).get(VBS_REGISTRY_KEY)  # the hive loaded from disk at boot
     user = spawn(system, "app.exe", USER)
     status = user.returned("tests.nt.set_value", VBS_REGISTRY_KEY, 0x55, user.scratch.base)
     assert status == NtStatus.ACCESS_DENIED
-    assert system.nt.registry.get(VBS_REGISTRY_KEY) == before
+    assert hive(system).get(VBS_REGISTRY_KEY) == before
     admin = spawn(system, "admin.exe", ADMIN)
     status = admin.returned("tests.nt.set_value", VBS_REGISTRY_KEY, 0, admin.scratch.base)
     assert status == NtStatus.SUCCESS
-    assert system.nt.registry[VBS_REGISTRY_KEY] == 0
+    assert hive(system)[VBS_REGISTRY_KEY] == 0
     status, value = user.returned("tests.nt.query_value", VBS_REGISTRY_KEY, user.scratch.base)
     assert (status, value) == (NtStatus.SUCCESS, 0)
     event = system.trace.find("registry", "nt-registry")[-1]

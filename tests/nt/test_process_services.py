@@ -6,7 +6,7 @@ from vbsim.boot.chain import boot
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt.apps import HELLO
-from vbsim.nt.process import Token
+from vbsim.nt.process import Token, host_view
 from vbsim.nt.syscalls import PAGE_READWRITE, syscall
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
@@ -38,7 +38,12 @@ def test_create_user_process_inherits_the_token_and_runs() -> None:
     created, pid, allocated, freed = run.returned
     assert (created, allocated, freed) == (NtStatus.SUCCESS,) * 3
     child = nt.processes[pid]
-    assert child.name == HELLO and child.token is parent.token
+    assert child.name == HELLO
+    assert system.machine is not None
+    mine, theirs = (host_view(system.machine.ram, p.eprocess) for p in (child, parent))
+    # A copy of the parent's token (SeSubProcessToken): same user and rights, its own TOKEN.
+    assert mine.user == theirs.user == "bob" and mine.token != theirs.token
+    assert (mine.admin, mine.privileges) == (theirs.admin, theirs.privileges)
     # The freed page is gone from the parent's address space and its bytes were cleared.
     assert all(region.base != scratch + 0x200 for region in parent.regions)
     child_run = nt.run_user(vp, child, nt.map_code(vp, child, ["app.hello.main"])["app.hello.main"])

@@ -15,7 +15,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt.kernel import NtKernel, UserRun
-from vbsim.nt.process import Process, Region, Token
+from vbsim.nt.process import Process, ProcessView, Region, Token, host_view
 from vbsim.nt.syscalls import NUMBERS, syscall
 
 SCRATCH_SIZE = 16 * PAGE_SIZE
@@ -132,6 +132,12 @@ class User:
     def vp(self) -> VirtualProcessor:
         assert self.system.machine is not None
         return self.system.machine.bsp
+
+    @property
+    def view(self) -> ProcessView:
+        """The process's EPROCESS and token as RAM holds them now (host side)."""
+        assert self.system.machine is not None
+        return host_view(self.system.machine.ram, self.process.eprocess)
 
     def run(self, routine: str, *args: Any) -> UserRun:
         return self.nt.run_user(self.vp, self.process, self.entries[routine], *args)

@@ -43,7 +43,7 @@ from vbsim.hw import code
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SIZE
-from vbsim.nt.process import Process, Token
+from vbsim.nt.process import Process, ProcessView, Token, host_view
 from vbsim.policy import Policy
 from vbsim.trace import Trace
 
@@ -85,10 +85,16 @@ class AttackContext:
         if self.system is not None and self.system.nt is not None:
             from vbsim.boot.disk import VBS_REGISTRY_KEY
 
-            value = self.system.nt.registry.get(VBS_REGISTRY_KEY)
+            value = self.hive().get(VBS_REGISTRY_KEY)
             if isinstance(value, int):
                 self.disk.registry[VBS_REGISTRY_KEY] = value
         return self.boot()
+
+    def hive(self) -> dict[str, int]:
+        """The running system's SYSTEM hive as RAM holds it (host side)."""
+        from vbsim.nt.registry import system_values
+
+        return system_values(self.system)
 
     @property
     def booted(self) -> System:
@@ -167,12 +173,21 @@ class AttackContext:
         target = process or self.process(admin)
         name = payload_routine(payload)
         entry = nt.map_code(self.vp.cpu, target, [name])[name]
-        self.vp.actor = "attacker (A0)" if target.token.admin else "attacker (U0)"
+        self.vp.actor = "attacker (A0)" if self.is_admin(target) else "attacker (U0)"
         run = nt.run_user(self.vp.cpu, target, entry, *args)
         self.vp.actor = "nt"
         if run.terminated is not None:
             self.stops.append(run.terminated)
         return run.returned
+
+    def view(self, process: Process) -> ProcessView:
+        """Host view (goal checks, labels): ``process``'s EPROCESS and token as RAM holds them."""
+        machine = self.booted.machine
+        assert machine is not None
+        return host_view(machine.ram, process.eprocess)
+
+    def is_admin(self, process: Process) -> bool:
+        return self.view(process).admin
 
     def user_buffer(self, process: Process, size: int = PAGE_SIZE) -> int:
         nt = self.booted.nt

@@ -147,8 +147,12 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     )
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
-    nt = NtKernel(machine, policy, vbs)
-    nt.registry.update(system.disk.registry)  # the SYSTEM hive, loaded from disk
+    nt = NtKernel(machine, policy.build, vbs)
+    from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
+
+    # The SYSTEM hive from disk, with the feature configuration the policy installed.
+    configured = {HVCI_KEY: int(policy.hvci), LSA_CFG_FLAGS_KEY: int(policy.credential_guard)}
+    load_hive(machine.ram, nt.hive_gpa, {**configured, **system.disk.registry})
     system.nt = nt
     bsp = machine.bsp
     nt.prepare_boot_processor(bsp)

@@ -41,16 +41,19 @@ def boot_report(policy: Policy) -> dict[str, Any]:
         report["memory"] = [
             run.to_json() for run in vtl0_memory_map(system.machine, include_free=True)
         ]
-    if system.nt is not None:
+    if system.nt is not None and system.machine is not None:
+        from vbsim.nt.process import host_view
+
+        views = [host_view(system.machine.ram, p.eprocess) for p in system.nt.processes.values()]
         report["processes"] = [
             {
-                "pid": p.pid,
-                "name": p.name,
-                "user": p.token.user,
-                "secure": p.trustlet_id is not None,
-                "protection": p.protection.value,
+                "pid": v.pid,
+                "name": v.name,
+                "user": v.user,
+                "secure": v.trustlet_id is not None,
+                "protection": f"{v.protection:#04x}",
             }
-            for p in system.nt.processes.values()
+            for v in views
         ]
         report["drivers"] = sorted(system.nt.drivers)
     return report

@@ -54,6 +54,12 @@ MAX_DELIVERY_DEPTH = 3
 HV_MSR_BASE = 0x4000_0000
 HV_MSR_LIMIT = 0x4000_1000
 
+#: IA32_X2APIC_ICR (SDM Vol. 4 table 2-2; Vol. 3A §10.12.9).
+X2APIC_ICR = 0x830
+#: ICR bits the model requires to be zero: 11 (logical destination mode, not modelled), 12
+#: (delivery status, read-only), 16-17 and 20-31 (reserved in x2APIC mode, SDM §10.12.9).
+_ICR_RESERVED = 0x0000_0000_FFF3_1800
+
 _ARCH_MSR_FIELDS: dict[int, str] = {
     Msr.APIC_BASE: "apic_base",
     Msr.SYSENTER_CS: "sysenter_cs",
@@ -229,6 +235,9 @@ class VirtualProcessor:
         self.p: PrivateState = self._bank(0)
         self.layer: PagingLayer = self._layer(0)
         self._delivering = 0
+        #: The platform's interrupt fabric (set by the machine): (source, vector, shorthand,
+        #: destination) for an ICR write.  None: no APIC bus (a single-processor test rig).
+        self.interrupt_fabric: Callable[[int, int, int, int], None] | None = None
         #: The CPL at which the exception being delivered interrupted (from the stack frame).
         self.interrupted_cpl = 0
         self._reselect()
@@ -657,6 +666,9 @@ class VirtualProcessor:
         if not self._require_cpl0():
             return
         value &= 0xFFFF_FFFF_FFFF_FFFF
+        if msr == X2APIC_ICR:
+            self._send_ipi(value)
+            return
         if HV_MSR_BASE <= msr < HV_MSR_LIMIT:
             if self.exits.synthetic_msr(self, msr, value) is None:
                 self.fault(Vector.GP, 0)
@@ -672,6 +684,24 @@ class VirtualProcessor:
         if self.exits.intercept_msr(self, msr, value):
             return
         self.apply_msr(msr, value)
+
+    def _send_ipi(self, icr: int) -> None:
+        """x2APIC ICR write (SDM Vol. 3A §10.12.9): vector 7:0, delivery mode 10:8, destination
+        shorthand 19:18, destination x2APIC ID 63:32.  The model's APIC IDs are VP indices and
+        only fixed delivery (mode 000) is modelled; other modes and reserved bits are #GP, as a
+        write of an unsupported ICR value is (SDM §10.12.9: reserved bits must be 0)."""
+        vector, mode = icr & 0xFF, (icr >> 8) & 0x7
+        shorthand, destination = (icr >> 18) & 0x3, icr >> 32
+        if mode != 0 or vector < 16 or icr & _ICR_RESERVED or self.interrupt_fabric is None:
+            self.fault(Vector.GP, 0)
+            return
+        if self.trace.on:
+            self.emit("interrupt", "x2apic.icr", "sent", vector=vector, destination=destination)
+        self.interrupt_fabric(self.index, vector, shorthand, destination)
+
+    def deliver_interrupt(self, vector: int) -> None:
+        """A fixed interrupt from the APIC arrives: taken through this VP's current IDT."""
+        self.fault(vector)
 
     def apply_msr(self, msr: int, value: int) -> None:
         """Architectural effect of a permitted MSR write (also used by a higher VTL's emulation)."""

@@ -1228,7 +1228,10 @@ class Session:
 
     def _run_user(self, context: _UserContext, op: str, args: Any) -> Any:
         nt, vp = self.nt, self.vp
-        actor = "attacker (A0)" if context.process.token.admin else "attacker (U0)"
+        from vbsim.nt.process import host_view
+
+        admin = host_view(self.machine.ram, context.process.eprocess).admin
+        actor = "attacker (A0)" if admin else "attacker (U0)"
         vp.actor = actor
         run = nt.run_user(vp, context.process, context.entry, op, args)
         vp.actor = "nt"

@@ -46,10 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hw import code
+from vbsim.hw.code import guest_code
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.slat import KX, UX, R, W
-from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.hw.vp import VirtualProcessor as VirtualProcessorType
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
     ImageKind,
@@ -63,6 +65,13 @@ from vbsim.image import (
     verify_image,
 )
 from vbsim.nt import syscalls
+from vbsim.nt.layouts import (
+    KLDR_DATA_TABLE_ENTRY,
+    LIST_ENTRY,
+    SE_CI_CALLBACKS,
+    read_field,
+    write_field,
+)
 from vbsim.ntstatus import NtStatus, ok
 from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
@@ -78,6 +87,11 @@ POOL_EXECUTE_BASE = DRIVER_BASE + (128 << 30)
 MAX_POOL_PAGES = 64
 
 CI_OPTIONS = "g_CiOptions"
+#: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
+CI_POLICY_SECTION = "ci.dll!CiPolicy"
+SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
+MODULE_LIST = "PsLoadedModuleList"
+CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
 STORE = "driver_store"
@@ -214,23 +228,52 @@ def _store_images() -> tuple[tuple[str, bytes], ...]:
 
 
 def default_store() -> dict[str, bytes]:
-    return dict(_store_images())
+    from vbsim.nt.notify import EDR_DRIVER, edr_image
+
+    return {**dict(_store_images()), EDR_DRIVER: edr_image()}
 
 
 # -- wiring ---------------------------------------------------------------------------------------
 def register_nt(nt: NtKernel) -> None:
-    """Loader time (called from ``NtKernel.__post_init__``): ``g_CiOptions`` in NT's data, the
-    driver store, the loader state, and the two system services."""
-    variable = nt.variable(CI_OPTIONS)
-    leaf = nt.space.pt.lookup(variable.va)
-    assert leaf is not None
-    # winload initialises the image's .data: a direct RAM write, before any protection exists.
-    gpa = (leaf & PTE_ADDR_MASK) | (variable.va & PAGE_MASK)
-    nt.machine.ram.write(gpa, CI_OPTIONS_ENFORCING.to_bytes(8, "little"))
+    """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
+    .data, the driver store, the loader state, and the two system services."""
+    nt.variable(SE_CI_CALLBACKS_NAME, SE_CI_CALLBACKS.SIZE)
+    head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
+    nt.loader_write_u64(head, head)
+    nt.loader_write_u64(head + 8, head)
+    nt.ci_validate_image_header = nt.space.install(CI_VALIDATE_IMAGE_HEADER)
     nt.ext[STORE] = default_store()
     nt.ext[LOADER] = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
+
+
+def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
+    """CiInitialize (NT phase 1): ci.dll's ``CiPolicy`` section holds ``g_CiOptions`` (DSE
+    enforcing); CI fills ``nt!SeCiCallbacks``; then it asks KDP to make CiPolicy read-only
+    (MmProtectDriverSection), which holds wherever KDP runs (on 20H1+ "whenever VBS runs":
+    helz.dev, "ci.dll unsigned driver loading", 2025; Fortinet 2022) and fails with
+    STATUS_INVALID_DEVICE_STATE without VBS.  SeCiCallbacks stays in ntoskrnl's ordinary .data:
+    nothing protects it (Fortinet 2022).  Returns MmProtectDriverSection's status."""
+    from vbsim.nt import kdp
+
+    section = kdp.load_data_section(
+        nt, vp, CI_POLICY_SECTION, 1, CI_OPTIONS_ENFORCING.to_bytes(8, "little")
+    )
+    nt.ci_options_va = section.va
+    callbacks = nt.variable(SE_CI_CALLBACKS_NAME).va
+    vp.write_u64(
+        callbacks + SE_CI_CALLBACKS.CiValidateImageHeader.offset, nt.ci_validate_image_header
+    )
+    return kdp.mm_protect_driver_section(nt, vp, section.va)
+
+
+def load_boot_drivers(nt: NtKernel, vp: VirtualProcessor) -> None:
+    """The boot-start drivers: the EDR (it must see every process NT creates after it)."""
+    from vbsim.nt.notify import EDR_DRIVER
+
+    status = load_driver(nt, vp, EDR_DRIVER)
+    _event(vp, "boot-driver", NtStatus.name_of(status), driver=EDR_DRIVER)
 
 
 def _loader(nt: NtKernel) -> DriverLoader:
@@ -247,9 +290,15 @@ def _store(nt: NtKernel) -> dict[str, bytes]:
     return store
 
 
-def hvci_enabled(nt: NtKernel) -> bool:
-    """HVCI is configured (registry/UEFI) and VBS actually runs (there is a Secure Kernel)."""
-    return nt.vsl is not None and nt.policy.hvci
+def hvci_enabled(nt: NtKernel, vp: VirtualProcessor) -> bool:
+    """HVCI is configured (the DeviceGuard HVCI value in the hive in RAM) and VBS actually runs
+    (there is a Secure Kernel)."""
+    from vbsim.nt import registry
+
+    if nt.vsl is None:
+        return False
+    cpu = vp.cpu if isinstance(vp, VirtualProcessorType) else vp
+    return bool(registry.query(nt, cpu, registry.HVCI_KEY))
 
 
 def _event(vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
@@ -276,11 +325,32 @@ def _string(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | 
 
 # -- code integrity in VTL0 (DSE) -----------------------------------------------------------------
 def ci_options_va(nt: NtKernel) -> int:
-    return nt.variable(CI_OPTIONS).va
+    """``ci!g_CiOptions`` (in the CiPolicy section CiInitialize mapped)."""
+    return nt.ci_options_va
+
+
+def se_ci_callbacks_va(nt: NtKernel) -> int:
+    """``nt!SeCiCallbacks``."""
+    return nt.variable(SE_CI_CALLBACKS_NAME).va
 
 
 def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: bytes) -> int:
-    """CiValidateImageHeader, as NT does it without HVCI; reads ``g_CiOptions`` from RAM."""
+    """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
+    ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
+    routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
+    result = vp.call(routine, name, image)
+    return result if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
+
+
+@guest_code(CI_VALIDATE_IMAGE_HEADER)
+def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> int:
+    """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
+    Authenticode signature must chain to the model root with the driver requirement."""
+    from vbsim.nt.kernel import NtKernel
+
+    nt = vp.kernel()
+    if not isinstance(nt, NtKernel):
+        vp.wrong_context("ci.dll without NT")
     options = vp.read_u64(ci_options_va(nt))
     if not options & CI_OPTIONS_ENFORCING:
         _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)
@@ -394,15 +464,64 @@ def _validate_mapped(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver, h
 
 
 # -- the loader -----------------------------------------------------------------------------------
+def module_list_head(nt: NtKernel) -> int:
+    return nt.variable(MODULE_LIST, LIST_ENTRY.SIZE).va
+
+
+def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+    """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
+    head = module_list_head(nt)
+    wanted = name.lower().encode("utf-16-le")
+    link = vp.read_u64(head)
+    for _ in range(1024):
+        if link == head or not link:
+            return 0
+        length = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength)
+        buffer = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
+        if length == len(wanted) and vp.read(buffer, length).lower() == wanted:
+            return link
+        link = vp.read_u64(link)
+    return 0
+
+
+def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+    """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY at the tail of the list."""
+    from vbsim.nt.process import insert_tail
+
+    entry, _ = nt.alloc_kernel_page(vp)
+    raw = driver.name.encode("utf-16-le")[:512]
+    vp.write(entry + KLDR_DATA_TABLE_ENTRY.NAME_AT, raw)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase, driver.base)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint, driver.entry)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage, len(driver.pfns) * PAGE_SIZE)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength, len(raw))
+    write_field(
+        vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer, entry + KLDR_DATA_TABLE_ENTRY.NAME_AT
+    )
+    head = module_list_head(nt)
+    if not vp.read_u64(head):  # first use: an empty list head points at itself
+        vp.write_u64(head, head)
+        vp.write_u64(head + 8, head)
+    insert_tail(vp, head, entry)
+
+
+def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
+    from vbsim.nt.process import remove_entry
+
+    entry = find_module(nt, vp, name)
+    if entry:
+        remove_entry(vp, entry)
+
+
 def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     """IopLoadDriver / MmLoadSystemImage for a driver of the store; returns an NTSTATUS."""
-    if name in nt.drivers:
+    if find_module(nt, vp, name):  # already on PsLoadedModuleList (in RAM)
         return STATUS_IMAGE_ALREADY_LOADED
     image = _store(nt).get(name)
     if image is None:
         _event(vp, "driver-store", "not-found", driver=name)
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    hvci = hvci_enabled(nt)
+    hvci = hvci_enabled(nt, vp)
     if hvci:
         _event(vp, "dse", "delegated", driver=name, to="skci")
     else:
@@ -435,6 +554,7 @@ def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     except OutOfFrames:
         return int(NtStatus.NO_MEMORY)
     nt.drivers[name] = driver
+    _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
 
 
@@ -453,6 +573,7 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     driver = nt.drivers.pop(name, None)
     if not isinstance(driver, LoadedDriver):
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
+    _remove_module(nt, vp, name)
     if driver.secure_handle and nt.vsl is not None:
         status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
         if not ok(status):
@@ -466,8 +587,9 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
 # -- system services ------------------------------------------------------------------------------
 def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """NtLoadDriver(PCSTR name, ULONG length) — the model's reduced form of the registry path."""
-    process = nt.process_of(vp)
-    if process is None or not process.token.load_driver:
+    from vbsim.nt.layouts import Privilege
+
+    if not syscalls.caller_holds(nt, vp, Privilege.SE_LOAD_DRIVER):
         _event(vp, "privilege", "refused", privilege="SeLoadDriverPrivilege")
         return int(NtStatus.PRIVILEGE_NOT_HELD)
     name = _string(nt, vp, args[0], args[1])
@@ -524,7 +646,7 @@ def nt_allocate_executable(
             pfns.append(pfn)
     except OutOfFrames:
         return int(NtStatus.NO_MEMORY), 0
-    if hvci_enabled(nt):
+    if hvci_enabled(nt, vp):
         assert nt.vsl is not None
         requested = (R | W | KX | UX) if writable else (R | KX | UX)
         for pfn in pfns:
@@ -551,6 +673,6 @@ def nt_allocate_executable(
         writable=writable,
         va=base,
         pages=pages,
-        hvci=hvci_enabled(nt),
+        hvci=hvci_enabled(nt, vp),
     )
     return int(NtStatus.SUCCESS), base

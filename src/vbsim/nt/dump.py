@@ -159,8 +159,10 @@ def _store(nt: NtKernel, vp: VirtualProcessor, path: str, kind: int) -> int:
 
 def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """(command, ...): only SysDbgGetLiveKernelDump; SeDebugPrivilege required."""
-    process = nt.process_of(vp)
-    if process is None or not (process.token.admin and process.token.debug_privilege):
+    from vbsim.nt.layouts import Privilege
+    from vbsim.nt.syscalls import caller_holds, caller_is_admin
+
+    if not (caller_is_admin(nt, vp) and caller_holds(nt, vp, Privilege.SE_DEBUG)):
         return int(NtStatus.ACCESS_DENIED)
     if args[0] != SYSDBG_GET_LIVE_KERNEL_DUMP:
         return int(NtStatus.INVALID_INFO_CLASS)
@@ -169,8 +171,9 @@ def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int])
 
 def nt_initiate_power_action(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """(action, ...): only PowerActionHibernate; an administrator is required."""
-    process = nt.process_of(vp)
-    if process is None or not process.token.admin:
+    from vbsim.nt.syscalls import caller_is_admin
+
+    if not caller_is_admin(nt, vp):
         return int(NtStatus.ACCESS_DENIED)
     if args[0] != POWER_ACTION_HIBERNATE:
         return int(NtStatus.INVALID_PARAMETER)
@@ -183,13 +186,11 @@ def register(nt: NtKernel) -> None:
         ("NtSystemDebugControl", nt_system_debug_control),
         ("NtInitiatePowerAction", nt_initiate_power_action),
     ):
-        number = NUMBERS[name]
-        nt.syscalls[number] = handler
-        nt.syscall_names[number] = name
+        nt.register_service(name, NUMBERS[name], handler)
 
 
 def registered(nt: NtKernel) -> bool:
-    return all(nt.syscalls.get(number) is not None for number in NUMBERS.values())
+    return all(nt.syscall_names.get(number) == name for name, number in NUMBERS.items())
 
 
 def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:

@@ -11,27 +11,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest.address_space import CS_USER_ATTRIBUTES, DIRECT_MAP, KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
-from vbsim.hw.faults import Bugcheck, GuestTermination, ThreadTerminated
+from vbsim.hw.cpu import Cpu as ArchCpu
+from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.pagetable import PhysAccess
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
+from vbsim.nt import notify
+from vbsim.nt import process as ps
+from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, Cpu, read_field
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
     from vbsim.machine import Machine
     from vbsim.nt.vsl import Vsl
-    from vbsim.policy import Policy
 
 #: Windows x64 STAR: kernel CS 0x10, user CS base 0x20 (user CS 0x33, SS 0x2B).
 STAR_VALUE = (0x0023 << 48) | (0x0010 << 32)
 #: SFMASK clears TF, IF, DF and AC on entry (as Windows does).
 SFMASK_VALUE = int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC)
+
+#: The IPI vector Windows x64 uses (IPI_LEVEL's vector 0xE1; KiIpiInterrupt, Windows
+#: Internals 7th ed. part 2 ch. 8 "Interrupt dispatching").
+IPI_VECTOR = 0xE1
+
+#: IA32_X2APIC_ICR and the ICR's destination shorthand "all excluding self" (bits 19:18 = 11,
+#: SDM Vol. 3A §10.6.1, §10.12.9).
+X2APIC_ICR = 0x830
+ICR_ALL_EXCLUDING_SELF = 0b11 << 18
+
+#: Entries in KiServiceTable (KiServiceLimit): the model build's numbers stay below it.
+SERVICE_LIMIT = 0x200
 
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
 PRCB_SIZE = 0x40
@@ -59,16 +74,15 @@ class UserRun:
 @dataclass
 class NtKernel:
     machine: Machine
-    policy: Policy
+    #: The build NT was compiled for (NtBuildNumber: which secure-call numbers its Vsl stubs
+    #: use, vbs-internals "Numbers are build-specific"); a constant of the image.
+    build: str
     vbs: bool
     space: KernelSpace = field(init=False)
     processes: dict[int, Process] = field(default_factory=dict)
     current: dict[int, Process | None] = field(default_factory=dict)
-    syscalls: dict[int, SyscallHandler] = field(default_factory=dict)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
-    #: Configuration store (the registry's HKLM\SYSTEM values the model needs).
-    registry: dict[str, Any] = field(default_factory=dict)
     drivers: dict[str, Any] = field(default_factory=dict)
     #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
     ext: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +92,12 @@ class NtKernel:
     phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
+    processor_count: int = 1
+    #: HvlpHypercallPages: NT's hypercall input/output pages (VA, GPA each), set in phase 1.
+    hypercall_pages: tuple[int, int, int, int] = (0, 0, 0, 0)
+    #: Symbols CI and the loader resolve at boot (addresses, as in a symbol table).
+    ci_options_va: int = 0
+    ci_validate_image_header: int = 0
     syscall_entry: int = 0
     ap_entry: int = 0
 
@@ -93,15 +113,36 @@ class NtKernel:
                 int(Vector.PF): "nt.KiPageFault",
                 int(Vector.GP): "nt.KiGeneralProtection",
                 int(Vector.UD): "nt.KiInvalidOpcode",
+                IPI_VECTOR: "nt.KiIpiInterrupt",
             },
             default="nt.KiUnexpectedTrap",
         )
         self.syscall_entry = self.space.install("nt.KiSystemCall64")
         self.ap_entry = self.space.install("nt.KiSystemStartupAp")
-        for name in ("nt.KiPageFault", "nt.KiGeneralProtection", "nt.KiInvalidOpcode"):
+        self.processor_count = len(self.machine.vps)  # KeNumberProcessors (from the loader)
+        for name in (
+            "nt.KiPageFault",
+            "nt.KiGeneralProtection",
+            "nt.KiInvalidOpcode",
+            "nt.KiIpiInterrupt",
+        ):
             self.space.install(name)
         self.data_va, self.data_gpa = self.space.alloc_data(4)
         self._data_next = self.data_va
+        # PsActiveProcessHead: an empty LIST_ENTRY points at itself (winload zeroes .data;
+        # NT's phase 0 initialises the head before the first process exists).
+        head = self.variable("PsActiveProcessHead", LIST_ENTRY.SIZE)
+        self.machine.ram.write_u64(head.gpa, head.va)
+        self.machine.ram.write_u64(head.gpa + 8, head.va)
+        self.process_head = head.va
+        self._next_token_id = 0x1000
+        # KiServiceTable: one routine VA per system-service number, in NT's .data; the
+        # dispatcher indexes it with RAX at every system call (Windows x64 packs 32-bit offsets;
+        # the model stores whole VAs: a compaction, same decision).
+        self.service_table = self.variable("KiServiceTable", SERVICE_LIMIT * 8).va
+        notify.install(self)
+        # The SYSTEM hive's page (winload fills it from disk: vbsim.nt.registry.load_hive).
+        self.hive_va, self.hive_gpa = self.space.alloc_data(1)
         from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)
@@ -148,6 +189,28 @@ class NtKernel:
         self.variables[name] = variable
         return variable
 
+    def loader_write_u64(self, va: int, value: int) -> None:
+        """winload initialising NT's image data (before any processor runs NT)."""
+        leaf = self.space.pt.lookup(va)
+        assert leaf is not None
+        self.machine.ram.write_u64((leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF), value)
+
+    def register_service(self, name: str, number: int, handler: SyscallHandler) -> None:
+        """Link a system service into KiServiceTable (loader time): its code thunk in NT's
+        code pages, its VA in the table's slot ``number``."""
+        if not 0 <= number < SERVICE_LIMIT:
+            raise ValueError(f"service number {number:#x} beyond KiServiceLimit")
+        routine = f"nt.{name}"
+        code.register(routine, _service_routine(handler))
+        self.loader_write_u64(self.service_table + number * 8, self.space.install(routine))
+        self.syscall_names[number] = name
+
+    def service_routine(self, vp: Cpu, number: int) -> int:
+        """KiServiceTable[number] as RAM holds it now (0: no such service)."""
+        if not 0 <= number < SERVICE_LIMIT:
+            return 0
+        return vp.read_u64(self.service_table + number * 8)
+
     def ap_context(self, index: int) -> bytes:
         state = self.space.initial_state(self.ap_entry)
         state.gs_base = self.processor_block(index)
@@ -169,6 +232,15 @@ class NtKernel:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
         self.phase = 1
+        if self.vbs:  # the hypervisor is present: hypercall parameter pages for NT
+            in_va, in_gpa = self.alloc_kernel_page(vp)
+            out_va, out_gpa = self.alloc_kernel_page(vp)
+            self.hypercall_pages = (in_va, in_gpa, out_va, out_gpa)
+        notify.initialize(self, vp.cpu)
+        from vbsim.nt import drivers
+
+        drivers.initialize_ci(self, vp)  # CiInitialize: SeCiCallbacks, CiPolicy under KDP
+        drivers.load_boot_drivers(self, vp)  # the EDR registers its callback before lsass
         for ap in self.machine.vps[1:]:
             self.start_processor(vp, ap)
         self.create_system_process()
@@ -214,12 +286,31 @@ class NtKernel:
     def phys(self, vp: VirtualProcessor) -> PhysAccess:
         return self.space.runtime_phys(vp)
 
-    def alloc_kernel_page(self, vp: VirtualProcessor) -> tuple[int, int]:
+    def alloc_kernel_page(self, vp: Cpu) -> tuple[int, int]:
         """A zeroed page reached through the direct map (VA, GPA)."""
         pfn = self.machine.ram.frames.alloc("nt.pool")
         va = DIRECT_MAP + (pfn << PAGE_SHIFT)
         vp.write(va, bytes(PAGE_SIZE))
         return va, pfn << PAGE_SHIFT
+
+    def flush_all_processors(self, vp: ArchCpu) -> None:
+        """KeFlushTb(all processors): with a hypervisor, HvCallFlushVirtualAddressSpace with
+        HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS; what Windows' Hvl
+        enlightenment does); without one, a CR3 reload here and an IPI to every other processor
+        through the x2APIC ICR (shorthand "all excluding self"), whose handler reloads CR3."""
+        from vbsim.guest import hvcall
+        from vbsim.hv import defs
+
+        if self.vbs:
+            in_va, in_gpa, out_va, out_gpa = self.hypercall_pages
+            flags = defs.HvFlushFlags.ALL_PROCESSORS | defs.HvFlushFlags.ALL_VIRTUAL_ADDRESS_SPACES
+            data = defs.FLUSH_VIRTUAL_ADDRESS_SPACE_INPUT.pack(0, int(flags), 0)
+            pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
+            hvcall.hypercall(vp, pages, defs.HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data)  # type: ignore[arg-type]
+            return
+        vp.mov_to_cr(3, vp.read_cr(3))
+        if self.processor_count > 1:
+            vp.wrmsr(X2APIC_ICR, ICR_ALL_EXCLUDING_SELF | IPI_VECTOR)
 
     def probe_user(self, vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
@@ -256,20 +347,52 @@ class NtKernel:
         self,
         vp: VirtualProcessor,
         name: str,
-        token: Token,
-        protection: Protection = Protection.NONE,
+        token: Token | None = None,
+        protection: Protection | int = Protection.NONE,
+        parent: Process | None = None,
     ) -> Process:
+        """NtCreateUserProcess's kernel half: an EPROCESS and a primary TOKEN in pool pages,
+        linked into PsActiveProcessHead's list.  The token is built from ``token`` or, for a
+        child, copied from ``parent``'s (SeSubProcessToken)."""
         tables = new_address_space(self.phys(vp), self.space.pt.root)
-        process = Process(self._next_pid, name, tables, token, protection)
+        eprocess, _ = self.alloc_kernel_page(vp)
+        token_va, _ = self.alloc_kernel_page(vp)
+        self._next_token_id += 1
+        if parent is not None:
+            ps.copy_token(vp, ps.token_of(vp, parent.eprocess), token_va, self._next_token_id)
+        else:
+            ps.build_token(vp, token_va, self._next_token_id, token or Token("user"))
+        pid = self._next_pid
+        ps.build_eprocess(vp, eprocess, pid, name, token_va, int(protection), tables.root)
+        ps.insert_tail(vp, self.process_head, eprocess + EPROCESS.ActiveProcessLinks.offset)
+        process = Process(pid, name, tables, eprocess)
         self._next_pid += 4
         self.processes[process.pid] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
+        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
         return process
+
+    def lookup_process(self, vp: Cpu, pid: int) -> Process | None:
+        """PsLookupProcessByProcessId: the live process with ``pid``, found by walking
+        PsActiveProcessHead's list in RAM (Windows uses the PspCidTable handle table; the model
+        compacts that to the list walk) and read at its EPROCESS.UniqueProcessId."""
+        for eprocess in ps.walk_processes(vp, self.process_head):
+            if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
+                continue
+            handle = self.processes.get(pid)
+            if handle is None or handle.eprocess != eprocess or ps.is_exiting(vp, eprocess):
+                return None
+            return handle
+        return None
 
     def create_system_process(self) -> None:
         vp = self.machine.bsp
         system = self.create_process(
-            vp, "System", Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True)
+            vp,
+            "System",
+            Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True, tcb=True),
+            Protection.SYSTEM,
         )
         system.tables.root = self.space.pt.root
         if self.boot_trustlets and self.vsl is not None:
@@ -335,24 +458,20 @@ class NtKernel:
         return placed
 
     def run_user(self, vp: VirtualProcessor, process: Process, entry: int, *args: Any) -> UserRun:
-        """Schedule ``process``'s thread on ``vp``: CR3 switch, drop to CPL3, run ``entry``."""
-        saved_cr3 = vp.p.cr3
+        """Schedule ``process``'s thread on ``vp``: CR3 switch, then into user mode and back
+        through the gates (``sysret`` in, ``syscall`` or an exception gate back: Cpu.user_call),
+        never by setting CPL."""
+        saved_cr3 = vp.cpu.read_cr(3) if isinstance(vp, VirtualProcessor) else vp.read_cr(3)
         saved_current = self.current.get(vp.index)
         vp.mov_to_cr(3, process.tables.root)
         self.current[vp.index] = process
-        cs = vp.p.segments["cs"]
-        saved_cs = (cs.selector, cs.attributes)
-        cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
-        vp.set_cpl(3)
         outcome = UserRun()
         try:
-            outcome.returned = vp.call(entry, *args)
+            outcome.returned = vp.user_call(entry, *args)
         except ThreadTerminated as stop:
             outcome.terminated = stop
         finally:
             if vp.vtl == 0:
-                cs.selector, cs.attributes = saved_cs
-                vp.set_cpl(0)
                 vp.mov_to_cr(3, saved_cr3)
                 self.current[vp.index] = saved_current
         return outcome
@@ -361,7 +480,7 @@ class NtKernel:
         return self.current.get(vp.index)
 
 
-def _nt(vp: VirtualProcessor) -> NtKernel:
+def _nt(vp: VirtualProcessor | ArchCpu) -> NtKernel:
     nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT code without NT's GS")
@@ -380,7 +499,7 @@ def _user_fault(vp: VirtualProcessor, vector: int, error_code: int, reason: str)
     nt = _nt(vp)
     process = nt.process_of(vp)
     if process is not None:
-        process.exit_status = int(NtStatus.ACCESS_VIOLATION)
+        ps.mark_exited(vp, process.eprocess, int(NtStatus.ACCESS_VIOLATION))
     if vp.trace.on:
         vp.emit(
             "nt",
@@ -415,6 +534,12 @@ def _invalid_opcode(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.p.rip)
 
 
+@guest_code("nt.KiIpiInterrupt")
+def _ipi_interrupt(vp: ArchCpu, vector: int, error_code: int) -> None:
+    """The TLB-flush IPI: reload CR3 (drops this processor's non-global translations)."""
+    vp.mov_to_cr(3, vp.read_cr(3))
+
+
 @guest_code("nt.KiUnexpectedTrap")
 def _unexpected(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3 and vector < 32:
@@ -424,20 +549,31 @@ def _unexpected(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     _bugcheck(vp, BugCheck.UNEXPECTED_KERNEL_MODE_TRAP, vector)
 
 
+_SERVICE_ROUTINES: dict[SyscallHandler, Callable[..., int]] = {}
+
+
+def _service_routine(handler: SyscallHandler) -> Callable[..., int]:
+    """The code of one system service: the handler, given NT's symbols and the four arguments."""
+    routine = _SERVICE_ROUTINES.get(handler)
+    if routine is None:
+
+        def routine(vp: VirtualProcessor, a0: int, a1: int, a2: int, a3: int) -> int:
+            return handler(_nt(vp), vp, [a0, a1, a2, a3])
+
+        _SERVICE_ROUTINES[handler] = routine
+    return routine
+
+
 @guest_code("nt.KiSystemCall64")
-def _system_call(vp: VirtualProcessor) -> None:
-    """The LSTAR entry: dispatch on RAX, arguments in R10, RDX, R8, R9 (x64 syscall ABI)."""
+def _system_call(vp: ArchCpu) -> None:
+    """The LSTAR entry: KiServiceTable[RAX] read from RAM and called with R10, RDX, R8, R9
+    (x64 syscall ABI)."""
     nt = _nt(vp)
     number = vp.rax
-    handler = nt.syscalls.get(number)
-    if handler is None:
-        status = int(NtStatus.INVALID_SYSTEM_SERVICE)
-    else:
-        try:
-            status = handler(nt, vp, [vp.r10, vp.rdx, vp.r8, vp.r9])
-        except GuestTermination:
-            raise
-    if vp.trace.on:
+    routine = vp.read_u64(nt.service_table + number * 8) if number < SERVICE_LIMIT else 0
+    result = vp.call(routine, vp.r10, vp.rdx, vp.r8, vp.r9) if routine else None
+    status = result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)
+    if vp.tracing:
         vp.emit(
             "syscall",
             "nt-dispatch",

@@ -57,6 +57,7 @@ from vbsim.ntstatus import BugCheck, NtStatus
 if TYPE_CHECKING:
     from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
+    from vbsim.nt.process import Process
 
 PROCESS_NAME = "lsass.exe"
 EXT_KEY = "lsass"
@@ -273,17 +274,66 @@ def _call_lsaiso(vp: VirtualProcessor, port: int, heap: int, message: bytes) -> 
     return answer
 
 
+#: Where NT puts the logon message in lsass's first page (its stack page; lsass.main uses the
+#: first bytes for its own out-parameters and a hook may use 0x800: the model's layout).
+LOGON_MESSAGE_OFFSET = 0xC00
+#: [model] The logon message (MSV1_0_INTERACTIVE_LOGON-like): u64 LogonId, then three counted
+#: UTF-16LE strings (u16 byte length, then the bytes): user, domain, password.
+_MAX_STRING = 256
+
+
+def encode_logon(logon: Logon) -> bytes:
+    out = bytearray(logon.logon_id.to_bytes(8, "little"))
+    for text in (logon.user, logon.domain, logon.password):
+        raw = text.encode("utf-16-le")[:_MAX_STRING]
+        out += len(raw).to_bytes(2, "little") + raw
+    return bytes(out)
+
+
+def _decode_logon(vp: VirtualProcessor, va: int) -> tuple[Logon, int] | None:
+    """lsass reads the message from its own memory: (logon, message length)."""
+    logon_id = vp.read_u64(va)
+    at = va + 8
+    fields: list[str] = []
+    for _ in range(3):
+        length = int.from_bytes(vp.read(at, 2), "little")
+        if length > _MAX_STRING or length % 2:
+            return None
+        fields.append(vp.read(at + 2, length).decode("utf-16-le", "replace"))
+        at += 2 + length
+    return Logon(fields[0], fields[1], fields[2], logon_id), at - va
+
+
+def deliver_logon(nt: NtKernel, vp: VirtualProcessor, process: Process, logon: Logon) -> int:
+    """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes into
+    lsass's stack page through its direct map; returns the user VA lsass finds them at."""
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    va = process.regions[0].base + LOGON_MESSAGE_OFFSET
+    leaf = process.tables.lookup(va)
+    if leaf is None:
+        return 0
+    vp.write(DIRECT_MAP + (leaf & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), encode_logon(logon))
+    return va
+
+
 @guest_code("lsass.main")
-def _lsass_main(vp: VirtualProcessor, scratch: int, logon: Logon, lsaiso_port: int) -> int:
-    """lsass at CPL3: allocate its heap, log the user on, store the record; return the record's
-    VA (0 on failure).  ``scratch`` is a page of lsass's own (its initial stack); a non-zero
+def _lsass_main(vp: VirtualProcessor, scratch: int, message: int, lsaiso_port: int) -> int:
+    """lsass at CPL3: read the logon message at ``message`` (bytes in its own memory), allocate
+    its heap, log the user on, store the record, wipe the cleartext; return the record's VA (0
+    on failure).  ``scratch`` is a page of lsass's own (its initial stack); a non-zero
     ``lsaiso_port`` means Credential Guard runs and LsaIso listens there."""
+    decoded = _decode_logon(vp, message) if message else None
+    if decoded is None:
+        return 0
+    logon, length = decoded
     status = syscall(vp, "NtAllocateVirtualMemory", scratch, HEAP_PAGES * PAGE_SIZE, PAGE_READWRITE)
     if status != NtStatus.SUCCESS:
         return 0
     heap = vp.read_u64(scratch)
     owf = nt_owf(logon.password)
     key = kerberos_aes256_key(logon.password, kerberos_salt(logon))
+    vp.write(message, bytes(length))  # the cleartext does not outlive the logon
     if lsaiso_port:
         # Credential Guard: the secrets go to LsaIso; lsass keeps the blob it gets back.
         blob = _call_lsaiso(vp, lsaiso_port, heap, protect_message(logon.user, owf, key))
@@ -303,27 +353,35 @@ def lsaiso_port(nt: NtKernel) -> int:
     return pid if isinstance(pid, int) else 0
 
 
-def credential_guard_active(nt: NtKernel) -> bool:
+def credential_guard_active(nt: NtKernel, vp: VirtualProcessor) -> bool:
     """Credential Guard runs when the policy asks for it, VBS is running and LsaIso started."""
-    return bool(nt.policy.credential_guard and nt.vbs and lsaiso_port(nt))
+    from vbsim.hw.vp import VirtualProcessor as Vp
+    from vbsim.nt import registry
+
+    if not (nt.vbs and lsaiso_port(nt)):
+        return False
+    cpu = vp.cpu if isinstance(vp, Vp) else vp
+    return bool(registry.query(nt, cpu, registry.LSA_CFG_FLAGS_KEY))
 
 
 def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
     """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3.
 
     A failure to bring lsass up is fatal, as on Windows (CRITICAL_PROCESS_DIED)."""
-    # RunAsPPL would give Protection.PPL; the policy has no such switch yet.
+    # RunAsPPL would give Protection.PPL (PsProtectedSignerLsa-Light); the policy has no such
+    # switch yet, so D2 and the tests set the byte as RunAsPPL's boot would.
     process = nt.create_process(
         vp,
         PROCESS_NAME,
-        Token("SYSTEM", admin=True, debug_privilege=True),
+        Token("SYSTEM", admin=True, debug_privilege=True, tcb=True),
         Protection.NONE,
     )
     nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
-    port = lsaiso_port(nt) if credential_guard_active(nt) else 0
-    run = nt.run_user(vp, process, entry, stack.base, logon, port)
+    port = lsaiso_port(nt) if credential_guard_active(nt, vp) else 0
+    message = deliver_logon(nt, vp, process, logon)
+    run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0
     if not heap:
         if vp.trace.on:

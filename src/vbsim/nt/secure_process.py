@@ -89,6 +89,10 @@ def create_secure_process(
     process = nt.create_process(vp, name, token or Token("SYSTEM", admin=True))
     process.secure_pid = handle
     process.trustlet_id = trustlet_id
+    from vbsim.nt.layouts import EPROCESS, write_field
+
+    write_field(vp, process.eprocess, EPROCESS.SecurePid, handle)
+    write_field(vp, process.eprocess, EPROCESS.TrustletId, trustlet_id)
     phys = nt.phys(vp)
     process.tables.phys = phys
     for i, pfn in enumerate(pfns):  # the image section, read-only in the shadow process
@@ -104,7 +108,9 @@ def run_trustlet(
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
     cookie = nt.ext.get("secure_threads", {}).get(process.pid)
-    if process.terminated:
+    from vbsim.nt import process as ps
+
+    if ps.is_exiting(vp, process.eprocess):
         return TrustletRun(int(NtStatus.PROCESS_IS_TERMINATING), b"")
     if nt.vsl is None or cookie is None or len(message) > MAX_MESSAGE:
         return TrustletRun(int(NtStatus.INVALID_PARAMETER), b"")
@@ -146,10 +152,9 @@ def allocate_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[
 def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
     """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
     number, call_args = args[0], args[1:5]
-    handler = nt.syscalls.get(number)
-    if handler is None:
-        return [int(NtStatus.INVALID_SYSTEM_SERVICE)]
-    return [handler(nt, vp, call_args)]
+    routine = nt.service_routine(vp, number)  # KiServiceTable, as RAM holds it now
+    result = vp.call(routine, *call_args) if routine else None
+    return [result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)]
 
 
 def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
@@ -159,11 +164,13 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: lis
     from vbsim.syscall_args import fits_user
 
     port, request, length, reply = args
+    from vbsim.nt.syscalls import caller_is_admin
+
     caller = nt.process_of(vp)
-    target = nt.processes.get(port)
-    if caller is None or not caller.token.admin:
+    target = nt.lookup_process(vp, port)
+    if caller is None or not caller_is_admin(nt, vp):
         return int(NtStatus.ACCESS_DENIED)
-    if target is None or target.trustlet_id is None or target.terminated:
+    if target is None or target.trustlet_id is None:
         return int(NtStatus.INVALID_HANDLE)
     if target.trustlet_id == 1 and nt.ext.get("lsass_pid") != caller.pid:
         # LSA_ISO_RPC_SERVER is lsass's port (vbs-internals §4.1 [S]): an administrator reaches

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.cpu import Cpu as ArchCpu
 from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
-from vbsim.nt.process import Protection
+from vbsim.nt import process as ps
+from vbsim.nt.layouts import Privilege, PsProtection
 from vbsim.ntstatus import NtStatus
 
 if TYPE_CHECKING:
@@ -54,6 +56,11 @@ _PROTECTIONS = {
 MAX_ALLOCATION = 16 << 20
 
 
+def _cpu(vp: VirtualProcessor) -> ArchCpu:
+    """The processor as guest code holds it (host-side callers pass the VP)."""
+    return vp.cpu if isinstance(vp, VirtualProcessor) else vp
+
+
 def nt_test_alert(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     return int(NtStatus.SUCCESS)
 
@@ -78,18 +85,63 @@ def nt_allocate_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[in
     return int(NtStatus.SUCCESS)
 
 
+def protection_dominates(caller: int, target: int) -> bool:
+    """RtlTestProtectedAccess: may a process with PS_PROTECTION ``caller`` get full access to one
+    with ``target``?  An unprotected target: yes.  Otherwise the caller's type must be at least
+    the target's and its signer at least as trusted (Windows Internals 7th ed. part 1 ch. 3
+    "Protected processes"; the model compacts RtlProtectedAccess's signer-dominance masks into
+    the signer order of table 3-2)."""
+    if not PsProtection.kind(target):
+        return True
+    return PsProtection.kind(caller) >= PsProtection.kind(target) and PsProtection.signer(
+        caller
+    ) >= PsProtection.signer(target)
+
+
+def may_open(nt: NtKernel, vp: VirtualProcessor, caller: object, target: object) -> int:
+    """PsOpenProcess's checks for PROCESS_VM_READ/WRITE/TERMINATE on another process, from RAM:
+    the caller's token must be an administrator's holding SeDebugPrivilege (present and enabled),
+    and the target's PS_PROTECTION must not dominate the caller's."""
+    from vbsim.nt.process import Process
+
+    assert isinstance(caller, Process) and isinstance(target, Process)
+    token = ps.token_of(vp, caller.eprocess)
+    if not (ps.is_admin(vp, token) and ps.privilege_held(vp, token, Privilege.SE_DEBUG)):
+        return int(NtStatus.ACCESS_DENIED)
+    mine = ps.protection_of(vp, caller.eprocess)
+    theirs = ps.protection_of(vp, target.eprocess)
+    if not protection_dominates(mine, theirs):
+        if vp.trace.on:
+            vp.emit("nt", "ps-protection", "refused", pid=target.pid, protection=theirs)
+        return int(NtStatus.ACCESS_DENIED)
+    return int(NtStatus.SUCCESS)
+
+
+def caller_is_admin(nt: NtKernel, vp: VirtualProcessor) -> bool:
+    """SeTokenIsAdmin on the current process's primary token, read from RAM now."""
+    process = nt.process_of(vp)
+    return process is not None and ps.is_admin(vp, ps.token_of(vp, process.eprocess))
+
+
+def caller_holds(nt: NtKernel, vp: VirtualProcessor, privilege: Privilege) -> bool:
+    """SeSinglePrivilegeCheck on the current process's primary token, read from RAM now."""
+    process = nt.process_of(vp)
+    return process is not None and ps.privilege_held(
+        vp, ps.token_of(vp, process.eprocess), privilege
+    )
+
+
 def _lookup_process(
     nt: NtKernel, vp: VirtualProcessor, pid: int, write: bool
 ) -> tuple[int, object]:
     caller = nt.process_of(vp)
-    target = nt.processes.get(pid)
-    if caller is None or target is None or target.terminated:
+    target = nt.lookup_process(vp, pid)
+    if caller is None or target is None:
         return int(NtStatus.INVALID_HANDLE), None
     if caller is not target:
-        if not (caller.token.admin and caller.token.debug_privilege):
-            return int(NtStatus.ACCESS_DENIED), None
-        if target.protection is Protection.PPL and caller.protection is not Protection.PPL:
-            return int(NtStatus.ACCESS_DENIED), None
+        status = may_open(nt, vp, caller, target)
+        if status != NtStatus.SUCCESS:
+            return status, None
     return int(NtStatus.SUCCESS), target
 
 
@@ -116,6 +168,15 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
     status, target = _lookup_process(nt, vp, pid, write)
     if status != NtStatus.SUCCESS:
         return status
+    caller = nt.process_of(vp)
+    if not write and caller is not target and caller is not None:
+        # EtwTiLogReadWriteVm: a cross-process read is a Threat-Intelligence event, logged if
+        # the provider's IsEnabled (in RAM) says so.
+        from vbsim.nt import notify
+        from vbsim.nt.layouts import EVENT_READVM_REMOTE
+
+        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        notify.etw_ti_log(nt, cpu, EVENT_READVM_REMOTE, caller.pid, pid)
 
     done = 0
     while done < size:
@@ -152,14 +213,16 @@ def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) ->
     from vbsim.nt.process import Process
 
     assert isinstance(target, Process)
-    if target.secure_pid and nt.vsl is not None:
+    from vbsim.nt.layouts import EPROCESS, read_field
+
+    secure_pid = read_field(vp, target.eprocess, EPROCESS.SecurePid)
+    if secure_pid and nt.vsl is not None:
         # A trustlet's VTL1 half is the Secure Kernel's to run down (vbs-internals §7: VTL0 may
         # terminate a trustlet — denial of service by design — but only through the SK).
         from vbsim.sk.sscn import Service
 
-        nt.vsl.call(vp, Service.RUNDOWN_PROCESS, target.secure_pid)
-    target.terminated = True
-    target.exit_status = args[1] & 0xFFFF_FFFF
+        nt.vsl.call(vp, Service.RUNDOWN_PROCESS, secure_pid)
+    ps.mark_exited(vp, target.eprocess, args[1])
     return int(NtStatus.SUCCESS)
 
 
@@ -196,8 +259,8 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
         value |= (0x2 if writable else 0) | (0 if executable else 1 << 63)
         phys.write_u64(entry, value)
         vp.invlpg(page)
-    for other in nt.machine.vps:  # the process may be loaded on another processor: shoot down
-        other.flush_tlb(0)
+    # The process may be loaded on another processor: shoot down every TLB (hypercall or IPI).
+    nt.flush_all_processors(vp.cpu if isinstance(vp, VirtualProcessor) else vp)
     if vp.trace.on:
         vp.emit(
             "nt",
@@ -252,7 +315,7 @@ def nt_create_user_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) 
     if not routines:
         return int(NtStatus.INVALID_IMAGE_FORMAT)
     try:
-        child = nt.create_process(vp, name, caller.token)
+        child = nt.create_process(vp, name, parent=caller)
         nt.map_code(vp, child, routines)
     except OutOfFrames:
         return int(NtStatus.NO_MEMORY)
@@ -279,9 +342,12 @@ def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int
     key = _key(nt, vp, args[0], args[1])
     if isinstance(key, int):
         return key
-    if process is None or not process.token.admin:
+    if process is None or not caller_is_admin(nt, vp):
         return int(NtStatus.ACCESS_DENIED)
-    nt.registry[key] = args[2]
+    from vbsim.nt import registry
+
+    if not registry.set_value(nt, _cpu(vp), key, args[2]):
+        return int(NtStatus.NO_MEMORY)  # the hive page is full (or the name too long)
     if vp.trace.on:
         vp.emit("registry", "nt-registry", "written", key=key, value=args[2])
     return int(NtStatus.SUCCESS)
@@ -292,11 +358,11 @@ def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> i
     key = _key(nt, vp, args[0], args[1])
     if isinstance(key, int):
         return key
-    if key not in nt.registry:
+    from vbsim.nt import registry
+
+    value = registry.query(nt, _cpu(vp), key)
+    if value is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    value = nt.registry[key]
-    if not isinstance(value, int):
-        return int(NtStatus.OBJECT_TYPE_MISMATCH)
     if not nt.copy_to_user(vp, args[2], (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")):
         return int(NtStatus.ACCESS_VIOLATION)
     return int(NtStatus.SUCCESS)
@@ -304,12 +370,15 @@ def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> i
 
 def nt_query_information_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     """(pid, class 0x3F = IsSecureProcess in PROCESS_EXTENDED_BASIC_INFORMATION, PULONG64 out)."""
-    target = nt.processes.get(args[0])
+    target = nt.lookup_process(vp, args[0])
     if target is None:
         return int(NtStatus.INVALID_HANDLE)
     if args[1] != 0x3F:
         return int(NtStatus.INVALID_INFO_CLASS)
-    value = (target.trustlet_id << 1 | 1) if target.trustlet_id is not None else 0
+    from vbsim.nt.layouts import EPROCESS, NO_TRUSTLET, read_field
+
+    trustlet = read_field(vp, target.eprocess, EPROCESS.TrustletId)
+    value = (trustlet << 1 | 1) if trustlet != NO_TRUSTLET else 0
     if not nt.copy_to_user(vp, args[2], value.to_bytes(8, "little")):
         return int(NtStatus.ACCESS_VIOLATION)
     return int(NtStatus.SUCCESS)
@@ -331,9 +400,7 @@ HANDLERS: dict[str, Handler] = {
 
 
 def register(nt: NtKernel, name: str, handler: Handler) -> None:
-    number = NUMBERS[name]
-    nt.syscalls[number] = handler
-    nt.syscall_names[number] = name
+    nt.register_service(name, NUMBERS[name], handler)
 
 
 def register_all(nt: NtKernel) -> None:

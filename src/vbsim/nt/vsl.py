@@ -33,7 +33,7 @@ NormalCallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], list[int
 class Vsl:
     def __init__(self, nt: NtKernel) -> None:
         self.nt = nt
-        self.table = ServiceTable(nt.policy.build)
+        self.table = ServiceTable(nt.build)
         self.normal_calls: dict[int, NormalCallHandler] = {}
         self.hypercall_gpa = 0
 

@@ -174,10 +174,12 @@ def collect_preset(name: str) -> PresetData:
     machine = system.machine
     processes: list[ProcessInfo] = []
     drivers: list[str] = []
-    if system.nt is not None:
+    if system.nt is not None and machine is not None:
+        from vbsim.nt.process import host_view
+
+        views = [host_view(machine.ram, p.eprocess) for p in system.nt.processes.values()]
         processes = [
-            ProcessInfo(p.pid, p.name, p.token.user, p.trustlet_id, p.protection.value)
-            for p in system.nt.processes.values()
+            ProcessInfo(p.pid, p.name, p.user, p.trustlet_id, f"{p.protection:#04x}") for p in views
         ]
         drivers = sorted(system.nt.drivers)
     memory = vtl0_memory_map(machine, include_free=True) if machine is not None else []

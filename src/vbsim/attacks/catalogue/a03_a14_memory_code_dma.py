@@ -220,8 +220,9 @@ A3 = Scenario(
     expected_why="without HVCI, NT's own code integrity reads g_CiOptions from writable kernel "
     "memory, so zeroing it skips the signature check and the driver runs; with HVCI the check "
     "belongs to SKCI in VTL1 and no page becomes kernel-executable unless a signed hash covers "
-    "it (vbs-internals §5.1 'Driver load under HVCI'). legacy-2019 has no HVCI: the attack works "
-    "there as on any 2019 machine without Memory Integrity.",
+    "it (vbs-internals §5.1 'Driver load under HVCI'); there the g_CiOptions write already "
+    "fails, CI's CiPolicy section being KDP-protected (see D5). legacy-2019 has no HVCI: the "
+    "attack works there as on any 2019 machine without Memory Integrity.",
     steps=a3_steps,
     goal_met=lambda ctx: (0, 0) in runs(ctx, "a3"),
 )

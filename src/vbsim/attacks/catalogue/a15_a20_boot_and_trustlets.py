@@ -81,7 +81,7 @@ def lsaiso_shadow(ctx: AttackContext) -> Process | None:
     nt = ctx.booted.nt
     assert nt is not None
     for process in nt.processes.values():
-        if process.trustlet_id == LSAISO_ID and not process.terminated:
+        if process.trustlet_id == LSAISO_ID and not ctx.view(process).exiting:
             return process
     return None
 

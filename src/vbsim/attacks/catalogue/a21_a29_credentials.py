@@ -140,7 +140,7 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     return None
 
 
-def _logon_hook(cpu: Cpu, scratch: int, logon: Logon, port: int) -> int:
+def _logon_hook(cpu: Cpu, scratch: int, message: int, port: int) -> int:
     """The attacker's detour, running inside lsass in place of its logon routine: the original
     code, copied to a trampoline, is called as if Credential Guard were not running (the
     ``g_IsCredGuardEnabled = 0`` patch, ipurple-CG)."""
@@ -149,7 +149,7 @@ def _logon_hook(cpu: Cpu, scratch: int, logon: Logon, port: int) -> int:
         return 0
     trampoline = cpu.read_u64(out)
     cpu.write(trampoline, encode_thunk(LSASS_MAIN))  # the bytes the detour overwrote
-    result: int = cpu.call(trampoline, scratch, logon, 0)
+    result: int = cpu.call(trampoline, scratch, message, 0)
     return result
 
 
@@ -176,10 +176,11 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     entry = ctx.notes.get("lsass_entry") or _lsass_entry(ctx, process)
     if entry is None:
         return
-    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt) else 0
+    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp) else 0
     vp = ctx.vp
     vp.actor = "lsass"
-    run = nt.run_user(vp, process, entry, process.regions[0].base, logon, port)
+    message = lsass.deliver_logon(nt, vp, process, logon)
+    run = nt.run_user(vp, process, entry, process.regions[0].base, message, port)
     vp.actor = "nt"
     if run.terminated is not None:
         ctx.stops.append(run.terminated)

@@ -192,7 +192,7 @@ def ium_disabled_syscall_steps(ctx: AttackContext) -> None:
 
 def ium_disabled_syscall_goal(ctx: AttackContext) -> bool:
     nt = ctx.system.nt if ctx.system else None
-    return nt is not None and nt.registry.get(IUM_REGISTRY_KEY) == IUM_REGISTRY_VALUE
+    return nt is not None and ctx.hive().get(IUM_REGISTRY_KEY) == IUM_REGISTRY_VALUE
 
 
 IUM_DISABLED_SYSCALL = Scenario(

