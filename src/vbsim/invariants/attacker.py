@@ -816,7 +816,7 @@ class Session:
         if name == "sk":
             return sorted(set(sk.space.frames))
         if name == "vtl1":
-            return sorted(sk.vtl1_pages)
+            return sorted(sk.host_own_pages(sk.space.ram))
         processes = [
             p for p in sk.ext.get("ium.processes", {}).values() if isinstance(p, ium.SecureProcess)
         ]

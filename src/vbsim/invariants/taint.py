@@ -180,10 +180,10 @@ def _sk_gpa(sk: SecureKernel, va: int) -> int | None:
 
 def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
     """The secrets of a booted VBS machine, planting canaries where nothing reads."""
-    ram = sk.machine.ram
+    ram = sk.space.ram
     secrets = Secrets()
-    keys_va = sk.ext.get("keys.va")
-    if isinstance(keys_va, int):
+    keys_va = sk.keys_va
+    if keys_va:
         gpa = _sk_gpa(sk, keys_va)
         if gpa is not None:
             for which, label in enumerate(("idk", "local", "per-boot")):
@@ -191,8 +191,8 @@ def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
                 secrets.add(Secret(f"sk.master-key.{label}", gpa + 32 * which, data, False))
             if plant_canaries:
                 plant(ram, secrets, "canary:sk.keys-page", gpa + 96, PAGE_SIZE - 96)
-    dump_va = sk.ext.get("dump.key_va")
-    if isinstance(dump_va, int):
+    dump_va = sk.dump_key_va
+    if dump_va:
         gpa = _sk_gpa(sk, dump_va)
         if gpa is not None:
             secrets.add(Secret("sk.dump-key", gpa, ram.read(gpa, 32), False))
@@ -205,14 +205,18 @@ def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
 
 
 def _plant_allocation(sk: SecureKernel, secrets: Secrets) -> None:
+    from vbsim.sk.layouts import Hvci, host_field
     from vbsim.sk.services import allocation
 
-    state = sk.ext.get(allocation.EXT)
+    state = sk.allocation
     if not isinstance(state, allocation.AllocationState):
         return
-    ram = sk.machine.ram
-    policy = state.policy_gpa
-    plant(ram, secrets, "canary:sk.policy-page", policy + 16, PAGE_SIZE - 16)
+    ram = sk.space.ram
+    # The unused tail of HVCI's hash-record page, right behind the arena (what A8/A9 reach).
+    records = sk.hvci.hashes_gpa
+    used = Hvci.HASH_RECORDS + host_field(ram, records, Hvci.HASH_COUNT) * Hvci.RECORD_SIZE
+    if used < PAGE_SIZE:
+        plant(ram, secrets, "canary:sk.hvci-records", records + used, PAGE_SIZE - used)
     # Free arena pages (below ``top``): CREATE_SECURE_ALLOCATION clears what it hands out.
     va = state.arena_va
     while va < state.top:
@@ -237,7 +241,7 @@ def add_trustlets(
     from vbsim.ium import lsaiso
     from vbsim.sk.ium import process as ium
 
-    ram = sk.machine.ram
+    ram = sk.space.ram
     table: dict[int, object] = sk.ext.get("ium.processes", {})
     for handle, process in table.items():
         if not isinstance(process, ium.SecureProcess) or process.terminated:

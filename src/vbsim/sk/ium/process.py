@@ -90,10 +90,8 @@ def _sk_phys(sk: SecureKernel, vp: VirtualProcessor) -> PhysAccess:
     """Physical access from the SK: its direct map, through its own VP (VTL1, no SLAT limit)."""
 
     def alloc() -> int:
-        pfn = sk.machine.ram.frames.alloc("securekernel.ium")
-        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        pfn = sk.alloc_frame(vp)  # from the SK's own pool; cleared there
         sk.space.frames.append(pfn)
-        sk.vtl1_pages.add(pfn)
         return pfn
 
     return PhysAccess(
@@ -115,7 +113,7 @@ def request_pages(sk: SecureKernel, vp: VirtualProcessor, count: int) -> list[in
         for pfn in offered:
             # Hostile input: a PFN that is the SK's, a trustlet's, KDP's or HVCI-owned code is
             # refused, never cleared (found by the invariant monitor: KDP page theft).
-            if not sk.vtl0_page(pfn) or pfn in pfns or not hvci.ordinary_page(sk, pfn):
+            if not sk.vtl0_page(vp, pfn) or pfn in pfns or not hvci.ordinary_page(sk, vp, pfn):
                 sk.emit(vp, "ium", "normalcall.pfn", "refused", pfn=pfn)
                 return None
         pfns.extend(offered)
@@ -140,13 +138,13 @@ def build(
     # what the trustlet will store there (vbs-internals §7 "Private memory ... not accessible").
     if not sk.set_vtl0_rights(vp, private, 0):
         return None
-    sk.vtl1_pages.update(private)
+    sk.mark_own(vp, private)
     for pfn in private:
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
     phys = _sk_phys(sk, vp)
     tables = PageTables(phys)
     sk.space.frames.extend(tables.frames or [])
-    sk.vtl1_pages.update(tables.frames or [])
+    sk.mark_own(vp, list(tables.frames or []))
     for index in range(256, 512):  # the kernel half: the Secure Kernel itself
         entry = phys.read_u64(sk.space.pt.root + index * 8)
         if entry:
@@ -158,7 +156,7 @@ def build(
     for i, pfn in enumerate(private):
         tables.map(PRIVATE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rw)
     sk.space.frames.extend(f for f in tables.frames or [] if f not in sk.space.frames)
-    sk.vtl1_pages.update(tables.frames or [])
+    sk.mark_own(vp, list(tables.frames or []))
     # New table frames are SK memory: VTL0 may not touch them either.
     sk.set_vtl0_rights(vp, sorted(set(tables.frames or [])), 0)
     routines = _routines(image)

@@ -184,7 +184,7 @@ def _storage_page(
         pages = ium.request_pages(sk, vp, 1)
         if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
             return None
-        sk.vtl1_pages.update(pages)
+        sk.mark_own(vp, pages)
         gpa = pages[0] << PAGE_SHIFT
         vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
         store[(process.trustlet_id, key)] = gpa
@@ -251,8 +251,8 @@ def ium_create_secure_section(
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
     for frame in process.tables.frames or []:  # new table pages are SK memory
-        if frame not in sk.vtl1_pages:
-            sk.vtl1_pages.add(frame)
+        if not sk.own_page(vp, frame):
+            sk.mark_own(vp, [frame])
             sk.set_vtl0_rights(vp, [frame], 0)
     process.sections.append((base, pfns))
     index = len(process.sections) - 1
@@ -312,7 +312,7 @@ def nt_allocate_virtual_memory(
     pfns = ium.request_pages(sk, vp, pages)
     if pfns is None or not sk.set_vtl0_rights(vp, pfns, 0):
         return int(NtStatus.NO_MEMORY)
-    sk.vtl1_pages.update(pfns)
+    sk.mark_own(vp, pfns)
     base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
     flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
     for i, pfn in enumerate(pfns):
@@ -320,8 +320,8 @@ def nt_allocate_virtual_memory(
         process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
     process.private_pfns.extend(pfns)
     for frame in process.tables.frames or []:
-        if frame not in sk.vtl1_pages:
-            sk.vtl1_pages.add(frame)
+        if not sk.own_page(vp, frame):
+            sk.mark_own(vp, [frame])
             sk.set_vtl0_rights(vp, [frame], 0)
     return int(
         NtStatus.SUCCESS

@@ -41,11 +41,11 @@ def _pfn_list(
     sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
 ) -> list[int] | None:
     """Capture a PFN list from a VTL0 page; every entry must be a distinct VTL0 page."""
-    if not sk.vtl0_page(list_pfn) or not 0 < count <= PAGE_SIZE // 8:
+    if not sk.vtl0_page(vp, list_pfn) or not 0 < count <= PAGE_SIZE // 8:
         return None
     raw = vp.read(sk.space.phys_va(list_pfn << PAGE_SHIFT), count * 8)
     pfns = [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(count)]
-    if len(set(pfns)) != len(pfns) or not all(sk.vtl0_page(p) for p in pfns):
+    if len(set(pfns)) != len(pfns) or not all(sk.vtl0_page(vp, p) for p in pfns):
         return None
     return pfns
 
@@ -67,8 +67,8 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         sk.emit(vp, "ium", "securecall.pfn", "refused", pfn=list_pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
-    admission = admit(data, requested_id, sk.policy)
-    if sk.trace.on:
+    admission = admit(data, requested_id, sk.revocation, sk.allowed_ids(vp))
+    if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
     if not admission.ok or admission.image is None:
@@ -86,7 +86,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
     # is physically there, so nothing NT changed between capture and protection runs.
     if not sk.set_vtl0_rights(vp, pfns, 1):
         return Reply(NtStatus.UNSUCCESSFUL)
-    sk.vtl1_pages.update(pfns)
+    sk.mark_own(vp, pfns)
     import hashlib
 
     if ium.image_digest(sk, vp, pfns, length) != hashlib.sha256(data).digest():
@@ -151,8 +151,8 @@ def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
     process = thread.process
     if (
         message_length > PAGE_SIZE
-        or not sk.vtl0_page(reply_pfn)
-        or (message_length and not sk.vtl0_page(message_pfn))
+        or not sk.vtl0_page(vp, reply_pfn)
+        or (message_length and not sk.vtl0_page(vp, message_pfn))
     ):
         sk.emit(
             vp, "ium", "securecall.pfn", "refused", message_pfn=message_pfn, reply_pfn=reply_pfn
@@ -225,7 +225,7 @@ def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: Secure
     refusal = _debug_gate(sk, vp, process, "read-write-memory")
     if refusal is not None or process is None:
         return refusal or Reply(NtStatus.INVALID_HANDLE)
-    if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(buffer_pfn):
+    if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(vp, buffer_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
     gpa = _trustlet_gpa(process, va)
     if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
@@ -254,7 +254,7 @@ def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArg
     if key != process.mailbox_key or process.mailbox_key == 0:
         sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
-    if not sk.vtl0_page(out_pfn):
+    if not sk.vtl0_page(vp, out_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
     data = process.mailboxes.get(slot)
     if data is None:
@@ -313,5 +313,5 @@ def _give_back(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int]) -> None:
     """Return an image section the SK protected to VTL0 with an ordinary page's rights."""
     from vbsim.sk.services.hvci import vtl0_default_rights
 
-    sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
-    sk.vtl1_pages.difference_update(pfns)
+    sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk, vp))
+    sk.unmark_own(vp, pfns)

@@ -45,6 +45,7 @@ from vbsim.ntstatus import NtStatus
 from vbsim.sk import hvpt
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import Reply, SkObject
+from vbsim.sk.layouts import Config
 from vbsim.sk.services import allocation
 from vbsim.sk.sscn import Service
 
@@ -98,7 +99,7 @@ def _refuse(
 
 
 def _enabled(sk: SecureKernel, vp: VirtualProcessor) -> bool:
-    if sk.policy.kdp:
+    if sk.config(vp, Config.KDP):
         return True
     _kdp(sk, vp, "kdp.policy", "disabled")
     return False
@@ -121,7 +122,7 @@ def _data_pages(
         if m is None:
             return _refuse(sk, vp, mechanism, "unmapped", NtStatus.INVALID_PARAMETER, va=page_va)
         gpn = m.gpa >> PAGE_SHIFT
-        if not sk.vtl0_page(gpn):
+        if not sk.vtl0_page(vp, gpn):
             sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=gpn, va=page_va)
             return _refuse(sk, vp, mechanism, "not-vtl0", NtStatus.INVALID_PARAMETER, pfn=gpn)
         if m.user:
@@ -221,7 +222,7 @@ def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
         return _refuse(sk, vp, "securepool.block", "flags", bad, flags=flags)
     if not 0 < size <= PAGE_SIZE or src_offset >= PAGE_SIZE or src_offset + size > PAGE_SIZE:
         return _refuse(sk, vp, "securepool.bounds", "source", bad, size=size)
-    if not sk.vtl0_page(src_pfn):
+    if not sk.vtl0_page(vp, src_pfn):
         sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=src_pfn)
         return _refuse(sk, vp, "securepool.bounds", "source-pfn", bad, pfn=src_pfn)
     pool_va, base_pfn = int(pool.data["va"]), int(pool.data["base_pfn"])
