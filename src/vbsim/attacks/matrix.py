@@ -132,7 +132,7 @@ class Prober:
         )
         assert trustlet is not None, hex(status)
         self.trustlet = trustlet
-        secure = sk.ext["ium.processes"][trustlet.secure_pid]
+        secure = sk.processes[trustlet.secure_pid]
         heap_gpa = secure.private_pfns[2] << PAGE_SHIFT
         ram.write(heap_gpa + 0x800, MARKER)
         probe_va = secure.routines.get("matrix.probe", IMAGE_BASE)

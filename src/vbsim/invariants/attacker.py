@@ -817,9 +817,7 @@ class Session:
             return sorted(set(sk.space.frames))
         if name == "vtl1":
             return sorted(sk.host_own_pages(sk.space.ram))
-        processes = [
-            p for p in sk.ext.get("ium.processes", {}).values() if isinstance(p, ium.SecureProcess)
-        ]
+        processes = [p for p in sk.processes.values() if isinstance(p, ium.SecureProcess)]
         if name == "trustlet":
             return [pfn for p in processes for pfn in p.private_pfns]
         if name == "image":
@@ -832,7 +830,7 @@ class Session:
         if name == "kdp":
             from vbsim.sk.services import kdp
 
-            kstate = sk.ext.get(kdp.EXT)
+            kstate = sk.kdp
             if isinstance(kstate, kdp.KdpState):
                 return sorted(set(kstate.static) | kstate.pool_pages)
         return []

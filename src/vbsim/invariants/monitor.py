@@ -418,7 +418,7 @@ class Monitor:
         from vbsim.sk.ium import process as ium
 
         self.stats.checks += 1
-        current = self.sk.ext.get("ium.current", {}).get(vp_index)
+        current = self.sk.current.get(vp_index)
         if not isinstance(current, ium.SecureProcess):
             self._violate(4, f"VP{vp_index} runs VTL1 CPL3 code outside any trustlet ({what})")
         elif current.handle not in self.admitted:
@@ -619,7 +619,7 @@ class Monitor:
                 handle, tid = event.detail.get("handle"), event.detail.get("trustlet_id")
                 if isinstance(handle, int) and tid in admitted_ids:
                     handles.add(handle)
-        for handle, process in self.sk.ext.get("ium.processes", {}).items():
+        for handle, process in self.sk.processes.items():
             if not isinstance(process, ium.SecureProcess):
                 continue
             if not events or handle in handles:
@@ -723,7 +723,7 @@ class Monitor:
     def _kdp_sets(self) -> tuple[set[int], set[int]]:
         from vbsim.sk.services import kdp
 
-        state = self.sk.ext.get(kdp.EXT)
+        state = self.sk.kdp
         if not isinstance(state, kdp.KdpState):
             return set(), set()
         return set(state.static), set(state.pool_pages)

@@ -93,7 +93,7 @@ def classify(sk: SecureKernel) -> SkPages:
                 alloc.add(gpn)
                 labels[gpn] = f"arena[{index}]"
         labels[sk.hvci.hashes_gpa >> PAGE_SHIFT] = "hvci-hash-records"
-    pool = sk.ext.get(kdp.EXT)
+    pool = sk.kdp
     if isinstance(pool, kdp.KdpState):
         gpn = _gpn(sk, pool.table_va)
         if gpn is not None:
@@ -133,7 +133,7 @@ def classify(sk: SecureKernel) -> SkPages:
     for index in range(Dispatch.SIZE // PAGE_SIZE):
         labels[(sk.dispatch_gpa >> PAGE_SHIFT) + index] = f"securecall-dispatch[{index}]"
     trustlet: set[int] = set()
-    for process in sk.ext.get("ium.processes", {}).values():
+    for process in sk.processes.values():
         if isinstance(process, ium.SecureProcess):
             trustlet.update(process.tables.frames or [])
     for gpn in tables:

@@ -242,7 +242,7 @@ def add_trustlets(
     from vbsim.sk.ium import process as ium
 
     ram = sk.space.ram
-    table: dict[int, object] = sk.ext.get("ium.processes", {})
+    table: dict[int, object] = sk.processes
     for handle, process in table.items():
         if not isinstance(process, ium.SecureProcess) or process.terminated:
             continue

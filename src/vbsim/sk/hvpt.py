@@ -78,7 +78,7 @@ class HvptState:
 
 
 def state(sk: SecureKernel) -> HvptState | None:
-    value = sk.ext.get(EXT)
+    value = sk.hvpt
     return value if isinstance(value, HvptState) else None
 
 
@@ -222,7 +222,7 @@ def setup(sk: SecureKernel, vp: VirtualProcessor) -> None:
         return
     root = _new_table(sk, vp, None) << PAGE_SHIFT
     st = HvptState(root, [root >> PAGE_SHIFT])
-    sk.ext[EXT] = st
+    sk.hvpt = st
     code: list[tuple[int, Mapping]] = []
     cr3 = vtl0_cr3(sk, vp)
     for i in range(MAX_CODE_PAGES):

@@ -200,8 +200,15 @@ class SecureKernel:
         #: Per VP, the services suspended in a normal call, innermost last (a secure call NT makes
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
-        #: Extensions (HVCI, KDP, HVPT, IUM) keep their state here, keyed by name.
-        self.ext: dict[str, Any] = {}
+        #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
+        #: bookkeeping, the secure process and thread objects, per-VP current process, and
+        #: secure-storage pages.  Typed, each owned by one module.
+        self.kdp: Any = None
+        self.hvpt: Any = None
+        self.processes: dict[int, Any] = {}
+        self.threads: dict[int, Any] = {}
+        self.current: dict[int, Any] = {}
+        self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
         self.phase1_hooks: list[Callable[[SecureKernel, VirtualProcessor], None]] = []

@@ -218,8 +218,8 @@ def run_thread(
     saved_cr3 = bank.cr3
     cs = bank.segments["cs"]
     saved_cs = (cs.selector, cs.attributes)
-    current_before = sk.ext.get("ium.current", {}).get(vp.index)
-    sk.ext.setdefault("ium.current", {})[vp.index] = process
+    current_before = sk.current.get(vp.index)
+    sk.current[vp.index] = process
     thread.running = True
     vp.mov_to_cr(3, process.tables.root)
     cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
@@ -236,10 +236,10 @@ def run_thread(
             cs.selector, cs.attributes = saved_cs
             vp.set_cpl(0)
             vp.mov_to_cr(3, saved_cr3)
-        sk.ext["ium.current"][vp.index] = current_before
+        sk.current[vp.index] = current_before
     return status, value
 
 
 def current(sk: SecureKernel, vp: VirtualProcessor) -> SecureProcess | None:
-    process = sk.ext.get("ium.current", {}).get(vp.index)
+    process = sk.current.get(vp.index)
     return process if isinstance(process, SecureProcess) else None

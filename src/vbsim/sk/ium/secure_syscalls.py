@@ -178,7 +178,7 @@ def _storage_page(
     sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, key: int
 ) -> int | None:
     """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
-    store: dict[tuple[int, int], int] = sk.ext.setdefault("ium.storage", {})
+    store: dict[tuple[int, int], int] = sk.storage
     gpa = store.get((process.trustlet_id, key))
     if gpa is None:
         pages = ium.request_pages(sk, vp, 1)
@@ -215,7 +215,7 @@ def ium_secure_storage_get(
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(process):
         return _capability_refused(sk, vp, process, "secure-storage")
-    gpa = sk.ext.get("ium.storage", {}).get((process.trustlet_id, key))
+    gpa = sk.storage.get((process.trustlet_id, key))
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
     length = vp.read_u64(sk.space.phys_va(gpa))

@@ -75,7 +75,7 @@ def secure_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[int]:
 
 
 def _processes(sk: SecureKernel) -> list[ium.SecureProcess]:
-    table = sk.ext.get("ium.processes", {})
+    table = sk.processes
     return [p for p in table.values() if isinstance(p, ium.SecureProcess)]
 
 

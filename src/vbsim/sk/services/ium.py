@@ -112,7 +112,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         return Reply(NtStatus.NO_MEMORY)
     obj = sk.handles[handle]
     obj.data["process"] = process
-    sk.ext.setdefault("ium.processes", {})[handle] = process
+    sk.processes[handle] = process
     sk.emit(
         vp,
         "ium",
@@ -135,7 +135,7 @@ def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
     process = _process(sk, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    threads: dict[int, ium.SecureThread] = sk.ext.setdefault("ium.threads", {})
+    threads: dict[int, ium.SecureThread] = sk.threads
     cookie = FIRST_COOKIE + len(threads)
     thread = ium.SecureThread(cookie, process)
     threads[cookie] = thread
@@ -144,7 +144,7 @@ def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    thread = sk.ext.get("ium.threads", {}).get(args.cookie)
+    thread = sk.threads.get(args.cookie)
     if not isinstance(thread, ium.SecureThread) or thread.process.terminated or thread.running:
         return Reply(NtStatus.INVALID_HANDLE)
     selector, message_pfn, message_length, reply_pfn = args.fields[:4]
@@ -211,7 +211,7 @@ def debug_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 def get_context(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    thread = sk.ext.get("ium.threads", {}).get(args.fields[0])
+    thread = sk.threads.get(args.fields[0])
     process = thread.process if isinstance(thread, ium.SecureThread) else None
     refusal = _debug_gate(sk, vp, process, "get-context")
     return refusal or Reply(NtStatus.SUCCESS, [ium.IMAGE_BASE])
@@ -278,7 +278,7 @@ def create_secure_section(sk: SecureKernel, vp: VirtualProcessor, args: SecureCa
 
 
 def is_trustlet_running(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    processes = sk.ext.get("ium.processes", {}).values()
+    processes = sk.processes.values()
     running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
     return Reply(NtStatus.SUCCESS, [int(running)])
 

@@ -75,7 +75,7 @@ class KdpState:
 
 
 def state(sk: SecureKernel) -> KdpState:
-    value = sk.ext[EXT]
+    value = sk.kdp
     assert isinstance(value, KdpState)
     return value
 
@@ -83,7 +83,7 @@ def state(sk: SecureKernel) -> KdpState:
 def is_protected(sk: SecureKernel, gpn: int) -> bool:
     """Whether KDP (static or secure pool) owns this VTL0 page: no other service may make it
     writable for VTL0 again."""
-    st = sk.ext.get(EXT)
+    st = sk.kdp
     return isinstance(st, KdpState) and (gpn in st.static or gpn in st.pool_pages)
 
 
@@ -273,7 +273,7 @@ def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
 
 def register(sk: SecureKernel) -> None:
     table_va, _ = sk.space.alloc_data(1)
-    sk.ext[EXT] = KdpState(table_va)
+    sk.kdp = KdpState(table_va)
     sk.handlers[Service.PROTECT_KERNEL_DATA_PAGE] = protect_kernel_data
     if Service.PROTECT_KERNEL_DATA_PAGE not in sk.table:
         # Build A has no PROTECT_KERNEL_DATA_PAGE; static KDP uses REGISTER_PROTECTED_PAGE there.
