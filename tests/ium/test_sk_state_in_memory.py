@@ -210,3 +210,55 @@ def test_layout_dataclass_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config.HVCI.offset = 3  # type: ignore[misc]
     assert PAGE_SHIFT == 12 and isinstance(SecureKernel, type)
+
+
+# -- secure process objects and mailboxes ----------------------------------------------------------
+def _post(machine: Any, key: int) -> tuple[Any, Any, bytes]:
+    import struct
+
+    from vbsim.ium import vmsp
+    from vbsim.ium.images import VMSP, trustlet_image
+
+    process = machine.started(trustlet_image(VMSP), 2, VMSP, mailbox_key=key)
+    secret = b"vTPM endorsement seed: " + bytes(range(40))
+    run = machine.run(process, struct.pack("<II", vmsp.OP_PUBLISH, 3) + secret)
+    assert run.status == NtStatus.SUCCESS
+    return process, machine.secure_process(process), secret
+
+
+def test_mailbox_contents_live_in_an_sk_frame_and_the_key_in_the_skprocess_page() -> None:
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    machine = kit.booted("vbs")
+    sk, ram, nt = machine.system.sk, machine.system.machine.ram, machine.nt  # type: ignore[union-attr]
+    assert sk is not None and nt.vsl is not None
+    process, secure, secret = _post(machine, key=0x5EC2E7)
+    base = secure.object_va - DIRECT_MAP
+    assert L.host_field(ram, base, L.SkProcess.TRUSTLET_ID) == 2
+    assert L.host_field(ram, base, L.SkProcess.MAILBOX_KEY) == 0x5EC2E7
+    entry = base + L.SkProcess.MAILBOXES + 3 * L.SkProcess.MAILBOX_ENTRY
+    pfn = L.host_field(ram, entry, L.SkProcess.MAILBOX_PFN)
+    assert pfn in sk.host_own_pages(ram) and ram.read(pfn << PAGE_SHIFT, len(secret)) == secret
+    assert machine.system.machine.slat.rights(0, pfn) == 0  # type: ignore[union-attr]
+    out = nt.space.alloc_frame()
+    handle = process.secure_pid
+    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    assert status == NtStatus.SUCCESS and ram.read(out << PAGE_SHIFT, len(secret)) == secret
+    # The SK checks the key stored in its object: change it there and the same call is refused.
+    ram.write(base + L.SkProcess.MAILBOX_KEY.offset, (0x1234).to_bytes(8, "little"))
+    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    assert status == NtStatus.ACCESS_DENIED
+
+
+def test_a_keyless_model_trustlets_mailbox_is_tainted() -> None:
+    from vbsim.invariants import taint
+
+    machine = kit.booted("vbs")
+    sk = machine.system.sk
+    assert sk is not None
+    _, _secure, secret = _post(machine, key=0)
+    secrets = taint.collect(sk)
+    names = {s.name for s in secrets.items}
+    mailbox = [s for s in secrets.items if s.name.startswith("mailbox[3]@trustlet2")]
+    assert mailbox and mailbox[0].data == secret and not mailbox[0].canary
+    assert any(n.startswith("canary:mailbox[3]@trustlet2") for n in names)

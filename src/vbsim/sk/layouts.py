@@ -130,6 +130,27 @@ class Dispatch:
     SIZE = ENTRIES * ENTRY
 
 
+# -- secure process objects (SKPROCESS) -----------------------------------------------------------
+class SkProcess:
+    """The SK's secure process object, one SK page each (vbs-internals §3.3, §3.5: SKPROCESS
+    holds the trustlet's identity — ID, the policy's debug and capability values, the instance
+    number — and the mailbox key; its layout is not public: model).  The mailbox directory
+    names, per slot, the SK frame holding the posted bytes (secrets, vbs-internals §4.4)."""
+
+    TRUSTLET_ID = Field("trustlet_id", 0x00, 8, MODEL)
+    MAILBOX_KEY = Field("mailbox_key", 0x08, 8, MODEL)
+    DEBUG = Field("debug", 0x10, 4, "vbs-internals §3.1 policy ID 2 (value: model width)")
+    CAPABILITIES = Field("capabilities", 0x14, 4, "vbs-internals §3.1 policy capability")
+    CRASH_DUMP = Field("crash_dump", 0x18, 4, "vbs-internals §3.1 policy crash dump")
+    SVN = Field("svn", 0x1C, 4, "vbs-internals §3.1 s_IumPolicyMetadata SVN")
+    INSTANCE = Field("instance", 0x20, 16, "vbs-internals §3.3 (16-byte instance number)")
+    MAILBOXES = 0x40
+    MAILBOX_PFN = Field("pfn", 0x00, 8, MODEL)
+    MAILBOX_LENGTH = Field("length", 0x08, 4, MODEL)
+    MAILBOX_ENTRY = 0x10
+    MAILBOX_SLOTS = 8
+
+
 # -- the SK's frame pool -------------------------------------------------------------------------
 class Pool:
     """Free bitmap over the contiguous range the boot loader reserved for the SK (bit n set:

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
-from vbsim.image.policy import PolicyId
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.kernel import Reply, SecureKernel
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _prepare(
         out_va = sk.space.phys_va(out_pfn << PAGE_SHIFT)
         owner = _owner(sk, target)
         include = owner is not None and (
-            hibernation or owner.policy_value(PolicyId.CRASH_DUMP) != 0
+            hibernation or owner.read(vp, SkProcessLayout.CRASH_DUMP) != 0
         )
         if not include:
             vp.write(out_va, bytes(PAGE_SIZE))

@@ -27,6 +27,7 @@ from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
 from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ def _debug_gate(
 ) -> Reply | None:
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    if not process.debuggable:
+    if not process.read(vp, SkProcessLayout.DEBUG):  # the signed Debug policy (§3.1 ID 2)
         sk.emit(vp, "ium", "policy.debug", "refused", what=what, trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
     return None
@@ -251,12 +252,13 @@ def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArg
     process = _process(sk, handle)
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    if key != process.mailbox_key or process.mailbox_key == 0:
+    stored = process.read(vp, SkProcessLayout.MAILBOX_KEY)  # in the SKPROCESS page
+    if key != stored or stored == 0:
         sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
     if not sk.vtl0_page(vp, out_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
-    data = process.mailboxes.get(slot)
+    data = ium.mailbox(vp, process, slot)
     if data is None:
         return Reply(NtStatus.NOT_FOUND)
     vp.write(sk.space.phys_va(out_pfn << PAGE_SHIFT), data)
