@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from vbsim.guest.address_space import CS_USER_ATTRIBUTES, KernelSpace
+from vbsim.guest.address_space import KernelSpace
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.ram import OutOfFrames
@@ -29,6 +29,7 @@ from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
 
 if TYPE_CHECKING:
+    from vbsim.hw.cpu import Cpu
     from vbsim.hw.vp import VirtualProcessor
     from vbsim.sk.kernel import SecureKernel
 
@@ -227,27 +228,22 @@ def run_thread(
     va = process.routines.get(routine)
     if va is None or process.terminated:
         return 0xC000_0008, None  # STATUS_INVALID_HANDLE: no such entry in this image
-    bank = vp.p
-    saved_cr3 = bank.cr3
-    cs = bank.segments["cs"]
-    saved_cs = (cs.selector, cs.attributes)
+    saved_cr3 = cast("Cpu", vp).read_cr(3)  # guest code runs on a Cpu (vbsim.hw.cpu)
     current_before = sk.current.get(vp.index)
     sk.current[vp.index] = process
     thread.running = True
     vp.mov_to_cr(3, process.tables.root)
-    cs.selector, cs.attributes = 0x33, CS_USER_ATTRIBUTES
-    vp.set_cpl(3)
     status, value = 0, None
     try:
-        value = vp.call(va, *args)
+        # Into the trustlet through the gates: sysret to CPL3, its return comes back by syscall
+        # (KeUserModeCallback's pattern, vbsim.hw.cpu.Cpu.user_call).
+        value = vp.user_call(va, *args)
     except ThreadTerminated as stop:
         status = 0xC000_0005 if stop.vector is not None else 0xC000_0001
         sk.emit(vp, "ium", "trustlet-fault", "thread-terminated", reason=stop.reason)
     finally:
         thread.running = False
-        if vp.vtl == 1:
-            cs.selector, cs.attributes = saved_cs
-            vp.set_cpl(0)
+        if vp.vtl == 1 and vp.cpl == 0:
             vp.mov_to_cr(3, saved_cr3)
         sk.current[vp.index] = current_before
     return status, value
