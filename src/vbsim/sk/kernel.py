@@ -370,8 +370,10 @@ class SecureKernel:
 
     @staticmethod
     def tracing(vp: Any) -> bool:
-        on = getattr(vp, "tracing", None)  # a Cpu says so; a bare processor (host tests) too
-        return bool(vp.trace.on if on is None else on)
+        try:
+            return bool(vp.tracing)  # a Cpu says so (vbsim.hw.cpu)
+        except AttributeError:  # a bare processor (host-side tests)
+            return bool(vp.trace.on)
 
     def emit(
         self, vp: VirtualProcessor, kind: str, mechanism: str, outcome: str, **detail: Any

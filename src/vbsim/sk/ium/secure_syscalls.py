@@ -87,13 +87,19 @@ def write_user(vp: VirtualProcessor, va: int, data: bytes) -> bool:
     return True
 
 
+_SVN_OFFSET = SkProcessLayout.SVN.offset
+_TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
+assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
+
+
 def _svn(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
-    return process.read(vp, SkProcessLayout.SVN)
+    return vp.read_u32(process.object_va + _SVN_OFFSET)
 
 
 def _tid(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
-    """The trustlet ID as the SKPROCESS page records it (what every decision uses)."""
-    return process.read(vp, SkProcessLayout.TRUSTLET_ID)
+    """The trustlet ID as the SKPROCESS page records it (what every decision uses; one load
+    from a page the TLB holds)."""
+    return vp.read_u64(process.object_va + _TID_OFFSET)
 
 
 def ium_get_idk(

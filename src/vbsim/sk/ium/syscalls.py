@@ -90,16 +90,25 @@ SpecialHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, 
 _NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
 
 
-def _secure_handlers() -> Mapping[str, SecureHandler]:
-    from vbsim.sk.ium import secure_syscalls
+_HANDLERS: list[Mapping[str, SecureHandler]] = []
+_SPECIAL: list[Mapping[str, SpecialHandler]] = []
 
-    return secure_syscalls.HANDLERS
+
+def _secure_handlers() -> Mapping[str, SecureHandler]:
+    """The secure service table's code (resolved once: the module imports this one)."""
+    if not _HANDLERS:
+        from vbsim.sk.ium import secure_syscalls
+
+        _HANDLERS.append(secure_syscalls.HANDLERS)
+    return _HANDLERS[0]
 
 
 def _special_handlers() -> Mapping[str, SpecialHandler]:
-    from vbsim.sk.ium import secure_syscalls
+    if not _SPECIAL:
+        from vbsim.sk.ium import secure_syscalls
 
-    return secure_syscalls.SPECIAL
+        _SPECIAL.append(secure_syscalls.SPECIAL)
+    return _SPECIAL[0]
 
 
 def filter_bitmaps() -> bytes:
