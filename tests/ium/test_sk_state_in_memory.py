@@ -262,3 +262,20 @@ def test_a_keyless_model_trustlets_mailbox_is_tainted() -> None:
     mailbox = [s for s in secrets.items if s.name.startswith("mailbox[3]@trustlet2")]
     assert mailbox and mailbox[0].data == secret and not mailbox[0].canary
     assert any(n.startswith("canary:mailbox[3]@trustlet2") for n in names)
+
+
+def test_the_kdp_owner_table_in_memory_keeps_a_page_read_only() -> None:
+    system = boot(preset("vbs-hvci"))
+    sk, machine, nt = system.sk, system.machine, system.nt
+    assert sk is not None and machine is not None and nt is not None and nt.vsl is not None
+    assert machine.slat is not None
+    pfn = nt.space.alloc_frame()
+    before = machine.slat.rights(0, pfn)
+    machine.ram.write(sk.hvci.states_gpa + pfn, bytes([PageState.VALIDATED]))
+    machine.ram.write(sk.kdp.owners_gpa + pfn, bytes([L.Kdp.STATIC]))
+    status, _ = nt.vsl.call(machine.bsp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
+    assert status == NtStatus.SUCCESS
+    assert machine.slat.rights(0, pfn) == before  # HVCI left KDP's page alone
+    assert [e.outcome for e in system.trace.events if e.mechanism == "hvci.kdp"][-1:] == [
+        "kept-read-only"
+    ]

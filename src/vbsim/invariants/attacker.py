@@ -832,7 +832,8 @@ class Session:
 
             kstate = sk.kdp
             if isinstance(kstate, kdp.KdpState):
-                return sorted(set(kstate.static) | kstate.pool_pages)
+                table = sk.space.ram.read(kstate.owners_gpa, kstate.pages)
+                return [gpn for gpn, owner in enumerate(table) if owner]
         return []
 
     def resolve(self, value: Any, user: _UserContext | None = None) -> int:

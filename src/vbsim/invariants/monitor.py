@@ -100,6 +100,17 @@ _POOL_WRITERS = frozenset({"INITIALIZE_SECURE_POOL", "COPY_PROTECTED_PAGE"})
 _ROOT = 0x000F_FFFF_FFFF_F000
 
 
+def _positions(table: bytes, value: int) -> set[int]:
+    """Indices of ``value`` in a one-byte-per-page table (bytes.find: fast on sparse tables)."""
+    out: set[int] = set()
+    needle = bytes([value])
+    at = table.find(needle)
+    while at >= 0:
+        out.add(at)
+        at = table.find(needle, at + 1)
+    return out
+
+
 def _describe(event: Event) -> str:
     detail = " ".join(f"{k}={_short(v)}" for k, v in event.detail.items())
     who = f"vp{event.vp} vtl{event.vtl} cpl{event.cpl}" if event.vp is not None else "-"
@@ -726,7 +737,11 @@ class Monitor:
         state = self.sk.kdp
         if not isinstance(state, kdp.KdpState):
             return set(), set()
-        return set(state.static), set(state.pool_pages)
+        # KDP's table as it stands in VTL1 memory.
+        from vbsim.sk.layouts import Kdp
+
+        table = self.ram.read(state.owners_gpa, state.pages)
+        return _positions(table, Kdp.STATIC), _positions(table, Kdp.POOL)
 
     def _kdp_refresh_pool(self) -> None:
         static, pool = self._kdp_sets()

@@ -43,6 +43,11 @@ HVCI_WRITERS = frozenset(
     }
 )
 
+#: The services that change KDP's owner table (vbsim.sk.services.kdp).
+KDP_WRITERS = frozenset(
+    {"PROTECT_KERNEL_DATA_PAGE", "REGISTER_PROTECTED_PAGE", "INITIALIZE_SECURE_POOL"}
+)
+
 #: Per 8-byte entry, clear Accessed (bit 5) and Dirty (bit 6).
 _AD_MASK = int.from_bytes(bytes([0x9F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]) * 512, "little")
 
@@ -127,6 +132,8 @@ def classify(sk: SecureKernel) -> SkPages:
         span(sk.hvci.states_gpa, count, "hvci-page-states", HVCI_WRITERS)
         span(sk.hvci.rights_gpa, count, "hvci-rights", HVCI_WRITERS)
         span(sk.hvci.hashes_gpa, Hvci.HASH_PAGES, "hvci-hash-records", HVCI_WRITERS)
+    if sk.kdp is not None:
+        span(sk.kdp.owners_gpa, table_pages(sk.ram_pages), "kdp-owners", KDP_WRITERS)
     labels[sk.config_gpa >> PAGE_SHIFT] = "sk-config"
     labels[sk.allow_gpa >> PAGE_SHIFT] = "trustlet-allow-list"
     labels[sk.filter_gpa >> PAGE_SHIFT] = "ium-filter"

@@ -130,6 +130,17 @@ class Dispatch:
     SIZE = ENTRIES * ENTRY
 
 
+# -- KDP ----------------------------------------------------------------------------------------
+class Kdp:
+    """KDP's protected ranges (vbs-internals §5.2): one byte per GPA page naming its owner —
+    static KDP (MmProtectDriverSection) or the secure pool.  The table is the model's layout;
+    the secure pool's block records (tag, cookie) are ``POOL_RECORD`` in ``sk.services.kdp``."""
+
+    NONE = 0
+    STATIC = 1
+    POOL = 2
+
+
 # -- secure process objects (SKPROCESS) -----------------------------------------------------------
 class SkProcess:
     """The SK's secure process object, one SK page each (vbs-internals §3.3, §3.5: SKPROCESS

@@ -281,10 +281,12 @@ def apply(sk: SecureKernel, vp: VirtualProcessor, gpns: list[int], flags: int, w
         raise AssertionError(f"HVCI would grant W+KX to {len(gpns)} VTL0 page(s) ({why})")
     if flags & ~R:
         # A page KDP owns stays as KDP made it (read-only): HVCI never raises its rights.
-        kept = [gpn for gpn in gpns if _kdp_protected(sk, gpn)]
+        from vbsim.sk.services import kdp
+
+        kept = kdp.protected(sk, vp, gpns)
         if kept:
             sk.emit(vp, "hvci", "hvci.kdp", "kept-read-only", pages=len(kept), why=why)
-            gpns = [gpn for gpn in gpns if not _kdp_protected(sk, gpn)]
+            gpns = [gpn for gpn in gpns if gpn not in kept]
     if not gpns:
         return True
     ok = sk.set_vtl0_rights(vp, gpns, flags)
@@ -312,19 +314,19 @@ def ordinary_page(sk: SecureKernel, vp: Mem, gpn: int) -> bool:
     """Whether ``gpn`` is a plain VTL0 page NT may give away: not owned by KDP and not carrying
     rights HVCI set for code (validated, locked or image pages).  Pages NT offers the SK as free
     memory must pass this, or a compromised NT could make the SK clear protected memory."""
-    if _kdp_protected(sk, gpn):
+    if _kdp_protected(sk, vp, gpn):
         return False
     if not sk.config(vp, Config.HVCI):
         return True
     return _state(sk).state(vp, gpn) == PageState.UNVALIDATED
 
 
-def _kdp_protected(sk: SecureKernel, gpn: int) -> bool:
+def _kdp_protected(sk: SecureKernel, vp: Mem, gpn: int) -> bool:
     """KDP's page ownership (static KDP and the secure pool): its pages are VTL0 read-only for
     good, and no other service may give them more rights (``vbsim.sk.services.kdp``)."""
     from vbsim.sk.services import kdp
 
-    return kdp.is_protected(sk, gpn)
+    return kdp.is_protected(sk, vp, gpn)
 
 
 def _state(sk: SecureKernel) -> Hvci:
@@ -536,7 +538,7 @@ def finish_secure_image_validation(
     if pfns is None:
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
     if len(set(pfns)) != len(pfns) or any(
-        state.state(vp, pfn) != PageState.UNVALIDATED or _kdp_protected(sk, pfn) for pfn in pfns
+        state.state(vp, pfn) != PageState.UNVALIDATED or _kdp_protected(sk, vp, pfn) for pfn in pfns
     ):
         return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER)
     code_index = sorted(layout.code)
