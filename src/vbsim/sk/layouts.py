@@ -11,6 +11,21 @@ and SKPROCESS / SECURE_IMAGE objects, §2.4 the per-build service table, §3.1-3
 the trustlet IDs, §4.1 the IUM system-call filter, §5.1 HVCI's per-page state "one byte per GPA
 page", Appendix A item 5), but not byte layouts: every layout below is **the model's invention**
 unless its comment names a source.  Field widths follow what the value needs.
+
+What lives here (VTL1 memory, read by the SK at each decision): the configuration block the
+loader copies from the boot policy (``Config``), the phase, READY bits and HyperGuard's trusted
+register values (``State``), the own-page bitmap, the frame pool's bitmap (``Pool``), the
+trustlet allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
+dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated-hash records
+(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
+``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
+
+Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
+and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
+allocations, pools), secure threads and the per-VP current process, secure-storage page
+bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
+SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
+(page tables object, routine VAs, parsed image).
 """
 
 from __future__ import annotations
