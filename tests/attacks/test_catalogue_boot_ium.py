@@ -194,7 +194,15 @@ def test_a19_succeeds_if_the_sk_ignored_the_requested_id(monkeypatch: pytest.Mon
 
 
 def test_a20_succeeds_if_lsaiso_allowed_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(SecureProcess, "debuggable", property(lambda self: True))
+    # LsaIso's signed policy says Debug=1: the SK copies it into the SKPROCESS page it decides from.
+    from vbsim.image.policy import PolicyId
+
+    real = SecureProcess.policy_value
+
+    def policy_value(self: SecureProcess, policy_id: int, default: int = 0) -> int:
+        return 1 if policy_id == PolicyId.DEBUG else real(self, policy_id, default)
+
+    monkeypatch.setattr(SecureProcess, "policy_value", policy_value)
     result, ctx = run(boot_ium.A20, "vbs-hvci")
     assert result.outcome == Outcome.SUCCEEDED
     assert ctx.notes["a0_status"] != 0  # still nothing through the shadow process

@@ -26,7 +26,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.nt import drivers
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.policy import PRESETS, Legacy
-from vbsim.sk.services import allocation
+from vbsim.sk.layouts import Hvci
 from vbsim.trace import Event
 
 SCENARIOS: list[Scenario] = list(mcd.SCENARIOS)
@@ -226,16 +226,49 @@ def test_a8_both_crafted_fills_are_refused_by_the_bounds(preset: str) -> None:
     refused = _events(ctx, "securecall", "securecall.mdl", "refused")
     assert [e.detail["reason"] for e in refused] == ["byte-count", "offset"]
     sk = ctx.booted.sk
-    assert sk is not None and allocation.policy_word(sk) == int(ctx.policy.hvci)  # untouched
-    assert allocation.policy_word(sk, allocation.POLICY_CALLBACK_OFFSET) != 0
+    assert sk is not None
+    gpa = mcd.hash_records_gpa(ctx)
+    assert gpa is not None and _ram(ctx, gpa, len(ctx.notes["forged"])) != ctx.notes["forged"]
+    capacity = int.from_bytes(_ram(ctx, gpa + 4, 4), "little")
+    assert capacity == Hvci.HASH_MAX  # the records' header is as the loader wrote it
+    # Under HVCI the patched page stays non-executable: its bytes match no record.
+    expected = "STATUS_INVALID_IMAGE_HASH" if ctx.policy.hvci else "no-hvci"
+    assert ctx.notes["follow_on"] == expected
+    assert not runs(ctx, "a8")
 
 
 def test_a8_legacy_sk_copies_past_the_allocation() -> None:
     _, ctx = _run("A8", "legacy-2019")
     legacy = [e.outcome for e in _events(ctx, "securecall", "securecall.legacy")]
     assert legacy.count("unchecked") == 2  # legacy-2019 also refetches (its double-fetch bug)
-    gpa = mcd.policy_page_gpa(ctx)
-    assert gpa is not None and _ram(ctx, gpa, 16) == mcd.MARKER * 2
+    gpa = mcd.hash_records_gpa(ctx)
+    assert gpa is not None and _ram(ctx, gpa, len(ctx.notes["forged"])) == ctx.notes["forged"]
+
+
+def test_with_hvci_and_the_legacy_switch_unsigned_code_runs(
+    preset_variant: Callable[..., str],
+) -> None:
+    """The overwrite lands on SK data HVCI decides from: the forged hash record makes
+    MAKE_PROTECTED_PAGE_EXECUTABLE accept the attacker's patched page, and its code runs in VTL0
+    ring 0 (HVCI on, the 2019 Secure Kernel's bug back)."""
+    legacy = Legacy(unchecked_securecall_params=True, securecall_double_fetch=True)
+    name = preset_variant("hardened", legacy=legacy)
+    result, ctx = _run("A8", name)
+    assert ctx.policy.hvci and result.outcome is Outcome.SUCCEEDED
+    assert ctx.notes["follow_on"] == "ran"
+    assert (0, 0) in runs(ctx, "a8")  # the shellcode ran at VTL0 CPL0
+    [executable] = _events(ctx, "hvci", "hvci.transition", "executable")
+    assert executable.vtl == 1
+    # A9's double fetch lands the same forged record there.
+    result, ctx = _run("A9", name)
+    assert result.outcome is Outcome.SUCCEEDED and ctx.notes["result"][2] == 1
+
+
+def test_without_the_overwrite_the_same_follow_on_is_refused() -> None:
+    """Control: HVCI on, switches off — the identical page patch gets no KX."""
+    _, ctx = _run("A8", "hardened")
+    assert ctx.notes["follow_on"] == "STATUS_INVALID_IMAGE_HASH"
+    assert not runs(ctx, "a8")
 
 
 @pytest.mark.parametrize("preset", CHECKED)
@@ -338,7 +371,7 @@ def test_a9_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:
     result, ctx = run(mcd.A9, preset_variant("vbs", legacy=legacy))
     assert result.outcome == Outcome.SUCCEEDED
     [refetched] = _events(ctx, "securecall", "securecall.legacy", "refetched")
-    assert refetched.detail["byte_count"] == PAGE_SIZE + 16
+    assert refetched.detail["byte_count"] == PAGE_SIZE + mcd.FORGED_LENGTH
 
 
 def test_a13_flip_the_capability() -> None:

@@ -7,9 +7,11 @@ import pytest
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.slat import KX, UX, R, W
 from vbsim.hw.x86 import PAGE_SIZE
+from vbsim.invariants.skstate import hvci_view
 from vbsim.nt.drivers import CI_OPTIONS_ENFORCING, ci_options_va
 from vbsim.ntstatus import BugCheck, NtStatus
-from vbsim.sk.services.hvci import EXT_KEY, Hvci, PageState
+from vbsim.sk.layouts import Config
+from vbsim.sk.services.hvci import PageState
 from vbsim.sk.sscn import Service
 
 from .kit import direct_va, make_env, wkx_pages
@@ -25,10 +27,11 @@ def test_nt_boot_code_pages_are_validated_and_everything_else_is_never_kx() -> N
     env = make_env("vbs-hvci")
     sk = env.system.sk
     assert sk is not None
-    state = sk.ext[EXT_KEY]
-    assert isinstance(state, Hvci)
+    assert env.system.machine is not None
+    ram = env.system.machine.ram
+    state = hvci_view(ram, sk)  # the tables as they stand in VTL1 memory
     code_pages = set(env.nt.space.code_pages)
-    assert code_pages and set(state.boot_pages) == code_pages
+    assert code_pages and set(state.hashes) == code_pages
     for pfn in code_pages:
         assert env.rights(pfn) == R | KX | UX
         assert state.states[pfn] == PageState.VALIDATED
@@ -37,7 +40,7 @@ def test_nt_boot_code_pages_are_validated_and_everything_else_is_never_kx() -> N
     assert env.rights(data_pfn) == R | W | UX
     assert env.rights(env.nt.space.pt.root >> 12) == R | W | UX
     # The Secure Kernel's own pages are not VTL0's to execute or write.
-    for pfn in sorted(sk.vtl1_pages)[:8]:
+    for pfn in sorted(sk.host_own_pages(ram))[:8]:
         assert not env.rights(pfn) & (W | KX)
     [event] = env.events("hvci", "hvci.boot")
     assert event.outcome == "enabled" and event.detail["code_pages"] == len(code_pages)
@@ -46,7 +49,10 @@ def test_nt_boot_code_pages_are_validated_and_everything_else_is_never_kx() -> N
 
 def test_without_hvci_the_secure_kernel_does_not_enforce_anything() -> None:
     env = make_env("vbs")
-    assert env.system.sk is not None and EXT_KEY not in env.system.sk.ext
+    sk = env.system.sk
+    assert sk is not None and env.system.machine is not None
+    assert sk.host_config(env.system.machine.ram, Config.HVCI) == 0
+    assert hvci_view(env.system.machine.ram, sk).hashes == {}
     assert env.nt.vsl is not None
     status, _ = env.nt.vsl.call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, R | KX | UX)
     assert status == NtStatus.NOT_SUPPORTED
@@ -82,5 +88,9 @@ def test_the_rights_other_modules_should_give_back_to_vtl0() -> None:
 
     hvci_env, plain_env = make_env("vbs-hvci"), make_env("vbs")
     assert hvci_env.system.sk is not None and plain_env.system.sk is not None
-    assert vtl0_default_rights(hvci_env.system.sk) == R | W | UX
-    assert vtl0_default_rights(plain_env.system.sk) == R | W | KX | UX
+    from vbsim.invariants.skstate import HostMem
+
+    for env, want in ((hvci_env, R | W | UX), (plain_env, R | W | KX | UX)):
+        sk, machine = env.system.sk, env.system.machine
+        assert sk is not None and machine is not None
+        assert vtl0_default_rights(sk, HostMem(machine.ram, sk)) == want

@@ -7,6 +7,7 @@ import pytest
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.slat import KX, UX, R, W
 from vbsim.image import parse_image
+from vbsim.invariants.skstate import hvci_view
 from vbsim.nt import drivers
 from vbsim.nt.drivers import (
     DO_ENTRY_MARK,
@@ -21,7 +22,7 @@ from vbsim.nt.drivers import (
 )
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.policy import preset
-from vbsim.sk.services.hvci import EXT_KEY, Hvci, PageState, image_layout
+from vbsim.sk.services.hvci import PageState, image_layout
 from vbsim.sk.sscn import Service
 
 from .kit import USER, Env, direct_va, make_env, wkx_pages
@@ -211,8 +212,8 @@ def test_hashed_pages_are_locked_until_load_driver() -> None:
     assert env.rights(code_pfn) == R  # neither W nor KX between the hash and LOAD_DRIVER
     sk = env.system.sk
     assert sk is not None
-    state = sk.ext[EXT_KEY]
-    assert isinstance(state, Hvci) and state.states[code_pfn] == PageState.LOCKED
+    assert env.system.machine is not None
+    assert hvci_view(env.system.machine.ram, sk).states[code_pfn] == PageState.LOCKED
     with pytest.raises(Bugcheck):
         env.vp.write(direct_va(code_pfn), b"\xcc")  # TOCTOU attempt: SLAT refuses the write
 

@@ -177,7 +177,9 @@ def test_random_hvci_secure_calls_never_escape_and_never_make_w_plus_kx(
     # The SK's own bookkeeping agrees with the hypervisor's SLAT.
     sk = env.system.sk
     assert sk is not None and env.system.machine is not None and env.system.machine.slat
-    state = sk.ext["hvci"]
+    from vbsim.invariants.skstate import hvci_view
+
+    state = hvci_view(env.system.machine.ram, sk)  # as it stands in VTL1 memory
     slat = env.system.machine.slat
     for pfn in range(slat.pages):
         if state.rights[pfn] != 0xF:

@@ -7,11 +7,12 @@ import pytest
 from vbsim.hw.code import encode_thunk, guest_code
 from vbsim.hw.slat import KX, UX, R, W
 from vbsim.hw.vp import VirtualProcessor
+from vbsim.invariants.skstate import HvciView, hvci_view
 from vbsim.nt import drivers
 from vbsim.nt.drivers import SAMPLE_DRIVER, nt_allocate_executable
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.services import hvci
-from vbsim.sk.services.hvci import EXT_KEY, Hvci, PageState
+from vbsim.sk.services.hvci import PageState
 from vbsim.sk.sscn import Service
 
 from .kit import Env, direct_va, make_env, wkx_pages
@@ -25,11 +26,9 @@ def _shellcode(vp: VirtualProcessor) -> int:
     return 0x5EC
 
 
-def _state(env: Env) -> Hvci:
-    assert env.system.sk is not None
-    state = env.system.sk.ext[EXT_KEY]
-    assert isinstance(state, Hvci)
-    return state
+def _state(env: Env) -> HvciView:
+    assert env.system.sk is not None and env.system.machine is not None
+    return hvci_view(env.system.machine.ram, env.system.sk)
 
 
 def test_rwx_pool_is_refused_under_hvci() -> None:

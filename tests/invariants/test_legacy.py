@@ -45,7 +45,7 @@ def test_the_unchecked_fill_breaks_invariant_6(policy: object) -> None:
         with pytest.raises(InvariantViolation) as caught:
             _overflow(rig)
         violation = caught.value.violation
-        assert violation.invariant == 6 and "policy-page" in violation.message
+        assert violation.invariant == 6 and "hvci-hash-records" in violation.message
         assert violation.label == "fill 24 bytes at offset 4088"
         assert any(e.mechanism == "securecall.legacy" for e in violation.events)
     finally:

@@ -86,7 +86,7 @@ def test_canaries_and_secrets_are_collected() -> None:
     rig = attached("vbs")
     try:
         names = [s.name for s in rig.monitor.secrets.items]
-        assert {"sk.master-key.idk", "sk.dump-key", "canary:sk.policy-page"} <= set(names)
+        assert {"sk.master-key.idk", "sk.dump-key", "canary:sk.hvci-records"} <= set(names)
         assert any(n.startswith("lsaiso.owf[0]") for n in names)
         assert any(n.startswith("canary:trustlet1@") for n in names)
         assert sorted(INVARIANTS) == list(range(1, 9))
@@ -278,11 +278,18 @@ def test_6_a_refused_secure_call_that_changed_sk_memory() -> None:
 
         arena = allocation.state(rig.sk).arena_va
 
-        def sloppy(sk: object, vp: object, args: object) -> Reply:
+        def sloppy(cpu: object, args: object) -> Reply:
             rig.vp.write(arena, b"scribble")  # runs in VTL1, as the service would
             return Reply(NtStatus.INVALID_PARAMETER)
 
-        rig.sk.handlers[Service.NULL] = sloppy  # type: ignore[assignment]
+        # The SK dispatches from its table in VTL1 memory: point NULL's entry at other SK code.
+        from vbsim.hw import code
+        from vbsim.sk.layouts import Dispatch
+
+        code.register("test.sloppy-service", sloppy)
+        routine = rig.sk.space.install("test.sloppy-service")
+        number = rig.sk.table.number[Service.NULL]
+        rig.machine.ram.write_u64(rig.sk.dispatch_gpa + number * Dispatch.ENTRY, routine)
         with rig.monitor.step("refused but wrote"):
             assert rig.nt.vsl is not None
             rig.nt.vsl.call(rig.vp, Service.NULL)

@@ -191,7 +191,7 @@ class Machine:
     def secure_processes(self) -> dict[int, SecureProcess]:
         """The SK's table of secure processes (what a VTL1 debugger would show)."""
         assert self.system.sk is not None
-        table: dict[int, SecureProcess] = self.system.sk.ext.get("ium.processes", {})
+        table: dict[int, SecureProcess] = self.system.sk.processes
         return table
 
     def secure_process(self, process: Process) -> SecureProcess:

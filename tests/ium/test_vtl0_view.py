@@ -93,7 +93,7 @@ def test_threads_exist_with_a_secure_thread_cookie(machine: Machine, lsa: Proces
     cookie = machine.nt.ext["secure_threads"][lsa.pid]
     assert cookie >= FIRST_COOKIE
     assert machine.system.sk is not None
-    thread = machine.system.sk.ext["ium.threads"][cookie]
+    thread = machine.system.sk.threads[cookie]
     assert isinstance(thread, SecureThread)
     assert thread.process is machine.secure_process(lsa)
     assert cookie in machine.secure_process(lsa).threads

@@ -83,13 +83,13 @@ def sk_gpa(sk: SecureKernel, va: int) -> int:
 
 def allocation_bytes(sk: SecureKernel, handle: int, length: int) -> bytes:
     obj = sk.handles[handle]
-    return sk.machine.ram.read(sk_gpa(sk, int(obj.data["va"])), length)
+    return sk.space.ram.read(sk_gpa(sk, int(obj.data["va"])), length)
 
 
 def trustlet_pfn(sk: SecureKernel) -> int | None:
     """A VTL1 page that is not the SK's own image/data (a trustlet's, or HLAT's)."""
     own = set(sk.space.frames)
-    others = sorted(p for p in sk.vtl1_pages if p not in own)
+    others = sorted(p for p in sk.host_own_pages(sk.space.ram) if p not in own)
     return others[0] if others else None
 
 
@@ -114,7 +114,7 @@ _AD = int(Pte.A | Pte.D)
 def fingerprint(sk: SecureKernel) -> dict[int, str]:
     """A digest of every SK page that a secure call must not change (page-table A/D bits masked:
     the processor sets them on first use)."""
-    ram = sk.machine.ram
+    ram = sk.space.ram
     skip = scratch_pages(sk)
     tables = set(sk.space.pt.frames or [])
     out: dict[int, str] = {}

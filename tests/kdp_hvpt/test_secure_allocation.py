@@ -13,12 +13,11 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import kdp
 from vbsim.nt.kernel import NtKernel
 from vbsim.ntstatus import NtStatus
+from vbsim.sk.layouts import Hvci
 from vbsim.sk.services import allocation
 from vbsim.sk.services.allocation import (
     MDL_BYTECOUNT_OFFSET,
     NORMAL_GET_PHYSICAL_PAGES,
-    POLICY_CALLBACK_OFFSET,
-    POLICY_HVCI_OFFSET,
     mdl_bytes,
 )
 from vbsim.sk.sscn import Service
@@ -35,6 +34,17 @@ from .kit import (
     sk_of,
     trustlet_pfn,
 )
+
+
+def behind(sk: Any) -> bytes:
+    """The 16 bytes right behind the arena: the header of HVCI's hash records (host view)."""
+    return bytes(sk.space.ram.read(sk.hvci.hashes_gpa, 16))
+
+
+def untouched(sk: Any) -> bool:
+    """The records' capacity is what the loader wrote (no overflow reached it)."""
+    return int.from_bytes(behind(sk)[4:8], "little") == Hvci.HASH_MAX
+
 
 HARDENED = ["vbs", "vbs-hvci", "hardened"]
 
@@ -100,8 +110,8 @@ def test_handles_are_looked_up_and_type_checked(name: str) -> None:
 def test_pfns_must_be_vtl0_pages(name: str) -> None:
     system = booted(name)
     machine, nt, vp, sk, handle = _setup(system)
-    policy_pfn = allocation.state(sk).policy_gpa >> PAGE_SHIFT
-    others = [policy_pfn, 0, machine.ram.pages, (1 << 64) - 1]
+    behind_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
+    others = [behind_pfn, 0, machine.ram.pages, (1 << 64) - 1]
     if (pfn := trustlet_pfn(sk)) is not None:
         others.append(pfn)
     data_pfns = kdp.stage_buffer(nt, vp, b"y" * 64)
@@ -142,7 +152,7 @@ def test_mdl_fields_are_bounded(
     assert _fill(nt, vp, handle, offset, mdl, at) == NtStatus.INVALID_PARAMETER
     refused = [e for e in events(system, "securecall") if e.outcome == "refused"]
     assert refused[-1].detail["reason"] == reason
-    assert allocation.policy_word(sk) == 1
+    assert untouched(sk)
     assert allocation_bytes(sk, handle, 16) == bytes(16)
 
 
@@ -185,7 +195,7 @@ def _overflow_source(nt: NtKernel, vp: Any) -> list[int]:
 def test_a9_toctou_defeated_by_capture(name: str) -> None:
     system = booted(name)
     _machine, nt, vp, sk, handle = _setup(system)
-    before = allocation.policy_word(sk), allocation.policy_word(sk, POLICY_CALLBACK_OFFSET)
+    before = behind(sk)
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
     evil: list[int] = []
@@ -193,37 +203,35 @@ def test_a9_toctou_defeated_by_capture(name: str) -> None:
     assert kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
     assert evil  # the attacker's code really ran between check and use
     assert allocation_bytes(sk, handle, 65) == b"\x41" * 64 + b"\0"
-    assert (allocation.policy_word(sk), allocation.policy_word(sk, 8)) == before
+    assert behind(sk) == before and untouched(sk)
 
 
-def test_a9_double_fetch_overflows_into_sk_policy() -> None:
+def test_a9_double_fetch_overflows_into_hvci_records() -> None:
     system = legacy("hardened", securecall_double_fetch=True)
     _machine, nt, vp, sk, handle = _setup(system)
-    assert allocation.policy_word(sk, POLICY_HVCI_OFFSET) == 1
+    assert untouched(sk)
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
     evil: list[int] = []
     _toctou(nt, vp, mdl_va, evil, None)
     assert kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
-    # The 16 bytes past the allocation: the HVCI enforcement copy and the callback pointer.
-    assert allocation.policy_word(sk, POLICY_HVCI_OFFSET) == ATTACK
-    assert allocation.policy_word(sk, POLICY_CALLBACK_OFFSET) == ATTACK
+    # The 16 bytes past the allocation: the header of HVCI's validated-hash records.
+    assert behind(sk) == ATTACK.to_bytes(8, "little") * 2
     assert events(system, "securecall", "securecall.legacy")[-1].outcome == "refetched"
 
 
 def test_a9_double_fetch_pfn_swap_reads_sk_memory() -> None:
     system = legacy("vbs", securecall_double_fetch=True)
     _machine, nt, vp, sk, handle = _setup(system)
-    callback = allocation.policy_word(sk, POLICY_CALLBACK_OFFSET)
-    policy_pfn = allocation.state(sk).policy_gpa >> PAGE_SHIFT
+    secret = behind(sk)
+    behind_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 16))
     evil: list[int] = []
-    _toctou(nt, vp, mdl_va, evil, policy_pfn)
+    _toctou(nt, vp, mdl_va, evil, behind_pfn)
     status = kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
     assert status == NtStatus.SUCCESS
-    copied = allocation_bytes(sk, handle, 16)
-    assert int.from_bytes(copied[8:], "little") == callback  # SK bytes the attacker named
+    assert allocation_bytes(sk, handle, 16) == secret  # SK bytes the attacker named
 
 
 # -- A8: the CVE-2020-0917 class, back under the legacy switch ----------------------------------
@@ -239,8 +247,7 @@ def test_a8_unchecked_bytecount_overwrites_adjacent_sk_data(
     pfns = _overflow_source(nt, vp)
     status = _fill(nt, vp, handle, PAGE_SIZE - 8, mdl_bytes(pfns, 24))
     assert status == NtStatus.SUCCESS
-    assert allocation.policy_word(sk, POLICY_HVCI_OFFSET) == ATTACK
-    assert allocation.policy_word(sk, POLICY_CALLBACK_OFFSET) == ATTACK
+    assert behind(sk) == ATTACK.to_bytes(8, "little") * 2
     outcomes = [e.outcome for e in events(system, "securecall", "securecall.legacy")]
     assert "unchecked" in outcomes  # (and "refetched" where the double-fetch switch is on too)
 
@@ -250,16 +257,16 @@ def test_a8_same_call_refused_when_checked() -> None:
     _machine, nt, vp, sk, handle = _setup(system)
     pfns = _overflow_source(nt, vp)
     assert _fill(nt, vp, handle, PAGE_SIZE - 8, mdl_bytes(pfns, 24)) == NtStatus.INVALID_PARAMETER
-    assert allocation.policy_word(sk, POLICY_HVCI_OFFSET) == 1
+    assert untouched(sk)
 
 
 def test_a8_unchecked_pfn_copies_sk_memory() -> None:
     system = booted("legacy-2019")
     _machine, nt, vp, sk, handle = _setup(system)
-    policy_pfn = allocation.state(sk).policy_gpa >> PAGE_SHIFT
-    callback = allocation.policy_word(sk, POLICY_CALLBACK_OFFSET)
-    assert _fill(nt, vp, handle, 0, mdl_bytes([policy_pfn], 16)) == NtStatus.SUCCESS
-    assert int.from_bytes(allocation_bytes(sk, handle, 16)[8:], "little") == callback
+    behind_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
+    secret = behind(sk)
+    assert _fill(nt, vp, handle, 0, mdl_bytes([behind_pfn], 16)) == NtStatus.SUCCESS
+    assert allocation_bytes(sk, handle, 16) == secret
 
 
 def test_a8_unchecked_huge_bytecount_ends_in_a_guest_event() -> None:

@@ -76,22 +76,22 @@ def _world(system: Any) -> dict[str, Any]:
     status, handle = kdp.create_secure_allocation(nt, vp, 2 * PAGE_SIZE)
     assert status == NtStatus.SUCCESS
     handles = [handle]
-    if Service.INITIALIZE_SECURE_POOL in sk.table and sk.policy.kdp:
+    if Service.INITIALIZE_SECURE_POOL in sk.table and system.policy.kdp:
         status, pool = kdp.ex_create_secure_pool(nt, vp, 1)
         assert pool is not None
         handles.append(pool.handle)
         kdp.ex_allocate_pool3_secure(nt, vp, pool, 1, b"cfg", 2)
     data_pfns = kdp.stage_buffer(nt, vp, b"\x5a" * (2 * PAGE_SIZE))
     mdl_va, mdl_pfn = kernel_page(nt, vp)
-    vtl1 = sorted(sk.vtl1_pages)
-    policy_pfn = allocation.state(sk).policy_gpa >> PAGE_SHIFT
+    vtl1 = sorted(sk.host_own_pages(machine.ram))
+    policy_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
     buffer_pfn = sk_gpa(sk, sk.handles[handle].data["va"]) >> PAGE_SHIFT
     pfns = [*data_pfns, mdl_pfn, policy_pfn, buffer_pfn, vtl1[0], vtl1[-1], machine.ram.pages]
     vas = [
         mdl_va,
         CODE_BASE,
         DIRECT_MAP + (policy_pfn << PAGE_SHIFT),
-        allocation.state(sk).policy_va,
+        allocation.state(sk).behind_va,
         nt.data_va,
     ]
     handles += [*sk.handles, FIRST_HANDLE, FIRST_HANDLE + 4 * 64]
@@ -230,7 +230,7 @@ def test_with_the_legacy_switch_a_crafted_call_changes_sk_memory(make: Any) -> N
     assert _crafted_overflow(world) == NtStatus.SUCCESS
     after = fingerprint(sk)
     changed = [pfn for pfn in baseline if baseline[pfn] != after.get(pfn)]
-    assert changed == [allocation.state(sk).policy_gpa >> PAGE_SHIFT]
+    assert changed == [sk.hvci.hashes_gpa >> PAGE_SHIFT]
 
 
 @pytest.mark.parametrize("name", ["vbs", "hardened"])

@@ -49,6 +49,8 @@ from vbsim.attacks.probes import MARKER, POISON, PROBE_ANSWER
 from vbsim.attacks.verdict import deciding_mechanism
 from vbsim.boot.disk import Disk
 from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
+from vbsim.hw import code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
@@ -58,6 +60,8 @@ from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 from vbsim.sk.ium.process import HEAP_VA, SECTION_BASE
+from vbsim.sk.kernel import Reply
+from vbsim.sk.layouts import Dispatch
 from vbsim.sk.sscn import Service
 from vbsim.trace import Event
 
@@ -66,8 +70,7 @@ if TYPE_CHECKING:
     from vbsim.machine import Machine
     from vbsim.nt.kernel import NtKernel
     from vbsim.nt.process import Process
-    from vbsim.sk.callargs import SecureCallArgs
-    from vbsim.sk.kernel import Reply, SecureKernel
+    from vbsim.sk.kernel import SecureKernel
 
 AREAS = ("VTL0 user", "VTL0 kernel", "VTL1 user", "VTL1 kernel")
 OPS = ("read", "write", "execute", "call")
@@ -303,26 +306,19 @@ class Prober:
         normal call from the routine reach NT and NT's answer come back."""
         sk, nt = self.sk, self.nt
         assert sk is not None and nt.vsl is not None
-        from vbsim.sk.kernel import Reply
-
-        def hooked(kernel: SecureKernel, cpu: Any, args_: SecureCallArgs) -> Reply:
-            saved = cpu.actor
-            cpu.actor = "prober (K1)"
-            try:
-                routine(cpu, *args)
-            finally:
-                cpu.actor = saved
-            return Reply()
-
-        original = sk.handlers.get(Service.NULL)
-        sk.handlers[Service.NULL] = hooked
+        ram = self.ctx.booted.machine
+        assert ram is not None
+        number = sk.table.number[Service.NULL]
+        entry_gpa = sk.dispatch_gpa + number * Dispatch.ENTRY
+        # K1 writes its routine's VA into the SK's dispatch table (in SK memory) and puts it back.
+        original = ram.ram.read_u64(entry_gpa)
+        _K1_WORK.append((routine, args))
+        ram.ram.write_u64(entry_gpa, sk.space.install(K1_HOOK))
         try:
-            nt.vsl.call(self.vp, Service.NULL)
+            nt.vsl.call(self.vp.cpu, Service.NULL)
         finally:
-            if original is None:
-                sk.handlers.pop(Service.NULL, None)
-            else:
-                sk.handlers[Service.NULL] = original
+            ram.ram.write_u64(entry_gpa, original)
+            _K1_WORK.clear()
 
     # -- one probe ------------------------------------------------------------------------------
     def probe(self, source: str, target: str, op: str, granted: bool = False) -> Outcome:
@@ -558,10 +554,30 @@ def _gpa(ram: Any, root: int, va: int) -> int:
     return (leaf & PTE_ADDR_MASK) | (va & PAGE_MASK)
 
 
+#: The routine K1's dispatch-table hook runs next (set by ``Prober._as_k1``, host side).
+_K1_WORK: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+K1_HOOK = "matrix.k1-hook"
+
+
+@code.guest_code(K1_HOOK)
+def _k1_hook(cpu: Cpu, args: object) -> Reply:
+    """K1 code in the SK's dispatch of the NULL service: runs the pending probe in the SK's own
+    context (its stack, its CR3) while VTL0 waits in its secure-call loop, which is what lets a
+    normal call from the probe reach NT and NT's answer come back."""
+    routine, routine_args = _K1_WORK[-1]
+    saved = cpu.actor
+    cpu.actor = "prober (K1)"
+    try:
+        routine(cpu, *routine_args)
+    finally:
+        cpu.actor = saved
+    return Reply()
+
+
 def _trustlet_symbols(sk: SecureKernel, secure_pid: int) -> tuple[int, int]:
     """The trustlet's page-table root and its probe routine's VA, from the SK's process object
     (what K1 code knows; read here host-side, as a debugger would)."""
-    secure = sk.ext["ium.processes"][secure_pid]
+    secure = sk.processes[secure_pid]
     return secure.tables.root, secure.routines["matrix.probe"]
 
 

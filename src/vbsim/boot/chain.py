@@ -28,7 +28,11 @@ from vbsim.machine import Machine
 from vbsim.nt.kernel import NtKernel
 from vbsim.policy import Policy
 from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.layouts import Pool
 from vbsim.trace import Trace
+
+#: Frames the boot loader reserves for the Secure Kernel's own pool (``vbsim.sk.layouts.Pool``).
+SK_POOL_FRAMES = Pool.FRAMES
 
 
 @dataclass
@@ -147,6 +151,13 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     )
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")
+    # The loader reserves the Secure Kernel's physical memory before NT sees the memory map, so
+    # NT never owns (or hands out) those frames; the SK manages them itself (issue 10).
+    sk_pool = (
+        (machine.ram.frames.alloc_contiguous(SK_POOL_FRAMES, "securekernel.pool"), SK_POOL_FRAMES)
+        if vbs
+        else None
+    )
     nt = NtKernel(machine, policy.build, vbs)
     from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
 
@@ -158,7 +169,7 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     nt.prepare_boot_processor(bsp)
     try:
         if vbs:
-            sk = SecureKernel(machine, policy)
+            sk = SecureKernel(machine, policy, sk_pool, revocation_of(policy))
             system.sk = sk
             _step(system, "sk-load", "loaded", frames=len(set(sk.space.frames)))
             _enter_secure_kernel(system, sk, nt)
@@ -203,4 +214,4 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     result = hvcall.enable_vp_vtl(vp.cpu, params, 1, sk.context())
     _step(system, "enable-vp-vtl", result.status_name.lower())
     hvcall.vtl_call(vp.cpu)  # phase 1 runs in VTL1 and returns
-    _step(system, "sk-returned", sk.phase.value)
+    _step(system, "sk-returned", sk.host_phase(system.machine.ram).value if system.machine else "?")

@@ -88,7 +88,6 @@ def _image_one(data: bytes) -> None:
         requirement_for,
         verify_image,
     )
-    from vbsim.policy import Policy
     from vbsim.sk.ium.skci import admit
     from vbsim.sk.services.hvci import image_layout
 
@@ -100,7 +99,7 @@ def _image_one(data: bytes) -> None:
     verify_image(data, trust, requirement=requirement_for(ImageKind.DRIVER), parsed=parsed)
     if parsed is not None:
         image_layout(data, parsed)
-        admit(data, parsed.policy.application_id if parsed.policy else 1, Policy())
+        admit(data, parsed.policy.application_id if parsed.policy else 1, None)
 
 
 def _image_seeds() -> list[bytes]:

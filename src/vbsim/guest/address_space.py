@@ -85,13 +85,20 @@ class KernelSpace:
         self.frames.append(pfn)
         return pfn
 
-    def alloc_data(self, pages: int = 1) -> tuple[int, int]:
+    def alloc_data(self, pages: int = 1, contiguous: bool = False) -> tuple[int, int]:
         """Map ``pages`` fresh RW/NX pages; returns (first VA, first GPA).  Frames need not be
-        contiguous; the GPA returned is the first page's."""
+        contiguous unless ``contiguous`` (a table a host-side reader finds from one GPA); the GPA
+        returned is the first page's."""
         va = self._data_next
         first_gpa = -1
+        base = self.ram.frames.alloc_contiguous(pages, self.owner) if contiguous else -1
         for i in range(pages):
-            pfn = self.alloc_frame()
+            if base >= 0:
+                pfn = base + i
+                self.ram.zero_page(pfn)
+                self.frames.append(pfn)
+            else:
+                pfn = self.alloc_frame()
             if first_gpa < 0:
                 first_gpa = pfn << PAGE_SHIFT
             self.pt.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.RW | Pte.NX | Pte.G))

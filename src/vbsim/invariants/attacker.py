@@ -816,10 +816,8 @@ class Session:
         if name == "sk":
             return sorted(set(sk.space.frames))
         if name == "vtl1":
-            return sorted(sk.vtl1_pages)
-        processes = [
-            p for p in sk.ext.get("ium.processes", {}).values() if isinstance(p, ium.SecureProcess)
-        ]
+            return sorted(sk.host_own_pages(sk.space.ram))
+        processes = [p for p in sk.processes.values() if isinstance(p, ium.SecureProcess)]
         if name == "trustlet":
             return [pfn for p in processes for pfn in p.private_pfns]
         if name == "image":
@@ -832,9 +830,10 @@ class Session:
         if name == "kdp":
             from vbsim.sk.services import kdp
 
-            kstate = sk.ext.get(kdp.EXT)
+            kstate = sk.kdp
             if isinstance(kstate, kdp.KdpState):
-                return sorted(set(kstate.static) | kstate.pool_pages)
+                table = sk.space.ram.read(kstate.owners_gpa, kstate.pages)
+                return [gpn for gpn, owner in enumerate(table) if owner]
         return []
 
     def resolve(self, value: Any, user: _UserContext | None = None) -> int:

@@ -100,6 +100,17 @@ _POOL_WRITERS = frozenset({"INITIALIZE_SECURE_POOL", "COPY_PROTECTED_PAGE"})
 _ROOT = 0x000F_FFFF_FFFF_F000
 
 
+def _positions(table: bytes, value: int) -> set[int]:
+    """Indices of ``value`` in a one-byte-per-page table (bytes.find: fast on sparse tables)."""
+    out: set[int] = set()
+    needle = bytes([value])
+    at = table.find(needle)
+    while at >= 0:
+        out.add(at)
+        at = table.find(needle, at + 1)
+    return out
+
+
 def _describe(event: Event) -> str:
     detail = " ".join(f"{k}={_short(v)}" for k, v in event.detail.items())
     who = f"vp{event.vp} vtl{event.vtl} cpl{event.cpl}" if event.vp is not None else "-"
@@ -204,12 +215,16 @@ class Monitor:
             raise ValueError("the monitor needs a machine with a hypervisor (VBS running)")
         from vbsim.sk.kernel import Phase
 
-        if system.sk.phase is not Phase.PHASE4:
+        if system.sk.host_phase(machine.ram) is not Phase.PHASE4:
             raise ValueError("attach the monitor after boot (PHASE4_INIT)")
         self.system = system
         self.machine: Machine = machine
         self.sk: SecureKernel = system.sk
         self.ram: GuestRam = machine.ram
+        from vbsim.sk.layouts import Config
+
+        #: Whether HVCI runs, from the SK's configuration block as the loader wrote it at boot.
+        self._hvci_on = bool(system.sk.host_config(machine.ram, Config.HVCI))
         self.slat: Slat = machine.slat
         self.budget = budget
         self.stop = stop
@@ -465,7 +480,7 @@ class Monitor:
         from vbsim.sk.ium import process as ium
 
         self.stats.checks += 1
-        current = self.sk.ext.get("ium.current", {}).get(vp_index)
+        current = self.sk.current.get(vp_index)
         if not isinstance(current, ium.SecureProcess):
             self._violate(4, f"VP{vp_index} runs VTL1 CPL3 code outside any trustlet ({what})")
         elif current.handle not in self.admitted:
@@ -527,7 +542,7 @@ class Monitor:
             first, last = gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT
             pages.extend(range(first, last + 1))
         self.stats.checks += 1
-        vtl1 = self.sk.vtl1_pages
+        vtl1 = self.sk.host_own_pages(self.ram)  # the SK's bitmap as it stands in VTL1 RAM
         for gpn in pages:
             rights = self.slat.rights(0, gpn)
             if not rights & need or (writing and gpn in vtl1):
@@ -573,7 +588,7 @@ class Monitor:
                     f"VTL0 rights of GPA {gpn << PAGE_SHIFT:#x} became {current[gpn]:#x}: not a "
                     f"page/mask this ModifyVtlProtectionMask named (mask {mask:#x})",
                 )
-        if self.sk.policy.hvci:
+        if self._hvci_on:
             self.stats.checks += 1
             for gpn in changed:
                 if _WKX[current[gpn]]:
@@ -619,15 +634,17 @@ class Monitor:
             self._vtl0 = current
 
     def _check_hvci(self) -> None:
-        if not self.sk.policy.hvci:
+        if not self._hvci_on:
             return
-        from vbsim.sk.services.hvci import EXT_KEY, Hvci
+        from vbsim.sk.services.hvci import Hvci
 
-        state = self.sk.ext.get(EXT_KEY)
+        state = self.sk.hvci
         table = self.slat.effective[0]
         if not isinstance(state, Hvci) or table is None:
             return
-        key = (self.slat.generation, bytes(state.states))
+        # The page-state table as it stands in VTL1 memory (not a Python copy of it).
+        states = self.ram.read(state.states_gpa, state.pages)
+        key = (self.slat.generation, states)
         if key == self._hvci_key:
             return
         self._hvci_key = key
@@ -636,14 +653,14 @@ class Monitor:
         if both >= 0:
             self._violate(3, f"VTL0 page GPA {both << PAGE_SHIFT:#x} is W+KX")
         kx = int.from_bytes(table.translate(_KX), "little")
-        validated = int.from_bytes(state.states.translate(_IS_VALIDATED), "little")
+        validated = int.from_bytes(states.translate(_IS_VALIDATED), "little")
         stray = kx & ~validated
         if stray:
             gpn = ((stray & -stray).bit_length() - 1) // 8
             self._violate(
                 3,
                 f"VTL0 page GPA {gpn << PAGE_SHIFT:#x} is kernel-executable but HVCI state is "
-                f"{state.states[gpn]} (not VALIDATED)",
+                f"{states[gpn]} (not VALIDATED)",
             )
 
     # invariant 4
@@ -664,7 +681,7 @@ class Monitor:
                 handle, tid = event.detail.get("handle"), event.detail.get("trustlet_id")
                 if isinstance(handle, int) and tid in admitted_ids:
                     handles.add(handle)
-        for handle, process in self.sk.ext.get("ium.processes", {}).items():
+        for handle, process in self.sk.processes.items():
             if not isinstance(process, ium.SecureProcess):
                 continue
             if not events or handle in handles:
@@ -721,10 +738,24 @@ class Monitor:
             return
         # A secure call's final status (a service, a resumed service, a resumed thread ...).
         if event.outcome == _SUCCESS:
-            state.segment = skstate.digests(self.ram, self.pages.allocation)
-            self._alloc = state.segment
             code = event.detail.get("code")
             service = self.sk.table.service.get(code) if isinstance(code, int) else None
+            now = skstate.digests(self.ram, self.pages.allocation)
+            if state.segment is not None and service is not None:
+                # SK state with an owner (HVCI's tables) changes only in its owner's services.
+                for index, (old, new) in enumerate(zip(state.segment, now, strict=True)):
+                    page = self.pages.allocation[index]
+                    owners = self.pages.writers.get(page)
+                    if old != new and owners is not None and service.value not in owners:
+                        self._violate(
+                            6,
+                            f"SK page GPA {page << PAGE_SHIFT:#x} "
+                            f"({self.pages.labels.get(page, '?')}) changed in accepted secure "
+                            f"call {service.value}, which does not own it",
+                        )
+                        break
+            state.segment = now
+            self._alloc = state.segment
             if service is not None and service.value in _POOL_WRITERS:
                 self._kdp_refresh_pool()
         else:
@@ -754,10 +785,14 @@ class Monitor:
     def _kdp_sets(self) -> tuple[set[int], set[int]]:
         from vbsim.sk.services import kdp
 
-        state = self.sk.ext.get(kdp.EXT)
+        state = self.sk.kdp
         if not isinstance(state, kdp.KdpState):
             return set(), set()
-        return set(state.static), set(state.pool_pages)
+        # KDP's table as it stands in VTL1 memory.
+        from vbsim.sk.layouts import Kdp
+
+        table = self.ram.read(state.owners_gpa, state.pages)
+        return _positions(table, Kdp.STATIC), _positions(table, Kdp.POOL)
 
     def _kdp_refresh_pool(self) -> None:
         static, pool = self._kdp_sets()

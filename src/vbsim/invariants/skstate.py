@@ -32,6 +32,22 @@ if TYPE_CHECKING:
     from vbsim.hw.ram import GuestRam
     from vbsim.sk.kernel import SecureKernel
 
+#: The services that change HVCI's tables (vbsim.sk.services.hvci).
+HVCI_WRITERS = frozenset(
+    {
+        "FINISH_SECURE_IMAGE_VALIDATION",
+        "LOAD_DRIVER",
+        "UNLOAD_DRIVER",
+        "MAKE_PROTECTED_PAGE_WRITABLE",
+        "MAKE_PROTECTED_PAGE_EXECUTABLE",
+    }
+)
+
+#: The services that change KDP's owner table (vbsim.sk.services.kdp).
+KDP_WRITERS = frozenset(
+    {"PROTECT_KERNEL_DATA_PAGE", "REGISTER_PROTECTED_PAGE", "INITIALIZE_SECURE_POOL"}
+)
+
 #: Per 8-byte entry, clear Accessed (bit 5) and Dirty (bit 6).
 _AD_MASK = int.from_bytes(bytes([0x9F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]) * 512, "little")
 
@@ -44,6 +60,8 @@ class SkPages:
     scratch: list[int] = field(default_factory=list)
     #: page -> the label it is reported under
     labels: dict[int, str] = field(default_factory=dict)
+    #: allocation page -> the services that may change it (absent: any accepted call)
+    writers: dict[int, frozenset[str]] = field(default_factory=dict)
 
 
 def _gpn(sk: SecureKernel, va: int) -> int | None:
@@ -67,7 +85,7 @@ def classify(sk: SecureKernel) -> SkPages:
         labels[pages.assist_gpa >> PAGE_SHIFT] = f"vp{number}.assist"
         labels[pages.sim_gpa >> PAGE_SHIFT] = f"vp{number}.sim"
     alloc: set[int] = set()
-    state = sk.ext.get(allocation.EXT)
+    state = sk.allocation
     if isinstance(state, allocation.AllocationState):
         for va in state.capture:
             gpn = _gpn(sk, va)
@@ -79,29 +97,65 @@ def classify(sk: SecureKernel) -> SkPages:
             if gpn is not None:
                 alloc.add(gpn)
                 labels[gpn] = f"arena[{index}]"
-        labels[state.policy_gpa >> PAGE_SHIFT] = "policy-page"
-    pool = sk.ext.get(kdp.EXT)
+        labels[sk.hvci.hashes_gpa >> PAGE_SHIFT] = "hvci-hash-records"
+    pool = sk.kdp
     if isinstance(pool, kdp.KdpState):
         gpn = _gpn(sk, pool.table_va)
         if gpn is not None:
             alloc.add(gpn)
             labels[gpn] = "securepool-records"
+    # SK state an accepted secure call changes (vbsim.sk.layouts): the state block, the own-page
+    # bitmap, the frame pool's bitmap and HVCI's tables.  Its configuration, allow-list, IUM
+    # filter and dispatch table are static (never change after boot).
+    from vbsim.sk.layouts import Dispatch, Hvci, table_pages
+
+    writers: dict[int, frozenset[str]] = {}
+
+    def span(gpa: int, pages: int, label: str, owners: frozenset[str] | None = None) -> None:
+        for index in range(pages):
+            alloc.add((gpa >> PAGE_SHIFT) + index)
+            labels[(gpa >> PAGE_SHIFT) + index] = f"{label}[{index}]" if pages > 1 else label
+            if owners is not None:
+                writers[(gpa >> PAGE_SHIFT) + index] = owners
+
+    span(sk.state_gpa, 1, "sk-state")
+    # The own-page and frame-pool bitmaps change in refused calls too: a trustlet creation that
+    # fails after the SK withdrew VTL0's rights keeps the frames (giving them back would need a
+    # clear-and-return path the model does not have).  Judged as scratch for now (issue 10).
+    for index in range(-(-sk.ram_pages // (8 * PAGE_SIZE))):
+        scratch.add((sk.own_gpa >> PAGE_SHIFT) + index)
+        labels[(sk.own_gpa >> PAGE_SHIFT) + index] = f"own-pages[{index}]"
+    scratch.add(sk.pool_gpa >> PAGE_SHIFT)
+    labels[sk.pool_gpa >> PAGE_SHIFT] = "frame-pool"
+    if sk.hvci is not None:
+        count = table_pages(sk.ram_pages)
+        span(sk.hvci.states_gpa, count, "hvci-page-states", HVCI_WRITERS)
+        span(sk.hvci.rights_gpa, count, "hvci-rights", HVCI_WRITERS)
+        span(sk.hvci.hashes_gpa, Hvci.HASH_PAGES, "hvci-hash-records", HVCI_WRITERS)
+    if sk.kdp is not None:
+        span(sk.kdp.owners_gpa, table_pages(sk.ram_pages), "kdp-owners", KDP_WRITERS)
+    labels[sk.config_gpa >> PAGE_SHIFT] = "sk-config"
+    labels[sk.allow_gpa >> PAGE_SHIFT] = "trustlet-allow-list"
+    labels[sk.filter_gpa >> PAGE_SHIFT] = "ium-filter"
+    for index in range(Dispatch.SIZE // PAGE_SIZE):
+        labels[(sk.dispatch_gpa >> PAGE_SHIFT) + index] = f"securecall-dispatch[{index}]"
     trustlet: set[int] = set()
-    for process in sk.ext.get("ium.processes", {}).values():
+    for process in sk.processes.values():
         if isinstance(process, ium.SecureProcess):
             trustlet.update(process.tables.frames or [])
     for gpn in tables:
         labels.setdefault(gpn, "page-table")
     for gpn in sk.space.code_pages:
         labels.setdefault(gpn, "code")
-    keys_va = sk.ext.get("keys.va")
-    if isinstance(keys_va, int):
+    keys_va = sk.keys_va
+    if keys_va:
         gpn = _gpn(sk, keys_va)
         if gpn is not None:
             labels[gpn] = "vsm-keys"
     labels.setdefault(sk.hypercall_gpa >> PAGE_SHIFT, "hypercall-page")
     static = own - tables - scratch - alloc - trustlet
     return SkPages(
+        writers=writers,
         static=sorted(static),
         tables=sorted(tables - trustlet - scratch),
         allocation=sorted(alloc),
@@ -124,3 +178,64 @@ def table_digest(ram: GuestRam, pfn: int) -> int:
 def digests(ram: GuestRam, pages: list[int], tables: bool = False) -> list[int]:
     fn = table_digest if tables else digest
     return [fn(ram, pfn) for pfn in pages]
+
+
+# -- host-side views of SK state in VTL1 RAM (for the monitor, the report, tests) ----------------
+@dataclass(frozen=True)
+class HvciView:
+    """HVCI's tables as they stand in VTL1 memory right now."""
+
+    states: bytes
+    rights: bytes
+    hashes: dict[int, bytes]
+
+
+def hvci_view(ram: GuestRam, sk: SecureKernel) -> HvciView:
+    from vbsim.sk.layouts import host_hash_records
+
+    state = sk.hvci
+    return HvciView(
+        ram.read(state.states_gpa, state.pages),
+        ram.read(state.rights_gpa, state.pages),
+        host_hash_records(ram, state.hashes_gpa),
+    )
+
+
+class HostMem:
+    """The SK's virtual memory read from outside (RAM through the SK's own page tables, walked
+    by the host): lets a tool or test ask an SK accessor what it would decide now."""
+
+    def __init__(self, ram: GuestRam, sk: SecureKernel) -> None:
+        self.ram, self.sk = ram, sk
+
+    def _gpa(self, va: int) -> int:
+        gpn = _gpn(self.sk, va)
+        if gpn is None:
+            raise ValueError(f"SK VA {va:#x} is not mapped")
+        return (gpn << PAGE_SHIFT) | (va & (PAGE_SIZE - 1))
+
+    def read(self, va: int, length: int, /) -> bytes:
+        out = bytearray()
+        while len(out) < length:
+            take = min(length - len(out), PAGE_SIZE - ((va + len(out)) & (PAGE_SIZE - 1)))
+            out += self.ram.read(self._gpa(va + len(out)), take)
+        return bytes(out)
+
+    def write(self, va: int, data: bytes | bytearray, /) -> None:
+        done = 0
+        while done < len(data):
+            take = min(len(data) - done, PAGE_SIZE - ((va + done) & (PAGE_SIZE - 1)))
+            self.ram.write(self._gpa(va + done), bytes(data[done : done + take]))
+            done += take
+
+    def read_u32(self, va: int, /) -> int:
+        return int.from_bytes(self.read(va, 4), "little")
+
+    def write_u32(self, va: int, value: int, /) -> None:
+        self.write(va, value.to_bytes(4, "little"))
+
+    def read_u64(self, va: int, /) -> int:
+        return int.from_bytes(self.read(va, 8), "little")
+
+    def write_u64(self, va: int, value: int, /) -> None:
+        self.write(va, value.to_bytes(8, "little"))

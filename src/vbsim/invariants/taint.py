@@ -2,12 +2,13 @@
 
 **What is secret.**  Real secrets already in VTL1 RAM — the VSM master keys (``sk.ium.keys``),
 the crash-dump key (``sk.services.dump``; its session nonce is public) and every NT OWF and
-Kerberos key LsaIso keeps in its credential table — plus *canaries* the monitor plants at attach
-time in VTL1 memory nobody reads: the unused tails of Secure Kernel data pages (the key pages and
-the SKPG-like policy page), the free part of the secure-allocation arena, and the spare private
-pages of the trustlets the model ships (LsaIso, vmsp).  Trustlets the attacker brings (its own
-signed "fuzzlet") are attacker code: they get no canaries, because whatever they hold they may
-publish through their own mailbox or reply.
+Kerberos key LsaIso keeps in its credential table, and the contents of a keyless trustlet's
+mailboxes (no VTL0 caller may ever retrieve them) — plus *canaries* the monitor plants at attach
+time in VTL1 memory nobody reads: the unused tails of Secure Kernel data pages (the key pages,
+HVCI's hash-record page and model trustlets' mailbox frames), the free part of the
+secure-allocation arena, and the spare private pages of the trustlets the model ships (LsaIso,
+vmsp).  Trustlets the attacker brings (its own signed "fuzzlet") are attacker code: they get
+no canaries, because whatever they hold they may publish through their own mailbox or reply.
 
 **Granularity.**  A canary region is a 16-byte unit ``MAGIC || id`` repeated, with a random
 8-byte ``id`` per region (``MAGIC`` is public, so only ``MAGIC`` followed by a live ``id`` counts);
@@ -180,10 +181,10 @@ def _sk_gpa(sk: SecureKernel, va: int) -> int | None:
 
 def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
     """The secrets of a booted VBS machine, planting canaries where nothing reads."""
-    ram = sk.machine.ram
+    ram = sk.space.ram
     secrets = Secrets()
-    keys_va = sk.ext.get("keys.va")
-    if isinstance(keys_va, int):
+    keys_va = sk.keys_va
+    if keys_va:
         gpa = _sk_gpa(sk, keys_va)
         if gpa is not None:
             for which, label in enumerate(("idk", "local", "per-boot")):
@@ -191,8 +192,8 @@ def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
                 secrets.add(Secret(f"sk.master-key.{label}", gpa + 32 * which, data, False))
             if plant_canaries:
                 plant(ram, secrets, "canary:sk.keys-page", gpa + 96, PAGE_SIZE - 96)
-    dump_va = sk.ext.get("dump.key_va")
-    if isinstance(dump_va, int):
+    dump_va = sk.dump_key_va
+    if dump_va:
         gpa = _sk_gpa(sk, dump_va)
         if gpa is not None:
             secrets.add(Secret("sk.dump-key", gpa, ram.read(gpa, 32), False))
@@ -205,14 +206,18 @@ def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
 
 
 def _plant_allocation(sk: SecureKernel, secrets: Secrets) -> None:
+    from vbsim.sk.layouts import Hvci, host_field
     from vbsim.sk.services import allocation
 
-    state = sk.ext.get(allocation.EXT)
+    state = sk.allocation
     if not isinstance(state, allocation.AllocationState):
         return
-    ram = sk.machine.ram
-    policy = state.policy_gpa
-    plant(ram, secrets, "canary:sk.policy-page", policy + 16, PAGE_SIZE - 16)
+    ram = sk.space.ram
+    # The unused tail of HVCI's hash-record page, right behind the arena (what A8/A9 reach).
+    records = sk.hvci.hashes_gpa
+    used = Hvci.HASH_RECORDS + host_field(ram, records, Hvci.HASH_COUNT) * Hvci.RECORD_SIZE
+    if used < PAGE_SIZE:
+        plant(ram, secrets, "canary:sk.hvci-records", records + used, PAGE_SIZE - used)
     # Free arena pages (below ``top``): CREATE_SECURE_ALLOCATION clears what it hands out.
     va = state.arena_va
     while va < state.top:
@@ -237,8 +242,8 @@ def add_trustlets(
     from vbsim.ium import lsaiso
     from vbsim.sk.ium import process as ium
 
-    ram = sk.machine.ram
-    table: dict[int, object] = sk.ext.get("ium.processes", {})
+    ram = sk.space.ram
+    table: dict[int, object] = sk.processes
     for handle, process in table.items():
         if not isinstance(process, ium.SecureProcess) or process.terminated:
             continue
@@ -263,11 +268,43 @@ def add_trustlets(
                             False,
                         )
                     )
+        if process.trustlet_id in CANARY_TRUSTLETS:  # an attacker's trustlet may publish its own
+            _add_mailboxes(ram, secrets, process, tag, plant_canaries)
         if plant_canaries and process.trustlet_id in CANARY_TRUSTLETS:
             for number, pfn in enumerate(process.private_pfns[FIRST_SPARE : ium.PRIVATE_PAGES]):
                 name = f"canary:{tag}.private[{number + FIRST_SPARE}]"
                 if not secrets.known(name):
                     plant(ram, secrets, name, pfn << PAGE_SHIFT, PAGE_SIZE)
+
+
+def _add_mailboxes(
+    ram: GuestRam, secrets: Secrets, process: object, tag: str, plant_canaries: bool
+) -> None:
+    """Mailbox contents are secrets (vbs-internals §4.4: only the holder of the mailbox key reads
+    them): the posted bytes of a model trustlet created without a key (nobody may ever read them
+    from VTL0) are watched as secrets; the unused tail of its mailbox frames is a canary."""
+    from vbsim.guest.address_space import DIRECT_MAP
+    from vbsim.sk.layouts import SkProcess, host_field
+
+    va = getattr(process, "object_va", 0)
+    if not va:
+        return
+    base = va - DIRECT_MAP
+    keyless = host_field(ram, base, SkProcess.MAILBOX_KEY) == 0
+    for slot in range(SkProcess.MAILBOX_SLOTS):
+        entry = base + SkProcess.MAILBOXES + slot * SkProcess.MAILBOX_ENTRY
+        pfn = host_field(ram, entry, SkProcess.MAILBOX_PFN)
+        if not pfn:
+            continue
+        length = min(host_field(ram, entry, SkProcess.MAILBOX_LENGTH), PAGE_SIZE)
+        name = f"mailbox[{slot}]@{tag}"
+        data = ram.read(pfn << PAGE_SHIFT, length)
+        if keyless and length >= NEEDLE * 2 and not secrets.known(name):
+            secrets.add(Secret(name, pfn << PAGE_SHIFT, data, False))
+        tail = -(-length // UNIT) * UNIT
+        canary = f"canary:{name}.tail"
+        if plant_canaries and tail < PAGE_SIZE and not secrets.known(canary):
+            plant(ram, secrets, canary, (pfn << PAGE_SHIFT) + tail, PAGE_SIZE - tail)
 
 
 def runs(pages: Iterable[int]) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ from vbsim.hw import hlat
 from vbsim.hw.slat import R
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ntstatus import BugCheck
+from vbsim.sk.layouts import Config
 
 if TYPE_CHECKING:
     from vbsim.hw.vp import VirtualProcessor
@@ -77,7 +78,7 @@ class HvptState:
 
 
 def state(sk: SecureKernel) -> HvptState | None:
-    value = sk.ext.get(EXT)
+    value = sk.hvpt
     return value if isinstance(value, HvptState) else None
 
 
@@ -87,8 +88,7 @@ def _phys(sk: SecureKernel, gpa: int) -> int:
 
 def _new_table(sk: SecureKernel, vp: VirtualProcessor, st: HvptState | None) -> int:
     """A frame for HLAT structures: SK-owned, every entry "restart", VTL0 read-only in SLAT."""
-    pfn = sk.machine.ram.frames.alloc("securekernel.hlat")
-    sk.vtl1_pages.add(pfn)
+    pfn = sk.alloc_frame(vp)  # the SK's own pool (marks it the SK's)
     vp.write(_phys(sk, pfn << PAGE_SHIFT), _RESTART_ENTRY.to_bytes(8, "little") * 512)
     if not sk.set_vtl0_rights(vp, [pfn], R):
         sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x40, pfn)
@@ -111,7 +111,7 @@ def _walk(
     nx = 0
     for shift in _LEVEL_SHIFTS:
         entry_gpa = table + (((va >> shift) & 0x1FF) << 3)
-        if entry_gpa + 8 > sk.machine.ram.size:
+        if entry_gpa + 8 > sk.ram_pages << PAGE_SHIFT:
             return None
         value = vp.read_u64(_phys(sk, entry_gpa))
         if not value & _P:
@@ -149,13 +149,15 @@ def _reload(sk: SecureKernel, vp: VirtualProcessor, st: HvptState) -> bool:
     """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs."""
     control = hlat.Hlat(st.root, PREFIX_SIZE).control()
     ok = True
-    for target in sk.machine.vps:
+    # One hypercall per VP that names it (HvCallSetVpRegisters' VpIndex, vsm-spec §4): the
+    # hypervisor does the per-VP work; the SK never touches another processor.
+    for index in range(sk.config(vp, Config.VPS)):
         result = hvcall.set_vp_registers(
             vp,
             sk.params,
             [(hlat.HV_REGISTER_MODEL_HLAT_CONTROL, control)],
             target_vtl=0,
-            vp_index=target.index,
+            vp_index=index,
         )
         ok = ok and result.ok
     return ok
@@ -216,11 +218,11 @@ def pin(
 
 def setup(sk: SecureKernel, vp: VirtualProcessor) -> None:
     """Phase-1 hook: build the HLAT root, pin NT's code range, enable HLAT on every VP."""
-    if not sk.policy.hvpt:
+    if not sk.config(vp, Config.HVPT):
         return
     root = _new_table(sk, vp, None) << PAGE_SHIFT
     st = HvptState(root, [root >> PAGE_SHIFT])
-    sk.ext[EXT] = st
+    sk.hvpt = st
     code: list[tuple[int, Mapping]] = []
     cr3 = vtl0_cr3(sk, vp)
     for i in range(MAX_CODE_PAGES):

@@ -87,7 +87,7 @@ def record_trusted(sk: SecureKernel, vp: VirtualProcessor) -> None:
     result, values = hvcall.get_vp_registers(vp, sk.params, names, target_vtl=0)
     if not result.ok:
         sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 4, result.status)
-    sk.trusted = dict(zip(names, values, strict=True))
+    sk.record_trusted(vp, dict(zip(names, values, strict=True)))
 
 
 def decide(
@@ -97,9 +97,10 @@ def decide(
     from vbsim.sk.kernel import Phase
 
     allowed = True
-    if sk.phase in (Phase.PHASE3, Phase.PHASE4) and register in sk.trusted:
+    trusted = sk.trusted(vp)
+    if sk.phase(vp) in (Phase.PHASE3, Phase.PHASE4) and register in trusted:
         mask = TRUSTED[register]
-        allowed = (value & mask) == (sk.trusted[register] & mask)
+        allowed = (value & mask) == (trusted[register] & mask)
     name = Reg(register).name if register in Reg._value2member_map_ else hex(register)
     if not allowed:
         sk.emit(
@@ -109,7 +110,7 @@ def decide(
             "violation",
             register=name,
             value=value,
-            trusted=sk.trusted.get(register),
+            trusted=trusted.get(register),
         )
         sk.bugcheck(vp, BugCheck.HYPERGUARD_VIOLATION, register, value)
     result = hvcall.set_vp_registers(

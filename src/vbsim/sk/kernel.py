@@ -23,16 +23,21 @@ from vbsim.guest.address_space import KernelSpace
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
+from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
+from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.vp import VirtualProcessor
-from vbsim.hw.x86 import Msr, Rflags
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk import callargs
+from vbsim.sk import layouts as L
 from vbsim.sk.callargs import SecureCallArgs
+from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_field
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
+    from vbsim.image import RevocationPolicy
     from vbsim.machine import Machine
     from vbsim.policy import Policy
 
@@ -43,10 +48,31 @@ FIRST_HANDLE = 0x1_4000_0000
 
 
 class Phase(Enum):
+    """The SK's trust timeline; the value in memory is the code (``layouts.State.PHASE``)."""
+
     LOADED = "loaded"  # image in reserved memory, not entered yet
     PHASE1 = "phase1"  # initialised in VTL1; trusts VTL0
     PHASE3 = "phase3"  # own pages locked away; trusted register values recorded
     PHASE4 = "phase4"  # every VTL0 input is hostile
+
+    @property
+    def code(self) -> int:
+        return _PHASE_CODES[self]
+
+    @classmethod
+    def of(cls, code: int) -> Phase:
+        return _PHASES.get(code, Phase.LOADED)
+
+
+_PHASE_CODES = {
+    Phase.LOADED: L.Phase.LOADED,
+    Phase.PHASE1: L.Phase.PHASE1,
+    Phase.PHASE3: L.Phase.PHASE3,
+    Phase.PHASE4: L.Phase.PHASE4,
+}
+_PHASES = {code: phase for phase, code in _PHASE_CODES.items()}
+#: The routine an SSCN the build knows but the model does not implement dispatches to.
+NOT_IMPLEMENTED_ROUTINE = "sk.SkpNotImplemented"
 
 
 @dataclass(slots=True)
@@ -81,12 +107,75 @@ class ProcessorPages:
     sim_gpa: int
 
 
+def _table_va(kind: str) -> str:
+    return f"sk.table.{kind}"
+
+
 class SecureKernel:
-    def __init__(self, machine: Machine, policy: Policy) -> None:
-        self.machine = machine
-        self.policy = policy
-        self.trace = machine.trace
-        self.space = KernelSpace(machine.ram, "securekernel")
+    """The SK's symbol table: addresses, layouts and routine VAs.  Every value it decides from
+    is in VTL1 memory (``vbsim.sk.layouts``); the constructor is the loader, which writes the
+    image and copies the boot policy into the SK configuration block.  Neither the machine nor
+    the policy is kept."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        policy: Policy,
+        pool: tuple[int, int] | None = None,
+        revocation: RevocationPolicy | None = None,
+    ) -> None:
+        ram = machine.ram
+        self._pending_own: list[int] = []
+        self.space = KernelSpace(ram, "securekernel")
+        self.ram_pages = ram.pages
+        # The configuration block: the loader copies the boot policy (vbs-internals §1.1 row 11).
+        self.config_va, self.config_gpa = self.space.alloc_data(1)
+        config = (
+            (Config.HVCI, int(policy.hvci)),
+            (Config.KDP, int(policy.kdp)),
+            (Config.HVPT, int(policy.hvpt)),
+            (Config.MBEC, int(policy.mbec)),
+            (Config.CREDENTIAL_GUARD, int(policy.credential_guard)),
+            (Config.BUILD, ord(policy.build[:1] or "B")),
+            (Config.LEGACY_UNCHECKED, int(policy.legacy.unchecked_securecall_params)),
+            (Config.LEGACY_DOUBLE_FETCH, int(policy.legacy.securecall_double_fetch)),
+            (Config.VPS, len(machine.vps)),
+            (Config.RAM_PAGES, ram.pages),
+            (Config.VTL0_DEFAULT_MASK, 0xB if policy.hvci else 0xF),
+        )
+        for fld, value in config:
+            ram.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
+        #: The SkuSiPolicy floors (a frozen value the loader hands over; not yet in SK memory).
+        self.revocation = revocation
+        # The trustlet allow-list and the IUM system-call filter (vbs-internals §3.2, §4.1).
+        from vbsim.sk.ium import skci
+        from vbsim.sk.ium import syscalls as ium_syscalls
+
+        self.allow_va, self.allow_gpa = self.space.alloc_data(1)
+        ids = sorted(skci.ALLOWED_IDS)
+        ram.write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
+        ram.write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
+        self.filter_va, self.filter_gpa = self.space.alloc_data(1)
+        ram.write(self.filter_gpa, ium_syscalls.filter_bitmaps())
+        #: Set by the service modules while the image is built (addresses only).
+        self.hvci: Any = None
+        self.allocation: Any = None
+        self.keys_va = 0
+        self.dump_key_va = 0
+        self.state_va, self.state_gpa = self.space.alloc_data(1)
+        # The SK's physical memory: a range the boot loader reserved for it (``pool``), managed
+        # from a free bitmap in an SK data page.  At run time the SK allocates only from it.
+        self.pool_base, self.pool_count = pool if pool is not None else (0, 0)
+        self.pool_va, self.pool_gpa = self.space.alloc_data(1)
+        for slot in range(self.pool_count):
+            # Mark the pool's frames as the SK's (VTL0 never owns them).
+            self._pending_own.append(self.pool_base + slot)
+        # The SK's page-identity knowledge: one bit per GPA page it took from VTL0.
+        own_pages = -(-ram.pages // (8 * PAGE_SIZE))
+        self.own_va, self.own_gpa = self.space.alloc_data(own_pages, contiguous=True)
+        self.dispatch_va, self.dispatch_gpa = self.space.alloc_data(
+            Dispatch.SIZE // PAGE_SIZE, contiguous=True
+        )
         in_va, in_gpa = self.space.alloc_data()
         out_va, out_gpa = self.space.alloc_data()
         self.params = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
@@ -101,23 +190,26 @@ class SecureKernel:
             machine.ram.place_image(1, self.processor_block(index), self)
         self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
         self.entry_va = self.space.install("sk.entry")
+        #: Number ↔ name of the build's services (for traces; dispatch reads the RAM table).
         self.table = ServiceTable(policy.build)
+        #: Service → handler code, filled by the service modules while the image is built; the
+        #: loader installs each as a routine and writes its VA into the dispatch table.
         self.handlers: dict[Service, Handler] = {}
-        self.phase = Phase.LOADED
-        self.ready: list[bool] = [False] * len(machine.vps)
         self.handles: dict[int, SkObject] = {}
         self._next_handle = FIRST_HANDLE + 4  # +0 is "Secure System" (vbs-internals §2.3)
-        #: VTL0 register values the SK trusts after PHASE3 (HyperGuard, vbs-internals §5.7).
-        self.trusted: dict[int, int] = {}
         #: Per VP, the services suspended in a normal call, innermost last (a secure call NT makes
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
-        #: Extensions (HVCI, KDP, HVPT, IUM) keep their state here, keyed by name.
-        self.ext: dict[str, Any] = {}
+        #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
+        #: bookkeeping, the secure process and thread objects, per-VP current process, and
+        #: secure-storage pages.  Typed, each owned by one module.
+        self.kdp: Any = None
+        self.hvpt: Any = None
+        self.processes: dict[int, Any] = {}
+        self.threads: dict[int, Any] = {}
+        self.current: dict[int, Any] = {}
+        self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
-        #: Pages the SK took from VTL0 (its page-identity knowledge: its own image and data,
-        #: trustlet memory ...).  Secure-call inputs may never name one of them.
-        self.vtl1_pages: set[int] = set(self.space.frames)
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
         self.phase1_hooks: list[Callable[[SecureKernel, VirtualProcessor], None]] = []
         #: The resume-thread operation (IUM); set by the IUM service module.
@@ -129,6 +221,129 @@ class SecureKernel:
         from vbsim.sk.services import register_all
 
         register_all(self)
+        self._install_dispatch(ram)
+        for pfn in [*self.space.frames, *self._pending_own]:
+            self._host_mark_own(ram, pfn)
+        del self._pending_own
+
+    def _install_dispatch(self, ram: Any) -> None:
+        """Loader: each handler becomes a routine in SK code; its VA goes into the table."""
+        code.register(NOT_IMPLEMENTED_ROUTINE, _not_implemented)
+        for service, number in self.table.number.items():
+            handler = self.handlers.get(service)
+            if handler is None:
+                va = self.space.install(NOT_IMPLEMENTED_ROUTINE)
+            else:
+                name = f"sk.svc.{service.value}"
+                code.register(name, _service_routine(handler))
+                va = self.space.install(name)
+            ram.write_u64(self.dispatch_gpa + number * Dispatch.ENTRY, va)
+
+    def _host_mark_own(self, ram: Any, pfn: int) -> None:
+        if 0 <= pfn < self.ram_pages:
+            gpa = self.own_gpa + (pfn >> 3)
+            ram.write(gpa, bytes([ram.read(gpa, 1)[0] | 1 << (pfn & 7)]))
+
+    # -- host-side views (tools standing outside the machine read RAM) -----------------------
+    def host_phase(self, ram: Any) -> Phase:
+        return Phase.of(L.host_field(ram, self.state_gpa, State.PHASE))
+
+    def host_config(self, ram: Any, fld: Field) -> int:
+        return L.host_field(ram, self.config_gpa, fld)
+
+    def host_own_pages(self, ram: Any) -> set[int]:
+        raw = ram.read(self.own_gpa, -(-self.ram_pages // 8))
+        return {i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1}
+
+    def host_trusted(self, ram: Any) -> dict[int, int]:
+        count = min(L.host_field(ram, self.state_gpa, State.TRUSTED_COUNT), State.TRUSTED_MAX)
+        raw = ram.read(self.state_gpa + State.TRUSTED, count * State.TRUSTED_ENTRY)
+        return {
+            int.from_bytes(raw[i : i + 4], "little"): int.from_bytes(raw[i + 8 : i + 24], "little")
+            for i in range(0, len(raw), State.TRUSTED_ENTRY)
+        }
+
+    # -- state in VTL1 memory, read through the SK's own processor --------------------------
+    def allowed_ids(self, vp: L.Mem) -> set[int]:
+        """The trustlet allow-list as it stands in SK memory (vbs-internals §3.2)."""
+        count = min(read_field(vp, self.allow_va, L.AllowList.COUNT), L.AllowList.MAX)
+        raw = vp.read(self.allow_va + L.AllowList.IDS, count * L.AllowList.ID_SIZE)
+        return {int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)}
+
+    def config(self, vp: L.Mem, fld: Field) -> int:
+        return read_field(vp, self.config_va, fld)
+
+    def phase(self, vp: L.Mem) -> Phase:
+        return Phase.of(read_field(vp, self.state_va, State.PHASE))
+
+    def set_phase(self, vp: L.Mem, phase: Phase) -> None:
+        write_field(vp, self.state_va, State.PHASE, phase.code)
+
+    def trusted(self, vp: L.Mem) -> dict[int, int]:
+        """The VTL0 register values HyperGuard recorded at PHASE3 (vbs-internals §5.7)."""
+        count = min(read_field(vp, self.state_va, State.TRUSTED_COUNT), State.TRUSTED_MAX)
+        raw = vp.read(self.state_va + State.TRUSTED, count * State.TRUSTED_ENTRY)
+        out: dict[int, int] = {}
+        for i in range(count):
+            entry = raw[i * State.TRUSTED_ENTRY : (i + 1) * State.TRUSTED_ENTRY]
+            out[int.from_bytes(entry[0:4], "little")] = int.from_bytes(entry[8:24], "little")
+        return out
+
+    def record_trusted(self, vp: L.Mem, values: dict[int, int]) -> None:
+        raw = bytearray()
+        for name, value in list(values.items())[: State.TRUSTED_MAX]:
+            raw += name.to_bytes(4, "little") + bytes(4) + value.to_bytes(16, "little")
+        vp.write(self.state_va + State.TRUSTED, bytes(raw))
+        write_field(vp, self.state_va, State.TRUSTED_COUNT, len(values))
+
+    def own_page(self, vp: L.Mem, pfn: int) -> bool:
+        """Whether the SK took ``pfn`` from VTL0 (its own image and data, trustlet memory)."""
+        return bool(vp.read(self.own_va + (pfn >> 3), 1)[0] >> (pfn & 7) & 1)
+
+    def own_pages(self, vp: L.Mem) -> list[int]:
+        """Every page the SK owns, from its bitmap (one read of the whole map)."""
+        raw = vp.read(self.own_va, -(-self.ram_pages // 8))
+        return [
+            index * 8 + b
+            for index, byte in enumerate(raw)
+            if byte
+            for b in range(8)
+            if byte >> b & 1
+        ]
+
+    def unmark_own(self, vp: L.Mem, pfns: list[int]) -> None:
+        for pfn in pfns:
+            if 0 <= pfn < self.ram_pages:
+                va = self.own_va + (pfn >> 3)
+                vp.write(va, bytes([vp.read(va, 1)[0] & ~(1 << (pfn & 7)) & 0xFF]))
+
+    def started(self, vp: L.Mem, index: int) -> bool:
+        """Whether the SK brought VP ``index``'s VTL1 up (its state block's READY bits)."""
+        return bool(read_field(vp, self.state_va, State.READY) >> index & 1)
+
+    def alloc_frame(self, vp: L.Mem) -> int:
+        """A zeroed frame from the SK's own pool (the range the loader reserved for it): the free
+        bitmap lives in an SK data page.  Bugchecks-worthy exhaustion is reported as
+        ``OutOfFrames`` like any allocator's (a modelled resource limit)."""
+        raw = vp.read(self.pool_va + L.Pool.BITMAP, -(-self.pool_count // 8))
+        for index, byte in enumerate(raw):
+            if byte != 0xFF:
+                bit = next(b for b in range(8) if not byte >> b & 1)
+                slot = index * 8 + bit
+                if slot >= self.pool_count:
+                    break
+                vp.write(self.pool_va + L.Pool.BITMAP + index, bytes([byte | 1 << bit]))
+                pfn = self.pool_base + slot
+                vp.write(self.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+                self.mark_own(vp, [pfn])
+                return pfn
+        raise OutOfFrames("securekernel pool")
+
+    def mark_own(self, vp: L.Mem, pfns: list[int]) -> None:
+        for pfn in pfns:
+            if 0 <= pfn < self.ram_pages:
+                va = self.own_va + (pfn >> 3)
+                vp.write(va, bytes([vp.read(va, 1)[0] | 1 << (pfn & 7)]))
 
     # -- loader side ---------------------------------------------------------------------------
     def processor_block(self, index: int) -> int:
@@ -153,10 +368,17 @@ class SecureKernel:
         obj = self.handles.get(handle)
         return obj if obj is not None and obj.kind == kind else None
 
+    @staticmethod
+    def tracing(vp: Any) -> bool:
+        try:
+            return bool(vp.tracing)  # a Cpu says so (vbsim.hw.cpu)
+        except AttributeError:  # a bare processor (host-side tests)
+            return bool(vp.trace.on)
+
     def emit(
         self, vp: VirtualProcessor, kind: str, mechanism: str, outcome: str, **detail: Any
     ) -> None:
-        if self.trace.on:
+        if self.tracing(vp):
             vp.emit(kind, mechanism, outcome, **detail)
 
     def bugcheck(self, vp: VirtualProcessor, code: BugCheck, *params: int) -> None:
@@ -175,14 +397,14 @@ class SecureKernel:
         vp.wrmsr(HvMsr.SIMP, pages.sim_gpa | 1)
         vp.wrmsr(HvMsr.SINT0, SINT0_VECTOR)
         vp.wrmsr(HvMsr.SCONTROL, 1)
-        mbec = self.policy.mbec or self.policy.hvci  # HVCI without MBEC: emulated (RUM)
+        hvci = self.config(vp, Config.HVCI)
+        mbec = self.config(vp, Config.MBEC) or hvci  # HVCI without MBEC: emulated (RUM)
         secure_config = defs.SECCFG_MBEC_ENABLED.mask if mbec else 0
         registers = [(int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0), secure_config)]
         if vp.index == 0:
             # With HVCI no VTL0 page is kernel-executable unless validated: the default mask every
             # page starts with is R|W|UX (vsm-spec §3.4 DefaultVtlProtectionMask, HV_MAP_GPA order).
-            default = 0xB if self.policy.hvci else 0xF
-            self.ext["vtl0_default_mask"] = default
+            default = self.config(vp, Config.VTL0_DEFAULT_MASK)
             config = (
                 defs.PCONFIG_ENABLE_VTL_PROTECTION.mask
                 | defs.PCONFIG_DEFAULT_VTL_PROTECTION_MASK.insert(0, default)
@@ -203,33 +425,44 @@ class SecureKernel:
         vp.wrmsr(Msr.SFMASK, int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC))
         if vp.index == 0:
             self.phase1(vp)
-        self.ready[vp.index] = True
+        ready = read_field(vp, self.state_va, State.READY)
+        write_field(vp, self.state_va, State.READY, ready | 1 << vp.index)
         self.emit(vp, "sk", "init-processor", "ready", vp_index=vp.index)
 
     def phase1(self, vp: VirtualProcessor) -> None:
         """SkmiProtectSecureKernelPages and friends (vbs-internals §1.1 row 12)."""
         self.protect_own_pages(vp, int(defs.HvMapGpaFlags.READABLE))
+        self.protect_pool(vp)
         for hook in self.phase1_hooks:
             hook(self, vp)
-        self.phase = Phase.PHASE1
+        self.set_phase(vp, Phase.PHASE1)
         self.emit(vp, "boot", "sk-phase1", "done", frames=len(set(self.space.frames)))
 
     def protect_own_pages(self, vp: VirtualProcessor, flags: int) -> None:
-        self.vtl1_pages.update(self.space.frames)
         gpns = sorted(set(self.space.frames))
+        self.mark_own(vp, gpns)
         result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags)
         if not result.ok:
             self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 2, result.status)
 
-    def vtl0_page(self, pfn: int) -> bool:
+    def protect_pool(self, vp: VirtualProcessor) -> None:
+        """Phase 1: VTL0 loses every right on the SK's frame pool; whoever takes a frame from it
+        grants what that frame's use needs (HLAT tables: read-only)."""
+        gpns = list(range(self.pool_base, self.pool_base + self.pool_count))
+        if gpns:
+            result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, 0)
+            if not result.ok:
+                self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 5, result.status)
+
+    def vtl0_page(self, vp: L.Mem, pfn: int) -> bool:
         """Whether ``pfn`` is RAM that belongs to VTL0 (not the SK's, not a trustlet's)."""
-        return 0 < pfn < self.machine.ram.pages and pfn not in self.vtl1_pages
+        return 0 < pfn < self.ram_pages and not self.own_page(vp, pfn)
 
     def set_vtl0_rights(self, vp: VirtualProcessor, gpns: list[int], flags: int) -> bool:
         """The only way any VTL0 SLAT right changes: a hypercall issued here, in VTL1."""
         if not gpns:
             return True
-        if self.policy.hvci and flags & 0x2 and flags & 0x4:
+        if flags & 0x2 and flags & 0x4 and self.config(vp, Config.HVCI):
             # HVCI's invariant, enforced at the one place every SLAT change passes: a VTL0 page is
             # never writable and kernel-executable at once (vbs-internals §5.1).
             flags &= ~0x4
@@ -248,27 +481,34 @@ class SecureKernel:
             else:
                 result = self._advance(vp, stack.pop(), args)
         elif args.op == callargs.OP_INVOKE_SERVICE:
-            service = self.table.service.get(args.code)
-            if service is None:
+            # The dispatch table in SK memory decides (a write to it changes dispatch).
+            routine = 0
+            if 0 <= args.code < Dispatch.ENTRIES:
+                routine = vp.read_u64(self.dispatch_va + args.code * Dispatch.ENTRY)
+            if routine == 0:
                 self.emit(vp, "securecall", "sscn", "unknown", code=args.code)
                 self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x10, args.code)
                 return
-            handler = self.handlers.get(service)
-            if self.trace.on:
+            tracing = self.tracing(vp)
+            if tracing:
+                service = self.table.service.get(args.code)
                 self.emit(
                     vp,
                     "securecall",
                     "dispatch",
                     "entered",
-                    service=service.value,
+                    service=service.value if service is not None else "?",
                     code=args.code,
-                    phase=self.phase.value,
+                    phase=self.phase(vp).value,
+                    routine=routine,
                 )
-            if handler is None:
-                result = Reply(NtStatus.NOT_IMPLEMENTED)
-            else:
-                outcome = handler(self, vp, args)
-                result = outcome if isinstance(outcome, Reply) else self._advance(vp, outcome, None)
+            outcome = vp.call(routine, args)
+            if isinstance(outcome, Reply):
+                result = outcome
+            elif isinstance(outcome, Generator):
+                result = self._advance(vp, outcome, None)
+            else:  # whatever the routine left behind is not a reply (a hijacked entry)
+                result = Reply(NtStatus.UNSUCCESSFUL)
         elif args.op == callargs.OP_RESUME_THREAD and self.resume_thread is not None:
             outcome = self.resume_thread(self, vp, args)
             result = outcome if isinstance(outcome, Reply) else self._advance(vp, outcome, None)
@@ -285,7 +525,7 @@ class SecureKernel:
             reply = SecureCallArgs(
                 callargs.OP_INVOKE_SERVICE, args.code, args.cookie, [result.status, *result.outputs]
             )
-            if self.trace.on:
+            if self.tracing(vp):
                 status_name = NtStatus.name_of(result.status)
                 self.emit(vp, "securecall", "dispatch", status_name, code=args.code)
         callargs.clear_registers(vp)
@@ -365,3 +605,15 @@ def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
                 error_code=error_code, cr2=vp.cr2)  # fmt: skip
         raise ThreadTerminated(f"IUM exception {vector} at 0x{vp.cr2:x}", vector, error_code)
     sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x20, vector, error_code, vp.cr2)
+
+
+def _service_routine(handler: Handler) -> Callable[..., ServiceResult]:
+    def routine(vp: VirtualProcessor, args: SecureCallArgs) -> ServiceResult:
+        return handler(_sk(vp), vp, args)
+
+    return routine
+
+
+def _not_implemented(vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+    """The handler of an SSCN the build assigns but the model does not implement."""
+    return Reply(NtStatus.NOT_IMPLEMENTED)

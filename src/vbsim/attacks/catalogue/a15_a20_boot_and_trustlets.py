@@ -72,7 +72,7 @@ def secure_processes(ctx: AttackContext) -> list[SecureProcess]:
     system = ctx.system
     if system is None or system.sk is None:
         return []
-    table = system.sk.ext.get("ium.processes", {})
+    table = system.sk.processes
     return [p for p in table.values() if isinstance(p, SecureProcess)]
 
 

@@ -25,12 +25,12 @@ _NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
 def provision(sk: SecureKernel) -> None:
     """Loader time: write the three 32-byte master keys into an SK data page."""
     va, gpa = sk.space.alloc_data()
-    sk.machine.ram.write(gpa, os.urandom(96))
-    sk.ext["keys.va"] = va
+    sk.space.ram.write(gpa, os.urandom(96))  # the loader writes the image
+    sk.keys_va = va
 
 
 def master(sk: SecureKernel, vp: VirtualProcessor, which: int) -> bytes:
-    return vp.read(int(sk.ext["keys.va"]) + 32 * which, 32)
+    return vp.read(sk.keys_va + 32 * which, 32)
 
 
 def derive(

@@ -23,6 +23,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import keys
 from vbsim.sk.ium import process as ium
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 
 if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
@@ -33,7 +34,7 @@ USER_LIMIT = 1 << 47
 CRYPTO_REQUEST = 48  # u32 op, u32 key, u64 in, u64 in_len, u64 out, u64 out_cap, u64 out_len
 OP_ENCRYPT, OP_DECRYPT = 1, 2
 MAX_MAILBOX = 4096
-MAILBOX_SLOTS = 8
+MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
 
 
 def _user_ok(va: int, length: int) -> bool:
@@ -86,8 +87,19 @@ def write_user(vp: VirtualProcessor, va: int, data: bytes) -> bool:
     return True
 
 
-def _svn(process: ium.SecureProcess) -> int:
-    return process.svn
+_SVN_OFFSET = SkProcessLayout.SVN.offset
+_TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
+assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
+
+
+def _svn(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
+    return vp.read_u32(process.object_va + _SVN_OFFSET)
+
+
+def _tid(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
+    """The trustlet ID as the SKPROCESS page records it (what every decision uses; one load
+    from a page the TLB holds)."""
+    return vp.read_u64(process.object_va + _TID_OFFSET)
 
 
 def ium_get_idk(
@@ -98,7 +110,7 @@ def ium_get_idk(
     if kind not in (0, 1) or out_len < 32:
         return int(NtStatus.INVALID_PARAMETER)
     label = b"idk-signing" if kind else b"idk-encryption"
-    key = keys.derive(sk, vp, keys.IDK, process.trustlet_id, _svn(process), label)
+    key = keys.derive(sk, vp, keys.IDK, _tid(vp, process), _svn(vp, process), label)
     return int(NtStatus.SUCCESS if write_user(vp, out, key) else NtStatus.ACCESS_VIOLATION)
 
 
@@ -119,9 +131,10 @@ def ium_crypto(
     data = read_user(vp, src, src_len)
     if data is None:
         return int(NtStatus.ACCESS_VIOLATION)
-    key = keys.derive(sk, vp, which, process.trustlet_id, _svn(process), b"iumcrypto")
+    trustlet_id = _tid(vp, process)
+    key = keys.derive(sk, vp, which, trustlet_id, _svn(vp, process), b"iumcrypto")
     aead = AESGCM(key)
-    context = process.trustlet_id.to_bytes(8, "little")
+    context = trustlet_id.to_bytes(8, "little")
     if op == OP_ENCRYPT:
         nonce = os.urandom(12)
         result = nonce + aead.encrypt(nonce, data, context)
@@ -151,12 +164,14 @@ def ium_post_mailbox(
     data = read_user(vp, data_va, length)
     if data is None:
         return int(NtStatus.ACCESS_VIOLATION)
-    process.mailboxes[slot] = data
+    if not ium.post_mailbox(sk, vp, process, slot, data):
+        return int(NtStatus.NO_MEMORY)
     return int(NtStatus.SUCCESS)
 
 
-def _may_store(process: ium.SecureProcess) -> bool:
-    return bool(process.capabilities & CAP_SECURE_STORAGE) or process.trustlet_id in STORAGE_BY_ID
+def _may_store(vp: VirtualProcessor, process: ium.SecureProcess) -> bool:
+    capabilities = process.read(vp, SkProcessLayout.CAPABILITIES)
+    return bool(capabilities & CAP_SECURE_STORAGE) or _tid(vp, process) in STORAGE_BY_ID
 
 
 def _capability_refused(
@@ -178,13 +193,13 @@ def _storage_page(
     sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, key: int
 ) -> int | None:
     """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
-    store: dict[tuple[int, int], int] = sk.ext.setdefault("ium.storage", {})
+    store: dict[tuple[int, int], int] = sk.storage
     gpa = store.get((process.trustlet_id, key))
     if gpa is None:
         pages = ium.request_pages(sk, vp, 1)
         if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
             return None
-        sk.vtl1_pages.update(pages)
+        sk.mark_own(vp, pages)
         gpa = pages[0] << PAGE_SHIFT
         vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
         store[(process.trustlet_id, key)] = gpa
@@ -195,7 +210,7 @@ def ium_secure_storage_put(
     sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, data_va, length = args[0], args[1], args[2]
-    if not _may_store(process):
+    if not _may_store(vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
     if not 0 < length <= PAGE_SIZE - 8:
         return int(NtStatus.INVALID_PARAMETER)
@@ -213,9 +228,9 @@ def ium_secure_storage_get(
     sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, out, capacity = args[0], args[1], args[2]
-    if not _may_store(process):
+    if not _may_store(vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
-    gpa = sk.ext.get("ium.storage", {}).get((process.trustlet_id, key))
+    gpa = sk.storage.get((process.trustlet_id, key))
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
     length = vp.read_u64(sk.space.phys_va(gpa))
@@ -236,7 +251,7 @@ def ium_create_secure_section(
     capability.  The pages stay readable and writable for VTL0; a VTL0 driver reaches them through
     the CREATE_SECURE_SECTION secure call with the trustlet's handle and the section index."""
     size, out_va, out_index = args[0], args[1], args[2]
-    if not process.capabilities & CAP_SECURE_SECTION:
+    if not process.read(vp, SkProcessLayout.CAPABILITIES) & CAP_SECURE_SECTION:
         return _capability_refused(sk, vp, process, "secure-section")
     pages = -(-size // PAGE_SIZE)
     if not 0 < pages <= MAX_SECTION_PAGES or len(process.sections) >= 8:
@@ -251,8 +266,8 @@ def ium_create_secure_section(
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
     for frame in process.tables.frames or []:  # new table pages are SK memory
-        if frame not in sk.vtl1_pages:
-            sk.vtl1_pages.add(frame)
+        if not sk.own_page(vp, frame):
+            sk.mark_own(vp, [frame])
             sk.set_vtl0_rights(vp, [frame], 0)
     process.sections.append((base, pfns))
     index = len(process.sections) - 1
@@ -312,7 +327,7 @@ def nt_allocate_virtual_memory(
     pfns = ium.request_pages(sk, vp, pages)
     if pfns is None or not sk.set_vtl0_rights(vp, pfns, 0):
         return int(NtStatus.NO_MEMORY)
-    sk.vtl1_pages.update(pfns)
+    sk.mark_own(vp, pfns)
     base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
     flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
     for i, pfn in enumerate(pfns):
@@ -320,8 +335,8 @@ def nt_allocate_virtual_memory(
         process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
     process.private_pfns.extend(pfns)
     for frame in process.tables.frames or []:
-        if frame not in sk.vtl1_pages:
-            sk.vtl1_pages.add(frame)
+        if not sk.own_page(vp, frame):
+            sk.mark_own(vp, [frame])
             sk.set_vtl0_rights(vp, [frame], 0)
     return int(
         NtStatus.SUCCESS

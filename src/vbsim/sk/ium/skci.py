@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vbsim.boot.chain import revocation_of
 from vbsim.image import (
     ImageFormatError,
     ParsedImage,
+    RevocationPolicy,
     model_pki,
     parse_image,
     requirement_for,
@@ -28,12 +28,12 @@ from vbsim.image import (
 )
 from vbsim.image.policy import POLICY_EXPORT_NAME
 from vbsim.ntstatus import NtStatus
-from vbsim.policy import Policy
 from vbsim.sk.ium.checks import CHECKS
 
 #: IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ (vbs-internals §3.1).
 TPOLICY_CHARACTERISTICS = 0x0000_0040 | 0x4000_0000
-#: Trustlet IDs the Secure Kernel knows (vbs-internals §3.2 rows with a confirmed ID).
+#: Trustlet IDs the Secure Kernel knows (vbs-internals §3.2 rows with a confirmed ID): what the
+#: loader writes into the SK's allow-list (``layouts.AllowList``); SKCI decides from that copy.
 ALLOWED_IDS = frozenset({1, 2, 3, 4, 5})
 
 
@@ -57,7 +57,10 @@ class Admission:
 
 
 def admit(
-    data: bytes, requested_id: int, policy: Policy, allowed: frozenset[int] = ALLOWED_IDS
+    data: bytes,
+    requested_id: int,
+    revocation: RevocationPolicy | None,
+    allowed: frozenset[int] | set[int] = ALLOWED_IDS,
 ) -> Admission:
     try:
         parsed = parse_image(data)
@@ -98,7 +101,7 @@ def admit(
         data,
         model_pki().trust_store(),
         requirement=requirement_for("trustlet"),
-        revocation=revocation_of(policy),
+        revocation=revocation,
         parsed=parsed,
     )
     if not result.ok:

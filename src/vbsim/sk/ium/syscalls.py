@@ -14,7 +14,7 @@ trustlet and the SK are both in VTL1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import process as ium
+from vbsim.sk.layouts import IumFilter
 
 if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
@@ -89,11 +90,54 @@ SpecialHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, 
 _NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
 
 
-def register(sk: SecureKernel) -> None:
-    from vbsim.sk.ium import secure_syscalls
+_HANDLERS: list[Mapping[str, SecureHandler]] = []
+_SPECIAL: list[Mapping[str, SpecialHandler]] = []
 
-    sk.ext["ium.secure_syscalls"] = dict(secure_syscalls.HANDLERS)
-    sk.ext["ium.special"] = dict(secure_syscalls.SPECIAL)
+
+def _secure_handlers() -> Mapping[str, SecureHandler]:
+    """The secure service table's code (resolved once: the module imports this one)."""
+    if not _HANDLERS:
+        from vbsim.sk.ium import secure_syscalls
+
+        _HANDLERS.append(secure_syscalls.HANDLERS)
+    return _HANDLERS[0]
+
+
+def _special_handlers() -> Mapping[str, SpecialHandler]:
+    if not _SPECIAL:
+        from vbsim.sk.ium import secure_syscalls
+
+        _SPECIAL.append(secure_syscalls.SPECIAL)
+    return _SPECIAL[0]
+
+
+def filter_bitmaps() -> bytes:
+    """The filter as the loader writes it into SK memory (``layouts.IumFilter``): the forwarded
+    bitmap, then the special bitmap, over NT service numbers."""
+    raw = bytearray(IumFilter.SIZE)
+    for name, kind in IUM_FILTER.items():
+        number = NT_NUMBERS.get(name)
+        if number is None or not 0 <= number < IumFilter.NUMBERS or kind is Kind.DISABLED:
+            continue
+        base = IumFilter.FORWARDED if kind is Kind.FORWARDED else IumFilter.SPECIAL
+        raw[base + (number >> 3)] |= 1 << (number & 7)
+    return bytes(raw)
+
+
+def classify(sk: SecureKernel, vp: VirtualProcessor, number: int) -> Kind:
+    """The filter's verdict for NT service ``number``, read from SK memory now."""
+    if not 0 <= number < IumFilter.NUMBERS:
+        return Kind.DISABLED
+    byte, mask = number >> 3, 1 << (number & 7)
+    if vp.read(sk.filter_va + IumFilter.FORWARDED + byte, 1)[0] & mask:
+        return Kind.FORWARDED
+    if vp.read(sk.filter_va + IumFilter.SPECIAL + byte, 1)[0] & mask:
+        return Kind.SPECIAL
+    return Kind.DISABLED
+
+
+def register(sk: SecureKernel) -> None:
+    """Nothing to install: the filter is written by the loader, the handlers are SK code."""
 
 
 def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
@@ -104,14 +148,14 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
         return int(NtStatus.INVALID_SYSTEM_SERVICE)  # only IUM callers reach this entry
     if number & SECURE_SYSCALL_BIT:
         name = SECURE_SYSCALLS.get(number & ~SECURE_SYSCALL_BIT & 0xFFFF_FFFF)
-        handler: SecureHandler | None = sk.ext["ium.secure_syscalls"].get(name) if name else None
+        handler: SecureHandler | None = _secure_handlers().get(name) if name else None
         if name is None or number >> 32:
             status = int(NtStatus.INVALID_SYSTEM_SERVICE)
         elif handler is None:
             status = int(NtStatus.NOT_IMPLEMENTED)
         else:
             status = handler(sk, vp, caller, args)
-        if sk.trace.on:
+        if sk.tracing(vp):
             sk.emit(
                 vp,
                 "ium-syscall",
@@ -123,16 +167,16 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
             )
         return status
     name = _NT_NAMES.get(number)
-    kind = IUM_FILTER.get(name, Kind.DISABLED) if name is not None else Kind.DISABLED
+    kind = classify(sk, vp, number)
     if kind is Kind.DISABLED:
         status = int(NtStatus.INVALID_SYSTEM_SERVICE)
     elif kind is Kind.SPECIAL:
-        special: SpecialHandler | None = sk.ext["ium.special"].get(name)
+        special: SpecialHandler | None = _special_handlers().get(name) if name else None
         status = int(NtStatus.NOT_IMPLEMENTED) if special is None else special(sk, vp, caller, args)
     else:
         reply = sk.normal_call(vp, NORMAL_IUM_SYSCALL, number, *args)
         status = int(NtStatus.UNSUCCESSFUL) if reply is None else reply[0] & 0xFFFF_FFFF
-    if sk.trace.on:
+    if sk.tracing(vp):
         sk.emit(
             vp,
             "ium-syscall",

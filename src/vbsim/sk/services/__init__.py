@@ -12,6 +12,7 @@ def register_all(sk: SecureKernel) -> None:
     from vbsim.sk.ium import syscalls
     from vbsim.sk.services import allocation, boot, dump, hvci, ium, kdp
 
-    for module in (boot, hvci, ium, allocation, kdp, dump):
+    # allocation before hvci: HVCI's hash records are mapped right behind the arena.
+    for module in (boot, allocation, hvci, ium, kdp, dump):
         module.register(sk)
     syscalls.register(sk)

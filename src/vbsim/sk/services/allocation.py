@@ -10,18 +10,20 @@ Arguments (vbs-internals §2.3, McGarr's SkBridge examples):
   Field4 = the PFN of the page holding that MDL.  The MDL has the real x64 layout
   (:data:`MDL_HEADER`, 0x30 bytes) followed by its PFN array.
 
-The buffers are carved top-down from an *arena* of SK data pages, right below the SK's
-``SKPG_CONTEXT``-like policy page (the SK's copy of the HVCI enforcement flag and the periodic
-verification callback pointer: what Amar & King overwrote, vbs-internals §6 A8).  The first
-allocation therefore ends exactly where that page starts.
+The buffers are carved top-down from an *arena* of SK data pages, right below HVCI's
+validated-hash records (``sk.services.hvci``, the SHA-256 per page that earned KX): SK data the
+SK acts on, as the data Amar & King overwrote was (vbs-internals §6 A8; which structure sat behind
+the real buffer is not public, the model's layout puts HVCI's records there).  The first
+allocation therefore ends exactly where the records start.
 
 Everything VTL0 passes is hostile (the SK is in PHASE4 after boot): the handle is looked up and
 type-checked; the MDL page and every data page must be VTL0 memory (never SK or trustlet pages:
-the SK's page-identity knowledge, ``sk.vtl1_pages``); the MDL is *captured* — copied once into a
-VTL1 capture page — before any field is checked, and only the captured copy is used; ByteOffset,
-ByteCount, the PFN count and offset + ByteCount are bounded by the MDL's own size and the
-allocation.  Before copying, the SK asks NT to make the source pages resident (a normal call,
-vbs-internals §2.5: the SK owns no paging), so VTL0 code runs between the checks and the copy.
+the SK's page-identity knowledge, ``SecureKernel.own_page``); the MDL is *captured* — copied
+once into a VTL1 capture page — before any field is checked, and only the captured copy is
+used; ByteOffset, ByteCount, the PFN count and offset + ByteCount are bounded by the MDL's own
+size and the allocation.  Before copying, the SK asks NT to make the source pages resident (a
+normal call, vbs-internals §2.5: the SK owns no paging), so VTL0 code runs between the checks
+and the copy.
 
 Legacy switches (``policy.legacy``) bring back the historical bugs:
 
@@ -49,6 +51,7 @@ from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import NormalCall, Reply, SkObject
+from vbsim.sk.layouts import Config
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -75,19 +78,14 @@ CAPTURE_SLOTS = 4
 #: The model's number for the normal call "get physical pages" (vbs-internals §2.5 names the
 #: call — resolving through MmAccessFault — but the enum is not public: the number is [U]).
 NORMAL_GET_PHYSICAL_PAGES = 0x0102
-#: Policy page layout (SKPG_CONTEXT-like, the model's): +0 HVCI enforcement copy, +8 callback.
-POLICY_HVCI_OFFSET = 0
-POLICY_CALLBACK_OFFSET = 8
-SKPG_ROUTINE = "sk.SkpgVerify"
 
 
 @dataclass
 class AllocationState:
     arena_va: int
     arena_pages: int
-    policy_va: int
-    policy_gpa: int
-    top: int  # allocations are carved downward from here (initially policy_va)
+    behind_va: int  # the first SK data page behind the arena (HVCI's hash records)
+    top: int  # allocations are carved downward from here (initially behind_va)
     capture: list[int] = field(default_factory=list)  # capture page VAs
     busy: set[int] = field(default_factory=set)
     buffers: dict[int, tuple[int, int]] = field(default_factory=dict)  # handle → (va, size)
@@ -120,7 +118,7 @@ def span_pages(byte_offset: int, byte_count: int) -> int:
 
 
 def state(sk: SecureKernel) -> AllocationState:
-    value = sk.ext[EXT]
+    value = sk.allocation
     assert isinstance(value, AllocationState)
     return value
 
@@ -215,16 +213,16 @@ def fill_secure_allocation(
     sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
 ) -> Generator[NormalCall, SecureCallArgs, Reply]:
     handle, offset, mdl_pointer, mdl_pfn = args.fields[0:4]
-    legacy = sk.policy.legacy
-    unchecked = legacy.unchecked_securecall_params
-    double_fetch = legacy.securecall_double_fetch  # independent of the unchecked switch
+    # The legacy switches are the SK's configuration (in its memory, copied from the boot policy).
+    unchecked = sk.config(vp, Config.LEGACY_UNCHECKED) != 0
+    double_fetch = sk.config(vp, Config.LEGACY_DOUBLE_FETCH) != 0  # independent of the above
     obj = lookup_typed(sk, vp, handle, KIND)
     if isinstance(obj, NtStatus):
         return Reply(obj)
     alloc_va, alloc_size = int(obj.data["va"]), int(obj.data["size"])
-    if not unchecked and not sk.vtl0_page(mdl_pfn):
+    if not unchecked and not sk.vtl0_page(vp, mdl_pfn):
         return refuse(sk, vp, "securecall.pfn", "mdl-pfn", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
-    if not 0 <= mdl_pfn < sk.machine.ram.pages:
+    if not 0 <= mdl_pfn < sk.ram_pages:
         # Even the legacy SK maps only RAM it knows (a PFN beyond RAM has no mapping).
         return refuse(sk, vp, "securecall.pfn", "no-ram", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
     mdl_offset = mdl_pointer & PAGE_MASK
@@ -316,7 +314,7 @@ def _check(
     if count > len(mdl.pfns):
         return refuse(sk, vp, "securecall.mdl", "pfn-array", bad, needed=count)
     for pfn in mdl.pfns[:count]:
-        if not sk.vtl0_page(pfn):
+        if not sk.vtl0_page(vp, pfn):
             return refuse(sk, vp, "securecall.pfn", "data-pfn", bad, pfn=pfn)
     sk.emit(
         vp,
@@ -336,7 +334,7 @@ def _copy(sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, dest: int) -> int:
     remaining = mdl.byte_count
     page_offset = mdl.byte_offset & PAGE_MASK
     copied = 0
-    ram_pages = sk.machine.ram.pages
+    ram_pages = sk.ram_pages
     for pfn in mdl.pfns:
         if remaining <= 0:
             break
@@ -352,29 +350,12 @@ def _copy(sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, dest: int) -> int:
 
 
 # -- registration --------------------------------------------------------------------------------
-def policy_word(sk: SecureKernel, offset: int = POLICY_HVCI_OFFSET) -> int:
-    """A qword of the SK policy page (host-side inspection for tests and reports)."""
-    return sk.machine.ram.read_u64(state(sk).policy_gpa + offset)
-
-
 def register(sk: SecureKernel) -> None:
-    from vbsim.hw.code import register as register_code
-
-    register_code(SKPG_ROUTINE, _skpg_verify)
+    """Loader: the capture pages, then the arena; HVCI's tables follow it (``register_all``
+    registers ``hvci`` next, so its hash records are the pages right behind the arena)."""
+    capture_pages = [sk.space.alloc_data(1)[0] for _ in range(CAPTURE_SLOTS)]
     arena_va, _ = sk.space.alloc_data(ARENA_PAGES)
-    policy_va, policy_gpa = sk.space.alloc_data(1)  # VA-adjacent to the arena's end
-    callback = sk.space.install(SKPG_ROUTINE)
-    ram = sk.machine.ram
-    ram.write_u64(policy_gpa + POLICY_HVCI_OFFSET, int(sk.policy.hvci))
-    ram.write_u64(policy_gpa + POLICY_CALLBACK_OFFSET, callback)
-    st = AllocationState(arena_va, ARENA_PAGES, policy_va, policy_gpa, policy_va)
-    for _ in range(CAPTURE_SLOTS):
-        va, _ = sk.space.alloc_data(1)
-        st.capture.append(va)
-    sk.ext[EXT] = st
+    behind = arena_va + ARENA_PAGES * PAGE_SIZE
+    sk.allocation = AllocationState(arena_va, ARENA_PAGES, behind, behind, capture_pages)
     sk.handlers[Service.CREATE_SECURE_ALLOCATION] = create_secure_allocation
     sk.handlers[Service.FILL_SECURE_ALLOCATION] = fill_secure_allocation
-
-
-def _skpg_verify(vp: VirtualProcessor) -> None:
-    """The periodic verification routine the policy page points to (its body is not modelled)."""

@@ -12,6 +12,7 @@ from vbsim.ntstatus import NtStatus
 from vbsim.sk import hyperguard
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import Phase, Reply, SecureKernel
+from vbsim.sk.layouts import Config
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -24,20 +25,20 @@ def null(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
 
 def phase3_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
     """NT phase 0: the SK's pages become inaccessible to VTL0; trusted values are recorded."""
-    if sk.phase is not Phase.PHASE1:
+    if sk.phase(vp) is not Phase.PHASE1:
         return Reply(NtStatus.INVALID_DEVICE_STATE)
     sk.protect_own_pages(vp, 0)
     hyperguard.record_trusted(sk, vp)
-    sk.phase = Phase.PHASE3
-    sk.emit(vp, "boot", "phase3-init", "done", trusted=len(sk.trusted))
+    sk.set_phase(vp, Phase.PHASE3)
+    sk.emit(vp, "boot", "phase3-init", "done", trusted=len(sk.trusted(vp)))
     return Reply()
 
 
 def phase4_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
     """NT phase 1: from here every VTL0 input is hostile (vbs-internals §1.1 row 14)."""
-    if sk.phase is not Phase.PHASE3:
+    if sk.phase(vp) is not Phase.PHASE3:
         return Reply(NtStatus.INVALID_DEVICE_STATE)
-    sk.phase = Phase.PHASE4
+    sk.set_phase(vp, Phase.PHASE4)
     sk.emit(vp, "boot", "phase4-init", "done")
     return Reply()
 
@@ -48,10 +49,11 @@ def start_processor(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
     The context is captured (copied into VTL1) and the PFN must be VTL0 memory.  The SK enables
     VTL1 on the AP and starts it; VTL1 runs first on the new VP (vbs-internals §1.1 row 15)."""
     index, pfn = args.fields[0], args.fields[1]
-    machine = sk.machine
-    if not 0 < index < len(machine.vps) or machine.vps[index].started:
+    # The SK knows how many processors the partition has (its configuration) and which it has
+    # brought up (its state block); it never looks at another processor.
+    if not 0 < index < sk.config(vp, Config.VPS) or sk.started(vp, index):
         return Reply(NtStatus.INVALID_PARAMETER)
-    if not sk.vtl0_page(pfn):
+    if not sk.vtl0_page(vp, pfn):
         sk.emit(vp, "securecall", "pfn-check", "refused", pfn=pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     context = vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), defs.INITIAL_VP_CONTEXT.size)

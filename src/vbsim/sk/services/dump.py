@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
-from vbsim.image.policy import PolicyId
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.kernel import Reply, SecureKernel
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -56,26 +56,26 @@ def provision(sk: SecureKernel) -> None:
     """Loader time: the dump key (32 bytes) and this boot's session nonce (8 bytes) in an SK data
     page, as ``sk.ium.keys`` provisions the VSM keys."""
     va, gpa = sk.space.alloc_data()
-    sk.machine.ram.write(gpa, os.urandom(KEY_SIZE + 8))
-    sk.ext[_KEY_VA] = va
+    sk.space.ram.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
+    sk.dump_key_va = va
 
 
 def _key_and_session(sk: SecureKernel, vp: VirtualProcessor) -> tuple[bytes, int]:
-    raw = vp.read(int(sk.ext[_KEY_VA]), KEY_SIZE + 8)
+    raw = vp.read(sk.dump_key_va, KEY_SIZE + 8)
     return raw[:KEY_SIZE], int.from_bytes(raw[KEY_SIZE:], "little")
 
 
-def secure_pages(sk: SecureKernel) -> list[int]:
+def secure_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[int]:
     """VTL1 pages NT may not read: the SK's own memory and every trustlet's private memory.
     A trustlet's unmodified image pages stay readable by VTL0 (§7) and are not listed."""
     shared: set[int] = set()
     for process in _processes(sk):
         shared.update(process.image_pfns)
-    return sorted(pfn for pfn in sk.vtl1_pages if pfn not in shared)
+    return sorted(pfn for pfn in sk.own_pages(vp) if pfn not in shared)
 
 
 def _processes(sk: SecureKernel) -> list[ium.SecureProcess]:
-    table = sk.ext.get("ium.processes", {})
+    table = sk.processes
     return [p for p in table.values() if isinstance(p, ium.SecureProcess)]
 
 
@@ -99,10 +99,10 @@ def _prepare(
     purpose = "hibernation" if hibernation else "crashdump"
     if request == REQUEST_LIST:
         first = out_pfn
-        if not sk.vtl0_page(target):
+        if not sk.vtl0_page(vp, target):
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target)
             return Reply(NtStatus.INVALID_PARAMETER)
-        pages = secure_pages(sk)
+        pages = secure_pages(sk, vp)
         chunk = pages[first : first + LIST_MAX] if first >= 0 else []
         vp.write(
             sk.space.phys_va(target << PAGE_SHIFT),
@@ -116,13 +116,13 @@ def _prepare(
             )
         return Reply(NtStatus.SUCCESS, [len(pages), len(chunk), session])
     if request == REQUEST_PAGE:
-        if target not in sk.vtl1_pages or not sk.vtl0_page(out_pfn):
+        if not sk.own_page(vp, target) or not sk.vtl0_page(vp, out_pfn):
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target, out_pfn=out_pfn)
             return Reply(NtStatus.INVALID_PARAMETER)
         out_va = sk.space.phys_va(out_pfn << PAGE_SHIFT)
         owner = _owner(sk, target)
         include = owner is not None and (
-            hibernation or owner.policy_value(PolicyId.CRASH_DUMP) != 0
+            hibernation or owner.read(vp, SkProcessLayout.CRASH_DUMP) != 0
         )
         if not include:
             vp.write(out_va, bytes(PAGE_SIZE))

@@ -67,7 +67,7 @@ pages.  Other modules that hand a page back to VTL0 should use :func:`vtl0_defau
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +79,10 @@ from vbsim.hw.slat import KX, UX, R, W, describe
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.image import ImageKind, ParsedImage, model_pki, requirement_for, verify_image
 from vbsim.ntstatus import NtStatus
+from vbsim.sk import layouts as L
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.layouts import Config, Mem, read_field, write_field
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -112,23 +114,105 @@ class PageState(IntEnum):
     WRITABLE = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hvci:
-    """The SK's HVCI bookkeeping (in ``sk.ext["hvci"]``)."""
+    """Where HVCI's state lives in SK memory (``vbsim.sk.layouts.Hvci``): addresses only.
 
-    mbec: bool
-    states: bytearray
-    #: The VTL0 rights this module last set per page (0xF: never set, the hypervisor default).
-    rights: bytearray
-    #: Validated contents: page → SHA-256 of the bytes that earned KX.
-    hashes: dict[int, bytes] = field(default_factory=dict)
-    #: Image pages → the secure image handle they belong to.
-    owner: dict[int, int] = field(default_factory=dict)
-    boot_pages: list[int] = field(default_factory=list)
+    Every value is read through the SK's processor at the moment it is needed: the page-state
+    table and the rights table (one byte per GPA page each, physically contiguous so host-side
+    tools find them from one GPA) and the validated-hash records.  The records sit right behind
+    the secure-allocation arena (``allocation``): that is the SK data the CVE-2020-0917-class
+    overflow of A8/A9 lands on."""
 
-    @property
-    def unvalidated(self) -> int:
-        return R | W | UX if self.mbec else R | W
+    states_va: int
+    states_gpa: int
+    rights_va: int
+    rights_gpa: int
+    hashes_va: int
+    hashes_gpa: int
+    pages: int
+
+    # -- page states and rights (one byte per GPA page) -----------------------------------------
+    def state(self, vp: Mem, gpn: int) -> int:
+        if not 0 <= gpn < self.pages:
+            return PageState.UNVALIDATED
+        return vp.read(self.states_va + gpn, 1)[0]
+
+    def set_state(self, vp: Mem, gpns: list[int], value: int) -> None:
+        _set_bytes(vp, self.states_va, self.pages, gpns, value)
+
+    def rights(self, vp: Mem, gpn: int) -> int:
+        return vp.read(self.rights_va + gpn, 1)[0] if 0 <= gpn < self.pages else 0xF
+
+    def set_rights(self, vp: Mem, gpns: list[int], value: int) -> None:
+        _set_bytes(vp, self.rights_va, self.pages, gpns, value)
+
+    # -- validated hashes (records searched by GPN; the first record for a GPN wins) -----------
+    def _records(self, vp: Mem) -> tuple[int, bytes]:
+        count = min(read_field(vp, self.hashes_va, L.Hvci.HASH_COUNT), L.Hvci.HASH_MAX)
+        return count, vp.read(self.hashes_va + L.Hvci.HASH_RECORDS, count * L.Hvci.RECORD_SIZE)
+
+    def _find(self, raw: bytes, gpn: int) -> int:
+        key = gpn.to_bytes(8, "little")
+        for offset in range(0, len(raw), L.Hvci.RECORD_SIZE):
+            if raw[offset : offset + 8] == key:
+                return offset // L.Hvci.RECORD_SIZE
+        return -1
+
+    def hash_of(self, vp: Mem, gpn: int) -> bytes | None:
+        _, raw = self._records(vp)
+        index = self._find(raw, gpn)
+        if index < 0:
+            return None
+        offset = index * L.Hvci.RECORD_SIZE + L.Hvci.RECORD_SHA256.offset
+        return bytes(raw[offset : offset + 32])
+
+    def set_hash(self, vp: Mem, gpn: int, digest: bytes) -> bool:
+        count, raw = self._records(vp)
+        index = self._find(raw, gpn)
+        if index < 0:
+            index = self._find(raw, L.Hvci.NO_GPN)
+        if index < 0:
+            capacity = read_field(vp, self.hashes_va, L.Hvci.HASH_CAPACITY)
+            if count >= min(capacity, L.Hvci.HASH_MAX):
+                return False
+            index = count
+            write_field(vp, self.hashes_va, L.Hvci.HASH_COUNT, count + 1)
+        base = self.hashes_va + L.Hvci.HASH_RECORDS + index * L.Hvci.RECORD_SIZE
+        vp.write(base, gpn.to_bytes(8, "little") + digest)
+        return True
+
+    def drop_hash(self, vp: Mem, gpn: int) -> None:
+        _, raw = self._records(vp)
+        index = self._find(raw, gpn)
+        if index >= 0:
+            base = self.hashes_va + L.Hvci.HASH_RECORDS + index * L.Hvci.RECORD_SIZE
+            vp.write(base, L.Hvci.NO_GPN.to_bytes(8, "little") + bytes(32))
+
+
+def _set_bytes(vp: Mem, base: int, limit: int, gpns: list[int], value: int) -> None:
+    """Set one byte per GPN in a table (one read and one write of the span for many pages)."""
+    gpns = [gpn for gpn in gpns if 0 <= gpn < limit]
+    if not gpns:
+        return
+    if len(gpns) <= 4:
+        for gpn in gpns:
+            vp.write(base + gpn, bytes([value]))
+        return
+    low, high = min(gpns), max(gpns)
+    span = bytearray(vp.read(base + low, high - low + 1))
+    for gpn in gpns:
+        span[gpn - low] = value
+    vp.write(base + low, bytes(span))
+
+
+def mbec(sk: SecureKernel, vp: Mem) -> bool:
+    return bool(sk.config(vp, Config.MBEC))
+
+
+def unvalidated(sk: SecureKernel, vp: Mem) -> int:
+    """The rights of an ordinary VTL0 page under HVCI: R|W|UX (R|W without MBEC)."""
+    return R | W | UX if mbec(sk, vp) else R | W
 
 
 @dataclass(frozen=True)
@@ -181,9 +265,9 @@ def _digest(data: bytes) -> bytes:
 
 
 # -- the one place VTL0 SLAT rights change --------------------------------------------------------
-def _normalise(state: Hvci, flags: int) -> int:
+def _normalise(sk: SecureKernel, vp: Mem, flags: int) -> int:
     """With MBEC off KX alone governs execution and KX≠UX is invalid (vsm-spec §3.2)."""
-    if state.mbec:
+    if mbec(sk, vp):
         return flags
     return flags | UX if flags & KX else flags & ~UX
 
@@ -191,23 +275,23 @@ def _normalise(state: Hvci, flags: int) -> int:
 def apply(sk: SecureKernel, vp: VirtualProcessor, gpns: list[int], flags: int, why: str) -> bool:
     """Set VTL0's rights on ``gpns`` (ModifyVtlProtectionMask from VTL1), enforcing W^KX."""
     state = _state(sk)
-    assert state is not None
-    flags = _normalise(state, flags)
+    flags = _normalise(sk, vp, flags)
     if flags & W and flags & KX:
         sk.emit(vp, "hvci", "hvci.w^x", "violation", rights=describe(flags), why=why)
         raise AssertionError(f"HVCI would grant W+KX to {len(gpns)} VTL0 page(s) ({why})")
     if flags & ~R:
         # A page KDP owns stays as KDP made it (read-only): HVCI never raises its rights.
-        kept = [gpn for gpn in gpns if _kdp_protected(sk, gpn)]
+        from vbsim.sk.services import kdp
+
+        kept = kdp.protected(sk, vp, gpns)
         if kept:
             sk.emit(vp, "hvci", "hvci.kdp", "kept-read-only", pages=len(kept), why=why)
-            gpns = [gpn for gpn in gpns if not _kdp_protected(sk, gpn)]
+            gpns = [gpn for gpn in gpns if gpn not in kept]
     if not gpns:
         return True
     ok = sk.set_vtl0_rights(vp, gpns, flags)
     if ok:
-        for gpn in gpns:
-            state.rights[gpn] = flags
+        state.set_rights(vp, gpns, flags)
     sk.emit(
         vp,
         "hvci",
@@ -221,40 +305,42 @@ def apply(sk: SecureKernel, vp: VirtualProcessor, gpns: list[int], flags: int, w
     return ok
 
 
-def vtl0_default_rights(sk: SecureKernel) -> int:
+def vtl0_default_rights(sk: SecureKernel, vp: Mem) -> int:
     """The rights an ordinary VTL0 page has: R|W|UX under HVCI (R|W without MBEC), else all."""
-    state = _state(sk)
-    return R | W | KX | UX if state is None else state.unvalidated
+    return unvalidated(sk, vp) if sk.config(vp, Config.HVCI) else R | W | KX | UX
 
 
-def ordinary_page(sk: SecureKernel, gpn: int) -> bool:
+def ordinary_page(sk: SecureKernel, vp: Mem, gpn: int) -> bool:
     """Whether ``gpn`` is a plain VTL0 page NT may give away: not owned by KDP and not carrying
     rights HVCI set for code (validated, locked or image pages).  Pages NT offers the SK as free
     memory must pass this, or a compromised NT could make the SK clear protected memory."""
-    if _kdp_protected(sk, gpn):
+    if _kdp_protected(sk, vp, gpn):
         return False
-    state = _state(sk)
-    return state is None or gpn >= len(state.states) or state.states[gpn] == PageState.UNVALIDATED
+    if not sk.config(vp, Config.HVCI):
+        return True
+    return _state(sk).state(vp, gpn) == PageState.UNVALIDATED
 
 
-def _kdp_protected(sk: SecureKernel, gpn: int) -> bool:
+def _kdp_protected(sk: SecureKernel, vp: Mem, gpn: int) -> bool:
     """KDP's page ownership (static KDP and the secure pool): its pages are VTL0 read-only for
     good, and no other service may give them more rights (``vbsim.sk.services.kdp``)."""
     from vbsim.sk.services import kdp
 
-    return kdp.is_protected(sk, gpn)
+    return kdp.is_protected(sk, vp, gpn)
 
 
-def _state(sk: SecureKernel) -> Hvci | None:
-    state = sk.ext.get(EXT_KEY)
-    return state if isinstance(state, Hvci) else None
+def _state(sk: SecureKernel) -> Hvci:
+    state = sk.hvci
+    assert isinstance(state, Hvci)
+    return state
 
 
 def _enabled(sk: SecureKernel, vp: VirtualProcessor, service: Service) -> Hvci | None:
-    state = _state(sk)
-    if state is None:
+    """HVCI's tables, when the SK's configuration (in its memory) enables HVCI."""
+    if not sk.config(vp, Config.HVCI):
         sk.emit(vp, "hvci", "hvci.off", "not-supported", service=service.value)
-    return state
+        return None
+    return _state(sk)
 
 
 def _refuse(
@@ -277,11 +363,11 @@ def _capture_pfn_list(
     sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
 ) -> list[int] | None:
     """Copy a PFN list out of VTL0 (one page), then check every entry is VTL0 RAM."""
-    if not 0 < count <= MAX_LIST or not sk.vtl0_page(list_pfn):
+    if not 0 < count <= MAX_LIST or not sk.vtl0_page(vp, list_pfn):
         return None
     raw = vp.read(sk.space.phys_va(list_pfn << PAGE_SHIFT), count * 8)
     pfns = [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(count)]
-    if not all(sk.vtl0_page(pfn) for pfn in pfns):
+    if not all(sk.vtl0_page(vp, pfn) for pfn in pfns):
         return None
     return pfns
 
@@ -295,7 +381,7 @@ def _boot_image_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[tuple[int,
         return []
     lo, hi = CODE_BASE, CODE_BASE + BOOT_IMAGE_SPAN
     found: list[tuple[int, int]] = []
-    ram_size = sk.machine.ram.size
+    ram_size = sk.config(vp, Config.RAM_PAGES) << PAGE_SHIFT
 
     def walk(table: int, shift: int, base: int, writable: bool, user: bool, nx: bool) -> None:
         if table + PAGE_SIZE > ram_size:
@@ -337,43 +423,41 @@ def _looks_like_code(page: bytes) -> bool:
 
 def phase1(sk: SecureKernel, vp: VirtualProcessor) -> None:
     """Every VTL0 page R|W|UX (never KX); the boot image's code pages R|KX|UX, validated."""
-    if not sk.policy.hvci:
+    if not sk.config(vp, Config.HVCI):
         return
-    pages = sk.machine.ram.pages
-    state = Hvci(sk.policy.mbec, bytearray(pages), bytearray([0xF]) * pages)
-    sk.ext[EXT_KEY] = state
+    pages = sk.config(vp, Config.RAM_PAGES)
+    state = _state(sk)
+    own = set(sk.own_pages(vp))
     validated: list[int] = []
     for va, pfn in _boot_image_pages(sk, vp):
-        if not sk.vtl0_page(pfn) or pfn in state.hashes:
+        if not 0 < pfn < pages or pfn in own or pfn in validated:
             continue
         content = _read_page(sk, vp, pfn)
         if not _looks_like_code(content):
             sk.emit(vp, "skci", "skci.boot-image", "refused", va=va, gpa=pfn << PAGE_SHIFT)
             continue
-        state.hashes[pfn] = _digest(content)
+        if not state.set_hash(vp, pfn, _digest(content)):
+            sk.emit(vp, "skci", "skci.boot-image", "no-record", va=va, gpa=pfn << PAGE_SHIFT)
+            continue
         validated.append(pfn)
     code_set = set(validated)
     # Page 0 (firmware's, never handed out) is VTL0 RAM too, though no secure call may name it.
-    ordinary = [
-        pfn for pfn in range(pages) if pfn not in code_set and (pfn == 0 or sk.vtl0_page(pfn))
-    ]
-    if sk.ext.get("vtl0_default_mask") == state.unvalidated:
+    ordinary = [pfn for pfn in range(pages) if pfn not in code_set and pfn not in own]
+    default = unvalidated(sk, vp)
+    if sk.config(vp, Config.VTL0_DEFAULT_MASK) == default:
         # The SK enabled VTL protection with HVCI's default already (DefaultVtlProtectionMask,
         # vsm-spec §3.4): every page got R|W|UX then; only the bookkeeping is left to do.
-        for pfn in ordinary:
-            state.rights[pfn] = state.unvalidated
+        state.set_rights(vp, ordinary, default)
     else:
-        apply(sk, vp, ordinary, state.unvalidated, "boot")
+        apply(sk, vp, ordinary, default, "boot")
     if apply(sk, vp, validated, R | KX | UX, "boot-image"):
-        for pfn in validated:
-            state.states[pfn] = PageState.VALIDATED
-    state.boot_pages = validated
+        state.set_state(vp, validated, PageState.VALIDATED)
     sk.emit(
         vp,
         "hvci",
         "hvci.boot",
         "enabled",
-        mbec=state.mbec,
+        mbec=mbec(sk, vp),
         code_pages=len(validated),
         vtl0_pages=len(ordinary) + len(validated),
     )
@@ -454,26 +538,25 @@ def finish_secure_image_validation(
     if pfns is None:
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
     if len(set(pfns)) != len(pfns) or any(
-        state.states[pfn] != PageState.UNVALIDATED or _kdp_protected(sk, pfn) for pfn in pfns
+        state.state(vp, pfn) != PageState.UNVALIDATED or _kdp_protected(sk, vp, pfn) for pfn in pfns
     ):
         return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER)
     code_index = sorted(layout.code)
     code_pfns = [pfns[i] for i in code_index]
     # Lock before hashing: without W, VTL0 cannot change a page between its hash and its KX.
+    default = unvalidated(sk, vp)
     if not apply(sk, vp, code_pfns, R, "lock"):
-        apply(sk, vp, code_pfns, state.unvalidated, "unlock")
+        apply(sk, vp, code_pfns, default, "unlock")
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL)
-    for pfn in code_pfns:
-        state.states[pfn] = PageState.LOCKED
+    state.set_state(vp, code_pfns, PageState.LOCKED)
     bad = [
         pfns[i]
         for i in code_index
         if _digest(_read_page(sk, vp, pfns[i])) != _digest(layout.pages[i])
     ]
     if bad:
-        apply(sk, vp, code_pfns, state.unvalidated, "unlock")
-        for pfn in code_pfns:
-            state.states[pfn] = PageState.UNVALIDATED
+        apply(sk, vp, code_pfns, default, "unlock")
+        state.set_state(vp, code_pfns, PageState.UNVALIDATED)
         sk.handles.pop(handle, None)
         return _refuse(
             sk,
@@ -486,9 +569,11 @@ def finish_secure_image_validation(
             first_gpa=bad[0] << PAGE_SHIFT,
         )
     for i in code_index:
-        state.hashes[pfns[i]] = _digest(layout.pages[i])
-    for pfn in pfns:
-        state.owner[pfn] = handle
+        if not state.set_hash(vp, pfns[i], _digest(layout.pages[i])):
+            apply(sk, vp, code_pfns, default, "unlock")
+            state.set_state(vp, code_pfns, PageState.UNVALIDATED)
+            sk.handles.pop(handle, None)
+            return _refuse(sk, vp, "hvci", "hvci.hash-records", NtStatus.NO_MEMORY)
     obj.data.update(stage="hashed", pfns=pfns)
     sk.emit(
         vp,
@@ -518,10 +603,8 @@ def load_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) ->
         sk, vp, code_pfns, R | KX | UX, "load-driver:code"
     ):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
-    for pfn in data_pfns:
-        state.states[pfn] = PageState.IMAGE_DATA
-    for pfn in code_pfns:
-        state.states[pfn] = PageState.VALIDATED
+    state.set_state(vp, data_pfns, PageState.IMAGE_DATA)
+    state.set_state(vp, code_pfns, PageState.VALIDATED)
     obj.data["stage"] = "loaded"
     sk.emit(
         vp,
@@ -545,12 +628,11 @@ def unload_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
     if obj is None:
         return _refuse(sk, vp, "hvci", "hvci.unload", NtStatus.INVALID_HANDLE, handle=handle)
     pfns: list[int] = obj.data["pfns"]
-    if not apply(sk, vp, pfns, state.unvalidated, "unload-driver"):
+    if not apply(sk, vp, pfns, unvalidated(sk, vp), "unload-driver"):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
+    state.set_state(vp, pfns, PageState.UNVALIDATED)
     for pfn in pfns:
-        state.states[pfn] = PageState.UNVALIDATED
-        state.hashes.pop(pfn, None)
-        state.owner.pop(pfn, None)
+        state.drop_hash(vp, pfn)
     sk.handles.pop(handle, None)
     sk.emit(vp, "hvci", "hvci.unload", "unvalidated", image=obj.data.get("name"), pages=len(pfns))
     return Reply()
@@ -564,9 +646,9 @@ def make_protected_page_writable(
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
     pfn = args.fields[0]
-    if not sk.vtl0_page(pfn):
+    if not sk.vtl0_page(vp, pfn):
         return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER, pfn=pfn)
-    current = state.states[pfn]
+    current = state.state(vp, pfn)
     if current == PageState.WRITABLE:
         return Reply()
     if current != PageState.VALIDATED:
@@ -579,9 +661,9 @@ def make_protected_page_writable(
             gpa=pfn << PAGE_SHIFT,
             state=PageState(current).name,
         )
-    if not apply(sk, vp, [pfn], state.unvalidated, "make-writable"):
+    if not apply(sk, vp, [pfn], unvalidated(sk, vp), "make-writable"):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
-    state.states[pfn] = PageState.WRITABLE
+    state.set_state(vp, [pfn], PageState.WRITABLE)
     sk.emit(vp, "hvci", "hvci.transition", "writable", gpa=pfn << PAGE_SHIFT, kx=False)
     return Reply()
 
@@ -607,9 +689,9 @@ def make_protected_page_executable(
             gpa=pfn << PAGE_SHIFT,
             requested=describe(requested),
         )
-    if not sk.vtl0_page(pfn):
+    if not sk.vtl0_page(vp, pfn):
         return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER, pfn=pfn)
-    current = state.states[pfn]
+    current = state.state(vp, pfn)
     if current == PageState.VALIDATED:
         return Reply()
     if current != PageState.WRITABLE:
@@ -625,8 +707,8 @@ def make_protected_page_executable(
         )
     if not apply(sk, vp, [pfn], R, "lock"):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
-    if _digest(_read_page(sk, vp, pfn)) != state.hashes.get(pfn):
-        apply(sk, vp, [pfn], state.unvalidated, "unlock")
+    if _digest(_read_page(sk, vp, pfn)) != state.hash_of(vp, pfn):
+        apply(sk, vp, [pfn], unvalidated(sk, vp), "unlock")
         return _refuse(
             sk,
             vp,
@@ -637,14 +719,30 @@ def make_protected_page_executable(
             reason="contents differ from the validated hash",
         )
     if not apply(sk, vp, [pfn], R | KX | UX, "make-executable"):
-        apply(sk, vp, [pfn], state.unvalidated, "unlock")
+        apply(sk, vp, [pfn], unvalidated(sk, vp), "unlock")
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, pfn=pfn)
-    state.states[pfn] = PageState.VALIDATED
+    state.set_state(vp, [pfn], PageState.VALIDATED)
     sk.emit(vp, "hvci", "hvci.transition", "executable", gpa=pfn << PAGE_SHIFT, kx=True)
     return Reply()
 
 
+def allocate(sk: SecureKernel) -> None:
+    """Loader: HVCI's tables in SK data pages.  The hash records come first, so that they sit
+    right behind the secure-allocation arena (``allocation.register`` maps it just before)."""
+    ram = sk.space.ram
+    pages = sk.ram_pages
+    hashes_va, hashes_gpa = sk.space.alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
+    table = L.table_pages(pages)
+    states_va, states_gpa = sk.space.alloc_data(table, contiguous=True)
+    rights_va, rights_gpa = sk.space.alloc_data(table, contiguous=True)
+    ram.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
+    capacity = L.Hvci.HASH_CAPACITY
+    ram.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
+    sk.hvci = Hvci(states_va, states_gpa, rights_va, rights_gpa, hashes_va, hashes_gpa, pages)
+
+
 def register(sk: SecureKernel) -> None:
+    allocate(sk)
     sk.handlers[Service.CREATE_SECURE_IMAGE] = create_secure_image
     sk.handlers[Service.FINISH_SECURE_IMAGE_VALIDATION] = finish_secure_image_validation
     sk.handlers[Service.LOAD_DRIVER] = load_driver

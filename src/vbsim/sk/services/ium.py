@@ -27,6 +27,7 @@ from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
 from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -41,11 +42,11 @@ def _pfn_list(
     sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
 ) -> list[int] | None:
     """Capture a PFN list from a VTL0 page; every entry must be a distinct VTL0 page."""
-    if not sk.vtl0_page(list_pfn) or not 0 < count <= PAGE_SIZE // 8:
+    if not sk.vtl0_page(vp, list_pfn) or not 0 < count <= PAGE_SIZE // 8:
         return None
     raw = vp.read(sk.space.phys_va(list_pfn << PAGE_SHIFT), count * 8)
     pfns = [int.from_bytes(raw[i * 8 : i * 8 + 8], "little") for i in range(count)]
-    if len(set(pfns)) != len(pfns) or not all(sk.vtl0_page(p) for p in pfns):
+    if len(set(pfns)) != len(pfns) or not all(sk.vtl0_page(vp, p) for p in pfns):
         return None
     return pfns
 
@@ -67,8 +68,8 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         sk.emit(vp, "ium", "securecall.pfn", "refused", pfn=list_pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
-    admission = admit(data, requested_id, sk.policy)
-    if sk.trace.on:
+    admission = admit(data, requested_id, sk.revocation, sk.allowed_ids(vp))
+    if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
     if not admission.ok or admission.image is None:
@@ -86,7 +87,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
     # is physically there, so nothing NT changed between capture and protection runs.
     if not sk.set_vtl0_rights(vp, pfns, 1):
         return Reply(NtStatus.UNSUCCESSFUL)
-    sk.vtl1_pages.update(pfns)
+    sk.mark_own(vp, pfns)
     import hashlib
 
     if ium.image_digest(sk, vp, pfns, length) != hashlib.sha256(data).digest():
@@ -112,7 +113,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
         return Reply(NtStatus.NO_MEMORY)
     obj = sk.handles[handle]
     obj.data["process"] = process
-    sk.ext.setdefault("ium.processes", {})[handle] = process
+    sk.processes[handle] = process
     sk.emit(
         vp,
         "ium",
@@ -135,7 +136,7 @@ def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
     process = _process(sk, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    threads: dict[int, ium.SecureThread] = sk.ext.setdefault("ium.threads", {})
+    threads: dict[int, ium.SecureThread] = sk.threads
     cookie = FIRST_COOKIE + len(threads)
     thread = ium.SecureThread(cookie, process)
     threads[cookie] = thread
@@ -144,15 +145,15 @@ def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    thread = sk.ext.get("ium.threads", {}).get(args.cookie)
+    thread = sk.threads.get(args.cookie)
     if not isinstance(thread, ium.SecureThread) or thread.process.terminated or thread.running:
         return Reply(NtStatus.INVALID_HANDLE)
     selector, message_pfn, message_length, reply_pfn = args.fields[:4]
     process = thread.process
     if (
         message_length > PAGE_SIZE
-        or not sk.vtl0_page(reply_pfn)
-        or (message_length and not sk.vtl0_page(message_pfn))
+        or not sk.vtl0_page(vp, reply_pfn)
+        or (message_length and not sk.vtl0_page(vp, message_pfn))
     ):
         sk.emit(
             vp, "ium", "securecall.pfn", "refused", message_pfn=message_pfn, reply_pfn=reply_pfn
@@ -198,7 +199,7 @@ def _debug_gate(
 ) -> Reply | None:
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    if not process.debuggable:
+    if not process.read(vp, SkProcessLayout.DEBUG):  # the signed Debug policy (§3.1 ID 2)
         sk.emit(vp, "ium", "policy.debug", "refused", what=what, trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
     return None
@@ -211,7 +212,7 @@ def debug_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 def get_context(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    thread = sk.ext.get("ium.threads", {}).get(args.fields[0])
+    thread = sk.threads.get(args.fields[0])
     process = thread.process if isinstance(thread, ium.SecureThread) else None
     refusal = _debug_gate(sk, vp, process, "get-context")
     return refusal or Reply(NtStatus.SUCCESS, [ium.IMAGE_BASE])
@@ -225,7 +226,7 @@ def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: Secure
     refusal = _debug_gate(sk, vp, process, "read-write-memory")
     if refusal is not None or process is None:
         return refusal or Reply(NtStatus.INVALID_HANDLE)
-    if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(buffer_pfn):
+    if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(vp, buffer_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
     gpa = _trustlet_gpa(process, va)
     if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
@@ -251,12 +252,13 @@ def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArg
     process = _process(sk, handle)
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    if key != process.mailbox_key or process.mailbox_key == 0:
+    stored = process.read(vp, SkProcessLayout.MAILBOX_KEY)  # in the SKPROCESS page
+    if key != stored or stored == 0:
         sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
-    if not sk.vtl0_page(out_pfn):
+    if not sk.vtl0_page(vp, out_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
-    data = process.mailboxes.get(slot)
+    data = ium.mailbox(vp, process, slot)
     if data is None:
         return Reply(NtStatus.NOT_FOUND)
     vp.write(sk.space.phys_va(out_pfn << PAGE_SHIFT), data)
@@ -278,7 +280,7 @@ def create_secure_section(sk: SecureKernel, vp: VirtualProcessor, args: SecureCa
 
 
 def is_trustlet_running(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
-    processes = sk.ext.get("ium.processes", {}).values()
+    processes = sk.processes.values()
     running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
     return Reply(NtStatus.SUCCESS, [int(running)])
 
@@ -313,5 +315,5 @@ def _give_back(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int]) -> None:
     """Return an image section the SK protected to VTL0 with an ordinary page's rights."""
     from vbsim.sk.services.hvci import vtl0_default_rights
 
-    sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk))
-    sk.vtl1_pages.difference_update(pfns)
+    sk.set_vtl0_rights(vp, pfns, vtl0_default_rights(sk, vp))
+    sk.unmark_own(vp, pfns)

@@ -36,15 +36,17 @@ from __future__ import annotations
 
 import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vbsim.hw.slat import R
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import hvpt
+from vbsim.sk import layouts as L
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import Reply, SkObject
+from vbsim.sk.layouts import Config, Mem
 from vbsim.sk.services import allocation
 from vbsim.sk.sscn import Service
 
@@ -66,24 +68,50 @@ RECORD_LIVE = 1
 RECORDS = PAGE_SIZE // POOL_RECORD.size
 
 
-@dataclass
+@dataclass(frozen=True)
 class KdpState:
+    """Where KDP's state lives in SK memory (addresses only)."""
+
     table_va: int  # SK data page holding secure-pool block records (tags, cookies)
-    static: dict[int, int] = field(default_factory=dict)  # protected GPA page → its VA page
-    pool_pages: set[int] = field(default_factory=set)
+    owners_va: int  # one byte per GPA page: layouts.Kdp.NONE / STATIC / POOL
+    owners_gpa: int
+    pages: int
+
+    def owner(self, vp: Mem, gpn: int) -> int:
+        return vp.read(self.owners_va + gpn, 1)[0] if 0 <= gpn < self.pages else L.Kdp.NONE
+
+    def owners(self, vp: Mem) -> bytes:
+        """The whole table (one read) for checks over many pages."""
+        return vp.read(self.owners_va, self.pages)
+
+    def set_owner(self, vp: Mem, gpns: list[int], owner: int) -> None:
+        for gpn in gpns:
+            if 0 <= gpn < self.pages:
+                vp.write(self.owners_va + gpn, bytes([owner]))
 
 
 def state(sk: SecureKernel) -> KdpState:
-    value = sk.ext[EXT]
+    value = sk.kdp
     assert isinstance(value, KdpState)
     return value
 
 
-def is_protected(sk: SecureKernel, gpn: int) -> bool:
+def is_protected(sk: SecureKernel, vp: Mem, gpn: int) -> bool:
     """Whether KDP (static or secure pool) owns this VTL0 page: no other service may make it
-    writable for VTL0 again."""
-    st = sk.ext.get(EXT)
-    return isinstance(st, KdpState) and (gpn in st.static or gpn in st.pool_pages)
+    writable for VTL0 again (read from KDP's table in SK memory)."""
+    st = sk.kdp
+    return isinstance(st, KdpState) and st.owner(vp, gpn) != L.Kdp.NONE
+
+
+def protected(sk: SecureKernel, vp: Mem, gpns: list[int]) -> set[int]:
+    """The pages of ``gpns`` KDP owns (one read of the table when there are many)."""
+    st = sk.kdp
+    if not isinstance(st, KdpState) or not gpns:
+        return set()
+    if len(gpns) <= 8:
+        return {gpn for gpn in gpns if st.owner(vp, gpn) != L.Kdp.NONE}
+    table = st.owners(vp)
+    return {gpn for gpn in gpns if 0 <= gpn < st.pages and table[gpn] != L.Kdp.NONE}
 
 
 def _kdp(sk: SecureKernel, vp: VirtualProcessor, mechanism: str, outcome: str, **d: object) -> None:
@@ -98,7 +126,7 @@ def _refuse(
 
 
 def _enabled(sk: SecureKernel, vp: VirtualProcessor) -> bool:
-    if sk.policy.kdp:
+    if sk.config(vp, Config.KDP):
         return True
     _kdp(sk, vp, "kdp.policy", "disabled")
     return False
@@ -121,7 +149,7 @@ def _data_pages(
         if m is None:
             return _refuse(sk, vp, mechanism, "unmapped", NtStatus.INVALID_PARAMETER, va=page_va)
         gpn = m.gpa >> PAGE_SHIFT
-        if not sk.vtl0_page(gpn):
+        if not sk.vtl0_page(vp, gpn):
             sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=gpn, va=page_va)
             return _refuse(sk, vp, mechanism, "not-vtl0", NtStatus.INVALID_PARAMETER, pfn=gpn)
         if m.user:
@@ -130,7 +158,7 @@ def _data_pages(
             return _refuse(
                 sk, vp, mechanism, "executable", NtStatus.INVALID_PAGE_PROTECTION, va=page_va
             )
-        if gpn in st.pool_pages:
+        if st.owner(vp, gpn) == L.Kdp.POOL:
             return _refuse(sk, vp, mechanism, "secure-pool", NtStatus.INVALID_PARAMETER, pfn=gpn)
         found.append((page_va, m))
     return found
@@ -150,12 +178,13 @@ def protect_kernel_data(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
     if isinstance(found, Reply):
         return found
     st = state(sk)
-    new = [(page_va, m) for page_va, m in found if m.gpa >> PAGE_SHIFT not in st.static]
+    new = [
+        (page_va, m) for page_va, m in found if st.owner(vp, m.gpa >> PAGE_SHIFT) != L.Kdp.STATIC
+    ]
     gpns = [m.gpa >> PAGE_SHIFT for _, m in new]
     if new and not sk.set_vtl0_rights(vp, gpns, R):
         return _refuse(sk, vp, "kdp.static", "slat", NtStatus.UNSUCCESSFUL)
-    for page_va, m in new:
-        st.static[m.gpa >> PAGE_SHIFT] = page_va
+    st.set_owner(vp, gpns, L.Kdp.STATIC)
     pinned = hvpt.pin(sk, vp, new, "kdp.static") if new else False
     _kdp(
         sk,
@@ -188,14 +217,14 @@ def initialize_secure_pool(sk: SecureKernel, vp: VirtualProcessor, args: SecureC
         gpn = m.gpa >> PAGE_SHIFT
         if gpn != base + i:
             return _refuse(sk, vp, "securepool.init", "mapping", bad, va=page_va, pfn=gpn)
-        if gpn in st.static:
+        if st.owner(vp, gpn) == L.Kdp.STATIC:
             return _refuse(sk, vp, "securepool.init", "kdp-static", bad, pfn=gpn)
     gpns = [base + i for i in range(pages)]
     if not sk.set_vtl0_rights(vp, gpns, R):
         return _refuse(sk, vp, "securepool.init", "slat", NtStatus.UNSUCCESSFUL)
     for gpn in gpns:  # VTL0 can no longer write them: now the SK clears them
         vp.write(sk.space.phys_va(gpn << PAGE_SHIFT), bytes(PAGE_SIZE))
-    st.pool_pages.update(gpns)
+    st.set_owner(vp, gpns, L.Kdp.POOL)
     handle = sk.alloc_handle(
         SkObject(POOL_KIND, {"base_pfn": base, "pages": pages, "va": va, "next": 0})
     )
@@ -221,7 +250,7 @@ def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
         return _refuse(sk, vp, "securepool.block", "flags", bad, flags=flags)
     if not 0 < size <= PAGE_SIZE or src_offset >= PAGE_SIZE or src_offset + size > PAGE_SIZE:
         return _refuse(sk, vp, "securepool.bounds", "source", bad, size=size)
-    if not sk.vtl0_page(src_pfn):
+    if not sk.vtl0_page(vp, src_pfn):
         sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=src_pfn)
         return _refuse(sk, vp, "securepool.bounds", "source-pfn", bad, pfn=src_pfn)
     pool_va, base_pfn = int(pool.data["va"]), int(pool.data["base_pfn"])
@@ -272,7 +301,8 @@ def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
 
 def register(sk: SecureKernel) -> None:
     table_va, _ = sk.space.alloc_data(1)
-    sk.ext[EXT] = KdpState(table_va)
+    owners_va, owners_gpa = sk.space.alloc_data(L.table_pages(sk.ram_pages), contiguous=True)
+    sk.kdp = KdpState(table_va, owners_va, owners_gpa, sk.ram_pages)
     sk.handlers[Service.PROTECT_KERNEL_DATA_PAGE] = protect_kernel_data
     if Service.PROTECT_KERNEL_DATA_PAGE not in sk.table:
         # Build A has no PROTECT_KERNEL_DATA_PAGE; static KDP uses REGISTER_PROTECTED_PAGE there.

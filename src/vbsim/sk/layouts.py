@@ -1,0 +1,266 @@
+"""The Secure Kernel's structures in VTL1 memory: offsets, sizes, sources (numbers only).
+
+In the spirit of :mod:`vbsim.hv.defs`: this module holds layouts and the smallest accessors over
+them, no behaviour.  The SK reads every value it decides from through its own CPU (its paging
+over VTL1's SLAT, usually at a VA in its data region) at the moment of the decision; host-side
+tools (the invariant monitor, the report, the CLI, tests standing outside the machine) read the
+same bytes from guest RAM with the ``host_*`` readers at the end.
+
+Sources.  The public record describes *what* the SK keeps (vbs-internals §2.3 the handle table
+and SKPROCESS / SECURE_IMAGE objects, §2.4 the per-build service table, §3.1-3.2 ``.tPolicy`` and
+the trustlet IDs, §4.1 the IUM system-call filter, §5.1 HVCI's per-page state "one byte per GPA
+page", Appendix A item 5), but not byte layouts: every layout below is **the model's invention**
+unless its comment names a source.  Field widths follow what the value needs.
+
+What lives here (VTL1 memory, read by the SK at each decision): the configuration block the
+loader copies from the boot policy (``Config``), the phase, READY bits and HyperGuard's trusted
+register values (``State``), the own-page bitmap, the frame pool's bitmap (``Pool``), the
+trustlet allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
+dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated-hash records
+(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
+``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
+
+Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
+and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
+allocations, pools), secure threads and the per-VP current process, secure-storage page
+bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
+SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
+(page tables object, routine VAs, parsed image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from vbsim.hw.x86 import PAGE_SIZE
+
+
+class Mem(Protocol):
+    """What an accessor needs of a processor: loads and stores through its translation (a
+    :class:`vbsim.hw.cpu.Cpu` has them)."""
+
+    def read(self, va: int, length: int, /) -> bytes: ...
+    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
+    def read_u32(self, va: int, /) -> int: ...
+    def write_u32(self, va: int, value: int, /) -> None: ...
+    def read_u64(self, va: int, /) -> int: ...
+    def write_u64(self, va: int, value: int, /) -> None: ...
+
+
+class _Ram(Protocol):
+    """What a host-side reader needs of guest RAM (``vbsim.hw.ram.GuestRam`` has it)."""
+
+    def read(self, gpa: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a structure: byte offset, size in bytes, and where the layout comes from."""
+
+    name: str
+    offset: int
+    size: int
+    source: str = "model"
+
+
+MODEL = "model (no public layout)"
+
+
+# -- SK configuration block (one page; the loader copies it from the boot policy) ----------------
+# vbs-internals §1.1 rows 3 and 11: winload reads the VBS policy and hands it to the SK in the
+# OslVsmLoaderBlock; the block's layout is not public.
+class Config:
+    HVCI = Field("hvci", 0x00, 1, MODEL)
+    KDP = Field("kdp", 0x01, 1, MODEL)
+    HVPT = Field("hvpt", 0x02, 1, MODEL)
+    MBEC = Field("mbec", 0x03, 1, MODEL)
+    CREDENTIAL_GUARD = Field("credential_guard", 0x04, 1, MODEL)
+    #: The build whose secure-service numbers the SK uses ('A' or 'B', vbs-internals §2.4).
+    BUILD = Field("build", 0x05, 1, MODEL)
+    #: Legacy switches (vbs-internals §6 A8, A9): historical SK bugs, reproduced on request.
+    LEGACY_UNCHECKED = Field("legacy_unchecked_securecall_params", 0x06, 1, MODEL)
+    LEGACY_DOUBLE_FETCH = Field("legacy_securecall_double_fetch", 0x07, 1, MODEL)
+    VPS = Field("vps", 0x08, 4, MODEL)
+    RAM_PAGES = Field("ram_pages", 0x0C, 4, MODEL)
+    #: DefaultVtlProtectionMask the SK chose for VTL0 (vsm-spec §3.4).
+    VTL0_DEFAULT_MASK = Field("vtl0_default_mask", 0x10, 1, MODEL)
+    SIZE = 0x20
+
+
+# -- SK state block: boot phase and the trusted register values of PHASE3 ------------------------
+class Phase:
+    """Phase codes (the model's numbering of vbs-internals §1.1 rows 12-14)."""
+
+    LOADED = 0
+    PHASE1 = 1
+    PHASE3 = 3
+    PHASE4 = 4
+
+
+class State:
+    PHASE = Field("phase", 0x00, 4, MODEL)
+    #: How many trusted VTL0 register values HyperGuard recorded at PHASE3 (vbs-internals §5.7).
+    TRUSTED_COUNT = Field("trusted_count", 0x04, 4, MODEL)
+    #: Per VP, whether its VTL1 is initialised (bit n: VP n).
+    READY = Field("ready", 0x08, 8, MODEL)
+    TRUSTED = 0x10
+    #: Trusted entry: HV_REGISTER_NAME (u32, vsm-spec §4), pad, value (HV_REGISTER_VALUE, 128
+    #: bits: segment and table registers need more than 64).
+    TRUSTED_NAME = Field("name", 0x00, 4, MODEL)
+    TRUSTED_VALUE = Field("value", 0x08, 16, "vsm-spec §4 (HV_REGISTER_VALUE is 128 bits)")
+    TRUSTED_ENTRY = 0x18
+    TRUSTED_MAX = (PAGE_SIZE - TRUSTED) // TRUSTED_ENTRY
+
+
+# -- the trustlet allow-list ----------------------------------------------------------------------
+class AllowList:
+    """Trustlet IDs SKCI admits (vbs-internals §3.2 lists the known IDs; the array is the
+    model's)."""
+
+    COUNT = Field("count", 0x00, 4, MODEL)
+    IDS = 0x08  # u32 per ID
+    ID_SIZE = 4
+    MAX = (PAGE_SIZE - IDS) // ID_SIZE
+
+
+# -- the IUM system-call filter -------------------------------------------------------------------
+class IumFilter:
+    """Two bitmaps over NT service numbers (vbs-internals §4.1: each NT service is disabled,
+    forwarded to NT, or special in the SK).  A number in neither bitmap is disabled."""
+
+    NUMBERS = 4096  # NT service numbers the bitmaps cover (the model's NT numbers are below)
+    FORWARDED = 0x000  # bit n set: service n is forwarded to NT (IumGenericSyscall)
+    SPECIAL = NUMBERS // 8  # bit n set: service n is implemented in the SK
+    SIZE = 2 * (NUMBERS // 8)
+
+
+# -- the secure-call dispatch table ---------------------------------------------------------------
+class Dispatch:
+    """Per SSCN (vbs-internals §2.4, the selected build's numbers) the VA of the handler routine
+    in SK code; 0 for a number the SK does not know (it bugchecks, vbs-internals §2.2 step 6)."""
+
+    ENTRIES = 2048  # SSCNs 0..2047 (the highest known is BUGCHECK, 1792)
+    ENTRY = 8
+    SIZE = ENTRIES * ENTRY
+
+
+# -- KDP ----------------------------------------------------------------------------------------
+class Kdp:
+    """KDP's protected ranges (vbs-internals §5.2): one byte per GPA page naming its owner —
+    static KDP (MmProtectDriverSection) or the secure pool.  The table is the model's layout;
+    the secure pool's block records (tag, cookie) are ``POOL_RECORD`` in ``sk.services.kdp``."""
+
+    NONE = 0
+    STATIC = 1
+    POOL = 2
+
+
+# -- secure process objects (SKPROCESS) -----------------------------------------------------------
+class SkProcess:
+    """The SK's secure process object, one SK page each (vbs-internals §3.3, §3.5: SKPROCESS
+    holds the trustlet's identity — ID, the policy's debug and capability values, the instance
+    number — and the mailbox key; its layout is not public: model).  The mailbox directory
+    names, per slot, the SK frame holding the posted bytes (secrets, vbs-internals §4.4)."""
+
+    TRUSTLET_ID = Field("trustlet_id", 0x00, 8, MODEL)
+    MAILBOX_KEY = Field("mailbox_key", 0x08, 8, MODEL)
+    DEBUG = Field("debug", 0x10, 4, "vbs-internals §3.1 policy ID 2 (value: model width)")
+    CAPABILITIES = Field("capabilities", 0x14, 4, "vbs-internals §3.1 policy capability")
+    CRASH_DUMP = Field("crash_dump", 0x18, 4, "vbs-internals §3.1 policy crash dump")
+    SVN = Field("svn", 0x1C, 4, "vbs-internals §3.1 s_IumPolicyMetadata SVN")
+    INSTANCE = Field("instance", 0x20, 16, "vbs-internals §3.3 (16-byte instance number)")
+    MAILBOXES = 0x40
+    MAILBOX_PFN = Field("pfn", 0x00, 8, MODEL)
+    MAILBOX_LENGTH = Field("length", 0x08, 4, MODEL)
+    MAILBOX_ENTRY = 0x10
+    MAILBOX_SLOTS = 8
+
+
+# -- the SK's frame pool -------------------------------------------------------------------------
+class Pool:
+    """Free bitmap over the contiguous range the boot loader reserved for the SK (bit n set:
+    frame base + n in use).  The real SK's PFN database layout is not public (model)."""
+
+    BITMAP = 0x00
+    MAX = PAGE_SIZE * 8
+    #: Frames the loader reserves (the model's choice: 4 MiB, enough for the trustlets' tables).
+    FRAMES = 1024
+
+
+# -- HVCI ---------------------------------------------------------------------------------------
+class Hvci:
+    """HVCI's page-identity knowledge (vbs-internals §5.1, Appendix A item 5).
+
+    - the page-state table: one byte per GPA page (``PageState`` in ``sk.services.hvci``);
+    - the rights table: one byte per GPA page, the VTL0 SLAT rights HVCI last set (0xF: never);
+    - the validated-hash records: the SHA-256 of contents that earned KX, per page.  The records
+      are an array searched by GPN (model layout); record 0 is the oldest."""
+
+    HASH_COUNT = Field("count", 0x00, 4, MODEL)
+    #: Records the array holds (the loader writes HASH_MAX; the SK never goes beyond either).
+    HASH_CAPACITY = Field("capacity", 0x04, 4, MODEL)
+    HASH_RECORDS = 0x10
+    RECORD_GPN = Field("gpn", 0x00, 8, MODEL)
+    RECORD_SHA256 = Field("sha256", 0x08, 32, "SHA-256 (FIPS 180-4)")
+    RECORD_SIZE = 0x28
+    HASH_PAGES = 8
+    HASH_MAX = (HASH_PAGES * PAGE_SIZE - HASH_RECORDS) // RECORD_SIZE
+    NO_GPN = 0xFFFF_FFFF_FFFF_FFFF  # a free record
+
+
+def table_pages(ram_pages: int) -> int:
+    """Pages a one-byte-per-GPA table needs."""
+    return -(-ram_pages // PAGE_SIZE)
+
+
+# -- accessors over the SK's own CPU -------------------------------------------------------------
+def read_field(cpu: Mem, base: int, field: Field) -> int:
+    """A little-endian unsigned field at VA ``base`` (read through ``cpu``'s translation)."""
+    if field.size == 8:
+        return cpu.read_u64(base + field.offset)
+    if field.size == 4:
+        return cpu.read_u32(base + field.offset)
+    return int.from_bytes(cpu.read(base + field.offset, field.size), "little")
+
+
+def write_field(cpu: Mem, base: int, field: Field, value: int) -> None:
+    if field.size == 8:
+        cpu.write_u64(base + field.offset, value)
+    elif field.size == 4:
+        cpu.write_u32(base + field.offset, value)
+    else:
+        cpu.write(base + field.offset, value.to_bytes(field.size, "little"))
+
+
+def bit(cpu: Mem, base: int, index: int) -> bool:
+    """Bit ``index`` of a bitmap at VA ``base``."""
+    return bool(cpu.read(base + (index >> 3), 1)[0] >> (index & 7) & 1)
+
+
+# -- host-side readers (tools stand outside the machine and read RAM) ----------------------------
+def host_field(ram: _Ram, gpa: int, field: Field) -> int:
+    return int.from_bytes(ram.read(gpa + field.offset, field.size), "little")
+
+
+def host_bit(ram: _Ram, gpa: int, index: int) -> bool:
+    return bool(ram.read(gpa + (index >> 3), 1)[0] >> (index & 7) & 1)
+
+
+def host_allow_list(ram: _Ram, gpa: int) -> list[int]:
+    count = min(host_field(ram, gpa, AllowList.COUNT), AllowList.MAX)
+    raw = ram.read(gpa + AllowList.IDS, count * AllowList.ID_SIZE)
+    return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
+
+
+def host_hash_records(ram: _Ram, gpa: int) -> dict[int, bytes]:
+    """GPN → validated SHA-256 (the first record for a GPN wins, as the SK's search does)."""
+    count = min(host_field(ram, gpa, Hvci.HASH_COUNT), Hvci.HASH_MAX)
+    raw = ram.read(gpa + Hvci.HASH_RECORDS, count * Hvci.RECORD_SIZE)
+    out: dict[int, bytes] = {}
+    for i in range(count):
+        record = raw[i * Hvci.RECORD_SIZE : (i + 1) * Hvci.RECORD_SIZE]
+        gpn = int.from_bytes(record[:8], "little")
+        if gpn != Hvci.NO_GPN:
+            out.setdefault(gpn, bytes(record[8:40]))
+    return out
