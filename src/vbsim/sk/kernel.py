@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import KernelSpace
@@ -37,6 +37,7 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
+    from vbsim.hw.cpu import Cpu
     from vbsim.image import RevocationPolicy
     from vbsim.machine import Machine
     from vbsim.policy import Policy
@@ -600,11 +601,12 @@ def _sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
 def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     """A fault in IUM user mode ends the trustlet's thread; one in the Secure Kernel is fatal."""
     sk = _sk(vp)
+    cr2 = cast("Cpu", vp).read_cr(2)  # mov r64, cr2 (the handler runs at CPL0 on a Cpu)
     if vp.interrupted_cpl == 3:
         sk.emit(vp, "ium", "exception-dispatch", "thread-terminated", vector=vector,
-                error_code=error_code, cr2=vp.cr2)  # fmt: skip
-        raise ThreadTerminated(f"IUM exception {vector} at 0x{vp.cr2:x}", vector, error_code)
-    sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x20, vector, error_code, vp.cr2)
+                error_code=error_code, cr2=cr2)  # fmt: skip
+        raise ThreadTerminated(f"IUM exception {vector} at 0x{cr2:x}", vector, error_code)
+    sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x20, vector, error_code, cr2)
 
 
 def _service_routine(handler: Handler) -> Callable[..., ServiceResult]:
