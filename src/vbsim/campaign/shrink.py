@@ -37,7 +37,9 @@ def _fails_with_violation(policy: Policy, invariant: int) -> Callable[[Program],
     return test
 
 
-def _fails_with_exception(policy: Policy, kind: type[BaseException]) -> Callable[[Program], int | None]:
+def _fails_with_exception(
+    policy: Policy, kind: type[BaseException]
+) -> Callable[[Program], int | None]:
     def test(program: Program) -> int | None:
         try:
             run_program(program, policy)
@@ -121,6 +123,6 @@ def regression_source(program: Program, policy: Policy, expect: int | str, messa
     note = message.replace('"', "'")[:100]
     expect_text = f"expect={expect!r},\n    " if expect != "ok" else ""
     return (
-        f"Regression(\n    \"campaign-{tag}\",\n    {policy.name!r},\n    {body},\n"
-        f"    {expect_text}note=\"found by a campaign: {note}\",\n),"
+        f'Regression(\n    "campaign-{tag}",\n    {policy.name!r},\n    {body},\n'
+        f'    {expect_text}note="found by a campaign: {note}",\n),'
     )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from vbsim.cli.campaign_cmd import app as campaign_app
 from vbsim.cli.fuzz_cmd import fuzz
 from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(image_app, name="image")
 app.add_typer(trustlet_app, name="trustlet")
+app.add_typer(campaign_app, name="campaign")
 app.command("report")(report)
 app.command("fuzz")(fuzz)
 app.command("soak")(soak)

@@ -85,6 +85,7 @@ class GuideStats:
     mutants: int = 0
     kept: int = 0
     features: int = 0
+    repairs: int = 0
 
 
 @dataclass
@@ -108,11 +109,17 @@ class Guide:
     #: secure calls the kernel accepted (one per service): the producers of kernel objects
     accepted: list[Action] = field(default_factory=list)
     _accepted_by: set[str] = field(default_factory=set)
+    #: actions after which the attacker held a new handle or cookie (resource producers)
+    producers: list[Action] = field(default_factory=list)
+    _repairs: list[Program] = field(default_factory=list)
     _current: set[tuple[str, ...]] = field(default_factory=set)
 
     # -- drawing -----------------------------------------------------------------------------
     def next(self) -> Program:
         rng = self.rng
+        if self._repairs and rng.random() < 0.5:
+            self.stats.repairs += 1
+            return self._repairs.pop(0)
         if not self.corpus or rng.random() < self.fresh:
             self.stats.fresh += 1
             # short: a long random program mostly ends its machine early; mutants grow it
@@ -157,7 +164,9 @@ class Guide:
                 i = rng.choice(aimable)
                 actions[i] = self._aim(actions[i])
             else:
-                actions.insert(rng.randint(0, len(actions)), self._rare_action(d, program.capability))
+                actions.insert(
+                    rng.randint(0, len(actions)), self._rare_action(d, program.capability)
+                )
         return Program(program.capability, tuple(actions[: self.max_actions]) or program.actions)
 
     def _rare_action(self, d: RandomDraw, capability: str) -> Action:
@@ -244,6 +253,24 @@ class Guide:
         if len(self.boundaries) > 64:
             del self.boundaries[0]
 
+    def _producer(self, action: Action) -> None:
+        if action not in self.producers:
+            self.producers.append(action)
+            if len(self.producers) > 32:
+                del self.producers[0]
+
+    def _repair(self, program: Program, step: int) -> None:
+        """A call the kernel refused for its object (a bad or wrong-type handle): queue it again
+        with a producer right before it and its handles aimed at the newest one — the object
+        the producer just made."""
+        if not self.producers or len(self._repairs) >= 32:
+            return
+        action = program.actions[step]
+        producer = self.rng.choice(self.producers)
+        fixed = Action(action.op, _newest_handles(action.args))
+        actions = (*program.actions[:step], producer, fixed)
+        self._repairs.append(Program(program.capability, actions[-self.max_actions :]))
+
     def observe(self, program: Program, result: RunResult | None) -> bool:
         """Record how ``program`` ran (None: it ended in a violation or an exception); True when
         it reached something new (it then joins the corpus)."""
@@ -258,6 +285,11 @@ class Guide:
                 if status == "securecall STATUS_SUCCESS" and service not in self._accepted_by:
                     self._accepted_by.add(service)
                     self.accepted.append(action)
+            for step in result.produced:
+                self._producer(program.actions[step])
+            for step, outcome in enumerate(result.outcomes):
+                if outcome.split()[1:2] in _OBJECT_REFUSED:
+                    self._repair(program, step)
             if result.terminated is not None:
                 features.add(("terminated", result.terminated.split(":")[0]))
             # Keep what ran, without the step that ended the machine: mutants build on a prefix
@@ -292,3 +324,14 @@ def _uses_handle(action: Action) -> bool:
         return isinstance(value, tuple) and any(walk(v) for v in value)
 
     return action.op == "securecall" and walk(action.args[3:4])
+
+
+_OBJECT_REFUSED = (["STATUS_INVALID_HANDLE"], ["STATUS_OBJECT_TYPE_MISMATCH"])
+
+
+def _newest_handles(value: Any) -> Any:
+    if isinstance(value, Ref) and value.space in ("handle", "cookie"):
+        return value._replace(nth=0)
+    if isinstance(value, tuple):
+        return tuple(_newest_handles(v) for v in value)
+    return value

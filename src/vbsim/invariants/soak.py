@@ -209,7 +209,9 @@ def format_report(report: SoakReport) -> str:
     if report.groups:
         lines.append(f"  distinct failures: {len(report.groups)}")
         for entry in report.groups[:10]:
-            lines.append(f"    {entry['count']:>5} x {entry['key']}  (first: program {entry['first']})")
+            lines.append(
+                f"    {entry['count']:>5} x {entry['key']}  (first: program {entry['first']})"
+            )
     if report.out:
         lines.append(f"  results: {report.out}")
     shown: set[str] = set()
