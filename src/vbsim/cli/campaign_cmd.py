@@ -34,7 +34,10 @@ def load_summary(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     manifest = results.manifest()
     summary = results.summary()
     records = list(results.records())
-    if summary is None or summary.get("programs", 0) < len(records):
+    soak = manifest.get("kind") == "soak"
+    if summary is None and not soak:
+        summary = {"unfinished": True, "iterations": sum(r.get("iterations", 0) for r in records)}
+    if soak and (summary is None or summary.get("programs", 0) < len(records)):
         outcomes = Counter(r.get("outcome", "?") for r in records)
         summary = {
             "programs": len(records),
@@ -53,6 +56,7 @@ def load_summary(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             ],
             "unfinished": True,
         }
+    assert summary is not None
     return manifest, summary
 
 

@@ -112,6 +112,7 @@ class Guide:
     #: actions after which the attacker held a new handle or cookie (resource producers)
     producers: list[Action] = field(default_factory=list)
     _repairs: list[Program] = field(default_factory=list)
+    _tried: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
     _current: set[tuple[str, ...]] = field(default_factory=set)
 
     # -- drawing -----------------------------------------------------------------------------
@@ -161,7 +162,8 @@ class Guide:
         else:
             aimable = [i for i, a in enumerate(actions) if a.op in MUTABLE]
             if aimable:
-                i = rng.choice(aimable)
+                # the last step half of the time: the frontier, where the program got new
+                i = aimable[-1] if rng.random() < 0.5 else rng.choice(aimable)
                 actions[i] = self._aim(actions[i])
             else:
                 actions.insert(
@@ -254,19 +256,20 @@ class Guide:
             del self.boundaries[0]
 
     def _producer(self, action: Action) -> None:
-        if action not in self.producers:
-            self.producers.append(action)
-            if len(self.producers) > 32:
-                del self.producers[0]
+        if _kind(action) not in {_kind(a) for a in self.producers}:
+            self.producers.append(action)  # one per (op, service): the first that worked
 
     def _repair(self, program: Program, step: int) -> None:
         """A call the kernel refused for its object (a bad or wrong-type handle): queue it again
         with a producer right before it and its handles aimed at the newest one — the object
         the producer just made."""
-        if not self.producers or len(self._repairs) >= 32:
-            return
         action = program.actions[step]
-        producer = self.rng.choice(self.producers)
+        key = _kind(action)
+        untried = [p for p in self.producers if self._tried[key, _kind(p)] < 3]
+        if not untried or len(self._repairs) >= 32:
+            return
+        producer = self.rng.choice(untried)
+        self._tried[key, _kind(producer)] += 1
         fixed = Action(action.op, _newest_handles(action.args))
         actions = (*program.actions[:step], producer, fixed)
         self._repairs.append(Program(program.capability, actions[-self.max_actions :]))
