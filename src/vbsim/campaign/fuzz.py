@@ -138,7 +138,7 @@ def run(
                 sorted(campaign.crashes),
                 round_seconds,
                 max_iterations,
-                campaign.rounds == 0,
+                campaign.rounds == 0 and worker == 0,  # one fuzzer replays the seeds
             )
             for worker in range(workers)
         ]

@@ -132,7 +132,8 @@ def _campaign(
         _error(str(error))
     with runner:
         if show:
-            line = f"engine {runner.name}: {runner.workers} worker(s), up in {runner.start_seconds:.1f} s"
+            line = f"engine {runner.name}: {runner.workers} worker(s)"
+            line += f", up in {runner.start_seconds:.1f} s"
             err.print(line + (f"; dashboard {runner.dashboard}" if runner.dashboard else ""))
 
         def progress(state: campaign.FuzzCampaign) -> None:
@@ -167,7 +168,8 @@ def _campaign(
         for crash in result.crashes.values():
             out_console.print(
                 f"{crash.count} x {crash.signature}: {crash.error}\n"
-                f"minimised {crash.original_length} -> {len(crash.data)} bytes, saved to {crash.path}",
+                f"minimised {crash.original_length} -> {len(crash.data)} bytes, "
+                f"saved to {crash.path}",
                 markup=False,
             )
     if result.crashes:

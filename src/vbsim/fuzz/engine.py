@@ -143,7 +143,7 @@ class Coverage:
         features: set[int] = set()
         self._pairs = set()
         previous = sys.gettrace()
-        sys.settrace(self._trace)  # type: ignore[arg-type]
+        sys.settrace(self._trace)
         try:
             yield features
         finally:

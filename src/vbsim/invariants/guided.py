@@ -33,8 +33,11 @@ from typing import Any
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.invariants.attacker import (
     CAPABILITIES,
+    K0_OPS,
     PFN_POOLS,
+    SERVICE_SHAPES,
     Action,
+    Focus,
     Program,
     RandomDraw,
     Ref,
@@ -42,6 +45,7 @@ from vbsim.invariants.attacker import (
     draw_action,
     random_program,
 )
+from vbsim.sk.sscn import Service
 from vbsim.trace.events import Event
 
 MASK64 = (1 << 64) - 1
@@ -174,6 +178,16 @@ class Guide:
     def _rare_action(self, d: RandomDraw, capability: str) -> Action:
         """A tournament of freshly drawn actions: the one whose (op, service) ran least often
         (steering the draw towards what the corpus has not exercised yet)."""
+        if capability == "K0" and self.rng.random() < 0.5:
+            # the least-run kind of the whole K0 vocabulary (ops, and secure services by
+            # number), drawn through the generator's own focus: every service gets its turn
+            kinds = [(op, "") for op in sorted(set(K0_OPS)) if op != "securecall"]
+            kinds += [("securecall", str(service)) for service in SERVICE_SHAPES]
+            least = min(self.ran[k] for k in kinds)
+            op, service = self.rng.choice([k for k in kinds if self.ran[k] == least])
+            if op == "securecall":
+                return draw_action(d, "K0", Focus((Service(service),), ("securecall",)))
+            return draw_action(d, "K0", Focus(tuple(SERVICE_SHAPES), (op,)))
         candidates = [draw_action(d, capability) for _ in range(8)]
         return min(candidates, key=lambda a: self.ran[_kind(a)])
 
