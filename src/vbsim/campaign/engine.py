@@ -120,15 +120,12 @@ class DaskEngine(Engine):
         import importlib
 
         # optional, and only partly typed: used as Any (CI's mypy runs without the extra)
-        dask: Any = importlib.import_module("dask")
         distributed: Any = importlib.import_module("distributed")
         Client, LocalCluster = distributed.Client, distributed.LocalCluster
         self._wait = distributed.wait
 
         self._cluster: Any = None
-        # The model is pure Python and single-threaded: one process per worker, one thread each;
-        # and no work stealing of running jobs mid-flight to worry about (jobs are pure).
-        dask.config.set({"distributed.worker.daemon": False})
+        # The model is pure Python and single-threaded: one process per worker, one thread each.
         try:
             if scheduler:
                 self._client: Any = Client(scheduler, timeout="20s")

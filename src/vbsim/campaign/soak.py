@@ -51,7 +51,10 @@ def run(
     *,
     resume: bool = False,
     progress: Progress | None = None,
+    stop_after: int | None = None,
 ) -> Campaign:
+    """Run (or resume) a soak campaign; with ``stop_after``, no new job starts once that many
+    programs failed (the jobs under way finish: records stay whole jobs)."""
     campaign = Campaign(config, seed, results)
     if results is not None:
         if resume and results.exists():
@@ -105,6 +108,12 @@ def run(
                 counts.update(r["outcome"] for r in part.records)
                 if progress is not None:
                     progress(done_programs, counts["violation"], counts["exception"])
+                if (
+                    stop_after is not None
+                    and counts["violation"] + counts["exception"] >= stop_after
+                ):
+                    todo.clear()
+                    continue
                 if guided:
                     following = job + lanes
                     if following < config.jobs and following not in finished:

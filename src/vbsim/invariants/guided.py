@@ -69,6 +69,18 @@ MUTABLE: dict[str, tuple[int, ...]] = {
     "dma_read": (0, 1),
     "dma_write": (0,),
 }
+#: Of those, the positions the executor resolves (``Session.resolve``): a number there may become
+#: a page reference (elsewhere the executor does arithmetic on the raw value).
+RESOLVED: dict[str, tuple[int, ...]] = {
+    "securecall": (2, 3, 4),
+    "stage_mdl": (2,),
+    "stage_list": (1,),
+    "read": (0, 1),
+    "write": (0,),
+    "dma": (1, 2),
+    "hypercall": (0, 1, 2),
+    "fuzzlet": (1, 2),
+}
 #: Event detail keys whose numbers are the boundaries the kernel checked.
 BOUNDARY_KEYS = frozenset(
     ("size", "offset", "byte_count", "byte_offset", "pfn", "va", "needed", "pages", "length")
@@ -133,8 +145,11 @@ class Guide:
         self.stats.mutants += 1
         parent = self._choose()
         program = parent.program
-        for _ in range(rng.choice((1, 1, 2, 3))):
-            program = self._mutate(program)
+        for _ in range(8):  # a mutant that equals its parent would only repeat it
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                program = self._mutate(program)
+            if program != parent.program:
+                break
         return program
 
     def _choose(self) -> Entry:
@@ -145,9 +160,7 @@ class Guide:
     def _mutate(self, program: Program) -> Program:
         rng, actions = self.rng, list(program.actions)
         d = RandomDraw(rng)
-        kind = rng.choice(
-            ("insert", "insert", "aim", "aim", "aim", "replace", "delete", "splice", "splice")
-        )
+        kind = rng.choice(_MUTATIONS)
         if kind == "insert" or not actions:
             # after the last step more often than not: that is where the prefix's state is
             at = len(actions) if rng.random() < 0.5 else rng.randint(0, len(actions))
@@ -155,6 +168,17 @@ class Guide:
         elif kind == "replace":
             at = rng.randrange(len(actions))
             actions[at : at + 1] = self._with_producer(self._rare_action(d, program.capability))
+        elif kind == "redraw" and program.capability == "K0":
+            # the same (op, service) with every argument drawn afresh (handles kept on the
+            # newest object): the frontier step, half of the time
+            at = len(actions) - 1 if rng.random() < 0.5 else rng.randrange(len(actions))
+            op, service = _kind(actions[at])
+            if op == "securecall" and service in SERVICE_SHAPES:
+                focus = Focus((Service(service),), ("securecall",))
+            else:
+                focus = Focus(tuple(SERVICE_SHAPES), (op,))
+            fresh = draw_action(d, "K0", focus)
+            actions[at] = Action(fresh.op, _newest_handles(fresh.args))
         elif kind == "delete" and len(actions) > 1:
             del actions[rng.randrange(len(actions))]
         elif kind == "splice":
@@ -206,21 +230,26 @@ class Guide:
             return action
         args = list(action.args)
         at = self.rng.choice(positions)
-        args[at] = self._aim_value(args[at])
+        args[at] = self._aim_value(args[at], at in RESOLVED.get(action.op, ()))
         return Action(action.op, tuple(args))
 
-    def _aim_value(self, value: Any) -> Any:
+    def _aim_value(self, value: Any, resolved: bool = False) -> Any:
         rng = self.rng
         if isinstance(value, tuple):
             leaves = [i for i, v in enumerate(value) if not isinstance(v, str)]
             if not leaves:
                 return value
             i = rng.choice(leaves)
-            return (*value[:i], self._aim_value(value[i]), *value[i + 1 :])
+            return (*value[:i], self._aim_value(value[i], resolved), *value[i + 1 :])
         if isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return self._number(value) & MASK64 if value >= 0 else value
+            if value < 0:
+                return value
+            if resolved and rng.random() < 0.25:  # a page where a number was
+                space = rng.choice(("pfn", "pfn", "gpa", "dm"))
+                return Ref(space, rng.choice(PFN_POOLS), rng.randint(0, 63))
+            return self._number(value) & MASK64
         if isinstance(value, Ref):
             return self._ref(value)
         if isinstance(value, bytes) and value:
@@ -343,6 +372,11 @@ def _uses_handle(action: Action) -> bool:
     return action.op == "securecall" and walk(action.args[3:4])
 
 
+#: mutation kinds, weighted by repetition
+_MUTATIONS = (
+    *("insert", "insert", "aim", "aim", "redraw", "redraw"),
+    *("replace", "delete", "splice", "splice"),
+)
 _OBJECT_REFUSED = (["STATUS_INVALID_HANDLE"], ["STATUS_OBJECT_TYPE_MISMATCH"])
 
 

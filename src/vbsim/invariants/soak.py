@@ -126,6 +126,8 @@ def soak(
     resume: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
     on_engine: Callable[[Engine], None] | None = None,
+    stop_after: int | None = None,
+    shrink: bool = True,
 ) -> SoakReport:
     """Run ``programs`` attacker programs as a campaign (:mod:`vbsim.campaign`) on ``engine``
     with ``workers`` processes; records go to ``out`` when given (``resume``: continue it)."""
@@ -145,12 +147,15 @@ def soak(
         batch=batch,
         lanes=lanes or count,
         generator=generator,
+        shrink=shrink,
     )
     results = ResultsDir(out) if out is not None else None
     with make_engine(engine, count, scheduler) as runner:
         if on_engine is not None:
             on_engine(runner)
-        campaign = run(config, seed, runner, results, resume=resume, progress=progress)
+        campaign = run(
+            config, seed, runner, results, resume=resume, progress=progress, stop_after=stop_after
+        )
         workers_used = runner.workers
     total = summary(campaign)
     report = SoakReport(config.policy.name, workers=workers_used)
