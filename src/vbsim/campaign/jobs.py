@@ -31,7 +31,7 @@ from typing import Any
 from vbsim.invariants.attacker import CAPABILITIES, Program, Session, random_program
 from vbsim.invariants.guided import Guide
 from vbsim.invariants.known_bugs import strip_known_bugs
-from vbsim.invariants.monitor import InvariantViolation
+from vbsim.invariants.monitor import InvariantViolation, Monitor
 from vbsim.policy import Policy, preset
 
 GENERATORS = ("guided", "random")
@@ -157,6 +157,8 @@ def run_job(
             last = record
             monitor = session.monitor
             checks_before = monitor.stats.checks if monitor is not None else 0
+            if guide is not None:
+                guide.begin(_step_counter(monitor))
             try:
                 run = session.run(program)
                 record["actions"] = run.actions
@@ -206,6 +208,12 @@ def run_job(
     if guide is not None:
         result.state = pickle.dumps(guide)
     return result
+
+
+def _step_counter(monitor: Monitor | None) -> Callable[[], int] | None:
+    if monitor is None:
+        return None
+    return lambda: monitor.step_number
 
 
 def _random(rng: random.Random, config: SoakConfig) -> Program:

@@ -2,21 +2,27 @@
 
 The plain generator (:func:`~vbsim.invariants.attacker.random_program`) draws every program from
 scratch, so a bug that needs two related secure calls (a secure allocation, then a fill of it
-with an MDL aimed just past its end) is a one-in-thousands draw: unfocused it finds neither
-legacy-2019 Secure Kernel bug within 1,000 programs.  This module adds the two kinds of feedback
-a coverage-guided fuzzer has, without being told where to look:
+with an MDL aimed past its end or at a VTL1 page) is a one-in-thousands draw: unfocused it finds
+neither legacy-2019 Secure Kernel bug within 1,000 programs.  This module adds the feedback a
+coverage-guided fuzzer has, without being told where to look:
 
 - **Trace novelty.**  While a program runs, every trace event's ``(kind, mechanism, outcome)``
-  and every action's ``(op, secure service, outcome)`` is a *feature*.  A program that reaches a
-  feature never seen before is kept in a corpus; later programs are, most of the time, mutants of
-  corpus programs (actions inserted, replaced, deleted, spliced; arguments re-aimed), and the
-  parent is chosen by a tournament favouring programs whose rarest feature is rarest.  So a
-  secure call that *succeeded* (a new status) becomes the prefix that later calls build on.
-- **Boundary-aiming arguments.**  The Secure Kernel's decisions are trace events that carry the
-  numbers it checked (``size``, ``offset``, ``byte_count``, ``pfn``, ``va``...).  Those numbers
-  are collected, and a mutated argument is drawn next to them: ``v-1``, ``v``, ``v+1``, ``v±8``,
-  the page boundary above ``v`` and one page either side of a PFN — where an off-by-one or a
-  missing bound check lives.
+  and every action's ``(op, secure service, outcome)`` is a *feature*, credited to the step that
+  produced it.  A program reaching a feature never seen before joins a corpus (cut after its
+  last live step); most later programs are mutants of corpus programs, the parent chosen by a
+  tournament favouring the rarest features, and mutated mostly *at the steps that reached
+  something new*: arguments re-aimed, the step redrawn with the same (op, service), actions
+  inserted, replaced, deleted, spliced.  Inserted actions favour the least-run kinds of the
+  vocabulary (every secure service gets its turn).
+- **Resources** (as syzkaller has them).  Steps after which the attacker holds a new handle or
+  cookie are *producers*; a call the kernel refuses for its object (``STATUS_INVALID_HANDLE``,
+  ``STATUS_OBJECT_TYPE_MISMATCH``) is queued again with a producer — a known one, or a secure
+  call whose shape takes no handle — right before it and its handles aimed at the newest.
+- **Boundary-aiming arguments.**  The Secure Kernel's decisions are trace events carrying the
+  numbers it checked (``size``, ``offset``, ``byte_count``, ``pfn``, ``va``...).  Those are
+  collected, and a re-aimed argument is drawn next to them: ``v-1``, ``v``, ``v+1``, ``v±8``,
+  just past the page boundary above ``v``, one page either side of a PFN, or a page of another
+  pool where a number was.
 
 Everything is drawn from one :class:`random.Random`, so a guided run is as reproducible as a
 plain one: the same seed and the same outcomes give the same programs.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +99,8 @@ _PAGE_EDGES = (PAGE_SIZE - 8, PAGE_SIZE, PAGE_SIZE + 1, 2 * PAGE_SIZE - 8, 2 * P
 class Entry:
     program: Program
     features: frozenset[tuple[str, ...]]
+    #: the steps that reached something new (and the last one): where mutation pays
+    novel: tuple[int, ...] = ()
 
 
 @dataclass
@@ -128,36 +136,58 @@ class Guide:
     #: actions after which the attacker held a new handle or cookie (resource producers)
     producers: list[Action] = field(default_factory=list)
     _repairs: list[Program] = field(default_factory=list)
+    _found: Counter[str] = field(default_factory=Counter)
+    _drawn: Counter[str] = field(default_factory=Counter)
+    _repaired: Counter[tuple[str, str]] = field(default_factory=Counter)
     _tried: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
     _current: set[tuple[str, ...]] = field(default_factory=set)
+    _steps: Callable[[], int] | None = None
+    _base: int = 0
+    _credited: set[int] = field(default_factory=set)
 
     # -- drawing -----------------------------------------------------------------------------
     def next(self) -> Program:
         rng = self.rng
-        if self._repairs and rng.random() < 0.5:
+        if self._repairs and rng.random() < 0.35:
             self.stats.repairs += 1
             return self._repairs.pop(0)
         if not self.corpus or rng.random() < self.fresh:
             self.stats.fresh += 1
             # short: a long random program mostly ends its machine early; mutants grow it
             length = min(self.max_actions, self.fresh_actions)
-            return random_program(rng, rng.choice(list(self.capabilities)), length)
+            return random_program(rng, self._capability(), length)
         self.stats.mutants += 1
         parent = self._choose()
         program = parent.program
         for _ in range(8):  # a mutant that equals its parent would only repeat it
             for _ in range(rng.choice((1, 1, 2, 3))):
-                program = self._mutate(program)
+                program = self._mutate(program, parent.novel if program is parent.program else ())
             if program != parent.program:
                 break
         return program
+
+    def _capability(self) -> str:
+        """A capability for a fresh program, by how productive its programs have been (new
+        features per program, AFL's energy): a wider attack surface earns more draws."""
+        weights = [(self._found[c] + 1) / (self._drawn[c] + 4) for c in self.capabilities]
+        choice = self.rng.choices(list(self.capabilities), weights)[0]
+        self._drawn[choice] += 1
+        return choice
 
     def _choose(self) -> Entry:
         """A tournament of three: the entry whose rarest feature was seen least often."""
         picks = [self.rng.choice(self.corpus) for _ in range(3)]
         return min(picks, key=lambda e: min((self.seen[f] for f in e.features), default=0))
 
-    def _mutate(self, program: Program) -> Program:
+    def _pick(self, count: int, novel: tuple[int, ...]) -> int:
+        """A step to mutate: one that reached something new, mostly; else the last or any."""
+        rng = self.rng
+        usable = [i for i in novel if i < count]
+        if usable and rng.random() < 0.7:
+            return rng.choice(usable)
+        return count - 1 if rng.random() < 0.5 else rng.randrange(count)
+
+    def _mutate(self, program: Program, novel: tuple[int, ...] = ()) -> Program:
         rng, actions = self.rng, list(program.actions)
         d = RandomDraw(rng)
         kind = rng.choice(_MUTATIONS)
@@ -171,7 +201,7 @@ class Guide:
         elif kind == "redraw" and program.capability == "K0":
             # the same (op, service) with every argument drawn afresh (handles kept on the
             # newest object): the frontier step, half of the time
-            at = len(actions) - 1 if rng.random() < 0.5 else rng.randrange(len(actions))
+            at = self._pick(len(actions), novel)
             op, service = _kind(actions[at])
             if op == "securecall" and service in SERVICE_SHAPES:
                 focus = Focus((Service(service),), ("securecall",))
@@ -191,7 +221,12 @@ class Guide:
             aimable = [i for i, a in enumerate(actions) if a.op in MUTABLE]
             if aimable:
                 # the last step half of the time: the frontier, where the program got new
-                i = aimable[-1] if rng.random() < 0.5 else rng.choice(aimable)
+                at = self._pick(len(actions), novel)
+                i = (
+                    at
+                    if at in aimable
+                    else (aimable[-1] if rng.random() < 0.5 else rng.choice(aimable))
+                )
                 actions[i] = self._aim(actions[i])
             else:
                 actions.insert(
@@ -283,9 +318,19 @@ class Guide:
         return ref._replace(offset=self._number(ref.offset) % (1 << 32))
 
     # -- learning ----------------------------------------------------------------------------
+    def begin(self, steps: Callable[[], int] | None) -> None:
+        """A program starts; ``steps`` counts the monitor's steps (so a new trace feature is
+        credited to the action that produced it), or None."""
+        self._steps = steps
+        self._base = steps() if steps is not None else 0
+        self._credited = set()
+
     def listen(self, event: Event) -> None:
         """A trace listener: the features and boundaries of the program now running."""
-        self._current.add((event.kind, event.mechanism, event.outcome))
+        feature = (event.kind, event.mechanism, event.outcome)
+        if self._steps is not None and feature not in self.seen and feature not in self._current:
+            self._credited.add(self._steps() - self._base - 1)
+        self._current.add(feature)
         if event.kind == "securecall" or event.kind.startswith("ium"):
             for key, value in event.detail.items():
                 if key in BOUNDARY_KEYS and isinstance(value, int) and 0 <= value <= MASK64:
@@ -308,11 +353,19 @@ class Guide:
         the producer just made."""
         action = program.actions[step]
         key = _kind(action)
-        untried = [p for p in self.producers if self._tried[key, _kind(p)] < 3]
-        if not untried or len(self._repairs) >= 32:
+        if len(self._repairs) >= 32 or self._repaired[key] >= 8:
             return
-        producer = self.rng.choice(untried)
-        self._tried[key, _kind(producer)] += 1
+        self._repaired[key] += 1
+        untried = [p for p in self.producers if self._tried[key, _kind(p)] < 3]
+        if untried and self.rng.random() < 0.7:
+            producer = self.rng.choice(untried)
+            self._tried[key, _kind(producer)] += 1
+        else:
+            # no producer known (or time to look for another): a secure call that takes no
+            # handle, from the service table's shapes — the calls that can create an object
+            creators = [svc for svc, shape in SERVICE_SHAPES.items() if shape and "h" not in shape]
+            service = self.rng.choice(creators)
+            producer = draw_action(RandomDraw(self.rng), "K0", Focus((service,), ("securecall",)))
         fixed = Action(action.op, _newest_handles(action.args))
         actions = (*program.actions[:step], producer, fixed)
         self._repairs.append(Program(program.capability, actions[-self.max_actions :]))
@@ -322,12 +375,19 @@ class Guide:
         it reached something new (it then joins the corpus)."""
         features = self._current
         self._current = set()
+        novel_steps: list[int] = [i for i in self._credited if i >= 0]
+        self._credited = set()
         if result is not None:
-            for action, outcome in zip(program.actions, result.outcomes, strict=False):
+            for number, (action, outcome) in enumerate(
+                zip(program.actions, result.outcomes, strict=False)
+            ):
                 op, service = _kind(action)
                 self.ran[op, service] += 1
                 status = " ".join(outcome.split()[:2])
-                features.add(("step", op, service, status))
+                step_feature = ("step", op, service, status)
+                if step_feature not in self.seen and step_feature not in features:
+                    novel_steps.append(number)
+                features.add(step_feature)
                 if status == "securecall STATUS_SUCCESS" and service not in self._accepted_by:
                     self._accepted_by.add(service)
                     self.accepted.append(action)
@@ -348,7 +408,10 @@ class Guide:
         if not new or result is None:
             return False
         self.stats.kept += 1
-        self.corpus.append(Entry(program, frozenset(features)))
+        self._found[program.capability] += 1
+        last = len(program.actions) - 1
+        novel = tuple(sorted({*(i for i in novel_steps if i <= last), last}))
+        self.corpus.append(Entry(program, frozenset(features), novel))
         if len(self.corpus) > self.corpus_cap:
             # forget the entry whose rarest feature is most common (it adds least)
             worst = max(
