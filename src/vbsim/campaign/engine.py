@@ -11,7 +11,9 @@ result, so nothing but the engine carries work and results (no shared file syste
   what a test monkeypatches applies).
 - ``dask`` (``pip install 'vbsim[cluster]'``): a ``distributed.Client`` on the scheduler at
   ``scheduler`` (a running ``dask scheduler``), or on a ``LocalCluster`` of ``workers`` processes
-  with one thread each (the model is pure Python: threads would share one GIL).
+  with one thread each (the model is pure Python: threads would share one GIL).  Workers of a
+  remote cluster need vbsim installed (the same version: jobs are sent by reference to
+  :func:`vbsim.campaign.jobs.run_job`), nothing else — no shared directory.
 """
 
 from __future__ import annotations

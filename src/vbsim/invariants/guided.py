@@ -136,8 +136,6 @@ class Guide:
     #: actions after which the attacker held a new handle or cookie (resource producers)
     producers: list[Action] = field(default_factory=list)
     _repairs: list[Program] = field(default_factory=list)
-    _found: Counter[str] = field(default_factory=Counter)
-    _drawn: Counter[str] = field(default_factory=Counter)
     _repaired: Counter[tuple[str, str]] = field(default_factory=Counter)
     _tried: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
     _current: set[tuple[str, ...]] = field(default_factory=set)
@@ -155,7 +153,7 @@ class Guide:
             self.stats.fresh += 1
             # short: a long random program mostly ends its machine early; mutants grow it
             length = min(self.max_actions, self.fresh_actions)
-            return random_program(rng, self._capability(), length)
+            return random_program(rng, rng.choice(list(self.capabilities)), length)
         self.stats.mutants += 1
         parent = self._choose()
         program = parent.program
@@ -165,14 +163,6 @@ class Guide:
             if program != parent.program:
                 break
         return program
-
-    def _capability(self) -> str:
-        """A capability for a fresh program, by how productive its programs have been (new
-        features per program, AFL's energy): a wider attack surface earns more draws."""
-        weights = [(self._found[c] + 1) / (self._drawn[c] + 4) for c in self.capabilities]
-        choice = self.rng.choices(list(self.capabilities), weights)[0]
-        self._drawn[choice] += 1
-        return choice
 
     def _choose(self) -> Entry:
         """A tournament of three: the entry whose rarest feature was seen least often."""
@@ -318,6 +308,12 @@ class Guide:
         return ref._replace(offset=self._number(ref.offset) % (1 << 32))
 
     # -- learning ----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # the step counter belongs to the machine now running, not to the state handed on
+        state = dict(self.__dict__)
+        state["_steps"] = None
+        return state
+
     def begin(self, steps: Callable[[], int] | None) -> None:
         """A program starts; ``steps`` counts the monitor's steps (so a new trace feature is
         credited to the action that produced it), or None."""
@@ -408,7 +404,6 @@ class Guide:
         if not new or result is None:
             return False
         self.stats.kept += 1
-        self._found[program.capability] += 1
         last = len(program.actions) - 1
         novel = tuple(sorted({*(i for i in novel_steps if i <= last), last}))
         self.corpus.append(Entry(program, frozenset(features), novel))
