@@ -10,6 +10,11 @@ With atheris installed (``pip install atheris``) ``--engine auto`` fuzzes covera
 ``$VBSIM_FUZZ_DIR/TARGET``); otherwise a random mutation driver runs.  Exit status: 0 when the
 time ran out without a finding, 1 on a finding (the input is saved under ``fuzz/crashes/``), 2 for
 bad usage.
+
+``--workers N`` (with ``--engine local``, the default then, or ``dask`` and ``--scheduler``) runs
+a campaign instead (:mod:`vbsim.campaign.fuzz`): N random-driver fuzzers sharing one corpus,
+merged every ``--interval`` seconds, crashes deduplicated by signature and minimised, everything
+kept in a results directory (``--out``; ``vbsim campaign show DIR``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ random mutation driver that needs nothing.
 
 The random driver starts from the target's seeds (and the saved corpus, if any), mutates them
 (bit flips, interesting bytes and integers, insertions, deletions, splices) and runs each input;
+an input that reaches call edges of the model no input reached before (:class:`Coverage`) joins
+the corpus, in memory and under the corpus directory, so the corpus grows as with atheris;
 the first unexpected exception stops it and is reported with the input that caused it (saved
 under ``crashes/`` next to the corpus, so it can be replayed with ``vbsim fuzz TARGET --replay``).
 """
