@@ -10,6 +10,11 @@ With atheris installed (``pip install atheris``) ``--engine auto`` fuzzes covera
 ``$VBSIM_FUZZ_DIR/TARGET``); otherwise a random mutation driver runs.  Exit status: 0 when the
 time ran out without a finding, 1 on a finding (the input is saved under ``fuzz/crashes/``), 2 for
 bad usage.
+
+``--workers N`` (with ``--engine local``, the default then, or ``dask`` and ``--scheduler``) runs
+a campaign instead (:mod:`vbsim.campaign.fuzz`): N random-driver fuzzers sharing one corpus,
+merged every ``--interval`` seconds, crashes deduplicated by signature and minimised, everything
+kept in a results directory (``--out``; ``vbsim campaign show DIR``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-ENGINES = ("auto", "random", "atheris")
+ENGINES = ("auto", "random", "atheris", "local", "dask")
 
 
 def _error(message: str, code: int = 2) -> NoReturn:
@@ -35,8 +40,26 @@ def fuzz(
         float, typer.Option("--seconds", "-s", min=0.1, help="How long to fuzz.")
     ] = 60.0,
     engine: Annotated[
-        str, typer.Option(help="auto (atheris if installed), random or atheris.")
+        str,
+        typer.Option(
+            help="auto (atheris if installed), random or atheris; with --workers: local or dask."
+        ),
     ] = "auto",
+    workers: Annotated[
+        int, typer.Option(min=1, max=256, help="Fuzzers sharing one corpus (a campaign).")
+    ] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="A running dask scheduler (with --engine dask).")
+    ] = None,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between corpus merges (a campaign).")
+    ] = 5.0,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Results directory (default: under the data dir).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a campaign's summary as JSON.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random driver.")] = 0,
     replay: Annotated[
         Path | None, typer.Option("--replay", help="Run one saved input and report.")
@@ -62,6 +85,9 @@ def fuzz(
             return
         out.print(f"{target}: {crash.error}\n{crash.trace}", markup=False)
         raise typer.Exit(1)
+    if workers > 1 or engine in ("local", "dask"):
+        _campaign(target, seconds, engine, workers, scheduler, interval, seed, out_dir, as_json)
+        return
     use_atheris = engine == "atheris" or (engine == "auto" and engines.atheris_available())
     if use_atheris:
         if not engines.atheris_available():
@@ -71,11 +97,86 @@ def fuzz(
     result = engines.run_random(target, seconds, seed=seed)
     out.print(
         f"{target}: {result.iterations} inputs in {result.seconds:.1f} s "
-        f"({result.rate:.0f}/s, random driver), {len(result.crashes)} finding(s)",
+        f"({result.rate:.0f}/s, random driver), corpus grew by {result.grown}, "
+        f"{len(result.crashes)} finding(s)",
         markup=False,
     )
     for crash in result.crashes:
         out.print(f"{crash.error}\ninput saved to {crash.path}\n{crash.trace}", markup=False)
+    if result.crashes:
+        raise typer.Exit(1)
+
+
+def _campaign(
+    target: str,
+    seconds: float,
+    engine: str,
+    workers: int,
+    scheduler: str | None,
+    interval: float,
+    seed: int,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """N random-driver fuzzers sharing a corpus through the campaign engine."""
+    import json
+
+    from vbsim.campaign import fuzz as campaign
+    from vbsim.campaign.engine import EngineError, make_engine
+    from vbsim.campaign.results import ResultsDir, default_dir
+
+    if engine == "atheris":
+        _error("atheris runs one libFuzzer process; --workers uses the random driver (local/dask)")
+    name = "dask" if engine == "dask" else "local"
+    directory = out if out is not None else default_dir(f"fuzz-{target}")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    show = not as_json and sys.stderr.isatty()
+    try:
+        runner = make_engine(name, workers, scheduler)
+    except EngineError as error:
+        _error(str(error))
+    with runner:
+        if show:
+            line = f"engine {runner.name}: {runner.workers} worker(s)"
+            line += f", up in {runner.start_seconds:.1f} s"
+            err.print(line + (f"; dashboard {runner.dashboard}" if runner.dashboard else ""))
+
+        def progress(state: campaign.FuzzCampaign) -> None:
+            if show:
+                err.print(
+                    f"round {state.rounds}: {state.iterations} inputs, corpus {len(state.corpus)}, "
+                    f"{len(state.crashes)} distinct crash(es)",
+                    markup=False,
+                )
+
+        result = campaign.run(
+            target,
+            seconds,
+            runner,
+            workers=workers,
+            seed=seed,
+            interval=interval,
+            results=ResultsDir(directory),
+            progress=progress,
+        )
+    summary = result.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out_console = Console(highlight=False, soft_wrap=True)
+        out_console.print(
+            f"{target}: {result.iterations} inputs in {result.seconds:.1f} s ({result.rate:.0f}/s, "
+            f"{workers} fuzzers on {name}), corpus {len(result.corpus)}, "
+            f"{len(result.crashes)} distinct finding(s)\nresults: {directory}",
+            markup=False,
+        )
+        for crash in result.crashes.values():
+            out_console.print(
+                f"{crash.count} x {crash.signature}: {crash.error}\n"
+                f"minimised {crash.original_length} -> {len(crash.data)} bytes, "
+                f"saved to {crash.path}",
+                markup=False,
+            )
     if result.crashes:
         raise typer.Exit(1)
 

@@ -8,12 +8,20 @@ something did (each finding is printed with its program, ready to paste into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Annotated, NoReturn
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from vbsim.campaign.engine import Engine
 
 VBS_PRESETS = ("vbs", "vbs-hvci", "hardened", "legacy-2019")
 
@@ -21,6 +29,54 @@ VBS_PRESETS = ("vbs", "vbs-hvci", "hardened", "legacy-2019")
 def _error(message: str, code: int = 2) -> NoReturn:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def campaign_progress(
+    total: int, show: bool
+) -> Iterator[tuple[Callable[[int, int, int], None] | None, Callable[[Engine], None]]]:
+    """A rich progress bar on stderr (programs/s, violations so far, ETA), and the engine's
+    start line (on Dask, the dashboard link); nothing when ``show`` is false."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def on_engine(engine: Engine) -> None:
+        if not show:
+            return
+        line = (
+            f"engine {engine.name}: {engine.workers} worker(s), up in {engine.start_seconds:.1f} s"
+        )
+        if engine.dashboard:
+            line += f"; dashboard {engine.dashboard}"
+        err.print(line, markup=False)
+
+    if not show:
+        yield None, on_engine
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("soak"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]:.1f} programs/s"),
+        TextColumn("violations {task.fields[violations]}, exceptions {task.fields[exceptions]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("soak", total=total, rate=0.0, violations=0, exceptions=0)
+    started = time.perf_counter()
+    first: list[int] = []
+
+    def progress(done: int, violations: int, exceptions: int) -> None:
+        if not first:
+            first.append(done)  # programs a resumed campaign had already
+        elapsed = time.perf_counter() - started
+        rate = (done - first[0]) / elapsed if elapsed > 0 else 0.0
+        bar.update(task, completed=done, rate=rate, violations=violations, exceptions=exceptions)
+
+    with bar:
+        yield progress, on_engine
 
 
 def soak(
@@ -46,6 +102,18 @@ def soak(
         bool, typer.Option(help="Keep actions that reach known model bugs.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    engine: Annotated[str, typer.Option(help="local (a process pool) or dask.")] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option(help="A running dask scheduler (default: a LocalCluster).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results directory (default: under the data dir).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the campaign in this directory.")
+    ] = None,
+    generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
+    batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
 ) -> None:
     """Run random attacker programs under the isolation monitor and summarise."""
     from vbsim.invariants.attacker import CAPABILITIES
@@ -66,16 +134,58 @@ def soak(
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:
         _error(f"unknown capability {unknown[0]!r} (known: {', '.join(CAPABILITIES)})")
+    from vbsim.campaign.engine import ENGINES, EngineError
+    from vbsim.campaign.jobs import GENERATORS
+    from vbsim.campaign.results import ResultsDir, default_dir
+
+    if engine not in ENGINES:
+        _error(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if generator not in GENERATORS:
+        _error(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
+    if resume is not None:
+        results = ResultsDir(resume)
+        if not results.exists():
+            _error(f"{str(resume)!r} holds no campaign (no manifest.json)")
+        manifest = results.manifest()
+        config = manifest.get("config", {})
+        if manifest.get("kind") != "soak":
+            _error(f"{str(resume)!r} is not a soak campaign")
+        from vbsim.policy import from_dict
+
+        policy = from_dict(manifest["policy"])
+        programs, seed = int(config["programs"]), int(manifest["seed"])
+        max_actions, batch = int(config["max_actions"]), int(config["batch"])
+        capabilities = tuple(config["capabilities"])
+        include_known_bugs, generator = bool(config["include_known"]), str(config["generator"])
+        lanes: int | None = int(config["lanes"])
+        directory = resume
+    else:
+        lanes = None
+        directory = out if out is not None else default_dir("soak")
     count = workers or max(1, min(4, os.cpu_count() or 1))
-    report = run_soak(
-        policy,
-        programs,
-        max_actions=max_actions,
-        seed=seed,
-        workers=count,
-        capabilities=capabilities,
-        include_known=include_known_bugs,
-    )
+    show = not as_json and sys.stderr.isatty()
+    with campaign_progress(programs, show) as (progress, on_engine):
+        try:
+            report = run_soak(
+                policy,
+                programs,
+                max_actions=max_actions,
+                seed=seed,
+                workers=count,
+                capabilities=capabilities,
+                include_known=include_known_bugs,
+                generator=generator,
+                batch=batch,
+                lanes=lanes,
+                engine=engine,
+                scheduler=scheduler,
+                out=directory,
+                resume=resume is not None,
+                progress=progress,
+                on_engine=on_engine,
+            )
+        except EngineError as error:
+            _error(str(error))
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -3,6 +3,8 @@ random mutation driver that needs nothing.
 
 The random driver starts from the target's seeds (and the saved corpus, if any), mutates them
 (bit flips, interesting bytes and integers, insertions, deletions, splices) and runs each input;
+an input that reaches call edges of the model no input reached before (:class:`Coverage`) joins
+the corpus, in memory and under the corpus directory, so the corpus grows as with atheris;
 the first unexpected exception stops it and is reported with the input that caused it (saved
 under ``crashes/`` next to the corpus, so it can be replayed with ``vbsim fuzz TARGET --replay``).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import importlib
 import importlib.util
 import random
@@ -18,7 +21,8 @@ import sys
 import time
 import traceback
 import types
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ class Crash:
     error: str
     trace: str
     path: Path | None = None
+    signature: str = ""
 
 
 @dataclass
@@ -45,6 +50,8 @@ class FuzzResult:
     iterations: int = 0
     seconds: float = 0.0
     crashes: list[Crash] = field(default_factory=list)
+    #: inputs that reached new call edges and joined the corpus
+    grown: int = 0
 
     @property
     def rate(self) -> float:
@@ -107,11 +114,165 @@ def inputs(rng: random.Random, corpus: list[bytes], max_len: int) -> Iterator[by
 def save_crash(crash: Crash) -> Path:
     directory = corpus_dir(crash.target).parent / "crashes" / crash.target
     directory.mkdir(parents=True, exist_ok=True)
-    import hashlib
-
     path = directory / f"crash-{hashlib.sha1(crash.data).hexdigest()[:16]}"
     path.write_bytes(crash.data)
     return path
+
+
+# -- feedback, signatures, minimisation ------------------------------------------------------
+class Coverage:
+    """Call-edge coverage of the model for the random driver: which (caller, callee) pairs of
+    vbsim functions an input reached, as stable numbers (CRC-32 of the names, so features found
+    in different processes merge).  A ``sys.settrace`` hook on call events only (no line
+    events: each call costs one Python callback)."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple[int, int], int | None] = {}
+        self._codes: dict[int, types.CodeType] = {}  # keeps the ids above valid
+        self._pairs: set[tuple[int, int]] = set()
+
+    def _trace(self, frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            back = frame.f_back
+            if back is not None:
+                code = frame.f_code
+                self._pairs.add((id(back.f_code), id(code)))
+                self._codes.setdefault(id(code), code)
+        return None
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[set[int]]:
+        features: set[int] = set()
+        self._pairs = set()
+        previous = sys.gettrace()
+        sys.settrace(self._trace)
+        try:
+            yield features
+        finally:
+            sys.settrace(previous)
+            features.update(self._features(self._pairs))
+
+    def _features(self, pairs: set[tuple[int, int]]) -> set[int]:
+        out: set[int] = set()
+        codes = self._codes
+        for pair in pairs:
+            if pair not in self._names:
+                caller, callee = codes.get(pair[0]), codes.get(pair[1])
+                name = None
+                if callee is not None and "vbsim" in callee.co_filename:
+                    where = f"{caller.co_qualname if caller else '?'}>{callee.co_qualname}"
+                    name = zlib.crc32(
+                        f"{callee.co_filename.rsplit('vbsim', 1)[-1]}:{where}".encode()
+                    )
+                self._names[pair] = name
+            value = self._names[pair]
+            if value is not None:
+                out.add(value)
+        return out
+
+
+def signature(error: BaseException, trace: types.TracebackType | None) -> str:
+    """A crash's identity: its exception type and the innermost model frames (file:function),
+    so one bug reached by a thousand inputs is one crash."""
+    frames = [
+        f"{Path(f.filename).stem}:{f.name}"
+        for f in traceback.extract_tb(trace)
+        if "vbsim" in f.filename and "/fuzz/" not in f.filename
+    ]
+    return f"{type(error).__name__} at {' < '.join(reversed(frames[-3:])) or '?'}"
+
+
+def _crash_signature(target: Target, data: bytes) -> str | None:
+    try:
+        target.one(data)
+    except Exception as error:
+        return signature(error, error.__traceback__)
+    return None
+
+
+def minimise(target: Target, data: bytes, sig: str, budget: int = 300) -> bytes:
+    """The shortest input found that still crashes with ``sig`` (chunk deletion, halving)."""
+    best = data
+    chunk = max(1, len(best) // 2)
+    spent = 0
+    while chunk >= 1 and spent < budget:
+        at, shrunk = 0, False
+        while at < len(best) and spent < budget:
+            candidate = best[:at] + best[at + chunk :]
+            spent += 1
+            if _crash_signature(target, candidate) == sig:
+                best, shrunk = candidate, True
+            else:
+                at += chunk
+        if not shrunk:
+            chunk //= 2
+    return best
+
+
+@dataclass
+class RoundResult:
+    """What one fuzzer sends back after a round: the inputs that reached new features (with
+    their features), its crashes (deduplicated by signature, minimised), and counts."""
+
+    worker: int
+    iterations: int = 0
+    seconds: float = 0.0
+    new: list[tuple[bytes, list[int]]] = field(default_factory=list)
+    crashes: list[tuple[str, bytes, str, str, int]] = field(default_factory=list)
+    corpus_in: int = 0
+
+
+def _loop(
+    target: Target,
+    rng: random.Random,
+    corpus: list[bytes],
+    seen: set[int],
+    known: set[str],
+    *,
+    seconds: float,
+    max_iterations: int | None,
+    coverage: bool,
+    fresh_first: bool,
+    on_new: Callable[[bytes, set[int]], None],
+    on_crash: Callable[[str, bytes, BaseException, str], bool],
+) -> tuple[int, float]:
+    """The random driver's loop; returns (iterations, seconds)."""
+    tracker = Coverage() if coverage else None
+    start = time.perf_counter()
+    iterations = 0
+    source = inputs(rng, corpus, target.max_len) if fresh_first else _mutants(rng, corpus, target)
+    for data in source:
+        if max_iterations is not None and iterations >= max_iterations:
+            break
+        if time.perf_counter() - start >= seconds:
+            break
+        iterations += 1
+        try:
+            if tracker is None:
+                target.one(data)
+            else:
+                with tracker.collect() as features:
+                    target.one(data)
+                if not features <= seen:
+                    seen.update(features)
+                    corpus.append(data)  # the corpus grows: later mutants build on it
+                    on_new(data, features)
+        except Exception as error:  # a finding: report it with its input
+            sig = signature(error, error.__traceback__)
+            if sig in known:
+                continue
+            known.add(sig)
+            if on_crash(sig, data, error, traceback.format_exc()):
+                break
+    return iterations, time.perf_counter() - start
+
+
+def _mutants(rng: random.Random, corpus: list[bytes], target: Target) -> Iterator[bytes]:
+    """Like :func:`inputs` without replaying the corpus first (a later campaign round)."""
+    source = inputs(rng, corpus, target.max_len)
+    for _ in range(len(corpus)):
+        next(source)
+    yield from source
 
 
 def run_random(
@@ -122,34 +283,91 @@ def run_random(
     max_iterations: int | None = None,
     save: bool = True,
     stop_on_crash: bool = True,
+    coverage: bool = True,
 ) -> FuzzResult:
-    """Fuzz ``name`` with the random driver for ``seconds`` (or ``max_iterations``)."""
+    """Fuzz ``name`` with the random driver for ``seconds`` (or ``max_iterations``).  With
+    ``coverage`` an input reaching new call edges of the model joins the corpus (saved under
+    the corpus directory when ``save``)."""
     target = get(name)
     rng = random.Random(seed)
     result = FuzzResult(name, "random")
     corpus = load_corpus(target)
-    start = time.perf_counter()
+    directory = corpus_dir(name)
+
+    def on_new(data: bytes, features: set[int]) -> None:
+        result.grown += 1
+        if save:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"input-{hashlib.sha1(data).hexdigest()[:16]}").write_bytes(data)
+
+    def on_crash(sig: str, data: bytes, error: BaseException, trace: str) -> bool:
+        crash = Crash(name, data, f"{type(error).__name__}: {error}", trace, signature=sig)
+        if save:
+            crash.path = save_crash(crash)
+        result.crashes.append(crash)
+        return stop_on_crash
+
     try:
-        for data in inputs(rng, corpus, target.max_len):
-            if max_iterations is not None and result.iterations >= max_iterations:
-                break
-            if time.perf_counter() - start >= seconds:
-                break
-            result.iterations += 1
-            try:
-                target.one(data)
-            except Exception as error:  # a finding: report it with its input
-                crash = Crash(
-                    name, data, f"{type(error).__name__}: {error}", traceback.format_exc()
-                )
-                if save:
-                    crash.path = save_crash(crash)
-                result.crashes.append(crash)
-                if stop_on_crash:
-                    break
+        result.iterations, result.seconds = _loop(
+            target,
+            rng,
+            corpus,
+            set(),
+            set(),
+            seconds=seconds,
+            max_iterations=max_iterations,
+            coverage=coverage,
+            fresh_first=True,
+            on_new=on_new,
+            on_crash=on_crash,
+        )
     finally:
         target.close()
-        result.seconds = time.perf_counter() - start
+    return result
+
+
+def fuzz_round(
+    name: str,
+    worker: int,
+    seed: int,
+    corpus: list[bytes],
+    seen: list[int],
+    known: list[str],
+    seconds: float,
+    max_iterations: int | None,
+    first: bool,
+) -> RoundResult:
+    """One round of one fuzzer in a campaign: everything arrives as arguments and leaves as the
+    result (workers need no shared file system)."""
+    target = get(name)
+    result = RoundResult(worker, corpus_in=len(corpus))
+    local = list(corpus) or [seed_[: target.max_len] for seed_ in target.seeds()]
+    known_set = set(known)
+
+    def on_new(data: bytes, features: set[int]) -> None:
+        result.new.append((data, sorted(features)))
+
+    def on_crash(sig: str, data: bytes, error: BaseException, trace: str) -> bool:
+        small = minimise(target, data, sig)
+        result.crashes.append((sig, small, f"{type(error).__name__}: {error}", trace, len(data)))
+        return False
+
+    try:
+        result.iterations, result.seconds = _loop(
+            target,
+            random.Random(seed),
+            local,
+            set(seen),
+            known_set,
+            seconds=seconds,
+            max_iterations=max_iterations,
+            coverage=True,
+            fresh_first=first,
+            on_new=on_new,
+            on_crash=on_crash,
+        )
+    finally:
+        target.close()
     return result
 
 
@@ -159,7 +377,13 @@ def replay(name: str, data: bytes) -> Crash | None:
     try:
         target.one(data[: target.max_len])
     except Exception as error:
-        return Crash(name, data, f"{type(error).__name__}: {error}", traceback.format_exc())
+        return Crash(
+            name,
+            data,
+            f"{type(error).__name__}: {error}",
+            traceback.format_exc(),
+            signature=signature(error, error.__traceback__),
+        )
     finally:
         target.close()
     return None

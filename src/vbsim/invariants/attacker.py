@@ -690,6 +690,8 @@ class RunResult:
     actions: int = 0
     terminated: str | None = None
     outcomes: list[str] = field(default_factory=list)
+    #: the steps after which the attacker held a new handle or cookie (resource producers)
+    produced: list[int] = field(default_factory=list)
 
 
 class Session:
@@ -909,9 +911,12 @@ class Session:
             if monitor is not None:
                 monitor.begin_step(label)
             stop: GuestTermination | None = None
+            held = len(self.handles) + len(self.cookies)
             try:
                 outcome = self.execute(program.capability, action)
                 result.outcomes.append(outcome)
+                if len(self.handles) + len(self.cookies) > held:
+                    result.produced.append(number)
             except GuestTermination as termination:
                 stop = termination
                 self.dead = f"{type(termination).__name__}: {termination}"

@@ -1,28 +1,28 @@
-"""The soak: many random attacker programs against one preset, the monitor on every step.
+"""The soak: many attacker programs against one preset, the monitor on every step.
 
 Machines are reused: a program runs on the machine the previous one left, and the machine is
 rebooted only when a program ended it (a bugcheck or another guest termination), when it is no
 longer in a state a new program can start from (see :attr:`Session.healthy`), after a violation
 or an escaped exception, and every ``reboot_every`` programs (so state does not pile up).  Before
-each reboot the monitor sweeps every page ever populated.  Work is split over ``workers``
-processes, each with its own seed.
+each reboot the monitor sweeps every page ever populated.  The programs come from the guided
+generator (:mod:`vbsim.invariants.guided`) by default, or the plain random one.  The work is a
+campaign (:mod:`vbsim.campaign`): jobs of ``batch`` programs on a local process pool or Dask,
+records in a results directory when one is given.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import random
-import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vbsim.invariants.attacker import CAPABILITIES, Program, Session, random_program
-from vbsim.invariants.known_bugs import strip_known_bugs
-from vbsim.invariants.monitor import InvariantViolation
+from vbsim.invariants.attacker import CAPABILITIES, Program
 from vbsim.policy import Policy
+
+if TYPE_CHECKING:
+    from vbsim.campaign.engine import Engine
 
 
 @dataclass
@@ -31,6 +31,9 @@ class Finding:
     message: str
     program: str
     detail: str
+    #: the shrunk program as a regression entry (None: it does not fail alone)
+    shrunk: str | None = None
+    group: str = ""
 
 
 @dataclass
@@ -50,6 +53,9 @@ class SoakReport:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     workers: int = 1
+    groups: list[dict[str, object]] = field(default_factory=list)
+    out: str | None = None
+    resumed_jobs: int = 0
 
     def merge(self, other: SoakReport) -> None:
         self.programs += other.programs
@@ -94,91 +100,11 @@ class SoakReport:
             "seconds": round(self.seconds, 3),
             "cpu_seconds": round(self.cpu_seconds, 3),
             "workers": self.workers,
+            "groups": self.groups,
+            "out": self.out,
             "programs_per_second": round(self.programs_per_second, 1),
             "actions_per_second": round(self.actions_per_second, 1),
         }
-
-
-def _worker(
-    preset: str | Policy,
-    programs: int,
-    max_actions: int,
-    seed: int,
-    capabilities: Sequence[str],
-    include_known: bool,
-    reboot_every: int,
-) -> SoakReport:
-    rng = random.Random(seed)
-    report = SoakReport(_name(preset))
-    started = time.process_time()
-    session: Session | None = None
-    since_boot = 0
-
-    def retire() -> None:
-        nonlocal session
-        if session is None:
-            return
-        monitor = session.monitor
-        try:
-            if monitor is not None:
-                monitor.sweep()
-        except InvariantViolation as violation:
-            report.violations.append(
-                Finding("violation", violation.violation.message, "(final sweep)", str(violation))
-            )
-        if monitor is not None:
-            report.checks += monitor.stats.checks
-            report.events += monitor.stats.events
-            report.pages_scanned += monitor.stats.pages_scanned
-        session.close()
-        session = None
-
-    try:
-        while report.programs < programs:
-            program = random_program(rng, rng.choice(list(capabilities)), max_actions)
-            if not include_known:
-                program, removed = strip_known_bugs(program)
-                report.skipped_known_bugs.update(removed)
-                if not program.actions:
-                    continue
-            if session is None or not session.healthy or since_boot >= reboot_every:
-                retire()
-                session = Session(preset)
-                report.boots += 1
-                since_boot = 0
-            since_boot += 1
-            report.programs += 1
-            report.by_capability[program.capability] += 1
-            try:
-                result = session.run(program)
-                report.actions += result.actions
-                if result.terminated is not None:
-                    report.terminations += 1
-            except InvariantViolation as violation:
-                report.actions += violation.violation.step
-                report.violations.append(
-                    Finding(
-                        "violation",
-                        violation.violation.message,
-                        repr(program),
-                        violation.violation.report(events=20),
-                    )
-                )
-                retire()
-            except Exception as error:  # an escaped exception: a model bug
-                report.exceptions.append(
-                    Finding(
-                        "exception",
-                        f"{type(error).__name__}: {error}",
-                        repr(program),
-                        traceback.format_exc(),
-                    )
-                )
-                retire()
-    finally:
-        retire()
-        report.cpu_seconds = time.process_time() - started
-    return report
 
 
 def soak(
@@ -191,45 +117,77 @@ def soak(
     capabilities: Sequence[str] = CAPABILITIES,
     include_known: bool = False,
     reboot_every: int = 200,
-    progress: Callable[[str], None] | None = None,
+    generator: str = "guided",
+    batch: int = 50,
+    lanes: int | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
+    out: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+    on_engine: Callable[[Engine], None] | None = None,
+    stop_after: int | None = None,
+    shrink: bool = True,
 ) -> SoakReport:
-    """Run ``programs`` random programs (split over ``workers`` processes)."""
-    start = time.perf_counter()
-    total = SoakReport(_name(preset), workers=max(1, workers))
-    shares = [programs // max(1, workers)] * max(1, workers)
-    for index in range(programs - sum(shares)):
-        shares[index] += 1
-    jobs = [
-        (
-            preset,
-            share,
-            max_actions,
-            seed * 1000 + index,
-            tuple(capabilities),
-            include_known,
-            reboot_every,
+    """Run ``programs`` attacker programs as a campaign (:mod:`vbsim.campaign`) on ``engine``
+    with ``workers`` processes; records go to ``out`` when given (``resume``: continue it)."""
+    from vbsim.campaign.engine import make_engine
+    from vbsim.campaign.jobs import SoakConfig, policy_of
+    from vbsim.campaign.results import ResultsDir
+    from vbsim.campaign.soak import run, summary
+
+    count = max(1, workers)
+    config = SoakConfig(
+        policy_of(preset),
+        programs,
+        max_actions=max_actions,
+        capabilities=tuple(capabilities),
+        include_known=include_known,
+        reboot_every=reboot_every,
+        batch=batch,
+        lanes=lanes or count,
+        generator=generator,
+        shrink=shrink,
+    )
+    results = ResultsDir(out) if out is not None else None
+    with make_engine(engine, count, scheduler) as runner:
+        if on_engine is not None:
+            on_engine(runner)
+        campaign = run(
+            config, seed, runner, results, resume=resume, progress=progress, stop_after=stop_after
         )
-        for index, share in enumerate(shares)
-        if share
-    ]
-    if len(jobs) <= 1:
-        for job in jobs:
-            total.merge(_worker(*job))
-    else:
-        # forkserver, not fork: a forked worker inherits every guest-RAM mapping of the caller
-        # (a test run holds many), and fork then fails with ENOMEM under overcommit accounting.
-        methods = multiprocessing.get_all_start_methods()
-        method = "forkserver" if "forkserver" in methods else "spawn"
-        context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-            futures = [pool.submit(_worker, *job) for job in jobs]
-            for future in futures:
-                part = future.result()
-                total.merge(part)
-                if progress is not None:
-                    progress(f"worker done: {part.programs} programs, {part.actions} actions")
-    total.seconds = time.perf_counter() - start
-    return total
+        workers_used = runner.workers
+    total = summary(campaign)
+    report = SoakReport(config.policy.name, workers=workers_used)
+    report.programs = int(total["programs"])
+    report.actions = int(total["actions"])
+    report.checks = int(total["invariant_checks"])
+    report.events = int(total["events"])
+    report.pages_scanned = int(total["pages_scanned"])
+    report.boots = int(total["boots"])
+    report.terminations = int(total["outcomes"].get("terminated", 0))
+    report.skipped_known_bugs.update(total["skipped_known_bugs"])
+    report.by_capability.update(total["by_capability"])
+    report.cpu_seconds = sum(float(s["cpu_seconds"]) for s in campaign.stats.values())
+    report.seconds = campaign.seconds
+    report.groups = list(total["groups"])
+    report.out = str(out) if out is not None else None
+    report.resumed_jobs = campaign.resumed_jobs
+    for index in sorted(campaign.records):
+        record = campaign.records[index]
+        if record["outcome"] in ("violation", "exception"):
+            finding = Finding(
+                record["outcome"],
+                str(record.get("message", "")),
+                str(record.get("program", "")),
+                str(record.get("detail", "")),
+                shrunk=record.get("shrunk"),
+                group=str(record.get("group", "")),
+            )
+            (report.violations if finding.kind == "violation" else report.exceptions).append(
+                finding
+            )
+    return report
 
 
 def _name(preset: str | Policy) -> str:
@@ -253,8 +211,22 @@ def format_report(report: SoakReport) -> str:
     if report.skipped_known_bugs:
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped_known_bugs.items()))
         lines.append(f"  actions left out (they reach known model bugs): {skipped}")
-    for finding in (*report.violations, *report.exceptions)[:5]:
+    if report.groups:
+        lines.append(f"  distinct failures: {len(report.groups)}")
+        for entry in report.groups[:10]:
+            lines.append(
+                f"    {entry['count']:>5} x {entry['key']}  (first: program {entry['first']})"
+            )
+    if report.out:
+        lines.append(f"  results: {report.out}")
+    shown: set[str] = set()
+    for finding in (*report.violations, *report.exceptions):
+        if finding.group in shown or len(shown) >= 5:
+            continue
+        shown.add(finding.group)
         lines.append(f"\n{finding.kind}: {finding.message}\n{finding.detail}\n{finding.program}")
+        if finding.shrunk:
+            lines.append(f"shrunk (paste into tests/invariants/regressions.py):\n{finding.shrunk}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,206 @@
+"""A soak campaign: the jobs of :mod:`vbsim.campaign.jobs` scheduled on an engine, their records
+kept in a results directory, resumable.
+
+Scheduling follows the lanes (see :mod:`vbsim.campaign.jobs`): with the guided generator job
+``j`` starts when job ``j - lanes`` has handed over its guide state, so at most ``lanes`` jobs run
+at once (``lanes`` defaults to the worker count); with the plain random generator every job is
+independent and up to twice the worker count are in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vbsim.campaign.engine import Engine
+from vbsim.campaign.groups import group
+from vbsim.campaign.jobs import JobResult, SoakConfig, run_job
+from vbsim.campaign.results import ResultsDir, now
+
+Progress = Callable[[int, int, int], None]  # programs done, violations, exceptions
+
+
+@dataclass
+class Campaign:
+    config: SoakConfig
+    seed: int
+    results: ResultsDir | None
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed_jobs: int = 0
+
+    def finished_jobs(self) -> set[int]:
+        done = set()
+        for job in range(self.config.jobs):
+            if all(i in self.records for i in self.config.job_range(job)):
+                done.add(job)
+        return done
+
+
+def run(
+    config: SoakConfig,
+    seed: int,
+    engine: Engine,
+    results: ResultsDir | None = None,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    stop_after: int | None = None,
+) -> Campaign:
+    """Run (or resume) a soak campaign; with ``stop_after``, no new job starts once that many
+    programs failed (the jobs under way finish: records stay whole jobs)."""
+    campaign = Campaign(config, seed, results)
+    if results is not None:
+        if resume and results.exists():
+            for record in results.records():
+                if "index" in record:
+                    campaign.records[int(record["index"])] = record
+            for path in sorted((results.path / "state").glob("job-*.json")):
+                data = json.loads(path.read_text())
+                campaign.stats[int(data["index"])] = data
+        else:
+            results.create(_manifest(config, seed, engine))
+    finished = campaign.finished_jobs()
+    campaign.resumed_jobs = len(finished)
+    start = time.perf_counter()
+    counts = Counter(r["outcome"] for r in campaign.records.values())
+    done_programs = len(campaign.records)
+    if progress is not None:
+        progress(done_programs, counts["violation"], counts["exception"])
+
+    guided = config.generator == "guided"
+    lanes = max(1, config.lanes)
+    todo = [j for j in range(config.jobs) if j not in finished]
+    pending: list[Any] = []
+    queued: dict[Any, int] = {}
+
+    def submit(job: int, state: bytes | None) -> None:
+        future = engine.submit(run_job, config, seed, job, state)
+        pending.append(future)
+        queued[future] = job
+
+    if guided:
+        # the first unfinished job of each lane (its predecessor's state from the directory)
+        for lane in range(lanes):
+            first = next((j for j in todo if j % lanes == lane), None)
+            if first is not None:
+                state = results.load_state(first - lanes) if results and first >= lanes else None
+                submit(first, state)
+    else:
+        for job in todo[: 2 * max(1, engine.workers)]:
+            submit(job, None)
+        todo = todo[2 * max(1, engine.workers) :]
+    try:
+        while pending:
+            done, rest = engine.wait_any(pending)
+            pending[:] = rest
+            for future in done:
+                job = queued.pop(future)
+                part: JobResult = engine.result(future)
+                _keep(campaign, part)
+                done_programs += len(part.records)
+                counts.update(r["outcome"] for r in part.records)
+                if progress is not None:
+                    progress(done_programs, counts["violation"], counts["exception"])
+                if (
+                    stop_after is not None
+                    and counts["violation"] + counts["exception"] >= stop_after
+                ):
+                    todo.clear()
+                    continue
+                if guided:
+                    following = job + lanes
+                    if following < config.jobs and following not in finished:
+                        submit(following, part.state)
+                elif todo:
+                    submit(todo.pop(0), None)
+    finally:
+        campaign.seconds = time.perf_counter() - start
+        if results is not None:
+            manifest = results.manifest()
+            manifest["ended"] = now()
+            manifest.setdefault("runs", []).append(
+                {"engine": engine.name, "workers": engine.workers, "seconds": campaign.seconds}
+            )
+            results.write_manifest(manifest)
+            results.write_summary(summary(campaign))
+    return campaign
+
+
+def _keep(campaign: Campaign, part: JobResult) -> None:
+    stats = {
+        "index": part.index,
+        "boots": part.boots,
+        "events": part.events,
+        "pages_scanned": part.pages_scanned,
+        "skipped_known_bugs": part.skipped_known_bugs,
+        "cpu_seconds": round(part.cpu_seconds, 3),
+    }
+    campaign.stats[part.index] = stats
+    for record in part.records:
+        campaign.records[int(record["index"])] = record
+    results = campaign.results
+    if results is not None:
+        # state first: a job whose records are written is finished, and its state must be there
+        results.save_state(part.index, part.state)
+        path = results.path / "state" / f"job-{part.index}.json"
+        path.write_text(json.dumps(stats))
+        results.append(part.records)
+
+
+def _manifest(config: SoakConfig, seed: int, engine: Engine) -> dict[str, Any]:
+    return {
+        "kind": "soak",
+        "seed": seed,
+        "config": config.describe(),
+        "policy": config.policy.to_dict(),
+        "engine": engine.name,
+        "workers": engine.workers,
+        "dashboard": engine.dashboard,
+    }
+
+
+def summary(campaign: Campaign) -> dict[str, Any]:
+    records = [campaign.records[i] for i in sorted(campaign.records)]
+    outcomes = Counter(r["outcome"] for r in records)
+    skipped: Counter[str] = Counter()
+    for stats in campaign.stats.values():
+        skipped.update(stats.get("skipped_known_bugs", {}))
+    groups = group(records)
+    return {
+        "preset": campaign.config.policy.name,
+        "seed": campaign.seed,
+        "programs": len(records),
+        "planned": campaign.config.programs,
+        "actions": sum(int(r["actions"]) for r in records),
+        "invariant_checks": sum(int(r["checks"]) for r in records),
+        "outcomes": dict(outcomes),
+        "by_capability": dict(Counter(r["capability"] for r in records)),
+        "boots": sum(int(s["boots"]) for s in campaign.stats.values()),
+        "events": sum(int(s["events"]) for s in campaign.stats.values()),
+        "pages_scanned": sum(int(s["pages_scanned"]) for s in campaign.stats.values()),
+        "skipped_known_bugs": dict(skipped),
+        "violations": outcomes["violation"],
+        "escaped_exceptions": outcomes["exception"],
+        "groups": [
+            {
+                "key": g.key,
+                "count": g.count,
+                "first": g.first.get("index"),
+                "message": g.first.get("message"),
+                "shrunk": g.first.get("shrunk"),
+            }
+            for g in groups
+        ],
+        "seconds": round(campaign.seconds, 3),
+    }
+
+
+def results_path(path: Path | str) -> ResultsDir:
+    return ResultsDir(Path(path))
