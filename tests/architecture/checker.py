@@ -559,8 +559,34 @@ def by_file(violations: Iterable[Violation]) -> dict[str, list[Violation]]:
     return grouped
 
 
+def violation_key(function: str, rule: str, detail: str) -> str:
+    """How ``known_debt.json`` names a violation (no line number: edits elsewhere move it)."""
+    return f"{function or '<module>'} | {rule} | {detail}"
+
+
+def debt_entries(violations: Iterable[Violation]) -> dict[str, dict[str, int]]:
+    """The violations as ``known_debt.json`` records them: per file, key → count."""
+    from collections import Counter
+
+    out: dict[str, dict[str, int]] = {}
+    for path, found in by_file(violations).items():
+        rel = str(Path(path).relative_to(SRC.parent))
+        counts = Counter(violation_key(v.function, v.rule, v.detail) for v in found)
+        out[rel] = dict(sorted(counts.items()))
+    return dict(sorted(out.items()))
+
+
 def main() -> int:
     violations = check_files(guest_files())
+    if "--write-debt" in sys.argv:
+        import json
+
+        debt_file = Path(__file__).with_name("known_debt.json")
+        data = json.loads(debt_file.read_text()) if debt_file.exists() else {}
+        data["violations"] = debt_entries(violations)
+        debt_file.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"{len(violations)} violation(s) written to {debt_file.name}")
+        return 0
     for path, found in by_file(violations).items():
         print(f"{Path(path).relative_to(SRC.parent)}: {len(found)}")
         for violation in found:

@@ -12,17 +12,19 @@ Two halves:
 
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import textwrap
 import types
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from architecture import checker
+from architecture import checker, debt
 from vbsim.attacks.catalogue import SCENARIOS
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import PRESET_ORDER
@@ -43,6 +45,8 @@ from vbsim.trace import Trace
 ROOT = checker.SRC
 GUEST_FILES = checker.guest_files()
 ALL_VIOLATIONS = checker.by_file(checker.check_files(GUEST_FILES))
+#: What is not yet true of the rule, recorded (tests/architecture/debt.py): a ratchet.
+DEBT = debt.load()
 
 
 def _rel(path: Path) -> str:
@@ -52,11 +56,19 @@ def _rel(path: Path) -> str:
 # -- static -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", GUEST_FILES, ids=_rel)
 def test_guest_module_holds_only_a_cpu(path: Path) -> None:
-    """One test per guest file, so a report names each file that still reaches the platform."""
+    """One test per guest file, so a report names each file that still reaches the platform.
+
+    A violation fails unless ``known_debt.json`` records it (the debt issue 10 has not paid yet);
+    a recorded one that no longer occurs fails too, so the list only shrinks."""
     found = ALL_VIOLATIONS.get(str(path), [])
-    assert not found, f"{_rel(path)}: {len(found)} violation(s)\n" + "\n".join(
-        f"  {v.line}: {v.function or '<module>'}: {v.rule}: {v.detail}" for v in found
+    counts = Counter(checker.violation_key(v.function, v.rule, v.detail) for v in found)
+    allowed = Counter(DEBT["violations"].get(_rel(path), {}))
+    new, fixed = debt.compare(counts, allowed)
+    lines = {checker.violation_key(v.function, v.rule, v.detail): v.line for v in found}
+    assert not new, f"{_rel(path)}: {len(new)} new violation(s)\n" + "\n".join(
+        f"  {lines.get(key, '?')}: {key}" for key in new
     )
+    assert not fixed, f"{_rel(path)}: fixed, drop from known_debt.json: {fixed}"
 
 
 def test_the_checker_covers_every_guest_package() -> None:
@@ -278,14 +290,41 @@ def platform_references(root: object, label: str, depth: int = 8) -> list[str]:
 @pytest.mark.parametrize("name", PRESET_ORDER)
 def test_kernel_images_hold_no_platform_object(name: str) -> None:
     """Every image behind a GS base (NtKernel, SecureKernel, the bare kernels) keeps a symbol
-    table, never the machine (expected to fail until the NT/SK rewrites of issue 10 merge)."""
+    table, never the machine (what issue 10 has not yet moved is listed in known_debt.json)."""
     ctx = _booted(name)
     machine = ctx.booted.machine
     assert machine is not None and machine.ram.images
     found: list[str] = []
     for (vtl, block), image in sorted(machine.ram.images.items(), key=lambda item: item[0]):
         found += platform_references(image, f"VTL{vtl}@{block:#x}:{type(image).__name__}")
-    assert not found, f"{len(found)} reference(s) to the platform:\n" + "\n".join(found)
+    # The debt names references without the processor-block address (it differs per preset).
+    new = sorted({_unplaced(ref) for ref in found} - set(DEBT["image_references"]))
+    assert not new, f"{len(new)} reference(s) to the platform not in the debt:\n" + "\n".join(new)
+
+
+def test_the_image_reference_debt_lists_only_what_still_occurs() -> None:
+    fixed = sorted(set(DEBT["image_references"]) - set(_all_image_references()))
+    assert not fixed, f"fixed, drop from known_debt.json image_references: {fixed}"
+
+
+def _unplaced(reference: str) -> str:
+    """``VTL1@0xffff...:SecureKernel.space.ram: GuestRam`` → ``VTL1:SecureKernel.space.ram...``."""
+    head, _, rest = reference.partition(":")
+    return f"{head.split('@')[0]}:{rest}"
+
+
+@functools.cache
+def _all_image_references() -> tuple[str, ...]:
+    """Every platform reference held by an image on any preset (what the debt may list)."""
+    found: set[str] = set()
+    for name in PRESET_ORDER:
+        ctx = _booted(name)
+        machine = ctx.booted.machine
+        assert machine is not None
+        for (vtl, block), image in machine.ram.images.items():
+            label = f"VTL{vtl}@{block:#x}:{type(image).__name__}"
+            found.update(_unplaced(ref) for ref in platform_references(image, label))
+    return tuple(sorted(found))
 
 
 def test_the_walker_finds_a_planted_reference() -> None:
@@ -313,7 +352,7 @@ def test_the_walker_finds_a_planted_reference() -> None:
 def test_nothing_reached_past_the_surface_in_the_catalogue_and_the_demo() -> None:
     """``Cpu.__getattr__`` (transitional) records every name guest code reached beyond the
     surface; after every scenario on every preset and the demo, none may have been reached
-    (expected to fail until the NT/SK rewrites of issue 10 merge)."""
+    (what remains is listed in known_debt.json)."""
     from rich.console import Console
 
     from vbsim import demo
@@ -324,4 +363,8 @@ def test_nothing_reached_past_the_surface_in_the_catalogue_and_the_demo() -> Non
             result, _ = run(scenario, name)
             assert result.outcome is not None
     demo.run(Console(file=io.StringIO(), width=120))
-    assert not cpu_module.LEAKS, f"names reached past the Cpu surface: {sorted(cpu_module.LEAKS)}"
+    allowed = set(DEBT["leaks"])
+    new = sorted(cpu_module.LEAKS - allowed)
+    assert not new, f"names reached past the Cpu surface (not in the debt): {new}"
+    fixed = sorted(allowed - cpu_module.LEAKS)
+    assert not fixed, f"no longer reached, drop from known_debt.json leaks: {fixed}"
