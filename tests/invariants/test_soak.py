@@ -101,17 +101,21 @@ def test_the_command_fails_when_something_broke(monkeypatch: pytest.MonkeyPatch)
     assert "escaped exceptions: " in result.stdout and "KeyError" in result.stdout
 
 
-@pytest.mark.xfail(
+_NOT_YET = pytest.mark.xfail(
     strict=True,
-    reason="issue 13 target not reached yet: the guided generator found the legacy-2019 bugs "
-    "unaided within 600 programs for 0 to 2 seeds of 6 in the runs tried, not for seeds 1-3",
+    reason="issue 13 target not reached yet for this seed: the guided generator finds the "
+    "legacy-2019 bugs unaided within 600 programs for seed 3, not yet for seeds 1 and 2",
 )
-@pytest.mark.parametrize("seed", [1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    "seed", [pytest.param(1, marks=_NOT_YET), pytest.param(2, marks=_NOT_YET), 3]
+)
 def test_the_default_attacker_finds_the_legacy_2019_bugs_unaided(seed: int) -> None:
     """Issue 13: no focus, no hint — the guided generator reaches the unchecked secure-call
     parameters of legacy-2019 (invariant 6: the copy past the allocation; invariant 1: a VTL1
-    page parsed as the MDL) within 600 programs.  Strict xfail: when the generator gets there
-    for a seed, that case turns red and the mark goes."""
+    page parsed as the MDL) within 600 programs.  Seeds still short of it are strict xfails:
+    when the generator gets there for one, that case turns red and its mark goes."""
     report = soak("legacy-2019", 600, seed=seed, workers=1, stop_after=1, shrink=False)
     assert report.violations, format_report(report)
     assert report.programs <= 600 and not report.exceptions
