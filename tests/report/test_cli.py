@@ -62,3 +62,27 @@ def test_output_problems(app: typer.Typer, tmp_path: Path) -> None:
     one_line_error(code, stderr, "is a directory")
     code, _, stderr = invoke(app, "-p", "vbs", "-o", str(tmp_path / "missing" / "r.html"))
     one_line_error(code, stderr, "does not exist")
+
+
+def test_a_special_file_is_refused_not_replaced(app: typer.Typer, tmp_path: Path) -> None:
+    """Issue 12: ``-o /dev/full`` replaced the device node with an HTML file."""
+    fifo = tmp_path / "pipe.html"
+    import os
+
+    os.mkfifo(fifo)
+    code, _, stderr = invoke(app, "--preset", "vbs", "-o", str(fifo))
+    one_line_error(code, stderr, "not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_a_symlink_is_written_through_and_json_says_where(app: typer.Typer, tmp_path: Path) -> None:
+    import json
+
+    target = tmp_path / "real.html"
+    link = tmp_path / "link.html"
+    link.symlink_to(target.name)
+    code, stdout, _ = invoke(app, "--preset", "vbs", "-o", str(link), "--json")
+    assert code == 0
+    assert link.is_symlink() and target.read_text().lower().startswith("<!doctype html>")
+    summary = json.loads(stdout)
+    assert summary["output"] == str(target.resolve()) and summary["presets"] == ["vbs"]

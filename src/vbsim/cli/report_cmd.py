@@ -24,14 +24,21 @@ def _error(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _check_output(output: Path) -> None:
+def _check_output(output: Path) -> Path:
+    """The file to write: a symlink is written through (its target is replaced), a device, FIFO
+    or socket is refused (a report never replaces /dev/full with an HTML file)."""
+    if output.is_symlink():
+        output = output.resolve()
     if output.exists() and output.is_dir():
         _error(f"output {str(output)!r} is a directory; give a file name, e.g. report.html")
+    if output.exists() and not output.is_file():
+        _error(f"output {str(output)!r} is not a regular file (a device, FIFO or socket)")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         _error(f"output {str(output)!r}: directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         _error(f"output {str(output)!r}: directory {str(parent)!r} is not writable")
+    return output
 
 
 def _write(output: Path, html: str) -> None:
@@ -61,6 +68,9 @@ def report(
         Path,
         typer.Option("--output", "-o", help="The HTML file to write."),
     ] = Path("report.html"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was written as JSON.")
+    ] = False,
 ) -> None:
     """Write one self-contained HTML report: machine, boot chain, memory, access matrix, attack
     catalogue and a sequence diagram for every run."""
@@ -71,7 +81,7 @@ def report(
         presets = validate_presets(preset)
     except PolicyError as error:
         _error(str(error))
-    _check_output(output)
+    output = _check_output(output)
     try:
         from vbsim.report import build_report
 
@@ -85,6 +95,19 @@ def report(
         _error(f"output {str(output)!r}: cannot write it ({error.strerror or error})")
     data = built.data
     runs = sum(1 for r in data.runs.values() if r.diagram is not None)
+    if as_json:
+        import json
+
+        summary = {
+            "output": str(output),
+            "bytes": built.size,
+            "presets": presets,
+            "scenarios": len(data.scenarios),
+            "runs_drawn": runs,
+            "seconds": round(built.seconds, 3),
+        }
+        print(json.dumps(summary))
+        return
     Console(highlight=False, soft_wrap=True).print(
         f"wrote {output} ({built.size / 1e6:.2f} MB): {len(presets)} preset(s), "
         f"{len(data.scenarios)} scenarios, {runs} runs drawn, in {built.seconds:.1f} s",
