@@ -1,5 +1,7 @@
 """``python -m vbsim``: the same command line as the ``vbsim`` script."""
 
-from vbsim.cli.main import app
+import sys
 
-app(prog_name="vbsim")
+from vbsim.cli.main import main
+
+sys.exit(main())

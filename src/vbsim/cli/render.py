@@ -61,3 +61,10 @@ def trace_table(events: list[Event], title: str) -> Table:
 
 def console() -> Console:
     return Console(highlight=False)
+
+
+def error_line(message: str) -> None:
+    """One line on stderr, ``error: ...``, the user's text never read as markup."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)

@@ -9,6 +9,7 @@ plus a free list, so a 4 GiB machine costs nothing until frames are used.
 from __future__ import annotations
 
 import mmap
+import sys
 from dataclasses import dataclass, field
 
 from vbsim.hw.translation import Verdict
@@ -82,8 +83,19 @@ class GuestRam:
             raise RamError(f"RAM size must be a positive multiple of {PAGE_SIZE}, got {size}")
         self.size = size
         self.pages = size >> PAGE_SHIFT
-        # MAP_PRIVATE|MAP_ANONYMOUS: the kernel commits pages on first touch.
-        self.mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # MAP_PRIVATE|MAP_ANONYMOUS: the kernel commits pages on first touch; MAP_NORESERVE (Linux,
+        # 0x4000 in <asm-generic/mman-common.h>; Python 3.11's mmap does not name it) asks for no
+        # swap reservation up front, so a large, mostly untouched RAM maps under the default
+        # overcommit heuristic.
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        if sys.platform == "linux":
+            flags |= getattr(mmap, "MAP_NORESERVE", 0x4000)
+        try:
+            self.mm = mmap.mmap(-1, size, flags=flags)
+        except OSError as error:
+            raise RamError(
+                f"cannot map {size >> 20} MiB of guest RAM on this host ({error.strerror or error})"
+            ) from error
         self.view = memoryview(self.mm)
         # Frame 0 is kept back (real-mode IVT / never handed out), as firmware does.
         self.frames = FrameAllocator(first=1, limit=self.pages)
