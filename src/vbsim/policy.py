@@ -240,14 +240,60 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
     return replace(policy, **changes)
 
 
-def load(path: str | Path) -> Policy:
-    """Load a TOML policy file.  ``preset = "NAME"`` starts from a preset."""
+#: A policy file is a few hundred bytes; more than this is not one (``/dev/zero`` never ends).
+MAX_POLICY_FILE = 256 * 1024
+
+
+def _read_policy_file(path: Path) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if path.is_dir():
+            raise PolicyError(f"cannot read policy file {str(path)!r}: it is a directory")
+        if path.exists() and not path.is_file():
+            raise PolicyError(f"policy file {str(path)!r} is not a regular file")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_POLICY_FILE + 1)
     except OSError as error:
         raise PolicyError(f"cannot read policy file {str(path)!r}: {error.strerror}") from error
+    if len(raw) > MAX_POLICY_FILE:
+        raise PolicyError(f"policy file {str(path)!r} is larger than {MAX_POLICY_FILE} bytes")
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PolicyError(f"{path}: not UTF-8 text (byte {error.start})") from error
+
+
+def differences(policy: Policy, base: Policy) -> list[str]:
+    """``field: base -> policy`` for every setting a file changed (for the boot banner)."""
+    out = []
+    mine, theirs = policy.to_dict(), base.to_dict()
+    for key, value in mine.items():
+        if key in ("name", "description") or theirs.get(key) == value:
+            continue
+        out.append(f"{key}: {theirs.get(key)!r} -> {value!r}")
+    return out
+
+
+#: Settings that need VBS to mean anything (vbs-internals §0: they are VBS features).
+_NEEDS_VBS = ("hvci", "credential_guard", "kdp", "hvpt", "uefi_lock", "mandatory")
+
+
+def warnings(policy: Policy) -> list[str]:
+    """Settings of ``policy`` that cannot take effect, each as a sentence."""
+    out = []
+    if not policy.vbs:
+        for key in _NEEDS_VBS:
+            if getattr(policy, key, False):
+                out.append(f"{key} = true cannot take effect with vbs = false")
+    if policy.hvpt and not policy.hvci:
+        out.append("hvpt = true protects HVCI's pages; without hvci it has nothing to protect")
+    return out
+
+
+def load(path: str | Path) -> Policy:
+    """Load a TOML policy file.  ``preset = "NAME"`` starts from a preset.  Unless the file names
+    itself, the policy is called ``custom (from FILE), based on PRESET`` and its description says
+    what it changed, so no banner shows a preset's description for something else."""
+    text = _read_policy_file(Path(path))
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -257,7 +303,19 @@ def load(path: str | Path) -> Policy:
     base = None
     if "preset" in data:
         base = preset(_expect(data["preset"], str, "preset"))
-    return from_dict(data, base)
+    policy = from_dict(data, base)
+    start = base if base is not None else Policy()
+    changed = differences(policy, start)
+    if "name" not in data and (changed or base is None):
+        based_on = start.name if base is not None else "the defaults"
+        policy = replace(
+            policy,
+            name=f"custom (from {Path(path).name}), based on {based_on}",
+            description=policy.description
+            if "description" in data
+            else ("changes: " + "; ".join(changed) if changed else "no changes"),
+        )
+    return policy
 
 
 # -- presets (issue 5's list; hardened per MS-MemInt and vbs-internals §1.4, §6 A15-A17) --------

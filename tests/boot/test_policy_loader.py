@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,15 @@ def test_valid_file_with_preset_and_overrides(tmp_path: Path) -> None:
 
 def test_file_without_preset_starts_from_defaults(tmp_path: Path) -> None:
     policy = load(write(tmp_path, "credential_guard = false\n"))
-    assert policy == Policy(credential_guard=False)
+    assert replace(policy, name="custom", description="") == Policy(credential_guard=False)
+    assert policy.name == "custom (from policy.toml), based on the defaults"
+    assert policy.description == "changes: credential_guard: True -> False"
 
 
 def test_empty_file_is_the_default_policy(tmp_path: Path) -> None:
-    assert load(write(tmp_path, "")) == Policy()
+    policy = load(write(tmp_path, ""))
+    assert replace(policy, name="custom", description="") == Policy()
+    assert policy.description == "no changes"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -371,3 +376,43 @@ def test_load_of_generated_toml_raises_only_policy_error(data: dict[str, Any]) -
 )
 def test_load_of_random_text_raises_only_policy_error(text: str) -> None:
     _load_text(text)
+
+
+def test_a_custom_policy_says_what_it_is_and_what_it_changed(tmp_path: Path) -> None:
+    """Issue 12: the banner showed the preset's description for a file that changed it."""
+    from vbsim.policy import load, warnings
+
+    path = tmp_path / "mine.toml"
+    path.write_text('preset = "hardened"\nhvpt = false\n')
+    policy = load(path)
+    assert policy.name == "custom (from mine.toml), based on hardened"
+    assert policy.description == "changes: hvpt: True -> False"
+    path.write_text('preset = "vbs-off"\nhvci = true\n')
+    assert warnings(load(path)) == ["hvci = true cannot take effect with vbs = false"]
+
+
+def test_a_policy_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    from vbsim.policy import MAX_POLICY_FILE, PolicyError, load
+
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (MAX_POLICY_FILE + 1))
+    with pytest.raises(PolicyError, match="larger than"):
+        load(big)
+
+
+def test_user_text_in_a_policy_prints_as_itself(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from vbsim.boot.report import boot_report, print_boot_report
+    from vbsim.policy import load
+
+    path = tmp_path / "odd.toml"
+    path.write_text('preset = "vbs-off"\ndescription = "closing [/] tag \\u001b[31m"\n')
+    out = io.StringIO()
+    print_boot_report(boot_report(load(path)), Console(file=out, width=160))
+    first = out.getvalue().splitlines()[0]
+    assert "closing [/] tag \\x1b[31m" in first and "\x1b" not in out.getvalue()

@@ -9,7 +9,8 @@ from rich.table import Table
 
 from vbsim.boot.chain import boot
 from vbsim.boot.memory_map import vtl0_memory_map
-from vbsim.policy import Policy
+from vbsim.policy import Policy, warnings
+from vbsim.text import safe
 
 _BOOT_KINDS = ("boot", "securecall")
 
@@ -30,6 +31,7 @@ def boot_report(policy: Policy) -> dict[str, Any]:
     ]
     report: dict[str, Any] = {
         "policy": policy.to_dict(),
+        "warnings": warnings(policy),
         "halted": system.halted,
         "vbs_running": system.vbs_running,
         "chain": chain,
@@ -61,7 +63,9 @@ def boot_report(policy: Policy) -> dict[str, Any]:
 
 def print_boot_report(report: dict[str, Any], out: Console) -> None:
     policy = report["policy"]
-    out.print(f"[bold]policy[/] {policy['name']}: {policy['description']}")
+    out.print(f"[bold]policy[/] {safe(policy['name'])}: {safe(policy['description'])}")
+    for warning in report.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {safe(warning)}")
     chain = Table(title="boot chain (vbs-internals §1.1)", header_style="bold")
     for column in ("#", "where", "step", "outcome", "details"):
         chain.add_column(column)
@@ -73,8 +77,8 @@ def print_boot_report(report: dict[str, Any], out: Console) -> None:
             str(step["seq"]),
             where,
             step["step"],
-            f"[{style}]{step['outcome']}[/]" if style else step["outcome"],
-            detail,
+            f"[{style}]{safe(step['outcome'])}[/]" if style else safe(step["outcome"]),
+            safe(detail),
         )
     out.print(chain)
     if report["halted"]:

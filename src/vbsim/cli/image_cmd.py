@@ -23,16 +23,15 @@ characters are shown as ``\\xNN``, so it can neither be eaten as markup nor driv
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from vbsim.cli.render import console
+from vbsim.text import safe, visible
 
 if TYPE_CHECKING:
     from vbsim.image import CertificateInfo, ParsedImage, PolicyEntry, SignatureResult
@@ -129,21 +128,6 @@ def internal_error(error: BaseException) -> str:
     """One line for an unexpected exception (a vbsim bug, reported without a traceback)."""
     text = str(error).splitlines()[0] if str(error) else ""
     return visible(f"vbsim internal error: {type(error).__name__}: {text}")
-
-
-#: C0 controls, DEL and C1 controls: never sent raw to a terminal (an ESC from a certificate's
-#: subject or a file name could drive it).  Tab and newline are shown too: one field, one line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def visible(text: object) -> str:
-    """``text`` with every control character shown as ``\\xNN`` (safe for a terminal)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
-
-
-def safe(text: object) -> str:
-    """User text (file names, certificate fields, strings from an image) for rich markup."""
-    return escape(visible(text))
 
 
 def read_input(path: Path, what: str = "FILE") -> bytes:
