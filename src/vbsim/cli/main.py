@@ -32,6 +32,24 @@ app.command("soak")(soak)
 app.command("conformance")(conformance)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vbsim import __version__
+
+        print(f"vbsim {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """vbsim: an executable model of Windows Virtualization-Based Security."""
+
+
 #: The smallest RAM the bare partition of ``vbsim machine`` boots in (its two kernels' page
 #: tables, IDTs, parameter and log pages; measured: 256 KiB boots, 64 KiB does not).
 MIN_MACHINE_RAM = 1 << 20
@@ -230,8 +248,7 @@ def matrix(
 def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print what ran as JSON.")] = False,
 ) -> None:
-    """The tour: the boot chain, the live access matrix, the attacks VBS stops, and what it
-    does not stop (about two screens)."""
+    """The tour (about two screens): boot chain, live access matrix, what VBS stops and not."""
     from vbsim.demo import collect, run
 
     if as_json:
@@ -333,6 +350,22 @@ def main(argv: list[str] | None = None) -> int:
     except aborted:
         return 130
     return code if isinstance(code, int) else 0
+
+
+#: The order ``vbsim --help`` lists commands in: the tour first, then booting and probing, the
+#: attacks, the tools for files and trustlets, and the campaign machinery last.
+HELP_ORDER = (
+    "demo", "boot", "matrix", "attacks", "attack", "report", "trustlet", "image", "machine",
+    "conformance", "soak", "fuzz", "campaign", "bench",
+)  # fmt: skip
+
+
+def _rank(name: str | None) -> int:
+    return HELP_ORDER.index(name) if name in HELP_ORDER else len(HELP_ORDER)
+
+
+app.registered_commands.sort(key=lambda c: _rank(c.name or getattr(c.callback, "__name__", "")))
+app.registered_groups.sort(key=lambda g: _rank(g.name))
 
 
 def _entry() -> None:  # pragma: no cover - the console script

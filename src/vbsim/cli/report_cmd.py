@@ -72,8 +72,7 @@ def report(
         bool, typer.Option("--json", help="Print what was written as JSON.")
     ] = False,
 ) -> None:
-    """Write one self-contained HTML report: machine, boot chain, memory, access matrix, attack
-    catalogue and a sequence diagram for every run."""
+    """Write one self-contained HTML page: boot chain, memory, matrix, attacks, their diagrams."""
     from vbsim.policy import PolicyError
     from vbsim.report.data import validate_presets
 
