@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vbsim.attacks.context import AttackAborted, AttackContext
 from vbsim.attacks.model import PRESET_ORDER, Outcome, RunResult, Scenario
@@ -69,10 +69,17 @@ def run(scenario: Scenario, preset_name: str) -> tuple[RunResult, AttackContext]
 
 
 def run_catalogue(
-    scenarios: Iterable[Scenario], presets: Iterable[str] = PRESET_ORDER
+    scenarios: Iterable[Scenario],
+    presets: Iterable[str] = PRESET_ORDER,
+    progress: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
+    """Every scenario under every preset; ``progress`` hears of each run as it ends."""
     results = []
+    presets = list(presets)
     for scenario in scenarios:
         for name in presets:
-            results.append(run(scenario, name)[0])
+            result = run(scenario, name)[0]
+            results.append(result)
+            if progress is not None:
+                progress(result)
     return results

@@ -177,7 +177,12 @@ def attacks(
         if missing:
             raise typer.BadParameter(f"unknown scenario(s) {', '.join(missing)}")
         scenarios = [s for s in SCENARIOS if s.id.lower() in {o.lower() for o in only}]
-    results = run_catalogue(scenarios, presets)
+    from vbsim.cli.render import progress_bar
+
+    with progress_bar("attacks", len(scenarios) * len(presets), not as_json) as advance:
+        results = run_catalogue(
+            scenarios, presets, progress=lambda r: advance(f"{r.id} on {r.preset}")
+        )
     if as_json:
         print(json.dumps(catalogue_json(results)))
     else:

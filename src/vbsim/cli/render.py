@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -68,3 +70,29 @@ def error_line(message: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
+
+
+@contextlib.contextmanager
+def progress_bar(what: str, total: int, show: bool) -> Iterator[Callable[[str], None]]:
+    """A bar on stderr for long work (``advance(label)`` once per item); nothing when ``show``
+    is false (``--json``) or stderr is not a terminal, so pipes and logs stay clean."""
+    import sys
+
+    if not show or not sys.stderr.isatty():
+        yield lambda label: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(what, total=total, label="")
+    with bar:
+        yield lambda label: bar.update(task, advance=1, label=label)

@@ -82,9 +82,13 @@ def report(
         _error(str(error))
     output = _check_output(output)
     try:
+        from vbsim.attacks.catalogue import SCENARIOS
+        from vbsim.cli.render import progress_bar
         from vbsim.report import build_report
 
-        built = build_report(presets)
+        total = len(presets) * (1 + len(SCENARIOS))
+        with progress_bar("report", total, not as_json) as advance:
+            built = build_report(presets, progress=advance)
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line
         text = str(error).splitlines()[0] if str(error) else ""
         _error(f"vbsim internal error: {type(error).__name__}: {text}", code=1)

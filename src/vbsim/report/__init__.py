@@ -5,7 +5,7 @@ the boot chain — drawn from the same data as the JSON outputs."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +26,16 @@ class Report:
         return len(self.html.encode())
 
 
-def build_report(presets: Sequence[str] | None = None, cap: int = DEFAULT_CAP) -> Report:
+def build_report(
+    presets: Sequence[str] | None = None,
+    cap: int = DEFAULT_CAP,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Run everything the report shows (each scenario once per preset) and render the page."""
     from vbsim.report.html import render_report
 
     start = time.perf_counter()
-    data = collect(presets, cap=cap)
+    data = collect(presets, cap=cap, progress=progress)
     render_start = time.perf_counter()
     html = render_report(data)
     data.seconds["render"] = time.perf_counter() - render_start

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,20 +221,29 @@ def collect(
     preset_names: Sequence[str] | None = None,
     scenarios: Sequence[Scenario] | None = None,
     cap: int = DEFAULT_CAP,
+    progress: Callable[[str], None] | None = None,
 ) -> ReportData:
+    """Everything the page shows; ``progress`` hears the label of each preset and run done."""
     from vbsim.attacks.catalogue import SCENARIOS
+
+    def done(label: str) -> None:
+        if progress is not None:
+            progress(label)
 
     names = validate_presets(preset_names)
     chosen = list(scenarios if scenarios is not None else SCENARIOS)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    presets = [collect_preset(name) for name in names]
+    presets = []
+    for name in names:
+        presets.append(collect_preset(name))
+        done(f"boot and matrix of {name}")
     seconds["presets"] = time.perf_counter() - start
     start = time.perf_counter()
-    runs = {
-        (scenario.id, name): collect_run(scenario, name, cap)
-        for scenario in chosen
-        for name in names
-    }
+    runs = {}
+    for scenario in chosen:
+        for name in names:
+            runs[(scenario.id, name)] = collect_run(scenario, name, cap)
+            done(f"{scenario.id} on {name}")
     seconds["catalogue"] = time.perf_counter() - start
     return ReportData(presets, chosen, runs, seconds)
