@@ -84,6 +84,12 @@ def test_the_report_in_chromium(browser: Any, full_report_file: Path, tmp_path: 
         "return document.querySelectorAll('#catalogue a.runlink').length"
     )
     assert links > 0 and missing == []
+    # Runs are folded (the page was 110 screens tall): open them all to measure every SVG.
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    assert height < 40 * 1000, height
+    browser.execute_script(
+        "document.querySelectorAll('details.runbox').forEach(d => d.open = true)"
+    )
     # The SVGs were laid out (a broken SVG renders with no size).
     sizes = browser.execute_script(
         "return [...document.querySelectorAll('svg.machine, svg.memory, svg.seq, svg.boot')]"
@@ -92,9 +98,13 @@ def test_the_report_in_chromium(browser: Any, full_report_file: Path, tmp_path: 
     assert sizes and min(sizes) > 100
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    # Following a catalogue link lands on its diagram.
+    # Following a catalogue link unfolds its run and lands on its diagram.
+    browser.get(full_report_file.as_uri())
     browser.find_element("css selector", "#catalogue a.runlink[href='#run-A1--vbs']").click()
     assert browser.execute_script("return location.hash") == "#run-A1--vbs"
+    assert browser.execute_script(
+        "return document.getElementById('run-A1--vbs').closest('details').open"
+    )
     top = browser.execute_script(
         "return document.getElementById('run-A1--vbs').getBoundingClientRect().top"
     )
@@ -103,3 +113,28 @@ def test_the_report_in_chromium(browser: Any, full_report_file: Path, tmp_path: 
         browser.get(full_report_file.as_uri())
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(DOCS_PNG))
+
+
+@pytest.mark.parametrize("width", [800, 1400, 1920])
+def test_no_horizontal_overflow_at_common_widths(
+    browser: Any, full_report_file: Path, width: int
+) -> None:
+    """Issue 12: at 800 px the catalogue hid its last presets; at 1920 the page hugged the left."""
+    browser.set_window_size(width, 1000)
+    browser.get(full_report_file.as_uri())
+    inner, scroll = browser.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollWidth]"
+    )
+    assert scroll <= inner, (width, scroll, inner)
+    # What does not fit scrolls inside its own box (the catalogue), never the page.
+    wrap = browser.execute_script(
+        "const t = document.querySelector('table.cat'); const w = t.parentElement;"
+        "return [w.className, w.getBoundingClientRect().right <= window.innerWidth + 1]"
+    )
+    assert wrap == ["tablewrap", True]
+    if width >= 1920:
+        left, right = browser.execute_script(
+            "const m = document.querySelector('main').getBoundingClientRect();"
+            "return [m.left, window.innerWidth - m.right]"
+        )
+        assert abs(left - right) < 40, (left, right)  # centred, not hugging the left
