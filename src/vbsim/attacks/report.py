@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vbsim.attacks.model import Outcome, RunResult
@@ -18,38 +20,80 @@ def catalogue_json(results: list[RunResult]) -> dict[str, Any]:
     return {"results": [r.to_json() for r in results]}
 
 
-def catalogue_table(results: list[RunResult], presets: list[str]) -> Table:
-    table = Table(
-        title="attack catalogue (outcome / deciding check; red border: differs from the "
-        "public record)",
-        header_style="bold",
-        show_lines=True,
-    )
-    table.add_column("id")
-    table.add_column("attack")
-    table.add_column("has")
-    for name in presets:
-        table.add_column(name)
+#: How an outcome reads in the catalogue grid (``succeeded`` is the widest word, 9 columns).
+_WORD = {Outcome.BLOCKED: "blocked", Outcome.SUCCEEDED: "succeeded", Outcome.NOT_APPLICABLE: "n/a"}
+
+
+@dataclass
+class CatalogueView:
+    """The grid, then the prose and the notes that did not fit into it (printed below)."""
+
+    table: Table
+    titles: list[str]
+    notes: list[str]
+
+    def print(self, out: Console) -> None:
+        out.print(self.table)
+        out.print("[bold]attacks[/]: " + "; ".join(escape(t) for t in self.titles) + ".")
+        if self.notes:
+            out.print("[bold]deciding checks too long for their column[/]:")
+            for note in self.notes:
+                out.print(escape(note))
+
+
+def catalogue_table(
+    results: list[RunResult], presets: list[str], width: int = 100
+) -> CatalogueView:
+    """Scenario × preset at ``width`` columns without cutting an id, a mechanism or a number:
+    short columns (id, attacker, one per preset), a mechanism longer than its column replaced by
+    a numbered note written out in full below the grid, the titles (prose) listed after it."""
     rows: dict[str, dict[str, RunResult]] = {}
     for result in results:
         rows.setdefault(result.id, {})[result.preset] = result
+    id_width = max([2, *(len(i) for i in rows)])
+    has_width = max([3, *(len(r.capability) for r in results)])
+    # Columns are separated by one space (no box): what is left is shared by the presets.
+    share = (width - id_width - has_width - len(presets) - 2) // max(1, len(presets))
+    columns = {name: max(9, len(name), share) for name in presets}
+    table = Table(
+        title="attack catalogue: outcome and deciding check per preset (! = differs from the "
+        "public record)",
+        header_style="bold",
+        box=None,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    table.add_column("id", no_wrap=True, min_width=id_width)
+    table.add_column("has", no_wrap=True)
+    for name in presets:
+        table.add_column(name, no_wrap=True, min_width=columns[name], max_width=columns[name])
+    notes: list[str] = []
+    numbered: dict[str, int] = {}
+    titles = []
     for scenario_id, by_preset in rows.items():
         first = next(iter(by_preset.values()))
+        titles.append(f"{scenario_id} {first.title}")
         cells = []
         for name in presets:
             cell = by_preset.get(name)
             if cell is None:
                 cells.append("")
                 continue
-            style = _STYLE[cell.outcome]
-            text = f"[{style}]{cell.outcome}[/]"
+            word = _WORD[cell.outcome] + ("" if cell.matches else "!")
+            text = f"[{_STYLE[cell.outcome]}]{word}[/]"
             if cell.outcome is Outcome.BLOCKED and cell.mechanism != "-":
-                text += f"\n[dim]{cell.mechanism}[/]"
+                mechanism = cell.mechanism
+                if len(mechanism) > columns[name]:
+                    number = numbered.setdefault(mechanism, len(numbered) + 1)
+                    if number == len(numbered) and len(notes) < number:
+                        notes.append(f"[{number}] {mechanism}")
+                    mechanism = f"[{number}]"
+                text += f"\n[dim]{escape(mechanism)}[/]"
             if not cell.matches:
-                text = f"[reverse]{text}\n(expected {cell.expected})[/]"
+                text += f"\n[reverse](record: {cell.expected})[/]"
             cells.append(text)
-        table.add_row(scenario_id, first.title, first.capability, *cells)
-    return table
+        table.add_row(scenario_id, first.capability, *cells)
+    return CatalogueView(table, titles, notes)
 
 
 def print_run(result: RunResult, events: list[Event], out: Console, show_trace: bool) -> None:

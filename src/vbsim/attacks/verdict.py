@@ -53,10 +53,10 @@ def deciding_mechanism(events: list[Event], decisive: tuple[str, ...] = ()) -> s
             and event.outcome not in ("STATUS_SUCCESS",)
         ):
             service = event.detail.get("service", "?")
-            return (
-                f"{event.mechanism}:{service if service != '?' else event.detail.get('number')}="
-                f"{event.outcome}"
-            )
+            if service == "?":  # no such service: name the number, in hex as the ABI writes it
+                number = event.detail.get("number")
+                service = f"0x{number:08X}" if isinstance(number, int) else str(number)
+            return f"{event.mechanism}:{service}={event.outcome}"
     for event in events:
         if event.kind == "bugcheck":
             return f"bugcheck:{event.outcome}"

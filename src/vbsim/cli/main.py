@@ -186,7 +186,8 @@ def attacks(
     if as_json:
         print(json.dumps(catalogue_json(results)))
     else:
-        console().print(catalogue_table(results, presets))
+        out = console()
+        catalogue_table(results, presets, out.width).print(out)
     if any(not r.matches for r in results):
         raise typer.Exit(1)
 
