@@ -31,6 +31,7 @@ class CatalogueView:
     table: Table
     titles: list[str]
     notes: list[str]
+    mismatches: list[str]
 
     def print(self, out: Console) -> None:
         out.print(self.table)
@@ -39,6 +40,8 @@ class CatalogueView:
             out.print("[bold]deciding checks too long for their column[/]:")
             for note in self.notes:
                 out.print(escape(note))
+        for line in self.mismatches:
+            out.print(f"[reverse]differs from the public record[/]: {escape(line)}")
 
 
 def catalogue_table(
@@ -70,6 +73,7 @@ def catalogue_table(
     notes: list[str] = []
     numbered: dict[str, int] = {}
     titles = []
+    mismatches: list[str] = []
     for scenario_id, by_preset in rows.items():
         first = next(iter(by_preset.values()))
         titles.append(f"{scenario_id} {first.title}")
@@ -90,10 +94,12 @@ def catalogue_table(
                     mechanism = f"[{number}]"
                 text += f"\n[dim]{escape(mechanism)}[/]"
             if not cell.matches:
-                text += f"\n[reverse](record: {cell.expected})[/]"
+                mismatches.append(
+                    f"{scenario_id} on {name}: {cell.outcome}, record {cell.expected}"
+                )
             cells.append(text)
         table.add_row(scenario_id, first.capability, *cells)
-    return CatalogueView(table, titles, notes)
+    return CatalogueView(table, titles, notes, mismatches)
 
 
 def print_run(result: RunResult, events: list[Event], out: Console, show_trace: bool) -> None:
