@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vbsim.trace import Event
@@ -41,22 +42,24 @@ def who(event: Event) -> str:
 
 
 def trace_table(events: list[Event], title: str) -> Table:
+    """The trace, one event a row.  The check and the outcome are never cut (their columns are
+    as wide as their longest value); who and details wrap at spaces."""
     table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("who (VP, VTL, ring)")
-    table.add_column("what")
-    table.add_column("check", style="bold")
-    table.add_column("outcome")
-    table.add_column("details", overflow="fold")
+    check = max([5, *(len(e.mechanism) for e in events), *(len(e.kind) for e in events)])
+    outcome = max([7, *(len(e.outcome) for e in events)])
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("who (VP, VTL, ring)", ratio=1, min_width=10)
+    table.add_column("check / what", no_wrap=True, min_width=check)
+    table.add_column("outcome", no_wrap=True, min_width=outcome)
+    table.add_column("details", overflow="fold", ratio=2, min_width=14)
     for event in events:
         style = _OUTCOME_STYLE.get(event.outcome, "")
         table.add_row(
             str(event.seq),
-            who(event),
-            event.kind,
-            event.mechanism,
-            f"[{style}]{event.outcome}[/]" if style else event.outcome,
-            describe_detail(event.detail),
+            escape(who(event)),
+            f"[bold]{escape(event.mechanism)}[/]\n[dim]{escape(event.kind)}[/]",
+            f"[{style}]{escape(event.outcome)}[/]" if style else escape(event.outcome),
+            escape(describe_detail(event.detail)),
         )
     return table
 
