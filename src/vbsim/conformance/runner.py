@@ -60,8 +60,11 @@ def run(ids: Iterable[str] | None = None) -> list[Result]:
     return [run_case(case) for case in select(ids)]
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` columns, broken at spaces (never cut)."""
+    import textwrap
+
+    return textwrap.wrap(text, max(20, width), break_long_words=False) or [""]
 
 
 def table(results: list[Result], width: int = WIDTH) -> str:
@@ -69,13 +72,13 @@ def table(results: list[Result], width: int = WIDTH) -> str:
     id_width = max([len("case")] + [len(r.case.id) for r in results])
     source_width = width - 6 - 2 - id_width - 2
     lines = [f"{'result':<6}  {'case':<{id_width}}  {'upstream source'}", "-" * width]
+    indent = " " * (6 + 2 + id_width + 2)
     for r in results:
-        row = (
-            f"{r.outcome.upper():<6}  {r.case.id:<{id_width}}  {_clip(r.case.source, source_width)}"
-        )
-        lines.append(row)
+        first, *rest = _wrap(r.case.source, source_width)
+        lines.append(f"{r.outcome.upper():<6}  {r.case.id:<{id_width}}  {first}")
+        lines.extend(indent + more for more in rest)
         if r.outcome != PASS:
-            lines.append(_clip(f"{'':<6}  {'':<{id_width}}  → {r.detail}", width))
+            lines.extend(indent + part for part in _wrap(f"→ {r.detail}", source_width))
     passed = sum(r.outcome == PASS for r in results)
     lines.append("-" * width)
     lines.append(f"{passed} passed, {len(results) - passed} failed")
