@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import KernelSpace
@@ -25,9 +25,9 @@ from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.ram import OutOfFrames
-from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk import callargs
@@ -37,7 +37,6 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
-    from vbsim.hw.cpu import Cpu
     from vbsim.image import RevocationPolicy
     from vbsim.machine import Machine
     from vbsim.policy import Policy
@@ -91,7 +90,7 @@ class NormalCall:
 
 
 ServiceResult = Reply | Generator[NormalCall, SecureCallArgs, Reply]
-Handler = Callable[["SecureKernel", VirtualProcessor, SecureCallArgs], ServiceResult]
+Handler = Callable[["SecureKernel", Cpu, SecureCallArgs], ServiceResult]
 
 
 @dataclass
@@ -212,7 +211,7 @@ class SecureKernel:
         self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
-        self.phase1_hooks: list[Callable[[SecureKernel, VirtualProcessor], None]] = []
+        self.phase1_hooks: list[Callable[[SecureKernel, Cpu], None]] = []
         #: The resume-thread operation (IUM); set by the IUM service module.
         self.resume_thread: Handler | None = None
         from vbsim.sk.ium import keys
@@ -370,26 +369,21 @@ class SecureKernel:
         return obj if obj is not None and obj.kind == kind else None
 
     @staticmethod
-    def tracing(vp: Any) -> bool:
-        try:
-            return bool(vp.tracing)  # a Cpu says so (vbsim.hw.cpu)
-        except AttributeError:  # a bare processor (host-side tests)
-            return bool(vp.trace.on)
+    def tracing(vp: Cpu) -> bool:
+        return bool(vp.tracing)
 
-    def emit(
-        self, vp: VirtualProcessor, kind: str, mechanism: str, outcome: str, **detail: Any
-    ) -> None:
+    def emit(self, vp: Cpu, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
         if self.tracing(vp):
             vp.emit(kind, mechanism, outcome, **detail)
 
-    def bugcheck(self, vp: VirtualProcessor, code: BugCheck, *params: int) -> None:
+    def bugcheck(self, vp: Cpu, code: BugCheck, *params: int) -> None:
         if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
             vp.wrong_context("KeBugCheckEx at CPL3")
         self.emit(vp, "bugcheck", "securekernel", code.name, code=int(code), params=list(params))
         raise Bugcheck(int(code), code.name, 1, *params)
 
     # -- processor bring-up --------------------------------------------------------------------
-    def init_processor(self, vp: VirtualProcessor) -> None:
+    def init_processor(self, vp: Cpu) -> None:
         """Per-VP VTL1 setup (LVBS mshv_vsm_vtl1.c; vbs-internals §1.1 row 12 on the BSP)."""
         pages = self.processors[vp.index]
         vp.wrmsr(HvMsr.GUEST_OS_ID, GUEST_OS_ID)
@@ -430,7 +424,7 @@ class SecureKernel:
         write_field(vp, self.state_va, State.READY, ready | 1 << vp.index)
         self.emit(vp, "sk", "init-processor", "ready", vp_index=vp.index)
 
-    def phase1(self, vp: VirtualProcessor) -> None:
+    def phase1(self, vp: Cpu) -> None:
         """SkmiProtectSecureKernelPages and friends (vbs-internals §1.1 row 12)."""
         self.protect_own_pages(vp, int(defs.HvMapGpaFlags.READABLE))
         self.protect_pool(vp)
@@ -439,14 +433,14 @@ class SecureKernel:
         self.set_phase(vp, Phase.PHASE1)
         self.emit(vp, "boot", "sk-phase1", "done", frames=len(set(self.space.frames)))
 
-    def protect_own_pages(self, vp: VirtualProcessor, flags: int) -> None:
+    def protect_own_pages(self, vp: Cpu, flags: int) -> None:
         gpns = sorted(set(self.space.frames))
         self.mark_own(vp, gpns)
         result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags)
         if not result.ok:
             self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 2, result.status)
 
-    def protect_pool(self, vp: VirtualProcessor) -> None:
+    def protect_pool(self, vp: Cpu) -> None:
         """Phase 1: VTL0 loses every right on the SK's frame pool; whoever takes a frame from it
         grants what that frame's use needs (HLAT tables: read-only)."""
         gpns = list(range(self.pool_base, self.pool_base + self.pool_count))
@@ -459,7 +453,7 @@ class SecureKernel:
         """Whether ``pfn`` is RAM that belongs to VTL0 (not the SK's, not a trustlet's)."""
         return 0 < pfn < self.ram_pages and not self.own_page(vp, pfn)
 
-    def set_vtl0_rights(self, vp: VirtualProcessor, gpns: list[int], flags: int) -> bool:
+    def set_vtl0_rights(self, vp: Cpu, gpns: list[int], flags: int) -> bool:
         """The only way any VTL0 SLAT right changes: a hypercall issued here, in VTL1."""
         if not gpns:
             return True
@@ -471,7 +465,7 @@ class SecureKernel:
         return hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags).ok
 
     # -- secure calls --------------------------------------------------------------------------
-    def secure_call(self, vp: VirtualProcessor) -> None:
+    def secure_call(self, vp: Cpu) -> None:
         raw = callargs.from_registers(vp)  # captured: VTL0 cannot change it from here on
         args = SecureCallArgs.unpack(raw)
         result: Reply | NormalCall
@@ -532,7 +526,7 @@ class SecureKernel:
         callargs.clear_registers(vp)
         callargs.to_registers(vp, reply.pack())
 
-    def normal_call(self, vp: VirtualProcessor, number: int, *args: int) -> list[int] | None:
+    def normal_call(self, vp: Cpu, number: int, *args: int) -> list[int] | None:
         """Ask NT for a service and wait for the answer (vbs-internals §2.5).
 
         The request leaves in the shared argument registers (everything else cleared), VTL1
@@ -552,7 +546,7 @@ class SecureKernel:
 
     def _advance(
         self,
-        vp: VirtualProcessor,
+        vp: Cpu,
         generator: Generator[NormalCall, SecureCallArgs, Reply],
         reply: SecureCallArgs | None,
     ) -> Reply | NormalCall:
@@ -565,7 +559,7 @@ class SecureKernel:
         return request
 
 
-def _sk(vp: VirtualProcessor) -> SecureKernel:
+def _sk(vp: Cpu) -> SecureKernel:
     sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         vp.wrong_context("Secure Kernel code without the Secure Kernel's GS")
@@ -573,7 +567,7 @@ def _sk(vp: VirtualProcessor) -> SecureKernel:
 
 
 @guest_code("sk.entry")
-def _entry(vp: VirtualProcessor) -> None:
+def _entry(vp: Cpu) -> None:
     """VTL1's dispatcher loop on one VP: initialise, then return to VTL0 and serve each entry.
 
     Every VTL entry resumes right after the ``vtl_return`` below (vsm-spec §5.3 step 6); pending
@@ -591,17 +585,17 @@ def _entry(vp: VirtualProcessor) -> None:
 
 
 @guest_code("sk.sint0")
-def _sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _sint0(vp: Cpu, vector: int, error_code: int) -> None:
     from vbsim.sk import intercepts
 
     intercepts.handle(_sk(vp), vp)
 
 
 @guest_code("sk.exception")
-def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _exception(vp: Cpu, vector: int, error_code: int) -> None:
     """A fault in IUM user mode ends the trustlet's thread; one in the Secure Kernel is fatal."""
     sk = _sk(vp)
-    cr2 = cast("Cpu", vp).read_cr(2)  # mov r64, cr2 (the handler runs at CPL0 on a Cpu)
+    cr2 = vp.read_cr(2)  # mov r64, cr2 (the handler runs at CPL0 on a Cpu)
     if vp.interrupted_cpl == 3:
         sk.emit(vp, "ium", "exception-dispatch", "thread-terminated", vector=vector,
                 error_code=error_code, cr2=cr2)  # fmt: skip
@@ -610,12 +604,12 @@ def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
 
 
 def _service_routine(handler: Handler) -> Callable[..., ServiceResult]:
-    def routine(vp: VirtualProcessor, args: SecureCallArgs) -> ServiceResult:
+    def routine(vp: Cpu, args: SecureCallArgs) -> ServiceResult:
         return handler(_sk(vp), vp, args)
 
     return routine
 
 
-def _not_implemented(vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def _not_implemented(vp: Cpu, args: SecureCallArgs) -> Reply:
     """The handler of an SSCN the build assigns but the model does not implement."""
     return Reply(NtStatus.NOT_IMPLEMENTED)

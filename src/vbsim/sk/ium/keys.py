@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 IDK, LOCAL, PER_BOOT = 0, 1, 2
@@ -29,12 +29,12 @@ def provision(sk: SecureKernel) -> None:
     sk.keys_va = va
 
 
-def master(sk: SecureKernel, vp: VirtualProcessor, which: int) -> bytes:
+def master(sk: SecureKernel, vp: Cpu, which: int) -> bytes:
     return vp.read(sk.keys_va + 32 * which, 32)
 
 
 def derive(
-    sk: SecureKernel, vp: VirtualProcessor, which: int, trustlet_id: int, svn: int, label: bytes
+    sk: SecureKernel, vp: Cpu, which: int, trustlet_id: int, svn: int, label: bytes
 ) -> bytes:
     message = (
         label

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import process as ium
@@ -84,8 +84,8 @@ SECURE_SYSCALLS: dict[int, str] = {
 }
 SECURE_NUMBERS = {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
 
-SecureHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
-SpecialHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
+SecureHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
+SpecialHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
 
 _NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
 
@@ -124,7 +124,7 @@ def filter_bitmaps() -> bytes:
     return bytes(raw)
 
 
-def classify(sk: SecureKernel, vp: VirtualProcessor, number: int) -> Kind:
+def classify(sk: SecureKernel, vp: Cpu, number: int) -> Kind:
     """The filter's verdict for NT service ``number``, read from SK memory now."""
     if not 0 <= number < IumFilter.NUMBERS:
         return Kind.DISABLED
@@ -140,7 +140,7 @@ def register(sk: SecureKernel) -> None:
     """Nothing to install: the filter is written by the loader, the handlers are SK code."""
 
 
-def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
+def dispatch(sk: SecureKernel, vp: Cpu) -> int:
     number = vp.rax
     args = [vp.r10, vp.rdx, vp.r8, vp.r9]
     caller = ium.current(sk, vp)
@@ -191,7 +191,7 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
 
 
 @guest_code("sk.KiSystemServiceStart")
-def _system_service(vp: VirtualProcessor) -> None:
+def _system_service(vp: Cpu) -> None:
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.kernel()
