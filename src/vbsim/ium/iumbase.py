@@ -8,12 +8,16 @@ the trustlet's own memory.  Scratch buffers live in the trustlet's heap page (``
 from __future__ import annotations
 
 from vbsim.hw.cpu import Cpu
-from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.ium_abi import (
+    HEAP_VA,
+    LOCAL,
+    NT_NUMBERS,
+    OP_DECRYPT,
+    OP_ENCRYPT,
+    PER_BOOT,
+    SECURE_NUMBERS,
+)
 from vbsim.ntstatus import NtStatus
-from vbsim.sk.ium.keys import LOCAL, PER_BOOT
-from vbsim.sk.ium.process import HEAP_VA
-from vbsim.sk.ium.secure_syscalls import OP_DECRYPT, OP_ENCRYPT
-from vbsim.sk.ium.syscalls import SECURE_NUMBERS
 
 __all__ = ["LOCAL", "PER_BOOT", "IumError"]
 

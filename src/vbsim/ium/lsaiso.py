@@ -18,7 +18,7 @@ import hmac
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.ium import iumbase
-from vbsim.sk.ium.process import HEAP_VA
+from vbsim.ium_abi import HEAP_VA
 
 OP_PROTECT, OP_RESPOND = 1, 2
 USER_LEN, OWF_LEN, KERB_LEN = 32, 16, 32

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
-IDK, LOCAL, PER_BOOT = 0, 1, 2
+from vbsim.ium_abi import IDK, LOCAL, PER_BOOT
+
+__all__ = ["IDK", "LOCAL", "PER_BOOT"]
 _NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
 
 

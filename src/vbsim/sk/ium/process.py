@@ -32,16 +32,28 @@ if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
-#: The model's VTL1 user layout for a trustlet.
-IMAGE_BASE = 0x0000_7FF6_0000_0000
-PRIVATE_BASE = 0x0000_0001_0000_0000
-PRIVATE_PAGES = 8  # heap, stack and message buffers (model)
-MESSAGE_VA = PRIVATE_BASE  # where incoming messages are captured (first private page)
-REPLY_VA = PRIVATE_BASE + PAGE_SIZE  # where the trustlet leaves its reply
-HEAP_VA = PRIVATE_BASE + 2 * PAGE_SIZE
-#: Where a trustlet's secure sections (shared with VTL0) are mapped, one 64 KiB slot each.
-SECTION_BASE = 0x0000_0002_0000_0000
-NORMAL_ALLOCATE_PAGES = 1  # the model's normal-call number for "give me physical pages"
+# The trustlet layout and the normal-call numbers are the IUM ABI (vbsim.ium_abi).
+from vbsim.ium_abi import (
+    HEAP_VA,
+    IMAGE_BASE,
+    MESSAGE_VA,
+    NORMAL_ALLOCATE_PAGES,
+    PRIVATE_BASE,
+    PRIVATE_PAGES,
+    REPLY_VA,
+    SECTION_BASE,
+)
+
+__all__ = [
+    "HEAP_VA",
+    "IMAGE_BASE",
+    "MESSAGE_VA",
+    "NORMAL_ALLOCATE_PAGES",
+    "PRIVATE_BASE",
+    "PRIVATE_PAGES",
+    "REPLY_VA",
+    "SECTION_BASE",
+]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.ium_abi import CRYPTO_REQUEST, OP_DECRYPT, OP_ENCRYPT
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import keys
 from vbsim.sk.ium import process as ium
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
 STORAGE_BY_ID = frozenset({2})
 USER_LIMIT = 1 << 47
-CRYPTO_REQUEST = 48  # u32 op, u32 key, u64 in, u64 in_len, u64 out, u64 out_cap, u64 out_len
-OP_ENCRYPT, OP_DECRYPT = 1, 2
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
 

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
-from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.ium_abi import (
+    NORMAL_IUM_SYSCALL,
+    NT_NUMBERS,
+    SECURE_NUMBERS,
+    SECURE_SYSCALL_BIT,
+    SECURE_SYSCALLS,
+)
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import process as ium
 from vbsim.sk.layouts import IumFilter
@@ -28,9 +34,7 @@ from vbsim.sk.layouts import IumFilter
 if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
 
-SECURE_SYSCALL_BIT = 0x0800_0000  # x64 (vbs-internals §2.6)
-#: The model's normal-call number for IumGenericSyscall (the real one is not public).
-NORMAL_IUM_SYSCALL = 2
+__all__ = ["NORMAL_IUM_SYSCALL", "SECURE_NUMBERS", "SECURE_SYSCALLS", "SECURE_SYSCALL_BIT"]
 
 
 class Kind(Enum):
@@ -54,35 +58,6 @@ IUM_FILTER: dict[str, Kind] = {
     "NtDeviceIoControlFile": Kind.DISABLED,
 }
 
-#: Secure system calls: index (number - 0x0800_0000) → name, as the IumFuzzer stub table lists
-#: them (vbs-internals §4.2; [V] for that build, [U] in general).
-SECURE_SYSCALLS: dict[int, str] = {
-    0x00: "IumAssignMemoryToSocDomain",
-    0x01: "IumAwaitSmc",
-    0x02: "IumCreateSecureDevice",
-    0x03: "IumCreateSecureSection",
-    0x04: "IumCreateSecureSectionSpecifyPages",
-    0x05: "IumCrypto",
-    0x06: "IumDmaMapMemory",
-    0x07: "IumEmitSmc",
-    0x08: "IumFlushSecureSectionBuffers",
-    0x09: "IumGetDmaEnabler",
-    0x0A: "IumGetExposedSecureSection",
-    0x0B: "IumGetIdk",
-    0x0C: "IumMapSecureIo",
-    0x0D: "IumOpenCurrentExtension",
-    0x0E: "IumOpenSecureSection",
-    0x0F: "IumPostMailbox",
-    0x10: "IumProtectSecureIo",
-    0x11: "IumQuerySecureDeviceInformation",
-    0x12: "IumSecureStorageGet",
-    0x13: "IumSecureStoragePut",
-    0x14: "IumSetDmaTargetProperties",
-    0x15: "IumSetPolicyExtension",
-    0x16: "IumUnmapSecureIo",
-    0x17: "IumUpdateSecureDeviceState",
-}
-SECURE_NUMBERS = {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
 
 SecureHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
 SpecialHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
