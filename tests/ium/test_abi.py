@@ -27,3 +27,10 @@ def test_the_sks_hlat_numbers_are_the_platforms() -> None:
         hvpt.CONTROL_ENABLE | hvpt.PREFIX_SIZE << hvpt.CONTROL_PREFIX_SHIFT | root
         == hlat.Hlat(root, hvpt.PREFIX_SIZE).control()
     )
+
+
+def test_the_image_builders_default_version_is_the_installed_default() -> None:
+    from vbsim.ium.images import Version
+    from vbsim.policy import Component
+
+    assert (Version().version, Version().svn) == (Component().version, Component().svn)

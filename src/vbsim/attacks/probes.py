@@ -251,13 +251,13 @@ def normal_call(cpu: Cpu, target: int, loot: int) -> None:
         cpu.write_u64(loot + 8, reply[1] if len(reply) > 1 else 0)
 
 
-def sk_protect_own_pages(cpu: Cpu) -> None:
+def sk_protect_own_pages(cpu: Cpu, pages: tuple[int, ...]) -> None:
     """The SK takes its new pages (the probe's data, code, loot, table frames) from VTL0."""
     from vbsim.sk.kernel import SecureKernel
 
     sk = cpu.kernel()
     if isinstance(sk, SecureKernel):
-        sk.protect_own_pages(cpu, 0)
+        sk.protect_own_pages(cpu, 0, pages)
 
 
 def map_window(cpu: Cpu, window: int, gpa: int, direct_map: int, spares: tuple[int, ...]) -> None:

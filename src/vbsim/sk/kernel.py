@@ -27,7 +27,6 @@ from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
-from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk import callargs
@@ -38,8 +37,6 @@ from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
     from vbsim.image import RevocationPolicy
-    from vbsim.machine import Machine
-    from vbsim.policy import Policy
 
 SINT0_VECTOR = 0x31
 GUEST_OS_ID = 0x0000_0A00_6580_0000  # Microsoft vendor ID 1, OS Windows NT, version 10.0
@@ -101,6 +98,26 @@ class SkObject:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+class PoolExhausted(Exception):
+    """The SK's frame pool has no free frame (a modelled resource limit)."""
+
+
+@dataclass(frozen=True)
+class LoaderBlock:
+    """What the boot loader hands the SK image while it builds it (vbs-internals §1.1 row 11):
+    the boot configuration reduced to the ``Config`` block's values, the build, the processor
+    count, the size of RAM, the loader's own store into the image's memory and its registration
+    of the per-processor blocks behind GS.  Host-side values, used only while loading; the SK
+    drops the block before it runs (``vbsim.boot.sk_loader``)."""
+
+    config: tuple[tuple[Field, int], ...]
+    build: str
+    processors: int
+    ram_pages: int
+    write: Callable[[int, bytes], object]
+    place_image: Callable[[int, int, object], None]
+
+
 @dataclass
 class ProcessorPages:
     assist_gpa: int
@@ -119,32 +136,19 @@ class SecureKernel:
 
     def __init__(
         self,
-        machine: Machine,
-        policy: Policy,
+        space: KernelSpace,
+        loader: LoaderBlock,
         pool: tuple[int, int] | None = None,
         revocation: RevocationPolicy | None = None,
     ) -> None:
-        ram = machine.ram
-        self._pending_own: list[int] = []
-        self.space = KernelSpace(ram, "securekernel")
-        self.ram_pages = ram.pages
+        #: The loader's view while the image is built (``LoaderBlock``); None once loaded.
+        self.loader: LoaderBlock | None = loader
+        self.space = space
+        self.ram_pages = loader.ram_pages
         # The configuration block: the loader copies the boot policy (vbs-internals §1.1 row 11).
         self.config_va, self.config_gpa = self.space.alloc_data(1)
-        config = (
-            (Config.HVCI, int(policy.hvci)),
-            (Config.KDP, int(policy.kdp)),
-            (Config.HVPT, int(policy.hvpt)),
-            (Config.MBEC, int(policy.mbec)),
-            (Config.CREDENTIAL_GUARD, int(policy.credential_guard)),
-            (Config.BUILD, ord(policy.build[:1] or "B")),
-            (Config.LEGACY_UNCHECKED, int(policy.legacy.unchecked_securecall_params)),
-            (Config.LEGACY_DOUBLE_FETCH, int(policy.legacy.securecall_double_fetch)),
-            (Config.VPS, len(machine.vps)),
-            (Config.RAM_PAGES, ram.pages),
-            (Config.VTL0_DEFAULT_MASK, 0xB if policy.hvci else 0xF),
-        )
-        for fld, value in config:
-            ram.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
+        for fld, value in loader.config:
+            loader.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
         #: The SkuSiPolicy floors (a frozen value the loader hands over; not yet in SK memory).
         self.revocation = revocation
         # The trustlet allow-list and the IUM system-call filter (vbs-internals §3.2, §4.1).
@@ -153,10 +157,11 @@ class SecureKernel:
 
         self.allow_va, self.allow_gpa = self.space.alloc_data(1)
         ids = sorted(skci.ALLOWED_IDS)
-        ram.write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
-        ram.write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
+        write = loader.write
+        write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
+        write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
         self.filter_va, self.filter_gpa = self.space.alloc_data(1)
-        ram.write(self.filter_gpa, ium_syscalls.filter_bitmaps())
+        write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).
         self.hvci: Any = None
         self.allocation: Any = None
@@ -167,11 +172,8 @@ class SecureKernel:
         # from a free bitmap in an SK data page.  At run time the SK allocates only from it.
         self.pool_base, self.pool_count = pool if pool is not None else (0, 0)
         self.pool_va, self.pool_gpa = self.space.alloc_data(1)
-        for slot in range(self.pool_count):
-            # Mark the pool's frames as the SK's (VTL0 never owns them).
-            self._pending_own.append(self.pool_base + slot)
         # The SK's page-identity knowledge: one bit per GPA page it took from VTL0.
-        own_pages = -(-ram.pages // (8 * PAGE_SIZE))
+        own_pages = -(-loader.ram_pages // (8 * PAGE_SIZE))
         self.own_va, self.own_gpa = self.space.alloc_data(own_pages, contiguous=True)
         self.dispatch_va, self.dispatch_gpa = self.space.alloc_data(
             Dispatch.SIZE // PAGE_SIZE, contiguous=True
@@ -181,17 +183,17 @@ class SecureKernel:
         self.params = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
         _, self.hypercall_gpa = self.space.alloc_data()
         self.processors = []
-        for _ in machine.vps:
+        for _ in range(loader.processors):
             _, assist = self.space.alloc_data()
             _, sim = self.space.alloc_data()
             self.processors.append(ProcessorPages(assist, sim))
         self.prcb_va, _ = self.space.alloc_data(1)
-        for index in range(len(machine.vps)):
-            machine.ram.place_image(1, self.processor_block(index), self)
+        for index in range(loader.processors):
+            loader.place_image(1, self.processor_block(index), self)
         self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
         self.entry_va = self.space.install("sk.entry")
         #: Number ↔ name of the build's services (for traces; dispatch reads the RAM table).
-        self.table = ServiceTable(policy.build)
+        self.table = ServiceTable(loader.build)
         #: Service → handler code, filled by the service modules while the image is built; the
         #: loader installs each as a routine and writes its VA into the dispatch table.
         self.handlers: dict[Service, Handler] = {}
@@ -221,12 +223,12 @@ class SecureKernel:
         from vbsim.sk.services import register_all
 
         register_all(self)
-        self._install_dispatch(ram)
-        for pfn in [*self.space.frames, *self._pending_own]:
-            self._host_mark_own(ram, pfn)
-        del self._pending_own
+        self._install_dispatch(loader)
+        #: The SK image's own frames (code, data, tables), which phase 1 takes from VTL0: the
+        #: loader hands them over when it finishes (``vbsim.boot.sk_loader``).
+        self.image_pfns: tuple[int, ...] = ()
 
-    def _install_dispatch(self, ram: Any) -> None:
+    def _install_dispatch(self, loader: LoaderBlock) -> None:
         """Loader: each handler becomes a routine in SK code; its VA goes into the table."""
         code.register(NOT_IMPLEMENTED_ROUTINE, _not_implemented)
         for service, number in self.table.number.items():
@@ -237,9 +239,9 @@ class SecureKernel:
                 name = f"sk.svc.{service.value}"
                 code.register(name, _service_routine(handler))
                 va = self.space.install(name)
-            ram.write_u64(self.dispatch_gpa + number * Dispatch.ENTRY, va)
+            loader.write(self.dispatch_gpa + number * Dispatch.ENTRY, va.to_bytes(8, "little"))
 
-    def _host_mark_own(self, ram: Any, pfn: int) -> None:
+    def host_mark_own(self, ram: Any, pfn: int) -> None:
         if 0 <= pfn < self.ram_pages:
             gpa = self.own_gpa + (pfn >> 3)
             ram.write(gpa, bytes([ram.read(gpa, 1)[0] | 1 << (pfn & 7)]))
@@ -324,7 +326,7 @@ class SecureKernel:
     def alloc_frame(self, vp: L.Mem) -> int:
         """A zeroed frame from the SK's own pool (the range the loader reserved for it): the free
         bitmap lives in an SK data page.  Bugchecks-worthy exhaustion is reported as
-        ``OutOfFrames`` like any allocator's (a modelled resource limit)."""
+        ``PoolExhausted`` (a modelled resource limit)."""
         raw = vp.read(self.pool_va + L.Pool.BITMAP, -(-self.pool_count // 8))
         for index, byte in enumerate(raw):
             if byte != 0xFF:
@@ -337,7 +339,7 @@ class SecureKernel:
                 vp.write(self.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
                 self.mark_own(vp, [pfn])
                 return pfn
-        raise OutOfFrames("securekernel pool")
+        raise PoolExhausted("securekernel pool")
 
     def mark_own(self, vp: L.Mem, pfns: list[int]) -> None:
         for pfn in pfns:
@@ -431,10 +433,12 @@ class SecureKernel:
         for hook in self.phase1_hooks:
             hook(self, vp)
         self.set_phase(vp, Phase.PHASE1)
-        self.emit(vp, "boot", "sk-phase1", "done", frames=len(set(self.space.frames)))
+        self.emit(vp, "boot", "sk-phase1", "done", frames=len(self.image_pfns))
 
-    def protect_own_pages(self, vp: Cpu, flags: int) -> None:
-        gpns = sorted(set(self.space.frames))
+    def protect_own_pages(self, vp: Cpu, flags: int, pages: tuple[int, ...] = ()) -> None:
+        """VTL0 gets ``flags`` on the SK image's frames (or on ``pages``, frames the SK took
+        later), which become the SK's."""
+        gpns = sorted(set(pages or self.image_pfns))
         self.mark_own(vp, gpns)
         result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags)
         if not result.ok:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from vbsim.guest.address_space import KernelSpace
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
+from vbsim.sk.kernel import PoolExhausted
 from vbsim.sk.layouts import Field, Mem, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
@@ -283,7 +283,7 @@ def post_mailbox(sk: SecureKernel, vp: Cpu, process: SecureProcess, slot: int, d
     if pfn == 0:
         try:
             pfn = sk.alloc_frame(vp)
-        except OutOfFrames:
+        except PoolExhausted:
             return False
         write_field(vp, entry, SkProcessLayout.MAILBOX_PFN, pfn)
     vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), data.ljust(PAGE_SIZE, b"\0"))

@@ -56,7 +56,8 @@ def provision(sk: SecureKernel) -> None:
     """Loader time: the dump key (32 bytes) and this boot's session nonce (8 bytes) in an SK data
     page, as ``sk.ium.keys`` provisions the VSM keys."""
     va, gpa = sk.space.alloc_data()
-    sk.space.ram.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
+    assert sk.loader is not None
+    sk.loader.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
     sk.dump_key_va = va
 
 

@@ -738,15 +738,16 @@ def make_protected_page_executable(sk: SecureKernel, vp: Cpu, args: SecureCallAr
 def allocate(sk: SecureKernel) -> None:
     """Loader: HVCI's tables in SK data pages.  The hash records come first, so that they sit
     right behind the secure-allocation arena (``allocation.register`` maps it just before)."""
-    ram = sk.space.ram
+    loader = sk.loader
+    assert loader is not None
     pages = sk.ram_pages
     hashes_va, hashes_gpa = sk.space.alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
     table = L.table_pages(pages)
     states_va, states_gpa = sk.space.alloc_data(table, contiguous=True)
     rights_va, rights_gpa = sk.space.alloc_data(table, contiguous=True)
-    ram.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
+    loader.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
     capacity = L.Hvci.HASH_CAPACITY
-    ram.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
+    loader.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
     sk.hvci = Hvci(states_va, states_gpa, rights_va, rights_gpa, hashes_va, hashes_gpa, pages)
 
 
