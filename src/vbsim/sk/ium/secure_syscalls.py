@@ -46,7 +46,9 @@ def _probe(vp: Cpu, va: int, length: int, write: bool) -> bool:
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.kernel()
-    process = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
+    if not isinstance(sk, SecureKernel):
+        return False
+    process = ium.current(sk, vp)
     if process is None:
         return False
     # The SK's own cache of probes that succeeded (what a TLB would hold of the same walks): a
@@ -60,13 +62,13 @@ def _probe(vp: Cpu, va: int, length: int, write: bool) -> bool:
             vpn += 1
         if vpn > last:
             return True
-        if not process.tables.user_range_ok(va, length, write):
+        if not ium.page_tables(sk, vp, process).user_range_ok(va, length, write):
             return False
         cached.update(range(first, last + 1))
         if write:
             process.probed_r.update(range(first, last + 1))
         return True
-    return process.tables.user_range_ok(va, length, write)
+    return ium.page_tables(sk, vp, process).user_range_ok(va, length, write)
 
 
 def read_user(vp: Cpu, va: int, length: int) -> bytes | None:
@@ -257,9 +259,10 @@ def ium_create_secure_section(
     if pfns is None:
         return int(NtStatus.NO_MEMORY)
     base = ium.SECTION_BASE + len(process.sections) * 16 * PAGE_SIZE
+    tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
+        tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
     process.probed_r.clear()  # the tables changed: probe them afresh
     process.probed_w.clear()
     # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
@@ -324,9 +327,10 @@ def nt_allocate_virtual_memory(
     sk.mark_own(vp, pfns)
     base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
     flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
+    tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+        tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
     process.probed_r.clear()  # the tables changed: probe them afresh
     process.probed_w.clear()
     process.private_pfns.extend(pfns)

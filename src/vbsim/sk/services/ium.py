@@ -226,7 +226,7 @@ def debug_read_write_memory(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> 
         return refusal or Reply(NtStatus.INVALID_HANDLE)
     if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(vp, buffer_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
-    gpa = _trustlet_gpa(process, va)
+    gpa = _trustlet_gpa(sk, vp, process, va)
     if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
         return Reply(NtStatus.ACCESS_VIOLATION)
     buffer = sk.space.phys_va(buffer_pfn << PAGE_SHIFT)
@@ -237,8 +237,8 @@ def debug_read_write_memory(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> 
     return Reply(NtStatus.SUCCESS)
 
 
-def _trustlet_gpa(process: ium.SecureProcess, va: int) -> int | None:
-    entry = process.tables.lookup(va)
+def _trustlet_gpa(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int) -> int | None:
+    entry = ium.page_tables(sk, vp, process).lookup(va)
     if entry is None:
         return None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
