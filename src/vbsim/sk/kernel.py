@@ -187,7 +187,7 @@ class SecureKernel:
             _, assist = self.space.alloc_data()
             _, sim = self.space.alloc_data()
             self.processors.append(ProcessorPages(assist, sim))
-        self.prcb_va, _ = self.space.alloc_data(1)
+        self.prcb_va, self.prcb_gpa = self.space.alloc_data(1)
         for index in range(loader.processors):
             loader.place_image(1, self.processor_block(index), self)
         self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
@@ -209,7 +209,9 @@ class SecureKernel:
         self.hvpt: Any = None
         self.processes: dict[int, Any] = {}
         self.threads: dict[int, Any] = {}
-        self.current: dict[int, Any] = {}
+        #: SKPROCESS object VA → the process's Python side (what the processor block's
+        #: CurrentProcess names; ``ium.process.current``).
+        self.process_objects: dict[int, Any] = {}
         self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
@@ -256,6 +258,10 @@ class SecureKernel:
     def host_own_pages(self, ram: Any) -> set[int]:
         raw = ram.read(self.own_gpa, -(-self.ram_pages // 8))
         return {i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1}
+
+    def host_current_object(self, ram: Any, index: int) -> int:
+        """The SKPROCESS VA VP ``index``'s processor block names as current (0: none)."""
+        return L.host_field(ram, self.prcb_gpa + index * L.Prcb.SIZE, L.Prcb.CURRENT_PROCESS)
 
     def host_trusted(self, ram: Any) -> dict[int, int]:
         count = min(L.host_field(ram, self.state_gpa, State.TRUSTED_COUNT), State.TRUSTED_MAX)
@@ -350,7 +356,7 @@ class SecureKernel:
     # -- loader side ---------------------------------------------------------------------------
     def processor_block(self, index: int) -> int:
         """The VA of VP ``index``'s SK processor block (64 bytes each)."""
-        return self.prcb_va + index * 0x40
+        return self.prcb_va + index * L.Prcb.SIZE
 
     def context(self, index: int = 0) -> bytes:
         """HV_INITIAL_VP_CONTEXT for EnableVpVtl: VTL1 starts at the SK entry, GS base on the

@@ -178,6 +178,16 @@ class SkProcess:
 
 
 # -- the SK's frame pool -------------------------------------------------------------------------
+class Prcb:
+    """The SK's per-processor block, at GS base (one per VP, ``SIZE`` bytes apart).  Its public
+    counterpart is the KPRCB's CurrentThread (Windows Internals 7th ed., ch. 4); the SK's own
+    layout is not public (model)."""
+
+    #: The SKPROCESS object (its VA in the SK direct map) of the trustlet this VP runs; 0: none.
+    CURRENT_PROCESS = Field("CurrentProcess", 0x00, 8, MODEL)
+    SIZE = 0x40
+
+
 class Pool:
     """Free bitmap over the contiguous range the boot loader reserved for the SK (bit n set:
     frame base + n in use).  The real SK's PFN database layout is not public (model)."""

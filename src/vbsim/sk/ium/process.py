@@ -24,7 +24,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
 from vbsim.sk.kernel import PoolExhausted
-from vbsim.sk.layouts import Field, Mem, read_field, write_field
+from vbsim.sk.layouts import Field, Mem, Prcb, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
 
@@ -54,6 +54,10 @@ __all__ = [
     "REPLY_VA",
     "SECTION_BASE",
 ]
+
+
+_CURRENT = Prcb.CURRENT_PROCESS.offset
+assert Prcb.CURRENT_PROCESS.size == 8
 
 
 @dataclass
@@ -271,8 +275,9 @@ def run_thread(
     if va is None or process.terminated:
         return 0xC000_0008, None  # STATUS_INVALID_HANDLE: no such entry in this image
     saved_cr3 = vp.read_cr(3)
-    current_before = sk.current.get(vp.index)
-    sk.current[vp.index] = process
+    block = sk.processor_block(vp.index)
+    current_before = vp.read_u64(block + _CURRENT)
+    vp.write_u64(block + _CURRENT, process.object_va)
     thread.running = True
     vp.mov_to_cr(3, process.tables.root)
     status, value = 0, None
@@ -287,12 +292,13 @@ def run_thread(
         thread.running = False
         if vp.vtl == 1 and vp.cpl == 0:
             vp.mov_to_cr(3, saved_cr3)
-        sk.current[vp.index] = current_before
+        vp.write_u64(block + _CURRENT, current_before)
     return status, value
 
 
 def current(sk: SecureKernel, vp: Cpu) -> SecureProcess | None:
-    process = sk.current.get(vp.index)
+    """The trustlet this VP runs, as its SK processor block names it (read now)."""
+    process = sk.process_objects.get(vp.read_u64(sk.processor_block(vp.index) + _CURRENT))
     return process if isinstance(process, SecureProcess) else None
 
 

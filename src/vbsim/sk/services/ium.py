@@ -112,6 +112,7 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     obj = sk.handles[handle]
     obj.data["process"] = process
     sk.processes[handle] = process
+    sk.process_objects[process.object_va] = process
     sk.emit(
         vp,
         "ium",
