@@ -203,8 +203,8 @@ class SecureKernel:
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
         #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
-        #: bookkeeping, the secure process and thread objects, per-VP current process, and
-        #: secure-storage pages.  Typed, each owned by one module.
+        #: bookkeeping, the secure process and thread objects (the per-VP current process is
+        #: in the processor block, ``layouts.Prcb``), and secure-storage pages.  Typed, each owned by one module.
         self.kdp: Any = None
         self.hvpt: Any = None
         self.processes: dict[int, Any] = {}

@@ -20,9 +20,11 @@ dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated
 (``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
 ``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
 
+The SK processor block (``Prcb``) names each VP's current trustlet.
+
 Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
 and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
-allocations, pools), secure threads and the per-VP current process, secure-storage page
+allocations, pools), secure threads, secure-storage page
 bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
 SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
 (page tables object, routine VAs, parsed image).
