@@ -204,7 +204,8 @@ class SecureKernel:
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
         #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
         #: bookkeeping, the secure process and thread objects (the per-VP current process is
-        #: in the processor block, ``layouts.Prcb``), and secure-storage pages.  Typed, each owned by one module.
+        #: in the processor block, ``layouts.Prcb``), and secure-storage pages.  Typed, each
+        #: owned by one module.
         self.kdp: Any = None
         self.hvpt: Any = None
         self.processes: dict[int, Any] = {}

@@ -57,6 +57,7 @@ __all__ = [
 
 
 _CURRENT = Prcb.CURRENT_PROCESS.offset
+_PRCB_SIZE = Prcb.SIZE
 assert Prcb.CURRENT_PROCESS.size == 8
 
 
@@ -298,7 +299,7 @@ def run_thread(
 
 def current(sk: SecureKernel, vp: Cpu) -> SecureProcess | None:
     """The trustlet this VP runs, as its SK processor block names it (read now)."""
-    process = sk.process_objects.get(vp.read_u64(sk.processor_block(vp.index) + _CURRENT))
+    process = sk.process_objects.get(vp.read_u64(sk.prcb_va + vp.index * _PRCB_SIZE + _CURRENT))
     return process if isinstance(process, SecureProcess) else None
 
 
