@@ -118,6 +118,6 @@ def test_the_one_slat_helper_never_grants_w_and_kx_together() -> None:
     sk = env.system.sk
     assert sk is not None
     with pytest.raises(AssertionError):
-        hvci.apply(sk, env.vp, [env.nt.data_gpa >> 12], R | W | KX | UX, "test")
+        hvci.apply(sk, env.vp.cpu, [env.nt.data_gpa >> 12], R | W | KX | UX, "test")
     assert env.events("hvci", "hvci.w^x")[-1].outcome == "violation"
     assert wkx_pages(env.system) == []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from vbsim.boot.chain import boot
+from vbsim.hw.code import guest_code
 from vbsim.hw.faults import Bugcheck, GuestTermination
 from vbsim.hw.ram import FrameAllocator
 from vbsim.hw.slat import KX, UX, R, W
@@ -279,3 +280,43 @@ def test_the_kdp_owner_table_in_memory_keeps_a_page_read_only() -> None:
     assert [e.outcome for e in system.trace.events if e.mechanism == "hvci.kdp"][-1:] == [
         "kept-read-only"
     ]
+
+
+SEEN_CURRENT: list[int] = []
+
+
+@guest_code("tests.ium.prcb.main")
+def _prcb_main(vp: Any, message: int, length: int, reply: int) -> int:
+    """A trustlet entry that lets the test (standing outside) look at the SK's processor block
+    while the trustlet runs."""
+    machine = _PRCB_MACHINE[0]
+    sk = machine.system.sk
+    assert sk is not None and machine.system.machine is not None
+    SEEN_CURRENT.append(sk.host_current_object(machine.system.machine.ram, vp.index))
+    return 0
+
+
+_PRCB_MACHINE: list[Any] = []
+
+
+def test_the_processor_block_names_the_running_trustlet() -> None:
+    """Per-VP current process (issue 10 part 1): while a trustlet runs, the SK processor block
+    of its VP names its SKPROCESS object, and nothing once the run is over; the SK's identity
+    decisions (``ium.process.current``) read that field."""
+    from vbsim.ium.images import trustlet_image
+
+    machine = kit.booted("vbs")
+    _PRCB_MACHINE[:] = [machine]
+    SEEN_CURRENT.clear()
+    try:
+        image = trustlet_image("Prcb.exe", trustlet_id=5, entry="tests.ium.prcb.main")
+        process = machine.started(image, 5, "Prcb.exe")
+        secure = machine.secure_process(process)
+        sk = machine.system.sk
+        ram = machine.system.machine.ram if machine.system.machine else None
+        assert sk is not None and ram is not None
+        machine.run(process)
+        assert [secure.object_va] == SEEN_CURRENT
+        assert sk.host_current_object(ram, 0) == 0
+    finally:
+        machine.close()

@@ -77,7 +77,7 @@ def test_hlat_tables_are_sk_memory_vtl0_can_only_read() -> None:
     sk = sk_of(system)
     st = hvpt.state(sk)
     assert st is not None and machine.slat is not None
-    for pfn in st.frames:
+    for pfn in st.table_pfns:
         assert machine.slat.rights(0, pfn) == R and pfn in sk.host_own_pages(sk.space.ram)
     root = DIRECT_MAP + st.root
     entry = vp.read_u64(root + 8 * 0x1F0)  # readable (the processor's walk needs that)

@@ -242,6 +242,7 @@ class Prober:
             heap_gpa + 0x800, _gpa(ram, self.trustlet_root, probe_va), HEAP_VA + 0x800, probe_va
         )
         # VTL1 kernel: an SK data page with the marker; the probe routine in the SK's code.
+        before = set(sk.space.frames)
         sk_data_va, sk_data_gpa = sk.space.alloc_data()
         ram.write(sk_data_gpa, MARKER)
         sk_code_va = sk.space.install("matrix.probe")
@@ -254,7 +255,7 @@ class Prober:
         direct = sk.space.phys_va(0)
         # In the SK's own mode: its new pages leave VTL0, its window is built, and it grants the
         # trustlet mappings of VTL0's two pages.
-        self._as_k1(probes.sk_protect_own_pages)
+        self._as_k1(probes.sk_protect_own_pages, tuple(sorted(set(sk.space.frames) - before)))
         self._as_k1(probes.map_window, KERNEL_WINDOW, loot_gpa, direct, sk_spares[:3])
         grants = self.trustlet_grants
         for index, (key, gpa) in enumerate(self._pages("VTL0 user", "VTL0 kernel")):

@@ -245,19 +245,19 @@ def normal_call(cpu: Cpu, target: int, loot: int) -> None:
     sk = cpu.kernel()
     if not isinstance(sk, SecureKernel):
         return
-    reply = sk.normal_call(_legacy(cpu), NORMAL_ALLOCATE_PAGES, 1)
+    reply = sk.normal_call(cpu, NORMAL_ALLOCATE_PAGES, 1)
     if reply:
         cpu.write_u64(loot, reply[0])
         cpu.write_u64(loot + 8, reply[1] if len(reply) > 1 else 0)
 
 
-def sk_protect_own_pages(cpu: Cpu) -> None:
+def sk_protect_own_pages(cpu: Cpu, pages: tuple[int, ...]) -> None:
     """The SK takes its new pages (the probe's data, code, loot, table frames) from VTL0."""
     from vbsim.sk.kernel import SecureKernel
 
     sk = cpu.kernel()
     if isinstance(sk, SecureKernel):
-        sk.protect_own_pages(_legacy(cpu), 0)
+        sk.protect_own_pages(cpu, 0, pages)
 
 
 def map_window(cpu: Cpu, window: int, gpa: int, direct_map: int, spares: tuple[int, ...]) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vbsim.boot.disk import COMPONENT_KINDS, VBS_EFI_VARIABLE, VBS_REGISTRY_KEY, Disk
+from vbsim.boot.sk_loader import load_secure_kernel
 from vbsim.guest import hvcall
 from vbsim.hv import defs
 from vbsim.hw.faults import GuestTermination
@@ -169,9 +170,9 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     nt.prepare_boot_processor(bsp)
     try:
         if vbs:
-            sk = SecureKernel(machine, policy, sk_pool, revocation_of(policy))
+            sk = load_secure_kernel(machine, policy, sk_pool, revocation_of(policy))
             system.sk = sk
-            _step(system, "sk-load", "loaded", frames=len(set(sk.space.frames)))
+            _step(system, "sk-load", "loaded", frames=len(sk.image_pfns))
             _enter_secure_kernel(system, sk, nt)
         if vbs and policy.credential_guard:
             # Credential Guard: wininit will start LsaIso (vbs-internals §1.1 row 16, §5.3).

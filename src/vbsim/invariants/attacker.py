@@ -828,7 +828,7 @@ class Session:
             from vbsim.sk import hvpt
 
             state = hvpt.state(sk)
-            return list(state.frames) if state is not None else []
+            return list(state.table_pfns) if state is not None else []
         if name == "kdp":
             from vbsim.sk.services import kdp
 
@@ -1074,9 +1074,9 @@ class Session:
         request = args
         reply = args
         for _ in range(16):
-            callargs.to_registers(vp, request.pack())
+            callargs.to_registers(vp.cpu, request.pack())
             hvcall.vtl_call(vp.cpu)
-            reply = SecureCallArgs.unpack(callargs.from_registers(vp))
+            reply = SecureCallArgs.unpack(callargs.from_registers(vp.cpu))
             if reply.op != callargs.OP_NORMAL_CALL:
                 break
             if mode and mode[0] == "abandon":

@@ -480,7 +480,7 @@ class Monitor:
         from vbsim.sk.ium import process as ium
 
         self.stats.checks += 1
-        current = self.sk.current.get(vp_index)
+        current = self.sk.process_objects.get(self.sk.host_current_object(self.ram, vp_index))
         if not isinstance(current, ium.SecureProcess):
             self._violate(4, f"VP{vp_index} runs VTL1 CPL3 code outside any trustlet ({what})")
         elif current.handle not in self.admitted:

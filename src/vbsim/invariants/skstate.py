@@ -142,7 +142,7 @@ def classify(sk: SecureKernel) -> SkPages:
     trustlet: set[int] = set()
     for process in sk.processes.values():
         if isinstance(process, ium.SecureProcess):
-            trustlet.update(process.tables.frames or [])
+            trustlet.update(process.table_pfns)
     for gpn in tables:
         labels.setdefault(gpn, "page-table")
     for gpn in sk.space.code_pages:

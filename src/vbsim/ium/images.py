@@ -8,6 +8,8 @@ ETW on, debug off, crash dump off; vmsp with a parent security descriptor ``S-1-
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Protocol
 
 from vbsim.image import (
     ComponentVersion,
@@ -23,7 +25,30 @@ from vbsim.image.trust import Signer
 # The trustlets' code must be registered wherever their images can run.
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401
 from vbsim.ium import vmsp as _vmsp  # noqa: F401
-from vbsim.policy import Component
+
+
+class Versioned(Protocol):
+    """What an image build needs of a component (``vbsim.policy.Component`` has it): the file
+    version and the security version number."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def svn(self) -> int: ...
+
+
+class Installed(Versioned, Protocol):
+    @property
+    def tampered(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Version:
+    #: The installed default (``vbsim.policy.Component()``; tests/ium check they agree).
+    version: str = "10.0.26100.2314"
+    svn: int = 7
+
 
 LSAISO = "LsaIso.exe"
 VMSP = "vmsp.exe"
@@ -40,7 +65,7 @@ def trustlet_image(
     trustlet_id: int | None = None,
     entry: str | None = None,
     debug: bool = False,
-    component: Component | None = None,
+    component: Versioned | None = None,
     signer: Signer | None = None,
     size: int | None = None,
     routines: tuple[str, ...] = (),
@@ -51,7 +76,7 @@ def trustlet_image(
         name, (0, "", (), None, None)
     )
     capabilities = known_caps if capabilities is None else capabilities
-    comp = component or Component()
+    comp = component or Version()
     policy = TrustletPolicy.standard(
         known_id if trustlet_id is None else trustlet_id,
         svn=comp.svn,
@@ -68,7 +93,7 @@ def trustlet_image(
 
 @functools.lru_cache(maxsize=32)
 def _cached(name: str, version: str, svn: int, tampered: bool, pki_dir: str) -> bytes:
-    data = trustlet_image(name, component=Component(version, svn))
+    data = trustlet_image(name, component=Version(version, svn))
     if tampered:
         raw = bytearray(data)
         raw[0x400 + 40] ^= 0xFF
@@ -76,7 +101,7 @@ def _cached(name: str, version: str, svn: int, tampered: bool, pki_dir: str) -> 
     return data
 
 
-def installed(name: str, component: Component) -> bytes:
+def installed(name: str, component: Installed) -> bytes:
     """The image on disk for an installed trustlet (cached per PKI)."""
     return _cached(name, component.version, component.svn, component.tampered, str(data_dir()))
 

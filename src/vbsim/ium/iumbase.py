@@ -7,13 +7,17 @@ the trustlet's own memory.  Scratch buffers live in the trustlet's heap page (``
 
 from __future__ import annotations
 
-from vbsim.hw.vp import VirtualProcessor
-from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.hw.cpu import Cpu
+from vbsim.ium_abi import (
+    HEAP_VA,
+    LOCAL,
+    NT_NUMBERS,
+    OP_DECRYPT,
+    OP_ENCRYPT,
+    PER_BOOT,
+    SECURE_NUMBERS,
+)
 from vbsim.ntstatus import NtStatus
-from vbsim.sk.ium.keys import LOCAL, PER_BOOT
-from vbsim.sk.ium.process import HEAP_VA
-from vbsim.sk.ium.secure_syscalls import OP_DECRYPT, OP_ENCRYPT
-from vbsim.sk.ium.syscalls import SECURE_NUMBERS
 
 __all__ = ["LOCAL", "PER_BOOT", "IumError"]
 
@@ -32,7 +36,7 @@ class IumError(Exception):
         self.status = status
 
 
-def secure_syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+def secure_syscall(vp: Cpu, name: str, *args: int) -> int:
     """The iumdll stub: RAX = 0x0800_0000 | index, R10/RDX/R8/R9 = arguments."""
     vp.rax = SECURE_NUMBERS[name]
     vp.r10, vp.rdx, vp.r8, vp.r9 = [*args, 0, 0, 0, 0][:4]
@@ -40,7 +44,7 @@ def secure_syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
     return vp.rax
 
 
-def nt_syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+def nt_syscall(vp: Cpu, name: str, *args: int) -> int:
     """An ordinary ntdll system call from IUM (goes through the SK's IUM filter)."""
     vp.rax = NT_NUMBERS[name]
     vp.r10, vp.rdx, vp.r8, vp.r9 = [*args, 0, 0, 0, 0][:4]
@@ -53,12 +57,12 @@ def _check(service: str, status: int) -> None:
         raise IumError(service, status)
 
 
-def get_secure_identity_key(vp: VirtualProcessor, signing: bool = False) -> bytes:
+def get_secure_identity_key(vp: Cpu, signing: bool = False) -> bytes:
     _check("IumGetIdk", secure_syscall(vp, "IumGetIdk", int(signing), _OUTPUT, 32))
     return vp.read(_OUTPUT, 32)
 
 
-def _crypto(vp: VirtualProcessor, op: int, key: int, data: bytes) -> bytes:
+def _crypto(vp: Cpu, op: int, key: int, data: bytes) -> bytes:
     if len(data) > _MAX - 28:
         raise IumError("IumCrypto", int(NtStatus.BUFFER_TOO_SMALL))
     vp.write(_INPUT, data)
@@ -77,21 +81,21 @@ def _crypto(vp: VirtualProcessor, op: int, key: int, data: bytes) -> bytes:
     return vp.read(_OUTPUT, length)
 
 
-def encrypt_data(vp: VirtualProcessor, data: bytes, key: int = LOCAL) -> bytes:
+def encrypt_data(vp: Cpu, data: bytes, key: int = LOCAL) -> bytes:
     """EncryptData: sealed to this trustlet's identity with the local or per-boot key."""
     return _crypto(vp, OP_ENCRYPT, key, data)
 
 
-def decrypt_data(vp: VirtualProcessor, blob: bytes, key: int = LOCAL) -> bytes:
+def decrypt_data(vp: Cpu, blob: bytes, key: int = LOCAL) -> bytes:
     return _crypto(vp, OP_DECRYPT, key, blob)
 
 
-def post_mailbox(vp: VirtualProcessor, slot: int, data: bytes) -> None:
+def post_mailbox(vp: Cpu, slot: int, data: bytes) -> None:
     vp.write(_INPUT, data)
     _check("IumPostMailbox", secure_syscall(vp, "IumPostMailbox", slot, _INPUT, len(data)))
 
 
-def create_secure_section(vp: VirtualProcessor, size: int) -> tuple[int, int]:
+def create_secure_section(vp: Cpu, size: int) -> tuple[int, int]:
     """CreateSecureSection: (VA in this trustlet, section index VTL0 uses to find it)."""
     _check(
         "IumCreateSecureSection",
@@ -100,12 +104,12 @@ def create_secure_section(vp: VirtualProcessor, size: int) -> tuple[int, int]:
     return vp.read_u64(_OUTPUT), vp.read_u64(_OUTPUT + 8)
 
 
-def secure_storage_put(vp: VirtualProcessor, key: int, data: bytes) -> None:
+def secure_storage_put(vp: Cpu, key: int, data: bytes) -> None:
     vp.write(_INPUT, data)
     _check("IumSecureStoragePut", secure_syscall(vp, "IumSecureStoragePut", key, _INPUT, len(data)))
 
 
-def secure_storage_get(vp: VirtualProcessor, key: int) -> bytes:
+def secure_storage_get(vp: Cpu, key: int) -> bytes:
     _check("IumSecureStorageGet", secure_syscall(vp, "IumSecureStorageGet", key, _OUTPUT, _MAX))
     # The SK returns the data; its length is implied by the stored record: read up to _MAX and let
     # callers frame their own records (the real API returns a size, which the model omits).

@@ -16,9 +16,9 @@ import hashlib
 import hmac
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.ium import iumbase
-from vbsim.sk.ium.process import HEAP_VA
+from vbsim.ium_abi import HEAP_VA
 
 OP_PROTECT, OP_RESPOND = 1, 2
 USER_LEN, OWF_LEN, KERB_LEN = 32, 16, 32
@@ -37,7 +37,7 @@ def ntlm_response(owf: bytes, challenge: bytes) -> bytes:
     )
 
 
-def _store(vp: VirtualProcessor, record: bytes) -> int:
+def _store(vp: Cpu, record: bytes) -> int:
     count = vp.read_u32(TABLE_VA)
     if count >= MAX_RECORDS:
         return -1
@@ -47,7 +47,7 @@ def _store(vp: VirtualProcessor, record: bytes) -> int:
 
 
 @guest_code("lsaiso.main")
-def main(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
+def main(vp: Cpu, message: int, length: int, reply: int) -> int:
     """One request: runs at VTL1 CPL3 in LsaIso's address space; returns the reply length."""
     if length < 4:
         return 0

@@ -8,14 +8,14 @@ only inside the same trustlet identity; PUBLISH (op 3, slot, data) → posts dat
 from __future__ import annotations
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.ium import iumbase
 
 OP_SEAL, OP_UNSEAL, OP_PUBLISH = 1, 2, 3
 
 
 @guest_code("vmsp.main")
-def main(vp: VirtualProcessor, message: int, length: int, reply: int) -> int:
+def main(vp: Cpu, message: int, length: int, reply: int) -> int:
     if length < 8:
         return 0
     op, slot = vp.read_u32(message), vp.read_u32(message + 4)

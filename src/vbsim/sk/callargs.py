@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 
 ARGS = struct.Struct("<BxHI12Q")
 assert ARGS.size == 0x68
@@ -61,7 +61,7 @@ _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _ZERO_XMM = [0] * 16
 
 
-def to_registers(vp: VirtualProcessor, raw: bytes) -> None:
+def to_registers(vp: Cpu, raw: bytes) -> None:
     """Load a 0x68-byte block into RBX and XMM10..XMM15 (shared registers)."""
     q = _QWORDS.unpack(raw)
     vp.rbx = q[0]
@@ -70,7 +70,7 @@ def to_registers(vp: VirtualProcessor, raw: bytes) -> None:
     xmm[13], xmm[14], xmm[15] = q[7] | q[8] << 64, q[9] | q[10] << 64, q[11] | q[12] << 64
 
 
-def from_registers(vp: VirtualProcessor) -> bytes:
+def from_registers(vp: Cpu) -> bytes:
     x = vp.xmm
     return _QWORDS.pack(
         vp.rbx,
@@ -89,7 +89,7 @@ def from_registers(vp: VirtualProcessor) -> bytes:
     )
 
 
-def clear_registers(vp: VirtualProcessor) -> None:
+def clear_registers(vp: Cpu) -> None:
     """What the Secure Kernel does before returning: no VTL1 data in shared registers
     (vbs-internals §2.2 step 5, §2.5).  The argument registers are then reloaded with the reply."""
     # A register already zero needs no store (a load is cheaper than a store on the model's CPU).

@@ -22,18 +22,26 @@ from typing import TYPE_CHECKING
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import CODE_BASE
-from vbsim.hv.defs import HvRegisterName
-from vbsim.hw import hlat
-from vbsim.hw.slat import R
+from vbsim.hv.defs import HvMapGpaFlags, HvRegisterName
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ntstatus import BugCheck
 from vbsim.sk.layouts import Config
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 EXT = "hvpt"
+#: The HLAT interface as the SK programs it (the same numbers the platform implements in
+#: ``vbsim.hw.hlat``; tests/kdp_hvpt check they agree).  Bit 11 of an HLAT paging-structure entry:
+#: restart the translation with ordinary paging (Intel SDM vol. 3C, HLAT).
+RESTART = 1 << 11
+#: MODEL STAND-IN for VMCS HLATP / prefix size / enable (not a TLFS register; see hw.hlat).
+HV_REGISTER_MODEL_HLAT_CONTROL = 0x000D_F000
+#: Control layout (model): bit 0 enable, bits 6:1 prefix size, bits 51:12 HLATP.
+CONTROL_ENABLE = 1 << 0
+CONTROL_PREFIX_SHIFT = 1
+R = int(HvMapGpaFlags.READABLE)
 #: Prefix size 1: HLAT covers the kernel half (bit 63 set), as the SDM's enumerated maximum.
 PREFIX_SIZE = 1
 #: At most this many NT code pages are registered at phase 1 (a bound on the loop, not a limit
@@ -50,7 +58,7 @@ _P, _RW, _US, _A, _D, _PS, _G = (
     int(Pte.G),
 )
 _NX = int(Pte.NX)
-_RESTART_ENTRY = _P | hlat.RESTART
+_RESTART_ENTRY = _P | RESTART
 #: Non-leaf HLAT entries are permissive (the leaf decides), with A preset (see vbsim.hw.hlat).
 _TABLE_ENTRY = _P | _RW | _US | _A
 _LEVEL_SHIFTS = (39, 30, 21, 12)
@@ -71,7 +79,8 @@ class Mapping:
 @dataclass
 class HvptState:
     root: int  # GPA of the HLAT PML4
-    frames: list[int] = field(default_factory=list)
+    #: the HLAT table frames (GPA page numbers), root first
+    table_pfns: list[int] = field(default_factory=list)
     #: virtual page → GPA page pinned in the tables (a mirror of what the tables say, for reports)
     pinned: dict[int, int] = field(default_factory=dict)
     ranges: list[tuple[int, int, str]] = field(default_factory=list)
@@ -86,24 +95,24 @@ def _phys(sk: SecureKernel, gpa: int) -> int:
     return sk.space.phys_va(gpa)
 
 
-def _new_table(sk: SecureKernel, vp: VirtualProcessor, st: HvptState | None) -> int:
+def _new_table(sk: SecureKernel, vp: Cpu, st: HvptState | None) -> int:
     """A frame for HLAT structures: SK-owned, every entry "restart", VTL0 read-only in SLAT."""
     pfn = sk.alloc_frame(vp)  # the SK's own pool (marks it the SK's)
     vp.write(_phys(sk, pfn << PAGE_SHIFT), _RESTART_ENTRY.to_bytes(8, "little") * 512)
     if not sk.set_vtl0_rights(vp, [pfn], R):
         sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x40, pfn)
     if st is not None:
-        st.frames.append(pfn)
+        st.table_pfns.append(pfn)
     return pfn
 
 
-def vtl0_cr3(sk: SecureKernel, vp: VirtualProcessor) -> int:
+def vtl0_cr3(sk: SecureKernel, vp: Cpu) -> int:
     result, values = hvcall.get_vp_registers(vp, sk.params, [int(HvRegisterName.CR3)], 0)
     return values[0] & PTE_ADDR_MASK if result.ok and values else 0
 
 
 def _walk(
-    sk: SecureKernel, vp: VirtualProcessor, root: int, va: int, restartable: bool
+    sk: SecureKernel, vp: Cpu, root: int, va: int, restartable: bool
 ) -> Mapping | bool | None:
     """Read a 4-level walk for ``va`` from ``root``; True means "an entry said restart"."""
     table = root
@@ -116,7 +125,7 @@ def _walk(
         value = vp.read_u64(_phys(sk, entry_gpa))
         if not value & _P:
             return None
-        if restartable and value & hlat.RESTART:
+        if restartable and value & RESTART:
             return True
         rw_us &= value
         nx |= value & _NX
@@ -128,9 +137,7 @@ def _walk(
     return None  # pragma: no cover - the PTE level always ends the loop
 
 
-def translate(
-    sk: SecureKernel, vp: VirtualProcessor, va: int, cr3: int | None = None
-) -> Mapping | None:
+def translate(sk: SecureKernel, vp: Cpu, va: int, cr3: int | None = None) -> Mapping | None:
     """VTL0's effective translation of ``va`` (HLAT first when it covers ``va``, as the CPU);
     ``cr3`` is VTL0's, when the caller already read it."""
     va &= 0xFFFF_FFFF_FFFF_FFFF
@@ -145,9 +152,9 @@ def translate(
     return found if isinstance(found, Mapping) else None
 
 
-def _reload(sk: SecureKernel, vp: VirtualProcessor, st: HvptState) -> bool:
+def _reload(sk: SecureKernel, vp: Cpu, st: HvptState) -> bool:
     """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs."""
-    control = hlat.Hlat(st.root, PREFIX_SIZE).control()
+    control = CONTROL_ENABLE | PREFIX_SIZE << CONTROL_PREFIX_SHIFT | st.root
     ok = True
     # One hypercall per VP that names it (HvCallSetVpRegisters' VpIndex, vsm-spec §4): the
     # hypervisor does the per-VP work; the SK never touches another processor.
@@ -155,7 +162,7 @@ def _reload(sk: SecureKernel, vp: VirtualProcessor, st: HvptState) -> bool:
         result = hvcall.set_vp_registers(
             vp,
             sk.params,
-            [(hlat.HV_REGISTER_MODEL_HLAT_CONTROL, control)],
+            [(HV_REGISTER_MODEL_HLAT_CONTROL, control)],
             target_vtl=0,
             vp_index=index,
         )
@@ -163,12 +170,12 @@ def _reload(sk: SecureKernel, vp: VirtualProcessor, st: HvptState) -> bool:
     return ok
 
 
-def _pin_one(sk: SecureKernel, vp: VirtualProcessor, st: HvptState, va: int, m: Mapping) -> None:
+def _pin_one(sk: SecureKernel, vp: Cpu, st: HvptState, va: int, m: Mapping) -> None:
     table = st.root
     for shift in _LEVEL_SHIFTS[:3]:
         entry = _phys(sk, table + (((va >> shift) & 0x1FF) << 3))
         value = vp.read_u64(entry)
-        if value & _P and not value & hlat.RESTART:
+        if value & _P and not value & RESTART:
             table = value & PTE_ADDR_MASK
             continue
         child = _new_table(sk, vp, st) << PAGE_SHIFT
@@ -188,7 +195,7 @@ def _pin_one(sk: SecureKernel, vp: VirtualProcessor, st: HvptState, va: int, m: 
 
 def pin(
     sk: SecureKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     pages: list[tuple[int, Mapping]],
     label: str,
 ) -> bool:
@@ -216,7 +223,7 @@ def pin(
     return ok
 
 
-def setup(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def setup(sk: SecureKernel, vp: Cpu) -> None:
     """Phase-1 hook: build the HLAT root, pin NT's code range, enable HLAT on every VP."""
     if not sk.config(vp, Config.HVPT):
         return

@@ -19,7 +19,7 @@ from vbsim.hw.x86 import Cr0, Cr4, Msr
 from vbsim.ntstatus import BugCheck
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 CONTROL = int(
@@ -68,7 +68,7 @@ MSR_REGISTERS: dict[int, int] = {
 }
 
 
-def register_intercepts(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def register_intercepts(sk: SecureKernel, vp: Cpu) -> None:
     result = hvcall.set_vp_registers(
         vp,
         sk.params,
@@ -82,7 +82,7 @@ def register_intercepts(sk: SecureKernel, vp: VirtualProcessor) -> None:
         sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 3, result.status)
 
 
-def record_trusted(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def record_trusted(sk: SecureKernel, vp: Cpu) -> None:
     names = list(TRUSTED)
     result, values = hvcall.get_vp_registers(vp, sk.params, names, target_vtl=0)
     if not result.ok:
@@ -90,9 +90,7 @@ def record_trusted(sk: SecureKernel, vp: VirtualProcessor) -> None:
     sk.record_trusted(vp, dict(zip(names, values, strict=True)))
 
 
-def decide(
-    sk: SecureKernel, vp: VirtualProcessor, register: int, value: int, rip: int, length: int
-) -> None:
+def decide(sk: SecureKernel, vp: Cpu, register: int, value: int, rip: int, length: int) -> None:
     """Allow (emulate and step over) or bugcheck."""
     from vbsim.sk.kernel import Phase
 

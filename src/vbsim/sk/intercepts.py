@@ -18,11 +18,11 @@ from vbsim.hw.x86 import Vector
 from vbsim.sk import hyperguard
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 
-def inject_gp(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def inject_gp(sk: SecureKernel, vp: Cpu) -> None:
     event = defs.PEV_EVENT_PENDING.mask | defs.PEV_DELIVER_ERROR_CODE.mask
     event = defs.PEV_VECTOR.insert(event, int(Vector.GP))
     hvcall.set_vp_registers(
@@ -30,7 +30,7 @@ def inject_gp(sk: SecureKernel, vp: VirtualProcessor) -> None:
     )
 
 
-def handle(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def handle(sk: SecureKernel, vp: Cpu) -> None:
     slot = sk.space.phys_va(sk.processors[vp.index].sim_gpa)
     message_type = vp.read_u32(slot)
     payload = vp.read(slot + 16, defs.HV_MESSAGE_PAYLOAD_SIZE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import KernelSpace
@@ -25,9 +25,8 @@ from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
-from vbsim.hw.ram import OutOfFrames
-from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Msr, Rflags
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk import callargs
@@ -37,10 +36,7 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
-    from vbsim.hw.cpu import Cpu
     from vbsim.image import RevocationPolicy
-    from vbsim.machine import Machine
-    from vbsim.policy import Policy
 
 SINT0_VECTOR = 0x31
 GUEST_OS_ID = 0x0000_0A00_6580_0000  # Microsoft vendor ID 1, OS Windows NT, version 10.0
@@ -91,7 +87,7 @@ class NormalCall:
 
 
 ServiceResult = Reply | Generator[NormalCall, SecureCallArgs, Reply]
-Handler = Callable[["SecureKernel", VirtualProcessor, SecureCallArgs], ServiceResult]
+Handler = Callable[["SecureKernel", Cpu, SecureCallArgs], ServiceResult]
 
 
 @dataclass
@@ -100,6 +96,26 @@ class SkObject:
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+class PoolExhausted(Exception):
+    """The SK's frame pool has no free frame (a modelled resource limit)."""
+
+
+@dataclass(frozen=True)
+class LoaderBlock:
+    """What the boot loader hands the SK image while it builds it (vbs-internals §1.1 row 11):
+    the boot configuration reduced to the ``Config`` block's values, the build, the processor
+    count, the size of RAM, the loader's own store into the image's memory and its registration
+    of the per-processor blocks behind GS.  Host-side values, used only while loading; the SK
+    drops the block before it runs (``vbsim.boot.sk_loader``)."""
+
+    config: tuple[tuple[Field, int], ...]
+    build: str
+    processors: int
+    ram_pages: int
+    write: Callable[[int, bytes], object]
+    place_image: Callable[[int, int, object], None]
 
 
 @dataclass
@@ -120,32 +136,19 @@ class SecureKernel:
 
     def __init__(
         self,
-        machine: Machine,
-        policy: Policy,
+        space: KernelSpace,
+        loader: LoaderBlock,
         pool: tuple[int, int] | None = None,
         revocation: RevocationPolicy | None = None,
     ) -> None:
-        ram = machine.ram
-        self._pending_own: list[int] = []
-        self.space = KernelSpace(ram, "securekernel")
-        self.ram_pages = ram.pages
+        #: The loader's view while the image is built (``LoaderBlock``); None once loaded.
+        self.loader: LoaderBlock | None = loader
+        self.space = space
+        self.ram_pages = loader.ram_pages
         # The configuration block: the loader copies the boot policy (vbs-internals §1.1 row 11).
         self.config_va, self.config_gpa = self.space.alloc_data(1)
-        config = (
-            (Config.HVCI, int(policy.hvci)),
-            (Config.KDP, int(policy.kdp)),
-            (Config.HVPT, int(policy.hvpt)),
-            (Config.MBEC, int(policy.mbec)),
-            (Config.CREDENTIAL_GUARD, int(policy.credential_guard)),
-            (Config.BUILD, ord(policy.build[:1] or "B")),
-            (Config.LEGACY_UNCHECKED, int(policy.legacy.unchecked_securecall_params)),
-            (Config.LEGACY_DOUBLE_FETCH, int(policy.legacy.securecall_double_fetch)),
-            (Config.VPS, len(machine.vps)),
-            (Config.RAM_PAGES, ram.pages),
-            (Config.VTL0_DEFAULT_MASK, 0xB if policy.hvci else 0xF),
-        )
-        for fld, value in config:
-            ram.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
+        for fld, value in loader.config:
+            loader.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
         #: The SkuSiPolicy floors (a frozen value the loader hands over; not yet in SK memory).
         self.revocation = revocation
         # The trustlet allow-list and the IUM system-call filter (vbs-internals §3.2, §4.1).
@@ -154,10 +157,11 @@ class SecureKernel:
 
         self.allow_va, self.allow_gpa = self.space.alloc_data(1)
         ids = sorted(skci.ALLOWED_IDS)
-        ram.write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
-        ram.write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
+        write = loader.write
+        write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
+        write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
         self.filter_va, self.filter_gpa = self.space.alloc_data(1)
-        ram.write(self.filter_gpa, ium_syscalls.filter_bitmaps())
+        write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).
         self.hvci: Any = None
         self.allocation: Any = None
@@ -168,11 +172,8 @@ class SecureKernel:
         # from a free bitmap in an SK data page.  At run time the SK allocates only from it.
         self.pool_base, self.pool_count = pool if pool is not None else (0, 0)
         self.pool_va, self.pool_gpa = self.space.alloc_data(1)
-        for slot in range(self.pool_count):
-            # Mark the pool's frames as the SK's (VTL0 never owns them).
-            self._pending_own.append(self.pool_base + slot)
         # The SK's page-identity knowledge: one bit per GPA page it took from VTL0.
-        own_pages = -(-ram.pages // (8 * PAGE_SIZE))
+        own_pages = -(-loader.ram_pages // (8 * PAGE_SIZE))
         self.own_va, self.own_gpa = self.space.alloc_data(own_pages, contiguous=True)
         self.dispatch_va, self.dispatch_gpa = self.space.alloc_data(
             Dispatch.SIZE // PAGE_SIZE, contiguous=True
@@ -182,17 +183,17 @@ class SecureKernel:
         self.params = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
         _, self.hypercall_gpa = self.space.alloc_data()
         self.processors = []
-        for _ in machine.vps:
+        for _ in range(loader.processors):
             _, assist = self.space.alloc_data()
             _, sim = self.space.alloc_data()
             self.processors.append(ProcessorPages(assist, sim))
-        self.prcb_va, _ = self.space.alloc_data(1)
-        for index in range(len(machine.vps)):
-            machine.ram.place_image(1, self.processor_block(index), self)
+        self.prcb_va, self.prcb_gpa = self.space.alloc_data(1)
+        for index in range(loader.processors):
+            loader.place_image(1, self.processor_block(index), self)
         self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
         self.entry_va = self.space.install("sk.entry")
         #: Number ↔ name of the build's services (for traces; dispatch reads the RAM table).
-        self.table = ServiceTable(policy.build)
+        self.table = ServiceTable(loader.build)
         #: Service → handler code, filled by the service modules while the image is built; the
         #: loader installs each as a routine and writes its VA into the dispatch table.
         self.handlers: dict[Service, Handler] = {}
@@ -202,17 +203,20 @@ class SecureKernel:
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
         #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
-        #: bookkeeping, the secure process and thread objects, per-VP current process, and
-        #: secure-storage pages.  Typed, each owned by one module.
+        #: bookkeeping, the secure process and thread objects (the per-VP current process is
+        #: in the processor block, ``layouts.Prcb``), and secure-storage pages.  Typed, each
+        #: owned by one module.
         self.kdp: Any = None
         self.hvpt: Any = None
         self.processes: dict[int, Any] = {}
         self.threads: dict[int, Any] = {}
-        self.current: dict[int, Any] = {}
+        #: SKPROCESS object VA → the process's Python side (what the processor block's
+        #: CurrentProcess names; ``ium.process.current``).
+        self.process_objects: dict[int, Any] = {}
         self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
-        self.phase1_hooks: list[Callable[[SecureKernel, VirtualProcessor], None]] = []
+        self.phase1_hooks: list[Callable[[SecureKernel, Cpu], None]] = []
         #: The resume-thread operation (IUM); set by the IUM service module.
         self.resume_thread: Handler | None = None
         from vbsim.sk.ium import keys
@@ -222,12 +226,12 @@ class SecureKernel:
         from vbsim.sk.services import register_all
 
         register_all(self)
-        self._install_dispatch(ram)
-        for pfn in [*self.space.frames, *self._pending_own]:
-            self._host_mark_own(ram, pfn)
-        del self._pending_own
+        self._install_dispatch(loader)
+        #: The SK image's own frames (code, data, tables), which phase 1 takes from VTL0: the
+        #: loader hands them over when it finishes (``vbsim.boot.sk_loader``).
+        self.image_pfns: tuple[int, ...] = ()
 
-    def _install_dispatch(self, ram: Any) -> None:
+    def _install_dispatch(self, loader: LoaderBlock) -> None:
         """Loader: each handler becomes a routine in SK code; its VA goes into the table."""
         code.register(NOT_IMPLEMENTED_ROUTINE, _not_implemented)
         for service, number in self.table.number.items():
@@ -238,9 +242,9 @@ class SecureKernel:
                 name = f"sk.svc.{service.value}"
                 code.register(name, _service_routine(handler))
                 va = self.space.install(name)
-            ram.write_u64(self.dispatch_gpa + number * Dispatch.ENTRY, va)
+            loader.write(self.dispatch_gpa + number * Dispatch.ENTRY, va.to_bytes(8, "little"))
 
-    def _host_mark_own(self, ram: Any, pfn: int) -> None:
+    def host_mark_own(self, ram: Any, pfn: int) -> None:
         if 0 <= pfn < self.ram_pages:
             gpa = self.own_gpa + (pfn >> 3)
             ram.write(gpa, bytes([ram.read(gpa, 1)[0] | 1 << (pfn & 7)]))
@@ -255,6 +259,10 @@ class SecureKernel:
     def host_own_pages(self, ram: Any) -> set[int]:
         raw = ram.read(self.own_gpa, -(-self.ram_pages // 8))
         return {i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1}
+
+    def host_current_object(self, ram: Any, index: int) -> int:
+        """The SKPROCESS VA VP ``index``'s processor block names as current (0: none)."""
+        return L.host_field(ram, self.prcb_gpa + index * L.Prcb.SIZE, L.Prcb.CURRENT_PROCESS)
 
     def host_trusted(self, ram: Any) -> dict[int, int]:
         count = min(L.host_field(ram, self.state_gpa, State.TRUSTED_COUNT), State.TRUSTED_MAX)
@@ -325,7 +333,7 @@ class SecureKernel:
     def alloc_frame(self, vp: L.Mem) -> int:
         """A zeroed frame from the SK's own pool (the range the loader reserved for it): the free
         bitmap lives in an SK data page.  Bugchecks-worthy exhaustion is reported as
-        ``OutOfFrames`` like any allocator's (a modelled resource limit)."""
+        ``PoolExhausted`` (a modelled resource limit)."""
         raw = vp.read(self.pool_va + L.Pool.BITMAP, -(-self.pool_count // 8))
         for index, byte in enumerate(raw):
             if byte != 0xFF:
@@ -338,7 +346,7 @@ class SecureKernel:
                 vp.write(self.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
                 self.mark_own(vp, [pfn])
                 return pfn
-        raise OutOfFrames("securekernel pool")
+        raise PoolExhausted("securekernel pool")
 
     def mark_own(self, vp: L.Mem, pfns: list[int]) -> None:
         for pfn in pfns:
@@ -349,7 +357,7 @@ class SecureKernel:
     # -- loader side ---------------------------------------------------------------------------
     def processor_block(self, index: int) -> int:
         """The VA of VP ``index``'s SK processor block (64 bytes each)."""
-        return self.prcb_va + index * 0x40
+        return self.prcb_va + index * L.Prcb.SIZE
 
     def context(self, index: int = 0) -> bytes:
         """HV_INITIAL_VP_CONTEXT for EnableVpVtl: VTL1 starts at the SK entry, GS base on the
@@ -370,26 +378,21 @@ class SecureKernel:
         return obj if obj is not None and obj.kind == kind else None
 
     @staticmethod
-    def tracing(vp: Any) -> bool:
-        try:
-            return bool(vp.tracing)  # a Cpu says so (vbsim.hw.cpu)
-        except AttributeError:  # a bare processor (host-side tests)
-            return bool(vp.trace.on)
+    def tracing(vp: Cpu) -> bool:
+        return bool(vp.tracing)
 
-    def emit(
-        self, vp: VirtualProcessor, kind: str, mechanism: str, outcome: str, **detail: Any
-    ) -> None:
+    def emit(self, vp: Cpu, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
         if self.tracing(vp):
             vp.emit(kind, mechanism, outcome, **detail)
 
-    def bugcheck(self, vp: VirtualProcessor, code: BugCheck, *params: int) -> None:
+    def bugcheck(self, vp: Cpu, code: BugCheck, *params: int) -> None:
         if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
             vp.wrong_context("KeBugCheckEx at CPL3")
         self.emit(vp, "bugcheck", "securekernel", code.name, code=int(code), params=list(params))
         raise Bugcheck(int(code), code.name, 1, *params)
 
     # -- processor bring-up --------------------------------------------------------------------
-    def init_processor(self, vp: VirtualProcessor) -> None:
+    def init_processor(self, vp: Cpu) -> None:
         """Per-VP VTL1 setup (LVBS mshv_vsm_vtl1.c; vbs-internals §1.1 row 12 on the BSP)."""
         pages = self.processors[vp.index]
         vp.wrmsr(HvMsr.GUEST_OS_ID, GUEST_OS_ID)
@@ -430,23 +433,25 @@ class SecureKernel:
         write_field(vp, self.state_va, State.READY, ready | 1 << vp.index)
         self.emit(vp, "sk", "init-processor", "ready", vp_index=vp.index)
 
-    def phase1(self, vp: VirtualProcessor) -> None:
+    def phase1(self, vp: Cpu) -> None:
         """SkmiProtectSecureKernelPages and friends (vbs-internals §1.1 row 12)."""
         self.protect_own_pages(vp, int(defs.HvMapGpaFlags.READABLE))
         self.protect_pool(vp)
         for hook in self.phase1_hooks:
             hook(self, vp)
         self.set_phase(vp, Phase.PHASE1)
-        self.emit(vp, "boot", "sk-phase1", "done", frames=len(set(self.space.frames)))
+        self.emit(vp, "boot", "sk-phase1", "done", frames=len(self.image_pfns))
 
-    def protect_own_pages(self, vp: VirtualProcessor, flags: int) -> None:
-        gpns = sorted(set(self.space.frames))
+    def protect_own_pages(self, vp: Cpu, flags: int, pages: tuple[int, ...] = ()) -> None:
+        """VTL0 gets ``flags`` on the SK image's frames (or on ``pages``, frames the SK took
+        later), which become the SK's."""
+        gpns = sorted(set(pages or self.image_pfns))
         self.mark_own(vp, gpns)
         result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags)
         if not result.ok:
             self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 2, result.status)
 
-    def protect_pool(self, vp: VirtualProcessor) -> None:
+    def protect_pool(self, vp: Cpu) -> None:
         """Phase 1: VTL0 loses every right on the SK's frame pool; whoever takes a frame from it
         grants what that frame's use needs (HLAT tables: read-only)."""
         gpns = list(range(self.pool_base, self.pool_base + self.pool_count))
@@ -459,7 +464,7 @@ class SecureKernel:
         """Whether ``pfn`` is RAM that belongs to VTL0 (not the SK's, not a trustlet's)."""
         return 0 < pfn < self.ram_pages and not self.own_page(vp, pfn)
 
-    def set_vtl0_rights(self, vp: VirtualProcessor, gpns: list[int], flags: int) -> bool:
+    def set_vtl0_rights(self, vp: Cpu, gpns: list[int], flags: int) -> bool:
         """The only way any VTL0 SLAT right changes: a hypercall issued here, in VTL1."""
         if not gpns:
             return True
@@ -471,7 +476,7 @@ class SecureKernel:
         return hvcall.modify_vtl_protection_mask(vp, self.params, gpns, flags).ok
 
     # -- secure calls --------------------------------------------------------------------------
-    def secure_call(self, vp: VirtualProcessor) -> None:
+    def secure_call(self, vp: Cpu) -> None:
         raw = callargs.from_registers(vp)  # captured: VTL0 cannot change it from here on
         args = SecureCallArgs.unpack(raw)
         result: Reply | NormalCall
@@ -532,7 +537,7 @@ class SecureKernel:
         callargs.clear_registers(vp)
         callargs.to_registers(vp, reply.pack())
 
-    def normal_call(self, vp: VirtualProcessor, number: int, *args: int) -> list[int] | None:
+    def normal_call(self, vp: Cpu, number: int, *args: int) -> list[int] | None:
         """Ask NT for a service and wait for the answer (vbs-internals §2.5).
 
         The request leaves in the shared argument registers (everything else cleared), VTL1
@@ -552,7 +557,7 @@ class SecureKernel:
 
     def _advance(
         self,
-        vp: VirtualProcessor,
+        vp: Cpu,
         generator: Generator[NormalCall, SecureCallArgs, Reply],
         reply: SecureCallArgs | None,
     ) -> Reply | NormalCall:
@@ -565,7 +570,7 @@ class SecureKernel:
         return request
 
 
-def _sk(vp: VirtualProcessor) -> SecureKernel:
+def _sk(vp: Cpu) -> SecureKernel:
     sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         vp.wrong_context("Secure Kernel code without the Secure Kernel's GS")
@@ -573,7 +578,7 @@ def _sk(vp: VirtualProcessor) -> SecureKernel:
 
 
 @guest_code("sk.entry")
-def _entry(vp: VirtualProcessor) -> None:
+def _entry(vp: Cpu) -> None:
     """VTL1's dispatcher loop on one VP: initialise, then return to VTL0 and serve each entry.
 
     Every VTL entry resumes right after the ``vtl_return`` below (vsm-spec §5.3 step 6); pending
@@ -591,17 +596,17 @@ def _entry(vp: VirtualProcessor) -> None:
 
 
 @guest_code("sk.sint0")
-def _sint0(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _sint0(vp: Cpu, vector: int, error_code: int) -> None:
     from vbsim.sk import intercepts
 
     intercepts.handle(_sk(vp), vp)
 
 
 @guest_code("sk.exception")
-def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _exception(vp: Cpu, vector: int, error_code: int) -> None:
     """A fault in IUM user mode ends the trustlet's thread; one in the Secure Kernel is fatal."""
     sk = _sk(vp)
-    cr2 = cast("Cpu", vp).read_cr(2)  # mov r64, cr2 (the handler runs at CPL0 on a Cpu)
+    cr2 = vp.read_cr(2)  # mov r64, cr2 (the handler runs at CPL0 on a Cpu)
     if vp.interrupted_cpl == 3:
         sk.emit(vp, "ium", "exception-dispatch", "thread-terminated", vector=vector,
                 error_code=error_code, cr2=cr2)  # fmt: skip
@@ -610,12 +615,12 @@ def _exception(vp: VirtualProcessor, vector: int, error_code: int) -> None:
 
 
 def _service_routine(handler: Handler) -> Callable[..., ServiceResult]:
-    def routine(vp: VirtualProcessor, args: SecureCallArgs) -> ServiceResult:
+    def routine(vp: Cpu, args: SecureCallArgs) -> ServiceResult:
         return handler(_sk(vp), vp, args)
 
     return routine
 
 
-def _not_implemented(vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def _not_implemented(vp: Cpu, args: SecureCallArgs) -> Reply:
     """The handler of an SSCN the build assigns but the model does not implement."""
     return Reply(NtStatus.NOT_IMPLEMENTED)

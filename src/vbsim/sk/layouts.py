@@ -20,9 +20,11 @@ dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated
 (``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
 ``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
 
+The SK processor block (``Prcb``) names each VP's current trustlet.
+
 Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
 and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
-allocations, pools), secure threads and the per-VP current process, secure-storage page
+allocations, pools), secure threads, secure-storage page
 bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
 SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
 (page tables object, routine VAs, parsed image).
@@ -178,6 +180,16 @@ class SkProcess:
 
 
 # -- the SK's frame pool -------------------------------------------------------------------------
+class Prcb:
+    """The SK's per-processor block, at GS base (one per VP, ``SIZE`` bytes apart).  Its public
+    counterpart is the KPRCB's CurrentThread (Windows Internals 7th ed., ch. 4); the SK's own
+    layout is not public (model)."""
+
+    #: The SKPROCESS object (its VA in the SK direct map) of the trustlet this VP runs; 0: none.
+    CURRENT_PROCESS = Field("CurrentProcess", 0x00, 8, MODEL)
+    SIZE = 0x40
+
+
 class Pool:
     """Free bitmap over the contiguous range the boot loader reserved for the SK (bit n set:
     frame base + n in use).  The real SK's PFN database layout is not public (model)."""

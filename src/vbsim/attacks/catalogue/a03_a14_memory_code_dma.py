@@ -50,7 +50,6 @@ from vbsim.hw.code import THUNK_SIZE, encode_thunk
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.dma import DEFAULT_BASE, DIR_FROM_MEMORY, DIR_TO_MEMORY, STATUS_NAMES, DmaDevice
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Access, Pte
 from vbsim.image import ImageKind, build_image
 from vbsim.ium.lsaiso import TABLE_VA
@@ -392,9 +391,14 @@ MARKER = b"A8-OWNED"
 FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
 
 
-def _a8_shellcode(vp: VirtualProcessor) -> int:
+def _a8_shellcode(vp: Cpu) -> int:
     record_run(vp, "a8")
     return 0
+
+
+#: The shellcode's routine name, registered as code once at import (host side, like linking the
+#: attacker's binary): the step only encodes a thunk that names it.
+A8_SHELLCODE = payload_routine(_a8_shellcode)
 
 
 @dataclass
@@ -408,7 +412,7 @@ class _Prepared:
     thunk: bytes
 
 
-def _prepare(vp: VirtualProcessor) -> _Prepared:
+def _prepare(vp: Cpu) -> _Prepared:
     """K0: pick NT's last code page (validated under HVCI), find a free thunk slot in it, and
     compute the SHA-256 of the page as it will be with the shellcode's thunk in that slot.  The
     forged bytes are a hash-record header (count 1, the loader's capacity) and one record naming
@@ -424,13 +428,13 @@ def _prepare(vp: VirtualProcessor) -> _Prepared:
         (o for o in range(0, PAGE_SIZE, THUNK_SIZE) if content[o : o + THUNK_SIZE] == empty),
         PAGE_SIZE - THUNK_SIZE,
     )
-    thunk = encode_thunk(payload_routine(_a8_shellcode))
+    thunk = encode_thunk(A8_SHELLCODE)
     content[slot : slot + THUNK_SIZE] = thunk
     record = pfn.to_bytes(8, "little") + hashlib.sha256(bytes(content)).digest()
     return _Prepared(header + record, va_page + slot, pfn, thunk)
 
 
-def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
+def _make_executable_and_run(vp: Cpu, prepared: _Prepared) -> str:
     """K0, after the overflow: make the code page writable through the sanctioned
     MAKE_PROTECTED_PAGE_WRITABLE (NT's hotpatch path), write the thunk, and ask the SK to make
     the page executable again (it re-hashes it against its records); call the shellcode if the
@@ -451,13 +455,13 @@ def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
     return "ran"
 
 
-def _overflow_source(nt: NtKernel, vp: VirtualProcessor, forged: bytes) -> list[int]:
+def _overflow_source(nt: NtKernel, vp: Cpu, forged: bytes) -> list[int]:
     """Two pages: filler for the allocation, then the forged bytes that land behind it."""
     filler = MARKER * (PAGE_SIZE // len(MARKER))
     return ntkdp.stage_buffer(nt, vp, filler + forged.ljust(PAGE_SIZE, b"\0"))
 
 
-def _crafted_fills(vp: VirtualProcessor) -> list[Any]:
+def _crafted_fills(vp: Cpu) -> list[Any]:
     """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
     ByteCount runs past it (unchecked TransferMdl->ByteCount), and one whose offset starts right
     after it; then, under HVCI, the follow-on that turns the overwrite into unsigned code."""
@@ -514,7 +518,7 @@ A8 = Scenario(
 
 
 # -- A9: double fetch through the normal-call window ----------------------------------------------
-def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
+def _toctou_fill(vp: Cpu) -> list[Any]:
     """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch.  The Secure
     Kernel makes its "get physical pages" normal call after validating the MDL and before
     copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory
@@ -530,7 +534,7 @@ def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
     original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
     swapped: list[int] = []
 
-    def hooked(nt_: NtKernel, vp_: VirtualProcessor, args: list[int]) -> list[int]:
+    def hooked(nt_: NtKernel, vp_: Cpu, args: list[int]) -> list[int]:
         vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + FORGED_LENGTH)
         swapped.append(1)
         return original(nt_, vp_, args)

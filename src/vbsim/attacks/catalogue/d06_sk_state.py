@@ -16,12 +16,14 @@ the page's state) is the one the forged state dictates.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import needs_vbs, nt_of
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, Pte
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.sscn import Service
@@ -33,7 +35,7 @@ WINDOW_VA = 0xFFFF_F8A2_0000_0000
 FORGED_STATE = 2
 
 
-def _tables(vp: VirtualProcessor, root: int, spare: list[int]) -> PageTables:
+def _tables(vp: Cpu, root: int, spare: list[int]) -> PageTables:
     """NT's page tables, edited through the attacker's own direct map; new table frames come
     from pages the attacker already holds (``spare``, zeroed)."""
     return PageTables(
@@ -46,7 +48,7 @@ def _tables(vp: VirtualProcessor, root: int, spare: list[int]) -> PageTables:
     )
 
 
-def _forge(vp: VirtualProcessor, root: int, table_gpa: int, own_pfn: int, spare: list[int]) -> int:
+def _forge(vp: Cpu, root: int, table_gpa: int, own_pfn: int, spare: list[int]) -> int:
     """K0: map the table's page at the window, write the forged state of ``own_pfn``, and ask
     HVCI about the page.  Returns the status of that next decision."""
     entry_gpa = table_gpa + own_pfn
@@ -55,10 +57,10 @@ def _forge(vp: VirtualProcessor, root: int, table_gpa: int, own_pfn: int, spare:
     tables.map(WINDOW_VA, page_gpa, int(Pte.RW | Pte.NX))
     vp.invlpg(WINDOW_VA)
     vp.write(WINDOW_VA + (entry_gpa & 0xFFF), bytes([FORGED_STATE]))
-    nt = nt_of(vp)
-    assert nt.vsl is not None
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
-    return status
+    vsl: Any = nt_of(vp).vsl  # NT's secure-call client (its signature is NT's to retype)
+    assert vsl is not None
+    status, _ = vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
+    return int(status)
 
 
 def d6_steps(ctx: AttackContext) -> None:

@@ -15,26 +15,29 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
-IDK, LOCAL, PER_BOOT = 0, 1, 2
+from vbsim.ium_abi import IDK, LOCAL, PER_BOOT
+
+__all__ = ["IDK", "LOCAL", "PER_BOOT"]
 _NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
 
 
 def provision(sk: SecureKernel) -> None:
     """Loader time: write the three 32-byte master keys into an SK data page."""
     va, gpa = sk.space.alloc_data()
-    sk.space.ram.write(gpa, os.urandom(96))  # the loader writes the image
+    assert sk.loader is not None
+    sk.loader.write(gpa, os.urandom(96))  # the loader writes the image
     sk.keys_va = va
 
 
-def master(sk: SecureKernel, vp: VirtualProcessor, which: int) -> bytes:
+def master(sk: SecureKernel, vp: Cpu, which: int) -> bytes:
     return vp.read(sk.keys_va + 32 * which, 32)
 
 
 def derive(
-    sk: SecureKernel, vp: VirtualProcessor, which: int, trustlet_id: int, svn: int, label: bytes
+    sk: SecureKernel, vp: Cpu, which: int, trustlet_id: int, svn: int, label: bytes
 ) -> bytes:
     message = (
         label

@@ -15,34 +15,50 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import KernelSpace
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
-from vbsim.sk.layouts import Field, Mem, read_field, write_field
+from vbsim.sk.kernel import PoolExhausted
+from vbsim.sk.layouts import Field, Mem, Prcb, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
 
 if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.sk.kernel import SecureKernel
 
-#: The model's VTL1 user layout for a trustlet.
-IMAGE_BASE = 0x0000_7FF6_0000_0000
-PRIVATE_BASE = 0x0000_0001_0000_0000
-PRIVATE_PAGES = 8  # heap, stack and message buffers (model)
-MESSAGE_VA = PRIVATE_BASE  # where incoming messages are captured (first private page)
-REPLY_VA = PRIVATE_BASE + PAGE_SIZE  # where the trustlet leaves its reply
-HEAP_VA = PRIVATE_BASE + 2 * PAGE_SIZE
-#: Where a trustlet's secure sections (shared with VTL0) are mapped, one 64 KiB slot each.
-SECTION_BASE = 0x0000_0002_0000_0000
-NORMAL_ALLOCATE_PAGES = 1  # the model's normal-call number for "give me physical pages"
+# The trustlet layout and the normal-call numbers are the IUM ABI (vbsim.ium_abi).
+from vbsim.ium_abi import (
+    HEAP_VA,
+    IMAGE_BASE,
+    MESSAGE_VA,
+    NORMAL_ALLOCATE_PAGES,
+    PRIVATE_BASE,
+    PRIVATE_PAGES,
+    REPLY_VA,
+    SECTION_BASE,
+)
+
+__all__ = [
+    "HEAP_VA",
+    "IMAGE_BASE",
+    "MESSAGE_VA",
+    "NORMAL_ALLOCATE_PAGES",
+    "PRIVATE_BASE",
+    "PRIVATE_PAGES",
+    "REPLY_VA",
+    "SECTION_BASE",
+]
+
+
+_CURRENT = Prcb.CURRENT_PROCESS.offset
+_PRCB_SIZE = Prcb.SIZE
+assert Prcb.CURRENT_PROCESS.size == 8
 
 
 @dataclass
@@ -69,6 +85,12 @@ class SecureProcess:
     threads: dict[int, SecureThread] = field(default_factory=dict)
     terminated: bool = False
     svn: int = 0
+    #: The frames of ``tables`` (from the SK's pool; later mappings add to this list).
+    table_pfns: list[int] = field(default_factory=list)
+    #: User pages a probe found present and user (``probed_r``) / writable (``probed_w``) in
+    #: ``tables`` (VPNs): the SK's cache of its own walks (secure_syscalls._probe).
+    probed_r: set[int] = field(default_factory=set)
+    probed_w: set[int] = field(default_factory=set)
     #: The VA (in the SK's direct map) of this process's SKPROCESS page (``layouts.SkProcess``):
     #: what the SK decides from (identity, debug and capability policy, mailbox key, mailboxes).
     object_va: int = 0
@@ -87,12 +109,14 @@ class SecureProcess:
         return int(entry.value)
 
 
-def _sk_phys(sk: SecureKernel, vp: VirtualProcessor) -> PhysAccess:
-    """Physical access from the SK: its direct map, through its own VP (VTL1, no SLAT limit)."""
+def _sk_phys(sk: SecureKernel, vp: Cpu, table_pfns: list[int]) -> PhysAccess:
+    """Physical access from the SK: its direct map, through its own VP (VTL1, no SLAT limit).
+    Table frames come from the SK's own pool (cleared, marked the SK's, and without any VTL0
+    right since phase 1); each is recorded in ``table_pfns``."""
 
     def alloc() -> int:
-        pfn = sk.alloc_frame(vp)  # from the SK's own pool; cleared there
-        sk.space.frames.append(pfn)
+        pfn = sk.alloc_frame(vp)
+        table_pfns.append(pfn)
         return pfn
 
     return PhysAccess(
@@ -102,7 +126,33 @@ def _sk_phys(sk: SecureKernel, vp: VirtualProcessor) -> PhysAccess:
     )
 
 
-def request_pages(sk: SecureKernel, vp: VirtualProcessor, count: int) -> list[int] | None:
+_WHY = "a trustlet's tables are walked on a processor: ium.page_tables(sk, cpu, process)"
+
+
+def _no_read(gpa: int) -> int:
+    raise RuntimeError(_WHY)
+
+
+def _no_write(gpa: int, value: int) -> None:
+    raise RuntimeError(_WHY)
+
+
+def _no_alloc() -> int:
+    raise RuntimeError(_WHY)
+
+
+#: What a stored SecureProcess.tables walks through: nothing.  The SK walks a trustlet's tables
+#: through the processor it runs on (``page_tables``), never one captured when they were built.
+DETACHED = PhysAccess(_no_read, _no_write, _no_alloc)
+
+
+def page_tables(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> PageTables:
+    """The trustlet's page tables as the SK edits and walks them now, through ``vp``."""
+    root = process.tables.root
+    return PageTables(_sk_phys(sk, vp, process.table_pfns), root=root, frames=[])
+
+
+def request_pages(sk: SecureKernel, vp: Cpu, count: int) -> list[int] | None:
     """Physical pages from NT (normal call), validated as hostile input."""
     pfns: list[int] = []
     while len(pfns) < count:
@@ -123,7 +173,7 @@ def request_pages(sk: SecureKernel, vp: VirtualProcessor, count: int) -> list[in
 
 def build(
     sk: SecureKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     handle: int,
     image: ParsedImage,
     image_pfns: list[int],
@@ -142,10 +192,9 @@ def build(
     sk.mark_own(vp, private)
     for pfn in private:
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-    phys = _sk_phys(sk, vp)
+    table_pfns: list[int] = []
+    phys = _sk_phys(sk, vp, table_pfns)
     tables = PageTables(phys)
-    sk.space.frames.extend(tables.frames or [])
-    sk.mark_own(vp, list(tables.frames or []))
     for index in range(256, 512):  # the kernel half: the Secure Kernel itself
         entry = phys.read_u64(sk.space.pt.root + index * 8)
         if entry:
@@ -156,10 +205,7 @@ def build(
     user_rw = int(Pte.US | Pte.RW | Pte.NX)
     for i, pfn in enumerate(private):
         tables.map(PRIVATE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rw)
-    sk.space.frames.extend(f for f in tables.frames or [] if f not in sk.space.frames)
-    sk.mark_own(vp, list(tables.frames or []))
-    # New table frames are SK memory: VTL0 may not touch them either.
-    sk.set_vtl0_rights(vp, sorted(set(tables.frames or [])), 0)
+    tables.phys = DETACHED  # no processor is kept in the process object
     routines = _routines(image)
     instance = os.urandom(16)  # "a 16-byte random number generated by SK at creation" (§3.3)
     process = SecureProcess(
@@ -173,6 +219,7 @@ def build(
         private,
         routines,
         mailbox_key,
+        table_pfns=table_pfns,
     )
     # The SKPROCESS page, from the SK's own pool (VTL0 has no right on it).
     process.object_va = sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT)
@@ -209,7 +256,7 @@ def _file_offset(image: ParsedImage, rva: int) -> int:
     return rva
 
 
-def image_digest(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length: int) -> bytes:
+def image_digest(sk: SecureKernel, vp: Cpu, pfns: list[int], length: int) -> bytes:
     """SHA-256 of the image bytes as the SK sees them in physical memory now."""
     h = hashlib.sha256()
     remaining = length
@@ -221,16 +268,17 @@ def image_digest(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length
 
 
 def run_thread(
-    sk: SecureKernel, vp: VirtualProcessor, thread: SecureThread, routine: str, *args: int
+    sk: SecureKernel, vp: Cpu, thread: SecureThread, routine: str, *args: int
 ) -> tuple[int, Any]:
     """Run ``routine`` of the trustlet at VTL1 CPL3 on ``vp``; (status, return value)."""
     process = thread.process
     va = process.routines.get(routine)
     if va is None or process.terminated:
         return 0xC000_0008, None  # STATUS_INVALID_HANDLE: no such entry in this image
-    saved_cr3 = cast("Cpu", vp).read_cr(3)  # guest code runs on a Cpu (vbsim.hw.cpu)
-    current_before = sk.current.get(vp.index)
-    sk.current[vp.index] = process
+    saved_cr3 = vp.read_cr(3)
+    block = sk.processor_block(vp.index)
+    current_before = vp.read_u64(block + _CURRENT)
+    vp.write_u64(block + _CURRENT, process.object_va)
     thread.running = True
     vp.mov_to_cr(3, process.tables.root)
     status, value = 0, None
@@ -245,12 +293,13 @@ def run_thread(
         thread.running = False
         if vp.vtl == 1 and vp.cpl == 0:
             vp.mov_to_cr(3, saved_cr3)
-        sk.current[vp.index] = current_before
+        vp.write_u64(block + _CURRENT, current_before)
     return status, value
 
 
-def current(sk: SecureKernel, vp: VirtualProcessor) -> SecureProcess | None:
-    process = sk.current.get(vp.index)
+def current(sk: SecureKernel, vp: Cpu) -> SecureProcess | None:
+    """The trustlet this VP runs, as its SK processor block names it (read now)."""
+    process = sk.process_objects.get(vp.read_u64(sk.prcb_va + vp.index * _PRCB_SIZE + _CURRENT))
     return process if isinstance(process, SecureProcess) else None
 
 
@@ -259,9 +308,7 @@ def _mailbox_entry(process: SecureProcess, slot: int) -> int:
     return process.object_va + SkProcessLayout.MAILBOXES + slot * SkProcessLayout.MAILBOX_ENTRY
 
 
-def post_mailbox(
-    sk: SecureKernel, vp: VirtualProcessor, process: SecureProcess, slot: int, data: bytes
-) -> bool:
+def post_mailbox(sk: SecureKernel, vp: Cpu, process: SecureProcess, slot: int, data: bytes) -> bool:
     """Store ``data`` (≤ one page) in mailbox ``slot``: an SK frame, taken on first use."""
     if not 0 <= slot < SkProcessLayout.MAILBOX_SLOTS or len(data) > PAGE_SIZE:
         return False
@@ -270,7 +317,7 @@ def post_mailbox(
     if pfn == 0:
         try:
             pfn = sk.alloc_frame(vp)
-        except OutOfFrames:
+        except PoolExhausted:
             return False
         write_field(vp, entry, SkProcessLayout.MAILBOX_PFN, pfn)
     vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), data.ljust(PAGE_SIZE, b"\0"))
@@ -278,7 +325,7 @@ def post_mailbox(
     return True
 
 
-def mailbox(vp: VirtualProcessor, process: SecureProcess, slot: int) -> bytes | None:
+def mailbox(vp: Cpu, process: SecureProcess, slot: int) -> bytes | None:
     """The bytes posted to ``slot``, read from SK memory; None if nothing was posted."""
     if not 0 <= slot < SkProcessLayout.MAILBOX_SLOTS:
         return None

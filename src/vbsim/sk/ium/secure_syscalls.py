@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.ium_abi import CRYPTO_REQUEST, OP_DECRYPT, OP_ENCRYPT
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import keys
 from vbsim.sk.ium import process as ium
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
 STORAGE_BY_ID = frozenset({2})
 USER_LIMIT = 1 << 47
-CRYPTO_REQUEST = 48  # u32 op, u32 key, u64 in, u64 in_len, u64 out, u64 out_cap, u64 out_len
-OP_ENCRYPT, OP_DECRYPT = 1, 2
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
 
@@ -41,32 +40,38 @@ def _user_ok(va: int, length: int) -> bool:
     return 0 <= length <= 1 << 20 and va > 0 and va + length <= USER_LIMIT
 
 
-def _probe(vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
+def _probe(vp: Cpu, va: int, length: int, write: bool) -> bool:
     """Every page of ``[va, va+length)`` is a present user page of the calling trustlet (writable
     for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel."""
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.kernel()
-    process = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
+    if not isinstance(sk, SecureKernel):
+        return False
+    process = ium.current(sk, vp)
     if process is None:
         return False
-    # A user page the SK reached last time with RFLAGS.AC set (SMAP's override) is in this VP's
-    # TLB with the rights it was used with (US=1, and RW for a write): the next access hits that
-    # entry without a walk, as the hardware's would.  CR3 writes and INVLPG flush it.
-    read_map, write_map, _ = vp.tlbs[vp.vtl].maps_for(0, True)
-    cached = write_map if write else read_map
+    # The SK's own cache of probes that succeeded (what a TLB would hold of the same walks): a
+    # page found present, user (and writable) in the trustlet's tables stays so, because only the
+    # SK edits those tables and it only ever adds mappings (``probed`` is cleared when it maps).
     first, last = va >> PAGE_SHIFT, (va + max(length, 1) - 1) >> PAGE_SHIFT
-    # (That map also holds supervisor pages touched with AC set: only user addresses qualify.)
     if last - first < 16 and _user_ok(va, length):
+        cached = process.probed_w if write else process.probed_r
         vpn = first
         while vpn <= last and vpn in cached:
             vpn += 1
         if vpn > last:
             return True
-    return process.tables.user_range_ok(va, length, write)
+        if not ium.page_tables(sk, vp, process).user_range_ok(va, length, write):
+            return False
+        cached.update(range(first, last + 1))
+        if write:
+            process.probed_r.update(range(first, last + 1))
+        return True
+    return ium.page_tables(sk, vp, process).user_range_ok(va, length, write)
 
 
-def read_user(vp: VirtualProcessor, va: int, length: int) -> bytes | None:
+def read_user(vp: Cpu, va: int, length: int) -> bytes | None:
     if not _probe(vp, va, length, write=False):
         return None
     vp.stac()
@@ -76,7 +81,7 @@ def read_user(vp: VirtualProcessor, va: int, length: int) -> bytes | None:
         vp.clac()
 
 
-def write_user(vp: VirtualProcessor, va: int, data: bytes) -> bool:
+def write_user(vp: Cpu, va: int, data: bytes) -> bool:
     if not _probe(vp, va, len(data), write=True):
         return False
     vp.stac()
@@ -92,19 +97,17 @@ _TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
 assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
 
 
-def _svn(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
+def _svn(vp: Cpu, process: ium.SecureProcess) -> int:
     return vp.read_u32(process.object_va + _SVN_OFFSET)
 
 
-def _tid(vp: VirtualProcessor, process: ium.SecureProcess) -> int:
+def _tid(vp: Cpu, process: ium.SecureProcess) -> int:
     """The trustlet ID as the SKPROCESS page records it (what every decision uses; one load
     from a page the TLB holds)."""
     return vp.read_u64(process.object_va + _TID_OFFSET)
 
 
-def ium_get_idk(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
-) -> int:
+def ium_get_idk(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:
     """IumGetIdk(type, out, out_len): 0 = encryption IDK, 1 = signing IDK (§4.2)."""
     kind, out, out_len = args[0], args[1], args[2]
     if kind not in (0, 1) or out_len < 32:
@@ -114,9 +117,7 @@ def ium_get_idk(
     return int(NtStatus.SUCCESS if write_user(vp, out, key) else NtStatus.ACCESS_VIOLATION)
 
 
-def ium_crypto(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
-) -> int:
+def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:
     """IumCrypto(request*): EncryptData/DecryptData with the local or per-boot key (§4.3)."""
     raw = read_user(vp, args[0], CRYPTO_REQUEST)
     if raw is None:
@@ -154,9 +155,7 @@ def ium_crypto(
     return int(NtStatus.SUCCESS)
 
 
-def ium_post_mailbox(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
-) -> int:
+def ium_post_mailbox(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:
     """IumPostMailbox(slot, data, length): ≤ ~4 KB readable from VTL0 with the key (§4.4)."""
     slot, data_va, length = args[0], args[1], args[2]
     if not 0 <= slot < MAILBOX_SLOTS or not 0 < length <= MAX_MAILBOX:
@@ -169,13 +168,13 @@ def ium_post_mailbox(
     return int(NtStatus.SUCCESS)
 
 
-def _may_store(vp: VirtualProcessor, process: ium.SecureProcess) -> bool:
+def _may_store(vp: Cpu, process: ium.SecureProcess) -> bool:
     capabilities = process.read(vp, SkProcessLayout.CAPABILITIES)
     return bool(capabilities & CAP_SECURE_STORAGE) or _tid(vp, process) in STORAGE_BY_ID
 
 
 def _capability_refused(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, capability: str
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, capability: str
 ) -> int:
     """The trustlet's signed policy lacks ``capability``: traced, STATUS_ACCESS_DENIED."""
     sk.emit(
@@ -189,9 +188,7 @@ def _capability_refused(
     return int(NtStatus.ACCESS_DENIED)
 
 
-def _storage_page(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, key: int
-) -> int | None:
+def _storage_page(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, key: int) -> int | None:
     """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
     store: dict[tuple[int, int], int] = sk.storage
     gpa = store.get((process.trustlet_id, key))
@@ -207,7 +204,7 @@ def _storage_page(
 
 
 def ium_secure_storage_put(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, data_va, length = args[0], args[1], args[2]
     if not _may_store(vp, process):
@@ -225,7 +222,7 @@ def ium_secure_storage_put(
 
 
 def ium_secure_storage_get(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(vp, process):
@@ -244,7 +241,7 @@ MAX_SECTION_PAGES = 16
 
 
 def ium_create_secure_section(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     """IumCreateSecureSection(size, PULONG64 va, PULONG64 index): pages shared between the
     trustlet and VTL0 (vbs-internals §4.4: a TOCTOU surface by design).  Needs the secure-section
@@ -262,13 +259,13 @@ def ium_create_secure_section(
     if pfns is None:
         return int(NtStatus.NO_MEMORY)
     base = ium.SECTION_BASE + len(process.sections) * 16 * PAGE_SIZE
+    tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
-    for frame in process.tables.frames or []:  # new table pages are SK memory
-        if not sk.own_page(vp, frame):
-            sk.mark_own(vp, [frame])
-            sk.set_vtl0_rights(vp, [frame], 0)
+        tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
+    process.probed_r.clear()  # the tables changed: probe them afresh
+    process.probed_w.clear()
+    # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
     process.sections.append((base, pfns))
     index = len(process.sections) - 1
     sk.emit(
@@ -300,7 +297,7 @@ PROCESS_IS_SECURE_CLASS = 0x3F
 
 
 def nt_query_information_process(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     """Only the restricted classes (§2.5 "special"): here, IsSecureProcess for itself."""
     if args[1] != PROCESS_IS_SECURE_CLASS:
@@ -314,7 +311,7 @@ def nt_query_information_process(
 
 
 def nt_allocate_virtual_memory(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     """Trustlet memory is the SK's to map: pages from NT, taken from VTL0, mapped RW/NX.  No
     executable allocations: IUM has no dynamic code."""
@@ -330,14 +327,14 @@ def nt_allocate_virtual_memory(
     sk.mark_own(vp, pfns)
     base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
     flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
+    tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        process.tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+        tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+    process.probed_r.clear()  # the tables changed: probe them afresh
+    process.probed_w.clear()
     process.private_pfns.extend(pfns)
-    for frame in process.tables.frames or []:
-        if not sk.own_page(vp, frame):
-            sk.mark_own(vp, [frame])
-            sk.set_vtl0_rights(vp, [frame], 0)
+    # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
     return int(
         NtStatus.SUCCESS
         if write_user(vp, out, base.to_bytes(8, "little"))
@@ -346,7 +343,7 @@ def nt_allocate_virtual_memory(
 
 
 def nt_terminate_process(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess, args: list[int]
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     process.terminated = True
     return int(NtStatus.SUCCESS)

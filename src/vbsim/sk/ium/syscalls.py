@@ -19,8 +19,14 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
-from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.hw.cpu import Cpu
+from vbsim.ium_abi import (
+    NORMAL_IUM_SYSCALL,
+    NT_NUMBERS,
+    SECURE_NUMBERS,
+    SECURE_SYSCALL_BIT,
+    SECURE_SYSCALLS,
+)
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import process as ium
 from vbsim.sk.layouts import IumFilter
@@ -28,9 +34,7 @@ from vbsim.sk.layouts import IumFilter
 if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
 
-SECURE_SYSCALL_BIT = 0x0800_0000  # x64 (vbs-internals §2.6)
-#: The model's normal-call number for IumGenericSyscall (the real one is not public).
-NORMAL_IUM_SYSCALL = 2
+__all__ = ["NORMAL_IUM_SYSCALL", "SECURE_NUMBERS", "SECURE_SYSCALLS", "SECURE_SYSCALL_BIT"]
 
 
 class Kind(Enum):
@@ -54,38 +58,9 @@ IUM_FILTER: dict[str, Kind] = {
     "NtDeviceIoControlFile": Kind.DISABLED,
 }
 
-#: Secure system calls: index (number - 0x0800_0000) → name, as the IumFuzzer stub table lists
-#: them (vbs-internals §4.2; [V] for that build, [U] in general).
-SECURE_SYSCALLS: dict[int, str] = {
-    0x00: "IumAssignMemoryToSocDomain",
-    0x01: "IumAwaitSmc",
-    0x02: "IumCreateSecureDevice",
-    0x03: "IumCreateSecureSection",
-    0x04: "IumCreateSecureSectionSpecifyPages",
-    0x05: "IumCrypto",
-    0x06: "IumDmaMapMemory",
-    0x07: "IumEmitSmc",
-    0x08: "IumFlushSecureSectionBuffers",
-    0x09: "IumGetDmaEnabler",
-    0x0A: "IumGetExposedSecureSection",
-    0x0B: "IumGetIdk",
-    0x0C: "IumMapSecureIo",
-    0x0D: "IumOpenCurrentExtension",
-    0x0E: "IumOpenSecureSection",
-    0x0F: "IumPostMailbox",
-    0x10: "IumProtectSecureIo",
-    0x11: "IumQuerySecureDeviceInformation",
-    0x12: "IumSecureStorageGet",
-    0x13: "IumSecureStoragePut",
-    0x14: "IumSetDmaTargetProperties",
-    0x15: "IumSetPolicyExtension",
-    0x16: "IumUnmapSecureIo",
-    0x17: "IumUpdateSecureDeviceState",
-}
-SECURE_NUMBERS = {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
 
-SecureHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
-SpecialHandler = Callable[["SecureKernel", VirtualProcessor, ium.SecureProcess, list[int]], int]
+SecureHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
+SpecialHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
 
 _NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
 
@@ -124,7 +99,7 @@ def filter_bitmaps() -> bytes:
     return bytes(raw)
 
 
-def classify(sk: SecureKernel, vp: VirtualProcessor, number: int) -> Kind:
+def classify(sk: SecureKernel, vp: Cpu, number: int) -> Kind:
     """The filter's verdict for NT service ``number``, read from SK memory now."""
     if not 0 <= number < IumFilter.NUMBERS:
         return Kind.DISABLED
@@ -140,7 +115,7 @@ def register(sk: SecureKernel) -> None:
     """Nothing to install: the filter is written by the loader, the handlers are SK code."""
 
 
-def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
+def dispatch(sk: SecureKernel, vp: Cpu) -> int:
     number = vp.rax
     args = [vp.r10, vp.rdx, vp.r8, vp.r9]
     caller = ium.current(sk, vp)
@@ -191,7 +166,7 @@ def dispatch(sk: SecureKernel, vp: VirtualProcessor) -> int:
 
 
 @guest_code("sk.KiSystemServiceStart")
-def _system_service(vp: VirtualProcessor) -> None:
+def _system_service(vp: Cpu) -> None:
     from vbsim.sk.kernel import SecureKernel
 
     sk = vp.kernel()

@@ -55,7 +55,7 @@ from vbsim.sk.layouts import Config
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 EXT = "allocation"
@@ -124,9 +124,7 @@ def state(sk: SecureKernel) -> AllocationState:
 
 
 # -- helpers shared with the KDP services --------------------------------------------------------
-def lookup_typed(
-    sk: SecureKernel, vp: VirtualProcessor, handle: int, kind: str
-) -> SkObject | NtStatus:
+def lookup_typed(sk: SecureKernel, vp: Cpu, handle: int, kind: str) -> SkObject | NtStatus:
     """SkobReferenceObjectByHandle: the object, or the status a wrong handle gets."""
     obj = sk.handles.get(handle)
     if obj is None:
@@ -147,7 +145,7 @@ def lookup_typed(
 
 
 def refuse(
-    sk: SecureKernel, vp: VirtualProcessor, mechanism: str, reason: str, status: NtStatus, **d: int
+    sk: SecureKernel, vp: Cpu, mechanism: str, reason: str, status: NtStatus, **d: int
 ) -> Reply:
     sk.emit(vp, "securecall", mechanism, "refused", reason=reason, **d)
     return Reply(status)
@@ -166,7 +164,7 @@ def release_capture(sk: SecureKernel, va: int) -> None:
     state(sk).busy.discard(va)
 
 
-def capture(sk: SecureKernel, vp: VirtualProcessor, slot: int, gpa: int, length: int) -> bytes:
+def capture(sk: SecureKernel, vp: Cpu, slot: int, gpa: int, length: int) -> bytes:
     """Copy ``length`` bytes of VTL0 memory at ``gpa`` into the VTL1 capture page ``slot`` and
     return what the SK now holds (it never reads the VTL0 copy again)."""
     vp.write(slot, vp.read(sk.space.phys_va(gpa), length))
@@ -176,7 +174,7 @@ def capture(sk: SecureKernel, vp: VirtualProcessor, slot: int, gpa: int, length:
 
 
 # -- CREATE_SECURE_ALLOCATION --------------------------------------------------------------------
-def create_secure_allocation(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def create_secure_allocation(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     size = args.fields[0]
     st = state(sk)
     if not 0 < size <= st.arena_pages * PAGE_SIZE:
@@ -200,7 +198,7 @@ def _parse(raw: bytes) -> tuple[int, int, int, int]:
     return fields[1], fields[7], fields[8], fields[9]
 
 
-def _read_vtl0_mdl(sk: SecureKernel, vp: VirtualProcessor, mdl_gpa: int, count: int) -> Mdl:
+def _read_vtl0_mdl(sk: SecureKernel, vp: Cpu, mdl_gpa: int, count: int) -> Mdl:
     """Legacy: read the MDL straight from VTL0 memory, each time it is needed (no capture)."""
     header = vp.read(sk.space.phys_va(mdl_gpa), MDL_HEADER.size)
     size, start_va, byte_count, byte_offset = _parse(header)
@@ -210,7 +208,7 @@ def _read_vtl0_mdl(sk: SecureKernel, vp: VirtualProcessor, mdl_gpa: int, count: 
 
 
 def fill_secure_allocation(
-    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
+    sk: SecureKernel, vp: Cpu, args: SecureCallArgs
 ) -> Generator[NormalCall, SecureCallArgs, Reply]:
     handle, offset, mdl_pointer, mdl_pfn = args.fields[0:4]
     # The legacy switches are the SK's configuration (in its memory, copied from the boot policy).
@@ -297,9 +295,7 @@ def _pfn_count(mdl: Mdl, mdl_offset: int, clamp: bool) -> int:
     return count
 
 
-def _check(
-    sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, offset: int, alloc_size: int
-) -> Reply | None:
+def _check(sk: SecureKernel, vp: Cpu, mdl: Mdl, offset: int, alloc_size: int) -> Reply | None:
     """Every check on the captured MDL; None when it may be used."""
     bad = NtStatus.INVALID_PARAMETER
     if mdl.byte_offset >= PAGE_SIZE:
@@ -328,7 +324,7 @@ def _check(
     return None
 
 
-def _copy(sk: SecureKernel, vp: VirtualProcessor, mdl: Mdl, dest: int) -> int:
+def _copy(sk: SecureKernel, vp: Cpu, mdl: Mdl, dest: int) -> int:
     """Copy ``ByteCount`` bytes described by ``mdl`` to SK address ``dest`` — exactly what the
     (possibly unchecked) fields say: a bad ByteCount writes past the allocation."""
     remaining = mdl.byte_count

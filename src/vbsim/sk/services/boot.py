@@ -16,14 +16,14 @@ from vbsim.sk.layouts import Config
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
 
 
-def null(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def null(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     return Reply()
 
 
-def phase3_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def phase3_init(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """NT phase 0: the SK's pages become inaccessible to VTL0; trusted values are recorded."""
     if sk.phase(vp) is not Phase.PHASE1:
         return Reply(NtStatus.INVALID_DEVICE_STATE)
@@ -34,7 +34,7 @@ def phase3_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) ->
     return Reply()
 
 
-def phase4_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def phase4_init(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """NT phase 1: from here every VTL0 input is hostile (vbs-internals §1.1 row 14)."""
     if sk.phase(vp) is not Phase.PHASE3:
         return Reply(NtStatus.INVALID_DEVICE_STATE)
@@ -43,7 +43,7 @@ def phase4_init(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) ->
     return Reply()
 
 
-def start_processor(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def start_processor(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Field1: VP index; Field2: PFN of a VTL0 page holding the AP's HV_INITIAL_VP_CONTEXT.
 
     The context is captured (copied into VTL1) and the PFN must be VTL0 memory.  The SK enables

@@ -42,7 +42,7 @@ from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
 
 REQUEST_LIST, REQUEST_PAGE = 0, 1
 PAGE_WITHHELD, PAGE_ENCRYPTED = 0, 1
@@ -56,16 +56,17 @@ def provision(sk: SecureKernel) -> None:
     """Loader time: the dump key (32 bytes) and this boot's session nonce (8 bytes) in an SK data
     page, as ``sk.ium.keys`` provisions the VSM keys."""
     va, gpa = sk.space.alloc_data()
-    sk.space.ram.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
+    assert sk.loader is not None
+    sk.loader.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
     sk.dump_key_va = va
 
 
-def _key_and_session(sk: SecureKernel, vp: VirtualProcessor) -> tuple[bytes, int]:
+def _key_and_session(sk: SecureKernel, vp: Cpu) -> tuple[bytes, int]:
     raw = vp.read(sk.dump_key_va, KEY_SIZE + 8)
     return raw[:KEY_SIZE], int.from_bytes(raw[KEY_SIZE:], "little")
 
 
-def secure_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[int]:
+def secure_pages(sk: SecureKernel, vp: Cpu) -> list[int]:
     """VTL1 pages NT may not read: the SK's own memory and every trustlet's private memory.
     A trustlet's unmodified image pages stay readable by VTL0 (§7) and are not listed."""
     shared: set[int] = set()
@@ -81,7 +82,7 @@ def _processes(sk: SecureKernel) -> list[ium.SecureProcess]:
 
 def _owner(sk: SecureKernel, pfn: int) -> ium.SecureProcess | None:
     for process in _processes(sk):
-        if pfn in process.private_pfns or pfn in (process.tables.frames or []):
+        if pfn in process.private_pfns or pfn in process.table_pfns:
             return process
     return None
 
@@ -92,9 +93,7 @@ def _encrypt(key: bytes, session: int, pfn: int, data: bytes) -> bytes:
     return encryptor.update(data) + encryptor.finalize()
 
 
-def _prepare(
-    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs, hibernation: bool
-) -> Reply:
+def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool) -> Reply:
     request, target, out_pfn = args.fields[0], args.fields[1], args.fields[2]
     purpose = "hibernation" if hibernation else "crashdump"
     if request == REQUEST_LIST:
@@ -134,11 +133,11 @@ def _prepare(
     return Reply(NtStatus.INVALID_PARAMETER)
 
 
-def prepare_for_crashdump(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def prepare_for_crashdump(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     return _prepare(sk, vp, args, hibernation=False)
 
 
-def prepare_for_hibernation(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def prepare_for_hibernation(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     return _prepare(sk, vp, args, hibernation=True)
 
 

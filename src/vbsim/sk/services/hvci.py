@@ -73,9 +73,8 @@ from typing import TYPE_CHECKING, Any
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import CODE_BASE
-from vbsim.hv.defs import HvRegisterName
+from vbsim.hv.defs import HvMapGpaFlags, HvRegisterName
 from vbsim.hw import code
-from vbsim.hw.slat import KX, UX, R, W, describe
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.image import ImageKind, ParsedImage, model_pki, requirement_for, verify_image
 from vbsim.ntstatus import NtStatus
@@ -86,7 +85,25 @@ from vbsim.sk.layouts import Config, Mem, read_field, write_field
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
+
+#: VTL protection rights, the HV_MAP_GPA bits (TLFS; vsm-spec §3.1).
+R, W, KX, UX = (
+    int(HvMapGpaFlags.READABLE),
+    int(HvMapGpaFlags.WRITABLE),
+    int(HvMapGpaFlags.KERNEL_EXECUTABLE),
+    int(HvMapGpaFlags.USER_EXECUTABLE),
+)
+
+
+def describe(mask: int) -> str:
+    """'R', 'RW', 'R+KX', 'R+UX', 'RW+KX+UX', 'none' ... (for traces)."""
+    if not mask & (R | W | KX | UX):
+        return "none"
+    data = ("R" if mask & R else "") + ("W" if mask & W else "")
+    execs = [name for bit, name in ((KX, "KX"), (UX, "UX")) if mask & bit]
+    return "+".join([data or "-", *execs]) if execs else data
+
 
 #: The loader block's boot-image range: ``[CODE_BASE, CODE_BASE + BOOT_IMAGE_SPAN)`` (the first
 #: half of the 512 GiB PML4 slot of CODE_BASE; NT loads drivers in the second half).
@@ -272,7 +289,7 @@ def _normalise(sk: SecureKernel, vp: Mem, flags: int) -> int:
     return flags | UX if flags & KX else flags & ~UX
 
 
-def apply(sk: SecureKernel, vp: VirtualProcessor, gpns: list[int], flags: int, why: str) -> bool:
+def apply(sk: SecureKernel, vp: Cpu, gpns: list[int], flags: int, why: str) -> bool:
     """Set VTL0's rights on ``gpns`` (ModifyVtlProtectionMask from VTL1), enforcing W^KX."""
     state = _state(sk)
     flags = _normalise(sk, vp, flags)
@@ -335,7 +352,7 @@ def _state(sk: SecureKernel) -> Hvci:
     return state
 
 
-def _enabled(sk: SecureKernel, vp: VirtualProcessor, service: Service) -> Hvci | None:
+def _enabled(sk: SecureKernel, vp: Cpu, service: Service) -> Hvci | None:
     """HVCI's tables, when the SK's configuration (in its memory) enables HVCI."""
     if not sk.config(vp, Config.HVCI):
         sk.emit(vp, "hvci", "hvci.off", "not-supported", service=service.value)
@@ -345,7 +362,7 @@ def _enabled(sk: SecureKernel, vp: VirtualProcessor, service: Service) -> Hvci |
 
 def _refuse(
     sk: SecureKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     kind: str,
     mechanism: str,
     status: NtStatus,
@@ -355,13 +372,11 @@ def _refuse(
     return Reply(status)
 
 
-def _read_page(sk: SecureKernel, vp: VirtualProcessor, pfn: int) -> bytes:
+def _read_page(sk: SecureKernel, vp: Cpu, pfn: int) -> bytes:
     return vp.read(sk.space.phys_va(pfn << PAGE_SHIFT), PAGE_SIZE)
 
 
-def _capture_pfn_list(
-    sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
-) -> list[int] | None:
+def _capture_pfn_list(sk: SecureKernel, vp: Cpu, list_pfn: int, count: int) -> list[int] | None:
     """Copy a PFN list out of VTL0 (one page), then check every entry is VTL0 RAM."""
     if not 0 < count <= MAX_LIST or not sk.vtl0_page(vp, list_pfn):
         return None
@@ -373,7 +388,7 @@ def _capture_pfn_list(
 
 
 # -- phase 1: the initial SLAT --------------------------------------------------------------------
-def _boot_image_pages(sk: SecureKernel, vp: VirtualProcessor) -> list[tuple[int, int]]:
+def _boot_image_pages(sk: SecureKernel, vp: Cpu) -> list[tuple[int, int]]:
     """(VA, PFN) of every present supervisor read-only executable 4 KiB page mapped in the
     loader block's boot-image range of VTL0's (the loader's) address space."""
     result, values = hvcall.get_vp_registers(vp, sk.params, [int(HvRegisterName.CR3)], target_vtl=0)
@@ -421,7 +436,7 @@ def _looks_like_code(page: bytes) -> bool:
     return True
 
 
-def phase1(sk: SecureKernel, vp: VirtualProcessor) -> None:
+def phase1(sk: SecureKernel, vp: Cpu) -> None:
     """Every VTL0 page R|W|UX (never KX); the boot image's code pages R|KX|UX, validated."""
     if not sk.config(vp, Config.HVCI):
         return
@@ -464,7 +479,7 @@ def phase1(sk: SecureKernel, vp: VirtualProcessor) -> None:
 
 
 # -- driver load ----------------------------------------------------------------------------------
-def create_secure_image(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     service = Service.CREATE_SECURE_IMAGE
     if _enabled(sk, vp, service) is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -521,9 +536,7 @@ def _image(sk: SecureKernel, handle: int, stages: tuple[str, ...]) -> SkObject |
     return obj
 
 
-def finish_secure_image_validation(
-    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
-) -> Reply:
+def finish_secure_image_validation(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     state = _enabled(sk, vp, Service.FINISH_SECURE_IMAGE_VALIDATION)
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -587,7 +600,7 @@ def finish_secure_image_validation(
     return Reply()
 
 
-def load_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def load_driver(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     state = _enabled(sk, vp, Service.LOAD_DRIVER)
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -619,7 +632,7 @@ def load_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) ->
     return Reply()
 
 
-def unload_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def unload_driver(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     state = _enabled(sk, vp, Service.UNLOAD_DRIVER)
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -639,9 +652,7 @@ def unload_driver(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 # -- sanctioned transitions -----------------------------------------------------------------------
-def make_protected_page_writable(
-    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
-) -> Reply:
+def make_protected_page_writable(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     state = _enabled(sk, vp, Service.MAKE_PROTECTED_PAGE_WRITABLE)
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -668,9 +679,7 @@ def make_protected_page_writable(
     return Reply()
 
 
-def make_protected_page_executable(
-    sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs
-) -> Reply:
+def make_protected_page_executable(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     state = _enabled(sk, vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE)
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
@@ -729,15 +738,16 @@ def make_protected_page_executable(
 def allocate(sk: SecureKernel) -> None:
     """Loader: HVCI's tables in SK data pages.  The hash records come first, so that they sit
     right behind the secure-allocation arena (``allocation.register`` maps it just before)."""
-    ram = sk.space.ram
+    loader = sk.loader
+    assert loader is not None
     pages = sk.ram_pages
     hashes_va, hashes_gpa = sk.space.alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
     table = L.table_pages(pages)
     states_va, states_gpa = sk.space.alloc_data(table, contiguous=True)
     rights_va, rights_gpa = sk.space.alloc_data(table, contiguous=True)
-    ram.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
+    loader.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
     capacity = L.Hvci.HASH_CAPACITY
-    ram.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
+    loader.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
     sk.hvci = Hvci(states_va, states_gpa, rights_va, rights_gpa, hashes_va, hashes_gpa, pages)
 
 

@@ -31,16 +31,14 @@ from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
 
 MAX_IMAGE = 1 << 20
 #: Secure thread cookies (KTHREAD.SecureThreadCookie) start here (model choice).
 FIRST_COOKIE = 0x10
 
 
-def _pfn_list(
-    sk: SecureKernel, vp: VirtualProcessor, list_pfn: int, count: int
-) -> list[int] | None:
+def _pfn_list(sk: SecureKernel, vp: Cpu, list_pfn: int, count: int) -> list[int] | None:
     """Capture a PFN list from a VTL0 page; every entry must be a distinct VTL0 page."""
     if not sk.vtl0_page(vp, list_pfn) or not 0 < count <= PAGE_SIZE // 8:
         return None
@@ -51,7 +49,7 @@ def _pfn_list(
     return pfns
 
 
-def _capture(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length: int) -> bytes:
+def _capture(sk: SecureKernel, vp: Cpu, pfns: list[int], length: int) -> bytes:
     out = bytearray()
     for pfn in pfns:
         take = min(PAGE_SIZE, length - len(out))
@@ -59,7 +57,7 @@ def _capture(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int], length: in
     return bytes(out)
 
 
-def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     list_pfn, length, requested_id, mailbox_key = args.fields[:4]
     if not 0 < length <= MAX_IMAGE:
         return Reply(NtStatus.INVALID_PARAMETER)
@@ -114,6 +112,7 @@ def create_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs)
     obj = sk.handles[handle]
     obj.data["process"] = process
     sk.processes[handle] = process
+    sk.process_objects[process.object_va] = process
     sk.emit(
         vp,
         "ium",
@@ -132,7 +131,7 @@ def _process(sk: SecureKernel, handle: int) -> ium.SecureProcess | None:
     return process if isinstance(process, ium.SecureProcess) and not process.terminated else None
 
 
-def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def create_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     process = _process(sk, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
@@ -144,7 +143,7 @@ def create_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
     return Reply(NtStatus.SUCCESS, [cookie])
 
 
-def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     thread = sk.threads.get(args.cookie)
     if not isinstance(thread, ium.SecureThread) or thread.process.terminated or thread.running:
         return Reply(NtStatus.INVALID_HANDLE)
@@ -195,7 +194,7 @@ def resume_thread(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) 
 
 
 def _debug_gate(
-    sk: SecureKernel, vp: VirtualProcessor, process: ium.SecureProcess | None, what: str
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess | None, what: str
 ) -> Reply | None:
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
@@ -205,20 +204,20 @@ def _debug_gate(
     return None
 
 
-def debug_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def debug_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     process = _process(sk, args.fields[0])
     refusal = _debug_gate(sk, vp, process, "debug-process")
     return refusal or Reply(NtStatus.SUCCESS)
 
 
-def get_context(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def get_context(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     thread = sk.threads.get(args.fields[0])
     process = thread.process if isinstance(thread, ium.SecureThread) else None
     refusal = _debug_gate(sk, vp, process, "get-context")
     return refusal or Reply(NtStatus.SUCCESS, [ium.IMAGE_BASE])
 
 
-def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def debug_read_write_memory(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Field1 = process, Field2 = trustlet VA, Field3 = VTL0 buffer PFN, Field4 = length,
     Field5 = 1 for a write."""
     handle, va, buffer_pfn, length, write = args.fields[:5]
@@ -228,7 +227,7 @@ def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: Secure
         return refusal or Reply(NtStatus.INVALID_HANDLE)
     if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(vp, buffer_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
-    gpa = _trustlet_gpa(process, va)
+    gpa = _trustlet_gpa(sk, vp, process, va)
     if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
         return Reply(NtStatus.ACCESS_VIOLATION)
     buffer = sk.space.phys_va(buffer_pfn << PAGE_SHIFT)
@@ -239,14 +238,14 @@ def debug_read_write_memory(sk: SecureKernel, vp: VirtualProcessor, args: Secure
     return Reply(NtStatus.SUCCESS)
 
 
-def _trustlet_gpa(process: ium.SecureProcess, va: int) -> int | None:
-    entry = process.tables.lookup(va)
+def _trustlet_gpa(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int) -> int | None:
+    entry = ium.page_tables(sk, vp, process).lookup(va)
     if entry is None:
         return None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
 
 
-def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def retrieve_mailbox(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Field1 = process, Field2 = slot, Field3 = mailbox key, Field4 = VTL0 PFN for the data."""
     handle, slot, key, out_pfn = args.fields[:4]
     process = _process(sk, handle)
@@ -265,7 +264,7 @@ def retrieve_mailbox(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArg
     return Reply(NtStatus.SUCCESS, [len(data)])
 
 
-def create_secure_section(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def create_secure_section(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """VslCreateSecureSection's counterpart (vbs-internals §4.4): Field1 = the trustlet's handle,
     Field2 = the section index it published → the PFNs of the shared pages (VTL0 maps them).
     Only sections the trustlet created itself can be named; its private memory never."""
@@ -279,13 +278,13 @@ def create_secure_section(sk: SecureKernel, vp: VirtualProcessor, args: SecureCa
     return Reply(NtStatus.SUCCESS, [len(pfns), *pfns[:10]])
 
 
-def is_trustlet_running(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def is_trustlet_running(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     processes = sk.processes.values()
     running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
     return Reply(NtStatus.SUCCESS, [int(running)])
 
 
-def rundown_process(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def rundown_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Terminate: the trustlet's private pages are cleared before anything else can happen to
     them; they stay VTL1's (termination is VTL0's right — denial of service by design, §7)."""
     process = _process(sk, args.fields[0])
@@ -311,7 +310,7 @@ def register(sk: SecureKernel) -> None:
     sk.resume_thread = resume_thread
 
 
-def _give_back(sk: SecureKernel, vp: VirtualProcessor, pfns: list[int]) -> None:
+def _give_back(sk: SecureKernel, vp: Cpu, pfns: list[int]) -> None:
     """Return an image section the SK protected to VTL0 with an ordinary page's rights."""
     from vbsim.sk.services.hvci import vtl0_default_rights
 

@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vbsim.hw.slat import R
+from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import hvpt
@@ -50,8 +50,10 @@ from vbsim.sk.layouts import Config, Mem
 from vbsim.sk.services import allocation
 from vbsim.sk.sscn import Service
 
+R = int(HvMapGpaFlags.READABLE)  # HV_MAP_GPA_READABLE (TLFS; vsm-spec §3.1)
+
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
+    from vbsim.hw.cpu import Cpu
     from vbsim.sk.kernel import SecureKernel
 
 EXT = "kdp"
@@ -114,18 +116,18 @@ def protected(sk: SecureKernel, vp: Mem, gpns: list[int]) -> set[int]:
     return {gpn for gpn in gpns if 0 <= gpn < st.pages and table[gpn] != L.Kdp.NONE}
 
 
-def _kdp(sk: SecureKernel, vp: VirtualProcessor, mechanism: str, outcome: str, **d: object) -> None:
+def _kdp(sk: SecureKernel, vp: Cpu, mechanism: str, outcome: str, **d: object) -> None:
     sk.emit(vp, "kdp", mechanism, outcome, **d)
 
 
 def _refuse(
-    sk: SecureKernel, vp: VirtualProcessor, mechanism: str, reason: str, status: NtStatus, **d: int
+    sk: SecureKernel, vp: Cpu, mechanism: str, reason: str, status: NtStatus, **d: int
 ) -> Reply:
     _kdp(sk, vp, mechanism, "refused", reason=reason, status=int(status), **d)
     return Reply(status)
 
 
-def _enabled(sk: SecureKernel, vp: VirtualProcessor) -> bool:
+def _enabled(sk: SecureKernel, vp: Cpu) -> bool:
     if sk.config(vp, Config.KDP):
         return True
     _kdp(sk, vp, "kdp.policy", "disabled")
@@ -137,7 +139,7 @@ def _kernel_range(va: int, pages: int) -> bool:
 
 
 def _data_pages(
-    sk: SecureKernel, vp: VirtualProcessor, va: int, pages: int, mechanism: str
+    sk: SecureKernel, vp: Cpu, va: int, pages: int, mechanism: str
 ) -> list[tuple[int, hvpt.Mapping]] | Reply:
     """Translate and vet each page: mapped, VTL0, supervisor, not executable, not KDP's yet."""
     st = state(sk)
@@ -165,7 +167,7 @@ def _data_pages(
 
 
 # -- static KDP ----------------------------------------------------------------------------------
-def protect_kernel_data(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     va, pages, flags = args.fields[0], args.fields[1], args.fields[2]
     if not _enabled(sk, vp):
         return Reply(NtStatus.INVALID_DEVICE_STATE)
@@ -202,7 +204,7 @@ def protect_kernel_data(sk: SecureKernel, vp: VirtualProcessor, args: SecureCall
 
 
 # -- dynamic KDP: the secure pool ----------------------------------------------------------------
-def initialize_secure_pool(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def initialize_secure_pool(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     base, pages, va = args.fields[0], args.fields[1], args.fields[2]
     if not _enabled(sk, vp):
         return Reply(NtStatus.INVALID_DEVICE_STATE)
@@ -233,12 +235,12 @@ def initialize_secure_pool(sk: SecureKernel, vp: VirtualProcessor, args: SecureC
     return Reply(NtStatus.SUCCESS, [handle])
 
 
-def _records(sk: SecureKernel, vp: VirtualProcessor) -> list[tuple[int, int, int, int, int, int]]:
+def _records(sk: SecureKernel, vp: Cpu) -> list[tuple[int, int, int, int, int, int]]:
     raw = vp.read(state(sk).table_va, PAGE_SIZE)
     return [POOL_RECORD.unpack_from(raw, i * POOL_RECORD.size) for i in range(RECORDS)]
 
 
-def copy_protected_page(sk: SecureKernel, vp: VirtualProcessor, args: SecureCallArgs) -> Reply:
+def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     handle, tag, alloc_va, cookie, offset, size, src_pfn, src_offset, flags = args.fields[0:9]
     if not _enabled(sk, vp):
         return Reply(NtStatus.INVALID_DEVICE_STATE)
