@@ -164,7 +164,7 @@ def securecall_null_us() -> float:
 
     system = _booted()
     vp, vsl = system.machine.bsp, system.nt.vsl
-    rate = _timed_rate(lambda: vsl.call(vp, Service.NULL))
+    rate = _timed_rate(lambda: vsl.call(vp.cpu, Service.NULL))
     system.machine.close()
     return 1e6 / rate
 
@@ -185,10 +185,10 @@ def syscall_null_us() -> float:
 
     system = _booted()
     nt, vp = system.nt, system.machine.bsp
-    process = nt.create_process(vp, "bench.exe", Token("user"))
-    entry = nt.map_code(vp, process, ["bench.syscall_loop"])["bench.syscall_loop"]
+    process = nt.create_process(vp.cpu, "bench.exe", Token("user"))
+    entry = nt.map_code(vp.cpu, process, ["bench.syscall_loop"])["bench.syscall_loop"]
     count = 20000
-    run = nt.run_user(vp, process, entry, count)
+    run = nt.run_user(vp.cpu, process, entry, count)
     system.machine.close()
     return float(run.returned) / count * 1e6
 

@@ -104,7 +104,8 @@ def _grant_self(system: System) -> None:
 
     assert system.nt is not None and system.machine is not None and system.sk is not None
     vp = system.machine.bsp
-    params = hvcall.ParamPages(*system.nt.space.alloc_data(), *system.nt.space.alloc_data())
+    assert system.nt_space is not None
+    params = hvcall.ParamPages(*system.nt_space.alloc_data(), *system.nt_space.alloc_data())
     pfn = sorted(set(system.sk.space.frames))[0]
     result = hvcall.modify_vtl_protection_mask(vp.cpu, params, [pfn], 0xF, target_vtl=1)
     if not result.ok:

@@ -47,10 +47,10 @@ def run_as_admin(system: System, routine: str, *args: object) -> UserRun:
     nt, machine = system.nt, system.machine
     assert nt is not None and machine is not None and system.booted
     vp = machine.bsp
-    process = nt.create_process(vp, "admin.exe", ADMIN)
-    entry = nt.map_code(vp, process, [routine])[routine]
-    buffer = nt.allocate(vp, process, 16 * 4096)
-    return nt.run_user(vp, process, entry, *args, buffer.base)
+    process = nt.create_process(vp.cpu, "admin.exe", ADMIN)
+    entry = nt.map_code(vp.cpu, process, [routine])[routine]
+    buffer = nt.allocate(vp.cpu, process, 16 * 4096)
+    return nt.run_user(vp.cpu, process, entry, *args, buffer.base)
 
 
 def set_registry_value(system: System, key: str, value: int) -> int:

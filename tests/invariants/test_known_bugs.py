@@ -71,8 +71,8 @@ def test_nt_cannot_hand_the_sk_a_kdp_page() -> None:
     nt, vp = rig.nt, rig.vp
     try:
         with rig.monitor.step("protect a driver data page"):
-            section = kdp.load_data_section(nt, vp, "victim.data", 1, b"PROTECTED" * 10)
-            assert kdp.mm_protect_driver_section(nt, vp, section.va) == 0
+            section = kdp.load_data_section(nt, vp.cpu, "victim.data", 1, b"PROTECTED" * 10)
+            assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == 0
         victim = section.pfns[0]
 
         def hostile(nt_: object, vp_: object, args: list[int]) -> list[int]:

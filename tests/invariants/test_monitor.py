@@ -30,27 +30,27 @@ def _benign(rig: Rig) -> None:
     nt, vp, mon = rig.nt, rig.vp, rig.monitor
     with mon.step("null"):
         assert nt.vsl is not None
-        assert nt.vsl.call(vp, Service.NULL)[0] == NtStatus.SUCCESS
+        assert nt.vsl.call(vp.cpu, Service.NULL)[0] == NtStatus.SUCCESS
     with mon.step("create secure allocation"):
-        status, handle = kdp.create_secure_allocation(nt, vp, 6000)
+        status, handle = kdp.create_secure_allocation(nt, vp.cpu, 6000)
     assert status == NtStatus.SUCCESS
     with mon.step("fill secure allocation"):
-        assert kdp.fill_secure_allocation(nt, vp, handle, 8, b"data" * 1000) == NtStatus.SUCCESS
+        assert kdp.fill_secure_allocation(nt, vp.cpu, handle, 8, b"data" * 1000) == NtStatus.SUCCESS
     if rig.system.policy.kdp:
         with mon.step("protect a driver section"):
-            section = kdp.load_data_section(nt, vp, "test.data", 2, b"x" * 64)
-            assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+            section = kdp.load_data_section(nt, vp.cpu, "test.data", 2, b"x" * 64)
+            assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
         with mon.step("secure pool"):
-            status, pool = kdp.ex_create_secure_pool(nt, vp, 1)
+            status, pool = kdp.ex_create_secure_pool(nt, vp.cpu, 1)
             assert pool is not None
-            status, va = kdp.ex_allocate_pool3_secure(nt, vp, pool, 0x4C4F4F50, b"abc", 7)
+            status, va = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, 0x4C4F4F50, b"abc", 7)
             assert status == NtStatus.SUCCESS
-            kdp.ex_secure_pool_update(nt, vp, pool, 0x4C4F4F50, va, 7, 1, b"z")
+            kdp.ex_secure_pool_update(nt, vp.cpu, pool, 0x4C4F4F50, va, 7, 1, b"z")
     with mon.step("load a driver"):
-        assert drivers.load_driver(nt, vp, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
+        assert drivers.load_driver(nt, vp.cpu, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
     lsaiso = nt.processes[nt.ext["boot_trustlets"]["LsaIso.exe"]]
     with mon.step("LsaIso gets a message"):
-        secure_process.run_trustlet(nt, vp, lsaiso, b"\x02\x00\x00\x00garbage")
+        secure_process.run_trustlet(nt, vp.cpu, lsaiso, b"\x02\x00\x00\x00garbage")
     from vbsim.invariants.attacker import trustlet_image
 
     with mon.step("start vmsp"):
@@ -59,7 +59,7 @@ def _benign(rig: Rig) -> None:
         )
     assert vmsp is not None
     with mon.step("vmsp seals"):
-        run = secure_process.run_trustlet(nt, vp, vmsp, b"\x01\x00\x00\x00\x03\x00\x00\x00data")
+        run = secure_process.run_trustlet(nt, vp.cpu, vmsp, b"\x01\x00\x00\x00\x03\x00\x00\x00data")
     assert run.status == NtStatus.SUCCESS
     mon.sweep()
 

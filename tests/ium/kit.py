@@ -254,7 +254,7 @@ class User:
 
 def spawn(machine: Machine, name: str = "debugger.exe", token: Token = ADMIN_DEBUG) -> User:
     nt, vp = machine.nt, machine.vp
-    process = nt.create_process(vp, name, token)
-    entries = nt.map_code(vp, process, VTL0_ROUTINES)
-    scratch = nt.allocate(vp, process, 4 * PAGE_SIZE)
+    process = nt.create_process(vp.cpu, name, token)
+    entries = nt.map_code(vp.cpu, process, VTL0_ROUTINES)
+    scratch = nt.allocate(vp.cpu, process, 4 * PAGE_SIZE)
     return User(machine, process, entries, scratch)

@@ -53,7 +53,7 @@ def test_section_is_shared_both_ways() -> None:
     vp = system.machine.bsp  # type: ignore[attr-defined]
     run = run_trustlet(nt, vp, process, b"\x01")  # type: ignore[arg-type]
     index = int.from_bytes(run.reply, "little")
-    status, outputs = nt.vsl.call(vp, Service.CREATE_SECURE_SECTION, process.secure_pid, index)  # type: ignore[attr-defined]
+    status, outputs = nt.vsl.call(vp.cpu, Service.CREATE_SECURE_SECTION, process.secure_pid, index)  # type: ignore[attr-defined]
     assert status == NtStatus.SUCCESS and outputs[0] == 1
     va = DIRECT_MAP + (outputs[1] << PAGE_SHIFT)
     assert vp.read(va, 9) == b"from VTL1"  # VTL0 ring 0 reads it: shared by design
@@ -67,5 +67,5 @@ def test_section_needs_the_capability_and_private_memory_stays_private() -> None
     vp = system.machine.bsp  # type: ignore[attr-defined]
     run = run_trustlet(nt, vp, process, b"\x01")  # type: ignore[arg-type]
     assert int.from_bytes(run.reply, "little") == NtStatus.ACCESS_DENIED
-    status, _ = nt.vsl.call(vp, Service.CREATE_SECURE_SECTION, process.secure_pid, 0)  # type: ignore[attr-defined]
+    status, _ = nt.vsl.call(vp.cpu, Service.CREATE_SECURE_SECTION, process.secure_pid, 0)  # type: ignore[attr-defined]
     assert status == NtStatus.INVALID_PARAMETER  # no section published: nothing to name

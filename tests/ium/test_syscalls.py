@@ -303,7 +303,7 @@ def test_random_syscalls_and_arguments_never_raise(
 # -- a trustlet reading VTL0 kernel memory ---------------------------------------------------------
 def _kernel_va(machine: Machine, which: str) -> int:
     nt = machine.nt
-    return DIRECT_MAP + nt.space.pt.root if which == "direct-map" else nt.syscall_entry
+    return DIRECT_MAP + nt.space.root if which == "direct-map" else nt.syscall_entry
 
 
 @pytest.mark.parametrize("which", ["direct-map", "code"])

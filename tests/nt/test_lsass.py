@@ -154,7 +154,7 @@ def test_lsaiso_not_running_means_credentials_in_vtl0(monkeypatch: pytest.Monkey
     system = boot(preset("vbs"))
     assert system.booted and system.vbs_running and system.nt is not None
     assert system.machine is not None
-    assert not lsass.credential_guard_active(system.nt, system.machine.bsp)
+    assert not lsass.credential_guard_active(system.nt, system.machine.bsp.cpu)
     assert system.trace.find("boot", "credential-guard")[-1].outcome == "not-running"
     assert system.trace.find("nt", "lsass")[-1].outcome == "credentials-in-vtl0"
 
@@ -180,11 +180,11 @@ def test_lsass_starts_at_the_end_of_phase1(make_system: Callable[..., System]) -
 
 
 def test_credential_region_before_lsass_runs() -> None:
+    from vbsim.boot.chain import load_nt
     from vbsim.machine import Machine
-    from vbsim.nt.kernel import NtKernel
 
     machine = Machine(ram_size=32 << 20, vps=1, hypervisor=False)
-    nt = NtKernel(machine, preset("vbs-off").build, False)
+    nt, _ = load_nt(machine, preset("vbs-off").build, False)
     with pytest.raises(LookupError):
         lsass.credential_region(nt)
     machine.close()
@@ -219,7 +219,7 @@ def test_credential_guard_follows_policy_and_vbs(
     system = make_system(name)
     assert system.nt is not None
     assert system.machine is not None
-    assert lsass.credential_guard_active(system.nt, system.machine.bsp) is isolated
+    assert lsass.credential_guard_active(system.nt, system.machine.bsp.cpu) is isolated
     assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
 
 

@@ -38,7 +38,7 @@ def test_syscall_enters_lstar_at_cpl0_and_returns_at_cpl3(system: System) -> Non
     assert events[0].detail["lstar"] == lstar
     assert events[1].detail["service"] == "NtTestAlert"
     # Back in the kernel after the thread ran: CPL0, kernel CR3.
-    assert vp.cpl == 0 and vp.p.cr3 == user.nt.space.pt.root
+    assert vp.cpl == 0 and vp.p.cr3 == user.nt.space.root
 
 
 @pytest.mark.parametrize("number", [0x0, 0x2, 0x1FF, 0x7777, 0xFFFF_FFFF, 1 << 63])

@@ -7,7 +7,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.image import ImageKind, build_image
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ HELLO = "hello.exe"
 
 
 @guest_code("app.hello.main")
-def _hello(vp: VirtualProcessor) -> int:
+def _hello(vp: Cpu) -> int:
     """A user program: one system call, then it returns its status."""
     from vbsim.nt.syscalls import syscall
 

@@ -47,10 +47,9 @@ from typing import TYPE_CHECKING, Any
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.ram import OutOfFrames
 from vbsim.hw.slat import KX, UX, R, W
-from vbsim.hw.vp import VirtualProcessor as VirtualProcessorType
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
@@ -72,12 +71,12 @@ from vbsim.nt.layouts import (
     read_field,
     write_field,
 )
+from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus, ok
 from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
 
 #: Where NT maps driver images: above the loader's boot-image range, same PML4 slot.
@@ -173,7 +172,7 @@ class DriverLoader:
 
 # -- the drivers' code ----------------------------------------------------------------------------
 def _entry_routine(routine: str) -> Callable[..., int]:
-    def driver_entry(vp: VirtualProcessor, driver_object: int) -> int:
+    def driver_entry(vp: Cpu, driver_object: int) -> int:
         RUNS[routine] += 1
         vp.write_u64(driver_object + DO_ENTRY_MARK, ENTRY_MARK)
         return int(NtStatus.SUCCESS)
@@ -182,7 +181,7 @@ def _entry_routine(routine: str) -> Callable[..., int]:
 
 
 def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
         RUNS[routine] += 1
         return int(NtStatus.SUCCESS), bytes(buffer)
 
@@ -190,7 +189,7 @@ def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
 
 
 def _vulnerable_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
         """The bug: no check of ``address`` at all.  The access runs at CPL0 in VTL0."""
         RUNS[routine] += 1
         address = int.from_bytes(buffer[0:8], "little")
@@ -241,14 +240,14 @@ def register_nt(nt: NtKernel) -> None:
     head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
     nt.loader_write_u64(head, head)
     nt.loader_write_u64(head + 8, head)
-    nt.ci_validate_image_header = nt.space.install(CI_VALIDATE_IMAGE_HEADER)
+    nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
     nt.ext[STORE] = default_store()
     nt.ext[LOADER] = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
 
 
-def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
+def initialize_ci(nt: NtKernel, vp: Cpu) -> int:
     """CiInitialize (NT phase 1): ci.dll's ``CiPolicy`` section holds ``g_CiOptions`` (DSE
     enforcing); CI fills ``nt!SeCiCallbacks``; then it asks KDP to make CiPolicy read-only
     (MmProtectDriverSection), which holds wherever KDP runs (on 20H1+ "whenever VBS runs":
@@ -268,7 +267,7 @@ def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
     return kdp.mm_protect_driver_section(nt, vp, section.va)
 
 
-def load_boot_drivers(nt: NtKernel, vp: VirtualProcessor) -> None:
+def load_boot_drivers(nt: NtKernel, vp: Cpu) -> None:
     """The boot-start drivers: the EDR (it must see every process NT creates after it)."""
     from vbsim.nt.notify import EDR_DRIVER
 
@@ -290,28 +289,28 @@ def _store(nt: NtKernel) -> dict[str, bytes]:
     return store
 
 
-def hvci_enabled(nt: NtKernel, vp: VirtualProcessor) -> bool:
+def hvci_enabled(nt: NtKernel, vp: Cpu) -> bool:
     """HVCI is configured (the DeviceGuard HVCI value in the hive in RAM) and VBS actually runs
     (there is a Secure Kernel)."""
     from vbsim.nt import registry
 
     if nt.vsl is None:
         return False
-    cpu = vp.cpu if isinstance(vp, VirtualProcessorType) else vp
+    cpu = vp
     return bool(registry.query(nt, cpu, registry.HVCI_KEY))
 
 
-def _event(vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
-    if vp.trace.on:
+def _event(vp: Cpu, mechanism: str, outcome: str, **detail: Any) -> None:
+    if vp.tracing:
         vp.emit("driver", mechanism, outcome, **detail)
 
 
-def _kernel_tables(nt: NtKernel, vp: VirtualProcessor) -> PageTables:
+def _kernel_tables(nt: NtKernel, vp: Cpu) -> PageTables:
     """NT's kernel page tables as the running kernel edits them: through its VP."""
-    return PageTables(nt.phys(vp), nt.space.pt.root)
+    return PageTables(nt.phys(vp), nt.space.root)
 
 
-def _string(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | None:
+def _string(nt: NtKernel, vp: Cpu, ptr: int, length: int) -> str | None:
     if not 0 < length <= 256:
         return None
     raw = nt.copy_from_user(vp, ptr, length)
@@ -334,7 +333,7 @@ def se_ci_callbacks_va(nt: NtKernel) -> int:
     return nt.variable(SE_CI_CALLBACKS_NAME).va
 
 
-def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: bytes) -> int:
+def code_integrity_check(nt: NtKernel, vp: Cpu, name: str, image: bytes) -> int:
     """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
     ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
     routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
@@ -343,7 +342,7 @@ def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: b
 
 
 @guest_code(CI_VALIDATE_IMAGE_HEADER)
-def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> int:
+def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
     """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
     Authenticode signature must chain to the model root with the driver requirement."""
     from vbsim.nt.kernel import NtKernel
@@ -375,7 +374,7 @@ def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> i
 
 # -- mapping --------------------------------------------------------------------------------------
 def map_image(
-    nt: NtKernel, vp: VirtualProcessor, name: str, parsed: ParsedImage, layout: ImageLayout
+    nt: NtKernel, vp: Cpu, name: str, parsed: ParsedImage, layout: ImageLayout
 ) -> LoadedDriver:
     """MiMapSystemImage: fresh frames, contents written through the direct map, PTEs for code
     (read-only, executable) and data (RW/NX), a DRIVER_OBJECT.  No validation of any kind: the
@@ -386,7 +385,7 @@ def map_image(
     tables = _kernel_tables(nt, vp)
     pfns: list[int] = []
     for index, content in enumerate(layout.pages):
-        pfn = nt.machine.ram.frames.alloc(f"driver:{name}")
+        pfn = nt.alloc_page(vp)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), content)
         executable = index in layout.code
         flags = int(Pte.G) if executable else int(Pte.RW | Pte.NX | Pte.G)
@@ -413,25 +412,25 @@ def map_image(
     return driver
 
 
-def unmap_image(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+def unmap_image(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
     tables = _kernel_tables(nt, vp)
     for index, pfn in enumerate(driver.pfns):
         va = driver.base + index * PAGE_SIZE
         tables.unmap(va)
         vp.invlpg(va)
-        nt.machine.ram.frames.free(pfn)
-    nt.machine.ram.frames.free((driver.object_va - DIRECT_MAP) >> PAGE_SHIFT)
+        nt.free_page(vp, pfn)
+    nt.free_kernel_page(vp, driver.object_va)
     _event(vp, "mm.map-image", "unmapped", driver=driver.name, base=driver.base)
 
 
-def _pfn_list_page(nt: NtKernel, vp: VirtualProcessor, pfns: list[int]) -> int:
+def _pfn_list_page(nt: NtKernel, vp: Cpu, pfns: list[int]) -> int:
     """A kernel page holding ``pfns`` as u64s (an MDL's PFN array); returns its PFN."""
     va, gpa = nt.alloc_kernel_page(vp)
     vp.write(va, b"".join(pfn.to_bytes(8, "little") for pfn in pfns[: PAGE_SIZE // 8]))
     return gpa >> PAGE_SHIFT
 
 
-def _create_secure_image(nt: NtKernel, vp: VirtualProcessor, image: bytes) -> tuple[int, int]:
+def _create_secure_image(nt: NtKernel, vp: Cpu, image: bytes) -> tuple[int, int]:
     """VslpCreateSecureImage: the file's bytes in kernel pages, described by a PFN list."""
     assert nt.vsl is not None
     file_pfns: list[int] = []
@@ -443,19 +442,19 @@ def _create_secure_image(nt: NtKernel, vp: VirtualProcessor, image: bytes) -> tu
     status, outputs = nt.vsl.call(
         vp, Service.CREATE_SECURE_IMAGE, len(image), list_pfn, len(file_pfns)
     )
-    for pfn in [*file_pfns, list_pfn]:
-        nt.machine.ram.frames.free(pfn)
+    for frame in [*file_pfns, list_pfn]:
+        nt.free_page(vp, frame)
     return status, outputs[0] if outputs else 0
 
 
-def _validate_mapped(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver, handle: int) -> int:
+def _validate_mapped(nt: NtKernel, vp: Cpu, driver: LoadedDriver, handle: int) -> int:
     """FINISH_SECURE_IMAGE_VALIDATION with the mapped pages, then LOAD_DRIVER."""
     assert nt.vsl is not None
     list_pfn = _pfn_list_page(nt, vp, driver.pfns)
     status, _ = nt.vsl.call(
         vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
     )
-    nt.machine.ram.frames.free(list_pfn)
+    nt.free_page(vp, list_pfn)
     if ok(status):
         status, _ = nt.vsl.call(vp, Service.LOAD_DRIVER, handle)
     if not ok(status):
@@ -468,7 +467,7 @@ def module_list_head(nt: NtKernel) -> int:
     return nt.variable(MODULE_LIST, LIST_ENTRY.SIZE).va
 
 
-def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
     """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
     head = module_list_head(nt)
     wanted = name.lower().encode("utf-16-le")
@@ -484,7 +483,7 @@ def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     return 0
 
 
-def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
     """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY at the tail of the list."""
     from vbsim.nt.process import insert_tail
 
@@ -505,7 +504,7 @@ def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> 
     insert_tail(vp, head, entry)
 
 
-def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
+def _remove_module(nt: NtKernel, vp: Cpu, name: str) -> None:
     from vbsim.nt.process import remove_entry
 
     entry = find_module(nt, vp, name)
@@ -513,7 +512,7 @@ def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
         remove_entry(vp, entry)
 
 
-def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     """IopLoadDriver / MmLoadSystemImage for a driver of the store; returns an NTSTATUS."""
     if find_module(nt, vp, name):  # already on PsLoadedModuleList (in RAM)
         return STATUS_IMAGE_ALREADY_LOADED
@@ -551,14 +550,14 @@ def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
                 unmap_image(nt, vp, driver)
                 return status
             driver.secure_handle = handle
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY)
     nt.drivers[name] = driver
     _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
 
 
-def start_driver(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> int:
+def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
     """Call ``DriverEntry(DriverObject)`` at CPL0: an instruction fetch like any other."""
     result = vp.call(driver.entry, driver.object_va)
     status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
@@ -569,7 +568,7 @@ def start_driver(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> in
     return status
 
 
-def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def unload_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     driver = nt.drivers.pop(name, None)
     if not isinstance(driver, LoadedDriver):
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
@@ -585,7 +584,7 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
 
 
 # -- system services ------------------------------------------------------------------------------
-def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_load_driver(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """NtLoadDriver(PCSTR name, ULONG length) — the model's reduced form of the registry path."""
     from vbsim.nt.layouts import Privilege
 
@@ -598,7 +597,7 @@ def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     return load_driver(nt, vp, name)
 
 
-def nt_device_io_control_file(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """NtDeviceIoControlFile(PCSTR device, ULONG length, ULONG code, PVOID buffer[16]) — reduced;
     METHOD_BUFFERED: NT copies the buffer in, calls the driver at CPL0, copies it back.  Device
     objects carry no ACL in the model (RTCore64-style devices were open to their callers)."""
@@ -623,9 +622,7 @@ def nt_device_io_control_file(nt: NtKernel, vp: VirtualProcessor, args: list[int
 
 
 # -- executable pool ------------------------------------------------------------------------------
-def nt_allocate_executable(
-    nt: NtKernel, vp: VirtualProcessor, size: int, writable: bool
-) -> tuple[int, int]:
+def nt_allocate_executable(nt: NtKernel, vp: Cpu, size: int, writable: bool) -> tuple[int, int]:
     """ExAllocatePool(NonPagedPoolExecute): (NTSTATUS, VA).  Without HVCI NT maps the pages
     executable (and writable if asked: RWX) on its own authority.  With HVCI it must ask the SK
     to make each page kernel-executable, and the SK refuses W+KX (``hvci.w^x``)."""
@@ -640,11 +637,10 @@ def nt_allocate_executable(
     pfns: list[int] = []
     try:
         for index in range(pages):
-            pfn = nt.machine.ram.frames.alloc("nt.pool-execute")
-            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            pfn = nt.alloc_page(vp)
             tables.map(base + index * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
             pfns.append(pfn)
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY), 0
     if hvci_enabled(nt, vp):
         assert nt.vsl is not None
@@ -663,7 +659,7 @@ def nt_allocate_executable(
                 for index, frame in enumerate(pfns):
                     tables.unmap(base + index * PAGE_SIZE)
                     vp.invlpg(base + index * PAGE_SIZE)
-                    nt.machine.ram.frames.free(frame)
+                    nt.free_page(vp, frame)
                 return status, 0
     loader.pool[base] = pfns
     _event(

@@ -30,8 +30,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.nt import pfn as mm
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.services.dump import (
     LIST_MAX,
@@ -72,7 +73,7 @@ def files(nt: NtKernel) -> dict[str, bytes]:
     return stored
 
 
-def _secure_list(nt: NtKernel, vp: VirtualProcessor, service: Service) -> tuple[set[int], int]:
+def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int]:
     """Ask the SK which VTL1 pages exist (NT may not touch them); (pages, dump session)."""
     assert nt.vsl is not None
     va, gpa = nt.alloc_kernel_page(vp)
@@ -90,14 +91,19 @@ def _secure_list(nt: NtKernel, vp: VirtualProcessor, service: Service) -> tuple[
             if written == 0 or first >= total:
                 break
     finally:
-        nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
+        nt.free_page(vp, gpa >> PAGE_SHIFT)
     return pages, session
 
 
-def write_dump(nt: NtKernel, vp: VirtualProcessor, kind: int) -> bytes:
+def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
     """Build a dump of ``kind`` from what NT can read (kernel code at VTL0 CPL0)."""
-    ram = nt.machine.ram
-    candidates = list(range(1, ram.pages)) if kind == COMPLETE else sorted(ram.frames.owners)
+    # A complete dump is every page of RAM; a kernel dump the pages NT's PFN database says are
+    # in use (its own and those that are not NT's to hand out), in PFN order.
+    candidates = (
+        list(range(1, mm.limit(vp, nt.free_list_head)))
+        if kind == COMPLETE
+        else mm.pages_in_use(vp, nt.pfn_database, nt.free_list_head)
+    )
     secure: set[int] = set()
     session = 0
     if nt.vsl is not None:
@@ -106,22 +112,22 @@ def write_dump(nt: NtKernel, vp: VirtualProcessor, kind: int) -> bytes:
     work_pfn = work_gpa >> PAGE_SHIFT
     records: list[bytes] = []
     try:
-        for pfn in candidates:
-            if pfn == work_pfn:
+        for frame in candidates:
+            if frame == work_pfn:
                 continue
-            if pfn in secure:
+            if frame in secure:
                 assert nt.vsl is not None
-                status, out = nt.vsl.call(vp, _SERVICE[kind], REQUEST_PAGE, pfn, work_pfn)
+                status, out = nt.vsl.call(vp, _SERVICE[kind], REQUEST_PAGE, frame, work_pfn)
                 if status != NtStatus.SUCCESS:
                     continue
                 flags = ENCRYPTED if out and out[0] == PAGE_ENCRYPTED else WITHHELD
                 data = vp.read(work_va, PAGE_SIZE)
             else:
-                flags, data = PLAIN, vp.read(DIRECT_MAP + (pfn << PAGE_SHIFT), PAGE_SIZE)
-            records.append(RECORD.pack(pfn, flags, 0) + data)
+                flags, data = PLAIN, vp.read(DIRECT_MAP + (frame << PAGE_SHIFT), PAGE_SIZE)
+            records.append(RECORD.pack(frame, flags, 0) + data)
     finally:
-        ram.frames.free(work_pfn)
-    if vp.trace.on:
+        nt.free_page(vp, work_pfn)
+    if vp.tracing:
         vp.emit(
             "nt",
             "dump",
@@ -152,12 +158,12 @@ def parse(data: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def _store(nt: NtKernel, vp: VirtualProcessor, path: str, kind: int) -> int:
+def _store(nt: NtKernel, vp: Cpu, path: str, kind: int) -> int:
     files(nt)[path] = write_dump(nt, vp, kind)
     return int(NtStatus.SUCCESS)
 
 
-def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_system_debug_control(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(command, ...): only SysDbgGetLiveKernelDump; SeDebugPrivilege required."""
     from vbsim.nt.layouts import Privilege
     from vbsim.nt.syscalls import caller_holds, caller_is_admin
@@ -169,7 +175,7 @@ def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int])
     return _store(nt, vp, LIVE_DUMP_PATH, ACTIVE)
 
 
-def nt_initiate_power_action(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_initiate_power_action(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(action, ...): only PowerActionHibernate; an administrator is required."""
     from vbsim.nt.syscalls import caller_is_admin
 
@@ -193,7 +199,7 @@ def registered(nt: NtKernel) -> bool:
     return all(nt.syscall_names.get(number) == name for name, number in NUMBERS.items())
 
 
-def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+def syscall(vp: Cpu, name: str, *args: int) -> int:
     """User-mode stub for the two services (ntdll)."""
     vp.rax = NUMBERS[name]
     vp.r10, vp.rdx, vp.r8, vp.r9 = [*args, 0, 0, 0, 0][:4]

@@ -394,3 +394,43 @@ class KLDR_DATA_TABLE_ENTRY:
     #: [model] The name's UTF-16 characters follow the entry in the same pool block.
     NAME_AT: Final = 0x100
     SIZE: Final = 0xA0
+
+
+# -- physical memory: the PFN database ------------------------------------------------------------
+class MMLISTS(IntEnum):
+    """_MMLISTS, the page lists a PFN entry's PageLocation names (Windows Internals 7th ed.
+    part 1 ch. 5 "Page frame number database"; Vergilius 19041 _MMLISTS).  The model uses three:
+    a never-used page is on the zeroed list, a page NT freed is on the free list (zeroed again
+    when handed out), a page NT owns is active; pages that are not NT's to hand out (the loader's
+    and firmware's, the Secure Kernel's pool, the host reserve) are on the bad page list, which
+    is what Windows does with a page it must never use."""
+
+    ZeroedPageList = 0
+    FreePageList = 1
+    BadPageList = 5
+    ActiveAndValid = 6
+
+
+class MMPFN:
+    """[model] One 8-byte entry per physical page of RAM in ``MmPfnDatabase`` (a real _MMPFN is
+    0x30 bytes [Vergilius 19041]; the model keeps the two members the allocator decides from):
+    ``u1.Flink`` (the next page's PFN on the free list, 0 ends it: PFN 0 is never handed out) in
+    bits 0-47, and ``u3.e1.PageLocation`` (:class:`MMLISTS`) in bits 56-63."""
+
+    SIZE: Final = 8
+    FLINK_MASK: Final = (1 << 48) - 1
+    LOCATION_SHIFT: Final = 56
+
+
+class MMPFNLIST:
+    """_MMPFNLIST [Vergilius 19041] for ``nt!MmFreePageListHead``: Total (the page count) at 0,
+    Flink at 0x10 (the first PFN).  [model] Then, at 0x20, the next never-used PFN (pages from it
+    to MmHighestPhysicalPage are zeroed and free without being linked: MiInitializePfnDatabase
+    links every free page at boot, the model links a page only once it was used) and at 0x28 the
+    limit (MmHighestPhysicalPage + 1)."""
+
+    Total: Final = Field("Total", 0x00, 8)
+    Flink: Final = Field("Flink", 0x10, 8)
+    NextFresh: Final = Field("NextFresh", 0x20, 8, "model")
+    Limit: Final = Field("Limit", 0x28, 8, "model")
+    SIZE: Final = 0x30

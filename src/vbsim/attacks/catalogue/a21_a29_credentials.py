@@ -176,11 +176,11 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     entry = ctx.notes.get("lsass_entry") or _lsass_entry(ctx, process)
     if entry is None:
         return
-    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp) else 0
+    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp.cpu) else 0
     vp = ctx.vp
     vp.actor = "lsass"
-    message = lsass.deliver_logon(nt, vp, process, logon)
-    run = nt.run_user(vp, process, entry, process.regions[0].base, message, port)
+    message = lsass.deliver_logon(nt, vp.cpu, process, logon)
+    run = nt.run_user(vp.cpu, process, entry, process.regions[0].base, message, port)
     vp.actor = "nt"
     if run.terminated is not None:
         ctx.stops.append(run.terminated)

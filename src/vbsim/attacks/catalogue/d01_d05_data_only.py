@@ -115,7 +115,7 @@ def _load_sample(vp: VirtualProcessor, buffer: int) -> int:
     """CPL3: NtLoadDriver needs SeLoadDriverPrivilege (a standard user lacks it)."""
     raw = drivers.SAMPLE_DRIVER.encode()
     vp.write(buffer + NAME_AT, raw)
-    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+    return syscall(vp.cpu, "NtLoadDriver", buffer + NAME_AT, len(raw))
 
 
 def d1_steps(ctx: AttackContext) -> None:
@@ -168,7 +168,7 @@ def _strip_ppl(vp: VirtualProcessor, head: int, pid: int) -> int:
 
 
 def _read_other(vp: VirtualProcessor, pid: int, address: int, length: int, buffer: int) -> int:
-    return syscall(vp, "NtReadVirtualMemory", pid, address, buffer + DATA_AT, length)
+    return syscall(vp.cpu, "NtReadVirtualMemory", pid, address, buffer + DATA_AT, length)
 
 
 def _user_bytes(ctx: AttackContext, process: Process, va: int, length: int) -> bytes:
@@ -247,7 +247,7 @@ def edr_log(ctx: AttackContext) -> list[int]:
     if machine is None or not isinstance(driver, drivers.LoadedDriver):
         return []
     _, data_rva = notify.edr_rvas()
-    leaf = host_lookup(ctx, nt.space.pt.root, driver.base + data_rva)
+    leaf = host_lookup(ctx, nt.space.root, driver.base + data_rva)
     if leaf is None:
         return []
     page = machine.ram.read(leaf & PTE_ADDR_MASK, PAGE_SIZE)
@@ -376,7 +376,7 @@ UNSIGNED = "d5_rootkit.sys"
 
 
 def _d5_entry(vp: VirtualProcessor, driver_object: int) -> int:
-    record_run(vp, "d5")
+    record_run(vp.cpu, "d5")
     return int(NtStatus.SUCCESS)
 
 
@@ -396,7 +396,7 @@ def _patch_ci(vp: VirtualProcessor, ci_options: int) -> int:
 def _load_unsigned(vp: VirtualProcessor, buffer: int) -> int:
     raw = UNSIGNED.encode()
     vp.write(buffer + NAME_AT, raw)
-    return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
+    return syscall(vp.cpu, "NtLoadDriver", buffer + NAME_AT, len(raw))
 
 
 def d5_steps(ctx: AttackContext) -> None:

@@ -55,9 +55,9 @@ def _forge(vp: VirtualProcessor, root: int, table_gpa: int, own_pfn: int, spare:
     tables.map(WINDOW_VA, page_gpa, int(Pte.RW | Pte.NX))
     vp.invlpg(WINDOW_VA)
     vp.write(WINDOW_VA + (entry_gpa & 0xFFF), bytes([FORGED_STATE]))
-    nt = nt_of(vp)
+    nt = nt_of(vp.cpu)
     assert nt.vsl is not None
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
+    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
     return status
 
 
@@ -69,7 +69,7 @@ def d6_steps(ctx: AttackContext) -> None:
     table_gpa = int(sk.hvci.states_gpa)
     ctx.notes.update(table_gpa=table_gpa, own_pfn=own_pfn, before=_byte(ctx, table_gpa + own_pfn))
     spare = [ctx.kernel_page()[1] >> PAGE_SHIFT for _ in range(3)]  # window table frames
-    status = ctx.kernel(_forge, nt.space.pt.root, table_gpa, own_pfn, spare)
+    status = ctx.kernel(_forge, nt.space.root, table_gpa, own_pfn, spare)
     if isinstance(status, int):
         ctx.notes["next_decision"] = NtStatus.name_of(status)
 
