@@ -10,13 +10,13 @@ part, copying the values the boot path reads from the running kernel to the disk
 from __future__ import annotations
 
 from vbsim.boot.chain import System
+from vbsim.boot.chain import system_values as hive
 from vbsim.boot.disk import VBS_REGISTRY_KEY, Disk
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt import lsass
 from vbsim.nt.kernel import UserRun
 from vbsim.nt.process import Token
-from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 

@@ -57,7 +57,9 @@ def test_without_hvci_the_secure_kernel_does_not_enforce_anything() -> None:
     assert sk.host_config(env.system.machine.ram, Config.HVCI) == 0
     assert hvci_view(env.system.machine.ram, sk).hashes == {}
     assert env.nt.vsl is not None
-    status, _ = env.nt.vsl.call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, R | KX | UX)
+    status, _ = env.nt.vsl.call(
+        env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, R | KX | UX
+    )
     assert status == NtStatus.NOT_SUPPORTED
     assert env.events("hvci", "hvci.off")
     # The default protection (RWX) is still everywhere in VTL0.

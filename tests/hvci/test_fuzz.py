@@ -165,7 +165,7 @@ def test_random_hvci_secure_calls_never_escape_and_never_make_w_plus_kx(
         for (service, raw), cookie in blocks:
             fields = [rig.symbols[v] if isinstance(v, str) else v for v in raw]
             args = SecureCallArgs(callargs.OP_INVOKE_SERVICE, table.number[service], cookie, fields)
-            reply = env.nt.vsl.call_raw(env.vp, args)
+            reply = env.nt.vsl.call_raw(env.vp.cpu, args)
             assert env.vp.vtl == 0 and env.vp.cpl == 0
             if service is Service.CREATE_SECURE_IMAGE and reply.fields[0] == 0:
                 rig.symbols["handle"] = reply.fields[1]

@@ -106,7 +106,7 @@ def test_1_a_canary_copied_into_vtl0_memory() -> None:
     rig = attached("vbs")
     try:
         canary = next(s for s in rig.monitor.secrets.items if s.canary)
-        va, _ = rig.nt.alloc_kernel_page(rig.vp)
+        va, _ = rig.nt.alloc_kernel_page(rig.vp.cpu)
         with pytest.raises(InvariantViolation) as caught, rig.monitor.step("leak"):
             rig.vp.write(va + 100, canary.data * 2)
         assert caught.value.violation.invariant == 1
@@ -173,7 +173,7 @@ def test_2_vtl0_cannot_change_its_own_slat() -> None:
     rig = attached("vbs")
     try:
         params = hvcall.ParamPages(
-            *rig.nt.alloc_kernel_page(rig.vp), *rig.nt.alloc_kernel_page(rig.vp)
+            *rig.nt.alloc_kernel_page(rig.vp.cpu), *rig.nt.alloc_kernel_page(rig.vp.cpu)
         )
         with rig.monitor.step("VTL0 ModifyVtlProtectionMask"):
             result = hvcall.modify_vtl_protection_mask(
@@ -188,7 +188,7 @@ def test_2_vtl0_cannot_change_its_own_slat() -> None:
 def test_3_vtl1_granting_w_and_kx_under_hvci() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
-        _, gpa = rig.nt.alloc_kernel_page(rig.vp)
+        _, gpa = rig.nt.alloc_kernel_page(rig.vp.cpu)
         vp = rig.vp
         with rig.monitor.step("VTL1 grants W+KX"):
             vp.switch_vtl(1)  # the test stands in for VTL1 software (a debugger's view)
@@ -204,7 +204,7 @@ def test_3_vtl1_granting_w_and_kx_under_hvci() -> None:
 def test_3_kx_on_a_page_hvci_never_validated() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
-        _, gpa = rig.nt.alloc_kernel_page(rig.vp)
+        _, gpa = rig.nt.alloc_kernel_page(rig.vp.cpu)
         with rig.monitor.step("KX without validation"):
             rig.machine.slat.set(1, gpa >> 12, R | KX | UX)  # type: ignore[union-attr]
         assert "not VALIDATED" in _caught(rig, 3)
@@ -292,7 +292,7 @@ def test_6_a_refused_secure_call_that_changed_sk_memory() -> None:
         rig.machine.ram.write_u64(rig.sk.dispatch_gpa + number * Dispatch.ENTRY, routine)
         with rig.monitor.step("refused but wrote"):
             assert rig.nt.vsl is not None
-            rig.nt.vsl.call(rig.vp, Service.NULL)
+            rig.nt.vsl.call(rig.vp.cpu, Service.NULL)
         assert "refused" in _caught(rig, 6)
     finally:
         rig.close()
@@ -302,8 +302,8 @@ def test_8_a_kdp_page_changed() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
         with rig.monitor.step("protect"):
-            section = kdp.load_data_section(rig.nt, rig.vp, "test.data", 1, b"config" * 8)
-            assert kdp.mm_protect_driver_section(rig.nt, rig.vp, section.va) == NtStatus.SUCCESS
+            section = kdp.load_data_section(rig.nt, rig.vp.cpu, "test.data", 1, b"config" * 8)
+            assert kdp.mm_protect_driver_section(rig.nt, rig.vp.cpu, section.va) == NtStatus.SUCCESS
         assert rig.monitor.violations == []
         with rig.monitor.step("a debugger writes the protected page"):
             rig.machine.ram.write(section.pfns[0] << PAGE_SHIFT, b"tampered")

@@ -242,11 +242,11 @@ def test_mailbox_contents_live_in_an_sk_frame_and_the_key_in_the_skprocess_page(
     assert machine.system.machine.slat.rights(0, pfn) == 0
     out = machine.system.nt_space.alloc_frame()
     handle = process.secure_pid
-    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    status, _ = nt.vsl.call(machine.vp.cpu, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
     assert status == NtStatus.SUCCESS and ram.read(out << PAGE_SHIFT, len(secret)) == secret
     # The SK checks the key stored in its object: change it there and the same call is refused.
     ram.write(base + L.SkProcess.MAILBOX_KEY.offset, (0x1234).to_bytes(8, "little"))
-    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    status, _ = nt.vsl.call(machine.vp.cpu, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
     assert status == NtStatus.ACCESS_DENIED
 
 

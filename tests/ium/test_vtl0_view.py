@@ -56,7 +56,7 @@ def admin(machine: Machine) -> kit.User:
 
 def secure_call(machine: Machine, service: Service, *fields: int) -> tuple[int, list[int]]:
     assert machine.nt.vsl is not None
-    return machine.nt.vsl.call(machine.vp, service, *fields)
+    return machine.nt.vsl.call(machine.vp.cpu, service, *fields)
 
 
 def image_gpa(process: Process, page: int = 0) -> int:
@@ -198,7 +198,7 @@ def test_write_process_memory_into_a_trustlet_image_fails_cleanly(fresh: Machine
 # -- debugging -----------------------------------------------------------------------------------
 def test_lsaiso_refuses_debugging(machine: Machine, lsa: Process) -> None:
     cookie = machine.nt.ext["secure_threads"][lsa.pid]
-    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp)
+    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     mark = machine.mark()
     assert secure_call(machine, Service.DEBUG_PROCESS, lsa.secure_pid)[0] == NtStatus.ACCESS_DENIED
     assert secure_call(machine, Service.GET_CONTEXT, cookie)[0] == NtStatus.ACCESS_DENIED
@@ -227,7 +227,7 @@ def test_a_debug_policy_trustlet_allows_debugging(machine: Machine, debuggable: 
     assert machine.run(debuggable, kit.message(kit.OP_ECHO, b"in the message page")).status == 0
     assert secure_call(machine, Service.DEBUG_PROCESS, debuggable.secure_pid)[0] == 0
     assert secure_call(machine, Service.GET_CONTEXT, cookie)[0] == NtStatus.SUCCESS
-    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp)
+    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     status, _ = secure_call(
         machine,
         Service.DEBUG_READ_WRITE_MEMORY,
@@ -254,7 +254,7 @@ def vtpm(machine: Machine) -> Process:
 
 
 def retrieve(machine: Machine, process: Process, slot: int, key: int) -> tuple[int, bytes]:
-    va, gpa = machine.nt.alloc_kernel_page(machine.vp)
+    va, gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     status, outputs = secure_call(
         machine, Service.RETRIEVE_MAILBOX, process.secure_pid, slot, key, gpa >> PAGE_SHIFT
     )

@@ -55,7 +55,7 @@ def test_unknown_service_number_is_invalid_system_service(system: System, number
 def test_every_number_in_the_table_has_a_service(system: System) -> None:
     """The build's table names only services this NT implements; anything else is unknown."""
     user = spawn(system, "app.exe", USER)
-    assert all(user.nt.service_routine(user.vp, number) for number in NUMBERS.values())
+    assert all(user.nt.service_routine(user.vp.cpu, number) for number in NUMBERS.values())
     unknown = max(NUMBERS.values()) + 1
     assert user.returned("tests.nt.syscalls", [(unknown, [0, 0, 0, 0])]) == [
         NtStatus.INVALID_SYSTEM_SERVICE

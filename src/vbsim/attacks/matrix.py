@@ -201,16 +201,16 @@ class Prober:
         # VTL0 user: a standard-user process with a data page, a loot page and its code.
         self.process: Process = self.ctx.process(admin=False, name="prober.exe")
         data = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
-        ram.write(data.frames[0] << PAGE_SHIFT, MARKER)
+        ram.write(data.pfns[0] << PAGE_SHIFT, MARKER)
         loot = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
-        self.user_loot = Loot(loot.base, loot.frames[0] << PAGE_SHIFT)
+        self.user_loot = Loot(loot.base, loot.pfns[0] << PAGE_SHIFT)
         code = nt.map_code(
             vp.cpu, self.process, ["matrix.probe", "matrix.user_op", "matrix.user_call"]
         )
         self.user_op_va, self.user_call_va = code["matrix.user_op"], code["matrix.user_call"]
         probe_va = code["matrix.probe"]
         self.targets["VTL0 user"] = Target(
-            data.frames[0] << PAGE_SHIFT,
+            data.pfns[0] << PAGE_SHIFT,
             _gpa(ram, self.process.tables.root, probe_va),
             data.base,
             probe_va,

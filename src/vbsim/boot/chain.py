@@ -209,6 +209,15 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     return system
 
 
+def system_values(system: System) -> dict[str, int]:
+    """The running system's SYSTEM hive as RAM holds it (host side, a debugger's read)."""
+    from vbsim.nt.registry import host_values
+
+    if system.nt is None or system.machine is None:
+        return {}
+    return host_values(system.machine.ram, system.nt.hive_gpa)
+
+
 def load_nt(machine: Machine, build: str, vbs: bool) -> tuple[NtKernel, KernelSpace]:
     """winload loading ntoskrnl: NT's address space (the loader's side, kept host side), its
     image, and the memory map's region NT manages from then on (the host allocator stops

@@ -212,6 +212,11 @@ class KernelSpace:
         self.ram.place_image(vtl, block_va, image)
 
     @property
+    def built_frames(self) -> list[int]:
+        """Every frame the loader built this kernel's space in (tables, code, data)."""
+        return list(self.frames)
+
+    @property
     def ram_pages(self) -> int:
         return self.ram.pages
 

@@ -790,7 +790,7 @@ class Session:
 
     # -- resolving arguments ---------------------------------------------------------------------
     def pool(self, name: str) -> list[int]:
-        nt, sk, ram = self.nt, self.sk, self.machine.ram
+        sk, ram = self.sk, self.machine.ram
         if name == "loot":
             return self.loot
         if name == "stage":

@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
+from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.slat import KX, UX, R, W
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
@@ -65,6 +65,7 @@ from vbsim.image import (
 )
 from vbsim.nt import syscalls
 from vbsim.nt.layouts import (
+    BOOT_IMAGE_SPAN,
     KLDR_DATA_TABLE_ENTRY,
     LIST_ENTRY,
     SE_CI_CALLBACKS,
@@ -73,7 +74,6 @@ from vbsim.nt.layouts import (
 )
 from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus, ok
-from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -84,6 +84,13 @@ DRIVER_BASE = CODE_BASE + BOOT_IMAGE_SPAN
 #: NonPagedPoolExecute allocations (model layout), also in that slot.
 POOL_EXECUTE_BASE = DRIVER_BASE + (128 << 30)
 MAX_POOL_PAGES = 64
+#: Largest driver image NT maps (pages; the SK's capture limit is the same, MAX_IMAGE_PAGES).
+MAX_DRIVER_PAGES = 256
+#: IMAGE_SCN_MEM_WRITE (PE/COFF spec, section flags).
+_SCN_MEM_WRITE = 0x8000_0000
+#: HV_MAP_GPA rights NT asks the SK for on an executable pool page (TLFS HV_MAP_GPA_FLAGS).
+_RX = HvMapGpaFlags.READABLE | HvMapGpaFlags.KERNEL_EXECUTABLE | HvMapGpaFlags.USER_EXECUTABLE
+_RWX = _RX | HvMapGpaFlags.WRITABLE
 
 CI_OPTIONS = "g_CiOptions"
 #: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
@@ -373,6 +380,52 @@ def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
 
 
 # -- mapping --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageLayout:
+    """An image as the loader lays it out in memory: one bytes object per page, and which
+    page indices hold code."""
+
+    pages: tuple[bytes, ...]
+    code: frozenset[int]
+
+
+def image_layout(data: bytes, parsed: ParsedImage) -> ImageLayout | None:
+    """MiMapSystemImage's layout (NT's own loader; the SK validates the same layout with its own
+    code, as two separate binaries do): headers at RVA 0, each section's raw data at its RVA
+    (``min(raw, virtual)`` bytes, the rest zero).  None when the image is not HVCI-compatible: a section not page-aligned, a writable
+    executable section, a page holding both code and data, or too large."""
+    header_pages = max(1, -(-parsed.size_of_headers // PAGE_SIZE))
+    end = header_pages * PAGE_SIZE
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        end = max(end, section.virtual_address + span)
+    count = -(-end // PAGE_SIZE)
+    if not 0 < count <= MAX_DRIVER_PAGES:
+        return None
+    memory = bytearray(count * PAGE_SIZE)
+    headers = data[: parsed.size_of_headers]
+    memory[: len(headers)] = headers
+    code_pages: set[int] = set()
+    data_pages: set[int] = set(range(header_pages))
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        if section.virtual_address % PAGE_SIZE or section.virtual_address < PAGE_SIZE:
+            return None
+        if section.executable and section.characteristics & _SCN_MEM_WRITE:
+            return None
+        length = min(section.raw_size, span)
+        raw = data[section.raw_offset : section.raw_offset + length]
+        memory[section.virtual_address : section.virtual_address + len(raw)] = raw
+        if span:
+            first = section.virtual_address // PAGE_SIZE
+            last = (section.virtual_address + span - 1) // PAGE_SIZE
+            (code_pages if section.executable else data_pages).update(range(first, last + 1))
+    if code_pages & data_pages or not code_pages:
+        return None
+    pages = tuple(bytes(memory[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]) for i in range(count))
+    return ImageLayout(pages, frozenset(code_pages))
+
+
 def map_image(
     nt: NtKernel, vp: Cpu, name: str, parsed: ParsedImage, layout: ImageLayout
 ) -> LoadedDriver:
@@ -644,7 +697,7 @@ def nt_allocate_executable(nt: NtKernel, vp: Cpu, size: int, writable: bool) -> 
         return int(NtStatus.NO_MEMORY), 0
     if hvci_enabled(nt, vp):
         assert nt.vsl is not None
-        requested = (R | W | KX | UX) if writable else (R | KX | UX)
+        requested = int(_RWX if writable else _RX)
         for pfn in pfns:
             status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, requested)
             if not ok(status):

@@ -33,13 +33,11 @@ from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import pfn as mm
+from vbsim.nt.layouts import DUMP_LIST_MAX as LIST_MAX
+from vbsim.nt.layouts import DUMP_PAGE_ENCRYPTED as PAGE_ENCRYPTED
+from vbsim.nt.layouts import DUMP_REQUEST_LIST as REQUEST_LIST
+from vbsim.nt.layouts import DUMP_REQUEST_PAGE as REQUEST_PAGE
 from vbsim.ntstatus import NtStatus
-from vbsim.sk.services.dump import (
-    LIST_MAX,
-    PAGE_ENCRYPTED,
-    REQUEST_LIST,
-    REQUEST_PAGE,
-)
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:

@@ -33,9 +33,8 @@ from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.nt import pfn as mm
+from vbsim.nt.layouts import COPY_ALLOCATE, NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
 from vbsim.ntstatus import BugCheck, NtStatus
-from vbsim.sk.services.allocation import NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
-from vbsim.sk.services.kdp import COPY_ALLOCATE
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:

@@ -194,7 +194,7 @@ class NtKernel:
         limit = limit or loader.ram_pages
         first_free = first_free or limit
         mm.initialize(
-            loader, self.pfn_database, self.free_list_head, first_free, limit, loader.frames
+            loader, self.pfn_database, self.free_list_head, first_free, limit, loader.built_frames
         )
         self._loader = None  # the running kernel keeps no loader
 
@@ -463,13 +463,13 @@ class NtKernel:
             try:
                 frame = self.alloc_page(vp)
             except NoPages:
-                for taken in region.frames:  # give back what this call took
-                    tables.unmap(start + region.frames.index(taken) * PAGE_SIZE)
+                for taken in region.pfns:  # give back what this call took
+                    tables.unmap(start + region.pfns.index(taken) * PAGE_SIZE)
                     self.free_page(vp, taken)
                 raise
             pfn = frame
             tables.map(start + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
-            region.frames.append(pfn)
+            region.pfns.append(pfn)
         process.regions.append(region)
         return region
 
@@ -480,7 +480,7 @@ class NtKernel:
         for first in range(0, len(routines), slots):
             chunk = routines[first : first + slots]
             region = self.allocate(vp, process, PAGE_SIZE, writable=True, executable=False)
-            page_va = DIRECT_MAP + (region.frames[0] << PAGE_SHIFT)
+            page_va = DIRECT_MAP + (region.pfns[0] << PAGE_SHIFT)
             for slot, name in enumerate(chunk):
                 vp.write(page_va + slot * code.THUNK_SIZE, code.encode_thunk(name))
                 placed[name] = region.base + slot * code.THUNK_SIZE
@@ -488,7 +488,7 @@ class NtKernel:
             pte = process.tables.pte_gpa(region.base)
             assert pte is not None
             phys = self.phys(vp)
-            phys.write_u64(pte, (region.frames[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
+            phys.write_u64(pte, (region.pfns[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
             vp.invlpg(region.base)
             region.writable, region.executable = False, True
         return placed

@@ -302,11 +302,11 @@ class HostReader:
     through its direct map (``DIRECT_MAP + GPA``), so a tool turns a pointer into a GPA by
     subtraction.  Host side only: guest code reads through its Cpu."""
 
-    ram: _Ram
+    memory: _Ram
     direct_map: int
 
     def read(self, va: int, length: int) -> bytes:
-        return self.ram.read(va - self.direct_map, length)
+        return self.memory.read(va - self.direct_map, length)
 
     def field(self, base: int, field: Field) -> int:
         return int.from_bytes(self.read(base + field.offset, field.size), "little")
@@ -316,7 +316,9 @@ class HostReader:
 
     def set_field(self, base: int, field: Field, value: int) -> None:
         """A debugger's (or the boot configuration's) edit of one field; not guest code."""
-        self.ram.write(base + field.offset - self.direct_map, value.to_bytes(field.size, "little"))
+        self.memory.write(
+            base + field.offset - self.direct_map, value.to_bytes(field.size, "little")
+        )
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -434,3 +436,62 @@ class MMPFNLIST:
     NextFresh: Final = Field("NextFresh", 0x20, 8, "model")
     Limit: Final = Field("Limit", 0x28, 8, "model")
     SIZE: Final = 0x30
+
+
+# -- NT's side of the VTL0/VTL1 ABI ---------------------------------------------------------------
+# Numbers both kernels apply, as NT's binary has them compiled in (the Secure Kernel has its own
+# copy; tests/nt/test_abi.py checks the two agree).  Sources as in the SK's modules: the model's
+# numbers where the real ones are not public ([U] in vbs-internals).
+
+#: [model] winload places ntoskrnl's boot image in the first 256 GiB of CODE_BASE's PML4 slot;
+#: the SK takes every executable page in that range as boot-image code (vbsim.sk.services.hvci).
+BOOT_IMAGE_SPAN: Final = 256 << 30
+#: [model] Normal-call numbers the SK sends NT: "give me physical pages" (IUM), IumGenericSyscall
+#: (the real number is not public), and the KDP/secure-allocation MDL's physical pages.
+NORMAL_ALLOCATE_PAGES: Final = 1
+NORMAL_IUM_SYSCALL: Final = 2
+NORMAL_GET_PHYSICAL_PAGES: Final = 0x0102
+#: [model] COPY_PROTECTED_PAGE flag: allocate in the secure pool.
+COPY_ALLOCATE: Final = 0x1
+#: [model] The hibernate/dump secure calls' sub-requests and answers (vbsim.sk.services.dump).
+DUMP_REQUEST_LIST: Final = 0
+DUMP_REQUEST_PAGE: Final = 1
+DUMP_PAGE_WITHHELD: Final = 0
+DUMP_PAGE_ENCRYPTED: Final = 1
+DUMP_LIST_MAX: Final = 4096 // 8
+#: [model] Where the SK maps a trustlet's image in its VTL1 user address space (NT mirrors the
+#: layout in the VTL0 shadow process).
+TRUSTLET_IMAGE_BASE: Final = 0x0000_7FF6_0000_0000
+#: [model] LsaIso's RPC messages (LSA_ISO_RPC_SERVER): PROTECT and RESPOND, the user name field.
+LSAISO_OP_PROTECT: Final = 1
+LSAISO_OP_RESPOND: Final = 2
+LSAISO_USER_LEN: Final = 32
+
+
+class MDL:
+    """_MDL on x64 (wdm.h): Next, Size, MdlFlags, AllocationProcessorNumber, Reserved, Process,
+    MappedSystemVa, StartVa, ByteCount, ByteOffset — 0x30 bytes; the PFN array follows."""
+
+    Size: Final = Field("Size", 0x08, 2, "wdm.h")
+    StartVa: Final = Field("StartVa", 0x20, 8, "wdm.h")
+    ByteCount: Final = Field("ByteCount", 0x28, 4, "wdm.h")
+    ByteOffset: Final = Field("ByteOffset", 0x2C, 4, "wdm.h")
+    HEADER: Final = 0x30
+
+
+def mdl_bytes(
+    pfns: list[int], byte_count: int, byte_offset: int = 0, start_va: int = 0, size: int = -1
+) -> bytes:
+    """An MDL as NT builds one (``size`` defaults to the header plus the PFN array)."""
+    if size < 0:
+        size = MDL.HEADER + 8 * len(pfns)
+    header = bytearray(MDL.HEADER)
+    header[MDL.Size.offset : MDL.Size.offset + 2] = (size & 0xFFFF).to_bytes(2, "little")
+    header[MDL.StartVa.offset : MDL.StartVa.offset + 8] = start_va.to_bytes(8, "little")
+    header[MDL.ByteCount.offset : MDL.ByteCount.offset + 4] = (byte_count & 0xFFFF_FFFF).to_bytes(
+        4, "little"
+    )
+    header[MDL.ByteOffset.offset : MDL.ByteOffset.offset + 4] = (
+        byte_offset & 0xFFFF_FFFF
+    ).to_bytes(4, "little")
+    return bytes(header) + b"".join((p & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") for p in pfns)

@@ -50,7 +50,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SIZE
-from vbsim.ium import lsaiso
+from vbsim.nt.layouts import LSAISO_OP_PROTECT, LSAISO_OP_RESPOND, LSAISO_USER_LEN
 from vbsim.nt.process import Protection, Token
 from vbsim.nt.syscalls import PAGE_READWRITE, syscall
 from vbsim.ntstatus import BugCheck, NtStatus
@@ -181,13 +181,13 @@ def kerberos_salt(logon: Logon) -> str:
 # -- the LSA_ISO_RPC_SERVER messages (vbsim.ium.lsaiso's protocol) -------------------------------
 def protect_message(user: str, owf: bytes, kerberos_key: bytes) -> bytes:
     """PROTECT: op, user (NUL-padded), NT OWF, Kerberos key → LsaIso answers with a blob."""
-    name = user.encode("utf-8")[: lsaiso.USER_LEN].ljust(lsaiso.USER_LEN, b"\x00")
-    return struct.pack("<I", lsaiso.OP_PROTECT) + name + owf + kerberos_key
+    name = user.encode("utf-8")[:LSAISO_USER_LEN].ljust(LSAISO_USER_LEN, b"\x00")
+    return struct.pack("<I", LSAISO_OP_PROTECT) + name + owf + kerberos_key
 
 
 def respond_message(blob: bytes, challenge: bytes) -> bytes:
     """RESPOND: op, blob length, blob, 8-byte challenge → an NTLMv1-style response (A21)."""
-    return struct.pack("<II", lsaiso.OP_RESPOND, len(blob)) + blob + challenge[:8].ljust(8, b"\0")
+    return struct.pack("<II", LSAISO_OP_RESPOND, len(blob)) + blob + challenge[:8].ljust(8, b"\0")
 
 
 def isolated_blob(secret_area: bytes) -> bytes | None:

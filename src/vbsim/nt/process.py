@@ -67,7 +67,7 @@ class Region:
     size: int
     writable: bool
     executable: bool
-    frames: list[int] = field(default_factory=list)
+    pfns: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt.layouts import NORMAL_ALLOCATE_PAGES, NORMAL_IUM_SYSCALL
+from vbsim.nt.layouts import TRUSTLET_IMAGE_BASE as IMAGE_BASE
 from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Token
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.sk.ium.process import IMAGE_BASE, NORMAL_ALLOCATE_PAGES
-from vbsim.sk.ium.syscalls import NORMAL_IUM_SYSCALL
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:

@@ -281,7 +281,7 @@ def nt_free_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
         return int(NtStatus.INVALID_PARAMETER)
     tables = process.tables
     tables.phys = nt.phys(vp)
-    for index, pfn in enumerate(region.frames):
+    for index, pfn in enumerate(region.pfns):
         tables.unmap(region.base + index * PAGE_SIZE)
         vp.invlpg(region.base + index * PAGE_SIZE)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))

@@ -101,7 +101,7 @@ def process_memory(ctx: AttackContext, process: Process) -> bytes:
     return b"".join(
         machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
         for region in process.regions
-        for pfn in region.frames
+        for pfn in region.pfns
     )
 
 

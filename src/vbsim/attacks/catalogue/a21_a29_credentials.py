@@ -132,7 +132,7 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     assert machine is not None
     thunk = encode_thunk(LSASS_MAIN)
     for region in process.regions:
-        for index, pfn in enumerate(region.frames):
+        for index, pfn in enumerate(region.pfns):
             page = machine.ram.read(pfn << 12, PAGE_SIZE)
             offset = page.find(thunk)
             if offset >= 0 and offset % 32 == 0:

@@ -241,7 +241,7 @@ def vtl0_secure_syscall_goal(ctx: AttackContext) -> bool:
     if region is None:
         return False
     offset = buffer - region.base
-    pfn = region.frames[offset // PAGE_SIZE]
+    pfn = region.pfns[offset // PAGE_SIZE]
     data = machine.ram.read((pfn << PAGE_SHIFT) + offset % PAGE_SIZE, len(FILL))
     return data != FILL
 
