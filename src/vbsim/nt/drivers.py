@@ -392,8 +392,9 @@ class ImageLayout:
 def image_layout(data: bytes, parsed: ParsedImage) -> ImageLayout | None:
     """MiMapSystemImage's layout (NT's own loader; the SK validates the same layout with its own
     code, as two separate binaries do): headers at RVA 0, each section's raw data at its RVA
-    (``min(raw, virtual)`` bytes, the rest zero).  None when the image is not HVCI-compatible: a section not page-aligned, a writable
-    executable section, a page holding both code and data, or too large."""
+    (``min(raw, virtual)`` bytes, the rest zero).  None when the image is not HVCI-compatible:
+    a section not page-aligned, a writable executable section, a page holding both code and
+    data, or too large."""
     header_pages = max(1, -(-parsed.size_of_headers // PAGE_SIZE))
     end = header_pages * PAGE_SIZE
     for section in parsed.sections:

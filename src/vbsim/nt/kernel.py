@@ -189,12 +189,15 @@ class NtKernel:
         # loader built it from, this database included) are active, the rest below the free
         # region is not NT's, the region is free.
         pages = mm.database_pages(loader.ram_pages)
-        self.pfn_database, _ = loader.alloc_data(pages, contiguous=True)
+        database_va, database_gpa = loader.alloc_data(pages, contiguous=True)
+        # NT reaches it through the direct map (one contiguous run: tools find entry N at
+        # database GPA + 8N too).
+        self.pfn_database = DIRECT_MAP + database_gpa
         self.free_list_head = self.variable("MmFreePageListHead", MMPFNLIST.SIZE).va
         limit = limit or loader.ram_pages
         first_free = first_free or limit
         mm.initialize(
-            loader, self.pfn_database, self.free_list_head, first_free, limit, loader.built_frames
+            loader, database_va, self.free_list_head, first_free, limit, loader.built_frames
         )
         self._loader = None  # the running kernel keeps no loader
 
