@@ -206,7 +206,7 @@ def trustlet_admit_ms() -> float:
     samples = []
     for _ in range(5):
         start = time.perf_counter()
-        status, _process = create_secure_process(nt, vp, LSAISO, 1, image=image)
+        status, _process = create_secure_process(nt, vp.cpu, LSAISO, 1, image=image)
         samples.append((time.perf_counter() - start) * 1000)
         assert status == 0, hex(status)
     system.machine.close()
@@ -235,10 +235,10 @@ def ium_secure_syscall_us() -> float:
     system = _booted()
     nt, vp = system.nt, system.machine.bsp
     image = trustlet_image("BenchIum.exe", trustlet_id=5, entry="bench.ium_loop")
-    status, process = create_secure_process(nt, vp, "BenchIum.exe", 5, image=image)
+    status, process = create_secure_process(nt, vp.cpu, "BenchIum.exe", 5, image=image)
     assert status == 0 and process is not None, hex(status)
     count = 5000
-    run = run_trustlet(nt, vp, process, count.to_bytes(4, "little"))
+    run = run_trustlet(nt, vp.cpu, process, count.to_bytes(4, "little"))
     system.machine.close()
     return int.from_bytes(run.reply[:8], "little") / count / 1000
 

@@ -236,7 +236,7 @@ def _ptc_from_outside(vp: Any, pid: int, record_va: int, port: int, buffer: int)
     request = lsass.respond_message(blob or b"?", creds.CHALLENGE)
     vp.write(buffer + 4096, request)
     return syscalls.syscall(
-        vp, "NtAlpcSendWaitReceivePort", port, buffer + 4096, len(request), buffer + 8192
+        vp.cpu, "NtAlpcSendWaitReceivePort", port, buffer + 4096, len(request), buffer + 8192
     )
 
 

@@ -189,7 +189,7 @@ def test_unknown_secure_call_number_bugchecks_the_secure_kernel(code: int) -> No
     assert code not in system.nt.vsl.table.service
     with pytest.raises(Bugcheck) as stop:
         system.nt.vsl.call_raw(
-            system.machine.bsp, SecureCallArgs(callargs.OP_INVOKE_SERVICE, code, 0, [])
+            system.machine.bsp.cpu, SecureCallArgs(callargs.OP_INVOKE_SERVICE, code, 0, [])
         )
     assert stop.value.code == BugCheck.SECURE_KERNEL_ERROR == 0x18B
     assert stop.value.vtl == 1

@@ -144,7 +144,7 @@ def test_dse_disable_attack_never_runs_unsigned_code_under_the_vbs_hvci_preset()
 
 def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
     env = make_env("vbs-hvci")
-    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    image = env.nt.driver_store[UNSIGNED_DRIVER]
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
@@ -164,7 +164,7 @@ def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
 @pytest.mark.parametrize("name", ["vbs", "vbs-off"])
 def test_unsigned_code_that_nt_maps_itself_executes_without_hvci(name: str) -> None:
     env = make_env(name)
-    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    image = env.nt.driver_store[UNSIGNED_DRIVER]
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
@@ -177,7 +177,7 @@ def test_unsigned_code_that_nt_maps_itself_executes_without_hvci(name: str) -> N
 def _create_and_map() -> tuple[Env, drivers.LoadedDriver, int]:
     """NT's first two steps by hand: CREATE_SECURE_IMAGE, then the mapping."""
     env = make_env("vbs-hvci")
-    image = env.nt.ext[drivers.STORE][SAMPLE_DRIVER]
+    image = env.nt.driver_store[SAMPLE_DRIVER]
     status, handle = drivers._create_secure_image(env.nt, env.vp.cpu, image)
     assert status == NtStatus.SUCCESS and handle
     parsed = parse_image(image)
@@ -205,7 +205,7 @@ def test_hashed_pages_are_locked_until_load_driver() -> None:
     assert env.nt.vsl is not None
     list_pfn = drivers._pfn_list_page(env.nt, env.vp.cpu, driver.pfns)
     status, _ = env.nt.vsl.call(
-        env.vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
+        env.vp.cpu, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
     )
     assert status == NtStatus.SUCCESS
     code_pfn = driver.code_pfns[0]

@@ -48,7 +48,7 @@ def _new_rig() -> Rig:
     env = make_env("vbs-hvci")
     nt, vp = env.nt, env.vp
     assert env.system.machine is not None
-    image = nt.ext[drivers.STORE][drivers.SAMPLE_DRIVER]
+    image = nt.driver_store[drivers.SAMPLE_DRIVER]
     file_pfns = []
     for offset in range(0, len(image), 4096):
         va, gpa = nt.alloc_kernel_page(vp.cpu)

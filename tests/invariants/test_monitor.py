@@ -48,14 +48,14 @@ def _benign(rig: Rig) -> None:
             kdp.ex_secure_pool_update(nt, vp.cpu, pool, 0x4C4F4F50, va, 7, 1, b"z")
     with mon.step("load a driver"):
         assert drivers.load_driver(nt, vp.cpu, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
-    lsaiso = nt.processes[nt.ext["boot_trustlets"]["LsaIso.exe"]]
+    lsaiso = nt.processes[nt.started_trustlets["LsaIso.exe"]]
     with mon.step("LsaIso gets a message"):
         secure_process.run_trustlet(nt, vp.cpu, lsaiso, b"\x02\x00\x00\x00garbage")
     from vbsim.invariants.attacker import trustlet_image
 
     with mon.step("start vmsp"):
         status, vmsp = secure_process.create_secure_process(
-            nt, vp, "vmsp.exe", 2, 5, None, trustlet_image("vmsp")
+            nt, vp.cpu, "vmsp.exe", 2, 5, None, trustlet_image("vmsp")
         )
     assert vmsp is not None
     with mon.step("vmsp seals"):

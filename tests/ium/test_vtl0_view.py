@@ -90,7 +90,7 @@ def test_nt_query_information_process_says_secure(machine: Machine, lsa: Process
 
 
 def test_threads_exist_with_a_secure_thread_cookie(machine: Machine, lsa: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][lsa.pid]
+    cookie = _cookie(machine, lsa)
     assert cookie >= FIRST_COOKIE
     assert machine.system.sk is not None
     thread = machine.system.sk.threads[cookie]
@@ -197,7 +197,7 @@ def test_write_process_memory_into_a_trustlet_image_fails_cleanly(fresh: Machine
 
 # -- debugging -----------------------------------------------------------------------------------
 def test_lsaiso_refuses_debugging(machine: Machine, lsa: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][lsa.pid]
+    cookie = _cookie(machine, lsa)
     buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     mark = machine.mark()
     assert secure_call(machine, Service.DEBUG_PROCESS, lsa.secure_pid)[0] == NtStatus.ACCESS_DENIED
@@ -223,7 +223,7 @@ def test_lsaiso_refuses_debugging(machine: Machine, lsa: Process) -> None:
 
 
 def test_a_debug_policy_trustlet_allows_debugging(machine: Machine, debuggable: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][debuggable.pid]
+    cookie = _cookie(machine, debuggable)
     assert machine.run(debuggable, kit.message(kit.OP_ECHO, b"in the message page")).status == 0
     assert secure_call(machine, Service.DEBUG_PROCESS, debuggable.secure_pid)[0] == 0
     assert secure_call(machine, Service.GET_CONTEXT, cookie)[0] == NtStatus.SUCCESS
@@ -323,3 +323,10 @@ def test_nt_terminate_process_runs_the_trustlet_down(fresh: Machine) -> None:
     assert fresh.secure_process(process).terminated
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status != NtStatus.SUCCESS
+
+
+def _cookie(machine: Machine, process: Process) -> int:
+    from vbsim.nt.process import host_secure_thread_cookie
+
+    assert machine.system.machine is not None
+    return host_secure_thread_cookie(machine.system.machine.ram, process.eprocess)

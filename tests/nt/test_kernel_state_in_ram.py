@@ -7,7 +7,7 @@ import pytest
 from vbsim.attacks.catalogue import d01_d05_data_only as data_only
 from vbsim.attacks.model import PRESET_ORDER
 from vbsim.attacks.runner import run
-from vbsim.boot.chain import System, boot
+from vbsim.boot.chain import System, boot, system_values
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.nt import notify
 from vbsim.nt.kernel import NtKernel
@@ -163,7 +163,7 @@ def test_nt_kernel_holds_no_ext_free_state_for_processes(system: System) -> None
     process = _nt(system).processes[4]
     for name in ("token", "protection", "terminated", "exit_status"):
         assert not hasattr(process, name)
-    assert host_view(_reader(system).ram, process.eprocess).user == "SYSTEM"
+    assert host_view(_reader(system).memory, process.eprocess).user == "SYSTEM"
 
 
 def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> None:
@@ -194,7 +194,7 @@ def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
     assert system.machine is not None
     vp = system.machine.bsp
     assert not hasattr(nt, "policy") and not hasattr(nt, "registry")
-    assert registry.system_values(system)[registry.HVCI_KEY] == 1
+    assert system_values(system)[registry.HVCI_KEY] == 1
     assert drivers.hvci_enabled(nt, vp.cpu)
     assert registry.set_value(nt, vp.cpu, registry.HVCI_KEY, 0)
     assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads the hive again

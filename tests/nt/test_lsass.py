@@ -149,7 +149,7 @@ def test_lsaiso_not_running_means_credentials_in_vtl0(monkeypatch: pytest.Monkey
     monkeypatch.setattr(
         secure_process,
         "start_boot_trustlets",
-        lambda nt, vp, images: nt.ext.update(boot_trustlets={}),
+        lambda nt, vp, images: {},
     )
     system = boot(preset("vbs"))
     assert system.booted and system.vbs_running and system.nt is not None
@@ -169,7 +169,7 @@ def test_lsass_starts_at_the_end_of_phase1(make_system: Callable[..., System]) -
     if "LsaIso.exe" in created:  # wininit starts the trustlets before lsass (§1.1 row 16)
         assert created.index("LsaIso.exe") < created.index("lsass.exe")
     # lsass's code ran at CPL3: its allocation was a system call.
-    lsass_pid = system.nt.ext[lsass.EXT_KEY].pid if system.nt else None
+    lsass_pid = system.nt.lsass.pid if system.nt and system.nt.lsass else None
     services = [
         e.detail["service"]
         for e in events[: index["lsass"]]
@@ -220,7 +220,7 @@ def test_credential_guard_follows_policy_and_vbs(
     assert system.nt is not None
     assert system.machine is not None
     assert lsass.credential_guard_active(system.nt, system.machine.bsp.cpu) is isolated
-    assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
+    assert system.nt.lsass is not None and system.nt.lsass.isolated is isolated
 
 
 def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:

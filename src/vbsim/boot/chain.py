@@ -196,7 +196,7 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
             _start_application_processors(system, nt_space, nt)
         nt.phase1(bsp.cpu)
         if vbs and policy.credential_guard:
-            started = nt.ext.get("boot_trustlets", {})
+            started = nt.started_trustlets
             _step(
                 system, "credential-guard", "running" if "LsaIso.exe" in started else "not-running"
             )

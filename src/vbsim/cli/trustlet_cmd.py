@@ -270,7 +270,9 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
             "yes" if status == NtStatus.SUCCESS else "no",
             f"{NtStatus.name_of(status)}: IsSecureProcess={int(secure)}, trustlet ID {value >> 1}",
         )
-    cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    from vbsim.nt.process import host_secure_thread_cookie
+
+    cookie = host_secure_thread_cookie(machine.ram, process.eprocess) or None
     row(
         "thread (shadow ETHREAD)",
         "yes" if cookie is not None else "no",

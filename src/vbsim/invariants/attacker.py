@@ -59,7 +59,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Msr, Pte
 from vbsim.invariants.monitor import Monitor
 from vbsim.nt import secure_process
-from vbsim.nt.process import Process, Token
+from vbsim.nt.process import Process, Token, host_secure_thread_cookie
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy, preset
@@ -741,7 +741,7 @@ class Session:
         ):
             process = nt.create_process(vp.cpu, f"attacker-{name}.exe", token)
             self.users[name] = self._user_context(process)
-        lsass_pid = nt.ext.get("lsass_pid")
+        lsass_pid = nt.lsass.pid if nt.lsass is not None else None
         lsass = nt.processes.get(lsass_pid) if isinstance(lsass_pid, int) else None
         if lsass is not None:
             self.users["lsass"] = self._user_context(lsass)
@@ -751,7 +751,7 @@ class Session:
         self.device.load(b"\x5a" * PAGE_SIZE)
         self.rogue = DmaDevice.malicious(self.machine.iommu, "invariants-rogue")
         self.rogue.load(b"\xa5" * PAGE_SIZE)
-        lsaiso = nt.ext.get("boot_trustlets", {}).get("LsaIso.exe")
+        lsaiso = nt.started_trustlets.get("LsaIso.exe")
         if isinstance(lsaiso, int) and lsaiso in nt.processes:
             process = nt.processes[lsaiso]
             self.trustlets.append(process)
@@ -892,9 +892,9 @@ class Session:
     def _pid(self, which: str) -> int:
         nt = self.nt
         if which == "lsass":
-            value = nt.ext.get("lsass_pid", 0)
+            value = nt.lsass.pid if nt.lsass is not None else 0
         elif which == "lsaiso":
-            value = nt.ext.get("boot_trustlets", {}).get("LsaIso.exe", 0)
+            value = nt.started_trustlets.get("LsaIso.exe", 0)
         elif which == "system":
             value = 4
         else:
@@ -1150,7 +1150,7 @@ class Session:
         if process is not None:
             self.trustlets.append(process)
             self.handles.append(process.secure_pid)
-            cookie = self.nt.ext.get("secure_threads", {}).get(process.pid)
+            cookie = host_secure_thread_cookie(self.machine.ram, process.eprocess) or None
             if isinstance(cookie, int):
                 self.cookies.append(cookie)
         return f"trustlet {NtStatus.name_of(status)}"

@@ -32,4 +32,4 @@ def _images() -> tuple[tuple[str, bytes], ...]:
 
 
 def install(nt: NtKernel) -> None:
-    nt.ext["app_store"] = dict(_images())
+    nt.app_store = dict(_images())

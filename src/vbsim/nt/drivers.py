@@ -2,7 +2,7 @@
 drivers in the model's driver store.
 
 **Loading** (``NtLoadDriver`` → IopLoadDriver → MmLoadSystemImage).  The caller needs
-SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.ext["driver_store"]``, file
+SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.driver_store``, file
 name → signed PE bytes).  Then:
 
 - *Without HVCI* NT's own code integrity decides (DSE, ``ci.dll`` in VTL0): the Authenticode
@@ -100,8 +100,8 @@ MODULE_LIST = "PsLoadedModuleList"
 CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
-STORE = "driver_store"
-LOADER = "drivers"
+
+
 #: ntstatus.h STATUS_IMAGE_ALREADY_LOADED.
 STATUS_IMAGE_ALREADY_LOADED = 0xC000_010E
 #: ntstatus.h STATUS_INVALID_DEVICE_REQUEST.
@@ -170,7 +170,7 @@ class LoadedDriver:
 
 @dataclass
 class DriverLoader:
-    """NT's loader state (``nt.ext["drivers"]``): where the next image and pool block go."""
+    """NT's loader state (``nt.driver_loader``): where the next image and pool block go."""
 
     next_image: int = DRIVER_BASE
     next_pool: int = POOL_EXECUTE_BASE
@@ -248,8 +248,8 @@ def register_nt(nt: NtKernel) -> None:
     nt.loader_write_u64(head, head)
     nt.loader_write_u64(head + 8, head)
     nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
-    nt.ext[STORE] = default_store()
-    nt.ext[LOADER] = DriverLoader()
+    nt.driver_store = default_store()
+    nt.driver_loader = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
 
@@ -283,17 +283,13 @@ def load_boot_drivers(nt: NtKernel, vp: Cpu) -> None:
 
 
 def _loader(nt: NtKernel) -> DriverLoader:
-    loader = nt.ext.get(LOADER)
-    if not isinstance(loader, DriverLoader):
-        loader = nt.ext[LOADER] = DriverLoader()
-    return loader
+    if nt.driver_loader is None:
+        nt.driver_loader = DriverLoader()
+    return nt.driver_loader
 
 
 def _store(nt: NtKernel) -> dict[str, bytes]:
-    store = nt.ext.get(STORE)
-    if not isinstance(store, dict):
-        store = nt.ext[STORE] = default_store()
-    return store
+    return nt.driver_store
 
 
 def hvci_enabled(nt: NtKernel, vp: Cpu) -> bool:

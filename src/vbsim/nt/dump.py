@@ -14,7 +14,7 @@ Kinds (which pages are written):
 File format (the model's, little-endian): ``b"VBSIMDMP"``, u32 kind, u32 record count, u64 the
 SK's dump session (0 without VBS), then records of u64 PFN, u32 flags (:data:`PLAIN`,
 :data:`ENCRYPTED` by the SK, :data:`WITHHELD` by the SK), u32 reserved, 4096 bytes.
-The file lands on the system disk (``nt.ext["files"]``), where an administrator — or anyone who
+The file lands on the system disk (``nt.files``), where an administrator — or anyone who
 takes the disk — can read it.
 
 System services (the model's numbers, not Windows'; Windows' change with every build):
@@ -67,8 +67,7 @@ _SERVICE = {
 
 def files(nt: NtKernel) -> dict[str, bytes]:
     """Files NT wrote to the system disk (path → bytes)."""
-    stored: dict[str, bytes] = nt.ext.setdefault("files", {})
-    return stored
+    return nt.files
 
 
 def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int]:

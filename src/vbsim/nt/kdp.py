@@ -40,7 +40,7 @@ from vbsim.sk.sscn import Service
 if TYPE_CHECKING:
     from vbsim.nt.kernel import NtKernel
 
-EXT = "kdp"
+
 #: Where driver data sections are mapped (the model's layout: 256 GiB above NT's own data, in the
 #: same PML4 slot, so every process shares them).
 SECTION_BASE = DATA_BASE + (256 << 30)
@@ -82,11 +82,9 @@ class NtKdp:
 
 def install(nt: NtKernel) -> NtKdp:
     """NT's KDP client state and its normal-call handler (idempotent)."""
-    existing = nt.ext.get(EXT)
-    if isinstance(existing, NtKdp):
-        return existing
-    state = NtKdp()
-    nt.ext[EXT] = state
+    if nt.kdp_client is not None:
+        return nt.kdp_client
+    state = nt.kdp_client = NtKdp()
     if nt.vsl is not None:
         nt.vsl.normal_calls.setdefault(NORMAL_GET_PHYSICAL_PAGES, get_physical_pages)
     return state

@@ -28,6 +28,9 @@ from vbsim.nt.process import Process, Protection, Region, Token, new_address_spa
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
+    from vbsim.nt.drivers import DriverLoader
+    from vbsim.nt.kdp import NtKdp
+    from vbsim.nt.lsass import LsassInfo
     from vbsim.nt.vsl import Vsl
 
 #: Windows x64 STAR: kernel CS 0x10, user CS base 0x20 (user CS 0x33, SS 0x2B).
@@ -94,8 +97,21 @@ class NtKernel:
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
     drivers: dict[str, Any] = field(default_factory=dict)
-    #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: Files of the model's system disk NT reads and writes: the driver store, the application
+    #: store, trustlet images, and what NT wrote (dumps).  A disk is not RAM: these are the
+    #: storage device's contents as the file system presents them, not kernel state.
+    driver_store: dict[str, bytes] = field(default_factory=dict)
+    app_store: dict[str, bytes] = field(default_factory=dict)
+    trustlet_store: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    #: The driver loader's and KDP client's VA cursors and section records (nt.drivers,
+    #: nt.kdp): the model's stand-in for MiSystemVa bookkeeping, symbols of mapped ranges.
+    driver_loader: DriverLoader | None = None
+    kdp_client: NtKdp | None = None
+    #: lsass's credential record (pid, VA, length): the symbol host tools and D2 look up.
+    lsass: LsassInfo | None = None
+    #: Trustlets wininit started at boot: image name → PID (boot report and host tools).
+    started_trustlets: dict[str, int] = field(default_factory=dict)
     vsl: Vsl | None = None
     #: Trustlets to start at boot: image name → (trustlet ID, image bytes) (set by the loader).
     boot_trustlets: dict[str, tuple[int, bytes]] = field(default_factory=dict)

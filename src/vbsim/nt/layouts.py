@@ -112,6 +112,10 @@ class EPROCESS:
     #: process's policy in VTL1 and exposes it through PROCESS_EXTENDED_BASIC_INFORMATION; the
     #: model caches it in the VTL0 object at an offset of its own).  0xFFFFFFFF: not a trustlet.
     TrustletId: Final = Field("TrustletId", 0x9F0, 4, "model")
+    #: [model] The secure thread's cookie the SK returned from CREATE_THREAD, which NT passes
+    #: with every call into the trustlet (Windows keeps it in _KTHREAD.SecureThreadCookie of the
+    #: thread, Windows Internals 7th ed. part 1 ch. 3; the model's processes have one thread).
+    SecureThreadCookie: Final = Field("SecureThreadCookie", 0x9F8, 8, "model")
     #: sizeof(_EPROCESS) in build 19041 [Vergilius]: it fits one page.
     SIZE: Final = 0xA40
 

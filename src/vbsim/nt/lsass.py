@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from vbsim.nt.process import Process
 
 PROCESS_NAME = "lsass.exe"
-EXT_KEY = "lsass"
+
 LSAISO_NAME = "LsaIso.exe"
 
 RECORD_MAGIC = b"MSV1_0\x00\x01"
@@ -346,11 +346,7 @@ def _lsass_main(vp: Cpu, scratch: int, message: int, lsaiso_port: int) -> int:
 
 def lsaiso_port(nt: NtKernel) -> int:
     """LsaIso's port (the model's ALPC port is the trustlet's PID), or 0 if it is not running."""
-    started = nt.ext.get("boot_trustlets")
-    if not isinstance(started, dict):
-        return 0
-    pid = started.get(LSAISO_NAME, 0)
-    return pid if isinstance(pid, int) else 0
+    return nt.started_trustlets.get(LSAISO_NAME, 0)
 
 
 def credential_guard_active(nt: NtKernel, vp: Cpu) -> bool:
@@ -375,7 +371,10 @@ def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
         Token("SYSTEM", admin=True, debug_privilege=True, tcb=True),
         Protection.NONE,
     )
-    nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
+    # LsaIso's port admits this process (the LSA's SID): the owner NT checks, in its .data.
+    from vbsim.nt.secure_process import LSAISO_PORT_OWNER
+
+    vp.write_u64(nt.variable(LSAISO_PORT_OWNER).va, process.pid)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
     port = lsaiso_port(nt) if credential_guard_active(nt, vp) else 0
@@ -389,7 +388,7 @@ def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
             int(BugCheck.CRITICAL_PROCESS_DIED), BugCheck.CRITICAL_PROCESS_DIED.name, 0, process.pid
         )
     info = LsassInfo(process.pid, heap, RECORD_SIZE, bool(port))
-    nt.ext[EXT_KEY] = info
+    nt.lsass = info
     if vp.tracing:
         vp.emit(
             "nt",
@@ -404,7 +403,7 @@ def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
 
 def credential_region(nt: NtKernel) -> tuple[int, int, int]:
     """(pid, va, length) of lsass's credential record: where an attacker dumping lsass looks."""
-    info = nt.ext.get(EXT_KEY)
-    if not isinstance(info, LsassInfo):
+    info = nt.lsass
+    if info is None:
         raise LookupError("lsass is not running")
     return info.pid, info.va, info.length

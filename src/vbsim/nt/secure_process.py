@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
-from vbsim.nt.layouts import NORMAL_ALLOCATE_PAGES, NORMAL_IUM_SYSCALL
+from vbsim.nt.layouts import (
+    EPROCESS,
+    NORMAL_ALLOCATE_PAGES,
+    NORMAL_IUM_SYSCALL,
+    read_field,
+    write_field,
+)
 from vbsim.nt.layouts import TRUSTLET_IMAGE_BASE as IMAGE_BASE
 from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Token
@@ -40,10 +46,15 @@ class TrustletRun:
     reply: bytes
 
 
+#: [model] The PID whose ALPC messages LsaIso's port (LSA_ISO_RPC_SERVER) accepts: lsass's.  A
+#: kernel global in NT's .data (Windows checks the ALPC port's owner; the model keeps the owner's
+#: PID where a K0 write could change it, as it could the real port object).
+LSAISO_PORT_OWNER = "AlpcLsaIsoPortOwner"
+
+
 def trustlet_store(nt: NtKernel) -> dict[str, bytes]:
     """Trustlet images on disk (name → signed PE bytes)."""
-    store: dict[str, bytes] = nt.ext.setdefault("trustlets", {})
-    return store
+    return nt.trustlet_store
 
 
 def create_secure_process(
@@ -90,7 +101,6 @@ def create_secure_process(
     process = nt.create_process(vp, name, token or Token("SYSTEM", admin=True))
     process.secure_pid = handle
     process.trustlet_id = trustlet_id
-    from vbsim.nt.layouts import EPROCESS, write_field
 
     write_field(vp, process.eprocess, EPROCESS.SecurePid, handle)
     write_field(vp, process.eprocess, EPROCESS.TrustletId, trustlet_id)
@@ -100,7 +110,7 @@ def create_secure_process(
         process.tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
     status, outputs = nt.vsl.call(vp, Service.CREATE_THREAD, handle)
     if status == NtStatus.SUCCESS:
-        nt.ext.setdefault("secure_threads", {})[process.pid] = outputs[0]
+        write_field(vp, process.eprocess, EPROCESS.SecureThreadCookie, outputs[0])
     return status, process
 
 
@@ -108,7 +118,7 @@ def run_trustlet(
     nt: NtKernel, vp: Cpu, process: Process, message: bytes = b"", selector: int = 0
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
-    cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    cookie = read_field(vp, process.eprocess, EPROCESS.SecureThreadCookie) or None
     from vbsim.nt import process as ps
 
     if ps.is_exiting(vp, process.eprocess):
@@ -176,7 +186,7 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: Cpu, args: list[int]) -> in
         return int(NtStatus.ACCESS_DENIED)
     if target is None or target.trustlet_id is None:
         return int(NtStatus.INVALID_HANDLE)
-    if target.trustlet_id == 1 and nt.ext.get("lsass_pid") != caller.pid:
+    if target.trustlet_id == 1 and vp.read_u64(nt.variable(LSAISO_PORT_OWNER).va) != caller.pid:
         # LSA_ISO_RPC_SERVER is lsass's port (vbs-internals §4.1 [S]): an administrator reaches
         # LsaIso only by running code inside lsass (SSP injection, as Pass-the-Challenge does).
         return int(NtStatus.ACCESS_DENIED)
@@ -212,12 +222,14 @@ def start_boot_trustlets(
             )
         if process is not None:
             started[name] = process.pid
-    nt.ext["boot_trustlets"] = started
+    nt.started_trustlets = started
     return started
 
 
 def register(nt: NtKernel) -> None:
     from vbsim.nt import syscalls
+
+    nt.variable(LSAISO_PORT_OWNER)  # loader time: the global lsass writes when it starts
 
     syscalls.register(nt, "NtAlpcSendWaitReceivePort", nt_alpc_send_wait_receive_port)
     if nt.vsl is not None:

@@ -297,7 +297,7 @@ def nt_create_user_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     if isinstance(name, int):
         return name
     caller = nt.process_of(vp)
-    image = nt.ext.get("app_store", {}).get(name)
+    image = nt.app_store.get(name)
     if caller is None or image is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
     if not nt.probe_user(vp, args[2], 8, write=True):

@@ -207,7 +207,7 @@ def _disable_dse_and_load(cpu: Cpu, buffer: int, ci_options: int) -> list[int]:
 def a3_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
     # The administrator copies rootkit.sys to disk (the model's driver store is NT's file view).
-    nt.ext[drivers.STORE][ROOTKIT] = rootkit_image()
+    nt.driver_store[ROOTKIT] = rootkit_image()
     ci_options = drivers.ci_options_va(nt)  # symbols: ci!g_CiOptions
     ctx.notes["statuses"] = _statuses(_as_admin(ctx, _disable_dse_and_load, ci_options))
 

@@ -30,6 +30,7 @@ from vbsim.ium import vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt.kernel import NtKernel
+from vbsim.nt.layouts import EPROCESS, read_field
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
@@ -384,7 +385,7 @@ def _debug_trustlet(cpu: Cpu, pid: int, va: int, buffer_pfn: int) -> list[int]:
     nt = nt_of(cpu)
     assert nt.vsl is not None
     handle = nt.processes[pid].secure_pid
-    cookie = int(nt.ext.get("secure_threads", {}).get(pid, 0))
+    cookie = read_field(cpu, nt.processes[pid].eprocess, EPROCESS.SecureThreadCookie)
     statuses = [
         nt.vsl.call(cpu, Service.DEBUG_PROCESS, handle)[0],
         nt.vsl.call(cpu, Service.GET_CONTEXT, cookie)[0],

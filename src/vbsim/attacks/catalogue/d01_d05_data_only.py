@@ -401,7 +401,7 @@ def _load_unsigned(vp: Cpu, buffer: int) -> int:
 
 def d5_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
-    nt.ext[drivers.STORE][UNSIGNED] = unsigned_image()  # the administrator copies the file
+    nt.driver_store[UNSIGNED] = unsigned_image()  # the administrator copies the file
     ctx.notes["ci_options"] = drivers.ci_options_va(nt)
     ctx.kernel(_patch_ci, drivers.ci_options_va(nt))
     admin = ctx.process(admin=True, name="d5.exe")
