@@ -17,7 +17,7 @@ from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
-from vbsim.hw.pagetable import PhysAccess
+from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
 from vbsim.nt import notify
 from vbsim.nt import pfn as mm
@@ -54,6 +54,14 @@ SERVICE_LIMIT = 0x200
 PRCB_SIZE = 0x40
 
 SyscallHandler = Callable[["NtKernel", Cpu, list[int]], int]
+
+
+def _no_processor(*_: int) -> Any:
+    raise RuntimeError("page tables used without a processor (NtKernel.address_space)")
+
+
+#: The physical access a stored address space has between operations: none.
+DETACHED = PhysAccess(_no_processor, _no_processor, _no_processor)
 
 
 @dataclass
@@ -370,6 +378,12 @@ class NtKernel:
         if self.processor_count > 1:
             vp.wrmsr(X2APIC_ICR, ICR_ALL_EXCLUDING_SELF | IPI_VECTOR)
 
+    def address_space(self, vp: Cpu, process: Process) -> PageTables:
+        """``process``'s page tables as NT walks and edits them now: through ``vp`` and the
+        direct map.  The stored :class:`Process` keeps only the root and the table frames (no
+        processor): each operation gets a fresh editor over the same frame list."""
+        return PageTables(self.phys(vp), process.tables.root, process.tables.frames)
+
     def probe_user(self, vp: Cpu, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
         of the current address space (writable, for a write).  A bad pointer is the caller's
@@ -377,8 +391,7 @@ class NtKernel:
         process = self.process_of(vp)
         if process is None:
             return False
-        process.tables.phys = self.phys(vp)
-        return process.tables.user_range_ok(va, length, write)
+        return self.address_space(vp, process).user_range_ok(va, length, write)
 
     def copy_from_user(self, vp: Cpu, va: int, length: int) -> bytes | None:
         """Probe, then copy user memory (STAC/CLAC around the access, as SMAP requires)."""
@@ -413,6 +426,7 @@ class NtKernel:
         linked into PsActiveProcessHead's list.  The token is built from ``token`` or, for a
         child, copied from ``parent``'s (SeSubProcessToken)."""
         tables = new_address_space(self.phys(vp), self.space.root)
+        tables.phys = DETACHED  # NT keeps the root and frames, never the processor
         eprocess, _ = self.alloc_kernel_page(vp)
         token_va, _ = self.alloc_kernel_page(vp)
         self._next_token_id += 1
@@ -475,9 +489,7 @@ class NtKernel:
         start = base if base is not None else process.reserve(pages * PAGE_SIZE)
         region = Region(start, pages * PAGE_SIZE, writable, executable)
         flags = int(Pte.US) | (int(Pte.RW) if writable else 0) | (0 if executable else int(Pte.NX))
-        phys = self.phys(vp)
-        tables = process.tables
-        tables.phys = phys
+        tables = self.address_space(vp, process)
         for i in range(pages):
             try:
                 frame = self.alloc_page(vp)
@@ -504,7 +516,7 @@ class NtKernel:
                 vp.write(page_va + slot * code.THUNK_SIZE, code.encode_thunk(name))
                 placed[name] = region.base + slot * code.THUNK_SIZE
             # Now make the page read-only and executable (W^X for user code as well).
-            pte = process.tables.pte_gpa(region.base)
+            pte = self.address_space(vp, process).pte_gpa(region.base)
             assert pte is not None
             phys = self.phys(vp)
             phys.write_u64(pte, (region.pfns[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))

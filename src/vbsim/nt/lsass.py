@@ -310,7 +310,7 @@ def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
     from vbsim.guest.address_space import DIRECT_MAP
 
     va = process.regions[0].base + LOGON_MESSAGE_OFFSET
-    leaf = process.tables.lookup(va)
+    leaf = nt.address_space(vp, process).lookup(va)
     if leaf is None:
         return 0
     vp.write(DIRECT_MAP + (leaf & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), encode_logon(logon))

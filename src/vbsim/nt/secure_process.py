@@ -104,10 +104,9 @@ def create_secure_process(
 
     write_field(vp, process.eprocess, EPROCESS.SecurePid, handle)
     write_field(vp, process.eprocess, EPROCESS.TrustletId, trustlet_id)
-    phys = nt.phys(vp)
-    process.tables.phys = phys
+    tables = nt.address_space(vp, process)
     for i, pfn in enumerate(pfns):  # the image section, read-only in the shadow process
-        process.tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
+        tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
     status, outputs = nt.vsl.call(vp, Service.CREATE_THREAD, handle)
     if status == NtStatus.SUCCESS:
         write_field(vp, process.eprocess, EPROCESS.SecureThreadCookie, outputs[0])

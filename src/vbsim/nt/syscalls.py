@@ -150,7 +150,7 @@ def _translate_user(
     from vbsim.nt.process import Process
 
     assert isinstance(process, Process)
-    value = process.tables.lookup(va)
+    value = nt.address_space(vp, process).lookup(va)
     if value is None or not value & 0x4 or (write and not value & 0x2):
         return None
     size_mask = (1 << 12) - 1
@@ -240,8 +240,7 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
 
     assert isinstance(target, Process)
     writable, executable = _PROTECTIONS[protect]
-    tables = target.tables
-    tables.phys = nt.phys(vp)
+    tables = nt.address_space(vp, target)
     first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
     entries: list[tuple[int, int, int]] = []
     for page in range(first, last + 0x1000, 0x1000):
@@ -279,8 +278,7 @@ def nt_free_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     region = process.region_at(base) if process is not None else None
     if process is None or region is None or region.base != base:
         return int(NtStatus.INVALID_PARAMETER)
-    tables = process.tables
-    tables.phys = nt.phys(vp)
+    tables = nt.address_space(vp, process)
     for index, pfn in enumerate(region.pfns):
         tables.unmap(region.base + index * PAGE_SIZE)
         vp.invlpg(region.base + index * PAGE_SIZE)

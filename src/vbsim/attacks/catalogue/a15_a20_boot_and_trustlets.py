@@ -87,8 +87,13 @@ def lsaiso_shadow(ctx: AttackContext) -> Process | None:
     return None
 
 
-def process_gpa(process: Process, va: int) -> int | None:
-    entry = process.tables.lookup(va)
+def process_gpa(ctx: AttackContext, process: Process, va: int) -> int | None:
+    """Host side (a debugger's walk of the process's tables in RAM)."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    machine = ctx.booted.machine
+    assert machine is not None
+    entry = PageTables(PhysAccess.direct(machine.ram, "debugger"), process.tables.root).lookup(va)
     if entry is None:
         return None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
@@ -401,7 +406,7 @@ def a20_steps(ctx: AttackContext) -> None:
     ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
     debugger = ctx.process(admin=True, name="windbg.exe")
     buffer = ctx.user_buffer(debugger)
-    ctx.notes["a0_loot_gpa"] = process_gpa(debugger, buffer)
+    ctx.notes["a0_loot_gpa"] = process_gpa(ctx, debugger, buffer)
     ctx.notes["a0_status"] = ctx.user(
         _read_remote, target.pid, TABLE_VA, buffer, A20_LENGTH, process=debugger
     )
