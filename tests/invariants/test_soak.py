@@ -101,12 +101,18 @@ def test_the_command_fails_when_something_broke(monkeypatch: pytest.MonkeyPatch)
     assert "escaped exceptions: " in result.stdout and "KeyError" in result.stdout
 
 
-@pytest.mark.xfail(
+_NOT_YET = pytest.mark.xfail(
     strict=True,
     reason="issue 13 target not reached yet: the guided generator found the legacy-2019 bugs "
-    "unaided within 600 programs for 0 to 2 seeds of 6 in the runs tried, not for seeds 1-3",
+    "unaided within 600 programs for 0 to 2 seeds of 6 in the runs tried, not for seeds 1-2",
 )
-@pytest.mark.parametrize("seed", [1, 2, 3])
+
+
+# Seed 3 reaches the target since NT's physical memory comes from its own PFN database (the
+# frames the programs see moved): its mark went, as the docstring below asks.
+@pytest.mark.parametrize(
+    "seed", [pytest.param(1, marks=_NOT_YET), pytest.param(2, marks=_NOT_YET), 3]
+)
 def test_the_default_attacker_finds_the_legacy_2019_bugs_unaided(seed: int) -> None:
     """Issue 13: no focus, no hint — the guided generator reaches the unchecked secure-call
     parameters of legacy-2019 (invariant 6: the copy past the allocation; invariant 1: a VTL1

@@ -59,9 +59,17 @@ def secure_call(machine: Machine, service: Service, *fields: int) -> tuple[int, 
     return machine.nt.vsl.call(machine.vp.cpu, service, *fields)
 
 
-def image_gpa(process: Process, page: int = 0) -> int:
+def _lookup(machine: Machine, process: Process, va: int) -> int | None:
+    """A debugger's walk of the shadow process's page tables in RAM."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    ram = machine.system.machine.ram  # type: ignore[union-attr]
+    return PageTables(PhysAccess.direct(ram, "debugger"), process.tables.root).lookup(va)
+
+
+def image_gpa(machine: Machine, process: Process, page: int = 0) -> int:
     """The GPA of an image page, as NT knows it: from the shadow process's own page tables."""
-    entry = process.tables.lookup(IMAGE_BASE + page * PAGE_SIZE)
+    entry = _lookup(machine, process, IMAGE_BASE + page * PAGE_SIZE)
     assert entry is not None
     return entry & PFN_MASK
 
@@ -113,7 +121,7 @@ def test_private_memory_is_not_readable_with_debug_privilege(
         assert data == bytes(64)
         seen += data
     # The shadow process has no mapping for the trustlet's private memory at all.
-    assert all(lsa.tables.lookup(PRIVATE_BASE + p * PAGE_SIZE) is None for p in range(8))
+    assert all(_lookup(machine, lsa, PRIVATE_BASE + p * PAGE_SIZE) is None for p in range(8))
     assert OWF not in seen
 
 
@@ -152,15 +160,15 @@ def test_image_pages_are_readable_from_vtl0(
     assert (status, data) == (NtStatus.SUCCESS, image[:64])
     # NT itself reads the section page through its direct map (K0), with no intercept.
     mark = machine.mark()
-    page = machine.vp.read(DIRECT_MAP + image_gpa(lsa, 1), PAGE_SIZE)
+    page = machine.vp.read(DIRECT_MAP + image_gpa(machine, lsa, 1), PAGE_SIZE)
     assert page == image[PAGE_SIZE : 2 * PAGE_SIZE]
     assert not machine.events_since(mark, "intercept")
-    assert image_gpa(lsa, 1) >> PAGE_SHIFT == machine.secure_process(lsa).image_pfns[1]
+    assert image_gpa(machine, lsa, 1) >> PAGE_SHIFT == machine.secure_process(lsa).image_pfns[1]
 
 
 def test_k0_write_to_an_image_page_is_refused_by_slat(fresh: Machine) -> None:
     process = fresh.started(trustlet_image(LSAISO), 1, LSAISO)
-    gpa = image_gpa(process, 0)
+    gpa = image_gpa(fresh, process, 0)
     machine = fresh.system.machine
     assert machine is not None and machine.slat is not None
     assert machine.slat.rights(0, gpa >> PAGE_SHIFT) == 1  # read only, for VTL0
@@ -183,7 +191,7 @@ def test_write_process_memory_into_a_trustlet_image_fails_cleanly(fresh: Machine
     process = fresh.started(trustlet_image(LSAISO), 1, LSAISO)
     machine = fresh.system.machine
     assert machine is not None
-    gpa = image_gpa(process, 0)
+    gpa = image_gpa(fresh, process, 0)
     before = machine.ram.read(gpa, PAGE_SIZE)
     admin = kit.spawn(fresh)
     number = NUMBERS["NtWriteVirtualMemory"]

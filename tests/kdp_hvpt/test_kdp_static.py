@@ -142,7 +142,7 @@ def test_a6_data_only_attack_on_an_unprotected_variable_succeeds(name: str) -> N
     """A K0 write primitive changes any kernel variable KDP does not cover — HVCI or not."""
     system = booted(name)
     machine, nt, vp = parts(system)
-    variable = nt.variable("PspTokenPolicy")
+    variable = nt.variable("SeCiCallbacks")  # ntoskrnl .data, which KDP does not cover
     vp.write_u64(variable.va, VALUE)
     vp.write_u64(variable.va, 0xBAD)
     assert machine.ram.read_u64(variable.gpa) == 0xBAD

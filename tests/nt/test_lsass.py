@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vbsim.boot.chain import System, boot
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass, syscalls
+from vbsim.nt.process import Process
 from vbsim.ntstatus import BugCheck
 from vbsim.policy import preset
 
@@ -96,7 +97,7 @@ def test_parse_rejects_other_bytes() -> None:
 
 def _gpa(system: System, pid: int, va: int) -> int:
     assert system.nt is not None
-    entry = system.nt.processes[pid].tables.lookup(va)
+    entry = _host_lookup(system, system.nt.processes[pid], va)
     assert entry is not None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
 
@@ -232,7 +233,7 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     pid, _, _ = lsass.credential_region(system.nt)
     process = system.nt.processes[pid]
     va = process.regions[0].base + lsass.LOGON_MESSAGE_OFFSET
-    leaf = process.tables.lookup(va)
+    leaf = _host_lookup(system, process, va)
     assert leaf is not None
     page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)
     password = lsass.DEFAULT_LOGON.password.encode("utf-16-le")
@@ -240,3 +241,12 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     assert page[lsass.LOGON_MESSAGE_OFFSET : lsass.LOGON_MESSAGE_OFFSET + 64] == bytes(64)
     encoded = lsass.encode_logon(lsass.DEFAULT_LOGON)
     assert password in encoded and encoded[:8] == (0x3E7_0001).to_bytes(8, "little")
+
+
+def _host_lookup(system: System, process: Process, va: int) -> int | None:
+    """A debugger's walk of ``process``'s page tables in RAM."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    assert system.machine is not None
+    tables = PageTables(PhysAccess.direct(system.machine.ram, "debugger"), process.tables.root)
+    return tables.lookup(va)
