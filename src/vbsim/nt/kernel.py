@@ -8,7 +8,7 @@ means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the mach
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap, KernelSpace, runtime_phys
@@ -382,7 +382,7 @@ class NtKernel:
         """``process``'s page tables as NT walks and edits them now: through ``vp`` and the
         direct map.  The stored :class:`Process` keeps only the root and the table frames (no
         processor): each operation gets a fresh editor over the same frame list."""
-        return PageTables(self.phys(vp), process.tables.root, process.tables.frames)
+        return replace(process.tables, phys=self.phys(vp))  # same root, same frame list
 
     def probe_user(self, vp: Cpu, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
