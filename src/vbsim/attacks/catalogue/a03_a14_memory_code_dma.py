@@ -50,7 +50,6 @@ from vbsim.hw.code import THUNK_SIZE, encode_thunk
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.dma import DEFAULT_BASE, DIR_FROM_MEMORY, DIR_TO_MEMORY, STATUS_NAMES, DmaDevice
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Access, Pte
 from vbsim.image import ImageKind, build_image
 from vbsim.ium.lsaiso import TABLE_VA
@@ -394,8 +393,8 @@ MARKER = b"A8-OWNED"
 FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
 
 
-def _a8_shellcode(vp: VirtualProcessor) -> int:
-    record_run(vp.cpu, "a8")
+def _a8_shellcode(vp: Cpu) -> int:
+    record_run(vp, "a8")
     return 0
 
 
@@ -410,12 +409,12 @@ class _Prepared:
     thunk: bytes
 
 
-def _prepare(vp: VirtualProcessor) -> _Prepared:
+def _prepare(vp: Cpu) -> _Prepared:
     """K0: pick NT's last code page (validated under HVCI), find a free thunk slot in it, and
     compute the SHA-256 of the page as it will be with the shellcode's thunk in that slot.  The
     forged bytes are a hash-record header (count 1, the loader's capacity) and one record naming
     that page with that hash.  Nothing here asks the Secure Kernel anything."""
-    nt = nt_of(vp.cpu)
+    nt = nt_of(vp)
     header = (1).to_bytes(4, "little") + SkHvci.HASH_MAX.to_bytes(4, "little") + MARKER
     page_index = len(nt.space.code_pages) - 1
     va_page = CODE_BASE + page_index * PAGE_SIZE
@@ -432,50 +431,48 @@ def _prepare(vp: VirtualProcessor) -> _Prepared:
     return _Prepared(header + record, va_page + slot, pfn, thunk)
 
 
-def _make_executable_and_run(vp: VirtualProcessor, prepared: _Prepared) -> str:
+def _make_executable_and_run(vp: Cpu, prepared: _Prepared) -> str:
     """K0, after the overflow: make the code page writable through the sanctioned
     MAKE_PROTECTED_PAGE_WRITABLE (NT's hotpatch path), write the thunk, and ask the SK to make
     the page executable again (it re-hashes it against its records); call the shellcode if the
     SK said yes."""
-    nt = nt_of(vp.cpu)
+    nt = nt_of(vp)
     assert nt.vsl is not None
-    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, prepared.pfn)
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, prepared.pfn)
     if status == NtStatus.NOT_SUPPORTED:
         return "no-hvci"
     if status != NtStatus.SUCCESS:
         return NtStatus.name_of(status)
     page_offset = prepared.code_va & (PAGE_SIZE - 1)
     vp.write(DIRECT_MAP + (prepared.pfn << PAGE_SHIFT) + page_offset, prepared.thunk)
-    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, prepared.pfn, 0)
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, prepared.pfn, 0)
     if status != NtStatus.SUCCESS:
         return NtStatus.name_of(status)
     vp.call(prepared.code_va)
     return "ran"
 
 
-def _overflow_source(nt: NtKernel, vp: VirtualProcessor, forged: bytes) -> list[int]:
+def _overflow_source(nt: NtKernel, vp: Cpu, forged: bytes) -> list[int]:
     """Two pages: filler for the allocation, then the forged bytes that land behind it."""
     filler = MARKER * (PAGE_SIZE // len(MARKER))
-    return ntkdp.stage_buffer(nt, vp.cpu, filler + forged.ljust(PAGE_SIZE, b"\0"))
+    return ntkdp.stage_buffer(nt, vp, filler + forged.ljust(PAGE_SIZE, b"\0"))
 
 
-def _crafted_fills(vp: VirtualProcessor) -> list[Any]:
+def _crafted_fills(vp: Cpu) -> list[Any]:
     """K0: a secure allocation of one page, then FILL_SECURE_ALLOCATION with an MDL whose
     ByteCount runs past it (unchecked TransferMdl->ByteCount), and one whose offset starts right
     after it; then, under HVCI, the follow-on that turns the overwrite into unsigned code."""
-    nt = nt_of(vp.cpu)
+    nt = nt_of(vp)
     prepared = _prepare(vp)
-    status, handle = ntkdp.create_secure_allocation(nt, vp.cpu, PAGE_SIZE)
+    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
         return [status]
     source = _overflow_source(nt, vp, prepared.forged)
     statuses: list[Any] = [status]
     for offset, count in ((0, PAGE_SIZE + FORGED_LENGTH), (PAGE_SIZE, FORGED_LENGTH)):
         pfns = source if offset == 0 else source[1:]
-        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp.cpu, pfns, count)
-        statuses.append(
-            ntkdp.fill_secure_allocation_raw(nt, vp.cpu, handle, offset, mdl_va, mdl_pfn)
-        )
+        mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, pfns, count)
+        statuses.append(ntkdp.fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn))
     statuses.append(_make_executable_and_run(vp, prepared))
     return [*statuses, prepared.forged]
 
@@ -518,19 +515,19 @@ A8 = Scenario(
 
 
 # -- A9: double fetch through the normal-call window ----------------------------------------------
-def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
+def _toctou_fill(vp: Cpu) -> list[Any]:
     """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch.  The Secure
     Kernel makes its "get physical pages" normal call after validating the MDL and before
     copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory
     so that the copy reaches the forged bytes into the hash records behind the allocation."""
-    nt = nt_of(vp.cpu)
+    nt = nt_of(vp)
     assert nt.vsl is not None
     prepared = _prepare(vp)
-    status, handle = ntkdp.create_secure_allocation(nt, vp.cpu, PAGE_SIZE)
+    status, handle = ntkdp.create_secure_allocation(nt, vp, PAGE_SIZE)
     if status != NtStatus.SUCCESS:
         return [status, prepared.forged]
     source = _overflow_source(nt, vp, prepared.forged)
-    mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp.cpu, source, 64)
+    mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, 64)
     original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
     swapped: list[int] = []
 
@@ -541,7 +538,7 @@ def _toctou_fill(vp: VirtualProcessor) -> list[Any]:
 
     nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = hooked
     try:
-        fill = ntkdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn)
+        fill = ntkdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
     finally:
         nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = original
     return [status, fill, len(swapped), prepared.forged]
