@@ -49,10 +49,7 @@ def initialize(
 ) -> None:
     """MiInitializePfnDatabase (loader time, host side): entries below ``first`` bad but NT's
     own frames (``own``), which are active; ``[first, limit)`` never used (entries zero)."""
-    entries = bytearray(first * MMPFN.SIZE)
-    bad = _BAD.to_bytes(8, "little")
-    for pfn in range(first):
-        entries[pfn * 8 : pfn * 8 + 8] = bad
+    entries = bytearray(_BAD.to_bytes(8, "little") * first)
     active = _ACTIVE.to_bytes(8, "little")
     for pfn in own:
         if pfn < first:
