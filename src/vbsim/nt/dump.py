@@ -94,17 +94,17 @@ def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int
 
 def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
     """Build a dump of ``kind`` from what NT can read (kernel code at VTL0 CPL0)."""
-    # A complete dump is every page of RAM; a kernel dump the pages NT's PFN database says are
-    # in use (its own and those that are not NT's to hand out), in PFN order.
-    candidates = (
-        list(range(1, mm.limit(vp, nt.free_list_head)))
-        if kind == COMPLETE
-        else mm.pages_in_use(vp, nt.pfn_database, nt.free_list_head)
-    )
     secure: set[int] = set()
     session = 0
     if nt.vsl is not None:
         secure, session = _secure_list(nt, vp, _SERVICE[kind])
+    # A complete dump is every page of RAM; a kernel dump the pages NT's PFN database says NT
+    # owns, and the VTL1 pages the SK listed (it withholds or encrypts those), in PFN order.
+    candidates = (
+        list(range(1, mm.limit(vp, nt.free_list_head)))
+        if kind == COMPLETE
+        else sorted(set(mm.active_pages(vp, nt.pfn_database, nt.free_list_head)) | secure)
+    )
     work_va, work_gpa = nt.alloc_kernel_page(vp)
     work_pfn = work_gpa >> PAGE_SHIFT
     records: list[bytes] = []

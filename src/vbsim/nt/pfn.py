@@ -130,13 +130,10 @@ def limit(cpu: Cpu, head_va: int) -> int:
     return read_field(cpu, head_va, MMPFNLIST.Limit)
 
 
-def pages_in_use(cpu: Cpu, database_va: int, head_va: int) -> list[int]:
-    """The PFNs the database says are in use (NT's active pages and the pages that are not
-    NT's: the loader's, the firmware's, the Secure Kernel's), read in one pass."""
+def active_pages(cpu: Cpu, database_va: int, head_va: int) -> list[int]:
+    """The PFNs NT owns (ActiveAndValid), read from the database in one pass."""
     count = limit(cpu, head_va)
     raw = cpu.read(database_va, count * MMPFN.SIZE)
-    free = (int(MMLISTS.ZeroedPageList), int(MMLISTS.FreePageList))
+    active = int(MMLISTS.ActiveAndValid)
     entries = memoryview(raw).cast("Q")
-    return [
-        frame for frame in range(1, count) if entries[frame] >> MMPFN.LOCATION_SHIFT not in free
-    ]
+    return [f for f in range(1, count) if entries[f] >> MMPFN.LOCATION_SHIFT == active]
