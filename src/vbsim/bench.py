@@ -164,7 +164,7 @@ def securecall_null_us() -> float:
 
     system = _booted()
     vp, vsl = system.machine.bsp, system.nt.vsl
-    rate = _timed_rate(lambda: vsl.call(vp, Service.NULL))
+    rate = _timed_rate(lambda: vsl.call(vp.cpu, Service.NULL))
     system.machine.close()
     return 1e6 / rate
 
@@ -185,10 +185,10 @@ def syscall_null_us() -> float:
 
     system = _booted()
     nt, vp = system.nt, system.machine.bsp
-    process = nt.create_process(vp, "bench.exe", Token("user"))
-    entry = nt.map_code(vp, process, ["bench.syscall_loop"])["bench.syscall_loop"]
+    process = nt.create_process(vp.cpu, "bench.exe", Token("user"))
+    entry = nt.map_code(vp.cpu, process, ["bench.syscall_loop"])["bench.syscall_loop"]
     count = 20000
-    run = nt.run_user(vp, process, entry, count)
+    run = nt.run_user(vp.cpu, process, entry, count)
     system.machine.close()
     return float(run.returned) / count * 1e6
 
@@ -206,7 +206,7 @@ def trustlet_admit_ms() -> float:
     samples = []
     for _ in range(5):
         start = time.perf_counter()
-        status, _process = create_secure_process(nt, vp, LSAISO, 1, image=image)
+        status, _process = create_secure_process(nt, vp.cpu, LSAISO, 1, image=image)
         samples.append((time.perf_counter() - start) * 1000)
         assert status == 0, hex(status)
     system.machine.close()
@@ -235,10 +235,10 @@ def ium_secure_syscall_us() -> float:
     system = _booted()
     nt, vp = system.nt, system.machine.bsp
     image = trustlet_image("BenchIum.exe", trustlet_id=5, entry="bench.ium_loop")
-    status, process = create_secure_process(nt, vp, "BenchIum.exe", 5, image=image)
+    status, process = create_secure_process(nt, vp.cpu, "BenchIum.exe", 5, image=image)
     assert status == 0 and process is not None, hex(status)
     count = 5000
-    run = run_trustlet(nt, vp, process, count.to_bytes(4, "little"))
+    run = run_trustlet(nt, vp.cpu, process, count.to_bytes(4, "little"))
     system.machine.close()
     return int.from_bytes(run.reply[:8], "little") / count / 1000
 

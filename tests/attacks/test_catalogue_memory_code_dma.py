@@ -189,7 +189,7 @@ def test_a5_with_hvpt_the_edited_pte_is_never_used() -> None:
     # NT's PTE for the variable (read in RAM) names the attacker's page ...
     nt = ctx.booted.nt
     assert nt is not None
-    leaf = mcd.host_lookup(ctx, nt.space.pt.root, va)
+    leaf = mcd.host_lookup(ctx, nt.space.root, va)
     assert leaf is not None and leaf & PTE_ADDR_MASK == own
     [pinned] = [e for e in _events(ctx, "hvpt", "hvpt", "pinned") if e.detail["va"] == va]
     assert pinned.detail["label"] == "kdp.static"

@@ -204,7 +204,7 @@ def test_a_routine_run_elsewhere_is_no_execute(monkeypatch: pytest.MonkeyPatch) 
             message = probes.trustlet_message(
                 probes.OP_EXECUTE, AREAS.index("VTL1 user"), va=t.code_va
             )
-            matrix.run_trustlet(self.nt, self.vp, self.trustlet, message)
+            matrix.run_trustlet(self.nt, self.vp.cpu, self.trustlet, message)
         return out
 
     cells = _run_planted(

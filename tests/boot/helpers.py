@@ -10,13 +10,13 @@ part, copying the values the boot path reads from the running kernel to the disk
 from __future__ import annotations
 
 from vbsim.boot.chain import System
+from vbsim.boot.chain import system_values as hive
 from vbsim.boot.disk import VBS_REGISTRY_KEY, Disk
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt import lsass
 from vbsim.nt.kernel import UserRun
 from vbsim.nt.process import Token
-from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 
@@ -47,10 +47,10 @@ def run_as_admin(system: System, routine: str, *args: object) -> UserRun:
     nt, machine = system.nt, system.machine
     assert nt is not None and machine is not None and system.booted
     vp = machine.bsp
-    process = nt.create_process(vp, "admin.exe", ADMIN)
-    entry = nt.map_code(vp, process, [routine])[routine]
-    buffer = nt.allocate(vp, process, 16 * 4096)
-    return nt.run_user(vp, process, entry, *args, buffer.base)
+    process = nt.create_process(vp.cpu, "admin.exe", ADMIN)
+    entry = nt.map_code(vp.cpu, process, [routine])[routine]
+    buffer = nt.allocate(vp.cpu, process, 16 * 4096)
+    return nt.run_user(vp.cpu, process, entry, *args, buffer.base)
 
 
 def set_registry_value(system: System, key: str, value: int) -> int:

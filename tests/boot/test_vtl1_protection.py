@@ -70,7 +70,7 @@ def test_every_secure_kernel_page_is_inaccessible_to_vtl0_after_boot() -> None:
     assert all(slat.rights(0, pfn) == 0 for pfn in sk_frames(system))
     # Nothing else of VTL0's RAM lost access: NT's own pages are still fully accessible.
     assert system.nt is not None
-    nt_frame = system.nt.space.frames[0]
+    nt_frame = system.nt_space.frames[0]
     assert slat.rights(0, nt_frame) == 0xF
 
 
@@ -118,8 +118,8 @@ def test_vtl0_cannot_start_a_processor_itself() -> None:
     system = booted()
     assert system.nt is not None and system.machine is not None
     nt, vp = system.nt, system.machine.bsp
-    in_va, in_gpa = nt.alloc_kernel_page(vp)
-    out_va, out_gpa = nt.alloc_kernel_page(vp)
+    in_va, in_gpa = nt.alloc_kernel_page(vp.cpu)
+    out_va, out_gpa = nt.alloc_kernel_page(vp.cpu)
     pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
     for index in range(len(system.machine.vps)):
         result = hvcall.start_virtual_processor(vp, pages, index, 0, nt.ap_context(index))
@@ -150,7 +150,7 @@ def test_hyperguard_hooking_lstar_bugchecks() -> None:
     vp = system.machine.bsp
     trusted = vp.rdmsr(Msr.LSTAR)
     assert trusted == system.nt.syscall_entry
-    hook = system.nt.space.install("nt.KiPageFault")  # any other kernel address
+    hook = system.nt_space.install("nt.KiPageFault")  # any other kernel address
     with pytest.raises(Bugcheck) as stop:
         vp.wrmsr(Msr.LSTAR, hook)
     assert stop.value.code == BugCheck.HYPERGUARD_VIOLATION
@@ -189,7 +189,7 @@ def test_unknown_secure_call_number_bugchecks_the_secure_kernel(code: int) -> No
     assert code not in system.nt.vsl.table.service
     with pytest.raises(Bugcheck) as stop:
         system.nt.vsl.call_raw(
-            system.machine.bsp, SecureCallArgs(callargs.OP_INVOKE_SERVICE, code, 0, [])
+            system.machine.bsp.cpu, SecureCallArgs(callargs.OP_INVOKE_SERVICE, code, 0, [])
         )
     assert stop.value.code == BugCheck.SECURE_KERNEL_ERROR == 0x18B
     assert stop.value.vtl == 1

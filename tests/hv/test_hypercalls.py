@@ -180,7 +180,7 @@ def test_vtl_call_and_return_rules() -> None:
     kernel = BareKernel.load(machine)
     vp = machine.bsp
     _, page = kernel.space.alloc_data()
-    enable_hypercalls(vp, page)
+    enable_hypercalls(vp.cpu, page)
     with pytest.raises(ThreadTerminated):
         hvcall.vtl_call(vp)  # no higher VTL enabled: #UD
     assert kernel.exceptions[-1].vector == Vector.UD

@@ -179,7 +179,7 @@ def test_enable_partition_vtl_with_hardware_hvpt_flag() -> None:
         kernel = BareKernel.load(machine)
         Monitor.load(machine)
         _, gpa = kernel.space.alloc_data()
-        enable_hypercalls(machine.bsp, gpa)
+        enable_hypercalls(machine.bsp.cpu, gpa)
         flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_HARDWARE_HVPT)
         result = hvcall.enable_partition_vtl(machine.bsp, kernel.params, 1, flags)
         assert result.status == wanted

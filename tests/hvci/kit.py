@@ -41,7 +41,7 @@ def _user_ioctl(
     vp.write(buffer + NAME_AT, raw)
     vp.write(buffer + IOCTL_AT, address.to_bytes(8, "little") + value.to_bytes(8, "little"))
     status = syscall(
-        vp, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), code, buffer + IOCTL_AT
+        vp.cpu, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), code, buffer + IOCTL_AT
     )
     return status, int.from_bytes(vp.read(buffer + IOCTL_AT + 8, 8), "little")
 
@@ -57,11 +57,11 @@ class Env:
 
     @property
     def hvci(self) -> bool:
-        return drivers.hvci_enabled(self.nt, self.vp)
+        return drivers.hvci_enabled(self.nt, self.vp.cpu)
 
     def user(self, routine: str, *args: Any, process: Process | None = None) -> Any:
         target = process or self.process
-        run = self.nt.run_user(self.vp, target, self.entries[routine], *args)
+        run = self.nt.run_user(self.vp.cpu, target, self.entries[routine], *args)
         assert run.terminated is None, run.terminated
         return run.returned
 
@@ -105,9 +105,9 @@ def make_env(policy: Policy | str) -> Env:
     assert system.nt is not None and system.machine is not None
     nt = system.nt
     vp = system.machine.bsp
-    process = nt.create_process(vp, "admin.exe", ADMIN)
-    region = nt.allocate(vp, process, 4096)
-    entries = nt.map_code(vp, process, ["test.hvci.load_driver", "test.hvci.ioctl"])
+    process = nt.create_process(vp.cpu, "admin.exe", ADMIN)
+    region = nt.allocate(vp.cpu, process, 4096)
+    entries = nt.map_code(vp.cpu, process, ["test.hvci.load_driver", "test.hvci.ioctl"])
     return Env(system, nt, vp, process, region.base, entries)
 
 

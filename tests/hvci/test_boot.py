@@ -40,7 +40,7 @@ def test_nt_boot_code_pages_are_validated_and_everything_else_is_never_kx() -> N
     # NT's data (g_CiOptions lives there) and its page tables: RW and user-executable, never KX.
     data_pfn = env.nt.data_gpa >> 12
     assert env.rights(data_pfn) == R | W | UX
-    assert env.rights(env.nt.space.pt.root >> 12) == R | W | UX
+    assert env.rights(env.nt.space.root >> 12) == R | W | UX
     # The Secure Kernel's own pages are not VTL0's to execute or write.
     for pfn in sorted(sk.host_own_pages(ram))[:8]:
         assert not env.rights(pfn) & (W | KX)
@@ -57,7 +57,9 @@ def test_without_hvci_the_secure_kernel_does_not_enforce_anything() -> None:
     assert sk.host_config(env.system.machine.ram, Config.HVCI) == 0
     assert hvci_view(env.system.machine.ram, sk).hashes == {}
     assert env.nt.vsl is not None
-    status, _ = env.nt.vsl.call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, R | KX | UX)
+    status, _ = env.nt.vsl.call(
+        env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, R | KX | UX
+    )
     assert status == NtStatus.NOT_SUPPORTED
     assert env.events("hvci", "hvci.off")
     # The default protection (RWX) is still everywhere in VTL0.

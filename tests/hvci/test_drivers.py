@@ -83,10 +83,10 @@ def test_unsigned_and_untrusted_root_drivers_are_refused(
 
 def test_loading_needs_the_load_driver_privilege() -> None:
     env = make_env("vbs-off")
-    user = env.nt.create_process(env.vp, "user.exe", USER)
-    buffer = env.nt.allocate(env.vp, user, 4096).base
-    entries = env.nt.map_code(env.vp, user, ["test.hvci.load_driver"])
-    run = env.nt.run_user(env.vp, user, entries["test.hvci.load_driver"], buffer, SAMPLE_DRIVER)
+    user = env.nt.create_process(env.vp.cpu, "user.exe", USER)
+    buffer = env.nt.allocate(env.vp.cpu, user, 4096).base
+    entries = env.nt.map_code(env.vp.cpu, user, ["test.hvci.load_driver"])
+    run = env.nt.run_user(env.vp.cpu, user, entries["test.hvci.load_driver"], buffer, SAMPLE_DRIVER)
     assert run.returned == NtStatus.PRIVILEGE_NOT_HELD
     assert env.events("driver", "privilege")
 
@@ -144,15 +144,15 @@ def test_dse_disable_attack_never_runs_unsigned_code_under_the_vbs_hvci_preset()
 
 def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
     env = make_env("vbs-hvci")
-    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    image = env.nt.driver_store[UNSIGNED_DRIVER]
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
-    driver = drivers.map_image(env.nt, env.vp, UNSIGNED_DRIVER, parsed, layout)
+    driver = drivers.map_image(env.nt, env.vp.cpu, UNSIGNED_DRIVER, parsed, layout)
     assert not any(env.rights(pfn) & KX for pfn in driver.pfns)
     before = entry_runs(UNSIGNED_DRIVER)
     with pytest.raises(Bugcheck) as stop:
-        drivers.start_driver(env.nt, env.vp, driver)
+        drivers.start_driver(env.nt, env.vp.cpu, driver)
     assert entry_runs(UNSIGNED_DRIVER) == before  # the body never ran
     assert stop.value.code == BugCheck.KMODE_EXCEPTION_NOT_HANDLED and stop.value.vtl == 0
     denied = [e for e in env.events("access", "slat") if e.outcome == "denied"]
@@ -164,26 +164,26 @@ def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
 @pytest.mark.parametrize("name", ["vbs", "vbs-off"])
 def test_unsigned_code_that_nt_maps_itself_executes_without_hvci(name: str) -> None:
     env = make_env(name)
-    image = env.nt.ext[drivers.STORE][UNSIGNED_DRIVER]
+    image = env.nt.driver_store[UNSIGNED_DRIVER]
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
-    driver = drivers.map_image(env.nt, env.vp, UNSIGNED_DRIVER, parsed, layout)
+    driver = drivers.map_image(env.nt, env.vp.cpu, UNSIGNED_DRIVER, parsed, layout)
     before = entry_runs(UNSIGNED_DRIVER)
-    assert drivers.start_driver(env.nt, env.vp, driver) == NtStatus.SUCCESS
+    assert drivers.start_driver(env.nt, env.vp.cpu, driver) == NtStatus.SUCCESS
     assert entry_runs(UNSIGNED_DRIVER) == before + 1
 
 
 def _create_and_map() -> tuple[Env, drivers.LoadedDriver, int]:
     """NT's first two steps by hand: CREATE_SECURE_IMAGE, then the mapping."""
     env = make_env("vbs-hvci")
-    image = env.nt.ext[drivers.STORE][SAMPLE_DRIVER]
-    status, handle = drivers._create_secure_image(env.nt, env.vp, image)
+    image = env.nt.driver_store[SAMPLE_DRIVER]
+    status, handle = drivers._create_secure_image(env.nt, env.vp.cpu, image)
     assert status == NtStatus.SUCCESS and handle
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
-    driver = drivers.map_image(env.nt, env.vp, SAMPLE_DRIVER, parsed, layout)
+    driver = drivers.map_image(env.nt, env.vp.cpu, SAMPLE_DRIVER, parsed, layout)
     return env, driver, handle
 
 
@@ -191,7 +191,7 @@ def test_a_code_page_that_differs_from_the_signed_image_never_gets_kx() -> None:
     e, driver, handle = _create_and_map()
     code_pfn = driver.code_pfns[0]
     e.vp.write(direct_va(code_pfn) + 64, b"\x0f\x3fVBSM\x01" + bytes(25))  # NT tampers
-    status = drivers._validate_mapped(e.nt, e.vp, driver, handle)
+    status = drivers._validate_mapped(e.nt, e.vp.cpu, driver, handle)
     assert status == NtStatus.INVALID_IMAGE_HASH
     [refusal] = [x for x in e.events("skci", "skci.page-hash") if x.outcome == "refused"]
     assert refusal.detail["first_gpa"] >> 12 == code_pfn
@@ -203,9 +203,9 @@ def test_a_code_page_that_differs_from_the_signed_image_never_gets_kx() -> None:
 def test_hashed_pages_are_locked_until_load_driver() -> None:
     env, driver, handle = _create_and_map()
     assert env.nt.vsl is not None
-    list_pfn = drivers._pfn_list_page(env.nt, env.vp, driver.pfns)
+    list_pfn = drivers._pfn_list_page(env.nt, env.vp.cpu, driver.pfns)
     status, _ = env.nt.vsl.call(
-        env.vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
+        env.vp.cpu, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
     )
     assert status == NtStatus.SUCCESS
     code_pfn = driver.code_pfns[0]
@@ -224,7 +224,7 @@ def test_unload_gives_the_pages_back_unvalidated() -> None:
     driver = env.nt.drivers[SAMPLE_DRIVER]
     assert isinstance(driver, drivers.LoadedDriver)
     pfns = list(driver.pfns)
-    assert drivers.unload_driver(env.nt, env.vp, SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert drivers.unload_driver(env.nt, env.vp.cpu, SAMPLE_DRIVER) == NtStatus.SUCCESS
     assert all(env.rights(pfn) == R | W | UX for pfn in pfns)
     assert env.events("hvci", "hvci.unload")
     # And it loads again, validated afresh.
@@ -242,9 +242,9 @@ def test_hvci_never_gives_back_rights_kdp_took() -> None:
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
     pfn = driver.pfns[index]
     assert env.rights(pfn) == R | W
-    status = kdp.mm_protect_driver_section(env.nt, env.vp, driver.base + index * 4096, 4096)
+    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096, 4096)
     assert status == NtStatus.SUCCESS and env.rights(pfn) == R
-    assert drivers.unload_driver(env.nt, env.vp, SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert drivers.unload_driver(env.nt, env.vp.cpu, SAMPLE_DRIVER) == NtStatus.SUCCESS
     assert env.rights(pfn) == R  # still KDP's
     assert env.events("hvci", "hvci.kdp")[-1].outcome == "kept-read-only"
     assert wkx_pages(env.system) == []
@@ -256,9 +256,11 @@ def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
     env, driver, handle = _create_and_map()
     assert env.nt.vsl is not None
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
-    status = kdp.mm_protect_driver_section(env.nt, env.vp, driver.base + index * 4096, 4096)
+    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096, 4096)
     assert status == NtStatus.SUCCESS
-    assert drivers._validate_mapped(env.nt, env.vp, driver, handle) == NtStatus.INVALID_PARAMETER
+    assert (
+        drivers._validate_mapped(env.nt, env.vp.cpu, driver, handle) == NtStatus.INVALID_PARAMETER
+    )
     assert env.events("hvci", "hvci.page-state")[-1].outcome == "refused"
     assert env.rights(driver.pfns[index]) == R
     assert all(env.rights(pfn) == R | W | UX for pfn in driver.code_pfns)

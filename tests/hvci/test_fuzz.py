@@ -48,28 +48,28 @@ def _new_rig() -> Rig:
     env = make_env("vbs-hvci")
     nt, vp = env.nt, env.vp
     assert env.system.machine is not None
-    image = nt.ext[drivers.STORE][drivers.SAMPLE_DRIVER]
+    image = nt.driver_store[drivers.SAMPLE_DRIVER]
     file_pfns = []
     for offset in range(0, len(image), 4096):
-        va, gpa = nt.alloc_kernel_page(vp)
+        va, gpa = nt.alloc_kernel_page(vp.cpu)
         vp.write(va, image[offset : offset + 4096])
         file_pfns.append(gpa >> 12)
     parsed = parse_image(image)
     layout = image_layout(image, parsed)
     assert layout is not None
-    mapped = drivers.map_image(nt, vp, "fuzz.sys", parsed, layout)
+    mapped = drivers.map_image(nt, vp.cpu, "fuzz.sys", parsed, layout)
     symbols = {
         "image_size": len(image),
-        "file_list": drivers._pfn_list_page(nt, vp, file_pfns),
+        "file_list": drivers._pfn_list_page(nt, vp.cpu, file_pfns),
         "file_count": len(file_pfns),
         "file_pfn": file_pfns[0],
-        "mapped_list": drivers._pfn_list_page(nt, vp, mapped.pfns),
+        "mapped_list": drivers._pfn_list_page(nt, vp.cpu, mapped.pfns),
         "mapped_count": len(mapped.pfns),
         "code_pfn": mapped.code_pfns[0],
         "data_pfn": mapped.data_pfns[0],
         "nt_code": nt.space.code_pages[0],
         "nt_data": nt.data_gpa >> 12,
-        "nt_root": nt.space.pt.root >> 12,
+        "nt_root": nt.space.root >> 12,
         "last_ram": env.system.machine.ram.pages - 1,
         "past_ram": env.system.machine.ram.pages,
         "first_handle": FIRST_HANDLE,
@@ -165,7 +165,7 @@ def test_random_hvci_secure_calls_never_escape_and_never_make_w_plus_kx(
         for (service, raw), cookie in blocks:
             fields = [rig.symbols[v] if isinstance(v, str) else v for v in raw]
             args = SecureCallArgs(callargs.OP_INVOKE_SERVICE, table.number[service], cookie, fields)
-            reply = env.nt.vsl.call_raw(env.vp, args)
+            reply = env.nt.vsl.call_raw(env.vp.cpu, args)
             assert env.vp.vtl == 0 and env.vp.cpl == 0
             if service is Service.CREATE_SECURE_IMAGE and reply.fields[0] == 0:
                 rig.symbols["handle"] = reply.fields[1]

@@ -33,13 +33,13 @@ def _state(env: Env) -> HvciView:
 
 def test_rwx_pool_is_refused_under_hvci() -> None:
     env = make_env("vbs-hvci")
-    status, va = nt_allocate_executable(env.nt, env.vp, 4096, writable=True)
+    status, va = nt_allocate_executable(env.nt, env.vp.cpu, 4096, writable=True)
     assert (status, va) == (NtStatus.INVALID_PAGE_PROTECTION, 0)
     [refusal] = env.events("hvci", "hvci.w^x")
     assert refusal.outcome == "refused" and refusal.vtl == 1
     assert [e.outcome for e in env.events("driver", "pool-execute")] == ["refused"]
     # Executable but not writable: still no KX, since no signed hash covers the contents.
-    status, va = nt_allocate_executable(env.nt, env.vp, 4096, writable=False)
+    status, va = nt_allocate_executable(env.nt, env.vp.cpu, 4096, writable=False)
     assert (status, va) == (NtStatus.INVALID_IMAGE_HASH, 0)
     assert wkx_pages(env.system) == []
 
@@ -47,7 +47,7 @@ def test_rwx_pool_is_refused_under_hvci() -> None:
 @pytest.mark.parametrize("name", ["vbs", "vbs-off"])
 def test_rwx_pool_works_without_hvci(name: str) -> None:
     env = make_env(name)
-    status, va = nt_allocate_executable(env.nt, env.vp, 4096, writable=True)
+    status, va = nt_allocate_executable(env.nt, env.vp.cpu, 4096, writable=True)
     assert status == NtStatus.SUCCESS and va
     env.vp.write(va, encode_thunk("test.hvci.shellcode"))  # W ...
     before = len(SHELLCODE_RUNS)
@@ -60,14 +60,14 @@ def test_a_w_plus_kx_secure_call_fails_under_hvci_and_is_not_the_sks_business_wi
     assert env.nt.vsl is not None
     pfn = env.nt.data_gpa >> 12
     status, _ = env.nt.vsl.call(
-        env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX
+        env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX
     )
     assert status == NtStatus.INVALID_PAGE_PROTECTION
     assert env.rights(pfn) == R | W | UX
     plain = make_env("vbs")
     assert plain.nt.vsl is not None
     status, _ = plain.nt.vsl.call(
-        plain.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX
+        plain.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX
     )
     assert status == NtStatus.NOT_SUPPORTED
 
@@ -79,20 +79,20 @@ def test_writable_then_executable_round_trip_rehashes_the_page() -> None:
     assert isinstance(driver, drivers.LoadedDriver)
     pfn = driver.code_pfns[0]
     call = env.nt.vsl.call
-    assert call(env.vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)[0] == NtStatus.SUCCESS
+    assert call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)[0] == NtStatus.SUCCESS
     assert env.rights(pfn) == R | W | UX and _state(env).states[pfn] == PageState.WRITABLE
     # A hot patch that is not the validated contents does not get KX back.
     original = env.vp.read(direct_va(pfn) + 100, 1)
     env.vp.write(direct_va(pfn) + 100, b"\x90")
-    status, _ = call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, 0)
+    status, _ = call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, 0)
     assert status == NtStatus.INVALID_IMAGE_HASH
     assert env.rights(pfn) == R | W | UX
     # W+KX is refused whatever the contents.
-    status, _ = call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX)
+    status, _ = call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | W | KX | UX)
     assert status == NtStatus.INVALID_PAGE_PROTECTION
     # Restored contents: KX again, W gone, and the driver runs.
     env.vp.write(direct_va(pfn) + 100, original)
-    assert call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, 0)[0] == NtStatus.SUCCESS
+    assert call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, 0)[0] == NtStatus.SUCCESS
     assert env.rights(pfn) == R | KX | UX
     assert env.ioctl(SAMPLE_DRIVER, 1, 0, 5) == (NtStatus.SUCCESS, 5)
     outcomes = [e.outcome for e in env.events("hvci", "hvci.transition")]
@@ -105,10 +105,12 @@ def test_transitions_refuse_pages_that_were_never_validated() -> None:
     assert env.nt.vsl is not None
     pfn = env.nt.data_gpa >> 12
     call = env.nt.vsl.call
-    assert call(env.vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)[0] == NtStatus.INVALID_PARAMETER
-    status, _ = call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | UX)
+    assert (
+        call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)[0] == NtStatus.INVALID_PARAMETER
+    )
+    status, _ = call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, R | UX)
     assert status == NtStatus.INVALID_PARAMETER  # the service is about KX
-    status, _ = call(env.vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 0, 0)
+    status, _ = call(env.vp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 0, 0)
     assert status == NtStatus.INVALID_PARAMETER  # not a page a secure call may name
     assert env.rights(pfn) == R | W | UX
 

@@ -71,12 +71,12 @@ def test_nt_cannot_hand_the_sk_a_kdp_page() -> None:
     nt, vp = rig.nt, rig.vp
     try:
         with rig.monitor.step("protect a driver data page"):
-            section = kdp.load_data_section(nt, vp, "victim.data", 1, b"PROTECTED" * 10)
-            assert kdp.mm_protect_driver_section(nt, vp, section.va) == 0
+            section = kdp.load_data_section(nt, vp.cpu, "victim.data", 1, b"PROTECTED" * 10)
+            assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == 0
         victim = section.pfns[0]
 
         def hostile(nt_: object, vp_: object, args: list[int]) -> list[int]:
-            out = allocate_pages(nt, vp, args)
+            out = allocate_pages(nt, vp.cpu, args)
             out[1] = victim
             return out
 
@@ -84,7 +84,7 @@ def test_nt_cannot_hand_the_sk_a_kdp_page() -> None:
         nt.vsl.normal_calls[NORMAL_ALLOCATE_PAGES] = hostile  # type: ignore[assignment]
         with rig.monitor.step("start vmsp with that page offered"):
             secure_process.create_secure_process(
-                nt, vp, "vmsp.exe", 2, 0, None, trustlet_image("vmsp")
+                nt, vp.cpu, "vmsp.exe", 2, 0, None, trustlet_image("vmsp")
             )
     finally:
         rig.close()

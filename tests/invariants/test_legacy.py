@@ -23,12 +23,12 @@ from .kit import Rig, attached
 def _overflow(rig: Rig) -> int:
     nt, vp = rig.nt, rig.vp
     with rig.monitor.step("create a one-page secure allocation"):
-        status, handle = kdp.create_secure_allocation(nt, vp, PAGE_SIZE)
+        status, handle = kdp.create_secure_allocation(nt, vp.cpu, PAGE_SIZE)
     assert status == NtStatus.SUCCESS
-    source = kdp.stage_buffer(nt, vp, b"\x41" * (2 * PAGE_SIZE))
-    _, mdl_pfn = kdp._staged(nt, vp, mdl_bytes(source, 24))
+    source = kdp.stage_buffer(nt, vp.cpu, b"\x41" * (2 * PAGE_SIZE))
+    _, mdl_pfn = kdp._staged(nt, vp.cpu, mdl_bytes(source, 24))
     with rig.monitor.step("fill 24 bytes at offset 4088"):
-        return kdp.fill_secure_allocation_raw(nt, vp, handle, PAGE_SIZE - 8, 0, mdl_pfn)
+        return kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, PAGE_SIZE - 8, 0, mdl_pfn)
 
 
 @pytest.mark.parametrize(

@@ -30,36 +30,36 @@ def _benign(rig: Rig) -> None:
     nt, vp, mon = rig.nt, rig.vp, rig.monitor
     with mon.step("null"):
         assert nt.vsl is not None
-        assert nt.vsl.call(vp, Service.NULL)[0] == NtStatus.SUCCESS
+        assert nt.vsl.call(vp.cpu, Service.NULL)[0] == NtStatus.SUCCESS
     with mon.step("create secure allocation"):
-        status, handle = kdp.create_secure_allocation(nt, vp, 6000)
+        status, handle = kdp.create_secure_allocation(nt, vp.cpu, 6000)
     assert status == NtStatus.SUCCESS
     with mon.step("fill secure allocation"):
-        assert kdp.fill_secure_allocation(nt, vp, handle, 8, b"data" * 1000) == NtStatus.SUCCESS
+        assert kdp.fill_secure_allocation(nt, vp.cpu, handle, 8, b"data" * 1000) == NtStatus.SUCCESS
     if rig.system.policy.kdp:
         with mon.step("protect a driver section"):
-            section = kdp.load_data_section(nt, vp, "test.data", 2, b"x" * 64)
-            assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+            section = kdp.load_data_section(nt, vp.cpu, "test.data", 2, b"x" * 64)
+            assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
         with mon.step("secure pool"):
-            status, pool = kdp.ex_create_secure_pool(nt, vp, 1)
+            status, pool = kdp.ex_create_secure_pool(nt, vp.cpu, 1)
             assert pool is not None
-            status, va = kdp.ex_allocate_pool3_secure(nt, vp, pool, 0x4C4F4F50, b"abc", 7)
+            status, va = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, 0x4C4F4F50, b"abc", 7)
             assert status == NtStatus.SUCCESS
-            kdp.ex_secure_pool_update(nt, vp, pool, 0x4C4F4F50, va, 7, 1, b"z")
+            kdp.ex_secure_pool_update(nt, vp.cpu, pool, 0x4C4F4F50, va, 7, 1, b"z")
     with mon.step("load a driver"):
-        assert drivers.load_driver(nt, vp, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
-    lsaiso = nt.processes[nt.ext["boot_trustlets"]["LsaIso.exe"]]
+        assert drivers.load_driver(nt, vp.cpu, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
+    lsaiso = nt.processes[nt.started_trustlets["LsaIso.exe"]]
     with mon.step("LsaIso gets a message"):
-        secure_process.run_trustlet(nt, vp, lsaiso, b"\x02\x00\x00\x00garbage")
+        secure_process.run_trustlet(nt, vp.cpu, lsaiso, b"\x02\x00\x00\x00garbage")
     from vbsim.invariants.attacker import trustlet_image
 
     with mon.step("start vmsp"):
         status, vmsp = secure_process.create_secure_process(
-            nt, vp, "vmsp.exe", 2, 5, None, trustlet_image("vmsp")
+            nt, vp.cpu, "vmsp.exe", 2, 5, None, trustlet_image("vmsp")
         )
     assert vmsp is not None
     with mon.step("vmsp seals"):
-        run = secure_process.run_trustlet(nt, vp, vmsp, b"\x01\x00\x00\x00\x03\x00\x00\x00data")
+        run = secure_process.run_trustlet(nt, vp.cpu, vmsp, b"\x01\x00\x00\x00\x03\x00\x00\x00data")
     assert run.status == NtStatus.SUCCESS
     mon.sweep()
 
@@ -106,7 +106,7 @@ def test_1_a_canary_copied_into_vtl0_memory() -> None:
     rig = attached("vbs")
     try:
         canary = next(s for s in rig.monitor.secrets.items if s.canary)
-        va, _ = rig.nt.alloc_kernel_page(rig.vp)
+        va, _ = rig.nt.alloc_kernel_page(rig.vp.cpu)
         with pytest.raises(InvariantViolation) as caught, rig.monitor.step("leak"):
             rig.vp.write(va + 100, canary.data * 2)
         assert caught.value.violation.invariant == 1
@@ -173,7 +173,7 @@ def test_2_vtl0_cannot_change_its_own_slat() -> None:
     rig = attached("vbs")
     try:
         params = hvcall.ParamPages(
-            *rig.nt.alloc_kernel_page(rig.vp), *rig.nt.alloc_kernel_page(rig.vp)
+            *rig.nt.alloc_kernel_page(rig.vp.cpu), *rig.nt.alloc_kernel_page(rig.vp.cpu)
         )
         with rig.monitor.step("VTL0 ModifyVtlProtectionMask"):
             result = hvcall.modify_vtl_protection_mask(
@@ -188,7 +188,7 @@ def test_2_vtl0_cannot_change_its_own_slat() -> None:
 def test_3_vtl1_granting_w_and_kx_under_hvci() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
-        _, gpa = rig.nt.alloc_kernel_page(rig.vp)
+        _, gpa = rig.nt.alloc_kernel_page(rig.vp.cpu)
         vp = rig.vp
         with rig.monitor.step("VTL1 grants W+KX"):
             vp.switch_vtl(1)  # the test stands in for VTL1 software (a debugger's view)
@@ -204,7 +204,7 @@ def test_3_vtl1_granting_w_and_kx_under_hvci() -> None:
 def test_3_kx_on_a_page_hvci_never_validated() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
-        _, gpa = rig.nt.alloc_kernel_page(rig.vp)
+        _, gpa = rig.nt.alloc_kernel_page(rig.vp.cpu)
         with rig.monitor.step("KX without validation"):
             rig.machine.slat.set(1, gpa >> 12, R | KX | UX)  # type: ignore[union-attr]
         assert "not VALIDATED" in _caught(rig, 3)
@@ -292,7 +292,7 @@ def test_6_a_refused_secure_call_that_changed_sk_memory() -> None:
         rig.machine.ram.write_u64(rig.sk.dispatch_gpa + number * Dispatch.ENTRY, routine)
         with rig.monitor.step("refused but wrote"):
             assert rig.nt.vsl is not None
-            rig.nt.vsl.call(rig.vp, Service.NULL)
+            rig.nt.vsl.call(rig.vp.cpu, Service.NULL)
         assert "refused" in _caught(rig, 6)
     finally:
         rig.close()
@@ -302,8 +302,8 @@ def test_8_a_kdp_page_changed() -> None:
     rig = attached("vbs-hvci", stop=False)
     try:
         with rig.monitor.step("protect"):
-            section = kdp.load_data_section(rig.nt, rig.vp, "test.data", 1, b"config" * 8)
-            assert kdp.mm_protect_driver_section(rig.nt, rig.vp, section.va) == NtStatus.SUCCESS
+            section = kdp.load_data_section(rig.nt, rig.vp.cpu, "test.data", 1, b"config" * 8)
+            assert kdp.mm_protect_driver_section(rig.nt, rig.vp.cpu, section.va) == NtStatus.SUCCESS
         assert rig.monitor.violations == []
         with rig.monitor.step("a debugger writes the protected page"):
             rig.machine.ram.write(section.pfns[0] << PAGE_SHIFT, b"tampered")

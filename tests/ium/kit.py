@@ -174,7 +174,7 @@ class Machine:
         self, image: bytes, trustlet_id: int, name: str = "Test.exe", mailbox_key: int = 0
     ) -> tuple[int, Process | None]:
         return create_secure_process(
-            self.nt, self.vp, name, trustlet_id, mailbox_key=mailbox_key, image=image
+            self.nt, self.vp.cpu, name, trustlet_id, mailbox_key=mailbox_key, image=image
         )
 
     def started(
@@ -186,7 +186,7 @@ class Machine:
         return process
 
     def run(self, process: Process, data: bytes = b"") -> TrustletRun:
-        return run_trustlet(self.nt, self.vp, process, data)
+        return run_trustlet(self.nt, self.vp.cpu, process, data)
 
     def secure_processes(self) -> dict[int, SecureProcess]:
         """The SK's table of secure processes (what a VTL1 debugger would show)."""
@@ -244,7 +244,9 @@ class User:
     scratch: Region
 
     def run(self, routine: str, *args: Any) -> UserRun:
-        return self.machine.nt.run_user(self.machine.vp, self.process, self.entries[routine], *args)
+        return self.machine.nt.run_user(
+            self.machine.vp.cpu, self.process, self.entries[routine], *args
+        )
 
     def returned(self, routine: str, *args: Any) -> Any:
         outcome = self.run(routine, *args)
@@ -254,7 +256,7 @@ class User:
 
 def spawn(machine: Machine, name: str = "debugger.exe", token: Token = ADMIN_DEBUG) -> User:
     nt, vp = machine.nt, machine.vp
-    process = nt.create_process(vp, name, token)
-    entries = nt.map_code(vp, process, VTL0_ROUTINES)
-    scratch = nt.allocate(vp, process, 4 * PAGE_SIZE)
+    process = nt.create_process(vp.cpu, name, token)
+    entries = nt.map_code(vp.cpu, process, VTL0_ROUTINES)
+    scratch = nt.allocate(vp.cpu, process, 4 * PAGE_SIZE)
     return User(machine, process, entries, scratch)

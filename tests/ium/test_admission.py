@@ -99,11 +99,11 @@ def test_a_refused_image_creates_no_nt_process_and_no_sk_process(
     sk = machine.system.sk
     assert sk is not None
     handles = dict(sk.handles)
-    threads = dict(machine.nt.ext.get("secure_threads", {}))
+    threads = _cookies(machine)
     refused(machine, strip_signature(lsaiso), 1, HASH, "signature")
     refused(machine, lsaiso, 3, DENIED, "trustlet-id")
     assert sk.handles == handles
-    assert machine.nt.ext.get("secure_threads", {}) == threads
+    assert _cookies(machine) == threads
 
 
 # -- one tampered byte, anywhere ---------------------------------------------------------------
@@ -371,3 +371,14 @@ def test_mutated_signed_trustlet_is_never_admitted(machine: Machine, data: st.Da
     assert status != NtStatus.SUCCESS
     assert counts(machine) == before
     assert not [e for e in machine.skci_events(mark) if e.outcome == "admitted"]
+
+
+def _cookies(machine: Machine) -> dict[int, int]:
+    """Every process's EPROCESS.SecureThreadCookie as RAM holds it."""
+    from vbsim.nt.process import host_secure_thread_cookie
+
+    assert machine.system.machine is not None
+    ram = machine.system.machine.ram
+    return {
+        pid: host_secure_thread_cookie(ram, p.eprocess) for pid, p in machine.nt.processes.items()
+    }

@@ -42,7 +42,7 @@ def _start(capabilities: int) -> tuple[object, object, object]:
         "Section.exe", trustlet_id=4, entry="test.ium.section", capabilities=capabilities
     )
     status, process = create_secure_process(
-        system.nt, system.machine.bsp, "Section.exe", 4, image=image
+        system.nt, system.machine.bsp.cpu, "Section.exe", 4, image=image
     )
     assert status == NtStatus.SUCCESS and process is not None
     return system, system.nt, process
@@ -51,21 +51,21 @@ def _start(capabilities: int) -> tuple[object, object, object]:
 def test_section_is_shared_both_ways() -> None:
     system, nt, process = _start(capabilities=1)
     vp = system.machine.bsp  # type: ignore[attr-defined]
-    run = run_trustlet(nt, vp, process, b"\x01")  # type: ignore[arg-type]
+    run = run_trustlet(nt, vp.cpu, process, b"\x01")  # type: ignore[arg-type]
     index = int.from_bytes(run.reply, "little")
-    status, outputs = nt.vsl.call(vp, Service.CREATE_SECURE_SECTION, process.secure_pid, index)  # type: ignore[attr-defined]
+    status, outputs = nt.vsl.call(vp.cpu, Service.CREATE_SECURE_SECTION, process.secure_pid, index)  # type: ignore[attr-defined]
     assert status == NtStatus.SUCCESS and outputs[0] == 1
     va = DIRECT_MAP + (outputs[1] << PAGE_SHIFT)
     assert vp.read(va, 9) == b"from VTL1"  # VTL0 ring 0 reads it: shared by design
     vp.write(va, b"from VTL0 ring 0")  # ... and writes it: the TOCTOU surface
-    again = run_trustlet(nt, vp, process, b"\x02")  # type: ignore[arg-type]
+    again = run_trustlet(nt, vp.cpu, process, b"\x02")  # type: ignore[arg-type]
     assert again.reply == b"from VTL0 ring 0"
 
 
 def test_section_needs_the_capability_and_private_memory_stays_private() -> None:
     system, nt, process = _start(capabilities=0)
     vp = system.machine.bsp  # type: ignore[attr-defined]
-    run = run_trustlet(nt, vp, process, b"\x01")  # type: ignore[arg-type]
+    run = run_trustlet(nt, vp.cpu, process, b"\x01")  # type: ignore[arg-type]
     assert int.from_bytes(run.reply, "little") == NtStatus.ACCESS_DENIED
-    status, _ = nt.vsl.call(vp, Service.CREATE_SECURE_SECTION, process.secure_pid, 0)  # type: ignore[attr-defined]
+    status, _ = nt.vsl.call(vp.cpu, Service.CREATE_SECURE_SECTION, process.secure_pid, 0)  # type: ignore[attr-defined]
     assert status == NtStatus.INVALID_PARAMETER  # no section published: nothing to name

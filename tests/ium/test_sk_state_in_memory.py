@@ -134,7 +134,7 @@ def _pool_used(machine: Any) -> int:
 # -- a byte in VTL1 RAM changes the SK's next decision --------------------------------------------
 def test_the_allow_list_in_memory_decides_admission() -> None:
     machine = kit.booted("vbs")
-    sk, ram = machine.system.sk, machine.system.machine.ram  # type: ignore[union-attr]
+    sk, ram = machine.system.sk, machine.system.machine.ram
     assert sk is not None
     ids = [1, 2, 3, 5]  # the loader's list without 4
     ram.write(sk.allow_gpa, len(ids).to_bytes(4, "little") + bytes(4))
@@ -150,7 +150,7 @@ def test_the_allow_list_in_memory_decides_admission() -> None:
 
 def test_the_ium_filter_bitmap_decides_each_system_call() -> None:
     machine = kit.booted("vbs")
-    sk, ram = machine.system.sk, machine.system.machine.ram  # type: ignore[union-attr]
+    sk, ram = machine.system.sk, machine.system.machine.ram
     assert sk is not None
     process = machine.started(kit.test_image(4), 4)
     number = NUMBERS["NtTestAlert"]  # forwarded by the loader's filter
@@ -169,16 +169,16 @@ def test_the_dispatch_table_in_memory_decides_dispatch() -> None:
     vp = machine.bsp
     null = sk.table.number[Service.NULL]
     entry = sk.dispatch_gpa + null * Dispatch.ENTRY
-    assert nt.vsl.call(vp, Service.NULL)[0] == NtStatus.SUCCESS
+    assert nt.vsl.call(vp.cpu, Service.NULL)[0] == NtStatus.SUCCESS
     # NULL's entry now points at PHASE4_INIT's routine: the SK runs that (and refuses: the SK is
     # past PHASE3, so PHASE4_INIT answers STATUS_INVALID_DEVICE_STATE).
     phase4 = machine.ram.read_u64(sk.dispatch_gpa + sk.table.number[Service.PHASE4_INIT] * 8)
     machine.ram.write_u64(entry, phase4)
-    status, _ = nt.vsl.call(vp, Service.NULL)
+    status, _ = nt.vsl.call(vp.cpu, Service.NULL)
     assert status == NtStatus.INVALID_DEVICE_STATE
     machine.ram.write_u64(entry, 0)  # and an empty entry is an unknown SSCN: bugcheck
     with pytest.raises(GuestTermination) as stop:
-        nt.vsl.call(vp, Service.NULL)
+        nt.vsl.call(vp.cpu, Service.NULL)
     assert isinstance(stop.value, Bugcheck)
 
 
@@ -187,11 +187,11 @@ def test_the_page_state_table_in_memory_decides_hvci() -> None:
     sk, machine, nt = system.sk, system.machine, system.nt
     assert sk is not None and machine is not None and nt is not None and nt.vsl is not None
     vp = machine.bsp
-    pfn = nt.space.alloc_frame()  # an ordinary VTL0 page: UNVALIDATED
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
+    pfn = system.nt_space.alloc_frame()  # an ordinary VTL0 page: UNVALIDATED
+    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
     assert status == NtStatus.INVALID_PARAMETER
     machine.ram.write(sk.hvci.states_gpa + pfn, bytes([PageState.VALIDATED]))
-    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
+    status, _ = nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
     assert status == NtStatus.SUCCESS  # the SK believed its table
     assert machine.ram.read(sk.hvci.states_gpa + pfn, 1)[0] == PageState.WRITABLE
     assert machine.slat is not None and machine.slat.rights(0, pfn) == R | W | UX
@@ -203,7 +203,7 @@ def test_the_hvci_switch_in_the_config_block_decides_enforcement() -> None:
     sk, machine, nt = system.sk, system.machine, system.nt
     assert sk is not None and machine is not None and nt is not None and nt.vsl is not None
     machine.ram.write(sk.config_gpa + Config.HVCI.offset, b"\0")
-    status, _ = nt.vsl.call(machine.bsp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, 0)
+    status, _ = nt.vsl.call(machine.bsp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, 0)
     assert status == NtStatus.NOT_SUPPORTED
 
 
@@ -231,7 +231,7 @@ def test_mailbox_contents_live_in_an_sk_frame_and_the_key_in_the_skprocess_page(
     from vbsim.guest.address_space import DIRECT_MAP
 
     machine = kit.booted("vbs")
-    sk, ram, nt = machine.system.sk, machine.system.machine.ram, machine.nt  # type: ignore[union-attr]
+    sk, ram, nt = machine.system.sk, machine.system.machine.ram, machine.nt
     assert sk is not None and nt.vsl is not None
     process, secure, secret = _post(machine, key=0x5EC2E7)
     base = secure.object_va - DIRECT_MAP
@@ -240,14 +240,14 @@ def test_mailbox_contents_live_in_an_sk_frame_and_the_key_in_the_skprocess_page(
     entry = base + L.SkProcess.MAILBOXES + 3 * L.SkProcess.MAILBOX_ENTRY
     pfn = L.host_field(ram, entry, L.SkProcess.MAILBOX_PFN)
     assert pfn in sk.host_own_pages(ram) and ram.read(pfn << PAGE_SHIFT, len(secret)) == secret
-    assert machine.system.machine.slat.rights(0, pfn) == 0  # type: ignore[union-attr]
-    out = nt.space.alloc_frame()
+    assert machine.system.machine.slat.rights(0, pfn) == 0
+    out = machine.system.nt_space.alloc_frame()
     handle = process.secure_pid
-    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    status, _ = nt.vsl.call(machine.vp.cpu, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
     assert status == NtStatus.SUCCESS and ram.read(out << PAGE_SHIFT, len(secret)) == secret
     # The SK checks the key stored in its object: change it there and the same call is refused.
     ram.write(base + L.SkProcess.MAILBOX_KEY.offset, (0x1234).to_bytes(8, "little"))
-    status, _ = nt.vsl.call(machine.vp, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
+    status, _ = nt.vsl.call(machine.vp.cpu, Service.RETRIEVE_MAILBOX, handle, 3, 0x5EC2E7, out)
     assert status == NtStatus.ACCESS_DENIED
 
 
@@ -270,11 +270,11 @@ def test_the_kdp_owner_table_in_memory_keeps_a_page_read_only() -> None:
     sk, machine, nt = system.sk, system.machine, system.nt
     assert sk is not None and machine is not None and nt is not None and nt.vsl is not None
     assert machine.slat is not None
-    pfn = nt.space.alloc_frame()
+    pfn = system.nt_space.alloc_frame()
     before = machine.slat.rights(0, pfn)
     machine.ram.write(sk.hvci.states_gpa + pfn, bytes([PageState.VALIDATED]))
     machine.ram.write(sk.kdp.owners_gpa + pfn, bytes([L.Kdp.STATIC]))
-    status, _ = nt.vsl.call(machine.bsp, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
+    status, _ = nt.vsl.call(machine.bsp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, pfn)
     assert status == NtStatus.SUCCESS
     assert machine.slat.rights(0, pfn) == before  # HVCI left KDP's page alone
     assert [e.outcome for e in system.trace.events if e.mechanism == "hvci.kdp"][-1:] == [

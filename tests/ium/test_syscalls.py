@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from vbsim.boot.chain import system_values as hive
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import iumbase, vmsp
 from vbsim.ium.images import VMSP, trustlet_image
 from vbsim.nt.process import Process, Token
-from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.process import HEAP_VA, PRIVATE_BASE, PRIVATE_PAGES
@@ -303,7 +303,7 @@ def test_random_syscalls_and_arguments_never_raise(
 # -- a trustlet reading VTL0 kernel memory ---------------------------------------------------------
 def _kernel_va(machine: Machine, which: str) -> int:
     nt = machine.nt
-    return DIRECT_MAP + nt.space.pt.root if which == "direct-map" else nt.syscall_entry
+    return DIRECT_MAP + nt.space.root if which == "direct-map" else nt.syscall_entry
 
 
 @pytest.mark.parametrize("which", ["direct-map", "code"])

@@ -56,12 +56,20 @@ def admin(machine: Machine) -> kit.User:
 
 def secure_call(machine: Machine, service: Service, *fields: int) -> tuple[int, list[int]]:
     assert machine.nt.vsl is not None
-    return machine.nt.vsl.call(machine.vp, service, *fields)
+    return machine.nt.vsl.call(machine.vp.cpu, service, *fields)
 
 
-def image_gpa(process: Process, page: int = 0) -> int:
+def _lookup(machine: Machine, process: Process, va: int) -> int | None:
+    """A debugger's walk of the shadow process's page tables in RAM."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    ram = machine.system.machine.ram  # type: ignore[union-attr]
+    return PageTables(PhysAccess.direct(ram, "debugger"), process.tables.root).lookup(va)
+
+
+def image_gpa(machine: Machine, process: Process, page: int = 0) -> int:
     """The GPA of an image page, as NT knows it: from the shadow process's own page tables."""
-    entry = process.tables.lookup(IMAGE_BASE + page * PAGE_SIZE)
+    entry = _lookup(machine, process, IMAGE_BASE + page * PAGE_SIZE)
     assert entry is not None
     return entry & PFN_MASK
 
@@ -90,7 +98,7 @@ def test_nt_query_information_process_says_secure(machine: Machine, lsa: Process
 
 
 def test_threads_exist_with_a_secure_thread_cookie(machine: Machine, lsa: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][lsa.pid]
+    cookie = _cookie(machine, lsa)
     assert cookie >= FIRST_COOKIE
     assert machine.system.sk is not None
     thread = machine.system.sk.threads[cookie]
@@ -113,7 +121,7 @@ def test_private_memory_is_not_readable_with_debug_privilege(
         assert data == bytes(64)
         seen += data
     # The shadow process has no mapping for the trustlet's private memory at all.
-    assert all(lsa.tables.lookup(PRIVATE_BASE + p * PAGE_SIZE) is None for p in range(8))
+    assert all(_lookup(machine, lsa, PRIVATE_BASE + p * PAGE_SIZE) is None for p in range(8))
     assert OWF not in seen
 
 
@@ -152,15 +160,15 @@ def test_image_pages_are_readable_from_vtl0(
     assert (status, data) == (NtStatus.SUCCESS, image[:64])
     # NT itself reads the section page through its direct map (K0), with no intercept.
     mark = machine.mark()
-    page = machine.vp.read(DIRECT_MAP + image_gpa(lsa, 1), PAGE_SIZE)
+    page = machine.vp.read(DIRECT_MAP + image_gpa(machine, lsa, 1), PAGE_SIZE)
     assert page == image[PAGE_SIZE : 2 * PAGE_SIZE]
     assert not machine.events_since(mark, "intercept")
-    assert image_gpa(lsa, 1) >> PAGE_SHIFT == machine.secure_process(lsa).image_pfns[1]
+    assert image_gpa(machine, lsa, 1) >> PAGE_SHIFT == machine.secure_process(lsa).image_pfns[1]
 
 
 def test_k0_write_to_an_image_page_is_refused_by_slat(fresh: Machine) -> None:
     process = fresh.started(trustlet_image(LSAISO), 1, LSAISO)
-    gpa = image_gpa(process, 0)
+    gpa = image_gpa(fresh, process, 0)
     machine = fresh.system.machine
     assert machine is not None and machine.slat is not None
     assert machine.slat.rights(0, gpa >> PAGE_SHIFT) == 1  # read only, for VTL0
@@ -183,7 +191,7 @@ def test_write_process_memory_into_a_trustlet_image_fails_cleanly(fresh: Machine
     process = fresh.started(trustlet_image(LSAISO), 1, LSAISO)
     machine = fresh.system.machine
     assert machine is not None
-    gpa = image_gpa(process, 0)
+    gpa = image_gpa(fresh, process, 0)
     before = machine.ram.read(gpa, PAGE_SIZE)
     admin = kit.spawn(fresh)
     number = NUMBERS["NtWriteVirtualMemory"]
@@ -197,8 +205,8 @@ def test_write_process_memory_into_a_trustlet_image_fails_cleanly(fresh: Machine
 
 # -- debugging -----------------------------------------------------------------------------------
 def test_lsaiso_refuses_debugging(machine: Machine, lsa: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][lsa.pid]
-    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp)
+    cookie = _cookie(machine, lsa)
+    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     mark = machine.mark()
     assert secure_call(machine, Service.DEBUG_PROCESS, lsa.secure_pid)[0] == NtStatus.ACCESS_DENIED
     assert secure_call(machine, Service.GET_CONTEXT, cookie)[0] == NtStatus.ACCESS_DENIED
@@ -223,11 +231,11 @@ def test_lsaiso_refuses_debugging(machine: Machine, lsa: Process) -> None:
 
 
 def test_a_debug_policy_trustlet_allows_debugging(machine: Machine, debuggable: Process) -> None:
-    cookie = machine.nt.ext["secure_threads"][debuggable.pid]
+    cookie = _cookie(machine, debuggable)
     assert machine.run(debuggable, kit.message(kit.OP_ECHO, b"in the message page")).status == 0
     assert secure_call(machine, Service.DEBUG_PROCESS, debuggable.secure_pid)[0] == 0
     assert secure_call(machine, Service.GET_CONTEXT, cookie)[0] == NtStatus.SUCCESS
-    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp)
+    buffer_va, buffer_gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     status, _ = secure_call(
         machine,
         Service.DEBUG_READ_WRITE_MEMORY,
@@ -254,7 +262,7 @@ def vtpm(machine: Machine) -> Process:
 
 
 def retrieve(machine: Machine, process: Process, slot: int, key: int) -> tuple[int, bytes]:
-    va, gpa = machine.nt.alloc_kernel_page(machine.vp)
+    va, gpa = machine.nt.alloc_kernel_page(machine.vp.cpu)
     status, outputs = secure_call(
         machine, Service.RETRIEVE_MAILBOX, process.secure_pid, slot, key, gpa >> PAGE_SHIFT
     )
@@ -323,3 +331,10 @@ def test_nt_terminate_process_runs_the_trustlet_down(fresh: Machine) -> None:
     assert fresh.secure_process(process).terminated
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status != NtStatus.SUCCESS
+
+
+def _cookie(machine: Machine, process: Process) -> int:
+    from vbsim.nt.process import host_secure_thread_cookie
+
+    assert machine.system.machine is not None
+    return host_secure_thread_cookie(machine.system.machine.ram, process.eprocess)

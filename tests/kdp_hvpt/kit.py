@@ -58,7 +58,7 @@ def events(system: System, kind: str, mechanism: str | None = None) -> list[Any]
 def remap(nt: NtKernel, vp: VirtualProcessor, va: int, gpa: int, flags: int) -> int:
     """A K0 attacker edits NT's PTE for ``va`` (through the direct map, as any kernel write) and
     flushes it; returns the old PTE value."""
-    tables = PageTables(nt.phys(vp), vp.p.cr3)
+    tables = PageTables(nt.phys(vp.cpu), vp.p.cr3)
     pte = tables.pte_gpa(va)
     assert pte is not None
     old = vp.read_u64(DIRECT_MAP + pte)
@@ -69,7 +69,7 @@ def remap(nt: NtKernel, vp: VirtualProcessor, va: int, gpa: int, flags: int) -> 
 
 def kernel_page(nt: NtKernel, vp: VirtualProcessor, data: bytes = b"") -> tuple[int, int]:
     """A fresh VTL0 kernel page holding ``data``: (direct-map VA, PFN)."""
-    va, gpa = nt.alloc_kernel_page(vp)
+    va, gpa = nt.alloc_kernel_page(vp.cpu)
     if data:
         vp.write(va, data)
     return va, gpa >> PAGE_SHIFT

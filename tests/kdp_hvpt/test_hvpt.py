@@ -26,8 +26,8 @@ FORGED = 0xA77A_C4E5
 def _protected(name: str) -> tuple[Any, Any, Any, Any, Any]:
     system = booted(name)
     machine, nt, vp = parts(system)
-    section = kdp.load_data_section(nt, vp, "drv.config", 1, VALUE.to_bytes(8, "little"))
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    section = kdp.load_data_section(nt, vp.cpu, "drv.config", 1, VALUE.to_bytes(8, "little"))
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     return system, machine, nt, vp, section
 
 
@@ -65,7 +65,7 @@ def test_unprotected_addresses_still_follow_nt_tables_with_hvpt() -> None:
     """HVPT protects registered ranges only; everything else restarts with CR3 (SDM)."""
     system = booted("hardened")
     _machine, nt, vp = parts(system)
-    section = kdp.load_data_section(nt, vp, "drv.plain", 1, VALUE.to_bytes(8, "little"))
+    section = kdp.load_data_section(nt, vp.cpu, "drv.plain", 1, VALUE.to_bytes(8, "little"))
     _forged_va, forged_pfn = kernel_page(nt, vp, FORGED.to_bytes(8, "little"))
     remap(nt, vp, section.va, forged_pfn << PAGE_SHIFT, RWNX)
     assert vp.read_u64(section.va) == FORGED

@@ -21,14 +21,14 @@ from .kit import VALUE, booted, events, parts, remap, sk_gpa, sk_of
 def _section(name: str = "vbs-hvci", **changes: Any) -> tuple[Any, ...]:
     system = booted(name, **changes)
     machine, nt, vp = parts(system)
-    section = kdp.load_data_section(nt, vp, "drv.kdpdata", 2, VALUE.to_bytes(8, "little"))
+    section = kdp.load_data_section(nt, vp.cpu, "drv.kdpdata", 2, VALUE.to_bytes(8, "little"))
     return system, machine, nt, vp, section
 
 
 @pytest.mark.parametrize("name", ["vbs-hvci", "hardened"])
 def test_protected_write_bugchecks_and_bytes_never_change(name: str) -> None:
     system, machine, nt, vp, section = _section(name)
-    assert kdp.mm_protect_driver_section(nt, vp, section.va + 8) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va + 8) == NtStatus.SUCCESS
     for pfn in section.pfns:
         assert machine.slat is not None and machine.slat.rights(0, pfn) == R
     assert vp.read_u64(section.va) == VALUE  # KDP never blocks reads
@@ -45,7 +45,7 @@ def test_protected_write_bugchecks_and_bytes_never_change(name: str) -> None:
 
 def test_the_whole_section_is_protected_also_through_aliases() -> None:
     _system, machine, nt, vp, section = _section()
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     # The second page, reached through NT's direct map (another VA for the same GPA).
     alias = 0xFFFF_8000_0000_0000 + (section.pfns[1] << PAGE_SHIFT)
     with pytest.raises(Bugcheck):
@@ -56,7 +56,7 @@ def test_the_whole_section_is_protected_also_through_aliases() -> None:
 def test_build_a_uses_register_protected_page() -> None:
     system, _machine, nt, vp, section = _section("legacy-2019", kdp=True)
     assert nt.vsl is not None and Service.PROTECT_KERNEL_DATA_PAGE not in nt.vsl.table
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     dispatched = [
         e.detail["service"]
         for e in events(system, "securecall", "dispatch")
@@ -70,7 +70,7 @@ def test_build_a_uses_register_protected_page() -> None:
 @pytest.mark.parametrize("name", ["vbs", "legacy-2019"])
 def test_without_kdp_in_policy_invalid_device_state(name: str) -> None:
     system, machine, nt, vp, section = _section(name)
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.INVALID_DEVICE_STATE
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.INVALID_DEVICE_STATE
     assert events(system, "kdp", "kdp.policy")[-1].outcome == "disabled"
     vp.write_u64(section.va, 0)  # nothing protects it
     assert machine.ram.read_u64(section.gpa) == 0
@@ -78,7 +78,7 @@ def test_without_kdp_in_policy_invalid_device_state(name: str) -> None:
 
 def test_without_vbs_invalid_device_state() -> None:
     _system, machine, nt, vp, section = _section("vbs-off")
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.INVALID_DEVICE_STATE
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.INVALID_DEVICE_STATE
     vp.write_u64(section.va, 0)
     assert machine.ram.read_u64(section.gpa) == 0
 
@@ -88,7 +88,7 @@ def test_executable_section_is_refused(name: str) -> None:
     system, machine, nt, vp, _ = _section(name)
     assert machine.slat is not None
     before = machine.slat.rights(0, nt.space.code_pages[0])
-    status = kdp.mm_protect_driver_section(nt, vp, CODE_BASE, PAGE_SIZE)
+    status = kdp.mm_protect_driver_section(nt, vp.cpu, CODE_BASE, PAGE_SIZE)
     assert status == NtStatus.INVALID_PAGE_PROTECTION
     assert machine.slat.rights(0, nt.space.code_pages[0]) == before
     assert events(system, "kdp", "kdp.static")[-1].detail["reason"] == "executable"
@@ -98,11 +98,11 @@ def test_sk_memory_and_bad_ranges_are_refused() -> None:
     system, machine, nt, vp, section = _section()
     sk = sk_of(system)
     sk_page_va = 0xFFFF_8000_0000_0000 + sk.params.in_gpa  # NT's direct-map view of an SK page
-    assert kdp.mm_protect_driver_section(nt, vp, sk_page_va, 8) == NtStatus.INVALID_PARAMETER
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, sk_page_va, 8) == NtStatus.INVALID_PARAMETER
     user_va = 0x0000_0000_1000_0000
-    assert kdp.mm_protect_driver_section(nt, vp, user_va, 8) == NtStatus.INVALID_PARAMETER
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, user_va, 8) == NtStatus.INVALID_PARAMETER
     unmapped = section.va + section.size  # the guard page after the section
-    assert kdp.mm_protect_driver_section(nt, vp, unmapped, 8) == NtStatus.INVALID_PARAMETER
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, unmapped, 8) == NtStatus.INVALID_PARAMETER
     assert nt.vsl is not None
     for fields in (
         [section.va, 0, 0],  # no pages
@@ -111,7 +111,7 @@ def test_sk_memory_and_bad_ranges_are_refused() -> None:
         [section.va, 1, 0x80],  # unknown flag
         [0xFFFF_FFFF_FFFF_F000, 2, 0],  # wraps past the top
     ):
-        status, _ = nt.vsl.call(vp, Service.PROTECT_KERNEL_DATA_PAGE, *fields)
+        status, _ = nt.vsl.call(vp.cpu, Service.PROTECT_KERNEL_DATA_PAGE, *fields)
         assert status == NtStatus.INVALID_PARAMETER, fields
     assert machine.slat is not None and machine.slat.rights(0, section.pfns[0]) != R
 
@@ -119,15 +119,15 @@ def test_sk_memory_and_bad_ranges_are_refused() -> None:
 def test_protection_is_irreversible() -> None:
     system, machine, nt, vp, section = _section()
     sk = sk_of(system)
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     # Asking again changes nothing and succeeds.
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     # A secure pool may not take the pages over (its initialisation would zero them).
     assert nt.vsl is not None
-    status, _ = nt.vsl.call(vp, Service.INITIALIZE_SECURE_POOL, section.pfns[0], 1, section.va)
+    status, _ = nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, section.pfns[0], 1, section.va)
     assert status == NtStatus.INVALID_PARAMETER
     # HVCI's sanctioned transition does not apply to KDP data pages.
-    nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, section.pfns[0])
+    nt.vsl.call(vp.cpu, Service.MAKE_PROTECTED_PAGE_WRITABLE, section.pfns[0])
     assert machine.slat is not None and machine.slat.rights(0, section.pfns[0]) == R
     assert machine.ram.read_u64(section.gpa) == VALUE
 
@@ -142,7 +142,7 @@ def test_a6_data_only_attack_on_an_unprotected_variable_succeeds(name: str) -> N
     """A K0 write primitive changes any kernel variable KDP does not cover — HVCI or not."""
     system = booted(name)
     machine, nt, vp = parts(system)
-    variable = nt.variable("PspTokenPolicy")
+    variable = nt.variable("SeCiCallbacks")  # ntoskrnl .data, which KDP does not cover
     vp.write_u64(variable.va, VALUE)
     vp.write_u64(variable.va, 0xBAD)
     assert machine.ram.read_u64(variable.gpa) == 0xBAD
@@ -151,7 +151,7 @@ def test_a6_data_only_attack_on_an_unprotected_variable_succeeds(name: str) -> N
 @pytest.mark.parametrize("name", ["vbs-hvci", "hardened"])
 def test_a6_data_only_attack_on_a_kdp_variable_fails(name: str) -> None:
     _system, machine, nt, vp, section = _section(name)
-    assert kdp.mm_protect_driver_section(nt, vp, section.va) == NtStatus.SUCCESS
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
     with pytest.raises(Bugcheck):
         vp.write(section.va, b"\x00" * 16)
     assert machine.ram.read(section.gpa, 8) == VALUE.to_bytes(8, "little")
@@ -166,6 +166,6 @@ def test_raw_block_with_sk_pfn_translation_never_protects_sk_pages() -> None:
     remap(nt, vp, va, target << PAGE_SHIFT, int(Pte.RW | Pte.NX))
     assert nt.vsl is not None
     number = nt.vsl.table.number[Service.PROTECT_KERNEL_DATA_PAGE]
-    reply = nt.vsl.call_raw(vp, SecureCallArgs(2, number, 0, [va & ~0xFFF, 1, 0]))
+    reply = nt.vsl.call_raw(vp.cpu, SecureCallArgs(2, number, 0, [va & ~0xFFF, 1, 0]))
     assert reply.fields[0] == NtStatus.INVALID_PARAMETER
     assert events(system, "securecall", "securecall.pfn")[-1].detail["pfn"] == target

@@ -51,14 +51,14 @@ HARDENED = ["vbs", "vbs-hvci", "hardened"]
 
 def _setup(system: Any, size: int = PAGE_SIZE) -> tuple[Any, Any, Any, Any, int]:
     machine, nt, vp = parts(system)
-    status, handle = kdp.create_secure_allocation(nt, vp, size)
+    status, handle = kdp.create_secure_allocation(nt, vp.cpu, size)
     assert status == NtStatus.SUCCESS
     return machine, nt, vp, sk_of(system), handle
 
 
 def _fill(nt: NtKernel, vp: Any, handle: int, offset: int, mdl: bytes, at: int = 0) -> int:
     mdl_va, mdl_pfn = kernel_page(nt, vp, bytes(at) + mdl)
-    return kdp.fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va + at, mdl_pfn)
+    return kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, offset, mdl_va + at, mdl_pfn)
 
 
 @pytest.mark.parametrize("name", [*HARDENED, "legacy-2019"])
@@ -66,7 +66,7 @@ def test_create_and_fill(name: str) -> None:
     system = booted(name)
     machine, nt, vp, sk, handle = _setup(system, 6000)
     data = bytes(range(256)) * 20  # spans two source pages
-    assert kdp.fill_secure_allocation(nt, vp, handle, 100, data[:5000]) == NtStatus.SUCCESS
+    assert kdp.fill_secure_allocation(nt, vp.cpu, handle, 100, data[:5000]) == NtStatus.SUCCESS
     assert allocation_bytes(sk, handle, 5100)[100:] == data[:5000]
     obj = sk.handles[handle]
     assert obj.kind == allocation.KIND and obj.data["pages"] == 2
@@ -81,8 +81,10 @@ def test_create_refuses_bad_sizes() -> None:
     system = booted("hardened")
     _machine, nt, vp = parts(system)
     for size in (0, 1 << 40, (1 << 64) - 1):
-        assert kdp.create_secure_allocation(nt, vp, size)[0] == NtStatus.INVALID_PARAMETER
-    while (status := kdp.create_secure_allocation(nt, vp, 3 * PAGE_SIZE)[0]) == NtStatus.SUCCESS:
+        assert kdp.create_secure_allocation(nt, vp.cpu, size)[0] == NtStatus.INVALID_PARAMETER
+    while (
+        status := kdp.create_secure_allocation(nt, vp.cpu, 3 * PAGE_SIZE)[0]
+    ) == NtStatus.SUCCESS:
         pass
     assert status == NtStatus.NO_MEMORY
 
@@ -91,16 +93,16 @@ def test_create_refuses_bad_sizes() -> None:
 def test_handles_are_looked_up_and_type_checked(name: str) -> None:
     system = booted(name)
     _machine, nt, vp, sk, handle = _setup(system)
-    mdl_va, mdl_pfn = kdp.build_mdl(nt, vp, kdp.stage_buffer(nt, vp, b"x" * 8), 8)
-    assert kdp.fill_secure_allocation_raw(nt, vp, 0x7777, 0, mdl_va, mdl_pfn) == (
+    mdl_va, mdl_pfn = kdp.build_mdl(nt, vp.cpu, kdp.stage_buffer(nt, vp.cpu, b"x" * 8), 8)
+    assert kdp.fill_secure_allocation_raw(nt, vp.cpu, 0x7777, 0, mdl_va, mdl_pfn) == (
         NtStatus.INVALID_HANDLE
     )
     foreign = next((h for h, o in sk.handles.items() if o.kind != allocation.KIND), None)
     if foreign is None:  # no trustlet on this preset: make an object of another kind
-        section = kdp.load_data_section(nt, vp, "pool", 1)
+        section = kdp.load_data_section(nt, vp.cpu, "pool", 1)
         assert section
         foreign = sk.alloc_handle(type(sk.handles[handle])("secure_pool", {}))
-    assert kdp.fill_secure_allocation_raw(nt, vp, foreign, 0, mdl_va, mdl_pfn) == (
+    assert kdp.fill_secure_allocation_raw(nt, vp.cpu, foreign, 0, mdl_va, mdl_pfn) == (
         NtStatus.OBJECT_TYPE_MISMATCH
     )
     assert events(system, "securecall", "securecall.handle")[-1].outcome == "type-mismatch"
@@ -114,10 +116,10 @@ def test_pfns_must_be_vtl0_pages(name: str) -> None:
     others = [behind_pfn, 0, machine.ram.pages, (1 << 64) - 1]
     if (pfn := trustlet_pfn(sk)) is not None:
         others.append(pfn)
-    data_pfns = kdp.stage_buffer(nt, vp, b"y" * 64)
+    data_pfns = kdp.stage_buffer(nt, vp.cpu, b"y" * 64)
     for bad in others:
         # As the MDL's own page ...
-        got = kdp.fill_secure_allocation_raw(nt, vp, handle, 0, 0, bad)
+        got = kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, 0, bad)
         assert got == NtStatus.INVALID_PARAMETER, bad
         # ... and in its PFN array.
         assert _fill(nt, vp, handle, 0, mdl_bytes([data_pfns[0], bad], 5000)) == (
@@ -147,7 +149,7 @@ def test_mdl_fields_are_bounded(
 ) -> None:
     system = booted("hardened")
     _machine, nt, vp, sk, handle = _setup(system)
-    data_pfns = kdp.stage_buffer(nt, vp, b"z" * PAGE_SIZE)
+    data_pfns = kdp.stage_buffer(nt, vp.cpu, b"z" * PAGE_SIZE)
     mdl = mdl_bytes(data_pfns, count, byte_offset, size=size)
     assert _fill(nt, vp, handle, offset, mdl, at) == NtStatus.INVALID_PARAMETER
     refused = [e for e in events(system, "securecall") if e.outcome == "refused"]
@@ -159,7 +161,7 @@ def test_mdl_fields_are_bounded(
 def test_the_mdl_is_captured_before_it_is_checked() -> None:
     system = booted("hardened")
     _machine, nt, vp, _sk, handle = _setup(system)
-    assert kdp.fill_secure_allocation(nt, vp, handle, 0, b"abc") == NtStatus.SUCCESS
+    assert kdp.fill_secure_allocation(nt, vp.cpu, handle, 0, b"abc") == NtStatus.SUCCESS
     kinds = [
         (e.mechanism, e.outcome)
         for e in system.trace.events
@@ -188,7 +190,7 @@ def _toctou(nt: NtKernel, vp: Any, mdl_va: int, evil: list[int], swap_to: int | 
 
 
 def _overflow_source(nt: NtKernel, vp: Any) -> list[int]:
-    return kdp.stage_buffer(nt, vp, b"\x41" * (2 * PAGE_SIZE))
+    return kdp.stage_buffer(nt, vp.cpu, b"\x41" * (2 * PAGE_SIZE))
 
 
 @pytest.mark.parametrize("name", HARDENED)
@@ -200,7 +202,9 @@ def test_a9_toctou_defeated_by_capture(name: str) -> None:
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
     evil: list[int] = []
     _toctou(nt, vp, mdl_va, evil, None)
-    assert kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
+    assert (
+        kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
+    )
     assert evil  # the attacker's code really ran between check and use
     assert allocation_bytes(sk, handle, 65) == b"\x41" * 64 + b"\0"
     assert behind(sk) == before and untouched(sk)
@@ -214,7 +218,9 @@ def test_a9_double_fetch_overflows_into_hvci_records() -> None:
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
     evil: list[int] = []
     _toctou(nt, vp, mdl_va, evil, None)
-    assert kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
+    assert (
+        kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
+    )
     # The 16 bytes past the allocation: the header of HVCI's validated-hash records.
     assert behind(sk) == ATTACK.to_bytes(8, "little") * 2
     assert events(system, "securecall", "securecall.legacy")[-1].outcome == "refetched"
@@ -229,7 +235,7 @@ def test_a9_double_fetch_pfn_swap_reads_sk_memory() -> None:
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 16))
     evil: list[int] = []
     _toctou(nt, vp, mdl_va, evil, behind_pfn)
-    status = kdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
+    status = kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn)
     assert status == NtStatus.SUCCESS
     assert allocation_bytes(sk, handle, 16) == secret  # SK bytes the attacker named
 
@@ -274,7 +280,7 @@ def test_a8_unchecked_huge_bytecount_ends_in_a_guest_event() -> None:
     bugcheck (a guest event), never a Python error."""
     system = booted("legacy-2019")
     _machine, nt, vp, _sk, handle = _setup(system)
-    pfns = kdp.stage_buffer(nt, vp, b"\x42" * PAGE_SIZE) * 400
+    pfns = kdp.stage_buffer(nt, vp.cpu, b"\x42" * PAGE_SIZE) * 400
     with pytest.raises(GuestTermination):
         _fill(nt, vp, handle, 0, mdl_bytes(pfns, 0xFFFF_FFFF))
 

@@ -25,9 +25,9 @@ SECRET = b"config: callbacks=3 policy=strict"
 def _pool(name: str = "vbs-hvci") -> tuple[Any, ...]:
     system = booted(name)
     machine, nt, vp = parts(system)
-    status, pool = kdp.ex_create_secure_pool(nt, vp, 2)
+    status, pool = kdp.ex_create_secure_pool(nt, vp.cpu, 2)
     assert status == NtStatus.SUCCESS and pool is not None
-    status, block = kdp.ex_allocate_pool3_secure(nt, vp, pool, TAG, SECRET, COOKIE)
+    status, block = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, TAG, SECRET, COOKIE)
     assert status == NtStatus.SUCCESS
     return system, machine, nt, vp, pool, block
 
@@ -50,7 +50,7 @@ def test_pool_is_readable_but_only_the_sk_writes_it(name: str) -> None:
 
 def test_update_with_tag_and_cookie_succeeds() -> None:
     system, _machine, nt, vp, pool, block = _pool()
-    status = kdp.ex_secure_pool_update(nt, vp, pool, TAG, block, COOKIE, 8, b"CALLBACKS")
+    status = kdp.ex_secure_pool_update(nt, vp.cpu, pool, TAG, block, COOKIE, 8, b"CALLBACKS")
     assert status == NtStatus.SUCCESS
     assert vp.read(block, len(SECRET)) == SECRET[:8] + b"CALLBACKS" + SECRET[17:]
     assert events(system, "kdp", "securepool.cookie")[-1].outcome == "accepted"
@@ -74,7 +74,7 @@ def test_a28_forged_updates_are_refused(
     tag: int, cookie: int, offset: int, data: bytes, shift: int, status: int, mechanism: str
 ) -> None:
     system, machine, nt, vp, pool, block = _pool()
-    got = kdp.secure_pool_update_raw(nt, vp, pool, tag, block + shift, cookie, offset, data)
+    got = kdp.secure_pool_update_raw(nt, vp.cpu, pool, tag, block + shift, cookie, offset, data)
     assert got == status
     assert events(system, "kdp", mechanism)[-1].outcome == "refused"
     assert machine.ram.read(_gpa(pool, block), len(SECRET)) == SECRET
@@ -83,7 +83,7 @@ def test_a28_forged_updates_are_refused(
 def test_nt_bugchecks_bad_pool_caller_when_the_sk_refuses() -> None:
     _system, _machine, nt, vp, pool, block = _pool()
     with pytest.raises(Bugcheck) as stop:
-        kdp.ex_secure_pool_update(nt, vp, pool, TAG, block, COOKIE + 1, 0, b"x")
+        kdp.ex_secure_pool_update(nt, vp.cpu, pool, TAG, block, COOKIE + 1, 0, b"x")
     assert stop.value.code == BugCheck.BAD_POOL_CALLER
 
 
@@ -103,30 +103,34 @@ def test_handles_sources_and_allocations_are_checked() -> None:
     system, machine, nt, vp, pool, block = _pool()
     sk = sk_of(system)
     assert nt.vsl is not None
-    status, handle = kdp.create_secure_allocation(nt, vp, 64)
+    status, handle = kdp.create_secure_allocation(nt, vp.cpu, 64)
     assert status == NtStatus.SUCCESS
     _, src = kernel_page(nt, vp, b"payload")
     base = [TAG, block, COOKIE, 0, 7, src, 0, 0]
     # A handle of another kind, and no handle at all.
-    assert nt.vsl.call(vp, Service.COPY_PROTECTED_PAGE, handle, *base)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, handle, *base)[0] == (
         NtStatus.OBJECT_TYPE_MISMATCH
     )
-    assert nt.vsl.call(vp, Service.COPY_PROTECTED_PAGE, 0x1234, *base)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, 0x1234, *base)[0] == (
         NtStatus.INVALID_HANDLE
     )
     # A source in SK memory (the SK would copy its own bytes into the pool).
     sk_source = sorted(sk.space.frames)[0]
     fields = [pool.handle, TAG, block, COOKIE, 0, 7, sk_source, 0, 0]
-    assert nt.vsl.call(vp, Service.COPY_PROTECTED_PAGE, *fields)[0] == NtStatus.INVALID_PARAMETER
+    assert (
+        nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, *fields)[0] == NtStatus.INVALID_PARAMETER
+    )
     # A source running off its page, a zero or oversized size, unknown flags.
     for size, offset, flags in ((8, PAGE_SIZE - 4, 0), (0, 0, 0), (PAGE_SIZE + 1, 0, 0), (7, 0, 8)):
         fields = [pool.handle, TAG, block, COOKIE, 0, size, src, offset, flags]
-        assert nt.vsl.call(vp, Service.COPY_PROTECTED_PAGE, *fields)[0] == (
+        assert nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, *fields)[0] == (
             NtStatus.INVALID_PARAMETER
         )
     # Allocation requests cannot choose where the block goes.
     fields = [pool.handle, TAG, block, COOKIE, 4, 7, src, 0, COPY_ALLOCATE]
-    assert nt.vsl.call(vp, Service.COPY_PROTECTED_PAGE, *fields)[0] == NtStatus.INVALID_PARAMETER
+    assert (
+        nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, *fields)[0] == NtStatus.INVALID_PARAMETER
+    )
     assert machine.ram.read(_gpa(pool, block), len(SECRET)) == SECRET
 
 
@@ -134,7 +138,7 @@ def test_new_allocations_never_overlap_and_the_pool_fills_up() -> None:
     _system, machine, nt, vp, pool, block = _pool()
     seen = {block}
     while True:
-        status, va = kdp.ex_allocate_pool3_secure(nt, vp, pool, TAG, b"z" * 1000, 7)
+        status, va = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, TAG, b"z" * 1000, 7)
         if status != NtStatus.SUCCESS:
             assert status == NtStatus.NO_MEMORY
             break
@@ -150,18 +154,18 @@ def test_pool_pages_are_validated() -> None:
     assert nt.vsl is not None
     va, pfn = kernel_page(nt, vp)
     # The VA must map the PFNs it names.
-    assert nt.vsl.call(vp, Service.INITIALIZE_SECURE_POOL, pfn + 1, 1, va)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, pfn + 1, 1, va)[0] == (
         NtStatus.INVALID_PARAMETER
     )
     sk_pfn = sorted(sk.space.frames)[0]
     sk_va = 0xFFFF_8000_0000_0000 + (sk_pfn << PAGE_SHIFT)
-    assert nt.vsl.call(vp, Service.INITIALIZE_SECURE_POOL, sk_pfn, 1, sk_va)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, sk_pfn, 1, sk_va)[0] == (
         NtStatus.INVALID_PARAMETER
     )
-    assert nt.vsl.call(vp, Service.INITIALIZE_SECURE_POOL, pfn, 0, va)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, pfn, 0, va)[0] == (
         NtStatus.INVALID_PARAMETER
     )
-    assert nt.vsl.call(vp, Service.INITIALIZE_SECURE_POOL, pfn, 1, va + 8)[0] == (
+    assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, pfn, 1, va + 8)[0] == (
         NtStatus.INVALID_PARAMETER
     )
     assert machine.slat is not None and machine.slat.rights(0, pfn) != R
@@ -174,4 +178,4 @@ def test_secure_pool_needs_kdp_and_build_b() -> None:
         ("vbs-off", {}, NtStatus.INVALID_DEVICE_STATE),  # no VBS at all
     ):
         _, nt, vp = parts(booted(name, **changes))
-        assert kdp.ex_create_secure_pool(nt, vp, 1)[0] == status, name
+        assert kdp.ex_create_secure_pool(nt, vp.cpu, 1)[0] == status, name

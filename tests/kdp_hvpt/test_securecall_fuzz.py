@@ -73,15 +73,15 @@ def _world(system: Any) -> dict[str, Any]:
     """A booted machine with an allocation, a secure pool (build B) and a staged MDL page."""
     machine, nt, vp = parts(system)
     sk = sk_of(system)
-    status, handle = kdp.create_secure_allocation(nt, vp, 2 * PAGE_SIZE)
+    status, handle = kdp.create_secure_allocation(nt, vp.cpu, 2 * PAGE_SIZE)
     assert status == NtStatus.SUCCESS
     handles = [handle]
     if Service.INITIALIZE_SECURE_POOL in sk.table and system.policy.kdp:
-        status, pool = kdp.ex_create_secure_pool(nt, vp, 1)
+        status, pool = kdp.ex_create_secure_pool(nt, vp.cpu, 1)
         assert pool is not None
         handles.append(pool.handle)
-        kdp.ex_allocate_pool3_secure(nt, vp, pool, 1, b"cfg", 2)
-    data_pfns = kdp.stage_buffer(nt, vp, b"\x5a" * (2 * PAGE_SIZE))
+        kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, 1, b"cfg", 2)
+    data_pfns = kdp.stage_buffer(nt, vp.cpu, b"\x5a" * (2 * PAGE_SIZE))
     mdl_va, mdl_pfn = kernel_page(nt, vp)
     vtl1 = sorted(sk.host_own_pages(machine.ram))
     policy_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
@@ -186,7 +186,7 @@ def test_random_blocks_never_change_sk_memory(
     for _ in range(blocks):
         block = _block(data, world)
         try:
-            nt.vsl.call_raw(vp, block)
+            nt.vsl.call_raw(vp.cpu, block)
         except GuestTermination:
             break  # a bugcheck (unknown number or operation): the machine is gone
     assert fingerprint(sk) == baseline
@@ -206,12 +206,12 @@ def _crafted_overflow(world: dict[str, Any]) -> int:
     nt, vp, sk = world["nt"], world["vp"], world["sk"]
     handle = next(h for h, o in sk.handles.items() if o.kind == allocation.KIND)
     size = int(sk.handles[handle].data["size"])
-    pfns = kdp.stage_buffer(nt, vp, b"\x41" * 64)
+    pfns = kdp.stage_buffer(nt, vp.cpu, b"\x41" * 64)
     mdl_va, mdl_pfn = kernel_page(nt, vp, allocation.mdl_bytes(pfns, 24))
     args = [handle, size - 8, mdl_va, mdl_pfn]
     assert nt.vsl is not None
     number = nt.vsl.table.number[Service.FILL_SECURE_ALLOCATION]
-    return int(nt.vsl.call_raw(vp, SecureCallArgs(2, number, 0, args)).fields[0])
+    return int(nt.vsl.call_raw(vp.cpu, SecureCallArgs(2, number, 0, args)).fields[0])
 
 
 @pytest.mark.parametrize(

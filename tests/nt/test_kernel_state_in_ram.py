@@ -7,7 +7,7 @@ import pytest
 from vbsim.attacks.catalogue import d01_d05_data_only as data_only
 from vbsim.attacks.model import PRESET_ORDER
 from vbsim.attacks.runner import run
-from vbsim.boot.chain import System, boot
+from vbsim.boot.chain import System, boot, system_values
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.nt import notify
 from vbsim.nt.kernel import NtKernel
@@ -115,7 +115,7 @@ def test_the_callback_array_and_the_etw_flag_decide(system: System) -> None:
     ram = system.machine.ram
     reader = _reader(system)
     # The EDR saw the processes created after it loaded; an emptied slot hides the next one.
-    before = nt.create_process(system.machine.bsp, "seen.exe")
+    before = nt.create_process(system.machine.bsp.cpu, "seen.exe")
     array = nt.variable(notify.NOTIFY_ARRAY)
     slot_values = [ram.read_u64(array.gpa + 8 * i) for i in range(4)]
     assert any(slot_values)
@@ -124,7 +124,7 @@ def test_the_callback_array_and_the_etw_flag_decide(system: System) -> None:
     for i, value in enumerate(slot_values):
         if value:
             ram.write_u64(array.gpa + 8 * i, 0)
-    hidden = nt.create_process(system.machine.bsp, "hidden.exe")
+    hidden = nt.create_process(system.machine.bsp.cpu, "hidden.exe")
     assert hidden.pid not in _edr_pids(system)
     # ETW: IsEnabled gates the Threat-Intelligence event of a cross-process read.
     handle = ram.read_u64(nt.variable(notify.ETW_TI_HANDLE).gpa)
@@ -163,7 +163,7 @@ def test_nt_kernel_holds_no_ext_free_state_for_processes(system: System) -> None
     process = _nt(system).processes[4]
     for name in ("token", "protection", "terminated", "exit_status"):
         assert not hasattr(process, name)
-    assert host_view(_reader(system).ram, process.eprocess).user == "SYSTEM"
+    assert host_view(_reader(system).memory, process.eprocess).user == "SYSTEM"
 
 
 def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> None:
@@ -173,17 +173,17 @@ def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> 
     nt = _nt(system)
     assert system.machine is not None
     vp = system.machine.bsp
-    entry = drivers.find_module(nt, vp, notify.EDR_DRIVER)
+    entry = drivers.find_module(nt, vp.cpu, notify.EDR_DRIVER)
     assert entry
     edr = nt.drivers[notify.EDR_DRIVER]
     reader = _reader(system)
     assert reader.field(entry, KLDR.DllBase) == edr.base
-    assert drivers.load_driver(nt, vp, notify.EDR_DRIVER) == drivers.STATUS_IMAGE_ALREADY_LOADED
+    assert drivers.load_driver(nt, vp.cpu, notify.EDR_DRIVER) == drivers.STATUS_IMAGE_ALREADY_LOADED
     # Unlink the entry (a rootkit hiding itself): NT no longer finds it on the list.
     from vbsim.nt.process import remove_entry
 
     remove_entry(vp.cpu, entry)
-    assert not drivers.find_module(nt, vp, notify.EDR_DRIVER)
+    assert not drivers.find_module(nt, vp.cpu, notify.EDR_DRIVER)
 
 
 def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
@@ -194,7 +194,7 @@ def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
     assert system.machine is not None
     vp = system.machine.bsp
     assert not hasattr(nt, "policy") and not hasattr(nt, "registry")
-    assert registry.system_values(system)[registry.HVCI_KEY] == 1
-    assert drivers.hvci_enabled(nt, vp)
+    assert system_values(system)[registry.HVCI_KEY] == 1
+    assert drivers.hvci_enabled(nt, vp.cpu)
     assert registry.set_value(nt, vp.cpu, registry.HVCI_KEY, 0)
-    assert not drivers.hvci_enabled(nt, vp)  # the next decision reads the hive again
+    assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads the hive again

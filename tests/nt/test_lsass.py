@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vbsim.boot.chain import System, boot
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass, syscalls
+from vbsim.nt.process import Process
 from vbsim.ntstatus import BugCheck
 from vbsim.policy import preset
 
@@ -96,7 +97,7 @@ def test_parse_rejects_other_bytes() -> None:
 
 def _gpa(system: System, pid: int, va: int) -> int:
     assert system.nt is not None
-    entry = system.nt.processes[pid].tables.lookup(va)
+    entry = _host_lookup(system, system.nt.processes[pid], va)
     assert entry is not None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
 
@@ -149,12 +150,12 @@ def test_lsaiso_not_running_means_credentials_in_vtl0(monkeypatch: pytest.Monkey
     monkeypatch.setattr(
         secure_process,
         "start_boot_trustlets",
-        lambda nt, vp, images: nt.ext.update(boot_trustlets={}),
+        lambda nt, vp, images: {},
     )
     system = boot(preset("vbs"))
     assert system.booted and system.vbs_running and system.nt is not None
     assert system.machine is not None
-    assert not lsass.credential_guard_active(system.nt, system.machine.bsp)
+    assert not lsass.credential_guard_active(system.nt, system.machine.bsp.cpu)
     assert system.trace.find("boot", "credential-guard")[-1].outcome == "not-running"
     assert system.trace.find("nt", "lsass")[-1].outcome == "credentials-in-vtl0"
 
@@ -169,7 +170,7 @@ def test_lsass_starts_at_the_end_of_phase1(make_system: Callable[..., System]) -
     if "LsaIso.exe" in created:  # wininit starts the trustlets before lsass (§1.1 row 16)
         assert created.index("LsaIso.exe") < created.index("lsass.exe")
     # lsass's code ran at CPL3: its allocation was a system call.
-    lsass_pid = system.nt.ext[lsass.EXT_KEY].pid if system.nt else None
+    lsass_pid = system.nt.lsass.pid if system.nt and system.nt.lsass else None
     services = [
         e.detail["service"]
         for e in events[: index["lsass"]]
@@ -180,11 +181,11 @@ def test_lsass_starts_at_the_end_of_phase1(make_system: Callable[..., System]) -
 
 
 def test_credential_region_before_lsass_runs() -> None:
+    from vbsim.boot.chain import load_nt
     from vbsim.machine import Machine
-    from vbsim.nt.kernel import NtKernel
 
     machine = Machine(ram_size=32 << 20, vps=1, hypervisor=False)
-    nt = NtKernel(machine, preset("vbs-off").build, False)
+    nt, _ = load_nt(machine, preset("vbs-off").build, False)
     with pytest.raises(LookupError):
         lsass.credential_region(nt)
     machine.close()
@@ -219,8 +220,8 @@ def test_credential_guard_follows_policy_and_vbs(
     system = make_system(name)
     assert system.nt is not None
     assert system.machine is not None
-    assert lsass.credential_guard_active(system.nt, system.machine.bsp) is isolated
-    assert system.nt.ext[lsass.EXT_KEY].isolated is isolated
+    assert lsass.credential_guard_active(system.nt, system.machine.bsp.cpu) is isolated
+    assert system.nt.lsass is not None and system.nt.lsass.isolated is isolated
 
 
 def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
@@ -232,7 +233,7 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     pid, _, _ = lsass.credential_region(system.nt)
     process = system.nt.processes[pid]
     va = process.regions[0].base + lsass.LOGON_MESSAGE_OFFSET
-    leaf = process.tables.lookup(va)
+    leaf = _host_lookup(system, process, va)
     assert leaf is not None
     page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)
     password = lsass.DEFAULT_LOGON.password.encode("utf-16-le")
@@ -240,3 +241,12 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     assert page[lsass.LOGON_MESSAGE_OFFSET : lsass.LOGON_MESSAGE_OFFSET + 64] == bytes(64)
     encoded = lsass.encode_logon(lsass.DEFAULT_LOGON)
     assert password in encoded and encoded[:8] == (0x3E7_0001).to_bytes(8, "little")
+
+
+def _host_lookup(system: System, process: Process, va: int) -> int | None:
+    """A debugger's walk of ``process``'s page tables in RAM."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    assert system.machine is not None
+    tables = PageTables(PhysAccess.direct(system.machine.ram, "debugger"), process.tables.root)
+    return tables.lookup(va)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import pytest
 
 from vbsim.boot.chain import System
+from vbsim.boot.chain import system_values as hive
 from vbsim.boot.disk import VBS_REGISTRY_KEY
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass
-from vbsim.nt.registry import system_values as hive
 from vbsim.nt.syscalls import (
     MAX_ALLOCATION,
     PAGE_EXECUTE_READ,

@@ -30,10 +30,10 @@ def test_create_user_process_inherits_the_token_and_runs() -> None:
     system = boot(preset("vbs"))
     nt, vp = system.nt, system.machine.bsp if system.machine else None
     assert nt is not None and vp is not None
-    parent = nt.create_process(vp, "parent.exe", Token("bob"))
-    scratch = nt.allocate(vp, parent, 4096).base
-    entry = nt.map_code(vp, parent, ["tests.nt.create_and_free"])["tests.nt.create_and_free"]
-    run = nt.run_user(vp, parent, entry, HELLO.encode(), scratch)
+    parent = nt.create_process(vp.cpu, "parent.exe", Token("bob"))
+    scratch = nt.allocate(vp.cpu, parent, 4096).base
+    entry = nt.map_code(vp.cpu, parent, ["tests.nt.create_and_free"])["tests.nt.create_and_free"]
+    run = nt.run_user(vp.cpu, parent, entry, HELLO.encode(), scratch)
     assert run.terminated is None
     created, pid, allocated, freed = run.returned
     assert (created, allocated, freed) == (NtStatus.SUCCESS,) * 3
@@ -46,7 +46,9 @@ def test_create_user_process_inherits_the_token_and_runs() -> None:
     assert (mine.admin, mine.privileges) == (theirs.admin, theirs.privileges)
     # The freed page is gone from the parent's address space and its bytes were cleared.
     assert all(region.base != scratch + 0x200 for region in parent.regions)
-    child_run = nt.run_user(vp, child, nt.map_code(vp, child, ["app.hello.main"])["app.hello.main"])
+    child_run = nt.run_user(
+        vp.cpu, child, nt.map_code(vp.cpu, child, ["app.hello.main"])["app.hello.main"]
+    )
     assert child_run.terminated is None and child_run.returned == NtStatus.SUCCESS
 
 
@@ -54,8 +56,8 @@ def test_unknown_image_and_bad_free() -> None:
     system = boot(preset("vbs-off"))
     nt, vp = system.nt, system.machine.bsp if system.machine else None
     assert nt is not None and vp is not None
-    parent = nt.create_process(vp, "parent.exe", Token("bob"))
-    scratch = nt.allocate(vp, parent, 4096).base
-    entry = nt.map_code(vp, parent, ["tests.nt.create_and_free"])["tests.nt.create_and_free"]
-    run = nt.run_user(vp, parent, entry, b"nothere.exe", scratch)
+    parent = nt.create_process(vp.cpu, "parent.exe", Token("bob"))
+    scratch = nt.allocate(vp.cpu, parent, 4096).base
+    entry = nt.map_code(vp.cpu, parent, ["tests.nt.create_and_free"])["tests.nt.create_and_free"]
+    run = nt.run_user(vp.cpu, parent, entry, b"nothere.exe", scratch)
     assert run.returned[0] == NtStatus.OBJECT_NAME_NOT_FOUND

@@ -38,7 +38,7 @@ def test_syscall_enters_lstar_at_cpl0_and_returns_at_cpl3(system: System) -> Non
     assert events[0].detail["lstar"] == lstar
     assert events[1].detail["service"] == "NtTestAlert"
     # Back in the kernel after the thread ran: CPL0, kernel CR3.
-    assert vp.cpl == 0 and vp.p.cr3 == user.nt.space.pt.root
+    assert vp.cpl == 0 and vp.p.cr3 == user.nt.space.root
 
 
 @pytest.mark.parametrize("number", [0x0, 0x2, 0x1FF, 0x7777, 0xFFFF_FFFF, 1 << 63])
@@ -55,7 +55,7 @@ def test_unknown_service_number_is_invalid_system_service(system: System, number
 def test_every_number_in_the_table_has_a_service(system: System) -> None:
     """The build's table names only services this NT implements; anything else is unknown."""
     user = spawn(system, "app.exe", USER)
-    assert all(user.nt.service_routine(user.vp, number) for number in NUMBERS.values())
+    assert all(user.nt.service_routine(user.vp.cpu, number) for number in NUMBERS.values())
     unknown = max(NUMBERS.values()) + 1
     assert user.returned("tests.nt.syscalls", [(unknown, [0, 0, 0, 0])]) == [
         NtStatus.INVALID_SYSTEM_SERVICE

@@ -140,7 +140,7 @@ class User:
         return host_view(self.system.machine.ram, self.process.eprocess)
 
     def run(self, routine: str, *args: Any) -> UserRun:
-        return self.nt.run_user(self.vp, self.process, self.entries[routine], *args)
+        return self.nt.run_user(self.vp.cpu, self.process, self.entries[routine], *args)
 
     def returned(self, routine: str, *args: Any) -> Any:
         outcome = self.run(routine, *args)
@@ -152,9 +152,9 @@ def spawn(system: System, name: str, token: Token) -> User:
     nt, machine = system.nt, system.machine
     assert nt is not None and machine is not None and system.booted
     vp = machine.bsp
-    process = nt.create_process(vp, name, token)
-    entries = nt.map_code(vp, process, ROUTINES)
-    scratch = nt.allocate(vp, process, SCRATCH_SIZE)
+    process = nt.create_process(vp.cpu, name, token)
+    entries = nt.map_code(vp.cpu, process, ROUTINES)
+    scratch = nt.allocate(vp.cpu, process, SCRATCH_SIZE)
     return User(system, process, entries, scratch)
 
 
@@ -165,8 +165,8 @@ def inject(system: System, pid: int) -> User:
     assert nt is not None and machine is not None and system.booted
     vp = machine.bsp
     process = nt.processes[pid]
-    entries = nt.map_code(vp, process, ROUTINES)
-    scratch = nt.allocate(vp, process, SCRATCH_SIZE)
+    entries = nt.map_code(vp.cpu, process, ROUTINES)
+    scratch = nt.allocate(vp.cpu, process, SCRATCH_SIZE)
     return User(system, process, entries, scratch)
 
 

@@ -92,9 +92,9 @@ class AttackContext:
 
     def hive(self) -> dict[str, int]:
         """The running system's SYSTEM hive as RAM holds it (host side)."""
-        from vbsim.nt.registry import system_values
+        from vbsim.boot.chain import system_values
 
-        return system_values(self.system)
+        return system_values(self.system) if self.system is not None else {}
 
     @property
     def booted(self) -> System:

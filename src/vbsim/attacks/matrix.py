@@ -200,38 +200,42 @@ class Prober:
         nt, vp, ram = self.nt, self.vp, self.machine.ram
         # VTL0 user: a standard-user process with a data page, a loot page and its code.
         self.process: Process = self.ctx.process(admin=False, name="prober.exe")
-        data = nt.allocate(vp, self.process, PAGE_SIZE)
-        ram.write(data.frames[0] << PAGE_SHIFT, MARKER)
-        loot = nt.allocate(vp, self.process, PAGE_SIZE)
-        self.user_loot = Loot(loot.base, loot.frames[0] << PAGE_SHIFT)
-        code = nt.map_code(vp, self.process, ["matrix.probe", "matrix.user_op", "matrix.user_call"])
+        data = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
+        ram.write(data.pfns[0] << PAGE_SHIFT, MARKER)
+        loot = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
+        self.user_loot = Loot(loot.base, loot.pfns[0] << PAGE_SHIFT)
+        code = nt.map_code(
+            vp.cpu, self.process, ["matrix.probe", "matrix.user_op", "matrix.user_call"]
+        )
         self.user_op_va, self.user_call_va = code["matrix.user_op"], code["matrix.user_call"]
         probe_va = code["matrix.probe"]
         self.targets["VTL0 user"] = Target(
-            data.frames[0] << PAGE_SHIFT,
+            data.pfns[0] << PAGE_SHIFT,
             _gpa(ram, self.process.tables.root, probe_va),
             data.base,
             probe_va,
         )
         # VTL0 kernel: a pool page with the marker; the probe routine in NT's boot-image code (a
         # page the loader placed, which HVCI validated: R|KX), as any NT routine is.
-        data_va, data_gpa = nt.alloc_kernel_page(vp)
+        data_va, data_gpa = nt.alloc_kernel_page(vp.cpu)
         ram.write(data_gpa, MARKER)
-        code_va = nt.space.install("matrix.probe")
+        loader = self.ctx.booted.nt_space  # a debugger plants the probe in NT's code pages
+        assert loader is not None
+        code_va = loader.install("matrix.probe")
         self.targets["VTL0 kernel"] = Target(
-            data_gpa, _gpa(ram, nt.space.pt.root, code_va), data_va, code_va
+            data_gpa, _gpa(ram, nt.space.root, code_va), data_va, code_va
         )
         # K0's loot page and window (the window's tables from NT's own allocator).
-        loot_va, loot_gpa = nt.alloc_kernel_page(vp)
+        loot_va, loot_gpa = nt.alloc_kernel_page(vp.cpu)
         self.k0_loot = Loot(loot_va, loot_gpa)
-        spares = tuple(nt.alloc_kernel_page(vp)[1] for _ in range(3))
+        spares = tuple(nt.alloc_kernel_page(vp.cpu)[1] for _ in range(3))
         self._as_k0(probes.map_window, KERNEL_WINDOW, loot_gpa, DIRECT_MAP, spares)
 
     def _setup_vtl1(self, sk: SecureKernel) -> None:
         nt, vp, ram = self.nt, self.vp, self.machine.ram
         # VTL1 user: the probe trustlet (its image has the probe routine; its heap, the marker).
         status, trustlet = create_secure_process(
-            nt, vp, "Prober.exe", PROBE_TRUSTLET_ID, image=_prober_image(str(data_dir()))
+            nt, vp.cpu, "Prober.exe", PROBE_TRUSTLET_ID, image=_prober_image(str(data_dir()))
         )
         assert trustlet is not None, hex(status)
         self.trustlet = trustlet
@@ -264,10 +268,10 @@ class Prober:
             probes.grant, self.trustlet_root, self._grant_list(grants), direct, sk_spares[3:]
         )
         # In NT's mode: NT writes PTEs for the two VTL1 pages into the process, on purpose.
-        region = nt.allocate(vp, self.process, 4 * PAGE_SIZE)
+        region = nt.allocate(vp.cpu, self.process, 4 * PAGE_SIZE)
         for index, (key, gpa) in enumerate(self._pages("VTL1 user", "VTL1 kernel")):
             self.user_grants[key] = region.base + index * PAGE_SIZE + (gpa & PAGE_MASK)
-        spares = tuple(nt.alloc_kernel_page(vp)[1] for _ in range(3))
+        spares = tuple(nt.alloc_kernel_page(vp.cpu)[1] for _ in range(3))
         self._as_k0(
             probes.grant,
             self.process.tables.root,
@@ -366,7 +370,7 @@ class Prober:
             else:
                 va = self._trustlet_address(target, kind, granted)
                 message = probes.trustlet_message(_OP[op], index, va=va)
-            return run_trustlet(self.nt, self.vp, self.trustlet, message).reply
+            return run_trustlet(self.nt, self.vp.cpu, self.trustlet, message).reply
         if source == "VTL0 kernel":
             loot = self.k0_loot.va
             if gate == probes.GATE_SYSRET:
@@ -412,7 +416,7 @@ class Prober:
         """NT schedules the prober process's thread at ``entry`` (CPL3)."""
         vp = self.vp
         vp.actor = "prober (U0)"
-        run = self.nt.run_user(vp, self.process, entry, *args)
+        run = self.nt.run_user(vp.cpu, self.process, entry, *args)
         vp.actor = "nt"
         if run.terminated is not None:
             self.ctx.stops.append(run.terminated)

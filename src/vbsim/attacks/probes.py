@@ -231,7 +231,7 @@ def secure_call(cpu: Cpu, target: int, trustlet_id: int, loot: int) -> None:
     nt = cpu.kernel()
     if not isinstance(nt, NtKernel) or nt.vsl is None:
         return
-    status, outputs = nt.vsl.call(_legacy(cpu), Service.IS_TRUSTLET_RUNNING, trustlet_id)
+    status, outputs = nt.vsl.call(cpu, Service.IS_TRUSTLET_RUNNING, trustlet_id)
     cpu.write_u64(loot, status)
     cpu.write_u64(loot + 8, outputs[0] if outputs else 0)
 

@@ -22,8 +22,10 @@ from typing import Any
 from vbsim.boot.disk import COMPONENT_KINDS, VBS_EFI_VARIABLE, VBS_REGISTRY_KEY, Disk
 from vbsim.boot.sk_loader import load_secure_kernel
 from vbsim.guest import hvcall
+from vbsim.guest.address_space import KernelSpace
 from vbsim.hv import defs
 from vbsim.hw.faults import GuestTermination
+from vbsim.hw.vp import VirtualProcessor
 from vbsim.image import ComponentFloor, RevocationPolicy, model_pki, requirement_for, verify_image
 from vbsim.machine import Machine
 from vbsim.nt.kernel import NtKernel
@@ -34,6 +36,8 @@ from vbsim.trace import Trace
 
 #: Frames the boot loader reserves for the Secure Kernel's own pool (``vbsim.sk.layouts.Pool``).
 SK_POOL_FRAMES = Pool.FRAMES
+#: Frames the host allocator keeps back from NT's region (see nt_region_start).
+HOST_RESERVE_FRAMES = 8192
 
 
 @dataclass
@@ -45,6 +49,8 @@ class System:
     trace: Trace
     machine: Machine | None = None
     nt: NtKernel | None = None
+    #: The loader's side of NT's address space (host side: tools that plant code after boot).
+    nt_space: KernelSpace | None = None
     sk: SecureKernel | None = None
     vbs_running: bool = False
     halted: str | None = None
@@ -159,7 +165,12 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
         if vbs
         else None
     )
-    nt = NtKernel(machine, policy.build, vbs)
+    # The memory map NT gets: a region at the top of RAM is NT's to manage (its PFN database);
+    # what the loader handed out below it (NT's image, the SK's pool and image) and a reserve
+    # the host allocator keeps (the SK's run-time page tables until it manages its own pool,
+    # host tools) are not.
+    nt, nt_space = load_nt(machine, policy.build, vbs)
+    system.nt_space = nt_space
     from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
 
     # The SYSTEM hive from disk, with the feature configuration the policy installed.
@@ -167,7 +178,7 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     load_hive(machine.ram, nt.hive_gpa, {**configured, **system.disk.registry})
     system.nt = nt
     bsp = machine.bsp
-    nt.prepare_boot_processor(bsp)
+    _prepare_boot_processor(nt_space, nt, bsp)
     try:
         if vbs:
             sk = load_secure_kernel(machine, policy, sk_pool, revocation_of(policy))
@@ -181,10 +192,12 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
             nt.boot_trustlets = {
                 name: (tid, system.disk.trustlet(name)) for name, tid in TRUSTLET_IMAGES.items()
             }
-        nt.phase0(bsp)
-        nt.phase1(bsp)
+        nt.phase0(bsp.cpu)
+        if not vbs:
+            _start_application_processors(system, nt_space, nt)
+        nt.phase1(bsp.cpu)
         if vbs and policy.credential_guard:
-            started = nt.ext.get("boot_trustlets", {})
+            started = nt.started_trustlets
             _step(
                 system, "credential-guard", "running" if "LsaIso.exe" in started else "not-running"
             )
@@ -197,13 +210,72 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     return system
 
 
+def system_values(system: System) -> dict[str, int]:
+    """The running system's SYSTEM hive as RAM holds it (host side, a debugger's read)."""
+    from vbsim.nt.registry import host_values
+
+    if system.nt is None or system.machine is None:
+        return {}
+    return host_values(system.machine.ram, system.nt.hive_gpa)
+
+
+def load_nt(machine: Machine, build: str, vbs: bool) -> tuple[NtKernel, KernelSpace]:
+    """winload loading ntoskrnl: NT's address space (the loader's side, kept host side), its
+    image, and the memory map's region NT manages from then on (the host allocator stops
+    below it)."""
+    first_free = nt_region_start(machine)
+    machine.ram.frames.limit = first_free
+    space = KernelSpace(machine.ram, "ntoskrnl")
+    nt = NtKernel(build, vbs, space, len(machine.vps), first_free, machine.ram.pages)
+    return nt, space
+
+
+def nt_region_start(machine: Machine) -> int:
+    """The first PFN of the region NT manages: everything above the host allocator's use so
+    far and its reserve (a quarter of RAM, at most HOST_RESERVE_FRAMES)."""
+    frames = machine.ram.frames
+    reserve = min(HOST_RESERVE_FRAMES, machine.ram.pages // 4)
+    return min(machine.ram.pages, frames._next + reserve)
+
+
+def _prepare_boot_processor(space: KernelSpace, nt: NtKernel, vp: VirtualProcessor) -> None:
+    """winload hands the BSP to NT: CR3 = the kernel's tables, GS base = NT's block."""
+    bank = space.initial_state(0)
+    bank.gs_base = nt.processor_block(vp.index)
+    bank.actor = "nt"
+    vp.banks[0] = None
+    vp.enable_vtl(0, bank)
+    vp.switch_vtl(0)
+
+
+def _start_application_processors(system: System, space: KernelSpace, nt: NtKernel) -> None:
+    """Without a hypervisor NT starts the APs with INIT-SIPI.  The model's APIC delivers only
+    fixed interrupts, so the platform performs the INIT-SIPI sequence here, host side: each AP
+    starts in long mode at NT's KiSystemStartupAp with NT's CR3 and GS base (what the
+    trampoline NT's SIPI vector points to would set up)."""
+    machine = system.machine
+    assert machine is not None
+    for ap in machine.vps[1:]:
+        state = space.initial_state(nt.ap_entry)
+        state.gs_base = nt.processor_block(ap.index)
+        state.actor = "nt"
+        ap.banks[0] = None
+        ap.enable_vtl(0, state)
+        ap.switch_vtl(0)
+        ap.started = True
+        if system.trace.on:
+            machine.bsp.emit("nt", "init-sipi", "started", ap=ap.index)
+        ap.call(nt.ap_entry)
+
+
 def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None:
     """OslVsmSetup(2): the SK entry, still in VTL0, enables VTL1 and VTL-calls into it
     (vbs-internals §1.1 row 11; vsm-spec §5.1 steps 1-5)."""
     vp = system.machine.bsp if system.machine else None
     assert vp is not None and nt.vsl is not None
-    nt.vsl.enable_hypercalls(vp)
-    params = hvcall.ParamPages(*nt.space.alloc_data(), *nt.space.alloc_data())
+    nt.vsl.enable_hypercalls(vp.cpu)
+    assert system.nt_space is not None
+    params = hvcall.ParamPages(*system.nt_space.alloc_data(), *system.nt_space.alloc_data())
     # Without hardware MBEC, HVCI has the hypervisor emulate it ("Restricted User Mode", two
     # SLATs, vbs-internals §0): functionally the same separation of user and kernel execute.
     emulated = system.policy.hvci and not system.policy.mbec

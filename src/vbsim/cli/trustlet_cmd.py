@@ -71,7 +71,7 @@ def _read_process(
     """ReadProcessMemory: NtReadVirtualMemory into ``buffer``, then read the buffer."""
     from vbsim.nt.syscalls import syscall
 
-    status = syscall(vp, "NtReadVirtualMemory", pid, va, buffer, length)
+    status = syscall(vp.cpu, "NtReadVirtualMemory", pid, va, buffer, length)
     return status, vp.read(buffer, length)
 
 
@@ -79,7 +79,7 @@ def _read_process(
 def _query_process(vp: VirtualProcessor, pid: int, buffer: int) -> tuple[int, int]:
     from vbsim.nt.syscalls import syscall
 
-    status = syscall(vp, "NtQueryInformationProcess", pid, PROCESS_IS_SECURE_CLASS, buffer)
+    status = syscall(vp.cpu, "NtQueryInformationProcess", pid, PROCESS_IS_SECURE_CLASS, buffer)
     return status, vp.read_u64(buffer)
 
 
@@ -257,11 +257,11 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
         f"trustlet ID {process.trustlet_id}",
     )
     admin = nt.create_process(
-        vp, "debugger.exe", Token("Administrator", admin=True, debug_privilege=True)
+        vp.cpu, "debugger.exe", Token("Administrator", admin=True, debug_privilege=True)
     )
-    entries = nt.map_code(vp, admin, _PROBES)
-    buffer = nt.allocate(vp, admin, PAGE_SIZE).base
-    run = nt.run_user(vp, admin, entries["cli.trustlet.query_process"], process.pid, buffer)
+    entries = nt.map_code(vp.cpu, admin, _PROBES)
+    buffer = nt.allocate(vp.cpu, admin, PAGE_SIZE).base
+    run = nt.run_user(vp.cpu, admin, entries["cli.trustlet.query_process"], process.pid, buffer)
     if run.terminated is None:
         status, value = run.returned
         secure = bool(value & 1)
@@ -270,7 +270,9 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
             "yes" if status == NtStatus.SUCCESS else "no",
             f"{NtStatus.name_of(status)}: IsSecureProcess={int(secure)}, trustlet ID {value >> 1}",
         )
-    cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    from vbsim.nt.process import host_secure_thread_cookie
+
+    cookie = host_secure_thread_cookie(machine.ram, process.eprocess) or None
     row(
         "thread (shadow ETHREAD)",
         "yes" if cookie is not None else "no",
@@ -281,7 +283,7 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
         ("private memory (NtReadVirtualMemory at the trustlet's heap/stack)", PRIVATE_BASE),
     ):
         run = nt.run_user(
-            vp, admin, entries["cli.trustlet.read_process"], process.pid, va, 16, buffer
+            vp.cpu, admin, entries["cli.trustlet.read_process"], process.pid, va, 16, buffer
         )
         if run.terminated is not None:
             row(item, "no", f"reader ended: {run.terminated.reason}")
@@ -298,22 +300,22 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
         "yes",
         f"{len(reply)} bytes" + (f": {reply[:32].hex()}" if reply else ""),
     )
-    status, _ = nt.vsl.call(vp, Service.DEBUG_PROCESS, process.secure_pid)
+    status, _ = nt.vsl.call(vp.cpu, Service.DEBUG_PROCESS, process.secure_pid)
     row(
         "debugger attach (DEBUG_PROCESS)",
         "yes" if status == NtStatus.SUCCESS else "no",
         NtStatus.name_of(status),
     )
     if cookie is not None:
-        status, _ = nt.vsl.call(vp, Service.GET_CONTEXT, cookie)
+        status, _ = nt.vsl.call(vp.cpu, Service.GET_CONTEXT, cookie)
         row(
             "VTL1 thread context (GET_CONTEXT)",
             "yes" if status == NtStatus.SUCCESS else "no",
             NtStatus.name_of(status),
         )
-    _, page_gpa = nt.alloc_kernel_page(vp)
+    _, page_gpa = nt.alloc_kernel_page(vp.cpu)
     status, _ = nt.vsl.call(
-        vp, Service.RETRIEVE_MAILBOX, process.secure_pid, 0, 0, page_gpa >> PAGE_SHIFT
+        vp.cpu, Service.RETRIEVE_MAILBOX, process.secure_pid, 0, 0, page_gpa >> PAGE_SHIFT
     )
     row(
         "mailbox slot 0 without the key (RETRIEVE_MAILBOX)",
@@ -368,7 +370,7 @@ def run_json(
     nt, vp = system.nt, system.machine.bsp
     mark = len(system.trace.events)
     try:
-        status, process = create_secure_process(nt, vp, name, trustlet_id, image=data)
+        status, process = create_secure_process(nt, vp.cpu, name, trustlet_id, image=data)
         skci = [
             e
             for e in system.trace.events[mark:]
@@ -388,7 +390,7 @@ def run_json(
                 "secure_pid": process.secure_pid,
                 "trustlet_id": process.trustlet_id,
             }
-            run = run_trustlet(nt, vp, process, message)
+            run = run_trustlet(nt, vp.cpu, process, message)
             report["run"] = {
                 "status": run.status,
                 "status_name": NtStatus.name_of(run.status),

@@ -15,7 +15,9 @@ and SLAT like any other store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vbsim.hw import code
 from vbsim.hw.pagetable import PageTables, PhysAccess
@@ -23,6 +25,9 @@ from vbsim.hw.ram import GuestRam
 from vbsim.hw.regs import LONG_MODE_CR0, LONG_MODE_CR4, LONG_MODE_EFER, PrivateState
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte
+
+if TYPE_CHECKING:
+    from vbsim.hw.cpu import Cpu
 
 DIRECT_MAP = 0xFFFF_8000_0000_0000
 CODE_BASE = 0xFFFF_F800_0000_0000
@@ -50,8 +55,38 @@ def interrupt_gate(handler: int) -> bytes:
 
 
 @dataclass
+class KernelMap:
+    """What a running kernel keeps of the address space its loader built: symbols only (the PML4
+    root, the VAs of its code routines, its data region, the GPAs of its code pages).  No RAM,
+    no allocator: a kernel reaches its memory through its own processor and takes frames from
+    its own allocator (NT: its PFN database; the SK: its pool).
+
+    The loader (:class:`KernelSpace`, host side) shares ``routines`` and ``code_pages`` with the
+    map, so a routine the loader installs later (a tool planting code after boot) is seen."""
+
+    owner: str
+    root: int
+    data_base: int = DATA_BASE
+    routines: dict[str, int] = field(default_factory=dict)
+    code_pages: list[int] = field(default_factory=list)
+
+
+def runtime_phys(cpu: Cpu, alloc_frame: Callable[[], int]) -> PhysAccess:
+    """Physical access as a running kernel has it: loads and stores through its own processor
+    and the direct map, new table frames from the kernel's own allocator (which returns a
+    zeroed frame's PFN)."""
+    return PhysAccess(
+        lambda gpa: cpu.read_u64(DIRECT_MAP + gpa),
+        lambda gpa, value: cpu.write_u64(DIRECT_MAP + gpa, value),
+        alloc_frame,
+    )
+
+
+@dataclass
 class KernelSpace:
-    """A kernel's page tables, code pages and data pages."""
+    """The loader's side of a kernel's address space: it holds guest RAM and the host frame
+    allocator, builds the page tables, code pages and data pages, and hands the kernel its
+    :class:`KernelMap`.  Host side only (boot chain, tools that plant code after boot)."""
 
     ram: GuestRam
     owner: str
@@ -62,9 +97,13 @@ class KernelSpace:
     _code_slot: int = 0
     _data_next: int = DATA_BASE
     routines: dict[str, int] = field(default_factory=dict)
+    kernel_map: KernelMap = field(init=False)
 
     def __post_init__(self) -> None:
         self.pt = PageTables(PhysAccess.direct(self.ram, self.owner))
+        self.kernel_map = KernelMap(
+            self.owner, self.pt.root, DATA_BASE, self.routines, self.code_pages
+        )
         assert self.pt.frames is not None
         self.frames.extend(self.pt.frames)
         gib = -(-self.ram.size // GIB)
@@ -155,8 +194,35 @@ class KernelSpace:
     def phys_va(gpa: int) -> int:
         return DIRECT_MAP + gpa
 
+    def lookup_gpa(self, va: int) -> int:
+        """The GPA behind a VA the loader mapped (for the loader's own writes)."""
+        leaf = self.pt.lookup(va)
+        assert leaf is not None, f"{va:#x} is not mapped"
+        return (leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
+
+    def write_u64(self, va: int, value: int) -> None:
+        """The loader initialising the kernel image's data (before any processor runs it)."""
+        self.ram.write_u64(self.lookup_gpa(va), value)
+
+    def write(self, va: int, data: bytes) -> None:
+        self.ram.write(self.lookup_gpa(va), data)
+
+    def place_image(self, vtl: int, block_va: int, image: object) -> None:
+        """Register the kernel image behind a processor block (what GS designates)."""
+        self.ram.place_image(vtl, block_va, image)
+
+    @property
+    def built_frames(self) -> list[int]:
+        """Every frame the loader built this kernel's space in (tables, code, data)."""
+        return list(self.frames)
+
+    @property
+    def ram_pages(self) -> int:
+        return self.ram.pages
+
     def runtime_phys(self, vp: VirtualProcessor) -> PhysAccess:
-        """Physical access as the running kernel has it: through its VP and the direct map."""
+        """Transitional (the SK until it adopts :func:`runtime_phys` with its own pool): physical
+        access through the kernel's VP and the direct map, frames from the host allocator."""
 
         def alloc() -> int:
             pfn = self.ram.frames.alloc(self.owner)

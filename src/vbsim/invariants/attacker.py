@@ -51,6 +51,7 @@ from vbsim.guest.address_space import CODE_BASE, DATA_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvCallCode, HvMsr
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.dma import DEFAULT_BASE, DIR_FROM_MEMORY, DIR_TO_MEMORY, DmaDevice, driver_transfer
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.pagetable import PageTables
@@ -58,7 +59,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Msr, Pte
 from vbsim.invariants.monitor import Monitor
 from vbsim.nt import secure_process
-from vbsim.nt.process import Process, Token
+from vbsim.nt.process import Process, Token, host_secure_thread_cookie
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy, preset
@@ -725,7 +726,7 @@ class Session:
         self.stage = [frames.alloc("attacker.stage") for _ in range(STAGE_PAGES)]
         for pfn in self.loot + self.stage:
             ram.zero_page(pfn)
-        tables = PageTables(nt.phys(vp), nt.space.pt.root)
+        tables = PageTables(nt.phys(vp.cpu), nt.space.root)
         self.window_ptes: list[int] = []
         for slot in range(WINDOW_PAGES):
             target = (self.loot + self.stage)[slot % (LOOT_PAGES + STAGE_PAGES)]
@@ -738,9 +739,9 @@ class Session:
             ("U0", Token("user")),
             ("A0", Token("administrator", admin=True, debug_privilege=True, load_driver=True)),
         ):
-            process = nt.create_process(vp, f"attacker-{name}.exe", token)
+            process = nt.create_process(vp.cpu, f"attacker-{name}.exe", token)
             self.users[name] = self._user_context(process)
-        lsass_pid = nt.ext.get("lsass_pid")
+        lsass_pid = nt.lsass.pid if nt.lsass is not None else None
         lsass = nt.processes.get(lsass_pid) if isinstance(lsass_pid, int) else None
         if lsass is not None:
             self.users["lsass"] = self._user_context(lsass)
@@ -750,7 +751,7 @@ class Session:
         self.device.load(b"\x5a" * PAGE_SIZE)
         self.rogue = DmaDevice.malicious(self.machine.iommu, "invariants-rogue")
         self.rogue.load(b"\xa5" * PAGE_SIZE)
-        lsaiso = nt.ext.get("boot_trustlets", {}).get("LsaIso.exe")
+        lsaiso = nt.started_trustlets.get("LsaIso.exe")
         if isinstance(lsaiso, int) and lsaiso in nt.processes:
             process = nt.processes[lsaiso]
             self.trustlets.append(process)
@@ -764,8 +765,8 @@ class Session:
 
     def _user_context(self, process: Process) -> _UserContext:
         nt, vp = self.nt, self.vp
-        entry = nt.map_code(vp, process, ["invariants.user"])["invariants.user"]
-        buffer = nt.allocate(vp, process, USER_BUFFER_PAGES * PAGE_SIZE).base
+        entry = nt.map_code(vp.cpu, process, ["invariants.user"])["invariants.user"]
+        buffer = nt.allocate(vp.cpu, process, USER_BUFFER_PAGES * PAGE_SIZE).base
         return _UserContext(process, entry, buffer)
 
     def close(self) -> None:
@@ -783,21 +784,23 @@ class Session:
             self.dead is None
             and vp.vtl == 0
             and vp.cpl == 0
-            and vp.p.cr3 == self.nt.space.pt.root
+            and vp.p.cr3 == self.nt.space.root
             and all(not v.vtl for v in self.machine.vps)
         )
 
     # -- resolving arguments ---------------------------------------------------------------------
     def pool(self, name: str) -> list[int]:
-        nt, sk, ram = self.nt, self.sk, self.machine.ram
+        sk, ram = self.sk, self.machine.ram
         if name == "loot":
             return self.loot
         if name == "stage":
             return self.stage
         if name == "nt":
-            return sorted(set(nt.space.frames))
+            assert self.system.nt_space is not None
+            return sorted(set(self.system.nt_space.frames))
         if name == "ntpt":
-            return list(nt.space.pt.frames or [])
+            assert self.system.nt_space is not None
+            return list(self.system.nt_space.pt.frames or [])
         if name == "ntcode":
             return self._code_pages
         if name == "free":
@@ -889,9 +892,9 @@ class Session:
     def _pid(self, which: str) -> int:
         nt = self.nt
         if which == "lsass":
-            value = nt.ext.get("lsass_pid", 0)
+            value = nt.lsass.pid if nt.lsass is not None else 0
         elif which == "lsaiso":
-            value = nt.ext.get("boot_trustlets", {}).get("LsaIso.exe", 0)
+            value = nt.started_trustlets.get("LsaIso.exe", 0)
         elif which == "system":
             value = 4
         else:
@@ -1029,7 +1032,7 @@ class Session:
         if op == "driver":
             from vbsim.nt import drivers
 
-            return f"driver {NtStatus.name_of(drivers.load_driver(nt, vp, args[0]))}"
+            return f"driver {NtStatus.name_of(drivers.load_driver(nt, vp.cpu, args[0]))}"
         if op == "trustlet":
             return self._start_trustlet(*args)
         if op == "resume":
@@ -1037,7 +1040,7 @@ class Session:
             if not self.trustlets:
                 return "no trustlet"
             process = self.trustlets[index % len(self.trustlets)]
-            run = secure_process.run_trustlet(nt, vp, process, message, selector)
+            run = secure_process.run_trustlet(nt, vp.cpu, process, message, selector)
             return f"resume {NtStatus.name_of(run.status)}"
         if op == "fuzzlet":
             index, number, values = args
@@ -1046,7 +1049,7 @@ class Session:
                 return "no fuzzlet"
             process = fuzzlets[index % len(fuzzlets)]
             message = _FUZZLET_MESSAGE.pack(r(number), *(r(v) for v in values))
-            run = secure_process.run_trustlet(nt, vp, process, message)
+            run = secure_process.run_trustlet(nt, vp.cpu, process, message)
             return f"fuzzlet {NtStatus.name_of(run.status)} {run.reply.hex()}"
         if op == "thunk":
             vp.write(r(args[0]), code.encode_thunk(args[1]))
@@ -1090,7 +1093,7 @@ class Session:
             else:
                 handler = nt.vsl.normal_calls.get(reply.fields[0])
                 outputs = (
-                    handler(nt, vp, reply.fields[1:])
+                    handler(nt, vp.cpu, reply.fields[1:])
                     if handler
                     else [int(NtStatus.NOT_IMPLEMENTED)]
                 )
@@ -1126,7 +1129,7 @@ class Session:
             # NT (the attacker's) answers the SK's "give me pages" with pages of its choosing.
             offered = [self.resolve(v) for v in hostile]
 
-            def allocate(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+            def allocate(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
                 assert honest is not None
                 out = honest(nt, vp, args)
                 while offered and len(out) > 1:
@@ -1139,7 +1142,7 @@ class Session:
             vsl.normal_calls[ium.NORMAL_ALLOCATE_PAGES] = allocate
         try:
             status, process = secure_process.create_secure_process(
-                self.nt, self.vp, name, trustlet_id, MAILBOX_KEY, None, bytes(image)
+                self.nt, self.vp.cpu, name, trustlet_id, MAILBOX_KEY, None, bytes(image)
             )
         finally:
             if vsl is not None and honest is not None:
@@ -1147,7 +1150,7 @@ class Session:
         if process is not None:
             self.trustlets.append(process)
             self.handles.append(process.secure_pid)
-            cookie = self.nt.ext.get("secure_threads", {}).get(process.pid)
+            cookie = host_secure_thread_cookie(self.machine.ram, process.eprocess) or None
             if isinstance(cookie, int):
                 self.cookies.append(cookie)
         return f"trustlet {NtStatus.name_of(status)}"
@@ -1237,7 +1240,7 @@ class Session:
         admin = host_view(self.machine.ram, context.process.eprocess).admin
         actor = "attacker (A0)" if admin else "attacker (U0)"
         vp.actor = actor
-        run = nt.run_user(vp, context.process, context.entry, op, args)
+        run = nt.run_user(vp.cpu, context.process, context.entry, op, args)
         vp.actor = "nt"
         if run.terminated is not None:
             return f"thread terminated: {run.terminated.reason}"

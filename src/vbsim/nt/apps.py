@@ -7,7 +7,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.image import ImageKind, build_image
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ HELLO = "hello.exe"
 
 
 @guest_code("app.hello.main")
-def _hello(vp: VirtualProcessor) -> int:
+def _hello(vp: Cpu) -> int:
     """A user program: one system call, then it returns its status."""
     from vbsim.nt.syscalls import syscall
 
@@ -32,4 +32,4 @@ def _images() -> tuple[tuple[str, bytes], ...]:
 
 
 def install(nt: NtKernel) -> None:
-    nt.ext["app_store"] = dict(_images())
+    nt.app_store = dict(_images())

@@ -2,7 +2,7 @@
 drivers in the model's driver store.
 
 **Loading** (``NtLoadDriver`` → IopLoadDriver → MmLoadSystemImage).  The caller needs
-SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.ext["driver_store"]``, file
+SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.driver_store``, file
 name → signed PE bytes).  Then:
 
 - *Without HVCI* NT's own code integrity decides (DSE, ``ci.dll`` in VTL0): the Authenticode
@@ -45,12 +45,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
+from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.ram import OutOfFrames
-from vbsim.hw.slat import KX, UX, R, W
-from vbsim.hw.vp import VirtualProcessor as VirtualProcessorType
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import (
     ImageFormatError,
@@ -66,18 +65,18 @@ from vbsim.image import (
 )
 from vbsim.nt import syscalls
 from vbsim.nt.layouts import (
+    BOOT_IMAGE_SPAN,
     KLDR_DATA_TABLE_ENTRY,
     LIST_ENTRY,
     SE_CI_CALLBACKS,
     read_field,
     write_field,
 )
+from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus, ok
-from vbsim.sk.services.hvci import BOOT_IMAGE_SPAN, ImageLayout, image_layout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
 
 #: Where NT maps driver images: above the loader's boot-image range, same PML4 slot.
@@ -85,6 +84,13 @@ DRIVER_BASE = CODE_BASE + BOOT_IMAGE_SPAN
 #: NonPagedPoolExecute allocations (model layout), also in that slot.
 POOL_EXECUTE_BASE = DRIVER_BASE + (128 << 30)
 MAX_POOL_PAGES = 64
+#: Largest driver image NT maps (pages; the SK's capture limit is the same, MAX_IMAGE_PAGES).
+MAX_DRIVER_PAGES = 256
+#: IMAGE_SCN_MEM_WRITE (PE/COFF spec, section flags).
+_SCN_MEM_WRITE = 0x8000_0000
+#: HV_MAP_GPA rights NT asks the SK for on an executable pool page (TLFS HV_MAP_GPA_FLAGS).
+_RX = HvMapGpaFlags.READABLE | HvMapGpaFlags.KERNEL_EXECUTABLE | HvMapGpaFlags.USER_EXECUTABLE
+_RWX = _RX | HvMapGpaFlags.WRITABLE
 
 CI_OPTIONS = "g_CiOptions"
 #: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
@@ -94,8 +100,8 @@ MODULE_LIST = "PsLoadedModuleList"
 CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
-STORE = "driver_store"
-LOADER = "drivers"
+
+
 #: ntstatus.h STATUS_IMAGE_ALREADY_LOADED.
 STATUS_IMAGE_ALREADY_LOADED = 0xC000_010E
 #: ntstatus.h STATUS_INVALID_DEVICE_REQUEST.
@@ -164,7 +170,7 @@ class LoadedDriver:
 
 @dataclass
 class DriverLoader:
-    """NT's loader state (``nt.ext["drivers"]``): where the next image and pool block go."""
+    """NT's loader state (``nt.driver_loader``): where the next image and pool block go."""
 
     next_image: int = DRIVER_BASE
     next_pool: int = POOL_EXECUTE_BASE
@@ -173,7 +179,7 @@ class DriverLoader:
 
 # -- the drivers' code ----------------------------------------------------------------------------
 def _entry_routine(routine: str) -> Callable[..., int]:
-    def driver_entry(vp: VirtualProcessor, driver_object: int) -> int:
+    def driver_entry(vp: Cpu, driver_object: int) -> int:
         RUNS[routine] += 1
         vp.write_u64(driver_object + DO_ENTRY_MARK, ENTRY_MARK)
         return int(NtStatus.SUCCESS)
@@ -182,7 +188,7 @@ def _entry_routine(routine: str) -> Callable[..., int]:
 
 
 def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
         RUNS[routine] += 1
         return int(NtStatus.SUCCESS), bytes(buffer)
 
@@ -190,7 +196,7 @@ def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
 
 
 def _vulnerable_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: VirtualProcessor, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
         """The bug: no check of ``address`` at all.  The access runs at CPL0 in VTL0."""
         RUNS[routine] += 1
         address = int.from_bytes(buffer[0:8], "little")
@@ -241,14 +247,14 @@ def register_nt(nt: NtKernel) -> None:
     head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
     nt.loader_write_u64(head, head)
     nt.loader_write_u64(head + 8, head)
-    nt.ci_validate_image_header = nt.space.install(CI_VALIDATE_IMAGE_HEADER)
-    nt.ext[STORE] = default_store()
-    nt.ext[LOADER] = DriverLoader()
+    nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
+    nt.driver_store = default_store()
+    nt.driver_loader = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
 
 
-def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
+def initialize_ci(nt: NtKernel, vp: Cpu) -> int:
     """CiInitialize (NT phase 1): ci.dll's ``CiPolicy`` section holds ``g_CiOptions`` (DSE
     enforcing); CI fills ``nt!SeCiCallbacks``; then it asks KDP to make CiPolicy read-only
     (MmProtectDriverSection), which holds wherever KDP runs (on 20H1+ "whenever VBS runs":
@@ -268,7 +274,7 @@ def initialize_ci(nt: NtKernel, vp: VirtualProcessor) -> int:
     return kdp.mm_protect_driver_section(nt, vp, section.va)
 
 
-def load_boot_drivers(nt: NtKernel, vp: VirtualProcessor) -> None:
+def load_boot_drivers(nt: NtKernel, vp: Cpu) -> None:
     """The boot-start drivers: the EDR (it must see every process NT creates after it)."""
     from vbsim.nt.notify import EDR_DRIVER
 
@@ -277,41 +283,37 @@ def load_boot_drivers(nt: NtKernel, vp: VirtualProcessor) -> None:
 
 
 def _loader(nt: NtKernel) -> DriverLoader:
-    loader = nt.ext.get(LOADER)
-    if not isinstance(loader, DriverLoader):
-        loader = nt.ext[LOADER] = DriverLoader()
-    return loader
+    if nt.driver_loader is None:
+        nt.driver_loader = DriverLoader()
+    return nt.driver_loader
 
 
 def _store(nt: NtKernel) -> dict[str, bytes]:
-    store = nt.ext.get(STORE)
-    if not isinstance(store, dict):
-        store = nt.ext[STORE] = default_store()
-    return store
+    return nt.driver_store
 
 
-def hvci_enabled(nt: NtKernel, vp: VirtualProcessor) -> bool:
+def hvci_enabled(nt: NtKernel, vp: Cpu) -> bool:
     """HVCI is configured (the DeviceGuard HVCI value in the hive in RAM) and VBS actually runs
     (there is a Secure Kernel)."""
     from vbsim.nt import registry
 
     if nt.vsl is None:
         return False
-    cpu = vp.cpu if isinstance(vp, VirtualProcessorType) else vp
+    cpu = vp
     return bool(registry.query(nt, cpu, registry.HVCI_KEY))
 
 
-def _event(vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
-    if vp.trace.on:
+def _event(vp: Cpu, mechanism: str, outcome: str, **detail: Any) -> None:
+    if vp.tracing:
         vp.emit("driver", mechanism, outcome, **detail)
 
 
-def _kernel_tables(nt: NtKernel, vp: VirtualProcessor) -> PageTables:
+def _kernel_tables(nt: NtKernel, vp: Cpu) -> PageTables:
     """NT's kernel page tables as the running kernel edits them: through its VP."""
-    return PageTables(nt.phys(vp), nt.space.pt.root)
+    return PageTables(nt.phys(vp), nt.space.root)
 
 
-def _string(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | None:
+def _string(nt: NtKernel, vp: Cpu, ptr: int, length: int) -> str | None:
     if not 0 < length <= 256:
         return None
     raw = nt.copy_from_user(vp, ptr, length)
@@ -334,7 +336,7 @@ def se_ci_callbacks_va(nt: NtKernel) -> int:
     return nt.variable(SE_CI_CALLBACKS_NAME).va
 
 
-def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: bytes) -> int:
+def code_integrity_check(nt: NtKernel, vp: Cpu, name: str, image: bytes) -> int:
     """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
     ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
     routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
@@ -343,7 +345,7 @@ def code_integrity_check(nt: NtKernel, vp: VirtualProcessor, name: str, image: b
 
 
 @guest_code(CI_VALIDATE_IMAGE_HEADER)
-def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> int:
+def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
     """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
     Authenticode signature must chain to the model root with the driver requirement."""
     from vbsim.nt.kernel import NtKernel
@@ -374,8 +376,55 @@ def ci_validate_image_header(vp: VirtualProcessor, name: str, image: bytes) -> i
 
 
 # -- mapping --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageLayout:
+    """An image as the loader lays it out in memory: one bytes object per page, and which
+    page indices hold code."""
+
+    pages: tuple[bytes, ...]
+    code: frozenset[int]
+
+
+def image_layout(data: bytes, parsed: ParsedImage) -> ImageLayout | None:
+    """MiMapSystemImage's layout (NT's own loader; the SK validates the same layout with its own
+    code, as two separate binaries do): headers at RVA 0, each section's raw data at its RVA
+    (``min(raw, virtual)`` bytes, the rest zero).  None when the image is not HVCI-compatible:
+    a section not page-aligned, a writable executable section, a page holding both code and
+    data, or too large."""
+    header_pages = max(1, -(-parsed.size_of_headers // PAGE_SIZE))
+    end = header_pages * PAGE_SIZE
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        end = max(end, section.virtual_address + span)
+    count = -(-end // PAGE_SIZE)
+    if not 0 < count <= MAX_DRIVER_PAGES:
+        return None
+    memory = bytearray(count * PAGE_SIZE)
+    headers = data[: parsed.size_of_headers]
+    memory[: len(headers)] = headers
+    code_pages: set[int] = set()
+    data_pages: set[int] = set(range(header_pages))
+    for section in parsed.sections:
+        span = section.virtual_size or section.raw_size
+        if section.virtual_address % PAGE_SIZE or section.virtual_address < PAGE_SIZE:
+            return None
+        if section.executable and section.characteristics & _SCN_MEM_WRITE:
+            return None
+        length = min(section.raw_size, span)
+        raw = data[section.raw_offset : section.raw_offset + length]
+        memory[section.virtual_address : section.virtual_address + len(raw)] = raw
+        if span:
+            first = section.virtual_address // PAGE_SIZE
+            last = (section.virtual_address + span - 1) // PAGE_SIZE
+            (code_pages if section.executable else data_pages).update(range(first, last + 1))
+    if code_pages & data_pages or not code_pages:
+        return None
+    pages = tuple(bytes(memory[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]) for i in range(count))
+    return ImageLayout(pages, frozenset(code_pages))
+
+
 def map_image(
-    nt: NtKernel, vp: VirtualProcessor, name: str, parsed: ParsedImage, layout: ImageLayout
+    nt: NtKernel, vp: Cpu, name: str, parsed: ParsedImage, layout: ImageLayout
 ) -> LoadedDriver:
     """MiMapSystemImage: fresh frames, contents written through the direct map, PTEs for code
     (read-only, executable) and data (RW/NX), a DRIVER_OBJECT.  No validation of any kind: the
@@ -386,7 +435,7 @@ def map_image(
     tables = _kernel_tables(nt, vp)
     pfns: list[int] = []
     for index, content in enumerate(layout.pages):
-        pfn = nt.machine.ram.frames.alloc(f"driver:{name}")
+        pfn = nt.alloc_page(vp)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), content)
         executable = index in layout.code
         flags = int(Pte.G) if executable else int(Pte.RW | Pte.NX | Pte.G)
@@ -413,25 +462,25 @@ def map_image(
     return driver
 
 
-def unmap_image(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+def unmap_image(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
     tables = _kernel_tables(nt, vp)
     for index, pfn in enumerate(driver.pfns):
         va = driver.base + index * PAGE_SIZE
         tables.unmap(va)
         vp.invlpg(va)
-        nt.machine.ram.frames.free(pfn)
-    nt.machine.ram.frames.free((driver.object_va - DIRECT_MAP) >> PAGE_SHIFT)
+        nt.free_page(vp, pfn)
+    nt.free_kernel_page(vp, driver.object_va)
     _event(vp, "mm.map-image", "unmapped", driver=driver.name, base=driver.base)
 
 
-def _pfn_list_page(nt: NtKernel, vp: VirtualProcessor, pfns: list[int]) -> int:
+def _pfn_list_page(nt: NtKernel, vp: Cpu, pfns: list[int]) -> int:
     """A kernel page holding ``pfns`` as u64s (an MDL's PFN array); returns its PFN."""
     va, gpa = nt.alloc_kernel_page(vp)
     vp.write(va, b"".join(pfn.to_bytes(8, "little") for pfn in pfns[: PAGE_SIZE // 8]))
     return gpa >> PAGE_SHIFT
 
 
-def _create_secure_image(nt: NtKernel, vp: VirtualProcessor, image: bytes) -> tuple[int, int]:
+def _create_secure_image(nt: NtKernel, vp: Cpu, image: bytes) -> tuple[int, int]:
     """VslpCreateSecureImage: the file's bytes in kernel pages, described by a PFN list."""
     assert nt.vsl is not None
     file_pfns: list[int] = []
@@ -443,19 +492,19 @@ def _create_secure_image(nt: NtKernel, vp: VirtualProcessor, image: bytes) -> tu
     status, outputs = nt.vsl.call(
         vp, Service.CREATE_SECURE_IMAGE, len(image), list_pfn, len(file_pfns)
     )
-    for pfn in [*file_pfns, list_pfn]:
-        nt.machine.ram.frames.free(pfn)
+    for frame in [*file_pfns, list_pfn]:
+        nt.free_page(vp, frame)
     return status, outputs[0] if outputs else 0
 
 
-def _validate_mapped(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver, handle: int) -> int:
+def _validate_mapped(nt: NtKernel, vp: Cpu, driver: LoadedDriver, handle: int) -> int:
     """FINISH_SECURE_IMAGE_VALIDATION with the mapped pages, then LOAD_DRIVER."""
     assert nt.vsl is not None
     list_pfn = _pfn_list_page(nt, vp, driver.pfns)
     status, _ = nt.vsl.call(
         vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
     )
-    nt.machine.ram.frames.free(list_pfn)
+    nt.free_page(vp, list_pfn)
     if ok(status):
         status, _ = nt.vsl.call(vp, Service.LOAD_DRIVER, handle)
     if not ok(status):
@@ -468,7 +517,7 @@ def module_list_head(nt: NtKernel) -> int:
     return nt.variable(MODULE_LIST, LIST_ENTRY.SIZE).va
 
 
-def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
     """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
     head = module_list_head(nt)
     wanted = name.lower().encode("utf-16-le")
@@ -484,7 +533,7 @@ def find_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
     return 0
 
 
-def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> None:
+def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
     """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY at the tail of the list."""
     from vbsim.nt.process import insert_tail
 
@@ -505,7 +554,7 @@ def _insert_module(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> 
     insert_tail(vp, head, entry)
 
 
-def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
+def _remove_module(nt: NtKernel, vp: Cpu, name: str) -> None:
     from vbsim.nt.process import remove_entry
 
     entry = find_module(nt, vp, name)
@@ -513,7 +562,7 @@ def _remove_module(nt: NtKernel, vp: VirtualProcessor, name: str) -> None:
         remove_entry(vp, entry)
 
 
-def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     """IopLoadDriver / MmLoadSystemImage for a driver of the store; returns an NTSTATUS."""
     if find_module(nt, vp, name):  # already on PsLoadedModuleList (in RAM)
         return STATUS_IMAGE_ALREADY_LOADED
@@ -551,14 +600,14 @@ def load_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
                 unmap_image(nt, vp, driver)
                 return status
             driver.secure_handle = handle
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY)
     nt.drivers[name] = driver
     _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
 
 
-def start_driver(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> int:
+def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
     """Call ``DriverEntry(DriverObject)`` at CPL0: an instruction fetch like any other."""
     result = vp.call(driver.entry, driver.object_va)
     status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
@@ -569,7 +618,7 @@ def start_driver(nt: NtKernel, vp: VirtualProcessor, driver: LoadedDriver) -> in
     return status
 
 
-def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
+def unload_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     driver = nt.drivers.pop(name, None)
     if not isinstance(driver, LoadedDriver):
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
@@ -585,7 +634,7 @@ def unload_driver(nt: NtKernel, vp: VirtualProcessor, name: str) -> int:
 
 
 # -- system services ------------------------------------------------------------------------------
-def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_load_driver(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """NtLoadDriver(PCSTR name, ULONG length) — the model's reduced form of the registry path."""
     from vbsim.nt.layouts import Privilege
 
@@ -598,7 +647,7 @@ def nt_load_driver(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
     return load_driver(nt, vp, name)
 
 
-def nt_device_io_control_file(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """NtDeviceIoControlFile(PCSTR device, ULONG length, ULONG code, PVOID buffer[16]) — reduced;
     METHOD_BUFFERED: NT copies the buffer in, calls the driver at CPL0, copies it back.  Device
     objects carry no ACL in the model (RTCore64-style devices were open to their callers)."""
@@ -623,9 +672,7 @@ def nt_device_io_control_file(nt: NtKernel, vp: VirtualProcessor, args: list[int
 
 
 # -- executable pool ------------------------------------------------------------------------------
-def nt_allocate_executable(
-    nt: NtKernel, vp: VirtualProcessor, size: int, writable: bool
-) -> tuple[int, int]:
+def nt_allocate_executable(nt: NtKernel, vp: Cpu, size: int, writable: bool) -> tuple[int, int]:
     """ExAllocatePool(NonPagedPoolExecute): (NTSTATUS, VA).  Without HVCI NT maps the pages
     executable (and writable if asked: RWX) on its own authority.  With HVCI it must ask the SK
     to make each page kernel-executable, and the SK refuses W+KX (``hvci.w^x``)."""
@@ -640,15 +687,14 @@ def nt_allocate_executable(
     pfns: list[int] = []
     try:
         for index in range(pages):
-            pfn = nt.machine.ram.frames.alloc("nt.pool-execute")
-            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            pfn = nt.alloc_page(vp)
             tables.map(base + index * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
             pfns.append(pfn)
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY), 0
     if hvci_enabled(nt, vp):
         assert nt.vsl is not None
-        requested = (R | W | KX | UX) if writable else (R | KX | UX)
+        requested = int(_RWX if writable else _RX)
         for pfn in pfns:
             status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, pfn, requested)
             if not ok(status):
@@ -663,7 +709,7 @@ def nt_allocate_executable(
                 for index, frame in enumerate(pfns):
                     tables.unmap(base + index * PAGE_SIZE)
                     vp.invlpg(base + index * PAGE_SIZE)
-                    nt.machine.ram.frames.free(frame)
+                    nt.free_page(vp, frame)
                 return status, 0
     loader.pool[base] = pfns
     _event(

@@ -14,7 +14,7 @@ Kinds (which pages are written):
 File format (the model's, little-endian): ``b"VBSIMDMP"``, u32 kind, u32 record count, u64 the
 SK's dump session (0 without VBS), then records of u64 PFN, u32 flags (:data:`PLAIN`,
 :data:`ENCRYPTED` by the SK, :data:`WITHHELD` by the SK), u32 reserved, 4096 bytes.
-The file lands on the system disk (``nt.ext["files"]``), where an administrator — or anyone who
+The file lands on the system disk (``nt.files``), where an administrator — or anyone who
 takes the disk — can read it.
 
 System services (the model's numbers, not Windows'; Windows' change with every build):
@@ -30,15 +30,14 @@ import struct
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.nt import pfn as mm
+from vbsim.nt.layouts import DUMP_LIST_MAX as LIST_MAX
+from vbsim.nt.layouts import DUMP_PAGE_ENCRYPTED as PAGE_ENCRYPTED
+from vbsim.nt.layouts import DUMP_REQUEST_LIST as REQUEST_LIST
+from vbsim.nt.layouts import DUMP_REQUEST_PAGE as REQUEST_PAGE
 from vbsim.ntstatus import NtStatus
-from vbsim.sk.services.dump import (
-    LIST_MAX,
-    PAGE_ENCRYPTED,
-    REQUEST_LIST,
-    REQUEST_PAGE,
-)
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -68,11 +67,10 @@ _SERVICE = {
 
 def files(nt: NtKernel) -> dict[str, bytes]:
     """Files NT wrote to the system disk (path → bytes)."""
-    stored: dict[str, bytes] = nt.ext.setdefault("files", {})
-    return stored
+    return nt.files
 
 
-def _secure_list(nt: NtKernel, vp: VirtualProcessor, service: Service) -> tuple[set[int], int]:
+def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int]:
     """Ask the SK which VTL1 pages exist (NT may not touch them); (pages, dump session)."""
     assert nt.vsl is not None
     va, gpa = nt.alloc_kernel_page(vp)
@@ -90,38 +88,43 @@ def _secure_list(nt: NtKernel, vp: VirtualProcessor, service: Service) -> tuple[
             if written == 0 or first >= total:
                 break
     finally:
-        nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
+        nt.free_page(vp, gpa >> PAGE_SHIFT)
     return pages, session
 
 
-def write_dump(nt: NtKernel, vp: VirtualProcessor, kind: int) -> bytes:
+def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
     """Build a dump of ``kind`` from what NT can read (kernel code at VTL0 CPL0)."""
-    ram = nt.machine.ram
-    candidates = list(range(1, ram.pages)) if kind == COMPLETE else sorted(ram.frames.owners)
     secure: set[int] = set()
     session = 0
     if nt.vsl is not None:
         secure, session = _secure_list(nt, vp, _SERVICE[kind])
+    # A complete dump is every page of RAM; a kernel dump the pages NT's PFN database says NT
+    # owns, and the VTL1 pages the SK listed (it withholds or encrypts those), in PFN order.
+    candidates = (
+        list(range(1, mm.limit(vp, nt.free_list_head)))
+        if kind == COMPLETE
+        else sorted(set(mm.active_pages(vp, nt.pfn_database, nt.free_list_head)) | secure)
+    )
     work_va, work_gpa = nt.alloc_kernel_page(vp)
     work_pfn = work_gpa >> PAGE_SHIFT
     records: list[bytes] = []
     try:
-        for pfn in candidates:
-            if pfn == work_pfn:
+        for frame in candidates:
+            if frame == work_pfn:
                 continue
-            if pfn in secure:
+            if frame in secure:
                 assert nt.vsl is not None
-                status, out = nt.vsl.call(vp, _SERVICE[kind], REQUEST_PAGE, pfn, work_pfn)
+                status, out = nt.vsl.call(vp, _SERVICE[kind], REQUEST_PAGE, frame, work_pfn)
                 if status != NtStatus.SUCCESS:
                     continue
                 flags = ENCRYPTED if out and out[0] == PAGE_ENCRYPTED else WITHHELD
                 data = vp.read(work_va, PAGE_SIZE)
             else:
-                flags, data = PLAIN, vp.read(DIRECT_MAP + (pfn << PAGE_SHIFT), PAGE_SIZE)
-            records.append(RECORD.pack(pfn, flags, 0) + data)
+                flags, data = PLAIN, vp.read(DIRECT_MAP + (frame << PAGE_SHIFT), PAGE_SIZE)
+            records.append(RECORD.pack(frame, flags, 0) + data)
     finally:
-        ram.frames.free(work_pfn)
-    if vp.trace.on:
+        nt.free_page(vp, work_pfn)
+    if vp.tracing:
         vp.emit(
             "nt",
             "dump",
@@ -152,12 +155,12 @@ def parse(data: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def _store(nt: NtKernel, vp: VirtualProcessor, path: str, kind: int) -> int:
+def _store(nt: NtKernel, vp: Cpu, path: str, kind: int) -> int:
     files(nt)[path] = write_dump(nt, vp, kind)
     return int(NtStatus.SUCCESS)
 
 
-def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_system_debug_control(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(command, ...): only SysDbgGetLiveKernelDump; SeDebugPrivilege required."""
     from vbsim.nt.layouts import Privilege
     from vbsim.nt.syscalls import caller_holds, caller_is_admin
@@ -169,7 +172,7 @@ def nt_system_debug_control(nt: NtKernel, vp: VirtualProcessor, args: list[int])
     return _store(nt, vp, LIVE_DUMP_PATH, ACTIVE)
 
 
-def nt_initiate_power_action(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_initiate_power_action(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(action, ...): only PowerActionHibernate; an administrator is required."""
     from vbsim.nt.syscalls import caller_is_admin
 
@@ -193,7 +196,7 @@ def registered(nt: NtKernel) -> bool:
     return all(nt.syscall_names.get(number) == name for name, number in NUMBERS.items())
 
 
-def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+def syscall(vp: Cpu, name: str, *args: int) -> int:
     """User-mode stub for the two services (ntdll)."""
     vp.rax = NUMBERS[name]
     vp.r10, vp.rdx, vp.r8, vp.r9 = [*args, 0, 0, 0, 0][:4]

@@ -28,19 +28,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt import pfn as mm
+from vbsim.nt.layouts import COPY_ALLOCATE, NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
 from vbsim.ntstatus import BugCheck, NtStatus
-from vbsim.sk.services.allocation import NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
-from vbsim.sk.services.kdp import COPY_ALLOCATE
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
 
-EXT = "kdp"
+
 #: Where driver data sections are mapped (the model's layout: 256 GiB above NT's own data, in the
 #: same PML4 slot, so every process shares them).
 SECTION_BASE = DATA_BASE + (256 << 30)
@@ -82,30 +82,26 @@ class NtKdp:
 
 def install(nt: NtKernel) -> NtKdp:
     """NT's KDP client state and its normal-call handler (idempotent)."""
-    existing = nt.ext.get(EXT)
-    if isinstance(existing, NtKdp):
-        return existing
-    state = NtKdp()
-    nt.ext[EXT] = state
+    if nt.kdp_client is not None:
+        return nt.kdp_client
+    state = nt.kdp_client = NtKdp()
     if nt.vsl is not None:
         nt.vsl.normal_calls.setdefault(NORMAL_GET_PHYSICAL_PAGES, get_physical_pages)
     return state
 
 
-def get_physical_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+def get_physical_pages(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
     """Normal call from the SK: make these PFNs resident and locked (always true in the model)."""
     _event(vp, "get-physical-pages", "resident", pfns=args[:9])
     return [int(NtStatus.SUCCESS)]
 
 
-def _event(vp: VirtualProcessor, what: str, outcome: str, **detail: Any) -> None:
-    if vp.trace.on:
+def _event(vp: Cpu, what: str, outcome: str, **detail: Any) -> None:
+    if vp.tracing:
         vp.emit("kdp", "nt.kdp", outcome, call=what, **detail)
 
 
-def _call(
-    nt: NtKernel, vp: VirtualProcessor, service: Service, *fields: int
-) -> tuple[int, list[int]]:
+def _call(nt: NtKernel, vp: Cpu, service: Service, *fields: int) -> tuple[int, list[int]]:
     if nt.vsl is None:
         return int(NtStatus.INVALID_DEVICE_STATE), []
     install(nt)
@@ -114,18 +110,18 @@ def _call(
 
 # -- driver data sections and static KDP ---------------------------------------------------------
 def load_data_section(
-    nt: NtKernel, vp: VirtualProcessor, name: str, pages: int = 1, contents: bytes = b""
+    nt: NtKernel, vp: Cpu, name: str, pages: int = 1, contents: bytes = b""
 ) -> Section:
     """Map a driver's data section (supervisor, RW, NX) and fill it with ``contents``."""
     state = install(nt)
     if name in state.sections:
         return state.sections[name]
-    tables = PageTables(nt.phys(vp), nt.space.pt.root)
+    tables = PageTables(nt.phys(vp), nt.space.root)
     va = state.next_section
     state.next_section += (pages + 1) * PAGE_SIZE  # a guard page between sections
     pfns: list[int] = []
     for i in range(pages):
-        pfn = nt.machine.ram.frames.alloc(f"section:{name}")
+        pfn = nt.alloc_page(vp)
         chunk = contents[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), chunk.ljust(PAGE_SIZE, b"\0"))
         tables.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.RW | Pte.NX | Pte.G))
@@ -137,7 +133,7 @@ def load_data_section(
 
 
 def mm_protect_driver_section(
-    nt: NtKernel, vp: VirtualProcessor, address: int, size: int = 0, flags: int = 0
+    nt: NtKernel, vp: Cpu, address: int, size: int = 0, flags: int = 0
 ) -> int:
     """MmProtectDriverSection: make the section (or ``[address, address+size)``) read-only for
     the whole of VTL0, through the Secure Kernel."""
@@ -171,25 +167,24 @@ def mm_protect_driver_section(
 
 
 # -- the secure pool -----------------------------------------------------------------------------
-def ex_create_secure_pool(
-    nt: NtKernel, vp: VirtualProcessor, pages: int = 1
-) -> tuple[int, SecurePool | None]:
+def ex_create_secure_pool(nt: NtKernel, vp: Cpu, pages: int = 1) -> tuple[int, SecurePool | None]:
     if nt.vsl is None:
         return int(NtStatus.INVALID_DEVICE_STATE), None
-    frames = nt.machine.ram.frames
-    base = frames.alloc_contiguous(pages, "nt.securepool")
+    try:
+        base = mm.allocate_contiguous(vp, nt.pfn_database, nt.free_list_head, pages)
+    except mm.NoPages:
+        return int(NtStatus.NO_MEMORY), None
     va = DIRECT_MAP + (base << PAGE_SHIFT)
-    vp.write(va, bytes(pages * PAGE_SIZE))
     status, out = _call(nt, vp, Service.INITIALIZE_SECURE_POOL, base, pages, va)
     _event(vp, "ExCreatePool", NtStatus.name_of(status), va=va, pages=pages)
     if status != NtStatus.SUCCESS or not out:
-        for pfn in range(base, base + pages):
-            frames.free(pfn)
+        for frame in range(base, base + pages):
+            nt.free_page(vp, frame)
         return status, None
     return status, SecurePool(out[0], va, base, pages)
 
 
-def _staged(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> tuple[int, int]:
+def _staged(nt: NtKernel, vp: Cpu, data: bytes) -> tuple[int, int]:
     """A VTL0 kernel page holding ``data`` (≤ one page): (VA, PFN)."""
     va, gpa = nt.alloc_kernel_page(vp)
     vp.write(va, data[:PAGE_SIZE])
@@ -198,7 +193,7 @@ def _staged(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> tuple[int, int]:
 
 def secure_pool_call(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     pool_handle: int,
     tag: int,
     allocation: int,
@@ -208,7 +203,7 @@ def secure_pool_call(
     flags: int = 0,
 ) -> tuple[int, list[int]]:
     """COPY_PROTECTED_PAGE with ``data`` staged in a VTL0 page (the raw secure call)."""
-    _, pfn = _staged(nt, vp, data)
+    _, staged = _staged(nt, vp, data)
     try:
         return _call(
             nt,
@@ -220,16 +215,16 @@ def secure_pool_call(
             cookie,
             offset,
             len(data),
-            pfn,
+            staged,
             0,
             flags,
         )
     finally:
-        nt.machine.ram.frames.free(pfn)
+        nt.free_page(vp, staged)
 
 
 def ex_allocate_pool3_secure(
-    nt: NtKernel, vp: VirtualProcessor, pool: SecurePool, tag: int, contents: bytes, cookie: int
+    nt: NtKernel, vp: Cpu, pool: SecurePool, tag: int, contents: bytes, cookie: int
 ) -> tuple[int, int]:
     """ExAllocatePool3 with POOL_EXTENDED_PARAMS_SECURE_POOL {handle, buffer, cookie}: (status,
     allocation VA)."""
@@ -242,7 +237,7 @@ def ex_allocate_pool3_secure(
 
 def secure_pool_update_raw(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     pool: SecurePool,
     tag: int,
     allocation: int,
@@ -255,7 +250,7 @@ def secure_pool_update_raw(
 
 def ex_secure_pool_update(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     pool: SecurePool,
     tag: int,
     allocation: int,
@@ -268,19 +263,19 @@ def ex_secure_pool_update(
     _event(vp, "ExSecurePoolUpdate", NtStatus.name_of(status), allocation=allocation)
     if status != NtStatus.SUCCESS:
         code = BugCheck.BAD_POOL_CALLER
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit("bugcheck", "nt", code.name, code=int(code), params=[status, allocation])
         raise Bugcheck(int(code), code.name, 0, status, allocation)
     return status
 
 
 # -- secure allocations (CREATE_/FILL_SECURE_ALLOCATION) -----------------------------------------
-def create_secure_allocation(nt: NtKernel, vp: VirtualProcessor, size: int) -> tuple[int, int]:
+def create_secure_allocation(nt: NtKernel, vp: Cpu, size: int) -> tuple[int, int]:
     status, out = _call(nt, vp, Service.CREATE_SECURE_ALLOCATION, size)
     return status, (out[0] if status == NtStatus.SUCCESS and out else 0)
 
 
-def stage_buffer(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> list[int]:
+def stage_buffer(nt: NtKernel, vp: Cpu, data: bytes) -> list[int]:
     """VTL0 kernel pages holding ``data``; their PFNs (what an MDL's PFN array lists)."""
     pfns = []
     for start in range(0, max(len(data), 1), PAGE_SIZE):
@@ -291,7 +286,7 @@ def stage_buffer(nt: NtKernel, vp: VirtualProcessor, data: bytes) -> list[int]:
 
 def build_mdl(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     pfns: list[int],
     byte_count: int,
     byte_offset: int = 0,
@@ -304,14 +299,12 @@ def build_mdl(
 
 
 def fill_secure_allocation_raw(
-    nt: NtKernel, vp: VirtualProcessor, handle: int, offset: int, mdl_va: int, mdl_pfn: int
+    nt: NtKernel, vp: Cpu, handle: int, offset: int, mdl_va: int, mdl_pfn: int
 ) -> int:
     return _call(nt, vp, Service.FILL_SECURE_ALLOCATION, handle, offset, mdl_va, mdl_pfn)[0]
 
 
-def fill_secure_allocation(
-    nt: NtKernel, vp: VirtualProcessor, handle: int, offset: int, data: bytes
-) -> int:
+def fill_secure_allocation(nt: NtKernel, vp: Cpu, handle: int, offset: int, data: bytes) -> int:
     """VslFillSecureAllocation: copy ``data`` (staged in VTL0 pages, described by an MDL) into
     the secure allocation at ``offset``."""
     pfns = stage_buffer(nt, vp, data)
@@ -319,5 +312,5 @@ def fill_secure_allocation(
     try:
         return fill_secure_allocation_raw(nt, vp, handle, offset, mdl_va, mdl_pfn)
     finally:
-        for pfn in [*pfns, mdl_pfn]:
-            nt.machine.ram.frames.free(pfn)
+        for frame in [*pfns, mdl_pfn]:
+            nt.free_page(vp, frame)

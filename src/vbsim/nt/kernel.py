@@ -8,27 +8,29 @@ means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the mach
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelMap, KernelSpace, runtime_phys
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
-from vbsim.hw.cpu import Cpu as ArchCpu
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
-from vbsim.hw.pagetable import PhysAccess
-from vbsim.hw.ram import OutOfFrames
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
 from vbsim.nt import notify
+from vbsim.nt import pfn as mm
 from vbsim.nt import process as ps
-from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, Cpu, read_field
+from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, MMPFNLIST, read_field
+from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
-    from vbsim.machine import Machine
+    from vbsim.nt.drivers import DriverLoader
+    from vbsim.nt.kdp import NtKdp
+    from vbsim.nt.lsass import LsassInfo
     from vbsim.nt.vsl import Vsl
 
 #: Windows x64 STAR: kernel CS 0x10, user CS base 0x20 (user CS 0x33, SS 0x2B).
@@ -51,7 +53,15 @@ SERVICE_LIMIT = 0x200
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
 PRCB_SIZE = 0x40
 
-SyscallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
+SyscallHandler = Callable[["NtKernel", Cpu, list[int]], int]
+
+
+def _no_processor(*_: int) -> Any:
+    raise RuntimeError("page tables used without a processor (NtKernel.address_space)")
+
+
+#: The physical access a stored address space has between operations: none.
+DETACHED = PhysAccess(_no_processor, _no_processor, _no_processor)
 
 
 @dataclass
@@ -73,26 +83,49 @@ class UserRun:
 
 @dataclass
 class NtKernel:
-    machine: Machine
+    """NT's image as its code finds it behind GS: a symbol table (addresses, routine VAs,
+    layouts, constants) and the typed bookkeeping listed below; every value NT decides from is
+    in VTL0 RAM.  Built by the loader (``loader``, the host-side :class:`KernelSpace`, is used
+    during construction and not kept), which also hands it the memory map's free region
+    ``[first_free, limit)`` for its PFN database."""
+
     #: The build NT was compiled for (NtBuildNumber: which secure-call numbers its Vsl stubs
     #: use, vbs-internals "Numbers are build-specific"); a constant of the image.
     build: str
     vbs: bool
-    space: KernelSpace = field(init=False)
+    loader: InitVar[KernelSpace]
+    #: KeNumberProcessors (the loader's count of processors in the firmware's tables).
+    processor_count: int = 1
+    #: The memory map's region NT manages (PFNs ``[first_free, limit)``), set by the loader.
+    first_free: InitVar[int] = 0
+    limit: InitVar[int] = 0
+    space: KernelMap = field(init=False)
     processes: dict[int, Process] = field(default_factory=dict)
     current: dict[int, Process | None] = field(default_factory=dict)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
     drivers: dict[str, Any] = field(default_factory=dict)
-    #: Extensions (drivers/HVCI client, KDP client, lsass ...) keep their state here.
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: Files of the model's system disk NT reads and writes: the driver store, the application
+    #: store, trustlet images, and what NT wrote (dumps).  A disk is not RAM: these are the
+    #: storage device's contents as the file system presents them, not kernel state.
+    driver_store: dict[str, bytes] = field(default_factory=dict)
+    app_store: dict[str, bytes] = field(default_factory=dict)
+    trustlet_store: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+    #: The driver loader's and KDP client's VA cursors and section records (nt.drivers,
+    #: nt.kdp): the model's stand-in for MiSystemVa bookkeeping, symbols of mapped ranges.
+    driver_loader: DriverLoader | None = None
+    kdp_client: NtKdp | None = None
+    #: lsass's credential record (pid, VA, length): the symbol host tools and D2 look up.
+    lsass: LsassInfo | None = None
+    #: Trustlets wininit started at boot: image name → PID (boot report and host tools).
+    started_trustlets: dict[str, int] = field(default_factory=dict)
     vsl: Vsl | None = None
     #: Trustlets to start at boot: image name → (trustlet ID, image bytes) (set by the loader).
     boot_trustlets: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
-    processor_count: int = 1
     #: HvlpHypercallPages: NT's hypercall input/output pages (VA, GPA each), set in phase 1.
     hypercall_pages: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Symbols CI and the loader resolve at boot (addresses, as in a symbol table).
@@ -100,15 +133,22 @@ class NtKernel:
     ci_validate_image_header: int = 0
     syscall_entry: int = 0
     ap_entry: int = 0
+    #: ``nt!MmPfnDatabase`` and ``nt!MmFreePageListHead`` (VAs): NT's physical memory.
+    pfn_database: int = 0
+    free_list_head: int = 0
+    #: The hypercall page's GPA (HvlpHypercallCodeVa's frame), reserved by the loader.
+    hypercall_code_gpa: int = 0
+    _loader: KernelSpace | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.space = KernelSpace(self.machine.ram, "ntoskrnl")
+    def __post_init__(self, loader: KernelSpace, first_free: int, limit: int) -> None:
+        self.space = loader.kernel_map
+        self._loader = loader  # construction only: dropped at the end of __post_init__
         # One processor block (KPCR) per VP; GS base designates it (the loader places the image
         # behind each, see Cpu.kernel()).
-        self.prcb_va, _ = self.space.alloc_data(1)
-        for index in range(len(self.machine.vps)):
-            self.machine.ram.place_image(0, self.processor_block(index), self)
-        self.idt = self.space.build_idt(
+        self.prcb_va, _ = loader.alloc_data(1)
+        for index in range(self.processor_count):
+            loader.place_image(0, self.processor_block(index), self)
+        self.idt = loader.build_idt(
             {
                 int(Vector.PF): "nt.KiPageFault",
                 int(Vector.GP): "nt.KiGeneralProtection",
@@ -117,23 +157,28 @@ class NtKernel:
             },
             default="nt.KiUnexpectedTrap",
         )
-        self.syscall_entry = self.space.install("nt.KiSystemCall64")
-        self.ap_entry = self.space.install("nt.KiSystemStartupAp")
-        self.processor_count = len(self.machine.vps)  # KeNumberProcessors (from the loader)
+        self.syscall_entry = loader.install("nt.KiSystemCall64")
+        self.ap_entry = loader.install("nt.KiSystemStartupAp")
+        contexts = []
+        for index in range(self.processor_count):
+            state = loader.initial_state(self.ap_entry)
+            state.gs_base = self.processor_block(index)
+            contexts.append(encode_context(state))
+        self.ap_contexts: tuple[bytes, ...] = tuple(contexts)
         for name in (
             "nt.KiPageFault",
             "nt.KiGeneralProtection",
             "nt.KiInvalidOpcode",
             "nt.KiIpiInterrupt",
         ):
-            self.space.install(name)
-        self.data_va, self.data_gpa = self.space.alloc_data(4)
+            loader.install(name)
+        self.data_va, self.data_gpa = loader.alloc_data(4)
         self._data_next = self.data_va
         # PsActiveProcessHead: an empty LIST_ENTRY points at itself (winload zeroes .data;
         # NT's phase 0 initialises the head before the first process exists).
         head = self.variable("PsActiveProcessHead", LIST_ENTRY.SIZE)
-        self.machine.ram.write_u64(head.gpa, head.va)
-        self.machine.ram.write_u64(head.gpa + 8, head.va)
+        loader.write_u64(head.va, head.va)
+        loader.write_u64(head.va + 8, head.va)
         self.process_head = head.va
         self._next_token_id = 0x1000
         # KiServiceTable: one routine VA per system-service number, in NT's .data; the
@@ -142,7 +187,9 @@ class NtKernel:
         self.service_table = self.variable("KiServiceTable", SERVICE_LIMIT * 8).va
         notify.install(self)
         # The SYSTEM hive's page (winload fills it from disk: vbsim.nt.registry.load_hive).
-        self.hive_va, self.hive_gpa = self.space.alloc_data(1)
+        self.hive_va, self.hive_gpa = loader.alloc_data(1)
+        if self.vbs:  # the hypercall code page the hypervisor fills (HV_X64_MSR_HYPERCALL)
+            _, self.hypercall_code_gpa = loader.alloc_data(1)
         from vbsim.nt import drivers, syscalls
 
         syscalls.register_all(self)
@@ -162,20 +209,35 @@ class NtKernel:
             from vbsim.nt import kdp
 
             kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
+        # MmPfnDatabase over all of RAM, then the memory map: NT's own frames (everything the
+        # loader built it from, this database included) are active, the rest below the free
+        # region is not NT's, the region is free.
+        pages = mm.database_pages(loader.ram_pages)
+        database_va, database_gpa = loader.alloc_data(pages, contiguous=True)
+        # NT reaches it through the direct map (one contiguous run: tools find entry N at
+        # database GPA + 8N too).
+        self.pfn_database = DIRECT_MAP + database_gpa
+        self.free_list_head = self.variable("MmFreePageListHead", MMPFNLIST.SIZE).va
+        limit = limit or loader.ram_pages
+        first_free = first_free or limit
+        mm.initialize(
+            loader, database_va, self.free_list_head, first_free, limit, loader.built_frames
+        )
+        self._loader = None  # the running kernel keeps no loader
 
     # -- loader side ---------------------------------------------------------------------------
+    def _building(self) -> KernelSpace:
+        if self._loader is None:
+            raise RuntimeError("loader-time NT code called after boot")
+        return self._loader
+
     def processor_block(self, index: int) -> int:
         """The VA of VP ``index``'s processor block (the model's KPCR: 64 bytes each)."""
         return self.prcb_va + index * PRCB_SIZE
 
-    def prepare_boot_processor(self, vp: VirtualProcessor) -> None:
-        """winload hands the BSP to NT: CR3 = the kernel's tables, GS base = NT's block."""
-        bank = self.space.initial_state(0)
-        bank.gs_base = self.processor_block(vp.index)
-        bank.actor = "nt"
-        vp.banks[0] = None
-        vp.enable_vtl(0, bank)
-        vp.switch_vtl(0)
+    def install_routine(self, name: str) -> int:
+        """Loader time: a code thunk for routine ``name`` in NT's code pages; its VA."""
+        return self._building().install(name)
 
     def variable(self, name: str, size: int = 8) -> KernelVariable:
         """Allocate a kernel global in NT's data pages (loader-time)."""
@@ -183,17 +245,14 @@ class NtKernel:
             return self.variables[name]
         va = self._data_next
         self._data_next += max(8, -(-size // 8) * 8)
-        leaf = self.space.pt.lookup(va)  # the data pages need not be physically contiguous
-        assert leaf is not None
-        variable = KernelVariable(name, va, (leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF))
+        # the data pages need not be physically contiguous: the GPA of this VA's page
+        variable = KernelVariable(name, va, self._building().lookup_gpa(va))
         self.variables[name] = variable
         return variable
 
     def loader_write_u64(self, va: int, value: int) -> None:
         """winload initialising NT's image data (before any processor runs NT)."""
-        leaf = self.space.pt.lookup(va)
-        assert leaf is not None
-        self.machine.ram.write_u64((leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF), value)
+        self._building().write_u64(va, value)
 
     def register_service(self, name: str, number: int, handler: SyscallHandler) -> None:
         """Link a system service into KiServiceTable (loader time): its code thunk in NT's
@@ -202,7 +261,7 @@ class NtKernel:
             raise ValueError(f"service number {number:#x} beyond KiServiceLimit")
         routine = f"nt.{name}"
         code.register(routine, _service_routine(handler))
-        self.loader_write_u64(self.service_table + number * 8, self.space.install(routine))
+        self.loader_write_u64(self.service_table + number * 8, self.install_routine(routine))
         self.syscall_names[number] = name
 
     def service_routine(self, vp: Cpu, number: int) -> int:
@@ -212,12 +271,12 @@ class NtKernel:
         return vp.read_u64(self.service_table + number * 8)
 
     def ap_context(self, index: int) -> bytes:
-        state = self.space.initial_state(self.ap_entry)
-        state.gs_base = self.processor_block(index)
-        return encode_context(state)
+        """HV_INITIAL_VP_CONTEXT for AP ``index`` (KiSystemStartupAp, NT's CR3, GS = its block):
+        constant bytes the loader encoded from NT's image (no processor state)."""
+        return self.ap_contexts[index]
 
     # -- phases (vbs-internals §1.1 rows 13-15) ------------------------------------------------
-    def phase0(self, vp: VirtualProcessor) -> None:
+    def phase0(self, vp: Cpu) -> None:
         vp.lidt(*self.idt)
         vp.wrmsr(Msr.STAR, STAR_VALUE)
         vp.wrmsr(Msr.LSTAR, self.syscall_entry)
@@ -228,7 +287,7 @@ class NtKernel:
         if self.vsl is not None:
             self.vsl.phase3_init(vp)
 
-    def phase1(self, vp: VirtualProcessor) -> None:
+    def phase1(self, vp: Cpu) -> None:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
         self.phase = 1
@@ -236,64 +295,71 @@ class NtKernel:
             in_va, in_gpa = self.alloc_kernel_page(vp)
             out_va, out_gpa = self.alloc_kernel_page(vp)
             self.hypercall_pages = (in_va, in_gpa, out_va, out_gpa)
-        notify.initialize(self, vp.cpu)
+        notify.initialize(self, vp)
         from vbsim.nt import drivers
 
         drivers.initialize_ci(self, vp)  # CiInitialize: SeCiCallbacks, CiPolicy under KDP
         drivers.load_boot_drivers(self, vp)  # the EDR registers its callback before lsass
-        for ap in self.machine.vps[1:]:
-            self.start_processor(vp, ap)
-        self.create_system_process()
+        started = 1
+        if self.vsl is not None:  # without VBS the platform started the APs (boot.chain)
+            for index in range(1, self.processor_count):
+                started += self.start_processor(vp, index)
+        self.create_system_process(vp)
         self._event(
-            vp, "nt-phase1", "done", processors=sum(1 for v in self.machine.vps if v.started)
+            vp, "nt-phase1", "done", processors=started if self.vsl else self.processor_count
         )
 
-    def start_processor(self, vp: VirtualProcessor, ap: VirtualProcessor) -> None:
-        """With VBS only the SK can start a VP (START_PROCESSOR + HvCallStartVirtualProcessor);
-        without it NT sends INIT-SIPI and the AP starts at its entry."""
-        if self.vsl is not None:
-            page_va, page_gpa = self.alloc_kernel_page(vp)
-            vp.write(page_va, self.ap_context(ap.index))
-            status = self.vsl.start_processor(vp, ap.index, page_gpa >> PAGE_SHIFT)
-            self._event(vp, "start-processor", NtStatus.name_of(status), ap=ap.index)
-            return
-        state = self.space.initial_state(self.ap_entry)
-        state.gs_base = self.processor_block(ap.index)
-        state.actor = "nt"
-        ap.banks[0] = None
-        ap.enable_vtl(0, state)
-        ap.switch_vtl(0)
-        ap.started = True
-        self._event(vp, "init-sipi", "started", ap=ap.index)
-        ap.call(self.ap_entry)
+    def start_processor(self, vp: Cpu, index: int) -> bool:
+        """With VBS only the SK can start a VP (START_PROCESSOR + HvCallStartVirtualProcessor,
+        vbs-internals §1.1): NT builds the AP's initial context in a page and asks."""
+        assert self.vsl is not None
+        page_va, page_gpa = self.alloc_kernel_page(vp)
+        vp.write(page_va, self.ap_context(index))
+        status = self.vsl.start_processor(vp, index, page_gpa >> PAGE_SHIFT)
+        self._event(vp, "start-processor", NtStatus.name_of(status), ap=index)
+        return status == NtStatus.SUCCESS
 
-    def ap_init(self, vp: VirtualProcessor) -> None:
-        bank = vp.p
-        bank.actor = "nt"
+    def ap_init(self, vp: Cpu) -> None:
+        vp.actor = "nt"
         vp.lidt(*self.idt)
         vp.wrmsr(Msr.STAR, STAR_VALUE)
         vp.wrmsr(Msr.LSTAR, self.syscall_entry)
         vp.wrmsr(Msr.SFMASK, SFMASK_VALUE)
         vp.wrmsr(Msr.EFER, vp.rdmsr(Msr.EFER) | int(Efer.SCE))
 
-    def _event(self, vp: VirtualProcessor, mechanism: str, outcome: str, **detail: Any) -> None:
-        if self.machine.trace.on:
+    def _event(self, vp: Cpu, mechanism: str, outcome: str, **detail: Any) -> None:
+        if vp.tracing:
+            detail = {k: v for k, v in detail.items() if v is not None}
             vp.emit(
                 "boot" if mechanism.startswith("nt-phase") else "nt", mechanism, outcome, **detail
             )
 
     # -- memory ----------------------------------------------------------------------------------
-    def phys(self, vp: VirtualProcessor) -> PhysAccess:
-        return self.space.runtime_phys(vp)
+    def phys(self, vp: Cpu) -> PhysAccess:
+        """Physical access as NT has it at run time: its processor, the direct map, and frames
+        from its own PFN database (page-table pages are pool like any other)."""
+        return runtime_phys(vp, lambda: self.alloc_page(vp))
+
+    def alloc_page(self, vp: Cpu) -> int:
+        """A zeroed physical page NT now owns, from its PFN database (:mod:`vbsim.nt.pfn`);
+        its PFN.  Raises :class:`~vbsim.nt.pfn.NoPages` when physical memory is exhausted."""
+        return mm.allocate(vp, self.pfn_database, self.free_list_head)
+
+    def free_page(self, vp: Cpu, frame: int) -> bool:
+        """Back to NT's free list (False: not a page NT owns, refused)."""
+        return mm.free(vp, self.pfn_database, self.free_list_head, frame)
 
     def alloc_kernel_page(self, vp: Cpu) -> tuple[int, int]:
-        """A zeroed page reached through the direct map (VA, GPA)."""
-        pfn = self.machine.ram.frames.alloc("nt.pool")
-        va = DIRECT_MAP + (pfn << PAGE_SHIFT)
-        vp.write(va, bytes(PAGE_SIZE))
-        return va, pfn << PAGE_SHIFT
+        """A zeroed nonpaged-pool page reached through the direct map (VA, GPA): what a driver
+        (or a K0 payload) gets from ExAllocatePool."""
+        frame = self.alloc_page(vp)
+        return DIRECT_MAP + (frame << PAGE_SHIFT), frame << PAGE_SHIFT
 
-    def flush_all_processors(self, vp: ArchCpu) -> None:
+    def free_kernel_page(self, vp: Cpu, va: int) -> bool:
+        """ExFreePool of a page :meth:`alloc_kernel_page` returned."""
+        return self.free_page(vp, (va - DIRECT_MAP) >> PAGE_SHIFT)
+
+    def flush_all_processors(self, vp: Cpu) -> None:
         """KeFlushTb(all processors): with a hypervisor, HvCallFlushVirtualAddressSpace with
         HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS; what Windows' Hvl
         enlightenment does); without one, a CR3 reload here and an IPI to every other processor
@@ -306,23 +372,28 @@ class NtKernel:
             flags = defs.HvFlushFlags.ALL_PROCESSORS | defs.HvFlushFlags.ALL_VIRTUAL_ADDRESS_SPACES
             data = defs.FLUSH_VIRTUAL_ADDRESS_SPACE_INPUT.pack(0, int(flags), 0)
             pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
-            hvcall.hypercall(vp, pages, defs.HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data)  # type: ignore[arg-type]
+            hvcall.hypercall(vp, pages, defs.HvCallCode.FLUSH_VIRTUAL_ADDRESS_SPACE, data)
             return
         vp.mov_to_cr(3, vp.read_cr(3))
         if self.processor_count > 1:
             vp.wrmsr(X2APIC_ICR, ICR_ALL_EXCLUDING_SELF | IPI_VECTOR)
 
-    def probe_user(self, vp: VirtualProcessor, va: int, length: int, write: bool) -> bool:
+    def address_space(self, vp: Cpu, process: Process) -> PageTables:
+        """``process``'s page tables as NT walks and edits them now: through ``vp`` and the
+        direct map.  The stored :class:`Process` keeps only the root and the table frames (no
+        processor): each operation gets a fresh editor over the same frame list."""
+        return replace(process.tables, phys=self.phys(vp))  # same root, same frame list
+
+    def probe_user(self, vp: Cpu, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
         of the current address space (writable, for a write).  A bad pointer is the caller's
         error (STATUS_ACCESS_VIOLATION), never a kernel-mode fault."""
         process = self.process_of(vp)
         if process is None:
             return False
-        process.tables.phys = self.phys(vp)
-        return process.tables.user_range_ok(va, length, write)
+        return self.address_space(vp, process).user_range_ok(va, length, write)
 
-    def copy_from_user(self, vp: VirtualProcessor, va: int, length: int) -> bytes | None:
+    def copy_from_user(self, vp: Cpu, va: int, length: int) -> bytes | None:
         """Probe, then copy user memory (STAC/CLAC around the access, as SMAP requires)."""
         if not self.probe_user(vp, va, length, write=False):
             return None
@@ -332,7 +403,7 @@ class NtKernel:
         finally:
             vp.clac()
 
-    def copy_to_user(self, vp: VirtualProcessor, va: int, data: bytes) -> bool:
+    def copy_to_user(self, vp: Cpu, va: int, data: bytes) -> bool:
         if not self.probe_user(vp, va, len(data), write=True):
             return False
         vp.stac()
@@ -345,7 +416,7 @@ class NtKernel:
     # -- processes -------------------------------------------------------------------------------
     def create_process(
         self,
-        vp: VirtualProcessor,
+        vp: Cpu,
         name: str,
         token: Token | None = None,
         protection: Protection | int = Protection.NONE,
@@ -354,7 +425,8 @@ class NtKernel:
         """NtCreateUserProcess's kernel half: an EPROCESS and a primary TOKEN in pool pages,
         linked into PsActiveProcessHead's list.  The token is built from ``token`` or, for a
         child, copied from ``parent``'s (SeSubProcessToken)."""
-        tables = new_address_space(self.phys(vp), self.space.pt.root)
+        tables = new_address_space(self.phys(vp), self.space.root)
+        tables.phys = DETACHED  # NT keeps the root and frames, never the processor
         eprocess, _ = self.alloc_kernel_page(vp)
         token_va, _ = self.alloc_kernel_page(vp)
         self._next_token_id += 1
@@ -369,7 +441,7 @@ class NtKernel:
         self._next_pid += 4
         self.processes[process.pid] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
-        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        cpu = vp
         notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
         return process
 
@@ -386,15 +458,14 @@ class NtKernel:
             return handle
         return None
 
-    def create_system_process(self) -> None:
-        vp = self.machine.bsp
+    def create_system_process(self, vp: Cpu) -> None:
         system = self.create_process(
             vp,
             "System",
             Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True, tcb=True),
             Protection.SYSTEM,
         )
-        system.tables.root = self.space.pt.root
+        system.tables.root = self.space.root
         if self.boot_trustlets and self.vsl is not None:
             # wininit starts the enabled trustlets before lsass needs them (§1.1 row 16).
             from vbsim.nt.secure_process import start_boot_trustlets
@@ -406,7 +477,7 @@ class NtKernel:
 
     def allocate(
         self,
-        vp: VirtualProcessor,
+        vp: Cpu,
         process: Process,
         size: int,
         writable: bool = True,
@@ -418,50 +489,46 @@ class NtKernel:
         start = base if base is not None else process.reserve(pages * PAGE_SIZE)
         region = Region(start, pages * PAGE_SIZE, writable, executable)
         flags = int(Pte.US) | (int(Pte.RW) if writable else 0) | (0 if executable else int(Pte.NX))
-        phys = self.phys(vp)
-        tables = process.tables
-        tables.phys = phys
+        tables = self.address_space(vp, process)
         for i in range(pages):
             try:
-                pfn = self.machine.ram.frames.alloc(f"process:{process.pid}")
-            except OutOfFrames:
-                for taken in region.frames:  # give back what this call took
-                    tables.unmap(start + region.frames.index(taken) * PAGE_SIZE)
-                    self.machine.ram.frames.free(taken)
+                frame = self.alloc_page(vp)
+            except NoPages:
+                for taken in region.pfns:  # give back what this call took
+                    tables.unmap(start + region.pfns.index(taken) * PAGE_SIZE)
+                    self.free_page(vp, taken)
                 raise
-            vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+            pfn = frame
             tables.map(start + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
-            region.frames.append(pfn)
+            region.pfns.append(pfn)
         process.regions.append(region)
         return region
 
-    def map_code(
-        self, vp: VirtualProcessor, process: Process, routines: list[str]
-    ) -> dict[str, int]:
+    def map_code(self, vp: Cpu, process: Process, routines: list[str]) -> dict[str, int]:
         """Map user code: thunks for ``routines`` in read-only, executable user pages."""
         slots = PAGE_SIZE // code.THUNK_SIZE
         placed: dict[str, int] = {}
         for first in range(0, len(routines), slots):
             chunk = routines[first : first + slots]
             region = self.allocate(vp, process, PAGE_SIZE, writable=True, executable=False)
-            page_va = DIRECT_MAP + (region.frames[0] << PAGE_SHIFT)
+            page_va = DIRECT_MAP + (region.pfns[0] << PAGE_SHIFT)
             for slot, name in enumerate(chunk):
                 vp.write(page_va + slot * code.THUNK_SIZE, code.encode_thunk(name))
                 placed[name] = region.base + slot * code.THUNK_SIZE
             # Now make the page read-only and executable (W^X for user code as well).
-            pte = process.tables.pte_gpa(region.base)
+            pte = self.address_space(vp, process).pte_gpa(region.base)
             assert pte is not None
             phys = self.phys(vp)
-            phys.write_u64(pte, (region.frames[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
+            phys.write_u64(pte, (region.pfns[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
             vp.invlpg(region.base)
             region.writable, region.executable = False, True
         return placed
 
-    def run_user(self, vp: VirtualProcessor, process: Process, entry: int, *args: Any) -> UserRun:
+    def run_user(self, vp: Cpu, process: Process, entry: int, *args: Any) -> UserRun:
         """Schedule ``process``'s thread on ``vp``: CR3 switch, then into user mode and back
         through the gates (``sysret`` in, ``syscall`` or an exception gate back: Cpu.user_call),
         never by setting CPL."""
-        saved_cr3 = vp.cpu.read_cr(3) if isinstance(vp, VirtualProcessor) else vp.read_cr(3)
+        saved_cr3 = vp.read_cr(3)
         saved_current = self.current.get(vp.index)
         vp.mov_to_cr(3, process.tables.root)
         self.current[vp.index] = process
@@ -476,31 +543,31 @@ class NtKernel:
                 self.current[vp.index] = saved_current
         return outcome
 
-    def process_of(self, vp: VirtualProcessor) -> Process | None:
+    def process_of(self, vp: Cpu) -> Process | None:
         return self.current.get(vp.index)
 
 
-def _nt(vp: VirtualProcessor | ArchCpu) -> NtKernel:
+def _nt(vp: Cpu | Cpu) -> NtKernel:
     nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT code without NT's GS")
     return nt
 
 
-def _bugcheck(vp: VirtualProcessor, code_: BugCheck, *params: int) -> None:
+def _bugcheck(vp: Cpu, code_: BugCheck, *params: int) -> None:
     if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
         vp.wrong_context("KeBugCheckEx at CPL3")
-    if vp.trace.on:
+    if vp.tracing:
         vp.emit("bugcheck", "nt", code_.name, code=int(code_), params=list(params))
     raise Bugcheck(int(code_), code_.name, 0, *params)
 
 
-def _user_fault(vp: VirtualProcessor, vector: int, error_code: int, reason: str) -> None:
+def _user_fault(vp: Cpu, vector: int, error_code: int, reason: str) -> None:
     nt = _nt(vp)
     process = nt.process_of(vp)
     if process is not None:
         ps.mark_exited(vp, process.eprocess, int(NtStatus.ACCESS_VIOLATION))
-    if vp.trace.on:
+    if vp.tracing:
         vp.emit(
             "nt",
             "exception-dispatch",
@@ -514,34 +581,34 @@ def _user_fault(vp: VirtualProcessor, vector: int, error_code: int, reason: str)
 
 
 @guest_code("nt.KiPageFault")
-def _page_fault(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _page_fault(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
-        _user_fault(vp, vector, error_code, f"access violation at 0x{vp.cr2:x}")
-    _bugcheck(vp, BugCheck.PAGE_FAULT_IN_NONPAGED_AREA, vp.cr2, error_code)
+        _user_fault(vp, vector, error_code, f"access violation at 0x{vp.read_cr(2):x}")
+    _bugcheck(vp, BugCheck.PAGE_FAULT_IN_NONPAGED_AREA, vp.read_cr(2), error_code)
 
 
 @guest_code("nt.KiGeneralProtection")
-def _general_protection(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _general_protection(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, "general protection fault")
-    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_0096, vp.p.rip)
+    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_0096, vp.rip)
 
 
 @guest_code("nt.KiInvalidOpcode")
-def _invalid_opcode(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _invalid_opcode(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, "illegal instruction")
-    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.p.rip)
+    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.rip)
 
 
 @guest_code("nt.KiIpiInterrupt")
-def _ipi_interrupt(vp: ArchCpu, vector: int, error_code: int) -> None:
+def _ipi_interrupt(vp: Cpu, vector: int, error_code: int) -> None:
     """The TLB-flush IPI: reload CR3 (drops this processor's non-global translations)."""
     vp.mov_to_cr(3, vp.read_cr(3))
 
 
 @guest_code("nt.KiUnexpectedTrap")
-def _unexpected(vp: VirtualProcessor, vector: int, error_code: int) -> None:
+def _unexpected(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3 and vector < 32:
         _user_fault(vp, vector, error_code, f"exception {vector}")
     if vector >= 32:
@@ -557,7 +624,7 @@ def _service_routine(handler: SyscallHandler) -> Callable[..., int]:
     routine = _SERVICE_ROUTINES.get(handler)
     if routine is None:
 
-        def routine(vp: VirtualProcessor, a0: int, a1: int, a2: int, a3: int) -> int:
+        def routine(vp: Cpu, a0: int, a1: int, a2: int, a3: int) -> int:
             return handler(_nt(vp), vp, [a0, a1, a2, a3])
 
         _SERVICE_ROUTINES[handler] = routine
@@ -565,7 +632,7 @@ def _service_routine(handler: SyscallHandler) -> Callable[..., int]:
 
 
 @guest_code("nt.KiSystemCall64")
-def _system_call(vp: ArchCpu) -> None:
+def _system_call(vp: Cpu) -> None:
     """The LSTAR entry: KiServiceTable[RAX] read from RAM and called with R10, RDX, R8, R9
     (x64 syscall ABI)."""
     nt = _nt(vp)
@@ -586,7 +653,7 @@ def _system_call(vp: ArchCpu) -> None:
 
 
 @guest_code("nt.KiSystemStartupAp")
-def _ap_startup(vp: VirtualProcessor) -> None:
+def _ap_startup(vp: Cpu) -> None:
     """An AP's first VTL0 instruction.  Its context (built by NT, relayed by the SK) set GS base
     to the AP's processor block, through which NT's code finds its kernel."""
     nt = vp.kernel()

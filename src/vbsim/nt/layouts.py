@@ -112,6 +112,10 @@ class EPROCESS:
     #: process's policy in VTL1 and exposes it through PROCESS_EXTENDED_BASIC_INFORMATION; the
     #: model caches it in the VTL0 object at an offset of its own).  0xFFFFFFFF: not a trustlet.
     TrustletId: Final = Field("TrustletId", 0x9F0, 4, "model")
+    #: [model] The secure thread's cookie the SK returned from CREATE_THREAD, which NT passes
+    #: with every call into the trustlet (Windows keeps it in _KTHREAD.SecureThreadCookie of the
+    #: thread, Windows Internals 7th ed. part 1 ch. 3; the model's processes have one thread).
+    SecureThreadCookie: Final = Field("SecureThreadCookie", 0x9F8, 8, "model")
     #: sizeof(_EPROCESS) in build 19041 [Vergilius]: it fits one page.
     SIZE: Final = 0xA40
 
@@ -302,11 +306,11 @@ class HostReader:
     through its direct map (``DIRECT_MAP + GPA``), so a tool turns a pointer into a GPA by
     subtraction.  Host side only: guest code reads through its Cpu."""
 
-    ram: _Ram
+    memory: _Ram
     direct_map: int
 
     def read(self, va: int, length: int) -> bytes:
-        return self.ram.read(va - self.direct_map, length)
+        return self.memory.read(va - self.direct_map, length)
 
     def field(self, base: int, field: Field) -> int:
         return int.from_bytes(self.read(base + field.offset, field.size), "little")
@@ -316,7 +320,9 @@ class HostReader:
 
     def set_field(self, base: int, field: Field, value: int) -> None:
         """A debugger's (or the boot configuration's) edit of one field; not guest code."""
-        self.ram.write(base + field.offset - self.direct_map, value.to_bytes(field.size, "little"))
+        self.memory.write(
+            base + field.offset - self.direct_map, value.to_bytes(field.size, "little")
+        )
 
 
 # -- callbacks ----------------------------------------------------------------------------------
@@ -394,3 +400,102 @@ class KLDR_DATA_TABLE_ENTRY:
     #: [model] The name's UTF-16 characters follow the entry in the same pool block.
     NAME_AT: Final = 0x100
     SIZE: Final = 0xA0
+
+
+# -- physical memory: the PFN database ------------------------------------------------------------
+class MMLISTS(IntEnum):
+    """_MMLISTS, the page lists a PFN entry's PageLocation names (Windows Internals 7th ed.
+    part 1 ch. 5 "Page frame number database"; Vergilius 19041 _MMLISTS).  The model uses three:
+    a never-used page is on the zeroed list, a page NT freed is on the free list (zeroed again
+    when handed out), a page NT owns is active; pages that are not NT's to hand out (the loader's
+    and firmware's, the Secure Kernel's pool, the host reserve) are on the bad page list, which
+    is what Windows does with a page it must never use."""
+
+    ZeroedPageList = 0
+    FreePageList = 1
+    BadPageList = 5
+    ActiveAndValid = 6
+
+
+class MMPFN:
+    """[model] One 8-byte entry per physical page of RAM in ``MmPfnDatabase`` (a real _MMPFN is
+    0x30 bytes [Vergilius 19041]; the model keeps the two members the allocator decides from):
+    ``u1.Flink`` (the next page's PFN on the free list, 0 ends it: PFN 0 is never handed out) in
+    bits 0-47, and ``u3.e1.PageLocation`` (:class:`MMLISTS`) in bits 56-63."""
+
+    SIZE: Final = 8
+    FLINK_MASK: Final = (1 << 48) - 1
+    LOCATION_SHIFT: Final = 56
+
+
+class MMPFNLIST:
+    """_MMPFNLIST [Vergilius 19041] for ``nt!MmFreePageListHead``: Total (the page count) at 0,
+    Flink at 0x10 (the first PFN).  [model] Then, at 0x20, the next never-used PFN (pages from it
+    to MmHighestPhysicalPage are zeroed and free without being linked: MiInitializePfnDatabase
+    links every free page at boot, the model links a page only once it was used) and at 0x28 the
+    limit (MmHighestPhysicalPage + 1)."""
+
+    Total: Final = Field("Total", 0x00, 8)
+    Flink: Final = Field("Flink", 0x10, 8)
+    NextFresh: Final = Field("NextFresh", 0x20, 8, "model")
+    Limit: Final = Field("Limit", 0x28, 8, "model")
+    SIZE: Final = 0x30
+
+
+# -- NT's side of the VTL0/VTL1 ABI ---------------------------------------------------------------
+# Numbers both kernels apply, as NT's binary has them compiled in (the Secure Kernel has its own
+# copy; tests/nt/test_abi.py checks the two agree).  Sources as in the SK's modules: the model's
+# numbers where the real ones are not public ([U] in vbs-internals).
+
+#: [model] winload places ntoskrnl's boot image in the first 256 GiB of CODE_BASE's PML4 slot;
+#: the SK takes every executable page in that range as boot-image code (vbsim.sk.services.hvci).
+BOOT_IMAGE_SPAN: Final = 256 << 30
+#: [model] Normal-call numbers the SK sends NT: "give me physical pages" (IUM), IumGenericSyscall
+#: (the real number is not public), and the KDP/secure-allocation MDL's physical pages.
+NORMAL_ALLOCATE_PAGES: Final = 1
+NORMAL_IUM_SYSCALL: Final = 2
+NORMAL_GET_PHYSICAL_PAGES: Final = 0x0102
+#: [model] COPY_PROTECTED_PAGE flag: allocate in the secure pool.
+COPY_ALLOCATE: Final = 0x1
+#: [model] The hibernate/dump secure calls' sub-requests and answers (vbsim.sk.services.dump).
+DUMP_REQUEST_LIST: Final = 0
+DUMP_REQUEST_PAGE: Final = 1
+DUMP_PAGE_WITHHELD: Final = 0
+DUMP_PAGE_ENCRYPTED: Final = 1
+DUMP_LIST_MAX: Final = 4096 // 8
+#: [model] Where the SK maps a trustlet's image in its VTL1 user address space (NT mirrors the
+#: layout in the VTL0 shadow process).
+TRUSTLET_IMAGE_BASE: Final = 0x0000_7FF6_0000_0000
+#: [model] LsaIso's RPC messages (LSA_ISO_RPC_SERVER): PROTECT and RESPOND, the user name field.
+LSAISO_OP_PROTECT: Final = 1
+LSAISO_OP_RESPOND: Final = 2
+LSAISO_USER_LEN: Final = 32
+
+
+class MDL:
+    """_MDL on x64 (wdm.h): Next, Size, MdlFlags, AllocationProcessorNumber, Reserved, Process,
+    MappedSystemVa, StartVa, ByteCount, ByteOffset — 0x30 bytes; the PFN array follows."""
+
+    Size: Final = Field("Size", 0x08, 2, "wdm.h")
+    StartVa: Final = Field("StartVa", 0x20, 8, "wdm.h")
+    ByteCount: Final = Field("ByteCount", 0x28, 4, "wdm.h")
+    ByteOffset: Final = Field("ByteOffset", 0x2C, 4, "wdm.h")
+    HEADER: Final = 0x30
+
+
+def mdl_bytes(
+    pfns: list[int], byte_count: int, byte_offset: int = 0, start_va: int = 0, size: int = -1
+) -> bytes:
+    """An MDL as NT builds one (``size`` defaults to the header plus the PFN array)."""
+    if size < 0:
+        size = MDL.HEADER + 8 * len(pfns)
+    header = bytearray(MDL.HEADER)
+    header[MDL.Size.offset : MDL.Size.offset + 2] = (size & 0xFFFF).to_bytes(2, "little")
+    header[MDL.StartVa.offset : MDL.StartVa.offset + 8] = start_va.to_bytes(8, "little")
+    header[MDL.ByteCount.offset : MDL.ByteCount.offset + 4] = (byte_count & 0xFFFF_FFFF).to_bytes(
+        4, "little"
+    )
+    header[MDL.ByteOffset.offset : MDL.ByteOffset.offset + 4] = (
+        byte_offset & 0xFFFF_FFFF
+    ).to_bytes(4, "little")
+    return bytes(header) + b"".join((p & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") for p in pfns)

@@ -47,20 +47,20 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SIZE
-from vbsim.ium import lsaiso
+from vbsim.nt.layouts import LSAISO_OP_PROTECT, LSAISO_OP_RESPOND, LSAISO_USER_LEN
 from vbsim.nt.process import Protection, Token
 from vbsim.nt.syscalls import PAGE_READWRITE, syscall
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
-    from vbsim.hw.vp import VirtualProcessor
     from vbsim.nt.kernel import NtKernel
     from vbsim.nt.process import Process
 
 PROCESS_NAME = "lsass.exe"
-EXT_KEY = "lsass"
+
 LSAISO_NAME = "LsaIso.exe"
 
 RECORD_MAGIC = b"MSV1_0\x00\x01"
@@ -181,13 +181,13 @@ def kerberos_salt(logon: Logon) -> str:
 # -- the LSA_ISO_RPC_SERVER messages (vbsim.ium.lsaiso's protocol) -------------------------------
 def protect_message(user: str, owf: bytes, kerberos_key: bytes) -> bytes:
     """PROTECT: op, user (NUL-padded), NT OWF, Kerberos key → LsaIso answers with a blob."""
-    name = user.encode("utf-8")[: lsaiso.USER_LEN].ljust(lsaiso.USER_LEN, b"\x00")
-    return struct.pack("<I", lsaiso.OP_PROTECT) + name + owf + kerberos_key
+    name = user.encode("utf-8")[:LSAISO_USER_LEN].ljust(LSAISO_USER_LEN, b"\x00")
+    return struct.pack("<I", LSAISO_OP_PROTECT) + name + owf + kerberos_key
 
 
 def respond_message(blob: bytes, challenge: bytes) -> bytes:
     """RESPOND: op, blob length, blob, 8-byte challenge → an NTLMv1-style response (A21)."""
-    return struct.pack("<II", lsaiso.OP_RESPOND, len(blob)) + blob + challenge[:8].ljust(8, b"\0")
+    return struct.pack("<II", LSAISO_OP_RESPOND, len(blob)) + blob + challenge[:8].ljust(8, b"\0")
 
 
 def isolated_blob(secret_area: bytes) -> bytes | None:
@@ -258,7 +258,7 @@ def parse_record(data: bytes) -> ParsedRecord | None:
 
 
 # -- lsass's own code (VTL0 ring 3) --------------------------------------------------------------
-def _call_lsaiso(vp: VirtualProcessor, port: int, heap: int, message: bytes) -> bytes | None:
+def _call_lsaiso(vp: Cpu, port: int, heap: int, message: bytes) -> bytes | None:
     """One ALPC request to LsaIso from lsass's heap; the request buffer is scrubbed after."""
     request, reply = heap + _REQUEST_OFFSET, heap + _REPLY_OFFSET
     vp.write(request, message)
@@ -290,7 +290,7 @@ def encode_logon(logon: Logon) -> bytes:
     return bytes(out)
 
 
-def _decode_logon(vp: VirtualProcessor, va: int) -> tuple[Logon, int] | None:
+def _decode_logon(vp: Cpu, va: int) -> tuple[Logon, int] | None:
     """lsass reads the message from its own memory: (logon, message length)."""
     logon_id = vp.read_u64(va)
     at = va + 8
@@ -304,13 +304,13 @@ def _decode_logon(vp: VirtualProcessor, va: int) -> tuple[Logon, int] | None:
     return Logon(fields[0], fields[1], fields[2], logon_id), at - va
 
 
-def deliver_logon(nt: NtKernel, vp: VirtualProcessor, process: Process, logon: Logon) -> int:
+def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
     """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes into
     lsass's stack page through its direct map; returns the user VA lsass finds them at."""
     from vbsim.guest.address_space import DIRECT_MAP
 
     va = process.regions[0].base + LOGON_MESSAGE_OFFSET
-    leaf = process.tables.lookup(va)
+    leaf = nt.address_space(vp, process).lookup(va)
     if leaf is None:
         return 0
     vp.write(DIRECT_MAP + (leaf & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), encode_logon(logon))
@@ -318,7 +318,7 @@ def deliver_logon(nt: NtKernel, vp: VirtualProcessor, process: Process, logon: L
 
 
 @guest_code("lsass.main")
-def _lsass_main(vp: VirtualProcessor, scratch: int, message: int, lsaiso_port: int) -> int:
+def _lsass_main(vp: Cpu, scratch: int, message: int, lsaiso_port: int) -> int:
     """lsass at CPL3: read the logon message at ``message`` (bytes in its own memory), allocate
     its heap, log the user on, store the record, wipe the cleartext; return the record's VA (0
     on failure).  ``scratch`` is a page of lsass's own (its initial stack); a non-zero
@@ -346,25 +346,20 @@ def _lsass_main(vp: VirtualProcessor, scratch: int, message: int, lsaiso_port: i
 
 def lsaiso_port(nt: NtKernel) -> int:
     """LsaIso's port (the model's ALPC port is the trustlet's PID), or 0 if it is not running."""
-    started = nt.ext.get("boot_trustlets")
-    if not isinstance(started, dict):
-        return 0
-    pid = started.get(LSAISO_NAME, 0)
-    return pid if isinstance(pid, int) else 0
+    return nt.started_trustlets.get(LSAISO_NAME, 0)
 
 
-def credential_guard_active(nt: NtKernel, vp: VirtualProcessor) -> bool:
+def credential_guard_active(nt: NtKernel, vp: Cpu) -> bool:
     """Credential Guard runs when the policy asks for it, VBS is running and LsaIso started."""
-    from vbsim.hw.vp import VirtualProcessor as Vp
     from vbsim.nt import registry
 
     if not (nt.vbs and lsaiso_port(nt)):
         return False
-    cpu = vp.cpu if isinstance(vp, Vp) else vp
+    cpu = vp
     return bool(registry.query(nt, cpu, registry.LSA_CFG_FLAGS_KEY))
 
 
-def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
+def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
     """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3.
 
     A failure to bring lsass up is fatal, as on Windows (CRITICAL_PROCESS_DIED)."""
@@ -376,7 +371,10 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
         Token("SYSTEM", admin=True, debug_privilege=True, tcb=True),
         Protection.NONE,
     )
-    nt.ext["lsass_pid"] = process.pid  # LsaIso's port admits this process (the LSA's SID)
+    # LsaIso's port admits this process (the LSA's SID): the owner NT checks, in its .data.
+    from vbsim.nt.secure_process import LSAISO_PORT_OWNER
+
+    vp.write_u64(nt.variable(LSAISO_PORT_OWNER).va, process.pid)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
     port = lsaiso_port(nt) if credential_guard_active(nt, vp) else 0
@@ -384,14 +382,14 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
     run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0
     if not heap:
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit("bugcheck", "nt", BugCheck.CRITICAL_PROCESS_DIED.name, pid=process.pid)
         raise Bugcheck(
             int(BugCheck.CRITICAL_PROCESS_DIED), BugCheck.CRITICAL_PROCESS_DIED.name, 0, process.pid
         )
     info = LsassInfo(process.pid, heap, RECORD_SIZE, bool(port))
-    nt.ext[EXT_KEY] = info
-    if vp.trace.on:
+    nt.lsass = info
+    if vp.tracing:
         vp.emit(
             "nt",
             "lsass",
@@ -405,7 +403,7 @@ def start(nt: NtKernel, vp: VirtualProcessor, logon: Logon = DEFAULT_LOGON) -> L
 
 def credential_region(nt: NtKernel) -> tuple[int, int, int]:
     """(pid, va, length) of lsass's credential record: where an attacker dumping lsass looks."""
-    info = nt.ext.get(EXT_KEY)
-    if not isinstance(info, LsassInfo):
+    info = nt.lsass
+    if info is None:
         raise LookupError("lsass is not running")
     return info.pid, info.va, info.length

@@ -67,7 +67,7 @@ class Region:
     size: int
     writable: bool
     executable: bool
-    frames: list[int] = field(default_factory=list)
+    pfns: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -357,3 +357,10 @@ def host_processes(ram: _Ram, head_va: int, head_gpa: int) -> list[ProcessView]:
         views.append(host_view(ram, eprocess))
         link = reader.field(link, LIST_ENTRY.Flink)
     return views
+
+
+def host_secure_thread_cookie(ram: _Ram, eprocess: int) -> int:
+    """EPROCESS.SecureThreadCookie as RAM holds it (host side; 0: no secure thread)."""
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    return HostReader(ram, DIRECT_MAP).field(eprocess, EPROCESS.SecureThreadCookie)

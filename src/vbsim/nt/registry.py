@@ -137,12 +137,3 @@ def host_values(ram: _Ram, gpa: int) -> dict[str, int]:
             name = cell[NAME_AT : NAME_AT + length].decode("utf-8", "replace")
             out[name] = int.from_bytes(cell[DATA_AT : DATA_AT + 8], "little")
     return out
-
-
-def system_values(system: object) -> dict[str, int]:
-    """The running system's hive values (host side: a booted ``vbsim.boot.chain.System``)."""
-    nt = getattr(system, "nt", None)
-    machine = getattr(system, "machine", None)
-    if nt is None or machine is None:
-        return {}
-    return host_values(machine.ram, nt.hive_gpa)

@@ -17,14 +17,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt.layouts import (
+    EPROCESS,
+    NORMAL_ALLOCATE_PAGES,
+    NORMAL_IUM_SYSCALL,
+    read_field,
+    write_field,
+)
+from vbsim.nt.layouts import TRUSTLET_IMAGE_BASE as IMAGE_BASE
+from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Token
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.sk.ium.process import IMAGE_BASE, NORMAL_ALLOCATE_PAGES
-from vbsim.sk.ium.syscalls import NORMAL_IUM_SYSCALL
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -39,15 +46,20 @@ class TrustletRun:
     reply: bytes
 
 
+#: [model] The PID whose ALPC messages LsaIso's port (LSA_ISO_RPC_SERVER) accepts: lsass's.  A
+#: kernel global in NT's .data (Windows checks the ALPC port's owner; the model keeps the owner's
+#: PID where a K0 write could change it, as it could the real port object).
+LSAISO_PORT_OWNER = "AlpcLsaIsoPortOwner"
+
+
 def trustlet_store(nt: NtKernel) -> dict[str, bytes]:
     """Trustlet images on disk (name → signed PE bytes)."""
-    store: dict[str, bytes] = nt.ext.setdefault("trustlets", {})
-    return store
+    return nt.trustlet_store
 
 
 def create_secure_process(
     nt: NtKernel,
-    vp: VirtualProcessor,
+    vp: Cpu,
     name: str,
     trustlet_id: int,
     mailbox_key: int = 0,
@@ -75,8 +87,8 @@ def create_secure_process(
     if status != NtStatus.SUCCESS:
         for pfn in [*pfns, list_gpa >> PAGE_SHIFT]:  # the section is not needed any more
             vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-            nt.machine.ram.frames.free(pfn)
-        if vp.trace.on:
+            nt.free_page(vp, pfn)
+        if vp.tracing:
             vp.emit(
                 "nt",
                 "create-secure-process",
@@ -89,25 +101,23 @@ def create_secure_process(
     process = nt.create_process(vp, name, token or Token("SYSTEM", admin=True))
     process.secure_pid = handle
     process.trustlet_id = trustlet_id
-    from vbsim.nt.layouts import EPROCESS, write_field
 
     write_field(vp, process.eprocess, EPROCESS.SecurePid, handle)
     write_field(vp, process.eprocess, EPROCESS.TrustletId, trustlet_id)
-    phys = nt.phys(vp)
-    process.tables.phys = phys
+    tables = nt.address_space(vp, process)
     for i, pfn in enumerate(pfns):  # the image section, read-only in the shadow process
-        process.tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
+        tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
     status, outputs = nt.vsl.call(vp, Service.CREATE_THREAD, handle)
     if status == NtStatus.SUCCESS:
-        nt.ext.setdefault("secure_threads", {})[process.pid] = outputs[0]
+        write_field(vp, process.eprocess, EPROCESS.SecureThreadCookie, outputs[0])
     return status, process
 
 
 def run_trustlet(
-    nt: NtKernel, vp: VirtualProcessor, process: Process, message: bytes = b"", selector: int = 0
+    nt: NtKernel, vp: Cpu, process: Process, message: bytes = b"", selector: int = 0
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
-    cookie = nt.ext.get("secure_threads", {}).get(process.pid)
+    cookie = read_field(vp, process.eprocess, EPROCESS.SecureThreadCookie) or None
     from vbsim.nt import process as ps
 
     if ps.is_exiting(vp, process.eprocess):
@@ -132,24 +142,27 @@ def run_trustlet(
     vp.write(message_va, bytes(PAGE_SIZE))
     vp.write(reply_va, bytes(PAGE_SIZE))
     for gpa in (message_gpa, reply_gpa):
-        nt.machine.ram.frames.free(gpa >> PAGE_SHIFT)
+        nt.free_page(vp, gpa >> PAGE_SHIFT)
     return TrustletRun(status, data)
 
 
 # -- normal calls NT serves for the Secure Kernel (vbs-internals §2.5) -------------------------
-def allocate_pages(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+def allocate_pages(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
     count = args[0]
     if not 0 < count <= 10:
         return [int(NtStatus.INVALID_PARAMETER)]
-    pfns = []
-    for _ in range(count):
-        pfn = nt.machine.ram.frames.alloc("nt.ium")
-        vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        pfns.append(pfn)
+    pfns: list[int] = []
+    try:
+        for _ in range(count):
+            pfns.append(nt.alloc_page(vp))
+    except NoPages:
+        for frame in pfns:
+            nt.free_page(vp, frame)
+        return [int(NtStatus.NO_MEMORY)]
     return [int(NtStatus.SUCCESS), *pfns]
 
 
-def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> list[int]:
+def ium_generic_syscall(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
     """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
     number, call_args = args[0], args[1:5]
     routine = nt.service_routine(vp, number)  # KiServiceTable, as RAM holds it now
@@ -157,7 +170,7 @@ def ium_generic_syscall(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> 
     return [result if isinstance(result, int) else int(NtStatus.INVALID_SYSTEM_SERVICE)]
 
 
-def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """The model's ALPC to a trustlet: (port = the trustlet's PID, request, request length,
     reply buffer of one page: u64 length then data).  Only SYSTEM/administrators may connect
     (LSA_ISO_RPC_SERVER is lsass's); the message reaches the trustlet when NT resumes its thread."""
@@ -172,7 +185,7 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: lis
         return int(NtStatus.ACCESS_DENIED)
     if target is None or target.trustlet_id is None:
         return int(NtStatus.INVALID_HANDLE)
-    if target.trustlet_id == 1 and nt.ext.get("lsass_pid") != caller.pid:
+    if target.trustlet_id == 1 and vp.read_u64(nt.variable(LSAISO_PORT_OWNER).va) != caller.pid:
         # LSA_ISO_RPC_SERVER is lsass's port (vbs-internals §4.1 [S]): an administrator reaches
         # LsaIso only by running code inside lsass (SSP injection, as Pass-the-Challenge does).
         return int(NtStatus.ACCESS_DENIED)
@@ -191,14 +204,14 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: VirtualProcessor, args: lis
 
 
 def start_boot_trustlets(
-    nt: NtKernel, vp: VirtualProcessor, images: dict[str, tuple[int, bytes]]
+    nt: NtKernel, vp: Cpu, images: dict[str, tuple[int, bytes]]
 ) -> dict[str, int]:
     """smss/wininit start the trustlets whose feature is enabled (vbs-internals §1.1 row 16)."""
     started: dict[str, int] = {}
     for name, (trustlet_id, image) in images.items():
         trustlet_store(nt)[name] = image
         status, process = create_secure_process(nt, vp, name, trustlet_id)
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit(
                 "boot",
                 "start-trustlet",
@@ -208,12 +221,14 @@ def start_boot_trustlets(
             )
         if process is not None:
             started[name] = process.pid
-    nt.ext["boot_trustlets"] = started
+    nt.started_trustlets = started
     return started
 
 
 def register(nt: NtKernel) -> None:
     from vbsim.nt import syscalls
+
+    nt.variable(LSAISO_PORT_OWNER)  # loader time: the global lsass writes when it starts
 
     syscalls.register(nt, "NtAlpcSendWaitReceivePort", nt_alpc_send_wait_receive_port)
     if nt.vsl is not None:

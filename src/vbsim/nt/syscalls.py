@@ -12,18 +12,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.cpu import Cpu as ArchCpu
-from vbsim.hw.ram import OutOfFrames
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import process as ps
 from vbsim.nt.layouts import Privilege, PsProtection
+from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus
 
 if TYPE_CHECKING:
     from vbsim.nt.kernel import NtKernel
 
-Handler = Callable[["NtKernel", VirtualProcessor, list[int]], int]
+Handler = Callable[["NtKernel", Cpu, list[int]], int]
 
 #: The model build's system-service numbers.
 NUMBERS: dict[str, int] = {
@@ -56,16 +55,16 @@ _PROTECTIONS = {
 MAX_ALLOCATION = 16 << 20
 
 
-def _cpu(vp: VirtualProcessor) -> ArchCpu:
+def _cpu(vp: Cpu) -> Cpu:
     """The processor as guest code holds it (host-side callers pass the VP)."""
-    return vp.cpu if isinstance(vp, VirtualProcessor) else vp
+    return vp
 
 
-def nt_test_alert(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_test_alert(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return int(NtStatus.SUCCESS)
 
 
-def nt_allocate_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_allocate_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(PVOID *BaseAddress, SIZE_T size, ULONG protect) — model's reduced argument list."""
     out_ptr, size, protect = args[0], args[1], args[2]
     process = nt.process_of(vp)
@@ -78,7 +77,7 @@ def nt_allocate_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[in
         return int(NtStatus.ACCESS_VIOLATION)
     try:
         region = nt.allocate(vp, process, size, writable, executable)
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY)
     if not nt.copy_to_user(vp, out_ptr, region.base.to_bytes(8, "little")):
         return int(NtStatus.ACCESS_VIOLATION)
@@ -98,7 +97,7 @@ def protection_dominates(caller: int, target: int) -> bool:
     ) >= PsProtection.signer(target)
 
 
-def may_open(nt: NtKernel, vp: VirtualProcessor, caller: object, target: object) -> int:
+def may_open(nt: NtKernel, vp: Cpu, caller: object, target: object) -> int:
     """PsOpenProcess's checks for PROCESS_VM_READ/WRITE/TERMINATE on another process, from RAM:
     the caller's token must be an administrator's holding SeDebugPrivilege (present and enabled),
     and the target's PS_PROTECTION must not dominate the caller's."""
@@ -111,19 +110,19 @@ def may_open(nt: NtKernel, vp: VirtualProcessor, caller: object, target: object)
     mine = ps.protection_of(vp, caller.eprocess)
     theirs = ps.protection_of(vp, target.eprocess)
     if not protection_dominates(mine, theirs):
-        if vp.trace.on:
+        if vp.tracing:
             vp.emit("nt", "ps-protection", "refused", pid=target.pid, protection=theirs)
         return int(NtStatus.ACCESS_DENIED)
     return int(NtStatus.SUCCESS)
 
 
-def caller_is_admin(nt: NtKernel, vp: VirtualProcessor) -> bool:
+def caller_is_admin(nt: NtKernel, vp: Cpu) -> bool:
     """SeTokenIsAdmin on the current process's primary token, read from RAM now."""
     process = nt.process_of(vp)
     return process is not None and ps.is_admin(vp, ps.token_of(vp, process.eprocess))
 
 
-def caller_holds(nt: NtKernel, vp: VirtualProcessor, privilege: Privilege) -> bool:
+def caller_holds(nt: NtKernel, vp: Cpu, privilege: Privilege) -> bool:
     """SeSinglePrivilegeCheck on the current process's primary token, read from RAM now."""
     process = nt.process_of(vp)
     return process is not None and ps.privilege_held(
@@ -131,9 +130,7 @@ def caller_holds(nt: NtKernel, vp: VirtualProcessor, privilege: Privilege) -> bo
     )
 
 
-def _lookup_process(
-    nt: NtKernel, vp: VirtualProcessor, pid: int, write: bool
-) -> tuple[int, object]:
+def _lookup_process(nt: NtKernel, vp: Cpu, pid: int, write: bool) -> tuple[int, object]:
     caller = nt.process_of(vp)
     target = nt.lookup_process(vp, pid)
     if caller is None or target is None:
@@ -146,21 +143,21 @@ def _lookup_process(
 
 
 def _translate_user(
-    nt: NtKernel, vp: VirtualProcessor, process: object, va: int, write: bool = False
+    nt: NtKernel, vp: Cpu, process: object, va: int, write: bool = False
 ) -> int | None:
     """Software walk of another process's tables (MmProbeAndLock-like): GPA or None.  A write
     needs a writable page, as it would for the process itself."""
     from vbsim.nt.process import Process
 
     assert isinstance(process, Process)
-    value = process.tables.lookup(va)
+    value = nt.address_space(vp, process).lookup(va)
     if value is None or not value & 0x4 or (write and not value & 0x2):
         return None
     size_mask = (1 << 12) - 1
     return (value & 0x000F_FFFF_FFFF_F000) | (va & size_mask)
 
 
-def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) -> int:
+def _transfer(nt: NtKernel, vp: Cpu, args: list[int], write: bool) -> int:
     """NtRead/WriteVirtualMemory(pid, address, buffer, size)."""
     pid, address, buffer, size = args
     if not 0 < size <= 1 << 20:
@@ -175,7 +172,7 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
         from vbsim.nt import notify
         from vbsim.nt.layouts import EVENT_READVM_REMOTE
 
-        cpu = vp.cpu if isinstance(vp, VirtualProcessor) else vp
+        cpu = vp
         notify.etw_ti_log(nt, cpu, EVENT_READVM_REMOTE, caller.pid, pid)
 
     done = 0
@@ -198,15 +195,15 @@ def _transfer(nt: NtKernel, vp: VirtualProcessor, args: list[int], write: bool) 
     return int(NtStatus.SUCCESS)
 
 
-def nt_read_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_read_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return _transfer(nt, vp, args, write=False)
 
 
-def nt_write_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_write_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return _transfer(nt, vp, args, write=True)
 
 
-def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_terminate_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     status, target = _lookup_process(nt, vp, args[0], write=True)
     if status != NtStatus.SUCCESS:
         return status
@@ -226,7 +223,7 @@ def nt_terminate_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) ->
     return int(NtStatus.SUCCESS)
 
 
-def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(pid, address, size, new protection): VirtualProtectEx — another process needs the same
     access as for writing its memory (admin with SeDebugPrivilege, not a protected process)."""
     pid, address, size, protect = args
@@ -243,8 +240,7 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
 
     assert isinstance(target, Process)
     writable, executable = _PROTECTIONS[protect]
-    tables = target.tables
-    tables.phys = nt.phys(vp)
+    tables = nt.address_space(vp, target)
     first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
     entries: list[tuple[int, int, int]] = []
     for page in range(first, last + 0x1000, 0x1000):
@@ -260,8 +256,8 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
         phys.write_u64(entry, value)
         vp.invlpg(page)
     # The process may be loaded on another processor: shoot down every TLB (hypercall or IPI).
-    nt.flush_all_processors(vp.cpu if isinstance(vp, VirtualProcessor) else vp)
-    if vp.trace.on:
+    nt.flush_all_processors(vp)
+    if vp.tracing:
         vp.emit(
             "nt",
             "protect-virtual-memory",
@@ -274,7 +270,7 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int
     return int(NtStatus.SUCCESS)
 
 
-def nt_free_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_free_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(base): release a region the caller committed; its pages are cleared before they go back
     to the free list (what one process freed must not reach the next)."""
     process = nt.process_of(vp)
@@ -282,25 +278,24 @@ def nt_free_virtual_memory(nt: NtKernel, vp: VirtualProcessor, args: list[int]) 
     region = process.region_at(base) if process is not None else None
     if process is None or region is None or region.base != base:
         return int(NtStatus.INVALID_PARAMETER)
-    tables = process.tables
-    tables.phys = nt.phys(vp)
-    for index, pfn in enumerate(region.frames):
+    tables = nt.address_space(vp, process)
+    for index, pfn in enumerate(region.pfns):
         tables.unmap(region.base + index * PAGE_SIZE)
         vp.invlpg(region.base + index * PAGE_SIZE)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-        nt.machine.ram.frames.free(pfn)
+        nt.free_page(vp, pfn)
     process.regions.remove(region)
     return int(NtStatus.SUCCESS)
 
 
-def nt_create_user_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_create_user_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(image name, name length, PULONG64 pid): a new process from the application store, with
     the caller's token (a child inherits its parent's), its image's routines mapped as code."""
     name = _key(nt, vp, args[0], args[1])
     if isinstance(name, int):
         return name
     caller = nt.process_of(vp)
-    image = nt.ext.get("app_store", {}).get(name)
+    image = nt.app_store.get(name)
     if caller is None or image is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
     if not nt.probe_user(vp, args[2], 8, write=True):
@@ -317,13 +312,13 @@ def nt_create_user_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) 
     try:
         child = nt.create_process(vp, name, parent=caller)
         nt.map_code(vp, child, routines)
-    except OutOfFrames:
+    except NoPages:
         return int(NtStatus.NO_MEMORY)
     nt.copy_to_user(vp, args[2], child.pid.to_bytes(8, "little"))
     return int(NtStatus.SUCCESS)
 
 
-def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | int:
+def _key(nt: NtKernel, vp: Cpu, ptr: int, length: int) -> str | int:
     """The key name at ``ptr``, or the NTSTATUS explaining why it could not be read."""
     if not 0 < length <= 256:
         return int(NtStatus.INVALID_PARAMETER)
@@ -336,7 +331,7 @@ def _key(nt: NtKernel, vp: VirtualProcessor, ptr: int, length: int) -> str | int
         return int(NtStatus.INVALID_PARAMETER)
 
 
-def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_set_value_key(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(PCSTR key, ULONG key length, ULONG64 value): HKLM needs an administrator."""
     process = nt.process_of(vp)
     key = _key(nt, vp, args[0], args[1])
@@ -348,12 +343,12 @@ def nt_set_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int
 
     if not registry.set_value(nt, _cpu(vp), key, args[2]):
         return int(NtStatus.NO_MEMORY)  # the hive page is full (or the name too long)
-    if vp.trace.on:
+    if vp.tracing:
         vp.emit("registry", "nt-registry", "written", key=key, value=args[2])
     return int(NtStatus.SUCCESS)
 
 
-def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_query_value_key(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(PCSTR key, ULONG key length, PULONG64 value)."""
     key = _key(nt, vp, args[0], args[1])
     if isinstance(key, int):
@@ -368,7 +363,7 @@ def nt_query_value_key(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> i
     return int(NtStatus.SUCCESS)
 
 
-def nt_query_information_process(nt: NtKernel, vp: VirtualProcessor, args: list[int]) -> int:
+def nt_query_information_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(pid, class 0x3F = IsSecureProcess in PROCESS_EXTENDED_BASIC_INFORMATION, PULONG64 out)."""
     target = nt.lookup_process(vp, args[0])
     if target is None:
@@ -408,7 +403,7 @@ def register_all(nt: NtKernel) -> None:
         register(nt, name, handler)
 
 
-def syscall(vp: VirtualProcessor, name: str, *args: int) -> int:
+def syscall(vp: Cpu, name: str, *args: int) -> int:
     """User-mode stub (ntdll): load RAX and R10/RDX/R8/R9, ``syscall``, return RAX."""
     vp.rax = NUMBERS[name]
     regs = [*args, 0, 0, 0, 0][:4]

@@ -10,11 +10,11 @@ build (the policy's ``build``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from vbsim.guest import hvcall
 from vbsim.hv.defs import HvMsr
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 NT_GUEST_OS_ID = 0x0001_0A00_6580_0000
 MAX_NORMAL_CALLS = 64
 
-NormalCallHandler = Callable[["NtKernel", VirtualProcessor, list[int]], list[int]]
+NormalCallHandler = Callable[["NtKernel", Cpu, list[int]], list[int]]
 
 
 class Vsl:
@@ -37,24 +37,26 @@ class Vsl:
         self.normal_calls: dict[int, NormalCallHandler] = {}
         self.hypercall_gpa = 0
 
-    def enable_hypercalls(self, vp: VirtualProcessor) -> None:
+    def enable_hypercalls(self, vp: Cpu) -> None:
         if not self.hypercall_gpa:
-            _, self.hypercall_gpa = self.nt.space.alloc_data()
+            self.hypercall_gpa = self.nt.hypercall_code_gpa
         vp.wrmsr(HvMsr.GUEST_OS_ID, NT_GUEST_OS_ID)
         vp.wrmsr(HvMsr.HYPERCALL, self.hypercall_gpa | 1)
 
-    def call_raw(self, vp: VirtualProcessor, args: SecureCallArgs) -> SecureCallArgs:
+    def call_raw(self, vp: Cpu, args: SecureCallArgs) -> SecureCallArgs:
         """Any block, any code (what a compromised kernel can send): VTL-call and return the
         final reply, servicing normal calls in between."""
         request = args
         for _ in range(MAX_NORMAL_CALLS):
-            callargs.to_registers(vp, request.pack())
+            callargs.to_registers(
+                cast(Any, vp), request.pack()
+            )  # typed VP sk-side until it adopts Cpu
             hvcall.vtl_call(vp)
-            reply = SecureCallArgs.unpack(callargs.from_registers(vp))
+            reply = SecureCallArgs.unpack(callargs.from_registers(cast(Any, vp)))
             if reply.op != callargs.OP_NORMAL_CALL:
                 return reply
             handler = self.normal_calls.get(reply.fields[0])
-            if vp.trace.on:
+            if vp.tracing:
                 vp.emit(
                     "normalcall",
                     "nt-dispatch",
@@ -72,7 +74,7 @@ class Vsl:
         )
 
     def call(
-        self, vp: VirtualProcessor, service: Service, *fields: int, cookie: int = 0
+        self, vp: Cpu, service: Service, *fields: int, cookie: int = 0
     ) -> tuple[int, list[int]]:
         """VslpEnterIumSecureMode(2, SSCN(service), cookie, fields) → (NTSTATUS, outputs)."""
         number = self.table.number.get(service)
@@ -83,11 +85,11 @@ class Vsl:
         return reply.fields[0], reply.fields[1:]
 
     # -- the calls NT makes at boot ------------------------------------------------------------
-    def phase3_init(self, vp: VirtualProcessor) -> int:
+    def phase3_init(self, vp: Cpu) -> int:
         return self.call(vp, Service.PHASE3_INIT)[0]
 
-    def phase4_init(self, vp: VirtualProcessor) -> int:
+    def phase4_init(self, vp: Cpu) -> int:
         return self.call(vp, Service.PHASE4_INIT)[0]
 
-    def start_processor(self, vp: VirtualProcessor, index: int, context_pfn: int) -> int:
+    def start_processor(self, vp: Cpu, index: int, context_pfn: int) -> int:
         return self.call(vp, Service.START_PROCESSOR, index, context_pfn)[0]

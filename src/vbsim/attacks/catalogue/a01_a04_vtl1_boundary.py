@@ -56,7 +56,7 @@ def a1_steps(ctx: AttackContext) -> None:
     ctx.notes["loot_gpa"] = loot_gpa
     nt = ctx.booted.nt
     assert nt is not None
-    ctx.kernel(_map_and_copy, nt.space.pt.root, target_gpa, loot_va)
+    ctx.kernel(_map_and_copy, nt.space.root, target_gpa, loot_va)
 
 
 def a1_goal(ctx: AttackContext) -> bool:

@@ -206,7 +206,7 @@ def _disable_dse_and_load(cpu: Cpu, buffer: int, ci_options: int) -> list[int]:
 def a3_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
     # The administrator copies rootkit.sys to disk (the model's driver store is NT's file view).
-    nt.ext[drivers.STORE][ROOTKIT] = rootkit_image()
+    nt.driver_store[ROOTKIT] = rootkit_image()
     ci_options = drivers.ci_options_va(nt)  # symbols: ci!g_CiOptions
     ctx.notes["statuses"] = _statuses(_as_admin(ctx, _disable_dse_and_load, ci_options))
 
@@ -251,7 +251,7 @@ def _rwx_and_jump(cpu: Cpu, window: int) -> str:
         cpu.call(va)
         return "pool"
     _, gpa = nt.alloc_kernel_page(cpu)
-    tables = PageTables(nt.phys(cpu), nt.space.pt.root)
+    tables = PageTables(nt.phys(cpu), nt.space.root)
     tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
     cpu.invlpg(window)
     cpu.write(window, thunk)
@@ -289,9 +289,11 @@ def _victim(ctx: AttackContext, protect: bool) -> ntkdp.Section:
     nt = _nt(ctx)
     vp = ctx.vp
     vp.actor = "edr.sys"
-    section = ntkdp.load_data_section(nt, vp, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little"))
+    section = ntkdp.load_data_section(
+        nt, vp.cpu, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little")
+    )
     if protect:
-        status = ntkdp.mm_protect_driver_section(nt, vp, section.va)
+        status = ntkdp.mm_protect_driver_section(nt, vp.cpu, section.va)
         ctx.notes["protect_status"] = NtStatus.name_of(status)
     vp.actor = "nt"
     ctx.notes["variable_va"] = section.va

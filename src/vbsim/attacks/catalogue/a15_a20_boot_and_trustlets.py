@@ -30,6 +30,7 @@ from vbsim.ium import vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt.kernel import NtKernel
+from vbsim.nt.layouts import EPROCESS, read_field
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
@@ -86,8 +87,13 @@ def lsaiso_shadow(ctx: AttackContext) -> Process | None:
     return None
 
 
-def process_gpa(process: Process, va: int) -> int | None:
-    entry = process.tables.lookup(va)
+def process_gpa(ctx: AttackContext, process: Process, va: int) -> int | None:
+    """Host side (a debugger's walk of the process's tables in RAM)."""
+    from vbsim.hw.pagetable import PageTables, PhysAccess
+
+    machine = ctx.booted.machine
+    assert machine is not None
+    entry = PageTables(PhysAccess.direct(machine.ram, "debugger"), process.tables.root).lookup(va)
     if entry is None:
         return None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
@@ -101,7 +107,7 @@ def process_memory(ctx: AttackContext, process: Process) -> bytes:
     return b"".join(
         machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
         for region in process.regions
-        for pfn in region.frames
+        for pfn in region.pfns
     )
 
 
@@ -384,7 +390,7 @@ def _debug_trustlet(cpu: Cpu, pid: int, va: int, buffer_pfn: int) -> list[int]:
     nt = nt_of(cpu)
     assert nt.vsl is not None
     handle = nt.processes[pid].secure_pid
-    cookie = int(nt.ext.get("secure_threads", {}).get(pid, 0))
+    cookie = read_field(cpu, nt.processes[pid].eprocess, EPROCESS.SecureThreadCookie)
     statuses = [
         nt.vsl.call(cpu, Service.DEBUG_PROCESS, handle)[0],
         nt.vsl.call(cpu, Service.GET_CONTEXT, cookie)[0],
@@ -400,7 +406,7 @@ def a20_steps(ctx: AttackContext) -> None:
     ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
     debugger = ctx.process(admin=True, name="windbg.exe")
     buffer = ctx.user_buffer(debugger)
-    ctx.notes["a0_loot_gpa"] = process_gpa(debugger, buffer)
+    ctx.notes["a0_loot_gpa"] = process_gpa(ctx, debugger, buffer)
     ctx.notes["a0_status"] = ctx.user(
         _read_remote, target.pid, TABLE_VA, buffer, A20_LENGTH, process=debugger
     )

@@ -132,7 +132,7 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     assert machine is not None
     thunk = encode_thunk(LSASS_MAIN)
     for region in process.regions:
-        for index, pfn in enumerate(region.frames):
+        for index, pfn in enumerate(region.pfns):
             page = machine.ram.read(pfn << 12, PAGE_SIZE)
             offset = page.find(thunk)
             if offset >= 0 and offset % 32 == 0:
@@ -176,11 +176,11 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     entry = ctx.notes.get("lsass_entry") or _lsass_entry(ctx, process)
     if entry is None:
         return
-    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp) else 0
+    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp.cpu) else 0
     vp = ctx.vp
     vp.actor = "lsass"
-    message = lsass.deliver_logon(nt, vp, process, logon)
-    run = nt.run_user(vp, process, entry, process.regions[0].base, message, port)
+    message = lsass.deliver_logon(nt, vp.cpu, process, logon)
+    run = nt.run_user(vp.cpu, process, entry, process.regions[0].base, message, port)
     vp.actor = "nt"
     if run.terminated is not None:
         ctx.stops.append(run.terminated)

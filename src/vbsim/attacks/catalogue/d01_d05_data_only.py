@@ -37,7 +37,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import record_run, runs
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest.address_space import DIRECT_MAP
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.image import ImageKind, build_image
 from vbsim.nt import drivers, lsass, notify
@@ -85,7 +85,7 @@ def _status(value: Any) -> str:
 
 
 # -- K0 primitives: walks in RAM through NT's page tables -------------------------------------
-def find_eprocess(vp: VirtualProcessor, head: int, pid: int) -> int:
+def find_eprocess(vp: Cpu, head: int, pid: int) -> int:
     """Walk ActiveProcessLinks from PsActiveProcessHead for ``pid`` (as every token-stealing
     payload does); 0 if absent."""
     link = vp.read_u64(head + LIST_ENTRY.Flink.offset)
@@ -100,7 +100,7 @@ def find_eprocess(vp: VirtualProcessor, head: int, pid: int) -> int:
 
 
 # -- D1: token swap -----------------------------------------------------------------------------
-def _steal_token(vp: VirtualProcessor, head: int, pid: int) -> int:
+def _steal_token(vp: Cpu, head: int, pid: int) -> int:
     """K0: copy System's (PID 4) EX_FAST_REF token pointer into our EPROCESS."""
     system = find_eprocess(vp, head, 4)
     mine = find_eprocess(vp, head, pid)
@@ -111,7 +111,7 @@ def _steal_token(vp: VirtualProcessor, head: int, pid: int) -> int:
     return token
 
 
-def _load_sample(vp: VirtualProcessor, buffer: int) -> int:
+def _load_sample(vp: Cpu, buffer: int) -> int:
     """CPL3: NtLoadDriver needs SeLoadDriverPrivilege (a standard user lacks it)."""
     raw = drivers.SAMPLE_DRIVER.encode()
     vp.write(buffer + NAME_AT, raw)
@@ -159,7 +159,7 @@ D1 = Scenario(
 
 
 # -- D2: PPL strip ------------------------------------------------------------------------------
-def _strip_ppl(vp: VirtualProcessor, head: int, pid: int) -> int:
+def _strip_ppl(vp: Cpu, head: int, pid: int) -> int:
     """K0: zero the target's PS_PROTECTION byte (PPLKiller / mimidrv ``/remove``)."""
     target = find_eprocess(vp, head, pid)
     if target:
@@ -167,7 +167,7 @@ def _strip_ppl(vp: VirtualProcessor, head: int, pid: int) -> int:
     return target
 
 
-def _read_other(vp: VirtualProcessor, pid: int, address: int, length: int, buffer: int) -> int:
+def _read_other(vp: Cpu, pid: int, address: int, length: int, buffer: int) -> int:
     return syscall(vp, "NtReadVirtualMemory", pid, address, buffer + DATA_AT, length)
 
 
@@ -222,7 +222,7 @@ D2 = Scenario(
 
 
 # -- D3: EDR callback removal ----------------------------------------------------------------
-def _remove_callbacks(vp: VirtualProcessor, array: int, start: int, end: int) -> int:
+def _remove_callbacks(vp: Cpu, array: int, start: int, end: int) -> int:
     """K0: zero every PspCreateProcessNotifyRoutine slot whose routine lies in [start, end)."""
     removed = 0
     for index in range(PSP_MAX_CREATE_PROCESS_NOTIFY):
@@ -247,7 +247,7 @@ def edr_log(ctx: AttackContext) -> list[int]:
     if machine is None or not isinstance(driver, drivers.LoadedDriver):
         return []
     _, data_rva = notify.edr_rvas()
-    leaf = host_lookup(ctx, nt.space.pt.root, driver.base + data_rva)
+    leaf = host_lookup(ctx, nt.space.root, driver.base + data_rva)
     if leaf is None:
         return []
     page = machine.ram.read(leaf & PTE_ADDR_MASK, PAGE_SIZE)
@@ -255,7 +255,7 @@ def edr_log(ctx: AttackContext) -> list[int]:
     return [int.from_bytes(page[8 + 8 * i : 16 + 8 * i], "little") for i in range(count)]
 
 
-def _find_module(vp: VirtualProcessor, head: int, name: str) -> tuple[int, int]:
+def _find_module(vp: Cpu, head: int, name: str) -> tuple[int, int]:
     """K0: walk PsLoadedModuleList for ``name`` (what NtQuerySystemInformation's
     SystemModuleInformation reports to EDRSandblast): (DllBase, SizeOfImage)."""
     wanted = name.encode("utf-16-le")
@@ -272,7 +272,7 @@ def _find_module(vp: VirtualProcessor, head: int, name: str) -> tuple[int, int]:
     return 0, 0
 
 
-def _blind_edr(vp: VirtualProcessor, modules: int, array: int, name: str) -> int:
+def _blind_edr(vp: Cpu, modules: int, array: int, name: str) -> int:
     base, size = _find_module(vp, modules, name)
     return _remove_callbacks(vp, array, base, base + size) if base else 0
 
@@ -311,7 +311,7 @@ D3 = Scenario(
 
 
 # -- D4: ETW Threat-Intelligence blinding ----------------------------------------------------
-def _disable_provider(vp: VirtualProcessor, handle_va: int) -> int:
+def _disable_provider(vp: Cpu, handle_va: int) -> int:
     """K0: EtwThreatIntProvRegHandle → GuidEntry → ProviderEnableInfo.IsEnabled := 0."""
     reg_entry: int = vp.read_u64(handle_va)
     guid_entry: int = vp.read_u64(reg_entry + ETW_REG_ENTRY.GuidEntry.offset)
@@ -375,7 +375,7 @@ D4 = Scenario(
 UNSIGNED = "d5_rootkit.sys"
 
 
-def _d5_entry(vp: VirtualProcessor, driver_object: int) -> int:
+def _d5_entry(vp: Cpu, driver_object: int) -> int:
     record_run(vp, "d5")
     return int(NtStatus.SUCCESS)
 
@@ -387,13 +387,13 @@ def unsigned_image() -> bytes:
     )
 
 
-def _patch_ci(vp: VirtualProcessor, ci_options: int) -> int:
+def _patch_ci(vp: Cpu, ci_options: int) -> int:
     """K0: g_CiOptions := 0 (DSE off)."""
     vp.write_u64(ci_options, 0)
     return 0
 
 
-def _load_unsigned(vp: VirtualProcessor, buffer: int) -> int:
+def _load_unsigned(vp: Cpu, buffer: int) -> int:
     raw = UNSIGNED.encode()
     vp.write(buffer + NAME_AT, raw)
     return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
@@ -401,7 +401,7 @@ def _load_unsigned(vp: VirtualProcessor, buffer: int) -> int:
 
 def d5_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
-    nt.ext[drivers.STORE][UNSIGNED] = unsigned_image()  # the administrator copies the file
+    nt.driver_store[UNSIGNED] = unsigned_image()  # the administrator copies the file
     ctx.notes["ci_options"] = drivers.ci_options_va(nt)
     ctx.kernel(_patch_ci, drivers.ci_options_va(nt))
     admin = ctx.process(admin=True, name="d5.exe")

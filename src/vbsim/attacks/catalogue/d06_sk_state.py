@@ -16,8 +16,6 @@ the page's state) is the one the forged state dictates.
 
 from __future__ import annotations
 
-from typing import Any
-
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import needs_vbs, nt_of
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
@@ -57,9 +55,9 @@ def _forge(vp: Cpu, root: int, table_gpa: int, own_pfn: int, spare: list[int]) -
     tables.map(WINDOW_VA, page_gpa, int(Pte.RW | Pte.NX))
     vp.invlpg(WINDOW_VA)
     vp.write(WINDOW_VA + (entry_gpa & 0xFFF), bytes([FORGED_STATE]))
-    vsl: Any = nt_of(vp).vsl  # NT's secure-call client (its signature is NT's to retype)
-    assert vsl is not None
-    status, _ = vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
+    nt = nt_of(vp)
+    assert nt.vsl is not None
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
     return int(status)
 
 
@@ -71,7 +69,7 @@ def d6_steps(ctx: AttackContext) -> None:
     table_gpa = int(sk.hvci.states_gpa)
     ctx.notes.update(table_gpa=table_gpa, own_pfn=own_pfn, before=_byte(ctx, table_gpa + own_pfn))
     spare = [ctx.kernel_page()[1] >> PAGE_SHIFT for _ in range(3)]  # window table frames
-    status = ctx.kernel(_forge, nt.space.pt.root, table_gpa, own_pfn, spare)
+    status = ctx.kernel(_forge, nt.space.root, table_gpa, own_pfn, spare)
     if isinstance(status, int):
         ctx.notes["next_decision"] = NtStatus.name_of(status)
 

@@ -132,7 +132,7 @@ def kernel_reads_ium_steps(ctx: AttackContext) -> None:
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
     nt = ctx.booted.nt
     assert nt is not None
-    ctx.kernel(_map_and_read, nt.space.pt.root, target_gpa, loot_va)
+    ctx.kernel(_map_and_read, nt.space.root, target_gpa, loot_va)
 
 
 KERNEL_READS_IUM = Scenario(
@@ -241,7 +241,7 @@ def vtl0_secure_syscall_goal(ctx: AttackContext) -> bool:
     if region is None:
         return False
     offset = buffer - region.base
-    pfn = region.frames[offset // PAGE_SIZE]
+    pfn = region.pfns[offset // PAGE_SIZE]
     data = machine.ram.read((pfn << PAGE_SHIFT) + offset % PAGE_SIZE, len(FILL))
     return data != FILL
 
