@@ -2,7 +2,8 @@
 
 Issue 10 moves the kernels onto the architectural CPU piece by piece.  What remains is listed in
 ``known_debt.json`` beside this file: guest-code violations (file, function, rule, detail, with
-a count; none are left) and platform references still held by a kernel image.  The tests in ``test_one_rule.py`` fail on anything **not** in that
+a count; none are left) and platform references still held by a kernel image.  The tests in
+``test_one_rule.py`` fail on anything **not** in that
 list (a new reach past the surface: planting ``cpu.ram.read(...)`` in a step fails at once) and
 on any entry that **no longer** occurs (a fixed item must leave the list, so it can never come
 back unnoticed).
