@@ -136,7 +136,8 @@ class Hypervisor:
         # makes the call invalid and the hypervisor injects #UD (TLFS vsm.md "A VTL call with an
         # invalid control input value", "VTL return with an invalid control input value";
         # OpenVMM hv1_hypercall imp.rs: "Control must be 0 except for the opcode").
-        code = vp.rcx & _CALL_CODE_MASK
+        # Shared GPRs are the Cpu's slots (vbsim.hw.cpu); read them there on this hot path.
+        code = vp.cpu.rcx & _CALL_CODE_MASK
         if code == _VTL_CALL:
             self.vtl_call(vp)
         elif code == _VTL_RETURN:
@@ -163,7 +164,8 @@ class Hypervisor:
         """HvCallVtlCall: control input in RAX must be 0; target the next higher enabled VTL."""
         target = self.next_higher_vtl(vp)
         allowed = self.privileges & _ACCESS_VSM
-        if vp.rcx != _VTL_CALL or vp.rax != 0 or target is None or not allowed:
+        cpu = vp.cpu
+        if cpu.rcx != _VTL_CALL or cpu.rax != 0 or target is None or not allowed:
             if self.trace.on:
                 vp.emit("vtl", "vtl-call", "invalid-opcode", control=vp.rax)
             vp.fault(Vector.UD)
@@ -173,9 +175,10 @@ class Hypervisor:
 
     def vtl_return(self, vp: VirtualProcessor) -> None:
         """HvCallVtlReturn: bit 0 of RAX is Fast; no return from the lowest VTL (#UD)."""
-        control = vp.rax
+        cpu = vp.cpu
+        control = cpu.rax
         lower = self.next_lower_vtl(vp)
-        if vp.rcx != _VTL_RETURN or control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
+        if cpu.rcx != _VTL_RETURN or control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
             if self.trace.on:
                 vp.emit("vtl", "vtl-return", "invalid-opcode", control=control)
             vp.fault(Vector.UD)
@@ -184,7 +187,7 @@ class Hypervisor:
         returning = vp.vtl
         st = self.states[vp.index][returning]
         # Release TLB locks held by the returning VTL and run the flushes they deferred (§5.7).
-        for low, config in list(st.secure_config.items()):
+        for low, config in list(st.secure_config.items()) if st.secure_config else ():
             if config & _TLB_LOCKED:
                 st.secure_config[low] = config & ~_TLB_LOCKED
                 low_state = self.states[vp.index][low]
@@ -208,7 +211,7 @@ class Hypervisor:
             rax, rcx = synic.vtl_return_registers(self, vp, returning)
         vp.switch_vtl(lower)
         if not fast:
-            vp.rax, vp.rcx = rax, rcx
+            cpu.rax, cpu.rcx = rax, rcx
         if self.trace.on:
             vp.emit("vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=fast)
         contexts = self.contexts[vp.index]
