@@ -41,7 +41,7 @@ def _user_ioctl(
     vp.write(buffer + NAME_AT, raw)
     vp.write(buffer + IOCTL_AT, address.to_bytes(8, "little") + value.to_bytes(8, "little"))
     status = syscall(
-        vp.cpu, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), code, buffer + IOCTL_AT
+        vp, "NtDeviceIoControlFile", buffer + NAME_AT, len(raw), code, buffer + IOCTL_AT
     )
     return status, int.from_bytes(vp.read(buffer + IOCTL_AT + 8, 8), "little")
 
