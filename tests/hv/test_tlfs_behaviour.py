@@ -314,3 +314,24 @@ def test_enable_vp_vtl_with_invalid_target_is_invalid_parameter_in_both_profiles
         hv_of(bare).profile = profile
         result = hvcall.enable_vp_vtl(bare.vp, bare.kernel.params, 0, bare.monitor.context())
         assert result.status == HvStatus.INVALID_PARAMETER, profile.name
+
+
+def test_guest_os_ids_are_encoded_as_the_tlfs_says() -> None:
+    """Issue 11 item 7: vendor in 62:48 (Microsoft = 1), OS ID in 47:40 (Windows NT = 4), major
+    39:32, minor 31:24, service version 23:16, build 15:0 (TLFS "Reporting the Guest OS
+    Identity"); the SK's value had the reserved vendor 0."""
+    from vbsim.boot.chain import boot
+    from vbsim.hv import defs
+    from vbsim.policy import preset
+
+    system = boot(preset("vbs"))
+    assert system.machine is not None and system.machine.hv is not None
+    for vtl in (0, 1):
+        value = system.machine.hv.states[0][vtl].guest_os_id
+        assert value >> 63 == 0  # a proprietary OS
+        assert defs.GUEST_OS_VENDOR.extract(value) == 1
+        assert defs.GUEST_OS_OS_ID.extract(value) == 4
+        assert defs.GUEST_OS_MAJOR.extract(value) == 10
+        assert defs.GUEST_OS_MINOR.extract(value) == 0
+        assert defs.GUEST_OS_BUILD.extract(value) == 26100
+    system.machine.close()

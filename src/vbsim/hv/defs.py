@@ -668,6 +668,31 @@ class HvPendingEventType(IntEnum):
 # ---------------------------------------------------------------------------------------------
 
 
+# HV_X64_MSR_GUEST_OS_ID, the proprietary (Microsoft) encoding (TLFS "Reporting the Guest OS
+# Identity": bit 63 = 0 for a closed-source OS, vendor ID in 62:48 (Microsoft = 1), OS ID in 47:40
+# (Windows NT = 4), major 39:32, minor 31:24, service version 23:16, build 15:0).
+GUEST_OS_VENDOR: Final = BitField(48, 15)
+GUEST_OS_OS_ID: Final = BitField(40, 8)
+GUEST_OS_MAJOR: Final = BitField(32, 8)
+GUEST_OS_MINOR: Final = BitField(24, 8)
+GUEST_OS_SERVICE_VERSION: Final = BitField(16, 8)
+GUEST_OS_BUILD: Final = BitField(0, 16)
+GUEST_OS_VENDOR_MICROSOFT: Final = 1
+GUEST_OS_ID_WINDOWS_NT: Final = 4
+
+
+def guest_os_id(major: int, minor: int, build: int, service_version: int = 0) -> int:
+    """The GUEST_OS_ID value Windows writes: Microsoft, Windows NT, ``major.minor.build``."""
+    return (
+        GUEST_OS_VENDOR.insert(0, GUEST_OS_VENDOR_MICROSOFT)
+        | GUEST_OS_OS_ID.insert(0, GUEST_OS_ID_WINDOWS_NT)
+        | GUEST_OS_MAJOR.insert(0, major)
+        | GUEST_OS_MINOR.insert(0, minor)
+        | GUEST_OS_SERVICE_VERSION.insert(0, service_version)
+        | GUEST_OS_BUILD.insert(0, build)
+    )
+
+
 @unique
 class HvMsr(IntEnum):
     GUEST_OS_ID = 0x40000000

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from vbsim.guest import hvcall
+from vbsim.hv import defs
 from vbsim.hv.defs import HvMsr
 from vbsim.hw.cpu import Cpu
 from vbsim.ntstatus import NtStatus
@@ -23,8 +24,9 @@ from vbsim.sk.sscn import Service, ServiceTable
 if TYPE_CHECKING:
     from vbsim.nt.kernel import NtKernel
 
-#: The model's guest OS ID for NT (Microsoft, Windows NT 10.0).
-NT_GUEST_OS_ID = 0x0001_0A00_6580_0000
+#: NT's guest OS ID: Microsoft, Windows NT 10.0 build 26100 (the model's current build; the
+#: encoding is hv.defs.guest_os_id, TLFS "Reporting the Guest OS Identity").
+NT_GUEST_OS_ID = defs.guest_os_id(10, 0, 26100)
 MAX_NORMAL_CALLS = 64
 
 NormalCallHandler = Callable[["NtKernel", Cpu, list[int]], list[int]]

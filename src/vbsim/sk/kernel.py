@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from vbsim.image import RevocationPolicy
 
 SINT0_VECTOR = 0x31
-GUEST_OS_ID = 0x0000_0A00_6580_0000  # Microsoft vendor ID 1, OS Windows NT, version 10.0
+#: The SK reports itself as Windows NT 10.0 build 26100 from Microsoft (the old value had the
+#: reserved vendor 0; TLFS "Reporting the Guest OS Identity", issue 11 item 7).
+GUEST_OS_ID = defs.guest_os_id(10, 0, 26100)
 #: First secure handle value (vbs-internals §2.3: handles around 0x1_4000_0000).
 FIRST_HANDLE = 0x1_4000_0000
 
