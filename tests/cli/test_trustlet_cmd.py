@@ -95,6 +95,10 @@ def test_run_rich_output(cli: Run) -> None:
     assert "admitted" in text and "skci.admitted" in text
     assert "what VTL0 can see of it" in text
     assert "STATUS_ACCESS_VIOLATION" in text  # the private-memory row
+    # Each SKCI check is shown once (issue 12): in the table, naming its trace event; the trace
+    # lines after the table are only the events the table does not show.
+    assert "skci.format" not in text and "skci.page-hash" not in text
+    assert text.count(" format ") == 1 and "trace #" in text
 
 
 def test_run_a_debuggable_trustlet_file(cli: Run, tmp_path: Path) -> None:

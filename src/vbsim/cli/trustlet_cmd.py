@@ -425,6 +425,10 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
     if admission is not None:
         verdict = "[bold green]admitted[/]" if admission["admitted"] else "[bold red]refused[/]"
         out.print(f"admission: {verdict} — NT got {admission['status_name']}")
+        # Each SKCI check once: in the table, with the trace event that decided it; only the
+        # events the table does not show are listed after it (issue 12: they were shown twice).
+        seq_of = {event["mechanism"]: event["seq"] for event in admission["events"]}
+        shown: set[str] = set()
         if admission["checks"]:
             table = Table(title="SKCI checks", header_style="bold")
             for column in ("check", "result", "from", "detail"):
@@ -435,13 +439,20 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
                 detail = check.get("detail", "")
                 if check.get("status"):
                     detail = f"{check['status']}: {detail}"
-                source = "trace" if check["from_trace"] else "order"
+                mechanism = f"skci.{check['check']}"
+                if check["from_trace"] and mechanism in seq_of:
+                    source = f"trace #{seq_of[mechanism]}"
+                    shown.add(mechanism)
+                else:
+                    source = "trace" if check["from_trace"] else "order"
                 table.add_row(check["check"], f"[{style}]{result}[/]", source, detail)
             out.print(table)
             out.print(
-                "  (from = trace: the skci.* event that decided; order: implied by SKCI's order)"
+                "  (from = trace #N: the skci.* event that decided; order: implied by SKCI's order)"
             )
         for event in admission["events"]:
+            if event["mechanism"] in shown:
+                continue
             out.print(
                 f"  trace #{event['seq']} {event['kind']} {event['mechanism']} → {event['outcome']}"
                 f" ({describe_detail(event['detail'])})",
