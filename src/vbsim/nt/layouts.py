@@ -20,17 +20,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Protocol
 
+from vbsim.layout import Mem
+from vbsim.layout import read_field as read_field
+from vbsim.layout import write_field as write_field
 
-class Cpu(Protocol):
-    """The part of :class:`vbsim.hw.cpu.Cpu`'s surface the accessors use (loads and stores
-    through the current translation); a Cpu satisfies it, and so does host code's VP handle."""
-
-    def read(self, va: int, length: int, /) -> bytes: ...
-    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
-    def read_u32(self, va: int, /) -> int: ...
-    def write_u32(self, va: int, value: int, /) -> None: ...
-    def read_u64(self, va: int, /) -> int: ...
-    def write_u64(self, va: int, value: int, /) -> None: ...
+#: The loads and stores the accessors need (a :class:`vbsim.hw.cpu.Cpu` has them).
+Cpu = Mem
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +36,6 @@ class Field:
     offset: int
     size: int
     source: str = "Vergilius 19041"
-
-
-def read_field(cpu: Cpu, base: int, field: Field) -> int:
-    """Load ``field`` of the structure at VA ``base`` through ``cpu`` (little-endian)."""
-    if field.size == 8:
-        return cpu.read_u64(base + field.offset)
-    if field.size == 4:
-        return cpu.read_u32(base + field.offset)
-    return int.from_bytes(cpu.read(base + field.offset, field.size), "little")
-
-
-def write_field(cpu: Cpu, base: int, field: Field, value: int) -> None:
-    """Store ``value`` into ``field`` of the structure at VA ``base`` through ``cpu``."""
-    if field.size == 8:
-        cpu.write_u64(base + field.offset, value)
-    elif field.size == 4:
-        cpu.write_u32(base + field.offset, value)
-    else:
-        cpu.write(base + field.offset, value.to_bytes(field.size, "little"))
 
 
 # -- LIST_ENTRY ---------------------------------------------------------------------------------

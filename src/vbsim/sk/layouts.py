@@ -36,18 +36,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vbsim.hw.x86 import PAGE_SIZE
-
-
-class Mem(Protocol):
-    """What an accessor needs of a processor: loads and stores through its translation (a
-    :class:`vbsim.hw.cpu.Cpu` has them)."""
-
-    def read(self, va: int, length: int, /) -> bytes: ...
-    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
-    def read_u32(self, va: int, /) -> int: ...
-    def write_u32(self, va: int, value: int, /) -> None: ...
-    def read_u64(self, va: int, /) -> int: ...
-    def write_u64(self, va: int, value: int, /) -> None: ...
+from vbsim.layout import Mem as Mem
+from vbsim.layout import read_field as read_field
+from vbsim.layout import write_field as write_field
 
 
 class _Ram(Protocol):
@@ -227,24 +218,6 @@ def table_pages(ram_pages: int) -> int:
 
 
 # -- accessors over the SK's own CPU -------------------------------------------------------------
-def read_field(cpu: Mem, base: int, field: Field) -> int:
-    """A little-endian unsigned field at VA ``base`` (read through ``cpu``'s translation)."""
-    if field.size == 8:
-        return cpu.read_u64(base + field.offset)
-    if field.size == 4:
-        return cpu.read_u32(base + field.offset)
-    return int.from_bytes(cpu.read(base + field.offset, field.size), "little")
-
-
-def write_field(cpu: Mem, base: int, field: Field, value: int) -> None:
-    if field.size == 8:
-        cpu.write_u64(base + field.offset, value)
-    elif field.size == 4:
-        cpu.write_u32(base + field.offset, value)
-    else:
-        cpu.write(base + field.offset, value.to_bytes(field.size, "little"))
-
-
 def bit(cpu: Mem, base: int, index: int) -> bool:
     """Bit ``index`` of a bitmap at VA ``base``."""
     return bool(cpu.read(base + (index >> 3), 1)[0] >> (index & 7) & 1)
