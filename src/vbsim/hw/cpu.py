@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from vbsim.hw.regs import SHARED_GPRS
 from vbsim.hw.x86 import Vector
 
 if TYPE_CHECKING:
@@ -51,22 +52,8 @@ SURFACE: frozenset[str] = frozenset(
         "read_u64",
         "write_u64",
         "call",
-        # shared registers
-        "rax",
-        "rbx",
-        "rcx",
-        "rdx",
-        "rsi",
-        "rdi",
-        "rbp",
-        "r8",
-        "r9",
-        "r10",
-        "r11",
-        "r12",
-        "r13",
-        "r14",
-        "r15",
+        # shared registers (RAX..R15 but RSP, vsm-spec §5.5), and XMM
+        *SHARED_GPRS,
         "xmm",
         # what the current mode may read of its private state
         "rip",
