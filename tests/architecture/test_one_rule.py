@@ -7,7 +7,7 @@ Two halves:
   checker sees what it must;
 - runtime: the ``Cpu`` a guest routine receives has exactly ``vbsim.hw.cpu.SURFACE`` and nothing
   on it yields a platform object; the kernel images behind GS reference no platform object; and
-  after the catalogue and the demo ran, nothing reached past the surface (``vbsim.hw.cpu.LEAKS``).
+  and a name beyond the surface is an AttributeError (the catalogue and the demo run without one).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from vbsim.attacks.model import PRESET_ORDER
 from vbsim.attacks.runner import run
 from vbsim.boot.disk import Disk
 from vbsim.hv.hypervisor import Hypervisor
-from vbsim.hw import cpu as cpu_module
 from vbsim.hw.cpu import SURFACE, Cpu
 from vbsim.hw.paging import PagingLayer
 from vbsim.hw.ram import FrameAllocator, GuestRam
@@ -349,22 +348,27 @@ def test_the_walker_finds_a_planted_reference() -> None:
         ram.close()
 
 
-def test_nothing_reached_past_the_surface_in_the_catalogue_and_the_demo() -> None:
-    """``Cpu.__getattr__`` (transitional) records every name guest code reached beyond the
-    surface; after every scenario on every preset and the demo, none may have been reached
-    (what remains is listed in known_debt.json)."""
+def test_a_name_beyond_the_surface_is_an_attribute_error() -> None:
+    """The Cpu has slots and nothing else: guest code reaching for the processor's platform
+    state (``cpu.ram``, ``cpu.p``, ``cpu.banks`` ...) gets an AttributeError, not the object."""
+    ctx = _booted("vbs")
+    cpu = _seen_by_a_routine(ctx)
+    for name in ("ram", "mm", "slat", "p", "banks", "tlbs", "exits", "trace", "set_cpl", "cr2"):
+        with pytest.raises(AttributeError):
+            getattr(cpu, name)
+    with pytest.raises(AttributeError):
+        cpu.ram = None  # type: ignore[attr-defined]
+
+
+def test_the_catalogue_and_the_demo_run_on_the_surface_alone() -> None:
+    """With no fallback left, every scenario on every preset and the demo run to a verdict: a
+    guest routine that reached past the surface would have raised (and escaped the model)."""
     from rich.console import Console
 
     from vbsim import demo
 
-    cpu_module.LEAKS.clear()
     for scenario in SCENARIOS:
         for name in PRESET_ORDER:
             result, _ = run(scenario, name)
             assert result.outcome is not None
-    demo.run(Console(file=io.StringIO(), width=120))
-    allowed = set(DEBT["leaks"])
-    new = sorted(cpu_module.LEAKS - allowed)
-    assert not new, f"names reached past the Cpu surface (not in the debt): {new}"
-    fixed = sorted(allowed - cpu_module.LEAKS)
-    assert not fixed, f"no longer reached, drop from known_debt.json leaks: {fixed}"
+    assert demo.run(Console(file=io.StringIO(), width=120)) == 0

@@ -226,9 +226,7 @@ def test_a21_fails_if_lsaiso_refused_to_compute_responses(
 
 def _ptc_from_outside(vp: Any, pid: int, record_va: int, port: int, buffer: int) -> int:
     """Pass-the-Challenge from a process of its own: copy lsass's record, then call the port."""
-    status = syscalls.syscall(
-        vp.cpu, "NtReadVirtualMemory", pid, record_va, buffer, lsass.RECORD_SIZE
-    )
+    status = syscalls.syscall(vp, "NtReadVirtualMemory", pid, record_va, buffer, lsass.RECORD_SIZE)
     if status:
         return status
     parsed = lsass.parse_record(vp.read(buffer, lsass.RECORD_SIZE))
@@ -236,7 +234,7 @@ def _ptc_from_outside(vp: Any, pid: int, record_va: int, port: int, buffer: int)
     request = lsass.respond_message(blob or b"?", creds.CHALLENGE)
     vp.write(buffer + 4096, request)
     return syscalls.syscall(
-        vp.cpu, "NtAlpcSendWaitReceivePort", port, buffer + 4096, len(request), buffer + 8192
+        vp, "NtAlpcSendWaitReceivePort", port, buffer + 4096, len(request), buffer + 8192
     )
 
 
@@ -264,11 +262,11 @@ def _protect_stand_in(nt: Any, vp: Any, args: list[int]) -> int:
     from vbsim.hw.x86 import Pte
 
     pid, address, size, protect = args
-    status, target = syscalls._lookup_process(nt, vp.cpu, pid, write=True)
+    status, target = syscalls._lookup_process(nt, vp, pid, write=True)
     if status or not isinstance(target, Process):
         return status
     writable = protect in (syscalls.PAGE_READWRITE, syscalls.PAGE_EXECUTE_READWRITE)
-    phys = nt.phys(vp.cpu)
+    phys = nt.phys(vp)
     target.tables.phys = phys
     for page in range(address & ~0xFFF, address + size, 4096):
         pte = target.tables.pte_gpa(page)

@@ -63,7 +63,7 @@ def test_the_goal_can_be_met_when_the_table_really_changes(
         machine.ram.write(table_gpa + own_pfn, bytes([d6.FORGED_STATE]))
         nt = d6.nt_of(vp)  # type: ignore[arg-type]
         assert nt.vsl is not None
-        return nt.vsl.call(vp.cpu, d6.Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)[0]  # type: ignore[arg-type]
+        return nt.vsl.call(vp, d6.Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)[0]  # type: ignore[arg-type]
 
     original_steps = d6.d6_steps
 

@@ -48,7 +48,7 @@ class FaultRecord:
 def _record_fault(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     rig = vp.kernel()
     assert isinstance(rig, Rig)
-    rig.faults.append(FaultRecord(vector, error_code, vp.cr2, vp.cpl, vp.vtl))
+    rig.faults.append(FaultRecord(vector, error_code, vp.read_cr(2), vp.cpl, vp.vtl))
     raise ThreadTerminated("test fault", vector, error_code)
 
 

@@ -31,10 +31,10 @@ def _syscall_entry(vp: VirtualProcessor) -> None:
     rig.notes.append(
         {
             "cpl": vp.cpl,
-            "rip": vp.p.rip,
+            "rip": vp.rip,
             "rcx": vp.rcx,
             "r11": vp.r11,
-            "rflags": vp.p.rflags,
+            "rflags": vp.rflags,
             "rax": vp.rax,
         }
     )
@@ -52,7 +52,7 @@ def _routine(vp: VirtualProcessor, *args: int) -> tuple[int, ...]:
     # It may run at CPL3, where GS designates no kernel: the harness finds its rig directly.
     rig = Rig.current
     assert rig is not None
-    rig.notes.append(("ran", vp.p.rip, vp.cpl, args))
+    rig.notes.append(("ran", vp.rip, vp.cpl, args))
     return args
 
 

@@ -111,9 +111,9 @@ DEMAND = "test.hw.demand_pager"
 def _demand_pager(vp: VirtualProcessor, vector: int, error_code: int) -> None:
     rig = vp.kernel()
     assert isinstance(rig, Rig)
-    rig.faults.append(FaultRecord(vector, error_code, vp.cr2, vp.cpl, vp.vtl))
+    rig.faults.append(FaultRecord(vector, error_code, vp.read_cr(2), vp.cpl, vp.vtl))
     if rig.demand_fix:  # type: ignore[attr-defined]
-        rig.page(vp.cr2 & ~0xFFF, RW | US, b"paged in")
+        rig.page(vp.read_cr(2) & ~0xFFF, RW | US, b"paged in")
     # returning is IRET: the instruction runs again
 
 

@@ -37,7 +37,7 @@ from vbsim.cli.image_cmd import (
 )
 from vbsim.cli.render import console, describe_detail
 from vbsim.hw.code import guest_code
-from vbsim.hw.vp import VirtualProcessor
+from vbsim.hw.cpu import Cpu
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.checks import CHECKS
 
@@ -65,21 +65,19 @@ _TRACE_KINDS = ("ium", "ium-syscall", "normalcall", "bugcheck", "intercept")
 
 # -- VTL0 probes: guest code an administrator's process runs at VTL0 CPL3 ------------------------
 @guest_code("cli.trustlet.read_process")
-def _read_process(
-    vp: VirtualProcessor, pid: int, va: int, length: int, buffer: int
-) -> tuple[int, bytes]:
+def _read_process(vp: Cpu, pid: int, va: int, length: int, buffer: int) -> tuple[int, bytes]:
     """ReadProcessMemory: NtReadVirtualMemory into ``buffer``, then read the buffer."""
     from vbsim.nt.syscalls import syscall
 
-    status = syscall(vp.cpu, "NtReadVirtualMemory", pid, va, buffer, length)
+    status = syscall(vp, "NtReadVirtualMemory", pid, va, buffer, length)
     return status, vp.read(buffer, length)
 
 
 @guest_code("cli.trustlet.query_process")
-def _query_process(vp: VirtualProcessor, pid: int, buffer: int) -> tuple[int, int]:
+def _query_process(vp: Cpu, pid: int, buffer: int) -> tuple[int, int]:
     from vbsim.nt.syscalls import syscall
 
-    status = syscall(vp.cpu, "NtQueryInformationProcess", pid, PROCESS_IS_SECURE_CLASS, buffer)
+    status = syscall(vp, "NtQueryInformationProcess", pid, PROCESS_IS_SECURE_CLASS, buffer)
     return status, vp.read_u64(buffer)
 
 

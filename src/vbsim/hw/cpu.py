@@ -293,23 +293,3 @@ class Cpu:
 
     def __repr__(self) -> str:
         return f"<Cpu VP{self.index} VTL{self.vtl} CPL{self.cpl}>"
-
-    if not TYPE_CHECKING:
-
-        def __getattr__(self, name: str) -> Any:
-            # Transitional (issue 10): guest code not yet moved onto the architectural surface
-            # still reaches the processor.  Every such use is recorded; tests/architecture
-            # fails while any remains.
-            if name.startswith("__"):
-                # Python's own protocol (``__dict__`` for dir(), pickling, copy ...): never the
-                # processor's.
-                raise AttributeError(name)
-            LEAKS.add(name)
-            return getattr(self.__vp__, name)
-
-        # No __setattr__: a store to a name beyond the surface is an AttributeError (the Cpu has
-        # slots and no __dict__), and a register store is a plain slot store.
-
-
-#: Names guest code reached beyond the surface (transitional; must end up empty).
-LEAKS: set[str] = set()
