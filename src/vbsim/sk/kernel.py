@@ -466,6 +466,16 @@ class SecureKernel:
         """Whether ``pfn`` is RAM that belongs to VTL0 (not the SK's, not a trustlet's)."""
         return 0 < pfn < self.ram_pages and not self.own_page(vp, pfn)
 
+    def vtl0_output_page(self, vp: L.Mem, pfn: int) -> bool:
+        """Whether the SK may write an answer into ``pfn`` for VTL0: VTL0 RAM that VTL0 could
+        write itself.  A page KDP owns or HVCI holds for code is read-only to VTL0 through the
+        SLAT the SK programs (vbs-internals §5.1, §5.2); writing it on VTL0's request would make
+        the SK a confused deputy that undoes its own protection (found by the hardened soak:
+        PREPARE_FOR_CRASHDUMP rewrote a static-KDP page)."""
+        from vbsim.sk.services.hvci import ordinary_page
+
+        return self.vtl0_page(vp, pfn) and ordinary_page(self, vp, pfn)
+
     def set_vtl0_rights(self, vp: Cpu, gpns: list[int], flags: int) -> bool:
         """The only way any VTL0 SLAT right changes: a hypercall issued here, in VTL1."""
         if not gpns:

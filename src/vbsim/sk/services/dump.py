@@ -98,7 +98,7 @@ def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool)
     purpose = "hibernation" if hibernation else "crashdump"
     if request == REQUEST_LIST:
         first = out_pfn
-        if not sk.vtl0_page(vp, target):
+        if not sk.vtl0_output_page(vp, target):
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target)
             return Reply(NtStatus.INVALID_PARAMETER)
         pages = secure_pages(sk, vp)
@@ -115,7 +115,7 @@ def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool)
             )
         return Reply(NtStatus.SUCCESS, [len(pages), len(chunk), session])
     if request == REQUEST_PAGE:
-        if not sk.own_page(vp, target) or not sk.vtl0_page(vp, out_pfn):
+        if not sk.own_page(vp, target) or not sk.vtl0_output_page(vp, out_pfn):
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target, out_pfn=out_pfn)
             return Reply(NtStatus.INVALID_PARAMETER)
         out_va = sk.space.phys_va(out_pfn << PAGE_SHIFT)

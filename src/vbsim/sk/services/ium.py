@@ -151,7 +151,7 @@ def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     process = thread.process
     if (
         message_length > PAGE_SIZE
-        or not sk.vtl0_page(vp, reply_pfn)
+        or not sk.vtl0_output_page(vp, reply_pfn)
         or (message_length and not sk.vtl0_page(vp, message_pfn))
     ):
         sk.emit(
@@ -227,6 +227,8 @@ def debug_read_write_memory(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> 
         return refusal or Reply(NtStatus.INVALID_HANDLE)
     if not 0 < length <= PAGE_SIZE or not sk.vtl0_page(vp, buffer_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
+    if not write and not sk.vtl0_output_page(vp, buffer_pfn):
+        return Reply(NtStatus.INVALID_PARAMETER)
     gpa = _trustlet_gpa(sk, vp, process, va)
     if gpa is None or (gpa & 0xFFF) + length > PAGE_SIZE:
         return Reply(NtStatus.ACCESS_VIOLATION)
@@ -255,7 +257,7 @@ def retrieve_mailbox(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     if key != stored or stored == 0:
         sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
         return Reply(NtStatus.ACCESS_DENIED)
-    if not sk.vtl0_page(vp, out_pfn):
+    if not sk.vtl0_output_page(vp, out_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
     data = ium.mailbox(vp, process, slot)
     if data is None:
