@@ -158,6 +158,22 @@ def test_missing_pf_gate_escalates_to_double_fault() -> None:
     assert record == FaultRecord(int(Vector.DF), 0, TEST_VA, 0, 0)
 
 
+def test_an_undeliverable_vector_is_not_traced_as_delivered() -> None:
+    """Only the #DF was delivered: the #PF whose gate is absent never reached CPL0, so the trace
+    must not show it as a gate (invariant 7 reported "took vector 8 at CPL3, but the last gate
+    left it at CPL0" when it did)."""
+    rig = Rig()
+    rig.trace.record()
+    rig.ram.write(rig.idt_gpa + 14 * 16, bytes(16))
+    rig.expect_fault(lambda: rig.vp.read(TEST_VA, 8))
+    delivered = [
+        e.detail["vector"]
+        for e in rig.trace.events
+        if (e.kind, e.mechanism) == ("exception", "idt")
+    ]
+    assert delivered == [int(Vector.DF)]
+
+
 def test_idt_on_a_user_page_is_refused_by_smap_even_with_ac() -> None:
     rig = Rig()
     rig.set_entry(0xFFFF_F880_0000_0000, 3, rig.entry(0xFFFF_F880_0000_0000, 3) | US)

@@ -586,6 +586,18 @@ class VirtualProcessor:
         """Deliver an exception through the current VTL's IDT and run its handler at CPL0.
 
         Returning from here is the handler's IRET: the caller re-executes the instruction."""
+        if self._delivering >= MAX_DELIVERY_DEPTH:
+            raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
+        handler = self._idt_handler(vector)
+        if handler is None:
+            # The gate cannot be read: delivery faults before any state changes, and that fault
+            # during delivery is a #DF (SDM Vol. 3A §6.15, "Interrupt 8"); a #DF whose own gate
+            # fails is a triple fault.  The vector that was never delivered is not traced as
+            # delivered (invariant 7 would otherwise see a gate to CPL0 that never opened).
+            if vector == Vector.DF:
+                raise TripleFault(self.vtl, "no usable #DF handler")
+            self.fault(Vector.DF, 0)
+            return
         if self.trace.on:
             self.emit(
                 "exception" if vector < 32 else "interrupt",
@@ -596,14 +608,6 @@ class VirtualProcessor:
                 cr2=self.cr2 if vector == Vector.PF else None,
                 depth=self._delivering,
             )
-        if self._delivering >= MAX_DELIVERY_DEPTH:
-            raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
-        handler = self._idt_handler(vector)
-        if handler is None:
-            if vector == Vector.DF:
-                raise TripleFault(self.vtl, "no usable #DF handler")
-            self.fault(Vector.DF, 0)
-            return
         bank = self.p
         saved_cpl, saved_rip, saved_flags = bank.cpl, bank.rip, bank.rflags
         # What the interrupt stack frame tells a handler: the interrupted privilege level (CS).

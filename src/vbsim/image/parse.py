@@ -9,8 +9,10 @@ be well formed (vbs-internals §3.1); otherwise the image is rejected rather tha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import pefile
 
@@ -278,9 +280,17 @@ def _parse(data: bytes) -> ParsedImage:
         policy=policy,
         policy_export=policy_export,
         version=_version(pe, strings),
-        version_strings=strings,
+        version_strings=MappingProxyType(strings),
         warnings=tuple(pe.get_warnings()),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_once(data: bytes) -> ParsedImage:
+    """Parsing is a pure function of the bytes and its result is immutable (frozen dataclasses,
+    tuples, a read-only mapping), so identical bytes are parsed once per process: every boot
+    hands the loader and the SK the same images again.  Errors are not cached (they re-raise)."""
+    return _parse(data)
 
 
 def parse_image(data: bytes) -> ParsedImage:
@@ -291,7 +301,7 @@ def parse_image(data: bytes) -> ParsedImage:
         raise ImageFormatError(f"image of {len(data)} bytes exceeds {MAX_IMAGE_SIZE}")
     data = bytes(data)
     try:
-        return _parse(data)
+        return _parse_once(data)
     except ImageFormatError:
         raise
     except Exception as exc:  # pefile raises many types; the contract is one error type

@@ -17,6 +17,7 @@ or changed without breaking this signature (each one is verified on its own).  S
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -327,10 +328,17 @@ def _decode(der: bytes) -> DecodedSignature:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _decode_once(der: bytes) -> DecodedSignature:
+    """Decoding is a pure function of the DER and the result is frozen: identical signatures
+    (every boot verifies the same images) are decoded once per process.  Errors re-raise."""
+    return _decode(der)
+
+
 def decode_signed_data(der: bytes) -> DecodedSignature:
     """Decode and sanity-check; raises only :class:`MalformedSignature` (or its subclass)."""
     try:
-        return _decode(der)
+        return _decode_once(bytes(der))
     except MalformedSignature:
         raise
     except Exception as exc:  # asn1crypto raises ValueError/TypeError/KeyError/... lazily

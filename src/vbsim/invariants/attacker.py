@@ -178,10 +178,15 @@ ROUTINES = (
     "invariants.fuzzlet",
     "invariants.user",
 )
+#: The secure services' field types, one letter per field (the ABI, as syzkaller's descriptions
+#: give a call's argument types; not where any bug is): h handle, c cookie, p PFN, v K0 VA,
+#: n length/number, s small index, k key, r rights, x anything; M an MDL, two fields (its VA,
+#: then the PFN of the page holding it: FILL_SECURE_ALLOCATION's Field3/Field4), aimed at a
+#: staging page most of the time (where the attacker writes MDLs, see ``stage_mdl``).
 SERVICE_SHAPES: dict[Service, str] = {
     Service.NULL: "",
     Service.CREATE_SECURE_ALLOCATION: "n",
-    Service.FILL_SECURE_ALLOCATION: "hnvp",
+    Service.FILL_SECURE_ALLOCATION: "hnM",
     Service.CREATE_PROCESS: "pnsk",
     Service.CREATE_THREAD: "h",
     Service.TERMINATE_THREAD: "c",
@@ -308,6 +313,18 @@ def _field(d: Draw, kind: str) -> Value:
     return _raw(d)
 
 
+#: Where ``stage_mdl`` may write an MDL in a staging page.
+MDL_AT = (0, 0x10, 0xFD0, 0xFF0)
+
+
+def _mdl_fields(d: Draw) -> tuple[Value, Value]:
+    """An MDL argument: a staged MDL's VA and PFN (three times in four), else any VA and PFN."""
+    if d.integer(0, 3):
+        slot = d.integer(0, STAGE_PAGES - 1)
+        return Ref("dm", "stage", slot, d.pick(MDL_AT)), Ref("pfn", "stage", slot, 0)
+    return _k0_va(d), _page_ref(d, "pfn")
+
+
 def _tva(d: Draw) -> Value:
     kind = d.pick(("message", "reply", "heap", "private", "image", "sk", "vtl0", "raw"))
     if kind == "raw":
@@ -364,7 +381,7 @@ def _k0_action(d: Draw, focus: Focus | None = None) -> Action:
             op,
             (
                 d.integer(0, STAGE_PAGES - 1),
-                d.pick((0, 0x10, 0xFD0, 0xFF0)),
+                d.pick(MDL_AT),
                 pfns,
                 _length(d, 0x2000),
                 d.pick((0, 8, 0xFF8, 0x1000, d.integer(0, 0xFFFF_FFFF))),
@@ -439,7 +456,9 @@ def _securecall(d: Draw, services: tuple[Service, ...]) -> Action:
     )
     code_: Value = service.value if d.integer(0, 31) else d.integer(0, 0xFFFF)
     shape = SERVICE_SHAPES[service]
-    fields = tuple(_field(d, kind) for kind in shape)
+    fields: tuple[Value, ...] = ()
+    for kind in shape:
+        fields += _mdl_fields(d) if kind == "M" else (_field(d, kind),)
     extra = d.integer(0, 2)
     fields += tuple(_field(d, "x") for _ in range(extra))
     cookie = d.pick((0, 0, Ref("cookie", "", d.integer(0, 7)), _raw(d)))
@@ -932,7 +951,27 @@ class Session:
             if monitor is not None:
                 monitor.end_step(stop)
             result.actions += 1
+        self._switch_back()
         return result
+
+    def _switch_back(self) -> None:
+        """A program that left CR3 on another address space (its ``mov cr3``) is followed by NT's
+        next context switch to the system process: a ``mov cr3`` through the processor like any
+        other, watched by the monitor.  The machine then needs no reboot for it."""
+        vp, root = self.vp, self.nt.space.root
+        if self.dead is not None or vp.vtl != 0 or vp.cpl != 0 or vp.p.cr3 == root:
+            return
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.begin_step("NT context switch to the system process")
+        stop: GuestTermination | None = None
+        try:
+            vp.cpu.mov_to_cr(3, root)
+        except GuestTermination as termination:
+            stop = termination
+            self.dead = f"{type(termination).__name__}: {termination}"
+        if monitor is not None:
+            monitor.end_step(stop)
 
     def execute(self, capability: str, action: Action) -> str:
         if capability == "K0":

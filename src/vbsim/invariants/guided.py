@@ -34,6 +34,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from vbsim.hw.x86 import PAGE_SIZE
@@ -244,9 +245,19 @@ class Guide:
         """``action``, and when it names a kernel object (a handle) now and then a secure call
         the kernel accepted before it: objects are what accepted calls create (resources, in
         syzkaller's terms), and a call on a handle means little without one."""
+        before: list[Action] = []
         if self.accepted and _uses_handle(action) and self.rng.random() < 0.5:
-            return [self.rng.choice(self.accepted), action]
-        return [action]
+            before.append(self.rng.choice(self.accepted))
+        staged = _staged_mdl(action)
+        if staged is not None and self.rng.random() < 0.5:
+            # An MDL argument means little unless an MDL is there: a ``stage_mdl`` into the same
+            # page and offset first (what the call reads is the attacker's to choose).
+            slot, at = staged
+            stage = draw_action(
+                RandomDraw(self.rng), "K0", Focus(tuple(SERVICE_SHAPES), ("stage_mdl",))
+            )
+            before.append(Action(stage.op, (slot, at, *stage.args[2:])))
+        return [*before, action]
 
     def _aim(self, action: Action) -> Action:
         """One argument of ``action`` re-aimed at a boundary (see :data:`MUTABLE`)."""
@@ -415,6 +426,23 @@ class Guide:
             )
             del self.corpus[worst]
         return True
+
+
+def _staged_mdl(action: Action) -> tuple[int, int] | None:
+    """The staging slot and offset a secure call's MDL argument points at (see
+    ``attacker.SERVICE_SHAPES``' ``M``), or None."""
+    if action.op != "securecall" or len(action.args) < 4:
+        return None
+    fields = action.args[3]
+    for va, pfn in pairwise(fields):
+        if (
+            isinstance(va, Ref)
+            and isinstance(pfn, Ref)
+            and (va.space, va.pool, pfn.space, pfn.pool) == ("dm", "stage", "pfn", "stage")
+            and va.nth == pfn.nth
+        ):
+            return va.nth, va.offset
+    return None
 
 
 def _kind(action: Action) -> tuple[str, str]:

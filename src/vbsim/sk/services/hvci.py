@@ -164,6 +164,16 @@ class Hvci:
     def set_rights(self, vp: Mem, gpns: list[int], value: int) -> None:
         _set_bytes(vp, self.rights_va, self.pages, gpns, value)
 
+    def set_rights_except(self, vp: Mem, keep: set[int], value: int) -> None:
+        """Every page's rights byte to ``value`` except those in ``keep`` (one read and one write
+        of the whole table: at boot that is all of RAM but the SK's and the code pages)."""
+        old = vp.read(self.rights_va, self.pages)
+        table = bytearray([value]) * self.pages
+        for gpn in keep:
+            if 0 <= gpn < self.pages:
+                table[gpn] = old[gpn]
+        vp.write(self.rights_va, bytes(table))
+
     # -- validated hashes (records searched by GPN; the first record for a GPN wins) -----------
     def _records(self, vp: Mem) -> tuple[int, bytes]:
         count = min(read_field(vp, self.hashes_va, L.Hvci.HASH_COUNT), L.Hvci.HASH_MAX)
@@ -455,15 +465,16 @@ def phase1(sk: SecureKernel, vp: Cpu) -> None:
             sk.emit(vp, "skci", "skci.boot-image", "no-record", va=va, gpa=pfn << PAGE_SHIFT)
             continue
         validated.append(pfn)
-    code_set = set(validated)
     # Page 0 (firmware's, never handed out) is VTL0 RAM too, though no secure call may name it.
-    ordinary = [pfn for pfn in range(pages) if pfn not in code_set and pfn not in own]
+    others = {pfn for pfn in own | set(validated) if 0 <= pfn < pages}
+    ordinary_count = pages - len(others)
     default = unvalidated(sk, vp)
     if sk.config(vp, Config.VTL0_DEFAULT_MASK) == default:
         # The SK enabled VTL protection with HVCI's default already (DefaultVtlProtectionMask,
         # vsm-spec §3.4): every page got R|W|UX then; only the bookkeeping is left to do.
-        state.set_rights(vp, ordinary, default)
+        state.set_rights_except(vp, others, default)
     else:
+        ordinary = [pfn for pfn in range(pages) if pfn not in others]
         apply(sk, vp, ordinary, default, "boot")
     if apply(sk, vp, validated, R | KX | UX, "boot-image"):
         state.set_state(vp, validated, PageState.VALIDATED)
@@ -474,7 +485,7 @@ def phase1(sk: SecureKernel, vp: Cpu) -> None:
         "enabled",
         mbec=mbec(sk, vp),
         code_pages=len(validated),
-        vtl0_pages=len(ordinary) + len(validated),
+        vtl0_pages=ordinary_count + len(validated),
     )
 
 
