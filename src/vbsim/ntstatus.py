@@ -47,6 +47,9 @@ class NtStatus(IntEnum):
 
 
 class BugCheck(IntEnum):
+    #: Bug check 0x1A (MS Learn bug check code reference); MmProtectDriverSection raises it with
+    #: type 0x1100 for an address in no loaded driver image (MS Learn, MmProtectDriverSection).
+    MEMORY_MANAGEMENT = 0x1A
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
