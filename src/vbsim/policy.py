@@ -76,6 +76,15 @@ class Policy:
     #: later, same Learn page); False only models a build before KDP (legacy-2019).
     kdp: bool = True
     hvpt: bool = False
+    #: HyperGuard (Secure Kernel Patch Guard): the SK's secure intercepts on VTL0 writes to
+    #: control registers, MSRs and descriptor tables (vbs-internals §5.7).  What the record
+    #: supports: it is part of the Secure Kernel on every VBS system described (WI7-P2
+    #: "HyperGuard": it starts with SKCI at PHASE3_INIT); NT hands it the MSR and control-register
+    #: extents (types 0x1003, 0x1006, 0x100C) and SkpgConnect installs the intercepts on every
+    #: processor by IPI (SkpgxInstallIntercepts; Shafir, "HyperGuard" parts 1-3,
+    #: windows-internals.com 2022).  No public VBS configuration runs without it; the switch lets
+    #: a study isolate it (A4 follows it).
+    hyperguard: bool = True
     kernel_dma_protection: bool = False
     mbec: bool = True
     uefi_lock: bool = False
@@ -118,6 +127,7 @@ _BOOL_FIELDS = (
     "credential_guard",
     "kdp",
     "hvpt",
+    "hyperguard",
     "kernel_dma_protection",
     "mbec",
     "uefi_lock",
@@ -331,6 +341,10 @@ def load(path: str | Path) -> Policy:
 
 
 # -- presets (issue 5's list; hardened per MS-MemInt and vbs-internals §1.4, §6 A15-A17) --------
+# HyperGuard is on in every preset with VBS, legacy-2019 included: WI7-P2 describes it as part of
+# the Secure Kernel's startup (PHASE3_INIT) with no switch of its own, Shafir (2022) shows
+# SkpgConnect running once NT finishes initialising, and the 2019-era Secure Kernel already had it
+# (Amar & King, Black Hat 2020, hijacked its SkpgContext callback).
 _CURRENT = {name: Component() for name in COMPONENTS}
 _FLOORS = {
     "securekernel.exe": Floor(min_version="10.0.26100.2314", min_svn=7),
@@ -346,6 +360,7 @@ PRESETS: dict[str, Policy] = {
         vbs=False,
         credential_guard=False,
         kdp=False,  # KDP is a VSM service: nothing to run it without VBS
+        hyperguard=False,  # HyperGuard lives in the Secure Kernel (WI7-P2): none without VBS
     ),
     # KDP needs VBS only (MS Learn MmProtectDriverSection; MS-KDP blog 2020-07-08): on in every
     # preset where VBS runs on a 20H1+ build.
