@@ -89,6 +89,7 @@ def test_scenarios_are_in_the_catalogue_with_an_expectation_for_every_preset() -
         "A6",
         "A6-KDP",
         "A8",
+        "A8-UNDO",
         "A9",
         "A13",
         "A14",
@@ -112,6 +113,7 @@ DECIDING: dict[tuple[str, tuple[str, ...]], str] = {
     # KDP needs VBS only (MS Learn MmProtectDriverSection), so vbs blocks it as HVCI does.
     ("A6-KDP", ("vbs", *HVCI)): "slat",
     ("A8", tuple(CHECKED)): "securecall.mdl",
+    ("A8-UNDO", tuple(CHECKED)): "securecall.mdl",
     ("A14", tuple(VBS_PRESETS)): "slat",
     ("A14-PHYS", ("hardened",)): "iommu",
     ("A14-PHYS-VTL1", ("vbs", "vbs-hvci", "legacy-2019")): "slat",
@@ -381,6 +383,37 @@ def test_a8_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:
     legacy = Legacy(unchecked_securecall_params=True)
     result, _ = run(mcd.A8, preset_variant("vbs", legacy=legacy))
     assert result.outcome == Outcome.SUCCEEDED
+
+
+def test_a8_undo_the_fixed_sk_refuses_the_short_transfer_mdl() -> None:
+    """CVE-2020-0917's check: ByteCount must cover the undo table; nothing reaches SK memory."""
+    for preset in CHECKED:
+        _, ctx = _run("A8-UNDO", preset)
+        [refused] = _events(ctx, "securecall", "securecall.mdl", "refused")
+        assert refused.detail["reason"] == "byte-count"
+        assert not _events(ctx, "securecall", "hotpatch.undo")
+        assert _ram(ctx, ctx.notes["target_gpa"], len(ctx.notes["secret"])) == ctx.notes["secret"]
+
+
+def test_a8_undo_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:
+    """Build B with the unfixed Secure Kernel: the copy takes the PFN after ByteCount's span from
+    the attacker's bytes and overwrites the SK key page (the out-of-bounds write)."""
+    legacy = Legacy(unchecked_securecall_params=True)
+    result, ctx = run(mcd.A8_UNDO, preset_variant("vbs", legacy=legacy))
+    assert result.outcome == Outcome.SUCCEEDED
+    [copied] = _events(ctx, "securecall", "hotpatch.undo", "copied")
+    assert copied.detail["checked_pages"] == 1
+    assert copied.detail["pfns"][1] == ctx.notes["target_gpa"] >> PAGE_SHIFT
+
+
+def test_a8_names_the_cve_services_and_the_class_example_as_such() -> None:
+    """Issue 11 item 12: CVE-2020-0917 is SkmmObtainHotPatchUndoTable (re-enacted by A8-UNDO),
+    CVE-2020-0918 SkmmUnmapMdl, LIVEDUMP_ADD_BUFFER the chain's write; the FILL_SECURE_ALLOCATION
+    scenario is labelled an example of the class."""
+    assert "example" in mcd.A8.title.lower() and "SkmmObtainHotPatchUndoTable" in mcd.A8.source
+    assert "SkmmUnmapMdl" in mcd.A8.source and "LIVEDUMP_ADD_BUFFER" in mcd.A8.source
+    assert "SkmmObtainHotPatchUndoTable" in mcd.A8_UNDO.source
+    assert not mcd.A8_UNDO.applicable(PRESETS["legacy-2019"])  # table A has no number for it
 
 
 def test_a9_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:

@@ -210,6 +210,7 @@ class SecureKernel:
         #: owned by one module.
         self.kdp: Any = None
         self.hvpt: Any = None
+        self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
         self.processes: dict[int, Any] = {}
         self.threads: dict[int, Any] = {}
         #: SKPROCESS object VA → the process's Python side (what the processor block's

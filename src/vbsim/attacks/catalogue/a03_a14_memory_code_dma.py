@@ -57,14 +57,14 @@ from vbsim.nt import drivers
 from vbsim.nt import kdp as ntkdp
 from vbsim.nt.drivers import IOCTL_WRITE8, VULNERABLE_DRIVER, nt_allocate_executable
 from vbsim.nt.kernel import NtKernel
-from vbsim.nt.layouts import SE_CI_CALLBACKS
+from vbsim.nt.layouts import SE_CI_CALLBACKS, mdl_bytes
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy
 from vbsim.sk.layouts import Hvci as SkHvci
 from vbsim.sk.services.allocation import MDL_BYTECOUNT_OFFSET, NORMAL_GET_PHYSICAL_PAGES
-from vbsim.sk.sscn import Service
+from vbsim.sk.sscn import Service, ServiceTable
 
 B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
 #: Blocked wherever VBS runs; meaningless without it.
@@ -519,20 +519,85 @@ def _a8_steps(ctx: AttackContext) -> None:
 
 A8 = Scenario(
     id="A8",
-    title="FILL_SECURE_ALLOCATION with an oversized MDL ByteCount / offset",
-    source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020 "
-    "(CVE-2020-0917, CVE-2020-0918); vbs-internals §6 A8",
+    title="Secure-call MDL abuse (bug-class example): FILL_SECURE_ALLOCATION with an oversized "
+    "ByteCount / offset",
+    source="vbs-internals §6 A8 (the class: 'corrupt SK memory via bad MDL lengths'). An "
+    "EXAMPLE of the class on another service, not the CVE: CVE-2020-0917 was in "
+    "SkmmObtainHotPatchUndoTable (A8-UNDO re-enacts it), CVE-2020-0918 SkmmUnmapMdl on a "
+    "controlled MDL, and the published chain wrote with LIVEDUMP_ADD_BUFFER (Amar & King, "
+    "'Breaking VSM by attacking SecureKernel', Black Hat USA 2020)",
     capability=Capability.K0,
     goal="SK memory changes: HVCI's validated-hash records behind the allocation hold a record "
     "the attacker forged (under HVCI the SK then makes the attacker's patched page executable)",
     expected=ONLY_LEGACY,
     expected_why="the fixed Secure Kernel captures the MDL and bounds ByteCount and the offset "
-    "by the allocation (and checks every PFN is VTL0's) before copying; the Secure Kernel of "
-    "2019 trusted them, so the copy ran into the SK data behind the buffer (fixed in build "
-    "18841, vbs-internals §6 A8).",
+    "by the allocation (and checks every PFN is VTL0's) before copying; the legacy-2019 Secure "
+    "Kernel trusts them like the SK of Amar & King's bugs did, so the copy runs into the SK data "
+    "behind the buffer. The model's example of the class (vbs-internals §6 A8); the CVE's own "
+    "service is A8-UNDO.",
     steps=_a8_steps,
     goal_met=sk_records_forged,
     applicable=needs_vbs,
+)
+
+
+# -- A8-UNDO: CVE-2020-0917 in its own service -----------------------------------------------------
+def _undo_table_overflow(cpu: Cpu, target_pfn: int) -> int:
+    """K0: OBTAIN_PATCH_UNDO_TABLE with a TransferMdl whose ByteCount is one page — less than the
+    undo table — describing one page of its own; the PFN slot after the array names the target
+    page (the MDL is VTL0 memory, so the attacker writes what follows it too)."""
+    nt = nt_of(cpu)
+    assert nt.vsl is not None
+    _, own = nt.alloc_kernel_page(cpu)
+    mdl = mdl_bytes([own >> PAGE_SHIFT], PAGE_SIZE) + target_pfn.to_bytes(8, "little")
+    mdl_va, mdl_gpa = nt.alloc_kernel_page(cpu)
+    cpu.write(mdl_va, mdl)
+    status, _ = nt.vsl.call(cpu, Service.OBTAIN_PATCH_UNDO_TABLE, mdl_va, mdl_gpa >> PAGE_SHIFT)
+    return status
+
+
+def needs_undo_table_service(policy: Policy) -> bool:
+    """VBS on a build whose secure-call table has OBTAIN_PATCH_UNDO_TABLE (table B only)."""
+    return policy.vbs and Service.OBTAIN_PATCH_UNDO_TABLE in ServiceTable(policy.build)
+
+
+def a8_undo_steps(ctx: AttackContext) -> None:
+    target, secret = sk_key_page(ctx)
+    ctx.notes.update(target_gpa=target, secret=secret)
+    status = ctx.kernel(_undo_table_overflow, target >> PAGE_SHIFT)
+    ctx.notes["status"] = NtStatus.name_of(status)
+
+
+def sk_key_page_overwritten(ctx: AttackContext) -> bool:
+    target, secret = ctx.notes.get("target_gpa"), ctx.notes.get("secret")
+    return (
+        target is not None
+        and isinstance(secret, bytes)
+        and (_ram(ctx, int(target), len(secret)) != secret)
+    )
+
+
+A8_UNDO = Scenario(
+    id="A8-UNDO",
+    title="CVE-2020-0917: OBTAIN_PATCH_UNDO_TABLE with a TransferMdl ByteCount smaller than the "
+    "undo table",
+    source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020: "
+    "CVE-2020-0917, an out-of-bounds write in SkmmObtainHotPatchUndoTable through an unchecked "
+    "TransferMdl->ByteCount; vbs-internals §2.4 (table B 69), §6 A8",
+    capability=Capability.K0,
+    goal="SK memory changes: the undo-table copy overwrites the Secure Kernel's key page",
+    expected={"vbs-off": N, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": N},
+    expected_why="the fixed Secure Kernel captures the TransferMdl and refuses a ByteCount "
+    "smaller than the table (and any PFN that is not VTL0's), so nothing is written; the "
+    "unfixed one (the legacy switch on build B: test_a8_undo_flip_the_legacy_switch) checked "
+    "only ByteCount's span and copied the whole table, taking the next PFN from attacker bytes. "
+    "legacy-2019's table A has no OBTAIN_PATCH_UNDO_TABLE number (vbs-internals §2.4), so the "
+    "service cannot be called there; vbs-off has no Secure Kernel. The published chain's "
+    "own write primitive, LIVEDUMP_ADD_BUFFER, and CVE-2020-0918 (SkmmUnmapMdl) are not "
+    "modelled.",
+    steps=a8_undo_steps,
+    goal_met=sk_key_page_overwritten,
+    applicable=needs_undo_table_service,
 )
 
 
@@ -765,4 +830,4 @@ A14_PHYS_VTL1 = Scenario(
     applicable=needs_vbs,
 )
 
-SCENARIOS = [A3, A3_RWX, A5, A6, A6_KDP, A8, A9, A13, A14, A14_PHYS, A14_PHYS_VTL1]
+SCENARIOS = [A3, A3_RWX, A5, A6, A6_KDP, A8, A8_UNDO, A9, A13, A14, A14_PHYS, A14_PHYS_VTL1]
