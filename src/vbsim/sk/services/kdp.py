@@ -188,7 +188,7 @@ def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     if new and not sk.set_vtl0_rights(vp, gpns, R):
         return _refuse(sk, vp, "kdp.static", "slat", NtStatus.UNSUCCESSFUL)
     st.set_owner(vp, gpns, L.Kdp.STATIC)
-    pinned = hvpt.pin(sk, vp, new, "kdp.static") if new else False
+    pinned = hvpt.pin(sk, vp, new, "kdp.static", rights=R) if new else False
     _kdp(
         sk,
         vp,
@@ -231,7 +231,7 @@ def initialize_secure_pool(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> R
     handle = sk.alloc_handle(
         SkObject(POOL_KIND, {"base_pfn": base, "pages": pages, "va": va, "next": 0})
     )
-    pinned = hvpt.pin(sk, vp, found, "kdp.securepool")
+    pinned = hvpt.pin(sk, vp, found, "kdp.securepool", rights=R)
     _kdp(sk, vp, "securepool.init", "created", handle=handle, va=va, pages=pages, hvpt=pinned)
     return Reply(NtStatus.SUCCESS, [handle])
 
