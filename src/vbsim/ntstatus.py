@@ -21,6 +21,8 @@ class NtStatus(IntEnum):
     NO_MEMORY = 0xC000_0017
     CONFLICTING_ADDRESSES = 0xC000_0018
     INVALID_SYSTEM_SERVICE = 0xC000_001C
+    #: ntstatus.h; MmProtectDriverSection: "The specified section is already protected" (MS Learn).
+    ALREADY_COMMITTED = 0xC000_0021
     ACCESS_DENIED = 0xC000_0022
     BUFFER_TOO_SMALL = 0xC000_0023
     OBJECT_TYPE_MISMATCH = 0xC000_0024

@@ -158,8 +158,9 @@ def test_protection_is_irreversible() -> None:
     system, machine, nt, vp, section = _section()
     sk = sk_of(system)
     assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
-    # Asking again changes nothing and succeeds.
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
+    # Asking again changes nothing: "already protected" (MS Learn, STATUS_ALREADY_COMMITTED).
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.ALREADY_COMMITTED
+    assert events(system, "kdp", "kdp.static")[-1].detail["reason"] == "already-protected"
     # A secure pool may not take the pages over (its initialisation would zero them).
     assert nt.vsl is not None
     status, _ = nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, section.pfns[0], 1, section.va)

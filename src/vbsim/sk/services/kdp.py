@@ -185,10 +185,14 @@ def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
         (page_va, m) for page_va, m in found if st.owner(vp, m.gpa >> PAGE_SHIFT) != L.Kdp.STATIC
     ]
     gpns = [m.gpa >> PAGE_SHIFT for _, m in new]
-    if new and not sk.set_vtl0_rights(vp, gpns, R):
+    if not new:
+        # MS Learn MmProtectDriverSection: STATUS_ALREADY_COMMITTED, "the specified section is
+        # already protected" (nothing changes: the protection is irreversible anyway).
+        return _refuse(sk, vp, "kdp.static", "already-protected", NtStatus.ALREADY_COMMITTED)
+    if not sk.set_vtl0_rights(vp, gpns, R):
         return _refuse(sk, vp, "kdp.static", "slat", NtStatus.UNSUCCESSFUL)
     st.set_owner(vp, gpns, L.Kdp.STATIC)
-    pinned = hvpt.pin(sk, vp, new, "kdp.static", rights=R) if new else False
+    pinned = hvpt.pin(sk, vp, new, "kdp.static", rights=R)
     _kdp(
         sk,
         vp,
