@@ -21,6 +21,8 @@ class NtStatus(IntEnum):
     NO_MEMORY = 0xC000_0017
     CONFLICTING_ADDRESSES = 0xC000_0018
     INVALID_SYSTEM_SERVICE = 0xC000_001C
+    #: ntstatus.h; MmProtectDriverSection: "The specified section is already protected" (MS Learn).
+    ALREADY_COMMITTED = 0xC000_0021
     ACCESS_DENIED = 0xC000_0022
     BUFFER_TOO_SMALL = 0xC000_0023
     OBJECT_TYPE_MISMATCH = 0xC000_0024
@@ -47,6 +49,9 @@ class NtStatus(IntEnum):
 
 
 class BugCheck(IntEnum):
+    #: Bug check 0x1A (MS Learn bug check code reference); MmProtectDriverSection raises it with
+    #: type 0x1100 for an address in no loaded driver image (MS Learn, MmProtectDriverSection).
+    MEMORY_MANAGEMENT = 0x1A
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50

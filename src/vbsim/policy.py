@@ -68,8 +68,23 @@ class Policy:
     vbs: bool = True
     hvci: bool = False
     credential_guard: bool = True
-    kdp: bool = False
+    #: Kernel Data Protection runs.  KDP needs only VBS: MmProtectDriverSection fails with
+    #: STATUS_INVALID_DEVICE_STATE only when "Virtual Secure Mode (VSM) is currently disabled"
+    #: (Microsoft Learn, MmProtectDriverSection), and the KDP announcement names VBS as its only
+    #: requirement (Microsoft Security Blog, "Introducing Kernel Data Protection", 2020-07-08).
+    #: So it is on wherever VBS runs on a build that has it (Windows Insider 19548 / 20H1 and
+    #: later, same Learn page); False only models a build before KDP (legacy-2019).
+    kdp: bool = True
     hvpt: bool = False
+    #: HyperGuard (Secure Kernel Patch Guard): the SK's secure intercepts on VTL0 writes to
+    #: control registers, MSRs and descriptor tables (vbs-internals §5.7).  What the record
+    #: supports: it is part of the Secure Kernel on every VBS system described (WI7-P2
+    #: "HyperGuard": it starts with SKCI at PHASE3_INIT); NT hands it the MSR and control-register
+    #: extents (types 0x1003, 0x1006, 0x100C) and SkpgConnect installs the intercepts on every
+    #: processor by IPI (SkpgxInstallIntercepts; Shafir, "HyperGuard" parts 1-3,
+    #: windows-internals.com 2022).  No public VBS configuration runs without it; the switch lets
+    #: a study isolate it (A4 follows it).
+    hyperguard: bool = True
     kernel_dma_protection: bool = False
     mbec: bool = True
     uefi_lock: bool = False
@@ -112,6 +127,7 @@ _BOOL_FIELDS = (
     "credential_guard",
     "kdp",
     "hvpt",
+    "hyperguard",
     "kernel_dma_protection",
     "mbec",
     "uefi_lock",
@@ -273,8 +289,10 @@ def differences(policy: Policy, base: Policy) -> list[str]:
     return out
 
 
-#: Settings that need VBS to mean anything (vbs-internals §0: they are VBS features).
-_NEEDS_VBS = ("hvci", "credential_guard", "kdp", "hvpt", "uefi_lock", "mandatory")
+#: Settings that need VBS to mean anything (vbs-internals §0: they are VBS features).  ``kdp`` is
+#: not among them: it says whether the build has KDP (on by default, since KDP comes with VBS on
+#: 20H1+), so ``vbs = false`` alone is no contradiction to warn about.
+_NEEDS_VBS = ("hvci", "credential_guard", "hvpt", "uefi_lock", "mandatory")
 
 
 def warnings(policy: Policy) -> list[str]:
@@ -284,8 +302,12 @@ def warnings(policy: Policy) -> list[str]:
         for key in _NEEDS_VBS:
             if getattr(policy, key, False):
                 out.append(f"{key} = true cannot take effect with vbs = false")
-    if policy.hvpt and not policy.hvci:
-        out.append("hvpt = true protects HVCI's pages; without hvci it has nothing to protect")
+    if policy.hvpt and not (policy.hvci or policy.kdp):
+        # HVPT pins KDP's pages and NT's code (vbs-internals §5.6): with KDP it has work to do.
+        out.append(
+            "hvpt = true protects HVCI's and KDP's pages; without hvci or kdp it has nothing "
+            "to protect"
+        )
     return out
 
 
@@ -319,6 +341,10 @@ def load(path: str | Path) -> Policy:
 
 
 # -- presets (issue 5's list; hardened per MS-MemInt and vbs-internals §1.4, §6 A15-A17) --------
+# HyperGuard is on in every preset with VBS, legacy-2019 included: WI7-P2 describes it as part of
+# the Secure Kernel's startup (PHASE3_INIT) with no switch of its own, Shafir (2022) shows
+# SkpgConnect running once NT finishes initialising, and the 2019-era Secure Kernel already had it
+# (Amar & King, Black Hat 2020, hijacked its SkpgContext callback).
 _CURRENT = {name: Component() for name in COMPONENTS}
 _FLOORS = {
     "securekernel.exe": Floor(min_version="10.0.26100.2314", min_svn=7),
@@ -333,8 +359,12 @@ PRESETS: dict[str, Policy] = {
         description="No hypervisor, no VTL1: NT alone.",
         vbs=False,
         credential_guard=False,
+        kdp=False,  # KDP is a VSM service: nothing to run it without VBS
+        hyperguard=False,  # HyperGuard lives in the Secure Kernel (WI7-P2): none without VBS
     ),
-    "vbs": Policy(name="vbs", description="VBS with Credential Guard."),
+    # KDP needs VBS only (MS Learn MmProtectDriverSection; MS-KDP blog 2020-07-08): on in every
+    # preset where VBS runs on a 20H1+ build.
+    "vbs": Policy(name="vbs", description="VBS with Credential Guard and KDP.", kdp=True),
     "vbs-hvci": Policy(
         name="vbs-hvci", description="VBS, Credential Guard, HVCI and KDP.", hvci=True, kdp=True
     ),
@@ -355,6 +385,9 @@ PRESETS: dict[str, Policy] = {
         name="legacy-2019",
         description="VBS as shipped before the 2019-2020 Secure Kernel fixes (CVE-2020-0917/0918).",
         build="A",
+        # Build A is the 2019-era table: MmProtectDriverSection first shipped in Windows Insider
+        # build 19548 (MS Learn, "Requirements"), KDP with 20H1 (MS-KDP blog, 2020-07-08).
+        kdp=False,
         legacy=Legacy(unchecked_securecall_params=True, securecall_double_fetch=True),
     ),
 }

@@ -89,6 +89,7 @@ def test_scenarios_are_in_the_catalogue_with_an_expectation_for_every_preset() -
         "A6",
         "A6-KDP",
         "A8",
+        "A8-UNDO",
         "A9",
         "A13",
         "A14",
@@ -105,12 +106,14 @@ def test_scenarios_are_in_the_catalogue_with_an_expectation_for_every_preset() -
 
 #: (scenario, presets) → what the verdict names as the stopper.
 DECIDING: dict[tuple[str, tuple[str, ...]], str] = {
-    # The g_CiOptions write itself fails first: CI's CiPolicy section is KDP-protected there.
-    ("A3", tuple(HVCI)): "slat",
+    # The SeCiCallbacks write lands (KDP does not cover it); SKCI refuses the unsigned image.
+    ("A3", tuple(HVCI)): "skci.signature",
     ("A3-RWX", tuple(HVCI)): "hvci.w^x",
     ("A5", ("hardened",)): "slat",
-    ("A6-KDP", tuple(HVCI)): "slat",
+    # KDP needs VBS only (MS Learn MmProtectDriverSection), so vbs blocks it as HVCI does.
+    ("A6-KDP", ("vbs", *HVCI)): "slat",
     ("A8", tuple(CHECKED)): "securecall.mdl",
+    ("A8-UNDO", tuple(CHECKED)): "securecall.mdl",
     ("A14", tuple(VBS_PRESETS)): "slat",
     ("A14-PHYS", ("hardened",)): "iommu",
     ("A14-PHYS-VTL1", ("vbs", "vbs-hvci", "legacy-2019")): "slat",
@@ -128,29 +131,38 @@ def test_deciding_mechanism(key: tuple[str, tuple[str, ...]], mechanism: str) ->
 
 
 # -- A3: the reasons, from the trace ---------------------------------------------------------------
+def _callback_target(ctx: AttackContext) -> int:
+    nt = ctx.system.nt if ctx.system else None
+    assert nt is not None
+    return int.from_bytes(mcd.reads_as(ctx, ctx.notes["callback_va"]) or b"", "little")
+
+
 @pytest.mark.parametrize("preset", NO_HVCI)
-def test_a3_dse_reads_the_zeroed_g_ci_options_and_the_rootkit_runs_in_ring_0(preset: str) -> None:
+def test_a3_the_swapped_callback_skips_ci_and_the_rootkit_runs_in_ring_0(preset: str) -> None:
+    """SeCiCallbacks.CiValidateImageHeader now names ZwFlushInstructionCache: ci.dll is never
+    asked about the rootkit (no DSE event for it), g_CiOptions still reads enforcing — under vbs
+    KDP keeps it so — and the unsigned DriverEntry runs at VTL0 CPL0."""
     _, ctx = _run("A3", preset)
-    skipped = [e for e in _events(ctx, "driver", "dse") if e.detail["driver"] == mcd.ROOTKIT]
-    assert [e.outcome for e in skipped] == ["skipped"]
-    assert skipped[0].detail["g_CiOptions"] == 0
+    nt = ctx.system.nt if ctx.system else None
+    assert nt is not None
+    assert _callback_target(ctx) == nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
+    assert not [e for e in _events(ctx, "driver", "dse") if e.detail["driver"] == mcd.ROOTKIT]
+    assert mcd.reads_as(ctx, drivers.ci_options_va(nt)) == (
+        drivers.CI_OPTIONS_ENFORCING.to_bytes(8, "little")
+    )
     assert runs(ctx, "a3") == [(0, 0)]
 
 
 @pytest.mark.parametrize("preset", HVCI)
-def test_a3_g_ci_options_is_kdp_protected_so_the_write_bugchecks(preset: str) -> None:
-    """Under HVCI (with KDP) CI's CiPolicy section is SLAT read-only: the vulnerable driver's
-    store to g_CiOptions is an EPT violation, NT bugchecks, g_CiOptions still reads enforcing,
-    and the rootkit never runs (SKCI would have refused it anyway)."""
+def test_a3_under_hvci_the_callback_swap_lands_but_skci_refuses_the_image(preset: str) -> None:
+    """SeCiCallbacks is not KDP-protected, so the store lands (no SLAT refusal, no bugcheck);
+    but under HVCI the load is SKCI's decision in VTL1, and the unsigned image gets no KX."""
     _, ctx = _run("A3", preset)
     nt = ctx.system.nt if ctx.system else None
     assert nt is not None
-    assert mcd.reads_as(ctx, drivers.ci_options_va(nt)) == (
-        drivers.CI_OPTIONS_ENFORCING.to_bytes(8, "little")
-    )
-    assert [e for e in _events(ctx, "access", "slat", "denied")]
-    assert ctx.bugchecked
-    assert runs(ctx, "a3") == []
+    assert _callback_target(ctx) == nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
+    assert not _events(ctx, "access", "slat", "denied") and not ctx.bugchecked
+    assert _events(ctx, mechanism="skci.signature", outcome="refused") and runs(ctx, "a3") == []
 
 
 @pytest.mark.parametrize("preset", HVCI)
@@ -174,8 +186,10 @@ def test_a3_rwx_without_hvci_nt_hands_out_rwx_pool(preset: str) -> None:
 
 
 # -- A5 / A6: KDP protects the GPA, HVPT the VA ----------------------------------------------------
-def test_a5_without_hvpt_the_protected_gpa_holds_but_the_va_moves() -> None:
-    _, ctx = _run("A5", "vbs-hvci")
+@pytest.mark.parametrize("preset", ["vbs", "vbs-hvci"])
+def test_a5_without_hvpt_the_protected_gpa_holds_but_the_va_moves(preset: str) -> None:
+    """KDP protects the GPA under vbs as under vbs-hvci (it needs VBS only); neither has HVPT."""
+    _, ctx = _run("A5", preset)
     assert ctx.notes["protect_status"] == "STATUS_SUCCESS"
     gpa, own = ctx.notes["variable_gpa"], ctx.notes["own_gpa"]
     assert _ram(ctx, gpa) == mcd.VICTIM_VALUE.to_bytes(8, "little")  # KDP held, physically
@@ -204,7 +218,7 @@ def test_a5_with_hvpt_the_edited_pte_is_never_used() -> None:
     assert mcd.reads_as(ctx, va) == mcd.VICTIM_VALUE.to_bytes(8, "little")
 
 
-@pytest.mark.parametrize("preset", HVCI)
+@pytest.mark.parametrize("preset", ["vbs", *HVCI])
 def test_a6_kdp_the_drivers_store_is_a_slat_refusal_on_the_protected_page(preset: str) -> None:
     _, ctx = _run("A6-KDP", preset)
     [denied] = _events(ctx, "access", "slat", "denied")
@@ -212,11 +226,14 @@ def test_a6_kdp_the_drivers_store_is_a_slat_refusal_on_the_protected_page(preset
     assert ctx.bugchecked
 
 
-@pytest.mark.parametrize("preset", ["vbs", "legacy-2019"])
-def test_a6_kdp_without_kdp_the_protection_request_fails(preset: str) -> None:
-    _, ctx = _run("A6-KDP", preset)
-    assert ctx.notes["protect_status"] == "STATUS_INVALID_DEVICE_STATE"
+def test_a6_kdp_without_kdp_the_protection_request_fails() -> None:
+    """A 2019 Secure Kernel has no KDP (STATUS_NOT_SUPPORTED); without VSM NT answers
+    STATUS_INVALID_DEVICE_STATE itself, the only case MS Learn gives that status for."""
+    _, ctx = _run("A6-KDP", "legacy-2019")
+    assert ctx.notes["protect_status"] == "STATUS_NOT_SUPPORTED"
     assert [e.outcome for e in _events(ctx, "kdp", "kdp.policy")] == ["disabled"]
+    _, ctx = _run("A6-KDP", "vbs-off")
+    assert ctx.notes["protect_status"] == "STATUS_INVALID_DEVICE_STATE"
 
 
 # -- A8 / A9: secure-call parameters ---------------------------------------------------------------
@@ -337,12 +354,12 @@ def test_a14_phys_external_device_reaches_vtl0_but_not_vtl1(preset: str) -> None
 
 # -- the verdict is the goal's: flip the mechanism, the outcome follows ------------------------
 def test_a3_flip_hvci(preset_variant: Callable[..., str]) -> None:
-    # HVCI off alone is not enough: KDP still protects CI's CiPolicy (g_CiOptions) ...
+    # HVCI is what stops it: off, the SeCiCallbacks swap works although KDP still runs ...
     result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False))
-    assert result.outcome == Outcome.BLOCKED and result.mechanism == "slat"
-    # ... without KDP as well, the DSE disable works.
-    result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False, kdp=False))
-    assert result.outcome == Outcome.SUCCEEDED and runs(ctx, "a3") == [(0, 0)]
+    assert ctx.policy.kdp and result.outcome == Outcome.SUCCEEDED and runs(ctx, "a3") == [(0, 0)]
+    # ... and on, the same steps on the vbs preset are refused by SKCI.
+    result, ctx = run(mcd.A3, preset_variant("vbs", hvci=True))
+    assert result.outcome == Outcome.BLOCKED and result.mechanism == "skci.signature"
     result, _ = run(mcd.A3_RWX, preset_variant("legacy-2019", hvci=True))
     assert result.outcome == Outcome.BLOCKED and result.mechanism == "hvci.w^x"
 
@@ -356,7 +373,9 @@ def test_a5_flip_hvpt(preset_variant: Callable[..., str]) -> None:
 def test_a6_kdp_flip_kdp(preset_variant: Callable[..., str]) -> None:
     result, _ = run(mcd.A6_KDP, preset_variant("vbs-hvci", kdp=False))
     assert result.outcome == Outcome.SUCCEEDED
-    result, _ = run(mcd.A6_KDP, preset_variant("vbs", kdp=True))
+    result, _ = run(mcd.A6_KDP, preset_variant("vbs", kdp=False))
+    assert result.outcome == Outcome.SUCCEEDED
+    result, _ = run(mcd.A6_KDP, preset_variant("legacy-2019", kdp=True))
     assert result.outcome == Outcome.BLOCKED and result.mechanism == "slat"
 
 
@@ -364,6 +383,37 @@ def test_a8_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:
     legacy = Legacy(unchecked_securecall_params=True)
     result, _ = run(mcd.A8, preset_variant("vbs", legacy=legacy))
     assert result.outcome == Outcome.SUCCEEDED
+
+
+def test_a8_undo_the_fixed_sk_refuses_the_short_transfer_mdl() -> None:
+    """CVE-2020-0917's check: ByteCount must cover the undo table; nothing reaches SK memory."""
+    for preset in CHECKED:
+        _, ctx = _run("A8-UNDO", preset)
+        [refused] = _events(ctx, "securecall", "securecall.mdl", "refused")
+        assert refused.detail["reason"] == "byte-count"
+        assert not _events(ctx, "securecall", "hotpatch.undo")
+        assert _ram(ctx, ctx.notes["target_gpa"], len(ctx.notes["secret"])) == ctx.notes["secret"]
+
+
+def test_a8_undo_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:
+    """Build B with the unfixed Secure Kernel: the copy takes the PFN after ByteCount's span from
+    the attacker's bytes and overwrites the SK key page (the out-of-bounds write)."""
+    legacy = Legacy(unchecked_securecall_params=True)
+    result, ctx = run(mcd.A8_UNDO, preset_variant("vbs", legacy=legacy))
+    assert result.outcome == Outcome.SUCCEEDED
+    [copied] = _events(ctx, "securecall", "hotpatch.undo", "copied")
+    assert copied.detail["checked_pages"] == 1
+    assert copied.detail["pfns"][1] == ctx.notes["target_gpa"] >> PAGE_SHIFT
+
+
+def test_a8_names_the_cve_services_and_the_class_example_as_such() -> None:
+    """Issue 11 item 12: CVE-2020-0917 is SkmmObtainHotPatchUndoTable (re-enacted by A8-UNDO),
+    CVE-2020-0918 SkmmUnmapMdl, LIVEDUMP_ADD_BUFFER the chain's write; the FILL_SECURE_ALLOCATION
+    scenario is labelled an example of the class."""
+    assert "example" in mcd.A8.title.lower() and "SkmmObtainHotPatchUndoTable" in mcd.A8.source
+    assert "SkmmUnmapMdl" in mcd.A8.source and "LIVEDUMP_ADD_BUFFER" in mcd.A8.source
+    assert "SkmmObtainHotPatchUndoTable" in mcd.A8_UNDO.source
+    assert not mcd.A8_UNDO.applicable(PRESETS["legacy-2019"])  # table A has no number for it
 
 
 def test_a9_flip_the_legacy_switch(preset_variant: Callable[..., str]) -> None:

@@ -105,7 +105,36 @@ def test_the_vulnerable_driver_reads_kernel_memory_for_anyone_who_asks() -> None
     assert (status, value) == (NtStatus.SUCCESS, drivers.CI_OPTIONS_ENFORCING)
 
 
-@pytest.mark.parametrize("name", ["vbs", "vbs-off"])
+def test_under_vbs_kdp_protects_g_ci_options_so_the_write_bugchecks() -> None:
+    """KDP needs VBS only: CI's CiPolicy section is read-only under vbs (no HVCI) as well, so the
+    classic DSE-disable store is an EPT violation and g_CiOptions stays enforcing."""
+    env = make_env("vbs")
+    ci = drivers.ci_options_va(env.nt)
+    with pytest.raises(Bugcheck):
+        env.k0_write(ci, 0)
+    assert env.system.machine is not None
+    gpa = env.nt.kdp_client.sections[drivers.CI_POLICY_SECTION].gpa if env.nt.kdp_client else 0
+    assert env.system.machine.ram.read_u64(gpa) == drivers.CI_OPTIONS_ENFORCING
+
+
+def test_under_vbs_the_unprotected_se_ci_callbacks_swap_loads_an_unsigned_driver() -> None:
+    """What still works under VBS without HVCI (Fortinet 2022; helz.dev 2025): point
+    SeCiCallbacks.CiValidateImageHeader, in ntoskrnl's unprotected .data, at a routine that
+    returns STATUS_SUCCESS; ci.dll is never asked."""
+    from vbsim.nt.layouts import SE_CI_CALLBACKS
+
+    env = make_env("vbs")
+    callback = drivers.se_ci_callbacks_va(env.nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset
+    always_ok = env.nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
+    assert env.k0_write(callback, always_ok) == NtStatus.SUCCESS
+    before = entry_runs(UNSIGNED_DRIVER)
+    dse_before = len(env.events("driver", "dse"))
+    assert env.load(UNSIGNED_DRIVER) == NtStatus.SUCCESS
+    assert entry_runs(UNSIGNED_DRIVER) == before + 1
+    assert len(env.events("driver", "dse")) == dse_before
+
+
+@pytest.mark.parametrize("name", ["vbs-off", "legacy-2019"])
 def test_zeroing_g_ci_options_lets_an_unsigned_driver_load_and_run(name: str) -> None:
     env = make_env(name)
     ci = drivers.ci_options_va(env.nt)
@@ -242,21 +271,45 @@ def test_hvci_never_gives_back_rights_kdp_took() -> None:
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
     pfn = driver.pfns[index]
     assert env.rights(pfn) == R | W
-    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096, 4096)
+    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096)
     assert status == NtStatus.SUCCESS and env.rights(pfn) == R
+    # Size 0 is the whole section (MS Learn: Size "should be set to 0"): all its data pages.
+    data = [i for i in range(1, len(driver.pfns)) if i not in driver.code_pages]
+    assert all(env.rights(driver.pfns[i]) == R for i in data)
     assert drivers.unload_driver(env.nt, env.vp.cpu, SAMPLE_DRIVER) == NtStatus.SUCCESS
     assert env.rights(pfn) == R  # still KDP's
     assert env.events("hvci", "hvci.kdp")[-1].outcome == "kept-read-only"
     assert wkx_pages(env.system) == []
 
 
-def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
+def test_mm_protect_driver_section_takes_no_size() -> None:
+    """MS Learn MmProtectDriverSection: Size "is currently reserved for future usage and should
+    be set to 0"; "a non-zero size" is STATUS_INVALID_PARAMETER and nothing is protected."""
     from vbsim.nt import kdp
+
+    env = make_env("vbs-hvci")
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    driver = env.nt.drivers[SAMPLE_DRIVER]
+    assert isinstance(driver, drivers.LoadedDriver)
+    index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
+    va = driver.base + index * 4096
+    for size in (1, 8, 4096):
+        status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, va, size)
+        assert status == NtStatus.INVALID_PARAMETER, size
+    assert env.rights(driver.pfns[index]) == R | W
+    assert kdp.mm_protect_driver_section(env.nt, env.vp.cpu, va) == NtStatus.SUCCESS
+    assert env.rights(driver.pfns[index]) == R
+
+
+def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
 
     env, driver, handle = _create_and_map()
     assert env.nt.vsl is not None
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
-    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096, 4096)
+    # The image is mapped, not yet loaded (MmProtectDriverSection knows only loaded images):
+    # a K0 caller issues the static-KDP secure call for the page itself.
+    va = driver.base + index * 4096
+    status, _ = env.nt.vsl.call(env.vp.cpu, Service.PROTECT_KERNEL_DATA_PAGE, va, 1, 0)
     assert status == NtStatus.SUCCESS
     assert (
         drivers._validate_mapped(env.nt, env.vp.cpu, driver, handle) == NtStatus.INVALID_PARAMETER

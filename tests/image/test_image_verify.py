@@ -344,10 +344,15 @@ def test_missing_eku(pki: Pki, unsigned_trustlet: bytes) -> None:
 
 
 def test_signing_level_too_low(pki: Pki, unsigned_trustlet: bytes) -> None:
-    # IUM EKU present, but no Windows System Component Verification: level 4, not 12.
+    # IUM EKU present, but no Windows System Component Verification: level 4, not 12.  The
+    # trustlet requirement names WSCV itself (issue 11 item 14), so it is a missing EKU there;
+    # a requirement of IUM alone at level 12 shows the level check.
     signer = pki.make_leaf([EKU_CODE_SIGNING, EKU_IUM])
     signed = sign_image(unsigned_trustlet, signer)
     result = verify_image(signed, pki.trust_store(), requirement=TRUSTLET)
+    assert result.failure is Failure.MISSING_EKU and EKU_WINDOWS_SYSTEM_COMPONENT in result.detail
+    ium_at_12 = SigningRequirement(frozenset({EKU_IUM}), SigningLevel.WINDOWS)
+    result = verify_image(signed, pki.trust_store(), requirement=ium_at_12)
     assert result.failure is Failure.SIGNING_LEVEL_TOO_LOW
     assert result.signing_level is SigningLevel.AUTHENTICODE
 

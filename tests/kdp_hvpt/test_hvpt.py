@@ -182,3 +182,68 @@ def test_a5_code_remap_is_ignored_with_hvpt() -> None:
     assert hvpt.protected_va(sk_of(system), target)
     assert vp.fetch(target) is not _payload
     assert target >= CODE_BASE and not _RAN
+
+
+# -- issue 11 item 8: HVPT through hvdef's surface -------------------------------------------------
+def test_hvpt_is_enabled_through_the_hvdef_surface() -> None:
+    """The loader enabled VTL1 with enable_hardware_hvpt, and every VP's VTL0 secure config holds
+    hardware_hvpt_enabled (set by VTL1), alongside MBEC's bit; HLAT is on for each."""
+    from vbsim.hv import defs
+
+    system = booted("hardened")
+    machine, _nt, _vp = parts(system)
+    hv = machine.hv
+    assert hv is not None and hv.partition.hvpt_vtls == 1 << 1
+    for vp in machine.vps:
+        config = hv.states[vp.index][1].secure_config.get(0, 0)
+        assert defs.SECCFG_HW_HVPT_ENABLED.extract(config), vp.index
+        assert defs.SECCFG_MBEC_ENABLED.extract(config), vp.index
+        layer = vp.layers[0]
+        assert layer is not None and layer.hlat is not None, vp.index
+    assert not [e for e in events(system, "hvpt", "hvpt") if e.outcome == "reload-failed"]
+
+
+def test_without_the_hardware_hvpt_capability_there_is_no_hvpt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HvRegisterVsmCapabilities without hardware_hvpt_available: the loader does not ask for it,
+    the SK runs no HVPT, and A5's remap works under hardened as under vbs-hvci."""
+    from vbsim.hv.hypervisor import Hypervisor
+
+    original = Hypervisor.__init__
+
+    def without_hvpt(self: Hypervisor, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.hvpt_available = False
+
+    monkeypatch.setattr(Hypervisor, "__init__", without_hvpt)
+    system = booted("hardened")
+    machine, nt, vp = parts(system)
+    assert machine.hv is not None and machine.hv.partition.hvpt_vtls == 0
+    assert [e.outcome for e in events(system, "hvpt", "hvpt")] == ["unavailable"]
+    section = kdp.load_data_section(nt, vp.cpu, "drv.config", 1, VALUE.to_bytes(8, "little"))
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
+    _forged_va, forged_pfn = kernel_page(nt, vp, FORGED.to_bytes(8, "little"))
+    remap(nt, vp, section.va, forged_pfn << PAGE_SHIFT, RWNX)
+    assert vp.read_u64(section.va) == FORGED
+
+
+def test_clearing_hardware_hvpt_enabled_turns_hlat_off() -> None:
+    """The hvdef bit is the switch: VTL1 clearing it on a VP drops that VP's HLAT translation."""
+    system, _machine, nt, vp, section = _protected("hardened")
+    sk = sk_of(system)
+    from vbsim.hv.defs import HvRegisterName
+
+    name = int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0)
+    previous = vp.vtl
+    vp.switch_vtl(1)
+    try:
+        result = hvcall.set_vp_registers(vp.cpu, sk.params, [(name, 0)])
+    finally:
+        vp.switch_vtl(previous)
+    assert result.ok
+    layer = vp.layers[0]
+    assert layer is not None and layer.hlat is None
+    _forged_va, forged_pfn = kernel_page(nt, vp, FORGED.to_bytes(8, "little"))
+    remap(nt, vp, section.va, forged_pfn << PAGE_SHIFT, RWNX)
+    assert vp.read_u64(section.va) == FORGED  # NT's edited tables decide again

@@ -67,13 +67,49 @@ def test_build_a_uses_register_protected_page() -> None:
         vp.write_u64(section.va, 0)
 
 
-@pytest.mark.parametrize("name", ["vbs", "legacy-2019"])
-def test_without_kdp_in_policy_invalid_device_state(name: str) -> None:
-    system, machine, nt, vp, section = _section(name)
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.INVALID_DEVICE_STATE
+def test_kdp_needs_vbs_only() -> None:
+    """The vbs preset (no HVCI) protects the section: MS Learn gives STATUS_INVALID_DEVICE_STATE
+    only for "VSM is currently disabled", and the KDP announcement names VBS as the requirement."""
+    system, machine, nt, vp, section = _section("vbs")
+    assert not system.policy.hvci
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
+    assert machine.slat is not None and machine.slat.rights(0, section.pfns[0]) == R
+    with pytest.raises(Bugcheck):
+        vp.write_u64(section.va, 0)
+    assert machine.ram.read_u64(section.gpa) == VALUE
+
+
+@pytest.mark.parametrize(("name", "changes"), [("legacy-2019", {}), ("vbs", {"kdp": False})])
+def test_a_build_without_kdp_is_not_supported(name: str, changes: dict[str, bool]) -> None:
+    """VSM runs but the Secure Kernel predates KDP: not STATUS_INVALID_DEVICE_STATE (that is for
+    VSM disabled), the SK has no such service."""
+    system, machine, nt, vp, section = _section(name, **changes)
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.NOT_SUPPORTED
     assert events(system, "kdp", "kdp.policy")[-1].outcome == "disabled"
     vp.write_u64(section.va, 0)  # nothing protects it
     assert machine.ram.read_u64(section.gpa) == 0
+
+
+def test_a_non_zero_size_is_invalid_parameter() -> None:
+    """MS Learn: Size "should be set to 0"; "a non-zero size" → STATUS_INVALID_PARAMETER."""
+    system, machine, nt, vp, section = _section()
+    for size in (1, 8, PAGE_SIZE, section.size):
+        assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va, size) == (
+            NtStatus.INVALID_PARAMETER
+        )
+    assert machine.slat is not None and machine.slat.rights(0, section.pfns[0]) != R
+    # The SK was never asked about this section (CI's CiPolicy, protected at boot, is another).
+    assert not [e for e in events(system, "kdp", "kdp.static") if e.detail["va"] == section.va]
+
+
+def test_an_address_in_no_driver_image_bugchecks() -> None:
+    """MS Learn: an address "that does not belong to any loaded driver image" crashes the system
+    with MEMORY_MANAGEMENT (type 0x1100)."""
+    _system, _machine, nt, vp, section = _section()
+    with pytest.raises(Bugcheck) as stop:
+        kdp.mm_protect_driver_section(nt, vp.cpu, section.va + section.size)  # the guard page
+    assert stop.value.code == BugCheck.MEMORY_MANAGEMENT == 0x1A
+    assert stop.value.params[:1] == (0x1100,)
 
 
 def test_without_vbs_invalid_device_state() -> None:
@@ -87,8 +123,9 @@ def test_without_vbs_invalid_device_state() -> None:
 def test_executable_section_is_refused(name: str) -> None:
     system, machine, nt, vp, _ = _section(name)
     assert machine.slat is not None
+    assert nt.vsl is not None
     before = machine.slat.rights(0, nt.space.code_pages[0])
-    status = kdp.mm_protect_driver_section(nt, vp.cpu, CODE_BASE, PAGE_SIZE)
+    status, _ = nt.vsl.call(vp.cpu, Service.PROTECT_KERNEL_DATA_PAGE, CODE_BASE, 1, 0)
     assert status == NtStatus.INVALID_PAGE_PROTECTION
     assert machine.slat.rights(0, nt.space.code_pages[0]) == before
     assert events(system, "kdp", "kdp.static")[-1].detail["reason"] == "executable"
@@ -98,13 +135,14 @@ def test_sk_memory_and_bad_ranges_are_refused() -> None:
     system, machine, nt, vp, section = _section()
     sk = sk_of(system)
     sk_page_va = 0xFFFF_8000_0000_0000 + sk.params.in_gpa  # NT's direct-map view of an SK page
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, sk_page_va, 8) == NtStatus.INVALID_PARAMETER
     user_va = 0x0000_0000_1000_0000
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, user_va, 8) == NtStatus.INVALID_PARAMETER
     unmapped = section.va + section.size  # the guard page after the section
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, unmapped, 8) == NtStatus.INVALID_PARAMETER
     assert nt.vsl is not None
+    # What a K0 caller of the secure call itself gets (NT's API never passes these).
     for fields in (
+        [sk_page_va, 1, 0],
+        [user_va, 1, 0],
+        [unmapped, 1, 0],
         [section.va, 0, 0],  # no pages
         [section.va, 1 << 20, 0],  # too many
         [section.va + 8, 1, 0],  # not page aligned
@@ -120,8 +158,9 @@ def test_protection_is_irreversible() -> None:
     system, machine, nt, vp, section = _section()
     sk = sk_of(system)
     assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
-    # Asking again changes nothing and succeeds.
-    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.SUCCESS
+    # Asking again changes nothing: "already protected" (MS Learn, STATUS_ALREADY_COMMITTED).
+    assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == NtStatus.ALREADY_COMMITTED
+    assert events(system, "kdp", "kdp.static")[-1].detail["reason"] == "already-protected"
     # A secure pool may not take the pages over (its initialisation would zero them).
     assert nt.vsl is not None
     status, _ = nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, section.pfns[0], 1, section.va)

@@ -173,7 +173,8 @@ def test_pool_pages_are_validated() -> None:
 
 def test_secure_pool_needs_kdp_and_build_b() -> None:
     for name, changes, status in (
-        ("vbs", {}, NtStatus.INVALID_DEVICE_STATE),  # KDP off in the policy
+        ("vbs", {}, NtStatus.SUCCESS),  # KDP needs VBS only (MS Learn, MS-KDP 2020)
+        ("vbs", {"kdp": False}, NtStatus.NOT_SUPPORTED),  # a Secure Kernel without KDP
         ("legacy-2019", {"kdp": True}, NtStatus.NOT_SUPPORTED),  # build A: no such number
         ("vbs-off", {}, NtStatus.INVALID_DEVICE_STATE),  # no VBS at all
     ):

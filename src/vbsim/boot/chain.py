@@ -282,6 +282,16 @@ def _enter_secure_kernel(system: System, sk: SecureKernel, nt: NtKernel) -> None
     flags = int(defs.HvEnablePartitionVtlFlags.ENABLE_MBEC) if system.policy.mbec or emulated else 0
     if emulated:
         _step(system, "restricted-user-mode", "emulating-mbec")
+    if system.policy.hvpt:
+        # HVPT through hvdef's surface (issue 11 item 8): EnablePartitionVtlFlags
+        # .enable_hardware_hvpt, only where HvRegisterVsmCapabilities.hardware_hvpt_available.
+        got, caps = hvcall.get_vp_registers(
+            vp.cpu, params, [int(defs.HvRegisterName.VSM_CAPABILITIES)]
+        )
+        if got.ok and caps and defs.CAP_HW_HVPT_AVAILABLE.extract(caps[0]):
+            flags |= int(defs.HvEnablePartitionVtlFlags.ENABLE_HARDWARE_HVPT)
+        else:
+            _step(system, "hardware-hvpt", "unavailable")
     result = hvcall.enable_partition_vtl(vp.cpu, params, 1, flags)
     _step(system, "enable-partition-vtl", result.status_name.lower())
     result = hvcall.enable_vp_vtl(vp.cpu, params, 1, sk.context())

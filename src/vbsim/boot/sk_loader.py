@@ -37,6 +37,7 @@ def sk_config(policy: Policy, processors: int, ram_pages: int) -> tuple[tuple[Fi
         (Config.VPS, processors),
         (Config.RAM_PAGES, ram_pages),
         (Config.VTL0_DEFAULT_MASK, 0xB if policy.hvci else 0xF),
+        (Config.HYPERGUARD, int(policy.hyperguard)),
     )
 
 

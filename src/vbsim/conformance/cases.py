@@ -143,6 +143,40 @@ def mbec_status() -> None:
         env.close()
 
 
+@case("hvpt-surface", "vsm status", "OpenVMM vm/hv1/hvdef HVPT fields; hardware_cvm/mod.rs")
+def hvpt_surface() -> None:
+    """HVPT goes through hvdef's published surface (issue 11 item 8): the capability bits, the
+    EnablePartitionVtl flag, and HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled, which the
+    hypervisor refuses for a VTL enabled without the flag (as OpenHCL does) — and without which
+    the model's HLAT-root register is refused too (the bit is the switch, the register only says
+    where the tables are)."""
+    from vbsim.hw import hlat
+
+    env = partition()  # VTL1 enabled with EnableMbec only
+    try:
+        caps = _get(env, HvRegisterName.VSM_CAPABILITIES)
+        expect(bool(defs.CAP_HW_HVPT_AVAILABLE.extract(caps)), "HardwareHvptAvailable reported")
+        expect(defs.CAP_HW_HVPT_RANGE_BITS.extract(caps) > 0, "HardwareHvptRangeBits non-zero")
+        with as_vtl(env.vp, 1) as vp:
+            pages = env.monitor.params
+            config = defs.SECCFG_HW_HVPT_ENABLED.mask
+            result = hvcall.set_vp_registers(
+                vp.cpu, pages, [(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0, config)]
+            )
+            expect_status(
+                result, HvStatus.INVALID_REGISTER_VALUE, "HardwareHvptEnabled without the flag"
+            )
+            control = hlat.CONTROL_ENABLE | 1 << hlat.CONTROL_PREFIX_SHIFT | pages.in_gpa
+            result = hvcall.set_vp_registers(
+                vp.cpu, pages, [(hlat.HV_REGISTER_MODEL_HLAT_CONTROL, control)], target_vtl=0
+            )
+            expect_status(result, HvStatus.INVALID_VTL_STATE, "HLAT root without HVPT enabled")
+            layer = env.vp.layers[0]
+            expect(layer is not None and layer.hlat is None, "VTL0 translates without HLAT")
+    finally:
+        env.close()
+
+
 # -- EnablePartitionVtl / EnableVpVtl negative cases --------------------------------------------
 @case("enable-partition-vtl-neg", "enable", f"{KUT} test_vsm_enable_partition_vtl_negative")
 def enable_partition_vtl_negative() -> None:

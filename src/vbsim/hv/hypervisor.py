@@ -44,9 +44,10 @@ _CALL_CODE_MASK = defs.INPUT_CALL_CODE.mask
 _ACCESS_VSM = int(defs.HvPartitionPrivilege.ACCESS_VSM)
 #: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
 CPUID_FEATURES = 0x4000_0003
-#: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers the canonical lower
-#: half of a 48-bit address space (bits 46:0 → 47 bits of VA protected by HVPT).  A model choice:
-#: no public source gives the value real hardware reports.
+#: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers one canonical half of
+#: a 48-bit address space (47 bits of VA), the kernel half with HLAT prefix size 1 as the Secure
+#: Kernel programs it (vbsim.sk.hvpt).  A model choice: no public source gives the value real
+#: hardware reports.
 HVPT_RANGE_BITS = 47
 
 

@@ -23,14 +23,18 @@ Guest page-table edits by VTL0 therefore change nothing for a protected address:
 reads them.  The hook in :meth:`vbsim.hw.paging.PagingLayer.walk` costs one attribute test when
 HLAT is off.
 
-Programming interface — **a model stand-in**: the TLFS interface through which the Secure Kernel
-asks Hyper-V for HLAT is not public (vbs-internals §5.6).  The model exposes the three VMCS
-fields (tertiary control "enable HLAT", HLATP at VMCS encoding 0x2040, HLAT prefix size at 0x0006)
-as one synthetic VSM register, :data:`HV_REGISTER_MODEL_HLAT_CONTROL`, set with
-HvCallSetVpRegisters by a *higher* VTL for a lower VTL of any VP (as
-HvRegisterVsmVpSecureConfigVtlN is).  Writing it (even with the same value) drops that VP's TLB
-for the target VTL, as a hypervisor does after changing HLATP (INVVPID): the Secure Kernel
-rewrites it after editing its HLAT tables.
+Programming interface.  HVPT is switched on through the published hvdef surface (OpenVMM
+``vm/hv1/hvdef``): the capability ``HvRegisterVsmCapabilities.hardware_hvpt_available`` (with
+``hardware_hvpt_range_bits``), ``EnablePartitionVtlFlags.enable_hardware_hvpt`` when VTL1 is
+enabled, and per VP ``HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled`` for the protected
+VTL; the GPA flags ``paging_writability`` / ``verify_paging_writability`` mark the HLAT tables
+and the pages they protect.  What hvdef names nowhere is where the HLAT paging structures are
+(the VMCS HLATP at encoding 0x2040 and the prefix size at 0x0006): only for that the model keeps
+**a stand-in**, :data:`HV_REGISTER_MODEL_HLAT_CONTROL`, set with HvCallSetVpRegisters by a
+*higher* VTL for a lower VTL of any VP, and accepted only while that VP's
+``hardware_hvpt_enabled`` is set for the lower VTL (clearing the bit turns HLAT off). Writing it
+(even with the same value) drops that VP's TLB for the target VTL, as a hypervisor does after
+changing HLATP (INVVPID): the Secure Kernel rewrites it after editing its HLAT tables.
 """
 
 from __future__ import annotations
@@ -122,6 +126,14 @@ def decode_control(value: int) -> Hlat | None:
 
 
 # -- the hypervisor's side: the synthetic register (see the module docstring) -------------------
+def hvpt_enabled(a: RegisterAccess, vtl: int) -> bool:
+    """Whether the caller set ``hardware_hvpt_enabled`` in this VP's secure config for ``vtl``."""
+    from vbsim.hv.defs import SECCFG_HW_HVPT_ENABLED
+
+    config = a.hv.states[a.vp.index][a.caller_vtl].secure_config.get(vtl, 0)
+    return bool(SECCFG_HW_HVPT_ENABLED.extract(config))
+
+
 def get_control(a: RegisterAccess) -> int | HvStatus:
     from vbsim.hv.defs import HvStatus
 
@@ -148,6 +160,10 @@ def set_control(a: RegisterAccess, value: int) -> HvStatus:
         hlat.prefix_size > MAX_PREFIX_SIZE or hlat.root + PAGE_MASK >= a.hv.ram.size
     ):
         return HvStatus.INVALID_REGISTER_VALUE
+    if hlat is not None and not hvpt_enabled(a, a.vtl):
+        # hvdef HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled is the switch; the model's
+        # register only says where the tables are.
+        return HvStatus.INVALID_VTL_STATE
     layer.hlat = hlat
     a.vp.tlbs[a.vtl].flush_all()
     if a.hv.trace.on:

@@ -57,13 +57,16 @@ class SigningRequirement:
     min_level: SigningLevel = SigningLevel.AUTHENTICODE
 
 
-#: Per-kind requirements.  Trustlets: IUM EKU at level 12 (§3.4, App. A item 6).  Hypervisor,
+#: Per-kind requirements.  Trustlets: the two EKUs the public descriptions name — IUM and Windows
+#: System Component Verification — at signing level 12 (Ionescu, "Battle of SKM and IUM", Black
+#: Hat 2015; vbs-internals §3.4, App. A item 6).  Code signing is not among them: the record does
+#: not ask for it, so a trustlet signer need not carry it (issue 11 item 14).  Hypervisor,
 #: Secure Kernel and NT kernel are Microsoft-signed components (§1.1 rows 5, 6, 8; §1.2): level
 #: 12 in the model.  Drivers need any trusted code-signing signer and applications nothing
 #: (model choices).
 REQUIREMENTS: dict[ImageKind, SigningRequirement | None] = {
     ImageKind.TRUSTLET: SigningRequirement(
-        frozenset({EKU_CODE_SIGNING, EKU_IUM}), SigningLevel.WINDOWS
+        frozenset({EKU_IUM, EKU_WINDOWS_SYSTEM_COMPONENT}), SigningLevel.WINDOWS
     ),
     ImageKind.HYPERVISOR: SigningRequirement(min_level=SigningLevel.WINDOWS),
     ImageKind.SECURE_KERNEL: SigningRequirement(min_level=SigningLevel.WINDOWS),

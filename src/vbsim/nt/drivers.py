@@ -98,6 +98,12 @@ CI_POLICY_SECTION = "ci.dll!CiPolicy"
 SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
 MODULE_LIST = "PsLoadedModuleList"
 CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
+#: ntoskrnl's ZwFlushInstructionCache export: on x86-64 the instruction cache is coherent, so it
+#: does nothing and returns STATUS_SUCCESS.  A routine like it is what the public SeCiCallbacks
+#: swap points CiValidateImageHeader at (Fortinet, "The Swan Song for Driver Signature
+#: Enforcement Tampering", 2022: the callback-table method that still works where KDP protects
+#: g_CiOptions).
+ZW_FLUSH_INSTRUCTION_CACHE = "nt.ZwFlushInstructionCache"
 #: The default value of ``ci!g_CiOptions`` (DSE enforcing); DSE-disable tools write 0.
 CI_OPTIONS_ENFORCING = 6
 
@@ -248,6 +254,7 @@ def register_nt(nt: NtKernel) -> None:
     nt.loader_write_u64(head, head)
     nt.loader_write_u64(head + 8, head)
     nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
+    nt.install_routine(ZW_FLUSH_INSTRUCTION_CACHE)
     nt.driver_store = default_store()
     nt.driver_loader = DriverLoader()
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
@@ -342,6 +349,12 @@ def code_integrity_check(nt: NtKernel, vp: Cpu, name: str, image: bytes) -> int:
     routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
     result = vp.call(routine, name, image)
     return result if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
+
+
+@guest_code(ZW_FLUSH_INSTRUCTION_CACHE)
+def zw_flush_instruction_cache(vp: Cpu, *args: object) -> int:
+    """ZwFlushInstructionCache: nothing to flush on x86-64 (coherent I-cache); STATUS_SUCCESS."""
+    return int(NtStatus.SUCCESS)
 
 
 @guest_code(CI_VALIDATE_IMAGE_HEADER)

@@ -1,9 +1,13 @@
 """NT's side of Kernel Data Protection and of secure allocations (vbs-internals §5.2, §2.3).
 
-- ``MmProtectDriverSection(AddressWithinSection, Size, Flags)`` — static KDP: Size 0 means the
-  whole section containing the address.  Without VBS it fails with STATUS_INVALID_DEVICE_STATE, as
-  on Windows; otherwise NT issues PROTECT_KERNEL_DATA_PAGE (build B) or REGISTER_PROTECTED_PAGE
-  (build A: no PROTECT_KERNEL_DATA_PAGE number exists there) and returns the SK's answer.
+- ``MmProtectDriverSection(AddressWithinSection, Size, Flags)`` — static KDP of the whole
+  section containing the address.  As Microsoft Learn documents it: ``Size`` "is currently
+  reserved for future usage and should be set to 0" and a non-zero size is
+  STATUS_INVALID_PARAMETER; STATUS_INVALID_DEVICE_STATE means only that "Virtual Secure Mode
+  (VSM) is currently disabled" (KDP needs VBS, not HVCI); an address in no loaded driver image is
+  a MEMORY_MANAGEMENT bugcheck (type 0x1100).  Otherwise NT issues PROTECT_KERNEL_DATA_PAGE
+  (build B) or REGISTER_PROTECTED_PAGE (build A: no PROTECT_KERNEL_DATA_PAGE number exists
+  there) and returns the SK's answer.
 - The secure pool — dynamic KDP: ``ExCreatePool(POOL_CREATE_FLG_SECURE_POOL)`` gives NT physically
   contiguous pages it reaches through its direct map and hands to the SK
   (INITIALIZE_SECURE_POOL); ``ExAllocatePool3`` with secure-pool parameters and
@@ -31,7 +35,7 @@ from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.nt import pfn as mm
 from vbsim.nt.layouts import COPY_ALLOCATE, NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
 from vbsim.ntstatus import BugCheck, NtStatus
@@ -132,23 +136,62 @@ def load_data_section(
     return section
 
 
+#: MmProtectDriverSection's bugcheck parameter 1 for an address outside every loaded driver image
+#: (MS Learn: "the system will crash with MEMORY_MANAGEMENT bug check (type 0x1100)").
+MM_PROTECT_NOT_AN_IMAGE = 0x1100
+
+
+def _image_section(nt: NtKernel, address: int) -> tuple[int, int] | None:
+    """The data section of a loaded driver image that contains ``address``: the run of its
+    non-code pages around it, headers (page 0) excluded.  The model's images lay each section
+    out page-aligned (``drivers.image_layout``) and have one data section, so the run is it."""
+    from vbsim.nt.drivers import LoadedDriver
+
+    for driver in nt.drivers.values():
+        if not isinstance(driver, LoadedDriver):
+            continue
+        pages, base, code = len(driver.pfns), driver.base, driver.code_pages
+        index = (address - base) >> PAGE_SHIFT
+        if not base <= address < base + pages * PAGE_SIZE or index == 0 or index in code:
+            continue
+        first = index
+        while first - 1 > 0 and first - 1 not in code:
+            first -= 1
+        last = index
+        while last + 1 < pages and last + 1 not in code:
+            last += 1
+        return base + first * PAGE_SIZE, base + (last + 1) * PAGE_SIZE
+    return None
+
+
 def mm_protect_driver_section(
     nt: NtKernel, vp: Cpu, address: int, size: int = 0, flags: int = 0
 ) -> int:
-    """MmProtectDriverSection: make the section (or ``[address, address+size)``) read-only for
-    the whole of VTL0, through the Secure Kernel."""
+    """MmProtectDriverSection: make the driver section containing ``address`` read-only for the
+    whole of VTL0, through the Secure Kernel (MS Learn, MmProtectDriverSection)."""
     if nt.vsl is None:
-        _event(vp, "MmProtectDriverSection", "refused", reason="no-vbs")
+        # "Virtual Secure Mode (VSM) is currently disabled" — the only case for this status.
+        _event(vp, "MmProtectDriverSection", "refused", reason="no-vsm")
         return int(NtStatus.INVALID_DEVICE_STATE)
+    if size != 0:
+        # "An invalid flags bitmask (or a non-zero size) has been specified" (MS Learn).
+        _event(vp, "MmProtectDriverSection", "refused", reason="size", size=size)
+        return int(NtStatus.INVALID_PARAMETER)
     state = install(nt)
-    if size == 0:
-        section = next((s for s in state.sections.values() if s.contains(address)), None)
-        if section is None:
-            return int(NtStatus.INVALID_PARAMETER)
-        start, end = section.va, section.va + section.size
-    else:
-        start = address & ~PAGE_MASK
-        end = (address + size + PAGE_MASK) & ~PAGE_MASK
+    section = next((s for s in state.sections.values() if s.contains(address)), None)
+    found = (section.va, section.va + section.size) if section else _image_section(nt, address)
+    if found is None:
+        code = BugCheck.MEMORY_MANAGEMENT
+        if vp.tracing:
+            vp.emit(
+                "bugcheck",
+                "nt",
+                code.name,
+                code=int(code),
+                params=[MM_PROTECT_NOT_AN_IMAGE, address],
+            )
+        raise Bugcheck(int(code), code.name, 0, MM_PROTECT_NOT_AN_IMAGE, address)
+    start, end = found
     service = (
         Service.PROTECT_KERNEL_DATA_PAGE
         if Service.PROTECT_KERNEL_DATA_PAGE in nt.vsl.table

@@ -12,6 +12,20 @@ The SK reads NT's page tables itself (VTL0 CR3 obtained with HvCallGetVpRegister
 through the SK's direct map), as it reads any VTL0 memory; translations it registers are the ones
 NT had when it asked for protection.
 
+How it asks the hypervisor — the published hvdef surface (OpenVMM ``vm/hv1/hvdef``; issue 11
+item 8), not an invented one: HVPT runs only if ``HvRegisterVsmCapabilities
+.hardware_hvpt_available`` is reported and covers the kernel half (``hardware_hvpt_range_bits``
+≥ 47) and the loader enabled VTL1 with ``EnablePartitionVtlFlags.enable_hardware_hvpt``; each VP
+gets ``HvRegisterVsmVpSecureVtlConfig.hardware_hvpt_enabled`` for VTL0
+(:func:`secure_config_bits`, set with MBEC's bit at processor start, and again before the HLAT
+root is given to a VP); the HLAT table frames are protected R + ``paging_writability`` (the CPU's
+own walk may set A/D there, VTL0 may not write) and every pinned KDP page gets
+``verify_paging_writability``.  The model's SLAT keeps R/W/KX/UX only, so those two flags are
+accepted and passed on but change no access (HLAT entries are built with A/D preset instead).
+Only the HLAT root and prefix size go through the model's stand-in register
+(:data:`HV_REGISTER_MODEL_HLAT_CONTROL`, see :mod:`vbsim.hw.hlat`): hvdef names no register
+for them.
+
 Every decision is a trace event of kind ``hvpt``.
 """
 
@@ -22,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import CODE_BASE
+from vbsim.hv import defs
 from vbsim.hv.defs import HvMapGpaFlags, HvRegisterName
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ntstatus import BugCheck
@@ -36,12 +51,18 @@ EXT = "hvpt"
 #: ``vbsim.hw.hlat``; tests/kdp_hvpt check they agree).  Bit 11 of an HLAT paging-structure entry:
 #: restart the translation with ordinary paging (Intel SDM vol. 3C, HLAT).
 RESTART = 1 << 11
-#: MODEL STAND-IN for VMCS HLATP / prefix size / enable (not a TLFS register; see hw.hlat).
+#: MODEL STAND-IN for VMCS HLATP / prefix size, the one part hvdef does not name (see hw.hlat);
+#: HVPT itself is enabled through hvdef's hardware_hvpt_enabled bit.
 HV_REGISTER_MODEL_HLAT_CONTROL = 0x000D_F000
 #: Control layout (model): bit 0 enable, bits 6:1 prefix size, bits 51:12 HLATP.
 CONTROL_ENABLE = 1 << 0
 CONTROL_PREFIX_SHIFT = 1
 R = int(HvMapGpaFlags.READABLE)
+#: hvdef HvMapGpaFlags bits 5 and 6 (vsm-spec §3.1).
+PAGING_WRITABILITY = int(HvMapGpaFlags.PAGING_WRITABILITY)
+VERIFY_PAGING_WRITABILITY = int(HvMapGpaFlags.VERIFY_PAGING_WRITABILITY)
+#: The VA bits the SK's protected range needs: the canonical kernel half of 48-bit paging.
+NEEDED_RANGE_BITS = 47
 #: Prefix size 1: HLAT covers the kernel half (bit 63 set), as the SDM's enumerated maximum.
 PREFIX_SIZE = 1
 #: At most this many NT code pages are registered at phase 1 (a bound on the loop, not a limit
@@ -84,6 +105,8 @@ class HvptState:
     #: virtual page → GPA page pinned in the tables (a mirror of what the tables say, for reports)
     pinned: dict[int, int] = field(default_factory=dict)
     ranges: list[tuple[int, int, str]] = field(default_factory=list)
+    #: VP indices whose VTL0 secure config carries hardware_hvpt_enabled (set by this SK)
+    enabled: set[int] = field(default_factory=set)
 
 
 def state(sk: SecureKernel) -> HvptState | None:
@@ -99,7 +122,8 @@ def _new_table(sk: SecureKernel, vp: Cpu, st: HvptState | None) -> int:
     """A frame for HLAT structures: SK-owned, every entry "restart", VTL0 read-only in SLAT."""
     pfn = sk.alloc_frame(vp)  # the SK's own pool (marks it the SK's)
     vp.write(_phys(sk, pfn << PAGE_SHIFT), _RESTART_ENTRY.to_bytes(8, "little") * 512)
-    if not sk.set_vtl0_rights(vp, [pfn], R):
+    # hvdef paging_writability: the processor's paging walk may write here; VTL0 software not.
+    if not sk.set_vtl0_rights(vp, [pfn], R | PAGING_WRITABILITY):
         sk.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x40, pfn)
     if st is not None:
         st.table_pfns.append(pfn)
@@ -152,6 +176,36 @@ def translate(sk: SecureKernel, vp: Cpu, va: int, cr3: int | None = None) -> Map
     return found if isinstance(found, Mapping) else None
 
 
+def available(sk: SecureKernel, vp: Cpu) -> bool:
+    """HvRegisterVsmCapabilities reports hardware HVPT wide enough for the kernel half (hvdef
+    ``hardware_hvpt_available``, ``hardware_hvpt_range_bits``)."""
+    result, values = hvcall.get_vp_registers(vp, sk.params, [int(HvRegisterName.VSM_CAPABILITIES)])
+    if not result.ok or not values:
+        return False
+    caps = values[0]
+    return bool(defs.CAP_HW_HVPT_AVAILABLE.extract(caps)) and (
+        defs.CAP_HW_HVPT_RANGE_BITS.extract(caps) >= NEEDED_RANGE_BITS
+    )
+
+
+def secure_config_bits(sk: SecureKernel, vp: Cpu) -> int:
+    """The HvRegisterVsmVpSecureConfigVtl0 bits HVPT needs on this processor: hvdef's
+    ``hardware_hvpt_enabled`` when the policy asks for HVPT and the hypervisor offers it."""
+    if not sk.config(vp, Config.HVPT) or not available(sk, vp):
+        return 0
+    return int(defs.SECCFG_HW_HVPT_ENABLED.mask)
+
+
+def _enable_on(sk: SecureKernel, vp: Cpu, index: int) -> bool:
+    """Set hardware_hvpt_enabled in VP ``index``'s VTL0 secure config (read, OR, write back)."""
+    name = int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0)
+    result, values = hvcall.get_vp_registers(vp, sk.params, [name], vp_index=index)
+    if not result.ok or not values:
+        return False
+    value = values[0] | int(defs.SECCFG_HW_HVPT_ENABLED.mask)
+    return hvcall.set_vp_registers(vp, sk.params, [(name, value)], vp_index=index).ok
+
+
 def _reload(sk: SecureKernel, vp: Cpu, st: HvptState) -> bool:
     """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs."""
     control = CONTROL_ENABLE | PREFIX_SIZE << CONTROL_PREFIX_SHIFT | st.root
@@ -159,6 +213,11 @@ def _reload(sk: SecureKernel, vp: Cpu, st: HvptState) -> bool:
     # One hypercall per VP that names it (HvCallSetVpRegisters' VpIndex, vsm-spec §4): the
     # hypervisor does the per-VP work; the SK never touches another processor.
     for index in range(sk.config(vp, Config.VPS)):
+        if index not in st.enabled:
+            if not _enable_on(sk, vp, index):
+                ok = False
+                continue
+            st.enabled.add(index)
         result = hvcall.set_vp_registers(
             vp,
             sk.params,
@@ -198,14 +257,20 @@ def pin(
     vp: Cpu,
     pages: list[tuple[int, Mapping]],
     label: str,
+    rights: int | None = None,
 ) -> bool:
     """Fix ``va → mapping`` for each (page VA, mapping) in the HLAT tables.  False when HVPT is
-    not running (nothing is pinned)."""
+    not running (nothing is pinned).  With ``rights`` (the VTL0 rights the caller just gave the
+    pages), their protection is re-issued with hvdef's ``verify_paging_writability``: the pages
+    are to be reached only through paging structures marked ``paging_writability``."""
     st = state(sk)
     if st is None or not pages:
         return False
     for va, mapping in pages:
         _pin_one(sk, vp, st, va & ~PAGE_MASK, mapping)
+    if rights is not None:
+        gpns = [m.gpa >> PAGE_SHIFT for _, m in pages]
+        sk.set_vtl0_rights(vp, gpns, rights | VERIFY_PAGING_WRITABILITY)
     first = pages[0][0] & ~PAGE_MASK
     last = (pages[-1][0] & ~PAGE_MASK) + PAGE_SIZE
     st.ranges.append((first, last, label))
@@ -226,6 +291,9 @@ def pin(
 def setup(sk: SecureKernel, vp: Cpu) -> None:
     """Phase-1 hook: build the HLAT root, pin NT's code range, enable HLAT on every VP."""
     if not sk.config(vp, Config.HVPT):
+        return
+    if not available(sk, vp):
+        sk.emit(vp, "hvpt", "hvpt", "unavailable", reason="hardware_hvpt_available")
         return
     root = _new_table(sk, vp, None) << PAGE_SHIFT
     st = HvptState(root, [root >> PAGE_SHIFT])

@@ -1,6 +1,10 @@
 """HyperGuard: secure intercepts on VTL0 writes to control registers, MSRs and descriptor tables
 (vbs-internals §5.7; the set and masks follow LVBS's ``mshv_vsm_lock_regs``, vsm-spec §6.4).
 
+A model simplification: on Windows NT hands HyperGuard the MSR and control-register extents to
+watch (SKPG extent types 0x1003/0x1006/0x100C, Shafir 2022); here the SK uses that fixed set.
+It runs when the policy's ``hyperguard`` switch is on (every VBS preset; see ``vbsim.policy``).
+
 Until PHASE3_INIT the SK trusts VTL0 and lets every write through (emulating it into VTL0's state
 and stepping over the instruction).  At PHASE3_INIT it records the values NT set ("trusted IDT/GDT/
 syscall-MSR values", vbs-internals §1.1 row 13); from then on a write that changes a protected bit
@@ -17,6 +21,7 @@ from vbsim.hv.defs import HvCrInterceptControl as Cic
 from vbsim.hv.defs import HvRegisterName as Reg
 from vbsim.hw.x86 import Cr0, Cr4, Msr
 from vbsim.ntstatus import BugCheck
+from vbsim.sk.layouts import Config
 
 if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
@@ -69,6 +74,13 @@ MSR_REGISTERS: dict[int, int] = {
 
 
 def register_intercepts(sk: SecureKernel, vp: Cpu) -> None:
+    """On this processor (the SK runs it on each one as it starts, as SkpgConnect's IPI runs
+    SkpgxInstallIntercepts on every processor: Shafir 2022), ask the hypervisor for the secure
+    intercepts — unless HyperGuard is switched off (``policy.hyperguard``), when VTL0's CR, MSR
+    and descriptor-table writes go straight through."""
+    if not sk.config(vp, Config.HYPERGUARD):
+        sk.emit(vp, "hyperguard", "hyperguard", "disabled", vp_index=vp.index)
+        return
     result = hvcall.set_vp_registers(
         vp,
         sk.params,

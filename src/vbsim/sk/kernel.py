@@ -210,6 +210,7 @@ class SecureKernel:
         #: owned by one module.
         self.kdp: Any = None
         self.hvpt: Any = None
+        self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
         self.processes: dict[int, Any] = {}
         self.threads: dict[int, Any] = {}
         #: SKPROCESS object VA → the process's Python side (what the processor block's
@@ -406,6 +407,9 @@ class SecureKernel:
         hvci = self.config(vp, Config.HVCI)
         mbec = self.config(vp, Config.MBEC) or hvci  # HVCI without MBEC: emulated (RUM)
         secure_config = defs.SECCFG_MBEC_ENABLED.mask if mbec else 0
+        from vbsim.sk import hvpt
+
+        secure_config |= hvpt.secure_config_bits(self, vp)  # hvdef hardware_hvpt_enabled
         registers = [(int(HvRegisterName.VSM_VP_SECURE_CONFIG_VTL0), secure_config)]
         if vp.index == 0:
             # With HVCI no VTL0 page is kernel-executable unless validated: the default mask every

@@ -78,6 +78,8 @@ class Config:
     RAM_PAGES = Field("ram_pages", 0x0C, 4, MODEL)
     #: DefaultVtlProtectionMask the SK chose for VTL0 (vsm-spec §3.4).
     VTL0_DEFAULT_MASK = Field("vtl0_default_mask", 0x10, 1, MODEL)
+    #: HyperGuard runs (policy.hyperguard; vbs-internals §5.7).
+    HYPERGUARD = Field("hyperguard", 0x11, 1, MODEL)
     SIZE = 0x20
 
 

@@ -159,12 +159,16 @@ def a4_goal(ctx: AttackContext) -> bool:
 A4 = Scenario(
     id="A4",
     title="Clear CR4.SMEP, hook LSTAR, replace the IDT",
-    source="WI7-P2 (HyperGuard); Amossys part 1",
+    source="WI7-P2 (HyperGuard); Amossys part 1; Shafir, 'HyperGuard' parts 1-3 (2022)",
     capability=Capability.K0,
     goal="CR4.SMEP cleared, LSTAR or IDTR redirected in VTL0",
     expected={"vbs-off": S, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": B},
     expected_why="HyperGuard intercepts CR/MSR/descriptor-table writes and bugchecks "
-    "(HYPERGUARD_VIOLATION); without VBS nothing watches them",
+    "(HYPERGUARD_VIOLATION); it runs on every VBS preset, legacy-2019 included (WI7-P2: part of "
+    "the Secure Kernel's PHASE3 start; Shafir 2022: NT's MSR/CR extents, intercepts installed "
+    "on every processor; Amar & King 2020 met it on the 2019 SK). Without VBS nothing watches "
+    "them. The outcome follows policy.hyperguard, not VBS as such: switched off, the same "
+    "writes land.",
     steps=a4_steps,
     goal_met=a4_goal,
 )

@@ -57,13 +57,14 @@ from vbsim.nt import drivers
 from vbsim.nt import kdp as ntkdp
 from vbsim.nt.drivers import IOCTL_WRITE8, VULNERABLE_DRIVER, nt_allocate_executable
 from vbsim.nt.kernel import NtKernel
+from vbsim.nt.layouts import SE_CI_CALLBACKS, mdl_bytes
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy
 from vbsim.sk.layouts import Hvci as SkHvci
 from vbsim.sk.services.allocation import MDL_BYTECOUNT_OFFSET, NORMAL_GET_PHYSICAL_PAGES
-from vbsim.sk.sscn import Service
+from vbsim.sk.sscn import Service, ServiceTable
 
 B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
 #: Blocked wherever VBS runs; meaningless without it.
@@ -86,7 +87,8 @@ def _nt(ctx: AttackContext) -> NtKernel:
 
 
 def needs_kdp(policy: Policy) -> bool:
-    """KDP runs (a protected variable exists to be bypassed)."""
+    """KDP runs (a protected variable exists to be bypassed): wherever VBS runs on a build that
+    has KDP — it needs VBS, not HVCI (MS Learn, MmProtectDriverSection; MS-KDP 2020)."""
     return policy.vbs and policy.kdp
 
 
@@ -195,10 +197,11 @@ def rootkit_image() -> bytes:
     )
 
 
-def _disable_dse_and_load(cpu: Cpu, buffer: int, ci_options: int) -> list[int]:
-    """A0 at CPL3: the DSE-disable recipe (vulnerable signed driver, g_CiOptions := 0), then
+def _disable_dse_and_load(cpu: Cpu, buffer: int, callback: int, always_ok: int) -> list[int]:
+    """A0 at CPL3: the DSE-disable recipe for a 20H1+ machine with VBS (vulnerable signed driver;
+    ``SeCiCallbacks.CiValidateImageHeader := a routine that returns STATUS_SUCCESS``), then
     NtLoadDriver on the unsigned rootkit."""
-    statuses = _admin_write(cpu, buffer, ci_options, 0)
+    statuses = _admin_write(cpu, buffer, callback, always_ok)
     statuses.append(_load(cpu, buffer, ROOTKIT))
     return statuses
 
@@ -207,24 +210,32 @@ def a3_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
     # The administrator copies rootkit.sys to disk (the model's driver store is NT's file view).
     nt.driver_store[ROOTKIT] = rootkit_image()
-    ci_options = drivers.ci_options_va(nt)  # symbols: ci!g_CiOptions
-    ctx.notes["statuses"] = _statuses(_as_admin(ctx, _disable_dse_and_load, ci_options))
+    # Symbols: nt!SeCiCallbacks and nt!ZwFlushInstructionCache.  Not ci!g_CiOptions: where VBS
+    # runs (20H1+) CI's CiPolicy section is KDP read-only, so the classic write bugchecks (D5);
+    # the callback table stays in ntoskrnl's ordinary .data (Fortinet 2022; helz.dev 2025).
+    callback = drivers.se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset
+    always_ok = nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
+    ctx.notes["callback_va"] = callback
+    ctx.notes["statuses"] = _statuses(_as_admin(ctx, _disable_dse_and_load, callback, always_ok))
 
 
 A3 = Scenario(
     id="A3",
     title="Disable DSE through a vulnerable signed driver and load an unsigned driver",
-    source="vbs-internals §5.1, §6 A3 (CVE-2016-0181, CVE-2017-0193); DSE-disable tools "
-    "(g_CiOptions := 0 through an RTCore64-style read/write driver)",
+    source="vbs-internals §5.1, §5.2, §6 A3 (CVE-2016-0181, CVE-2017-0193); Fortinet, 'The Swan "
+    "Song for Driver Signature Enforcement Tampering' (2022) and helz.dev, 'ci.dll unsigned "
+    "driver loading' (2025): the SeCiCallbacks swap, since KDP protects g_CiOptions",
     capability=Capability.A0,
     goal="attacker code runs at VTL0 CPL0 (the unsigned driver's DriverEntry executes)",
     expected=HVCI_BLOCKS,
-    expected_why="without HVCI, NT's own code integrity reads g_CiOptions from writable kernel "
-    "memory, so zeroing it skips the signature check and the driver runs; with HVCI the check "
-    "belongs to SKCI in VTL1 and no page becomes kernel-executable unless a signed hash covers "
-    "it (vbs-internals §5.1 'Driver load under HVCI'); there the g_CiOptions write already "
-    "fails, CI's CiPolicy section being KDP-protected (see D5). legacy-2019 has no HVCI: the "
-    "attack works there as on any 2019 machine without Memory Integrity.",
+    expected_why="without HVCI, NT's own code integrity is reached through the "
+    "SeCiCallbacks.CiValidateImageHeader pointer in ntoskrnl's writable .data, which KDP does not "
+    "protect (only CI's CiPolicy section with g_CiOptions is, whenever VBS runs: D5): pointing it "
+    "at a routine that returns STATUS_SUCCESS skips the signature check and the driver runs "
+    "(Fortinet 2022, helz.dev 2025). With HVCI the check belongs to SKCI in VTL1 and no page "
+    "becomes kernel-executable unless a signed hash covers it, whatever VTL0's pointers say "
+    "(vbs-internals §5.1 'Driver load under HVCI'). legacy-2019 has no HVCI: the attack works "
+    "there as on any 2019 machine without Memory Integrity.",
     steps=a3_steps,
     goal_met=lambda ctx: (0, 0) in runs(ctx, "a3"),
 )
@@ -285,7 +296,8 @@ FORGED = int.from_bytes(b"DISABLED", "little")
 def _victim(ctx: AttackContext, protect: bool) -> ntkdp.Section:
     """A security driver loads and keeps its configuration in its .data section; with
     ``protect`` it calls MmProtectDriverSection on it, as KDP's documentation suggests — which
-    fails with STATUS_INVALID_DEVICE_STATE where KDP does not run (the driver carries on)."""
+    fails where KDP does not run (STATUS_INVALID_DEVICE_STATE without VSM; STATUS_NOT_SUPPORTED
+    from a pre-20H1 Secure Kernel), and the driver carries on."""
     nt = _nt(ctx)
     vp = ctx.vp
     vp.actor = "edr.sys"
@@ -335,12 +347,15 @@ A5 = Scenario(
     source="vbs-internals §5.2 'Limits', §5.6, §6 A5 (MS-HVPT 2025; Tanda, CVE-2024-21305)",
     capability=Capability.K0,
     goal="readers of the KDP-protected variable see the attacker's value",
-    expected={"vbs-off": N, "vbs": N, "vbs-hvci": S, "hardened": B, "legacy-2019": N},
-    expected_why="KDP and HVCI protect guest-physical pages; NT's page tables stay VTL0-writable, "
-    "so the protected VA can be pointed at any writable GPA — only HVPT/HLAT, which translates "
-    "the pinned range from tables VTL0 cannot write, keeps the VA on the protected GPA "
-    "(vbs-internals §5.6). Without KDP (vbs, legacy-2019, vbs-off) nothing is protected, so "
-    "there is no protection to bypass: A6-KDP shows the plain write succeeding there.",
+    expected={"vbs-off": N, "vbs": S, "vbs-hvci": S, "hardened": B, "legacy-2019": N},
+    expected_why="KDP protects guest-physical pages; NT's page tables stay VTL0-writable, so the "
+    "protected VA can be pointed at any writable GPA — only HVPT/HLAT, which translates the "
+    "pinned range from tables VTL0 cannot write, keeps the VA on the protected GPA "
+    "(vbs-internals §5.2 'Limits', §5.6). KDP needs VBS only (MS Learn MmProtectDriverSection; "
+    "MS-KDP 2020), so the attack applies under vbs as under vbs-hvci and succeeds on both (no "
+    "HVPT); HVCI changes nothing here. Without VBS (vbs-off) or before KDP existed "
+    "(legacy-2019, a 2019 build: MmProtectDriverSection dates from build 19548) nothing is "
+    "protected, so there is no protection to bypass: A6-KDP shows the plain write succeeding.",
     steps=a5_steps,
     goal_met=readers_see_forged,
     applicable=needs_kdp,
@@ -376,11 +391,13 @@ A6_KDP = Scenario(
     source="vbs-internals §5.2 (MS-KDP blog 2020-07-08), §6 A6",
     capability=Capability.A0,
     goal="readers of the driver's configuration variable see the attacker's value",
-    expected={"vbs-off": S, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
+    expected={"vbs-off": S, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
     expected_why="static KDP makes the section SLAT read-only for all of VTL0: the vulnerable "
-    "driver's store is an EPT violation → secure intercept → bugcheck. Where KDP does not run "
-    "(vbs, legacy-2019; vbs-off has no VBS) MmProtectDriverSection fails with "
-    "STATUS_INVALID_DEVICE_STATE and the variable is simply unprotected.",
+    "driver's store is an EPT violation → secure intercept → bugcheck. KDP needs VBS, not HVCI "
+    "(MS Learn MmProtectDriverSection: STATUS_INVALID_DEVICE_STATE only when VSM is disabled; "
+    "MS-KDP 2020), so vbs blocks it too. Without VBS (vbs-off: STATUS_INVALID_DEVICE_STATE) "
+    "and on a build before KDP (legacy-2019: the 2019 Secure Kernel answers "
+    "STATUS_NOT_SUPPORTED) the variable is simply unprotected.",
     steps=_a6_steps(protect=True),
     goal_met=readers_see_forged,
 )
@@ -502,20 +519,85 @@ def _a8_steps(ctx: AttackContext) -> None:
 
 A8 = Scenario(
     id="A8",
-    title="FILL_SECURE_ALLOCATION with an oversized MDL ByteCount / offset",
-    source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020 "
-    "(CVE-2020-0917, CVE-2020-0918); vbs-internals §6 A8",
+    title="Secure-call MDL abuse (bug-class example): FILL_SECURE_ALLOCATION with an oversized "
+    "ByteCount / offset",
+    source="vbs-internals §6 A8 (the class: 'corrupt SK memory via bad MDL lengths'). An "
+    "EXAMPLE of the class on another service, not the CVE: CVE-2020-0917 was in "
+    "SkmmObtainHotPatchUndoTable (A8-UNDO re-enacts it), CVE-2020-0918 SkmmUnmapMdl on a "
+    "controlled MDL, and the published chain wrote with LIVEDUMP_ADD_BUFFER (Amar & King, "
+    "'Breaking VSM by attacking SecureKernel', Black Hat USA 2020)",
     capability=Capability.K0,
     goal="SK memory changes: HVCI's validated-hash records behind the allocation hold a record "
     "the attacker forged (under HVCI the SK then makes the attacker's patched page executable)",
     expected=ONLY_LEGACY,
     expected_why="the fixed Secure Kernel captures the MDL and bounds ByteCount and the offset "
-    "by the allocation (and checks every PFN is VTL0's) before copying; the Secure Kernel of "
-    "2019 trusted them, so the copy ran into the SK data behind the buffer (fixed in build "
-    "18841, vbs-internals §6 A8).",
+    "by the allocation (and checks every PFN is VTL0's) before copying; the legacy-2019 Secure "
+    "Kernel trusts them like the SK of Amar & King's bugs did, so the copy runs into the SK data "
+    "behind the buffer. The model's example of the class (vbs-internals §6 A8); the CVE's own "
+    "service is A8-UNDO.",
     steps=_a8_steps,
     goal_met=sk_records_forged,
     applicable=needs_vbs,
+)
+
+
+# -- A8-UNDO: CVE-2020-0917 in its own service -----------------------------------------------------
+def _undo_table_overflow(cpu: Cpu, target_pfn: int) -> int:
+    """K0: OBTAIN_PATCH_UNDO_TABLE with a TransferMdl whose ByteCount is one page — less than the
+    undo table — describing one page of its own; the PFN slot after the array names the target
+    page (the MDL is VTL0 memory, so the attacker writes what follows it too)."""
+    nt = nt_of(cpu)
+    assert nt.vsl is not None
+    _, own = nt.alloc_kernel_page(cpu)
+    mdl = mdl_bytes([own >> PAGE_SHIFT], PAGE_SIZE) + target_pfn.to_bytes(8, "little")
+    mdl_va, mdl_gpa = nt.alloc_kernel_page(cpu)
+    cpu.write(mdl_va, mdl)
+    status, _ = nt.vsl.call(cpu, Service.OBTAIN_PATCH_UNDO_TABLE, mdl_va, mdl_gpa >> PAGE_SHIFT)
+    return status
+
+
+def needs_undo_table_service(policy: Policy) -> bool:
+    """VBS on a build whose secure-call table has OBTAIN_PATCH_UNDO_TABLE (table B only)."""
+    return policy.vbs and Service.OBTAIN_PATCH_UNDO_TABLE in ServiceTable(policy.build)
+
+
+def a8_undo_steps(ctx: AttackContext) -> None:
+    target, secret = sk_key_page(ctx)
+    ctx.notes.update(target_gpa=target, secret=secret)
+    status = ctx.kernel(_undo_table_overflow, target >> PAGE_SHIFT)
+    ctx.notes["status"] = NtStatus.name_of(status)
+
+
+def sk_key_page_overwritten(ctx: AttackContext) -> bool:
+    target, secret = ctx.notes.get("target_gpa"), ctx.notes.get("secret")
+    return (
+        target is not None
+        and isinstance(secret, bytes)
+        and (_ram(ctx, int(target), len(secret)) != secret)
+    )
+
+
+A8_UNDO = Scenario(
+    id="A8-UNDO",
+    title="CVE-2020-0917: OBTAIN_PATCH_UNDO_TABLE with a TransferMdl ByteCount smaller than the "
+    "undo table",
+    source="Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020: "
+    "CVE-2020-0917, an out-of-bounds write in SkmmObtainHotPatchUndoTable through an unchecked "
+    "TransferMdl->ByteCount; vbs-internals §2.4 (table B 69), §6 A8",
+    capability=Capability.K0,
+    goal="SK memory changes: the undo-table copy overwrites the Secure Kernel's key page",
+    expected={"vbs-off": N, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": N},
+    expected_why="the fixed Secure Kernel captures the TransferMdl and refuses a ByteCount "
+    "smaller than the table (and any PFN that is not VTL0's), so nothing is written; the "
+    "unfixed one (the legacy switch on build B: test_a8_undo_flip_the_legacy_switch) checked "
+    "only ByteCount's span and copied the whole table, taking the next PFN from attacker bytes. "
+    "legacy-2019's table A has no OBTAIN_PATCH_UNDO_TABLE number (vbs-internals §2.4), so the "
+    "service cannot be called there; vbs-off has no Secure Kernel. The published chain's "
+    "own write primitive, LIVEDUMP_ADD_BUFFER, and CVE-2020-0918 (SkmmUnmapMdl) are not "
+    "modelled.",
+    steps=a8_undo_steps,
+    goal_met=sk_key_page_overwritten,
+    applicable=needs_undo_table_service,
 )
 
 
@@ -748,4 +830,4 @@ A14_PHYS_VTL1 = Scenario(
     applicable=needs_vbs,
 )
 
-SCENARIOS = [A3, A3_RWX, A5, A6, A6_KDP, A8, A9, A13, A14, A14_PHYS, A14_PHYS_VTL1]
+SCENARIOS = [A3, A3_RWX, A5, A6, A6_KDP, A8, A8_UNDO, A9, A13, A14, A14_PHYS, A14_PHYS_VTL1]

@@ -24,7 +24,7 @@ Expected outcomes, from the public record:
 - D5 (g_CiOptions := 0): blocked wherever KDP protects CiPolicy — on 20H1+ whenever VBS runs
   (helz.dev 2025 "ci.dll unsigned driver loading"; Fortinet, "The Swan Song for Driver
   Signature Enforcement Tampering", 2022) — and succeeds without VBS (the classic DSE disable,
-  vbs-internals §6 A3).  See D5's ``expected_why`` for the model's presets without KDP.
+  vbs-internals §6 A3) and on legacy-2019 (a build before KDP).
 """
 
 from __future__ import annotations
@@ -423,14 +423,12 @@ D5 = Scenario(
     "helz.dev 'ci.dll unsigned driver loading' (2025); vbs-internals §5.2 (KDP), §6 A3",
     capability=Capability.K0,
     goal="g_CiOptions reads 0 and an unsigned driver's DriverEntry runs at VTL0 CPL0",
-    expected={"vbs-off": S, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
-    expected_why="CI makes its CiPolicy section KDP read-only: on 20H1+ with VBS the write is an "
-    "EPT violation (the public record: g_CiOptions tampering fails under VBS, which is why "
-    "2022-24 bypasses moved to SeCiCallbacks and other unprotected CI globals). Without VBS "
-    "(vbs-off) and before 20H1 (legacy-2019, no KDP) it is the classic DSE disable and works. "
-    "The model's 'vbs' preset runs VBS with KDP switched off, a configuration the record is "
-    "silent on (on a real 20H1+ machine KDP always runs with VBS): there CiPolicy stays writable "
-    "and the attack works; that cell is the model's, not a record match.",
+    expected={"vbs-off": S, "vbs": B, "vbs-hvci": B, "hardened": B, "legacy-2019": S},
+    expected_why="CI makes its CiPolicy section KDP read-only: on 20H1+ with VBS — HVCI or not, "
+    "KDP needs VBS only (MS Learn MmProtectDriverSection; MS-KDP 2020) — the write is an EPT "
+    "violation (the public record: g_CiOptions tampering fails under VBS, which is why 2022-24 "
+    "bypasses moved to SeCiCallbacks and other unprotected CI globals, as A3 does). Without VBS "
+    "(vbs-off) and before 20H1 (legacy-2019, no KDP) it is the classic DSE disable and works.",
     steps=d5_steps,
     goal_met=d5_goal,
 )

@@ -308,6 +308,14 @@ def _secure_config(lower: int) -> tuple[Getter, Setter]:
         a.hv.states[a.vp.index][a.caller_vtl].secure_config[lower] = value
         if mbec != a.vp.mbec[lower]:
             a.vp.set_mbec(lower, mbec)
+        layer = a.vp.layers[lower]
+        if (
+            layer is not None
+            and layer.hlat is not None
+            and not (defs.SECCFG_HW_HVPT_ENABLED.extract(value))
+        ):
+            layer.hlat = None  # hardware HVPT off for this VTL: no HLAT translation (hvdef)
+            a.vp.tlbs[lower].flush_all()
         return HvStatus.SUCCESS
 
     return get, put

@@ -7,11 +7,12 @@ MM_PROTECT_DRIVER_SECTION_ALLOW_UNLOAD; unload is not modelled, so no path ever 
 protection).  The SK translates each VA itself (NT's tables, or its HLAT tables if the page is
 already pinned), and refuses unless every page is VTL0 memory (STATUS_INVALID_PARAMETER),
 supervisor and not executable (STATUS_INVALID_PAGE_PROTECTION, as Windows does for an executable
-section), and KDP is enabled by policy (STATUS_INVALID_DEVICE_STATE, what Windows returns without
-VBS).  Then VTL0's SLAT rights on those pages become R — no W, no KX, no UX — for the whole OS,
-owner included, irreversibly; with HVPT the VA → GPA translation is pinned too
-(:mod:`vbsim.sk.hvpt`).  A VTL0 write afterwards is a SLAT refusal → secure intercept → #GP →
-NT bugcheck.
+section), and the build has KDP (STATUS_NOT_SUPPORTED otherwise: a Secure Kernel from before 20H1
+has no such service.  STATUS_INVALID_DEVICE_STATE is not the SK's answer: MS Learn documents it
+for "VSM is currently disabled" only, which NT decides before any secure call).  Then VTL0's
+SLAT rights on those pages become R — no W, no KX, no UX — for the whole OS, owner included,
+irreversibly; with HVPT the VA → GPA translation is pinned too (:mod:`vbsim.sk.hvpt`).  A VTL0
+write afterwards is a SLAT refusal → secure intercept → #GP → NT bugcheck.
 
 **Dynamic KDP** (secure pool; build B only, INITIALIZE_SECURE_POOL exists there alone):
 
@@ -170,7 +171,7 @@ def _data_pages(
 def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     va, pages, flags = args.fields[0], args.fields[1], args.fields[2]
     if not _enabled(sk, vp):
-        return Reply(NtStatus.INVALID_DEVICE_STATE)
+        return Reply(NtStatus.NOT_SUPPORTED)
     bad = NtStatus.INVALID_PARAMETER
     if flags & ~ALLOW_UNLOAD:
         return _refuse(sk, vp, "kdp.static", "flags", bad, flags=flags)
@@ -184,10 +185,14 @@ def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
         (page_va, m) for page_va, m in found if st.owner(vp, m.gpa >> PAGE_SHIFT) != L.Kdp.STATIC
     ]
     gpns = [m.gpa >> PAGE_SHIFT for _, m in new]
-    if new and not sk.set_vtl0_rights(vp, gpns, R):
+    if not new:
+        # MS Learn MmProtectDriverSection: STATUS_ALREADY_COMMITTED, "the specified section is
+        # already protected" (nothing changes: the protection is irreversible anyway).
+        return _refuse(sk, vp, "kdp.static", "already-protected", NtStatus.ALREADY_COMMITTED)
+    if not sk.set_vtl0_rights(vp, gpns, R):
         return _refuse(sk, vp, "kdp.static", "slat", NtStatus.UNSUCCESSFUL)
     st.set_owner(vp, gpns, L.Kdp.STATIC)
-    pinned = hvpt.pin(sk, vp, new, "kdp.static") if new else False
+    pinned = hvpt.pin(sk, vp, new, "kdp.static", rights=R)
     _kdp(
         sk,
         vp,
@@ -207,7 +212,7 @@ def protect_kernel_data(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
 def initialize_secure_pool(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     base, pages, va = args.fields[0], args.fields[1], args.fields[2]
     if not _enabled(sk, vp):
-        return Reply(NtStatus.INVALID_DEVICE_STATE)
+        return Reply(NtStatus.NOT_SUPPORTED)
     bad = NtStatus.INVALID_PARAMETER
     if not 0 < pages <= MAX_POOL_PAGES or not _kernel_range(va, pages):
         return _refuse(sk, vp, "securepool.init", "range", bad, va=va, pages=pages)
@@ -230,7 +235,7 @@ def initialize_secure_pool(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> R
     handle = sk.alloc_handle(
         SkObject(POOL_KIND, {"base_pfn": base, "pages": pages, "va": va, "next": 0})
     )
-    pinned = hvpt.pin(sk, vp, found, "kdp.securepool")
+    pinned = hvpt.pin(sk, vp, found, "kdp.securepool", rights=R)
     _kdp(sk, vp, "securepool.init", "created", handle=handle, va=va, pages=pages, hvpt=pinned)
     return Reply(NtStatus.SUCCESS, [handle])
 
@@ -243,7 +248,7 @@ def _records(sk: SecureKernel, vp: Cpu) -> list[tuple[int, int, int, int, int, i
 def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     handle, tag, alloc_va, cookie, offset, size, src_pfn, src_offset, flags = args.fields[0:9]
     if not _enabled(sk, vp):
-        return Reply(NtStatus.INVALID_DEVICE_STATE)
+        return Reply(NtStatus.NOT_SUPPORTED)
     pool = allocation.lookup_typed(sk, vp, handle, POOL_KIND)
     if isinstance(pool, NtStatus):
         return Reply(pool)
