@@ -61,12 +61,13 @@ def report(
         typer.Option(
             "--preset",
             "-p",
+            metavar="NAME",
             help="A preset to include (repeat for several; default: all five).",
         ),
     ] = None,
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="The HTML file to write."),
+        typer.Option("--output", "-o", metavar="FILE", help="The HTML file to write."),
     ] = Path("report.html"),
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what was written as JSON.")

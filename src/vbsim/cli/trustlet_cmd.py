@@ -503,7 +503,10 @@ def run_command(
         ),
     ] = None,
     preset_name: Annotated[
-        str, typer.Option("--preset", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019.")
+        str,
+        typer.Option(
+            "--preset", metavar="NAME", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019."
+        ),
     ] = "vbs",
     message: Annotated[
         str | None, typer.Option(help="The message to send, as hex bytes (at most 4096).")
