@@ -556,13 +556,12 @@ def _where(step: ChainStep) -> int:
     return 1 if step.vtl == 0 else 2
 
 
-def _chain_label(step: ChainStep) -> str:
+def _chain_label(step: ChainStep, secure_boot: bool) -> str:
+    from vbsim.boot.report import step_label
+
     d = step.detail
-    name = step.step
-    if name == "dispatch":
-        name = f"secure call {d.get('service', '?')}"
-    if d.get("component"):
-        name += f" {d['component']}"
+    # The same name as 'vbsim boot' (never "secureboot" when Secure Boot is off).
+    name = step_label(step.step, step.outcome, d, secure_boot)
     label = f"{name}: {step.outcome}"
     extra = [str(d[k]) for k in ("source", "reason", "failure") if d.get(k)]
     if d.get("version"):
@@ -594,10 +593,10 @@ def boot_svg(p: PresetData) -> Node:
         css = boot_outcome_class(step)
         detail = ", ".join(f"{k}={v}" for k, v in step.detail.items() if v is not None)
         where = "firmware / loader" if step.vtl is None else f"VP{step.vp} VTL{step.vtl}"
-        label = _chain_label(step)
+        label = _chain_label(step, p.policy.secure_boot)
         nodes.append(
             group(
-                title(f"#{step.seq} {where}: {step.step} → {step.outcome}; {detail}"),
+                title(f"#{step.seq} {where}: {label}; {detail}"),
                 circle(x, y, 5, class_=f"bd {css}"),
                 text(label_x, y + 4, clip(label, width - label_x, 10), class_=f"bt {css}"),
             )
