@@ -88,3 +88,62 @@ def test_boot_with_the_largest_ram(tmp_path: Path, capsys: pytest.CaptureFixture
     policy.write_text("ram_mib = 65536\n")
     code = main(["boot", "--policy", str(policy)])
     _booted_or_refused(code, capsys, "cannot boot with ram_mib = 65536")
+
+
+# -- a sweep of hostile inputs: each one clear line, exit 2 --------------------------------------
+HOSTILE = [
+    (["boot", "--preset", "[red]x"], "unknown preset '[red]x'"),
+    (["boot", "--policy", "/dev/zero"], "not a regular file"),
+    (["boot", "--policy", "/nonexistent.toml"], "No such file"),
+    (["boot", "--policy", "."], "directory"),
+    (["machine", "--ram", "-1M"], "not a number"),
+    (["machine", "--ram", "ünï"], "not a number"),
+    (["machine", "--vps", "999"], "--vps"),
+    (["attack", "[bold]x"], "unknown scenario '[bold]x'"),
+    (["attack", "A1", "--preset", "ö"], "unknown preset 'ö'"),
+    (["attacks", "--only", "ZZZ"], "ZZZ"),
+    (["matrix", "--preset", ""], "unknown preset ''"),
+    (["trustlet", "run", "x[/]y.exe"], "x[/]y.exe"),
+    (["trustlet", "run", "LsaIso.exe", "--id", "99999999999999999999999"], "ULONGLONG"),
+    (["trustlet", "export", "[red]", "-o", "x.exe"], "[red]"),
+    (["image", "inspect", "/dev/zero"], "not a regular file"),
+    (["report", "-p", "zz"], "zz"),
+    (["soak", "--programs", "-1"], "--programs"),
+    (["soak", "--capability", "ZZ"], "ZZ"),
+    (["fuzz", "nope"], "unknown target 'nope'"),
+    (["fuzz", "image", "--seconds", "-1"], "--seconds"),
+    (["conformance", "--profile", "x"], "unknown profile 'x'"),
+    (["campaign", "show", "/nonexistent"], "holds no campaign"),
+    (["bench", "--only", "nope"], "unknown metric"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), HOSTILE, ids=lambda a: " ".join(a)[:40])
+def test_hostile_input_is_one_line(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    _one_line(capsys, fragment)
+
+
+def test_a_dangling_symlink_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    link = tmp_path / "p[red].toml"
+    link.symlink_to(tmp_path / "missing.toml")
+    assert main(["boot", "--policy", str(link)]) == 2
+    _one_line(capsys, "p[red].toml")
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_narrow_output_encoding_never_ends_a_command(encoding: str) -> None:
+    """'§', '→' and box drawing print as '?' with PYTHONIOENCODING=ascii (issue 12)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "100"}
+    for argv in (["boot"], ["attack", "A1", "--trace"], ["trustlet", "list"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "vbsim", *argv], capture_output=True, env=env, check=False
+        )
+        assert done.returncode == 0, (argv, done.stderr[-400:])
+        assert b"Traceback" not in done.stderr and b"UnicodeEncodeError" not in done.stderr

@@ -345,11 +345,25 @@ def _classes(modules: list[Any], name: str) -> tuple[type[BaseException], ...]:
     return tuple(getattr(m, name) for m in modules if hasattr(m, name))
 
 
+def _tolerate_narrow_encodings() -> None:
+    """With PYTHONIOENCODING=ascii (or a latin-1 terminal) a character the encoding lacks
+    (§, →, box drawing) prints as '?' instead of ending the command with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        reconfigure = getattr(stream, "reconfigure", None)
+        if encoding != "utf8" and callable(reconfigure):
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change (closed, detached)
+                continue
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry: usage errors are one line on stderr (exit 2), as every vbsim error is,
     instead of Click's boxed usage panel; a refused boot or a failed check keeps its own code."""
     from vbsim.cli.render import error_line
 
+    _tolerate_narrow_encodings()
     modules = _click_exceptions()
     no_args = _classes(modules, "NoArgsIsHelpError")
     usage = _classes(modules, "UsageError")
