@@ -11,6 +11,9 @@
   ``NtQueryInformationProcess`` and ``NtReadVirtualMemory`` from an administrator's process with
   SeDebugPrivilege, and the ``DEBUG_PROCESS`` / ``GET_CONTEXT`` / ``RETRIEVE_MAILBOX`` secure calls.
 
+- ``export NAME -o FILE`` writes the signed image of a shipped trustlet as the preset installs
+  it, for ``vbsim image verify`` or ``osslsigncode verify``.
+
 Exit status: 0 when the trustlet was admitted and its run returned STATUS_SUCCESS, 1 when it was
 refused, its run failed or the machine stopped, 2 for bad input.  Every command takes ``--json``.
 """
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
     from vbsim.trace import Event
 
 trustlet_app = typer.Typer(
-    help="Trustlets (IUM): list the known ones, run one on a booted machine.",
+    help="Trustlets (IUM): list the known ones, run one on a booted machine, export one.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -209,7 +212,8 @@ def list_json() -> dict[str, Any]:
 
 @trustlet_app.command("list")
 def list_command(as_json: JsonOption = False) -> None:
-    """The trustlets vbsim ships, their IDs and signed policies, and the SK's allow-list."""
+    """The trustlets vbsim ships: IDs, signed policies, the messages each accepts, the SK's
+    allow-list."""
     try:
         report = list_json()
     except Exception as error:  # e.g. an unreadable model PKI
