@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vbsim.attacks.matrix import Cell, matrix_json
+from vbsim.attacks.matrix import ACCESS_OPS, AREAS, Cell, matrix_json
+from vbsim.attacks.matrix_view import LINE_WIDTH, MEANING, Key
 from vbsim.attacks.model import Outcome, RunResult
 from vbsim.boot.chain import System, boot
 from vbsim.policy import preset
@@ -28,6 +29,7 @@ NARRATION = {
     "firmware": "UEFI starts with Secure Boot",
     "vsm-policy": "winload reads the VBS policy",
     "secureboot": "signature and version checked",
+    "winload-check": "signature checked by winload (no Secure Boot)",
     "revocation": "SkuSiPolicy rejects an old version",
     "uefi-lock": "the UEFI lock overrides the registry",
     "mandatory": "Mandatory: go on without VBS?",
@@ -55,21 +57,27 @@ KEY = {
     "U0": "attacker as a standard user (VTL0 ring 3)",
     "A0": "attacker as an administrator (VTL0 ring 3, SeDebugPrivilege)",
     "K0": "attacker with VTL0 kernel read/write and code reuse (ring 0)",
+    "SK": "the Secure Kernel (VTL1 ring 0)",
     "K1": "attacker in the Secure Kernel (VTL1 ring 0)",
     "PHYS": "a malicious DMA device on the bus",
     "n/a": "the attack needs something this preset does not have",
-    "slat": "the hypervisor's second-level translation refused the access",
+    "slat": "the hypervisor's second-level translation refused",
     "iommu": "the IOMMU refused the device's DMA",
-    "paging.us": "the page tables refused a user-mode access to a kernel page",
-    "paging.p": "no page-table entry maps the address",
+    "paging.us": "a CPL3 access to a supervisor-only page",
+    "paging.p": "nothing mapped there in the prober's own tables",
     "smep": "supervisor-mode execution prevention refused kernel execution of a user page",
-    "cpl:#UD": "an instruction user mode may not execute (invalid opcode)",
+    "cpl:#UD": "a hypercall from CPL3 raises #UD",
+    "syscall": "NT's system-call dispatcher served it",
+    "sysret": "the kernel ran the user code at CPL3",
+    "secure-call": "the SK's secure-call dispatcher served NT",
+    "secure-syscall": "the SK's secure service table served it",
+    "normal-call": "NT served the SK's normal call",
     "skci": "the Secure Kernel's code integrity refused an image",
-    "hyperguard": "the Secure Kernel's register/MSR intercepts refused a change",
+    "hyperguard": "the SK's register/MSR intercepts refused a change",
     "securecall": "the Secure Kernel refused a secure call's arguments",
     "kdp": "Kernel Data Protection: the page is read-only in SLAT",
     "hvci.w^x": "HVCI: a page is never writable and kernel-executable at once",
-    "sk.crashdump": "the Secure Kernel encrypts VTL1 memory in a dump",
+    "sk.crashdump": "the SK encrypts VTL1 memory in a dump",
     "goal not met": "nothing refused, but there was nothing to take",
 }
 
@@ -97,21 +105,27 @@ class Tour:
 
 
 def boot_steps(system: System) -> list[dict[str, Any]]:
-    """The boot chain in trace order (loader and kernel steps interleaved as they happened)."""
+    """The boot chain in trace order (loader and kernel steps interleaved as they happened),
+    each step named as ``vbsim boot`` names it (with its component)."""
+    from vbsim.boot.report import LOADER_CHECK, step_label
+
+    secure_boot = system.policy.secure_boot
     steps = []
     for event in system.trace.events:
         if event.kind != "boot":
             continue
         component = event.detail.get("component")
-        means = NARRATION.get(event.mechanism, "")
+        name = event.mechanism
+        if name == "secureboot" and not secure_boot:
+            name = LOADER_CHECK
         steps.append(
             {
                 "who": _WHO.get(event.actor, event.actor or "firmware"),
-                "step": event.mechanism,
+                "step": step_label(event.mechanism, event.outcome, event.detail, secure_boot),
                 "outcome": event.outcome,
                 "component": component,
                 "vtl": event.vtl,
-                "means": f"{component}: {means}" if component else means,
+                "means": NARRATION.get(name, ""),
             }
         )
     return steps
@@ -150,12 +164,63 @@ def _boot_table(tour: Tour) -> Table:
     return table
 
 
+_SHORT = {"read": "R", "write": "W", "execute": "X", "call": "C"}
+_WORD = {"allowed": "yes", "blocked": "no", "-": "-"}
+_STYLE = {"allowed": "red", "blocked": "green", "-": "dim"}
+
+
+def _matrix_line(head: str, result: str, mechanism: str, key: Key, show: bool, room: int) -> str:
+    text = f"{head} {_WORD.get(result, result)}"
+    if show and result != "-":
+        text += " " + key.label(mechanism, room - len(text) - 1)
+    return f"[{_STYLE.get(result, 'dim')}]{escape(text)}[/]"
+
+
+def compact_cell(cell: Cell, key: Key, room: int = LINE_WIDTH) -> str:
+    """One cell in two or three lines: R, W and X together when the probe saw the same for all
+    three (``RWX no slat``), the call, and the probe through a PTE the prober's kernel built."""
+    lines = []
+    for results, mechanisms, prefix, always in (
+        (cell.results, cell.mechanisms, "", True),
+        (cell.granted, cell.granted_mechanisms, "+PTE ", False),
+    ):
+        groups: dict[tuple[str, str], list[str]] = {}
+        for op in ACCESS_OPS:
+            if op in results or always:
+                result = results.get(op, "-")
+                mechanism = mechanisms.get(op, "-") if result == "blocked" else ""
+                groups.setdefault((result, mechanism), []).append(_SHORT[op])
+        for (result, mechanism), ops in groups.items():
+            lines.append(_matrix_line(prefix + "".join(ops), result, mechanism, key, True, room))
+        if always:
+            result = cell.results.get("call", "-")
+            mechanism = cell.mechanisms.get("call", "-")
+            lines.append(_matrix_line("C", result, mechanism, key, result != "-", room))
+    return "\n".join(lines)
+
+
+def matrix_table(cells: list[Cell], key: Key, width: int = 100) -> Table:
+    """The 4x4 matrix for a ``width``-column screen: a cell line is at most ``LINE_WIDTH`` (20)
+    wide, less on a narrow screen, where a mechanism that does not fit becomes a note."""
+    # 6 for the row header ("kernel"), 5 borders, 1 column of padding each side of 4 cells.
+    room = max(12, min(LINE_WIDTH, (width - 6 - 5 - 9) // 4))
+    table = Table(header_style="bold", show_lines=True, pad_edge=False)
+    table.add_column("", style="bold", no_wrap=True)
+    for area in AREAS:
+        table.add_column(area, no_wrap=True)
+    by = {(c.source, c.target): c for c in cells}
+    for source in AREAS:
+        row = [compact_cell(by[(source, t)], key, room) for t in AREAS if (source, t) in by]
+        table.add_row(source.replace(" ", "\n"), *row)
+    return table
+
+
 def _attack_table(tour: Tour, shown: list[RunResult]) -> Table:
     table = Table(header_style="bold", box=None, pad_edge=False, padding=(0, 1))
     table.add_column("id", no_wrap=True)
     table.add_column("attack")
     table.add_column("has", no_wrap=True)
-    table.add_column("on 'hardened': check", no_wrap=True)
+    table.add_column("decided by", no_wrap=True)
     for result in shown:
         table.add_row(result.id, escape(result.title), result.capability, _check(result))
     return table
@@ -195,18 +260,27 @@ def conclusion(tour: Tour) -> list[str]:
     """What the catalogue showed, in sentences computed from its verdicts."""
     mechanisms = Counter(_check(r) for r in tour.stopped)
     worked = [r for r in tour.results if r.preset == "vbs-off" and r.outcome is Outcome.SUCCEEDED]
+    worked_ids = {r.id for r in worked}
+    still = [r for r in tour.still if r.id in worked_ids]
+    against = [r for r in tour.still if r.id not in worked_ids]
     checks = ", ".join(f"{name} ({count})" for name, count in mechanisms.most_common())
     lines = [
         f"Of the {len(worked)} attacks that succeed without VBS, 'hardened' stopped "
         f"{len(tour.stopped)}; what decided: {checks or 'nothing'}.",
     ]
-    if tour.still:
-        ids = ", ".join(r.id for r in tour.still)
+    if still:
         lines.append(
-            f"{len(tour.still)} still succeed on 'hardened' ({ids}): they stay inside the rules "
-            "VBS enforces (VTL1's memory and code, SLAT, signed code). See one with "
-            "'vbsim attack D1 --preset hardened --trace'."
+            f"{len(still)} still succeed on 'hardened' ({', '.join(r.id for r in still)}): they "
+            "stay inside the rules VBS enforces (VTL1's memory and code, SLAT, signed code)."
         )
+    if against:
+        lines.append(
+            f"{len(against)} more need VBS to exist and succeed against it on 'hardened' "
+            f"({', '.join(r.id for r in against)})."
+        )
+    example = (still or against)[:1]
+    if example:
+        lines[-1] += f" See one: 'vbsim attack {example[0].id} --preset hardened --trace'."
     return lines
 
 
@@ -229,9 +303,34 @@ def _pick(tour: Tour, limit: int = 6) -> list[RunResult]:
     return (first + rest)[:limit]
 
 
-def run(console: Console | None = None) -> int:
-    from vbsim.attacks.matrix_view import Key, matrix_key, matrix_table
+#: What the matrix's own notation means (its mechanisms are explained from ``MEANING``).
+MATRIX_KEY = (
+    "R/W/X: read, write, execute the column's page (RWX: all three alike); C: call it through a "
+    "gate; +PTE: the same through a PTE the prober's own kernel built on purpose; -: no such gate"
+)
 
+
+def key_lines(tour: Tour, shown: list[RunResult], key: Key) -> list[str]:
+    """One key for the whole tour: the matrix notation, then every abbreviation and mechanism
+    the screen shows (attack rows and matrix cells), each once, and the matrix's notes."""
+    entries: dict[str, str] = {}
+    for name in _used_keys(tour, shown):
+        entries[name] = KEY[name]
+    for mechanism in key.shown:
+        if mechanism in key.notes or mechanism in entries:
+            continue
+        meaning = KEY.get(mechanism) or MEANING.get(mechanism)
+        if meaning is not None:
+            entries[mechanism] = meaning
+    entries["SK"] = KEY["SK"]
+    lines = [f"{MATRIX_KEY}.", "; ".join(f"{k} = {v}" for k, v in entries.items()) + "."]
+    for number, mechanism in enumerate(key.notes, 1):
+        meaning = MEANING.get(mechanism.split(":", 1)[0])
+        lines.append(f"[{number}] {mechanism}" + (f" ({meaning})" if meaning else ""))
+    return lines
+
+
+def run(console: Console | None = None) -> int:
     out = console or Console(highlight=False)
     tour = collect()
     out.print("[bold]vbsim demo[/]: Windows Virtualization-Based Security, executed")
@@ -240,22 +339,25 @@ def run(console: Console | None = None) -> int:
         "Secure Kernel, and VTL0 loses the SK's pages at PHASE3_INIT, before drivers run."
     )
     out.print(_boot_table(tour))
-    out.print("\n[bold]2. Who can reach what[/], each cell probed live. " + matrix_sentence(tour))
+    out.print(
+        "\n[bold]2. Who can reach what[/] (row: who acts; column: whose page), each cell probed "
+        "live. " + matrix_sentence(tour)
+    )
     key = Key()
-    out.print(matrix_table(tour.cells, "vbs", key))
-    for line in matrix_key(key):
-        out.print(line)
+    out.print(matrix_table(tour.cells, key, out.width))
     shown = _pick(tour)
     out.print(
         f"\n[bold]3. Attacks[/]: {len(shown)} of the {len(tour.stopped)} that succeed without "
-        "VBS and fail on 'hardened' ('vbsim attacks': every scenario, all five presets)."
+        "VBS and fail on 'hardened' (all: 'vbsim attacks')."
     )
     out.print(_attack_table(tour, shown))
     out.print("\n[bold]4. What VBS does and does not stop[/]")
     for line in conclusion(tour):
         out.print(escape(line))
-    names = _used_keys(tour, shown)
-    out.print("\n[dim]Key: " + "; ".join(f"{name} = {KEY[name]}" for name in names) + ".[/]")
+    lines = key_lines(tour, shown, key)
+    out.print("\n[dim]Key: " + escape(lines[0]) + "[/]")
+    for line in lines[1:]:
+        out.print(f"[dim]{escape(line)}[/]")
     out.print(
         "More: 'vbsim report -o vbsim-report.html' (the whole story, with sequence diagrams), "
         "'vbsim attacks', 'vbsim matrix --preset hardened'."

@@ -193,3 +193,92 @@ def test_run_bad_input(cli: Run, tmp_path: Path) -> None:
     outcome = cli("trustlet", "run", LSAISO, "--id", "-1", "--json")
     outcome.assert_one_line_error("--id")
     assert outcome.json()["ok"] is False
+
+
+# -- message formats (issue 12: list says what each trustlet accepts) -----------------------------
+def build(message: dict[str, object], rest: bytes = b"") -> str:
+    """A message made from the listed layout alone: op, then each field (zeros, or ``rest`` for
+    the variable-length one)."""
+    data = struct.pack("<I", message["op"])
+    fields = message["fields"]
+    assert isinstance(fields, list)
+    for field in fields:
+        data += rest if field["size"] is None else bytes(field["size"])
+    return data.hex()
+
+
+def test_list_says_what_each_trustlet_accepts(cli: Run) -> None:
+    report = cli("trustlet", "list", "--json").json()
+    formats = {row["image"]: {m["name"]: m for m in row["messages"]} for row in report["trustlets"]}
+    assert set(formats[LSAISO]) == {"PROTECT", "RESPOND"}
+    assert set(formats[VMSP]) == {"SEAL", "UNSEAL", "PUBLISH"}
+    assert formats[LSAISO]["PROTECT"]["op"] == lsaiso.OP_PROTECT
+    assert formats[LSAISO]["PROTECT"]["layout"] == (
+        "op:u32=1, user (NUL-padded)[32], NT OWF[16], Kerberos key[32]"
+    )
+    # Every layout is in one notation: op first, u32 fields named so, the rest as [n].
+    for messages in formats.values():
+        for message in messages.values():
+            assert message["layout"].startswith(f"op:u32={message['op']}, ")
+    # A message built from the listed layout is one the trustlet accepts.
+    protect = cli(
+        "trustlet", "run", LSAISO, "--message", build(formats[LSAISO]["PROTECT"]), "--json"
+    )
+    assert protect.exit_code == 0
+    assert bytes.fromhex(protect.json()["run"]["reply"]).startswith(lsaiso.BLOB_MAGIC)
+    seal = cli(
+        "trustlet", "run", VMSP, "--message", build(formats[VMSP]["SEAL"], b"x" * 16), "--json"
+    )
+    assert seal.exit_code == 0 and len(seal.json()["run"]["reply"]) > 32
+    publish = build(formats[VMSP]["PUBLISH"], b"hello")
+    assert cli("trustlet", "run", VMSP, "--message", publish, "--json").json()["run"]["reply"] == ""
+    text = " ".join(cli("trustlet", "list").stdout.split())
+    assert "messages each accepts" in text and "RESPOND" in text and "PUBLISH" in text
+
+
+# -- export --------------------------------------------------------------------------------------
+def test_export_writes_the_signed_image(cli: Run, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from vbsim.image import parse_image
+
+    target = tmp_path / "out[red].exe"
+    outcome = cli("trustlet", "export", "lsaiso.exe", "-o", target, "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    summary = outcome.json()
+    assert summary["image"] == LSAISO and summary["bytes"] == target.stat().st_size
+    parsed = parse_image(target.read_bytes())
+    assert parsed.policy is not None and parsed.policy.application_id == 1
+    verified = cli("image", "verify", target, "--json")
+    assert verified.exit_code == 0, verified.stdout
+    rich = cli("trustlet", "export", VMSP, "-o", tmp_path / "v.exe")
+    assert "out[red]" not in rich.stdout and "osslsigncode verify -CAfile" in rich.stdout
+    if shutil.which("osslsigncode"):
+        done = subprocess.run(
+            ["osslsigncode", "verify", "-CAfile", summary["model_root"], "-in", str(target)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0 and "Succeeded" in done.stdout, done.stdout + done.stderr
+
+
+def test_export_bad_input(cli: Run, tmp_path: Path) -> None:
+    cli("trustlet", "export", "Nope[/].exe", "-o", tmp_path / "x").assert_one_line_error(
+        "Nope[/].exe", LSAISO, VMSP
+    )
+    cli("trustlet", "export", LSAISO, "-o", tmp_path).assert_one_line_error("is a directory")
+    cli("trustlet", "export", LSAISO, "-o", tmp_path / "no" / "x.exe").assert_one_line_error(
+        "does not exist"
+    )
+    cli("trustlet", "export", LSAISO, "-o", "/dev/full").assert_one_line_error("not a regular file")
+    cli(
+        "trustlet", "export", LSAISO, "-o", tmp_path / "x", "--preset", "turbo"
+    ).assert_one_line_error("turbo")
+    # A symlink is written through: the link stays, its target gets the image.
+    real = tmp_path / "real.exe"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.exe"
+    link.symlink_to(real)
+    assert cli("trustlet", "export", LSAISO, "-o", link).exit_code == 0
+    assert link.is_symlink() and real.read_bytes()[:2] == b"MZ"

@@ -138,3 +138,34 @@ def test_no_horizontal_overflow_at_common_widths(
             "return [m.left, window.innerWidth - m.right]"
         )
         assert abs(left - right) < 40, (left, right)  # centred, not hugging the left
+
+
+MEMORY_CHECK = (Path(__file__).with_name("memory_labels.js")).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("width", [800, 1400, 1920])
+def test_memory_map_labels_fit_and_never_overlap(
+    browser: Any, full_report_file: Path, width: int, tmp_path: Path
+) -> None:
+    """Issue 12: labels of small runs overlapped ("RW+KX+UXRW+KX+UXRW+KX").  Measured in the
+    browser's own font: every rights/owner label inside its run, no two GPA labels touching,
+    nothing outside the picture; at 800 px the map scrolls in its box instead of shrinking."""
+    browser.set_window_size(width, 1000)
+    browser.get(full_report_file.as_uri())
+    problems = browser.execute_script(MEMORY_CHECK)
+    assert problems == [], problems
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('svg.memory text.rt')].length"
+    )
+    runs = browser.execute_script(
+        "return [...document.querySelectorAll('svg.memory g rect.run')].length / 2"
+    )
+    assert labels == 2 * runs, (labels, runs)  # today every run keeps both its labels
+    # Text is drawn at least at 80% of its size (at 800 px it was about 55%).
+    scale = browser.execute_script(
+        "const s = document.querySelector('svg.memory');"
+        "return s.getBoundingClientRect().width / s.viewBox.baseVal.width"
+    )
+    assert scale >= 0.8, scale
+    card = browser.find_element("css selector", ".memcard")
+    assert card.screenshot(str(tmp_path / f"memory-{width}.png"))

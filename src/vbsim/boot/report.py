@@ -14,6 +14,36 @@ from vbsim.text import safe
 
 _BOOT_KINDS = ("boot", "securecall")
 
+#: The loader's image check (``boot.chain.verify_component``: signature, chain, signing level,
+#: revocation) as it is named when Secure Boot is off: winload still checks the images it loads,
+#: but nothing in the firmware verified winload itself, so it is no Secure Boot verification.
+LOADER_CHECK = "winload-check"
+
+
+def step_label(step: str, outcome: str, detail: dict[str, Any], secure_boot: bool) -> str:
+    """What a boot step is called on screen: its name and the component it acted on
+    (``secureboot hvix64.exe``), and never "secureboot" when the policy has Secure Boot off."""
+    name = step
+    if step == "secureboot" and not secure_boot:
+        name = LOADER_CHECK
+    elif step == "dispatch":
+        name = f"secure call {detail.get('service', '?')}"
+    component = detail.get("component")
+    return f"{name} {component}" if component else name
+
+
+def detail_text(detail: dict[str, Any], skip: tuple[str, ...] = ("component", "service")) -> str:
+    """``key=value`` pairs; addresses (and anything past 16 bits) and call codes in hex."""
+    parts = []
+    for key, value in detail.items():
+        if value is None or key in skip:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if is_int and (key == "code" or value >= 1 << 16):
+            value = f"{value:#x}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts)
+
 
 def boot_report(policy: Policy) -> dict[str, Any]:
     system = boot(policy)
@@ -23,6 +53,7 @@ def boot_report(policy: Policy) -> dict[str, Any]:
             "vp": e.vp,
             "vtl": e.vtl,
             "step": e.mechanism,
+            "label": step_label(e.mechanism, e.outcome, e.detail, policy.secure_boot),
             "outcome": e.outcome,
             "detail": e.to_json()["detail"],
         }
@@ -66,19 +97,37 @@ def print_boot_report(report: dict[str, Any], out: Console) -> None:
     out.print(f"[bold]policy[/] {safe(policy['name'])}: {safe(policy['description'])}")
     for warning in report.get("warnings", []):
         out.print(f"[yellow]warning:[/] {safe(warning)}")
+    secure_boot = bool(policy.get("secure_boot", True))
+    if not secure_boot:
+        out.print(
+            f"Secure Boot is off: nothing verified winload; '{LOADER_CHECK}' rows are winload's "
+            "own check of the images it loads."
+        )
     chain = Table(title="boot chain (vbs-internals §1.1)", header_style="bold")
-    for column in ("#", "where", "step", "outcome", "details"):
-        chain.add_column(column)
+    rows = []
     for step in report["chain"]:
-        where = "firmware/loader" if step["vtl"] is None else f"VP{step['vp']} VTL{step['vtl']}"
-        detail = " ".join(f"{k}={v}" for k, v in step["detail"].items() if v is not None)
+        if step["vtl"] is not None:
+            where = f"VP{step['vp']} VTL{step['vtl']}"
+        else:
+            where = "firmware" if step["step"] == "firmware" else "loader"
+        label = step.get("label") or step_label(
+            step["step"], step["outcome"], step["detail"], secure_boot
+        )
+        rows.append((step, where, label, detail_text(step["detail"])))
+    # Nothing is cut at 80 columns: the details go under the step's name (dim), wrapping at
+    # spaces, in a column at least as wide as its longest word (a service name, a hex address).
+    longest = max([12, *(len(w) for _, _, label, d in rows for w in f"{label} {d}".split())])
+    chain.add_column("#", justify="right", no_wrap=True)
+    chain.add_column("where", no_wrap=True)
+    chain.add_column("step (component) and details", min_width=longest, ratio=1)
+    chain.add_column("outcome", no_wrap=True)
+    for step, where, label, detail in rows:
         style = "red" if step["outcome"] in ("rejected", "halted") else ""
         chain.add_row(
             str(step["seq"]),
             where,
-            step["step"],
+            safe(label) + (f"\n[dim]{safe(detail)}[/]" if detail else ""),
             f"[{style}]{safe(step['outcome'])}[/]" if style else safe(step["outcome"]),
-            safe(detail),
         )
     out.print(chain)
     if report["halted"]:

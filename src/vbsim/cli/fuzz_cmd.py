@@ -26,6 +26,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from vbsim.text import visible
+
 ENGINES = ("auto", "random", "atheris", "local", "dask")
 
 
@@ -75,10 +77,7 @@ def fuzz(
         _error(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
     out = Console(highlight=False, soft_wrap=True)
     if replay is not None:
-        try:
-            data = replay.read_bytes()
-        except OSError as error:
-            _error(f"cannot read {str(replay)!r}: {error.strerror}")
+        data = _read_replay(replay, targets()[target].max_len)
         crash = engines.replay(target, data)
         if crash is None:
             out.print(f"{target}: {len(data)}-byte input ran without a finding", markup=False)
@@ -181,10 +180,31 @@ def _campaign(
         raise typer.Exit(1)
 
 
+def _read_replay(path: Path, limit: int) -> bytes:
+    """A saved input: a regular file of at most the target's ``max_len`` bytes, read with that
+    cap (``/dev/zero`` or a FIFO never ends; ``/proc`` files report size 0)."""
+    name = visible(repr(str(path)))
+    try:
+        if not path.exists():
+            _error(f"--replay {name}: no such file")
+        if not path.is_file():
+            _error(f"--replay {name}: not a regular file (a saved input is one)")
+        with path.open("rb") as stream:
+            data = stream.read(limit + 1)
+    except OSError as error:
+        _error(f"--replay {name}: cannot read it ({error.strerror})")
+    if len(data) > limit:
+        _error(f"--replay {name}: over the target's {limit}-byte input limit")
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vbsim.fuzz``: the same command without the rest of the CLI."""
     app = typer.Typer(add_completion=False)
     app.command()(fuzz)
+    from vbsim.cli.help import install
+
+    install(app)
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="python -m vbsim.fuzz")
     except SystemExit as stop:

@@ -11,6 +11,7 @@ import typer
 from vbsim.cli.campaign_cmd import app as campaign_app
 from vbsim.cli.conformance_cmd import conformance
 from vbsim.cli.fuzz_cmd import fuzz
+from vbsim.cli.help import install as install_help
 from vbsim.cli.image_cmd import image_app
 from vbsim.cli.render import console, trace_table
 from vbsim.cli.report_cmd import report
@@ -68,7 +69,7 @@ def _size(text: str) -> int:
 @app.command()
 def machine(
     vps: Annotated[int, typer.Option(min=1, max=64, help="Virtual processors.")] = 1,
-    ram: Annotated[str, typer.Option(help="Guest RAM size, e.g. 64M, 1G.")] = "1G",
+    ram: Annotated[str, typer.Option(metavar="SIZE", help="Guest RAM size, e.g. 64M, 1G.")] = "1G",
     as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON.")] = False,
     all_events: Annotated[
         bool, typer.Option("--all", help="Also show every allowed memory access.")
@@ -118,7 +119,9 @@ def machine(
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
     repeat: Annotated[int, typer.Option(min=1, max=100, help="Repetitions per metric.")] = 7,
-    only: Annotated[list[str] | None, typer.Option(help="Run only these metrics.")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(metavar="METRIC", help="Run only these metrics (repeat).")
+    ] = None,
 ) -> None:
     """Measure the model's speed (medians over repeated runs)."""
     from vbsim.bench import METRICS, run
@@ -153,9 +156,15 @@ def bench(
 @app.command()
 def attacks(
     preset_names: Annotated[
-        list[str] | None, typer.Option("--preset", help="Presets to run (default: all five).")
+        list[str] | None,
+        typer.Option(
+            "--preset", metavar="NAME", help="Presets to run (repeat; default: all five)."
+        ),
     ] = None,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Scenario IDs, e.g. A1.")] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", metavar="ID", help="Scenario IDs, e.g. A1 (repeat)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Run the attack catalogue under each preset; exit 1 if any outcome differs from the record."""
@@ -195,7 +204,9 @@ def attacks(
 @app.command()
 def attack(
     scenario_id: Annotated[str, typer.Argument(help="Scenario ID, e.g. A1.")],
-    preset_name: Annotated[str, typer.Option("--preset", help="The preset to run under.")] = "vbs",
+    preset_name: Annotated[
+        str, typer.Option("--preset", metavar="NAME", help="The preset to run under.")
+    ] = "vbs",
     show_trace: Annotated[bool, typer.Option("--trace", help="Show the attack's trace.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result (and trace) as JSON.")
@@ -229,7 +240,9 @@ def attack(
 
 @app.command()
 def matrix(
-    preset_name: Annotated[str, typer.Option("--preset", help="The preset to probe.")] = "vbs",
+    preset_name: Annotated[
+        str, typer.Option("--preset", metavar="NAME", help="The preset to probe.")
+    ] = "vbs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the matrix as JSON.")] = False,
 ) -> None:
     """Probe the four areas (VTL0/VTL1 x user/kernel) against each other, live."""
@@ -267,10 +280,14 @@ def demo(
 @app.command("boot")
 def boot_command(
     policy_file: Annotated[
-        str | None, typer.Option("--policy", help="A TOML policy file (see README).")
+        str | None,
+        typer.Option("--policy", metavar="FILE", help="A TOML policy file (see README)."),
     ] = None,
     preset_name: Annotated[
-        str | None, typer.Option("--preset", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019.")
+        str | None,
+        typer.Option(
+            "--preset", metavar="NAME", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -288,7 +305,16 @@ def boot_command(
         )
     except PolicyError as error:
         raise typer.BadParameter(str(error)) from error
-    report = boot_report(policy)
+    from vbsim.cli.image_cmd import fail
+    from vbsim.hw.ram import OutOfFrames, RamError
+
+    try:
+        report = boot_report(policy)
+    except (RamError, OutOfFrames, MemoryError, OSError) as error:
+        # The policy validator allows up to 64 GiB; the host or the model may not (issue 12).
+        fail(
+            f"cannot boot with ram_mib = {policy.ram_mib}: {type(error).__name__}: {error}", as_json
+        )
     if as_json:
         print(json.dumps(report))
     else:
@@ -319,11 +345,25 @@ def _classes(modules: list[Any], name: str) -> tuple[type[BaseException], ...]:
     return tuple(getattr(m, name) for m in modules if hasattr(m, name))
 
 
+def _tolerate_narrow_encodings() -> None:
+    """With PYTHONIOENCODING=ascii (or a latin-1 terminal) a character the encoding lacks
+    (§, →, box drawing) prints as '?' instead of ending the command with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        reconfigure = getattr(stream, "reconfigure", None)
+        if encoding != "utf8" and callable(reconfigure):
+            try:
+                reconfigure(errors="replace")
+            except (ValueError, OSError):  # a stream that cannot change (closed, detached)
+                continue
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry: usage errors are one line on stderr (exit 2), as every vbsim error is,
     instead of Click's boxed usage panel; a refused boot or a failed check keeps its own code."""
     from vbsim.cli.render import error_line
 
+    _tolerate_narrow_encodings()
     modules = _click_exceptions()
     no_args = _classes(modules, "NoArgsIsHelpError")
     usage = _classes(modules, "UsageError")
@@ -355,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(_message(error), int(getattr(error, "exit_code", 1)))
     except aborted:
         return 130
+    except Exception as error:
+        # A vbsim bug: one line, not a traceback (VBSIM_DEBUG=1 shows the traceback).
+        import os
+
+        if os.environ.get("VBSIM_DEBUG"):
+            raise
+        from vbsim.cli.image_cmd import internal_error
+
+        return refuse(internal_error(error) + " (VBSIM_DEBUG=1 shows the traceback)", 1)
     return code if isinstance(code, int) else 0
 
 
@@ -372,6 +421,7 @@ def _rank(name: str | None) -> int:
 
 app.registered_commands.sort(key=lambda c: _rank(c.name or getattr(c.callback, "__name__", "")))
 app.registered_groups.sort(key=lambda g: _rank(g.name))
+install_help(app)
 
 
 def _entry() -> None:  # pragma: no cover - the console script

@@ -24,8 +24,11 @@ _OUTCOME_STYLE = {
 
 
 def _fmt(value: Any) -> str:
+    """Numbers past 9 in hex, lists item by item (``[0xc0000096, 0x0]``: words that wrap)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 9:
         return f"0x{value:x}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt(item) for item in value) + "]"
     return str(value)
 
 
@@ -41,25 +44,58 @@ def who(event: Event) -> str:
     return f"{label} ({event.actor})" if event.actor else label
 
 
-def trace_table(events: list[Event], title: str) -> Table:
-    """The trace, one event a row.  The check and the outcome are never cut (their columns are
-    as wide as their longest value); who and details wrap at spaces."""
-    table = Table(title=title, show_lines=False, header_style="bold")
-    check = max([5, *(len(e.mechanism) for e in events), *(len(e.kind) for e in events)])
-    outcome = max([7, *(len(e.outcome) for e in events)])
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("who (VP, VTL, ring)", ratio=1, min_width=10)
-    table.add_column("check / what", no_wrap=True, min_width=check)
-    table.add_column("outcome", no_wrap=True, min_width=outcome)
-    table.add_column("details", overflow="fold", ratio=2, min_width=14)
-    for event in events:
+def _fit(mins: list[int], wants: list[int], room: int) -> list[int]:
+    """Column widths: each its minimum, then the room left shared out toward what each wants."""
+    widths = list(mins)
+    while sum(widths) > room and max(widths) > 8:  # too narrow a screen: the widest folds
+        widths[widths.index(max(widths))] -= 1
+    spare = room - sum(widths)
+    while spare > 0:
+        hungry = [i for i, w in enumerate(widths) if w < wants[i]]
+        if not hungry:
+            break
+        share = max(spare // len(hungry), 1)
+        for i in hungry:
+            grow = min(share, wants[i] - widths[i], spare)
+            widths[i] += grow
+            spare -= grow
+    return widths
+
+
+def trace_table(events: list[Event], title: str, width: int | None = None) -> Table:
+    """The trace, one event a row, fitting 80 columns without cutting a mechanism, an outcome,
+    a name or a hex number: the check and its outcome share a column, and every column is at
+    least as wide as its longest word (they wrap at spaces, never inside a word; only a word
+    longer than 30 characters folds)."""
+
+    def longest(texts: list[str], floor: int, cap: int = 30) -> int:
+        return min(cap, max([floor, *(len(word) for text in texts for word in text.split())]))
+
+    def widest(texts: list[str], floor: int) -> int:
+        return max([floor, *(len(line) for text in texts for line in text.splitlines())])
+
+    whos = [who(e) for e in events]
+    checks = [f"{e.mechanism} → {e.outcome}\n{e.kind}" for e in events]
+    details = [describe_detail(e.detail) for e in events]
+    screen = width if width is not None else Console().width
+    seq = max([1, *(len(str(e.seq)) for e in events)])
+    # 5 borders and one column of padding on each inner side of the 4 columns (no edge padding).
+    room = screen - seq - 5 - 6
+    columns = (whos, checks, details)
+    widths = _fit([longest(c, 8) for c in columns], [widest(c, 8) for c in columns], max(room, 30))
+    table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right", style="dim", no_wrap=True, width=seq)
+    table.add_column("who (VP, VTL, ring)", width=widths[0], overflow="fold")
+    table.add_column("check → outcome / what", width=widths[1], overflow="fold")
+    table.add_column("details", width=widths[2], overflow="fold")
+    for event, actor, detail in zip(events, whos, details, strict=True):
         style = _OUTCOME_STYLE.get(event.outcome, "")
+        outcome = f"[{style}]{escape(event.outcome)}[/]" if style else escape(event.outcome)
         table.add_row(
             str(event.seq),
-            escape(who(event)),
-            f"[bold]{escape(event.mechanism)}[/]\n[dim]{escape(event.kind)}[/]",
-            f"[{style}]{escape(event.outcome)}[/]" if style else escape(event.outcome),
-            escape(describe_detail(event.detail)),
+            escape(actor),
+            f"[bold]{escape(event.mechanism)}[/] → {outcome}\n[dim]{escape(event.kind)}[/]",
+            escape(detail),
         )
     return table
 

@@ -10,8 +10,6 @@ cannot be written), 1 for an unexpected failure (reported on one line, without a
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -25,34 +23,18 @@ def _error(message: str, code: int = 2) -> NoReturn:
 
 
 def _check_output(output: Path) -> Path:
-    """The file to write: a symlink is written through (its target is replaced), a device, FIFO
-    or socket is refused (a report never replaces /dev/full with an HTML file)."""
-    if output.is_symlink():
-        output = output.resolve()
-    if output.exists() and output.is_dir():
-        _error(f"output {str(output)!r} is a directory; give a file name, e.g. report.html")
-    if output.exists() and not output.is_file():
-        _error(f"output {str(output)!r} is not a regular file (a device, FIFO or socket)")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        _error(f"output {str(output)!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        _error(f"output {str(output)!r}: directory {str(parent)!r} is not writable")
-    return output
+    from vbsim.cli.output import OutputError, check_output
+
+    try:
+        return check_output(output, "report.html")
+    except OutputError as error:
+        _error(str(error))
 
 
 def _write(output: Path, html: str) -> None:
-    """Write the page atomically: a half-written report never replaces a good one."""
-    parent = output.parent if str(output.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=".vbsim-report-", suffix=".html", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(html)
-        os.chmod(temp, 0o644)
-        os.replace(temp, output)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from vbsim.cli.output import write_atomically
+
+    write_atomically(output, html.encode("utf-8"))
 
 
 def report(
@@ -61,12 +43,13 @@ def report(
         typer.Option(
             "--preset",
             "-p",
+            metavar="NAME",
             help="A preset to include (repeat for several; default: all five).",
         ),
     ] = None,
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", help="The HTML file to write."),
+        typer.Option("--output", "-o", metavar="FILE", help="The HTML file to write."),
     ] = Path("report.html"),
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what was written as JSON.")

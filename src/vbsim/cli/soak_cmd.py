@@ -31,6 +31,29 @@ def _error(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+#: Guest RAM a soak may ask for, in MiB: the policy's own bounds (``vbsim.policy``).
+RAM_MIB_RANGE = (16, 65536)
+
+
+def _ram_mib(value: int, preset: str) -> int:
+    """``--ram-mib`` checked before any worker starts: in range, and a machine of that size
+    boots here (the host may refuse the mapping; the model may run out of frames)."""
+    from vbsim.boot.chain import boot
+    from vbsim.hw.ram import OutOfFrames, RamError
+    from vbsim.policy import preset as get_preset
+
+    low, high = RAM_MIB_RANGE
+    if not low <= value <= high:
+        _error(f"--ram-mib {value} is out of range: a soak machine has {low} to {high} MiB")
+    try:
+        system = boot(get_preset(preset).with_changes(ram_mib=value))
+    except (RamError, OutOfFrames, MemoryError, OSError) as error:
+        _error(f"--ram-mib {value}: the machine does not boot: {type(error).__name__}: {error}")
+    if system.machine is not None:
+        system.machine.close()
+    return value
+
+
 @contextlib.contextmanager
 def campaign_progress(
     total: int, show: bool
@@ -83,23 +106,27 @@ def soak(
     programs: Annotated[
         int, typer.Option("--programs", "-n", min=1, help="Programs to run.")
     ] = 1000,
-    preset: Annotated[str, typer.Option("--preset", "-p", help="A preset with VBS.")] = "hardened",
+    preset: Annotated[
+        str, typer.Option("--preset", "-p", metavar="NAME", help="A preset with VBS.")
+    ] = "hardened",
     max_actions: Annotated[
         int, typer.Option(min=1, max=1000, help="Actions per program (at most).")
     ] = 50,
     capability: Annotated[
         list[str] | None,
-        typer.Option("--capability", "-c", help="U0, A0, K0 or PHYS (repeat; default: all)."),
+        typer.Option(
+            "--capability", "-c", metavar="CAP", help="U0, A0, K0 or PHYS (repeat; default: all)."
+        ),
     ] = None,
     workers: Annotated[
         int, typer.Option(min=0, max=64, help="Processes (0: one per CPU, at most 4).")
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the program generator.")] = 0,
     ram_mib: Annotated[
-        int | None, typer.Option(min=16, max=65536, help="Guest RAM (default: the preset's).")
+        int | None, typer.Option(metavar="MIB", help="Guest RAM in MiB (default: the preset's).")
     ] = None,
     include_known_bugs: Annotated[
-        bool, typer.Option(help="Keep actions that reach known model bugs.")
+        bool, typer.Option("--include-known-bugs", help="Keep actions that reach known model bugs.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     engine: Annotated[str, typer.Option(help="local (a process pool) or dask.")] = "local",
@@ -107,10 +134,14 @@ def soak(
         str | None, typer.Option(help="A running dask scheduler (default: a LocalCluster).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Results directory (default: under the data dir).")
+        Path | None,
+        typer.Option(
+            "--out", metavar="DIR", help="Results directory (default: under the data dir)."
+        ),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue the campaign in this directory.")
+        Path | None,
+        typer.Option("--resume", metavar="DIR", help="Continue the campaign in this directory."),
     ] = None,
     generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
     batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
@@ -129,7 +160,7 @@ def soak(
     except PolicyError as error:
         _error(str(error))
     if ram_mib is not None:
-        policy = policy.with_changes(ram_mib=ram_mib)
+        policy = policy.with_changes(ram_mib=_ram_mib(ram_mib, preset))
     capabilities = tuple(capability or CAPABILITIES)
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:

@@ -11,6 +11,9 @@
   ``NtQueryInformationProcess`` and ``NtReadVirtualMemory`` from an administrator's process with
   SeDebugPrivilege, and the ``DEBUG_PROCESS`` / ``GET_CONTEXT`` / ``RETRIEVE_MAILBOX`` secure calls.
 
+- ``export NAME -o FILE`` writes the signed image of a shipped trustlet as the preset installs
+  it, for ``vbsim image verify`` or ``osslsigncode verify``.
+
 Exit status: 0 when the trustlet was admitted and its run returned STATUS_SUCCESS, 1 when it was
 refused, its run failed or the machine stopped, 2 for bad input.  Every command takes ``--json``.
 """
@@ -18,11 +21,13 @@ refused, its run failed or the machine stopped, 2 for bad input.  Every command 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vbsim.cli.image_cmd import (
@@ -40,6 +45,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.checks import CHECKS
+from vbsim.text import visible
 
 if TYPE_CHECKING:
     from vbsim.boot.chain import System
@@ -47,7 +53,7 @@ if TYPE_CHECKING:
     from vbsim.trace import Event
 
 trustlet_app = typer.Typer(
-    help="Trustlets (IUM): list the known ones, run one on a booted machine.",
+    help="Trustlets (IUM): list the known ones, run one on a booted machine, export one.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -84,6 +90,86 @@ def _query_process(vp: Cpu, pid: int, buffer: int) -> tuple[int, int]:
 _PROBES = ["cli.trustlet.read_process", "cli.trustlet.query_process"]
 
 
+# -- message formats -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Message:
+    """One request a trustlet accepts: a little-endian u32 ``op`` first, then ``fields`` (name,
+    size in bytes, or ``None`` for the rest of the message), and what it replies."""
+
+    name: str
+    op: int
+    fields: tuple[tuple[str, int | None], ...]
+    reply: str
+
+    def layout(self) -> str:
+        """``op:u32=1, user[32], ...``: a u32 as ``name:u32``, bytes as ``name[size]``, the
+        variable-length rest as ``name[n]``."""
+        parts = [f"op:u32={self.op}"]
+        for field, size in self.fields:
+            if field.startswith("u32 "):
+                parts.append(f"{field.removeprefix('u32 ')}:u32")
+            else:
+                parts.append(f"{field}[{size if size is not None else 'n'}]")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "fields": [{"name": n, "size": s} for n, s in self.fields],
+            "layout": self.layout(),
+            "reply": self.reply,
+        }
+
+
+def message_formats() -> dict[str, tuple[Message, ...]]:
+    """What each shipped trustlet's entry routine parses (``vbsim.ium.lsaiso``, ``vbsim.ium.vmsp``:
+    the sizes and op codes are theirs), in one notation: fields in order, sizes in bytes."""
+    from vbsim.ium import lsaiso, vmsp
+    from vbsim.ium.images import LSAISO, VMSP
+
+    return {
+        LSAISO: (
+            Message(
+                "PROTECT",
+                lsaiso.OP_PROTECT,
+                (
+                    ("user (NUL-padded)", lsaiso.USER_LEN),
+                    ("NT OWF", lsaiso.OWF_LEN),
+                    ("Kerberos key", lsaiso.KERB_LEN),
+                ),
+                "an encrypted credential blob (what lsass keeps)",
+            ),
+            Message(
+                "RESPOND",
+                lsaiso.OP_RESPOND,
+                (("u32 blob length", 4), ("blob", None), ("challenge", 8)),
+                "a 24-byte NTLM-style response to the challenge",
+            ),
+        ),
+        VMSP: (
+            Message(
+                "SEAL",
+                vmsp.OP_SEAL,
+                (("u32 slot", 4), ("data (at most 1024)", None)),
+                "the data sealed to vmsp's identity (also kept in secure storage)",
+            ),
+            Message(
+                "UNSEAL",
+                vmsp.OP_UNSEAL,
+                (("u32 slot (unused)", 4), ("sealed blob", None)),
+                "the data, inside the same trustlet identity only",
+            ),
+            Message(
+                "PUBLISH",
+                vmsp.OP_PUBLISH,
+                (("u32 mailbox slot (0-7)", 4), ("data", None)),
+                "nothing: the data goes to the mailbox slot",
+            ),
+        ),
+    }
+
+
 # -- list ----------------------------------------------------------------------------------------
 def list_json() -> dict[str, Any]:
     from vbsim.image import parse_image
@@ -92,6 +178,7 @@ def list_json() -> dict[str, Any]:
     from vbsim.sk.ium.skci import ALLOWED_IDS
 
     rows = []
+    formats = message_formats()
     for name, (trustlet_id, entry, extra, capabilities, parent_sd) in TRUSTLETS.items():
         parsed = parse_image(installed(name, Component()))
         policy = parsed.policy
@@ -108,6 +195,7 @@ def list_json() -> dict[str, Any]:
                 "version": None if parsed.version is None else str(parsed.version),
                 "policy_application_id": None if policy is None else policy.application_id,
                 "policy": [] if policy is None else policy_entries_json(policy.entries),
+                "messages": [m.to_json() for m in formats.get(name, ())],
             }
         )
     shipped = {row["trustlet_id"] for row in rows}
@@ -122,7 +210,8 @@ def list_json() -> dict[str, Any]:
 
 @trustlet_app.command("list")
 def list_command(as_json: JsonOption = False) -> None:
-    """The trustlets vbsim ships, their IDs and signed policies, and the SK's allow-list."""
+    """The trustlets vbsim ships: IDs, signed policies, the messages each accepts, the SK's
+    allow-list."""
     try:
         report = list_json()
     except Exception as error:  # e.g. an unreadable model PKI
@@ -131,17 +220,19 @@ def list_command(as_json: JsonOption = False) -> None:
         print(json.dumps(report))
         return
     table = Table(title="trustlets", header_style="bold")
-    for column in ("image", "ID", "entry", "version", "policy (.tPolicy)", "allowed"):
-        table.add_column(column, overflow="fold")
+    # Short columns that are never cut (an ID, a SID, a version): the version goes under the
+    # image name, one part a line, so the table fits 80 columns.
+    for column in ("image, version", "ID", "entry", "policy (.tPolicy)", "allowed"):
+        table.add_column(column, no_wrap=True)
     for row in report["trustlets"]:
         policy = "\n".join(f"{p['policy']}={format_policy_value(p)}" for p in row["policy"])
         known = f" {row['known_as']}" if row["known_as"] else ""
+        version = (row["version"] or "-").replace(" (", "\n(")
         table.add_row(
-            row["image"],
-            f"{row['trustlet_id']}{known}",
-            row["entry"],
-            row["version"] or "-",
-            policy,
+            escape(row["image"]) + f"\n[dim]{escape(version)}[/]",
+            escape(f"{row['trustlet_id']}{known}"),
+            escape(row["entry"]),
+            escape(policy),
             "yes" if row["allow_listed"] else "[red]no[/]",
         )
     out = console()
@@ -149,6 +240,23 @@ def list_command(as_json: JsonOption = False) -> None:
     others = ", ".join(
         f"{r['trustlet_id']} ({r['known_as'] or '?'})" for r in report["allow_listed_without_image"]
     )
+    messages = Table(
+        title="messages each accepts ('vbsim trustlet run NAME --message HEX')",
+        header_style="bold",
+    )
+    messages.add_column("image", no_wrap=True)
+    messages.add_column("request", no_wrap=True)
+    messages.add_column(escape("bytes, in order (little-endian; [n] = the rest)"), ratio=3)
+    messages.add_column("reply", ratio=2)
+    for row in report["trustlets"]:
+        for message in row["messages"]:
+            messages.add_row(
+                escape(row["image"]),
+                message["name"],
+                escape(message["layout"]),
+                escape(message["reply"]),
+            )
+    out.print(messages)
     out.print(f"Secure Kernel allow-list: IDs {', '.join(map(str, report['allow_list']))}")
     if others:
         out.print(f"allow-listed, no image shipped: {others}")
@@ -296,7 +404,8 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
     row(
         "reply (what the trustlet chose to send)",
         "yes",
-        f"{len(reply)} bytes" + (f": {reply[:32].hex()}" if reply else ""),
+        # The whole reply is on the "run:" line; here, what VTL0 got, said as such.
+        f"{len(reply)} bytes, all of them (the 'run:' line shows them)" if reply else "0 bytes",
     )
     status, _ = nt.vsl.call(vp.cpu, Service.DEBUG_PROCESS, process.secure_pid)
     row(
@@ -501,10 +610,18 @@ def run_command(
         ),
     ] = None,
     preset_name: Annotated[
-        str, typer.Option("--preset", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019.")
+        str,
+        typer.Option(
+            "--preset", metavar="NAME", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019."
+        ),
     ] = "vbs",
     message: Annotated[
-        str | None, typer.Option(help="The message to send, as hex bytes (at most 4096).")
+        str | None,
+        typer.Option(
+            metavar="HEX",
+            help="The message to send, as hex bytes (at most 4096); 'vbsim trustlet list' "
+            "shows each trustlet's formats.",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -521,3 +638,83 @@ def run_command(
         print_run(console(), report)
     if not _succeeded(report):
         raise typer.Exit(1)
+
+
+# -- export --------------------------------------------------------------------------------------
+@trustlet_app.command("export")
+def export_command(
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME", help="A shipped trustlet (LsaIso.exe, vmsp.exe).", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="The file to write.", show_default=False
+        ),
+    ],
+    preset_name: Annotated[
+        str,
+        typer.Option(
+            "--preset", metavar="NAME", help="Whose installed version to export (its components)."
+        ),
+    ] = "vbs",
+    as_json: JsonOption = False,
+) -> None:
+    """Write the signed trustlet image NAME as installed, to inspect, verify or tamper with.
+
+    The file is the PE the Secure Kernel admits: Authenticode-signed by the model PKI, with its
+    .tPolicy; 'vbsim image verify FILE' and 'osslsigncode verify' read it.
+    """
+    import hashlib
+
+    from vbsim.cli.output import OutputError, check_output, write_atomically
+    from vbsim.ium.images import TRUSTLETS, installed
+    from vbsim.policy import Component, PolicyError, preset
+
+    known = {known.lower(): known for known in TRUSTLETS}
+    image = known.get(name.lower())
+    if image is None:
+        fail(
+            f"NAME {visible(repr(name))}: not a shipped trustlet (known: {', '.join(TRUSTLETS)})",
+            as_json,
+        )
+    try:
+        policy = preset(preset_name)
+        target = check_output(output, f"{image}")
+    except (PolicyError, OutputError) as error:
+        fail(str(error), as_json)
+    component = policy.components.get(image, Component())
+    try:
+        data = installed(image, component)
+    except Exception as error:  # e.g. an unreadable model PKI
+        fail(f"cannot build {image}: {internal_error(error)}", as_json)
+    try:
+        write_atomically(target, data)
+    except OSError as error:
+        fail(f"output {visible(repr(str(output)))}: cannot write it ({error.strerror})", as_json)
+    from vbsim.image import model_pki
+
+    root = str(model_pki().path("root.pem"))
+    summary = {
+        "ok": True,
+        "image": image,
+        "version": component.version,
+        "output": str(target),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "model_root": root,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console().print(
+        f"wrote {target}: {image} {component.version}, {len(data)} bytes, "
+        f"sha256 {summary['sha256']}\n"
+        f"check it: vbsim image verify {target}\n"
+        f"      or: osslsigncode verify -CAfile {root} -in {target}",
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,8 +1,9 @@
 """vmsp.exe — a vTPM-like trustlet (ID 2, vbs-internals §3.2): seals data to its identity.
 
-Messages: SEAL (op 1, slot u32, data) → stores the data in secure storage bound to the trustlet ID
-and returns a sealed copy (EncryptData with the local key); UNSEAL (op 2, sealed blob) → the data,
-only inside the same trustlet identity; PUBLISH (op 3, slot, data) → posts data to a mailbox.
+Messages (each op u32, slot u32, then data; ``vbsim trustlet list`` shows them): SEAL (op 1, slot,
+data) → stores the data in secure storage bound to the trustlet ID and returns a sealed copy
+(EncryptData with the local key); UNSEAL (op 2, slot unused, sealed blob) → the data, only inside
+the same trustlet identity; PUBLISH (op 3, mailbox slot 0-7, data) → posts data to a mailbox.
 """
 
 from __future__ import annotations

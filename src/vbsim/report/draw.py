@@ -24,8 +24,10 @@ from vbsim.report.svg import (
     el,
     group,
     line,
+    mono_width,
     path,
     rect,
+    sans_width,
     svg,
     text,
     text_width,
@@ -307,16 +309,41 @@ def machine_svg(p: PresetData) -> Node:
 # -- memory --------------------------------------------------------------------------------------
 MEMORY_WIDTH = 1320.0
 _MIN_RUN = 7.0
+#: Font sizes (px) of the run labels and the GPA labels (``.memory .rt`` / ``.gpa`` in the CSS).
+RUN_LABEL_SIZE = 10.0
+GPA_SIZE = 9.5
+_LABEL_PAD = 8.0
+
+
+def _label_need(run: MemoryRun) -> float:
+    """The width a run needs so its rights, its owner and its first GPA fit inside it."""
+    return (
+        max(
+            sans_width(run.rights_text, RUN_LABEL_SIZE),
+            sans_width(run.owner, RUN_LABEL_SIZE),
+            mono_width(f"0x{run.first_gpa:x}", GPA_SIZE),
+        )
+        + _LABEL_PAD
+    )
 
 
 def _widths(runs: list[MemoryRun], width: float) -> list[float]:
-    """Widths growing with log2 of the run's size, each at least ``_MIN_RUN`` px."""
+    """Each run as wide as its labels need, and the room left shared by log2 of its size (so a
+    bigger run is wider); if the labels cannot all fit, the smallest runs give theirs up (their
+    tooltip and the table keep them) and are at least ``_MIN_RUN`` px."""
     if not runs:
         return []
+    need = [_label_need(run) for run in runs]
+    labelled = set(range(len(runs)))
+    for index in sorted(range(len(runs)), key=lambda i: (runs[i].pages, -i)):
+        if sum(need[i] if i in labelled else _MIN_RUN for i in range(len(runs))) <= width:
+            break
+        labelled.discard(index)
+    base = [need[i] if i in labelled else _MIN_RUN for i in range(len(runs))]
     weights = [1.0 + math.log2(run.pages) for run in runs]
-    spare = max(width - _MIN_RUN * len(runs), 0.0)
+    spare = max(width - sum(base), 0.0)
     total = sum(weights)
-    return [_MIN_RUN + spare * w / total for w in weights]
+    return [b + spare * w / total for b, w in zip(base, weights, strict=True)]
 
 
 def memory_svg(p: PresetData) -> Node:
@@ -341,8 +368,8 @@ def memory_svg(p: PresetData) -> Node:
             label_w,
             30,
             f"▲ allocated: {used_pages} pages ({size_text(used_pages << 12)}) of "
-            f"{size_text(p.ram_bytes)}, the rest is free. Below: every run, its width growing "
-            "with log(size), labelled with its first GPA.",
+            f"{size_text(p.ram_bytes)}, the rest is free. Below: every run, as wide as its labels "
+            "and growing with log(size), labelled with its first GPA.",
             class_="mnote",
         )
     )
@@ -351,7 +378,9 @@ def memory_svg(p: PresetData) -> Node:
     nodes.append(text(0, y_r + 19, "VTL0 rights", class_="ml"))
     nodes.append(text(0, y_o + 14, "owner", class_="ml"))
     x = label_w
-    last_label_end = -1e9
+    # GPA labels in two lanes: one that would touch the previous label in its lane drops to
+    # the other lane (with a longer tick); with neither free it is left to the tooltip.
+    lane_end = [-1e9, -1e9]
     for run, w in zip(runs, widths, strict=True):
         fill = rights_colour(run.rights_text)
         kind = role(run.owner)
@@ -368,21 +397,25 @@ def memory_svg(p: PresetData) -> Node:
             rect(x, y_r, w, h_r, fill=fill, class_="run"),
             rect(x, y_o, w, h_o, fill=ofill, class_="run"),
         ]
-        if w >= 30:
-            label = clip(run.rights_text, w - 4, 10)
-            cells.append(text(x + w / 2, y_r + 19, label, fill=_ink(fill), class_="rt"))
-            owner_text = clip(run.owner, w - 4, 10)
-            cells.append(text(x + w / 2, y_o + 14, owner_text, fill=_ink(ofill), class_="rt"))
-        if x >= last_label_end + 4:
-            gpa = f"0x{run.first_gpa:x}"
-            cells.append(line(x, y_o + h_o, x, y_o + h_o + 6, class_="tick"))
-            cells.append(text(x + 1, y_o + h_o + 16, gpa, class_="gpa"))
-            last_label_end = x + text_width(gpa, 9.5)
+        room = w - _LABEL_PAD
+        if sans_width(run.rights_text, RUN_LABEL_SIZE) <= room:
+            cells.append(text(x + w / 2, y_r + 19, run.rights_text, fill=_ink(fill), class_="rt"))
+        if sans_width(run.owner, RUN_LABEL_SIZE) <= room:
+            cells.append(text(x + w / 2, y_o + 14, run.owner, fill=_ink(ofill), class_="rt"))
+        gpa = f"0x{run.first_gpa:x}"
+        gpa_w = mono_width(gpa, GPA_SIZE)
+        for lane in (0, 1):
+            if x >= lane_end[lane] + 4:
+                drop = 11.0 * lane
+                cells.append(line(x, y_o + h_o, x, y_o + h_o + 6 + drop, class_="tick"))
+                cells.append(text(x + 1, y_o + h_o + 16 + drop, gpa, class_="gpa"))
+                lane_end[lane] = x + 1 + gpa_w
+                break
         nodes.append(group(*cells))
         x += w
     return svg(
         MEMORY_WIDTH,
-        112,
+        124,
         *nodes,
         class_="memory",
         role="img",
@@ -556,13 +589,12 @@ def _where(step: ChainStep) -> int:
     return 1 if step.vtl == 0 else 2
 
 
-def _chain_label(step: ChainStep) -> str:
+def _chain_label(step: ChainStep, secure_boot: bool) -> str:
+    from vbsim.boot.report import step_label
+
     d = step.detail
-    name = step.step
-    if name == "dispatch":
-        name = f"secure call {d.get('service', '?')}"
-    if d.get("component"):
-        name += f" {d['component']}"
+    # The same name as 'vbsim boot' (never "secureboot" when Secure Boot is off).
+    name = step_label(step.step, step.outcome, d, secure_boot)
     label = f"{name}: {step.outcome}"
     extra = [str(d[k]) for k in ("source", "reason", "failure") if d.get(k)]
     if d.get("version"):
@@ -594,10 +626,10 @@ def boot_svg(p: PresetData) -> Node:
         css = boot_outcome_class(step)
         detail = ", ".join(f"{k}={v}" for k, v in step.detail.items() if v is not None)
         where = "firmware / loader" if step.vtl is None else f"VP{step.vp} VTL{step.vtl}"
-        label = _chain_label(step)
+        label = _chain_label(step, p.policy.secure_boot)
         nodes.append(
             group(
-                title(f"#{step.seq} {where}: {step.step} → {step.outcome}; {detail}"),
+                title(f"#{step.seq} {where}: {label}; {detail}"),
                 circle(x, y, 5, class_=f"bd {css}"),
                 text(label_x, y + 4, clip(label, width - label_x, 10), class_=f"bt {css}"),
             )

@@ -139,3 +139,33 @@ def clip(content: str, width: float, size: float = 12.0) -> str:
     if len(content) <= fits:
         return content
     return content[: max(fits - 1, 1)] + "…"
+
+
+#: Advance widths (em) of a proportional sans-serif, on the wide side: DejaVu Sans (what headless
+#: Chromium falls back to on Linux) is wider than Segoe UI, Roboto or Noto Sans, so a label
+#: sized with these fits in any of them.
+_WIDE = set("MWmw@%")
+_CAPS_WIDE = set("ABCDEGHKNOQRSUVXYZ+=#&~<>")
+_NARROW = set("fijlrtI.,:;'|!()[] /-")
+
+
+def sans_width(content: str, size: float = 12.0) -> float:
+    """An upper estimate of ``content``'s width in px, in a proportional sans-serif font."""
+    total = 0.0
+    for char in content:
+        if char in _WIDE:
+            total += 1.0
+        elif char in _CAPS_WIDE:
+            total += 0.78
+        elif char in _NARROW:
+            total += 0.4
+        elif char.isupper():
+            total += 0.7
+        else:
+            total += 0.64
+    return total * size
+
+
+def mono_width(content: str, size: float = 12.0) -> float:
+    """``content``'s width in a monospace font (DejaVu Sans Mono advances 0.602 em)."""
+    return len(content) * size * 0.61
