@@ -332,7 +332,7 @@ def test_a29_needs_more_than_a_standard_user() -> None:
 def test_seed_k0_reads_ium_memory_once_vtl1_opens_the_page() -> None:
     def opened(ctx: AttackContext) -> None:
         sk = ctx.booted.sk
-        lsaiso = next(p for p in boot_ium.secure_processes(ctx) if p.trustlet_id == 1)
+        lsaiso = boot_ium.trustlets(ctx, 1)[0]
         assert sk is not None
         ctx.secure_kernel(lambda vp: sk.set_vtl0_rights(vp, lsaiso.private_pfns, 0xF))
         seeds.kernel_reads_ium_steps(ctx)
