@@ -132,7 +132,7 @@ def scratch_pages(sk: SecureKernel) -> set[int]:
     for proc in sk.processors:
         pages |= {proc.assist_gpa >> PAGE_SHIFT, proc.sim_gpa >> PAGE_SHIFT}
     st = allocation.state(sk)
-    pages |= {sk_gpa(sk, va) >> PAGE_SHIFT for va in st.capture}
+    pages |= {sk_gpa(sk, va) >> PAGE_SHIFT for va in (*st.capture, st.control_va)}
     pages.add(sk_gpa(sk, skkdp.state(sk).table_va) >> PAGE_SHIFT)
     for handle, (kind, _) in handles(sk).items():
         if kind == ObjectType.SECURE_ALLOCATION:

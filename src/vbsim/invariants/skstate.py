@@ -6,8 +6,9 @@ classes:
 - **scratch** — pages the SK or the hypervisor rewrite as a matter of course, whatever VTL0 asks:
   the hypercall parameter pages (``sk.params``), each VP's VP-assist page (the hypervisor writes
   the VTL entry reason there) and SynIC message page (intercept and IOMMU-fault messages), and
-  the secure-call capture pages of ``sk.services.allocation`` (VTL0 data copied in before any
-  check — a refused call writes them too).  Not checked.
+  the secure-call capture pages of ``sk.services.allocation`` and their control page (VTL0 data
+  copied in before any check — a refused call writes them too; a call holds one across its
+  normal calls).  Not checked.
 - **allocation** — pages an *accepted* secure call writes: the secure-allocation arena
   (CREATE/FILL_SECURE_ALLOCATION), the KDP secure-pool record page (COPY_PROTECTED_PAGE), the
   SK state block, HVCI's and KDP's tables (each only by its owner's services), and the object
@@ -111,6 +112,10 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
             if gpn is not None:
                 scratch.add(gpn)
                 labels[gpn] = "capture"
+        gpn = _gpn(ram, sk, state.control_va)
+        if gpn is not None:  # held across a call's normal calls (VTL0 runs meanwhile)
+            scratch.add(gpn)
+            labels[gpn] = "capture-control"
         for index in range(state.arena_pages):
             gpn = _gpn(ram, sk, state.arena_va + index * PAGE_SIZE)
             if gpn is not None:

@@ -13,21 +13,23 @@ page", Appendix A item 5), but not byte layouts: every layout below is **the mod
 unless its comment names a source.  Field widths follow what the value needs.
 
 What lives here (VTL1 memory, read by the SK at each decision): the configuration block the
-loader copies from the boot policy (``Config``), the phase, READY bits and HyperGuard's trusted
-register values (``State``), the own-page bitmap, the frame pool's bitmap (``Pool``), the
-trustlet allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
+loader copies from the boot policy (``Config``), the phase, READY bits, the secure-allocation
+arena's top and HyperGuard's trusted register values (``State``), the capture pages' control
+word (``Capture``), the own-page bitmap, the frame pool's bitmap (``Pool``), the trustlet
+allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
 dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated-hash records
-(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
-``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
+(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are ``POOL_RECORD`` in
+``sk.services.kdp``), the handle table (``HandleTable``) and the objects it points to
+(``SecureImage``, ``SecureAllocation``, ``SecurePool``, ``SkProcess`` with its mailbox
+directory), the small-object pool (``ObjectPool``) and the secure threads (``SecureThread``,
+``ThreadTable``).
 
-The SK processor block (``Prcb``) names each VP's current trustlet.
+The SK processor block (``Prcb``) names each VP's current trustlet and secure thread.
 
-Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
-and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
-allocations, pools), secure threads, secure-storage page
-bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
-SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
-(page tables object, routine VAs, parsed image).
+Not yet in SK memory (issue 10, named so nobody mistakes them for done): secure-storage page
+bookkeeping (``SecureKernel.storage``), the HVPT pin records, the SkuSiPolicy floors
+(``SecureKernel.revocation``), and the secure process object's Python side (``SecureProcess``:
+page-tables root, frame lists, routine VAs, the parsed image, secure sections, the probe cache).
 """
 
 from __future__ import annotations
@@ -100,8 +102,6 @@ class State:
     #: The secure-allocation arena's top: buffers are carved downward from here
     #: (``sk.services.allocation``; 0: the arena is untouched, its end).
     ARENA_TOP = Field("arena_top", 0x10, 8, MODEL)
-    #: Which secure-call capture pages a call holds now (bit n: slot n).
-    CAPTURE_BUSY = Field("capture_busy", 0x18, 4, MODEL)
     TRUSTED = 0x20
     #: Trusted entry: HV_REGISTER_NAME (u32, vsm-spec §4), pad, value (HV_REGISTER_VALUE, 128
     #: bits: segment and table registers need more than 64).
@@ -109,6 +109,14 @@ class State:
     TRUSTED_VALUE = Field("value", 0x08, 16, "vsm-spec §4 (HV_REGISTER_VALUE is 128 bits)")
     TRUSTED_ENTRY = 0x18
     TRUSTED_MAX = (PAGE_SIZE - TRUSTED) // TRUSTED_ENTRY
+
+
+class Capture:
+    """The secure-call capture pages' control page (``sk.services.allocation``): which pages a
+    call holds now.  A call holds one across its normal calls, so the page is the SK's scratch
+    (model)."""
+
+    BUSY = Field("busy", 0x00, 4, MODEL)  # bit n: capture slot n is held
 
 
 # -- the trustlet allow-list ----------------------------------------------------------------------
@@ -278,12 +286,12 @@ class SecureImage:
 
 
 class SecureThread:
-    """A secure thread (KTHREAD.SecureThreadCookie names it, vbs-internals §3.5): its cookie, the
-    SKPROCESS it belongs to and whether a processor runs it now (model layout)."""
+    """A secure thread (KTHREAD.SecureThreadCookie names it, vbs-internals §3.5): its cookie and
+    the SKPROCESS it belongs to (model layout).  Whether it runs is the processor blocks'
+    ``Prcb.CURRENT_THREAD``."""
 
     COOKIE = Field("cookie", 0x00, 8, "vbs-internals §3.5 (the cookie value); offset: model")
     PROCESS = Field("process", 0x08, 8, MODEL)  # SKPROCESS VA
-    RUNNING = Field("running", 0x10, 4, MODEL)
 
 
 class ThreadTable:
@@ -305,6 +313,9 @@ class Prcb:
 
     #: The SKPROCESS object (its VA in the SK direct map) of the trustlet this VP runs; 0: none.
     CURRENT_PROCESS = Field("CurrentProcess", 0x00, 8, MODEL)
+    #: The secure thread object this VP runs (KPRCB.CurrentThread's counterpart); 0: none.  A
+    #: thread some processor block names is running: RESUME_THREAD refuses it.
+    CURRENT_THREAD = Field("CurrentThread", 0x08, 8, "Windows Internals 7th ed. ch. 4 (KPRCB)")
     SIZE = 0x40
 
 

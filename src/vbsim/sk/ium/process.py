@@ -25,7 +25,7 @@ from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
 from vbsim.sk import objects
 from vbsim.sk.kernel import PoolExhausted
-from vbsim.sk.layouts import Field, Mem, Prcb, ThreadTable, read_field, write_field
+from vbsim.sk.layouts import Config, Field, Mem, Prcb, ThreadTable, read_field, write_field
 from vbsim.sk.layouts import SecureThread as ThreadLayout
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
@@ -59,6 +59,7 @@ __all__ = [
 
 
 _CURRENT = Prcb.CURRENT_PROCESS.offset
+_THREAD = Prcb.CURRENT_THREAD.offset
 _PRCB_SIZE = Prcb.SIZE
 assert Prcb.CURRENT_PROCESS.size == 8
 
@@ -304,6 +305,12 @@ def thread_object(sk: SecureKernel, vp: Mem, cookie: int) -> int:
     return thread
 
 
+def thread_running(sk: SecureKernel, vp: Mem, thread: int) -> bool:
+    """Whether any processor block names ``thread`` as the one it runs (read now)."""
+    vps = min(read_field(vp, sk.config_va, Config.VPS), PAGE_SIZE // _PRCB_SIZE)
+    return any(vp.read_u64(sk.prcb_va + i * _PRCB_SIZE + _THREAD) == thread for i in range(vps))
+
+
 def thread_process(sk: SecureKernel, vp: Mem, thread: int) -> SecureProcess | None:
     """The process a thread object names (its SKPROCESS pointer, read now)."""
     process = sk.process_objects.get(read_field(vp, thread, ThreadLayout.PROCESS))
@@ -321,7 +328,8 @@ def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int)
     block = sk.processor_block(vp.index)
     current_before = vp.read_u64(block + _CURRENT)
     vp.write_u64(block + _CURRENT, process.object_va)
-    write_field(vp, thread, ThreadLayout.RUNNING, 1)
+    thread_before = vp.read_u64(block + _THREAD)
+    vp.write_u64(block + _THREAD, thread)
     vp.mov_to_cr(3, process.tables.root)
     status, value = 0, None
     try:
@@ -332,7 +340,7 @@ def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int)
         status = 0xC000_0005 if stop.vector is not None else 0xC000_0001
         sk.emit(vp, "ium", "trustlet-fault", "thread-terminated", reason=stop.reason)
     finally:
-        write_field(vp, thread, ThreadLayout.RUNNING, 0)
+        vp.write_u64(block + _THREAD, thread_before)
         if vp.vtl == 1 and vp.cpl == 0:
             vp.mov_to_cr(3, saved_cr3)
         vp.write_u64(block + _CURRENT, current_before)

@@ -52,7 +52,7 @@ from vbsim.ntstatus import NtStatus
 from vbsim.sk import objects
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import NormalCall, Reply
-from vbsim.sk.layouts import Config, Mem, ObjectType, State, read_field, write_field
+from vbsim.sk.layouts import Capture, Config, Mem, ObjectType, State, read_field, write_field
 from vbsim.sk.layouts import SecureAllocation as AllocationLayout
 from vbsim.sk.sscn import Service
 
@@ -86,13 +86,15 @@ NORMAL_GET_PHYSICAL_PAGES = 0x0102
 class AllocationState:
     """Where the secure-allocation machinery is in SK memory (addresses only): the arena, the
     capture pages, and the SK state block whose ARENA_TOP and CAPTURE_BUSY fields say how much
-    of the arena is handed out and which capture pages a call holds."""
+    of the arena is handed out, and the capture control page (which capture pages a call
+    holds)."""
 
     arena_va: int
     arena_pages: int
     behind_va: int  # the first SK data page behind the arena (HVCI's hash records)
     state_va: int  # the SK state block (``layouts.State``)
     capture: tuple[int, ...] = ()  # capture page VAs
+    control_va: int = 0  # ``layouts.Capture``: which capture pages are held
 
     def top(self, vp: Mem) -> int:
         """Allocations are carved downward from here (initially ``behind_va``)."""
@@ -142,10 +144,10 @@ def refuse(
 def acquire_capture(sk: SecureKernel, vp: Mem) -> int | None:
     """A free capture page (its VA), marked busy in the SK state block; None: all are held."""
     st = state(sk)
-    busy = read_field(vp, st.state_va, State.CAPTURE_BUSY)
+    busy = read_field(vp, st.control_va, Capture.BUSY)
     for index, va in enumerate(st.capture):
         if not busy >> index & 1:
-            write_field(vp, st.state_va, State.CAPTURE_BUSY, busy | 1 << index)
+            write_field(vp, st.control_va, Capture.BUSY, busy | 1 << index)
             return va
     return None
 
@@ -153,9 +155,9 @@ def acquire_capture(sk: SecureKernel, vp: Mem) -> int | None:
 def release_capture(sk: SecureKernel, vp: Mem, va: int) -> None:
     st = state(sk)
     if va in st.capture:
-        busy = read_field(vp, st.state_va, State.CAPTURE_BUSY)
+        busy = read_field(vp, st.control_va, Capture.BUSY)
         index = st.capture.index(va)
-        write_field(vp, st.state_va, State.CAPTURE_BUSY, busy & ~(1 << index))
+        write_field(vp, st.control_va, Capture.BUSY, busy & ~(1 << index))
 
 
 def capture(sk: SecureKernel, vp: Cpu, slot: int, gpa: int, length: int) -> bytes:
@@ -354,8 +356,11 @@ def register(sk: SecureKernel) -> None:
     """Loader: the capture pages, then the arena; HVCI's tables follow it (``register_all``
     registers ``hvci`` next, so its hash records are the pages right behind the arena)."""
     capture_pages = tuple(sk.builder().alloc_data(1)[0] for _ in range(CAPTURE_SLOTS))
+    control_va, _ = sk.builder().alloc_data(1)
     arena_va, _ = sk.builder().alloc_data(ARENA_PAGES)
     behind = arena_va + ARENA_PAGES * PAGE_SIZE
-    sk.allocation = AllocationState(arena_va, ARENA_PAGES, behind, sk.state_va, capture_pages)
+    sk.allocation = AllocationState(
+        arena_va, ARENA_PAGES, behind, sk.state_va, capture_pages, control_va
+    )
     sk.handlers[Service.CREATE_SECURE_ALLOCATION] = create_secure_allocation
     sk.handlers[Service.FILL_SECURE_ALLOCATION] = fill_secure_allocation

@@ -29,7 +29,6 @@ from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
 from vbsim.sk.kernel import Reply, SecureKernel
 from vbsim.sk.layouts import ObjectType, read_field, write_field
-from vbsim.sk.layouts import SecureThread as SecureThreadLayout
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
@@ -153,11 +152,7 @@ def create_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
 def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     thread = ium.thread_object(sk, vp, args.cookie)
     process = ium.thread_process(sk, vp, thread) if thread else None
-    if (
-        process is None
-        or process.terminated(vp)
-        or read_field(vp, thread, SecureThreadLayout.RUNNING)
-    ):
+    if process is None or process.terminated(vp) or ium.thread_running(sk, vp, thread):
         return Reply(NtStatus.INVALID_HANDLE)
     selector, message_pfn, message_length, reply_pfn = args.fields[:4]
     if (
