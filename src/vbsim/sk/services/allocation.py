@@ -236,6 +236,9 @@ def fill_secure_allocation(
     slot = acquire_capture(sk, vp)
     if slot is None:
         return refuse(sk, vp, "securecall.capture", "no-slot", NtStatus.NO_MEMORY)
+    # A call suspended in its normal call is abandoned (GeneratorExit) only when the machine is
+    # torn down: then no processor exists to release the slot with, and none is needed.
+    abandoned = False
     try:
         if unchecked or double_fetch:
             sk.emit(
@@ -279,8 +282,12 @@ def fill_secure_allocation(
                 pfns=list(mdl.pfns),
             )
         copied = _copy(sk, vp, mdl, alloc_va + offset)
+    except GeneratorExit:
+        abandoned = True
+        raise
     finally:
-        release_capture(sk, vp, slot)
+        if not abandoned:
+            release_capture(sk, vp, slot)
     sk.emit(
         vp,
         "securecall",
