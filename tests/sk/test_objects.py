@@ -225,11 +225,10 @@ def test_is_trustlet_running_reads_the_trustlet_id_from_the_skprocess(
     tid = process.host_trustlet_id(system.machine.ram)
     assert _call(system, Service.IS_TRUSTLET_RUNNING, tid)[1][0] == 1
     assert _call(system, Service.IS_TRUSTLET_RUNNING, 77)[1][0] == 0
-    set_id = lambda value: (
-        lambda cpu, sk: write_field(  # noqa: E731
-            cpu, process.object_va, SkProcess.TRUSTLET_ID, value
-        )
-    )
+
+    def set_id(value: int) -> Callable[[Cpu, SecureKernel], None]:
+        return lambda cpu, sk: write_field(cpu, process.object_va, SkProcess.TRUSTLET_ID, value)
+
     _as_sk(system, set_id(77))
     try:
         assert _call(system, Service.IS_TRUSTLET_RUNNING, 77)[1][0] == 1
@@ -244,11 +243,10 @@ def test_the_terminated_field_and_the_thread_table_decide_thread_calls(
     system, handle, cookie = trustlet
     assert system.sk is not None and system.machine is not None
     process = system.sk.host_processes(system.machine.ram)[handle]
-    terminate = lambda value: (
-        lambda cpu, sk: write_field(  # noqa: E731
-            cpu, process.object_va, SkProcess.TERMINATED, value
-        )
-    )
+
+    def terminate(value: int) -> Callable[[Cpu, SecureKernel], None]:
+        return lambda cpu, sk: write_field(cpu, process.object_va, SkProcess.TERMINATED, value)
+
     _as_sk(system, terminate(1))
     try:
         assert _call(system, Service.CREATE_THREAD, handle)[0] == NtStatus.INVALID_HANDLE
