@@ -29,7 +29,7 @@ from vbsim.nt import lsass, syscalls
 from vbsim.nt.layouts import EPROCESS, HostReader
 from vbsim.nt.process import Process, Protection
 from vbsim.sk.ium import skci
-from vbsim.sk.ium.process import MESSAGE_VA, SecureProcess
+from vbsim.sk.ium.process import MESSAGE_VA
 from vbsim.sk.services import dump as sk_dump
 from vbsim.sk.services import ium as ium_services
 
@@ -196,13 +196,14 @@ def test_a19_succeeds_if_the_sk_ignored_the_requested_id(monkeypatch: pytest.Mon
 def test_a20_succeeds_if_lsaiso_allowed_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
     # LsaIso's signed policy says Debug=1: the SK copies it into the SKPROCESS page it decides from.
     from vbsim.image.policy import PolicyId
+    from vbsim.sk.ium import process as sk_process
 
-    real = SecureProcess.policy_value
+    real = sk_process.policy_value
 
-    def policy_value(self: SecureProcess, policy_id: int, default: int = 0) -> int:
-        return 1 if policy_id == PolicyId.DEBUG else real(self, policy_id, default)
+    def policy_value(policy: Any, policy_id: int, default: int = 0) -> int:
+        return 1 if policy_id == PolicyId.DEBUG else real(policy, policy_id, default)
 
-    monkeypatch.setattr(SecureProcess, "policy_value", policy_value)
+    monkeypatch.setattr(sk_process, "policy_value", policy_value)
     result, ctx = run(boot_ium.A20, "vbs-hvci")
     assert result.outcome == Outcome.SUCCEEDED
     assert ctx.notes["a0_status"] != 0  # still nothing through the shadow process
@@ -330,7 +331,7 @@ def test_a29_needs_more_than_a_standard_user() -> None:
 def test_seed_k0_reads_ium_memory_once_vtl1_opens_the_page() -> None:
     def opened(ctx: AttackContext) -> None:
         sk = ctx.booted.sk
-        lsaiso = next(p for p in boot_ium.secure_processes(ctx) if p.trustlet_id == 1)
+        lsaiso = boot_ium.trustlets(ctx, 1)[0]
         assert sk is not None
         ctx.secure_kernel(lambda vp: sk.set_vtl0_rights(vp, lsaiso.private_pfns, 0xF))
         seeds.kernel_reads_ium_steps(ctx)

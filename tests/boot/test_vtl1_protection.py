@@ -36,8 +36,8 @@ def booted(name: str = "vbs") -> System:
 
 
 def sk_frames(system: System) -> list[int]:
-    assert system.sk is not None
-    return sorted(set(system.sk.space.frames))
+    assert system.sk_space is not None
+    return sorted(set(system.sk_space.frames))
 
 
 def test_k0_read_of_a_secure_kernel_page_is_intercepted_and_bugchecks() -> None:
@@ -93,7 +93,7 @@ def test_secure_kernel_pages_are_read_only_before_phase3(monkeypatch: pytest.Mon
         machine: Machine = captured["machine"]
         sk = next(i for i in machine.ram.images.values() if isinstance(i, SecureKernel))
         assert machine.slat is not None
-        frames = sorted(set(sk.space.frames))
+        frames = sorted(set(sk.image_pfns))  # what the loader handed the SK
         captured["frames"] = frames
         captured["rights"] = {pfn: machine.slat.rights(0, pfn) for pfn in frames}
         # NT (VTL0 ring 0, phase 0) reads one of them through its direct map.

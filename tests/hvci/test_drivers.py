@@ -22,6 +22,7 @@ from vbsim.nt.drivers import (
 )
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.policy import preset
+from vbsim.sk import objects
 from vbsim.sk.services.hvci import PageState, image_layout
 from vbsim.sk.sscn import Service
 
@@ -225,7 +226,9 @@ def test_a_code_page_that_differs_from_the_signed_image_never_gets_kx() -> None:
     [refusal] = [x for x in e.events("skci", "skci.page-hash") if x.outcome == "refused"]
     assert refusal.detail["first_gpa"] >> 12 == code_pfn
     assert e.rights(code_pfn) == R | W | UX  # back to unvalidated: writable, never KX
-    assert e.system.sk is not None and handle not in e.system.sk.handles
+    sk, machine = e.system.sk, e.system.machine
+    assert sk is not None and machine is not None
+    assert handle not in objects.host_entries(machine.ram.read, sk)  # NT's cleanup closed it
     assert wkx_pages(e.system) == []
 
 

@@ -287,7 +287,8 @@ def test_6_a_refused_secure_call_that_changed_sk_memory() -> None:
         from vbsim.sk.layouts import Dispatch
 
         code.register("test.sloppy-service", sloppy)
-        routine = rig.sk.space.install("test.sloppy-service")
+        assert rig.system.sk_space is not None
+        routine = rig.system.sk_space.install("test.sloppy-service")
         number = rig.sk.table.number[Service.NULL]
         rig.machine.ram.write_u64(rig.sk.dispatch_gpa + number * Dispatch.ENTRY, routine)
         with rig.monitor.step("refused but wrote"):

@@ -191,8 +191,14 @@ class Machine:
     def secure_processes(self) -> dict[int, SecureProcess]:
         """The SK's table of secure processes (what a VTL1 debugger would show)."""
         assert self.system.sk is not None
-        table: dict[int, SecureProcess] = self.system.sk.processes
+        assert self.system.machine is not None
+        table: dict[int, SecureProcess] = self.system.sk.host_processes(self.system.machine.ram)
         return table
+
+    def terminated(self, process: Process) -> bool:
+        """Whether the SKPROCESS (in VTL1 RAM) of ``process`` says it was terminated."""
+        assert self.system.machine is not None
+        return self.secure_process(process).host_terminated(self.system.machine.ram)
 
     def secure_process(self, process: Process) -> SecureProcess:
         return self.secure_processes()[process.secure_pid]

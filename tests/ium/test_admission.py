@@ -30,6 +30,7 @@ from vbsim.image.policy import PolicyId
 from vbsim.ium.images import LSAISO, trustlet_image
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component
+from vbsim.sk import objects
 
 from . import kit
 from .kit import Machine
@@ -55,7 +56,14 @@ def counts(machine: Machine) -> tuple[int, int, int]:
     """NT processes, SK secure processes, SK handles."""
     sk = machine.system.sk
     assert sk is not None
-    return len(machine.nt.processes), len(machine.secure_processes()), len(sk.handles)
+    return len(machine.nt.processes), len(machine.secure_processes()), len(_handles(machine))
+
+
+def _handles(machine: Machine) -> dict[int, tuple[int, int]]:
+    """The SK's handle table as it stands in VTL1 RAM: handle → (type index, object VA)."""
+    sk, ram = machine.system.sk, machine.system.machine
+    assert sk is not None and ram is not None
+    return objects.host_entries(ram.ram.read, sk)
 
 
 def refused(machine: Machine, image: bytes, trustlet_id: int, status: int, check: str) -> str:
@@ -98,11 +106,11 @@ def test_a_refused_image_creates_no_nt_process_and_no_sk_process(
     and its handle table are exactly as before, and no ``create-process`` event exists."""
     sk = machine.system.sk
     assert sk is not None
-    handles = dict(sk.handles)
+    handles = _handles(machine)
     threads = _cookies(machine)
     refused(machine, strip_signature(lsaiso), 1, HASH, "signature")
     refused(machine, lsaiso, 3, DENIED, "trustlet-id")
-    assert sk.handles == handles
+    assert _handles(machine) == handles
     assert _cookies(machine) == threads
 
 

@@ -258,7 +258,8 @@ def test_a_keyless_model_trustlets_mailbox_is_tainted() -> None:
     sk = machine.system.sk
     assert sk is not None
     _, _secure, secret = _post(machine, key=0)
-    secrets = taint.collect(sk)
+    assert machine.system.machine is not None
+    secrets = taint.collect(sk, machine.system.machine.ram)
     names = {s.name for s in secrets.items}
     mailbox = [s for s in secrets.items if s.name.startswith("mailbox[3]@trustlet2")]
     assert mailbox and mailbox[0].data == secret and not mailbox[0].canary

@@ -235,10 +235,10 @@ def test_random_syscalls_with_valid_pointers_never_raise(
     machine: Machine, fuzz_target: list[Process], calls: list[tuple[int, ...]]
 ) -> None:
     process = fuzz_target[0]
-    if machine.secure_process(process).terminated:  # a random NtTerminateProcess got it
+    if machine.terminated(process):  # a random NtTerminateProcess got it
         process = fuzz_target[0] = machine.started(kit.test_image(4), 4, "Fuzz.exe")
     run = machine.run(process, kit.syscalls_message(*calls))
-    if machine.secure_process(process).terminated:
+    if machine.terminated(process):
         assert NUMBERS["NtTerminateProcess"] in [c[0] for c in calls]
         return
     assert run.status == NtStatus.SUCCESS
@@ -297,7 +297,7 @@ def test_random_syscalls_and_arguments_never_raise(
     except GuestTermination:
         machine.system.halted = "bugcheck"
         raise
-    assert run.status == NtStatus.SUCCESS or machine.secure_process(process).terminated
+    assert run.status == NtStatus.SUCCESS or machine.terminated(process)
 
 
 # -- a trustlet reading VTL0 kernel memory ---------------------------------------------------------

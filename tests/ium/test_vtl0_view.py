@@ -14,17 +14,20 @@ import pytest
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.invariants.skstate import HostMem
 from vbsim.ium import lsaiso, vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.nt.process import Process, Token, host_view
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import BugCheck, NtStatus
-from vbsim.sk.ium.process import IMAGE_BASE, PRIVATE_BASE, PRIVATE_PAGES, SecureThread
-from vbsim.sk.services.ium import FIRST_COOKIE
+from vbsim.sk.ium.process import IMAGE_BASE, PRIVATE_BASE, PRIVATE_PAGES, thread_object
+from vbsim.sk.layouts import SecureThread, ThreadTable, read_field
 from vbsim.sk.sscn import Service
 
 from . import kit
 from .kit import Machine
+
+FIRST_COOKIE = ThreadTable.FIRST_COOKIE
 
 OWF = bytes(range(0xA0, 0xB0))
 KERBEROS = bytes(range(0x40, 0x60))
@@ -82,7 +85,9 @@ def test_process_object_is_visible_with_trustlet_id_and_secure_pid(
     assert lsa.name == LSAISO and lsa.trustlet_id == 1
     assert lsa.secure_pid != 0
     secure = machine.secure_process(lsa)  # SecurePid is the SK's handle to its SKPROCESS
-    assert secure.handle == lsa.secure_pid and secure.trustlet_id == 1
+    assert machine.system.machine is not None
+    ram = machine.system.machine.ram
+    assert secure.host_handle(ram) == lsa.secure_pid and secure.host_trustlet_id(ram) == 1
 
 
 def test_nt_query_information_process_says_secure(machine: Machine, lsa: Process) -> None:
@@ -101,10 +106,12 @@ def test_threads_exist_with_a_secure_thread_cookie(machine: Machine, lsa: Proces
     cookie = _cookie(machine, lsa)
     assert cookie >= FIRST_COOKIE
     assert machine.system.sk is not None
-    thread = machine.system.sk.threads[cookie]
-    assert isinstance(thread, SecureThread)
-    assert thread.process is machine.secure_process(lsa)
-    assert cookie in machine.secure_process(lsa).threads
+    assert machine.system.machine is not None
+    mem = HostMem(machine.system.machine.ram, machine.system.sk)
+    thread = thread_object(machine.system.sk, mem, cookie)  # the thread table in VTL1 RAM
+    assert thread != 0
+    assert read_field(mem, thread, SecureThread.COOKIE) == cookie
+    assert read_field(mem, thread, SecureThread.PROCESS) == machine.secure_process(lsa).object_va
 
 
 # -- private memory ------------------------------------------------------------------------------
@@ -307,7 +314,7 @@ def test_rundown_terminates_the_trustlet_and_clears_its_memory(fresh: Machine) -
     assert [e.outcome for e in fresh.events_since(mark, "ium") if e.mechanism == "rundown"] == [
         "terminated"
     ]
-    assert secure.terminated
+    assert secure.host_terminated(machine.ram)
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status == NtStatus.INVALID_HANDLE
     assert all(
@@ -328,7 +335,7 @@ def test_nt_terminate_process_runs_the_trustlet_down(fresh: Machine) -> None:
     assert admin.returned("tests.ium.vtl0.syscall", number, (process.pid, 0)) == 0
     assert fresh.system.machine is not None
     assert host_view(fresh.system.machine.ram, process.eprocess).exiting
-    assert fresh.secure_process(process).terminated
+    assert fresh.terminated(process)
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status != NtStatus.SUCCESS
 

@@ -17,7 +17,7 @@ from vbsim.nt import kdp
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import hvpt
 
-from .kit import VALUE, booted, events, kernel_page, parts, remap, sk_of
+from .kit import VALUE, booted, events, kernel_page, parts, remap, sk_of, space_of
 
 RWNX = int(Pte.RW | Pte.NX | Pte.G)
 FORGED = 0xA77A_C4E5
@@ -78,7 +78,7 @@ def test_hlat_tables_are_sk_memory_vtl0_can_only_read() -> None:
     st = hvpt.state(sk)
     assert st is not None and machine.slat is not None
     for pfn in st.table_pfns:
-        assert machine.slat.rights(0, pfn) == R and pfn in sk.host_own_pages(sk.space.ram)
+        assert machine.slat.rights(0, pfn) == R and pfn in sk.host_own_pages(space_of(sk).ram)
     root = DIRECT_MAP + st.root
     entry = vp.read_u64(root + 8 * 0x1F0)  # readable (the processor's walk needs that)
     with pytest.raises(Bugcheck):
@@ -116,7 +116,7 @@ def test_hlat_register_validation() -> None:
         for bad in (
             current | (1 << 63),  # reserved
             current | (2 << hlat.CONTROL_PREFIX_SHIFT),  # prefix 3: above the maximum
-            hlat.CONTROL_ENABLE | (sk.space.ram.size + PAGE_SIZE),  # root outside RAM
+            hlat.CONTROL_ENABLE | (space_of(sk).ram.size + PAGE_SIZE),  # root outside RAM
         ):
             result = hvcall.set_vp_registers(vp, sk.params, [(reg, bad)], target_vtl=0)
             assert result.status == HvStatus.INVALID_REGISTER_VALUE, hex(bad)

@@ -15,7 +15,7 @@ from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.sscn import Service
 
-from .kit import VALUE, booted, events, parts, remap, sk_gpa, sk_of
+from .kit import VALUE, booted, events, parts, remap, sk_gpa, sk_of, space_of
 
 
 def _section(name: str = "vbs-hvci", **changes: Any) -> tuple[Any, ...]:
@@ -170,7 +170,7 @@ def test_protection_is_irreversible() -> None:
     assert machine.slat is not None and machine.slat.rights(0, section.pfns[0]) == R
     assert machine.ram.read_u64(section.gpa) == VALUE
 
-    assert sk.space.ram.read(sk.kdp.owners_gpa + section.pfns[0], 1)[0] != 0  # KDP's table
+    assert space_of(sk).ram.read(sk.kdp.owners_gpa + section.pfns[0], 1)[0] != 0  # KDP's table
     with pytest.raises(Bugcheck):
         vp.write_u64(section.va, 0)
 

@@ -13,7 +13,8 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import kdp
 from vbsim.nt.kernel import NtKernel
 from vbsim.ntstatus import NtStatus
-from vbsim.sk.layouts import Hvci
+from vbsim.sk.layouts import HandleTable, Hvci, ObjectType
+from vbsim.sk.objects import index_of
 from vbsim.sk.services import allocation
 from vbsim.sk.services.allocation import (
     MDL_BYTECOUNT_OFFSET,
@@ -25,20 +26,23 @@ from vbsim.sk.sscn import Service
 from .kit import (
     ATTACK,
     allocation_bytes,
+    allocation_fields,
     booted,
     events,
+    handles,
     kernel_page,
     legacy,
     parts,
     sk_gpa,
     sk_of,
+    space_of,
     trustlet_pfn,
 )
 
 
 def behind(sk: Any) -> bytes:
     """The 16 bytes right behind the arena: the header of HVCI's hash records (host view)."""
-    return bytes(sk.space.ram.read(sk.hvci.hashes_gpa, 16))
+    return bytes(space_of(sk).ram.read(sk.hvci.hashes_gpa, 16))
 
 
 def untouched(sk: Any) -> bool:
@@ -68,11 +72,11 @@ def test_create_and_fill(name: str) -> None:
     data = bytes(range(256)) * 20  # spans two source pages
     assert kdp.fill_secure_allocation(nt, vp.cpu, handle, 100, data[:5000]) == NtStatus.SUCCESS
     assert allocation_bytes(sk, handle, 5100)[100:] == data[:5000]
-    obj = sk.handles[handle]
-    assert obj.kind == allocation.KIND and obj.data["pages"] == 2
+    va, _, pages = allocation_fields(sk, handle)
+    assert handles(sk)[handle][0] == allocation.KIND and pages == 2
     # The buffer is SK memory: VTL0 has no access to it.
     assert machine.slat is not None
-    assert machine.slat.rights(0, sk_gpa(sk, obj.data["va"]) >> PAGE_SHIFT) == 0
+    assert machine.slat.rights(0, sk_gpa(sk, va) >> PAGE_SHIFT) == 0
     requests = [e for e in events(system, "normalcall", "request")]
     assert requests and requests[-1].detail["number"] == NORMAL_GET_PHYSICAL_PAGES
 
@@ -97,11 +101,11 @@ def test_handles_are_looked_up_and_type_checked(name: str) -> None:
     assert kdp.fill_secure_allocation_raw(nt, vp.cpu, 0x7777, 0, mdl_va, mdl_pfn) == (
         NtStatus.INVALID_HANDLE
     )
-    foreign = next((h for h, o in sk.handles.items() if o.kind != allocation.KIND), None)
-    if foreign is None:  # no trustlet on this preset: make an object of another kind
-        section = kdp.load_data_section(nt, vp.cpu, "pool", 1)
-        assert section
-        foreign = sk.alloc_handle(type(sk.handles[handle])("secure_pool", {}))
+    foreign = next((h for h, (k, _) in handles(sk).items() if k != allocation.KIND), None)
+    if foreign is None:  # no trustlet on this preset: retype the allocation's entry in RAM
+        entry = sk.handles_gpa + HandleTable.ENTRIES + index_of(handle) * HandleTable.ENTRY
+        space_of(sk).ram.write(entry + HandleTable.TYPE.offset, bytes([ObjectType.SECURE_POOL]))
+        foreign = handle
     assert kdp.fill_secure_allocation_raw(nt, vp.cpu, foreign, 0, mdl_va, mdl_pfn) == (
         NtStatus.OBJECT_TYPE_MISMATCH
     )

@@ -15,7 +15,7 @@ from vbsim.sk.services import kdp as skkdp
 from vbsim.sk.services.kdp import COPY_ALLOCATE
 from vbsim.sk.sscn import Service
 
-from .kit import booted, events, kernel_page, parts, sk_gpa, sk_of
+from .kit import booted, events, kernel_page, parts, sk_gpa, sk_of, space_of
 
 TAG = int.from_bytes(b"KdpT", "little")
 COOKIE = 0x0C00_C1E5_EC12_E7A5
@@ -115,7 +115,7 @@ def test_handles_sources_and_allocations_are_checked() -> None:
         NtStatus.INVALID_HANDLE
     )
     # A source in SK memory (the SK would copy its own bytes into the pool).
-    sk_source = sorted(sk.space.frames)[0]
+    sk_source = sorted(space_of(sk).frames)[0]
     fields = [pool.handle, TAG, block, COOKIE, 0, 7, sk_source, 0, 0]
     assert (
         nt.vsl.call(vp.cpu, Service.COPY_PROTECTED_PAGE, *fields)[0] == NtStatus.INVALID_PARAMETER
@@ -157,7 +157,7 @@ def test_pool_pages_are_validated() -> None:
     assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, pfn + 1, 1, va)[0] == (
         NtStatus.INVALID_PARAMETER
     )
-    sk_pfn = sorted(sk.space.frames)[0]
+    sk_pfn = sorted(space_of(sk).frames)[0]
     sk_va = 0xFFFF_8000_0000_0000 + (sk_pfn << PAGE_SHIFT)
     assert nt.vsl.call(vp.cpu, Service.INITIALIZE_SECURE_POOL, sk_pfn, 1, sk_va)[0] == (
         NtStatus.INVALID_PARAMETER

@@ -25,7 +25,8 @@ from vbsim.sk.services import allocation
 from vbsim.sk.services.allocation import MDL_HEADER
 from vbsim.sk.sscn import Service
 
-from .kit import booted, fingerprint, kernel_page, legacy, parts, sk_gpa, sk_of
+from .kit import allocation_fields, booted, fingerprint, kernel_page, legacy, parts, sk_gpa, sk_of
+from .kit import handles as table_of
 
 #: Services that legitimately change state (they create or destroy objects, start processors,
 #: change SLAT or load code): left out of the fuzz.  Names, so that services other modules add
@@ -85,7 +86,7 @@ def _world(system: Any) -> dict[str, Any]:
     mdl_va, mdl_pfn = kernel_page(nt, vp)
     vtl1 = sorted(sk.host_own_pages(machine.ram))
     policy_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
-    buffer_pfn = sk_gpa(sk, sk.handles[handle].data["va"]) >> PAGE_SHIFT
+    buffer_pfn = sk_gpa(sk, allocation_fields(sk, handle)[0]) >> PAGE_SHIFT
     pfns = [*data_pfns, mdl_pfn, policy_pfn, buffer_pfn, vtl1[0], vtl1[-1], machine.ram.pages]
     vas = [
         mdl_va,
@@ -94,7 +95,7 @@ def _world(system: Any) -> dict[str, Any]:
         allocation.state(sk).behind_va,
         nt.data_va,
     ]
-    handles += [*sk.handles, FIRST_HANDLE, FIRST_HANDLE + 4 * 64]
+    handles += [*table_of(sk), FIRST_HANDLE, FIRST_HANDLE + 4 * 64]
     numbers = sorted(n for svc, n in sk.table.number.items() if svc.value not in STATEFUL)
     stateful = {n for svc, n in sk.table.number.items() if svc.value in STATEFUL}
     return {
@@ -204,8 +205,8 @@ def test_known_numbers_never_include_stateful_services() -> None:
 def _crafted_overflow(world: dict[str, Any]) -> int:
     """FILL at the allocation's last 8 bytes with ByteCount 24: 16 bytes past its end."""
     nt, vp, sk = world["nt"], world["vp"], world["sk"]
-    handle = next(h for h, o in sk.handles.items() if o.kind == allocation.KIND)
-    size = int(sk.handles[handle].data["size"])
+    handle = next(h for h, (k, _) in table_of(sk).items() if k == allocation.KIND)
+    size = allocation_fields(sk, handle)[1]
     pfns = kdp.stage_buffer(nt, vp.cpu, b"\x41" * 64)
     mdl_va, mdl_pfn = kernel_page(nt, vp, allocation.mdl_bytes(pfns, 24))
     args = [handle, size - 8, mdl_va, mdl_pfn]

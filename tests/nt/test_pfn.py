@@ -49,7 +49,7 @@ def test_frames_that_are_not_nts_cannot_be_freed_into_its_list(system: System) -
     nt, machine, sk = system.nt, system.machine, system.sk
     assert nt is not None and machine is not None and sk is not None
     cpu = machine.bsp.cpu
-    sk_frame = sorted(set(sk.space.frames))[0]
+    sk_frame = sorted(set(sk.image_pfns))[0]
     assert _entry(system, sk_frame) >> MMPFN.LOCATION_SHIFT == MMLISTS.BadPageList
     assert not nt.free_page(cpu, sk_frame)  # a double free or a foreign frame is refused
     assert not nt.free_page(cpu, 0)

@@ -66,6 +66,7 @@ from vbsim.sk.sscn import Service
 from vbsim.trace import Event
 
 if TYPE_CHECKING:
+    from vbsim.hw.ram import GuestRam
     from vbsim.hw.vp import VirtualProcessor
     from vbsim.machine import Machine
     from vbsim.nt.kernel import NtKernel
@@ -239,27 +240,29 @@ class Prober:
         )
         assert trustlet is not None, hex(status)
         self.trustlet = trustlet
-        self.trustlet_root, probe_va = _trustlet_symbols(sk, trustlet.secure_pid)
+        self.trustlet_root, probe_va = _trustlet_symbols(sk, ram, trustlet.secure_pid)
         heap_gpa = _gpa(ram, self.trustlet_root, HEAP_VA)
         ram.write(heap_gpa + 0x800, MARKER)
         self.targets["VTL1 user"] = Target(
             heap_gpa + 0x800, _gpa(ram, self.trustlet_root, probe_va), HEAP_VA + 0x800, probe_va
         )
         # VTL1 kernel: an SK data page with the marker; the probe routine in the SK's code.
-        before = set(sk.space.frames)
-        sk_data_va, sk_data_gpa = sk.space.alloc_data()
+        loader = self.ctx.booted.sk_space  # a debugger plants the probe in the SK's pages
+        assert loader is not None
+        before = set(loader.frames)
+        sk_data_va, sk_data_gpa = loader.alloc_data()
         ram.write(sk_data_gpa, MARKER)
-        sk_code_va = sk.space.install("matrix.probe")
+        sk_code_va = loader.install("matrix.probe")
         self.targets["VTL1 kernel"] = Target(
-            sk_data_gpa, _gpa(ram, sk.space.pt.root, sk_code_va), sk_data_va, sk_code_va
+            sk_data_gpa, _gpa(ram, sk.space.root, sk_code_va), sk_data_va, sk_code_va
         )
-        loot_va, loot_gpa = sk.space.alloc_data()
+        loot_va, loot_gpa = loader.alloc_data()
         self.k1_loot = Loot(loot_va, loot_gpa)
-        sk_spares = tuple(sk.space.alloc_data()[1] for _ in range(6))
+        sk_spares = tuple(loader.alloc_data()[1] for _ in range(6))
         direct = sk.space.phys_va(0)
         # In the SK's own mode: its new pages leave VTL0, its window is built, and it grants the
         # trustlet mappings of VTL0's two pages.
-        self._as_k1(probes.sk_protect_own_pages, tuple(sorted(set(sk.space.frames) - before)))
+        self._as_k1(probes.sk_protect_own_pages, tuple(sorted(set(loader.frames) - before)))
         self._as_k1(probes.map_window, KERNEL_WINDOW, loot_gpa, direct, sk_spares[:3])
         grants = self.trustlet_grants
         for index, (key, gpa) in enumerate(self._pages("VTL0 user", "VTL0 kernel")):
@@ -318,7 +321,8 @@ class Prober:
         # K1 writes its routine's VA into the SK's dispatch table (in SK memory) and puts it back.
         original = ram.ram.read_u64(entry_gpa)
         _K1_WORK.append((routine, args))
-        ram.ram.write_u64(entry_gpa, sk.space.install(K1_HOOK))
+        assert self.ctx.booted.sk_space is not None
+        ram.ram.write_u64(entry_gpa, self.ctx.booted.sk_space.install(K1_HOOK))
         try:
             nt.vsl.call(self.vp.cpu, Service.NULL)
         finally:
@@ -579,10 +583,10 @@ def _k1_hook(cpu: Cpu, args: object) -> Reply:
     return Reply()
 
 
-def _trustlet_symbols(sk: SecureKernel, secure_pid: int) -> tuple[int, int]:
+def _trustlet_symbols(sk: SecureKernel, ram: GuestRam, secure_pid: int) -> tuple[int, int]:
     """The trustlet's page-table root and its probe routine's VA, from the SK's process object
     (what K1 code knows; read here host-side, as a debugger would)."""
-    secure = sk.processes[secure_pid]
+    secure = sk.host_processes(ram)[secure_pid]
     return secure.tables.root, secure.routines["matrix.probe"]
 
 

@@ -52,6 +52,9 @@ class System:
     #: The loader's side of NT's address space (host side: tools that plant code after boot).
     nt_space: KernelSpace | None = None
     sk: SecureKernel | None = None
+    #: The loader's side of the SK's address space (host side: its frames, its page tables for
+    #: a debugger's walk, tools that plant code after boot); the SK keeps only its KernelMap.
+    sk_space: KernelSpace | None = None
     vbs_running: bool = False
     halted: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -181,8 +184,9 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     _prepare_boot_processor(nt_space, nt, bsp)
     try:
         if vbs:
-            sk = load_secure_kernel(machine, policy, sk_pool, revocation_of(policy))
+            sk, sk_space = load_secure_kernel(machine, policy, sk_pool, revocation_of(policy))
             system.sk = sk
+            system.sk_space = sk_space
             _step(system, "sk-load", "loaded", frames=len(sk.image_pfns))
             _enter_secure_kernel(system, sk, nt)
         if vbs and policy.credential_guard:

@@ -46,10 +46,14 @@ def load_secure_kernel(
     policy: Policy,
     pool: tuple[int, int] | None = None,
     revocation: RevocationPolicy | None = None,
-) -> SecureKernel:
+) -> tuple[SecureKernel, KernelSpace]:
+    """The SK image, built in its own address space; returns it with the loader's side of that
+    space (host tools keep it, e.g. ``System.sk_space``; the SK keeps only its KernelMap)."""
     ram = machine.ram
     processors = len(machine.vps)
+    space = KernelSpace(ram, "securekernel")
     block = LoaderBlock(
+        space,
         sk_config(policy, processors, ram.pages),
         policy.build,
         processors,
@@ -57,11 +61,11 @@ def load_secure_kernel(
         ram.write,
         ram.place_image,
     )
-    sk = SecureKernel(KernelSpace(ram, "securekernel"), block, pool, revocation)
-    image = tuple(sorted(set(sk.space.frames)))
+    sk = SecureKernel(block, pool, revocation)
+    image = tuple(sorted(set(space.frames)))
     pool_frames = range(pool[0], pool[0] + pool[1]) if pool is not None else range(0)
     for pfn in [*image, *pool_frames]:
         sk.host_mark_own(ram, pfn)
     sk.image_pfns = image
     sk.loader = None
-    return sk
+    return sk, space

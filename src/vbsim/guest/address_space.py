@@ -70,6 +70,11 @@ class KernelMap:
     routines: dict[str, int] = field(default_factory=dict)
     code_pages: list[int] = field(default_factory=list)
 
+    @staticmethod
+    def phys_va(gpa: int) -> int:
+        """The kernel's direct-map VA of ``gpa`` (a constant of the layout)."""
+        return DIRECT_MAP + gpa
+
 
 def runtime_phys(cpu: Cpu, alloc_frame: Callable[[], int]) -> PhysAccess:
     """Physical access as a running kernel has it: loads and stores through its own processor

@@ -838,10 +838,12 @@ class Session:
         if sk is None:
             return []
         if name == "sk":
-            return sorted(set(sk.space.frames))
+            assert self.system.sk_space is not None
+            return sorted(set(self.system.sk_space.frames))
         if name == "vtl1":
-            return sorted(sk.host_own_pages(sk.space.ram))
-        processes = [p for p in sk.processes.values() if isinstance(p, ium.SecureProcess)]
+            return sorted(sk.host_own_pages(ram))
+        table = sk.host_processes(ram)
+        processes = [p for p in table.values() if isinstance(p, ium.SecureProcess)]
         if name == "trustlet":
             return [pfn for p in processes for pfn in p.private_pfns]
         if name == "image":
@@ -856,8 +858,8 @@ class Session:
 
             kstate = sk.kdp
             if isinstance(kstate, kdp.KdpState):
-                table = sk.space.ram.read(kstate.owners_gpa, kstate.pages)
-                return [gpn for gpn, owner in enumerate(table) if owner]
+                owners = ram.read(kstate.owners_gpa, kstate.pages)
+                return [gpn for gpn, owner in enumerate(owners) if owner]
         return []
 
     def resolve(self, value: Any, user: _UserContext | None = None) -> int:

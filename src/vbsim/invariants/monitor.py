@@ -237,7 +237,7 @@ class Monitor:
         self._new: list[Violation] = []
         self._canaries = canaries
         # invariant 1
-        self.secrets = taint.collect(self.sk, plant_canaries=canaries)
+        self.secrets = taint.collect(self.sk, machine.ram, plant_canaries=canaries)
         self._crc: dict[int, int] = {}
         self._written: set[int] = set()
         self._tlb_start: set[int] = set()
@@ -255,7 +255,8 @@ class Monitor:
         self.admitted: set[int] = set()
         self._admit_existing()
         # invariant 6
-        self.pages = skstate.classify(self.sk)
+        assert system.sk_space is not None
+        self.pages = skstate.classify(self.sk, system.sk_space)
         self._static = skstate.digests(self.ram, self.pages.static)
         self._tables = skstate.digests(self.ram, self.pages.tables, tables=True)
         self._tables_raw = skstate.digests(self.ram, self.pages.tables)
@@ -483,17 +484,17 @@ class Monitor:
         current = self.sk.process_objects.get(self.sk.host_current_object(self.ram, vp_index))
         if not isinstance(current, ium.SecureProcess):
             self._violate(4, f"VP{vp_index} runs VTL1 CPL3 code outside any trustlet ({what})")
-        elif current.handle not in self.admitted:
+        elif current.host_handle(self.ram) not in self.admitted:
             self._violate(
                 4,
-                f"VP{vp_index} runs VTL1 CPL3 code in trustlet {current.handle:#x} "
-                f"(ID {current.trustlet_id}) that SKCI never admitted ({what})",
+                f"VP{vp_index} runs VTL1 CPL3 code in trustlet {current.host_handle(self.ram):#x} "
+                f"(ID {current.host_trustlet_id(self.ram)}) that SKCI never admitted ({what})",
             )
         elif self.machine.vps[vp_index].p.cr3 & _ROOT != current.tables.root:
             self._violate(
                 4,
                 f"VP{vp_index} runs VTL1 CPL3 code outside the address space of the trustlet "
-                f"{current.handle:#x} the SK says is running ({what})",
+                f"{current.host_handle(self.ram):#x} the SK says is running ({what})",
             )
 
     # invariant 1: where stores may have gone
@@ -681,14 +682,16 @@ class Monitor:
                 handle, tid = event.detail.get("handle"), event.detail.get("trustlet_id")
                 if isinstance(handle, int) and tid in admitted_ids:
                     handles.add(handle)
-        for handle, process in self.sk.processes.items():
+        for handle, process in self.sk.host_processes(self.ram).items():
             if not isinstance(process, ium.SecureProcess):
                 continue
             if not events or handle in handles:
                 self.admitted.add(handle)
             else:
                 self._violate(
-                    4, f"trustlet {handle:#x} (ID {process.trustlet_id}) has no admission"
+                    4,
+                    f"trustlet {handle:#x} (ID {process.host_trustlet_id(self.ram)}) has no "
+                    "admission",
                 )
 
     def _on_ium(self, event: Event) -> None:
@@ -873,7 +876,7 @@ class Monitor:
         self.stats.checks += 1
         if self._refresh_trustlets:
             self._refresh_trustlets = False
-            taint.add_trustlets(self.sk, self.secrets, self._canaries, credentials=False)
+            taint.add_trustlets(self.sk, self.ram, self.secrets, self._canaries, credentials=False)
         for index in range(len(self.machine.vps)):
             self._check_registers(index)
         limit = self.ram.pages

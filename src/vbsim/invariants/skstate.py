@@ -1,23 +1,28 @@
 """Invariant 6: which Secure Kernel pages may change after PHASE4_INIT, and when.
 
-The SK's own frames (``sk.space.frames`` at attach time) fall into four classes:
+The SK's own frames (the loader's ``System.sk_space.frames`` at attach time) fall into four
+classes:
 
 - **scratch** — pages the SK or the hypervisor rewrite as a matter of course, whatever VTL0 asks:
   the hypercall parameter pages (``sk.params``), each VP's VP-assist page (the hypervisor writes
   the VTL entry reason there) and SynIC message page (intercept and IOMMU-fault messages), and
-  the secure-call capture pages of ``sk.services.allocation`` (VTL0 data copied in before any
-  check — a refused call writes them too).  Not checked.
+  the secure-call capture pages of ``sk.services.allocation`` and their control page (VTL0 data
+  copied in before any check — a refused call writes them too; a call holds one across its
+  normal calls).  Not checked.
 - **allocation** — pages an *accepted* secure call writes: the secure-allocation arena
-  (CREATE/FILL_SECURE_ALLOCATION) and the KDP secure-pool record page (COPY_PROTECTED_PAGE).
-  They may change only inside a secure call that returns STATUS_SUCCESS.
+  (CREATE/FILL_SECURE_ALLOCATION), the KDP secure-pool record page (COPY_PROTECTED_PAGE), the
+  SK state block, HVCI's and KDP's tables (each only by its owner's services), and the object
+  manager's pages (``sk.objects``): the handle table, the small-object pool and the secure-thread
+  table.  They may change only inside a secure call that returns STATUS_SUCCESS.
 - **tables** — the SK's own page-table frames: the processor sets Accessed/Dirty bits as the SK
   touches memory (its own action), so they are compared with bits 5 and 6 of every entry masked.
 - **static** — everything else: code, the IDT, the key pages, the SKPG-like policy page, the
   dump-key page, the hypercall page ...  They never change after PHASE4_INIT.
 
-Frames the SK takes later (trustlet page tables, storage pages) and the trustlets' own page-table
-frames are the trustlets' state, not the SK's: they are not checked here (invariant 1 watches
-their contents, invariant 4 who runs in them).
+Frames the SK takes later from its pool (trustlet page tables, storage pages, the SKPROCESS and
+SECURE_IMAGE object bodies) are not in the classes: the classes are fixed at attach time; the
+trustlets' frames are watched by invariants 1 and 4, and an object body is reachable only
+through a handle-table entry, which is.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
+    from vbsim.guest.address_space import KernelSpace
     from vbsim.hw.ram import GuestRam
     from vbsim.sk.kernel import SecureKernel
 
@@ -64,19 +71,32 @@ class SkPages:
     writers: dict[int, frozenset[str]] = field(default_factory=dict)
 
 
-def _gpn(sk: SecureKernel, va: int) -> int | None:
-    leaf = sk.space.pt.lookup(va)
+def host_gpa(ram: GuestRam, sk: SecureKernel, va: int) -> int | None:
+    """The GPA behind SK VA ``va``: a walk of the SK's page tables in RAM from its root (what a
+    debugger does); a direct-map VA is its GPA plus the map's base."""
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    if DIRECT_MAP <= va < DIRECT_MAP + ram.size:
+        return va - DIRECT_MAP
+    leaf = PageTables(PhysAccess.direct(ram, "host"), root=sk.space.root).lookup(va)
     if leaf is None:
         return None
-    return (leaf & 0x000F_FFFF_FFFF_F000) >> PAGE_SHIFT
+    return (leaf & 0x000F_FFFF_FFFF_F000) | (va & (PAGE_SIZE - 1))
 
 
-def classify(sk: SecureKernel) -> SkPages:
+def _gpn(ram: GuestRam, sk: SecureKernel, va: int) -> int | None:
+    gpa = host_gpa(ram, sk, va)
+    return None if gpa is None else gpa >> PAGE_SHIFT
+
+
+def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
+    """The classes of the SK's frames; ``space`` is the loader's side of its address space."""
     from vbsim.sk.ium import process as ium
     from vbsim.sk.services import allocation, kdp
 
-    own = set(sk.space.frames)
-    tables = set(sk.space.pt.frames or [])
+    ram = space.ram
+    own = set(space.frames)
+    tables = set(space.pt.frames or [])
     labels: dict[int, str] = {}
     scratch: set[int] = {sk.params.in_gpa >> PAGE_SHIFT, sk.params.out_gpa >> PAGE_SHIFT}
     for number, pages in enumerate(sk.processors):
@@ -88,26 +108,30 @@ def classify(sk: SecureKernel) -> SkPages:
     state = sk.allocation
     if isinstance(state, allocation.AllocationState):
         for va in state.capture:
-            gpn = _gpn(sk, va)
+            gpn = _gpn(ram, sk, va)
             if gpn is not None:
                 scratch.add(gpn)
                 labels[gpn] = "capture"
+        gpn = _gpn(ram, sk, state.control_va)
+        if gpn is not None:  # held across a call's normal calls (VTL0 runs meanwhile)
+            scratch.add(gpn)
+            labels[gpn] = "capture-control"
         for index in range(state.arena_pages):
-            gpn = _gpn(sk, state.arena_va + index * PAGE_SIZE)
+            gpn = _gpn(ram, sk, state.arena_va + index * PAGE_SIZE)
             if gpn is not None:
                 alloc.add(gpn)
                 labels[gpn] = f"arena[{index}]"
         labels[sk.hvci.hashes_gpa >> PAGE_SHIFT] = "hvci-hash-records"
     pool = sk.kdp
     if isinstance(pool, kdp.KdpState):
-        gpn = _gpn(sk, pool.table_va)
+        gpn = _gpn(ram, sk, pool.table_va)
         if gpn is not None:
             alloc.add(gpn)
             labels[gpn] = "securepool-records"
     # SK state an accepted secure call changes (vbsim.sk.layouts): the state block, the own-page
     # bitmap, the frame pool's bitmap and HVCI's tables.  Its configuration, allow-list, IUM
     # filter and dispatch table are static (never change after boot).
-    from vbsim.sk.layouts import Dispatch, Hvci, table_pages
+    from vbsim.sk.layouts import Dispatch, HandleTable, Hvci, ObjectPool, table_pages
 
     writers: dict[int, frozenset[str]] = {}
 
@@ -119,6 +143,10 @@ def classify(sk: SecureKernel) -> SkPages:
                 writers[(gpa >> PAGE_SHIFT) + index] = owners
 
     span(sk.state_gpa, 1, "sk-state")
+    # The object manager (vbsim.sk.objects): handles, small objects, secure threads.
+    span(sk.handles_gpa, HandleTable.PAGES, "handle-table")
+    span(sk.objects_gpa, ObjectPool.PAGES, "object-pool")
+    span(sk.threads_gpa, 1, "thread-table")
     # The own-page and frame-pool bitmaps change in refused calls too: a trustlet creation that
     # fails after the SK withdrew VTL0's rights keeps the frames (giving them back would need a
     # clear-and-return path the model does not have).  Judged as scratch for now (issue 10).
@@ -140,16 +168,16 @@ def classify(sk: SecureKernel) -> SkPages:
     for index in range(Dispatch.SIZE // PAGE_SIZE):
         labels[(sk.dispatch_gpa >> PAGE_SHIFT) + index] = f"securecall-dispatch[{index}]"
     trustlet: set[int] = set()
-    for process in sk.processes.values():
+    for process in sk.process_objects.values():
         if isinstance(process, ium.SecureProcess):
             trustlet.update(process.table_pfns)
     for gpn in tables:
         labels.setdefault(gpn, "page-table")
-    for gpn in sk.space.code_pages:
+    for gpn in space.code_pages:
         labels.setdefault(gpn, "code")
     keys_va = sk.keys_va
     if keys_va:
-        gpn = _gpn(sk, keys_va)
+        gpn = _gpn(ram, sk, keys_va)
         if gpn is not None:
             labels[gpn] = "vsm-keys"
     labels.setdefault(sk.hypercall_gpa >> PAGE_SHIFT, "hypercall-page")
@@ -209,10 +237,10 @@ class HostMem:
         self.ram, self.sk = ram, sk
 
     def _gpa(self, va: int) -> int:
-        gpn = _gpn(self.sk, va)
-        if gpn is None:
+        gpa = host_gpa(self.ram, self.sk, va)
+        if gpa is None:
             raise ValueError(f"SK VA {va:#x} is not mapped")
-        return (gpn << PAGE_SHIFT) | (va & (PAGE_SIZE - 1))
+        return gpa
 
     def read(self, va: int, length: int, /) -> bytes:
         out = bytearray()

@@ -172,20 +172,18 @@ def page_crc(ram: GuestRam, pfn: int) -> int:
 
 
 # -- discovering the real secrets and the canary sites -------------------------------------------
-def _sk_gpa(sk: SecureKernel, va: int) -> int | None:
-    leaf = sk.space.pt.lookup(va)
-    if leaf is None:
-        return None
-    return (leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
+def _sk_gpa(ram: GuestRam, sk: SecureKernel, va: int) -> int | None:
+    from vbsim.invariants.skstate import host_gpa
+
+    return host_gpa(ram, sk, va)
 
 
-def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
+def collect(sk: SecureKernel, ram: GuestRam, plant_canaries: bool = True) -> Secrets:
     """The secrets of a booted VBS machine, planting canaries where nothing reads."""
-    ram = sk.space.ram
     secrets = Secrets()
     keys_va = sk.keys_va
     if keys_va:
-        gpa = _sk_gpa(sk, keys_va)
+        gpa = _sk_gpa(ram, sk, keys_va)
         if gpa is not None:
             for which, label in enumerate(("idk", "local", "per-boot")):
                 data = ram.read(gpa + 32 * which, 32)
@@ -194,25 +192,26 @@ def collect(sk: SecureKernel, plant_canaries: bool = True) -> Secrets:
                 plant(ram, secrets, "canary:sk.keys-page", gpa + 96, PAGE_SIZE - 96)
     dump_va = sk.dump_key_va
     if dump_va:
-        gpa = _sk_gpa(sk, dump_va)
+        gpa = _sk_gpa(ram, sk, dump_va)
         if gpa is not None:
             secrets.add(Secret("sk.dump-key", gpa, ram.read(gpa, 32), False))
             if plant_canaries:
                 plant(ram, secrets, "canary:sk.dump-key-page", gpa + 48, PAGE_SIZE - 48)
     if plant_canaries:
-        _plant_allocation(sk, secrets)
-    add_trustlets(sk, secrets, plant_canaries)
+        _plant_allocation(sk, ram, secrets)
+    add_trustlets(sk, ram, secrets, plant_canaries)
     return secrets
 
 
-def _plant_allocation(sk: SecureKernel, secrets: Secrets) -> None:
+def _plant_allocation(sk: SecureKernel, ram: GuestRam, secrets: Secrets) -> None:
     from vbsim.sk.layouts import Hvci, host_field
     from vbsim.sk.services import allocation
 
     state = sk.allocation
     if not isinstance(state, allocation.AllocationState):
         return
-    ram = sk.space.ram
+    from vbsim.invariants.skstate import HostMem
+
     # The unused tail of HVCI's hash-record page, right behind the arena (what A8/A9 reach).
     records = sk.hvci.hashes_gpa
     used = Hvci.HASH_RECORDS + host_field(ram, records, Hvci.HASH_COUNT) * Hvci.RECORD_SIZE
@@ -220,8 +219,9 @@ def _plant_allocation(sk: SecureKernel, secrets: Secrets) -> None:
         plant(ram, secrets, "canary:sk.hvci-records", records + used, PAGE_SIZE - used)
     # Free arena pages (below ``top``): CREATE_SECURE_ALLOCATION clears what it hands out.
     va = state.arena_va
-    while va < state.top:
-        gpa = _sk_gpa(sk, va)
+    top = state.top(HostMem(ram, sk))
+    while va < top:
+        gpa = _sk_gpa(ram, sk, va)
         if gpa is not None:
             plant(ram, secrets, f"canary:sk.arena+0x{va - state.arena_va:x}", gpa, PAGE_SIZE)
         va += PAGE_SIZE
@@ -234,7 +234,11 @@ FIRST_SPARE = 3
 
 
 def add_trustlets(
-    sk: SecureKernel, secrets: Secrets, plant_canaries: bool = True, credentials: bool = True
+    sk: SecureKernel,
+    ram: GuestRam,
+    secrets: Secrets,
+    plant_canaries: bool = True,
+    credentials: bool = True,
 ) -> None:
     """LsaIso's credentials (at attach time only: a credential stored later came *from* VTL0 in
     a PROTECT request, so VTL0 holding it proves nothing), and canaries in the spare pages of
@@ -242,13 +246,13 @@ def add_trustlets(
     from vbsim.ium import lsaiso
     from vbsim.sk.ium import process as ium
 
-    ram = sk.space.ram
-    table: dict[int, object] = sk.processes
+    table: dict[int, object] = sk.host_processes(ram)
     for handle, process in table.items():
-        if not isinstance(process, ium.SecureProcess) or process.terminated:
+        if not isinstance(process, ium.SecureProcess) or process.host_terminated(ram):
             continue
-        tag = f"trustlet{process.trustlet_id}@{handle:#x}"
-        if credentials and process.trustlet_id == 1 and len(process.private_pfns) > 2:
+        trustlet_id = process.host_trustlet_id(ram)
+        tag = f"trustlet{trustlet_id}@{handle:#x}"
+        if credentials and trustlet_id == 1 and len(process.private_pfns) > 2:
             heap = process.private_pfns[2] << PAGE_SHIFT
             table_gpa = heap + (lsaiso.TABLE_VA - ium.HEAP_VA)
             count = min(ram.read_u64(table_gpa) & 0xFFFF_FFFF, lsaiso.MAX_RECORDS)
@@ -268,9 +272,9 @@ def add_trustlets(
                             False,
                         )
                     )
-        if process.trustlet_id in CANARY_TRUSTLETS:  # an attacker's trustlet may publish its own
+        if trustlet_id in CANARY_TRUSTLETS:  # an attacker's trustlet may publish its own
             _add_mailboxes(ram, secrets, process, tag, plant_canaries)
-        if plant_canaries and process.trustlet_id in CANARY_TRUSTLETS:
+        if plant_canaries and trustlet_id in CANARY_TRUSTLETS:
             for number, pfn in enumerate(process.private_pfns[FIRST_SPARE : ium.PRIVATE_PAGES]):
                 name = f"canary:{tag}.private[{number + FIRST_SPARE}]"
                 if not secrets.known(name):

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelMap
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMsr, HvRegisterName, HvVtlEntryReason
@@ -36,6 +36,7 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
+    from vbsim.guest.address_space import KernelSpace
     from vbsim.image import RevocationPolicy
 
 SINT0_VECTOR = 0x31
@@ -43,7 +44,7 @@ SINT0_VECTOR = 0x31
 #: reserved vendor 0; TLFS "Reporting the Guest OS Identity", issue 11 item 7).
 GUEST_OS_ID = defs.guest_os_id(10, 0, 26100)
 #: First secure handle value (vbs-internals §2.3: handles around 0x1_4000_0000).
-FIRST_HANDLE = 0x1_4000_0000
+FIRST_HANDLE = L.HandleTable.FIRST_HANDLE
 
 
 class Phase(Enum):
@@ -92,14 +93,6 @@ ServiceResult = Reply | Generator[NormalCall, SecureCallArgs, Reply]
 Handler = Callable[["SecureKernel", Cpu, SecureCallArgs], ServiceResult]
 
 
-@dataclass
-class SkObject:
-    """An object in the SK handle table (SKPROCESS, SECURE_IMAGE, secure allocation ...)."""
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 class PoolExhausted(Exception):
     """The SK's frame pool has no free frame (a modelled resource limit)."""
 
@@ -109,9 +102,11 @@ class LoaderBlock:
     """What the boot loader hands the SK image while it builds it (vbs-internals §1.1 row 11):
     the boot configuration reduced to the ``Config`` block's values, the build, the processor
     count, the size of RAM, the loader's own store into the image's memory and its registration
-    of the per-processor blocks behind GS.  Host-side values, used only while loading; the SK
-    drops the block before it runs (``vbsim.boot.sk_loader``)."""
+    of the per-processor blocks behind GS, and the loader's side of the address space it builds
+    the image in (``space``).  Host-side values, used only while loading; the SK drops the block
+    before it runs (``vbsim.boot.sk_loader``) and keeps only the symbols (``KernelMap``)."""
 
+    space: KernelSpace
     config: tuple[tuple[Field, int], ...]
     build: str
     processors: int
@@ -138,17 +133,18 @@ class SecureKernel:
 
     def __init__(
         self,
-        space: KernelSpace,
         loader: LoaderBlock,
         pool: tuple[int, int] | None = None,
         revocation: RevocationPolicy | None = None,
     ) -> None:
         #: The loader's view while the image is built (``LoaderBlock``); None once loaded.
         self.loader: LoaderBlock | None = loader
-        self.space = space
+        #: What the SK keeps of its address space: symbols only (root, routines, code pages).
+        self.space: KernelMap = loader.space.kernel_map
+        space = loader.space
         self.ram_pages = loader.ram_pages
         # The configuration block: the loader copies the boot policy (vbs-internals §1.1 row 11).
-        self.config_va, self.config_gpa = self.space.alloc_data(1)
+        self.config_va, self.config_gpa = space.alloc_data(1)
         for fld, value in loader.config:
             loader.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
         #: The SkuSiPolicy floors (a frozen value the loader hands over; not yet in SK memory).
@@ -157,64 +153,73 @@ class SecureKernel:
         from vbsim.sk.ium import skci
         from vbsim.sk.ium import syscalls as ium_syscalls
 
-        self.allow_va, self.allow_gpa = self.space.alloc_data(1)
+        self.allow_va, self.allow_gpa = space.alloc_data(1)
         ids = sorted(skci.ALLOWED_IDS)
         write = loader.write
         write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
         write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
-        self.filter_va, self.filter_gpa = self.space.alloc_data(1)
+        self.filter_va, self.filter_gpa = space.alloc_data(1)
         write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).
         self.hvci: Any = None
         self.allocation: Any = None
         self.keys_va = 0
         self.dump_key_va = 0
-        self.state_va, self.state_gpa = self.space.alloc_data(1)
+        self.state_va, self.state_gpa = space.alloc_data(1)
         # The SK's physical memory: a range the boot loader reserved for it (``pool``), managed
         # from a free bitmap in an SK data page.  At run time the SK allocates only from it.
         self.pool_base, self.pool_count = pool if pool is not None else (0, 0)
-        self.pool_va, self.pool_gpa = self.space.alloc_data(1)
+        self.pool_va, self.pool_gpa = space.alloc_data(1)
         # The SK's page-identity knowledge: one bit per GPA page it took from VTL0.
         own_pages = -(-loader.ram_pages // (8 * PAGE_SIZE))
-        self.own_va, self.own_gpa = self.space.alloc_data(own_pages, contiguous=True)
-        self.dispatch_va, self.dispatch_gpa = self.space.alloc_data(
+        self.own_va, self.own_gpa = space.alloc_data(own_pages, contiguous=True)
+        self.dispatch_va, self.dispatch_gpa = space.alloc_data(
             Dispatch.SIZE // PAGE_SIZE, contiguous=True
         )
-        in_va, in_gpa = self.space.alloc_data()
-        out_va, out_gpa = self.space.alloc_data()
+        in_va, in_gpa = space.alloc_data()
+        out_va, out_gpa = space.alloc_data()
         self.params = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
-        _, self.hypercall_gpa = self.space.alloc_data()
+        _, self.hypercall_gpa = space.alloc_data()
         self.processors = []
         for _ in range(loader.processors):
-            _, assist = self.space.alloc_data()
-            _, sim = self.space.alloc_data()
+            _, assist = space.alloc_data()
+            _, sim = space.alloc_data()
             self.processors.append(ProcessorPages(assist, sim))
-        self.prcb_va, self.prcb_gpa = self.space.alloc_data(1)
+        self.prcb_va, self.prcb_gpa = space.alloc_data(1)
         for index in range(loader.processors):
             loader.place_image(1, self.processor_block(index), self)
-        self.idt = self.space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
-        self.entry_va = self.space.install("sk.entry")
+        self.idt = space.build_idt({SINT0_VECTOR: "sk.sint0"}, default="sk.exception")
+        self.entry_va = space.install("sk.entry")
+        # HV_INITIAL_VP_CONTEXT per VP for EnableVpVtl, built by the loader (as NT's AP contexts).
+        contexts = []
+        for index in range(loader.processors):
+            state = space.initial_state(self.entry_va, idt=self.idt)
+            state.gs_base = self.processor_block(index)
+            contexts.append(encode_context(state))
+        self.contexts: tuple[bytes, ...] = tuple(contexts)
         #: Number ↔ name of the build's services (for traces; dispatch reads the RAM table).
         self.table = ServiceTable(loader.build)
         #: Service → handler code, filled by the service modules while the image is built; the
         #: loader installs each as a routine and writes its VA into the dispatch table.
         self.handlers: dict[Service, Handler] = {}
-        self.handles: dict[int, SkObject] = {}
-        self._next_handle = FIRST_HANDLE + 4  # +0 is "Secure System" (vbs-internals §2.3)
+        # The handle table, the small-object pool and the secure-thread table (``sk.objects``),
+        # physically contiguous so host-side tools find each from one GPA.
+        self.handles_va, self.handles_gpa = space.alloc_data(L.HandleTable.PAGES, contiguous=True)
+        self.objects_va, self.objects_gpa = space.alloc_data(L.ObjectPool.PAGES, contiguous=True)
+        loader.write(self.objects_gpa + L.ObjectPool.BITMAP, b"\x01")  # block 0: the bitmap
+        self.threads_va, self.threads_gpa = space.alloc_data(1)
         #: Per VP, the services suspended in a normal call, innermost last (a secure call NT makes
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
-        #: Not yet in SK memory (issue 10, left for a later step): the KDP and HVPT services'
-        #: bookkeeping, the secure process and thread objects (the per-VP current process is
-        #: in the processor block, ``layouts.Prcb``), and secure-storage pages.  Typed, each
-        #: owned by one module.
+        #: Addresses of the KDP and HVPT services' structures in SK memory (their modules).
         self.kdp: Any = None
         self.hvpt: Any = None
         self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
-        self.processes: dict[int, Any] = {}
-        self.threads: dict[int, Any] = {}
-        #: SKPROCESS object VA → the process's Python side (what the processor block's
-        #: CurrentProcess names; ``ium.process.current``).
+        #: SKPROCESS object VA → the process's Python side: its page-tables root, parsed image
+        #: and routine VAs, frame lists (``ium.process.SecureProcess``).  Identity, policy,
+        #: keys, state and threads are in the SKPROCESS and thread objects in SK memory; the
+        #: SK finds a process from its handle or the processor block, never from this map's
+        #: keys alone.
         self.process_objects: dict[int, Any] = {}
         self.storage: dict[tuple[int, int], int] = {}
         self.intercepts: list[dict[str, int]] = []
@@ -225,7 +230,7 @@ class SecureKernel:
         from vbsim.sk.ium import keys
 
         keys.provision(self)
-        self.syscall_entry = self.space.install("sk.KiSystemServiceStart")
+        self.syscall_entry = space.install("sk.KiSystemServiceStart")
         from vbsim.sk.services import register_all
 
         register_all(self)
@@ -234,17 +239,24 @@ class SecureKernel:
         #: loader hands them over when it finishes (``vbsim.boot.sk_loader``).
         self.image_pfns: tuple[int, ...] = ()
 
+    def builder(self) -> KernelSpace:
+        """The loader's side of the address space, while the image is built (service modules
+        place their tables with it); the SK has none once loaded."""
+        assert self.loader is not None, "the SK image is built; it keeps only its KernelMap"
+        return self.loader.space
+
     def _install_dispatch(self, loader: LoaderBlock) -> None:
         """Loader: each handler becomes a routine in SK code; its VA goes into the table."""
+        space = loader.space
         code.register(NOT_IMPLEMENTED_ROUTINE, _not_implemented)
         for service, number in self.table.number.items():
             handler = self.handlers.get(service)
             if handler is None:
-                va = self.space.install(NOT_IMPLEMENTED_ROUTINE)
+                va = space.install(NOT_IMPLEMENTED_ROUTINE)
             else:
                 name = f"sk.svc.{service.value}"
                 code.register(name, _service_routine(handler))
-                va = self.space.install(name)
+                va = space.install(name)
             loader.write(self.dispatch_gpa + number * Dispatch.ENTRY, va.to_bytes(8, "little"))
 
     def host_mark_own(self, ram: Any, pfn: int) -> None:
@@ -266,6 +278,18 @@ class SecureKernel:
     def host_current_object(self, ram: Any, index: int) -> int:
         """The SKPROCESS VA VP ``index``'s processor block names as current (0: none)."""
         return L.host_field(ram, self.prcb_gpa + index * L.Prcb.SIZE, L.Prcb.CURRENT_PROCESS)
+
+    def host_processes(self, ram: Any) -> dict[int, Any]:
+        """Secure process handle → its Python side, for every SKPROCESS entry the handle table
+        in RAM holds now (host tools; the SK itself resolves handles through its CPU)."""
+        from vbsim.sk import objects
+
+        out: dict[int, Any] = {}
+        for handle, (kind, va) in objects.host_entries(ram.read, self).items():
+            process = self.process_objects.get(va) if kind == L.ObjectType.SKPROCESS else None
+            if process is not None:
+                out[handle] = process
+        return out
 
     def host_trusted(self, ram: Any) -> dict[int, int]:
         count = min(L.host_field(ram, self.state_gpa, State.TRUSTED_COUNT), State.TRUSTED_MAX)
@@ -346,7 +370,7 @@ class SecureKernel:
                     break
                 vp.write(self.pool_va + L.Pool.BITMAP + index, bytes([byte | 1 << bit]))
                 pfn = self.pool_base + slot
-                vp.write(self.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+                vp.write(self.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
                 self.mark_own(vp, [pfn])
                 return pfn
         raise PoolExhausted("securekernel pool")
@@ -364,21 +388,23 @@ class SecureKernel:
 
     def context(self, index: int = 0) -> bytes:
         """HV_INITIAL_VP_CONTEXT for EnableVpVtl: VTL1 starts at the SK entry, GS base on the
-        VP's processor block."""
-        state = self.space.initial_state(self.entry_va, idt=self.idt)
-        state.gs_base = self.processor_block(index)
-        return encode_context(state)
+        VP's processor block (the loader built one per VP)."""
+        return self.contexts[index]
 
-    def alloc_handle(self, obj: SkObject) -> int:
-        handle = self._next_handle
-        self._next_handle += 4
-        self.handles[handle] = obj
-        return handle
+    @staticmethod
+    def phys_va(gpa: int) -> int:
+        """The SK's direct-map VA of ``gpa`` (``guest.address_space.DIRECT_MAP``)."""
+        return DIRECT_MAP + gpa
 
-    def lookup(self, handle: int, kind: str) -> SkObject | None:
-        """SkobReferenceObjectByHandle: the object, only if it has the expected type."""
-        obj = self.handles.get(handle)
-        return obj if obj is not None and obj.kind == kind else None
+    def free_frame(self, vp: L.Mem, pfn: int) -> None:
+        """Give a frame back to the SK's pool: cleared, not the SK's any more, its bit free."""
+        slot = pfn - self.pool_base
+        if not 0 <= slot < self.pool_count:
+            return
+        vp.write(self.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
+        va = self.pool_va + L.Pool.BITMAP + (slot >> 3)
+        vp.write(va, bytes([vp.read(va, 1)[0] & ~(1 << (slot & 7)) & 0xFF]))
+        self.unmark_own(vp, [pfn])
 
     @staticmethod
     def tracing(vp: Cpu) -> bool:
@@ -602,9 +628,7 @@ def _entry(vp: Cpu) -> None:
     sk = _sk(vp)
     vp.actor = "securekernel"
     sk.init_processor(vp)
-    assist = (
-        sk.space.phys_va(sk.processors[vp.index].assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
-    )
+    assist = sk.phys_va(sk.processors[vp.index].assist_gpa) + defs.VP_ASSIST_ENTRY_REASON_OFFSET
     while True:
         hvcall.vtl_return(vp)
         if vp.read_u32(assist) == HvVtlEntryReason.VTL_CALL:

@@ -13,27 +13,29 @@ page", Appendix A item 5), but not byte layouts: every layout below is **the mod
 unless its comment names a source.  Field widths follow what the value needs.
 
 What lives here (VTL1 memory, read by the SK at each decision): the configuration block the
-loader copies from the boot policy (``Config``), the phase, READY bits and HyperGuard's trusted
-register values (``State``), the own-page bitmap, the frame pool's bitmap (``Pool``), the
-trustlet allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
+loader copies from the boot policy (``Config``), the phase, READY bits, the secure-allocation
+arena's top and HyperGuard's trusted register values (``State``), the capture pages' control
+word (``Capture``), the own-page bitmap, the frame pool's bitmap (``Pool``), the trustlet
+allow-list (``AllowList``), the IUM system-call filter (``IumFilter``), the secure-call
 dispatch table (``Dispatch``), HVCI's page-state and rights tables and validated-hash records
-(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are in
-``sk.services.kdp``), secure process objects and mailbox directories (``SkProcess``).
+(``Hvci``), KDP's owner table (``Kdp``; the secure-pool block records are ``POOL_RECORD`` in
+``sk.services.kdp``), the handle table (``HandleTable``) and the objects it points to
+(``SecureImage``, ``SecureAllocation``, ``SecurePool``, ``SkProcess`` with its mailbox
+directory), the small-object pool (``ObjectPool``) and the secure threads (``SecureThread``,
+``ThreadTable``).
 
-The SK processor block (``Prcb``) names each VP's current trustlet.
+The SK processor block (``Prcb``) names each VP's current trustlet and secure thread.
 
-Not yet in SK memory (issue 10, named so nobody mistakes them for done): the secure handle table
-and its objects (``SecureKernel.handles``: secure images with their captured layout, secure
-allocations, pools), secure threads, secure-storage page
-bookkeeping, the HVPT pin records, the capture-slot busy set and allocation top, the
-SkuSiPolicy floors (``SecureKernel.revocation``), and the secure process object's Python side
-(page tables object, routine VAs, parsed image).
+Not yet in SK memory (issue 10, named so nobody mistakes them for done): secure-storage page
+bookkeeping (``SecureKernel.storage``), the HVPT pin records, the SkuSiPolicy floors
+(``SecureKernel.revocation``), and the secure process object's Python side (``SecureProcess``:
+page-tables root, frame lists, routine VAs, the parsed image, secure sections, the probe cache).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.layout import Mem as Mem
@@ -99,13 +101,24 @@ class State:
     TRUSTED_COUNT = Field("trusted_count", 0x04, 4, MODEL)
     #: Per VP, whether its VTL1 is initialised (bit n: VP n).
     READY = Field("ready", 0x08, 8, MODEL)
-    TRUSTED = 0x10
+    #: The secure-allocation arena's top: buffers are carved downward from here
+    #: (``sk.services.allocation``; 0: the arena is untouched, its end).
+    ARENA_TOP = Field("arena_top", 0x10, 8, MODEL)
+    TRUSTED = 0x20
     #: Trusted entry: HV_REGISTER_NAME (u32, vsm-spec §4), pad, value (HV_REGISTER_VALUE, 128
     #: bits: segment and table registers need more than 64).
     TRUSTED_NAME = Field("name", 0x00, 4, MODEL)
     TRUSTED_VALUE = Field("value", 0x08, 16, "vsm-spec §4 (HV_REGISTER_VALUE is 128 bits)")
     TRUSTED_ENTRY = 0x18
     TRUSTED_MAX = (PAGE_SIZE - TRUSTED) // TRUSTED_ENTRY
+
+
+class Capture:
+    """The secure-call capture pages' control page (``sk.services.allocation``): which pages a
+    call holds now.  A call holds one across its normal calls, so the page is the SK's scratch
+    (model)."""
+
+    BUSY = Field("busy", 0x00, 4, MODEL)  # bit n: capture slot n is held
 
 
 # -- the trustlet allow-list ----------------------------------------------------------------------
@@ -165,11 +178,133 @@ class SkProcess:
     CRASH_DUMP = Field("crash_dump", 0x18, 4, "vbs-internals §3.1 policy crash dump")
     SVN = Field("svn", 0x1C, 4, "vbs-internals §3.1 s_IumPolicyMetadata SVN")
     INSTANCE = Field("instance", 0x20, 16, "vbs-internals §3.3 (16-byte instance number)")
+    #: Set by RUNDOWN_PROCESS or a trustlet's own exit: no thread of it runs again.
+    TERMINATED = Field("terminated", 0x30, 4, MODEL)
+    #: The secure process handle (EPROCESS.Pcb.SecurePid on the NT side, vbs-internals §2.3).
+    HANDLE = Field("handle", 0x38, 8, "vbs-internals §2.3 (value); offset: model")
     MAILBOXES = 0x40
     MAILBOX_PFN = Field("pfn", 0x00, 8, MODEL)
     MAILBOX_LENGTH = Field("length", 0x08, 4, MODEL)
     MAILBOX_ENTRY = 0x10
     MAILBOX_SLOTS = 8
+
+
+# -- the secure handle table and the objects it points to ----------------------------------------
+class ObjectType:
+    """The type index a handle-table entry carries (vbs-internals §2.3 names SKPROCESS,
+    SECURE_IMAGE and secure allocations as handle-table objects; the numbering is the model's,
+    like NT's ObTypeIndexTable index, Windows Internals 7th ed. Part 2 ch. 8 "Object types")."""
+
+    NONE = 0
+    SKPROCESS = 1
+    SECURE_IMAGE = 2
+    SECURE_ALLOCATION = 3
+    SECURE_POOL = 4
+    NAMES: ClassVar[dict[int, str]] = {
+        SKPROCESS: "skprocess",
+        SECURE_IMAGE: "secure_image",
+        SECURE_ALLOCATION: "secure_allocation",
+        SECURE_POOL: "secure_pool",
+    }
+
+
+class HandleTable:
+    """The SK's handle table (SkobReferenceObjectByHandle reads it): an array of entries, each
+    the object's VA (in the SK direct map or data region) and its type index.  A handle value is
+    ``FIRST_HANDLE + (index << 2)`` — NT's encoding, the handle is the entry index times four
+    with the low two bits free for tags (Windows Internals 7th ed. Part 2 ch. 8 "Object handles
+    and the process handle table"; the base 0x1_4000_0000 is vbs-internals §2.3).  NT's x64
+    HANDLE_TABLE_ENTRY packs pointer and access into 16 bytes; the model keeps the pointer whole
+    and the type index beside it (model).  Entry 0 is "Secure System" and never handed out."""
+
+    #: The entry index the next allocation tries first (allocation scans on from it, wrapping).
+    HINT = Field("hint", 0x00, 4, MODEL)
+    #: Live entries (each SKPROCESS / SECURE_IMAGE / allocation / pool is one).
+    COUNT = Field("count", 0x04, 4, MODEL)
+    ENTRIES = 0x10
+    OBJECT = Field("object", 0x00, 8, MODEL)
+    TYPE = Field("type", 0x08, 4, MODEL)
+    ENTRY = 0x10
+    PAGES = 4
+    MAX = (PAGES * PAGE_SIZE - ENTRIES) // ENTRY
+    #: The SK's first handle value (vbs-internals §2.3: handles around 0x1_4000_0000).
+    FIRST_HANDLE = 0x1_4000_0000
+
+
+class ObjectPool:
+    """The SK's small-object pool: ``PAGES`` SK data pages cut into ``BLOCK``-byte blocks, block
+    0 holding the in-use bitmap (bit n: block n taken).  Secure allocations, secure-pool objects
+    and secure threads live here; SKPROCESS and SECURE_IMAGE bodies take whole SK frames.
+    The real SK's pool (SkAllocatePool) is not public: model."""
+
+    BLOCK = 0x40
+    PAGES = 4
+    BLOCKS = PAGES * PAGE_SIZE // BLOCK
+    BITMAP = 0x00
+
+
+class SecureAllocation:
+    """A CREATE_SECURE_ALLOCATION object (vbs-internals §2.3): the buffer in SK memory."""
+
+    VA = Field("va", 0x00, 8, MODEL)
+    SIZE = Field("size", 0x08, 8, "vbs-internals §2.3 (Field1 of CREATE_SECURE_ALLOCATION)")
+    PAGES = Field("pages", 0x10, 4, MODEL)
+
+
+class SecurePool:
+    """An INITIALIZE_SECURE_POOL object (vbs-internals §5.2, dynamic KDP): the VTL0 range the
+    pool occupies and where the next block is carved (the block records with tags and cookies
+    are ``sk.services.kdp.POOL_RECORD``)."""
+
+    BASE_PFN = Field("base_pfn", 0x00, 8, MODEL)
+    VA = Field("va", 0x08, 8, MODEL)
+    PAGES = Field("pages", 0x10, 4, MODEL)
+    NEXT = Field("next", 0x14, 4, MODEL)
+
+
+class SecureImage:
+    """A CREATE_SECURE_IMAGE object (vbs-internals §2.3 SECURE_IMAGE, §5.1): the layout SKCI
+    captured — page count, which pages hold code, each page's SHA-256 as the signed image lays
+    it out — and, from FINISH_SECURE_IMAGE_VALIDATION on, the PFNs NT mapped it in.  One SK frame
+    plus ``DIGEST_FRAMES`` frames of digests (128 per frame).  Layout: model."""
+
+    STAGE = Field("stage", 0x00, 4, MODEL)
+    PAGE_COUNT = Field("page_count", 0x04, 4, MODEL)
+    PFN_COUNT = Field("pfn_count", 0x08, 4, MODEL)
+    NAME = Field("name", 0x10, 32, MODEL)  # ASCII, NUL-padded
+    CODE = 0x30  # bitmap over page indices (MAX_PAGES bits): 1 = code page
+    DIGEST_FRAME = 0x50  # PFN (u64) of each digest frame
+    DIGEST_FRAMES = 2
+    PFNS = 0x800  # u64 per mapped page, in RVA order
+    MAX_PAGES = 256
+    DIGEST = 32  # SHA-256 (FIPS 180-4)
+    DIGESTS_PER_FRAME = PAGE_SIZE // DIGEST
+    # Stages (0: a freed body)
+    CREATED = 1
+    HASHED = 2
+    LOADED = 3
+    #: FINISH refused the mapped pages; only UNLOAD_DRIVER (NT's cleanup) may name it now.
+    REJECTED = 4
+
+
+class SecureThread:
+    """A secure thread (KTHREAD.SecureThreadCookie names it, vbs-internals §3.5): its cookie and
+    the SKPROCESS it belongs to (model layout).  Whether it runs is the processor blocks'
+    ``Prcb.CURRENT_THREAD``."""
+
+    COOKIE = Field("cookie", 0x00, 8, "vbs-internals §3.5 (the cookie value); offset: model")
+    PROCESS = Field("process", 0x08, 8, MODEL)  # SKPROCESS VA
+
+
+class ThreadTable:
+    """Cookie → secure thread object: cookie ``FIRST_COOKIE + n`` is entry n (model)."""
+
+    COUNT = Field("count", 0x00, 4, MODEL)
+    ENTRIES = 0x08
+    ENTRY = 8
+    MAX = (PAGE_SIZE - ENTRIES) // ENTRY
+    #: Secure thread cookies (KTHREAD.SecureThreadCookie) start here (model choice).
+    FIRST_COOKIE = 0x10
 
 
 # -- the SK's frame pool -------------------------------------------------------------------------
@@ -180,6 +315,9 @@ class Prcb:
 
     #: The SKPROCESS object (its VA in the SK direct map) of the trustlet this VP runs; 0: none.
     CURRENT_PROCESS = Field("CurrentProcess", 0x00, 8, MODEL)
+    #: The secure thread object this VP runs (KPRCB.CurrentThread's counterpart); 0: none.  A
+    #: thread some processor block names is running: RESUME_THREAD refuses it.
+    CURRENT_THREAD = Field("CurrentThread", 0x08, 8, "Windows Internals 7th ed. ch. 4 (KPRCB)")
     SIZE = 0x40
 
 

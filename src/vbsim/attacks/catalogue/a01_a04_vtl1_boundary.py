@@ -29,10 +29,10 @@ def _sk_key_page(ctx: AttackContext) -> tuple[int, bytes]:
     """The GPA of the Secure Kernel page holding the VSM master keys, and its bytes (host view)."""
     sk = ctx.booted.sk
     assert sk is not None and ctx.system is not None and ctx.system.machine is not None
-    va = sk.keys_va
-    leaf = sk.space.pt.lookup(va)
-    assert leaf is not None
-    gpa = leaf & 0x000F_FFFF_FFFF_F000
+    from vbsim.invariants.skstate import host_gpa
+
+    gpa = host_gpa(ctx.system.machine.ram, sk, sk.keys_va)  # a debugger's walk of the SK's tables
+    assert gpa is not None
     return gpa, ctx.system.machine.ram.read(gpa, 96)
 
 
@@ -98,7 +98,7 @@ def _reconfigure(
 def a2_steps(ctx: AttackContext) -> None:
     sk = ctx.booted.sk
     assert sk is not None
-    target_pfn = sorted(set(sk.space.frames))[0]
+    target_pfn = sorted(set(sk.image_pfns))[0]
     ctx.notes["target_pfn"] = target_pfn
     ctx.notes["rights_before"] = vtl0_rights(ctx, [target_pfn])
     hv = ctx.booted.machine.hv if ctx.booted.machine else None

@@ -37,7 +37,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
     nt_of,
     record_run,
     runs,
-    secure_processes,
+    trustlets,
 )
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.goals import loot_contains, vtl0_rights
@@ -126,7 +126,7 @@ def sk_data_gpa(ctx: AttackContext, va: int) -> int:
     """The GPA behind a Secure Kernel VA (what the SK's own page tables say)."""
     sk = ctx.booted.sk
     assert sk is not None
-    leaf = host_lookup(ctx, sk.space.pt.root, va)
+    leaf = host_lookup(ctx, sk.space.root, va)
     assert leaf is not None
     return (leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1))
 
@@ -656,11 +656,10 @@ A9 = Scenario(
 
 def lsaiso_table_gpa(ctx: AttackContext) -> int | None:
     """Where LsaIso's credential table lives: the SK's process table and LsaIso's page tables."""
-    for process in secure_processes(ctx):
-        if process.trustlet_id == 1 and not process.terminated:
-            leaf = host_lookup(ctx, process.tables.root, TABLE_VA)
-            if leaf is not None:
-                return (leaf & PTE_ADDR_MASK) | (TABLE_VA & (PAGE_SIZE - 1))
+    for process in trustlets(ctx, 1):
+        leaf = host_lookup(ctx, process.tables.root, TABLE_VA)
+        if leaf is not None:
+            return (leaf & PTE_ADDR_MASK) | (TABLE_VA & (PAGE_SIZE - 1))
     return None
 
 

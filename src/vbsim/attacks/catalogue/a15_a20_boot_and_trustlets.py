@@ -73,8 +73,24 @@ def secure_processes(ctx: AttackContext) -> list[SecureProcess]:
     system = ctx.system
     if system is None or system.sk is None:
         return []
-    table = system.sk.processes
+    if system.machine is None:
+        return []
+    table = system.sk.host_processes(system.machine.ram)
     return [p for p in table.values() if isinstance(p, SecureProcess)]
+
+
+def trustlets(ctx: AttackContext, trustlet_id: int, live: bool = True) -> list[SecureProcess]:
+    """The secure processes whose SKPROCESS (in VTL1 RAM) holds ``trustlet_id`` (and, with
+    ``live``, is not terminated), as a VTL1 debugger reads them."""
+    system = ctx.system
+    if system is None or system.machine is None:
+        return []
+    ram = system.machine.ram
+    return [
+        p
+        for p in secure_processes(ctx)
+        if p.host_trustlet_id(ram) == trustlet_id and not (live and p.host_terminated(ram))
+    ]
 
 
 def lsaiso_shadow(ctx: AttackContext) -> Process | None:
@@ -209,11 +225,8 @@ def a15_lsaiso_steps(ctx: AttackContext) -> None:
 def a15_lsaiso_goal(ctx: AttackContext) -> bool:
     old = ComponentVersion.parse(OLD.version, svn=OLD.svn).numbers
     return any(
-        p.trustlet_id == LSAISO_ID
-        and not p.terminated
-        and p.image.version is not None
-        and p.image.version.numbers == old
-        for p in secure_processes(ctx)
+        p.image.version is not None and p.image.version.numbers == old
+        for p in trustlets(ctx, LSAISO_ID)
     )
 
 
@@ -355,8 +368,8 @@ def a19_goal(ctx: AttackContext) -> bool:
     """A secure process holds trustlet ID 1 (LsaIso's keys, storage, mailboxes) although its
     signed policy names another ApplicationId."""
     return any(
-        p.trustlet_id == LSAISO_ID and p.policy.application_id != LSAISO_ID and not p.terminated
-        for p in secure_processes(ctx)
+        p.image.policy is not None and p.image.policy.application_id != LSAISO_ID
+        for p in trustlets(ctx, LSAISO_ID)
     )
 
 

@@ -14,7 +14,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
     needs_credential_guard,
     nt_of,
     process_memory,
-    secure_processes,
+    trustlets,
 )
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
@@ -292,7 +292,7 @@ def a29_steps(ctx: AttackContext) -> None:
 
 def lsaiso_answers(ctx: AttackContext) -> bool:
     """LsaIso can still answer lsass: its secure process lives and NT still routes to it."""
-    alive = any(p.trustlet_id == LSAISO_ID and not p.terminated for p in secure_processes(ctx))
+    alive = bool(trustlets(ctx, LSAISO_ID))
     return alive and ctx.system is not None and ctx.system.booted and lsaiso_shadow(ctx) is not None
 
 

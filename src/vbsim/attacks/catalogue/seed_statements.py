@@ -23,7 +23,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
     needs_credential_guard,
     needs_vbs,
     nt_of,
-    secure_processes,
+    trustlets,
 )
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains
@@ -105,8 +105,7 @@ def _probe_memory(ctx: AttackContext) -> bytes:
         return b""
     return b"".join(
         machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
-        for p in secure_processes(ctx)
-        if p.trustlet_id == PROBE_ID
+        for p in trustlets(ctx, PROBE_ID, live=False)
         for pfn in p.private_pfns
     )
 
@@ -121,7 +120,7 @@ def _map_and_read(cpu: Cpu, root: int, target_gpa: int, loot_va: int) -> None:
 
 
 def kernel_reads_ium_steps(ctx: AttackContext) -> None:
-    lsaiso = next((p for p in secure_processes(ctx) if p.trustlet_id == LSAISO_ID), None)
+    lsaiso = next(iter(trustlets(ctx, LSAISO_ID, live=False)), None)
     if lsaiso is None:
         return
     # LsaIso's credential table sits in its third private page (vbsim.ium.lsaiso.TABLE_VA).  NT

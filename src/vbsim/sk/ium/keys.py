@@ -26,7 +26,7 @@ _NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
 
 def provision(sk: SecureKernel) -> None:
     """Loader time: write the three 32-byte master keys into an SK data page."""
-    va, gpa = sk.space.alloc_data()
+    va, gpa = sk.builder().alloc_data()
     assert sk.loader is not None
     sk.loader.write(gpa, os.urandom(96))  # the loader writes the image
     sk.keys_va = va

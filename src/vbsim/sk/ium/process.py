@@ -15,16 +15,18 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from vbsim.guest.address_space import KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP, KernelMap
 from vbsim.hw.faults import ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
+from vbsim.sk import objects
 from vbsim.sk.kernel import PoolExhausted
-from vbsim.sk.layouts import Field, Mem, Prcb, read_field, write_field
+from vbsim.sk.layouts import Config, Field, Mem, Prcb, ThreadTable, read_field, write_field
+from vbsim.sk.layouts import SecureThread as ThreadLayout
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
 
@@ -57,34 +59,28 @@ __all__ = [
 
 
 _CURRENT = Prcb.CURRENT_PROCESS.offset
+_THREAD = Prcb.CURRENT_THREAD.offset
 _PRCB_SIZE = Prcb.SIZE
 assert Prcb.CURRENT_PROCESS.size == 8
 
 
 @dataclass
-class SecureThread:
-    cookie: int
-    process: SecureProcess
-    running: bool = False
-
-
-@dataclass
 class SecureProcess:
-    handle: int
-    trustlet_id: int
-    policy: TrustletPolicy
+    """The Python side of a secure process: where its page tables, image and frames are (what
+    a kernel keeps as pointers).  Its identity (trustlet ID, handle, instance, SVN), signed
+    policy values (debug, capabilities, crash dump), mailbox key and mailboxes, whether it was
+    terminated, and its threads are in VTL1 memory: the SKPROCESS page at ``object_va``
+    (``layouts.SkProcess``) and the secure-thread objects (``layouts.SecureThread``), read
+    through the SK's processor at each decision (``read``) or by host tools from RAM
+    (``host``)."""
+
     image: ParsedImage
-    instance: bytes
     tables: PageTables
     image_pfns: list[int]
     private_pfns: list[int]
     routines: dict[str, int]
-    mailbox_key: int = 0
     #: Secure sections this trustlet shares with VTL0: index → (trustlet VA, PFNs).
     sections: list[tuple[int, list[int]]] = field(default_factory=list)
-    threads: dict[int, SecureThread] = field(default_factory=dict)
-    terminated: bool = False
-    svn: int = 0
     #: The frames of ``tables`` (from the SK's pool; later mappings add to this list).
     table_pfns: list[int] = field(default_factory=list)
     #: User pages a probe found present and user (``probed_r``) / writable (``probed_w``) in
@@ -95,18 +91,44 @@ class SecureProcess:
     #: what the SK decides from (identity, debug and capability policy, mailbox key, mailboxes).
     object_va: int = 0
 
-    def __post_init__(self) -> None:
-        self.svn = self.policy.svn or 0
-
     def read(self, vp: Mem, fld: Field) -> int:
         """A field of the SKPROCESS page, read through the SK's processor now."""
         return read_field(vp, self.object_va, fld)
 
-    def policy_value(self, policy_id: int, default: int = 0) -> int:
-        entry = self.policy.find(policy_id)
-        if entry is None or isinstance(entry.value, str):
-            return default
-        return int(entry.value)
+    def trustlet_id(self, vp: Mem) -> int:
+        return read_field(vp, self.object_va, SkProcessLayout.TRUSTLET_ID)
+
+    def terminated(self, vp: Mem) -> bool:
+        return read_field(vp, self.object_va, SkProcessLayout.TERMINATED) != 0
+
+    def write_terminated(self, vp: Mem) -> None:
+        write_field(vp, self.object_va, SkProcessLayout.TERMINATED, 1)
+
+    # -- host side (tools outside the machine read the same bytes from RAM) ------------------
+    def host(self, ram: _Ram, fld: Field) -> int:
+        gpa = self.object_va - DIRECT_MAP
+        return int.from_bytes(ram.read(gpa + fld.offset, fld.size), "little")
+
+    def host_trustlet_id(self, ram: _Ram) -> int:
+        return self.host(ram, SkProcessLayout.TRUSTLET_ID)
+
+    def host_terminated(self, ram: _Ram) -> bool:
+        return self.host(ram, SkProcessLayout.TERMINATED) != 0
+
+    def host_handle(self, ram: _Ram) -> int:
+        return self.host(ram, SkProcessLayout.HANDLE)
+
+
+class _Ram(Protocol):
+    def read(self, gpa: int, length: int, /) -> bytes: ...
+
+
+def policy_value(policy: TrustletPolicy, policy_id: int, default: int = 0) -> int:
+    """A numeric value of the signed ``.tPolicy`` (vbs-internals §3.1)."""
+    entry = policy.find(policy_id)
+    if entry is None or isinstance(entry.value, str):
+        return default
+    return int(entry.value)
 
 
 def _sk_phys(sk: SecureKernel, vp: Cpu, table_pfns: list[int]) -> PhysAccess:
@@ -174,7 +196,6 @@ def request_pages(sk: SecureKernel, vp: Cpu, count: int) -> list[int] | None:
 def build(
     sk: SecureKernel,
     vp: Cpu,
-    handle: int,
     image: ParsedImage,
     image_pfns: list[int],
     trustlet_id: int,
@@ -196,7 +217,7 @@ def build(
     phys = _sk_phys(sk, vp, table_pfns)
     tables = PageTables(phys)
     for index in range(256, 512):  # the kernel half: the Secure Kernel itself
-        entry = phys.read_u64(sk.space.pt.root + index * 8)
+        entry = phys.read_u64(sk.space.root + index * 8)
         if entry:
             phys.write_u64(tables.root + index * 8, entry)
     user_rx = int(Pte.US)  # present, user, read-only, executable
@@ -208,28 +229,17 @@ def build(
     tables.phys = DETACHED  # no processor is kept in the process object
     routines = _routines(image)
     instance = os.urandom(16)  # "a 16-byte random number generated by SK at creation" (§3.3)
-    process = SecureProcess(
-        handle,
-        trustlet_id,
-        image.policy,
-        image,
-        instance,
-        tables,
-        image_pfns,
-        private,
-        routines,
-        mailbox_key,
-        table_pfns=table_pfns,
-    )
+    process = SecureProcess(image, tables, image_pfns, private, routines, table_pfns=table_pfns)
     # The SKPROCESS page, from the SK's own pool (VTL0 has no right on it).
     process.object_va = sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT)
+    policy = image.policy
     for fld, value in (
         (SkProcessLayout.TRUSTLET_ID, trustlet_id),
         (SkProcessLayout.MAILBOX_KEY, mailbox_key),
-        (SkProcessLayout.DEBUG, process.policy_value(PolicyId.DEBUG) & 0xFFFF_FFFF),
-        (SkProcessLayout.CAPABILITIES, process.policy_value(PolicyId.CAPABILITY) & 0xFFFF_FFFF),
-        (SkProcessLayout.CRASH_DUMP, process.policy_value(PolicyId.CRASH_DUMP) & 0xFFFF_FFFF),
-        (SkProcessLayout.SVN, process.svn & 0xFFFF_FFFF),
+        (SkProcessLayout.DEBUG, policy_value(policy, PolicyId.DEBUG) & 0xFFFF_FFFF),
+        (SkProcessLayout.CAPABILITIES, policy_value(policy, PolicyId.CAPABILITY) & 0xFFFF_FFFF),
+        (SkProcessLayout.CRASH_DUMP, policy_value(policy, PolicyId.CRASH_DUMP) & 0xFFFF_FFFF),
+        (SkProcessLayout.SVN, (policy.svn or 0) & 0xFFFF_FFFF),
     ):
         write_field(vp, process.object_va, fld, value)
     vp.write(process.object_va + SkProcessLayout.INSTANCE.offset, instance)
@@ -267,19 +277,59 @@ def image_digest(sk: SecureKernel, vp: Cpu, pfns: list[int], length: int) -> byt
     return h.digest()
 
 
-def run_thread(
-    sk: SecureKernel, vp: Cpu, thread: SecureThread, routine: str, *args: int
-) -> tuple[int, Any]:
-    """Run ``routine`` of the trustlet at VTL1 CPL3 on ``vp``; (status, return value)."""
-    process = thread.process
-    va = process.routines.get(routine)
-    if va is None or process.terminated:
+# -- secure threads: objects in the SK's small-object pool, found by cookie ----------------------
+def create_thread(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> int | None:
+    """A new secure thread of ``process``: its object and its cookie; None when full."""
+    count = read_field(vp, sk.threads_va, ThreadTable.COUNT)
+    if count >= ThreadTable.MAX:
+        return None
+    block = objects.alloc_block(sk, vp)
+    if block is None:
+        return None
+    cookie = ThreadTable.FIRST_COOKIE + count
+    write_field(vp, block, ThreadLayout.COOKIE, cookie)
+    write_field(vp, block, ThreadLayout.PROCESS, process.object_va)
+    vp.write_u64(sk.threads_va + ThreadTable.ENTRIES + count * ThreadTable.ENTRY, block)
+    write_field(vp, sk.threads_va, ThreadTable.COUNT, count + 1)
+    return cookie
+
+
+def thread_object(sk: SecureKernel, vp: Mem, cookie: int) -> int:
+    """The VA of the secure thread ``cookie`` names, read from the thread table now; 0: none."""
+    index = cookie - ThreadTable.FIRST_COOKIE
+    if not 0 <= index < min(read_field(vp, sk.threads_va, ThreadTable.COUNT), ThreadTable.MAX):
+        return 0
+    thread = vp.read_u64(sk.threads_va + ThreadTable.ENTRIES + index * ThreadTable.ENTRY)
+    if not thread or read_field(vp, thread, ThreadLayout.COOKIE) != cookie:
+        return 0
+    return thread
+
+
+def thread_running(sk: SecureKernel, vp: Mem, thread: int) -> bool:
+    """Whether any processor block names ``thread`` as the one it runs (read now)."""
+    vps = min(read_field(vp, sk.config_va, Config.VPS), PAGE_SIZE // _PRCB_SIZE)
+    return any(vp.read_u64(sk.prcb_va + i * _PRCB_SIZE + _THREAD) == thread for i in range(vps))
+
+
+def thread_process(sk: SecureKernel, vp: Mem, thread: int) -> SecureProcess | None:
+    """The process a thread object names (its SKPROCESS pointer, read now)."""
+    process = sk.process_objects.get(read_field(vp, thread, ThreadLayout.PROCESS))
+    return process if isinstance(process, SecureProcess) else None
+
+
+def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int) -> tuple[int, Any]:
+    """Run ``routine`` of the trustlet at VTL1 CPL3 on ``vp``; (status, return value).
+    ``thread`` is the secure thread object's VA."""
+    process = thread_process(sk, vp, thread)
+    va = process.routines.get(routine) if process is not None else None
+    if process is None or va is None or process.terminated(vp):
         return 0xC000_0008, None  # STATUS_INVALID_HANDLE: no such entry in this image
     saved_cr3 = vp.read_cr(3)
     block = sk.processor_block(vp.index)
     current_before = vp.read_u64(block + _CURRENT)
     vp.write_u64(block + _CURRENT, process.object_va)
-    thread.running = True
+    thread_before = vp.read_u64(block + _THREAD)
+    vp.write_u64(block + _THREAD, thread)
     vp.mov_to_cr(3, process.tables.root)
     status, value = 0, None
     try:
@@ -290,7 +340,7 @@ def run_thread(
         status = 0xC000_0005 if stop.vector is not None else 0xC000_0001
         sk.emit(vp, "ium", "trustlet-fault", "thread-terminated", reason=stop.reason)
     finally:
-        thread.running = False
+        vp.write_u64(block + _THREAD, thread_before)
         if vp.vtl == 1 and vp.cpl == 0:
             vp.mov_to_cr(3, saved_cr3)
         vp.write_u64(block + _CURRENT, current_before)
@@ -334,4 +384,4 @@ def mailbox(vp: Cpu, process: SecureProcess, slot: int) -> bytes | None:
     if pfn == 0:
         return None
     length = min(read_field(vp, entry, SkProcessLayout.MAILBOX_LENGTH), PAGE_SIZE)
-    return vp.read(KernelSpace.phys_va(pfn << PAGE_SHIFT), length)
+    return vp.read(KernelMap.phys_va(pfn << PAGE_SHIFT), length)

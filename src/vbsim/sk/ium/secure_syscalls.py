@@ -183,7 +183,7 @@ def _capability_refused(
         "policy.capability",
         "refused",
         capability=capability,
-        trustlet_id=process.trustlet_id,
+        trustlet_id=process.trustlet_id(vp),
     )
     return int(NtStatus.ACCESS_DENIED)
 
@@ -191,7 +191,7 @@ def _capability_refused(
 def _storage_page(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, key: int) -> int | None:
     """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
     store: dict[tuple[int, int], int] = sk.storage
-    gpa = store.get((process.trustlet_id, key))
+    gpa = store.get((process.trustlet_id(vp), key))
     if gpa is None:
         pages = ium.request_pages(sk, vp, 1)
         if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
@@ -199,7 +199,7 @@ def _storage_page(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, key: in
         sk.mark_own(vp, pages)
         gpa = pages[0] << PAGE_SHIFT
         vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
-        store[(process.trustlet_id, key)] = gpa
+        store[(process.trustlet_id(vp), key)] = gpa
     return gpa
 
 
@@ -227,7 +227,7 @@ def ium_secure_storage_get(
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
-    gpa = sk.storage.get((process.trustlet_id, key))
+    gpa = sk.storage.get((process.trustlet_id(vp), key))
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
     length = vp.read_u64(sk.space.phys_va(gpa))
@@ -273,7 +273,7 @@ def ium_create_secure_section(
         "ium",
         "secure-section",
         "created",
-        trustlet_id=process.trustlet_id,
+        trustlet_id=process.trustlet_id(vp),
         pages=pages,
         shared_with="vtl0",
     )
@@ -302,7 +302,7 @@ def nt_query_information_process(
     """Only the restricted classes (§2.5 "special"): here, IsSecureProcess for itself."""
     if args[1] != PROCESS_IS_SECURE_CLASS:
         return int(NtStatus.INVALID_INFO_CLASS)
-    value = (process.trustlet_id << 1) | 1
+    value = (process.trustlet_id(vp) << 1) | 1
     return int(
         NtStatus.SUCCESS
         if write_user(vp, args[2], value.to_bytes(8, "little"))
@@ -345,7 +345,7 @@ def nt_allocate_virtual_memory(
 def nt_terminate_process(
     sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
-    process.terminated = True
+    process.write_terminated(vp)
     return int(NtStatus.SUCCESS)
 
 

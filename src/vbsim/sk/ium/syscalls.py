@@ -138,7 +138,7 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
                 NtStatus.name_of(status),
                 number=number,
                 service=name or "?",
-                trustlet_id=caller.trustlet_id,
+                trustlet_id=caller.trustlet_id(vp),
             )
         return status
     name = _NT_NAMES.get(number)
@@ -160,7 +160,7 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
             number=number,
             service=name or "?",
             status=NtStatus.name_of(status),
-            trustlet_id=caller.trustlet_id,
+            trustlet_id=caller.trustlet_id(vp),
         )
     return status
 

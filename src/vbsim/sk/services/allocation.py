@@ -44,14 +44,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
+from vbsim.sk import objects
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.sk.kernel import NormalCall, Reply, SkObject
-from vbsim.sk.layouts import Config
+from vbsim.sk.kernel import NormalCall, Reply
+from vbsim.sk.layouts import Capture, Config, Mem, ObjectType, State, read_field, write_field
+from vbsim.sk.layouts import SecureAllocation as AllocationLayout
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
 
 EXT = "allocation"
-KIND = "secure_allocation"
+KIND = ObjectType.SECURE_ALLOCATION
 
 #: x64 MDL header (wdm.h): Next, Size, MdlFlags, AllocationProcessorNumber, Reserved, Process,
 #: MappedSystemVa, StartVa, ByteCount, ByteOffset — 0x30 bytes; the PFN array follows.
@@ -80,15 +82,23 @@ CAPTURE_SLOTS = 4
 NORMAL_GET_PHYSICAL_PAGES = 0x0102
 
 
-@dataclass
+@dataclass(frozen=True)
 class AllocationState:
+    """Where the secure-allocation machinery is in SK memory (addresses only): the arena, the
+    capture pages, and the SK state block whose ARENA_TOP and CAPTURE_BUSY fields say how much
+    of the arena is handed out, and the capture control page (which capture pages a call
+    holds)."""
+
     arena_va: int
     arena_pages: int
     behind_va: int  # the first SK data page behind the arena (HVCI's hash records)
-    top: int  # allocations are carved downward from here (initially behind_va)
-    capture: list[int] = field(default_factory=list)  # capture page VAs
-    busy: set[int] = field(default_factory=set)
-    buffers: dict[int, tuple[int, int]] = field(default_factory=dict)  # handle → (va, size)
+    state_va: int  # the SK state block (``layouts.State``)
+    capture: tuple[int, ...] = ()  # capture page VAs
+    control_va: int = 0  # ``layouts.Capture``: which capture pages are held
+
+    def top(self, vp: Mem) -> int:
+        """Allocations are carved downward from here (initially ``behind_va``)."""
+        return read_field(vp, self.state_va, State.ARENA_TOP) or self.behind_va
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,26 +134,6 @@ def state(sk: SecureKernel) -> AllocationState:
 
 
 # -- helpers shared with the KDP services --------------------------------------------------------
-def lookup_typed(sk: SecureKernel, vp: Cpu, handle: int, kind: str) -> SkObject | NtStatus:
-    """SkobReferenceObjectByHandle: the object, or the status a wrong handle gets."""
-    obj = sk.handles.get(handle)
-    if obj is None:
-        sk.emit(vp, "securecall", "securecall.handle", "invalid", handle=handle, want=kind)
-        return NtStatus.INVALID_HANDLE
-    if obj.kind != kind:
-        sk.emit(
-            vp,
-            "securecall",
-            "securecall.handle",
-            "type-mismatch",
-            handle=handle,
-            want=kind,
-            found=obj.kind,
-        )
-        return NtStatus.OBJECT_TYPE_MISMATCH
-    return obj
-
-
 def refuse(
     sk: SecureKernel, vp: Cpu, mechanism: str, reason: str, status: NtStatus, **d: int
 ) -> Reply:
@@ -151,17 +141,23 @@ def refuse(
     return Reply(status)
 
 
-def acquire_capture(sk: SecureKernel) -> int | None:
+def acquire_capture(sk: SecureKernel, vp: Mem) -> int | None:
+    """A free capture page (its VA), marked busy in the SK state block; None: all are held."""
     st = state(sk)
-    for va in st.capture:
-        if va not in st.busy:
-            st.busy.add(va)
+    busy = read_field(vp, st.control_va, Capture.BUSY)
+    for index, va in enumerate(st.capture):
+        if not busy >> index & 1:
+            write_field(vp, st.control_va, Capture.BUSY, busy | 1 << index)
             return va
     return None
 
 
-def release_capture(sk: SecureKernel, va: int) -> None:
-    state(sk).busy.discard(va)
+def release_capture(sk: SecureKernel, vp: Mem, va: int) -> None:
+    st = state(sk)
+    if va in st.capture:
+        busy = read_field(vp, st.control_va, Capture.BUSY)
+        index = st.capture.index(va)
+        write_field(vp, st.control_va, Capture.BUSY, busy & ~(1 << index))
 
 
 def capture(sk: SecureKernel, vp: Cpu, slot: int, gpa: int, length: int) -> bytes:
@@ -180,13 +176,21 @@ def create_secure_allocation(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) ->
     if not 0 < size <= st.arena_pages * PAGE_SIZE:
         return refuse(sk, vp, "securecall.size", "size", NtStatus.INVALID_PARAMETER, size=size)
     pages = -(-size // PAGE_SIZE)
-    if st.top - pages * PAGE_SIZE < st.arena_va:
+    top = st.top(vp)
+    if top - pages * PAGE_SIZE < st.arena_va:
         return refuse(sk, vp, "securecall.size", "arena-full", NtStatus.NO_MEMORY, size=size)
-    st.top -= pages * PAGE_SIZE
-    va = st.top
+    body = objects.alloc_block(sk, vp)
+    handle = objects.insert(sk, vp, KIND, body) if body is not None else None
+    if body is None or handle is None:
+        if body is not None:
+            objects.free_block(sk, vp, body)
+        return refuse(sk, vp, "securecall.handle", "table-full", NtStatus.NO_MEMORY, size=size)
+    va = top - pages * PAGE_SIZE
+    write_field(vp, st.state_va, State.ARENA_TOP, va)
     vp.write(va, bytes(pages * PAGE_SIZE))
-    handle = sk.alloc_handle(SkObject(KIND, {"va": va, "size": size, "pages": pages}))
-    st.buffers[handle] = (va, pages * PAGE_SIZE)
+    write_field(vp, body, AllocationLayout.VA, va)
+    write_field(vp, body, AllocationLayout.SIZE, size)
+    write_field(vp, body, AllocationLayout.PAGES, pages)
     sk.emit(vp, "securecall", "securecall.allocation", "created", handle=handle, size=size, va=va)
     return Reply(NtStatus.SUCCESS, [handle])
 
@@ -214,10 +218,12 @@ def fill_secure_allocation(
     # The legacy switches are the SK's configuration (in its memory, copied from the boot policy).
     unchecked = sk.config(vp, Config.LEGACY_UNCHECKED) != 0
     double_fetch = sk.config(vp, Config.LEGACY_DOUBLE_FETCH) != 0  # independent of the above
-    obj = lookup_typed(sk, vp, handle, KIND)
+    obj = objects.reference(sk, vp, handle, KIND)
     if isinstance(obj, NtStatus):
         return Reply(obj)
-    alloc_va, alloc_size = int(obj.data["va"]), int(obj.data["size"])
+    # The object's body in SK memory says where the buffer is and how big (read now).
+    alloc_va = read_field(vp, obj, AllocationLayout.VA)
+    alloc_size = read_field(vp, obj, AllocationLayout.SIZE)
     if not unchecked and not sk.vtl0_page(vp, mdl_pfn):
         return refuse(sk, vp, "securecall.pfn", "mdl-pfn", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
     if not 0 <= mdl_pfn < sk.ram_pages:
@@ -227,9 +233,12 @@ def fill_secure_allocation(
     if mdl_offset + MDL_HEADER.size > PAGE_SIZE:
         return refuse(sk, vp, "securecall.mdl", "header", NtStatus.INVALID_PARAMETER)
     mdl_gpa = (mdl_pfn << PAGE_SHIFT) + mdl_offset
-    slot = acquire_capture(sk)
+    slot = acquire_capture(sk, vp)
     if slot is None:
         return refuse(sk, vp, "securecall.capture", "no-slot", NtStatus.NO_MEMORY)
+    # A call suspended in its normal call is abandoned (GeneratorExit) only when the machine is
+    # torn down: then no processor exists to release the slot with, and none is needed.
+    abandoned = False
     try:
         if unchecked or double_fetch:
             sk.emit(
@@ -273,8 +282,12 @@ def fill_secure_allocation(
                 pfns=list(mdl.pfns),
             )
         copied = _copy(sk, vp, mdl, alloc_va + offset)
+    except GeneratorExit:
+        abandoned = True
+        raise
     finally:
-        release_capture(sk, slot)
+        if not abandoned:
+            release_capture(sk, vp, slot)
     sk.emit(
         vp,
         "securecall",
@@ -349,9 +362,12 @@ def _copy(sk: SecureKernel, vp: Cpu, mdl: Mdl, dest: int) -> int:
 def register(sk: SecureKernel) -> None:
     """Loader: the capture pages, then the arena; HVCI's tables follow it (``register_all``
     registers ``hvci`` next, so its hash records are the pages right behind the arena)."""
-    capture_pages = [sk.space.alloc_data(1)[0] for _ in range(CAPTURE_SLOTS)]
-    arena_va, _ = sk.space.alloc_data(ARENA_PAGES)
+    capture_pages = tuple(sk.builder().alloc_data(1)[0] for _ in range(CAPTURE_SLOTS))
+    control_va, _ = sk.builder().alloc_data(1)
+    arena_va, _ = sk.builder().alloc_data(ARENA_PAGES)
     behind = arena_va + ARENA_PAGES * PAGE_SIZE
-    sk.allocation = AllocationState(arena_va, ARENA_PAGES, behind, behind, capture_pages)
+    sk.allocation = AllocationState(
+        arena_va, ARENA_PAGES, behind, sk.state_va, capture_pages, control_va
+    )
     sk.handlers[Service.CREATE_SECURE_ALLOCATION] = create_secure_allocation
     sk.handlers[Service.FILL_SECURE_ALLOCATION] = fill_secure_allocation

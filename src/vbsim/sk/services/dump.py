@@ -35,9 +35,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
+from vbsim.sk import objects
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.kernel import Reply, SecureKernel
+from vbsim.sk.layouts import ObjectType
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
@@ -55,7 +57,7 @@ _KEY_VA = "dump.key_va"
 def provision(sk: SecureKernel) -> None:
     """Loader time: the dump key (32 bytes) and this boot's session nonce (8 bytes) in an SK data
     page, as ``sk.ium.keys`` provisions the VSM keys."""
-    va, gpa = sk.space.alloc_data()
+    va, gpa = sk.builder().alloc_data()
     assert sk.loader is not None
     sk.loader.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
     sk.dump_key_va = va
@@ -70,18 +72,19 @@ def secure_pages(sk: SecureKernel, vp: Cpu) -> list[int]:
     """VTL1 pages NT may not read: the SK's own memory and every trustlet's private memory.
     A trustlet's unmodified image pages stay readable by VTL0 (§7) and are not listed."""
     shared: set[int] = set()
-    for process in _processes(sk):
+    for process in _processes(sk, vp):
         shared.update(process.image_pfns)
     return sorted(pfn for pfn in sk.own_pages(vp) if pfn not in shared)
 
 
-def _processes(sk: SecureKernel) -> list[ium.SecureProcess]:
-    table = sk.processes
-    return [p for p in table.values() if isinstance(p, ium.SecureProcess)]
+def _processes(sk: SecureKernel, vp: Cpu) -> list[ium.SecureProcess]:
+    """Every secure process the handle table names (read now)."""
+    found = (sk.process_objects.get(va) for _, va in objects.entries(sk, vp, ObjectType.SKPROCESS))
+    return [p for p in found if isinstance(p, ium.SecureProcess)]
 
 
-def _owner(sk: SecureKernel, pfn: int) -> ium.SecureProcess | None:
-    for process in _processes(sk):
+def _owner(sk: SecureKernel, vp: Cpu, pfn: int) -> ium.SecureProcess | None:
+    for process in _processes(sk, vp):
         if pfn in process.private_pfns or pfn in process.table_pfns:
             return process
     return None
@@ -119,7 +122,7 @@ def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool)
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target, out_pfn=out_pfn)
             return Reply(NtStatus.INVALID_PARAMETER)
         out_va = sk.space.phys_va(out_pfn << PAGE_SHIFT)
-        owner = _owner(sk, target)
+        owner = _owner(sk, vp, target)
         include = owner is not None and (
             hibernation or owner.read(vp, SkProcessLayout.CRASH_DUMP) != 0
         )

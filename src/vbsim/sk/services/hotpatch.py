@@ -77,13 +77,13 @@ def _mdl_from_vtl0(sk: SecureKernel, vp: Cpu, mdl_gpa: int) -> tuple[int, int, l
 
 
 def _captured(sk: SecureKernel, vp: Cpu, mdl_gpa: int) -> tuple[int, int, list[int]] | Reply:
-    slot = allocation.acquire_capture(sk)
+    slot = allocation.acquire_capture(sk, vp)
     if slot is None:
         return refuse(sk, vp, "securecall.capture", "no-slot", NtStatus.NO_MEMORY)
     try:
         raw = allocation.capture(sk, vp, slot, mdl_gpa, PAGE_SIZE - (mdl_gpa & PAGE_MASK))
     finally:
-        allocation.release_capture(sk, slot)
+        allocation.release_capture(sk, vp, slot)
     fields = MDL_HEADER.unpack_from(raw)
     size, byte_count, byte_offset = fields[1], fields[8], fields[9]
     if not MDL_HEADER.size <= size <= len(raw):
@@ -145,7 +145,7 @@ def register(sk: SecureKernel) -> None:
     """Loader: the undo table's pages (contiguous), with its header (no patches applied)."""
     loader = sk.loader
     assert loader is not None
-    table_va, table_gpa = sk.space.alloc_data(UNDO_TABLE_PAGES, contiguous=True)
+    table_va, table_gpa = sk.builder().alloc_data(UNDO_TABLE_PAGES, contiguous=True)
     loader.write(table_gpa, UNDO_HEADER.pack(0, UNDO_TABLE_SIZE))
     sk.hotpatch = HotPatchState(table_va)
     sk.handlers[Service.OBTAIN_PATCH_UNDO_TABLE] = obtain_patch_undo_table

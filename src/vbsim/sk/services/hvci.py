@@ -79,9 +79,11 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.image import ImageKind, ParsedImage, model_pki, requirement_for, verify_image
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import layouts as L
+from vbsim.sk import objects
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.sk.kernel import Reply, SecureKernel, SkObject
-from vbsim.sk.layouts import Config, Mem, read_field, write_field
+from vbsim.sk.kernel import PoolExhausted, Reply, SecureKernel
+from vbsim.sk.layouts import Config, Mem, ObjectType, read_field, write_field
+from vbsim.sk.layouts import SecureImage as Img
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -115,7 +117,7 @@ MAX_IMAGE_SIZE = MAX_IMAGE_PAGES * PAGE_SIZE
 MAX_LIST = PAGE_SIZE // 8
 #: Secure images alive at once (the SK's pool is finite; a VTL0 flood gets STATUS_NO_MEMORY).
 MAX_SECURE_IMAGES = 256
-SECURE_IMAGE = "secure_image"
+SECURE_IMAGE = ObjectType.SECURE_IMAGE
 EXT_KEY = "hvci"
 
 _SCN_MEM_WRITE = 0x8000_0000  # IMAGE_SCN_MEM_WRITE (PE/COFF spec)
@@ -497,7 +499,7 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     size, list_pfn, count = args.fields[0], args.fields[1], args.fields[2]
     if not 0 < size <= MAX_IMAGE_SIZE or count != -(-size // PAGE_SIZE):
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, size=size)
-    live = sum(1 for obj in sk.handles.values() if obj.kind == SECURE_IMAGE)
+    live = len(objects.entries(sk, vp, SECURE_IMAGE))  # the handle table, now
     if live >= MAX_SECURE_IMAGES:
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.NO_MEMORY, live=live)
     pfns = _capture_pfn_list(sk, vp, list_pfn, count)
@@ -526,8 +528,12 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     layout = image_layout(captured, parsed)
     if layout is None:
         return _refuse(sk, vp, "skci", "skci.hvci-compatible", NtStatus.INVALID_IMAGE_HASH)
-    data: dict[str, Any] = {"stage": "created", "name": parsed.name, "layout": layout, "pfns": []}
-    handle = sk.alloc_handle(SkObject(SECURE_IMAGE, data))
+    body = _new_image(sk, vp, parsed.name or "", layout)
+    handle = objects.insert(sk, vp, SECURE_IMAGE, body) if body is not None else None
+    if body is None or handle is None:
+        if body is not None:
+            _free_image(sk, vp, body)
+        return _refuse(sk, vp, "skci", "skci.capture", NtStatus.NO_MEMORY, live=live)
     sk.emit(
         vp,
         "skci",
@@ -540,11 +546,77 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     return Reply(NtStatus.SUCCESS, [handle])
 
 
-def _image(sk: SecureKernel, handle: int, stages: tuple[str, ...]) -> SkObject | None:
-    obj = sk.lookup(handle, SECURE_IMAGE)
-    if obj is None or obj.data.get("stage") not in stages:
+# -- the SECURE_IMAGE object (``layouts.SecureImage``): SK frames the handle table points to ----
+def _new_image(sk: SecureKernel, vp: Cpu, name: str, layout: ImageLayout) -> int | None:
+    """The object body for a captured image: stage, page count, name, code bitmap and each
+    page's SHA-256 as the signed image lays it out; None when the SK's pool is exhausted."""
+    count = len(layout.pages)
+    frames: list[int] = []
+    try:
+        frames.append(sk.alloc_frame(vp))
+        for _ in range(-(-count // Img.DIGESTS_PER_FRAME)):
+            frames.append(sk.alloc_frame(vp))
+    except PoolExhausted:
+        for pfn in frames:
+            sk.free_frame(vp, pfn)
         return None
-    return obj
+    va = sk.space.phys_va(frames[0] << PAGE_SHIFT)
+    write_field(vp, va, Img.PAGE_COUNT, count)
+    vp.write(va + Img.NAME.offset, name.encode("ascii", "replace")[: Img.NAME.size - 1])
+    bitmap = bytearray(Img.MAX_PAGES // 8)
+    for index in layout.code:
+        bitmap[index >> 3] |= 1 << (index & 7)
+    vp.write(va + Img.CODE, bytes(bitmap))
+    for n, pfn in enumerate(frames[1:]):
+        vp.write_u64(va + Img.DIGEST_FRAME + 8 * n, pfn)
+        chunk = layout.pages[n * Img.DIGESTS_PER_FRAME : (n + 1) * Img.DIGESTS_PER_FRAME]
+        vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), b"".join(_digest(p) for p in chunk))
+    write_field(vp, va, Img.STAGE, Img.CREATED)
+    return va
+
+
+def _free_image(sk: SecureKernel, vp: Cpu, va: int) -> None:
+    for n in range(Img.DIGEST_FRAMES):
+        pfn = vp.read_u64(va + Img.DIGEST_FRAME + 8 * n)
+        if pfn:
+            sk.free_frame(vp, pfn)
+    sk.free_frame(vp, (va - sk.space.phys_va(0)) >> PAGE_SHIFT)
+
+
+def _image(sk: SecureKernel, vp: Cpu, handle: int, stages: tuple[int, ...]) -> int | None:
+    """The SECURE_IMAGE ``handle`` names (its body's VA) if its stage is one of ``stages``:
+    the handle table and the body's STAGE field decide, read now."""
+    kind, va = objects.lookup(sk, vp, handle)
+    if kind != SECURE_IMAGE or not va or read_field(vp, va, Img.STAGE) not in stages:
+        return None
+    return va
+
+
+def _image_name(vp: Mem, va: int) -> str:
+    return vp.read(va + Img.NAME.offset, Img.NAME.size).split(b"\0", 1)[0].decode("ascii")
+
+
+def _image_code(vp: Mem, va: int) -> set[int]:
+    """The captured layout's code page indices (the body's bitmap)."""
+    count = min(read_field(vp, va, Img.PAGE_COUNT), Img.MAX_PAGES)
+    bitmap = vp.read(va + Img.CODE, Img.MAX_PAGES // 8)
+    return {i for i in range(count) if bitmap[i >> 3] >> (i & 7) & 1}
+
+
+def _image_digest(sk: SecureKernel, vp: Mem, va: int, index: int) -> bytes:
+    """The SHA-256 of page ``index`` of the signed image's layout, as SKCI captured it."""
+    frame, slot = divmod(index, Img.DIGESTS_PER_FRAME)
+    pfn = vp.read_u64(va + Img.DIGEST_FRAME + 8 * frame) if frame < Img.DIGEST_FRAMES else 0
+    if not pfn:
+        return bytes(Img.DIGEST)
+    return vp.read(sk.space.phys_va((pfn << PAGE_SHIFT) + slot * Img.DIGEST), Img.DIGEST)
+
+
+def _image_pfns(vp: Mem, va: int) -> list[int]:
+    """The mapped pages FINISH recorded, in RVA order ([] before)."""
+    count = min(read_field(vp, va, Img.PFN_COUNT), Img.MAX_PAGES)
+    raw = vp.read(va + Img.PFNS, 8 * count)
+    return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
 
 
 def finish_secure_image_validation(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
@@ -552,11 +624,10 @@ def finish_secure_image_validation(sk: SecureKernel, vp: Cpu, args: SecureCallAr
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
     handle, list_pfn, count = args.fields[0], args.fields[1], args.fields[2]
-    obj = _image(sk, handle, ("created",))
+    obj = _image(sk, vp, handle, (Img.CREATED,))
     if obj is None:
         return _refuse(sk, vp, "skci", "skci.handle", NtStatus.INVALID_HANDLE, handle=handle)
-    layout: ImageLayout = obj.data["layout"]
-    if count != len(layout.pages):
+    if count != read_field(vp, obj, Img.PAGE_COUNT):
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, count=count)
     pfns = _capture_pfn_list(sk, vp, list_pfn, count)
     if pfns is None:
@@ -565,7 +636,7 @@ def finish_secure_image_validation(sk: SecureKernel, vp: Cpu, args: SecureCallAr
         state.state(vp, pfn) != PageState.UNVALIDATED or _kdp_protected(sk, vp, pfn) for pfn in pfns
     ):
         return _refuse(sk, vp, "hvci", "hvci.page-state", NtStatus.INVALID_PARAMETER)
-    code_index = sorted(layout.code)
+    code_index = sorted(_image_code(vp, obj))
     code_pfns = [pfns[i] for i in code_index]
     # Lock before hashing: without W, VTL0 cannot change a page between its hash and its KX.
     default = unvalidated(sk, vp)
@@ -576,35 +647,40 @@ def finish_secure_image_validation(sk: SecureKernel, vp: Cpu, args: SecureCallAr
     bad = [
         pfns[i]
         for i in code_index
-        if _digest(_read_page(sk, vp, pfns[i])) != _digest(layout.pages[i])
+        if _digest(_read_page(sk, vp, pfns[i])) != _image_digest(sk, vp, obj, i)
     ]
     if bad:
         apply(sk, vp, code_pfns, default, "unlock")
         state.set_state(vp, code_pfns, PageState.UNVALIDATED)
-        sk.handles.pop(handle, None)
+        # The image is refused for good: only NT's cleanup (UNLOAD_DRIVER) may name it now.
+        write_field(vp, obj, Img.STAGE, Img.REJECTED)
         return _refuse(
             sk,
             vp,
             "skci",
             "skci.page-hash",
             NtStatus.INVALID_IMAGE_HASH,
-            image=obj.data.get("name"),
+            image=_image_name(vp, obj),
             mismatched=len(bad),
             first_gpa=bad[0] << PAGE_SHIFT,
         )
     for i in code_index:
-        if not state.set_hash(vp, pfns[i], _digest(layout.pages[i])):
+        if not state.set_hash(vp, pfns[i], _image_digest(sk, vp, obj, i)):
             apply(sk, vp, code_pfns, default, "unlock")
             state.set_state(vp, code_pfns, PageState.UNVALIDATED)
-            sk.handles.pop(handle, None)
+            for j in code_index[: code_index.index(i)]:
+                state.drop_hash(vp, pfns[j])
+            write_field(vp, obj, Img.STAGE, Img.REJECTED)
             return _refuse(sk, vp, "hvci", "hvci.hash-records", NtStatus.NO_MEMORY)
-    obj.data.update(stage="hashed", pfns=pfns)
+    vp.write(obj + Img.PFNS, b"".join(pfn.to_bytes(8, "little") for pfn in pfns))
+    write_field(vp, obj, Img.PFN_COUNT, len(pfns))
+    write_field(vp, obj, Img.STAGE, Img.HASHED)
     sk.emit(
         vp,
         "skci",
         "skci.page-hash",
         "verified",
-        image=obj.data.get("name"),
+        image=_image_name(vp, obj),
         code_pages=len(code_pfns),
         handle=handle,
     )
@@ -616,26 +692,26 @@ def load_driver(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
     handle = args.fields[0]
-    obj = _image(sk, handle, ("hashed",))
+    obj = _image(sk, vp, handle, (Img.HASHED,))
     if obj is None:
         return _refuse(sk, vp, "hvci", "hvci.load-driver", NtStatus.INVALID_HANDLE, handle=handle)
-    layout: ImageLayout = obj.data["layout"]
-    pfns: list[int] = obj.data["pfns"]
-    code_pfns = [pfns[i] for i in sorted(layout.code)]
-    data_pfns = [pfn for i, pfn in enumerate(pfns) if i not in layout.code]
+    code = _image_code(vp, obj)
+    pfns = _image_pfns(vp, obj)
+    code_pfns = [pfns[i] for i in sorted(code)]
+    data_pfns = [pfn for i, pfn in enumerate(pfns) if i not in code]
     if not apply(sk, vp, data_pfns, R | W, "load-driver:data") or not apply(
         sk, vp, code_pfns, R | KX | UX, "load-driver:code"
     ):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
     state.set_state(vp, data_pfns, PageState.IMAGE_DATA)
     state.set_state(vp, code_pfns, PageState.VALIDATED)
-    obj.data["stage"] = "loaded"
+    write_field(vp, obj, Img.STAGE, Img.LOADED)
     sk.emit(
         vp,
         "hvci",
         "hvci.load-driver",
         "code-executable",
-        image=obj.data.get("name"),
+        image=_image_name(vp, obj),
         code_pages=len(code_pfns),
         data_pages=len(data_pfns),
         handle=handle,
@@ -648,17 +724,19 @@ def unload_driver(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     if state is None:
         return Reply(NtStatus.NOT_SUPPORTED)
     handle = args.fields[0]
-    obj = _image(sk, handle, ("created", "hashed", "loaded"))
+    obj = _image(sk, vp, handle, (Img.CREATED, Img.HASHED, Img.LOADED, Img.REJECTED))
     if obj is None:
         return _refuse(sk, vp, "hvci", "hvci.unload", NtStatus.INVALID_HANDLE, handle=handle)
-    pfns: list[int] = obj.data["pfns"]
+    pfns = _image_pfns(vp, obj)
     if not apply(sk, vp, pfns, unvalidated(sk, vp), "unload-driver"):
         return _refuse(sk, vp, "hvci", "hvci.slat", NtStatus.UNSUCCESSFUL, handle=handle)
     state.set_state(vp, pfns, PageState.UNVALIDATED)
     for pfn in pfns:
         state.drop_hash(vp, pfn)
-    sk.handles.pop(handle, None)
-    sk.emit(vp, "hvci", "hvci.unload", "unvalidated", image=obj.data.get("name"), pages=len(pfns))
+    name = _image_name(vp, obj)
+    objects.close(sk, vp, handle)
+    _free_image(sk, vp, obj)
+    sk.emit(vp, "hvci", "hvci.unload", "unvalidated", image=name, pages=len(pfns))
     return Reply()
 
 
@@ -752,10 +830,10 @@ def allocate(sk: SecureKernel) -> None:
     loader = sk.loader
     assert loader is not None
     pages = sk.ram_pages
-    hashes_va, hashes_gpa = sk.space.alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
+    hashes_va, hashes_gpa = sk.builder().alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
     table = L.table_pages(pages)
-    states_va, states_gpa = sk.space.alloc_data(table, contiguous=True)
-    rights_va, rights_gpa = sk.space.alloc_data(table, contiguous=True)
+    states_va, states_gpa = sk.builder().alloc_data(table, contiguous=True)
+    rights_va, rights_gpa = sk.builder().alloc_data(table, contiguous=True)
     loader.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
     capacity = L.Hvci.HASH_CAPACITY
     loader.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))

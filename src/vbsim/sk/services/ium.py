@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
+from vbsim.sk import objects
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
-from vbsim.sk.kernel import Reply, SecureKernel, SkObject
+from vbsim.sk.kernel import Reply, SecureKernel
+from vbsim.sk.layouts import ObjectType, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.sscn import Service
 
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
 
 MAX_IMAGE = 1 << 20
-#: Secure thread cookies (KTHREAD.SecureThreadCookie) start here (model choice).
-FIRST_COOKIE = 0x10
 
 
 def _pfn_list(sk: SecureKernel, vp: Cpu, list_pfn: int, count: int) -> list[int] | None:
@@ -102,16 +102,18 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         status=NtStatus.name_of(admission.status),
         detail=admission.detail,
     )
-    handle = sk.alloc_handle(SkObject("skprocess"))
-    process = ium.build(sk, vp, handle, admission.image, pfns, requested_id, mailbox_key)
-    if process is None:
-        # NT did not supply usable pages: the image section is NT's again, as before the call.
-        sk.handles.pop(handle, None)
+    process = ium.build(sk, vp, admission.image, pfns, requested_id, mailbox_key)
+    handle = (
+        objects.insert(sk, vp, ObjectType.SKPROCESS, process.object_va)
+        if process is not None
+        else None
+    )
+    if process is None or handle is None:
+        # NT did not supply usable pages (or the handle table is full): the image section is
+        # NT's again, as before the call.
         _give_back(sk, vp, pfns)
         return Reply(NtStatus.NO_MEMORY)
-    obj = sk.handles[handle]
-    obj.data["process"] = process
-    sk.processes[handle] = process
+    write_field(vp, process.object_va, SkProcessLayout.HANDLE, handle)
     sk.process_objects[process.object_va] = process
     sk.emit(
         vp,
@@ -125,30 +127,34 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     return Reply(NtStatus.SUCCESS, [handle])
 
 
-def _process(sk: SecureKernel, handle: int) -> ium.SecureProcess | None:
-    obj = sk.lookup(handle, "skprocess")
-    process = obj.data.get("process") if obj is not None else None
-    return process if isinstance(process, ium.SecureProcess) and not process.terminated else None
+def _process(sk: SecureKernel, vp: Cpu, handle: int) -> ium.SecureProcess | None:
+    """The live secure process ``handle`` names: the handle table's entry (type SKPROCESS) and
+    the SKPROCESS page's TERMINATED field decide, read now."""
+    kind, va = objects.lookup(sk, vp, handle)
+    if kind != ObjectType.SKPROCESS:
+        return None
+    process = sk.process_objects.get(va)
+    if not isinstance(process, ium.SecureProcess) or process.terminated(vp):
+        return None
+    return process
 
 
 def create_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    process = _process(sk, args.fields[0])
+    process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    threads: dict[int, ium.SecureThread] = sk.threads
-    cookie = FIRST_COOKIE + len(threads)
-    thread = ium.SecureThread(cookie, process)
-    threads[cookie] = thread
-    process.threads[cookie] = thread
+    cookie = ium.create_thread(sk, vp, process)
+    if cookie is None:
+        return Reply(NtStatus.NO_MEMORY)
     return Reply(NtStatus.SUCCESS, [cookie])
 
 
 def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    thread = sk.threads.get(args.cookie)
-    if not isinstance(thread, ium.SecureThread) or thread.process.terminated or thread.running:
+    thread = ium.thread_object(sk, vp, args.cookie)
+    process = ium.thread_process(sk, vp, thread) if thread else None
+    if process is None or process.terminated(vp) or ium.thread_running(sk, vp, thread):
         return Reply(NtStatus.INVALID_HANDLE)
     selector, message_pfn, message_length, reply_pfn = args.fields[:4]
-    process = thread.process
     if (
         message_length > PAGE_SIZE
         or not sk.vtl0_output_page(vp, reply_pfn)
@@ -186,7 +192,7 @@ def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         "ium",
         "resume-thread",
         NtStatus.name_of(status),
-        trustlet_id=process.trustlet_id,
+        trustlet_id=process.trustlet_id(vp),
         routine=routine,
         reply_length=reply_length,
     )
@@ -199,20 +205,22 @@ def _debug_gate(
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
     if not process.read(vp, SkProcessLayout.DEBUG):  # the signed Debug policy (§3.1 ID 2)
-        sk.emit(vp, "ium", "policy.debug", "refused", what=what, trustlet_id=process.trustlet_id)
+        sk.emit(
+            vp, "ium", "policy.debug", "refused", what=what, trustlet_id=process.trustlet_id(vp)
+        )
         return Reply(NtStatus.ACCESS_DENIED)
     return None
 
 
 def debug_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    process = _process(sk, args.fields[0])
+    process = _process(sk, vp, args.fields[0])
     refusal = _debug_gate(sk, vp, process, "debug-process")
     return refusal or Reply(NtStatus.SUCCESS)
 
 
 def get_context(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    thread = sk.threads.get(args.fields[0])
-    process = thread.process if isinstance(thread, ium.SecureThread) else None
+    thread = ium.thread_object(sk, vp, args.fields[0])
+    process = ium.thread_process(sk, vp, thread) if thread else None
     refusal = _debug_gate(sk, vp, process, "get-context")
     return refusal or Reply(NtStatus.SUCCESS, [ium.IMAGE_BASE])
 
@@ -221,7 +229,7 @@ def debug_read_write_memory(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> 
     """Field1 = process, Field2 = trustlet VA, Field3 = VTL0 buffer PFN, Field4 = length,
     Field5 = 1 for a write."""
     handle, va, buffer_pfn, length, write = args.fields[:5]
-    process = _process(sk, handle)
+    process = _process(sk, vp, handle)
     refusal = _debug_gate(sk, vp, process, "read-write-memory")
     if refusal is not None or process is None:
         return refusal or Reply(NtStatus.INVALID_HANDLE)
@@ -250,12 +258,12 @@ def _trustlet_gpa(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int
 def retrieve_mailbox(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Field1 = process, Field2 = slot, Field3 = mailbox key, Field4 = VTL0 PFN for the data."""
     handle, slot, key, out_pfn = args.fields[:4]
-    process = _process(sk, handle)
+    process = _process(sk, vp, handle)
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
     stored = process.read(vp, SkProcessLayout.MAILBOX_KEY)  # in the SKPROCESS page
     if key != stored or stored == 0:
-        sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id)
+        sk.emit(vp, "ium", "mailbox.key", "refused", trustlet_id=process.trustlet_id(vp))
         return Reply(NtStatus.ACCESS_DENIED)
     if not sk.vtl0_output_page(vp, out_pfn):
         return Reply(NtStatus.INVALID_PARAMETER)
@@ -270,7 +278,7 @@ def create_secure_section(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Re
     """VslCreateSecureSection's counterpart (vbs-internals §4.4): Field1 = the trustlet's handle,
     Field2 = the section index it published → the PFNs of the shared pages (VTL0 maps them).
     Only sections the trustlet created itself can be named; its private memory never."""
-    process = _process(sk, args.fields[0])
+    process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
     index = args.fields[1]
@@ -281,21 +289,26 @@ def create_secure_section(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Re
 
 
 def is_trustlet_running(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    processes = sk.processes.values()
-    running = any(p.trustlet_id == args.fields[0] and not p.terminated for p in processes)
+    running = False
+    for _, va in objects.entries(sk, vp, ObjectType.SKPROCESS):  # the handle table, now
+        if read_field(vp, va, SkProcessLayout.TRUSTLET_ID) == args.fields[0] and not read_field(
+            vp, va, SkProcessLayout.TERMINATED
+        ):
+            running = True
+            break
     return Reply(NtStatus.SUCCESS, [int(running)])
 
 
 def rundown_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     """Terminate: the trustlet's private pages are cleared before anything else can happen to
     them; they stay VTL1's (termination is VTL0's right — denial of service by design, §7)."""
-    process = _process(sk, args.fields[0])
+    process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
     for pfn in process.private_pfns:
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-    process.terminated = True
-    sk.emit(vp, "ium", "rundown", "terminated", trustlet_id=process.trustlet_id)
+    write_field(vp, process.object_va, SkProcessLayout.TERMINATED, 1)
+    sk.emit(vp, "ium", "rundown", "terminated", trustlet_id=process.trustlet_id(vp))
     return Reply(NtStatus.SUCCESS)
 
 

@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING
 from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
-from vbsim.sk import hvpt
+from vbsim.sk import hvpt, objects
 from vbsim.sk import layouts as L
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.sk.kernel import Reply, SkObject
-from vbsim.sk.layouts import Config, Mem
+from vbsim.sk.kernel import Reply
+from vbsim.sk.layouts import Config, Mem, ObjectType, read_field, write_field
+from vbsim.sk.layouts import SecurePool as PoolLayout
 from vbsim.sk.services import allocation
 from vbsim.sk.sscn import Service
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from vbsim.sk.kernel import SecureKernel
 
 EXT = "kdp"
-POOL_KIND = "secure_pool"
+POOL_KIND = ObjectType.SECURE_POOL
 #: MM_PROTECT_DRIVER_SECTION_ALLOW_UNLOAD (the model's value for the documented flag).
 ALLOW_UNLOAD = 0x1
 MAX_STATIC_PAGES = 256
@@ -232,9 +233,15 @@ def initialize_secure_pool(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> R
     for gpn in gpns:  # VTL0 can no longer write them: now the SK clears them
         vp.write(sk.space.phys_va(gpn << PAGE_SHIFT), bytes(PAGE_SIZE))
     st.set_owner(vp, gpns, L.Kdp.POOL)
-    handle = sk.alloc_handle(
-        SkObject(POOL_KIND, {"base_pfn": base, "pages": pages, "va": va, "next": 0})
-    )
+    body = objects.alloc_block(sk, vp)
+    handle = objects.insert(sk, vp, POOL_KIND, body) if body is not None else None
+    if body is None or handle is None:
+        if body is not None:
+            objects.free_block(sk, vp, body)
+        return _refuse(sk, vp, "securepool.init", "handle-table", NtStatus.NO_MEMORY)
+    write_field(vp, body, PoolLayout.BASE_PFN, base)
+    write_field(vp, body, PoolLayout.VA, va)
+    write_field(vp, body, PoolLayout.PAGES, pages)
     pinned = hvpt.pin(sk, vp, found, "kdp.securepool", rights=R)
     _kdp(sk, vp, "securepool.init", "created", handle=handle, va=va, pages=pages, hvpt=pinned)
     return Reply(NtStatus.SUCCESS, [handle])
@@ -249,7 +256,7 @@ def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     handle, tag, alloc_va, cookie, offset, size, src_pfn, src_offset, flags = args.fields[0:9]
     if not _enabled(sk, vp):
         return Reply(NtStatus.NOT_SUPPORTED)
-    pool = allocation.lookup_typed(sk, vp, handle, POOL_KIND)
+    pool = objects.reference(sk, vp, handle, POOL_KIND)
     if isinstance(pool, NtStatus):
         return Reply(pool)
     bad = NtStatus.INVALID_PARAMETER
@@ -260,19 +267,23 @@ def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     if not sk.vtl0_page(vp, src_pfn):
         sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=src_pfn)
         return _refuse(sk, vp, "securepool.bounds", "source-pfn", bad, pfn=src_pfn)
-    pool_va, base_pfn = int(pool.data["va"]), int(pool.data["base_pfn"])
-    pool_size = int(pool.data["pages"]) * PAGE_SIZE
+    # The pool object's body in SK memory (read now): where the pool is, how big, its cursor.
+    pool_va, base_pfn = (
+        read_field(vp, pool, PoolLayout.VA),
+        read_field(vp, pool, PoolLayout.BASE_PFN),
+    )
+    pool_size = read_field(vp, pool, PoolLayout.PAGES) * PAGE_SIZE
     st = state(sk)
     records = _records(sk, vp)
     if flags & COPY_ALLOCATE:
         if offset:
             return _refuse(sk, vp, "securepool.block", "offset", bad, offset=offset)
-        start = int(pool.data["next"])
+        start = read_field(vp, pool, PoolLayout.NEXT)
         block = -(-size // POOL_ALIGN) * POOL_ALIGN
         free = next((i for i, r in enumerate(records) if not r[4] & RECORD_LIVE), None)
         if start + block > pool_size or free is None:
             return _refuse(sk, vp, "securepool.block", "pool-full", NtStatus.NO_MEMORY)
-        pool.data["next"] = start + block
+        write_field(vp, pool, PoolLayout.NEXT, start + block)
         record = (handle, start, size, tag, RECORD_LIVE, cookie)
         vp.write(st.table_va + free * POOL_RECORD.size, POOL_RECORD.pack(*record))
         outcome, dest, result = "allocated", start, pool_va + start
@@ -294,21 +305,21 @@ def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
             )
         _kdp(sk, vp, "securepool.cookie", "accepted", allocation=alloc_va)
         outcome, dest, result = "updated", relative + offset, alloc_va
-    slot = allocation.acquire_capture(sk)
+    slot = allocation.acquire_capture(sk, vp)
     if slot is None:
         return _refuse(sk, vp, "securepool.block", "no-capture-slot", NtStatus.NO_MEMORY)
     try:
         data = allocation.capture(sk, vp, slot, (src_pfn << PAGE_SHIFT) + src_offset, size)
     finally:
-        allocation.release_capture(sk, slot)
+        allocation.release_capture(sk, vp, slot)
     vp.write(sk.space.phys_va((base_pfn << PAGE_SHIFT) + dest), data)
     _kdp(sk, vp, "securepool.block", outcome, handle=handle, allocation=result, size=size)
     return Reply(NtStatus.SUCCESS, [result])
 
 
 def register(sk: SecureKernel) -> None:
-    table_va, _ = sk.space.alloc_data(1)
-    owners_va, owners_gpa = sk.space.alloc_data(L.table_pages(sk.ram_pages), contiguous=True)
+    table_va, _ = sk.builder().alloc_data(1)
+    owners_va, owners_gpa = sk.builder().alloc_data(L.table_pages(sk.ram_pages), contiguous=True)
     sk.kdp = KdpState(table_va, owners_va, owners_gpa, sk.ram_pages)
     sk.handlers[Service.PROTECT_KERNEL_DATA_PAGE] = protect_kernel_data
     if Service.PROTECT_KERNEL_DATA_PAGE not in sk.table:
