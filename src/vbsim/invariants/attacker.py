@@ -182,7 +182,7 @@ ROUTINES = (
 #: give a call's argument types; not where any bug is): h handle, c cookie, p PFN, v K0 VA,
 #: n length/number, s small index, k key, r rights, x anything; M an MDL, two fields (its VA,
 #: then the PFN of the page holding it: FILL_SECURE_ALLOCATION's Field3/Field4), aimed at a
-#: staging page most of the time (where the attacker writes MDLs, see ``stage_mdl``).
+#: staging page half of the time (where the attacker writes MDLs, see ``stage_mdl``).
 SERVICE_SHAPES: dict[Service, str] = {
     Service.NULL: "",
     Service.CREATE_SECURE_ALLOCATION: "n",
@@ -318,8 +318,9 @@ MDL_AT = (0, 0x10, 0xFD0, 0xFF0)
 
 
 def _mdl_fields(d: Draw) -> tuple[Value, Value]:
-    """An MDL argument: a staged MDL's VA and PFN (three times in four), else any VA and PFN."""
-    if d.integer(0, 3):
+    """An MDL argument: a staged MDL's VA and PFN half of the time, else any VA and PFN (a VTL1
+    page named as the MDL is an attack of its own)."""
+    if d.integer(0, 1):
         slot = d.integer(0, STAGE_PAGES - 1)
         return Ref("dm", "stage", slot, d.pick(MDL_AT)), Ref("pfn", "stage", slot, 0)
     return _k0_va(d), _page_ref(d, "pfn")
