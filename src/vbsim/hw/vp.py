@@ -46,6 +46,12 @@ from vbsim.hw.x86 import (
 )
 from vbsim.trace import Trace
 
+#: The thunk decoder's tables (vbsim.hw.code), read directly on the call fast path.
+_THUNKS = code._registry
+_ARITY = code._arity
+_THUNK_SIZE = code.THUNK_SIZE
+_THUNK_LAST = PAGE_SIZE - code.THUNK_SIZE
+
 #: How often one instruction may fault and be retried before the model calls it a livelock.
 MAX_RETRIES = 8
 #: Exception-delivery nesting that becomes a triple fault (fault, #DF, then shutdown).
@@ -573,11 +579,29 @@ class VirtualProcessor:
         """``call va``: fetch and run the routine at ``va``; ``ret`` restores RIP."""
         bank = self.p
         return_rip = bank.rip
-        routine = self.fetch(va)
-        if routine is None:
+        # Fast path, the same fetch as :meth:`fetch`: the execute map of this mode holds the page
+        # (every paging and SLAT execute check passed for it) and the thunk lies inside it.  The
+        # map only holds pages wholly in RAM (the size is a page multiple, hw.ram), so the slice
+        # is the thunk's bytes; they are decoded from RAM on every call, as before.
+        offset = va & PAGE_MASK
+        base = self._x.get(va >> PAGE_SHIFT)
+        if base is not None and offset <= _THUNK_LAST:
+            start = base | offset
+            entry = _THUNKS.get(self.mm[start : start + _THUNK_SIZE])
+            if entry is not None:
+                routine = entry[1]
+                arity = _ARITY.get(routine)
+                if arity is not None and arity != len(args):
+                    args = code.fit_arguments(routine, args)
+                bank.rip = va
+                result = routine(self.cpu, *args)
+                bank.rip = return_rip
+                return result
+        fetched = self.fetch(va)
+        if fetched is None:
             return None
         bank.rip = va
-        result = routine(self.cpu, *code.fit_arguments(routine, args))
+        result = fetched(self.cpu, *code.fit_arguments(fetched, args))
         bank.rip = return_rip
         return result
 
