@@ -48,6 +48,7 @@ _ENTRY_REASON_OFFSET = defs.VP_ASSIST_ENTRY_REASON_OFFSET
 _REASON_BYTES = {r: int(r).to_bytes(4, "little") for r in HvVtlEntryReason}
 _RETURN_RESERVED = defs.VTL_RETURN_CONTROL_RSVD_MASK
 _getcurrent = greenlet.getcurrent
+_ENTRY_VTL_CALL = HvVtlEntryReason.VTL_CALL
 #: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
 CPUID_FEATURES = 0x4000_0003
 #: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers the canonical lower
@@ -181,7 +182,7 @@ class Hypervisor:
             vp.fault(Vector.UD)
             return
         vp.p.rip += INSN_LEN_VMCALL
-        self.enter_vtl(vp, target, HvVtlEntryReason.VTL_CALL)
+        self.enter_vtl(vp, target, _ENTRY_VTL_CALL)
 
     def vtl_return(self, vp: VirtualProcessor) -> None:
         """HvCallVtlReturn: bit 0 of RAX is Fast; no return from the lowest VTL (#UD)."""
