@@ -18,7 +18,9 @@ What happens when an access is refused is architectural:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from mmap import mmap
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -51,6 +53,13 @@ _THUNKS = code._registry
 _ARITY = code._arity
 _THUNK_SIZE = code.THUNK_SIZE
 _THUNK_LAST = PAGE_SIZE - code.THUNK_SIZE
+
+#: Little-endian loads and stores straight on the RAM mapping (no intermediate bytes object): the
+#: TLB-hit paths of read_u64/read_u32/write_u64/write_u32.
+_U64_FROM: Callable[[mmap, int], tuple[int]] = struct.Struct("<Q").unpack_from
+_U64_INTO: Callable[[mmap, int, int], None] = struct.Struct("<Q").pack_into
+_U32_FROM: Callable[[mmap, int], tuple[int]] = struct.Struct("<I").unpack_from
+_U32_INTO: Callable[[mmap, int, int], None] = struct.Struct("<I").pack_into
 
 #: How often one instruction may fault and be retried before the model calls it a livelock.
 MAX_RETRIES = 8
@@ -494,30 +503,26 @@ class VirtualProcessor:
                 if gpa + 8 > self.ram.size:
                     return int.from_bytes(self._mmio_read(gpa, 8), "little")
                 return int.from_bytes(self.mm[gpa : gpa + 8], "little")
-            off = base | (va & PAGE_MASK)
-            return int.from_bytes(self.mm[off : off + 8], "little")
+            return _U64_FROM(self.mm, base | (va & PAGE_MASK))[0]
         return int.from_bytes(self.read(va, 8), "little")
 
     def write_u64(self, va: int, value: int) -> None:
         base = self._w.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 8:
-            off = base | (va & PAGE_MASK)
-            self.mm[off : off + 8] = (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+            _U64_INTO(self.mm, base | (va & PAGE_MASK), value & 0xFFFF_FFFF_FFFF_FFFF)
             return
         self.write(va, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
 
     def read_u32(self, va: int) -> int:
         base = self._r.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
-            off = base | (va & PAGE_MASK)
-            return int.from_bytes(self.mm[off : off + 4], "little")
+            return _U32_FROM(self.mm, base | (va & PAGE_MASK))[0]
         return int.from_bytes(self.read(va, 4), "little")
 
     def write_u32(self, va: int, value: int) -> None:
         base = self._w.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
-            off = base | (va & PAGE_MASK)
-            self.mm[off : off + 4] = (value & 0xFFFF_FFFF).to_bytes(4, "little")
+            _U32_INTO(self.mm, base | (va & PAGE_MASK), value & 0xFFFF_FFFF)
             return
         self.write(va, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
 
