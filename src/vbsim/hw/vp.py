@@ -35,6 +35,7 @@ from vbsim.hw.slat import Slat
 from vbsim.hw.tlb import Tlb
 from vbsim.hw.translation import Verdict
 from vbsim.hw.x86 import (
+    LINEAR_ADDRESS_BITS,
     MAXPHYADDR,
     PAGE_MASK,
     PAGE_SHIFT,
@@ -94,6 +95,11 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 }
 #: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
 _SMAP = int(Cr4.SMAP)
+_RFLAGS_FIXED1 = int(Rflags.FIXED1)
+#: Canonical 48-bit addresses: [0, 2^47) and [2^64 - 2^47, 2^64) (paging.canonical).
+_CANON_LO_END = 1 << (LINEAR_ADDRESS_BITS - 1)
+_CANON_HI = (1 << 64) - _CANON_LO_END
+_CANON_END = 1 << 64
 _SCE = int(Efer.SCE)
 _AC = int(Rflags.AC)
 #: Long-mode code segment attributes, DPL 3: type 0xB, S, P, L (vsm-spec §1.3 bit layout).
@@ -599,7 +605,8 @@ class VirtualProcessor:
                 if arity is not None and arity != len(args):
                     args = code.fit_arguments(routine, args)
                 bank.rip = va
-                result = routine(self.cpu, *args)
+                # (no argument unpacking for the argument-less entries: LSTAR, VTL entries)
+                result = routine(self.cpu, *args) if args else routine(self.cpu)
                 bank.rip = return_rip
                 return result
         fetched = self.fetch(va)
@@ -881,8 +888,14 @@ class VirtualProcessor:
         cpu = self.cpu
         cpu.rcx = bank.rip
         cpu.r11 = bank.rflags
-        bank.rflags &= ~bank.sfmask
-        self._set_cpl(0)
+        flags = bank.rflags = bank.rflags & ~bank.sfmask
+        # CPL 0 (_set_cpl, inlined): the supervisor fast maps, the AC ones if SFMASK kept AC.
+        bank.cpl = 0
+        fast = self._tlb.fast
+        if flags & _AC:
+            self._r, self._w, self._x = fast[6], fast[7], fast[8]
+        else:
+            self._r, self._w, self._x = fast[0], fast[1], fast[2]
         if self.trace.on:
             self.emit("syscall", "lstar", "entered", number=cpu.rax, lstar=bank.lstar)
         self.call(bank.lstar)
@@ -893,13 +906,18 @@ class VirtualProcessor:
     def sysret(self) -> None:
         bank = self.p
         cpu = self.cpu
-        if bank.cpl != 0 or not canonical(cpu.rcx):
+        rip = cpu.rcx
+        # (paging.canonical, inlined: the return half of every system call)
+        if bank.cpl != 0 or not (0 <= rip < _CANON_LO_END or _CANON_HI <= rip < _CANON_END):
             # A non-canonical return address faults at CPL0 (Intel; the CVE-2012-0217 setting).
             self.fault(Vector.GP, 0)
             return
-        bank.rip = cpu.rcx
-        bank.rflags = (cpu.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
-        self._set_cpl(3)
+        bank.rip = rip
+        bank.rflags = (cpu.r11 & ~0x10000) | _RFLAGS_FIXED1  # RF cleared
+        # CPL 3 (_set_cpl, inlined): the user fast maps.
+        bank.cpl = 3
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[3], fast[4], fast[5]
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
 
