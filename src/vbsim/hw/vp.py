@@ -95,6 +95,7 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 }
 #: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
 _SMAP = int(Cr4.SMAP)
+_READ, _WRITE = Access.READ, Access.WRITE
 _RFLAGS_FIXED1 = int(Rflags.FIXED1)
 #: Canonical 48-bit addresses: [0, 2^47) and [2^64 - 2^47, 2^64) (paging.canonical).
 _CANON_LO_END = 1 << (LINEAR_ADDRESS_BITS - 1)
@@ -409,7 +410,7 @@ class VirtualProcessor:
         state = self.p
         tlb = self._tlb
         leaf = tlb.entries.get(vpn)
-        if leaf is None or (access is Access.WRITE and not leaf.dirty):
+        if leaf is None or (access is _WRITE and not leaf.dirty):
             verdict, leaf = layer.walk(va, access)
             if leaf is None:
                 return verdict
@@ -424,11 +425,13 @@ class VirtualProcessor:
             if refusal is not None:
                 return refusal
             verdict = Verdict(True, gpa, "tlb", access)
-        mode = tlb.mode(state.cpl, bool(state.rflags & _AC))
-        cacheable = verdict.address < self.ram.size and (
-            mode != 0 or not (leaf.user and state.cr4 & _SMAP)
-        )
-        tlb.fill(vpn, leaf, access, mode, cacheable)
+        # Tlb.mode and Tlb.fill, inlined (the TLB-miss path).
+        mode = 3 if state.cpl == 3 else (6 if state.rflags & _AC else 0)
+        tlb.entries[vpn] = leaf
+        if leaf.size_shift > 12:
+            tlb.large[vpn] = leaf.size_shift
+        if verdict.address < self.ram.size and (mode != 0 or not (leaf.user and state.cr4 & _SMAP)):
+            tlb.fast[mode + access][vpn] = leaf.gpa_page
         return verdict
 
     def _refused(self, verdict: Verdict, va: int) -> bool:
@@ -503,12 +506,12 @@ class VirtualProcessor:
         base = self._r.get(va >> PAGE_SHIFT)
         if va & PAGE_MASK <= PAGE_SIZE - 8:
             if base is None:
-                gpa = self.translate(va, Access.READ)
+                gpa = self.translate(va, _READ)
                 if gpa is None:
                     return 0
                 if gpa + 8 > self.ram.size:
                     return int.from_bytes(self._mmio_read(gpa, 8), "little")
-                return int.from_bytes(self.mm[gpa : gpa + 8], "little")
+                return _U64_FROM(self.mm, gpa)[0]
             return _U64_FROM(self.mm, base | (va & PAGE_MASK))[0]
         return int.from_bytes(self.read(va, 8), "little")
 
@@ -853,7 +856,8 @@ class VirtualProcessor:
             self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     def invlpg(self, va: int) -> None:
-        if not self._require_cpl0():
+        if self.p.cpl != 0:
+            self.fault(Vector.GP, 0)
             return
         self._tlb.flush_page(va >> PAGE_SHIFT)
 
