@@ -164,6 +164,18 @@ class Hvci:
     def set_rights(self, vp: Mem, gpns: list[int], value: int) -> None:
         _set_bytes(vp, self.rights_va, self.pages, gpns, value)
 
+    def set_rights_except(self, vp: Mem, skip: list[int], value: int) -> None:
+        """``set_rights`` for every page but the sorted in-range ``skip`` (one read and one
+        write of the table, no per-page Python loop over all of RAM)."""
+        if not self.pages:
+            return
+        table = bytearray(vp.read(self.rights_va, self.pages))
+        kept = [table[gpn] for gpn in skip]
+        table[:] = bytes([value]) * self.pages
+        for gpn, old in zip(skip, kept, strict=True):
+            table[gpn] = old
+        vp.write(self.rights_va, bytes(table))
+
     # -- validated hashes (records searched by GPN; the first record for a GPN wins) -----------
     def _records(self, vp: Mem) -> tuple[int, bytes]:
         count = min(read_field(vp, self.hashes_va, L.Hvci.HASH_COUNT), L.Hvci.HASH_MAX)
@@ -205,6 +217,17 @@ class Hvci:
         if index >= 0:
             base = self.hashes_va + L.Hvci.HASH_RECORDS + index * L.Hvci.RECORD_SIZE
             vp.write(base, L.Hvci.NO_GPN.to_bytes(8, "little") + bytes(32))
+
+
+def _all_but(pages: int, skip: list[int]) -> list[int]:
+    """``[0, pages)`` without the sorted in-range ``skip``, in order."""
+    out: list[int] = []
+    start = 0
+    for gpn in skip:
+        out.extend(range(start, gpn))
+        start = gpn + 1
+    out.extend(range(start, pages))
+    return out
 
 
 def _set_bytes(vp: Mem, base: int, limit: int, gpns: list[int], value: int) -> None:
@@ -455,16 +478,17 @@ def phase1(sk: SecureKernel, vp: Cpu) -> None:
             sk.emit(vp, "skci", "skci.boot-image", "no-record", va=va, gpa=pfn << PAGE_SHIFT)
             continue
         validated.append(pfn)
-    code_set = set(validated)
     # Page 0 (firmware's, never handed out) is VTL0 RAM too, though no secure call may name it.
-    ordinary = [pfn for pfn in range(pages) if pfn not in code_set and pfn not in own]
+    # Ordinary pages: every page but the validated code and the SK's own (a small set).
+    skip = sorted({pfn for pfn in (*validated, *own) if 0 <= pfn < pages})
+    ordinary_count = pages - len(skip)
     default = unvalidated(sk, vp)
     if sk.config(vp, Config.VTL0_DEFAULT_MASK) == default:
         # The SK enabled VTL protection with HVCI's default already (DefaultVtlProtectionMask,
         # vsm-spec §3.4): every page got R|W|UX then; only the bookkeeping is left to do.
-        state.set_rights(vp, ordinary, default)
+        state.set_rights_except(vp, skip, default)
     else:
-        apply(sk, vp, ordinary, default, "boot")
+        apply(sk, vp, _all_but(pages, skip), default, "boot")
     if apply(sk, vp, validated, R | KX | UX, "boot-image"):
         state.set_state(vp, validated, PageState.VALIDATED)
     sk.emit(
@@ -474,7 +498,7 @@ def phase1(sk: SecureKernel, vp: Cpu) -> None:
         "enabled",
         mbec=mbec(sk, vp),
         code_pages=len(validated),
-        vtl0_pages=len(ordinary) + len(validated),
+        vtl0_pages=ordinary_count + len(validated),
     )
 
 
