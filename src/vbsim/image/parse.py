@@ -290,9 +290,24 @@ def parse_image(data: bytes) -> ParsedImage:
     if len(data) > MAX_IMAGE_SIZE:
         raise ImageFormatError(f"image of {len(data)} bytes exceeds {MAX_IMAGE_SIZE}")
     data = bytes(data)
+    cached = _PARSED.get(data)
+    if cached is not None:
+        return cached
     try:
-        return _parse(data)
+        parsed = _parse(data)
     except ImageFormatError:
         raise
     except Exception as exc:  # pefile raises many types; the contract is one error type
         raise ImageFormatError(f"{type(exc).__name__}: {exc}") from exc
+    if len(_PARSED) >= _PARSED_MAX:
+        del _PARSED[next(iter(_PARSED))]  # the oldest entry
+    _PARSED[data] = parsed
+    return parsed
+
+
+#: Parsed images by their exact bytes.  A parse is a pure function of the bytes and its result
+#: is immutable (frozen dataclasses and tuples), so the same bytes need not go through pefile
+#: again (every boot parses the same handful of images); it decides nothing, and every caller
+#: still hashes and verifies the bytes it holds.  Bounded: the oldest entry goes first.
+_PARSED: dict[bytes, ParsedImage] = {}
+_PARSED_MAX = 64
