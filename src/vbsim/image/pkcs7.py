@@ -329,9 +329,24 @@ def _decode(der: bytes) -> DecodedSignature:
 
 def decode_signed_data(der: bytes) -> DecodedSignature:
     """Decode and sanity-check; raises only :class:`MalformedSignature` (or its subclass)."""
+    der = bytes(der)
+    cached = _DECODED.get(der)
+    if cached is not None:
+        return cached
     try:
-        return _decode(der)
+        decoded = _decode(der)
     except MalformedSignature:
         raise
     except Exception as exc:  # asn1crypto raises ValueError/TypeError/KeyError/... lazily
         raise MalformedSignature(f"{type(exc).__name__}: {exc}") from exc
+    if len(_DECODED) >= _DECODED_MAX:
+        del _DECODED[next(iter(_DECODED))]  # the oldest entry
+    _DECODED[der] = decoded
+    return decoded
+
+
+#: Decoded SignedData by its exact DER.  Decoding is a pure function of the bytes and the result
+#: is immutable (bytes, str, int and tuples), so a boot's images need not go through asn1crypto
+#: again; it decides nothing: every digest and signature check still runs on each verification.
+_DECODED: dict[bytes, DecodedSignature] = {}
+_DECODED_MAX = 128
