@@ -369,14 +369,15 @@ class VirtualProcessor:
 
     def emit(self, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
         """Trace an event attributed to this VP's current mode (callers check ``trace.on``)."""
+        bank = self.p
         self.trace.emit(
             kind,
             mechanism,
             outcome,
             vp=self.index,
             vtl=self.vtl,
-            cpl=self.p.cpl,
-            actor=self.actor,
+            cpl=bank.cpl,
+            actor=bank.actor,
             **detail,
         )
 
@@ -844,16 +845,22 @@ class VirtualProcessor:
 
     def stac(self) -> None:
         """Set RFLAGS.AC: supervisor accesses to user pages allowed under SMAP (SDM §4.6)."""
-        if self._require_cpl0():
-            self.p.rflags |= _AC
-            fast = self._tlb.fast
-            self._r, self._w, self._x = fast[6], fast[7], fast[8]
+        bank = self.p
+        if bank.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return
+        bank.rflags |= _AC
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[6], fast[7], fast[8]
 
     def clac(self) -> None:
-        if self._require_cpl0():
-            self.p.rflags &= ~_AC
-            fast = self._tlb.fast
-            self._r, self._w, self._x = fast[0], fast[1], fast[2]
+        bank = self.p
+        if bank.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return
+        bank.rflags &= ~_AC
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     def invlpg(self, va: int) -> None:
         if self.p.cpl != 0:

@@ -90,6 +90,7 @@ def write_user(vp: Cpu, va: int, data: bytes) -> bool:
     return True
 
 
+_SUCCESS, _ACCESS_VIOLATION = int(NtStatus.SUCCESS), int(NtStatus.ACCESS_VIOLATION)
 _SVN_OFFSET = SkProcessLayout.SVN.offset
 _TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
 assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
@@ -112,7 +113,7 @@ def ium_get_idk(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: lis
         return int(NtStatus.INVALID_PARAMETER)
     label = b"idk-signing" if kind else b"idk-encryption"
     key = keys.derive(sk, vp, keys.IDK, _tid(vp, process), _svn(vp, process), label)
-    return int(NtStatus.SUCCESS if write_user(vp, out, key) else NtStatus.ACCESS_VIOLATION)
+    return _SUCCESS if write_user(vp, out, key) else _ACCESS_VIOLATION
 
 
 def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:
