@@ -609,8 +609,17 @@ class VirtualProcessor:
                 if arity is not None and arity != len(args):
                     args = code.fit_arguments(routine, args)
                 bank.rip = va
-                # (no argument unpacking for the argument-less entries: LSTAR, VTL entries)
-                result = routine(self.cpu, *args) if args else routine(self.cpu)
+                # (no argument unpacking for the usual shapes: LSTAR and VTL entries take none,
+                # secure-call services one, system services four)
+                n = len(args)
+                if n == 0:
+                    result = routine(self.cpu)
+                elif n == 1:
+                    result = routine(self.cpu, args[0])
+                elif n == 4:
+                    result = routine(self.cpu, args[0], args[1], args[2], args[3])
+                else:
+                    result = routine(self.cpu, *args)
                 bank.rip = return_rip
                 return result
         fetched = self.fetch(va)
