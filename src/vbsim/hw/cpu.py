@@ -287,7 +287,7 @@ class Cpu:
         #GP as kernel code run in the wrong context does (SDM Vol. 3A §6.15)."""
         vp = self.__vp__
         bank = vp.p
-        image = vp.ram.images.get((vp.vtl, bank.gs_base))
+        image = vp.images.get((vp.vtl, bank.gs_base))
         if image is None or bank.cpl != 0:
             vp.wrong_context("kernel code without its kernel's GS")
         return image

@@ -233,6 +233,8 @@ class VirtualProcessor:
         self.index = index
         self.ram = ram
         self.mm = ram.mm
+        #: The loader's image registry (GuestRam.images, never rebound): Cpu.kernel's lookup.
+        self.images = ram.images
         self.slat = slat
         self.trace = trace
         self.bus = bus if bus is not None else Bus()
