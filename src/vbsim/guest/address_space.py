@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
 
 DIRECT_MAP = 0xFFFF_8000_0000_0000
+#: Kernel data pages: RW, NX, global (one int: IntFlag arithmetic per page is slow).
+_DATA_FLAGS = int(Pte.RW | Pte.NX | Pte.G)
 CODE_BASE = 0xFFFF_F800_0000_0000
 DATA_BASE = 0xFFFF_F880_0000_0000
 USER_BASE = 0x0000_0000_0040_0000
@@ -145,7 +147,7 @@ class KernelSpace:
                 pfn = self.alloc_frame()
             if first_gpa < 0:
                 first_gpa = pfn << PAGE_SHIFT
-            self.pt.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.RW | Pte.NX | Pte.G))
+            self.pt.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, _DATA_FLAGS)
         self._data_next += pages * PAGE_SIZE
         self._sync_frames()
         return va, first_gpa

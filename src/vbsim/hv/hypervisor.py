@@ -42,6 +42,13 @@ _VINA_AUTO_RESET = defs.VINA_AUTO_RESET.mask
 _EVENT_PENDING = defs.PEV_EVENT_PENDING.mask
 _CALL_CODE_MASK = defs.INPUT_CALL_CODE.mask
 _ACCESS_VSM = int(defs.HvPartitionPrivilege.ACCESS_VSM)
+_ASSIST_GPFN_MASK = defs.VP_ASSIST_GPFN.mask
+_ENTRY_REASON_OFFSET = defs.VP_ASSIST_ENTRY_REASON_OFFSET
+#: VtlEntryReason as the assist page stores it (u32), per reason.
+_REASON_BYTES = {r: int(r).to_bytes(4, "little") for r in HvVtlEntryReason}
+_RETURN_RESERVED = defs.VTL_RETURN_CONTROL_RSVD_MASK
+_getcurrent = greenlet.getcurrent
+_ENTRY_VTL_CALL = HvVtlEntryReason.VTL_CALL
 #: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
 CPUID_FEATURES = 0x4000_0003
 #: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers one canonical half of
@@ -163,7 +170,11 @@ class Hypervisor:
 
     def vtl_call(self, vp: VirtualProcessor) -> None:
         """HvCallVtlCall: control input in RAX must be 0; target the next higher enabled VTL."""
-        target = self.next_higher_vtl(vp)
+        # The next VTL up is the usual answer; the scan covers VTLs that are not enabled.
+        above, banks = vp.vtl + 1, vp.banks
+        target = (
+            above if above < len(banks) and banks[above] is not None else self.next_higher_vtl(vp)
+        )
         allowed = self.privileges & _ACCESS_VSM
         cpu = vp.cpu
         if cpu.rcx != _VTL_CALL or cpu.rax != 0 or target is None or not allowed:
@@ -172,26 +183,30 @@ class Hypervisor:
             vp.fault(Vector.UD)
             return
         vp.p.rip += INSN_LEN_VMCALL
-        self.enter_vtl(vp, target, HvVtlEntryReason.VTL_CALL)
+        self.enter_vtl(vp, target, _ENTRY_VTL_CALL)
 
     def vtl_return(self, vp: VirtualProcessor) -> None:
         """HvCallVtlReturn: bit 0 of RAX is Fast; no return from the lowest VTL (#UD)."""
         cpu = vp.cpu
         control = cpu.rax
-        lower = self.next_lower_vtl(vp)
-        if cpu.rcx != _VTL_RETURN or control & defs.VTL_RETURN_CONTROL_RSVD_MASK or lower is None:
+        returning = vp.vtl
+        below = returning - 1
+        lower = below if below >= 0 and vp.banks[below] is not None else self.next_lower_vtl(vp)
+        if cpu.rcx != _VTL_RETURN or control & _RETURN_RESERVED or lower is None:
             if self.trace.on:
                 vp.emit("vtl", "vtl-return", "invalid-opcode", control=control)
             vp.fault(Vector.UD)
             return
-        fast = bool(control & 1)
-        returning = vp.vtl
-        st = self.states[vp.index][returning]
+        fast = control & 1
+        states = self.states[vp.index]
+        st = states[returning]
         # Release TLB locks held by the returning VTL and run the flushes they deferred (§5.7).
-        for low, config in list(st.secure_config.items()) if st.secure_config else ():
+        # (Storing a new value under an existing key does not disturb the iteration.)
+        secure_config = st.secure_config
+        for low, config in secure_config.items():
             if config & _TLB_LOCKED:
-                st.secure_config[low] = config & ~_TLB_LOCKED
-                low_state = self.states[vp.index][low]
+                secure_config[low] = config & ~_TLB_LOCKED
+                low_state = states[low]
                 if low_state.deferred_flush:
                     low_state.deferred_flush = False
                     vp.flush_tlb(low)
@@ -214,16 +229,18 @@ class Hypervisor:
         if not fast:
             cpu.rax, cpu.rcx = rax, rcx
         if self.trace.on:
-            vp.emit("vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=fast)
+            vp.emit(
+                "vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=bool(fast)
+            )
         contexts = self.contexts[vp.index]
-        here = greenlet.getcurrent()
+        here = _getcurrent()
         contexts[returning] = here
         waiting = contexts[lower]
         if waiting is None or waiting is here or waiting.dead:
             return  # nobody is suspended in the lower VTL: it continues on this stack
         waiting.switch()
         # Entered again: this VTL resumes right after its VtlReturn, interrupts first (§5.6).
-        if vp.vtl == returning:
+        if vp.vtl == returning and st.pending_interrupts:
             self._deliver_interrupts(vp, returning)
 
     def close(self) -> None:
@@ -245,8 +262,14 @@ class Hypervisor:
         (vsm-spec §5.3 step 6) and runs until a VtlReturn comes back down to this VTL."""
         origin = vp.vtl
         vp.switch_vtl(target)
-        synic.set_entry_reason(self, vp, target, reason)
         st = self.states[vp.index][target]
+        # The VP assist page's VtlEntryReason (synic.set_entry_reason, inlined: every entry).
+        msr = st.vp_assist_msr
+        if msr & 1:  # VP_ASSIST_ENABLE
+            page = msr & _ASSIST_GPFN_MASK
+            if page + 4096 <= self.ram.size:
+                offset = page + _ENTRY_REASON_OFFSET
+                self.ram.mm[offset : offset + 4] = _REASON_BYTES[reason]
         if st.vina & _VINA_AUTO_RESET:
             # "The state is automatically cleared on the next entry to the VTL if the auto-reset
             # on VTL entry option is enabled" (TLFS vsm.md "Virtual Interrupt Notification
@@ -262,7 +285,7 @@ class Hypervisor:
                 reason=reason.name.lower(),
             )
         contexts = self.contexts[vp.index]
-        here = greenlet.getcurrent()
+        here = _getcurrent()
         contexts[origin] = here
         context = contexts[target]
         if context is None or context.dead:
@@ -272,7 +295,9 @@ class Hypervisor:
         context.switch()
         if vp.vtl >= target:
             raise GuestHang(f"VTL{target} on VP{vp.index} stopped without returning")
-        self.after_return(vp)
+        back = self.states[vp.index][vp.vtl]
+        if back.pending_event[0] & _EVENT_PENDING or back.pending_interrupts:
+            self.after_return(vp)
 
     def _first_entry(self, vp: VirtualProcessor, vtl: int) -> Callable[[], None]:
         def run() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable
+from types import CodeType, FunctionType
 from typing import Any
 
 THUNK_SIZE = 32
@@ -53,7 +54,25 @@ def register(name: str, routine: GuestRoutine) -> bytes:
     return thunk
 
 
+#: Arity by code object, for plain functions: kernels register fresh closures over the same
+#: code on every boot (service wrappers), and inspect.signature is slow.
+_ARITY_BY_CODE: dict[CodeType, int | None] = {}
+
+
 def _positional_arity(routine: GuestRoutine) -> int | None:
+    if (
+        type(routine) is FunctionType
+        and not hasattr(routine, "__wrapped__")
+        and not hasattr(routine, "__signature__")
+    ):
+        code_ = routine.__code__
+        if code_ not in _ARITY_BY_CODE:
+            _ARITY_BY_CODE[code_] = _signature_arity(routine)
+        return _ARITY_BY_CODE[code_]
+    return _signature_arity(routine)
+
+
+def _signature_arity(routine: GuestRoutine) -> int | None:
     try:
         parameters = list(inspect.signature(routine).parameters.values())
     except (TypeError, ValueError):

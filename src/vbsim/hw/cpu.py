@@ -286,8 +286,9 @@ class Cpu:
         A GS-relative load at CPL3 reaches the user TEB, not the kernel: there the model raises
         #GP as kernel code run in the wrong context does (SDM Vol. 3A §6.15)."""
         vp = self.__vp__
-        image = vp.ram.images.get((vp.vtl, vp.p.gs_base))
-        if image is None or vp.p.cpl != 0:
+        bank = vp.p
+        image = vp.images.get((vp.vtl, bank.gs_base))
+        if image is None or bank.cpl != 0:
             vp.wrong_context("kernel code without its kernel's GS")
         return image
 

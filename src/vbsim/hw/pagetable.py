@@ -21,6 +21,8 @@ TABLE_FLAGS = int(Pte.P | Pte.RW | Pte.US)
 # Plain ints for the per-call probes: an IntFlag operand sends every ``&`` through enum.py.
 _P, _RW, _US, _PS = int(Pte.P), int(Pte.RW), int(Pte.US), int(Pte.PS)
 _SIZE_LEVEL = {12: 3, 21: 2, 30: 1}
+#: Index shift of each level (PML4 .. PT), as plain ints.
+_SHIFTS = tuple(level.shift for level in LEVELS)
 
 
 class PhysAccess:
@@ -70,10 +72,11 @@ class PageTables:
     def _entry_gpa(self, va: int, depth: int, create: bool) -> int | None:
         """GPA of the entry at ``depth`` (0 = PML4E .. 3 = PTE) for ``va``."""
         table = self.root
-        for level in LEVELS[:depth]:
-            entry_gpa = table + (((va >> level.shift) & 0x1FF) << 3)
-            value = self.phys.read_u64(entry_gpa)
-            if not value & Pte.P:
+        read_u64 = self.phys.read_u64
+        for shift in _SHIFTS[:depth]:
+            entry_gpa = table + (((va >> shift) & 0x1FF) << 3)
+            value = read_u64(entry_gpa)
+            if not value & _P:
                 if not create:
                     return None
                 pfn = self.phys.alloc_frame()
@@ -81,10 +84,10 @@ class PageTables:
                 self.frames.append(pfn)
                 value = (pfn << PAGE_SHIFT) | TABLE_FLAGS
                 self.phys.write_u64(entry_gpa, value)
-            elif value & Pte.PS:
+            elif value & _PS:
                 return None  # a large page already maps this range
             table = value & PTE_ADDR_MASK
-        return table + (((va >> LEVELS[depth].shift) & 0x1FF) << 3)
+        return table + (((va >> _SHIFTS[depth]) & 0x1FF) << 3)
 
     def map(self, va: int, gpa: int, flags: int, size_shift: int = 12) -> None:
         """Map one page of ``1 << size_shift`` bytes; ``flags`` are leaf bits (P added)."""
@@ -92,10 +95,10 @@ class PageTables:
         entry = self._entry_gpa(va, depth, create=True)
         if entry is None:
             raise ValueError(f"0x{va:x} is inside an existing large page")
-        leaf = (gpa & PTE_ADDR_MASK & ~((1 << size_shift) - 1)) | flags | Pte.P
+        leaf = (gpa & PTE_ADDR_MASK & ~((1 << size_shift) - 1)) | int(flags) | _P
         if size_shift != 12:
-            leaf |= Pte.PS
-        self.phys.write_u64(entry, int(leaf))
+            leaf |= _PS
+        self.phys.write_u64(entry, leaf)
 
     def map_range(self, va: int, gpa: int, length: int, flags: int) -> None:
         for offset in range(0, length, PAGE_SIZE):

@@ -279,12 +279,15 @@ class PagingLayer:
             code = error_code(True, access, state.cpl == 3 and not implicit, state)
             return Verdict(False, va, mechanism, access, fault=code), None
         gpa = leaf.gpa_page | (va & PAGE_MASK)
-        if eff is None or access is not Access.READ or gpa >= size:
-            refusal = self.slat_check(gpa, access, leaf.user)
-            if refusal is not None:
-                return refusal, None
-        elif not eff[gpa >> 12] & 1:
-            return Verdict(False, gpa, "slat", access, gpa=gpa), None
+        # Without an effective table (no SLAT, or no protecting VTL above this one) every RAM
+        # page is RWX and a non-RAM GPA has no SLAT protection: slat_check could only say None.
+        if eff is not None:
+            if access is not Access.READ or gpa >= size:
+                refusal = self.slat_check(gpa, access, leaf.user)
+                if refusal is not None:
+                    return refusal, None
+            elif not eff[gpa >> 12] & 1:
+                return Verdict(False, gpa, "slat", access, gpa=gpa), None
         if not need_ad or not update_ad:
             return Verdict(True, gpa, "paging", access), leaf
         # Accessed / dirty bits: writing paging structures needs SLAT write rights (EPT A/D).

@@ -62,10 +62,13 @@ class Tlb:
         """INVLPG: drop the translation of this page — and, when a large page maps it, every
         piece of that large page the model cached (it is one TLB entry, SDM §4.10.4.1)."""
         self.entries.pop(vpn, None)
-        self.large.pop(vpn, None)
+        large = self.large
+        if large:
+            large.pop(vpn, None)
         for fast in self.fast:
-            fast.pop(vpn, None)
-        if not self.large:
+            if vpn in fast:  # (a membership test is cheaper than a pop call)
+                del fast[vpn]
+        if not large:
             return
         pieces = [
             other

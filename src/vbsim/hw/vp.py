@@ -18,7 +18,9 @@ What happens when an access is refused is architectural:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from mmap import mmap
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -33,6 +35,7 @@ from vbsim.hw.slat import Slat
 from vbsim.hw.tlb import Tlb
 from vbsim.hw.translation import Verdict
 from vbsim.hw.x86 import (
+    LINEAR_ADDRESS_BITS,
     MAXPHYADDR,
     PAGE_MASK,
     PAGE_SHIFT,
@@ -45,6 +48,19 @@ from vbsim.hw.x86 import (
     Vector,
 )
 from vbsim.trace import Trace
+
+#: The thunk decoder's tables (vbsim.hw.code), read directly on the call fast path.
+_THUNKS = code._registry
+_ARITY = code._arity
+_THUNK_SIZE = code.THUNK_SIZE
+_THUNK_LAST = PAGE_SIZE - code.THUNK_SIZE
+
+#: Little-endian loads and stores straight on the RAM mapping (no intermediate bytes object): the
+#: TLB-hit paths of read_u64/read_u32/write_u64/write_u32.
+_U64_FROM: Callable[[mmap, int], tuple[int]] = struct.Struct("<Q").unpack_from
+_U64_INTO: Callable[[mmap, int, int], None] = struct.Struct("<Q").pack_into
+_U32_FROM: Callable[[mmap, int], tuple[int]] = struct.Struct("<I").unpack_from
+_U32_INTO: Callable[[mmap, int, int], None] = struct.Struct("<I").pack_into
 
 #: How often one instruction may fault and be retried before the model calls it a livelock.
 MAX_RETRIES = 8
@@ -79,6 +95,12 @@ _ARCH_MSR_FIELDS: dict[int, str] = {
 }
 #: EFER bits software may set (SCE, LME, LMA is read-only but tolerated, NXE); others are reserved.
 _SMAP = int(Cr4.SMAP)
+_READ, _WRITE = Access.READ, Access.WRITE
+_RFLAGS_FIXED1 = int(Rflags.FIXED1)
+#: Canonical 48-bit addresses: [0, 2^47) and [2^64 - 2^47, 2^64) (paging.canonical).
+_CANON_LO_END = 1 << (LINEAR_ADDRESS_BITS - 1)
+_CANON_HI = (1 << 64) - _CANON_LO_END
+_CANON_END = 1 << 64
 _SCE = int(Efer.SCE)
 _AC = int(Rflags.AC)
 #: Long-mode code segment attributes, DPL 3: type 0xB, S, P, L (vsm-spec §1.3 bit layout).
@@ -211,6 +233,8 @@ class VirtualProcessor:
         self.index = index
         self.ram = ram
         self.mm = ram.mm
+        #: The loader's image registry (GuestRam.images, never rebound): Cpu.kernel's lookup.
+        self.images = ram.images
         self.slat = slat
         self.trace = trace
         self.bus = bus if bus is not None else Bus()
@@ -347,14 +371,15 @@ class VirtualProcessor:
 
     def emit(self, kind: str, mechanism: str, outcome: str, **detail: Any) -> None:
         """Trace an event attributed to this VP's current mode (callers check ``trace.on``)."""
+        bank = self.p
         self.trace.emit(
             kind,
             mechanism,
             outcome,
             vp=self.index,
             vtl=self.vtl,
-            cpl=self.p.cpl,
-            actor=self.actor,
+            cpl=bank.cpl,
+            actor=bank.actor,
             **detail,
         )
 
@@ -388,7 +413,7 @@ class VirtualProcessor:
         state = self.p
         tlb = self._tlb
         leaf = tlb.entries.get(vpn)
-        if leaf is None or (access is Access.WRITE and not leaf.dirty):
+        if leaf is None or (access is _WRITE and not leaf.dirty):
             verdict, leaf = layer.walk(va, access)
             if leaf is None:
                 return verdict
@@ -403,11 +428,13 @@ class VirtualProcessor:
             if refusal is not None:
                 return refusal
             verdict = Verdict(True, gpa, "tlb", access)
-        mode = tlb.mode(state.cpl, bool(state.rflags & _AC))
-        cacheable = verdict.address < self.ram.size and (
-            mode != 0 or not (leaf.user and state.cr4 & _SMAP)
-        )
-        tlb.fill(vpn, leaf, access, mode, cacheable)
+        # Tlb.mode and Tlb.fill, inlined (the TLB-miss path).
+        mode = 3 if state.cpl == 3 else (6 if state.rflags & _AC else 0)
+        tlb.entries[vpn] = leaf
+        if leaf.size_shift > 12:
+            tlb.large[vpn] = leaf.size_shift
+        if verdict.address < self.ram.size and (mode != 0 or not (leaf.user and state.cr4 & _SMAP)):
+            tlb.fast[mode + access][vpn] = leaf.gpa_page
         return verdict
 
     def _refused(self, verdict: Verdict, va: int) -> bool:
@@ -482,36 +509,32 @@ class VirtualProcessor:
         base = self._r.get(va >> PAGE_SHIFT)
         if va & PAGE_MASK <= PAGE_SIZE - 8:
             if base is None:
-                gpa = self.translate(va, Access.READ)
+                gpa = self.translate(va, _READ)
                 if gpa is None:
                     return 0
                 if gpa + 8 > self.ram.size:
                     return int.from_bytes(self._mmio_read(gpa, 8), "little")
-                return int.from_bytes(self.mm[gpa : gpa + 8], "little")
-            off = base | (va & PAGE_MASK)
-            return int.from_bytes(self.mm[off : off + 8], "little")
+                return _U64_FROM(self.mm, gpa)[0]
+            return _U64_FROM(self.mm, base | (va & PAGE_MASK))[0]
         return int.from_bytes(self.read(va, 8), "little")
 
     def write_u64(self, va: int, value: int) -> None:
         base = self._w.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 8:
-            off = base | (va & PAGE_MASK)
-            self.mm[off : off + 8] = (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+            _U64_INTO(self.mm, base | (va & PAGE_MASK), value & 0xFFFF_FFFF_FFFF_FFFF)
             return
         self.write(va, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
 
     def read_u32(self, va: int) -> int:
         base = self._r.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
-            off = base | (va & PAGE_MASK)
-            return int.from_bytes(self.mm[off : off + 4], "little")
+            return _U32_FROM(self.mm, base | (va & PAGE_MASK))[0]
         return int.from_bytes(self.read(va, 4), "little")
 
     def write_u32(self, va: int, value: int) -> None:
         base = self._w.get(va >> PAGE_SHIFT)
         if base is not None and va & PAGE_MASK <= PAGE_SIZE - 4:
-            off = base | (va & PAGE_MASK)
-            self.mm[off : off + 4] = (value & 0xFFFF_FFFF).to_bytes(4, "little")
+            _U32_INTO(self.mm, base | (va & PAGE_MASK), value & 0xFFFF_FFFF)
             return
         self.write(va, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
 
@@ -573,11 +596,39 @@ class VirtualProcessor:
         """``call va``: fetch and run the routine at ``va``; ``ret`` restores RIP."""
         bank = self.p
         return_rip = bank.rip
-        routine = self.fetch(va)
-        if routine is None:
+        # Fast path, the same fetch as :meth:`fetch`: the execute map of this mode holds the page
+        # (every paging and SLAT execute check passed for it) and the thunk lies inside it.  The
+        # map only holds pages wholly in RAM (the size is a page multiple, hw.ram), so the slice
+        # is the thunk's bytes; they are decoded from RAM on every call, as before.
+        offset = va & PAGE_MASK
+        base = self._x.get(va >> PAGE_SHIFT)
+        if base is not None and offset <= _THUNK_LAST:
+            start = base | offset
+            entry = _THUNKS.get(self.mm[start : start + _THUNK_SIZE])
+            if entry is not None:
+                routine = entry[1]
+                arity = _ARITY.get(routine)
+                if arity is not None and arity != len(args):
+                    args = code.fit_arguments(routine, args)
+                bank.rip = va
+                # (no argument unpacking for the usual shapes: LSTAR and VTL entries take none,
+                # secure-call services one, system services four)
+                n = len(args)
+                if n == 0:
+                    result = routine(self.cpu)
+                elif n == 1:
+                    result = routine(self.cpu, args[0])
+                elif n == 4:
+                    result = routine(self.cpu, args[0], args[1], args[2], args[3])
+                else:
+                    result = routine(self.cpu, *args)
+                bank.rip = return_rip
+                return result
+        fetched = self.fetch(va)
+        if fetched is None:
             return None
         bank.rip = va
-        result = routine(self.cpu, *code.fit_arguments(routine, args))
+        result = fetched(self.cpu, *code.fit_arguments(fetched, args))
         bank.rip = return_rip
         return result
 
@@ -809,19 +860,26 @@ class VirtualProcessor:
 
     def stac(self) -> None:
         """Set RFLAGS.AC: supervisor accesses to user pages allowed under SMAP (SDM §4.6)."""
-        if self._require_cpl0():
-            self.p.rflags |= _AC
-            fast = self._tlb.fast
-            self._r, self._w, self._x = fast[6], fast[7], fast[8]
+        bank = self.p
+        if bank.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return
+        bank.rflags |= _AC
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[6], fast[7], fast[8]
 
     def clac(self) -> None:
-        if self._require_cpl0():
-            self.p.rflags &= ~_AC
-            fast = self._tlb.fast
-            self._r, self._w, self._x = fast[0], fast[1], fast[2]
+        bank = self.p
+        if bank.cpl != 0:
+            self.fault(Vector.GP, 0)
+            return
+        bank.rflags &= ~_AC
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[0], fast[1], fast[2]
 
     def invlpg(self, va: int) -> None:
-        if not self._require_cpl0():
+        if self.p.cpl != 0:
+            self.fault(Vector.GP, 0)
             return
         self._tlb.flush_page(va >> PAGE_SHIFT)
 
@@ -856,8 +914,14 @@ class VirtualProcessor:
         cpu = self.cpu
         cpu.rcx = bank.rip
         cpu.r11 = bank.rflags
-        bank.rflags &= ~bank.sfmask
-        self._set_cpl(0)
+        flags = bank.rflags = bank.rflags & ~bank.sfmask
+        # CPL 0 (_set_cpl, inlined): the supervisor fast maps, the AC ones if SFMASK kept AC.
+        bank.cpl = 0
+        fast = self._tlb.fast
+        if flags & _AC:
+            self._r, self._w, self._x = fast[6], fast[7], fast[8]
+        else:
+            self._r, self._w, self._x = fast[0], fast[1], fast[2]
         if self.trace.on:
             self.emit("syscall", "lstar", "entered", number=cpu.rax, lstar=bank.lstar)
         self.call(bank.lstar)
@@ -868,13 +932,18 @@ class VirtualProcessor:
     def sysret(self) -> None:
         bank = self.p
         cpu = self.cpu
-        if bank.cpl != 0 or not canonical(cpu.rcx):
+        rip = cpu.rcx
+        # (paging.canonical, inlined: the return half of every system call)
+        if bank.cpl != 0 or not (0 <= rip < _CANON_LO_END or _CANON_HI <= rip < _CANON_END):
             # A non-canonical return address faults at CPL0 (Intel; the CVE-2012-0217 setting).
             self.fault(Vector.GP, 0)
             return
-        bank.rip = cpu.rcx
-        bank.rflags = (cpu.r11 & ~0x10000) | int(Rflags.FIXED1)  # RF cleared
-        self._set_cpl(3)
+        bank.rip = rip
+        bank.rflags = (cpu.r11 & ~0x10000) | _RFLAGS_FIXED1  # RF cleared
+        # CPL 3 (_set_cpl, inlined): the user fast maps.
+        bank.cpl = 3
+        fast = self._tlb.fast
+        self._r, self._w, self._x = fast[3], fast[4], fast[5]
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
 

@@ -103,6 +103,36 @@ class LoadedCertificate:
 
 def load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
     """Decode (DER or an already-loaded certificate); raises only ``ValueError``."""
+    if isinstance(source, bytes):
+        known = _LOADED.get(source)
+        if known is not None:
+            # A new wrapper each time: the chain builder tells certificates apart by identity.
+            return LoadedCertificate(*known)
+    loaded = _load_certificate(source)
+    if isinstance(source, bytes):
+        if len(_LOADED) >= _LOADED_MAX:
+            del _LOADED[next(iter(_LOADED))]  # the oldest entry
+        _LOADED[source] = (
+            loaded.cert,
+            loaded.info,
+            loaded.path_length,
+            loaded.key_usage,
+            loaded.notes,
+        )
+    return loaded
+
+
+#: Decoded certificates by exact DER: the decoder's immutable products (cryptography's
+#: Certificate, the frozen info, constraints, notes).  Decoding is a pure function of the bytes
+#: and decides nothing: chains and signatures are still checked on every verification.
+_LOADED: dict[
+    bytes,
+    tuple[x509.Certificate, CertificateInfo, int | None, x509.KeyUsage | None, tuple[str, ...]],
+] = {}
+_LOADED_MAX = 256
+
+
+def _load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

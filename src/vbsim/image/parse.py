@@ -9,7 +9,6 @@ be well formed (vbs-internals §3.1); otherwise the image is rejected rather tha
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -285,14 +284,6 @@ def _parse(data: bytes) -> ParsedImage:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_once(data: bytes) -> ParsedImage:
-    """Parsing is a pure function of the bytes and its result is immutable (frozen dataclasses,
-    tuples, a read-only mapping), so identical bytes are parsed once per process: every boot
-    hands the loader and the SK the same images again.  Errors are not cached (they re-raise)."""
-    return _parse(data)
-
-
 def parse_image(data: bytes) -> ParsedImage:
     """Parse a PE image; raises only :class:`ImageFormatError` on bad input."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -300,9 +291,24 @@ def parse_image(data: bytes) -> ParsedImage:
     if len(data) > MAX_IMAGE_SIZE:
         raise ImageFormatError(f"image of {len(data)} bytes exceeds {MAX_IMAGE_SIZE}")
     data = bytes(data)
+    cached = _PARSED.get(data)
+    if cached is not None:
+        return cached
     try:
-        return _parse_once(data)
+        parsed = _parse(data)
     except ImageFormatError:
         raise
     except Exception as exc:  # pefile raises many types; the contract is one error type
         raise ImageFormatError(f"{type(exc).__name__}: {exc}") from exc
+    if len(_PARSED) >= _PARSED_MAX:
+        del _PARSED[next(iter(_PARSED))]  # the oldest entry
+    _PARSED[data] = parsed
+    return parsed
+
+
+#: Parsed images by their exact bytes.  A parse is a pure function of the bytes and its result
+#: is immutable (frozen dataclasses and tuples), so the same bytes need not go through pefile
+#: again (every boot parses the same handful of images); it decides nothing, and every caller
+#: still hashes and verifies the bytes it holds.  Bounded: the oldest entry goes first.
+_PARSED: dict[bytes, ParsedImage] = {}
+_PARSED_MAX = 64

@@ -17,7 +17,6 @@ or changed without breaking this signature (each one is verified on its own).  S
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -328,18 +327,26 @@ def _decode(der: bytes) -> DecodedSignature:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _decode_once(der: bytes) -> DecodedSignature:
-    """Decoding is a pure function of the DER and the result is frozen: identical signatures
-    (every boot verifies the same images) are decoded once per process.  Errors re-raise."""
-    return _decode(der)
-
-
 def decode_signed_data(der: bytes) -> DecodedSignature:
     """Decode and sanity-check; raises only :class:`MalformedSignature` (or its subclass)."""
+    der = bytes(der)
+    cached = _DECODED.get(der)
+    if cached is not None:
+        return cached
     try:
-        return _decode_once(bytes(der))
+        decoded = _decode(der)
     except MalformedSignature:
         raise
     except Exception as exc:  # asn1crypto raises ValueError/TypeError/KeyError/... lazily
         raise MalformedSignature(f"{type(exc).__name__}: {exc}") from exc
+    if len(_DECODED) >= _DECODED_MAX:
+        del _DECODED[next(iter(_DECODED))]  # the oldest entry
+    _DECODED[der] = decoded
+    return decoded
+
+
+#: Decoded SignedData by its exact DER.  Decoding is a pure function of the bytes and the result
+#: is immutable (bytes, str, int and tuples), so a boot's images need not go through asn1crypto
+#: again; it decides nothing: every digest and signature check still runs on each verification.
+_DECODED: dict[bytes, DecodedSignature] = {}
+_DECODED_MAX = 128

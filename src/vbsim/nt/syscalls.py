@@ -60,8 +60,11 @@ def _cpu(vp: Cpu) -> Cpu:
     return vp
 
 
+_SUCCESS = int(NtStatus.SUCCESS)
+
+
 def nt_test_alert(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
-    return int(NtStatus.SUCCESS)
+    return _SUCCESS
 
 
 def nt_allocate_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
@@ -403,10 +406,13 @@ def register_all(nt: NtKernel) -> None:
         register(nt, name, handler)
 
 
+_NO_ARGS = (0, 0, 0, 0)
+
+
 def syscall(vp: Cpu, name: str, *args: int) -> int:
     """User-mode stub (ntdll): load RAX and R10/RDX/R8/R9, ``syscall``, return RAX."""
     vp.rax = NUMBERS[name]
-    regs = [*args, 0, 0, 0, 0][:4]
-    vp.r10, vp.rdx, vp.r8, vp.r9 = regs
+    regs = args + _NO_ARGS if len(args) < 4 else args
+    vp.r10, vp.rdx, vp.r8, vp.r9 = regs[0], regs[1], regs[2], regs[3]
     vp.syscall()
     return vp.rax

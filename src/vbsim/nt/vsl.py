@@ -10,7 +10,7 @@ build (the policy's ``build``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from vbsim.guest import hvcall
 from vbsim.hv import defs
@@ -50,11 +50,9 @@ class Vsl:
         final reply, servicing normal calls in between."""
         request = args
         for _ in range(MAX_NORMAL_CALLS):
-            callargs.to_registers(
-                cast(Any, vp), request.pack()
-            )  # typed VP sk-side until it adopts Cpu
+            callargs.load(vp, request)
             hvcall.vtl_call(vp)
-            reply = SecureCallArgs.unpack(callargs.from_registers(cast(Any, vp)))
+            reply = callargs.capture(vp)
             if reply.op != callargs.OP_NORMAL_CALL:
                 return reply
             handler = self.normal_calls.get(reply.fields[0])

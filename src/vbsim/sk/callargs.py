@@ -42,6 +42,10 @@ class SecureCallArgs:
         values = self.fields
         if len(values) != FIELDS:
             values = (values + [0] * FIELDS)[:FIELDS]
+        try:  # every value already in range (the usual case): no masking needed
+            return ARGS.pack(self.op, self.code, self.cookie, *values)
+        except struct.error:
+            pass
         return ARGS.pack(
             self.op & 0xFF,
             self.code & 0xFFFF,
@@ -59,6 +63,8 @@ class SecureCallArgs:
 _QWORDS = struct.Struct("<13Q")
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _ZERO_XMM = [0] * 16
+#: Zeros that complete a short field list to FIELDS.
+_PAD = [[0] * (FIELDS - n) for n in range(FIELDS)]
 
 
 def to_registers(vp: Cpu, raw: bytes) -> None:
@@ -86,6 +92,52 @@ def from_registers(vp: Cpu) -> bytes:
         x[14] >> 64,
         x[15] & _MASK64,
         x[15] >> 64,
+    )
+
+
+def load(vp: Cpu, args: SecureCallArgs) -> None:
+    """``to_registers(vp, args.pack())`` without the bytes in between: the first qword is the
+    reserved field (OperationType u8, pad u8, code u16, cookie u32), then the twelve fields."""
+    f = args.fields
+    if len(f) != FIELDS:
+        f = f + _PAD[len(f)] if len(f) < FIELDS else f[:FIELDS]
+    m = _MASK64
+    vp.rbx = (args.op & 0xFF) | (args.code & 0xFFFF) << 16 | (args.cookie & 0xFFFF_FFFF) << 32
+    xmm = vp.xmm
+    xmm[10] = f[0] & m | (f[1] & m) << 64
+    xmm[11] = f[2] & m | (f[3] & m) << 64
+    xmm[12] = f[4] & m | (f[5] & m) << 64
+    xmm[13] = f[6] & m | (f[7] & m) << 64
+    xmm[14] = f[8] & m | (f[9] & m) << 64
+    xmm[15] = f[10] & m | (f[11] & m) << 64
+
+
+def capture(vp: Cpu) -> SecureCallArgs:
+    """``SecureCallArgs.unpack(from_registers(vp))`` without the bytes in between: the block as
+    the registers hold it now (ints: a later register write cannot change the capture).  The
+    registers are 64 and 128 bits wide, so each is taken modulo its width."""
+    m = _MASK64
+    head = vp.rbx & m
+    x = vp.xmm
+    x10, x11, x12, x13, x14, x15 = x[10], x[11], x[12], x[13], x[14], x[15]
+    return SecureCallArgs(
+        head & 0xFF,
+        (head >> 16) & 0xFFFF,
+        head >> 32,
+        [
+            x10 & m,
+            (x10 >> 64) & m,
+            x11 & m,
+            (x11 >> 64) & m,
+            x12 & m,
+            (x12 >> 64) & m,
+            x13 & m,
+            (x13 >> 64) & m,
+            x14 & m,
+            (x14 >> 64) & m,
+            x15 & m,
+            (x15 >> 64) & m,
+        ],
     )
 
 

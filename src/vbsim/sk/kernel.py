@@ -519,8 +519,8 @@ class SecureKernel:
 
     # -- secure calls --------------------------------------------------------------------------
     def secure_call(self, vp: Cpu) -> None:
-        raw = callargs.from_registers(vp)  # captured: VTL0 cannot change it from here on
-        args = SecureCallArgs.unpack(raw)
+        args = callargs.capture(vp)  # captured: VTL0 cannot change it from here on
+        tracing = vp.tracing
         result: Reply | NormalCall
         if args.op == callargs.OP_NORMAL_REPLY:
             stack = self.pending.get(vp.index)
@@ -537,7 +537,6 @@ class SecureKernel:
                 self.emit(vp, "securecall", "sscn", "unknown", code=args.code)
                 self.bugcheck(vp, BugCheck.SECURE_KERNEL_ERROR, 0x10, args.code)
                 return
-            tracing = self.tracing(vp)
             if tracing:
                 service = self.table.service.get(args.code)
                 self.emit(
@@ -573,11 +572,11 @@ class SecureKernel:
             reply = SecureCallArgs(
                 callargs.OP_INVOKE_SERVICE, args.code, args.cookie, [result.status, *result.outputs]
             )
-            if self.tracing(vp):
+            if vp.tracing:  # read again: the service may have switched tracing
                 status_name = NtStatus.name_of(result.status)
                 self.emit(vp, "securecall", "dispatch", status_name, code=args.code)
         callargs.clear_registers(vp)
-        callargs.to_registers(vp, reply.pack())
+        callargs.load(vp, reply)
 
     def normal_call(self, vp: Cpu, number: int, *args: int) -> list[int] | None:
         """Ask NT for a service and wait for the answer (vbs-internals §2.5).
@@ -588,10 +587,10 @@ class SecureKernel:
         something that is not a normal-call reply."""
         request = SecureCallArgs(callargs.OP_NORMAL_CALL, 0, 0, [number, *args])
         callargs.clear_registers(vp)
-        callargs.to_registers(vp, request.pack())
+        callargs.load(vp, request)
         self.emit(vp, "normalcall", "request", "sent", number=number)
         hvcall.vtl_return(vp)
-        reply = SecureCallArgs.unpack(callargs.from_registers(vp))
+        reply = callargs.capture(vp)
         if reply.op != callargs.OP_NORMAL_REPLY:
             self.emit(vp, "normalcall", "reply", "malformed", op=reply.op)
             return None

@@ -13,7 +13,6 @@ and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-lis
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,10 +23,11 @@ from vbsim.ium_abi import CRYPTO_REQUEST, OP_DECRYPT, OP_ENCRYPT
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import keys
 from vbsim.sk.ium import process as ium
-from vbsim.sk.layouts import SkProcess as SkProcessLayout
 
-if TYPE_CHECKING:
-    from vbsim.sk.kernel import SecureKernel
+# At module level (process.py imports the kernel module too): a function-level import costs an
+# import-machinery call on every system call.
+from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.layouts import SkProcess as SkProcessLayout
 
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
 STORAGE_BY_ID = frozenset({2})
@@ -43,8 +43,6 @@ def _user_ok(va: int, length: int) -> bool:
 def _probe(vp: Cpu, va: int, length: int, write: bool) -> bool:
     """Every page of ``[va, va+length)`` is a present user page of the calling trustlet (writable
     for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel."""
-    from vbsim.sk.kernel import SecureKernel
-
     sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         return False
@@ -92,6 +90,7 @@ def write_user(vp: Cpu, va: int, data: bytes) -> bool:
     return True
 
 
+_SUCCESS, _ACCESS_VIOLATION = int(NtStatus.SUCCESS), int(NtStatus.ACCESS_VIOLATION)
 _SVN_OFFSET = SkProcessLayout.SVN.offset
 _TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
 assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
@@ -114,7 +113,7 @@ def ium_get_idk(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: lis
         return int(NtStatus.INVALID_PARAMETER)
     label = b"idk-signing" if kind else b"idk-encryption"
     key = keys.derive(sk, vp, keys.IDK, _tid(vp, process), _svn(vp, process), label)
-    return int(NtStatus.SUCCESS if write_user(vp, out, key) else NtStatus.ACCESS_VIOLATION)
+    return _SUCCESS if write_user(vp, out, key) else _ACCESS_VIOLATION
 
 
 def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:

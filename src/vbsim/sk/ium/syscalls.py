@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
@@ -29,10 +28,11 @@ from vbsim.ium_abi import (
 )
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import process as ium
-from vbsim.sk.layouts import IumFilter
 
-if TYPE_CHECKING:
-    from vbsim.sk.kernel import SecureKernel
+# At module level (process.py imports the kernel module too): a function-level import costs an
+# import-machinery call on every system call.
+from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.layouts import IumFilter
 
 __all__ = ["NORMAL_IUM_SYSCALL", "SECURE_NUMBERS", "SECURE_SYSCALLS", "SECURE_SYSCALL_BIT"]
 
@@ -167,8 +167,6 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
 
 @guest_code("sk.KiSystemServiceStart")
 def _system_service(vp: Cpu) -> None:
-    from vbsim.sk.kernel import SecureKernel
-
     sk = vp.kernel()
     if not isinstance(sk, SecureKernel):
         vp.wrong_context("the IUM system-service entry without the Secure Kernel's GS")

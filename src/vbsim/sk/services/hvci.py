@@ -166,14 +166,16 @@ class Hvci:
     def set_rights(self, vp: Mem, gpns: list[int], value: int) -> None:
         _set_bytes(vp, self.rights_va, self.pages, gpns, value)
 
-    def set_rights_except(self, vp: Mem, keep: set[int], value: int) -> None:
-        """Every page's rights byte to ``value`` except those in ``keep`` (one read and one write
-        of the whole table: at boot that is all of RAM but the SK's and the code pages)."""
-        old = vp.read(self.rights_va, self.pages)
-        table = bytearray([value]) * self.pages
-        for gpn in keep:
-            if 0 <= gpn < self.pages:
-                table[gpn] = old[gpn]
+    def set_rights_except(self, vp: Mem, skip: list[int], value: int) -> None:
+        """``set_rights`` for every page but the sorted in-range ``skip`` (one read and one
+        write of the table, no per-page Python loop over all of RAM)."""
+        if not self.pages:
+            return
+        table = bytearray(vp.read(self.rights_va, self.pages))
+        kept = [table[gpn] for gpn in skip]
+        table[:] = bytes([value]) * self.pages
+        for gpn, old in zip(skip, kept, strict=True):
+            table[gpn] = old
         vp.write(self.rights_va, bytes(table))
 
     # -- validated hashes (records searched by GPN; the first record for a GPN wins) -----------
@@ -217,6 +219,17 @@ class Hvci:
         if index >= 0:
             base = self.hashes_va + L.Hvci.HASH_RECORDS + index * L.Hvci.RECORD_SIZE
             vp.write(base, L.Hvci.NO_GPN.to_bytes(8, "little") + bytes(32))
+
+
+def _all_but(pages: int, skip: list[int]) -> list[int]:
+    """``[0, pages)`` without the sorted in-range ``skip``, in order."""
+    out: list[int] = []
+    start = 0
+    for gpn in skip:
+        out.extend(range(start, gpn))
+        start = gpn + 1
+    out.extend(range(start, pages))
+    return out
 
 
 def _set_bytes(vp: Mem, base: int, limit: int, gpns: list[int], value: int) -> None:
@@ -468,16 +481,16 @@ def phase1(sk: SecureKernel, vp: Cpu) -> None:
             continue
         validated.append(pfn)
     # Page 0 (firmware's, never handed out) is VTL0 RAM too, though no secure call may name it.
-    others = {pfn for pfn in own | set(validated) if 0 <= pfn < pages}
-    ordinary_count = pages - len(others)
+    # Ordinary pages: every page but the validated code and the SK's own (a small set).
+    skip = sorted({pfn for pfn in (*validated, *own) if 0 <= pfn < pages})
+    ordinary_count = pages - len(skip)
     default = unvalidated(sk, vp)
     if sk.config(vp, Config.VTL0_DEFAULT_MASK) == default:
         # The SK enabled VTL protection with HVCI's default already (DefaultVtlProtectionMask,
         # vsm-spec §3.4): every page got R|W|UX then; only the bookkeeping is left to do.
-        state.set_rights_except(vp, others, default)
+        state.set_rights_except(vp, skip, default)
     else:
-        ordinary = [pfn for pfn in range(pages) if pfn not in others]
-        apply(sk, vp, ordinary, default, "boot")
+        apply(sk, vp, _all_but(pages, skip), default, "boot")
     if apply(sk, vp, validated, R | KX | UX, "boot-image"):
         state.set_state(vp, validated, PageState.VALIDATED)
     sk.emit(
