@@ -586,19 +586,21 @@ class VirtualProcessor:
         """Deliver an exception through the current VTL's IDT and run its handler at CPL0.
 
         Returning from here is the handler's IRET: the caller re-executes the instruction."""
+        if self._delivering >= MAX_DELIVERY_DEPTH:
+            raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
+        handler = self._idt_handler(vector)
         if self.trace.on:
+            # An unusable gate is no delivery (no mode change): traced apart, so that a reader
+            # of gates (invariant 7) does not take it for one; the #DF that follows is.
             self.emit(
                 "exception" if vector < 32 else "interrupt",
-                "idt",
-                "delivered",
+                "idt" if handler is not None else "idt-gate",
+                "delivered" if handler is not None else "unusable",
                 vector=int(vector),
                 error_code=error_code_,
                 cr2=self.cr2 if vector == Vector.PF else None,
                 depth=self._delivering,
             )
-        if self._delivering >= MAX_DELIVERY_DEPTH:
-            raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
-        handler = self._idt_handler(vector)
         if handler is None:
             if vector == Vector.DF:
                 raise TripleFault(self.vtl, "no usable #DF handler")
