@@ -240,6 +240,10 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
             if protect in _PROTECTIONS
             else NtStatus.INVALID_PAGE_PROTECTION
         )
+    if address > vad.HIGHEST_USER_VA or vad.HIGHEST_USER_VA - address < size - 1:
+        # NtProtectVirtualMemory's first checks (WRK): STATUS_INVALID_PARAMETER_2 / _3 for a
+        # range beyond MM_HIGHEST_USER_ADDRESS (the model folds both into INVALID_PARAMETER).
+        return int(NtStatus.INVALID_PARAMETER)
     status, target = _lookup_process(nt, vp, pid, write=True)
     if status != NtStatus.SUCCESS:
         return status
