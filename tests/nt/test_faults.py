@@ -12,6 +12,7 @@ from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import Vector
 from vbsim.nt import lsass
 from vbsim.nt.process import Protection, host_view
+from vbsim.nt.vad import region_at
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.policy import preset
 
@@ -90,7 +91,7 @@ def test_lsass_process_is_a_vtl0_user_process(system: System) -> None:
     assert view.user == "SYSTEM" and view.admin
     assert view.protection == Protection.NONE  # RunAsPPL has no policy switch yet
     assert process.secure_pid == 0 and process.trustlet_id is None
-    region = process.region_at(va)
+    region = region_at(system.machine.ram, process, va)
     assert region is not None and region.writable and va + length <= region.base + region.size
     assert va < 1 << 47
     event = system.trace.find("nt", "lsass")[-1]

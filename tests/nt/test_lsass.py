@@ -12,6 +12,7 @@ from vbsim.boot.chain import System, boot
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass, syscalls
 from vbsim.nt.process import Process
+from vbsim.nt.vad import process_regions
 from vbsim.ntstatus import BugCheck
 from vbsim.policy import preset
 
@@ -232,7 +233,7 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     assert system.nt is not None and system.machine is not None
     pid, _, _ = lsass.credential_region(system.nt)
     process = system.nt.processes[pid]
-    va = process.regions[0].base + lsass.LOGON_MESSAGE_OFFSET
+    va = process_regions(system.machine.ram, process)[0].base + lsass.LOGON_MESSAGE_OFFSET
     leaf = _host_lookup(system, process, va)
     assert leaf is not None
     page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)

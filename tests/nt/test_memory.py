@@ -22,6 +22,7 @@ from vbsim.nt.syscalls import (
     PAGE_READONLY,
     PAGE_READWRITE,
 )
+from vbsim.nt.vad import process_regions, region_at
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 
@@ -36,7 +37,7 @@ def test_allocate_returns_a_usable_region(system: System) -> None:
     out = user.scratch.base
     status, base = user.returned("tests.nt.allocate", 3 * 4096, PAGE_READWRITE, out)
     assert status == NtStatus.SUCCESS
-    region = user.process.region_at(base)
+    region = region_at(system.machine.ram, user.process, base)
     assert region is not None and region.size == 3 * 4096 and region.writable
     user.returned("tests.nt.write", base + 4096 + 8, b"hello")
     assert user.returned("tests.nt.read", base + 4096 + 8, 5) == b"hello"
@@ -64,17 +65,17 @@ def test_allocate_rejects_bad_arguments(
     system: System, size: int, protect: int, expected: NtStatus
 ) -> None:
     user = spawn(system, "app.exe", USER)
-    regions = len(user.process.regions)
+    regions = len(process_regions(system.machine.ram, user.process))
     status, _ = user.returned("tests.nt.allocate", size, protect, user.scratch.base)
     assert status == expected
-    assert len(user.process.regions) == regions
+    assert len(process_regions(system.machine.ram, user.process)) == regions
 
 
 def test_allocate_execute_read_is_user_executable_not_writable(system: System) -> None:
     user = spawn(system, "app.exe", USER)
     status, base = user.returned("tests.nt.allocate", 4096, PAGE_EXECUTE_READ, user.scratch.base)
     assert status == NtStatus.SUCCESS
-    region = user.process.region_at(base)
+    region = region_at(system.machine.ram, user.process, base)
     assert region is not None and region.executable and not region.writable
 
 
@@ -265,7 +266,7 @@ def test_no_lsass_page_holds_a_secret_with_credential_guard(
         pid, _, _ = lsass.credential_region(system.nt)
         attacker = spawn(system, "mimikatz.exe", ADMIN_DEBUG)
         memory = b""
-        for region in system.nt.processes[pid].regions:
+        for region in process_regions(system.machine.ram, system.nt.processes[pid]):
             for offset in range(0, region.size, 0x1000):
                 status, page = attacker.returned(
                     "tests.nt.read_process",

@@ -8,6 +8,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt.apps import HELLO
 from vbsim.nt.process import Token, host_view
 from vbsim.nt.syscalls import PAGE_READWRITE, syscall
+from vbsim.nt.vad import process_regions
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 
@@ -45,7 +46,9 @@ def test_create_user_process_inherits_the_token_and_runs() -> None:
     assert mine.user == theirs.user == "bob" and mine.token != theirs.token
     assert (mine.admin, mine.privileges) == (theirs.admin, theirs.privileges)
     # The freed page is gone from the parent's address space and its bytes were cleared.
-    assert all(region.base != scratch + 0x200 for region in parent.regions)
+    assert system.machine is not None
+    regions = process_regions(system.machine.ram, parent)
+    assert all(region.base != scratch + 0x200 for region in regions)
     child_run = nt.run_user(
         vp.cpu, child, nt.map_code(vp.cpu, child, ["app.hello.main"])["app.hello.main"]
     )

@@ -160,7 +160,9 @@ def test_memory_map_labels_fit_and_never_overlap(
     runs = browser.execute_script(
         "return [...document.querySelectorAll('svg.memory g rect.run')].length / 2"
     )
-    assert labels == 2 * runs, (labels, runs)  # today every run keeps both its labels
+    # Runs too small for their labels give them up (tooltip and table keep them): NT's pool
+    # pages interleave with free ones, so a few single pages do; nine in ten keep both labels.
+    assert labels >= 0.9 * 2 * runs, (labels, runs)
     # Text is drawn at least at 80% of its size (at 800 px it was about 55%).
     scale = browser.execute_script(
         "const s = document.querySelector('svg.memory');"

@@ -249,20 +249,27 @@ class Prober:
         # VTL1 kernel: an SK data page with the marker; the probe routine in the SK's code.
         loader = self.ctx.booted.sk_space  # a debugger plants the probe in the SK's pages
         assert loader is not None
+        # Its data, loot and window-table pages from the SK's own pool, allocated by the SK
+        # (no host frames after boot); the SK reaches them through its direct map.
+        pool: list[int] = []
+        self._as_k1(probes.sk_pool_pages, 8, pool)
+        assert len(pool) == 8, "the SK's pool is exhausted"
+        direct = sk.space.phys_va(0)
         before = set(loader.frames)
-        sk_data_va, sk_data_gpa = loader.alloc_data()
+        sk_data_gpa = pool[0] << PAGE_SHIFT
         ram.write(sk_data_gpa, MARKER)
         sk_code_va = loader.install("matrix.probe")
         self.targets["VTL1 kernel"] = Target(
-            sk_data_gpa, _gpa(ram, sk.space.root, sk_code_va), sk_data_va, sk_code_va
+            sk_data_gpa, _gpa(ram, sk.space.root, sk_code_va), direct + sk_data_gpa, sk_code_va
         )
-        loot_va, loot_gpa = loader.alloc_data()
-        self.k1_loot = Loot(loot_va, loot_gpa)
-        sk_spares = tuple(loader.alloc_data()[1] for _ in range(6))
-        direct = sk.space.phys_va(0)
+        loot_gpa = pool[1] << PAGE_SHIFT
+        self.k1_loot = Loot(direct + loot_gpa, loot_gpa)
+        sk_spares = tuple(pfn << PAGE_SHIFT for pfn in pool[2:])
         # In the SK's own mode: its new pages leave VTL0, its window is built, and it grants the
         # trustlet mappings of VTL0's two pages.
-        self._as_k1(probes.sk_protect_own_pages, tuple(sorted(set(loader.frames) - before)))
+        fresh = tuple(sorted(set(loader.frames) - before))
+        if fresh:  # a new code page the debugger's install took
+            self._as_k1(probes.sk_protect_own_pages, fresh)
         self._as_k1(probes.map_window, KERNEL_WINDOW, loot_gpa, direct, sk_spares[:3])
         grants = self.trustlet_grants
         for index, (key, gpa) in enumerate(self._pages("VTL0 user", "VTL0 kernel")):

@@ -260,6 +260,16 @@ def sk_protect_own_pages(cpu: Cpu, pages: tuple[int, ...]) -> None:
         sk.protect_own_pages(cpu, 0, pages)
 
 
+def sk_pool_pages(cpu: Cpu, count: int, sink: list[int]) -> None:
+    """The SK hands out ``count`` zeroed frames from its own pool (SkAllocatePhysicalPages: the
+    pool the loader reserved for it, already withheld from VTL0); their PFNs go to ``sink``."""
+    from vbsim.sk.kernel import SecureKernel
+
+    sk = cpu.kernel()
+    if isinstance(sk, SecureKernel):
+        sink.extend(sk.alloc_frame(cpu) for _ in range(count))
+
+
 def map_window(cpu: Cpu, window: int, gpa: int, direct_map: int, spares: tuple[int, ...]) -> None:
     """A kernel builds the tables of its probe window in its own address space (CR3), the leaf
     pointing at ``gpa`` (its loot page) until a probe re-points it."""

@@ -36,7 +36,12 @@ from vbsim.trace import Trace
 
 #: Frames the boot loader reserves for the Secure Kernel's own pool (``vbsim.sk.layouts.Pool``).
 SK_POOL_FRAMES = Pool.FRAMES
-#: Frames the host allocator keeps back from NT's region (see nt_region_start).
+#: Frames the host allocator keeps back from NT's region (see nt_region_start): the loader's
+#: late boot-time allocations (the SK's image, its boot-time tables and data, the hypercall
+#: parameter pages of OslVsmSetup) and a debugger's code pages (``KernelSpace.install`` after
+#: boot, host tools only: guest code never allocates from it).  After boot nothing else takes
+#: host frames: attackers allocate through NT (its PFN database) or the SK (its pool), and the
+#: memory map shows the untouched rest as "unused".
 HOST_RESERVE_FRAMES = 8192
 
 
@@ -169,9 +174,8 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
         else None
     )
     # The memory map NT gets: a region at the top of RAM is NT's to manage (its PFN database);
-    # what the loader handed out below it (NT's image, the SK's pool and image) and a reserve
-    # the host allocator keeps (the SK's run-time page tables until it manages its own pool,
-    # host tools) are not.
+    # what the loader handed out below it (NT's image, the SK's pool and image) and the loader's
+    # reserve (HOST_RESERVE_FRAMES) are not.
     nt, nt_space = load_nt(machine, policy.build, vbs)
     system.nt_space = nt_space
     from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive

@@ -71,9 +71,8 @@ def boot_report(policy: Policy) -> dict[str, Any]:
         "drivers": [],
     }
     if system.machine is not None:
-        report["memory"] = [
-            run.to_json() for run in vtl0_memory_map(system.machine, include_free=True)
-        ]
+        runs = vtl0_memory_map(system.machine, include_free=True, nt=system.nt)
+        report["memory"] = [run.to_json() for run in runs]
     if system.nt is not None and system.machine is not None:
         from vbsim.nt.process import host_view
 

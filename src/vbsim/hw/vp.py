@@ -640,25 +640,24 @@ class VirtualProcessor:
         if self._delivering >= MAX_DELIVERY_DEPTH:
             raise TripleFault(self.vtl, f"vector {int(vector)} during exception delivery")
         handler = self._idt_handler(vector)
-        if handler is None:
-            # The gate cannot be read: delivery faults before any state changes, and that fault
-            # during delivery is a #DF (SDM Vol. 3A §6.15, "Interrupt 8"); a #DF whose own gate
-            # fails is a triple fault.  The vector that was never delivered is not traced as
-            # delivered (invariant 7 would otherwise see a gate to CPL0 that never opened).
-            if vector == Vector.DF:
-                raise TripleFault(self.vtl, "no usable #DF handler")
-            self.fault(Vector.DF, 0)
-            return
         if self.trace.on:
+            # An unusable gate is no delivery (no mode change): traced apart, so that a reader
+            # of gates (invariant 7) does not take it for one; the #DF that follows is (a fault
+            # during delivery is a #DF, SDM Vol. 3A §6.15 "Interrupt 8").
             self.emit(
                 "exception" if vector < 32 else "interrupt",
-                "idt",
-                "delivered",
+                "idt" if handler is not None else "idt-gate",
+                "delivered" if handler is not None else "unusable",
                 vector=int(vector),
                 error_code=error_code_,
                 cr2=self.cr2 if vector == Vector.PF else None,
                 depth=self._delivering,
             )
+        if handler is None:
+            if vector == Vector.DF:
+                raise TripleFault(self.vtl, "no usable #DF handler")
+            self.fault(Vector.DF, 0)
+            return
         bank = self.p
         saved_cpl, saved_rip, saved_flags = bank.cpl, bank.rip, bank.rflags
         # What the interrupt stack frame tells a handler: the interrupted privilege level (CS).

@@ -59,6 +59,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Msr, Pte
 from vbsim.invariants.monitor import Monitor
 from vbsim.nt import secure_process
+from vbsim.nt.pfn import host_next_fresh
 from vbsim.nt.process import Process, Token, host_secure_thread_cookie
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
 from vbsim.ntstatus import NtStatus
@@ -740,12 +741,11 @@ class Session:
 
     # -- footholds ------------------------------------------------------------------------------
     def _setup(self) -> None:
-        nt, vp, ram = self.nt, self.vp, self.machine.ram
-        frames = ram.frames
-        self.loot = [frames.alloc("attacker.loot") for _ in range(LOOT_PAGES)]
-        self.stage = [frames.alloc("attacker.stage") for _ in range(STAGE_PAGES)]
-        for pfn in self.loot + self.stage:
-            ram.zero_page(pfn)
+        nt, vp = self.nt, self.vp
+        # The attacker's pages come from NT, as any driver's do (ExAllocatePool: NT's PFN
+        # database), in NT's mode on the boot processor; zeroed by NT's allocator.
+        self.loot = [nt.alloc_page(vp.cpu) for _ in range(LOOT_PAGES)]
+        self.stage = [nt.alloc_page(vp.cpu) for _ in range(STAGE_PAGES)]
         tables = PageTables(nt.phys(vp.cpu), nt.space.root)
         self.window_ptes: list[int] = []
         for slot in range(WINDOW_PAGES):
@@ -824,7 +824,10 @@ class Session:
         if name == "ntcode":
             return self._code_pages
         if name == "free":
-            return [min(ram.frames._next + i, ram.pages - 1) for i in range(8)]
+            # Pages nobody owns yet: the next never-used frames of NT's PFN database (RAM).
+            head = self.nt.variables["MmFreePageListHead"].gpa
+            fresh = host_next_fresh(ram, head)
+            return [min(fresh + i, ram.pages - 1) for i in range(8)]
         if name == "edge":
             return [
                 0,

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from vbsim.hw.slat import Slat
     from vbsim.hw.vp import VirtualProcessor
     from vbsim.machine import Machine
+    from vbsim.nt.kernel import NtKernel
     from vbsim.sk.kernel import SecureKernel
 
 INVARIANTS: dict[int, str] = {
@@ -242,6 +243,7 @@ class Monitor:
         self._written: set[int] = set()
         self._tlb_start: set[int] = set()
         self._populated: set[int] = set(range(machine.ram.frames._next))
+        self._populated.update(_nt_pages(system.nt, machine.ram))
         self._rr: list[int] = []
         self._rr_at = 0
         self._dma_scan: list[tuple[int, int]] = []
@@ -983,3 +985,17 @@ def _first_difference(a: list[int], b: list[int]) -> int:
         if x != y:
             return index
     return 0
+
+
+def _nt_pages(nt: NtKernel, ram: GuestRam) -> list[int]:
+    """The pages of NT's region NT has handed out (its pool, processes' pages, the attacker's
+    footholds), from NT's PFN database in RAM: scanned for secrets like the loader's pages."""
+    from vbsim.guest.address_space import DIRECT_MAP
+    from vbsim.nt import pfn as mm
+    from vbsim.nt.layouts import MMLISTS
+
+    first = ram.frames.limit or ram.pages
+    fresh = mm.host_next_fresh(ram, nt.variables["MmFreePageListHead"].gpa)
+    entries = mm.host_entries(ram, nt.pfn_database - DIRECT_MAP, min(fresh, ram.pages))
+    active = int(MMLISTS.ActiveAndValid)
+    return [p for p in range(first, len(entries)) if mm.host_location(entries[p]) == active]

@@ -19,10 +19,10 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
-from vbsim.nt import notify
+from vbsim.nt import notify, vad
 from vbsim.nt import pfn as mm
 from vbsim.nt import process as ps
-from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, MMPFNLIST, read_field
+from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, MMPFNLIST, MmProtect, read_field
 from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
 from vbsim.ntstatus import BugCheck, NtStatus
@@ -62,6 +62,11 @@ def _no_processor(*_: int) -> Any:
 
 #: The physical access a stored address space has between operations: none.
 DETACHED = PhysAccess(_no_processor, _no_processor, _no_processor)
+
+
+class AddressConflict(Exception):
+    """A fixed-base allocation overlaps a VAD (STATUS_CONFLICTING_ADDRESSES to the caller;
+    never escapes NT)."""
 
 
 @dataclass
@@ -180,6 +185,8 @@ class NtKernel:
         loader.write_u64(head.va, head.va)
         loader.write_u64(head.va + 8, head.va)
         self.process_head = head.va
+        # The VAD lookaside list's head (vbsim.nt.vad): empty until the first allocation.
+        self.vad_lookaside = self.variable("MiVadLookaside", 8).va
         self._next_token_id = 0x1000
         # KiServiceTable: one routine VA per system-service number, in NT's .data; the
         # dispatcher indexes it with RAX at every system call (Windows x64 packs 32-bit offsets;
@@ -483,25 +490,48 @@ class NtKernel:
         writable: bool = True,
         executable: bool = False,
         base: int | None = None,
+        secured: bool = False,
     ) -> Region:
-        """Commit user pages in ``process`` (mapped at once: the model has no demand paging)."""
+        """NtAllocateVirtualMemory(MEM_RESERVE | MEM_COMMIT)'s kernel half: a VAD for the range
+        in ``process``'s tree (at ``base``, or the first free range the tree leaves), then the
+        pages, mapped at once (the model has no demand paging).  ``secured``: the VAD is
+        NoChange, as a SEC_NO_CHANGE view or MmSecureVirtualMemoryEx(MM_SECURE_NO_CHANGE) makes
+        it.  Raises :class:`~vbsim.nt.pfn.NoPages` (no memory or address space) or
+        :class:`AddressConflict` (``base`` overlaps another VAD)."""
         pages = max(1, -(-size // PAGE_SIZE))
-        start = base if base is not None else process.reserve(pages * PAGE_SIZE)
-        region = Region(start, pages * PAGE_SIZE, writable, executable)
+        eprocess = process.eprocess
+        if base is None:
+            first = vad.find_empty(vp, eprocess, pages)
+            if first < 0:
+                raise NoPages  # no address space left: STATUS_NO_MEMORY as on Windows
+        else:
+            first = base >> PAGE_SHIFT
+            if vad.conflicting(vp, eprocess, first, first + pages - 1):
+                raise AddressConflict(base)
+        start = first << PAGE_SHIFT
+        node = vad.allocate_node(vp, self.vad_lookaside, lambda: self.alloc_kernel_page(vp)[0])
+        protection = vad.mm_protection(writable, executable)
+        vad.initialize_node(vp, node, first, pages, protection, secured)
+        region = Region(start, pages * PAGE_SIZE, writable, executable, vad=node)
         flags = int(Pte.US) | (int(Pte.RW) if writable else 0) | (0 if executable else int(Pte.NX))
         tables = self.address_space(vp, process)
         for i in range(pages):
             try:
-                frame = self.alloc_page(vp)
+                pfn = self.alloc_page(vp)
             except NoPages:
-                for taken in region.pfns:  # give back what this call took
-                    tables.unmap(start + region.pfns.index(taken) * PAGE_SIZE)
+                for index, taken in enumerate(region.pfns):  # give back what this call took
+                    tables.unmap(start + index * PAGE_SIZE)
                     self.free_page(vp, taken)
+                vad.free_node(vp, self.vad_lookaside, node)
                 raise
-            pfn = frame
             tables.map(start + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
             region.pfns.append(pfn)
-        process.regions.append(region)
+        if not vad.insert(vp, eprocess, node):  # a corrupted tree: undo, as for no memory
+            for index, taken in enumerate(region.pfns):
+                tables.unmap(start + index * PAGE_SIZE)
+                self.free_page(vp, taken)
+            vad.free_node(vp, self.vad_lookaside, node)
+            raise AddressConflict(start)
         return region
 
     def map_code(self, vp: Cpu, process: Process, routines: list[str]) -> dict[str, int]:
@@ -521,6 +551,7 @@ class NtKernel:
             phys = self.phys(vp)
             phys.write_u64(pte, (region.pfns[0] << PAGE_SHIFT) | int(Pte.P | Pte.US))
             vp.invlpg(region.base)
+            vad.set_protection(vp, region.vad, MmProtect.EXECUTE_READ)
             region.writable, region.executable = False, True
         return placed
 

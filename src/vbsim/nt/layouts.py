@@ -80,8 +80,13 @@ class EPROCESS:
     ImageFileName: Final = Field("ImageFileName", 0x5A8, 15)
     #: NTSTATUS ExitStatus (STATUS_PENDING while the process lives).
     ExitStatus: Final = Field("ExitStatus", 0x7D4, 4)
-    #: _RTL_AVL_TREE VadRoot: the root of the process's VAD tree.
+    #: _RTL_AVL_TREE VadRoot: the root of the process's VAD tree (:class:`RTL_AVL_TREE`: one
+    #: pointer, the root _MMVAD_SHORT's VadNode; 0 for an empty tree).
     VadRoot: Final = Field("VadRoot", 0x7D8, 8)
+    #: PVOID VadHint: the node MiLocateAddress found last (a cache NT may ignore).
+    VadHint: Final = Field("VadHint", 0x7E0, 8)
+    #: ULONGLONG VadCount: the number of nodes in the tree.
+    VadCount: Final = Field("VadCount", 0x7E8, 8)
     #: _PS_PROTECTION Protection (one byte, see :class:`PsProtection`).
     Protection: Final = Field("Protection", 0x87A, 1)
     #: [model] The trustlet ID from the image's .tPolicy (Windows keeps it in the secure
@@ -376,6 +381,93 @@ class KLDR_DATA_TABLE_ENTRY:
     #: [model] The name's UTF-16 characters follow the entry in the same pool block.
     NAME_AT: Final = 0x100
     SIZE: Final = 0xA0
+
+
+# -- virtual address descriptors ----------------------------------------------------------------
+class RTL_BALANCED_NODE:
+    """_RTL_BALANCED_NODE [Vergilius 19041]: Children[2] (Left, Right), then ParentValue, whose
+    low two bits are Red (bit 0) / Balance (bits 0-1) and the rest the parent's address."""
+
+    Left: Final = Field("Left", 0x00, 8)
+    Right: Final = Field("Right", 0x08, 8)
+    ParentValue: Final = Field("ParentValue", 0x10, 8)
+    #: The flag bits of ParentValue (the parent is 8-byte aligned).
+    PARENT_FLAGS: Final = 0x3
+    SIZE: Final = 0x18
+
+
+class RTL_AVL_TREE:
+    """_RTL_AVL_TREE [Vergilius 19041]: one pointer, ``Root`` (an _RTL_BALANCED_NODE)."""
+
+    Root: Final = Field("Root", 0x00, 8)
+    SIZE: Final = 0x8
+
+
+class MMVAD_SHORT:
+    """_MMVAD_SHORT [Vergilius 19041], 0x40 bytes: a private allocation's VAD (``VadS`` pool).
+
+    The 48-bit VPNs are split: StartingVpn/EndingVpn hold bits 0-31, StartingVpnHigh/
+    EndingVpnHigh bits 32-39 (Windows 8.1+; how MiLocateAddress and every public VAD walker
+    rebuild them).  EndingVpn is inclusive (the VPN of the last page)."""
+
+    VadNode: Final = Field("VadNode", 0x00, 0x18)
+    StartingVpn: Final = Field("StartingVpn", 0x18, 4)
+    EndingVpn: Final = Field("EndingVpn", 0x1C, 4)
+    StartingVpnHigh: Final = Field("StartingVpnHigh", 0x20, 1)
+    EndingVpnHigh: Final = Field("EndingVpnHigh", 0x21, 1)
+    CommitChargeHigh: Final = Field("CommitChargeHigh", 0x22, 1)
+    ReferenceCount: Final = Field("ReferenceCount", 0x24, 4)
+    PushLock: Final = Field("PushLock", 0x28, 8)
+    #: u.LongFlags: _MMVAD_FLAGS (:class:`MMVAD_FLAGS`).
+    LongFlags: Final = Field("u.LongFlags", 0x30, 4)
+    #: u1.LongFlags1: _MMVAD_FLAGS1 (:class:`MMVAD_FLAGS1`).
+    LongFlags1: Final = Field("u1.LongFlags1", 0x34, 4)
+    EventList: Final = Field("EventList", 0x38, 8)
+    SIZE: Final = 0x40
+
+
+class MMVAD_FLAGS:
+    """_MMVAD_FLAGS bit fields [Vergilius 19041]: Lock 0, LockContended 1, DeleteInProgress 2,
+    NoChange 3, VadType 4-6, Protection 7-11 (an MM_* protection index, :class:`MmProtect`),
+    PreferredNode 12-17, PageSize 18-19, PrivateMemory 20."""
+
+    NO_CHANGE: Final = 1 << 3
+    VAD_TYPE_SHIFT: Final = 4
+    VAD_TYPE_MASK: Final = 0x7
+    PROTECTION_SHIFT: Final = 7
+    PROTECTION_MASK: Final = 0x1F
+    PRIVATE_MEMORY: Final = 1 << 20
+
+
+class MMVAD_FLAGS1:
+    """_MMVAD_FLAGS1 [Vergilius 19041]: CommitCharge bits 0-30, MemCommit bit 31."""
+
+    COMMIT_CHARGE_MASK: Final = (1 << 31) - 1
+    MEM_COMMIT: Final = 1 << 31
+
+
+class MmProtect(IntEnum):
+    """The MM_* protection indexes a VAD's Protection field holds (WRK ``mi.h``; the index into
+    ``nt!MmProtectToValue``, which turns them back into PAGE_* values)."""
+
+    NOACCESS = 0
+    READONLY = 1
+    EXECUTE = 2
+    EXECUTE_READ = 3
+    READWRITE = 4
+    WRITECOPY = 5
+    EXECUTE_READWRITE = 6
+    EXECUTE_WRITECOPY = 7
+
+
+#: VadNone, the _MI_VAD_TYPE of private memory [Vergilius 19041].
+VAD_TYPE_NONE: Final = 0
+#: [model] NT's lookaside list of free MMVAD_SHORT blocks: one pointer in NT's .data, the first
+#: free block (each free block's first 8 bytes point to the next).  Windows allocates VADs from
+#: nonpaged pool (ExAllocatePoolWithTag, tag 'VadS', Windows Internals 7th ed. part 1 ch. 5
+#: "Virtual address descriptors"); the model carves pool pages into 0x40-byte blocks without pool
+#: headers.
+VAD_BLOCK: Final = MMVAD_SHORT.SIZE
 
 
 # -- physical memory: the PFN database ------------------------------------------------------------

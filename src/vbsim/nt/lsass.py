@@ -308,8 +308,13 @@ def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
     """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes into
     lsass's stack page through its direct map; returns the user VA lsass finds them at."""
     from vbsim.guest.address_space import DIRECT_MAP
+    from vbsim.nt import vad
 
-    va = process.regions[0].base + LOGON_MESSAGE_OFFSET
+    # lsass's stack page is its first allocation: the lowest VAD of its tree, read in RAM now.
+    stack = next(vad.walk(vp, process.eprocess), 0)
+    if not stack:
+        return 0
+    va = (vad.starting_vpn(vp, stack) << 12) + LOGON_MESSAGE_OFFSET
     leaf = nt.address_space(vp, process).lookup(va)
     if leaf is None:
         return 0

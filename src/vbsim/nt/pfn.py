@@ -29,6 +29,7 @@ from vbsim.nt.layouts import MMLISTS, MMPFN, MMPFNLIST, read_field, write_field
 if TYPE_CHECKING:
     from vbsim.guest.address_space import KernelSpace
     from vbsim.hw.cpu import Cpu
+    from vbsim.nt.layouts import _Ram
 
 _ACTIVE = int(MMLISTS.ActiveAndValid) << MMPFN.LOCATION_SHIFT
 _FREE = int(MMLISTS.FreePageList) << MMPFN.LOCATION_SHIFT
@@ -137,3 +138,21 @@ def active_pages(cpu: Cpu, database_va: int, head_va: int) -> list[int]:
     active = int(MMLISTS.ActiveAndValid)
     entries = memoryview(raw).cast("Q")
     return [f for f in range(1, count) if entries[f] >> MMPFN.LOCATION_SHIFT == active]
+
+
+# -- host side (tools: the boot report, the monitor, the fuzzer's harness; never guest code) ----
+def host_entries(ram: _Ram, database_gpa: int, count: int) -> memoryview:
+    """The first ``count`` MMPFN entries as RAM holds them (the database is one contiguous run
+    from ``database_gpa``, see NtKernel), one u64 per page."""
+    return memoryview(ram.read(database_gpa, count * MMPFN.SIZE)).cast("Q")
+
+
+def host_location(entry: int) -> int:
+    """An entry's PageLocation (:class:`~vbsim.nt.layouts.MMLISTS`)."""
+    return entry >> MMPFN.LOCATION_SHIFT
+
+
+def host_next_fresh(ram: _Ram, head_gpa: int) -> int:
+    """MmFreePageListHead's next never-used PFN as RAM holds it."""
+    offset = MMPFNLIST.NextFresh.offset
+    return int.from_bytes(ram.read(head_gpa + offset, 8), "little")

@@ -6,9 +6,13 @@ status and flags, and the token's user and groups (SID_AND_ATTRIBUTES) and privi
 Every check reads those bytes through the deciding processor at the moment it decides, so a
 kernel write primitive that changes them (token swap, PPL strip) changes NT's next decision.
 
+What a process has allocated is its VAD tree, also in RAM (``EPROCESS.VadRoot``,
+:mod:`vbsim.nt.vad`).
+
 The Python :class:`Process` is NT's handle on one: the EPROCESS VA, plus what stays in Python
-(the page-table helper, the committed regions, the PID and name as labels for traces).  Each
-process gets its own PML4 whose kernel half (entries 256-511) is the kernel's, as on Windows x64.
+(the page-table helper: the root and the table frames; the PID and name as labels for traces).
+Each process gets its own PML4 whose kernel half (entries 256-511) is the kernel's, as on
+Windows x64.
 """
 
 from __future__ import annotations
@@ -61,13 +65,17 @@ ADMINISTRATORS_SID = encode_sid(*SID_ADMINISTRATORS)
 
 @dataclass
 class Region:
-    """A VAD: a committed range with its protection."""
+    """What one allocation (:meth:`~vbsim.nt.kernel.NtKernel.allocate`) committed: the caller's
+    record of the call's result, as an MDL or an out-parameter would give it.  NT keeps none of
+    it: what it decides from later is the VAD (``vad``, its node in RAM) and the PTEs."""
 
     base: int
     size: int
     writable: bool
     executable: bool
     pfns: list[int] = field(default_factory=list)
+    #: The MMVAD_SHORT describing the range (a pool VA in NT's direct map).
+    vad: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,23 +121,10 @@ class Process:
     tables: PageTables
     #: VA of the EPROCESS (in NT's direct map).
     eprocess: int = 0
-    regions: list[Region] = field(default_factory=list)
     #: Secure process (trustlet): its VTL1 counterpart's secure handle (EPROCESS.Pcb.SecurePid,
     #: also in RAM; kept here for the host tools that name trustlets).
     secure_pid: int = 0
     trustlet_id: int | None = None
-    next_va: int = 0x0000_0000_1000_0000
-
-    def region_at(self, va: int) -> Region | None:
-        for region in self.regions:
-            if region.base <= va < region.base + region.size:
-                return region
-        return None
-
-    def reserve(self, size: int) -> int:
-        base = self.next_va
-        self.next_va += -(-size // PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE  # a guard page between
-        return base
 
 
 def new_address_space(phys: PhysAccess, kernel_root: int) -> PageTables:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.nt import process as ps
+from vbsim.nt import vad
 from vbsim.nt.layouts import Privilege, PsProtection
 from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus
@@ -228,7 +229,13 @@ def nt_terminate_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
 
 def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(pid, address, size, new protection): VirtualProtectEx — another process needs the same
-    access as for writing its memory (admin with SeDebugPrivilege, not a protected process)."""
+    access as for writing its memory (admin with SeDebugPrivilege, not a protected process).
+
+    MiProtectVirtualMemory's checks, from the target's VAD tree in RAM now: the range must lie in
+    one VAD (STATUS_CONFLICTING_ADDRESSES: "the pages cannot span adjacent regions that were
+    allocated by separate calls", VirtualProtectEx), the VAD must not be NoChange
+    (STATUS_INVALID_PAGE_PROTECTION: ReactOS ARM3 MiProtectVirtualMemory, WRK
+    MiCheckSecuredVad), and every page of the range must be committed (STATUS_NOT_COMMITTED)."""
     pid, address, size, protect = args
     if protect not in _PROTECTIONS or not 0 < size <= MAX_ALLOCATION:
         return int(
@@ -236,6 +243,10 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
             if protect in _PROTECTIONS
             else NtStatus.INVALID_PAGE_PROTECTION
         )
+    if address > vad.HIGHEST_USER_VA or vad.HIGHEST_USER_VA - address < size - 1:
+        # NtProtectVirtualMemory's first checks (WRK): STATUS_INVALID_PARAMETER_2 / _3 for a
+        # range beyond MM_HIGHEST_USER_ADDRESS (the model folds both into INVALID_PARAMETER).
+        return int(NtStatus.INVALID_PARAMETER)
     status, target = _lookup_process(nt, vp, pid, write=True)
     if status != NtStatus.SUCCESS:
         return status
@@ -243,14 +254,19 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
 
     assert isinstance(target, Process)
     writable, executable = _PROTECTIONS[protect]
-    tables = nt.address_space(vp, target)
     first, last = address & ~0xFFF, (address + size - 1) & ~0xFFF
+    node = vad.locate(vp, target.eprocess, first >> PAGE_SHIFT)
+    if not node or last >> PAGE_SHIFT > vad.ending_vpn(vp, node):
+        return _refuse(vp, pid, address, NtStatus.CONFLICTING_ADDRESSES, "outside-one-vad")
+    if vad.no_change(vp, node):
+        return _refuse(vp, pid, address, NtStatus.INVALID_PAGE_PROTECTION, "vad-no-change")
+    tables = nt.address_space(vp, target)
     entries: list[tuple[int, int, int]] = []
     for page in range(first, last + 0x1000, 0x1000):
         entry = tables.pte_gpa(page)
         leaf = tables.lookup(page)
         if entry is None or leaf is None or not leaf & 0x4:
-            return int(NtStatus.CONFLICTING_ADDRESSES if entries else NtStatus.ACCESS_VIOLATION)
+            return _refuse(vp, pid, page, NtStatus.NOT_COMMITTED, "page-not-committed")
         entries.append((page, entry, leaf))
     phys = nt.phys(vp)
     for page, entry, leaf in entries:
@@ -273,21 +289,44 @@ def nt_protect_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return int(NtStatus.SUCCESS)
 
 
+def _refuse(vp: Cpu, pid: int, address: int, status: NtStatus, reason: str) -> int:
+    """A VAD check said no: traced with the mechanism (``vad``) and why."""
+    if vp.tracing:
+        vp.emit("nt", "vad", "refused", pid=pid, address=address, reason=reason)
+    return int(status)
+
+
 def nt_free_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
-    """(base): release a region the caller committed; its pages are cleared before they go back
-    to the free list (what one process freed must not reach the next)."""
+    """(base): NtFreeVirtualMemory(MEM_RELEASE, size 0) — release the VAD that starts at
+    ``base`` (STATUS_MEMORY_NOT_ALLOCATED without one, STATUS_FREE_VM_NOT_AT_BASE inside one,
+    STATUS_INVALID_PAGE_PROTECTION for a NoChange VAD: MiCheckSecuredVad), with every page its
+    extent maps; each page is cleared before it goes back to the free list (what one process
+    freed must not reach the next)."""
     process = nt.process_of(vp)
     base = args[0]
-    region = process.region_at(base) if process is not None else None
-    if process is None or region is None or region.base != base:
+    if process is None:
         return int(NtStatus.INVALID_PARAMETER)
+    node = vad.locate(vp, process.eprocess, base >> PAGE_SHIFT)
+    if not node:
+        return _refuse(vp, process.pid, base, NtStatus.MEMORY_NOT_ALLOCATED, "no-vad")
+    start, end = vad.starting_vpn(vp, node), vad.ending_vpn(vp, node)
+    if base & 0xFFF or base >> PAGE_SHIFT != start:
+        return _refuse(vp, process.pid, base, NtStatus.FREE_VM_NOT_AT_BASE, "not-at-base")
+    if vad.no_change(vp, node):
+        return _refuse(vp, process.pid, base, NtStatus.INVALID_PAGE_PROTECTION, "vad-no-change")
+    vad.remove(vp, process.eprocess, node)
     tables = nt.address_space(vp, process)
-    for index, pfn in enumerate(region.pfns):
-        tables.unmap(region.base + index * PAGE_SIZE)
-        vp.invlpg(region.base + index * PAGE_SIZE)
+    for vpn in range(start, min(end, start + MAX_ALLOCATION // PAGE_SIZE) + 1):
+        va = vpn << PAGE_SHIFT
+        leaf = tables.lookup(va)
+        if leaf is None or not leaf & 0x4:
+            continue
+        pfn = (leaf & PTE_ADDR_MASK) >> PAGE_SHIFT
+        tables.unmap(va)
+        vp.invlpg(va)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         nt.free_page(vp, pfn)
-    process.regions.remove(region)
+    vad.free_node(vp, nt.vad_lookaside, node)
     return int(NtStatus.SUCCESS)
 
 

@@ -182,7 +182,9 @@ def collect_preset(name: str) -> PresetData:
             ProcessInfo(p.pid, p.name, p.user, p.trustlet_id, f"{p.protection:#04x}") for p in views
         ]
         drivers = sorted(system.nt.drivers)
-    memory = vtl0_memory_map(machine, include_free=True) if machine is not None else []
+    memory = (
+        vtl0_memory_map(machine, include_free=True, nt=system.nt) if machine is not None else []
+    )
     data = PresetData(
         name=name,
         policy=policy,

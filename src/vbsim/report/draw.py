@@ -405,17 +405,19 @@ def memory_svg(p: PresetData) -> Node:
         gpa = f"0x{run.first_gpa:x}"
         gpa_w = mono_width(gpa, GPA_SIZE)
         for lane in (0, 1):
-            if x >= lane_end[lane] + 4:
-                drop = 11.0 * lane
+            if x >= lane_end[lane] + 6:
+                drop = 13.0 * lane  # more than a GPA label's box is tall: lanes never touch
                 cells.append(line(x, y_o + h_o, x, y_o + h_o + 6 + drop, class_="tick"))
                 cells.append(text(x + 1, y_o + h_o + 16 + drop, gpa, class_="gpa"))
-                lane_end[lane] = x + 1 + gpa_w
+                # the estimate is of a generic monospace face: leave a fifth more for the one
+                # the browser picks (tests/report measures the rendered labels)
+                lane_end[lane] = x + 1 + gpa_w * 1.2
                 break
         nodes.append(group(*cells))
         x += w
     return svg(
         MEMORY_WIDTH,
-        124,
+        128,
         *nodes,
         class_="memory",
         role="img",

@@ -35,6 +35,7 @@ from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.nt.syscalls import syscall
+from vbsim.nt.vad import process_regions
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component, Policy
 from vbsim.sk.ium.process import SecureProcess
@@ -122,7 +123,7 @@ def process_memory(ctx: AttackContext, process: Process) -> bytes:
         return b""
     return b"".join(
         machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
-        for region in process.regions
+        for region in process_regions(machine.ram, process)
         for pfn in region.pfns
     )
 

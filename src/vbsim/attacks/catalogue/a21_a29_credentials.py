@@ -27,6 +27,7 @@ from vbsim.nt import lsass
 from vbsim.nt.lsass import DEFAULT_LOGON, Logon, nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.syscalls import PAGE_EXECUTE_READWRITE, syscall
+from vbsim.nt.vad import process_regions
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.sscn import Service
 
@@ -131,7 +132,7 @@ def _lsass_entry(ctx: AttackContext, process: Process) -> int | None:
     machine = ctx.booted.machine
     assert machine is not None
     thunk = encode_thunk(LSASS_MAIN)
-    for region in process.regions:
+    for region in process_regions(machine.ram, process):
         for index, pfn in enumerate(region.pfns):
             page = machine.ram.read(pfn << 12, PAGE_SIZE)
             offset = page.find(thunk)
@@ -180,7 +181,9 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     vp = ctx.vp
     vp.actor = "lsass"
     message = lsass.deliver_logon(nt, vp.cpu, process, logon)
-    run = nt.run_user(vp.cpu, process, entry, process.regions[0].base, message, port)
+    assert ctx.system is not None and ctx.system.machine is not None
+    stack = process_regions(ctx.system.machine.ram, process)[0].base  # its first VAD
+    run = nt.run_user(vp.cpu, process, entry, stack, message, port)
     vp.actor = "nt"
     if run.terminated is not None:
         ctx.stops.append(run.terminated)

@@ -38,6 +38,7 @@ from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt import lsass
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
+from vbsim.nt.vad import region_at
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.process import HEAP_VA, PRIVATE_BASE
 from vbsim.sk.ium.syscalls import SECURE_NUMBERS
@@ -236,7 +237,7 @@ def vtl0_secure_syscall_goal(ctx: AttackContext) -> bool:
     machine = ctx.system.machine if ctx.system else None
     if machine is None or process is None or buffer is None:
         return False
-    region = process.region_at(buffer)
+    region = region_at(machine.ram, process, buffer)
     if region is None:
         return False
     offset = buffer - region.base
