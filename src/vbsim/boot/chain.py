@@ -241,8 +241,15 @@ def load_nt(machine: Machine, build: str, vbs: bool) -> tuple[NtKernel, KernelSp
 def nt_region_start(machine: Machine) -> int:
     """The first PFN of the region NT manages: everything above the host allocator's use so
     far and its reserve (a quarter of RAM, at most HOST_RESERVE_FRAMES)."""
+    from vbsim.nt import pfn
+
     frames = machine.ram.frames
-    reserve = min(HOST_RESERVE_FRAMES, machine.ram.pages // 4)
+    # NT's PFN database is one entry per page of RAM and winload builds it from this reserve
+    # before NT takes over: on a large machine (16 GiB: 4 Mi pages) it alone outgrows the fixed
+    # part, so the reserve grows with it (found by `vbsim boot --ram-mib 16384`: OutOfFrames).
+    reserve = min(HOST_RESERVE_FRAMES, machine.ram.pages // 4) + pfn.database_pages(
+        machine.ram.pages
+    )
     return min(machine.ram.pages, frames._next + reserve)
 
 
