@@ -64,8 +64,7 @@ def load_secure_kernel(
     sk = SecureKernel(block, pool, revocation)
     image = tuple(sorted(set(space.frames)))
     pool_frames = range(pool[0], pool[0] + pool[1]) if pool is not None else range(0)
-    for pfn in [*image, *pool_frames]:
-        sk.host_mark_own(ram, pfn)
+    sk.host_mark_own_pages(ram, [*image, *pool_frames])
     sk.image_pfns = image
     sk.loader = None
     return sk, space

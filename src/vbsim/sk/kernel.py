@@ -259,10 +259,14 @@ class SecureKernel:
                 va = space.install(name)
             loader.write(self.dispatch_gpa + number * Dispatch.ENTRY, va.to_bytes(8, "little"))
 
-    def host_mark_own(self, ram: Any, pfn: int) -> None:
-        if 0 <= pfn < self.ram_pages:
-            gpa = self.own_gpa + (pfn >> 3)
-            ram.write(gpa, bytes([ram.read(gpa, 1)[0] | 1 << (pfn & 7)]))
+    def host_mark_own_pages(self, ram: Any, pfns: list[int]) -> None:
+        """The loader marks the SK's frames in its own-page bitmap (one read and one write)."""
+        size = -(-self.ram_pages // 8)
+        bitmap = bytearray(ram.read(self.own_gpa, size))
+        for pfn in pfns:
+            if 0 <= pfn < self.ram_pages:
+                bitmap[pfn >> 3] |= 1 << (pfn & 7)
+        ram.write(self.own_gpa, bytes(bitmap))
 
     # -- host-side views (tools standing outside the machine read RAM) -----------------------
     def host_phase(self, ram: Any) -> Phase:

@@ -13,6 +13,7 @@ nothing here is kept in Python.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 FIRST_HANDLE = HandleTable.FIRST_HANDLE
 _ENTRY, _ENTRIES, _MAX = HandleTable.ENTRY, HandleTable.ENTRIES, HandleTable.MAX
 _OBJECT, _TYPE = HandleTable.OBJECT.offset, HandleTable.TYPE.offset
+assert (_OBJECT, _TYPE, _ENTRY) == (0, 8, 16), "_ENTRY_FORMAT follows the layout"
+_ENTRY_FORMAT = struct.Struct("<QI4x")
 
 
 def index_of(handle: int) -> int:
@@ -103,13 +106,15 @@ def close(sk: SecureKernel, cpu: Mem, handle: int) -> None:
 def entries(sk: SecureKernel, cpu: Mem, kind: int) -> list[tuple[int, int]]:
     """(handle, object VA) of every live entry of type ``kind`` (one read of the table)."""
     raw = cpu.read(sk.handles_va + _ENTRIES, _MAX * _ENTRY)
-    out: list[tuple[int, int]] = []
-    for index in range(1, _MAX):
-        offset = index * _ENTRY
-        if int.from_bytes(raw[offset + _TYPE : offset + _TYPE + 4], "little") == kind:
-            va = int.from_bytes(raw[offset + _OBJECT : offset + _OBJECT + 8], "little")
-            out.append((handle_of(index), va))
-    return out
+    # A closed entry is zeroed, so nothing lives past the last non-zero byte; the rest is one
+    # C-level unpack (an entry: OBJECT u64 at 0, TYPE u32 at 8).
+    used = -(-len(raw.rstrip(b"\0")) // _ENTRY) * _ENTRY
+    raw = raw[:used]
+    return [
+        (handle_of(index), va)
+        for index, (va, entry_kind) in enumerate(_ENTRY_FORMAT.iter_unpack(raw))
+        if index and entry_kind == kind
+    ]
 
 
 # -- the small-object pool --------------------------------------------------------------------
