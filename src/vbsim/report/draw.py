@@ -180,6 +180,10 @@ def _features(p: PresetData) -> list[Chip]:
     return chips
 
 
+#: Font size (px) of the machine card's hardware line (``.machine .hwt`` in the CSS).
+HW_TEXT_SIZE = 11.0
+
+
 def machine_svg(p: PresetData) -> Node:
     width, box_w, gap = 640.0, 270.0, 80.0
     left, right = 10.0, 10.0 + box_w + gap
@@ -289,10 +293,14 @@ def machine_svg(p: PresetData) -> Node:
         boot.append("Mandatory")
     if policy.revocation:
         boot.append("SkuSiPolicy")
-    hw = f"hardware: {policy.vps} VP(s) · {size_text(p.ram_bytes)} RAM · {iommu} · firmware: " + (
-        ", ".join(boot) or "no Secure Boot"
-    )
-    nodes.append(text(width / 2, hw_y + 8, hw, class_="hwt"))
+    hardware = f"hardware: {policy.vps} VP(s) · {size_text(p.ram_bytes)} RAM · {iommu}"
+    firmware = "firmware: " + (", ".join(boot) or "no Secure Boot")
+    one_line = f"{hardware} · {firmware}"
+    if sans_width(one_line, HW_TEXT_SIZE) <= width - 30:
+        nodes.append(text(width / 2, hw_y + 8, one_line, class_="hwt"))
+    else:  # too wide for the card (hardened names five protections): two lines, nothing cut
+        nodes.append(text(width / 2, hw_y + 4, hardware, class_="hwt"))
+        nodes.append(text(width / 2, hw_y + 18, firmware, class_="hwt"))
     if p.halted:
         nodes.append(rect(20, height / 2 - 20, width - 40, 36, rx=6, class_="halt"))
         nodes.append(text(width / 2, height / 2 + 3, f"boot halted: {p.halted}", class_="halt-t"))
