@@ -105,20 +105,30 @@ def mm_protection(writable: bool, executable: bool) -> MmProtect:
 
 
 # -- searching (MiLocateAddress, MiCheckForConflictingVad, MiFindEmptyAddressRange) -----------
-def locate(cpu: Cpu, eprocess: int, vpn: int) -> int:
-    """MiLocateAddress: the node whose [StartingVpn, EndingVpn] holds ``vpn``, or 0."""
+def _descend(cpu: Cpu, eprocess: int, first: int, last: int) -> tuple[int, bool]:
+    """The node overlapping VPNs [first, last] (0: none), and whether the walk finished within
+    MAX_DEPTH (a looped or absurdly deep tree makes it give up)."""
     node = read_field(cpu, eprocess, EPROCESS.VadRoot)
     for _ in range(MAX_DEPTH):
         if not node:
-            return 0
-        if vpn < starting_vpn(cpu, node):
+            return 0, True
+        if last < starting_vpn(cpu, node):
             node = read_field(cpu, node, RTL_BALANCED_NODE.Left)
-        elif vpn > ending_vpn(cpu, node):
+        elif first > ending_vpn(cpu, node):
             node = read_field(cpu, node, RTL_BALANCED_NODE.Right)
         else:
-            write_field(cpu, eprocess, EPROCESS.VadHint, node)
-            return node
-    return 0
+            return node, True
+    return node, False
+
+
+def locate(cpu: Cpu, eprocess: int, vpn: int) -> int:
+    """MiLocateAddress: the node whose [StartingVpn, EndingVpn] holds ``vpn``, or 0."""
+    node, finished = _descend(cpu, eprocess, vpn, vpn)
+    if not finished:
+        return 0
+    if node:
+        write_field(cpu, eprocess, EPROCESS.VadHint, node)
+    return node
 
 
 def walk(cpu: Cpu, eprocess: int) -> Iterator[int]:
@@ -138,18 +148,9 @@ def walk(cpu: Cpu, eprocess: int) -> Iterator[int]:
 
 
 def conflicting(cpu: Cpu, eprocess: int, first: int, last: int) -> int:
-    """MiCheckForConflictingVad: a node overlapping VPNs [first, last], or 0."""
-    node = read_field(cpu, eprocess, EPROCESS.VadRoot)
-    for _ in range(MAX_DEPTH):
-        if not node:
-            return 0
-        if last < starting_vpn(cpu, node):
-            node = read_field(cpu, node, RTL_BALANCED_NODE.Left)
-        elif first > ending_vpn(cpu, node):
-            node = read_field(cpu, node, RTL_BALANCED_NODE.Right)
-        else:
-            return node
-    return node  # a walk that gave up: treat the range as taken
+    """MiCheckForConflictingVad: a node overlapping VPNs [first, last], or 0 (a walk that gave
+    up answers with the node it stopped at: the range is treated as taken)."""
+    return _descend(cpu, eprocess, first, last)[0]
 
 
 def find_empty(cpu: Cpu, eprocess: int, pages: int) -> int:
