@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from vbsim.hw.regs import SHARED_GPRS
+from vbsim.hw.regs import SHARED_GPRS, SharedGprs
 from vbsim.hw.x86 import Vector
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ SURFACE: frozenset[str] = frozenset(
 )
 
 
-class Cpu:
+class Cpu(SharedGprs):
     """Guest code's processor (see the module docstring for what it is and is not)."""
 
     # The processor sits in a dunder slot: ``dir(cpu)`` minus Python's own machinery is exactly
@@ -143,21 +143,6 @@ class Cpu:
 
     if TYPE_CHECKING:
         __vp__: VirtualProcessor
-        rax: int
-        rbx: int
-        rcx: int
-        rdx: int
-        rsi: int
-        rdi: int
-        rbp: int
-        r8: int
-        r9: int
-        r10: int
-        r11: int
-        r12: int
-        r13: int
-        r14: int
-        r15: int
 
         read: Callable[[int, int], bytes]
         write: Callable[[int, bytes | bytearray], None]

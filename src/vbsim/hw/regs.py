@@ -34,6 +34,32 @@ SHARED_GPRS: tuple[str, ...] = (
     "r15",
 )
 
+
+class SharedGprs:
+    """The shared general registers as typed attributes, for the classes that offer them: the
+    guest's :class:`~vbsim.hw.cpu.Cpu` (which stores them in slots) and the
+    :class:`~vbsim.hw.vp.VirtualProcessor` (whose ``rax`` ... are views of its Cpu's).  Only
+    annotations: no storage, no slots of its own."""
+
+    __slots__ = ()
+
+    rax: int
+    rcx: int
+    rdx: int
+    rbx: int
+    rbp: int
+    rsi: int
+    rdi: int
+    r8: int
+    r9: int
+    r10: int
+    r11: int
+    r12: int
+    r13: int
+    r14: int
+    r15: int
+
+
 #: Shared registers other than GPRs and XMM.
 #: IA32_MISC_ENABLE is shared: the TLFS lists the private MSRs (vsm.md "Private State", x64:
 #: SYSENTER_*, STAR, LSTAR, CSTAR, SFMASK, EFER, PAT, KERNEL_GSBASE, FS.BASE, GS.BASE, TSC_AUX and

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from mmap import mmap
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
@@ -30,7 +30,7 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import GuestHang, TripleFault
 from vbsim.hw.paging import PagingLayer, canonical, check_rights, error_code
 from vbsim.hw.ram import GuestRam
-from vbsim.hw.regs import SHARED_GPRS, PrivateState
+from vbsim.hw.regs import SHARED_GPRS, PrivateState, SharedGprs
 from vbsim.hw.slat import Slat
 from vbsim.hw.tlb import Tlb
 from vbsim.hw.translation import Verdict
@@ -185,41 +185,8 @@ def _shared(name: str) -> property:
     return property(attrgetter(f"cpu.{name}"), put, doc=f"{name.upper()} (shared, vsm-spec §5.5)")
 
 
-class VirtualProcessor:
+class VirtualProcessor(SharedGprs):
     """One VP with a private register bank per enabled VTL and one shared bank."""
-
-    if TYPE_CHECKING:
-        rax: int
-        rbx: int
-        rcx: int
-        rdx: int
-        rsi: int
-        rdi: int
-        rbp: int
-        r8: int
-        r9: int
-        r10: int
-        r11: int
-        r12: int
-        r13: int
-        r14: int
-        r15: int
-    else:
-        rax = _shared("rax")
-        rbx = _shared("rbx")
-        rcx = _shared("rcx")
-        rdx = _shared("rdx")
-        rsi = _shared("rsi")
-        rdi = _shared("rdi")
-        rbp = _shared("rbp")
-        r8 = _shared("r8")
-        r9 = _shared("r9")
-        r10 = _shared("r10")
-        r11 = _shared("r11")
-        r12 = _shared("r12")
-        r13 = _shared("r13")
-        r14 = _shared("r14")
-        r15 = _shared("r15")
 
     def __init__(
         self,
@@ -992,6 +959,12 @@ class VirtualProcessor:
     # -- helpers for register access by name (hypervisor register interface) ------------------
     def shared_gprs(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in SHARED_GPRS}
+
+
+# The shared general registers (vsm-spec §5.5) as views of the VP's Cpu, one per name.
+for _name in SHARED_GPRS:
+    setattr(VirtualProcessor, _name, _shared(_name))
+del _name
 
 
 RoutineFactory = Callable[["VirtualProcessor"], None]
