@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from vbsim import ium_abi
+from vbsim.boot.chain import boot
 from vbsim.hw import hlat
-from vbsim.nt.syscalls import NUMBERS
+from vbsim.invariants.teardown import release
+from vbsim.policy import preset
 from vbsim.sk import hvpt
 
 
-def test_nt_system_service_numbers_agree_with_nts_dispatch_table() -> None:
-    assert ium_abi.NT_NUMBERS == NUMBERS
+def test_every_abi_number_is_a_service_nt_links_into_kiservicetable() -> None:
+    """NT reads its numbers from the ABI module; the booted KiServiceTable must link each
+    number to the service of that name (some are registered by other NT modules: drivers,
+    secure processes)."""
+    system = boot(preset("vbs"))
+    try:
+        assert system.nt is not None
+        for name, number in ium_abi.NT_NUMBERS.items():
+            assert system.nt.syscall_names.get(number) == name
+    finally:
+        if system.machine is not None:
+            release(system.machine)
 
 
 def test_secure_numbers_carry_the_secure_bit() -> None:

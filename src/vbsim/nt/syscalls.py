@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
+from vbsim.ium_abi import NT_NUMBERS
 from vbsim.nt import process as ps
 from vbsim.nt import vad
 from vbsim.nt.layouts import Privilege, PsProtection
@@ -25,23 +26,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[["NtKernel", Cpu, list[int]], int]
 
-#: The model build's system-service numbers.
-NUMBERS: dict[str, int] = {
-    "NtTestAlert": 0x0001,
-    "NtAllocateVirtualMemory": 0x0018,
-    "NtFreeVirtualMemory": 0x001E,
-    "NtProtectVirtualMemory": 0x0050,
-    "NtReadVirtualMemory": 0x003F,
-    "NtWriteVirtualMemory": 0x003A,
-    "NtTerminateProcess": 0x002C,
-    "NtQueryValueKey": 0x0017,
-    "NtSetValueKey": 0x0060,
-    "NtLoadDriver": 0x0106,
-    "NtDeviceIoControlFile": 0x0007,
-    "NtQueryInformationProcess": 0x0019,
-    "NtAlpcSendWaitReceivePort": 0x0085,
-    "NtCreateUserProcess": 0x00C8,
-}
+#: The model build's system-service numbers: the one table in the shared ABI module, which the
+#: ntdll stubs and the SK's IUM filter also read.
+NUMBERS: dict[str, int] = NT_NUMBERS
 
 PAGE_READONLY = 0x02
 PAGE_READWRITE = 0x04
