@@ -93,3 +93,23 @@ def test_shared_registers_cross_a_vtl_call_private_ones_do_not(bare: Bare) -> No
     assert vp.r12 == 0x1234 and vp.xmm[3] == 0xABCD << 64
     assert vp.vtl == 0 and vp.p is bank0
     assert bank0.rip == rip0 + 3  # VtlCall advanced the caller past its vmcall (§5.3 step 2)
+
+
+def test_an_intercept_after_a_host_run_vtl_return_enters_vtl1_afresh(bare: Bare) -> None:
+    """A VtlReturn issued from the host's own stack (the fuzzer's harness acting as VTL1) leaves
+    no VTL1 continuation to resume; the next entry to VTL1 starts it again from its saved RIP
+    instead of failing (CI's atheris run found this as a Python AttributeError)."""
+    from vbsim.guest import hvcall
+    from vbsim.hv.defs import HvCallCode
+
+    vp = bare.vp
+    vp.host_entry(1)
+    vp.rcx = int(HvCallCode.VTL_RETURN)
+    vp.vmcall()
+    assert vp.vtl == 0
+    control = hvcall.input_value(HvCallCode.GET_VP_REGISTERS, rep_count=1)
+    with pytest.raises(ThreadTerminated) as stop:  # the monitor's page: an intercept, then #GP
+        hvcall.raw_hypercall(vp, control, bare.monitor.params.in_gpa, bare.kernel.params.out_gpa)
+    assert stop.value.vector == Vector.GP
+    assert bare.monitor.log(vp)[-1][0] == defs.HvMessageType.GPA_INTERCEPT
+    assert vp.vtl == 0

@@ -288,10 +288,14 @@ class Hypervisor:
         here = _getcurrent()
         contexts[origin] = here
         context = contexts[target]
-        if context is None or context.dead:
+        if context is None or context.dead or context is here:
+            # ``context is here``: the target VTL last returned from this very stack, which has
+            # gone on since (a host entry ran that VTL here, as the fuzzer's harness does), so
+            # its continuation is gone; it starts again from its saved RIP, as on a first entry.
             context = greenlet.greenlet(self._first_entry(vp, target))
             contexts[target] = context
-        context.parent = here  # a bugcheck in the higher VTL unwinds the VTL that entered it
+        if context.parent is not None:  # the host's main stack has no parent to set
+            context.parent = here  # a bugcheck in the higher VTL unwinds the VTL that entered it
         context.switch()
         if vp.vtl >= target:
             raise GuestHang(f"VTL{target} on VP{vp.index} stopped without returning")
