@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 
-from vbsim.guest.bare import BareKernel, Monitor, boot_bare
-from vbsim.hw.vp import VirtualProcessor
-from vbsim.machine import Machine
-from vbsim.trace import Trace
+from vbsim.conformance.harness import Partition, as_vtl, partition
+
+__all__ = ["Bare", "as_vtl", "make_bare"]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,24 +25,12 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         os.environ["VBSIM_DATA_DIR"] = previous
 
 
-@dataclass
-class Bare:
-    machine: Machine
-    kernel: BareKernel
-    monitor: Monitor
-    trace: Trace
-
-    @property
-    def vp(self) -> VirtualProcessor:
-        return self.machine.bsp
+#: The bare partition with VTL1 enabled: the conformance harness's (one definition for both).
+Bare = Partition
 
 
 def make_bare(vps: int = 1, ram: int = 64 << 20) -> Bare:
-    trace = Trace(record=True)
-    machine = Machine(ram_size=ram, vps=vps, trace=trace)
-    kernel, monitor, failures = boot_bare(machine)
-    assert failures == []
-    return Bare(machine, kernel, monitor, trace)
+    return partition(vps=vps, vsm=True, ram=ram)
 
 
 @pytest.fixture
@@ -53,15 +38,3 @@ def bare() -> Iterator[Bare]:
     env = make_bare()
     yield env
     env.machine.close()
-
-
-@contextmanager
-def as_vtl(vp: VirtualProcessor, vtl: int) -> Iterator[VirtualProcessor]:
-    """Run test code as if it were the software of ``vtl`` on ``vp`` (a debugger's view: the
-    harness stands in for code that VTL would run)."""
-    previous = vp.vtl
-    vp.switch_vtl(vtl)
-    try:
-        yield vp
-    finally:
-        vp.switch_vtl(previous)

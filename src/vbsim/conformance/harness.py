@@ -67,11 +67,13 @@ class Partition:
         self.machine.close()
 
 
-def partition(vps: int = 2, vsm: bool = True, profile: StatusProfile | None = None) -> Partition:
+def partition(
+    vps: int = 2, vsm: bool = True, profile: StatusProfile | None = None, ram: int = RAM
+) -> Partition:
     """A fresh partition; with ``vsm`` False, VTL0 has only its hypercall page (the state
-    kvm-unit-tests' negative tests start from)."""
+    kvm-unit-tests' negative tests start from).  The test suite's ``bare`` fixture is one too."""
     trace = Trace(record=True)
-    machine = Machine(ram_size=RAM, vps=vps, trace=trace)
+    machine = Machine(ram_size=ram, vps=vps, trace=trace)
     profile = profile if profile is not None else _PROFILE[0]
     if profile is not None:
         assert machine.hv is not None
