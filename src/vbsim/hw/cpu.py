@@ -90,6 +90,35 @@ SURFACE: frozenset[str] = frozenset(
 )
 
 
+#: The processor's instructions and helpers a Cpu binds once, at creation (see ``__init__``).
+_BOUND: tuple[str, ...] = (
+    "read",
+    "write",
+    "read_u32",
+    "write_u32",
+    "read_u64",
+    "write_u64",
+    "call",
+    "syscall",
+    "sysret",
+    "vmcall",
+    "wrmsr",
+    "rdmsr",
+    "mov_to_cr",
+    "lidt",
+    "lgdt",
+    "stac",
+    "clac",
+    "invlpg",
+    "out",
+    "inp",
+    "fault",
+    "emit",
+    "wrong_context",
+    "user_call",
+)
+
+
 class Cpu(SharedGprs):
     """Guest code's processor (see the module docstring for what it is and is not)."""
 
@@ -97,49 +126,7 @@ class Cpu(SharedGprs):
     # SURFACE (tests/architecture), and guest code may not touch dunders (its AST check).  The
     # shared general registers themselves (vsm-spec §5.5) live here, in slots, so that guest code
     # reads and writes them at the speed of an attribute; the processor's ``rax`` ... are views.
-    __slots__ = (
-        "__vp__",
-        "call",
-        "clac",
-        "emit",
-        "fault",
-        "index",
-        "inp",
-        "invlpg",
-        "lgdt",
-        "lidt",
-        "mov_to_cr",
-        "out",
-        "r8",
-        "r9",
-        "r10",
-        "r11",
-        "r12",
-        "r13",
-        "r14",
-        "r15",
-        "rax",
-        "rbp",
-        "rbx",
-        "rcx",
-        "rdi",
-        "rdmsr",
-        "rdx",
-        "read",
-        "read_u32",
-        "read_u64",
-        "rsi",
-        "stac",
-        "syscall",
-        "sysret",
-        "user_call",
-        "vmcall",
-        "write",
-        "write_u32",
-        "write_u64",
-        "wrmsr",
-        "wrong_context",
-    )
+    __slots__ = ("__vp__", "index", *SHARED_GPRS, *_BOUND)
 
     if TYPE_CHECKING:
         __vp__: VirtualProcessor
@@ -175,32 +162,7 @@ class Cpu(SharedGprs):
         self.rax = self.rbx = self.rcx = self.rdx = self.rsi = self.rdi = self.rbp = 0
         self.r8 = self.r9 = self.r10 = self.r11 = self.r12 = self.r13 = self.r14 = self.r15 = 0
         self.index = vp.index
-        for name in (
-            "read",
-            "write",
-            "read_u32",
-            "write_u32",
-            "read_u64",
-            "write_u64",
-            "call",
-            "syscall",
-            "sysret",
-            "vmcall",
-            "wrmsr",
-            "rdmsr",
-            "mov_to_cr",
-            "lidt",
-            "lgdt",
-            "stac",
-            "clac",
-            "invlpg",
-            "out",
-            "inp",
-            "fault",
-            "emit",
-            "wrong_context",
-            "user_call",
-        ):
+        for name in _BOUND:
             setattr(self, name, getattr(vp, name))
 
     @property
