@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from vbsim.image.memo import BytesMemo
 from vbsim.image.pkcs7 import DIGESTS
 
 _ANY_EKU = "2.5.29.37.0"
@@ -110,14 +111,9 @@ def load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
             return LoadedCertificate(*known)
     loaded = _load_certificate(source)
     if isinstance(source, bytes):
-        if len(_LOADED) >= _LOADED_MAX:
-            del _LOADED[next(iter(_LOADED))]  # the oldest entry
-        _LOADED[source] = (
-            loaded.cert,
-            loaded.info,
-            loaded.path_length,
-            loaded.key_usage,
-            loaded.notes,
+        _LOADED.put(
+            source,
+            (loaded.cert, loaded.info, loaded.path_length, loaded.key_usage, loaded.notes),
         )
     return loaded
 
@@ -125,11 +121,9 @@ def load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:
 #: Decoded certificates by exact DER: the decoder's immutable products (cryptography's
 #: Certificate, the frozen info, constraints, notes).  Decoding is a pure function of the bytes
 #: and decides nothing: chains and signatures are still checked on every verification.
-_LOADED: dict[
-    bytes,
-    tuple[x509.Certificate, CertificateInfo, int | None, x509.KeyUsage | None, tuple[str, ...]],
-] = {}
-_LOADED_MAX = 256
+_LOADED: BytesMemo[
+    tuple[x509.Certificate, CertificateInfo, int | None, x509.KeyUsage | None, tuple[str, ...]]
+] = BytesMemo(256)
 
 
 def _load_certificate(source: bytes | x509.Certificate) -> LoadedCertificate:

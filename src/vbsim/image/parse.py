@@ -18,6 +18,7 @@ import pefile
 from vbsim.hw.code import THUNK_SIZE, name_of
 from vbsim.image.errors import ImageFormatError
 from vbsim.image.kinds import ImageKind
+from vbsim.image.memo import BytesMemo
 from vbsim.image.policy import (
     POLICY_EXPORT_NAMES,
     POLICY_SECTION_NAME,
@@ -300,15 +301,10 @@ def parse_image(data: bytes) -> ParsedImage:
         raise
     except Exception as exc:  # pefile raises many types; the contract is one error type
         raise ImageFormatError(f"{type(exc).__name__}: {exc}") from exc
-    if len(_PARSED) >= _PARSED_MAX:
-        del _PARSED[next(iter(_PARSED))]  # the oldest entry
-    _PARSED[data] = parsed
+    _PARSED.put(data, parsed)
     return parsed
 
 
-#: Parsed images by their exact bytes.  A parse is a pure function of the bytes and its result
-#: is immutable (frozen dataclasses and tuples), so the same bytes need not go through pefile
-#: again (every boot parses the same handful of images); it decides nothing, and every caller
-#: still hashes and verifies the bytes it holds.  Bounded: the oldest entry goes first.
-_PARSED: dict[bytes, ParsedImage] = {}
-_PARSED_MAX = 64
+#: Parsed images by their exact bytes (the result is frozen dataclasses and tuples); every
+#: caller still hashes and verifies the bytes it holds (``vbsim.image.memo``).
+_PARSED: BytesMemo[ParsedImage] = BytesMemo(64)

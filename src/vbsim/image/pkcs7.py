@@ -26,6 +26,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from vbsim.image.memo import BytesMemo
 from vbsim.image.spc import (
     OBSOLETE_FILE_LINK,
     SPC_INDIRECT_DATA_OID,
@@ -339,14 +340,10 @@ def decode_signed_data(der: bytes) -> DecodedSignature:
         raise
     except Exception as exc:  # asn1crypto raises ValueError/TypeError/KeyError/... lazily
         raise MalformedSignature(f"{type(exc).__name__}: {exc}") from exc
-    if len(_DECODED) >= _DECODED_MAX:
-        del _DECODED[next(iter(_DECODED))]  # the oldest entry
-    _DECODED[der] = decoded
+    _DECODED.put(der, decoded)
     return decoded
 
 
-#: Decoded SignedData by its exact DER.  Decoding is a pure function of the bytes and the result
-#: is immutable (bytes, str, int and tuples), so a boot's images need not go through asn1crypto
-#: again; it decides nothing: every digest and signature check still runs on each verification.
-_DECODED: dict[bytes, DecodedSignature] = {}
-_DECODED_MAX = 128
+#: Decoded SignedData by its exact DER (bytes, str, int and tuples: immutable); every digest
+#: and signature check still runs on each verification (``vbsim.image.memo``).
+_DECODED: BytesMemo[DecodedSignature] = BytesMemo(128)
