@@ -5,7 +5,6 @@ away what let it succeed and it fails)."""
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 from collections.abc import Callable
@@ -13,12 +12,13 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from tests.attacks.record import record_cases, run_once
 
 from vbsim.attacks.catalogue import a15_a20_boot_and_trustlets as boot_ium
 from vbsim.attacks.catalogue import a21_a29_credentials as creds
 from vbsim.attacks.catalogue import seed_statements as seeds
 from vbsim.attacks.context import AttackContext
-from vbsim.attacks.model import PRESET_ORDER, Outcome, RunResult, Scenario
+from vbsim.attacks.model import PRESET_ORDER, Outcome, Scenario
 from vbsim.attacks.runner import run
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw import code
@@ -37,10 +37,7 @@ SCENARIOS: list[Scenario] = [*boot_ium.SCENARIOS, *creds.SCENARIOS, *seeds.SCENA
 VBS_PRESETS = [p for p in PRESET_ORDER if p != "vbs-off"]
 
 
-@functools.cache
-def _run(scenario_id: str, preset: str) -> tuple[RunResult, AttackContext]:
-    scenario = next(s for s in SCENARIOS if s.id == scenario_id)
-    return run(scenario, preset)
+_run = run_once
 
 
 def _events(ctx: AttackContext, mechanism: str, outcome: str | None = None) -> list[Any]:
@@ -56,17 +53,7 @@ def _events(ctx: AttackContext, mechanism: str, outcome: str | None = None) -> l
 MODEL_GAPS: dict[tuple[str, str], str] = {}
 
 
-def _cases() -> list[Any]:
-    cases = []
-    for scenario in SCENARIOS:
-        for preset in PRESET_ORDER:
-            gap = MODEL_GAPS.get((scenario.id, preset))
-            marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
-            cases.append(pytest.param(scenario, preset, marks=marks, id=f"{scenario.id}-{preset}"))
-    return cases
-
-
-@pytest.mark.parametrize(("scenario", "preset"), _cases())
+@pytest.mark.parametrize(("scenario", "preset"), record_cases(SCENARIOS, MODEL_GAPS))
 def test_outcome_matches_public_record(scenario: Scenario, preset: str) -> None:
     result, _ = _run(scenario.id, preset)
     assert result.outcome == scenario.expected[preset], (result.mechanism, result.detail)

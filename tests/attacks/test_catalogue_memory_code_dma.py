@@ -5,19 +5,18 @@ it work — and the same steps give the other outcome."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import pytest
+from tests.attacks.record import record_cases, run_once
 
 from vbsim.attacks.catalogue import a03_a14_memory_code_dma as mcd
 from vbsim.attacks.catalogue import by_id
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import vtl0_rights
-from vbsim.attacks.model import PRESET_ORDER, Capability, Outcome, RunResult, Scenario
+from vbsim.attacks.model import PRESET_ORDER, Capability, Outcome, Scenario
 from vbsim.attacks.runner import run
 from vbsim.guest import hvcall
 from vbsim.hw.slat import R, W
@@ -36,10 +35,7 @@ NO_HVCI = ["vbs-off", "vbs", "legacy-2019"]
 CHECKED = ["vbs", "vbs-hvci", "hardened"]
 
 
-@functools.cache
-def _run(scenario_id: str, preset: str) -> tuple[RunResult, AttackContext]:
-    scenario = next(s for s in SCENARIOS if s.id == scenario_id)
-    return run(scenario, preset)
+_run = run_once
 
 
 def _events(
@@ -64,17 +60,7 @@ def _ram(ctx: AttackContext, gpa: int, length: int = 8) -> bytes:
 MODEL_GAPS: dict[tuple[str, str], str] = {}
 
 
-def _cases() -> list[Any]:
-    cases = []
-    for scenario in SCENARIOS:
-        for preset in PRESET_ORDER:
-            gap = MODEL_GAPS.get((scenario.id, preset))
-            marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
-            cases.append(pytest.param(scenario, preset, marks=marks, id=f"{scenario.id}-{preset}"))
-    return cases
-
-
-@pytest.mark.parametrize(("scenario", "preset"), _cases())
+@pytest.mark.parametrize(("scenario", "preset"), record_cases(SCENARIOS, MODEL_GAPS))
 def test_outcome_matches_public_record(scenario: Scenario, preset: str) -> None:
     result, _ = _run(scenario.id, preset)
     assert result.outcome == scenario.expected[preset], (result.mechanism, result.detail)
