@@ -251,8 +251,8 @@ class Hypervisor:
         for contexts in self.contexts:
             for index, context in enumerate(contexts):
                 contexts[index] = None
-                if context is None or context is here or context.dead:
-                    continue
+                if context is None or context is here or context.dead or context.parent is None:
+                    continue  # (no parent: the host's main stack, which is not ours to unwind)
                 context.parent = here
                 with contextlib.suppress(GuestTermination):  # a flow may end as it unwinds
                     context.throw(greenlet.GreenletExit)
