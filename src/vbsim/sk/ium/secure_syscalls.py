@@ -13,6 +13,7 @@ and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-lis
 from __future__ import annotations
 
 import os
+import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,12 +29,16 @@ from vbsim.sk.ium import process as ium
 # import-machinery call on every system call.
 from vbsim.sk.kernel import SecureKernel
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
+from vbsim.sk.layouts import Storage
 
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
 STORAGE_BY_ID = frozenset({2})
 USER_LIMIT = 1 << 47
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
+_U64 = (1 << 64) - 1
+assert (Storage.TRUSTLET_ID.offset, Storage.KEY.offset, Storage.GPA.offset) == (0, 8, 16)
+_STORAGE_RECORD = struct.Struct("<QQQ")  # Storage record: trustlet ID, key, GPA
 
 
 def _user_ok(va: int, length: int) -> bool:
@@ -187,18 +192,36 @@ def _capability_refused(
     return int(NtStatus.ACCESS_DENIED)
 
 
+def _storage_find(sk: SecureKernel, vp: Cpu, trustlet_id: int, key: int) -> int | None:
+    """The GPA of item ``key`` of ``trustlet_id`` as the storage records in SK memory name it
+    now (``layouts.Storage``, one read of the used records); None: no such item."""
+    count = min(vp.read_u32(sk.storage_va + Storage.COUNT.offset), Storage.MAX)
+    raw = vp.read(sk.storage_va + Storage.RECORDS, count * Storage.RECORD)
+    for owner, item, gpa in _STORAGE_RECORD.iter_unpack(raw):
+        if owner == trustlet_id and item == key:
+            return int(gpa)
+    return None
+
+
 def _storage_page(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, key: int) -> int | None:
-    """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
-    store: dict[tuple[int, int], int] = sk.storage
-    gpa = store.get((process.trustlet_id(vp), key))
-    if gpa is None:
-        pages = ium.request_pages(sk, vp, 1)
-        if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
-            return None
-        sk.mark_own(vp, pages)
-        gpa = pages[0] << PAGE_SHIFT
-        vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
-        store[(process.trustlet_id(vp), key)] = gpa
+    """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand:
+    a page from NT, taken from VTL0, and a new record)."""
+    trustlet_id = process.trustlet_id(vp)
+    gpa = _storage_find(sk, vp, trustlet_id, key)
+    if gpa is not None:
+        return gpa
+    count = vp.read_u32(sk.storage_va + Storage.COUNT.offset)
+    if count >= Storage.MAX:
+        return None
+    pages = ium.request_pages(sk, vp, 1)
+    if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
+        return None
+    sk.mark_own(vp, pages)
+    gpa = pages[0] << PAGE_SHIFT
+    vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
+    record = sk.storage_va + Storage.RECORDS + count * Storage.RECORD
+    vp.write(record, _STORAGE_RECORD.pack(trustlet_id, key & _U64, gpa))
+    vp.write_u32(sk.storage_va + Storage.COUNT.offset, count + 1)
     return gpa
 
 
@@ -226,11 +249,11 @@ def ium_secure_storage_get(
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
-    gpa = sk.storage.get((process.trustlet_id(vp), key))
+    gpa = _storage_find(sk, vp, process.trustlet_id(vp), key)
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
     length = vp.read_u64(sk.space.phys_va(gpa))
-    if length > capacity:
+    if length > min(capacity, PAGE_SIZE - 8):  # the item frame's own bound, whatever it says
         return int(NtStatus.BUFFER_TOO_SMALL)
     data = vp.read(sk.space.phys_va(gpa) + 8, length)
     return int(NtStatus.SUCCESS if write_user(vp, out, data) else NtStatus.ACCESS_VIOLATION)

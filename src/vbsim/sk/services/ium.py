@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
-from vbsim.sk import objects
+from vbsim.sk import objects, sipolicy
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
@@ -66,7 +66,8 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         sk.emit(vp, "ium", "securecall.pfn", "refused", pfn=list_pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
-    admission = admit(data, requested_id, sk.revocation, sk.allowed_ids(vp))
+    # The SkuSiPolicy floors and the allow-list as SK memory holds them now.
+    admission = admit(data, requested_id, sipolicy.read(sk, vp), sk.allowed_ids(vp))
     if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
