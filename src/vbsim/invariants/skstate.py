@@ -186,7 +186,7 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     trustlet: set[int] = set()
     for process in sk.process_objects.values():
         if isinstance(process, ium.SecureProcess):
-            trustlet.update(process.table_pfns)
+            trustlet.update(process.host_table_pfns(ram))
     for gpn in tables:
         labels.setdefault(gpn, "page-table")
     for gpn in space.code_pages:

@@ -187,6 +187,36 @@ class SkProcess:
     MAILBOX_LENGTH = Field("length", 0x08, 4, MODEL)
     MAILBOX_ENTRY = 0x10
     MAILBOX_SLOTS = 8
+    #: The trustlet's PML4 (KPROCESS.DirectoryTableBase, Vergilius Project _KPROCESS; offset:
+    #: model): what the SK loads into CR3 to run it and walks to probe its pointers.
+    DIRECTORY_TABLE_BASE = Field("DirectoryTableBase", 0xC0, 8, "Vergilius _KPROCESS (name)")
+    #: The PFN of the process's frame-list page (``FrameList``), an SK pool frame.
+    FRAME_LIST = Field("frame_list", 0xC8, 8, MODEL)
+    IMAGE_COUNT = Field("image_count", 0xD0, 4, MODEL)
+    PRIVATE_COUNT = Field("private_count", 0xD4, 4, MODEL)
+    TABLE_COUNT = Field("table_count", 0xD8, 4, MODEL)
+    SECTION_COUNT = Field("section_count", 0xDC, 4, MODEL)
+    #: Secure sections the trustlet shares with VTL0 (vbs-internals §4.4): VA, page count, PFNs.
+    SECTIONS = 0x100
+    SECTION_VA = Field("va", 0x00, 8, MODEL)
+    SECTION_PAGES = Field("pages", 0x08, 4, MODEL)
+    SECTION_PFNS = 0x10
+    SECTION_MAX_PAGES = 16
+    SECTION = SECTION_PFNS + 8 * SECTION_MAX_PAGES
+    SECTION_SLOTS = 8
+    #: The image section's PFNs (NT's pages, VTL0-read-only), in order; u64 each.
+    IMAGE_PFNS = 0x800
+    IMAGE_MAX = (PAGE_SIZE - IMAGE_PFNS) // 8
+
+
+class FrameList:
+    """A secure process's second page (``SkProcess.FRAME_LIST``): the PFNs of its private
+    pages (taken from VTL0) and of its page-table frames (from the SK's pool), u64 each, counts
+    in the SKPROCESS page (model)."""
+
+    PRIVATE = 0x000
+    TABLES = 0x800
+    MAX = 0x800 // 8
 
 
 # -- the secure handle table and the objects it points to ----------------------------------------

@@ -123,7 +123,7 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         "created",
         handle=handle,
         trustlet_id=requested_id,
-        private_pages=len(process.private_pfns),
+        private_pages=process.read(vp, SkProcessLayout.PRIVATE_COUNT),
     )
     return Reply(NtStatus.SUCCESS, [handle])
 
@@ -170,9 +170,12 @@ def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         if message_length
         else b""
     )
-    message_gpa = process.private_pfns[0] << PAGE_SHIFT
+    message_page, reply_page = process.private_pfn(vp, 0), process.private_pfn(vp, 1)
+    if message_page is None or reply_page is None:  # the frame list says otherwise: refuse
+        return Reply(NtStatus.INVALID_HANDLE)
+    message_gpa = message_page << PAGE_SHIFT
     vp.write(sk.space.phys_va(message_gpa), message + bytes(PAGE_SIZE - len(message)))
-    reply_gpa = process.private_pfns[1] << PAGE_SHIFT
+    reply_gpa = reply_page << PAGE_SHIFT
     vp.write(sk.space.phys_va(reply_gpa), bytes(PAGE_SIZE))
     names = list(process.routines)
     routine = (
@@ -282,10 +285,10 @@ def create_secure_section(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Re
     process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    index = args.fields[1]
-    if not 0 <= index < len(process.sections):
+    section = process.section(vp, args.fields[1])  # the SKPROCESS page's section table, now
+    if section is None:
         return Reply(NtStatus.INVALID_PARAMETER)
-    _, pfns = process.sections[index]
+    _, pfns = section
     return Reply(NtStatus.SUCCESS, [len(pfns), *pfns[:10]])
 
 
@@ -306,7 +309,7 @@ def rundown_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    for pfn in process.private_pfns:
+    for pfn in process.private_pfns(vp):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
     write_field(vp, process.object_va, SkProcessLayout.TERMINATED, 1)
     sk.emit(vp, "ium", "rundown", "terminated", trustlet_id=process.trustlet_id(vp))
