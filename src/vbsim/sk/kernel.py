@@ -219,11 +219,11 @@ class SecureKernel:
         self.kdp: Any = None
         self.hvpt: Any = None
         self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
-        #: SKPROCESS object VA → the process's Python side: its page-tables root, parsed image
-        #: and routine VAs, frame lists (``ium.process.SecureProcess``).  Identity, policy,
-        #: keys, state and threads are in the SKPROCESS and thread objects in SK memory; the
-        #: SK finds a process from its handle or the processor block, never from this map's
-        #: keys alone.
+        #: SKPROCESS object VA → the process's symbol data: its parsed image and routine VAs
+        #: (``ium.process.SecureProcess``).  Identity, policy, keys, state, threads, the
+        #: DirectoryTableBase and the frame lists are in the SKPROCESS page, its frame list and
+        #: the thread objects in SK memory; the SK finds a process from its handle or the
+        #: processor block, never from this map's keys alone.
         self.process_objects: dict[int, Any] = {}
         # Secure-storage records (``layouts.Storage``) and the intercept log
         # (``layouts.InterceptLog``): SK data pages.

@@ -26,11 +26,22 @@ directory), the small-object pool (``ObjectPool``) and the secure threads (``Sec
 
 The SK processor block (``Prcb``) names each VP's current trustlet and secure thread.
 
-Not yet in SK memory (issue 10, named so nobody mistakes them for done): secure-storage page
-bookkeeping (``SecureKernel.storage``), the HVPT pin records, the SkuSiPolicy floors
-(``SecureKernel.revocation``), and the secure process object's Python side (``SecureProcess``:
-page-tables root, frame lists, routine VAs, the parsed image, secure sections, the probe cache).
-"""
+Moved into SK memory by issue 10's second pass (they were Python attributes): the secure-storage
+records (``Storage``; was ``SecureKernel.storage``), the SkuSiPolicy floors (``Revocation``,
+copied by the loader as the configuration is, read by SKCI at each admission through
+``sk.sipolicy``; was ``SecureKernel.revocation``), the intercept log (``InterceptLog``; was
+``SecureKernel.intercepts``), HVPT's records (``HvptRecords``: the HLAT root, the VPs it
+enabled and the pinned ranges; whether a page is pinned is read from the HLAT tables
+themselves; were ``HvptState.pinned`` / ``ranges`` / ``enabled``), and the secure process's
+address space and frames (``SkProcess.DIRECTORY_TABLE_BASE``, the image PFNs and secure
+sections in the SKPROCESS page, the private and page-table PFNs in its ``FrameList`` page;
+the probe cache of earlier walks is gone: every probe walks the tables).
+
+What stays in Python, and why (symbol-table data, no value a decision reads): the parsed
+trustlet image and its routine VAs (``sk.ium.process.SecureProcess``, derived once from the
+signed bytes SKCI verified); the root a trustlet's tables were built at and HVPT's HLAT root
+and table frames as host-tool conveniences (the SK itself reads both from SK memory).
+""""""
 
 from __future__ import annotations
 

@@ -113,6 +113,8 @@ _SUCCESS, _ACCESS_VIOLATION = int(NtStatus.SUCCESS), int(NtStatus.ACCESS_VIOLATI
 _SVN_OFFSET = SkProcessLayout.SVN.offset
 _TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
 assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
+assert (_TID_OFFSET, _SVN_OFFSET) == (0, 0x1C)
+_TID_SVN = struct.Struct("<Q20xI")  # SKPROCESS: TRUSTLET_ID at 0, SVN at 0x1C
 
 
 def _svn(vp: Cpu, process: ium.SecureProcess) -> int:
@@ -131,7 +133,9 @@ def ium_get_idk(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: lis
     if kind not in (0, 1) or out_len < 32:
         return int(NtStatus.INVALID_PARAMETER)
     label = b"idk-signing" if kind else b"idk-encryption"
-    key = keys.derive(sk, vp, keys.IDK, _tid(vp, process), _svn(vp, process), label)
+    # Trustlet ID and SVN in one load of the SKPROCESS header (this is the hot path).
+    trustlet_id, svn = _TID_SVN.unpack(vp.read(process.object_va, _TID_SVN.size))
+    key = keys.derive(sk, vp, keys.IDK, trustlet_id, svn, label)
     return _SUCCESS if write_user(sk, vp, process, out, key) else _ACCESS_VIOLATION
 
 
