@@ -41,7 +41,7 @@ What stays in Python, and why (symbol-table data, no value a decision reads): th
 trustlet image and its routine VAs (``sk.ium.process.SecureProcess``, derived once from the
 signed bytes SKCI verified); the root a trustlet's tables were built at and HVPT's HLAT root
 and table frames as host-tool conveniences (the SK itself reads both from SK memory).
-""""""
+"""
 
 from __future__ import annotations
 
