@@ -36,6 +36,8 @@ class NtStatus(IntEnum):
     NOT_SUPPORTED = 0xC000_00BB
     INVALID_DEVICE_STATE = 0xC000_0184
     NOT_FOUND = 0xC000_0225
+    #: ntstatus.h: NtClose on a handle protected from close (windows-sys: -1073741259).
+    HANDLE_NOT_CLOSABLE = 0xC000_0235
     INVALID_IMAGE_HASH = 0xC000_0428
     IMAGE_CERT_REVOKED = 0xC000_0603
     PROCESS_IS_PROTECTED = 0xC000_0712

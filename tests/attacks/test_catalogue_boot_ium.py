@@ -320,7 +320,8 @@ def test_seed_k0_reads_ium_memory_once_vtl1_opens_the_page() -> None:
         sk = ctx.booted.sk
         lsaiso = boot_ium.trustlets(ctx, 1)[0]
         assert sk is not None
-        ctx.secure_kernel(lambda vp: sk.set_vtl0_rights(vp, lsaiso.private_pfns, 0xF))
+        private = lsaiso.private_pfns  # read through the SK's processor below
+        ctx.secure_kernel(lambda vp: sk.set_vtl0_rights(vp, private(vp), 0xF))
         seeds.kernel_reads_ium_steps(ctx)
 
     result, _ = run(replace(seeds.KERNEL_READS_IUM, steps=opened), "vbs")

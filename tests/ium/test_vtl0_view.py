@@ -135,8 +135,9 @@ def test_private_memory_is_not_readable_with_debug_privilege(
 def test_k0_read_of_a_private_page_is_intercepted_and_bugchecks(fresh: Machine) -> None:
     process = fresh.started(trustlet_image(LSAISO), 1, LSAISO)
     assert fresh.run(process, protect_message()).status == NtStatus.SUCCESS
-    gpa = fresh.secure_process(process).private_pfns[2] << PAGE_SHIFT  # LsaIso's heap
     assert fresh.system.machine is not None
+    private = fresh.secure_process(process).host_private_pfns(fresh.system.machine.ram)
+    gpa = private[2] << PAGE_SHIFT  # LsaIso's heap
     assert OWF in fresh.system.machine.ram.read(gpa, PAGE_SIZE)  # the oracle: it is there
     vp = fresh.vp
     assert (vp.vtl, vp.cpl) == (0, 0)
@@ -170,7 +171,10 @@ def test_image_pages_are_readable_from_vtl0(
     page = machine.vp.read(DIRECT_MAP + image_gpa(machine, lsa, 1), PAGE_SIZE)
     assert page == image[PAGE_SIZE : 2 * PAGE_SIZE]
     assert not machine.events_since(mark, "intercept")
-    assert image_gpa(machine, lsa, 1) >> PAGE_SHIFT == machine.secure_process(lsa).image_pfns[1]
+    assert (
+        image_gpa(machine, lsa, 1) >> PAGE_SHIFT
+        == machine.secure_process(lsa).host_image_pfns(machine.system.machine.ram)[1]
+    )
 
 
 def test_k0_write_to_an_image_page_is_refused_by_slat(fresh: Machine) -> None:
@@ -306,7 +310,8 @@ def test_rundown_terminates_the_trustlet_and_clears_its_memory(fresh: Machine) -
     secure = fresh.secure_process(process)
     machine = fresh.system.machine
     assert machine is not None
-    message_page = secure.private_pfns[0] << PAGE_SHIFT
+    private = secure.host_private_pfns(machine.ram)
+    message_page = private[0] << PAGE_SHIFT
     assert secret in machine.ram.read(message_page, PAGE_SIZE)  # the oracle: it is there
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[:2] == (0, [1] + [0] * 10)
     mark = fresh.mark()
@@ -318,12 +323,11 @@ def test_rundown_terminates_the_trustlet_and_clears_its_memory(fresh: Machine) -
     assert secure_call(fresh, Service.IS_TRUSTLET_RUNNING, 4)[1][0] == 0
     assert fresh.run(process, kit.message(kit.OP_ECHO)).status == NtStatus.INVALID_HANDLE
     assert all(
-        machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE) == bytes(PAGE_SIZE)
-        for pfn in secure.private_pfns
+        machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE) == bytes(PAGE_SIZE) for pfn in private
     )
     # Its memory stays VTL1's: nothing of it returns to VTL0.
     assert machine.slat is not None
-    assert all(machine.slat.rights(0, pfn) == 0 for pfn in secure.private_pfns)
+    assert all(machine.slat.rights(0, pfn) == 0 for pfn in private)
     status, _ = secure_call(fresh, Service.RUNDOWN_PROCESS, process.secure_pid)
     assert status == NtStatus.INVALID_HANDLE
 

@@ -46,7 +46,7 @@ def test_a5_remap_defeats_kdp_without_hvpt() -> None:
 def test_a5_remap_changes_nothing_with_hvpt() -> None:
     system, machine, nt, vp, section = _protected("hardened")
     sk = sk_of(system)
-    assert hvpt.protected_va(sk, section.va)
+    assert hvpt.host_pinned(space_of(sk).ram, sk, section.va) == section.gpa >> PAGE_SHIFT
     _forged_va, forged_pfn = kernel_page(nt, vp, FORGED.to_bytes(8, "little"))
     old = remap(nt, vp, section.va, forged_pfn << PAGE_SHIFT, RWNX)
     assert old & ~0xFFF & ((1 << 52) - 1) == section.gpa  # the PTE really was edited
@@ -179,7 +179,7 @@ def test_a5_code_remap_runs_attacker_code_without_hvci_or_hvpt() -> None:
 def test_a5_code_remap_is_ignored_with_hvpt() -> None:
     _RAN.clear()
     system, vp, target = _remap_code("hardened")
-    assert hvpt.protected_va(sk_of(system), target)
+    assert hvpt.host_pinned(space_of(sk_of(system)).ram, sk_of(system), target) is not None
     assert vp.fetch(target) is not _payload
     assert target >= CODE_BASE and not _RAN
 

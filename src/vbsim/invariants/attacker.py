@@ -849,9 +849,9 @@ class Session:
         table = sk.host_processes(ram)
         processes = [p for p in table.values() if isinstance(p, ium.SecureProcess)]
         if name == "trustlet":
-            return [pfn for p in processes for pfn in p.private_pfns]
+            return [pfn for p in processes for pfn in p.host_private_pfns(ram)]
         if name == "image":
-            return [pfn for p in processes for pfn in p.image_pfns]
+            return [pfn for p in processes for pfn in p.host_image_pfns(ram)]
         if name == "hlat":
             from vbsim.sk import hvpt
 

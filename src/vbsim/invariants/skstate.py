@@ -8,16 +8,19 @@ classes:
   the VTL entry reason there) and SynIC message page (intercept and IOMMU-fault messages), and
   the secure-call capture pages of ``sk.services.allocation`` and their control page (VTL0 data
   copied in before any check — a refused call writes them too; a call holds one across its
-  normal calls).  Not checked.
+  normal calls), and the intercept log (the SINT0 handler appends to it whenever VTL0 touches
+  memory its SLAT denies).  Not checked.
 - **allocation** — pages an *accepted* secure call writes: the secure-allocation arena
   (CREATE/FILL_SECURE_ALLOCATION), the KDP secure-pool record page (COPY_PROTECTED_PAGE), the
   SK state block, HVCI's and KDP's tables (each only by its owner's services), and the object
   manager's pages (``sk.objects``): the handle table, the small-object pool and the secure-thread
-  table.  They may change only inside a secure call that returns STATUS_SUCCESS.
+  table; the secure-storage records; HVPT's records (only by KDP's services).  They may change
+  only inside a secure call that returns STATUS_SUCCESS.
 - **tables** — the SK's own page-table frames: the processor sets Accessed/Dirty bits as the SK
   touches memory (its own action), so they are compared with bits 5 and 6 of every entry masked.
-- **static** — everything else: code, the IDT, the key pages, the SKPG-like policy page, the
-  dump-key page, the hypercall page ...  They never change after PHASE4_INIT.
+- **static** — everything else: code, the IDT, the key pages, the configuration block, the
+  SkuSiPolicy floors, the trustlet allow-list, the IUM filter, the secure-call dispatch table,
+  the dump-key page, the hypercall page ...  They never change after PHASE4_INIT.
 
 Frames the SK takes later from its pool (trustlet page tables, storage pages, the SKPROCESS and
 SECURE_IMAGE object bodies) are not in the classes: the classes are fixed at attach time; the
@@ -91,6 +94,7 @@ def _gpn(ram: GuestRam, sk: SecureKernel, va: int) -> int | None:
 
 def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     """The classes of the SK's frames; ``space`` is the loader's side of its address space."""
+    from vbsim.sk import hvpt
     from vbsim.sk.ium import process as ium
     from vbsim.sk.services import allocation, kdp
 
@@ -147,6 +151,17 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     span(sk.handles_gpa, HandleTable.PAGES, "handle-table")
     span(sk.objects_gpa, ObjectPool.PAGES, "object-pool")
     span(sk.threads_gpa, 1, "thread-table")
+    # Secure-storage records: written by IumSecureStoragePut inside a resumed trustlet thread
+    # (a secure call that returns its status).
+    span(sk.storage_gpa, 1, "secure-storage-records")
+    # HVPT's records (root, enabled VPs, pinned ranges): only KDP's services pin after phase 1.
+    hvpt_state = sk.hvpt
+    if isinstance(hvpt_state, hvpt.HvptState):
+        span(hvpt_state.records_gpa, 1, "hvpt-records", KDP_WRITERS)
+    # The intercept log is written by the SK's SINT0 handler, not by a secure call: VTL0 makes
+    # entries by touching memory its SLAT denies, by design.  Scratch.
+    scratch.add(sk.intercepts_gpa >> PAGE_SHIFT)
+    labels[sk.intercepts_gpa >> PAGE_SHIFT] = "intercept-log"
     # The own-page and frame-pool bitmaps change in refused calls too: a trustlet creation that
     # fails after the SK withdrew VTL0's rights keeps the frames (giving them back would need a
     # clear-and-return path the model does not have).  Judged as scratch for now (issue 10).
@@ -164,13 +179,14 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
         span(sk.kdp.owners_gpa, table_pages(sk.ram_pages), "kdp-owners", KDP_WRITERS)
     labels[sk.config_gpa >> PAGE_SHIFT] = "sk-config"
     labels[sk.allow_gpa >> PAGE_SHIFT] = "trustlet-allow-list"
+    labels[sk.revocation_gpa >> PAGE_SHIFT] = "sku-si-policy"
     labels[sk.filter_gpa >> PAGE_SHIFT] = "ium-filter"
     for index in range(Dispatch.SIZE // PAGE_SIZE):
         labels[(sk.dispatch_gpa >> PAGE_SHIFT) + index] = f"securecall-dispatch[{index}]"
     trustlet: set[int] = set()
     for process in sk.process_objects.values():
         if isinstance(process, ium.SecureProcess):
-            trustlet.update(process.table_pfns)
+            trustlet.update(process.host_table_pfns(ram))
     for gpn in tables:
         labels.setdefault(gpn, "page-table")
     for gpn in space.code_pages:

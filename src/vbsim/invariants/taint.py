@@ -252,8 +252,8 @@ def add_trustlets(
             continue
         trustlet_id = process.host_trustlet_id(ram)
         tag = f"trustlet{trustlet_id}@{handle:#x}"
-        if credentials and trustlet_id == 1 and len(process.private_pfns) > 2:
-            heap = process.private_pfns[2] << PAGE_SHIFT
+        if credentials and trustlet_id == 1 and len(process.host_private_pfns(ram)) > 2:
+            heap = process.host_private_pfns(ram)[2] << PAGE_SHIFT
             table_gpa = heap + (lsaiso.TABLE_VA - ium.HEAP_VA)
             count = min(ram.read_u64(table_gpa) & 0xFFFF_FFFF, lsaiso.MAX_RECORDS)
             for index in range(count):
@@ -275,7 +275,9 @@ def add_trustlets(
         if trustlet_id in CANARY_TRUSTLETS:  # an attacker's trustlet may publish its own
             _add_mailboxes(ram, secrets, process, tag, plant_canaries)
         if plant_canaries and trustlet_id in CANARY_TRUSTLETS:
-            for number, pfn in enumerate(process.private_pfns[FIRST_SPARE : ium.PRIVATE_PAGES]):
+            for number, pfn in enumerate(
+                process.host_private_pfns(ram)[FIRST_SPARE : ium.PRIVATE_PAGES]
+            ):
                 name = f"canary:{tag}.private[{number + FIRST_SPARE}]"
                 if not secrets.known(name):
                     plant(ram, secrets, name, pfn << PAGE_SHIFT, PAGE_SIZE)

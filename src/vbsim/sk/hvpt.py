@@ -31,8 +31,9 @@ Every decision is a trace event of kind ``hvpt``.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import CODE_BASE
@@ -40,7 +41,7 @@ from vbsim.hv import defs
 from vbsim.hv.defs import HvMapGpaFlags, HvRegisterName
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ntstatus import BugCheck
-from vbsim.sk.layouts import Config
+from vbsim.sk.layouts import Config, HvptRecords, Mem, read_field, write_field
 
 if TYPE_CHECKING:
     from vbsim.hw.cpu import Cpu
@@ -99,19 +100,41 @@ class Mapping:
 
 @dataclass
 class HvptState:
-    root: int  # GPA of the HLAT PML4
-    #: the HLAT table frames (GPA page numbers), root first
+    """Where HVPT's structures are.  Every value HVPT decides from is in SK memory: the records
+    page (``layouts.HvptRecords``: the HLAT root the SK programmed, which VPs it enabled, the
+    pinned ranges) and the HLAT tables themselves (whether a page is pinned).  ``root`` is the
+    value the SK wrote into HLATP (a register, as a kernel knows its own CR3; 0 before phase 1)
+    and ``table_pfns`` the frames it took for the tables, root first: both for host tools (the
+    report, the soak's targets); no SK decision reads them."""
+
+    records_va: int
+    records_gpa: int
+    root: int = 0
     table_pfns: list[int] = field(default_factory=list)
-    #: virtual page → GPA page pinned in the tables (a mirror of what the tables say, for reports)
-    pinned: dict[int, int] = field(default_factory=dict)
-    ranges: list[tuple[int, int, str]] = field(default_factory=list)
-    #: VP indices whose VTL0 secure config carries hardware_hvpt_enabled (set by this SK)
-    enabled: set[int] = field(default_factory=set)
+
+
+def allocate(sk: SecureKernel) -> None:
+    """Loader: the records page (zero: HVPT not running until phase 1 sets the root)."""
+    va, gpa = sk.builder().alloc_data(1)
+    sk.hvpt = HvptState(va, gpa)
 
 
 def state(sk: SecureKernel) -> HvptState | None:
+    """HVPT's addresses once phase 1 built the HLAT root (host tools; the SK reads
+    :func:`root` from its records)."""
+    value = sk.hvpt
+    return value if isinstance(value, HvptState) and value.root else None
+
+
+def _records(sk: SecureKernel) -> HvptState | None:
     value = sk.hvpt
     return value if isinstance(value, HvptState) else None
+
+
+def root(sk: SecureKernel, vp: Mem) -> int:
+    """The HLAT root as the SK's records hold it now; 0: HVPT is not running."""
+    st = _records(sk)
+    return read_field(vp, st.records_va, HvptRecords.ROOT) & PTE_ADDR_MASK if st else 0
 
 
 def _phys(sk: SecureKernel, gpa: int) -> int:
@@ -167,9 +190,9 @@ def translate(sk: SecureKernel, vp: Cpu, va: int, cr3: int | None = None) -> Map
     va &= 0xFFFF_FFFF_FFFF_FFFF
     if not (va < 1 << 47 or va >= 0xFFFF_8000_0000_0000):
         return None
-    st = state(sk)
-    if st is not None and va >> 63:
-        found = _walk(sk, vp, st.root, va, restartable=True)
+    hlat = root(sk, vp) if va >> 63 else 0
+    if hlat:
+        found = _walk(sk, vp, hlat, va, restartable=True)
         if found is not True:
             return found if isinstance(found, Mapping) else None
     found = _walk(sk, vp, vtl0_cr3(sk, vp) if cr3 is None else cr3, va, restartable=False)
@@ -207,17 +230,20 @@ def _enable_on(sk: SecureKernel, vp: Cpu, index: int) -> bool:
 
 
 def _reload(sk: SecureKernel, vp: Cpu, st: HvptState) -> bool:
-    """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs."""
-    control = CONTROL_ENABLE | PREFIX_SIZE << CONTROL_PREFIX_SHIFT | st.root
+    """(Re)program HLAT on every VP's VTL0; the hypervisor drops their VTL0 TLBs.  Which VPs
+    already carry hardware_hvpt_enabled is the records' ENABLED bitmap, read now."""
+    control = CONTROL_ENABLE | PREFIX_SIZE << CONTROL_PREFIX_SHIFT | root(sk, vp)
+    enabled = read_field(vp, st.records_va, HvptRecords.ENABLED)
     ok = True
     # One hypercall per VP that names it (HvCallSetVpRegisters' VpIndex, vsm-spec §4): the
     # hypervisor does the per-VP work; the SK never touches another processor.
     for index in range(sk.config(vp, Config.VPS)):
-        if index not in st.enabled:
+        if index >= 64 or not enabled >> index & 1:
             if not _enable_on(sk, vp, index):
                 ok = False
                 continue
-            st.enabled.add(index)
+            enabled |= (1 << index) if index < 64 else 0
+            write_field(vp, st.records_va, HvptRecords.ENABLED, enabled)
         result = hvcall.set_vp_registers(
             vp,
             sk.params,
@@ -230,7 +256,7 @@ def _reload(sk: SecureKernel, vp: Cpu, st: HvptState) -> bool:
 
 
 def _pin_one(sk: SecureKernel, vp: Cpu, st: HvptState, va: int, m: Mapping) -> None:
-    table = st.root
+    table = root(sk, vp)
     for shift in _LEVEL_SHIFTS[:3]:
         entry = _phys(sk, table + (((va >> shift) & 0x1FF) << 3))
         value = vp.read_u64(entry)
@@ -249,7 +275,19 @@ def _pin_one(sk: SecureKernel, vp: Cpu, st: HvptState, va: int, m: Mapping) -> N
     if m.nx:
         leaf |= _NX
     vp.write_u64(_phys(sk, table + (((va >> 12) & 0x1FF) << 3)), leaf)
-    st.pinned[va >> PAGE_SHIFT] = m.gpa >> PAGE_SHIFT
+
+
+def _record_range(vp: Mem, st: HvptState, first: int, end: int, label: str) -> None:
+    """A range record for reports (a ring of ``HvptRecords.MAX``; COUNT counts them all)."""
+    count = read_field(vp, st.records_va, HvptRecords.COUNT)
+    record = st.records_va + HvptRecords.RANGES + (count % HvptRecords.MAX) * HvptRecords.RANGE
+    name = label.encode("ascii", "replace")[: HvptRecords.LABEL.size - 1]
+    vp.write(record, _RANGE.pack(first, end, name))
+    write_field(vp, st.records_va, HvptRecords.COUNT, count + 1)
+
+
+_RANGE = struct.Struct("<QQ16s")  # HvptRecords range: first, end, label
+assert _RANGE.size == HvptRecords.RANGE and HvptRecords.LABEL.offset == 0x10
 
 
 def pin(
@@ -263,8 +301,8 @@ def pin(
     not running (nothing is pinned).  With ``rights`` (the VTL0 rights the caller just gave the
     pages), their protection is re-issued with hvdef's ``verify_paging_writability``: the pages
     are to be reached only through paging structures marked ``paging_writability``."""
-    st = state(sk)
-    if st is None or not pages:
+    st = _records(sk)
+    if st is None or not pages or not root(sk, vp):
         return False
     for va, mapping in pages:
         _pin_one(sk, vp, st, va & ~PAGE_MASK, mapping)
@@ -273,7 +311,7 @@ def pin(
         sk.set_vtl0_rights(vp, gpns, rights | VERIFY_PAGING_WRITABILITY)
     first = pages[0][0] & ~PAGE_MASK
     last = (pages[-1][0] & ~PAGE_MASK) + PAGE_SIZE
-    st.ranges.append((first, last, label))
+    _record_range(vp, st, first, last, label)
     ok = _reload(sk, vp, st)
     sk.emit(
         vp,
@@ -295,9 +333,12 @@ def setup(sk: SecureKernel, vp: Cpu) -> None:
     if not available(sk, vp):
         sk.emit(vp, "hvpt", "hvpt", "unavailable", reason="hardware_hvpt_available")
         return
-    root = _new_table(sk, vp, None) << PAGE_SHIFT
-    st = HvptState(root, [root >> PAGE_SHIFT])
-    sk.hvpt = st
+    st = _records(sk)
+    if st is None:
+        return
+    hlat = _new_table(sk, vp, st) << PAGE_SHIFT
+    write_field(vp, st.records_va, HvptRecords.ROOT, hlat)
+    st.root = hlat  # what HLATP is about to hold (for host tools)
     code: list[tuple[int, Mapping]] = []
     cr3 = vtl0_cr3(sk, vp)
     for i in range(MAX_CODE_PAGES):
@@ -310,10 +351,62 @@ def setup(sk: SecureKernel, vp: Cpu) -> None:
         pin(sk, vp, code, "nt.code")
     else:
         _reload(sk, vp, st)
-    sk.emit(vp, "hvpt", "hvpt", "enabled", root=root, code_pages=len(code))
+    sk.emit(vp, "hvpt", "hvpt", "enabled", root=hlat, code_pages=len(code))
 
 
-def protected_va(sk: SecureKernel, va: int) -> bool:
-    """Whether the SK's HLAT tables pin the page of ``va``."""
-    st = state(sk)
-    return st is not None and (va >> PAGE_SHIFT) in st.pinned
+def is_pinned(sk: SecureKernel, vp: Cpu, va: int) -> bool:
+    """Whether the SK's HLAT tables pin the page of ``va``: a walk of the tables as they stand
+    in SK memory now (a leaf that is present and not "restart")."""
+    hlat = root(sk, vp)
+    if not hlat or not va >> 63:
+        return False
+    return isinstance(_walk(sk, vp, hlat, va, restartable=True), Mapping)
+
+
+# -- host side: tools standing outside the machine read the same bytes from RAM ----------------
+class _Ram(Protocol):
+    def read(self, gpa: int, length: int, /) -> bytes: ...
+
+
+def host_root(ram: _Ram, sk: SecureKernel) -> int:
+    st = _records(sk)
+    if st is None:
+        return 0
+    raw = ram.read(st.records_gpa + HvptRecords.ROOT.offset, HvptRecords.ROOT.size)
+    return int.from_bytes(raw, "little") & PTE_ADDR_MASK
+
+
+def host_pinned(ram: _Ram, sk: SecureKernel, va: int) -> int | None:
+    """The GPA page the HLAT tables in RAM pin ``va``'s page to; None: not pinned."""
+    table = host_root(ram, sk)
+    limit = sk.ram_pages << PAGE_SHIFT
+    if not table or not va >> 63:
+        return None
+    for shift in _LEVEL_SHIFTS:
+        entry_gpa = table + (((va >> shift) & 0x1FF) << 3)
+        if entry_gpa + 8 > limit:
+            return None
+        value = int.from_bytes(ram.read(entry_gpa, 8), "little")
+        if not value & _P or value & RESTART:
+            return None
+        if shift == 12 or (shift in (30, 21) and value & _PS):
+            mask = (1 << shift) - 1
+            return ((value & PTE_ADDR_MASK & ~mask) | (va & mask)) >> PAGE_SHIFT
+        table = value & PTE_ADDR_MASK
+    return None  # pragma: no cover - the PTE level always ends the loop
+
+
+def host_ranges(ram: _Ram, sk: SecureKernel) -> list[tuple[int, int, str]]:
+    """(first VA, end VA, label) of the pinned ranges the records still hold, oldest first."""
+    st = _records(sk)
+    if st is None:
+        return []
+    raw = ram.read(st.records_gpa, PAGE_SIZE)
+    count = int.from_bytes(raw[HvptRecords.COUNT.offset : HvptRecords.COUNT.offset + 4], "little")
+    kept = min(count, HvptRecords.MAX)
+    out: list[tuple[int, int, str]] = []
+    for n in range(count - kept, count):
+        offset = HvptRecords.RANGES + (n % HvptRecords.MAX) * HvptRecords.RANGE
+        first, end, label = _RANGE.unpack_from(raw, offset)
+        out.append((first, end, label.split(b"\0", 1)[0].decode("ascii", "replace")))
+    return out

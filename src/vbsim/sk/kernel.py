@@ -147,8 +147,12 @@ class SecureKernel:
         self.config_va, self.config_gpa = space.alloc_data(1)
         for fld, value in loader.config:
             loader.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
-        #: The SkuSiPolicy floors (a frozen value the loader hands over; not yet in SK memory).
-        self.revocation = revocation
+        # The SkuSiPolicy floors: copied into an SK page, as the configuration is; SKCI reads
+        # them from there at each admission (``sk.sipolicy``).  The value itself is not kept.
+        from vbsim.sk import sipolicy
+
+        self.revocation_va, self.revocation_gpa = space.alloc_data(1)
+        loader.write(self.revocation_gpa, sipolicy.encode(revocation))
         # The trustlet allow-list and the IUM system-call filter (vbs-internals §3.2, §4.1).
         from vbsim.sk.ium import skci
         from vbsim.sk.ium import syscalls as ium_syscalls
@@ -215,14 +219,16 @@ class SecureKernel:
         self.kdp: Any = None
         self.hvpt: Any = None
         self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
-        #: SKPROCESS object VA → the process's Python side: its page-tables root, parsed image
-        #: and routine VAs, frame lists (``ium.process.SecureProcess``).  Identity, policy,
-        #: keys, state and threads are in the SKPROCESS and thread objects in SK memory; the
-        #: SK finds a process from its handle or the processor block, never from this map's
-        #: keys alone.
+        #: SKPROCESS object VA → the process's symbol data: its parsed image and routine VAs
+        #: (``ium.process.SecureProcess``).  Identity, policy, keys, state, threads, the
+        #: DirectoryTableBase and the frame lists are in the SKPROCESS page, its frame list and
+        #: the thread objects in SK memory; the SK finds a process from its handle or the
+        #: processor block, never from this map's keys alone.
         self.process_objects: dict[int, Any] = {}
-        self.storage: dict[tuple[int, int], int] = {}
-        self.intercepts: list[dict[str, int]] = []
+        # Secure-storage records (``layouts.Storage``) and the intercept log
+        # (``layouts.InterceptLog``): SK data pages.
+        self.storage_va, self.storage_gpa = space.alloc_data(1)
+        self.intercepts_va, self.intercepts_gpa = space.alloc_data(1)
         #: Functions run at the end of phase 1 (HVCI's initial SLAT, ...), registered by modules.
         self.phase1_hooks: list[Callable[[SecureKernel, Cpu], None]] = []
         #: The resume-thread operation (IUM); set by the IUM service module.

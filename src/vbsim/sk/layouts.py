@@ -26,10 +26,21 @@ directory), the small-object pool (``ObjectPool``) and the secure threads (``Sec
 
 The SK processor block (``Prcb``) names each VP's current trustlet and secure thread.
 
-Not yet in SK memory (issue 10, named so nobody mistakes them for done): secure-storage page
-bookkeeping (``SecureKernel.storage``), the HVPT pin records, the SkuSiPolicy floors
-(``SecureKernel.revocation``), and the secure process object's Python side (``SecureProcess``:
-page-tables root, frame lists, routine VAs, the parsed image, secure sections, the probe cache).
+Moved into SK memory by issue 10's second pass (they were Python attributes): the secure-storage
+records (``Storage``; was ``SecureKernel.storage``), the SkuSiPolicy floors (``Revocation``,
+copied by the loader as the configuration is, read by SKCI at each admission through
+``sk.sipolicy``; was ``SecureKernel.revocation``), the intercept log (``InterceptLog``; was
+``SecureKernel.intercepts``), HVPT's records (``HvptRecords``: the HLAT root, the VPs it
+enabled and the pinned ranges; whether a page is pinned is read from the HLAT tables
+themselves; were ``HvptState.pinned`` / ``ranges`` / ``enabled``), and the secure process's
+address space and frames (``SkProcess.DIRECTORY_TABLE_BASE``, the image PFNs and secure
+sections in the SKPROCESS page, the private and page-table PFNs in its ``FrameList`` page;
+the probe cache of earlier walks is gone: every probe walks the tables).
+
+What stays in Python, and why (symbol-table data, no value a decision reads): the parsed
+trustlet image and its routine VAs (``sk.ium.process.SecureProcess``, derived once from the
+signed bytes SKCI verified); the root a trustlet's tables were built at and HVPT's HLAT root
+and table frames as host-tool conveniences (the SK itself reads both from SK memory).
 """
 
 from __future__ import annotations
@@ -187,6 +198,36 @@ class SkProcess:
     MAILBOX_LENGTH = Field("length", 0x08, 4, MODEL)
     MAILBOX_ENTRY = 0x10
     MAILBOX_SLOTS = 8
+    #: The trustlet's PML4 (KPROCESS.DirectoryTableBase, Vergilius Project _KPROCESS; offset:
+    #: model): what the SK loads into CR3 to run it and walks to probe its pointers.
+    DIRECTORY_TABLE_BASE = Field("DirectoryTableBase", 0xC0, 8, "Vergilius _KPROCESS (name)")
+    #: The PFN of the process's frame-list page (``FrameList``), an SK pool frame.
+    FRAME_LIST = Field("frame_list", 0xC8, 8, MODEL)
+    IMAGE_COUNT = Field("image_count", 0xD0, 4, MODEL)
+    PRIVATE_COUNT = Field("private_count", 0xD4, 4, MODEL)
+    TABLE_COUNT = Field("table_count", 0xD8, 4, MODEL)
+    SECTION_COUNT = Field("section_count", 0xDC, 4, MODEL)
+    #: Secure sections the trustlet shares with VTL0 (vbs-internals §4.4): VA, page count, PFNs.
+    SECTIONS = 0x100
+    SECTION_VA = Field("va", 0x00, 8, MODEL)
+    SECTION_PAGES = Field("pages", 0x08, 4, MODEL)
+    SECTION_PFNS = 0x10
+    SECTION_MAX_PAGES = 16
+    SECTION = SECTION_PFNS + 8 * SECTION_MAX_PAGES
+    SECTION_SLOTS = 8
+    #: The image section's PFNs (NT's pages, VTL0-read-only), in order; u64 each.
+    IMAGE_PFNS = 0x800
+    IMAGE_MAX = (PAGE_SIZE - IMAGE_PFNS) // 8
+
+
+class FrameList:
+    """A secure process's second page (``SkProcess.FRAME_LIST``): the PFNs of its private
+    pages (taken from VTL0) and of its page-table frames (from the SK's pool), u64 each, counts
+    in the SKPROCESS page (model)."""
+
+    PRIVATE = 0x000
+    TABLES = 0x800
+    MAX = 0x800 // 8
 
 
 # -- the secure handle table and the objects it points to ----------------------------------------
@@ -350,6 +391,91 @@ class Hvci:
     HASH_PAGES = 8
     HASH_MAX = (HASH_PAGES * PAGE_SIZE - HASH_RECORDS) // RECORD_SIZE
     NO_GPN = 0xFFFF_FFFF_FFFF_FFFF  # a free record
+
+
+# -- secure storage (IumSecureStoragePut/Get, vbs-internals §4.3) -------------------------------
+class Storage:
+    """Which VTL1 frame holds each secure-storage item: one record per (trustlet ID, key), in an
+    SK data page searched in order (a free record has trustlet ID ``FREE``).  The reference says
+    secure storage exists per trustlet ID (§4.3) but not how the SK indexes it: model.  The item
+    frame holds a u64 length and then the bytes (``sk.ium.secure_syscalls``)."""
+
+    COUNT = Field("count", 0x00, 4, MODEL)  # records in use (the array is dense)
+    RECORDS = 0x08
+    TRUSTLET_ID = Field("trustlet_id", 0x00, 8, "vbs-internals §3.2 (value); offset: model")
+    KEY = Field("key", 0x08, 8, MODEL)
+    GPA = Field("gpa", 0x10, 8, MODEL)
+    RECORD = 0x18
+    MAX = (PAGE_SIZE - RECORDS) // RECORD
+
+
+# -- revocation (SkuSiPolicy floors) --------------------------------------------------------------
+class Revocation:
+    """The revocation policy the loader hands the SK (vbs-internals §3.6 and §6 A15: SkuSiPolicy
+    .p7b, read by winload and enforced by SKCI at trustlet admission), copied into one SK data
+    page at load, as the boot policy is copied into ``Config``.  SKCI reads it at every
+    admission.  The real SK keeps the parsed SI policy in structures that are not public: the
+    layout is the model's; the values are the ones ``vbsim.image.RevocationPolicy`` carries.
+
+    - component floors: NUL-padded ASCII file name, which limits are set, the minimum SVN and the
+      minimum version as four u16 parts (VS_FIXEDFILEINFO's major.minor.build.revision,
+      Microsoft Learn "VS_FIXEDFILEINFO structure");
+    - revoked certificates and revoked images: SHA-256 values (FIPS 180-4), raw bytes."""
+
+    COMPONENTS = Field("components", 0x00, 4, MODEL)
+    CERTIFICATES = Field("certificates", 0x04, 4, MODEL)
+    IMAGES = Field("images", 0x08, 4, MODEL)
+    COMPONENT_BASE = 0x10
+    NAME = Field("name", 0x00, 32, MODEL)
+    FLAGS = Field("flags", 0x20, 4, MODEL)  # bit 0: a version floor, bit 1: an SVN floor
+    MIN_SVN = Field("min_svn", 0x24, 4, "vbs-internals §3.1 (SVN is 32-bit)")
+    MIN_VERSION = Field("min_version", 0x28, 8, "VS_FIXEDFILEINFO (4 x u16, major first)")
+    COMPONENT = 0x30
+    MAX_COMPONENTS = 16
+    HAS_VERSION = 1
+    HAS_SVN = 2
+    CERTIFICATE_BASE = 0x400
+    IMAGE_BASE = 0x600
+    DIGEST = 32
+    MAX_CERTIFICATES = (IMAGE_BASE - CERTIFICATE_BASE) // DIGEST
+    MAX_IMAGES = (PAGE_SIZE - IMAGE_BASE) // DIGEST
+
+
+# -- the intercept log (secure intercepts the SK refused, ``sk.intercepts``) --------------------
+class InterceptLog:
+    """Memory intercepts the SK handled (vsm-spec §6: HV_X64_MEMORY_INTERCEPT_MESSAGE's access
+    type, GVA, GPA and the intercepted RIP), kept as a ring of fixed records in an SK data page:
+    ``COUNT`` is how many were ever logged, record ``COUNT % MAX`` is written next.  Windows'
+    own bookkeeping of refused intercepts is not public (model)."""
+
+    COUNT = Field("count", 0x00, 8, MODEL)
+    RECORDS = 0x10
+    ACCESS = Field("access", 0x00, 4, "vsm-spec §6 (HV_INTERCEPT_ACCESS_TYPE)")
+    VP = Field("vp", 0x04, 4, MODEL)
+    GVA = Field("gva", 0x08, 8, "vsm-spec §6 (GuestVirtualAddress)")
+    GPA = Field("gpa", 0x10, 8, "vsm-spec §6 (GuestPhysicalAddress)")
+    RIP = Field("rip", 0x18, 8, "vsm-spec §6 (intercept header Rip)")
+    RECORD = 0x20
+    MAX = (PAGE_SIZE - RECORDS) // RECORD
+
+
+# -- HVPT ---------------------------------------------------------------------------------------
+class HvptRecords:
+    """HVPT's bookkeeping (vbs-internals §5.6): the HLAT root, which VPs carry hvdef's
+    ``hardware_hvpt_enabled`` for VTL0 (bit n: VP n, set by this SK), and a record per pinned
+    range (first and end VA, a label for reports).  Whether a page is pinned is not recorded:
+    the HLAT tables themselves say it (a leaf that is present and not "restart").  Layout:
+    model."""
+
+    ROOT = Field("root", 0x00, 8, "Intel SDM vol. 3C (HLATP: the HLAT PML4's address)")
+    ENABLED = Field("enabled", 0x08, 8, MODEL)
+    COUNT = Field("count", 0x10, 4, MODEL)  # range records ever written (the last MAX kept)
+    RANGES = 0x20
+    FIRST = Field("first", 0x00, 8, MODEL)
+    END = Field("end", 0x08, 8, MODEL)
+    LABEL = Field("label", 0x10, 16, MODEL)  # ASCII, NUL-padded
+    RANGE = 0x20
+    MAX = (PAGE_SIZE - RANGES) // RANGE
 
 
 def table_pages(ram_pages: int) -> int:

@@ -107,7 +107,7 @@ def _probe_memory(ctx: AttackContext) -> bytes:
     return b"".join(
         machine.ram.read(pfn << PAGE_SHIFT, PAGE_SIZE)
         for p in trustlets(ctx, PROBE_ID, live=False)
-        for pfn in p.private_pfns
+        for pfn in p.host_private_pfns(machine.ram)
     )
 
 
@@ -127,7 +127,9 @@ def kernel_reads_ium_steps(ctx: AttackContext) -> None:
     # LsaIso's credential table sits in its third private page (vbsim.ium.lsaiso.TABLE_VA).  NT
     # handed these pages to the SK itself (a normal call): knowing the GPA is not reading it.
     page = (TABLE_VA - PRIVATE_BASE) >> PAGE_SHIFT
-    target_gpa = (lsaiso.private_pfns[page] << PAGE_SHIFT) | (TABLE_VA & 0xFFF)
+    machine = ctx.booted.machine
+    assert machine is not None
+    target_gpa = (lsaiso.host_private_pfns(machine.ram)[page] << PAGE_SHIFT) | (TABLE_VA & 0xFFF)
     ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
     nt = ctx.booted.nt

@@ -25,7 +25,16 @@ from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
 from vbsim.sk import objects
 from vbsim.sk.kernel import PoolExhausted
-from vbsim.sk.layouts import Config, Field, Mem, Prcb, ThreadTable, read_field, write_field
+from vbsim.sk.layouts import (
+    Config,
+    Field,
+    FrameList,
+    Mem,
+    Prcb,
+    ThreadTable,
+    read_field,
+    write_field,
+)
 from vbsim.sk.layouts import SecureThread as ThreadLayout
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
@@ -66,30 +75,29 @@ assert Prcb.CURRENT_PROCESS.size == 8
 
 @dataclass
 class SecureProcess:
-    """The Python side of a secure process: where its page tables, image and frames are (what
-    a kernel keeps as pointers).  Its identity (trustlet ID, handle, instance, SVN), signed
-    policy values (debug, capabilities, crash dump), mailbox key and mailboxes, whether it was
-    terminated, and its threads are in VTL1 memory: the SKPROCESS page at ``object_va``
-    (``layouts.SkProcess``) and the secure-thread objects (``layouts.SecureThread``), read
-    through the SK's processor at each decision (``read``) or by host tools from RAM
-    (``host``)."""
+    """The SK's symbol-table entry for a secure process: where its SKPROCESS page is, and what
+    the SK parsed from the signed image when it admitted it.
+
+    Every value the SK decides from is in VTL1 memory, read through the SK's processor at each
+    decision (or from RAM by host tools, the ``host_*`` readers): the SKPROCESS page at
+    ``object_va`` (``layouts.SkProcess``: identity, signed policy values, mailbox key and
+    mailboxes, termination, the DirectoryTableBase, the image PFNs, the secure sections, the
+    frame counts) and its frame-list page (``layouts.FrameList``: private and page-table PFNs).
+
+    What stays here, and why: ``image`` (the parsed PE, export and section names) and
+    ``routines`` (export name → VA) are what a kernel keeps as a loaded module's symbol data —
+    derived once from the signed bytes SKCI verified, and the bytes themselves are in the
+    image pages VTL0 cannot write; no check reads a value from them that memory could change.
+    ``tables`` carries the root the SK built the tables at (``tables.root``) for host tools
+    only (the report, the matrix, goal checks); the SK itself loads and walks the root its
+    SKPROCESS records (:meth:`root`)."""
 
     image: ParsedImage
-    tables: PageTables
-    image_pfns: list[int]
-    private_pfns: list[int]
     routines: dict[str, int]
-    #: Secure sections this trustlet shares with VTL0: index → (trustlet VA, PFNs).
-    sections: list[tuple[int, list[int]]] = field(default_factory=list)
-    #: The frames of ``tables`` (from the SK's pool; later mappings add to this list).
-    table_pfns: list[int] = field(default_factory=list)
-    #: User pages a probe found present and user (``probed_r``) / writable (``probed_w``) in
-    #: ``tables`` (VPNs): the SK's cache of its own walks (secure_syscalls._probe).
-    probed_r: set[int] = field(default_factory=set)
-    probed_w: set[int] = field(default_factory=set)
-    #: The VA (in the SK's direct map) of this process's SKPROCESS page (``layouts.SkProcess``):
-    #: what the SK decides from (identity, debug and capability policy, mailbox key, mailboxes).
+    #: The VA (in the SK's direct map) of this process's SKPROCESS page (``layouts.SkProcess``).
     object_va: int = 0
+    #: Set once the tables exist (``build``); see above.
+    tables: PageTables = field(init=False)
 
     def read(self, vp: Mem, fld: Field) -> int:
         """A field of the SKPROCESS page, read through the SK's processor now."""
@@ -103,6 +111,76 @@ class SecureProcess:
 
     def write_terminated(self, vp: Mem) -> None:
         write_field(vp, self.object_va, SkProcessLayout.TERMINATED, 1)
+
+    # -- the address space and frames, in SK memory ------------------------------------------
+    def root(self, vp: Mem) -> int:
+        """DirectoryTableBase as the SKPROCESS page holds it now."""
+        return read_field(vp, self.object_va, SkProcessLayout.DIRECTORY_TABLE_BASE) & _ROOT_MASK
+
+    def _list_va(self, vp: Mem) -> int:
+        return DIRECT_MAP + (read_field(vp, self.object_va, SkProcessLayout.FRAME_LIST) << 12)
+
+    def image_pfns(self, vp: Mem) -> list[int]:
+        count = min(read_field(vp, self.object_va, SkProcessLayout.IMAGE_COUNT), _IMAGE_MAX)
+        return _u64s(vp.read(self.object_va + SkProcessLayout.IMAGE_PFNS, 8 * count))
+
+    def private_pfns(self, vp: Mem) -> list[int]:
+        count = min(read_field(vp, self.object_va, SkProcessLayout.PRIVATE_COUNT), FrameList.MAX)
+        return _u64s(vp.read(self._list_va(vp) + FrameList.PRIVATE, 8 * count))
+
+    def private_pfn(self, vp: Mem, index: int) -> int | None:
+        """Private page ``index`` (0: the message page, 1: the reply page, 2: the heap)."""
+        count = min(read_field(vp, self.object_va, SkProcessLayout.PRIVATE_COUNT), FrameList.MAX)
+        if not 0 <= index < count:
+            return None
+        return vp.read_u64(self._list_va(vp) + FrameList.PRIVATE + 8 * index)
+
+    def table_pfns(self, vp: Mem) -> list[int]:
+        count = min(read_field(vp, self.object_va, SkProcessLayout.TABLE_COUNT), FrameList.MAX)
+        return _u64s(vp.read(self._list_va(vp) + FrameList.TABLES, 8 * count))
+
+    def _append(self, vp: Mem, count_field: Field, base: int, pfns: list[int]) -> bool:
+        count = read_field(vp, self.object_va, count_field)
+        if count + len(pfns) > FrameList.MAX:
+            return False
+        raw = b"".join(pfn.to_bytes(8, "little") for pfn in pfns)
+        vp.write(self._list_va(vp) + base + 8 * count, raw)
+        write_field(vp, self.object_va, count_field, count + len(pfns))
+        return True
+
+    def add_private(self, vp: Mem, pfns: list[int]) -> bool:
+        """Record private pages; False when the frame list is full (nothing recorded)."""
+        return self._append(vp, SkProcessLayout.PRIVATE_COUNT, FrameList.PRIVATE, pfns)
+
+    def add_table(self, vp: Mem, pfn: int) -> bool:
+        return self._append(vp, SkProcessLayout.TABLE_COUNT, FrameList.TABLES, [pfn])
+
+    def section_count(self, vp: Mem) -> int:
+        count = read_field(vp, self.object_va, SkProcessLayout.SECTION_COUNT)
+        return min(count, SkProcessLayout.SECTION_SLOTS)
+
+    def section(self, vp: Mem, index: int) -> tuple[int, list[int]] | None:
+        """Secure section ``index``: (trustlet VA, PFNs), as the SKPROCESS page holds it now."""
+        if not 0 <= index < self.section_count(vp):
+            return None
+        entry = self.object_va + SkProcessLayout.SECTIONS + index * SkProcessLayout.SECTION
+        va = read_field(vp, entry, SkProcessLayout.SECTION_VA)
+        pages = min(read_field(vp, entry, SkProcessLayout.SECTION_PAGES), _SECTION_MAX)
+        return va, _u64s(vp.read(entry + SkProcessLayout.SECTION_PFNS, 8 * pages))
+
+    def add_section(self, vp: Mem, va: int, pfns: list[int]) -> int | None:
+        """Record a secure section; its index, or None when every slot is taken."""
+        index = self.section_count(vp)
+        if index >= SkProcessLayout.SECTION_SLOTS or len(pfns) > _SECTION_MAX:
+            return None
+        entry = self.object_va + SkProcessLayout.SECTIONS + index * SkProcessLayout.SECTION
+        write_field(vp, entry, SkProcessLayout.SECTION_VA, va)
+        write_field(vp, entry, SkProcessLayout.SECTION_PAGES, len(pfns))
+        vp.write(
+            entry + SkProcessLayout.SECTION_PFNS, b"".join(p.to_bytes(8, "little") for p in pfns)
+        )
+        write_field(vp, self.object_va, SkProcessLayout.SECTION_COUNT, index + 1)
+        return index
 
     # -- host side (tools outside the machine read the same bytes from RAM) ------------------
     def host(self, ram: _Ram, fld: Field) -> int:
@@ -118,6 +196,34 @@ class SecureProcess:
     def host_handle(self, ram: _Ram) -> int:
         return self.host(ram, SkProcessLayout.HANDLE)
 
+    def host_root(self, ram: _Ram) -> int:
+        return self.host(ram, SkProcessLayout.DIRECTORY_TABLE_BASE) & _ROOT_MASK
+
+    def host_image_pfns(self, ram: _Ram) -> list[int]:
+        count = min(self.host(ram, SkProcessLayout.IMAGE_COUNT), _IMAGE_MAX)
+        gpa = self.object_va - DIRECT_MAP + SkProcessLayout.IMAGE_PFNS
+        return _u64s(ram.read(gpa, 8 * count))
+
+    def _host_list(self, ram: _Ram, count_field: Field, base: int) -> list[int]:
+        count = min(self.host(ram, count_field), FrameList.MAX)
+        gpa = (self.host(ram, SkProcessLayout.FRAME_LIST) << 12) + base
+        return _u64s(ram.read(gpa, 8 * count))
+
+    def host_private_pfns(self, ram: _Ram) -> list[int]:
+        return self._host_list(ram, SkProcessLayout.PRIVATE_COUNT, FrameList.PRIVATE)
+
+    def host_table_pfns(self, ram: _Ram) -> list[int]:
+        return self._host_list(ram, SkProcessLayout.TABLE_COUNT, FrameList.TABLES)
+
+
+_ROOT_MASK = 0x000F_FFFF_FFFF_F000
+_IMAGE_MAX = SkProcessLayout.IMAGE_MAX
+_SECTION_MAX = SkProcessLayout.SECTION_MAX_PAGES
+
+
+def _u64s(raw: bytes) -> list[int]:
+    return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
+
 
 class _Ram(Protocol):
     def read(self, gpa: int, length: int, /) -> bytes: ...
@@ -131,14 +237,17 @@ def policy_value(policy: TrustletPolicy, policy_id: int, default: int = 0) -> in
     return int(entry.value)
 
 
-def _sk_phys(sk: SecureKernel, vp: Cpu, table_pfns: list[int]) -> PhysAccess:
+def _sk_phys(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> PhysAccess:
     """Physical access from the SK: its direct map, through its own VP (VTL1, no SLAT limit).
     Table frames come from the SK's own pool (cleared, marked the SK's, and without any VTL0
-    right since phase 1); each is recorded in ``table_pfns``."""
+    right since phase 1); each is recorded in the process's frame list in SK memory.  A full
+    list is the pool's limit reached (``PoolExhausted``)."""
 
     def alloc() -> int:
         pfn = sk.alloc_frame(vp)
-        table_pfns.append(pfn)
+        if not process.add_table(vp, pfn):
+            sk.free_frame(vp, pfn)
+            raise PoolExhausted("trustlet frame list")
         return pfn
 
     return PhysAccess(
@@ -170,8 +279,7 @@ DETACHED = PhysAccess(_no_read, _no_write, _no_alloc)
 
 def page_tables(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> PageTables:
     """The trustlet's page tables as the SK edits and walks them now, through ``vp``."""
-    root = process.tables.root
-    return PageTables(_sk_phys(sk, vp, process.table_pfns), root=root, frames=[])
+    return PageTables(_sk_phys(sk, vp, process), root=process.root(vp), frames=[])
 
 
 def request_pages(sk: SecureKernel, vp: Cpu, count: int) -> list[int] | None:
@@ -213,9 +321,19 @@ def build(
     sk.mark_own(vp, private)
     for pfn in private:
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
-    table_pfns: list[int] = []
-    phys = _sk_phys(sk, vp, table_pfns)
+    # The SKPROCESS page and its frame-list page, from the SK's own pool (VTL0 has no right).
+    routines = _routines(image)
+    process = SecureProcess(image, routines)
+    process.object_va = sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT)
+    write_field(vp, process.object_va, SkProcessLayout.FRAME_LIST, sk.alloc_frame(vp))
+    if len(image_pfns) > SkProcessLayout.IMAGE_MAX or not process.add_private(vp, private):
+        return None
+    raw = b"".join(pfn.to_bytes(8, "little") for pfn in image_pfns)
+    vp.write(process.object_va + SkProcessLayout.IMAGE_PFNS, raw)
+    write_field(vp, process.object_va, SkProcessLayout.IMAGE_COUNT, len(image_pfns))
+    phys = _sk_phys(sk, vp, process)
     tables = PageTables(phys)
+    write_field(vp, process.object_va, SkProcessLayout.DIRECTORY_TABLE_BASE, tables.root)
     for index in range(256, 512):  # the kernel half: the Secure Kernel itself
         entry = phys.read_u64(sk.space.root + index * 8)
         if entry:
@@ -227,11 +345,8 @@ def build(
     for i, pfn in enumerate(private):
         tables.map(PRIVATE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rw)
     tables.phys = DETACHED  # no processor is kept in the process object
-    routines = _routines(image)
+    process.tables = tables
     instance = os.urandom(16)  # "a 16-byte random number generated by SK at creation" (§3.3)
-    process = SecureProcess(image, tables, image_pfns, private, routines, table_pfns=table_pfns)
-    # The SKPROCESS page, from the SK's own pool (VTL0 has no right on it).
-    process.object_va = sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT)
     policy = image.policy
     for fld, value in (
         (SkProcessLayout.TRUSTLET_ID, trustlet_id),
@@ -330,7 +445,7 @@ def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int)
     vp.write_u64(block + _CURRENT, process.object_va)
     thread_before = vp.read_u64(block + _THREAD)
     vp.write_u64(block + _THREAD, thread)
-    vp.mov_to_cr(3, process.tables.root)
+    vp.mov_to_cr(3, process.root(vp))  # DirectoryTableBase, read from the SKPROCESS now
     status, value = 0, None
     try:
         # Into the trustlet through the gates: sysret to CPL3, its return comes back by syscall

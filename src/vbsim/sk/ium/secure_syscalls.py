@@ -13,12 +13,14 @@ and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-lis
 from __future__ import annotations
 
 import os
+import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ium_abi import CRYPTO_REQUEST, OP_DECRYPT, OP_ENCRYPT
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium import keys
@@ -27,6 +29,7 @@ from vbsim.sk.ium import process as ium
 # At module level (process.py imports the kernel module too): a function-level import costs an
 # import-machinery call on every system call.
 from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.layouts import FrameList, Storage
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
@@ -34,53 +37,69 @@ STORAGE_BY_ID = frozenset({2})
 USER_LIMIT = 1 << 47
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
+_U64 = (1 << 64) - 1
+assert (Storage.TRUSTLET_ID.offset, Storage.KEY.offset, Storage.GPA.offset) == (0, 8, 16)
+_STORAGE_RECORD = struct.Struct("<QQQ")  # Storage record: trustlet ID, key, GPA
+_DTB_OFFSET = SkProcessLayout.DIRECTORY_TABLE_BASE.offset
+
+
+_P, _PS = int(Pte.P), int(Pte.PS)
+_PRESENT_USER = int(Pte.P | Pte.US)
+_PRESENT_USER_RW = int(Pte.P | Pte.US | Pte.RW)
+_SHIFTS = (39, 30, 21, 12)
 
 
 def _user_ok(va: int, length: int) -> bool:
     return 0 <= length <= 1 << 20 and va > 0 and va + length <= USER_LIMIT
 
 
-def _probe(vp: Cpu, va: int, length: int, write: bool) -> bool:
+def _probe(
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int, length: int, write: bool
+) -> bool:
     """Every page of ``[va, va+length)`` is a present user page of the calling trustlet (writable
-    for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel."""
-    sk = vp.kernel()
-    if not isinstance(sk, SecureKernel):
+    for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel.
+    The SK walks the trustlet's tables in SK memory each time, from the DirectoryTableBase its
+    SKPROCESS records (ProbeForRead/ProbeForWrite check each call too); no earlier walk is
+    remembered, so an edit of the tables or of the root counts at once."""
+    if not _user_ok(va, length):
         return False
-    process = ium.current(sk, vp)
-    if process is None:
-        return False
-    # The SK's own cache of probes that succeeded (what a TLB would hold of the same walks): a
-    # page found present, user (and writable) in the trustlet's tables stays so, because only the
-    # SK edits those tables and it only ever adds mappings (``probed`` is cleared when it maps).
-    first, last = va >> PAGE_SHIFT, (va + max(length, 1) - 1) >> PAGE_SHIFT
-    if last - first < 16 and _user_ok(va, length):
-        cached = process.probed_w if write else process.probed_r
-        vpn = first
-        while vpn <= last and vpn in cached:
-            vpn += 1
-        if vpn > last:
-            return True
-        if not ium.page_tables(sk, vp, process).user_range_ok(va, length, write):
+    # The walk, inline (this is every secure system call's hot path): four loads per page
+    # through the SK's direct map, which its TLB serves.
+    read_u64 = vp.read_u64
+    root = read_u64(process.object_va + _DTB_OFFSET) & PTE_ADDR_MASK
+    need = _PRESENT_USER_RW if write else _PRESENT_USER
+    page = va & ~0xFFF
+    end = va + max(length, 1)
+    while page < end:
+        table, rights = root, need
+        for shift in _SHIFTS:
+            value = read_u64(DIRECT_MAP + table + (((page >> shift) & 0x1FF) << 3))
+            rights &= value
+            if not value & _P:
+                return False
+            if shift == 12 or (value & _PS and shift != 39):
+                break
+            table = value & PTE_ADDR_MASK
+        if rights != need:  # US (and RW) must be set at every level (SDM vol. 3A §4.6)
             return False
-        cached.update(range(first, last + 1))
-        if write:
-            process.probed_r.update(range(first, last + 1))
-        return True
-    return ium.page_tables(sk, vp, process).user_range_ok(va, length, write)
+        page += PAGE_SIZE
+    return True
 
 
-def read_user(vp: Cpu, va: int, length: int) -> bytes | None:
-    if not _probe(vp, va, length, write=False):
+def read_user(
+    sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int, n: int
+) -> bytes | None:
+    if not _probe(sk, vp, process, va, n, write=False):
         return None
     vp.stac()
     try:
-        return vp.read(va, length)
+        return vp.read(va, n)
     finally:
         vp.clac()
 
 
-def write_user(vp: Cpu, va: int, data: bytes) -> bool:
-    if not _probe(vp, va, len(data), write=True):
+def write_user(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, va: int, data: bytes) -> bool:
+    if not _probe(sk, vp, process, va, len(data), write=True):
         return False
     vp.stac()
     try:
@@ -94,6 +113,8 @@ _SUCCESS, _ACCESS_VIOLATION = int(NtStatus.SUCCESS), int(NtStatus.ACCESS_VIOLATI
 _SVN_OFFSET = SkProcessLayout.SVN.offset
 _TID_OFFSET = SkProcessLayout.TRUSTLET_ID.offset
 assert SkProcessLayout.SVN.size == 4 and SkProcessLayout.TRUSTLET_ID.size == 8
+assert (_TID_OFFSET, _SVN_OFFSET) == (0, 0x1C)
+_TID_SVN = struct.Struct("<Q20xI")  # SKPROCESS: TRUSTLET_ID at 0, SVN at 0x1C
 
 
 def _svn(vp: Cpu, process: ium.SecureProcess) -> int:
@@ -112,13 +133,15 @@ def ium_get_idk(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: lis
     if kind not in (0, 1) or out_len < 32:
         return int(NtStatus.INVALID_PARAMETER)
     label = b"idk-signing" if kind else b"idk-encryption"
-    key = keys.derive(sk, vp, keys.IDK, _tid(vp, process), _svn(vp, process), label)
-    return _SUCCESS if write_user(vp, out, key) else _ACCESS_VIOLATION
+    # Trustlet ID and SVN in one load of the SKPROCESS header (this is the hot path).
+    trustlet_id, svn = _TID_SVN.unpack(vp.read(process.object_va, _TID_SVN.size))
+    key = keys.derive(sk, vp, keys.IDK, trustlet_id, svn, label)
+    return _SUCCESS if write_user(sk, vp, process, out, key) else _ACCESS_VIOLATION
 
 
 def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]) -> int:
     """IumCrypto(request*): EncryptData/DecryptData with the local or per-boot key (§4.3)."""
-    raw = read_user(vp, args[0], CRYPTO_REQUEST)
+    raw = read_user(sk, vp, process, args[0], CRYPTO_REQUEST)
     if raw is None:
         return int(NtStatus.ACCESS_VIOLATION)
     op = int.from_bytes(raw[0:4], "little")
@@ -128,7 +151,7 @@ def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list
     )
     if op not in (OP_ENCRYPT, OP_DECRYPT) or which not in (keys.LOCAL, keys.PER_BOOT):
         return int(NtStatus.INVALID_PARAMETER)
-    data = read_user(vp, src, src_len)
+    data = read_user(sk, vp, process, src, src_len)
     if data is None:
         return int(NtStatus.ACCESS_VIOLATION)
     trustlet_id = _tid(vp, process)
@@ -147,8 +170,8 @@ def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list
             return int(NtStatus.AUTH_TAG_MISMATCH)
     if len(result) > dst_cap:
         return int(NtStatus.BUFFER_TOO_SMALL)
-    if not write_user(vp, dst, result) or not write_user(
-        vp, args[0] + 40, len(result).to_bytes(8, "little")
+    if not write_user(sk, vp, process, dst, result) or not write_user(
+        sk, vp, process, args[0] + 40, len(result).to_bytes(8, "little")
     ):
         return int(NtStatus.ACCESS_VIOLATION)
     return int(NtStatus.SUCCESS)
@@ -159,7 +182,7 @@ def ium_post_mailbox(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args
     slot, data_va, length = args[0], args[1], args[2]
     if not 0 <= slot < MAILBOX_SLOTS or not 0 < length <= MAX_MAILBOX:
         return int(NtStatus.INVALID_PARAMETER)
-    data = read_user(vp, data_va, length)
+    data = read_user(sk, vp, process, data_va, length)
     if data is None:
         return int(NtStatus.ACCESS_VIOLATION)
     if not ium.post_mailbox(sk, vp, process, slot, data):
@@ -187,18 +210,36 @@ def _capability_refused(
     return int(NtStatus.ACCESS_DENIED)
 
 
+def _storage_find(sk: SecureKernel, vp: Cpu, trustlet_id: int, key: int) -> int | None:
+    """The GPA of item ``key`` of ``trustlet_id`` as the storage records in SK memory name it
+    now (``layouts.Storage``, one read of the used records); None: no such item."""
+    count = min(vp.read_u32(sk.storage_va + Storage.COUNT.offset), Storage.MAX)
+    raw = vp.read(sk.storage_va + Storage.RECORDS, count * Storage.RECORD)
+    for owner, item, gpa in _STORAGE_RECORD.iter_unpack(raw):
+        if owner == trustlet_id and item == key:
+            return int(gpa)
+    return None
+
+
 def _storage_page(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, key: int) -> int | None:
-    """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand)."""
-    store: dict[tuple[int, int], int] = sk.storage
-    gpa = store.get((process.trustlet_id(vp), key))
-    if gpa is None:
-        pages = ium.request_pages(sk, vp, 1)
-        if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
-            return None
-        sk.mark_own(vp, pages)
-        gpa = pages[0] << PAGE_SHIFT
-        vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
-        store[(process.trustlet_id(vp), key)] = gpa
+    """The VTL1 page holding secure-storage item ``key`` of this trustlet ID (created on demand:
+    a page from NT, taken from VTL0, and a new record)."""
+    trustlet_id = process.trustlet_id(vp)
+    gpa = _storage_find(sk, vp, trustlet_id, key)
+    if gpa is not None:
+        return gpa
+    count = vp.read_u32(sk.storage_va + Storage.COUNT.offset)
+    if count >= Storage.MAX:
+        return None
+    pages = ium.request_pages(sk, vp, 1)
+    if pages is None or not sk.set_vtl0_rights(vp, pages, 0):
+        return None
+    sk.mark_own(vp, pages)
+    gpa = pages[0] << PAGE_SHIFT
+    vp.write(sk.space.phys_va(gpa), bytes(PAGE_SIZE))
+    record = sk.storage_va + Storage.RECORDS + count * Storage.RECORD
+    vp.write(record, _STORAGE_RECORD.pack(trustlet_id, key & _U64, gpa))
+    vp.write_u32(sk.storage_va + Storage.COUNT.offset, count + 1)
     return gpa
 
 
@@ -210,7 +251,7 @@ def ium_secure_storage_put(
         return _capability_refused(sk, vp, process, "secure-storage")
     if not 0 < length <= PAGE_SIZE - 8:
         return int(NtStatus.INVALID_PARAMETER)
-    data = read_user(vp, data_va, length)
+    data = read_user(sk, vp, process, data_va, length)
     if data is None:
         return int(NtStatus.ACCESS_VIOLATION)
     gpa = _storage_page(sk, vp, process, key)
@@ -226,14 +267,16 @@ def ium_secure_storage_get(
     key, out, capacity = args[0], args[1], args[2]
     if not _may_store(vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
-    gpa = sk.storage.get((process.trustlet_id(vp), key))
+    gpa = _storage_find(sk, vp, process.trustlet_id(vp), key)
     if gpa is None:
         return int(NtStatus.NOT_FOUND)
     length = vp.read_u64(sk.space.phys_va(gpa))
-    if length > capacity:
+    if length > min(capacity, PAGE_SIZE - 8):  # the item frame's own bound, whatever it says
         return int(NtStatus.BUFFER_TOO_SMALL)
     data = vp.read(sk.space.phys_va(gpa) + 8, length)
-    return int(NtStatus.SUCCESS if write_user(vp, out, data) else NtStatus.ACCESS_VIOLATION)
+    return int(
+        NtStatus.SUCCESS if write_user(sk, vp, process, out, data) else NtStatus.ACCESS_VIOLATION
+    )
 
 
 MAX_SECTION_PAGES = 16
@@ -250,23 +293,26 @@ def ium_create_secure_section(
     if not process.read(vp, SkProcessLayout.CAPABILITIES) & CAP_SECURE_SECTION:
         return _capability_refused(sk, vp, process, "secure-section")
     pages = -(-size // PAGE_SIZE)
-    if not 0 < pages <= MAX_SECTION_PAGES or len(process.sections) >= 8:
+    sections = process.section_count(vp)
+    if not 0 < pages <= MAX_SECTION_PAGES or sections >= SkProcessLayout.SECTION_SLOTS:
         return int(NtStatus.INVALID_PARAMETER)
-    if not (_probe(vp, out_va, 8, write=True) and _probe(vp, out_index, 8, write=True)):
+    if not (
+        _probe(sk, vp, process, out_va, 8, write=True)
+        and _probe(sk, vp, process, out_index, 8, write=True)
+    ):
         return int(NtStatus.ACCESS_VIOLATION)
     pfns = ium.request_pages(sk, vp, pages)
     if pfns is None:
         return int(NtStatus.NO_MEMORY)
-    base = ium.SECTION_BASE + len(process.sections) * 16 * PAGE_SIZE
+    base = ium.SECTION_BASE + sections * 16 * PAGE_SIZE
     tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
-    process.probed_r.clear()  # the tables changed: probe them afresh
-    process.probed_w.clear()
     # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
-    process.sections.append((base, pfns))
-    index = len(process.sections) - 1
+    index = process.add_section(vp, base, pfns)
+    if index is None:
+        return int(NtStatus.INVALID_PARAMETER)
     sk.emit(
         vp,
         "ium",
@@ -276,8 +322,8 @@ def ium_create_secure_section(
         pages=pages,
         shared_with="vtl0",
     )
-    write_user(vp, out_va, base.to_bytes(8, "little"))
-    write_user(vp, out_index, index.to_bytes(8, "little"))
+    write_user(sk, vp, process, out_va, base.to_bytes(8, "little"))
+    write_user(sk, vp, process, out_index, index.to_bytes(8, "little"))
     return int(NtStatus.SUCCESS)
 
 
@@ -304,7 +350,7 @@ def nt_query_information_process(
     value = (process.trustlet_id(vp) << 1) | 1
     return int(
         NtStatus.SUCCESS
-        if write_user(vp, args[2], value.to_bytes(8, "little"))
+        if write_user(sk, vp, process, args[2], value.to_bytes(8, "little"))
         else NtStatus.ACCESS_VIOLATION
     )
 
@@ -324,19 +370,20 @@ def nt_allocate_virtual_memory(
     if pfns is None or not sk.set_vtl0_rights(vp, pfns, 0):
         return int(NtStatus.NO_MEMORY)
     sk.mark_own(vp, pfns)
-    base = ium.HEAP_VA + PAGE_SIZE * (len(process.private_pfns) - 2) + 0x10_0000
+    count = process.read(vp, SkProcessLayout.PRIVATE_COUNT)
+    if count + len(pfns) > FrameList.MAX:
+        return int(NtStatus.NO_MEMORY)
+    base = ium.HEAP_VA + PAGE_SIZE * (count - 2) + 0x10_0000
     flags = int(Pte.US | Pte.NX) | (int(Pte.RW) if protect == 0x04 else 0)
     tables = ium.page_tables(sk, vp, process)
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
-    process.probed_r.clear()  # the tables changed: probe them afresh
-    process.probed_w.clear()
-    process.private_pfns.extend(pfns)
+    process.add_private(vp, pfns)
     # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
     return int(
         NtStatus.SUCCESS
-        if write_user(vp, out, base.to_bytes(8, "little"))
+        if write_user(sk, vp, process, out, base.to_bytes(8, "little"))
         else NtStatus.ACCESS_VIOLATION
     )
 

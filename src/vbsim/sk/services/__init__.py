@@ -10,9 +10,9 @@ if TYPE_CHECKING:
 
 def register_all(sk: SecureKernel) -> None:
     from vbsim.sk.ium import syscalls
-    from vbsim.sk.services import allocation, boot, dump, hotpatch, hvci, ium, kdp
+    from vbsim.sk.services import allocation, boot, dump, handles, hotpatch, hvci, ium, kdp
 
     # allocation before hvci: HVCI's hash records are mapped right behind the arena.
-    for module in (boot, allocation, hvci, ium, kdp, dump, hotpatch):
+    for module in (boot, allocation, hvci, ium, kdp, dump, hotpatch, handles):
         module.register(sk)
     syscalls.register(sk)

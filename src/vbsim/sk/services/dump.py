@@ -73,7 +73,7 @@ def secure_pages(sk: SecureKernel, vp: Cpu) -> list[int]:
     A trustlet's unmodified image pages stay readable by VTL0 (§7) and are not listed."""
     shared: set[int] = set()
     for process in _processes(sk, vp):
-        shared.update(process.image_pfns)
+        shared.update(process.image_pfns(vp))
     return sorted(pfn for pfn in sk.own_pages(vp) if pfn not in shared)
 
 
@@ -85,7 +85,7 @@ def _processes(sk: SecureKernel, vp: Cpu) -> list[ium.SecureProcess]:
 
 def _owner(sk: SecureKernel, vp: Cpu, pfn: int) -> ium.SecureProcess | None:
     for process in _processes(sk, vp):
-        if pfn in process.private_pfns or pfn in process.table_pfns:
+        if pfn in process.private_pfns(vp) or pfn in process.table_pfns(vp):
             return process
     return None
 

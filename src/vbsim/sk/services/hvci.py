@@ -545,7 +545,7 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     handle = objects.insert(sk, vp, SECURE_IMAGE, body) if body is not None else None
     if body is None or handle is None:
         if body is not None:
-            _free_image(sk, vp, body)
+            free_image(sk, vp, body)
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.NO_MEMORY, live=live)
     sk.emit(
         vp,
@@ -588,7 +588,8 @@ def _new_image(sk: SecureKernel, vp: Cpu, name: str, layout: ImageLayout) -> int
     return va
 
 
-def _free_image(sk: SecureKernel, vp: Cpu, va: int) -> None:
+def free_image(sk: SecureKernel, vp: Cpu, va: int) -> None:
+    """Give a SECURE_IMAGE body's frames (the body and its digest frames) back to the pool."""
     for n in range(Img.DIGEST_FRAMES):
         pfn = vp.read_u64(va + Img.DIGEST_FRAME + 8 * n)
         if pfn:
@@ -748,7 +749,7 @@ def unload_driver(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         state.drop_hash(vp, pfn)
     name = _image_name(vp, obj)
     objects.close(sk, vp, handle)
-    _free_image(sk, vp, obj)
+    free_image(sk, vp, obj)
     sk.emit(vp, "hvci", "hvci.unload", "unvalidated", image=name, pages=len(pfns))
     return Reply()
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.ntstatus import NtStatus
-from vbsim.sk import objects
+from vbsim.sk import objects, sipolicy
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
@@ -66,7 +66,8 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         sk.emit(vp, "ium", "securecall.pfn", "refused", pfn=list_pfn)
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
-    admission = admit(data, requested_id, sk.revocation, sk.allowed_ids(vp))
+    # The SkuSiPolicy floors and the allow-list as SK memory holds them now.
+    admission = admit(data, requested_id, sipolicy.read(sk, vp), sk.allowed_ids(vp))
     if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
@@ -122,7 +123,7 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         "created",
         handle=handle,
         trustlet_id=requested_id,
-        private_pages=len(process.private_pfns),
+        private_pages=process.read(vp, SkProcessLayout.PRIVATE_COUNT),
     )
     return Reply(NtStatus.SUCCESS, [handle])
 
@@ -169,9 +170,12 @@ def resume_thread(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         if message_length
         else b""
     )
-    message_gpa = process.private_pfns[0] << PAGE_SHIFT
+    message_page, reply_page = process.private_pfn(vp, 0), process.private_pfn(vp, 1)
+    if message_page is None or reply_page is None:  # the frame list says otherwise: refuse
+        return Reply(NtStatus.INVALID_HANDLE)
+    message_gpa = message_page << PAGE_SHIFT
     vp.write(sk.space.phys_va(message_gpa), message + bytes(PAGE_SIZE - len(message)))
-    reply_gpa = process.private_pfns[1] << PAGE_SHIFT
+    reply_gpa = reply_page << PAGE_SHIFT
     vp.write(sk.space.phys_va(reply_gpa), bytes(PAGE_SIZE))
     names = list(process.routines)
     routine = (
@@ -281,10 +285,10 @@ def create_secure_section(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Re
     process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    index = args.fields[1]
-    if not 0 <= index < len(process.sections):
+    section = process.section(vp, args.fields[1])  # the SKPROCESS page's section table, now
+    if section is None:
         return Reply(NtStatus.INVALID_PARAMETER)
-    _, pfns = process.sections[index]
+    _, pfns = section
     return Reply(NtStatus.SUCCESS, [len(pfns), *pfns[:10]])
 
 
@@ -305,7 +309,7 @@ def rundown_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     process = _process(sk, vp, args.fields[0])
     if process is None:
         return Reply(NtStatus.INVALID_HANDLE)
-    for pfn in process.private_pfns:
+    for pfn in process.private_pfns(vp):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
     write_field(vp, process.object_va, SkProcessLayout.TERMINATED, 1)
     sk.emit(vp, "ium", "rundown", "terminated", trustlet_id=process.trustlet_id(vp))

@@ -327,4 +327,5 @@ def register(sk: SecureKernel) -> None:
         sk.handlers[Service.REGISTER_PROTECTED_PAGE] = protect_kernel_data
     sk.handlers[Service.INITIALIZE_SECURE_POOL] = initialize_secure_pool
     sk.handlers[Service.COPY_PROTECTED_PAGE] = copy_protected_page
+    hvpt.allocate(sk)
     sk.phase1_hooks.append(hvpt.setup)
