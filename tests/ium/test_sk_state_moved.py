@@ -207,13 +207,23 @@ def test_probes_walk_the_tables_the_skprocess_names_every_time() -> None:
     assert leaf is not None and leaf & Pte.RW
     entry = tables._entry_gpa(heap, 3, create=False)
     assert entry is not None
-    # Read-only now (a store by SK code): the next write probe refuses, the read probe passes.
+    # Read-only now (a store by SK code).  The probe cache in the SKPROCESS page still holds
+    # the earlier walk (as a TLB would) until the SK flushes it, as it does after its own edits.
     _as_sk(system, lambda cpu, sk: cpu.write_u64(DIRECT_MAP + entry, leaf & ~int(Pte.RW)))
-    assert not probe(True) and probe(False)
-    # DirectoryTableBase names an empty table: nothing is mapped for the next probe.
+    assert probe(True)
+    flush = secure_syscalls.flush_probes
+    _as_sk(system, lambda cpu, sk: flush(cpu, secure))
+    assert not probe(True) and probe(False)  # the walk of the tables in memory decides
+    # The cache is SK memory too: an entry saying "writable" makes the next probe pass.
+    vpn = heap >> PAGE_SHIFT
+    slot = secure.object_va + SkProcess.PROBE_CACHE + 8 * (vpn % SkProcess.PROBE_SLOTS)
+    forged = vpn << 2 | SkProcess.PROBE_READ | SkProcess.PROBE_WRITE
+    _as_sk(system, lambda cpu, sk: cpu.write_u64(slot, forged))
+    assert probe(True)
+    # DirectoryTableBase names an empty table: nothing is mapped for the next walk.
     empty = _as_sk(system, lambda cpu, sk: sk.alloc_frame(cpu)) << PAGE_SHIFT
     field_va = secure.object_va + SkProcess.DIRECTORY_TABLE_BASE.offset
-    _as_sk(system, lambda cpu, sk: cpu.write_u64(field_va, empty))
+    _as_sk(system, lambda cpu, sk: (cpu.write_u64(field_va, empty), flush(cpu, secure)))
     assert not probe(False)
     _as_sk(system, lambda cpu, sk: cpu.write_u64(field_va, root))
     assert probe(False)

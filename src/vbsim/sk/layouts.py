@@ -35,7 +35,7 @@ enabled and the pinned ranges; whether a page is pinned is read from the HLAT ta
 themselves; were ``HvptState.pinned`` / ``ranges`` / ``enabled``), and the secure process's
 address space and frames (``SkProcess.DIRECTORY_TABLE_BASE``, the image PFNs and secure
 sections in the SKPROCESS page, the private and page-table PFNs in its ``FrameList`` page;
-the probe cache of earlier walks is gone: every probe walks the tables).
+the probe cache of earlier walks moved into the SKPROCESS page, ``SkProcess.PROBE_CACHE``).
 
 What stays in Python, and why (symbol-table data, no value a decision reads): the parsed
 trustlet image and its routine VAs (``sk.ium.process.SecureProcess``, derived once from the
@@ -215,6 +215,14 @@ class SkProcess:
     SECTION_MAX_PAGES = 16
     SECTION = SECTION_PFNS + 8 * SECTION_MAX_PAGES
     SECTION_SLOTS = 8
+    #: The SK's probe cache (what a TLB holds of its own walks): ``PROBE_SLOTS`` u64 entries,
+    #: slot ``vpn % PROBE_SLOTS`` holding ``vpn << 2 | PROBE_READ | PROBE_WRITE`` for a user page
+    #: a probe found present and user (and writable) in the tables; 0: empty.  The SK zeroes it
+    #: whenever it edits the tables, as it would invlpg (model).
+    PROBE_CACHE = 0x580
+    PROBE_SLOTS = 8
+    PROBE_READ = 1
+    PROBE_WRITE = 2
     #: The image section's PFNs (NT's pages, VTL0-read-only), in order; u64 each.
     IMAGE_PFNS = 0x800
     IMAGE_MAX = (PAGE_SIZE - IMAGE_PFNS) // 8

@@ -43,14 +43,13 @@ _STORAGE_RECORD = struct.Struct("<QQQ")  # Storage record: trustlet ID, key, GPA
 _DTB_OFFSET = SkProcessLayout.DIRECTORY_TABLE_BASE.offset
 
 
-_P, _PS = int(Pte.P), int(Pte.PS)
+_PS, _RW = int(Pte.PS), int(Pte.RW)
+_PROBE_CACHE = SkProcessLayout.PROBE_CACHE
+_PROBE_MASK = SkProcessLayout.PROBE_SLOTS - 1
+_PROBE_R, _PROBE_W = SkProcessLayout.PROBE_READ, SkProcessLayout.PROBE_WRITE
+_PROBE_RW = _PROBE_R | _PROBE_W
 _PRESENT_USER = int(Pte.P | Pte.US)
 _PRESENT_USER_RW = int(Pte.P | Pte.US | Pte.RW)
-_SHIFTS = (39, 30, 21, 12)
-
-
-def _user_ok(va: int, length: int) -> bool:
-    return 0 <= length <= 1 << 20 and va > 0 and va + length <= USER_LIMIT
 
 
 def _probe(
@@ -58,32 +57,59 @@ def _probe(
 ) -> bool:
     """Every page of ``[va, va+length)`` is a present user page of the calling trustlet (writable
     for a write): a bad pointer is the trustlet's error, never a fault in the Secure Kernel.
-    The SK walks the trustlet's tables in SK memory each time, from the DirectoryTableBase its
-    SKPROCESS records (ProbeForRead/ProbeForWrite check each call too); no earlier walk is
-    remembered, so an edit of the tables or of the root counts at once."""
-    if not _user_ok(va, length):
+
+    The SK walks the trustlet's tables in SK memory from the DirectoryTableBase its SKPROCESS
+    records (ProbeForRead/ProbeForWrite check each call too), unrolled: this is every secure
+    system call's hot path.  Four loads per page through the direct map are most of a call's
+    cost, so the answer for each page is kept in the SKPROCESS page's probe cache
+    (``SkProcess.PROBE_CACHE``, one load), which the SK empties whenever it edits the tables
+    (:func:`flush_probes`) — what a TLB holds of the same walks, and like a TLB it is SK memory a
+    store can change.  The rights must be set at every level (Intel SDM vol. 3A §4.6: access
+    rights combine over the walk); a 1 GiB or 2 MiB leaf ends it early."""
+    if not (0 <= length <= 1 << 20 and va > 0 and va + length <= USER_LIMIT):
         return False
-    # The walk, inline (this is every secure system call's hot path): four loads per page
-    # through the SK's direct map, which its TLB serves.
     read_u64 = vp.read_u64
-    root = read_u64(process.object_va + _DTB_OFFSET) & PTE_ADDR_MASK
+    cache = process.object_va + _PROBE_CACHE
     need = _PRESENT_USER_RW if write else _PRESENT_USER
+    want = _PROBE_RW if write else _PROBE_R
     page = va & ~0xFFF
     end = va + max(length, 1)
+    root = 0
     while page < end:
-        table, rights = root, need
-        for shift in _SHIFTS:
-            value = read_u64(DIRECT_MAP + table + (((page >> shift) & 0x1FF) << 3))
-            rights &= value
-            if not value & _P:
-                return False
-            if shift == 12 or (value & _PS and shift != 39):
-                break
-            table = value & PTE_ADDR_MASK
-        if rights != need:  # US (and RW) must be set at every level (SDM vol. 3A §4.6)
+        vpn = page >> 12
+        slot = cache + ((vpn & _PROBE_MASK) << 3)
+        cached = read_u64(slot)
+        if cached >> 2 == vpn and cached & want == want:
+            page += PAGE_SIZE
+            continue
+        if not root:
+            root = DIRECT_MAP + (read_u64(process.object_va + _DTB_OFFSET) & PTE_ADDR_MASK)
+        entry = read_u64(root + ((page >> 36) & 0xFF8))
+        rights = entry
+        if entry & need != need:
             return False
+        entry = read_u64(DIRECT_MAP + (entry & PTE_ADDR_MASK) + ((page >> 27) & 0xFF8))
+        rights &= entry
+        if entry & need != need:
+            return False
+        if not entry & _PS:
+            entry = read_u64(DIRECT_MAP + (entry & PTE_ADDR_MASK) + ((page >> 18) & 0xFF8))
+            rights &= entry
+            if entry & need != need:
+                return False
+            if not entry & _PS:
+                entry = read_u64(DIRECT_MAP + (entry & PTE_ADDR_MASK) + ((page >> 9) & 0xFF8))
+                rights &= entry
+                if entry & need != need:
+                    return False
+        vp.write_u64(slot, vpn << 2 | _PROBE_R | (_PROBE_W if rights & _RW else 0))
         page += PAGE_SIZE
     return True
+
+
+def flush_probes(vp: Cpu, process: ium.SecureProcess) -> None:
+    """Empty the probe cache: the SK just edited the trustlet's tables (its invlpg)."""
+    vp.write(process.object_va + _PROBE_CACHE, bytes(8 * SkProcessLayout.PROBE_SLOTS))
 
 
 def read_user(
@@ -309,6 +335,7 @@ def ium_create_secure_section(
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.RW | Pte.NX))
+    flush_probes(vp, process)  # the tables changed: probe them afresh
     # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
     index = process.add_section(vp, base, pfns)
     if index is None:
@@ -379,6 +406,7 @@ def nt_allocate_virtual_memory(
     for i, pfn in enumerate(pfns):
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         tables.map(base + i * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
+    flush_probes(vp, process)  # the tables changed: probe them afresh
     process.add_private(vp, pfns)
     # New table frames come from the SK's pool (ium.process._sk_phys): VTL0 has no right.
     return int(
