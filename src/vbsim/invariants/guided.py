@@ -271,6 +271,8 @@ class Guide:
 
     def _aim_value(self, value: Any, resolved: bool = False) -> Any:
         rng = self.rng
+        if isinstance(value, Ref):  # a NamedTuple: before the tuple case, or it becomes a plain one
+            return self._ref(value)
         if isinstance(value, tuple):
             leaves = [i for i, v in enumerate(value) if not isinstance(v, str)]
             if not leaves:
@@ -286,8 +288,6 @@ class Guide:
                 space = rng.choice(("pfn", "pfn", "gpa", "dm"))
                 return Ref(space, rng.choice(PFN_POOLS), rng.randint(0, 63))
             return self._number(value) & MASK64
-        if isinstance(value, Ref):
-            return self._ref(value)
         if isinstance(value, bytes) and value:
             # a little-endian boundary number in place of the first bytes (a ByteCount grown
             # in a time-of-check/time-of-use write, a length field in a message)
@@ -467,8 +467,8 @@ _OBJECT_REFUSED = (["STATUS_INVALID_HANDLE"], ["STATUS_OBJECT_TYPE_MISMATCH"])
 
 
 def _newest_handles(value: Any) -> Any:
-    if isinstance(value, Ref) and value.space in ("handle", "cookie"):
-        return value._replace(nth=0)
+    if isinstance(value, Ref):  # a NamedTuple: never rebuilt as a plain tuple
+        return value._replace(nth=0) if value.space in ("handle", "cookie") else value
     if isinstance(value, tuple):
         return tuple(_newest_handles(v) for v in value)
     return value
