@@ -29,6 +29,7 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.image import ComponentFloor, RevocationPolicy, model_pki, requirement_for, verify_image
 from vbsim.machine import Machine
 from vbsim.nt.kernel import NtKernel
+from vbsim.nt.process import Process, ProcessView, host_processes
 from vbsim.policy import Policy
 from vbsim.sk.kernel import SecureKernel
 from vbsim.sk.layouts import Pool
@@ -67,6 +68,38 @@ class System:
     @property
     def booted(self) -> bool:
         return self.halted is None and self.nt is not None
+
+    # -- what NT's memory says now (host side: a debugger's view of VTL0 RAM) ------------------
+    def process_views(self) -> list[ProcessView]:
+        """``!process 0 0``: every EPROCESS on PsActiveProcessHead's list in RAM, in list
+        order.  A process a rootkit unlinked is not here, as it is not in a debugger's list."""
+        if self.nt is None or self.machine is None:
+            return []
+        head = self.nt.variables["PsActiveProcessHead"]
+        return host_processes(self.machine.ram, head.va, head.gpa)
+
+    def processes(self) -> dict[int, Process]:
+        """NT's process handles for the processes on the list now, by the PID RAM holds."""
+        if self.nt is None:
+            return {}
+        found = {}
+        for view in self.process_views():
+            handle = self.nt.process_at(view.eprocess)
+            if handle is not None:
+                found[view.pid] = handle
+        return found
+
+    def process(self, pid: int) -> Process:
+        """The listed process with ``pid`` (KeyError when none is)."""
+        return self.processes()[pid]
+
+    def modules(self) -> list[str]:
+        """``lm``: the drivers on PsLoadedModuleList in RAM, in load order."""
+        if self.nt is None or self.machine is None:
+            return []
+        from vbsim.nt.drivers import host_modules
+
+        return host_modules(self.machine.ram, self.nt)
 
 
 def revocation_of(policy: Policy) -> RevocationPolicy | None:

@@ -74,9 +74,7 @@ def boot_report(policy: Policy) -> dict[str, Any]:
         runs = vtl0_memory_map(system.machine, include_free=True, nt=system.nt)
         report["memory"] = [run.to_json() for run in runs]
     if system.nt is not None and system.machine is not None:
-        from vbsim.nt.process import host_view
-
-        views = [host_view(system.machine.ram, p.eprocess) for p in system.nt.processes.values()]
+        views = system.process_views()
         report["processes"] = [
             {
                 "pid": v.pid,
@@ -87,7 +85,7 @@ def boot_report(policy: Policy) -> dict[str, Any]:
             }
             for v in views
         ]
-        report["drivers"] = sorted(system.nt.drivers)
+        report["drivers"] = sorted(system.modules())
     return report
 
 

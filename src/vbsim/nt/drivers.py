@@ -66,9 +66,13 @@ from vbsim.image import (
 from vbsim.nt import syscalls
 from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
+    DRIVER_OBJECT,
+    IRP_MJ_DEVICE_CONTROL,
     KLDR_DATA_TABLE_ENTRY,
     LIST_ENTRY,
     SE_CI_CALLBACKS,
+    HostMemory,
+    HostReader,
     read_field,
     write_field,
 )
@@ -124,9 +128,13 @@ IOCTL_READ8 = 0x8000_2048
 IOCTL_WRITE8 = 0x8000_204C
 IOCTL_BUFFER = 16
 
-#: DRIVER_OBJECT (model layout): DriverStart, DriverSize, DriverInit, the value DriverEntry
-#: stores to show it ran, and the IoControl dispatch routine.
-DO_START, DO_SIZE, DO_INIT, DO_ENTRY_MARK, DO_IOCONTROL = 0x00, 0x08, 0x10, 0x18, 0x20
+#: DRIVER_OBJECT offsets (``nt.layouts.DRIVER_OBJECT``, Vergilius 19041), and the model's one
+#: extra field past its end: the value the sample DriverEntry stores to show it ran.
+DO_START = DRIVER_OBJECT.DriverStart.offset
+DO_SIZE = DRIVER_OBJECT.DriverSize.offset
+DO_INIT = DRIVER_OBJECT.DriverInit.offset
+DO_IOCONTROL = DRIVER_OBJECT.major(IRP_MJ_DEVICE_CONTROL)
+DO_ENTRY_MARK = DRIVER_OBJECT.SIZE
 ENTRY_MARK = int.from_bytes(b"DRVENTRY", "little")
 
 #: A debugger's hit counters on the drivers' routine bodies (host-side observation only: no
@@ -465,9 +473,11 @@ def map_image(
         None if export is None else base + export.rva,
         object_va,
     )
-    vp.write_u64(object_va + DO_START, base)
-    vp.write_u64(object_va + DO_SIZE, len(pfns) * PAGE_SIZE)
-    vp.write_u64(object_va + DO_INIT, driver.entry)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverStart, base)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverSize, len(pfns) * PAGE_SIZE)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverInit, driver.entry)
+    # What the driver's DriverEntry assigns (DriverObject->MajorFunction[IRP_MJ_DEVICE_CONTROL]
+    # = its dispatch routine); the model's loader writes the image's IoControl export there.
     vp.write_u64(object_va + DO_IOCONTROL, driver.io_control or 0)
     _event(
         vp, "mm.map-image", "mapped", driver=name, base=base, pages=len(pfns), code=len(layout.code)
@@ -565,6 +575,24 @@ def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
         vp.write_u64(head, head)
         vp.write_u64(head + 8, head)
     insert_tail(vp, head, entry)
+    write_field(vp, driver.object_va, DRIVER_OBJECT.DriverSection, entry)
+
+
+def host_modules(ram: HostMemory, nt: NtKernel) -> list[str]:
+    """PsLoadedModuleList as RAM holds it (``lm`` in a debugger): the BaseDllName of every
+    entry, in load order.  Host side (the boot report, goal checks): an entry a rootkit
+    unlinked is not listed, as it is not in a debugger's list.  The head is in NT's .data
+    (read at its GPA); the entries are pool blocks in the direct map."""
+    head = nt.variable(MODULE_LIST, LIST_ENTRY.SIZE)
+    reader = HostReader(ram, DIRECT_MAP)
+    names: list[str] = []
+    link = int.from_bytes(ram.read(head.gpa, 8), "little")
+    while link and link != head.va and len(names) < 1024:
+        length = min(reader.field(link, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength), 512)
+        buffer = reader.field(link, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
+        names.append(reader.read(buffer, length).decode("utf-16-le", "replace"))
+        link = reader.field(link, LIST_ENTRY.Flink)  # InLoadOrderLinks.Flink
+    return names
 
 
 def _remove_module(nt: NtKernel, vp: Cpu, name: str) -> None:
@@ -622,7 +650,9 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
 
 def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
     """Call ``DriverEntry(DriverObject)`` at CPL0: an instruction fetch like any other."""
-    result = vp.call(driver.entry, driver.object_va)
+    # IopLoadDriver calls DriverObject->DriverInit (read from the object now).
+    entry = read_field(vp, driver.object_va, DRIVER_OBJECT.DriverInit)
+    result = vp.call(entry, driver.object_va)
     status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
     driver.entry_status = status
     _event(vp, "driver-entry", NtStatus.name_of(status), driver=driver.name, entry=driver.entry)
@@ -668,14 +698,17 @@ def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     driver = nt.drivers.get(name) if name is not None else None
     if not isinstance(driver, LoadedDriver):
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    if driver.io_control is None:
+    # IopSynchronousServiceTail → IofCallDriver: DriverObject->MajorFunction[IRP_MJ_DEVICE_
+    # CONTROL], read from the driver object at each request (an IRP hook redirects it).
+    dispatch = vp.read_u64(driver.object_va + DO_IOCONTROL)
+    if not dispatch:
         return STATUS_INVALID_DEVICE_REQUEST
     ioctl = args[2] & 0xFFFF_FFFF
     buffer = nt.copy_from_user(vp, args[3], IOCTL_BUFFER)
     if buffer is None:
         return int(NtStatus.ACCESS_VIOLATION)
     _event(vp, "ioctl", "dispatched", driver=driver.name, code=ioctl)
-    result = vp.call(driver.io_control, ioctl, buffer)
+    result = vp.call(dispatch, ioctl, buffer)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)):
         return int(NtStatus.UNSUCCESSFUL)
     status, out = int(result[0]), result[1]

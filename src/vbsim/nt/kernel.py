@@ -18,11 +18,19 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Efer, Msr, Pte, Rflags, Vector
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Efer, Msr, Pte, Rflags, Vector
 from vbsim.nt import notify, vad
 from vbsim.nt import pfn as mm
 from vbsim.nt import process as ps
-from vbsim.nt.layouts import EPROCESS, LIST_ENTRY, MMPFNLIST, MmProtect, read_field
+from vbsim.nt.layouts import (
+    EPROCESS,
+    KPCR,
+    LIST_ENTRY,
+    MMPFNLIST,
+    MmProtect,
+    read_field,
+    write_field,
+)
 from vbsim.nt.pfn import NoPages
 from vbsim.nt.process import Process, Protection, Region, Token, new_address_space
 from vbsim.ntstatus import BugCheck, NtStatus
@@ -51,7 +59,7 @@ ICR_ALL_EXCLUDING_SELF = 0b11 << 18
 SERVICE_LIMIT = 0x200
 
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
-PRCB_SIZE = 0x40
+PRCB_SIZE = KPCR.SIZE
 
 SyscallHandler = Callable[["NtKernel", Cpu, list[int]], int]
 
@@ -105,8 +113,13 @@ class NtKernel:
     first_free: InitVar[int] = 0
     limit: InitVar[int] = 0
     space: KernelMap = field(init=False)
+    #: The Python handles NT keeps on its processes (the page-table editor and its table
+    #: frames), by the PID at creation: a symbol table, not the process list.  Whether a process
+    #: exists, and its PID, name, token, protection and DirectoryTableBase, are read from its
+    #: EPROCESS on PsActiveProcessHead's list in RAM at each decision (:meth:`lookup_process`,
+    #: :meth:`process_of`; host tools: ``System.process_views``).
     processes: dict[int, Process] = field(default_factory=dict)
-    current: dict[int, Process | None] = field(default_factory=dict)
+    _by_eprocess: dict[int, Process] = field(default_factory=dict, repr=False)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
     drivers: dict[str, Any] = field(default_factory=dict)
@@ -389,7 +402,10 @@ class NtKernel:
         """``process``'s page tables as NT walks and edits them now: through ``vp`` and the
         direct map.  The stored :class:`Process` keeps only the root and the table frames (no
         processor): each operation gets a fresh editor over the same frame list."""
-        return replace(process.tables, phys=self.phys(vp))  # same root, same frame list
+        # The root is KPROCESS.DirectoryTableBase as RAM holds it now (what KiSwapProcess and
+        # KeStackAttachProcess load into CR3); the handle keeps the table frames' list.
+        root = read_field(vp, process.eprocess, EPROCESS.DirectoryTableBase) & PTE_ADDR_MASK
+        return replace(process.tables, root=root, phys=self.phys(vp))
 
     def probe_user(self, vp: Cpu, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
@@ -447,6 +463,7 @@ class NtKernel:
         process = Process(pid, name, tables, eprocess)
         self._next_pid += 4
         self.processes[process.pid] = process
+        self._by_eprocess[eprocess] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
         cpu = vp
         notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
@@ -459,11 +476,16 @@ class NtKernel:
         for eprocess in ps.walk_processes(vp, self.process_head):
             if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
                 continue
-            handle = self.processes.get(pid)
-            if handle is None or handle.eprocess != eprocess or ps.is_exiting(vp, eprocess):
+            handle = self._by_eprocess.get(eprocess)
+            if handle is None or ps.is_exiting(vp, eprocess):
                 return None
             return handle
         return None
+
+    def process_at(self, eprocess: int) -> Process | None:
+        """NT's handle on the process whose EPROCESS is at ``eprocess`` (None: not one NT
+        created)."""
+        return self._by_eprocess.get(eprocess)
 
     def create_system_process(self, vp: Cpu) -> None:
         system = self.create_process(
@@ -473,6 +495,7 @@ class NtKernel:
             Protection.SYSTEM,
         )
         system.tables.root = self.space.root
+        write_field(vp, system.eprocess, EPROCESS.DirectoryTableBase, self.space.root)
         if self.boot_trustlets and self.vsl is not None:
             # wininit starts the enabled trustlets before lsass needs them (§1.1 row 16).
             from vbsim.nt.secure_process import start_boot_trustlets
@@ -560,9 +583,11 @@ class NtKernel:
         through the gates (``sysret`` in, ``syscall`` or an exception gate back: Cpu.user_call),
         never by setting CPL."""
         saved_cr3 = vp.read_cr(3)
-        saved_current = self.current.get(vp.index)
-        vp.mov_to_cr(3, process.tables.root)
-        self.current[vp.index] = process
+        block = self.processor_block(vp.index)
+        saved_current = read_field(vp, block, KPCR.CurrentProcess)
+        # KiSwapProcess: CR3 from the new process's KPROCESS.DirectoryTableBase, in RAM.
+        vp.mov_to_cr(3, read_field(vp, process.eprocess, EPROCESS.DirectoryTableBase))
+        write_field(vp, block, KPCR.CurrentProcess, process.eprocess)
         outcome = UserRun()
         try:
             outcome.returned = vp.user_call(entry, *args)
@@ -571,11 +596,14 @@ class NtKernel:
         finally:
             if vp.vtl == 0:
                 vp.mov_to_cr(3, saved_cr3)
-                self.current[vp.index] = saved_current
+                write_field(vp, block, KPCR.CurrentProcess, saved_current)
         return outcome
 
     def process_of(self, vp: Cpu) -> Process | None:
-        return self.current.get(vp.index)
+        """PsGetCurrentProcess: the EPROCESS this VP's processor block names (GS-relative, read
+        now), and NT's handle on it."""
+        eprocess = read_field(vp, self.processor_block(vp.index), KPCR.CurrentProcess)
+        return self._by_eprocess.get(eprocess) if eprocess else None
 
 
 def _nt(vp: Cpu | Cpu) -> NtKernel:

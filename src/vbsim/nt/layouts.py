@@ -274,9 +274,14 @@ def account_name(raw: bytes) -> str:
 
 
 # -- host-side reading -----------------------------------------------------------------------
-class _Ram(Protocol):
+class HostMemory(Protocol):
+    """Guest RAM as host tools read it (``GuestRam`` has these)."""
+
     def read(self, gpa: int, length: int) -> bytes: ...
     def write(self, gpa: int, data: bytes) -> object: ...
+
+
+_Ram = HostMemory
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,48 @@ class SE_CI_CALLBACKS:
 
     CiValidateImageHeader: Final = Field("CiValidateImageHeader", 0x20, 8, "Fortinet 2022")
     SIZE: Final = 0x100
+
+
+# -- processor control region ---------------------------------------------------------------------
+class KPCR:
+    """NT's per-processor block at GS base (``processor_block``), one per VP, ``SIZE`` apart.
+
+    Windows reaches the running process through ``gs:[0x188]`` (_KPCR.Prcb at 0x180, its
+    CurrentThread at +8) and then _KTHREAD.ApcState.Process (0x98 + 0x20) [Vergilius 19041]:
+    two loads through GS.  [model] The model's processes run one thread, so its block holds the
+    current _EPROCESS directly: the same decision input (which address space and which token a
+    system call acts for), one load instead of two."""
+
+    #: [model] The running thread's process (KTHREAD.ApcState.Process's stand-in); 0: none.
+    CurrentProcess: Final = Field("CurrentProcess", 0x00, 8, "model (KTHREAD.ApcState.Process)")
+    SIZE: Final = 0x40
+
+
+# -- driver objects --------------------------------------------------------------------------------
+#: IRP_MJ_DEVICE_CONTROL, the major function NtDeviceIoControlFile dispatches to (wdm.h).
+IRP_MJ_DEVICE_CONTROL: Final = 0x0E
+
+
+class DRIVER_OBJECT:
+    """_DRIVER_OBJECT [Vergilius 19041], 0x150 bytes: what the I/O manager calls a driver
+    through.  DriverEntry is called at DriverInit and every IRP at MajorFunction[major] —
+    read from this object at each call, which is why overwriting a MajorFunction entry (an IRP
+    hook) redirects a device's requests."""
+
+    DriverStart: Final = Field("DriverStart", 0x18, 8)
+    DriverSize: Final = Field("DriverSize", 0x20, 4)
+    #: The driver's _KLDR_DATA_TABLE_ENTRY on PsLoadedModuleList.
+    DriverSection: Final = Field("DriverSection", 0x28, 8)
+    DriverInit: Final = Field("DriverInit", 0x58, 8)
+    DriverUnload: Final = Field("DriverUnload", 0x68, 8)
+    #: PDRIVER_DISPATCH MajorFunction[28] (IRP_MJ_MAXIMUM_FUNCTION + 1).
+    MajorFunction: Final = Field("MajorFunction", 0x70, 8 * 28)
+    SIZE: Final = 0x150
+
+    @staticmethod
+    def major(function: int) -> int:
+        """The offset of MajorFunction[function]."""
+        return 0x70 + 8 * function
 
 
 # -- loaded modules -------------------------------------------------------------------------------

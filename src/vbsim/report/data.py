@@ -175,13 +175,11 @@ def collect_preset(name: str) -> PresetData:
     processes: list[ProcessInfo] = []
     drivers: list[str] = []
     if system.nt is not None and machine is not None:
-        from vbsim.nt.process import host_view
-
-        views = [host_view(machine.ram, p.eprocess) for p in system.nt.processes.values()]
+        views = system.process_views()
         processes = [
             ProcessInfo(p.pid, p.name, p.user, p.trustlet_id, f"{p.protection:#04x}") for p in views
         ]
-        drivers = sorted(system.nt.drivers)
+        drivers = sorted(system.modules())
     memory = (
         vtl0_memory_map(machine, include_free=True, nt=system.nt) if machine is not None else []
     )

@@ -96,9 +96,7 @@ def trustlets(ctx: AttackContext, trustlet_id: int, live: bool = True) -> list[S
 
 def lsaiso_shadow(ctx: AttackContext) -> Process | None:
     """LsaIso's VTL0 shadow process (Task Manager lists it: vbs-internals §7)."""
-    nt = ctx.booted.nt
-    assert nt is not None
-    for process in nt.processes.values():
+    for process in ctx.booted.processes().values():  # the list in RAM
         if process.trustlet_id == LSAISO_ID and not ctx.view(process).exiting:
             return process
     return None
@@ -403,8 +401,10 @@ def _debug_trustlet(cpu: Cpu, pid: int, va: int, buffer_pfn: int) -> list[int]:
     """K0: the debugger's secure calls, with the secure handles NT keeps for the trustlet."""
     nt = nt_of(cpu)
     assert nt.vsl is not None
-    handle = nt.processes[pid].secure_pid
-    cookie = read_field(cpu, nt.processes[pid].eprocess, EPROCESS.SecureThreadCookie)
+    target = nt.lookup_process(cpu, pid)  # PsLookupProcessByProcessId: the list in RAM
+    eprocess = target.eprocess if target is not None else 0
+    handle = read_field(cpu, eprocess, EPROCESS.SecurePid) if eprocess else 0
+    cookie = read_field(cpu, eprocess, EPROCESS.SecureThreadCookie) if eprocess else 0
     statuses = [
         nt.vsl.call(cpu, Service.DEBUG_PROCESS, handle)[0],
         nt.vsl.call(cpu, Service.GET_CONTEXT, cookie)[0],

@@ -24,6 +24,7 @@ from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium.lsaiso import ntlm_response
 from vbsim.nt import dump as nt_dump
 from vbsim.nt import lsass
+from vbsim.nt.layouts import EPROCESS, read_field
 from vbsim.nt.lsass import DEFAULT_LOGON, Logon, nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.syscalls import PAGE_EXECUTE_READWRITE, syscall
@@ -43,7 +44,7 @@ def lsass_process(ctx: AttackContext) -> Process:
     nt = ctx.booted.nt
     assert nt is not None
     pid, _, _ = lsass.credential_region(nt)
-    return nt.processes[pid]
+    return ctx.booted.process(pid)
 
 
 # -- A21 -------------------------------------------------------------------------------------------
@@ -275,7 +276,9 @@ def _rundown(cpu: Cpu, pid: int) -> int:
     """K0: SECURESERVICE_RUNDOWN_PROCESS on LsaIso's secure handle (from its EPROCESS)."""
     nt = nt_of(cpu)
     assert nt.vsl is not None
-    return nt.vsl.call(cpu, Service.RUNDOWN_PROCESS, nt.processes[pid].secure_pid)[0]
+    target = nt.lookup_process(cpu, pid)  # PsLookupProcessByProcessId: the list in RAM
+    handle = read_field(cpu, target.eprocess, EPROCESS.SecurePid) if target is not None else 0
+    return nt.vsl.call(cpu, Service.RUNDOWN_PROCESS, handle)[0]
 
 
 def _terminate(cpu: Cpu, pid: int) -> int:

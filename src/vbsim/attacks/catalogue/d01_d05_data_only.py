@@ -134,7 +134,7 @@ def d1_goal(ctx: AttackContext) -> bool:
     process = ctx.notes.get("process")
     if not isinstance(process, Process) or ctx.system is None or ctx.system.nt is None:
         return False
-    system_token = ctx.view(ctx.system.nt.processes[4]).token
+    system_token = ctx.view(ctx.system.process(4)).token
     return (
         ctx.view(process).token == system_token
         and ctx.notes.get("before") == "STATUS_PRIVILEGE_NOT_HELD"
@@ -183,7 +183,7 @@ def _user_bytes(ctx: AttackContext, process: Process, va: int, length: int) -> b
 def d2_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
     pid, va, length = lsass.credential_region(nt)
-    lsass_process = nt.processes[pid]
+    lsass_process = ctx.booted.process(pid)
     # The defender enabled RunAsPPL: lsass runs as PsProtectedSignerLsa-Light (0x41).
     _host(ctx).set_field(lsass_process.eprocess, EPROCESS.Protection, Protection.PPL)
     admin = ctx.process(admin=True, name="d2.exe")

@@ -36,6 +36,7 @@ from vbsim.ium import iumbase
 from vbsim.ium.images import trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt import lsass
+from vbsim.nt.layouts import EPROCESS, read_field
 from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.nt.vad import region_at
@@ -264,10 +265,11 @@ VTL0_SECURE_SYSCALL = Scenario(
 
 
 # -- K0 dumps lsass credentials -------------------------------------------------------------------
-def _attach_and_copy(cpu: Cpu, cr3: int, va: int, length: int, loot_va: int) -> None:
-    """K0: KeStackAttachProcess(lsass) — CR3 switch — then copy the record with SMAP lifted."""
+def _attach_and_copy(cpu: Cpu, eprocess: int, va: int, length: int, loot_va: int) -> None:
+    """K0: KeStackAttachProcess(lsass) — CR3 from its KPROCESS.DirectoryTableBase, read
+    from RAM — then copy the record with SMAP lifted."""
     saved = cpu.read_cr(3)
-    cpu.mov_to_cr(3, cr3)
+    cpu.mov_to_cr(3, read_field(cpu, eprocess, EPROCESS.DirectoryTableBase))
     try:
         cpu.stac()
         data = cpu.read(va, length)
@@ -283,7 +285,7 @@ def k0_dumps_lsass_steps(ctx: AttackContext) -> None:
     pid, va, length = lsass.credential_region(nt)  # what symbols tell mimikatz
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
     ctx.notes["secret"] = nt_owf(DEFAULT_LOGON.password)
-    ctx.kernel(_attach_and_copy, nt.processes[pid].tables.root, va, length, loot_va)
+    ctx.kernel(_attach_and_copy, ctx.booted.process(pid).eprocess, va, length, loot_va)
 
 
 K0_DUMPS_LSASS = Scenario(
