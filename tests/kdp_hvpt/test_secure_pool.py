@@ -180,3 +180,24 @@ def test_secure_pool_needs_kdp_and_build_b() -> None:
     ):
         _, nt, vp = parts(booted(name, **changes))
         assert kdp.ex_create_secure_pool(nt, vp.cpu, 1)[0] == status, name
+
+
+def test_a_call_refused_for_want_of_a_capture_slot_leaves_no_block_behind() -> None:
+    """COPY_PROTECTED_PAGE takes its capture slot before it allocates: when every slot is held
+    it is refused with STATUS_NO_MEMORY and neither a record nor the pool cursor changes, so
+    the next allocation gets the block right after the last real one."""
+    from vbsim.sk.layouts import Capture
+    from vbsim.sk.services.allocation import CAPTURE_SLOTS, state
+
+    system, machine, nt, vp, pool, block = _pool()
+    sk = sk_of(system)
+    busy_gpa = sk_gpa(sk, state(sk).control_va) + Capture.BUSY.offset
+    machine.ram.write(busy_gpa, ((1 << CAPTURE_SLOTS) - 1).to_bytes(4, "little"))
+    status, _ = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, TAG, b"held", 7)
+    assert status == NtStatus.NO_MEMORY
+    refusal = events(system, "kdp", "securepool.block")[-1]
+    assert refusal.outcome == "refused" and refusal.detail["reason"] == "no-capture-slot"
+    machine.ram.write(busy_gpa, bytes(4))
+    status, va = kdp.ex_allocate_pool3_secure(nt, vp.cpu, pool, TAG, b"next", 7)
+    assert status == NtStatus.SUCCESS
+    assert va == block + -(-len(SECRET) // skkdp.POOL_ALIGN) * skkdp.POOL_ALIGN

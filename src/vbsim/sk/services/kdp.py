@@ -252,8 +252,47 @@ def _records(sk: SecureKernel, vp: Cpu) -> list[tuple[int, int, int, int, int, i
     return [POOL_RECORD.unpack_from(raw, i * POOL_RECORD.size) for i in range(RECORDS)]
 
 
+def _place_block(
+    sk: SecureKernel, vp: Cpu, pool: int, pool_va: int, pool_size: int, args: SecureCallArgs
+) -> tuple[str, int, int] | Reply:
+    """Where COPY_PROTECTED_PAGE writes: a new block (COPY_ALLOCATE: its record is written and
+    the pool's cursor advanced) or a live block the caller names with its tag and cookie;
+    (outcome, offset in the pool, the VA returned) or the refusal."""
+    handle, tag, alloc_va, cookie, offset, size, _, _, flags = args.fields[0:9]
+    bad = NtStatus.INVALID_PARAMETER
+    st = state(sk)
+    records = _records(sk, vp)
+    if flags & COPY_ALLOCATE:
+        if offset:
+            return _refuse(sk, vp, "securepool.block", "offset", bad, offset=offset)
+        start = read_field(vp, pool, PoolLayout.NEXT)
+        block = -(-size // POOL_ALIGN) * POOL_ALIGN
+        free = next((i for i, r in enumerate(records) if not r[4] & RECORD_LIVE), None)
+        if start + block > pool_size or free is None:
+            return _refuse(sk, vp, "securepool.block", "pool-full", NtStatus.NO_MEMORY)
+        write_field(vp, pool, PoolLayout.NEXT, start + block)
+        record = (handle, start, size, tag, RECORD_LIVE, cookie)
+        vp.write(st.table_va + free * POOL_RECORD.size, POOL_RECORD.pack(*record))
+        return "allocated", start, pool_va + start
+    relative = (alloc_va - pool_va) & 0xFFFF_FFFF_FFFF_FFFF
+    match = next(
+        (r for r in records if r[4] & RECORD_LIVE and r[0] == handle and r[1] == relative),
+        None,
+    )
+    if relative >= pool_size or match is None:
+        return _refuse(sk, vp, "securepool.block", "not-a-block", bad, allocation=alloc_va)
+    if match[3] != tag:
+        return _refuse(sk, vp, "securepool.tag", "tag", NtStatus.ACCESS_DENIED, tag=tag)
+    if not hmac.compare_digest(match[5].to_bytes(8, "little"), cookie.to_bytes(8, "little")):
+        return _refuse(sk, vp, "securepool.cookie", "cookie", NtStatus.ACCESS_DENIED)
+    if offset > match[2] or size > match[2] - offset:
+        return _refuse(sk, vp, "securepool.bounds", "outside-block", bad, offset=offset, size=size)
+    _kdp(sk, vp, "securepool.cookie", "accepted", allocation=alloc_va)
+    return "updated", relative + offset, alloc_va
+
+
 def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
-    handle, tag, alloc_va, cookie, offset, size, src_pfn, src_offset, flags = args.fields[0:9]
+    handle, tag, _, _, _, size, src_pfn, src_offset, flags = args.fields[0:9]
     if not _enabled(sk, vp):
         return Reply(NtStatus.NOT_SUPPORTED)
     pool = objects.reference(sk, vp, handle, POOL_KIND)
@@ -273,42 +312,16 @@ def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
         read_field(vp, pool, PoolLayout.BASE_PFN),
     )
     pool_size = read_field(vp, pool, PoolLayout.PAGES) * PAGE_SIZE
-    st = state(sk)
-    records = _records(sk, vp)
-    if flags & COPY_ALLOCATE:
-        if offset:
-            return _refuse(sk, vp, "securepool.block", "offset", bad, offset=offset)
-        start = read_field(vp, pool, PoolLayout.NEXT)
-        block = -(-size // POOL_ALIGN) * POOL_ALIGN
-        free = next((i for i, r in enumerate(records) if not r[4] & RECORD_LIVE), None)
-        if start + block > pool_size or free is None:
-            return _refuse(sk, vp, "securepool.block", "pool-full", NtStatus.NO_MEMORY)
-        write_field(vp, pool, PoolLayout.NEXT, start + block)
-        record = (handle, start, size, tag, RECORD_LIVE, cookie)
-        vp.write(st.table_va + free * POOL_RECORD.size, POOL_RECORD.pack(*record))
-        outcome, dest, result = "allocated", start, pool_va + start
-    else:
-        relative = (alloc_va - pool_va) & 0xFFFF_FFFF_FFFF_FFFF
-        match = next(
-            (r for r in records if r[4] & RECORD_LIVE and r[0] == handle and r[1] == relative),
-            None,
-        )
-        if relative >= pool_size or match is None:
-            return _refuse(sk, vp, "securepool.block", "not-a-block", bad, allocation=alloc_va)
-        if match[3] != tag:
-            return _refuse(sk, vp, "securepool.tag", "tag", NtStatus.ACCESS_DENIED, tag=tag)
-        if not hmac.compare_digest(match[5].to_bytes(8, "little"), cookie.to_bytes(8, "little")):
-            return _refuse(sk, vp, "securepool.cookie", "cookie", NtStatus.ACCESS_DENIED)
-        if offset > match[2] or size > match[2] - offset:
-            return _refuse(
-                sk, vp, "securepool.bounds", "outside-block", bad, offset=offset, size=size
-            )
-        _kdp(sk, vp, "securepool.cookie", "accepted", allocation=alloc_va)
-        outcome, dest, result = "updated", relative + offset, alloc_va
+    # The capture slot first: a call refused for want of one must leave no record behind
+    # (allocating the block and then failing would leak a live record nobody holds).
     slot = allocation.acquire_capture(sk, vp)
     if slot is None:
         return _refuse(sk, vp, "securepool.block", "no-capture-slot", NtStatus.NO_MEMORY)
     try:
+        placed = _place_block(sk, vp, pool, pool_va, pool_size, args)
+        if isinstance(placed, Reply):
+            return placed
+        outcome, dest, result = placed
         data = allocation.capture(sk, vp, slot, (src_pfn << PAGE_SHIFT) + src_offset, size)
     finally:
         allocation.release_capture(sk, vp, slot)
