@@ -249,12 +249,29 @@ class ObjectType:
     SECURE_IMAGE = 2
     SECURE_ALLOCATION = 3
     SECURE_POOL = 4
+    LIVEDUMP = 5
     NAMES: ClassVar[dict[int, str]] = {
         SKPROCESS: "skprocess",
         SECURE_IMAGE: "secure_image",
         SECURE_ALLOCATION: "secure_allocation",
         SECURE_POOL: "secure_pool",
+        LIVEDUMP: "livedump",
     }
+
+
+class LiveDump:
+    """A live-dump context (``sk.services.livedump``): one small-object pool block.  The real
+    layout is not public (model): a header, then the buffers NT added, each the MDL's StartVa,
+    ByteCount and ByteOffset as the SK recorded them."""
+
+    COUNT = Field("buffer_count", 0x00, 4, MODEL)
+    BUFFERS = 0x10
+    ENTRY = 0x10
+    START_VA = Field("StartVa", 0x00, 8, MODEL)  # within an entry
+    BYTE_COUNT = Field("ByteCount", 0x08, 4, MODEL)
+    BYTE_OFFSET = Field("ByteOffset", 0x0C, 4, MODEL)
+    #: The entries that fit the block (ObjectPool.BLOCK bytes).
+    SLOTS = (0x40 - BUFFERS) // ENTRY
 
 
 class HandleTable:

@@ -524,8 +524,8 @@ A8 = Scenario(
     source="vbs-internals §6 A8 (the class: 'corrupt SK memory via bad MDL lengths'). An "
     "EXAMPLE of the class on another service, not the CVE: CVE-2020-0917 was in "
     "SkmmObtainHotPatchUndoTable (A8-UNDO re-enacts it), CVE-2020-0918 SkmmUnmapMdl on a "
-    "controlled MDL, and the published chain wrote with LIVEDUMP_ADD_BUFFER (Amar & King, "
-    "'Breaking VSM by attacking SecureKernel', Black Hat USA 2020)",
+    "controlled MDL, and the published chain wrote with LIVEDUMP_ADD_BUFFER (A8-LIVEDUMP; "
+    "Amar & King, 'Breaking VSM by attacking SecureKernel', Black Hat USA 2020)",
     capability=Capability.K0,
     goal="SK memory changes: HVCI's validated-hash records behind the allocation hold a record "
     "the attacker forged (under HVCI the SK then makes the attacker's patched page executable)",
@@ -593,8 +593,8 @@ A8_UNDO = Scenario(
     "only ByteCount's span and copied the whole table, taking the next PFN from attacker bytes. "
     "legacy-2019's table A has no OBTAIN_PATCH_UNDO_TABLE number (vbs-internals §2.4), so the "
     "service cannot be called there; vbs-off has no Secure Kernel. The published chain's "
-    "own write primitive, LIVEDUMP_ADD_BUFFER, and CVE-2020-0918 (SkmmUnmapMdl) are not "
-    "modelled.",
+    "own write primitive, LIVEDUMP_ADD_BUFFER, is A8-LIVEDUMP; CVE-2020-0918 (SkmmUnmapMdl) "
+    "is not modelled.",
     steps=a8_undo_steps,
     goal_met=sk_key_page_overwritten,
     applicable=needs_undo_table_service,

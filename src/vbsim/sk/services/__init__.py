@@ -10,9 +10,19 @@ if TYPE_CHECKING:
 
 def register_all(sk: SecureKernel) -> None:
     from vbsim.sk.ium import syscalls
-    from vbsim.sk.services import allocation, boot, dump, handles, hotpatch, hvci, ium, kdp
+    from vbsim.sk.services import (
+        allocation,
+        boot,
+        dump,
+        handles,
+        hotpatch,
+        hvci,
+        ium,
+        kdp,
+        livedump,
+    )
 
     # allocation before hvci: HVCI's hash records are mapped right behind the arena.
-    for module in (boot, allocation, hvci, ium, kdp, dump, hotpatch, handles):
+    for module in (boot, allocation, hvci, ium, kdp, dump, hotpatch, handles, livedump):
         module.register(sk)
     syscalls.register(sk)

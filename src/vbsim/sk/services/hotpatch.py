@@ -22,7 +22,8 @@ page to the MDL's PFNs.
   Amar & King's one-line description**: it validates the PFNs of ``ByteCount``'s span only, then
   copies the whole table, taking further PFNs from the array beyond that span (attacker bytes after
   the MDL in its VTL0 page) unchecked: the write lands in whatever page the attacker named, the
-  Secure Kernel's own included.  ``SkmmUnmapMdl`` (CVE-2020-0918) is not modelled separately.
+  Secure Kernel's own included.  ``SkmmUnmapMdl`` (CVE-2020-0918) is not modelled; the chain's
+  LIVEDUMP_ADD_BUFFER write is :mod:`vbsim.sk.services.livedump` (scenario A8-LIVEDUMP).
 
 Decisions are trace events of kind ``securecall`` (mechanisms ``securecall.mdl``,
 ``securecall.pfn``, ``securecall.legacy``, ``securecall.capture``, ``hotpatch.undo``).
