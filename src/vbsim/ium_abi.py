@@ -70,6 +70,7 @@ NT_NUMBERS: dict[str, int] = {
     "NtAllocateVirtualMemory": 0x0018,
     "NtFreeVirtualMemory": 0x001E,
     "NtProtectVirtualMemory": 0x0050,
+    "NtQueryVirtualMemory": 0x0023,
     "NtReadVirtualMemory": 0x003F,
     "NtWriteVirtualMemory": 0x003A,
     "NtTerminateProcess": 0x002C,

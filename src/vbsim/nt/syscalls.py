@@ -8,6 +8,7 @@ specific"); like the secure-call numbers they are configuration, selected by nam
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -317,6 +318,76 @@ def nt_free_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return int(NtStatus.SUCCESS)
 
 
+#: MEMORY_BASIC_INFORMATION (winnt.h, x64): BaseAddress, AllocationBase, AllocationProtect,
+#: PartitionId, RegionSize, State, Protect, Type — 0x30 bytes.
+MEMORY_BASIC_INFORMATION = struct.Struct("<QQIH2xQIII4x")
+MEM_COMMIT, MEM_FREE, MEM_PRIVATE = 0x1000, 0x10000, 0x20000
+PAGE_NOACCESS = 0x01
+#: nt!MmProtectToValue: a VAD's MM_* protection index → the PAGE_* value (WRK ``mi.h``).
+MM_PROTECT_TO_VALUE = (0x01, 0x02, 0x10, 0x20, 0x04, 0x08, 0x40, 0x80)
+
+
+def _page_protect(leaf: int | None) -> int:
+    """The PAGE_* value a user PTE gives (present, user; RW, NX), or PAGE_NOACCESS."""
+    if leaf is None or not leaf & 0x1 or not leaf & 0x4:
+        return PAGE_NOACCESS
+    writable, executable = bool(leaf & 0x2), not leaf >> 63 & 1
+    if executable:
+        return PAGE_EXECUTE_READWRITE if writable else PAGE_EXECUTE_READ
+    return PAGE_READWRITE if writable else PAGE_READONLY
+
+
+def nt_query_virtual_memory(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
+    """(pid, address, buffer, length): NtQueryVirtualMemory(MemoryBasicInformation) — reduced
+    to the model's four argument registers (the real call also takes the information class and
+    a ReturnLength pointer).  The answer comes from the target's VAD tree and page tables in RAM
+    now: inside a VAD, the VAD's start and allocation protection, and the run of pages from
+    ``address`` with the same PTE protection (MiQueryAddressState); outside one, MEM_FREE up to
+    the next VAD.  So a VAD a rootkit unlinked (BlackBone's BBHideVAD) reads as free memory to a
+    scanner walking the address space, though its pages are still mapped.  The target needs the
+    access a read does (PROCESS_QUERY_INFORMATION: not a protected process above the caller)."""
+    pid, address, buffer, length = args
+    if length < MEMORY_BASIC_INFORMATION.size:
+        return int(NtStatus.INFO_LENGTH_MISMATCH)
+    if address > vad.HIGHEST_USER_VA:
+        return int(NtStatus.INVALID_PARAMETER)  # STATUS_INVALID_PARAMETER_2 in the WRK
+    status, target = _lookup_process(nt, vp, pid, write=False)
+    if status != NtStatus.SUCCESS:
+        return status
+    from vbsim.nt.process import Process
+
+    assert isinstance(target, Process)
+    page = address & ~0xFFF
+    vpn = page >> PAGE_SHIFT
+    node = vad.locate(vp, target.eprocess, vpn)
+    if node:
+        tables = nt.address_space(vp, target)
+        protect = _page_protect(tables.lookup(page))
+        end = vad.ending_vpn(vp, node)
+        run = 1
+        limit = min(end - vpn + 1, MAX_ALLOCATION // PAGE_SIZE)
+        while run < limit and _page_protect(tables.lookup(page + run * PAGE_SIZE)) == protect:
+            run += 1
+        info = MEMORY_BASIC_INFORMATION.pack(
+            page,
+            vad.starting_vpn(vp, node) << PAGE_SHIFT,
+            MM_PROTECT_TO_VALUE[vad.protection(vp, node) & 7],
+            0,
+            run * PAGE_SIZE,
+            MEM_COMMIT,
+            protect,
+            MEM_PRIVATE,
+        )
+    else:
+        following = vad.next_above(vp, target.eprocess, vpn)
+        top = vad.starting_vpn(vp, following) if following else vad.HIGHEST_USER_VPN + 1
+        size = (top - vpn) << PAGE_SHIFT
+        info = MEMORY_BASIC_INFORMATION.pack(page, 0, 0, 0, size, MEM_FREE, PAGE_NOACCESS, 0)
+    if not nt.copy_to_user(vp, buffer, info):
+        return int(NtStatus.ACCESS_VIOLATION)
+    return int(NtStatus.SUCCESS)
+
+
 def nt_create_user_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     """(image name, name length, PULONG64 pid): a new process from the application store, with
     the caller's token (a child inherits its parent's), its image's routines mapped as code."""
@@ -418,6 +489,7 @@ HANDLERS: dict[str, Handler] = {
     "NtQueryValueKey": nt_query_value_key,
     "NtQueryInformationProcess": nt_query_information_process,
     "NtProtectVirtualMemory": nt_protect_virtual_memory,
+    "NtQueryVirtualMemory": nt_query_virtual_memory,
     "NtFreeVirtualMemory": nt_free_virtual_memory,
     "NtCreateUserProcess": nt_create_user_process,
 }

@@ -147,6 +147,21 @@ def walk(cpu: Cpu, eprocess: int) -> Iterator[int]:
         node = read_field(cpu, node, RTL_BALANCED_NODE.Right)
 
 
+def next_above(cpu: Cpu, eprocess: int, vpn: int) -> int:
+    """The node with the lowest StartingVpn above ``vpn``, or 0 (where a free range ends)."""
+    node = read_field(cpu, eprocess, EPROCESS.VadRoot)
+    best = 0
+    for _ in range(MAX_DEPTH):
+        if not node:
+            break
+        if starting_vpn(cpu, node) > vpn:
+            best = node
+            node = read_field(cpu, node, RTL_BALANCED_NODE.Left)
+        else:
+            node = read_field(cpu, node, RTL_BALANCED_NODE.Right)
+    return best
+
+
 def conflicting(cpu: Cpu, eprocess: int, first: int, last: int) -> int:
     """MiCheckForConflictingVad: a node overlapping VPNs [first, last], or 0 (a walk that gave
     up answers with the node it stopped at: the range is treated as taken)."""
