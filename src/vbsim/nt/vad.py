@@ -22,10 +22,10 @@ So a K0 write to a node (its extent, its Protection, its NoChange bit, a child p
 NT's next answer, as it does on Windows (BlackBone's ``BBFindVAD``/``BBProtectMemory``/
 ``BBHideVAD`` edit the same fields).
 
-The tree is a plain binary search tree [model]: Windows balances it (RTL_AVL_TREE,
-RtlAvlInsertNodeEx); the model inserts and deletes without rebalancing and keeps ParentValue's
-balance bits zero.  Lookups walk at most :data:`MAX_DEPTH` nodes, so a corrupted (cyclic) tree
-cannot hang NT: the walk gives up and the address counts as unallocated.
+The tree is an AVL tree, as Windows keeps it (RTL_AVL_TREE, RtlAvlInsertNodeEx /
+RtlAvlRemoveNode): :mod:`vbsim.nt.avl` rotates on insertion and removal and keeps each node's
+balance in ParentValue's low bits.  Lookups walk at most :data:`MAX_DEPTH` nodes, so a corrupted
+(cyclic) tree cannot hang NT: the walk gives up and the address counts as unallocated.
 
 VAD nodes come from a lookaside list of 0x40-byte blocks carved from pool pages NT takes from its
 own PFN database (:data:`~vbsim.nt.layouts.VAD_BLOCK`); a freed node is zeroed and pushed back.
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.nt.avl import AvlTree
 from vbsim.nt.layouts import (
     EPROCESS,
     MMVAD_FLAGS,
@@ -225,25 +226,13 @@ def initialize_node(
     write_field(cpu, node, MMVAD_SHORT.ReferenceCount, 1)
 
 
-def _parent(cpu: Cpu, node: int) -> int:
-    return read_field(cpu, node, RTL_BALANCED_NODE.ParentValue) & ~RTL_BALANCED_NODE.PARENT_FLAGS
-
-
-def _replace_child(cpu: Cpu, eprocess: int, parent: int, old: int, new: int) -> None:
-    """Point ``parent``'s link to ``old`` (or the root, without a parent) at ``new``."""
-    if not parent:
-        write_field(cpu, eprocess, EPROCESS.VadRoot, new)
-    elif read_field(cpu, parent, RTL_BALANCED_NODE.Left) == old:
-        write_field(cpu, parent, RTL_BALANCED_NODE.Left, new)
-    else:
-        write_field(cpu, parent, RTL_BALANCED_NODE.Right, new)
-    if new:
-        write_field(cpu, new, RTL_BALANCED_NODE.ParentValue, parent)
+def _tree(cpu: Cpu, eprocess: int) -> AvlTree:
+    return AvlTree(cpu, eprocess + EPROCESS.VadRoot.offset)
 
 
 def insert(cpu: Cpu, eprocess: int, node: int) -> bool:
-    """MiInsertVad: link ``node`` (its extent already set) by StartingVpn.  False, and nothing
-    linked, if the walk gave up (a corrupted tree)."""
+    """MiInsertVad: link ``node`` (its extent already set) by StartingVpn and rebalance
+    (RtlAvlInsertNodeEx).  False, and nothing linked, if the walk gave up (a corrupted tree)."""
     key = starting_vpn(cpu, node)
     parent = 0
     link = read_field(cpu, eprocess, EPROCESS.VadRoot)
@@ -256,48 +245,16 @@ def insert(cpu: Cpu, eprocess: int, node: int) -> bool:
         link = read_field(cpu, link, RTL_BALANCED_NODE.Right if right else RTL_BALANCED_NODE.Left)
     else:
         return False
-    write_field(cpu, node, RTL_BALANCED_NODE.Left, 0)
-    write_field(cpu, node, RTL_BALANCED_NODE.Right, 0)
-    write_field(cpu, node, RTL_BALANCED_NODE.ParentValue, parent)
-    if not parent:
-        write_field(cpu, eprocess, EPROCESS.VadRoot, node)
-    else:
-        field = RTL_BALANCED_NODE.Right if right else RTL_BALANCED_NODE.Left
-        write_field(cpu, parent, field, node)
+    _tree(cpu, eprocess).link(parent, node, right, MAX_DEPTH)
     count = read_field(cpu, eprocess, EPROCESS.VadCount)
     write_field(cpu, eprocess, EPROCESS.VadCount, count + 1)
     return True
 
 
 def remove(cpu: Cpu, eprocess: int, node: int) -> None:
-    """MiRemoveVad: unlink ``node`` (binary-search-tree deletion; its in-order successor takes
-    its place when it has two children)."""
-    left = read_field(cpu, node, RTL_BALANCED_NODE.Left)
-    right = read_field(cpu, node, RTL_BALANCED_NODE.Right)
-    parent = _parent(cpu, node)
-    if left and right:
-        successor = right
-        for _ in range(MAX_DEPTH):
-            nearer = read_field(cpu, successor, RTL_BALANCED_NODE.Left)
-            if not nearer:
-                break
-            successor = nearer
-        if successor != right:
-            # The successor has no left child: its right subtree takes its place.
-            _replace_child(
-                cpu,
-                eprocess,
-                _parent(cpu, successor),
-                successor,
-                read_field(cpu, successor, RTL_BALANCED_NODE.Right),
-            )
-            write_field(cpu, successor, RTL_BALANCED_NODE.Right, right)
-            write_field(cpu, right, RTL_BALANCED_NODE.ParentValue, successor)
-        write_field(cpu, successor, RTL_BALANCED_NODE.Left, left)
-        write_field(cpu, left, RTL_BALANCED_NODE.ParentValue, successor)
-        _replace_child(cpu, eprocess, parent, node, successor)
-    else:
-        _replace_child(cpu, eprocess, parent, node, left or right)
+    """MiRemoveVad: unlink ``node`` and rebalance (RtlAvlRemoveNode; its in-order successor
+    takes its place when it has two children)."""
+    _tree(cpu, eprocess).remove(node, MAX_DEPTH)
     count = read_field(cpu, eprocess, EPROCESS.VadCount)
     write_field(cpu, eprocess, EPROCESS.VadCount, max(0, count - 1))
     if read_field(cpu, eprocess, EPROCESS.VadHint) == node:
