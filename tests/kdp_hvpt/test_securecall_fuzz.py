@@ -46,6 +46,8 @@ STATEFUL = {
     "FINALIZE_SECURE_IMAGE_HASH",
     "FINISH_SECURE_IMAGE_VALIDATION",
     "CLOSE_SECURE_HANDLE",
+    "LIVEDUMP_START",  # a new context (pool block, handle): state by design
+    "LIVEDUMP_ABORT",
     "LOAD_DRIVER",
     "UNLOAD_DRIVER",
     "CREATE_SECURE_SECTION",

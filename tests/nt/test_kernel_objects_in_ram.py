@@ -153,3 +153,19 @@ def test_an_unlinked_driver_is_gone_from_the_module_list() -> None:
     assert drivers.SAMPLE_DRIVER not in env.system.modules()
     # The loader finds modules by walking the same list: an unlinked driver loads again.
     assert env.load(drivers.SAMPLE_DRIVER) != drivers.STATUS_IMAGE_ALREADY_LOADED
+
+
+def test_the_next_driver_goes_where_the_cursor_in_ram_says() -> None:
+    """MiObtainSystemVa's model: the image cursor is an NT .data variable, so a kernel write to
+    it decides where the next driver is mapped."""
+    env = make_env("vbs-off")
+    nt = env.nt
+    cursor = nt.variables[drivers.IMAGE_CURSOR]
+    assert env.system.machine is not None
+    ram = env.system.machine.ram
+    chosen = 0xFFFF_F806_4000_0000
+    ram.write(cursor.gpa, chosen.to_bytes(8, "little"))
+    assert env.load(drivers.SAMPLE_DRIVER) == 0
+    sample = nt.drivers[drivers.SAMPLE_DRIVER]
+    assert isinstance(sample, drivers.LoadedDriver) and sample.base == chosen
+    assert int.from_bytes(ram.read(cursor.gpa, 8), "little") > chosen

@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
@@ -182,13 +182,9 @@ class LoadedDriver:
         return [pfn for i, pfn in enumerate(self.pfns) if i not in self.code_pages]
 
 
-@dataclass
-class DriverLoader:
-    """NT's loader state (``nt.driver_loader``): where the next image and pool block go."""
-
-    next_image: int = DRIVER_BASE
-    next_pool: int = POOL_EXECUTE_BASE
-    pool: dict[int, list[int]] = field(default_factory=dict)
+#: [model] NT's cursors for driver images and executable pool (``NtKernel.take_system_va``).
+IMAGE_CURSOR = "MiNextSystemImageVa"
+POOL_CURSOR = "MiNextExecutePoolVa"
 
 
 # -- the drivers' code ----------------------------------------------------------------------------
@@ -256,7 +252,7 @@ def default_store() -> dict[str, bytes]:
 # -- wiring ---------------------------------------------------------------------------------------
 def register_nt(nt: NtKernel) -> None:
     """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
-    .data, the driver store, the loader state, and the two system services."""
+    .data, the driver store, the loader's VA cursors, and the two system services."""
     nt.variable(SE_CI_CALLBACKS_NAME, SE_CI_CALLBACKS.SIZE)
     head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
     nt.loader_write_u64(head, head)
@@ -264,7 +260,10 @@ def register_nt(nt: NtKernel) -> None:
     nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
     nt.install_routine(ZW_FLUSH_INSTRUCTION_CACHE)
     nt.driver_store = default_store()
-    nt.driver_loader = DriverLoader()
+    nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
+    nt.system_va_cursor(POOL_CURSOR, POOL_EXECUTE_BASE)
+    nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
+    nt.system_va_cursor(POOL_CURSOR, POOL_EXECUTE_BASE)
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
     syscalls.register(nt, "NtDeviceIoControlFile", nt_device_io_control_file)
 
@@ -295,12 +294,6 @@ def load_boot_drivers(nt: NtKernel, vp: Cpu) -> None:
 
     status = load_driver(nt, vp, EDR_DRIVER)
     _event(vp, "boot-driver", NtStatus.name_of(status), driver=EDR_DRIVER)
-
-
-def _loader(nt: NtKernel) -> DriverLoader:
-    if nt.driver_loader is None:
-        nt.driver_loader = DriverLoader()
-    return nt.driver_loader
 
 
 def _store(nt: NtKernel) -> dict[str, bytes]:
@@ -450,9 +443,8 @@ def map_image(
     """MiMapSystemImage: fresh frames, contents written through the direct map, PTEs for code
     (read-only, executable) and data (RW/NX), a DRIVER_OBJECT.  No validation of any kind: the
     kernel-internal step, which a compromised kernel (or a manual-mapping attacker) can call."""
-    loader = _loader(nt)
-    base = loader.next_image
-    loader.next_image += (len(layout.pages) + 16) * PAGE_SIZE  # a guard gap between images
+    # a guard gap of 16 pages between images
+    base = nt.take_system_va(vp, IMAGE_CURSOR, (len(layout.pages) + 16) * PAGE_SIZE)
     tables = _kernel_tables(nt, vp)
     pfns: list[int] = []
     for index, content in enumerate(layout.pages):
@@ -725,9 +717,7 @@ def nt_allocate_executable(nt: NtKernel, vp: Cpu, size: int, writable: bool) -> 
     pages = max(1, -(-size // PAGE_SIZE))
     if pages > MAX_POOL_PAGES:
         return int(NtStatus.INVALID_PARAMETER), 0
-    loader = _loader(nt)
-    base = loader.next_pool
-    loader.next_pool += (pages + 1) * PAGE_SIZE
+    base = nt.take_system_va(vp, POOL_CURSOR, (pages + 1) * PAGE_SIZE)  # a guard page after
     tables = _kernel_tables(nt, vp)
     flags = int(Pte.G) | (int(Pte.RW) if writable else 0)  # no NX: executable
     pfns: list[int] = []
@@ -757,7 +747,6 @@ def nt_allocate_executable(nt: NtKernel, vp: Cpu, size: int, writable: bool) -> 
                     vp.invlpg(base + index * PAGE_SIZE)
                     nt.free_page(vp, frame)
                 return status, 0
-    loader.pool[base] = pfns
     _event(
         vp,
         "pool-execute",

@@ -80,8 +80,11 @@ class SecurePool:
 
 @dataclass
 class NtKdp:
-    next_section: int = SECTION_BASE
     sections: dict[str, Section] = field(default_factory=dict)
+
+
+#: [model] NT's cursor for driver data sections (see ``NtKernel.take_system_va``).
+SECTION_CURSOR = "MiNextDriverSectionVa"
 
 
 def install(nt: NtKernel) -> NtKdp:
@@ -121,8 +124,7 @@ def load_data_section(
     if name in state.sections:
         return state.sections[name]
     tables = PageTables(nt.phys(vp), nt.space.root)
-    va = state.next_section
-    state.next_section += (pages + 1) * PAGE_SIZE  # a guard page between sections
+    va = nt.take_system_va(vp, SECTION_CURSOR, (pages + 1) * PAGE_SIZE)  # a guard page after
     pfns: list[int] = []
     for i in range(pages):
         pfn = nt.alloc_page(vp)

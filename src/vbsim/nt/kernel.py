@@ -36,7 +36,6 @@ from vbsim.nt.process import Process, Protection, Region, Token, new_address_spa
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
-    from vbsim.nt.drivers import DriverLoader
     from vbsim.nt.kdp import NtKdp
     from vbsim.nt.lsass import LsassInfo
     from vbsim.nt.vsl import Vsl
@@ -130,9 +129,8 @@ class NtKernel:
     app_store: dict[str, bytes] = field(default_factory=dict)
     trustlet_store: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
-    #: The driver loader's and KDP client's VA cursors and section records (nt.drivers,
-    #: nt.kdp): the model's stand-in for MiSystemVa bookkeeping, symbols of mapped ranges.
-    driver_loader: DriverLoader | None = None
+    #: The KDP client's record of the data sections it mapped (nt.kdp): symbols of mapped
+    #: ranges (where the next one goes is a cursor in RAM, :meth:`take_system_va`).
     kdp_client: NtKdp | None = None
     #: lsass's credential record (pid, VA, length): the symbol host tools and D2 look up.
     lsass: LsassInfo | None = None
@@ -225,9 +223,10 @@ class NtKernel:
         from vbsim.nt import apps
 
         apps.install(self)
-        if self.vbs:
-            from vbsim.nt import kdp
+        from vbsim.nt import kdp
 
+        self.system_va_cursor(kdp.SECTION_CURSOR, kdp.SECTION_BASE)
+        if self.vbs:
             kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
         # MmPfnDatabase over all of RAM, then the memory map: NT's own frames (everything the
         # loader built it from, this database included) are active, the rest below the free
@@ -254,6 +253,20 @@ class NtKernel:
     def processor_block(self, index: int) -> int:
         """The VA of VP ``index``'s processor block (the model's KPCR: 64 bytes each)."""
         return self.prcb_va + index * PRCB_SIZE
+
+    def system_va_cursor(self, name: str, start: int) -> None:
+        """Loader time: a cursor variable in NT's .data, where the next range of system VA of
+        one kind goes (``start`` first).  [model] Windows hands out system VA from
+        MiSystemVaBitmap-style bitmaps (MiObtainSystemVa); the model keeps one bump pointer per
+        kind, in RAM like the bitmaps: a kernel write moves the next mapping."""
+        self.loader_write_u64(self.variable(name).va, start)
+
+    def take_system_va(self, vp: Cpu, name: str, size: int) -> int:
+        """The next ``size`` bytes of system VA from cursor ``name`` (read and advanced now)."""
+        cursor = self.variables[name].va
+        base = vp.read_u64(cursor)
+        vp.write_u64(cursor, base + size)
+        return base
 
     def install_routine(self, name: str) -> int:
         """Loader time: a code thunk for routine ``name`` in NT's code pages; its VA."""
