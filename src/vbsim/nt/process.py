@@ -9,8 +9,12 @@ kernel write primitive that changes them (token swap, PPL strip) changes NT's ne
 What a process has allocated is its VAD tree, also in RAM (``EPROCESS.VadRoot``,
 :mod:`vbsim.nt.vad`).
 
-The Python :class:`Process` is NT's handle on one: the EPROCESS VA, plus what stays in Python
-(the page-table helper: the root and the table frames; the PID and name as labels for traces).
+The running process is the one the processor block at GS names (``KPCR.CurrentProcess``), and
+a thread runs on the CR3 its KPROCESS.DirectoryTableBase holds, both read at each switch.  The
+Python :class:`Process` is NT's handle on one: the EPROCESS VA, plus what stays in Python (the
+list of its page-table frames, for teardown; the PID and name as labels for traces).  Host tools
+list processes by walking PsActiveProcessHead in RAM (``System.process_views``), so a process a
+rootkit unlinked is missing there as it is from a debugger's list.
 Each process gets its own PML4 whose kernel half (entries 256-511) is the kernel's, as on
 Windows x64.
 """
