@@ -174,6 +174,22 @@ REGRESSIONS: list[Regression] = [
         note="NT offers the SK the page it just had KDP protect; the SK clears it for vmsp",
     ),
     Regression(
+        "trustlet-syscall-waits-on-a-dead-nt",
+        "vbs",
+        Program(
+            "K0",
+            (
+                # NT's normal-call dispatch (found by a vbs soak, seed 5, shrunk by hand)
+                Action("write", (Ref("dm", "ntcode", 0, 0xE0), b"\xff" * 8)),
+                Action("fuzzlet", (1, 1, (6419, 8004331521970186627, 32, 21))),
+            ),
+        ),
+        expect="ok",
+        note="monitor bug, fixed: NT's normal-call dispatch is overwritten, so the normal call "
+        "a trustlet's system call makes never returns and the SK processor block keeps naming "
+        "the trustlet (invariant 6 called that an SK data change)",
+    ),
+    Regression(
         "sk-routine-run-from-user-mode",
         "vbs-hvci",
         Program("U0", (Action("exec", ("sk.entry", 0)),)),

@@ -162,6 +162,11 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     # entries by touching memory its SLAT denies, by design.  Scratch.
     scratch.add(sk.intercepts_gpa >> PAGE_SHIFT)
     labels[sk.intercepts_gpa >> PAGE_SHIFT] = "intercept-log"
+    # The processor blocks (vbsim.sk.layouts Prcb) hold each VP's current trustlet and thread
+    # across the normal calls a secure system call makes: VTL0 may never answer one (a dead or
+    # overwritten NT), and the block then keeps the trustlet's values by design.  Scratch.
+    scratch.add(sk.prcb_gpa >> PAGE_SHIFT)
+    labels[sk.prcb_gpa >> PAGE_SHIFT] = "processor-blocks"
     # The own-page and frame-pool bitmaps change in refused calls too: a trustlet creation that
     # fails after the SK withdrew VTL0's rights keeps the frames (giving them back would need a
     # clear-and-return path the model does not have).  Judged as scratch for now (issue 10).
