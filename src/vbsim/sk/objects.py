@@ -73,8 +73,9 @@ def reference(sk: SecureKernel, cpu: Cpu, handle: int, want: int) -> int | NtSta
     return va
 
 
-def insert(sk: SecureKernel, cpu: Mem, kind: int, va: int) -> int | None:
-    """A new handle for the object at ``va``; None when the table is full."""
+def insert(sk: SecureKernel, cpu: Cpu, kind: int, va: int) -> int | None:
+    """A new handle for the object at ``va``; None when the table is full.  The new handle and
+    its object's type are trace data (what the SK created, for whoever watches)."""
     hint = read_field(cpu, sk.handles_va, HandleTable.HINT)
     start = hint if 1 <= hint < _MAX else 1
     for step in range(_MAX - 1):
@@ -86,7 +87,10 @@ def insert(sk: SecureKernel, cpu: Mem, kind: int, va: int) -> int | None:
             write_field(cpu, sk.handles_va, HandleTable.HINT, index + 1)
             count = read_field(cpu, sk.handles_va, HandleTable.COUNT)
             write_field(cpu, sk.handles_va, HandleTable.COUNT, count + 1)
-            return handle_of(index)
+            handle = handle_of(index)
+            name = ObjectType.NAMES.get(kind, str(kind))
+            sk.emit(cpu, "securecall", "securecall.handle", "created", handle=handle, type=name)
+            return handle
     return None
 
 
