@@ -12,17 +12,35 @@ coverage-guided fuzzer has, without being told where to look:
   last live step); most later programs are mutants of corpus programs, the parent chosen by a
   tournament favouring the rarest features, and mutated mostly *at the steps that reached
   something new*: arguments re-aimed, the step redrawn with the same (op, service), actions
-  inserted, replaced, deleted, spliced.  Inserted actions favour the least-run kinds of the
-  vocabulary (every secure service gets its turn).
-- **Resources** (as syzkaller has them).  Steps after which the attacker holds a new handle or
-  cookie are *producers*; a call the kernel refuses for its object (``STATUS_INVALID_HANDLE``,
-  ``STATUS_OBJECT_TYPE_MISMATCH``) is queued again with a producer — a known one, or a secure
-  call whose shape takes no handle — right before it and its handles aimed at the newest.
+  inserted, replaced, deleted, spliced, or a call's MDL argument *staged* (a ``stage_mdl``
+  writing an MDL of fresh byte count, offset and PFNs where the call's MDL fields now point).
+  Inserted actions favour the least-run kinds of the vocabulary (every secure service gets its
+  turn).
+- **Resources** (as syzkaller has them, typed).  Steps after which the attacker holds a new
+  handle or cookie are *producers*.  The Secure Kernel's own trace says what each handle is:
+  ``securecall.handle created type=...`` when it makes one, ``want=``/``found=`` when it refuses
+  one, so the guide learns which object type each call wants and each producer makes.  A call
+  the kernel refuses for its object (``STATUS_INVALID_HANDLE``, ``STATUS_OBJECT_TYPE_MISMATCH``)
+  is queued again with a producer — one known to make the type it wants, else a known one of
+  unknown type, else a secure call whose shape takes no handle — right before it, its
+  handle-typed fields naming the newest handle.  A call accepted on a handle teaches its
+  producer (``matched``).  A mutation may also append a *consumer*: a service never accepted
+  whose object a known producer makes (with that producer), or the least-run one.  A secure
+  call is a service's only when its operation invokes one (SECURE_CALL_ARGS' other operations
+  ignore the service code).
+- **Queues, fairly.**  Repairs, and retries of a service refused for an argument
+  (``STATUS_INVALID_PARAMETER``) that the kernel has never accepted, share one bounded queue;
+  the kind served least goes first and no kind crowds out the others.  An accepted call that
+  reached something new is *explored* first (AFL's deterministic stage, per argument): the
+  program up to it, each argument of the call and of the MDL staged for it re-aimed in turn,
+  a page argument moved across the trust boundary (a VTL1 pool for a VTL0 one), the MDL staged
+  afresh.
 - **Boundary-aiming arguments.**  The Secure Kernel's decisions are trace events carrying the
   numbers it checked (``size``, ``offset``, ``byte_count``, ``pfn``, ``va``...).  Those are
   collected, and a re-aimed argument is drawn next to them: ``v-1``, ``v``, ``v+1``, ``v±8``,
   just past the page boundary above ``v``, one page either side of a PFN, or a page of another
-  pool where a number was.
+  pool where a number was.  A status no NTSTATUS names (NT's made-up answer in a hostile
+  reply) counts as one feature however it differs, as AFL buckets hit counts.
 
 Everything is drawn from one :class:`random.Random`, so a guided run is as reproducible as a
 plain one: the same seed and the same outcomes give the same programs.
@@ -41,8 +59,10 @@ from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.invariants.attacker import (
     CAPABILITIES,
     K0_OPS,
+    MDL_AT,
     PFN_POOLS,
     SERVICE_SHAPES,
+    STAGE_PAGES,
     Action,
     Focus,
     Program,
@@ -52,6 +72,7 @@ from vbsim.invariants.attacker import (
     draw_action,
     random_program,
 )
+from vbsim.sk.callargs import OP_INVOKE_SERVICE
 from vbsim.sk.sscn import Service
 from vbsim.trace.events import Event
 
@@ -136,8 +157,22 @@ class Guide:
     _accepted_by: set[str] = field(default_factory=set)
     #: actions after which the attacker held a new handle or cookie (resource producers)
     producers: list[Action] = field(default_factory=list)
-    _repairs: list[Program] = field(default_factory=list)
-    _repaired: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: per (op, service) of a call on a handle: the producer whose object it was accepted on
+    matched: dict[tuple[str, str], Action] = field(default_factory=dict)
+    #: programs queued by repairs and retries, with the (op, service) each is for
+    #: per call kind, the object type its handle must name (the SK's refusal says ``want``)
+    wants: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: per producer kind, the object type it makes (a refusal's ``found``, an acceptance)
+    makes: dict[tuple[str, str], str] = field(default_factory=dict)
+    _refused: dict[int, tuple[str, str]] = field(default_factory=dict)
+    _made: dict[int, str] = field(default_factory=dict)
+    _repairs: list[tuple[tuple[str, str], Program]] = field(default_factory=list)
+    _served: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: variants of each service's first accepted call (see _explore), run before repairs
+    _explores: list[Program] = field(default_factory=list)
+    _explored: Counter[str] = field(default_factory=Counter)
+    _repaired: Counter[tuple[tuple[str, str], bool]] = field(default_factory=Counter)
+    _retried: Counter[str] = field(default_factory=Counter)
     _tried: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
     _current: set[tuple[str, ...]] = field(default_factory=set)
     _steps: Callable[[], int] | None = None
@@ -147,9 +182,12 @@ class Guide:
     # -- drawing -----------------------------------------------------------------------------
     def next(self) -> Program:
         rng = self.rng
+        if self._explores and rng.random() < 0.5:
+            self.stats.repairs += 1
+            return self._explores.pop(0)
         if self._repairs and rng.random() < 0.35:
             self.stats.repairs += 1
-            return self._repairs.pop(0)
+            return self._next_repair()
         if not self.corpus or rng.random() < self.fresh:
             self.stats.fresh += 1
             # short: a long random program mostly ends its machine early; mutants grow it
@@ -199,7 +237,35 @@ class Guide:
             else:
                 focus = Focus(tuple(SERVICE_SHAPES), (op,))
             fresh = draw_action(d, "K0", focus)
-            actions[at] = Action(fresh.op, _newest_handles(fresh.args))
+            redrawn = Action(fresh.op, _newest_handles(fresh.args))
+            actions[at : at + 1] = self._with_producer(redrawn)
+        elif kind == "stage" and program.capability == "K0":
+            # a call with an MDL argument, its MDL staged right before it (see _staged)
+            calls = [i for i, a in enumerate(actions) if _mdl_position(a) is not None]
+            if calls:
+                frontier = [i for i in novel if i in calls]
+                at = rng.choice(frontier if frontier and rng.random() < 0.7 else calls)
+                actions[at : at + 1] = self._staged(actions[at])
+        elif kind == "consume" and program.capability == "K0":
+            # a call on a kernel object, after the last step (where the prefix's objects are):
+            # a service never accepted whose object type a known producer makes (then with
+            # that producer right before it), else the least-run one, with a producer mostly
+            ready = [
+                (c, p)
+                for c in _CONSUMERS
+                if c.value not in self._accepted_by
+                for p in self._fitting(("securecall", c.value))
+            ]
+            if ready and rng.random() < 0.5:
+                service, producer = rng.choice(ready)
+                fresh = draw_action(d, "K0", Focus((service,), ("securecall",)))
+                actions += [producer, Action(fresh.op, _newest_handles(fresh.args))]
+            else:
+                ran = self.ran
+                least = min(ran["securecall", str(service)] for service in _CONSUMERS)
+                service = rng.choice([c for c in _CONSUMERS if ran["securecall", str(c)] == least])
+                fresh = draw_action(d, "K0", Focus((service,), ("securecall",)))
+                actions += self._with_producer(Action(fresh.op, _newest_handles(fresh.args)))
         elif kind == "delete" and len(actions) > 1:
             del actions[rng.randrange(len(actions))]
         elif kind == "splice":
@@ -246,8 +312,15 @@ class Guide:
         the kernel accepted before it: objects are what accepted calls create (resources, in
         syzkaller's terms), and a call on a handle means little without one."""
         before: list[Action] = []
-        if self.accepted and _uses_handle(action) and self.rng.random() < 0.5:
-            before.append(self.rng.choice(self.accepted))
+        if _uses_handle(action) and self.rng.random() < 0.5:
+            matched = self.matched.get(_kind(action))
+            fitting = self._fitting(_kind(action))
+            if matched is not None and self.rng.random() < 0.7:
+                before.append(matched)
+            elif fitting and self.rng.random() < 0.7:
+                before.append(self.rng.choice(fitting))
+            elif self.accepted:
+                before.append(self.rng.choice(self.accepted))
         staged = _staged_mdl(action)
         if staged is not None and self.rng.random() < 0.5:
             # An MDL argument means little unless an MDL is there: a ``stage_mdl`` into the same
@@ -258,6 +331,29 @@ class Guide:
             )
             before.append(Action(stage.op, (slot, at, *stage.args[2:])))
         return [*before, action]
+
+    def _fitting(self, key: tuple[str, str]) -> list[Action]:
+        """The producers known to make the object type a call of kind ``key`` wants."""
+        want = self.wants.get(key)
+        return [p for p in self.producers if want and self.makes.get(_kind(p)) == want]
+
+    def _staged(self, action: Action) -> list[Action]:
+        """``action`` with its MDL argument aimed at a staging page, and a ``stage_mdl`` writing
+        an MDL there first: whether a call on an MDL is refused or accepted depends on what the
+        MDL says (its byte count, offset, PFNs), and only a staged MDL says what the attacker
+        chose."""
+        position = _mdl_position(action)
+        assert position is not None
+        rng = self.rng
+        slot, at = rng.randrange(STAGE_PAGES), rng.choice(MDL_AT)
+        fields = list(action.args[3])
+        fields[position : position + 2] = [
+            Ref("dm", "stage", slot, at),
+            Ref("pfn", "stage", slot, 0),
+        ]
+        args = (*action.args[:3], tuple(fields), *action.args[4:])
+        stage = draw_action(RandomDraw(rng), "K0", Focus(tuple(SERVICE_SHAPES), ("stage_mdl",)))
+        return [Action(stage.op, (slot, at, *stage.args[2:])), Action(action.op, args)]
 
     def _aim(self, action: Action) -> Action:
         """One argument of ``action`` re-aimed at a boundary (see :data:`MUTABLE`)."""
@@ -313,10 +409,19 @@ class Guide:
         if how == 0:
             return ref._replace(nth=max(0, ref.nth + rng.choice((-1, 1, 1))))
         if how == 1 and ref.space in ("pfn", "gpa", "dm"):
-            return ref._replace(pool=rng.choice(PFN_POOLS))
+            return ref._replace(pool=self._across(ref.pool))
         if how == 2 and ref.space == "pfn":  # the PFN next to one the kernel accepted
             return ref._replace(offset=ref.offset + rng.choice((-1, 1)) * PAGE_SIZE)
         return ref._replace(offset=self._number(ref.offset) % (1 << 32))
+
+    def _across(self, pool: str) -> str:
+        """Another page pool, across the trust boundary from ``pool`` half of the time: a page
+        of the other side where the kernel took one of this side is the question an
+        isolation fuzzer asks first."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            return rng.choice(_VTL0_POOLS if pool in _VTL1_POOLS else _VTL1_POOLS)
+        return rng.choice(PFN_POOLS)
 
     # -- learning ----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -331,6 +436,8 @@ class Guide:
         self._steps = steps
         self._base = steps() if steps is not None else 0
         self._credited = set()
+        self._refused = {}
+        self._made = {}
 
     def listen(self, event: Event) -> None:
         """A trace listener: the features and boundaries of the program now running."""
@@ -338,6 +445,14 @@ class Guide:
         if self._steps is not None and feature not in self.seen and feature not in self._current:
             self._credited.add(self._steps() - self._base - 1)
         self._current.add(feature)
+        if event.mechanism == "securecall.handle" and self._steps is not None:
+            step = self._steps() - self._base - 1
+            want, found = event.detail.get("want"), event.detail.get("found", "")
+            made = event.detail.get("type")
+            if isinstance(want, str) and isinstance(found, str):
+                self._refused[step] = (want, found)
+            elif event.outcome == "created" and isinstance(made, str):
+                self._made[step] = made
         if event.kind == "securecall" or event.kind.startswith("ium"):
             for key, value in event.detail.items():
                 if key in BOUNDARY_KEYS and isinstance(value, int) and 0 <= value <= MASK64:
@@ -354,17 +469,78 @@ class Guide:
         if _kind(action) not in {_kind(a) for a in self.producers}:
             self.producers.append(action)  # one per (op, service): the first that worked
 
+    def _match(self, program: Program, result: RunResult) -> None:
+        """Learn which producer each accepted call on a handle was accepted on: the newest
+        producer step before it (a handle names the newest object by default)."""
+        producers = sorted(result.produced)
+        for step, outcome in enumerate(result.outcomes):
+            action = program.actions[step]
+            if not outcome.startswith("securecall STATUS_SUCCESS") or not _uses_handle(action):
+                continue
+            before = [p for p in producers if p < step]
+            if before and _kind(action) not in self.matched:
+                self.matched[_kind(action)] = program.actions[before[-1]]
+            want = self.wants.get(_kind(action))
+            if before and want is not None and _names_newest(action):
+                self.makes.setdefault(_kind(program.actions[before[-1]]), want)
+        for step, made in self._made.items():
+            if 0 <= step < len(program.actions):
+                self.makes[_kind(program.actions[step])] = made  # the SK said what it created
+        for step, (want, found) in self._refused.items():
+            if not 0 <= step < len(program.actions):
+                continue
+            action = program.actions[step]
+            self.wants[_kind(action)] = want
+            before = [p for p in producers if p < step]
+            if found and before and _names_newest(action):
+                # the newest object was of type ``found``: what its producer makes
+                self.makes.setdefault(_kind(program.actions[before[-1]]), found)
+
+    def _retry(self, program: Program, step: int) -> None:
+        """A secure call refused for an argument (``STATUS_INVALID_PARAMETER``: not its object,
+        not the kernel's state or a service it lacks, which no argument changes) of a service
+        the kernel has never accepted: queue the program up to it with that call drawn afresh, a few
+        times per service.  An accepted call is where a service's own checks start, so each
+        service is worth reaching once (as a coverage-guided fuzzer chases an uncovered edge)."""
+        action = program.actions[step]
+        _op, service = _kind(action)
+        if service in self._accepted_by or service not in _SERVICE_NAMES:
+            return
+        if self._retried[service] >= 12:
+            return
+        self._retried[service] += 1
+        fresh = draw_action(RandomDraw(self.rng), "K0", Focus((Service(service),), ("securecall",)))
+        redrawn = self._with_producer(Action(fresh.op, _newest_handles(fresh.args)))
+        actions = (*program.actions[:step], *redrawn)
+        self._queue(_kind(action), Program(program.capability, actions[-self.max_actions :]))
+
     def _repair(self, program: Program, step: int) -> None:
         """A call the kernel refused for its object (a bad or wrong-type handle): queue it again
         with a producer right before it and its handles aimed at the newest one — the object
         the producer just made."""
         action = program.actions[step]
         key = _kind(action)
-        if len(self._repairs) >= 32 or self._repaired[key] >= 8:
+        # A producer known to make the type the call wants, else one whose type is unknown:
+        # the SK's refusal names both types (syzkaller's resources are typed the same way).
+        want = self.wants.get(key)
+        fitting = self._fitting(key)
+        # repairs by guess and by a known fitting producer have budgets of their own: what
+        # was spent guessing does not stop a repair once the types are known
+        budget = (key, bool(fitting))
+        if self._repaired[budget] >= 8:
             return
-        self._repaired[key] += 1
-        untried = [p for p in self.producers if self._tried[key, _kind(p)] < 3]
-        if untried and self.rng.random() < 0.7:
+        self._repaired[budget] += 1
+        untried = [
+            p
+            for p in self.producers
+            if self._tried[key, _kind(p)] < 3 and self.makes.get(_kind(p), want) == want
+        ]
+        matched = self.matched.get(key)
+        if matched is not None and self.rng.random() < 0.5:
+            producer = matched
+        elif fitting and self.rng.random() < 0.8:
+            producer = self.rng.choice(fitting)
+        elif untried and self.rng.random() < 0.7:
             producer = self.rng.choice(untried)
             self._tried[key, _kind(producer)] += 1
         else:
@@ -373,9 +549,79 @@ class Guide:
             creators = [svc for svc, shape in SERVICE_SHAPES.items() if shape and "h" not in shape]
             service = self.rng.choice(creators)
             producer = draw_action(RandomDraw(self.rng), "K0", Focus((service,), ("securecall",)))
-        fixed = Action(action.op, _newest_handles(action.args))
+        fixed = Action(action.op, _newest_handles(_handle_fields_typed(action).args))
         actions = (*program.actions[:step], producer, fixed)
-        self._repairs.append(Program(program.capability, actions[-self.max_actions :]))
+        self._queue(key, Program(program.capability, actions[-self.max_actions :]))
+
+    def _explore(self, program: Program, step: int) -> None:
+        """A call of a service the kernel accepted that reached something new (its first
+        acceptance, mostly): queue variants of the program up to
+        it with each argument of that call, and of the MDL staged for it, re-aimed in turn (as
+        AFL's deterministic stage walks every byte of a new queue entry).  Where a kernel
+        starts accepting a call is where its remaining checks are, argument by argument."""
+        actions = program.actions[: step + 1]
+        call = actions[step]
+        staged = _staged_mdl(call)
+        stage_at = None
+        if staged is not None:
+            stage_at = next(
+                (
+                    i
+                    for i in range(step - 1, -1, -1)
+                    if actions[i].op == "stage_mdl" and tuple(actions[i].args[:2]) == staged
+                ),
+                None,
+            )
+        targets = [(step, 3)]
+        if stage_at is not None:
+            targets += [(stage_at, at) for at in MUTABLE["stage_mdl"]]
+        variants: list[Program] = []
+        for at, position in targets:
+            value = actions[at].args[position] if position < len(actions[at].args) else None
+            for path in _leaf_paths(value):
+                old = _leaf_at(value, path)
+                for variant_number in range(_EXPLORE_VARIANTS):
+                    resolved = position in RESOLVED.get(actions[at].op, ())
+                    if variant_number == 0 and isinstance(old, Ref) and old.space in _PAGES:
+                        aimed = old._replace(pool=self._across(old.pool))  # the other side
+                    else:
+                        aimed = self._aim_value(old, resolved)
+                    new_value = _leaf_replaced(value, path, aimed)
+                    args = list(actions[at].args)
+                    args[position] = new_value
+                    variant = list(actions)
+                    variant[at] = Action(actions[at].op, tuple(args))
+                    variants.append(Program(program.capability, tuple(variant)))
+        if _mdl_position(call) is not None:
+            # the MDL staged afresh (more often when the call read one it did not stage)
+            for _ in range(_EXPLORE_VARIANTS * (1 if staged is not None else 3)):
+                restaged = (*actions[:step], *self._staged(call))
+                variants.append(Program(program.capability, restaged[-self.max_actions :]))
+        # a re-aim may land where it started (v+0, the newest handle once more): run each
+        # distinct variant once
+        explored = Program(program.capability, actions)
+        fresh = [v for v in dict.fromkeys(variants) if v != explored]
+        self._explores += fresh[: _EXPLORE_CAP - len(self._explores)]
+
+    def _queue(self, key: tuple[str, str], program: Program) -> None:
+        """Queue a repaired or retried program, fairly: when the queue is full, the newcomer
+        takes the place of the oldest entry of the kind queued most (if that is not its own),
+        so one service refused often cannot crowd out the others."""
+        if len(self._repairs) >= _QUEUE:
+            queued = Counter(k for k, _ in self._repairs)
+            crowded, count = queued.most_common(1)[0]
+            if crowded == key or count <= queued[key] + 1:
+                return
+            del self._repairs[next(i for i, (k, _) in enumerate(self._repairs) if k == crowded)]
+        self._repairs.append((key, program))
+
+    def _next_repair(self) -> Program:
+        """The oldest queued program of the kind served least so far."""
+        least = min(self._served[k] for k, _ in self._repairs)
+        at = next(i for i, (k, _) in enumerate(self._repairs) if self._served[k] == least)
+        key, program = self._repairs.pop(at)
+        self._served[key] += 1
+        return program
 
     def observe(self, program: Program, result: RunResult | None) -> bool:
         """Record how ``program`` ran (None: it ended in a violation or an exception); True when
@@ -390,7 +636,7 @@ class Guide:
             ):
                 op, service = _kind(action)
                 self.ran[op, service] += 1
-                status = " ".join(outcome.split()[:2])
+                status = _status_feature(outcome)
                 step_feature = ("step", op, service, status)
                 if step_feature not in self.seen and step_feature not in features:
                     novel_steps.append(number)
@@ -398,11 +644,23 @@ class Guide:
                 if status == "securecall STATUS_SUCCESS" and service not in self._accepted_by:
                     self._accepted_by.add(service)
                     self.accepted.append(action)
+            for number in sorted(set(novel_steps)):
+                # an accepted call that reached something new: explore it (a few per service)
+                if number >= len(result.outcomes):
+                    continue
+                service = _kind(program.actions[number])[1]
+                accepted = _status_feature(result.outcomes[number]) == "securecall STATUS_SUCCESS"
+                if accepted and self._explored[service] < _EXPLORES_PER_SERVICE:
+                    self._explored[service] += 1
+                    self._explore(program, number)
             for step in result.produced:
                 self._producer(program.actions[step])
+            self._match(program, result)
             for step, outcome in enumerate(result.outcomes):
                 if outcome.split()[1:2] in _OBJECT_REFUSED:
                     self._repair(program, step)
+                elif outcome.split()[:2] in _ARGUMENT_REFUSED:
+                    self._retry(program, step)
             if result.terminated is not None:
                 features.add(("terminated", result.terminated.split(":")[0]))
             # Keep what ran, without the step that ended the machine: mutants build on a prefix
@@ -445,8 +703,25 @@ def _staged_mdl(action: Action) -> tuple[int, int] | None:
     return None
 
 
+def _mdl_position(action: Action) -> int | None:
+    """Where a secure call's MDL fields start (``M`` in ``attacker.SERVICE_SHAPES``), or None
+    for a call without one."""
+    if action.op != "securecall" or len(action.args) < 5 or not isinstance(action.args[3], tuple):
+        return None
+    code = action.args[1]  # a service's name, or a raw number (then no shape is known)
+    at = SERVICE_SHAPES.get(Service(code), "").find("M") if code in _SERVICE_NAMES else -1
+    return at if at >= 0 and at + 1 < len(action.args[3]) else None
+
+
 def _kind(action: Action) -> tuple[str, str]:
-    return action.op, str(action.args[1]) if action.op == "securecall" and action.args else ""
+    """(op, service) of an action: a secure call's service only when its operation invokes one
+    (SECURE_CALL_ARGS' other operations, vbs-internals §2.2, ignore the service code: they
+    are kinds of their own, named by their operation)."""
+    if action.op != "securecall" or len(action.args) < 2:
+        return action.op, ""
+    if action.args[0] != OP_INVOKE_SERVICE:
+        return action.op, f"op {action.args[0]}"
+    return action.op, str(action.args[1])
 
 
 def _uses_handle(action: Action) -> bool:
@@ -461,9 +736,91 @@ def _uses_handle(action: Action) -> bool:
 #: mutation kinds, weighted by repetition
 _MUTATIONS = (
     *("insert", "insert", "aim", "aim", "redraw", "redraw"),
-    *("replace", "delete", "splice", "splice"),
+    *("replace", "delete", "splice", "splice", "stage", "consume"),
 )
+_SERVICE_NAMES = frozenset(service.value for service in SERVICE_SHAPES)
+#: the services that take a kernel object (an ``h`` field): the consumers of resources
+_CONSUMERS = tuple(service for service, shape in SERVICE_SHAPES.items() if "h" in shape)
+_QUEUE = 32  # queued repairs and retries at most
+_PAGES = ("pfn", "gpa", "dm")  # the Ref spaces that name a page of a pool
+#: the pools of pages VTL1 owns (SK, its data, trustlets); the rest are VTL0's
+_VTL1_POOLS = ("sk", "vtl1", "trustlet")
+_VTL0_POOLS = tuple(pool for pool in PFN_POOLS if pool not in _VTL1_POOLS)
+_EXPLORE_VARIANTS = 2  # variants per argument of a service's first accepted call
+_EXPLORE_CAP = 96  # queued variants at most
+_EXPLORES_PER_SERVICE = 3  # accepted calls of one service explored at most
+_ARGUMENT_REFUSED = (["securecall", "STATUS_INVALID_PARAMETER"],)
 _OBJECT_REFUSED = (["STATUS_INVALID_HANDLE"], ["STATUS_OBJECT_TYPE_MISMATCH"])
+
+
+def _handle_fields_typed(action: Action) -> Action:
+    """``action`` with every field its service's shape types as a handle (``h``) naming a
+    handle again, where the draw had put another kind of value there: a call refused for its
+    object is repaired through the field that names the object (syzkaller's typed resources)."""
+    if action.op != "securecall" or len(action.args) < 4 or not isinstance(action.args[3], tuple):
+        return action
+    code = action.args[1]
+    if code not in _SERVICE_NAMES:
+        return action  # a raw service number: no shape is known
+    fields = list(action.args[3])
+    at = 0
+    for kind in SERVICE_SHAPES[Service(code)]:
+        if at >= len(fields):
+            break
+        held = fields[at]
+        if kind == "h" and not (isinstance(held, Ref) and held.space == "handle"):
+            fields[at] = Ref("handle", "", 0)
+        at += 2 if kind == "M" else 1  # an MDL argument is two fields (its VA and PFN)
+    return Action(action.op, (*action.args[:3], tuple(fields), *action.args[4:]))
+
+
+def _status_feature(outcome: str) -> str:
+    """An outcome's first two words, with a number that is no known status bucketed (a status
+    NT made up in a hostile reply is not a new behaviour of the kernel each time it differs, as
+    AFL buckets hit counts rather than keep each count as new coverage) and data read left out."""
+    words = outcome.split()[:2]
+    if len(words) == 2 and words[0] == "securecall" and words[1].startswith("0x"):
+        words[1] = "0x?"
+    elif len(words) == 2 and words[1][:2] in ("b'", 'b"'):
+        # the bytes a read returned are data, not behaviour; and some differ from boot to
+        # boot by design (keys, instance GUIDs and nonces the SK draws from os.urandom), so
+        # a feature made of them would make a guided run differ from one run to the next
+        words[1] = "bytes"
+    return " ".join(words)
+
+
+def _names_newest(action: Action) -> bool:
+    """Whether every handle ``action`` names is the newest one (so the newest producer's
+    object is the one the kernel looked at)."""
+
+    def walk(value: Any) -> bool:
+        if isinstance(value, Ref):
+            return value.space != "handle" or (value.nth == 0 and value.offset == 0)
+        return not isinstance(value, tuple) or all(walk(v) for v in value)
+
+    return walk(action.args[3:4])
+
+
+def _leaf_paths(value: Any) -> list[tuple[int, ...]]:
+    """Where the numbers and references in an argument are (paths of indices into tuples)."""
+    if isinstance(value, Ref) or (isinstance(value, int) and not isinstance(value, bool)):
+        return [()]
+    if isinstance(value, tuple):
+        return [(i, *p) for i, v in enumerate(value) for p in _leaf_paths(v)]
+    return []
+
+
+def _leaf_at(value: Any, path: tuple[int, ...]) -> Any:
+    for i in path:
+        value = value[i]
+    return value
+
+
+def _leaf_replaced(value: Any, path: tuple[int, ...], new: Any) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    return (*value[:head], _leaf_replaced(value[head], rest, new), *value[head + 1 :])
 
 
 def _newest_handles(value: Any) -> Any:
