@@ -9,6 +9,7 @@ from __future__ import annotations
 from vbsim.hv.hypervisor import Hypervisor
 from vbsim.hv.iommu_faults import platform_iommu
 from vbsim.hw.bus import Bus
+from vbsim.hw.entropy import Entropy
 from vbsim.hw.ram import DEFAULT_RAM_SIZE, GuestRam
 from vbsim.hw.slat import Slat
 from vbsim.hw.vp import VirtualProcessor
@@ -23,6 +24,7 @@ class Machine:
         hypervisor: bool = True,
         trace: Trace | None = None,
         kernel_dma_protection: bool = False,
+        entropy_seed: int | None = None,
     ) -> None:
         if vps < 1 or vps > 64:
             raise ValueError(f"a machine has 1 to 64 virtual processors, not {vps}")
@@ -33,8 +35,12 @@ class Machine:
         self.vps = [
             VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)
         ]
+        #: One random-number generator for the package, shared by every VP (RDRAND) and read
+        #: by the boot loader (boot entropy); seeded from configuration when it names a seed.
+        self.entropy = Entropy(entropy_seed)
         for vp in self.vps:
             vp.interrupt_fabric = self._deliver_ipi
+            vp.entropy = self.entropy
         self.hv: Hypervisor | None = None
         if self.slat is not None:
             self.hv = Hypervisor(self.ram, self.slat, self.trace)

@@ -93,6 +93,10 @@ class Policy:
     build: str = "B"
     ram_mib: int = 256
     vps: int = 2
+    #: The seed of the platform's random-number generator (vbsim.hw.entropy: RDRAND and the
+    #: loader's boot entropy).  None draws one from the host per boot; a number makes every boot
+    #: of this policy reproduce the same keys, GUIDs and nonces (a soak job sets it to replay).
+    entropy_seed: int | None = None
     components: Mapping[str, Component] = field(
         default_factory=lambda: {name: Component() for name in COMPONENTS}
     )
@@ -117,6 +121,8 @@ class Policy:
                 }
             elif f.name == "legacy":
                 value = vars(value).copy()
+            elif value is None:
+                continue  # an unset optional field (TOML has no null): from_dict's default
             out[f.name] = value
         return out
 
@@ -205,6 +211,11 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
         if not 1 <= vps <= 64:
             raise PolicyError(f"vps: expected 1..64, got {vps}")
         changes["vps"] = vps
+    if "entropy_seed" in data:
+        seed = _expect(data["entropy_seed"], int, "entropy_seed")
+        if not 0 <= seed < 1 << 128:
+            raise PolicyError(f"entropy_seed: expected 0..2**128-1, got {seed}")
+        changes["entropy_seed"] = seed
     if "components" in data:
         table = _expect(data["components"], dict, "components")
         components = dict(policy.components)

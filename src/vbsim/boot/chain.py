@@ -196,6 +196,7 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
         hypervisor=vbs,
         trace=system.trace,
         kernel_dma_protection=policy.kernel_dma_protection,
+        entropy_seed=policy.entropy_seed,
     )
     system.machine = machine
     _step(system, "hypervisor-launch", "launched" if vbs else "not-launched")

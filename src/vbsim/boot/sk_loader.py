@@ -60,6 +60,7 @@ def load_secure_kernel(
         ram.pages,
         ram.write,
         ram.place_image,
+        machine.entropy.read,
     )
     sk = SecureKernel(block, pool, revocation)
     image = tuple(sorted(set(space.frames)))

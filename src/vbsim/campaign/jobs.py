@@ -86,6 +86,11 @@ class JobResult:
     cpu_seconds: float = 0.0
 
 
+def boot_entropy_seed(job: int, boot: int) -> int:
+    """The platform generator's seed for boot ``boot`` of the job seeded ``job``."""
+    return (job << 32) | (boot & 0xFFFF_FFFF)
+
+
 def new_guide(config: SoakConfig, seed: int) -> Guide:
     return Guide(random.Random(seed), config.capabilities, config.max_actions)
 
@@ -126,6 +131,7 @@ def run_job(
         session = None
 
     skipped: dict[str, int] = {}
+    entropy_seed = 0
     try:
         for number in config.job_range(index):
             program = guide.next() if guide is not None else _random(rng, config)
@@ -137,7 +143,13 @@ def run_job(
                 program = Program(program.capability, ())
             if session is None or not session.healthy or since_boot >= config.reboot_every:
                 retire()
-                session = Session(config.policy)
+                # Each boot's platform generator is seeded from the job's seed and the boot's
+                # number, so a job replays byte for byte (keys, GUIDs, nonces, canaries).
+                # A policy that names a seed shifts every job's stream by it.
+                entropy_seed = boot_entropy_seed(
+                    seed ^ (config.policy.entropy_seed or 0), result.boots
+                )
+                session = Session(config.policy.with_changes(entropy_seed=entropy_seed))
                 if guide is not None:
                     session.system.trace.listen(guide.listen)
                 result.boots += 1
@@ -147,6 +159,7 @@ def run_job(
                 "index": number,
                 "job": index,
                 "seed": seed,
+                "entropy_seed": entropy_seed,
                 "preset": config.policy.name,
                 "capability": program.capability,
                 "length": len(program.actions),

@@ -11,9 +11,9 @@ instruction stream can do.  A :class:`Cpu` is that surface over one
   CPL0 only, as ``mov r64, crN`` is #GP at CPL3);
 - the instructions: ``syscall``/``sysret``, the user-mode callback pair (``sysret`` into user
   code, whose return executes ``syscall`` back), ``vmcall`` (hypercalls, VTL call/return),
-  ``wrmsr``/``rdmsr``, ``mov crN``, ``lidt``/``lgdt``, ``invlpg``, ``stac``/``clac``, ``in``/
-  ``out``, ``int n``, ``cpuid``-class identification (the VP index and the active VTL, which a
-  guest reads from HvRegisterVpIndex and HvRegisterVsmVpStatus);
+  ``wrmsr``/``rdmsr``, ``rdrand``, ``mov crN``, ``lidt``/``lgdt``, ``invlpg``, ``stac``/``clac``,
+  ``in``/``out``, ``int n``, ``cpuid``-class identification (the VP index and the active VTL,
+  which a guest reads from HvRegisterVpIndex and HvRegisterVsmVpStatus);
 - exception delivery (a refused access becomes #PF/#GP or a secure intercept, as on hardware).
 
 It holds no RAM, no SLAT, no hypervisor, no other VTL's bank and no other processor.  The one
@@ -71,6 +71,7 @@ SURFACE: frozenset[str] = frozenset(
         "vmcall",
         "wrmsr",
         "rdmsr",
+        "rdrand",
         "mov_to_cr",
         "lidt",
         "lgdt",
@@ -104,6 +105,7 @@ _BOUND: tuple[str, ...] = (
     "vmcall",
     "wrmsr",
     "rdmsr",
+    "rdrand",
     "mov_to_cr",
     "lidt",
     "lgdt",
@@ -143,6 +145,7 @@ class Cpu(SharedGprs):
         vmcall: Callable[[], None]
         wrmsr: Callable[[int, int], None]
         rdmsr: Callable[[int], int]
+        rdrand: Callable[[], int]
         mov_to_cr: Callable[[int, int], None]
         lidt: Callable[[int, int], None]
         lgdt: Callable[[int, int], None]

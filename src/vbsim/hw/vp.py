@@ -27,6 +27,7 @@ from typing import Any, NoReturn, Protocol
 from vbsim.hw import code
 from vbsim.hw.bus import Bus
 from vbsim.hw.cpu import Cpu
+from vbsim.hw.entropy import Entropy
 from vbsim.hw.faults import GuestHang, TripleFault
 from vbsim.hw.paging import PagingLayer, canonical, check_rights, error_code
 from vbsim.hw.ram import GuestRam
@@ -229,6 +230,8 @@ class VirtualProcessor(SharedGprs):
         #: The platform's interrupt fabric (set by the machine): (source, vector, shorthand,
         #: destination) for an ICR write.  None: no APIC bus (a single-processor test rig).
         self.interrupt_fabric: Callable[[int, int, int, int], None] | None = None
+        #: The package's random-number generator (the machine shares one among its VPs).
+        self.entropy = Entropy()
         #: The CPL at which the exception being delivered interrupted (from the stack frame).
         self.interrupted_cpl = 0
         self._reselect()
@@ -733,6 +736,11 @@ class VirtualProcessor(SharedGprs):
             self._reselect()
         if self.trace.on:
             self.emit("msr", "wrmsr", "written", msr=msr, value=value)
+
+    def rdrand(self) -> int:
+        """``RDRAND r64``: the next value of the platform's generator, at any CPL (Intel SDM
+        Vol. 2B, RDRAND; CF=1 always: the model's generator is never exhausted)."""
+        return self.entropy.u64()
 
     def rdmsr(self, msr: int) -> int:
         if not self._require_cpl0():

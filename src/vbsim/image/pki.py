@@ -15,6 +15,7 @@ code signing + WSCV (hypervisor, Secure Kernel, NT), ``codesign`` code signing o
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import tempfile
@@ -81,7 +82,7 @@ def _issue(
         .subject_name(_name(subject))
         .issuer_name(_name(subject) if issuer is None else issuer.subject)
         .public_key(public)
-        .serial_number(x509.random_serial_number())
+        .serial_number(_serial(subject, public))
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
@@ -109,6 +110,16 @@ def _issue(
         usages = [x509.ObjectIdentifier(oid) for oid in ekus]
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _serial(subject: str, public: rsa.RSAPublicKey) -> int:
+    """A positive 152-bit serial (RFC 5280 §4.1.2.2: unique per issuer, at most 20 octets) from
+    the subject and its key.  Fixed length, unlike ``x509.random_serial_number``'s: a
+    certificate's DER size, and with it every signed image's layout in guest memory, must not
+    vary from run to run (a replayed soak depends on it)."""
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    digest = hashlib.sha256(subject.encode() + b"\0" + der).digest()
+    return int.from_bytes(digest[:19], "big") | (1 << 151)
 
 
 def _new_key() -> rsa.RSAPrivateKey:

@@ -238,7 +238,12 @@ class Monitor:
         self._new: list[Violation] = []
         self._canaries = canaries
         # invariant 1
-        self.secrets = taint.collect(self.sk, machine.ram, plant_canaries=canaries)
+        self.secrets = taint.collect(
+            self.sk,
+            machine.ram,
+            plant_canaries=canaries,
+            seed=machine.entropy.derive("monitor.canaries"),
+        )
         self._crc: dict[int, int] = {}
         self._written: set[int] = set()
         self._tlb_start: set[int] = set()

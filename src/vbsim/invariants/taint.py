@@ -26,7 +26,7 @@ page with VTL0's SLAT R right, and the buffers of DMA devices after a device rea
 
 from __future__ import annotations
 
-import os
+import random
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,6 +81,9 @@ class Secrets:
     windows: dict[int, int] = field(default_factory=dict)
     #: canary id (the unit's second half) -> index in ``items``.
     canary_ids: dict[bytes, int] = field(default_factory=dict)
+    #: The monitor's own stream for canary ids (host side, seeded from the machine's entropy
+    #: seed, so a seeded run plants the same canaries).
+    rng: random.Random = field(default_factory=random.Random)
 
     def add(self, secret: Secret) -> None:
         index = len(self.items)
@@ -153,15 +156,15 @@ class Secrets:
         return ""
 
 
-def canary_unit() -> bytes:
-    return MAGIC + os.urandom(UNIT - NEEDLE)
+def canary_unit(rng: random.Random) -> bytes:
+    return MAGIC + rng.randbytes(UNIT - NEEDLE)
 
 
 def plant(ram: GuestRam, secrets: Secrets, name: str, gpa: int, length: int) -> None:
     """Fill ``[gpa, gpa + length)`` with a fresh canary (host side, at attach time)."""
     if length < UNIT:
         return
-    unit = canary_unit()
+    unit = canary_unit(secrets.rng)
     ram.write(gpa, (unit * (length // UNIT + 1))[:length])
     secrets.add(Secret(name, gpa, unit, canary=True))
 
@@ -178,9 +181,12 @@ def _sk_gpa(ram: GuestRam, sk: SecureKernel, va: int) -> int | None:
     return host_gpa(ram, sk, va)
 
 
-def collect(sk: SecureKernel, ram: GuestRam, plant_canaries: bool = True) -> Secrets:
-    """The secrets of a booted VBS machine, planting canaries where nothing reads."""
-    secrets = Secrets()
+def collect(
+    sk: SecureKernel, ram: GuestRam, plant_canaries: bool = True, seed: int | None = None
+) -> Secrets:
+    """The secrets of a booted VBS machine, planting canaries where nothing reads (their ids
+    drawn from a stream seeded with ``seed``)."""
+    secrets = Secrets(rng=random.Random(seed))
     keys_va = sk.keys_va
     if keys_va:
         gpa = _sk_gpa(ram, sk, keys_va)

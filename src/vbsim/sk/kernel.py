@@ -102,8 +102,10 @@ class LoaderBlock:
     """What the boot loader hands the SK image while it builds it (vbs-internals §1.1 row 11):
     the boot configuration reduced to the ``Config`` block's values, the build, the processor
     count, the size of RAM, the loader's own store into the image's memory and its registration
-    of the per-processor blocks behind GS, and the loader's side of the address space it builds
-    the image in (``space``).  Host-side values, used only while loading; the SK drops the block
+    of the per-processor blocks behind GS, the boot entropy it gathered (``entropy``: the
+    loader's random bytes, from which the SK's keys are written; Windows Internals 7th ed.,
+    Part 2, ch. 12, "Boot entropy"), and the loader's side of the address space it builds the
+    image in (``space``).  Host-side values, used only while loading; the SK drops the block
     before it runs (``vbsim.boot.sk_loader``) and keeps only the symbols (``KernelMap``)."""
 
     space: KernelSpace
@@ -113,6 +115,7 @@ class LoaderBlock:
     ram_pages: int
     write: Callable[[int, bytes], object]
     place_image: Callable[[int, int, object], None]
+    entropy: Callable[[int], bytes]
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ def provision(sk: SecureKernel) -> None:
     """Loader time: write the three 32-byte master keys into an SK data page."""
     va, gpa = sk.builder().alloc_data()
     assert sk.loader is not None
-    sk.loader.write(gpa, os.urandom(96))  # the loader writes the image
+    sk.loader.write(gpa, sk.loader.entropy(96))  # the loader writes the image
     sk.keys_va = va
 
 

@@ -12,7 +12,6 @@ and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-lis
 
 from __future__ import annotations
 
-import os
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -185,7 +184,7 @@ def ium_crypto(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list
     aead = AESGCM(key)
     context = trustlet_id.to_bytes(8, "little")
     if op == OP_ENCRYPT:
-        nonce = os.urandom(12)
+        nonce = (vp.rdrand().to_bytes(8, "little") + vp.rdrand().to_bytes(8, "little"))[:12]
         result = nonce + aead.encrypt(nonce, data, context)
     else:
         if len(data) < 28:

@@ -28,7 +28,6 @@ The request layout is the model's own: the real argument layout of these service
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -59,7 +58,7 @@ def provision(sk: SecureKernel) -> None:
     page, as ``sk.ium.keys`` provisions the VSM keys."""
     va, gpa = sk.builder().alloc_data()
     assert sk.loader is not None
-    sk.loader.write(gpa, os.urandom(KEY_SIZE + 8))  # the loader writes the image
+    sk.loader.write(gpa, sk.loader.entropy(KEY_SIZE + 8))  # the loader writes the image
     sk.dump_key_va = va
 
 
