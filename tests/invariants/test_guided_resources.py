@@ -7,16 +7,19 @@ target itself is ``test_soak.test_the_default_attacker_finds_the_legacy_2019_bug
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 
 from vbsim.invariants.attacker import Action, Program, Ref, Session
 from vbsim.invariants.guided import (
+    _INTRODUCTIONS,
     _QUEUE,
     _VTL1_POOLS,
     Guide,
     _handle_fields_typed,
+    _has_staged_mdl,
     _kind,
     _status_feature,
 )
@@ -93,6 +96,34 @@ def test_a_call_refused_for_its_object_is_repaired_with_a_producer_of_its_type(
     assert repaired.actions[-1].args[3][0] == Ref("handle", "", 0)
 
 
+def test_a_never_accepted_call_is_introduced_to_its_producer_once(learned: Guide) -> None:
+    """Once the guide knows CREATE makes what FILL wants, it queues a few programs that run
+    CREATE, then FILL drawn afresh: invoked plainly, on the newest handle."""
+    guide = copy.deepcopy(learned)
+    fill = ("securecall", "FILL_SECURE_ALLOCATION")
+    assert fill in guide._introduced  # observe() introduced them as soon as it knew
+    introduced = [
+        p for k, p in guide._repairs if k == fill and _kind(p.actions[0]) == _kind(CREATE)
+    ]
+    assert len(introduced) >= _INTRODUCTIONS - 1  # (the repair test may have taken one)
+    for program in introduced:
+        call = program.actions[-1]
+        assert _kind(call) == fill and call.args[0] == OP_INVOKE_SERVICE and call.args[4] == ()
+        assert call.args[3][0] == Ref("handle", "", 0)
+    before = len(guide._repairs)
+    guide._introduce("K0")
+    assert len(guide._repairs) == before  # once per call kind
+
+
+def test_a_staged_mdl_is_recognised_only_where_the_call_points() -> None:
+    stage = Action("stage_mdl", (1, 16, (), 0x100, 0, -1))
+    aimed = _fill(Ref("handle", "", 0), (Ref("dm", "stage", 1, 16), Ref("pfn", "stage", 1, 0)))
+    elsewhere = _fill(Ref("handle", "", 0), (Ref("dm", "stage", 2, 16), Ref("pfn", "stage", 2, 0)))
+    assert _has_staged_mdl((CREATE, stage, aimed), 2)
+    assert not _has_staged_mdl((CREATE, stage, elsewhere), 2)
+    assert not _has_staged_mdl((aimed, stage), 0)  # staged after the call
+
+
 def test_the_queue_keeps_room_for_every_kind() -> None:
     guide = Guide(random.Random(1))
     crowd, other = ("securecall", "START_PROCESSOR"), ("securecall", "FILL_SECURE_ALLOCATION")
@@ -122,7 +153,8 @@ def test_an_accepted_call_is_explored_argument_by_argument() -> None:
         for ref in _refs(a.args)
         if ref.space in ("pfn", "dm") and ref.pool in _VTL1_POOLS
     ]
-    assert moved
+    # each of the three page arguments (the MDL's VA and PFN, the PFN inside it) once
+    assert len(moved) >= 3
     # every variant differs from the program it explores
     assert all(v != program for v in variants)
 

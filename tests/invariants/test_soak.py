@@ -101,38 +101,12 @@ def test_the_command_fails_when_something_broke(monkeypatch: pytest.MonkeyPatch)
     assert "escaped exceptions: " in result.stdout and "KeyError" in result.stdout
 
 
-_NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 target not reached yet for this seed: the guided generator finds the "
-    "legacy-2019 bugs unaided within 600 programs for seed 3, not yet for seeds 1 and 2",
-)
-
-
-#: Seed 3 reached them at program 400 until NT's protect/free decisions moved onto the VAD tree
-#: (issue 10): the statuses NtProtectVirtualMemory returns changed (STATUS_CONFLICTING_ADDRESSES
-#: without a VAD instead of ACCESS_VIOLATION, ...), and with them the features that guide the
-#: generator; with the old statuses restored seed 3 finds them at 400 again.  Seeds 4 and 5 now
-#: get there at 700 and 1000 programs.  Until the generator is re-tuned, seed 3 is short too.
-_VAD_RETUNE = pytest.mark.xfail(
-    strict=True,
-    reason="guided generator not re-tuned after the VAD tree changed NtProtectVirtualMemory's "
-    "statuses: seed 3 no longer reaches the legacy-2019 bugs within 600 programs",
-)
-
-
-@pytest.mark.parametrize(
-    "seed",
-    [
-        pytest.param(1, marks=_NOT_YET),
-        pytest.param(2, marks=_NOT_YET),
-        pytest.param(3, marks=_VAD_RETUNE),
-    ],
-)
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_default_attacker_finds_the_legacy_2019_bugs_unaided(seed: int) -> None:
     """Issue 13: no focus, no hint — the guided generator reaches the unchecked secure-call
-    parameters of legacy-2019 (invariant 6: the copy past the allocation; invariant 1: a VTL1
-    page parsed as the MDL) within 600 programs.  Seeds still short of it are strict xfails:
-    when the generator gets there for one, that case turns red and its mark goes."""
+    parameters of legacy-2019 (invariant 6: the copy past the allocation into SK data;
+    invariant 1: VTL1 bytes the unchecked copy moved where VTL0 can read them) within 600
+    programs, for each of the seeds the issue names."""
     report = soak("legacy-2019", 600, seed=seed, workers=1, stop_after=1, shrink=False)
     assert report.violations, format_report(report)
     assert report.programs <= 600 and not report.exceptions

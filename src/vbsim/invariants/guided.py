@@ -23,7 +23,10 @@ coverage-guided fuzzer has, without being told where to look:
   the kernel refuses for its object (``STATUS_INVALID_HANDLE``, ``STATUS_OBJECT_TYPE_MISMATCH``)
   is queued again with a producer — one known to make the type it wants, else a known one of
   unknown type, else a secure call whose shape takes no handle — right before it, its
-  handle-typed fields naming the newest handle.  A call accepted on a handle teaches its
+  handle-typed fields naming the newest handle.  The moment a producer of the type a
+  never-accepted call wants is known, a few short programs *introduce* them: the producer, then
+  the call drawn afresh and invoked plainly (its normal calls served honestly), its MDL staged.
+  A call accepted on a handle teaches its
   producer (``matched``).  A mutation may also append a *consumer*: a service never accepted
   whose object a known producer makes (with that producer), or the least-run one.  A secure
   call is a service's only when its operation invokes one (SECURE_CALL_ARGS' other operations
@@ -33,8 +36,9 @@ coverage-guided fuzzer has, without being told where to look:
   the kind served least goes first and no kind crowds out the others.  An accepted call that
   reached something new is *explored* first (AFL's deterministic stage, per argument): the
   program up to it, each argument of the call and of the MDL staged for it re-aimed in turn,
-  a page argument moved across the trust boundary (a VTL1 pool for a VTL0 one), the MDL staged
-  afresh.
+  each page argument moved across the trust boundary once (a VTL1 pool for a VTL0 one), the
+  MDL staged afresh.  The first call a service accepts on an MDL staged in its program is
+  explored too, with a budget of its own: what the MDL says is input the call's checks read.
 - **Boundary-aiming arguments.**  The Secure Kernel's decisions are trace events carrying the
   numbers it checked (``size``, ``offset``, ``byte_count``, ``pfn``, ``va``...).  Those are
   collected, and a re-aimed argument is drawn next to them: ``v-1``, ``v``, ``v+1``, ``v±8``,
@@ -43,7 +47,8 @@ coverage-guided fuzzer has, without being told where to look:
   reply) counts as one feature however it differs, as AFL buckets hit counts.
 
 Everything is drawn from one :class:`random.Random`, so a guided run is as reproducible as a
-plain one: the same seed and the same outcomes give the same programs.
+plain one: the same seed and the same outcomes give the same programs (and the outcomes repeat
+too, since a soak job seeds the machine's random-number source, :mod:`vbsim.hw.entropy`).
 """
 
 from __future__ import annotations
@@ -170,10 +175,12 @@ class Guide:
     _served: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: variants of each service's first accepted call (see _explore), run before repairs
     _explores: list[Program] = field(default_factory=list)
-    _explored: Counter[str] = field(default_factory=Counter)
+    _explored: Counter[tuple[str, bool]] = field(default_factory=Counter)
     _repaired: Counter[tuple[tuple[str, str], bool]] = field(default_factory=Counter)
     _retried: Counter[str] = field(default_factory=Counter)
     _tried: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
+    #: the never-accepted calls introduced to a fitting producer (see _introduce)
+    _introduced: set[tuple[str, str]] = field(default_factory=set)
     _current: set[tuple[str, ...]] = field(default_factory=set)
     _steps: Callable[[], int] | None = None
     _base: int = 0
@@ -414,12 +421,12 @@ class Guide:
             return ref._replace(offset=ref.offset + rng.choice((-1, 1)) * PAGE_SIZE)
         return ref._replace(offset=self._number(ref.offset) % (1 << 32))
 
-    def _across(self, pool: str) -> str:
-        """Another page pool, across the trust boundary from ``pool`` half of the time: a page
-        of the other side where the kernel took one of this side is the question an
-        isolation fuzzer asks first."""
+    def _across(self, pool: str, always: bool = False) -> str:
+        """Another page pool, across the trust boundary from ``pool`` (half of the time unless
+        ``always``): a page of the other side where the kernel took one of this side is the
+        question an isolation fuzzer asks first."""
         rng = self.rng
-        if rng.random() < 0.5:
+        if always or rng.random() < 0.5:
             return rng.choice(_VTL0_POOLS if pool in _VTL1_POOLS else _VTL1_POOLS)
         return rng.choice(PFN_POOLS)
 
@@ -495,6 +502,35 @@ class Guide:
             if found and before and _names_newest(action):
                 # the newest object was of type ``found``: what its producer makes
                 self.makes.setdefault(_kind(program.actions[before[-1]]), found)
+
+    def _introduce(self, capability: str) -> None:
+        """The moment the guide first knows a producer of the object type a never-accepted call
+        wants, queue a few short programs that run that producer and then the call, drawn afresh
+        with its handles on the new object (syzkaller generates calls on a resource right after
+        a call that makes one).  Until then a call on a handle reached its object only by chance
+        mutation, and its own checks, where the bugs are, stayed out of reach."""
+        if capability != "K0":
+            return
+        for key in list(self.wants):
+            service = key[1]
+            if key in self._introduced or service in self._accepted_by:
+                continue
+            fitting = self._fitting(key)
+            if not fitting or service not in _SERVICE_NAMES:
+                continue
+            self._introduced.add(key)
+            for _ in range(_INTRODUCTIONS):
+                producer = self.rng.choice(fitting)
+                fresh = draw_action(
+                    RandomDraw(self.rng), "K0", Focus((Service(service),), ("securecall",))
+                )
+                # invoked as NT invokes it, its normal calls served honestly: an abandoned or
+                # hostile first call says nothing about the call's own checks
+                _op, _code, cookie, fields, *_mode = fresh.args
+                plain = Action(fresh.op, (OP_INVOKE_SERVICE, service, cookie, fields, ()))
+                call = Action(fresh.op, _newest_handles(_handle_fields_typed(plain).args))
+                steps = self._staged(call) if _mdl_position(call) is not None else [call]
+                self._queue(key, Program(capability, (producer, *steps)))
 
     def _retry(self, program: Program, step: int) -> None:
         """A secure call refused for an argument (``STATUS_INVALID_PARAMETER``: not its object,
@@ -583,7 +619,9 @@ class Guide:
                 for variant_number in range(_EXPLORE_VARIANTS):
                     resolved = position in RESOLVED.get(actions[at].op, ())
                     if variant_number == 0 and isinstance(old, Ref) and old.space in _PAGES:
-                        aimed = old._replace(pool=self._across(old.pool))  # the other side
+                        # the other side of the trust boundary, always (the deterministic
+                        # stage asks each page argument that question once)
+                        aimed = old._replace(pool=self._across(old.pool, always=True))
                     else:
                         aimed = self._aim_value(old, resolved)
                     new_value = _leaf_replaced(value, path, aimed)
@@ -644,18 +682,28 @@ class Guide:
                 if status == "securecall STATUS_SUCCESS" and service not in self._accepted_by:
                     self._accepted_by.add(service)
                     self.accepted.append(action)
+                if (
+                    status == "securecall STATUS_SUCCESS"
+                    and _has_staged_mdl(program.actions, number)
+                    and not self._explored[service, True]
+                ):
+                    novel_steps.append(number)  # the first accepted call on a staged MDL
             for number in sorted(set(novel_steps)):
                 # an accepted call that reached something new: explore it (a few per service)
                 if number >= len(result.outcomes):
                     continue
                 service = _kind(program.actions[number])[1]
                 accepted = _status_feature(result.outcomes[number]) == "securecall STATUS_SUCCESS"
-                if accepted and self._explored[service] < _EXPLORES_PER_SERVICE:
-                    self._explored[service] += 1
+                # a call with its MDL staged in the program is a frontier of its own: what the
+                # MDL says (byte count, PFNs) is input the call's checks read too
+                budget = (service, _has_staged_mdl(program.actions, number))
+                if accepted and self._explored[budget] < _EXPLORES_PER_SERVICE:
+                    self._explored[budget] += 1
                     self._explore(program, number)
             for step in result.produced:
                 self._producer(program.actions[step])
             self._match(program, result)
+            self._introduce(program.capability)
             for step, outcome in enumerate(result.outcomes):
                 if outcome.split()[1:2] in _OBJECT_REFUSED:
                     self._repair(program, step)
@@ -703,6 +751,14 @@ def _staged_mdl(action: Action) -> tuple[int, int] | None:
     return None
 
 
+def _has_staged_mdl(actions: Sequence[Action], step: int) -> bool:
+    """Whether the MDL argument of ``actions[step]`` is one a ``stage_mdl`` before it wrote."""
+    staged = _staged_mdl(actions[step])
+    return staged is not None and any(
+        a.op == "stage_mdl" and tuple(a.args[:2]) == staged for a in actions[:step]
+    )
+
+
 def _mdl_position(action: Action) -> int | None:
     """Where a secure call's MDL fields start (``M`` in ``attacker.SERVICE_SHAPES``), or None
     for a call without one."""
@@ -742,6 +798,7 @@ _SERVICE_NAMES = frozenset(service.value for service in SERVICE_SHAPES)
 #: the services that take a kernel object (an ``h`` field): the consumers of resources
 _CONSUMERS = tuple(service for service, shape in SERVICE_SHAPES.items() if "h" in shape)
 _QUEUE = 32  # queued repairs and retries at most
+_INTRODUCTIONS = 4  # programs queued when a never-accepted call's producer becomes known
 _PAGES = ("pfn", "gpa", "dm")  # the Ref spaces that name a page of a pool
 #: the pools of pages VTL1 owns (SK, its data, trustlets); the rest are VTL0's
 _VTL1_POOLS = ("sk", "vtl1", "trustlet")
@@ -783,8 +840,8 @@ def _status_feature(outcome: str) -> str:
         words[1] = "0x?"
     elif len(words) == 2 and words[1][:2] in ("b'", 'b"'):
         # the bytes a read returned are data, not behaviour; and some differ from boot to
-        # boot by design (keys, instance GUIDs and nonces the SK draws from os.urandom), so
-        # a feature made of them would make a guided run differ from one run to the next
+        # boot by design (keys, instance GUIDs and nonces from the platform's generator), so a
+        # feature made of them would tie the corpus to one boot's random values
         words[1] = "bytes"
     return " ".join(words)
 
