@@ -215,7 +215,11 @@ SERVICE_SHAPES: dict[Service, str] = {
     Service.PHASE4_INIT: "",
     Service.PERIODIC: "",
     Service.CREATE_SECURE_SECTION: "pn",
-    Service.LIVEDUMP_ADD_BUFFER: "pn",
+    # vbsim.sk.services.livedump: START takes nothing and makes a context; ADD_BUFFER takes
+    # the context's handle, a slot and an MDL; ABORT frees the context
+    Service.LIVEDUMP_START: "",
+    Service.LIVEDUMP_ADD_BUFFER: "hsM",
+    Service.LIVEDUMP_ABORT: "h",
     Service.OBTAIN_PATCH_UNDO_TABLE: "pn",
     Service.FINALIZE_SECURE_IMAGE_HASH: "h",
 }
