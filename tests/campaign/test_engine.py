@@ -48,6 +48,13 @@ def test_a_job_seed_depends_on_the_campaign_seed_and_the_index_only() -> None:
     assert len({job_seed(7, i) for i in range(50)} | {job_seed(8, 0)}) == 51
 
 
+def test_a_job_starts_from_the_previous_round_of_every_lane() -> None:
+    deps = [list(jobs.dependencies(SMALL, job)) for job in range(6)]
+    assert deps == [[], [], [0], [0, 1], [1, 2], [2, 3]]
+    one_lane = SoakConfig(preset("vbs"), 24, batch=6, lanes=1)
+    assert [list(jobs.dependencies(one_lane, job)) for job in range(3)] == [[], [0], [1]]
+
+
 def test_a_job_reruns_alone_identically() -> None:
     first = run_job(SMALL, 5, 1)
     again = run_job(SMALL, 5, 1)

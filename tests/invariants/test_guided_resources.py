@@ -115,6 +115,20 @@ def test_a_never_accepted_call_is_introduced_to_its_producer_once(learned: Guide
     assert len(guide._repairs) == before  # once per call kind
 
 
+def test_a_lane_absorbs_what_another_learned_once(learned: Guide) -> None:
+    other = Guide(random.Random(11))
+    other.absorb(learned)
+    fill = ("securecall", "FILL_SECURE_ALLOCATION")
+    assert other.wants[fill] == "secure_allocation"
+    assert [_kind(p) for p in other._fitting(fill)] == [_kind(CREATE)]
+    assert other._accepted_by >= {"CREATE_SECURE_ALLOCATION"}
+    assert {e.program for e in other.corpus} == {e.program for e in learned.corpus}
+    assert set(other.seen) == set(learned.seen)
+    other.absorb(learned)  # nothing new the second time
+    assert len(other.corpus) == len(learned.corpus)
+    assert not other._repairs and not other._explores  # queues stay each lane's own
+
+
 def test_a_staged_mdl_is_recognised_only_where_the_call_points() -> None:
     stage = Action("stage_mdl", (1, 16, (), 0x100, 0, -1))
     aimed = _fill(Ref("handle", "", 0), (Ref("dm", "stage", 1, 16), Ref("pfn", "stage", 1, 0)))

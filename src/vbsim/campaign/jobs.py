@@ -7,10 +7,13 @@ returns one record per program.  Its random generator is seeded from the campaig
 job index only (:func:`job_seed`), so a job re-run alone, on any worker, gives the same records.
 
 With the guided generator (:mod:`vbsim.invariants.guided`) the feedback state flows along a
-*lane*: job ``j`` continues the guide state of job ``j - lanes``.  ``lanes`` is part of the
-config (not the worker count), so the records are the same on one worker or forty and on either
-engine; job ``j``'s only input besides its index is that state, which travels through the engine
-(the scheduler hands it over), never through a file system.
+*lane*: job ``j`` continues the guide state of job ``j - lanes`` and absorbs what the other
+lanes' guides of that round learned (:func:`dependencies`; AFL's instances sync their corpora
+the same way), so a resource one lane discovered is every lane's from the next round on.
+``lanes`` is part of the config (not the worker count), so the records are the same on one
+worker or forty and on either engine; job ``j``'s only inputs besides its index are those
+states, which travel through the engine (the scheduler hands them over), never through a file
+system.
 
 A failing program is shrunk where it was found (:mod:`vbsim.campaign.shrink`), and the record
 carries the shrunk program as Python source ready to paste into
@@ -95,10 +98,25 @@ def new_guide(config: SoakConfig, seed: int) -> Guide:
     return Guide(random.Random(seed), config.capabilities, config.max_actions)
 
 
+def dependencies(config: SoakConfig, job: int) -> range:
+    """The jobs whose guide states job ``job`` starts from (guided generator): the previous
+    round of every lane, ``job - 2 * lanes + 1`` to ``job - lanes``; the last is its own lane's
+    predecessor, whose state it continues; the others' it absorbs.  Empty for the first round."""
+    lanes = max(1, config.lanes)
+    if job < lanes:
+        return range(0)
+    return range(max(0, job - 2 * lanes + 1), job - lanes + 1)
+
+
 def run_job(
-    config: SoakConfig, campaign_seed: int, index: int, state: bytes | None = None
+    config: SoakConfig,
+    campaign_seed: int,
+    index: int,
+    state: bytes | None = None,
+    shared: tuple[bytes | None, ...] = (),
 ) -> JobResult:
-    """Run job ``index`` of a soak campaign (see the module doc)."""
+    """Run job ``index`` of a soak campaign (see the module doc): ``state`` is its lane
+    predecessor's guide, ``shared`` the other lanes' of the same round (:func:`dependencies`)."""
     seed = job_seed(campaign_seed, index)
     result = JobResult(index)
     started = time.process_time()
@@ -106,6 +124,9 @@ def run_job(
     guide: Guide | None = None
     if config.generator == "guided":
         guide = pickle.loads(state) if state is not None else new_guide(config, seed)
+        for other in shared:
+            if other is not None:
+                guide.absorb(pickle.loads(other))
         guide.rng = rng  # the job's own stream: the state brings the corpus, not the draws
     session: Session | None = None
     since_boot = 0

@@ -2,9 +2,10 @@
 kept in a results directory, resumable.
 
 Scheduling follows the lanes (see :mod:`vbsim.campaign.jobs`): with the guided generator job
-``j`` starts when job ``j - lanes`` has handed over its guide state, so at most ``lanes`` jobs run
-at once (``lanes`` defaults to the worker count); with the plain random generator every job is
-independent and up to twice the worker count are in flight.
+``j`` starts when the previous round of every lane (jobs ``j - 2 * lanes + 1`` to ``j - lanes``)
+has handed over its guide states, so at most ``lanes`` jobs run at once (``lanes`` defaults to
+the worker count); with the plain random generator every job is independent and up to twice
+the worker count are in flight.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from vbsim.campaign.engine import Engine
 from vbsim.campaign.groups import group
-from vbsim.campaign.jobs import JobResult, SoakConfig, run_job
+from vbsim.campaign.jobs import JobResult, SoakConfig, dependencies, run_job
 from vbsim.campaign.results import ResultsDir, now
 
 Progress = Callable[[int, int, int], None]  # programs done, violations, exceptions
@@ -75,23 +76,40 @@ def run(
         progress(done_programs, counts["violation"], counts["exception"])
 
     guided = config.generator == "guided"
-    lanes = max(1, config.lanes)
     todo = [j for j in range(config.jobs) if j not in finished]
     pending: list[Any] = []
     queued: dict[Any, int] = {}
 
-    def submit(job: int, state: bytes | None) -> None:
-        future = engine.submit(run_job, config, seed, job, state)
+    def submit(job: int, state: bytes | None, shared: tuple[bytes | None, ...] = ()) -> None:
+        future = engine.submit(run_job, config, seed, job, state, shared)
         pending.append(future)
         queued[future] = job
 
+    # guided: the jobs not yet submitted, the finished ones, and the states still needed
+    waiting = list(todo) if guided else []
+    ended = set(finished)
+    states: dict[int, bytes | None] = {}
+
+    def state_of(job: int) -> bytes | None:
+        if job not in states and results is not None:
+            states[job] = results.load_state(job)  # finished by an earlier run
+        return states.get(job)
+
+    def release() -> None:
+        """Submit every waiting job whose dependencies have all finished, and forget the
+        states no waiting job needs any more."""
+        for job in list(waiting):
+            needs = dependencies(config, job)
+            if all(d in ended for d in needs):
+                waiting.remove(job)
+                own = state_of(needs[-1]) if needs else None
+                submit(job, own, tuple(state_of(d) for d in needs[:-1]))
+        oldest = min((dependencies(config, j).start for j in waiting), default=config.jobs)
+        for job in [j for j in states if j < oldest]:
+            del states[job]
+
     if guided:
-        # the first unfinished job of each lane (its predecessor's state from the directory)
-        for lane in range(lanes):
-            first = next((j for j in todo if j % lanes == lane), None)
-            if first is not None:
-                state = results.load_state(first - lanes) if results and first >= lanes else None
-                submit(first, state)
+        release()
     else:
         for job in todo[: 2 * max(1, engine.workers)]:
             submit(job, None)
@@ -113,11 +131,12 @@ def run(
                     and counts["violation"] + counts["exception"] >= stop_after
                 ):
                     todo.clear()
+                    waiting.clear()
                     continue
                 if guided:
-                    following = job + lanes
-                    if following < config.jobs and following not in finished:
-                        submit(following, part.state)
+                    ended.add(job)
+                    states[job] = part.state
+                    release()
                 elif todo:
                     submit(todo.pop(0), None)
     finally:

@@ -724,14 +724,51 @@ class Guide:
         last = len(program.actions) - 1
         novel = tuple(sorted({*(i for i in novel_steps if i <= last), last}))
         self.corpus.append(Entry(program, frozenset(features), novel))
-        if len(self.corpus) > self.corpus_cap:
+        self._trim()
+        return True
+
+    def _trim(self) -> None:
+        while len(self.corpus) > self.corpus_cap:
             # forget the entry whose rarest feature is most common (it adds least)
             worst = max(
                 range(len(self.corpus)),
                 key=lambda i: min((self.seen[f] for f in self.corpus[i].features), default=0),
             )
             del self.corpus[worst]
-        return True
+
+    # -- sharing between lanes ---------------------------------------------------------------
+    def absorb(self, other: Guide) -> None:
+        """Take what another lane's guide learned (AFL's corpus sync between instances,
+        syzkaller's hub): its typed resources (what each call wants and each producer makes, the
+        producers and the calls the kernel accepted, the boundaries it saw) and the corpus entries
+        that reach a feature this lane has not seen.  What this lane queued or explored stays its
+        own.  Deterministic: the same states absorbed in the same order give the same guide."""
+        for key, want in other.wants.items():
+            self.wants.setdefault(key, want)
+        for key, made in other.makes.items():
+            self.makes.setdefault(key, made)
+        for key, action in other.matched.items():
+            self.matched.setdefault(key, action)
+        for action in other.producers:
+            self._producer(action)
+        for action in other.accepted:
+            service = _kind(action)[1]
+            if service not in self._accepted_by:
+                self._accepted_by.add(service)
+                self.accepted.append(action)
+        for value in other.boundaries:
+            self._learn(value)
+        held = {entry.program for entry in self.corpus}
+        fresh = [
+            entry
+            for entry in other.corpus
+            if entry.program not in held and any(f not in self.seen for f in entry.features)
+        ]
+        for feature, count in other.seen.items():
+            self.seen[feature] = max(self.seen[feature], count)
+        self.corpus += fresh
+        self.stats.features = len(self.seen)
+        self._trim()
 
 
 def _staged_mdl(action: Action) -> tuple[int, int] | None:
