@@ -276,9 +276,11 @@ def test_hvci_never_gives_back_rights_kdp_took() -> None:
     assert env.rights(pfn) == R | W
     status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + index * 4096)
     assert status == NtStatus.SUCCESS and env.rights(pfn) == R
-    # Size 0 is the whole section (MS Learn: Size "should be set to 0"): all its data pages.
-    data = [i for i in range(1, len(driver.pfns)) if i not in driver.code_pages]
-    assert all(env.rights(driver.pfns[i]) == R for i in data)
+    # The section that contains the address (MS Learn: MmProtectDriverSection "protects the
+    # section containing the specified address"; Size "should be set to 0"), found from the
+    # image's own section table: .data (page 2) alone, not .rsrc or .edata after it.
+    others = [i for i in range(index + 1, len(driver.pfns)) if i not in driver.code_pages]
+    assert others and all(env.rights(driver.pfns[i]) == R | W for i in others)
     assert drivers.unload_driver(env.nt, env.vp.cpu, SAMPLE_DRIVER) == NtStatus.SUCCESS
     assert env.rights(pfn) == R  # still KDP's
     assert env.events("hvci", "hvci.kdp")[-1].outcome == "kept-read-only"
@@ -320,3 +322,73 @@ def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
     assert env.events("hvci", "hvci.page-state")[-1].outcome == "refused"
     assert env.rights(driver.pfns[index]) == R
     assert all(env.rights(pfn) == R | W | UX for pfn in driver.code_pfns)
+
+
+def _loaded_sample(env: Env) -> drivers.LoadedDriver:
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    driver = env.nt.drivers[SAMPLE_DRIVER]
+    assert isinstance(driver, drivers.LoadedDriver)
+    return driver
+
+
+def test_mm_protect_driver_section_refuses_code_and_headers() -> None:
+    """MS Learn: "executable sections are not supported" (STATUS_INVALID_PAGE_PROTECTION); the
+    headers are no section of the image's table ([model] STATUS_INVALID_PARAMETER)."""
+    from vbsim.nt import kdp
+
+    env = make_env("vbs-hvci")
+    driver = _loaded_sample(env)
+    code = min(driver.code_pages)
+    status = kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base + code * 4096)
+    assert status == NtStatus.INVALID_PAGE_PROTECTION
+    assert kdp.mm_protect_driver_section(env.nt, env.vp.cpu, driver.base) == (
+        NtStatus.INVALID_PARAMETER
+    )
+    assert all(env.rights(pfn) != R for pfn in driver.pfns)  # nothing was protected
+
+
+def test_mm_protect_driver_section_reads_the_section_table_in_memory() -> None:
+    """NT finds the section from the image headers mapped at DllBase: a kernel writer who
+    widens .rsrc's VirtualSize there over .edata widens what KDP protects, and .data before it
+    stays writable (the decision is data in RAM)."""
+    from vbsim.nt import kdp
+    from vbsim.nt.layouts import IMAGE_DOS_HEADER, IMAGE_NT_HEADERS64, IMAGE_SECTION_HEADER
+    from vbsim.nt.layouts import read_field as field
+
+    env = make_env("vbs-hvci")
+    driver = _loaded_sample(env)
+    cpu, base = env.vp.cpu, driver.base
+    headers = base + field(cpu, base, IMAGE_DOS_HEADER.e_lfanew)
+    table = (
+        headers
+        + IMAGE_NT_HEADERS64.OPTIONAL_HEADER_AT
+        + field(cpu, headers, IMAGE_NT_HEADERS64.SizeOfOptionalHeader)
+    )
+    rsrc = next(
+        table + row * IMAGE_SECTION_HEADER.SIZE
+        for row in range(field(cpu, headers, IMAGE_NT_HEADERS64.NumberOfSections))
+        if field(cpu, table + row * IMAGE_SECTION_HEADER.SIZE, IMAGE_SECTION_HEADER.VirtualAddress)
+        == 0x3000
+    )
+    cpu.write_u32(rsrc + IMAGE_SECTION_HEADER.VirtualSize.offset, 2 * 4096)  # .rsrc + .edata
+    assert kdp.mm_protect_driver_section(env.nt, cpu, base + 0x3000) == NtStatus.SUCCESS
+    assert [env.rights(driver.pfns[i]) for i in (2, 3, 4)] == [R | W, R, R]
+
+
+def test_mm_protect_driver_section_bugchecks_for_an_image_unlinked_from_the_module_list() -> None:
+    """MiLookupDataTableEntry walks PsLoadedModuleList in RAM: a driver unlinked from it (as
+    rootkits hide themselves) belongs to no loaded image, and MS Learn's 0x1100 bugcheck
+    follows."""
+    from vbsim.nt import kdp
+    from vbsim.nt.layouts import DRIVER_OBJECT
+
+    env = make_env("vbs-hvci")
+    driver = _loaded_sample(env)
+    cpu = env.vp.cpu
+    entry = cpu.read_u64(driver.object_va + DRIVER_OBJECT.DriverSection.offset)
+    flink, blink = cpu.read_u64(entry), cpu.read_u64(entry + 8)
+    cpu.write_u64(blink, flink)  # Blink->Flink = Flink
+    cpu.write_u64(flink + 8, blink)  # Flink->Blink = Blink
+    with pytest.raises(Bugcheck) as stop:
+        kdp.mm_protect_driver_section(env.nt, cpu, driver.base + 0x2000)
+    assert stop.value.params[:1] == (0x1100,)

@@ -37,7 +37,16 @@ from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.nt import pfn as mm
-from vbsim.nt.layouts import COPY_ALLOCATE, NORMAL_GET_PHYSICAL_PAGES, mdl_bytes
+from vbsim.nt.layouts import (
+    COPY_ALLOCATE,
+    IMAGE_DOS_HEADER,
+    IMAGE_NT_HEADERS64,
+    IMAGE_SECTION_HEADER,
+    KLDR_DATA_TABLE_ENTRY,
+    NORMAL_GET_PHYSICAL_PAGES,
+    mdl_bytes,
+    read_field,
+)
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk.sscn import Service
 
@@ -143,27 +152,58 @@ def load_data_section(
 MM_PROTECT_NOT_AN_IMAGE = 0x1100
 
 
-def _image_section(nt: NtKernel, address: int) -> tuple[int, int] | None:
-    """The data section of a loaded driver image that contains ``address``: the run of its
-    non-code pages around it, headers (page 0) excluded.  The model's images lay each section
-    out page-aligned (``drivers.image_layout``) and have one data section, so the run is it."""
-    from vbsim.nt.drivers import LoadedDriver
+def _module_at(nt: NtKernel, vp: Cpu, address: int) -> tuple[int, int] | None:
+    """MiLookupDataTableEntry by address: the (DllBase, SizeOfImage) of the entry of
+    PsLoadedModuleList, walked in RAM, whose image contains ``address``."""
+    from vbsim.nt.drivers import module_list_head
 
-    for driver in nt.drivers.values():
-        if not isinstance(driver, LoadedDriver):
-            continue
-        pages, base, code = len(driver.pfns), driver.base, driver.code_pages
-        index = (address - base) >> PAGE_SHIFT
-        if not base <= address < base + pages * PAGE_SIZE or index == 0 or index in code:
-            continue
-        first = index
-        while first - 1 > 0 and first - 1 not in code:
-            first -= 1
-        last = index
-        while last + 1 < pages and last + 1 not in code:
-            last += 1
-        return base + first * PAGE_SIZE, base + (last + 1) * PAGE_SIZE
+    head = module_list_head(nt)
+    link = vp.read_u64(head)
+    for _ in range(1024):  # a cycle in a corrupted list ends the walk
+        if link == head or not link:
+            return None
+        base = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.DllBase)
+        size = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.SizeOfImage)
+        if base <= address < base + size:
+            return base, size
+        link = vp.read_u64(link)
     return None
+
+
+def _image_section(nt: NtKernel, vp: Cpu, address: int) -> tuple[int, int] | int | None:
+    """The data section of a loaded driver image that contains ``address``, as NT finds it: the
+    module from PsLoadedModuleList, then the image's own section table, read from its headers
+    at DllBase (the loader maps them there; PE Format).  None: no loaded image contains it (the
+    caller bugchecks).  An NTSTATUS: a code section (STATUS_INVALID_PAGE_PROTECTION, "executable
+    sections are not supported", MS Learn), or no section of the table holds it, as for the
+    headers, or the section does not fit the image ([model] STATUS_INVALID_PARAMETER: Learn
+    names no status for it).  What a kernel writer changes in the headers changes the answer,
+    as it would on Windows."""
+    module = _module_at(nt, vp, address)
+    if module is None:
+        return None
+    base, size = module
+    nt_headers = base + read_field(vp, base, IMAGE_DOS_HEADER.e_lfanew)
+    count = read_field(vp, nt_headers, IMAGE_NT_HEADERS64.NumberOfSections)
+    optional = read_field(vp, nt_headers, IMAGE_NT_HEADERS64.SizeOfOptionalHeader)
+    table = nt_headers + IMAGE_NT_HEADERS64.OPTIONAL_HEADER_AT + optional
+    rva = address - base
+    for row in range(min(count, IMAGE_NT_HEADERS64.MAX_SECTIONS)):
+        header = table + row * IMAGE_SECTION_HEADER.SIZE
+        start = read_field(vp, header, IMAGE_SECTION_HEADER.VirtualAddress)
+        span = read_field(vp, header, IMAGE_SECTION_HEADER.VirtualSize) or read_field(
+            vp, header, IMAGE_SECTION_HEADER.SizeOfRawData
+        )
+        end = start + -(-span // PAGE_SIZE) * PAGE_SIZE
+        if not start <= rva < end:
+            continue
+        characteristics = read_field(vp, header, IMAGE_SECTION_HEADER.Characteristics)
+        if characteristics & IMAGE_SECTION_HEADER.MEM_EXECUTE:
+            return int(NtStatus.INVALID_PAGE_PROTECTION)
+        if start < PAGE_SIZE or end > size:
+            break
+        return base + start, base + end
+    return int(NtStatus.INVALID_PARAMETER)
 
 
 def mm_protect_driver_section(
@@ -181,7 +221,7 @@ def mm_protect_driver_section(
         return int(NtStatus.INVALID_PARAMETER)
     state = install(nt)
     section = next((s for s in state.sections.values() if s.contains(address)), None)
-    found = (section.va, section.va + section.size) if section else _image_section(nt, address)
+    found = (section.va, section.va + section.size) if section else _image_section(nt, vp, address)
     if found is None:
         code = BugCheck.MEMORY_MANAGEMENT
         if vp.tracing:
@@ -193,6 +233,9 @@ def mm_protect_driver_section(
                 params=[MM_PROTECT_NOT_AN_IMAGE, address],
             )
         raise Bugcheck(int(code), code.name, 0, MM_PROTECT_NOT_AN_IMAGE, address)
+    if isinstance(found, int):
+        _event(vp, "MmProtectDriverSection", "refused", reason=NtStatus.name_of(found), va=address)
+        return found
     start, end = found
     service = (
         Service.PROTECT_KERNEL_DATA_PAGE

@@ -414,6 +414,42 @@ class DRIVER_OBJECT:
         return 0x70 + 8 * function
 
 
+# -- PE images as the loader maps them (headers at the image base) -------------------------------
+_PE = "Microsoft Learn, PE Format"
+
+
+class IMAGE_DOS_HEADER:
+    """The MS-DOS header's one field NT reads: the offset of the PE signature [PE Format,
+    "MS-DOS Stub (Image Only)": "at location 0x3c"]."""
+
+    e_lfanew: Final = Field("e_lfanew", 0x3C, 4, _PE)
+
+
+class IMAGE_NT_HEADERS64:
+    """The "PE\\0\\0" signature (4 bytes), then the COFF file header [PE Format, "COFF File
+    Header (Object and Image)": NumberOfSections at 2, SizeOfOptionalHeader at 16], then the
+    optional header; the section table follows the optional header."""
+
+    NumberOfSections: Final = Field("FileHeader.NumberOfSections", 0x06, 2, _PE)
+    SizeOfOptionalHeader: Final = Field("FileHeader.SizeOfOptionalHeader", 0x14, 2, _PE)
+    OPTIONAL_HEADER_AT: Final = 0x18
+    #: "the Windows loader limits the number of sections to 96" [PE Format, COFF File Header].
+    MAX_SECTIONS: Final = 96
+
+
+class IMAGE_SECTION_HEADER:
+    """One row of the section table, 40 bytes [PE Format, "Section Table (Section
+    Headers)"]."""
+
+    VirtualSize: Final = Field("Misc.VirtualSize", 0x08, 4, _PE)
+    VirtualAddress: Final = Field("VirtualAddress", 0x0C, 4, _PE)
+    SizeOfRawData: Final = Field("SizeOfRawData", 0x10, 4, _PE)
+    Characteristics: Final = Field("Characteristics", 0x24, 4, _PE)
+    SIZE: Final = 40
+    #: IMAGE_SCN_MEM_EXECUTE [PE Format, "Section Flags"].
+    MEM_EXECUTE: Final = 0x2000_0000
+
+
 # -- loaded modules -------------------------------------------------------------------------------
 class KLDR_DATA_TABLE_ENTRY:
     """_KLDR_DATA_TABLE_ENTRY, the nodes of ``nt!PsLoadedModuleList`` [Vergilius 19041]."""
