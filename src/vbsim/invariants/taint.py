@@ -27,9 +27,11 @@ page with VTL0's SLAT R right, and the buffers of DMA devices after a device rea
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from mmap import mmap
 from typing import TYPE_CHECKING
 
 from vbsim.hw.regs import SHARED_GPRS
@@ -47,7 +49,7 @@ NEEDLE = 8
 _MASK64 = (1 << 64) - 1
 
 
-_Finder = Callable[[bytes, int, int], int]
+_Haystack = bytes | bytearray | mmap
 _Reader = Callable[[int, int], bytes]
 
 
@@ -84,8 +86,14 @@ class Secrets:
     #: The monitor's own stream for canary ids (host side, seeded from the machine's entropy
     #: seed, so a seeded run plants the same canaries).
     rng: random.Random = field(default_factory=random.Random)
+    #: The needles as one pattern, compiled at the first search after a change: one pass over
+    #: a page instead of one per needle (a soak scans pages all the time; profiled, the
+    #: per-needle finds were its largest single cost).  Every needle is NEEDLE bytes long, so
+    #: at most one can match at a position and the alternation's order does not matter.
+    _pattern: re.Pattern[bytes] | None = field(default=None, repr=False, compare=False)
 
     def add(self, secret: Secret) -> None:
+        self._pattern = None
         index = len(self.items)
         self.items.append(secret)
         data = secret.data
@@ -112,28 +120,34 @@ class Secrets:
         return any(item.name == name for item in self.items)
 
     # -- finding them ----------------------------------------------------------------------
-    def _search(self, find: _Finder, read: _Reader, start: int, end: int) -> tuple[str, int]:
-        for needle, index in self.needles.items():
-            position = find(needle, start, end)
-            while position >= 0:
-                if index >= 0:
-                    return self.items[index].name, position
-                # MAGIC is public: a canary is there only if one of the secret ids follows it.
-                found = self.canary_ids.get(read(position + NEEDLE, position + UNIT))
-                if found is not None and position + UNIT <= end:
-                    return self.items[found].name, position
-                position = find(needle, position + 1, end)
+    def _search(self, haystack: _Haystack, read: _Reader, start: int, end: int) -> tuple[str, int]:
+        pattern = self._pattern
+        if pattern is None:
+            if not self.needles:
+                return "", -1
+            pattern = self._pattern = re.compile(b"|".join(map(re.escape, self.needles)))
+        match = pattern.search(haystack, start, end)
+        while match is not None:
+            position = match.start()
+            index = self.needles[match.group()]
+            if index >= 0:
+                return self.items[index].name, position
+            # MAGIC is public: a canary is there only if one of the secret ids follows it.
+            found = self.canary_ids.get(read(position + NEEDLE, position + UNIT))
+            if found is not None and position + UNIT <= end:
+                return self.items[found].name, position
+            match = pattern.search(haystack, position + 1, end)
         return "", -1
 
     def find_in(self, buffer: bytes | bytearray, start: int = 0, end: int | None = None) -> str:
         """The name of a secret found in ``buffer[start:end]``, or ''."""
         stop = len(buffer) if end is None else end
-        return self._search(buffer.find, lambda a, b: bytes(buffer[a:b]), start, stop)[0]
+        return self._search(buffer, lambda a, b: bytes(buffer[a:b]), start, stop)[0]
 
     def find_in_ram(self, ram: GuestRam, start: int, end: int) -> tuple[str, int]:
         """(name, GPA) of a secret found in RAM ``[start, end)``, or ('', -1)."""
         mm = ram.mm
-        return self._search(mm.find, lambda a, b: mm[a:b], start, end)
+        return self._search(mm, lambda a, b: mm[a:b], start, end)
 
     def _window_name(self, word: int) -> str:
         return self.items[self.windows[word]].name
