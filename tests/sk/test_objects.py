@@ -267,3 +267,29 @@ def test_the_terminated_field_and_the_thread_table_decide_thread_calls(
     finally:
         _as_sk(system, lambda cpu, sk: swap(cpu, sk, thread))
     assert _as_sk(system, lambda cpu, sk: ium.thread_object(sk, cpu, cookie)) == thread
+
+
+def test_an_entry_forged_above_the_high_water_mark_is_no_handle() -> None:
+    """ExpLookupHandleTableEntry finds nothing at or above NextHandleNeedingPool: a valid-looking
+    entry written past the table's high-water mark resolves to STATUS_INVALID_HANDLE until the
+    mark is moved over it (and then it does: the decision is the bytes)."""
+    system = _boot("vbs")
+    assert system.nt is not None and system.machine is not None
+    first = ntkdp.create_secure_allocation(system.nt, system.machine.bsp.cpu, 64)[1]
+    forged = first + 4 * 10
+
+    def forge(cpu: Cpu, sk: SecureKernel) -> int:
+        source = _entry(sk, first)
+        cpu.write(_entry(sk, forged), cpu.read(source, HandleTable.ENTRY))
+        return read_field(cpu, sk.handles_va, HandleTable.HIGH_WATER)
+
+    high = _as_sk(system, forge)
+    assert high == objects.index_of(first) + 1
+    assert _fill(system, forged, b"A" * 16) == NtStatus.INVALID_HANDLE
+    _as_sk(
+        system,
+        lambda cpu, sk: write_field(
+            cpu, sk.handles_va, HandleTable.HIGH_WATER, objects.index_of(forged) + 1
+        ),
+    )
+    assert _fill(system, forged, b"A" * 16) == NtStatus.SUCCESS

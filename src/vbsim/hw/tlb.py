@@ -24,7 +24,7 @@ class Tlb:
         self.entries: dict[int, Leaf] = {}
         #: fast[mode * 3 + access]: virtual page number -> GPA page base, where mode is 0 for
         #: supervisor, 1 for user, 2 for supervisor with RFLAGS.AC=1 (SMAP's override).
-        self.fast: tuple[dict[int, int], ...] = tuple({} for _ in range(9))
+        self.fast: tuple[dict[int, int], ...] = ({}, {}, {}, {}, {}, {}, {}, {}, {})
         self.flushes = 0
         #: The cached pieces of large pages (vpn -> size shift): INVLPG scans only these.
         self.large: dict[int, int] = {}

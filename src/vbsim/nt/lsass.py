@@ -39,6 +39,7 @@ The credential record (little-endian, :data:`RECORD_SIZE` bytes, at the VA that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ _KERBEROS_NFOLD = bytes.fromhex("6b65726265726f737b9b5b2b93132b93")
 KERBEROS_ITERATIONS = 4096  # RFC 3962 §4 default iteration count
 
 
+@functools.lru_cache(maxsize=64)  # a pure KDF of 4,096 rounds: the host need not redo it per boot
 def kerberos_aes256_key(password: str, salt: str, iterations: int = KERBEROS_ITERATIONS) -> bytes:
     """tkey = PBKDF2-HMAC-SHA1(password, salt, iterations, 32); key = DK(tkey, "kerberos"),
     where DK's DR step encrypts n-fold("kerberos") with AES-256 and chains (RFC 3961 §5.1)."""

@@ -287,6 +287,10 @@ class HandleTable:
     HINT = Field("hint", 0x00, 4, MODEL)
     #: Live entries (each SKPROCESS / SECURE_IMAGE / allocation / pool is one).
     COUNT = Field("count", 0x04, 4, MODEL)
+    #: One past the highest entry ever allocated: NT's HANDLE_TABLE.NextHandleNeedingPool, above
+    #: which ExpLookupHandleTableEntry finds nothing (Windows Internals 7th ed. Part 2 ch. 8;
+    #: Vergilius _HANDLE_TABLE).  Lookups and enumerations stop there.
+    HIGH_WATER = Field("high water", 0x08, 4, "Vergilius _HANDLE_TABLE (NextHandleNeedingPool)")
     ENTRIES = 0x10
     OBJECT = Field("object", 0x00, 8, MODEL)
     TYPE = Field("type", 0x08, 4, MODEL)

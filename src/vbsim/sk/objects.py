@@ -52,7 +52,7 @@ def _entry(sk: SecureKernel, index: int) -> int:
 def lookup(sk: SecureKernel, cpu: Mem, handle: int) -> tuple[int, int]:
     """(type index, object VA) of ``handle`` as the table holds it now; (NONE, 0) if free."""
     index = index_of(handle)
-    if index < 0:
+    if index < 0 or index >= read_field(cpu, sk.handles_va, HandleTable.HIGH_WATER):
         return ObjectType.NONE, 0
     entry = _entry(sk, index)
     return cpu.read_u32(entry + _TYPE), cpu.read_u64(entry + _OBJECT)
@@ -85,6 +85,8 @@ def insert(sk: SecureKernel, cpu: Cpu, kind: int, va: int) -> int | None:
             cpu.write_u64(entry + _OBJECT, va)
             cpu.write_u32(entry + _TYPE, kind)
             write_field(cpu, sk.handles_va, HandleTable.HINT, index + 1)
+            if index >= read_field(cpu, sk.handles_va, HandleTable.HIGH_WATER):
+                write_field(cpu, sk.handles_va, HandleTable.HIGH_WATER, index + 1)
             count = read_field(cpu, sk.handles_va, HandleTable.COUNT)
             write_field(cpu, sk.handles_va, HandleTable.COUNT, count + 1)
             handle = handle_of(index)
@@ -109,11 +111,10 @@ def close(sk: SecureKernel, cpu: Mem, handle: int) -> None:
 
 def entries(sk: SecureKernel, cpu: Mem, kind: int) -> list[tuple[int, int]]:
     """(handle, object VA) of every live entry of type ``kind`` (one read of the table)."""
-    raw = cpu.read(sk.handles_va + _ENTRIES, _MAX * _ENTRY)
-    # A closed entry is zeroed, so nothing lives past the last non-zero byte; the rest is one
-    # C-level unpack (an entry: OBJECT u64 at 0, TYPE u32 at 8).
-    used = -(-len(raw.rstrip(b"\0")) // _ENTRY) * _ENTRY
-    raw = raw[:used]
+    # Nothing lives at or above the high-water mark; below it, one C-level unpack (an entry:
+    # OBJECT u64 at 0, TYPE u32 at 8).
+    high = min(read_field(cpu, sk.handles_va, HandleTable.HIGH_WATER), _MAX)
+    raw = cpu.read(sk.handles_va + _ENTRIES, high * _ENTRY) if high else b""
     return [
         (handle_of(index), va)
         for index, (va, entry_kind) in enumerate(_ENTRY_FORMAT.iter_unpack(raw))
