@@ -8,6 +8,7 @@ from typing import Any
 from vbsim.boot.chain import System, boot
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.invariants import Monitor
+from vbsim.invariants.attacker import Ref
 from vbsim.invariants.teardown import release
 from vbsim.machine import Machine
 from vbsim.nt.kernel import NtKernel
@@ -53,3 +54,12 @@ def attached(name: str | Policy = "vbs", **options: Any) -> Rig:
     system = boot(policy, trace=Trace(record=True))
     assert system.booted, system.halted
     return Rig(system, Monitor.attach(system, **options))
+
+
+def refs_in(value: object) -> list[Ref]:
+    """Every attacker Ref inside an action argument (tuples walked)."""
+    if isinstance(value, Ref):
+        return [value]
+    if isinstance(value, tuple):
+        return [r for v in value for r in refs_in(v)]
+    return []

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from vbsim.invariants.attacker import PFN_POOLS, Action, Ref
 from vbsim.invariants.guided import Guide, _newest_handles
 
+from .kit import refs_in
+
 SPACES = ("pfn", "gpa", "dm", "handle", "cookie", "window", "user", "kva", "tva", "pid")
 refs = st.builds(
     Ref,
@@ -24,14 +26,6 @@ refs = st.builds(
     st.integers(0, 63),
     st.integers(0, 1 << 20),
 )
-
-
-def _refs_in(value: Any) -> list[Any]:
-    if isinstance(value, Ref):
-        return [value]
-    if isinstance(value, tuple):
-        return [r for v in value for r in _refs_in(v)]
-    return []
 
 
 def _plain_ref_shapes(value: Any) -> bool:
@@ -62,7 +56,7 @@ def test_aiming_inside_a_tuple_keeps_its_refs(ref: Ref, number: int, seed: int) 
     for _ in range(8):
         action = guide._aim(action)
         assert not _plain_ref_shapes(action.args), action
-        assert all(isinstance(r, Ref) for r in _refs_in(action.args))
+        assert all(isinstance(r, Ref) for r in refs_in(action.args))
 
 
 def test_newest_handles_renews_handles_and_keeps_other_refs() -> None:

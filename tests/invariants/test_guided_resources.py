@@ -26,6 +26,8 @@ from vbsim.invariants.guided import (
 from vbsim.policy import preset
 from vbsim.sk.callargs import OP_FLUSH_TB, OP_INVOKE_SERVICE
 
+from .kit import refs_in
+
 CREATE = Action("securecall", (OP_INVOKE_SERVICE, "CREATE_SECURE_ALLOCATION", 0, (4096,), ()))
 
 
@@ -164,18 +166,10 @@ def test_an_accepted_call_is_explored_argument_by_argument() -> None:
         ref
         for v in variants
         for a in v.actions
-        for ref in _refs(a.args)
+        for ref in refs_in(a.args)
         if ref.space in ("pfn", "dm") and ref.pool in _VTL1_POOLS
     ]
     # each of the three page arguments (the MDL's VA and PFN, the PFN inside it) once
     assert len(moved) >= 3
     # every variant differs from the program it explores
     assert all(v != program for v in variants)
-
-
-def _refs(value: object) -> list[Ref]:
-    if isinstance(value, Ref):
-        return [value]
-    if isinstance(value, tuple):
-        return [r for v in value for r in _refs(v)]
-    return []

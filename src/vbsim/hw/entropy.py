@@ -19,7 +19,6 @@ import hashlib
 import os
 
 _SEED_BITS = 128
-_BLOCK = 32  # SHA-256 output
 
 
 class Entropy:
