@@ -209,7 +209,8 @@ def run_job(
                 if config.shrink:
                     from vbsim.campaign.shrink import shrink_violation
 
-                    record.update(shrink_violation(program, config.policy, violation.violation))
+                    seeded = config.policy.with_changes(entropy_seed=entropy_seed)  # as it booted
+                    record.update(shrink_violation(program, seeded, violation.violation))
                 retire()
             except Exception as error:  # an escaped exception: a model bug
                 record.update(
@@ -225,7 +226,8 @@ def run_job(
                 if config.shrink:
                     from vbsim.campaign.shrink import shrink_exception
 
-                    record.update(shrink_exception(program, config.policy, error))
+                    seeded = config.policy.with_changes(entropy_seed=entropy_seed)  # as it booted
+                    record.update(shrink_exception(program, seeded, error))
                 retire()
             if monitor is not None:
                 record["checks"] = monitor.stats.checks - checks_before
