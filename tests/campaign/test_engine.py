@@ -48,9 +48,11 @@ def test_a_job_seed_depends_on_the_campaign_seed_and_the_index_only() -> None:
     assert len({job_seed(7, i) for i in range(50)} | {job_seed(8, 0)}) == 51
 
 
-def test_a_job_starts_from_the_previous_round_of_every_lane() -> None:
-    deps = [list(jobs.dependencies(SMALL, job)) for job in range(6)]
-    assert deps == [[], [], [0], [0, 1], [1, 2], [2, 3]]
+def test_a_job_continues_its_lane_and_absorbs_the_other_lanes_of_the_round_before() -> None:
+    deps = [list(jobs.dependencies(SMALL, job)) for job in range(8)]
+    assert deps == [[], [], [0], [1], [1, 2], [0, 3], [3, 4], [2, 5]]
+    three = SoakConfig(preset("vbs"), 24, batch=2, lanes=3)
+    assert list(jobs.dependencies(three, 7)) == [0, 2, 4]
     one_lane = SoakConfig(preset("vbs"), 24, batch=6, lanes=1)
     assert [list(jobs.dependencies(one_lane, job)) for job in range(3)] == [[], [0], [1]]
 

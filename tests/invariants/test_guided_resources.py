@@ -173,3 +173,24 @@ def test_an_accepted_call_is_explored_argument_by_argument() -> None:
     assert len(moved) >= 3
     # every variant differs from the program it explores
     assert all(v != program for v in variants)
+
+
+def test_exploring_aims_each_number_just_past_the_sizes_the_run_reported() -> None:
+    """Redqueen's input-to-state step: a size the kernel reported while the explored program
+    ran (the 0x1800-byte allocation it made) gives each numeric argument a variant just past
+    the pages it covers: the MDL's ByteCount 0x2000, an overflow of that allocation."""
+    guide = Guide(random.Random(3))
+    guide.begin(None)
+    guide._run_sizes = [0x1800]
+    stage = Action("stage_mdl", (1, 0, (Ref("pfn", "loot", 0, 0),), 0x100, 0, -1))
+    call = _fill(Ref("handle", "", 0), (Ref("dm", "stage", 1, 0), Ref("pfn", "stage", 1, 0)))
+    guide._explore(Program("K0", (CREATE, stage, call)), 2)
+    counts = {v.actions[1].args[3] for v in guide._explores if v.actions[1] != stage}
+    assert 0x2000 in counts
+    offsets = {v.actions[-1].args[3][1] for v in guide._explores if v.actions[-1] != call}
+    assert 0x2000 in offsets
+    # without a reported size, no such variant
+    plain = Guide(random.Random(3))
+    plain.begin(None)
+    plain._explore(Program("K0", (CREATE, stage, call)), 2)
+    assert 0x2000 not in {v.actions[1].args[3] for v in plain._explores}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -106,8 +107,27 @@ def test_the_default_attacker_finds_the_legacy_2019_bugs_unaided(seed: int) -> N
     """Issue 13: no focus, no hint — the guided generator reaches the unchecked secure-call
     parameters of legacy-2019 (invariant 6: the copy past the allocation into SK data;
     invariant 1: VTL1 bytes the unchecked copy moved where VTL0 can read them) within 600
-    programs, for each of the seeds the issue names."""
+    programs, for each of the seeds the issue names, with the default lanes (the same records
+    as ``vbsim soak -p legacy-2019 -n 600 --seed N`` on any number of workers)."""
     report = soak("legacy-2019", 600, seed=seed, workers=1, stop_after=1, shrink=False)
     assert report.violations, format_report(report)
     assert report.programs <= 600 and not report.exceptions
     assert all(f.group.split()[1] in ("1", "6") for f in report.violations), report.groups
+
+
+def test_the_default_lanes_do_not_depend_on_the_workers(tmp_path: Path) -> None:
+    """A seed gives the same records on one worker or many: the lanes default to a fixed
+    number (the command's default is the campaign's), never to the worker count."""
+    import inspect
+
+    from vbsim.campaign.jobs import DEFAULT_LANES
+    from vbsim.cli.soak_cmd import soak as soak_command
+
+    assert inspect.signature(soak_command).parameters["lanes"].default == DEFAULT_LANES
+    records = []
+    for workers in (1, 2):
+        out = tmp_path / str(workers)
+        soak("vbs", 8, max_actions=6, seed=4, workers=workers, batch=2, out=out)
+        lines = (out / "jobs.jsonl").read_text().splitlines()
+        records.append(sorted((json.loads(line) for line in lines), key=lambda r: r["index"]))
+    assert records[0] == records[1] and len(records[0]) == 8

@@ -2,8 +2,8 @@
 kept in a results directory, resumable.
 
 Scheduling follows the lanes (see :mod:`vbsim.campaign.jobs`): with the guided generator job
-``j`` starts when the previous round of every lane (jobs ``j - 2 * lanes + 1`` to ``j - lanes``)
-has handed over its guide states, so at most ``lanes`` jobs run at once (``lanes`` defaults to
+``j`` starts when its lane's previous job and the other lanes' jobs of the round before that
+have handed over their guide states, so at most ``lanes`` jobs run at once (``lanes`` defaults to
 the worker count); with the plain random generator every job is independent and up to twice
 the worker count are in flight.
 """
@@ -104,7 +104,9 @@ def run(
                 waiting.remove(job)
                 own = state_of(needs[-1]) if needs else None
                 submit(job, own, tuple(state_of(d) for d in needs[:-1]))
-        oldest = min((dependencies(config, j).start for j in waiting), default=config.jobs)
+        oldest = min(
+            (min(dependencies(config, j), default=j) for j in waiting), default=config.jobs
+        )
         for job in [j for j in states if j < oldest]:
             del states[job]
 

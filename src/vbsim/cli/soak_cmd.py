@@ -56,10 +56,11 @@ def _ram_mib(value: int, preset: str) -> int:
 
 @contextlib.contextmanager
 def campaign_progress(
-    total: int, show: bool
+    total: int, show: bool, lanes: int | None = None
 ) -> Iterator[tuple[Callable[[int, int, int], None] | None, Callable[[Engine], None]]]:
     """A rich progress bar on stderr (programs/s, violations so far, ETA), and the engine's
-    start line (on Dask, the dashboard link); nothing when ``show`` is false."""
+    start line (on Dask, the dashboard link; with ``lanes``, the guided generator's lanes and
+    whether workers sit idle beyond them); nothing when ``show`` is false."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def on_engine(engine: Engine) -> None:
@@ -68,6 +69,10 @@ def campaign_progress(
         line = (
             f"engine {engine.name}: {engine.workers} worker(s), up in {engine.start_seconds:.1f} s"
         )
+        if lanes is not None:
+            line += f"; {lanes} lane(s)"
+            if engine.workers > lanes:
+                line += f", so {engine.workers - lanes} worker(s) idle (--lanes to use them)"
         if engine.dashboard:
             line += f"; dashboard {engine.dashboard}"
         err.print(line, markup=False)
@@ -145,6 +150,15 @@ def soak(
     ] = None,
     generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
     batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
+    lanes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Guided generator: parallel lanes of feedback (records depend on it, not on"
+            " --workers).",
+        ),
+    ] = 2,  # vbsim.campaign.jobs.DEFAULT_LANES (not imported: the CLI starts without it)
 ) -> None:
     """Run random attacker programs under the isolation monitor and summarise."""
     from vbsim.invariants.attacker import CAPABILITIES
@@ -188,14 +202,14 @@ def soak(
         max_actions, batch = int(config["max_actions"]), int(config["batch"])
         capabilities = tuple(config["capabilities"])
         include_known_bugs, generator = bool(config["include_known"]), str(config["generator"])
-        lanes: int | None = int(config["lanes"])
+        lanes = int(config["lanes"])
         directory = resume
     else:
-        lanes = None
         directory = out if out is not None else default_dir("soak")
     count = workers or max(1, min(4, os.cpu_count() or 1))
     show = not as_json and sys.stderr.isatty()
-    with campaign_progress(programs, show) as (progress, on_engine):
+    guided_lanes = lanes if generator == "guided" else None
+    with campaign_progress(programs, show, guided_lanes) as (progress, on_engine):
         try:
             report = run_soak(
                 policy,

@@ -118,6 +118,8 @@ RESOLVED: dict[str, tuple[int, ...]] = {
 BOUNDARY_KEYS = frozenset(
     ("size", "offset", "byte_count", "byte_offset", "pfn", "va", "needed", "pages", "length")
 )
+#: Those of them that are sizes in bytes (an extent: an argument just past one is an overflow).
+SIZE_KEYS = frozenset(("size", "byte_count", "needed", "length"))
 _DELTAS = (-8, -1, 0, 0, 1, 8, 16)
 _PAGE_EDGES = (PAGE_SIZE - 8, PAGE_SIZE, PAGE_SIZE + 1, 2 * PAGE_SIZE - 8, 2 * PAGE_SIZE)
 
@@ -182,6 +184,8 @@ class Guide:
     #: the never-accepted calls introduced to a fitting producer (see _introduce)
     _introduced: set[tuple[str, str]] = field(default_factory=set)
     _current: set[tuple[str, ...]] = field(default_factory=set)
+    #: the sizes the kernel reported while the program now running (or just run) ran
+    _run_sizes: list[int] = field(default_factory=list)
     _steps: Callable[[], int] | None = None
     _base: int = 0
     _credited: set[int] = field(default_factory=set)
@@ -445,6 +449,7 @@ class Guide:
         self._credited = set()
         self._refused = {}
         self._made = {}
+        self._run_sizes = []
 
     def listen(self, event: Event) -> None:
         """A trace listener: the features and boundaries of the program now running."""
@@ -464,6 +469,8 @@ class Guide:
             for key, value in event.detail.items():
                 if key in BOUNDARY_KEYS and isinstance(value, int) and 0 <= value <= MASK64:
                     self._learn(value)
+                    if key in SIZE_KEYS and value not in self._run_sizes:
+                        self._run_sizes.append(value)
 
     def _learn(self, value: int) -> None:
         if value in self.boundaries:
@@ -612,10 +619,19 @@ class Guide:
         if stage_at is not None:
             targets += [(stage_at, at) for at in MUTABLE["stage_mdl"]]
         variants: list[Program] = []
+        # Just past the end of the pages each size the kernel reported in this run covers (the
+        # allocation it just made, the length it just captured): Redqueen's input-to-state
+        # correspondence aims an argument at the operands the same execution compared
+        # (Aschermann et al., NDSS 2019); a kernel that compares nothing (a missing bound) is
+        # asked the question all the same.
+        past = [(size | (PAGE_SIZE - 1)) + 1 for size in self._run_sizes[:_RUN_SIZES]]
         for at, position in targets:
             value = actions[at].args[position] if position < len(actions[at].args) else None
             for path in _leaf_paths(value):
                 old = _leaf_at(value, path)
+                numeric = isinstance(old, int) and not isinstance(old, bool) and old >= 0
+                for end in past if numeric else ():
+                    variants.append(self._variant(program, actions, at, position, path, end))
                 for variant_number in range(_EXPLORE_VARIANTS):
                     resolved = position in RESOLVED.get(actions[at].op, ())
                     if variant_number == 0 and isinstance(old, Ref) and old.space in _PAGES:
@@ -624,12 +640,7 @@ class Guide:
                         aimed = old._replace(pool=self._across(old.pool, always=True))
                     else:
                         aimed = self._aim_value(old, resolved)
-                    new_value = _leaf_replaced(value, path, aimed)
-                    args = list(actions[at].args)
-                    args[position] = new_value
-                    variant = list(actions)
-                    variant[at] = Action(actions[at].op, tuple(args))
-                    variants.append(Program(program.capability, tuple(variant)))
+                    variants.append(self._variant(program, actions, at, position, path, aimed))
         if _mdl_position(call) is not None:
             # the MDL staged afresh (more often when the call read one it did not stage)
             for _ in range(_EXPLORE_VARIANTS * (1 if staged is not None else 3)):
@@ -640,6 +651,23 @@ class Guide:
         explored = Program(program.capability, actions)
         fresh = [v for v in dict.fromkeys(variants) if v != explored]
         self._explores += fresh[: _EXPLORE_CAP - len(self._explores)]
+
+    @staticmethod
+    def _variant(
+        program: Program,
+        actions: Sequence[Action],
+        at: int,
+        position: int,
+        path: tuple[int, ...],
+        new: Any,
+    ) -> Program:
+        """``actions`` with the leaf at ``path`` of argument ``position`` of step ``at``
+        replaced by ``new``."""
+        args = list(actions[at].args)
+        args[position] = _leaf_replaced(args[position], path, new)
+        variant = list(actions)
+        variant[at] = Action(actions[at].op, tuple(args))
+        return Program(program.capability, tuple(variant))
 
     def _queue(self, key: tuple[str, str], program: Program) -> None:
         """Queue a repaired or retried program, fairly: when the queue is full, the newcomer
@@ -842,6 +870,7 @@ _VTL1_POOLS = ("sk", "vtl1", "trustlet")
 _VTL0_POOLS = tuple(pool for pool in PFN_POOLS if pool not in _VTL1_POOLS)
 _EXPLORE_VARIANTS = 2  # variants per argument of a service's first accepted call
 _EXPLORE_CAP = 96  # queued variants at most
+_RUN_SIZES = 3  # the run's sizes each numeric argument is aimed just past (see _explore)
 _EXPLORES_PER_SERVICE = 3  # accepted calls of one service explored at most
 _ARGUMENT_REFUSED = (["securecall", "STATUS_INVALID_PARAMETER"],)
 _OBJECT_REFUSED = (["STATUS_INVALID_HANDLE"], ["STATUS_OBJECT_TYPE_MISMATCH"])

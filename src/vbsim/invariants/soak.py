@@ -132,7 +132,7 @@ def soak(
     """Run ``programs`` attacker programs as a campaign (:mod:`vbsim.campaign`) on ``engine``
     with ``workers`` processes; records go to ``out`` when given (``resume``: continue it)."""
     from vbsim.campaign.engine import make_engine
-    from vbsim.campaign.jobs import SoakConfig, policy_of
+    from vbsim.campaign.jobs import DEFAULT_LANES, SoakConfig, policy_of
     from vbsim.campaign.results import ResultsDir
     from vbsim.campaign.soak import run, summary
 
@@ -145,7 +145,7 @@ def soak(
         include_known=include_known,
         reboot_every=reboot_every,
         batch=batch,
-        lanes=lanes or count,
+        lanes=lanes or DEFAULT_LANES,
         generator=generator,
         shrink=shrink,
     )
