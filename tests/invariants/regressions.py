@@ -196,4 +196,20 @@ REGRESSIONS: list[Regression] = [
         expect="ok",
         note="AssertionError escapes from the SK's GS lookup",
     ),
+    Regression(
+        "trustlet-resume-after-dma-wiped-the-free-list",
+        "hardened",
+        Program(
+            "K0",
+            (
+                # a device writes zeros over NT's PFN list head (VTL0 memory: the IOMMU lets
+                # it), then NT needs two pool pages to resume a trustlet
+                Action("dma", (0, Ref("gpa", "ntpt", 39, 4088), 0x8000_0000)),
+                Action("resume", (3, b"|\xfb\xcf\xdf", 1)),
+            ),
+        ),
+        expect="ok",
+        note="found by a hardened soak (10,000 programs): NoPages escaped run_trustlet; NT now "
+        "fails the request with STATUS_NO_MEMORY as ExAllocatePool's callers do",
+    ),
 ]

@@ -37,6 +37,7 @@ from vbsim.nt.layouts import DUMP_LIST_MAX as LIST_MAX
 from vbsim.nt.layouts import DUMP_PAGE_ENCRYPTED as PAGE_ENCRYPTED
 from vbsim.nt.layouts import DUMP_REQUEST_LIST as REQUEST_LIST
 from vbsim.nt.layouts import DUMP_REQUEST_PAGE as REQUEST_PAGE
+from vbsim.nt.pfn import NoPages
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.sscn import Service
 
@@ -156,7 +157,10 @@ def parse(data: bytes) -> list[tuple[int, int, bytes]]:
 
 
 def _store(nt: NtKernel, vp: Cpu, path: str, kind: int) -> int:
-    files(nt)[path] = write_dump(nt, vp, kind)
+    try:
+        files(nt)[path] = write_dump(nt, vp, kind)
+    except NoPages:  # no page for the SK's list or the work buffer: nothing written
+        return int(NtStatus.NO_MEMORY)
     return int(NtStatus.SUCCESS)
 
 

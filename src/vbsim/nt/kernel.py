@@ -388,6 +388,20 @@ class NtKernel:
         frame = self.alloc_page(vp)
         return DIRECT_MAP + (frame << PAGE_SHIFT), frame << PAGE_SHIFT
 
+    def alloc_kernel_pages(self, vp: Cpu, count: int) -> list[tuple[int, int]] | None:
+        """``count`` pool pages (VA, GPA), or None and nothing allocated when physical memory
+        runs out part-way (ExAllocatePool returning NULL: the caller fails the request with
+        STATUS_NO_MEMORY, as NT's do, rather than the model raising)."""
+        pages: list[tuple[int, int]] = []
+        try:
+            for _ in range(count):
+                pages.append(self.alloc_kernel_page(vp))
+        except NoPages:
+            for _, gpa in pages:
+                self.free_page(vp, gpa >> PAGE_SHIFT)
+            return None
+        return pages
+
     def free_kernel_page(self, vp: Cpu, va: int) -> bool:
         """ExFreePool of a page :meth:`alloc_kernel_page` returned."""
         return self.free_page(vp, (va - DIRECT_MAP) >> PAGE_SHIFT)

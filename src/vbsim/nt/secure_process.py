@@ -74,12 +74,14 @@ def create_secure_process(
         return int(NtStatus.OBJECT_NAME_NOT_FOUND), None
     if not 0 < len(data) <= 1 << 20:
         return int(NtStatus.INVALID_IMAGE_FORMAT), None
+    pages = nt.alloc_kernel_pages(vp, -(-len(data) // PAGE_SIZE) + 1)
+    if pages is None:
+        return int(NtStatus.NO_MEMORY), None
+    *sections, (list_va, list_gpa) = pages
     pfns = []
-    for offset in range(0, len(data), PAGE_SIZE):
-        va, gpa = nt.alloc_kernel_page(vp)
+    for offset, (va, gpa) in zip(range(0, len(data), PAGE_SIZE), sections, strict=True):
         vp.write(va, data[offset : offset + PAGE_SIZE])
         pfns.append(gpa >> PAGE_SHIFT)
-    list_va, list_gpa = nt.alloc_kernel_page(vp)
     vp.write(list_va, b"".join(p.to_bytes(8, "little") for p in pfns))
     status, outputs = nt.vsl.call(
         vp, Service.CREATE_PROCESS, list_gpa >> PAGE_SHIFT, len(data), trustlet_id, mailbox_key
@@ -124,9 +126,11 @@ def run_trustlet(
         return TrustletRun(int(NtStatus.PROCESS_IS_TERMINATING), b"")
     if nt.vsl is None or cookie is None or len(message) > MAX_MESSAGE:
         return TrustletRun(int(NtStatus.INVALID_PARAMETER), b"")
-    message_va, message_gpa = nt.alloc_kernel_page(vp)
+    pages = nt.alloc_kernel_pages(vp, 2)
+    if pages is None:
+        return TrustletRun(int(NtStatus.NO_MEMORY), b"")
+    (message_va, message_gpa), (reply_va, reply_gpa) = pages
     vp.write(message_va, message)
-    reply_va, reply_gpa = nt.alloc_kernel_page(vp)
     args = SecureCallArgs(
         callargs.OP_RESUME_THREAD,
         0,
