@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from vbsim.hw.faults import Bugcheck
+from vbsim.hw.pagetable import PageTables
 from vbsim.hw.slat import KX, UX, R, W
+from vbsim.hw.x86 import PTE_ADDR_MASK
 from vbsim.image import parse_image
 from vbsim.invariants.skstate import hvci_view
 from vbsim.nt import drivers
@@ -114,7 +116,9 @@ def test_under_vbs_kdp_protects_g_ci_options_so_the_write_bugchecks() -> None:
     with pytest.raises(Bugcheck):
         env.k0_write(ci, 0)
     assert env.system.machine is not None
-    gpa = env.nt.kdp_client.sections[drivers.CI_POLICY_SECTION].gpa if env.nt.kdp_client else 0
+    leaf = PageTables(env.nt.phys(env.vp), env.nt.space.root).lookup(ci)
+    assert leaf is not None
+    gpa = (leaf & PTE_ADDR_MASK) | (ci & 0xFFF)
     assert env.system.machine.ram.read_u64(gpa) == drivers.CI_OPTIONS_ENFORCING
 
 
@@ -391,4 +395,39 @@ def test_mm_protect_driver_section_bugchecks_for_an_image_unlinked_from_the_modu
     cpu.write_u64(flink + 8, blink)  # Flink->Blink = Blink
     with pytest.raises(Bugcheck) as stop:
         kdp.mm_protect_driver_section(env.nt, cpu, driver.base + 0x2000)
+    assert stop.value.params[:1] == (0x1100,)
+
+
+def test_a_data_only_image_is_on_the_module_list_and_kdp_reads_its_headers() -> None:
+    """ci.dll's CiPolicy section is a section of an image NT lists (``lm`` shows ci.dll), with
+    its headers at DllBase; MmProtectDriverSection finds it there and nowhere else: a section
+    whose row a kernel writer marks executable is refused, and one whose module is unlinked
+    bugchecks with 0x1100, as for any driver."""
+    from vbsim.nt import kdp
+    from vbsim.nt.drivers import find_module, host_modules
+    from vbsim.nt.layouts import IMAGE_SECTION_HEADER
+    from vbsim.nt.process import remove_entry
+
+    env = make_env("vbs")
+    assert env.system.machine is not None
+    assert "ci.dll" in host_modules(env.system.machine.ram, env.nt)
+    cpu = env.vp.cpu
+    section = kdp.load_data_section(env.nt, cpu, "cfg.sys!.kdp", 1, b"\x01" * 8)
+    again = kdp.load_data_section(env.nt, cpu, "cfg.sys!.kdp")  # found on the list, not reloaded
+    assert (again.va, again.pfns) == (section.va, section.pfns)
+    # the headers are mapped read-only at DllBase; a kernel writer edits them through the
+    # direct map
+    leaf = PageTables(env.nt.phys(cpu), env.nt.space.root).lookup(section.va - 4096)
+    assert leaf is not None and not leaf & 0x2  # present, not writable
+    headers = direct_va((leaf & PTE_ADDR_MASK) >> 12)
+    row = headers + 0x80 + 0x18 + 0xF0  # e_lfanew, the COFF header, a PE32+ optional header
+    characteristics = row + IMAGE_SECTION_HEADER.Characteristics.offset
+    cpu.write_u32(characteristics, IMAGE_SECTION_HEADER.DATA | IMAGE_SECTION_HEADER.MEM_EXECUTE)
+    assert kdp.mm_protect_driver_section(env.nt, cpu, section.va) == (
+        NtStatus.INVALID_PAGE_PROTECTION
+    )
+    cpu.write_u32(characteristics, IMAGE_SECTION_HEADER.DATA)
+    remove_entry(cpu, find_module(env.nt, cpu, "cfg.sys"))
+    with pytest.raises(Bugcheck) as stop:
+        kdp.mm_protect_driver_section(env.nt, cpu, section.va)
     assert stop.value.params[:1] == (0x1100,)

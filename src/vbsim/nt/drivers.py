@@ -548,16 +548,17 @@ def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
     return 0
 
 
-def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
-    """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY at the tail of the list."""
+def insert_module(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int, size: int) -> int:
+    """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY for the image ``name`` mapped at
+    ``base`` (``size`` bytes) at the tail of PsLoadedModuleList; returns the entry's VA."""
     from vbsim.nt.process import insert_tail
 
     entry, _ = nt.alloc_kernel_page(vp)
-    raw = driver.name.encode("utf-16-le")[:512]
+    raw = name.encode("utf-16-le")[:512]
     vp.write(entry + KLDR_DATA_TABLE_ENTRY.NAME_AT, raw)
-    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase, driver.base)
-    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint, driver.entry)
-    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage, len(driver.pfns) * PAGE_SIZE)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase, base)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint, entry_point)
+    write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage, size)
     write_field(vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength, len(raw))
     write_field(
         vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer, entry + KLDR_DATA_TABLE_ENTRY.NAME_AT
@@ -567,6 +568,13 @@ def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
         vp.write_u64(head, head)
         vp.write_u64(head + 8, head)
     insert_tail(vp, head, entry)
+    return entry
+
+
+def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
+    entry = insert_module(
+        nt, vp, driver.name, driver.base, driver.entry, len(driver.pfns) * PAGE_SIZE
+    )
     write_field(vp, driver.object_va, DRIVER_OBJECT.DriverSection, entry)
 
 

@@ -19,23 +19,24 @@
 - The normal call the SK makes before copying from VTL0 ("get physical pages", vbs-internals
   §2.5); the model's pages are always resident, so NT just answers success.
 
-Driver data sections (what ``MmProtectDriverSection`` protects) are mapped by
-:func:`load_data_section`, the part of MmLoadSystemImage that maps a driver's ``.data``: fresh
-frames, supervisor RW/NX 4 KiB PTEs written through NT's own VP, in a VA range of their own.
+Driver data sections (what ``MmProtectDriverSection`` protects) are sections of images on
+PsLoadedModuleList: a driver's own (``vbsim.nt.drivers``), or a data-only image that
+:func:`load_data_section` loads (``ci.dll``'s CiPolicy): PE headers at its base, the section
+behind them in fresh frames, supervisor RW/NX 4 KiB PTEs written through NT's own VP.
 
 Every decision is a trace event of kind ``kdp`` (NT side: mechanism ``nt.kdp``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.nt import pfn as mm
 from vbsim.nt.layouts import (
     COPY_ALLOCATE,
@@ -46,6 +47,7 @@ from vbsim.nt.layouts import (
     NORMAL_GET_PHYSICAL_PAGES,
     mdl_bytes,
     read_field,
+    write_field,
 )
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk.sscn import Service
@@ -89,7 +91,8 @@ class SecurePool:
 
 @dataclass
 class NtKdp:
-    sections: dict[str, Section] = field(default_factory=dict)
+    """That NT's KDP client is set up (its normal-call handler registered); what it protects
+    is on PsLoadedModuleList and in the images' headers in RAM, not here."""
 
 
 #: [model] NT's cursor for driver data sections (see ``NtKernel.take_system_va``).
@@ -125,15 +128,63 @@ def _call(nt: NtKernel, vp: Cpu, service: Service, *fields: int) -> tuple[int, l
 
 
 # -- driver data sections and static KDP ---------------------------------------------------------
+#: Where a data-only image's headers put its one section (the first page after the headers, as a
+#: linker aligns sections: PE Format, "SectionAlignment", 4 KiB here).
+_SECTION_RVA = PAGE_SIZE
+#: Where the headers put the PE signature (any 8-aligned offset after the DOS header will do).
+_PE_AT = 0x80
+
+
+def _write_headers(vp: Cpu, base: int, section: str, pages: int) -> None:
+    """The headers of a data-only image, as the loader maps them at its base (PE Format): the
+    DOS header's e_lfanew, the PE signature, a COFF header with one section, a PE32+ optional
+    header's Magic, and the section row (name, size, RVA, initialised read/write data)."""
+    nt_headers = base + _PE_AT
+    write_field(vp, base, IMAGE_DOS_HEADER.e_lfanew, _PE_AT)
+    write_field(vp, nt_headers, IMAGE_NT_HEADERS64.Signature, IMAGE_NT_HEADERS64.SIGNATURE)
+    write_field(vp, nt_headers, IMAGE_NT_HEADERS64.Machine, IMAGE_NT_HEADERS64.MACHINE_AMD64)
+    write_field(vp, nt_headers, IMAGE_NT_HEADERS64.NumberOfSections, 1)
+    optional = IMAGE_NT_HEADERS64.OPTIONAL_HEADER_SIZE
+    write_field(vp, nt_headers, IMAGE_NT_HEADERS64.SizeOfOptionalHeader, optional)
+    write_field(vp, nt_headers, IMAGE_NT_HEADERS64.Magic, IMAGE_NT_HEADERS64.MAGIC_PE32_PLUS)
+    row = nt_headers + IMAGE_NT_HEADERS64.OPTIONAL_HEADER_AT + optional
+    vp.write(row + IMAGE_SECTION_HEADER.Name.offset, section.encode()[:8].ljust(8, b"\0"))
+    write_field(vp, row, IMAGE_SECTION_HEADER.VirtualSize, pages * PAGE_SIZE)
+    write_field(vp, row, IMAGE_SECTION_HEADER.VirtualAddress, _SECTION_RVA)
+    write_field(vp, row, IMAGE_SECTION_HEADER.SizeOfRawData, pages * PAGE_SIZE)
+    write_field(vp, row, IMAGE_SECTION_HEADER.Characteristics, IMAGE_SECTION_HEADER.DATA)
+
+
 def load_data_section(
     nt: NtKernel, vp: Cpu, name: str, pages: int = 1, contents: bytes = b""
 ) -> Section:
-    """Map a driver's data section (supervisor, RW, NX) and fill it with ``contents``."""
-    state = install(nt)
-    if name in state.sections:
-        return state.sections[name]
+    """Load the data-only image ``module!section`` that ``name`` names (MmLoadSystemImage for
+    an image whose one section is ``.data``-like): its headers (read-only) and the section
+    (supervisor, RW, NX, filled with ``contents``) mapped in a VA range of their own, and its
+    KLDR_DATA_TABLE_ENTRY on PsLoadedModuleList.  Everything NT later decides about the section
+    (MmProtectDriverSection) it reads back from that entry and those headers in RAM; the
+    :class:`Section` returned is the caller's handle, never consulted again.  A module already
+    on the list is found there, not loaded twice."""
+    from vbsim.nt.drivers import find_module, insert_module
+
+    install(nt)
+    module, _, section_name = name.partition("!")
     tables = PageTables(nt.phys(vp), nt.space.root)
-    va = nt.take_system_va(vp, SECTION_CURSOR, (pages + 1) * PAGE_SIZE)  # a guard page after
+    entry = find_module(nt, vp, module)
+    if entry:
+        base = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase)
+        size = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage)
+        va = base + _SECTION_RVA
+        found = [tables.lookup(page) for page in range(va, base + size, PAGE_SIZE)]
+        frames = [(leaf & PTE_ADDR_MASK) >> PAGE_SHIFT for leaf in found if leaf is not None]
+        return Section(name, va, frames)
+    # the headers page, the section, and a guard page after it
+    base = nt.take_system_va(vp, SECTION_CURSOR, (pages + 2) * PAGE_SIZE)
+    header = nt.alloc_page(vp)
+    vp.write(DIRECT_MAP + (header << PAGE_SHIFT), bytes(PAGE_SIZE))
+    _write_headers(vp, DIRECT_MAP + (header << PAGE_SHIFT), section_name, pages)
+    tables.map(base, header << PAGE_SHIFT, int(Pte.NX | Pte.G))
+    va = base + _SECTION_RVA
     pfns: list[int] = []
     for i in range(pages):
         pfn = nt.alloc_page(vp)
@@ -141,10 +192,9 @@ def load_data_section(
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), chunk.ljust(PAGE_SIZE, b"\0"))
         tables.map(va + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.RW | Pte.NX | Pte.G))
         pfns.append(pfn)
-    section = Section(name, va, pfns)
-    state.sections[name] = section
+    insert_module(nt, vp, module, base, 0, (pages + 1) * PAGE_SIZE)
     _event(vp, "load-data-section", "mapped", section=name, va=va, pages=pages)
-    return section
+    return Section(name, va, pfns)
 
 
 #: MmProtectDriverSection's bugcheck parameter 1 for an address outside every loaded driver image
@@ -219,9 +269,8 @@ def mm_protect_driver_section(
         # "An invalid flags bitmask (or a non-zero size) has been specified" (MS Learn).
         _event(vp, "MmProtectDriverSection", "refused", reason="size", size=size)
         return int(NtStatus.INVALID_PARAMETER)
-    state = install(nt)
-    section = next((s for s in state.sections.values() if s.contains(address)), None)
-    found = (section.va, section.va + section.size) if section else _image_section(nt, vp, address)
+    install(nt)
+    found = _image_section(nt, vp, address)
     if found is None:
         code = BugCheck.MEMORY_MANAGEMENT
         if vp.tracing:

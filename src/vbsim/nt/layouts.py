@@ -430,9 +430,20 @@ class IMAGE_NT_HEADERS64:
     Header (Object and Image)": NumberOfSections at 2, SizeOfOptionalHeader at 16], then the
     optional header; the section table follows the optional header."""
 
+    Signature: Final = Field("Signature", 0x00, 4, _PE)
+    #: IMAGE_FILE_MACHINE_AMD64 [PE Format, "Machine Types"].
+    Machine: Final = Field("FileHeader.Machine", 0x04, 2, _PE)
     NumberOfSections: Final = Field("FileHeader.NumberOfSections", 0x06, 2, _PE)
     SizeOfOptionalHeader: Final = Field("FileHeader.SizeOfOptionalHeader", 0x14, 2, _PE)
     OPTIONAL_HEADER_AT: Final = 0x18
+    #: The optional header's Magic, first field: 0x20B for PE32+ [PE Format, "Optional Header
+    #: Standard Fields"].
+    Magic: Final = Field("OptionalHeader.Magic", 0x18, 2, _PE)
+    SIGNATURE: Final = int.from_bytes(b"PE\0\0", "little")
+    MACHINE_AMD64: Final = 0x8664
+    MAGIC_PE32_PLUS: Final = 0x20B
+    #: sizeof(IMAGE_OPTIONAL_HEADER64), the SizeOfOptionalHeader of a PE32+ image.
+    OPTIONAL_HEADER_SIZE: Final = 0xF0
     #: "the Windows loader limits the number of sections to 96" [PE Format, COFF File Header].
     MAX_SECTIONS: Final = 96
 
@@ -441,6 +452,7 @@ class IMAGE_SECTION_HEADER:
     """One row of the section table, 40 bytes [PE Format, "Section Table (Section
     Headers)"]."""
 
+    Name: Final = Field("Name", 0x00, 8, _PE)
     VirtualSize: Final = Field("Misc.VirtualSize", 0x08, 4, _PE)
     VirtualAddress: Final = Field("VirtualAddress", 0x0C, 4, _PE)
     SizeOfRawData: Final = Field("SizeOfRawData", 0x10, 4, _PE)
@@ -448,6 +460,8 @@ class IMAGE_SECTION_HEADER:
     SIZE: Final = 40
     #: IMAGE_SCN_MEM_EXECUTE [PE Format, "Section Flags"].
     MEM_EXECUTE: Final = 0x2000_0000
+    #: IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ | IMAGE_SCN_MEM_WRITE: a .data.
+    DATA: Final = 0x0000_0040 | 0x4000_0000 | 0x8000_0000
 
 
 # -- loaded modules -------------------------------------------------------------------------------

@@ -287,7 +287,9 @@ A3_RWX = Scenario(
 
 
 # -- the victim of A5 / A6: a driver's configuration variable -------------------------------------
-VICTIM_SECTION = "edr.sys!.data"
+#: A security product's configuration driver (an image of its own: edr.sys, the boot driver, is
+#: already on PsLoadedModuleList and logs into its own .data, which KDP would make read-only).
+VICTIM_SECTION = "edrcfg.sys!.data"
 #: The driver's policy word (its "monitoring enforced" configuration) and the attacker's value.
 VICTIM_VALUE = int.from_bytes(b"ENFORCE!", "little")
 FORGED = int.from_bytes(b"DISABLED", "little")
@@ -300,7 +302,7 @@ def _victim(ctx: AttackContext, protect: bool) -> ntkdp.Section:
     from a pre-20H1 Secure Kernel), and the driver carries on."""
     nt = _nt(ctx)
     vp = ctx.vp
-    vp.actor = "edr.sys"
+    vp.actor = "edrcfg.sys"
     section = ntkdp.load_data_section(
         nt, vp.cpu, VICTIM_SECTION, 1, VICTIM_VALUE.to_bytes(8, "little")
     )
