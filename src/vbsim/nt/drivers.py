@@ -63,7 +63,7 @@ from vbsim.image import (
     sign_image,
     verify_image,
 )
-from vbsim.nt import syscalls
+from vbsim.nt import objdir, syscalls
 from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
     DRIVER_OBJECT,
@@ -254,6 +254,7 @@ def register_nt(nt: NtKernel) -> None:
     """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
     .data, the driver store, the loader's VA cursors, and the two system services."""
     nt.variable(SE_CI_CALLBACKS_NAME, SE_CI_CALLBACKS.SIZE)
+    objdir.register(nt)
     head = module_list_head(nt)  # an empty LIST_ENTRY points at itself
     nt.loader_write_u64(head, head)
     nt.loader_write_u64(head + 8, head)
@@ -643,9 +644,27 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
             driver.secure_handle = handle
     except NoPages:
         return int(NtStatus.NO_MEMORY)
+    try:
+        objdir.insert(nt, vp, name, driver.object_va)
+    except NoPages:  # no pool page for the directory entry: undo the load
+        if driver.secure_handle and nt.vsl is not None:
+            status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
+            if not ok(status):
+                return int(NtStatus.NO_MEMORY)  # the SK keeps the pages: leak them
+        unmap_image(nt, vp, driver)
+        return int(NtStatus.NO_MEMORY)
     nt.drivers[name] = driver
     _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
+
+
+def driver_at(nt: NtKernel, driver_object: int) -> LoadedDriver | None:
+    """NT's handle on the driver whose DRIVER_OBJECT is at ``driver_object`` (its frames and
+    secure image handle; None: no driver NT loaded).  A symbol table: which drivers exist is
+    the ``\\Driver`` directory and PsLoadedModuleList in RAM."""
+    if not driver_object:
+        return None
+    return next((d for d in nt.drivers.values() if d.object_va == driver_object), None)
 
 
 def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
@@ -662,10 +681,14 @@ def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
 
 
 def unload_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
-    driver = nt.drivers.pop(name, None)
-    if not isinstance(driver, LoadedDriver):
+    """IopUnloadDriver: the DRIVER_OBJECT named ``\\Driver\\<name>`` (looked up in RAM) leaves
+    the namespace and PsLoadedModuleList, the SK drops its image, NT frees the frames."""
+    driver = driver_at(nt, objdir.lookup(nt, vp, name))
+    if driver is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    _remove_module(nt, vp, name)
+    del nt.drivers[driver.name]
+    objdir.remove(nt, vp, name)
+    _remove_module(nt, vp, driver.name)
     if driver.secure_handle and nt.vsl is not None:
         status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
         if not ok(status):
@@ -695,19 +718,20 @@ def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     METHOD_BUFFERED: NT copies the buffer in, calls the driver at CPL0, copies it back.  Device
     objects carry no ACL in the model (RTCore64-style devices were open to their callers)."""
     name = _string(nt, vp, args[0], args[1])
-    driver = nt.drivers.get(name) if name is not None else None
-    if not isinstance(driver, LoadedDriver):
+    # The driver's object from the \Driver directory in RAM (an unlinked driver is not found)
+    driver_object = objdir.lookup(nt, vp, name) if name is not None else 0
+    if not driver_object:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
     # IopSynchronousServiceTail → IofCallDriver: DriverObject->MajorFunction[IRP_MJ_DEVICE_
     # CONTROL], read from the driver object at each request (an IRP hook redirects it).
-    dispatch = vp.read_u64(driver.object_va + DO_IOCONTROL)
+    dispatch = vp.read_u64(driver_object + DO_IOCONTROL)
     if not dispatch:
         return STATUS_INVALID_DEVICE_REQUEST
     ioctl = args[2] & 0xFFFF_FFFF
     buffer = nt.copy_from_user(vp, args[3], IOCTL_BUFFER)
     if buffer is None:
         return int(NtStatus.ACCESS_VIOLATION)
-    _event(vp, "ioctl", "dispatched", driver=driver.name, code=ioctl)
+    _event(vp, "ioctl", "dispatched", driver=name, code=ioctl)
     result = vp.call(dispatch, ioctl, buffer)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)):
         return int(NtStatus.UNSUCCESSFUL)

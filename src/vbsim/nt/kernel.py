@@ -36,6 +36,7 @@ from vbsim.nt.process import Process, Protection, Region, Token, new_address_spa
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
+    from vbsim.nt.drivers import LoadedDriver
     from vbsim.nt.kdp import NtKdp
     from vbsim.nt.lsass import LsassInfo
     from vbsim.nt.vsl import Vsl
@@ -121,7 +122,10 @@ class NtKernel:
     _by_eprocess: dict[int, Process] = field(default_factory=dict, repr=False)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
-    drivers: dict[str, Any] = field(default_factory=dict)
+    #: NT's handles on the drivers it loaded (frames, SK image handle), by name: a symbol table.
+    #: Which drivers exist is the ``\\Driver`` directory (:mod:`vbsim.nt.objdir`) and
+    #: PsLoadedModuleList in RAM, read at each decision.
+    drivers: dict[str, LoadedDriver] = field(default_factory=dict)
     #: Files of the model's system disk NT reads and writes: the driver store, the application
     #: store, trustlet images, and what NT wrote (dumps).  A disk is not RAM: these are the
     #: storage device's contents as the file system presents them, not kernel state.

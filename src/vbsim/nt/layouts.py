@@ -402,6 +402,9 @@ class DRIVER_OBJECT:
     DriverSize: Final = Field("DriverSize", 0x20, 4)
     #: The driver's _KLDR_DATA_TABLE_ENTRY on PsLoadedModuleList.
     DriverSection: Final = Field("DriverSection", 0x28, 8)
+    #: _UNICODE_STRING DriverName ("\\Driver\\<name>"): Length (u16), then Buffer at +8.
+    DriverNameLength: Final = Field("DriverName.Length", 0x38, 2)
+    DriverNameBuffer: Final = Field("DriverName.Buffer", 0x40, 8)
     DriverInit: Final = Field("DriverInit", 0x58, 8)
     DriverUnload: Final = Field("DriverUnload", 0x68, 8)
     #: PDRIVER_DISPATCH MajorFunction[28] (IRP_MJ_MAXIMUM_FUNCTION + 1).
@@ -412,6 +415,25 @@ class DRIVER_OBJECT:
     def major(function: int) -> int:
         """The offset of MajorFunction[function]."""
         return 0x70 + 8 * function
+
+
+# -- the object manager's namespace ---------------------------------------------------------------
+class OBJECT_DIRECTORY:
+    """_OBJECT_DIRECTORY [Vergilius 19041]: HashBuckets[37], chains of directory entries; the
+    lock and the rest after 0x128 are not modelled."""
+
+    HashBuckets: Final = Field("HashBuckets", 0x00, 8 * 37)
+    BUCKETS: Final = 37
+    SIZE: Final = 0x158
+
+
+class OBJECT_DIRECTORY_ENTRY:
+    """_OBJECT_DIRECTORY_ENTRY [Vergilius 19041]: one object in a bucket's chain."""
+
+    ChainLink: Final = Field("ChainLink", 0x00, 8)
+    Object: Final = Field("Object", 0x08, 8)
+    HashValue: Final = Field("HashValue", 0x10, 4)
+    SIZE: Final = 0x18
 
 
 # -- PE images as the loader maps them (headers at the image base) -------------------------------

@@ -135,10 +135,12 @@ def d1_goal(ctx: AttackContext) -> bool:
     if not isinstance(process, Process) or ctx.system is None or ctx.system.nt is None:
         return False
     system_token = ctx.view(ctx.system.process(4)).token
+    machine = ctx.booted.machine
     return (
         ctx.view(process).token == system_token
         and ctx.notes.get("before") == "STATUS_PRIVILEGE_NOT_HELD"
-        and drivers.SAMPLE_DRIVER in ctx.system.nt.drivers
+        and machine is not None
+        and drivers.SAMPLE_DRIVER in drivers.host_modules(machine.ram, ctx.system.nt)
     )
 
 
