@@ -32,7 +32,7 @@ from vbsim.nt.kernel import NtKernel
 from vbsim.nt.process import Process, ProcessView, host_processes
 from vbsim.policy import Policy
 from vbsim.sk.kernel import SecureKernel
-from vbsim.sk.layouts import Pool
+from vbsim.sk.layouts import Pool, table_pages
 from vbsim.trace import Trace
 
 #: Frames the boot loader reserves for the Secure Kernel's own pool (``vbsim.sk.layouts.Pool``).
@@ -281,8 +281,12 @@ def nt_region_start(machine: Machine) -> int:
     # NT's PFN database is one entry per page of RAM and winload builds it from this reserve
     # before NT takes over: on a large machine (16 GiB: 4 Mi pages) it alone outgrows the fixed
     # part, so the reserve grows with it (found by `vbsim boot --ram-mib 16384`: OutOfFrames).
-    reserve = min(HOST_RESERVE_FRAMES, machine.ram.pages // 4) + pfn.database_pages(
-        machine.ram.pages
+    # The same holds for HVCI's two one-byte-per-page tables in SK memory (state and rights,
+    # ``sk.services.hvci.allocate``): at 64 GiB (16 Mi pages) they need 8,192 frames of their
+    # own (found by `vbsim soak --ram-mib 65536`: OutOfFrames).
+    pages = machine.ram.pages
+    reserve = (
+        min(HOST_RESERVE_FRAMES, pages // 4) + pfn.database_pages(pages) + 2 * table_pages(pages)
     )
     return min(machine.ram.pages, frames._next + reserve)
 

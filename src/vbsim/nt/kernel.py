@@ -133,8 +133,8 @@ class NtKernel:
     app_store: dict[str, bytes] = field(default_factory=dict)
     trustlet_store: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
-    #: The KDP client's record of the data sections it mapped (nt.kdp): symbols of mapped
-    #: ranges (where the next one goes is a cursor in RAM, :meth:`take_system_va`).
+    #: That NT's KDP client is set up (nt.kdp); the sections it protects are images on
+    #: PsLoadedModuleList, read from RAM.
     kdp_client: NtKdp | None = None
     #: lsass's credential record (pid, VA, length): the symbol host tools and D2 look up.
     lsass: LsassInfo | None = None
@@ -143,7 +143,6 @@ class NtKernel:
     vsl: Vsl | None = None
     #: Trustlets to start at boot: image name → (trustlet ID, image bytes) (set by the loader).
     boot_trustlets: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    phase: int = -1
     _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
     #: HvlpHypercallPages: NT's hypercall input/output pages (VA, GPA each), set in phase 1.
@@ -319,7 +318,6 @@ class NtKernel:
         vp.wrmsr(Msr.LSTAR, self.syscall_entry)
         vp.wrmsr(Msr.SFMASK, SFMASK_VALUE)
         vp.wrmsr(Msr.EFER, vp.rdmsr(Msr.EFER) | int(Efer.SCE))
-        self.phase = 0
         self._event(vp, "nt-phase0", "done")
         if self.vsl is not None:
             self.vsl.phase3_init(vp)
@@ -327,7 +325,6 @@ class NtKernel:
     def phase1(self, vp: Cpu) -> None:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
-        self.phase = 1
         if self.vbs:  # the hypervisor is present: hypercall parameter pages for NT
             in_va, in_gpa = self.alloc_kernel_page(vp)
             out_va, out_gpa = self.alloc_kernel_page(vp)
