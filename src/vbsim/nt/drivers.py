@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -533,19 +533,26 @@ def module_list_head(nt: NtKernel) -> int:
     return nt.variable(MODULE_LIST, LIST_ENTRY.SIZE).va
 
 
-def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
-    """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
+def modules(nt: NtKernel, vp: Cpu) -> Iterator[int]:
+    """The KLDR_DATA_TABLE_ENTRYs of PsLoadedModuleList, walked in RAM in load order (a cycle
+    in a corrupted list ends the walk after 1,024 entries)."""
     head = module_list_head(nt)
-    wanted = name.lower().encode("utf-16-le")
     link = vp.read_u64(head)
     for _ in range(1024):
         if link == head or not link:
-            return 0
-        length = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength)
-        buffer = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
+            return
+        yield link
+        link = vp.read_u64(link)  # InLoadOrderLinks.Flink
+
+
+def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
+    """MiLookupDataTableEntry by name: walk PsLoadedModuleList in RAM (0: not loaded)."""
+    wanted = name.lower().encode("utf-16-le")
+    for entry in modules(nt, vp):
+        length = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength)
+        buffer = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
         if length == len(wanted) and vp.read(buffer, length).lower() == wanted:
-            return link
-        link = vp.read_u64(link)
+            return entry
     return 0
 
 

@@ -205,18 +205,13 @@ MM_PROTECT_NOT_AN_IMAGE = 0x1100
 def _module_at(nt: NtKernel, vp: Cpu, address: int) -> tuple[int, int] | None:
     """MiLookupDataTableEntry by address: the (DllBase, SizeOfImage) of the entry of
     PsLoadedModuleList, walked in RAM, whose image contains ``address``."""
-    from vbsim.nt.drivers import module_list_head
+    from vbsim.nt.drivers import modules
 
-    head = module_list_head(nt)
-    link = vp.read_u64(head)
-    for _ in range(1024):  # a cycle in a corrupted list ends the walk
-        if link == head or not link:
-            return None
-        base = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.DllBase)
-        size = read_field(vp, link, KLDR_DATA_TABLE_ENTRY.SizeOfImage)
+    for entry in modules(nt, vp):
+        base = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.DllBase)
+        size = read_field(vp, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage)
         if base <= address < base + size:
             return base, size
-        link = vp.read_u64(link)
     return None
 
 
