@@ -123,24 +123,25 @@ def run(
             for future in done:
                 job = queued.pop(future)
                 part: JobResult = engine.result(future)
-                _keep(campaign, part)
                 done_programs += len(part.records)
                 counts.update(r["outcome"] for r in part.records)
-                if progress is not None:
-                    progress(done_programs, counts["violation"], counts["exception"])
                 if (
                     stop_after is not None
                     and counts["violation"] + counts["exception"] >= stop_after
                 ):
                     todo.clear()
                     waiting.clear()
-                    continue
-                if guided:
+                elif guided:
                     ended.add(job)
                     states[job] = part.state
                     release()
                 elif todo:
                     submit(todo.pop(0), None)
+                # the next jobs are on their way before this one's records go to disk: the
+                # writes are off the critical path of every lane
+                _keep(campaign, part)
+                if progress is not None:
+                    progress(done_programs, counts["violation"], counts["exception"])
     finally:
         campaign.seconds = time.perf_counter() - start
         if results is not None:
