@@ -3,6 +3,10 @@ find a driver, so that what a kernel writer changes there changes the answer."""
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vbsim.nt import drivers, objdir
 from vbsim.nt.drivers import SAMPLE_DRIVER, VULNERABLE_DRIVER, host_modules
 from vbsim.nt.layouts import DRIVER_OBJECT, OBJECT_DIRECTORY_ENTRY
@@ -74,3 +78,43 @@ def test_an_entry_pointed_at_another_object_sends_the_requests_there() -> None:
     cpu.write_u64(entry + OBJECT_DIRECTORY_ENTRY.Object.offset, forged)
     status, _ = env.ioctl(VULNERABLE_DRIVER, drivers.IOCTL_READ8, drivers.ci_options_va(env.nt))
     assert status == drivers.STATUS_INVALID_DEVICE_REQUEST
+
+
+_NAMES = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=12)
+_OPS = st.lists(st.tuples(st.sampled_from(["insert", "remove", "lookup"]), _NAMES), max_size=30)
+
+
+@pytest.fixture(scope="module")
+def vbs_env() -> Env:
+    return make_env("vbs")
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=_OPS)
+def test_the_directory_behaves_as_a_case_insensitive_map(
+    vbs_env: Env, ops: list[tuple[str, str]]
+) -> None:
+    """Inserts, removals and lookups of any names (colliding buckets included: 37 buckets,
+    up to 30 names) agree with a case-insensitive dictionary."""
+    nt, cpu = vbs_env.nt, vbs_env.vp.cpu
+    model: dict[str, int] = {}
+    made: list[int] = []
+    try:
+        for op, name in ops:
+            key = "t-" + name.lower()
+            if op == "insert" and key not in model:
+                obj, _ = nt.alloc_kernel_page(cpu)
+                made.append(obj)
+                objdir.insert(nt, cpu, "t-" + name, obj)
+                model[key] = obj
+            elif op == "remove":
+                assert objdir.remove(nt, cpu, "t-" + name) == (key in model)
+                model.pop(key, None)
+            assert objdir.lookup(nt, cpu, "T-" + name.upper()) == model.get(key, 0)
+        for key, obj in model.items():
+            assert objdir.lookup(nt, cpu, key) == obj
+    finally:
+        for key in list(model):
+            objdir.remove(nt, cpu, key)
+        for obj in made:
+            nt.free_kernel_page(cpu, obj)
