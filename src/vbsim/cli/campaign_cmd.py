@@ -76,8 +76,13 @@ def show(
         f"{manifest.get('kind', '?')} campaign in {directory}",
         f"  vbsim {manifest.get('vbsim')} (git {manifest.get('git') or 'unknown'}), "
         f"seed {manifest.get('seed')}, policy {config.get('policy', manifest.get('target', '?'))}",
-        f"  engine {manifest.get('engine')} with {manifest.get('workers')} worker(s); "
-        f"started {manifest.get('started')}, ended {manifest.get('ended', '(not yet)')}",
+        f"  engine {manifest.get('engine')} with {manifest.get('workers')} worker(s)"
+        + (
+            f", {config['lanes']} lane(s)"
+            if config.get("generator") == "guided" and "lanes" in config
+            else ""
+        )
+        + f"; started {manifest.get('started')}, ended {manifest.get('ended', '(not yet)')}",
     ]
     if manifest.get("kind") == "fuzz":
         lines.append(
