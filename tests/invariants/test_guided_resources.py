@@ -181,7 +181,7 @@ def test_exploring_aims_each_number_just_past_the_sizes_the_run_reported() -> No
     the pages it covers: the MDL's ByteCount 0x2000, an overflow of that allocation."""
     guide = Guide(random.Random(3))
     guide.begin(None)
-    guide._run_sizes = [0x1800]
+    guide._run_sizes = [(0, 0x1800), (3, 0x5000)]  # the second after the explored call
     stage = Action("stage_mdl", (1, 0, (Ref("pfn", "loot", 0, 0),), 0x100, 0, -1))
     call = _fill(Ref("handle", "", 0), (Ref("dm", "stage", 1, 0), Ref("pfn", "stage", 1, 0)))
     guide._explore(Program("K0", (CREATE, stage, call)), 2)
@@ -189,6 +189,8 @@ def test_exploring_aims_each_number_just_past_the_sizes_the_run_reported() -> No
     assert 0x2000 in counts
     offsets = {v.actions[-1].args[3][1] for v in guide._explores if v.actions[-1] != call}
     assert 0x2000 in offsets
+    # a size reported after the explored call (step 2) is not what it works on
+    assert 0x6000 not in counts | offsets  # (0x5000 | 0xFFF) + 1
     # without a reported size, no such variant
     plain = Guide(random.Random(3))
     plain.begin(None)

@@ -185,7 +185,7 @@ class Guide:
     _introduced: set[tuple[str, str]] = field(default_factory=set)
     _current: set[tuple[str, ...]] = field(default_factory=set)
     #: the sizes the kernel reported while the program now running (or just run) ran
-    _run_sizes: list[int] = field(default_factory=list)
+    _run_sizes: list[tuple[int, int]] = field(default_factory=list)
     _steps: Callable[[], int] | None = None
     _base: int = 0
     _credited: set[int] = field(default_factory=set)
@@ -469,8 +469,9 @@ class Guide:
             for key, value in event.detail.items():
                 if key in BOUNDARY_KEYS and isinstance(value, int) and 0 <= value <= MASK64:
                     self._learn(value)
-                    if key in SIZE_KEYS and value not in self._run_sizes:
-                        self._run_sizes.append(value)
+                    if key in SIZE_KEYS:
+                        step = self._steps() - self._base - 1 if self._steps is not None else 0
+                        self._run_sizes.append((step, value))
 
     def _learn(self, value: int) -> None:
         if value in self.boundaries:
@@ -624,7 +625,10 @@ class Guide:
         # correspondence aims an argument at the operands the same execution compared
         # (Aschermann et al., NDSS 2019); a kernel that compares nothing (a missing bound) is
         # asked the question all the same.
-        past = [(size | (PAGE_SIZE - 1)) + 1 for size in self._run_sizes[:_RUN_SIZES]]
+        # only the sizes reported up to the explored call (what the actions after it made is
+        # not what it works on), in the order the kernel reported them
+        sizes = dict.fromkeys(size for at, size in self._run_sizes if at <= step)
+        past = [(size | (PAGE_SIZE - 1)) + 1 for size in list(sizes)[:_RUN_SIZES]]
         for at, position in targets:
             value = actions[at].args[position] if position < len(actions[at].args) else None
             for path in _leaf_paths(value):
