@@ -57,3 +57,19 @@ def test_the_dask_engine_is_refused_cleanly_without_a_scheduler_flag_misuse() ->
         _app(), ["soak", "-n", "1", "--engine", "local", "--scheduler", "tcp://nowhere:1"]
     )
     assert result.exit_code == 2 and "--scheduler needs --engine dask" in result.output
+
+
+def test_a_resume_keeps_the_campaign_s_lanes(tmp_path: Path) -> None:
+    """The records depend on the lanes: resuming with other lanes is refused on one line, and
+    the same lanes (or none given) resume."""
+    out = tmp_path / "run"
+    runner = CliRunner()
+    args = ["soak", "-n", "4", "-p", "vbs", "--max-actions", "3", "--batch", "2", "--workers", "1"]
+    assert runner.invoke(_app(), [*args, "--lanes", "1", "--out", str(out)]).exit_code == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["lanes"] == 1
+    refused = runner.invoke(_app(), ["soak", "--resume", str(out), "--lanes", "2"])
+    assert refused.exit_code == 2
+    assert "--lanes 2 differs from the campaign's 1" in refused.output
+    assert "Traceback" not in refused.output
+    again = runner.invoke(_app(), ["soak", "--resume", str(out), "--lanes", "1", "--workers", "1"])
+    assert again.exit_code == 0, again.output

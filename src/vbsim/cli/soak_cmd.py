@@ -151,14 +151,15 @@ def soak(
     generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
     batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
     lanes: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             max=1024,
+            show_default=False,
             help="Guided generator: parallel lanes of feedback (records depend on it, not on"
-            " --workers).",
+            " --workers; default 2).",
         ),
-    ] = 2,  # vbsim.campaign.jobs.DEFAULT_LANES (not imported: the CLI starts without it)
+    ] = None,
 ) -> None:
     """Run random attacker programs under the isolation monitor and summarise."""
     from vbsim.invariants.attacker import CAPABILITIES
@@ -202,12 +203,21 @@ def soak(
         max_actions, batch = int(config["max_actions"]), int(config["batch"])
         capabilities = tuple(config["capabilities"])
         include_known_bugs, generator = bool(config["include_known"]), str(config["generator"])
+        if lanes is not None and lanes != int(config["lanes"]):
+            _error(
+                f"--lanes {lanes} differs from the campaign's {config['lanes']}"
+                " (its records depend on the lanes)"
+            )
         lanes = int(config["lanes"])
         directory = resume
     else:
         directory = out if out is not None else default_dir("soak")
     count = workers or max(1, min(4, os.cpu_count() or 1))
     show = not as_json and sys.stderr.isatty()
+    if lanes is None:
+        from vbsim.campaign.jobs import DEFAULT_LANES
+
+        lanes = DEFAULT_LANES
     guided_lanes = lanes if generator == "guided" else None
     with campaign_progress(programs, show, guided_lanes) as (progress, on_engine):
         try:

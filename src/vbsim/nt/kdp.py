@@ -180,8 +180,7 @@ def load_data_section(
         return Section(name, va, frames)
     # the headers page, the section, and a guard page after it
     base = nt.take_system_va(vp, SECTION_CURSOR, (pages + 2) * PAGE_SIZE)
-    header = nt.alloc_page(vp)
-    vp.write(DIRECT_MAP + (header << PAGE_SHIFT), bytes(PAGE_SIZE))
+    header = nt.alloc_page(vp)  # zeroed by NT's allocator
     _write_headers(vp, DIRECT_MAP + (header << PAGE_SHIFT), section_name, pages)
     tables.map(base, header << PAGE_SHIFT, int(Pte.NX | Pte.G))
     va = base + _SECTION_RVA
