@@ -38,6 +38,11 @@ from vbsim.sk.sscn import Service, ServiceTable
 if TYPE_CHECKING:
     from vbsim.guest.address_space import KernelSpace
     from vbsim.image import RevocationPolicy
+    from vbsim.sk.hvpt import HvptState
+    from vbsim.sk.ium.process import SecureProcess
+    from vbsim.sk.services.allocation import AllocationState
+    from vbsim.sk.services.hotpatch import HotPatchState
+    from vbsim.sk.services.kdp import KdpState
 
 SINT0_VECTOR = 0x31
 #: The SK reports itself as Windows NT 10.0 build 26100 from Microsoft (the old value had the
@@ -169,7 +174,7 @@ class SecureKernel:
         write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).
         self.hvci: Any = None
-        self.allocation: Any = None
+        self.allocation: AllocationState | None = None
         self.keys_va = 0
         self.dump_key_va = 0
         self.state_va, self.state_gpa = space.alloc_data(1)
@@ -219,15 +224,15 @@ class SecureKernel:
         #: while serving a normal call nests inside the outer one).
         self.pending: dict[int, list[Generator[NormalCall, SecureCallArgs, Reply]]] = {}
         #: Addresses of the KDP and HVPT services' structures in SK memory (their modules).
-        self.kdp: Any = None
-        self.hvpt: Any = None
-        self.hotpatch: Any = None  # sk.services.hotpatch: the undo table's VA
+        self.kdp: KdpState | None = None
+        self.hvpt: HvptState | None = None
+        self.hotpatch: HotPatchState | None = None  # sk.services.hotpatch: the undo table's VA
         #: SKPROCESS object VA → the process's symbol data: its parsed image and routine VAs
         #: (``ium.process.SecureProcess``).  Identity, policy, keys, state, threads, the
         #: DirectoryTableBase and the frame lists are in the SKPROCESS page, its frame list and
         #: the thread objects in SK memory; the SK finds a process from its handle or the
         #: processor block, never from this map's keys alone.
-        self.process_objects: dict[int, Any] = {}
+        self.process_objects: dict[int, SecureProcess] = {}
         # Secure-storage records (``layouts.Storage``) and the intercept log
         # (``layouts.InterceptLog``): SK data pages.
         self.storage_va, self.storage_gpa = space.alloc_data(1)
