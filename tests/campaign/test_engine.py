@@ -71,11 +71,30 @@ def test_local_and_dask_give_identical_records(tmp_path: Path) -> None:
     with make_engine("dask", 2) as dask:
         assert dask.workers == 2 and dask.dashboard
         run(SMALL, 11, dask, ResultsDir(tmp_path / "dask"))
+        # Dask chains the guided jobs (each gets its dependencies' futures): a resume starts
+        # the chain from the states on disk, and a stop drops the jobs not finished
+        cut = tmp_path / "cut"
+        run(SMALL, 11, dask, ResultsDir(cut))
+        _cut_after(cut, 2)
+        resumed = run(SMALL, 11, dask, ResultsDir(cut), resume=True)
+        stopped = run(SMALL, 11, dask, stop_after=0)
     local_records, dask_records = _records(tmp_path / "local"), _records(tmp_path / "dask")
     assert len(local_records) == 24 and local_records == dask_records
     manifest = json.loads((tmp_path / "dask" / "manifest.json").read_text())
     assert manifest["engine"] == "dask" and manifest["workers"] == 2 and manifest["ended"]
     assert manifest["policy"]["name"] == "vbs" and manifest["vbsim"]
+    assert resumed.resumed_jobs == 2 and _records(cut) == local_records
+    assert 0 < len(stopped.records) < 24 and len(stopped.records) % SMALL.batch == 0
+
+
+def _cut_after(directory: Path, jobs: int) -> None:
+    """An interruption: the jobs from ``jobs`` on never finished (records and states gone)."""
+    lines = (directory / "jobs.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["job"] < jobs]
+    (directory / "jobs.jsonl").write_text("\n".join(kept) + "\n")
+    for job in range(jobs, SMALL.jobs):
+        (directory / "state" / f"job-{job}.pickle").unlink()
+        (directory / "state" / f"job-{job}.json").unlink()
 
 
 class Counting(Engine):
@@ -98,13 +117,7 @@ def test_resume_runs_only_the_unfinished_jobs(tmp_path: Path) -> None:
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run(SMALL, 3, LocalEngine(1), ResultsDir(whole))
     run(SMALL, 3, LocalEngine(1), ResultsDir(cut))
-    # an interruption: the last two jobs never finished (their records and states are gone)
-    lines = (cut / "jobs.jsonl").read_text().splitlines()
-    kept = [line for line in lines if json.loads(line)["job"] < 2]
-    (cut / "jobs.jsonl").write_text("\n".join(kept) + "\n")
-    for job in (2, 3):
-        (cut / "state" / f"job-{job}.pickle").unlink()
-        (cut / "state" / f"job-{job}.json").unlink()
+    _cut_after(cut, 2)  # the last two jobs never finished
     engine = Counting()
     campaign = run(SMALL, 3, engine, ResultsDir(cut), resume=True)
     assert sorted(engine.jobs) == [2, 3] and campaign.resumed_jobs == 2

@@ -36,6 +36,10 @@ class Engine:
     name = "engine"
     workers = 1
     dashboard: str | None = None
+    #: Whether a submitted job's future may be passed as another job's argument (the engine
+    #: then starts the dependent job when its inputs exist, without a round trip through the
+    #: caller): Dask resolves futures in arguments; a process pool does not.
+    chains = False
     #: seconds spent starting the engine (pool or cluster up, client connected)
     start_seconds = 0.0
 
@@ -49,6 +53,13 @@ class Engine:
     @staticmethod
     def result(future: Any) -> Any:
         return future.result()
+
+    def cancel(self, pending: list[Any]) -> None:
+        """Drop jobs not yet finished (best effort: a running one may still finish)."""
+        for future in pending:
+            cancel = getattr(future, "cancel", None)
+            if cancel is not None:
+                cancel()
 
     def close(self) -> None:
         return None
@@ -112,6 +123,7 @@ def dask_available() -> bool:
 
 class DaskEngine(Engine):
     name = "dask"
+    chains = True
 
     def __init__(self, workers: int = 2, scheduler: str | None = None) -> None:
         if not dask_available():

@@ -122,6 +122,22 @@ def dependencies(config: SoakConfig, job: int) -> tuple[int, ...]:
     return (*others, job - lanes)
 
 
+def run_chained(
+    config: SoakConfig,
+    campaign_seed: int,
+    index: int,
+    own: JobResult | bytes | None,
+    shared: tuple[JobResult | bytes | None, ...] = (),
+) -> JobResult:
+    """:func:`run_job` with its lane inputs given as the jobs' results themselves (what an
+    engine that chains jobs hands over when a dependency's future resolves) or as states."""
+
+    def state(source: JobResult | bytes | None) -> bytes | None:
+        return source.state if isinstance(source, JobResult) else source
+
+    return run_job(config, campaign_seed, index, state(own), tuple(state(s) for s in shared))
+
+
 def run_job(
     config: SoakConfig,
     campaign_seed: int,

@@ -20,7 +20,7 @@ from typing import Any
 
 from vbsim.campaign.engine import Engine
 from vbsim.campaign.groups import group
-from vbsim.campaign.jobs import JobResult, SoakConfig, dependencies, run_job
+from vbsim.campaign.jobs import JobResult, SoakConfig, dependencies, run_chained, run_job
 from vbsim.campaign.results import ResultsDir, now
 
 Progress = Callable[[int, int, int], None]  # programs done, violations, exceptions
@@ -55,7 +55,8 @@ def run(
     stop_after: int | None = None,
 ) -> Campaign:
     """Run (or resume) a soak campaign; with ``stop_after``, no new job starts once that many
-    programs failed (the jobs under way finish: records stay whole jobs)."""
+    programs failed (on a chaining engine the jobs not finished are dropped; either way the
+    records stay whole jobs)."""
     campaign = Campaign(config, seed, results)
     if results is not None:
         if resume and results.exists():
@@ -110,7 +111,21 @@ def run(
         for job in [j for j in states if j < oldest]:
             del states[job]
 
-    if guided:
+    if guided and engine.chains:
+        # Every job at once, each given its dependencies' futures: the engine starts a job when
+        # its lane inputs exist, with no round trip through this loop between two jobs.
+        submitted: dict[int, Any] = {}
+        for job in waiting:
+            needs = dependencies(config, job)
+            inputs = [submitted[d] if d in submitted else state_of(d) for d in needs]
+            future = engine.submit(
+                run_chained, config, seed, job, inputs[-1] if inputs else None, tuple(inputs[:-1])
+            )
+            pending.append(future)
+            queued[future] = job
+            submitted[job] = future
+        waiting.clear()
+    elif guided:
         release()
     else:
         for job in todo[: 2 * max(1, engine.workers)]:
@@ -131,10 +146,14 @@ def run(
                 ):
                     todo.clear()
                     waiting.clear()
+                    if engine.chains:  # every chained job still queued or running is dropped
+                        engine.cancel(pending)
+                        pending.clear()
                 elif guided:
-                    ended.add(job)
-                    states[job] = part.state
-                    release()
+                    if not engine.chains:  # (chained jobs were all submitted up front)
+                        ended.add(job)
+                        states[job] = part.state
+                        release()
                 elif todo:
                     submit(todo.pop(0), None)
                 # the next jobs are on their way before this one's records go to disk: the
