@@ -175,11 +175,10 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
         labels[(sk.own_gpa >> PAGE_SHIFT) + index] = f"own-pages[{index}]"
     scratch.add(sk.pool_gpa >> PAGE_SHIFT)
     labels[sk.pool_gpa >> PAGE_SHIFT] = "frame-pool"
-    if sk.hvci is not None:
-        count = table_pages(sk.ram_pages)
-        span(sk.hvci.states_gpa, count, "hvci-page-states", HVCI_WRITERS)
-        span(sk.hvci.rights_gpa, count, "hvci-rights", HVCI_WRITERS)
-        span(sk.hvci.hashes_gpa, Hvci.HASH_PAGES, "hvci-hash-records", HVCI_WRITERS)
+    count = table_pages(sk.ram_pages)
+    span(sk.hvci.states_gpa, count, "hvci-page-states", HVCI_WRITERS)
+    span(sk.hvci.rights_gpa, count, "hvci-rights", HVCI_WRITERS)
+    span(sk.hvci.hashes_gpa, Hvci.HASH_PAGES, "hvci-hash-records", HVCI_WRITERS)
     if sk.kdp is not None:
         span(sk.kdp.owners_gpa, table_pages(sk.ram_pages), "kdp-owners", KDP_WRITERS)
     labels[sk.config_gpa >> PAGE_SHIFT] = "sk-config"

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from vbsim.sk.ium.process import SecureProcess
     from vbsim.sk.services.allocation import AllocationState
     from vbsim.sk.services.hotpatch import HotPatchState
+    from vbsim.sk.services.hvci import Hvci
     from vbsim.sk.services.kdp import KdpState
 
 SINT0_VECTOR = 0x31
@@ -173,7 +174,7 @@ class SecureKernel:
         self.filter_va, self.filter_gpa = space.alloc_data(1)
         write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).
-        self.hvci: Any = None
+        self._hvci: Hvci | None = None
         self.allocation: AllocationState | None = None
         self.keys_va = 0
         self.dump_key_va = 0
@@ -252,6 +253,18 @@ class SecureKernel:
         #: The SK image's own frames (code, data, tables), which phase 1 takes from VTL0: the
         #: loader hands them over when it finishes (``vbsim.boot.sk_loader``).
         self.image_pfns: tuple[int, ...] = ()
+
+    @property
+    def hvci(self) -> Hvci:
+        """Where HVCI's tables are (``sk.services.hvci``): set while the image is built, so
+        always there once the SK exists."""
+        if self._hvci is None:
+            raise RuntimeError("the SK image is being built: HVCI's tables are not placed yet")
+        return self._hvci
+
+    @hvci.setter
+    def hvci(self, value: Hvci) -> None:
+        self._hvci = value
 
     def builder(self) -> KernelSpace:
         """The loader's side of the address space, while the image is built (service modules
