@@ -251,23 +251,29 @@ def _shellcode(cpu: Cpu) -> int:
 SHELLCODE = payload_routine(_shellcode)
 
 
-def _rwx_and_jump(cpu: Cpu, window: int) -> str:
-    """K0: ExAllocatePool(NonPagedPoolExecute) for RWX memory, copy the shellcode, call it.  If NT
-    refuses, make RWX memory by hand: an own frame mapped with a PTE that has RW and no NX."""
+def place_rwx(cpu: Cpu, routine: str, window: int) -> tuple[int, str]:
+    """K0: ``routine``'s bytes in memory the attacker made writable and executable: from
+    ExAllocatePool(NonPagedPoolExecute), or, if NT refuses, an own frame mapped at ``window``
+    with a PTE that has RW and no NX.  (Its VA, "pool" or "pte".)"""
     nt = nt_of(cpu)
-    thunk = encode_thunk(SHELLCODE)
+    thunk = encode_thunk(routine)
     status, va = nt_allocate_executable(nt, cpu, PAGE_SIZE, writable=True)
     if status == NtStatus.SUCCESS and va:
         cpu.write(va, thunk)
-        cpu.call(va)
-        return "pool"
+        return va, "pool"
     _, gpa = nt.alloc_kernel_page(cpu)
     tables = PageTables(nt.phys(cpu), nt.space.root)
     tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
     cpu.invlpg(window)
     cpu.write(window, thunk)
-    cpu.call(window)
-    return "pte"
+    return window, "pte"
+
+
+def _rwx_and_jump(cpu: Cpu, window: int) -> str:
+    """K0: the shellcode in RWX memory of the attacker's making (:func:`place_rwx`), called."""
+    va, path = place_rwx(cpu, SHELLCODE, window)
+    cpu.call(va)
+    return path
 
 
 A3_RWX = Scenario(

@@ -28,14 +28,16 @@ the public record gives no per-configuration outcome for IRP hooks as such.
 
 from __future__ import annotations
 
-from vbsim.attacks.catalogue.a03_a14_memory_code_dma import HVCI_BLOCKS, IOCTL_AT, NAME_AT
+from vbsim.attacks.catalogue.a03_a14_memory_code_dma import (
+    HVCI_BLOCKS,
+    IOCTL_AT,
+    NAME_AT,
+    place_rwx,
+)
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of, record_run, runs
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Scenario
-from vbsim.hw.code import encode_thunk
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_SIZE, Pte
 from vbsim.nt import drivers, objdir
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
@@ -59,20 +61,11 @@ HOOK = payload_routine(_hook_routine)
 
 
 def _hook(cpu: Cpu, name: str, window: int) -> str:
-    """K0: the routine into executable memory of the attacker's making, then its address into
-    ``name``'s DRIVER_OBJECT (found in ``\\Driver`` as ObReferenceObjectByName finds it)."""
-    nt = nt_of(cpu)
-    thunk = encode_thunk(HOOK)
-    status, target = drivers.nt_allocate_executable(nt, cpu, PAGE_SIZE, writable=True)
-    path = "pool"
-    if status != NtStatus.SUCCESS or not target:
-        _, gpa = nt.alloc_kernel_page(cpu)
-        tables = PageTables(nt.phys(cpu), nt.space.root)
-        tables.map(window, gpa, int(Pte.RW | Pte.G))  # present, writable, executable
-        cpu.invlpg(window)
-        target, path = window, "pte"
-    cpu.write(target, thunk)
-    driver_object = objdir.lookup(nt, cpu, name)
+    """K0: the routine into executable memory of the attacker's making (as A3-RWX), then its
+    address into ``name``'s DRIVER_OBJECT (found in ``\\Driver`` as ObReferenceObjectByName
+    finds it)."""
+    target, path = place_rwx(cpu, HOOK, window)
+    driver_object = objdir.lookup(nt_of(cpu), cpu, name)
     if not driver_object:
         return "no-driver"
     cpu.write_u64(driver_object + drivers.DO_IOCONTROL, target)
