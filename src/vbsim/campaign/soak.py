@@ -3,9 +3,11 @@ kept in a results directory, resumable.
 
 Scheduling follows the lanes (see :mod:`vbsim.campaign.jobs`): with the guided generator job
 ``j`` starts when its lane's previous job and the other lanes' jobs of the round before that
-have handed over their guide states, so at most ``lanes`` jobs run at once (``lanes`` defaults to
-the worker count); with the plain random generator every job is independent and up to twice
-the worker count are in flight.
+have handed over their guide states, so at most ``lanes`` jobs run at once (``lanes`` is part of
+the config, 2 by default, never the worker count).  On an engine that chains jobs (Dask) every
+guided job is submitted at once with its dependencies' futures; on the process pool a job is
+submitted when its dependencies have finished.  With the plain random generator every job is
+independent and up to twice the worker count are in flight.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from vbsim.campaign.engine import Engine
 from vbsim.campaign.groups import group
-from vbsim.campaign.jobs import JobResult, SoakConfig, dependencies, run_chained, run_job
+from vbsim.campaign.jobs import JobResult, SoakConfig, dependencies, run_chained
 from vbsim.campaign.results import ResultsDir, now
 
 Progress = Callable[[int, int, int], None]  # programs done, violations, exceptions
@@ -81,10 +83,13 @@ def run(
     pending: list[Any] = []
     queued: dict[Any, int] = {}
 
-    def submit(job: int, state: bytes | None, shared: tuple[bytes | None, ...] = ()) -> None:
-        future = engine.submit(run_job, config, seed, job, state, shared)
+    def submit(job: int, own: Any = None, shared: tuple[Any, ...] = ()) -> Any:
+        """Submit job ``job``; its lane inputs are states, or (chaining) the futures of the
+        jobs that will produce them."""
+        future = engine.submit(run_chained, config, seed, job, own, shared)
         pending.append(future)
         queued[future] = job
+        return future
 
     # guided: the jobs not yet submitted, the finished ones, and the states still needed
     waiting = list(todo) if guided else []
@@ -118,12 +123,7 @@ def run(
         for job in waiting:
             needs = dependencies(config, job)
             inputs = [submitted[d] if d in submitted else state_of(d) for d in needs]
-            future = engine.submit(
-                run_chained, config, seed, job, inputs[-1] if inputs else None, tuple(inputs[:-1])
-            )
-            pending.append(future)
-            queued[future] = job
-            submitted[job] = future
+            submitted[job] = submit(job, inputs[-1] if inputs else None, tuple(inputs[:-1]))
         waiting.clear()
     elif guided:
         release()
