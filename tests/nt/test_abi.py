@@ -24,6 +24,7 @@ def test_numbers_agree() -> None:
     assert nt.DUMP_PAGE_ENCRYPTED == dump.PAGE_ENCRYPTED
     assert nt.DUMP_PAGE_WITHHELD == dump.PAGE_WITHHELD
     assert nt.DUMP_LIST_MAX == dump.LIST_MAX
+    assert nt.DUMP_ENTRY_GIVEN == dump.ENTRY_GIVEN
     assert nt.TRUSTLET_IMAGE_BASE == ium_process.IMAGE_BASE
     assert (nt.LSAISO_OP_PROTECT, nt.LSAISO_OP_RESPOND) == (lsaiso.OP_PROTECT, lsaiso.OP_RESPOND)
     assert nt.LSAISO_USER_LEN == lsaiso.USER_LEN

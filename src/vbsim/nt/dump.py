@@ -33,6 +33,7 @@ from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import pfn as mm
+from vbsim.nt.layouts import DUMP_ENTRY_GIVEN as ENTRY_GIVEN
 from vbsim.nt.layouts import DUMP_LIST_MAX as LIST_MAX
 from vbsim.nt.layouts import DUMP_PAGE_ENCRYPTED as PAGE_ENCRYPTED
 from vbsim.nt.layouts import DUMP_REQUEST_LIST as REQUEST_LIST
@@ -71,11 +72,12 @@ def files(nt: NtKernel) -> dict[str, bytes]:
     return nt.files
 
 
-def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int]:
-    """Ask the SK which VTL1 pages exist (NT may not touch them); (pages, dump session)."""
+def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[dict[int, bool], int]:
+    """Ask the SK which VTL1 pages exist (NT may not touch them) and which of them it will give
+    ciphertext of; ({pfn: given}, dump session)."""
     assert nt.vsl is not None
     va, gpa = nt.alloc_kernel_page(vp)
-    pages: set[int] = set()
+    pages: dict[int, bool] = {}
     first, session = 0, 0
     try:
         while True:
@@ -84,7 +86,9 @@ def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int
                 break
             total, written, session = out[0], min(out[1], LIST_MAX), out[2]
             raw = vp.read(va, written * 8)
-            pages.update(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+            for i in range(0, len(raw), 8):
+                entry = int.from_bytes(raw[i : i + 8], "little")
+                pages[entry & ~ENTRY_GIVEN] = bool(entry & ENTRY_GIVEN)
             first += written
             if written == 0 or first >= total:
                 break
@@ -95,7 +99,7 @@ def _secure_list(nt: NtKernel, vp: Cpu, service: Service) -> tuple[set[int], int
 
 def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
     """Build a dump of ``kind`` from what NT can read (kernel code at VTL0 CPL0)."""
-    secure: set[int] = set()
+    secure: dict[int, bool] = {}
     session = 0
     if nt.vsl is not None:
         secure, session = _secure_list(nt, vp, _SERVICE[kind])
@@ -104,7 +108,7 @@ def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
     candidates = (
         list(range(1, mm.limit(vp, nt.free_list_head)))
         if kind == COMPLETE
-        else sorted(set(mm.active_pages(vp, nt.pfn_database, nt.free_list_head)) | secure)
+        else sorted(set(mm.active_pages(vp, nt.pfn_database, nt.free_list_head)) | secure.keys())
     )
     work_va, work_gpa = nt.alloc_kernel_page(vp)
     work_pfn = work_gpa >> PAGE_SHIFT
@@ -113,7 +117,10 @@ def write_dump(nt: NtKernel, vp: Cpu, kind: int) -> bytes:
         for frame in candidates:
             if frame == work_pfn:
                 continue
-            if frame in secure:
+            if frame in secure and not secure[frame]:
+                # The SK said it gives nothing of this page: a withheld record, no call.
+                flags, data = WITHHELD, bytes(PAGE_SIZE)
+            elif frame in secure:
                 assert nt.vsl is not None
                 status, out = nt.vsl.call(vp, _SERVICE[kind], REQUEST_PAGE, frame, work_pfn)
                 if status != NtStatus.SUCCESS:

@@ -650,6 +650,7 @@ DUMP_REQUEST_PAGE: Final = 1
 DUMP_PAGE_WITHHELD: Final = 0
 DUMP_PAGE_ENCRYPTED: Final = 1
 DUMP_LIST_MAX: Final = 4096 // 8
+DUMP_ENTRY_GIVEN: Final = 1 << 63
 #: [model] Where the SK maps a trustlet's image in its VTL1 user address space (NT mirrors the
 #: layout in the VTL0 shadow process).
 TRUSTLET_IMAGE_BASE: Final = 0x0000_7FF6_0000_0000

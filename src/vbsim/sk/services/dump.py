@@ -5,12 +5,14 @@ NT writes dumps and hibernation files itself, from the RAM it can read.  VTL1 me
 read (its SLAT has no access), so it asks the Secure Kernel, page by page:
 
 - ``LIST`` (Field1 = 0): Field2 = PFN of a VTL0 page for the answer, Field3 = first index.  The SK
-  writes up to :data:`LIST_MAX` u64 PFNs of VTL1 pages — pages NT must not read and must ask for —
-  and returns ``[total, written, session]``; ``session`` is this boot's dump nonce (not a secret).
+  writes up to :data:`LIST_MAX` u64 entries, one per VTL1 page NT must not read: the PFN, with
+  :data:`ENTRY_GIVEN` set when the SK will give ciphertext of that page for this purpose (NT asks
+  ``PAGE`` only for those, and stores the rest as withheld without a call).  It returns
+  ``[total, written, session]``; ``session`` is this boot's dump nonce (not a secret).
 - ``PAGE`` (Field1 = 1): Field2 = one PFN of that list, Field3 = PFN of a VTL0 page for the data.
-  The SK writes the page's contents *encrypted* (AES-256-CTR with the dump key, counter block
-  ``session || pfn || 0``) and returns ``[PAGE_ENCRYPTED]``, or writes zeros and returns
-  ``[PAGE_WITHHELD]``.
+  The SK decides again from its own memory (the list is advice to NT, not a grant): it writes the
+  page's contents *encrypted* (AES-256-CTR with the dump key, counter block ``session || pfn ||
+  0``) and returns ``[PAGE_ENCRYPTED]``, or writes zeros and returns ``[PAGE_WITHHELD]``.
 
 What the SK gives:
 - a trustlet's private pages (heap, stack, its page tables): encrypted for hibernation (the
@@ -49,8 +51,9 @@ REQUEST_LIST, REQUEST_PAGE = 0, 1
 PAGE_WITHHELD, PAGE_ENCRYPTED = 0, 1
 #: PFNs per LIST answer: one VTL0 page of u64 entries.
 LIST_MAX = PAGE_SIZE // 8
+#: LIST entry bit: the SK gives ciphertext of this page (PFNs are far below bit 63).
+ENTRY_GIVEN = 1 << 63
 KEY_SIZE = 32
-_KEY_VA = "dump.key_va"
 
 
 def provision(sk: SecureKernel) -> None:
@@ -82,11 +85,16 @@ def _processes(sk: SecureKernel, vp: Cpu) -> list[ium.SecureProcess]:
     return [p for p in found if isinstance(p, ium.SecureProcess)]
 
 
-def _owner(sk: SecureKernel, vp: Cpu, pfn: int) -> ium.SecureProcess | None:
+def _given(sk: SecureKernel, vp: Cpu, hibernation: bool) -> set[int]:
+    """The pages the SK gives (as ciphertext) for this purpose, read now: every trustlet's private
+    pages and page tables for hibernation; for a crash dump, only those of trustlets whose signed
+    CrashDump policy allows it."""
+    given: set[int] = set()
     for process in _processes(sk, vp):
-        if pfn in process.private_pfns(vp) or pfn in process.table_pfns(vp):
-            return process
-    return None
+        if hibernation or process.read(vp, SkProcessLayout.CRASH_DUMP) != 0:
+            given.update(process.private_pfns(vp))
+            given.update(process.table_pfns(vp))
+    return given
 
 
 def _encrypt(key: bytes, session: int, pfn: int, data: bytes) -> bytes:
@@ -105,9 +113,11 @@ def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool)
             return Reply(NtStatus.INVALID_PARAMETER)
         pages = secure_pages(sk, vp)
         chunk = pages[first : first + LIST_MAX] if first >= 0 else []
+        given = _given(sk, vp, hibernation) if chunk else set()
+        entries = (p | ENTRY_GIVEN if p in given else p for p in chunk)
         vp.write(
             sk.space.phys_va(target << PAGE_SHIFT),
-            b"".join(p.to_bytes(8, "little") for p in chunk).ljust(PAGE_SIZE, b"\0"),
+            b"".join(e.to_bytes(8, "little") for e in entries).ljust(PAGE_SIZE, b"\0"),
         )
         _, session = _key_and_session(sk, vp)
         if first == 0:
@@ -121,11 +131,7 @@ def _prepare(sk: SecureKernel, vp: Cpu, args: SecureCallArgs, hibernation: bool)
             sk.emit(vp, "dump", "securecall.pfn", "refused", pfn=target, out_pfn=out_pfn)
             return Reply(NtStatus.INVALID_PARAMETER)
         out_va = sk.space.phys_va(out_pfn << PAGE_SHIFT)
-        owner = _owner(sk, vp, target)
-        include = owner is not None and (
-            hibernation or owner.read(vp, SkProcessLayout.CRASH_DUMP) != 0
-        )
-        if not include:
+        if target not in _given(sk, vp, hibernation):
             vp.write(out_va, bytes(PAGE_SIZE))
             return Reply(NtStatus.SUCCESS, [PAGE_WITHHELD])
         key, session = _key_and_session(sk, vp)
