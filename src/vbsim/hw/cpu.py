@@ -80,7 +80,6 @@ SURFACE: frozenset[str] = frozenset(
         "invlpg",
         "out",
         "inp",
-        "fault",
         "software_interrupt",
         "wrong_context",
         # the code image behind GS, and instrumentation
@@ -114,7 +113,6 @@ _BOUND: tuple[str, ...] = (
     "invlpg",
     "out",
     "inp",
-    "fault",
     "emit",
     "wrong_context",
     "user_call",
@@ -154,7 +152,6 @@ class Cpu(SharedGprs):
         invlpg: Callable[[int], None]
         out: Callable[[int, int, int], None]
         inp: Callable[[int, int], int]
-        fault: Callable[..., None]
         emit: Callable[..., None]
         wrong_context: Callable[[str], NoReturn]
         user_call: Callable[..., Any]
