@@ -164,7 +164,7 @@ def test_a18_goal_sees_attacker_code_that_is_signed_like_microsofts() -> None:
 
     result, ctx = run(replace(boot_ium.A18, steps=steps), "vbs")
     assert result.outcome == Outcome.SUCCEEDED
-    assert boot_ium.runs(ctx, "a18") == [(1, 3)]
+    assert boot_ium.runs(ctx, boot_ium.ATTACKER_ENTRY) == [(1, 3)]
 
 
 def test_a19_succeeds_if_the_sk_ignored_the_requested_id(monkeypatch: pytest.MonkeyPatch) -> None:

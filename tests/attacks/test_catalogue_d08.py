@@ -24,7 +24,7 @@ def test_without_hvci_nt_calls_the_hook_for_a_standard_user() -> None:
     assert result.outcome is Outcome.SUCCEEDED == result.expected
     assert ctx.notes["load"] == "STATUS_SUCCESS" and ctx.notes["path"] == "pool"
     assert ctx.notes["request"] == "STATUS_SUCCESS"
-    assert runs(ctx, d8.TAG) == [(0, 0)]  # once, in VTL0 ring 0: NT called it
+    assert runs(ctx, d8.HOOK) == [(0, 0)]  # once, in VTL0 ring 0: NT called it
 
 
 @pytest.mark.parametrize("preset", ["vbs-hvci", "hardened"])
@@ -35,7 +35,7 @@ def test_with_hvci_the_write_lands_but_the_call_cannot_execute_it(preset: str) -
     result, ctx = run(d8.D8, preset)
     assert result.outcome is Outcome.BLOCKED == result.expected
     assert ctx.notes["path"] == "pte"  # HVCI refused NT executable-and-writable pool
-    assert not runs(ctx, d8.TAG)
+    assert not runs(ctx, d8.HOOK)
 
 
 def test_without_the_hook_the_driver_s_own_routine_answers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,4 +49,4 @@ def test_without_the_hook_the_driver_s_own_routine_answers(monkeypatch: pytest.M
     result, ctx = run(d8.D8, "vbs-off")
     assert result.outcome is Outcome.BLOCKED
     assert ctx.notes["path"] == "looked" and ctx.notes["request"] == "STATUS_SUCCESS"
-    assert not runs(ctx, d8.TAG)
+    assert not runs(ctx, d8.HOOK)

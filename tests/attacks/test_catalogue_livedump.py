@@ -77,7 +77,7 @@ def test_with_hvci_and_the_legacy_switch_unsigned_code_runs(
     name = preset_variant("hardened", legacy=Legacy(unchecked_securecall_params=True))
     result, ctx = run(livedump.A8_LIVEDUMP, name)
     assert result.outcome is Outcome.SUCCEEDED and ctx.notes["follow_on"] == "ran"
-    assert (0, 0) in runs(ctx, "a8")
+    assert (0, 0) in runs(ctx, mcd.A8_SHELLCODE)
     name = preset_variant("hardened", legacy=Legacy(securecall_double_fetch=True))
     result, ctx = run(livedump.A8_LIVEDUMP, name)
     assert result.outcome is Outcome.BLOCKED and result.mechanism == "livedump.buffer"

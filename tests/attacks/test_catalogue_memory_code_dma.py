@@ -136,7 +136,7 @@ def test_a3_the_swapped_callback_skips_ci_and_the_rootkit_runs_in_ring_0(preset:
     assert mcd.reads_as(ctx, drivers.ci_options_va(nt)) == (
         drivers.CI_OPTIONS_ENFORCING.to_bytes(8, "little")
     )
-    assert runs(ctx, "a3") == [(0, 0)]
+    assert runs(ctx, mcd.ROOTKIT_ENTRY) == [(0, 0)]
 
 
 @pytest.mark.parametrize("preset", HVCI)
@@ -148,7 +148,7 @@ def test_a3_under_hvci_the_callback_swap_lands_but_skci_refuses_the_image(preset
     assert nt is not None
     assert _callback_target(ctx) == nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
     assert not _events(ctx, "access", "slat", "denied") and not ctx.bugchecked
-    assert _events(ctx, mechanism="skci.signature", outcome="refused") and runs(ctx, "a3") == []
+    assert _events(ctx, mechanism="skci.signature", outcome="refused") and runs(ctx, mcd.ROOTKIT_ENTRY) == []
 
 
 @pytest.mark.parametrize("preset", HVCI)
@@ -159,7 +159,7 @@ def test_a3_rwx_neither_the_pool_nor_a_crafted_pte_gives_kernel_execution(preset
     # The fallback: NT's own PTE says executable; SLAT says no, and NT bugchecks.
     [denied] = _events(ctx, "access", "slat", "denied")
     assert denied.detail["va"] == mcd.WINDOW_VA and denied.detail["access"] == "execute"
-    assert ctx.bugchecked and runs(ctx, "a3-rwx") == []
+    assert ctx.bugchecked and runs(ctx, mcd.SHELLCODE) == []
 
 
 @pytest.mark.parametrize("preset", NO_HVCI)
@@ -168,7 +168,7 @@ def test_a3_rwx_without_hvci_nt_hands_out_rwx_pool(preset: str) -> None:
     assert ctx.notes["path"] == "pool"
     [allocated] = _events(ctx, "driver", "pool-execute", "allocated")
     assert allocated.detail["writable"] is True
-    assert runs(ctx, "a3-rwx") == [(0, 0)]
+    assert runs(ctx, mcd.SHELLCODE) == [(0, 0)]
 
 
 # -- A5 / A6: KDP protects the GPA, HVPT the VA ----------------------------------------------------
@@ -237,7 +237,7 @@ def test_a8_both_crafted_fills_are_refused_by_the_bounds(preset: str) -> None:
     # Under HVCI the patched page stays non-executable: its bytes match no record.
     expected = "STATUS_INVALID_IMAGE_HASH" if ctx.policy.hvci else "no-hvci"
     assert ctx.notes["follow_on"] == expected
-    assert not runs(ctx, "a8")
+    assert not runs(ctx, mcd.A8_SHELLCODE)
 
 
 def test_a8_legacy_sk_copies_past_the_allocation() -> None:
@@ -259,7 +259,7 @@ def test_with_hvci_and_the_legacy_switch_unsigned_code_runs(
     result, ctx = _run("A8", name)
     assert ctx.policy.hvci and result.outcome is Outcome.SUCCEEDED
     assert ctx.notes["follow_on"] == "ran"
-    assert (0, 0) in runs(ctx, "a8")  # the shellcode ran at VTL0 CPL0
+    assert (0, 0) in runs(ctx, mcd.A8_SHELLCODE)  # the shellcode ran at VTL0 CPL0
     [executable] = _events(ctx, "hvci", "hvci.transition", "executable")
     assert executable.vtl == 1
     # A9's double fetch lands the same forged record there.
@@ -271,7 +271,7 @@ def test_without_the_overwrite_the_same_follow_on_is_refused() -> None:
     """Control: HVCI on, switches off — the identical page patch gets no KX."""
     _, ctx = _run("A8", "hardened")
     assert ctx.notes["follow_on"] == "STATUS_INVALID_IMAGE_HASH"
-    assert not runs(ctx, "a8")
+    assert not runs(ctx, mcd.A8_SHELLCODE)
 
 
 @pytest.mark.parametrize("preset", CHECKED)
@@ -342,7 +342,7 @@ def test_a14_phys_external_device_reaches_vtl0_but_not_vtl1(preset: str) -> None
 def test_a3_flip_hvci(preset_variant: Callable[..., str]) -> None:
     # HVCI is what stops it: off, the SeCiCallbacks swap works although KDP still runs ...
     result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False))
-    assert ctx.policy.kdp and result.outcome == Outcome.SUCCEEDED and runs(ctx, "a3") == [(0, 0)]
+    assert ctx.policy.kdp and result.outcome == Outcome.SUCCEEDED and runs(ctx, mcd.ROOTKIT_ENTRY) == [(0, 0)]
     # ... and on, the same steps on the vbs preset are refused by SKCI.
     result, ctx = run(mcd.A3, preset_variant("vbs", hvci=True))
     assert result.outcome == Outcome.BLOCKED and result.mechanism == "skci.signature"

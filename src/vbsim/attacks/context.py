@@ -52,12 +52,14 @@ Payload = Callable[..., Any]
 _PAYLOADS: dict[Payload, str] = {}
 
 
-def payload_routine(function: Payload) -> str:
-    """Register an attacker payload as guest code (once) and return its routine name."""
+def payload_routine(function: Payload, *, breakpoint: bool = False) -> str:
+    """Register an attacker payload as guest code (once) and return its routine name.  With
+    ``breakpoint``, the platform records each execution of it (``Trace.ran``): how a goal
+    learns that the attacker's code ran, and in which mode."""
     name = _PAYLOADS.get(function)
     if name is None:
         name = f"attack.{function.__module__}.{function.__qualname__}"
-        code.register(name, function)
+        code.register(name, function, breakpoint=breakpoint)
         _PAYLOADS[function] = name
     return name
 

@@ -479,12 +479,12 @@ class Prober:
         elif op == "write":
             allowed = self._ram(self.targets[target].data_gpa) != before
         elif op == "execute":
-            allowed = _ran_in(events, mode)
+            allowed = self._ran_in(events[0].seq, mode)
         else:
             assert gate is not None
             allowed = self._answered(gate, obtained) and _gate_in(events, MODES[target]) is not None
             if allowed and target.endswith("user"):
-                allowed = _ran_in(events, MODES[target])
+                allowed = self._ran_in(events[0].seq, MODES[target])
         if not allowed:
             return Outcome("blocked", refusal(events))
         if op == "call":
@@ -505,6 +505,11 @@ class Prober:
         # served by a translation the TLB already held.
         return Outcome("allowed", events[served].mechanism if served is not None else "tlb")
 
+    def _ran_in(self, since: int, mode: tuple[int, int]) -> bool:
+        """``matrix.probe`` ran after event ``since``, in ``mode``: the processor that fetched
+        its code recorded its VTL and CPL (its breakpoint; the probe cannot forge one)."""
+        return mode in self.ctx.trace.ran(probes.PROBE_ROUTINE, since)
+
     @staticmethod
     def _answered(gate: int, obtained: bytes) -> bool:
         answer = int.from_bytes(obtained[:8], "little")
@@ -523,14 +528,6 @@ def _first(events: list[Event], test: Callable[[Event], bool]) -> int | None:
         if test(event):
             return index
     return None
-
-
-def _ran_in(events: list[Event], mode: tuple[int, int]) -> bool:
-    """``matrix.probe`` reported running, in ``mode`` (its own VTL and CPL)."""
-    return any(
-        e.kind == "matrix" and e.mechanism == "probe-routine" and (e.vtl, e.cpl) == mode
-        for e in events
-    )
 
 
 def _gate_in(events: list[Event], mode: tuple[int, int]) -> str | None:

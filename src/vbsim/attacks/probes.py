@@ -11,10 +11,11 @@ Four kinds of prober run these (``vbsim.attacks.matrix`` schedules them and read
 
 Every probe first emits a ``matrix/probe/begin`` event: the trace records the VTL and CPL the
 processor was in when the prober's own code ran, and the matrix accepts a cell only from a probe
-that began in the prober's mode.  The target's code (``matrix.probe``) emits ``probe-routine/ran``
-the same way, so an execute or an entry into user code counts only where the routine itself found
-itself running.  What a read obtained goes into the prober's own memory (its *loot* page); the
-matrix host reads it from there, never from a Python return value.
+that began in the prober's mode.  The target's code (``matrix.probe``) carries a breakpoint: the
+processor that fetches it records the VTL and CPL it runs in (``Trace.executions``), so an execute
+or an entry into user code counts only where the routine really ran.  What a read obtained goes
+into the prober's own memory (its *loot* page); the matrix host reads it from there, never from a
+Python return value.
 
 Only the architectural surface is used (``vbsim.hw.cpu.SURFACE``).  The three kernel services the
 probes call (``SecureKernel.normal_call``, ``SecureKernel.protect_own_pages``, ``Vsl.call``) are
@@ -79,11 +80,13 @@ def begin(cpu: Cpu, op: int, target: int) -> None:
         cpu.emit("matrix", "probe", "begin", op=op, target=target)
 
 
-@guest_code("matrix.probe")
+PROBE_ROUTINE = "matrix.probe"
+
+
+@guest_code(PROBE_ROUTINE, breakpoint=True)
 def probe_routine(cpu: Cpu) -> int:
-    """The target's code: it records where it runs (the VP's VTL and CPL in its event)."""
-    if cpu.tracing:
-        cpu.emit("matrix", "probe-routine", "ran")
+    """The target's code.  Its breakpoint records where it runs (the fetching VP's VTL and
+    CPL, ``Trace.executions``)."""
     return PROBE_ANSWER
 
 

@@ -33,6 +33,12 @@ _DIGEST_SIZE = THUNK_SIZE - len(THUNK_MAGIC) - 1
 GuestRoutine = Callable[..., Any]
 
 _registry: dict[bytes, tuple[str, GuestRoutine]] = {}
+#: Thunks of routines that carry a breakpoint (:func:`register` with ``breakpoint=True``): they
+#: are kept out of ``_registry``, which the processor's fast call path reads, so that every
+#: execution of one goes through :meth:`VirtualProcessor.fetch`, which records it on the trace
+#: (``Trace.executions``).  A host-side debugger's breakpoint, in effect: the routine's own code
+#: cannot record or forge it, and calling its Python function directly is not an execution.
+_breakpoints: dict[bytes, tuple[str, GuestRoutine]] = {}
 #: Positional arguments each routine takes after the VP (None: any number).
 _arity: dict[GuestRoutine, int | None] = {}
 
@@ -43,13 +49,15 @@ def encode_thunk(name: str) -> bytes:
     return THUNK_MAGIC + digest + b"\xc3"  # trailing RET, as a real thunk would end
 
 
-def register(name: str, routine: GuestRoutine) -> bytes:
-    """Register ``routine`` as the code for ``name``; returns its thunk bytes."""
+def register(name: str, routine: GuestRoutine, *, breakpoint: bool = False) -> bytes:
+    """Register ``routine`` as the code for ``name``; returns its thunk bytes.  With
+    ``breakpoint``, the platform records every execution of it (see ``_breakpoints``)."""
     thunk = encode_thunk(name)
-    existing = _registry.get(thunk)
+    existing = _registry.get(thunk) or _breakpoints.get(thunk)
     if existing is not None and existing[1] is not routine and existing[0] != name:
         raise ValueError(f"thunk collision between {existing[0]!r} and {name!r}")
-    _registry[thunk] = (name, routine)
+    (_breakpoints if breakpoint else _registry)[thunk] = (name, routine)
+    (_registry if breakpoint else _breakpoints).pop(thunk, None)
     _arity[routine] = _positional_arity(routine)
     return thunk
 
@@ -96,11 +104,11 @@ def fit_arguments(routine: GuestRoutine, args: tuple[Any, ...]) -> tuple[Any, ..
     return args + (0,) * (arity - len(args))
 
 
-def guest_code(name: str) -> Callable[[GuestRoutine], GuestRoutine]:
+def guest_code(name: str, *, breakpoint: bool = False) -> Callable[[GuestRoutine], GuestRoutine]:
     """Decorator form of :func:`register`."""
 
     def wrap(routine: GuestRoutine) -> GuestRoutine:
-        register(name, routine)
+        register(name, routine, breakpoint=breakpoint)
         return routine
 
     return wrap
@@ -108,9 +116,15 @@ def guest_code(name: str) -> Callable[[GuestRoutine], GuestRoutine]:
 
 def decode_thunk(raw: bytes) -> tuple[str, GuestRoutine] | None:
     """The routine whose thunk is ``raw`` (exactly THUNK_SIZE bytes), or None (#UD)."""
-    return _registry.get(bytes(raw))
+    key = bytes(raw)
+    return _registry.get(key) or _breakpoints.get(key)
+
+
+def has_breakpoint(raw: bytes) -> bool:
+    """Whether the routine whose thunk is ``raw`` carries a breakpoint."""
+    return bytes(raw) in _breakpoints
 
 
 def name_of(raw: bytes) -> str | None:
-    entry = _registry.get(bytes(raw))
+    entry = decode_thunk(raw)
     return entry[0] if entry else None

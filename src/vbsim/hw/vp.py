@@ -530,6 +530,11 @@ class VirtualProcessor(SharedGprs):
                 return None
             entry = code.decode_thunk(raw)
             if entry is not None:
+                if code.has_breakpoint(raw):
+                    bank = self.p
+                    self.trace.executed(entry[0], va, self.index, self.vtl, bank.cpl)
+                    if self.trace.on:
+                        self.emit("breakpoint", "debugger", "hit", routine=entry[0], va=va)
                 return entry[1]
             if self.trace.on:
                 self.emit("fetch", "decode", "invalid-opcode", va=va)

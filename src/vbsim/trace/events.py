@@ -42,6 +42,22 @@ class Event:
         }
 
 
+@dataclass(slots=True, frozen=True)
+class Execution:
+    """One execution of a routine that carries a breakpoint (``vbsim.hw.code``), recorded by
+    the processor that fetched its code: where it ran (VP, VTL, CPL) and at which address.
+    Only the platform appends these (guest code holds no trace, and ``emit`` makes events, not
+    executions), so a verdict that reads them cannot be told by the code under test that it
+    ran.  ``seq`` is on the trace's event clock, to place an execution among events."""
+
+    seq: int
+    routine: str
+    va: int
+    vp: int
+    vtl: int
+    cpl: int
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bool | str | float) or value is None:
         return value
@@ -59,10 +75,12 @@ def _jsonable(value: Any) -> Any:
 class Trace:
     """An append-only event log with listeners.  ``on`` is False until someone listens."""
 
-    __slots__ = ("_listeners", "_record", "_seq", "events", "on")
+    __slots__ = ("_listeners", "_record", "_seq", "events", "executions", "on")
 
     def __init__(self, record: bool = False) -> None:
         self.events: list[Event] = []
+        #: Executions of breakpoint routines, whether or not events are recorded (platform only).
+        self.executions: list[Execution] = []
         self._listeners: list[Listener] = []
         self._record = record
         self._seq = 0
@@ -100,6 +118,17 @@ class Trace:
         for listener in self._listeners:
             listener(event)
         return event
+
+    def executed(self, routine: str, va: int, vp: int, vtl: int, cpl: int) -> Execution:
+        """The platform's record that a processor fetched and ran a breakpoint routine."""
+        self._seq += 1
+        execution = Execution(self._seq, routine, va, vp, vtl, cpl)
+        self.executions.append(execution)
+        return execution
+
+    def ran(self, routine: str, since: int = 0) -> list[tuple[int, int]]:
+        """(VTL, CPL) of each execution of ``routine`` after event ``since``."""
+        return [(e.vtl, e.cpl) for e in self.executions if e.routine == routine and e.seq > since]
 
     def clear(self) -> None:
         self.events.clear()

@@ -4,8 +4,9 @@ DMA (vbs-internals §5.1, §5.2, §5.5, §5.6, §6).
 Every goal is read from the machine after the attack, never from what the attacker reports:
 
 - *code ran*: the attacker's routine, when a processor executes it, is seen by a debugger's
-  breakpoint on it (:func:`~vbsim.attacks.catalogue.a15_a20_boot_and_trustlets.record_run`), which
-  notes the VTL and CPL of the VP that runs it;
+  breakpoint on it (``payload_routine(..., breakpoint=True)``): the processor that fetches its
+  code records its VTL and CPL (``Trace.executions``, read by
+  :func:`~vbsim.attacks.catalogue.a15_a20_boot_and_trustlets.runs`);
 - *data changed*: what a VTL0 reader of a kernel variable gets is the processor's own translation
   of its address — through NT's page tables, or HLAT's when HVPT pins it (:func:`reads_as`) —
   applied to RAM;
@@ -35,7 +36,6 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
     needs_credential_guard,
     needs_vbs,
     nt_of,
-    record_run,
     runs,
     trustlets,
 )
@@ -184,16 +184,19 @@ ROOTKIT = "rootkit.sys"
 
 
 def _rootkit_entry(cpu: Cpu, driver_object: int) -> int:
-    """The unsigned driver's DriverEntry: if any processor ever executes it, this records it."""
-    record_run(cpu, "a3")
+    """The unsigned driver's DriverEntry: if any processor ever executes it, its breakpoint
+    records that."""
     return int(NtStatus.SUCCESS)
+
+
+ROOTKIT_ENTRY = payload_routine(_rootkit_entry, breakpoint=True)
 
 
 @functools.lru_cache(maxsize=1)
 def rootkit_image() -> bytes:
     """A well-formed driver image with no signature at all."""
     return build_image(
-        ImageKind.DRIVER, ROOTKIT, "DriverEntry", {"DriverEntry": payload_routine(_rootkit_entry)}
+        ImageKind.DRIVER, ROOTKIT, "DriverEntry", {"DriverEntry": ROOTKIT_ENTRY}
     )
 
 
@@ -237,18 +240,17 @@ A3 = Scenario(
     "(vbs-internals §5.1 'Driver load under HVCI'). legacy-2019 has no HVCI: the attack works "
     "there as on any 2019 machine without Memory Integrity.",
     steps=a3_steps,
-    goal_met=lambda ctx: (0, 0) in runs(ctx, "a3"),
+    goal_met=lambda ctx: (0, 0) in runs(ctx, ROOTKIT_ENTRY),
 )
 
 
 # -- A3-RWX: executable kernel pool / a hand-made RWX page ----------------------------------------
 def _shellcode(cpu: Cpu) -> int:
-    record_run(cpu, "a3-rwx")
     return 0
 
 
 #: The shellcode's routine name (what its bytes encode), registered once on import.
-SHELLCODE = payload_routine(_shellcode)
+SHELLCODE = payload_routine(_shellcode, breakpoint=True)
 
 
 def place_rwx(cpu: Cpu, routine: str, window: int) -> tuple[int, str]:
@@ -288,7 +290,7 @@ A3_RWX = Scenario(
     "(MAKE_PROTECTED_PAGE_EXECUTABLE) and SLAT never lets VTL0 execute a page SKCI did not "
     "validate, whatever NT's PTE says (vbs-internals §5.1). legacy-2019 has no HVCI.",
     steps=lambda ctx: ctx.notes.update(path=ctx.kernel(_rwx_and_jump, WINDOW_VA)),
-    goal_met=lambda ctx: (0, 0) in runs(ctx, "a3-rwx"),
+    goal_met=lambda ctx: (0, 0) in runs(ctx, SHELLCODE),
 )
 
 
@@ -419,13 +421,12 @@ FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
 
 
 def _a8_shellcode(vp: Cpu) -> int:
-    record_run(vp, "a8")
     return 0
 
 
 #: The shellcode's routine name, registered as code once at import (host side, like linking the
 #: attacker's binary): the step only encodes a thunk that names it.
-A8_SHELLCODE = payload_routine(_a8_shellcode)
+A8_SHELLCODE = payload_routine(_a8_shellcode, breakpoint=True)
 
 
 @dataclass

@@ -146,29 +146,16 @@ def booted_version(ctx: AttackContext, component: str) -> str | None:
 ATTACKER_ENTRY = "attack.a18.payload"
 
 
-def record_run(cpu: Cpu, tag: str) -> None:
-    """The breakpoint on the attacker's code: when a processor executes it, the trace records
-    a ``breakpoint`` event, which carries that processor's VTL and CPL (the trace stamps every
-    event with the mode it was emitted in; the attacker's code chooses neither)."""
-    cpu.emit("breakpoint", "debugger", "hit", tag=tag)
+def runs(ctx: AttackContext, routine: str) -> list[tuple[int, int]]:
+    """(VTL, CPL) of every execution of the breakpoint routine ``routine`` since the machine
+    booted, as the processors that fetched its code recorded them (``Trace.executions``; the
+    attacker's code can neither record nor forge one, hw.code)."""
+    return ctx.trace.ran(routine)
 
 
-def runs(ctx: AttackContext, tag: str) -> list[tuple[int, int]]:
-    """(VTL, CPL) of every execution of the code tagged ``tag`` since the machine booted."""
-    return [
-        (int(event.vtl), int(event.cpl))
-        for event in ctx.trace.events
-        if event.kind == "breakpoint"
-        and event.detail.get("tag") == tag
-        and event.vtl is not None
-        and event.cpl is not None
-    ]
-
-
-@guest_code(ATTACKER_ENTRY)
+@guest_code(ATTACKER_ENTRY, breakpoint=True)
 def _attacker_trustlet(cpu: Cpu, message: int, length: int, reply: int) -> int:
-    """The attacker's trustlet code: if it ever runs, it runs here."""
-    record_run(cpu, "a18")
+    """The attacker's trustlet code: if it ever runs, it runs here (its breakpoint says so)."""
     return 0
 
 
@@ -335,7 +322,7 @@ def a18_steps(ctx: AttackContext) -> None:
 
 
 def a18_goal(ctx: AttackContext) -> bool:
-    return (1, 3) in runs(ctx, "a18")
+    return (1, 3) in runs(ctx, ATTACKER_ENTRY)
 
 
 A18 = Scenario(

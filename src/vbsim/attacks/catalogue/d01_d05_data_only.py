@@ -33,7 +33,7 @@ import functools
 from typing import Any
 
 from vbsim.attacks.catalogue.a03_a14_memory_code_dma import host_lookup, reads_as
-from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import record_run, runs
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.guest.address_space import DIRECT_MAP
@@ -378,14 +378,16 @@ UNSIGNED = "d5_rootkit.sys"
 
 
 def _d5_entry(vp: Cpu, driver_object: int) -> int:
-    record_run(vp, "d5")
     return int(NtStatus.SUCCESS)
+
+
+D5_ENTRY = payload_routine(_d5_entry, breakpoint=True)
 
 
 @functools.lru_cache(maxsize=1)
 def unsigned_image() -> bytes:
     return build_image(
-        ImageKind.DRIVER, UNSIGNED, "DriverEntry", {"DriverEntry": payload_routine(_d5_entry)}
+        ImageKind.DRIVER, UNSIGNED, "DriverEntry", {"DriverEntry": D5_ENTRY}
     )
 
 
@@ -415,7 +417,7 @@ def d5_goal(ctx: AttackContext) -> bool:
     va = ctx.notes.get("ci_options")
     if va is None or ctx.system is None or not ctx.system.booted:
         return False
-    return reads_as(ctx, int(va)) == bytes(8) and (0, 0) in runs(ctx, "d5")
+    return reads_as(ctx, int(va)) == bytes(8) and (0, 0) in runs(ctx, D5_ENTRY)
 
 
 D5 = Scenario(

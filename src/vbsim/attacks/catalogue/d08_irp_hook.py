@@ -34,7 +34,7 @@ from vbsim.attacks.catalogue.a03_a14_memory_code_dma import (
     NAME_AT,
     place_rwx,
 )
-from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of, record_run, runs
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of, runs
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Scenario
 from vbsim.hw.cpu import Cpu
@@ -42,7 +42,6 @@ from vbsim.nt import drivers, objdir
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 
-TAG = "d8-irp-hook"
 #: The victim: a signed driver any process may send requests to (model devices carry no ACL).
 VICTIM = drivers.SAMPLE_DRIVER
 #: An IOCTL the victim's own routine would answer (its echo), in the user's request.
@@ -53,11 +52,10 @@ WINDOW_VA = 0xFFFF_F8A2_0000_0000
 
 def _hook_routine(cpu: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
     """The attacker's dispatch routine: it answers the request itself."""
-    record_run(cpu, TAG)
     return int(NtStatus.SUCCESS), b"hooked".ljust(len(buffer), b"\0")
 
 
-HOOK = payload_routine(_hook_routine)
+HOOK = payload_routine(_hook_routine, breakpoint=True)
 
 
 def _hook(cpu: Cpu, name: str, window: int) -> str:
@@ -110,7 +108,7 @@ D8 = Scenario(
     "already-validated code is not stopped by HVCI (kCFG, not modelled, checks only the call "
     "target). The public record gives no per-configuration outcome: the model's, as A3-RWX",
     steps=d8_steps,
-    goal_met=lambda ctx: (0, 0) in runs(ctx, TAG),
+    goal_met=lambda ctx: (0, 0) in runs(ctx, HOOK),
 )
 
 SCENARIOS = [D8]
