@@ -37,6 +37,7 @@ from vbsim.sk.layouts import (
     SecureAllocation,
     SecureImage,
     SkProcess,
+    AllowList,
     Storage,
     read_field,
     write_field,
@@ -101,6 +102,23 @@ def test_the_storage_records_in_memory_decide_where_an_item_lives() -> None:
     assert int.from_bytes(ram.read(sk.storage_gpa, 4), "little") == 2
     owner, key, new_gpa = struct.unpack("<QQQ", ram.read(record + Storage.RECORD, Storage.RECORD))
     assert (owner, key) == (2, 7) and new_gpa not in (gpa, other)
+    machine.close()
+
+
+def test_the_by_id_grant_table_in_memory_decides_secure_storage() -> None:
+    """vmsp (ID 2) stores by the SK's by-ID grant, not by its signed policy: clear the grant in
+    SK memory and it is refused; grant ID 3 there and a test trustlet with ID 3 may store."""
+    machine = kit.booted("vbs")
+    system = machine.system
+    process = machine.started(kit.test_image(2), 2)
+    entries = AllowList.GRANT_ENTRIES
+    _as_sk(system, lambda cpu, sk: cpu.write_u32(sk.allow_va + entries + 4, 0))
+    assert _store(machine, process, 1, b"x")[0] == NtStatus.ACCESS_DENIED
+    other = machine.started(kit.test_image(3), 3)
+    assert _store(machine, other, 1, b"x")[0] == NtStatus.ACCESS_DENIED
+    _as_sk(system, lambda cpu, sk: cpu.write_u32(sk.allow_va + entries, 3))
+    _as_sk(system, lambda cpu, sk: cpu.write_u32(sk.allow_va + entries + 4, 2))
+    assert _store(machine, other, 1, b"x") == (NtStatus.SUCCESS, NtStatus.SUCCESS)
     machine.close()
 
 

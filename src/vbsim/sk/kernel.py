@@ -171,6 +171,14 @@ class SecureKernel:
         write = loader.write
         write(self.allow_gpa + L.AllowList.COUNT.offset, len(ids).to_bytes(4, "little"))
         write(self.allow_gpa + L.AllowList.IDS, b"".join(i.to_bytes(4, "little") for i in ids))
+        from vbsim.sk.ium.secure_syscalls import CAPABILITIES_BY_ID
+
+        grants = sorted(CAPABILITIES_BY_ID.items())
+        write(self.allow_gpa + L.AllowList.GRANT_COUNT.offset, len(grants).to_bytes(4, "little"))
+        write(
+            self.allow_gpa + L.AllowList.GRANT_ENTRIES,
+            b"".join(t.to_bytes(4, "little") + c.to_bytes(4, "little") for t, c in grants),
+        )
         self.filter_va, self.filter_gpa = space.alloc_data(1)
         write(self.filter_gpa, ium_syscalls.filter_bitmaps())
         #: Set by the service modules while the image is built (addresses only).

@@ -135,12 +135,20 @@ class Capture:
 # -- the trustlet allow-list ----------------------------------------------------------------------
 class AllowList:
     """Trustlet IDs SKCI admits (vbs-internals §3.2 lists the known IDs; the array is the
-    model's)."""
+    model's), and in the page's second half the capabilities the SK grants by trustlet ID
+    whatever the signed policy says (Ionescu 2015 shows ``SkCapabilities`` entries such as
+    SecureStorageGet/Put allowed by trustlet ID; vbs-internals §4 "needs Capability policy, or
+    an SK by-ID allow-list").  Grant entry: u32 trustlet ID, u32 capability bits."""
 
     COUNT = Field("count", 0x00, 4, MODEL)
     IDS = 0x08  # u32 per ID
     ID_SIZE = 4
-    MAX = (PAGE_SIZE - IDS) // ID_SIZE
+    GRANTS = 0x800
+    GRANT_COUNT = Field("grant_count", GRANTS, 4, MODEL)
+    GRANT_ENTRIES = GRANTS + 0x08
+    GRANT_SIZE = 8
+    MAX = (GRANTS - IDS) // ID_SIZE
+    GRANT_MAX = (PAGE_SIZE - GRANT_ENTRIES) // GRANT_SIZE
 
 
 # -- the IUM system-call filter -------------------------------------------------------------------

@@ -28,11 +28,14 @@ from vbsim.sk.ium import process as ium
 # At module level (process.py imports the kernel module too): a function-level import costs an
 # import-machinery call on every system call.
 from vbsim.sk.kernel import SecureKernel
-from vbsim.sk.layouts import FrameList, Storage
+from vbsim.sk.layouts import AllowList, FrameList, Storage, read_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 
 CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
-STORAGE_BY_ID = frozenset({2})
+#: Capabilities the SK grants by trustlet ID (vmsp, ID 2, keeps its vTPM state in secure
+#: storage; vbs-internals §3.2 and §4): what the loader writes into the allow-list page's grant
+#: table (``layouts.AllowList``); the SK decides from that copy.
+CAPABILITIES_BY_ID: dict[int, int] = {2: CAP_SECURE_STORAGE}
 USER_LIMIT = 1 << 47
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
@@ -215,9 +218,24 @@ def ium_post_mailbox(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args
     return int(NtStatus.SUCCESS)
 
 
-def _may_store(vp: Cpu, process: ium.SecureProcess) -> bool:
+def granted_by_id(sk: SecureKernel, vp: Cpu, trustlet_id: int) -> int:
+    """The capability bits the SK's by-ID grant table (in SK memory, read now) gives
+    ``trustlet_id``."""
+    base = sk.allow_va
+    count = min(read_field(vp, base, AllowList.GRANT_COUNT), AllowList.GRANT_MAX)
+    raw = vp.read(base + AllowList.GRANT_ENTRIES, count * AllowList.GRANT_SIZE)
+    granted = 0
+    for offset in range(0, len(raw), AllowList.GRANT_SIZE):
+        if int.from_bytes(raw[offset : offset + 4], "little") == trustlet_id:
+            granted |= int.from_bytes(raw[offset + 4 : offset + 8], "little")
+    return granted
+
+
+def _may_store(sk: SecureKernel, vp: Cpu, process: ium.SecureProcess) -> bool:
     capabilities = process.read(vp, SkProcessLayout.CAPABILITIES)
-    return bool(capabilities & CAP_SECURE_STORAGE) or _tid(vp, process) in STORAGE_BY_ID
+    if capabilities & CAP_SECURE_STORAGE:
+        return True
+    return bool(granted_by_id(sk, vp, _tid(vp, process)) & CAP_SECURE_STORAGE)
 
 
 def _capability_refused(
@@ -272,7 +290,7 @@ def ium_secure_storage_put(
     sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, data_va, length = args[0], args[1], args[2]
-    if not _may_store(vp, process):
+    if not _may_store(sk, vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
     if not 0 < length <= PAGE_SIZE - 8:
         return int(NtStatus.INVALID_PARAMETER)
@@ -290,7 +308,7 @@ def ium_secure_storage_get(
     sk: SecureKernel, vp: Cpu, process: ium.SecureProcess, args: list[int]
 ) -> int:
     key, out, capacity = args[0], args[1], args[2]
-    if not _may_store(vp, process):
+    if not _may_store(sk, vp, process):
         return _capability_refused(sk, vp, process, "secure-storage")
     gpa = _storage_find(sk, vp, process.trustlet_id(vp), key)
     if gpa is None:
