@@ -148,7 +148,10 @@ def test_a3_under_hvci_the_callback_swap_lands_but_skci_refuses_the_image(preset
     assert nt is not None
     assert _callback_target(ctx) == nt.space.routines[drivers.ZW_FLUSH_INSTRUCTION_CACHE]
     assert not _events(ctx, "access", "slat", "denied") and not ctx.bugchecked
-    assert _events(ctx, mechanism="skci.signature", outcome="refused") and runs(ctx, mcd.ROOTKIT_ENTRY) == []
+    assert (
+        _events(ctx, mechanism="skci.signature", outcome="refused")
+        and runs(ctx, mcd.ROOTKIT_ENTRY) == []
+    )
 
 
 @pytest.mark.parametrize("preset", HVCI)
@@ -342,7 +345,11 @@ def test_a14_phys_external_device_reaches_vtl0_but_not_vtl1(preset: str) -> None
 def test_a3_flip_hvci(preset_variant: Callable[..., str]) -> None:
     # HVCI is what stops it: off, the SeCiCallbacks swap works although KDP still runs ...
     result, ctx = run(mcd.A3, preset_variant("vbs-hvci", hvci=False))
-    assert ctx.policy.kdp and result.outcome == Outcome.SUCCEEDED and runs(ctx, mcd.ROOTKIT_ENTRY) == [(0, 0)]
+    assert (
+        ctx.policy.kdp
+        and result.outcome == Outcome.SUCCEEDED
+        and runs(ctx, mcd.ROOTKIT_ENTRY) == [(0, 0)]
+    )
     # ... and on, the same steps on the vbs preset are refused by SKCI.
     result, ctx = run(mcd.A3, preset_variant("vbs", hvci=True))
     assert result.outcome == Outcome.BLOCKED and result.mechanism == "skci.signature"

@@ -30,6 +30,7 @@ from vbsim.sk.ium import process as ium
 from vbsim.sk.ium import secure_syscalls
 from vbsim.sk.kernel import SecureKernel
 from vbsim.sk.layouts import (
+    AllowList,
     HandleTable,
     InterceptLog,
     ObjectPool,
@@ -37,7 +38,6 @@ from vbsim.sk.layouts import (
     SecureAllocation,
     SecureImage,
     SkProcess,
-    AllowList,
     Storage,
     read_field,
     write_field,
