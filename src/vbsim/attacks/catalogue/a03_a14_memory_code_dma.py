@@ -195,9 +195,7 @@ ROOTKIT_ENTRY = payload_routine(_rootkit_entry, breakpoint=True)
 @functools.lru_cache(maxsize=1)
 def rootkit_image() -> bytes:
     """A well-formed driver image with no signature at all."""
-    return build_image(
-        ImageKind.DRIVER, ROOTKIT, "DriverEntry", {"DriverEntry": ROOTKIT_ENTRY}
-    )
+    return build_image(ImageKind.DRIVER, ROOTKIT, "DriverEntry", {"DriverEntry": ROOTKIT_ENTRY})
 
 
 def _disable_dse_and_load(cpu: Cpu, buffer: int, callback: int, always_ok: int) -> list[int]:

@@ -331,31 +331,49 @@ def etw_events(ctx: AttackContext) -> int:
     return _host(ctx).field(buffer, ETW_BUFFER.Count)
 
 
+#: What the victim keeps in its region (its own store, before the attack).
+D4_MARKER = b"victim-secret-d4"
+#: Where the second read lands in the administrator's buffer (the first lands at DATA_AT).
+_D4_SECOND = 0x100
+
+
+def _plant(vp: Cpu, va: int, data: bytes) -> int:
+    """The victim writes its own memory (CPL3)."""
+    vp.write(va, data)
+    return 0
+
+
 def d4_steps(ctx: AttackContext) -> None:
     nt = _nt(ctx)
     target = ctx.process(admin=False, name="victim.exe")
     region = ctx.user_buffer(target)
+    ctx.user(_plant, region, D4_MARKER, process=target)
     admin = ctx.process(admin=True, name="d4.exe")
     buffer = ctx.user_buffer(admin)
+    length = len(D4_MARKER)
     ctx.notes["control"] = _status(
-        ctx.user(_read_other, target.pid, region, 8, buffer, process=admin)
+        ctx.user(_read_other, target.pid, region, length, buffer, process=admin)
     )
     ctx.notes["events_before"] = etw_events(ctx)
     ctx.kernel(_disable_provider, nt.variable(notify.ETW_TI_HANDLE).va)
-    ctx.notes["read"] = _status(ctx.user(_read_other, target.pid, region, 8, buffer, process=admin))
+    second = buffer + _D4_SECOND
+    ctx.notes["read"] = _status(
+        ctx.user(_read_other, target.pid, region, length, second, process=admin)
+    )
     ctx.notes["events_after"] = etw_events(ctx)
+    ctx.notes["copy"] = (admin, second + DATA_AT)
 
 
 def d4_goal(ctx: AttackContext) -> bool:
-    """The cross-process read after the write succeeded and left no event (the one before it
-    did: the provider was logging)."""
+    """After the write, the administrator's buffer holds the victim's bytes (the cross-process
+    read happened: RAM, host side) and the logger's buffer in RAM gained no event for it,
+    while it had logged before (the provider was logging)."""
+    copy = ctx.notes.get("copy")
     before = ctx.notes.get("events_before", 0)
-    return (
-        ctx.notes.get("control") == "STATUS_SUCCESS"
-        and before > 0
-        and ctx.notes.get("read") == "STATUS_SUCCESS"
-        and ctx.notes.get("events_after") == before
-    )
+    if copy is None or not isinstance(before, int) or before <= 0:
+        return False
+    admin, at = copy
+    return _user_bytes(ctx, admin, at, len(D4_MARKER)) == D4_MARKER and etw_events(ctx) == before
 
 
 D4 = Scenario(
@@ -386,9 +404,7 @@ D5_ENTRY = payload_routine(_d5_entry, breakpoint=True)
 
 @functools.lru_cache(maxsize=1)
 def unsigned_image() -> bytes:
-    return build_image(
-        ImageKind.DRIVER, UNSIGNED, "DriverEntry", {"DriverEntry": D5_ENTRY}
-    )
+    return build_image(ImageKind.DRIVER, UNSIGNED, "DriverEntry", {"DriverEntry": D5_ENTRY})
 
 
 def _patch_ci(vp: Cpu, ci_options: int) -> int:

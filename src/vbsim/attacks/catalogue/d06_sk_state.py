@@ -24,13 +24,14 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, Pte
 from vbsim.ntstatus import NtStatus
+from vbsim.sk.services.hvci import PageState
 from vbsim.sk.sscn import Service
 
 B, S, N = Outcome.BLOCKED, Outcome.SUCCEEDED, Outcome.NOT_APPLICABLE
 #: An unused kernel VA the attacker maps the table at.
 WINDOW_VA = 0xFFFF_F8A2_0000_0000
-#: PageState.VALIDATED (vbsim.sk.services.hvci): what the attacker writes for its page.
-FORGED_STATE = 2
+#: What the attacker writes for its page: the state HVCI gives pages it validated.
+FORGED_STATE = int(PageState.VALIDATED)
 
 
 def _tables(vp: Cpu, root: int, spare: list[int]) -> PageTables:
@@ -80,17 +81,17 @@ def _byte(ctx: AttackContext, gpa: int) -> int:
 
 
 def d6_goal(ctx: AttackContext) -> bool:
-    """The table byte changed (RAM, host side) and HVCI's next decision about the page followed
-    the forged state (SUCCESS: a VALIDATED page may be made writable; an ordinary page is
-    refused with STATUS_INVALID_PARAMETER)."""
+    """The table byte (RAM, host side) is the attacker's doing and HVCI's next decision about
+    the page followed it.  Both are read from the SK's memory, not from what the payload
+    reports: MAKE_PROTECTED_PAGE_WRITABLE accepts only a VALIDATED page and records its
+    decision by moving the page on to WRITABLE, a state an ordinary VTL0 page (the attacker's,
+    UNVALIDATED before the attack) never reaches otherwise."""
     gpa = ctx.notes.get("table_gpa")
     pfn = ctx.notes.get("own_pfn")
     if not isinstance(gpa, int) or not isinstance(pfn, int):
         return False
-    # The decision itself moves the page on (VALIDATED → WRITABLE): any change from the state
-    # before the attack counts, together with the decision the forged state produced.
-    changed = _byte(ctx, gpa + pfn) != ctx.notes.get("before")
-    return changed and ctx.notes.get("next_decision") == "STATUS_SUCCESS"
+    before = ctx.notes.get("before")
+    return before != PageState.WRITABLE and _byte(ctx, gpa + pfn) == PageState.WRITABLE
 
 
 D6 = Scenario(
