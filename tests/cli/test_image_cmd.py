@@ -15,16 +15,14 @@ from vbsim.image import (
     EKU_WINDOWS_SYSTEM_COMPONENT,
     ImageKind,
     build_image,
-    model_pki,
-    other_pki,
     parse_image,
     requirement_for,
-    sign_image,
     strip_signature,
     verify_image,
 )
 from vbsim.image.policy import TrustletPolicy
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.signing import model_pki, other_pki, sign_image
 
 from .conftest import Run
 
@@ -307,7 +305,7 @@ def test_inspect_rejects_non_pe(cli: Run, tmp_path: Path) -> None:
 # -- the CLI's option choices follow the library ---------------------------------------------------
 def test_kind_and_profile_choices_match_the_library() -> None:
     from vbsim.cli.image_cmd import AUTHENTICODE, KIND_CHOICES, PROFILE_CHOICES
-    from vbsim.image.pki import PROFILES
+    from vbsim.signing import PROFILES
 
     assert (*(kind.value for kind in ImageKind), AUTHENTICODE) == KIND_CHOICES
     assert tuple(PROFILES) == PROFILE_CHOICES

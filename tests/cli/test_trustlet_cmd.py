@@ -8,10 +8,11 @@ from pathlib import Path
 from vbsim.cli.trustlet_cmd import SKCI_CHECKS
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
-from vbsim.image import ImageKind, build_image, model_pki, other_pki, sign_image
+from vbsim.image import ImageKind, build_image
 from vbsim.ium import lsaiso
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.policy import Component
+from vbsim.signing import model_pki, other_pki, sign_image
 
 from .conftest import Run
 

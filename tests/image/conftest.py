@@ -7,7 +7,8 @@ from pathlib import Path
 import image_testkit as kit
 import pytest
 
-from vbsim.image import Pki, TrustStore, model_pki, other_pki, sign_image
+from vbsim.image import TrustStore
+from vbsim.signing import Pki, model_pki, other_pki, sign_image
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vbsim.image import Pki, requirement_for, sign_image, verify_image
+from vbsim.image import requirement_for, verify_image
+from vbsim.signing import Pki, sign_image
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
 pytestmark = pytest.mark.skipif(OSSLSIGNCODE is None, reason="osslsigncode is not installed")

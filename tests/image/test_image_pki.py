@@ -8,17 +8,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from vbsim.image import (
-    EKU_CODE_SIGNING,
-    EKU_IUM,
-    EKU_WINDOWS_SYSTEM_COMPONENT,
-    Pki,
-    data_dir,
-    model_pki,
-    other_pki,
-)
+from vbsim.image import EKU_CODE_SIGNING, EKU_IUM, EKU_WINDOWS_SYSTEM_COMPONENT, data_dir
 from vbsim.image.chain import certificate_ekus
-from vbsim.image.pki import PkiError, load_pki
+from vbsim.image.pki import PkiError
+from vbsim.signing import Pki, load_pki, model_pki, other_pki
 
 
 def test_data_dir_respects_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -48,7 +41,7 @@ def test_env_var_selects_the_directory(
 
 
 def test_reloaded_from_disk_is_identical(pki: Pki) -> None:
-    from vbsim.image.pki import _load
+    from vbsim.signing.pki import _load
 
     again = _load(pki.name, pki.directory)
     assert again.root == pki.root and again.profiles == pki.profiles
@@ -98,7 +91,7 @@ def test_other_root_is_separate(pki: Pki, other: Pki, pki_base: Path) -> None:
 def test_corrupt_store_is_reported(tmp_path: Path) -> None:
     pki = load_pki("vbsim broken root", tmp_path)
     pki.path("root.pem").write_bytes(b"garbage")
-    from vbsim.image.pki import _cache
+    from vbsim.signing.pki import _cache
 
     del _cache[(tmp_path.resolve(), "vbsim broken root")]
     with pytest.raises(PkiError, match="delete it"):

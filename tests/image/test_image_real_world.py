@@ -22,18 +22,11 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from vbsim.image import (
-    Failure,
-    Pki,
-    TrustStore,
-    parse_image,
-    sign_image,
-    strip_signature,
-    verify_image,
-)
-from vbsim.image import pkcs7 as pkcs7_module
+from vbsim.image import Failure, TrustStore, parse_image, strip_signature, verify_image
 from vbsim.image.authenticode import read_certificate_entries, read_certificate_table
 from vbsim.image.chain import load_certificate
+from vbsim.signing import Pki, sign_image
+from vbsim.signing import authenticode as signing_module
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
 needs_osslsigncode = pytest.mark.skipif(
@@ -252,7 +245,7 @@ def test_digest_algorithms_with_absent_parameters_verify(
     pki: Pki, unsigned_trustlet: bytes, trust: TrustStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RFC 5754 §2: absent and NULL parameters are both SHA-2; the OID decides."""
-    monkeypatch.setattr(pkcs7_module, "_digest_algorithm", _absent)
+    monkeypatch.setattr(signing_module, "_digest_algorithm", _absent)
     signed = sign_image(unsigned_trustlet, pki.signer("codesign"))
     info = cms.ContentInfo.load(_der(signed))
     assert info["content"]["digest_algorithms"][0]["parameters"].dump() == b""

@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vbsim.image import Failure, Pki, TrustStore, parse_image, sign_image, verify_image
+from vbsim.image import Failure, TrustStore, parse_image, verify_image
 from vbsim.image.authenticode import read_certificate_table
 from vbsim.image.timestamp import PKCS9, RFC3161
+from vbsim.signing import Pki, sign_image
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
 SIGNED_AT = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)

@@ -20,10 +20,8 @@ from vbsim.image import (
     ComponentFloor,
     Failure,
     FindingKind,
-    Pki,
     RevocationPolicy,
     RevocationReason,
-    Signer,
     SigningLevel,
     SigningRequirement,
     TrustStore,
@@ -31,13 +29,12 @@ from vbsim.image import (
     authenticode_digest,
     parse_image,
     requirement_for,
-    sign_image,
     strip_signature,
     verify_image,
 )
 from vbsim.image.authenticode import read_certificate_table
-from vbsim.image.pkcs7 import build_signed_data
 from vbsim.image.spc import SpcIndirectDataContent
+from vbsim.signing import Pki, Signer, build_signed_data, sign_image
 
 TRUSTLET = requirement_for("trustlet")
 

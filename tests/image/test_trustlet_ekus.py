@@ -4,14 +4,14 @@ signing."""
 
 from __future__ import annotations
 
-from vbsim.image import requirement_for, sign_image, verify_image
-from vbsim.image.pki import Pki
+from vbsim.image import requirement_for, verify_image
 from vbsim.image.signing_level import (
     EKU_CODE_SIGNING,
     EKU_IUM,
     EKU_WINDOWS_SYSTEM_COMPONENT,
     SigningLevel,
 )
+from vbsim.signing import Pki, sign_image
 
 
 def test_the_trustlet_requirement_is_ium_and_wscv_at_level_12() -> None:

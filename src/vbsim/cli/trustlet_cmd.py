@@ -695,7 +695,7 @@ def export_command(
         write_atomically(target, data)
     except OSError as error:
         fail(f"output {visible(repr(str(output)))}: cannot write it ({error.strerror})", as_json)
-    from vbsim.image import model_pki
+    from vbsim.signing import model_pki
 
     root = str(model_pki().path("root.pem"))
     summary = {

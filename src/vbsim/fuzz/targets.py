@@ -83,11 +83,13 @@ def _image_one(data: bytes) -> None:
     from vbsim.image import (
         ImageFormatError,
         ImageKind,
+        SigningRequirement,
         model_pki,
         parse_image,
         requirement_for,
         verify_image,
     )
+    from vbsim.image.anchors import Anchor
     from vbsim.sk.ium.skci import admit
     from vbsim.sk.services.hvci import image_layout
 
@@ -99,16 +101,16 @@ def _image_one(data: bytes) -> None:
     verify_image(data, trust, requirement=requirement_for(ImageKind.DRIVER), parsed=parsed)
     if parsed is not None:
         image_layout(data, parsed)
-        admit(data, parsed.policy.application_id if parsed.policy else 1, None)
+        anchor = Anchor(trust, requirement_for(ImageKind.TRUSTLET) or SigningRequirement())
+        admit(data, parsed.policy.application_id if parsed.policy else 1, None, anchor=anchor)
 
 
 def _image_seeds() -> list[bytes]:
-    from vbsim.boot.disk import component_image
+    from vbsim.boot.disk import component_image, driver_store
     from vbsim.invariants.attacker import trustlet_image
-    from vbsim.nt.drivers import default_store
 
     seeds = [trustlet_image("lsaiso"), trustlet_image("vmsp")]
-    seeds.extend(default_store().values())
+    seeds.extend(driver_store().values())
     seeds.append(component_image("securekernel.exe", "10.0.26100.2314", 7, False))
     return seeds
 

@@ -1,4 +1,9 @@
-"""PE32+ images for vbsim: build, parse, ``.tPolicy``, Authenticode, the model PKI, revocation.
+"""PE32+ images for vbsim: build, parse, ``.tPolicy``, Authenticode verification, the model
+PKI's public certificates, trust anchors in guest memory, revocation.
+
+Nothing here holds a private key or signs: that is host side, :mod:`vbsim.signing`.  Guest code
+may import this package (a kernel contains a verifier); it verifies against the root it reads
+from its own memory (:mod:`vbsim.image.anchors`).
 
 See vbs-internals §3 (trustlets, ``.tPolicy``, signing requirements) and §1/§6 (component
 versions, SVNs, ``SkuSiPolicy`` revocation).
@@ -9,14 +14,13 @@ from typing import TYPE_CHECKING
 from vbsim.image.authenticode import (
     attach_signature,
     authenticode_digest,
-    sign_image,
     strip_signature,
 )
 from vbsim.image.chain import CertificateInfo
 from vbsim.image.errors import ImageFormatError
 from vbsim.image.kinds import ImageKind
 from vbsim.image.parse import ExportInfo, ParsedImage, SectionInfo, parse_image
-from vbsim.image.pki import Pki, PkiError, data_dir, model_pki, other_pki
+from vbsim.image.pki import PkiError, PublicPki, data_dir, model_pki
 from vbsim.image.policy import (
     PolicyEntry,
     PolicyEntryType,
@@ -41,7 +45,7 @@ from vbsim.image.signing_level import (
     level_for,
     requirement_for,
 )
-from vbsim.image.trust import Signer, TrustStore
+from vbsim.image.trust import TrustStore
 from vbsim.image.verify import (
     Failure,
     Finding,
@@ -83,18 +87,17 @@ __all__ = [
     "ImageFormatError",
     "ImageKind",
     "ParsedImage",
-    "Pki",
     "PkiError",
     "PolicyEntry",
     "PolicyEntryType",
     "PolicyId",
+    "PublicPki",
     "RevocationPolicy",
     "RevocationReason",
     "RevocationVerdict",
     "SectionInfo",
     "SectionSpec",
     "SignatureResult",
-    "Signer",
     "SigningLevel",
     "SigningRequirement",
     "TrustStore",
@@ -108,10 +111,8 @@ __all__ = [
     "data_dir",
     "level_for",
     "model_pki",
-    "other_pki",
     "parse_image",
     "requirement_for",
-    "sign_image",
     "strip_signature",
     "verify_image",
 ]

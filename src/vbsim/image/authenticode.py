@@ -1,4 +1,5 @@
-"""Authenticode for PE images: the image digest, the certificate table, and signing.
+"""Authenticode for PE images: the image digest and the certificate table (signing is host
+side: :mod:`vbsim.signing.authenticode`).
 
 Per Microsoft's "Windows Authenticode Portable Executable Signature Format", the digest covers
 the whole file except the ``CheckSum`` field, the Certificate Table data-directory entry, and the
@@ -30,8 +31,6 @@ from asn1crypto import parser
 
 from vbsim.image.checksum import pe_checksum
 from vbsim.image.parse import ParsedImage, parse_image
-from vbsim.image.pkcs7 import build_signed_data
-from vbsim.image.trust import Signer
 
 WIN_CERT_REVISION_2_0 = 0x0200
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
@@ -174,7 +173,7 @@ def attach_signature(data: bytes, pkcs7_der: bytes) -> bytes:
     """Embed an existing PKCS#7 DER as the image's WIN_CERTIFICATE (replacing any signature).
 
     Updates the Certificate Table directory entry and the PE checksum.  Useful to attach a
-    signature made elsewhere; :func:`sign_image` signs and attaches in one go.
+    signature made elsewhere; :func:`vbsim.signing.sign_image` signs and attaches in one go.
     """
     buf, parsed = _prepare(data)
     assert parsed.security_entry_offset is not None
@@ -185,28 +184,3 @@ def attach_signature(data: bytes, pkcs7_der: bytes) -> bytes:
     buf += header + pkcs7_der + padding
     struct.pack_into("<I", buf, parsed.checksum_offset, pe_checksum(buf, parsed.checksum_offset))
     return bytes(buf)
-
-
-def sign_image(
-    data: bytes,
-    signer: Signer,
-    *,
-    digest_name: str = "sha256",
-    program_name: str | None = None,
-    more_info_url: str | None = None,
-) -> bytes:
-    """Authenticode-sign ``data`` (replacing any existing signature).
-
-    Raises :class:`ImageFormatError` if ``data`` is not a PE, ``ValueError`` if it cannot
-    carry a signature.
-    """
-    buf, parsed = _prepare(data)
-    digest = authenticode_digest(bytes(buf), parsed, digest_name)
-    der = build_signed_data(
-        digest,
-        signer,
-        digest_name=digest_name,
-        program_name=program_name,
-        more_info_url=more_info_url,
-    )
-    return attach_signature(bytes(buf), der)

@@ -1,4 +1,5 @@
-"""Authenticode PKCS#7 SignedData: build (sign) and strictly decode.
+"""Authenticode PKCS#7 SignedData: strictly decode (building one, i.e. signing, is host side:
+:mod:`vbsim.signing.authenticode`).
 
 The SignedData is PKCS#7 v1.5 (version 1) whose contentInfo is ``SpcIndirectDataContent``
 (OID 1.3.6.1.4.1.311.2.1.4) holding ``SpcPeImageData`` and the image's DigestInfo; the signer
@@ -17,32 +18,20 @@ or changed without breaking this signature (each one is verified on its own).  S
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from asn1crypto import algos, cms, core
-from asn1crypto import x509 as asn1_x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import hashes
 
 from vbsim.image.memo import BytesMemo
 from vbsim.image.spc import (
-    OBSOLETE_FILE_LINK,
     SPC_INDIRECT_DATA_OID,
-    SPC_INDIVIDUAL_SP_KEY_PURPOSE_OID,
     SPC_PE_IMAGE_DATA_OID,
     SPC_SP_OPUS_INFO_OID,
-    SPC_STATEMENT_TYPE_OID,
-    SpcContentInfo,
     SpcIndirectDataContent,
-    SpcLink,
-    SpcPeImageData,
     SpcSpOpusInfo,
-    SpcStatementType,
-    SpcString,
 )
-from vbsim.image.trust import Signer
 
 #: Digest algorithms vbsim accepts (hashlib name -> cryptography hash factory).  SHA-1 is
 #: verified because dual-signed real files carry a SHA-1 primary signature, but it is reported
@@ -109,99 +98,6 @@ class DecodedSignature:
 
 def _digest_algorithm(name: str) -> algos.DigestAlgorithm:
     return algos.DigestAlgorithm({"algorithm": name, "parameters": core.Null()})
-
-
-def build_signed_data(
-    image_digest: bytes,
-    signer: Signer,
-    *,
-    digest_name: str = "sha256",
-    program_name: str | None = None,
-    more_info_url: str | None = None,
-) -> bytes:
-    """DER of a ContentInfo(SignedData) signing ``image_digest`` (the Authenticode hash)."""
-    if digest_name not in SIGNING_DIGESTS:
-        raise ValueError(f"unsupported digest {digest_name} (signing: {sorted(SIGNING_DIGESTS)})")
-    indirect = SpcIndirectDataContent(
-        {
-            "data": {
-                "type": SPC_PE_IMAGE_DATA_OID,
-                "value": SpcPeImageData(
-                    {
-                        "flags": set(),
-                        "file": SpcLink({"file": SpcString({"unicode": OBSOLETE_FILE_LINK})}),
-                    }
-                ),
-            },
-            "message_digest": {
-                "digest_algorithm": _digest_algorithm(digest_name),
-                "digest": image_digest,
-            },
-        }
-    )
-    indirect.dump()
-    message_digest = hashlib.new(digest_name, indirect.contents).digest()
-    opus: dict[str, object] = {}
-    if program_name is not None:
-        opus["program_name"] = SpcString({"unicode": program_name})
-    if more_info_url is not None:
-        opus["more_info"] = SpcLink({"url": more_info_url})
-    # asn1crypto cannot encode an empty Sequence built from {}; load the empty DER instead.
-    opus_info = SpcSpOpusInfo(opus) if opus else SpcSpOpusInfo.load(b"\x30\x00")
-    signed_attrs = cms.CMSAttributes(
-        [
-            {"type": "content_type", "values": [SPC_INDIRECT_DATA_OID]},
-            {"type": "message_digest", "values": [message_digest]},
-            {"type": SPC_SP_OPUS_INFO_OID, "values": [opus_info]},
-            {
-                "type": SPC_STATEMENT_TYPE_OID,
-                "values": [SpcStatementType([SPC_INDIVIDUAL_SP_KEY_PURPOSE_OID])],
-            },
-        ]
-    )
-    to_sign = signed_attrs.dump()
-    hash_algorithm = DIGESTS[digest_name]()
-    if isinstance(signer.key, rsa.RSAPrivateKey):
-        signature = signer.key.sign(to_sign, padding.PKCS1v15(), hash_algorithm)
-        signature_algorithm = {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
-    else:
-        signature = signer.key.sign(to_sign, ec.ECDSA(hash_algorithm))
-        signature_algorithm = {"algorithm": f"{digest_name}_ecdsa"}
-    certificates = [
-        asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
-        for c in (signer.certificate, *signer.chain)
-    ]
-    leaf = certificates[0]
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                {
-                    "issuer_and_serial_number": {
-                        "issuer": leaf.issuer,
-                        "serial_number": leaf.serial_number,
-                    }
-                }
-            ),
-            "digest_algorithm": _digest_algorithm(digest_name),
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": signature_algorithm,
-            "signature": signature,
-        }
-    )
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [_digest_algorithm(digest_name)],
-            "encap_content_info": SpcContentInfo(
-                {"content_type": SPC_INDIRECT_DATA_OID, "content": indirect}
-            ),
-            "certificates": certificates,
-            "signer_infos": [signer_info],
-        }
-    )
-    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
-    return der
 
 
 def check_algorithm(value: core.Asn1Value, allowed: Collection[str]) -> str:

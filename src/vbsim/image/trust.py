@@ -1,35 +1,13 @@
-"""Who signs (a :class:`Signer`) and whom a verifier trusts (a :class:`TrustStore`)."""
+"""Whom a verifier trusts (a :class:`TrustStore`).  Who signs is host side
+(:class:`vbsim.signing.Signer`): nothing here holds a private key."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-
-@dataclass(frozen=True)
-class Signer:
-    """A signing key, its certificate, and the intermediates up to (not including) the root."""
-
-    key: PrivateKey
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...] = ()
-
-    def chain_pem(self) -> bytes:
-        """Leaf then intermediates, PEM (what ``osslsigncode sign -certs`` takes)."""
-        certs = (self.certificate, *self.chain)
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+from vbsim.image.memo import BytesMemo
 
 
 @dataclass(frozen=True)
@@ -42,5 +20,19 @@ class TrustStore:
     def from_pem(cls, pem: bytes) -> TrustStore:
         return cls(tuple(x509.load_pem_x509_certificates(pem)))
 
+    @classmethod
+    def from_der(cls, der: bytes) -> TrustStore:
+        """A store of the one root ``der`` (a kernel's anchor, as read from its memory).
+        Memoised by the exact bytes: decoding decides nothing, the chain is still checked.
+        Raises ``ValueError`` for bytes that are not a certificate."""
+        known = _FROM_DER.get(der)
+        if known is None:
+            known = cls((x509.load_der_x509_certificate(der),))
+            _FROM_DER.put(der, known)
+        return known
+
     def __add__(self, other: TrustStore) -> TrustStore:
         return TrustStore(self.roots + other.roots)
+
+
+_FROM_DER: BytesMemo[TrustStore] = BytesMemo(16)

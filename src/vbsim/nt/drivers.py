@@ -3,13 +3,17 @@ drivers in the model's driver store.
 
 **Loading** (``NtLoadDriver`` → IopLoadDriver → MmLoadSystemImage).  The caller needs
 SeLoadDriverPrivilege.  The image comes from the *driver store* (``nt.driver_store``, file
-name → signed PE bytes).  Then:
+name → signed PE bytes: the disk's files, signed when the disk was built, host side; NT signs
+nothing and holds no key).  Then:
 
 - *Without HVCI* NT's own code integrity decides (DSE, ``ci.dll`` in VTL0): the Authenticode
-  signature must chain to the model root with the driver requirement (``requirement_for("driver")``)
+  signature must chain to the root in CI's anchor record and meet the driver requirement stored
+  with it (both in ci.dll's CiPolicy section in RAM, read at each check: ``vbsim.image.anchors``)
   — unless the kernel global ``g_CiOptions`` (guest RAM, 6 = enforcing) is 0: then the check is
   skipped.  Zeroing it with a kernel write primitive is the classic DSE-disable data attack
-  (vbs-internals §6 A3/A6: a K0 attacker, typically through a vulnerable signed driver).
+  (vbs-internals §6 A3/A6: a K0 attacker, typically through a vulnerable signed driver).  A K0
+  write to the anchor where nothing protects CiPolicy (no KDP) makes CI trust the attacker's
+  root instead.
 - *With HVCI* validation belongs to SKCI in VTL1 (vbs-internals §3.6: "SKCI does the cryptographic
   hash and signature check for all HVCI-validated images"), so ``g_CiOptions`` gates nothing that
   matters: NT copies the file into pages and issues ``CREATE_SECURE_IMAGE`` with their PFN list,
@@ -22,8 +26,9 @@ image, so every process sees it): code pages supervisor read-only executable, ev
 RW/NX.  Then it calls ``DriverEntry(DriverObject)`` through its VP, at CPL0 — a real instruction
 fetch, which SLAT refuses for code the SK never validated (secure intercept → #GP → bugcheck).
 
-**The store** holds four drivers built with :mod:`vbsim.image`: a sample driver signed by the model
-PKI's ``codesign`` profile, an unsigned one, one signed under ``other_pki()`` (an untrusted root),
+**The store** holds four drivers built with :mod:`vbsim.image` (and signed by the disk builder,
+``vbsim.boot.disk``): a sample driver signed by the model PKI's ``codesign`` profile, an unsigned
+one, one signed under the "other" root (untrusted),
 and a *vulnerable signed driver* whose IoControl gives any caller 8-byte reads and writes at any
 kernel address, performed at CPL0 through the VP (the K0 primitive of A3/A6, in the style of the
 publicly documented RTCore64 read/write IOCTLs; the codes are the model's).
@@ -38,12 +43,12 @@ Every decision is a trace event of kind ``driver`` (mechanisms ``dse``, ``skci``
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vbsim import storage
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw import code
@@ -51,18 +56,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
-from vbsim.image import (
-    ImageFormatError,
-    ImageKind,
-    ParsedImage,
-    build_image,
-    model_pki,
-    other_pki,
-    parse_image,
-    requirement_for,
-    sign_image,
-    verify_image,
-)
+from vbsim.image import ImageFormatError, ImageKind, ParsedImage, anchors, build_image, parse_image
 from vbsim.nt import objdir, syscalls
 from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
@@ -97,8 +91,12 @@ _RX = HvMapGpaFlags.READABLE | HvMapGpaFlags.KERNEL_EXECUTABLE | HvMapGpaFlags.U
 _RWX = _RX | HvMapGpaFlags.WRITABLE
 
 CI_OPTIONS = "g_CiOptions"
-#: ci.dll's section holding g_CiOptions (KDP-protected where KDP runs).
+#: ci.dll's section holding g_CiOptions and CI's trust anchor (KDP-protected where KDP runs).
 CI_POLICY_SECTION = "ci.dll!CiPolicy"
+#: [model] CiPolicy's pages: g_CiOptions at offset 0; the anchor record (the root certificate
+#: CI pins and the driver signing requirement, ``vbsim.image.anchors``) at CI_TRUST_OFFSET.
+CI_POLICY_PAGES = 2
+CI_TRUST_OFFSET = PAGE_SIZE
 SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
 MODULE_LIST = "PsLoadedModuleList"
 CI_VALIDATE_IMAGE_HEADER = "ci.CiValidateImageHeader"
@@ -228,25 +226,16 @@ for _spec in DRIVERS:
     code.register(_spec.routine("IoControl"), _make(_spec.routine("IoControl")))
 
 
-@functools.lru_cache(maxsize=1)
-def _store_images() -> tuple[tuple[str, bytes], ...]:
-    """Build and sign the store's images once per process (signing is the slow part)."""
-    images: list[tuple[str, bytes]] = []
-    for spec in DRIVERS:
-        routines = {name: spec.routine(name) for name in ("DriverEntry", "IoControl")}
-        image = build_image(ImageKind.DRIVER, spec.name, "DriverEntry", routines)
-        if spec.signer == "model":
-            image = sign_image(image, model_pki().signer("codesign"))
-        elif spec.signer == "other":
-            image = sign_image(image, other_pki().signer("codesign"))
-        images.append((spec.name, image))
-    return tuple(images)
+def store_image(spec: DriverSpec) -> bytes:
+    """The unsigned image of a store driver, as its build produces it (pure).  Signing it is
+    the disk builder's (host side, ``vbsim.boot.disk.driver_store``): NT signs nothing."""
+    routines = {name: spec.routine(name) for name in ("DriverEntry", "IoControl")}
+    return build_image(ImageKind.DRIVER, spec.name, "DriverEntry", routines)
 
 
 def default_store() -> dict[str, bytes]:
-    from vbsim.nt.notify import EDR_DRIVER, edr_image
-
-    return {**dict(_store_images()), EDR_DRIVER: edr_image()}
+    """The driver store as the disk holds it: the files the host attached (``vbsim.storage``)."""
+    return storage.files(storage.DRIVERS)
 
 
 # -- wiring ---------------------------------------------------------------------------------------
@@ -278,15 +267,24 @@ def initialize_ci(nt: NtKernel, vp: Cpu) -> int:
     nothing protects it (Fortinet 2022).  Returns MmProtectDriverSection's status."""
     from vbsim.nt import kdp
 
-    section = kdp.load_data_section(
-        nt, vp, CI_POLICY_SECTION, 1, CI_OPTIONS_ENFORCING.to_bytes(8, "little")
-    )
+    section = kdp.load_data_section(nt, vp, CI_POLICY_SECTION, CI_POLICY_PAGES, ci_policy_image())
     nt.ci_options_va = section.va
     callbacks = nt.variable(SE_CI_CALLBACKS_NAME).va
     vp.write_u64(
         callbacks + SE_CI_CALLBACKS.CiValidateImageHeader.offset, nt.ci_validate_image_header
     )
     return kdp.mm_protect_driver_section(nt, vp, section.va)
+
+
+def ci_policy_image() -> bytes:
+    """ci.dll's CiPolicy section as the image ships it: ``g_CiOptions`` enforcing, then the
+    root CI pins — the model root's certificate, public, as Microsoft's roots are compiled into
+    ci.dll — with the driver requirement (``vbsim.image.anchors``).  An image constant: CI
+    decides from the copy in RAM, never from this."""
+    from vbsim.image import model_pki
+
+    options = CI_OPTIONS_ENFORCING.to_bytes(8, "little").ljust(CI_TRUST_OFFSET, b"\0")
+    return options + anchors.model_record(model_pki().root_der, (ImageKind.DRIVER,))
 
 
 def load_boot_drivers(nt: NtKernel, vp: Cpu) -> None:
@@ -340,6 +338,11 @@ def ci_options_va(nt: NtKernel) -> int:
     return nt.ci_options_va
 
 
+def ci_trust_va(nt: NtKernel) -> int:
+    """CI's anchor record (``vbsim.image.anchors``) in the CiPolicy section."""
+    return nt.ci_options_va + CI_TRUST_OFFSET
+
+
 def se_ci_callbacks_va(nt: NtKernel) -> int:
     """``nt!SeCiCallbacks``."""
     return nt.variable(SE_CI_CALLBACKS_NAME).va
@@ -362,7 +365,8 @@ def zw_flush_instruction_cache(vp: Cpu, *args: object) -> int:
 @guest_code(CI_VALIDATE_IMAGE_HEADER)
 def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
     """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
-    Authenticode signature must chain to the model root with the driver requirement."""
+    Authenticode signature must chain to the root CI's anchor record in RAM names, with the
+    driver requirement that record holds (both read now, through this processor)."""
     from vbsim.nt.kernel import NtKernel
 
     nt = vp.kernel()
@@ -372,9 +376,8 @@ def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
     if not options & CI_OPTIONS_ENFORCING:
         _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)
         return int(NtStatus.SUCCESS)
-    result = verify_image(
-        image, model_pki().trust_store(), requirement=requirement_for(ImageKind.DRIVER)
-    )
+    anchor = anchors.read(vp, ci_trust_va(nt), ImageKind.DRIVER)
+    result = anchors.verify(image, anchor)
     if not result.ok:
         _event(
             vp,

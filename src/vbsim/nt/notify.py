@@ -154,7 +154,8 @@ EDR_LOG_MAX = 500
 
 
 @functools.lru_cache(maxsize=1)
-def _edr_unsigned() -> bytes:
+def edr_unsigned() -> bytes:
+    """The EDR driver as its build produces it (the disk builder signs it: ``vbsim.boot.disk``)."""
     return build_image(
         ImageKind.DRIVER,
         EDR_DRIVER,
@@ -167,18 +168,11 @@ def _edr_unsigned() -> bytes:
 @functools.lru_cache(maxsize=1)
 def edr_rvas() -> tuple[int, int]:
     """(ProcessNotify's RVA, .data's RVA): link-time constants of the EDR image."""
-    parsed = parse_image(_edr_unsigned())
+    parsed = parse_image(edr_unsigned())
     export = parsed.export("ProcessNotify")
     data = next(s for s in parsed.sections if s.name.startswith(".data"))
     assert export is not None
     return export.rva, data.virtual_address
-
-
-@functools.lru_cache(maxsize=1)
-def edr_image() -> bytes:
-    from vbsim.image import model_pki, sign_image
-
-    return sign_image(_edr_unsigned(), model_pki().signer("codesign"))
 
 
 def _edr_entry(cpu: Cpu, driver_object: int) -> int:

@@ -24,7 +24,7 @@ from vbsim.boot.disk import VBS_REGISTRY_KEY
 from vbsim.hw.code import encode_thunk, guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
-from vbsim.image import ComponentVersion, other_pki
+from vbsim.image import ComponentVersion
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
 from vbsim.ium import vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
@@ -38,6 +38,7 @@ from vbsim.nt.syscalls import syscall
 from vbsim.nt.vad import process_regions
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component, Policy
+from vbsim.signing import other_pki
 from vbsim.sk.ium.process import SecureProcess
 from vbsim.sk.sscn import Service
 

@@ -4,7 +4,8 @@ The checks run in this order, each one named in the trace (``skci.<check>``):
 ``format`` (a PE the SK can parse) → ``tpolicy`` (a ``.tPolicy`` section with exactly
 IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ) → ``policy-export`` (``s_IumPolicyMetadata``
 exported into it, Version 1) → ``trustlet-id`` (the requested ID equals the signed ApplicationId) →
-``signature`` (Authenticode valid, chained to the trusted root, IUM EKU at signing level 12) →
+``signature`` (Authenticode valid, chained to the root SKCI's anchor record in SK memory names,
+with the EKUs and signing level that record requires of trustlets: IUM + WSCV at level 12) →
 ``revocation`` (not below the SkuSiPolicy floor) → ``allow-list`` (the ID is one the SK knows).
 
 Statuses returned to NT (the reference marks them [U]; these are the model's choices):
@@ -17,15 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vbsim.image import (
-    ImageFormatError,
-    ParsedImage,
-    RevocationPolicy,
-    model_pki,
-    parse_image,
-    requirement_for,
-    verify_image,
-)
+from vbsim.image import ImageFormatError, ParsedImage, RevocationPolicy, anchors, parse_image
+from vbsim.image.anchors import Anchor
 from vbsim.image.policy import POLICY_EXPORT_NAME
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.checks import CHECKS
@@ -61,7 +55,11 @@ def admit(
     requested_id: int,
     revocation: RevocationPolicy | None,
     allowed: frozenset[int] | set[int] = ALLOWED_IDS,
+    *,
+    anchor: Anchor,
 ) -> Admission:
+    """SKCI's checks on ``data``; ``revocation``, ``allowed`` and ``anchor`` (the trusted root
+    and the trustlet requirement) are what the caller just read from SK memory."""
     try:
         parsed = parse_image(data)
     except ImageFormatError as error:
@@ -97,13 +95,7 @@ def admit(
             f"requested {requested_id}, signed {parsed.policy.application_id}",
             parsed,
         )
-    result = verify_image(
-        data,
-        model_pki().trust_store(),
-        requirement=requirement_for("trustlet"),
-        revocation=revocation,
-        parsed=parsed,
-    )
+    result = anchors.verify(data, anchor, revocation=revocation, parsed=parsed)
     if not result.ok:
         if result.revocation is not None and result.revocation.revoked:
             return Admission(NtStatus.IMAGE_CERT_REVOKED, "revocation", result.detail, parsed)

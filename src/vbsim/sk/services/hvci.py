@@ -37,8 +37,9 @@ inside phase 1, before VTL0 runs again.  Drivers are loaded outside that range (
 
 - ``CREATE_SECURE_IMAGE`` (Field1 image size in bytes, Field2 PFN of a VTL0 page holding the PFN
   list of the file pages, Field3 number of PFNs).  The SK *captures* the bytes into VTL1 before
-  any check (vbs-internals §6 A9), verifies the Authenticode signature against the model root
-  with ``requirement_for("driver")`` (``skci.signature``), checks the image is a driver and that
+  any check (vbs-internals §6 A9), verifies the Authenticode signature against the root in
+  SKCI's anchor record and the driver requirement stored with it (SK memory, read now:
+  ``skci.signature``), checks the image is a driver and that
   its layout is HVCI-compatible (page-aligned sections, no page both code and data, no W+X
   section).  Output: a secure-image handle.  Failure: STATUS_INVALID_IMAGE_HASH (McGarr-SI).
 - ``FINISH_SECURE_IMAGE_VALIDATION`` (Field1 handle, Field2 PFN of the list of the mapped image
@@ -76,7 +77,7 @@ from vbsim.guest.address_space import CODE_BASE
 from vbsim.hv.defs import HvMapGpaFlags, HvRegisterName
 from vbsim.hw import code
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
-from vbsim.image import ImageKind, ParsedImage, model_pki, requirement_for, verify_image
+from vbsim.image import ImageKind, ParsedImage, anchors
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import layouts as L
 from vbsim.sk import objects
@@ -141,7 +142,12 @@ class Hvci:
     table and the rights table (one byte per GPA page each, physically contiguous so host-side
     tools find them from one GPA) and the validated-hash records.  The records sit right behind
     the secure-allocation arena (``allocation``): that is the SK data the CVE-2020-0917-class
-    overflow of A8/A9 lands on."""
+    overflow of A8/A9 lands on.
+
+    SKCI's own data is here too: its anchor record (``ci_va``, ``vbsim.image.anchors``), the
+    root certificate skci.dll pins and the driver and trustlet requirements, which both driver
+    validation (below) and trustlet admission (``sk.ium.skci``) read at each verification.  An
+    SK data page: VTL0 has no SLAT access to it, so no VTL0 write changes what SKCI trusts."""
 
     states_va: int
     states_gpa: int
@@ -150,6 +156,8 @@ class Hvci:
     hashes_va: int
     hashes_gpa: int
     pages: int
+    ci_va: int = 0
+    ci_gpa: int = 0
 
     # -- page states and rights (one byte per GPA page) -----------------------------------------
     def state(self, vp: Mem, gpn: int) -> int:
@@ -520,9 +528,7 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
     # The capture: from here on the SK works on its own copy; VTL0 may change its pages freely.
     captured = b"".join(_read_page(sk, vp, pfn) for pfn in pfns)[:size]
-    result = verify_image(
-        captured, model_pki().trust_store(), requirement=requirement_for(ImageKind.DRIVER)
-    )
+    result = anchors.verify(captured, anchor(sk, vp, ImageKind.DRIVER))
     parsed = result.image
     if not result.ok or parsed is None:
         return _refuse(
@@ -851,7 +857,26 @@ def allocate(sk: SecureKernel) -> None:
     loader.write(rights_gpa, bytes([0xF]) * pages)  # 0xF: never set (the hypervisor's default)
     capacity = L.Hvci.HASH_CAPACITY
     loader.write(hashes_gpa + capacity.offset, L.Hvci.HASH_MAX.to_bytes(capacity.size, "little"))
-    sk.hvci = Hvci(states_va, states_gpa, rights_va, rights_gpa, hashes_va, hashes_gpa, pages)
+    # SKCI's anchor record, as skci.dll's data ships it (the model root's public certificate,
+    # as Microsoft's roots are compiled into skci.dll; vbsim.image.anchors).
+    ci_va, ci_gpa = sk.builder().alloc_data(1)
+    loader.write(ci_gpa, skci_image_data())
+    sk.hvci = Hvci(
+        states_va, states_gpa, rights_va, rights_gpa, hashes_va, hashes_gpa, pages, ci_va, ci_gpa
+    )
+
+
+def skci_image_data() -> bytes:
+    """SKCI's anchor record as the image carries it (an image constant: SKCI decides from the
+    copy in SK memory)."""
+    from vbsim.image import model_pki
+
+    return anchors.model_record(model_pki().root_der, (ImageKind.DRIVER, ImageKind.TRUSTLET))
+
+
+def anchor(sk: SecureKernel, vp: Mem, kind: ImageKind) -> anchors.Anchor:
+    """SKCI's trusted root and ``kind``'s requirement, as SK memory holds them now."""
+    return anchors.read(vp, sk.hvci.ci_va, kind)
 
 
 def register(sk: SecureKernel) -> None:

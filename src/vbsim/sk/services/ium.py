@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
+from vbsim.image import ImageKind
 from vbsim.ntstatus import NtStatus
 from vbsim.sk import objects, sipolicy
 from vbsim.sk.callargs import SecureCallArgs
@@ -30,6 +31,7 @@ from vbsim.sk.ium.skci import admit
 from vbsim.sk.kernel import Reply, SecureKernel
 from vbsim.sk.layouts import ObjectType, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
+from vbsim.sk.services import hvci
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -67,7 +69,13 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         return Reply(NtStatus.INVALID_PARAMETER)
     data = _capture(sk, vp, pfns, length)
     # The SkuSiPolicy floors and the allow-list as SK memory holds them now.
-    admission = admit(data, requested_id, sipolicy.read(sk, vp), sk.allowed_ids(vp))
+    admission = admit(
+        data,
+        requested_id,
+        sipolicy.read(sk, vp),
+        sk.allowed_ids(vp),
+        anchor=hvci.anchor(sk, vp, ImageKind.TRUSTLET),
+    )
     if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
             sk.emit(vp, "ium", f"skci.{check}", "passed", trustlet_id=requested_id)
