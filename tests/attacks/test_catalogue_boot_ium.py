@@ -237,7 +237,8 @@ def test_a21_needs_code_inside_lsass(admin: bool, refused: str) -> None:
         attacker = ctx.process(admin=admin)
         ctx.notes["attacker"] = attacker
         buffer = ctx.user_buffer(attacker, 3 * 4096)
-        ctx.user(_ptc_from_outside, pid, va, lsass.lsaiso_port(nt), buffer, process=attacker)
+        port = lsass.lsaiso_port(nt, ctx.vp.cpu)
+        ctx.user(_ptc_from_outside, pid, va, port, buffer, process=attacker)
 
     result, _ = run(replace(creds.A21, steps=outside), "vbs")
     assert result.outcome == Outcome.BLOCKED

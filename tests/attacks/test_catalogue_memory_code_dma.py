@@ -18,12 +18,13 @@ from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import vtl0_rights
 from vbsim.attacks.model import PRESET_ORDER, Capability, Outcome, Scenario
 from vbsim.attacks.runner import run
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.guest import hvcall
 from vbsim.hw.slat import R, W
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.nt import drivers
-from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.lsass import nt_owf
 from vbsim.policy import PRESETS, Legacy
 from vbsim.sk.layouts import Hvci
 from vbsim.trace import Event

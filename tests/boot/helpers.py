@@ -12,6 +12,7 @@ from __future__ import annotations
 from vbsim.boot.chain import System
 from vbsim.boot.chain import system_values as hive
 from vbsim.boot.disk import VBS_REGISTRY_KEY, Disk
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.nt import lsass
@@ -87,4 +88,4 @@ def dump_lsass(system: System) -> bytes:
 
 
 def finds_nt_owf(system: System) -> bool:
-    return lsass.nt_owf(lsass.DEFAULT_LOGON.password) in dump_lsass(system)
+    return lsass.nt_owf(DEFAULT_LOGON.password) in dump_lsass(system)

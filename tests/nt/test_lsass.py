@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vbsim.boot.chain import System, boot
+from vbsim.boot.logon import DEFAULT_LOGON, Logon, encode_logon
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass, syscalls
 from vbsim.nt.process import Process
@@ -79,7 +80,7 @@ def test_kerberos_aes256_string_to_key_rfc3962_vectors(
 
 
 def test_record_round_trip() -> None:
-    logon = lsass.Logon("bob", "FABRIKAM", "hunter2", logon_id=0x1234)
+    logon = Logon("bob", "FABRIKAM", "hunter2", logon_id=0x1234)
     owf = lsass.nt_owf(logon.password)
     key = lsass.kerberos_aes256_key(logon.password, lsass.kerberos_salt(logon))
     record = lsass.build_record(logon, owf + key, isolated=False)
@@ -114,7 +115,7 @@ def test_isolated_record_holds_lsaiso_blob() -> None:
     assert len(record.blob) <= lsass.SECRET_SIZE
     # The blob is sealed in VTL1: it carries neither the OWF nor the key, and it differs from
     # boot to boot (LsaIso's per-boot key).
-    owf = lsass.nt_owf(lsass.DEFAULT_LOGON.password)
+    owf = lsass.nt_owf(DEFAULT_LOGON.password)
     assert owf not in blob
     other = boot(preset("vbs"))
     assert other.machine is not None and other.nt is not None
@@ -237,10 +238,10 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     leaf = _host_lookup(system, process, va)
     assert leaf is not None
     page = system.machine.ram.read(leaf & 0x000F_FFFF_FFFF_F000, 4096)
-    password = lsass.DEFAULT_LOGON.password.encode("utf-16-le")
+    password = DEFAULT_LOGON.password.encode("utf-16-le")
     assert password not in page  # lsass wiped the message after deriving its keys
     assert page[lsass.LOGON_MESSAGE_OFFSET : lsass.LOGON_MESSAGE_OFFSET + 64] == bytes(64)
-    encoded = lsass.encode_logon(lsass.DEFAULT_LOGON)
+    encoded = encode_logon(DEFAULT_LOGON)
     assert password in encoded and encoded[:8] == (0x3E7_0001).to_bytes(8, "little")
 
 

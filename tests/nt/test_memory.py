@@ -14,6 +14,7 @@ import pytest
 from vbsim.boot.chain import System
 from vbsim.boot.chain import system_values as hive
 from vbsim.boot.disk import VBS_REGISTRY_KEY
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.ium import lsaiso
 from vbsim.nt import lsass
 from vbsim.nt.syscalls import (
@@ -195,14 +196,14 @@ def test_dump_lsass_without_credential_guard_finds_the_nt_owf(
     system = make_system("vbs-off")
     status, data = _dump_lsass(system)
     assert status == NtStatus.SUCCESS
-    owf = lsass.nt_owf(lsass.DEFAULT_LOGON.password)
+    owf = lsass.nt_owf(DEFAULT_LOGON.password)
     assert owf in data
     record = lsass.parse_record(data)
     assert record is not None and not record.isolated
-    assert record.user == lsass.DEFAULT_LOGON.user
+    assert record.user == DEFAULT_LOGON.user
     assert record.nt_owf == owf
     assert record.kerberos_key == lsass.kerberos_aes256_key(
-        lsass.DEFAULT_LOGON.password, lsass.kerberos_salt(lsass.DEFAULT_LOGON)
+        DEFAULT_LOGON.password, lsass.kerberos_salt(DEFAULT_LOGON)
     )
 
 
@@ -213,7 +214,7 @@ def test_dump_lsass_with_vbs_but_credential_guard_disabled_finds_the_nt_owf(
     assert system.vbs_running
     status, data = _dump_lsass(system)
     assert status == NtStatus.SUCCESS
-    assert lsass.nt_owf(lsass.DEFAULT_LOGON.password) in data
+    assert lsass.nt_owf(DEFAULT_LOGON.password) in data
 
 
 @pytest.mark.parametrize("name", ["vbs", "vbs-hvci", "hardened"])
@@ -223,7 +224,7 @@ def test_dump_lsass_with_credential_guard_finds_only_the_isolated_blob(
     system = make_system(name)
     status, data = _dump_lsass(system)
     assert status == NtStatus.SUCCESS
-    logon = lsass.DEFAULT_LOGON
+    logon = DEFAULT_LOGON
     owf = lsass.nt_owf(logon.password)
     key = lsass.kerberos_aes256_key(logon.password, lsass.kerberos_salt(logon))
     assert owf not in data and key not in data
@@ -237,7 +238,8 @@ def test_dump_lsass_with_credential_guard_finds_only_the_isolated_blob(
     blob = lsass.isolated_blob(record.blob)
     assert blob is not None and blob.startswith(lsaiso.BLOB_MAGIC)
     assert system.nt is not None
-    port = lsass.lsaiso_port(system.nt)
+    assert system.machine is not None
+    port = lsass.lsaiso_port(system.nt, system.machine.bsp.cpu)
     admin = spawn(system, "pass-the-challenge.exe", ADMIN)
     message = lsass.respond_message(blob, b"CHALLNGE")
     status, _ = admin.returned("tests.nt.alpc", port, message, admin.scratch.base)
@@ -254,7 +256,7 @@ def test_no_lsass_page_holds_a_secret_with_credential_guard(
 ) -> None:
     """Every committed page of lsass, read by A0 with SeDebugPrivilege: no OWF, no Kerberos key,
     no password (lsass scrubs its LsaIso request buffer)."""
-    logon = lsass.DEFAULT_LOGON
+    logon = DEFAULT_LOGON
     secrets = [
         lsass.nt_owf(logon.password),
         lsass.kerberos_aes256_key(logon.password, lsass.kerberos_salt(logon)),
@@ -298,7 +300,7 @@ def test_credential_guard_secrets_are_nowhere_vtl0_can_read(
 ) -> None:
     """Not only lsass: no VTL0-readable byte of RAM holds the OWF or the Kerberos key; the only
     copies are in VTL1 (LsaIso's memory)."""
-    logon = lsass.DEFAULT_LOGON
+    logon = DEFAULT_LOGON
     owf = lsass.nt_owf(logon.password)
     key = lsass.kerberos_aes256_key(logon.password, lsass.kerberos_salt(logon))
     system = make_system("vbs")
@@ -321,7 +323,7 @@ def test_dump_lsass_from_kernel_mode(make_system: Callable[..., System]) -> None
         data = vp.read(va, length)
         vp.clac()
         vp.mov_to_cr(3, saved)
-        assert (lsass.nt_owf(lsass.DEFAULT_LOGON.password) in data) is finds_owf
+        assert (lsass.nt_owf(DEFAULT_LOGON.password) in data) is finds_owf
         assert data[:8] == lsass.RECORD_MAGIC
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vbsim.boot.disk import COMPONENT_KINDS, VBS_EFI_VARIABLE, VBS_REGISTRY_KEY, Disk
+from vbsim.boot.logon import DEFAULT_LOGON, Logon, type_logon
 from vbsim.boot.sk_loader import load_secure_kernel
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import KernelSpace
@@ -167,7 +168,11 @@ def vbs_requested(system: System) -> bool:
     return bool(value)
 
 
-def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -> System:
+def boot(
+    policy: Policy, disk: Disk | None = None, trace: Trace | None = None, logon: Logon | None = None
+) -> System:
+    """Boot ``policy``'s machine from ``disk``; ``logon`` is what the user types at winlogon
+    (:data:`vbsim.boot.logon.DEFAULT_LOGON` unless given)."""
     system = System(
         policy,
         disk if disk is not None else Disk.install(policy),
@@ -214,10 +219,14 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     system.nt_space = nt_space
     from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
 
-    # The SYSTEM hive from disk, with the feature configuration the policy installed.
-    configured = {HVCI_KEY: int(policy.hvci), LSA_CFG_FLAGS_KEY: int(policy.credential_guard)}
+    # The SYSTEM hive from disk, with the feature configuration the policy installed: the
+    # policy is configuration, and only decides what is written here; NT decides from the hive.
+    configured = {HVCI_KEY: int(policy.hvci), LSA_CFG_FLAGS_KEY: lsa_cfg_flags(policy)}
     load_hive(machine.ram, nt.hive_gpa, {**configured, **system.disk.registry})
     system.nt = nt
+    # The user at winlogon: the logon reaches the machine as bytes in NT's logon buffer, which
+    # lsass reads when it starts at the end of phase 1 (vbsim.boot.logon).
+    type_logon(machine.ram, nt, logon if logon is not None else DEFAULT_LOGON)
     bsp = machine.bsp
     _prepare_boot_processor(nt_space, nt, bsp)
     try:
@@ -227,8 +236,9 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
             system.sk_space = sk_space
             _step(system, "sk-load", "loaded", frames=len(sk.image_pfns))
             _enter_secure_kernel(system, sk, nt)
-        if vbs and policy.credential_guard:
-            # Credential Guard: wininit will start LsaIso (vbs-internals §1.1 row 16, §5.3).
+        if vbs:
+            # The trustlets installed on disk; wininit starts those whose feature the hive in
+            # RAM enables (LsaIso: Credential Guard; vbs-internals §1.1 row 16, §5.3).
             from vbsim.boot.disk import TRUSTLET_IMAGES
 
             nt.boot_trustlets = {
@@ -238,10 +248,11 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
         if not vbs:
             _start_application_processors(system, nt_space, nt)
         nt.phase1(bsp.cpu)
-        if vbs and policy.credential_guard:
-            started = nt.started_trustlets
+        if vbs and credential_guard_configured(system):
             _step(
-                system, "credential-guard", "running" if "LsaIso.exe" in started else "not-running"
+                system,
+                "credential-guard",
+                "running" if lsaiso_port(system) else "not-running",
             )
     except GuestTermination as stop:
         system.halted = f"boot stopped: {stop}"
@@ -250,6 +261,36 @@ def boot(policy: Policy, disk: Disk | None = None, trace: Trace | None = None) -
     system.vbs_running = vbs
     _step(system, "boot", "complete", vbs=vbs, processors=sum(1 for v in machine.vps if v.started))
     return system
+
+
+def lsa_cfg_flags(policy: Policy) -> int:
+    """The LsaCfgFlags value the policy installs (vbsim.nt.registry: 1 enabled with UEFI lock, 2
+    enabled without lock, 0 disabled)."""
+    from vbsim.nt import registry
+
+    if not policy.credential_guard:
+        return registry.LSA_CFG_DISABLED
+    if policy.uefi_lock:
+        return registry.LSA_CFG_ENABLED_WITH_UEFI_LOCK
+    return registry.LSA_CFG_ENABLED_WITHOUT_LOCK
+
+
+def credential_guard_configured(system: System) -> bool:
+    """Whether the running system's hive enables Credential Guard (host side: RAM now)."""
+    from vbsim.nt import registry
+
+    value = system_values(system).get(registry.LSA_CFG_FLAGS_KEY)
+    return value in (registry.LSA_CFG_ENABLED_WITH_UEFI_LOCK, registry.LSA_CFG_ENABLED_WITHOUT_LOCK)
+
+
+def lsaiso_port(system: System) -> int:
+    """LsaIso's port (PID) as NT's ``AlpcLsaIsoPort`` in RAM holds it now (host side; 0: none)."""
+    from vbsim.nt.secure_process import LSAISO_PORT
+
+    if system.nt is None or system.machine is None:
+        return 0
+    variable = system.nt.variables.get(LSAISO_PORT)
+    return system.machine.ram.read_u64(variable.gpa) if variable is not None else 0
 
 
 def system_values(system: System) -> dict[str, int]:

@@ -7,10 +7,14 @@ no such switch yet, so an administrator with SeDebugPrivilege can open it, as on
 
 lsass's own code (the guest routine ``lsass.main``, run at CPL3 in lsass's address space) logs on
 one interactive user and keeps that logon session's credentials in its own user memory — guest
-RAM bytes, never Python attributes (DESIGN.md "the one rule of execution"):
+RAM bytes, never Python attributes (DESIGN.md "the one rule of execution").  The logon itself is
+an input from outside the machine: the host (the user at winlogon, :mod:`vbsim.boot.logon`)
+writes it as bytes into NT's logon buffer (:data:`LOGON_BUFFER`), the logon path copies it into
+lsass's memory (:func:`deliver_logon`), and lsass learns user, domain and password only by
+reading those bytes; no guest module holds the password.
 
-- Credential Guard not running (``policy.credential_guard`` False, VBS not running, or LsaIso not
-  started): the user name, the NT OWF (MD4 of the UTF-16LE password, MS-NLMP §3.3.1 ``NTOWFv1``)
+- Credential Guard not running (``LsaCfgFlags`` 0 in the SYSTEM hive, VBS not running, or LsaIso
+  not started): the user name, the NT OWF (MD4 of the UTF-16LE password, MS-NLMP §3.3.1 ``NTOWFv1``)
   and a Kerberos key (AES256-CTS-HMAC-SHA1-96 string-to-key, RFC 3962) in clear: what mimikatz
   ``sekurlsa::logonpasswords`` finds (attack K0/A0 "dump lsass").
 - Credential Guard running: lsass hands the OWF and key to the LsaIso trustlet (VTL1 ring 3,
@@ -43,7 +47,7 @@ import functools
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -87,19 +91,26 @@ _HEADER = struct.Struct("<8sII")
 _LENGTHS = struct.Struct("<II")
 
 
+class Principal(Protocol):
+    """Who logged on: what the record and the Kerberos salt need of a logon."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def logon_id(self) -> int: ...
+
+
 @dataclass(frozen=True)
-class Logon:
-    """An interactive logon handed to lsass (what winlogon passes to ``LsaLogonUser``)."""
+class LogonMessage:
+    """A logon message as lsass decoded it from its own memory (values in lsass's registers
+    and stack while it derives its keys; never kept)."""
 
     user: str
     domain: str
     password: str
-    logon_id: int = 0x3E7_0001
-
-
-#: The model's one interactive logon.  The password is an input, like keystrokes; its derived
-#: secrets exist only in lsass's memory or, with Credential Guard, only in LsaIso's.
-DEFAULT_LOGON = Logon(user="alice", domain="CONTOSO", password="Winter2024!")
+    logon_id: int
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,7 @@ def kerberos_aes256_key(password: str, salt: str, iterations: int = KERBEROS_ITE
     return (first + second)[:KERBEROS_KEY_SIZE]
 
 
-def kerberos_salt(logon: Logon) -> str:
+def kerberos_salt(logon: Principal) -> str:
     """The default salt: upper-case realm followed by the principal name (RFC 4120 §4)."""
     return logon.domain.upper() + logon.user
 
@@ -205,7 +216,7 @@ def _wide(text: str, size: int) -> bytes:
     return raw + bytes(size - len(raw))
 
 
-def build_record(logon: Logon, secret_area: bytes, isolated: bool) -> bytes:
+def build_record(logon: Principal, secret_area: bytes, isolated: bool) -> bytes:
     if len(secret_area) > SECRET_SIZE:
         raise ValueError(f"secret area of {len(secret_area)} bytes exceeds {SECRET_SIZE}")
     record = bytearray(RECORD_SIZE)
@@ -280,38 +291,59 @@ def _call_lsaiso(vp: Cpu, port: int, heap: int, message: bytes) -> bytes | None:
 #: first bytes for its own out-parameters and a hook may use 0x800: the model's layout).
 LOGON_MESSAGE_OFFSET = 0xC00
 #: [model] The logon message (MSV1_0_INTERACTIVE_LOGON-like): u64 LogonId, then three counted
-#: UTF-16LE strings (u16 byte length, then the bytes): user, domain, password.
-_MAX_STRING = 256
+#: UTF-16LE strings (u16 byte length, then the bytes): user, domain, password.  The host side
+#: encodes it (``vbsim.boot.logon.encode_logon``); lsass decodes it from its memory.
+MAX_LOGON_STRING = 256
+#: [model] NT's logon buffer: where the logon path leaves the message winlogon's LsaLogonUser
+#: sends (Windows carries it in an ALPC message from winlogon to lsass; the model has no
+#: winlogon process, so the message waits in NT's .data).  The host writes it at boot (the user
+#: typing at winlogon, ``vbsim.boot.logon.type_logon``); :func:`deliver_logon` consumes it.
+LOGON_BUFFER = "LsapLogonMessage"
+LOGON_BUFFER_SIZE = 8 + 3 * (2 + MAX_LOGON_STRING)
 
 
-def encode_logon(logon: Logon) -> bytes:
-    out = bytearray(logon.logon_id.to_bytes(8, "little"))
-    for text in (logon.user, logon.domain, logon.password):
-        raw = text.encode("utf-16-le")[:_MAX_STRING]
-        out += len(raw).to_bytes(2, "little") + raw
-    return bytes(out)
+def register(nt: NtKernel) -> None:
+    """Loader time: the logon buffer in NT's .data (zero: nobody has logged on yet)."""
+    nt.variable(LOGON_BUFFER, LOGON_BUFFER_SIZE)
 
 
-def _decode_logon(vp: Cpu, va: int) -> tuple[Logon, int] | None:
+def _message_length(vp: Cpu, va: int) -> int:
+    """The length of the logon message at ``va`` as its counts say, read now (0: none)."""
+    at = va + 8
+    for _ in range(3):
+        length = int.from_bytes(vp.read(at, 2), "little")
+        if length > MAX_LOGON_STRING or length % 2:
+            return 0
+        at += 2 + length
+    return at - va
+
+
+def _decode_logon(vp: Cpu, va: int) -> tuple[LogonMessage, int] | None:
     """lsass reads the message from its own memory: (logon, message length)."""
     logon_id = vp.read_u64(va)
     at = va + 8
     fields: list[str] = []
     for _ in range(3):
         length = int.from_bytes(vp.read(at, 2), "little")
-        if length > _MAX_STRING or length % 2:
+        if length > MAX_LOGON_STRING or length % 2:
             return None
         fields.append(vp.read(at + 2, length).decode("utf-16-le", "replace"))
         at += 2 + length
-    return Logon(fields[0], fields[1], fields[2], logon_id), at - va
+    return LogonMessage(fields[0], fields[1], fields[2], logon_id), at - va
 
 
-def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
-    """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes into
-    lsass's stack page through its direct map; returns the user VA lsass finds them at."""
+def deliver_logon(nt: NtKernel, vp: Cpu, process: Process) -> int:
+    """LsaLogonUser's message reaching lsass (winlogon → ALPC → lsass): NT copies the bytes of
+    its logon buffer (:data:`LOGON_BUFFER`, as RAM holds it now) into lsass's stack page
+    through its direct map and clears the buffer (the message is consumed); returns the user VA
+    lsass finds them at, 0 when no logon is waiting or lsass has no stack page."""
     from vbsim.guest.address_space import DIRECT_MAP
     from vbsim.nt import vad
 
+    buffer = nt.variable(LOGON_BUFFER, LOGON_BUFFER_SIZE).va
+    length = _message_length(vp, buffer)
+    if length <= 8 + 3 * 2:  # no user, domain or password: nobody logged on
+        return 0
     # lsass's stack page is its first allocation: the lowest VAD of its tree, read in RAM now.
     stack = next(vad.walk(vp, process.eprocess), 0)
     if not stack:
@@ -320,7 +352,8 @@ def deliver_logon(nt: NtKernel, vp: Cpu, process: Process, logon: Logon) -> int:
     leaf = nt.address_space(vp, process).lookup(va)
     if leaf is None:
         return 0
-    vp.write(DIRECT_MAP + (leaf & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), encode_logon(logon))
+    vp.write(DIRECT_MAP + (leaf & 0x000F_FFFF_FFFF_F000) + (va & 0xFFF), vp.read(buffer, length))
+    vp.write(buffer, bytes(LOGON_BUFFER_SIZE))  # the clear text leaves NT's memory with it
     return va
 
 
@@ -351,23 +384,26 @@ def _lsass_main(vp: Cpu, scratch: int, message: int, lsaiso_port: int) -> int:
     return heap
 
 
-def lsaiso_port(nt: NtKernel) -> int:
-    """LsaIso's port (the model's ALPC port is the trustlet's PID), or 0 if it is not running."""
-    return nt.started_trustlets.get(LSAISO_NAME, 0)
+def lsaiso_port(nt: NtKernel, vp: Cpu) -> int:
+    """LsaIso's port (the model's ALPC port is the trustlet's PID) as NT's .data holds it now
+    (``AlpcLsaIsoPort``, written when wininit started LsaIso), or 0 if it is not running."""
+    from vbsim.nt.secure_process import LSAISO_PORT
+
+    return vp.read_u64(nt.variable(LSAISO_PORT).va)
 
 
 def credential_guard_active(nt: NtKernel, vp: Cpu) -> bool:
-    """Credential Guard runs when the policy asks for it, VBS is running and LsaIso started."""
+    """Credential Guard runs when the SYSTEM hive in RAM enables it (``LsaCfgFlags`` 1 or 2) and
+    LsaIso's port exists (wininit started LsaIso, which it does only with VBS running).  Both
+    are read now, from NT's memory."""
     from vbsim.nt import registry
 
-    if not (nt.vbs and lsaiso_port(nt)):
-        return False
-    cpu = vp
-    return bool(registry.query(nt, cpu, registry.LSA_CFG_FLAGS_KEY))
+    return bool(lsaiso_port(nt, vp)) and registry.credential_guard_configured(nt, vp)
 
 
-def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
-    """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3.
+def start(nt: NtKernel, vp: Cpu) -> LsassInfo:
+    """Create lsass.exe (end of NT phase 1) and run its logon code at CPL3 on the logon waiting
+    in NT's logon buffer (the host typed it: :mod:`vbsim.boot.logon`).
 
     A failure to bring lsass up is fatal, as on Windows (CRITICAL_PROCESS_DIED)."""
     # RunAsPPL would give Protection.PPL (PsProtectedSignerLsa-Light); the policy has no such
@@ -384,8 +420,8 @@ def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
     vp.write_u64(nt.variable(LSAISO_PORT_OWNER).va, process.pid)
     stack = nt.allocate(vp, process, PAGE_SIZE)
     entry = nt.map_code(vp, process, ["lsass.main"])["lsass.main"]
-    port = lsaiso_port(nt) if credential_guard_active(nt, vp) else 0
-    message = deliver_logon(nt, vp, process, logon)
+    port = lsaiso_port(nt, vp) if credential_guard_active(nt, vp) else 0
+    message = deliver_logon(nt, vp, process)
     run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0
     if not heap:
@@ -402,7 +438,6 @@ def start(nt: NtKernel, vp: Cpu, logon: Logon = DEFAULT_LOGON) -> LsassInfo:
             "lsass",
             "credential-guard" if port else "credentials-in-vtl0",
             pid=process.pid,
-            user=f"{logon.domain}\\{logon.user}",
             lsaiso=port or None,
         )
     return info

@@ -28,6 +28,12 @@ HVCI_KEY = (
     r"\HypervisorEnforcedCodeIntegrity\Enabled"
 )
 LSA_CFG_FLAGS_KEY = r"HKLM\SYSTEM\CurrentControlSet\Control\Lsa\LsaCfgFlags"
+#: LsaCfgFlags' values (Microsoft Learn, "Configure Credential Guard" and the unattend setting
+#: "Microsoft-Windows-DeviceGuard-Unattend LsaCfgFlags"): 0 disabled (the default), 1 enabled
+#: with UEFI lock, 2 enabled without lock.  Any other value enables nothing.
+LSA_CFG_DISABLED = 0
+LSA_CFG_ENABLED_WITH_UEFI_LOCK = 1
+LSA_CFG_ENABLED_WITHOUT_LOCK = 2
 
 CELL_SIZE = 0x80
 CELLS = PAGE_SIZE // CELL_SIZE
@@ -106,6 +112,16 @@ def query(nt: NtKernel, cpu: Cpu, key: str) -> int | None:
         return None
     cell = nt.hive_va + found * CELL_SIZE
     return int.from_bytes(cpu.read(cell + DATA_AT, 8), "little")
+
+
+def credential_guard_configured(nt: NtKernel, cpu: Cpu) -> bool:
+    """Whether the SYSTEM hive in RAM enables Credential Guard now: ``LsaCfgFlags`` 1 or 2
+    (what wininit reads before it starts LsaIso, and lsass before it isolates a logon's
+    secrets).  [model] Newer builds also keep
+    ``DeviceGuard\\Scenarios\\CredentialGuard\\Enabled``; vbs-internals §1.4 lists neither, and
+    the model reads the documented LsaCfgFlags only."""
+    value = query(nt, cpu, LSA_CFG_FLAGS_KEY)
+    return value in (LSA_CFG_ENABLED_WITH_UEFI_LOCK, LSA_CFG_ENABLED_WITHOUT_LOCK)
 
 
 def set_value(nt: NtKernel, cpu: Cpu, key: str, value: int) -> bool:

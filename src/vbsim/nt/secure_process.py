@@ -21,6 +21,7 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.nt.layouts import (
     EPROCESS,
+    NO_TRUSTLET,
     NORMAL_ALLOCATE_PAGES,
     NORMAL_IUM_SYSCALL,
     read_field,
@@ -50,6 +51,12 @@ class TrustletRun:
 #: kernel global in NT's .data (Windows checks the ALPC port's owner; the model keeps the owner's
 #: PID where a K0 write could change it, as it could the real port object).
 LSAISO_PORT_OWNER = "AlpcLsaIsoPortOwner"
+#: LsaIso's trustlet ID (vbs-internals §3.1 table: ``LsaIso.exe`` is trustlet 1).
+LSAISO_TRUSTLET_ID = 1
+#: [model] LsaIso's port (the model's ALPC port names the trustlet's PID; 0: LsaIso is not
+#: running), a kernel global in NT's .data wininit writes when it starts LsaIso and lsass reads
+#: when it decides whether to isolate a logon (Windows: the LSA_ISO_RPC_SERVER port object).
+LSAISO_PORT = "AlpcLsaIsoPort"
 
 
 def trustlet_store(nt: NtKernel) -> dict[str, bytes]:
@@ -187,12 +194,26 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: Cpu, args: list[int]) -> in
     target = nt.lookup_process(vp, port)
     if caller is None or not caller_is_admin(nt, vp):
         return int(NtStatus.ACCESS_DENIED)
-    if target is None or target.trustlet_id is None:
+    # Both sides of the decision as the EPROCESSes in RAM say now, not NT's Python handles.
+    if target is None:
         return int(NtStatus.INVALID_HANDLE)
-    if target.trustlet_id == 1 and vp.read_u64(nt.variable(LSAISO_PORT_OWNER).va) != caller.pid:
+    trustlet = read_field(vp, target.eprocess, EPROCESS.TrustletId)
+    if trustlet == NO_TRUSTLET:
+        return int(NtStatus.INVALID_HANDLE)
+    if trustlet == LSAISO_TRUSTLET_ID:
         # LSA_ISO_RPC_SERVER is lsass's port (vbs-internals §4.1 [S]): an administrator reaches
         # LsaIso only by running code inside lsass (SSP injection, as Pass-the-Challenge does).
-        return int(NtStatus.ACCESS_DENIED)
+        # Who is calling: the PID the caller's EPROCESS holds now.  [model] The owner check is
+        # the model's stand-in for the port's access check; the caller's identity comes the
+        # way ALPC gives a server its client's: the kernel stamps each message with the
+        # sender's CLIENT_ID (PORT_MESSAGE.ClientId, from the sending thread's Cid, whose
+        # UniqueProcess is its process's UniqueProcessId), read from kernel memory when the
+        # message is sent.  So a K0 write of lsass's PID into the caller's UniqueProcessId is
+        # believed, as a forged Cid would be on Windows (K0 owns VTL0; LsaIso still holds the
+        # OWF, only its use is reached, as A21 reaches it from inside lsass).
+        owner = vp.read_u64(nt.variable(LSAISO_PORT_OWNER).va)
+        if read_field(vp, caller.eprocess, EPROCESS.UniqueProcessId) != owner:
+            return int(NtStatus.ACCESS_DENIED)
     if not 0 <= length <= MAX_MESSAGE or not fits_user(reply, PAGE_SIZE):
         return int(NtStatus.INVALID_PARAMETER)
     message = nt.copy_from_user(vp, request, length) if length else b""
@@ -207,13 +228,37 @@ def nt_alpc_send_wait_receive_port(nt: NtKernel, vp: Cpu, args: list[int]) -> in
     return int(NtStatus.SUCCESS)
 
 
+#: The image wininit starts for Credential Guard (vbs-internals §1.1 row 16, §5.3).
+LSAISO_IMAGE = "LsaIso.exe"
+
+
+def _feature_enabled(nt: NtKernel, vp: Cpu, name: str) -> bool:
+    """Whether the feature a boot trustlet serves is enabled, as the SYSTEM hive in RAM says
+    now: LsaIso ⇐ Credential Guard (``LsaCfgFlags``, :func:`vbsim.nt.registry
+    .credential_guard_configured`).  A trustlet with no feature the model knows is not started."""
+    from vbsim.nt import registry
+
+    if name == LSAISO_IMAGE:
+        return registry.credential_guard_configured(nt, vp)
+    return False
+
+
 def start_boot_trustlets(
     nt: NtKernel, vp: Cpu, images: dict[str, tuple[int, bytes]]
 ) -> dict[str, int]:
-    """smss/wininit start the trustlets whose feature is enabled (vbs-internals §1.1 row 16)."""
+    """smss/wininit start the trustlets whose feature is enabled (vbs-internals §1.1 row 16):
+    ``images`` are the trustlets installed on disk; whether each starts is read from the SYSTEM
+    hive in RAM at this moment (:func:`_feature_enabled`), and VBS must be running (without the
+    VSL there is no IUM: ``create_secure_process`` refuses).  LsaIso's PID goes into NT's
+    ``AlpcLsaIsoPort`` global, which lsass reads; ``nt.started_trustlets`` is the boot report
+    host tools read, nothing NT decides from."""
     started: dict[str, int] = {}
     for name, (trustlet_id, image) in images.items():
         trustlet_store(nt)[name] = image
+        if not _feature_enabled(nt, vp, name):
+            if vp.tracing:
+                vp.emit("boot", "start-trustlet", "not-configured", image=name)
+            continue
         status, process = create_secure_process(nt, vp, name, trustlet_id)
         if vp.tracing:
             vp.emit(
@@ -225,6 +270,8 @@ def start_boot_trustlets(
             )
         if process is not None:
             started[name] = process.pid
+            if name == LSAISO_IMAGE:
+                vp.write_u64(nt.variable(LSAISO_PORT).va, process.pid)
     nt.started_trustlets = started
     return started
 
@@ -233,6 +280,10 @@ def register(nt: NtKernel) -> None:
     from vbsim.nt import syscalls
 
     nt.variable(LSAISO_PORT_OWNER)  # loader time: the global lsass writes when it starts
+    nt.variable(LSAISO_PORT)  # loader time: the global wininit writes when LsaIso starts
+    from vbsim.nt import lsass
+
+    lsass.register(nt)  # the LSA's logon buffer, beside the LSA's port globals
 
     syscalls.register(nt, "NtAlpcSendWaitReceivePort", nt_alpc_send_wait_receive_port)
     if nt.vsl is not None:

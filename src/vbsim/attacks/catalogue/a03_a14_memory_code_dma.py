@@ -42,6 +42,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.goals import loot_contains, vtl0_rights
 from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.guest import hvcall
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.guest.nic import driver_transfer
@@ -58,7 +59,7 @@ from vbsim.nt import kdp as ntkdp
 from vbsim.nt.drivers import IOCTL_WRITE8, VULNERABLE_DRIVER, nt_allocate_executable
 from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import SE_CI_CALLBACKS, mdl_bytes
-from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.lsass import nt_owf
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy

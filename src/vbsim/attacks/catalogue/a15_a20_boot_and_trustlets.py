@@ -21,6 +21,7 @@ from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.boot.disk import VBS_REGISTRY_KEY
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.hw.code import encode_thunk, guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
@@ -31,7 +32,7 @@ from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import EPROCESS, read_field
-from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.lsass import nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.nt.syscalls import syscall

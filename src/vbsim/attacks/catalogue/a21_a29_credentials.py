@@ -1,7 +1,7 @@
 """A21, A22, A27, A29: Credential Guard's credentials — used, kept, dumped, denied
 (vbs-internals §5.3, §6, §7).
 
-The secret is the NT OWF of the model's one interactive logon (``vbsim.nt.lsass.DEFAULT_LOGON``):
+The secret is the NT OWF of the model's one interactive logon (``vbsim.boot.logon.DEFAULT_LOGON``):
 in lsass's memory in clear without Credential Guard, in LsaIso's private VTL1 memory with it.
 Credential Guard protects the *storage* of the OWF, not its *use* (A21), nor what lsass does with
 the next logon once an administrator changes lsass (A22), and VTL0 can always stop LsaIso (A29).
@@ -18,6 +18,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
 )
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.boot.logon import DEFAULT_LOGON, Logon, type_logon
 from vbsim.hw.code import encode_thunk
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SIZE
@@ -25,7 +26,7 @@ from vbsim.ium.lsaiso import ntlm_response
 from vbsim.nt import dump as nt_dump
 from vbsim.nt import lsass
 from vbsim.nt.layouts import EPROCESS, read_field
-from vbsim.nt.lsass import DEFAULT_LOGON, Logon, nt_owf
+from vbsim.nt.lsass import nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.syscalls import PAGE_EXECUTE_READWRITE, syscall
 from vbsim.nt.vad import process_regions
@@ -87,7 +88,8 @@ def a21_steps(ctx: AttackContext) -> None:
     # with AddSecurityPackage or injected (Pass-the-Challenge does the latter).  Its pages there
     # are what VirtualAllocEx would give it.
     inside = ctx.user_buffer(target, 3 * PAGE_SIZE)
-    status = ctx.user(_pass_the_challenge, record_va, lsass.lsaiso_port(nt), inside, process=target)
+    port = lsass.lsaiso_port(nt, ctx.vp.cpu)  # what NT's .data says (a debugger's read)
+    status = ctx.user(_pass_the_challenge, record_va, port, inside, process=target)
     ctx.notes["status"] = NtStatus.name_of(status) if isinstance(status, int) else status
     # The answer leaves lsass for the attacker's own process.
     attacker = ctx.process(admin=True, name="ptc.exe")
@@ -169,7 +171,8 @@ def _patch_process(cpu: Cpu, pid: int, va: int, buffer: int, data: bytes) -> lis
 
 
 def next_logon(ctx: AttackContext, logon: Logon) -> None:
-    """winlogon → LsaLogonUser: lsass runs its logon routine again, with the arguments NT gives it
+    """The user logs on again (the host types ``logon`` at winlogon into NT's logon buffer), and
+    winlogon → LsaLogonUser: lsass runs its logon routine again, with the arguments NT gives it
     at boot (:func:`vbsim.nt.lsass.start`): its stack page, the logon, LsaIso's port if Credential
     Guard runs."""
     nt = ctx.booted.nt
@@ -178,11 +181,12 @@ def next_logon(ctx: AttackContext, logon: Logon) -> None:
     entry = ctx.notes.get("lsass_entry") or _lsass_entry(ctx, process)
     if entry is None:
         return
-    port = lsass.lsaiso_port(nt) if lsass.credential_guard_active(nt, ctx.vp.cpu) else 0
+    port = lsass.lsaiso_port(nt, ctx.vp.cpu) if lsass.credential_guard_active(nt, ctx.vp.cpu) else 0
     vp = ctx.vp
     vp.actor = "lsass"
-    message = lsass.deliver_logon(nt, vp.cpu, process, logon)
     assert ctx.system is not None and ctx.system.machine is not None
+    type_logon(ctx.system.machine.ram, nt, logon)
+    message = lsass.deliver_logon(nt, vp.cpu, process)
     stack = process_regions(ctx.system.machine.ram, process)[0].base  # its first VAD
     run = nt.run_user(vp.cpu, process, entry, stack, message, port)
     vp.actor = "nt"

@@ -28,6 +28,7 @@ from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.boot.logon import DEFAULT_LOGON
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
@@ -37,7 +38,7 @@ from vbsim.ium.images import trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt import lsass
 from vbsim.nt.layouts import EPROCESS, read_field
-from vbsim.nt.lsass import DEFAULT_LOGON, nt_owf
+from vbsim.nt.lsass import nt_owf
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.nt.vad import region_at
 from vbsim.ntstatus import NtStatus
