@@ -22,6 +22,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ComponentFloor, RevocationPolicy
 from vbsim.invariants import skstate
 from vbsim.ium.images import LSAISO, trustlet_image
+from vbsim.ium_abi import NT_NUMBERS, SECURE_NUMBERS
 from vbsim.nt import kdp as ntkdp
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component, preset
@@ -33,6 +34,7 @@ from vbsim.sk.layouts import (
     AllowList,
     HandleTable,
     InterceptLog,
+    IumServiceTable,
     ObjectPool,
     ObjectType,
     SecureAllocation,
@@ -119,6 +121,36 @@ def test_the_by_id_grant_table_in_memory_decides_secure_storage() -> None:
     _as_sk(system, lambda cpu, sk: cpu.write_u32(sk.allow_va + entries, 3))
     _as_sk(system, lambda cpu, sk: cpu.write_u32(sk.allow_va + entries + 4, 2))
     assert _store(machine, other, 1, b"x") == (NtStatus.SUCCESS, NtStatus.SUCCESS)
+    machine.close()
+
+
+def test_the_ium_service_tables_in_memory_decide_dispatch() -> None:
+    """A K1 write to the secure-service table's IumGetIdk entry (zero: no service) makes the
+    next call STATUS_NOT_IMPLEMENTED; pointing NtTerminateProcess's special record at another
+    routine runs that one instead (the trustlet survives, and gets IumGetIdk's answer)."""
+    machine = kit.booted("vbs")
+    system = machine.system
+    process = machine.started(kit.test_image(4), 4)
+    get_idk = SECURE_NUMBERS["IumGetIdk"]
+    entry = IumServiceTable.SECURE + (get_idk & 0xFFFF) * IumServiceTable.ENTRY
+    routine = _as_sk(system, lambda cpu, sk: cpu.read_u64(sk.ium_table_va + entry))
+    assert routine != 0
+    _as_sk(system, lambda cpu, sk: cpu.write_u64(sk.ium_table_va + entry, 0))
+    run = machine.run(process, kit.syscalls_message((get_idk, 0, kit.OUT_VA, 32)))
+    assert kit.syscall_statuses(run.reply, 1) == [NtStatus.NOT_IMPLEMENTED]
+
+    terminate = NT_NUMBERS["NtTerminateProcess"]
+
+    def hijack(cpu: Cpu, sk: SecureKernel) -> None:
+        base = sk.ium_table_va
+        for slot in range(read_field(cpu, base, IumServiceTable.SPECIAL_COUNT)):
+            at = base + IumServiceTable.SPECIAL + slot * IumServiceTable.SPECIAL_RECORD
+            if cpu.read_u32(at) == terminate:
+                cpu.write_u64(at + 8, routine)
+
+    _as_sk(system, hijack)
+    run = machine.run(process, kit.syscalls_message((terminate, 0, 0, 0)))
+    assert not machine.terminated(process)
     machine.close()
 
 

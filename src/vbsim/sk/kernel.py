@@ -185,6 +185,8 @@ class SecureKernel:
         self._hvci: Hvci | None = None
         self.allocation: AllocationState | None = None
         self.keys_va = 0
+        #: The IUM service tables' data page (``sk.ium.syscalls``).
+        self.ium_table_va = 0
         self.dump_key_va = 0
         self.state_va, self.state_gpa = space.alloc_data(1)
         # The SK's physical memory: a range the boot loader reserved for it (``pool``), managed

@@ -162,6 +162,23 @@ class IumFilter:
     SIZE = 2 * (NUMBERS // 8)
 
 
+# -- the IUM service tables ----------------------------------------------------------------------
+class IumServiceTable:
+    """The SK's two IUM system-service tables in one data page (vbs-internals §4.1-§4.2: the
+    secure services IumXxx, and the NT services the SK implements itself, "special").  Secure
+    services are indexed by their number (``ium_abi.SECURE_SYSCALLS``); the special ones are
+    records {u32 NT service number, u32 reserved, u64 routine VA} (the model's layout: the real
+    table's is not public).  A VA of 0, or no record, is a service the SK does not implement."""
+
+    SECURE = 0x000
+    SECURE_ENTRIES = 0x100
+    ENTRY = 8
+    SPECIAL_COUNT = Field("special_count", 0x800, 4, MODEL)
+    SPECIAL = 0x808
+    SPECIAL_RECORD = 16
+    SPECIAL_MAX = (PAGE_SIZE - SPECIAL) // SPECIAL_RECORD
+
+
 # -- the secure-call dispatch table ---------------------------------------------------------------
 class Dispatch:
     """Per SSCN (vbs-internals §2.4, the selected build's numbers) the VA of the handler routine

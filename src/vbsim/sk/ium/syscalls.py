@@ -14,11 +14,13 @@ trustlet and the SK are both in VTL1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from enum import Enum
 
+from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
+from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium_abi import (
     NORMAL_IUM_SYSCALL,
     NT_NUMBERS,
@@ -32,7 +34,7 @@ from vbsim.sk.ium import process as ium
 # At module level (process.py imports the kernel module too): a function-level import costs an
 # import-machinery call on every system call.
 from vbsim.sk.kernel import SecureKernel
-from vbsim.sk.layouts import IumFilter
+from vbsim.sk.layouts import IumFilter, IumServiceTable, read_field
 
 __all__ = ["NORMAL_IUM_SYSCALL", "SECURE_NUMBERS", "SECURE_SYSCALLS", "SECURE_SYSCALL_BIT"]
 
@@ -65,25 +67,18 @@ SpecialHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], i
 _NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
 
 
-_HANDLERS: list[Mapping[str, SecureHandler]] = []
-_SPECIAL: list[Mapping[str, SpecialHandler]] = []
+def _ium_routine(handler: SecureHandler) -> Callable[[Cpu, list[int]], int]:
+    """A table entry's code: the service for the trustlet this VP runs (its SK processor block
+    names it), with the caller's argument registers."""
 
+    def routine(vp: Cpu, args: list[int]) -> int:
+        sk = vp.kernel()
+        caller = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
+        if caller is None:
+            return int(NtStatus.INVALID_SYSTEM_SERVICE)
+        return handler(sk, vp, caller, args)
 
-def _secure_handlers() -> Mapping[str, SecureHandler]:
-    """The secure service table's code (resolved once: the module imports this one)."""
-    if not _HANDLERS:
-        from vbsim.sk.ium import secure_syscalls
-
-        _HANDLERS.append(secure_syscalls.HANDLERS)
-    return _HANDLERS[0]
-
-
-def _special_handlers() -> Mapping[str, SpecialHandler]:
-    if not _SPECIAL:
-        from vbsim.sk.ium import secure_syscalls
-
-        _SPECIAL.append(secure_syscalls.SPECIAL)
-    return _SPECIAL[0]
+    return routine
 
 
 def filter_bitmaps() -> bytes:
@@ -112,7 +107,53 @@ def classify(sk: SecureKernel, vp: Cpu, number: int) -> Kind:
 
 
 def register(sk: SecureKernel) -> None:
-    """Nothing to install: the filter is written by the loader, the handlers are SK code."""
+    """Loader: each IUM service becomes a routine in SK code, its VA an entry of the service
+    tables in an SK data page (``layouts.IumServiceTable``); dispatch reads the tables from SK
+    memory at every call (the filter itself is written with the image, ``filter_bitmaps``)."""
+    from vbsim.sk.ium import secure_syscalls
+
+    space = sk.builder()
+    va, gpa = space.alloc_data()
+    table = bytearray(PAGE_SIZE)
+    for index, name in SECURE_SYSCALLS.items():
+        handler = secure_syscalls.HANDLERS.get(name)
+        if handler is not None and 0 <= index < IumServiceTable.SECURE_ENTRIES:
+            routine = f"sk.ium.{name}"
+            code.register(routine, _ium_routine(handler))
+            at = IumServiceTable.SECURE + index * IumServiceTable.ENTRY
+            table[at : at + 8] = space.install(routine).to_bytes(8, "little")
+    specials = sorted(
+        (NT_NUMBERS[name], name) for name in secure_syscalls.SPECIAL if name in NT_NUMBERS
+    )
+    for slot, (number, name) in enumerate(specials[: IumServiceTable.SPECIAL_MAX]):
+        routine = f"sk.ium.special.{name}"
+        code.register(routine, _ium_routine(secure_syscalls.SPECIAL[name]))
+        at = IumServiceTable.SPECIAL + slot * IumServiceTable.SPECIAL_RECORD
+        table[at : at + 4] = number.to_bytes(4, "little")
+        table[at + 8 : at + 16] = space.install(routine).to_bytes(8, "little")
+    count = IumServiceTable.SPECIAL_COUNT.offset
+    table[count : count + 4] = min(len(specials), IumServiceTable.SPECIAL_MAX).to_bytes(4, "little")
+    assert sk.loader is not None
+    sk.loader.write(gpa, bytes(table))  # the loader writes the image
+    sk.ium_table_va = va
+
+
+def _secure_routine(sk: SecureKernel, vp: Cpu, index: int) -> int:
+    """The secure service table's entry ``index`` as SK memory holds it now (0: none)."""
+    if not 0 <= index < IumServiceTable.SECURE_ENTRIES:
+        return 0
+    return vp.read_u64(sk.ium_table_va + IumServiceTable.SECURE + index * IumServiceTable.ENTRY)
+
+
+def _special_routine(sk: SecureKernel, vp: Cpu, number: int) -> int:
+    """The special table's routine for NT service ``number``, read now (0: none)."""
+    base = sk.ium_table_va
+    count = min(read_field(vp, base, IumServiceTable.SPECIAL_COUNT), IumServiceTable.SPECIAL_MAX)
+    raw = vp.read(base + IumServiceTable.SPECIAL, count * IumServiceTable.SPECIAL_RECORD)
+    for at in range(0, len(raw), IumServiceTable.SPECIAL_RECORD):
+        if int.from_bytes(raw[at : at + 4], "little") == number:
+            return int.from_bytes(raw[at + 8 : at + 16], "little")
+    return 0
 
 
 def dispatch(sk: SecureKernel, vp: Cpu) -> int:
@@ -122,14 +163,14 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
     if caller is None:
         return int(NtStatus.INVALID_SYSTEM_SERVICE)  # only IUM callers reach this entry
     if number & SECURE_SYSCALL_BIT:
-        name = SECURE_SYSCALLS.get(number & ~SECURE_SYSCALL_BIT & 0xFFFF_FFFF)
-        handler: SecureHandler | None = _secure_handlers().get(name) if name else None
+        index = number & ~SECURE_SYSCALL_BIT & 0xFFFF_FFFF
+        name = SECURE_SYSCALLS.get(index)
         if name is None or number >> 32:
             status = int(NtStatus.INVALID_SYSTEM_SERVICE)
-        elif handler is None:
-            status = int(NtStatus.NOT_IMPLEMENTED)
         else:
-            status = handler(sk, vp, caller, args)
+            # The service table in SK memory decides (a write to it changes dispatch).
+            routine = _secure_routine(sk, vp, index)
+            status = int(NtStatus.NOT_IMPLEMENTED) if routine == 0 else _status(vp, routine, args)
         if sk.tracing(vp):
             sk.emit(
                 vp,
@@ -146,8 +187,8 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
     if kind is Kind.DISABLED:
         status = int(NtStatus.INVALID_SYSTEM_SERVICE)
     elif kind is Kind.SPECIAL:
-        special: SpecialHandler | None = _special_handlers().get(name) if name else None
-        status = int(NtStatus.NOT_IMPLEMENTED) if special is None else special(sk, vp, caller, args)
+        routine = _special_routine(sk, vp, number)
+        status = int(NtStatus.NOT_IMPLEMENTED) if routine == 0 else _status(vp, routine, args)
     else:
         reply = sk.normal_call(vp, NORMAL_IUM_SYSCALL, number, *args)
         status = int(NtStatus.UNSUCCESSFUL) if reply is None else reply[0] & 0xFFFF_FFFF
@@ -163,6 +204,13 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
             trustlet_id=caller.trustlet_id(vp),
         )
     return status
+
+
+def _status(vp: Cpu, routine: int, args: list[int]) -> int:
+    """Call a table entry; what it leaves in RAX is the status (a routine that is not a
+    service, e.g. a hijacked entry, answers with whatever it returns)."""
+    result = vp.call(routine, args)
+    return result & 0xFFFF_FFFF if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
 
 
 @guest_code("sk.KiSystemServiceStart")
