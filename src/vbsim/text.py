@@ -25,3 +25,18 @@ def visible(text: object) -> str:
 def safe(text: object) -> str:
     """User text for rich markup: control characters visible, markup escaped."""
     return escape(visible(text))
+
+
+def path_text(path: object) -> str:
+    """A file name as text for JSON and messages: bytes that are not UTF-8 (a name Python
+    decoded with surrogate escapes) as ``\\xNN``, never a lone surrogate JSON cannot carry."""
+    import os
+
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def shell_word(path: object) -> str:
+    """A path quoted for a shell command line to copy (spaces, ``$``), shown :func:`visible`."""
+    import shlex
+
+    return visible(shlex.quote(path_text(path)))

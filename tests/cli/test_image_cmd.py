@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.image import (
     EKU_CODE_SIGNING,
     EKU_IUM,
@@ -21,7 +22,7 @@ from vbsim.image import (
     verify_image,
 )
 from vbsim.image.policy import TrustletPolicy
-from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.ium.images import LSAISO, VMSP
 from vbsim.signing import model_pki, other_pki, sign_image
 
 from .conftest import Run
@@ -132,7 +133,8 @@ def test_sign_rejects_missing_directories_and_non_pe(cli: Run, tmp_path: Path) -
 def test_errors_with_json_also_print_json(cli: Run, tmp_path: Path) -> None:
     outcome = cli("image", "inspect", tmp_path / "nope.exe", "--json")
     outcome.assert_one_line_error("no such file")
-    assert outcome.json() == {"ok": False, "error": outcome.stderr.strip().removeprefix("error: ")}
+    error = outcome.stderr.strip().removeprefix("error: ")
+    assert outcome.json() == {"ok": False, "error": error, "exit_code": 2}  # main's format too
 
 
 # -- verify --------------------------------------------------------------------------------------

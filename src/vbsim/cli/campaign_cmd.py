@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,9 +19,11 @@ from rich.console import Console
 app = typer.Typer(add_completion=False, help="Campaign results (soak and fuzz).")
 
 
-def _error(message: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
-    raise typer.Exit(2)
+def _error(message: str, code: int = 2) -> NoReturn:
+    """Refuse on one line (the JSON error object with ``--json``): :mod:`vbsim.cli.errors`."""
+    from vbsim.cli.errors import refuse
+
+    refuse(message, code)
 
 
 def load_summary(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:

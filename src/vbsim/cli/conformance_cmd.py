@@ -12,7 +12,6 @@ import json
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
 from vbsim.conformance import runner
 from vbsim.conformance.cases import CASES
@@ -21,8 +20,10 @@ from vbsim.hv import profile as hv_profile
 
 
 def _error(message: str, code: int = 2) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
-    raise typer.Exit(code)
+    """Refuse on one line (the JSON error object with ``--json``): :mod:`vbsim.cli.errors`."""
+    from vbsim.cli.errors import refuse
+
+    refuse(message, code)
 
 
 def conformance(

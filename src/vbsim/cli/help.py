@@ -228,8 +228,17 @@ class HelpCommand(TyperCommand):
 
 
 class HelpGroup(TyperGroup):
+    #: The order ``--help`` lists the subcommands in (names not in it follow, as registered).
+    #: Typer lists a group's commands before its sub-groups; this order mixes them.
+    order: tuple[str, ...] = ()
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         formatter.write(render_help(self, ctx) + "\n")
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(super().list_commands(ctx))
+        rank = {name: i for i, name in enumerate(self.order)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
 
 def install(app: typer.Typer) -> None:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vbsim.cli.render import console
-from vbsim.text import safe, visible
+from vbsim.text import path_text, safe, visible
 
 if TYPE_CHECKING:
     from vbsim.image import CertificateInfo, ParsedImage, PolicyEntry, SignatureResult
@@ -118,10 +118,12 @@ class CliError(Exception):
 # -- shared helpers (also used by ``vbsim trustlet``) --------------------------------------------
 def fail(message: str, as_json: bool) -> NoReturn:
     """Report an input error on one line (stderr; JSON on stdout too) and exit with status 2."""
+    from vbsim.cli.errors import EXIT_USAGE, error_object
+
     if as_json:
-        print(json.dumps({"ok": False, "error": message}))
+        print(json.dumps(error_object(message, EXIT_USAGE)))
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def internal_error(error: BaseException) -> str:
@@ -534,8 +536,10 @@ def _print_one(out: Console, sig: dict[str, Any], trust: str) -> None:
     for stamp in sig["timestamps"]:
         state = "verified" if stamp["verified"] else f"not verified: {stamp['detail']}"
         out.print(
-            f"    timestamp ({stamp['kind']}) {stamp['time'] or '?'} by "
-            f"{stamp['authority'] or '?'}: {state}",
+            visible(
+                f"    timestamp ({stamp['kind']}) {stamp['time'] or '?'} by "
+                f"{stamp['authority'] or '?'}: {state}"
+            ),
             soft_wrap=True,
             markup=False,
         )
@@ -812,7 +816,8 @@ def verify_command(
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line too
         fail(internal_error(error), as_json)
     if as_json:
-        print(json.dumps({"ok": True, "file": str(file), **signature}))
+        # ok is the outcome: false when the signature does not verify (exit 1)
+        print(json.dumps({"ok": bool(signature["valid"]), "file": path_text(file), **signature}))
     else:
         print_signature(console(), signature)
     if not signature["valid"]:

@@ -1,326 +1,127 @@
-"""``vbsim``: boot, run, attack and watch a model of Windows VBS."""
+"""``vbsim``: boot, run, attack and watch a model of Windows VBS.
+
+This module is the console entry and stays small: it imports nothing heavy at the top, so a
+Ctrl-C during the start-up imports (typer, rich, the model; about 0.4 s) ends with exit 130 and
+no traceback.  The commands live in :mod:`vbsim.cli.commands` (``app`` is re-exported here).
+Exit codes: :mod:`vbsim.cli.errors`.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import importlib.abc
 import sys
-from typing import Annotated, Any
-
-import typer
-
-from vbsim.cli.campaign_cmd import app as campaign_app
-from vbsim.cli.conformance_cmd import conformance
-from vbsim.cli.fuzz_cmd import fuzz
-from vbsim.cli.help import install as install_help
-from vbsim.cli.image_cmd import image_app
-from vbsim.cli.render import console, trace_table
-from vbsim.cli.report_cmd import report
-from vbsim.cli.sizes import parse_size
-from vbsim.cli.soak_cmd import soak
-from vbsim.cli.trustlet_cmd import trustlet_app
-
-app = typer.Typer(
-    help="vbsim: an executable model of Windows Virtualization-Based Security.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-app.add_typer(image_app, name="image")
-app.add_typer(trustlet_app, name="trustlet")
-app.add_typer(campaign_app, name="campaign")
-app.command("report")(report)
-app.command("fuzz")(fuzz)
-app.command("soak")(soak)
-app.command("conformance")(conformance)
+from collections.abc import Iterator, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any, TextIO, cast
 
 
-def _version(value: bool) -> None:
-    if value:
-        from vbsim import __version__
+def __getattr__(name: str) -> Any:
+    """``app`` and ``HELP_ORDER``, imported on first use (see the module's docstring)."""
+    if name in ("app", "HELP_ORDER"):
+        from vbsim.cli import commands
 
-        print(f"vbsim {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    """vbsim: an executable model of Windows Virtualization-Based Security."""
+        return getattr(commands, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: The smallest RAM the bare partition of ``vbsim machine`` boots in (its two kernels' page
-#: tables, IDTs, parameter and log pages; measured: 256 KiB boots, 64 KiB does not).
-MIN_MACHINE_RAM = 1 << 20
+class StdoutError(Exception):
+    """Writing to stdout failed (``> /dev/full``, a closed pipe).  Not an OSError, so neither
+    Click's own broken-pipe handling nor a command's ``except OSError`` takes it for an error
+    about a file the user named."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.errno = error.errno
+        self.strerror = error.strerror or str(error)
 
 
-def _size(text: str) -> int:
-    try:
-        size = parse_size(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    if size < MIN_MACHINE_RAM:
-        raise typer.BadParameter(f"size {text!r} is below the bare partition's minimum of 1M")
-    return size
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a failed write or flush raises :class:`StdoutError`;
+    everything else is the real stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            raise StdoutError(error) from error
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            raise StdoutError(error) from error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
-@app.command()
-def machine(
-    vps: Annotated[int, typer.Option(min=1, max=64, help="Virtual processors.")] = 1,
-    ram: Annotated[str, typer.Option(metavar="SIZE", help="Guest RAM size, e.g. 64M, 1G.")] = "1G",
-    as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON.")] = False,
-    all_events: Annotated[
-        bool, typer.Option("--all", help="Also show every allowed memory access.")
-    ] = False,
-) -> None:
-    """Boot a bare partition, enable VTL1, let VTL1 protect a page and VTL0 touch it."""
-    from vbsim.hw.ram import RamError
-    from vbsim.scenarios import SECRET, protect_demo
+def _silence(stream: TextIO) -> None:
+    """Point a failed stdout at /dev/null, so the interpreter's last flush stays quiet."""
+    import os
 
     try:
-        demo = protect_demo(ram_size=_size(ram), vps=vps)
-    except RamError as error:
-        raise typer.BadParameter(str(error)) from error
-    events = [
-        e for e in demo.events if all_events or not (e.kind == "access" and e.outcome == "allowed")
-    ]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "vps": vps,
-                    "ram": demo.machine.ram.size,
-                    "page_gpa": demo.page_gpa,
-                    "boot_failures": demo.boot_failures,
-                    "leaked": demo.leaked,
-                    "vtl0_outcome": demo.termination,
-                    "events": [e.to_json() for e in events],
-                }
-            )
-        )
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no descriptor (a test's capture), or already closed
+        pass
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C held back until the block ends, then raised (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    out = console()
-    out.print(
-        trace_table(events, f"bare partition: {vps} VP(s), {demo.machine.ram.size >> 20} MiB")
-    )
-    out.print(f"VTL1 protected GPA 0x{demo.page_gpa:x} (status 0x{demo.protect_status:x}).")
-    if demo.leaked:
-        out.print("[bold red]VTL0 read the protected bytes: isolation FAILED[/]")
-    else:
-        out.print(
-            f"VTL0's read of the page ended with: [bold]{demo.termination}[/]; "
-            f"{len(SECRET)} secret bytes never reached VTL0."
-        )
-
-
-@app.command()
-def bench(
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-    repeat: Annotated[int, typer.Option(min=1, max=100, help="Repetitions per metric.")] = 7,
-    only: Annotated[
-        list[str] | None, typer.Option(metavar="METRIC", help="Run only these metrics (repeat).")
-    ] = None,
-) -> None:
-    """Measure the model's speed (medians over repeated runs)."""
-    from vbsim.bench import METRICS, run
-
-    unknown = [name for name in only or [] if name not in METRICS]
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}"
-        )
-    results = run(repeat=repeat, only=only)
-    if as_json:
-        print(json.dumps(results))
-        return
-    from rich.table import Table
-
-    table = Table(title=f"vbsim bench (median of {repeat})")
-    for column in ("metric", "median", "target", "meets"):
-        table.add_column(column)
-    for name, row in results.items():
-        if "skipped" in row:  # an optional dependency is missing (dask for dask_efficiency)
-            table.add_row(name, "skipped", row["target_text"], row["skipped"])
-            continue
-        table.add_row(
-            name,
-            f"{row['median']:.6g}",
-            row["target_text"],
-            "yes" if row["meets"] else "[red]no[/]",
-        )
-    console().print(table)
-
-
-@app.command()
-def attacks(
-    preset_names: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--preset", metavar="NAME", help="Presets to run (repeat; default: all five)."
-        ),
-    ] = None,
-    only: Annotated[
-        list[str] | None,
-        typer.Option("--only", metavar="ID", help="Scenario IDs, e.g. A1 (repeat)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-) -> None:
-    """Run the attack catalogue under each preset; exit 1 if any outcome differs from the record."""
-    from vbsim.attacks.catalogue import SCENARIOS, by_id
-    from vbsim.attacks.model import PRESET_ORDER
-    from vbsim.attacks.report import catalogue_json, catalogue_table
-    from vbsim.attacks.runner import run_catalogue
-    from vbsim.policy import PRESETS
-
-    presets = list(dict.fromkeys(preset_names or PRESET_ORDER))  # a repeated preset once
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}"
-        )
-    scenarios = SCENARIOS
-    if only:
-        missing = [s for s in only if by_id(s) is None]
-        if missing:
-            raise typer.BadParameter(f"unknown scenario(s) {', '.join(missing)}")
-        scenarios = [s for s in SCENARIOS if s.id.lower() in {o.lower() for o in only}]
-    from vbsim.cli.render import progress_bar
-
-    with progress_bar("attacks", len(scenarios) * len(presets), not as_json) as advance:
-        results = run_catalogue(
-            scenarios, presets, progress=lambda r: advance(f"{r.id} on {r.preset}")
-        )
-    if as_json:
-        print(json.dumps(catalogue_json(results)))
-    else:
-        out = console()
-        catalogue_table(results, presets, out.width).print(out)
-    if any(not r.matches for r in results):
-        raise typer.Exit(1)
-
-
-@app.command()
-def attack(
-    scenario_id: Annotated[str, typer.Argument(help="Scenario ID, e.g. A1.")],
-    preset_name: Annotated[
-        str, typer.Option("--preset", metavar="NAME", help="The preset to run under.")
-    ] = "vbs",
-    show_trace: Annotated[bool, typer.Option("--trace", help="Show the attack's trace.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result (and trace) as JSON.")
-    ] = False,
-) -> None:
-    """Run one scenario and show, step by step, who did what and which check decided."""
-    from vbsim.attacks.catalogue import SCENARIOS, by_id
-    from vbsim.attacks.report import print_run
-    from vbsim.attacks.runner import run
-    from vbsim.policy import PRESETS
-
-    scenario = by_id(scenario_id)
-    if scenario is None:
-        raise typer.BadParameter(
-            f"unknown scenario {scenario_id!r}; known: {', '.join(s.id for s in SCENARIOS)}"
-        )
-    if preset_name not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
-    result, ctx = run(scenario, preset_name)
-    events = ctx.trace.events[ctx.attack_start :]
-    if as_json:
-        payload = result.to_json()
-        if show_trace:
-            payload["trace"] = [e.to_json() for e in events]
-        print(json.dumps(payload))
-    else:
-        print_run(result, events, console(), show_trace)
-    if not result.matches:
-        raise typer.Exit(1)
-
-
-@app.command()
-def matrix(
-    preset_name: Annotated[
-        str, typer.Option("--preset", metavar="NAME", help="The preset to probe.")
-    ] = "vbs",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the matrix as JSON.")] = False,
-) -> None:
-    """Probe the four areas (VTL0/VTL1 x user/kernel) against each other, live."""
-    from vbsim.attacks.matrix import access_matrix, matrix_json
-    from vbsim.attacks.matrix_view import Key, matrix_key, matrix_table
-    from vbsim.policy import PRESETS
-
-    if preset_name not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
-    cells = access_matrix(preset_name)
-    if as_json:
-        print(json.dumps(matrix_json(cells)))
-    else:
-        key = Key()
-        out = console()
-        out.print(matrix_table(cells, preset_name, key))
-        for line in matrix_key(key):
-            out.print(line)
-
-
-@app.command()
-def demo(
-    as_json: Annotated[bool, typer.Option("--json", help="Print what ran as JSON.")] = False,
-) -> None:
-    """The tour (about two screens): boot chain, live access matrix, what VBS stops and not."""
-    from vbsim.demo import collect, run
-
-    if as_json:
-        tour = collect()
-        print(json.dumps(tour.to_json()))
-        raise typer.Exit(1 if tour.mismatches else 0)
-    raise typer.Exit(run(console()))
-
-
-@app.command("boot")
-def boot_command(
-    policy_file: Annotated[
-        str | None,
-        typer.Option("--policy", metavar="FILE", help="A TOML policy file (see README)."),
-    ] = None,
-    preset_name: Annotated[
-        str | None,
-        typer.Option(
-            "--preset", metavar="NAME", help="vbs-off, vbs, vbs-hvci, hardened, legacy-2019."
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Boot a machine from a policy and show the boot chain, the memory map and the processes."""
-    from vbsim.boot.report import boot_report, print_boot_report
-    from vbsim.policy import PolicyError, load, preset
-
-    if policy_file and preset_name:
-        raise typer.BadParameter("give --policy or --preset, not both")
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
-        policy = (
-            load(policy_file)
-            if policy_file
-            else preset("vbs" if preset_name is None else preset_name)
-        )
-    except PolicyError as error:
-        raise typer.BadParameter(str(error)) from error
-    from vbsim.cli.image_cmd import fail
-    from vbsim.hw.ram import OutOfFrames, RamError
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
-    try:
-        report = boot_report(policy)
-    except (RamError, OutOfFrames, MemoryError, OSError) as error:
-        # The policy validator allows up to 64 GiB; the host or the model may not (issue 12).
-        fail(
-            f"cannot boot with ram_mib = {policy.ram_mib}: {type(error).__name__}: {error}", as_json
-        )
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print_boot_report(report, console())
-    if report["halted"]:
-        raise typer.Exit(2)
+
+class _DeferringLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        with _interrupts_deferred():
+            return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _interrupts_deferred():
+            self._loader.exec_module(module)
+
+
+class _DeferInterruptsOnImport(importlib.abc.MetaPathFinder):
+    """Import LIEF with Ctrl-C held back: a KeyboardInterrupt raised while its C++ module
+    initialises (half a second, the first time) aborts the process (nanobind's
+    ``terminate called after throwing``, exit -6) instead of ending the command."""
+
+    NAMES = frozenset({"lief"})
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name not in self.NAMES:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _DeferringLoader(spec.loader)
+        return spec
 
 
 def _click_exceptions() -> list[Any]:
@@ -358,30 +159,25 @@ def _tolerate_narrow_encodings() -> None:
                 continue
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The console entry: usage errors are one line on stderr (exit 2), as every vbsim error is,
-    instead of Click's boxed usage panel; a refused boot or a failed check keeps its own code."""
-    from vbsim.cli.render import error_line
+def run_app(app: Any, args: list[str], prog_name: str) -> int:
+    """Run a Typer app as ``vbsim`` runs its commands: usage errors are one line on stderr
+    (exit 2), as every vbsim error is, instead of Click's boxed usage panel; a
+    refusal (:func:`~vbsim.cli.errors.refuse`) keeps its code; with ``--json`` each error is
+    the JSON error object on stdout too; a refused boot or a failed check keeps its own code."""
+    from vbsim.cli.errors import EXIT_INTERRUPTED, report_error
 
-    _tolerate_narrow_encodings()
     modules = _click_exceptions()
     no_args = _classes(modules, "NoArgsIsHelpError")
     usage = _classes(modules, "UsageError")
     other = _classes(modules, "ClickException")
     aborted = _classes(modules, "Abort")
-    args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
 
     def refuse(message: str, code: int) -> int:
-        # With --json the refusal is JSON too (a script reads stdout), else one line on stderr.
-        if as_json:
-            print(json.dumps({"error": message, "exit_code": code}))
-        else:
-            error_line(message)
-        return code
+        return report_error(message, code, as_json)
 
     try:
-        code = app(args=args, prog_name="vbsim", standalone_mode=False)
+        code = app(args=args, prog_name=prog_name, standalone_mode=False)
     except no_args as error:
         ctx = getattr(error, "ctx", None)
         if ctx is not None:
@@ -389,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except usage as error:
         ctx = getattr(error, "ctx", None)
-        where = ctx.command_path if ctx is not None else "vbsim"
+        where = ctx.command_path if ctx is not None else prog_name
         return refuse(f"{_message(error)} (see '{where} --help')", 2)
     except other as error:
         return refuse(_message(error), int(getattr(error, "exit_code", 1)))
     except aborted:
-        return 130
+        return EXIT_INTERRUPTED
+    except (StdoutError, KeyboardInterrupt):
+        raise
     except Exception as error:
         # A vbsim bug: one line, not a traceback (VBSIM_DEBUG=1 shows the traceback).
         import os
@@ -407,22 +205,56 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-#: The order ``vbsim --help`` lists commands in: the tour first, then booting and probing, the
-#: attacks, the tools for files and trustlets, and the campaign machinery last.
-HELP_ORDER = (
-    "demo", "boot", "matrix", "attacks", "attack", "report", "trustlet", "image", "machine",
-    "conformance", "soak", "fuzz", "campaign", "bench",
-)  # fmt: skip
+def guarded(run: Any) -> int:
+    """``run()`` with stdout guarded: stdout that cannot be written (``> /dev/full``) is one
+    line on stderr and exit 1; a closed pipe (``| head``) ends quietly with 141; Ctrl-C is 130."""
+    from vbsim.cli.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED
+
+    original = sys.stdout
+    sys.stdout = cast(TextIO, _GuardedStdout(original))
+    try:
+        code = int(run())
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except StdoutError as error:
+        import errno
+
+        _silence(original)
+        if error.errno == errno.EPIPE:
+            return EXIT_BROKEN_PIPE
+        from vbsim.cli.render import error_line
+
+        error_line(f"stdout cannot be written ({error.strerror})")
+        return EXIT_FAILED
+    finally:
+        sys.stdout = original
 
 
-def _rank(name: str | None) -> int:
-    return HELP_ORDER.index(name) if name in HELP_ORDER else len(HELP_ORDER)
+def main(argv: list[str] | None = None) -> int:
+    """The console entry (see :func:`run_app`, :func:`guarded`)."""
+    finder = _DeferInterruptsOnImport()
+    sys.meta_path.insert(0, finder)
+    try:
+        _tolerate_narrow_encodings()
+        args = list(sys.argv[1:] if argv is None else argv)
 
+        def run() -> int:
+            from vbsim.cli.commands import app
 
-app.registered_commands.sort(key=lambda c: _rank(c.name or getattr(c.callback, "__name__", "")))
-app.registered_groups.sort(key=lambda g: _rank(g.name))
-install_help(app)
+            return run_app(app, args, "vbsim")
+
+        return guarded(run)
+    except KeyboardInterrupt:  # before the guard is up
+        return 130
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def _entry() -> None:  # pragma: no cover - the console script
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -18,8 +18,10 @@ from rich.console import Console
 
 
 def _error(message: str, code: int = 2) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
-    raise typer.Exit(code)
+    """Refuse on one line (the JSON error object with ``--json``): :mod:`vbsim.cli.errors`."""
+    from vbsim.cli.errors import refuse
+
+    refuse(message, code)
 
 
 def _check_output(output: Path) -> Path:

@@ -27,8 +27,10 @@ VBS_PRESETS = ("vbs", "vbs-hvci", "hardened", "legacy-2019")
 
 
 def _error(message: str, code: int = 2) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
-    raise typer.Exit(code)
+    """Refuse on one line (the JSON error object with ``--json``): :mod:`vbsim.cli.errors`."""
+    from vbsim.cli.errors import refuse
+
+    refuse(message, code)
 
 
 #: Guest RAM a soak may ask for, in MiB: the policy's own bounds (``vbsim.policy``).

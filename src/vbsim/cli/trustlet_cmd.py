@@ -45,7 +45,7 @@ from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.ium.checks import CHECKS
-from vbsim.text import visible
+from vbsim.text import path_text, safe, shell_word, visible
 
 if TYPE_CHECKING:
     from vbsim.boot.chain import System
@@ -172,8 +172,9 @@ def message_formats() -> dict[str, tuple[Message, ...]]:
 
 # -- list ----------------------------------------------------------------------------------------
 def list_json() -> dict[str, Any]:
+    from vbsim.boot.trustlets import installed
     from vbsim.image import parse_image
-    from vbsim.ium.images import TRUSTLETS, installed
+    from vbsim.ium.images import TRUSTLETS
     from vbsim.policy import Component
     from vbsim.sk.ium.skci import ALLOWED_IDS
 
@@ -265,8 +266,9 @@ def list_command(as_json: JsonOption = False) -> None:
 # -- run -----------------------------------------------------------------------------------------
 def _resolve_image(image: str, policy_components: Any) -> tuple[str, bytes, int | None, str]:
     """(name, bytes, default trustlet ID, source) for a file path or a known trustlet name."""
+    from vbsim.boot.trustlets import installed
     from vbsim.image import ImageFormatError, parse_image
-    from vbsim.ium.images import TRUSTLETS, installed
+    from vbsim.ium.images import TRUSTLETS
     from vbsim.policy import Component
 
     path = Path(image)
@@ -457,7 +459,7 @@ def run_json(
     report: dict[str, Any] = {
         "ok": True,
         "preset": preset_name,
-        "image": {"name": name, "source": source, "size": len(data)},
+        "image": {"name": path_text(name), "source": path_text(source), "size": len(data)},
         "trustlet_id": trustlet_id,
         "message": message.hex(),
         "booted": False,
@@ -522,16 +524,17 @@ def _succeeded(report: dict[str, Any]) -> bool:
 def print_run(out: Console, report: dict[str, Any]) -> None:
     image = report["image"]
     out.print(
-        f"preset [bold]{report['preset']}[/]: starting [bold]{image['name']}[/] "
-        f"({image['source']}, {image['size']} bytes) as trustlet ID {report['trustlet_id']}"
+        f"preset [bold]{safe(report['preset'])}[/]: starting [bold]{safe(image['name'])}[/] "
+        f"({safe(image['source'])}, {image['size']} bytes) as trustlet ID "
+        f"{report['trustlet_id']}"
     )
     if not report["booted"]:
-        out.print(f"[bold red]{report['stopped']}[/]")
+        out.print(f"[bold red]{safe(report['stopped'])}[/]")
         return
     admission = report["admission"]
     if admission is not None:
         verdict = "[bold green]admitted[/]" if admission["admitted"] else "[bold red]refused[/]"
-        out.print(f"admission: {verdict} — NT got {admission['status_name']}")
+        out.print(f"admission: {verdict} — NT got {safe(admission['status_name'])}")
         # Each SKCI check once: in the table, with the trace event that decided it; only the
         # events the table does not show are listed after it (issue 12: they were shown twice).
         seq_of = {event["mechanism"]: event["seq"] for event in admission["events"]}
@@ -552,7 +555,9 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
                     shown.add(mechanism)
                 else:
                     source = "trace" if check["from_trace"] else "order"
-                table.add_row(check["check"], f"[{style}]{result}[/]", source, detail)
+                table.add_row(
+                    safe(check["check"]), f"[{style}]{safe(result)}[/]", source, safe(detail)
+                )
             out.print(table)
             out.print(
                 "  (from = trace #N: the skci.* event that decided; order: implied by SKCI's order)"
@@ -562,7 +567,7 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
                 continue
             out.print(
                 f"  trace #{event['seq']} {event['kind']} {event['mechanism']} → {event['outcome']}"
-                f" ({describe_detail(event['detail'])})",
+                f" ({visible(describe_detail(event['detail']))})",
                 markup=False,
                 soft_wrap=True,
             )
@@ -578,7 +583,7 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
     if run is not None:
         out.print(
             f"run: {run['status_name']}, reply {run['reply_length']} bytes"
-            + (f": {run['reply']}" if run["reply"] else ""),
+            + (f": {safe(run['reply'])}" if run["reply"] else ""),
             soft_wrap=True,
         )
     if report["vtl0_view"]:
@@ -587,10 +592,12 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
             table.add_column(column, overflow="fold")
         for item in report["vtl0_view"]:
             style = "green" if item["visible"] == "yes" else "red"
-            table.add_row(item["item"], f"[{style}]{item['visible']}[/]", item["result"])
+            table.add_row(
+                safe(item["item"]), f"[{style}]{safe(item['visible'])}[/]", safe(item["result"])
+            )
         out.print(table)
     if report["stopped"]:
-        out.print(f"[bold red]{report['stopped']}[/]")
+        out.print(f"[bold red]{safe(report['stopped'])}[/]")
 
 
 @trustlet_app.command("run")
@@ -632,11 +639,12 @@ def run_command(
         fail(str(error), as_json)
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line too
         fail(internal_error(error), as_json)
+    report["ok"] = _succeeded(report)  # ok is the outcome: false when exiting 1
     if as_json:
         print(json.dumps(report))
     else:
         print_run(console(), report)
-    if not _succeeded(report):
+    if not report["ok"]:
         raise typer.Exit(1)
 
 
@@ -670,8 +678,9 @@ def export_command(
     """
     import hashlib
 
+    from vbsim.boot.trustlets import installed
     from vbsim.cli.output import OutputError, check_output, write_atomically
-    from vbsim.ium.images import TRUSTLETS, installed
+    from vbsim.ium.images import TRUSTLETS
     from vbsim.policy import Component, PolicyError, preset
 
     known = {known.lower(): known for known in TRUSTLETS}
@@ -702,7 +711,7 @@ def export_command(
         "ok": True,
         "image": image,
         "version": component.version,
-        "output": str(target),
+        "output": path_text(target),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "model_root": root,
@@ -711,10 +720,10 @@ def export_command(
         print(json.dumps(summary))
         return
     console().print(
-        f"wrote {target}: {image} {component.version}, {len(data)} bytes, "
+        f"wrote {visible(path_text(target))}: {image} {component.version}, {len(data)} bytes, "
         f"sha256 {summary['sha256']}\n"
-        f"check it: vbsim image verify {target}\n"
-        f"      or: osslsigncode verify -CAfile {root} -in {target}",
+        f"check it: vbsim image verify {shell_word(target)}\n"
+        f"      or: osslsigncode verify -CAfile {shell_word(root)} -in {shell_word(target)}",
         markup=False,
         soft_wrap=True,
     )
