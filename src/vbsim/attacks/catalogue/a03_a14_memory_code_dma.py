@@ -663,9 +663,12 @@ A9 = Scenario(
 
 
 def lsaiso_table_gpa(ctx: AttackContext) -> int | None:
-    """Where LsaIso's credential table lives: the SK's process table and LsaIso's page tables."""
+    """Where LsaIso's credential table lives: the SK's process table and LsaIso's page tables,
+    walked from the DirectoryTableBase its SKPROCESS holds in RAM now."""
+    machine = ctx.booted.machine
+    assert machine is not None
     for process in trustlets(ctx, 1):
-        leaf = host_lookup(ctx, process.tables.root, TABLE_VA)
+        leaf = host_lookup(ctx, process.host_root(machine.ram), TABLE_VA)
         if leaf is not None:
             return (leaf & PTE_ADDR_MASK) | (TABLE_VA & (PAGE_SIZE - 1))
     return None

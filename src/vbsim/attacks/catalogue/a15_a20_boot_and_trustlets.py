@@ -26,12 +26,14 @@ from vbsim.hw.code import encode_thunk, guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.image import ComponentVersion
+from vbsim.image.errors import ImageFormatError
+from vbsim.image.parse import ParsedImage, parse_image
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
 from vbsim.ium import vmsp
 from vbsim.ium.images import LSAISO, VMSP, trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt.kernel import NtKernel
-from vbsim.nt.layouts import EPROCESS, read_field
+from vbsim.nt.layouts import EPROCESS, HostReader, read_field
 from vbsim.nt.lsass import nt_owf
 from vbsim.nt.process import Process
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
@@ -97,20 +99,49 @@ def trustlets(ctx: AttackContext, trustlet_id: int, live: bool = True) -> list[S
 
 
 def lsaiso_shadow(ctx: AttackContext) -> Process | None:
-    """LsaIso's VTL0 shadow process (Task Manager lists it: vbs-internals §7)."""
+    """LsaIso's VTL0 shadow process (Task Manager lists it: vbs-internals §7): the listed
+    process whose EPROCESS.TrustletId in RAM is LsaIso's."""
     for process in ctx.booted.processes().values():  # the list in RAM
-        if process.trustlet_id == LSAISO_ID and not ctx.view(process).exiting:
+        view = ctx.view(process)  # its EPROCESS as RAM holds it now
+        if view.trustlet_id == LSAISO_ID and not view.exiting:
             return process
     return None
 
 
+def directory_table_base(ctx: AttackContext, process: Process) -> int:
+    """The process's page-table root as its EPROCESS in RAM holds it now
+    (``Pcb.DirectoryTableBase``), not the root NT's handle was built with."""
+    from vbsim.guest.address_space import DIRECT_MAP
+
+    machine = ctx.booted.machine
+    assert machine is not None
+    value = HostReader(machine.ram, DIRECT_MAP).field(process.eprocess, EPROCESS.DirectoryTableBase)
+    return value & 0x000F_FFFF_FFFF_F000
+
+
+def running_image(ctx: AttackContext, process: SecureProcess) -> ParsedImage | None:
+    """The image a secure process runs, parsed from its image pages as RAM holds them now (the
+    PFNs its SKPROCESS records: the section NT built, read-only to VTL0), not the SK's Python
+    copy of what it admitted; None when the bytes are not an image."""
+    machine = ctx.booted.machine
+    assert machine is not None
+    ram = machine.ram
+    data = b"".join(ram.read(pfn << PAGE_SHIFT, PAGE_SIZE) for pfn in process.host_image_pfns(ram))
+    try:
+        return parse_image(data)
+    except ImageFormatError:
+        return None
+
+
 def process_gpa(ctx: AttackContext, process: Process, va: int) -> int | None:
-    """Host side (a debugger's walk of the process's tables in RAM)."""
+    """Host side (a debugger's walk of the process's tables in RAM, from the root its EPROCESS
+    holds)."""
     from vbsim.hw.pagetable import PageTables, PhysAccess
 
     machine = ctx.booted.machine
     assert machine is not None
-    entry = PageTables(PhysAccess.direct(machine.ram, "debugger"), process.tables.root).lookup(va)
+    root = directory_table_base(ctx, process)
+    entry = PageTables(PhysAccess.direct(machine.ram, "debugger"), root).lookup(va)
     if entry is None:
         return None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
@@ -211,11 +242,14 @@ def a15_lsaiso_steps(ctx: AttackContext) -> None:
 
 
 def a15_lsaiso_goal(ctx: AttackContext) -> bool:
+    """A live trustlet 1 runs the old image: its version resource, read from the image pages in
+    RAM."""
     old = ComponentVersion.parse(OLD.version, svn=OLD.svn).numbers
-    return any(
-        p.image.version is not None and p.image.version.numbers == old
-        for p in trustlets(ctx, LSAISO_ID)
-    )
+    for p in trustlets(ctx, LSAISO_ID):
+        image = running_image(ctx, p)
+        if image is not None and image.version is not None and image.version.numbers == old:
+            return True
+    return False
 
 
 A15_LSAISO = Scenario(
@@ -354,11 +388,13 @@ def a19_steps(ctx: AttackContext) -> None:
 
 def a19_goal(ctx: AttackContext) -> bool:
     """A secure process holds trustlet ID 1 (LsaIso's keys, storage, mailboxes) although its
-    signed policy names another ApplicationId."""
-    return any(
-        p.image.policy is not None and p.image.policy.application_id != LSAISO_ID
-        for p in trustlets(ctx, LSAISO_ID)
-    )
+    signed policy names another ApplicationId (the policy in its image pages in RAM)."""
+    for p in trustlets(ctx, LSAISO_ID):
+        image = running_image(ctx, p)
+        policy = image.policy if image is not None else None
+        if policy is not None and policy.application_id != LSAISO_ID:
+            return True
+    return False
 
 
 A19 = Scenario(

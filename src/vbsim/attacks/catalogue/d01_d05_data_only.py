@@ -174,9 +174,12 @@ def _read_other(vp: Cpu, pid: int, address: int, length: int, buffer: int) -> in
 
 
 def _user_bytes(ctx: AttackContext, process: Process, va: int, length: int) -> bytes:
+    """``length`` bytes at ``va`` in ``process``, walked from the DirectoryTableBase its EPROCESS
+    holds in RAM now (host side)."""
     machine = ctx.booted.machine
     assert machine is not None
-    leaf = host_lookup(ctx, process.tables.root, va)
+    root = _host(ctx).field(process.eprocess, EPROCESS.DirectoryTableBase) & PTE_ADDR_MASK
+    leaf = host_lookup(ctx, root, va)
     if leaf is None:
         return b""
     return machine.ram.read((leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1)), length)
