@@ -7,7 +7,8 @@ import weakref
 from typing import Any
 
 from vbsim.boot.chain import System, boot
-from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
+from vbsim.boot.kernel_space import KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vbsim.boot.disk import COMPONENT_KINDS, VBS_EFI_VARIABLE, VBS_REGISTRY_KEY, Disk
+from vbsim.boot.kernel_space import KernelSpace
 from vbsim.boot.logon import DEFAULT_LOGON, Logon, type_logon
 from vbsim.boot.sk_loader import load_secure_kernel
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import KernelSpace
 from vbsim.hv import defs
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor

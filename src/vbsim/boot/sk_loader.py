@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vbsim.guest.address_space import KernelSpace
+from vbsim.boot.kernel_space import KernelSpace
 from vbsim.sk.kernel import LoaderBlock, SecureKernel
 from vbsim.sk.layouts import Config, Field
 

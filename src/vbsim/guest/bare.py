@@ -22,8 +22,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from vbsim.boot.kernel_space import KernelSpace
 from vbsim.guest import hvcall
-from vbsim.guest.address_space import DIRECT_MAP, KernelSpace
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hv.defs import HvMapGpaFlags, HvMsr, HvRegisterName, HvStatus, HvVtlEntryReason

@@ -38,7 +38,7 @@ from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
-    from vbsim.guest.address_space import KernelSpace
+    from vbsim.boot.kernel_space import KernelSpace
     from vbsim.hw.ram import GuestRam
     from vbsim.sk.kernel import SecureKernel
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest.address_space import DIRECT_MAP, KernelMap, KernelSpace, runtime_phys
+from vbsim.guest.address_space import DIRECT_MAP, KernelMap, runtime_phys
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
@@ -36,6 +36,7 @@ from vbsim.nt.process import Process, Protection, Region, Token, new_address_spa
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
+    from vbsim.boot.kernel_space import KernelSpace
     from vbsim.nt.drivers import LoadedDriver
     from vbsim.nt.kdp import NtKdp
     from vbsim.nt.lsass import LsassInfo

@@ -27,7 +27,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt.layouts import MMLISTS, MMPFN, MMPFNLIST, read_field, write_field
 
 if TYPE_CHECKING:
-    from vbsim.guest.address_space import KernelSpace
+    from vbsim.boot.kernel_space import KernelSpace
     from vbsim.hw.cpu import Cpu
     from vbsim.nt.layouts import _Ram
 

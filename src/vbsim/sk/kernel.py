@@ -36,7 +36,7 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
-    from vbsim.guest.address_space import KernelSpace
+    from vbsim.boot.kernel_space import KernelSpace
     from vbsim.image import RevocationPolicy
     from vbsim.sk.hvpt import HvptState
     from vbsim.sk.ium.process import SecureProcess
