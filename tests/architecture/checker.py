@@ -44,7 +44,22 @@ What guest code may not do (each a :class:`Violation` with its file, line and fu
 - name ``VirtualProcessor`` (a guest routine's processor is a ``Cpu``);
 - reach another kernel's internals: NT code may not import ``vbsim.sk`` nor the SK ``vbsim.nt``,
   and ``vbsim.ium`` neither, except the ABI modules in :data:`ABI_MODULES` (numbers and layouts
-  both sides apply).
+  both sides apply);
+- pick a host name up where it is re-exported: an imported name (``from m import N``, or
+  ``m.N`` on an imported module) is followed through the modules that import it to the module
+  that defines it (:func:`origins`), and the rules apply to every module on the way; a name in
+  :data:`HOST_TYPES` is a violation wherever it comes from;
+- find names the source does not spell: ``getattr``/``setattr``/``delattr`` with a computed
+  name, ``operator.attrgetter``/``methodcaller`` (their names are checked as attributes),
+  ``__import__``, ``importlib``, ``builtins``, ``sys.modules``;
+- in a step nested in host-side code, close over a host variable holding a host or platform
+  object (rule ``closure``: a parameter or variable typed with :data:`HOST_TYPES`, another name
+  for one, or an attribute chain through :data:`FORBIDDEN_ATTRIBUTES`, ``ram =
+  ctx.booted.machine.ram``; a default argument counts, it is evaluated in the host scope); and
+  host code may not hand such an object to a mode entry as a payload's argument (rule
+  ``argument``: ``ctx.kernel(f, ctx.booted.machine.ram)``; ``AttackContext`` refuses anything
+  but plain values at run time too).  What a chain from a host *tool* yields (``nt =
+  ctx.booted.nt``, ``ctx.notes["va"]``) is not known statically and is not flagged.
 
 Run it: ``PYTHONPATH=src python tests/architecture/checker.py`` prints every violation, per file.
 """
@@ -103,7 +118,16 @@ DEVICE_INTERFACES = {
 }
 #: Annotations that make a function host-side: a step calling it would reach the host.
 HOST_TYPES = frozenset(
-    {"AttackContext", "Machine", "System", "VirtualProcessor", "GuestRam", "Hypervisor", "Policy"}
+    {
+        "AttackContext",
+        "Machine",
+        "System",
+        "VirtualProcessor",
+        "GuestRam",
+        "Hypervisor",
+        "Policy",
+        "KernelSpace",
+    }
 )
 #: Host-side packages and modules (prefixes) no guest code imports.
 FORBIDDEN_MODULES = (
@@ -124,6 +148,8 @@ FORBIDDEN_MODULES = (
     "gc",
     "inspect",
     "ctypes",
+    "importlib",
+    "builtins",
 )
 #: The VTL0/VTL1 ABI both kernels may import from the other side (numbers and layouts only):
 #: secure-call numbers per build, SECURE_CALL_ARGS, and what lives at the package level.
@@ -202,8 +228,17 @@ FORBIDDEN_DUNDERS = frozenset(
 )
 FORBIDDEN_CALLS = frozenset({"vars", "globals", "locals"})
 ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
+#: Attribute functions that return or change what they name: with a computed name, what they
+#: reach is not in the source (``getattr(cpu, "__" + "vp__")``).
+DYNAMIC_ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "delattr"})
+#: ``operator`` helpers that name attributes by string (their names are checked like getattr's).
+ATTRIBUTE_GETTERS = frozenset({"attrgetter", "methodcaller"})
+#: Names that import or find a module at run time, past any import statement the checker sees.
+DYNAMIC_IMPORT_NAMES = frozenset({"__import__", "import_module", "__loader__", "__spec__"})
 #: Mode entries whose first argument is code to run on the machine (rule 3 of a step).
 PAYLOAD_CALLS = frozenset({"kernel", "user", "secure_kernel", "payload_routine", "register"})
+#: The mode entries of the attack context: what follows the payload is handed to guest code.
+ENTRY_CALLS = frozenset({"kernel", "user", "secure_kernel"})
 
 
 @dataclass(frozen=True, order=True)
@@ -248,6 +283,68 @@ def forbidden_import(target: str, importer: str, step: bool) -> str | None:
             for other in others:
                 if _within(target, other) and target not in ABI_MODULES:
                     return f"imports {target} (another kernel's internals)"
+    return None
+
+
+#: Modules a planted-violation test adds to the tree (name → source), see :func:`check_source`.
+_PLANTED: dict[str, str] = {}
+
+
+def _source_of(module: str) -> Path | None:
+    """The source file of ``module`` if it is one of the tree's modules (a package's
+    ``__init__``), else None (a name defined in a module, or a module outside ``src``)."""
+    if not module:
+        return None
+    if module in _PLANTED:
+        return Path(f"<planted {module}>")
+    base = SRC / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_BINDINGS: dict[str, dict[str, str]] = {}
+
+
+def _bindings(module: str) -> dict[str, str] | None:
+    """The names ``module`` binds by import at its top level (``if TYPE_CHECKING:`` included):
+    bound name → where it comes from; None if ``module`` is not a source module of the tree."""
+    if module in _BINDINGS:
+        return _BINDINGS[module]
+    path = _source_of(module)
+    if path is None:
+        return None
+    _BINDINGS[module] = {}  # an import cycle resolves to "defined here"
+    _BINDINGS[module] = _parse(path, _PLANTED.get(module), module).imported
+    return _BINDINGS[module]
+
+
+def origins(target: str) -> list[str]:
+    """``target`` (``module.name``) and, while the module it names got that name by import,
+    where it got it from: the chain of re-exports down to the module that defines it.
+    ``vbsim.guest.address_space.GuestRam`` (when that module imports it) → ``[...,
+    vbsim.hw.ram.GuestRam]``."""
+    chain = [target]
+    while True:
+        owner, _, name = chain[-1].rpartition(".")
+        bound = _bindings(owner)
+        if not bound or name not in bound or bound[name] in chain:
+            return chain
+        chain.append(bound[name])
+
+
+def forbidden_origin(target: str, importer: str, step: bool) -> str | None:
+    """:func:`forbidden_import` of ``target`` and of every module it is re-exported from: a name
+    is judged where it is defined, not where it was picked up."""
+    chain = origins(target)
+    for hop in chain:
+        why = forbidden_import(hop, importer, step)
+        if why is not None:
+            return why if hop == target else f"{why}, re-exported as {target}"
+    name = chain[-1].rpartition(".")[2]
+    if name in HOST_TYPES and _source_of(chain[-1]) is None:
+        return f"imports {target} (a host-side type)"
     return None
 
 
@@ -333,9 +430,15 @@ class _Module:
     is_package: bool
     #: module-level imported names → origin
     imported: dict[str, str] = field(default_factory=dict)
+    #: every name bound by an import anywhere in the module (function-level imports too) → origin
+    all_imported: dict[str, str] = field(default_factory=dict)
     #: module-level function definitions by name
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
     steps: list[tuple[str, Function]] = field(default_factory=list)
+    #: per step (by id): the host-side functions it is nested in, outermost first
+    enclosing: dict[int, list[Function]] = field(default_factory=dict)
+    #: host objects handed to guest code as a payload's arguments (``ctx.kernel(f, ram)``)
+    handed: list[Violation] = field(default_factory=list)
 
 
 def _parse(path: Path, source: str | None = None, name: str | None = None) -> _Module:
@@ -349,44 +452,253 @@ def _parse(path: Path, source: str | None = None, name: str | None = None) -> _M
         elif isinstance(node, ast.If):  # if TYPE_CHECKING: imports
             for bound, origin, _ in _imports(node, module.name, module.is_package):
                 module.imported.setdefault(bound, origin)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node in tree.body:
-            module.functions[node.name] = node
+    for definition in tree.body:
+        if isinstance(definition, ast.FunctionDef | ast.AsyncFunctionDef):
+            module.functions[definition.name] = definition
+    for bound, origin, _ in _imports(tree, module.name, module.is_package):
+        module.all_imported.setdefault(bound, origin)
+    module.all_imported.update(module.imported)
     return module
 
 
 def _find_steps(module: _Module) -> list[tuple[str, Function]]:
-    """Rules 1-3 of a step (rule 4, nesting, is the walk of each step's body)."""
+    """Rules 1-3 of a step (rule 4, nesting, is the walk of each step's body).  Records, per
+    step, the host-side functions it is nested in (``module.enclosing``): what it closes over."""
     found: dict[int, tuple[str, Function]] = {}
 
-    def add(label: str, function: Function) -> None:
-        found.setdefault(id(function), (label, function))
+    def add(label: str, function: Function, scopes: list[Function]) -> None:
+        if id(function) not in found:
+            found[id(function)] = (label, function)
+            module.enclosing[id(function)] = list(scopes)
 
-    def visit(node: ast.AST, scope: str) -> None:
+    def local_def(name: str, scopes: list[Function]) -> Function | None:
+        for scope in reversed(scopes):
+            for node in _scope_nodes(scope):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
+                    return node
+        return None
+
+    def visit(node: ast.AST, scope: str, scopes: list[Function]) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                 label = f"{scope}{child.name}"
                 if _first_param_is_cpu(child) or _decorated_as_code(child):
-                    add(label, child)
+                    add(label, child, scopes)
                     continue  # nested functions are part of the step
-                visit(child, label + ".")
+                visit(child, label + ".", [*scopes, child])
                 continue
             if isinstance(child, ast.ClassDef):
-                visit(child, f"{scope}{child.name}.")
+                visit(child, f"{scope}{child.name}.", scopes)
                 continue
             if isinstance(child, ast.Call) and _callee(child) in PAYLOAD_CALLS:
                 callee = _callee(child)
                 index = 1 if callee == "register" else 0
+                if callee in ENTRY_CALLS and scopes:
+                    module.handed.extend(_handed(module, scope, scopes, child, index))
                 if len(child.args) > index:
                     payload = child.args[index]
                     if isinstance(payload, ast.Lambda):
-                        add(f"{scope}<lambda line {payload.lineno}>", payload)
-                    elif isinstance(payload, ast.Name) and payload.id in module.functions:
-                        add(payload.id, module.functions[payload.id])
-            visit(child, scope)
+                        add(f"{scope}<lambda line {payload.lineno}>", payload, scopes)
+                    elif isinstance(payload, ast.Name):
+                        nested = local_def(payload.id, scopes)
+                        if nested is not None:  # a function defined in the host code
+                            add(f"{scope}{payload.id}", nested, scopes)
+                        elif payload.id in module.functions:
+                            add(payload.id, module.functions[payload.id], [])
+            visit(child, scope, scopes)
 
-    visit(module.tree, "")
+    visit(module.tree, "", [])
     return list(found.values())
+
+
+def _handed(
+    module: _Module, scope: str, scopes: list[Function], call: ast.Call, index: int
+) -> Iterator[Violation]:
+    """Host objects passed to a mode entry as the payload's arguments: ``ctx.kernel(f,
+    ctx.booted.machine.ram)`` hands guest code the platform (the runtime check in
+    ``AttackContext`` refuses anything but plain values, too)."""
+    host: dict[str, str] = {}
+    for enclosing in scopes:
+        bound, found = _host_bindings(enclosing)
+        host = {k: v for k, v in host.items() if k not in bound} | found
+    label = scope.rstrip(".") or "<module>"
+    for argument in call.args[index + 1 :]:  # keywords (admin=, process=) are the entry's
+        why = _host_value(argument, host)
+        if why is not None:
+            yield Violation(
+                module.path, argument.lineno, label, "argument", f"hands guest code {why}"
+            )
+
+
+def _scope_nodes(scope: Function) -> Iterator[ast.AST]:
+    """The nodes of a function's own scope: its body, not the bodies of functions (or classes)
+    defined in it (their names, defaults and decorators are evaluated in it, and yielded)."""
+    stack: list[ast.AST] = (
+        [scope.body] if isinstance(scope, ast.Lambda) else list(reversed(scope.body))
+    )
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            args = node.args
+            stack.extend(reversed([*args.defaults, *(d for d in args.kw_defaults if d)]))
+            if not isinstance(node, ast.Lambda):
+                stack.extend(reversed(node.decorator_list))
+            continue
+        if isinstance(node, ast.ClassDef):
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _bound_names(function: Function) -> set[str]:
+    """Every name a function (and what is nested in it) binds: parameters, stores, imports,
+    definitions, exception names.  What it uses and does not bind is free: the enclosing
+    scope's."""
+    names: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            if node is not function:
+                names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+def _free_names(function: Function) -> dict[str, ast.Name]:
+    """The names ``function`` reads from enclosing scopes (first use of each).  A default
+    argument is evaluated in the enclosing scope, so what it names counts as free too."""
+    bound = _bound_names(function)
+    free: dict[str, ast.Name] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound:
+            free.setdefault(node.id, node)
+    args = function.args
+    for default in (*args.defaults, *(d for d in args.kw_defaults if d)):
+        for node in ast.walk(default):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                free.setdefault(node.id, node)
+    return free
+
+
+_PLATFORM_MARK = "reaches the platform"
+
+
+def _host_value(value: ast.expr, host: dict[str, str]) -> str | None:
+    """Why ``value`` (what a host-side name is bound to) is a host or platform object: an
+    attribute chain through a forbidden attribute (``ctx.booted.machine.ram``), another name
+    for a host object (``c = ctx``), or a chain rooted at a platform object (``m.pci`` after
+    ``m = ctx.booted.machine``); None if nothing says so (a call's result, a number, and a chain
+    from a host *tool* such as ``ctx.notes["va"]``, whose type the source does not say)."""
+    node: ast.expr = value
+    while True:
+        if isinstance(node, ast.Attribute):
+            if node.attr in FORBIDDEN_ATTRIBUTES:
+                return f"{ast.unparse(value)} (.{node.attr} {_PLATFORM_MARK})"
+            node = node.value
+        elif isinstance(node, ast.Subscript | ast.Starred):
+            node = node.value
+        elif isinstance(node, ast.IfExp):
+            return _host_value(node.body, host) or _host_value(node.orelse, host)
+        elif isinstance(node, ast.Name):
+            why = host.get(node.id)
+            if why is None:
+                return None
+            if node is value:
+                return why  # another name for the same object
+            return f"{ast.unparse(value)} (from {why})" if _PLATFORM_MARK in why else None
+        else:
+            return None
+
+
+def _targets(target: ast.expr, value: ast.expr | None) -> Iterator[tuple[str, ast.expr | None]]:
+    """(name, the expression it is bound to) for an assignment target (tuples pairwise)."""
+    if isinstance(target, ast.Name):
+        yield target.id, value
+    elif isinstance(target, ast.Tuple | ast.List):
+        values = value.elts if isinstance(value, ast.Tuple | ast.List) else None
+        if values is not None and len(values) == len(target.elts):
+            for element, item in zip(target.elts, values, strict=True):
+                yield from _targets(element, item)
+        else:
+            for element in target.elts:
+                yield from _targets(element, value)
+    elif isinstance(target, ast.Starred):
+        yield from _targets(target.value, value)
+
+
+def _host_bindings(scope: Function) -> tuple[set[str], dict[str, str]]:
+    """(every name ``scope`` binds, those bound to host objects → why): a parameter or variable
+    annotated with a :data:`HOST_TYPES` type, or bound to an attribute chain through the
+    platform (``ram = ctx.booted.machine.ram``) or from another such name."""
+    bound: set[str] = set()
+    host: dict[str, str] = {}
+    if not isinstance(scope, ast.Lambda):
+        for a in (*scope.args.posonlyargs, *scope.args.args, *scope.args.kwonlyargs):
+            bound.add(a.arg)
+            kind = _annotation_name(a.annotation)
+            if kind in HOST_TYPES:
+                host[a.arg] = f"parameter typed {kind}"
+    else:
+        bound.update(a.arg for a in (*scope.args.posonlyargs, *scope.args.args))
+    pairs: list[tuple[str, ast.expr | None, str | None]] = []
+    for node in _scope_nodes(scope):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs.extend((n, v, None) for n, v in _targets(target, node.value))
+        elif isinstance(node, ast.AnnAssign):
+            kind = _annotation_name(node.annotation)
+            pairs.extend((n, v, kind) for n, v in _targets(node.target, node.value))
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            pairs.extend((n, v, None) for n, v in _targets(node.target, node.iter))
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            pairs.extend((n, v, None) for n, v in _targets(node.optional_vars, node.context_expr))
+        elif isinstance(node, ast.NamedExpr):
+            pairs.extend((n, v, None) for n, v in _targets(node.target, node.value))
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update(a.asname or a.name.split(".")[0] for a in node.names)
+    bound.update(name for name, _, _ in pairs)
+    changed = True
+    while changed:
+        changed = False
+        for name, value, kind in pairs:
+            if name in host:
+                continue
+            why = f"annotated {kind}" if kind in HOST_TYPES else None
+            if why is None and value is not None:
+                why = _host_value(value, host)
+            if why is not None:
+                host[name] = why
+                changed = True
+    return bound, host
+
+
+def _closure_violations(module: _Module, label: str, step: Function) -> Iterator[Violation]:
+    """A step nested in host-side code that reads a host-side variable holding a host or
+    platform object (``ram = ctx.booted.machine.ram`` then ``lambda cpu: ram.read(...)``)."""
+    scopes = module.enclosing.get(id(step), [])
+    if not scopes:
+        return
+    analysed = [_host_bindings(scope) for scope in scopes]
+    for name, use in sorted(_free_names(step).items()):
+        for bound, host in reversed(analysed):
+            if name in bound:
+                if name in host:
+                    yield Violation(
+                        module.path,
+                        use.lineno,
+                        label,
+                        "closure",
+                        f"closes over {name}: {host[name]}",
+                    )
+                break
 
 
 class _StepVisitor(ast.NodeVisitor):
@@ -412,7 +724,7 @@ class _StepVisitor(ast.NodeVisitor):
     # imports inside guest code
     def _check_import(self, node: ast.Import | ast.ImportFrom) -> None:
         for _, origin, line in _imports(node, self.module.name, self.module.is_package):
-            why = forbidden_import(origin, self.module.name, step=not self.whole)
+            why = forbidden_origin(origin, self.module.name, step=not self.whole)
             if why is not None:
                 self.out.append(Violation(self.module.path, line, self.label, "import", why))
 
@@ -456,15 +768,45 @@ class _StepVisitor(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self._attribute_name(node, node.attr, node.value)
+        if node.attr in DYNAMIC_IMPORT_NAMES:
+            self.report(node, "introspection", f".{node.attr} (a module found at run time)")
+        self._module_attribute(node)
         self.generic_visit(node)
+
+    def _module_attribute(self, node: ast.Attribute) -> None:
+        """``mod.Name`` where ``mod`` is an imported module: ``Name`` is judged where it is
+        defined, as if imported (``import vbsim.guest.address_space as a; a.GuestRam``)."""
+        chain: list[str] = [node.attr]
+        value = node.value
+        while isinstance(value, ast.Attribute):
+            chain.append(value.attr)
+            value = value.value
+        if not isinstance(value, ast.Name) or value.id not in self.module.all_imported:
+            return
+        base = self.module.all_imported[value.id]
+        if base.startswith(value.id + "."):
+            base = value.id  # ``import a.b.c`` binds ``a``: the chain spells the rest
+        if value.id == "sys" and base == "sys" and chain[-1] == "modules":
+            self.report(node, "introspection", "sys.modules (a module found at run time)")
+            return
+        if _source_of(base) is None:
+            return  # not a module of the tree (a class, a constant, the standard library)
+        target = ".".join([base, *reversed(chain)])
+        if _source_of(target) is not None or _source_of(target.rpartition(".")[0]) is None:
+            return  # a submodule (judged where used) or an attribute of a non-module
+        why = forbidden_origin(target, self.module.name, step=not self.whole)
+        if why is not None:
+            self.report(node, "import", f"uses {value.id}.{'.'.join(reversed(chain))}: {why}")
 
     def visit_Name(self, node: ast.Name) -> None:
         if node.id == "VirtualProcessor":
             self.report(node, "processor", "names VirtualProcessor")
         elif not self.whole and node.id in self.module.imported:
-            why = forbidden_import(self.module.imported[node.id], self.module.name, step=True)
+            why = forbidden_origin(self.module.imported[node.id], self.module.name, step=True)
             if why is not None:
                 self.report(node, "import", f"uses {node.id}: {why}")
+        if node.id in DYNAMIC_IMPORT_NAMES:
+            self.report(node, "introspection", f"{node.id} (a module found at run time)")
         if not self.whole and node.id in self.host:
             self.report(node, "host-call", f"uses host-side {self.host[node.id]}")
 
@@ -477,6 +819,17 @@ class _StepVisitor(ast.NodeVisitor):
             if isinstance(name, ast.Constant) and isinstance(name.value, str):
                 owner = node.args[0]
                 self._attribute_name(node, name.value, owner)
+            elif callee in DYNAMIC_ATTRIBUTE_FUNCTIONS:
+                self.report(node, "introspection", f"{callee}() with a computed name")
+        if _callee(node) in ATTRIBUTE_GETTERS:
+            for argument in node.args:
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    for part in argument.value.split("."):
+                        self._attribute_name(node, part, None)
+                else:
+                    self.report(node, "introspection", f"{_callee(node)}() with a computed name")
+                if _callee(node) == "methodcaller":
+                    break  # its other arguments are the call's, not names
         self.generic_visit(node)
 
 
@@ -516,6 +869,7 @@ def check_modules(modules: list[_Module]) -> list[Violation]:
     mixed = [m for m in modules if any(_within(m.name, p) for p in MIXED_PACKAGES)]
     for module in mixed:
         module.steps = _find_steps(module)
+        out.extend(module.handed)
     hosts = _host_functions(mixed)
     for module in modules:
         if module in mixed:
@@ -523,6 +877,7 @@ def check_modules(modules: list[_Module]) -> list[Violation]:
                 visitor = _StepVisitor(module, label, False, hosts[module.name], out)
                 # The step's own name is not a host call; its body is what is checked.
                 visitor.visit(function)
+                out.extend(_closure_violations(module, label, function))
         else:
             _StepVisitor(module, "", True, {}, out).visit(module.tree)
     return sorted(set(out))
@@ -540,10 +895,23 @@ def check_files(paths: Iterable[Path]) -> list[Violation]:
     return check_modules([_parse(path) for path in paths])
 
 
-def check_source(source: str, module: str, path: str = "<planted>") -> list[Violation]:
-    """Check one module's source as if it were ``module`` (for planted-violation tests)."""
+def check_source(
+    source: str, module: str, path: str = "<planted>", modules: dict[str, str] | None = None
+) -> list[Violation]:
+    """Check one module's source as if it were ``module`` (for planted-violation tests), with
+    ``modules`` (name → source) added to the tree for the time of the check (a planted module
+    that re-exports a name, say)."""
     fake = Path(path)
-    return check_modules([_parse(fake, source, module)])
+    planted = dict(modules or {})
+    saved = {name: _BINDINGS.pop(name) for name in planted if name in _BINDINGS}
+    _PLANTED.update(planted)
+    try:
+        return check_modules([_parse(fake, source, module)])
+    finally:
+        for name in planted:
+            _PLANTED.pop(name, None)
+            _BINDINGS.pop(name, None)
+        _BINDINGS.update(saved)
 
 
 def steps_of(path: Path) -> list[str]:
