@@ -197,7 +197,8 @@ def trustlet_admit_ms() -> float:
     """CREATE_PROCESS of a 64 KiB signed trustlet: NT copies the image into section pages, the SK
     captures it, runs SKCI (parse, .tPolicy, Authenticode digest and chain), protects and re-hashes
     the pages and builds the address space."""
-    from vbsim.ium.images import LSAISO, trustlet_image
+    from vbsim.boot.trustlets import trustlet_image
+    from vbsim.ium.images import LSAISO
     from vbsim.nt.secure_process import create_secure_process
 
     image = trustlet_image(LSAISO, size=64 * 1024)
@@ -229,7 +230,7 @@ def _ium_loop(vp: Any, message: int, length: int, reply: int) -> int:
 def ium_secure_syscall_us() -> float:
     """A secure system call from a trustlet (IumGetIdk): syscall at VTL1 CPL3 → the SK's secure
     service table → key derivation → sysret; no VTL transition."""
-    from vbsim.ium.images import trustlet_image
+    from vbsim.boot.trustlets import trustlet_image
     from vbsim.nt.secure_process import create_secure_process, run_trustlet
 
     system = _booted()

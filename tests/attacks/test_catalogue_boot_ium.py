@@ -20,10 +20,10 @@ from vbsim.attacks.catalogue import seed_statements as seeds
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import PRESET_ORDER, Outcome, Scenario
 from vbsim.attacks.runner import run
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw import code
 from vbsim.image import parse_image
-from vbsim.ium.images import trustlet_image
 from vbsim.nt import dump as nt_dump
 from vbsim.nt import lsass, syscalls
 from vbsim.nt.layouts import EPROCESS, HostReader

@@ -5,12 +5,13 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.cli.trustlet_cmd import SKCI_CHECKS
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.image import ImageKind, build_image
 from vbsim.ium import lsaiso
-from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.ium.images import LSAISO, VMSP
 from vbsim.policy import Component
 from vbsim.signing import model_pki, other_pki, sign_image
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vbsim.boot.chain import System, boot
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import iumbase
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
 from vbsim.ium import vmsp as _vmsp  # noqa: F401  (registers vmsp.main)
-from vbsim.ium.images import trustlet_image
 from vbsim.nt.kernel import NtKernel, UserRun
 from vbsim.nt.process import Process, Region, Token
 from vbsim.nt.secure_process import TrustletRun, create_secure_process, run_trustlet

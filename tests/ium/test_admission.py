@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.image import (
     EKU_CODE_SIGNING,
     ImageKind,
@@ -24,7 +25,7 @@ from vbsim.image import (
     strip_signature,
 )
 from vbsim.image.policy import PolicyId
-from vbsim.ium.images import LSAISO, trustlet_image
+from vbsim.ium.images import LSAISO
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Component
 from vbsim.signing import model_pki, other_pki, sign_image

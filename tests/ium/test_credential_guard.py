@@ -8,8 +8,9 @@ import struct
 
 import pytest
 
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.ium import lsaiso
-from vbsim.ium.images import LSAISO, trustlet_image
+from vbsim.ium.images import LSAISO
 from vbsim.nt.process import Process
 from vbsim.ntstatus import NtStatus
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from vbsim.boot.chain import boot
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.code import guest_code
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.hw.x86 import PAGE_SHIFT
 from vbsim.ium import iumbase
-from vbsim.ium.images import trustlet_image
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset

@@ -217,8 +217,9 @@ def test_layout_dataclass_is_frozen() -> None:
 def _post(machine: Any, key: int) -> tuple[Any, Any, bytes]:
     import struct
 
+    from vbsim.boot.trustlets import trustlet_image
     from vbsim.ium import vmsp
-    from vbsim.ium.images import VMSP, trustlet_image
+    from vbsim.ium.images import VMSP
 
     process = machine.started(trustlet_image(VMSP), 2, VMSP, mailbox_key=key)
     secret = b"vTPM endorsement seed: " + bytes(range(40))
@@ -304,7 +305,7 @@ def test_the_processor_block_names_the_running_trustlet() -> None:
     """Per-VP current process (issue 10 part 1): while a trustlet runs, the SK processor block
     of its VP names its SKPROCESS object, and nothing once the run is over; the SK's identity
     decisions (``ium.process.current``) read that field."""
-    from vbsim.ium.images import trustlet_image
+    from vbsim.boot.trustlets import trustlet_image
 
     machine = kit.booted("vbs")
     _PRCB_MACHINE[:] = [machine]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from vbsim.boot.chain import System, boot
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
@@ -21,7 +22,7 @@ from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ComponentFloor, RevocationPolicy
 from vbsim.invariants import skstate
-from vbsim.ium.images import LSAISO, trustlet_image
+from vbsim.ium.images import LSAISO
 from vbsim.ium_abi import NT_NUMBERS, SECURE_NUMBERS
 from vbsim.nt import kdp as ntkdp
 from vbsim.ntstatus import NtStatus

@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from vbsim.boot.chain import system_values as hive
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import iumbase, vmsp
-from vbsim.ium.images import VMSP, trustlet_image
+from vbsim.ium.images import VMSP
 from vbsim.nt.process import Process, Token
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import NtStatus

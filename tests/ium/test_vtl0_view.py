@@ -11,12 +11,13 @@ import struct
 
 import pytest
 
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.invariants.skstate import HostMem
 from vbsim.ium import lsaiso, vmsp
-from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.ium.images import LSAISO, VMSP
 from vbsim.nt.process import Process, Token, host_view
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import BugCheck, NtStatus

@@ -48,6 +48,7 @@ from vbsim.attacks.context import AttackContext
 from vbsim.attacks.probes import MARKER, POISON, PROBE_ANSWER
 from vbsim.attacks.verdict import deciding_mechanism
 from vbsim.boot.disk import Disk
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
 from vbsim.hw import code
 from vbsim.hw.cpu import Cpu
@@ -55,7 +56,6 @@ from vbsim.hw.faults import GuestTermination
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK
 from vbsim.image import data_dir
-from vbsim.ium.images import trustlet_image
 from vbsim.nt.secure_process import create_secure_process, run_trustlet
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset

@@ -103,7 +103,7 @@ class Disk:
 
     def trustlet(self, name: str) -> bytes:
         """An installed trustlet image (LsaIso.exe ...), as its component entry says."""
-        from vbsim.ium.images import installed
+        from vbsim.boot.trustlets import installed
 
         return installed(name, self.trustlets.get(name, Component()))
 

@@ -694,12 +694,13 @@ def _user(vp: VirtualProcessor, op: str, args: tuple[Any, ...]) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _trustlet_image(kind: str, data_dir: str) -> bytes:
+    from vbsim.boot import trustlets
     from vbsim.ium import images
 
     if kind == "fuzzlet":
-        return images.trustlet_image(FUZZLET, trustlet_id=FUZZLET_ID, entry="invariants.fuzzlet")
+        return trustlets.trustlet_image(FUZZLET, trustlet_id=FUZZLET_ID, entry="invariants.fuzzlet")
     name = images.VMSP if kind == "vmsp" else images.LSAISO
-    return images.installed(name, Policy().component(name))
+    return trustlets.installed(name, Policy().component(name))
 
 
 def trustlet_image(kind: str) -> bytes:

@@ -22,6 +22,7 @@ from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.boot.disk import VBS_REGISTRY_KEY
 from vbsim.boot.logon import DEFAULT_LOGON
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.hw.code import encode_thunk, guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
@@ -30,7 +31,7 @@ from vbsim.image.errors import ImageFormatError
 from vbsim.image.parse import ParsedImage, parse_image
 from vbsim.ium import lsaiso as _lsaiso  # noqa: F401  (registers lsaiso.main)
 from vbsim.ium import vmsp
-from vbsim.ium.images import LSAISO, VMSP, trustlet_image
+from vbsim.ium.images import LSAISO, VMSP
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import EPROCESS, HostReader, read_field

@@ -29,12 +29,12 @@ from vbsim.attacks.context import AttackContext
 from vbsim.attacks.goals import loot_contains
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.boot.logon import DEFAULT_LOGON
+from vbsim.boot.trustlets import trustlet_image
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.ium import iumbase
-from vbsim.ium.images import trustlet_image
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt import lsass
 from vbsim.nt.layouts import EPROCESS, read_field
