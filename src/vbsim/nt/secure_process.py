@@ -51,7 +51,7 @@ class TrustletRun:
 #: kernel global in NT's .data (Windows checks the ALPC port's owner; the model keeps the owner's
 #: PID where a K0 write could change it, as it could the real port object).
 LSAISO_PORT_OWNER = "AlpcLsaIsoPortOwner"
-#: LsaIso's trustlet ID (vbs-internals §3.1 table: ``LsaIso.exe`` is trustlet 1).
+#: LsaIso's trustlet ID (vbs-internals §3.2 "Known trustlet IDs": ``LsaIso.exe`` is 1).
 LSAISO_TRUSTLET_ID = 1
 #: [model] LsaIso's port (the model's ALPC port names the trustlet's PID; 0: LsaIso is not
 #: running), a kernel global in NT's .data wininit writes when it starts LsaIso and lsass reads
