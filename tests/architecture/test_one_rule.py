@@ -751,6 +751,43 @@ def test_the_walker_sees_a_suspended_secure_kernel_flow() -> None:
         generator.close()
 
 
+def test_a_mode_entry_refuses_a_platform_object_for_its_payload() -> None:
+    """``ctx.kernel(f, ctx.booted.machine.ram)`` would hand guest code the machine's RAM: each
+    mode entry takes plain values only, and a payload that closes over a host object (or binds
+    one in a default or a partial) is refused too, before it runs."""
+    ctx = _booted("vbs")
+    machine = ctx.booted.machine
+    assert machine is not None
+    ran: list[int] = []
+
+    def payload(cpu: Cpu, *args: object, **kwargs: object) -> None:
+        ran.append(cpu.cpl)
+
+    ram = machine.ram
+
+    def closes_over_ram(cpu: Cpu) -> None:
+        ran.append(ram.size)
+
+    def defaults_to_the_machine(cpu: Cpu, where: object = machine) -> None:
+        ran.append(1)
+
+    for entry in (ctx.kernel, ctx.user, ctx.secure_kernel):
+        for bad in (ram, machine, machine.bsp, ctx, ctx.booted, ctx.policy, (1, [ram])):
+            with pytest.raises(TypeError, match="handed to guest code is a"):
+                entry(payload, 1, bad)
+        for holder in (
+            closes_over_ram,
+            defaults_to_the_machine,
+            functools.partial(payload, ram),  # type: ignore[arg-type]
+            functools.partial(payload, where=machine.bsp),
+        ):
+            with pytest.raises(TypeError, match="guest code holds only its Cpu"):
+                entry(holder)
+    assert ran == []
+    ctx.kernel(payload, 1, b"x", "y", None, True, (1, 2), [3, (4, b"5")])
+    assert ran == [0]
+
+
 def test_a_name_beyond_the_surface_is_an_attribute_error() -> None:
     """The Cpu has slots and nothing else: guest code reaching for the processor's platform
     state (``cpu.ram``, ``cpu.p``, ``cpu.banks`` ...) gets an AttributeError, not the object."""

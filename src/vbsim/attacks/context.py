@@ -33,6 +33,7 @@ from the host's frame allocator.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,51 @@ from vbsim.policy import Policy
 from vbsim.trace import Trace
 
 Payload = Callable[..., Any]
+
+#: What a mode entry may hand a payload beside its Cpu: plain values (and tuples or lists of
+#: them: a list is also how a payload hands a value back), never a host or platform object.
+_PLAIN = (int, bytes, str, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    return (
+        isinstance(value, tuple | list) and depth < 4 and all(_plain(v, depth + 1) for v in value)
+    )
+
+
+def _guest_arguments(entry: str, payload: Payload, args: tuple[Any, ...]) -> None:
+    """A TypeError unless each argument handed to guest code is a plain value (the one rule: a
+    payload holds its ``Cpu`` and nothing else of the machine), and unless the payload's
+    closure, defaults and bound arguments hold no host object (the context, the system, the
+    machine, a processor ...: a ``lambda cpu: ram.read(...)`` over ``ram = machine.ram``)."""
+    for index, value in enumerate(args):
+        if not _plain(value):
+            raise TypeError(
+                f"AttackContext.{entry}: argument {index + 1} handed to guest code is a "
+                f"{type(value).__module__}.{type(value).__qualname__}; a payload receives its "
+                "Cpu and plain values only (int, bytes, str, bool, None, tuples/lists of them)"
+            )
+    from vbsim.hw.ram import GuestRam
+    from vbsim.machine import Machine
+
+    host = (AttackContext, System, Machine, GuestRam, VirtualProcessor, Policy, Trace)
+    function = payload.func if isinstance(payload, functools.partial) else payload
+    held = [*getattr(payload, "args", ()), *getattr(payload, "keywords", {}).values()]
+    held += getattr(function, "__defaults__", None) or ()
+    held += (getattr(function, "__kwdefaults__", None) or {}).values()
+    for cell in getattr(function, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell holds nothing
+            held.append(cell.cell_contents)
+    for value in held:
+        if isinstance(value, host):
+            name = getattr(function, "__qualname__", repr(function))
+            raise TypeError(
+                f"AttackContext.{entry}: the payload {name} holds a {type(value).__qualname__} "
+                "(closure, default or bound argument); guest code holds only its Cpu"
+            )
+
 
 _PAYLOADS: dict[Payload, str] = {}
 
@@ -129,6 +175,7 @@ class AttackContext:
         """Run ``payload(cpu, *args)`` in VTL0 ring 0, in NT's address space (host-side entry:
         the attacker has code execution there).  No new code page is fetched: the payload stands
         for a chain over signed code (see the module docstring)."""
+        _guest_arguments("kernel", payload, args)
         vp = self.vp
         if (vp.vtl, vp.cpl) != (0, 0):
             raise AttackAborted(f"VP{vp.index} is not running NT (VTL{vp.vtl} CPL{vp.cpl})")
@@ -170,6 +217,7 @@ class AttackContext:
         self, payload: Payload, *args: Any, admin: bool = False, process: Process | None = None
     ) -> Any:
         """Run ``payload(vp, *args)`` at CPL3 in a VTL0 process (admin or standard user)."""
+        _guest_arguments("user", payload, args)
         nt = self.booted.nt
         assert nt is not None
         target = process or self.process(admin)
@@ -200,6 +248,7 @@ class AttackContext:
     def secure_kernel(self, payload: Payload, *args: Any) -> Any:
         """Run ``payload(cpu, *args)`` as VTL1 ring-0 code (the SK compromised): a host-side
         entry into VTL1 at the CPL its bank holds (0 between secure calls), and back."""
+        _guest_arguments("secure_kernel", payload, args)
         vp = self.vp
         if not vp.vtl_enabled(1):
             raise AttackAborted("VTL1 is not enabled: there is no Secure Kernel to compromise")
