@@ -139,3 +139,12 @@ def test_a_k1_write_of_skcis_anchor_is_what_skci_then_trusts() -> None:
     finally:
         env.vp.host_entry(previous)
     assert env.load(OTHER_ROOT_DRIVER) == NtStatus.SUCCESS
+
+
+def test_a_signing_level_no_signer_reaches_refuses_every_driver() -> None:
+    """The level is the number RAM holds: 13 is above any level a signer reaches."""
+    env = make_env("vbs-off")
+    slot = anchors.REQUIREMENTS_AT + anchors.SLOTS[ImageKind.DRIVER] * anchors.REQUIREMENT.size
+    _k0_write_bytes(env, drivers.ci_trust_va(env.nt) + slot, anchors.REQUIREMENT.pack(0, 13, 1, 0))
+    assert env.load(SAMPLE_DRIVER) == NtStatus.INVALID_IMAGE_HASH
+    assert _dse_failures(env)[-1] == "signing-level-too-low"

@@ -51,10 +51,12 @@ def level_for(ekus: Iterable[str]) -> SigningLevel:
 
 @dataclass(frozen=True)
 class SigningRequirement:
-    """What a verifier demands: EKUs the signer must hold and a minimum signing level."""
+    """What a verifier demands: EKUs the signer must hold and a minimum signing level (an
+    ``SE_SIGNING_LEVEL_*`` number: a kernel's CI reads it from memory, where any value can be,
+    ``vbsim.image.anchors``)."""
 
     ekus: frozenset[str] = frozenset({EKU_CODE_SIGNING})
-    min_level: SigningLevel = SigningLevel.AUTHENTICODE
+    min_level: int = SigningLevel.AUTHENTICODE
 
 
 #: Per-kind requirements.  Trustlets: the two EKUs the public descriptions name — IUM and Windows
