@@ -249,7 +249,7 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
                 min_version=_version(spec["min_version"], f"{where}.min_version")
                 if "min_version" in spec
                 else None,
-                min_svn=_expect(spec["min_svn"], int, f"{where}.min_svn")
+                min_svn=_svn(spec["min_svn"], f"{where}.min_svn")  # the range components have
                 if "min_svn" in spec
                 else None,
             )
@@ -286,7 +286,7 @@ def _read_policy_file(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise PolicyError(f"{path}: not UTF-8 text (byte {error.start})") from error
+        raise PolicyError(f"{str(path)!r}: not UTF-8 text (byte {error.start})") from error
 
 
 def differences(policy: Policy, base: Policy) -> list[str]:
@@ -330,9 +330,9 @@ def load(path: str | Path) -> Policy:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise PolicyError(f"{path}: not valid TOML: {error}") from error
+        raise PolicyError(f"{str(path)!r}: not valid TOML: {error}") from error
     except RecursionError as error:
-        raise PolicyError(f"{path}: nested too deeply to be a policy") from error
+        raise PolicyError(f"{str(path)!r}: nested too deeply to be a policy") from error
     base = None
     if "preset" in data:
         base = preset(_expect(data["preset"], str, "preset"))

@@ -74,3 +74,15 @@ def test_boot_fits_without_cuts(width: int) -> None:
     assert "PROTECT_KERNEL_DATA_PAGE" in words  # a service name whole
     routines = [w for w in words if w.startswith("routine=")]
     assert routines and all(w.startswith("routine=0xfffff8") and len(w) == 26 for w in routines)
+
+
+@pytest.mark.parametrize("svn", [-5, 99999999999999999999])
+def test_a_revocation_floor_svn_is_range_checked(
+    svn: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a component's svn is: 0..2**32-1 (a floor of -5 or 10**20 was accepted)."""
+    policy = tmp_path / "floor.toml"
+    policy.write_text(f'[revocation."securekernel.exe"]\nmin_svn = {svn}\n')
+    assert main(["boot", "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert "revocation.securekernel.exe.min_svn" in err and "0..4294967295" in err, err

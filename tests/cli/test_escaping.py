@@ -108,3 +108,83 @@ def test_image_verify_shows_a_hostile_timestamp_authority() -> None:
     buffer = StringIO()
     _print_one(Console(file=buffer, width=100), sig, "model")
     assert_shown_as_itself(buffer.getvalue(), "[red]TSA\\x1b[31m", "bad \\x1b[2J")
+
+
+def _main_output(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from vbsim.cli.main import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["soak", "fuzz", "show"])
+def test_a_hostile_results_directory_is_shown_visibly(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "s\x1b[31mk[red]"
+    soak = ["soak", "-n", "1", "--workers", "1", "--batch", "1", "--max-actions", "2"]
+    if command == "fuzz":
+        argv = ["fuzz", "policy", "--workers", "2", "-s", "0.5", "--interval", "0.5"]
+    else:
+        argv = soak
+    code, out, err = _main_output([*argv, "--out", str(directory)], capsys)
+    assert code == 0, err
+    if command == "show":
+        code, out, err = _main_output(["campaign", "show", str(directory)], capsys)
+        assert code == 0, err
+    assert_shown_as_itself(out, "s\\x1b[31mk[red]")
+
+
+def test_report_wrote_line_is_visible(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _main_output(
+        ["report", "-p", "vbs-off", "-o", str(tmp_path / "r\x1b[31mep.html")], capsys
+    )
+    assert code == 0, err
+    assert_shown_as_itself(out, "wrote", "r\\x1b[31mep.html")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["attacks", "--only", "\x1b[31mX"],
+        ["attacks", "--preset", "\x1b[31mX"],
+        ["bench", "--only", "\x1b[31mX"],
+        ["report", "-p", "\x1b[31mX"],
+        ["conformance", "\x1b[31mX"],
+        ["attack", "\x1b[31mX"],
+    ],
+    ids=lambda argv: argv[0] + " " + argv[1],
+)
+def test_error_messages_show_control_characters(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = _main_output(argv, capsys)
+    assert code == 2
+    assert_shown_as_itself(err, "\\x1b[31mX")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"), [(b"vbs = \n", "not valid TOML"), (b"\xff\xfe", "not UTF-8")]
+)
+def test_a_hostile_policy_file_name_in_an_error(
+    content: bytes, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "p\x1b[31m.toml"
+    policy.write_bytes(content)
+    code, _out, err = _main_output(["boot", "--policy", str(policy)], capsys)
+    assert code == 2
+    assert_shown_as_itself(err, "p\\x1b[31m.toml", why)
+
+
+@pytest.mark.parametrize("names", [["--only", ""], ["--preset", ""]])
+def test_an_empty_name_is_shown_quoted(
+    names: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = _main_output(["attacks", *names], capsys)
+    assert code == 2 and "(s) ''" in err, err
+
+
+def test_report_empty_preset_is_shown_quoted(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = _main_output(["report", "-p", ""], capsys)
+    assert code == 2 and "preset(s) ''" in err, err

@@ -57,6 +57,18 @@ def git_revision() -> str | None:
     return text if out.returncode == 0 and len(text) == 40 else None
 
 
+class CampaignError(ValueError):
+    """A directory that is not a valid campaign; the message names it and says why."""
+
+
+#: What a campaign's manifest must hold, by kind (``--resume`` and ``campaign show`` read these).
+_REQUIRED = {
+    "soak": ("seed", "policy", "config"),
+    "fuzz": ("seed",),
+}
+_SOAK_CONFIG = ("programs", "max_actions", "batch", "capabilities", "include_known", "generator")
+
+
 class ResultsDir:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -70,8 +82,33 @@ class ResultsDir:
     def exists(self) -> bool:
         return (self.path / MANIFEST).is_file()
 
+    def invalid(self, why: str) -> CampaignError:
+        return CampaignError(f"{str(self.path)!r} is not a valid campaign ({why})")
+
     def manifest(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
+        """The manifest, checked: :class:`CampaignError` for one vbsim did not write."""
+        try:
+            text = (self.path / MANIFEST).read_bytes().decode("utf-8")
+            data = json.loads(text)
+        except OSError as error:
+            raise self.invalid(f"{MANIFEST} cannot be read: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise self.invalid(f"{MANIFEST} is not UTF-8 text") from error
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise self.invalid(f"{MANIFEST} is not JSON") from error
+        if not isinstance(data, dict):
+            raise self.invalid(f"{MANIFEST} is not a JSON object")
+        kind = data.get("kind")
+        if kind not in _REQUIRED:
+            raise self.invalid(f"{MANIFEST} names no campaign kind (soak or fuzz)")
+        missing = [key for key in _REQUIRED[kind] if key not in data]
+        config = data.get("config", {})
+        if not isinstance(config, dict):
+            raise self.invalid(f"{MANIFEST}: config is not an object")
+        if kind == "soak":
+            missing += [f"config.{key}" for key in _SOAK_CONFIG if key not in config]
+        if missing:
+            raise self.invalid(f"{MANIFEST} lacks {', '.join(missing)}")
         return data
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -88,13 +125,15 @@ class ResultsDir:
         path = self.path / JOBS
         if not path.is_file():
             return
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 if line.strip():
                     try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short by an interruption
+                        record = json.loads(line)
+                    except (json.JSONDecodeError, RecursionError):  # a line cut short
                         continue
+                    if isinstance(record, dict):
+                        yield record
 
     def save_state(self, job: int, state: bytes | None) -> None:
         if state is not None:
@@ -114,7 +153,12 @@ class ResultsDir:
         path = self.path / SUMMARY
         if not path.is_file():
             return None
-        data: dict[str, Any] = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise self.invalid(f"{SUMMARY} is not JSON") from error
+        if not isinstance(data, dict):
+            raise self.invalid(f"{SUMMARY} is not a JSON object")
         return data
 
 

@@ -28,15 +28,22 @@ def _error(message: str, code: int = 2) -> NoReturn:
 
 def load_summary(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from vbsim.campaign.groups import group
-    from vbsim.campaign.results import ResultsDir
+    from vbsim.campaign.results import CampaignError, ResultsDir
 
     results = ResultsDir(directory)
     if not results.exists():
         _error(f"{str(directory)!r} holds no campaign (no manifest.json)")
-    manifest = results.manifest()
-    summary = results.summary()
-    records = list(results.records())
+    try:
+        manifest = results.manifest()
+        summary = results.summary()
+        records = list(results.records())
+    except CampaignError as error:
+        _error(str(error))
     soak = manifest.get("kind") == "soak"
+    planned = manifest.get("config", {}).get("programs")
+    # an interrupted campaign writes its summary too: fewer programs than planned
+    if soak and summary is not None and isinstance(planned, int):
+        summary = {**summary, "unfinished": int(summary.get("programs", 0)) < planned}
     if summary is None and not soak:
         summary = {"unfinished": True, "iterations": sum(r.get("iterations", 0) for r in records)}
     if soak and (summary is None or summary.get("programs", 0) < len(records)):
@@ -68,6 +75,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a campaign's manifest, totals and grouped failures."""
+    from vbsim.text import path_text
+
     manifest, summary = load_summary(directory)
     if as_json:
         print(json.dumps({"manifest": manifest, "summary": summary}, indent=2))
@@ -75,16 +84,26 @@ def show(
     out = Console(highlight=False, soft_wrap=True)
     config = manifest.get("config", {})
     lines = [
-        f"{manifest.get('kind', '?')} campaign in {directory}",
+        f"{manifest.get('kind', '?')} campaign in {path_text(directory)}",
         f"  vbsim {manifest.get('vbsim')} (git {manifest.get('git') or 'unknown'}), "
-        f"seed {manifest.get('seed')}, policy {config.get('policy', manifest.get('target', '?'))}",
+        f"seed {manifest.get('seed')}, "
+        + (
+            f"target {manifest.get('target', '?')}"
+            if manifest.get("kind") == "fuzz"
+            else f"policy {config.get('policy', '?')}"
+        ),
         f"  engine {manifest.get('engine')} with {manifest.get('workers')} worker(s)"
         + (
             f", {config['lanes']} lane(s)"
             if config.get("generator") == "guided" and "lanes" in config
             else ""
         )
-        + f"; started {manifest.get('started')}, ended {manifest.get('ended', '(not yet)')}",
+        + f"; started {manifest.get('started')}, "
+        + (
+            f"stopped {manifest['ended']} before the end (unfinished)"
+            if summary.get("unfinished") and "ended" in manifest
+            else f"ended {manifest.get('ended', '(not yet)')}"
+        ),
     ]
     if manifest.get("kind") == "fuzz":
         lines.append(
@@ -112,4 +131,8 @@ def show(
             if entry.get("shrunk"):
                 lines.append("    shrunk, for tests/invariants/regressions.py:")
                 lines.extend("      " + line for line in str(entry["shrunk"]).splitlines())
-    out.print("\n".join(lines), markup=False)
+    from vbsim.text import visible
+
+    # The directory's name and the manifest's fields are the user's (or a file's) text.
+    text = "\n".join(visible(line) for entry in lines for line in str(entry).split("\n"))
+    out.print(text, markup=False)

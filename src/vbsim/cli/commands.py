@@ -129,7 +129,7 @@ def bench(
     unknown = [name for name in only or [] if name not in METRICS]
     if unknown:
         raise typer.BadParameter(
-            f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}"
+            f"unknown metric(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}"
         )
     results = run(repeat=repeat, only=only)
     if as_json:
@@ -178,13 +178,13 @@ def attacks(
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise typer.BadParameter(
-            f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}"
+            f"unknown preset(s) {', '.join(map(repr, unknown))}; known: {', '.join(PRESETS)}"
         )
     scenarios = SCENARIOS
     if only:
         missing = [s for s in only if by_id(s) is None]
         if missing:
-            raise typer.BadParameter(f"unknown scenario(s) {', '.join(missing)}")
+            raise typer.BadParameter(f"unknown scenario(s) {', '.join(map(repr, missing))}")
         scenarios = [s for s in SCENARIOS if s.id.lower() in {o.lower() for o in only}]
     from vbsim.cli.render import progress_bar
 
@@ -305,12 +305,19 @@ def boot_command(
         )
     except PolicyError as error:
         raise typer.BadParameter(str(error)) from error
+    from vbsim.cli.errors import data_dir_problem
     from vbsim.cli.image_cmd import fail
     from vbsim.hw.ram import OutOfFrames, RamError
 
     try:
         report = boot_report(policy)
-    except (RamError, OutOfFrames, MemoryError, OSError) as error:
+    except OSError as error:
+        if (problem := data_dir_problem(error)) is not None:  # not the RAM's fault
+            fail(problem, as_json)
+        fail(
+            f"cannot boot with ram_mib = {policy.ram_mib}: {type(error).__name__}: {error}", as_json
+        )
+    except (RamError, OutOfFrames, MemoryError) as error:
         # The policy validator allows up to 64 GiB; the host or the model may not (issue 12).
         fail(
             f"cannot boot with ram_mib = {policy.ram_mib}: {type(error).__name__}: {error}", as_json

@@ -38,6 +38,12 @@ def json_requested() -> bool:
     return False
 
 
+def given(ctx: Any, name: str) -> bool:
+    """Whether the parameter ``name`` of the running command came from the command line."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and getattr(source, "name", "") == "COMMANDLINE"
+
+
 def refuse(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Refuse: one line on stderr, the JSON error object on stdout if the command was given
     ``--json``, and exit with ``code``.  Works under ``vbsim`` and on a command mounted alone."""
@@ -45,6 +51,36 @@ def refuse(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
     report_error(message, code, json_requested())
     raise typer.Exit(code)
+
+
+def data_dir_problem(error: BaseException | None = None) -> str | None:
+    """What is wrong with vbsim's data directory (``$VBSIM_DATA_DIR``, else
+    ``~/.local/share/vbsim``), on one line naming it; None when nothing is.  With ``error`` (an
+    exception a command ended with), also a model PKI there that cannot be loaded."""
+    import os
+    from pathlib import Path
+
+    from vbsim.text import visible
+
+    try:
+        from vbsim.image import PkiError, data_dir
+
+        path = Path(data_dir()).expanduser()
+    except Exception:
+        return None
+    source = "VBSIM_DATA_DIR" if os.environ.get("VBSIM_DATA_DIR") else "vbsim's data directory"
+    name = f"data directory {visible(repr(str(path)))} ({source})"
+    probe = path
+    while not probe.exists() and probe.parent != probe:  # where it will be made
+        probe = probe.parent
+    if not probe.is_dir():
+        shown = "it" if probe == path else visible(repr(str(probe)))
+        return f"{name} cannot be used: {shown} is not a directory"
+    if probe != path and not os.access(probe, os.W_OK | os.X_OK):
+        return f"{name} cannot be created: {visible(repr(str(probe)))} is not writable"
+    if isinstance(error, PkiError):
+        return f"{name}: the model PKI cannot be used: {error}"
+    return None
 
 
 def error_object(message: str, code: int) -> dict[str, Any]:
@@ -55,8 +91,9 @@ def error_object(message: str, code: int) -> dict[str, Any]:
 def report_error(message: str, code: int, as_json: bool) -> int:
     """Print a refusal: JSON on stdout with ``as_json``, and always one line on stderr."""
     from vbsim.cli.render import error_line
+    from vbsim.text import visible
 
     if as_json:
-        print(json.dumps(error_object(message, code)))
+        print(json.dumps(error_object(visible(message), code)))
     error_line(message)
     return code

@@ -19,6 +19,8 @@ kept in a results directory (``--out``; ``vbsim campaign show DIR``).
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -26,9 +28,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from vbsim.text import visible
+from vbsim.text import path_text, visible
 
 ENGINES = ("auto", "random", "atheris", "local", "dask")
+#: The longest ``--seconds``: a week (``inf`` overflowed libFuzzer's argument, or ran forever).
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 def _error(message: str, code: int = 2) -> NoReturn:
@@ -41,7 +45,8 @@ def _error(message: str, code: int = 2) -> NoReturn:
 def fuzz(
     target: Annotated[str, typer.Argument(help="image, policy, hypercall or securecall.")],
     seconds: Annotated[
-        float, typer.Option("--seconds", "-s", min=0.1, help="How long to fuzz.")
+        float,
+        typer.Option("--seconds", "-s", min=0.1, max=MAX_SECONDS, help="How long to fuzz."),
     ] = 60.0,
     engine: Annotated[
         str,
@@ -56,14 +61,18 @@ def fuzz(
         str | None, typer.Option(help="A running dask scheduler (with --engine dask).")
     ] = None,
     interval: Annotated[
-        float, typer.Option(min=0.5, help="Seconds between corpus merges (a campaign).")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            min=0.5,
+            max=3600.0,
+            show_default=False,
+            help="Seconds between corpus merges (a campaign; default 5).",
+        ),
+    ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Results directory (default: under the data dir).")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a campaign's summary as JSON.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random driver.")] = 0,
     replay: Annotated[
         Path | None, typer.Option("--replay", help="Run one saved input and report.")
@@ -77,25 +86,73 @@ def fuzz(
         _error(f"unknown target {target!r} (known: {', '.join(targets())})")
     if engine not in ENGINES:
         _error(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    for name, value in (("--seconds", seconds), ("--interval", interval)):
+        if value is not None and not math.isfinite(value):
+            _error(f"{name} {value} is not a number of seconds")
     out = Console(highlight=False, soft_wrap=True)
     if replay is not None:
         data = _read_replay(replay, targets()[target].max_len)
         crash = engines.replay(target, data)
-        if crash is None:
+        if as_json:
+            finding = None if crash is None else {"error": crash.error, "trace": crash.trace}
+            report = {"ok": crash is None, "target": target, "bytes": len(data)}
+            print(json.dumps({**report, "finding": finding}))
+        elif crash is None:
             out.print(f"{target}: {len(data)}-byte input ran without a finding", markup=False)
-            return
-        out.print(f"{target}: {crash.error}\n{crash.trace}", markup=False)
-        raise typer.Exit(1)
-    if workers > 1 or engine in ("local", "dask"):
-        _campaign(target, seconds, engine, workers, scheduler, interval, seed, out_dir, as_json)
+        else:
+            out.print(visible(f"{target}: {crash.error}") + f"\n{crash.trace}", markup=False)
+        if crash is not None:
+            raise typer.Exit(1)
         return
-    use_atheris = engine == "atheris" or (engine == "auto" and engines.atheris_available())
+    campaign = workers > 1 or engine in ("local", "dask")
+    if not campaign:
+        # a single fuzzer has no results directory, scheduler or merges: refuse, not ignore
+        stray: dict[str, object] = {"--out": out_dir, "--scheduler": scheduler}
+        stray["--interval"] = interval
+        for option, setting in stray.items():
+            if setting is not None:
+                _error(f"{option} is for a campaign: add --workers N (N > 1)")
+    if campaign:
+        if out_dir is not None:
+            from vbsim.cli.soak_cmd import check_results_dir
+
+            out_dir = check_results_dir(out_dir, "--out", resume_hint=False)
+        every = 5.0 if interval is None else interval
+        _campaign(target, seconds, engine, workers, scheduler, every, seed, out_dir, as_json)
+        return
+    use_atheris = engine == "atheris" or (
+        engine == "auto" and not as_json and engines.atheris_available()
+    )
     if use_atheris:
+        if as_json:
+            _error(
+                "--json needs the random driver (libFuzzer prints its own report): --engine random"
+            )
         if not engines.atheris_available():
             _error("atheris is not installed (pip install atheris), or use --engine random")
         engines.run_atheris(target, seconds)  # libFuzzer exits the process
         return
     result = engines.run_random(target, seconds, seed=seed)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": not result.crashes,
+                    "target": target,
+                    "engine": "random",
+                    "inputs": result.iterations,
+                    "seconds": round(result.seconds, 3),
+                    "corpus_grew": result.grown,
+                    "findings": [
+                        {"error": c.error, "path": path_text(c.path), "trace": c.trace}
+                        for c in result.crashes
+                    ],
+                }
+            )
+        )
+        if result.crashes:
+            raise typer.Exit(1)
+        return
     out.print(
         f"{target}: {result.iterations} inputs in {result.seconds:.1f} s "
         f"({result.rate:.0f}/s, random driver), corpus grew by {result.grown}, "
@@ -103,7 +160,10 @@ def fuzz(
         markup=False,
     )
     for crash in result.crashes:
-        out.print(f"{crash.error}\ninput saved to {crash.path}\n{crash.trace}", markup=False)
+        out.print(
+            visible(f"{crash.error}\ninput saved to {path_text(crash.path)}") + f"\n{crash.trace}",
+            markup=False,
+        )
     if result.crashes:
         raise typer.Exit(1)
 
@@ -120,8 +180,6 @@ def _campaign(
     as_json: bool,
 ) -> None:
     """N random-driver fuzzers sharing a corpus through the campaign engine."""
-    import json
-
     from vbsim.campaign import fuzz as campaign
     from vbsim.campaign.engine import EngineError, make_engine
     from vbsim.campaign.results import ResultsDir, default_dir
@@ -168,7 +226,7 @@ def _campaign(
         out_console.print(
             f"{target}: {result.iterations} inputs in {result.seconds:.1f} s ({result.rate:.0f}/s, "
             f"{workers} fuzzers on {name}), corpus {len(result.corpus)}, "
-            f"{len(result.crashes)} distinct finding(s)\nresults: {directory}",
+            f"{len(result.crashes)} distinct finding(s)\nresults: {visible(path_text(directory))}",
             markup=False,
         )
         for crash in result.crashes.values():

@@ -127,7 +127,12 @@ def fail(message: str, as_json: bool) -> NoReturn:
 
 
 def internal_error(error: BaseException) -> str:
-    """One line for an unexpected exception (a vbsim bug, reported without a traceback)."""
+    """One line for an unexpected exception (a vbsim bug, reported without a traceback), or
+    for a data directory (or model PKI in it) that cannot be used, naming it."""
+    from vbsim.cli.errors import data_dir_problem
+
+    if isinstance(error, Exception) and (problem := data_dir_problem(error)) is not None:
+        return problem
     text = str(error).splitlines()[0] if str(error) else ""
     return visible(f"vbsim internal error: {type(error).__name__}: {text}")
 

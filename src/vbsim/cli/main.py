@@ -199,8 +199,12 @@ def run_app(app: Any, args: list[str], prog_name: str) -> int:
 
         if os.environ.get("VBSIM_DEBUG"):
             raise
+        from vbsim.cli.errors import EXIT_USAGE, data_dir_problem
         from vbsim.cli.image_cmd import internal_error
 
+        problem = data_dir_problem(error)
+        if problem is not None:  # not a bug: the user's data directory
+            return refuse(problem, EXIT_USAGE)
         return refuse(internal_error(error) + " (VBSIM_DEBUG=1 shows the traceback)", 1)
     return code if isinstance(code, int) else 0
 

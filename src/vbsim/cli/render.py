@@ -105,10 +105,15 @@ def console() -> Console:
 
 
 def error_line(message: str) -> None:
-    """One line on stderr, ``error: ...``, the user's text never read as markup."""
+    """One line on stderr, ``error: ...``: the user's text never read as markup, and its control
+    characters shown (``\\x1b``), whatever joined it into the message."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
+    from vbsim.text import visible
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"error: {visible(message)}", markup=False
+    )
 
 
 @contextlib.contextmanager

@@ -58,8 +58,13 @@ def report(
     ] = False,
 ) -> None:
     """Write one self-contained HTML page: boot chain, memory, matrix, attacks, their diagrams."""
-    from vbsim.policy import PolicyError
+    from vbsim.policy import PRESETS, PolicyError
     from vbsim.report.data import validate_presets
+    from vbsim.text import path_text, visible
+
+    unknown = [p for p in preset or [] if p not in PRESETS]
+    if unknown:  # named as typed, quoted: an empty name shows as ''
+        _error(f"unknown preset(s) {', '.join(map(repr, unknown))} (known: {', '.join(PRESETS)})")
 
     try:
         presets = validate_presets(preset)
@@ -75,19 +80,24 @@ def report(
         with progress_bar("report", total, not as_json) as advance:
             built = build_report(presets, progress=advance)
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line
+        from vbsim.cli.errors import data_dir_problem
+
+        problem = data_dir_problem(error)
+        if problem is not None:
+            _error(problem)
         text = str(error).splitlines()[0] if str(error) else ""
         _error(f"vbsim internal error: {type(error).__name__}: {text}", code=1)
     try:
         _write(output, built.html)
     except OSError as error:
-        _error(f"output {str(output)!r}: cannot write it ({error.strerror or error})")
+        _error(f"output {path_text(output)!r}: cannot write it ({error.strerror or error})")
     data = built.data
     runs = sum(1 for r in data.runs.values() if r.diagram is not None)
     if as_json:
         import json
 
         summary = {
-            "output": str(output),
+            "output": path_text(output),
             "bytes": built.size,
             "presets": presets,
             "scenarios": len(data.scenarios),
@@ -97,7 +107,8 @@ def report(
         print(json.dumps(summary))
         return
     Console(highlight=False, soft_wrap=True).print(
-        f"wrote {output} ({built.size / 1e6:.2f} MB): {len(presets)} preset(s), "
+        f"wrote {visible(path_text(output))} ({built.size / 1e6:.2f} MB): "
+        f"{len(presets)} preset(s), "
         f"{len(data.scenarios)} scenarios, {runs} runs drawn, in {built.seconds:.1f} s",
         markup=False,
     )

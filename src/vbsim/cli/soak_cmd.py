@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -109,7 +109,107 @@ def campaign_progress(
         yield progress, on_engine
 
 
+def _given(ctx: typer.Context, option: str) -> bool:
+    """Whether the user typed ``option`` (not its default)."""
+    from vbsim.cli.errors import given
+
+    return given(ctx, option.lstrip("-").replace("-", "_"))
+
+
+def check_results_dir(path: Path, option: str, resume_hint: bool) -> Path:
+    """``--out DIR`` for a new campaign: a new or empty directory whose parent exists (a
+    campaign's directory reused would mix two campaigns' records)."""
+    from vbsim.text import visible
+
+    name = visible(repr(str(path)))
+    try:
+        if path.exists() and not path.is_dir():
+            _error(f"{option} {name} is not a directory (a campaign's results go in one)")
+        if path.is_dir() and any(path.iterdir()):
+            hint = f"; continue its campaign with --resume {name}" if resume_hint else ""
+            _error(f"{option} {name} is not empty: give a new directory{hint}")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            _error(f"{option} {name}: directory {visible(repr(str(parent)))} does not exist")
+        if not os.access(parent, os.W_OK):
+            _error(f"{option} {name}: directory {visible(repr(str(parent)))} is not writable")
+    except OSError as error:
+        _error(f"{option} {name}: {error.strerror}")
+    return path
+
+
+def _resumed(resume: Path, given: dict[str, Any], lanes: int | None) -> tuple[Any, ...]:
+    """The settings of the campaign in ``resume``; options that contradict it are refused (its
+    records depend on them), and a finished campaign is said to be finished."""
+    from vbsim.campaign.results import CampaignError, ResultsDir
+    from vbsim.policy import PolicyError, from_dict
+    from vbsim.text import visible
+
+    results = ResultsDir(resume)
+    name = visible(repr(str(resume)))
+    if not results.exists():
+        _error(f"{name} holds no campaign (no manifest.json)")
+    try:
+        manifest = results.manifest()
+        if manifest.get("kind") != "soak":
+            _error(f"{name} is not a soak campaign (it is a {manifest.get('kind')} campaign)")
+        config = manifest["config"]
+        policy = from_dict(manifest["policy"])
+        settings: dict[str, Any] = {
+            "--programs": int(config["programs"]),
+            "--seed": int(manifest["seed"]),
+            "--max-actions": int(config["max_actions"]),
+            "--batch": int(config["batch"]),
+            "--capability": [str(c) for c in config["capabilities"]],
+            "--generator": str(config["generator"]),
+            "--include-known-bugs": bool(config["include_known"]),
+            "--lanes": int(config.get("lanes", 2)),
+        }
+    except CampaignError as error:
+        _error(str(error))
+    except (KeyError, TypeError, ValueError, PolicyError) as error:
+        _error(f"{name} is not a valid campaign (manifest.json: {type(error).__name__} {error})")
+    if lanes is not None:
+        given["--lanes"] = lanes
+    for option, value in given.items():
+        if option in ("--preset", "--ram-mib", "--out"):
+            _error(f"{option} cannot change a campaign: --resume continues it as it started")
+        if value != settings[option]:
+            _error(
+                f"{option} {value} differs from the campaign's {settings[option]} "
+                "(--resume continues it as it started; its records depend on it)"
+            )
+    programs = int(settings["--programs"])
+    done = len({r.get("index") for r in results.records() if "index" in r})
+    if done >= programs:  # nothing to run: say so (its throughput would be nonsense)
+        from vbsim.cli.errors import json_requested
+        from vbsim.text import path_text, shell_word
+
+        if json_requested():
+            print(json.dumps({"ok": True, "finished": True, "out": path_text(resume),
+                              "programs": done}))  # fmt: skip
+        else:
+            Console(highlight=False, soft_wrap=True).print(
+                f"the campaign in {name} is finished ({done} of {programs} programs): nothing "
+                f"to run; 'vbsim campaign show {shell_word(resume)}' shows it",
+                markup=False,
+            )
+        raise typer.Exit(0)
+    return (
+        policy,
+        programs,
+        settings["--seed"],
+        settings["--max-actions"],
+        settings["--batch"],
+        tuple(settings["--capability"]),
+        settings["--include-known-bugs"],
+        settings["--generator"],
+        settings["--lanes"],
+    )
+
+
 def soak(
+    ctx: typer.Context,
     programs: Annotated[
         int, typer.Option("--programs", "-n", min=1, help="Programs to run.")
     ] = 1000,
@@ -184,36 +284,45 @@ def soak(
         _error(f"unknown capability {unknown[0]!r} (known: {', '.join(CAPABILITIES)})")
     from vbsim.campaign.engine import ENGINES, EngineError
     from vbsim.campaign.jobs import GENERATORS
-    from vbsim.campaign.results import ResultsDir, default_dir
+    from vbsim.campaign.results import default_dir
 
     if engine not in ENGINES:
         _error(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
     if generator not in GENERATORS:
         _error(f"unknown generator {generator!r} (known: {', '.join(GENERATORS)})")
     if resume is not None:
-        results = ResultsDir(resume)
-        if not results.exists():
-            _error(f"{str(resume)!r} holds no campaign (no manifest.json)")
-        manifest = results.manifest()
-        config = manifest.get("config", {})
-        if manifest.get("kind") != "soak":
-            _error(f"{str(resume)!r} is not a soak campaign")
-        from vbsim.policy import from_dict
-
-        policy = from_dict(manifest["policy"])
-        programs, seed = int(config["programs"]), int(manifest["seed"])
-        max_actions, batch = int(config["max_actions"]), int(config["batch"])
-        capabilities = tuple(config["capabilities"])
-        include_known_bugs, generator = bool(config["include_known"]), str(config["generator"])
-        if lanes is not None and lanes != int(config["lanes"]):
-            _error(
-                f"--lanes {lanes} differs from the campaign's {config['lanes']}"
-                " (its records depend on the lanes)"
+        given = {
+            name: value
+            for name, value in (
+                ("--preset", preset),
+                ("--programs", programs),
+                ("--seed", seed),
+                ("--max-actions", max_actions),
+                ("--batch", batch),
+                ("--capability", capability),
+                ("--generator", generator),
+                ("--include-known-bugs", include_known_bugs),
+                ("--ram-mib", ram_mib),
+                ("--out", out),
             )
-        lanes = int(config["lanes"])
+            if _given(ctx, name)
+        }
+        (
+            policy,
+            programs,
+            seed,
+            max_actions,
+            batch,
+            capabilities,
+            include_known_bugs,
+            generator,
+            lanes,
+        ) = _resumed(resume, given, lanes)
         directory = resume
+    elif out is not None:
+        directory = check_results_dir(out, "--out", resume_hint=True)
     else:
-        directory = out if out is not None else default_dir("soak")
+        directory = default_dir("soak")
     count = workers or max(1, min(4, os.cpu_count() or 1))
     show = not as_json and sys.stderr.isatty()
     if lanes is None:
@@ -246,6 +355,9 @@ def soak(
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        Console(highlight=False, soft_wrap=True).print(format_report(report), markup=False)
+        from vbsim.text import visible
+
+        text = "\n".join(visible(line) for line in format_report(report).split("\n"))
+        Console(highlight=False, soft_wrap=True).print(text, markup=False)
     if not report.ok:
         raise typer.Exit(1)
