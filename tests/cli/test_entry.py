@@ -171,3 +171,22 @@ def test_help_lists_commands_in_help_order(capsys: pytest.CaptureFixture[str]) -
         if line.startswith("│ ") and len(line.split()) > 1 and line.split()[1] in HELP_ORDER
     ]
     assert listed == list(HELP_ORDER)
+
+
+def test_help_names_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Exit codes:" in text and "3 the machine refused to boot" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["trustlet", "run", "LsaIso.exe", "--preset", "vbs-off"],
+        ["image", "verify", "/etc/hostname"],
+    ],
+    ids=["admission refused", "not signed"],
+)
+def test_ok_matches_the_outcome(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False

@@ -23,6 +23,8 @@ app = typer.Typer(
     help="vbsim: an executable model of Windows Virtualization-Based Security.",
     no_args_is_help=True,
     add_completion=False,
+    epilog="Exit codes: 0 done; 1 a check failed (or a vbsim bug, or stdout cannot be written); "
+    "2 bad input; 3 the machine refused to boot; 130 interrupted; 141 stdout closed.",
 )
 app.add_typer(image_app, name="image")
 app.add_typer(trustlet_app, name="trustlet")
