@@ -145,6 +145,8 @@ FORBIDDEN_MODULES = (
     "vbsim.fuzz",
     "vbsim.demo",
     "vbsim.scenarios",
+    # the model's signing service: private keys, Signer, sign_image (host side only)
+    "vbsim.signing",
     "gc",
     "inspect",
     "ctypes",

@@ -25,9 +25,8 @@ from architecture import checker
 ROOT = Path(__file__).resolve().parents[2] / "src"
 CATALOGUE_A1 = ROOT / "vbsim/attacks/catalogue/a01_a04_vtl1_boundary.py"
 A1 = "vbsim.attacks.catalogue.a01_a04_vtl1_boundary"
-#: What must be in checker.FORBIDDEN_MODULES for the static half (see the xfail reasons).
+#: The signing service's package: in checker.FORBIDDEN_MODULES for guest code and steps.
 SIGNING = "vbsim.signing"
-NEEDS_BAN = f"needs ban of {SIGNING} in checker.py (FORBIDDEN_MODULES)"
 #: Guest-package modules that still import the signing package (none: the trustlet image
 #: builder, a host-side tool, moved from ``vbsim.ium.images`` to ``vbsim.boot.trustlets``).
 KNOWN_IMPORTERS: set[str] = set()
@@ -119,7 +118,6 @@ def test_every_signing_module_is_under_the_signing_package() -> None:
 
 
 # -- statically: the checker flags a guest import of the signing package -----------------------
-@pytest.mark.xfail(strict=True, reason=NEEDS_BAN)
 @pytest.mark.parametrize(
     "line",
     [
@@ -135,7 +133,6 @@ def test_a_planted_step_importing_the_signing_key_is_caught(line: str) -> None:
     assert any(v.function == "_tamper" and v.rule == "import" for v in found), found
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_BAN)
 def test_a_planted_step_signing_its_rootkit_is_caught() -> None:
     """The audit's step, as a catalogue module would write it (module-level import, used in
     the step)."""
@@ -152,7 +149,6 @@ def test_a_planted_step_signing_its_rootkit_is_caught() -> None:
     assert {v.rule for v in found if v.function == "_sign_and_load"} == {"import"}
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_BAN)
 def test_a_kernel_module_importing_the_signing_package_is_caught() -> None:
     found = checker.check_source("from vbsim.signing import Signer\n", "vbsim.nt.planted")
     assert [v.rule for v in found] == ["import"]

@@ -73,7 +73,9 @@ def _ium_routine(handler: SecureHandler) -> Callable[[Cpu, list[int]], int]:
 
     def routine(vp: Cpu, args: list[int]) -> int:
         sk = vp.kernel()
-        caller = ium.current(sk, vp) if isinstance(sk, SecureKernel) else None
+        if not isinstance(sk, SecureKernel):
+            return int(NtStatus.INVALID_SYSTEM_SERVICE)
+        caller = ium.current(sk, vp)
         if caller is None:
             return int(NtStatus.INVALID_SYSTEM_SERVICE)
         return handler(sk, vp, caller, args)
