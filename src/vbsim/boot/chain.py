@@ -16,6 +16,7 @@ continues without VBS (the Downdate lesson, vbs-internals §1.4, §6 A16).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +216,7 @@ def boot(
     # The memory map NT gets: a region at the top of RAM is NT's to manage (its PFN database);
     # what the loader handed out below it (NT's image, the SK's pool and image) and the loader's
     # reserve (HOST_RESERVE_FRAMES) are not.
-    nt, nt_space = load_nt(machine, policy.build, vbs)
+    nt, nt_space = load_nt(machine, policy.build, vbs, system.disk.drivers)
     system.nt_space = nt_space
     from vbsim.nt.registry import HVCI_KEY, LSA_CFG_FLAGS_KEY, load_hive
 
@@ -302,14 +303,24 @@ def system_values(system: System) -> dict[str, int]:
     return host_values(system.machine.ram, system.nt.hive_gpa)
 
 
-def load_nt(machine: Machine, build: str, vbs: bool) -> tuple[NtKernel, KernelSpace]:
+def load_nt(
+    machine: Machine, build: str, vbs: bool, drivers: Mapping[str, bytes] | None = None
+) -> tuple[NtKernel, KernelSpace]:
     """winload loading ntoskrnl: NT's address space (the loader's side, kept host side), its
-    image, and the memory map's region NT manages from then on (the host allocator stops
-    below it)."""
+    image, the memory map's region NT manages from then on (the host allocator stops below
+    it), and the system disk's driver store as NT's file system presents it (none: empty)."""
     first_free = nt_region_start(machine)
     machine.ram.frames.limit = first_free
     space = KernelSpace(machine.ram, "ntoskrnl")
-    nt = NtKernel(build, vbs, space, len(machine.vps), first_free, machine.ram.pages)
+    nt = NtKernel(
+        build,
+        vbs,
+        space,
+        len(machine.vps),
+        first_free,
+        machine.ram.pages,
+        driver_store=dict(drivers or {}),
+    )
     return nt, space
 
 

@@ -4,9 +4,10 @@ Component images are real PE32+ files built by :mod:`vbsim.image` and Authentico
 model PKI with the Windows-component profile; their version resource carries the version and SVN
 the policy installs.  The driver store (``\\System32\\drivers``) is signed here too, when the disk
 is built: the signing service is host side (:mod:`vbsim.signing`), and NT only reads the files
-(``vbsim.storage``).  The disk also holds what persists across reboots: the registry values that
-winload reads (``DeviceGuard\\EnableVirtualizationBasedSecurity``) and the UEFI variables that the
-UEFI lock writes (vbs-internals §1.1 row 3, §1.4).  Attacks change the disk, then reboot.
+(``Disk.drivers``, which the loader hands NT's file system at boot).  The disk also holds what
+persists across reboots: the registry values that winload reads
+(``DeviceGuard\\EnableVirtualizationBasedSecurity``) and the UEFI variables that the UEFI lock
+writes (vbs-internals §1.1 row 3, §1.4).  Attacks change the disk, then reboot.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from vbsim import storage
 from vbsim.image import ComponentVersion, ImageKind, build_image, data_dir
 from vbsim.policy import Component, Policy
 from vbsim.signing import model_pki, other_pki, sign_image
@@ -86,6 +86,9 @@ class Disk:
     trustlets: dict[str, Component] = field(default_factory=dict)
     registry: dict[str, int] = field(default_factory=dict)
     efi_variables: dict[str, int] = field(default_factory=dict)
+    #: The driver store's files (``\\SystemRoot\\System32\\drivers``), signed at install:
+    #: the loader hands them to NT's file system at boot (``chain.load_nt``).
+    drivers: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def install(cls, policy: Policy) -> Disk:
@@ -95,7 +98,7 @@ class Disk:
         )
         disk.registry[VBS_REGISTRY_KEY] = int(policy.vbs)
         # The driver store's files, signed at install: NT's file system reads them at boot.
-        storage.attach(storage.DRIVERS, driver_store())
+        disk.drivers = driver_store()
         if policy.uefi_lock:
             # With UEFI lock the setting lives in a boot-services-only EFI variable (§1.1 row 3).
             disk.efi_variables[VBS_EFI_VARIABLE] = int(policy.vbs)

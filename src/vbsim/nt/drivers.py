@@ -48,7 +48,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vbsim import storage
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw import code
@@ -233,11 +232,6 @@ def store_image(spec: DriverSpec) -> bytes:
     return build_image(ImageKind.DRIVER, spec.name, "DriverEntry", routines)
 
 
-def default_store() -> dict[str, bytes]:
-    """The driver store as the disk holds it: the files the host attached (``vbsim.storage``)."""
-    return storage.files(storage.DRIVERS)
-
-
 # -- wiring ---------------------------------------------------------------------------------------
 def register_nt(nt: NtKernel) -> None:
     """Loader time (called from ``NtKernel.__post_init__``): ``nt!SeCiCallbacks`` in NT's
@@ -249,7 +243,6 @@ def register_nt(nt: NtKernel) -> None:
     nt.loader_write_u64(head + 8, head)
     nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
     nt.install_routine(ZW_FLUSH_INSTRUCTION_CACHE)
-    nt.driver_store = default_store()
     nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
     nt.system_va_cursor(POOL_CURSOR, POOL_EXECUTE_BASE)
     nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
