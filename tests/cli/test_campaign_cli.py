@@ -50,9 +50,11 @@ def test_fuzz_out_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     one_line(capsys, "is not a directory")
 
 
-def test_soak_out_with_a_missing_parent(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["soak", "-n", "2", "--out", "/nonexistent/x"]) == 2
-    one_line(capsys, "'/nonexistent' does not exist")
+def test_soak_out_with_a_missing_parent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing"
+    assert main(["soak", "-n", "2", "--out", str(missing / "x")]) == 2
+    one_line(capsys, f"'{missing}' does not exist")
+    assert not missing.exists()  # nothing created
 
 
 @pytest.mark.parametrize("command", ["soak", "fuzz"])
