@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import os
 import site
+import subprocess
 import sys
 from pathlib import Path
 
@@ -128,6 +130,38 @@ def test_sign_rejects_missing_directories_and_non_pe(cli: Run, tmp_path: Path) -
     text = write(tmp_path, "notes.txt", b"hello, not a PE")
     cli("image", "sign", text).assert_one_line_error("notes.txt", "not a PE image")
     assert text.read_bytes() == b"hello, not a PE"
+
+
+def test_sign_refuses_special_outputs_and_writes_through_a_symlink(
+    cli: Run, tmp_path: Path
+) -> None:
+    """A FIFO used to hang and /dev/null to "succeed"; a symlink is written through."""
+    path = write(tmp_path, "in.exe", unsigned_trustlet())
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    cli("image", "sign", path, "-o", fifo).assert_one_line_error("not a regular file")
+    cli("image", "sign", path, "-o", "/dev/null").assert_one_line_error("not a regular file")
+    target, link = tmp_path / "real.exe", tmp_path / "link.exe"
+    link.symlink_to(target)
+    assert cli("image", "sign", path, "-o", link).exit_code == 0
+    assert link.is_symlink() and target.read_bytes() != unsigned_trustlet()
+    assert path.read_bytes() == unsigned_trustlet()
+
+
+def test_inspect_folds_long_export_names(tmp_path: Path) -> None:
+    """No export name is cut at 100 columns (rich's default overflow is an ellipsis)."""
+    long_name = "ThisIsAVeryLongExportNameThatGoesOnAndOn" * 3
+    image = build_image(
+        ImageKind.DRIVER, "long.sys", long_name, {long_name: "sk.SkpNotImplemented"}
+    )
+    path = write(tmp_path, "long.sys", image)
+    env = {**os.environ, "COLUMNS": "100"}
+    command = [sys.executable, "-m", "vbsim", "image", "inspect", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    cells = "".join(line.replace("│", " ").strip() for line in done.stdout.splitlines())
+    assert long_name in cells.replace(" ", "")
 
 
 def test_errors_with_json_also_print_json(cli: Run, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vbsim.cli.output import OutputError, check_output, write_atomically
 from vbsim.cli.render import console
 from vbsim.text import path_text, safe, visible
 
@@ -647,7 +648,7 @@ def print_inspect(out: Console, report: dict[str, Any]) -> None:
             title=f"exports of {safe(report['export_dll_name'] or '?')}", header_style="bold"
         )
         for column in ("ordinal", "name", "RVA", "guest routine / forwarder"):
-            exports.add_column(column)
+            exports.add_column(column, overflow="fold")
         for e in report["exports"]:
             exports.add_row(
                 str(e["ordinal"]),
@@ -743,8 +744,11 @@ def sign_command(
                 f"{visible(repr(str(file)))} cannot be signed: {visible(error)}"
             ) from error
         target = output if output is not None else file
-        try:
-            target.write_bytes(signed)
+        try:  # refuse special files, write through a symlink, replace atomically
+            target = check_output(target, "signed.exe")
+            write_atomically(target, signed, mode=file.stat().st_mode & 0o777)
+        except OutputError as error:
+            raise CliError(str(error)) from error
         except OSError as error:
             raise CliError(
                 f"cannot write {visible(repr(str(target)))}: {error.strerror}"
