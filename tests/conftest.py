@@ -1,4 +1,5 @@
-"""Shared fixtures: a bare partition with VTL1 enabled, and a way to act as a given VTL."""
+"""Shared fixtures: a bare partition with VTL1 enabled, a way to act as a given VTL, and an
+attack context booted on the ``vbs`` preset."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from vbsim.attacks.context import AttackContext
+from vbsim.boot.disk import Disk
 from vbsim.conformance.harness import Partition, as_vtl, partition
+from vbsim.policy import preset
 
 __all__ = ["Bare", "as_vtl", "make_bare"]
 
@@ -38,3 +42,14 @@ def bare() -> Iterator[Bare]:
     env = make_bare()
     yield env
     env.machine.close()
+
+
+@pytest.fixture
+def ctx() -> Iterator[AttackContext]:
+    """An attack context booted on ``vbs`` (its machine closed afterwards)."""
+    policy = preset("vbs")
+    context = AttackContext(policy, "vbs", Disk.install(policy))
+    context.boot()
+    yield context
+    assert context.system is not None and context.system.machine is not None
+    context.system.machine.close()

@@ -9,7 +9,6 @@ pages)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -18,24 +17,12 @@ from vbsim.attacks.catalogue import a03_a14_memory_code_dma as a03
 from vbsim.attacks.catalogue import a15_a20_boot_and_trustlets as a15
 from vbsim.attacks.catalogue import d01_d05_data_only as d01
 from vbsim.attacks.context import AttackContext
-from vbsim.boot.disk import Disk
 from vbsim.hw.cpu import Cpu
 from vbsim.image import ComponentVersion
 from vbsim.nt import lsass
 from vbsim.nt.layouts import EPROCESS, NO_TRUSTLET, Field, write_field
 from vbsim.nt.process import Process
-from vbsim.policy import preset
 from vbsim.sk.ium.process import SecureProcess
-
-
-@pytest.fixture
-def ctx() -> Iterator[AttackContext]:
-    policy = preset("vbs")
-    context = AttackContext(policy, "vbs", Disk.install(policy))
-    context.boot()
-    yield context
-    assert context.system is not None and context.system.machine is not None
-    context.system.machine.close()
 
 
 def _write(cpu: Cpu, eprocess: int, offset: int, size: int, value: int) -> int:

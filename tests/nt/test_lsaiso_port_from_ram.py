@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
+from vbsim.attacks.catalogue.a21_a29_credentials import _pass_the_challenge
 from vbsim.attacks.context import AttackContext
-from vbsim.boot.disk import Disk
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt import lsass
@@ -17,19 +15,8 @@ from vbsim.nt.layouts import EPROCESS, NO_TRUSTLET, write_field
 from vbsim.nt.process import Process
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
-from vbsim.policy import preset
 
 CHALLENGE = bytes.fromhex("1122334455667788")
-
-
-@pytest.fixture
-def ctx() -> Any:
-    policy = preset("vbs")
-    context = AttackContext(policy, "vbs", Disk.install(policy))
-    context.boot()
-    yield context
-    assert context.system is not None and context.system.machine is not None
-    context.system.machine.close()
 
 
 def _ask_lsaiso(cpu: Cpu, pid: int, record_va: int, port: int, buffer: int) -> int:
@@ -37,18 +24,7 @@ def _ask_lsaiso(cpu: Cpu, pid: int, record_va: int, port: int, buffer: int) -> i
     status = syscall(cpu, "NtReadVirtualMemory", pid, record_va, buffer, lsass.RECORD_SIZE)
     if status:
         return status
-    parsed = lsass.parse_record(cpu.read(buffer, lsass.RECORD_SIZE))
-    blob = lsass.isolated_blob(parsed.blob) if parsed and parsed.blob else b""
-    request = lsass.respond_message(blob or b"?", CHALLENGE)
-    cpu.write(buffer + PAGE_SIZE, request)
-    return syscall(
-        cpu,
-        "NtAlpcSendWaitReceivePort",
-        port,
-        buffer + PAGE_SIZE,
-        len(request),
-        buffer + 2 * PAGE_SIZE,
-    )
+    return _pass_the_challenge(cpu, buffer, port, buffer)  # A21's SSP, on the copy
 
 
 def _write(cpu: Cpu, eprocess: int, offset: int, size: int, value: int) -> int:
