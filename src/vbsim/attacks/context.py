@@ -104,7 +104,8 @@ def payload_routine(function: Payload, *, breakpoint: bool = False) -> str:
     learns that the attacker's code ran, and in which mode."""
     name = _PAYLOADS.get(function)
     if name is None:
-        name = f"attack.{function.__module__}.{function.__qualname__}"
+        # Short enough for a trace cell: the module's last component names the scenario file.
+        name = f"attack.{function.__module__.rsplit('.', 1)[-1]}.{function.__qualname__}"
         code.register(name, function, breakpoint=breakpoint)
         _PAYLOADS[function] = name
     return name
