@@ -40,6 +40,7 @@ from typing import Any
 
 from vbsim.boot.chain import System, boot
 from vbsim.boot.disk import Disk
+from vbsim.hv.crash import GuestCrash
 from vbsim.hw import code
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor
@@ -158,7 +159,20 @@ class AttackContext:
         return machine.bsp
 
     @property
+    def crashes(self) -> list[GuestCrash]:
+        """The crashes kernels reported to the hypervisor (vbsim.hv.crash), as it recorded them:
+        which VP and VTL executed the CrashNotify.  Guest code cannot write these records, so
+        a goal about a kernel stopping the machine reads them, not the flows' ends."""
+        machine = self.system.machine if self.system is not None else None
+        return list(machine.hv.crashes) if machine is not None and machine.hv is not None else []
+
+    @property
     def bugchecked(self) -> bool:
+        """A kernel stopped the machine: a crash the hypervisor recorded; on bare metal (no one
+        to record it) a flow that ended in KeBugCheckEx."""
+        machine = self.system.machine if self.system is not None else None
+        if machine is not None and machine.hv is not None:
+            return bool(machine.hv.crashes)
         from vbsim.hw.faults import Bugcheck
 
         return any(isinstance(stop, Bugcheck) for stop in self.stops)

@@ -720,6 +720,14 @@ class HvMsr(IntEnum):
     SINT13 = 0x4000009D
     SINT14 = 0x4000009E
     SINT15 = 0x4000009F
+    # Guest crash enlightenment (TLFS partition-properties.md, "Guest Crash Enlightenment
+    # Interface"): not in vsm.md's list of VTL-private synthetic MSRs, so shared by all VTLs.
+    CRASH_P0 = 0x40000100
+    CRASH_P1 = 0x40000101
+    CRASH_P2 = 0x40000102
+    CRASH_P3 = 0x40000103
+    CRASH_P4 = 0x40000104
+    CRASH_CTL = 0x40000105
 
 
 # Hypercall MSR (0x40000001).  [TLFS hypercall-interface; hvdef `MsrHypercallContents`]: bit0
@@ -732,6 +740,19 @@ HYPERCALL_MSR_GPFN: Final = BitField(12, 52)
 # bits 11:1 RsvdP, bits 63:12 PFN.
 VP_ASSIST_ENABLE: Final = BitField(0, 1)
 VP_ASSIST_GPFN: Final = BitField(12, 52)
+
+# HV_CRASH_CTL_REG_CONTENTS (TLFS datatypes/hv_crash_ctl_reg_contents.md): Reserved 57:0,
+# PreOSId 60:58, NoCrashDump 61, CrashMessage 62 (P3 = message GPA, P4 = its length),
+# CrashNotify 63 ("log contents of crash parameter system registers").
+CRASH_CTL_PRE_OS_ID: Final = BitField(58, 3)
+CRASH_CTL_NO_CRASH_DUMP: Final = BitField(61, 1)
+CRASH_CTL_CRASH_MESSAGE: Final = BitField(62, 1)
+CRASH_CTL_CRASH_NOTIFY: Final = BitField(63, 1)
+#: TLFS partition-properties.md: the CrashMessage length in P4 is at most 4096 bytes.
+CRASH_MESSAGE_MAX: Final = 4096
+#: CPUID 0x40000003 EDX bit 10: "Support for guest crash MSRs is available" (TLFS
+#: feature-discovery.md).
+CPUID_EDX_GUEST_CRASH_MSRS: Final = 1 << 10
 
 # SynIC MSRs.  vsm-spec §4.1 [Linux hvgdk_mini.h; hvdef]
 SCONTROL_ENABLE: Final = BitField(0, 1)

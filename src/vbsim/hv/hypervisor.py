@@ -20,6 +20,7 @@ import greenlet
 
 from vbsim.hv import defs, msrs, synic
 from vbsim.hv.calls import register_all
+from vbsim.hv.crash import CrashRegisters, GuestCrash
 from vbsim.hv.defs import HvVtlEntryReason
 from vbsim.hv.dispatch import Dispatcher
 from vbsim.hv.intercepts import InterceptOutcome, raise_intercept
@@ -51,6 +52,19 @@ _getcurrent = greenlet.getcurrent
 _ENTRY_VTL_CALL = HvVtlEntryReason.VTL_CALL
 #: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
 CPUID_FEATURES = 0x4000_0003
+#: The hypervisor CPUID leaves the model answers (TLFS feature-discovery.md): 0x40000000 gives the
+#: highest leaf (an Hv#1 hypervisor provides at least 0x40000005; the model's 0x40000002,
+#: 0x40000004 and 0x40000005 read as zero) and the vendor "Microsoft Hv"; 0x40000001 the
+#: interface signature "Hv#1".
+CPUID_VENDOR = 0x4000_0000
+CPUID_INTERFACE = 0x4000_0001
+CPUID_MAX_LEAF = 0x4000_0005
+_VENDOR_EBX = int.from_bytes(b"Micr", "little")
+_VENDOR_ECX = int.from_bytes(b"osof", "little")
+_VENDOR_EDX = int.from_bytes(b"t Hv", "little")
+_HV1 = int.from_bytes(b"Hv#1", "little")
+#: CPUID.01h:ECX bit 31, "the hypervisor present bit" (TLFS feature-discovery.md).
+CPUID_HYPERVISOR_PRESENT = 1 << 31
 #: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers one canonical half of
 #: a 48-bit address space (47 bits of VA), the kernel half with HLAT prefix size 1 as the Secure
 #: Kernel programs it (vbsim.sk.hvpt).  A model choice: no public source gives the value real
@@ -93,6 +107,8 @@ class Hypervisor:
             | defs.HvPartitionPrivilege.ACCESS_VP_REGISTERS
             | defs.HvPartitionPrivilege.START_VIRTUAL_PROCESSOR
         )
+        #: The guest crash enlightenment's registers and what guests notified (vbsim.hv.crash).
+        self.crash_registers = CrashRegisters()
         #: Set when a pending event was injected into a VP's lower VTL on return (per VP index).
         self.last_injected: dict[int, bool] = {}
 
@@ -115,11 +131,27 @@ class Hypervisor:
         "Hypervisor Feature Identification": EAX/EBX are bits 31:0 / 63:32 of the partition
         privilege mask (TLFS feature-discovery.md).  Other leaves read as zero."""
         if leaf == CPUID_FEATURES:
-            # EDX bit 4: XMM fast hypercall input; bit 15: XMM fast hypercall output (TLFS
-            # feature-discovery.md, hypercall-interface.md).
-            edx = 1 << 4 | 1 << 15
+            # EDX bit 4: XMM fast hypercall input; bit 10: guest crash MSRs; bit 15: XMM fast
+            # hypercall output (TLFS feature-discovery.md, hypercall-interface.md).
+            edx = 1 << 4 | defs.CPUID_EDX_GUEST_CRASH_MSRS | 1 << 15
             return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
+        if leaf == CPUID_VENDOR:
+            return CPUID_MAX_LEAF, _VENDOR_EBX, _VENDOR_ECX, _VENDOR_EDX
+        if leaf == CPUID_INTERFACE:
+            return _HV1, 0, 0, 0
+        if leaf == 1:
+            return 0, 0, CPUID_HYPERVISOR_PRESENT, 0
         return 0, 0, 0, 0
+
+    def cpuid_exit(self, vp: VirtualProcessor, leaf: int) -> tuple[int, int, int, int]:
+        """CPUID exits unconditionally under VMX (Intel SDM Vol. 3C 25.1.2): the hypervisor
+        answers every leaf the guest asks."""
+        return self.cpuid(leaf)
+
+    @property
+    def crashes(self) -> list[GuestCrash]:
+        """Every CrashNotify so far, in order (the root partition's log)."""
+        return self.crash_registers.notified
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self, vp: VirtualProcessor) -> None:

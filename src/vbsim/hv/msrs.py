@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vbsim.hv import defs, synic
+from vbsim.hv import crash, defs, synic
 from vbsim.hv.defs import HvMsr
 
 if TYPE_CHECKING:
@@ -117,4 +117,6 @@ def access(hv: Hypervisor, vp: VirtualProcessor, msr: int, value: int | None) ->
             return syn.sints[index]
         syn.sints[index] = value
         return 0
+    if crash.FIRST_PARAMETER <= msr <= HvMsr.CRASH_CTL:
+        return crash.access(hv, vp, msr, value)
     return None

@@ -72,6 +72,7 @@ SURFACE: frozenset[str] = frozenset(
         "wrmsr",
         "rdmsr",
         "rdrand",
+        "cpuid",
         "mov_to_cr",
         "lidt",
         "lgdt",
@@ -105,6 +106,7 @@ _BOUND: tuple[str, ...] = (
     "wrmsr",
     "rdmsr",
     "rdrand",
+    "cpuid",
     "mov_to_cr",
     "lidt",
     "lgdt",
@@ -144,6 +146,7 @@ class Cpu(SharedGprs):
         wrmsr: Callable[[int, int], None]
         rdmsr: Callable[[int], int]
         rdrand: Callable[[], int]
+        cpuid: Callable[[int], None]
         mov_to_cr: Callable[[int, int], None]
         lidt: Callable[[int, int], None]
         lgdt: Callable[[int, int], None]

@@ -153,6 +153,10 @@ class Exits(Protocol):
         """Hypervisor MSRs.  Returns the value read (or 0 for a write); None means #GP."""
         ...
 
+    def cpuid_exit(self, vp: VirtualProcessor, leaf: int) -> tuple[int, int, int, int]:
+        """CPUID leaf ``leaf``: EAX, EBX, ECX, EDX."""
+        ...
+
 
 class NoHypervisor:
     """Bare metal: no hypercalls (#UD), no SLAT, no secure intercepts, no synthetic MSRs."""
@@ -174,6 +178,13 @@ class NoHypervisor:
 
     def synthetic_msr(self, vp: VirtualProcessor, msr: int, value: int | None) -> int | None:
         return None
+
+    def cpuid_exit(self, vp: VirtualProcessor, leaf: int) -> tuple[int, int, int, int]:
+        """Bare metal: CPUID.01h:ECX bit 31 (hypervisor present) is clear and the hypervisor
+        leaves do not exist.  [model] Every leaf reads as zero: the processor's own feature
+        leaves are not modelled (a real CPU returns its highest basic leaf's data for an
+        out-of-range leaf, Intel SDM Vol. 2A CPUID, which no guest here asks)."""
+        return 0, 0, 0, 0
 
 
 def _shared(name: str) -> property:
@@ -741,6 +752,12 @@ class VirtualProcessor(SharedGprs):
             self._reselect()
         if self.trace.on:
             self.emit("msr", "wrmsr", "written", msr=msr, value=value)
+
+    def cpuid(self, leaf: int) -> None:
+        """``CPUID`` with EAX = ``leaf``: the answer in EAX, EBX, ECX, EDX (the shared
+        registers), at any CPL.  Under a hypervisor CPUID always exits to it (Intel SDM Vol. 3C
+        25.1.2, "instructions that cause VM exits unconditionally")."""
+        self.rax, self.rbx, self.rcx, self.rdx = self.exits.cpuid_exit(self, leaf & 0xFFFF_FFFF)
 
     def rdrand(self) -> int:
         """``RDRAND r64``: the next value of the platform's generator, at any CPL (Intel SDM

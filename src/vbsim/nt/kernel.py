@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from vbsim.guest import crash
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap, runtime_phys
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
@@ -642,11 +643,13 @@ def _nt(vp: Cpu | Cpu) -> NtKernel:
     return nt
 
 
-def _bugcheck(vp: Cpu, code_: BugCheck, *params: int) -> None:
+def bugcheck(vp: Cpu, code_: BugCheck, *params: int) -> NoReturn:
+    """KeBugCheckEx: trace it, report it to the hypervisor (vbsim.guest.crash), stop."""
     if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
         vp.wrong_context("KeBugCheckEx at CPL3")
     if vp.tracing:
         vp.emit("bugcheck", "nt", code_.name, code=int(code_), params=list(params))
+    crash.notify_hypervisor(vp, int(code_), *params)
     raise Bugcheck(int(code_), code_.name, 0, *params)
 
 
@@ -672,21 +675,21 @@ def _user_fault(vp: Cpu, vector: int, error_code: int, reason: str) -> None:
 def _page_fault(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, f"access violation at 0x{vp.read_cr(2):x}")
-    _bugcheck(vp, BugCheck.PAGE_FAULT_IN_NONPAGED_AREA, vp.read_cr(2), error_code)
+    bugcheck(vp, BugCheck.PAGE_FAULT_IN_NONPAGED_AREA, vp.read_cr(2), error_code)
 
 
 @guest_code("nt.KiGeneralProtection")
 def _general_protection(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, "general protection fault")
-    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_0096, vp.rip)
+    bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_0096, vp.rip)
 
 
 @guest_code("nt.KiInvalidOpcode")
 def _invalid_opcode(vp: Cpu, vector: int, error_code: int) -> None:
     if vp.interrupted_cpl == 3:
         _user_fault(vp, vector, error_code, "illegal instruction")
-    _bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.rip)
+    bugcheck(vp, BugCheck.KMODE_EXCEPTION_NOT_HANDLED, 0xC000_001D, vp.rip)
 
 
 @guest_code("nt.KiIpiInterrupt")
@@ -701,7 +704,7 @@ def _unexpected(vp: Cpu, vector: int, error_code: int) -> None:
         _user_fault(vp, vector, error_code, f"exception {vector}")
     if vector >= 32:
         return  # a spurious interrupt: dismiss it
-    _bugcheck(vp, BugCheck.UNEXPECTED_KERNEL_MODE_TRAP, vector)
+    bugcheck(vp, BugCheck.UNEXPECTED_KERNEL_MODE_TRAP, vector)
 
 
 _SERVICE_ROUTINES: dict[SyscallHandler, Callable[..., int]] = {}

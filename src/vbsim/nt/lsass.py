@@ -53,7 +53,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt.layouts import LSAISO_OP_PROTECT, LSAISO_OP_RESPOND, LSAISO_USER_LEN
 from vbsim.nt.process import Protection, Token
@@ -425,11 +424,9 @@ def start(nt: NtKernel, vp: Cpu) -> LsassInfo:
     run = nt.run_user(vp, process, entry, stack.base, message, port)
     heap = run.returned if run.terminated is None and isinstance(run.returned, int) else 0
     if not heap:
-        if vp.tracing:
-            vp.emit("bugcheck", "nt", BugCheck.CRITICAL_PROCESS_DIED.name, pid=process.pid)
-        raise Bugcheck(
-            int(BugCheck.CRITICAL_PROCESS_DIED), BugCheck.CRITICAL_PROCESS_DIED.name, 0, process.pid
-        )
+        from vbsim.nt.kernel import bugcheck
+
+        bugcheck(vp, BugCheck.CRITICAL_PROCESS_DIED, process.pid)
     info = LsassInfo(process.pid, heap, RECORD_SIZE, bool(port))
     nt.lsass = info
     if vp.tracing:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest import hvcall
+from vbsim.guest import crash, hvcall
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
@@ -459,6 +459,7 @@ class SecureKernel:
         if vp.cpl != 0:  # KeBugCheckEx's privileged instructions fault outside ring 0
             vp.wrong_context("KeBugCheckEx at CPL3")
         self.emit(vp, "bugcheck", "securekernel", code.name, code=int(code), params=list(params))
+        crash.notify_hypervisor(vp, int(code), *params)
         raise Bugcheck(int(code), code.name, 1, *params)
 
     # -- processor bring-up --------------------------------------------------------------------

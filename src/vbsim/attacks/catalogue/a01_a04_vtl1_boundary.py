@@ -182,7 +182,9 @@ def _unknown_sscn(cpu: Cpu) -> None:
 
 
 def a10_goal(ctx: AttackContext) -> bool:
-    return ctx.bugchecked
+    """The Secure Kernel stopped the machine: the hypervisor recorded a crash notified from VTL1
+    (vbsim.hv.crash).  A VTL0 kernel can always stop itself; that is not this attack."""
+    return any(crash.vtl == 1 for crash in ctx.crashes)
 
 
 A10 = Scenario(
@@ -190,7 +192,7 @@ A10 = Scenario(
     title="Unknown secure-call number (denial of service)",
     source="McGarr, 'Secure Calls' (2025): 'the machine will crash'",
     capability=Capability.K0,
-    goal="the machine stops (denial of service)",
+    goal="the Secure Kernel stops the machine (a crash the hypervisor records from VTL1)",
     expected={"vbs-off": N, "vbs": S, "vbs-hvci": S, "hardened": S, "legacy-2019": S},
     expected_why="by design: the Secure Kernel bugchecks on an unknown SSCN; VTL0 can always "
     "deny service",
