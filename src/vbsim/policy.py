@@ -11,13 +11,18 @@ A policy loads from TOML; a bad file gets a :class:`PolicyError` naming the fiel
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 BUILDS = ("A", "B")
+#: Guest RAM a policy may give a machine, in MiB: 16 MiB to 64 GiB (the largest boots:
+#: tests/boot/test_large_ram.py).  The model's stated maximum, for ``vbsim machine --ram`` too.
+RAM_MIB_RANGE = (16, 65536)
 COMPONENTS = ("hvix64.exe", "securekernel.exe", "ntoskrnl.exe", "LsaIso.exe")
 
 
@@ -203,8 +208,9 @@ def from_dict(data: Mapping[str, Any], base: Policy | None = None) -> Policy:
         changes["build"] = build
     if "ram_mib" in data:
         ram = _expect(data["ram_mib"], int, "ram_mib")
-        if not 16 <= ram <= 65536:
-            raise PolicyError(f"ram_mib: expected 16..65536, got {ram}")
+        low, high = RAM_MIB_RANGE
+        if not low <= ram <= high:
+            raise PolicyError(f"ram_mib: expected {low}..{high}, got {ram}")
         changes["ram_mib"] = ram
     if "vps" in data:
         vps = _expect(data["vps"], int, "vps")
@@ -289,14 +295,46 @@ def _read_policy_file(path: Path) -> str:
         raise PolicyError(f"{str(path)!r}: not UTF-8 text (byte {error.start})") from error
 
 
-def differences(policy: Policy, base: Policy) -> list[str]:
-    """``field: base -> policy`` for every setting a file changed (for the boot banner)."""
-    out = []
-    mine, theirs = policy.to_dict(), base.to_dict()
-    for key, value in mine.items():
-        if key in ("name", "description") or theirs.get(key) == value:
+_UNSET = object()
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a policy file spells it (``true``, ``7``, ``"B"``), or ``unset``."""
+    if value is _UNSET:
+        return "unset"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def settings(policy: Policy) -> dict[str, Any]:
+    """Every setting but the name and description, one dotted key a value, in field order:
+    ``hvci``, ``components.securekernel.exe.svn``, ``revocation.LsaIso.exe.min_svn``,
+    ``legacy.securecall_double_fetch`` (an unset floor or seed has no key)."""
+    out: dict[str, Any] = {}
+    for key, value in policy.to_dict().items():
+        if key in ("name", "description"):
             continue
-        out.append(f"{key}: {theirs.get(key)!r} -> {value!r}")
+        if not isinstance(value, dict):
+            out[key] = value
+            continue
+        for sub, item in value.items():
+            if isinstance(item, dict):
+                out.update({f"{key}.{sub}.{leaf}": v for leaf, v in item.items()})
+            else:
+                out[f"{key}.{sub}"] = item
+    return out
+
+
+def differences(policy: Policy, base: Policy) -> list[str]:
+    """``setting: base -> policy`` for every setting that differs, nested ones field by field
+    (``components.securekernel.exe.svn: 7 -> 3``), values as a policy file writes them."""
+    mine, theirs = settings(policy), settings(base)
+    order = [f.name for f in fields(Policy)]
+    keys = sorted(dict.fromkeys([*theirs, *mine]), key=lambda k: order.index(k.split(".")[0]))
+    out = []
+    for key in keys:
+        old, new = theirs.get(key, _UNSET), mine.get(key, _UNSET)
+        if old != new:
+            out.append(f"{key}: {_shown(old)} -> {_shown(new)}")
     return out
 
 
@@ -306,14 +344,21 @@ def differences(policy: Policy, base: Policy) -> list[str]:
 _NEEDS_VBS = ("hvci", "credential_guard", "hvpt", "uefi_lock", "mandatory")
 
 
-def warnings(policy: Policy) -> list[str]:
-    """Settings of ``policy`` that cannot take effect, each as a sentence."""
+def warnings(policy: Policy, given: Collection[str] | None = None) -> list[str]:
+    """Settings of ``policy`` that cannot take effect, each as a sentence.  With ``given`` (the
+    settings a policy file wrote), only those: a value the file inherited from its preset is
+    the preset's, not something the file asked for (``preset = "hardened"`` with ``vbs = false``
+    warns about nothing; ``preset = "vbs-off"`` with ``hvci = true`` warns about hvci)."""
+
+    def asked(key: str) -> bool:
+        return given is None or key in given
+
     out = []
     if not policy.vbs:
         for key in _NEEDS_VBS:
-            if getattr(policy, key, False):
+            if getattr(policy, key, False) and asked(key):
                 out.append(f"{key} = true cannot take effect with vbs = false")
-    if policy.hvpt and not (policy.hvci or policy.kdp):
+    if policy.hvpt and not (policy.hvci or policy.kdp) and asked("hvpt"):
         # HVPT pins KDP's pages and NT's code (vbs-internals §5.6): with KDP it has work to do.
         out.append(
             "hvpt = true protects HVCI's and KDP's pages; without hvci or kdp it has nothing "
@@ -322,10 +367,32 @@ def warnings(policy: Policy) -> list[str]:
     return out
 
 
-def load(path: str | Path) -> Policy:
-    """Load a TOML policy file.  ``preset = "NAME"`` starts from a preset.  Unless the file names
-    itself, the policy is called ``custom (from FILE), based on PRESET`` and its description says
-    what it changed, so no banner shows a preset's description for something else."""
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A policy file, loaded: the policy, the preset it starts from (None: the defaults), the
+    settings the file wrote, what differs from the start, and what cannot take effect."""
+
+    policy: Policy
+    base: Policy | None
+    given: frozenset[str]
+    changes: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def _file_name(path: Path) -> str:
+    """The file's name for a banner: bytes that are not UTF-8 (a name Python decoded with
+    surrogate escapes) as ``\\xNN``, so no lone surrogate reaches JSON or a terminal."""
+    return os.fsencode(path.name or str(path)).decode("utf-8", "backslashreplace")
+
+
+def load_file(path: str | Path) -> LoadedPolicy:
+    """Load a TOML policy file.  ``preset = "NAME"`` starts from a preset.  A file that changes
+    nothing of its preset is that preset.  Any other file is a custom policy, and says so
+    whatever it calls itself: ``custom policy [NAME] (from FILE), based on PRESET`` (or "the
+    defaults"), its description followed by what it changed, so no file passes itself off as a
+    preset (``name = "hardened"`` with ``hvci = false`` is not "policy hardened")."""
+    if not str(path):
+        raise PolicyError("policy file name is empty: give the path of a TOML file")
     text = _read_policy_file(Path(path))
     try:
         data = tomllib.loads(text)
@@ -339,16 +406,24 @@ def load(path: str | Path) -> Policy:
     policy = from_dict(data, base)
     start = base if base is not None else Policy()
     changed = differences(policy, start)
-    if "name" not in data and (changed or base is None):
+    given = frozenset(data) - {"preset"}
+    named = "name" in data and policy.name.strip() != ""
+    described = "description" in data and policy.description.strip() != ""
+    if base is None or changed or "name" in data or "description" in data:
+        own_name = f" {policy.name.strip()}" if named else ""
         based_on = start.name if base is not None else "the defaults"
+        what = "changes: " + "; ".join(changed) if changed else "no changes"
         policy = replace(
             policy,
-            name=f"custom (from {Path(path).name}), based on {based_on}",
-            description=policy.description
-            if "description" in data
-            else ("changes: " + "; ".join(changed) if changed else "no changes"),
+            name=f"custom policy{own_name} (from {_file_name(Path(path))}), based on {based_on}",
+            description=f"{policy.description.strip()}; {what}" if described else what,
         )
-    return policy
+    return LoadedPolicy(policy, base, given, tuple(changed), tuple(warnings(policy, given)))
+
+
+def load(path: str | Path) -> Policy:
+    """The policy of a TOML policy file (:func:`load_file`)."""
+    return load_file(path).policy
 
 
 # -- presets (issue 5's list; hardened per MS-MemInt and vbs-internals §1.4, §6 A15-A17) --------

@@ -58,7 +58,10 @@ def test_valid_file_with_preset_and_overrides(tmp_path: Path) -> None:
     policy = load(write(tmp_path, HARDENED_WITH_OVERRIDES))
     base = preset("hardened")
     # Overrides applied ...
-    assert policy.name == "hardened-lab" and policy.vps == 4 and policy.ram_mib == 512
+    # A file that names itself is still a custom policy, and says what it changed.
+    assert policy.name == "custom policy hardened-lab (from policy.toml), based on hardened"
+    assert policy.description.startswith("hardened, 4 VPs, an old Secure Kernel on disk; changes: ")
+    assert policy.vps == 4 and policy.ram_mib == 512
     assert policy.hvpt is False and policy.build == "A"
     assert policy.components["securekernel.exe"] == Component("10.0.22621.1", 3, False)
     assert policy.revocation["LsaIso.exe"] == Floor(min_version=None, min_svn=9)
@@ -77,8 +80,8 @@ def test_valid_file_with_preset_and_overrides(tmp_path: Path) -> None:
 def test_file_without_preset_starts_from_defaults(tmp_path: Path) -> None:
     policy = load(write(tmp_path, "credential_guard = false\n"))
     assert replace(policy, name="custom", description="") == Policy(credential_guard=False)
-    assert policy.name == "custom (from policy.toml), based on the defaults"
-    assert policy.description == "changes: credential_guard: True -> False"
+    assert policy.name == "custom policy (from policy.toml), based on the defaults"
+    assert policy.description == "changes: credential_guard: true -> false"
 
 
 def test_empty_file_is_the_default_policy(tmp_path: Path) -> None:
@@ -385,8 +388,8 @@ def test_a_custom_policy_says_what_it_is_and_what_it_changed(tmp_path: Path) -> 
     path = tmp_path / "mine.toml"
     path.write_text('preset = "hardened"\nhvpt = false\n')
     policy = load(path)
-    assert policy.name == "custom (from mine.toml), based on hardened"
-    assert policy.description == "changes: hvpt: True -> False"
+    assert policy.name == "custom policy (from mine.toml), based on hardened"
+    assert policy.description == "changes: hvpt: true -> false"
     path.write_text('preset = "vbs-off"\nhvci = true\n')
     assert warnings(load(path)) == ["hvci = true cannot take effect with vbs = false"]
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from vbsim.boot.chain import boot
 from vbsim.boot.memory_map import vtl0_memory_map
-from vbsim.policy import Policy, warnings
+from vbsim.policy import LoadedPolicy, Policy, warnings
 from vbsim.text import safe
 
 _BOOT_KINDS = ("boot", "securecall")
@@ -45,7 +45,9 @@ def detail_text(detail: dict[str, Any], skip: tuple[str, ...] = ("component", "s
     return " ".join(parts)
 
 
-def boot_report(policy: Policy) -> dict[str, Any]:
+def boot_report(policy: Policy, source: LoadedPolicy | None = None) -> dict[str, Any]:
+    """Boot ``policy`` and say what happened.  ``source``: the policy file it was loaded from
+    (:func:`vbsim.policy.load_file`), whose warnings are only about what the file wrote."""
     system = boot(policy)
     chain = [
         {
@@ -62,7 +64,7 @@ def boot_report(policy: Policy) -> dict[str, Any]:
     ]
     report: dict[str, Any] = {
         "policy": policy.to_dict(),
-        "warnings": warnings(policy),
+        "warnings": list(source.warnings) if source is not None else warnings(policy),
         "halted": system.halted,
         "vbs_running": system.vbs_running,
         "chain": chain,
@@ -70,6 +72,8 @@ def boot_report(policy: Policy) -> dict[str, Any]:
         "processes": [],
         "drivers": [],
     }
+    if source is not None:
+        report["changes"] = list(source.changes)  # from the preset (or the defaults)
     if system.machine is not None:
         runs = vtl0_memory_map(system.machine, include_free=True, nt=system.nt)
         report["memory"] = [run.to_json() for run in runs]
@@ -89,9 +93,33 @@ def boot_report(policy: Policy) -> dict[str, Any]:
     return report
 
 
+def banner(policy: dict[str, Any]) -> str:
+    """The policy line (markup, user text escaped): ``policy NAME: DESCRIPTION`` for a preset,
+    ``custom policy NAME (from FILE), based on PRESET: ...; changes: ...`` for a file that
+    changed something (:func:`vbsim.policy.load_file` names it so, whatever the file says)."""
+    name, description = str(policy["name"]), safe(policy["description"])
+    if name.startswith("custom policy"):
+        head, _, rest = name.partition(" (from ")
+        return f"[bold]{safe(head)}[/] (from {safe(rest)}: {description}"
+    return f"[bold]policy[/] {safe(name)}: {description}"
+
+
+def print_banner(report: dict[str, Any], out: Console) -> None:
+    """The policy line; a file's changes one a line when there are several."""
+    policy, changes = report["policy"], report.get("changes") or []
+    listed = "changes: " + "; ".join(changes)
+    if len(changes) < 2 or not str(policy["description"]).endswith(listed):
+        out.print(banner(policy))
+        return
+    own = str(policy["description"]).removesuffix(listed).removesuffix("; ")
+    out.print(banner({**policy, "description": f"{own}; changes:" if own else "changes:"}))
+    for change in changes:
+        out.print(f"  {safe(change)}")
+
+
 def print_boot_report(report: dict[str, Any], out: Console) -> None:
     policy = report["policy"]
-    out.print(f"[bold]policy[/] {safe(policy['name'])}: {safe(policy['description'])}")
+    print_banner(report, out)
     for warning in report.get("warnings", []):
         out.print(f"[yellow]warning:[/] {safe(warning)}")
     secure_boot = bool(policy.get("secure_boot", True))
@@ -128,7 +156,7 @@ def print_boot_report(report: dict[str, Any], out: Console) -> None:
         )
     out.print(chain)
     if report["halted"]:
-        out.print(f"[bold red]boot halted:[/] {report['halted']}")
+        out.print(f"[bold red]boot halted:[/] {safe(report['halted'])}")
         return
     memory = Table(title="guest-physical memory as VTL0 may use it (SLAT)", header_style="bold")
     for column in ("GPA range", "pages", "VTL0 rights", "owner"):

@@ -18,6 +18,7 @@ from vbsim.cli.report_cmd import report
 from vbsim.cli.sizes import parse_size
 from vbsim.cli.soak_cmd import soak
 from vbsim.cli.trustlet_cmd import trustlet_app
+from vbsim.policy import RAM_MIB_RANGE
 
 app = typer.Typer(
     help="vbsim: an executable model of Windows Virtualization-Based Security.",
@@ -56,11 +57,13 @@ def _root(
 #: The smallest RAM the bare partition of ``vbsim machine`` boots in (its two kernels' page
 #: tables, IDTs, parameter and log pages; measured: 256 KiB boots, 64 KiB does not).
 MIN_MACHINE_RAM = 1 << 20
+#: The largest: the model's stated maximum, a policy's largest machine (``ram_mib`` 65536).
+MAX_MACHINE_RAM = RAM_MIB_RANGE[1] << 20
 
 
 def _size(text: str) -> int:
     try:
-        size = parse_size(text)
+        size = parse_size(text, MAX_MACHINE_RAM, "the model's maximum RAM")
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     if size < MIN_MACHINE_RAM:
@@ -71,7 +74,9 @@ def _size(text: str) -> int:
 @app.command()
 def machine(
     vps: Annotated[int, typer.Option(min=1, max=64, help="Virtual processors.")] = 1,
-    ram: Annotated[str, typer.Option(metavar="SIZE", help="Guest RAM size, e.g. 64M, 1G.")] = "1G",
+    ram: Annotated[
+        str, typer.Option(metavar="SIZE", help="Guest RAM size, 1M to 64G, e.g. 64M, 1G.")
+    ] = "1G",
     as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON.")] = False,
     all_events: Annotated[
         bool, typer.Option("--all", help="Also show every allowed memory access.")
@@ -295,16 +300,19 @@ def boot_command(
 ) -> None:
     """Boot a machine from a policy and show the boot chain, the memory map and the processes."""
     from vbsim.boot.report import boot_report, print_boot_report
-    from vbsim.policy import PolicyError, load, preset
+    from vbsim.policy import LoadedPolicy, PolicyError, load_file, preset
 
-    if policy_file and preset_name:
+    if policy_file is not None and preset_name is not None:
         raise typer.BadParameter("give --policy or --preset, not both")
+    if policy_file == "":  # not the current directory: Path("") is "."
+        raise typer.BadParameter("--policy: the file name is empty; give a TOML policy file")
+    source: LoadedPolicy | None = None
     try:
-        policy = (
-            load(policy_file)
-            if policy_file
-            else preset("vbs" if preset_name is None else preset_name)
-        )
+        if policy_file is not None:
+            source = load_file(policy_file)
+            policy = source.policy
+        else:
+            policy = preset("vbs" if preset_name is None else preset_name)
     except PolicyError as error:
         raise typer.BadParameter(str(error)) from error
     from vbsim.cli.errors import data_dir_problem
@@ -312,7 +320,7 @@ def boot_command(
     from vbsim.hw.ram import OutOfFrames, RamError
 
     try:
-        report = boot_report(policy)
+        report = boot_report(policy, source)
     except OSError as error:
         if (problem := data_dir_problem(error)) is not None:  # not the RAM's fault
             fail(problem, as_json)

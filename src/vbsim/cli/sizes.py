@@ -1,19 +1,71 @@
-"""Parsing sizes such as ``64M`` or ``4G`` with a clear error naming what was wrong."""
+"""Parsing sizes such as ``64M`` or ``4G`` (and plain counts such as ``--ram-mib 512``) with one
+clear line naming what was wrong.
+
+Only ASCII digits are a number here: Python's ``int()`` also takes ``'１２８'`` (fullwidth digits)
+and ``'1_000'`` (an underscore), which nobody means as a size.  A size is a positive whole number
+of bytes, optionally followed by K, M, G or T (powers of 1024, any case, optionally with ``B`` or
+``iB``: ``64M``, ``64MB``, ``64MiB``, ``64m`` are the same), and a multiple of the 4 KiB page.
+"""
 
 from __future__ import annotations
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+import re
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+#: ASCII only (re.ASCII: ``[0-9]`` and the letters, case-folded without the Kelvin sign).
+_SIZE = re.compile(r"([0-9]+)(?:([KMGT])(?:I?B)?|B)?", re.ASCII | re.IGNORECASE)
+_COUNT = re.compile(r"[0-9]+", re.ASCII)
+#: More digits than this is larger than any limit here (and stays clear of ``int()``'s
+#: 4300-digit limit, which raises its own ValueError).
+_MAX_DIGITS = 30
+_PAGE = 4096
+_FORM = "a number of bytes with an optional K, M, G or T suffix, e.g. 64M or 1G"
 
 
-def parse_size(text: str) -> int:
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
-    number = raw[: len(raw) - len(unit)]
-    if not number.isdigit():
-        raise ValueError(f"size {text!r} is not a number with an optional K, M or G suffix")
-    value = int(number) * _UNITS[unit]
-    if value <= 0 or value % 4096:
-        raise ValueError(f"size {text!r} must be a positive multiple of 4 KiB")
-    if value > 1 << 40:
-        raise ValueError(f"size {text!r} is larger than the model's 1 TiB limit")
+def size_text(size: int) -> str:
+    """``size`` in the largest unit that divides it: ``64G``, ``1M``, ``4K``."""
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+def parse_size(text: str, maximum: int | None = None, limit: str = "the model's maximum") -> int:
+    """The bytes ``text`` names; ValueError (one line) for anything else, including a size
+    above ``maximum`` (named as ``limit``)."""
+    body = text.strip(" \t")
+    if not body:
+        raise ValueError(f"size {text!r} is empty; give {_FORM}")
+    if body[0] in "-+" and _SIZE.fullmatch(body[1:]):
+        sign = "negative" if body[0] == "-" else "signed"
+        raise ValueError(f"size {text!r} is {sign}; give {_FORM}")
+    match = _SIZE.fullmatch(body)
+    if match is None:
+        raise ValueError(f"size {text!r} is not {_FORM} (ASCII digits 0-9 only)")
+    digits, unit = match.group(1), (match.group(2) or "").upper()
+    if len(digits.lstrip("0")) > _MAX_DIGITS:
+        above = f" of {size_text(maximum)}" if maximum is not None else ""
+        raise ValueError(f"size {text!r} is larger than {limit}{above}")
+    value = int(digits) * _UNITS[unit]
+    if value == 0:
+        raise ValueError(f"size {text!r} is zero; a size is at least one 4K page")
+    if value % _PAGE:
+        raise ValueError(f"size {text!r} is not a multiple of 4K (the page size)")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"size {text!r} is above {limit} of {size_text(maximum)}")
     return value
+
+
+def parse_count(text: str, option: str) -> int:
+    """A whole number written in ASCII digits (``--ram-mib 512``); ValueError naming ``option``
+    otherwise (``'１２８'`` and ``'1_000'``, which ``int()`` takes, are refused)."""
+    body = text.strip(" \t")
+    if not body:
+        raise ValueError(f"{option} {text!r} is empty; give a whole number, e.g. 512")
+    if body[0] in "-+" and _COUNT.fullmatch(body[1:]):
+        raise ValueError(f"{option} {text!r} is {'negative' if body[0] == '-' else 'signed'}")
+    if not _COUNT.fullmatch(body):
+        raise ValueError(f"{option} {text!r} is not a whole number (ASCII digits 0-9 only)")
+    if len(body.lstrip("0")) > _MAX_DIGITS:
+        raise ValueError(f"{option} {text!r} is out of range (too many digits)")
+    return int(body)

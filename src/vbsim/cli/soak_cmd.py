@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from vbsim.policy import RAM_MIB_RANGE as POLICY_RAM_MIB_RANGE
+
 if TYPE_CHECKING:
     from vbsim.campaign.engine import Engine
 
@@ -34,7 +36,17 @@ def _error(message: str, code: int = 2) -> NoReturn:
 
 
 #: Guest RAM a soak may ask for, in MiB: the policy's own bounds (``vbsim.policy``).
-RAM_MIB_RANGE = (16, 65536)
+RAM_MIB_RANGE = POLICY_RAM_MIB_RANGE
+
+
+def _count(text: str, option: str) -> int:
+    """A whole number in ASCII digits (not ``'１２８'`` or ``'1_000'``, which ``int()`` takes)."""
+    from vbsim.cli.sizes import parse_count
+
+    try:
+        return parse_count(text, option)
+    except ValueError as error:
+        _error(str(error))
 
 
 def _ram_mib(value: int, preset: str) -> int:
@@ -230,7 +242,8 @@ def soak(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the program generator.")] = 0,
     ram_mib: Annotated[
-        int | None, typer.Option(metavar="MIB", help="Guest RAM in MiB (default: the preset's).")
+        str | None,
+        typer.Option(metavar="MIB", help="Guest RAM in MiB, 16 to 65536 (default: the preset's)."),
     ] = None,
     include_known_bugs: Annotated[
         bool, typer.Option("--include-known-bugs", help="Keep actions that reach known model bugs.")
@@ -277,7 +290,7 @@ def soak(
     except PolicyError as error:
         _error(str(error))
     if ram_mib is not None:
-        policy = policy.with_changes(ram_mib=_ram_mib(ram_mib, preset))
+        policy = policy.with_changes(ram_mib=_ram_mib(_count(ram_mib, "--ram-mib"), preset))
     capabilities = tuple(capability or CAPABILITIES)
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:
