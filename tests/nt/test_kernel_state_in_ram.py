@@ -198,3 +198,22 @@ def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
     assert drivers.hvci_enabled(nt, vp.cpu)
     assert registry.set_value(nt, vp.cpu, registry.HVCI_KEY, 0)
     assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads the hive again
+
+
+def test_process_ids_and_token_ids_come_from_counters_in_ram(system: System) -> None:
+    """ExpLuid and the next PID are NT .data variables: a kernel write moves the next values."""
+    nt = _nt(system)
+    reader = _reader(system)
+    assert system.machine is not None
+    ram = system.machine.ram
+    luid = nt.variables["ExpLuid"].gpa
+    next_pid = nt.variables["PspNextProcessId"].gpa
+    before = spawn(system, "first.exe", USER)
+    assert int.from_bytes(ram.read(next_pid, 8), "little") == before.process.pid + 4
+    ram.write(luid, (0x7777_0000).to_bytes(8, "little"))
+    ram.write(next_pid, (0x1230).to_bytes(8, "little"))
+    after = spawn(system, "second.exe", USER)
+    assert after.process.pid == 0x1230
+    assert reader.field(after.process.eprocess, EPROCESS.UniqueProcessId) == 0x1230
+    token = reader.field(after.process.eprocess, EPROCESS.Token) & ~0xF  # EX_FAST_REF
+    assert reader.field(token, TOKEN.TokenId) == 0x7777_0000

@@ -754,6 +754,10 @@ CRASH_MESSAGE_MAX: Final = 4096
 #: feature-discovery.md).
 CPUID_EDX_GUEST_CRASH_MSRS: Final = 1 << 10
 
+#: CPUID 0x40000004 EAX bit 2: "Recommend using hypercall for remote TLB flushes rather than
+#: inter-processor interrupts" (TLFS feature-discovery.md, "Implementation Recommendations").
+RECOMMEND_REMOTE_FLUSH_HYPERCALL: Final = 1 << 2
+
 # SynIC MSRs.  vsm-spec §4.1 [Linux hvgdk_mini.h; hvdef]
 SCONTROL_ENABLE: Final = BitField(0, 1)
 SIMP_ENABLE: Final = BitField(0, 1)

@@ -53,11 +53,12 @@ _ENTRY_VTL_CALL = HvVtlEntryReason.VTL_CALL
 #: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
 CPUID_FEATURES = 0x4000_0003
 #: The hypervisor CPUID leaves the model answers (TLFS feature-discovery.md): 0x40000000 gives the
-#: highest leaf (an Hv#1 hypervisor provides at least 0x40000005; the model's 0x40000002,
-#: 0x40000004 and 0x40000005 read as zero) and the vendor "Microsoft Hv"; 0x40000001 the
-#: interface signature "Hv#1".
+#: highest leaf (an Hv#1 hypervisor provides at least 0x40000005; the model's 0x40000002 and
+#: 0x40000005 read as zero) and the vendor "Microsoft Hv"; 0x40000001 the interface signature
+#: "Hv#1"; 0x40000003 the features, 0x40000004 the recommendations.
 CPUID_VENDOR = 0x4000_0000
 CPUID_INTERFACE = 0x4000_0001
+CPUID_RECOMMENDATIONS = 0x4000_0004
 CPUID_MAX_LEAF = 0x4000_0005
 _VENDOR_EBX = int.from_bytes(b"Micr", "little")
 _VENDOR_ECX = int.from_bytes(b"osof", "little")
@@ -135,6 +136,11 @@ class Hypervisor:
             # hypercall output (TLFS feature-discovery.md, hypercall-interface.md).
             edx = 1 << 4 | defs.CPUID_EDX_GUEST_CRASH_MSRS | 1 << 15
             return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
+        if leaf == CPUID_RECOMMENDATIONS:
+            # EAX bit 2: "Recommend using hypercall for remote TLB flushes rather than
+            # inter-processor interrupts" (TLFS feature-discovery.md): the model's flush
+            # hypercalls reach every VP's TLB at once.
+            return defs.RECOMMEND_REMOTE_FLUSH_HYPERCALL, 0, 0, 0
         if leaf == CPUID_VENDOR:
             return CPUID_MAX_LEAF, _VENDOR_EBX, _VENDOR_ECX, _VENDOR_EDX
         if leaf == CPUID_INTERFACE:

@@ -59,6 +59,22 @@ ICR_ALL_EXCLUDING_SELF = 0b11 << 18
 
 #: Entries in KiServiceTable (KiServiceLimit): the model build's numbers stay below it.
 SERVICE_LIMIT = 0x200
+#: NT .data: the CPUID 0x40000004 EAX recommendations, with HV_PRESENT (bit 32, the model's)
+#: set once phase 0 found an Hv#1 hypervisor ([model] names; Windows keeps both in Hvl globals).
+ENLIGHTENMENTS = "HvlEnlightenments"
+HV_PRESENT = 1 << 32
+USE_HYPERCALL_FOR_REMOTE_FLUSH = 1 << 2  # HV_X64_ENLIGHTENMENT_INFORMATION bit 2 (TLFS)
+CPUID_HYPERVISOR_PRESENT = 1 << 31
+CPUID_INTERFACE = 0x4000_0001
+CPUID_RECOMMENDATIONS = 0x4000_0004
+HV1_SIGNATURE = int.from_bytes(b"Hv#1", "little")
+#: NT .data: HvlpHypercallPages, the input and output pages (VA, GPA each), set in phase 1.
+HYPERCALL_PAGES = "HvlpHypercallPages"
+#: The first TokenId ExpLuid hands out ([model], see NtKernel.__init__).
+FIRST_LUID = 0x1001
+#: The System process's PID, and the step between PIDs (PspCidTable handle values).
+SYSTEM_PID = 4
+PID_STEP = 4
 
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
 PRCB_SIZE = KPCR.SIZE
@@ -145,10 +161,8 @@ class NtKernel:
     vsl: Vsl | None = None
     #: Trustlets to start at boot: image name → (trustlet ID, image bytes) (set by the loader).
     boot_trustlets: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    _next_pid: int = 4
     idt: tuple[int, int] = (0, 0)
     #: HvlpHypercallPages: NT's hypercall input/output pages (VA, GPA each), set in phase 1.
-    hypercall_pages: tuple[int, int, int, int] = (0, 0, 0, 0)
     #: Symbols CI and the loader resolve at boot (addresses, as in a symbol table).
     ci_options_va: int = 0
     ci_validate_image_header: int = 0
@@ -203,7 +217,19 @@ class NtKernel:
         self.process_head = head.va
         # The VAD lookaside list's head (vbsim.nt.vad): empty until the first allocation.
         self.vad_lookaside = self.variable("MiVadLookaside", 8).va
-        self._next_token_id = 0x1000
+        # ExpLuid: the next locally unique identifier (ExAllocateLocallyUniqueId; a TOKEN's
+        # TokenId is one, Windows Internals 7 Part 1 ch. 7 "Tokens").  [model] The first value
+        # is the model's (Windows starts after the well-known LUIDs such as SYSTEM_LUID 0x3E7).
+        self.luid_counter = self.variable("ExpLuid").va
+        loader.write_u64(self.luid_counter, FIRST_LUID)
+        # The next process ID.  [model] Windows hands PIDs out as handle values of PspCidTable
+        # (multiples of 4, System = 4); the model keeps the next value in .data, as a kernel
+        # write to the handle table's free list would move it.
+        self.next_process_id = self.variable("PspNextProcessId").va
+        loader.write_u64(self.next_process_id, SYSTEM_PID)
+        # What phase 0 learns of the hypervisor (CPUID), and phase 1's hypercall pages.
+        self.variable(ENLIGHTENMENTS)
+        self.variable(HYPERCALL_PAGES, 32)
         # KiServiceTable: one routine VA per system-service number, in NT's .data; the
         # dispatcher indexes it with RAX at every system call (Windows x64 packs 32-bit offsets;
         # the model stores whole VAs: a compaction, same decision).
@@ -315,6 +341,7 @@ class NtKernel:
 
     # -- phases (vbs-internals §1.1 rows 13-15) ------------------------------------------------
     def phase0(self, vp: Cpu) -> None:
+        self._discover_hypervisor(vp)
         vp.lidt(*self.idt)
         vp.wrmsr(Msr.STAR, STAR_VALUE)
         vp.wrmsr(Msr.LSTAR, self.syscall_entry)
@@ -327,10 +354,12 @@ class NtKernel:
     def phase1(self, vp: Cpu) -> None:
         if self.vsl is not None:
             self.vsl.phase4_init(vp)
-        if self.vbs:  # the hypervisor is present: hypercall parameter pages for NT
+        if self._enlightenments(vp) & HV_PRESENT:  # hypercall parameter pages for NT
             in_va, in_gpa = self.alloc_kernel_page(vp)
             out_va, out_gpa = self.alloc_kernel_page(vp)
-            self.hypercall_pages = (in_va, in_gpa, out_va, out_gpa)
+            pages = self.variables[HYPERCALL_PAGES].va
+            for offset, value in enumerate((in_va, in_gpa, out_va, out_gpa)):
+                vp.write_u64(pages + offset * 8, value)
         notify.initialize(self, vp)
         from vbsim.nt import drivers
 
@@ -410,15 +439,18 @@ class NtKernel:
         return self.free_page(vp, (va - DIRECT_MAP) >> PAGE_SHIFT)
 
     def flush_all_processors(self, vp: Cpu) -> None:
-        """KeFlushTb(all processors): with a hypervisor, HvCallFlushVirtualAddressSpace with
-        HV_FLUSH_ALL_PROCESSORS | HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS; what Windows' Hvl
-        enlightenment does); without one, a CR3 reload here and an IPI to every other processor
-        through the x2APIC ICR (shorthand "all excluding self"), whose handler reloads CR3."""
+        """KeFlushTb(all processors): where the hypervisor recommends it (CPUID 0x40000004
+        UseHypercallForRemoteFlush, as phase 0 recorded it in .data),
+        HvCallFlushVirtualAddressSpace with HV_FLUSH_ALL_PROCESSORS |
+        HV_FLUSH_ALL_VIRTUAL_ADDRESS_SPACES (TLFS; what Windows' Hvl enlightenment does);
+        otherwise a CR3 reload here and an IPI to every other processor through the x2APIC ICR
+        (shorthand "all excluding self"), whose handler reloads CR3."""
         from vbsim.guest import hvcall
         from vbsim.hv import defs
 
-        if self.vbs:
-            in_va, in_gpa, out_va, out_gpa = self.hypercall_pages
+        if self._enlightenments(vp) & USE_HYPERCALL_FOR_REMOTE_FLUSH:
+            at = self.variables[HYPERCALL_PAGES].va
+            in_va, in_gpa, out_va, out_gpa = (vp.read_u64(at + i * 8) for i in range(4))
             flags = defs.HvFlushFlags.ALL_PROCESSORS | defs.HvFlushFlags.ALL_VIRTUAL_ADDRESS_SPACES
             data = defs.FLUSH_VIRTUAL_ADDRESS_SPACE_INPUT.pack(0, int(flags), 0)
             pages = hvcall.ParamPages(in_va, in_gpa, out_va, out_gpa)
@@ -482,22 +514,45 @@ class NtKernel:
         tables.phys = DETACHED  # NT keeps the root and frames, never the processor
         eprocess, _ = self.alloc_kernel_page(vp)
         token_va, _ = self.alloc_kernel_page(vp)
-        self._next_token_id += 1
+        token_id = self._take(vp, self.luid_counter, 1)
         if parent is not None:
-            ps.copy_token(vp, ps.token_of(vp, parent.eprocess), token_va, self._next_token_id)
+            ps.copy_token(vp, ps.token_of(vp, parent.eprocess), token_va, token_id)
         else:
-            ps.build_token(vp, token_va, self._next_token_id, token or Token("user"))
-        pid = self._next_pid
+            ps.build_token(vp, token_va, token_id, token or Token("user"))
+        pid = self._take(vp, self.next_process_id, PID_STEP)
         ps.build_eprocess(vp, eprocess, pid, name, token_va, int(protection), tables.root)
         ps.insert_tail(vp, self.process_head, eprocess + EPROCESS.ActiveProcessLinks.offset)
         process = Process(pid, name, tables, eprocess)
-        self._next_pid += 4
         self.processes[process.pid] = process
         self._by_eprocess[eprocess] = process
         self._event(vp, "create-process", "created", pid=process.pid, name=name)
         cpu = vp
         notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
         return process
+
+    def _discover_hypervisor(self, vp: Cpu) -> None:
+        """Phase 0: CPUID.01h:ECX bit 31, then the Hv#1 interface leaf, then the hypervisor's
+        recommendations (leaf 0x40000004 EAX, HV_X64_ENLIGHTENMENT_INFORMATION: Geoff Chappell's
+        study; TLFS feature-discovery.md), kept in .data for the code that chooses a hypercall
+        over an instruction."""
+        vp.cpuid(1)
+        found = 0
+        if vp.rcx & CPUID_HYPERVISOR_PRESENT:
+            vp.cpuid(CPUID_INTERFACE)
+            if vp.rax == HV1_SIGNATURE:
+                vp.cpuid(CPUID_RECOMMENDATIONS)
+                found = HV_PRESENT | (vp.rax & 0xFFFF_FFFF)
+        vp.write_u64(self.variables[ENLIGHTENMENTS].va, found)
+
+    def _enlightenments(self, vp: Cpu) -> int:
+        return vp.read_u64(self.variables[ENLIGHTENMENTS].va)
+
+    @staticmethod
+    def _take(vp: Cpu, counter: int, step: int) -> int:
+        """The counter's value, advanced by ``step`` in RAM (an interlocked add on Windows)."""
+        value = vp.read_u64(counter)
+        vp.write_u64(counter, (value + step) & 0xFFFF_FFFF_FFFF_FFFF)
+        return value
 
     def lookup_process(self, vp: Cpu, pid: int) -> Process | None:
         """PsLookupProcessByProcessId: the live process with ``pid``, found by walking
