@@ -20,6 +20,8 @@ class NtStatus(IntEnum):
     INVALID_HANDLE = 0xC000_0008
     INVALID_PARAMETER = 0xC000_000D
     NO_MEMORY = 0xC000_0017
+    #: ntstatus.h: what a kernel answers when a resource it allocates from runs out.
+    INSUFFICIENT_RESOURCES = 0xC000_009A
     CONFLICTING_ADDRESSES = 0xC000_0018
     INVALID_SYSTEM_SERVICE = 0xC000_001C
     #: ntstatus.h; MmProtectDriverSection: "The specified section is already protected" (MS Learn).
@@ -65,6 +67,9 @@ class BugCheck(IntEnum):
     BAD_POOL_CALLER = 0xC2
     CRITICAL_PROCESS_DIED = 0xEF
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
+    #: Bug check 0x139 (MS Learn, "Bug Check 0x139 KERNEL_SECURITY_CHECK_FAILURE"): parameter 1
+    #: is the fast-fail code, 10 for an indirect call kernel CFG refused.
+    KERNEL_SECURITY_CHECK_FAILURE = 0x139
     #: The Secure Kernel's own bugcheck; the model uses it for an unknown secure-call number
     #: (vbs-internals §2.2 step 6: "the machine will crash"; 0x121 reported there is doubtful).
     SECURE_KERNEL_ERROR = 0x18B

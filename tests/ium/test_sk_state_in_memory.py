@@ -127,7 +127,7 @@ def test_after_boot_the_sk_takes_frames_only_from_its_own_pool(
 
 def _pool_used(machine: Any) -> int:
     sk = machine.system.sk
-    raw = machine.system.machine.ram.read(sk.pool_gpa, -(-sk.pool_count // 8))
+    raw = machine.system.machine.ram.read(sk.pool_gpa, -(-sk.host_pool_count // 8))
     return sum(bin(b).count("1") for b in raw)
 
 
@@ -205,6 +205,34 @@ def test_the_hvci_switch_in_the_config_block_decides_enforcement() -> None:
     machine.ram.write(sk.config_gpa + Config.HVCI.offset, b"\0")
     status, _ = nt.vsl.call(machine.bsp.cpu, Service.MAKE_PROTECTED_PAGE_EXECUTABLE, 100, 0)
     assert status == NtStatus.NOT_SUPPORTED
+
+
+def test_the_pool_range_in_the_config_block_decides_allocation() -> None:
+    """The SK allocates from the pool its configuration page names: a K1 write that empties it
+    makes the next trustlet fail with STATUS_INSUFFICIENT_RESOURCES (the SK keeps serving, and
+    the image pages it had protected are VTL0's again)."""
+    machine = kit.booted("hardened")
+    sk, ram = machine.system.sk, machine.system.machine.ram
+    assert sk is not None
+    ram.write(sk.config_gpa + Config.POOL_COUNT.offset, bytes(4))
+    status, process = machine.start(kit.test_image(4), 4)
+    assert (status, process) == (NtStatus.INSUFFICIENT_RESOURCES, None)
+    events = [e for e in machine.system.trace.events if e.kind == "ium"]
+    assert events[-1].outcome == "pool-exhausted"
+    # the pool restored, the SK goes on serving
+    ram.write(sk.config_gpa + Config.POOL_COUNT.offset, sk.host_pool_count.to_bytes(4, "little"))
+    assert machine.started(kit.test_image(4), 4) is not None
+
+
+def test_the_ram_size_in_the_config_block_bounds_the_pfns_the_sk_accepts() -> None:
+    """vtl0_page() reads RAM's size from the configuration page: shrunk below the image's
+    pages, the SK refuses NT's PFN list for the trustlet."""
+    machine = kit.booted("vbs")
+    sk, ram = machine.system.sk, machine.system.machine.ram
+    assert sk is not None
+    ram.write(sk.config_gpa + Config.RAM_PAGES.offset, (16).to_bytes(4, "little"))
+    status, _ = machine.start(kit.test_image(4), 4)
+    assert status == NtStatus.INVALID_PARAMETER
 
 
 def test_layout_dataclass_is_frozen() -> None:

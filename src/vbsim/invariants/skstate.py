@@ -170,17 +170,17 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     # The own-page and frame-pool bitmaps change in refused calls too: a trustlet creation that
     # fails after the SK withdrew VTL0's rights keeps the frames (giving them back would need a
     # clear-and-return path the model does not have).  Judged as scratch for now (issue 10).
-    for index in range(-(-sk.ram_pages // (8 * PAGE_SIZE))):
+    for index in range(-(-sk.loader_ram_pages // (8 * PAGE_SIZE))):
         scratch.add((sk.own_gpa >> PAGE_SHIFT) + index)
         labels[(sk.own_gpa >> PAGE_SHIFT) + index] = f"own-pages[{index}]"
     scratch.add(sk.pool_gpa >> PAGE_SHIFT)
     labels[sk.pool_gpa >> PAGE_SHIFT] = "frame-pool"
-    count = table_pages(sk.ram_pages)
+    count = table_pages(sk.loader_ram_pages)
     span(sk.hvci.states_gpa, count, "hvci-page-states", HVCI_WRITERS)
     span(sk.hvci.rights_gpa, count, "hvci-rights", HVCI_WRITERS)
     span(sk.hvci.hashes_gpa, Hvci.HASH_PAGES, "hvci-hash-records", HVCI_WRITERS)
     if sk.kdp is not None:
-        span(sk.kdp.owners_gpa, table_pages(sk.ram_pages), "kdp-owners", KDP_WRITERS)
+        span(sk.kdp.owners_gpa, table_pages(sk.loader_ram_pages), "kdp-owners", KDP_WRITERS)
     labels[sk.config_gpa >> PAGE_SHIFT] = "sk-config"
     labels[sk.allow_gpa >> PAGE_SHIFT] = "trustlet-allow-list"
     labels[sk.revocation_gpa >> PAGE_SHIFT] = "sku-si-policy"

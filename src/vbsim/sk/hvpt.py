@@ -165,9 +165,10 @@ def _walk(
     table = root
     rw_us = _RW | _US
     nx = 0
+    limit = sk.ram_pages(vp) << PAGE_SHIFT
     for shift in _LEVEL_SHIFTS:
         entry_gpa = table + (((va >> shift) & 0x1FF) << 3)
-        if entry_gpa + 8 > sk.ram_pages << PAGE_SHIFT:
+        if entry_gpa + 8 > limit:
             return None
         value = vp.read_u64(_phys(sk, entry_gpa))
         if not value & _P:
@@ -379,7 +380,7 @@ def host_root(ram: _Ram, sk: SecureKernel) -> int:
 def host_pinned(ram: _Ram, sk: SecureKernel, va: int) -> int | None:
     """The GPA page the HLAT tables in RAM pin ``va``'s page to; None: not pinned."""
     table = host_root(ram, sk)
-    limit = sk.ram_pages << PAGE_SHIFT
+    limit = sk.loader_ram_pages << PAGE_SHIFT
     if not table or not va >> 63:
         return None
     for shift in _LEVEL_SHIFTS:

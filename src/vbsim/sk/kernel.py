@@ -151,7 +151,9 @@ class SecureKernel:
         #: What the SK keeps of its address space: symbols only (root, routines, code pages).
         self.space: KernelMap = loader.space.kernel_map
         space = loader.space
-        self.ram_pages = loader.ram_pages
+        #: RAM's size as the loader reported it: for sizing tables at load and for host-side
+        #: views.  Run-time decisions read Config.RAM_PAGES from the SK's own page instead.
+        self.loader_ram_pages = loader.ram_pages
         # The configuration block: the loader copies the boot policy (vbs-internals §1.1 row 11).
         self.config_va, self.config_gpa = space.alloc_data(1)
         for fld, value in loader.config:
@@ -191,7 +193,11 @@ class SecureKernel:
         self.state_va, self.state_gpa = space.alloc_data(1)
         # The SK's physical memory: a range the boot loader reserved for it (``pool``), managed
         # from a free bitmap in an SK data page.  At run time the SK allocates only from it.
-        self.pool_base, self.pool_count = pool if pool is not None else (0, 0)
+        pool_base, pool_count = pool if pool is not None else (0, 0)
+        for fld, value in ((Config.POOL_BASE, pool_base), (Config.POOL_COUNT, pool_count)):
+            loader.write(self.config_gpa + fld.offset, value.to_bytes(fld.size, "little"))
+        #: The pool's size, for host-side views of its bitmap (the SK reads Config.POOL_COUNT).
+        self.host_pool_count = pool_count
         self.pool_va, self.pool_gpa = space.alloc_data(1)
         # The SK's page-identity knowledge: one bit per GPA page it took from VTL0.
         own_pages = -(-loader.ram_pages // (8 * PAGE_SIZE))
@@ -298,10 +304,10 @@ class SecureKernel:
 
     def host_mark_own_pages(self, ram: Any, pfns: list[int]) -> None:
         """The loader marks the SK's frames in its own-page bitmap (one read and one write)."""
-        size = -(-self.ram_pages // 8)
+        size = -(-self.loader_ram_pages // 8)
         bitmap = bytearray(ram.read(self.own_gpa, size))
         for pfn in pfns:
-            if 0 <= pfn < self.ram_pages:
+            if 0 <= pfn < self.loader_ram_pages:
                 bitmap[pfn >> 3] |= 1 << (pfn & 7)
         ram.write(self.own_gpa, bytes(bitmap))
 
@@ -313,7 +319,7 @@ class SecureKernel:
         return L.host_field(ram, self.config_gpa, fld)
 
     def host_own_pages(self, ram: Any) -> set[int]:
-        raw = ram.read(self.own_gpa, -(-self.ram_pages // 8))
+        raw = ram.read(self.own_gpa, -(-self.loader_ram_pages // 8))
         return {i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1}
 
     def host_current_object(self, ram: Any, index: int) -> int:
@@ -379,7 +385,7 @@ class SecureKernel:
 
     def own_pages(self, vp: L.Mem) -> list[int]:
         """Every page the SK owns, from its bitmap (one read of the whole map)."""
-        raw = vp.read(self.own_va, -(-self.ram_pages // 8))
+        raw = vp.read(self.own_va, -(-self.config(vp, Config.RAM_PAGES) // 8))
         return [
             index * 8 + b
             for index, byte in enumerate(raw)
@@ -388,9 +394,18 @@ class SecureKernel:
             if byte >> b & 1
         ]
 
+    def ram_pages(self, vp: L.Mem) -> int:
+        """RAM's size in pages, from the SK's configuration page (the loader wrote it)."""
+        return self.config(vp, Config.RAM_PAGES)
+
+    def pool_range(self, vp: L.Mem) -> tuple[int, int]:
+        """The SK's frame pool (first PFN, page count), from its configuration page."""
+        return self.config(vp, Config.POOL_BASE), self.config(vp, Config.POOL_COUNT)
+
     def unmark_own(self, vp: L.Mem, pfns: list[int]) -> None:
+        pages = self.ram_pages(vp)
         for pfn in pfns:
-            if 0 <= pfn < self.ram_pages:
+            if 0 <= pfn < pages:
                 va = self.own_va + (pfn >> 3)
                 vp.write(va, bytes([vp.read(va, 1)[0] & ~(1 << (pfn & 7)) & 0xFF]))
 
@@ -402,23 +417,25 @@ class SecureKernel:
         """A zeroed frame from the SK's own pool (the range the loader reserved for it): the free
         bitmap lives in an SK data page.  Bugchecks-worthy exhaustion is reported as
         ``PoolExhausted`` (a modelled resource limit)."""
-        raw = vp.read(self.pool_va + L.Pool.BITMAP, -(-self.pool_count // 8))
+        pool_base, pool_count = self.pool_range(vp)
+        raw = vp.read(self.pool_va + L.Pool.BITMAP, -(-pool_count // 8))
         for index, byte in enumerate(raw):
             if byte != 0xFF:
                 bit = next(b for b in range(8) if not byte >> b & 1)
                 slot = index * 8 + bit
-                if slot >= self.pool_count:
+                if slot >= pool_count:
                     break
                 vp.write(self.pool_va + L.Pool.BITMAP + index, bytes([byte | 1 << bit]))
-                pfn = self.pool_base + slot
+                pfn = pool_base + slot
                 vp.write(self.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
                 self.mark_own(vp, [pfn])
                 return pfn
         raise PoolExhausted("securekernel pool")
 
     def mark_own(self, vp: L.Mem, pfns: list[int]) -> None:
+        pages = self.ram_pages(vp)
         for pfn in pfns:
-            if 0 <= pfn < self.ram_pages:
+            if 0 <= pfn < pages:
                 va = self.own_va + (pfn >> 3)
                 vp.write(va, bytes([vp.read(va, 1)[0] | 1 << (pfn & 7)]))
 
@@ -439,8 +456,9 @@ class SecureKernel:
 
     def free_frame(self, vp: L.Mem, pfn: int) -> None:
         """Give a frame back to the SK's pool: cleared, not the SK's any more, its bit free."""
-        slot = pfn - self.pool_base
-        if not 0 <= slot < self.pool_count:
+        pool_base, pool_count = self.pool_range(vp)
+        slot = pfn - pool_base
+        if not 0 <= slot < pool_count:
             return
         vp.write(self.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
         va = self.pool_va + L.Pool.BITMAP + (slot >> 3)
@@ -528,7 +546,8 @@ class SecureKernel:
     def protect_pool(self, vp: Cpu) -> None:
         """Phase 1: VTL0 loses every right on the SK's frame pool; whoever takes a frame from it
         grants what that frame's use needs (HLAT tables: read-only)."""
-        gpns = list(range(self.pool_base, self.pool_base + self.pool_count))
+        pool_base, pool_count = self.pool_range(vp)
+        gpns = list(range(pool_base, pool_base + pool_count))
         if gpns:
             result = hvcall.modify_vtl_protection_mask(vp, self.params, gpns, 0)
             if not result.ok:
@@ -536,7 +555,7 @@ class SecureKernel:
 
     def vtl0_page(self, vp: L.Mem, pfn: int) -> bool:
         """Whether ``pfn`` is RAM that belongs to VTL0 (not the SK's, not a trustlet's)."""
-        return 0 < pfn < self.ram_pages and not self.own_page(vp, pfn)
+        return 0 < pfn < self.ram_pages(vp) and not self.own_page(vp, pfn)
 
     def vtl0_output_page(self, vp: L.Mem, pfn: int) -> bool:
         """Whether the SK may write an answer into ``pfn`` for VTL0: VTL0 RAM that VTL0 could
@@ -591,7 +610,10 @@ class SecureKernel:
                     phase=self.phase(vp).value,
                     routine=routine,
                 )
-            outcome = vp.call(routine, args)
+            try:
+                outcome = vp.call(routine, args)
+            except PoolExhausted:  # the service ran the SK's frame pool dry: it fails
+                outcome = self._exhausted(vp, args)
             if isinstance(outcome, Reply):
                 result = outcome
             elif isinstance(outcome, Generator):
@@ -619,6 +641,12 @@ class SecureKernel:
                 self.emit(vp, "securecall", "dispatch", status_name, code=args.code)
         callargs.clear_registers(vp)
         callargs.load(vp, reply)
+
+    def _exhausted(self, vp: Cpu, args: SecureCallArgs | None) -> Reply:
+        """A secure call that needed a frame the pool no longer has: STATUS_INSUFFICIENT_RESOURCES
+        (what a kernel answers when its allocator fails), and the SK serves the next call."""
+        self.emit(vp, "securecall", "sk-pool", "exhausted", code=args.code if args else -1)
+        return Reply(NtStatus.INSUFFICIENT_RESOURCES)
 
     def normal_call(self, vp: Cpu, number: int, *args: int) -> list[int] | None:
         """Ask NT for a service and wait for the answer (vbs-internals §2.5).
@@ -649,6 +677,8 @@ class SecureKernel:
         except StopIteration as done:
             value = done.value
             return value if isinstance(value, Reply) else Reply(NtStatus.UNSUCCESSFUL)
+        except PoolExhausted:
+            return self._exhausted(vp, None)
         self.pending.setdefault(vp.index, []).append(generator)
         return request
 

@@ -93,6 +93,10 @@ class Config:
     VTL0_DEFAULT_MASK = Field("vtl0_default_mask", 0x10, 1, MODEL)
     #: HyperGuard runs (policy.hyperguard; vbs-internals §5.7).
     HYPERGUARD = Field("hyperguard", 0x11, 1, MODEL)
+    #: The frame pool the loader reserved for the SK (first PFN, page count): the only frames
+    #: it allocates from at run time.
+    POOL_BASE = Field("pool_base", 0x14, 4, MODEL)
+    POOL_COUNT = Field("pool_count", 0x18, 4, MODEL)
     SIZE = 0x20
 
 

@@ -33,7 +33,7 @@ from vbsim.sk.ium import process as ium
 
 # At module level (process.py imports the kernel module too): a function-level import costs an
 # import-machinery call on every system call.
-from vbsim.sk.kernel import SecureKernel
+from vbsim.sk.kernel import PoolExhausted, SecureKernel
 from vbsim.sk.layouts import IumFilter, IumServiceTable, read_field
 
 __all__ = ["NORMAL_IUM_SYSCALL", "SECURE_NUMBERS", "SECURE_SYSCALLS", "SECURE_SYSCALL_BIT"]
@@ -211,7 +211,10 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
 def _status(vp: Cpu, routine: int, args: list[int]) -> int:
     """Call a table entry; what it leaves in RAX is the status (a routine that is not a
     service, e.g. a hijacked entry, answers with whatever it returns)."""
-    result = vp.call(routine, args)
+    try:
+        result = vp.call(routine, args)
+    except PoolExhausted:  # the SK's frame pool ran out: the service fails, the SK goes on
+        return int(NtStatus.INSUFFICIENT_RESOURCES)
     return result & 0xFFFF_FFFF if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
 
 

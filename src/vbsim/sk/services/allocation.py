@@ -226,7 +226,7 @@ def fill_secure_allocation(
     alloc_size = read_field(vp, obj, AllocationLayout.SIZE)
     if not unchecked and not sk.vtl0_page(vp, mdl_pfn):
         return refuse(sk, vp, "securecall.pfn", "mdl-pfn", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
-    if not 0 <= mdl_pfn < sk.ram_pages:
+    if not 0 <= mdl_pfn < sk.ram_pages(vp):
         # Even the legacy SK maps only RAM it knows (a PFN beyond RAM has no mapping).
         return refuse(sk, vp, "securecall.pfn", "no-ram", NtStatus.INVALID_PARAMETER, pfn=mdl_pfn)
     mdl_offset = mdl_pointer & PAGE_MASK
@@ -343,7 +343,7 @@ def _copy(sk: SecureKernel, vp: Cpu, mdl: Mdl, dest: int) -> int:
     remaining = mdl.byte_count
     page_offset = mdl.byte_offset & PAGE_MASK
     copied = 0
-    ram_pages = sk.ram_pages
+    ram_pages = sk.ram_pages(vp)
     for pfn in mdl.pfns:
         if remaining <= 0:
             break

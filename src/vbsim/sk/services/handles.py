@@ -49,10 +49,11 @@ def _refuse(sk: SecureKernel, vp: Cpu, outcome: str, status: NtStatus, **detail:
     return Reply(status)
 
 
-def _pool_frame(sk: SecureKernel, va: int) -> bool:
+def _pool_frame(sk: SecureKernel, vp: Cpu, va: int) -> bool:
     """Whether ``va`` is the direct-map VA of a frame of the SK's own pool (object bodies)."""
     pfn = (va - sk.phys_va(0)) >> PAGE_SHIFT
-    return not va & PAGE_MASK and sk.pool_base <= pfn < sk.pool_base + sk.pool_count
+    base, count = sk.pool_range(vp)
+    return not va & PAGE_MASK and base <= pfn < base + count
 
 
 def close_secure_handle(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
@@ -70,7 +71,7 @@ def close_secure_handle(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
                            type=name, object=va)  # fmt: skip
         _free_allocation(sk, vp, va)
     elif kind == ObjectType.SECURE_IMAGE:
-        if not _pool_frame(sk, va):
+        if not _pool_frame(sk, vp, va):
             return _refuse(sk, vp, "not-an-object", NtStatus.INVALID_HANDLE, handle=handle,
                            type=name, object=va)  # fmt: skip
         if read_field(vp, va, Img.PFN_COUNT) or read_field(vp, va, Img.STAGE) not in (

@@ -124,8 +124,9 @@ def obtain_patch_undo_table(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> 
             return refuse(sk, vp, "securecall.pfn", "data-pfn", bad, pfn=pfn)
     table = vp.read(state(sk).table_va, UNDO_TABLE_SIZE)
     written = []
+    ram_pages = sk.ram_pages(vp)
     for index in range(UNDO_TABLE_PAGES):
-        if index >= len(pfns) or not 0 <= pfns[index] < sk.ram_pages:
+        if index >= len(pfns) or not 0 <= pfns[index] < ram_pages:
             break  # nothing maps it: the copy stops
         chunk = table[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]
         vp.write(sk.space.phys_va(pfns[index] << PAGE_SHIFT), chunk)

@@ -849,7 +849,7 @@ def allocate(sk: SecureKernel) -> None:
     right behind the secure-allocation arena (``allocation.register`` maps it just before)."""
     loader = sk.loader
     assert loader is not None
-    pages = sk.ram_pages
+    pages = sk.loader_ram_pages
     hashes_va, hashes_gpa = sk.builder().alloc_data(L.Hvci.HASH_PAGES, contiguous=True)
     table = L.table_pages(pages)
     states_va, states_gpa = sk.builder().alloc_data(table, contiguous=True)

@@ -28,7 +28,7 @@ from vbsim.sk import objects, sipolicy
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.ium import process as ium
 from vbsim.sk.ium.skci import admit
-from vbsim.sk.kernel import Reply, SecureKernel
+from vbsim.sk.kernel import PoolExhausted, Reply, SecureKernel
 from vbsim.sk.layouts import ObjectType, read_field, write_field
 from vbsim.sk.layouts import SkProcess as SkProcessLayout
 from vbsim.sk.services import hvci
@@ -111,7 +111,12 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         status=NtStatus.name_of(admission.status),
         detail=admission.detail,
     )
-    process = ium.build(sk, vp, admission.image, pfns, requested_id, mailbox_key)
+    try:
+        process = ium.build(sk, vp, admission.image, pfns, requested_id, mailbox_key)
+    except PoolExhausted:  # the SK's frame pool ran out while building the process
+        _give_back(sk, vp, pfns)
+        sk.emit(vp, "ium", "create-process", "pool-exhausted", trustlet_id=requested_id)
+        return Reply(NtStatus.INSUFFICIENT_RESOURCES)
     handle = (
         objects.insert(sk, vp, ObjectType.SKPROCESS, process.object_va)
         if process is not None

@@ -332,8 +332,10 @@ def copy_protected_page(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
 
 def register(sk: SecureKernel) -> None:
     table_va, _ = sk.builder().alloc_data(1)
-    owners_va, owners_gpa = sk.builder().alloc_data(L.table_pages(sk.ram_pages), contiguous=True)
-    sk.kdp = KdpState(table_va, owners_va, owners_gpa, sk.ram_pages)
+    owners_va, owners_gpa = sk.builder().alloc_data(
+        L.table_pages(sk.loader_ram_pages), contiguous=True
+    )
+    sk.kdp = KdpState(table_va, owners_va, owners_gpa, sk.loader_ram_pages)
     sk.handlers[Service.PROTECT_KERNEL_DATA_PAGE] = protect_kernel_data
     if Service.PROTECT_KERNEL_DATA_PAGE not in sk.table:
         # Build A has no PROTECT_KERNEL_DATA_PAGE; static KDP uses REGISTER_PROTECTED_PAGE there.

@@ -105,7 +105,7 @@ def livedump_add_buffer(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
     if not unchecked and not sk.vtl0_page(vp, mdl_pfn):
         sk.emit(vp, "securecall", "securecall.pfn", "refused", pfn=mdl_pfn)
         return refuse(sk, vp, "securecall.pfn", "mdl-pfn", bad, pfn=mdl_pfn)
-    if not 0 <= mdl_pfn < sk.ram_pages:  # even the legacy SK maps only RAM it knows
+    if not 0 <= mdl_pfn < sk.ram_pages(vp):  # even the legacy SK maps only RAM it knows
         return refuse(sk, vp, "securecall.pfn", "no-ram", bad, pfn=mdl_pfn)
     mdl_offset = mdl_pointer & PAGE_MASK
     if mdl_offset + MDL_HEADER.size > PAGE_SIZE:
