@@ -8,13 +8,14 @@ unfinished campaign too (the totals are then computed from the records kept so f
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+
+from vbsim.cli.output import json_text, path_arg
 
 app = typer.Typer(add_completion=False, help="Campaign results (soak and fuzz).")
 
@@ -71,7 +72,9 @@ def load_summary(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @app.command("show")
 def show(
-    directory: Annotated[Path, typer.Argument(help="A campaign's results directory.")],
+    directory: Annotated[
+        Path, typer.Argument(help="A campaign's results directory.", parser=path_arg)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a campaign's manifest, totals and grouped failures."""
@@ -79,7 +82,7 @@ def show(
 
     manifest, summary = load_summary(directory)
     if as_json:
-        print(json.dumps({"manifest": manifest, "summary": summary}, indent=2))
+        print(json_text({"manifest": manifest, "summary": summary}, indent=2))
         return
     out = Console(highlight=False, soft_wrap=True)
     config = manifest.get("config", {})

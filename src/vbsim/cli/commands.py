@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -13,6 +12,7 @@ from vbsim.cli.fuzz_cmd import fuzz
 from vbsim.cli.help import HelpGroup
 from vbsim.cli.help import install as install_help
 from vbsim.cli.image_cmd import image_app
+from vbsim.cli.output import json_text
 from vbsim.cli.render import console, trace_table
 from vbsim.cli.report_cmd import report
 from vbsim.cli.sizes import parse_size
@@ -95,7 +95,7 @@ def machine(
     ]
     if as_json:
         print(
-            json.dumps(
+            json_text(
                 {
                     "vps": vps,
                     "ram": demo.machine.ram.size,
@@ -140,7 +140,7 @@ def bench(
         )
     results = run(repeat=repeat, only=only)
     if as_json:
-        print(json.dumps(results))
+        print(json_text(results))
         return
     from rich.table import Table
 
@@ -200,7 +200,7 @@ def attacks(
             scenarios, presets, progress=lambda r: advance(f"{r.id} on {r.preset}")
         )
     if as_json:
-        print(json.dumps(catalogue_json(results)))
+        print(json_text(catalogue_json(results)))
     else:
         out = console()
         catalogue_table(results, presets, out.width).print(out)
@@ -238,7 +238,7 @@ def attack(
         payload = result.to_json()
         if show_trace:
             payload["trace"] = [e.to_json() for e in events]
-        print(json.dumps(payload))
+        print(json_text(payload))
     else:
         print_run(result, events, console(), show_trace)
     if not result.matches:
@@ -261,7 +261,7 @@ def matrix(
         raise typer.BadParameter(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
     cells = access_matrix(preset_name)
     if as_json:
-        print(json.dumps(matrix_json(cells)))
+        print(json_text(matrix_json(cells)))
     else:
         key = Key()
         out = console()
@@ -279,7 +279,7 @@ def demo(
 
     if as_json:
         tour = collect()
-        print(json.dumps(tour.to_json()))
+        print(json_text(tour.to_json()))
         raise typer.Exit(1 if tour.mismatches else 0)
     raise typer.Exit(run(console()))
 
@@ -305,7 +305,9 @@ def boot_command(
     if policy_file is not None and preset_name is not None:
         raise typer.BadParameter("give --policy or --preset, not both")
     if policy_file == "":  # not the current directory: Path("") is "."
-        raise typer.BadParameter("--policy: the file name is empty; give a TOML policy file")
+        raise typer.BadParameter(
+            "the path is empty; give a TOML policy file", param_hint="'--policy'"
+        )
     source: LoadedPolicy | None = None
     try:
         if policy_file is not None:
@@ -333,7 +335,7 @@ def boot_command(
             f"cannot boot with ram_mib = {policy.ram_mib}: {type(error).__name__}: {error}", as_json
         )
     if as_json:
-        print(json.dumps(report))
+        print(json_text(report))
     else:
         print_boot_report(report, console())
     if report["halted"]:

@@ -8,11 +8,11 @@ every case passed, 1 when one failed, 2 for bad usage (an unknown case or profil
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, NoReturn
 
 import typer
 
+from vbsim.cli.output import json_text, print_json
 from vbsim.conformance import runner
 from vbsim.conformance.cases import CASES
 from vbsim.conformance.harness import using_profile
@@ -24,6 +24,36 @@ def _error(message: str, code: int = 2) -> NoReturn:
     from vbsim.cli.errors import refuse
 
     refuse(message, code)
+
+
+def screen_width() -> int:
+    """The terminal's width (``COLUMNS``; 80 when not a terminal), at least 40."""
+    from rich.console import Console
+
+    return max(40, Console().width)
+
+
+def case_list(rows: list[dict[str, str]], width: int) -> str:
+    """``--list``: id, area and upstream source, one case a row; ids whole, the source wrapped
+    at spaces in what is left of ``width`` (a longer word breaks after a ``.`` or ``_``)."""
+    import textwrap
+
+    from vbsim.cli.render import wrap_names
+
+    id_width = max([len("case"), *(len(r["id"]) for r in rows)])
+    area_width = max([len("area"), *(len(r["area"]) for r in rows)])
+    indent = " " * (id_width + 2 + area_width + 2)
+    room = max(20, width - len(indent))
+    lines = [f"{'case':<{id_width}}  {'area':<{area_width}}  upstream source"]
+    for row in rows:
+        source = textwrap.wrap(
+            row["source"], room, break_long_words=False, break_on_hyphens=False
+        ) or [""]
+        source = [part for line in source for part in wrap_names(line, room).splitlines()]
+        lines.append(f"{row['id']:<{id_width}}  {row['area']:<{area_width}}  {source[0]}")
+        lines.extend(indent + more for more in source[1:])
+    lines.append(f"{len(rows)} cases; run some with 'vbsim conformance ID ...'")
+    return "\n".join(lines)
 
 
 def conformance(
@@ -42,21 +72,24 @@ def conformance(
     if list_cases:
         rows = [{"id": c.id, "area": c.area, "source": c.source} for c in CASES]
         if as_json:
-            print(json.dumps({"cases": rows}))
+            print_json({"cases": rows})
         else:
-            for row in rows:
-                print(f"{row['id']:<28} {row['source']}"[: runner.WIDTH])
+            print(case_list(rows, screen_width()))
         return
-    try:
-        selected = runner.select(cases or None)
-    except KeyError as error:
-        _error(str(error.args[0]))
+    known = {c.id for c in CASES}
+    missing = [c for c in cases or [] if c not in known]
+    if missing:  # quoted as typed: an empty id shows as ''
+        _error(
+            f"unknown conformance case(s) {', '.join(map(repr, missing))}; "
+            "'vbsim conformance --list' lists them"
+        )
+    selected = runner.select(cases or None)
     with using_profile(hv_profile.PROFILES[profile]):
         results = [runner.run_case(case) for case in selected]
     failed = any(r.outcome != runner.PASS for r in results)
     if as_json:
         print(
-            json.dumps(
+            json_text(
                 {
                     "profile": profile,
                     "passed": sum(r.outcome == runner.PASS for r in results),
@@ -66,6 +99,6 @@ def conformance(
             )
         )
     else:
-        print(runner.table(results))
+        print(runner.table(results, screen_width()))
     if failed:
         raise typer.Exit(1)

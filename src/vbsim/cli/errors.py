@@ -15,7 +15,6 @@ Exit codes, the same for every command:
 
 from __future__ import annotations
 
-import json
 from typing import Any, NoReturn
 
 #: The exit codes above, by name.
@@ -90,10 +89,11 @@ def error_object(message: str, code: int) -> dict[str, Any]:
 
 def report_error(message: str, code: int, as_json: bool) -> int:
     """Print a refusal: JSON on stdout with ``as_json``, and always one line on stderr."""
+    from vbsim.cli.output import json_text
     from vbsim.cli.render import error_line
     from vbsim.text import visible
 
     if as_json:
-        print(json.dumps(error_object(visible(message), code)))
+        print(json_text(error_object(visible(message), code)))
     error_line(message)
     return code

@@ -19,7 +19,6 @@ kept in a results directory (``--out``; ``vbsim campaign show DIR``).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from vbsim.cli.output import json_text, path_arg
 from vbsim.text import path_text, visible
 
 ENGINES = ("auto", "random", "atheris", "local", "dask")
@@ -70,12 +70,16 @@ def fuzz(
         ),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Results directory (default: under the data dir).")
+        Path | None,
+        typer.Option(
+            "--out", help="Results directory (default: under the data dir).", parser=path_arg
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random driver.")] = 0,
     replay: Annotated[
-        Path | None, typer.Option("--replay", help="Run one saved input and report.")
+        Path | None,
+        typer.Option("--replay", help="Run one saved input and report.", parser=path_arg),
     ] = None,
 ) -> None:
     """Fuzz one input surface of the model; any unexpected exception is a finding."""
@@ -96,7 +100,7 @@ def fuzz(
         if as_json:
             finding = None if crash is None else {"error": crash.error, "trace": crash.trace}
             report = {"ok": crash is None, "target": target, "bytes": len(data)}
-            print(json.dumps({**report, "finding": finding}))
+            print(json_text({**report, "finding": finding}))
         elif crash is None:
             out.print(f"{target}: {len(data)}-byte input ran without a finding", markup=False)
         else:
@@ -135,7 +139,7 @@ def fuzz(
     result = engines.run_random(target, seconds, seed=seed)
     if as_json:
         print(
-            json.dumps(
+            json_text(
                 {
                     "ok": not result.crashes,
                     "target": target,
@@ -220,7 +224,7 @@ def _campaign(
         )
     summary = result.summary()
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary, indent=2))
     else:
         out_console = Console(highlight=False, soft_wrap=True)
         out_console.print(

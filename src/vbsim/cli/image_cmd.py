@@ -22,7 +22,6 @@ characters are shown as ``\\xNN``, so it can neither be eaten as markup nor driv
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -30,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vbsim.cli.output import OutputError, check_output, write_atomically
+from vbsim.cli.output import OutputError, check_output, json_text, path_arg, write_atomically
 from vbsim.cli.render import console
 from vbsim.text import path_text, safe, visible
 
@@ -120,10 +119,11 @@ class CliError(Exception):
 def fail(message: str, as_json: bool) -> NoReturn:
     """Report an input error on one line (stderr; JSON on stdout too) and exit with status 2."""
     from vbsim.cli.errors import EXIT_USAGE, error_object
+    from vbsim.cli.render import error_line
 
     if as_json:
-        print(json.dumps(error_object(message, EXIT_USAGE)))
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}", markup=False)
+        print(json_text(error_object(visible(message), EXIT_USAGE)))
+    error_line(message)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -410,7 +410,7 @@ def inspect_json(
     routines = {e.name: e for e in parsed.exports}
     policy = parsed.policy
     return {
-        "file": str(path),
+        "file": path_text(path),
         "size": parsed.size,
         "machine": _hex(parsed.machine),
         "machine_name": MACHINES.get(parsed.machine, "unknown"),
@@ -711,11 +711,19 @@ def signer_pki_directory() -> Path:
 @image_app.command("sign")
 def sign_command(
     file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="The PE image to sign.", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="FILE", help="The PE image to sign.", show_default=False, parser=path_arg
+        ),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write the signed image here (default: in place)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the signed image here (default: in place).",
+            parser=path_arg,
+        ),
     ] = None,
     profile: Annotated[
         str, typer.Option(help="Signer profile: ium, windows or codesign (model PKI).")
@@ -772,11 +780,12 @@ def sign_command(
         "signature": signature,
     }
     if as_json:
-        print(json.dumps(report))
+        print(json_text(report))
         return
     out = console()
     out.print(
-        f"signed [bold]{safe(file)}[/] → [bold]{safe(target)}[/] ({len(signed)} bytes)",
+        f"signed [bold]{safe(path_text(file))}[/] → [bold]{safe(path_text(target))}[/] "
+        f"({len(signed)} bytes)",
         soft_wrap=True,
     )
     ekus = ", ".join(e["name"] for e in signer_ekus)
@@ -788,7 +797,10 @@ def sign_command(
 @image_app.command("verify")
 def verify_command(
     file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="The PE image to verify.", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="FILE", help="The PE image to verify.", show_default=False, parser=path_arg
+        ),
     ],
     kind: Annotated[
         str | None,
@@ -826,7 +838,7 @@ def verify_command(
         fail(internal_error(error), as_json)
     if as_json:
         # ok is the outcome: false when the signature does not verify (exit 1)
-        print(json.dumps({"ok": bool(signature["valid"]), "file": path_text(file), **signature}))
+        print(json_text({"ok": bool(signature["valid"]), "file": path_text(file), **signature}))
     else:
         print_signature(console(), signature)
     if not signature["valid"]:
@@ -835,7 +847,10 @@ def verify_command(
 
 @image_app.command("inspect")
 def inspect_command(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Any PE image.", show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="Any PE image.", show_default=False, parser=path_arg),
+    ],
     trust: TrustOption = TRUST_MODEL,
     as_json: JsonOption = False,
 ) -> None:
@@ -850,6 +865,6 @@ def inspect_command(
     except Exception as error:  # never a traceback: a vbsim bug is reported on one line too
         fail(internal_error(error), as_json)
     if as_json:
-        print(json.dumps({"ok": True, **report}))
+        print(json_text({"ok": True, **report}))
     else:
         print_inspect(console(), report)

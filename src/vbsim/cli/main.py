@@ -39,12 +39,20 @@ class StdoutError(Exception):
 
 class _GuardedStdout:
     """``sys.stdout`` while a command runs: a failed write or flush raises :class:`StdoutError`;
+    a lone surrogate (a byte of a non-UTF-8 file name or argument, as Python decodes it) is
+    written as ``\\xNN``, never as that raw byte (invalid UTF-8) or a UnicodeEncodeError;
     everything else is the real stream's."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            from vbsim.cli.output import clean_text
+
+            text = clean_text(text)
         try:
             return self._stream.write(text)
         except OSError as error:

@@ -16,6 +16,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from vbsim.cli.output import json_text, path_arg
+
 
 def _error(message: str, code: int = 2) -> NoReturn:
     """Refuse on one line (the JSON error object with ``--json``): :mod:`vbsim.cli.errors`."""
@@ -51,7 +53,9 @@ def report(
     ] = None,
     output: Annotated[
         Path,
-        typer.Option("--output", "-o", metavar="FILE", help="The HTML file to write."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="The HTML file to write.", parser=path_arg
+        ),
     ] = Path("report.html"),
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what was written as JSON.")
@@ -94,8 +98,6 @@ def report(
     data = built.data
     runs = sum(1 for r in data.runs.values() if r.diagram is not None)
     if as_json:
-        import json
-
         summary = {
             "output": path_text(output),
             "bytes": built.size,
@@ -104,7 +106,7 @@ def report(
             "runs_drawn": runs,
             "seconds": round(built.seconds, 3),
         }
-        print(json.dumps(summary))
+        print(json_text(summary))
         return
     Console(highlight=False, soft_wrap=True).print(
         f"wrote {visible(path_text(output))} ({built.size / 1e6:.2f} MB): "

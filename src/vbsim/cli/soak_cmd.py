@@ -9,7 +9,6 @@ something did (each finding is printed with its program, ready to paste into
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from vbsim.cli.output import json_text, path_arg
 from vbsim.policy import RAM_MIB_RANGE as POLICY_RAM_MIB_RANGE
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def _resumed(resume: Path, given: dict[str, Any], lanes: int | None) -> tuple[An
         from vbsim.text import path_text, shell_word
 
         if json_requested():
-            print(json.dumps({"ok": True, "finished": True, "out": path_text(resume),
+            print(json_text({"ok": True, "finished": True, "out": path_text(resume),
                               "programs": done}))  # fmt: skip
         else:
             Console(highlight=False, soft_wrap=True).print(
@@ -256,12 +256,20 @@ def soak(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", metavar="DIR", help="Results directory (default: under the data dir)."
+            "--out",
+            metavar="DIR",
+            help="Results directory (default: under the data dir).",
+            parser=path_arg,
         ),
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", metavar="DIR", help="Continue the campaign in this directory."),
+        typer.Option(
+            "--resume",
+            metavar="DIR",
+            help="Continue the campaign in this directory.",
+            parser=path_arg,
+        ),
     ] = None,
     generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
     batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
@@ -366,7 +374,7 @@ def soak(
         except EngineError as error:
             _error(str(error))
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json_text(report.to_json(), indent=2))
     else:
         from vbsim.text import visible
 

@@ -20,7 +20,6 @@ refused, its run failed or the machine stopped, 2 for bad input.  Every command 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,6 +39,7 @@ from vbsim.cli.image_cmd import (
     register_known_routines,
     trustlet_name,
 )
+from vbsim.cli.output import json_text, path_arg
 from vbsim.cli.render import console, describe_detail
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
@@ -218,7 +218,7 @@ def list_command(as_json: JsonOption = False) -> None:
     except Exception as error:  # e.g. an unreadable model PKI
         fail(f"cannot build the trustlet images: {internal_error(error)}", as_json)
     if as_json:
-        print(json.dumps(report))
+        print(json_text(report))
         return
     table = Table(title="trustlets", header_style="bold")
     # Short columns that are never cut (an ID, a SID, a version): the version goes under the
@@ -271,6 +271,8 @@ def _resolve_image(image: str, policy_components: Any) -> tuple[str, bytes, int 
     from vbsim.ium.images import TRUSTLETS
     from vbsim.policy import Component
 
+    if image == "":  # not Path(""), the current directory
+        raise CliError("IMAGE is empty: give a trustlet name (LsaIso.exe) or an image file")
     path = Path(image)
     if path.exists():
         data = read_input(path, "IMAGE")
@@ -568,8 +570,7 @@ def print_run(out: Console, report: dict[str, Any]) -> None:
             out.print(
                 f"  trace #{event['seq']} {event['kind']} {event['mechanism']} → {event['outcome']}"
                 f" ({visible(describe_detail(event['detail']))})",
-                markup=False,
-                soft_wrap=True,
+                markup=False,  # wrapped at spaces to the screen, like the tables above it
             )
         if not admission["checks"] and not admission["admitted"]:
             out.print("  (no SKCI admission ran: NT did not reach the Secure Kernel)")
@@ -641,7 +642,7 @@ def run_command(
         fail(internal_error(error), as_json)
     report["ok"] = _succeeded(report)  # ok is the outcome: false when exiting 1
     if as_json:
-        print(json.dumps(report))
+        print(json_text(report))
     else:
         print_run(console(), report)
     if not report["ok"]:
@@ -660,7 +661,12 @@ def export_command(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", metavar="FILE", help="The file to write.", show_default=False
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="The file to write.",
+            show_default=False,
+            parser=path_arg,
         ),
     ],
     preset_name: Annotated[
@@ -717,7 +723,7 @@ def export_command(
         "model_root": root,
     }
     if as_json:
-        print(json.dumps(summary))
+        print(json_text(summary))
         return
     console().print(
         f"wrote {visible(path_text(target))}: {image} {component.version}, {len(data)} bytes, "

@@ -64,7 +64,9 @@ def _wrap(text: str, width: int) -> list[str]:
     """``text`` in lines of at most ``width`` columns, broken at spaces (never cut)."""
     import textwrap
 
-    return textwrap.wrap(text, max(20, width), break_long_words=False) or [""]
+    return textwrap.wrap(text, max(20, width), break_long_words=False, break_on_hyphens=False) or [
+        ""
+    ]
 
 
 def table(results: list[Result], width: int = WIDTH) -> str:
