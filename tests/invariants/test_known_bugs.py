@@ -62,9 +62,11 @@ def test_vtl0_cannot_make_the_hypervisor_write_sk_memory() -> None:
 
 
 def test_nt_cannot_hand_the_sk_a_kdp_page() -> None:
+    from vbsim.hw import code
+    from vbsim.hw.cpu import Cpu
     from vbsim.invariants.attacker import trustlet_image
-    from vbsim.nt import kdp, secure_process
-    from vbsim.nt.secure_process import allocate_pages
+    from vbsim.nt import kdp, secure_process, vsl
+    from vbsim.ntstatus import NtStatus
     from vbsim.sk.ium.process import NORMAL_ALLOCATE_PAGES
 
     rig = attached("hardened")
@@ -74,18 +76,29 @@ def test_nt_cannot_hand_the_sk_a_kdp_page() -> None:
             section = kdp.load_data_section(nt, vp.cpu, "victim.data", 1, b"PROTECTED" * 10)
             assert kdp.mm_protect_driver_section(nt, vp.cpu, section.va) == 0
         victim = section.pfns[0]
+        assert nt.vsl is not None and rig.system.nt_space is not None
+        slot = nt.vsl.normal_call_slot(NORMAL_ALLOCATE_PAGES)
+        honest = vp.cpu.read_u64(slot)
 
-        def hostile(nt_: object, vp_: object, args: list[int]) -> list[int]:
-            out = allocate_pages(nt, vp.cpu, args)
-            out[1] = victim
-            return out
+        def hostile(cpu: Cpu, block: int) -> int:
+            """NT's routine answers, then the first page it gives is the KDP-protected one."""
+            cpu.call(honest, block)
+            fields = vsl.request_fields(cpu, block)
+            if fields[0] == NtStatus.SUCCESS:
+                fields[1] = victim
+                vsl.write_answer(cpu, block, fields)
+            return fields[0]
 
-        assert nt.vsl is not None
-        nt.vsl.normal_calls[NORMAL_ALLOCATE_PAGES] = hostile  # type: ignore[assignment]
+        # NT's normal-call table points at the hostile routine (planted in NT's code pages, as
+        # a debugger plants code): a kernel write of one slot.
+        name = "test.known-bugs.hostile-allocate"
+        code.register(name, hostile, breakpoint=True)
+        vp.cpu.write_u64(slot, rig.system.nt_space.install(name))
         with rig.monitor.step("start vmsp with that page offered"):
             secure_process.create_secure_process(
                 nt, vp.cpu, "vmsp.exe", 2, 0, None, trustlet_image("vmsp")
             )
+        assert (0, 0) in rig.system.trace.ran(name)  # the offer was made, by NT's dispatch
     finally:
         rig.close()
 

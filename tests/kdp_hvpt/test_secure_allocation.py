@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+from vbsim.boot.chain import System
+from vbsim.hw import code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt import kdp
@@ -177,20 +180,33 @@ def test_the_mdl_is_captured_before_it_is_checked() -> None:
 
 
 # -- A9: a VTL0 change between the check and the use --------------------------------------------
-def _toctou(nt: NtKernel, vp: Any, mdl_va: int, evil: list[int], swap_to: int | None) -> None:
-    """The attacker (K0) hooks NT's normal-call dispatch: while the SK waits for the pages to be
-    made resident, it enlarges ByteCount and (optionally) swaps the first data PFN."""
-    assert nt.vsl is not None
-    original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
+#: The attacker's routine for the normal-call hook (its behaviour per test: a closure over the
+#: values its code would carry as immediates).
+HOOK = "test.kdp_hvpt.a9-toctou"
 
-    def hooked(nt_: NtKernel, vp_: Any, args: list[int]) -> list[int]:
-        vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + 16)
+
+def _toctou(system: System, mdl_va: int, swap_to: int | None) -> Callable[[], int]:
+    """The attacker (K0) hooks NT's normal-call dispatch: its routine (planted in NT's code pages,
+    as a debugger plants code) goes into VslpNormalCallTable's "get physical pages" slot with a
+    kernel write; while the SK waits for the pages to be made resident, it enlarges ByteCount and
+    (optionally) swaps the first data PFN, then lets NT's routine answer.  Returns how many times
+    the routine ran (the platform's breakpoint on it)."""
+    _machine, nt, vp = parts(system)
+    assert nt.vsl is not None and system.nt_space is not None
+    slot = nt.vsl.normal_call_slot(NORMAL_GET_PHYSICAL_PAGES)
+    original = vp.cpu.read_u64(slot)
+
+    def hooked(cpu: Cpu, block: int) -> int:
+        cpu.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + 16)
         if swap_to is not None:
-            vp_.write_u64(mdl_va + 0x30, swap_to)
-        evil.append(1)
-        return original(nt_, vp_, args)
+            cpu.write_u64(mdl_va + 0x30, swap_to)
+        result = cpu.call(original, block)
+        return result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
 
-    nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = hooked
+    code.register(HOOK, hooked, breakpoint=True)
+    vp.cpu.write_u64(slot, system.nt_space.install(HOOK))
+    since = system.trace.executions[-1].seq if system.trace.executions else 0
+    return lambda: len(system.trace.ran(HOOK, since))
 
 
 def _overflow_source(nt: NtKernel, vp: Any) -> list[int]:
@@ -204,12 +220,11 @@ def test_a9_toctou_defeated_by_capture(name: str) -> None:
     before = behind(sk)
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
-    evil: list[int] = []
-    _toctou(nt, vp, mdl_va, evil, None)
+    runs = _toctou(system, mdl_va, None)
     assert (
         kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
     )
-    assert evil  # the attacker's code really ran between check and use
+    assert runs() == 1  # the attacker's code really ran between check and use
     assert allocation_bytes(sk, handle, 65) == b"\x41" * 64 + b"\0"
     assert behind(sk) == before and untouched(sk)
 
@@ -220,8 +235,7 @@ def test_a9_double_fetch_overflows_into_hvci_records() -> None:
     assert untouched(sk)
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 64))
-    evil: list[int] = []
-    _toctou(nt, vp, mdl_va, evil, None)
+    _toctou(system, mdl_va, None)
     assert (
         kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn) == NtStatus.SUCCESS
     )
@@ -237,8 +251,7 @@ def test_a9_double_fetch_pfn_swap_reads_sk_memory() -> None:
     behind_pfn = sk.hvci.hashes_gpa >> PAGE_SHIFT
     pfns = _overflow_source(nt, vp)
     mdl_va, mdl_pfn = kernel_page(nt, vp, mdl_bytes(pfns, 16))
-    evil: list[int] = []
-    _toctou(nt, vp, mdl_va, evil, behind_pfn)
+    _toctou(system, mdl_va, behind_pfn)
     status = kdp.fill_secure_allocation_raw(nt, vp.cpu, handle, 0, mdl_va, mdl_pfn)
     assert status == NtStatus.SUCCESS
     assert allocation_bytes(sk, handle, 16) == secret  # SK bytes the attacker named

@@ -271,7 +271,6 @@ def _secure_close() -> None:
 def _securecall_one(data: bytes) -> None:
     from vbsim.guest import hvcall
     from vbsim.invariants.attacker import PFN_POOLS, Ref
-    from vbsim.ntstatus import NtStatus
     from vbsim.sk import callargs
     from vbsim.sk.callargs import ARGS, SecureCallArgs
 
@@ -319,14 +318,9 @@ def _securecall_one(data: bytes) -> None:
             if replies:  # a hostile NT answers
                 chunk, replies = replies[:104], replies[104:]
                 outputs = list(struct.unpack("<13Q", chunk.ljust(104, b"\0")))[1:]
-            else:
+            else:  # NT's own dispatcher answers (VslpNormalCallTable, as RAM holds it now)
                 assert nt.vsl is not None
-                handler = nt.vsl.normal_calls.get(reply.fields[0])
-                outputs = (
-                    handler(nt, vp, reply.fields[1:])
-                    if handler
-                    else [int(NtStatus.NOT_IMPLEMENTED)]
-                )
+                outputs = nt.vsl.dispatch(vp.cpu, reply).fields
             request = SecureCallArgs(callargs.OP_NORMAL_REPLY, args.code, args.cookie, outputs)
     except GuestTermination as termination:
         stop = termination

@@ -63,6 +63,7 @@ from vbsim.nt import secure_process
 from vbsim.nt.pfn import host_next_fresh
 from vbsim.nt.process import Process, Token, host_secure_thread_cookie
 from vbsim.nt.syscalls import NUMBERS as NT_NUMBERS
+from vbsim.nt.vsl import FIELDS_OFFSET, request_fields, write_answer
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy, preset
 from vbsim.sk import callargs
@@ -644,6 +645,39 @@ def _fuzzlet(vp: VirtualProcessor, message: int, length: int, reply: int) -> int
     return 8
 
 
+#: The attacker's answer to the SK's "give me pages" (NORMAL_ALLOCATE_PAGES): planted in NT's code
+#: pages (a debugger's plant, ``KernelSpace.install``: K0 stands for code reuse, which HVCI does
+#: not stop) and reached the way NT reaches any normal-call routine, through the VA a K0 write put
+#: in VslpNormalCallTable.  Its data is at a VA the attacker mapped for it (the address is in its
+#: code, as shellcode carries one): see :data:`HOSTILE_DATA`.
+HOSTILE_ALLOCATE = "invariants.hostile-allocate"
+#: The hostile routine's data page: the honest routine's VA, how many PFNs are offered, how many
+#: were handed out so far, then the offered PFNs (u64 each).
+HOSTILE_DATA_VA = WINDOW_VA + 64 * PAGE_SIZE
+_HOSTILE_HEADER = struct.Struct("<3Q")
+HOSTILE_MAX = (PAGE_SIZE - _HOSTILE_HEADER.size) // 8
+
+
+@guest_code(HOSTILE_ALLOCATE)
+def _hostile_allocate(vp: Cpu, block: int) -> int:
+    """The honest routine answers first; then the output PFNs of a successful answer are the
+    offered ones, in order, for as long as they last (across calls)."""
+    original, offered, used = _HOSTILE_HEADER.unpack(vp.read(HOSTILE_DATA_VA, _HOSTILE_HEADER.size))
+    want = vp.read_u64(block + FIELDS_OFFSET + 8)  # Field2 of the request: the page count
+    if original:
+        vp.call(original, block)
+    fields = request_fields(vp, block)
+    if fields[0] == NtStatus.SUCCESS:
+        for index in range(1, min(want, len(fields) - 1) + 1):
+            if used >= offered:
+                break
+            fields[index] = vp.read_u64(HOSTILE_DATA_VA + _HOSTILE_HEADER.size + 8 * used)
+            used += 1
+        write_answer(vp, block, fields)
+        vp.write_u64(HOSTILE_DATA_VA + 16, used)
+    return fields[0]
+
+
 @guest_code("invariants.user")
 def _user(vp: VirtualProcessor, op: str, args: tuple[Any, ...]) -> Any:
     """The U0/A0 attacker's code at VTL0 CPL3: one action (arguments already resolved)."""
@@ -742,6 +776,7 @@ class Session:
         self.handles: list[int] = [FIRST_HANDLE + 4 * i for i in range(4)]
         self.cookies: list[int] = [0x10, 0x11, 0x12]
         self.trustlets: list[Process] = []
+        self._hostile_page: int | None = None
         self._setup()
         self.monitor: Monitor | None = None
         if monitor:
@@ -798,6 +833,17 @@ class Session:
         entry = nt.map_code(vp.cpu, process, ["invariants.user"])["invariants.user"]
         buffer = nt.allocate(vp.cpu, process, USER_BUFFER_PAGES * PAGE_SIZE).base
         return _UserContext(process, entry, buffer)
+
+    def _map_hostile_data(self) -> None:
+        """The hostile routine's data page at HOSTILE_DATA_VA (a page from NT, mapped by the
+        attacker's PTE write; once per session)."""
+        if self._hostile_page is not None:
+            return
+        nt, cpu = self.nt, self.vp.cpu
+        self._hostile_page = nt.alloc_page(cpu)
+        tables = PageTables(nt.phys(cpu), nt.space.root)
+        tables.map(HOSTILE_DATA_VA, self._hostile_page << PAGE_SHIFT, int(Pte.RW | Pte.NX))
+        cpu.invlpg(HOSTILE_DATA_VA)
 
     def close(self) -> None:
         if self.monitor is not None:
@@ -1146,13 +1192,8 @@ class Session:
             if mode and mode[0] == "hostile":
                 outputs = [r(v) for v in mode[1]]
                 mode = ()
-            else:
-                handler = nt.vsl.normal_calls.get(reply.fields[0])
-                outputs = (
-                    handler(nt, vp.cpu, reply.fields[1:])
-                    if handler
-                    else [int(NtStatus.NOT_IMPLEMENTED)]
-                )
+            else:  # NT's own dispatcher answers (VslpNormalCallTable, as RAM holds it now)
+                outputs = nt.vsl.dispatch(vp.cpu, reply).fields
             request = SecureCallArgs(callargs.OP_NORMAL_REPLY, args.code, args.cookie, outputs)
         status = reply.fields[0] if reply.fields else 0
         if status == NtStatus.SUCCESS:
@@ -1179,30 +1220,26 @@ class Session:
         name = {"fuzzlet": FUZZLET, "vmsp": "vmsp.exe"}.get(kind, "LsaIso.exe")
         if trustlet_id < 0:
             trustlet_id = {"fuzzlet": FUZZLET_ID, "vmsp": 2}.get(kind, 1)
-        vsl = self.nt.vsl
-        honest = vsl.normal_calls.get(ium.NORMAL_ALLOCATE_PAGES) if vsl is not None else None
-        if hostile and vsl is not None and honest is not None:
-            # NT (the attacker's) answers the SK's "give me pages" with pages of its choosing.
-            offered = [self.resolve(v) for v in hostile]
-
-            def allocate(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
-                assert honest is not None
-                out = honest(nt, vp, args)
-                while offered and len(out) > 1:
-                    for i in range(1, len(out)):
-                        if offered:
-                            out[i] = offered.pop(0)
-                    break
-                return out
-
-            vsl.normal_calls[ium.NORMAL_ALLOCATE_PAGES] = allocate
+        stubs, cpu = self.nt.vsl, self.vp.cpu
+        slot = stubs.normal_call_slot(ium.NORMAL_ALLOCATE_PAGES) if stubs and hostile else 0
+        honest = cpu.read_u64(slot) if slot else 0
+        if honest:
+            # NT (the attacker's) answers the SK's "give me pages" with pages of its choosing:
+            # the hostile routine's VA into NT's normal-call table (a K0 write), its data at
+            # its VA, the table put back afterwards.
+            self._map_hostile_data()
+            offered = [self.resolve(v) & MASK64 for v in hostile][:HOSTILE_MAX]
+            header = _HOSTILE_HEADER.pack(honest, len(offered), 0)
+            cpu.write(HOSTILE_DATA_VA, header + b"".join(struct.pack("<Q", v) for v in offered))
+            assert self.system.nt_space is not None
+            cpu.write_u64(slot, self.system.nt_space.install(HOSTILE_ALLOCATE))
         try:
             status, process = secure_process.create_secure_process(
-                self.nt, self.vp.cpu, name, trustlet_id, MAILBOX_KEY, None, bytes(image)
+                self.nt, cpu, name, trustlet_id, MAILBOX_KEY, None, bytes(image)
             )
         finally:
-            if vsl is not None and honest is not None:
-                vsl.normal_calls[ium.NORMAL_ALLOCATE_PAGES] = honest
+            if honest:
+                cpu.write_u64(slot, honest)
         if process is not None:
             self.trustlets.append(process)
             self.handles.append(process.secure_pid)

@@ -104,8 +104,9 @@ def install(nt: NtKernel) -> NtKdp:
     if nt.kdp_client is not None:
         return nt.kdp_client
     state = nt.kdp_client = NtKdp()
-    if nt.vsl is not None:
-        nt.vsl.normal_calls.setdefault(NORMAL_GET_PHYSICAL_PAGES, get_physical_pages)
+    if nt.vsl is not None:  # loader time (NtKernel's construction): a VslpNormalCallTable slot
+        # [model] name: the SK's "get a physical page" request (vbs-internals §2.5).
+        nt.vsl.register(NORMAL_GET_PHYSICAL_PAGES, "VslpGetPhysicalPages", get_physical_pages)
     return state
 
 

@@ -286,6 +286,8 @@ def register(nt: NtKernel) -> None:
     lsass.register(nt)  # the LSA's logon buffer, beside the LSA's port globals
 
     syscalls.register(nt, "NtAlpcSendWaitReceivePort", nt_alpc_send_wait_receive_port)
-    if nt.vsl is not None:
-        nt.vsl.normal_calls[NORMAL_ALLOCATE_PAGES] = allocate_pages
-        nt.vsl.normal_calls[NORMAL_IUM_SYSCALL] = ium_generic_syscall
+    if nt.vsl is not None:  # NT's normal calls for IUM, linked into VslpNormalCallTable
+        # The SK's "allocate physical pages" request ([model] routine name) and IumGenericSyscall,
+        # whose NT side VTL0 stacks show as VslpDispatchIumSyscall (vbs-internals §2.5).
+        nt.vsl.register(NORMAL_ALLOCATE_PAGES, "VslpAllocatePhysicalPages", allocate_pages)
+        nt.vsl.register(NORMAL_IUM_SYSCALL, "VslpDispatchIumSyscall", ium_generic_syscall)

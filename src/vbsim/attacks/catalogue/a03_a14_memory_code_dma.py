@@ -61,6 +61,7 @@ from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import SE_CI_CALLBACKS, mdl_bytes
 from vbsim.nt.lsass import nt_owf
 from vbsim.nt.syscalls import syscall
+from vbsim.nt.vsl import FIELDS_OFFSET
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import Policy
 from vbsim.sk.layouts import Hvci as SkHvci
@@ -610,11 +611,37 @@ A8_UNDO = Scenario(
 
 
 # -- A9: double fetch through the normal-call window ----------------------------------------------
-def _toctou_fill(vp: Cpu) -> list[Any]:
-    """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch.  The Secure
-    Kernel makes its "get physical pages" normal call after validating the MDL and before
-    copying; NT's code — the attacker's hook — runs then and enlarges ByteCount in VTL0 memory
-    so that the copy reaches the forged bytes into the hash records behind the allocation."""
+#: Where the hook finds its data: in the MDL's page, after the MDL (the attacker's own page, the
+#: one the Secure Kernel's request names): the original routine's VA and a count of the hook's runs.
+HOOK_ORIGINAL = PAGE_SIZE - 16
+HOOK_RUNS = PAGE_SIZE - 8
+
+
+def _a9_hook(cpu: Cpu, block: int) -> int:
+    """The attacker's normal-call routine, run by NT's dispatcher from the slot the K0 step wrote.
+    The request in ``block`` (NT's SECURE_CALL_ARGS copy, :mod:`vbsim.nt.vsl`) names the MDL's
+    page (Field2: the MDL's PFN); the hook enlarges ByteCount there, counts its run, and lets the
+    original routine, whose VA the K0 step left in that page, answer the Secure Kernel."""
+    mdl_pfn = cpu.read_u64(block + FIELDS_OFFSET + 8)
+    page = DIRECT_MAP + (mdl_pfn << PAGE_SHIFT)
+    cpu.write_u32(page + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + FORGED_LENGTH)
+    cpu.write_u64(page + HOOK_RUNS, cpu.read_u64(page + HOOK_RUNS) + 1)
+    original = cpu.read_u64(page + HOOK_ORIGINAL)
+    result = cpu.call(original, block) if original else None
+    return result if isinstance(result, int) else int(NtStatus.NOT_IMPLEMENTED)
+
+
+#: The hook's routine name (what its thunk encodes), registered once on import.
+A9_HOOK = payload_routine(_a9_hook, breakpoint=True)
+
+
+def _toctou_fill(vp: Cpu, hook: int) -> list[Any]:
+    """K0: a well-formed MDL (64 bytes), and a hook on NT's normal-call dispatch: the hook's VA
+    written into VslpNormalCallTable's "get physical pages" slot (NT's .data: an ordinary kernel
+    write; KDP protects only what NT or a driver asks it to).  The Secure Kernel makes that normal
+    call after validating the MDL and before copying; NT's dispatcher reads the slot then and runs
+    the hook, which enlarges ByteCount in VTL0 memory so that the copy would reach the forged
+    bytes into the hash records behind the allocation.  The slot is put back afterwards."""
     nt = nt_of(vp)
     assert nt.vsl is not None
     prepared = _prepare(vp)
@@ -623,24 +650,28 @@ def _toctou_fill(vp: Cpu) -> list[Any]:
         return [status, prepared.forged]
     source = _overflow_source(nt, vp, prepared.forged)
     mdl_va, mdl_pfn = ntkdp.build_mdl(nt, vp, source, 64)
-    original = nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES]
-    swapped: list[int] = []
-
-    def hooked(nt_: NtKernel, vp_: Cpu, args: list[int]) -> list[int]:
-        vp_.write_u32(mdl_va + MDL_BYTECOUNT_OFFSET, PAGE_SIZE + FORGED_LENGTH)
-        swapped.append(1)
-        return original(nt_, vp_, args)
-
-    nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = hooked
+    slot = nt.vsl.normal_call_slot(NORMAL_GET_PHYSICAL_PAGES)
+    original = vp.read_u64(slot)
+    vp.write_u64(mdl_va + HOOK_ORIGINAL, original)
+    vp.write_u64(slot, hook)
     try:
         fill = ntkdp.fill_secure_allocation_raw(nt, vp, handle, 0, mdl_va, mdl_pfn)
     finally:
-        nt.vsl.normal_calls[NORMAL_GET_PHYSICAL_PAGES] = original
-    return [status, fill, len(swapped), prepared.forged]
+        vp.write_u64(slot, original)
+    return [status, fill, vp.read_u64(mdl_va + HOOK_RUNS), prepared.forged]
 
 
 def _a9_steps(ctx: AttackContext) -> None:
-    *result, forged = ctx.kernel(_toctou_fill)
+    # [model] The hook's code is placed as a debugger plants code after boot (the loader's
+    # KernelSpace.install, as the privilege matrix plants its probes), so it runs under HVCI as
+    # well: it stands for what changes the MDL "after the SK validates it but before it uses it"
+    # (vbs-internals §6 A9) — on a real machine the attacker's other processor writing it in a
+    # loop through a kernel write primitive, which needs no new code.  The model's processors do
+    # not run concurrently, so that write lands at the one moment it can matter, NT's normal call;
+    # how NT comes to run it is the machine's: the K0 step's write into NT's table.
+    space = ctx.booted.nt_space
+    assert space is not None
+    *result, forged = ctx.kernel(_toctou_fill, space.install(A9_HOOK))
     ctx.notes.update(result=result, forged=forged)
 
 
