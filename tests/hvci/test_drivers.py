@@ -188,6 +188,12 @@ def test_unsigned_code_that_nt_maps_itself_never_executes_under_hvci() -> None:
     with pytest.raises(Bugcheck) as stop:
         drivers.start_driver(env.nt, env.vp.cpu, driver)
     assert entry_runs(UNSIGNED_DRIVER) == before  # the body never ran
+    # NT calls DriverInit through kernel CFG, which refuses first: the entry is in no image's
+    # GuardCFFunctionTable (vbsim.nt.kcfg).  A call without the guard reaches the fetch:
+    assert stop.value.code == BugCheck.KERNEL_SECURITY_CHECK_FAILURE and stop.value.vtl == 0
+    with pytest.raises(Bugcheck) as stop:
+        env.vp.cpu.call(driver.entry, driver.object_va)
+    assert entry_runs(UNSIGNED_DRIVER) == before
     assert stop.value.code == BugCheck.KMODE_EXCEPTION_NOT_HANDLED and stop.value.vtl == 0
     denied = [e for e in env.events("access", "slat") if e.outcome == "denied"]
     assert denied[-1].detail["access"] == "execute"

@@ -56,7 +56,7 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ImageFormatError, ImageKind, ParsedImage, anchors, build_image, parse_image
-from vbsim.nt import objdir, syscalls
+from vbsim.nt import kcfg, objdir, syscalls
 from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
     DRIVER_OBJECT,
@@ -345,7 +345,7 @@ def code_integrity_check(nt: NtKernel, vp: Cpu, name: str, image: bytes) -> int:
     """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
     ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
     routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
-    result = vp.call(routine, name, image)
+    result = kcfg.guard_dispatch_icall(nt, vp, routine, "SeCiCallbacks", name, image)
     return result if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
 
 
@@ -647,6 +647,14 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
             driver.secure_handle = handle
     except NoPages:
         return int(NtStatus.NO_MEMORY)
+    # MiProcessKernelCfgImage: the image's exports become valid call targets (vbsim.nt.kcfg).
+    targets = kcfg.image_targets(driver.base, parsed)
+    status = kcfg.enable_targets(nt, vp, targets, driver.secure_handle, name)
+    if not ok(status):
+        if driver.secure_handle and nt.vsl is not None:
+            nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
+        unmap_image(nt, vp, driver)
+        return status
     try:
         objdir.insert(nt, vp, name, driver.object_va)
     except NoPages:  # no pool page for the directory entry: undo the load
@@ -674,7 +682,7 @@ def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
     """Call ``DriverEntry(DriverObject)`` at CPL0: an instruction fetch like any other."""
     # IopLoadDriver calls DriverObject->DriverInit (read from the object now).
     entry = read_field(vp, driver.object_va, DRIVER_OBJECT.DriverInit)
-    result = vp.call(entry, driver.object_va)
+    result = kcfg.guard_dispatch_icall(nt, vp, entry, "DriverInit", driver.object_va)
     status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
     driver.entry_status = status
     _event(vp, "driver-entry", NtStatus.name_of(status), driver=driver.name, entry=driver.entry)
@@ -735,7 +743,7 @@ def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     if buffer is None:
         return int(NtStatus.ACCESS_VIOLATION)
     _event(vp, "ioctl", "dispatched", driver=name, code=ioctl)
-    result = vp.call(dispatch, ioctl, buffer)
+    result = kcfg.guard_dispatch_icall(nt, vp, dispatch, "MajorFunction", ioctl, buffer)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)):
         return int(NtStatus.UNSUCCESSFUL)
     status, out = int(result[0]), result[1]

@@ -259,6 +259,9 @@ class NtKernel:
         self.system_va_cursor(kdp.SECTION_CURSOR, kdp.SECTION_BASE)
         if self.vbs:
             kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
+        from vbsim.nt import kcfg
+
+        kcfg.install(self)  # last routine placed: the image's GuardCFFunctionTable, the bitmap
         # MmPfnDatabase over all of RAM, then the memory map: NT's own frames (everything the
         # loader built it from, this database included) are active, the rest below the free
         # region is not NT's, the region is free.
@@ -302,6 +305,10 @@ class NtKernel:
     def install_routine(self, name: str) -> int:
         """Loader time: a code thunk for routine ``name`` in NT's code pages; its VA."""
         return self._building().install(name)
+
+    def alloc_data_pages(self, pages: int, contiguous: bool = False) -> tuple[int, int]:
+        """Loader time: ``pages`` fresh RW/NX pages of NT's image data; (first VA, first GPA)."""
+        return self._building().alloc_data(pages, contiguous=contiguous)
 
     def variable(self, name: str, size: int = 8) -> KernelVariable:
         """Allocate a kernel global in NT's data pages (loader-time)."""
@@ -348,6 +355,9 @@ class NtKernel:
         vp.wrmsr(Msr.SFMASK, SFMASK_VALUE)
         vp.wrmsr(Msr.EFER, vp.rdmsr(Msr.EFER) | int(Efer.SCE))
         self._event(vp, "nt-phase0", "done")
+        from vbsim.nt import kcfg
+
+        kcfg.initialize(self, vp)  # MiInitializeKernelCfg: before PHASE3_INIT protects it
         if self.vsl is not None:
             self.vsl.phase3_init(vp)
 

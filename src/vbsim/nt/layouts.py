@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Protocol
 
+from vbsim.guest.address_space import CODE_BASE
 from vbsim.layout import Mem
 from vbsim.layout import read_field as read_field
 from vbsim.layout import write_field as write_field
@@ -637,6 +638,83 @@ class MMPFNLIST:
 #: [model] winload places ntoskrnl's boot image in the first 256 GiB of CODE_BASE's PML4 slot;
 #: the SK takes every executable page in that range as boot-image code (vbsim.sk.services.hvci).
 BOOT_IMAGE_SPAN: Final = 256 << 30
+
+# -- kernel Control Flow Guard (kCFG) --------------------------------------------------------------
+# The bitmap of valid indirect-call targets, a format both kernels apply (NT checks and fills it,
+# the Secure Kernel protects it and sets bits for drivers loaded later: vbsim.nt.kcfg,
+# vbsim.sk.services.kcfg).  It is user-mode CFG's: the compiler lists a binary's address-taken
+# functions in the load configuration's GuardCFFunctionTable ("a sorted list of relative virtual
+# addresses", MS Learn "PE metadata" and "Control Flow Guard for platform security"), and the
+# loader turns the list into a bitmap with two bits per 16-byte granule of VA: one for the
+# granule's aligned first byte, one for the other fifteen (corsix.org, "Control flow guard",
+# 2015: "every two bits correspond to sixteen bytes").  Kernel CFG "is implemented almost
+# identically to regular CFG" (Windows Internals 7th ed. part 1 ch. 7 "Kernel CFG"), its bitmap's
+# VA in nt!guard_icall_bitmap (McGarr, "The Current State of Exploit Development,
+# part 1", 2020).  ntoskrnl's guard_check_icall, as public decompilations of it read: a target
+# without the sign bit (a user address) fails; guard_icall_bitmap 0 passes everything else; else
+# the u64 at bitmap + 8 * (target >> 9) is loaded and bit (target >> 3) mod 64 tested for an
+# aligned target, both bits of its pair for an unaligned one.
+
+#: The granule one pair of bits describes, and the VA one u64 of the bitmap covers (32 pairs).
+KCFG_GRANULE: Final = 16
+KCFG_QWORD_SPAN: Final = 512
+#: [model] The kernel VA the bitmap covers: NT's boot image (256 KiB from CODE_BASE: the model's
+#: ntoskrnl has one code page) and the first 8 MiB of the driver region (vbsim.nt.drivers
+#: DRIVER_BASE, right after the boot-image span: some 100 driver loads).  Windows reserves bitmap
+#: VA for all of kernel space and backs it where images are (MiInitializeKernelCfg); the model
+#: keeps these two windows dense, one after the other, and any other address has no valid target.
+KCFG_WINDOWS: Final = ((CODE_BASE, 256 << 10), (CODE_BASE + BOOT_IMAGE_SPAN, 8 << 20))
+#: The bitmap's size in 4 KiB pages (33).
+KCFG_BITMAP_PAGES: Final = sum(span // KCFG_QWORD_SPAN * 8 for _, span in KCFG_WINDOWS) // 4096
+#: FAST_FAIL_GUARD_ICALL_CHECK_FAILURE (winnt.h): KERNEL_SECURITY_CHECK_FAILURE's first
+#: parameter, "Indirect call guard check detected invalid control transfer" (MS Learn, Bug Check
+#: 0x139).
+FAST_FAIL_GUARD_ICALL_CHECK_FAILURE: Final = 10
+
+
+def kcfg_slot(target: int) -> tuple[int, int] | None:
+    """Where ``target``'s bits are: (byte offset in the bitmap of the u64 holding them, the
+    number of the pair's first bit in it); None outside the covered windows."""
+    first = 0
+    for base, span in KCFG_WINDOWS:
+        if base <= target < base + span:
+            offset = target - base
+            return first + offset // KCFG_QWORD_SPAN * 8, (offset >> 3) & 62
+        first += span // KCFG_QWORD_SPAN * 8
+    return None
+
+
+def kcfg_valid(qword: int, target: int) -> bool:
+    """guard_check_icall's test of the u64 ``qword`` that holds ``target``'s pair: an aligned
+    target needs the pair's first bit, an unaligned one both bits."""
+    bit = (target >> 3) & 63
+    if not target & (KCFG_GRANULE - 1):
+        return bool(qword >> bit & 1)
+    even = bit & ~1
+    return bool(qword >> even & 1 and qword >> (even | 1) & 1)
+
+
+class KCFG_CONTROL:
+    """[model] The page before the bitmap, holding ``nt!guard_icall_bitmap`` (McGarr 2020): the
+    bitmap's VA once kCFG is enabled, 0 before (and for good when the Secure Kernel refused it:
+    MiInitializeKernelCfg, decompiled, sets it only after VslInitializeSecureKernelCfg
+    succeeded).  Which section of ntoskrnl holds the variable on Windows, and what protects it,
+    is not in the public record; a writable one would turn kCFG off with one write, which no
+    public source reports, so the model places it where the Secure Kernel protects the bitmap."""
+
+    GuardIcallBitmap: Final = Field("guard_icall_bitmap", 0x00, 8, "McGarr 2020; offset: model")
+
+
+class GUARD_CF_FUNCTION_TABLE:
+    """[model] ntoskrnl's GuardCFFunctionTable (GFIDS) as its image holds it in NT's data: a u32
+    count, then one u32 RVA (from CODE_BASE, the image's base in the model) per valid target,
+    sorted (MS Learn "PE metadata": the table is sorted RVAs; no per-entry flags here)."""
+
+    Count: Final = Field("Count", 0x00, 4, "model")
+    ENTRIES: Final = 0x04
+    ENTRY: Final = 4
+
+
 #: [model] Normal-call numbers the SK sends NT: "give me physical pages" (IUM), IumGenericSyscall
 #: (the real number is not public), and the KDP/secure-allocation MDL's physical pages.
 NORMAL_ALLOCATE_PAGES: Final = 1

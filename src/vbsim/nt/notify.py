@@ -16,7 +16,10 @@ that uses both: security telemetry as data in VTL0 RAM, where a kernel write pri
   compiled code finds its globals.
 
 Neither structure is registered with KDP (Windows does not protect them: KDP protects only
-what a driver registers, MS-KDP blog 2020-07-08), so these attacks work on every preset.
+what a driver registers, MS-KDP blog 2020-07-08), so these attacks work on every preset.  What
+kernel CFG checks is where a routine pointer leads, not whether a slot is empty: removing a
+callback passes it, redirecting one to code that is no valid call target does not where kCFG
+runs (``vbsim.nt.kcfg``; catalogue row D9).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from vbsim.hw import code
 from vbsim.image import ImageKind, build_image, parse_image
+from vbsim.nt import kcfg
 from vbsim.nt.layouts import (
     ETW_BUFFER,
     ETW_GUID_ENTRY,
@@ -102,7 +106,8 @@ def ps_set_create_process_notify_routine(
 
 
 def call_process_notify(nt: NtKernel, cpu: Cpu, parent: int, pid: int, create: bool) -> int:
-    """PspCallProcessNotifyRoutines: every non-empty slot's routine, read from RAM now."""
+    """PspCallProcessNotifyRoutines: every non-empty slot's routine, read from RAM now, called
+    through guard_dispatch_icall (kernel CFG checks the pointer first: ``vbsim.nt.kcfg``)."""
     array = nt.variable(NOTIFY_ARRAY).va
     called = 0
     for index in range(PSP_MAX_CREATE_PROCESS_NOTIFY):
@@ -110,7 +115,7 @@ def call_process_notify(nt: NtKernel, cpu: Cpu, parent: int, pid: int, create: b
         if not value:
             continue
         routine = read_field(cpu, fast_ref_object(value), EX_CALLBACK_ROUTINE_BLOCK.Function)
-        cpu.call(routine, parent, pid, int(create))
+        kcfg.guard_dispatch_icall(nt, cpu, routine, "process-notify", parent, pid, int(create))
         called += 1
     return called
 

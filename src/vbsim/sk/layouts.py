@@ -202,6 +202,28 @@ class Kdp:
     NONE = 0
     STATIC = 1
     POOL = 2
+    #: Not KDP's own: the kernel CFG bitmap (``sk.services.kcfg``) is read-only to VTL0 the same
+    #: way, and every service that respects KDP's pages must respect it too.
+    KCFG = 3
+
+
+class KernelCfg:
+    """[model] kCFG's record in an SK data page (``sk.services.kcfg``): what INITIALIZE_KERNEL_CFG
+    registered — the VTL0 VAs of NT's control page (``guard_icall_bitmap``) and of the bitmap
+    that follows it, and the GPA page of each, control page first — and whether PHASE3_INIT has
+    made them read-only.  The SK sets bits (ENABLE_CFG_TARGET) through these GPAs, never through
+    a translation VTL0 could change afterwards."""
+
+    STATE = Field("state", 0x00, 4, MODEL)
+    PAGES = Field("pages", 0x04, 4, MODEL)
+    CONTROL_VA = Field("control_va", 0x08, 8, MODEL)
+    BITMAP_VA = Field("bitmap_va", 0x10, 8, MODEL)
+    GPNS = 0x20  # u64 GPA page number per page, control page first
+    MAX_PAGES = (PAGE_SIZE - GPNS) // 8
+    # States
+    NONE = 0
+    REGISTERED = 1
+    PROTECTED = 2
 
 
 # -- secure process objects (SKPROCESS) -----------------------------------------------------------

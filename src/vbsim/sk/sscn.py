@@ -37,6 +37,8 @@ class Service(StrEnum):
     CREATE_SECURE_SECTION = "CREATE_SECURE_SECTION"
     PHASE3_INIT = "PHASE3_INIT"
     INITIALIZE_SECURE_POOL = "INITIALIZE_SECURE_POOL"
+    INITIALIZE_KERNEL_CFG = "INITIALIZE_KERNEL_CFG"
+    ENABLE_CFG_TARGET = "ENABLE_CFG_TARGET"
     LOAD_DRIVER = "LOAD_DRIVER"
     UNLOAD_DRIVER = "UNLOAD_DRIVER"
     MAKE_PROTECTED_PAGE_WRITABLE = "MAKE_PROTECTED_PAGE_WRITABLE"
@@ -88,8 +90,13 @@ _TABLE: dict[Service, tuple[int | None, int | None]] = {
     Service.PHASE3_INIT: (208, 208),
     Service.PERIODIC: (209, 209),
     Service.INITIALIZE_SECURE_POOL: (None, 214),
+    # INITIALIZE_KERNEL_CFG: 213 (A) / 215 (B).  Public decompilations of ntoskrnl show
+    # VslInitializeSecureKernelCfg issuing 0xD7 = 215 in one build and 214 in another (the
+    # numbers move between builds, as the table says).  ENABLE_CFG_TARGET: 217 (A) / 218 (B).
+    Service.INITIALIZE_KERNEL_CFG: (213, 215),
     Service.LOAD_DRIVER: (214, 216),
     Service.UNLOAD_DRIVER: (215, 217),
+    Service.ENABLE_CFG_TARGET: (217, 218),
     Service.REGISTER_PROTECTED_PAGE: (229, 245),
     Service.COPY_PROTECTED_PAGE: (228, 244),
     Service.MAKE_PROTECTED_PAGE_WRITABLE: (230, 247),

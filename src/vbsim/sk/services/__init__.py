@@ -18,11 +18,12 @@ def register_all(sk: SecureKernel) -> None:
         hotpatch,
         hvci,
         ium,
+        kcfg,
         kdp,
         livedump,
     )
 
     # allocation before hvci: HVCI's hash records are mapped right behind the arena.
-    for module in (boot, allocation, hvci, ium, kdp, dump, hotpatch, handles, livedump):
+    for module in (boot, allocation, hvci, ium, kdp, kcfg, dump, hotpatch, handles, livedump):
         module.register(sk)
     syscalls.register(sk)

@@ -13,6 +13,7 @@ from vbsim.sk import hyperguard
 from vbsim.sk.callargs import SecureCallArgs
 from vbsim.sk.kernel import Phase, Reply, SecureKernel
 from vbsim.sk.layouts import Config
+from vbsim.sk.services import kcfg
 from vbsim.sk.sscn import Service
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ def phase3_init(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
     if sk.phase(vp) is not Phase.PHASE1:
         return Reply(NtStatus.INVALID_DEVICE_STATE)
     sk.protect_own_pages(vp, 0)
+    kcfg.phase3(sk, vp)  # "applies a read-only protection to the kernel CFG bitmaps" (WI7-P2)
     hyperguard.record_trusted(sk, vp)
     sk.set_phase(vp, Phase.PHASE3)
     sk.emit(vp, "boot", "phase3-init", "done", trusted=len(sk.trusted(vp)))
