@@ -19,11 +19,15 @@ the user's request.
 Expected outcome: the pointer is data in ordinary nonpaged pool, which neither HVCI nor KDP
 protects, so the write itself succeeds everywhere.  What HVCI decides is the call: without it
 NT executes the attacker's page; with it, SLAT lets VTL0 execute only pages SKCI validated
-(vbs-internals §5.1), so the call faults and the routine never runs.  A hook that points at
-code already validated (a signed driver's or the kernel's own routine) is not stopped by HVCI;
-on Windows kernel CFG, which HVCI protects, then only requires a valid call target (MS Learn,
-"Control Flow Guard": kCFG).  kCFG is not modelled.  The model's expectation follows A3-RWX;
-the public record gives no per-configuration outcome for IRP hooks as such.
+(vbs-internals §5.1), so the routine never runs.  NT makes the call through
+guard_dispatch_icall (kernel CFG, ``vbsim.nt.kcfg``): without HVCI that checks only that the
+target is a kernel address, which the attacker's page is; with HVCI the page is in no image's
+GuardCFFunctionTable (executable pool gets no bits), so NT bugchecks with
+KERNEL_SECURITY_CHECK_FAILURE before it fetches the page — the same presets block it, now one
+check earlier.  A hook that points at code already validated (a signed driver's or the kernel's
+own routine) is not stopped by HVCI; kCFG stops it where that code is no valid call target:
+catalogue row D9.  The model's expectation follows A3-RWX; the public record gives no
+per-configuration outcome for IRP hooks as such.
 """
 
 from __future__ import annotations
@@ -104,9 +108,11 @@ D8 = Scenario(
     expected=HVCI_BLOCKS,
     expected_why="the dispatch pointer is ordinary nonpaged pool (no HVCI, no KDP), so the "
     "write succeeds everywhere; without HVCI NT then executes the attacker's page, with HVCI "
-    "SLAT refuses to execute a page SKCI did not validate (vbs-internals §5.1). A hook to "
-    "already-validated code is not stopped by HVCI (kCFG, not modelled, checks only the call "
-    "target). The public record gives no per-configuration outcome: the model's, as A3-RWX",
+    "SLAT refuses to execute a page SKCI did not validate (vbs-internals §5.1), and kernel CFG, "
+    "fully on with HVCI only, refuses the call first: the page is no valid call target (McGarr "
+    "2022). A hook to already-validated code is not stopped by HVCI; kCFG checks only that it is "
+    "a valid target (row D9). The public record gives no per-configuration outcome: the "
+    "model's, as A3-RWX",
     steps=d8_steps,
     goal_met=lambda ctx: (0, 0) in runs(ctx, HOOK),
 )
