@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from vbsim.hw import code
@@ -98,6 +100,25 @@ def test_thunk_layout() -> None:
     assert thunk[-1] == 0xC3
     assert code.encode_thunk("test.hw.thunk-layout") == thunk
     assert code.encode_thunk("test.hw.thunk-layout2") != thunk
+
+
+def test_a_replaced_routine_is_not_kept_alive() -> None:
+    """Kernels register fresh closures under the same names at every boot: the old one must go
+    with its thunk (the per-routine table used to keep every boot's closures: 42 per boot)."""
+
+    def make(tag: int) -> Callable[[object, int], int]:
+        def routine(vp: object, a: int) -> int:
+            return tag + a
+
+        return routine
+
+    first, second = make(1), make(2)
+    code.register("test.hw.replaced", first)
+    code.register("test.hw.also-first", first)
+    code.register("test.hw.replaced", second)
+    assert second in code._arity and first in code._arity  # still named by another thunk
+    code.register("test.hw.also-first", second)
+    assert first not in code._arity and code._arity[second] == 1
 
 
 def test_register_decode_and_name_of() -> None:

@@ -39,8 +39,12 @@ _registry: dict[bytes, tuple[str, GuestRoutine]] = {}
 #: (``Trace.executions``).  A host-side debugger's breakpoint, in effect: the routine's own code
 #: cannot record or forge it, and calling its Python function directly is not an execution.
 _breakpoints: dict[bytes, tuple[str, GuestRoutine]] = {}
-#: Positional arguments each routine takes after the VP (None: any number).
+#: Positional arguments each routine takes after the VP (None: any number), for the routines
+#: registered now.  ``_uses`` counts the thunks naming each one, so that a routine replaced at
+#: every boot (kernels register fresh closures) leaves with its last thunk: otherwise the table
+#: would keep every boot's closures, and whatever they captured, alive.
 _arity: dict[GuestRoutine, int | None] = {}
+_uses: dict[GuestRoutine, int] = {}
 
 
 def encode_thunk(name: str) -> bytes:
@@ -58,8 +62,22 @@ def register(name: str, routine: GuestRoutine, *, breakpoint: bool = False) -> b
         raise ValueError(f"thunk collision between {existing[0]!r} and {name!r}")
     (_breakpoints if breakpoint else _registry)[thunk] = (name, routine)
     (_registry if breakpoint else _breakpoints).pop(thunk, None)
+    previous = existing[1] if existing is not None else None
+    if previous is not routine:
+        if previous is not None:
+            _release(previous)
+        _uses[routine] = _uses.get(routine, 0) + 1
     _arity[routine] = _positional_arity(routine)
     return thunk
+
+
+def _release(routine: GuestRoutine) -> None:
+    left = _uses.get(routine, 1) - 1
+    if left > 0:
+        _uses[routine] = left
+    else:
+        _uses.pop(routine, None)
+        _arity.pop(routine, None)
 
 
 #: Arity by code object, for plain functions: kernels register fresh closures over the same
