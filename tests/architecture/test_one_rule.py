@@ -396,6 +396,12 @@ _FRAMES = {types.GeneratorType: "gi_frame", types.CoroutineType: "cr_frame"}
 _FRAMES[types.AsyncGeneratorType] = "ag_frame"
 
 
+#: vbsim.hw.code's routine tables: the process's registry, which also holds what other tests
+#: registered from their own rigs.  The walk takes the model's routines from them as roots
+#: (``_roots``) and does not follow the tables again through the module.
+_CODE_TABLES = ("_registry", "_breakpoints", "_arity", "_uses")
+
+
 def _registered_routines() -> set[int]:
     """The ids of every function registered as guest code (``vbsim.hw.code``): whose globals the
     walker follows (the names their code references), as the code of the image."""
@@ -489,8 +495,9 @@ def _children(
         return
     if isinstance(value, types.ModuleType):
         if _walked_module(value):
+            skip = _CODE_TABLES if value.__name__ == "vbsim.hw.code" else ()
             for name, item in vars(value).items():
-                if not (name.startswith("__") and name.endswith("__")):
+                if not (name.startswith("__") and name.endswith("__")) and name not in skip:
                     yield f".{name}", item
         return
     if isinstance(value, staticmethod | classmethod):

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import DATA_BASE, DIRECT_MAP
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.faults import Bugcheck
 from vbsim.hw.pagetable import PageTables
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.nt import pfn as mm
+from vbsim.nt.kernel import bugcheck
 from vbsim.nt.layouts import (
     COPY_ALLOCATE,
     IMAGE_DOS_HEADER,
@@ -267,16 +267,7 @@ def mm_protect_driver_section(
     install(nt)
     found = _image_section(nt, vp, address)
     if found is None:
-        code = BugCheck.MEMORY_MANAGEMENT
-        if vp.tracing:
-            vp.emit(
-                "bugcheck",
-                "nt",
-                code.name,
-                code=int(code),
-                params=[MM_PROTECT_NOT_AN_IMAGE, address],
-            )
-        raise Bugcheck(int(code), code.name, 0, MM_PROTECT_NOT_AN_IMAGE, address)
+        bugcheck(vp, BugCheck.MEMORY_MANAGEMENT, MM_PROTECT_NOT_AN_IMAGE, address)
     if isinstance(found, int):
         _event(vp, "MmProtectDriverSection", "refused", reason=NtStatus.name_of(found), va=address)
         return found
@@ -394,10 +385,7 @@ def ex_secure_pool_update(
     status = secure_pool_update_raw(nt, vp, pool, tag, allocation, cookie, offset, data)
     _event(vp, "ExSecurePoolUpdate", NtStatus.name_of(status), allocation=allocation)
     if status != NtStatus.SUCCESS:
-        code = BugCheck.BAD_POOL_CALLER
-        if vp.tracing:
-            vp.emit("bugcheck", "nt", code.name, code=int(code), params=[status, allocation])
-        raise Bugcheck(int(code), code.name, 0, status, allocation)
+        bugcheck(vp, BugCheck.BAD_POOL_CALLER, status, allocation)
     return status
 
 
