@@ -188,3 +188,22 @@ def test_an_empty_name_is_shown_quoted(
 def test_report_empty_preset_is_shown_quoted(capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = _main_output(["report", "-p", ""], capsys)
     assert code == 2 and "preset(s) ''" in err, err
+
+
+def test_an_attack_runs_detail_and_mechanism_reach_the_terminal_verbatim() -> None:
+    """``attack`` prints a run's detail and deciding check, which carry what guest code and
+    files wrote (a driver's name, a trace value): markup in them is text, not a tag."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from vbsim.attacks.catalogue import a01_a04_vtl1_boundary as boundary
+    from vbsim.attacks.report import print_run
+    from vbsim.attacks.runner import run
+
+    result, _ = run(boundary.A10, "vbs")
+    hostile = replace(result, detail="closing [/] tag [bold]x", mechanism="slat[/]")
+    out = Console(record=True, width=100, color_system=None)
+    print_run(hostile, [], out, show_trace=False)
+    text = out.export_text()
+    assert "detail: closing [/] tag [bold]x" in text and "deciding check: slat[/]" in text

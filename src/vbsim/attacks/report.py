@@ -104,17 +104,18 @@ def catalogue_table(
 
 def print_run(result: RunResult, events: list[Event], out: Console, show_trace: bool) -> None:
     style = _STYLE[result.outcome]
+    # Details and mechanisms carry what guest code and files wrote (names, brackets): escaped.
     out.print(
-        f"[bold]{result.id}[/] {result.title} — preset [bold]{result.preset}[/], attacker "
-        f"{result.capability}"
+        f"[bold]{escape(result.id)}[/] {escape(result.title)} — preset "
+        f"[bold]{escape(result.preset)}[/], attacker {escape(str(result.capability))}"
     )
     out.print(
-        f"outcome: [{style}]{result.outcome}[/] (public record: {result.expected}); "
-        f"deciding check: {result.mechanism}"
+        f"outcome: [{style}]{result.outcome}[/] (public record: {escape(str(result.expected))}); "
+        f"deciding check: {escape(str(result.mechanism))}"
     )
     if result.detail:
-        out.print(f"detail: {result.detail}")
-    out.print(f"source: {result.source}")
+        out.print(f"detail: {escape(str(result.detail))}")
+    out.print(f"source: {escape(result.source)}")
     if show_trace:
         interesting = [e for e in events if not (e.kind == "access" and e.outcome == "allowed")]
         out.print(trace_table(interesting, f"trace of the attack ({len(interesting)} events)"))
