@@ -259,9 +259,6 @@ class NtKernel:
         self.system_va_cursor(kdp.SECTION_CURSOR, kdp.SECTION_BASE)
         if self.vbs:
             kdp.install(self)  # NT's side of KDP: the normal calls the SK makes for it
-        from vbsim.nt import kcfg
-
-        kcfg.install(self)  # last routine placed: the image's GuardCFFunctionTable, the bitmap
         # MmPfnDatabase over all of RAM, then the memory map: NT's own frames (everything the
         # loader built it from, this database included) are active, the rest below the free
         # region is not NT's, the region is free.
@@ -271,6 +268,9 @@ class NtKernel:
         # database GPA + 8N too).
         self.pfn_database = DIRECT_MAP + database_gpa
         self.free_list_head = self.variable("MmFreePageListHead", MMPFNLIST.SIZE).va
+        from vbsim.nt import kcfg
+
+        kcfg.install(self)  # last routine placed: the image's GuardCFFunctionTable, the bitmap
         limit = limit or loader.ram_pages
         first_free = first_free or limit
         mm.initialize(
