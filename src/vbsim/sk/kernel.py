@@ -190,6 +190,8 @@ class SecureKernel:
         #: The IUM service tables' data page (``sk.ium.syscalls``).
         self.ium_table_va = 0
         self.dump_key_va = 0
+        #: kCFG's record page (``sk.services.kcfg``).
+        self.kcfg_va = 0
         self.state_va, self.state_gpa = space.alloc_data(1)
         # The SK's physical memory: a range the boot loader reserved for it (``pool``), managed
         # from a free bitmap in an SK data page.  At run time the SK allocates only from it.

@@ -37,7 +37,6 @@ Trace kind ``kcfg``: mechanisms ``kcfg.policy``, ``kcfg.register``, ``kcfg.prote
 from __future__ import annotations
 
 import struct
-import weakref
 from typing import TYPE_CHECKING
 
 from vbsim.hv.defs import HvMapGpaFlags
@@ -59,14 +58,11 @@ if TYPE_CHECKING:
 
 R = int(HvMapGpaFlags.READABLE)  # HV_MAP_GPA_READABLE (TLFS; vsm-spec §3.1)
 
-#: Each Secure Kernel's symbol for its kCFG record page (an address the loader placed, as a
-#: linker resolves a symbol); the record itself is in SK memory.
-_RECORDS: weakref.WeakKeyDictionary[SecureKernel, int] = weakref.WeakKeyDictionary()
-
 
 def record_va(sk: SecureKernel) -> int:
-    """The VA of kCFG's record page in SK memory (``layouts.KernelCfg``)."""
-    return _RECORDS[sk]
+    """The VA of kCFG's record page in SK memory (``layouts.KernelCfg``): a symbol of the SK's
+    image (``SecureKernel.kcfg_va``); the record itself is in SK memory."""
+    return sk.kcfg_va
 
 
 _record = record_va
@@ -189,6 +185,6 @@ def enable_cfg_target(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
 
 def register(sk: SecureKernel) -> None:
     va, _ = sk.builder().alloc_data(1)
-    _RECORDS[sk] = va
+    sk.kcfg_va = va
     sk.handlers[Service.INITIALIZE_KERNEL_CFG] = initialize_kernel_cfg
     sk.handlers[Service.ENABLE_CFG_TARGET] = enable_cfg_target
