@@ -313,6 +313,27 @@ def test_8_a_kdp_page_changed() -> None:
         rig.close()
 
 
+def test_8_the_kcfg_bitmap_changes_only_in_enable_cfg_target() -> None:
+    """The kernel CFG bitmap is the SK's to write after boot (sk.services.kcfg): loading a signed
+    driver, whose exports the SK marks valid, is fine; any other change is a violation."""
+    from vbsim.nt import kcfg
+
+    rig = attached("vbs-hvci", stop=False)
+    try:
+        mark = len(rig.system.trace.events)
+        with rig.monitor.step("load a signed driver"):
+            assert drivers.load_driver(rig.nt, rig.vp.cpu, drivers.SAMPLE_DRIVER) == 0
+        events = rig.system.trace.events[mark:]
+        assert any(e.mechanism == "kcfg.target" and e.outcome == "enabled" for e in events)
+        assert rig.monitor.violations == []
+        bitmap = rig.nt.variables[kcfg.BITMAP].gpa
+        with rig.monitor.step("a debugger sets a bit"):
+            rig.machine.ram.write(bitmap + 8, b"\xff" * 8)
+        assert "kernel CFG bitmap page" in _caught(rig, 8)
+    finally:
+        rig.close()
+
+
 def test_7_a_vtl_switch_without_a_gate() -> None:
     rig = attached("vbs", stop=False)
     try:

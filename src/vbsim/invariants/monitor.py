@@ -87,7 +87,8 @@ DESCRIPTIONS: dict[int, str] = {
     5: "DMA touches only pages VTL0 may access that way",
     6: "after PHASE4 SK memory changes only through accepted secure calls",
     7: "VTL and CPL change only through architectural gates",
-    8: "KDP-protected pages keep their contents; the secure pool changes only as the SK writes it",
+    8: "KDP-protected pages keep their contents; the secure pool and the kernel CFG bitmap "
+    "change only as the SK writes them",
 }
 
 _SUCCESS = "STATUS_SUCCESS"
@@ -98,7 +99,13 @@ _IS_VALIDATED = bytes(1 if b == _VALIDATED else 0 for b in range(256))
 _CHUNK = 256
 #: Services that write secure-pool pages (vbsim.sk.services.kdp).
 _POOL_WRITERS = frozenset({"INITIALIZE_SECURE_POOL", "COPY_PROTECTED_PAGE"})
+#: The one service after boot that writes the kernel CFG bitmap (sk.services.kcfg): a driver's
+#: exports become valid call targets.
+_KCFG_WRITERS = frozenset({"ENABLE_CFG_TARGET"})
 _ROOT = 0x000F_FFFF_FFFF_F000
+#: Which protected pages an accepted call may have written (``Monitor._kdp_refresh_pool``).
+_POOL_WRITE = 0
+_KCFG_WRITE = 1
 
 
 def _positions(table: bytes, value: int) -> set[int]:
@@ -767,7 +774,9 @@ class Monitor:
             state.segment = now
             self._alloc = state.segment
             if service is not None and service.value in _POOL_WRITERS:
-                self._kdp_refresh_pool()
+                self._kdp_refresh_pool(_POOL_WRITE)
+            elif service is not None and service.value in _KCFG_WRITERS:
+                self._kdp_refresh_pool(_KCFG_WRITE)
         else:
             self._close_segment(
                 state,
@@ -792,40 +801,53 @@ class Monitor:
         self._alloc = now
 
     # invariant 8
-    def _kdp_sets(self) -> tuple[set[int], set[int]]:
+    def _kdp_sets(self) -> tuple[set[int], set[int], set[int]]:
+        """KDP's static and secure-pool pages and the kCFG bitmap's, from the owner table as it
+        stands in VTL1 memory."""
         from vbsim.sk.services import kdp
 
         state = self.sk.kdp
         if not isinstance(state, kdp.KdpState):
-            return set(), set()
-        # KDP's table as it stands in VTL1 memory.
+            return set(), set(), set()
         from vbsim.sk.layouts import Kdp
 
         table = self.ram.read(state.owners_gpa, state.pages)
-        return _positions(table, Kdp.STATIC), _positions(table, Kdp.POOL)
+        return (
+            _positions(table, Kdp.STATIC),
+            _positions(table, Kdp.POOL),
+            _positions(table, Kdp.KCFG),
+        )
 
-    def _kdp_refresh_pool(self) -> None:
-        static, pool = self._kdp_sets()
-        for gpn in pool:
-            self._kdp[gpn] = skstate.digest(self.ram, gpn)
+    def _kdp_refresh_pool(self, written: int = _POOL_WRITE) -> None:
+        """Take new digests of the pages an accepted call may write (``written``: the secure
+        pool, or the kCFG bitmap), and first digests of pages protected since."""
+        static, pool, kcfg = self._kdp_sets()
+        for kind, pages in ((_POOL_WRITE, pool), (_KCFG_WRITE, kcfg)):
+            for gpn in pages:
+                if kind == written:
+                    self._kdp[gpn] = skstate.digest(self.ram, gpn)
+                else:
+                    self._kdp.setdefault(gpn, skstate.digest(self.ram, gpn))
         for gpn in static:
             self._kdp.setdefault(gpn, skstate.digest(self.ram, gpn))
 
     def _check_kdp(self) -> None:
-        static, pool = self._kdp_sets()
-        if not static and not pool:
+        static, pool, kcfg = self._kdp_sets()
+        if not static and not pool and not kcfg:
             return
         self.stats.checks += 1
-        for gpn in sorted(static | pool):
+        for gpn in sorted(static | pool | kcfg):
             now = skstate.digest(self.ram, gpn)
             before = self._kdp.setdefault(gpn, now)
             if now != before:
-                kind = "static KDP" if gpn in static else "secure-pool"
-                self._violate(
-                    8,
-                    f"{kind} page GPA {gpn << PAGE_SHIFT:#x} changed"
-                    + ("" if gpn in static else " outside an accepted secure-pool call"),
-                )
+                if gpn in static:
+                    what = "static KDP page"
+                    how = ""
+                elif gpn in pool:
+                    what, how = "secure-pool page", " outside an accepted secure-pool call"
+                else:
+                    what, how = "kernel CFG bitmap page", " outside an accepted ENABLE_CFG_TARGET"
+                self._violate(8, f"{what} GPA {gpn << PAGE_SHIFT:#x} changed{how}")
                 self._kdp[gpn] = now
                 break
 
