@@ -134,3 +134,18 @@ def test_atheris_runs_a_target(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Done" in done.stderr
     assert any((tmp_path / "corpus" / "policy").iterdir())
+
+
+def test_the_rss_limit_counts_from_what_the_process_inherited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Linux keeps the peak RSS across execve, so a fuzzer started from a big process (this test
+    run, after booting many machines) inherits it: libFuzzer's limit is set above that, or its
+    first check would call the fresh process out of memory (it did, at 2.1 GB, in the suite)."""
+    import resource
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(
+        resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 1024 * 1024)
+    )
+    assert engine.rss_limit_mb() == 3 * 1024 + engine.RSS_HEADROOM_MB

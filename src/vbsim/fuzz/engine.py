@@ -417,6 +417,21 @@ def _instrument(atheris: Any, target: Target) -> None:
             atheris.instrument_func(function)
 
 
+#: libFuzzer's own default RSS limit (-rss_limit_mb=2048): what a target may grow by.
+RSS_HEADROOM_MB = 2048
+
+
+def rss_limit_mb() -> int:
+    """libFuzzer's RSS limit, counted from what this process already holds.  libFuzzer reads
+    the peak RSS from getrusage, and Linux carries the peak across execve (exec_mmap saves the
+    old address space's high-water mark in the process's maxrss), so a fuzzer started from a
+    big process (a test run that booted a thousand machines) would start "out of memory"."""
+    import resource
+
+    inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+    return inherited + RSS_HEADROOM_MB
+
+
 def run_atheris(name: str, seconds: float, extra: list[str] | None = None) -> None:
     """Coverage-guided fuzzing with atheris/libFuzzer.  Does not return: libFuzzer exits the
     process (status 0 when the time is up, non-zero on a crash, with the input saved)."""
@@ -435,6 +450,7 @@ def run_atheris(name: str, seconds: float, extra: list[str] | None = None) -> No
         sys.argv[0],
         f"-max_total_time={max(1, int(seconds))}",
         f"-max_len={target.max_len}",
+        f"-rss_limit_mb={rss_limit_mb()}",
         f"-artifact_prefix={crashes}/",
         "-print_final_stats=1",
         *(extra or []),

@@ -224,6 +224,10 @@ SERVICE_SHAPES: dict[Service, str] = {
     Service.LIVEDUMP_ABORT: "h",
     Service.OBTAIN_PATCH_UNDO_TABLE: "pn",
     Service.FINALIZE_SECURE_IMAGE_HASH: "h",
+    # vbsim.sk.services.kcfg: the control page's and the bitmap's VAs and the page count; a
+    # secure image's handle and a call target (a K0 VA)
+    Service.INITIALIZE_KERNEL_CFG: "vvn",
+    Service.ENABLE_CFG_TARGET: "hv",
 }
 
 
