@@ -152,6 +152,16 @@ FORBIDDEN_MODULES = (
     "ctypes",
     "importlib",
     "builtins",
+    # the host's files, processes and sockets: guest code has a disk only through its kernel
+    # (the model's key files in the data directory are the host's, vbsim.signing's)
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "subprocess",
+    "socket",
+    "mmap",
 )
 #: The VTL0/VTL1 ABI both kernels may import from the other side (numbers and layouts only):
 #: secure-call numbers per build, SECURE_CALL_ARGS, and what lives at the package level.
@@ -229,6 +239,9 @@ FORBIDDEN_DUNDERS = frozenset(
     }
 )
 FORBIDDEN_CALLS = frozenset({"vars", "globals", "locals"})
+#: Builtins that reach the host's files or run host code: ``open`` (the data directory holds
+#: the model PKI's private keys), ``exec``/``eval``/``compile`` (source the checker never sees).
+HOST_CALLS = frozenset({"open", "exec", "eval", "compile", "breakpoint", "input"})
 ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 #: Attribute functions that return or change what they name: with a computed name, what they
 #: reach is not in the source (``getattr(cpu, "__" + "vp__")``).
@@ -816,6 +829,8 @@ class _StepVisitor(ast.NodeVisitor):
         callee = node.func.id if isinstance(node.func, ast.Name) else None
         if callee in FORBIDDEN_CALLS:
             self.report(node, "introspection", f"{callee}()")
+        if callee in HOST_CALLS:
+            self.report(node, "host-call", f"{callee}() (the host's files or code)")
         if callee in ATTRIBUTE_FUNCTIONS and len(node.args) >= 2:
             name = node.args[1]
             if isinstance(name, ast.Constant) and isinstance(name.value, str):

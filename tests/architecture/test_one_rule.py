@@ -145,6 +145,11 @@ def test_planted_ram_read_in_a_catalogue_step_is_caught() -> None:
         # a name re-exported by a module guest code may import is judged where it is defined
         ("from vbsim.hw.pagetable import GuestRam", "import"),
         ("from vbsim.guest.address_space import KernelSpace", "import"),
+        # the host's files: the model PKI's private keys are files in the data directory
+        ("open('/root/.local/share/vbsim/pki/root.key', 'rb').read()", "host-call"),
+        ("import pathlib; pathlib.Path('root.key').read_bytes()", "import"),
+        ("import os; os.open('root.key', 0)", "import"),
+        ("exec('import vbsim.machine')", "host-call"),
     ],
 )
 def test_planted_violations_of_each_kind_are_caught(line: str, rule: str) -> None:
