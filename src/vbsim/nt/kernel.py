@@ -567,7 +567,11 @@ class NtKernel:
     def lookup_process(self, vp: Cpu, pid: int) -> Process | None:
         """PsLookupProcessByProcessId: the live process with ``pid``, found by walking
         PsActiveProcessHead's list in RAM (Windows uses the PspCidTable handle table; the model
-        compacts that to the list walk) and read at its EPROCESS.UniqueProcessId."""
+        compacts that to the list walk) and read at its EPROCESS.UniqueProcessId.  Only an
+        EPROCESS NT created is returned (``_by_eprocess`` plays the CID table's membership): an
+        object an attacker forges and links into the list has no CID table entry on Windows
+        either, so a lookup by PID does not find it there.  Unlinking a process (DKOM) does
+        hide it from this walk, as it hides it from list walkers on Windows."""
         for eprocess in ps.walk_processes(vp, self.process_head):
             if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
                 continue

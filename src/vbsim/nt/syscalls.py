@@ -162,10 +162,12 @@ def _transfer(nt: NtKernel, vp: Cpu, args: list[int], write: bool) -> int:
         # EtwTiLogReadWriteVm: a cross-process read is a Threat-Intelligence event, logged if
         # the provider's IsEnabled (in RAM) says so.
         from vbsim.nt import notify
-        from vbsim.nt.layouts import EVENT_READVM_REMOTE
+        from vbsim.nt.layouts import EPROCESS, EVENT_READVM_REMOTE, read_field
 
         cpu = vp
-        notify.etw_ti_log(nt, cpu, EVENT_READVM_REMOTE, caller.pid, pid)
+        # PsGetProcessId(caller): the PID as the caller's EPROCESS holds it now
+        caller_pid = read_field(cpu, caller.eprocess, EPROCESS.UniqueProcessId)
+        notify.etw_ti_log(nt, cpu, EVENT_READVM_REMOTE, caller_pid, pid)
 
     done = 0
     while done < size:
