@@ -570,8 +570,9 @@ class NtKernel:
         compacts that to the list walk) and read at its EPROCESS.UniqueProcessId.  Only an
         EPROCESS NT created is returned (``_by_eprocess`` plays the CID table's membership): an
         object an attacker forges and links into the list has no CID table entry on Windows
-        either, so a lookup by PID does not find it there.  Unlinking a process (DKOM) does
-        hide it from this walk, as it hides it from list walkers on Windows."""
+        either, so a lookup by PID does not find it there.  [model] The compaction differs in one
+        case: a process an attacker unlinks from the list (DKOM) is not found here, while
+        Windows' CID table would still find it by PID (only list walkers lose it)."""
         for eprocess in ps.walk_processes(vp, self.process_head):
             if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
                 continue
