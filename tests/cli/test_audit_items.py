@@ -428,3 +428,27 @@ def test_a_trace_detail_with_a_long_routine_name(width: int) -> None:
         if cell and cell in ROUTINE and not ROUTINE.endswith(cell):
             assert cell[-1] in "._=", cell
     assert all(len(line) <= width for line in out.getvalue().splitlines())
+
+
+# -- integer options: ASCII digits only, ranges enforced (Typer's int takes '１' and '1_0') -------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["soak", "-n", "１０"], "is not a whole number"),
+        (["soak", "-n", "1_0"], "is not a whole number"),
+        (["soak", "-n", "0"], "below the minimum, 1"),
+        (["soak", "--workers", "65"], "above the maximum, 64"),
+        (["soak", "--seed", "９"], "is not a whole number"),
+        (["fuzz", "policy", "--seed", "1e3"], "is not a whole number"),
+        (["machine", "--vps", "65"], "above the maximum, 64"),
+        (["bench", "--repeat", "1" + "0" * 40], "too many digits"),
+    ],
+)
+def test_integer_options_take_ascii_digits_in_range(args: list[str], needle: str) -> None:
+    from typer.testing import CliRunner
+
+    from vbsim.cli.main import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output

@@ -15,7 +15,7 @@ from vbsim.cli.image_cmd import image_app
 from vbsim.cli.output import json_text
 from vbsim.cli.render import console, trace_table
 from vbsim.cli.report_cmd import report
-from vbsim.cli.sizes import parse_size
+from vbsim.cli.sizes import parse_size, whole_number
 from vbsim.cli.soak_cmd import soak
 from vbsim.cli.trustlet_cmd import trustlet_app
 from vbsim.policy import RAM_MIB_RANGE
@@ -73,7 +73,9 @@ def _size(text: str) -> int:
 
 @app.command()
 def machine(
-    vps: Annotated[int, typer.Option(min=1, max=64, help="Virtual processors.")] = 1,
+    vps: Annotated[
+        int, typer.Option(min=1, max=64, parser=whole_number(1, 64), help="Virtual processors.")
+    ] = 1,
     ram: Annotated[
         str, typer.Option(metavar="SIZE", help="Guest RAM size, 1M to 64G, e.g. 64M, 1G.")
     ] = "1G",
@@ -125,7 +127,10 @@ def machine(
 @app.command()
 def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
-    repeat: Annotated[int, typer.Option(min=1, max=100, help="Repetitions per metric.")] = 7,
+    repeat: Annotated[
+        int,
+        typer.Option(min=1, max=100, parser=whole_number(1, 100), help="Repetitions per metric."),
+    ] = 7,
     only: Annotated[
         list[str] | None, typer.Option(metavar="METRIC", help="Run only these metrics (repeat).")
     ] = None,

@@ -28,6 +28,7 @@ import typer
 from rich.console import Console
 
 from vbsim.cli.output import json_text, path_arg
+from vbsim.cli.sizes import whole_number
 from vbsim.text import path_text, visible
 
 ENGINES = ("auto", "random", "atheris", "local", "dask")
@@ -55,7 +56,13 @@ def fuzz(
         ),
     ] = "auto",
     workers: Annotated[
-        int, typer.Option(min=1, max=256, help="Fuzzers sharing one corpus (a campaign).")
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            parser=whole_number(1, 256),
+            help="Fuzzers sharing one corpus (a campaign).",
+        ),
     ] = 1,
     scheduler: Annotated[
         str | None, typer.Option(help="A running dask scheduler (with --engine dask).")
@@ -76,7 +83,9 @@ def fuzz(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the random driver.")] = 0,
+    seed: Annotated[
+        int, typer.Option(parser=whole_number(), help="Seed of the random driver.")
+    ] = 0,
     replay: Annotated[
         Path | None,
         typer.Option("--replay", help="Run one saved input and report.", parser=path_arg),

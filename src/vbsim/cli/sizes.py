@@ -10,6 +10,9 @@ of bytes, optionally followed by K, M, G or T (powers of 1024, any case, optiona
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+import typer
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 #: ASCII only (re.ASCII: ``[0-9]`` and the letters, case-folded without the Kelvin sign).
@@ -69,3 +72,34 @@ def parse_count(text: str, option: str) -> int:
     if len(body.lstrip("0")) > _MAX_DIGITS:
         raise ValueError(f"{option} {text!r} is out of range (too many digits)")
     return int(body)
+
+
+_SIGNED = re.compile(r"[-+]?[0-9]+", re.ASCII)
+
+
+def whole_number(
+    minimum: int | None = None, maximum: int | None = None
+) -> Callable[[str | int], int]:
+    """A Typer ``parser`` for an integer option: ASCII digits only (with a sign where the option
+    has no minimum), within ``minimum``..``maximum``.  Typer's own ``int`` takes ``'１'`` and
+    ``'1_0'``; with a ``parser`` it also stops applying ``min``/``max``, so this checks them (the
+    option keeps ``min``/``max`` for its help text)."""
+
+    def parse(text: str | int) -> int:
+        if isinstance(text, int):  # the option's own default, not typed by anyone
+            return text
+        body = text.strip(" \t")
+        pattern = _SIGNED if minimum is None or minimum < 0 else _COUNT
+        if not pattern.fullmatch(body):
+            kind = "a whole number" if pattern is _SIGNED else "a whole number (no sign)"
+            raise typer.BadParameter(f"{text!r} is not {kind} in ASCII digits 0-9")
+        if len(body.lstrip("+-").lstrip("0")) > _MAX_DIGITS:
+            raise typer.BadParameter(f"{text!r} is out of range (too many digits)")
+        value = int(body)
+        if minimum is not None and value < minimum:
+            raise typer.BadParameter(f"{value} is below the minimum, {minimum}")
+        if maximum is not None and value > maximum:
+            raise typer.BadParameter(f"{value} is above the maximum, {maximum}")
+        return value
+
+    return parse

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from vbsim.cli.output import json_text, path_arg
+from vbsim.cli.sizes import whole_number
 from vbsim.policy import RAM_MIB_RANGE as POLICY_RAM_MIB_RANGE
 
 if TYPE_CHECKING:
@@ -223,13 +224,17 @@ def _resumed(resume: Path, given: dict[str, Any], lanes: int | None) -> tuple[An
 def soak(
     ctx: typer.Context,
     programs: Annotated[
-        int, typer.Option("--programs", "-n", min=1, help="Programs to run.")
+        int,
+        typer.Option("--programs", "-n", min=1, parser=whole_number(1), help="Programs to run."),
     ] = 1000,
     preset: Annotated[
         str, typer.Option("--preset", "-p", metavar="NAME", help="A preset with VBS.")
     ] = "hardened",
     max_actions: Annotated[
-        int, typer.Option(min=1, max=1000, help="Actions per program (at most).")
+        int,
+        typer.Option(
+            min=1, max=1000, parser=whole_number(1, 1000), help="Actions per program (at most)."
+        ),
     ] = 50,
     capability: Annotated[
         list[str] | None,
@@ -238,9 +243,17 @@ def soak(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=0, max=64, help="Processes (0: one per CPU, at most 4).")
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            parser=whole_number(0, 64),
+            help="Processes (0: one per CPU, at most 4).",
+        ),
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the program generator.")] = 0,
+    seed: Annotated[
+        int, typer.Option(parser=whole_number(), help="Seed of the program generator.")
+    ] = 0,
     ram_mib: Annotated[
         str | None,
         typer.Option(metavar="MIB", help="Guest RAM in MiB, 16 to 65536 (default: the preset's)."),
@@ -272,12 +285,16 @@ def soak(
         ),
     ] = None,
     generator: Annotated[str, typer.Option(help="guided (default) or random.")] = "guided",
-    batch: Annotated[int, typer.Option(min=1, max=100000, help="Programs per job.")] = 50,
+    batch: Annotated[
+        int,
+        typer.Option(min=1, max=100000, parser=whole_number(1, 100000), help="Programs per job."),
+    ] = 50,
     lanes: Annotated[
         int | None,
         typer.Option(
             min=1,
             max=1024,
+            parser=whole_number(1, 1024),
             show_default=False,
             help="Guided generator: parallel lanes of feedback (records depend on it, not on"
             " --workers; default 2).",
