@@ -37,7 +37,7 @@ from vbsim.nt.process import Process, Protection, Region, Token, new_address_spa
 from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
-    from vbsim.boot.kernel_space import KernelSpace
+    from vbsim.guest.image_builder import ImageBuilder
     from vbsim.nt.drivers import LoadedDriver
     from vbsim.nt.kdp import NtKdp
     from vbsim.nt.lsass import LsassInfo
@@ -116,15 +116,15 @@ class UserRun:
 class NtKernel:
     """NT's image as its code finds it behind GS: a symbol table (addresses, routine VAs,
     layouts, constants) and the typed bookkeeping listed below; every value NT decides from is
-    in VTL0 RAM.  Built by the loader (``loader``, the host-side :class:`KernelSpace`, is used
-    during construction and not kept), which also hands it the memory map's free region
+    in VTL0 RAM.  Built by the loader (``loader``: the host-side KernelSpace, seen through
+    :class:`~vbsim.guest.image_builder.ImageBuilder`, used during construction and not kept), which also hands it the memory map's free region
     ``[first_free, limit)`` for its PFN database."""
 
     #: The build NT was compiled for (NtBuildNumber: which secure-call numbers its Vsl stubs
     #: use, vbs-internals "Numbers are build-specific"); a constant of the image.
     build: str
     vbs: bool
-    loader: InitVar[KernelSpace]
+    loader: InitVar[ImageBuilder]
     #: KeNumberProcessors (the loader's count of processors in the firmware's tables).
     processor_count: int = 1
     #: The memory map's region NT manages (PFNs ``[first_free, limit)``), set by the loader.
@@ -173,9 +173,9 @@ class NtKernel:
     free_list_head: int = 0
     #: The hypercall page's GPA (HvlpHypercallCodeVa's frame), reserved by the loader.
     hypercall_code_gpa: int = 0
-    _loader: KernelSpace | None = field(default=None, init=False, repr=False)
+    _loader: ImageBuilder | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self, loader: KernelSpace, first_free: int, limit: int) -> None:
+    def __post_init__(self, loader: ImageBuilder, first_free: int, limit: int) -> None:
         self.space = loader.kernel_map
         self._loader = loader  # construction only: dropped at the end of __post_init__
         # One processor block (KPCR) per VP; GS base designates it (the loader places the image
@@ -279,7 +279,7 @@ class NtKernel:
         self._loader = None  # the running kernel keeps no loader
 
     # -- loader side ---------------------------------------------------------------------------
-    def _building(self) -> KernelSpace:
+    def _building(self) -> ImageBuilder:
         if self._loader is None:
             raise RuntimeError("loader-time NT code called after boot")
         return self._loader

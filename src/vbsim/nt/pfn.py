@@ -27,7 +27,7 @@ from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE
 from vbsim.nt.layouts import MMLISTS, MMPFN, MMPFNLIST, read_field, write_field
 
 if TYPE_CHECKING:
-    from vbsim.boot.kernel_space import KernelSpace
+    from vbsim.guest.image_builder import ImageBuilder
     from vbsim.hw.cpu import Cpu
     from vbsim.nt.layouts import _Ram
 
@@ -46,7 +46,7 @@ def database_pages(ram_pages: int) -> int:
 
 
 def initialize(
-    loader: KernelSpace, database_va: int, head_va: int, first: int, limit: int, own: list[int]
+    loader: ImageBuilder, database_va: int, head_va: int, first: int, limit: int, own: list[int]
 ) -> None:
     """MiInitializePfnDatabase (loader time, host side): entries below ``first`` bad but NT's
     own frames (``own``), which are active; ``[first, limit)`` never used (entries zero)."""
@@ -63,7 +63,7 @@ def initialize(
     loader.write_u64(head_va + MMPFNLIST.Limit.offset, limit)
 
 
-def mark_own(loader: KernelSpace, database_va: int, pfns: list[int]) -> None:
+def mark_own(loader: ImageBuilder, database_va: int, pfns: list[int]) -> None:
     """Loader time: frames the loader gave NT after initialisation are NT's (active)."""
     for pfn in pfns:
         loader.write_u64(database_va + pfn * MMPFN.SIZE, _ACTIVE)

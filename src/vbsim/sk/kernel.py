@@ -36,7 +36,7 @@ from vbsim.sk.layouts import Config, Dispatch, Field, State, read_field, write_f
 from vbsim.sk.sscn import Service, ServiceTable
 
 if TYPE_CHECKING:
-    from vbsim.boot.kernel_space import KernelSpace
+    from vbsim.guest.image_builder import ImageBuilder
     from vbsim.image import RevocationPolicy
     from vbsim.sk.hvpt import HvptState
     from vbsim.sk.ium.process import SecureProcess
@@ -114,7 +114,7 @@ class LoaderBlock:
     image in (``space``).  Host-side values, used only while loading; the SK drops the block
     before it runs (``vbsim.boot.sk_loader``) and keeps only the symbols (``KernelMap``)."""
 
-    space: KernelSpace
+    space: ImageBuilder
     config: tuple[tuple[Field, int], ...]
     build: str
     processors: int
@@ -284,7 +284,7 @@ class SecureKernel:
     def hvci(self, value: Hvci) -> None:
         self._hvci = value
 
-    def builder(self) -> KernelSpace:
+    def builder(self) -> ImageBuilder:
         """The loader's side of the address space, while the image is built (service modules
         place their tables with it); the SK has none once loaded."""
         assert self.loader is not None, "the SK image is built; it keeps only its KernelMap"
