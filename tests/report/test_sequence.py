@@ -152,3 +152,8 @@ def test_the_attackers_own_accesses_are_drawn_as_one_arrow() -> None:
     assert reads.seqs == [2, 3] and reads.label == "read 0x11000, 0x12000 (2 accesses)"
     assert write.seqs == [4] and write.label == "write 0x13000"
     assert (write.src, write.dst) == ("K0", "memory")
+
+
+def test_a_crash_report_is_an_arrow_to_the_hypervisor_with_the_code_in_hex() -> None:
+    step = place(ev(1, "crash", "hypervisor", "notified", vtl=1, code=0x18B, params=[0x10]))
+    assert (step.src, step.dst) == ("SK", "HV") and step.label == "crash notify 0x18B"

@@ -195,6 +195,10 @@ def place(event: Event) -> Step:
         return Step(me, "device", f"{kind} {mech}: {outcome}")
     if kind == "bugcheck":
         return Step(me, me, f"BUGCHECK {outcome}")
+    if kind == "crash":  # the kernel's CrashNotify, as the hypervisor recorded it
+        code = d.get("code")
+        shown = f"0x{code:X}" if isinstance(code, int) else "?"  # bugcheck codes read in hex
+        return Step(me, "HV", f"crash notify {shown}")
     if kind == "boot":
         component = d.get("component")
         what = f" {component}" if component else ""
