@@ -66,7 +66,7 @@ SKCI_CHECKS = (*CHECKS, "page-hash")
 #: NtQueryInformationProcess class the model answers with IsSecureProcess and the trustlet ID.
 PROCESS_IS_SECURE_CLASS = 0x3F
 MAX_MESSAGE = 4096
-_TRACE_KINDS = ("ium", "ium-syscall", "normalcall", "bugcheck", "intercept")
+_TRACE_KINDS = ("ium", "ium-syscall", "normalcall", "bugcheck", "crash", "intercept")
 
 
 # -- VTL0 probes: guest code an administrator's process runs at VTL0 CPL3 ------------------------
