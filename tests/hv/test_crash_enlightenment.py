@@ -8,6 +8,11 @@ notify from VTL0, and an exception it raises itself reaches no record."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.conftest import as_vtl, make_bare
 
 from vbsim.attacks.catalogue import a01_a04_vtl1_boundary as boundary
 from vbsim.attacks.context import AttackContext
@@ -132,3 +137,42 @@ def test_nt_bugchecks_reach_the_hypervisor_too(ctx: AttackContext) -> None:
     assert sk is not None
     ctx.kernel(lambda cpu: cpu.write_u64(DIRECT_MAP + sk.allow_gpa, 0))
     assert [c.vtl for c in ctx.crashes] == [0] and ctx.bugchecked
+
+
+_MACHINE_FOR_FUZZ: list[object] = []
+
+
+@given(
+    writes=st.lists(
+        st.tuples(
+            st.integers(int(HvMsr.CRASH_P0) - 2, int(HvMsr.CRASH_CTL) + 2),
+            st.one_of(
+                st.integers(0, (1 << 64) - 1),
+                st.sampled_from([_NOTIFY, _NOTIFY | _MESSAGE, _MESSAGE, 1 << 61, 0]),
+            ),
+            st.sampled_from([0, 1]),
+        ),
+        max_size=12,
+    )
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_crash_msr_traffic_gets_an_architectural_answer(
+    writes: list[tuple[int, int, int]],
+) -> None:
+    """Random values into the crash MSRs (and their neighbours) from VTL0 and VTL1: each is a
+    write, a #GP for an MSR that does not exist, or a logged crash with the writer's VTL; never a
+    Python exception, and the message read stays within the TLFS's 4096 bytes."""
+    if not _MACHINE_FOR_FUZZ:
+        _MACHINE_FOR_FUZZ.append(make_bare())
+    env: Any = _MACHINE_FOR_FUZZ[0]
+    hv = env.machine.hv
+    before = len(hv.crashes)
+    for msr, value, vtl in writes:
+        with as_vtl(env.vp, vtl) as vp:
+            result = hv.synthetic_msr(vp, msr, value)
+            known = int(HvMsr.CRASH_P0) <= msr <= int(HvMsr.CRASH_CTL)
+            assert (result is None) == (not known)  # no such MSR: the caller's #GP
+            if msr == HvMsr.CRASH_CTL and value & _NOTIFY:
+                record = hv.crashes[-1]
+                assert record.vtl == vtl and len(record.message) <= defs.CRASH_MESSAGE_MAX
+    assert len(hv.crashes) >= before
