@@ -117,8 +117,9 @@ class NtKernel:
     """NT's image as its code finds it behind GS: a symbol table (addresses, routine VAs,
     layouts, constants) and the typed bookkeeping listed below; every value NT decides from is
     in VTL0 RAM.  Built by the loader (``loader``: the host-side KernelSpace, seen through
-    :class:`~vbsim.guest.image_builder.ImageBuilder`, used during construction and not kept), which also hands it the memory map's free region
-    ``[first_free, limit)`` for its PFN database."""
+    :class:`~vbsim.guest.image_builder.ImageBuilder`, used during construction and not kept),
+    which also hands it the memory map's free region ``[first_free, limit)`` for its PFN
+    database."""
 
     #: The build NT was compiled for (NtBuildNumber: which secure-call numbers its Vsl stubs
     #: use, vbs-internals "Numbers are build-specific"); a constant of the image.

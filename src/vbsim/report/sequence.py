@@ -196,8 +196,8 @@ def place(event: Event) -> Step:
     if kind == "bugcheck":
         return Step(me, me, f"BUGCHECK {outcome}")
     if kind == "crash":  # the kernel's CrashNotify, as the hypervisor recorded it
-        code = d.get("code")
-        shown = f"0x{code:X}" if isinstance(code, int) else "?"  # bugcheck codes read in hex
+        bugcheck = d.get("code")
+        shown = f"0x{bugcheck:X}" if isinstance(bugcheck, int) else "?"  # codes read in hex
         return Step(me, "HV", f"crash notify {shown}")
     if kind == "boot":
         component = d.get("component")
