@@ -57,3 +57,15 @@ def cli() -> Run:
         return Outcome(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+def one_line(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    """The refusal was one ``error:`` line on stderr naming each fragment, with no traceback;
+    returns what went to stdout."""
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return out

@@ -15,15 +15,7 @@ from vbsim.boot.report import boot_report, print_boot_report
 from vbsim.cli.main import main
 from vbsim.policy import load_file, preset, warnings
 
-
-def _one_line(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return out
+from .conftest import one_line
 
 
 def _banner(path: Path, width: int = 100) -> list[str]:
@@ -93,12 +85,12 @@ def test_boot_json_carries_the_changes(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # -- 2. --policy '' --------------------------------------------------------------------------------
-def test_an_empty_policy_path_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_policy_path_isone_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["boot", "--policy", ""]) == 2
-    out = _one_line(capsys, "--policy", "empty")
+    out = one_line(capsys, "--policy", "empty")
     assert out == ""
     assert main(["boot", "--policy", "", "--json"]) == 2
-    data = json.loads(_one_line(capsys, "empty"))
+    data = json.loads(one_line(capsys, "empty"))
     assert data["ok"] is False and data["exit_code"] == 2 and "empty" in data["error"]
 
 
@@ -172,7 +164,7 @@ def test_boot_prints_only_the_files_warnings(
 )
 def test_machine_ram_hostile(value: str, fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["machine", "--ram", value]) == 2
-    _one_line(capsys, fragment)
+    one_line(capsys, fragment)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +187,7 @@ def test_soak_ram_mib_is_ascii_digits(
     value: str, fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["soak", "--programs", "1", "--ram-mib", value]) == 2
-    _one_line(capsys, "--ram-mib", fragment)
+    one_line(capsys, "--ram-mib", fragment)
 
 
 # -- 4. conformance --list -------------------------------------------------------------------------
@@ -225,7 +217,7 @@ def test_conformance_list_and_results_honour_json(
     data = json.loads(capsys.readouterr().out)
     assert [c["id"] for c in data["cases"]] == [c.id for c in CASES]
     assert main(["conformance", "", "--json"]) == 2
-    error = json.loads(_one_line(capsys, "''"))
+    error = json.loads(one_line(capsys, "''"))
     assert error["exit_code"] == 2 and "--list" in error["error"]
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["conformance", "initial-status", "enable-vp-vtl-other-vp"]) == 0
@@ -375,7 +367,7 @@ def test_a_table_that_cannot_fit_is_printed_wider_not_cut() -> None:
         ["trustlet", "run", ""],
     ],
 )
-def test_an_empty_path_is_one_line(
+def test_an_empty_path_isone_line(
     argv: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -383,10 +375,10 @@ def test_an_empty_path_is_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # '' used to mean this directory
     assert main(argv) == 2
-    assert _one_line(capsys, "empty") == ""
+    assert one_line(capsys, "empty") == ""
     assert list(tmp_path.iterdir()) == []
     assert main([*argv, "--json"]) == 2
-    assert json.loads(_one_line(capsys, "empty"))["exit_code"] == 2
+    assert json.loads(one_line(capsys, "empty"))["exit_code"] == 2
 
 
 # -- 9. long dotted names in trace details ---------------------------------------------------------

@@ -8,14 +8,7 @@ import pytest
 
 from vbsim.cli.main import main
 
-
-def _one_line(capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
+from .conftest import one_line
 
 
 @pytest.mark.parametrize(
@@ -30,7 +23,7 @@ def test_fuzz_replay_of_a_hostile_path(
     replay: str, fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["fuzz", "image", "--replay", replay]) == 2
-    _one_line(capsys, fragment)
+    one_line(capsys, fragment)
 
 
 def test_fuzz_replay_over_the_target_limit(
@@ -39,7 +32,7 @@ def test_fuzz_replay_over_the_target_limit(
     big = tmp_path / "big[red].bin"
     big.write_bytes(bytes(64 * 1024 + 1))
     assert main(["fuzz", "image", "--replay", str(big)]) == 2
-    _one_line(capsys, "big[red].bin", "65536-byte input limit")
+    one_line(capsys, "big[red].bin", "65536-byte input limit")
 
 
 def test_fuzz_replay_of_a_saved_input_runs(
@@ -65,14 +58,14 @@ def test_soak_ram_mib_hostile(
     value: str, fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["soak", "--programs", "1", "--ram-mib", value]) == 2
-    _one_line(capsys, fragment)
+    one_line(capsys, fragment)
 
 
 def _booted_or_refused(code: int, capsys: pytest.CaptureFixture[str], fragment: str) -> None:
     """64 GiB is in the policy's range: the machine boots, or the host (mmap) or the model
     (today: NT's frames, OutOfFrames) refuses it on one line; never a traceback."""
     if code == 2:
-        _one_line(capsys, fragment)
+        one_line(capsys, fragment)
     else:
         out, err = capsys.readouterr()
         assert code in (0, 1) and "Traceback" not in out + err, (code, err)
@@ -119,18 +112,18 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("argv", "fragment"), HOSTILE, ids=lambda a: " ".join(a)[:40])
-def test_hostile_input_is_one_line(
+def test_hostile_input_isone_line(
     argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(argv) == 2
-    _one_line(capsys, fragment)
+    one_line(capsys, fragment)
 
 
 def test_a_dangling_symlink_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     link = tmp_path / "p[red].toml"
     link.symlink_to(tmp_path / "missing.toml")
     assert main(["boot", "--policy", str(link)]) == 2
-    _one_line(capsys, "p[red].toml")
+    one_line(capsys, "p[red].toml")
 
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])

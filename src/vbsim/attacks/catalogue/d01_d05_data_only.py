@@ -260,7 +260,7 @@ def edr_log(ctx: AttackContext) -> list[int]:
     return [int.from_bytes(page[8 + 8 * i : 16 + 8 * i], "little") for i in range(count)]
 
 
-def _find_module(vp: Cpu, head: int, name: str) -> tuple[int, int]:
+def find_module(vp: Cpu, head: int, name: str) -> tuple[int, int]:
     """K0: walk PsLoadedModuleList for ``name`` (what NtQuerySystemInformation's
     SystemModuleInformation reports to EDRSandblast): (DllBase, SizeOfImage)."""
     wanted = name.encode("utf-16-le")
@@ -278,7 +278,7 @@ def _find_module(vp: Cpu, head: int, name: str) -> tuple[int, int]:
 
 
 def _blind_edr(vp: Cpu, modules: int, array: int, name: str) -> int:
-    base, size = _find_module(vp, modules, name)
+    base, size = find_module(vp, modules, name)
     return _remove_callbacks(vp, array, base, base + size) if base else 0
 
 

@@ -34,6 +34,7 @@ but left writable.
 from __future__ import annotations
 
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
+from vbsim.attacks.catalogue.d01_d05_data_only import find_module
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
 from vbsim.hw.cpu import Cpu
@@ -47,7 +48,6 @@ from vbsim.nt.layouts import (
     fast_ref_object,
     kcfg_slot,
 )
-from vbsim.nt.layouts import KLDR_DATA_TABLE_ENTRY as KLDR
 
 S, B = Outcome.SUCCEEDED, Outcome.BLOCKED
 #: kCFG checks the bitmap only with HVCI; the kernel-address check alone passes a kernel gadget.
@@ -85,26 +85,9 @@ def _nt(ctx: AttackContext) -> NtKernel:
     return nt
 
 
-def _find_module(cpu: Cpu, head: int, name: str) -> tuple[int, int]:
-    """K0: PsLoadedModuleList's entry for ``name``: (DllBase, SizeOfImage)."""
-    wanted = name.encode("utf-16-le")
-    link: int = cpu.read_u64(head)
-    for _ in range(1024):
-        if link == head:
-            break
-        length = int.from_bytes(cpu.read(link + KLDR.BaseDllNameLength.offset, 2), "little")
-        buffer: int = cpu.read_u64(link + KLDR.BaseDllNameBuffer.offset)
-        if cpu.read(buffer, length) == wanted:
-            return cpu.read_u64(link + KLDR.DllBase.offset), cpu.read_u32(
-                link + KLDR.SizeOfImage.offset
-            )
-        link = cpu.read_u64(link)
-    return 0, 0
-
-
 def _redirect(cpu: Cpu, modules: int, array: int, name: str, gadget: int) -> int:
     """K0: the EDR's EX_CALLBACK_ROUTINE_BLOCK.Function := the gadget; the old routine, or 0."""
-    base, size = _find_module(cpu, modules, name)
+    base, size = find_module(cpu, modules, name)
     for index in range(PSP_MAX_CREATE_PROCESS_NOTIFY):
         value: int = cpu.read_u64(array + index * EX_CALLBACK_SIZE)
         if not value:
