@@ -45,6 +45,17 @@ class Outcome:
 Run = Callable[..., Outcome]
 
 
+@pytest.fixture(autouse=True)
+def _in_an_empty_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands run in a directory of their own: names such as ``LsaIso.exe`` resolve to a file
+    in the working directory first, and a user who followed the README (``vbsim trustlet export
+    LsaIso.exe -o LsaIso.exe`` in the clone, signed by their own model PKI) made the tests find
+    that file instead of the installed trustlet."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def cli() -> Run:
     app = make_app()
