@@ -248,7 +248,7 @@ def soak(
             min=0,
             max=64,
             parser=whole_number(0, 64),
-            help="Processes (0: one per CPU, at most 4).",
+            help="Worker processes; 0 picks one per CPU, capped at 4.",
         ),
     ] = 0,
     seed: Annotated[
