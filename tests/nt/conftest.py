@@ -8,15 +8,18 @@ import pytest
 
 from vbsim.boot.chain import System, boot
 from vbsim.policy import Policy, preset
+from vbsim.trace import Trace
 
 
 @pytest.fixture
 def make_system() -> Iterator[Callable[..., System]]:
-    """Boot a preset (or a policy); machines are closed after the test."""
+    """Boot a preset (or a policy); ``record`` keeps the trace's events and breakpoint hits.
+    Machines are closed after the test."""
     booted: list[System] = []
 
-    def make(policy: str | Policy = "vbs") -> System:
-        system = boot(preset(policy) if isinstance(policy, str) else policy)
+    def make(policy: str | Policy = "vbs", record: bool = False) -> System:
+        chosen = preset(policy) if isinstance(policy, str) else policy
+        system = boot(chosen, trace=Trace(record=True) if record else None)
         assert system.booted, system.halted
         booted.append(system)
         return system

@@ -7,12 +7,12 @@ of one slot redirects the next call, and an empty slot is STATUS_NOT_IMPLEMENTED
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from vbsim.attacks.catalogue.a03_a14_memory_code_dma import place_rwx
-from vbsim.boot.chain import System, boot
+from vbsim.boot.chain import System
 from vbsim.hw import code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
@@ -20,10 +20,8 @@ from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt import kdp, vsl
 from vbsim.nt.layouts import NORMAL_ALLOCATE_PAGES, NORMAL_GET_PHYSICAL_PAGES, NORMAL_IUM_SYSCALL
 from vbsim.ntstatus import NtStatus
-from vbsim.policy import preset
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
-from vbsim.trace import Trace
 
 #: The linked handlers: number → routine name (NT's symbols).
 LINKED = {
@@ -35,23 +33,6 @@ LINKED = {
 HOOK = "test.nt.normal-call-hook"
 #: An unused kernel VA for the hook's page when NT gives no executable pool.
 WINDOW_VA = 0xFFFF_F8A3_0000_0000
-
-
-@pytest.fixture
-def boot_traced() -> Iterator[Callable[[str], System]]:
-    """Boot a preset with the trace recording (events and breakpoint hits); closed after."""
-    booted: list[System] = []
-
-    def make(name: str) -> System:
-        system = boot(preset(name), trace=Trace(record=True))
-        assert system.booted, system.halted
-        booted.append(system)
-        return system
-
-    yield make
-    for system in booted:
-        if system.machine is not None:
-            system.machine.close()
 
 
 def _cpu(system: System) -> Cpu:
@@ -115,11 +96,11 @@ def test_without_vbs_there_is_no_table(make_system: Callable[..., System]) -> No
 
 
 def test_a_k0_write_of_a_slot_redirects_the_next_normal_call(
-    boot_traced: Callable[[str], System],
+    make_system: Callable[..., System],
 ) -> None:
     """K0 puts its routine (in RWX pool NT grants without HVCI) into the "get physical pages"
     slot; the SK's next normal call runs it at VTL0 CPL0, and it lets NT's routine answer."""
-    system = boot_traced("vbs")
+    system = make_system("vbs", record=True)
     cpu, stubs = _cpu(system), _stubs(system)
     slot = stubs.normal_call_slot(NORMAL_GET_PHYSICAL_PAGES)
     original = cpu.read_u64(slot)
@@ -148,11 +129,11 @@ def test_a_k0_write_of_a_slot_redirects_the_next_normal_call(
 
 @pytest.mark.parametrize("name", ["vbs", "vbs-hvci", "hardened", "legacy-2019"])
 def test_a_zeroed_slot_is_not_implemented_for_the_sk(
-    boot_traced: Callable[[str], System], name: str
+    make_system: Callable[..., System], name: str
 ) -> None:
     """The table is ordinary .data wherever VBS runs (KDP protects only what NT or a driver asks
     it to): the K0 write lands, and the SK's normal call gets STATUS_NOT_IMPLEMENTED."""
-    system = boot_traced(name)
+    system = make_system(name, record=True)
     cpu, stubs = _cpu(system), _stubs(system)
     slot = stubs.normal_call_slot(NORMAL_GET_PHYSICAL_PAGES)
     cpu.write_u64(slot, 0)
@@ -186,11 +167,11 @@ def test_the_answer_travels_in_the_processors_block(make_system: Callable[..., S
 
 
 def test_under_hvci_the_redirect_lands_but_attacker_code_does_not_run(
-    boot_traced: Callable[[str], System],
+    make_system: Callable[..., System],
 ) -> None:
     """HVCI decides the call, not the table: the slot names a page SKCI never validated, so
     NT's call to it faults and NT bugchecks (as A3-RWX's jump does)."""
-    system = boot_traced("vbs-hvci")
+    system = make_system("vbs-hvci", record=True)
     cpu, stubs = _cpu(system), _stubs(system)
     code.register(HOOK, lambda vp, block: 0, breakpoint=True)
     hook_va, path = place_rwx(cpu, HOOK, WINDOW_VA)

@@ -16,16 +16,14 @@ from vbsim.hv import defs
 from vbsim.hv.defs import HvMsr
 from vbsim.hw.cpu import Cpu
 
-_HYPERVISOR_PRESENT = 1 << 31  # CPUID.01h:ECX bit 31 (TLFS feature-discovery.md)
-_FEATURES = 0x4000_0003
 _PARAMETERS = (HvMsr.CRASH_P0, HvMsr.CRASH_P1, HvMsr.CRASH_P2, HvMsr.CRASH_P3, HvMsr.CRASH_P4)
 
 
 def crash_msrs_available(vp: Cpu) -> bool:
     vp.cpuid(1)
-    if not vp.rcx & _HYPERVISOR_PRESENT:
+    if not vp.rcx & defs.CPUID_HYPERVISOR_PRESENT:
         return False
-    vp.cpuid(_FEATURES)
+    vp.cpuid(defs.CPUID_FEATURES)
     return bool(vp.rdx & defs.CPUID_EDX_GUEST_CRASH_MSRS)
 
 

@@ -750,6 +750,15 @@ CRASH_CTL_CRASH_MESSAGE: Final = BitField(62, 1)
 CRASH_CTL_CRASH_NOTIFY: Final = BitField(63, 1)
 #: TLFS partition-properties.md: the CrashMessage length in P4 is at most 4096 bytes.
 CRASH_MESSAGE_MAX: Final = 4096
+#: CPUID (TLFS feature-discovery.md): leaf 1's ECX bit 31 is "the hypervisor present bit";
+#: 0x40000000 gives the highest hypervisor leaf and the vendor, 0x40000001 the interface
+#: signature ("Hv#1"), 0x40000003 the features, 0x40000004 the implementation recommendations.
+CPUID_HYPERVISOR_PRESENT: Final = 1 << 31
+CPUID_VENDOR: Final = 0x4000_0000
+CPUID_INTERFACE: Final = 0x4000_0001
+CPUID_FEATURES: Final = 0x4000_0003
+CPUID_RECOMMENDATIONS: Final = 0x4000_0004
+CPUID_HV1_SIGNATURE: Final = int.from_bytes(b"Hv#1", "little")
 #: CPUID 0x40000003 EDX bit 10: "Support for guest crash MSRs is available" (TLFS
 #: feature-discovery.md).
 CPUID_EDX_GUEST_CRASH_MSRS: Final = 1 << 10

@@ -50,22 +50,13 @@ _REASON_BYTES = {r: int(r).to_bytes(4, "little") for r in HvVtlEntryReason}
 _RETURN_RESERVED = defs.VTL_RETURN_CONTROL_RSVD_MASK
 _getcurrent = greenlet.getcurrent
 _ENTRY_VTL_CALL = HvVtlEntryReason.VTL_CALL
-#: CPUID leaf "Hypervisor Feature Identification" (TLFS feature-discovery.md).
-CPUID_FEATURES = 0x4000_0003
-#: The hypervisor CPUID leaves the model answers (TLFS feature-discovery.md): 0x40000000 gives the
-#: highest leaf (an Hv#1 hypervisor provides at least 0x40000005; the model's 0x40000002 and
-#: 0x40000005 read as zero) and the vendor "Microsoft Hv"; 0x40000001 the interface signature
-#: "Hv#1"; 0x40000003 the features, 0x40000004 the recommendations.
-CPUID_VENDOR = 0x4000_0000
-CPUID_INTERFACE = 0x4000_0001
-CPUID_RECOMMENDATIONS = 0x4000_0004
+#: The hypervisor CPUID leaves the model answers (their numbers: hv.defs): the highest is
+#: 0x40000005, the least an Hv#1 hypervisor provides (the model's 0x40000002 and 0x40000005 read
+#: as zero); the vendor is "Microsoft Hv" (TLFS feature-discovery.md).
 CPUID_MAX_LEAF = 0x4000_0005
 _VENDOR_EBX = int.from_bytes(b"Micr", "little")
 _VENDOR_ECX = int.from_bytes(b"osof", "little")
 _VENDOR_EDX = int.from_bytes(b"t Hv", "little")
-_HV1 = int.from_bytes(b"Hv#1", "little")
-#: CPUID.01h:ECX bit 31, "the hypervisor present bit" (TLFS feature-discovery.md).
-CPUID_HYPERVISOR_PRESENT = 1 << 31
 #: HvRegisterVsmCapabilities.HardwareHvptRangeBits: the model's HLAT covers one canonical half of
 #: a 48-bit address space (47 bits of VA), the kernel half with HLAT prefix size 1 as the Secure
 #: Kernel programs it (vbsim.sk.hvpt).  A model choice: no public source gives the value real
@@ -131,22 +122,22 @@ class Hypervisor:
         """The hypervisor CPUID leaves the model defines (EAX, EBX, ECX, EDX).  0x40000003
         "Hypervisor Feature Identification": EAX/EBX are bits 31:0 / 63:32 of the partition
         privilege mask (TLFS feature-discovery.md).  Other leaves read as zero."""
-        if leaf == CPUID_FEATURES:
+        if leaf == defs.CPUID_FEATURES:
             # EDX bit 4: XMM fast hypercall input; bit 10: guest crash MSRs; bit 15: XMM fast
             # hypercall output (TLFS feature-discovery.md, hypercall-interface.md).
             edx = 1 << 4 | defs.CPUID_EDX_GUEST_CRASH_MSRS | 1 << 15
             return self.privileges & 0xFFFF_FFFF, self.privileges >> 32, 0, edx
-        if leaf == CPUID_RECOMMENDATIONS:
+        if leaf == defs.CPUID_RECOMMENDATIONS:
             # EAX bit 2: "Recommend using hypercall for remote TLB flushes rather than
             # inter-processor interrupts" (TLFS feature-discovery.md): the model's flush
             # hypercalls reach every VP's TLB at once.
             return defs.RECOMMEND_REMOTE_FLUSH_HYPERCALL, 0, 0, 0
-        if leaf == CPUID_VENDOR:
+        if leaf == defs.CPUID_VENDOR:
             return CPUID_MAX_LEAF, _VENDOR_EBX, _VENDOR_ECX, _VENDOR_EDX
-        if leaf == CPUID_INTERFACE:
-            return _HV1, 0, 0, 0
+        if leaf == defs.CPUID_INTERFACE:
+            return defs.CPUID_HV1_SIGNATURE, 0, 0, 0
         if leaf == 1:
-            return 0, 0, CPUID_HYPERVISOR_PRESENT, 0
+            return 0, 0, defs.CPUID_HYPERVISOR_PRESENT, 0
         return 0, 0, 0, 0
 
     def cpuid_exit(self, vp: VirtualProcessor, leaf: int) -> tuple[int, int, int, int]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from vbsim.guest import crash
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap, runtime_phys
+from vbsim.hv import defs as hv_defs
 from vbsim.hv.calls.context import encode_context
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
@@ -63,11 +64,8 @@ SERVICE_LIMIT = 0x200
 #: set once phase 0 found an Hv#1 hypervisor ([model] names; Windows keeps both in Hvl globals).
 ENLIGHTENMENTS = "HvlEnlightenments"
 HV_PRESENT = 1 << 32
-USE_HYPERCALL_FOR_REMOTE_FLUSH = 1 << 2  # HV_X64_ENLIGHTENMENT_INFORMATION bit 2 (TLFS)
-CPUID_HYPERVISOR_PRESENT = 1 << 31
-CPUID_INTERFACE = 0x4000_0001
-CPUID_RECOMMENDATIONS = 0x4000_0004
-HV1_SIGNATURE = int.from_bytes(b"Hv#1", "little")
+#: HV_X64_ENLIGHTENMENT_INFORMATION bit 2, UseHypercallForRemoteFlush (TLFS; hv.defs).
+USE_HYPERCALL_FOR_REMOTE_FLUSH = hv_defs.RECOMMEND_REMOTE_FLUSH_HYPERCALL
 #: NT .data: HvlpHypercallPages, the input and output pages (VA, GPA each), set in phase 1.
 HYPERCALL_PAGES = "HvlpHypercallPages"
 #: The first TokenId ExpLuid hands out ([model], see NtKernel.__init__).
@@ -548,10 +546,10 @@ class NtKernel:
         over an instruction."""
         vp.cpuid(1)
         found = 0
-        if vp.rcx & CPUID_HYPERVISOR_PRESENT:
-            vp.cpuid(CPUID_INTERFACE)
-            if vp.rax == HV1_SIGNATURE:
-                vp.cpuid(CPUID_RECOMMENDATIONS)
+        if vp.rcx & hv_defs.CPUID_HYPERVISOR_PRESENT:
+            vp.cpuid(hv_defs.CPUID_INTERFACE)
+            if vp.rax == hv_defs.CPUID_HV1_SIGNATURE:
+                vp.cpuid(hv_defs.CPUID_RECOMMENDATIONS)
                 found = HV_PRESENT | (vp.rax & 0xFFFF_FFFF)
         vp.write_u64(self.variables[ENLIGHTENMENTS].va, found)
 
