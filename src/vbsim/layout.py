@@ -11,14 +11,19 @@ from __future__ import annotations
 from typing import Protocol
 
 
-class Mem(Protocol):
-    """The loads and stores the accessors use (through the current translation)."""
+class Loads(Protocol):
+    """The loads :func:`read_field` uses (a processor's, or a host tool's read-only view)."""
 
     def read(self, va: int, length: int, /) -> bytes: ...
-    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
     def read_u32(self, va: int, /) -> int: ...
-    def write_u32(self, va: int, value: int, /) -> None: ...
     def read_u64(self, va: int, /) -> int: ...
+
+
+class Mem(Loads, Protocol):
+    """The loads and stores the accessors use (through the current translation)."""
+
+    def write(self, va: int, data: bytes | bytearray, /) -> None: ...
+    def write_u32(self, va: int, value: int, /) -> None: ...
     def write_u64(self, va: int, value: int, /) -> None: ...
 
 
@@ -31,7 +36,7 @@ class FieldLike(Protocol):
     def size(self) -> int: ...
 
 
-def read_field(cpu: Mem, base: int, field: FieldLike) -> int:
+def read_field(cpu: Loads, base: int, field: FieldLike) -> int:
     """Load ``field`` of the structure at VA ``base`` through ``cpu``."""
     if field.size == 8:
         return cpu.read_u64(base + field.offset)

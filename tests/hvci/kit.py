@@ -86,8 +86,18 @@ class Env:
         assert status == 0
         return value
 
+    def find_driver(self, name: str) -> drivers.LoadedDriver | None:
+        """The loaded driver ``name`` as RAM describes it now (None: not loaded)."""
+        assert self.system.machine is not None
+        return drivers.host_driver(self.system.machine.ram, self.nt, name)
+
+    def driver(self, name: str) -> drivers.LoadedDriver:
+        found = self.find_driver(name)
+        assert found is not None, f"{name} is not loaded"
+        return found
+
     def ensure_vulnerable(self) -> None:
-        if drivers.VULNERABLE_DRIVER not in self.nt.drivers:
+        if self.find_driver(drivers.VULNERABLE_DRIVER) is None:
             assert self.load(drivers.VULNERABLE_DRIVER) == 0
 
     def rights(self, pfn: int) -> int:

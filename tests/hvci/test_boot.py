@@ -9,6 +9,7 @@ from vbsim.hw.slat import KX, UX, R, W
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.invariants.skstate import hvci_view
 from vbsim.nt.drivers import CI_OPTIONS_ENFORCING, ci_options_va
+from vbsim.nt.notify import EDR_DRIVER
 from vbsim.ntstatus import BugCheck, NtStatus
 from vbsim.sk.layouts import Config
 from vbsim.sk.services.hvci import PageState
@@ -31,7 +32,7 @@ def test_nt_boot_code_pages_are_validated_and_everything_else_is_never_kx() -> N
     ram = env.system.machine.ram
     state = hvci_view(ram, sk)  # the tables as they stand in VTL1 memory
     # NT's boot code and the code of the drivers loaded at boot (the EDR driver) are validated.
-    drivers = {pfn for driver in env.nt.drivers.values() for pfn in driver.code_pfns}
+    drivers = set(env.driver(EDR_DRIVER).code_pfns)
     code_pages = set(env.nt.space.code_pages) | drivers
     assert code_pages and set(state.hashes) == code_pages
     for pfn in code_pages:

@@ -44,7 +44,7 @@ def test_signed_driver_loads_and_driver_entry_runs(name: str) -> None:
     before = entry_runs(SAMPLE_DRIVER)
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
     assert entry_runs(SAMPLE_DRIVER) == before + 1
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     # DriverEntry's store reached guest RAM (read as the kernel would, through the VP).
     assert env.vp.read_u64(driver.object_va + DO_ENTRY_MARK) == ENTRY_MARK
@@ -73,7 +73,7 @@ def test_unsigned_and_untrusted_root_drivers_are_refused(
     before = entry_runs(driver)
     assert env.load(driver) == NtStatus.INVALID_IMAGE_HASH
     assert entry_runs(driver) == before
-    assert driver not in env.nt.drivers
+    assert env.find_driver(driver) is None
     if env.hvci:
         [refusal] = [e for e in env.events("skci", "skci.signature") if e.outcome == "refused"]
         assert refusal.vtl == 1 and refusal.detail["failure"] == failure
@@ -263,7 +263,7 @@ def test_hashed_pages_are_locked_until_load_driver() -> None:
 def test_unload_gives_the_pages_back_unvalidated() -> None:
     env = make_env("vbs-hvci")
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     pfns = list(driver.pfns)
     assert drivers.unload_driver(env.nt, env.vp.cpu, SAMPLE_DRIVER) == NtStatus.SUCCESS
@@ -279,7 +279,7 @@ def test_hvci_never_gives_back_rights_kdp_took() -> None:
 
     env = make_env("vbs-hvci")
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
     pfn = driver.pfns[index]
@@ -304,7 +304,7 @@ def test_mm_protect_driver_section_takes_no_size() -> None:
 
     env = make_env("vbs-hvci")
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     index = next(i for i in range(len(driver.pfns)) if i not in driver.code_pages and i > 0)
     va = driver.base + index * 4096
@@ -336,7 +336,7 @@ def test_a_kdp_page_cannot_be_handed_to_skci_as_an_image_page() -> None:
 
 def _loaded_sample(env: Env) -> drivers.LoadedDriver:
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     return driver
 

@@ -34,7 +34,7 @@ def test_a_loaded_driver_is_named_in_the_directory_and_leaves_it_at_unload() -> 
     assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
     cpu = env.vp.cpu
     driver_object = objdir.lookup(env.nt, cpu, SAMPLE_DRIVER.upper())  # case-insensitive
-    assert driver_object == env.nt.drivers[SAMPLE_DRIVER].object_va
+    assert driver_object == env.driver(SAMPLE_DRIVER).object_va
     assert objdir.name_of(cpu, driver_object) == SAMPLE_DRIVER
     _, entry = _entry(env, SAMPLE_DRIVER)
     assert cpu.read_u32(entry + OBJECT_DIRECTORY_ENTRY.HashValue.offset) == objdir.name_hash(

@@ -75,7 +75,7 @@ def test_a_w_plus_kx_secure_call_fails_under_hvci_and_is_not_the_sks_business_wi
 def test_writable_then_executable_round_trip_rehashes_the_page() -> None:
     env = make_env("vbs-hvci")
     assert env.nt.vsl is not None and env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
-    driver = env.nt.drivers[SAMPLE_DRIVER]
+    driver = env.driver(SAMPLE_DRIVER)
     assert isinstance(driver, drivers.LoadedDriver)
     pfn = driver.code_pfns[0]
     call = env.nt.vsl.call

@@ -96,7 +96,7 @@ def test_with_hvci_the_bitmap_is_in_ram_and_names_nt_s_and_the_edr_s_targets(boo
     assert _bit(ctx, _routine(ctx, drivers.ZW_FLUSH_INSTRUCTION_CACHE))
     assert _bit(ctx, _routine(ctx, "nt.KiSystemCall64"))
     assert not _bit(ctx, _routine(ctx, kcfg.GADGET))  # never address-taken
-    edr = nt.drivers[notify.EDR_DRIVER]
+    edr = _edr(ctx)
     notify_rva, _ = notify.edr_rvas()
     assert _bit(ctx, edr.base + notify_rva)  # ENABLE_CFG_TARGET at the EDR's load
 
@@ -226,7 +226,7 @@ def test_enable_cfg_target_takes_only_routines_of_the_loaded_image(boot: Boot) -
     nt = _nt(ctx)
     assert nt.vsl is not None
     vsl = nt.vsl
-    edr = nt.drivers[notify.EDR_DRIVER]
+    edr = _edr(ctx)
     handle = edr.secure_handle
     gadget = _routine(ctx, kcfg.GADGET)
     notify_rva, data_rva = notify.edr_rvas()
@@ -243,3 +243,12 @@ def test_enable_cfg_target_takes_only_routines_of_the_loaded_image(boot: Boot) -
     assert not _bit(ctx, gadget) and not ctx.crashes
     sk = ctx.booted.sk
     assert sk is not None and sk_kcfg.record_va(sk)
+
+
+def _edr(ctx: AttackContext) -> drivers.LoadedDriver:
+    """The EDR driver as RAM describes it now."""
+    machine = ctx.booted.machine
+    assert machine is not None
+    found = drivers.host_driver(machine.ram, _nt(ctx), notify.EDR_DRIVER)
+    assert found is not None
+    return found

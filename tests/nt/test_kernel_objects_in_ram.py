@@ -123,8 +123,8 @@ def test_an_irp_hook_redirects_a_devices_requests() -> None:
     env.ensure_vulnerable()
     assert env.system.machine is not None
     reader = HostReader(env.system.machine.ram, DIRECT_MAP)
-    sample = env.nt.drivers[drivers.SAMPLE_DRIVER]
-    vulnerable = env.nt.drivers[drivers.VULNERABLE_DRIVER]
+    sample = env.driver(drivers.SAMPLE_DRIVER)
+    vulnerable = env.driver(drivers.VULNERABLE_DRIVER)
     assert isinstance(sample, drivers.LoadedDriver)
     assert isinstance(vulnerable, drivers.LoadedDriver)
     slot = sample.object_va + DRIVER_OBJECT.major(IRP_MJ_DEVICE_CONTROL)
@@ -145,7 +145,7 @@ def test_an_unlinked_driver_is_gone_from_the_module_list() -> None:
     assert env.system.machine is not None
     reader = HostReader(env.system.machine.ram, DIRECT_MAP)
     assert drivers.SAMPLE_DRIVER in env.system.modules()
-    sample = env.nt.drivers[drivers.SAMPLE_DRIVER]
+    sample = env.driver(drivers.SAMPLE_DRIVER)
     assert isinstance(sample, drivers.LoadedDriver)
     entry = reader.field(sample.object_va, DRIVER_OBJECT.DriverSection)
     assert reader.field(entry, KLDR_DATA_TABLE_ENTRY.DllBase) == sample.base
@@ -166,6 +166,6 @@ def test_the_next_driver_goes_where_the_cursor_in_ram_says() -> None:
     chosen = 0xFFFF_F806_4000_0000
     ram.write(cursor.gpa, chosen.to_bytes(8, "little"))
     assert env.load(drivers.SAMPLE_DRIVER) == 0
-    sample = nt.drivers[drivers.SAMPLE_DRIVER]
+    sample = env.driver(drivers.SAMPLE_DRIVER)
     assert isinstance(sample, drivers.LoadedDriver) and sample.base == chosen
     assert int.from_bytes(ram.read(cursor.gpa, 8), "little") > chosen

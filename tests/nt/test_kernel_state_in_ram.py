@@ -175,7 +175,8 @@ def test_ps_loaded_module_list_in_ram_decides_already_loaded(system: System) -> 
     vp = system.machine.bsp
     entry = drivers.find_module(nt, vp.cpu, notify.EDR_DRIVER)
     assert entry
-    edr = nt.drivers[notify.EDR_DRIVER]
+    edr = drivers.host_driver(system.machine.ram, nt, notify.EDR_DRIVER)
+    assert edr is not None
     reader = _reader(system)
     assert reader.field(entry, KLDR.DllBase) == edr.base
     assert drivers.load_driver(nt, vp.cpu, notify.EDR_DRIVER) == drivers.STATUS_IMAGE_ALREADY_LOADED

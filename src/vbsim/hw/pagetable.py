@@ -129,12 +129,18 @@ class PageTables:
 
     def lookup(self, va: int) -> int | None:
         """The leaf entry value for ``va`` (host-side inspection)."""
+        found = self.translate(va)
+        return None if found is None else found[0]
+
+    def translate(self, va: int) -> tuple[int, int] | None:
+        """(the leaf entry for ``va``, the size of the page it maps: 4 KiB, 2 MiB or 1 GiB);
+        None where a level is not present."""
         table = self.root
         for level in LEVELS:
             value = self.phys.read_u64(table + (((va >> level.shift) & 0x1FF) << 3))
             if not value & _P:
                 return None
             if level.leaf or (level.large_ok and value & _PS):
-                return value
+                return value, 1 << level.shift
             table = value & PTE_ADDR_MASK
         return None

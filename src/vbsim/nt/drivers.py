@@ -45,8 +45,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvMapGpaFlags
@@ -54,16 +54,19 @@ from vbsim.hw import code
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.image import ImageFormatError, ImageKind, ParsedImage, anchors, build_image, parse_image
+from vbsim.layout import Loads
 from vbsim.nt import kcfg, objdir, syscalls
 from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
     DRIVER_OBJECT,
+    IMAGE_SECTION,
     IRP_MJ_DEVICE_CONTROL,
     KLDR_DATA_TABLE_ENTRY,
     LIST_ENTRY,
     SE_CI_CALLBACKS,
+    HostKernelView,
     HostMemory,
     HostReader,
     read_field,
@@ -85,6 +88,7 @@ MAX_POOL_PAGES = 64
 MAX_DRIVER_PAGES = 256
 #: IMAGE_SCN_MEM_WRITE (PE/COFF spec, section flags).
 _SCN_MEM_WRITE = 0x8000_0000
+_NX = int(Pte.NX)
 #: HV_MAP_GPA rights NT asks the SK for on an executable pool page (TLFS HV_MAP_GPA_FLAGS).
 _RX = HvMapGpaFlags.READABLE | HvMapGpaFlags.KERNEL_EXECUTABLE | HvMapGpaFlags.USER_EXECUTABLE
 _RWX = _RX | HvMapGpaFlags.WRITABLE
@@ -158,25 +162,79 @@ DRIVERS: tuple[DriverSpec, ...] = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedDriver:
+    """A driver NT loaded, as RAM describes it at the moment it is read (:func:`driver_at` in
+    NT, :func:`host_driver` for tools); nothing here is kept between decisions.
+
+    The DRIVER_OBJECT (``object_va``) names the driver's KLDR_DATA_TABLE_ENTRY
+    (DriverSection): its DllBase, SizeOfImage and EntryPoint, and through SectionPointer the
+    image's section record with the Secure Kernel's handle for the image.  The frames are what
+    NT's kernel PTEs map over ``[DllBase, DllBase + SizeOfImage)``, as MmUnloadSystemImage
+    finds them; a code frame is one whose PTE is executable (NX clear)."""
+
     name: str
-    base: int
-    pfns: list[int]
-    code_pages: frozenset[int]
-    entry: int
-    io_control: int | None
     object_va: int
-    secure_handle: int = 0
-    entry_status: int | None = None
+    section: int
+    base: int
+    entry: int
+    io_control: int
+    secure_handle: int
+    pfns: tuple[int, ...]
+    code_pfns: tuple[int, ...]
 
     @property
-    def code_pfns(self) -> list[int]:
-        return [pfn for i, pfn in enumerate(self.pfns) if i in self.code_pages]
+    def code_pages(self) -> frozenset[int]:
+        """The indices (in ``pfns``) of the code pages."""
+        code = set(self.code_pfns)
+        return frozenset(index for index, pfn in enumerate(self.pfns) if pfn in code)
 
     @property
-    def data_pfns(self) -> list[int]:
-        return [pfn for i, pfn in enumerate(self.pfns) if i not in self.code_pages]
+    def data_pfns(self) -> tuple[int, ...]:
+        code = set(self.code_pfns)
+        return tuple(pfn for pfn in self.pfns if pfn not in code)
+
+
+class _Ptes(Protocol):
+    def __call__(self, va: int, /) -> int | None: ...
+
+
+def _describe(memory: Loads, pte_of: _Ptes, object_va: int) -> LoadedDriver | None:
+    """The driver whose DRIVER_OBJECT is at ``object_va``, read through ``memory`` now (None:
+    no loader entry, or one whose size is not a driver's)."""
+    entry = read_field(memory, object_va, DRIVER_OBJECT.DriverSection)
+    if not entry:
+        return None
+    base = read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.DllBase)
+    pages = -(-read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.SizeOfImage) // PAGE_SIZE)
+    if not 0 < pages <= MAX_DRIVER_PAGES:
+        return None
+    length = min(read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameLength), 512)
+    buffer = read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer)
+    name = memory.read(buffer, length & ~1).decode("utf-16-le", "replace")
+    record = read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.SectionPointer)
+    handle = read_field(memory, record, IMAGE_SECTION.SecureImageHandle) if record else 0
+    pfns: list[int] = []
+    code_pfns: list[int] = []
+    for index in range(pages):
+        leaf = pte_of(base + index * PAGE_SIZE)
+        if leaf is None:
+            continue  # a page already unmapped: nothing to free there
+        pfn = (leaf & PTE_ADDR_MASK) >> PAGE_SHIFT
+        pfns.append(pfn)
+        if not leaf & _NX:
+            code_pfns.append(pfn)
+    return LoadedDriver(
+        name,
+        object_va,
+        entry,
+        base,
+        read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint),
+        memory.read_u64(object_va + DO_IOCONTROL),
+        handle,
+        tuple(pfns),
+        tuple(code_pfns),
+    )
 
 
 #: [model] NT's cursors for driver images and executable pool (``NtKernel.take_system_va``).
@@ -243,8 +301,6 @@ def register_nt(nt: NtKernel) -> None:
     nt.loader_write_u64(head + 8, head)
     nt.ci_validate_image_header = nt.install_routine(CI_VALIDATE_IMAGE_HEADER)
     nt.install_routine(ZW_FLUSH_INSTRUCTION_CACHE)
-    nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
-    nt.system_va_cursor(POOL_CURSOR, POOL_EXECUTE_BASE)
     nt.system_va_cursor(IMAGE_CURSOR, DRIVER_BASE)
     nt.system_va_cursor(POOL_CURSOR, POOL_EXECUTE_BASE)
     syscalls.register(nt, "NtLoadDriver", nt_load_driver)
@@ -438,49 +494,60 @@ def map_image(
     nt: NtKernel, vp: Cpu, name: str, parsed: ParsedImage, layout: ImageLayout
 ) -> LoadedDriver:
     """MiMapSystemImage: fresh frames, contents written through the direct map, PTEs for code
-    (read-only, executable) and data (RW/NX), a DRIVER_OBJECT.  No validation of any kind: the
-    kernel-internal step, which a compromised kernel (or a manual-mapping attacker) can call."""
+    (read-only, executable) and data (RW/NX), the loader entry (KLDR_DATA_TABLE_ENTRY, with its
+    section record) and a DRIVER_OBJECT.  No validation of any kind: the kernel-internal step,
+    which a compromised kernel (or a manual-mapping attacker) can call.  The entry goes on
+    PsLoadedModuleList only once the load succeeds (:func:`_insert_module`)."""
     # a guard gap of 16 pages between images
     base = nt.take_system_va(vp, IMAGE_CURSOR, (len(layout.pages) + 16) * PAGE_SIZE)
     tables = _kernel_tables(nt, vp)
-    pfns: list[int] = []
     for index, content in enumerate(layout.pages):
         pfn = nt.alloc_page(vp)
         vp.write(DIRECT_MAP + (pfn << PAGE_SHIFT), content)
         executable = index in layout.code
         flags = int(Pte.G) if executable else int(Pte.RW | Pte.NX | Pte.G)
         tables.map(base + index * PAGE_SIZE, pfn << PAGE_SHIFT, flags)
-        pfns.append(pfn)
-    object_va, _ = nt.alloc_kernel_page(vp)
-    export = parsed.export("IoControl")
-    driver = LoadedDriver(
-        name,
-        base,
-        pfns,
-        layout.code,
-        base + parsed.entry_rva,
-        None if export is None else base + export.rva,
-        object_va,
+    size = len(layout.pages) * PAGE_SIZE
+    entry = loader_entry(nt, vp, name, base, base + parsed.entry_rva, size)
+    write_field(
+        vp, entry, KLDR_DATA_TABLE_ENTRY.SectionPointer, entry + KLDR_DATA_TABLE_ENTRY.SECTION_AT
     )
+    object_va, _ = nt.alloc_kernel_page(vp)
     write_field(vp, object_va, DRIVER_OBJECT.DriverStart, base)
-    write_field(vp, object_va, DRIVER_OBJECT.DriverSize, len(pfns) * PAGE_SIZE)
-    write_field(vp, object_va, DRIVER_OBJECT.DriverInit, driver.entry)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverSize, size)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverSection, entry)
+    write_field(vp, object_va, DRIVER_OBJECT.DriverInit, base + parsed.entry_rva)
     # What the driver's DriverEntry assigns (DriverObject->MajorFunction[IRP_MJ_DEVICE_CONTROL]
     # = its dispatch routine); the model's loader writes the image's IoControl export there.
-    vp.write_u64(object_va + DO_IOCONTROL, driver.io_control or 0)
+    export = parsed.export("IoControl")
+    vp.write_u64(object_va + DO_IOCONTROL, 0 if export is None else base + export.rva)
     _event(
-        vp, "mm.map-image", "mapped", driver=name, base=base, pages=len(pfns), code=len(layout.code)
+        vp,
+        "mm.map-image",
+        "mapped",
+        driver=name,
+        base=base,
+        pages=len(layout.pages),
+        code=len(layout.code),
     )
+    driver = driver_at(nt, vp, object_va)
+    assert driver is not None  # just written
     return driver
 
 
 def unmap_image(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
+    """MiUnloadSystemImage's frames: every page the kernel PTEs map over the image (as read
+    from RAM when the driver was described), then the loader entry and the DRIVER_OBJECT."""
     tables = _kernel_tables(nt, vp)
-    for index, pfn in enumerate(driver.pfns):
+    pages = -(-read_field(vp, driver.section, KLDR_DATA_TABLE_ENTRY.SizeOfImage) // PAGE_SIZE)
+    for index in range(min(pages, MAX_DRIVER_PAGES)):
         va = driver.base + index * PAGE_SIZE
-        tables.unmap(va)
-        vp.invlpg(va)
+        if tables.lookup(va) is not None:
+            tables.unmap(va)
+            vp.invlpg(va)
+    for pfn in driver.pfns:
         nt.free_page(vp, pfn)
+    nt.free_kernel_page(vp, driver.section)
     nt.free_kernel_page(vp, driver.object_va)
     _event(vp, "mm.map-image", "unmapped", driver=driver.name, base=driver.base)
 
@@ -512,7 +579,7 @@ def _create_secure_image(nt: NtKernel, vp: Cpu, image: bytes) -> tuple[int, int]
 def _validate_mapped(nt: NtKernel, vp: Cpu, driver: LoadedDriver, handle: int) -> int:
     """FINISH_SECURE_IMAGE_VALIDATION with the mapped pages, then LOAD_DRIVER."""
     assert nt.vsl is not None
-    list_pfn = _pfn_list_page(nt, vp, driver.pfns)
+    list_pfn = _pfn_list_page(nt, vp, list(driver.pfns))
     status, _ = nt.vsl.call(
         vp, Service.FINISH_SECURE_IMAGE_VALIDATION, handle, list_pfn, len(driver.pfns)
     )
@@ -552,11 +619,9 @@ def find_module(nt: NtKernel, vp: Cpu, name: str) -> int:
     return 0
 
 
-def insert_module(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int, size: int) -> int:
-    """MiProcessLoaderEntry(insert): a KLDR_DATA_TABLE_ENTRY for the image ``name`` mapped at
-    ``base`` (``size`` bytes) at the tail of PsLoadedModuleList; returns the entry's VA."""
-    from vbsim.nt.process import insert_tail
-
+def loader_entry(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int, size: int) -> int:
+    """A KLDR_DATA_TABLE_ENTRY for the image ``name`` mapped at ``base`` (``size`` bytes), in a
+    pool page of its own (the name and the section record follow it); not yet on any list."""
     entry, _ = nt.alloc_kernel_page(vp)
     raw = name.encode("utf-16-le")[:512]
     vp.write(entry + KLDR_DATA_TABLE_ENTRY.NAME_AT, raw)
@@ -567,19 +632,30 @@ def insert_module(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int,
     write_field(
         vp, entry, KLDR_DATA_TABLE_ENTRY.BaseDllNameBuffer, entry + KLDR_DATA_TABLE_ENTRY.NAME_AT
     )
+    return entry
+
+
+def link_module(nt: NtKernel, vp: Cpu, entry: int) -> None:
+    """MiProcessLoaderEntry(insert): ``entry`` at the tail of PsLoadedModuleList."""
+    from vbsim.nt.process import insert_tail
+
     head = module_list_head(nt)
     if not vp.read_u64(head):  # first use: an empty list head points at itself
         vp.write_u64(head, head)
         vp.write_u64(head + 8, head)
     insert_tail(vp, head, entry)
+
+
+def insert_module(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int, size: int) -> int:
+    """A loader entry for ``name`` (:func:`loader_entry`), linked on PsLoadedModuleList;
+    returns the entry's VA."""
+    entry = loader_entry(nt, vp, name, base, entry_point, size)
+    link_module(nt, vp, entry)
     return entry
 
 
 def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
-    entry = insert_module(
-        nt, vp, driver.name, driver.base, driver.entry, len(driver.pfns) * PAGE_SIZE
-    )
-    write_field(vp, driver.object_va, DRIVER_OBJECT.DriverSection, entry)
+    link_module(nt, vp, driver.section)
 
 
 def host_modules(ram: HostMemory, nt: NtKernel) -> list[str]:
@@ -599,11 +675,12 @@ def host_modules(ram: HostMemory, nt: NtKernel) -> list[str]:
     return names
 
 
-def _remove_module(nt: NtKernel, vp: Cpu, name: str) -> None:
+def _remove_module(nt: NtKernel, vp: Cpu, entry: int) -> None:
+    """MiProcessLoaderEntry(remove), if ``entry`` is still on PsLoadedModuleList (a rootkit
+    may have unlinked it already)."""
     from vbsim.nt.process import remove_entry
 
-    entry = find_module(nt, vp, name)
-    if entry:
+    if entry in modules(nt, vp):
         remove_entry(vp, entry)
 
 
@@ -644,7 +721,9 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
                 _event(vp, "skci", "refused", driver=name, status=NtStatus.name_of(status))
                 unmap_image(nt, vp, driver)
                 return status
-            driver.secure_handle = handle
+            record = read_field(vp, driver.section, KLDR_DATA_TABLE_ENTRY.SectionPointer)
+            write_field(vp, record, IMAGE_SECTION.SecureImageHandle, handle)
+            driver = replace(driver, secure_handle=handle)
     except NoPages:
         return int(NtStatus.NO_MEMORY)
     # MiProcessKernelCfgImage: the image's exports become valid call targets (vbsim.nt.kcfg).
@@ -664,18 +743,24 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
                 return int(NtStatus.NO_MEMORY)  # the SK keeps the pages: leak them
         unmap_image(nt, vp, driver)
         return int(NtStatus.NO_MEMORY)
-    nt.drivers[name] = driver
     _insert_module(nt, vp, driver)
     return start_driver(nt, vp, driver)
 
 
-def driver_at(nt: NtKernel, driver_object: int) -> LoadedDriver | None:
-    """NT's handle on the driver whose DRIVER_OBJECT is at ``driver_object`` (its frames and
-    secure image handle; None: no driver NT loaded).  A symbol table: which drivers exist is
-    the ``\\Driver`` directory and PsLoadedModuleList in RAM."""
+def driver_at(nt: NtKernel, vp: Cpu, driver_object: int) -> LoadedDriver | None:
+    """The driver whose DRIVER_OBJECT is at ``driver_object``, read through NT's processor now
+    (None: no object, or no loader entry behind it)."""
     if not driver_object:
         return None
-    return next((d for d in nt.drivers.values() if d.object_va == driver_object), None)
+    tables = _kernel_tables(nt, vp)
+    return _describe(vp, tables.lookup, driver_object)
+
+
+def host_driver(ram: HostMemory, nt: NtKernel, name: str) -> LoadedDriver | None:
+    """Host side (tests, goal checks, the report): the driver ``\\Driver\\<name>`` as RAM
+    describes it, read like a debugger through NT's kernel page tables."""
+    view = HostKernelView(ram, nt.space.root)
+    return _describe(view, view.pte, objdir.lookup(nt, view, name)) if name else None
 
 
 def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
@@ -684,7 +769,6 @@ def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
     entry = read_field(vp, driver.object_va, DRIVER_OBJECT.DriverInit)
     result = kcfg.guard_dispatch_icall(nt, vp, entry, "DriverInit", driver.object_va)
     status = result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
-    driver.entry_status = status
     _event(vp, "driver-entry", NtStatus.name_of(status), driver=driver.name, entry=driver.entry)
     if not ok(status):
         unload_driver(nt, vp, driver.name)
@@ -693,13 +777,13 @@ def start_driver(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> int:
 
 def unload_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     """IopUnloadDriver: the DRIVER_OBJECT named ``\\Driver\\<name>`` (looked up in RAM) leaves
-    the namespace and PsLoadedModuleList, the SK drops its image, NT frees the frames."""
-    driver = driver_at(nt, objdir.lookup(nt, vp, name))
+    the namespace and PsLoadedModuleList, the SK drops its image (the handle in the image's
+    section record), NT frees the frames its PTEs map (MmUnloadSystemImage)."""
+    driver = driver_at(nt, vp, objdir.lookup(nt, vp, name))
     if driver is None:
         return int(NtStatus.OBJECT_NAME_NOT_FOUND)
-    del nt.drivers[driver.name]
     objdir.remove(nt, vp, name)
-    _remove_module(nt, vp, driver.name)
+    _remove_module(nt, vp, driver.section)
     if driver.secure_handle and nt.vsl is not None:
         status, _ = nt.vsl.call(vp, Service.UNLOAD_DRIVER, driver.secure_handle)
         if not ok(status):

@@ -39,7 +39,6 @@ from vbsim.ntstatus import BugCheck, NtStatus
 
 if TYPE_CHECKING:
     from vbsim.guest.image_builder import ImageBuilder
-    from vbsim.nt.drivers import LoadedDriver
     from vbsim.nt.kdp import NtKdp
     from vbsim.nt.lsass import LsassInfo
     from vbsim.nt.vsl import Vsl
@@ -139,10 +138,6 @@ class NtKernel:
     _by_eprocess: dict[int, Process] = field(default_factory=dict, repr=False)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
-    #: NT's handles on the drivers it loaded (frames, SK image handle), by name: a symbol table.
-    #: Which drivers exist is the ``\\Driver`` directory (:mod:`vbsim.nt.objdir`) and
-    #: PsLoadedModuleList in RAM, read at each decision.
-    drivers: dict[str, LoadedDriver] = field(default_factory=dict)
     #: Files of the model's system disk NT reads and writes: the driver store, the application
     #: store, trustlet images, and what NT wrote (dumps).  A disk is not RAM: these are the
     #: storage device's contents as the file system presents them, not kernel state.

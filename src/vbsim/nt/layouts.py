@@ -312,6 +312,63 @@ class HostReader:
         )
 
 
+@dataclass(frozen=True)
+class HostKernelView:
+    """A debugger's view of NT's kernel address space: guest RAM at the GPA that NT's kernel
+    page tables, walked in RAM from ``root``, give for a VA (any VA NT maps, not only the
+    direct map: ``.data`` globals, driver images).  Read only, and host side only: guest code
+    reads through its Cpu.  An unmapped VA reads as zeros, as a debugger shows ``??``."""
+
+    memory: _Ram
+    root: int
+
+    def translate(self, va: int) -> tuple[int, int] | None:
+        """(the leaf entry, the size of the page it maps) for ``va``; None: not mapped."""
+        from vbsim.hw.pagetable import PageTables, PhysAccess
+
+        def read_u64(gpa: int) -> int:
+            return int.from_bytes(self.memory.read(gpa, 8), "little")
+
+        return PageTables(PhysAccess(read_u64, _read_only, _no_frames), self.root).translate(va)
+
+    def pte(self, va: int) -> int | None:
+        """The leaf entry for ``va`` (None: not mapped)."""
+        found = self.translate(va)
+        return None if found is None else found[0]
+
+    def read(self, va: int, length: int, /) -> bytes:
+        out = bytearray()
+        while len(out) < length:
+            at = va + len(out)
+            take = min(length - len(out), _PAGE - (at & (_PAGE - 1)))
+            found = self.translate(at)
+            if found is None:
+                out += bytes(take)
+            else:
+                leaf, size = found
+                gpa = (leaf & _FRAME_MASK & ~(size - 1)) | (at & (size - 1))
+                out += self.memory.read(gpa, take)
+        return bytes(out)
+
+    def read_u32(self, va: int, /) -> int:
+        return int.from_bytes(self.read(va, 4), "little")
+
+    def read_u64(self, va: int, /) -> int:
+        return int.from_bytes(self.read(va, 8), "little")
+
+
+_PAGE = 0x1000
+_FRAME_MASK = 0x000F_FFFF_FFFF_F000
+
+
+def _read_only(gpa: int, value: int) -> None:
+    raise PermissionError("a host view of NT's memory writes nothing")
+
+
+def _no_frames() -> int:
+    raise PermissionError("a host view of NT's memory allocates nothing")
+
+
 # -- callbacks ----------------------------------------------------------------------------------
 #: PspCreateProcessNotifyRoutine: 64 EX_CALLBACK slots (PSP_MAX_CREATE_PROCESS_NOTIFY, WRK
 #: ``ps/psp.h``; Windows Internals 7th ed. part 1 ch. 3; the array EDRSandblast enumerates).
@@ -498,9 +555,25 @@ class KLDR_DATA_TABLE_ENTRY:
     #: _UNICODE_STRING BaseDllName: Length (u16), MaximumLength (u16), Buffer (pointer at +8).
     BaseDllNameLength: Final = Field("BaseDllName.Length", 0x58, 2)
     BaseDllNameBuffer: Final = Field("BaseDllName.Buffer", 0x60, 8)
+    #: The image's section (for a driver NT maps, the model's IMAGE_SECTION record below).
+    SectionPointer: Final = Field("SectionPointer", 0x70, 8)
     #: [model] The name's UTF-16 characters follow the entry in the same pool block.
     NAME_AT: Final = 0x100
+    #: [model] The image's section record, after the name in the same pool block.
+    SECTION_AT: Final = 0x400
     SIZE: Final = 0xA0
+
+
+class IMAGE_SECTION:
+    """[model] What NT keeps about a driver image's section that it decides from at unload:
+    the handle the Secure Kernel returned from CREATE_SECURE_IMAGE (0: no secure image, HVCI
+    off).  Windows keeps that handle with the image's section object and passes it in every
+    later secure call about the image (McGarr, "Windows Internals: Dissecting Secure Image
+    Objects - Part 1", 2023); the structure it sits in is not public, so the offset is the
+    model's."""
+
+    SecureImageHandle: Final = Field("SecureImageHandle", 0x00, 8)
+    SIZE: Final = 0x08
 
 
 # -- virtual address descriptors ----------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vbsim.hw.cpu import Cpu
+from vbsim.layout import Loads
 from vbsim.nt.layouts import (
     DRIVER_OBJECT,
     OBJECT_DIRECTORY,
@@ -67,7 +68,7 @@ def _bucket(nt: NtKernel, value: int) -> int:
     return _directory(nt) + (value % OBJECT_DIRECTORY.BUCKETS) * 8
 
 
-def name_of(vp: Cpu, driver_object: int) -> str | None:
+def name_of(vp: Loads, driver_object: int) -> str | None:
     """The DRIVER_OBJECT's name component (DriverName past ``\\Driver\\``), as RAM holds it."""
     length = min(read_field(vp, driver_object, DRIVER_OBJECT.DriverNameLength), 512)
     buffer = read_field(vp, driver_object, DRIVER_OBJECT.DriverNameBuffer)
@@ -93,7 +94,7 @@ def insert(nt: NtKernel, vp: Cpu, name: str, driver_object: int) -> None:
     vp.write_u64(bucket, entry)
 
 
-def _walk(nt: NtKernel, vp: Cpu, name: str) -> tuple[int, int]:
+def _walk(nt: NtKernel, vp: Loads, name: str) -> tuple[int, int]:
     """(the link that points at the entry for ``name``, the entry), or (0, 0)."""
     value = name_hash(name)
     link = _bucket(nt, value)
@@ -109,7 +110,7 @@ def _walk(nt: NtKernel, vp: Cpu, name: str) -> tuple[int, int]:
     return 0, 0
 
 
-def lookup(nt: NtKernel, vp: Cpu, name: str) -> int:
+def lookup(nt: NtKernel, vp: Loads, name: str) -> int:
     """ObReferenceObjectByName(``\\Driver\\<name>``): the DRIVER_OBJECT's VA, or 0."""
     _, entry = _walk(nt, vp, name)
     return read_field(vp, entry, OBJECT_DIRECTORY_ENTRY.Object) if entry else 0

@@ -248,8 +248,10 @@ def edr_log(ctx: AttackContext) -> list[int]:
     """The PIDs the EDR recorded, from its .data in RAM (host side)."""
     nt = _nt(ctx)
     machine = ctx.booted.machine
-    driver = nt.drivers.get(notify.EDR_DRIVER)
-    if machine is None or not isinstance(driver, drivers.LoadedDriver):
+    if machine is None:
+        return []
+    driver = drivers.host_driver(machine.ram, nt, notify.EDR_DRIVER)
+    if driver is None:
         return []
     _, data_rva = notify.edr_rvas()
     leaf = host_lookup(ctx, nt.space.root, driver.base + data_rva)

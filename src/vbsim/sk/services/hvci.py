@@ -31,7 +31,8 @@ HvCallGetVpRegisters.  The SK walks those page tables itself (through its own di
 VTL1) and takes every present, supervisor, read-only, executable 4 KiB leaf in the range as a
 boot-image code page: it checks that the page holds only guest-code thunks (or zeros), records
 its hash and makes it R|KX|UX.  Nothing NT does later can add to that set: the walk happens once,
-inside phase 1, before VTL0 runs again.  Drivers are loaded outside that range (``nt.drivers``).
+inside phase 1, before VTL0 runs again.  Drivers are loaded outside that range
+(``vbsim.nt.drivers``).
 
 **Driver load** (§5.1 steps; secure-call fields are the model's, as the real layouts are [U]):
 
