@@ -36,3 +36,11 @@ def notify_hypervisor(vp: Cpu, code: int, *params: int) -> None:
     for msr, value in zip(_PARAMETERS, values, strict=True):
         vp.wrmsr(msr, value & 0xFFFF_FFFF_FFFF_FFFF)
     vp.wrmsr(HvMsr.CRASH_CTL, defs.CRASH_CTL_CRASH_NOTIFY.mask)
+
+
+def stop_processor(vp: Cpu) -> None:
+    """The end of KeBugCheckEx, after the crash report: interrupts off, then HLT, so nothing
+    runs on this processor again and IPIs to it are held (Intel SDM Vol. 2A, HLT; Windows
+    Internals 7th ed. part 2 ch. 10, "Crash dump analysis")."""
+    vp.cli()
+    vp.hlt()

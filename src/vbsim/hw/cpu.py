@@ -81,6 +81,9 @@ SURFACE: frozenset[str] = frozenset(
         "invlpg",
         "out",
         "inp",
+        "hlt",
+        "cli",
+        "sti",
         "software_interrupt",
         "wrong_context",
         # the code image behind GS, and instrumentation
@@ -115,6 +118,9 @@ _BOUND: tuple[str, ...] = (
     "invlpg",
     "out",
     "inp",
+    "hlt",
+    "cli",
+    "sti",
     "emit",
     "wrong_context",
     "user_call",
@@ -155,6 +161,9 @@ class Cpu(SharedGprs):
         invlpg: Callable[[int], None]
         out: Callable[[int, int, int], None]
         inp: Callable[[int, int], int]
+        hlt: Callable[[], None]
+        cli: Callable[[], None]
+        sti: Callable[[], None]
         emit: Callable[..., None]
         wrong_context: Callable[[str], NoReturn]
         user_call: Callable[..., Any]

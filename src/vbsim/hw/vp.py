@@ -104,6 +104,7 @@ _CANON_HI = (1 << 64) - _CANON_LO_END
 _CANON_END = 1 << 64
 _SCE = int(Efer.SCE)
 _AC = int(Rflags.AC)
+_IF = int(Rflags.IF)
 #: Long-mode code segment attributes, DPL 3: type 0xB, S, P, L (vsm-spec §1.3 bit layout).
 _CS_USER_ATTRIBUTES = 0xB | (1 << 4) | (3 << 5) | (1 << 7) | (1 << 13)
 _EFER_WRITABLE = int(Efer.SCE | Efer.LME | Efer.LMA | Efer.NXE)
@@ -245,6 +246,12 @@ class VirtualProcessor(SharedGprs):
         self.entropy = Entropy()
         #: The CPL at which the exception being delivered interrupted (from the stack frame).
         self.interrupted_cpl = 0
+        #: The activity state (Intel SDM Vol. 3C 24.4.2 "Guest Non-Register State": active or
+        #: HLT): set by ``hlt``, cleared by the interrupt that resumes the processor.
+        self.halted = False
+        #: Fixed interrupts a halted processor with RFLAGS.IF = 0 holds (SDM Vol. 2A HLT: only
+        #: NMI, SMI, INIT or reset resume it then); the host's view, no guest code reads it.
+        self.held_interrupts: list[int] = []
         self._reselect()
 
     # -- banks and modes ----------------------------------------------------------------------
@@ -740,8 +747,49 @@ class VirtualProcessor(SharedGprs):
         self.interrupt_fabric(self.index, vector, shorthand, destination)
 
     def deliver_interrupt(self, vector: int) -> None:
-        """A fixed interrupt from the APIC arrives: taken through this VP's current IDT."""
+        """A fixed interrupt from the APIC arrives: taken through this VP's current IDT.
+
+        A processor halted by ``hlt`` resumes for it if RFLAGS.IF is 1, and after the handler's
+        IRET is back in its idle loop's ``hlt`` (halted again); with IF = 0 it stays halted and
+        the interrupt is held (Intel SDM Vol. 2A, HLT).  [model] A processor that is not halted
+        takes the interrupt when it is sent: the model has one instruction stream at a time, so
+        RFLAGS.IF is not consulted outside HLT."""
+        if self.halted:
+            if not self.p.rflags & _IF:
+                self.held_interrupts.append(vector)
+                if self.trace.on:
+                    self.emit("interrupt", "hlt", "held", vector=vector)
+                return
+            self.halted = False
+            if self.trace.on:
+                self.emit("interrupt", "hlt", "resumed", vector=vector)
+            try:
+                self.fault(vector)
+            finally:
+                self.halted = True  # the idle loop's next instruction is ``hlt`` again
+            return
         self.fault(vector)
+
+    def hlt(self) -> None:
+        """``HLT`` (Intel SDM Vol. 2A): ring 0 only (#GP(0) elsewhere); the processor stops
+        until an interrupt (:meth:`deliver_interrupt`).  Under Hyper-V a guest's HLT exits to
+        the hypervisor, which deschedules the VP (SDM Vol. 3C 25.1.3, "HLT exiting")."""
+        if not self._require_cpl0():
+            return
+        self.halted = True
+        if self.trace.on:
+            self.emit("cpu", "hlt", "entered", interrupts=bool(self.p.rflags & _IF))
+
+    def cli(self) -> None:
+        """``CLI``: clear RFLAGS.IF.  At CPL3 with IOPL 0 (Windows' IOPL) it is #GP(0) (SDM
+        Vol. 2A, CLI; the model has no IOPL or VME)."""
+        if self._require_cpl0():
+            self.p.rflags &= ~_IF
+
+    def sti(self) -> None:
+        """``STI``: set RFLAGS.IF (ring 0 only, as :meth:`cli`)."""
+        if self._require_cpl0():
+            self.p.rflags |= _IF
 
     def apply_msr(self, msr: int, value: int) -> None:
         """Architectural effect of a permitted MSR write (also used by a higher VTL's emulation)."""

@@ -714,6 +714,7 @@ def bugcheck(vp: Cpu, code_: BugCheck, *params: int) -> NoReturn:
     if vp.tracing:
         vp.emit("bugcheck", "nt", code_.name, code=int(code_), params=list(params))
     crash.notify_hypervisor(vp, int(code_), *params)
+    crash.stop_processor(vp)
     raise Bugcheck(int(code_), code_.name, 0, *params)
 
 
@@ -815,3 +816,7 @@ def _ap_startup(vp: Cpu) -> None:
     if not isinstance(nt, NtKernel):
         vp.wrong_context("NT's AP start-up without NT loaded")
     nt.ap_init(vp)
+    # KiIdleLoop: with nothing to run, the processor enables interrupts and halts until one
+    # arrives (Windows Internals 7th ed. part 1 ch. 4, "Idle threads": HalProcessorIdle).
+    vp.sti()
+    vp.hlt()

@@ -480,6 +480,7 @@ class SecureKernel:
             vp.wrong_context("KeBugCheckEx at CPL3")
         self.emit(vp, "bugcheck", "securekernel", code.name, code=int(code), params=list(params))
         crash.notify_hypervisor(vp, int(code), *params)
+        crash.stop_processor(vp)
         raise Bugcheck(int(code), code.name, 1, *params)
 
     # -- processor bring-up --------------------------------------------------------------------
