@@ -46,7 +46,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvMapGpaFlags
@@ -180,6 +180,8 @@ class LoadedDriver:
     entry: int
     io_control: int
     secure_handle: int
+    #: The image's span in pages (SizeOfImage, rounded up).
+    pages: int
     pfns: tuple[int, ...]
     code_pfns: tuple[int, ...]
 
@@ -195,11 +197,9 @@ class LoadedDriver:
         return tuple(pfn for pfn in self.pfns if pfn not in code)
 
 
-class _Ptes(Protocol):
-    def __call__(self, va: int, /) -> int | None: ...
-
-
-def _describe(memory: Loads, pte_of: _Ptes, object_va: int) -> LoadedDriver | None:
+def _describe(
+    memory: Loads, pte_of: Callable[[int], int | None], object_va: int
+) -> LoadedDriver | None:
     """The driver whose DRIVER_OBJECT is at ``object_va``, read through ``memory`` now (None:
     no loader entry, or one whose size is not a driver's)."""
     entry = read_field(memory, object_va, DRIVER_OBJECT.DriverSection)
@@ -232,6 +232,7 @@ def _describe(memory: Loads, pte_of: _Ptes, object_va: int) -> LoadedDriver | No
         read_field(memory, entry, KLDR_DATA_TABLE_ENTRY.EntryPoint),
         memory.read_u64(object_va + DO_IOCONTROL),
         handle,
+        pages,
         tuple(pfns),
         tuple(code_pfns),
     )
@@ -497,7 +498,7 @@ def map_image(
     (read-only, executable) and data (RW/NX), the loader entry (KLDR_DATA_TABLE_ENTRY, with its
     section record) and a DRIVER_OBJECT.  No validation of any kind: the kernel-internal step,
     which a compromised kernel (or a manual-mapping attacker) can call.  The entry goes on
-    PsLoadedModuleList only once the load succeeds (:func:`_insert_module`)."""
+    PsLoadedModuleList only once the load succeeds (:func:`link_module`)."""
     # a guard gap of 16 pages between images
     base = nt.take_system_va(vp, IMAGE_CURSOR, (len(layout.pages) + 16) * PAGE_SIZE)
     tables = _kernel_tables(nt, vp)
@@ -539,8 +540,7 @@ def unmap_image(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
     """MiUnloadSystemImage's frames: every page the kernel PTEs map over the image (as read
     from RAM when the driver was described), then the loader entry and the DRIVER_OBJECT."""
     tables = _kernel_tables(nt, vp)
-    pages = -(-read_field(vp, driver.section, KLDR_DATA_TABLE_ENTRY.SizeOfImage) // PAGE_SIZE)
-    for index in range(min(pages, MAX_DRIVER_PAGES)):
+    for index in range(driver.pages):
         va = driver.base + index * PAGE_SIZE
         if tables.lookup(va) is not None:
             tables.unmap(va)
@@ -654,10 +654,6 @@ def insert_module(nt: NtKernel, vp: Cpu, name: str, base: int, entry_point: int,
     return entry
 
 
-def _insert_module(nt: NtKernel, vp: Cpu, driver: LoadedDriver) -> None:
-    link_module(nt, vp, driver.section)
-
-
 def host_modules(ram: HostMemory, nt: NtKernel) -> list[str]:
     """PsLoadedModuleList as RAM holds it (``lm`` in a debugger): the BaseDllName of every
     entry, in load order.  Host side (the boot report, goal checks): an entry a rootkit
@@ -743,7 +739,7 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
                 return int(NtStatus.NO_MEMORY)  # the SK keeps the pages: leak them
         unmap_image(nt, vp, driver)
         return int(NtStatus.NO_MEMORY)
-    _insert_module(nt, vp, driver)
+    link_module(nt, vp, driver.section)
     return start_driver(nt, vp, driver)
 
 
