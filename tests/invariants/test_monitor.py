@@ -48,7 +48,8 @@ def _benign(rig: Rig) -> None:
             kdp.ex_secure_pool_update(nt, vp.cpu, pool, 0x4C4F4F50, va, 7, 1, b"z")
     with mon.step("load a driver"):
         assert drivers.load_driver(nt, vp.cpu, drivers.SAMPLE_DRIVER) == NtStatus.SUCCESS
-    lsaiso = nt.processes[nt.started_trustlets["LsaIso.exe"]]
+    lsaiso = nt.lookup_process(vp.cpu, nt.started_trustlets["LsaIso.exe"])
+    assert lsaiso is not None
     with mon.step("LsaIso gets a message"):
         secure_process.run_trustlet(nt, vp.cpu, lsaiso, b"\x02\x00\x00\x00garbage")
     from vbsim.invariants.attacker import trustlet_image

@@ -55,7 +55,7 @@ def counts(machine: Machine) -> tuple[int, int, int]:
     """NT processes, SK secure processes, SK handles."""
     sk = machine.system.sk
     assert sk is not None
-    return len(machine.nt.processes), len(machine.secure_processes()), len(_handles(machine))
+    return len(machine.system.processes()), len(machine.secure_processes()), len(_handles(machine))
 
 
 def _handles(machine: Machine) -> dict[int, tuple[int, int]]:
@@ -386,6 +386,5 @@ def _cookies(machine: Machine) -> dict[int, int]:
 
     assert machine.system.machine is not None
     ram = machine.system.machine.ram
-    return {
-        pid: host_secure_thread_cookie(ram, p.eprocess) for pid, p in machine.nt.processes.items()
-    }
+    processes = machine.system.processes()
+    return {pid: host_secure_thread_cookie(ram, p.eprocess) for pid, p in processes.items()}

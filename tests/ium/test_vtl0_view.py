@@ -82,7 +82,7 @@ def image_gpa(machine: Machine, process: Process, page: int = 0) -> int:
 def test_process_object_is_visible_with_trustlet_id_and_secure_pid(
     machine: Machine, lsa: Process
 ) -> None:
-    assert machine.nt.processes[lsa.pid] is lsa
+    assert machine.system.lookup_process(lsa.pid) == lsa
     assert lsa.name == LSAISO and lsa.trustlet_id == 1
     assert lsa.secure_pid != 0
     secure = machine.secure_process(lsa)  # SecurePid is the SK's handle to its SKPROCESS

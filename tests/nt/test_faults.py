@@ -83,7 +83,7 @@ def test_kernel_touching_user_memory_without_stac_bugchecks(system: System) -> N
 def test_lsass_process_is_a_vtl0_user_process(system: System) -> None:
     assert system.nt is not None
     pid, va, length = lsass.credential_region(system.nt)
-    process = system.nt.processes[pid]
+    process = system.process(pid)
     assert process.name == "lsass.exe"
     assert system.machine is not None
     view = host_view(system.machine.ram, process.eprocess)

@@ -71,7 +71,7 @@ def test_the_current_process_is_the_one_the_processor_block_names(system: System
     assert nt.process_of(cpu) is None
     reader.set_field(block, KPCR.CurrentProcess, user.process.eprocess)
     try:
-        assert nt.process_of(cpu) is user.process
+        assert nt.process_of(cpu) == user.process
     finally:
         reader.set_field(block, KPCR.CurrentProcess, 0)
     # A user thread runs with its process named there, and the block is restored after.
@@ -111,7 +111,7 @@ def test_an_unlinked_process_is_gone_from_the_list_tools_walk(system: System) ->
         assert hidden.returned("tests.nt.read", hidden.scratch.base, 1) == b"\0"
     finally:
         _relink(reader, links, flink, blink)
-    assert system.processes()[hidden.process.pid] is hidden.process
+    assert system.processes()[hidden.process.pid] == hidden.process
 
 
 def test_an_irp_hook_redirects_a_devices_requests() -> None:

@@ -71,9 +71,11 @@ def test_process_list_walked_from_ram_names_every_process(system: System) -> Non
     assert system.machine is not None
     head = nt.variable("PsActiveProcessHead")
     views = host_processes(system.machine.ram, head.va, head.gpa)
-    assert [v.pid for v in views] == sorted(nt.processes)
+    assert [v.pid for v in views] == sorted(v.pid for v in views)  # PIDs in creation order
     assert views[0].name == "System" and views[0].protection == Protection.SYSTEM
-    assert all(v.name == nt.processes[v.pid].name[:15] for v in views)
+    # Every listed process is the one PspCidTable names for its PID.
+    assert all(system.lookup_process(v.pid) == system.processes()[v.pid] for v in views)
+    assert all(v.eprocess == system.processes()[v.pid].eprocess for v in views)
     # Blink chain closes too: the list is doubly linked.
     reader = _reader(system)
     last = views[-1].eprocess + EPROCESS.ActiveProcessLinks.offset
@@ -84,12 +86,11 @@ def test_process_list_walked_from_ram_names_every_process(system: System) -> Non
 def test_a_token_swap_with_plain_writes_changes_the_next_privilege_decision(
     system: System,
 ) -> None:
-    nt = _nt(system)
     user = spawn(system, "swap.exe", USER)
     args = ("Test\\Swap", 1, user.scratch.base)
     assert user.returned("tests.nt.set_value", *args) == NtStatus.ACCESS_DENIED
     reader = _reader(system)
-    system_token = reader.field(nt.processes[4].eprocess, EPROCESS.Token)
+    system_token = reader.field(system.process(4).eprocess, EPROCESS.Token)
     reader.set_field(user.process.eprocess, EPROCESS.Token, system_token)
     assert user.view.user == "SYSTEM" and user.view.holds(Privilege.SE_TCB)
     assert user.returned("tests.nt.set_value", *args) == NtStatus.SUCCESS
@@ -160,7 +161,7 @@ def test_d5_is_stopped_by_kdp_on_ci_policy_not_by_hvci_alone() -> None:
 
 
 def test_nt_kernel_holds_no_ext_free_state_for_processes(system: System) -> None:
-    process = _nt(system).processes[4]
+    process = system.process(4)
     for name in ("token", "protection", "terminated", "exit_status"):
         assert not hasattr(process, name)
     assert host_view(_reader(system).memory, process.eprocess).user == "SYSTEM"
@@ -201,20 +202,13 @@ def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
     assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads the hive again
 
 
-def test_process_ids_and_token_ids_come_from_counters_in_ram(system: System) -> None:
-    """ExpLuid and the next PID are NT .data variables: a kernel write moves the next values."""
-    nt = _nt(system)
+def test_token_ids_come_from_a_counter_in_ram(system: System) -> None:
+    """ExpLuid is an NT .data variable: a kernel write moves the next TokenId.  (PIDs come
+    from PspCidTable: tests/nt/test_cid_table.py.)"""
     reader = _reader(system)
     assert system.machine is not None
-    ram = system.machine.ram
-    luid = nt.variables["ExpLuid"].gpa
-    next_pid = nt.variables["PspNextProcessId"].gpa
-    before = spawn(system, "first.exe", USER)
-    assert int.from_bytes(ram.read(next_pid, 8), "little") == before.process.pid + 4
-    ram.write(luid, (0x7777_0000).to_bytes(8, "little"))
-    ram.write(next_pid, (0x1230).to_bytes(8, "little"))
+    luid = _nt(system).variables["ExpLuid"].gpa
+    system.machine.ram.write(luid, (0x7777_0000).to_bytes(8, "little"))
     after = spawn(system, "second.exe", USER)
-    assert after.process.pid == 0x1230
-    assert reader.field(after.process.eprocess, EPROCESS.UniqueProcessId) == 0x1230
     token = reader.field(after.process.eprocess, EPROCESS.Token) & ~0xF  # EX_FAST_REF
     assert reader.field(token, TOKEN.TokenId) == 0x7777_0000

@@ -35,7 +35,7 @@ def _record(system: System) -> lsass.ParsedRecord:
     assert system.nt is not None and system.machine is not None
     pid, va, length = lsass.credential_region(system.nt)
     ram = system.machine.ram
-    tables = PageTables(PhysAccess.direct(ram, "debugger"), system.nt.processes[pid].tables.root)
+    tables = PageTables(PhysAccess.direct(ram, "debugger"), system.process(pid).tables.root)
     leaf = tables.lookup(va)
     assert leaf is not None
     record = lsass.parse_record(ram.read((leaf & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF), length))

@@ -53,8 +53,8 @@ def _request(ctx: AttackContext, caller: Process) -> int:
 def _lsaiso(ctx: AttackContext) -> Process:
     nt = ctx.booted.nt
     assert nt is not None
-    shadow = nt.processes[lsass.lsaiso_port(nt, ctx.vp.cpu)]
-    assert shadow.trustlet_id == 1  # NT's Python handle says trustlet 1 throughout
+    shadow = nt.lookup_process(ctx.vp.cpu, lsass.lsaiso_port(nt, ctx.vp.cpu))
+    assert shadow is not None and shadow.trustlet_id == 1
     return shadow
 
 

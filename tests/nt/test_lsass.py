@@ -99,7 +99,7 @@ def test_parse_rejects_other_bytes() -> None:
 
 def _gpa(system: System, pid: int, va: int) -> int:
     assert system.nt is not None
-    entry = _host_lookup(system, system.nt.processes[pid], va)
+    entry = _host_lookup(system, system.process(pid), va)
     assert entry is not None
     return (entry & 0x000F_FFFF_FFFF_F000) | (va & 0xFFF)
 
@@ -233,7 +233,7 @@ def test_the_logon_reaches_lsass_as_bytes_and_the_cleartext_is_wiped() -> None:
     system = boot(preset("vbs-off"))
     assert system.nt is not None and system.machine is not None
     pid, _, _ = lsass.credential_region(system.nt)
-    process = system.nt.processes[pid]
+    process = system.process(pid)
     va = process_regions(system.machine.ram, process)[0].base + lsass.LOGON_MESSAGE_OFFSET
     leaf = _host_lookup(system, process, va)
     assert leaf is not None

@@ -268,7 +268,7 @@ def test_no_lsass_page_holds_a_secret_with_credential_guard(
         pid, _, _ = lsass.credential_region(system.nt)
         attacker = spawn(system, "mimikatz.exe", ADMIN_DEBUG)
         memory = b""
-        for region in process_regions(system.machine.ram, system.nt.processes[pid]):
+        for region in process_regions(system.machine.ram, system.process(pid)):
             for offset in range(0, region.size, 0x1000):
                 status, page = attacker.returned(
                     "tests.nt.read_process",
@@ -318,7 +318,7 @@ def test_dump_lsass_from_kernel_mode(make_system: Callable[..., System]) -> None
         pid, va, length = lsass.credential_region(system.nt)
         vp = system.machine.bsp
         saved = vp.p.cr3
-        vp.mov_to_cr(3, system.nt.processes[pid].tables.root)
+        vp.mov_to_cr(3, system.process(pid).tables.root)
         vp.stac()
         data = vp.read(va, length)
         vp.clac()

@@ -38,7 +38,7 @@ def test_create_user_process_inherits_the_token_and_runs() -> None:
     assert run.terminated is None
     created, pid, allocated, freed = run.returned
     assert (created, allocated, freed) == (NtStatus.SUCCESS,) * 3
-    child = nt.processes[pid]
+    child = system.process(pid)
     assert child.name == HELLO
     assert system.machine is not None
     mine, theirs = (host_view(system.machine.ram, p.eprocess) for p in (child, parent))

@@ -164,7 +164,7 @@ def inject(system: System, pid: int) -> User:
     nt, machine = system.nt, system.machine
     assert nt is not None and machine is not None and system.booted
     vp = machine.bsp
-    process = nt.processes[pid]
+    process = system.process(pid)
     entries = nt.map_code(vp.cpu, process, ROUTINES)
     scratch = nt.allocate(vp.cpu, process, SCRATCH_SIZE)
     return User(system, process, entries, scratch)

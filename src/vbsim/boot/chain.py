@@ -31,7 +31,8 @@ from vbsim.hw.vp import VirtualProcessor
 from vbsim.image import ComponentFloor, RevocationPolicy, model_pki, requirement_for, verify_image
 from vbsim.machine import Machine
 from vbsim.nt.kernel import NtKernel
-from vbsim.nt.process import Process, ProcessView, host_processes
+from vbsim.nt.layouts import HostKernelView
+from vbsim.nt.process import Process, ProcessView, find_process, host_processes, process_at
 from vbsim.policy import Policy
 from vbsim.sk.kernel import SecureKernel
 from vbsim.sk.layouts import Pool, table_pages
@@ -81,15 +82,19 @@ class System:
         return host_processes(self.machine.ram, head.va, head.gpa)
 
     def processes(self) -> dict[int, Process]:
-        """NT's process handles for the processes on the list now, by the PID RAM holds."""
-        if self.nt is None:
+        """References to the processes on the list now, by the PID RAM holds."""
+        if self.nt is None or self.machine is None:
             return {}
-        found = {}
-        for view in self.process_views():
-            handle = self.nt.process_at(view.eprocess)
-            if handle is not None:
-                found[view.pid] = handle
-        return found
+        kernel = HostKernelView(self.machine.ram, self.nt.space.root)
+        return {view.pid: process_at(kernel, view.eprocess) for view in self.process_views()}
+
+    def lookup_process(self, pid: int) -> Process | None:
+        """What PsLookupProcessByProcessId would return for ``pid`` now: PspCidTable's entry,
+        read from RAM (a process unlinked from the list is still found)."""
+        if self.nt is None or self.machine is None:
+            return None
+        kernel = HostKernelView(self.machine.ram, self.nt.space.root)
+        return find_process(kernel, self.nt.cid_table_pointer, pid)
 
     def process(self, pid: int) -> Process:
         """The listed process with ``pid`` (KeyError when none is)."""

@@ -359,10 +359,10 @@ def _vtl0_view(system: System, process: Process, reply: bytes) -> list[dict[str,
     def row(item: str, visible: str, result: str) -> None:
         rows.append({"item": item, "visible": visible, "result": result})
 
-    shadow = nt.processes.get(process.pid)
+    shadow = nt.lookup_process(vp.cpu, process.pid)  # PsLookupProcessByProcessId
     row(
-        "process object (NT's process list)",
-        "yes" if shadow is process else "no",
+        "process object (NT's client-ID table)",
+        "yes" if shadow == process else "no",
         f"PID {process.pid} {process.name}, SecurePid {process.secure_pid:#x}, "
         f"trustlet ID {process.trustlet_id}",
     )

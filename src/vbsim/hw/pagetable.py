@@ -62,7 +62,7 @@ class PageTables:
     frames: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.root == 0:
+        if self.root == 0 and self.frames is None:  # a new address space: its PML4
             pfn = self.phys.alloc_frame()
             self.root = pfn << PAGE_SHIFT
             self.frames = [pfn]

@@ -811,7 +811,7 @@ class Session:
             process = nt.create_process(vp.cpu, f"attacker-{name}.exe", token)
             self.users[name] = self._user_context(process)
         lsass_pid = nt.lsass.pid if nt.lsass is not None else None
-        lsass = nt.processes.get(lsass_pid) if isinstance(lsass_pid, int) else None
+        lsass = nt.lookup_process(vp.cpu, lsass_pid) if isinstance(lsass_pid, int) else None
         if lsass is not None:
             self.users["lsass"] = self._user_context(lsass)
         self.device = DmaDevice("invariants-nic", self.machine.iommu)
@@ -821,10 +821,10 @@ class Session:
         self.rogue = DmaDevice.malicious(self.machine.iommu, "invariants-rogue")
         self.rogue.load(b"\xa5" * PAGE_SIZE)
         lsaiso = nt.started_trustlets.get("LsaIso.exe")
-        if isinstance(lsaiso, int) and lsaiso in nt.processes:
-            process = nt.processes[lsaiso]
-            self.trustlets.append(process)
-            self.handles.append(process.secure_pid)
+        shadow = nt.lookup_process(vp.cpu, lsaiso) if isinstance(lsaiso, int) else None
+        if shadow is not None:
+            self.trustlets.append(shadow)
+            self.handles.append(shadow.secure_pid)
         self._code_pages = list(nt.space.code_pages)
         if self.sk is not None:
             # The attacker's footholds in IUM: its own signed trustlet (the "fuzzlet", standing for

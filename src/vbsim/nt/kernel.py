@@ -8,7 +8,7 @@ means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the mach
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from vbsim.guest import crash
@@ -21,7 +21,7 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck, ThreadTerminated
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Efer, Msr, Pte, Rflags, Vector
-from vbsim.nt import notify, vad
+from vbsim.nt import cid, notify, vad
 from vbsim.nt import pfn as mm
 from vbsim.nt import process as ps
 from vbsim.nt.layouts import (
@@ -69,22 +69,11 @@ USE_HYPERCALL_FOR_REMOTE_FLUSH = hv_defs.RECOMMEND_REMOTE_FLUSH_HYPERCALL
 HYPERCALL_PAGES = "HvlpHypercallPages"
 #: The first TokenId ExpLuid hands out ([model], see NtKernel.__init__).
 FIRST_LUID = 0x1001
-#: The System process's PID, and the step between PIDs (PspCidTable handle values).
-SYSTEM_PID = 4
-PID_STEP = 4
 
 #: Size of the model's per-processor block (KPCR stand-in): 64 VPs fit one page.
 PRCB_SIZE = KPCR.SIZE
 
 SyscallHandler = Callable[["NtKernel", Cpu, list[int]], int]
-
-
-def _no_processor(*_: int) -> Any:
-    raise RuntimeError("page tables used without a processor (NtKernel.address_space)")
-
-
-#: The physical access a stored address space has between operations: none.
-DETACHED = PhysAccess(_no_processor, _no_processor, _no_processor)
 
 
 class AddressConflict(Exception):
@@ -129,13 +118,6 @@ class NtKernel:
     first_free: InitVar[int] = 0
     limit: InitVar[int] = 0
     space: KernelMap = field(init=False)
-    #: The Python handles NT keeps on its processes (the page-table editor and its table
-    #: frames), by the PID at creation: a symbol table, not the process list.  Whether a process
-    #: exists, and its PID, name, token, protection and DirectoryTableBase, are read from its
-    #: EPROCESS on PsActiveProcessHead's list in RAM at each decision (:meth:`lookup_process`,
-    #: :meth:`process_of`; host tools: ``System.process_views``).
-    processes: dict[int, Process] = field(default_factory=dict)
-    _by_eprocess: dict[int, Process] = field(default_factory=dict, repr=False)
     syscall_names: dict[int, str] = field(default_factory=dict)
     variables: dict[str, KernelVariable] = field(default_factory=dict)
     #: Files of the model's system disk NT reads and writes: the driver store, the application
@@ -216,11 +198,12 @@ class NtKernel:
         # is the model's (Windows starts after the well-known LUIDs such as SYSTEM_LUID 0x3E7).
         self.luid_counter = self.variable("ExpLuid").va
         loader.write_u64(self.luid_counter, FIRST_LUID)
-        # The next process ID.  [model] Windows hands PIDs out as handle values of PspCidTable
-        # (multiples of 4, System = 4); the model keeps the next value in .data, as a kernel
-        # write to the handle table's free list would move it.
-        self.next_process_id = self.variable("PspNextProcessId").va
-        loader.write_u64(self.next_process_id, SYSTEM_PID)
+        # PspCidTable: a pointer in .data to the client-ID handle table (vbsim.nt.cid), whose
+        # handle values are the PIDs (System's is the first: 4).  The table header is in a
+        # page of its own, zeroed: no leaf pages yet, an empty free list.
+        self.cid_table_pointer = self.variable("PspCidTable").va
+        table_va, _ = loader.alloc_data(1)
+        loader.write_u64(self.cid_table_pointer, table_va)
         # What phase 0 learns of the hypervisor (CPUID), and phase 1's hypercall pages.
         self.variable(ENLIGHTENMENTS)
         self.variable(HYPERCALL_PAGES, 32)
@@ -424,6 +407,10 @@ class NtKernel:
         frame = self.alloc_page(vp)
         return DIRECT_MAP + (frame << PAGE_SHIFT), frame << PAGE_SHIFT
 
+    def pool_page(self, vp: Cpu) -> int:
+        """:meth:`alloc_kernel_page`'s VA alone."""
+        return self.alloc_kernel_page(vp)[0]
+
     def alloc_kernel_pages(self, vp: Cpu, count: int) -> list[tuple[int, int]] | None:
         """``count`` pool pages (VA, GPA), or None and nothing allocated when physical memory
         runs out part-way (ExAllocatePool returning NULL: the caller fails the request with
@@ -466,12 +453,11 @@ class NtKernel:
 
     def address_space(self, vp: Cpu, process: Process) -> PageTables:
         """``process``'s page tables as NT walks and edits them now: through ``vp`` and the
-        direct map.  The stored :class:`Process` keeps only the root and the table frames (no
-        processor): each operation gets a fresh editor over the same frame list."""
+        direct map, from the root its EPROCESS holds now (a reference keeps no editor)."""
         # The root is KPROCESS.DirectoryTableBase as RAM holds it now (what KiSwapProcess and
-        # KeStackAttachProcess load into CR3); the handle keeps the table frames' list.
+        # KeStackAttachProcess load into CR3).
         root = read_field(vp, process.eprocess, EPROCESS.DirectoryTableBase) & PTE_ADDR_MASK
-        return replace(process.tables, root=root, phys=self.phys(vp))
+        return PageTables(self.phys(vp), root, [])
 
     def probe_user(self, vp: Cpu, va: int, length: int, write: bool) -> bool:
         """ProbeForRead/ProbeForWrite: every page of ``[va, va+length)`` is a present user page
@@ -514,8 +500,7 @@ class NtKernel:
         """NtCreateUserProcess's kernel half: an EPROCESS and a primary TOKEN in pool pages,
         linked into PsActiveProcessHead's list.  The token is built from ``token`` or, for a
         child, copied from ``parent``'s (SeSubProcessToken)."""
-        tables = new_address_space(self.phys(vp), self.space.root)
-        tables.phys = DETACHED  # NT keeps the root and frames, never the processor
+        root = new_address_space(self.phys(vp), self.space.root).root
         eprocess, _ = self.alloc_kernel_page(vp)
         token_va, _ = self.alloc_kernel_page(vp)
         token_id = self._take(vp, self.luid_counter, 1)
@@ -523,16 +508,20 @@ class NtKernel:
             ps.copy_token(vp, ps.token_of(vp, parent.eprocess), token_va, token_id)
         else:
             ps.build_token(vp, token_va, token_id, token or Token("user"))
-        pid = self._take(vp, self.next_process_id, PID_STEP)
-        ps.build_eprocess(vp, eprocess, pid, name, token_va, int(protection), tables.root)
+        # PspAllocateProcess: the PID is the handle ExCreateHandle(PspCidTable) returns.
+        try:
+            pid = cid.create(vp, self.cid_table(vp), eprocess, lambda: self.pool_page(vp))
+        except cid.TableFull:
+            raise NoPages from None  # STATUS_INSUFFICIENT_RESOURCES: no client ID left
+        ps.build_eprocess(vp, eprocess, pid, name, token_va, int(protection), root)
         ps.insert_tail(vp, self.process_head, eprocess + EPROCESS.ActiveProcessLinks.offset)
-        process = Process(pid, name, tables, eprocess)
-        self.processes[process.pid] = process
-        self._by_eprocess[eprocess] = process
-        self._event(vp, "create-process", "created", pid=process.pid, name=name)
-        cpu = vp
-        notify.call_process_notify(self, cpu, parent.pid if parent else 0, pid, create=True)
-        return process
+        self._event(vp, "create-process", "created", pid=pid, name=name)
+        notify.call_process_notify(self, vp, parent.pid if parent else 0, pid, create=True)
+        return ps.process_at(vp, eprocess)
+
+    def cid_table(self, vp: Cpu) -> int:
+        """The HANDLE_TABLE PspCidTable points at, as .data holds it now."""
+        return vp.read_u64(self.cid_table_pointer)
 
     def _discover_hypervisor(self, vp: Cpu) -> None:
         """Phase 0: CPUID.01h:ECX bit 31, then the Hv#1 interface leaf, then the hypervisor's
@@ -559,27 +548,9 @@ class NtKernel:
         return value
 
     def lookup_process(self, vp: Cpu, pid: int) -> Process | None:
-        """PsLookupProcessByProcessId: the live process with ``pid``, found by walking
-        PsActiveProcessHead's list in RAM (Windows uses the PspCidTable handle table; the model
-        compacts that to the list walk) and read at its EPROCESS.UniqueProcessId.  Only an
-        EPROCESS NT created is returned (``_by_eprocess`` plays the CID table's membership): an
-        object an attacker forges and links into the list has no CID table entry on Windows
-        either, so a lookup by PID does not find it there.  [model] The compaction differs in one
-        case: a process an attacker unlinks from the list (DKOM) is not found here, while
-        Windows' CID table would still find it by PID (only list walkers lose it)."""
-        for eprocess in ps.walk_processes(vp, self.process_head):
-            if read_field(vp, eprocess, EPROCESS.UniqueProcessId) != pid:
-                continue
-            handle = self._by_eprocess.get(eprocess)
-            if handle is None or ps.is_exiting(vp, eprocess):
-                return None
-            return handle
-        return None
-
-    def process_at(self, eprocess: int) -> Process | None:
-        """NT's handle on the process whose EPROCESS is at ``eprocess`` (None: not one NT
-        created)."""
-        return self._by_eprocess.get(eprocess)
+        """PsLookupProcessByProcessId through PspCidTable (:func:`~vbsim.nt.process.find_process`),
+        at NT's processor now."""
+        return ps.find_process(vp, self.cid_table_pointer, pid)
 
     def create_system_process(self, vp: Cpu) -> None:
         system = self.create_process(
@@ -588,7 +559,6 @@ class NtKernel:
             Token("SYSTEM", admin=True, debug_privilege=True, load_driver=True, tcb=True),
             Protection.SYSTEM,
         )
-        system.tables.root = self.space.root
         write_field(vp, system.eprocess, EPROCESS.DirectoryTableBase, self.space.root)
         if self.boot_trustlets and self.vsl is not None:
             # wininit starts the enabled trustlets before lsass needs them (§1.1 row 16).
@@ -697,7 +667,7 @@ class NtKernel:
         """PsGetCurrentProcess: the EPROCESS this VP's processor block names (GS-relative, read
         now), and NT's handle on it."""
         eprocess = read_field(vp, self.processor_block(vp.index), KPCR.CurrentProcess)
-        return self._by_eprocess.get(eprocess) if eprocess else None
+        return ps.process_at(vp, eprocess) if eprocess else None
 
 
 def _nt(vp: Cpu | Cpu) -> NtKernel:

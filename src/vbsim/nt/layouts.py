@@ -65,6 +65,10 @@ def fast_ref_object(value: int) -> int:
 class EPROCESS:
     """_EPROCESS with its embedded _KPROCESS (Pcb at offset 0)."""
 
+    #: _KPROCESS.Header.Type: the _DISPATCHER_HEADER's object type, ProcessObject for a
+    #: process [Vergilius 19041]; PsLookupProcessByProcessId checks it on the object a CID
+    #: entry names (ReactOS ntoskrnl/ps/process.c), because threads share the table.
+    Type: Final = Field("Pcb.Header.Type", 0x000, 1)
     #: _KPROCESS.DirectoryTableBase (the process's CR3) [Vergilius 19041].
     DirectoryTableBase: Final = Field("Pcb.DirectoryTableBase", 0x028, 8)
     #: _KPROCESS.SecurePid: the handle of the process's VTL1 half (0 for a normal process).
@@ -102,6 +106,9 @@ class EPROCESS:
     SIZE: Final = 0xA40
 
 
+#: _KOBJECTS.ProcessObject, the dispatcher type of a process (ReactOS ``ketypes.h``, the
+#: public KOBJECTS enumeration).
+PROCESS_OBJECT: Final = 3
 #: _EPROCESS.Flags bits [Vergilius 19041].
 PROCESS_EXITING: Final = 1 << 2
 PROCESS_DELETE: Final = 1 << 3
@@ -109,6 +116,63 @@ PROCESS_DELETE: Final = 1 << 3
 IMAGE_NAME_LEN: Final = 15
 #: EPROCESS.TrustletId for a process that is not a trustlet [model].
 NO_TRUSTLET: Final = 0xFFFF_FFFF
+
+
+# -- HANDLE_TABLE (PspCidTable) ---------------------------------------------------------------
+class HANDLE_TABLE:
+    """_HANDLE_TABLE [Vergilius 19041], the fields the executive's handle code uses.
+
+    PspCidTable is one: the table of client IDs, whose handle values are the PIDs (and TIDs)
+    Windows hands out and whose entries point at the process (and thread) objects' bodies
+    (Windows Internals 7th ed. part 1 ch. 3 "Process internals")."""
+
+    #: The first handle value no table page backs: a lookup at or above it fails before it
+    #: touches a table (ExpLookupHandleTableEntry, ReactOS ntoskrnl/ex/handle.c).
+    NextHandleNeedingPool: Final = Field("NextHandleNeedingPool", 0x00, 4)
+    #: The top-level table's VA; its low 2 bits are the number of levels above the leaf pages.
+    TableCode: Final = Field("TableCode", 0x08, 8)
+    #: FreeLists[0].FirstFreeHandleEntry (_HANDLE_TABLE_FREE_LIST at 0x40, the pointer at +8):
+    #: the free entries are chained through their NextFreeHandleEntry.
+    FirstFreeHandleEntry: Final = Field("FreeLists[0].FirstFreeHandleEntry", 0x48, 8)
+    #: FreeLists[0].HandleCount.
+    HandleCount: Final = Field("FreeLists[0].HandleCount", 0x58, 4)
+    SIZE: Final = 0x80
+
+
+class HANDLE_TABLE_ENTRY:
+    """_HANDLE_TABLE_ENTRY [Vergilius 19041], 16 bytes.  LowValue packs Unlocked (bit 0),
+    RefCnt (bits 1-16), Attributes (17-19) and ObjectPointerBits (20-63: the object's VA >> 4,
+    its top 16 bits implied all ones); HighValue is GrantedAccessBits for a process handle
+    table and, while the entry is free, NextFreeHandleEntry."""
+
+    LowValue: Final = Field("LowValue", 0x00, 8)
+    HighValue: Final = Field("HighValue / NextFreeHandleEntry", 0x08, 8)
+    SIZE: Final = 0x10
+
+
+#: Handle values are multiples of 4: the low two bits are EXHANDLE.TagBits, which a lookup
+#: clears (ReactOS ExpLookupHandleTableEntry; Raymond Chen, "Why are process and thread IDs
+#: multiples of four?", The Old New Thing, 2008-02-28).
+HANDLE_VALUE_INC: Final = 4
+#: Entries per leaf page (4096 / 16) and pointers per mid-level page (4096 / 8); entry 0 of
+#: every leaf page is never handed out (it holds the page's _HANDLE_TABLE_ENTRY_INFO pointer,
+#: ExpAllocateLowLevelTable in the WRK ``ex/handle.c``), so handle 0 is never valid.
+LOWLEVEL_COUNT: Final = 256
+MIDLEVEL_COUNT: Final = 512
+HANDLE_UNLOCKED: Final = 1
+_OBJECT_POINTER_SHIFT: Final = 20
+_IMPLIED_HIGH: Final = 0xFFFF_0000_0000_0000
+
+
+def handle_entry_value(obj: int) -> int:
+    """The LowValue of an entry in use that points at ``obj`` (unlocked, no references)."""
+    return ((obj & 0xFFFF_FFFF_FFFF) >> 4) << _OBJECT_POINTER_SHIFT | HANDLE_UNLOCKED
+
+
+def handle_entry_object(low: int) -> int:
+    """The object a LowValue points at (0: a free entry)."""
+    bits = low >> _OBJECT_POINTER_SHIFT
+    return (bits << 4) | _IMPLIED_HIGH if bits else 0
 
 
 # -- PS_PROTECTION ----------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SIZE
+from vbsim.layout import Loads
 from vbsim.nt.layouts import (
     EPROCESS,
     IMAGE_NAME_LEN,
@@ -37,6 +39,7 @@ from vbsim.nt.layouts import (
     NO_TRUSTLET,
     PROCESS_DELETE,
     PROCESS_EXITING,
+    PROCESS_OBJECT,
     SE_GROUP_ENABLED,
     SE_GROUP_ENABLED_BY_DEFAULT,
     SE_GROUP_INTEGRITY,
@@ -46,6 +49,7 @@ from vbsim.nt.layouts import (
     SID_AND_ATTRIBUTES,
     TOKEN,
     Cpu,
+    Field,
     HostReader,
     Privilege,
     Protection,
@@ -116,19 +120,79 @@ class Token:
         return INTEGRITY_HIGH if self.admin else INTEGRITY_MEDIUM
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Process:
-    """NT's handle on a process: its EPROCESS VA and what stays in Python (see module doc)."""
+    """A reference to a process, as a PEPROCESS is: the EPROCESS VA, with what the object said
+    when the reference was taken (:func:`process_at`).  Nothing here is NT's record of the
+    process: NT finds processes through PspCidTable (:mod:`vbsim.nt.cid`) and the processor
+    block, and every decision reads the EPROCESS and its TOKEN in RAM at the moment it is made.
+    The copied fields are labels for traces and tools; two references are equal when they
+    name the same object."""
 
+    eprocess: int
     pid: int
     name: str
+    #: The address space at KPROCESS.DirectoryTableBase when the reference was taken, for
+    #: tools (NT itself re-reads the root at each use: ``NtKernel.address_space``).
     tables: PageTables
-    #: VA of the EPROCESS (in NT's direct map).
-    eprocess: int = 0
-    #: Secure process (trustlet): its VTL1 counterpart's secure handle (EPROCESS.Pcb.SecurePid,
-    #: also in RAM; kept here for the host tools that name trustlets).
+    #: EPROCESS.Pcb.SecurePid: the handle of the VTL1 half (0: not a secure process).
     secure_pid: int = 0
+    #: EPROCESS.TrustletId (None: not a trustlet).
     trustlet_id: int | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Process) and other.eprocess == self.eprocess
+
+    def __hash__(self) -> int:
+        return hash(self.eprocess)
+
+
+def find_process(memory: Loads, cid_pointer: int, pid: int) -> Process | None:
+    """PsLookupProcessByProcessId's decision, read through ``memory`` now: the object
+    PspCidTable (the table the pointer at ``cid_pointer`` names) holds for ``pid``, if it is a
+    process (its dispatcher header's type; threads share the table) that is not exiting
+    (ReactOS ``ntoskrnl/ps/process.c``).  The list is not walked: a process a rootkit unlinked
+    from PsActiveProcessHead is still found by PID, as on Windows, and an entry a K0 write
+    redirects names the object it now points at."""
+    from vbsim.nt import cid
+
+    eprocess = cid.lookup(memory, memory.read_u64(cid_pointer), pid)
+    if not eprocess or read_field(memory, eprocess, EPROCESS.Type) != PROCESS_OBJECT:
+        return None
+    flags = read_field(memory, eprocess, EPROCESS.Flags)
+    if flags & (PROCESS_EXITING | PROCESS_DELETE):
+        return None
+    return process_at(memory, eprocess)
+
+
+def _no_processor(*_: int) -> Any:
+    raise RuntimeError("a process reference walks no tables: use NtKernel.address_space")
+
+
+#: What a reference's ``tables`` walks through: nothing (NT's editor is NtKernel.address_space).
+DETACHED = PhysAccess(_no_processor, _no_processor, _no_processor)
+_ROOT_MASK = 0x000F_FFFF_FFFF_F000
+
+
+def process_at(memory: Loads, eprocess: int) -> Process:
+    """A reference to the process whose EPROCESS is at ``eprocess``, read now through
+    ``memory`` (NT's processor, or a host tool's kernel view).  One read: the object fits a
+    page (EPROCESS.SIZE), so the labels cost one translation."""
+    raw = memory.read(eprocess, EPROCESS.SIZE)
+
+    def field_(fld: Field) -> int:
+        return int.from_bytes(raw[fld.offset : fld.offset + fld.size], "little")
+
+    name = raw[EPROCESS.ImageFileName.offset :][:IMAGE_NAME_LEN].rstrip(b"\0")
+    trustlet = field_(EPROCESS.TrustletId)
+    return Process(
+        eprocess,
+        field_(EPROCESS.UniqueProcessId),
+        name.decode("latin-1"),
+        PageTables(DETACHED, field_(EPROCESS.DirectoryTableBase) & _ROOT_MASK, []),
+        field_(EPROCESS.SecurePid),
+        None if trustlet == NO_TRUSTLET else trustlet,
+    )
 
 
 def new_address_space(phys: PhysAccess, kernel_root: int) -> PageTables:
@@ -193,6 +257,7 @@ def build_eprocess(
     cpu: Cpu, va: int, pid: int, name: str, token: int, protection: int, cr3: int
 ) -> None:
     """PspAllocateProcess / PspInitializeProcess into the zeroed page at ``va``."""
+    write_field(cpu, va, EPROCESS.Type, PROCESS_OBJECT)
     write_field(cpu, va, EPROCESS.UniqueProcessId, pid)
     write_field(cpu, va, EPROCESS.Token, token | MAX_FAST_REFS)
     write_field(cpu, va, EPROCESS.Protection, protection)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.nt import process as ps
 from vbsim.nt.layouts import (
     EPROCESS,
     NO_TRUSTLET,
@@ -107,12 +108,10 @@ def create_secure_process(
             )
         return status, None
     handle = outputs[0]
-    process = nt.create_process(vp, name, token or Token("SYSTEM", admin=True))
-    process.secure_pid = handle
-    process.trustlet_id = trustlet_id
-
-    write_field(vp, process.eprocess, EPROCESS.SecurePid, handle)
-    write_field(vp, process.eprocess, EPROCESS.TrustletId, trustlet_id)
+    eprocess = nt.create_process(vp, name, token or Token("SYSTEM", admin=True)).eprocess
+    write_field(vp, eprocess, EPROCESS.SecurePid, handle)
+    write_field(vp, eprocess, EPROCESS.TrustletId, trustlet_id)
+    process = ps.process_at(vp, eprocess)
     tables = nt.address_space(vp, process)
     for i, pfn in enumerate(pfns):  # the image section, read-only in the shadow process
         tables.map(IMAGE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, int(Pte.US | Pte.NX))
@@ -127,8 +126,6 @@ def run_trustlet(
 ) -> TrustletRun:
     """Let the trustlet's secure thread run once with ``message``; returns what it replied."""
     cookie = read_field(vp, process.eprocess, EPROCESS.SecureThreadCookie) or None
-    from vbsim.nt import process as ps
-
     if ps.is_exiting(vp, process.eprocess):
         return TrustletRun(int(NtStatus.PROCESS_IS_TERMINATING), b"")
     if nt.vsl is None or cookie is None or len(message) > MAX_MESSAGE:

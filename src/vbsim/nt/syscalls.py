@@ -127,7 +127,7 @@ def _lookup_process(nt: NtKernel, vp: Cpu, pid: int, write: bool) -> tuple[int, 
     target = nt.lookup_process(vp, pid)
     if caller is None or target is None:
         return int(NtStatus.INVALID_HANDLE), None
-    if caller is not target:
+    if caller != target:
         status = may_open(nt, vp, caller, target)
         if status != NtStatus.SUCCESS:
             return status, None
@@ -158,7 +158,7 @@ def _transfer(nt: NtKernel, vp: Cpu, args: list[int], write: bool) -> int:
     if status != NtStatus.SUCCESS:
         return status
     caller = nt.process_of(vp)
-    if not write and caller is not target and caller is not None:
+    if not write and caller != target and caller is not None:
         # EtwTiLogReadWriteVm: a cross-process read is a Threat-Intelligence event, logged if
         # the provider's IsEnabled (in RAM) says so.
         from vbsim.nt import notify
