@@ -101,11 +101,13 @@ def _grow(cpu: Cpu, table: int, new_page: Callable[[], int]) -> int:
     if code & _LEVEL_MASK == 0 and code:  # a second leaf: the table grows a level
         mid = new_page()
     leaf = new_page()
-    write_field(cpu, leaf, HANDLE_TABLE_ENTRY.HighValue, first)
-    for slot in range(1, LOWLEVEL_COUNT):
-        entry = leaf + slot * HANDLE_TABLE_ENTRY.SIZE
-        after = entry + HANDLE_TABLE_ENTRY.SIZE if slot + 1 < LOWLEVEL_COUNT else 0
-        write_field(cpu, entry, HANDLE_TABLE_ENTRY.HighValue, after)
+    # The page in one store: entry 0's LeafHandleValue, then each free entry's
+    # NextFreeHandleEntry naming the next (the last ends the list).
+    links = [first] + [
+        leaf + (slot + 1) * HANDLE_TABLE_ENTRY.SIZE for slot in range(1, LOWLEVEL_COUNT)
+    ]
+    links[-1] = 0
+    cpu.write(leaf, b"".join(bytes(8) + link.to_bytes(8, "little") for link in links))
     if not code:
         write_field(cpu, table, HANDLE_TABLE.TableCode, leaf)
     else:
