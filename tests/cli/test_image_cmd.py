@@ -61,6 +61,22 @@ def real_pe() -> Path:
 
 
 # -- sign ----------------------------------------------------------------------------------------
+def test_verify_and_inspect_fit_100_columns_with_whole_hex_numbers(tmp_path: Path) -> None:
+    """The signer chain's EKUs wrap between items, and serial, validity and fingerprint are
+    on lines of their own: nothing passes 100 columns and no hex number is split."""
+    path = write(tmp_path, "Home.exe", sign_image(unsigned_trustlet(), model_pki().signer("ium")))
+    env = {**os.environ, "COLUMNS": "100"}
+    for command in ("verify", "inspect"):
+        argv = [sys.executable, "-m", "vbsim", "image", command, str(path)]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+        fingerprints = [line.split()[-1] for line in lines if line.strip().startswith("sha256 ")]
+        assert fingerprints and all(len(f) == 64 for f in fingerprints)
+        assert any("Isolated User Mode" in line for line in lines)  # the third EKU, wrapped
+
+
 def test_sign_in_place_then_verify_as_a_trustlet(cli: Run, tmp_path: Path) -> None:
     path = write(tmp_path, "Home.exe", unsigned_trustlet())
     signed = cli("image", "sign", path, "--json")

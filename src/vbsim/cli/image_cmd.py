@@ -505,20 +505,38 @@ def _print_chain(
     out.print(f"{indent}[bold]signer chain[/] — {safe(source)}:")
     for cert in chain:
         ekus = (
-            "(no EKU extension)"
+            ["(no EKU extension)"]
             if cert["ekus"] is None
-            else ", ".join(f"{e['name']} ({e['oid']})" for e in cert["ekus"])
+            else [f"{e['name']} ({e['oid']})" for e in cert["ekus"]]
         )
         ca = ", CA" if cert["is_ca"] else ""
         out.print(f"{indent}  [bold]{cert['position']}[/]: {safe(cert['subject'])}", soft_wrap=True)
         out.print(f"{indent}      issuer: {visible(cert['issuer'])}", soft_wrap=True, markup=False)
-        out.print(f"{indent}      EKUs: {visible(ekus)}", soft_wrap=True, markup=False)
+        for line in _item_lines(f"{indent}      EKUs: ", [visible(e) for e in ekus], out.width):
+            out.print(line, soft_wrap=True, markup=False)
+        # Serial and validity, then the fingerprint on a line of its own: whole hex numbers,
+        # never cut, within 100 columns.
         out.print(
             f"{indent}      serial {cert['serial']}{ca}, valid {cert['not_before'][:10]} .. "
-            f"{cert['not_after'][:10]}, sha256 {cert['sha256']}",
+            f"{cert['not_after'][:10]}",
             soft_wrap=True,
             markup=False,
         )
+        out.print(f"{indent}      sha256 {cert['sha256']}", soft_wrap=True, markup=False)
+
+
+def _item_lines(lead: str, items: list[str], width: int) -> list[str]:
+    """``items`` after ``lead``, comma-separated, a new line (aligned under the first item)
+    wherever the next item would pass ``width``; an item is never split."""
+    pad = " " * len(lead)
+    lines = [lead + items[0]]
+    for item in items[1:]:
+        if len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += ", " + item
+        else:
+            lines[-1] += ","
+            lines.append(pad + item)
+    return lines
 
 
 def _print_one(out: Console, sig: dict[str, Any], trust: str) -> None:
