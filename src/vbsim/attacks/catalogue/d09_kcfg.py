@@ -29,15 +29,32 @@ is in use the Secure Kernel made it read-only at PHASE3_INIT (WI7-P2), so the wr
 refusal and NT bugchecks (McGarr 2022 shows the access violation); where it is not in use there
 is nothing to write and the redirect works as in D9.  Nowhere in the presets is a bitmap checked
 but left writable.
+
+D9-REMAP leaves the bitmap's frame alone and moves its virtual address instead: the K0 step
+copies the bitmap page that holds the gadget's bit into a pool page of its own, sets the bit
+there, and points NT's PTE for that bitmap page at the copy.  SLAT protects the bitmap's
+guest-physical pages, not NT's translation of their VAs; "an attacker can remap a protected VA
+(e.g. a KDP variable, shadow stack or CFG bitmap) to an attacker-controlled writable GPA", and
+Hypervisor-enforced Paging Translation is what stops it (MS-HVPT 2025, vbs-internals §5.6, §6
+A5).  So D9-REMAP succeeds on vbs-hvci (HVCI without HVPT: the check reads the attacker's copy)
+and is stopped on hardened (HVPT: the bitmap's translation comes from HLAT tables VTL0 cannot
+write, so the check reads the real bitmap and NT bugchecks 0x139 as in D9).  Where the bitmap
+is not in use there is nothing to remap and the redirect works as in D9.  The record states the
+class (MS-HVPT names the CFG bitmap); no public write-up runs this exact chain.
 """
 
 from __future__ import annotations
 
-from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
+from typing import Any
+
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of, runs
 from vbsim.attacks.catalogue.d01_d05_data_only import find_module
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
+from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
+from vbsim.hw.pagetable import PageTables
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.nt import drivers, kcfg, notify
 from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import (
@@ -111,7 +128,29 @@ def _set_bit(cpu: Cpu, control: int, gadget: int) -> str:
     return "set"
 
 
-def _steps(ctx: AttackContext, bitmap_first: bool) -> None:
+def _remap_bitmap(cpu: Cpu, control: int, gadget: int, copy_va: int, copy_gpa: int) -> list[Any]:
+    """K0: the bitmap page holding the gadget's bit, copied into the attacker's pool page with
+    the bit set; NT's PTE for that page then points at the copy (NT's tables are VTL0 memory),
+    and the stale translation is flushed.  [what happened, the PTE it replaced]."""
+    bitmap: int = cpu.read_u64(control + KCFG_CONTROL.GuardIcallBitmap.offset)
+    slot = kcfg_slot(gadget)
+    if not bitmap or slot is None:
+        return ["no-bitmap", 0]
+    at = bitmap + slot[0]
+    page = at & ~PAGE_MASK
+    cpu.write(copy_va, cpu.read(page, PAGE_SIZE))
+    word = copy_va + (at & PAGE_MASK)
+    cpu.write_u64(word, cpu.read_u64(word) | 1 << slot[1])
+    pte = PageTables(nt_of(cpu).phys(cpu), cpu.read_cr(3)).pte_gpa(page)
+    if pte is None:
+        return ["no-pte", 0]
+    old: int = cpu.read_u64(DIRECT_MAP + pte)
+    cpu.write_u64(DIRECT_MAP + pte, (copy_gpa & PTE_ADDR_MASK) | int(Pte.P | Pte.RW | Pte.NX))
+    cpu.invlpg(page)
+    return ["remapped", old]
+
+
+def _steps(ctx: AttackContext, bitmap_first: bool, remap: bool = False) -> None:
     nt = _nt(ctx)
     # Host-side symbol lookup, as public symbols give a real attacker these addresses.
     gadget = nt.space.routines[kcfg.GADGET]
@@ -123,6 +162,12 @@ def _steps(ctx: AttackContext, bitmap_first: bool) -> None:
         ctx.notes["bitmap"] = ctx.kernel(_set_bit, control, gadget)
         if ctx.bugchecked:
             return  # the write stopped the machine
+    if remap:
+        control = nt.variables[kcfg.GUARD_ICALL_BITMAP].va
+        copy_va, copy_gpa = ctx.kernel_page()
+        remapped = ctx.kernel(_remap_bitmap, control, gadget, copy_va, copy_gpa)
+        if remapped is not None:
+            ctx.notes["bitmap"], ctx.notes["old_pte"] = remapped
     ctx.notes["replaced"] = ctx.kernel(_redirect, modules, array, notify.EDR_DRIVER, gadget)
     with ctx.flow():  # the next process creation calls the EDR's routine pointer
         ctx.notes["victim"] = ctx.process(admin=False, name="d9.exe").pid
@@ -134,6 +179,10 @@ def d9_steps(ctx: AttackContext) -> None:
 
 def d9_bitmap_steps(ctx: AttackContext) -> None:
     _steps(ctx, bitmap_first=True)
+
+
+def d9_remap_steps(ctx: AttackContext) -> None:
+    _steps(ctx, bitmap_first=False, remap=True)
 
 
 def d9_goal(ctx: AttackContext) -> bool:
@@ -167,4 +216,30 @@ D9_BITMAP = Scenario(
     goal_met=d9_goal,
 )
 
-SCENARIOS = [D9, D9_BITMAP]
+#: The remap bypasses the bitmap's SLAT protection; only HVPT's pinned translation stops it.
+REMAP_OUTCOMES = {**KCFG_BLOCKS, "vbs-hvci": S}
+WHY_REMAP = (
+    "SLAT protects the kCFG bitmap's guest-physical pages, not NT's translation of their VAs: "
+    "'an attacker can remap a protected VA (e.g. a KDP variable, shadow stack or CFG bitmap) to "
+    "an attacker-controlled writable GPA', which Hypervisor-enforced Paging Translation stops "
+    "(MS-HVPT 2025; vbs-internals §5.6, §6 A5). So with HVCI and no HVPT (vbs-hvci) the check "
+    "reads the attacker's copy and passes the gadget; with HVPT (hardened) the bitmap's "
+    "translation comes from HLAT tables VTL0 cannot write, the check reads the real bitmap, and "
+    "NT bugchecks 0x139 as in D9. Without the bitmap in use (vbs-off, vbs, legacy-2019) there "
+    "is nothing to remap and the redirect works as in D9. The record names the class; no public "
+    "write-up runs this exact chain"
+)
+
+D9_REMAP = Scenario(
+    id="D9-REMAP",
+    title="kCFG: remap the bitmap page's VA to an attacker copy with the gadget's bit set",
+    source=SOURCE + "; MS-HVPT 2025 (Windows OS Platform Blog, 'Understanding HVPT')",
+    capability=Capability.K0,
+    goal="as D9, after NT's PTE for the kCFG bitmap page is pointed at the attacker's copy",
+    expected=REMAP_OUTCOMES,
+    expected_why=WHY_REMAP,
+    steps=d9_remap_steps,
+    goal_met=d9_goal,
+)
+
+SCENARIOS = [D9, D9_BITMAP, D9_REMAP]
