@@ -74,13 +74,25 @@ def test_process_gpa_and_user_bytes_follow_directory_table_base_in_ram(
     assert d01._user_bytes(ctx, other, va, length) == record
 
 
-def test_lsaiso_table_gpa_walks_the_root_skprocess_holds(
-    ctx: AttackContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lsaiso_table_gpa_walks_the_root_skprocess_holds(ctx: AttackContext) -> None:
+    """The walk starts at the DirectoryTableBase the SKPROCESS page holds in RAM: a VTL1
+    write of another root there moves it (there is no Python copy of the root to consult)."""
+    from vbsim.guest.address_space import DIRECT_MAP
+    from vbsim.sk.layouts import SkProcess
+
     process = _lsaiso(ctx)
+    assert not hasattr(process, "tables")
     expected = a03.lsaiso_table_gpa(ctx)
     assert expected is not None
-    monkeypatch.setattr(process.tables, "root", 0)  # the Python copy only: RAM is unchanged
+    machine = ctx.booted.machine
+    assert machine is not None
+    at = process.object_va - DIRECT_MAP + SkProcess.DIRECTORY_TABLE_BASE.offset
+    root = machine.ram.read(at, 8)
+    machine.ram.write(at, bytes(8))
+    try:
+        assert a03.lsaiso_table_gpa(ctx) != expected
+    finally:
+        machine.ram.write(at, root)
     assert a03.lsaiso_table_gpa(ctx) == expected
 
 

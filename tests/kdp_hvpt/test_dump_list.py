@@ -36,7 +36,7 @@ def _trustlet_pages(system: System) -> set[int]:
     sk = sk_of(system)
     ram = space_of(sk).ram
     pages: set[int] = set()
-    for process in sk.process_objects.values():
+    for process in sk.host_processes(ram).values():
         pages |= set(process.host_private_pfns(ram)) | set(process.host_table_pfns(ram))
     return pages
 

@@ -591,7 +591,7 @@ def _trustlet_symbols(sk: SecureKernel, ram: GuestRam, secure_pid: int) -> tuple
     """The trustlet's page-table root and its probe routine's VA, from the SK's process object
     (what K1 code knows; read here host-side, as a debugger would)."""
     secure = sk.host_processes(ram)[secure_pid]
-    return secure.tables.root, secure.routines["matrix.probe"]
+    return secure.host_root(ram), secure.routines["matrix.probe"]
 
 
 @functools.lru_cache(maxsize=4)

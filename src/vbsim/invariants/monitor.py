@@ -495,8 +495,10 @@ class Monitor:
         from vbsim.sk.ium import process as ium
 
         self.stats.checks += 1
-        current = self.sk.process_objects.get(self.sk.host_current_object(self.ram, vp_index))
-        if not isinstance(current, ium.SecureProcess):
+        current = ium.host_process_at(
+            self.sk, self.ram, self.sk.host_current_object(self.ram, vp_index)
+        )
+        if current is None:
             self._violate(4, f"VP{vp_index} runs VTL1 CPL3 code outside any trustlet ({what})")
         elif current.host_handle(self.ram) not in self.admitted:
             self._violate(
@@ -504,7 +506,7 @@ class Monitor:
                 f"VP{vp_index} runs VTL1 CPL3 code in trustlet {current.host_handle(self.ram):#x} "
                 f"(ID {current.host_trustlet_id(self.ram)}) that SKCI never admitted ({what})",
             )
-        elif self.machine.vps[vp_index].p.cr3 & _ROOT != current.tables.root:
+        elif self.machine.vps[vp_index].p.cr3 & _ROOT != current.host_root(self.ram):
             self._violate(
                 4,
                 f"VP{vp_index} runs VTL1 CPL3 code outside the address space of the trustlet "

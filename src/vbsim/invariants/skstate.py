@@ -188,7 +188,7 @@ def classify(sk: SecureKernel, space: KernelSpace) -> SkPages:
     for index in range(Dispatch.SIZE // PAGE_SIZE):
         labels[(sk.dispatch_gpa >> PAGE_SHIFT) + index] = f"securecall-dispatch[{index}]"
     trustlet: set[int] = set()
-    for process in sk.process_objects.values():
+    for process in sk.host_processes(ram).values():
         if isinstance(process, ium.SecureProcess):
             trustlet.update(process.host_table_pfns(ram))
     for gpn in tables:

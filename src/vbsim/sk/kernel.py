@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from vbsim.guest.image_builder import ImageBuilder
     from vbsim.image import RevocationPolicy
     from vbsim.sk.hvpt import HvptState
-    from vbsim.sk.ium.process import SecureProcess
+    from vbsim.sk.ium.process import TrustletSymbols
     from vbsim.sk.services.allocation import AllocationState
     from vbsim.sk.services.hotpatch import HotPatchState
     from vbsim.sk.services.hvci import Hvci
@@ -246,12 +246,12 @@ class SecureKernel:
         self.kdp: KdpState | None = None
         self.hvpt: HvptState | None = None
         self.hotpatch: HotPatchState | None = None  # sk.services.hotpatch: the undo table's VA
-        #: SKPROCESS object VA → the process's symbol data: its parsed image and routine VAs
-        #: (``ium.process.SecureProcess``).  Identity, policy, keys, state, threads, the
-        #: DirectoryTableBase and the frame lists are in the SKPROCESS page, its frame list and
-        #: the thread objects in SK memory; the SK finds a process from its handle or the
-        #: processor block, never from this map's keys alone.
-        self.process_objects: dict[int, SecureProcess] = {}
+        #: The images SKCI admitted for trustlets, by their first image frame → their symbol
+        #: data (``ium.process.TrustletSymbols``: the parsed PE and routine VAs).  A symbol
+        #: table, not a process list: the SK finds a process from its handle entry, a thread
+        #: object or its processor block in SK memory, and an SKPROCESS names its image by
+        #: the image PFNs it records (``ium.process.process_at``).
+        self.trustlet_images: dict[int, TrustletSymbols] = {}
         # Secure-storage records (``layouts.Storage``) and the intercept log
         # (``layouts.InterceptLog``): SK data pages.
         self.storage_va, self.storage_gpa = space.alloc_data(1)
@@ -332,10 +332,11 @@ class SecureKernel:
         """Secure process handle → its Python side, for every SKPROCESS entry the handle table
         in RAM holds now (host tools; the SK itself resolves handles through its CPU)."""
         from vbsim.sk import objects
+        from vbsim.sk.ium.process import host_process_at
 
         out: dict[int, Any] = {}
         for handle, (kind, va) in objects.host_entries(ram.read, self).items():
-            process = self.process_objects.get(va) if kind == L.ObjectType.SKPROCESS else None
+            process = host_process_at(self, ram, va) if kind == L.ObjectType.SKPROCESS else None
             if process is not None:
                 out[handle] = process
         return out

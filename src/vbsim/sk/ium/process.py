@@ -13,7 +13,7 @@ resume-thread): the SK switches CR3 to the trustlet's tables and drops to CPL3 i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap
@@ -22,6 +22,7 @@ from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
 from vbsim.image import ParsedImage, TrustletPolicy
 from vbsim.image.policy import PolicyId
+from vbsim.layout import Loads
 from vbsim.sk import objects
 from vbsim.sk.kernel import PoolExhausted
 from vbsim.sk.layouts import (
@@ -72,10 +73,23 @@ _PRCB_SIZE = Prcb.SIZE
 assert Prcb.CURRENT_PROCESS.size == 8
 
 
-@dataclass
+@dataclass(frozen=True)
+class TrustletSymbols:
+    """What the SK keeps of an image it admitted, as a kernel keeps a loaded module's symbol
+    data: the parsed PE (export and section names) and its routines' VAs, derived once from
+    the signed bytes SKCI verified (which stay in image pages VTL0 cannot write).  Keyed in
+    ``SecureKernel.trustlet_images`` by the image's first frame, the first of the image PFNs an
+    SKPROCESS records."""
+
+    image: ParsedImage
+    routines: dict[str, int]
+
+
+@dataclass(slots=True)
 class SecureProcess:
-    """The SK's symbol-table entry for a secure process: where its SKPROCESS page is, and what
-    the SK parsed from the signed image when it admitted it.
+    """A reference to a secure process: where its SKPROCESS page is, with the symbol data of
+    the image that page names (:func:`process_at`, built at each lookup; the SK keeps no list of
+    processes beside its handle table).
 
     Every value the SK decides from is in VTL1 memory, read through the SK's processor at each
     decision (or from RAM by host tools, the ``host_*`` readers): the SKPROCESS page at
@@ -83,20 +97,16 @@ class SecureProcess:
     mailboxes, termination, the DirectoryTableBase, the image PFNs, the secure sections, the
     frame counts) and its frame-list page (``layouts.FrameList``: private and page-table PFNs).
 
-    What stays here, and why: ``image`` (the parsed PE, export and section names) and
-    ``routines`` (export name → VA) are what a kernel keeps as a loaded module's symbol data —
-    derived once from the signed bytes SKCI verified, and the bytes themselves are in the
-    image pages VTL0 cannot write; no check reads a value from them that memory could change.
-    ``tables`` carries the root the SK built the tables at (``tables.root``) for host tools
-    only (the report, the matrix, goal checks); the SK itself loads and walks the root its
-    SKPROCESS records (:meth:`root`)."""
+    What stays here, and why: ``image`` and ``routines`` are the :class:`TrustletSymbols` of
+    the image the SKPROCESS page's first image PFN names; no check reads a value from them that
+    memory could change.  Whether an object is a process is the handle table's entry type (or
+    the pointer a thread object or processor block holds), as SkobReferenceObjectByHandle
+    trusts it: an SKPROCESS a VTL1 writer forges that names an admitted image is a process."""
 
     image: ParsedImage
     routines: dict[str, int]
     #: The VA (in the SK's direct map) of this process's SKPROCESS page (``layouts.SkProcess``).
     object_va: int = 0
-    #: Set once the tables exist (``build``); see above.
-    tables: PageTables = field(init=False)
 
     def read(self, vp: Mem, fld: Field) -> int:
         """A field of the SKPROCESS page, read through the SK's processor now."""
@@ -256,26 +266,6 @@ def _sk_phys(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> PhysAccess:
     )
 
 
-_WHY = "a trustlet's tables are walked on a processor: ium.page_tables(sk, cpu, process)"
-
-
-def _no_read(gpa: int) -> int:
-    raise RuntimeError(_WHY)
-
-
-def _no_write(gpa: int, value: int) -> None:
-    raise RuntimeError(_WHY)
-
-
-def _no_alloc() -> int:
-    raise RuntimeError(_WHY)
-
-
-#: What a stored SecureProcess.tables walks through: nothing.  The SK walks a trustlet's tables
-#: through the processor it runs on (``page_tables``), never one captured when they were built.
-DETACHED = PhysAccess(_no_read, _no_write, _no_alloc)
-
-
 def page_tables(sk: SecureKernel, vp: Cpu, process: SecureProcess) -> PageTables:
     """The trustlet's page tables as the SK edits and walks them now, through ``vp``."""
     return PageTables(_sk_phys(sk, vp, process), root=process.root(vp), frames=[])
@@ -322,8 +312,7 @@ def build(
         vp.write(sk.space.phys_va(pfn << PAGE_SHIFT), bytes(PAGE_SIZE))
     # The SKPROCESS page and its frame-list page, from the SK's own pool (VTL0 has no right).
     routines = _routines(image)
-    process = SecureProcess(image, routines)
-    process.object_va = sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT)
+    process = SecureProcess(image, routines, sk.space.phys_va(sk.alloc_frame(vp) << PAGE_SHIFT))
     write_field(vp, process.object_va, SkProcessLayout.FRAME_LIST, sk.alloc_frame(vp))
     if len(image_pfns) > SkProcessLayout.IMAGE_MAX or not process.add_private(vp, private):
         return None
@@ -343,8 +332,6 @@ def build(
     user_rw = int(Pte.US | Pte.RW | Pte.NX)
     for i, pfn in enumerate(private):
         tables.map(PRIVATE_BASE + i * PAGE_SIZE, pfn << PAGE_SHIFT, user_rw)
-    tables.phys = DETACHED  # no processor is kept in the process object
-    process.tables = tables
     # "a 16-byte random number generated by SK at creation" (§3.3): two RDRANDs.
     instance = vp.rdrand().to_bytes(8, "little") + vp.rdrand().to_bytes(8, "little")
     policy = image.policy
@@ -426,10 +413,31 @@ def thread_running(sk: SecureKernel, vp: Mem, thread: int) -> bool:
     return any(vp.read_u64(sk.prcb_va + i * _PRCB_SIZE + _THREAD) == thread for i in range(vps))
 
 
+def process_at(sk: SecureKernel, memory: Loads, va: int) -> SecureProcess | None:
+    """A reference to the SKPROCESS at ``va`` (read through ``memory`` now: the SK's processor,
+    or a host tool's view of SK memory): the symbol data of the admitted image its first image
+    PFN names.  None for no object (0) or an object naming no image the SK admitted."""
+    if not va:
+        return None
+    return _named(sk, memory.read_u64(va + SkProcessLayout.IMAGE_PFNS), va)
+
+
+def host_process_at(sk: SecureKernel, ram: _Ram, va: int) -> SecureProcess | None:
+    """:func:`process_at` for host tools: SK memory read at the GPA behind its direct map."""
+    if not va:
+        return None
+    raw = ram.read(va - DIRECT_MAP + SkProcessLayout.IMAGE_PFNS, 8)
+    return _named(sk, int.from_bytes(raw, "little"), va)
+
+
+def _named(sk: SecureKernel, first_image_pfn: int, va: int) -> SecureProcess | None:
+    symbols = sk.trustlet_images.get(first_image_pfn)
+    return None if symbols is None else SecureProcess(symbols.image, symbols.routines, va)
+
+
 def thread_process(sk: SecureKernel, vp: Mem, thread: int) -> SecureProcess | None:
     """The process a thread object names (its SKPROCESS pointer, read now)."""
-    process = sk.process_objects.get(read_field(vp, thread, ThreadLayout.PROCESS))
-    return process if isinstance(process, SecureProcess) else None
+    return process_at(sk, vp, read_field(vp, thread, ThreadLayout.PROCESS))
 
 
 def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int) -> tuple[int, Any]:
@@ -464,8 +472,12 @@ def run_thread(sk: SecureKernel, vp: Cpu, thread: int, routine: str, *args: int)
 
 def current(sk: SecureKernel, vp: Cpu) -> SecureProcess | None:
     """The trustlet this VP runs, as its SK processor block names it (read now)."""
-    process = sk.process_objects.get(vp.read_u64(sk.prcb_va + vp.index * _PRCB_SIZE + _CURRENT))
-    return process if isinstance(process, SecureProcess) else None
+    return process_at(sk, vp, current_object(sk, vp))
+
+
+def current_object(sk: SecureKernel, vp: Cpu) -> int:
+    """The SKPROCESS VA this VP's SK processor block names as current (0: none), read now."""
+    return vp.read_u64(sk.prcb_va + vp.index * _PRCB_SIZE + _CURRENT)
 
 
 # -- mailboxes: posted bytes live in SK frames the SKPROCESS page names (vbs-internals §4.4) ------

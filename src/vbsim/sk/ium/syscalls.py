@@ -161,9 +161,9 @@ def _special_routine(sk: SecureKernel, vp: Cpu, number: int) -> int:
 def dispatch(sk: SecureKernel, vp: Cpu) -> int:
     number = vp.rax
     args = [vp.r10, vp.rdx, vp.r8, vp.r9]
-    caller = ium.current(sk, vp)
-    if caller is None:
-        return int(NtStatus.INVALID_SYSTEM_SERVICE)  # only IUM callers reach this entry
+    # Only a trustlet's thread reaches this entry (VTL1 CPL3 runs only inside run_thread,
+    # which names the process in the SK processor block); each service that needs its caller
+    # looks it up there itself and refuses when the block names no process.
     if number & SECURE_SYSCALL_BIT:
         index = number & ~SECURE_SYSCALL_BIT & 0xFFFF_FFFF
         name = SECURE_SYSCALLS.get(index)
@@ -181,7 +181,7 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
                 NtStatus.name_of(status),
                 number=number,
                 service=name or "?",
-                trustlet_id=caller.trustlet_id(vp),
+                trustlet_id=_caller_id(sk, vp),
             )
         return status
     name = _NT_NAMES.get(number)
@@ -203,9 +203,16 @@ def dispatch(sk: SecureKernel, vp: Cpu) -> int:
             number=number,
             service=name or "?",
             status=NtStatus.name_of(status),
-            trustlet_id=caller.trustlet_id(vp),
+            trustlet_id=_caller_id(sk, vp),
         )
     return status
+
+
+def _caller_id(sk: SecureKernel, vp: Cpu) -> int | None:
+    """The calling trustlet's ID for the trace (None: the object names no admitted image; a
+    service routine that needs the caller looks it up itself and refuses then)."""
+    caller = ium.current(sk, vp)
+    return caller.trustlet_id(vp) if caller is not None else None
 
 
 def _status(vp: Cpu, routine: int, args: list[int]) -> int:

@@ -81,7 +81,7 @@ def secure_pages(sk: SecureKernel, vp: Cpu) -> list[int]:
 
 def _processes(sk: SecureKernel, vp: Cpu) -> list[ium.SecureProcess]:
     """Every secure process the handle table names (read now)."""
-    found = (sk.process_objects.get(va) for _, va in objects.entries(sk, vp, ObjectType.SKPROCESS))
+    found = (ium.process_at(sk, vp, va) for _, va in objects.entries(sk, vp, ObjectType.SKPROCESS))
     return [p for p in found if isinstance(p, ium.SecureProcess)]
 
 

@@ -128,7 +128,7 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         _give_back(sk, vp, pfns)
         return Reply(NtStatus.NO_MEMORY)
     write_field(vp, process.object_va, SkProcessLayout.HANDLE, handle)
-    sk.process_objects[process.object_va] = process
+    sk.trustlet_images[pfns[0]] = ium.TrustletSymbols(process.image, process.routines)
     sk.emit(
         vp,
         "ium",
@@ -147,8 +147,8 @@ def _process(sk: SecureKernel, vp: Cpu, handle: int) -> ium.SecureProcess | None
     kind, va = objects.lookup(sk, vp, handle)
     if kind != ObjectType.SKPROCESS:
         return None
-    process = sk.process_objects.get(va)
-    if not isinstance(process, ium.SecureProcess) or process.terminated(vp):
+    process = ium.process_at(sk, vp, va)
+    if process is None or process.terminated(vp):
         return None
     return process
 
