@@ -62,6 +62,8 @@ from vbsim.nt.layouts import (
     BOOT_IMAGE_SPAN,
     DRIVER_OBJECT,
     IMAGE_SECTION,
+    IO_STACK_LOCATION,
+    IRP,
     IRP_MJ_DEVICE_CONTROL,
     KLDR_DATA_TABLE_ENTRY,
     LIST_ENTRY,
@@ -253,27 +255,51 @@ def _entry_routine(routine: str) -> Callable[..., int]:
     return driver_entry
 
 
-def _echo_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+# -- IRP_MJ_DEVICE_CONTROL, the driver's side of a METHOD_BUFFERED request ------------------------
+def irp_request(vp: Cpu, irp: int) -> tuple[int, int, int]:
+    """IoGetCurrentIrpStackLocation and the request it describes, read from the IRP now:
+    (IoControlCode, SystemBuffer VA, InputBufferLength)."""
+    stack = read_field(vp, irp, IRP.CurrentStackLocation)
+    return (
+        read_field(vp, stack, IO_STACK_LOCATION.IoControlCode),
+        read_field(vp, irp, IRP.SystemBuffer),
+        read_field(vp, stack, IO_STACK_LOCATION.InputBufferLength),
+    )
+
+
+def complete_request(vp: Cpu, irp: int, status: int, information: int) -> int:
+    """What a dispatch routine does before IoCompleteRequest: IoStatus.Status and .Information
+    (the bytes of SystemBuffer to copy back) into the IRP; the status is its return value."""
+    write_field(vp, irp, IRP.Status, status & 0xFFFF_FFFF)
+    write_field(vp, irp, IRP.Information, information)
+    return status
+
+
+def _echo_routine(routine: str) -> Callable[..., int]:
+    def io_control(vp: Cpu, device: int, irp: int) -> int:
+        """The sample driver answers every request with its input, left in SystemBuffer."""
         RUNS[routine] += 1
-        return int(NtStatus.SUCCESS), bytes(buffer)
+        _, _, length = irp_request(vp, irp)
+        return complete_request(vp, irp, int(NtStatus.SUCCESS), length)
 
     return io_control
 
 
-def _vulnerable_routine(routine: str) -> Callable[..., tuple[int, bytes]]:
-    def io_control(vp: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
+def _vulnerable_routine(routine: str) -> Callable[..., int]:
+    def io_control(vp: Cpu, device: int, irp: int) -> int:
         """The bug: no check of ``address`` at all.  The access runs at CPL0 in VTL0."""
         RUNS[routine] += 1
-        address = int.from_bytes(buffer[0:8], "little")
-        value = int.from_bytes(buffer[8:16], "little")
+        ioctl, buffer, length = irp_request(vp, irp)
+        if ioctl not in (IOCTL_READ8, IOCTL_WRITE8):
+            return complete_request(vp, irp, STATUS_INVALID_DEVICE_REQUEST, 0)
+        if length < IOCTL_BUFFER:
+            return complete_request(vp, irp, int(NtStatus.BUFFER_TOO_SMALL), 0)
+        address = vp.read_u64(buffer)
         if ioctl == IOCTL_READ8:
-            value = vp.read_u64(address)
-        elif ioctl == IOCTL_WRITE8:
-            vp.write_u64(address, value)
+            vp.write_u64(buffer + 8, vp.read_u64(address))
         else:
-            return STATUS_INVALID_DEVICE_REQUEST, b""
-        return int(NtStatus.SUCCESS), address.to_bytes(8, "little") + value.to_bytes(8, "little")
+            vp.write_u64(address, vp.read_u64(buffer + 8))
+        return complete_request(vp, irp, int(NtStatus.SUCCESS), IOCTL_BUFFER)
 
     return io_control
 
@@ -822,14 +848,41 @@ def nt_device_io_control_file(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     buffer = nt.copy_from_user(vp, args[3], IOCTL_BUFFER)
     if buffer is None:
         return int(NtStatus.ACCESS_VIOLATION)
+    pages = nt.alloc_kernel_pages(vp, 1)
+    if pages is None:
+        return int(NtStatus.INSUFFICIENT_RESOURCES)
+    irp = pages[0][0]
+    system_buffer = _build_irp(vp, irp, ioctl, buffer)
     _event(vp, "ioctl", "dispatched", driver=name, code=ioctl)
-    result = kcfg.guard_dispatch_icall(nt, vp, dispatch, "MajorFunction", ioctl, buffer)
-    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)):
-        return int(NtStatus.UNSUCCESSFUL)
-    status, out = int(result[0]), result[1]
-    if isinstance(out, bytes) and out and not nt.copy_to_user(vp, args[3], out[:IOCTL_BUFFER]):
+    try:
+        result = kcfg.guard_dispatch_icall(nt, vp, dispatch, "MajorFunction", driver_object, irp)
+        status = result & 0xFFFF_FFFF if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
+        # IopCompleteRequest: IoStatus.Information bytes of SystemBuffer back to the caller.
+        count = min(read_field(vp, irp, IRP.Information), IOCTL_BUFFER)
+        out = vp.read(system_buffer, count) if count else b""
+    finally:
+        vp.write(irp, bytes(PAGE_SIZE))
+        nt.free_kernel_page(vp, irp)
+    if out and not nt.copy_to_user(vp, args[3], out):
         return int(NtStatus.ACCESS_VIOLATION)
     return status
+
+
+def _build_irp(vp: Cpu, irp: int, ioctl: int, data: bytes) -> int:
+    """IopAllocateIrp and IopBuildDeviceIoControlRequest, METHOD_BUFFERED, in one zeroed pool
+    page ([model] Windows allocates the IRP with its stack locations from a lookaside list and
+    SystemBuffer from pool): the IRP, its one stack location, then SystemBuffer holding the
+    caller's input.  SystemBuffer's VA."""
+    stack = irp + IRP.SIZE
+    system_buffer = stack + IO_STACK_LOCATION.SIZE
+    vp.write(system_buffer, data)
+    write_field(vp, irp, IRP.SystemBuffer, system_buffer)
+    write_field(vp, irp, IRP.CurrentStackLocation, stack)
+    write_field(vp, stack, IO_STACK_LOCATION.MajorFunction, IRP_MJ_DEVICE_CONTROL)
+    write_field(vp, stack, IO_STACK_LOCATION.InputBufferLength, len(data))
+    write_field(vp, stack, IO_STACK_LOCATION.OutputBufferLength, IOCTL_BUFFER)
+    write_field(vp, stack, IO_STACK_LOCATION.IoControlCode, ioctl)
+    return system_buffer
 
 
 # -- executable pool ------------------------------------------------------------------------------

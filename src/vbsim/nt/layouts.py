@@ -514,6 +514,28 @@ class KPCR:
 IRP_MJ_DEVICE_CONTROL: Final = 0x0E
 
 
+class IRP:
+    """_IRP [Vergilius 19041], the fields a METHOD_BUFFERED device-control request uses: the
+    I/O manager's SystemBuffer (AssociatedIrp), the completion status and byte count the driver
+    sets (IoStatus), and the current stack location (Tail.Overlay.CurrentStackLocation)."""
+
+    SystemBuffer: Final = Field("AssociatedIrp.SystemBuffer", 0x18, 8)
+    Status: Final = Field("IoStatus.Status", 0x30, 4)
+    Information: Final = Field("IoStatus.Information", 0x38, 8)
+    CurrentStackLocation: Final = Field("Tail.Overlay.CurrentStackLocation", 0xB8, 8)
+    SIZE: Final = 0xD0
+
+
+class IO_STACK_LOCATION:
+    """_IO_STACK_LOCATION [Vergilius 19041]: Parameters.DeviceIoControl (IRP_MJ_DEVICE_CONTROL)."""
+
+    MajorFunction: Final = Field("MajorFunction", 0x00, 1)
+    OutputBufferLength: Final = Field("Parameters.DeviceIoControl.OutputBufferLength", 0x08, 4)
+    InputBufferLength: Final = Field("Parameters.DeviceIoControl.InputBufferLength", 0x10, 4)
+    IoControlCode: Final = Field("Parameters.DeviceIoControl.IoControlCode", 0x18, 4)
+    SIZE: Final = 0x48
+
+
 class DRIVER_OBJECT:
     """_DRIVER_OBJECT [Vergilius 19041], 0x150 bytes: what the I/O manager calls a driver
     through.  DriverEntry is called at DriverInit and every IRP at MajorFunction[major] —

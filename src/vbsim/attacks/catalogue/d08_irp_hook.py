@@ -54,9 +54,12 @@ IOCTL = 0x0022_2000
 WINDOW_VA = 0xFFFF_F8A2_0000_0000
 
 
-def _hook_routine(cpu: Cpu, ioctl: int, buffer: bytes) -> tuple[int, bytes]:
-    """The attacker's dispatch routine: it answers the request itself."""
-    return int(NtStatus.SUCCESS), b"hooked".ljust(len(buffer), b"\0")
+def _hook_routine(cpu: Cpu, device: int, irp: int) -> int:
+    """The attacker's dispatch routine: it answers the request itself, in the IRP's
+    SystemBuffer."""
+    _, buffer, length = drivers.irp_request(cpu, irp)
+    cpu.write(buffer, b"hooked".ljust(length, b"\0"))
+    return drivers.complete_request(cpu, irp, int(NtStatus.SUCCESS), length)
 
 
 HOOK = payload_routine(_hook_routine, breakpoint=True)
