@@ -7,9 +7,17 @@ from __future__ import annotations
 from tests.hvci.kit import Env, make_env
 
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.nt import drivers
 from vbsim.nt.drivers import SAMPLE_DRIVER
-from vbsim.nt.layouts import DRIVER_OBJECT, IMAGE_SECTION, KLDR_DATA_TABLE_ENTRY, HostReader
+from vbsim.nt.layouts import (
+    DRIVER_OBJECT,
+    IMAGE_SECTION,
+    KLDR_DATA_TABLE_ENTRY,
+    SE_CI_CALLBACKS,
+    HostReader,
+)
 from vbsim.ntstatus import NtStatus
 
 
@@ -65,3 +73,38 @@ def test_unload_frees_exactly_the_frames_the_ptes_map() -> None:
     # NT's next allocations take the freed frames back from its free list in RAM.
     again = {env.nt.alloc_page(env.vp.cpu) for _ in range(len(driver.pfns) + 4)}
     assert set(driver.pfns) <= again
+
+
+CI_CALLS: list[tuple[int, bytes]] = []
+
+
+@guest_code("tests.nt.ci_spy")
+def _ci_spy(cpu: Cpu, name_va: int, name_length: int) -> int:
+    """A routine behind SeCiCallbacks that records what NT handed it, then lets CI decide."""
+    CI_CALLS.append((name_va, cpu.read(name_va, name_length)))
+    result: int = cpu.call(env_ci[0], name_va, name_length)
+    return result
+
+
+env_ci: list[int] = []
+
+
+def test_code_integrity_gets_the_image_name_in_pool_memory() -> None:
+    """SeValidateImageHeader hands ci.dll a pool buffer naming the file (address, length:
+    register values), not a Python object; CI reads the file from the disk and decides."""
+    env = make_env("vbs-off")
+    nt = env.nt
+    assert env.system.nt_space is not None and env.system.machine is not None
+    slot = drivers.se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset
+    env_ci[:] = [nt.ci_validate_image_header]
+    spy = env.system.nt_space.install("tests.nt.ci_spy")
+    gpa = env.system.nt_space.lookup_gpa(slot)
+    env.system.machine.ram.write(gpa, spy.to_bytes(8, "little"))
+    CI_CALLS.clear()
+    assert env.load(SAMPLE_DRIVER) == NtStatus.SUCCESS
+    assert env.load(drivers.UNSIGNED_DRIVER) == NtStatus.INVALID_IMAGE_HASH
+    assert [raw for _, raw in CI_CALLS] == [
+        SAMPLE_DRIVER.encode(),
+        drivers.UNSIGNED_DRIVER.encode(),
+    ]
+    assert all(va >= DIRECT_MAP for va, _ in CI_CALLS)  # a pool page (freed afterwards)

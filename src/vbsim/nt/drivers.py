@@ -424,12 +424,24 @@ def se_ci_callbacks_va(nt: NtKernel) -> int:
     return nt.variable(SE_CI_CALLBACKS_NAME).va
 
 
-def code_integrity_check(nt: NtKernel, vp: Cpu, name: str, image: bytes) -> int:
+def code_integrity_check(nt: NtKernel, vp: Cpu, name: str) -> int:
     """SeValidateImageHeader, as NT does it without HVCI: calls ci.dll through
-    ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now)."""
+    ``SeCiCallbacks.CiValidateImageHeader`` (a pointer read from RAM now) with the image
+    file's name in a pool buffer (address and length: [model] Windows passes the section's
+    file object, from which CI reads the file).  No memory for the name: the load fails."""
+    pages = nt.alloc_kernel_pages(vp, 1)
+    if pages is None:
+        return int(NtStatus.INSUFFICIENT_RESOURCES)
+    raw = name.encode("utf-8")[:PAGE_SIZE]
+    buffer = pages[0][0]
+    vp.write(buffer, raw)
     routine = vp.read_u64(se_ci_callbacks_va(nt) + SE_CI_CALLBACKS.CiValidateImageHeader.offset)
-    result = kcfg.guard_dispatch_icall(nt, vp, routine, "SeCiCallbacks", name, image)
-    return result if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
+    try:
+        result = kcfg.guard_dispatch_icall(nt, vp, routine, "SeCiCallbacks", buffer, len(raw))
+    finally:
+        vp.write(buffer, bytes(len(raw)))
+        nt.free_kernel_page(vp, buffer)
+    return result & 0xFFFF_FFFF if isinstance(result, int) else int(NtStatus.INVALID_IMAGE_HASH)
 
 
 @guest_code(ZW_FLUSH_INSTRUCTION_CACHE)
@@ -439,15 +451,25 @@ def zw_flush_instruction_cache(vp: Cpu, *args: object) -> int:
 
 
 @guest_code(CI_VALIDATE_IMAGE_HEADER)
-def ci_validate_image_header(vp: Cpu, name: str, image: bytes) -> int:
-    """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image's
-    Authenticode signature must chain to the root CI's anchor record in RAM names, with the
-    driver requirement that record holds (both read now, through this processor)."""
+def ci_validate_image_header(vp: Cpu, name_va: int, name_length: int) -> int:
+    """ci!CiValidateImageHeader: reads ``g_CiOptions`` from RAM; enforcing means the image
+    file's Authenticode signature must chain to the root CI's anchor record in RAM names, with
+    the driver requirement that record holds (both read now, through this processor).  The
+    file is the one the name in memory designates, read from the system disk."""
     from vbsim.nt.kernel import NtKernel
 
     nt = vp.kernel()
     if not isinstance(nt, NtKernel):
         vp.wrong_context("ci.dll without NT")
+    name = None
+    if 0 < name_length <= PAGE_SIZE:  # a kernel buffer: read as it is (no user probe)
+        try:
+            name = vp.read(name_va, name_length).decode("utf-8")
+        except UnicodeDecodeError:
+            name = None
+    image = _store(nt).get(name) if name is not None else None
+    if name is None or image is None:
+        return int(NtStatus.OBJECT_NAME_NOT_FOUND)
     options = vp.read_u64(ci_options_va(nt))
     if not options & CI_OPTIONS_ENFORCING:
         _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)
@@ -718,7 +740,7 @@ def load_driver(nt: NtKernel, vp: Cpu, name: str) -> int:
     if hvci:
         _event(vp, "dse", "delegated", driver=name, to="skci")
     else:
-        status = code_integrity_check(nt, vp, name, image)
+        status = code_integrity_check(nt, vp, name)
         if not ok(status):
             return status
     try:
