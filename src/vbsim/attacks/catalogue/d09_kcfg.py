@@ -47,14 +47,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of, runs
+from vbsim.attacks.catalogue.a03_a14_memory_code_dma import remap_pte
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
 from vbsim.attacks.catalogue.d01_d05_data_only import find_module
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
-from vbsim.guest.address_space import DIRECT_MAP
 from vbsim.hw.cpu import Cpu
-from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_MASK, PAGE_SIZE, PTE_ADDR_MASK, Pte
+from vbsim.hw.x86 import PAGE_MASK, PAGE_SIZE
 from vbsim.nt import drivers, kcfg, notify
 from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import (
@@ -141,13 +140,8 @@ def _remap_bitmap(cpu: Cpu, control: int, gadget: int, copy_va: int, copy_gpa: i
     cpu.write(copy_va, cpu.read(page, PAGE_SIZE))
     word = copy_va + (at & PAGE_MASK)
     cpu.write_u64(word, cpu.read_u64(word) | 1 << slot[1])
-    pte = PageTables(nt_of(cpu).phys(cpu), cpu.read_cr(3)).pte_gpa(page)
-    if pte is None:
-        return ["no-pte", 0]
-    old: int = cpu.read_u64(DIRECT_MAP + pte)
-    cpu.write_u64(DIRECT_MAP + pte, (copy_gpa & PTE_ADDR_MASK) | int(Pte.P | Pte.RW | Pte.NX))
-    cpu.invlpg(page)
-    return ["remapped", old]
+    old = remap_pte(cpu, page, copy_gpa)
+    return ["no-pte", 0] if old is None else ["remapped", old]
 
 
 def _steps(ctx: AttackContext, bitmap_first: bool, remap: bool = False) -> None:
