@@ -88,3 +88,62 @@ def test_hlt_cli_and_sti_are_ring0_instructions(instruction: str) -> None:
     assert faults and faults[0].detail["vector"] == 13  # #GP(0)
     assert outcome.terminated is not None  # NT ends the thread for a user-mode #GP
     assert not vp.halted and vp.p.rflags == flags
+
+
+#: ICR destination shorthand "self" (bits 19:18 = 01, SDM Vol. 3A §10.6.1).
+SELF = 0b01 << 18
+
+
+def _ipi_deliveries(system: object, since: int) -> list[str]:
+    events = system.trace.events[since:]  # type: ignore[attr-defined]
+    return [
+        f"{e.mechanism} {e.outcome}"
+        for e in events
+        if e.kind == "interrupt"
+        and e.detail.get("vector") == IPI_VECTOR
+        and e.mechanism != "x2apic.icr"
+    ]
+
+
+def test_a_running_processor_holds_an_interrupt_while_if_is_clear() -> None:
+    """NT's boot processor runs with IF set (KiInitializeKernel enables interrupts): a self-IPI
+    is taken at once.  After CLI it stays pending; STI releases it through the IDT."""
+    system = boot(preset("vbs-off"))
+    assert system.machine is not None
+    bsp = system.machine.bsp
+    cpu = bsp.cpu
+    assert bsp.p.rflags & Rflags.IF
+    mark = len(system.trace.events)
+    cpu.wrmsr(X2APIC_ICR, SELF | IPI_VECTOR)
+    assert _ipi_deliveries(system, mark) == ["idt delivered"]
+    mark = len(system.trace.events)
+    cpu.cli()
+    cpu.wrmsr(X2APIC_ICR, SELF | IPI_VECTOR)
+    cpu.wrmsr(X2APIC_ICR, SELF | IPI_VECTOR)
+    assert _ipi_deliveries(system, mark) == ["rflags.if held", "rflags.if held"]
+    assert bsp.held_interrupts == [IPI_VECTOR, IPI_VECTOR]
+    mark = len(system.trace.events)
+    cpu.sti()
+    # One at a time: the gate clears IF, and the handler's IRET re-enables the next.
+    assert _ipi_deliveries(system, mark) == ["rflags.if released", "idt delivered"] * 2
+    assert bsp.held_interrupts == [] and bsp.p.rflags & Rflags.IF
+
+
+def test_a_held_interrupt_is_taken_when_the_processor_enters_user_mode() -> None:
+    """Entering user mode sets IF (SYSRET with the user's RFLAGS): an interrupt NT held with
+    interrupts off is taken then, interrupting the user thread, and the thread runs on."""
+    system = boot(preset("vbs-off"))
+    assert system.machine is not None
+    bsp = system.machine.bsp
+    user = spawn(system, "app.exe", USER)
+    bsp.cpu.cli()
+    bsp.cpu.wrmsr(X2APIC_ICR, SELF | IPI_VECTOR)
+    assert bsp.held_interrupts == [IPI_VECTOR]
+    mark = len(system.trace.events)
+    assert user.returned("tests.nt.read", user.scratch.base, 1) == b"\0"
+    assert _ipi_deliveries(system, mark) == ["rflags.if released", "idt delivered"]
+    entered = [e for e in system.trace.events[mark:] if e.outcome == "user-callback"]
+    delivered = [e for e in system.trace.events[mark:] if e.mechanism == "idt"]
+    assert entered and delivered and entered[0].seq < delivered[0].seq
+    assert bsp.held_interrupts == []
+    bsp.cpu.sti()

@@ -672,6 +672,8 @@ class VirtualProcessor(SharedGprs):
                 # The return gate, traced like the entry so that invariant 7 can pair them: the
                 # nesting depth names which delivery this IRET ends.
                 self.emit("iret", "iret", "returned", vector=int(vector), depth=self._delivering)
+            if self.held_interrupts and saved_flags & _IF:
+                self._deliver_held()  # IRET restored IF: the next held interrupt is taken
 
     def _idt_handler(self, vector: int) -> int | None:
         """Read the 16-byte interrupt gate (SDM Vol. 3A §6.14.1) with a supervisor implicit
@@ -751,9 +753,12 @@ class VirtualProcessor(SharedGprs):
 
         A processor halted by ``hlt`` resumes for it if RFLAGS.IF is 1, and after the handler's
         IRET is back in its idle loop's ``hlt`` (halted again); with IF = 0 it stays halted and
-        the interrupt is held (Intel SDM Vol. 2A, HLT).  [model] A processor that is not halted
-        takes the interrupt when it is sent: the model has one instruction stream at a time, so
-        RFLAGS.IF is not consulted outside HLT."""
+        the interrupt is held (Intel SDM Vol. 2A, HLT).  A running processor takes it at once if
+        IF is 1; with IF = 0 the interrupt stays pending (SDM Vol. 3A 6.8.1, "masking maskable
+        hardware interrupts") until an instruction sets IF again: STI, an IRET or SYSRET whose
+        restored RFLAGS has it (:meth:`_deliver_held`).  [model] One pending list per processor
+        (a real APIC per VTL keeps its own IRR, TLFS "virtual interrupts and VTLs"); the model's
+        IPIs are NT's, to VTL0."""
         if self.halted:
             if not self.p.rflags & _IF:
                 self.held_interrupts.append(vector)
@@ -768,7 +773,21 @@ class VirtualProcessor(SharedGprs):
             finally:
                 self.halted = True  # the idle loop's next instruction is ``hlt`` again
             return
+        if not self.p.rflags & _IF:
+            self.held_interrupts.append(vector)
+            if self.trace.on:
+                self.emit("interrupt", "rflags.if", "held", vector=vector)
+            return
         self.fault(vector)
+
+    def _deliver_held(self) -> None:
+        """Take the interrupts held while IF was 0, oldest first, now that it is 1 (the
+        handler's IRET re-enables them one at a time, as the interrupt gate clears IF)."""
+        while self.held_interrupts and self.p.rflags & _IF and not self.halted:
+            vector = self.held_interrupts.pop(0)
+            if self.trace.on:
+                self.emit("interrupt", "rflags.if", "released", vector=vector)
+            self.fault(vector)
 
     def hlt(self) -> None:
         """``HLT`` (Intel SDM Vol. 2A): ring 0 only (#GP(0) elsewhere); the processor stops
@@ -787,9 +806,12 @@ class VirtualProcessor(SharedGprs):
             self.p.rflags &= ~_IF
 
     def sti(self) -> None:
-        """``STI``: set RFLAGS.IF (ring 0 only, as :meth:`cli`)."""
+        """``STI``: set RFLAGS.IF (ring 0 only, as :meth:`cli`); a held interrupt is taken
+        next ([model] at once: the SDM's one-instruction STI shadow is not modelled)."""
         if self._require_cpl0():
             self.p.rflags |= _IF
+            if self.held_interrupts:
+                self._deliver_held()
 
     def apply_msr(self, msr: int, value: int) -> None:
         """Architectural effect of a permitted MSR write (also used by a higher VTL's emulation)."""
@@ -990,6 +1012,8 @@ class VirtualProcessor(SharedGprs):
         self._r, self._w, self._x = fast[3], fast[4], fast[5]
         if self.trace.on:
             self.emit("syscall", "sysret", "returned", status=self.rax)
+        if self.held_interrupts and bank.rflags & _IF:
+            self._deliver_held()
 
     def user_call(self, entry: int, *args: Any) -> Any:
         """Run user code at ``entry`` and come back: KeUserModeCallback's two gates.
@@ -1015,6 +1039,8 @@ class VirtualProcessor(SharedGprs):
         if self.trace.on:
             self.emit("syscall", "sysret", "user-callback", entry=entry)
         try:
+            if self.held_interrupts:  # user mode runs with IF set: held interrupts are taken
+                self._deliver_held()
             return self.call(entry, *args)
         finally:
             if self.p is bank and bank.cpl == 3:

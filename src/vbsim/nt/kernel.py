@@ -337,6 +337,9 @@ class NtKernel:
         kcfg.initialize(self, vp)  # MiInitializeKernelCfg: before PHASE3_INIT protects it
         if self.vsl is not None:
             self.vsl.phase3_init(vp)
+        # KiInitializeKernel's end: the boot processor takes interrupts from here on (its IDT
+        # is loaded; WRK ``ke/amd64/kiinit.c`` enables them before phase 1).
+        vp.sti()
 
     def phase1(self, vp: Cpu) -> None:
         if self.vsl is not None:
