@@ -6,11 +6,14 @@ NT sees when VBS is off.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from vbsim.hv.hypervisor import Hypervisor
 from vbsim.hv.iommu_faults import platform_iommu
 from vbsim.hw.bus import Bus
 from vbsim.hw.entropy import Entropy
 from vbsim.hw.ram import DEFAULT_RAM_SIZE, GuestRam
+from vbsim.hw.rtc import INDEX_PORT, CmosRtc
 from vbsim.hw.slat import Slat
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.trace import Trace
@@ -25,12 +28,17 @@ class Machine:
         trace: Trace | None = None,
         kernel_dma_protection: bool = False,
         entropy_seed: int | None = None,
+        rtc_time: dt.datetime | None = None,
     ) -> None:
         if vps < 1 or vps > 64:
             raise ValueError(f"a machine has 1 to 64 virtual processors, not {vps}")
         self.trace = trace if trace is not None else Trace()
         self.ram = GuestRam(ram_size)
         self.bus = Bus()
+        #: The CMOS real-time clock at ports 0x70/0x71, set at power-on to ``rtc_time`` (the
+        #: platform's wall clock: the host's, unless a test or a campaign fixes it).
+        self.rtc = CmosRtc(rtc_time if rtc_time is not None else dt.datetime.now(dt.UTC))
+        self.bus.claim_ports(INDEX_PORT, 2, self.rtc, "cmos-rtc")
         self.slat: Slat | None = Slat(self.ram.pages) if hypervisor else None
         self.vps = [
             VirtualProcessor(i, self.ram, self.slat, self.trace, self.bus) for i in range(vps)

@@ -94,6 +94,23 @@ ABI_HV = frozenset({"vbsim.hv.defs", "vbsim.hv.abi", "vbsim.hv.calls.context"})
 #: Device programming interfaces (a datasheet's register offsets and command values) a driver
 #: may name, from modules that otherwise model the device itself.
 DEVICE_INTERFACES = {
+    # The MC146818 CMOS clock's ports and register indices (its data sheet's).
+    "vbsim.hw.rtc": frozenset(
+        {
+            "INDEX_PORT",
+            "DATA_PORT",
+            "SECONDS",
+            "MINUTES",
+            "HOURS",
+            "WEEKDAY",
+            "DAY",
+            "MONTH",
+            "YEAR",
+            "STATUS_A",
+            "STATUS_B",
+            "CENTURY",
+        }
+    ),
     "vbsim.hw.dma": frozenset(
         {
             "DEFAULT_BASE",
@@ -114,7 +131,7 @@ DEVICE_INTERFACES = {
             "STATUS_BLOCKED",
             "STATUS_ERROR",
         }
-    )
+    ),
 }
 #: Annotations that make a function host-side: a step calling it would reach the host.
 HOST_TYPES = frozenset(

@@ -33,6 +33,7 @@ beyond a signature that chains to the anchor (no EKU, any level).
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,11 +151,18 @@ def verify(
     *,
     revocation: RevocationPolicy | None = None,
     parsed: ParsedImage | None = None,
+    at: dt.datetime | None = None,
 ) -> VerificationResult:
-    """``verify_image`` against what the verifier read: its anchor and its requirement.  No
+    """``verify_image`` against what the verifier read: its anchor and its requirement, at the
+    time its own clock says (``at``; a kernel passes the time it keeps in its memory).  No
     decodable anchor: nothing chains to a trusted root (``untrusted-root``)."""
     if anchor.trust is None:
         return VerificationResult(Failure.UNTRUSTED_ROOT, f"no trust anchor: {anchor.problem}")
     return verify_image(
-        data, anchor.trust, requirement=anchor.requirement, revocation=revocation, parsed=parsed
+        data,
+        anchor.trust,
+        requirement=anchor.requirement,
+        revocation=revocation,
+        parsed=parsed,
+        at=at,
     )

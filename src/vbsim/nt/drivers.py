@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from vbsim.guest import rtc
 from vbsim.guest.address_space import CODE_BASE, DIRECT_MAP
 from vbsim.hv.defs import HvMapGpaFlags
 from vbsim.hw import code
@@ -456,7 +457,7 @@ def ci_validate_image_header(vp: Cpu, name_va: int, name_length: int) -> int:
     file's Authenticode signature must chain to the root CI's anchor record in RAM names, with
     the driver requirement that record holds (both read now, through this processor).  The
     file is the one the name in memory designates, read from the system disk."""
-    from vbsim.nt.kernel import NtKernel
+    from vbsim.nt.kernel import BOOT_TIME, NtKernel
 
     nt = vp.kernel()
     if not isinstance(nt, NtKernel):
@@ -475,7 +476,9 @@ def ci_validate_image_header(vp: Cpu, name_va: int, name_length: int) -> int:
         _event(vp, "dse", "skipped", driver=name, g_CiOptions=options)
         return int(NtStatus.SUCCESS)
     anchor = anchors.read(vp, ci_trust_va(nt), ImageKind.DRIVER)
-    result = anchors.verify(image, anchor)
+    # Certificates are judged at the system time NT keeps in RAM (KeBootTime, read now).
+    now = rtc.filetime_to_datetime(vp.read_u64(nt.variables[BOOT_TIME].va))
+    result = anchors.verify(image, anchor, at=now)
     if not result.ok:
         _event(
             vp,

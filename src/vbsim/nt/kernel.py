@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from vbsim.guest import crash
+from vbsim.guest import crash, rtc
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap, runtime_phys
 from vbsim.hv import defs as hv_defs
 from vbsim.hv.calls.context import encode_context
@@ -63,6 +63,8 @@ SERVICE_LIMIT = 0x200
 #: set once phase 0 found an Hv#1 hypervisor ([model] names; Windows keeps both in Hvl globals).
 ENLIGHTENMENTS = "HvlEnlightenments"
 HV_PRESENT = 1 << 32
+#: NT .data: KeBootTime, the boot's system time as a FILETIME (vbsim.guest.rtc).
+BOOT_TIME = "KeBootTime"
 #: HV_X64_ENLIGHTENMENT_INFORMATION bit 2, UseHypercallForRemoteFlush (TLFS; hv.defs).
 USE_HYPERCALL_FOR_REMOTE_FLUSH = hv_defs.RECOMMEND_REMOTE_FLUSH_HYPERCALL
 #: NT .data: HvlpHypercallPages, the input and output pages (VA, GPA each), set in phase 1.
@@ -204,6 +206,9 @@ class NtKernel:
         self.cid_table_pointer = self.variable("PspCidTable").va
         table_va, _ = loader.alloc_data(1)
         loader.write_u64(self.cid_table_pointer, table_va)
+        # KeBootTime: the CMOS clock's time at phase 0 (FILETIME), what NT's code integrity
+        # judges certificate validity at (vbsim.guest.rtc: the model's clock does not tick).
+        self.variable(BOOT_TIME)
         # What phase 0 learns of the hypervisor (CPUID), and phase 1's hypercall pages.
         self.variable(ENLIGHTENMENTS)
         self.variable(HYPERCALL_PAGES, 32)
@@ -326,6 +331,7 @@ class NtKernel:
     # -- phases (vbs-internals §1.1 rows 13-15) ------------------------------------------------
     def phase0(self, vp: Cpu) -> None:
         self._discover_hypervisor(vp)
+        vp.write_u64(self.variables[BOOT_TIME].va, rtc.read_filetime(vp))  # HalQueryRealTimeClock
         vp.lidt(*self.idt)
         vp.wrmsr(Msr.STAR, STAR_VALUE)
         vp.wrmsr(Msr.LSTAR, self.syscall_entry)

@@ -13,12 +13,13 @@ the generator when NT VTL-calls back with the reply (vbs-internals §2.5).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from vbsim.guest import crash, hvcall
+from vbsim.guest import crash, hvcall, rtc
 from vbsim.guest.address_space import DIRECT_MAP, KernelMap
 from vbsim.hv import defs
 from vbsim.hv.calls.context import encode_context
@@ -524,10 +525,16 @@ class SecureKernel:
         vp.wrmsr(Msr.STAR, (0x0023 << 48) | (0x0010 << 32))
         vp.wrmsr(Msr.SFMASK, int(Rflags.TF | Rflags.IF | Rflags.DF | Rflags.AC))
         if vp.index == 0:
+            write_field(vp, self.state_va, State.BOOT_TIME, rtc.read_filetime(vp))
             self.phase1(vp)
         ready = read_field(vp, self.state_va, State.READY)
         write_field(vp, self.state_va, State.READY, ready | 1 << vp.index)
         self.emit(vp, "sk", "init-processor", "ready", vp_index=vp.index)
+
+    def system_time(self, vp: Cpu) -> dt.datetime:
+        """The SK's time: the CMOS clock as the SK read it at its initialisation (its state
+        page, read now; [model] it does not advance)."""
+        return rtc.filetime_to_datetime(read_field(vp, self.state_va, State.BOOT_TIME))
 
     def phase1(self, vp: Cpu) -> None:
         """SkmiProtectSecureKernelPages and friends (vbs-internals §1.1 row 12)."""

@@ -119,6 +119,9 @@ class State:
     #: The secure-allocation arena's top: buffers are carved downward from here
     #: (``sk.services.allocation``; 0: the arena is untouched, its end).
     ARENA_TOP = Field("arena_top", 0x10, 8, MODEL)
+    #: The CMOS clock's time when the SK initialised (FILETIME, ``vbsim.guest.rtc``), read by
+    #: the SK itself before NT ran: the time SKCI judges certificate validity at.
+    BOOT_TIME = Field("boot_time", 0x18, 8, MODEL)
     TRUSTED = 0x20
     #: Trusted entry: HV_REGISTER_NAME (u32, vsm-spec §4), pad, value (HV_REGISTER_VALUE, 128
     #: bits: segment and table registers need more than 64).

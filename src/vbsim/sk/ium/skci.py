@@ -16,6 +16,7 @@ STATUS_IMAGE_CERT_REVOKED; ID mismatch or not on the allow-list → STATUS_ACCES
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from vbsim.image import ImageFormatError, ParsedImage, RevocationPolicy, anchors, parse_image
@@ -57,9 +58,11 @@ def admit(
     allowed: frozenset[int] | set[int] = ALLOWED_IDS,
     *,
     anchor: Anchor,
+    at: dt.datetime | None = None,
 ) -> Admission:
-    """SKCI's checks on ``data``; ``revocation``, ``allowed`` and ``anchor`` (the trusted root
-    and the trustlet requirement) are what the caller just read from SK memory."""
+    """SKCI's checks on ``data``; ``revocation``, ``allowed``, ``anchor`` (the trusted root
+    and the trustlet requirement) and ``at`` (the SK's time) are what the caller just read from
+    SK memory."""
     try:
         parsed = parse_image(data)
     except ImageFormatError as error:
@@ -95,7 +98,7 @@ def admit(
             f"requested {requested_id}, signed {parsed.policy.application_id}",
             parsed,
         )
-    result = anchors.verify(data, anchor, revocation=revocation, parsed=parsed)
+    result = anchors.verify(data, anchor, revocation=revocation, parsed=parsed, at=at)
     if not result.ok:
         if result.revocation is not None and result.revocation.revoked:
             return Admission(NtStatus.IMAGE_CERT_REVOKED, "revocation", result.detail, parsed)

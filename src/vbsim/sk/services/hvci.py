@@ -529,7 +529,7 @@ def create_secure_image(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Repl
         return _refuse(sk, vp, "skci", "skci.capture", NtStatus.INVALID_PARAMETER, pfn=list_pfn)
     # The capture: from here on the SK works on its own copy; VTL0 may change its pages freely.
     captured = b"".join(_read_page(sk, vp, pfn) for pfn in pfns)[:size]
-    result = anchors.verify(captured, anchor(sk, vp, ImageKind.DRIVER))
+    result = anchors.verify(captured, anchor(sk, vp, ImageKind.DRIVER), at=sk.system_time(vp))
     parsed = result.image
     if not result.ok or parsed is None:
         return _refuse(

@@ -75,6 +75,7 @@ def create_process(sk: SecureKernel, vp: Cpu, args: SecureCallArgs) -> Reply:
         sipolicy.read(sk, vp),
         sk.allowed_ids(vp),
         anchor=hvci.anchor(sk, vp, ImageKind.TRUSTLET),
+        at=sk.system_time(vp),
     )
     if sk.tracing(vp):
         for check in admission.passed:  # every check SKCI made, in order, in the trace
