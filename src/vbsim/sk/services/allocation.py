@@ -211,6 +211,15 @@ def _read_vtl0_mdl(sk: SecureKernel, vp: Cpu, mdl_gpa: int, count: int) -> Mdl:
     return Mdl(size, byte_count, byte_offset, start_va, pfns)
 
 
+def _captured(vp: Cpu, slot: int, size: int) -> Mdl:
+    """The MDL as the capture page in SK memory holds it now (``size`` bytes, checked)."""
+    raw = vp.read(slot, size)
+    _, start_va, byte_count, byte_offset = _parse(raw)
+    count = (size - MDL_HEADER.size) // 8
+    pfns = struct.unpack_from(f"<{count}Q", raw, MDL_HEADER.size)
+    return Mdl(size, byte_count, byte_offset, start_va, pfns)
+
+
 def fill_secure_allocation(
     sk: SecureKernel, vp: Cpu, args: SecureCallArgs
 ) -> Generator[NormalCall, SecureCallArgs, Reply]:
@@ -252,14 +261,12 @@ def fill_secure_allocation(
             mdl = _read_vtl0_mdl(sk, vp, mdl_gpa, _pfn_count(mdl, mdl_offset, clamp=True))
         else:
             raw = capture(sk, vp, slot, mdl_gpa, PAGE_SIZE - mdl_offset)
-            size, start_va, byte_count, byte_offset = _parse(raw)
+            size = _parse(raw)[0]
             if not MDL_HEADER.size <= size <= len(raw):
                 return refuse(
                     sk, vp, "securecall.mdl", "size", NtStatus.INVALID_PARAMETER, size=size
                 )
-            count = (size - MDL_HEADER.size) // 8
-            pfns = struct.unpack_from(f"<{count}Q", raw, MDL_HEADER.size)
-            mdl = Mdl(size, byte_count, byte_offset, start_va, pfns)
+            mdl = _captured(vp, slot, size)
         if not unchecked:
             reply = _check(sk, vp, mdl, offset, alloc_size)
             if reply is not None:
@@ -269,6 +276,12 @@ def fill_secure_allocation(
         status = answer.fields[0] if answer.fields else int(NtStatus.UNSUCCESSFUL)
         if status != NtStatus.SUCCESS:
             return Reply(status)
+        if not (unchecked or double_fetch):
+            # The SK works from its captured copy in SK memory, and from the allocation object,
+            # as they stand now: what it checked is what a VTL1 writer has not changed since
+            # (values a real SK keeps in its own memory across the call, not in registers).
+            mdl = _captured(vp, slot, mdl.size)
+            alloc_va = read_field(vp, obj, AllocationLayout.VA)
         if double_fetch:
             # The historical bug: the fields are fetched from VTL0 memory a second time.
             again = _read_vtl0_mdl(sk, vp, mdl_gpa, 0)
