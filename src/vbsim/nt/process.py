@@ -10,11 +10,12 @@ What a process has allocated is its VAD tree, also in RAM (``EPROCESS.VadRoot``,
 :mod:`vbsim.nt.vad`).
 
 The running process is the one the processor block at GS names (``KPCR.CurrentProcess``), and
-a thread runs on the CR3 its KPROCESS.DirectoryTableBase holds, both read at each switch.  The
-Python :class:`Process` is NT's handle on one: the EPROCESS VA, plus what stays in Python (the
-list of its page-table frames, for teardown; the PID and name as labels for traces).  Host tools
-list processes by walking PsActiveProcessHead in RAM (``System.process_views``), so a process a
-rootkit unlinked is missing there as it is from a debugger's list.
+a thread runs on the CR3 its KPROCESS.DirectoryTableBase holds, both read at each switch.  A
+process is found by PID through PspCidTable (:mod:`vbsim.nt.cid`, :func:`find_process`).  The
+Python :class:`Process` is only a reference: the EPROCESS VA, with the PID, name and root read
+at the moment it was taken, as labels.  Host tools list processes by walking
+PsActiveProcessHead in RAM (``System.process_views``), so a process a rootkit unlinked is
+missing there as it is from a debugger's list, while a lookup by PID still finds it.
 Each process gets its own PML4 whose kernel half (entries 256-511) is the kernel's, as on
 Windows x64.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.layout import Loads
+from vbsim.nt import cid
 from vbsim.nt.layouts import (
     EPROCESS,
     IMAGE_NAME_LEN,
@@ -154,15 +156,10 @@ def find_process(memory: Loads, cid_pointer: int, pid: int) -> Process | None:
     (ReactOS ``ntoskrnl/ps/process.c``).  The list is not walked: a process a rootkit unlinked
     from PsActiveProcessHead is still found by PID, as on Windows, and an entry a K0 write
     redirects names the object it now points at."""
-    from vbsim.nt import cid
-
     eprocess = cid.lookup(memory, memory.read_u64(cid_pointer), pid)
     if not eprocess or read_field(memory, eprocess, EPROCESS.Type) != PROCESS_OBJECT:
         return None
-    flags = read_field(memory, eprocess, EPROCESS.Flags)
-    if flags & (PROCESS_EXITING | PROCESS_DELETE):
-        return None
-    return process_at(memory, eprocess)
+    return None if is_exiting(memory, eprocess) else process_at(memory, eprocess)
 
 
 def _no_processor(*_: int) -> Any:
@@ -339,7 +336,7 @@ def protection_of(cpu: Cpu, eprocess: int) -> int:
     return read_field(cpu, eprocess, EPROCESS.Protection)
 
 
-def is_exiting(cpu: Cpu, eprocess: int) -> bool:
+def is_exiting(cpu: Loads, eprocess: int) -> bool:
     return bool(read_field(cpu, eprocess, EPROCESS.Flags) & (PROCESS_EXITING | PROCESS_DELETE))
 
 
