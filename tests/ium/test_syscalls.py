@@ -18,10 +18,13 @@ from hypothesis import strategies as st
 from vbsim.boot.chain import system_values as hive
 from vbsim.boot.trustlets import trustlet_image
 from vbsim.guest.address_space import DIRECT_MAP
+from vbsim.hw.code import guest_code
+from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.ium import iumbase, vmsp
 from vbsim.ium.images import VMSP
+from vbsim.nt.kernel import NtKernel
 from vbsim.nt.process import Process, Token
 from vbsim.nt.syscalls import NUMBERS
 from vbsim.ntstatus import NtStatus
@@ -332,3 +335,39 @@ def test_a_trustlet_reading_nt_kernel_memory_faults_and_its_thread_ends(
     assert fresh.run(process, kit.message(kit.OP_ECHO, b"again")).reply == b"again"
     other = fresh.started(kit.test_image(5), 5)
     assert fresh.run(other, kit.message(kit.OP_ECHO, b"alive")).reply == b"alive"
+
+
+CURRENT: list[int] = []
+
+
+@guest_code("tests.ium.current_spy")
+def _current_spy(vp: Cpu, *args: int) -> int:
+    """KiServiceTable's NtTestAlert slot, hooked: which EPROCESS NT's processor block names as
+    current while it serves the forwarded call."""
+    nt = vp.kernel()
+    assert isinstance(nt, NtKernel)
+    current = nt.process_of(vp)
+    CURRENT.append(current.eprocess if current is not None else 0)
+    return int(NtStatus.SUCCESS)
+
+
+def test_a_forwarded_service_runs_in_the_trustlets_shadow_process(
+    machine: Machine, trustlet: Process
+) -> None:
+    """IumGenericSyscall is served while the trustlet's thread runs, i.e. with its shadow
+    process current (and its DirectoryTableBase loaded), not whichever process resumed it."""
+    system = machine.system
+    assert system.nt is not None and system.nt_space is not None and system.machine is not None
+    slot = system.nt.service_table + NUMBERS["NtTestAlert"] * 8
+    gpa = system.nt_space.lookup_gpa(slot)
+    original = system.machine.ram.read(gpa, 8)
+    system.machine.ram.write(
+        gpa, system.nt_space.install("tests.ium.current_spy").to_bytes(8, "little")
+    )
+    CURRENT.clear()
+    try:
+        statuses, _ = run_calls(machine, trustlet, (NUMBERS["NtTestAlert"],))
+    finally:
+        system.machine.ram.write(gpa, original)
+    assert statuses == [NtStatus.SUCCESS]
+    assert [trustlet.eprocess] == CURRENT

@@ -7,7 +7,8 @@ means: a user-mode fault ends the thread, a kernel-mode fault bugchecks the mach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -655,22 +656,30 @@ class NtKernel:
         """Schedule ``process``'s thread on ``vp``: CR3 switch, then into user mode and back
         through the gates (``sysret`` in, ``syscall`` or an exception gate back: Cpu.user_call),
         never by setting CPL."""
+        outcome = UserRun()
+        with self.switched_to(vp, process):
+            try:
+                outcome.returned = vp.user_call(entry, *args)
+            except ThreadTerminated as stop:
+                outcome.terminated = stop
+        return outcome
+
+    @contextmanager
+    def switched_to(self, vp: Cpu, process: Process) -> Iterator[None]:
+        """KiSwapProcess for the span of a thread of ``process``: CR3 from its
+        KPROCESS.DirectoryTableBase and the processor block's CurrentProcess, both as RAM holds
+        them now; the previous ones are put back after (if the processor is still NT's)."""
         saved_cr3 = vp.read_cr(3)
         block = self.processor_block(vp.index)
         saved_current = read_field(vp, block, KPCR.CurrentProcess)
-        # KiSwapProcess: CR3 from the new process's KPROCESS.DirectoryTableBase, in RAM.
         vp.mov_to_cr(3, read_field(vp, process.eprocess, EPROCESS.DirectoryTableBase))
         write_field(vp, block, KPCR.CurrentProcess, process.eprocess)
-        outcome = UserRun()
         try:
-            outcome.returned = vp.user_call(entry, *args)
-        except ThreadTerminated as stop:
-            outcome.terminated = stop
+            yield
         finally:
             if vp.vtl == 0:
                 vp.mov_to_cr(3, saved_cr3)
                 write_field(vp, block, KPCR.CurrentProcess, saved_current)
-        return outcome
 
     def process_of(self, vp: Cpu) -> Process | None:
         """PsGetCurrentProcess: the EPROCESS this VP's processor block names (GS-relative, read

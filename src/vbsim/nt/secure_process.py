@@ -141,7 +141,11 @@ def run_trustlet(
         cookie,
         [selector, message_gpa >> PAGE_SHIFT, len(message), reply_gpa >> PAGE_SHIFT],
     )
-    reply = nt.vsl.call_raw(vp, args)
+    # The trustlet's thread runs as a thread of its shadow process: NT switches to that process
+    # (its EPROCESS current, its DirectoryTableBase in CR3) while the secure thread runs, so a
+    # system call IUM forwards (IumGenericSyscall) is served in the trustlet's context.
+    with nt.switched_to(vp, process):
+        reply = nt.vsl.call_raw(vp, args)
     status = reply.fields[0]
     length = min(reply.fields[1], PAGE_SIZE) if status == NtStatus.SUCCESS else 0
     data = vp.read(reply_va, length)
@@ -171,7 +175,8 @@ def allocate_pages(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
 
 
 def ium_generic_syscall(nt: NtKernel, vp: Cpu, args: list[int]) -> list[int]:
-    """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context."""
+    """IumGenericSyscall: run an NT service for a trustlet, in its shadow process's context
+    (the process current on this processor while the trustlet's thread runs: run_trustlet)."""
     number, call_args = args[0], args[1:5]
     routine = nt.service_routine(vp, number)  # KiServiceTable, as RAM holds it now
     result = vp.call(routine, *call_args) if routine else None
