@@ -168,12 +168,23 @@ def test_a_single_fuzzer_refuses_campaign_options(
     one_line(capsys, argv[0], "--workers")
 
 
-@pytest.mark.parametrize("seconds", ["inf", "nan", "1e9", "-1", "0"])
+@pytest.mark.parametrize(
+    "seconds", ["inf", "nan", "1e9", "-1", "0", "１", "1_0", "0x10", "", "1.5.2", "99999999"]
+)
 def test_fuzz_seconds_must_be_finite_positive_and_sane(
     seconds: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["fuzz", "policy", "--seconds", seconds]) == 2
     one_line(capsys, "--seconds")
+
+
+@pytest.mark.parametrize("interval", ["１", "0.1", "nan", "1e2"])
+def test_fuzz_interval_is_a_plain_decimal_in_range(
+    interval: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fuzz", "policy", "--workers", "2", "--interval", interval, "-s", "1"]
+    assert main(argv) == 2
+    one_line(capsys, "--interval")
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ kept in a results directory (``--out``; ``vbsim campaign show DIR``).
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -28,7 +27,7 @@ import typer
 from rich.console import Console
 
 from vbsim.cli.output import json_text, path_arg
-from vbsim.cli.sizes import whole_number
+from vbsim.cli.sizes import decimal_number, whole_number
 from vbsim.text import path_text, visible
 
 ENGINES = ("auto", "random", "atheris", "local", "dask")
@@ -47,7 +46,14 @@ def fuzz(
     target: Annotated[str, typer.Argument(help="image, policy, hypercall or securecall.")],
     seconds: Annotated[
         float,
-        typer.Option("--seconds", "-s", min=0.1, max=MAX_SECONDS, help="How long to fuzz."),
+        typer.Option(
+            "--seconds",
+            "-s",
+            min=0.1,
+            max=MAX_SECONDS,
+            parser=decimal_number(0.1, MAX_SECONDS),
+            help="How long to fuzz.",
+        ),
     ] = 60.0,
     engine: Annotated[
         str,
@@ -72,6 +78,7 @@ def fuzz(
         typer.Option(
             min=0.5,
             max=3600.0,
+            parser=decimal_number(0.5, 3600.0),
             show_default=False,
             help="Seconds between corpus merges (a campaign; default 5).",
         ),
@@ -99,9 +106,6 @@ def fuzz(
         _error(f"unknown target {target!r} (known: {', '.join(targets())})")
     if engine not in ENGINES:
         _error(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
-    for name, value in (("--seconds", seconds), ("--interval", interval)):
-        if value is not None and not math.isfinite(value):
-            _error(f"{name} {value} is not a number of seconds")
     out = Console(highlight=False, soft_wrap=True)
     if replay is not None:
         data = _read_replay(replay, targets()[target].max_len)

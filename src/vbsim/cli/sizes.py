@@ -103,3 +103,29 @@ def whole_number(
         return value
 
     return parse
+
+
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+", re.ASCII)
+
+
+def decimal_number(minimum: float, maximum: float) -> Callable[[str | float], float]:
+    """A Typer ``parser`` for a seconds option: a plain decimal in ASCII digits (``10``, ``0.5``),
+    within ``minimum``..``maximum``.  Typer's own ``float`` takes ``'１'``, ``'1_0'``, ``'nan'``
+    and ``'1e3'``; nobody means those as a duration, so they are refused on one line."""
+
+    def parse(text: str | float) -> float:
+        if isinstance(text, float | int):  # the option's own default, not typed by anyone
+            return float(text)
+        body = text.strip(" \t")
+        if not _DECIMAL.fullmatch(body) or len(body) > _MAX_DIGITS:
+            raise typer.BadParameter(
+                f"{text!r} is not a number of seconds in ASCII digits 0-9 (e.g. 10 or 0.5)"
+            )
+        value = float(body)
+        if value < minimum:
+            raise typer.BadParameter(f"{body} is below the minimum, {minimum:g}")
+        if value > maximum:
+            raise typer.BadParameter(f"{body} is above the maximum, {maximum:g}")
+        return value
+
+    return parse
