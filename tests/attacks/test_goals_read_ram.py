@@ -125,3 +125,28 @@ def test_a19_goal_reads_the_application_id_from_the_image_pages(
     image = a15.running_image(ctx, process)
     assert image is not None and image.policy is not None
     assert image.policy.application_id == a15.LSAISO_ID
+
+
+def _claims_without_writing(cpu: Cpu) -> list[object]:
+    """K0: touches no memory and hands back an empty "forged" record (helper-34's audit)."""
+    return [0, b""]
+
+
+def _claiming_steps(ctx: AttackContext) -> None:
+    *statuses, forged = ctx.kernel(_claims_without_writing)
+    ctx.notes.update(statuses=statuses, follow_on=0, forged=forged)
+
+
+@pytest.mark.parametrize("scenario", ["A8", "A9", "A8-LIVEDUMP"])
+@pytest.mark.parametrize("name", ["hardened", "legacy-2019"])
+def test_sk_record_goals_ignore_what_the_payload_returns(scenario: str, name: str) -> None:
+    """The A8 family's goal reads the forged header and record in SK memory against the
+    scenario's own constants: a payload that wrote nothing and returned an empty "forged" value
+    does not meet it, on the preset where the real attack succeeds either."""
+    from vbsim.attacks.catalogue import SCENARIOS
+    from vbsim.attacks.runner import run
+
+    real = next(s for s in SCENARIOS if s.id == scenario)
+    result, _ = run(replace(real, steps=_claiming_steps), name)
+    assert result.outcome != "succeeded"
+    assert real.goal_met is a03.sk_records_forged

@@ -427,6 +427,9 @@ MARKER = b"A8-OWNED"
 #: Bytes the crafted copy writes past the allocation: the hash records' 16-byte header and one
 #: 40-byte record (``vbsim.sk.layouts.Hvci``).
 FORGED_LENGTH = SkHvci.HASH_RECORDS + SkHvci.RECORD_SIZE
+#: The forged header: one record, the loader's capacity, and the attacker's marker in the
+#: header's last eight bytes (which the SK leaves zero).
+FORGED_HEADER = (1).to_bytes(4, "little") + SkHvci.HASH_MAX.to_bytes(4, "little") + MARKER
 
 
 def _a8_shellcode(vp: Cpu) -> int:
@@ -455,7 +458,7 @@ def _prepare(vp: Cpu) -> _Prepared:
     forged bytes are a hash-record header (count 1, the loader's capacity) and one record naming
     that page with that hash.  Nothing here asks the Secure Kernel anything."""
     nt = nt_of(vp)
-    header = (1).to_bytes(4, "little") + SkHvci.HASH_MAX.to_bytes(4, "little") + MARKER
+    header = FORGED_HEADER
     page_index = len(nt.space.code_pages) - 1
     va_page = CODE_BASE + page_index * PAGE_SIZE
     pfn = nt.space.code_pages[page_index]
@@ -524,10 +527,16 @@ def hash_records_gpa(ctx: AttackContext) -> int | None:
 
 def sk_records_forged(ctx: AttackContext) -> bool:
     """HVCI's hash records, the SK data right behind the allocation, hold the attacker's forged
-    header and record (RAM at their GPA, host side)."""
+    header (:data:`FORGED_HEADER`, whose marker the SK never writes) and a record naming one of
+    NT's code pages (RAM at their GPA, host side).  Judged from the scenario's own constants,
+    never from bytes the payload hands back: a payload that wrote nothing cannot claim it."""
     gpa = hash_records_gpa(ctx)
-    forged = ctx.notes.get("forged")
-    return gpa is not None and isinstance(forged, bytes) and _ram(ctx, gpa, len(forged)) == forged
+    nt = ctx.system.nt if ctx.system else None
+    if gpa is None or nt is None:
+        return False
+    raw = _ram(ctx, gpa, FORGED_LENGTH)
+    gpn = int.from_bytes(raw[SkHvci.HASH_RECORDS : SkHvci.HASH_RECORDS + 8], "little")
+    return raw[: SkHvci.HASH_RECORDS] == FORGED_HEADER and gpn in nt.space.code_pages
 
 
 def _a8_steps(ctx: AttackContext) -> None:
