@@ -9,6 +9,9 @@ kernel imports the other's internals for these (DESIGN.md; tests/architecture).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 PAGE_SIZE = 0x1000
 
 # -- the model's VTL1 user layout for a trustlet (model: no public layout) -----------------------
@@ -29,33 +32,37 @@ NORMAL_IUM_SYSCALL = 2  # IumGenericSyscall: a forwarded NT system call
 SECURE_SYSCALL_BIT = 0x0800_0000  # x64: bit 27 of the service number (vbs-internals §2.6)
 #: Secure system calls: index (number - 0x0800_0000) → name, as the IumFuzzer stub table lists
 #: them (vbs-internals §4.2; [V] for that build, [U] in general).
-SECURE_SYSCALLS: dict[int, str] = {
-    0x00: "IumAssignMemoryToSocDomain",
-    0x01: "IumAwaitSmc",
-    0x02: "IumCreateSecureDevice",
-    0x03: "IumCreateSecureSection",
-    0x04: "IumCreateSecureSectionSpecifyPages",
-    0x05: "IumCrypto",
-    0x06: "IumDmaMapMemory",
-    0x07: "IumEmitSmc",
-    0x08: "IumFlushSecureSectionBuffers",
-    0x09: "IumGetDmaEnabler",
-    0x0A: "IumGetExposedSecureSection",
-    0x0B: "IumGetIdk",
-    0x0C: "IumMapSecureIo",
-    0x0D: "IumOpenCurrentExtension",
-    0x0E: "IumOpenSecureSection",
-    0x0F: "IumPostMailbox",
-    0x10: "IumProtectSecureIo",
-    0x11: "IumQuerySecureDeviceInformation",
-    0x12: "IumSecureStorageGet",
-    0x13: "IumSecureStoragePut",
-    0x14: "IumSetDmaTargetProperties",
-    0x15: "IumSetPolicyExtension",
-    0x16: "IumUnmapSecureIo",
-    0x17: "IumUpdateSecureDeviceState",
-}
-SECURE_NUMBERS = {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
+SECURE_SYSCALLS: Mapping[int, str] = MappingProxyType(
+    {
+        0x00: "IumAssignMemoryToSocDomain",
+        0x01: "IumAwaitSmc",
+        0x02: "IumCreateSecureDevice",
+        0x03: "IumCreateSecureSection",
+        0x04: "IumCreateSecureSectionSpecifyPages",
+        0x05: "IumCrypto",
+        0x06: "IumDmaMapMemory",
+        0x07: "IumEmitSmc",
+        0x08: "IumFlushSecureSectionBuffers",
+        0x09: "IumGetDmaEnabler",
+        0x0A: "IumGetExposedSecureSection",
+        0x0B: "IumGetIdk",
+        0x0C: "IumMapSecureIo",
+        0x0D: "IumOpenCurrentExtension",
+        0x0E: "IumOpenSecureSection",
+        0x0F: "IumPostMailbox",
+        0x10: "IumProtectSecureIo",
+        0x11: "IumQuerySecureDeviceInformation",
+        0x12: "IumSecureStorageGet",
+        0x13: "IumSecureStoragePut",
+        0x14: "IumSetDmaTargetProperties",
+        0x15: "IumSetPolicyExtension",
+        0x16: "IumUnmapSecureIo",
+        0x17: "IumUpdateSecureDeviceState",
+    }
+)
+SECURE_NUMBERS: Mapping[str, int] = MappingProxyType(
+    {name: SECURE_SYSCALL_BIT | index for index, name in SECURE_SYSCALLS.items()}
+)
 
 #: IumCrypto's request block (model): u32 op, u32 key, u64 in, u64 in_len, u64 out, u64 out_cap,
 #: u64 out_len; the operations and the key selectors (IDK, the local and per-boot keys, §4.3).
@@ -65,20 +72,22 @@ IDK, LOCAL, PER_BOOT = 0, 1, 2
 
 #: The model build's NT system-service numbers: the ABI ntdll stubs, NT's dispatch table
 #: (``vbsim.nt.syscalls.NUMBERS`` must agree; tests/ium check it) and the SK's IUM filter apply.
-NT_NUMBERS: dict[str, int] = {
-    "NtTestAlert": 0x0001,
-    "NtAllocateVirtualMemory": 0x0018,
-    "NtFreeVirtualMemory": 0x001E,
-    "NtProtectVirtualMemory": 0x0050,
-    "NtQueryVirtualMemory": 0x0023,
-    "NtReadVirtualMemory": 0x003F,
-    "NtWriteVirtualMemory": 0x003A,
-    "NtTerminateProcess": 0x002C,
-    "NtQueryValueKey": 0x0017,
-    "NtSetValueKey": 0x0060,
-    "NtLoadDriver": 0x0106,
-    "NtDeviceIoControlFile": 0x0007,
-    "NtQueryInformationProcess": 0x0019,
-    "NtAlpcSendWaitReceivePort": 0x0085,
-    "NtCreateUserProcess": 0x00C8,
-}
+NT_NUMBERS: Mapping[str, int] = MappingProxyType(
+    {
+        "NtTestAlert": 0x0001,
+        "NtAllocateVirtualMemory": 0x0018,
+        "NtFreeVirtualMemory": 0x001E,
+        "NtProtectVirtualMemory": 0x0050,
+        "NtQueryVirtualMemory": 0x0023,
+        "NtReadVirtualMemory": 0x003F,
+        "NtWriteVirtualMemory": 0x003A,
+        "NtTerminateProcess": 0x002C,
+        "NtQueryValueKey": 0x0017,
+        "NtSetValueKey": 0x0060,
+        "NtLoadDriver": 0x0106,
+        "NtDeviceIoControlFile": 0x0007,
+        "NtQueryInformationProcess": 0x0019,
+        "NtAlpcSendWaitReceivePort": 0x0085,
+        "NtCreateUserProcess": 0x00C8,
+    }
+)

@@ -49,6 +49,18 @@ What guest code may not do (each a :class:`Violation` with its file, line and fu
   ``m.N`` on an imported module) is followed through the modules that import it to the module
   that defines it (:func:`origins`), and the rules apply to every module on the way; a name in
   :data:`HOST_TYPES` is a violation wherever it comes from;
+- change what another module holds (rule ``module-state``): store into, delete from, or call a
+  mutating method (:data:`MUTATING_METHODS`) on an object reached from an imported name, or
+  from a local name bound to one (``hyperguard.TRUSTED[r] = 0``, ``sk_ium.admit = f``,
+  ``t = code; t.x = 1``), or hand one to ``setattr``/``delattr``: an imported module's
+  functions, tables and constants are another component's code and data, which guest code
+  reaches only through memory;
+- use a ``_``-prefixed attribute of an imported module or of anything reached from one
+  (``code._registry``, rule ``module-private``): a module's private state is its own;
+- in a step, register code (``register``, ``guest_code``, ``payload_routine``, rule
+  ``registration``): linking a routine into the instruction set is host side, done once at
+  import; a step that re-registered a kernel routine's name would change what bytes already in
+  RAM mean;
 - find names the source does not spell: ``getattr``/``setattr``/``delattr`` with a computed
   name, ``operator.attrgetter``/``methodcaller`` (their names are checked as attributes),
   ``__import__``, ``importlib``, ``builtins``, ``sys.modules``;
@@ -253,6 +265,8 @@ FORBIDDEN_DUNDERS = frozenset(
         "__builtins__",
         "__slots__",
         "__vp__",
+        "__setattr__",
+        "__delattr__",
     }
 )
 FORBIDDEN_CALLS = frozenset({"vars", "globals", "locals"})
@@ -269,6 +283,32 @@ ATTRIBUTE_GETTERS = frozenset({"attrgetter", "methodcaller"})
 DYNAMIC_IMPORT_NAMES = frozenset({"__import__", "import_module", "__loader__", "__spec__"})
 #: Mode entries whose first argument is code to run on the machine (rule 3 of a step).
 PAYLOAD_CALLS = frozenset({"kernel", "user", "secure_kernel", "payload_routine", "register"})
+#: Calls that link a routine into the instruction set (``vbsim.hw.code``): host side only.
+REGISTRATION_CALLS = frozenset({"register", "guest_code", "payload_routine"})
+#: Methods that change the container or object they are called on.
+MUTATING_METHODS = frozenset(
+    {
+        "update",
+        "pop",
+        "popitem",
+        "clear",
+        "setdefault",
+        "append",
+        "extend",
+        "remove",
+        "add",
+        "discard",
+        "sort",
+        "reverse",
+        "difference_update",
+        "intersection_update",
+        "symmetric_difference_update",
+        "__setitem__",
+        "__delitem__",
+        "__setattr__",
+        "__delattr__",
+    }
+)
 #: The mode entries of the attack context: what follows the payload is handed to guest code.
 ENTRY_CALLS = frozenset({"kernel", "user", "secure_kernel"})
 
@@ -733,6 +773,42 @@ def _closure_violations(module: _Module, label: str, step: Function) -> Iterator
                 break
 
 
+def _root(node: ast.expr) -> ast.Name | None:
+    """The name an attribute/subscript chain starts from (``a`` of ``a.b[c].d``); None when
+    the chain starts from a call's result or a literal (a new object, nobody else's)."""
+    while isinstance(node, ast.Attribute | ast.Subscript | ast.Starred):
+        node = node.value
+    return node if isinstance(node, ast.Name) else None
+
+
+def _aliases(function: Function, imported: set[str]) -> set[str]:
+    """Names ``function`` binds to an object reached from an imported name (``t = code``,
+    ``table = hyperguard.TRUSTED``), to a fixed point."""
+    pairs: list[tuple[str, ast.expr | None]] = []
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs.extend(_targets(target, node.value))
+        elif isinstance(node, ast.AnnAssign | ast.NamedExpr):
+            pairs.extend(_targets(node.target, node.value))
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            pairs.extend(_targets(node.target, node.iter))
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            pairs.extend(_targets(node.optional_vars, node.context_expr))
+    found: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, value in pairs:
+            if name in found or value is None:
+                continue
+            root = _root(value)
+            if root is not None and (root.id in imported or root.id in found):
+                found.add(name)
+                changed = True
+    return found
+
+
 class _StepVisitor(ast.NodeVisitor):
     def __init__(
         self,
@@ -748,6 +824,10 @@ class _StepVisitor(ast.NodeVisitor):
         self.host = host_functions
         self.out = out
         self.cpu_names: set[str] = set()
+        #: names that reach another module's objects: imports, and aliases of what they reach
+        self.foreign: set[str] = set(module.all_imported)
+        #: decorators of the functions visited: evaluated at import, host side
+        self.decorators: set[int] = set()
 
     def report(self, node: ast.AST, rule: str, detail: str) -> None:
         line = getattr(node, "lineno", 0)
@@ -767,12 +847,63 @@ class _StepVisitor(ast.NodeVisitor):
         self._check_import(node)
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
-        saved, label = set(self.cpu_names), self.label
+        saved, label, foreign = set(self.cpu_names), self.label, set(self.foreign)
         self.cpu_names |= _cpu_params(node)
+        self.foreign |= _aliases(node, self.foreign)
+        if not isinstance(node, ast.Lambda):
+            self.decorators.update(id(d) for d in node.decorator_list)
         if self.whole and not isinstance(node, ast.Lambda):
             self.label = f"{label}.{node.name}" if label else node.name
         self.generic_visit(node)
-        self.cpu_names, self.label = saved, label
+        self.cpu_names, self.label, self.foreign = saved, label, foreign
+
+    # another module's state
+    def _foreign(self, node: ast.expr) -> str | None:
+        """The imported (or aliased) name ``node``'s chain starts from, if it has one."""
+        root = _root(node)
+        return root.id if root is not None and root.id in self.foreign else None
+
+    def _is_module(self, node: ast.expr) -> bool:
+        """``node`` is a bare name bound to an imported module (``objdir`` of ``from vbsim.nt
+        import objdir``): ``objdir.insert(...)`` calls its function, it changes nothing there."""
+        if not isinstance(node, ast.Name) or node.id not in self.module.all_imported:
+            return False
+        origin = self.module.all_imported[node.id]
+        return _source_of(origin) is not None or "." not in origin
+
+    def _store(self, target: ast.expr) -> None:
+        if isinstance(target, ast.Tuple | ast.List):
+            for element in target.elts:
+                self._store(element)
+        elif isinstance(target, ast.Starred):
+            self._store(target.value)
+        elif isinstance(target, ast.Attribute | ast.Subscript):
+            root = self._foreign(target)
+            if root is not None:
+                self.report(
+                    target,
+                    "module-state",
+                    f"changes {ast.unparse(target)}, reached from {root} (another module's)",
+                )
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            self._store(target)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._store(node.target)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self._store(node.target)
+        self.generic_visit(node)
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        for target in node.targets:
+            self._store(target)
+        self.generic_visit(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         label = self.label
@@ -797,6 +928,16 @@ class _StepVisitor(ast.NodeVisitor):
             self.report(node, "introspection", f".{name}")
         elif name.startswith("_") and isinstance(owner, ast.Name) and owner.id in self.cpu_names:
             self.report(node, "cpu-private", f"{owner.id}.{name} is not on the Cpu surface")
+        elif (
+            name.startswith("_")
+            and not name.startswith("__")
+            and not (name.endswith("_") and len(name) > 2)  # an enum's _sunder_ names
+            and owner is not None
+            and self._foreign(owner) is not None
+        ):
+            self.report(
+                node, "module-private", f".{name} of {ast.unparse(owner)} (another module's)"
+            )
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self._attribute_name(node, node.attr, node.value)
@@ -844,6 +985,29 @@ class _StepVisitor(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         callee = node.func.id if isinstance(node.func, ast.Name) else None
+        if (
+            not self.whole
+            and _callee(node) in REGISTRATION_CALLS
+            and id(node) not in self.decorators
+        ):
+            self.report(node, "registration", f"{_callee(node)}() in a step (linking is host side)")
+        method = node.func
+        if (
+            isinstance(method, ast.Attribute)
+            and method.attr in MUTATING_METHODS
+            and not self._is_module(method.value)
+        ):
+            root = self._foreign(method.value)
+            if root is not None:
+                self.report(
+                    node,
+                    "module-state",
+                    f"{ast.unparse(node.func)}() changes what {root} reaches (another module's)",
+                )
+        if callee in ("setattr", "delattr") and node.args:
+            root = self._foreign(node.args[0])
+            if root is not None:
+                self.report(node, "module-state", f"{callee}() on {root} (another module's)")
         if callee in FORBIDDEN_CALLS:
             self.report(node, "introspection", f"{callee}()")
         if callee in HOST_CALLS:

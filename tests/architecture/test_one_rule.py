@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import io
 import mmap
+import pkgutil
 import textwrap
 import types
 from collections import Counter
@@ -156,6 +158,106 @@ def test_planted_violations_of_each_kind_are_caught(line: str, rule: str) -> Non
     source = _planted(CATALOGUE_A1.read_text(), "_tamper", line)
     found = checker.check_source(source, "vbsim.attacks.catalogue.a01_a04_vtl1_boundary")
     assert any(v.function == "_tamper" and v.rule == rule for v in found), found
+
+
+#: Another module's code and tables reached from a step (helper-34's audit found each one
+#: changing a verdict): SK decision tables, an SK service's function, the code registry.
+_STATE_PLANTS = {
+    "table": "from vbsim.sk import hyperguard; hyperguard.TRUSTED[0] = 0",
+    "function": "from vbsim.sk.services import ium as sk_ium; sk_ium.admit = len",
+    "alias": "from vbsim.sk import hyperguard; t = hyperguard.TRUSTED; t[0] = 0",
+    "augmented": "from vbsim.sk import hyperguard; hyperguard.CR0_MASK += 1",
+    "delete": "from vbsim.sk import hyperguard; del hyperguard.TRUSTED[0]",
+    "mutator": "from vbsim.sk.ium import syscalls; syscalls.IUM_FILTER.update({})",
+    "imported-name": "from vbsim.sk.hyperguard import TRUSTED; TRUSTED.clear()",
+    "setattr": "from vbsim.sk.services import ium as sk_ium; setattr(sk_ium, 'admit', len)",
+    "dunder": "from vbsim.sk.services import ium as sk_ium; sk_ium.__setattr__('admit', len)",
+}
+
+
+@pytest.mark.parametrize("line", _STATE_PLANTS.values(), ids=_STATE_PLANTS.keys())
+def test_a_step_changing_another_modules_state_is_caught(line: str) -> None:
+    source = _planted(CATALOGUE_A1.read_text(), "_tamper", line)
+    found = checker.check_source(source, "vbsim.attacks.catalogue.a01_a04_vtl1_boundary")
+    rules = {v.rule for v in found if v.function == "_tamper"}
+    assert rules & {"module-state", "introspection"}, found
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [
+        ("from vbsim.hw import code; code._registry.pop(b'')", "module-private"),
+        ("from vbsim.hw import code; code._breakpoints[b''] = ('x', len)", "module-private"),
+        ("from vbsim.hw import code; code.register('sk.svc.NULL', len)", "registration"),
+        ("from vbsim.hw.code import guest_code; guest_code('sk.svc.NULL')(len)", "registration"),
+    ],
+)
+def test_a_step_rewriting_the_instruction_set_is_caught(line: str, rule: str) -> None:
+    """What a thunk in RAM runs is fixed when the routine is linked (host side, at import): a
+    step that re-registered an SK routine's name would run its own function at VTL1."""
+    source = _planted(CATALOGUE_A1.read_text(), "_tamper", line)
+    found = checker.check_source(source, "vbsim.attacks.catalogue.a01_a04_vtl1_boundary")
+    assert any(v.function == "_tamper" and v.rule == rule for v in found), found
+
+
+def test_calling_an_imported_modules_functions_is_not_a_state_change() -> None:
+    """``objdir.insert(...)`` calls a function of the module (it changes RAM through the CPU);
+    reading another module's table is fine too."""
+    source = textwrap.dedent(
+        """
+        from vbsim.hw.cpu import Cpu
+        from vbsim.nt import objdir, vad
+        from vbsim.sk.hyperguard import TRUSTED
+
+        def service(cpu: Cpu) -> int:
+            objdir.insert(cpu, 0, 0, 0)
+            vad.remove(cpu, 0, 0)
+            return TRUSTED.get(0, 0)
+        """
+    )
+    found = checker.check_source(source, "vbsim.attacks.catalogue.planted")
+    assert [v for v in found if v.rule in {"module-state", "module-private"}] == []
+
+
+#: Module-level containers a guest module may keep, each with why: none is a value a kernel
+#: decides from.
+_MUTABLE_GLOBALS = {
+    # memo of the code object built once per system-service handler (the routine, not data)
+    ("vbsim.nt.kernel", "_SERVICE_ROUTINES"),
+    # the same for normal-call handlers
+    ("vbsim.nt.vsl", "_NORMAL_CALL_ROUTINES"),
+    # a debugger's hit counters on driver bodies: host-side observation no guest code reads
+    ("vbsim.nt.drivers", "RUNS"),
+}
+
+
+def _guest_modules() -> list[types.ModuleType]:
+    found = []
+    for package in checker.GUEST_PACKAGES:
+        root = importlib.import_module(package)
+        found.append(root)
+        for info in pkgutil.walk_packages(root.__path__, package + "."):
+            found.append(importlib.import_module(info.name))
+    return found
+
+
+def test_guest_modules_tables_cannot_be_changed_at_run_time() -> None:
+    """A kernel's code constants (HyperGuard's masks, the IUM filter's template, dispatch and
+    number tables) are read-only at run time: an alias the static check cannot follow
+    (``t = hyperguard.TRUSTED``) still cannot change what VTL1 decides from."""
+    mutable = sorted(
+        (module.__name__, name, type(value).__name__)
+        for module in _guest_modules()
+        for name, value in vars(module).items()
+        if not name.startswith("__")
+        and isinstance(value, dict | list | set | bytearray | collections.deque)
+        and (module.__name__, name) not in _MUTABLE_GLOBALS
+    )
+    assert mutable == []
+    from vbsim.sk import hyperguard
+
+    with pytest.raises(TypeError):
+        hyperguard.TRUSTED[0] = 0  # type: ignore[index]
 
 
 def test_host_side_code_of_a_catalogue_module_may_read_ram() -> None:

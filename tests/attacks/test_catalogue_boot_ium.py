@@ -9,6 +9,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -270,7 +271,9 @@ def _protect_stand_in(nt: Any, vp: Any, args: list[int]) -> int:
 
 @pytest.fixture
 def remote_protect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(syscalls.HANDLERS, "NtProtectVirtualMemory", _protect_stand_in)
+    # NT's service table is read-only at run time: the stand-in is a different build's table.
+    table = {**syscalls.HANDLERS, "NtProtectVirtualMemory": _protect_stand_in}
+    monkeypatch.setattr(syscalls, "HANDLERS", MappingProxyType(table))
 
 
 def test_a22_succeeds_once_an_administrator_can_change_page_protection(

@@ -9,7 +9,9 @@ security descriptor ``S-1-5-83-0``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 # The trustlets' code must be registered wherever their images can run.
@@ -43,7 +45,11 @@ class Version:
 LSAISO = "LsaIso.exe"
 VMSP = "vmsp.exe"
 #: Image → (trustlet ID, entry routine, other exported routines, capabilities, parent SD).
-TRUSTLETS: dict[str, tuple[int, str, tuple[str, ...], int | None, str | None]] = {
-    LSAISO: (1, "lsaiso.main", (), None, None),
-    VMSP: (2, "vmsp.main", (), 2, "S-1-5-83-0"),
-}
+TRUSTLETS: Mapping[str, tuple[int, str, tuple[str, ...], int | None, str | None]] = (
+    MappingProxyType(
+        {
+            LSAISO: (1, "lsaiso.main", (), None, None),
+            VMSP: (2, "vmsp.main", (), 2, "S-1-5-83-0"),
+        }
+    )
+)

@@ -27,6 +27,8 @@ System services (the model's numbers, not Windows'; Windows' change with every b
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
@@ -56,15 +58,19 @@ HIBERFIL_PATH = r"C:\hiberfil.sys"
 MEMORY_DMP_PATH = r"C:\Windows\MEMORY.DMP"
 
 #: The model's numbers for the two services (see the module docstring).
-NUMBERS: dict[str, int] = {"NtSystemDebugControl": 0x01C7, "NtInitiatePowerAction": 0x00C2}
+NUMBERS: Mapping[str, int] = MappingProxyType(
+    {"NtSystemDebugControl": 0x01C7, "NtInitiatePowerAction": 0x00C2}
+)
 SYSDBG_GET_LIVE_KERNEL_DUMP = 37
 POWER_ACTION_HIBERNATE = 3
 
-_SERVICE = {
-    ACTIVE: Service.PREPARE_FOR_CRASHDUMP,
-    COMPLETE: Service.PREPARE_FOR_CRASHDUMP,
-    HIBERNATION: Service.PREPARE_FOR_HIBERNATION,
-}
+_SERVICE = MappingProxyType(
+    {
+        ACTIVE: Service.PREPARE_FOR_CRASHDUMP,
+        COMPLETE: Service.PREPARE_FOR_CRASHDUMP,
+        HIBERNATION: Service.PREPARE_FOR_HIBERNATION,
+    }
+)
 
 
 def files(nt: NtKernel) -> dict[str, bytes]:

@@ -16,8 +16,10 @@ processor, its paging over VTL0's SLAT) and a host-side read over guest RAM for 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Final, Protocol
 
 from vbsim.guest.address_space import CODE_BASE
@@ -314,14 +316,16 @@ def sid_length(count: int) -> int:
 #: accounts get the machine's domain S-1-5-21-1000-1000-1000 with RIDs 500 (the built-in
 #: Administrator, MS-DTYP §2.4.2.4) and 1001+ (users).
 MACHINE_DOMAIN: Final = (21, 1000, 1000, 1000)
-ACCOUNTS: Final[dict[str, tuple[int, tuple[int, ...]]]] = {
-    "SYSTEM": SID_SYSTEM,
-    "Administrator": (5, (*MACHINE_DOMAIN, 500)),
-    "administrator": (5, (*MACHINE_DOMAIN, 500)),
-    "admin": (5, (*MACHINE_DOMAIN, 500)),
-    "user": (5, (*MACHINE_DOMAIN, 1001)),
-    "bob": (5, (*MACHINE_DOMAIN, 1002)),
-}
+ACCOUNTS: Final[Mapping[str, tuple[int, tuple[int, ...]]]] = MappingProxyType(
+    {
+        "SYSTEM": SID_SYSTEM,
+        "Administrator": (5, (*MACHINE_DOMAIN, 500)),
+        "administrator": (5, (*MACHINE_DOMAIN, 500)),
+        "admin": (5, (*MACHINE_DOMAIN, 500)),
+        "user": (5, (*MACHINE_DOMAIN, 1001)),
+        "bob": (5, (*MACHINE_DOMAIN, 1002)),
+    }
+)
 
 
 def account_sid(name: str) -> bytes:

@@ -9,7 +9,8 @@ specific"); like the secure-call numbers they are configuration, selected by nam
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from vbsim.guest.address_space import DIRECT_MAP
@@ -29,18 +30,20 @@ Handler = Callable[["NtKernel", Cpu, list[int]], int]
 
 #: The model build's system-service numbers: the one table in the shared ABI module, which the
 #: ntdll stubs and the SK's IUM filter also read.
-NUMBERS: dict[str, int] = NT_NUMBERS
+NUMBERS: Mapping[str, int] = NT_NUMBERS
 
 PAGE_READONLY = 0x02
 PAGE_READWRITE = 0x04
 PAGE_EXECUTE_READ = 0x20
 PAGE_EXECUTE_READWRITE = 0x40
-_PROTECTIONS = {
-    PAGE_READONLY: (False, False),
-    PAGE_READWRITE: (True, False),
-    PAGE_EXECUTE_READ: (False, True),
-    PAGE_EXECUTE_READWRITE: (True, True),
-}
+_PROTECTIONS = MappingProxyType(
+    {
+        PAGE_READONLY: (False, False),
+        PAGE_READWRITE: (True, False),
+        PAGE_EXECUTE_READ: (False, True),
+        PAGE_EXECUTE_READWRITE: (True, True),
+    }
+)
 MAX_ALLOCATION = 16 << 20
 
 
@@ -481,20 +484,22 @@ def nt_query_information_process(nt: NtKernel, vp: Cpu, args: list[int]) -> int:
     return int(NtStatus.SUCCESS)
 
 
-HANDLERS: dict[str, Handler] = {
-    "NtTestAlert": nt_test_alert,
-    "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
-    "NtReadVirtualMemory": nt_read_virtual_memory,
-    "NtWriteVirtualMemory": nt_write_virtual_memory,
-    "NtTerminateProcess": nt_terminate_process,
-    "NtSetValueKey": nt_set_value_key,
-    "NtQueryValueKey": nt_query_value_key,
-    "NtQueryInformationProcess": nt_query_information_process,
-    "NtProtectVirtualMemory": nt_protect_virtual_memory,
-    "NtQueryVirtualMemory": nt_query_virtual_memory,
-    "NtFreeVirtualMemory": nt_free_virtual_memory,
-    "NtCreateUserProcess": nt_create_user_process,
-}
+HANDLERS: Mapping[str, Handler] = MappingProxyType(
+    {
+        "NtTestAlert": nt_test_alert,
+        "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
+        "NtReadVirtualMemory": nt_read_virtual_memory,
+        "NtWriteVirtualMemory": nt_write_virtual_memory,
+        "NtTerminateProcess": nt_terminate_process,
+        "NtSetValueKey": nt_set_value_key,
+        "NtQueryValueKey": nt_query_value_key,
+        "NtQueryInformationProcess": nt_query_information_process,
+        "NtProtectVirtualMemory": nt_protect_virtual_memory,
+        "NtQueryVirtualMemory": nt_query_virtual_memory,
+        "NtFreeVirtualMemory": nt_free_virtual_memory,
+        "NtCreateUserProcess": nt_create_user_process,
+    }
+)
 
 
 def register(nt: NtKernel, name: str, handler: Handler) -> None:

@@ -62,9 +62,9 @@ class SecureCallArgs:
 #: RBX then XMM10..XMM15 as low/high qwords: the 0x68 bytes as thirteen little-endian u64s.
 _QWORDS = struct.Struct("<13Q")
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-_ZERO_XMM = [0] * 16
+_ZERO_XMM = (0,) * 16
 #: Zeros that complete a short field list to FIELDS.
-_PAD = [[0] * (FIELDS - n) for n in range(FIELDS)]
+_PAD = tuple((0,) * (FIELDS - n) for n in range(FIELDS))
 
 
 def to_registers(vp: Cpu, raw: bytes) -> None:
@@ -100,7 +100,7 @@ def load(vp: Cpu, args: SecureCallArgs) -> None:
     reserved field (OperationType u8, pad u8, code u16, cookie u32), then the twelve fields."""
     f = args.fields
     if len(f) != FIELDS:
-        f = f + _PAD[len(f)] if len(f) < FIELDS else f[:FIELDS]
+        f = [*f, *_PAD[len(f)]] if len(f) < FIELDS else f[:FIELDS]
     m = _MASK64
     vp.rbx = (args.op & 0xFF) | (args.code & 0xFFFF) << 16 | (args.cookie & 0xFFFF_FFFF) << 32
     xmm = vp.xmm

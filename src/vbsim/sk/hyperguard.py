@@ -14,6 +14,8 @@ loading the same IDT as the BSP) are emulated.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from vbsim.guest import hvcall
@@ -48,29 +50,33 @@ CR0_MASK = int(Cr0.PE | Cr0.WP | Cr0.PG)
 CR4_MASK = ~int(Cr4.MCE | Cr4.PGE | Cr4.PCE | Cr4.VMXE) & 0xFFFF_FFFF_FFFF_FFFF
 
 #: Registers whose VTL0 values are recorded at PHASE3 (name, mask compared).
-TRUSTED: dict[int, int] = {
-    int(Reg.CR0): CR0_MASK,
-    int(Reg.CR4): CR4_MASK,
-    int(Reg.EFER): 0xFFFF_FFFF_FFFF_FFFF,
-    int(Reg.LSTAR): 0xFFFF_FFFF_FFFF_FFFF,
-    int(Reg.STAR): 0xFFFF_FFFF_FFFF_FFFF,
-    int(Reg.CSTAR): 0xFFFF_FFFF_FFFF_FFFF,
-    int(Reg.SFMASK): 0xFFFF_FFFF_FFFF_FFFF,
-    int(Reg.IDTR): (1 << 128) - 1,
-    int(Reg.GDTR): (1 << 128) - 1,
-}
+TRUSTED: Mapping[int, int] = MappingProxyType(
+    {
+        int(Reg.CR0): CR0_MASK,
+        int(Reg.CR4): CR4_MASK,
+        int(Reg.EFER): 0xFFFF_FFFF_FFFF_FFFF,
+        int(Reg.LSTAR): 0xFFFF_FFFF_FFFF_FFFF,
+        int(Reg.STAR): 0xFFFF_FFFF_FFFF_FFFF,
+        int(Reg.CSTAR): 0xFFFF_FFFF_FFFF_FFFF,
+        int(Reg.SFMASK): 0xFFFF_FFFF_FFFF_FFFF,
+        int(Reg.IDTR): (1 << 128) - 1,
+        int(Reg.GDTR): (1 << 128) - 1,
+    }
+)
 
-MSR_REGISTERS: dict[int, int] = {
-    int(Msr.LSTAR): int(Reg.LSTAR),
-    int(Msr.STAR): int(Reg.STAR),
-    int(Msr.CSTAR): int(Reg.CSTAR),
-    int(Msr.SFMASK): int(Reg.SFMASK),
-    int(Msr.EFER): int(Reg.EFER),
-    int(Msr.APIC_BASE): int(Reg.APIC_BASE),
-    int(Msr.SYSENTER_CS): int(Reg.SYSENTER_CS),
-    int(Msr.SYSENTER_EIP): int(Reg.SYSENTER_EIP),
-    int(Msr.SYSENTER_ESP): int(Reg.SYSENTER_ESP),
-}
+MSR_REGISTERS: Mapping[int, int] = MappingProxyType(
+    {
+        int(Msr.LSTAR): int(Reg.LSTAR),
+        int(Msr.STAR): int(Reg.STAR),
+        int(Msr.CSTAR): int(Reg.CSTAR),
+        int(Msr.SFMASK): int(Reg.SFMASK),
+        int(Msr.EFER): int(Reg.EFER),
+        int(Msr.APIC_BASE): int(Reg.APIC_BASE),
+        int(Msr.SYSENTER_CS): int(Reg.SYSENTER_CS),
+        int(Msr.SYSENTER_EIP): int(Reg.SYSENTER_EIP),
+        int(Msr.SYSENTER_ESP): int(Reg.SYSENTER_ESP),
+    }
+)
 
 
 def register_intercepts(sk: SecureKernel, vp: Cpu) -> None:

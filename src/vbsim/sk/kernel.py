@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from vbsim.guest import crash, hvcall, rtc
@@ -71,13 +72,15 @@ class Phase(Enum):
         return _PHASES.get(code, Phase.LOADED)
 
 
-_PHASE_CODES = {
-    Phase.LOADED: L.Phase.LOADED,
-    Phase.PHASE1: L.Phase.PHASE1,
-    Phase.PHASE3: L.Phase.PHASE3,
-    Phase.PHASE4: L.Phase.PHASE4,
-}
-_PHASES = {code: phase for phase, code in _PHASE_CODES.items()}
+_PHASE_CODES = MappingProxyType(
+    {
+        Phase.LOADED: L.Phase.LOADED,
+        Phase.PHASE1: L.Phase.PHASE1,
+        Phase.PHASE3: L.Phase.PHASE3,
+        Phase.PHASE4: L.Phase.PHASE4,
+    }
+)
+_PHASES = MappingProxyType({code: phase for phase, code in _PHASE_CODES.items()})
 #: The routine an SSCN the build knows but the model does not implement dispatches to.
 NOT_IMPLEMENTED_ROUTINE = "sk.SkpNotImplemented"
 

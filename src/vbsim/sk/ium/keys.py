@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 from vbsim.ium_abi import IDK, LOCAL, PER_BOOT
 
 __all__ = ["IDK", "LOCAL", "PER_BOOT"]
-_NAMES = {IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"}
+_NAMES = MappingProxyType({IDK: "idk", LOCAL: "local", PER_BOOT: "per-boot"})
 
 
 def provision(sk: SecureKernel) -> None:

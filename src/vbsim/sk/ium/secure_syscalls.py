@@ -13,6 +13,8 @@ and also grants secure storage by ID to vmsp (ID 2), as the SK's by-ID allow-lis
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,7 +37,7 @@ CAP_SECURE_SECTION, CAP_SECURE_STORAGE, CAP_SECURE_DEVICE = 1, 2, 4
 #: Capabilities the SK grants by trustlet ID (vmsp, ID 2, keeps its vTPM state in secure
 #: storage; vbs-internals §3.2 and §4): what the loader writes into the allow-list page's grant
 #: table (``layouts.AllowList``); the SK decides from that copy.
-CAPABILITIES_BY_ID: dict[int, int] = {2: CAP_SECURE_STORAGE}
+CAPABILITIES_BY_ID: Mapping[int, int] = MappingProxyType({2: CAP_SECURE_STORAGE})
 USER_LIMIT = 1 << 47
 MAX_MAILBOX = 4096
 MAILBOX_SLOTS = SkProcessLayout.MAILBOX_SLOTS
@@ -371,14 +373,16 @@ def ium_create_secure_section(
     return int(NtStatus.SUCCESS)
 
 
-HANDLERS = {
-    "IumGetIdk": ium_get_idk,
-    "IumCrypto": ium_crypto,
-    "IumPostMailbox": ium_post_mailbox,
-    "IumCreateSecureSection": ium_create_secure_section,
-    "IumSecureStorageGet": ium_secure_storage_get,
-    "IumSecureStoragePut": ium_secure_storage_put,
-}
+HANDLERS = MappingProxyType(
+    {
+        "IumGetIdk": ium_get_idk,
+        "IumCrypto": ium_crypto,
+        "IumPostMailbox": ium_post_mailbox,
+        "IumCreateSecureSection": ium_create_secure_section,
+        "IumSecureStorageGet": ium_secure_storage_get,
+        "IumSecureStoragePut": ium_secure_storage_put,
+    }
+)
 
 
 # -- NT services the SK handles itself for IUM ("special") --------------------------------------
@@ -440,8 +444,10 @@ def nt_terminate_process(
     return int(NtStatus.SUCCESS)
 
 
-SPECIAL = {
-    "NtQueryInformationProcess": nt_query_information_process,
-    "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
-    "NtTerminateProcess": nt_terminate_process,
-}
+SPECIAL = MappingProxyType(
+    {
+        "NtQueryInformationProcess": nt_query_information_process,
+        "NtAllocateVirtualMemory": nt_allocate_virtual_memory,
+        "NtTerminateProcess": nt_terminate_process,
+    }
+)

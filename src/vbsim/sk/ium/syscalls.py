@@ -14,8 +14,9 @@ trustlet and the SK are both in VTL1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
+from types import MappingProxyType
 
 from vbsim.hw import code
 from vbsim.hw.code import guest_code
@@ -47,24 +48,26 @@ class Kind(Enum):
 
 #: The model build's IUM syscall classification (by NT service name).  Anything not listed is
 #: disabled.
-IUM_FILTER: dict[str, Kind] = {
-    "NtTestAlert": Kind.FORWARDED,
-    "NtQueryInformationProcess": Kind.SPECIAL,
-    "NtAllocateVirtualMemory": Kind.SPECIAL,
-    "NtTerminateProcess": Kind.SPECIAL,
-    "NtReadVirtualMemory": Kind.DISABLED,
-    "NtWriteVirtualMemory": Kind.DISABLED,
-    "NtSetValueKey": Kind.DISABLED,
-    "NtQueryValueKey": Kind.DISABLED,
-    "NtLoadDriver": Kind.DISABLED,
-    "NtDeviceIoControlFile": Kind.DISABLED,
-}
+IUM_FILTER: Mapping[str, Kind] = MappingProxyType(
+    {
+        "NtTestAlert": Kind.FORWARDED,
+        "NtQueryInformationProcess": Kind.SPECIAL,
+        "NtAllocateVirtualMemory": Kind.SPECIAL,
+        "NtTerminateProcess": Kind.SPECIAL,
+        "NtReadVirtualMemory": Kind.DISABLED,
+        "NtWriteVirtualMemory": Kind.DISABLED,
+        "NtSetValueKey": Kind.DISABLED,
+        "NtQueryValueKey": Kind.DISABLED,
+        "NtLoadDriver": Kind.DISABLED,
+        "NtDeviceIoControlFile": Kind.DISABLED,
+    }
+)
 
 
 SecureHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
 SpecialHandler = Callable[["SecureKernel", Cpu, ium.SecureProcess, list[int]], int]
 
-_NT_NAMES = {number: name for name, number in NT_NUMBERS.items()}
+_NT_NAMES = MappingProxyType({number: name for name, number in NT_NUMBERS.items()})
 
 
 def _ium_routine(handler: SecureHandler) -> Callable[[Cpu, list[int]], int]:
