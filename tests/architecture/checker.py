@@ -55,6 +55,14 @@ What guest code may not do (each a :class:`Violation` with its file, line and fu
   ``t = code; t.x = 1``), or hand one to ``setattr``/``delattr``: an imported module's
   functions, tables and constants are another component's code and data, which guest code
   reaches only through memory;
+- in a step, change anything but its own locals, the processor's registers and (through the
+  processor) memory (rule ``step-state``): a step is attacker code, and its effects are the
+  instructions it executes.  No attribute store or delete (but ``cpu.rax = v`` and the other
+  registers), no ``setattr``/``delattr``/``operator.setitem``, and subscript stores, mutating
+  method calls and augmented assignments only on names the step bound to a container it built
+  (a display, a comprehension, ``bytearray(...)``, ``list(...)``...).  Whatever route reaches
+  another component's object — a tuple subscript, a call's result, a default argument, a
+  parameter, a comprehension variable, ``cpu.kernel()`` — the store itself is refused;
 - use a ``_``-prefixed attribute of an imported module or of anything reached from one
   (``code._registry``, rule ``module-private``): a module's private state is its own;
 - in a step, register code (``register``, ``guest_code``, ``payload_routine``, rule
@@ -285,6 +293,14 @@ DYNAMIC_IMPORT_NAMES = frozenset({"__import__", "import_module", "__loader__", "
 PAYLOAD_CALLS = frozenset({"kernel", "user", "secure_kernel", "payload_routine", "register"})
 #: Calls that link a routine into the instruction set (``vbsim.hw.code``): host side only.
 REGISTRATION_CALLS = frozenset({"register", "guest_code", "payload_routine"})
+#: Calls that build a fresh container a step owns (its own locals may be changed in place).
+CONTAINER_CALLS = frozenset(
+    {"bytearray", "list", "dict", "set", "array", "deque", "Counter", "defaultdict", "zip"}
+)
+#: Functions that change an object handed to them (``operator.setitem(d, k, v)``).
+MUTATING_FUNCTIONS = frozenset(
+    {"setattr", "delattr", "setitem", "delitem", "iadd", "iand", "ior", "ixor", "iconcat"}
+)
 #: Methods that change the container or object they are called on.
 MUTATING_METHODS = frozenset(
     {
@@ -809,6 +825,82 @@ def _aliases(function: Function, imported: set[str]) -> set[str]:
     return found
 
 
+def _builds_container(value: ast.expr | None) -> bool:
+    """``value`` makes a new container: a display, a comprehension, a container constructor,
+    or an operator over those (``[0] * n``, ``a + [x]``)."""
+    if isinstance(
+        value,
+        ast.List | ast.Dict | ast.Set | ast.ListComp | ast.DictComp | ast.SetComp | ast.Tuple,
+    ):
+        return True
+    if isinstance(value, ast.Call):
+        return _callee(value) in CONTAINER_CALLS
+    if isinstance(value, ast.BinOp):
+        return _builds_container(value.left) or _builds_container(value.right)
+    return False
+
+
+def _owned(function: Function) -> set[str]:
+    """Names ``function`` binds only to containers it built (every binding of the name is one):
+    a step may change those in place."""
+    built: dict[str, bool] = {}
+    for node in ast.walk(function):
+        pairs: list[tuple[str, ast.expr | None]] = []
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                pairs.extend(_targets(target, node.value))
+        elif isinstance(node, ast.AnnAssign | ast.NamedExpr):
+            pairs.extend(_targets(node.target, node.value))
+        elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+            pairs.extend((n, None) for n, _ in _targets(node.target, None))
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            pairs.extend((n, None) for n, _ in _targets(node.optional_vars, None))
+        for name, value in pairs:
+            built[name] = built.get(name, True) and _builds_container(value)
+    if not isinstance(function, ast.Lambda):
+        for a in (*function.args.posonlyargs, *function.args.args, *function.args.kwonlyargs):
+            built[a.arg] = False
+    return {name for name, ok in built.items() if ok}
+
+
+def _chain_bound(function: Function, cpu_names: set[str]) -> set[str]:
+    """Names ``function`` binds to an attribute or subscript chain (``v = nt.variables``) that
+    does not start at its processor: ``v |= {...}`` would change that object in place."""
+    found: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.NamedExpr):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            if isinstance(value, ast.Attribute | ast.Subscript):
+                root = _root(value)
+                if root is None or root.id not in cpu_names:
+                    for target in targets:
+                        found.update(name for name, _ in _targets(target, None))
+    return found
+
+
+#: What a step may assign on its processor: the shared registers of the surface.
+REGISTER_NAMES = frozenset(
+    {
+        "rax",
+        "rbx",
+        "rcx",
+        "rdx",
+        "rsi",
+        "rdi",
+        "rbp",
+        "r8",
+        "r9",
+        "r10",
+        "r11",
+        "r12",
+        "r13",
+        "r14",
+        "r15",
+    }
+)
+
+
 class _StepVisitor(ast.NodeVisitor):
     def __init__(
         self,
@@ -828,6 +920,13 @@ class _StepVisitor(ast.NodeVisitor):
         self.foreign: set[str] = set(module.all_imported)
         #: decorators of the functions visited: evaluated at import, host side
         self.decorators: set[int] = set()
+        #: an attack step (the catalogue's): attacker code, held to ``step-state``; the bare
+        #: kernel's routines in ``vbsim.guest`` keep their own image's state like any kernel
+        self.attack = not whole_module and _within(module.name, "vbsim.attacks.catalogue")
+        #: names the step bound to containers it built (it may change those)
+        self.owned: set[str] = set()
+        #: names the step bound to an object reached through an attribute or subscript chain
+        self.chained: set[str] = set()
 
     def report(self, node: ast.AST, rule: str, detail: str) -> None:
         line = getattr(node, "lineno", 0)
@@ -848,14 +947,66 @@ class _StepVisitor(ast.NodeVisitor):
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
         saved, label, foreign = set(self.cpu_names), self.label, set(self.foreign)
+        owned, chained = set(self.owned), set(self.chained)
         self.cpu_names |= _cpu_params(node)
         self.foreign |= _aliases(node, self.foreign)
+        if not self.whole:
+            bound = _bound_names(node)
+            self.owned = (self.owned - bound) | _owned(node)
+            self.chained = (self.chained - bound) | _chain_bound(node, self.cpu_names)
         if not isinstance(node, ast.Lambda):
             self.decorators.update(id(d) for d in node.decorator_list)
         if self.whole and not isinstance(node, ast.Lambda):
             self.label = f"{label}.{node.name}" if label else node.name
         self.generic_visit(node)
         self.cpu_names, self.label, self.foreign = saved, label, foreign
+        self.owned, self.chained = owned, chained
+
+    # a step changes only its own locals, its registers and memory
+    def _step_store(self, target: ast.expr, augmented: bool = False) -> None:
+        if not self.attack:
+            return
+        if isinstance(target, ast.Tuple | ast.List):
+            for element in target.elts:
+                self._step_store(element, augmented)
+            return
+        if isinstance(target, ast.Starred):
+            self._step_store(target.value, augmented)
+            return
+        if isinstance(target, ast.Name):
+            if augmented and target.id in self.chained:
+                self.report(
+                    target,
+                    "step-state",
+                    f"{target.id} op= changes in place what {target.id} was bound to "
+                    "(another component's object)",
+                )
+            return
+        root = _root(target)
+        if (
+            isinstance(target, ast.Attribute)
+            and isinstance(target.value, ast.Name)
+            and target.value.id in self.cpu_names
+            and target.attr in REGISTER_NAMES
+        ):
+            return  # mov to a register
+        if isinstance(target, ast.Subscript) and root is not None:
+            if root.id in self.owned:
+                return
+            chain = target.value
+            if (
+                isinstance(chain, ast.Attribute)
+                and chain.attr == "xmm"
+                and isinstance(chain.value, ast.Name)
+                and chain.value.id in self.cpu_names
+            ):
+                return  # the XMM registers
+        self.report(
+            target,
+            "step-state",
+            f"changes {ast.unparse(target)} (a step changes only its own locals, its "
+            "registers and memory through the CPU)",
+        )
 
     # another module's state
     def _foreign(self, node: ast.expr) -> str | None:
@@ -889,20 +1040,24 @@ class _StepVisitor(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:
             self._store(target)
+            self._step_store(target)
         self.generic_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self._store(node.target)
+        self._step_store(node.target, augmented=True)
         self.generic_visit(node)
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
             self._store(node.target)
+            self._step_store(node.target)
         self.generic_visit(node)
 
     def visit_Delete(self, node: ast.Delete) -> None:
         for target in node.targets:
             self._store(target)
+            self._step_store(target)
         self.generic_visit(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
@@ -1008,6 +1163,21 @@ class _StepVisitor(ast.NodeVisitor):
             root = self._foreign(node.args[0])
             if root is not None:
                 self.report(node, "module-state", f"{callee}() on {root} (another module's)")
+        if self.attack and _callee(node) in MUTATING_FUNCTIONS:
+            self.report(node, "step-state", f"{_callee(node)}() changes the object it is given")
+        if (
+            self.attack
+            and isinstance(method, ast.Attribute)
+            and method.attr in MUTATING_METHODS
+            and not self._is_module(method.value)
+        ):
+            root = _root(method.value)
+            if root is None or root.id not in self.owned:
+                self.report(
+                    node,
+                    "step-state",
+                    f"{ast.unparse(method)}() changes an object the step did not build",
+                )
         if callee in FORBIDDEN_CALLS:
             self.report(node, "introspection", f"{callee}()")
         if callee in HOST_CALLS:

@@ -183,6 +183,53 @@ def test_a_step_changing_another_modules_state_is_caught(line: str) -> None:
     assert rules & {"module-state", "introspection"}, found
 
 
+#: Routes to another component's object that no import names (a second audit forged A4, A8,
+#: D9 and A27 with them): the store itself is what the step-state rule refuses.
+_STEP_STATE_PLANTS = {
+    "tuple-subscript": "from vbsim.sk.layouts import Config; (Config,)[0].LEGACY_UNCHECKED = 0",
+    "call-result": "from vbsim.sk import hyperguard; (lambda: hyperguard)().TRUSTED = {}",
+    "setattr-on-call": "from vbsim.sk.layouts import Config; setattr((lambda: Config)(), 'X', 0)",
+    "default-argument": "from vbsim.sk.layouts import Config\n"
+    "    def g(c=Config):\n        c.LEGACY_UNCHECKED = 0\n    g()",
+    "parameter": "from vbsim.nt import dump\n    def g(m):\n        m.files = dict\n    g(dump)",
+    "kernel-symbols": "cpu.kernel().variables['guard_icall_bitmap'] = 0",
+    "kernel-alias": "nt = cpu.kernel(); nt.variables.update({})",
+    "in-place-alias": "v = cpu.kernel().variables; v |= {}",
+    "operator": "import operator; operator.setitem(cpu.kernel().variables, 'x', 0)",
+    "comprehension": "[setattr(c, 'X', 0) for c in (cpu.kernel(),)]",
+}
+
+
+@pytest.mark.parametrize("line", _STEP_STATE_PLANTS.values(), ids=_STEP_STATE_PLANTS.keys())
+def test_a_step_changing_any_object_it_did_not_build_is_caught(line: str) -> None:
+    source = _planted(CATALOGUE_A1.read_text(), "_tamper", line)
+    found = checker.check_source(source, "vbsim.attacks.catalogue.a01_a04_vtl1_boundary")
+    assert any(v.function == "_tamper" and v.rule == "step-state" for v in found), found
+
+
+def test_a_step_may_change_its_own_containers_and_registers() -> None:
+    source = textwrap.dedent(
+        """
+        from vbsim.hw.cpu import Cpu
+
+        def step(cpu: Cpu) -> list[int]:
+            out: list[int] = []
+            buffer = bytearray(8)
+            table = {}
+            out.append(cpu.read_u64(0))
+            buffer[0] = 1
+            table[1] = 2
+            count = 0
+            count += 1
+            cpu.rax = count
+            cpu.xmm[10] = 0
+            return out
+        """
+    )
+    found = checker.check_source(source, "vbsim.attacks.catalogue.planted")
+    assert found == []
+
+
 @pytest.mark.parametrize(
     ("line", "rule"),
     [
@@ -438,13 +485,19 @@ def test_a_payload_holding_a_host_object_is_caught(body: str, rule: str) -> None
     [
         "va = ctx.notes['va']\nctx.kernel(lambda cpu: cpu.read(va, 8))",
         "ram = ctx.booted.machine.ram\ndata = ram.read(0, 8)\nctx.kernel(_pay, data)",
-        "got: list[int] = []\nctx.kernel(lambda cpu: got.append(cpu.rax))",
         "ctx.kernel(_pay, 1, 'x', b'y', None, (1, 2), [3])",
         "ram = ctx.booted.machine.ram\nctx.kernel(lambda cpu, ram=0: cpu.read(ram, 8))",
     ],
 )
 def test_a_payload_holding_plain_values_is_not_a_violation(body: str) -> None:
     assert _catalogue(body) == []
+
+
+def test_a_payload_reports_by_returning_not_by_changing_host_state() -> None:
+    """A payload that appends to a host-side list changes an object it did not build: what it
+    found comes back as its return value (step-state)."""
+    found = _catalogue("got: list[int] = []\nctx.kernel(lambda cpu: got.append(cpu.rax))")
+    assert [v.rule for v in found] == ["step-state"]
 
 
 # -- runtime ------------------------------------------------------------------------------------

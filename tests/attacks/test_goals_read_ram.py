@@ -150,3 +150,21 @@ def test_sk_record_goals_ignore_what_the_payload_returns(scenario: str, name: st
     result, _ = run(replace(real, steps=_claiming_steps), name)
     assert result.outcome != "succeeded"
     assert real.goal_met is a03.sk_records_forged
+
+
+class _Everything(bytes):
+    """Contents that claim to hold any bytes (helper-35's forged dump file)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def test_a27_goal_counts_only_bytes_a_file_holds(ctx: AttackContext) -> None:
+    from vbsim.attacks.catalogue import a21_a29_credentials as a21
+
+    nt = ctx.booted.nt
+    assert nt is not None
+    nt.files["MEMORY.DMP"] = _Everything(b"no owf here")
+    assert not a21.a27_goal(ctx)
+    nt.files["MEMORY.DMP"] = b"dump: " + a21._owf()
+    assert a21.a27_goal(ctx)

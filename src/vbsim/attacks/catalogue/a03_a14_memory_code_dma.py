@@ -204,9 +204,7 @@ def _disable_dse_and_load(cpu: Cpu, buffer: int, callback: int, always_ok: int) 
     """A0 at CPL3: the DSE-disable recipe for a 20H1+ machine with VBS (vulnerable signed driver;
     ``SeCiCallbacks.CiValidateImageHeader := a routine that returns STATUS_SUCCESS``), then
     NtLoadDriver on the unsigned rootkit."""
-    statuses = _admin_write(cpu, buffer, callback, always_ok)
-    statuses.append(_load(cpu, buffer, ROOTKIT))
-    return statuses
+    return [*_admin_write(cpu, buffer, callback, always_ok), _load(cpu, buffer, ROOTKIT)]
 
 
 def a3_steps(ctx: AttackContext) -> None:

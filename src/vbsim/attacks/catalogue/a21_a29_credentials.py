@@ -256,7 +256,10 @@ def a27_goal(ctx: AttackContext) -> bool:
     nt = ctx.system.nt if ctx.system else None
     if nt is None:
         return False
-    return any(_owf() in data for data in nt_dump.files(nt).values())
+    # ``type(...) is bytes``: a file's contents are bytes; a subclass whose ``__contains__``
+    # says yes is not a file NT wrote (a second audit planted one).
+    owf = _owf()
+    return any(type(data) is bytes and owf in data for data in nt_dump.files(nt).values())
 
 
 A27 = Scenario(
