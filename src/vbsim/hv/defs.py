@@ -295,6 +295,10 @@ HV_MAP_GPA_PERMISSIONS_MASK: Final = 0xF
 
 @unique
 class HvRegisterName(IntEnum):
+    # The VP's activity (suspend) state.  Not in the public TLFS: OpenVMM hvdef
+    # ``HvAllArchRegisterName::InternalActivityState`` = 0x00000004 (what OpenHCL reads of VTL0).
+    INTERNAL_ACTIVITY_STATE = 0x00000004
+
     # Pending events / interrupt state.  vsm-spec §4
     PENDING_INTERRUPTION = 0x00010002
     INTERRUPT_STATE = 0x00010003
@@ -1228,3 +1232,11 @@ IO_PORT_INTERCEPT_MESSAGE: Final = struct.Struct(
 IO_ACCESS_SIZE: Final = BitField(0, 3)
 IO_ACCESS_STRING_OP: Final = BitField(3, 1)
 IO_ACCESS_REP_PREFIX: Final = BitField(4, 1)
+
+
+#: HvRegisterInternalActivityState's bits (OpenVMM hvdef ``HvInternalActivityRegister``):
+#: startup_suspend (an AP waiting for its start request), halt_suspend (HLT), idle_suspend.
+ACTIVITY_STARTUP_SUSPEND: Final = 1 << 0
+ACTIVITY_HALT_SUSPEND: Final = 1 << 1
+ACTIVITY_IDLE_SUSPEND: Final = 1 << 2
+ACTIVITY_RSVD_MASK: Final = ~0b111 & 0xFFFF_FFFF_FFFF_FFFF

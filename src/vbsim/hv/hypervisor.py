@@ -101,6 +101,10 @@ class Hypervisor:
         )
         #: The guest crash enlightenment's registers and what guests notified (vbsim.hv.crash).
         self.crash_registers = CrashRegisters()
+        #: HLT exits taken, per VP index: the hypervisor descheduled that VP until an interrupt
+        #: (SDM Vol. 3C 25.1.3 "HLT exiting"; its activity state is what
+        #: HvRegisterInternalActivityState reports, vbsim.hv.calls.registers).
+        self.hlt_exits: dict[int, int] = {}
         #: Set when a pending event was injected into a VP's lower VTL on return (per VP index).
         self.last_injected: dict[int, bool] = {}
 
@@ -144,6 +148,13 @@ class Hypervisor:
         """CPUID exits unconditionally under VMX (Intel SDM Vol. 3C 25.1.2): the hypervisor
         answers every leaf the guest asks."""
         return self.cpuid(leaf)
+
+    def hlt_exit(self, vp: VirtualProcessor) -> None:
+        """HLT exits to the hypervisor, which deschedules the VP until an interrupt is pending
+        for it (the VP's ``halted`` state, which interrupt delivery clears)."""
+        self.hlt_exits[vp.index] = self.hlt_exits.get(vp.index, 0) + 1
+        if self.trace.on:
+            vp.emit("hypervisor", "hlt-exit", "descheduled")
 
     @property
     def crashes(self) -> list[GuestCrash]:

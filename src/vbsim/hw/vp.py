@@ -158,6 +158,10 @@ class Exits(Protocol):
         """CPUID leaf ``leaf``: EAX, EBX, ECX, EDX."""
         ...
 
+    def hlt_exit(self, vp: VirtualProcessor) -> None:
+        """The VP executed HLT (it is halted now): HLT exiting."""
+        ...
+
 
 class NoHypervisor:
     """Bare metal: no hypercalls (#UD), no SLAT, no secure intercepts, no synthetic MSRs."""
@@ -186,6 +190,9 @@ class NoHypervisor:
         leaves are not modelled (a real CPU returns its highest basic leaf's data for an
         out-of-range leaf, Intel SDM Vol. 2A CPUID, which no guest here asks)."""
         return 0, 0, 0, 0
+
+    def hlt_exit(self, vp: VirtualProcessor) -> None:
+        """Bare metal: the processor itself stops; nobody is told."""
 
 
 def _shared(name: str) -> property:
@@ -798,6 +805,7 @@ class VirtualProcessor(SharedGprs):
         self.halted = True
         if self.trace.on:
             self.emit("cpu", "hlt", "entered", interrupts=bool(self.p.rflags & _IF))
+        self.exits.hlt_exit(self)
 
     def cli(self) -> None:
         """``CLI``: clear RFLAGS.IF.  At CPL3 with IOPL 0 (Windows' IOPL) it is #GP(0) (SDM

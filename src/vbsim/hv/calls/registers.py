@@ -402,6 +402,25 @@ def _vp_index(a: Access) -> int:
     return int(a.vp.index)
 
 
+def _activity(a: Access) -> int:
+    """HvRegisterInternalActivityState: the VP's suspend state (per VP, not per VTL)."""
+    state = 0 if a.vp.started else defs.ACTIVITY_STARTUP_SUSPEND
+    return state | (defs.ACTIVITY_HALT_SUSPEND if a.vp.halted else 0)
+
+
+def _set_activity(a: Access, value: int) -> HvStatus:
+    """Clearing halt_suspend wakes a halted VP, setting it halts one (what a VMM does across
+    save/restore).  [model] startup_suspend is the start request's to clear
+    (HvCallStartVirtualProcessor), and idle_suspend is not modelled: a write that changes either
+    is HV_STATUS_INVALID_PARAMETER, as is any reserved bit."""
+    if value & defs.ACTIVITY_RSVD_MASK or value & defs.ACTIVITY_IDLE_SUSPEND:
+        return HvStatus.INVALID_PARAMETER
+    if bool(value & defs.ACTIVITY_STARTUP_SUSPEND) != (not a.vp.started):
+        return HvStatus.INVALID_PARAMETER
+    a.vp.halted = bool(value & defs.ACTIVITY_HALT_SUSPEND) and a.vp.started
+    return HvStatus.SUCCESS
+
+
 VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
     int(N.VSM_CODE_PAGE_OFFSETS): (_code_page_offsets, _ro),
     int(N.VSM_VP_STATUS): (_vp_status, _ro),
@@ -418,6 +437,7 @@ VSM_REGISTERS: dict[int, tuple[Getter, Setter]] = {
     int(N.VP_ASSIST_PAGE): _vtl_state_attr("vp_assist_msr"),
     int(N.GUEST_OS_ID): _vtl_state_attr("guest_os_id"),
     int(N.VP_INDEX): (_vp_index, _ro),
+    int(N.INTERNAL_ACTIVITY_STATE): (_activity, _set_activity),
     int(N.SCONTROL): _synic_attr("scontrol"),
     int(N.SIMP): _synic_attr("simp"),
     int(N.SIEFP): _synic_attr("siefp"),
