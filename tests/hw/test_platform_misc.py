@@ -115,10 +115,40 @@ def test_a_replaced_routine_is_not_kept_alive() -> None:
     first, second = make(1), make(2)
     code.register("test.hw.replaced", first)
     code.register("test.hw.also-first", first)
-    code.register("test.hw.replaced", second)
-    assert second in code._arity and first in code._arity  # still named by another thunk
-    code.register("test.hw.also-first", second)
+    with code.linking():  # a boot re-links names to fresh code
+        code.register("test.hw.replaced", second)
+        assert second in code._arity and first in code._arity  # still named by another thunk
+        code.register("test.hw.also-first", second)
     assert first not in code._arity and code._arity[second] == 1
+
+
+def test_outside_a_loader_window_a_linked_name_keeps_its_code() -> None:
+    """What a thunk already in RAM runs cannot change once boot is over (CodeRelinked); a name
+    may be re-registered with the same code, and new names may be registered."""
+
+    def original(vp: object) -> int:
+        return 1
+
+    def replacement(vp: object) -> int:
+        return 2
+
+    thunk = code.register("test.hw.linked-once", original)
+    assert code.register("test.hw.linked-once", original) == thunk
+    with pytest.raises(code.CodeRelinked):
+        code.register("test.hw.linked-once", replacement)
+    decoded = code.decode_thunk(thunk)
+    assert decoded is not None and decoded[1] is original
+
+    def wrap(target: object) -> code.GuestRoutine:
+        def service(vp: object) -> object:
+            return target
+
+        return service
+
+    code.register("test.hw.wrapper", wrap(original))
+    code.register("test.hw.wrapper", wrap(original))  # the same wrapper over the same code
+    with pytest.raises(code.CodeRelinked):
+        code.register("test.hw.wrapper", wrap(replacement))  # the same wrapper, other code
 
 
 def test_register_decode_and_name_of() -> None:

@@ -203,7 +203,8 @@ def _toctou(system: System, mdl_va: int, swap_to: int | None) -> Callable[[], in
         result = cpu.call(original, block)
         return result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
 
-    code.register(HOOK, hooked, breakpoint=True)
+    with code.linking():  # the test links its hook as a debugger would, after boot
+        code.register(HOOK, hooked, breakpoint=True)
     vp.cpu.write_u64(slot, system.nt_space.install(HOOK))
     since = system.trace.executions[-1].seq if system.trace.executions else 0
     return lambda: len(system.trace.ran(HOOK, since))

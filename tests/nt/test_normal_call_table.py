@@ -18,8 +18,10 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.faults import Bugcheck
 from vbsim.hw.x86 import PAGE_SIZE
 from vbsim.nt import kdp, vsl
+from vbsim.nt.kernel import NtKernel
 from vbsim.nt.layouts import NORMAL_ALLOCATE_PAGES, NORMAL_GET_PHYSICAL_PAGES, NORMAL_IUM_SYSCALL
 from vbsim.ntstatus import NtStatus
+from vbsim.policy import preset
 from vbsim.sk import callargs
 from vbsim.sk.callargs import SecureCallArgs
 
@@ -111,7 +113,8 @@ def test_a_k0_write_of_a_slot_redirects_the_next_normal_call(
         result = vp.call(original, block)
         return result if isinstance(result, int) else int(NtStatus.UNSUCCESSFUL)
 
-    code.register(HOOK, hook, breakpoint=True)
+    with code.linking():  # the test links its hook as a loader would
+        code.register(HOOK, hook, breakpoint=True)
     hook_va, path = place_rwx(cpu, HOOK, WINDOW_VA)
     assert path == "pool"
     assert _fill(system) == NtStatus.SUCCESS  # before the write: NT's routine alone
@@ -173,10 +176,37 @@ def test_under_hvci_the_redirect_lands_but_attacker_code_does_not_run(
     NT's call to it faults and NT bugchecks (as A3-RWX's jump does)."""
     system = make_system("vbs-hvci", record=True)
     cpu, stubs = _cpu(system), _stubs(system)
-    code.register(HOOK, lambda vp, block: 0, breakpoint=True)
+    with code.linking():
+        code.register(HOOK, lambda vp, block: 0, breakpoint=True)
     hook_va, path = place_rwx(cpu, HOOK, WINDOW_VA)
     assert path == "pte"  # NT refuses RWX pool under HVCI; the attacker's own PTE then
     cpu.write_u64(stubs.normal_call_slot(NORMAL_GET_PHYSICAL_PAGES), hook_va)
     with pytest.raises(Bugcheck):
         _fill(system)
     assert system.trace.ran(HOOK) == []
+
+
+def _relink_syscall_entry(cpu: Cpu) -> str:
+    """K0: NT's loader-time linking, called after boot (a third audit's step)."""
+    nt = cpu.kernel()
+    assert isinstance(nt, NtKernel)
+    try:
+        nt.register_service("KiSystemCall64", 0, lambda *a: 0)
+    except RuntimeError as refused:
+        return type(refused).__name__
+    return "linked"
+
+
+def test_nt_refuses_to_relink_a_routine_after_boot() -> None:
+    """register_service (and Vsl.register) check that NT is still being built before they bind
+    a name to code, so after boot a call changes neither the registry nor KiServiceTable."""
+    from vbsim.attacks.context import AttackContext
+    from vbsim.boot.disk import Disk
+
+    policy = preset("hardened")
+    ctx = AttackContext(policy, "hardened", Disk.install(policy))
+    ctx.boot()
+    thunk = code.encode_thunk("nt.KiSystemCall64")
+    before = code.decode_thunk(thunk)
+    assert ctx.kernel(_relink_syscall_entry) == "RuntimeError"
+    assert code.decode_thunk(thunk) == before

@@ -26,6 +26,7 @@ from vbsim.boot.logon import DEFAULT_LOGON, Logon, type_logon
 from vbsim.boot.sk_loader import load_secure_kernel
 from vbsim.guest import hvcall
 from vbsim.hv import defs
+from vbsim.hw import code
 from vbsim.hw.faults import GuestTermination
 from vbsim.hw.vp import VirtualProcessor
 from vbsim.image import ComponentFloor, RevocationPolicy, model_pki, requirement_for, verify_image
@@ -178,7 +179,14 @@ def boot(
     policy: Policy, disk: Disk | None = None, trace: Trace | None = None, logon: Logon | None = None
 ) -> System:
     """Boot ``policy``'s machine from ``disk``; ``logon`` is what the user types at winlogon
-    (:data:`vbsim.boot.logon.DEFAULT_LOGON` unless given)."""
+    (:data:`vbsim.boot.logon.DEFAULT_LOGON` unless given).  The loaders link each kernel's
+    routines to this boot's code inside :func:`vbsim.hw.code.linking`; once boot returns, a
+    routine's name keeps its code."""
+    with code.linking():
+        return _boot(policy, disk, trace, logon)
+
+
+def _boot(policy: Policy, disk: Disk | None, trace: Trace | None, logon: Logon | None) -> System:
     system = System(
         policy,
         disk if disk is not None else Disk.install(policy),

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import CodeType, FunctionType
 from typing import Any
 
@@ -47,6 +48,29 @@ _arity: dict[GuestRoutine, int | None] = {}
 _uses: dict[GuestRoutine, int] = {}
 
 
+class CodeRelinked(RuntimeError):
+    """A routine's name was bound to different code outside a loader's linking window: what
+    thunks already in RAM run may change only while images are being built (a third audit had
+    a K0 step re-link NT's system-call entry for every later boot in the process)."""
+
+
+#: Depth of :func:`linking` windows open now (the boot chain's loaders build images in one).
+_linking = 0
+
+
+@contextmanager
+def linking() -> Iterator[None]:
+    """A loader's window in which kernels (re)bind their routines' names to fresh code, as a boot
+    builds each image anew.  Outside it a name keeps the code it has; new names may still be
+    registered (an attacker's own code is new bytes, not a change to NT's)."""
+    global _linking
+    _linking += 1
+    try:
+        yield
+    finally:
+        _linking -= 1
+
+
 def encode_thunk(name: str) -> bytes:
     """The 32 bytes that stand for routine ``name`` in guest memory."""
     digest = hashlib.sha256(name.encode("utf-8")).digest()[:_DIGEST_SIZE]
@@ -60,6 +84,9 @@ def register(name: str, routine: GuestRoutine, *, breakpoint: bool = False) -> b
     existing = _registry.get(thunk) or _breakpoints.get(thunk)
     if existing is not None and existing[1] is not routine and existing[0] != name:
         raise ValueError(f"thunk collision between {existing[0]!r} and {name!r}")
+    relinked = existing is not None and existing[1] is not routine and not _linking
+    if relinked and existing is not None and not _same_code(existing[1], routine):
+        raise CodeRelinked(f"routine {name!r} is already linked (outside a loader's window)")
     (_breakpoints if breakpoint else _registry)[thunk] = (name, routine)
     (_registry if breakpoint else _breakpoints).pop(thunk, None)
     previous = existing[1] if existing is not None else None
@@ -69,6 +96,29 @@ def register(name: str, routine: GuestRoutine, *, breakpoint: bool = False) -> b
         _uses[routine] = _uses.get(routine, 0) + 1
     _arity[routine] = _positional_arity(routine)
     return thunk
+
+
+def _same_code(old: GuestRoutine, new: GuestRoutine) -> bool:
+    """``new`` is ``old`` compiled again: the same source location, and closures and defaults
+    holding the very same objects (a module imported under a second name, as a test harness may).
+    A wrapper around different code (``_service_routine(evil)``) differs in its closure."""
+    if type(old) is not FunctionType or type(new) is not FunctionType:
+        return False
+    a, b = old.__code__, new.__code__
+    if (a.co_filename, a.co_firstlineno, a.co_qualname) != (
+        b.co_filename,
+        b.co_firstlineno,
+        b.co_qualname,
+    ):
+        return False
+    cells_a = [c.cell_contents for c in old.__closure__ or ()]
+    cells_b = [c.cell_contents for c in new.__closure__ or ()]
+    return (
+        len(cells_a) == len(cells_b)
+        and all(x is y for x, y in zip(cells_a, cells_b, strict=True))
+        and old.__defaults__ == new.__defaults__
+        and old.__kwdefaults__ == new.__kwdefaults__
+    )
 
 
 def _release(routine: GuestRoutine) -> None:

@@ -314,8 +314,9 @@ class NtKernel:
         if not 0 <= number < SERVICE_LIMIT:
             raise ValueError(f"service number {number:#x} beyond KiServiceLimit")
         routine = f"nt.{name}"
+        va = self.install_routine(routine)  # loader time only: raises once NT runs
         code.register(routine, _service_routine(handler))
-        self.loader_write_u64(self.service_table + number * 8, self.install_routine(routine))
+        self.loader_write_u64(self.service_table + number * 8, va)
         self.syscall_names[number] = name
 
     def service_routine(self, vp: Cpu, number: int) -> int:

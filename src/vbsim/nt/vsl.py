@@ -85,8 +85,8 @@ class Vsl:
         if not 0 <= number < NORMAL_CALL_LIMIT:
             raise ValueError(f"normal call {number:#x} beyond the table ({NORMAL_CALL_LIMIT:#x})")
         routine = f"nt.{name}"
+        va = self.nt.install_routine(routine)  # loader time only: raises once NT runs
         code.register(routine, _normal_call_routine(handler))
-        va = self.nt.install_routine(routine)
         self.nt.loader_write_u64(self.normal_call_table + number * 8, va)
 
     def normal_call_slot(self, number: int) -> int:
