@@ -349,7 +349,7 @@ def test_seed_ium_reads_its_own_memory() -> None:
         # The probe reads the marker in the message page the SK captured into its own memory.
         header = struct.Struct("<IIQQ")
         message = header.pack(seeds.PROBE_READ, 0, MESSAGE_VA + header.size, 16) + marker
-        ctx.kernel(seeds._run_probe, message, loot_va)
+        ctx.kernel(seeds._run_probe, message, loot_va, seeds.probe_image())
 
     result, _ = run(replace(seeds.IUM_READS_KERNEL, steps=own), "vbs")
     assert result.outcome == Outcome.SUCCEEDED

@@ -126,6 +126,11 @@ class Trace:
         self.executions.append(execution)
         return execution
 
+    @property
+    def now(self) -> int:
+        """The sequence number of the last event or execution recorded (a mark for ``since``)."""
+        return self._seq
+
     def ran(self, routine: str, since: int = 0) -> list[tuple[int, int]]:
         """(VTL, CPL) of each execution of ``routine`` after event ``since``."""
         return [(e.vtl, e.cpl) for e in self.executions if e.routine == routine and e.seq > since]

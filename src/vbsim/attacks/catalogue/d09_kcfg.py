@@ -48,7 +48,6 @@ from __future__ import annotations
 from typing import Any
 
 from vbsim.attacks.catalogue.a03_a14_memory_code_dma import remap_pte
-from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
 from vbsim.attacks.catalogue.d01_d05_data_only import find_module
 from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Capability, Outcome, Scenario
@@ -163,6 +162,9 @@ def _steps(ctx: AttackContext, bitmap_first: bool, remap: bool = False) -> None:
         if remapped is not None:
             ctx.notes["bitmap"], ctx.notes["old_pte"] = remapped
     ctx.notes["replaced"] = ctx.kernel(_redirect, modules, array, notify.EDR_DRIVER, gadget)
+    # The goal counts the gadget's runs from here on: NT's dispatch during the process
+    # creation, not a call the payload made itself (a third audit had it call the gadget).
+    ctx.notes["dispatch_mark"] = ctx.trace.now
     with ctx.flow():  # the next process creation calls the EDR's routine pointer
         ctx.notes["victim"] = ctx.process(admin=False, name="d9.exe").pid
 
@@ -180,9 +182,13 @@ def d9_remap_steps(ctx: AttackContext) -> None:
 
 
 def d9_goal(ctx: AttackContext) -> bool:
-    """The gadget ran in VTL0 ring 0 (the processor that fetched it recorded it) after the
-    attacker replaced the EDR's routine with it."""
-    return bool(ctx.notes.get("replaced")) and (0, 0) in runs(ctx, kcfg.GADGET)
+    """The gadget ran in VTL0 ring 0 (the processor that fetched it recorded it) while NT
+    created the next process, i.e. called through the EDR's notify routine pointer: runs before
+    that (the payload's own) do not count, and the mark is the host step's, not the payload's."""
+    mark = ctx.notes.get("dispatch_mark")
+    if not isinstance(mark, int):
+        return False
+    return (0, 0) in ctx.trace.ran(kcfg.GADGET, since=mark)
 
 
 D9 = Scenario(

@@ -19,6 +19,7 @@ import functools
 import os
 import struct
 
+from vbsim.attacks.catalogue.a03_a14_memory_code_dma import host_lookup
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import (
     needs_credential_guard,
     needs_vbs,
@@ -33,7 +34,7 @@ from vbsim.boot.trustlets import trustlet_image
 from vbsim.hw.code import guest_code
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables
-from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Pte
+from vbsim.hw.x86 import PAGE_SHIFT, PAGE_SIZE, PTE_ADDR_MASK, Pte
 from vbsim.ium import iumbase
 from vbsim.ium.lsaiso import TABLE_VA
 from vbsim.nt import lsass
@@ -90,10 +91,11 @@ def probe_image() -> bytes:
     return trustlet_image("IumProbe.exe", trustlet_id=PROBE_ID, entry=PROBE_ENTRY)
 
 
-def _run_probe(cpu: Cpu, message: bytes, loot_va: int) -> int:
-    """K0: start the probe trustlet, run it once with ``message``, keep its reply in loot."""
+def _run_probe(cpu: Cpu, message: bytes, loot_va: int, image: bytes) -> int:
+    """K0: start the probe trustlet (``image``: its signed file, which the host's build
+    produced) and run it once with ``message``, keep its reply in loot."""
     nt = nt_of(cpu)
-    status, process = create_secure_process(nt, cpu, "IumProbe.exe", PROBE_ID, image=probe_image())
+    status, process = create_secure_process(nt, cpu, "IumProbe.exe", PROBE_ID, image=image)
     if process is None:
         return status
     run = run_trustlet(nt, cpu, process, message)
@@ -111,6 +113,20 @@ def _probe_memory(ctx: AttackContext) -> bytes:
         for p in trustlets(ctx, PROBE_ID, live=False)
         for pfn in p.host_private_pfns(machine.ram)
     )
+
+
+def _probe_bytes(ctx: AttackContext, va: int, length: int) -> bytes:
+    """``length`` bytes at ``va`` in the probe trustlet, through its page tables as RAM holds
+    them (host side; b"" if the probe or the page is not there)."""
+    machine = ctx.system.machine if ctx.system else None
+    if machine is None:
+        return b""
+    for probe in trustlets(ctx, PROBE_ID, live=False):
+        leaf = host_lookup(ctx, probe.host_root(machine.ram), va)
+        if leaf is not None:
+            gpa = (leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1))
+            return machine.ram.read(gpa, length)
+    return b""
 
 
 # -- VTL0 kernel reads IUM user memory -------------------------------------------------------
@@ -162,12 +178,15 @@ def ium_reads_kernel_steps(ctx: AttackContext) -> None:
     ctx.kernel(lambda vp: vp.write(target_va, marker))
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
     message = struct.pack("<IIQQ", PROBE_READ, 0, target_va, len(marker))
-    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va)
+    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va, probe_image())
 
 
 def ium_reads_kernel_goal(ctx: AttackContext) -> bool:
+    """The marker is where the probe keeps what it read (PROBE_OUT in its heap), not merely
+    somewhere in its pages: the message K0 sends is copied into them too (a third audit put the
+    marker in the message)."""
     marker = ctx.notes.get("marker", b"")
-    return bool(marker) and marker in _probe_memory(ctx)
+    return bool(marker) and _probe_bytes(ctx, PROBE_OUT, len(marker)) == marker
 
 
 IUM_READS_KERNEL = Scenario(
@@ -188,15 +207,21 @@ IUM_READS_KERNEL = Scenario(
 
 # -- IUM trustlet calls a disabled syscall --------------------------------------------------------
 def ium_disabled_syscall_steps(ctx: AttackContext) -> None:
+    ctx.notes["mark"] = ctx.trace.now
     key = IUM_REGISTRY_KEY.encode()
     message = struct.pack("<IIQ", PROBE_SET_VALUE, 0, IUM_REGISTRY_VALUE) + key
     loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
-    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va)
+    ctx.notes["status"] = ctx.kernel(_run_probe, message, loot_va, probe_image())
 
 
 def ium_disabled_syscall_goal(ctx: AttackContext) -> bool:
+    """The value is in the hive, and the Secure Kernel forwarded the trustlet's NtSetValueKey
+    to NT: its IUM filter's decision, an event stamped VTL1 by the processor (K0 writing the
+    value through NT itself, as a third audit did, is not the trustlet's call)."""
     nt = ctx.system.nt if ctx.system else None
-    return nt is not None and ctx.hive().get(IUM_REGISTRY_KEY) == IUM_REGISTRY_VALUE
+    if nt is None or ctx.hive().get(IUM_REGISTRY_KEY) != IUM_REGISTRY_VALUE:
+        return False
+    return _vtl1_event(ctx, "ium.syscall-filter", "NtSetValueKey", "forwarded")
 
 
 IUM_DISABLED_SYSCALL = Scenario(
@@ -231,6 +256,7 @@ def vtl0_secure_syscall_steps(ctx: AttackContext) -> None:
     process = ctx.process(admin=False, name="user.exe")
     buffer = ctx.user_buffer(process)
     ctx.notes["process"], ctx.notes["buffer"] = process, buffer
+    ctx.notes["mark"] = ctx.trace.now
     status = ctx.user(_secure_syscall_from_vtl0, buffer, process=process)
     ctx.notes["status"] = NtStatus.name_of(status) if isinstance(status, int) else status
 
@@ -247,7 +273,27 @@ def vtl0_secure_syscall_goal(ctx: AttackContext) -> bool:
     offset = buffer - region.base
     pfn = region.pfns[offset // PAGE_SIZE]
     data = machine.ram.read((pfn << PAGE_SHIFT) + offset % PAGE_SIZE, len(FILL))
-    return data != FILL
+    # The buffer changed and the Secure Kernel's secure service table served IumGetIdk (an
+    # event the processor stamps VTL1): the caller overwriting its own buffer is neither.
+    served = _vtl1_event(ctx, "secure-service-table", "IumGetIdk", "STATUS_SUCCESS")
+    return data != FILL and served
+
+
+def _vtl1_event(ctx: AttackContext, mechanism: str, service: str, outcome: str) -> bool:
+    """An ``ium-syscall`` event of ``mechanism`` for ``service`` with ``outcome``, recorded at
+    VTL1 after the step's mark (the processor stamps each event with its VTL)."""
+    mark = ctx.notes.get("mark")
+    if not isinstance(mark, int):
+        return False
+    return any(
+        e.seq > mark
+        and e.vtl == 1
+        and e.kind == "ium-syscall"
+        and e.mechanism == mechanism
+        and e.detail.get("service") == service
+        and e.outcome == outcome
+        for e in ctx.trace.events
+    )
 
 
 VTL0_SECURE_SYSCALL = Scenario(

@@ -1,0 +1,109 @@
+"""Goals a payload cannot meet by doing something else (a third audit's forgeries).
+
+Each test keeps the scenario's host-side steps as they are (the marks they set included) and
+changes only what the payload does; the goal must not be met:
+
+- D9: the payload calls the gadget itself instead of letting NT's notify dispatch call it;
+- SEED-U0-SECURE-SYSCALL: the user overwrites its own buffer; no secure service ran;
+- SEED-IUM-SYSCALL: K0 writes the hive value through NT itself; no trustlet's call was forwarded;
+- SEED-IUM-K0: K0 carries the marker to the probe in its message; the probe read nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import replace
+
+import pytest
+
+from vbsim.attacks.catalogue import SCENARIOS
+from vbsim.attacks.catalogue import d09_kcfg as d9
+from vbsim.attacks.catalogue import seed_statements as seeds
+from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of
+from vbsim.attacks.context import AttackContext
+from vbsim.attacks.model import Outcome, Scenario
+from vbsim.attacks.runner import run
+from vbsim.hw.cpu import Cpu
+from vbsim.nt import kcfg, registry
+
+
+def _scenario(scenario_id: str) -> Scenario:
+    return next(s for s in SCENARIOS if s.id == scenario_id)
+
+
+def _call_gadget(cpu: Cpu, gadget: int) -> int:
+    cpu.call(gadget)
+    return 1
+
+
+def _d9_direct(ctx: AttackContext) -> None:
+    nt = ctx.booted.nt
+    assert nt is not None
+    gadget = nt.space.routines[kcfg.GADGET]
+    ctx.notes["replaced"] = ctx.kernel(_call_gadget, gadget)
+    ctx.notes["dispatch_mark"] = ctx.trace.now
+    with ctx.flow():
+        ctx.notes["victim"] = ctx.process(admin=False, name="d9.exe").pid
+
+
+@pytest.mark.parametrize("scenario_id", ["D9", "D9-BITMAP", "D9-REMAP"])
+def test_d9_counts_only_the_gadget_run_nts_dispatch_made(scenario_id: str) -> None:
+    result, ctx = run(replace(_scenario(scenario_id), steps=_d9_direct), "hardened")
+    assert ctx.trace.ran(kcfg.GADGET) == [(0, 0)]  # the payload's own call did run it
+    assert result.outcome != Outcome.SUCCEEDED
+    assert d9.d9_goal is _scenario(scenario_id).goal_met
+
+
+def _scribble(cpu: Cpu, buffer: int) -> int:
+    cpu.write(buffer, b"\xbb" * 64)
+    return 0
+
+
+def _u0_scribbles(ctx: AttackContext) -> None:
+    process = ctx.process(admin=False, name="user.exe")
+    buffer = ctx.user_buffer(process)
+    ctx.notes["process"], ctx.notes["buffer"] = process, buffer
+    ctx.notes["mark"] = ctx.trace.now
+    ctx.user(_scribble, buffer, process=process)
+
+
+def _set_value(cpu: Cpu, key: str, value: int) -> bool:
+    return registry.set_value(nt_of(cpu), cpu, key, value)
+
+
+def _k0_writes_hive(ctx: AttackContext) -> None:
+    ctx.notes["mark"] = ctx.trace.now
+    ctx.kernel(_set_value, seeds.IUM_REGISTRY_KEY, seeds.IUM_REGISTRY_VALUE)
+
+
+def _carry(cpu: Cpu, target_va: int, loot_va: int, image: bytes) -> int:
+    marker = cpu.read(target_va, 32)
+    message = struct.pack("<IIQQ", seeds.PROBE_READ, 0, 0, 0) + marker
+    return seeds._run_probe(cpu, message, loot_va, image)
+
+
+def _k0_carries_marker(ctx: AttackContext) -> None:
+    marker = b"NT-KERNEL-SECRET" + os.urandom(16)
+    ctx.notes["marker"] = marker
+    target_va, _ = ctx.kernel_page()
+    ctx.kernel(lambda vp: vp.write(target_va, marker))
+    loot_va, ctx.notes["loot_gpa"] = ctx.kernel_page()
+    ctx.notes["status"] = ctx.kernel(_carry, target_va, loot_va, seeds.probe_image())
+
+
+@pytest.mark.parametrize(
+    ("scenario_id", "steps"),
+    [
+        ("SEED-U0-SECURE-SYSCALL", _u0_scribbles),
+        ("SEED-IUM-SYSCALL", _k0_writes_hive),
+        ("SEED-IUM-K0", _k0_carries_marker),
+    ],
+)
+@pytest.mark.parametrize("name", ["vbs", "hardened"])
+def test_seed_goals_need_what_the_statement_says(
+    scenario_id: str, steps: object, name: str
+) -> None:
+    assert callable(steps)
+    result, _ = run(replace(_scenario(scenario_id), steps=steps), name)
+    assert result.outcome != Outcome.SUCCEEDED, result.detail
