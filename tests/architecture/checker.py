@@ -292,7 +292,9 @@ DYNAMIC_IMPORT_NAMES = frozenset({"__import__", "import_module", "__loader__", "
 #: Mode entries whose first argument is code to run on the machine (rule 3 of a step).
 PAYLOAD_CALLS = frozenset({"kernel", "user", "secure_kernel", "payload_routine", "register"})
 #: Calls that link a routine into the instruction set (``vbsim.hw.code``): host side only.
-REGISTRATION_CALLS = frozenset({"register", "guest_code", "payload_routine"})
+REGISTRATION_CALLS = frozenset(
+    {"register", "guest_code", "payload_routine", "register_service", "install_routine", "linking"}
+)
 #: Calls that build a fresh container a step owns (its own locals may be changed in place).
 CONTAINER_CALLS = frozenset(
     {"bytearray", "list", "dict", "set", "array", "deque", "Counter", "defaultdict", "zip"}
@@ -1211,23 +1213,70 @@ def _host_side(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     )
 
 
+def _reaches_host(module: _Module, function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """``function`` names something a step may not: a module-level import from the host side
+    (``DEFAULT_LOGON`` of ``vbsim.boot.logon``, say).  A helper that returns the logon's OWF is
+    the host's secret handed to whoever calls it."""
+    for node in ast.walk(function):
+        if (
+            isinstance(node, ast.Name)
+            and node.id in module.imported
+            and forbidden_origin(module.imported[node.id], module.name, step=True) is not None
+        ):
+            return True
+    return False
+
+
+def _host_side_names(module: _Module, steps: set[str]) -> set[str]:
+    """The module's functions that are host side: they take a host object, name a host-side
+    import, or call such a function of the module (to a fixed point)."""
+    candidates = {name: f for name, f in module.functions.items() if name not in steps}
+    host = {n for n, f in candidates.items() if _host_side(f) or _reaches_host(module, f)}
+    changed = True
+    while changed:
+        changed = False
+        for name, function in candidates.items():
+            if name in host:
+                continue
+            called = {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and n.id in host}
+            if called:
+                host.add(name)
+                changed = True
+    return host
+
+
+_PEER_HOST: dict[str, set[str]] = {}
+
+
+def _peer_host_names(owner: str) -> set[str]:
+    """The host-side functions of another mixed module of the tree (parsed on demand)."""
+    if owner not in _PEER_HOST:
+        path = _source_of(owner)
+        names: set[str] = set()
+        if path is not None and any(_within(owner, p) for p in MIXED_PACKAGES):
+            peer = _parse(path, _PLANTED.get(owner), owner)
+            names = _host_side_names(peer, {label for label, _ in _find_steps(peer)})
+        _PEER_HOST[owner] = names
+    return _PEER_HOST[owner]
+
+
 def _host_functions(modules: Iterable[_Module]) -> dict[str, dict[str, str]]:
-    """Per module: the names a step there would reach host-side code through."""
+    """Per module: the names a step there would reach host-side code through (its own
+    functions, and those it imports, anywhere in the module, from other mixed modules)."""
     steps_by_module = {m.name: {label for label, _ in m.steps} for m in modules}
+    host_by_module = {m.name: _host_side_names(m, steps_by_module[m.name]) for m in modules}
     result: dict[str, dict[str, str]] = {}
     for module in modules:
-        local = {
-            name: f"{module.name}.{name}"
-            for name, function in module.functions.items()
-            if name not in steps_by_module[module.name] and _host_side(function)
-        }
-        for bound, origin in module.imported.items():
+        local = {name: f"{module.name}.{name}" for name in host_by_module[module.name]}
+        for bound, origin in module.all_imported.items():
             owner, _, attr = origin.rpartition(".")
-            if owner in steps_by_module and owner != module.name:
-                peer = next(m for m in modules if m.name == owner)
-                function = peer.functions.get(attr)
-                if function and attr not in steps_by_module[owner] and _host_side(function):
-                    local[bound] = origin
+            if owner == module.name:
+                continue
+            peer = host_by_module.get(owner)
+            if peer is None:
+                peer = _peer_host_names(owner)
+            if attr in peer:
+                local[bound] = origin
         result[module.name] = local
     return result
 

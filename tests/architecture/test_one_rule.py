@@ -237,6 +237,13 @@ def test_a_step_may_change_its_own_containers_and_registers() -> None:
         ("from vbsim.hw import code; code._breakpoints[b''] = ('x', len)", "module-private"),
         ("from vbsim.hw import code; code.register('sk.svc.NULL', len)", "registration"),
         ("from vbsim.hw.code import guest_code; guest_code('sk.svc.NULL')(len)", "registration"),
+        ("cpu.kernel().register_service('KiSystemCall64', 0, len)", "registration"),
+        ("from vbsim.hw import code; code.linking()", "registration"),
+        # a catalogue helper that hands out a host secret (the logon's OWF) is host side
+        (
+            "from vbsim.attacks.catalogue.a21_a29_credentials import _owf; cpu.write(0, _owf())",
+            "host-call",
+        ),
     ],
 )
 def test_a_step_rewriting_the_instruction_set_is_caught(line: str, rule: str) -> None:

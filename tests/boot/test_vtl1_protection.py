@@ -61,7 +61,12 @@ def test_k0_read_of_a_secure_kernel_page_is_intercepted_and_bugchecks() -> None:
     handled = next(e for e in intercepts if e.vtl == 1)
     assert handled.detail["gpa"] == pfn << 12
     # NT's KeBugCheckEx, the crash it reports to the hypervisor (vbsim.hv.crash), then HLT
-    assert [(e.kind, e.vtl) for e in events[-3:]] == [("bugcheck", 0), ("crash", 0), ("cpu", 0)]
+    assert [(e.kind, e.vtl) for e in events[-4:]] == [
+        ("bugcheck", 0),
+        ("crash", 0),
+        ("cpu", 0),
+        ("hypervisor", 0),  # the HLT exit
+    ]
 
 
 def test_every_secure_kernel_page_is_inaccessible_to_vtl0_after_boot() -> None:

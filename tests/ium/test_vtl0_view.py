@@ -155,8 +155,14 @@ def test_k0_read_of_a_private_page_is_intercepted_and_bugchecks(fresh: Machine) 
     )
     intercepts = [e for e in events if e.kind == "intercept"]
     assert any(e.vtl == 1 and e.mechanism == "slat" and e.detail["gpa"] == gpa for e in intercepts)
-    # NT's KeBugCheckEx, the crash it reports to the hypervisor (vbsim.hv.crash), then HLT, last
-    assert [(e.kind, e.vtl) for e in events[-3:]] == [("bugcheck", 0), ("crash", 0), ("cpu", 0)]
+    # NT's KeBugCheckEx, the crash it reports to the hypervisor (vbsim.hv.crash), then HLT and
+    # the hypervisor's HLT exit, last
+    assert [(e.kind, e.vtl) for e in events[-4:]] == [
+        ("bugcheck", 0),
+        ("crash", 0),
+        ("cpu", 0),
+        ("hypervisor", 0),
+    ]
 
 
 # -- image pages ---------------------------------------------------------------------------------
