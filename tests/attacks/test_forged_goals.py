@@ -6,7 +6,8 @@ changes only what the payload does; the goal must not be met:
 - D9: the payload calls the gadget itself instead of letting NT's notify dispatch call it;
 - SEED-U0-SECURE-SYSCALL: the user overwrites its own buffer; no secure service ran;
 - SEED-IUM-SYSCALL: K0 writes the hive value through NT itself; no trustlet's call was forwarded;
-- SEED-IUM-K0: K0 carries the marker to the probe in its message; the probe read nothing.
+- SEED-IUM-K0: K0 carries the marker to the probe in its message; the probe read nothing;
+- D6: a page HVCI validated (a signed driver's) reaches WRITABLE by HVCI's own rules.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import replace
 import pytest
 
 from vbsim.attacks.catalogue import SCENARIOS
+from vbsim.attacks.catalogue import d06_sk_state as d6
 from vbsim.attacks.catalogue import d09_kcfg as d9
 from vbsim.attacks.catalogue import seed_statements as seeds
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import nt_of
@@ -25,7 +27,10 @@ from vbsim.attacks.context import AttackContext
 from vbsim.attacks.model import Outcome, Scenario
 from vbsim.attacks.runner import run
 from vbsim.hw.cpu import Cpu
-from vbsim.nt import kcfg, registry
+from vbsim.hw.x86 import PAGE_SHIFT
+from vbsim.nt import drivers, kcfg, registry
+from vbsim.ntstatus import NtStatus
+from vbsim.sk.sscn import Service
 
 
 def _scenario(scenario_id: str) -> Scenario:
@@ -107,3 +112,37 @@ def test_seed_goals_need_what_the_statement_says(
     assert callable(steps)
     result, _ = run(replace(_scenario(scenario_id), steps=steps), name)
     assert result.outcome != Outcome.SUCCEEDED, result.detail
+
+
+def _recycle(vp: Cpu, own_pfn: int) -> list[int]:
+    """K0: hand the attacker's page back to NT so the next signed driver takes it for a code
+    page (NT's free list is LIFO, one page ahead), then ask HVCI's sanctioned transition."""
+    nt = nt_of(vp)
+    held = nt.alloc_page(vp)
+    nt.free_page(vp, own_pfn)
+    nt.free_page(vp, held)
+    load = drivers.load_driver(nt, vp, drivers.SAMPLE_DRIVER)
+    assert nt.vsl is not None
+    status, _ = nt.vsl.call(vp, Service.MAKE_PROTECTED_PAGE_WRITABLE, own_pfn)
+    return [int(load), int(status)]
+
+
+def _d6_recycles(ctx: AttackContext) -> None:
+    sk = ctx.booted.sk
+    assert sk is not None
+    _, own_gpa = ctx.kernel_page()
+    own_pfn = own_gpa >> PAGE_SHIFT
+    table_gpa = int(sk.hvci.states_gpa)
+    ctx.notes.update(
+        table_gpa=table_gpa, own_pfn=own_pfn, before=d6._byte(ctx, table_gpa + own_pfn)
+    )
+    ctx.notes["statuses"] = ctx.kernel(_recycle, own_pfn)
+
+
+@pytest.mark.parametrize("name", ["vbs-hvci", "hardened"])
+def test_d6_needs_the_forged_byte_not_hvcis_own_transition(name: str) -> None:
+    """A page the SK validated (a signed driver's, recycled from the attacker) reaches WRITABLE
+    through MAKE_PROTECTED_PAGE_WRITABLE by HVCI's rules; that is not D6's forged state."""
+    result, ctx = run(replace(_scenario("D6"), steps=_d6_recycles), name)
+    assert ctx.notes["statuses"] == [NtStatus.SUCCESS, NtStatus.SUCCESS]  # the path was taken
+    assert result.outcome != Outcome.SUCCEEDED

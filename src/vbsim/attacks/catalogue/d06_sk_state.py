@@ -24,6 +24,7 @@ from vbsim.hw.cpu import Cpu
 from vbsim.hw.pagetable import PageTables, PhysAccess
 from vbsim.hw.x86 import PAGE_SHIFT, Pte
 from vbsim.ntstatus import NtStatus
+from vbsim.sk.layouts import host_hash_records
 from vbsim.sk.services.hvci import PageState
 from vbsim.sk.sscn import Service
 
@@ -91,7 +92,15 @@ def d6_goal(ctx: AttackContext) -> bool:
     if not isinstance(gpa, int) or not isinstance(pfn, int):
         return False
     before = ctx.notes.get("before")
-    return before != PageState.WRITABLE and _byte(ctx, gpa + pfn) == PageState.WRITABLE
+    if before == PageState.WRITABLE or _byte(ctx, gpa + pfn) != PageState.WRITABLE:
+        return False
+    # WRITABLE by the SK's own rules needs a page it validated, and SKCI keeps a hash record
+    # for every page it validates: a record for the page means HVCI's sanctioned path (a signed
+    # image's page recycled to the attacker, which a fourth audit used), not the forged byte.
+    sk, machine = ctx.booted.sk, ctx.booted.machine
+    if sk is None or machine is None:
+        return False
+    return pfn not in host_hash_records(machine.ram, int(sk.hvci.hashes_gpa))
 
 
 D6 = Scenario(
