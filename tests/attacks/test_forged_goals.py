@@ -7,7 +7,9 @@ changes only what the payload does; the goal must not be met:
 - SEED-U0-SECURE-SYSCALL: the user overwrites its own buffer; no secure service ran;
 - SEED-IUM-SYSCALL: K0 writes the hive value through NT itself; no trustlet's call was forwarded;
 - SEED-IUM-K0: K0 carries the marker to the probe in its message; the probe read nothing;
-- D6: a page HVCI validated (a signed driver's) reaches WRITABLE by HVCI's own rules.
+- D6: a page HVCI validated (a signed driver's) reaches WRITABLE by HVCI's own rules;
+- D3: K0 fills the EDR's log instead of removing its callback;
+- D5: K0 remaps g_CiOptions' VA instead of writing the variable (that is D5-REMAP's row).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import replace
 import pytest
 
 from vbsim.attacks.catalogue import SCENARIOS
+from vbsim.attacks.catalogue import d01_d05_data_only as d01
 from vbsim.attacks.catalogue import d06_sk_state as d6
 from vbsim.attacks.catalogue import d09_kcfg as d9
 from vbsim.attacks.catalogue import seed_statements as seeds
@@ -28,7 +31,7 @@ from vbsim.attacks.model import Outcome, Scenario
 from vbsim.attacks.runner import run
 from vbsim.hw.cpu import Cpu
 from vbsim.hw.x86 import PAGE_SHIFT
-from vbsim.nt import drivers, kcfg, registry
+from vbsim.nt import drivers, kcfg, notify, registry
 from vbsim.ntstatus import NtStatus
 from vbsim.sk.sscn import Service
 
@@ -146,3 +149,51 @@ def test_d6_needs_the_forged_byte_not_hvcis_own_transition(name: str) -> None:
     result, ctx = run(replace(_scenario("D6"), steps=_d6_recycles), name)
     assert ctx.notes["statuses"] == [NtStatus.SUCCESS, NtStatus.SUCCESS]  # the path was taken
     assert result.outcome != Outcome.SUCCEEDED
+
+
+def _fill_log(cpu: Cpu, modules: int, name: str) -> int:
+    """K0: the EDR's log count := full, in its own unprotected .data (the callback stays)."""
+    base, _ = d01.find_module(cpu, modules, name)
+    _, data_rva = notify.edr_rvas()
+    cpu.write_u64(base + data_rva, notify.EDR_LOG_MAX)
+    return 0
+
+
+def _d3_fills_log(ctx: AttackContext) -> None:
+    nt = ctx.booted.nt
+    assert nt is not None
+    ctx.notes["seen_before"] = len(d01.edr_log(ctx))
+    modules = drivers.module_list_head(nt)
+    ctx.notes["removed"] = ctx.kernel(_fill_log, modules, notify.EDR_DRIVER)
+    ctx.notes["victim"] = ctx.process(admin=False, name="payload.exe").pid
+
+
+def test_d3_needs_the_callback_removed_not_a_full_log() -> None:
+    result, ctx = run(replace(_scenario("D3"), steps=_d3_fills_log), "hardened")
+    assert ctx.notes["victim"] not in d01.edr_log(ctx)  # not recorded ...
+    assert d01.edr_registered(ctx)  # ... but the EDR's routine is still registered
+    assert result.outcome != Outcome.SUCCEEDED
+    real, real_ctx = run(_scenario("D3"), "hardened")
+    assert real.outcome == Outcome.SUCCEEDED and not d01.edr_registered(real_ctx)
+
+
+def _d5_by_remap(ctx: AttackContext) -> None:
+    """D5's host steps, with D5-REMAP's payload in place of the write."""
+    nt = ctx.booted.nt
+    assert nt is not None
+    nt.driver_store[d01.UNSIGNED] = d01.unsigned_image()
+    ctx.notes["ci_options"] = drivers.ci_options_va(nt)
+    ctx.notes["ci_gpa"] = d01._ci_options_gpa(ctx)
+    own_va, own_gpa = ctx.kernel_page()
+    ctx.kernel(d01._remap_ci, drivers.ci_options_va(nt), own_va, own_gpa)
+    d01._load_step(ctx)
+
+
+def test_d5_is_the_write_and_d5_remap_the_remap() -> None:
+    """On vbs the remap loads the unsigned driver (D5-REMAP succeeds) while g_CiOptions' own
+    page still holds its value, so D5's goal (the variable changed) is not met that way."""
+    result, ctx = run(replace(_scenario("D5"), steps=_d5_by_remap), "vbs")
+    assert ctx.notes["load"] == "STATUS_SUCCESS"  # NT's DSE read 0 through the remapped VA
+    assert result.outcome != Outcome.SUCCEEDED
+    outcomes = {name: run(_scenario("D5-REMAP"), name)[0].outcome for name in ("vbs", "hardened")}
+    assert outcomes == {"vbs": Outcome.SUCCEEDED, "hardened": Outcome.BLOCKED}

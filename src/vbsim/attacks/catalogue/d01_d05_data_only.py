@@ -32,7 +32,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from vbsim.attacks.catalogue.a03_a14_memory_code_dma import host_lookup, reads_as
+from vbsim.attacks.catalogue.a03_a14_memory_code_dma import (
+    host_lookup,
+    needs_kdp,
+    reads_as,
+    remap_pte,
+)
 from vbsim.attacks.catalogue.a15_a20_boot_and_trustlets import runs
 from vbsim.attacks.context import AttackContext, payload_routine
 from vbsim.attacks.model import Capability, Outcome, Scenario
@@ -51,6 +56,7 @@ from vbsim.nt.layouts import (
     EX_CALLBACK_SIZE,
     LIST_ENTRY,
     PSP_MAX_CREATE_PROCESS_NOTIFY,
+    HostKernelView,
     HostReader,
     Protection,
     fast_ref_object,
@@ -62,7 +68,7 @@ from vbsim.nt.process import Process
 from vbsim.nt.syscalls import syscall
 from vbsim.ntstatus import NtStatus
 
-S, B = Outcome.SUCCEEDED, Outcome.BLOCKED
+S, B, N = Outcome.SUCCEEDED, Outcome.BLOCKED, Outcome.NOT_APPLICABLE
 #: Data NT decides from and nobody registers with KDP: the write lands everywhere.
 EVERYWHERE = {"vbs-off": S, "vbs": S, "vbs-hvci": S, "hardened": S, "legacy-2019": S}
 NAME_AT, DATA_AT = 0, 512
@@ -293,12 +299,38 @@ def d3_steps(ctx: AttackContext) -> None:
     ctx.notes["victim"] = ctx.process(admin=False, name="payload.exe").pid
 
 
+def edr_registered(ctx: AttackContext) -> bool:
+    """Some slot of PspCreateProcessNotifyRoutine (RAM, host side, through NT's tables) still
+    names a routine inside the EDR driver's image."""
+    nt = _nt(ctx)
+    machine = ctx.booted.machine
+    if machine is None:
+        return False
+    view = HostKernelView(machine.ram, nt.space.root)
+    driver = drivers.host_driver(machine.ram, nt, notify.EDR_DRIVER)
+    if driver is None:
+        return False
+    start, end = driver.base, driver.base + driver.pages * PAGE_SIZE
+    array = nt.variable(notify.NOTIFY_ARRAY).va
+    for index in range(PSP_MAX_CREATE_PROCESS_NOTIFY):
+        value = view.read_u64(array + index * EX_CALLBACK_SIZE)
+        if value:
+            block = fast_ref_object(value) + EX_CALLBACK_ROUTINE_BLOCK.Function.offset
+            if start <= view.read_u64(block) < end:
+                return True
+    return False
+
+
 def d3_goal(ctx: AttackContext) -> bool:
-    """A process was created after the removal and the EDR's log does not have it (while the
-    EDR had logged the boot's processes: it was working)."""
+    """A process was created after the removal, the EDR's log does not have it (while the EDR
+    had logged the boot's processes: it was working), and the EDR's routine is no longer in
+    the callback array: it was blinded by the removal, not by a full log (a fifth audit filled
+    the log instead)."""
     victim = ctx.notes.get("victim")
     seen = ctx.notes.get("seen_before", 0)
-    return isinstance(victim, int) and seen > 0 and victim not in edr_log(ctx)
+    if not isinstance(victim, int) or not seen or victim in edr_log(ctx):
+        return False
+    return not edr_registered(ctx)
 
 
 D3 = Scenario(
@@ -424,21 +456,69 @@ def _load_unsigned(vp: Cpu, buffer: int) -> int:
     return syscall(vp, "NtLoadDriver", buffer + NAME_AT, len(raw))
 
 
-def d5_steps(ctx: AttackContext) -> None:
+def _ci_options_gpa(ctx: AttackContext) -> int | None:
+    """Where g_CiOptions lives: the GPA NT's tables map its VA to before the attack (host side;
+    what KDP protects is this page, not the VA)."""
     nt = _nt(ctx)
-    nt.driver_store[UNSIGNED] = unsigned_image()  # the administrator copies the file
-    ctx.notes["ci_options"] = drivers.ci_options_va(nt)
-    ctx.kernel(_patch_ci, drivers.ci_options_va(nt))
+    va = drivers.ci_options_va(nt)
+    leaf = host_lookup(ctx, nt.space.root, va)
+    return None if leaf is None else (leaf & PTE_ADDR_MASK) | (va & (PAGE_SIZE - 1))
+
+
+def _load_step(ctx: AttackContext) -> None:
     admin = ctx.process(admin=True, name="d5.exe")
     buffer = ctx.user_buffer(admin)
     ctx.notes["load"] = _status(ctx.user(_load_unsigned, buffer, process=admin))
 
 
+def d5_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    nt.driver_store[UNSIGNED] = unsigned_image()  # the administrator copies the file
+    ctx.notes["ci_options"] = drivers.ci_options_va(nt)
+    ctx.notes["ci_gpa"] = _ci_options_gpa(ctx)
+    ctx.kernel(_patch_ci, drivers.ci_options_va(nt))
+    _load_step(ctx)
+
+
 def d5_goal(ctx: AttackContext) -> bool:
-    va = ctx.notes.get("ci_options")
-    if va is None or ctx.system is None or not ctx.system.booted:
+    """g_CiOptions itself (its page in RAM) holds 0 and the unsigned driver's entry ran at VTL0
+    CPL0.  The variable's own page, not whatever its VA reads: a remap of the VA leaves the
+    protected page as it was, and is D5-REMAP's row (a fifth audit met the VA-based goal that
+    way on vbs)."""
+    gpa = ctx.notes.get("ci_gpa")
+    machine = ctx.system.machine if ctx.system else None
+    if not isinstance(gpa, int) or machine is None or not ctx.system or not ctx.system.booted:
         return False
-    return reads_as(ctx, int(va)) == bytes(8) and (0, 0) in runs(ctx, D5_ENTRY)
+    return machine.ram.read(gpa, 8) == bytes(8) and (0, 0) in runs(ctx, D5_ENTRY)
+
+
+def _remap_ci(cpu: Cpu, ci_options: int, own_va: int, own_gpa: int) -> int:
+    """K0: a copy of the CiPolicy page in the attacker's pool page, with g_CiOptions = 0, and
+    NT's PTE for the page pointed at the copy (NT's tables are VTL0 memory: A5's remap)."""
+    page = ci_options & ~(PAGE_SIZE - 1)
+    cpu.write(own_va, cpu.read(page, PAGE_SIZE))
+    cpu.write_u64(own_va + (ci_options & (PAGE_SIZE - 1)), 0)
+    return 0 if remap_pte(cpu, page, own_gpa) is None else 1
+
+
+def d5_remap_steps(ctx: AttackContext) -> None:
+    nt = _nt(ctx)
+    nt.driver_store[UNSIGNED] = unsigned_image()
+    ctx.notes["ci_options"] = drivers.ci_options_va(nt)
+    own_va, own_gpa = ctx.kernel_page()
+    ctx.notes["remapped"] = ctx.kernel(_remap_ci, drivers.ci_options_va(nt), own_va, own_gpa)
+    if ctx.bugchecked:
+        return
+    _load_step(ctx)
+
+
+def d5_remap_goal(ctx: AttackContext) -> bool:
+    """What NT's code-integrity check reads at g_CiOptions' VA (any VTL0 ring-0 reader's
+    translation, HLAT's where HVPT pins it) is 0, and the unsigned driver's entry ran."""
+    va = ctx.notes.get("ci_options")
+    if not isinstance(va, int) or ctx.system is None or not ctx.system.booted:
+        return False
+    return reads_as(ctx, va) == bytes(8) and (0, 0) in runs(ctx, D5_ENTRY)
 
 
 D5 = Scenario(
@@ -458,4 +538,28 @@ D5 = Scenario(
     goal_met=d5_goal,
 )
 
-SCENARIOS = [D1, D2, D3, D4, D5]
+D5_REMAP = Scenario(
+    id="D5-REMAP",
+    title="g_CiOptions by remapping: point its page's VA at a copy that says 0, load an "
+    "unsigned driver",
+    source="MS-HVPT 2025 (Windows OS Platform Blog, 'Understanding HVPT': KDP protects "
+    "guest-physical pages, so remapping their VA is the attack HVPT stops); Fortinet 2022; "
+    "vbs-internals §5.2 (KDP), §5.6 (HVPT/HLAT)",
+    capability=Capability.K0,
+    goal="g_CiOptions reads 0 through its VA (NT's own code-integrity check) and an unsigned "
+    "driver's DriverEntry runs at VTL0 CPL0",
+    expected={"vbs-off": N, "vbs": S, "vbs-hvci": B, "hardened": B, "legacy-2019": N},
+    expected_why="KDP makes CI's page read-only in SLAT, but NT's page tables stay VTL0-writable "
+    "(A5): with the PTE on a copy, NT's own DSE reads 0 and loads the driver on vbs. Under HVCI "
+    "(vbs-hvci, hardened) the Secure Kernel's SKCI checks the image in VTL1 whatever NT's "
+    "g_CiOptions says, so the unsigned image is refused; on hardened HVPT also pins the "
+    "translation (HLAT), so NT still reads the real value. Without KDP (vbs-off, legacy-2019) "
+    "there is nothing to remap around: D5's plain write works there. The record names the "
+    "class (MS-HVPT 2025); the per-preset outcome is the model's reading of it, not a record "
+    "match.",
+    steps=d5_remap_steps,
+    goal_met=d5_remap_goal,
+    applicable=needs_kdp,
+)
+
+SCENARIOS = [D1, D2, D3, D4, D5, D5_REMAP]
