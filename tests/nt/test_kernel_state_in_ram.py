@@ -198,8 +198,15 @@ def test_nt_holds_no_policy_and_reads_its_configuration_from_the_hive() -> None:
     assert not hasattr(nt, "policy") and not hasattr(nt, "registry")
     assert system_values(system)[registry.HVCI_KEY] == 1
     assert drivers.hvci_enabled(nt, vp.cpu)
+    # A run-time change of the value takes effect at the next boot: CI latched the boot's
+    # configuration into CiPolicy (KDP-protected), and that flag in RAM is what NT reads.
     assert registry.set_value(nt, vp.cpu, registry.HVCI_KEY, 0)
-    assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads the hive again
+    assert drivers.hvci_enabled(nt, vp.cpu)
+    flag = nt.ci_options_va + drivers.CI_HVCI_OFFSET
+    gpa = system.nt_space.lookup_gpa(flag) if system.nt_space else None
+    assert gpa is not None
+    system.machine.ram.write(gpa, bytes(8))  # the latched flag itself (a debugger's write)
+    assert not drivers.hvci_enabled(nt, vp.cpu)  # the next decision reads it again
 
 
 def test_token_ids_come_from_a_counter_in_ram(system: System) -> None:

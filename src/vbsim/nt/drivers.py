@@ -102,6 +102,11 @@ CI_POLICY_SECTION = "ci.dll!CiPolicy"
 #: [model] CiPolicy's pages: g_CiOptions at offset 0; the anchor record (the root certificate
 #: CI pins and the driver signing requirement, ``vbsim.image.anchors``) at CI_TRUST_OFFSET.
 CI_POLICY_PAGES = 2
+#: [model] Whether HVCI was configured when CI initialised (1) or not (0), at this offset in
+#: CiPolicy: NT and CI latch the boot's configuration (Windows applies a change of the
+#: DeviceGuard HVCI value at the next boot, MS Learn "Enable memory integrity"), and KDP then
+#: protects it with g_CiOptions, so an administrator's run-time hive write changes nothing.
+CI_HVCI_OFFSET = 8
 CI_TRUST_OFFSET = PAGE_SIZE
 SE_CI_CALLBACKS_NAME = "SeCiCallbacks"
 MODULE_LIST = "PsLoadedModuleList"
@@ -342,10 +347,13 @@ def initialize_ci(nt: NtKernel, vp: Cpu) -> int:
     helz.dev, "ci.dll unsigned driver loading", 2025; Fortinet 2022) and fails with
     STATUS_INVALID_DEVICE_STATE without VBS.  SeCiCallbacks stays in ntoskrnl's ordinary .data:
     nothing protects it (Fortinet 2022).  Returns MmProtectDriverSection's status."""
-    from vbsim.nt import kdp
+    from vbsim.nt import kdp, registry
 
     section = kdp.load_data_section(nt, vp, CI_POLICY_SECTION, CI_POLICY_PAGES, ci_policy_image())
     nt.ci_options_va = section.va
+    # The boot's HVCI configuration (the hive at phase 1, with a Secure Kernel to enforce it).
+    hvci = nt.vsl is not None and bool(registry.query(nt, vp, registry.HVCI_KEY))
+    vp.write_u64(section.va + CI_HVCI_OFFSET, int(hvci))
     callbacks = nt.variable(SE_CI_CALLBACKS_NAME).va
     vp.write_u64(
         callbacks + SE_CI_CALLBACKS.CiValidateImageHeader.offset, nt.ci_validate_image_header
@@ -377,14 +385,12 @@ def _store(nt: NtKernel) -> dict[str, bytes]:
 
 
 def hvci_enabled(nt: NtKernel, vp: Cpu) -> bool:
-    """HVCI is configured (the DeviceGuard HVCI value in the hive in RAM) and VBS actually runs
-    (there is a Secure Kernel)."""
-    from vbsim.nt import registry
-
-    if nt.vsl is None:
+    """HVCI was configured at boot and VBS runs: CI's latched flag in CiPolicy, read from RAM
+    now (CI_HVCI_OFFSET; 0 before CiInitialize).  Not the hive: a value changed at run time
+    takes effect at the next boot (a fifth audit saw NT skip SKCI after such a write)."""
+    if nt.vsl is None or not nt.ci_options_va:
         return False
-    cpu = vp
-    return bool(registry.query(nt, cpu, registry.HVCI_KEY))
+    return bool(vp.read_u64(nt.ci_options_va + CI_HVCI_OFFSET) & 1)
 
 
 def _event(vp: Cpu, mechanism: str, outcome: str, **detail: Any) -> None:
