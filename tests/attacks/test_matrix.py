@@ -38,6 +38,7 @@ import pytest
 from vbsim.attacks import matrix, probes
 from vbsim.attacks.matrix import ACCESS_OPS, AREAS, OPS, Cell, access_matrix, matrix_json
 from vbsim.attacks.matrix_view import Key, matrix_key, matrix_table
+from vbsim.hw.cpu import Cpu
 
 PRESETS = ("vbs-off", "vbs", "vbs-hvci", "hardened", "legacy-2019")
 ANY_TRANSLATION = "paging|tlb"
@@ -302,3 +303,32 @@ def test_json_has_every_cell_with_mechanisms() -> None:
 
 def rwx_names(mechanism: str) -> dict[str, str]:
     return {op: mechanism for op in ACCESS_OPS}
+
+
+def test_a_probe_touching_its_own_page_is_no_access_to_the_target() -> None:
+    """Read and execute count only for the target's own bytes: NT's probe reading NT's marker
+    and running NT's copy of the probe routine, whatever target it was given, leaves the VTL1
+    cells blocked (each area's marker is its own; an execution counts from the target's code
+    page, the GPA the processor fetched from).  A sixth audit had both come out 'allowed'."""
+    prober = matrix.Prober("vbs")
+    real_access = probes.access
+    own = prober.targets["VTL0 kernel"]
+
+    def own_page_access(cpu: Cpu, op: int, va: int, loot: int) -> None:
+        if (cpu.vtl, cpu.cpl) == (0, 0) and op == probes.OP_EXECUTE:
+            answer = cpu.call(own.code_va)
+            cpu.write_u64(loot, answer if isinstance(answer, int) else 0)
+            return
+        if (cpu.vtl, cpu.cpl) == (0, 0) and op == probes.OP_READ:
+            cpu.write(loot, cpu.read(own.data_va, len(probes.MARKER)))
+            return
+        real_access(cpu, op, va, loot)
+
+    try:
+        probes.access = own_page_access
+        for target in ("VTL1 user", "VTL1 kernel"):
+            for op in ("read", "execute"):
+                assert prober.probe("VTL0 kernel", target, op).result == "blocked", (target, op)
+    finally:
+        probes.access = real_access
+        prober.machine.close()

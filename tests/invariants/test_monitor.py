@@ -235,9 +235,15 @@ def test_4_a_process_created_without_admission() -> None:
     try:
         with rig.monitor.step("forged creation"):
             rig.system.trace.emit(
-                "ium", "create-process", "created", vp=0, vtl=0, cpl=0, handle=0x1_4000_0100,
+                "ium",
+                "create-process",
+                "created",
+                vp=0,
+                vtl=1,
+                cpl=0,
+                handle=0x1_4000_0100,
                 trustlet_id=9,
-            )  # fmt: skip
+            )  # fmt: skip  (the SK's own report of a creation it did not admit)
         assert "without SKCI admission" in _caught(rig, 4)
     finally:
         rig.close()
@@ -489,5 +495,55 @@ def test_dma_checks_follow_the_iommu_domain() -> None:
             assert device.dma_write(0x10_0000, b"ok") == 1
         assert rig.monitor.violations == []
         assert rig.machine.ram.read(pfn << PAGE_SHIFT, 2) == b"ok"
+    finally:
+        rig.close()
+
+
+# -- claims guest code emits are not the Secure Kernel's reports (a sixth audit) -------------
+def _forged_dispatch(rig: Rig, mode: str) -> None:
+    """An SK handle-table page changes (a stand-in for a VTL0→VTL1 write bug) while the acting
+    code emits 'securecall/dispatch STATUS_SUCCESS' itself: from VTL0 ring 0, ring 3, or a K1
+    payload's host entry into VTL1."""
+    page = next(p for p, label in rig.monitor.pages.labels.items() if label == "handle-table[0]")
+    code = rig.sk.table.number[Service.LOAD_DRIVER]
+    vp = rig.vp
+    with rig.monitor.step(f"forged acceptance from {mode}"):
+        if mode == "K1":
+            previous = vp.host_entry(1)
+            try:
+                vp.cpu.write(rig.sk.space.phys_va(0) + (page << PAGE_SHIFT) + 0xF00, b"A" * 8)
+                vp.cpu.emit("securecall", "dispatch", "STATUS_SUCCESS", code=code)
+            finally:
+                vp.host_entry(previous)
+            return
+        rig.machine.ram.write((page << PAGE_SHIFT) + 0xF00, b"A" * 8)
+        if mode == "U0":
+            vp.set_cpl(3)
+        try:
+            vp.cpu.emit("securecall", "dispatch", "STATUS_SUCCESS", code=code)
+        finally:
+            vp.set_cpl(0)
+
+
+@pytest.mark.parametrize("mode", ["K0", "U0", "K1"])
+def test_6_an_acceptance_guest_code_emits_is_not_an_accepted_secure_call(mode: str) -> None:
+    rig = attached("vbs-hvci", stop=False)
+    try:
+        _forged_dispatch(rig, mode)
+        assert "outside any accepted secure call" in _caught(rig, 6)
+    finally:
+        rig.close()
+
+
+def test_4_an_admission_vtl0_emits_admits_nothing() -> None:
+    """A K0 payload's own 'skci.admitted' and 'create-process created' events add no admitted
+    trustlet: only events the processor stamped VTL1 CPL0 on a VTL call are the SK's."""
+    rig = attached("vbs", stop=False)
+    try:
+        with rig.monitor.step("forged admission"):
+            cpu = rig.vp.cpu
+            cpu.emit("ium", "skci.admitted", "admitted", trustlet_id=9)
+            cpu.emit("ium", "create-process", "created", handle=0x1_4000_0100, trustlet_id=9)
+        assert 0x1_4000_0100 not in rig.monitor.admitted
     finally:
         rig.close()

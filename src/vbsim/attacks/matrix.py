@@ -157,6 +157,14 @@ class Target:
     code_va: int
 
 
+def marker_of(area: str) -> bytes:
+    """The marker planted in ``area``'s data page: MARKER's length, with the area in it, so a
+    read counts only if it returned that area's bytes (a sixth audit read NT's own marker page
+    for every target)."""
+    tag = area.replace(" ", "").encode()
+    return (MARKER[: len(MARKER) - len(tag) - 1] + b"@" + tag)[: len(MARKER)]
+
+
 @dataclass
 class Loot:
     """A page of the prober's own memory where its probe leaves what it obtained."""
@@ -202,7 +210,7 @@ class Prober:
         # VTL0 user: a standard-user process with a data page, a loot page and its code.
         self.process: Process = self.ctx.process(admin=False, name="prober.exe")
         data = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
-        ram.write(data.pfns[0] << PAGE_SHIFT, MARKER)
+        ram.write(data.pfns[0] << PAGE_SHIFT, marker_of("VTL0 user"))
         loot = nt.allocate(vp.cpu, self.process, PAGE_SIZE)
         self.user_loot = Loot(loot.base, loot.pfns[0] << PAGE_SHIFT)
         code = nt.map_code(
@@ -219,7 +227,7 @@ class Prober:
         # VTL0 kernel: a pool page with the marker; the probe routine in NT's boot-image code (a
         # page the loader placed, which HVCI validated: R|KX), as any NT routine is.
         data_va, data_gpa = nt.alloc_kernel_page(vp.cpu)
-        ram.write(data_gpa, MARKER)
+        ram.write(data_gpa, marker_of("VTL0 kernel"))
         loader = self.ctx.booted.nt_space  # a debugger plants the probe in NT's code pages
         assert loader is not None
         code_va = loader.install("matrix.probe")
@@ -242,7 +250,7 @@ class Prober:
         self.trustlet = trustlet
         self.trustlet_root, probe_va = _trustlet_symbols(sk, ram, trustlet.secure_pid)
         heap_gpa = _gpa(ram, self.trustlet_root, HEAP_VA)
-        ram.write(heap_gpa + 0x800, MARKER)
+        ram.write(heap_gpa + 0x800, marker_of("VTL1 user"))
         self.targets["VTL1 user"] = Target(
             heap_gpa + 0x800, _gpa(ram, self.trustlet_root, probe_va), HEAP_VA + 0x800, probe_va
         )
@@ -257,7 +265,7 @@ class Prober:
         direct = sk.space.phys_va(0)
         before = set(loader.frames)
         sk_data_gpa = pool[0] << PAGE_SHIFT
-        ram.write(sk_data_gpa, MARKER)
+        ram.write(sk_data_gpa, marker_of("VTL1 kernel"))
         sk_code_va = loader.install("matrix.probe")
         self.targets["VTL1 kernel"] = Target(
             sk_data_gpa, _gpa(ram, sk.space.root, sk_code_va), direct + sk_data_gpa, sk_code_va
@@ -475,16 +483,16 @@ class Prober:
         mode = MODES[source]
         allowed = False
         if op == "read":
-            allowed = MARKER in obtained
+            allowed = marker_of(target) in obtained
         elif op == "write":
             allowed = self._ram(self.targets[target].data_gpa) != before
         elif op == "execute":
-            allowed = self._ran_in(events[0].seq, mode)
+            allowed = self._ran_in(events[0].seq, mode, self.targets[target].code_gpa)
         else:
             assert gate is not None
             allowed = self._answered(gate, obtained) and _gate_in(events, MODES[target]) is not None
             if allowed and target.endswith("user"):
-                allowed = self._ran_in(events[0].seq, MODES[target])
+                allowed = self._ran_in(events[0].seq, MODES[target], self.targets[target].code_gpa)
         if not allowed:
             return Outcome("blocked", refusal(events))
         if op == "call":
@@ -505,10 +513,20 @@ class Prober:
         # served by a translation the TLB already held.
         return Outcome("allowed", events[served].mechanism if served is not None else "tlb")
 
-    def _ran_in(self, since: int, mode: tuple[int, int]) -> bool:
-        """``matrix.probe`` ran after event ``since``, in ``mode``: the processor that fetched
-        its code recorded its VTL and CPL (its breakpoint; the probe cannot forge one)."""
-        return mode in self.ctx.trace.ran(probes.PROBE_ROUTINE, since)
+    def _ran_in(self, since: int, mode: tuple[int, int], code_gpa: int) -> bool:
+        """``matrix.probe`` ran after event ``since``, in ``mode``, from the target's code page:
+        the processor that fetched its code recorded its VTL, CPL and the GPA it fetched from
+        (its breakpoint; the probe cannot forge one).  A copy of the routine elsewhere is not
+        the target's code (a sixth audit had NT's probe run its own copy)."""
+        page = code_gpa >> PAGE_SHIFT
+        return any(
+            e.routine == probes.PROBE_ROUTINE
+            and e.seq > since
+            and (e.vtl, e.cpl) == mode
+            and e.gpa >= 0
+            and e.gpa >> PAGE_SHIFT == page
+            for e in self.ctx.trace.executions
+        )
 
     @staticmethod
     def _answered(gate: int, obtained: bytes) -> bool:

@@ -557,7 +557,10 @@ class VirtualProcessor(SharedGprs):
             if entry is not None:
                 if code.has_breakpoint(raw):
                     bank = self.p
-                    self.trace.executed(entry[0], va, self.index, self.vtl, bank.cpl)
+                    # Where the fetched bytes were: the execute translation of ``va`` (the
+                    # breakpoint path is off the fast one; no A/D update, no event).
+                    gpa = self._fetched_gpa(va)
+                    self.trace.executed(entry[0], va, self.index, self.vtl, bank.cpl, gpa)
                     if self.trace.on:
                         self.emit("breakpoint", "debugger", "hit", routine=entry[0], va=va)
                 return entry[1]
@@ -565,6 +568,18 @@ class VirtualProcessor(SharedGprs):
                 self.emit("fetch", "decode", "invalid-opcode", va=va)
             self.fault(Vector.UD)
         raise GuestHang(f"fetch at 0x{va:x} faulted {MAX_RETRIES} times")
+
+    def _fetched_gpa(self, va: int) -> int:
+        """The GPA ``va`` was just fetched from (the execute map, else a quiet walk); -1 if
+        neither says."""
+        base = self._x.get(va >> PAGE_SHIFT)
+        if base is not None:
+            return base + (va & PAGE_MASK)
+        layer = self.layers[self.vtl]
+        if layer is None:
+            return va  # paging off: the address is physical
+        verdict, _ = layer.walk(va, Access.EXECUTE, update_ad=False)
+        return verdict.address if verdict.ok else -1
 
     def _fetch_bytes(self, va: int) -> bytes | None:
         offset = va & PAGE_MASK

@@ -190,6 +190,9 @@ class _VpState:
     admitted_id: int | None = None
     #: allocation-page digests when VTL1 was last entered on this VP (None: not in VTL1)
     segment: list[int] | None = None
+    #: VTL1 was entered by a host-side ``host-entry`` (an attack context's K1 payload), not by
+    #: a VTL call: no secure call is accepted until the VP leaves VTL1 again
+    host_entered: bool = False
 
 
 def tlb_write_pages(machine: Machine) -> set[int]:
@@ -405,6 +408,10 @@ class Monitor:
             state.cpl_in[state.vtl] = state.cpl
             state.vtl, state.cpl = vtl, cpl
             state.cpl_in[vtl] = cpl
+            if vtl == 1 and source == 0:
+                state.host_entered = event.mechanism == "host-entry"
+            elif vtl != 1:
+                state.host_entered = False
             if vtl == 1:
                 state.segment = skstate.digests(self.ram, self.pages.allocation)
             elif source == 1:
@@ -710,9 +717,20 @@ class Monitor:
                     "admission",
                 )
 
-    def _on_ium(self, event: Event) -> None:
+    def _from_the_sk(self, event: Event) -> bool:
+        """``event`` is the Secure Kernel's own report: stamped VTL1 CPL0 by the processor, on
+        a VP that entered VTL1 by a VTL call (not a K1 payload's host entry).  Guest code can
+        emit events too, but the processor stamps them with the mode that emitted them, so a
+        VTL0 payload cannot claim an accepted secure call or an SKCI admission (a sixth audit
+        silenced invariants 4 and 6 with such claims)."""
         if event.vp is None or event.vp >= len(self._vps):
+            return False
+        return event.vtl == 1 and event.cpl == 0 and not self._vps[event.vp].host_entered
+
+    def _on_ium(self, event: Event) -> None:
+        if not self._from_the_sk(event):
             return
+        assert event.vp is not None
         state = self._vps[event.vp]
         if event.mechanism == "skci.admitted":
             tid = event.detail.get("trustlet_id")
@@ -749,8 +767,9 @@ class Monitor:
 
     # invariant 6: allocation pages change only in a VTL1 run that ends an accepted secure call
     def _on_securecall(self, event: Event) -> None:
-        if event.mechanism != "dispatch" or event.vp is None or event.vp >= len(self._vps):
+        if event.mechanism != "dispatch" or not self._from_the_sk(event):
             return
+        assert event.vp is not None
         state = self._vps[event.vp]
         if event.outcome == "entered":
             state.admitted_id = None

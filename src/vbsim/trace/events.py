@@ -56,6 +56,8 @@ class Execution:
     vp: int
     vtl: int
     cpl: int
+    #: the guest-physical address the thunk was fetched from (-1: not known)
+    gpa: int = -1
 
 
 def _jsonable(value: Any) -> Any:
@@ -119,10 +121,13 @@ class Trace:
             listener(event)
         return event
 
-    def executed(self, routine: str, va: int, vp: int, vtl: int, cpl: int) -> Execution:
-        """The platform's record that a processor fetched and ran a breakpoint routine."""
+    def executed(
+        self, routine: str, va: int, vp: int, vtl: int, cpl: int, gpa: int = -1
+    ) -> Execution:
+        """The platform's record that a processor fetched and ran a breakpoint routine (from
+        guest-physical ``gpa``)."""
         self._seq += 1
-        execution = Execution(self._seq, routine, va, vp, vtl, cpl)
+        execution = Execution(self._seq, routine, va, vp, vtl, cpl, gpa)
         self.executions.append(execution)
         return execution
 
