@@ -332,3 +332,34 @@ def test_a_probe_touching_its_own_page_is_no_access_to_the_target() -> None:
     finally:
         probes.access = real_access
         prober.machine.close()
+
+
+def test_a_vtl_return_from_user_mode_is_derived_not_assumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The VTL1-user → VTL0-kernel call cell comes from the trace: with the CPL3 #UD check of
+    VMCALL removed (a broken platform), the trustlet's own VTL return lands in NT's mode and the
+    cell says allowed by vtl-return; the SK's later VTL return does not count (it comes from
+    VTL1 CPL0, not from the prober's mode)."""
+    from vbsim.hw import vp as vp_module
+
+    real = vp_module.VirtualProcessor.vmcall
+    armed: list[bool] = []
+
+    def vmcall_at_any_cpl(self: vp_module.VirtualProcessor) -> None:
+        if armed and self.p.cpl == 3:
+            self.exits.vmcall(self)
+            return
+        real(self)
+
+    # before the machine exists: a processor's Cpu binds its instructions when it is built
+    monkeypatch.setattr(vp_module.VirtualProcessor, "vmcall", vmcall_at_any_cpl)
+    prober = matrix.Prober("vbs")
+    try:
+        honest = prober.probe("VTL1 user", "VTL0 kernel", "call")
+        assert (honest.result, honest.mechanism) == ("blocked", "cpl:#UD")
+        armed.append(True)
+        broken = prober.probe("VTL1 user", "VTL0 kernel", "call")
+        assert (broken.result, broken.mechanism) == ("allowed", "vtl-return")
+    finally:
+        prober.machine.close()

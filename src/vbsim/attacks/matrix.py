@@ -125,8 +125,14 @@ _GATE_EVENTS: dict[tuple[str, str], str] = {
     ("securecall", "dispatch"): "secure-call",
     ("normalcall", "nt-dispatch"): "normal-call",
     ("syscall", "sysret"): "sysret",
+    # The hypervisor's VTL switches, stamped in the mode they land in; they count only when
+    # they came from the prober's own mode (``from_vtl``/``from_cpl``): the SK's own VTL return
+    # after a trustlet's refused call is not the trustlet's.  A sixth audit saw these cells
+    # stay "blocked" by the table alone when the CPL3 check was removed.
+    ("vtl", "vtl-call"): "vtl-call",
+    ("vtl", "vtl-return"): "vtl-return",
 }
-_ACCEPTED = {"STATUS_SUCCESS", "entered", "serviced", "user-callback"}
+_ACCEPTED = {"STATUS_SUCCESS", "entered", "serviced", "user-callback", "switched"}
 
 
 @dataclass
@@ -490,13 +496,14 @@ class Prober:
             allowed = self._ran_in(events[0].seq, mode, self.targets[target].code_gpa)
         else:
             assert gate is not None
-            allowed = self._answered(gate, obtained) and _gate_in(events, MODES[target]) is not None
+            gated = _gate_in(events, MODES[target], mode)
+            allowed = self._answered(gate, obtained) and gated is not None
             if allowed and target.endswith("user"):
                 allowed = self._ran_in(events[0].seq, MODES[target], self.targets[target].code_gpa)
         if not allowed:
             return Outcome("blocked", refusal(events))
         if op == "call":
-            label = _gate_in(events, MODES[target])
+            label = _gate_in(events, MODES[target], mode)
             return Outcome("allowed", label or "-")
         t = self.targets[target]
         page = (t.code_gpa if op == "execute" else t.data_gpa) >> PAGE_SHIFT
@@ -548,13 +555,23 @@ def _first(events: list[Event], test: Callable[[Event], bool]) -> int | None:
     return None
 
 
-def _gate_in(events: list[Event], mode: tuple[int, int]) -> str | None:
-    """The gate by which a dispatcher in ``mode`` accepted the call, or None."""
+def _gate_in(
+    events: list[Event], mode: tuple[int, int], source: tuple[int, int] | None = None
+) -> str | None:
+    """The gate by which a dispatcher in ``mode`` accepted the call, or None; a bare VTL switch
+    into ``mode`` (one that came from ``source``, the prober's mode) only where no dispatcher
+    in ``mode`` accepted it (a secure call's VTL call precedes the SK's dispatch)."""
+    switched = None
     for event in events:
         label = _GATE_EVENTS.get((event.kind, event.mechanism))
-        if label is not None and (event.vtl, event.cpl) == mode and event.outcome in _ACCEPTED:
+        if label is None or (event.vtl, event.cpl) != mode or event.outcome not in _ACCEPTED:
+            continue
+        if event.kind != "vtl":
             return label
-    return None
+        origin = (event.detail.get("from_vtl"), event.detail.get("from_cpl"))
+        if switched is None and source is not None and origin == source:
+            switched = label
+    return switched
 
 
 def refusal(events: list[Event]) -> str:

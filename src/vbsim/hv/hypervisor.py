@@ -265,12 +265,19 @@ class Hypervisor:
         rax = rcx = 0
         if not fast:
             rax, rcx = synic.vtl_return_registers(self, vp, returning)
+        from_cpl = vp.p.cpl
         vp.switch_vtl(lower)
         if not fast:
             cpu.rax, cpu.rcx = rax, rcx
         if self.trace.on:
             vp.emit(
-                "vtl", "vtl-return", "switched", from_vtl=returning, to_vtl=lower, fast=bool(fast)
+                "vtl",
+                "vtl-return",
+                "switched",
+                from_vtl=returning,
+                from_cpl=from_cpl,
+                to_vtl=lower,
+                fast=bool(fast),
             )
         contexts = self.contexts[vp.index]
         here = _getcurrent()
@@ -300,7 +307,7 @@ class Hypervisor:
     def enter_vtl(self, vp: VirtualProcessor, target: int, reason: HvVtlEntryReason) -> None:
         """Switch ``vp`` up to ``target``; the target VTL resumes where it last issued VtlReturn
         (vsm-spec §5.3 step 6) and runs until a VtlReturn comes back down to this VTL."""
-        origin = vp.vtl
+        origin, origin_cpl = vp.vtl, vp.p.cpl
         vp.switch_vtl(target)
         st = self.states[vp.index][target]
         # The VP assist page's VtlEntryReason (synic.set_entry_reason, inlined: every entry).
@@ -321,6 +328,7 @@ class Hypervisor:
                 "vtl-call" if reason is HvVtlEntryReason.VTL_CALL else "vtl-entry",
                 "switched",
                 from_vtl=origin,
+                from_cpl=origin_cpl,
                 to_vtl=target,
                 reason=reason.name.lower(),
             )
