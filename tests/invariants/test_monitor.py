@@ -19,6 +19,7 @@ from vbsim.nt.process import Token
 from vbsim.ntstatus import NtStatus
 from vbsim.policy import preset
 from vbsim.sk.kernel import Reply
+from vbsim.sk.layouts import Field, SkProcess
 from vbsim.sk.sscn import Service
 from vbsim.trace import Trace
 
@@ -545,5 +546,29 @@ def test_4_an_admission_vtl0_emits_admits_nothing() -> None:
             cpu.emit("ium", "skci.admitted", "admitted", trustlet_id=9)
             cpu.emit("ium", "create-process", "created", handle=0x1_4000_0100, trustlet_id=9)
         assert 0x1_4000_0100 not in rig.monitor.admitted
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(SkProcess.TRUSTLET_ID, 7), (SkProcess.MAILBOX_KEY, 0x4141), (SkProcess.DEBUG, 1)],
+    ids=["trustlet-id", "mailbox-key", "debug-policy"],
+)
+def test_6_a_k1_write_to_a_secure_process_object_is_caught(field: Field, value: int) -> None:
+    """SKPROCESS pages (and their frame lists and mailbox frames) come from the SK's pool after
+    attach; the monitor re-reads them from the handle table after each accepted secure call and
+    flags a change made by code a host entry ran in VTL1 (a sixth audit's K1 writes)."""
+    rig = attached("vbs", stop=False)
+    try:
+        process = next(p for p in rig.sk.host_processes(rig.machine.ram).values() if p.object_va)
+        vp = rig.vp
+        with rig.monitor.step(f"K1 writes SKPROCESS.{field.name}"):
+            previous = vp.host_entry(1)
+            try:
+                vp.cpu.write(process.object_va + field.offset, value.to_bytes(field.size, "little"))
+            finally:
+                vp.host_entry(previous)
+        assert "skprocess" in _caught(rig, 6)
     finally:
         rig.close()

@@ -278,6 +278,9 @@ class Monitor:
         self._tables = skstate.digests(self.ram, self.pages.tables, tables=True)
         self._tables_raw = skstate.digests(self.ram, self.pages.tables)
         self._alloc = skstate.digests(self.ram, self.pages.allocation)
+        self._object_pages: dict[int, str] = {}
+        self._objects: dict[int, int] = {}
+        self._rebase_objects()
         # invariant 8
         self._kdp: dict[int, int] = {}
         self._kdp_refresh_pool()
@@ -411,6 +414,10 @@ class Monitor:
             if vtl == 1 and source == 0:
                 state.host_entered = event.mechanism == "host-entry"
             elif vtl != 1:
+                if state.host_entered:
+                    # Secure process objects change in the SK's secure calls (and across the
+                    # normal calls a call makes), never in code a host entry ran in VTL1.
+                    self._check_objects("while code entered from the host ran in VTL1")
                 state.host_entered = False
             if vtl == 1:
                 state.segment = skstate.digests(self.ram, self.pages.allocation)
@@ -794,6 +801,7 @@ class Monitor:
                         break
             state.segment = now
             self._alloc = state.segment
+            self._rebase_objects()
             if service is not None and service.value in _POOL_WRITERS:
                 self._kdp_refresh_pool(_POOL_WRITE)
             elif service is not None and service.value in _KCFG_WRITERS:
@@ -820,6 +828,24 @@ class Monitor:
             )
         state.segment = now
         self._alloc = now
+
+    def _rebase_objects(self) -> None:
+        """The secure process objects' pages as an accepted secure call left them."""
+        self._object_pages = skstate.object_pages(self.sk, self.ram)
+        self._objects = skstate.object_digests(self.ram, self._object_pages)
+
+    def _check_objects(self, how: str) -> None:
+        """A secure process object, its frame list or a mailbox frame changed since the last
+        accepted secure call ended: flag it, and take the new state as the baseline."""
+        self.stats.checks += 1
+        now = skstate.object_digests(self.ram, self._object_pages)
+        if now != self._objects:
+            page = next(g for g, d in now.items() if self._objects.get(g) != d)
+            self._violate(
+                6,
+                f"SK page GPA {page << PAGE_SHIFT:#x} ({self._object_pages[page]}) changed {how}",
+            )
+        self._rebase_objects()
 
     # invariant 8
     def _kdp_sets(self) -> tuple[set[int], set[int], set[int]]:
@@ -921,6 +947,7 @@ class Monitor:
                 "outside any accepted secure call",
             )
             self._alloc = alloc
+        self._check_objects("outside any accepted secure call")
 
     def _check_taint(self) -> None:
         self.stats.checks += 1

@@ -287,3 +287,42 @@ class HostMem:
 
     def write_u64(self, va: int, value: int, /) -> None:
         self.write(va, value.to_bytes(8, "little"))
+
+
+def object_pages(sk: SecureKernel, ram: GuestRam) -> dict[int, str]:
+    """The pages of the SK's secure process objects as its handle table names them now (RAM,
+    host side): each SKPROCESS page, its frame-list page and the frames its mailbox directory
+    names (the posted bytes, secrets).  Taken from the SK's pool after attach, so they are not
+    in the fixed classes; the monitor watches them as allocation pages whose set it re-reads
+    after every accepted secure call (a sixth audit changed a running trustlet's ID and
+    mailbox key from K1 without a violation)."""
+    from vbsim.guest.address_space import DIRECT_MAP
+    from vbsim.sk.ium import process as ium
+    from vbsim.sk.layouts import SkProcess
+
+    out: dict[int, str] = {}
+    for handle, process in sk.host_processes(ram).items():
+        if not isinstance(process, ium.SecureProcess):
+            continue
+        gpa = process.object_va - DIRECT_MAP
+        if not 0 <= gpa < ram.size:
+            continue
+        out[gpa >> PAGE_SHIFT] = f"skprocess {handle:#x}"
+        page = ram.read(gpa, PAGE_SIZE)
+        frame_list = _u64(page, SkProcess.FRAME_LIST.offset)
+        if frame_list and frame_list << PAGE_SHIFT < ram.size:
+            out[frame_list] = f"skprocess {handle:#x} frame list"
+        for slot in range(SkProcess.MAILBOX_SLOTS):
+            at = SkProcess.MAILBOXES + slot * SkProcess.MAILBOX_ENTRY
+            pfn = _u64(page, at + SkProcess.MAILBOX_PFN.offset)
+            if pfn and pfn << PAGE_SHIFT < ram.size:
+                out[pfn] = f"skprocess {handle:#x} mailbox {slot}"
+    return out
+
+
+def _u64(page: bytes, offset: int) -> int:
+    return int.from_bytes(page[offset : offset + 8], "little")
+
+
+def object_digests(ram: GuestRam, pages: dict[int, str]) -> dict[int, int]:
+    return {gpn: zlib.crc32(ram.read(gpn << PAGE_SHIFT, PAGE_SIZE)) for gpn in pages}
