@@ -22,10 +22,12 @@ classes:
   SkuSiPolicy floors, the trustlet allow-list, the IUM filter, the secure-call dispatch table,
   the dump-key page, the hypercall page ...  They never change after PHASE4_INIT.
 
-Frames the SK takes later from its pool (trustlet page tables, storage pages, the SKPROCESS and
-SECURE_IMAGE object bodies) are not in the classes: the classes are fixed at attach time; the
-trustlets' frames are watched by invariants 1 and 4, and an object body is reachable only
-through a handle-table entry, which is.
+Frames the SK takes later from its pool are not in these fixed classes.  The secure process
+objects among them — each SKPROCESS page, its frame list and its mailbox frames — are watched
+as allocation pages whose set :func:`object_pages` re-reads from the handle table in RAM after
+every accepted secure call (the monitor flags a change made by code a host entry ran in VTL1,
+or left at a step's end).  The trustlets' own frames are watched by invariants 1 and 4; the
+SECURE_IMAGE bodies only through the handle table.
 """
 
 from __future__ import annotations
