@@ -572,3 +572,47 @@ def test_6_a_k1_write_to_a_secure_process_object_is_caught(field: Field, value: 
         assert "skprocess" in _caught(rig, 6)
     finally:
         rig.close()
+
+
+def _k1_write(rig: Rig, gpa: int, data: bytes) -> bytes:
+    """A K1 payload's write to SK memory at ``gpa`` (through the SK's direct map); returns
+    what was there."""
+    vp = rig.vp
+    va = rig.sk.space.phys_va(0) + gpa
+    previous = vp.host_entry(1)
+    try:
+        old = vp.cpu.read(va, len(data))
+        vp.cpu.write(va, data)
+    finally:
+        vp.host_entry(previous)
+    return old
+
+
+@pytest.mark.parametrize("label", ["processor-blocks", "frame-pool", "own-pages[0]"])
+def test_6_a_k1_write_to_scratch_sk_state_is_caught(label: str) -> None:
+    """The SK rewrites its per-processor blocks, frame pool and own-page bitmap inside its own
+    calls; code a host entry runs in VTL1 may not (a sixth audit's K1 writes went unflagged)."""
+    rig = attached("vbs", stop=False)
+    try:
+        page = next(p for p, name in rig.monitor.pages.labels.items() if name == label)
+        with rig.monitor.step(f"K1 writes {label}"):
+            _k1_write(rig, (page << PAGE_SHIFT) + 0xFF8, b"\x5a" * 8)
+        assert "host ran in VTL1" in _caught(rig, 6)
+    finally:
+        rig.close()
+
+
+def test_6_a_static_page_changed_and_restored_within_a_step_is_caught() -> None:
+    """A K1 payload hooks the secure-call dispatch table and a second one puts it back, both in
+    one step: the change is judged as each host entry leaves VTL1, not only at the step's end."""
+    rig = attached("vbs", stop=False)
+    try:
+        page = next(
+            p for p, name in rig.monitor.pages.labels.items() if name == "securecall-dispatch[0]"
+        )
+        with rig.monitor.step("K1 hooks the dispatch table, then restores it"):
+            old = _k1_write(rig, page << PAGE_SHIFT, b"\x41" * 8)
+            _k1_write(rig, page << PAGE_SHIFT, old)
+        assert "securecall-dispatch" in _caught(rig, 6)
+    finally:
+        rig.close()

@@ -193,6 +193,8 @@ class _VpState:
     #: VTL1 was entered by a host-side ``host-entry`` (an attack context's K1 payload), not by
     #: a VTL call: no secure call is accepted until the VP leaves VTL1 again
     host_entered: bool = False
+    #: the scratch pages' digests when that host entry began
+    scratch_at_entry: list[int] | None = None
 
 
 def tlb_write_pages(machine: Machine) -> set[int]:
@@ -413,11 +415,11 @@ class Monitor:
             state.cpl_in[vtl] = cpl
             if vtl == 1 and source == 0:
                 state.host_entered = event.mechanism == "host-entry"
+                if state.host_entered:
+                    state.scratch_at_entry = skstate.digests(self.ram, self.pages.scratch)
             elif vtl != 1:
                 if state.host_entered:
-                    # Secure process objects change in the SK's secure calls (and across the
-                    # normal calls a call makes), never in code a host entry ran in VTL1.
-                    self._check_objects("while code entered from the host ran in VTL1")
+                    self._check_host_entry(state)
                 state.host_entered = False
             if vtl == 1:
                 state.segment = skstate.digests(self.ram, self.pages.allocation)
@@ -828,6 +830,35 @@ class Monitor:
             )
         state.segment = now
         self._alloc = now
+
+    def _check_host_entry(self, state: _VpState) -> None:
+        """Code a host entry ran in VTL1 (a K1 payload) is no secure call: whatever SK state it
+        changed is a violation, judged as it leaves VTL1 — the secure process objects, the
+        static pages (so a change undone later in the same step is still seen), and the
+        scratch pages the SK itself rewrites only inside its calls (a sixth audit's K1 payload
+        hooked the dispatch table and restored it within one step)."""
+        how = "while code entered from the host ran in VTL1"
+        self._check_objects(how)
+        self.stats.checks += 1
+        static = skstate.digests(self.ram, self.pages.static)
+        if static != self._static:
+            page = self.pages.static[_first_difference(self._static, static)]
+            self._violate(
+                6,
+                f"SK page GPA {page << PAGE_SHIFT:#x} "
+                f"({self.pages.labels.get(page, 'data')}) changed {how}",
+            )
+            self._static = static
+        scratch = skstate.digests(self.ram, self.pages.scratch)
+        before = state.scratch_at_entry
+        if before is not None and scratch != before:
+            page = self.pages.scratch[_first_difference(before, scratch)]
+            self._violate(
+                6,
+                f"SK page GPA {page << PAGE_SHIFT:#x} "
+                f"({self.pages.labels.get(page, 'scratch')}) changed {how}",
+            )
+        state.scratch_at_entry = None
 
     def _rebase_objects(self) -> None:
         """The secure process objects' pages as an accepted secure call left them."""
