@@ -92,6 +92,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vbsim.hw.regs import SHARED_GPRS
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: Packages whose modules are guest code as a whole.
@@ -882,25 +884,7 @@ def _chain_bound(function: Function, cpu_names: set[str]) -> set[str]:
 
 
 #: What a step may assign on its processor: the shared registers of the surface.
-REGISTER_NAMES = frozenset(
-    {
-        "rax",
-        "rbx",
-        "rcx",
-        "rdx",
-        "rsi",
-        "rdi",
-        "rbp",
-        "r8",
-        "r9",
-        "r10",
-        "r11",
-        "r12",
-        "r13",
-        "r14",
-        "r15",
-    }
-)
+REGISTER_NAMES = frozenset(SHARED_GPRS)
 
 
 class _StepVisitor(ast.NodeVisitor):

@@ -822,12 +822,7 @@ class Monitor:
         self.stats.checks += 1
         now = skstate.digests(self.ram, self.pages.allocation)
         if now != state.segment:
-            page = self.pages.allocation[_first_difference(state.segment, now)]
-            self._violate(
-                6,
-                f"SK page GPA {page << PAGE_SHIFT:#x} ({self.pages.labels.get(page, '?')}) "
-                f"changed {how}",
-            )
+            self._sk_page_changed(self.pages.allocation, state.segment, now, how)
         state.segment = now
         self._alloc = now
 
@@ -842,23 +837,21 @@ class Monitor:
         self.stats.checks += 1
         static = skstate.digests(self.ram, self.pages.static)
         if static != self._static:
-            page = self.pages.static[_first_difference(self._static, static)]
-            self._violate(
-                6,
-                f"SK page GPA {page << PAGE_SHIFT:#x} "
-                f"({self.pages.labels.get(page, 'data')}) changed {how}",
-            )
+            self._sk_page_changed(self.pages.static, self._static, static, how, "data")
             self._static = static
         scratch = skstate.digests(self.ram, self.pages.scratch)
         before = state.scratch_at_entry
         if before is not None and scratch != before:
-            page = self.pages.scratch[_first_difference(before, scratch)]
-            self._violate(
-                6,
-                f"SK page GPA {page << PAGE_SHIFT:#x} "
-                f"({self.pages.labels.get(page, 'scratch')}) changed {how}",
-            )
+            self._sk_page_changed(self.pages.scratch, before, scratch, how, "scratch")
         state.scratch_at_entry = None
+
+    def _sk_page_changed(
+        self, pages: list[int], before: list[int], now: list[int], how: str, unnamed: str = "?"
+    ) -> None:
+        """Invariant 6's report of the first page of ``pages`` whose digest differs."""
+        page = pages[_first_difference(before, now)]
+        label = self.pages.labels.get(page, unnamed)
+        self._violate(6, f"SK page GPA {page << PAGE_SHIFT:#x} ({label}) changed {how}")
 
     def _rebase_objects(self) -> None:
         """The secure process objects' pages as an accepted secure call left them."""
@@ -946,13 +939,7 @@ class Monitor:
         pages = self.pages
         now = skstate.digests(self.ram, pages.static)
         if now != self._static:
-            index = _first_difference(self._static, now)
-            page = pages.static[index]
-            self._violate(
-                6,
-                f"SK page GPA {page << PAGE_SHIFT:#x} ({pages.labels.get(page, 'data')}) changed "
-                "after PHASE4_INIT",
-            )
+            self._sk_page_changed(pages.static, self._static, now, "after PHASE4_INIT", "data")
             self._static = now
         raw = skstate.digests(self.ram, pages.tables)
         if raw != self._tables_raw:  # something changed: Accessed/Dirty bits only?
@@ -971,12 +958,8 @@ class Monitor:
             return  # VTL1 still runs on a VP (a dead machine): judged when it returns
         alloc = skstate.digests(self.ram, pages.allocation)
         if alloc != self._alloc:
-            page = pages.allocation[_first_difference(self._alloc, alloc)]
-            self._violate(
-                6,
-                f"SK page GPA {page << PAGE_SHIFT:#x} ({pages.labels.get(page, '?')}) changed "
-                "outside any accepted secure call",
-            )
+            how = "outside any accepted secure call"
+            self._sk_page_changed(pages.allocation, self._alloc, alloc, how)
             self._alloc = alloc
         self._check_objects("outside any accepted secure call")
 
